@@ -1,0 +1,1 @@
+//! The sublet API: custom resource types, their validation and the standalone loader.

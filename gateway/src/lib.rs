@@ -1,0 +1,1 @@
+//! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
