@@ -1,1 +1,3 @@
 //! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
+
+pub mod layout;

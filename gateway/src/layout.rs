@@ -1,0 +1,135 @@
+//! Where an object version's bytes live: its redundancy scheme, encryption and
+//! the providers holding each shard of each segment. Stored by the metadata store.
+
+use serde::{Deserialize, Serialize};
+
+/// How a plan makes data redundant, frozen into each version at write time so a
+/// later change of the plan never makes old objects unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Scheme {
+    /// Reed–Solomon: `data` shards carry the segment, `parity` shards repair it.
+    Erasure { data: u16, parity: u16 },
+    /// Whole copies of every segment.
+    Replicas { copies: u16 },
+}
+
+impl Scheme {
+    /// Shards per segment.
+    pub fn width(&self) -> usize {
+        match *self {
+            Scheme::Erasure { data, parity } => usize::from(data) + usize::from(parity),
+            Scheme::Replicas { copies } => usize::from(copies),
+        }
+    }
+
+    /// Shards needed to read a segment back.
+    pub fn needed(&self) -> usize {
+        match *self {
+            Scheme::Erasure { data, .. } => usize::from(data),
+            Scheme::Replicas { .. } => 1,
+        }
+    }
+}
+
+/// Encryption of an object version's segments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Encryption {
+    None,
+    /// AES-256-GCM; the per-object data key is wrapped by the gateway master key.
+    /// Segment nonces derive from `nonce_prefix` and the segment index.
+    Aes256Gcm {
+        #[serde(with = "hex_bytes")]
+        wrapped_key: Vec<u8>,
+        #[serde(with = "hex_bytes")]
+        nonce_prefix: Vec<u8>,
+    },
+}
+
+/// One shard of one segment on one provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardLocation {
+    /// Node id of the provider holding it; empty when the write failed (missing, to repair).
+    pub provider: String,
+    /// Opaque id the provider stores it under.
+    pub shard_id: String,
+    /// BLAKE3 of the stored bytes as acknowledged at write time (hex).
+    pub hash: String,
+    pub length: u64,
+}
+
+impl ShardLocation {
+    pub fn is_missing(&self) -> bool {
+        self.provider.is_empty()
+    }
+}
+
+/// One segment: `segmentSize` bytes of plaintext (the last may be shorter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Segment {
+    /// Plaintext bytes in this segment.
+    pub plain_length: u64,
+    /// Bytes of ciphertext (plaintext + tag) before erasure coding.
+    pub sealed_length: u64,
+    /// Shard `i` of the stripe, in stripe order (index = shard number).
+    pub shards: Vec<ShardLocation>,
+}
+
+/// Everything needed to read a version back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Layout {
+    pub scheme: Scheme,
+    pub encryption: Encryption,
+    /// Plaintext bytes per segment (all but the last segment are exactly this long).
+    pub segment_size: u64,
+    pub segments: Vec<Segment>,
+    /// Small objects live in metadata instead of on providers (sealed bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex_bytes")]
+    pub inline: Option<Vec<u8>>,
+}
+
+impl Layout {
+    /// Plaintext length of the whole version.
+    pub fn plain_length(&self) -> u64 {
+        self.segments.iter().map(|s| s.plain_length).sum()
+    }
+
+    /// Every shard location, for deletion and garbage collection.
+    pub fn shards(&self) -> impl Iterator<Item = &ShardLocation> {
+        self.segments.iter().flat_map(|s| s.shards.iter())
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(&hex::encode(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| hex::decode(s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
