@@ -88,7 +88,11 @@ pub struct Layout {
     pub segment_size: u64,
     pub segments: Vec<Segment>,
     /// Small objects live in metadata instead of on providers (sealed bytes).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex_bytes")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_hex_bytes"
+    )]
     pub inline: Option<Vec<u8>>,
 }
 

@@ -1,3 +1,4 @@
 //! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
 
+pub mod codec;
 pub mod layout;

@@ -1,0 +1,440 @@
+//! The per-segment data path: AES-256-GCM sealing under a per-object data key
+//! (wrapped by the gateway master key) and Reed–Solomon striping into shards.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::layout::Scheme;
+
+/// Bytes of authentication tag AES-256-GCM appends to every sealed segment.
+pub const TAG_LEN: usize = 16;
+const KEY_LEN: usize = 32;
+/// A nonce is this prefix (random per object) followed by the 8-byte segment index.
+pub const NONCE_PREFIX_LEN: usize = NONCE_LEN - 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("segment {segment} failed authentication: wrong key or corrupted ciphertext")]
+    Authentication { segment: u64 },
+    #[error("the data key could not be unwrapped: wrong master key or corrupted metadata")]
+    Unwrap,
+    #[error(
+        "segment needs {needed} intact shards but only {available} are available; the object cannot be read"
+    )]
+    NotEnoughShards { needed: usize, available: usize },
+    #[error("erasure coding failed: {0}")]
+    Erasure(String),
+    #[error("master key file {path}: {reason}")]
+    MasterKey { path: String, reason: String },
+    #[error("random number generator failed")]
+    Random,
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], CodecError> {
+    let mut out = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| CodecError::Random)?;
+    Ok(out)
+}
+
+/// The one secret a gateway must never lose: it wraps every object's data key.
+pub struct MasterKey(LessSafeKey);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
+        // A 32-byte key is always valid for AES-256.
+        let key = UnboundKey::new(&AES_256_GCM, bytes).unwrap_or_else(|_| unreachable!());
+        Self(LessSafeKey::new(key))
+    }
+
+    /// Reads the hex-encoded key at `path`, creating it (mode 0600) on first use.
+    pub fn load_or_create(path: &Path) -> Result<Self, CodecError> {
+        let err = |reason: String| CodecError::MasterKey {
+            path: path.display().to_string(),
+            reason,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = hex::decode(text.trim())
+                    .map_err(|e| err(format!("not hex: {e}; restore the file from your backup")))?;
+                let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|b: Vec<u8>| {
+                    err(format!("holds {} bytes, expected {KEY_LEN}", b.len()))
+                })?;
+                Ok(Self::from_bytes(&bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let bytes = random_bytes::<KEY_LEN>()?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+                }
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut file = options.open(path).map_err(|e| err(e.to_string()))?;
+                file.write_all(hex::encode(bytes).as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(Self::from_bytes(&bytes))
+            }
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    /// Makes a fresh data key and returns it with its wrapped form for metadata.
+    pub fn new_data_key(&self) -> Result<(DataKey, Vec<u8>), CodecError> {
+        let raw = random_bytes::<KEY_LEN>()?;
+        let nonce = random_bytes::<NONCE_LEN>()?;
+        let mut wrapped = raw.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(b"sublet data key"),
+                &mut wrapped,
+            )
+            .map_err(|_| CodecError::Random)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&wrapped);
+        Ok((DataKey::from_bytes(&raw), out))
+    }
+
+    /// Recovers a data key from its wrapped form.
+    pub fn unwrap_data_key(&self, wrapped: &[u8]) -> Result<DataKey, CodecError> {
+        if wrapped.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
+            return Err(CodecError::Unwrap);
+        }
+        let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CodecError::Unwrap)?;
+        let mut buf = sealed.to_vec();
+        let raw = self
+            .0
+            .open_in_place(nonce, Aad::from(b"sublet data key"), &mut buf)
+            .map_err(|_| CodecError::Unwrap)?;
+        let raw: [u8; KEY_LEN] = raw.try_into().map_err(|_| CodecError::Unwrap)?;
+        Ok(DataKey::from_bytes(&raw))
+    }
+}
+
+/// A per-object key sealing every segment of one object version.
+pub struct DataKey(LessSafeKey);
+
+impl DataKey {
+    fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
+        let key = UnboundKey::new(&AES_256_GCM, bytes).unwrap_or_else(|_| unreachable!());
+        Self(LessSafeKey::new(key))
+    }
+
+    /// A random nonce prefix for a new object version.
+    pub fn new_nonce_prefix() -> Result<[u8; NONCE_PREFIX_LEN], CodecError> {
+        random_bytes()
+    }
+
+    fn nonce(prefix: &[u8], segment: u64) -> Result<Nonce, CodecError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        if prefix.len() != NONCE_PREFIX_LEN {
+            return Err(CodecError::Authentication { segment });
+        }
+        nonce[..NONCE_PREFIX_LEN].copy_from_slice(prefix);
+        nonce[NONCE_PREFIX_LEN..].copy_from_slice(&segment.to_be_bytes());
+        Ok(Nonce::assume_unique_for_key(nonce))
+    }
+
+    /// Encrypts `buf` in place and appends the tag. The segment index is both in
+    /// the nonce and the associated data, so shards can't be swapped between segments.
+    pub fn seal(&self, prefix: &[u8], segment: u64, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.0
+            .seal_in_place_append_tag(
+                Self::nonce(prefix, segment)?,
+                Aad::from(segment.to_be_bytes()),
+                buf,
+            )
+            .map_err(|_| CodecError::Authentication { segment })
+    }
+
+    /// Decrypts a sealed segment in place, leaving only the plaintext in `buf`.
+    pub fn open(&self, prefix: &[u8], segment: u64, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        let plain_len = self
+            .0
+            .open_in_place(
+                Self::nonce(prefix, segment)?,
+                Aad::from(segment.to_be_bytes()),
+                buf,
+            )
+            .map_err(|_| CodecError::Authentication { segment })?
+            .len();
+        buf.truncate(plain_len);
+        Ok(())
+    }
+}
+
+/// Bytes per shard for a sealed segment of `len` bytes striped over `data` shards.
+/// Reed–Solomon (reed-solomon-simd) needs an even, non-zero shard size.
+pub fn shard_size(scheme: Scheme, len: usize) -> usize {
+    match scheme {
+        Scheme::Replicas { .. } => len,
+        Scheme::Erasure { data, .. } => {
+            let per = len.div_ceil(usize::from(data).max(1)).max(2);
+            per + per % 2
+        }
+    }
+}
+
+/// Cuts a sealed segment into the stripe's shards, data shards first.
+pub fn encode_stripe(scheme: Scheme, sealed: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
+    match scheme {
+        Scheme::Replicas { copies } => Ok(vec![sealed.to_vec(); usize::from(copies)]),
+        Scheme::Erasure { data, parity } => {
+            let size = shard_size(scheme, sealed.len());
+            let mut shards: Vec<Vec<u8>> = (0..usize::from(data))
+                .map(|i| {
+                    let start = (i * size).min(sealed.len());
+                    let end = ((i + 1) * size).min(sealed.len());
+                    let mut shard = Vec::with_capacity(size);
+                    shard.extend_from_slice(&sealed[start..end]);
+                    shard.resize(size, 0);
+                    shard
+                })
+                .collect();
+            let recovery =
+                reed_solomon_simd::encode(usize::from(data), usize::from(parity), &shards)
+                    .map_err(|e| CodecError::Erasure(e.to_string()))?;
+            shards.extend(recovery);
+            Ok(shards)
+        }
+    }
+}
+
+/// Rebuilds the sealed segment (`sealed_len` bytes) from whichever shards are
+/// present (`None` = lost or corrupt). Needs `scheme.needed()` of them.
+pub fn decode_stripe(
+    scheme: Scheme,
+    shards: &[Option<Vec<u8>>],
+    sealed_len: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let available = shards.iter().filter(|s| s.is_some()).count();
+    let not_enough = || CodecError::NotEnoughShards {
+        needed: scheme.needed(),
+        available,
+    };
+    match scheme {
+        Scheme::Replicas { .. } => {
+            let copy = shards.iter().flatten().next().ok_or_else(not_enough)?;
+            Ok(copy.clone())
+        }
+        Scheme::Erasure { data, parity } => {
+            let (data, parity) = (usize::from(data), usize::from(parity));
+            if available < data {
+                return Err(not_enough());
+            }
+            let mut out = Vec::with_capacity(sealed_len + shard_size(scheme, sealed_len));
+            let originals = shards.iter().take(data);
+            if originals.clone().all(Option::is_some) {
+                for shard in originals.flatten() {
+                    out.extend_from_slice(shard);
+                }
+            } else {
+                let present_originals = shards
+                    .iter()
+                    .take(data)
+                    .enumerate()
+                    .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
+                let recovery = shards
+                    .iter()
+                    .skip(data)
+                    .enumerate()
+                    .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
+                let mut restored =
+                    reed_solomon_simd::decode(data, parity, present_originals, recovery)
+                        .map_err(|e| CodecError::Erasure(e.to_string()))?;
+                for (i, shard) in shards.iter().take(data).enumerate() {
+                    match shard {
+                        Some(s) => out.extend_from_slice(s),
+                        None => out.extend_from_slice(&restored.remove(&i).ok_or_else(not_enough)?),
+                    }
+                }
+            }
+            if out.len() < sealed_len {
+                return Err(CodecError::Erasure(format!(
+                    "shards hold {} bytes, segment needs {sealed_len}",
+                    out.len()
+                )));
+            }
+            out.truncate(sealed_len);
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const EC42: Scheme = Scheme::Erasure { data: 4, parity: 2 };
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_tamper_detection() {
+        let master = MasterKey::from_bytes(&[7; 32]);
+        let (key, wrapped) = master.new_data_key().unwrap();
+        let prefix = DataKey::new_nonce_prefix().unwrap();
+        let plain = sample(10_000);
+        let mut buf = plain.clone();
+        key.seal(&prefix, 3, &mut buf).unwrap();
+        assert_eq!(buf.len(), plain.len() + TAG_LEN);
+        assert_ne!(&buf[..100], &plain[..100]);
+
+        let again = master.unwrap_data_key(&wrapped).unwrap();
+        let mut opened = buf.clone();
+        again.open(&prefix, 3, &mut opened).unwrap();
+        assert_eq!(opened, plain);
+
+        // Same bytes presented as another segment: rejected.
+        let mut swapped = buf.clone();
+        assert!(matches!(
+            again.open(&prefix, 4, &mut swapped),
+            Err(CodecError::Authentication { segment: 4 })
+        ));
+        // One flipped bit: rejected.
+        let mut flipped = buf.clone();
+        flipped[17] ^= 1;
+        assert!(again.open(&prefix, 3, &mut flipped).is_err());
+    }
+
+    #[test]
+    fn wrong_master_key_cannot_unwrap() {
+        let (_, wrapped) = MasterKey::from_bytes(&[1; 32]).new_data_key().unwrap();
+        let other = MasterKey::from_bytes(&[2; 32]);
+        assert!(matches!(
+            other.unwrap_data_key(&wrapped),
+            Err(CodecError::Unwrap)
+        ));
+        assert!(matches!(
+            other.unwrap_data_key(&wrapped[1..]),
+            Err(CodecError::Unwrap)
+        ));
+    }
+
+    #[test]
+    fn master_key_file_is_created_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/master.key");
+        let first = MasterKey::load_or_create(&path).unwrap();
+        let (_, wrapped) = first.new_data_key().unwrap();
+        let second = MasterKey::load_or_create(&path).unwrap();
+        assert!(second.unwrap_data_key(&wrapped).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "not hex").unwrap();
+        let err = MasterKey::load_or_create(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("master.key") && err.contains("not hex"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shard_sizes_are_even_and_cover_the_segment() {
+        for len in [0, 1, 2, 3, 7, 8, 9, 1000, 16 * 1024 * 1024 + 16] {
+            let size = shard_size(EC42, len);
+            assert_eq!(size % 2, 0, "len {len}");
+            assert!(size * 4 >= len, "len {len}");
+            assert!(size >= 2);
+        }
+    }
+
+    #[test]
+    fn any_four_of_six_shards_rebuild_the_segment() {
+        let sealed = sample(100_003);
+        let shards = encode_stripe(EC42, &sealed).unwrap();
+        assert_eq!(shards.len(), 6);
+        for lost_a in 0..6 {
+            for lost_b in lost_a..6 {
+                let partial: Vec<Option<Vec<u8>>> = shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (i != lost_a && i != lost_b).then(|| s.clone()))
+                    .collect();
+                let back = decode_stripe(EC42, &partial, sealed.len()).unwrap();
+                assert_eq!(back, sealed, "lost {lost_a} and {lost_b}");
+            }
+        }
+    }
+
+    #[test]
+    fn three_lost_shards_name_the_shortfall() {
+        let sealed = sample(4096);
+        let shards = encode_stripe(EC42, &sealed).unwrap();
+        let partial: Vec<Option<Vec<u8>>> = shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (i >= 3).then_some(s))
+            .collect();
+        let err = decode_stripe(EC42, &partial, sealed.len()).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::NotEnoughShards {
+                needed: 4,
+                available: 3
+            }
+        ));
+    }
+
+    #[test]
+    fn replicas_need_one_copy() {
+        let scheme = Scheme::Replicas { copies: 3 };
+        let sealed = sample(999);
+        let shards = encode_stripe(scheme, &sealed).unwrap();
+        assert_eq!(shards.len(), 3);
+        let partial = vec![None, None, Some(shards[2].clone())];
+        assert_eq!(decode_stripe(scheme, &partial, 999).unwrap(), sealed);
+        assert!(decode_stripe(scheme, &[None, None, None], 999).is_err());
+    }
+
+    #[test]
+    fn tiny_segments_survive_striping() {
+        for len in [0usize, 1, 5, 17] {
+            let sealed = sample(len);
+            let shards = encode_stripe(
+                Scheme::Erasure {
+                    data: 10,
+                    parity: 4,
+                },
+                &sealed,
+            )
+            .unwrap();
+            let mut partial: Vec<Option<Vec<u8>>> = shards.into_iter().map(Some).collect();
+            for lost in partial.iter_mut().take(4) {
+                *lost = None;
+            }
+            let back = decode_stripe(
+                Scheme::Erasure {
+                    data: 10,
+                    parity: 4,
+                },
+                &partial,
+                len,
+            )
+            .unwrap();
+            assert_eq!(back, sealed);
+        }
+    }
+}
