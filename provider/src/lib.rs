@@ -1,7 +1,25 @@
 //! sublet-provider: the shard store daemon, its gRPC protocol and the client the gateway uses.
 
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+mod error;
+
+pub use error::{Error, Result};
+
 pub mod proto {
     //! Generated gRPC code for `proto/provider.proto`.
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("sublet.provider.v1");
 }
+
+/// The version this provider reports in `Info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Largest data message a client sends in `PutShard` and a provider sends in `GetShard`.
+pub const CHUNK_SIZE: usize = 1024 * 1024;

@@ -1,0 +1,440 @@
+//! The client a gateway uses to talk to providers: TLS pinned to the
+//! provider's node id, its own identity certificate, an optional cluster token.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Request, Status};
+
+use crate::CHUNK_SIZE;
+use crate::identity::{NodeId, NodeIdentity};
+use crate::proto::shard_store_client::ShardStoreClient;
+use crate::proto::{self, put_shard_request::Part};
+use crate::server::TOKEN_METADATA;
+
+/// How the client identifies itself to providers.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub identity: Arc<NodeIdentity>,
+    /// Cluster token sent as `x-sublet-token` on every call.
+    pub token: Option<String>,
+}
+
+/// What a failed call means to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    DataLoss,
+    Unavailable,
+    ResourceExhausted,
+    Unauthenticated,
+    /// The provider's audit answer did not verify against the recorded hash.
+    AuditFailed,
+    InvalidArgument,
+    Other,
+}
+
+/// A failed provider call.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ClientError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl ClientError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ClientError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> Self {
+        let kind = match s.code() {
+            Code::NotFound => ErrorKind::NotFound,
+            Code::DataLoss => ErrorKind::DataLoss,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                ErrorKind::Unavailable
+            }
+            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+            Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Unauthenticated,
+            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Other,
+        };
+        let mut message = s.message().to_string();
+        // Connection failures (TLS pinning included) carry their cause in the source.
+        let mut source = std::error::Error::source(&s);
+        while let Some(e) = source {
+            message.push_str(": ");
+            message.push_str(&e.to_string());
+            source = e.source();
+        }
+        ClientError::new(kind, message)
+    }
+}
+
+/// Result of a stored shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub hash: [u8; 32],
+    pub length: u64,
+}
+
+/// A stored shard as the provider reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStat {
+    pub shard_id: String,
+    pub length: u64,
+    pub hash: [u8; 32],
+    /// Seconds since the Unix epoch.
+    pub stored_at: i64,
+}
+
+fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32], ClientError> {
+    bytes.try_into().map_err(|_| {
+        ClientError::new(
+            ErrorKind::Other,
+            format!(
+                "provider sent a {what} of {} bytes, expected 32",
+                bytes.len()
+            ),
+        )
+    })
+}
+
+impl TryFrom<proto::ShardStat> for ShardStat {
+    type Error = ClientError;
+    fn try_from(s: proto::ShardStat) -> Result<Self, ClientError> {
+        Ok(ShardStat {
+            hash: hash32(&s.hash, "hash")?,
+            shard_id: s.shard_id,
+            length: s.length,
+            stored_at: s.stored_at,
+        })
+    }
+}
+
+/// A connection to one provider; lazily connects, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ProviderClient {
+    inner: ShardStoreClient<Channel>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    expected: NodeId,
+}
+
+impl ProviderClient {
+    /// A client for the provider at `address` ("host:port" or "https://host:port")
+    /// whose node id must be `expected`.
+    pub fn new(address: &str, expected: NodeId, cfg: &ClientConfig) -> Result<Self, ClientError> {
+        let invalid = |m: String| ClientError::new(ErrorKind::InvalidArgument, m);
+        let authority = address
+            .trim()
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(invalid(format!(
+                "invalid provider address {address:?}: use host:port or https://host:port"
+            )));
+        }
+        let tls = crate::tls::client_config(&cfg.identity, expected)
+            .map_err(|e| ClientError::new(ErrorKind::Other, format!("TLS setup: {e}")))?;
+        let connector = TlsConnector {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        };
+        // TLS is done by the connector, so tonic sees a plain http URI.
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|e| invalid(format!("invalid provider address {address:?}: {e}")))?
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_with_connector_lazy(connector);
+        let token = match &cfg.token {
+            Some(t) => Some(
+                t.parse()
+                    .map_err(|_| invalid("the cluster token must be printable ASCII".into()))?,
+            ),
+            None => None,
+        };
+        let inner = ShardStoreClient::new(channel)
+            .max_decoding_message_size(CHUNK_SIZE + 64 * 1024)
+            .max_encoding_message_size(CHUNK_SIZE + 64 * 1024);
+        Ok(ProviderClient {
+            inner,
+            token,
+            expected,
+        })
+    }
+
+    /// The node id this client pins.
+    pub fn node_id(&self) -> NodeId {
+        self.expected
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert(TOKEN_METADATA, token.clone());
+        }
+        request
+    }
+
+    /// Store a shard held in memory, in messages of at most 1 MiB.
+    pub async fn put_shard(&self, shard_id: &str, data: Bytes) -> Result<PutOutcome, ClientError> {
+        let length = data.len() as u64;
+        let chunks = (0..data.len())
+            .step_by(CHUNK_SIZE)
+            .map(move |at| data.slice(at..(at + CHUNK_SIZE).min(data.len())))
+            .collect::<Vec<_>>();
+        self.put_shard_stream(shard_id, length, None, futures::stream::iter(chunks))
+            .await
+    }
+
+    /// Store a shard of exactly `length` bytes from a stream of chunks (each
+    /// at most 1 MiB); memory stays bounded by the stream.
+    pub async fn put_shard_stream(
+        &self,
+        shard_id: &str,
+        length: u64,
+        expected_hash: Option<[u8; 32]>,
+        chunks: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<PutOutcome, ClientError> {
+        let header = proto::PutShardRequest {
+            part: Some(Part::Header(proto::PutShardHeader {
+                shard_id: shard_id.to_string(),
+                length,
+                expected_hash: expected_hash
+                    .map(|h| Bytes::copy_from_slice(&h))
+                    .unwrap_or_default(),
+            })),
+        };
+        let messages = futures::stream::once(async move { header }).chain(chunks.map(|data| {
+            proto::PutShardRequest {
+                part: Some(Part::Data(data)),
+            }
+        }));
+        let response = self
+            .inner
+            .clone()
+            .put_shard(self.request(messages))
+            .await?
+            .into_inner();
+        Ok(PutOutcome {
+            hash: hash32(&response.hash, "hash")?,
+            length: response.length,
+        })
+    }
+
+    /// Stream a shard or a range `(offset, len)` of it; every byte was verified by the provider.
+    pub async fn get_shard_stream(
+        &self,
+        shard_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + Send + 'static, ClientError> {
+        let (offset, length) = range.unwrap_or((0, 0));
+        if range.is_some() && length == 0 {
+            return Ok(futures::stream::empty().left_stream());
+        }
+        let stream = self
+            .inner
+            .clone()
+            .get_shard(self.request(proto::GetShardRequest {
+                shard_id: shard_id.to_string(),
+                offset,
+                length,
+            }))
+            .await?
+            .into_inner();
+        Ok(stream
+            .map(|r| r.map(|c| c.data).map_err(ClientError::from))
+            .right_stream())
+    }
+
+    /// Read a shard or a range `(offset, len)` of it into memory.
+    pub async fn get_shard(
+        &self,
+        shard_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Bytes, ClientError> {
+        let mut stream = std::pin::pin!(self.get_shard_stream(shard_id, range).await?);
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if out.is_empty() {
+                // A single chunk needs no copy.
+                match stream.next().await {
+                    None => return Ok(chunk),
+                    Some(next) => {
+                        out.extend_from_slice(&chunk);
+                        out.extend_from_slice(&next?);
+                    }
+                }
+            } else {
+                out.extend_from_slice(&chunk);
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Remove a shard; answers whether it existed.
+    pub async fn delete_shard(&self, shard_id: &str) -> Result<bool, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .delete_shard(self.request(proto::DeleteShardRequest {
+                shard_id: shard_id.to_string(),
+            }))
+            .await?;
+        Ok(response.into_inner().existed)
+    }
+
+    pub async fn stat_shard(&self, shard_id: &str) -> Result<ShardStat, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .stat_shard(self.request(proto::StatShardRequest {
+                shard_id: shard_id.to_string(),
+            }))
+            .await?;
+        response.into_inner().try_into()
+    }
+
+    /// One page of shards with `prefix` after `start_after`, and where the next page starts.
+    pub async fn list_shards(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<(Vec<ShardStat>, Option<String>), ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .list_shards(self.request(proto::ListShardsRequest {
+                start_after: start_after.to_string(),
+                limit,
+                prefix: prefix.to_string(),
+            }))
+            .await?
+            .into_inner();
+        let shards = response
+            .shards
+            .into_iter()
+            .map(ShardStat::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = Some(response.next_start_after).filter(|s| !s.is_empty());
+        Ok((shards, next))
+    }
+
+    pub async fn info(&self) -> Result<proto::InfoResponse, ClientError> {
+        Ok(self
+            .inner
+            .clone()
+            .info(self.request(proto::InfoRequest {}))
+            .await?
+            .into_inner())
+    }
+
+    /// Ask for `[offset, offset + len)` of a shard with its proof and verify it
+    /// against the hash recorded at write time; answers the verified bytes.
+    pub async fn audit(
+        &self,
+        shard_id: &str,
+        offset: u64,
+        len: u64,
+        expected_hash: &[u8; 32],
+    ) -> Result<Bytes, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .audit(self.request(proto::AuditRequest {
+                shard_id: shard_id.to_string(),
+                offset,
+                length: len,
+            }))
+            .await?
+            .into_inner();
+        verify_audit(&response.slice, offset, len, expected_hash).map_err(|e| {
+            ClientError::new(
+                ErrorKind::AuditFailed,
+                format!("audit of shard {shard_id} on {} failed: {e}", self.expected),
+            )
+        })
+    }
+}
+
+/// Check a bao slice of `[offset, offset + len)` against a shard's BLAKE3 hash.
+pub fn verify_audit(
+    slice: &[u8],
+    offset: u64,
+    len: u64,
+    expected_hash: &[u8; 32],
+) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let hash = blake3::Hash::from(*expected_hash);
+    let mut decoder = bao::decode::SliceDecoder::new(slice, &hash, offset, len);
+    let mut out = Vec::new();
+    decoder.read_to_end(&mut out)?;
+    Ok(Bytes::from(out))
+}
+
+/// Connects tonic to a provider: TCP, then TLS with the pinned verifier.
+#[derive(Clone)]
+struct TlsConnector {
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl tower::Service<Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or("localhost").to_string();
+            let port = uri.port_u16().unwrap_or(7480);
+            let host_for_dial = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let tcp = TcpStream::connect((host_for_dial.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            // The verifier ignores the name; SNI just needs something valid.
+            let name = ServerName::try_from(host_for_dial)
+                .unwrap_or(ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()));
+            let stream = tls.connect(name, tcp).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}

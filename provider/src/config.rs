@@ -1,0 +1,242 @@
+//! Provider configuration: flags, `SUBLET_PROVIDER_*` environment variables
+//! and an optional YAML file (`--config`); flags and environment win.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::identity::NodeId;
+
+/// Everything a provider needs to run.
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    /// Directory holding the identity key and the shards.
+    pub data_dir: PathBuf,
+    /// gRPC (TLS) listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// HTTP listen address for `/metrics` and `/healthz`; port 0 picks a free port.
+    pub http_listen: SocketAddr,
+    /// Bytes this provider offers for shards (headers and proofs included).
+    pub capacity: u64,
+    /// Bytes of `capacity` kept free; writes that would eat into it are refused.
+    pub reserve: u64,
+    /// Failure domain reported in `Info` (e.g. a house or a rack).
+    pub zone: String,
+    /// Node ids of clients (gateways) allowed to call, by their TLS certificate.
+    pub allowed_clients: Vec<NodeId>,
+    /// Shared cluster token accepted in the `x-sublet-token` metadata.
+    pub token: Option<String>,
+}
+
+impl ProviderConfig {
+    /// Defaults for an embedded provider: loopback, free ports, 10 GiB.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ProviderConfig {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            capacity: 10 << 30,
+            reserve: 0,
+            zone: String::new(),
+            allowed_clients: Vec::new(),
+            token: None,
+        }
+    }
+}
+
+/// Parse a size such as `500Gi`, `10G`, `1.5Ti`, `4096` or `16MiB` into bytes.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let multiplier: u64 = match unit.trim_end_matches(['B', 'b']) {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => bail!("invalid size {text:?}: unknown unit {unit:?}; use e.g. 500Gi, 10G or 4096"),
+    };
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("invalid size {text:?}: use e.g. 500Gi, 10G or 4096"))?;
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        bail!("invalid size {text:?}: out of range");
+    }
+    Ok(bytes as u64)
+}
+
+/// Command line of `sublet-provider`.
+#[derive(Debug, Parser)]
+#[command(name = "sublet-provider", version, about = "sublet shard store daemon")]
+pub struct Args {
+    /// YAML configuration file; flags and environment override its values.
+    #[arg(long, env = "SUBLET_PROVIDER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the identity key and shards [default: /var/lib/sublet].
+    #[arg(long, env = "SUBLET_PROVIDER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 0.0.0.0:7480].
+    #[arg(long, env = "SUBLET_PROVIDER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Metrics and health listen address [default: 0.0.0.0:7481].
+    #[arg(long, env = "SUBLET_PROVIDER_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Capacity offered, e.g. 500Gi [default: 10Gi].
+    #[arg(long, env = "SUBLET_PROVIDER_CAPACITY")]
+    pub capacity: Option<String>,
+    /// Part of the capacity kept free, e.g. 10Gi [default: 0].
+    #[arg(long, env = "SUBLET_PROVIDER_RESERVE")]
+    pub reserve: Option<String>,
+    /// Failure domain reported to gateways.
+    #[arg(long, env = "SUBLET_PROVIDER_ZONE")]
+    pub zone: Option<String>,
+    /// Node id of a client allowed to call (repeat, or comma-separate in the environment).
+    #[arg(
+        long = "allowed-client",
+        env = "SUBLET_PROVIDER_ALLOWED_CLIENTS",
+        value_delimiter = ','
+    )]
+    pub allowed_clients: Vec<NodeId>,
+    /// Cluster token accepted from clients in `x-sublet-token`.
+    #[arg(long, env = "SUBLET_PROVIDER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print this node's id (creating the identity if needed) and exit.
+    #[arg(long)]
+    pub print_node_id: bool,
+}
+
+/// The YAML file; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub capacity: Option<String>,
+    pub reserve: Option<String>,
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub allowed_clients: Vec<NodeId>,
+    pub token: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        serde_yaml::from_str(&text)
+            .with_context(|| format!("config file {} is invalid", path.display()))
+    }
+}
+
+impl Args {
+    /// Merge flags and environment over the file (if any) over the defaults.
+    pub fn resolve(&self) -> anyhow::Result<ProviderConfig> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let size =
+            |field: &str, flag: &Option<String>, file: &Option<String>, default: u64| match flag
+                .as_ref()
+                .or(file.as_ref())
+            {
+                Some(text) => parse_size(text).with_context(|| format!("field `{field}`")),
+                None => Ok(default),
+            };
+        let capacity = size("capacity", &self.capacity, &file.capacity, 10 << 30)?;
+        let reserve = size("reserve", &self.reserve, &file.reserve, 0)?;
+        if reserve >= capacity {
+            bail!("`reserve` ({reserve} bytes) must be smaller than `capacity` ({capacity} bytes)");
+        }
+        let allowed_clients = if self.allowed_clients.is_empty() {
+            file.allowed_clients
+        } else {
+            self.allowed_clients.clone()
+        };
+        let token = self.token.clone().or(file.token).filter(|t| !t.is_empty());
+        Ok(ProviderConfig {
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/sublet")),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7480))),
+            http_listen: self
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7481))),
+            capacity,
+            reserve,
+            zone: self.zone.clone().or(file.zone).unwrap_or_default(),
+            allowed_clients,
+            token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_human_forms() {
+        assert_eq!(parse_size("500Gi").unwrap(), 500 << 30);
+        assert_eq!(parse_size("10G").unwrap(), 10_000_000_000);
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1.5Ki").unwrap(), 1536);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5Xi").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("provider.yaml");
+        let id = crate::identity::NodeIdentity::generate().node_id();
+        std::fs::write(
+            &path,
+            format!(
+                "dataDir: /srv/sublet\ncapacity: 500Gi\nreserve: 10Gi\nzone: attic\nallowedClients: [\"{id}\"]\n"
+            ),
+        )
+        .unwrap();
+        let args = Args::try_parse_from([
+            "sublet-provider",
+            "--config",
+            path.to_str().unwrap(),
+            "--zone",
+            "basement",
+        ])
+        .unwrap();
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/sublet"));
+        assert_eq!(cfg.capacity, 500 << 30);
+        assert_eq!(cfg.reserve, 10 << 30);
+        assert_eq!(cfg.zone, "basement");
+        assert_eq!(cfg.allowed_clients, vec![id]);
+
+        std::fs::write(&path, "capacity: 1Gi\nbogus: 1\n").unwrap();
+        let err = args.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+    }
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics of one provider, in a registry of its own so several
+//! providers can run in one process.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// The provider's metrics; names start with `sublet_provider_`.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub shards: IntGauge,
+    pub used_bytes: IntGauge,
+    pub free_bytes: IntGauge,
+    pub capacity_bytes: IntGauge,
+    /// Requests by gRPC method and status code.
+    pub requests: IntCounterVec,
+    /// Shard bytes by method (in for PutShard, out for GetShard and Audit).
+    pub bytes: IntCounterVec,
+    /// Request latency by method.
+    pub latency: HistogramVec,
+    /// Corrupt shards detected on read or audit.
+    pub corruptions: IntCounter,
+    /// Audits answered, by outcome.
+    pub audits: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(format!("sublet_provider_{name}"), help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let shards = gauge("shards", "Shards stored.")?;
+        let used_bytes = gauge("used_bytes", "Bytes used on disk by shards.")?;
+        let free_bytes = gauge("free_bytes", "Bytes still available for shards.")?;
+        let capacity_bytes = gauge(
+            "capacity_bytes",
+            "Usable capacity (capacity minus reserve).",
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "sublet_provider_requests_total",
+                "gRPC requests by method and code.",
+            ),
+            &["method", "code"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "sublet_provider_bytes_total",
+                "Shard bytes transferred by method.",
+            ),
+            &["method"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sublet_provider_request_duration_seconds",
+                "gRPC request latency by method.",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.5, 14)?),
+            &["method"],
+        )?;
+        let corruptions = IntCounter::new(
+            "sublet_provider_corruptions_total",
+            "Corrupt shards detected (never served).",
+        )?;
+        let audits = IntCounterVec::new(
+            Opts::new(
+                "sublet_provider_audits_total",
+                "Audits answered by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(corruptions.clone()))?;
+        registry.register(Box::new(audits.clone()))?;
+        Ok(Metrics {
+            registry,
+            shards,
+            used_bytes,
+            free_bytes,
+            capacity_bytes,
+            requests,
+            bytes,
+            latency,
+            corruptions,
+            audits,
+        })
+    }
+
+    pub fn set_usage(&self, usage: crate::store::Usage) {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.shards.set(clamp(usage.shards));
+        self.used_bytes.set(clamp(usage.used));
+        self.free_bytes.set(clamp(usage.free));
+        self.capacity_bytes.set(clamp(usage.capacity));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}

@@ -1,0 +1,946 @@
+//! The durable shard store: one file per shard under `<data dir>/shards`, an
+//! in-memory index rebuilt from the files' headers on start.
+//!
+//! File layout: a self-describing header, the shard bytes, then the bao
+//! outboard (BLAKE3 tree) that lets any byte range be verified on its own.
+//! A shard becomes visible only by an atomic rename after fsync of the file,
+//! followed by an fsync of the directory; temp files start with `.tmp-`
+//! (never a valid shard id) and are removed on start.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
+
+use crate::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"SUBLSHRD";
+const FORMAT_VERSION: u16 = 1;
+/// Fixed part of the header: magic, version, id length, length, stored_at, hash.
+const FIXED_HEADER: usize = 8 + 2 + 2 + 8 + 8 + 32;
+/// The header ends with a BLAKE3 of everything before it.
+const HEADER_CHECKSUM: usize = 32;
+const TEMP_PREFIX: &str = ".tmp-";
+const SHARD_SUFFIX: &str = ".shard";
+const MAX_ID_LEN: usize = 200;
+/// Audits answer at most this many bytes.
+pub const MAX_AUDIT_LEN: u64 = 16 * 1024 * 1024;
+
+/// Check that a shard id is 1..=200 characters of `[A-Za-z0-9._-]` not starting with '.'.
+pub fn validate_shard_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidShardId(id.chars().take(64).collect()))
+    }
+}
+
+/// What the index knows about a stored shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardMeta {
+    pub length: u64,
+    pub hash: [u8; 32],
+    /// Seconds since the Unix epoch.
+    pub stored_at: i64,
+    /// Bytes the shard takes on disk (header, data and outboard).
+    pub file_size: u64,
+}
+
+/// Space accounting of the store.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub capacity: u64,
+    pub used: u64,
+    pub free: u64,
+    pub shards: u64,
+}
+
+struct Header {
+    id: String,
+    length: u64,
+    stored_at: i64,
+    hash: [u8; 32],
+}
+
+impl Header {
+    fn len_for(id: &str) -> u64 {
+        (FIXED_HEADER + id.len() + HEADER_CHECKSUM) as u64
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::len_for(&self.id) as usize);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.id.len() as u16).to_le_bytes());
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.extend_from_slice(&self.stored_at.to_le_bytes());
+        out.extend_from_slice(&self.hash);
+        out.extend_from_slice(self.id.as_bytes());
+        let checksum = blake3::hash(&out);
+        out.extend_from_slice(checksum.as_bytes());
+        out
+    }
+
+    /// Read and check the header at the start of `file`.
+    fn read(file: &File) -> std::result::Result<Header, String> {
+        let mut fixed = [0u8; FIXED_HEADER];
+        file.read_exact_at(&mut fixed, 0)
+            .map_err(|e| format!("header unreadable: {e}"))?;
+        if &fixed[..8] != MAGIC {
+            return Err("bad magic".into());
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([fixed[i], fixed[i + 1]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&fixed[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let version = u16_at(8);
+        if version != FORMAT_VERSION {
+            return Err(format!("unknown format version {version}"));
+        }
+        let id_len = u16_at(10) as usize;
+        if id_len == 0 || id_len > MAX_ID_LEN {
+            return Err("bad id length".into());
+        }
+        let mut rest = vec![0u8; id_len + HEADER_CHECKSUM];
+        file.read_exact_at(&mut rest, FIXED_HEADER as u64)
+            .map_err(|e| format!("header unreadable: {e}"))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&fixed);
+        hasher.update(&rest[..id_len]);
+        if hasher.finalize().as_bytes() != &rest[id_len..] {
+            return Err("header checksum mismatch".into());
+        }
+        let id = String::from_utf8(rest[..id_len].to_vec()).map_err(|_| "id is not utf-8")?;
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&fixed[28..60]);
+        Ok(Header {
+            id,
+            length: u64_at(12),
+            stored_at: u64_at(20) as i64,
+            hash,
+        })
+    }
+}
+
+fn file_size_for(id: &str, length: u64) -> u64 {
+    Header::len_for(id) + length + outboard_size(length)
+}
+
+fn outboard_size(length: u64) -> u64 {
+    u64::try_from(bao::encode::outboard_size(length)).unwrap_or(u64::MAX)
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+}
+
+/// A window `[base, base + len)` of a file, with a read cache and a write
+/// buffer so bao's many small reads and writes don't each become a syscall.
+struct Region {
+    file: Arc<File>,
+    base: u64,
+    len: u64,
+    pos: u64,
+    cache: Vec<u8>,
+    cache_start: u64,
+    pending: Vec<u8>,
+    pending_start: u64,
+}
+
+const REGION_BUFFER: usize = 256 * 1024;
+
+impl Region {
+    fn new(file: Arc<File>, base: u64, len: u64) -> Self {
+        Region {
+            file,
+            base,
+            len,
+            pos: 0,
+            cache: Vec::new(),
+            cache_start: 0,
+            pending: Vec::new(),
+            pending_start: 0,
+        }
+    }
+
+    fn flush_pending(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.file
+                .write_all_at(&self.pending, self.base + self.pending_start)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Read for Region {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.flush_pending()?;
+        if self.pos >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let cached =
+            self.pos >= self.cache_start && self.pos < self.cache_start + self.cache.len() as u64;
+        if !cached {
+            let want = (REGION_BUFFER as u64).min(self.len - self.pos) as usize;
+            self.cache.resize(want, 0);
+            let mut filled = 0;
+            while filled < want {
+                let n = self.file.read_at(
+                    &mut self.cache[filled..],
+                    self.base + self.pos + filled as u64,
+                )?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            self.cache.truncate(filled);
+            self.cache_start = self.pos;
+            if filled == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "shard file is shorter than its header says",
+                ));
+            }
+        }
+        let at = (self.pos - self.cache_start) as usize;
+        let n = buf.len().min(self.cache.len() - at);
+        buf[..n].copy_from_slice(&self.cache[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Region {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.cache.clear();
+        if self.pending_start + self.pending.len() as u64 != self.pos {
+            self.flush_pending()?;
+            self.pending_start = self.pos;
+        }
+        self.pending.extend_from_slice(buf);
+        self.pos += buf.len() as u64;
+        self.len = self.len.max(self.pos);
+        if self.pending.len() >= REGION_BUFFER {
+            self.flush_pending()?;
+            self.pending_start = self.pos;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_pending()
+    }
+}
+
+impl Seek for Region {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
+        Ok(self.pos)
+    }
+}
+
+struct Index {
+    shards: BTreeMap<String, ShardMeta>,
+    used: u64,
+    reserved: u64,
+}
+
+/// The shard store of one provider.
+pub struct Store {
+    dir: PathBuf,
+    capacity: u64,
+    reserve: u64,
+    index: Mutex<Index>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store under `data_dir`, removing temp files left by
+    /// a crash and rebuilding the index from the shard headers.
+    pub fn open(data_dir: &Path, capacity: u64, reserve: u64) -> Result<Store> {
+        let dir = data_dir.join("shards");
+        fs::create_dir_all(&dir)?;
+        let mut shards = BTreeMap::new();
+        let mut used = 0u64;
+        let mut stale = 0usize;
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with(TEMP_PREFIX) {
+                fs::remove_file(&path)?;
+                stale += 1;
+                continue;
+            }
+            let Some(id) = name.strip_suffix(SHARD_SUFFIX) else {
+                continue;
+            };
+            match Self::load_meta(&path, id) {
+                Ok(meta) => {
+                    used += meta.file_size;
+                    shards.insert(id.to_string(), meta);
+                }
+                Err(reason) => {
+                    warn!(path = %path.display(), reason, "skipping unreadable shard file");
+                }
+            }
+        }
+        if stale > 0 {
+            info!(stale, "removed temp files of interrupted writes");
+            File::open(&dir)?.sync_all()?;
+        }
+        info!(shards = shards.len(), used, dir = %dir.display(), "shard index rebuilt");
+        Ok(Store {
+            dir,
+            capacity,
+            reserve,
+            index: Mutex::new(Index {
+                shards,
+                used,
+                reserved: 0,
+            }),
+        })
+    }
+
+    fn load_meta(path: &Path, id: &str) -> std::result::Result<ShardMeta, String> {
+        let file = File::open(path).map_err(|e| e.to_string())?;
+        let header = Header::read(&file)?;
+        if header.id != id {
+            return Err(format!("header names shard {:?}", header.id));
+        }
+        let file_size = file.metadata().map_err(|e| e.to_string())?.len();
+        if file_size != file_size_for(id, header.length) {
+            return Err(format!("file is {file_size} bytes, header says otherwise"));
+        }
+        Ok(ShardMeta {
+            length: header.length,
+            hash: header.hash,
+            stored_at: header.stored_at,
+            file_size,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // The index is left consistent at every await-free step, so a panic
+        // elsewhere while holding the lock does not poison its meaning.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{SHARD_SUFFIX}"))
+    }
+
+    fn usable(&self) -> u64 {
+        self.capacity.saturating_sub(self.reserve)
+    }
+
+    /// Space accounting: capacity is the configured capacity minus the reserve.
+    pub fn usage(&self) -> Usage {
+        let index = self.lock();
+        let usable = self.usable();
+        Usage {
+            capacity: usable,
+            used: index.used,
+            free: usable.saturating_sub(index.used + index.reserved),
+            shards: index.shards.len() as u64,
+        }
+    }
+
+    /// Start storing a shard of exactly `length` bytes. Nothing is visible
+    /// until [`PutWriter::commit`]; dropping the writer removes the temp file.
+    pub fn begin_put(
+        self: &Arc<Self>,
+        id: &str,
+        length: u64,
+        expected_hash: Option<[u8; 32]>,
+    ) -> Result<PutWriter> {
+        validate_shard_id(id)?;
+        let needed = file_size_for(id, length);
+        {
+            let mut index = self.lock();
+            let usable = self.usable();
+            let after = index
+                .used
+                .saturating_add(index.reserved)
+                .saturating_add(needed);
+            if after > usable {
+                return Err(Error::CapacityExhausted {
+                    needed,
+                    used: index.used + index.reserved,
+                    usable,
+                });
+            }
+            index.reserved += needed;
+        }
+        let mut writer = PutWriter {
+            store: Arc::clone(self),
+            id: id.to_string(),
+            length,
+            expected_hash,
+            reserved: needed,
+            temp: self
+                .dir
+                .join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>())),
+            file: None,
+            encoder: None,
+            written: 0,
+            header: Vec::new(),
+            stored_at: now_secs(),
+        };
+        writer.create()?;
+        Ok(writer)
+    }
+
+    /// The index entry of a shard.
+    pub fn stat(&self, id: &str) -> Result<ShardMeta> {
+        validate_shard_id(id)?;
+        self.lock()
+            .shards
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// Page through shards in id order: ids with `prefix`, strictly after
+    /// `start_after`; the second value is where the next page starts, if any.
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> (Vec<(String, ShardMeta)>, Option<String>) {
+        let index = self.lock();
+        let lower = if start_after >= prefix {
+            Bound::Excluded(start_after.to_string())
+        } else {
+            Bound::Included(prefix.to_string())
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for (id, meta) in index.shards.range((lower, Bound::Unbounded)) {
+            if !id.starts_with(prefix) {
+                break;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push((id.clone(), meta.clone()));
+        }
+        let next = if more {
+            out.last().map(|(id, _)| id.clone())
+        } else {
+            None
+        };
+        (out, next)
+    }
+
+    /// Remove a shard; answers whether it existed.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        validate_shard_id(id)?;
+        {
+            let mut index = self.lock();
+            let Some(meta) = index.shards.remove(id) else {
+                return Ok(false);
+            };
+            index.used = index.used.saturating_sub(meta.file_size);
+            match fs::remove_file(self.path_of(id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(true)
+    }
+
+    /// Open a verified reader over `[offset, offset + len)` of a shard (`len`
+    /// 0 means to the end). Every byte it yields has been checked against the
+    /// shard's BLAKE3 hash; a mismatch yields [`Error::DataLoss`].
+    pub fn read_range(&self, id: &str, offset: u64, len: u64) -> Result<ShardReader> {
+        let (meta, file, header_len) = self.open_checked(id)?;
+        if offset > meta.length {
+            return Err(Error::InvalidArgument(format!(
+                "offset {offset} is past the end of shard {id} ({} bytes)",
+                meta.length
+            )));
+        }
+        let available = meta.length - offset;
+        let len = if len == 0 {
+            available
+        } else {
+            len.min(available)
+        };
+        let data = Region::new(Arc::clone(&file), header_len, meta.length);
+        let outboard = Region::new(file, header_len + meta.length, outboard_size(meta.length));
+        let extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
+        let decoder =
+            bao::decode::SliceDecoder::new(extractor, &blake3::Hash::from(meta.hash), offset, len);
+        Ok(ShardReader {
+            id: id.to_string(),
+            remaining: len,
+            decoder,
+        })
+    }
+
+    /// A bao slice of `[offset, offset + len)` that the caller verifies against
+    /// the hash it recorded; also the shard length.
+    pub fn audit(&self, id: &str, offset: u64, len: u64) -> Result<(Vec<u8>, u64)> {
+        if len > MAX_AUDIT_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "audit length {len} exceeds the maximum of {MAX_AUDIT_LEN} bytes"
+            )));
+        }
+        let (meta, file, header_len) = self.open_checked(id)?;
+        let data = Region::new(Arc::clone(&file), header_len, meta.length);
+        let outboard = Region::new(file, header_len + meta.length, outboard_size(meta.length));
+        let mut extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
+        let mut slice = Vec::new();
+        extractor
+            .read_to_end(&mut slice)
+            .map_err(|e| data_loss_or_io(id, e))?;
+        Ok((slice, meta.length))
+    }
+
+    fn open_checked(&self, id: &str) -> Result<(ShardMeta, Arc<File>, u64)> {
+        let meta = self.stat(id)?;
+        let file = match File::open(self.path_of(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::DataLoss {
+                    id: id.to_string(),
+                    reason: "shard file is missing".into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let header = Header::read(&file).map_err(|reason| Error::DataLoss {
+            id: id.to_string(),
+            reason,
+        })?;
+        if header.id != id || header.hash != meta.hash || header.length != meta.length {
+            return Err(Error::DataLoss {
+                id: id.to_string(),
+                reason: "header disagrees with the index".into(),
+            });
+        }
+        Ok((meta, Arc::new(file), Header::len_for(id)))
+    }
+}
+
+fn data_loss_or_io(id: &str, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => Error::DataLoss {
+            id: id.to_string(),
+            reason: e.to_string(),
+        },
+        _ => Error::Io(e),
+    }
+}
+
+type SliceReader = bao::decode::SliceDecoder<bao::encode::SliceExtractor<Region, Region>>;
+
+/// Verified bytes of a shard range; see [`Store::read_range`].
+pub struct ShardReader {
+    id: String,
+    remaining: u64,
+    decoder: SliceReader,
+}
+
+impl ShardReader {
+    /// Bytes still to come.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Fill up to `max` verified bytes; an empty answer means the range is done.
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<u8>> {
+        let want = (max as u64).min(self.remaining) as usize;
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            let n = self
+                .decoder
+                .read(&mut buf[filled..])
+                .map_err(|e| data_loss_or_io(&self.id, e))?;
+            if n == 0 {
+                return Err(Error::DataLoss {
+                    id: self.id.clone(),
+                    reason: "shard ended early".into(),
+                });
+            }
+            filled += n;
+        }
+        self.remaining -= want as u64;
+        Ok(buf)
+    }
+}
+
+/// A shard being written; see [`Store::begin_put`].
+pub struct PutWriter {
+    store: Arc<Store>,
+    id: String,
+    length: u64,
+    expected_hash: Option<[u8; 32]>,
+    reserved: u64,
+    temp: PathBuf,
+    file: Option<Arc<File>>,
+    encoder: Option<bao::encode::Encoder<Region>>,
+    written: u64,
+    header: Vec<u8>,
+    stored_at: i64,
+}
+
+impl PutWriter {
+    fn io_error(&self, e: io::Error) -> Error {
+        if is_disk_full(&e) {
+            Error::DiskFull(self.id.clone())
+        } else {
+            Error::Io(e)
+        }
+    }
+
+    fn create(&mut self) -> Result<()> {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&self.temp)
+            .map_err(|e| self.io_error(e))?;
+        let file = Arc::new(file);
+        // The hash is filled in at commit; until then the file is a temp file.
+        self.header = Header {
+            id: self.id.clone(),
+            length: self.length,
+            stored_at: self.stored_at,
+            hash: [0; 32],
+        }
+        .encode();
+        file.write_all_at(&self.header, 0)
+            .map_err(|e| self.io_error(e))?;
+        let outboard = Region::new(Arc::clone(&file), self.header.len() as u64 + self.length, 0);
+        self.encoder = Some(bao::encode::Encoder::new_outboard(outboard));
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Append shard bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let end = self.written + data.len() as u64;
+        if end > self.length {
+            return Err(Error::InvalidArgument(format!(
+                "shard {} is longer than the {} bytes announced in its header",
+                self.id, self.length
+            )));
+        }
+        let (Some(file), Some(encoder)) = (&self.file, &mut self.encoder) else {
+            return Err(Error::Other("writer is closed".into()));
+        };
+        let at = self.header.len() as u64 + self.written;
+        let result = file
+            .write_all_at(data, at)
+            .and_then(|()| encoder.write_all(data));
+        result.map_err(|e| self.io_error(e))?;
+        self.written = end;
+        Ok(())
+    }
+
+    /// Make the shard durable and visible; answers its index entry.
+    pub fn commit(mut self) -> Result<ShardMeta> {
+        if self.written != self.length {
+            return Err(Error::InvalidArgument(format!(
+                "shard {} ended after {} of the {} bytes announced in its header",
+                self.id, self.written, self.length
+            )));
+        }
+        let (Some(file), Some(mut encoder)) = (self.file.clone(), self.encoder.take()) else {
+            return Err(Error::Other("writer is closed".into()));
+        };
+        let hash = encoder.finalize().map_err(|e| self.io_error(e))?;
+        let mut outboard = encoder.into_inner();
+        outboard.flush().map_err(|e| self.io_error(e))?;
+        let hash = *hash.as_bytes();
+        if let Some(expected) = self.expected_hash
+            && expected != hash
+        {
+            return Err(Error::InvalidArgument(format!(
+                "shard {} has BLAKE3 {} but the caller expected {}; nothing stored",
+                self.id,
+                hex::encode(hash),
+                hex::encode(expected)
+            )));
+        }
+        let header = Header {
+            id: self.id.clone(),
+            length: self.length,
+            stored_at: self.stored_at,
+            hash,
+        }
+        .encode();
+        file.write_all_at(&header, 0)
+            .map_err(|e| self.io_error(e))?;
+        file.sync_all().map_err(|e| self.io_error(e))?;
+        let file_size = file.metadata()?.len();
+        let meta = ShardMeta {
+            length: self.length,
+            hash,
+            stored_at: self.stored_at,
+            file_size,
+        };
+        {
+            let mut index = self.store.lock();
+            fs::rename(&self.temp, self.store.path_of(&self.id))?;
+            self.file = None;
+            if let Some(old) = index.shards.insert(self.id.clone(), meta.clone()) {
+                index.used = index.used.saturating_sub(old.file_size);
+            }
+            index.used += file_size;
+            index.reserved = index.reserved.saturating_sub(self.reserved);
+            self.reserved = 0;
+        }
+        File::open(&self.store.dir)?.sync_all()?;
+        Ok(meta)
+    }
+}
+
+impl Drop for PutWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some()
+            && let Err(e) = fs::remove_file(&self.temp)
+        {
+            warn!(path = %self.temp.display(), error = %e, "could not remove temp file");
+        }
+        if self.reserved > 0 {
+            let mut index = self.store.lock();
+            index.reserved = index.reserved.saturating_sub(self.reserved);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn put(store: &Arc<Store>, id: &str, data: &[u8]) -> Result<ShardMeta> {
+        let mut w = store.begin_put(id, data.len() as u64, None)?;
+        for chunk in data.chunks(100_000) {
+            w.write(chunk)?;
+        }
+        w.commit()
+    }
+
+    fn read_all(store: &Store, id: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut r = store.read_range(id, offset, len)?;
+        let mut out = Vec::new();
+        while r.remaining() > 0 {
+            out.extend(r.next_chunk(65536)?);
+        }
+        Ok(out)
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 1000) as u8).collect()
+    }
+
+    fn dir_entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = fs::read_dir(dir.join("shards"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn shard_ids_are_validated() {
+        for ok in ["a", "shard-1.part_2", &"x".repeat(200)] {
+            assert!(validate_shard_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "é", &"x".repeat(201), "a b"] {
+            assert!(validate_shard_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bao_root_is_the_blake3_hash() {
+        let d = data(300_000);
+        let (_, root) = bao::encode::outboard(&d);
+        assert_eq!(root, blake3::hash(&d));
+    }
+
+    #[test]
+    fn put_read_range_and_index_rebuilt_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        let d = data(1_000_000);
+        let meta = put(&store, "s1", &d).unwrap();
+        assert_eq!(meta.hash, *blake3::hash(&d).as_bytes());
+        assert_eq!(read_all(&store, "s1", 0, 0).unwrap(), d);
+        assert_eq!(
+            read_all(&store, "s1", 12_345, 70_000).unwrap(),
+            &d[12_345..82_345]
+        );
+        assert_eq!(read_all(&store, "s1", 999_990, 100).unwrap(), &d[999_990..]);
+        put(&store, "empty", &[]).unwrap();
+        assert_eq!(read_all(&store, "empty", 0, 0).unwrap(), Vec::<u8>::new());
+        let used = store.usage().used;
+        drop(store);
+
+        let store = Store::open(dir.path(), GIB, 0).unwrap();
+        assert_eq!(store.stat("s1").unwrap(), meta);
+        assert_eq!(store.usage().used, used);
+        assert_eq!(store.usage().shards, 2);
+        assert_eq!(read_all(&store, "s1", 5, 10).unwrap(), &d[5..15]);
+        assert!(matches!(store.stat("nope"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn cut_stream_stores_nothing_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        let mut w = store.begin_put("cut", 1000, None).unwrap();
+        w.write(&[1u8; 500]).unwrap();
+        assert_eq!(
+            dir_entries(dir.path()).len(),
+            1,
+            "temp file exists while writing"
+        );
+        drop(w);
+        assert!(dir_entries(dir.path()).is_empty());
+        assert!(matches!(store.stat("cut"), Err(Error::NotFound(_))));
+        assert_eq!(store.usage().free, GIB);
+
+        // Short and long streams and a wrong expected hash are refused too.
+        let mut w = store.begin_put("short", 1000, None).unwrap();
+        w.write(&[1u8; 500]).unwrap();
+        assert!(matches!(w.commit(), Err(Error::InvalidArgument(_))));
+        let mut w = store.begin_put("long", 10, None).unwrap();
+        assert!(w.write(&[1u8; 11]).is_err());
+        drop(w);
+        let mut w = store.begin_put("hash", 3, Some([0; 32])).unwrap();
+        w.write(b"abc").unwrap();
+        assert!(w.commit().is_err());
+        assert!(dir_entries(dir.path()).is_empty());
+        assert_eq!(store.usage().shards, 0);
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        put(&store, "kept", b"hello").unwrap();
+        let w = store.begin_put("crashed", 10, None).unwrap();
+        // A kill -9 mid-write: the writer never runs its cleanup.
+        std::mem::forget(w);
+        assert_eq!(dir_entries(dir.path()).len(), 2);
+        drop(store);
+        let store = Store::open(dir.path(), GIB, 0).unwrap();
+        assert_eq!(dir_entries(dir.path()), vec!["kept.shard".to_string()]);
+        assert!(store.stat("crashed").is_err());
+        assert_eq!(store.stat("kept").unwrap().length, 5);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        let d = data(200_000);
+        let meta = put(&store, "victim", &d).unwrap();
+        let path = dir.path().join("shards/victim.shard");
+        let mut bytes = fs::read(&path).unwrap();
+        let header_len = Header::len_for("victim") as usize;
+        bytes[header_len + 150_000] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+
+        assert!(matches!(
+            read_all(&store, "victim", 0, 0),
+            Err(Error::DataLoss { .. })
+        ));
+        assert!(matches!(
+            read_all(&store, "victim", 149_000, 2_000),
+            Err(Error::DataLoss { .. })
+        ));
+        // Ranges far from the damage still verify.
+        assert_eq!(read_all(&store, "victim", 0, 1000).unwrap(), &d[..1000]);
+
+        let (slice, _) = store.audit("victim", 149_500, 1000).unwrap();
+        let mut decoder = bao::decode::SliceDecoder::new(
+            &slice[..],
+            &blake3::Hash::from(meta.hash),
+            149_500,
+            1000,
+        );
+        let mut out = Vec::new();
+        assert!(decoder.read_to_end(&mut out).is_err());
+    }
+
+    #[test]
+    fn capacity_and_reserve_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 300_000, 100_000).unwrap());
+        put(&store, "a", &data(100_000)).unwrap();
+        let err = store.begin_put("b", 100_000, None).err().unwrap();
+        assert!(matches!(err, Error::CapacityExhausted { .. }), "{err}");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(store.delete("a").unwrap());
+        assert!(!store.delete("a").unwrap());
+        put(&store, "b", &data(100_000)).unwrap();
+    }
+
+    #[test]
+    fn listing_pages_in_id_order_with_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        for id in ["a1", "a2", "a3", "b1", "c"] {
+            put(&store, id, id.as_bytes()).unwrap();
+        }
+        let ids = |v: Vec<(String, ShardMeta)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let (page, next) = store.list("a", "", 2);
+        assert_eq!(ids(page), ["a1", "a2"]);
+        assert_eq!(next.as_deref(), Some("a2"));
+        let (page, next) = store.list("a", "a2", 2);
+        assert_eq!(ids(page), ["a3"]);
+        assert_eq!(next, None);
+        let (page, _) = store.list("", "a3", 10);
+        assert_eq!(ids(page), ["b1", "c"]);
+    }
+}
