@@ -316,12 +316,11 @@ impl MetadataStore for SqliteStore {
                     .find(d)
                     .map(|i| v.key[..q.prefix.len() + i + d.len()].to_string())
             });
-            if let Some(prefix) = &group {
-                if page.common_prefixes.last() == Some(prefix)
-                    || (q.start_after.starts_with(prefix.as_str()))
-                {
-                    continue;
-                }
+            if let Some(prefix) = &group
+                && (page.common_prefixes.last() == Some(prefix)
+                    || q.start_after.starts_with(prefix.as_str()))
+            {
+                continue;
             }
             if count == q.max_keys {
                 page.next_marker = page
