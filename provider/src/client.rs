@@ -179,8 +179,8 @@ impl ProviderClient {
             None => None,
         };
         let inner = ShardStoreClient::new(channel)
-            .max_decoding_message_size(CHUNK_SIZE + 64 * 1024)
-            .max_encoding_message_size(CHUNK_SIZE + 64 * 1024);
+            .max_decoding_message_size(CHUNK_SIZE + 256 * 1024)
+            .max_encoding_message_size(CHUNK_SIZE + 256 * 1024);
         Ok(ProviderClient {
             inner,
             token,

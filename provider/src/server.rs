@@ -32,7 +32,7 @@ use crate::{CHUNK_SIZE, Error, VERSION};
 /// Metadata key carrying the cluster token.
 pub const TOKEN_METADATA: &str = "x-sublet-token";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_MESSAGE: usize = CHUNK_SIZE + 64 * 1024;
+const MAX_MESSAGE: usize = CHUNK_SIZE + 256 * 1024;
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 

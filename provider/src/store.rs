@@ -30,7 +30,7 @@ const TEMP_PREFIX: &str = ".tmp-";
 const SHARD_SUFFIX: &str = ".shard";
 const MAX_ID_LEN: usize = 200;
 /// Audits answer at most this many bytes.
-pub const MAX_AUDIT_LEN: u64 = 16 * 1024 * 1024;
+pub const MAX_AUDIT_LEN: u64 = 1024 * 1024;
 
 /// Check that a shard id is 1..=200 characters of `[A-Za-z0-9._-]` not starting with '.'.
 pub fn validate_shard_id(id: &str) -> Result<()> {
