@@ -1,5 +1,6 @@
 //! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
 
 pub mod codec;
+pub mod dataplane;
 pub mod layout;
 pub mod meta;

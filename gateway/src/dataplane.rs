@@ -1,0 +1,477 @@
+//! Writing and reading object versions as sealed, striped segments on a
+//! placement of shard backends (providers), with write quorum and read fallback.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::join_all;
+
+use crate::codec::{self, CodecError, DataKey, MasterKey};
+use crate::layout::{Encryption, Layout, Scheme, Segment, ShardLocation};
+
+/// Why a shard backend refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+/// One place shards can be written to and read from: a provider, seen from the gateway.
+#[async_trait]
+pub trait ShardBackend: Send + Sync {
+    /// The provider's node id, recorded in layouts.
+    fn node_id(&self) -> &str;
+    /// Stores a shard durably and returns its BLAKE3 hash.
+    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError>;
+    async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError>;
+    async fn delete(&self, shard_id: &str) -> Result<(), BackendError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(
+        "segment {segment}: only {acked} of {width} shards were stored durably, the plan needs {quorum}; nothing was committed"
+    )]
+    Quorum {
+        segment: u64,
+        acked: usize,
+        width: usize,
+        quorum: usize,
+    },
+    #[error("placement has {got} providers but the scheme needs {width}")]
+    Placement { got: usize, width: usize },
+    #[error("segment {segment} is unreadable: {source}")]
+    Unreadable { segment: u64, source: CodecError },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// How one object version is written: scheme, placement and policy.
+pub struct WriteSpec {
+    pub scheme: Scheme,
+    pub encrypt: bool,
+    pub segment_size: u64,
+    /// Acknowledged shards needed per segment before the version may commit.
+    pub write_quorum: usize,
+    /// Shard `i` of every segment goes to `placement[i]`.
+    pub placement: Vec<Arc<dyn ShardBackend>>,
+    /// Unique prefix for this version's shard ids (e.g. a random version uid).
+    pub shard_prefix: String,
+}
+
+/// Streams segments of one version out to its placement.
+pub struct ObjectWriter {
+    spec: WriteSpec,
+    key: Option<DataKey>,
+    nonce_prefix: Vec<u8>,
+    layout: Layout,
+}
+
+impl ObjectWriter {
+    pub fn new(master: &MasterKey, spec: WriteSpec) -> Result<Self, DataError> {
+        let width = spec.scheme.width();
+        if spec.placement.len() != width {
+            return Err(DataError::Placement {
+                got: spec.placement.len(),
+                width,
+            });
+        }
+        let (key, encryption, nonce_prefix) = if spec.encrypt {
+            let (key, wrapped) = master.new_data_key()?;
+            let prefix = DataKey::new_nonce_prefix()?.to_vec();
+            let enc = Encryption::Aes256Gcm {
+                wrapped_key: wrapped,
+                nonce_prefix: prefix.clone(),
+            };
+            (Some(key), enc, prefix)
+        } else {
+            (None, Encryption::None, Vec::new())
+        };
+        let layout = Layout {
+            scheme: spec.scheme,
+            encryption,
+            segment_size: spec.segment_size,
+            segments: Vec::new(),
+            inline: None,
+        };
+        Ok(Self {
+            spec,
+            key,
+            nonce_prefix,
+            layout,
+        })
+    }
+
+    /// Seals, stripes and stores one segment (at most `segment_size` bytes).
+    /// Shards that fail are recorded as missing, for repair, as long as the quorum holds.
+    pub async fn write_segment(&mut self, plain: Vec<u8>) -> Result<(), DataError> {
+        let index = self.layout.segments.len() as u64;
+        let plain_length = plain.len() as u64;
+        let mut sealed = plain;
+        if let Some(key) = &self.key {
+            key.seal(&self.nonce_prefix, index, &mut sealed)?;
+        }
+        let sealed_length = sealed.len() as u64;
+        let shards = codec::encode_stripe(self.spec.scheme, &sealed)?;
+        drop(sealed);
+        let writes = shards.into_iter().enumerate().map(|(i, shard)| {
+            let backend = Arc::clone(&self.spec.placement[i]);
+            let shard_id = format!("{}.{index}.{i}", self.spec.shard_prefix);
+            async move {
+                let length = shard.len() as u64;
+                match backend.put(&shard_id, Bytes::from(shard)).await {
+                    Ok(hash) => ShardLocation {
+                        provider: backend.node_id().to_string(),
+                        shard_id,
+                        hash: hex::encode(hash),
+                        length,
+                    },
+                    Err(e) => {
+                        tracing::warn!(provider = backend.node_id(), shard_id, error = %e, "shard write failed");
+                        ShardLocation {
+                            provider: String::new(),
+                            shard_id,
+                            hash: String::new(),
+                            length,
+                        }
+                    }
+                }
+            }
+        });
+        let locations = join_all(writes).await;
+        let acked = locations.iter().filter(|l| !l.is_missing()).count();
+        let segment = Segment {
+            plain_length,
+            sealed_length,
+            shards: locations,
+        };
+        // Record it either way, so `abort` can clean up what did land.
+        self.layout.segments.push(segment);
+        if acked < self.spec.write_quorum {
+            return Err(DataError::Quorum {
+                segment: index,
+                acked,
+                width: self.spec.scheme.width(),
+                quorum: self.spec.write_quorum,
+            });
+        }
+        Ok(())
+    }
+
+    /// The finished layout, ready to commit to metadata.
+    pub fn finish(self) -> Layout {
+        self.layout
+    }
+
+    /// Deletes every shard written so far (a failed or abandoned upload).
+    pub async fn abort(self) {
+        let backends = self.spec.placement;
+        delete_shards(&self.layout, |node| {
+            backends.iter().find(|b| b.node_id() == node).cloned()
+        })
+        .await;
+    }
+}
+
+/// Best-effort removal of a layout's shards; what fails is left to garbage collection.
+pub async fn delete_shards(
+    layout: &Layout,
+    backend_for: impl Fn(&str) -> Option<Arc<dyn ShardBackend>>,
+) {
+    let deletes = layout.shards().filter(|s| !s.is_missing()).map(|s| {
+        let backend = backend_for(&s.provider);
+        async move {
+            if let Some(b) = backend
+                && let Err(e) = b.delete(&s.shard_id).await
+            {
+                tracing::warn!(provider = %s.provider, shard_id = %s.shard_id, error = %e, "shard delete failed");
+            }
+        }
+    });
+    join_all(deletes).await;
+}
+
+/// Reads segments of a version back, verifying every shard against its recorded hash.
+pub struct ObjectReader {
+    layout: Layout,
+    key: Option<DataKey>,
+}
+
+impl ObjectReader {
+    pub fn new(master: &MasterKey, layout: Layout) -> Result<Self, DataError> {
+        let key = match &layout.encryption {
+            Encryption::None => None,
+            Encryption::Aes256Gcm { wrapped_key, .. } => Some(master.unwrap_data_key(wrapped_key)?),
+        };
+        Ok(Self { layout, key })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Fetches, verifies, decodes and decrypts segment `index`. Reads the data
+    /// shards first and falls back to parity shards for any that fail or lie.
+    pub async fn read_segment(
+        &self,
+        index: usize,
+        backend_for: impl Fn(&str) -> Option<Arc<dyn ShardBackend>>,
+    ) -> Result<Vec<u8>, DataError> {
+        let segment_no = index as u64;
+        let Some(segment) = self.layout.segments.get(index) else {
+            return Err(DataError::Unreadable {
+                segment: segment_no,
+                source: CodecError::NotEnoughShards {
+                    needed: self.layout.scheme.needed(),
+                    available: 0,
+                },
+            });
+        };
+        let needed = self.layout.scheme.needed();
+        let width = segment.shards.len();
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut next = 0usize;
+        // Ask for exactly the shards still needed, in stripe order; data shards
+        // first means no decoding work when everything is healthy.
+        while got.iter().filter(|s| s.is_some()).count() < needed && next < width {
+            let missing = needed - got.iter().filter(|s| s.is_some()).count();
+            let batch: Vec<usize> = (next..width).take(missing).collect();
+            next += batch.len();
+            let fetches = batch.iter().map(|&i| {
+                let loc = &segment.shards[i];
+                let backend = (!loc.is_missing())
+                    .then(|| backend_for(&loc.provider))
+                    .flatten();
+                async move {
+                    let backend = backend?;
+                    match backend.get(&loc.shard_id).await {
+                        Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => {
+                            Some(bytes.to_vec())
+                        }
+                        Ok(_) => {
+                            tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, error = %e, "shard read failed");
+                            None
+                        }
+                    }
+                }
+            });
+            let fetched = join_all(fetches).await;
+            for (&i, shard) in batch.iter().zip(fetched) {
+                got[i] = shard;
+            }
+        }
+        let sealed_len = usize::try_from(segment.sealed_length).unwrap_or(usize::MAX);
+        let mut buf =
+            codec::decode_stripe(self.layout.scheme, &got, sealed_len).map_err(|source| {
+                DataError::Unreadable {
+                    segment: segment_no,
+                    source,
+                }
+            })?;
+        if let (Some(key), Encryption::Aes256Gcm { nonce_prefix, .. }) =
+            (&self.key, &self.layout.encryption)
+        {
+            key.open(nonce_prefix, segment_no, &mut buf)
+                .map_err(|source| DataError::Unreadable {
+                    segment: segment_no,
+                    source,
+                })?;
+        }
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// An in-memory provider that can be switched off or made to lie.
+    #[derive(Default)]
+    struct MemBackend {
+        id: String,
+        shards: Mutex<HashMap<String, Bytes>>,
+        down: std::sync::atomic::AtomicBool,
+        corrupt: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl ShardBackend for MemBackend {
+        fn node_id(&self) -> &str {
+            &self.id
+        }
+        async fn put(&self, id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(BackendError("unavailable".into()));
+            }
+            let hash = *blake3::hash(&data).as_bytes();
+            self.shards.lock().unwrap().insert(id.into(), data);
+            Ok(hash)
+        }
+        async fn get(&self, id: &str) -> Result<Bytes, BackendError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(BackendError("unavailable".into()));
+            }
+            let data = self.shards.lock().unwrap().get(id).cloned();
+            let data = data.ok_or_else(|| BackendError("not found".into()))?;
+            if self.corrupt.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut v = data.to_vec();
+                v[0] ^= 0xff;
+                return Ok(Bytes::from(v));
+            }
+            Ok(data)
+        }
+        async fn delete(&self, id: &str) -> Result<(), BackendError> {
+            self.shards.lock().unwrap().remove(id);
+            Ok(())
+        }
+    }
+
+    fn cluster(n: usize) -> Vec<Arc<MemBackend>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(MemBackend {
+                    id: format!("node{i}"),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
+    fn spec(nodes: &[Arc<MemBackend>], quorum: usize) -> WriteSpec {
+        WriteSpec {
+            scheme: Scheme::Erasure { data: 4, parity: 2 },
+            encrypt: true,
+            segment_size: 1000,
+            write_quorum: quorum,
+            placement: nodes
+                .iter()
+                .map(|n| Arc::clone(n) as Arc<dyn ShardBackend>)
+                .collect(),
+            shard_prefix: "v1".into(),
+        }
+    }
+
+    fn lookup(nodes: &[Arc<MemBackend>]) -> impl Fn(&str) -> Option<Arc<dyn ShardBackend>> + '_ {
+        |id| {
+            nodes
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| Arc::clone(n) as Arc<dyn ShardBackend>)
+        }
+    }
+
+    fn body(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 253) as u8).collect()
+    }
+
+    async fn write(master: &MasterKey, nodes: &[Arc<MemBackend>], data: &[u8]) -> Layout {
+        let mut w = ObjectWriter::new(master, spec(nodes, 6)).unwrap();
+        for chunk in data.chunks(1000) {
+            w.write_segment(chunk.to_vec()).await.unwrap();
+        }
+        w.finish()
+    }
+
+    async fn read_all(
+        master: &MasterKey,
+        nodes: &[Arc<MemBackend>],
+        layout: Layout,
+    ) -> Result<Vec<u8>, DataError> {
+        let r = ObjectReader::new(master, layout).unwrap();
+        let mut out = Vec::new();
+        for i in 0..r.layout().segments.len() {
+            out.extend(r.read_segment(i, lookup(nodes)).await?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn round_trip_with_two_providers_down_and_shards_are_ciphertext() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        let data = body(3500);
+        let layout = write(&master, &nodes, &data).await;
+        assert_eq!(layout.segments.len(), 4);
+        assert_eq!(layout.plain_length(), 3500);
+        // No provider holds a plaintext run of the object.
+        for n in &nodes {
+            for shard in n.shards.lock().unwrap().values() {
+                assert!(!shard.windows(16).any(|w| w == &data[..16]));
+            }
+        }
+        nodes[0]
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        nodes[3]
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(read_all(&master, &nodes, layout).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn corrupt_shards_are_detected_and_worked_around() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        let data = body(2500);
+        let layout = write(&master, &nodes, &data).await;
+        nodes[1]
+            .corrupt
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        nodes[2]
+            .corrupt
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            read_all(&master, &nodes, layout.clone()).await.unwrap(),
+            data
+        );
+        nodes[4]
+            .corrupt
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = read_all(&master, &nodes, layout).await.unwrap_err();
+        assert!(
+            matches!(err, DataError::Unreadable { segment: 0, .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn quorum_failure_is_reported_and_abort_cleans_up() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        nodes[5]
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Quorum 5 of 6: one provider down still commits, with the shard marked missing.
+        let mut w = ObjectWriter::new(&master, spec(&nodes, 5)).unwrap();
+        w.write_segment(body(100)).await.unwrap();
+        let layout = w.finish();
+        assert!(layout.segments[0].shards[5].is_missing());
+        // Quorum 6 of 6: the same write fails and leaves nothing behind once aborted.
+        let mut second = spec(&nodes, 6);
+        second.shard_prefix = "v2".into();
+        let mut w = ObjectWriter::new(&master, second).unwrap();
+        let err = w.write_segment(body(100)).await.unwrap_err();
+        assert!(err.to_string().contains("only 5 of 6"), "{err}");
+        w.abort().await;
+        let stored: usize = nodes.iter().map(|n| n.shards.lock().unwrap().len()).sum();
+        assert_eq!(
+            stored, 5,
+            "only the first (committed) version's shards remain"
+        );
+    }
+
+    #[tokio::test]
+    async fn placement_must_match_the_stripe() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(5);
+        let err = ObjectWriter::new(&master, spec(&nodes, 5)).err().unwrap();
+        assert!(matches!(err, DataError::Placement { got: 5, width: 6 }));
+    }
+}
