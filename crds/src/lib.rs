@@ -1,1 +1,48 @@
 //! The sublet API: custom resource types, their validation and the standalone loader.
+//!
+//! The four kinds (`ProviderPool`, `StoragePlan`, `StorageSchedule`, `StorageGateway`) live in
+//! API group `sublet.dev`, version `v1alpha1`. The same types are read from Kubernetes by the
+//! operator and from a multi-document YAML file by a standalone gateway ([`load_file`]).
+
+pub mod condition;
+pub mod crdgen;
+pub mod duration;
+pub mod error;
+pub mod gateway;
+pub mod loader;
+pub mod plan;
+pub mod pool;
+pub mod schedule;
+pub mod size;
+pub mod validate;
+
+pub use condition::{Condition, ConditionStatus};
+pub use duration::Duration;
+pub use error::{Error, Result};
+pub use gateway::{
+    Access, BucketGrant, GatewayCredential, MetadataStore, PostgresMetadata, SecretRef,
+    ServiceSpec, ServiceType, SqliteMetadata, StorageGateway, StorageGatewaySpec,
+    StorageGatewayStatus,
+};
+pub use loader::{Config, LoadError, LoadErrors, load_file, load_str};
+pub use plan::{
+    Encryption, Erasure, Placement, PoolLimit, Redundancy, ShardCounts, SpreadBy, StoragePlan,
+    StoragePlanSpec, StoragePlanStatus,
+};
+pub use pool::{
+    Endpoint, NodeSelector, NodeStorage, PoolClass, PoolMember, PoolNodes, ProviderPool,
+    ProviderPoolSpec, ProviderPoolStatus, VolumeClaimTemplate,
+};
+pub use schedule::{
+    Audit, LifecycleFilter, LifecycleRule, Rebuild, RebuildWindow, Scrub, StorageSchedule,
+    StorageScheduleSpec, StorageScheduleStatus,
+};
+pub use size::ByteSize;
+pub use validate::ValidationError;
+
+/// The API group of every sublet kind.
+pub const GROUP: &str = "sublet.dev";
+/// The API version of every sublet kind.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "sublet.dev/v1alpha1";

@@ -1,0 +1,352 @@
+//! `StorageGateway`: the S3 endpoint, where its metadata lives and who may use it.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::Condition;
+use crate::size::ByteSize;
+use crate::validate::{Problems, ValidationError};
+
+/// An S3-compatible endpoint. In a cluster the operator runs it as a Deployment with a
+/// Service; standalone, `sublet serve` runs it from this spec and the `listen`, `dataDir`,
+/// `masterKeyFile`, `credentials` and `providerToken` fields.
+// Each printcolumn repeats `type_`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sublet.dev",
+    version = "v1alpha1",
+    kind = "StorageGateway",
+    doc = "An S3-compatible endpoint over sublet storage.",
+    namespaced,
+    status = "StorageGatewayStatus",
+    shortname = "sgw",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Default Plan",
+        type_ = "string",
+        json_path = ".spec.defaultPlan"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageGatewaySpec {
+    /// Gateway pods; more than 1 needs `metadata.postgres`. Default 1.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// The StoragePlan for objects whose bucket and request name none.
+    pub default_plan: String,
+    /// Where bucket and object metadata is kept; default SQLite on a 10Gi volume.
+    #[serde(default)]
+    pub metadata: MetadataStore,
+    /// How the gateway is exposed in the cluster.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// The Secret holding S3 access keys; created with fresh keys when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Standalone only: the address to listen on, e.g. `127.0.0.1:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Standalone only: the directory for the SQLite database and gateway state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+    /// Standalone only: a file holding the master key that wraps object keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<String>,
+    /// Standalone only: S3 access keys and the buckets each may use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<GatewayCredential>,
+    /// Standalone only: the token the gateway presents to providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_token: Option<String>,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// Where metadata lives. Set exactly one field.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataStore {
+    /// An SQLite database on a volume of the gateway pod (one replica only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<SqliteMetadata>,
+    /// A PostgreSQL database shared by all replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresMetadata>,
+}
+
+impl Default for MetadataStore {
+    fn default() -> Self {
+        MetadataStore {
+            sqlite: Some(SqliteMetadata::default()),
+            postgres: None,
+        }
+    }
+}
+
+/// SQLite metadata.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SqliteMetadata {
+    /// Size of the volume claimed for the database, e.g. `10Gi`; default 10Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<ByteSize>,
+    /// The database file; default `metadata.db` in the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// PostgreSQL metadata.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresMetadata {
+    /// The Secret with the connection URL.
+    pub secret_ref: SecretRef,
+}
+
+/// A reference to a key of a Secret in the gateway's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key holding the value; default `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// The Service in front of the gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// The S3 port; default 9000.
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            type_: ServiceType::default(),
+            port: default_port(),
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    9000
+}
+
+/// Kubernetes Service types.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Through the cluster's load balancer.
+    LoadBalancer,
+}
+
+/// An S3 key pair (standalone).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayCredential {
+    /// The access key id clients send.
+    pub access_key: String,
+    /// The secret key clients sign with.
+    pub secret_key: String,
+    /// Buckets this key may use and how; every bucket with read and write when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<BucketGrant>,
+}
+
+/// Access to one bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketGrant {
+    /// The bucket name.
+    pub bucket: String,
+    /// `read`, `write` or `readwrite` (default).
+    #[serde(default)]
+    pub access: Access,
+}
+
+/// What a key may do in a bucket.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// List and get.
+    Read,
+    /// Put and delete.
+    Write,
+    /// Both.
+    #[default]
+    Readwrite,
+}
+
+impl Access {
+    /// Whether reads are allowed.
+    pub fn can_read(self) -> bool {
+        matches!(self, Access::Read | Access::Readwrite)
+    }
+
+    /// Whether writes are allowed.
+    pub fn can_write(self) -> bool {
+        matches!(self, Access::Write | Access::Readwrite)
+    }
+}
+
+/// What the operator observed about a gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageGatewayStatus {
+    /// `Ready` and other conditions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The S3 URL inside the cluster, e.g. `http://s3.storage.svc:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Gateway pods ready.
+    #[serde(default)]
+    pub ready_replicas: u32,
+}
+
+impl StorageGatewaySpec {
+    /// Every problem with this spec, each with its field path and a fix.
+    pub fn validate(&self) -> Vec<ValidationError> {
+        let mut p = Problems::default();
+        p.at_least("spec.replicas", self.replicas, 1);
+        p.name("spec.defaultPlan", &self.default_plan);
+        match (&self.metadata.sqlite, &self.metadata.postgres) {
+            (Some(_), Some(_)) => p.add("spec.metadata", "set either sqlite or postgres, not both"),
+            (None, None) => p.add(
+                "spec.metadata",
+                "set sqlite (e.g. {storage: 10Gi}) or postgres (e.g. {secretRef: {name: sublet-db}})",
+            ),
+            _ => {}
+        }
+        if self.metadata.sqlite.is_some() && self.replicas > 1 {
+            p.add(
+                "spec.replicas",
+                format!(
+                    "{} replicas cannot share an SQLite database; use replicas: 1 or metadata.postgres",
+                    self.replicas
+                ),
+            );
+        }
+        if let Some(sqlite) = &self.metadata.sqlite
+            && sqlite.storage.as_ref().is_some_and(|s| s.bytes() == 0)
+        {
+            p.add(
+                "spec.metadata.sqlite.storage",
+                "must be more than 0 (e.g. 10Gi)",
+            );
+        }
+        if let Some(postgres) = &self.metadata.postgres
+            && postgres.secret_ref.name.is_empty()
+        {
+            p.add(
+                "spec.metadata.postgres.secretRef.name",
+                "must name the Secret holding the connection URL",
+            );
+        }
+        if self.service.port == 0 {
+            p.add(
+                "spec.service.port",
+                "must be a port from 1 to 65535 (e.g. 9000)",
+            );
+        }
+        if let Some(listen) = &self.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.add(
+                "spec.listen",
+                format!(
+                    "\"{listen}\" is not an address to listen on; use IP:port (e.g. 127.0.0.1:9000)"
+                ),
+            );
+        }
+        for (field, value) in [
+            ("spec.dataDir", &self.data_dir),
+            ("spec.masterKeyFile", &self.master_key_file),
+            ("spec.providerToken", &self.provider_token),
+            ("spec.credentialsSecret", &self.credentials_secret),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                p.add(field, "must not be empty; omit it to use the default");
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, credential) in self.credentials.iter().enumerate() {
+            let field = format!("spec.credentials[{i}]");
+            if credential.access_key.len() < 3 {
+                p.add(
+                    format!("{field}.accessKey"),
+                    "must be at least 3 characters (e.g. family-laptop)",
+                );
+            } else if !seen.insert(credential.access_key.as_str()) {
+                p.add(
+                    format!("{field}.accessKey"),
+                    format!(
+                        "\"{}\" is used twice; give each key pair its own access key",
+                        credential.access_key
+                    ),
+                );
+            }
+            if credential.secret_key.len() < 8 {
+                p.add(
+                    format!("{field}.secretKey"),
+                    "must be at least 8 characters; use a long random string (e.g. from `openssl rand -hex 20`)",
+                );
+            }
+            for (j, grant) in credential.buckets.iter().enumerate() {
+                if !is_bucket_name(&grant.bucket) {
+                    p.add(
+                        format!("{field}.buckets[{j}].bucket"),
+                        format!(
+                            "\"{}\" is not a bucket name; use 3 to 63 lowercase letters, digits, '.' and '-' (e.g. photos)",
+                            grant.bucket
+                        ),
+                    );
+                }
+            }
+        }
+        p.0
+    }
+}
+
+/// S3 bucket naming rules, simplified: 3 to 63 of `a-z0-9.-`, starting and ending with a
+/// letter or digit.
+fn is_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}

@@ -1,0 +1,291 @@
+//! `ProviderPool`: a set of storage providers with a class and an owner.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::Condition;
+use crate::size::ByteSize;
+use crate::validate::{Problems, ValidationError, is_endpoint_address};
+
+/// A group of providers that plans place shards on: in-cluster nodes running a provider pod,
+/// endpoints outside the cluster, or both.
+// Each printcolumn repeats `type_`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sublet.dev",
+    version = "v1alpha1",
+    kind = "ProviderPool",
+    doc = "A pool of storage providers: in-cluster nodes or endpoints outside the cluster.",
+    namespaced,
+    status = "ProviderPoolStatus",
+    shortname = "pp",
+    derive = "PartialEq",
+    printcolumn(name = "Class", type_ = "string", json_path = ".spec.class"),
+    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.owner"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        description = "ready members / all members",
+        json_path = ".status.readyMembers"
+    ),
+    printcolumn(name = "Capacity", type_ = "string", json_path = ".status.capacity"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderPoolSpec {
+    /// Who pays for and controls the hardware: `owned`, `rented` or `cloud`. Plans limit how
+    /// many shards of a stripe may sit on each class.
+    pub class: PoolClass,
+    /// The person or organisation owning the hardware; the failure domain for
+    /// `spreadBy: owner`. Defaults to the pool name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// In-cluster providers: one provider pod runs on every node matching the selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<PoolNodes>,
+    /// Providers outside the cluster (a friend's NAS, a rented box), reached over the network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Who pays for and controls a pool's hardware.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolClass {
+    /// Your own hardware.
+    Owned,
+    /// Hardware rented from someone else (a VPS, a friend's box for a fee).
+    Rented,
+    /// A cloud provider's storage.
+    Cloud,
+}
+
+impl PoolClass {
+    /// The name as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolClass::Owned => "owned",
+            PoolClass::Rented => "rented",
+            PoolClass::Cloud => "cloud",
+        }
+    }
+}
+
+/// Which cluster nodes run a provider and where it keeps its shards.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolNodes {
+    /// The nodes that run a provider pod.
+    pub selector: NodeSelector,
+    /// Where each provider pod stores shards.
+    pub storage: NodeStorage,
+}
+
+/// A label selector for nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelector {
+    /// Nodes carrying all these labels are selected, e.g. `sublet.dev/provider: "true"`.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// Storage for an in-cluster provider: a host directory or a persistent volume claim.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStorage {
+    /// An absolute directory on the node, e.g. `/var/lib/sublet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+    /// How much of `hostPath` the provider may fill, e.g. `500Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ByteSize>,
+    /// A persistent volume claim per provider pod instead of `hostPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim_template: Option<VolumeClaimTemplate>,
+}
+
+/// The claim made for each provider pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeClaimTemplate {
+    /// The storage class to claim from; the cluster default when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// The size of each claim, e.g. `200Gi`.
+    pub size: ByteSize,
+}
+
+/// A provider outside the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// A name unique in the pool, e.g. `bob-nas`.
+    pub name: String,
+    /// Where the provider listens: `https://host:port` or `host:port`.
+    pub address: String,
+    /// The provider's node id, pinned so a different machine at the same address is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// The failure domain for `spreadBy: zone`, e.g. `bob-home`. Defaults to the endpoint name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// What the operator observed about a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderPoolStatus {
+    /// `Ready` and other conditions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Every provider in the pool and its health.
+    #[serde(default)]
+    pub members: Vec<PoolMember>,
+    /// Ready members over all members, e.g. `3/4`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_members: Option<String>,
+    /// Free over total capacity of ready members, e.g. `1.2Ti/2Ti`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+}
+
+/// One provider of a pool as last seen.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolMember {
+    /// The endpoint or node name.
+    pub name: String,
+    /// The provider's node id.
+    #[serde(default)]
+    pub node_id: String,
+    /// Its failure domain for `spreadBy: zone`.
+    #[serde(default)]
+    pub zone: String,
+    /// Whether it answered its last health check.
+    #[serde(default)]
+    pub ready: bool,
+    /// Bytes it may store.
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// Bytes it stores.
+    #[serde(default)]
+    pub used_bytes: u64,
+    /// Reliability score from audits, 0 to 100.
+    #[serde(default)]
+    pub score: u32,
+    /// When it last answered (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+}
+
+impl ProviderPoolSpec {
+    /// Every problem with this spec, each with its field path and a fix.
+    pub fn validate(&self) -> Vec<ValidationError> {
+        let mut p = Problems::default();
+        if let Some(owner) = &self.owner
+            && owner.trim().is_empty()
+        {
+            p.add(
+                    "spec.owner",
+                    "must not be empty; name the person or organisation owning the hardware, or omit it",
+                );
+        }
+        if self.nodes.is_none() && self.endpoints.is_empty() {
+            p.add(
+                "spec",
+                "a pool needs providers; add `nodes` (in-cluster) or `endpoints` (outside the cluster)",
+            );
+        }
+        if let Some(nodes) = &self.nodes {
+            validate_storage(&mut p, &nodes.storage);
+        }
+        p.unique_names(
+            "spec.endpoints",
+            self.endpoints.iter().map(|e| e.name.as_str()),
+        );
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let field = format!("spec.endpoints[{i}]");
+            p.name(format!("{field}.name"), &endpoint.name);
+            if !is_endpoint_address(&endpoint.address) {
+                p.add(
+                    format!("{field}.address"),
+                    format!(
+                        "\"{}\" is not an address; use https://host:port or host:port (e.g. https://nas.example:7480)",
+                        endpoint.address
+                    ),
+                );
+            }
+            if endpoint
+                .node_id
+                .as_deref()
+                .is_some_and(|id| id.trim().is_empty())
+            {
+                p.add(
+                    format!("{field}.nodeId"),
+                    "must not be empty; paste the id the provider prints at start, or omit it to pin on first contact",
+                );
+            }
+        }
+        p.0
+    }
+}
+
+fn validate_storage(p: &mut Problems, storage: &NodeStorage) {
+    const FIELD: &str = "spec.nodes.storage";
+    match (&storage.host_path, &storage.volume_claim_template) {
+        (Some(_), Some(_)) => p.add(
+            FIELD,
+            "set either hostPath or volumeClaimTemplate, not both",
+        ),
+        (None, None) => p.add(
+            FIELD,
+            "set hostPath (e.g. /var/lib/sublet) or volumeClaimTemplate (e.g. {size: 200Gi})",
+        ),
+        _ => {}
+    }
+    if let Some(path) = &storage.host_path {
+        if !path.starts_with('/') {
+            p.add(
+                format!("{FIELD}.hostPath"),
+                format!(
+                    "\"{path}\" is not an absolute path; start it with / (e.g. /var/lib/sublet)"
+                ),
+            );
+        }
+        if storage.capacity.is_none() {
+            p.add(
+                format!("{FIELD}.capacity"),
+                "is required with hostPath; say how much the provider may fill (e.g. 500Gi)",
+            );
+        }
+    }
+    if storage.volume_claim_template.is_some() && storage.capacity.is_some() {
+        p.add(
+            format!("{FIELD}.capacity"),
+            "applies to hostPath only; size the claim with volumeClaimTemplate.size",
+        );
+    }
+    if storage.capacity.as_ref().is_some_and(|c| c.bytes() == 0) {
+        p.add(
+            format!("{FIELD}.capacity"),
+            "must be more than 0 (e.g. 500Gi)",
+        );
+    }
+    if let Some(claim) = &storage.volume_claim_template
+        && claim.size.bytes() == 0
+    {
+        p.add(
+            format!("{FIELD}.volumeClaimTemplate.size"),
+            "must be more than 0 (e.g. 200Gi)",
+        );
+    }
+}

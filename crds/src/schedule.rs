@@ -1,0 +1,374 @@
+//! `StorageSchedule`: when and how hard sublet audits, repairs, scrubs and expires objects.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::Condition;
+use crate::duration::Duration;
+use crate::size::ByteSize;
+use crate::validate::{Problems, ValidationError, is_clock_time};
+
+/// Care for the objects of the plans that name this schedule: rebuild of lost shards, audits
+/// of providers, scrubs of stored data and lifecycle rules.
+// Each printcolumn repeats `type_`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[kube(
+    group = "sublet.dev",
+    version = "v1alpha1",
+    kind = "StorageSchedule",
+    doc = "Audits, repairs, scrubs and lifecycle rules for the plans naming it.",
+    namespaced,
+    status = "StorageScheduleStatus",
+    shortname = "ss",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Grace",
+        type_ = "string",
+        json_path = ".spec.rebuild.gracePeriod"
+    ),
+    printcolumn(
+        name = "Queued",
+        type_ = "integer",
+        description = "objects waiting for repair",
+        json_path = ".status.queuedRepairs"
+    ),
+    printcolumn(name = "Last Audit", type_ = "date", json_path = ".status.lastAudit"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageScheduleSpec {
+    /// When objects that lost shards are repaired.
+    #[serde(default)]
+    pub rebuild: Rebuild,
+    /// How often providers are challenged to prove they still hold their shards.
+    #[serde(default)]
+    pub audit: Audit,
+    /// How often stored data is read back in full and checked.
+    #[serde(default)]
+    pub scrub: Scrub,
+    /// Rules that move objects to another plan, expire them or abort stale uploads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<LifecycleRule>,
+}
+
+/// Repair of objects that lost shards.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebuild {
+    /// An object with fewer healthy shards than this is queued for repair. Between dataShards
+    /// and the stripe width of every plan using this schedule; default the stripe width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy_shards: Option<u32>,
+    /// How long a provider may be gone before its shards count as lost; default 15m.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Duration,
+    /// Repairs running at once; default 2.
+    #[serde(default = "default_max_concurrent_jobs")]
+    pub max_concurrent_jobs: u32,
+    /// Bandwidth per second per repair job, e.g. `50Mi`; unlimited when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<ByteSize>,
+    /// Hours in which repairs run; any time when omitted. Objects at risk ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<RebuildWindow>,
+}
+
+impl Default for Rebuild {
+    fn default() -> Self {
+        Rebuild {
+            min_healthy_shards: None,
+            grace_period: default_grace_period(),
+            max_concurrent_jobs: default_max_concurrent_jobs(),
+            bandwidth_limit: None,
+            window: None,
+        }
+    }
+}
+
+fn default_grace_period() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_max_concurrent_jobs() -> u32 {
+    2
+}
+
+/// Daily hours, `HH:MM` on a 24-hour clock in the gateway's local time. An end before the
+/// start wraps past midnight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildWindow {
+    /// Start, e.g. `01:00`.
+    pub start: String,
+    /// End, e.g. `06:00`.
+    pub end: String,
+}
+
+/// Provider audits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Audit {
+    /// Time between audits of each provider; default 6h.
+    #[serde(default = "default_audit_interval")]
+    pub interval: Duration,
+    /// Shards challenged per provider per audit; default 64.
+    #[serde(default = "default_samples_per_provider")]
+    pub samples_per_provider: u32,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            interval: default_audit_interval(),
+            samples_per_provider: default_samples_per_provider(),
+        }
+    }
+}
+
+fn default_audit_interval() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+
+fn default_samples_per_provider() -> u32 {
+    64
+}
+
+/// Full reads of stored data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scrub {
+    /// Time between scrubs of each object; default 720h (30 days).
+    #[serde(default = "default_scrub_interval")]
+    pub interval: Duration,
+}
+
+impl Default for Scrub {
+    fn default() -> Self {
+        Scrub {
+            interval: default_scrub_interval(),
+        }
+    }
+}
+
+fn default_scrub_interval() -> Duration {
+    Duration::from_secs(720 * 3600)
+}
+
+/// One lifecycle rule, as in S3 bucket lifecycle: pick objects by prefix and age and do one
+/// thing with them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleRule {
+    /// A name unique in the schedule, e.g. `cool-down`.
+    pub name: String,
+    /// Which objects the rule applies to; every object when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<LifecycleFilter>,
+    /// Age in days at which `transitionTo` or `expire` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_days: Option<u32>,
+    /// Move matching objects to this StoragePlan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition_to: Option<String>,
+    /// Delete matching objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire: Option<bool>,
+    /// Abort multipart uploads left incomplete for this many days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_incomplete_multipart_after_days: Option<u32>,
+}
+
+/// Which objects a lifecycle rule applies to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleFilter {
+    /// Keys starting with this, e.g. `photos/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// What the operator observed about a schedule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageScheduleStatus {
+    /// `Ready` and other conditions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Objects waiting for repair.
+    #[serde(default)]
+    pub queued_repairs: u64,
+    /// Repairs running now.
+    #[serde(default)]
+    pub running_repairs: u64,
+    /// When the last audit round finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_audit: Option<String>,
+    /// When the last scrub round finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scrub: Option<String>,
+}
+
+impl StorageScheduleSpec {
+    /// Every problem with this spec, each with its field path and a fix. Whether
+    /// `minHealthyShards` suits the plans using the schedule is checked where the plans are
+    /// known: see [`StorageScheduleSpec::validate_for_plan`].
+    pub fn validate(&self) -> Vec<ValidationError> {
+        let mut p = Problems::default();
+        let rebuild = &self.rebuild;
+        if let Some(min) = rebuild.min_healthy_shards {
+            p.at_least("spec.rebuild.minHealthyShards", min, 1);
+        }
+        p.at_least(
+            "spec.rebuild.maxConcurrentJobs",
+            rebuild.max_concurrent_jobs,
+            1,
+        );
+        if rebuild.grace_period.as_secs() == 0 {
+            p.add(
+                "spec.rebuild.gracePeriod",
+                "must be longer than 0s, or a provider restart loses its shards (e.g. 15m)",
+            );
+        }
+        if rebuild
+            .bandwidth_limit
+            .as_ref()
+            .is_some_and(|b| b.bytes() == 0)
+        {
+            p.add(
+                "spec.rebuild.bandwidthLimit",
+                "must be more than 0 (e.g. 50Mi); omit it for no limit",
+            );
+        }
+        if let Some(window) = &rebuild.window {
+            for (field, value) in [("start", &window.start), ("end", &window.end)] {
+                if !is_clock_time(value) {
+                    p.add(
+                        format!("spec.rebuild.window.{field}"),
+                        format!(
+                            "\"{value}\" is not a time; use HH:MM on a 24-hour clock (e.g. 01:00)"
+                        ),
+                    );
+                }
+            }
+            if window.start == window.end {
+                p.add(
+                    "spec.rebuild.window",
+                    "start and end are equal, which leaves no time to repair; omit the window to repair at any time",
+                );
+            }
+        }
+        if self.audit.interval.as_secs() == 0 {
+            p.add("spec.audit.interval", "must be longer than 0s (e.g. 6h)");
+        }
+        p.at_least(
+            "spec.audit.samplesPerProvider",
+            self.audit.samples_per_provider,
+            1,
+        );
+        if self.scrub.interval.as_secs() == 0 {
+            p.add("spec.scrub.interval", "must be longer than 0s (e.g. 720h)");
+        }
+        p.unique_names(
+            "spec.lifecycle",
+            self.lifecycle.iter().map(|r| r.name.as_str()),
+        );
+        for (i, rule) in self.lifecycle.iter().enumerate() {
+            validate_rule(&mut p, &format!("spec.lifecycle[{i}]"), rule);
+        }
+        p.0
+    }
+
+    /// Problems using this schedule for a plan of `data_shards` out of `stripe_width` shards.
+    pub fn validate_for_plan(
+        &self,
+        plan: &str,
+        data_shards: u32,
+        stripe_width: u32,
+    ) -> Vec<ValidationError> {
+        let mut p = Problems::default();
+        if let Some(min) = self.rebuild.min_healthy_shards
+            && (min < data_shards || min > stripe_width)
+        {
+            p.add(
+                    "spec.rebuild.minHealthyShards",
+                    format!(
+                        "{min} does not suit plan {plan} ({data_shards} data shards of {stripe_width}); \
+                         use a number from {data_shards} to {stripe_width}"
+                    ),
+                );
+        }
+        p.0
+    }
+}
+
+fn validate_rule(p: &mut Problems, field: &str, rule: &LifecycleRule) {
+    p.name(format!("{field}.name"), &rule.name);
+    let expire = rule.expire == Some(true);
+    let actions = [
+        rule.transition_to.is_some(),
+        expire,
+        rule.abort_incomplete_multipart_after_days.is_some(),
+    ]
+    .iter()
+    .filter(|set| **set)
+    .count();
+    match actions {
+        0 => p.add(
+            field.to_owned(),
+            "the rule does nothing; set one of transitionTo (a plan), expire: true or \
+             abortIncompleteMultipartAfterDays",
+        ),
+        1 => {}
+        _ => p.add(
+            field.to_owned(),
+            "set only one of transitionTo, expire and abortIncompleteMultipartAfterDays; \
+             split the rule in two",
+        ),
+    }
+    if rule.expire == Some(false) {
+        p.add(
+            format!("{field}.expire"),
+            "false does nothing; write expire: true or remove it",
+        );
+    }
+    if let Some(plan) = &rule.transition_to {
+        p.name(format!("{field}.transitionTo"), plan);
+    }
+    match rule.after_days {
+        Some(days) => {
+            p.at_least(format!("{field}.afterDays"), days, 1);
+            if rule.transition_to.is_none() && !expire {
+                p.add(
+                    format!("{field}.afterDays"),
+                    "applies to transitionTo and expire only; remove it",
+                );
+            }
+        }
+        None if rule.transition_to.is_some() || expire => p.add(
+            format!("{field}.afterDays"),
+            "is required with transitionTo and expire; say after how many days (e.g. 30)",
+        ),
+        None => {}
+    }
+    if let Some(days) = rule.abort_incomplete_multipart_after_days {
+        p.at_least(
+            format!("{field}.abortIncompleteMultipartAfterDays"),
+            days,
+            1,
+        );
+    }
+    if let Some(prefix) = rule.filter.as_ref().and_then(|f| f.prefix.as_ref())
+        && prefix.is_empty()
+    {
+        p.add(
+            format!("{field}.filter.prefix"),
+            "must not be empty; omit the filter to match every object",
+        );
+    }
+}
