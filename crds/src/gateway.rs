@@ -350,3 +350,141 @@ fn is_bucket_name(name: &str) -> bool {
             .last()
             .is_some_and(|b| b.is_ascii_alphanumeric())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> StorageGatewaySpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        spec(&format!("defaultPlan: photos\n{yaml}"))
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_gateway_takes_defaults() {
+        let g = spec("defaultPlan: photos");
+        assert!(g.validate().is_empty());
+        assert_eq!(g.replicas, 1);
+        assert!(g.metadata.sqlite.is_some());
+        assert_eq!(g.service.type_, ServiceType::ClusterIP);
+        assert_eq!(g.service.port, 9000);
+    }
+
+    #[test]
+    fn replicas_and_metadata() {
+        assert_eq!(
+            problems("replicas: 0"),
+            ["spec.replicas: must be at least 1 (got 0)"]
+        );
+        assert_eq!(
+            problems("replicas: 2\nmetadata: {sqlite: {storage: 10Gi}}"),
+            [
+                "spec.replicas: 2 replicas cannot share an SQLite database; use replicas: 1 or metadata.postgres"
+            ]
+        );
+        assert!(problems("replicas: 3\nmetadata: {postgres: {secretRef: {name: db}}}").is_empty());
+        assert_eq!(
+            problems("metadata: {}"),
+            [
+                "spec.metadata: set sqlite (e.g. {storage: 10Gi}) or postgres (e.g. {secretRef: {name: sublet-db}})"
+            ]
+        );
+        assert_eq!(
+            problems("metadata: {sqlite: {}, postgres: {secretRef: {name: db}}}"),
+            ["spec.metadata: set either sqlite or postgres, not both"]
+        );
+        assert_eq!(
+            problems("metadata: {postgres: {secretRef: {name: \"\"}}}"),
+            [
+                "spec.metadata.postgres.secretRef.name: must name the Secret holding the connection URL"
+            ]
+        );
+        assert_eq!(
+            problems("metadata: {sqlite: {storage: 0}}"),
+            ["spec.metadata.sqlite.storage: must be more than 0 (e.g. 10Gi)"]
+        );
+    }
+
+    #[test]
+    fn default_plan_is_a_name() {
+        assert_eq!(
+            spec("defaultPlan: Family Photos").validate()[0].to_string(),
+            "spec.defaultPlan: \"Family Photos\" is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. home-lab)"
+        );
+    }
+
+    #[test]
+    fn service_and_standalone_fields() {
+        assert_eq!(
+            problems("service: {type: NodePort, port: 0}"),
+            ["spec.service.port: must be a port from 1 to 65535 (e.g. 9000)"]
+        );
+        assert!(problems("listen: \"[::1]:9000\"").is_empty());
+        assert_eq!(
+            problems("listen: localhost"),
+            [
+                "spec.listen: \"localhost\" is not an address to listen on; use IP:port (e.g. 127.0.0.1:9000)"
+            ]
+        );
+        assert_eq!(
+            problems("dataDir: \"\"\nproviderToken: \" \""),
+            [
+                "spec.dataDir: must not be empty; omit it to use the default",
+                "spec.providerToken: must not be empty; omit it to use the default",
+            ]
+        );
+    }
+
+    #[test]
+    fn credentials() {
+        let g = spec(
+            "defaultPlan: p\ncredentials: [{accessKey: frame, secretKey: 0123456789, buckets: [{bucket: photos, access: read}, {bucket: backups}]}]",
+        );
+        assert!(g.validate().is_empty());
+        let grants = &g.credentials[0].buckets;
+        assert_eq!(grants[0].access, Access::Read);
+        assert!(grants[0].access.can_read() && !grants[0].access.can_write());
+        assert_eq!(grants[1].access, Access::Readwrite);
+        assert_eq!(
+            problems(
+                "credentials: [{accessKey: ab, secretKey: short, buckets: [{bucket: Photos}]}]"
+            ),
+            [
+                "spec.credentials[0].accessKey: must be at least 3 characters (e.g. family-laptop)",
+                "spec.credentials[0].secretKey: must be at least 8 characters; use a long random string (e.g. from `openssl rand -hex 20`)",
+                "spec.credentials[0].buckets[0].bucket: \"Photos\" is not a bucket name; use 3 to 63 lowercase letters, digits, '.' and '-' (e.g. photos)",
+            ]
+        );
+        assert_eq!(
+            problems(
+                "credentials: [{accessKey: abc, secretKey: 0123456789}, {accessKey: abc, secretKey: 0123456789}]"
+            ),
+            [
+                "spec.credentials[1].accessKey: \"abc\" is used twice; give each key pair its own access key"
+            ]
+        );
+        let err = serde_yaml::from_str::<StorageGatewaySpec>(
+            "defaultPlan: p\ncredentials: [{accessKey: abc, secretKey: x, buckets: [{bucket: b, access: admin}]}]",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("credentials[0].buckets[0].access: unknown variant `admin`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn yaml_round_trip_keeps_what_was_written() {
+        let text = "replicas: 1\ndefaultPlan: family-photos\nmetadata:\n  sqlite:\n    storage: 10Gi\nservice:\n  type: ClusterIP\n  port: 9000\ncredentialsSecret: sublet-s3\n";
+        assert_eq!(serde_yaml::to_string(&spec(text)).unwrap(), text);
+    }
+}

@@ -278,13 +278,8 @@ impl Loader<'_> {
         match header.kind.as_deref() {
             Some("ProviderPool" | "StoragePlan" | "StorageSchedule" | "StorageGateway") => {}
             Some(other) => {
-                let other = other.to_owned();
-                header.kind = None;
-                self.error(
-                    &header,
-                    Some("kind".into()),
-                    format!("unknown kind \"{other}\"; use {KINDS}"),
-                );
+                let message = format!("\"{other}\" is not a sublet kind; use {KINDS}");
+                self.error(&header, Some("kind".into()), message);
                 readable = false;
             }
             None => {

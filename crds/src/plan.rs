@@ -415,3 +415,276 @@ impl StoragePlanSpec {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> StoragePlanSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        spec(yaml)
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    const EC42: &str = "redundancy: {erasure: {dataShards: 4, parityShards: 2}}\n";
+
+    #[test]
+    fn minimal_plan_takes_defaults() {
+        let plan = spec(EC42);
+        assert!(plan.validate().is_empty());
+        assert_eq!(plan.segment_size.bytes(), 16 << 20);
+        assert_eq!(plan.segment_size.to_string(), "16Mi");
+        assert_eq!(plan.encryption, Encryption::Aes256Gcm);
+        assert_eq!(plan.placement.spread_by, SpreadBy::Node);
+        assert_eq!(plan.placement.max_per_domain, 1);
+        assert_eq!(plan.schedule, None);
+        assert_eq!(plan.write_quorum(), 6);
+    }
+
+    #[test]
+    fn helpers_describe_the_redundancy() {
+        let ec = spec(EC42);
+        assert_eq!(ec.stripe_width(), 6);
+        assert_eq!(ec.data_shards(), 4);
+        assert_eq!(ec.redundancy_label(), "EC 4+2");
+        assert_eq!(ec.pools_label(), "*");
+        let replicas =
+            spec("redundancy: {replicas: 3}\nplacement: {pools: [{name: a}, {name: b}]}");
+        assert_eq!(replicas.stripe_width(), 3);
+        assert_eq!(replicas.data_shards(), 1);
+        assert_eq!(replicas.redundancy_label(), "3 replicas");
+        assert_eq!(replicas.pools_label(), "a,b");
+        assert_eq!(
+            spec("redundancy: {replicas: 1}").redundancy_label(),
+            "1 replica"
+        );
+        assert_eq!(spec(&format!("{EC42}writeQuorum: 5")).write_quorum(), 5);
+    }
+
+    #[test]
+    fn parity_must_be_at_least_one() {
+        assert_eq!(
+            problems("redundancy: {erasure: {dataShards: 4, parityShards: 0}}"),
+            [
+                "spec.redundancy.erasure.parityShards: must be at least 1; without parity use replicas: 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn data_shards_must_be_at_least_one() {
+        assert_eq!(
+            problems("redundancy: {erasure: {dataShards: 0, parityShards: 2}}"),
+            ["spec.redundancy.erasure.dataShards: must be at least 1 (got 0)"]
+        );
+    }
+
+    #[test]
+    fn stripe_is_at_most_256_shards() {
+        assert!(problems("redundancy: {erasure: {dataShards: 200, parityShards: 56}}").is_empty());
+        assert_eq!(
+            problems("redundancy: {erasure: {dataShards: 200, parityShards: 57}}"),
+            ["spec.redundancy.erasure: dataShards + parityShards is 257; it must be at most 256"]
+        );
+        assert_eq!(
+            problems("redundancy: {replicas: 300}"),
+            ["spec.redundancy.replicas: must be at most 256 (got 300)"]
+        );
+    }
+
+    #[test]
+    fn replicas_must_be_at_least_one() {
+        assert_eq!(
+            problems("redundancy: {replicas: 0}"),
+            ["spec.redundancy.replicas: must be at least 1 (got 0)"]
+        );
+    }
+
+    #[test]
+    fn exactly_one_redundancy() {
+        assert_eq!(
+            problems("redundancy: {replicas: 3, erasure: {dataShards: 4, parityShards: 2}}"),
+            ["spec.redundancy: set either erasure or replicas, not both"]
+        );
+        assert_eq!(
+            problems("redundancy: {}"),
+            [
+                "spec.redundancy: set erasure (e.g. {dataShards: 4, parityShards: 2}) or replicas (e.g. 3)"
+            ]
+        );
+    }
+
+    #[test]
+    fn segment_size_between_64ki_and_1gi() {
+        for ok in ["64Ki", "1Gi", "16Mi", "65536"] {
+            assert!(
+                problems(&format!("{EC42}segmentSize: {ok}")).is_empty(),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            problems(&format!("{EC42}segmentSize: 32Ki")),
+            ["spec.segmentSize: 32Ki is out of range; use a size between 64Ki and 1Gi (e.g. 16Mi)"]
+        );
+        assert_eq!(
+            problems(&format!("{EC42}segmentSize: 2Gi")),
+            ["spec.segmentSize: 2Gi is out of range; use a size between 64Ki and 1Gi (e.g. 16Mi)"]
+        );
+    }
+
+    #[test]
+    fn segment_size_that_does_not_parse_names_the_field() {
+        let err = serde_yaml::from_str::<StoragePlanSpec>(&format!("{EC42}segmentSize: 16Mx"))
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "segmentSize: \"16Mx\" is not a size; use a number with an optional unit Ki, Mi, Gi, Ti (e.g. 16Mi)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn max_per_domain_at_least_one() {
+        assert_eq!(
+            problems(&format!("{EC42}placement: {{maxPerDomain: 0}}")),
+            ["spec.placement.maxPerDomain: must be at least 1 (got 0)"]
+        );
+    }
+
+    #[test]
+    fn pool_min_not_above_max() {
+        assert_eq!(
+            problems(&format!(
+                "{EC42}placement: {{pools: [{{name: a, minShards: 3, maxShards: 2}}, {{name: b}}]}}"
+            )),
+            [
+                "spec.placement.pools[0].minShards: 3 is more than maxShards (2); lower minShards or raise maxShards"
+            ]
+        );
+    }
+
+    #[test]
+    fn pool_max_at_least_one() {
+        assert_eq!(
+            problems(&format!(
+                "{EC42}placement: {{pools: [{{name: a, maxShards: 0}}, {{name: b}}]}}"
+            )),
+            [
+                "spec.placement.pools[0].maxShards: must be at least 1; remove the pool from the plan to keep shards off it"
+            ]
+        );
+    }
+
+    #[test]
+    fn min_shards_fit_in_the_stripe() {
+        assert!(
+            problems(&format!(
+                "{EC42}placement: {{pools: [{{name: a, minShards: 4}}, {{name: b, minShards: 2}}]}}"
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            problems(&format!(
+                "{EC42}placement: {{pools: [{{name: a, minShards: 4}}, {{name: b, minShards: 3}}]}}"
+            )),
+            [
+                "spec.placement.pools: the minShards add up to 7 but a stripe has only 6 shards; lower them to fit"
+            ]
+        );
+    }
+
+    #[test]
+    fn max_shards_leave_room_for_the_stripe() {
+        assert_eq!(
+            problems(&format!(
+                "{EC42}placement: {{pools: [{{name: a, maxShards: 2}}, {{name: b, maxShards: 3}}]}}"
+            )),
+            [
+                "spec.placement.pools: the maxShards add up to 5 but a stripe has 6 shards; raise them or leave one pool without maxShards"
+            ]
+        );
+    }
+
+    #[test]
+    fn pool_names_unique_and_valid() {
+        assert_eq!(
+            problems(&format!(
+                "{EC42}placement: {{pools: [{{name: a}}, {{name: b}}, {{name: a}}]}}"
+            )),
+            ["spec.placement.pools[2].name: \"a\" is used twice; give each entry its own name"]
+        );
+        assert_eq!(
+            problems(&format!("{EC42}placement: {{pools: [{{name: Home_Lab}}]}}")),
+            [
+                "spec.placement.pools[0].name: \"Home_Lab\" is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. home-lab)"
+            ]
+        );
+    }
+
+    #[test]
+    fn write_quorum_between_data_shards_and_width() {
+        assert!(problems(&format!("{EC42}writeQuorum: 4")).is_empty());
+        assert!(problems(&format!("{EC42}writeQuorum: 6")).is_empty());
+        for bad in [3, 7] {
+            assert_eq!(
+                problems(&format!("{EC42}writeQuorum: {bad}")),
+                [format!(
+                    "spec.writeQuorum: must be between dataShards (4) and the stripe width (6), got {bad}; omit it to wait for all shards"
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn encryption_and_spread_by_are_enums() {
+        let plan = spec(&format!(
+            "{EC42}encryption: none\nplacement: {{spreadBy: owner}}"
+        ));
+        assert_eq!(plan.encryption, Encryption::None);
+        assert_eq!(plan.placement.spread_by, SpreadBy::Owner);
+        let err = serde_yaml::from_str::<StoragePlanSpec>(&format!("{EC42}encryption: rot13"))
+            .unwrap_err();
+        assert!(err.to_string().contains("aes-256-gcm"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let found = problems(
+            "redundancy: {erasure: {dataShards: 0, parityShards: 0}}\nsegmentSize: 1Ki\nplacement: {maxPerDomain: 0}",
+        );
+        assert_eq!(found.len(), 4, "{found:?}");
+    }
+
+    #[test]
+    fn yaml_round_trip_keeps_what_was_written() {
+        let text = "redundancy:\n  erasure:\n    dataShards: 4\n    parityShards: 2\nsegmentSize: 16Mi\nplacement:\n  spreadBy: zone\n  maxPerDomain: 2\n  pools:\n  - name: home-lab\n    minShards: 4\n  - name: rented\n    maxShards: 2\nencryption: aes-256-gcm\nschedule: nightly-care\nwriteQuorum: 5\n";
+        let plan = spec(text);
+        assert_eq!(serde_yaml::to_string(&plan).unwrap(), text);
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(
+            serde_json::from_str::<StoragePlanSpec>(&json).unwrap(),
+            plan
+        );
+    }
+
+    #[test]
+    fn healthy_percent_rounds_down() {
+        let counts = |healthy, degraded| ShardCounts {
+            healthy,
+            degraded,
+            ..ShardCounts::default()
+        };
+        assert_eq!(counts(0, 0).healthy_percent(), None);
+        assert_eq!(counts(10, 0).healthy_percent().unwrap(), "100.0%");
+        assert_eq!(counts(999_999, 1).healthy_percent().unwrap(), "99.9%");
+        assert_eq!(counts(1, 2).healthy_percent().unwrap(), "33.3%");
+    }
+}

@@ -289,3 +289,148 @@ fn validate_storage(p: &mut Problems, storage: &NodeStorage) {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> ProviderPoolSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        spec(yaml)
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    const NODES: &str = "nodes: {selector: {matchLabels: {sublet.dev/provider: \"true\"}}, storage: {hostPath: /var/lib/sublet, capacity: 500Gi}}";
+
+    #[test]
+    fn in_cluster_pool_is_valid() {
+        let pool = spec(&format!("class: owned\nowner: alice\n{NODES}"));
+        assert!(pool.validate().is_empty());
+        let nodes = pool.nodes.unwrap();
+        assert_eq!(nodes.storage.capacity.unwrap().bytes(), 500 << 30);
+        assert_eq!(nodes.selector.match_labels["sublet.dev/provider"], "true");
+    }
+
+    #[test]
+    fn class_is_an_enum() {
+        assert_eq!(
+            spec(&format!("class: cloud\n{NODES}")).class,
+            PoolClass::Cloud
+        );
+        let err = serde_yaml::from_str::<ProviderPoolSpec>(&format!("class: borrowed\n{NODES}"))
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "class: unknown variant `borrowed`, expected one of `owned`, `rented`, `cloud`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pool_needs_providers() {
+        assert_eq!(
+            problems("class: owned"),
+            [
+                "spec: a pool needs providers; add `nodes` (in-cluster) or `endpoints` (outside the cluster)"
+            ]
+        );
+    }
+
+    #[test]
+    fn storage_is_host_path_or_claim() {
+        assert_eq!(
+            problems("class: owned\nnodes: {selector: {}, storage: {}}"),
+            [
+                "spec.nodes.storage: set hostPath (e.g. /var/lib/sublet) or volumeClaimTemplate (e.g. {size: 200Gi})"
+            ]
+        );
+        assert_eq!(
+            problems(
+                "class: owned\nnodes: {selector: {}, storage: {hostPath: /x, capacity: 1Gi, volumeClaimTemplate: {size: 1Gi}}}"
+            ),
+            [
+                "spec.nodes.storage: set either hostPath or volumeClaimTemplate, not both",
+                "spec.nodes.storage.capacity: applies to hostPath only; size the claim with volumeClaimTemplate.size",
+            ]
+        );
+        assert!(problems("class: rented\nnodes: {selector: {}, storage: {volumeClaimTemplate: {storageClassName: fast, size: 200Gi}}}").is_empty());
+    }
+
+    #[test]
+    fn host_path_rules() {
+        assert_eq!(
+            problems("class: owned\nnodes: {selector: {}, storage: {hostPath: var/lib/sublet}}"),
+            [
+                "spec.nodes.storage.hostPath: \"var/lib/sublet\" is not an absolute path; start it with / (e.g. /var/lib/sublet)",
+                "spec.nodes.storage.capacity: is required with hostPath; say how much the provider may fill (e.g. 500Gi)",
+            ]
+        );
+        assert_eq!(
+            problems("class: owned\nnodes: {selector: {}, storage: {hostPath: /x, capacity: 0}}"),
+            ["spec.nodes.storage.capacity: must be more than 0 (e.g. 500Gi)"]
+        );
+    }
+
+    #[test]
+    fn capacity_that_does_not_parse_names_the_field() {
+        let err = serde_yaml::from_str::<ProviderPoolSpec>(
+            "class: owned\nnodes: {selector: {}, storage: {hostPath: /x, capacity: 500GB}}",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("nodes.storage.capacity: \"500GB\" is not a size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn endpoint_rules() {
+        assert!(problems("class: owned\nendpoints: [{name: nas, address: \"https://nas.example:7480\", nodeId: abc, zone: home}]").is_empty());
+        assert_eq!(
+            problems("class: owned\nendpoints: [{name: nas, address: nas.example}]"),
+            [
+                "spec.endpoints[0].address: \"nas.example\" is not an address; use https://host:port or host:port (e.g. https://nas.example:7480)"
+            ]
+        );
+        assert_eq!(
+            problems(
+                "class: owned\nendpoints: [{name: nas, address: \"nas:1\"}, {name: nas, address: \"nas:2\"}]"
+            ),
+            ["spec.endpoints[1].name: \"nas\" is used twice; give each entry its own name"]
+        );
+        assert_eq!(
+            problems(
+                "class: owned\nendpoints: [{name: Bob NAS, address: \"nas:1\", nodeId: \"\"}]"
+            ),
+            [
+                "spec.endpoints[0].name: \"Bob NAS\" is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. home-lab)",
+                "spec.endpoints[0].nodeId: must not be empty; paste the id the provider prints at start, or omit it to pin on first contact",
+            ]
+        );
+    }
+
+    #[test]
+    fn owner_not_blank() {
+        assert_eq!(
+            problems(&format!("class: owned\nowner: \" \"\n{NODES}")),
+            [
+                "spec.owner: must not be empty; name the person or organisation owning the hardware, or omit it"
+            ]
+        );
+    }
+
+    #[test]
+    fn yaml_round_trip_keeps_what_was_written() {
+        let text = "class: rented\nowner: hetzner\nnodes:\n  selector:\n    matchLabels:\n      sublet.dev/pool: rented\n  storage:\n    volumeClaimTemplate:\n      storageClassName: fast\n      size: 200Gi\nendpoints:\n- name: box-1\n  address: https://box1.example:7480\n  nodeId: abc\n  zone: fsn1\n";
+        assert_eq!(serde_yaml::to_string(&spec(text)).unwrap(), text);
+    }
+}

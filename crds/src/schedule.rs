@@ -372,3 +372,203 @@ fn validate_rule(p: &mut Problems, field: &str, rule: &LifecycleRule) {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> StorageScheduleSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        spec(yaml)
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn rule(yaml: &str) -> Vec<String> {
+        problems(&format!("lifecycle: [{yaml}]"))
+    }
+
+    #[test]
+    fn empty_schedule_takes_defaults() {
+        let s = spec("{}");
+        assert!(s.validate().is_empty());
+        assert_eq!(s.rebuild.grace_period.as_secs(), 900);
+        assert_eq!(s.rebuild.max_concurrent_jobs, 2);
+        assert_eq!(s.audit.interval.as_secs(), 6 * 3600);
+        assert_eq!(s.audit.samples_per_provider, 64);
+        assert_eq!(s.scrub.interval.as_secs(), 720 * 3600);
+        assert_eq!(s.rebuild.min_healthy_shards, None);
+    }
+
+    #[test]
+    fn counts_must_be_positive() {
+        assert_eq!(
+            problems(
+                "rebuild: {minHealthyShards: 0, maxConcurrentJobs: 0}\naudit: {samplesPerProvider: 0}"
+            ),
+            [
+                "spec.rebuild.minHealthyShards: must be at least 1 (got 0)",
+                "spec.rebuild.maxConcurrentJobs: must be at least 1 (got 0)",
+                "spec.audit.samplesPerProvider: must be at least 1 (got 0)",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_must_be_positive() {
+        assert_eq!(
+            problems("rebuild: {gracePeriod: 0s}\naudit: {interval: 0m}\nscrub: {interval: 0h}"),
+            [
+                "spec.rebuild.gracePeriod: must be longer than 0s, or a provider restart loses its shards (e.g. 15m)",
+                "spec.audit.interval: must be longer than 0s (e.g. 6h)",
+                "spec.scrub.interval: must be longer than 0s (e.g. 720h)",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_that_do_not_parse_name_the_field() {
+        let err =
+            serde_yaml::from_str::<StorageScheduleSpec>("audit: {interval: 6 hours}").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("audit.interval: \"6 hours\" is not a duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bandwidth_limit_is_a_size() {
+        let s = spec("rebuild: {bandwidthLimit: 50Mi}");
+        assert_eq!(s.rebuild.bandwidth_limit.unwrap().bytes(), 50 << 20);
+        assert_eq!(
+            problems("rebuild: {bandwidthLimit: 0}"),
+            ["spec.rebuild.bandwidthLimit: must be more than 0 (e.g. 50Mi); omit it for no limit"]
+        );
+    }
+
+    #[test]
+    fn window_times_are_hh_mm() {
+        assert!(problems("rebuild: {window: {start: \"22:00\", end: \"06:00\"}}").is_empty());
+        assert_eq!(
+            problems("rebuild: {window: {start: \"1am\", end: \"24:00\"}}"),
+            [
+                "spec.rebuild.window.start: \"1am\" is not a time; use HH:MM on a 24-hour clock (e.g. 01:00)",
+                "spec.rebuild.window.end: \"24:00\" is not a time; use HH:MM on a 24-hour clock (e.g. 01:00)",
+            ]
+        );
+        assert_eq!(
+            problems("rebuild: {window: {start: \"01:00\", end: \"01:00\"}}"),
+            [
+                "spec.rebuild.window: start and end are equal, which leaves no time to repair; omit the window to repair at any time"
+            ]
+        );
+    }
+
+    #[test]
+    fn lifecycle_rule_needs_an_action() {
+        assert_eq!(
+            rule("{name: r, filter: {prefix: a/}}"),
+            [
+                "spec.lifecycle[0]: the rule does nothing; set one of transitionTo (a plan), expire: true or abortIncompleteMultipartAfterDays"
+            ]
+        );
+    }
+
+    #[test]
+    fn lifecycle_rule_has_one_action() {
+        assert_eq!(
+            rule("{name: r, afterDays: 3, expire: true, transitionTo: archive}"),
+            [
+                "spec.lifecycle[0]: set only one of transitionTo, expire and abortIncompleteMultipartAfterDays; split the rule in two"
+            ]
+        );
+    }
+
+    #[test]
+    fn expire_false_is_no_action() {
+        assert_eq!(
+            rule("{name: r, afterDays: 3, expire: false}"),
+            [
+                "spec.lifecycle[0]: the rule does nothing; set one of transitionTo (a plan), expire: true or abortIncompleteMultipartAfterDays",
+                "spec.lifecycle[0].expire: false does nothing; write expire: true or remove it",
+                "spec.lifecycle[0].afterDays: applies to transitionTo and expire only; remove it",
+            ]
+        );
+    }
+
+    #[test]
+    fn after_days_rules() {
+        assert_eq!(
+            rule("{name: r, afterDays: 0, expire: true}"),
+            ["spec.lifecycle[0].afterDays: must be at least 1 (got 0)"]
+        );
+        assert_eq!(
+            rule("{name: r, transitionTo: archive}"),
+            [
+                "spec.lifecycle[0].afterDays: is required with transitionTo and expire; say after how many days (e.g. 30)"
+            ]
+        );
+        assert_eq!(
+            rule("{name: r, afterDays: 3, abortIncompleteMultipartAfterDays: 2}"),
+            ["spec.lifecycle[0].afterDays: applies to transitionTo and expire only; remove it"]
+        );
+        assert_eq!(
+            rule("{name: r, abortIncompleteMultipartAfterDays: 0}"),
+            ["spec.lifecycle[0].abortIncompleteMultipartAfterDays: must be at least 1 (got 0)"]
+        );
+    }
+
+    #[test]
+    fn lifecycle_names_and_targets() {
+        assert_eq!(
+            problems(
+                "lifecycle: [{name: r, abortIncompleteMultipartAfterDays: 1}, {name: r, afterDays: 1, expire: true}]"
+            ),
+            ["spec.lifecycle[1].name: \"r\" is used twice; give each entry its own name"]
+        );
+        assert_eq!(
+            rule("{name: r, afterDays: 1, transitionTo: Archive}"),
+            [
+                "spec.lifecycle[0].transitionTo: \"Archive\" is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. home-lab)"
+            ]
+        );
+        assert_eq!(
+            rule("{name: r, filter: {prefix: \"\"}, afterDays: 1, expire: true}"),
+            [
+                "spec.lifecycle[0].filter.prefix: must not be empty; omit the filter to match every object"
+            ]
+        );
+    }
+
+    #[test]
+    fn min_healthy_shards_suits_each_plan() {
+        let s = spec("rebuild: {minHealthyShards: 5}");
+        assert!(s.validate_for_plan("photos", 4, 6).is_empty());
+        assert!(s.validate_for_plan("exact", 5, 5).is_empty());
+        assert_eq!(
+            s.validate_for_plan("scratch", 2, 3)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "spec.rebuild.minHealthyShards: 5 does not suit plan scratch (2 data shards of 3); use a number from 2 to 3"
+            ]
+        );
+        assert_eq!(s.validate_for_plan("archive", 10, 14).len(), 1);
+        assert!(spec("{}").validate_for_plan("any", 10, 14).is_empty());
+    }
+
+    #[test]
+    fn yaml_round_trip_keeps_what_was_written() {
+        let text = "rebuild:\n  minHealthyShards: 5\n  gracePeriod: 1h30m\n  maxConcurrentJobs: 2\n  bandwidthLimit: 50Mi\n  window:\n    start: 01:00\n    end: 06:00\naudit:\n  interval: 6h\n  samplesPerProvider: 64\nscrub:\n  interval: 720h\nlifecycle:\n- name: cool-down\n  filter:\n    prefix: photos/\n  afterDays: 30\n  transitionTo: archive\n- name: uploads\n  abortIncompleteMultipartAfterDays: 2\n";
+        let s = spec(text);
+        assert_eq!(serde_yaml::to_string(&s).unwrap(), text);
+    }
+}
