@@ -561,3 +561,268 @@ fn is_empty(value: &Value) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {name: home-lab}
+spec:
+  class: owned
+  endpoints: [{name: nas, address: \"nas:7480\"}]
+";
+    const PLAN: &str = "apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {name: photos}
+spec:
+  redundancy: {erasure: {dataShards: 4, parityShards: 2}}
+  placement: {pools: [{name: home-lab}]}
+  schedule: nightly
+";
+    const SCHEDULE: &str = "apiVersion: sublet.dev/v1alpha1
+kind: StorageSchedule
+metadata: {name: nightly}
+spec:
+  rebuild: {minHealthyShards: 5}
+";
+    const GATEWAY: &str = "apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {name: s3}
+spec: {defaultPlan: photos}
+";
+
+    fn join(docs: &[&str]) -> String {
+        docs.join("---\n")
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        load_str("sublet.yaml", text)
+            .unwrap_err()
+            .errors()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn loads_every_kind_by_name() {
+        let config = load_str("sublet.yaml", &join(&[POOL, PLAN, SCHEDULE, GATEWAY])).unwrap();
+        assert_eq!(config.pools["home-lab"].spec.endpoints[0].name, "nas");
+        assert_eq!(config.plans["photos"].spec.stripe_width(), 6);
+        assert_eq!(
+            config.schedules["nightly"].spec.rebuild.min_healthy_shards,
+            Some(5)
+        );
+        assert_eq!(config.gateway().unwrap().spec.default_plan, "photos");
+        assert_eq!(
+            config.plans["photos"].metadata.name.as_deref(),
+            Some("photos")
+        );
+    }
+
+    #[test]
+    fn documents_are_numbered_from_one_and_name_the_resource() {
+        let bad_plan = PLAN.replace("parityShards: 2", "parityShards: 0");
+        assert_eq!(
+            errors(&join(&[POOL, &bad_plan, SCHEDULE, GATEWAY])),
+            [
+                "sublet.yaml: document 2 (StoragePlan/photos): spec.redundancy.erasure.parityShards: must be at least 1; without parity use replicas: 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_carry_field_path_and_line() {
+        let bad_plan = PLAN.replace("  schedule: nightly\n", "  segmentSize: 16Mx\n");
+        assert_eq!(
+            errors(&join(&[POOL, &bad_plan])),
+            [
+                "sublet.yaml: document 2 (StoragePlan/photos): spec.segmentSize: \"16Mx\" is not a size; use a number with an optional unit Ki, Mi, Gi, Ti (e.g. 16Mi) (line 14)"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_document_is_checked() {
+        let bad_pool = POOL.replace("class: owned", "class: borrowed");
+        let bad_schedule = SCHEDULE.replace("minHealthyShards: 5", "gracePeriod: soon");
+        let found = errors(&join(&[&bad_pool, PLAN, &bad_schedule, GATEWAY]));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("sublet.yaml: document 1 (ProviderPool/home-lab): spec.class: unknown variant `borrowed`"), "{}", found[0]);
+        assert!(found[1].starts_with("sublet.yaml: document 3 (StorageSchedule/nightly): spec.rebuild.gracePeriod: \"soon\" is not a duration"), "{}", found[1]);
+    }
+
+    #[test]
+    fn unknown_kind_and_bad_headers() {
+        let text = "apiVersion: sublet.dev/v1alpha1\nkind: Bucket\nmetadata: {name: b}\n---\nkind: StoragePlan\nmetadata: {name: p}\n---\napiVersion: v1\nkind: StorageGateway\n---\n- a list\n---\napiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {name: My_Plan}\n";
+        assert_eq!(
+            errors(text),
+            [
+                "sublet.yaml: document 1 (Bucket/b): kind: \"Bucket\" is not a sublet kind; use ProviderPool, StoragePlan, StorageSchedule or StorageGateway",
+                "sublet.yaml: document 2 (StoragePlan/p): apiVersion: is missing; set it to sublet.dev/v1alpha1",
+                "sublet.yaml: document 3 (StorageGateway): apiVersion: \"v1\" is not supported; use sublet.dev/v1alpha1",
+                "sublet.yaml: document 3 (StorageGateway): metadata.name: is missing; give the resource a name (e.g. metadata: {name: home-lab})",
+                "sublet.yaml: document 4: is not a mapping; write a resource with apiVersion: sublet.dev/v1alpha1, kind, metadata and spec",
+                "sublet.yaml: document 5 (StoragePlan/My_Plan): metadata.name: \"My_Plan\" is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. home-lab)",
+            ]
+        );
+        assert_eq!(
+            errors("metadata: {name: x}\n"),
+            [
+                "sublet.yaml: document 1: kind: is missing; set it to ProviderPool, StoragePlan, StorageSchedule or StorageGateway",
+                "sublet.yaml: document 1: apiVersion: is missing; set it to sublet.dev/v1alpha1",
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_yaml() {
+        let found = errors(&format!("{POOL}---\nkind: [StoragePlan\n"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("sublet.yaml: document 2: malformed YAML: "),
+            "{}",
+            found[0]
+        );
+        assert!(found[0].contains("line 9"), "{}", found[0]);
+    }
+
+    #[test]
+    fn empty_file() {
+        assert_eq!(
+            errors("# nothing here\n---\n"),
+            [
+                "sublet.yaml: holds no resources; add documents of kind ProviderPool, StoragePlan, StorageSchedule or StorageGateway separated by ---"
+            ]
+        );
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let err = load_file("/nonexistent/sublet.yaml").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/sublet.yaml: cannot read the file: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_point_at_the_first() {
+        let pool = POOL.replace("home-lab", "spare");
+        let gateway2 = GATEWAY.replace("metadata: {name: s3}", "metadata: {name: photos}");
+        assert_eq!(
+            errors(&join(&[
+                POOL, PLAN, SCHEDULE, GATEWAY, &pool, &pool, &gateway2
+            ])),
+            [
+                "sublet.yaml: document 6 (ProviderPool/spare): metadata.name: \"spare\" is already used by document 5; give each ProviderPool its own name"
+            ]
+        );
+    }
+
+    #[test]
+    fn references_must_resolve() {
+        let plan = PLAN
+            .replace("schedule: nightly", "schedule: weekly")
+            .replace("name: home-lab", "name: cloud");
+        let schedule = "apiVersion: sublet.dev/v1alpha1\nkind: StorageSchedule\nmetadata: {name: nightly}\nspec:\n  lifecycle: [{name: old, afterDays: 9, transitionTo: glacier}]\n";
+        let gateway = GATEWAY.replace("defaultPlan: photos", "defaultPlan: default");
+        assert_eq!(
+            errors(&join(&[POOL, &plan, schedule, &gateway])),
+            [
+                "sublet.yaml: document 2 (StoragePlan/photos): spec.schedule: no StorageSchedule named \"weekly\" in this file (known: nightly); add it or fix the name",
+                "sublet.yaml: document 2 (StoragePlan/photos): spec.placement.pools[0].name: no ProviderPool named \"cloud\" in this file (known: home-lab); add it or fix the name",
+                "sublet.yaml: document 3 (StorageSchedule/nightly): spec.lifecycle[0].transitionTo: no StoragePlan named \"glacier\" in this file (known: photos); add it or fix the name",
+                "sublet.yaml: document 4 (StorageGateway/s3): spec.defaultPlan: no StoragePlan named \"default\" in this file (known: photos); add it or fix the name",
+            ]
+        );
+        assert_eq!(
+            errors(GATEWAY),
+            [
+                "sublet.yaml: document 1 (StorageGateway/s3): spec.defaultPlan: no StoragePlan named \"photos\" in this file (there are none); add it or fix the name"
+            ]
+        );
+    }
+
+    #[test]
+    fn min_healthy_shards_is_checked_against_each_plan_using_the_schedule() {
+        let scratch = "apiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {name: scratch}\nspec:\n  redundancy: {erasure: {dataShards: 2, parityShards: 1}}\n  schedule: nightly\n";
+        assert_eq!(
+            errors(&join(&[POOL, PLAN, SCHEDULE, GATEWAY, scratch])),
+            [
+                "sublet.yaml: document 3 (StorageSchedule/nightly): spec.rebuild.minHealthyShards: 5 does not suit plan scratch (2 data shards of 3); use a number from 2 to 3"
+            ]
+        );
+    }
+
+    #[test]
+    fn misspelt_fields_are_reported() {
+        let plan = PLAN.replace(
+            "  schedule: nightly\n",
+            "  schedule: nightly\n  segmentsize: 4Mi\n  placement2: {}\n",
+        );
+        let pool = POOL.replace("address:", "adress: x, address:");
+        assert_eq!(
+            errors(&join(&[&pool, &plan, SCHEDULE, GATEWAY])),
+            [
+                "sublet.yaml: document 1 (ProviderPool/home-lab): spec.endpoints[0].adress: is not a known field; check its spelling and indentation",
+                "sublet.yaml: document 2 (StoragePlan/photos): spec.segmentsize: is not a known field; check its spelling and indentation",
+            ]
+        );
+    }
+
+    #[test]
+    fn metadata_and_status_are_kept() {
+        let plan = PLAN.replace(
+            "metadata: {name: photos}",
+            "metadata: {name: photos, namespace: storage, labels: {team: family}}",
+        ) + "status: {redundancy: EC 4+2, objects: 3}\n";
+        let config = load_str("sublet.yaml", &join(&[POOL, &plan, SCHEDULE])).unwrap();
+        let plan = &config.plans["photos"];
+        assert_eq!(plan.metadata.namespace.as_deref(), Some("storage"));
+        assert_eq!(plan.status.as_ref().unwrap().objects, 3);
+    }
+
+    #[test]
+    fn loaded_config_round_trips() {
+        let config = load_str("sublet.yaml", &join(&[POOL, PLAN, SCHEDULE, GATEWAY])).unwrap();
+        let mut docs = Vec::new();
+        docs.extend(
+            config
+                .pools
+                .values()
+                .map(|r| serde_yaml::to_string(r).unwrap()),
+        );
+        docs.extend(
+            config
+                .plans
+                .values()
+                .map(|r| serde_yaml::to_string(r).unwrap()),
+        );
+        docs.extend(
+            config
+                .schedules
+                .values()
+                .map(|r| serde_yaml::to_string(r).unwrap()),
+        );
+        docs.extend(
+            config
+                .gateways
+                .values()
+                .map(|r| serde_yaml::to_string(r).unwrap()),
+        );
+        let again = load_str("again.yaml", &docs.join("---\n")).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn errors_print_one_per_line() {
+        let err = load_str("x.yaml", "kind: Nope\n---\nkind: Nope\n").unwrap_err();
+        // kind, apiVersion and metadata.name for each of the two documents
+        assert_eq!(err.to_string().lines().count(), 6);
+    }
+}
