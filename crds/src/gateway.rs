@@ -44,6 +44,7 @@ use crate::validate::{Problems, ValidationError};
 pub struct StorageGatewaySpec {
     /// Gateway pods; more than 1 needs `metadata.postgres`. Default 1.
     #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1))]
     pub replicas: u32,
     /// The StoragePlan for objects whose bucket and request name none.
     pub default_plan: String,
@@ -80,6 +81,10 @@ fn default_replicas() -> u32 {
 /// Where metadata lives. Set exactly one field.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.sqlite) != has(self.postgres)",
+    "message": "set sqlite (e.g. {storage: 10Gi}) or postgres (e.g. {secretRef: {name: sublet-db}})"
+}]))]
 pub struct MetadataStore {
     /// An SQLite database on a volume of the gateway pod (one replica only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +143,7 @@ pub struct ServiceSpec {
     pub type_: ServiceType,
     /// The S3 port; default 9000.
     #[serde(default = "default_port")]
+    #[schemars(range(min = 1))]
     pub port: u16,
 }
 

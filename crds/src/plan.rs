@@ -73,6 +73,7 @@ pub struct StoragePlanSpec {
     /// Shards that must be stored before a write is acknowledged; default all shards of the
     /// stripe. Between dataShards and the stripe width.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub write_quorum: Option<u32>,
 }
 
@@ -83,6 +84,10 @@ fn default_segment_size() -> ByteSize {
 /// How a stripe is made redundant. Set exactly one field.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.erasure) != has(self.replicas)",
+    "message": "set either erasure (e.g. {dataShards: 4, parityShards: 2}) or replicas (e.g. 3)"
+}]))]
 pub struct Redundancy {
     /// Reed-Solomon erasure coding: any `dataShards` of the `dataShards + parityShards` shards
     /// rebuild the data.
@@ -90,6 +95,7 @@ pub struct Redundancy {
     pub erasure: Option<Erasure>,
     /// Whole copies of the data, each on a different provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
     pub replicas: Option<u32>,
 }
 
@@ -98,8 +104,10 @@ pub struct Redundancy {
 #[serde(rename_all = "camelCase")]
 pub struct Erasure {
     /// Shards holding data; this many are needed to read.
+    #[schemars(range(min = 1, max = 255))]
     pub data_shards: u32,
     /// Extra shards; this many providers may be lost without losing data.
+    #[schemars(range(min = 1, max = 255))]
     pub parity_shards: u32,
 }
 
@@ -127,9 +135,11 @@ pub struct Placement {
     pub spread_by: SpreadBy,
     /// At most this many shards of one stripe in one domain; default 1.
     #[serde(default = "default_max_per_domain")]
+    #[schemars(range(min = 1))]
     pub max_per_domain: u32,
     /// The pools shards may be placed on, with per-pool limits. Empty means every pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub pools: Vec<PoolLimit>,
 }
 
@@ -150,6 +160,10 @@ fn default_max_per_domain() -> u32 {
 /// A pool a plan may use, and how many shards of each stripe it must or may hold.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.minShards) || !has(self.maxShards) || self.minShards <= self.maxShards",
+    "message": "minShards is more than maxShards; lower minShards or raise maxShards"
+}]))]
 pub struct PoolLimit {
     /// The ProviderPool name.
     pub name: String,
@@ -159,6 +173,7 @@ pub struct PoolLimit {
     pub min_shards: Option<u32>,
     /// At most this many shards of every stripe go to this pool; unlimited when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_shards: Option<u32>,
 }
 

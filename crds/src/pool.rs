@@ -101,6 +101,10 @@ pub struct NodeSelector {
 /// Storage for an in-cluster provider: a host directory or a persistent volume claim.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.hostPath) != has(self.volumeClaimTemplate)",
+    "message": "set hostPath (e.g. /var/lib/sublet) or volumeClaimTemplate (e.g. {size: 200Gi})"
+}]))]
 pub struct NodeStorage {
     /// An absolute directory on the node, e.g. `/var/lib/sublet`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -64,12 +64,14 @@ pub struct Rebuild {
     /// An object with fewer healthy shards than this is queued for repair. Between dataShards
     /// and the stripe width of every plan using this schedule; default the stripe width.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub min_healthy_shards: Option<u32>,
     /// How long a provider may be gone before its shards count as lost; default 15m.
     #[serde(default = "default_grace_period")]
     pub grace_period: Duration,
     /// Repairs running at once; default 2.
     #[serde(default = "default_max_concurrent_jobs")]
+    #[schemars(range(min = 1))]
     pub max_concurrent_jobs: u32,
     /// Bandwidth per second per repair job, e.g. `50Mi`; unlimited when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,8 +107,10 @@ fn default_max_concurrent_jobs() -> u32 {
 #[serde(rename_all = "camelCase")]
 pub struct RebuildWindow {
     /// Start, e.g. `01:00`.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub start: String,
     /// End, e.g. `06:00`.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub end: String,
 }
 
@@ -119,6 +123,7 @@ pub struct Audit {
     pub interval: Duration,
     /// Shards challenged per provider per audit; default 64.
     #[serde(default = "default_samples_per_provider")]
+    #[schemars(range(min = 1))]
     pub samples_per_provider: u32,
 }
 
@@ -172,6 +177,7 @@ pub struct LifecycleRule {
     pub filter: Option<LifecycleFilter>,
     /// Age in days at which `transitionTo` or `expire` applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub after_days: Option<u32>,
     /// Move matching objects to this StoragePlan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +187,7 @@ pub struct LifecycleRule {
     pub expire: Option<bool>,
     /// Abort multipart uploads left incomplete for this many days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub abort_incomplete_multipart_after_days: Option<u32>,
 }
 
