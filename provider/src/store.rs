@@ -155,20 +155,28 @@ fn is_disk_full(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
 }
 
-/// A window `[base, base + len)` of a file, with a read cache and a write
-/// buffer so bao's many small reads and writes don't each become a syscall.
+/// A window `[base, base + len)` of a file behind a small write-back block
+/// cache, so bao's many 64-byte reads and writes (its outboard encoder walks
+/// the tree backwards when it finishes) don't each become a syscall.
 struct Region {
     file: Arc<File>,
     base: u64,
     len: u64,
     pos: u64,
-    cache: Vec<u8>,
-    cache_start: u64,
-    pending: Vec<u8>,
-    pending_start: u64,
+    blocks: Vec<Block>,
+    tick: u64,
 }
 
-const REGION_BUFFER: usize = 256 * 1024;
+struct Block {
+    start: u64,
+    /// The valid bytes of the block (shorter at the end of the region).
+    data: Vec<u8>,
+    dirty: bool,
+    last_used: u64,
+}
+
+const BLOCK_SIZE: u64 = 128 * 1024;
+const MAX_BLOCKS: usize = 4;
 
 impl Region {
     fn new(file: Arc<File>, base: u64, len: u64) -> Self {
@@ -177,57 +185,75 @@ impl Region {
             base,
             len,
             pos: 0,
-            cache: Vec::new(),
-            cache_start: 0,
-            pending: Vec::new(),
-            pending_start: 0,
+            blocks: Vec::new(),
+            tick: 0,
         }
     }
 
-    fn flush_pending(&mut self) -> io::Result<()> {
-        if !self.pending.is_empty() {
-            self.file
-                .write_all_at(&self.pending, self.base + self.pending_start)?;
-            self.pending.clear();
+    fn write_back(file: &File, base: u64, block: &mut Block) -> io::Result<()> {
+        if block.dirty {
+            file.write_all_at(&block.data, base + block.start)?;
+            block.dirty = false;
         }
         Ok(())
+    }
+
+    /// The index of the cached block holding `pos`, loading it if needed.
+    fn block_at(&mut self, pos: u64) -> io::Result<usize> {
+        let start = pos - pos % BLOCK_SIZE;
+        self.tick += 1;
+        if let Some(i) = self.blocks.iter().position(|b| b.start == start) {
+            self.blocks[i].last_used = self.tick;
+            return Ok(i);
+        }
+        if self.blocks.len() >= MAX_BLOCKS
+            && let Some(lru) = (0..self.blocks.len()).min_by_key(|&i| self.blocks[i].last_used)
+        {
+            let mut evicted = self.blocks.swap_remove(lru);
+            Self::write_back(&self.file, self.base, &mut evicted)?;
+        }
+        let want = BLOCK_SIZE.min(self.len.saturating_sub(start)) as usize;
+        let mut data = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            let n = self
+                .file
+                .read_at(&mut data[filled..], self.base + start + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        data.truncate(filled);
+        self.blocks.push(Block {
+            start,
+            data,
+            dirty: false,
+            last_used: self.tick,
+        });
+        Ok(self.blocks.len() - 1)
     }
 }
 
 impl Read for Region {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.flush_pending()?;
         if self.pos >= self.len || buf.is_empty() {
             return Ok(0);
         }
-        let cached =
-            self.pos >= self.cache_start && self.pos < self.cache_start + self.cache.len() as u64;
-        if !cached {
-            let want = (REGION_BUFFER as u64).min(self.len - self.pos) as usize;
-            self.cache.resize(want, 0);
-            let mut filled = 0;
-            while filled < want {
-                let n = self.file.read_at(
-                    &mut self.cache[filled..],
-                    self.base + self.pos + filled as u64,
-                )?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            self.cache.truncate(filled);
-            self.cache_start = self.pos;
-            if filled == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "shard file is shorter than its header says",
-                ));
-            }
+        let i = self.block_at(self.pos)?;
+        let block = &self.blocks[i];
+        let at = (self.pos - block.start) as usize;
+        if at >= block.data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "shard file is shorter than its header says",
+            ));
         }
-        let at = (self.pos - self.cache_start) as usize;
-        let n = buf.len().min(self.cache.len() - at);
-        buf[..n].copy_from_slice(&self.cache[at..at + n]);
+        let n = buf
+            .len()
+            .min(block.data.len() - at)
+            .min((self.len - self.pos) as usize);
+        buf[..n].copy_from_slice(&block.data[at..at + n]);
         self.pos += n as u64;
         Ok(n)
     }
@@ -235,23 +261,29 @@ impl Read for Region {
 
 impl Write for Region {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.cache.clear();
-        if self.pending_start + self.pending.len() as u64 != self.pos {
-            self.flush_pending()?;
-            self.pending_start = self.pos;
+        let mut written = 0;
+        while written < buf.len() {
+            let i = self.block_at(self.pos)?;
+            let block = &mut self.blocks[i];
+            let at = (self.pos - block.start) as usize;
+            let n = (buf.len() - written).min(BLOCK_SIZE as usize - at);
+            if block.data.len() < at + n {
+                block.data.resize(at + n, 0);
+            }
+            block.data[at..at + n].copy_from_slice(&buf[written..written + n]);
+            block.dirty = true;
+            written += n;
+            self.pos += n as u64;
+            self.len = self.len.max(self.pos);
         }
-        self.pending.extend_from_slice(buf);
-        self.pos += buf.len() as u64;
-        self.len = self.len.max(self.pos);
-        if self.pending.len() >= REGION_BUFFER {
-            self.flush_pending()?;
-            self.pending_start = self.pos;
-        }
-        Ok(buf.len())
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.flush_pending()
+        for block in &mut self.blocks {
+            Self::write_back(&self.file, self.base, block)?;
+        }
+        Ok(())
     }
 }
 
@@ -831,6 +863,21 @@ mod tests {
         assert_eq!(store.usage().shards, 2);
         assert_eq!(read_all(&store, "s1", 5, 10).unwrap(), &d[5..15]);
         assert!(matches!(store.stat("nope"), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn the_stored_outboard_is_bao_s_outboard() {
+        // Large enough that the outboard spans more blocks than the cache holds.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        let d = data(9_000_000);
+        let meta = put(&store, "big", &d).unwrap();
+        let (outboard, hash) = bao::encode::outboard(&d);
+        assert_eq!(*hash.as_bytes(), meta.hash);
+        let file = fs::read(dir.path().join("shards/big.shard")).unwrap();
+        let header_len = Header::len_for("big") as usize;
+        assert_eq!(&file[header_len..header_len + d.len()], &d[..]);
+        assert_eq!(&file[header_len + d.len()..], &outboard[..]);
     }
 
     #[test]
