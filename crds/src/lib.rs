@@ -3,6 +3,16 @@
 //! The four kinds (`ProviderPool`, `StoragePlan`, `StorageSchedule`, `StorageGateway`) live in
 //! API group `sublet.dev`, version `v1alpha1`. The same types are read from Kubernetes by the
 //! operator and from a multi-document YAML file by a standalone gateway ([`load_file`]).
+//!
+//! ```no_run
+//! let config = sublet_crds::load_file("sublet.yaml").unwrap_or_else(|errors| {
+//!     // One line per problem: `sublet.yaml: document 2 (StoragePlan/photos): spec.segmentSize: ...`
+//!     eprintln!("{errors}");
+//!     std::process::exit(2);
+//! });
+//! let plan = &config.plans["family-photos"].spec;
+//! assert_eq!(plan.redundancy_label(), "EC 4+2");
+//! ```
 
 pub mod condition;
 pub mod crdgen;
@@ -16,7 +26,7 @@ pub mod schedule;
 pub mod size;
 pub mod validate;
 
-pub use condition::{Condition, ConditionStatus};
+pub use condition::{Condition, ConditionStatus, find_condition, set_condition};
 pub use duration::Duration;
 pub use error::{Error, Result};
 pub use gateway::{

@@ -690,6 +690,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_stripe_up_to_256_shards_is_valid(data in 1u32..=255, parity in 1u32..=255) {
+            let plan = spec(&format!(
+                "redundancy: {{erasure: {{dataShards: {data}, parityShards: {parity}}}}}"
+            ));
+            let problems = plan.validate();
+            if data + parity <= MAX_STRIPE_WIDTH {
+                proptest::prop_assert!(problems.is_empty(), "{:?}", problems);
+            } else {
+                proptest::prop_assert_eq!(problems.len(), 1);
+                proptest::prop_assert_eq!(&problems[0].field, "spec.redundancy.erasure");
+            }
+            proptest::prop_assert_eq!(plan.stripe_width(), data + parity);
+            proptest::prop_assert_eq!(plan.data_shards(), data);
+            proptest::prop_assert_eq!(plan.redundancy_label(), format!("EC {data}+{parity}"));
+        }
+    }
+
     #[test]
     fn healthy_percent_rounds_down() {
         let counts = |healthy, degraded| ShardCounts {
