@@ -4,3 +4,5 @@ pub mod codec;
 pub mod dataplane;
 pub mod layout;
 pub mod meta;
+pub mod provider_backend;
+pub mod s3;

@@ -1,0 +1,79 @@
+//! Bucket operations.
+
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result};
+
+use super::{Gateway, meta_err, now_ms, timestamp};
+use crate::meta::{self, Versioning};
+
+impl Gateway {
+    pub(super) async fn do_create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let name = req.input.bucket;
+        let bucket = meta::Bucket {
+            name: name.clone(),
+            created: now_ms(),
+            default_plan: None,
+            versioning: Versioning::Unversioned,
+        };
+        self.meta.create_bucket(&bucket).map_err(meta_err)?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{name}")),
+        }))
+    }
+
+    pub(super) async fn do_delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.meta
+            .delete_bucket(&req.input.bucket)
+            .map_err(meta_err)?;
+        Ok(S3Response::new(DeleteBucketOutput {}))
+    }
+
+    pub(super) async fn do_head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.require_bucket(&req.input.bucket)?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    pub(super) async fn do_list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = self
+            .meta
+            .buckets()
+            .map_err(meta_err)?
+            .into_iter()
+            .map(|b| Bucket {
+                bucket_region: None,
+                creation_date: Some(timestamp(b.created)),
+                name: Some(b.name),
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: Some(Owner {
+                display_name: Some("sublet".into()),
+                id: Some("sublet".into()),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn do_get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.require_bucket(&req.input.bucket)?;
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: None,
+        }))
+    }
+}

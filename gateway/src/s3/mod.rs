@@ -1,0 +1,236 @@
+//! The S3 API (via s3s) over the metadata store and the data plane.
+
+mod bucket;
+mod delete;
+mod get;
+mod list;
+mod put;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use crate::codec::MasterKey;
+use crate::dataplane::ShardBackend;
+use crate::layout::Scheme;
+use crate::meta::{MetaError, MetadataStore};
+
+/// A storage plan (= S3 storage class): how new versions are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    pub scheme: Scheme,
+    pub encrypt: bool,
+    pub segment_size: u64,
+    /// Acknowledged shards needed per segment before a version commits.
+    pub write_quorum: usize,
+}
+
+impl Plan {
+    /// The default plan of `sublet dev`: Reed–Solomon 4+2, 16 MiB segments, encrypted.
+    pub fn standard() -> Self {
+        Plan {
+            name: "standard".into(),
+            scheme: Scheme::Erasure { data: 4, parity: 2 },
+            encrypt: true,
+            segment_size: 16 << 20,
+            write_quorum: 5,
+        }
+    }
+}
+
+/// The S3 front end: one per gateway process.
+pub struct Gateway {
+    meta: Arc<dyn MetadataStore>,
+    master: Arc<MasterKey>,
+    plans: Vec<Plan>,
+    default_plan: String,
+    providers: Vec<Arc<dyn ShardBackend>>,
+    by_node: HashMap<String, Arc<dyn ShardBackend>>,
+}
+
+impl Gateway {
+    /// `plans` must be non-empty; the first one is the default.
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        master: Arc<MasterKey>,
+        plans: Vec<Plan>,
+        providers: Vec<Arc<dyn ShardBackend>>,
+    ) -> anyhow::Result<Self> {
+        let Some(first) = plans.first() else {
+            anyhow::bail!("the gateway needs at least one storage plan");
+        };
+        for p in &plans {
+            if p.segment_size == 0 {
+                anyhow::bail!("plan {}: segment size must be positive", p.name);
+            }
+        }
+        let default_plan = first.name.clone();
+        let by_node = providers
+            .iter()
+            .map(|p| (p.node_id().to_string(), Arc::clone(p)))
+            .collect();
+        Ok(Self {
+            meta,
+            master,
+            plans,
+            default_plan,
+            providers,
+            by_node,
+        })
+    }
+
+    fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name == name)
+    }
+
+    fn backend_for(
+        &self,
+    ) -> impl Fn(&str) -> Option<Arc<dyn ShardBackend>> + Send + Sync + 'static {
+        let map = self.by_node.clone();
+        move |node| map.get(node).cloned()
+    }
+
+    /// Fails with NoSuchBucket unless the bucket exists.
+    fn require_bucket(&self, name: &str) -> S3Result<crate::meta::Bucket> {
+        match self.meta.bucket(name).map_err(meta_err)? {
+            Some(b) => Ok(b),
+            None => Err(no_such_bucket(name)),
+        }
+    }
+}
+
+fn no_such_bucket(name: &str) -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::NoSuchBucket,
+        format!("bucket {name} does not exist"),
+    )
+}
+
+fn meta_err(e: MetaError) -> S3Error {
+    match e {
+        MetaError::BucketExists(b) => S3Error::with_message(
+            S3ErrorCode::BucketAlreadyOwnedByYou,
+            format!("bucket {b} already exists"),
+        ),
+        MetaError::NoSuchBucket(b) => no_such_bucket(&b),
+        MetaError::BucketNotEmpty(b) => S3Error::with_message(
+            S3ErrorCode::BucketNotEmpty,
+            format!("bucket {b} is not empty"),
+        ),
+        MetaError::Store(m) => {
+            tracing::error!(error = %m, "metadata store failed");
+            S3Error::with_message(S3ErrorCode::InternalError, format!("metadata store: {m}"))
+        }
+    }
+}
+
+fn internal(msg: impl Into<String>) -> S3Error {
+    S3Error::with_message(S3ErrorCode::InternalError, msg.into())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    let ms = u64::try_from(ms).unwrap_or(0);
+    Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn etag(hex: &str) -> ETag {
+    ETag::Strong(hex.to_string())
+}
+
+#[async_trait::async_trait]
+impl S3 for Gateway {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.do_create_bucket(req).await
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.do_delete_bucket(req).await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.do_head_bucket(req).await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.do_list_buckets(req).await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.do_get_bucket_location(req).await
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.do_put_object(req).await
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.do_get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.do_head_object(req).await
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.do_delete_object(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.do_delete_objects(req).await
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.do_list_objects(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.do_list_objects_v2(req).await
+    }
+}
