@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod dataplane;
+pub mod dev;
 pub mod layout;
 pub mod meta;
 pub mod provider_backend;

@@ -1,1 +1,45 @@
-fn main() {}
+//! `sublet`: the gateway binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "sublet",
+    version,
+    about = "S3-compatible storage over encrypted, erasure-coded shards"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway and 6 providers on loopback, state in one directory.
+    Dev {
+        /// Where all state lives (metadata, master key, credentials, shards).
+        #[arg(long, default_value = "./sublet-dev")]
+        dir: PathBuf,
+        /// S3 listen address.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .init();
+    match cli.command {
+        Command::Dev { dir, listen } => sublet_gateway::dev::run(dir, listen).await,
+    }
+}

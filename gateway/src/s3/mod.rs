@@ -37,7 +37,7 @@ impl Plan {
             scheme: Scheme::Erasure { data: 4, parity: 2 },
             encrypt: true,
             segment_size: 16 << 20,
-            write_quorum: 5,
+            write_quorum: 6,
         }
     }
 }

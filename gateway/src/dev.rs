@@ -1,0 +1,349 @@
+//! `sublet dev`: providers and a gateway in one process on loopback, state in one directory.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng;
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use sublet_provider::client::{ClientConfig, ProviderClient};
+use sublet_provider::identity::NodeIdentity;
+use sublet_provider::server::{self, ProviderConfig, RunningProvider};
+use tokio::net::TcpListener;
+
+use crate::codec::MasterKey;
+use crate::dataplane::ShardBackend;
+use crate::meta::SqliteStore;
+use crate::provider_backend::ProviderBackend;
+use crate::s3::{Gateway, Plan};
+
+/// Providers `sublet dev` runs.
+pub const DEV_PROVIDERS: usize = 6;
+
+/// S3 credentials of a dev cluster.
+#[derive(Clone)]
+pub struct Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a dev cluster runs, minus the HTTP listener.
+pub struct Cluster {
+    pub dir: PathBuf,
+    /// Running providers; tests may take some out and shut them down.
+    pub providers: Vec<RunningProvider>,
+    pub gateway: Arc<Gateway>,
+    pub credentials: Credentials,
+    pub master_key_path: PathBuf,
+}
+
+fn random_string(len: usize, alphabet: &[u8]) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
+        .collect()
+}
+
+/// Writes a secret file readable only by its owner.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The cluster token, made on first use.
+fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} is empty; delete it to make a new token", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = random_string(48, b"abcdefghijklmnopqrstuvwxyz0123456789");
+            write_secret(path, &format!("{token}\n"))?;
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The S3 credentials, made on first use (`access_key=...` / `secret_key=...` lines).
+pub fn load_or_create_credentials(path: &Path) -> anyhow::Result<Credentials> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut access_key = None;
+            let mut secret_key = None;
+            for line in text.lines() {
+                if let Some((k, v)) = line.split_once('=') {
+                    match k.trim() {
+                        "access_key" => access_key = Some(v.trim().to_string()),
+                        "secret_key" => secret_key = Some(v.trim().to_string()),
+                        _ => {}
+                    }
+                }
+            }
+            match (access_key, secret_key) {
+                (Some(access_key), Some(secret_key))
+                    if !access_key.is_empty() && !secret_key.is_empty() =>
+                {
+                    Ok(Credentials {
+                        access_key,
+                        secret_key,
+                    })
+                }
+                _ => anyhow::bail!(
+                    "{} must hold access_key=... and secret_key=... lines",
+                    path.display()
+                ),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let creds = Credentials {
+                access_key: random_string(20, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
+                secret_key: random_string(
+                    40,
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+                ),
+            };
+            write_secret(
+                path,
+                &format!(
+                    "access_key={}\nsecret_key={}\n",
+                    creds.access_key, creds.secret_key
+                ),
+            )?;
+            Ok(creds)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Starts `providers` providers and a gateway with `plans` on state in `dir`.
+pub async fn start_cluster(
+    dir: &Path,
+    providers: usize,
+    plans: Vec<Plan>,
+) -> anyhow::Result<Cluster> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let token = load_or_create_token(&dir.join("cluster.token"))?;
+    let credentials = load_or_create_credentials(&dir.join("credentials"))?;
+    let master_key_path = dir.join("master.key");
+    let master = Arc::new(MasterKey::load_or_create(&master_key_path)?);
+    let identity = Arc::new(NodeIdentity::load_or_create(&dir.join("gateway"))?);
+    let client_cfg = ClientConfig {
+        identity: Arc::clone(&identity),
+        token: Some(token.clone()),
+    };
+
+    let mut running = Vec::with_capacity(providers);
+    let mut backends: Vec<Arc<dyn ShardBackend>> = Vec::with_capacity(providers);
+    for n in 0..providers {
+        let mut cfg = ProviderConfig::new(dir.join("providers").join(n.to_string()));
+        cfg.token = Some(token.clone());
+        cfg.allowed_clients = vec![identity.node_id()];
+        cfg.zone = format!("dev-{n}");
+        let p = server::start(cfg)
+            .await
+            .with_context(|| format!("starting provider {n}"))?;
+        let client = ProviderClient::new(&p.grpc_addr.to_string(), p.node_id, &client_cfg)
+            .map_err(|e| anyhow::anyhow!("provider {n} client: {e}"))?;
+        backends.push(Arc::new(ProviderBackend::new(client)));
+        running.push(p);
+    }
+
+    let meta_path = dir.join("meta.db");
+    let meta = SqliteStore::open(&meta_path)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", meta_path.display()))?;
+    let gateway = Arc::new(Gateway::new(Arc::new(meta), master, plans, backends)?);
+    Ok(Cluster {
+        dir: dir.to_path_buf(),
+        providers: running,
+        gateway,
+        credentials,
+        master_key_path,
+    })
+}
+
+/// The S3 HTTP service over a gateway; SigV4 with the given credentials if any.
+pub fn service(gateway: Arc<Gateway>, credentials: Option<&Credentials>) -> S3Service {
+    let mut builder = S3ServiceBuilder::new(ArcGateway(gateway));
+    if let Some(c) = credentials {
+        builder.set_auth(SimpleAuth::from_single(
+            c.access_key.clone(),
+            c.secret_key.clone(),
+        ));
+    }
+    builder.build()
+}
+
+/// Lets an `Arc<Gateway>` be handed to s3s while the caller keeps a handle.
+struct ArcGateway(Arc<Gateway>);
+
+#[async_trait::async_trait]
+impl s3s::S3 for ArcGateway {
+    async fn create_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::CreateBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateBucketOutput>> {
+        self.0.create_bucket(req).await
+    }
+    async fn delete_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteBucketOutput>> {
+        self.0.delete_bucket(req).await
+    }
+    async fn head_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadBucketOutput>> {
+        self.0.head_bucket(req).await
+    }
+    async fn list_buckets(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListBucketsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListBucketsOutput>> {
+        self.0.list_buckets(req).await
+    }
+    async fn get_bucket_location(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetBucketLocationInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetBucketLocationOutput>> {
+        self.0.get_bucket_location(req).await
+    }
+    async fn put_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        self.0.put_object(req).await
+    }
+    async fn get_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        self.0.get_object(req).await
+    }
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        self.0.head_object(req).await
+    }
+    async fn delete_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
+        self.0.delete_object(req).await
+    }
+    async fn delete_objects(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
+        self.0.delete_objects(req).await
+    }
+    async fn list_objects(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsOutput>> {
+        self.0.list_objects(req).await
+    }
+    async fn list_objects_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.0.list_objects_v2(req).await
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    service: S3Service,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// `sublet dev`: run until ctrl-c.
+pub async fn run(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
+    let cluster = start_cluster(&dir, DEV_PROVIDERS, vec![Plan::standard()]).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let endpoint = format!("http://{addr}");
+    let c = &cluster.credentials;
+    println!(
+        "sublet dev is running with {DEV_PROVIDERS} providers, plan `standard` (erasure 4+2, 16 MiB segments, encrypted)"
+    );
+    println!();
+    println!("  S3 endpoint:   {endpoint}");
+    println!("  access key:    {}", c.access_key);
+    println!("  secret key:    {}", c.secret_key);
+    println!("  state:         {}", cluster.dir.display());
+    println!();
+    println!(
+        "  master key:    {}  <- BACK THIS FILE UP: without it no object can ever be read again",
+        cluster.master_key_path.display()
+    );
+    println!();
+    println!("Try:");
+    println!(
+        "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url {endpoint} s3 mb s3://bucket",
+        c.access_key, c.secret_key
+    );
+    println!(
+        "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/",
+        c.access_key, c.secret_key
+    );
+    let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
+    serve(listener, svc, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    tracing::info!("shutting down");
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! A dev-like cluster in one process, driven through the s3s HTTP service.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use http::{Method, Request, StatusCode};
+use s3s::Body;
+use s3s::service::S3Service;
+use sublet_gateway::dev::{self, Cluster};
+use sublet_gateway::layout::Scheme;
+use sublet_gateway::s3::Plan;
+
+fn plans() -> Vec<Plan> {
+    vec![
+        Plan {
+            name: "standard".into(),
+            scheme: Scheme::Erasure { data: 4, parity: 2 },
+            encrypt: true,
+            segment_size: 64 << 10,
+            write_quorum: 6,
+        },
+        Plan {
+            name: "wide".into(),
+            scheme: Scheme::Erasure { data: 6, parity: 2 },
+            encrypt: true,
+            segment_size: 64 << 10,
+            write_quorum: 8,
+        },
+    ]
+}
+
+async fn call(
+    svc: &S3Service,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1{uri}"))
+        .header("host", "127.0.0.1")
+        .header("content-length", body.len().to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Body::from(body)).unwrap();
+    let resp = svc.call(req.into()).await.expect("service call");
+    let resp: http::Response<Body> = resp.into();
+    let (parts, mut body) = resp.into_parts();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk.expect("body chunk"));
+    }
+    (parts.status, parts.headers, out)
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn start(dir: &std::path::Path) -> (Cluster, S3Service) {
+    let cluster = dev::start_cluster(dir, 6, plans()).await.unwrap();
+    let svc = dev::service(Arc::clone(&cluster.gateway), None);
+    (cluster, svc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_trip_survives_two_dead_providers_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cluster, svc) = start(tmp.path()).await;
+
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, b) = call(&svc, Method::PUT, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&b));
+
+    // 5 segments, the last one short.
+    let body = data(300_000);
+    let (s, h, b) = call(
+        &svc,
+        Method::PUT,
+        "/bkt/dir/obj.bin",
+        &[
+            ("content-type", "application/x-test"),
+            ("x-amz-meta-color", "blue"),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let etag = h.get("etag").unwrap().to_str().unwrap().to_string();
+    let md5 = {
+        use md5::Digest;
+        hex::encode(md5::Md5::digest(&body))
+    };
+    assert_eq!(etag, format!("\"{md5}\""));
+
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/bkt/x",
+        &[("x-amz-storage-class", "GLACIER")],
+        vec![1, 2, 3],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("InvalidStorageClass"));
+    // The 8-wide plan cannot be placed on 6 providers.
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/bkt/x",
+        &[("x-amz-storage-class", "wide")],
+        vec![1, 2, 3],
+    )
+    .await;
+    assert!(s.is_server_error(), "{s}");
+    assert!(String::from_utf8_lossy(&b).contains("needs 8 providers"));
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt/empty", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Two providers gone: reads fall back to parity.
+    for _ in 0..2 {
+        cluster.providers.remove(0).shutdown().await;
+    }
+    let (s, h, b) = call(&svc, Method::GET, "/bkt/dir/obj.bin", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert!(b == body, "full read differs");
+    assert_eq!(h.get("content-type").unwrap(), "application/x-test");
+    assert_eq!(h.get("x-amz-meta-color").unwrap(), "blue");
+    assert_eq!(h.get("x-amz-storage-class").unwrap(), "standard");
+
+    let (s, h, b) = call(
+        &svc,
+        Method::GET,
+        "/bkt/dir/obj.bin",
+        &[("range", "bytes=65530-131080")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(b, body[65530..=131080]);
+    assert_eq!(h.get("content-range").unwrap(), "bytes 65530-131080/300000");
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        "/bkt/dir/obj.bin",
+        &[("range", "bytes=-10")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(b, body[300_000 - 10..]);
+    let (s, _, _) = call(
+        &svc,
+        Method::GET,
+        "/bkt/dir/obj.bin",
+        &[("range", "bytes=300000-")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+
+    let (s, _, b) = call(&svc, Method::GET, "/bkt/empty", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.is_empty());
+    let (s, _, _) = call(&svc, Method::GET, "/bkt/nope", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(&svc, Method::GET, "/nobucket/nope", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Writes need all six providers under the standard plan: refused, nothing left behind.
+    let (s, _, b) = call(&svc, Method::PUT, "/bkt/fails", &[], data(100_000)).await;
+    assert!(s.is_server_error(), "{s}");
+    assert!(String::from_utf8_lossy(&b).contains("nothing was committed"));
+
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        "/bkt?list-type=2&delimiter=/",
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let listing = String::from_utf8(b).unwrap();
+    assert!(listing.contains("<Prefix>dir/</Prefix>"), "{listing}");
+    assert!(listing.contains("<Key>empty</Key>"), "{listing}");
+    assert!(!listing.contains("fails"), "{listing}");
+    let (s, _, b) = call(&svc, Method::GET, "/bkt?max-keys=1", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let listing = String::from_utf8(b).unwrap();
+    assert!(
+        listing.contains("<IsTruncated>true</IsTruncated>"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("<StorageClass>standard</StorageClass>"),
+        "{listing}"
+    );
+
+    // Restart everything on the same directory: the object is still there.
+    for p in cluster.providers.drain(..) {
+        p.shutdown().await;
+    }
+    drop(svc);
+    drop(cluster);
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, b) = call(&svc, Method::GET, "/bkt/dir/obj.bin", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert!(b == body, "read after restart differs");
+
+    let (s, _, _) = call(&svc, Method::DELETE, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _, _) = call(&svc, Method::DELETE, "/bkt/dir/obj.bin", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = call(&svc, Method::DELETE, "/bkt/empty", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = call(&svc, Method::HEAD, "/bkt/dir/obj.bin", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(&svc, Method::DELETE, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
