@@ -46,8 +46,8 @@ async fn call(
         req = req.header(*k, *v);
     }
     let req = req.body(Body::from(body)).unwrap();
-    let resp = svc.call(req.into()).await.expect("service call");
-    let resp: http::Response<Body> = resp.into();
+    let resp = svc.call(req).await.expect("service call");
+    let resp: http::Response<Body> = resp;
     let (parts, mut body) = resp.into_parts();
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
