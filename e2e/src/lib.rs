@@ -1,1 +1,95 @@
-//! Helpers shared by the end-to-end tests in `tests/`.
+//! Helpers shared by the end-to-end tests in `tests/`: find the workspace's
+//! binaries, pick free ports, wait for daemons to come up.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Path of a binary built from this workspace, building it when missing
+/// (e.g. when a single e2e test is run on its own).
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory")
+        .to_path_buf();
+    let bin = profile_dir.join(name);
+    if !bin.exists() {
+        let release = profile_dir.ends_with("release");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "-p", package, "--bin", name]);
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {name} failed"
+        );
+    }
+    bin
+}
+
+/// A loopback address with a port nothing listens on right now.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address")
+}
+
+/// Plain HTTP/1.0 GET on loopback; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Waits until `GET path` answers 200, or panics after `timeout`.
+pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Ok((200, _)) = http_get(addr, path) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{addr}{path} did not answer 200 within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
