@@ -313,6 +313,20 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let endpoint = format!("http://{addr}");
     let c = &cluster.credentials;
+    // Multipart uploads are not served yet: keep the AWS CLI on single PUTs (up to 5 GB).
+    let aws_config = cluster.dir.join("aws-config");
+    std::fs::write(
+        &aws_config,
+        "[default]\nregion = us-east-1\ns3 =\n    multipart_threshold = 5GB\n    multipart_chunksize = 5GB\n",
+    )
+    .with_context(|| format!("writing {}", aws_config.display()))?;
+    let aws_config = std::path::absolute(&aws_config).unwrap_or(aws_config);
+    let env = format!(
+        "AWS_CONFIG_FILE={} AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+        aws_config.display(),
+        c.access_key,
+        c.secret_key
+    );
     println!(
         "sublet dev is running with {DEV_PROVIDERS} providers, plan `standard` (erasure 4+2, 16 MiB segments, encrypted)"
     );
@@ -328,13 +342,11 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     );
     println!();
     println!("Try:");
+    println!("  {env} aws --endpoint-url {endpoint} s3 mb s3://bucket");
+    println!("  {env} aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/");
+    println!();
     println!(
-        "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url {endpoint} s3 mb s3://bucket",
-        c.access_key, c.secret_key
-    );
-    println!(
-        "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/",
-        c.access_key, c.secret_key
+        "(the AWS config file keeps the CLI on single PUTs: multipart uploads are not supported yet)"
     );
     let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
     serve(listener, svc, async {
