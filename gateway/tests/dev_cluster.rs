@@ -226,3 +226,115 @@ async fn round_trip_survives_two_dead_providers_and_restart() {
         p.shutdown().await;
     }
 }
+
+fn shard_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for p in std::fs::read_dir(dir.join("providers")).unwrap() {
+        let shards = p.unwrap().path().join("shards");
+        if let Ok(rd) = std::fs::read_dir(shards) {
+            n += rd
+                .filter(|e| {
+                    e.as_ref()
+                        .map(|e| e.file_name().to_string_lossy().ends_with(".shard"))
+                        .unwrap_or(false)
+                })
+                .count();
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_uploads_leave_no_shards_and_dead_objects_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The client goes away after three segments' worth of bytes.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+        Ok(bytes::Bytes::from(data(200_000))),
+        Err(std::io::Error::other("client went away")),
+    ];
+    let blob = s3s::dto::StreamingBlob::wrap(futures::stream::iter(chunks));
+    let body = Body::from(Box::pin(blob) as s3s::stream::DynByteStream);
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("http://127.0.0.1/bkt/cut")
+        .header("host", "127.0.0.1")
+        .header("content-length", "400000")
+        .body(body)
+        .unwrap();
+    let resp = svc.call(req).await;
+    if let Ok(r) = resp {
+        assert!(!r.status().is_success(), "{}", r.status());
+    }
+    assert_eq!(
+        shard_files(tmp.path()),
+        0,
+        "an aborted upload left shards behind"
+    );
+    let (s, _, _) = call(&svc, Method::HEAD, "/bkt/cut", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Listing pages.
+    for i in 0..5 {
+        let (s, _, _) = call(&svc, Method::PUT, &format!("/bkt/k{i}"), &[], vec![i]).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let mut token: Option<String> = None;
+    let mut keys = Vec::new();
+    for _ in 0..10 {
+        let uri = match &token {
+            Some(t) => format!("/bkt?list-type=2&max-keys=2&continuation-token={t}"),
+            None => "/bkt?list-type=2&max-keys=2".to_string(),
+        };
+        let (s, _, b) = call(&svc, Method::GET, &uri, &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        let text = String::from_utf8(b).unwrap();
+        for part in text.split("<Key>").skip(1) {
+            keys.push(part.split("</Key>").next().unwrap().to_string());
+        }
+        token = text
+            .split("<NextContinuationToken>")
+            .nth(1)
+            .map(|t| t.split('<').next().unwrap().to_string());
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4"]);
+    let (s, _, b) = call(&svc, Method::GET, "/bkt?marker=k2", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(b).unwrap();
+    assert!(
+        !text.contains("<Key>k2</Key>") && text.contains("<Key>k3</Key>"),
+        "{text}"
+    );
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        "/bkt?list-type=2&start-after=k3",
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(b).unwrap();
+    assert!(
+        !text.contains("<Key>k3</Key>") && text.contains("<Key>k4</Key>"),
+        "{text}"
+    );
+
+    // Three providers gone: a 4+2 object cannot be read, and the error names it.
+    for _ in 0..3 {
+        cluster.providers.remove(0).shutdown().await;
+    }
+    let (s, _, b) = call(&svc, Method::GET, "/bkt/k1", &[], vec![]).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    let text = String::from_utf8_lossy(&b);
+    assert!(text.contains("bkt/k1"), "{text}");
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
