@@ -338,3 +338,56 @@ async fn failed_uploads_leave_no_shards_and_dead_objects_are_named() {
         p.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_disconnect_mid_upload_leaves_no_shards() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(dev::serve(listener, svc.clone(), async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("PUT /bkt/cut HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 400000\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&data(200_000)).await.unwrap();
+    conn.flush().await.unwrap();
+    // Let the gateway store a few segments, then hang up.
+    let mut written = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        written = shard_files(tmp.path());
+        if written >= 18 {
+            break;
+        }
+    }
+    assert!(
+        written >= 18,
+        "expected three segments on the providers, found {written} shards"
+    );
+    drop(conn);
+
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = shard_files(tmp.path());
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "a disconnected upload left shards behind");
+    let (s, _, _) = call(&svc, Method::HEAD, "/bkt/cut", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let _ = stop_tx.send(());
+    server.await.unwrap();
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
