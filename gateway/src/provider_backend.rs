@@ -1,5 +1,7 @@
 //! [`ShardBackend`] over a provider's gRPC client.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use sublet_provider::client::ProviderClient;
@@ -23,6 +25,23 @@ impl ProviderBackend {
     }
 }
 
+/// Longest a shard transfer may take before the provider counts as failed.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a delete may take.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn timed<T, E: std::fmt::Display>(
+    node: &str,
+    what: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r.map_err(|e| err(node, what, e)),
+        Err(_) => Err(err(node, what, format!("timed out after {limit:?}"))),
+    }
+}
+
 fn err(node: &str, what: &str, e: impl std::fmt::Display) -> BackendError {
     BackendError(format!("provider {node}: {what}: {e}"))
 }
@@ -34,26 +53,20 @@ impl ShardBackend for ProviderBackend {
     }
 
     async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
-        let out = self
-            .client
-            .put_shard(shard_id, data)
-            .await
-            .map_err(|e| err(&self.node_id, "put", e))?;
+        let call = self.client.put_shard(shard_id, data);
+        let out = timed(&self.node_id, "put", TRANSFER_TIMEOUT, call).await?;
         Ok(out.hash)
     }
 
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
-        self.client
-            .get_shard(shard_id, None)
-            .await
-            .map_err(|e| err(&self.node_id, "get", e))
+        let call = self.client.get_shard(shard_id, None);
+        timed(&self.node_id, "get", TRANSFER_TIMEOUT, call).await
     }
 
     async fn delete(&self, shard_id: &str) -> Result<(), BackendError> {
-        self.client
-            .delete_shard(shard_id)
+        let call = self.client.delete_shard(shard_id);
+        timed(&self.node_id, "delete", DELETE_TIMEOUT, call)
             .await
             .map(|_| ())
-            .map_err(|e| err(&self.node_id, "delete", e))
     }
 }

@@ -56,27 +56,24 @@ struct Written {
     md5: String,
 }
 
-/// Reads the body and writes it segment by segment; aborts the writer on any error.
-async fn write_body(
-    mut writer: ObjectWriter,
+/// Cuts the body into segments and hands them over; returns the size and MD5.
+async fn cut_body(
     body: Option<StreamingBlob>,
     segment_size: usize,
-) -> S3Result<Written> {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> S3Result<(u64, String)> {
     let mut md5 = Md5::new();
     let mut size = 0u64;
     let mut buf: Vec<u8> = Vec::new();
+    let stopped = || internal("storing the object failed");
     if let Some(mut body) = body {
         while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    writer.abort().await;
-                    return Err(S3Error::with_message(
-                        S3ErrorCode::IncompleteBody,
-                        format!("reading the request body failed: {e}"),
-                    ));
-                }
-            };
+            let chunk = chunk.map_err(|e| {
+                S3Error::with_message(
+                    S3ErrorCode::IncompleteBody,
+                    format!("reading the request body failed: {e}"),
+                )
+            })?;
             md5.update(&chunk);
             size += chunk.len() as u64;
             let mut rest = &chunk[..];
@@ -88,26 +85,53 @@ async fn write_body(
                 buf.extend_from_slice(&rest[..take]);
                 rest = &rest[take..];
                 if buf.len() == segment_size {
-                    let segment = std::mem::take(&mut buf);
-                    if let Err(e) = writer.write_segment(segment).await {
-                        writer.abort().await;
-                        return Err(internal(format!("storing the object failed: {e}")));
-                    }
+                    tx.send(std::mem::take(&mut buf))
+                        .await
+                        .map_err(|_| stopped())?;
                 }
             }
         }
     }
-    if !buf.is_empty()
-        && let Err(e) = writer.write_segment(buf).await
-    {
-        writer.abort().await;
-        return Err(internal(format!("storing the object failed: {e}")));
+    if !buf.is_empty() {
+        tx.send(buf).await.map_err(|_| stopped())?;
     }
-    Ok(Written {
-        layout: writer.finish(),
-        size,
-        md5: hex::encode(md5.finalize()),
-    })
+    Ok((size, hex::encode(md5.finalize())))
+}
+
+/// Reads the body and writes it segment by segment, reading the next segment
+/// while the previous one is stored (at most three segments in memory);
+/// aborts the writer on any error so no shards remain.
+async fn write_body(
+    mut writer: ObjectWriter,
+    body: Option<StreamingBlob>,
+    segment_size: usize,
+) -> S3Result<Written> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let store = async {
+        while let Some(segment) = rx.recv().await {
+            if let Err(e) = writer.write_segment(segment).await {
+                rx.close();
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    let (cut, stored) = tokio::join!(cut_body(body, segment_size, tx), store);
+    match (cut, stored) {
+        (Ok((size, md5)), Ok(())) => Ok(Written {
+            layout: writer.finish(),
+            size,
+            md5,
+        }),
+        (_, Err(e)) => {
+            writer.abort().await;
+            Err(internal(format!("storing the object failed: {e}")))
+        }
+        (Err(e), Ok(())) => {
+            writer.abort().await;
+            Err(e)
+        }
+    }
 }
 
 impl Gateway {
