@@ -33,13 +33,34 @@ impl Gateway {
     }
 }
 
-fn contents(page: &ListPage) -> (Vec<Object>, Vec<CommonPrefix>) {
+/// Percent-encodes a key for `encoding-type=url` (all but unreserved characters and `/`).
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The key encoder a listing asked for.
+fn encoder(encoding: Option<&EncodingType>) -> fn(&str) -> String {
+    match encoding {
+        Some(e) if e.as_str().eq_ignore_ascii_case(EncodingType::URL) => url_encode,
+        _ => str::to_string,
+    }
+}
+
+fn contents(page: &ListPage, enc: fn(&str) -> String) -> (Vec<Object>, Vec<CommonPrefix>) {
     let objects = page
         .objects
         .iter()
         .map(|v| Object {
             e_tag: Some(etag(&v.etag)),
-            key: Some(v.key.clone()),
+            key: Some(enc(&v.key)),
             last_modified: Some(timestamp(v.last_modified)),
             size: Some(i64::try_from(v.size).unwrap_or(i64::MAX)),
             storage_class: Some(ObjectStorageClass::from(v.plan.clone())),
@@ -50,7 +71,7 @@ fn contents(page: &ListPage) -> (Vec<Object>, Vec<CommonPrefix>) {
         .common_prefixes
         .iter()
         .map(|p| CommonPrefix {
-            prefix: Some(p.clone()),
+            prefix: Some(enc(p)),
         })
         .collect();
     (objects, prefixes)
@@ -71,19 +92,20 @@ impl Gateway {
             &marker,
             input.max_keys,
         )?;
-        let (objects, prefixes) = contents(&page);
+        let enc = encoder(input.encoding_type.as_ref());
+        let (objects, prefixes) = contents(&page, enc);
         let truncated = page.next_marker.is_some();
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: Some(prefix),
-            marker: Some(marker),
+            prefix: Some(enc(&prefix)),
+            marker: Some(enc(&marker)),
             max_keys: Some(max),
             is_truncated: Some(truncated),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
-            delimiter: input.delimiter,
-            next_marker: page.next_marker,
-            encoding_type: None,
+            delimiter: input.delimiter.as_deref().map(enc),
+            next_marker: page.next_marker.as_deref().map(enc),
+            encoding_type: input.encoding_type,
             request_charged: None,
         }))
     }
@@ -119,11 +141,12 @@ impl Gateway {
             &after,
             input.max_keys,
         )?;
-        let (objects, prefixes) = contents(&page);
+        let enc = encoder(input.encoding_type.as_ref());
+        let (objects, prefixes) = contents(&page, enc);
         let key_count = i32::try_from(objects.len() + prefixes.len()).unwrap_or(i32::MAX);
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
-            prefix: Some(prefix),
+            prefix: Some(enc(&prefix)),
             max_keys: Some(max),
             key_count: Some(key_count),
             continuation_token: input.continuation_token,
@@ -131,10 +154,18 @@ impl Gateway {
             next_continuation_token: page.next_marker.map(hex::encode),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
-            delimiter: input.delimiter,
-            encoding_type: None,
-            start_after: input.start_after,
+            delimiter: input.delimiter.as_deref().map(enc),
+            encoding_type: input.encoding_type,
+            start_after: input.start_after.as_deref().map(enc),
             request_charged: None,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_encoding_keeps_slashes_and_unreserved() {
+        assert_eq!(super::url_encode("a b/c+d%é~"), "a%20b/c%2Bd%25%C3%A9~");
     }
 }
