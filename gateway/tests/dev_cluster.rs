@@ -121,6 +121,18 @@ async fn round_trip_survives_two_dead_providers_and_restart() {
     let (s, _, _) = call(&svc, Method::PUT, "/bkt/empty", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
 
+    // Overwriting a key frees the old version's shards.
+    let before = shard_files(tmp.path());
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt/twice", &[], data(100_000)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shard_files(tmp.path()), before + 2 * 6);
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt/twice", &[], data(10)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shard_files(tmp.path()), before + 6);
+    let (s, _, b) = call(&svc, Method::GET, "/bkt/twice", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(10));
+
     // Two providers gone: reads fall back to parity.
     for _ in 0..2 {
         cluster.providers.remove(0).shutdown().await;
@@ -218,6 +230,18 @@ async fn round_trip_survives_two_dead_providers_and_restart() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _, _) = call(&svc, Method::DELETE, "/bkt/empty", &[], vec![]).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, b) = call(
+        &svc,
+        Method::POST,
+        "/bkt?delete",
+        &[],
+        b"<Delete><Object><Key>twice</Key></Object><Object><Key>missing</Key></Object></Delete>"
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert!(String::from_utf8_lossy(&b).contains("<Key>twice</Key>"));
+    assert_eq!(shard_files(tmp.path()), 0);
     let (s, _, _) = call(&svc, Method::HEAD, "/bkt/dir/obj.bin", &[], vec![]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _, _) = call(&svc, Method::DELETE, "/bkt", &[], vec![]).await;

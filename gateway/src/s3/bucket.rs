@@ -3,7 +3,7 @@
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
-use super::{Gateway, meta_err, now_ms, timestamp};
+use super::{Gateway, now_ms, timestamp};
 use crate::meta::{self, Versioning};
 
 impl Gateway {
@@ -18,7 +18,7 @@ impl Gateway {
             default_plan: None,
             versioning: Versioning::Unversioned,
         };
-        self.meta.create_bucket(&bucket).map_err(meta_err)?;
+        self.meta(move |m| m.create_bucket(&bucket)).await?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{name}")),
         }))
@@ -28,9 +28,8 @@ impl Gateway {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        self.meta
-            .delete_bucket(&req.input.bucket)
-            .map_err(meta_err)?;
+        let name = req.input.bucket;
+        self.meta(move |m| m.delete_bucket(&name)).await?;
         Ok(S3Response::new(DeleteBucketOutput {}))
     }
 
@@ -38,7 +37,7 @@ impl Gateway {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.require_bucket(&req.input.bucket)?;
+        self.require_bucket(&req.input.bucket).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -47,9 +46,8 @@ impl Gateway {
         _req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         let buckets = self
-            .meta
-            .buckets()
-            .map_err(meta_err)?
+            .meta(|m| m.buckets())
+            .await?
             .into_iter()
             .map(|b| Bucket {
                 bucket_region: None,
@@ -71,7 +69,7 @@ impl Gateway {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.require_bucket(&req.input.bucket)?;
+        self.require_bucket(&req.input.bucket).await?;
         Ok(S3Response::new(GetBucketLocationOutput {
             location_constraint: None,
         }))

@@ -3,20 +3,20 @@
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
-use super::{Gateway, meta_err};
+use super::Gateway;
 use crate::dataplane;
 
 impl Gateway {
     /// Removes the latest version of a key (buckets are unversioned for now)
     /// and its shards. Deleting a missing key succeeds, as in S3.
     async fn delete_key(&self, bucket: &str, key: &str) -> S3Result<()> {
-        let Some(latest) = self.meta.version(bucket, key, None).map_err(meta_err)? else {
-            return Ok(());
-        };
+        let (b, k) = (bucket.to_string(), key.to_string());
         let removed = self
-            .meta
-            .delete_version(bucket, key, &latest.version_id)
-            .map_err(meta_err)?;
+            .meta(move |m| match m.version(&b, &k, None)? {
+                Some(latest) => m.delete_version(&b, &k, &latest.version_id),
+                None => Ok(None),
+            })
+            .await?;
         if let Some(layout) = removed.and_then(|v| v.layout) {
             dataplane::delete_shards(&layout, self.backend_for()).await;
         }
@@ -28,7 +28,7 @@ impl Gateway {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
-        self.require_bucket(&input.bucket)?;
+        self.require_bucket(&input.bucket).await?;
         self.delete_key(&input.bucket, &input.key).await?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
@@ -38,7 +38,7 @@ impl Gateway {
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
-        self.require_bucket(&input.bucket)?;
+        self.require_bucket(&input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut errors = Vec::new();

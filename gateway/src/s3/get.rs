@@ -8,7 +8,7 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Gateway, etag, internal, meta_err, timestamp};
+use super::{Gateway, etag, internal, timestamp};
 use crate::dataplane::ObjectReader;
 use crate::meta::ObjectVersion;
 
@@ -34,9 +34,10 @@ fn segment_slices(segments: &[u64], range: &ByteRange<u64>) -> Vec<(usize, ByteR
 }
 
 impl Gateway {
-    fn latest(&self, bucket: &str, key: &str) -> S3Result<ObjectVersion> {
-        self.require_bucket(bucket)?;
-        match self.meta.version(bucket, key, None).map_err(meta_err)? {
+    async fn latest(&self, bucket: &str, key: &str) -> S3Result<ObjectVersion> {
+        self.require_bucket(bucket).await?;
+        let (b, k) = (bucket.to_string(), key.to_string());
+        match self.meta(move |m| m.version(&b, &k, None)).await? {
             Some(v) if !v.delete_marker => Ok(v),
             _ => Err(S3Error::with_message(
                 S3ErrorCode::NoSuchKey,
@@ -49,7 +50,7 @@ impl Gateway {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        let v = self.latest(&req.input.bucket, &req.input.key)?;
+        let v = self.latest(&req.input.bucket, &req.input.key).await?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(i64::try_from(v.size).unwrap_or(i64::MAX)),
             content_type: v.content_type,
@@ -67,7 +68,7 @@ impl Gateway {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let v = self.latest(&input.bucket, &input.key)?;
+        let v = self.latest(&input.bucket, &input.key).await?;
         let name = format!("{}/{}", input.bucket, input.key);
         let size = v.size;
         let range = match &input.range {

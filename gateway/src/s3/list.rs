@@ -3,13 +3,13 @@
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
-use super::{Gateway, etag, meta_err, timestamp};
+use super::{Gateway, etag, timestamp};
 use crate::meta::{ListPage, ListQuery};
 
 const MAX_KEYS: i32 = 1000;
 
 impl Gateway {
-    fn list_page(
+    async fn list_page(
         &self,
         bucket: &str,
         prefix: &str,
@@ -17,18 +17,29 @@ impl Gateway {
         start_after: &str,
         max_keys: Option<i32>,
     ) -> S3Result<(ListPage, i32)> {
-        self.require_bucket(bucket)?;
+        self.require_bucket(bucket).await?;
         let max = max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
         if max == 0 {
             return Ok((ListPage::default(), 0));
         }
-        let query = ListQuery {
-            prefix,
-            delimiter: delimiter.filter(|d| !d.is_empty()),
-            start_after,
-            max_keys: usize::try_from(max).unwrap_or(1000),
-        };
-        let page = self.meta.list(bucket, &query).map_err(meta_err)?;
+        let (b, p, s) = (
+            bucket.to_string(),
+            prefix.to_string(),
+            start_after.to_string(),
+        );
+        let d = delimiter.filter(|d| !d.is_empty()).map(str::to_string);
+        let max_keys = usize::try_from(max).unwrap_or(1000);
+        let page = self
+            .meta(move |m| {
+                let query = ListQuery {
+                    prefix: &p,
+                    delimiter: d.as_deref(),
+                    start_after: &s,
+                    max_keys,
+                };
+                m.list(&b, &query)
+            })
+            .await?;
         Ok((page, max))
     }
 }
@@ -85,13 +96,15 @@ impl Gateway {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let marker = input.marker.clone().unwrap_or_default();
-        let (page, max) = self.list_page(
-            &input.bucket,
-            &prefix,
-            input.delimiter.as_deref(),
-            &marker,
-            input.max_keys,
-        )?;
+        let (page, max) = self
+            .list_page(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                &marker,
+                input.max_keys,
+            )
+            .await?;
         let enc = encoder(input.encoding_type.as_ref());
         let (objects, prefixes) = contents(&page, enc);
         let truncated = page.next_marker.is_some();
@@ -134,13 +147,15 @@ impl Gateway {
             }
             None => input.start_after.clone().unwrap_or_default(),
         };
-        let (page, max) = self.list_page(
-            &input.bucket,
-            &prefix,
-            input.delimiter.as_deref(),
-            &after,
-            input.max_keys,
-        )?;
+        let (page, max) = self
+            .list_page(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                &after,
+                input.max_keys,
+            )
+            .await?;
         let enc = encoder(input.encoding_type.as_ref());
         let (objects, prefixes) = contents(&page, enc);
         let key_count = i32::try_from(objects.len() + prefixes.len()).unwrap_or(i32::MAX);

@@ -94,9 +94,22 @@ impl Gateway {
         move |node| map.get(node).cloned()
     }
 
+    /// Runs a metadata call on the blocking pool (SQLite commits wait on disk).
+    async fn meta<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MetadataStore) -> crate::meta::Result<T> + Send + 'static,
+    ) -> S3Result<T> {
+        let meta = Arc::clone(&self.meta);
+        tokio::task::spawn_blocking(move || f(meta.as_ref()))
+            .await
+            .map_err(|e| internal(format!("metadata task failed: {e}")))?
+            .map_err(meta_err)
+    }
+
     /// Fails with NoSuchBucket unless the bucket exists.
-    fn require_bucket(&self, name: &str) -> S3Result<crate::meta::Bucket> {
-        match self.meta.bucket(name).map_err(meta_err)? {
+    async fn require_bucket(&self, name: &str) -> S3Result<crate::meta::Bucket> {
+        let owned = name.to_string();
+        match self.meta(move |m| m.bucket(&owned)).await? {
             Some(b) => Ok(b),
             None => Err(no_such_bucket(name)),
         }

@@ -7,7 +7,7 @@ use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
-use super::{Gateway, Plan, etag, internal, meta_err, now_ms};
+use super::{Gateway, Plan, etag, internal, now_ms};
 use crate::dataplane::{self, ObjectWriter, ShardBackend, WriteSpec};
 use crate::meta::{NULL_VERSION, ObjectVersion};
 
@@ -140,7 +140,7 @@ impl Gateway {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
-        let bucket = self.require_bucket(&input.bucket)?;
+        let bucket = self.require_bucket(&input.bucket).await?;
         let plan_name = match &input.storage_class {
             Some(sc) => sc.as_str().to_string(),
             None => bucket
@@ -204,11 +204,11 @@ impl Gateway {
             plan: plan.name.clone(),
             layout: Some(written.layout.clone()),
         };
-        let outcome = match self.meta.put_version(&version) {
+        let outcome = match self.meta(move |m| m.put_version(&version)).await {
             Ok(o) => o,
             Err(e) => {
                 dataplane::delete_shards(&written.layout, self.backend_for()).await;
-                return Err(meta_err(e));
+                return Err(e);
             }
         };
         for old in outcome.replaced {
