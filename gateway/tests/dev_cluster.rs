@@ -121,6 +121,29 @@ async fn round_trip_survives_two_dead_providers_and_restart() {
     let (s, _, _) = call(&svc, Method::PUT, "/bkt/empty", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
 
+    // A wrong Content-MD5 is refused and leaves nothing behind.
+    let before = shard_files(tmp.path());
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/bkt/md5",
+        &[("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg==")],
+        data(1000),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("BadDigest"));
+    assert_eq!(shard_files(tmp.path()), before);
+    let (s, _, _) = call(
+        &svc,
+        Method::PUT,
+        "/bkt/md5",
+        &[("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg==")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
     // Overwriting a key frees the old version's shards.
     let before = shard_files(tmp.path());
     let (s, _, _) = call(&svc, Method::PUT, "/bkt/twice", &[], data(100_000)).await;
@@ -235,7 +258,7 @@ async fn round_trip_survives_two_dead_providers_and_restart() {
         Method::POST,
         "/bkt?delete",
         &[],
-        b"<Delete><Object><Key>twice</Key></Object><Object><Key>missing</Key></Object></Delete>"
+        b"<Delete><Object><Key>twice</Key></Object><Object><Key>md5</Key></Object><Object><Key>missing</Key></Object></Delete>"
             .to_vec(),
     )
     .await;

@@ -191,6 +191,20 @@ impl Gateway {
             .await
             .map_err(|e| internal(format!("the write task failed: {e}")))??;
 
+        if let Some(expected) = &input.content_md5 {
+            use base64::Engine;
+            let sent = base64::engine::general_purpose::STANDARD
+                .decode(expected.trim())
+                .ok()
+                .map(hex::encode);
+            if sent.as_deref() != Some(written.md5.as_str()) {
+                dataplane::delete_shards(&written.layout, self.backend_for()).await;
+                return Err(S3Error::with_message(
+                    S3ErrorCode::BadDigest,
+                    "the Content-MD5 you specified did not match what was received",
+                ));
+            }
+        }
         let version = ObjectVersion {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
