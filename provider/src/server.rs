@@ -31,6 +31,8 @@ use crate::{CHUNK_SIZE, Error, VERSION};
 
 /// Metadata key carrying the cluster token.
 pub const TOKEN_METADATA: &str = "x-sublet-token";
+/// How long shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE: usize = CHUNK_SIZE + 256 * 1024;
 const STREAM_WINDOW: u32 = 4 << 20;
@@ -116,11 +118,20 @@ impl std::fmt::Debug for RunningProvider {
 impl RunningProvider {
     /// Stop accepting connections and wait for in-flight requests (writes
     /// included) to finish.
+    /// Requests still running after [`SHUTDOWN_GRACE`] are cut off.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            if let Err(e) = task.await {
-                warn!(error = %e, "provider task failed during shutdown");
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for mut task in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "provider task failed during shutdown"),
+                Err(_) => {
+                    warn!(
+                        "in-flight requests outlived the shutdown grace period; cutting them off"
+                    );
+                    task.abort();
+                }
             }
         }
         info!(node_id = %self.node_id, "provider stopped");
