@@ -143,7 +143,8 @@ pub struct ProviderClient {
 
 impl ProviderClient {
     /// A client for the provider at `address` ("host:port" or "https://host:port")
-    /// whose node id must be `expected`.
+    /// whose node id must be `expected`. Nothing is dialled until the first
+    /// call; must be called inside a Tokio runtime.
     pub fn new(address: &str, expected: NodeId, cfg: &ClientConfig) -> Result<Self, ClientError> {
         let invalid = |m: String| ClientError::new(ErrorKind::InvalidArgument, m);
         let authority = address

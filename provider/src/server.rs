@@ -229,6 +229,9 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         }
     });
 
+    if config.allowed_clients.is_empty() && config.token.is_none() {
+        warn!("no allowed clients and no token configured: every call will be refused");
+    }
     info!(%node_id, %grpc_addr, %http_addr, zone = %config.zone, "provider started");
     Ok(RunningProvider {
         node_id,
