@@ -92,6 +92,7 @@ impl ObjectWriter {
             segment_size: spec.segment_size,
             segments: Vec::new(),
             inline: None,
+            parts: Vec::new(),
         };
         Ok(Self {
             spec,

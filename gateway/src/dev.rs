@@ -270,6 +270,72 @@ impl s3s::S3 for ArcGateway {
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
         self.0.list_objects_v2(req).await
     }
+    async fn put_bucket_versioning(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutBucketVersioningInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutBucketVersioningOutput>> {
+        self.0.put_bucket_versioning(req).await
+    }
+    async fn get_bucket_versioning(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetBucketVersioningInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetBucketVersioningOutput>> {
+        self.0.get_bucket_versioning(req).await
+    }
+    async fn list_object_versions(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectVersionsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectVersionsOutput>> {
+        self.0.list_object_versions(req).await
+    }
+    async fn copy_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::CopyObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CopyObjectOutput>> {
+        self.0.copy_object(req).await
+    }
+    async fn create_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::CreateMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateMultipartUploadOutput>> {
+        self.0.create_multipart_upload(req).await
+    }
+    async fn upload_part(
+        &self,
+        req: s3s::S3Request<s3s::dto::UploadPartInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartOutput>> {
+        self.0.upload_part(req).await
+    }
+    async fn upload_part_copy(
+        &self,
+        req: s3s::S3Request<s3s::dto::UploadPartCopyInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartCopyOutput>> {
+        self.0.upload_part_copy(req).await
+    }
+    async fn complete_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CompleteMultipartUploadOutput>> {
+        self.0.complete_multipart_upload(req).await
+    }
+    async fn abort_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::AbortMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::AbortMultipartUploadOutput>> {
+        self.0.abort_multipart_upload(req).await
+    }
+    async fn list_parts(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListPartsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListPartsOutput>> {
+        self.0.list_parts(req).await
+    }
+    async fn list_multipart_uploads(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListMultipartUploadsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListMultipartUploadsOutput>> {
+        self.0.list_multipart_uploads(req).await
+    }
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves.

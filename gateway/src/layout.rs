@@ -94,17 +94,35 @@ pub struct Layout {
         with = "opt_hex_bytes"
     )]
     pub inline: Option<Vec<u8>>,
+    /// A version assembled by a multipart upload: its parts' layouts in order,
+    /// each with its own scheme, key and segments (one level deep; parts have
+    /// no parts). The version's bytes are the parts' bytes one after another,
+    /// and `segments` is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Layout>,
 }
 
 impl Layout {
     /// Plaintext length of the whole version.
     pub fn plain_length(&self) -> u64 {
-        self.segments.iter().map(|s| s.plain_length).sum()
+        self.pieces()
+            .flat_map(|p| p.segments.iter())
+            .map(|s| s.plain_length)
+            .sum()
     }
 
     /// Every shard location, for deletion and garbage collection.
     pub fn shards(&self) -> impl Iterator<Item = &ShardLocation> {
-        self.segments.iter().flat_map(|s| s.shards.iter())
+        self.pieces()
+            .flat_map(|p| p.segments.iter())
+            .flat_map(|s| s.shards.iter())
+    }
+
+    /// The layouts holding the bytes, in order: the parts of a multipart
+    /// version, or the version itself.
+    pub fn pieces(&self) -> impl Iterator<Item = &Layout> {
+        let own = self.parts.is_empty().then_some(self);
+        own.into_iter().chain(self.parts.iter())
     }
 }
 

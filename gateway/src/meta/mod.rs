@@ -17,6 +17,19 @@ pub enum MetaError {
     NoSuchBucket(String),
     #[error("bucket {0} is not empty")]
     BucketNotEmpty(String),
+    #[error(
+        "upload {upload_id} of key {key} in bucket {bucket} does not exist (completed, aborted or never started)"
+    )]
+    NoSuchUpload {
+        bucket: String,
+        key: String,
+        upload_id: String,
+    },
+    /// A part named by a completion changed or vanished while completing.
+    #[error(
+        "part {part_number} of upload {upload_id} is not the one listed (it was replaced or never uploaded)"
+    )]
+    PartChanged { upload_id: String, part_number: i32 },
     #[error("metadata store: {0}")]
     Store(String),
 }
@@ -107,6 +120,70 @@ pub struct ListQuery<'a> {
     pub max_keys: usize,
 }
 
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub bucket: String,
+    pub key: String,
+    pub upload_id: String,
+    /// The StoragePlan every part is written under.
+    pub plan: String,
+    /// Given at creation, carried to the completed version.
+    pub content_type: Option<String>,
+    pub user_metadata: BTreeMap<String, String>,
+    /// Unix milliseconds.
+    pub initiated: i64,
+}
+
+/// One uploaded part: its own erasure-coded layout and MD5.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadPart {
+    pub part_number: i32,
+    pub size: u64,
+    /// Hex MD5 of the part's bytes.
+    pub etag: String,
+    /// Unix milliseconds.
+    pub last_modified: i64,
+    pub layout: Layout,
+}
+
+/// What completing an upload did.
+#[derive(Debug, Default)]
+pub struct CompleteOutcome {
+    /// Versions the new one replaced (same version id); their shards are now garbage.
+    pub replaced: Vec<ObjectVersion>,
+    /// Parts uploaded but not named by the completion; their shards are now garbage.
+    pub unused: Vec<UploadPart>,
+}
+
+/// The ListObjectVersions question.
+#[derive(Debug, Clone, Default)]
+pub struct VersionQuery<'a> {
+    pub prefix: &'a str,
+    pub delimiter: Option<&'a str>,
+    /// Only keys after this one, or (with `version_id_marker`) the versions of
+    /// this key older than that version.
+    pub key_marker: &'a str,
+    pub version_id_marker: &'a str,
+    pub max_keys: usize,
+}
+
+/// One entry of a versions listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionEntry {
+    pub version: ObjectVersion,
+    pub is_latest: bool,
+}
+
+/// One page of ListObjectVersions: versions and delete markers, newest first per key.
+#[derive(Debug, Default)]
+pub struct VersionPage {
+    pub versions: Vec<VersionEntry>,
+    pub common_prefixes: Vec<String>,
+    /// Set when truncated: (key marker, version id marker) to continue from.
+    pub next: Option<(String, String)>,
+}
+
 /// The narrow interface between the S3 layer and wherever metadata lives.
 pub trait MetadataStore: Send + Sync + 'static {
     fn create_bucket(&self, bucket: &Bucket) -> Result<()>;
@@ -134,14 +211,51 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Option<ObjectVersion>>;
     /// Latest non-deleted versions in key order.
     fn list(&self, bucket: &str, query: &ListQuery<'_>) -> Result<ListPage>;
-    /// Every version of keys under `prefix` after `key_marker`, newest first per key.
-    fn list_versions(
+    /// Every version (and delete marker) of keys in key order, newest first per key.
+    fn list_versions(&self, bucket: &str, query: &VersionQuery<'_>) -> Result<VersionPage>;
+
+    /// Starts a multipart upload; fails with `NoSuchBucket`.
+    fn create_upload(&self, upload: &Upload) -> Result<()>;
+    fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Option<Upload>>;
+    /// Stores a part, replacing (and returning) any part with the same number;
+    /// fails with `NoSuchUpload` once the upload is completed or aborted.
+    fn put_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part: &UploadPart,
+    ) -> Result<Option<UploadPart>>;
+    /// Parts numbered above `after`, in order, at most `max`.
+    fn parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        after: i32,
+        max: usize,
+    ) -> Result<Vec<UploadPart>>;
+    /// Uploads in progress under `prefix`, by key then age, after
+    /// (`key_marker`, `upload_id_marker`), at most `max`.
+    fn uploads(
         &self,
         bucket: &str,
         prefix: &str,
         key_marker: &str,
+        upload_id_marker: &str,
         max: usize,
-    ) -> Result<Vec<ObjectVersion>>;
+    ) -> Result<Vec<Upload>>;
+    /// In one transaction: checks that each `(part number, etag)` in `used` is
+    /// still the stored part (`PartChanged` otherwise), ends the upload and
+    /// commits `version` as the latest of its key.
+    fn complete_upload(
+        &self,
+        upload_id: &str,
+        used: &[(i32, String)],
+        version: &ObjectVersion,
+    ) -> Result<CompleteOutcome>;
+    /// Ends an upload and returns its parts (whose shards are now garbage).
+    fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<UploadPart>>;
 }
 
 #[cfg(test)]
@@ -181,6 +295,7 @@ mod tests {
                 segment_size: 16,
                 segments: vec![],
                 inline: Some(vec![1, 2, 3]),
+                parts: vec![],
             }),
         }
     }
@@ -229,9 +344,21 @@ mod tests {
         s.put_version(&version("k", "v2", 2)).unwrap();
         assert_eq!(s.version("b", "k", None).unwrap().unwrap().version_id, "v2");
         assert_eq!(s.version("b", "k", Some("v1")).unwrap().unwrap().size, 1);
-        let all = s.list_versions("b", "", "", 100).unwrap();
-        let ids: Vec<_> = all.iter().map(|v| v.version_id.as_str()).collect();
-        assert_eq!(ids, ["v2", "v1"]);
+        let all = s
+            .list_versions(
+                "b",
+                &VersionQuery {
+                    max_keys: 100,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let ids: Vec<_> = all
+            .versions
+            .iter()
+            .map(|e| (e.version.version_id.as_str(), e.is_latest))
+            .collect();
+        assert_eq!(ids, [("v2", true), ("v1", false)]);
         s.delete_version("b", "k", "v2").unwrap();
         assert_eq!(s.version("b", "k", None).unwrap().unwrap().version_id, "v1");
     }
@@ -326,6 +453,186 @@ mod tests {
         }
         assert_eq!(seen.len(), 25);
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    fn versions_page(s: &SqliteStore, key_marker: &str, vid_marker: &str) -> VersionPage {
+        s.list_versions(
+            "b",
+            &VersionQuery {
+                prefix: "",
+                delimiter: Some("/"),
+                key_marker,
+                version_id_marker: vid_marker,
+                max_keys: 2,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn version_listing_pages_through_versions_markers_and_prefixes() {
+        let s = store();
+        s.create_bucket(&bucket("b")).unwrap();
+        for (key, id) in [
+            ("a", "a1"),
+            ("a", "a2"),
+            ("a", "a3"),
+            ("d/x", "x1"),
+            ("d/y", "y1"),
+            ("z", "z1"),
+        ] {
+            s.put_version(&version(key, id, 1)).unwrap();
+        }
+        let mut marker = version("z", "z2", 0);
+        marker.delete_marker = true;
+        marker.layout = None;
+        s.put_version(&marker).unwrap();
+
+        let mut seen = Vec::new();
+        let (mut km, mut vm) = (String::new(), String::new());
+        for _ in 0..10 {
+            let page = versions_page(&s, &km, &vm);
+            seen.extend(page.versions.iter().map(|e| {
+                format!(
+                    "{}{}{}",
+                    e.version.version_id,
+                    if e.is_latest { "*" } else { "" },
+                    if e.version.delete_marker { "m" } else { "" }
+                )
+            }));
+            seen.extend(page.common_prefixes.iter().cloned());
+            match page.next {
+                Some((k, v)) => (km, vm) = (k, v),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a3*", "a2", "a1", "d/", "z2*m", "z1"]);
+    }
+
+    fn upload(id: &str, key: &str) -> Upload {
+        Upload {
+            bucket: "b".into(),
+            key: key.into(),
+            upload_id: id.into(),
+            plan: "standard".into(),
+            content_type: Some("text/plain".into()),
+            user_metadata: BTreeMap::from([("color".to_string(), "blue".to_string())]),
+            initiated: 7,
+        }
+    }
+
+    fn part(n: i32, etag: &str) -> UploadPart {
+        UploadPart {
+            part_number: n,
+            size: 10,
+            etag: etag.into(),
+            last_modified: 8,
+            layout: Layout {
+                scheme: Scheme::Erasure { data: 4, parity: 2 },
+                encryption: Encryption::None,
+                segment_size: 16,
+                segments: vec![],
+                inline: None,
+                parts: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn parts_are_replaced_listed_and_uploads_end_once() {
+        let s = store();
+        s.create_bucket(&bucket("b")).unwrap();
+        assert!(matches!(
+            s.create_upload(&Upload {
+                bucket: "nope".into(),
+                ..upload("u0", "k")
+            }),
+            Err(MetaError::NoSuchBucket(_))
+        ));
+        s.create_upload(&upload("u1", "k")).unwrap();
+        s.create_upload(&upload("u2", "k")).unwrap();
+        s.create_upload(&upload("u3", "j")).unwrap();
+        assert_eq!(
+            s.upload("b", "k", "u1").unwrap().unwrap(),
+            upload("u1", "k")
+        );
+        assert!(
+            s.upload("b", "j", "u1").unwrap().is_none(),
+            "upload ids belong to their key"
+        );
+
+        assert!(
+            s.put_part("b", "k", "u1", &part(1, "e1"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.put_part("b", "k", "u1", &part(2, "e2"))
+                .unwrap()
+                .is_none()
+        );
+        let old = s.put_part("b", "k", "u1", &part(1, "e1b")).unwrap();
+        assert_eq!(old.unwrap().etag, "e1");
+        let parts = s.parts("b", "k", "u1", 0, 100).unwrap();
+        let tags: Vec<_> = parts.iter().map(|p| p.etag.as_str()).collect();
+        assert_eq!(tags, ["e1b", "e2"]);
+        assert_eq!(s.parts("b", "k", "u1", 1, 100).unwrap().len(), 1);
+        assert!(matches!(
+            s.delete_bucket("b"),
+            Err(MetaError::BucketNotEmpty(_))
+        ));
+
+        // Uploads list by key, then age, and page on (key, upload id).
+        let all: Vec<_> = s
+            .uploads("b", "", "", "", 100)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.upload_id)
+            .collect();
+        assert_eq!(all, ["u3", "u1", "u2"]);
+        let after: Vec<_> = s
+            .uploads("b", "", "k", "u1", 100)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.upload_id)
+            .collect();
+        assert_eq!(after, ["u2"]);
+        assert_eq!(s.uploads("b", "k", "", "", 100).unwrap().len(), 2);
+
+        // A completion naming a replaced part fails and changes nothing.
+        let mut v = version("k", NULL_VERSION, 20);
+        assert!(matches!(
+            s.complete_upload("u1", &[(1, "e1".into())], &v),
+            Err(MetaError::PartChanged { part_number: 1, .. })
+        ));
+        assert!(s.version("b", "k", None).unwrap().is_none());
+        v.content_type = Some("text/csv".into());
+        let done = s.complete_upload("u1", &[(1, "e1b".into())], &v).unwrap();
+        assert_eq!(done.unused.len(), 1);
+        assert_eq!(done.unused[0].etag, "e2");
+        assert_eq!(s.version("b", "k", None).unwrap().unwrap(), v);
+        assert!(matches!(
+            s.complete_upload("u1", &[(1, "e1b".into())], &v),
+            Err(MetaError::NoSuchUpload { .. })
+        ));
+        assert!(matches!(
+            s.put_part("b", "k", "u1", &part(3, "e3")),
+            Err(MetaError::NoSuchUpload { .. })
+        ));
+        assert!(matches!(
+            s.parts("b", "k", "u1", 0, 10),
+            Err(MetaError::NoSuchUpload { .. })
+        ));
+
+        s.put_part("b", "k", "u2", &part(1, "x")).unwrap();
+        assert_eq!(s.abort_upload("b", "k", "u2").unwrap().len(), 1);
+        assert!(matches!(
+            s.abort_upload("b", "k", "u2"),
+            Err(MetaError::NoSuchUpload { .. })
+        ));
+        s.abort_upload("b", "j", "u3").unwrap();
+        s.delete_version("b", "k", NULL_VERSION).unwrap();
+        s.delete_bucket("b").unwrap();
     }
 
     #[test]

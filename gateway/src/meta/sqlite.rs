@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    Bucket, ListPage, ListQuery, MetaError, MetadataStore, ObjectVersion, PutOutcome, Result,
-    Versioning,
+    Bucket, CompleteOutcome, ListPage, ListQuery, MetaError, MetadataStore, ObjectVersion,
+    PutOutcome, Result, Upload, UploadPart, VersionEntry, VersionPage, VersionQuery, Versioning,
 };
 
 const SCHEMA: &str = "
@@ -33,7 +33,30 @@ CREATE TABLE IF NOT EXISTS versions (
     UNIQUE (bucket, key, version_id)
 );
 CREATE INDEX IF NOT EXISTS versions_by_key ON versions (bucket, key, seq);
+CREATE TABLE IF NOT EXISTS uploads (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    upload_id TEXT NOT NULL UNIQUE,
+    bucket TEXT NOT NULL REFERENCES buckets(name),
+    key TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    content_type TEXT,
+    user_metadata TEXT NOT NULL,
+    initiated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, seq);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL REFERENCES uploads(upload_id),
+    part_number INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    last_modified INTEGER NOT NULL,
+    layout TEXT NOT NULL,
+    PRIMARY KEY (upload_id, part_number)
+);
 ";
+
+const UPLOAD_COLUMNS: &str = "bucket, key, upload_id, plan, content_type, user_metadata, initiated";
+const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 
 const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
 
@@ -90,9 +113,6 @@ fn bucket_from_row(row: &Row<'_>) -> rusqlite::Result<Bucket> {
 }
 
 fn version_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectVersion> {
-    let json_err = |i: usize, e: serde_json::Error| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-    };
     let metadata: String = row.get(7)?;
     let layout: Option<String> = row.get(10)?;
     Ok(ObjectVersion {
@@ -111,6 +131,126 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectVersion> {
             .transpose()
             .map_err(|e| json_err(10, e))?,
     })
+}
+
+fn json_err(i: usize, e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn upload_from_row(row: &Row<'_>) -> rusqlite::Result<Upload> {
+    let metadata: String = row.get(5)?;
+    Ok(Upload {
+        bucket: row.get(0)?,
+        key: row.get(1)?,
+        upload_id: row.get(2)?,
+        plan: row.get(3)?,
+        content_type: row.get(4)?,
+        user_metadata: serde_json::from_str(&metadata).map_err(|e| json_err(5, e))?,
+        initiated: row.get(6)?,
+    })
+}
+
+fn part_from_row(row: &Row<'_>) -> rusqlite::Result<UploadPart> {
+    let layout: String = row.get(4)?;
+    Ok(UploadPart {
+        part_number: row.get(0)?,
+        size: row.get::<_, i64>(1)?.try_into().unwrap_or(0),
+        etag: row.get(2)?,
+        last_modified: row.get(3)?,
+        layout: serde_json::from_str(&layout).map_err(|e| json_err(4, e))?,
+    })
+}
+
+fn get_upload(
+    conn: &Connection,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> rusqlite::Result<Option<Upload>> {
+    conn.query_row(
+        &format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE bucket = ?1 AND key = ?2 AND upload_id = ?3"
+        ),
+        params![bucket, key, upload_id],
+        upload_from_row,
+    )
+    .optional()
+}
+
+fn all_parts(conn: &Connection, upload_id: &str) -> rusqlite::Result<Vec<UploadPart>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {PART_COLUMNS} FROM parts WHERE upload_id = ?1 ORDER BY part_number"
+    ))?;
+    let rows = stmt.query_map(params![upload_id], part_from_row)?;
+    rows.collect()
+}
+
+/// Removes an upload and its parts, returning the parts.
+fn end_upload(conn: &Connection, upload_id: &str) -> rusqlite::Result<Vec<UploadPart>> {
+    let parts = all_parts(conn, upload_id)?;
+    conn.execute("DELETE FROM parts WHERE upload_id = ?1", params![upload_id])?;
+    conn.execute(
+        "DELETE FROM uploads WHERE upload_id = ?1",
+        params![upload_id],
+    )?;
+    Ok(parts)
+}
+
+fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> MetaError {
+    MetaError::NoSuchUpload {
+        bucket: bucket.into(),
+        key: key.into(),
+        upload_id: upload_id.into(),
+    }
+}
+
+/// Inserts a version as the latest of its key; returns the version it replaced.
+fn insert_version(conn: &Connection, v: &ObjectVersion) -> Result<Vec<ObjectVersion>> {
+    let metadata = serde_json::to_string(&v.user_metadata).map_err(store_err)?;
+    let layout = v
+        .layout
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(store_err)?;
+    let size = i64::try_from(v.size).map_err(store_err)?;
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM buckets WHERE name = ?1)",
+            params![v.bucket],
+            |r| r.get(0),
+        )
+        .map_err(store_err)?;
+    if !exists {
+        return Err(MetaError::NoSuchBucket(v.bucket.clone()));
+    }
+    let replaced = get_version(conn, &v.bucket, &v.key, Some(&v.version_id))
+        .map_err(store_err)?
+        .into_iter()
+        .collect();
+    conn.execute(
+        "DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
+        params![v.bucket, v.key, v.version_id],
+    )
+    .map_err(store_err)?;
+    conn.execute(
+        &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        params![
+            v.bucket,
+            v.key,
+            v.version_id,
+            v.delete_marker,
+            size,
+            v.etag,
+            v.content_type,
+            metadata,
+            v.last_modified,
+            v.plan,
+            layout
+        ],
+    )
+    .map_err(store_err)?;
+    Ok(replaced)
 }
 
 fn get_version(
@@ -181,7 +321,8 @@ impl MetadataStore for SqliteStore {
         let tx = conn.transaction().map_err(store_err)?;
         let used: bool = tx
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM versions WHERE bucket = ?1)",
+                "SELECT EXISTS (SELECT 1 FROM versions WHERE bucket = ?1)
+                     OR EXISTS (SELECT 1 FROM uploads WHERE bucket = ?1)",
                 params![name],
                 |r| r.get(0),
             )
@@ -213,52 +354,9 @@ impl MetadataStore for SqliteStore {
     }
 
     fn put_version(&self, v: &ObjectVersion) -> Result<PutOutcome> {
-        let metadata = serde_json::to_string(&v.user_metadata).map_err(store_err)?;
-        let layout = v
-            .layout
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(store_err)?;
-        let size = i64::try_from(v.size).map_err(store_err)?;
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(store_err)?;
-        let exists: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM buckets WHERE name = ?1)",
-                params![v.bucket],
-                |r| r.get(0),
-            )
-            .map_err(store_err)?;
-        if !exists {
-            return Err(MetaError::NoSuchBucket(v.bucket.clone()));
-        }
-        let replaced = get_version(&tx, &v.bucket, &v.key, Some(&v.version_id))
-            .map_err(store_err)?
-            .into_iter()
-            .collect();
-        tx.execute(
-            "DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
-            params![v.bucket, v.key, v.version_id],
-        )
-        .map_err(store_err)?;
-        tx.execute(
-            &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-            params![
-                v.bucket,
-                v.key,
-                v.version_id,
-                v.delete_marker,
-                size,
-                v.etag,
-                v.content_type,
-                metadata,
-                v.last_modified,
-                v.plan,
-                layout
-            ],
-        )
-        .map_err(store_err)?;
+        let replaced = insert_version(&tx, v)?;
         tx.commit().map_err(store_err)?;
         Ok(PutOutcome { replaced })
     }
@@ -339,25 +437,267 @@ impl MetadataStore for SqliteStore {
         Ok(page)
     }
 
-    fn list_versions(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        key_marker: &str,
-        max: usize,
-    ) -> Result<Vec<ObjectVersion>> {
+    fn list_versions(&self, bucket: &str, q: &VersionQuery<'_>) -> Result<VersionPage> {
         let conn = self.conn();
+        // Versions of the marker key older than the marker version come first;
+        // an unknown version id marker resumes after the whole key.
+        let marker_seq: i64 = if q.version_id_marker.is_empty() {
+            -1
+        } else {
+            conn.query_row(
+                "SELECT seq FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
+                params![bucket, q.key_marker, q.version_id_marker],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(store_err)?
+            .unwrap_or(-1)
+        };
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT {VERSION_COLUMNS} FROM versions
-                 WHERE bucket = ?1 AND key > ?2 AND substr(key, 1, length(?3)) = ?3
-                 ORDER BY key, seq DESC LIMIT ?4"
+                "SELECT {VERSION_COLUMNS},
+                    seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
+                 FROM versions v
+                 WHERE bucket = ?1 AND substr(key, 1, length(?3)) = ?3
+                   AND (key > ?2 OR (key = ?2 AND seq < ?4))
+                 ORDER BY key, seq DESC"
+            ))
+            .map_err(store_err)?;
+        let mut rows = stmt
+            .query(params![bucket, q.key_marker, q.prefix, marker_seq])
+            .map_err(store_err)?;
+        let mut page = VersionPage::default();
+        let mut count = 0usize;
+        // The last entry returned, for the next page's markers.
+        let mut last: Option<(String, String)> = None;
+        while let Some(row) = rows.next().map_err(store_err)? {
+            let v = version_from_row(row).map_err(store_err)?;
+            let is_latest: bool = row.get(11).map_err(store_err)?;
+            let group = q.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
+                v.key[q.prefix.len()..]
+                    .find(d)
+                    .map(|i| v.key[..q.prefix.len() + i + d.len()].to_string())
+            });
+            if let Some(prefix) = &group
+                && (page.common_prefixes.last() == Some(prefix)
+                    || q.key_marker.starts_with(prefix.as_str()))
+            {
+                continue;
+            }
+            if count == q.max_keys {
+                page.next = last;
+                break;
+            }
+            count += 1;
+            match group {
+                Some(prefix) => {
+                    last = Some((prefix.clone(), String::new()));
+                    page.common_prefixes.push(prefix);
+                }
+                None => {
+                    last = Some((v.key.clone(), v.version_id.clone()));
+                    page.versions.push(VersionEntry {
+                        version: v,
+                        is_latest,
+                    });
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    fn create_upload(&self, u: &Upload) -> Result<()> {
+        let metadata = serde_json::to_string(&u.user_metadata).map_err(store_err)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM buckets WHERE name = ?1)",
+                params![u.bucket],
+                |r| r.get(0),
+            )
+            .map_err(store_err)?;
+        if !exists {
+            return Err(MetaError::NoSuchBucket(u.bucket.clone()));
+        }
+        tx.execute(
+            &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                u.bucket,
+                u.key,
+                u.upload_id,
+                u.plan,
+                u.content_type,
+                metadata,
+                u.initiated
+            ],
+        )
+        .map_err(store_err)?;
+        tx.commit().map_err(store_err)
+    }
+
+    fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Option<Upload>> {
+        get_upload(&self.conn(), bucket, key, upload_id).map_err(store_err)
+    }
+
+    fn put_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part: &UploadPart,
+    ) -> Result<Option<UploadPart>> {
+        let layout = serde_json::to_string(&part.layout).map_err(store_err)?;
+        let size = i64::try_from(part.size).map_err(store_err)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        if get_upload(&tx, bucket, key, upload_id)
+            .map_err(store_err)?
+            .is_none()
+        {
+            return Err(no_such_upload(bucket, key, upload_id));
+        }
+        let old = tx
+            .query_row(
+                &format!(
+                    "SELECT {PART_COLUMNS} FROM parts WHERE upload_id = ?1 AND part_number = ?2"
+                ),
+                params![upload_id, part.part_number],
+                part_from_row,
+            )
+            .optional()
+            .map_err(store_err)?;
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO parts (upload_id, {PART_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
+            params![
+                upload_id,
+                part.part_number,
+                size,
+                part.etag,
+                part.last_modified,
+                layout
+            ],
+        )
+        .map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(old)
+    }
+
+    fn parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        after: i32,
+        max: usize,
+    ) -> Result<Vec<UploadPart>> {
+        let conn = self.conn();
+        if get_upload(&conn, bucket, key, upload_id)
+            .map_err(store_err)?
+            .is_none()
+        {
+            return Err(no_such_upload(bucket, key, upload_id));
+        }
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {PART_COLUMNS} FROM parts WHERE upload_id = ?1 AND part_number > ?2
+                 ORDER BY part_number LIMIT ?3"
             ))
             .map_err(store_err)?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let rows = stmt
-            .query_map(params![bucket, key_marker, prefix, limit], version_from_row)
+            .query_map(params![upload_id, after, limit], part_from_row)
             .map_err(store_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        key_marker: &str,
+        upload_id_marker: &str,
+        max: usize,
+    ) -> Result<Vec<Upload>> {
+        let conn = self.conn();
+        let marker_seq: i64 = if upload_id_marker.is_empty() {
+            i64::MAX
+        } else {
+            conn.query_row(
+                "SELECT seq FROM uploads WHERE bucket = ?1 AND key = ?2 AND upload_id = ?3",
+                params![bucket, key_marker, upload_id_marker],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(store_err)?
+            .unwrap_or(i64::MAX)
+        };
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {UPLOAD_COLUMNS} FROM uploads
+                 WHERE bucket = ?1 AND substr(key, 1, length(?3)) = ?3
+                   AND (key > ?2 OR (key = ?2 AND seq > ?4))
+                 ORDER BY key, seq LIMIT ?5"
+            ))
+            .map_err(store_err)?;
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(
+                params![bucket, key_marker, prefix, marker_seq, limit],
+                upload_from_row,
+            )
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn complete_upload(
+        &self,
+        upload_id: &str,
+        used: &[(i32, String)],
+        version: &ObjectVersion,
+    ) -> Result<CompleteOutcome> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        if get_upload(&tx, &version.bucket, &version.key, upload_id)
+            .map_err(store_err)?
+            .is_none()
+        {
+            return Err(no_such_upload(&version.bucket, &version.key, upload_id));
+        }
+        let mut parts = end_upload(&tx, upload_id).map_err(store_err)?;
+        for (number, etag) in used {
+            if !parts
+                .iter()
+                .any(|p| p.part_number == *number && p.etag == *etag)
+            {
+                return Err(MetaError::PartChanged {
+                    upload_id: upload_id.into(),
+                    part_number: *number,
+                });
+            }
+        }
+        parts.retain(|p| !used.iter().any(|(n, _)| *n == p.part_number));
+        let replaced = insert_version(&tx, version)?;
+        tx.commit().map_err(store_err)?;
+        Ok(CompleteOutcome {
+            replaced,
+            unused: parts,
+        })
+    }
+
+    fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<UploadPart>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        if get_upload(&tx, bucket, key, upload_id)
+            .map_err(store_err)?
+            .is_none()
+        {
+            return Err(no_such_upload(bucket, key, upload_id));
+        }
+        let parts = end_upload(&tx, upload_id).map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(parts)
     }
 }

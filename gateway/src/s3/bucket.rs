@@ -1,7 +1,7 @@
 //! Bucket operations.
 
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result};
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::{Gateway, now_ms, timestamp};
 use crate::meta::{self, Versioning};
@@ -72,6 +72,53 @@ impl Gateway {
         self.require_bucket(&req.input.bucket).await?;
         Ok(S3Response::new(GetBucketLocationOutput {
             location_constraint: None,
+        }))
+    }
+}
+
+impl Gateway {
+    pub(super) async fn do_put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        let input = req.input;
+        let status = input.versioning_configuration.status;
+        let versioning = match status.as_ref().map(|s| s.as_str()) {
+            Some(BucketVersioningStatus::ENABLED) => Versioning::Enabled,
+            Some(BucketVersioningStatus::SUSPENDED) => Versioning::Suspended,
+            other => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::MalformedXML,
+                    format!(
+                        "bucket {}: versioning status must be Enabled or Suspended, not {other:?}",
+                        input.bucket
+                    ),
+                ));
+            }
+        };
+        let name = input.bucket;
+        self.meta(move |m| m.set_versioning(&name, versioning))
+            .await?;
+        Ok(S3Response::new(PutBucketVersioningOutput {}))
+    }
+
+    pub(super) async fn do_get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        let bucket = self.require_bucket(&req.input.bucket).await?;
+        let status = match bucket.versioning {
+            Versioning::Unversioned => None,
+            Versioning::Enabled => Some(BucketVersioningStatus::from_static(
+                BucketVersioningStatus::ENABLED,
+            )),
+            Versioning::Suspended => Some(BucketVersioningStatus::from_static(
+                BucketVersioningStatus::SUSPENDED,
+            )),
+        };
+        Ok(S3Response::new(GetBucketVersioningOutput {
+            mfa_delete: None,
+            status,
         }))
     }
 }

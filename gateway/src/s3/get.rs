@@ -8,9 +8,10 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::put::reported_version_id;
 use super::{Gateway, etag, internal, timestamp};
 use crate::dataplane::ObjectReader;
-use crate::meta::ObjectVersion;
+use crate::meta::{Bucket, ObjectVersion};
 
 /// Segment indices and the byte range within each that a plaintext range touches.
 fn segment_slices(segments: &[u64], range: &ByteRange<u64>) -> Vec<(usize, ByteRange<usize>)> {
@@ -33,83 +34,191 @@ fn segment_slices(segments: &[u64], range: &ByteRange<u64>) -> Vec<(usize, ByteR
     out
 }
 
+/// Seconds since the epoch of an HTTP date (conditional headers have second precision).
+fn epoch_seconds(t: &Timestamp) -> Option<i64> {
+    let mut buf = Vec::new();
+    t.format(TimestampFormat::EpochSeconds, &mut buf).ok()?;
+    let secs: f64 = std::str::from_utf8(&buf).ok()?.parse().ok()?;
+    #[allow(clippy::cast_possible_truncation)]
+    Some(secs.floor() as i64)
+}
+
+fn etag_matches(cond: &ETagCondition, v: &ObjectVersion) -> bool {
+    match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == v.etag,
+    }
+}
+
+/// The four HTTP preconditions of GET, HEAD and (as x-amz-copy-source-if-*) copies.
+#[derive(Default)]
+pub(super) struct Preconditions<'a> {
+    pub if_match: Option<&'a ETagCondition>,
+    pub if_none_match: Option<&'a ETagCondition>,
+    pub if_modified_since: Option<&'a Timestamp>,
+    pub if_unmodified_since: Option<&'a Timestamp>,
+}
+
+/// Why a precondition stopped a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Unmet {
+    /// 412: If-Match or If-Unmodified-Since failed.
+    Failed,
+    /// 304: If-None-Match or If-Modified-Since failed.
+    NotModified,
+}
+
+impl Preconditions<'_> {
+    /// Evaluates them as S3 does: a passing If-Match overrides If-Unmodified-Since,
+    /// and If-None-Match, when given, overrides If-Modified-Since.
+    pub(super) fn check(&self, v: &ObjectVersion) -> Result<(), Unmet> {
+        let modified = v.last_modified.div_euclid(1000);
+        match self.if_match {
+            Some(c) if !etag_matches(c, v) => return Err(Unmet::Failed),
+            Some(_) => {}
+            None => {
+                if let Some(t) = self.if_unmodified_since.and_then(epoch_seconds)
+                    && modified > t
+                {
+                    return Err(Unmet::Failed);
+                }
+            }
+        }
+        match self.if_none_match {
+            Some(c) if etag_matches(c, v) => return Err(Unmet::NotModified),
+            Some(_) => {}
+            None => {
+                if let Some(t) = self.if_modified_since.and_then(epoch_seconds)
+                    && modified <= t
+                {
+                    return Err(Unmet::NotModified);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// As an S3 error naming the object.
+    pub(super) fn enforce(&self, v: &ObjectVersion) -> S3Result<()> {
+        let name = format!("{}/{}", v.bucket, v.key);
+        match self.check(v) {
+            Ok(()) => Ok(()),
+            Err(Unmet::Failed) => Err(S3Error::with_message(
+                S3ErrorCode::PreconditionFailed,
+                format!("at least one precondition on object {name} did not hold"),
+            )),
+            Err(Unmet::NotModified) => {
+                let mut e = S3Error::with_message(
+                    S3ErrorCode::NotModified,
+                    format!("object {name} was not modified"),
+                );
+                let mut headers = http::HeaderMap::new();
+                if let Ok(value) = http::HeaderValue::from_str(&format!("\"{}\"", v.etag)) {
+                    headers.insert(http::header::ETAG, value);
+                }
+                e.set_headers(headers);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A stream of an object version's bytes, as GET sends them and copies read them.
+pub(super) type ByteStream = ReceiverStream<Result<Bytes, std::io::Error>>;
+
 impl Gateway {
-    async fn latest(&self, bucket: &str, key: &str) -> S3Result<ObjectVersion> {
-        self.require_bucket(bucket).await?;
-        let (b, k) = (bucket.to_string(), key.to_string());
-        match self.meta(move |m| m.version(&b, &k, None)).await? {
-            Some(v) if !v.delete_marker => Ok(v),
-            _ => Err(S3Error::with_message(
+    /// The version a request names: the latest (NoSuchKey if it is a delete
+    /// marker, with `x-amz-delete-marker`) or a given version id.
+    pub(super) async fn lookup(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<(Bucket, ObjectVersion)> {
+        let b_meta = self.require_bucket(bucket).await?;
+        let (b, k, id) = (
+            bucket.to_string(),
+            key.to_string(),
+            version_id.map(str::to_string),
+        );
+        let found = self.meta(move |m| m.version(&b, &k, id.as_deref())).await?;
+        match (found, version_id) {
+            (Some(v), _) if !v.delete_marker => Ok((b_meta, v)),
+            (Some(v), Some(id)) => {
+                let mut e = S3Error::with_message(
+                    S3ErrorCode::MethodNotAllowed,
+                    format!("version {id} of object {key} in bucket {bucket} is a delete marker"),
+                );
+                e.set_headers(delete_marker_headers(&v.version_id));
+                Err(e)
+            }
+            (Some(v), None) => {
+                let mut e = S3Error::with_message(
+                    S3ErrorCode::NoSuchKey,
+                    format!(
+                        "object {key} in bucket {bucket} is deleted (its latest version is a delete marker)"
+                    ),
+                );
+                e.set_headers(delete_marker_headers(&v.version_id));
+                Err(e)
+            }
+            (None, Some(id)) => Err(S3Error::with_message(
+                S3ErrorCode::NoSuchVersion,
+                format!("object {key} in bucket {bucket} has no version {id}"),
+            )),
+            (None, None) => Err(S3Error::with_message(
                 S3ErrorCode::NoSuchKey,
                 format!("no object {key} in bucket {bucket}"),
             )),
         }
     }
 
-    pub(super) async fn do_head_object(
+    /// Streams `range` of a version. Reads the first segment before returning,
+    /// so a dead object gets a proper error instead of a truncated body.
+    pub(super) async fn read_range(
         &self,
-        req: S3Request<HeadObjectInput>,
-    ) -> S3Result<S3Response<HeadObjectOutput>> {
-        let v = self.latest(&req.input.bucket, &req.input.key).await?;
-        Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(i64::try_from(v.size).unwrap_or(i64::MAX)),
-            content_type: v.content_type,
-            e_tag: Some(etag(&v.etag)),
-            last_modified: Some(timestamp(v.last_modified)),
-            metadata: Some(v.user_metadata.into_iter().collect()),
-            storage_class: Some(StorageClass::from(v.plan)),
-            accept_ranges: Some("bytes".into()),
-            ..Default::default()
-        }))
-    }
-
-    pub(super) async fn do_get_object(
-        &self,
-        req: S3Request<GetObjectInput>,
-    ) -> S3Result<S3Response<GetObjectOutput>> {
-        let input = req.input;
-        let v = self.latest(&input.bucket, &input.key).await?;
-        let name = format!("{}/{}", input.bucket, input.key);
+        v: &ObjectVersion,
+        range: ByteRange<u64>,
+    ) -> S3Result<ByteStream> {
+        let name = format!("{}/{}", v.bucket, v.key);
         let size = v.size;
-        let range = match &input.range {
-            None => 0..size,
-            Some(r) => r.check(size).map_err(|_| {
-                S3Error::with_message(
-                    S3ErrorCode::InvalidRange,
-                    format!("the range is not satisfiable for an object of {size} bytes"),
-                )
-            })?,
-        };
-        let content_range = input.range.as_ref().map(|_| {
-            format!(
-                "bytes {}-{}/{size}",
-                range.start,
-                range.end.saturating_sub(1)
-            )
-        });
         let layout = v
             .layout
-            .clone()
+            .as_ref()
             .ok_or_else(|| internal(format!("object {name} has no data layout")))?;
-        let lengths: Vec<u64> = layout.segments.iter().map(|s| s.plain_length).collect();
         if layout.plain_length() != size {
             return Err(internal(format!(
                 "object {name} is unreadable: its layout holds {} bytes, not {size}",
                 layout.plain_length()
             )));
         }
-        let reader = Arc::new(
-            ObjectReader::new(&self.master, layout)
-                .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?,
-        );
-        let slices = segment_slices(&lengths, &range);
+        // Every segment of every piece (part), in byte order.
+        let mut readers = Vec::new();
+        let mut segments = Vec::new();
+        let mut lengths = Vec::new();
+        for (p, piece) in layout.pieces().enumerate() {
+            readers.push(Arc::new(
+                ObjectReader::new(&self.master, piece.clone())
+                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?,
+            ));
+            for (i, seg) in piece.segments.iter().enumerate() {
+                segments.push((p, i));
+                lengths.push(seg.plain_length);
+            }
+        }
+        let slices: Vec<(Arc<ObjectReader>, usize, ByteRange<usize>)> =
+            segment_slices(&lengths, &range)
+                .into_iter()
+                .filter_map(|(n, r)| {
+                    let (p, i) = *segments.get(n)?;
+                    Some((Arc::clone(readers.get(p)?), i, r))
+                })
+                .collect();
         let backend_for = self.backend_for();
 
-        // Read the first segment before answering, so a dead object gets a
-        // proper error status instead of a truncated body.
         let mut pending = slices.into_iter();
         let first = match pending.next() {
-            Some((i, r)) => {
+            Some((reader, i, r)) => {
                 let seg = reader
                     .read_segment(i, &backend_for)
                     .await
@@ -128,7 +237,7 @@ impl Gateway {
             {
                 return;
             }
-            for (i, r) in rest {
+            for (reader, i, r) in rest {
                 let item = match reader.read_segment(i, &backend_for).await {
                     Ok(seg) => slice(seg, r).ok_or_else(|| {
                         std::io::Error::other(format!(
@@ -148,11 +257,27 @@ impl Gateway {
                 }
             }
         });
-        let length = range.end - range.start;
-        Ok(S3Response::new(GetObjectOutput {
-            body: Some(StreamingBlob::wrap(ReceiverStream::new(rx))),
-            content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
-            content_range,
+        Ok(ReceiverStream::new(rx))
+    }
+
+    pub(super) async fn do_head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let (bucket, v) = self
+            .lookup(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        Preconditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        }
+        .enforce(&v)?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(i64::try_from(v.size).unwrap_or(i64::MAX)),
+            version_id: reported_version_id(&bucket, &v.version_id),
             content_type: v.content_type,
             e_tag: Some(etag(&v.etag)),
             last_modified: Some(timestamp(v.last_modified)),
@@ -162,6 +287,67 @@ impl Gateway {
             ..Default::default()
         }))
     }
+
+    pub(super) async fn do_get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let (bucket, v) = self
+            .lookup(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        Preconditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        }
+        .enforce(&v)?;
+        let size = v.size;
+        let range = match &input.range {
+            None => 0..size,
+            Some(r) => r.check(size).map_err(|_| {
+                S3Error::with_message(
+                    S3ErrorCode::InvalidRange,
+                    format!("the range is not satisfiable for an object of {size} bytes"),
+                )
+            })?,
+        };
+        let content_range = input.range.as_ref().map(|_| {
+            format!(
+                "bytes {}-{}/{size}",
+                range.start,
+                range.end.saturating_sub(1)
+            )
+        });
+        let length = range.end - range.start;
+        let body = self.read_range(&v, range).await?;
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::wrap(body)),
+            content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
+            content_range,
+            version_id: reported_version_id(&bucket, &v.version_id),
+            content_type: v.content_type,
+            e_tag: Some(etag(&v.etag)),
+            last_modified: Some(timestamp(v.last_modified)),
+            metadata: Some(v.user_metadata.into_iter().collect()),
+            storage_class: Some(StorageClass::from(v.plan)),
+            accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+}
+
+fn delete_marker_headers(version_id: &str) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "x-amz-delete-marker",
+        http::HeaderValue::from_static("true"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(version_id) {
+        headers.insert("x-amz-version-id", v);
+    }
+    headers
 }
 
 fn slice(seg: Vec<u8>, r: ByteRange<usize>) -> Option<Bytes> {

@@ -4,7 +4,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
 use super::{Gateway, etag, timestamp};
-use crate::meta::{ListPage, ListQuery};
+use crate::meta::{ListPage, ListQuery, VersionPage, VersionQuery};
 
 const MAX_KEYS: i32 = 1000;
 
@@ -173,6 +173,98 @@ impl Gateway {
             encoding_type: input.encoding_type,
             start_after: input.start_after.as_deref().map(enc),
             request_charged: None,
+        }))
+    }
+}
+
+impl Gateway {
+    pub(super) async fn do_list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let max = input.max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let key_marker = input.key_marker.clone().unwrap_or_default();
+        let version_id_marker = input.version_id_marker.clone().unwrap_or_default();
+        let page = if max == 0 {
+            VersionPage::default()
+        } else {
+            let (b, p, km, vm) = (
+                input.bucket.clone(),
+                prefix.clone(),
+                key_marker.clone(),
+                version_id_marker.clone(),
+            );
+            let d = input.delimiter.clone().filter(|d| !d.is_empty());
+            let max_keys = usize::try_from(max).unwrap_or(1000);
+            self.meta(move |m| {
+                m.list_versions(
+                    &b,
+                    &VersionQuery {
+                        prefix: &p,
+                        delimiter: d.as_deref(),
+                        key_marker: &km,
+                        version_id_marker: &vm,
+                        max_keys,
+                    },
+                )
+            })
+            .await?
+        };
+        let enc = encoder(input.encoding_type.as_ref());
+        let mut versions = Vec::new();
+        let mut markers = Vec::new();
+        for entry in page.versions {
+            let v = entry.version;
+            if v.delete_marker {
+                markers.push(DeleteMarkerEntry {
+                    is_latest: Some(entry.is_latest),
+                    key: Some(enc(&v.key)),
+                    last_modified: Some(timestamp(v.last_modified)),
+                    owner: None,
+                    version_id: Some(v.version_id),
+                });
+            } else {
+                versions.push(ObjectVersion {
+                    e_tag: Some(etag(&v.etag)),
+                    is_latest: Some(entry.is_latest),
+                    key: Some(enc(&v.key)),
+                    last_modified: Some(timestamp(v.last_modified)),
+                    size: Some(i64::try_from(v.size).unwrap_or(i64::MAX)),
+                    storage_class: Some(ObjectVersionStorageClass::from(v.plan)),
+                    version_id: Some(v.version_id),
+                    ..Default::default()
+                });
+            }
+        }
+        let prefixes = page
+            .common_prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(enc(p)),
+            })
+            .collect();
+        let (next_key, next_version) = match page.next {
+            Some((k, v)) => (Some(enc(&k)), (!v.is_empty()).then_some(v)),
+            None => (None, None),
+        };
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            common_prefixes: Some(prefixes),
+            delete_markers: Some(markers),
+            delimiter: input.delimiter.as_deref().map(enc),
+            encoding_type: input.encoding_type,
+            is_truncated: Some(next_key.is_some()),
+            key_marker: Some(enc(&key_marker)),
+            max_keys: Some(max),
+            name: Some(input.bucket),
+            next_key_marker: next_key,
+            next_version_id_marker: next_version,
+            prefix: Some(enc(&prefix)),
+            request_charged: None,
+            version_id_marker: Some(version_id_marker),
+            versions: Some(versions),
         }))
     }
 }

@@ -1,10 +1,14 @@
 //! The S3 API (via s3s) over the metadata store and the data plane.
 
 mod bucket;
+mod copy;
 mod delete;
 mod get;
 mod list;
+mod multipart;
 mod put;
+
+pub use multipart::MIN_PART_SIZE;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,6 +138,20 @@ fn meta_err(e: MetaError) -> S3Error {
             S3ErrorCode::BucketNotEmpty,
             format!("bucket {b} is not empty"),
         ),
+        MetaError::NoSuchUpload {
+            bucket,
+            key,
+            upload_id,
+        } => multipart::no_such_upload(&bucket, &key, &upload_id),
+        MetaError::PartChanged {
+            upload_id,
+            part_number,
+        } => S3Error::with_message(
+            S3ErrorCode::InvalidPart,
+            format!(
+                "part {part_number} of upload {upload_id} was replaced while completing; list the parts and try again"
+            ),
+        ),
         MetaError::Store(m) => {
             tracing::error!(error = %m, "metadata store failed");
             S3Error::with_message(S3ErrorCode::InternalError, format!("metadata store: {m}"))
@@ -245,5 +263,82 @@ impl S3 for Gateway {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         self.do_list_objects_v2(req).await
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        self.do_put_bucket_versioning(req).await
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.do_get_bucket_versioning(req).await
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        self.do_list_object_versions(req).await
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.do_copy_object(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.do_create_multipart_upload(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.do_upload_part(req).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.do_upload_part_copy(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.do_complete_multipart_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.do_abort_multipart_upload(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.do_list_parts(req).await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.do_list_multipart_uploads(req).await
     }
 }

@@ -9,7 +9,7 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::{Gateway, Plan, etag, internal, now_ms};
 use crate::dataplane::{self, ObjectWriter, ShardBackend, WriteSpec};
-use crate::meta::{NULL_VERSION, ObjectVersion};
+use crate::meta::{Bucket, NULL_VERSION, ObjectVersion, Versioning};
 
 /// The first `width` providers ordered by a hash of (key, version uid, node id).
 pub fn place(
@@ -44,16 +44,17 @@ pub fn place(
         .collect())
 }
 
-fn random_uid() -> String {
+pub(super) fn random_uid() -> String {
     let mut b = [0u8; 16];
     rand::fill(&mut b);
     hex::encode(b)
 }
 
-struct Written {
-    layout: crate::layout::Layout,
-    size: u64,
-    md5: String,
+pub(super) struct Written {
+    pub layout: crate::layout::Layout,
+    pub size: u64,
+    /// Hex MD5 of the bytes written.
+    pub md5: String,
 }
 
 /// Cuts the body into segments and hands them over; returns the size and MD5.
@@ -134,44 +135,84 @@ async fn write_body(
     }
 }
 
+/// The version id a new version of a key in `bucket` gets.
+pub(super) fn new_version_id(bucket: &Bucket) -> String {
+    match bucket.versioning {
+        Versioning::Enabled => random_uid(),
+        Versioning::Unversioned | Versioning::Suspended => NULL_VERSION.to_string(),
+    }
+}
+
+/// The version id to report to the client: none while versioning was never enabled.
+pub(super) fn reported_version_id(bucket: &Bucket, id: &str) -> Option<String> {
+    (bucket.versioning != Versioning::Unversioned).then(|| id.to_string())
+}
+
+/// Checks a Content-MD5 header against the MD5 of what was received.
+pub(super) fn content_md5_matches(header: Option<&str>, md5_hex: &str) -> bool {
+    use base64::Engine;
+    let Some(expected) = header else {
+        return true;
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(expected.trim())
+        .ok()
+        .map(hex::encode)
+        .as_deref()
+        == Some(md5_hex)
+}
+
+fn bad_digest() -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::BadDigest,
+        "the Content-MD5 you specified did not match what was received",
+    )
+}
+
 impl Gateway {
-    pub(super) async fn do_put_object(
+    /// The plan a storage class (or, without one, the bucket default) names.
+    pub(super) fn resolve_plan(
         &self,
-        req: S3Request<PutObjectInput>,
-    ) -> S3Result<S3Response<PutObjectOutput>> {
-        let input = req.input;
-        let bucket = self.require_bucket(&input.bucket).await?;
-        let plan_name = match &input.storage_class {
-            Some(sc) => sc.as_str().to_string(),
+        bucket: &Bucket,
+        storage_class: Option<&str>,
+    ) -> S3Result<Plan> {
+        let plan_name = match storage_class {
+            Some(sc) => sc.to_string(),
             None => bucket
                 .default_plan
                 .clone()
                 .unwrap_or_else(|| self.default_plan.clone()),
         };
         // Clients that always send STANDARD get the default plan.
-        let plan: Plan = match self.plan(&plan_name) {
-            Some(p) => p.clone(),
+        match self.plan(&plan_name) {
+            Some(p) => Ok(p.clone()),
             None if plan_name == "STANDARD" => self
                 .plan(&self.default_plan)
                 .cloned()
-                .ok_or_else(|| internal("no default plan"))?,
-            None => {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::InvalidStorageClass,
-                    format!("no storage plan named {plan_name:?}"),
-                ));
-            }
-        };
+                .ok_or_else(|| internal("no default plan")),
+            None => Err(S3Error::with_message(
+                S3ErrorCode::InvalidStorageClass,
+                format!("no storage plan named {plan_name:?}"),
+            )),
+        }
+    }
+
+    /// Streams `body` into a fresh layout under `plan`; on any error no shards remain.
+    pub(super) async fn store_body(
+        &self,
+        plan: &Plan,
+        key: &str,
+        body: Option<StreamingBlob>,
+    ) -> S3Result<Written> {
         let segment_size = usize::try_from(plan.segment_size)
             .map_err(|_| internal(format!("plan {}: segment size too large", plan.name)))?;
         let uid = random_uid();
-        let placement =
-            place(&self.providers, &input.key, &uid, plan.scheme.width()).map_err(|m| {
-                S3Error::with_message(
-                    S3ErrorCode::ServiceUnavailable,
-                    format!("cannot store under plan {}: {m}", plan.name),
-                )
-            })?;
+        let placement = place(&self.providers, key, &uid, plan.scheme.width()).map_err(|m| {
+            S3Error::with_message(
+                S3ErrorCode::ServiceUnavailable,
+                format!("cannot store under plan {}: {m}", plan.name),
+            )
+        })?;
         let writer = ObjectWriter::new(
             &self.master,
             WriteSpec {
@@ -187,28 +228,54 @@ impl Gateway {
 
         // A spawned task runs to completion (or aborts cleanly) even if the
         // client goes away and this handler future is dropped.
-        let written = tokio::spawn(write_body(writer, input.body, segment_size))
+        tokio::spawn(write_body(writer, body, segment_size))
             .await
-            .map_err(|e| internal(format!("the write task failed: {e}")))??;
+            .map_err(|e| internal(format!("the write task failed: {e}")))?
+    }
 
-        if let Some(expected) = &input.content_md5 {
-            use base64::Engine;
-            let sent = base64::engine::general_purpose::STANDARD
-                .decode(expected.trim())
-                .ok()
-                .map(hex::encode);
-            if sent.as_deref() != Some(written.md5.as_str()) {
-                dataplane::delete_shards(&written.layout, self.backend_for()).await;
-                return Err(S3Error::with_message(
-                    S3ErrorCode::BadDigest,
-                    "the Content-MD5 you specified did not match what was received",
-                ));
+    /// Commits a version whose shards are written, freeing the shards of the
+    /// version it replaces; on failure frees the new version's shards.
+    pub(super) async fn commit_version(&self, version: ObjectVersion) -> S3Result<()> {
+        let layout = version.layout.clone();
+        let outcome = match self.meta(move |m| m.put_version(&version)).await {
+            Ok(o) => o,
+            Err(e) => {
+                if let Some(layout) = layout {
+                    dataplane::delete_shards(&layout, self.backend_for()).await;
+                }
+                return Err(e);
             }
+        };
+        for old in outcome.replaced {
+            self.free(old.layout.as_ref()).await;
         }
+        Ok(())
+    }
+
+    /// Deletes a layout's shards (best effort).
+    pub(super) async fn free(&self, layout: Option<&crate::layout::Layout>) {
+        if let Some(layout) = layout {
+            dataplane::delete_shards(layout, self.backend_for()).await;
+        }
+    }
+
+    pub(super) async fn do_put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let input = req.input;
+        let bucket = self.require_bucket(&input.bucket).await?;
+        let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
+        let written = self.store_body(&plan, &input.key, input.body).await?;
+        if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
+            self.free(Some(&written.layout)).await;
+            return Err(bad_digest());
+        }
+        let version_id = new_version_id(&bucket);
         let version = ObjectVersion {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
-            version_id: NULL_VERSION.to_string(),
+            version_id: version_id.clone(),
             delete_marker: false,
             size: written.size,
             etag: written.md5.clone(),
@@ -216,23 +283,13 @@ impl Gateway {
             user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
             last_modified: now_ms(),
             plan: plan.name.clone(),
-            layout: Some(written.layout.clone()),
+            layout: Some(written.layout),
         };
-        let outcome = match self.meta(move |m| m.put_version(&version)).await {
-            Ok(o) => o,
-            Err(e) => {
-                dataplane::delete_shards(&written.layout, self.backend_for()).await;
-                return Err(e);
-            }
-        };
-        for old in outcome.replaced {
-            if let Some(layout) = old.layout {
-                dataplane::delete_shards(&layout, self.backend_for()).await;
-            }
-        }
+        self.commit_version(version).await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&written.md5)),
             size: Some(i64::try_from(written.size).unwrap_or(i64::MAX)),
+            version_id: reported_version_id(&bucket, &version_id),
             ..Default::default()
         }))
     }

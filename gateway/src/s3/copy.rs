@@ -1,0 +1,106 @@
+//! CopyObject: re-encodes by streaming the source through a fresh write, so a
+//! copy may change bucket, plan (storage class) and metadata.
+
+use s3s::dto::*;
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use super::get::Preconditions;
+use super::multipart::{copy_source, enforce_copy_preconditions};
+use super::put::{new_version_id, reported_version_id};
+use super::{Gateway, etag, now_ms, timestamp};
+use crate::meta::ObjectVersion;
+
+impl Gateway {
+    pub(super) async fn do_copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let bucket = self.require_bucket(&input.bucket).await?;
+        let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
+        let (src_meta, source) = self
+            .lookup(&src_bucket, &src_key, src_version.as_deref())
+            .await?;
+        enforce_copy_preconditions(
+            &Preconditions {
+                if_match: input.copy_source_if_match.as_ref(),
+                if_none_match: input.copy_source_if_none_match.as_ref(),
+                if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+            },
+            &source,
+        )?;
+        let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
+            None | Some(MetadataDirective::COPY) => false,
+            Some(MetadataDirective::REPLACE) => true,
+            Some(other) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("x-amz-metadata-directive must be COPY or REPLACE, not {other:?}"),
+                ));
+            }
+        };
+        let storage_class = input.storage_class.as_ref().map(|s| s.as_str());
+        if src_bucket == input.bucket
+            && src_key == input.key
+            && src_version.is_none()
+            && !replace
+            && storage_class.is_none()
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                format!(
+                    "copying {src_bucket}/{src_key} onto itself changes nothing: replace its metadata or change its storage class"
+                ),
+            ));
+        }
+        let plan = self.resolve_plan(&bucket, storage_class)?;
+        let stream = self.read_range(&source, 0..source.size).await?;
+        let written = self
+            .store_body(&plan, &input.key, Some(StreamingBlob::wrap(stream)))
+            .await?;
+        if written.size != source.size {
+            self.free(Some(&written.layout)).await;
+            return Err(super::internal(format!(
+                "copying {src_bucket}/{src_key}: read {} bytes, expected {}",
+                written.size, source.size
+            )));
+        }
+        let (content_type, user_metadata) = if replace {
+            (
+                input.content_type,
+                input.metadata.unwrap_or_default().into_iter().collect(),
+            )
+        } else {
+            (source.content_type.clone(), source.user_metadata.clone())
+        };
+        let version_id = new_version_id(&bucket);
+        let modified = now_ms();
+        let md5 = written.md5.clone();
+        self.commit_version(ObjectVersion {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            version_id: version_id.clone(),
+            delete_marker: false,
+            size: written.size,
+            etag: written.md5,
+            content_type,
+            user_metadata,
+            last_modified: modified,
+            plan: plan.name.clone(),
+            layout: Some(written.layout),
+        })
+        .await?;
+        tracing::info!(from = %format!("{src_bucket}/{src_key}"), bucket = %input.bucket, key = %input.key, plan = %plan.name, "object copied");
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag(&md5)),
+                last_modified: Some(timestamp(modified)),
+                ..Default::default()
+            }),
+            copy_source_version_id: reported_version_id(&src_meta, &source.version_id),
+            version_id: reported_version_id(&bucket, &version_id),
+            ..Default::default()
+        }))
+    }
+}

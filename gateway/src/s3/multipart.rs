@@ -1,0 +1,514 @@
+//! Multipart uploads: every part is its own erasure-coded layout written like
+//! a PutObject; completing composes the version from the parts' layouts.
+
+use md5::{Digest, Md5};
+use s3s::dto::*;
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use super::get::Preconditions;
+use super::put::{content_md5_matches, new_version_id, random_uid, reported_version_id};
+use super::{Gateway, Plan, etag, internal, now_ms, timestamp};
+use crate::layout::{Encryption, Layout};
+use crate::meta::{ObjectVersion, Upload, UploadPart};
+
+/// Parts other than the last must hold at least this many bytes (as in S3).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+const MAX_PART_NUMBER: i32 = 10_000;
+const MAX_LISTED: i32 = 1000;
+
+pub(super) fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::NoSuchUpload,
+        format!(
+            "upload {upload_id} of key {key} in bucket {bucket} does not exist (completed, aborted or never started)"
+        ),
+    )
+}
+
+fn check_part_number(n: i32) -> S3Result<()> {
+    if (1..=MAX_PART_NUMBER).contains(&n) {
+        Ok(())
+    } else {
+        Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("part number {n} is out of range: use 1 to {MAX_PART_NUMBER}"),
+        ))
+    }
+}
+
+/// S3's multipart ETag: MD5 of the parts' binary MD5s, then "-" and the part count.
+pub fn multipart_etag(part_md5s: &[&str]) -> Option<String> {
+    let mut md5 = Md5::new();
+    for p in part_md5s {
+        md5.update(hex::decode(p).ok()?);
+    }
+    Some(format!(
+        "{}-{}",
+        hex::encode(md5.finalize()),
+        part_md5s.len()
+    ))
+}
+
+/// Bucket, key and optional version id of an `x-amz-copy-source`.
+pub(super) fn copy_source(cs: &CopySource) -> S3Result<(String, String, Option<String>)> {
+    match cs {
+        CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => Ok((
+            bucket.to_string(),
+            key.to_string(),
+            version_id.as_deref().map(str::to_string),
+        )),
+        _ => Err(S3Error::with_message(
+            S3ErrorCode::NotImplemented,
+            "copy sources must be bucket/key; access points are not supported",
+        )),
+    }
+}
+
+/// Copy preconditions fail with 412 whichever one failed, as in S3.
+pub(super) fn enforce_copy_preconditions(p: &Preconditions<'_>, v: &ObjectVersion) -> S3Result<()> {
+    p.check(v).map_err(|_| {
+        S3Error::with_message(
+            S3ErrorCode::PreconditionFailed,
+            format!(
+                "at least one x-amz-copy-source-if precondition on {}/{} did not hold",
+                v.bucket, v.key
+            ),
+        )
+    })
+}
+
+impl Gateway {
+    async fn require_upload(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<Upload> {
+        self.require_bucket(bucket).await?;
+        let (b, k, u) = (bucket.to_string(), key.to_string(), upload_id.to_string());
+        self.meta(move |m| m.upload(&b, &k, &u))
+            .await?
+            .ok_or_else(|| no_such_upload(bucket, key, upload_id))
+    }
+
+    fn upload_plan(&self, upload: &Upload) -> S3Result<Plan> {
+        self.plan(&upload.plan).cloned().ok_or_else(|| {
+            internal(format!(
+                "upload {} was started under plan {} which no longer exists",
+                upload.upload_id, upload.plan
+            ))
+        })
+    }
+
+    /// Records a written part, freeing the part it replaces; frees the new part's
+    /// shards if the upload has ended meanwhile.
+    async fn store_part(&self, upload: &Upload, part: UploadPart) -> S3Result<()> {
+        let (b, k, u) = (
+            upload.bucket.clone(),
+            upload.key.clone(),
+            upload.upload_id.clone(),
+        );
+        let layout = part.layout.clone();
+        match self.meta(move |m| m.put_part(&b, &k, &u, &part)).await {
+            Ok(old) => {
+                self.free(old.as_ref().map(|p| &p.layout)).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.free(Some(&layout)).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn do_create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        let bucket = self.require_bucket(&input.bucket).await?;
+        let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
+        let upload = Upload {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            upload_id: random_uid(),
+            plan: plan.name,
+            content_type: input.content_type,
+            user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+            initiated: now_ms(),
+        };
+        let upload_id = upload.upload_id.clone();
+        self.meta(move |m| m.create_upload(&upload)).await?;
+        tracing::info!(bucket = %input.bucket, key = %input.key, upload_id, "multipart upload started");
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn do_upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        check_part_number(input.part_number)?;
+        let upload = self
+            .require_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let plan = self.upload_plan(&upload)?;
+        let written = self.store_body(&plan, &input.key, input.body).await?;
+        if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
+            self.free(Some(&written.layout)).await;
+            return Err(S3Error::with_message(
+                S3ErrorCode::BadDigest,
+                format!(
+                    "part {} of upload {}: the Content-MD5 you specified did not match what was received",
+                    input.part_number, input.upload_id
+                ),
+            ));
+        }
+        let md5 = written.md5.clone();
+        self.store_part(
+            &upload,
+            UploadPart {
+                part_number: input.part_number,
+                size: written.size,
+                etag: written.md5,
+                last_modified: now_ms(),
+                layout: written.layout,
+            },
+        )
+        .await?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(etag(&md5)),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn do_upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        check_part_number(input.part_number)?;
+        let upload = self
+            .require_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let plan = self.upload_plan(&upload)?;
+        let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
+        let (src_meta, source) = self
+            .lookup(&src_bucket, &src_key, src_version.as_deref())
+            .await?;
+        enforce_copy_preconditions(
+            &Preconditions {
+                if_match: input.copy_source_if_match.as_ref(),
+                if_none_match: input.copy_source_if_none_match.as_ref(),
+                if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+            },
+            &source,
+        )?;
+        let range = match &input.copy_source_range {
+            None => 0..source.size,
+            Some(text) => Range::parse(text)
+                .ok()
+                .and_then(|r| r.check(source.size).ok())
+                .ok_or_else(|| {
+                    S3Error::with_message(
+                        S3ErrorCode::InvalidRange,
+                        format!(
+                            "x-amz-copy-source-range {text:?} is not a satisfiable bytes=first-last range of {src_bucket}/{src_key} ({} bytes)",
+                            source.size
+                        ),
+                    )
+                })?,
+        };
+        let stream = self.read_range(&source, range).await?;
+        let written = self
+            .store_body(&plan, &input.key, Some(StreamingBlob::wrap(stream)))
+            .await?;
+        let md5 = written.md5.clone();
+        let modified = now_ms();
+        self.store_part(
+            &upload,
+            UploadPart {
+                part_number: input.part_number,
+                size: written.size,
+                etag: written.md5,
+                last_modified: modified,
+                layout: written.layout,
+            },
+        )
+        .await?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag(&md5)),
+                last_modified: Some(timestamp(modified)),
+                ..Default::default()
+            }),
+            copy_source_version_id: reported_version_id(&src_meta, &source.version_id),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn do_complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let bucket = self.require_bucket(&input.bucket).await?;
+        let upload = self
+            .require_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let name = format!(
+            "upload {} of {}/{}",
+            input.upload_id, input.bucket, input.key
+        );
+        let listed = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default();
+        if listed.is_empty() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::MalformedXML,
+                format!("{name}: the completion must list at least one part"),
+            ));
+        }
+        let (b, k, u) = (
+            input.bucket.clone(),
+            input.key.clone(),
+            input.upload_id.clone(),
+        );
+        let stored = self
+            .meta(move |m| m.parts(&b, &k, &u, 0, usize::MAX))
+            .await?;
+        let mut chosen: Vec<&UploadPart> = Vec::with_capacity(listed.len());
+        let mut previous = 0;
+        for (i, p) in listed.iter().enumerate() {
+            let number = p.part_number.unwrap_or(0);
+            if number <= previous {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidPartOrder,
+                    format!(
+                        "{name}: parts must be listed in ascending order of part number (part {number} follows part {previous})"
+                    ),
+                ));
+            }
+            previous = number;
+            let sent = p.e_tag.as_ref().map(|e| e.value().trim_matches('"'));
+            let part = stored
+                .iter()
+                .find(|s| s.part_number == number && Some(s.etag.as_str()) == sent)
+                .ok_or_else(|| {
+                    S3Error::with_message(
+                        S3ErrorCode::InvalidPart,
+                        format!(
+                            "{name}: part {number} with ETag {:?} was not uploaded (or has been replaced)",
+                            sent.unwrap_or("")
+                        ),
+                    )
+                })?;
+            if i + 1 < listed.len() && part.size < MIN_PART_SIZE {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::EntityTooSmall,
+                    format!(
+                        "{name}: part {number} holds {} bytes; every part but the last needs at least {MIN_PART_SIZE}",
+                        part.size
+                    ),
+                ));
+            }
+            chosen.push(part);
+        }
+        let md5s: Vec<&str> = chosen.iter().map(|p| p.etag.as_str()).collect();
+        let object_etag = multipart_etag(&md5s)
+            .ok_or_else(|| internal(format!("{name}: a stored part has a malformed MD5")))?;
+        let first = chosen
+            .first()
+            .map(|p| &p.layout)
+            .ok_or_else(|| internal(format!("{name}: no parts")))?;
+        let layout = Layout {
+            scheme: first.scheme,
+            encryption: Encryption::None,
+            segment_size: first.segment_size,
+            segments: Vec::new(),
+            inline: None,
+            parts: chosen.iter().map(|p| p.layout.clone()).collect(),
+        };
+        let size = chosen.iter().map(|p| p.size).sum();
+        let used: Vec<(i32, String)> = chosen
+            .iter()
+            .map(|p| (p.part_number, p.etag.clone()))
+            .collect();
+        let version_id = new_version_id(&bucket);
+        let version = ObjectVersion {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            version_id: version_id.clone(),
+            delete_marker: false,
+            size,
+            etag: object_etag.clone(),
+            content_type: upload.content_type,
+            user_metadata: upload.user_metadata,
+            last_modified: now_ms(),
+            plan: upload.plan,
+            layout: Some(layout),
+        };
+        let upload_id = input.upload_id.clone();
+        let outcome = self
+            .meta(move |m| m.complete_upload(&upload_id, &used, &version))
+            .await?;
+        for old in &outcome.replaced {
+            self.free(old.layout.as_ref()).await;
+        }
+        for part in &outcome.unused {
+            self.free(Some(&part.layout)).await;
+        }
+        tracing::info!(bucket = %input.bucket, key = %input.key, upload_id = %input.upload_id, parts = md5s.len(), "multipart upload completed");
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket.clone()),
+            key: Some(input.key.clone()),
+            e_tag: Some(etag(&object_etag)),
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            version_id: reported_version_id(&bucket, &version_id),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn do_abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let (b, k, u) = (
+            input.bucket.clone(),
+            input.key.clone(),
+            input.upload_id.clone(),
+        );
+        let parts = self.meta(move |m| m.abort_upload(&b, &k, &u)).await?;
+        for part in &parts {
+            self.free(Some(&part.layout)).await;
+        }
+        tracing::info!(bucket = %input.bucket, key = %input.key, upload_id = %input.upload_id, parts = parts.len(), "multipart upload aborted");
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    pub(super) async fn do_list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        let upload = self
+            .require_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let max = input.max_parts.unwrap_or(MAX_LISTED).clamp(0, MAX_LISTED);
+        let after = input.part_number_marker.unwrap_or(0).max(0);
+        let (b, k, u) = (
+            input.bucket.clone(),
+            input.key.clone(),
+            input.upload_id.clone(),
+        );
+        let fetch = usize::try_from(max).unwrap_or(0) + 1;
+        let mut parts = self
+            .meta(move |m| m.parts(&b, &k, &u, after, fetch))
+            .await?;
+        let truncated = parts.len() == fetch;
+        parts.truncate(fetch - 1);
+        let next = parts.last().map(|p| p.part_number);
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            is_truncated: Some(truncated),
+            max_parts: Some(max),
+            part_number_marker: Some(after),
+            next_part_number_marker: if truncated { next } else { None },
+            storage_class: Some(StorageClass::from(upload.plan)),
+            parts: Some(
+                parts
+                    .into_iter()
+                    .map(|p| Part {
+                        e_tag: Some(etag(&p.etag)),
+                        last_modified: Some(timestamp(p.last_modified)),
+                        part_number: Some(p.part_number),
+                        size: Some(i64::try_from(p.size).unwrap_or(i64::MAX)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn do_list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let max = input.max_uploads.unwrap_or(MAX_LISTED).clamp(0, MAX_LISTED);
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let key_marker = input.key_marker.clone().unwrap_or_default();
+        let upload_id_marker = input.upload_id_marker.clone().unwrap_or_default();
+        let (b, p, km, um) = (
+            input.bucket.clone(),
+            prefix.clone(),
+            key_marker.clone(),
+            upload_id_marker.clone(),
+        );
+        let fetch = usize::try_from(max).unwrap_or(0) + 1;
+        let mut uploads = self
+            .meta(move |m| m.uploads(&b, &p, &km, &um, fetch))
+            .await?;
+        let truncated = uploads.len() == fetch;
+        uploads.truncate(fetch - 1);
+        let (next_key, next_id) = match uploads.last() {
+            Some(u) if truncated => (Some(u.key.clone()), Some(u.upload_id.clone())),
+            _ => (None, None),
+        };
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            is_truncated: Some(truncated),
+            key_marker: Some(key_marker),
+            upload_id_marker: Some(upload_id_marker),
+            max_uploads: Some(max),
+            next_key_marker: next_key,
+            next_upload_id_marker: next_id,
+            prefix: Some(prefix),
+            uploads: Some(
+                uploads
+                    .into_iter()
+                    .map(|u| MultipartUpload {
+                        initiated: Some(timestamp(u.initiated)),
+                        key: Some(u.key),
+                        storage_class: Some(StorageClass::from(u.plan)),
+                        upload_id: Some(u.upload_id),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::multipart_etag;
+
+    #[test]
+    fn multipart_etag_is_md5_of_binary_md5s_with_count() {
+        // Known answer: two parts whose MD5s are those of "a" and "b".
+        let a = "0cc175b9c0f1b6a831c399e269772661";
+        let b = "92eb5ffee6ae2fec3ad71c777531578f";
+        let mut raw = hex::decode(a).unwrap_or_default();
+        raw.extend(hex::decode(b).unwrap_or_default());
+        let expected = {
+            use md5::Digest;
+            hex::encode(md5::Md5::digest(&raw))
+        };
+        assert_eq!(multipart_etag(&[a, b]), Some(format!("{expected}-2")));
+        assert_eq!(multipart_etag(&["zz"]), None);
+    }
+}
