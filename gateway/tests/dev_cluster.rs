@@ -27,6 +27,21 @@ fn plans() -> Vec<Plan> {
             segment_size: 64 << 10,
             write_quorum: 8,
         },
+        // Large segments keep the multipart tests' shard counts small.
+        Plan {
+            name: "large".into(),
+            scheme: Scheme::Erasure { data: 4, parity: 2 },
+            encrypt: true,
+            segment_size: 1 << 20,
+            write_quorum: 6,
+        },
+        Plan {
+            name: "replicated".into(),
+            scheme: Scheme::Replicas { copies: 3 },
+            encrypt: true,
+            segment_size: 256 << 10,
+            write_quorum: 3,
+        },
     ]
 }
 
@@ -434,6 +449,307 @@ async fn client_disconnect_mid_upload_leaves_no_shards() {
 
     let _ = stop_tx.send(());
     server.await.unwrap();
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
+
+/// Every `<name>...</name>` value in an XML answer, in order.
+fn tags(xml: &[u8], name: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(xml);
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    text.split(&open)
+        .skip(1)
+        .filter_map(|t| t.split(&close).next().map(str::to_string))
+        .collect()
+}
+
+fn tag(xml: &[u8], name: &str) -> String {
+    tags(xml, name)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no <{name}> in {}", String::from_utf8_lossy(xml)))
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(data))
+}
+
+fn header(h: &http::HeaderMap, name: &str) -> String {
+    h.get(name)
+        .unwrap_or_else(|| panic!("no {name} header in {h:?}"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn create_upload(svc: &S3Service, path: &str, headers: &[(&str, &str)]) -> String {
+    let (s, _, b) = call(
+        svc,
+        Method::POST,
+        &format!("{path}?uploads"),
+        headers,
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    tag(&b, "UploadId")
+}
+
+/// Uploads a part and returns its ETag header (quoted).
+async fn upload_part(svc: &S3Service, path: &str, id: &str, n: u32, body: Vec<u8>) -> String {
+    let (s, h, b) = call(
+        svc,
+        Method::PUT,
+        &format!("{path}?partNumber={n}&uploadId={id}"),
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    header(&h, "etag")
+}
+
+fn completion(parts: &[(u32, &str)]) -> Vec<u8> {
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    for (n, etag) in parts {
+        xml.push_str(&format!(
+            "<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+        ));
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    xml.into_bytes()
+}
+
+async fn complete(
+    svc: &S3Service,
+    path: &str,
+    id: &str,
+    parts: &[(u32, &str)],
+) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+    call(
+        svc,
+        Method::POST,
+        &format!("{path}?uploadId={id}"),
+        &[],
+        completion(parts),
+    )
+    .await
+}
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multipart_upload_composes_parts_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let id = create_upload(
+        &svc,
+        "/bkt/big.bin",
+        &[
+            ("x-amz-storage-class", "large"),
+            ("content-type", "application/x-parts"),
+            ("x-amz-meta-color", "green"),
+        ],
+    )
+    .await;
+    let body = data(11 * MIB);
+    let (p1, p2, p3) = (
+        &body[..5 * MIB],
+        &body[5 * MIB..10 * MIB],
+        &body[10 * MIB..],
+    );
+
+    // A part re-uploaded under the same number replaces the first one and frees its shards.
+    let e1 = upload_part(&svc, "/bkt/big.bin", &id, 1, p1.to_vec()).await;
+    assert_eq!(e1, format!("\"{}\"", md5_hex(p1)));
+    assert_eq!(shard_files(tmp.path()), 5 * 6, "5 segments of 1 MiB, 4+2");
+    let junk = upload_part(&svc, "/bkt/big.bin", &id, 2, data(1000)).await;
+    assert_eq!(shard_files(tmp.path()), 6 * 6);
+    let e2 = upload_part(&svc, "/bkt/big.bin", &id, 2, p2.to_vec()).await;
+    assert_eq!(
+        shard_files(tmp.path()),
+        10 * 6,
+        "the replaced part's shards remain"
+    );
+    let e3 = upload_part(&svc, "/bkt/big.bin", &id, 3, p3.to_vec()).await;
+    let extra = upload_part(&svc, "/bkt/big.bin", &id, 4, data(10)).await;
+    assert_eq!(shard_files(tmp.path()), 12 * 6);
+
+    // ListParts, in pages.
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        &format!("/bkt/big.bin?uploadId={id}&max-parts=2"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(tags(&b, "PartNumber"), ["1", "2"]);
+    assert_eq!(tag(&b, "IsTruncated"), "true");
+    assert_eq!(tag(&b, "NextPartNumberMarker"), "2");
+    assert_eq!(tags(&b, "ETag"), [e1.clone(), e2.clone()]);
+    assert_eq!(
+        tags(&b, "Size"),
+        [(5 * MIB).to_string(), (5 * MIB).to_string()]
+    );
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        &format!("/bkt/big.bin?uploadId={id}&part-number-marker=2"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tags(&b, "PartNumber"), ["3", "4"]);
+    assert_eq!(tag(&b, "IsTruncated"), "false");
+
+    // ListMultipartUploads, in pages.
+    let other = create_upload(&svc, "/bkt/other", &[]).await;
+    let (s, _, b) = call(&svc, Method::GET, "/bkt?uploads&max-uploads=1", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(tags(&b, "UploadId"), [id.clone()]);
+    assert_eq!(tag(&b, "IsTruncated"), "true");
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        &format!(
+            "/bkt?uploads&key-marker={}&upload-id-marker={}",
+            tag(&b, "NextKeyMarker"),
+            tag(&b, "NextUploadIdMarker")
+        ),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tags(&b, "UploadId"), [other.clone()]);
+    assert_eq!(tags(&b, "Key"), ["other"]);
+
+    // Completions the parts do not support.
+    let (s, _, b) = complete(&svc, "/bkt/big.bin", &id, &[(1, &e1), (2, &junk), (3, &e3)]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let text = String::from_utf8_lossy(&b);
+    assert!(text.contains("InvalidPart") && text.contains(&id), "{text}");
+    let (s, _, b) = complete(&svc, "/bkt/big.bin", &id, &[(2, &e2), (1, &e1)]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("InvalidPartOrder"));
+    let (s, _, b) = complete(
+        &svc,
+        "/bkt/big.bin",
+        &id,
+        &[(1, &e1), (4, &extra), (3, &e3)],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("InvalidPartOrder"));
+    let (s, _, b) = complete(&svc, "/bkt/big.bin", &id, &[(3, &e3), (4, &extra)]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("EntityTooSmall"));
+    let (s, _, b) = complete(&svc, "/bkt/big.bin", "no-such-upload", &[(1, &e1)]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&b).contains("NoSuchUpload"));
+
+    // The real completion: part 4 is left out and its shards go.
+    let (s, _, b) = complete(&svc, "/bkt/big.bin", &id, &[(1, &e1), (2, &e2), (3, &e3)]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let expected = {
+        let mut raw = Vec::new();
+        for p in [p1, p2, p3] {
+            raw.extend(hex::decode(md5_hex(p)).unwrap());
+        }
+        format!("\"{}-3\"", md5_hex(&raw))
+    };
+    assert_eq!(tag(&b, "ETag"), expected);
+    assert_eq!(shard_files(tmp.path()), 11 * 6);
+
+    let (s, h, b) = call(&svc, Method::GET, "/bkt/big.bin", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == body, "the assembled object differs");
+    assert_eq!(header(&h, "etag"), expected);
+    assert_eq!(header(&h, "content-type"), "application/x-parts");
+    assert_eq!(header(&h, "x-amz-meta-color"), "green");
+    assert_eq!(header(&h, "x-amz-storage-class"), "large");
+    for (from, to) in [
+        (5 * MIB - 10, 5 * MIB + 9),
+        (3 * MIB, 10 * MIB + 5),
+        (11 * MIB - 1, 11 * MIB - 1),
+    ] {
+        let (s, h, b) = call(
+            &svc,
+            Method::GET,
+            "/bkt/big.bin",
+            &[("range", &format!("bytes={from}-{to}"))],
+            vec![],
+        )
+        .await;
+        assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+        assert!(b == body[from..=to], "range {from}-{to} differs");
+        assert_eq!(
+            header(&h, "content-range"),
+            format!("bytes {from}-{to}/{}", 11 * MIB)
+        );
+    }
+    let (s, h, _) = call(&svc, Method::HEAD, "/bkt/big.bin", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(header(&h, "content-length"), (11 * MIB).to_string());
+
+    // The upload is gone once completed.
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        &format!("/bkt/big.bin?uploadId={id}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&b).contains("NoSuchUpload"));
+
+    // Abort removes every part's shards.
+    let before = shard_files(tmp.path());
+    upload_part(&svc, "/bkt/other", &other, 1, data(3000)).await;
+    upload_part(&svc, "/bkt/other", &other, 2, data(2000)).await;
+    assert_eq!(shard_files(tmp.path()), before + 2 * 6);
+    let (s, _, _) = call(
+        &svc,
+        Method::DELETE,
+        &format!("/bkt/other?uploadId={other}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(shard_files(tmp.path()), before);
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        &format!("/bkt/other?partNumber=3&uploadId={other}"),
+        &[],
+        data(10),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&b).contains("NoSuchUpload"));
+    assert_eq!(
+        shard_files(tmp.path()),
+        before,
+        "a part for an ended upload left shards"
+    );
+    let (s, _, b) = call(&svc, Method::GET, "/bkt?uploads", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(tags(&b, "UploadId").is_empty());
+
+    let (s, _, _) = call(&svc, Method::DELETE, "/bkt/big.bin", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(shard_files(tmp.path()), 0);
     for p in cluster.providers {
         p.shutdown().await;
     }

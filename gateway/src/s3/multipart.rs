@@ -283,19 +283,18 @@ impl Gateway {
         let stored = self
             .meta(move |m| m.parts(&b, &k, &u, 0, usize::MAX))
             .await?;
+        let numbers: Vec<i32> = listed.iter().map(|p| p.part_number.unwrap_or(0)).collect();
+        if let Some(w) = numbers.windows(2).find(|w| w[1] <= w[0]) {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidPartOrder,
+                format!(
+                    "{name}: parts must be listed in ascending order of part number (part {} follows part {})",
+                    w[1], w[0]
+                ),
+            ));
+        }
         let mut chosen: Vec<&UploadPart> = Vec::with_capacity(listed.len());
-        let mut previous = 0;
-        for (i, p) in listed.iter().enumerate() {
-            let number = p.part_number.unwrap_or(0);
-            if number <= previous {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::InvalidPartOrder,
-                    format!(
-                        "{name}: parts must be listed in ascending order of part number (part {number} follows part {previous})"
-                    ),
-                ));
-            }
-            previous = number;
+        for (i, (p, &number)) in listed.iter().zip(&numbers).enumerate() {
             let sent = p.e_tag.as_ref().map(|e| e.value().trim_matches('"'));
             let part = stored
                 .iter()
