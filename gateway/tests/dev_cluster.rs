@@ -615,7 +615,7 @@ async fn multipart_upload_composes_parts_and_cleans_up() {
     let other = create_upload(&svc, "/bkt/other", &[]).await;
     let (s, _, b) = call(&svc, Method::GET, "/bkt?uploads&max-uploads=1", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    assert_eq!(tags(&b, "UploadId"), [id.clone()]);
+    assert_eq!(tags(&b, "UploadId"), [id.as_str()]);
     assert_eq!(tag(&b, "IsTruncated"), "true");
     let (s, _, b) = call(
         &svc,
@@ -630,7 +630,7 @@ async fn multipart_upload_composes_parts_and_cleans_up() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(tags(&b, "UploadId"), [other.clone()]);
+    assert_eq!(tags(&b, "UploadId"), [other.as_str()]);
     assert_eq!(tags(&b, "Key"), ["other"]);
 
     // Completions the parts do not support.
