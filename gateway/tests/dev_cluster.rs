@@ -754,3 +754,237 @@ async fn multipart_upload_composes_parts_and_cleans_up() {
         p.shutdown().await;
     }
 }
+
+async fn set_versioning(svc: &S3Service, bucket: &str, status: &str) {
+    let body = format!(
+        "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>{status}</Status></VersioningConfiguration>"
+    );
+    let (s, _, b) = call(
+        svc,
+        Method::PUT,
+        &format!("/{bucket}?versioning"),
+        &[],
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+}
+
+/// Every version id of a versions listing, walking its pages one entry at a time.
+async fn all_version_ids(svc: &S3Service, bucket: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut markers: Option<(String, String)> = None;
+    for _ in 0..20 {
+        let uri = match &markers {
+            Some((k, v)) => {
+                format!("/{bucket}?versions&max-keys=1&key-marker={k}&version-id-marker={v}")
+            }
+            None => format!("/{bucket}?versions&max-keys=1"),
+        };
+        let (s, _, b) = call(svc, Method::GET, &uri, &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        ids.extend(tags(&b, "VersionId"));
+        if tag(&b, "IsTruncated") == "false" {
+            return ids;
+        }
+        markers = Some((tag(&b, "NextKeyMarker"), tag(&b, "NextVersionIdMarker")));
+    }
+    panic!("the versions listing never ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn versioning_keeps_versions_and_delete_markers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/vbkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt?versioning", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        tags(&b, "Status").is_empty(),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let (s, h, _) = call(&svc, Method::PUT, "/vbkt/plain", &[], data(10)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h.get("x-amz-version-id").is_none());
+
+    set_versioning(&svc, "vbkt", "Enabled").await;
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt?versioning", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tag(&b, "Status"), "Enabled");
+
+    let (s, h, _) = call(&svc, Method::PUT, "/vbkt/k", &[], data(1000)).await;
+    assert_eq!(s, StatusCode::OK);
+    let v1 = header(&h, "x-amz-version-id");
+    let (s, h, _) = call(&svc, Method::PUT, "/vbkt/k", &[], data(2000)).await;
+    assert_eq!(s, StatusCode::OK);
+    let v2 = header(&h, "x-amz-version-id");
+    assert_ne!(v1, v2);
+    assert_eq!(
+        shard_files(tmp.path()),
+        3 * 6,
+        "both versions keep their shards"
+    );
+
+    let (s, h, b) = call(&svc, Method::GET, "/vbkt/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(2000));
+    assert_eq!(header(&h, "x-amz-version-id"), v2);
+    let (s, h, b) = call(
+        &svc,
+        Method::GET,
+        &format!("/vbkt/k?versionId={v1}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(1000));
+    assert_eq!(header(&h, "x-amz-version-id"), v1);
+    let (s, h, _) = call(
+        &svc,
+        Method::HEAD,
+        &format!("/vbkt/k?versionId={v1}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(header(&h, "content-length"), "1000");
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt/k?versionId=nope", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&b).contains("NoSuchVersion"));
+
+    // DELETE without a version id stacks a delete marker; nothing is lost.
+    let (s, h, _) = call(&svc, Method::DELETE, "/vbkt/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(header(&h, "x-amz-delete-marker"), "true");
+    let marker = header(&h, "x-amz-version-id");
+    assert_eq!(shard_files(tmp.path()), 3 * 6);
+    let (s, h, b) = call(&svc, Method::GET, "/vbkt/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&b).contains("NoSuchKey"));
+    assert_eq!(header(&h, "x-amz-delete-marker"), "true");
+    let (s, h, _) = call(&svc, Method::HEAD, "/vbkt/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(header(&h, "x-amz-delete-marker"), "true");
+    let (s, _, _) = call(
+        &svc,
+        Method::GET,
+        &format!("/vbkt/k?versionId={marker}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        &format!("/vbkt/k?versionId={v1}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(1000));
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt?list-type=2", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tags(&b, "Key"), ["plain"]);
+
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt?versions", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8_lossy(&b).to_string();
+    let markers = text.split("<DeleteMarker>").skip(1).collect::<Vec<_>>();
+    assert_eq!(markers.len(), 1, "{text}");
+    assert!(
+        markers[0].contains(&marker) && markers[0].contains("<IsLatest>true</IsLatest>"),
+        "{text}"
+    );
+    assert_eq!(tags(&b, "Version").len(), 3, "{text}");
+    assert_eq!(
+        all_version_ids(&svc, "vbkt").await,
+        [marker.clone(), v2.clone(), v1.clone(), "null".to_string()]
+    );
+
+    // Removing the marker brings the object back; removing a version frees its shards.
+    let (s, h, _) = call(
+        &svc,
+        Method::DELETE,
+        &format!("/vbkt/k?versionId={marker}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(header(&h, "x-amz-delete-marker"), "true");
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(2000));
+    let (s, _, _) = call(
+        &svc,
+        Method::DELETE,
+        &format!("/vbkt/k?versionId={v2}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(shard_files(tmp.path()), 2 * 6);
+    let (s, h, b) = call(&svc, Method::GET, "/vbkt/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(1000));
+    assert_eq!(header(&h, "x-amz-version-id"), v1);
+
+    // Suspended: new writes are the "null" version, replacing each other.
+    set_versioning(&svc, "vbkt", "Suspended").await;
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt?versioning", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tag(&b, "Status"), "Suspended");
+    let (s, h, _) = call(&svc, Method::PUT, "/vbkt/k", &[], data(500)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(header(&h, "x-amz-version-id"), "null");
+    let (s, _, _) = call(&svc, Method::PUT, "/vbkt/k", &[], data(700)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        shard_files(tmp.path()),
+        3 * 6,
+        "the null version replaced its predecessor"
+    );
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt/k?versionId=null", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(700));
+    let (s, h, _) = call(&svc, Method::DELETE, "/vbkt/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(header(&h, "x-amz-version-id"), "null");
+    assert_eq!(header(&h, "x-amz-delete-marker"), "true");
+    assert_eq!(
+        shard_files(tmp.path()),
+        2 * 6,
+        "the null marker replaced the null version"
+    );
+    let (s, _, _) = call(&svc, Method::GET, "/vbkt/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        all_version_ids(&svc, "vbkt").await,
+        ["null", v1.as_str(), "null"]
+    );
+
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/vbkt?versioning",
+        &[],
+        b"<VersioningConfiguration><Status>Sometimes</Status></VersioningConfiguration>".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
