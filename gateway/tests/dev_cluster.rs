@@ -988,3 +988,252 @@ async fn versioning_keeps_versions_and_delete_markers() {
         p.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_reencode_across_buckets_and_plans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    for b in ["/src", "/dst"] {
+        let (s, _, _) = call(&svc, Method::PUT, b, &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let body = data(300_000);
+    let (s, _, _) = call(
+        &svc,
+        Method::PUT,
+        "/src/a",
+        &[("content-type", "text/plain"), ("x-amz-meta-color", "blue")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shard_files(tmp.path()), 5 * 6);
+
+    // Into another bucket and another plan, with new metadata.
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/dst/b",
+        &[
+            ("x-amz-copy-source", "/src/a"),
+            ("x-amz-metadata-directive", "REPLACE"),
+            ("x-amz-storage-class", "replicated"),
+            ("content-type", "application/json"),
+            ("x-amz-meta-shape", "round"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(tag(&b, "ETag"), format!("\"{}\"", md5_hex(&body)));
+    assert_eq!(
+        shard_files(tmp.path()),
+        5 * 6 + 2 * 3,
+        "two 256 KiB segments, three copies each"
+    );
+    let (s, h, b) = call(&svc, Method::GET, "/dst/b", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == body, "the copy differs");
+    assert_eq!(header(&h, "x-amz-storage-class"), "replicated");
+    assert_eq!(header(&h, "content-type"), "application/json");
+    assert_eq!(header(&h, "x-amz-meta-shape"), "round");
+    assert!(h.get("x-amz-meta-color").is_none());
+
+    // COPY keeps the source's metadata; the default plan applies.
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/dst/c",
+        &[("x-amz-copy-source", "src/a")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, h, b) = call(&svc, Method::GET, "/dst/c", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == body, "the copy differs");
+    assert_eq!(header(&h, "x-amz-meta-color"), "blue");
+    assert_eq!(header(&h, "content-type"), "text/plain");
+    assert_eq!(header(&h, "x-amz-storage-class"), "standard");
+
+    // Refusals.
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/src/a",
+        &[("x-amz-copy-source", "/src/a")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("InvalidRequest"));
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/dst/d",
+        &[("x-amz-copy-source", "/src/missing")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let text = String::from_utf8_lossy(&b);
+    assert!(
+        text.contains("NoSuchKey") && text.contains("missing"),
+        "{text}"
+    );
+    let src_etag = format!("\"{}\"", md5_hex(&body));
+    for cond in [
+        ("x-amz-copy-source-if-match", "\"0123\""),
+        ("x-amz-copy-source-if-none-match", src_etag.as_str()),
+        (
+            "x-amz-copy-source-if-unmodified-since",
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+        ),
+    ] {
+        let (s, _, b) = call(
+            &svc,
+            Method::PUT,
+            "/dst/d",
+            &[("x-amz-copy-source", "/src/a"), cond],
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::PRECONDITION_FAILED,
+            "{cond:?}: {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    let (s, _, _) = call(
+        &svc,
+        Method::PUT,
+        "/dst/d",
+        &[
+            ("x-amz-copy-source", "/src/a"),
+            ("x-amz-copy-source-if-match", &src_etag),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // UploadPartCopy with a range as the last part of an upload.
+    let id = create_upload(&svc, "/dst/mp", &[("x-amz-storage-class", "large")]).await;
+    let first = data(5 * MIB + 3);
+    let e1 = upload_part(&svc, "/dst/mp", &id, 1, first.clone()).await;
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        &format!("/dst/mp?partNumber=2&uploadId={id}"),
+        &[
+            ("x-amz-copy-source", "/src/a"),
+            ("x-amz-copy-source-range", "bytes=1000-99999"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let e2 = tag(&b, "ETag");
+    assert_eq!(e2, format!("\"{}\"", md5_hex(&body[1000..100_000])));
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        &format!("/dst/mp?partNumber=3&uploadId={id}"),
+        &[
+            ("x-amz-copy-source", "/src/a"),
+            ("x-amz-copy-source-range", "bytes=299000-400000"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let (s, _, b) = complete(&svc, "/dst/mp", &id, &[(1, &e1), (2, &e2)]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, _, b) = call(&svc, Method::GET, "/dst/mp", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut expected = first;
+    expected.extend_from_slice(&body[1000..100_000]);
+    assert!(b == expected, "the assembled copy differs");
+
+    for key in ["/src/a", "/dst/b", "/dst/c", "/dst/d", "/dst/mp"] {
+        let (s, _, _) = call(&svc, Method::DELETE, key, &[], vec![]).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(shard_files(tmp.path()), 0);
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conditional_reads_answer_304_and_412() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/cond", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, h, _) = call(&svc, Method::PUT, "/cond/k", &[], data(100)).await;
+    assert_eq!(s, StatusCode::OK);
+    let etag = header(&h, "etag");
+    let past = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let future = "Fri, 01 Jan 2100 00:00:00 GMT";
+    let cases: Vec<(Vec<(&str, &str)>, StatusCode)> = vec![
+        (vec![("if-match", etag.as_str())], StatusCode::OK),
+        (vec![("if-match", "*")], StatusCode::OK),
+        (
+            vec![("if-match", "\"0123\"")],
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            vec![("if-none-match", etag.as_str())],
+            StatusCode::NOT_MODIFIED,
+        ),
+        (vec![("if-none-match", "*")], StatusCode::NOT_MODIFIED),
+        (vec![("if-none-match", "\"0123\"")], StatusCode::OK),
+        (
+            vec![("if-modified-since", future)],
+            StatusCode::NOT_MODIFIED,
+        ),
+        (vec![("if-modified-since", past)], StatusCode::OK),
+        (
+            vec![("if-unmodified-since", past)],
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (vec![("if-unmodified-since", future)], StatusCode::OK),
+        // As in S3: a matching If-Match wins over a failing If-Unmodified-Since,
+        // and a failing If-None-Match decides over If-Modified-Since.
+        (
+            vec![("if-match", etag.as_str()), ("if-unmodified-since", past)],
+            StatusCode::OK,
+        ),
+        (
+            vec![("if-none-match", "\"0123\""), ("if-modified-since", future)],
+            StatusCode::OK,
+        ),
+    ];
+    for (headers, want) in cases {
+        for method in [Method::GET, Method::HEAD] {
+            let (s, h, b) = call(&svc, method.clone(), "/cond/k", &headers, vec![]).await;
+            assert_eq!(
+                s,
+                want,
+                "{method} {headers:?}: {}",
+                String::from_utf8_lossy(&b)
+            );
+            if want == StatusCode::OK && method == Method::GET {
+                assert_eq!(b, data(100));
+            }
+            if want == StatusCode::NOT_MODIFIED {
+                assert_eq!(header(&h, "etag"), etag);
+            }
+        }
+    }
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}

@@ -211,10 +211,15 @@ impl Gateway {
         )?;
         let range = match &input.copy_source_range {
             None => 0..source.size,
-            Some(text) => Range::parse(text)
-                .ok()
-                .and_then(|r| r.check(source.size).ok())
-                .ok_or_else(|| {
+            // Unlike a GET range, a copy range must name both ends inside the object.
+            Some(text) => match Range::parse(text) {
+                Ok(Range::Int {
+                    first,
+                    last: Some(last),
+                }) if first <= last && last < source.size => Some(first..last + 1),
+                _ => None,
+            }
+            .ok_or_else(|| {
                     S3Error::with_message(
                         S3ErrorCode::InvalidRange,
                         format!(
