@@ -892,6 +892,52 @@ async fn versioning_keeps_versions_and_delete_markers() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(tags(&b, "Key"), ["plain"]);
 
+    // Completed uploads and copies are versions too.
+    let id = create_upload(&svc, "/vbkt/mp", &[]).await;
+    let e1 = upload_part(&svc, "/vbkt/mp", &id, 1, data(10)).await;
+    let (s, h, b) = complete(&svc, "/vbkt/mp", &id, &[(1, &e1)]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let mp_version = header(&h, "x-amz-version-id");
+    let (s, h, _) = call(
+        &svc,
+        Method::PUT,
+        "/vbkt/mp",
+        &[
+            ("x-amz-copy-source", &format!("/vbkt/k?versionId={v1}")),
+            ("x-amz-metadata-directive", "REPLACE"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(header(&h, "x-amz-copy-source-version-id"), v1);
+    let copy_version = header(&h, "x-amz-version-id");
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt/mp", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(1000));
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        &format!("/vbkt/mp?versionId={mp_version}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b, data(10));
+    for v in [&mp_version, &copy_version] {
+        let (s, _, _) = call(
+            &svc,
+            Method::DELETE,
+            &format!("/vbkt/mp?versionId={v}"),
+            &[],
+            vec![],
+        )
+        .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(shard_files(tmp.path()), 3 * 6);
+
     let (s, _, b) = call(&svc, Method::GET, "/vbkt?versions", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
     let text = String::from_utf8_lossy(&b).to_string();
