@@ -184,6 +184,27 @@ pub struct VersionPage {
     pub next: Option<(String, String)>,
 }
 
+/// The ListMultipartUploads question.
+#[derive(Debug, Clone, Default)]
+pub struct UploadQuery<'a> {
+    pub prefix: &'a str,
+    pub delimiter: Option<&'a str>,
+    /// Only keys after this one, or (with `upload_id_marker`) the uploads of
+    /// this key started after that upload.
+    pub key_marker: &'a str,
+    pub upload_id_marker: &'a str,
+    pub max_uploads: usize,
+}
+
+/// One page of ListMultipartUploads.
+#[derive(Debug, Default)]
+pub struct UploadPage {
+    pub uploads: Vec<Upload>,
+    pub common_prefixes: Vec<String>,
+    /// Set when truncated: (key marker, upload id marker) to continue from.
+    pub next: Option<(String, String)>,
+}
+
 /// The narrow interface between the S3 layer and wherever metadata lives.
 pub trait MetadataStore: Send + Sync + 'static {
     fn create_bucket(&self, bucket: &Bucket) -> Result<()>;
@@ -235,16 +256,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         after: i32,
         max: usize,
     ) -> Result<Vec<UploadPart>>;
-    /// Uploads in progress under `prefix`, by key then age, after
-    /// (`key_marker`, `upload_id_marker`), at most `max`.
-    fn uploads(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        key_marker: &str,
-        upload_id_marker: &str,
-        max: usize,
-    ) -> Result<Vec<Upload>>;
+    /// Uploads in progress in key order, oldest first per key.
+    fn uploads(&self, bucket: &str, query: &UploadQuery<'_>) -> Result<UploadPage>;
     /// In one transaction: checks that each `(part number, etag)` in `used` is
     /// still the stored part (`PartChanged` otherwise), ends the upload and
     /// commits `version` as the latest of its key.
@@ -583,21 +596,61 @@ mod tests {
         ));
 
         // Uploads list by key, then age, and page on (key, upload id).
-        let all: Vec<_> = s
-            .uploads("b", "", "", "", 100)
-            .unwrap()
-            .into_iter()
-            .map(|u| u.upload_id)
-            .collect();
-        assert_eq!(all, ["u3", "u1", "u2"]);
-        let after: Vec<_> = s
-            .uploads("b", "", "k", "u1", 100)
-            .unwrap()
-            .into_iter()
-            .map(|u| u.upload_id)
-            .collect();
-        assert_eq!(after, ["u2"]);
-        assert_eq!(s.uploads("b", "k", "", "", 100).unwrap().len(), 2);
+        let ids = |q: UploadQuery<'_>| -> Vec<String> {
+            let page = s
+                .uploads(
+                    "b",
+                    &UploadQuery {
+                        max_uploads: 100,
+                        ..q
+                    },
+                )
+                .unwrap();
+            page.uploads
+                .into_iter()
+                .map(|u| u.upload_id)
+                .chain(page.common_prefixes)
+                .collect()
+        };
+        assert_eq!(ids(UploadQuery::default()), ["u3", "u1", "u2"]);
+        assert_eq!(
+            ids(UploadQuery {
+                key_marker: "k",
+                upload_id_marker: "u1",
+                ..Default::default()
+            }),
+            ["u2"]
+        );
+        assert_eq!(
+            ids(UploadQuery {
+                prefix: "k",
+                ..Default::default()
+            }),
+            ["u1", "u2"]
+        );
+        s.create_upload(&upload("u4", "d/x")).unwrap();
+        s.create_upload(&upload("u5", "d/y")).unwrap();
+        assert_eq!(
+            ids(UploadQuery {
+                delimiter: Some("/"),
+                ..Default::default()
+            }),
+            ["u3", "u1", "u2", "d/"]
+        );
+        let first = s
+            .uploads(
+                "b",
+                &UploadQuery {
+                    delimiter: Some("/"),
+                    max_uploads: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(first.common_prefixes, ["d/"]);
+        assert_eq!(first.next, Some(("d/".to_string(), String::new())));
+        s.abort_upload("b", "d/x", "u4").unwrap();
+        s.abort_upload("b", "d/y", "u5").unwrap();
 
         // A completion naming a replaced part fails and changes nothing.
         let mut v = version("k", NULL_VERSION, 20);

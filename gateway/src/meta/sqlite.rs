@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     Bucket, CompleteOutcome, ListPage, ListQuery, MetaError, MetadataStore, ObjectVersion,
-    PutOutcome, Result, Upload, UploadPart, VersionEntry, VersionPage, VersionQuery, Versioning,
+    PutOutcome, Result, Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage,
+    VersionQuery, Versioning,
 };
 
 const SCHEMA: &str = "
@@ -131,6 +132,14 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectVersion> {
             .transpose()
             .map_err(|e| json_err(10, e))?,
     })
+}
+
+/// The common prefix a key rolls up into under a delimiter, if any.
+fn group_of(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
+    let d = delimiter.filter(|d| !d.is_empty())?;
+    let rest = key.get(prefix.len()..)?;
+    rest.find(d)
+        .map(|i| key[..prefix.len() + i + d.len()].to_string())
 }
 
 fn json_err(i: usize, e: serde_json::Error) -> rusqlite::Error {
@@ -409,11 +418,7 @@ impl MetadataStore for SqliteStore {
                 continue;
             }
             // A common prefix group: one entry, however many keys share it.
-            let group = q.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
-                v.key[q.prefix.len()..]
-                    .find(d)
-                    .map(|i| v.key[..q.prefix.len() + i + d.len()].to_string())
-            });
+            let group = group_of(&v.key, q.prefix, q.delimiter);
             if let Some(prefix) = &group
                 && (page.common_prefixes.last() == Some(prefix)
                     || q.start_after.starts_with(prefix.as_str()))
@@ -473,11 +478,7 @@ impl MetadataStore for SqliteStore {
         while let Some(row) = rows.next().map_err(store_err)? {
             let v = version_from_row(row).map_err(store_err)?;
             let is_latest: bool = row.get(11).map_err(store_err)?;
-            let group = q.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
-                v.key[q.prefix.len()..]
-                    .find(d)
-                    .map(|i| v.key[..q.prefix.len() + i + d.len()].to_string())
-            });
+            let group = group_of(&v.key, q.prefix, q.delimiter);
             if let Some(prefix) = &group
                 && (page.common_prefixes.last() == Some(prefix)
                     || q.key_marker.starts_with(prefix.as_str()))
@@ -613,21 +614,16 @@ impl MetadataStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(store_err)
     }
 
-    fn uploads(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        key_marker: &str,
-        upload_id_marker: &str,
-        max: usize,
-    ) -> Result<Vec<Upload>> {
+    fn uploads(&self, bucket: &str, q: &UploadQuery<'_>) -> Result<UploadPage> {
         let conn = self.conn();
-        let marker_seq: i64 = if upload_id_marker.is_empty() {
+        // Uploads of the marker key started after the marker upload come first;
+        // an unknown upload id marker resumes after the whole key.
+        let marker_seq: i64 = if q.upload_id_marker.is_empty() {
             i64::MAX
         } else {
             conn.query_row(
                 "SELECT seq FROM uploads WHERE bucket = ?1 AND key = ?2 AND upload_id = ?3",
-                params![bucket, key_marker, upload_id_marker],
+                params![bucket, q.key_marker, q.upload_id_marker],
                 |r| r.get(0),
             )
             .optional()
@@ -639,17 +635,39 @@ impl MetadataStore for SqliteStore {
                 "SELECT {UPLOAD_COLUMNS} FROM uploads
                  WHERE bucket = ?1 AND substr(key, 1, length(?3)) = ?3
                    AND (key > ?2 OR (key = ?2 AND seq > ?4))
-                 ORDER BY key, seq LIMIT ?5"
+                 ORDER BY key, seq"
             ))
             .map_err(store_err)?;
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(
-                params![bucket, key_marker, prefix, marker_seq, limit],
-                upload_from_row,
-            )
+        let mut rows = stmt
+            .query(params![bucket, q.key_marker, q.prefix, marker_seq])
             .map_err(store_err)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+        let mut page = UploadPage::default();
+        let mut last: Option<(String, String)> = None;
+        while let Some(row) = rows.next().map_err(store_err)? {
+            let u = upload_from_row(row).map_err(store_err)?;
+            let group = group_of(&u.key, q.prefix, q.delimiter);
+            if let Some(prefix) = &group
+                && (page.common_prefixes.last() == Some(prefix)
+                    || q.key_marker.starts_with(prefix.as_str()))
+            {
+                continue;
+            }
+            if page.uploads.len() + page.common_prefixes.len() == q.max_uploads {
+                page.next = last;
+                break;
+            }
+            match group {
+                Some(prefix) => {
+                    last = Some((prefix.clone(), String::new()));
+                    page.common_prefixes.push(prefix);
+                }
+                None => {
+                    last = Some((u.key.clone(), u.upload_id.clone()));
+                    page.uploads.push(u);
+                }
+            }
+        }
+        Ok(page)
     }
 
     fn complete_upload(

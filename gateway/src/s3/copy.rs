@@ -5,10 +5,41 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::get::Preconditions;
-use super::multipart::{copy_source, enforce_copy_preconditions};
 use super::put::{new_version_id, reported_version_id};
 use super::{Gateway, etag, now_ms, timestamp};
 use crate::meta::ObjectVersion;
+
+/// Bucket, key and optional version id of an `x-amz-copy-source`.
+pub(super) fn copy_source(cs: &CopySource) -> S3Result<(String, String, Option<String>)> {
+    match cs {
+        CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => Ok((
+            bucket.to_string(),
+            key.to_string(),
+            version_id.as_deref().map(str::to_string),
+        )),
+        _ => Err(S3Error::with_message(
+            S3ErrorCode::NotImplemented,
+            "copy sources must be bucket/key; access points are not supported",
+        )),
+    }
+}
+
+/// Copy preconditions fail with 412 whichever one failed, as in S3.
+pub(super) fn enforce_copy_preconditions(p: &Preconditions<'_>, v: &ObjectVersion) -> S3Result<()> {
+    p.check(v).map_err(|_| {
+        S3Error::with_message(
+            S3ErrorCode::PreconditionFailed,
+            format!(
+                "at least one x-amz-copy-source-if precondition on {}/{} did not hold",
+                v.bucket, v.key
+            ),
+        )
+    })
+}
 
 impl Gateway {
     pub(super) async fn do_copy_object(

@@ -5,11 +5,12 @@ use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::copy::{copy_source, enforce_copy_preconditions};
 use super::get::Preconditions;
 use super::put::{content_md5_matches, new_version_id, random_uid, reported_version_id};
 use super::{Gateway, Plan, etag, internal, now_ms, timestamp};
 use crate::layout::{Encryption, Layout};
-use crate::meta::{ObjectVersion, Upload, UploadPart};
+use crate::meta::{ObjectVersion, Upload, UploadPart, UploadQuery};
 
 /// Parts other than the last must hold at least this many bytes (as in S3).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -47,38 +48,6 @@ pub fn multipart_etag(part_md5s: &[&str]) -> Option<String> {
         hex::encode(md5.finalize()),
         part_md5s.len()
     ))
-}
-
-/// Bucket, key and optional version id of an `x-amz-copy-source`.
-pub(super) fn copy_source(cs: &CopySource) -> S3Result<(String, String, Option<String>)> {
-    match cs {
-        CopySource::Bucket {
-            bucket,
-            key,
-            version_id,
-        } => Ok((
-            bucket.to_string(),
-            key.to_string(),
-            version_id.as_deref().map(str::to_string),
-        )),
-        _ => Err(S3Error::with_message(
-            S3ErrorCode::NotImplemented,
-            "copy sources must be bucket/key; access points are not supported",
-        )),
-    }
-}
-
-/// Copy preconditions fail with 412 whichever one failed, as in S3.
-pub(super) fn enforce_copy_preconditions(p: &Preconditions<'_>, v: &ObjectVersion) -> S3Result<()> {
-    p.check(v).map_err(|_| {
-        S3Error::with_message(
-            S3ErrorCode::PreconditionFailed,
-            format!(
-                "at least one x-amz-copy-source-if precondition on {}/{} did not hold",
-                v.bucket, v.key
-            ),
-        )
-    })
 }
 
 impl Gateway {
@@ -461,27 +430,44 @@ impl Gateway {
             key_marker.clone(),
             upload_id_marker.clone(),
         );
-        let fetch = usize::try_from(max).unwrap_or(0) + 1;
-        let mut uploads = self
-            .meta(move |m| m.uploads(&b, &p, &km, &um, fetch))
+        let d = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max_uploads = usize::try_from(max).unwrap_or(0);
+        let page = self
+            .meta(move |m| {
+                m.uploads(
+                    &b,
+                    &UploadQuery {
+                        prefix: &p,
+                        delimiter: d.as_deref(),
+                        key_marker: &km,
+                        upload_id_marker: &um,
+                        max_uploads,
+                    },
+                )
+            })
             .await?;
-        let truncated = uploads.len() == fetch;
-        uploads.truncate(fetch - 1);
-        let (next_key, next_id) = match uploads.last() {
-            Some(u) if truncated => (Some(u.key.clone()), Some(u.upload_id.clone())),
-            _ => (None, None),
+        let (next_key, next_id) = match page.next {
+            Some((k, u)) => (Some(k), (!u.is_empty()).then_some(u)),
+            None => (None, None),
         };
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
-            is_truncated: Some(truncated),
+            is_truncated: Some(next_key.is_some()),
             key_marker: Some(key_marker),
+            delimiter: input.delimiter,
+            common_prefixes: Some(
+                page.common_prefixes
+                    .into_iter()
+                    .map(|p| CommonPrefix { prefix: Some(p) })
+                    .collect(),
+            ),
             upload_id_marker: Some(upload_id_marker),
             max_uploads: Some(max),
             next_key_marker: next_key,
             next_upload_id_marker: next_id,
             prefix: Some(prefix),
             uploads: Some(
-                uploads
+                page.uploads
                     .into_iter()
                     .map(|u| MultipartUpload {
                         initiated: Some(timestamp(u.initiated)),
