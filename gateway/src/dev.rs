@@ -379,13 +379,10 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let endpoint = format!("http://{addr}");
     let c = &cluster.credentials;
-    // Multipart uploads are not served yet: keep the AWS CLI on single PUTs (up to 5 GB).
+    // A config of its own gives the CLI a region without touching the user's ~/.aws.
     let aws_config = cluster.dir.join("aws-config");
-    std::fs::write(
-        &aws_config,
-        "[default]\nregion = us-east-1\ns3 =\n    multipart_threshold = 5GB\n    multipart_chunksize = 5GB\n",
-    )
-    .with_context(|| format!("writing {}", aws_config.display()))?;
+    std::fs::write(&aws_config, "[default]\nregion = us-east-1\n")
+        .with_context(|| format!("writing {}", aws_config.display()))?;
     let aws_config = std::path::absolute(&aws_config).unwrap_or(aws_config);
     let env = format!(
         "AWS_CONFIG_FILE={} AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
@@ -410,10 +407,6 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     println!("Try:");
     println!("  {env} aws --endpoint-url {endpoint} s3 mb s3://bucket");
     println!("  {env} aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/");
-    println!();
-    println!(
-        "(the AWS config file keeps the CLI on single PUTs: multipart uploads are not supported yet)"
-    );
     let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
     serve(listener, svc, async {
         let _ = tokio::signal::ctrl_c().await;
