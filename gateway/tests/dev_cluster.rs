@@ -700,6 +700,21 @@ async fn multipart_upload_composes_parts_and_cleans_up() {
     let (s, h, _) = call(&svc, Method::HEAD, "/bkt/big.bin", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(header(&h, "content-length"), (11 * MIB).to_string());
+    // Parts are addressable by number, as SDK downloaders use them.
+    let (s, h, b) = call(&svc, Method::GET, "/bkt/big.bin?partNumber=2", &[], vec![]).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert!(b == p2, "part 2 differs");
+    assert_eq!(header(&h, "x-amz-mp-parts-count"), "3");
+    assert_eq!(
+        header(&h, "content-range"),
+        format!("bytes {}-{}/{}", 5 * MIB, 10 * MIB - 1, 11 * MIB)
+    );
+    let (s, h, _) = call(&svc, Method::HEAD, "/bkt/big.bin?partNumber=3", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(header(&h, "content-length"), MIB.to_string());
+    let (s, _, b) = call(&svc, Method::GET, "/bkt/big.bin?partNumber=4", &[], vec![]).await;
+    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert!(String::from_utf8_lossy(&b).contains("InvalidPartNumber"));
 
     // The upload is gone once completed.
     let (s, _, b) = call(

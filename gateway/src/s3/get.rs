@@ -275,8 +275,13 @@ impl Gateway {
             if_unmodified_since: input.if_unmodified_since.as_ref(),
         }
         .enforce(&v)?;
+        let part = requested_part(&v, None, input.part_number)?;
+        let length = part
+            .as_ref()
+            .map_or(v.size, |p| p.range.end - p.range.start);
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(i64::try_from(v.size).unwrap_or(i64::MAX)),
+            content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
+            parts_count: part.and_then(|p| p.count),
             version_id: reported_version_id(&bucket, &v.version_id),
             content_type: v.content_type,
             e_tag: Some(etag(&v.etag)),
@@ -304,16 +309,18 @@ impl Gateway {
         }
         .enforce(&v)?;
         let size = v.size;
-        let range = match &input.range {
-            None => 0..size,
-            Some(r) => r.check(size).map_err(|_| {
+        let part = requested_part(&v, input.range.as_ref(), input.part_number)?;
+        let range = match (&part, &input.range) {
+            (Some(p), _) => p.range.clone(),
+            (None, None) => 0..size,
+            (None, Some(r)) => r.check(size).map_err(|_| {
                 S3Error::with_message(
                     S3ErrorCode::InvalidRange,
                     format!("the range is not satisfiable for an object of {size} bytes"),
                 )
             })?,
         };
-        let content_range = input.range.as_ref().map(|_| {
+        let content_range = (input.range.is_some() || part.is_some()).then(|| {
             format!(
                 "bytes {}-{}/{size}",
                 range.start,
@@ -326,6 +333,7 @@ impl Gateway {
             body: Some(StreamingBlob::wrap(body)),
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             content_range,
+            parts_count: part.and_then(|p| p.count),
             version_id: reported_version_id(&bucket, &v.version_id),
             content_type: v.content_type,
             e_tag: Some(etag(&v.etag)),
@@ -336,6 +344,57 @@ impl Gateway {
             ..Default::default()
         }))
     }
+}
+
+/// The part a GET or HEAD asked for with `partNumber`.
+struct RequestedPart {
+    range: ByteRange<u64>,
+    /// Parts of a multipart version; `None` for a version written in one piece.
+    count: Option<i32>,
+}
+
+/// Resolves `partNumber` (1-based) to the part's bytes; a version written in
+/// one piece has exactly one part.
+fn requested_part(
+    v: &ObjectVersion,
+    range: Option<&Range>,
+    part_number: Option<i32>,
+) -> S3Result<Option<RequestedPart>> {
+    let Some(n) = part_number else {
+        return Ok(None);
+    };
+    if range.is_some() {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            "a request may name a Range or a partNumber, not both",
+        ));
+    }
+    let name = format!("{}/{}", v.bucket, v.key);
+    let layout = v
+        .layout
+        .as_ref()
+        .ok_or_else(|| internal(format!("object {name} has no data layout")))?;
+    let lengths: Vec<u64> = layout
+        .pieces()
+        .map(|p| p.segments.iter().map(|s| s.plain_length).sum())
+        .collect();
+    let index = usize::try_from(n).ok().and_then(|n| n.checked_sub(1));
+    let Some(index) = index.filter(|&i| i < lengths.len()) else {
+        let mut e = S3Error::with_message(
+            S3ErrorCode::Custom("InvalidPartNumber".into()),
+            format!(
+                "object {name} has {} part(s), not a part {n}",
+                lengths.len()
+            ),
+        );
+        e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+        return Err(e);
+    };
+    let start: u64 = lengths[..index].iter().sum();
+    Ok(Some(RequestedPart {
+        range: start..start + lengths[index],
+        count: (!layout.parts.is_empty()).then(|| i32::try_from(lengths.len()).unwrap_or(i32::MAX)),
+    }))
 }
 
 fn delete_marker_headers(version_id: &str) -> http::HeaderMap {
