@@ -1,5 +1,5 @@
-//! Metadata: buckets, object versions and where their shards live. The S3 layer
-//! talks to the [`MetadataStore`] trait only; SQLite is the embedded default.
+//! Metadata: buckets, object versions, multipart uploads and where their shards
+//! live. The S3 layer talks to the [`MetadataStore`] trait only; SQLite is the embedded default.
 
 mod sqlite;
 

@@ -135,7 +135,7 @@ impl Gateway {
         key: &str,
         version_id: Option<&str>,
     ) -> S3Result<(Bucket, ObjectVersion)> {
-        let b_meta = self.require_bucket(bucket).await?;
+        let found_bucket = self.require_bucket(bucket).await?;
         let (b, k, id) = (
             bucket.to_string(),
             key.to_string(),
@@ -143,7 +143,7 @@ impl Gateway {
         );
         let found = self.meta(move |m| m.version(&b, &k, id.as_deref())).await?;
         match (found, version_id) {
-            (Some(v), _) if !v.delete_marker => Ok((b_meta, v)),
+            (Some(v), _) if !v.delete_marker => Ok((found_bucket, v)),
             (Some(v), Some(id)) => {
                 let mut e = S3Error::with_message(
                     S3ErrorCode::MethodNotAllowed,
