@@ -5,5 +5,6 @@ pub mod dataplane;
 pub mod dev;
 pub mod layout;
 pub mod meta;
+pub mod placement;
 pub mod provider_backend;
 pub mod s3;
