@@ -8,13 +8,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
-use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use sublet_provider::client::{ClientConfig, ProviderClient};
 use sublet_provider::identity::NodeIdentity;
 use sublet_provider::server::{self, ProviderConfig, RunningProvider};
 use tokio::net::TcpListener;
 
+use crate::auth::KeyRing;
 use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
 use crate::meta::SqliteStore;
@@ -181,14 +181,18 @@ pub async fn start_cluster(
     })
 }
 
-/// The S3 HTTP service over a gateway; SigV4 with the given credentials if any.
+/// The S3 HTTP service over a gateway; SigV4 with the given credentials (full access) if any.
 pub fn service(gateway: Arc<Gateway>, credentials: Option<&Credentials>) -> S3Service {
+    let keys = credentials.map(|c| KeyRing::single(&c.access_key, &c.secret_key));
+    service_with_keys(gateway, keys)
+}
+
+/// The S3 HTTP service over a gateway; SigV4 and per-bucket grants of `keys` if any.
+pub fn service_with_keys(gateway: Arc<Gateway>, keys: Option<KeyRing>) -> S3Service {
     let mut builder = S3ServiceBuilder::new(ArcGateway(gateway));
-    if let Some(c) = credentials {
-        builder.set_auth(SimpleAuth::from_single(
-            c.access_key.clone(),
-            c.secret_key.clone(),
-        ));
+    if let Some(keys) = keys {
+        builder.set_auth(keys.clone());
+        builder.set_access(keys);
     }
     builder.build()
 }

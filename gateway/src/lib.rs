@@ -1,5 +1,6 @@
 //! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
 
+pub mod auth;
 pub mod codec;
 pub mod dataplane;
 pub mod dev;
