@@ -223,10 +223,13 @@ impl S3Auth for KeyRing {
 #[async_trait::async_trait]
 impl S3Access for KeyRing {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let operation = cx.s3_op().name().to_owned();
+        if let Some(slot) = cx.extensions_mut().get::<crate::metrics::OperationSlot>() {
+            slot.set(&operation);
+        }
         let Some(access_key) = cx.credentials().map(|c| c.access_key.clone()) else {
             return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
         };
-        let operation = cx.s3_op().name().to_owned();
         let bucket = cx.s3_path().get_bucket_name().map(str::to_owned);
         let copy_source = cx
             .headers()

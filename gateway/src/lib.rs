@@ -6,6 +6,8 @@ pub mod dataplane;
 pub mod dev;
 pub mod layout;
 pub mod meta;
+pub mod metrics;
 pub mod placement;
 pub mod provider_backend;
 pub mod s3;
+pub mod serve;

@@ -27,6 +27,19 @@ enum Command {
         /// S3 listen address.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// Address of `/metrics` and `/healthz`.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        admin_listen: SocketAddr,
+    },
+    /// Run a gateway from a standalone YAML file (ProviderPools, StoragePlans,
+    /// StorageSchedules and one StorageGateway).
+    Serve {
+        /// The multi-document YAML file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Directory for metadata, master key and identity; overrides spec.dataDir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -40,6 +53,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match cli.command {
-        Command::Dev { dir, listen } => sublet_gateway::dev::run(dir, listen).await,
+        Command::Dev {
+            dir,
+            listen,
+            admin_listen,
+        } => sublet_gateway::dev::run(dir, listen, admin_listen).await,
+        Command::Serve { config, data_dir } => {
+            sublet_gateway::serve::run(&config, data_dir.as_deref()).await
+        }
     }
 }

@@ -142,6 +142,19 @@ pub trait MetadataStore: Send + Sync + 'static {
         key_marker: &str,
         max: usize,
     ) -> Result<Vec<ObjectVersion>>;
+
+    /// Stored versions (not delete markers) and their bytes, by plan, for usage gauges.
+    fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
+        Ok(Vec::new())
+    }
+}
+
+/// What one plan holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanUsage {
+    pub plan: String,
+    pub objects: u64,
+    pub bytes: u64,
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    Bucket, ListPage, ListQuery, MetaError, MetadataStore, ObjectVersion, PutOutcome, Result,
-    Versioning,
+    Bucket, ListPage, ListQuery, MetaError, MetadataStore, ObjectVersion, PlanUsage, PutOutcome,
+    Result, Versioning,
 };
 
 const SCHEMA: &str = "
@@ -173,6 +173,26 @@ impl MetadataStore for SqliteStore {
             .prepare("SELECT name, created, default_plan, versioning FROM buckets ORDER BY name")
             .map_err(store_err)?;
         let rows = stmt.query_map([], bucket_from_row).map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT plan, COUNT(*), COALESCE(SUM(size), 0) FROM versions \
+                 WHERE delete_marker = 0 GROUP BY plan ORDER BY plan",
+            )
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PlanUsage {
+                    plan: r.get(0)?,
+                    objects: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                    bytes: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                })
+            })
+            .map_err(store_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(store_err)
     }
 
