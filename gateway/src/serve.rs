@@ -203,11 +203,17 @@ pub struct Running {
     pub paths: StatePaths,
     pub identity: NodeId,
     pub tls: bool,
+    clients: Vec<(String, ProviderClient)>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
+    /// Asks every provider for its free space now rather than at the next interval.
+    pub async fn probe_now(&self) {
+        probe(&self.clients, &self.health).await;
+    }
+
     /// Stops accepting S3 requests and probing providers.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -341,7 +347,11 @@ pub async fn start(config: &Config, data_dir: Option<&Path>) -> anyhow::Result<R
         .with_context(|| format!("binding the S3 address {listen} (spec.listen)"))?;
     let s3_addr = listener.local_addr()?;
     let (shutdown, stop) = tokio::sync::watch::channel(false);
-    let mut tasks = vec![spawn_probes(clients, Arc::clone(&health), stop.clone())];
+    let mut tasks = vec![spawn_probes(
+        clients.clone(),
+        Arc::clone(&health),
+        stop.clone(),
+    )];
     let admin_addr = match &spec.admin_listen {
         Some(admin) => {
             let addr: SocketAddr = admin.parse().context("StorageGateway spec.adminListen")?;
@@ -381,6 +391,7 @@ pub async fn start(config: &Config, data_dir: Option<&Path>) -> anyhow::Result<R
         paths,
         identity: identity.node_id(),
         tls: has_tls,
+        clients,
         shutdown,
         tasks,
     })

@@ -404,10 +404,55 @@ spec:
         1.0
     );
 
+    // Two home providers go away: once probed, new objects avoid them; a third leaves
+    // pool home short of its minimum and PUTs are refused by name.
+    let mut gone = Vec::new();
+    for _ in 0..2 {
+        let p = providers.remove(0);
+        gone.push(p.node_id.to_string());
+        p.shutdown().await;
+    }
+    running.probe_now().await;
+    for n in 0..4 {
+        let r = admin
+            .send("PUT", &format!("/photos/after-{n}"), &[], &data(1000))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let m = plain_get(admin_addr, "/metrics").await.text();
+    for id in &gone {
+        let series = format!("sublet_gateway_shard_writes_total{{provider=\"{id}\"}}");
+        let before = value_or_zero(&scrape.text(), &series);
+        assert_eq!(
+            value_or_zero(&m, &series),
+            before,
+            "{id} got shards after it went away"
+        );
+    }
+    providers.remove(0).shutdown().await;
+    running.probe_now().await;
+    let r = admin.send("PUT", "/photos/refused", &[], b"abc").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains(
+            "plan standard: pool home needs at least 2 shards but only 1 healthy provider is available (3 unhealthy skipped)"
+        ),
+        "{}",
+        r.text()
+    );
+
     running.shutdown().await;
     for p in providers {
         p.shutdown().await;
     }
+}
+
+/// A sample's value, 0 when the series is absent.
+fn value_or_zero(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
