@@ -44,7 +44,7 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .init();
-    match cli.command {
+    let result = match cli.command {
         Command::Dev {
             dir,
             listen,
@@ -61,5 +61,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { config, data_dir } => {
             sublet_gateway::serve::run(&config, data_dir.as_deref()).await
         }
+    };
+    // One line per cause, no backtrace: these are problems with input or the machine.
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }

@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    Bucket, ListPage, ListQuery, MetaError, MetadataStore, ObjectVersion, PlanUsage, PutOutcome,
-    Result, Versioning,
+    Bucket, ListPage, ListQuery, MetaError, MetadataStore, ObjectVersion, PutOutcome, Result,
+    Versioning,
 };
 
 const SCHEMA: &str = "
@@ -176,7 +176,7 @@ impl MetadataStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(store_err)
     }
 
-    fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
+    fn plan_usage(&self) -> Result<Vec<super::PlanUsage>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
@@ -186,7 +186,7 @@ impl MetadataStore for SqliteStore {
             .map_err(store_err)?;
         let rows = stmt
             .query_map([], |r| {
-                Ok(PlanUsage {
+                Ok(super::PlanUsage {
                     plan: r.get(0)?,
                     objects: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
                     bytes: r.get::<_, i64>(2)?.try_into().unwrap_or(0),

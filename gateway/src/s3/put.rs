@@ -10,7 +10,6 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use super::{Gateway, Plan, etag, internal, now_ms};
 use crate::dataplane::{self, ObjectWriter, ShardBackend, WriteSpec};
 use crate::meta::{NULL_VERSION, ObjectVersion};
-use crate::placement;
 
 fn random_uid() -> String {
     let mut b = [0u8; 16];
@@ -103,37 +102,6 @@ async fn write_body(
 }
 
 impl Gateway {
-    /// The providers for shards 0..width of a new object under `plan`; 503 naming the
-    /// unmet rule when the plan cannot be placed on today's healthy providers.
-    pub(super) fn place(
-        &self,
-        plan: &Plan,
-        key: &str,
-        uid: &str,
-    ) -> S3Result<Vec<Arc<dyn ShardBackend>>> {
-        let rule = self.topology.rule(&plan.name);
-        let candidates = self.topology.candidates(&self.health);
-        // A provider must at least hold its shard of one segment.
-        let need = plan.segment_size.div_ceil(plan.scheme.needed() as u64);
-        let width = plan.scheme.width();
-        let chosen = placement::choose(&plan.name, &rule, width, &candidates, need, key, uid)
-            .map_err(|e| {
-                let mut err = S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.0);
-                err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
-                err
-            })?;
-        chosen
-            .into_iter()
-            .map(|i| {
-                let node = &candidates[i].site.node_id;
-                self.by_node
-                    .get(node)
-                    .cloned()
-                    .ok_or_else(|| internal(format!("provider {node} has no client")))
-            })
-            .collect()
-    }
-
     pub(super) async fn do_put_object(
         &self,
         req: S3Request<PutObjectInput>,
@@ -228,5 +196,39 @@ impl Gateway {
             size: Some(i64::try_from(written.size).unwrap_or(i64::MAX)),
             ..Default::default()
         }))
+    }
+}
+
+impl Gateway {
+    /// The providers for shards 0..width of a new object under `plan`; 503 naming the
+    /// unmet rule when the plan cannot be placed on today's healthy providers.
+    pub(super) fn place(
+        &self,
+        plan: &Plan,
+        key: &str,
+        uid: &str,
+    ) -> S3Result<Vec<Arc<dyn ShardBackend>>> {
+        let rule = self.topology.rule(&plan.name);
+        let candidates = self.topology.candidates(&self.health);
+        // A provider must at least hold its shard of one segment.
+        let need = plan.segment_size.div_ceil(plan.scheme.needed() as u64);
+        let width = plan.scheme.width();
+        let chosen =
+            crate::placement::choose(&plan.name, &rule, width, &candidates, need, key, uid)
+                .map_err(|e| {
+                    let mut err = S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.0);
+                    err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+                    err
+                })?;
+        chosen
+            .into_iter()
+            .map(|i| {
+                let node = &candidates[i].site.node_id;
+                self.by_node
+                    .get(node)
+                    .cloned()
+                    .ok_or_else(|| internal(format!("provider {node} has no client")))
+            })
+            .collect()
     }
 }
