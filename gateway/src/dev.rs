@@ -383,10 +383,8 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!(
         "(the AWS config file keeps the CLI on single PUTs: multipart uploads are not supported yet)"
     );
-    let svc = MeteredService::new(
-        service(Arc::clone(&cluster.gateway), Some(&cluster.credentials)),
-        cluster.metrics.clone(),
-    );
+    let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
+    let svc = MeteredService::new(svc, cluster.metrics.clone());
     crate::serve::serve_s3(listener, svc, None, crate::serve::stop_signal()).await;
     tracing::info!("shutting down");
     probing.abort();
