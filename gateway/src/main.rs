@@ -38,8 +38,25 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Directory for metadata, master key and identity; overrides spec.dataDir.
-        #[arg(long)]
+        #[arg(long, env = "SUBLET_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Token presented to providers; overrides spec.providerToken.
+        #[arg(long, env = "SUBLET_PROVIDER_TOKEN", hide_env_values = true)]
+        provider_token: Option<String>,
+        /// An access key allowed everything, besides spec.credentials (with --secret-key).
+        #[arg(long, env = "SUBLET_ACCESS_KEY", requires = "secret_key")]
+        access_key: Option<String>,
+        /// The secret of --access-key.
+        #[arg(
+            long,
+            env = "SUBLET_SECRET_KEY",
+            hide_env_values = true,
+            requires = "access_key"
+        )]
+        secret_key: Option<String>,
+        /// Address of `/metrics` and `/healthz`; overrides spec.adminListen.
+        #[arg(long, env = "SUBLET_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
     },
 }
 
@@ -58,8 +75,21 @@ async fn main() {
             listen,
             admin_listen,
         } => sublet_gateway::dev::run(dir, listen, admin_listen).await,
-        Command::Serve { config, data_dir } => {
-            sublet_gateway::serve::run(&config, data_dir.as_deref()).await
+        Command::Serve {
+            config,
+            data_dir,
+            provider_token,
+            access_key,
+            secret_key,
+            admin_listen,
+        } => {
+            let overrides = sublet_gateway::serve::Overrides {
+                data_dir,
+                provider_token,
+                full_access_key: access_key.zip(secret_key),
+                admin_listen,
+            };
+            sublet_gateway::serve::run(&config, &overrides).await
         }
     };
     // One line per cause, no backtrace: these are problems with input or the machine.

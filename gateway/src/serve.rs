@@ -146,6 +146,62 @@ pub fn topology(config: &Config, endpoints: &[ProviderEndpoint]) -> Topology {
     }
 }
 
+/// What the command line and environment add to the file: how a Kubernetes pod passes
+/// secrets the operator keeps out of the rendered config.
+#[derive(Clone, Default)]
+pub struct Overrides {
+    /// Wins over `spec.dataDir`.
+    pub data_dir: Option<PathBuf>,
+    /// Wins over `spec.providerToken`.
+    pub provider_token: Option<String>,
+    /// One more key, allowed everything: (access key, secret key).
+    pub full_access_key: Option<(String, String)>,
+    /// Wins over `spec.adminListen`.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("data_dir", &self.data_dir)
+            .field("admin_listen", &self.admin_listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Overrides {
+    /// The gateway spec with the overrides applied.
+    pub fn apply(&self, spec: &StorageGatewaySpec) -> anyhow::Result<StorageGatewaySpec> {
+        let mut spec = spec.clone();
+        if let Some(token) = &self.provider_token {
+            spec.provider_token = Some(token.clone());
+        }
+        if let Some(addr) = self.admin_listen {
+            spec.admin_listen = Some(addr.to_string());
+        }
+        if let Some((access_key, secret_key)) = &self.full_access_key {
+            if spec.credentials.iter().any(|c| &c.access_key == access_key) {
+                bail!(
+                    "access key {access_key} is both in spec.credentials and given on the command line or environment"
+                );
+            }
+            if secret_key.is_empty() {
+                bail!(
+                    "access key {access_key}: the secret key given on the command line or environment is empty"
+                );
+            }
+            spec.credentials.push(sublet_crds::GatewayCredential {
+                access_key: access_key.clone(),
+                secret_key: secret_key.clone(),
+                secret_key_file: None,
+                secret_key_env: None,
+                buckets: Vec::new(),
+            });
+        }
+        Ok(spec)
+    }
+}
+
 /// Files and directories of a standalone gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatePaths {
@@ -276,21 +332,24 @@ fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAccept
 
 /// Starts the gateway `config` describes: dials nothing yet but probes every provider once,
 /// then listens for S3 (and admin) requests.
-pub async fn start(config: &Config, data_dir: Option<&Path>) -> anyhow::Result<Running> {
+pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
     let Some(gateway_resource) = config.gateway() else {
         bail!(
             "the file must hold exactly one StorageGateway (found {}); sublet serve runs one gateway",
             config.gateways.len()
         );
     };
-    let spec = &gateway_resource.spec;
-    let paths = state_paths(spec, data_dir)?;
+    let spec = &overrides.apply(&gateway_resource.spec)?;
+    let paths = state_paths(spec, overrides.data_dir.as_deref())?;
     std::fs::create_dir_all(&paths.data_dir)
         .with_context(|| format!("creating {}", paths.data_dir.display()))?;
     let plans = plans(config, &spec.default_plan)?;
     let endpoints = endpoints(config)?;
     if spec.credentials.is_empty() {
-        bail!("StorageGateway spec.credentials is empty; add at least one access key");
+        bail!(
+            "StorageGateway spec.credentials is empty; add at least one access key \
+             (or set SUBLET_ACCESS_KEY and SUBLET_SECRET_KEY)"
+        );
     }
     let keys = KeyRing::from_credentials(&spec.credentials)?;
     let tls = match &spec.tls {
@@ -472,7 +531,7 @@ pub async fn stop_signal() {
 
 /// `sublet serve`: load the file (printing every problem the loader finds), run until
 /// ctrl-c or SIGTERM.
-pub async fn run(config_path: &Path, data_dir: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     let config = match sublet_crds::load_file(config_path) {
         Ok(config) => config,
         Err(errors) => {
@@ -480,7 +539,7 @@ pub async fn run(config_path: &Path, data_dir: Option<&Path>) -> anyhow::Result<
             std::process::exit(2);
         }
     };
-    let running = start(&config, data_dir).await?;
+    let running = start(&config, overrides).await?;
     let healthy = running
         .providers
         .iter()
@@ -634,6 +693,38 @@ spec:
                 .to_string()
                 .contains("is listed twice")
         );
+    }
+
+    #[test]
+    fn overrides_add_a_key_a_token_and_an_admin_address() {
+        let c = config(
+            "  providerToken: from-file\n  credentials: [{accessKey: alice, secretKey: alice-secret-1}]",
+        );
+        let spec = &c.gateway().unwrap().spec;
+        let o = Overrides {
+            provider_token: Some("from-env".into()),
+            full_access_key: Some(("ops".into(), "ops-secret-123".into())),
+            admin_listen: Some("0.0.0.0:9001".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let applied = o.apply(spec).unwrap();
+        assert_eq!(applied.provider_token.as_deref(), Some("from-env"));
+        assert_eq!(applied.admin_listen.as_deref(), Some("0.0.0.0:9001"));
+        assert_eq!(applied.credentials.len(), 2);
+        assert_eq!(applied.credentials[1].access_key, "ops");
+        assert!(applied.credentials[1].buckets.is_empty());
+        let clash = Overrides {
+            full_access_key: Some(("alice".into(), "x-secret-123".into())),
+            ..Overrides::default()
+        };
+        assert!(
+            clash
+                .apply(spec)
+                .unwrap_err()
+                .to_string()
+                .contains("alice is both")
+        );
+        assert_eq!(Overrides::default().apply(spec).unwrap(), *spec);
     }
 
     #[test]

@@ -221,7 +221,9 @@ spec:
     let config_path = tmp.path().join("sublet.yaml");
     std::fs::write(&config_path, &yaml).unwrap();
     let config = sublet_crds::load_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
-    let running = sublet_gateway::serve::start(&config, None).await.unwrap();
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
     assert!(
         tmp.path().join("gateway/metadata.db").exists()
             && tmp.path().join("gateway/master.key").exists()
@@ -484,7 +486,7 @@ spec:
         tmp.path().display()
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let err = sublet_gateway::serve::start(&config, None)
+    let err = sublet_gateway::serve::start(&config, &Default::default())
         .await
         .err()
         .expect("serve must refuse an unpinned provider")
