@@ -38,6 +38,18 @@ fn hmac(key: &[u8], data: &str) -> Vec<u8> {
 
 impl Client {
     async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let (head, body) = self.sign(method, path, headers, body);
+        http_exchange(self.addr, head.as_bytes(), &body).await
+    }
+
+    /// The request head (SigV4-signed) and body.
+    fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (String, Vec<u8>) {
         let now = chrono::Utc::now();
         let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
         let date = now.format("%Y%m%d").to_string();
@@ -69,13 +81,21 @@ impl Client {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
-        http_exchange(self.addr, head.as_bytes(), body).await
+        (head, body.to_vec())
     }
 }
 
 /// Sends one request and reads the whole response (Content-Length or chunked).
 async fn http_exchange(addr: SocketAddr, head: &[u8], body: &[u8]) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(stream, head, body).await
+}
+
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    head: &[u8],
+    body: &[u8],
+) -> Reply {
     stream.write_all(head).await.unwrap();
     stream.write_all(body).await.unwrap();
     let mut raw = Vec::new();
@@ -495,4 +515,86 @@ spec:
         err.starts_with("ProviderPool home: endpoint nas: nodeId is missing"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_speaks_https_when_tls_is_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(tmp.path().join("s3.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(tmp.path().join("s3.key"), cert.signing_key.serialize_pem()).unwrap();
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: home}}
+spec:
+  class: owned
+  endpoints: [{{name: nas, address: "127.0.0.1:9", nodeId: "00000000000000000000000000000001"}}]
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: one}}
+spec:
+  redundancy: {{replicas: 1}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: one
+  listen: "127.0.0.1:0"
+  dataDir: "{dir}"
+  tls: {{certFile: "{dir}/s3.crt", keyFile: "{dir}/s3.key"}}
+  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
+"#,
+        dir = tmp.path().display()
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    assert!(running.tls);
+    let admin = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(running.s3_addr)
+        .await
+        .unwrap();
+    let stream = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (head, body) = admin.sign("GET", "/", &[], b"");
+    let r = exchange(stream, head.as_bytes(), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("ListAllMyBucketsResult"), "{}", r.text());
+
+    // Plain HTTP on the TLS port gets no S3 answer.
+    let mut tcp = tokio::net::TcpStream::connect(running.s3_addr)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut raw)).await;
+    assert!(
+        !raw.starts_with(b"HTTP/"),
+        "plain HTTP was answered on the HTTPS port"
+    );
+    running.shutdown().await;
 }
