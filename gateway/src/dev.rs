@@ -333,12 +333,21 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
-    let admin = crate::metrics::spawn_admin(
+    // Metrics are a convenience here: several dev clusters (tests) may run at once, so a
+    // busy admin address must not stop the cluster.
+    let admin = match crate::metrics::spawn_admin(
         admin_listen,
         cluster.metrics.clone(),
         Arc::clone(cluster.gateway.metadata()),
     )
-    .await?;
+    .await
+    {
+        Ok(addr) => format!("http://{addr}/metrics (and /healthz)"),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are not served");
+            format!("not served ({e:#}); pick another --admin-listen")
+        }
+    };
     let (_stop_probes, stop) = tokio::sync::watch::channel(false);
     let probing = crate::serve::spawn_probes(
         cluster.probes.clone(),
@@ -369,7 +378,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!("  access key:    {}", c.access_key);
     println!("  secret key:    {}", c.secret_key);
     println!("  state:         {}", cluster.dir.display());
-    println!("  metrics:       http://{admin}/metrics (and /healthz)");
+    println!("  metrics:       {admin}");
     println!();
     println!(
         "  master key:    {}  <- BACK THIS FILE UP: without it no object can ever be read again",
