@@ -360,3 +360,79 @@ pub async fn spawn_admin(
     tokio::spawn(serve_admin(listener, metrics, meta, std::future::pending()));
     Ok(bound)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A provider that stores nothing and fails as told.
+    struct Fake {
+        fail: Option<&'static str>,
+    }
+
+    #[async_trait]
+    impl ShardBackend for Fake {
+        fn node_id(&self) -> &str {
+            "n1"
+        }
+        async fn put(&self, _: &str, _: Bytes) -> Result<[u8; 32], BackendError> {
+            match self.fail {
+                Some(e) => Err(BackendError(e.into())),
+                None => Ok([0; 32]),
+            }
+        }
+        async fn get(&self, _: &str) -> Result<Bytes, BackendError> {
+            match self.fail {
+                Some(e) => Err(BackendError(e.into())),
+                None => Ok(Bytes::new()),
+            }
+        }
+        async fn delete(&self, _: &str) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn shard_calls_are_counted_per_provider_and_failures_mark_it_unhealthy() {
+        let metrics = Metrics::new().unwrap();
+        let health = Arc::new(HealthBoard::default());
+        let ok = ObservedBackend::wrap(Arc::new(Fake { fail: None }), &metrics, &health);
+        ok.put("s", Bytes::new()).await.unwrap();
+        ok.put("s", Bytes::new()).await.unwrap();
+        ok.get("s").await.unwrap();
+        assert_eq!(metrics.shard_writes.with_label_values(&["n1"]).get(), 2);
+        assert_eq!(metrics.shard_reads.with_label_values(&["n1"]).get(), 1);
+        assert!(health.healthy("n1"));
+
+        let missing = Fake {
+            fail: Some("provider n1: get: NotFound: no such shard"),
+        };
+        let missing = ObservedBackend::wrap(Arc::new(missing), &metrics, &health);
+        assert!(missing.get("s").await.is_err());
+        assert!(
+            health.healthy("n1"),
+            "a missing shard is not a sick provider"
+        );
+
+        let down = Fake {
+            fail: Some("provider n1: put: Unavailable: connection refused"),
+        };
+        let down = ObservedBackend::wrap(Arc::new(down), &metrics, &health);
+        assert!(down.put("s", Bytes::new()).await.is_err());
+        assert!(!health.healthy("n1"));
+        assert_eq!(
+            metrics
+                .shard_failures
+                .with_label_values(&["n1", "put"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.shard_writes.with_label_values(&["n1"]).get(), 2);
+        let text = metrics.render();
+        assert!(
+            text.contains("sublet_gateway_shard_failures_total{call=\"put\",provider=\"n1\"} 1"),
+            "{text}"
+        );
+    }
+}
