@@ -72,6 +72,23 @@ pub struct StorageGatewaySpec {
     /// Standalone only: the token the gateway presents to providers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_token: Option<String>,
+    /// Standalone only: the address serving `/metrics` and `/healthz`, e.g.
+    /// `127.0.0.1:9001`; not served when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    /// Standalone only: serve S3 over HTTPS with this certificate; plain HTTP when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<GatewayTls>,
+}
+
+/// The certificate an HTTPS gateway presents (standalone).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTls {
+    /// A PEM file with the certificate chain, leaf first.
+    pub cert_file: String,
+    /// A PEM file with the certificate's private key.
+    pub key_file: String,
 }
 
 fn default_replicas() -> u32 {
@@ -178,8 +195,16 @@ pub enum ServiceType {
 pub struct GatewayCredential {
     /// The access key id clients send.
     pub access_key: String,
-    /// The secret key clients sign with.
+    /// The secret key clients sign with, written here; or use `secretKeyFile` or
+    /// `secretKeyEnv` to keep it out of the file. Exactly one of the three.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_key: String,
+    /// A file whose content (trimmed) is the secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<String>,
+    /// An environment variable holding the secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_env: Option<String>,
     /// Buckets this key may use and how; every bucket with read and write when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<BucketGrant>,
@@ -189,7 +214,7 @@ pub struct GatewayCredential {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BucketGrant {
-    /// The bucket name.
+    /// The bucket name, or `*` for every bucket.
     pub bucket: String,
     /// `read`, `write` or `readwrite` (default).
     #[serde(default)]
@@ -291,6 +316,26 @@ impl StorageGatewaySpec {
                 ),
             );
         }
+        if let Some(admin) = &self.admin_listen
+            && admin.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.add(
+                "spec.adminListen",
+                format!(
+                    "\"{admin}\" is not an address to listen on; use IP:port (e.g. 127.0.0.1:9001)"
+                ),
+            );
+        }
+        if let Some(tls) = &self.tls {
+            for (field, value) in [
+                ("spec.tls.certFile", &tls.cert_file),
+                ("spec.tls.keyFile", &tls.key_file),
+            ] {
+                if value.trim().is_empty() {
+                    p.add(field, "must name a PEM file; omit tls to serve plain HTTP");
+                }
+            }
+        }
         for (field, value) in [
             ("spec.dataDir", &self.data_dir),
             ("spec.masterKeyFile", &self.master_key_file),
@@ -318,18 +363,39 @@ impl StorageGatewaySpec {
                     ),
                 );
             }
-            if credential.secret_key.len() < 8 {
+            let sources = usize::from(!credential.secret_key.is_empty())
+                + usize::from(credential.secret_key_file.is_some())
+                + usize::from(credential.secret_key_env.is_some());
+            if sources != 1 {
+                p.add(
+                    format!("{field}.secretKey"),
+                    format!(
+                        "set exactly one of secretKey, secretKeyFile or secretKeyEnv (got {sources})"
+                    ),
+                );
+            } else if let Some((name, _)) = [
+                ("secretKeyFile", &credential.secret_key_file),
+                ("secretKeyEnv", &credential.secret_key_env),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.as_deref().is_some_and(|v| v.trim().is_empty()))
+            {
+                p.add(
+                    format!("{field}.{name}"),
+                    "must not be empty; name the file or variable holding the secret key",
+                );
+            } else if !credential.secret_key.is_empty() && credential.secret_key.len() < 8 {
                 p.add(
                     format!("{field}.secretKey"),
                     "must be at least 8 characters; use a long random string (e.g. from `openssl rand -hex 20`)",
                 );
             }
             for (j, grant) in credential.buckets.iter().enumerate() {
-                if !is_bucket_name(&grant.bucket) {
+                if grant.bucket != "*" && !is_bucket_name(&grant.bucket) {
                     p.add(
                         format!("{field}.buckets[{j}].bucket"),
                         format!(
-                            "\"{}\" is not a bucket name; use 3 to 63 lowercase letters, digits, '.' and '-' (e.g. photos)",
+                            "\"{}\" is not a bucket name; use 3 to 63 lowercase letters, digits, '.' and '-' (e.g. photos), or * for every bucket",
                             grant.bucket
                         ),
                     );
@@ -466,7 +532,7 @@ mod tests {
             [
                 "spec.credentials[0].accessKey: must be at least 3 characters (e.g. family-laptop)",
                 "spec.credentials[0].secretKey: must be at least 8 characters; use a long random string (e.g. from `openssl rand -hex 20`)",
-                "spec.credentials[0].buckets[0].bucket: \"Photos\" is not a bucket name; use 3 to 63 lowercase letters, digits, '.' and '-' (e.g. photos)",
+                "spec.credentials[0].buckets[0].bucket: \"Photos\" is not a bucket name; use 3 to 63 lowercase letters, digits, '.' and '-' (e.g. photos), or * for every bucket",
             ]
         );
         assert_eq!(
@@ -485,6 +551,49 @@ mod tests {
             err.to_string()
                 .starts_with("credentials[0].buckets[0].access: unknown variant `admin`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn secret_key_sources_and_wildcard_grants() {
+        assert!(
+            problems(
+                "credentials: [{accessKey: abc, secretKeyFile: /etc/sublet/abc, buckets: [{bucket: \"*\", access: read}]}, {accessKey: def, secretKeyEnv: DEF_SECRET}]"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            problems("credentials: [{accessKey: abc}]"),
+            [
+                "spec.credentials[0].secretKey: set exactly one of secretKey, secretKeyFile or secretKeyEnv (got 0)"
+            ]
+        );
+        assert_eq!(
+            problems("credentials: [{accessKey: abc, secretKey: 0123456789, secretKeyEnv: X}]"),
+            [
+                "spec.credentials[0].secretKey: set exactly one of secretKey, secretKeyFile or secretKeyEnv (got 2)"
+            ]
+        );
+        assert_eq!(
+            problems("credentials: [{accessKey: abc, secretKeyEnv: \"\"}]"),
+            [
+                "spec.credentials[0].secretKeyEnv: must not be empty; name the file or variable holding the secret key"
+            ]
+        );
+    }
+
+    #[test]
+    fn admin_listen_and_tls() {
+        assert!(
+            problems("adminListen: 127.0.0.1:9001\ntls: {certFile: a.pem, keyFile: k.pem}")
+                .is_empty()
+        );
+        assert_eq!(
+            problems("adminListen: metrics\ntls: {certFile: a.pem, keyFile: \"\"}"),
+            [
+                "spec.adminListen: \"metrics\" is not an address to listen on; use IP:port (e.g. 127.0.0.1:9001)",
+                "spec.tls.keyFile: must name a PEM file; omit tls to serve plain HTTP",
+            ]
         );
     }
 

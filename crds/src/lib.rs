@@ -30,7 +30,7 @@ pub use condition::{Condition, ConditionStatus, find_condition, set_condition};
 pub use duration::Duration;
 pub use error::{Error, Result};
 pub use gateway::{
-    Access, BucketGrant, GatewayCredential, MetadataStore, PostgresMetadata, SecretRef,
+    Access, BucketGrant, GatewayCredential, GatewayTls, MetadataStore, PostgresMetadata, SecretRef,
     ServiceSpec, ServiceType, SqliteMetadata, StorageGateway, StorageGatewaySpec,
     StorageGatewayStatus,
 };

@@ -104,11 +104,19 @@ fn standalone_example_loads() {
         load_file(examples_dir().join("standalone.yaml")).unwrap_or_else(|e| panic!("{e}"));
     let gateway = config.gateway().unwrap();
     assert_eq!(gateway.spec.listen.as_deref(), Some("127.0.0.1:9000"));
-    assert_eq!(gateway.spec.credentials.len(), 3);
+    assert_eq!(gateway.spec.admin_listen.as_deref(), Some("127.0.0.1:9001"));
+    assert_eq!(gateway.spec.credentials.len(), 4);
     assert_eq!(
         gateway.spec.credentials[1].buckets[0].access,
         sublet_crds::Access::Read
     );
+    assert_eq!(
+        gateway.spec.credentials[2].secret_key_env.as_deref(),
+        Some("SUBLET_AUDITOR_SECRET")
+    );
+    assert_eq!(gateway.spec.credentials[2].buckets[0].bucket, "*");
+    let pinned = config.pools["local"].spec.endpoints.iter();
+    assert!(pinned.into_iter().all(|e| e.node_id.is_some()));
     assert_eq!(config.plans["default"].spec.redundancy_label(), "EC 4+2");
     assert_eq!(config.pools["local"].spec.endpoints.len(), 5);
 }

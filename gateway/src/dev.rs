@@ -8,16 +8,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
-use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use sublet_provider::client::{ClientConfig, ProviderClient};
 use sublet_provider::identity::NodeIdentity;
 use sublet_provider::server::{self, ProviderConfig, RunningProvider};
 use tokio::net::TcpListener;
 
+use crate::auth::KeyRing;
 use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
 use crate::meta::SqliteStore;
+use crate::metrics::{MeteredService, Metrics, ObservedBackend};
+use crate::placement::{HealthBoard, Topology};
 use crate::provider_backend::ProviderBackend;
 use crate::s3::{Gateway, Plan};
 
@@ -47,6 +49,10 @@ pub struct Cluster {
     pub gateway: Arc<Gateway>,
     pub credentials: Credentials,
     pub master_key_path: PathBuf,
+    /// Request, shard and plan metrics of the gateway.
+    pub metrics: Metrics,
+    /// Clients to ask providers for free space, by node id.
+    pub probes: Vec<(String, ProviderClient)>,
 }
 
 fn random_string(len: usize, alphabet: &[u8]) -> String {
@@ -152,7 +158,10 @@ pub async fn start_cluster(
         token: Some(token.clone()),
     };
 
+    let metrics = Metrics::new()?;
+    let health = Arc::new(HealthBoard::default());
     let mut running = Vec::with_capacity(providers);
+    let mut probes = Vec::with_capacity(providers);
     let mut backends: Vec<Arc<dyn ShardBackend>> = Vec::with_capacity(providers);
     for n in 0..providers {
         let mut cfg = ProviderConfig::new(dir.join("providers").join(n.to_string()));
@@ -164,31 +173,44 @@ pub async fn start_cluster(
             .with_context(|| format!("starting provider {n}"))?;
         let client = ProviderClient::new(&p.grpc_addr.to_string(), p.node_id, &client_cfg)
             .map_err(|e| anyhow::anyhow!("provider {n} client: {e}"))?;
-        backends.push(Arc::new(ProviderBackend::new(client)));
+        probes.push((p.node_id.to_string(), client.clone()));
+        let backend: Arc<dyn ShardBackend> = Arc::new(ProviderBackend::new(client));
+        backends.push(ObservedBackend::wrap(backend, &metrics, &health));
         running.push(p);
     }
 
     let meta_path = dir.join("meta.db");
     let meta = SqliteStore::open(&meta_path)
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", meta_path.display()))?;
-    let gateway = Arc::new(Gateway::new(Arc::new(meta), master, plans, backends)?);
+    let topology = Topology::flat(backends.iter().map(|b| b.node_id()));
+    let gateway = Arc::new(
+        Gateway::new(Arc::new(meta), master, plans, backends)?
+            .with_placement(topology, Arc::clone(&health))?,
+    );
+    crate::serve::probe(&probes, &health).await;
     Ok(Cluster {
         dir: dir.to_path_buf(),
         providers: running,
         gateway,
         credentials,
         master_key_path,
+        metrics,
+        probes,
     })
 }
 
-/// The S3 HTTP service over a gateway; SigV4 with the given credentials if any.
+/// The S3 HTTP service over a gateway; SigV4 with the given credentials (full access) if any.
 pub fn service(gateway: Arc<Gateway>, credentials: Option<&Credentials>) -> S3Service {
+    let keys = credentials.map(|c| KeyRing::single(&c.access_key, &c.secret_key));
+    service_with_keys(gateway, keys)
+}
+
+/// The S3 HTTP service over a gateway; SigV4 and per-bucket grants of `keys` if any.
+pub fn service_with_keys(gateway: Arc<Gateway>, keys: Option<KeyRing>) -> S3Service {
     let mut builder = S3ServiceBuilder::new(ArcGateway(gateway));
-    if let Some(c) = credentials {
-        builder.set_auth(SimpleAuth::from_single(
-            c.access_key.clone(),
-            c.secret_key.clone(),
-        ));
+    if let Some(keys) = keys {
+        builder.set_auth(keys.clone());
+        builder.set_access(keys);
     }
     builder.build()
 }
@@ -371,12 +393,33 @@ pub async fn serve(
 }
 
 /// `sublet dev`: run until ctrl-c.
-pub async fn run(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
     let cluster = start_cluster(&dir, DEV_PROVIDERS, vec![Plan::standard()]).await?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    // Metrics are a convenience here: several dev clusters (tests) may run at once, so a
+    // busy admin address must not stop the cluster.
+    let admin = match crate::metrics::spawn_admin(
+        admin_listen,
+        cluster.metrics.clone(),
+        Arc::clone(cluster.gateway.metadata()),
+    )
+    .await
+    {
+        Ok(addr) => format!("http://{addr}/metrics (and /healthz)"),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are not served");
+            format!("not served ({e:#}); pick another --admin-listen")
+        }
+    };
+    let (_stop_probes, stop) = tokio::sync::watch::channel(false);
+    let probing = crate::serve::spawn_probes(
+        cluster.probes.clone(),
+        Arc::clone(cluster.gateway.health()),
+        stop,
+    );
     let endpoint = format!("http://{addr}");
     let c = &cluster.credentials;
     // A config of its own gives the CLI a region without touching the user's ~/.aws.
@@ -398,6 +441,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     println!("  access key:    {}", c.access_key);
     println!("  secret key:    {}", c.secret_key);
     println!("  state:         {}", cluster.dir.display());
+    println!("  metrics:       {admin}");
     println!();
     println!(
         "  master key:    {}  <- BACK THIS FILE UP: without it no object can ever be read again",
@@ -408,11 +452,10 @@ pub async fn run(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     println!("  {env} aws --endpoint-url {endpoint} s3 mb s3://bucket");
     println!("  {env} aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/");
     let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
-    serve(listener, svc, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    let svc = MeteredService::new(svc, cluster.metrics.clone());
+    crate::serve::serve_s3(listener, svc, None, crate::serve::stop_signal()).await;
     tracing::info!("shutting down");
+    probing.abort();
     for p in cluster.providers {
         p.shutdown().await;
     }

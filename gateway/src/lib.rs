@@ -1,9 +1,13 @@
 //! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
 
+pub mod auth;
 pub mod codec;
 pub mod dataplane;
 pub mod dev;
 pub mod layout;
 pub mod meta;
+pub mod metrics;
+pub mod placement;
 pub mod provider_backend;
 pub mod s3;
+pub mod serve;

@@ -27,11 +27,41 @@ enum Command {
         /// S3 listen address.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// Address of `/metrics` and `/healthz`.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        admin_listen: SocketAddr,
+    },
+    /// Run a gateway from a standalone YAML file (ProviderPools, StoragePlans,
+    /// StorageSchedules and one StorageGateway).
+    Serve {
+        /// The multi-document YAML file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Directory for metadata, master key and identity; overrides spec.dataDir.
+        #[arg(long, env = "SUBLET_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Token presented to providers; overrides spec.providerToken.
+        #[arg(long, env = "SUBLET_PROVIDER_TOKEN", hide_env_values = true)]
+        provider_token: Option<String>,
+        /// An access key allowed everything, besides spec.credentials (with --secret-key).
+        #[arg(long, env = "SUBLET_ACCESS_KEY", requires = "secret_key")]
+        access_key: Option<String>,
+        /// The secret of --access-key.
+        #[arg(
+            long,
+            env = "SUBLET_SECRET_KEY",
+            hide_env_values = true,
+            requires = "access_key"
+        )]
+        secret_key: Option<String>,
+        /// Address of `/metrics` and `/healthz`; overrides spec.adminListen.
+        #[arg(long, env = "SUBLET_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
     },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -39,7 +69,32 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .init();
-    match cli.command {
-        Command::Dev { dir, listen } => sublet_gateway::dev::run(dir, listen).await,
+    let result = match cli.command {
+        Command::Dev {
+            dir,
+            listen,
+            admin_listen,
+        } => sublet_gateway::dev::run(dir, listen, admin_listen).await,
+        Command::Serve {
+            config,
+            data_dir,
+            provider_token,
+            access_key,
+            secret_key,
+            admin_listen,
+        } => {
+            let overrides = sublet_gateway::serve::Overrides {
+                data_dir,
+                provider_token,
+                full_access_key: access_key.zip(secret_key),
+                admin_listen,
+            };
+            sublet_gateway::serve::run(&config, &overrides).await
+        }
+    };
+    // One line per cause, no backtrace: these are problems with input or the machine.
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }

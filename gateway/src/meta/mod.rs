@@ -101,6 +101,14 @@ pub struct PutOutcome {
     pub replaced: Vec<ObjectVersion>,
 }
 
+/// What one plan holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanUsage {
+    pub plan: String,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
 /// One page of a ListObjects listing: latest versions that are not delete markers.
 #[derive(Debug, Default)]
 pub struct ListPage {
@@ -210,6 +218,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn create_bucket(&self, bucket: &Bucket) -> Result<()>;
     fn bucket(&self, name: &str) -> Result<Option<Bucket>>;
     fn buckets(&self) -> Result<Vec<Bucket>>;
+    /// Stored versions (not delete markers) and their bytes, by plan, for usage gauges.
+    fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
+        Ok(Vec::new())
+    }
     /// Fails with `BucketNotEmpty` while any version or upload remains.
     fn delete_bucket(&self, name: &str) -> Result<()>;
     fn set_versioning(&self, name: &str, versioning: Versioning) -> Result<()>;

@@ -325,6 +325,26 @@ impl MetadataStore for SqliteStore {
         rows.collect::<rusqlite::Result<_>>().map_err(store_err)
     }
 
+    fn plan_usage(&self) -> Result<Vec<super::PlanUsage>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT plan, COUNT(*), COALESCE(SUM(size), 0) FROM versions \
+                 WHERE delete_marker = 0 GROUP BY plan ORDER BY plan",
+            )
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(super::PlanUsage {
+                    plan: r.get(0)?,
+                    objects: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                    bytes: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                })
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
     fn delete_bucket(&self, name: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(store_err)?;

@@ -43,12 +43,15 @@ impl Gateway {
 
     pub(super) async fn do_list_buckets(
         &self,
-        _req: S3Request<ListBucketsInput>,
+        req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
+        // A key with per-bucket grants sees only the buckets it may use.
+        let grants = req.extensions.get::<crate::auth::Grants>();
         let buckets = self
             .meta(|m| m.buckets())
             .await?
             .into_iter()
+            .filter(|b| grants.is_none_or(|g| g.sees(&b.name)))
             .map(|b| Bucket {
                 bucket_region: None,
                 creation_date: Some(timestamp(b.created)),

@@ -21,6 +21,7 @@ use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
 use crate::layout::Scheme;
 use crate::meta::{MetaError, MetadataStore};
+use crate::placement::{HealthBoard, Topology};
 
 /// A storage plan (= S3 storage class): how new versions are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +53,11 @@ pub struct Gateway {
     master: Arc<MasterKey>,
     plans: Vec<Plan>,
     default_plan: String,
-    providers: Vec<Arc<dyn ShardBackend>>,
     by_node: HashMap<String, Arc<dyn ShardBackend>>,
+    /// Where providers sit and each plan's placement rule.
+    topology: Arc<Topology>,
+    /// Free space and recent failures of providers, for placement.
+    health: Arc<HealthBoard>,
 }
 
 impl Gateway {
@@ -77,14 +81,43 @@ impl Gateway {
             .iter()
             .map(|p| (p.node_id().to_string(), Arc::clone(p)))
             .collect();
+        let topology = Arc::new(Topology::flat(providers.iter().map(|p| p.node_id())));
         Ok(Self {
             meta,
             master,
             plans,
             default_plan,
-            providers,
             by_node,
+            topology,
+            health: Arc::default(),
         })
+    }
+
+    /// Places new objects by `topology` (pools, zones, plan rules) and `health` instead of
+    /// treating every provider alike. Every site must be one of the gateway's providers.
+    pub fn with_placement(
+        mut self,
+        topology: Topology,
+        health: Arc<HealthBoard>,
+    ) -> anyhow::Result<Self> {
+        for site in &topology.sites {
+            if !self.by_node.contains_key(&site.node_id) {
+                anyhow::bail!("placement names provider {site}, which the gateway does not have");
+            }
+        }
+        self.topology = Arc::new(topology);
+        self.health = health;
+        Ok(self)
+    }
+
+    /// What placement knows about provider health.
+    pub fn health(&self) -> &Arc<HealthBoard> {
+        &self.health
+    }
+
+    /// The metadata store, e.g. for usage gauges.
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.meta
     }
 
     fn plan(&self, name: &str) -> Option<&Plan> {

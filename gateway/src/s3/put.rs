@@ -11,39 +11,6 @@ use super::{Gateway, Plan, etag, internal, now_ms};
 use crate::dataplane::{self, ObjectWriter, ShardBackend, WriteSpec};
 use crate::meta::{Bucket, NULL_VERSION, ObjectVersion, Versioning};
 
-/// The first `width` providers ordered by a hash of (key, version uid, node id).
-pub fn place(
-    providers: &[Arc<dyn ShardBackend>],
-    key: &str,
-    uid: &str,
-    width: usize,
-) -> Result<Vec<Arc<dyn ShardBackend>>, String> {
-    if providers.len() < width {
-        return Err(format!(
-            "the plan needs {width} providers (one per shard) but only {} are configured",
-            providers.len()
-        ));
-    }
-    let mut ranked: Vec<([u8; 32], &Arc<dyn ShardBackend>)> = providers
-        .iter()
-        .map(|p| {
-            let mut h = blake3::Hasher::new();
-            h.update(key.as_bytes());
-            h.update(&[0]);
-            h.update(uid.as_bytes());
-            h.update(&[0]);
-            h.update(p.node_id().as_bytes());
-            (*h.finalize().as_bytes(), p)
-        })
-        .collect();
-    ranked.sort_by_key(|a| a.0);
-    Ok(ranked
-        .into_iter()
-        .take(width)
-        .map(|(_, p)| Arc::clone(p))
-        .collect())
-}
-
 pub(super) fn random_uid() -> String {
     let mut b = [0u8; 16];
     rand::fill(&mut b);
@@ -207,12 +174,7 @@ impl Gateway {
         let segment_size = usize::try_from(plan.segment_size)
             .map_err(|_| internal(format!("plan {}: segment size too large", plan.name)))?;
         let uid = random_uid();
-        let placement = place(&self.providers, key, &uid, plan.scheme.width()).map_err(|m| {
-            S3Error::with_message(
-                S3ErrorCode::ServiceUnavailable,
-                format!("cannot store under plan {}: {m}", plan.name),
-            )
-        })?;
+        let placement = self.place(plan, key, &uid)?;
         let writer = ObjectWriter::new(
             &self.master,
             WriteSpec {
@@ -292,5 +254,39 @@ impl Gateway {
             version_id: reported_version_id(&bucket, &version_id),
             ..Default::default()
         }))
+    }
+}
+
+impl Gateway {
+    /// The providers for shards 0..width of a new object under `plan`; 503 naming the
+    /// unmet rule when the plan cannot be placed on today's healthy providers.
+    pub(super) fn place(
+        &self,
+        plan: &Plan,
+        key: &str,
+        uid: &str,
+    ) -> S3Result<Vec<Arc<dyn ShardBackend>>> {
+        let rule = self.topology.rule(&plan.name);
+        let candidates = self.topology.candidates(&self.health);
+        // A provider must at least hold its shard of one segment.
+        let need = plan.segment_size.div_ceil(plan.scheme.needed() as u64);
+        let width = plan.scheme.width();
+        let chosen =
+            crate::placement::choose(&plan.name, &rule, width, &candidates, need, key, uid)
+                .map_err(|e| {
+                    let mut err = S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.0);
+                    err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+                    err
+                })?;
+        chosen
+            .into_iter()
+            .map(|i| {
+                let node = &candidates[i].site.node_id;
+                self.by_node
+                    .get(node)
+                    .cloned()
+                    .ok_or_else(|| internal(format!("provider {node} has no client")))
+            })
+            .collect()
     }
 }

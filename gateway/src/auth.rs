@@ -1,0 +1,438 @@
+//! S3 access keys and what each may do: SigV4 secrets for s3s ([`S3Auth`]) and per-bucket
+//! read/write grants checked before every operation ([`S3Access`]).
+//!
+//! A request needs a read grant for `Get*`, `Head*` and `List*` operations and a write grant
+//! for everything else (put, delete, create/delete bucket, multipart, versioning). CopyObject
+//! and UploadPartCopy also need a read grant on the source bucket. ListBuckets is open to
+//! every key but lists only the buckets the key has a grant on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use s3s::S3Result;
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
+use sublet_crds::GatewayCredential;
+
+/// What a key may do in one bucket (or `*`: every bucket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub bucket: String,
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Grant {
+    /// Read and write on every bucket.
+    pub fn full() -> Self {
+        Grant {
+            bucket: "*".into(),
+            read: true,
+            write: true,
+        }
+    }
+
+    fn covers(&self, bucket: &str) -> bool {
+        self.bucket == "*" || self.bucket == bucket
+    }
+}
+
+/// The grants of one key; put into request extensions so ListBuckets can filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grants(pub Vec<Grant>);
+
+/// What an operation needs on a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Read,
+    Write,
+}
+
+impl Grants {
+    /// Whether the key may do what `need` says in `bucket`.
+    pub fn allows(&self, bucket: &str, need: Need) -> bool {
+        self.0.iter().any(|g| {
+            g.covers(bucket)
+                && match need {
+                    Need::Read => g.read,
+                    Need::Write => g.write,
+                }
+        })
+    }
+
+    /// Whether ListBuckets shows `bucket` to the key: any grant on it.
+    pub fn sees(&self, bucket: &str) -> bool {
+        self.0.iter().any(|g| g.covers(bucket))
+    }
+}
+
+/// What an S3 operation (by s3s name) needs on its bucket.
+pub fn need_of(operation: &str) -> Need {
+    if operation.starts_with("Get")
+        || operation.starts_with("Head")
+        || operation.starts_with("List")
+    {
+        Need::Read
+    } else {
+        Need::Write
+    }
+}
+
+/// The bucket of an `x-amz-copy-source` header (`bucket/key` or `/bucket/key`, URL-encoded).
+fn copy_source_bucket(header: &str) -> Option<&str> {
+    let path = header.strip_prefix('/').unwrap_or(header);
+    let bucket = path.split('/').next()?;
+    (!bucket.is_empty()).then_some(bucket)
+}
+
+struct Key {
+    secret: String,
+    grants: Grants,
+}
+
+/// Every access key the gateway accepts.
+#[derive(Clone, Default)]
+pub struct KeyRing {
+    keys: Arc<HashMap<String, Key>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.keys.keys().collect();
+        names.sort();
+        f.debug_struct("KeyRing").field("keys", &names).finish()
+    }
+}
+
+impl KeyRing {
+    /// One key with read and write on every bucket (what `sublet dev` uses).
+    pub fn single(access_key: &str, secret_key: &str) -> Self {
+        Self::new([(
+            access_key.to_owned(),
+            secret_key.to_owned(),
+            Grants(vec![Grant::full()]),
+        )])
+    }
+
+    /// Keys from (access key, secret key, grants).
+    pub fn new(keys: impl IntoIterator<Item = (String, String, Grants)>) -> Self {
+        KeyRing {
+            keys: Arc::new(
+                keys.into_iter()
+                    .map(|(access, secret, grants)| (access, Key { secret, grants }))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The keys of a StorageGateway spec, reading secrets from files and the environment.
+    /// A credential without bucket grants may use every bucket.
+    pub fn from_credentials(credentials: &[GatewayCredential]) -> anyhow::Result<Self> {
+        let mut keys = Vec::with_capacity(credentials.len());
+        for c in credentials {
+            let secret = if let Some(path) = &c.secret_key_file {
+                std::fs::read_to_string(path)
+                    .with_context(|| {
+                        format!("access key {}: reading secretKeyFile {path}", c.access_key)
+                    })?
+                    .trim()
+                    .to_owned()
+            } else if let Some(var) = &c.secret_key_env {
+                std::env::var(var).with_context(|| {
+                    format!(
+                        "access key {}: environment variable {var} (secretKeyEnv) is not set",
+                        c.access_key
+                    )
+                })?
+            } else {
+                c.secret_key.clone()
+            };
+            if secret.is_empty() {
+                anyhow::bail!("access key {}: the secret key is empty", c.access_key);
+            }
+            let grants = if c.buckets.is_empty() {
+                vec![Grant::full()]
+            } else {
+                c.buckets
+                    .iter()
+                    .map(|g| Grant {
+                        bucket: g.bucket.clone(),
+                        read: g.access.can_read(),
+                        write: g.access.can_write(),
+                    })
+                    .collect()
+            };
+            keys.push((c.access_key.clone(), secret, Grants(grants)));
+        }
+        Ok(Self::new(keys))
+    }
+
+    /// The grants of `access_key`, if it is known.
+    pub fn grants(&self, access_key: &str) -> Option<&Grants> {
+        self.keys.get(access_key).map(|k| &k.grants)
+    }
+
+    /// Decides whether `access_key` may run `operation` on `bucket`; `copy_source` is the
+    /// `x-amz-copy-source` header of copies. The error says what is missing.
+    pub fn check(
+        &self,
+        access_key: &str,
+        operation: &str,
+        bucket: Option<&str>,
+        copy_source: Option<&str>,
+    ) -> Result<(), String> {
+        let Some(grants) = self.grants(access_key) else {
+            return Err(format!("unknown access key {access_key}"));
+        };
+        let Some(bucket) = bucket else {
+            // Only ListBuckets works without a bucket, and it filters what it shows.
+            return Ok(());
+        };
+        let need = need_of(operation);
+        if !grants.allows(bucket, need) {
+            let what = match need {
+                Need::Read => "read",
+                Need::Write => "write",
+            };
+            return Err(format!(
+                "access key {access_key} may not {what} bucket {bucket} ({operation})"
+            ));
+        }
+        if let Some(source) = copy_source.and_then(copy_source_bucket)
+            && !grants.allows(source, Need::Read)
+        {
+            return Err(format!(
+                "access key {access_key} may not read bucket {source} (the copy source)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Auth for KeyRing {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.keys.get(access_key) {
+            Some(key) => Ok(SecretKey::from(key.secret.as_str())),
+            None => Err(s3s::s3_error!(InvalidAccessKeyId)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Access for KeyRing {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let operation = cx.s3_op().name().to_owned();
+        if let Some(slot) = cx.extensions_mut().get::<crate::metrics::OperationSlot>() {
+            slot.set(&operation);
+        }
+        let Some(access_key) = cx.credentials().map(|c| c.access_key.clone()) else {
+            return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+        };
+        let bucket = cx.s3_path().get_bucket_name().map(str::to_owned);
+        let copy_source = cx
+            .headers()
+            .get("x-amz-copy-source")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Err(message) = self.check(
+            &access_key,
+            &operation,
+            bucket.as_deref(),
+            copy_source.as_deref(),
+        ) {
+            tracing::info!(access_key, operation, reason = %message, "access denied");
+            return Err(s3s::S3Error::with_message(
+                s3s::S3ErrorCode::AccessDenied,
+                message,
+            ));
+        }
+        if let Some(grants) = self.grants(&access_key) {
+            cx.extensions_mut().insert(grants.clone());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ring() -> KeyRing {
+        let credentials: Vec<GatewayCredential> = serde_yaml::from_str(
+            r#"
+- {accessKey: admin, secretKey: admin-secret}
+- accessKey: frame
+  secretKey: frame-secret
+  buckets: [{bucket: photos, access: read}]
+- accessKey: backup
+  secretKey: backup-secret
+  buckets: [{bucket: backups, access: write}, {bucket: photos}]
+- accessKey: auditor
+  secretKey: auditor-secret
+  buckets: [{bucket: "*", access: read}]
+"#,
+        )
+        .unwrap();
+        KeyRing::from_credentials(&credentials).unwrap()
+    }
+
+    #[test]
+    fn operations_need_read_or_write() {
+        for op in [
+            "GetObject",
+            "HeadObject",
+            "ListObjectsV2",
+            "HeadBucket",
+            "GetBucketLocation",
+            "ListParts",
+        ] {
+            assert_eq!(need_of(op), Need::Read, "{op}");
+        }
+        for op in [
+            "PutObject",
+            "DeleteObject",
+            "DeleteObjects",
+            "CreateBucket",
+            "DeleteBucket",
+            "UploadPart",
+            "CompleteMultipartUpload",
+            "CopyObject",
+            "PutBucketVersioning",
+        ] {
+            assert_eq!(need_of(op), Need::Write, "{op}");
+        }
+    }
+
+    #[test]
+    fn keys_without_grants_may_do_everything() {
+        let r = ring();
+        assert!(
+            r.check("admin", "PutObject", Some("anything"), None)
+                .is_ok()
+        );
+        assert!(
+            r.check("admin", "DeleteBucket", Some("photos"), None)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn read_grants_refuse_writes() {
+        let r = ring();
+        assert!(r.check("frame", "GetObject", Some("photos"), None).is_ok());
+        assert_eq!(
+            r.check("frame", "PutObject", Some("photos"), None)
+                .unwrap_err(),
+            "access key frame may not write bucket photos (PutObject)"
+        );
+        assert_eq!(
+            r.check("frame", "GetObject", Some("backups"), None)
+                .unwrap_err(),
+            "access key frame may not read bucket backups (GetObject)"
+        );
+    }
+
+    #[test]
+    fn write_grants_refuse_reads() {
+        let r = ring();
+        assert!(
+            r.check("backup", "PutObject", Some("backups"), None)
+                .is_ok()
+        );
+        assert!(
+            r.check("backup", "GetObject", Some("backups"), None)
+                .is_err()
+        );
+        assert!(r.check("backup", "GetObject", Some("photos"), None).is_ok());
+        assert!(r.check("backup", "PutObject", Some("photos"), None).is_ok());
+    }
+
+    #[test]
+    fn wildcard_grants_cover_every_bucket() {
+        let r = ring();
+        assert!(
+            r.check("auditor", "ListObjects", Some("whatever"), None)
+                .is_ok()
+        );
+        assert!(
+            r.check("auditor", "DeleteObject", Some("whatever"), None)
+                .is_err()
+        );
+        assert!(r.grants("auditor").unwrap().sees("anything"));
+    }
+
+    #[test]
+    fn copies_need_read_on_the_source() {
+        let r = ring();
+        assert!(
+            r.check("backup", "CopyObject", Some("photos"), Some("photos/a.jpg"))
+                .is_ok()
+        );
+        assert_eq!(
+            r.check(
+                "backup",
+                "CopyObject",
+                Some("photos"),
+                Some("/backups/db.tar")
+            )
+            .unwrap_err(),
+            "access key backup may not read bucket backups (the copy source)"
+        );
+    }
+
+    #[test]
+    fn list_buckets_shows_granted_buckets_only() {
+        let r = ring();
+        assert!(r.check("frame", "ListBuckets", None, None).is_ok());
+        let g = r.grants("frame").unwrap();
+        assert!(g.sees("photos") && !g.sees("backups"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert_eq!(
+            ring()
+                .check("nobody", "GetObject", Some("photos"), None)
+                .unwrap_err(),
+            "unknown access key nobody"
+        );
+    }
+
+    #[test]
+    fn secrets_from_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-a-file-0123\n").unwrap();
+        let var = "SUBLET_GATEWAY_AUTH_TEST_SECRET";
+        let credentials = vec![
+            GatewayCredential {
+                access_key: "filekey".into(),
+                secret_key: String::new(),
+                secret_key_file: Some(file.display().to_string()),
+                secret_key_env: None,
+                buckets: vec![],
+            },
+            GatewayCredential {
+                access_key: "envkey".into(),
+                secret_key: String::new(),
+                secret_key_file: None,
+                secret_key_env: Some(var.into()),
+                buckets: vec![],
+            },
+        ];
+        let err = KeyRing::from_credentials(&credentials).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "access key envkey: environment variable SUBLET_GATEWAY_AUTH_TEST_SECRET (secretKeyEnv) is not set"
+        );
+        // Cargo sets CARGO_PKG_NAME for the tests it runs.
+        let mut set = credentials.clone();
+        set[1].secret_key_env = Some("CARGO_PKG_NAME".into());
+        let r = KeyRing::from_credentials(&set).unwrap();
+        assert_eq!(r.keys["filekey"].secret, "from-a-file-0123");
+        assert_eq!(r.keys["envkey"].secret, "sublet-gateway");
+    }
+}

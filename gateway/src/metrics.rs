@@ -1,0 +1,438 @@
+//! Gateway metrics (names start with `sublet_gateway_`) and the admin HTTP server with
+//! `/metrics` and `/healthz`: S3 requests by operation and status, bytes in and out, latency,
+//! shard calls per provider, and objects and bytes per plan read from metadata on scrape.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use s3s::service::S3Service;
+use s3s::{HttpError, HttpRequest, HttpResponse};
+
+use crate::dataplane::{BackendError, ShardBackend};
+use crate::meta::MetadataStore;
+use crate::placement::HealthBoard;
+
+/// The gateway's metrics, in a registry of their own so several gateways can run in one
+/// process (tests).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// S3 requests by operation and HTTP status.
+    pub requests: IntCounterVec,
+    /// Time to response headers by operation.
+    pub latency: HistogramVec,
+    /// Request body bytes by operation (as declared by the client).
+    pub received_bytes: IntCounterVec,
+    /// Response body bytes by operation (as declared by Content-Length).
+    pub sent_bytes: IntCounterVec,
+    /// Shards stored per provider.
+    pub shard_writes: IntCounterVec,
+    /// Shards read per provider.
+    pub shard_reads: IntCounterVec,
+    /// Failed shard calls per provider and call (`put`, `get`, `delete`).
+    pub shard_failures: IntCounterVec,
+    /// Stored versions per plan.
+    pub plan_objects: IntGaugeVec,
+    /// Logical bytes of stored versions per plan.
+    pub plan_bytes: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(format!("sublet_gateway_{name}"), help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(format!("sublet_gateway_{name}"), help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let requests = counter(
+            "requests_total",
+            "S3 requests by operation and HTTP status.",
+            &["op", "status"],
+        )?;
+        let received_bytes = counter(
+            "received_bytes_total",
+            "Request body bytes by S3 operation.",
+            &["op"],
+        )?;
+        let sent_bytes = counter(
+            "sent_bytes_total",
+            "Response body bytes by S3 operation.",
+            &["op"],
+        )?;
+        let shard_writes = counter(
+            "shard_writes_total",
+            "Shards stored, by provider node id.",
+            &["provider"],
+        )?;
+        let shard_reads = counter(
+            "shard_reads_total",
+            "Shards read, by provider node id.",
+            &["provider"],
+        )?;
+        let shard_failures = counter(
+            "shard_failures_total",
+            "Failed shard calls by provider node id and call.",
+            &["provider", "call"],
+        )?;
+        let plan_objects = gauge("plan_objects", "Stored object versions by plan.", &["plan"])?;
+        let plan_bytes = gauge(
+            "plan_bytes",
+            "Logical bytes of stored object versions by plan.",
+            &["plan"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sublet_gateway_request_duration_seconds",
+                "Time from request to response headers by S3 operation.",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.5, 14)?),
+            &["op"],
+        )?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            received_bytes,
+            sent_bytes,
+            shard_writes,
+            shard_reads,
+            shard_failures,
+            plan_objects,
+            plan_bytes,
+        })
+    }
+
+    /// Reads objects and bytes per plan from metadata into the gauges.
+    pub fn refresh_plans(&self, meta: &dyn MetadataStore) {
+        match meta.plan_usage() {
+            Ok(usage) => {
+                self.plan_objects.reset();
+                self.plan_bytes.reset();
+                let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                for u in usage {
+                    self.plan_objects
+                        .with_label_values(&[u.plan.as_str()])
+                        .set(clamp(u.objects));
+                    self.plan_bytes
+                        .with_label_values(&[u.plan.as_str()])
+                        .set(clamp(u.bytes));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading plan usage failed"),
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// The S3 operation of a request, filled in by the access check (which s3s runs with the
+/// resolved operation) and read by [`MeteredService`] once the response is ready.
+#[derive(Clone, Default)]
+pub struct OperationSlot(Arc<Mutex<Option<String>>>);
+
+impl OperationSlot {
+    pub fn set(&self, op: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(op.to_owned());
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The S3 service with request metrics around it.
+#[derive(Clone)]
+pub struct MeteredService {
+    inner: S3Service,
+    metrics: Metrics,
+}
+
+impl MeteredService {
+    pub fn new(inner: S3Service, metrics: Metrics) -> Self {
+        MeteredService { inner, metrics }
+    }
+
+    pub async fn call(&self, mut req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let started = Instant::now();
+        let slot = OperationSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        let received = declared_length(req.headers(), true);
+        let result = self.inner.call(req).await;
+        // Requests refused before s3s resolved an operation (bad signature, bad path).
+        let op = slot.get().unwrap_or_else(|| "unknown".to_owned());
+        let m = &self.metrics;
+        m.latency
+            .with_label_values(&[op.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        m.received_bytes
+            .with_label_values(&[op.as_str()])
+            .inc_by(received);
+        match &result {
+            Ok(resp) => {
+                m.requests
+                    .with_label_values(&[op.as_str(), resp.status().as_str()])
+                    .inc();
+                m.sent_bytes
+                    .with_label_values(&[op.as_str()])
+                    .inc_by(declared_length(resp.headers(), false));
+            }
+            Err(_) => m.requests.with_label_values(&[op.as_str(), "500"]).inc(),
+        }
+        result
+    }
+}
+
+/// Body length from the headers; `x-amz-decoded-content-length` for aws-chunked uploads.
+fn declared_length(headers: &http::HeaderMap, request: bool) -> u64 {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let decoded = if request {
+        get("x-amz-decoded-content-length")
+    } else {
+        None
+    };
+    decoded.or_else(|| get("content-length")).unwrap_or(0)
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for MeteredService {
+    type Response = HttpResponse;
+    type Error = HttpError;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move { service.call(req.map(s3s::Body::from)).await })
+    }
+}
+
+/// A shard backend that counts calls per provider and tells placement which providers fail.
+pub struct ObservedBackend {
+    inner: Arc<dyn ShardBackend>,
+    metrics: Metrics,
+    health: Arc<HealthBoard>,
+}
+
+impl ObservedBackend {
+    pub fn wrap(
+        inner: Arc<dyn ShardBackend>,
+        metrics: &Metrics,
+        health: &Arc<HealthBoard>,
+    ) -> Arc<dyn ShardBackend> {
+        Arc::new(ObservedBackend {
+            inner,
+            metrics: metrics.clone(),
+            health: Arc::clone(health),
+        })
+    }
+
+    fn outcome<T>(&self, call: &str, result: &Result<T, BackendError>) {
+        let node = self.inner.node_id();
+        match result {
+            Ok(_) => self.health.record_success(node),
+            Err(e) => {
+                self.metrics
+                    .shard_failures
+                    .with_label_values(&[node, call])
+                    .inc();
+                // A missing shard is an answer, not a sick provider.
+                if !e.0.contains("NotFound") {
+                    self.health.record_failure(node);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ShardBackend for ObservedBackend {
+    fn node_id(&self) -> &str {
+        self.inner.node_id()
+    }
+
+    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
+        let result = self.inner.put(shard_id, data).await;
+        self.outcome("put", &result);
+        if result.is_ok() {
+            self.metrics
+                .shard_writes
+                .with_label_values(&[self.node_id()])
+                .inc();
+        }
+        result
+    }
+
+    async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
+        let result = self.inner.get(shard_id).await;
+        self.outcome("get", &result);
+        if result.is_ok() {
+            self.metrics
+                .shard_reads
+                .with_label_values(&[self.node_id()])
+                .inc();
+        }
+        result
+    }
+
+    async fn delete(&self, shard_id: &str) -> Result<(), BackendError> {
+        let result = self.inner.delete(shard_id).await;
+        self.outcome("delete", &result);
+        result
+    }
+}
+
+/// Serves `/metrics` (refreshing plan gauges from `meta` first) and `/healthz` on `listener`
+/// until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    meta: Arc<dyn MetadataStore>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                let meta = Arc::clone(&meta);
+                async move {
+                    let m = metrics.clone();
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || m.refresh_plans(meta.as_ref())).await
+                    {
+                        tracing::warn!(error = %e, "plan usage task failed");
+                    }
+                    (
+                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "admin server failed");
+    }
+}
+
+/// Binds the admin address and serves it in the background; returns the bound address.
+pub async fn spawn_admin(
+    addr: SocketAddr,
+    metrics: Metrics,
+    meta: Arc<dyn MetadataStore>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve_admin(listener, metrics, meta, std::future::pending()));
+    Ok(bound)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A provider that stores nothing and fails as told.
+    struct Fake {
+        fail: Option<&'static str>,
+    }
+
+    #[async_trait]
+    impl ShardBackend for Fake {
+        fn node_id(&self) -> &str {
+            "n1"
+        }
+        async fn put(&self, _: &str, _: Bytes) -> Result<[u8; 32], BackendError> {
+            match self.fail {
+                Some(e) => Err(BackendError(e.into())),
+                None => Ok([0; 32]),
+            }
+        }
+        async fn get(&self, _: &str) -> Result<Bytes, BackendError> {
+            match self.fail {
+                Some(e) => Err(BackendError(e.into())),
+                None => Ok(Bytes::new()),
+            }
+        }
+        async fn delete(&self, _: &str) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn shard_calls_are_counted_per_provider_and_failures_mark_it_unhealthy() {
+        let metrics = Metrics::new().unwrap();
+        let health = Arc::new(HealthBoard::default());
+        let ok = ObservedBackend::wrap(Arc::new(Fake { fail: None }), &metrics, &health);
+        ok.put("s", Bytes::new()).await.unwrap();
+        ok.put("s", Bytes::new()).await.unwrap();
+        ok.get("s").await.unwrap();
+        assert_eq!(metrics.shard_writes.with_label_values(&["n1"]).get(), 2);
+        assert_eq!(metrics.shard_reads.with_label_values(&["n1"]).get(), 1);
+        assert!(health.healthy("n1"));
+
+        let missing = Fake {
+            fail: Some("provider n1: get: NotFound: no such shard"),
+        };
+        let missing = ObservedBackend::wrap(Arc::new(missing), &metrics, &health);
+        assert!(missing.get("s").await.is_err());
+        assert!(
+            health.healthy("n1"),
+            "a missing shard is not a sick provider"
+        );
+
+        let down = Fake {
+            fail: Some("provider n1: put: Unavailable: connection refused"),
+        };
+        let down = ObservedBackend::wrap(Arc::new(down), &metrics, &health);
+        assert!(down.put("s", Bytes::new()).await.is_err());
+        assert!(!health.healthy("n1"));
+        assert_eq!(
+            metrics
+                .shard_failures
+                .with_label_values(&["n1", "put"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.shard_writes.with_label_values(&["n1"]).get(), 2);
+        let text = metrics.render();
+        assert!(
+            text.contains("sublet_gateway_shard_failures_total{call=\"put\",provider=\"n1\"} 1"),
+            "{text}"
+        );
+    }
+}

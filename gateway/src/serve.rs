@@ -1,0 +1,751 @@
+//! `sublet serve --config sublet.yaml`: a gateway run from the standalone YAML (the same kinds
+//! as the custom resources): providers from ProviderPool endpoints, plans from StoragePlans,
+//! keys, addresses and state paths from the StorageGateway.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sublet_crds::{Config, Encryption, StorageGatewaySpec, StoragePlanSpec};
+use sublet_provider::client::{ClientConfig, ProviderClient};
+use sublet_provider::identity::{NodeId, NodeIdentity};
+use tokio::net::TcpListener;
+
+use crate::auth::KeyRing;
+use crate::codec::MasterKey;
+use crate::dataplane::ShardBackend;
+use crate::layout::Scheme;
+use crate::meta::{MetadataStore, SqliteStore};
+use crate::metrics::{MeteredService, Metrics, ObservedBackend};
+use crate::placement::{HealthBoard, PlacementRule, Site, Topology};
+use crate::provider_backend::ProviderBackend;
+use crate::s3::{Gateway, Plan};
+
+/// The S3 address when the gateway spec names none.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+/// How often providers are asked for their free space.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
+/// Longest a provider may take to answer a probe before it counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The plan a StoragePlan describes.
+pub fn plan_from_spec(name: &str, spec: &StoragePlanSpec) -> anyhow::Result<Plan> {
+    let small = |n: u32, field: &str| {
+        u16::try_from(n).with_context(|| format!("plan {name}: {field} {n} is too large"))
+    };
+    let scheme = match (&spec.redundancy.erasure, spec.redundancy.replicas) {
+        (Some(ec), _) => Scheme::Erasure {
+            data: small(ec.data_shards, "dataShards")?,
+            parity: small(ec.parity_shards, "parityShards")?,
+        },
+        (None, Some(copies)) => Scheme::Replicas {
+            copies: small(copies, "replicas")?,
+        },
+        (None, None) => bail!("plan {name}: set erasure or replicas"),
+    };
+    Ok(Plan {
+        name: name.to_owned(),
+        scheme,
+        encrypt: spec.encryption == Encryption::Aes256Gcm,
+        segment_size: spec.segment_size.bytes(),
+        write_quorum: usize::try_from(spec.write_quorum())?,
+    })
+}
+
+/// Every plan of the file, the gateway's default plan first (the gateway treats the first
+/// as its default).
+pub fn plans(config: &Config, default_plan: &str) -> anyhow::Result<Vec<Plan>> {
+    let mut plans = Vec::with_capacity(config.plans.len());
+    for (name, plan) in &config.plans {
+        plans.push(plan_from_spec(name, &plan.spec)?);
+    }
+    let Some(first) = plans.iter().position(|p| p.name == default_plan) else {
+        bail!("the default plan {default_plan} is not in the file");
+    };
+    plans.swap(0, first);
+    Ok(plans)
+}
+
+/// One provider to dial: where, which node id to pin, and where it sits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderEndpoint {
+    pub name: String,
+    pub address: String,
+    pub node_id: NodeId,
+    pub site: Site,
+}
+
+/// The providers of every ProviderPool endpoint. Endpoints must pin their node id: the
+/// gateway refuses to talk to a provider it cannot authenticate.
+pub fn endpoints(config: &Config) -> anyhow::Result<Vec<ProviderEndpoint>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut problems = Vec::new();
+    for (pool_name, pool) in &config.pools {
+        if pool.spec.nodes.is_some() && pool.spec.endpoints.is_empty() {
+            tracing::warn!(
+                pool = pool_name,
+                "pool has only in-cluster nodes, which sublet serve does not run; it gets no shards"
+            );
+        }
+        let owner = pool.spec.owner.clone().unwrap_or_else(|| pool_name.clone());
+        for e in &pool.spec.endpoints {
+            let at = format!("ProviderPool {pool_name}: endpoint {}", e.name);
+            let Some(id) = &e.node_id else {
+                problems.push(format!(
+                    "{at}: nodeId is missing; sublet serve pins every provider, so paste the id \
+                     `sublet-provider --data-dir DIR --print-node-id` prints"
+                ));
+                continue;
+            };
+            let node_id: NodeId = match id.parse() {
+                Ok(id) => id,
+                Err(err) => {
+                    problems.push(format!("{at}: nodeId: {err}"));
+                    continue;
+                }
+            };
+            if !seen.insert(node_id) {
+                problems.push(format!(
+                    "{at}: node id {node_id} is listed twice; each provider may appear once"
+                ));
+                continue;
+            }
+            out.push(ProviderEndpoint {
+                name: e.name.clone(),
+                address: e.address.clone(),
+                node_id,
+                site: Site {
+                    node_id: node_id.to_string(),
+                    pool: pool_name.clone(),
+                    zone: e.zone.clone().unwrap_or_else(|| e.name.clone()),
+                    owner: owner.clone(),
+                },
+            });
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(out)
+}
+
+/// Where providers sit and every plan's placement rule.
+pub fn topology(config: &Config, endpoints: &[ProviderEndpoint]) -> Topology {
+    Topology {
+        sites: endpoints.iter().map(|e| e.site.clone()).collect(),
+        rules: config
+            .plans
+            .iter()
+            .map(|(name, plan)| (name.clone(), PlacementRule::from_spec(&plan.spec)))
+            .collect(),
+    }
+}
+
+/// What the command line and environment add to the file: how a Kubernetes pod passes
+/// secrets the operator keeps out of the rendered config.
+#[derive(Clone, Default)]
+pub struct Overrides {
+    /// Wins over `spec.dataDir`.
+    pub data_dir: Option<PathBuf>,
+    /// Wins over `spec.providerToken`.
+    pub provider_token: Option<String>,
+    /// One more key, allowed everything: (access key, secret key).
+    pub full_access_key: Option<(String, String)>,
+    /// Wins over `spec.adminListen`.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("data_dir", &self.data_dir)
+            .field("admin_listen", &self.admin_listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Overrides {
+    /// The gateway spec with the overrides applied.
+    pub fn apply(&self, spec: &StorageGatewaySpec) -> anyhow::Result<StorageGatewaySpec> {
+        let mut spec = spec.clone();
+        if let Some(token) = &self.provider_token {
+            spec.provider_token = Some(token.clone());
+        }
+        if let Some(addr) = self.admin_listen {
+            spec.admin_listen = Some(addr.to_string());
+        }
+        if let Some((access_key, secret_key)) = &self.full_access_key {
+            if spec.credentials.iter().any(|c| &c.access_key == access_key) {
+                bail!(
+                    "access key {access_key} is both in spec.credentials and given on the command line or environment"
+                );
+            }
+            if secret_key.is_empty() {
+                bail!(
+                    "access key {access_key}: the secret key given on the command line or environment is empty"
+                );
+            }
+            spec.credentials.push(sublet_crds::GatewayCredential {
+                access_key: access_key.clone(),
+                secret_key: secret_key.clone(),
+                secret_key_file: None,
+                secret_key_env: None,
+                buckets: Vec::new(),
+            });
+        }
+        Ok(spec)
+    }
+}
+
+/// Files and directories of a standalone gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatePaths {
+    pub data_dir: PathBuf,
+    pub metadata: PathBuf,
+    pub master_key: PathBuf,
+    /// The gateway's ed25519 identity, presented to providers.
+    pub identity_dir: PathBuf,
+}
+
+/// State paths from the gateway spec; `data_dir` (the `--data-dir` flag) wins over
+/// `spec.dataDir`.
+pub fn state_paths(
+    spec: &StorageGatewaySpec,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<StatePaths> {
+    if spec.metadata.postgres.is_some() {
+        bail!(
+            "StorageGateway spec.metadata.postgres: sublet serve supports only sqlite metadata so far"
+        );
+    }
+    let Some(data_dir) = data_dir
+        .map(Path::to_path_buf)
+        .or_else(|| spec.data_dir.as_ref().map(PathBuf::from))
+    else {
+        bail!("no data directory: set spec.dataDir in the StorageGateway or pass --data-dir");
+    };
+    let metadata = spec
+        .metadata
+        .sqlite
+        .as_ref()
+        .and_then(|s| s.path.as_ref())
+        .map_or_else(|| data_dir.join("metadata.db"), PathBuf::from);
+    let master_key = spec
+        .master_key_file
+        .as_ref()
+        .map_or_else(|| data_dir.join("master.key"), PathBuf::from);
+    Ok(StatePaths {
+        identity_dir: data_dir.join("identity"),
+        data_dir,
+        metadata,
+        master_key,
+    })
+}
+
+/// A running gateway.
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub metrics: Metrics,
+    pub health: Arc<HealthBoard>,
+    pub s3_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    /// Node ids of the configured providers.
+    pub providers: Vec<String>,
+    pub paths: StatePaths,
+    pub identity: NodeId,
+    pub tls: bool,
+    clients: Vec<(String, ProviderClient)>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Asks every provider for its free space now rather than at the next interval.
+    pub async fn probe_now(&self) {
+        probe(&self.clients, &self.health).await;
+    }
+
+    /// Stops accepting S3 requests and probing providers.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Asks every provider for its free space once; unreachable ones count as failed.
+pub async fn probe(providers: &[(String, ProviderClient)], health: &HealthBoard) {
+    let calls = providers.iter().map(|(node, client)| async move {
+        match tokio::time::timeout(PROBE_TIMEOUT, client.info()).await {
+            Ok(Ok(info)) => health.record_free(node, info.free_bytes),
+            Ok(Err(e)) => {
+                tracing::warn!(provider = %node, error = %e, "provider probe failed");
+                health.record_failure(node);
+            }
+            Err(_) => {
+                tracing::warn!(provider = %node, "provider probe timed out");
+                health.record_failure(node);
+            }
+        }
+    });
+    futures::future::join_all(calls).await;
+}
+
+/// Probes providers every [`PROBE_INTERVAL`] until `stop` changes.
+pub fn spawn_probes(
+    providers: Vec<(String, ProviderClient)>,
+    health: Arc<HealthBoard>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PROBE_INTERVAL) => probe(&providers, &health).await,
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
+fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("StorageGateway spec.tls.certFile: reading {cert}"))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("StorageGateway spec.tls.keyFile: reading {key}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("StorageGateway spec.tls: the certificate and key do not fit together")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Starts the gateway `config` describes: dials nothing yet but probes every provider once,
+/// then listens for S3 (and admin) requests.
+pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
+    let Some(gateway_resource) = config.gateway() else {
+        bail!(
+            "the file must hold exactly one StorageGateway (found {}); sublet serve runs one gateway",
+            config.gateways.len()
+        );
+    };
+    let spec = &overrides.apply(&gateway_resource.spec)?;
+    let paths = state_paths(spec, overrides.data_dir.as_deref())?;
+    std::fs::create_dir_all(&paths.data_dir)
+        .with_context(|| format!("creating {}", paths.data_dir.display()))?;
+    let plans = plans(config, &spec.default_plan)?;
+    let endpoints = endpoints(config)?;
+    if spec.credentials.is_empty() {
+        bail!(
+            "StorageGateway spec.credentials is empty; add at least one access key \
+             (or set SUBLET_ACCESS_KEY and SUBLET_SECRET_KEY)"
+        );
+    }
+    let keys = KeyRing::from_credentials(&spec.credentials)?;
+    let tls = match &spec.tls {
+        Some(t) => Some(tls_acceptor(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+
+    let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
+    let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
+    let client_config = ClientConfig {
+        identity: Arc::clone(&identity),
+        token: spec.provider_token.clone(),
+    };
+    let metrics = Metrics::new()?;
+    let health = Arc::new(HealthBoard::default());
+    let mut backends: Vec<Arc<dyn ShardBackend>> = Vec::with_capacity(endpoints.len());
+    let mut clients = Vec::with_capacity(endpoints.len());
+    for e in &endpoints {
+        let client = ProviderClient::new(&e.address, e.node_id, &client_config).map_err(|err| {
+            anyhow::anyhow!(
+                "ProviderPool {}: endpoint {}: {}",
+                e.site.pool,
+                e.name,
+                err.message()
+            )
+        })?;
+        clients.push((e.site.node_id.clone(), client.clone()));
+        let backend: Arc<dyn ShardBackend> = Arc::new(ProviderBackend::new(client));
+        backends.push(ObservedBackend::wrap(backend, &metrics, &health));
+    }
+    let meta_path = &paths.metadata;
+    if let Some(parent) = meta_path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let meta: Arc<dyn MetadataStore> = Arc::new(
+        SqliteStore::open(meta_path)
+            .map_err(|e| anyhow::anyhow!("opening {}: {e}", meta_path.display()))?,
+    );
+    let gateway = Arc::new(
+        Gateway::new(Arc::clone(&meta), master, plans, backends)?
+            .with_placement(topology(config, &endpoints), Arc::clone(&health))?,
+    );
+    probe(&clients, &health).await;
+
+    let listen: SocketAddr = spec
+        .listen
+        .as_deref()
+        .unwrap_or(DEFAULT_LISTEN)
+        .parse()
+        .context("StorageGateway spec.listen")?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the S3 address {listen} (spec.listen)"))?;
+    let s3_addr = listener.local_addr()?;
+    let (shutdown, stop) = tokio::sync::watch::channel(false);
+    let mut tasks = vec![spawn_probes(
+        clients.clone(),
+        Arc::clone(&health),
+        stop.clone(),
+    )];
+    let admin_addr = match &spec.admin_listen {
+        Some(admin) => {
+            let addr: SocketAddr = admin.parse().context("StorageGateway spec.adminListen")?;
+            let admin_listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin address {addr} (spec.adminListen)"))?;
+            let bound = admin_listener.local_addr()?;
+            let mut stop = stop.clone();
+            tasks.push(tokio::spawn(crate::metrics::serve_admin(
+                admin_listener,
+                metrics.clone(),
+                Arc::clone(&meta),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )));
+            Some(bound)
+        }
+        None => None,
+    };
+    let service = MeteredService::new(
+        crate::dev::service_with_keys(Arc::clone(&gateway), Some(keys)),
+        metrics.clone(),
+    );
+    let has_tls = tls.is_some();
+    let mut stop_s3 = stop;
+    tasks.push(tokio::spawn(serve_s3(listener, service, tls, async move {
+        let _ = stop_s3.changed().await;
+    })));
+    Ok(Running {
+        gateway,
+        metrics,
+        health,
+        s3_addr,
+        admin_addr,
+        providers: endpoints.iter().map(|e| e.site.node_id.clone()).collect(),
+        paths,
+        identity: identity.node_id(),
+        tls: has_tls,
+        clients,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Serves S3 on `listener` (over TLS when `tls` is set) until `shutdown` resolves.
+pub async fn serve_s3(
+    listener: TcpListener,
+    service: MeteredService,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let service = service.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let result = match tls {
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                },
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `sublet serve`: load the file (printing every problem the loader finds), run until
+/// ctrl-c or SIGTERM.
+pub async fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
+    let config = match sublet_crds::load_file(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            std::process::exit(2);
+        }
+    };
+    let running = start(&config, overrides).await?;
+    let healthy = running
+        .providers
+        .iter()
+        .filter(|node| running.health.healthy(node))
+        .count();
+    let scheme = if running.tls { "https" } else { "http" };
+    println!("sublet serve: S3 endpoint {scheme}://{}", running.s3_addr);
+    if let Some(admin) = running.admin_addr {
+        println!("  metrics:     http://{admin}/metrics (and /healthz)");
+    }
+    println!(
+        "  providers:   {healthy} of {} answered",
+        running.providers.len()
+    );
+    println!("  metadata:    {}", running.paths.metadata.display());
+    println!(
+        "  gateway id:  {} (allow it on providers with --allowed-client)",
+        running.identity
+    );
+    println!(
+        "  master key:  {}  <- BACK THIS FILE UP: without it no object can ever be read again",
+        running.paths.master_key.display()
+    );
+    stop_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            r#"
+apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: home}}
+spec:
+  class: owned
+  owner: alice
+  endpoints:
+    - {{name: a, address: "127.0.0.1:1", nodeId: "00000000000000000000000000000001", zone: desk}}
+    - {{name: b, address: "127.0.0.1:2", nodeId: "00000000000000000000000000000002"}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: photos}}
+spec:
+  redundancy: {{erasure: {{dataShards: 4, parityShards: 2}}}}
+  segmentSize: 1Mi
+  writeQuorum: 5
+  placement: {{spreadBy: zone, maxPerDomain: 2, pools: [{{name: home, minShards: 2}}]}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: configs}}
+spec:
+  redundancy: {{replicas: 3}}
+  encryption: none
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: photos
+{extra}
+"#
+        );
+        sublet_crds::load_str("test.yaml", &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn every_storage_plan_becomes_a_plan_default_first() {
+        let c = config("");
+        let built = plans(&c, "photos").unwrap();
+        assert_eq!(
+            built,
+            vec![
+                Plan {
+                    name: "photos".into(),
+                    scheme: Scheme::Erasure { data: 4, parity: 2 },
+                    encrypt: true,
+                    segment_size: 1 << 20,
+                    write_quorum: 5,
+                },
+                Plan {
+                    name: "configs".into(),
+                    scheme: Scheme::Replicas { copies: 3 },
+                    encrypt: false,
+                    segment_size: 16 << 20,
+                    write_quorum: 3,
+                },
+            ]
+        );
+        assert_eq!(plans(&c, "configs").unwrap()[0].name, "configs");
+    }
+
+    #[test]
+    fn endpoints_become_pinned_providers_with_sites() {
+        let c = config("");
+        let e = endpoints(&c).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].node_id.to_string(), "00000000000000000000000000000001");
+        assert_eq!(
+            e[0].site,
+            Site {
+                node_id: "00000000000000000000000000000001".into(),
+                pool: "home".into(),
+                zone: "desk".into(),
+                owner: "alice".into(),
+            }
+        );
+        // The zone defaults to the endpoint name.
+        assert_eq!(e[1].site.zone, "b");
+        let t = topology(&c, &e);
+        assert_eq!(t.sites.len(), 2);
+        assert_eq!(t.rule("photos").max_per_domain, 2);
+        assert_eq!(t.rule("photos").pools[0].min_shards, 2);
+        assert_eq!(
+            t.rule("configs"),
+            PlacementRule::from_spec(&c.plans["configs"].spec)
+        );
+    }
+
+    #[test]
+    fn endpoints_must_pin_a_valid_unique_node_id() {
+        let mut c = config("");
+        let pool = c.pools.get_mut("home").unwrap();
+        pool.spec.endpoints[0].node_id = None;
+        pool.spec.endpoints[1].node_id = Some("xyz".into());
+        let err = endpoints(&c).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "ProviderPool home: endpoint a: nodeId is missing; sublet serve pins every provider"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("ProviderPool home: endpoint b: nodeId: invalid node id \"xyz\""),
+            "{err}"
+        );
+        let mut c = config("");
+        let pool = c.pools.get_mut("home").unwrap();
+        pool.spec.endpoints[1].node_id = pool.spec.endpoints[0].node_id.clone();
+        assert!(
+            endpoints(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("is listed twice")
+        );
+    }
+
+    #[test]
+    fn overrides_add_a_key_a_token_and_an_admin_address() {
+        let c = config(
+            "  providerToken: from-file\n  credentials: [{accessKey: alice, secretKey: alice-secret-1}]",
+        );
+        let spec = &c.gateway().unwrap().spec;
+        let o = Overrides {
+            provider_token: Some("from-env".into()),
+            full_access_key: Some(("ops".into(), "ops-secret-123".into())),
+            admin_listen: Some("0.0.0.0:9001".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let applied = o.apply(spec).unwrap();
+        assert_eq!(applied.provider_token.as_deref(), Some("from-env"));
+        assert_eq!(applied.admin_listen.as_deref(), Some("0.0.0.0:9001"));
+        assert_eq!(applied.credentials.len(), 2);
+        assert_eq!(applied.credentials[1].access_key, "ops");
+        assert!(applied.credentials[1].buckets.is_empty());
+        let clash = Overrides {
+            full_access_key: Some(("alice".into(), "x-secret-123".into())),
+            ..Overrides::default()
+        };
+        assert!(
+            clash
+                .apply(spec)
+                .unwrap_err()
+                .to_string()
+                .contains("alice is both")
+        );
+        assert_eq!(Overrides::default().apply(spec).unwrap(), *spec);
+    }
+
+    #[test]
+    fn state_paths_from_the_spec_or_the_flag() {
+        let c = config("  dataDir: /srv/sublet\n  masterKeyFile: /etc/sublet/master.key");
+        let spec = &c.gateway().unwrap().spec;
+        let p = state_paths(spec, None).unwrap();
+        assert_eq!(p.metadata, PathBuf::from("/srv/sublet/metadata.db"));
+        assert_eq!(p.master_key, PathBuf::from("/etc/sublet/master.key"));
+        assert_eq!(p.identity_dir, PathBuf::from("/srv/sublet/identity"));
+        let p = state_paths(spec, Some(Path::new("/tmp/x"))).unwrap();
+        assert_eq!(p.metadata, PathBuf::from("/tmp/x/metadata.db"));
+
+        let c = config("  metadata: {sqlite: {path: /db/meta.db}}");
+        let spec = &c.gateway().unwrap().spec;
+        assert_eq!(
+            state_paths(spec, None).unwrap_err().to_string(),
+            "no data directory: set spec.dataDir in the StorageGateway or pass --data-dir"
+        );
+        let p = state_paths(spec, Some(Path::new("/d"))).unwrap();
+        assert_eq!(p.metadata, PathBuf::from("/db/meta.db"));
+        assert_eq!(p.master_key, PathBuf::from("/d/master.key"));
+    }
+}

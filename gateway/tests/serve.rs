@@ -1,0 +1,600 @@
+//! `sublet serve` from a YAML file over real in-process providers, driven over HTTP with
+//! SigV4-signed requests: keys and grants, placement refusals and metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use sublet_provider::server::{self, ProviderConfig, RunningProvider};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "serve-test-token-0123456789";
+
+/// A minimal S3 client: SigV4 (path style, region us-east-1) over HTTP/1.1.
+struct Client {
+    addr: SocketAddr,
+    access_key: String,
+    secret_key: String,
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(data.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+impl Client {
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let (head, body) = self.sign(method, path, headers, body);
+        http_exchange(self.addr, head.as_bytes(), &body).await
+    }
+
+    /// The request head (SigV4-signed) and body.
+    fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (String, Vec<u8>) {
+        let now = chrono::Utc::now();
+        let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
+        let date = now.format("%Y%m%d").to_string();
+        let host = self.addr.to_string();
+        let payload = hex::encode(Sha256::digest(body));
+        let canonical = format!(
+            "{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n\n\
+             host;x-amz-content-sha256;x-amz-date\n{payload}"
+        );
+        let scope = format!("{date}/us-east-1/s3/aws4_request");
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        let mut key = hmac(format!("AWS4{}", self.secret_key).as_bytes(), &date);
+        for part in ["us-east-1", "s3", "aws4_request"] {
+            key = hmac(&key, part);
+        }
+        let signature = hex::encode(hmac(&key, &to_sign));
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {amz_date}\r\n\
+             x-amz-content-sha256: {payload}\r\ncontent-length: {}\r\nconnection: close\r\n\
+             authorization: AWS4-HMAC-SHA256 Credential={}/{scope}, \
+             SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={signature}\r\n",
+            body.len(),
+            self.access_key
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        (head, body.to_vec())
+    }
+}
+
+/// Sends one request and reads the whole response (Content-Length or chunked).
+async fn http_exchange(addr: SocketAddr, head: &[u8], body: &[u8]) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(stream, head, body).await
+}
+
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    head: &[u8],
+    body: &[u8],
+) -> Reply {
+    stream.write_all(head).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut rest = &raw[split + 4..];
+    let body = if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap().trim(), 16)
+                .unwrap();
+            rest = &rest[end + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    Reply { status, body }
+}
+
+async fn plain_get(addr: SocketAddr, path: &str) -> Reply {
+    let head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    http_exchange(addr, head.as_bytes(), b"").await
+}
+
+async fn start_provider(dir: &Path) -> RunningProvider {
+    let mut cfg = ProviderConfig::new(dir);
+    cfg.token = Some(TOKEN.into());
+    server::start(cfg).await.unwrap()
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+/// The value of a sample line such as `name{labels} 3`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_runs_a_gateway_from_yaml() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Four providers in pool home (two zones), two in pool far.
+    let mut providers = Vec::new();
+    for i in 0..6 {
+        providers.push(start_provider(&tmp.path().join(format!("provider-{i}"))).await);
+    }
+    let endpoint = |i: usize, zone: &str| {
+        format!(
+            "    - {{name: p{i}, address: \"{}\", nodeId: \"{}\", zone: {zone}}}\n",
+            providers[i].grpc_addr, providers[i].node_id
+        )
+    };
+    let secret_file = tmp.path().join("reader.secret");
+    std::fs::write(&secret_file, "reader-secret-0123456789\n").unwrap();
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: home}}
+spec:
+  class: owned
+  endpoints:
+{}{}{}{}---
+apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: far}}
+spec:
+  class: rented
+  endpoints:
+{}{}---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: standard}}
+spec:
+  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}
+  segmentSize: 64Ki
+  placement:
+    spreadBy: zone
+    maxPerDomain: 1
+    pools: [{{name: home, minShards: 2}}, {{name: far}}]
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: copies}}
+spec:
+  redundancy: {{replicas: 2}}
+  segmentSize: 64Ki
+  encryption: none
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: far-only}}
+spec:
+  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}
+  segmentSize: 64Ki
+  placement:
+    pools: [{{name: far, minShards: 3}}]
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: standard
+  listen: "127.0.0.1:0"
+  adminListen: "127.0.0.1:0"
+  dataDir: "{}"
+  providerToken: {TOKEN}
+  credentials:
+    - {{accessKey: admin, secretKey: admin-secret-0123456789}}
+    - accessKey: reader
+      secretKeyFile: "{}"
+      buckets: [{{bucket: photos, access: read}}]
+"#,
+        endpoint(0, "h0"),
+        endpoint(1, "h1"),
+        endpoint(2, "h2"),
+        endpoint(3, "h3"),
+        endpoint(4, "f0"),
+        endpoint(5, "f1"),
+        tmp.path().join("gateway").display(),
+        secret_file.display(),
+    );
+    let config_path = tmp.path().join("sublet.yaml");
+    std::fs::write(&config_path, &yaml).unwrap();
+    let config = sublet_crds::load_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    assert!(
+        tmp.path().join("gateway/metadata.db").exists()
+            && tmp.path().join("gateway/master.key").exists()
+    );
+    let admin = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+    let reader = Client {
+        addr: running.s3_addr,
+        access_key: "reader".into(),
+        secret_key: "reader-secret-0123456789".into(),
+    };
+
+    for bucket in ["/photos", "/private"] {
+        let r = admin.send("PUT", bucket, &[], b"").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let body = data(150_000);
+    let r = admin.send("PUT", "/photos/cat.jpg", &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin.send("GET", "/photos/cat.jpg", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "the object read back differs");
+    let r = admin
+        .send(
+            "PUT",
+            "/photos/notes.txt",
+            &[("x-amz-storage-class", "copies")],
+            b"hello",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A wrong secret is refused whatever the grants.
+    let intruder = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "not-the-secret-000000".into(),
+    };
+    assert_eq!(
+        intruder
+            .send("GET", "/photos/cat.jpg", &[], b"")
+            .await
+            .status,
+        403
+    );
+
+    // The reader may read photos, nothing else.
+    let r = reader.send("GET", "/photos/cat.jpg", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == body);
+    let r = reader.send("PUT", "/photos/dog.jpg", &[], b"woof").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("<Code>AccessDenied</Code>"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("may not write bucket photos"),
+        "{}",
+        r.text()
+    );
+    let r = reader.send("DELETE", "/photos/cat.jpg", &[], b"").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = reader.send("GET", "/private?list-type=2", &[], b"").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = reader.send("GET", "/", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("<Name>photos</Name>"), "{}", r.text());
+    assert!(!r.text().contains("private"), "{}", r.text());
+    let r = admin.send("GET", "/", &[], b"").await;
+    assert!(r.text().contains("<Name>private</Name>"), "{}", r.text());
+    let r = admin.send("HEAD", "/photos/dog.jpg", &[], b"").await;
+    assert_eq!(r.status, 404, "the refused PUT must not store anything");
+
+    // Pool far has 2 providers; a plan wanting 3 shards there is refused by name.
+    let r = admin
+        .send(
+            "PUT",
+            "/photos/big.raw",
+            &[("x-amz-storage-class", "far-only")],
+            b"xyz",
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains(
+            "plan far-only: pool far needs at least 3 shards but only 2 healthy providers are available"
+        ),
+        "{}",
+        r.text()
+    );
+
+    // Shards of the standard plan: at least 2 in home, one per zone.
+    let home: Vec<String> = providers[..4]
+        .iter()
+        .map(|p| p.node_id.to_string())
+        .collect();
+
+    // Metrics moved.
+    let admin_addr = running.admin_addr.unwrap();
+    let health = plain_get(admin_addr, "/healthz").await;
+    assert_eq!(health.status, 200);
+    let scrape = plain_get(admin_addr, "/metrics").await;
+    assert_eq!(scrape.status, 200);
+    let m = scrape.text();
+    assert_eq!(
+        sample(
+            &m,
+            "sublet_gateway_requests_total{op=\"PutObject\",status=\"200\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "sublet_gateway_requests_total{op=\"PutObject\",status=\"403\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "sublet_gateway_requests_total{op=\"PutObject\",status=\"503\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "sublet_gateway_requests_total{op=\"GetObject\",status=\"200\"}"
+        ),
+        2.0
+    );
+    assert!(sample(&m, "sublet_gateway_received_bytes_total{op=\"PutObject\"}") >= 150_005.0);
+    assert!(sample(&m, "sublet_gateway_sent_bytes_total{op=\"GetObject\"}") >= 300_000.0);
+    assert_eq!(
+        sample(
+            &m,
+            "sublet_gateway_request_duration_seconds_count{op=\"GetObject\"}"
+        ),
+        2.0
+    );
+    // 150 000 bytes in 64 KiB segments: 3 segments of 3 shards, plus 2 replicas of notes.
+    let writes: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("sublet_gateway_shard_writes_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(writes, 11.0, "{m}");
+    let home_writes: f64 = home
+        .iter()
+        .filter_map(|id| {
+            m.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "sublet_gateway_shard_writes_total{{provider=\"{id}\"}}"
+                    ))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        })
+        .sum();
+    assert!(
+        home_writes >= 6.0,
+        "pool home holds at least 2 of 3 shards of each segment: {m}"
+    );
+    assert_eq!(
+        sample(&m, "sublet_gateway_plan_objects{plan=\"standard\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "sublet_gateway_plan_bytes{plan=\"standard\"}"),
+        150_000.0
+    );
+    assert_eq!(
+        sample(&m, "sublet_gateway_plan_objects{plan=\"copies\"}"),
+        1.0
+    );
+
+    // Two home providers go away: once probed, new objects avoid them; a third leaves
+    // pool home short of its minimum and PUTs are refused by name.
+    let mut gone = Vec::new();
+    for _ in 0..2 {
+        let p = providers.remove(0);
+        gone.push(p.node_id.to_string());
+        p.shutdown().await;
+    }
+    running.probe_now().await;
+    for n in 0..4 {
+        let r = admin
+            .send("PUT", &format!("/photos/after-{n}"), &[], &data(1000))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let m = plain_get(admin_addr, "/metrics").await.text();
+    for id in &gone {
+        let series = format!("sublet_gateway_shard_writes_total{{provider=\"{id}\"}}");
+        let before = value_or_zero(&scrape.text(), &series);
+        assert_eq!(
+            value_or_zero(&m, &series),
+            before,
+            "{id} got shards after it went away"
+        );
+    }
+    providers.remove(0).shutdown().await;
+    running.probe_now().await;
+    let r = admin.send("PUT", "/photos/refused", &[], b"abc").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains(
+            "plan standard: pool home needs at least 2 shards but only 1 healthy provider is available (3 unhealthy skipped)"
+        ),
+        "{}",
+        r.text()
+    );
+
+    running.shutdown().await;
+    for p in providers {
+        p.shutdown().await;
+    }
+}
+
+/// A sample's value, 0 when the series is absent.
+fn value_or_zero(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_endpoints_without_a_pinned_node_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: home}}
+spec:
+  class: owned
+  endpoints: [{{name: nas, address: "127.0.0.1:7480"}}]
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: one}}
+spec:
+  redundancy: {{replicas: 1}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: one
+  listen: "127.0.0.1:0"
+  dataDir: "{}"
+  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
+"#,
+        tmp.path().display()
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let err = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .err()
+        .expect("serve must refuse an unpinned provider")
+        .to_string();
+    assert!(
+        err.starts_with("ProviderPool home: endpoint nas: nodeId is missing"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_speaks_https_when_tls_is_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(tmp.path().join("s3.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(tmp.path().join("s3.key"), cert.signing_key.serialize_pem()).unwrap();
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: home}}
+spec:
+  class: owned
+  endpoints: [{{name: nas, address: "127.0.0.1:9", nodeId: "00000000000000000000000000000001"}}]
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: one}}
+spec:
+  redundancy: {{replicas: 1}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: one
+  listen: "127.0.0.1:0"
+  dataDir: "{dir}"
+  tls: {{certFile: "{dir}/s3.crt", keyFile: "{dir}/s3.key"}}
+  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
+"#,
+        dir = tmp.path().display()
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    assert!(running.tls);
+    let admin = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(running.s3_addr)
+        .await
+        .unwrap();
+    let stream = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (head, body) = admin.sign("GET", "/", &[], b"");
+    let r = exchange(stream, head.as_bytes(), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("ListAllMyBucketsResult"), "{}", r.text());
+
+    // Plain HTTP on the TLS port gets no S3 answer.
+    let mut tcp = tokio::net::TcpStream::connect(running.s3_addr)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut raw)).await;
+    assert!(
+        !raw.starts_with(b"HTTP/"),
+        "plain HTTP was answered on the HTTPS port"
+    );
+    running.shutdown().await;
+}
