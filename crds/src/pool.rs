@@ -171,6 +171,9 @@ pub struct PoolMember {
     /// The provider's node id.
     #[serde(default)]
     pub node_id: String,
+    /// Where gateways reach it, e.g. `https://10.42.0.7:7480`; empty while unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     /// Its failure domain for `spreadBy: zone`.
     #[serde(default)]
     pub zone: String,
