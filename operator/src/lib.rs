@@ -6,8 +6,10 @@
 //! their output.
 
 pub mod admin;
+pub mod controller;
 pub mod error;
 pub mod feasibility;
+pub mod http;
 pub mod metrics;
 pub mod render;
 pub mod repair;

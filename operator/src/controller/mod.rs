@@ -1,0 +1,472 @@
+//! The kube controllers: one per sublet kind, each an idempotent `reconcile` that renders
+//! the desired objects (see [`crate::render`]), server-side applies them with
+//! [`crate::FIELD_MANAGER`] and writes status through the status subresource.
+
+pub mod gateway;
+pub mod plan;
+pub mod pool;
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sublet_crds::{ProviderPool, StorageGateway, StoragePlan, StorageSchedule};
+use tracing::{info, warn};
+
+use crate::admin::AdminApi;
+use crate::metrics::Metrics;
+use crate::render::{Images, LABEL_POOL, kind_of};
+use crate::{Error, FIELD_MANAGER, Result};
+
+/// How often a healthy resource is looked at again without a change (provider health,
+/// plan health and repair queues are polled).
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// How long an invalid resource waits before it is looked at again without a change.
+pub const INVALID_RESYNC: Duration = Duration::from_secs(300);
+/// First retry after a failed reconcile; doubles per failure up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between retries of a failing reconcile.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Whether an external provider answers at its address.
+#[async_trait]
+pub trait Reachability: Send + Sync {
+    /// True when a TCP connection to `address` (`https://host:port` or `host:port`) opens.
+    async fn reachable(&self, address: &str) -> bool;
+}
+
+/// Opens a TCP connection with a short timeout.
+pub struct TcpReachability;
+
+#[async_trait]
+impl Reachability for TcpReachability {
+    async fn reachable(&self, address: &str) -> bool {
+        let host_port = address
+            .strip_prefix("https://")
+            .or_else(|| address.strip_prefix("http://"))
+            .unwrap_or(address)
+            .trim_end_matches('/');
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(host_port)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// Everything a reconcile needs besides the object.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Images of the pods the operator runs.
+    pub images: Images,
+    /// The operator's metrics.
+    pub metrics: Metrics,
+    /// The gateway admin API.
+    pub admin: Arc<dyn AdminApi>,
+    /// Reachability of external provider endpoints.
+    pub reachability: Arc<dyn Reachability>,
+    /// Who publishes Events.
+    pub reporter: Reporter,
+    /// The clock (fixed in tests).
+    pub now: Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context with the real clock.
+    pub fn new(
+        client: Client,
+        images: Images,
+        metrics: Metrics,
+        admin: Arc<dyn AdminApi>,
+        reachability: Arc<dyn Reachability>,
+    ) -> Self {
+        Context {
+            client,
+            images,
+            metrics,
+            admin,
+            reachability,
+            reporter: Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+            now: Arc::new(jiff::Timestamp::now),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the clock; for tests.
+    pub fn with_clock(mut self, now: impl Fn() -> jiff::Timestamp + Send + Sync + 'static) -> Self {
+        self.now = Arc::new(now);
+        self
+    }
+
+    /// Now in RFC 3339, for conditions and `lastSeen`.
+    pub fn now_text(&self) -> String {
+        (self.now)().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    }
+
+    /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
+            warn!(kind = kind_of::<K>(), name = %obj.name_any(), %err, "cannot publish event");
+        }
+    }
+
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        format!(
+            "{}/{}/{}",
+            kind_of::<K>(),
+            obj.namespace().unwrap_or_default(),
+            obj.name_any()
+        )
+    }
+
+    /// Forgets the failures of `obj` after a successful reconcile.
+    fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(&Self::key(obj));
+        }
+    }
+
+    /// Counts a failure of `obj` and returns how long to wait before the next try.
+    pub fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+        let n = match self.failures.lock() {
+            Ok(mut failures) => {
+                let n = failures.entry(Self::key(obj)).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+            Err(_) => 1,
+        };
+        backoff_after(n)
+    }
+}
+
+/// The wait after the `n`th consecutive failure: 5 s, 10 s, 20 s ... at most 5 minutes.
+pub fn backoff_after(n: u32) -> Duration {
+    let factor = 1u32 << n.saturating_sub(1).min(16);
+    MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// Server-side applies `obj` (with force: the operator owns these fields) and returns what
+/// the API server holds afterwards.
+pub async fn apply<K>(client: &Client, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug,
+{
+    let name = obj.name_any();
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(obj))
+        .await
+        .map_err(Error::kube("apply", kind_of::<K>(), name))
+}
+
+/// Creates `obj` unless an object of that name exists; an existing one is left untouched.
+/// Returns whether it was created.
+pub async fn create_if_missing<K>(client: &Client, obj: &K) -> Result<bool>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug,
+{
+    let name = obj.name_any();
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => {
+            info!(kind = kind_of::<K>(), %name, namespace = %ns, "created");
+            Ok(true)
+        }
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(false),
+        Err(err) => Err(Error::kube("create", kind_of::<K>(), name)(err)),
+    }
+}
+
+/// Merge-patches the status subresource of `obj` with `status`.
+pub async fn patch_status<K, S>(client: &Client, obj: &K, status: &S) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Serialize,
+{
+    let name = obj.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube("update status of", kind_of::<K>(), name))?;
+    Ok(())
+}
+
+/// Every object of kind `K` in `ns`.
+pub async fn list_all<K>(client: &Client, ns: &str) -> Result<Vec<K>>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list", kind_of::<K>(), format!("* in {ns}")))?
+        .items)
+}
+
+/// Runs `reconcile` with metrics and backoff bookkeeping.
+pub async fn instrumented<K, F>(obj: Arc<K>, ctx: Arc<Context>, reconcile: F) -> Result<Action>
+where
+    K: Resource<DynamicType = ()>,
+    F: Future<Output = Result<Action>>,
+{
+    let kind = kind_of::<K>();
+    ctx.metrics.reconciles.with_label_values(&[kind]).inc();
+    let timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&[kind])
+        .start_timer();
+    let result = reconcile.await;
+    timer.observe_duration();
+    if result.is_ok() {
+        ctx.succeeded(&*obj);
+    }
+    result
+}
+
+/// The error policy of every controller: count the failure, log it, retry with backoff.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let kind = kind_of::<K>();
+    ctx.metrics
+        .failures
+        .with_label_values(&[kind, error.metric_label()])
+        .inc();
+    let wait = ctx.backoff(&*obj);
+    warn!(kind, name = %obj.name_any(), %error, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn log_result<K: Resource<DynamicType = ()>, E: std::fmt::Display>(
+    result: Result<(ObjectRef<K>, Action), E>,
+) {
+    match result {
+        Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+        Err(err) => tracing::debug!(%err, "controller event"),
+    }
+}
+
+/// Maps any object of a namespace to every object of kind `K` in the same namespace held by
+/// `store` (a change to a plan re-renders every gateway's config).
+fn same_namespace<K, O>(
+    store: kube::runtime::reflector::Store<K>,
+) -> impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + Clone + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    O: Resource,
+{
+    move |other: O| {
+        let ns = other.namespace();
+        store
+            .state()
+            .iter()
+            .filter(|k| k.namespace() == ns)
+            .map(|k| ObjectRef::from_obj(&**k))
+            .collect()
+    }
+}
+
+/// Runs the four controllers until SIGTERM; `namespace` limits them to one namespace.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=sublet-operator");
+
+    let pools = Controller::new(api::<ProviderPool>(&client, ns), watcher::Config::default())
+        .owns(api::<DaemonSet>(&client, ns), managed.clone())
+        .owns(api::<StatefulSet>(&client, ns), managed.clone())
+        .owns(api::<Service>(&client, ns), managed.clone())
+        .watches(
+            api::<Pod>(&client, ns),
+            watcher::Config::default().labels("app.kubernetes.io/name=sublet-provider"),
+            |pod: Pod| {
+                let pool = pod.labels().get(LABEL_POOL)?.clone();
+                let ns = pod.namespace()?;
+                Some(ObjectRef::<ProviderPool>::new(&pool).within(&ns))
+            },
+        )
+        .shutdown_on_signal()
+        .run(
+            |obj, ctx| {
+                let o = obj.clone();
+                instrumented(o, ctx.clone(), pool::reconcile(obj, ctx))
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move { log_result(r) });
+
+    let gateway_controller = Controller::new(
+        api::<StorageGateway>(&client, ns),
+        watcher::Config::default(),
+    );
+    let gateway_store = gateway_controller.store();
+    let gateways = gateway_controller
+        .owns(api::<StatefulSet>(&client, ns), managed.clone())
+        .owns(api::<Deployment>(&client, ns), managed.clone())
+        .owns(api::<ConfigMap>(&client, ns), managed.clone())
+        .owns(api::<Service>(&client, ns), managed.clone())
+        .watches(
+            api::<StoragePlan>(&client, ns),
+            watcher::Config::default(),
+            same_namespace(gateway_store.clone()),
+        )
+        .watches(
+            api::<StorageSchedule>(&client, ns),
+            watcher::Config::default(),
+            same_namespace(gateway_store.clone()),
+        )
+        .watches(
+            api::<ProviderPool>(&client, ns),
+            watcher::Config::default(),
+            same_namespace(gateway_store),
+        )
+        .shutdown_on_signal()
+        .run(
+            |obj, ctx| {
+                let o = obj.clone();
+                instrumented(o, ctx.clone(), gateway::reconcile(obj, ctx))
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move { log_result(r) });
+
+    let plan_controller =
+        Controller::new(api::<StoragePlan>(&client, ns), watcher::Config::default());
+    let plan_store = plan_controller.store();
+    let plans = plan_controller
+        .owns(
+            api::<Job>(&client, ns),
+            watcher::Config::default().labels("app.kubernetes.io/name=sublet-repair"),
+        )
+        .watches(
+            api::<StorageSchedule>(&client, ns),
+            watcher::Config::default(),
+            same_namespace(plan_store.clone()),
+        )
+        .watches(
+            api::<ProviderPool>(&client, ns),
+            watcher::Config::default(),
+            same_namespace(plan_store),
+        )
+        .shutdown_on_signal()
+        .run(
+            |obj, ctx| {
+                let o = obj.clone();
+                instrumented(o, ctx.clone(), plan::reconcile(obj, ctx))
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move { log_result(r) });
+
+    let schedule_controller = Controller::new(
+        api::<StorageSchedule>(&client, ns),
+        watcher::Config::default(),
+    );
+    let schedule_store = schedule_controller.store();
+    let schedules = schedule_controller
+        .watches(
+            api::<StoragePlan>(&client, ns),
+            watcher::Config::default(),
+            same_namespace(schedule_store),
+        )
+        .shutdown_on_signal()
+        .run(
+            |obj, ctx| {
+                let o = obj.clone();
+                instrumented(o, ctx.clone(), schedule::reconcile(obj, ctx))
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|r| async move { log_result(r) });
+
+    tokio::join!(pools, gateways, plans, schedules);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff_after(1), Duration::from_secs(5));
+        assert_eq!(backoff_after(2), Duration::from_secs(10));
+        assert_eq!(backoff_after(4), Duration::from_secs(40));
+        assert_eq!(backoff_after(7), Duration::from_secs(300));
+        assert_eq!(backoff_after(u32::MAX), Duration::from_secs(300));
+    }
+}
