@@ -5,6 +5,8 @@
 pub mod gateway;
 pub mod plan;
 pub mod pool;
+#[cfg(test)]
+mod scenarios;
 pub mod schedule;
 
 use std::collections::HashMap;
