@@ -11,6 +11,7 @@ pub mod error;
 pub mod feasibility;
 pub mod http;
 pub mod metrics;
+pub mod rbac;
 pub mod render;
 pub mod repair;
 #[cfg(test)]

@@ -339,6 +339,27 @@ where
     }
 }
 
+/// Group and plural of every kind [`run`] lists and watches; keep in step with `run`. The
+/// RBAC test checks the ClusterRole allows each.
+pub fn watched() -> Vec<(String, String)> {
+    fn kind<K: Resource<DynamicType = ()>>() -> (String, String) {
+        (K::group(&()).into_owned(), K::plural(&()).into_owned())
+    }
+    vec![
+        kind::<ProviderPool>(),
+        kind::<StorageGateway>(),
+        kind::<StoragePlan>(),
+        kind::<StorageSchedule>(),
+        kind::<DaemonSet>(),
+        kind::<StatefulSet>(),
+        kind::<Deployment>(),
+        kind::<Service>(),
+        kind::<ConfigMap>(),
+        kind::<Pod>(),
+        kind::<Job>(),
+    ]
+}
+
 /// Runs the four controllers until SIGTERM; `namespace` limits them to one namespace.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();

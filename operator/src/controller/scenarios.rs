@@ -132,6 +132,14 @@ async fn next(handle: &mut Handle) -> Seen {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = decode(request.uri().query().unwrap_or_default());
+    // Every request a reconcile makes must be allowed by the operator's ClusterRole.
+    let role = crate::rbac::cluster_role().unwrap();
+    let (group, resource, verb) =
+        crate::rbac::request_attributes(method.as_str(), &path, &query).unwrap();
+    assert!(
+        crate::rbac::allows(&role, &group, &resource, &verb),
+        "operator/rbac.yaml does not allow {verb} on {group}/{resource} ({method} {path})"
+    );
     let bytes = request.into_body().collect_bytes().await.unwrap();
     let body = if bytes.is_empty() {
         Value::Null
