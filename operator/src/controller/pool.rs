@@ -105,11 +105,10 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             if pool.spec.endpoints.iter().any(|e| e.name == member.name) {
                 member.name = format!("{}-node", member.name);
             }
-            member.last_seen = if member.ready {
-                Some(now.clone())
-            } else {
-                previous.get(&member.name).and_then(|m| m.last_seen.clone())
-            };
+            let before = previous
+                .get(&member.name)
+                .and_then(|m| m.last_seen.as_deref());
+            member.last_seen = last_seen(member.ready, before, &ctx);
             members.push(member);
         }
     }
@@ -132,11 +131,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             capacity_bytes: before.map_or(0, |m| m.capacity_bytes),
             used_bytes: before.map_or(0, |m| m.used_bytes),
             score: before.map_or(0, |m| m.score),
-            last_seen: if ready {
-                Some(now.clone())
-            } else {
-                before.and_then(|m| m.last_seen.clone())
-            },
+            last_seen: last_seen(ready, before.and_then(|m| m.last_seen.as_deref()), &ctx),
         });
     }
     members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -188,6 +183,24 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
     );
     patch_status(&ctx.client, &*pool, &status).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// `lastSeen` moves in steps of this much, so a status patch that changes nothing else is a
+/// no-op: every status write triggers a reconcile, which would write again.
+pub const LAST_SEEN_STEP: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The `lastSeen` to report: now for a ready member unless the previous one is recent
+/// enough, else the previous one.
+pub(crate) fn last_seen(ready: bool, before: Option<&str>, ctx: &Context) -> Option<String> {
+    let recent = before
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|t| {
+            (ctx.now)().as_second() - t.as_second() < LAST_SEEN_STEP.as_secs().cast_signed()
+        });
+    match (ready, recent) {
+        (true, false) => Some(ctx.now_text()),
+        _ => before.map(str::to_owned),
+    }
 }
 
 /// Whether `Ready` moves to `ready` or its message changes, so an Event is worth sending.

@@ -671,3 +671,26 @@ async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
         "started 1 rebuild Jobs for 2500 objects due for repair"
     );
 }
+
+#[tokio::test]
+async fn last_seen_moves_in_steps_so_status_settles() {
+    let (ctx, _api) = context(Arc::new(MockAdmin::default()));
+    let seen = |ready, before| super::pool::last_seen(ready, before, &ctx);
+    // The clock says 02:00:00.
+    assert_eq!(seen(true, None).as_deref(), Some("2026-11-28T02:00:00Z"));
+    assert_eq!(
+        seen(true, Some("2026-11-28T01:58:00Z")).as_deref(),
+        Some("2026-11-28T01:58:00Z"),
+        "two minutes ago is recent enough"
+    );
+    assert_eq!(
+        seen(true, Some("2026-11-28T01:50:00Z")).as_deref(),
+        Some("2026-11-28T02:00:00Z")
+    );
+    assert_eq!(
+        seen(false, Some("2026-11-28T01:00:00Z")).as_deref(),
+        Some("2026-11-28T01:00:00Z"),
+        "a member that is down keeps when it was last seen"
+    );
+    assert_eq!(seen(false, None), None);
+}
