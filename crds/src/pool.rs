@@ -54,6 +54,10 @@ pub struct ProviderPoolSpec {
     /// Providers outside the cluster (a friend's NAS, a rented box), reached over the network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// Move every shard off this pool (repair rewrites them elsewhere) and place no new ones
+    /// on it. The operator sets it in the gateway config while a deleted pool drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<bool>,
 }
 
 /// Who pays for and controls a pool's hardware.

@@ -23,6 +23,11 @@
 //! more loss and they are gone); `repair.waiting` counts objects below `minHealthyShards`
 //! still inside the grace period. The gateway applies the grace period because it knows
 //! when each provider was last seen.
+//!
+//! `GET /admin/v1/pools/{pool}` answers `200` with what the gateway stores on a pool's
+//! providers, `{"pool": "home-lab", "shards": 120, "bytes": 2013265920}`, or `404` when it
+//! stores nothing there. A deleted pool is held by its finalizer until every gateway of the
+//! namespace reports 0 shards.
 
 use std::time::Duration;
 
@@ -75,11 +80,28 @@ pub struct RepairQueue {
     pub waiting: u64,
 }
 
-/// Reads plan health from a gateway's admin API.
+/// What a gateway stores on one pool's providers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolUsage {
+    /// The pool's name.
+    pub pool: String,
+    /// Shards on the pool's providers.
+    #[serde(default)]
+    pub shards: u64,
+    /// Bytes of those shards.
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// Reads plan health and pool usage from a gateway's admin API.
 #[async_trait]
 pub trait AdminApi: Send + Sync {
     /// Health of `plan` from the gateway whose admin API is at `admin_url`.
     async fn plan_health(&self, admin_url: &str, plan: &str) -> Result<PlanHealth>;
+
+    /// What the gateway at `admin_url` stores on `pool`.
+    async fn pool_usage(&self, admin_url: &str, pool: &str) -> Result<PoolUsage>;
 }
 
 /// The admin API over plain HTTP inside the cluster.
@@ -97,10 +119,9 @@ impl Default for HttpAdmin {
     }
 }
 
-#[async_trait]
-impl AdminApi for HttpAdmin {
-    async fn plan_health(&self, admin_url: &str, plan: &str) -> Result<PlanHealth> {
-        let url = format!("{}/admin/v1/plans/{plan}", admin_url.trim_end_matches('/'));
+impl HttpAdmin {
+    /// GETs `url` and parses the JSON answer; `None` on 404.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<Option<T>> {
         let fail = |message: String| Error::Admin {
             url: url.clone(),
             message,
@@ -116,13 +137,39 @@ impl AdminApi for HttpAdmin {
             .map_err(|_| fail("body not received in time".into()))?
             .map_err(|e| fail(e.to_string()))?
             .to_bytes();
+        if status == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         if !status.is_success() {
             return Err(fail(format!(
                 "answered {status}: {}",
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             )));
         }
-        serde_json::from_slice(&body).map_err(|e| fail(format!("unexpected JSON: {e}")))
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| fail(format!("unexpected JSON: {e}")))
+    }
+}
+
+#[async_trait]
+impl AdminApi for HttpAdmin {
+    async fn plan_health(&self, admin_url: &str, plan: &str) -> Result<PlanHealth> {
+        let url = format!("{}/admin/v1/plans/{plan}", admin_url.trim_end_matches('/'));
+        self.get_json(url.clone())
+            .await?
+            .ok_or_else(|| Error::Admin {
+                url,
+                message: "the gateway does not know the plan yet".into(),
+            })
+    }
+
+    async fn pool_usage(&self, admin_url: &str, pool: &str) -> Result<PoolUsage> {
+        let url = format!("{}/admin/v1/pools/{pool}", admin_url.trim_end_matches('/'));
+        Ok(self.get_json(url).await?.unwrap_or_else(|| PoolUsage {
+            pool: pool.to_owned(),
+            ..PoolUsage::default()
+        }))
     }
 }
 

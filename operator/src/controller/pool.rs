@@ -5,16 +5,24 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use sublet_crds::{ByteSize, Condition, PoolMember, ProviderPool, set_condition};
+use sublet_crds::{
+    ByteSize, Condition, PoolMember, ProviderPool, ProviderPoolStatus, StorageGateway,
+    set_condition,
+};
+use tracing::info;
 
-use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, patch_status};
+use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, list_all, patch_status};
+use crate::render::gateway::admin_url;
 use crate::render::gateway::provider_token_secret;
 use crate::render::provider::{IDENTITY_CONTAINER, ProviderWorkload, ZONE_LABEL, provider_objects};
 use crate::render::{APP_PROVIDER, PROVIDER_GRPC_PORT, dns_label, namespace_of};
 use crate::{Error, Result};
+
+/// Holds a deleted pool until no gateway stores shards on it.
+pub const FINALIZER: &str = "sublet.dev/drain";
 
 /// Reconciles one pool: workload and Service for in-cluster nodes, reachability of external
 /// endpoints, members and conditions in status.
@@ -23,6 +31,15 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
     let name = pool.name_any();
     let now = ctx.now_text();
     let mut status = pool.status.clone().unwrap_or_default();
+
+    if pool.metadata.deletion_timestamp.is_some() {
+        return drain(&pool, &ctx, status, &now).await;
+    }
+    if !pool.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = pool.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        set_finalizers(&pool, &ctx, finalizers).await?;
+    }
 
     let problems = pool.spec.validate();
     if !problems.is_empty() {
@@ -182,6 +199,85 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         &now,
     );
     patch_status(&ctx.client, &*pool, &status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Replaces the pool's finalizers; the resourceVersion makes a concurrent change fail rather
+/// than be overwritten.
+async fn set_finalizers(pool: &ProviderPool, ctx: &Context, finalizers: Vec<String>) -> Result<()> {
+    let name = pool.name_any();
+    let mut metadata = serde_json::json!({ "finalizers": finalizers });
+    if let Some(version) = &pool.metadata.resource_version {
+        metadata["resourceVersion"] = serde_json::json!(version);
+    }
+    Api::<ProviderPool>::namespaced(ctx.client.clone(), &namespace_of(pool)?)
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "metadata": metadata })),
+        )
+        .await
+        .map_err(Error::kube("update finalizers of", "ProviderPool", name))?;
+    Ok(())
+}
+
+/// A deleted pool: its providers keep running (the finalizer holds the owner references)
+/// while the gateways, told by `drain: true` in their config, move its shards elsewhere.
+/// Once every gateway of the namespace reports no shards on it, the finalizer goes.
+async fn drain(
+    pool: &ProviderPool,
+    ctx: &Context,
+    mut status: ProviderPoolStatus,
+    now: &str,
+) -> Result<Action> {
+    if !pool.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = pool.name_any();
+    let gateways: Vec<StorageGateway> = list_all(&ctx.client, &namespace_of(pool)?).await?;
+    let mut held = Vec::new();
+    for gateway in &gateways {
+        match ctx.admin.pool_usage(&admin_url(gateway)?, &name).await {
+            Ok(usage) if usage.shards == 0 => {}
+            Ok(usage) => held.push(format!(
+                "StorageGateway {} stores {} shards ({}) here",
+                gateway.name_any(),
+                usage.shards,
+                ByteSize::from_bytes(usage.bytes)
+            )),
+            Err(err) => held.push(format!(
+                "StorageGateway {} cannot tell what it stores here ({err})",
+                gateway.name_any()
+            )),
+        }
+    }
+    if held.is_empty() {
+        let finalizers = pool
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        set_finalizers(pool, ctx, finalizers).await?;
+        info!(pool = %name, "pool drained; its providers go");
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "deleting: {}; repair moves the shards to other pools before the providers go \
+         (remove finalizer {FINALIZER} to delete now and lose them)",
+        held.join("; ")
+    );
+    let changed = ready_changed(&status.conditions, false, &message);
+    set_condition(
+        &mut status.conditions,
+        Condition::new("Ready", false, "Draining", message.clone()),
+        now,
+    );
+    patch_status(&ctx.client, pool, &status).await?;
+    if changed {
+        ctx.event(pool, EventType::Normal, "Draining", message, "Drain")
+            .await;
+    }
     Ok(Action::requeue(RESYNC))
 }
 

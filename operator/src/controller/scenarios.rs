@@ -13,17 +13,18 @@ use tokio::task::JoinHandle;
 
 use super::Context;
 use crate::Result;
-use crate::admin::{AdminApi, PlanHealth, RepairQueue};
+use crate::admin::{AdminApi, PlanHealth, PoolUsage, RepairQueue};
 use crate::metrics::Metrics;
 use crate::render::Images;
 use crate::testing::{NS, gateway, plan, pool, pool_member, schedule};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-/// The health every plan reports, and the plans asked about.
+/// The health every plan reports, the shards every pool holds, and what was asked.
 #[derive(Default)]
 struct MockAdmin {
     health: PlanHealth,
+    pool_shards: u64,
     asked: Mutex<Vec<(String, String)>>,
 }
 
@@ -37,6 +38,18 @@ impl AdminApi for MockAdmin {
         Ok(PlanHealth {
             plan: plan.to_owned(),
             ..self.health.clone()
+        })
+    }
+
+    async fn pool_usage(&self, admin_url: &str, pool: &str) -> Result<PoolUsage> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((admin_url.to_owned(), pool.to_owned()));
+        Ok(PoolUsage {
+            pool: pool.to_owned(),
+            shards: self.pool_shards,
+            bytes: self.pool_shards << 20,
         })
     }
 }
@@ -227,6 +240,18 @@ async fn new_pool_gets_its_daemon_set_service_and_members() {
     let echo_pool = serde_json::to_value(&home).unwrap();
     let node_id = "0123456789abcdef0123456789abcdef";
     let scenario = tokio::spawn(async move {
+        let finalizer = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab"),
+        )
+        .await;
+        assert_eq!(
+            finalizer.body,
+            json!({"metadata": {"finalizers": ["sublet.dev/drain"]}})
+        );
+        finalizer.ok(&echo_pool);
+
         let token = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
         assert_eq!(token.body["metadata"]["name"], "sublet-provider-token");
         token.already_exists();
@@ -693,4 +718,97 @@ async fn last_seen_moves_in_steps_so_status_settles() {
         "a member that is down keeps when it was last seen"
     );
     assert_eq!(seen(false, None), None);
+}
+
+fn deleted_pool() -> sublet_crds::ProviderPool {
+    let mut p = pool(
+        "home-lab",
+        "class: owned\nnodes: {selector: {}, storage: {hostPath: /x, capacity: 1Gi}}",
+    );
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-11-28T01:59:00Z".parse().unwrap(),
+    ));
+    p.metadata.finalizers = Some(vec!["example.com/other".into(), "sublet.dev/drain".into()]);
+    p.metadata.resource_version = Some("42".into());
+    p
+}
+
+#[tokio::test]
+async fn deleting_a_pool_with_shards_is_held_by_its_finalizer() {
+    let admin = Arc::new(MockAdmin {
+        pool_shards: 120,
+        ..MockAdmin::default()
+    });
+    let (ctx, mut api) = context(admin.clone());
+    let home = deleted_pool();
+    let echo = serde_json::to_value(&home).unwrap();
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        // No finalizer change, no workload change: only the reason in status and an Event.
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["reason"], "Draining");
+        event.echo();
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(home), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        *admin.asked.lock().unwrap(),
+        [(
+            "http://s3-admin.storage.svc:9001".to_owned(),
+            "home-lab".to_owned()
+        )]
+    );
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "Draining");
+    assert_eq!(
+        ready["message"],
+        "deleting: StorageGateway s3 stores 120 shards (120Mi) here; repair moves the shards to other pools before the providers go (remove finalizer sublet.dev/drain to delete now and lose them)"
+    );
+}
+
+#[tokio::test]
+async fn drained_pool_releases_its_finalizer_and_keeps_the_others() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let home = deleted_pool();
+    let echo = serde_json::to_value(&home).unwrap();
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let patch = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab"),
+        )
+        .await;
+        assert_eq!(
+            patch.body,
+            json!({"metadata": {"finalizers": ["example.com/other"], "resourceVersion": "42"}})
+        );
+        patch.ok(&echo);
+    });
+    let action = super::pool::reconcile(Arc::new(home), ctx).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    scenario.await.unwrap();
 }

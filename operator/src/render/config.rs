@@ -108,6 +108,9 @@ pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
             owner: pool.spec.owner.clone(),
             nodes: None,
             endpoints,
+            // A deleted pool is held by its finalizer until the gateways moved its shards.
+            drain: (pool.metadata.deletion_timestamp.is_some() || pool.spec.drain == Some(true))
+                .then_some(true),
         },
     )
 }
@@ -385,6 +388,28 @@ mod tests {
             }]
         );
         assert_eq!(rendered.hash.len(), 16);
+    }
+
+    #[test]
+    fn deleted_pool_is_drained() {
+        let (mut pools, plans, schedules) = inventory_fixture();
+        pools[1].metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-28T02:00:00Z".parse().unwrap(),
+            ));
+        let gw = gateway("s3", "defaultPlan: photos");
+        let rendered = render_config(
+            &gw,
+            Inventory {
+                pools: &pools,
+                plans: &plans,
+                schedules: &schedules,
+            },
+        )
+        .unwrap();
+        let config = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
+        assert_eq!(config.pools["friends"].spec.drain, Some(true));
+        assert_eq!(config.pools["home-lab"].spec.drain, None);
     }
 
     #[test]
