@@ -10,6 +10,7 @@ pub mod controller;
 pub mod error;
 pub mod feasibility;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod rbac;
 pub mod render;

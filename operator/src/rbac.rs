@@ -108,6 +108,18 @@ mod tests {
         assert!(!allows(&role, "", "pods", "delete"));
     }
 
+    /// `leader::LeaseLock` gets, creates and replaces its Lease.
+    #[test]
+    fn leader_election_is_allowed() {
+        let role = cluster_role().unwrap();
+        for verb in ["get", "create", "update"] {
+            assert!(
+                allows(&role, "coordination.k8s.io", "leases", verb),
+                "{verb} leases"
+            );
+        }
+    }
+
     /// Every kind the controllers watch (see `controller::run`) may be listed and watched.
     #[test]
     fn watched_kinds_are_allowed() {

@@ -812,3 +812,38 @@ async fn drained_pool_releases_its_finalizer_and_keeps_the_others() {
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     scenario.await.unwrap();
 }
+
+#[tokio::test]
+async fn lease_is_created_when_missing_and_left_to_a_live_holder() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let lock = crate::leader::LeaseLock::new(
+        ctx.client.clone(),
+        NS,
+        "sublet-operator",
+        "me",
+        std::time::Duration::from_secs(15),
+    );
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/storage/leases";
+    let scenario =
+        tokio::spawn(async move {
+            expect(&mut api, Method::GET, &format!("{LEASES}/sublet-operator"))
+                .await
+                .not_found();
+            let create = expect(&mut api, Method::POST, LEASES).await;
+            assert_eq!(create.body["spec"]["holderIdentity"], "me");
+            assert_eq!(create.body["spec"]["leaseDurationSeconds"], 15);
+            create.echo();
+            // Another replica renewed a moment ago: nothing is written.
+            let now = jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            expect(&mut api, Method::GET, &format!("{LEASES}/sublet-operator")).await.ok(&json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "sublet-operator", "namespace": NS, "resourceVersion": "7"},
+            "spec": {"holderIdentity": "other", "leaseDurationSeconds": 15, "renewTime": now}
+        }));
+        });
+    assert!(lock.try_acquire().await.unwrap());
+    assert!(!lock.try_acquire().await.unwrap());
+    scenario.await.unwrap();
+}
