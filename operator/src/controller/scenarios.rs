@@ -847,3 +847,83 @@ async fn lease_is_created_when_missing_and_left_to_a_live_holder() {
     assert!(!lock.try_acquire().await.unwrap());
     scenario.await.unwrap();
 }
+
+/// Reconciles gateway `s3` once over `plans` with every Secret already there; returns the
+/// config applied and the hash on the pod template.
+async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let gw = gateway("s3", "defaultPlan: photos");
+    let echo_gw = serde_json::to_value(&gw).unwrap();
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", vec![]));
+        for _ in 0..3 {
+            expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
+                .await
+                .already_exists();
+        }
+        let cm = next(&mut api).await;
+        cm.assert_apply(&format!("{CORE}/configmaps/s3-config"));
+        let yaml = cm.body["data"]["sublet.yaml"].as_str().unwrap().to_owned();
+        cm.echo();
+        next(&mut api).await.echo();
+        next(&mut api).await.echo();
+        let sts = next(&mut api).await;
+        sts.assert_apply("/apis/apps/v1/namespaces/storage/statefulsets/s3");
+        let hash =
+            sts.body["spec"]["template"]["metadata"]["annotations"]["sublet.dev/config-hash"]
+                .clone();
+        sts.echo();
+        expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storagegateways/s3/status"),
+        )
+        .await
+        .ok(&echo_gw);
+        (yaml, hash)
+    });
+    run(
+        Box::pin(super::gateway::reconcile(Arc::new(gw), ctx)),
+        scenario,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn changed_plan_rerenders_the_config_and_rolls_the_gateway() {
+    let photos = |segment: &str| {
+        serde_json::to_value(plan(
+            "photos",
+            &format!("redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}\nsegmentSize: {segment}\nplacement: {{pools: [{{name: friends}}]}}"),
+        ))
+        .unwrap()
+    };
+    let (before, hash_before) = reconcile_gateway_with(vec![photos("16Mi")]).await;
+    let (again, hash_again) = reconcile_gateway_with(vec![photos("16Mi")]).await;
+    let (after, hash_after) = reconcile_gateway_with(vec![photos("4Mi")]).await;
+    assert_eq!(
+        (&before, &hash_before),
+        (&again, &hash_again),
+        "same resources, same config"
+    );
+    assert_ne!(hash_before, hash_after, "the pods roll");
+    let plan = |yaml: &str| {
+        sublet_crds::load_str("sublet.yaml", yaml).unwrap().plans["photos"]
+            .spec
+            .segment_size
+            .to_string()
+    };
+    assert_eq!(
+        (plan(&before), plan(&after)),
+        ("16Mi".to_owned(), "4Mi".to_owned())
+    );
+}
