@@ -8,7 +8,7 @@ use clap::Parser;
 use std::time::Duration;
 use sublet_operator::admin::HttpAdmin;
 
-use sublet_operator::controller::{self, Context, TcpReachability};
+use sublet_operator::controller::{self, Context, NetworkProbe};
 use sublet_operator::leader::LeaseLock;
 use sublet_operator::metrics::Metrics;
 use sublet_operator::render::Images;
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         },
         metrics.clone(),
         Arc::new(HttpAdmin::default()),
-        Arc::new(TcpReachability),
+        Arc::new(NetworkProbe::default()),
     ));
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("*"),

@@ -16,7 +16,7 @@ use kube::core::ApiResource;
 use sublet_crds::{ProviderPool, StorageGateway, StoragePlan, StorageSchedule};
 use sublet_operator::FIELD_MANAGER;
 use sublet_operator::admin::HttpAdmin;
-use sublet_operator::controller::{self, Context, TcpReachability};
+use sublet_operator::controller::{self, Context, NetworkProbe};
 use sublet_operator::metrics::Metrics;
 use sublet_operator::render::Images;
 
@@ -85,7 +85,7 @@ async fn examples_become_a_serving_gateway() {
         Images::default(),
         Metrics::new(),
         Arc::new(HttpAdmin::default()),
-        Arc::new(TcpReachability),
+        Arc::new(NetworkProbe::default()),
     ));
     let controllers = tokio::spawn(controller::run(ctx, Some(ns.clone())));
 

@@ -46,18 +46,65 @@ pub const MIN_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest wait between retries of a failing reconcile.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Whether an external provider answers at its address.
-#[async_trait]
-pub trait Reachability: Send + Sync {
-    /// True when a TCP connection to `address` (`https://host:port` or `host:port`) opens.
-    async fn reachable(&self, address: &str) -> bool;
+/// What a provider's `/metrics` says about its space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProviderUsage {
+    /// `sublet_provider_capacity_bytes`.
+    pub capacity_bytes: u64,
+    /// `sublet_provider_used_bytes`.
+    pub used_bytes: u64,
 }
 
-/// Opens a TCP connection with a short timeout.
-pub struct TcpReachability;
+/// Reads `sublet_provider_capacity_bytes` and `sublet_provider_used_bytes` from the
+/// Prometheus text of a provider's `/metrics`; `None` when either is missing.
+pub fn parse_provider_metrics(text: &str) -> Option<ProviderUsage> {
+    let value = |name: &str| {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // `name 123` or `name{labels} 123`, not `name_total 4`.
+            let rest = rest
+                .strip_prefix(' ')
+                .or_else(|| rest.split_once("} ").map(|(_, v)| v))?;
+            let number: f64 = rest.split_whitespace().next()?.parse().ok()?;
+            (number.is_finite() && number >= 0.0).then_some(number as u64)
+        })
+    };
+    Some(ProviderUsage {
+        capacity_bytes: value("sublet_provider_capacity_bytes")?,
+        used_bytes: value("sublet_provider_used_bytes")?,
+    })
+}
+
+/// How the operator looks at providers.
+#[async_trait]
+pub trait ProviderProbe: Send + Sync {
+    /// True when a TCP connection to `address` (`https://host:port` or `host:port`) opens.
+    async fn reachable(&self, address: &str) -> bool;
+    /// Space figures from the provider metrics at `metrics_url`; `None` when unavailable.
+    async fn usage(&self, metrics_url: &str) -> Option<ProviderUsage>;
+}
+
+/// Probes over the network with short timeouts.
+pub struct NetworkProbe {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+}
+
+impl Default for NetworkProbe {
+    fn default() -> Self {
+        NetworkProbe {
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+        }
+    }
+}
 
 #[async_trait]
-impl Reachability for TcpReachability {
+impl ProviderProbe for NetworkProbe {
     async fn reachable(&self, address: &str) -> bool {
         let host_port = address
             .strip_prefix("https://")
@@ -73,6 +120,27 @@ impl Reachability for TcpReachability {
             Ok(Ok(_))
         )
     }
+
+    async fn usage(&self, metrics_url: &str) -> Option<ProviderUsage> {
+        use http_body_util::BodyExt;
+        let uri: http::Uri = metrics_url.parse().ok()?;
+        let fetch = async {
+            let response = self.client.get(uri).await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            response
+                .into_body()
+                .collect()
+                .await
+                .ok()
+                .map(|b| b.to_bytes())
+        };
+        let body = tokio::time::timeout(Duration::from_secs(3), fetch)
+            .await
+            .ok()??;
+        parse_provider_metrics(&String::from_utf8_lossy(&body))
+    }
 }
 
 /// Everything a reconcile needs besides the object.
@@ -85,8 +153,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// The gateway admin API.
     pub admin: Arc<dyn AdminApi>,
-    /// Reachability of external provider endpoints.
-    pub reachability: Arc<dyn Reachability>,
+    /// Reachability and space of providers.
+    pub probe: Arc<dyn ProviderProbe>,
     /// Who publishes Events.
     pub reporter: Reporter,
     /// The clock (fixed in tests).
@@ -101,14 +169,14 @@ impl Context {
         images: Images,
         metrics: Metrics,
         admin: Arc<dyn AdminApi>,
-        reachability: Arc<dyn Reachability>,
+        probe: Arc<dyn ProviderProbe>,
     ) -> Self {
         Context {
             client,
             images,
             metrics,
             admin,
-            reachability,
+            probe,
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance: std::env::var("POD_NAME").ok(),
@@ -483,6 +551,22 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_metrics_give_capacity_and_use() {
+        let text = "# HELP sublet_provider_used_bytes Bytes stored\n# TYPE sublet_provider_used_bytes gauge\nsublet_provider_used_bytes 1048576\nsublet_provider_used_bytes_total 9\nsublet_provider_capacity_bytes{zone=\"a\"} 5.36870912e+09\n";
+        assert_eq!(
+            parse_provider_metrics(text),
+            Some(ProviderUsage {
+                capacity_bytes: 5 << 30,
+                used_bytes: 1 << 20
+            })
+        );
+        assert_eq!(
+            parse_provider_metrics("sublet_provider_used_bytes 1\n"),
+            None
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

@@ -18,7 +18,9 @@ use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, list_all,
 use crate::render::gateway::admin_url;
 use crate::render::gateway::provider_token_secret;
 use crate::render::provider::{IDENTITY_CONTAINER, ProviderWorkload, ZONE_LABEL, provider_objects};
-use crate::render::{APP_PROVIDER, PROVIDER_GRPC_PORT, dns_label, namespace_of};
+use crate::render::{
+    APP_PROVIDER, PROVIDER_GRPC_PORT, PROVIDER_HTTP_PORT, dns_label, namespace_of,
+};
 use crate::{Error, Result};
 
 /// Holds a deleted pool until no gateway stores shards on it.
@@ -119,6 +121,20 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
                 zones.insert(node.clone(), zone);
             }
             let mut member = member_of_pod(pod, &node, &zones[&node], capacity);
+            if member.ready
+                && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+            {
+                let host = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_owned()
+                };
+                let url = format!("http://{host}:{PROVIDER_HTTP_PORT}/metrics");
+                if let Some(usage) = ctx.probe.usage(&url).await {
+                    member.capacity_bytes = usage.capacity_bytes;
+                    member.used_bytes = usage.used_bytes;
+                }
+            }
             if pool.spec.endpoints.iter().any(|e| e.name == member.name) {
                 member.name = format!("{}-node", member.name);
             }
@@ -130,7 +146,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         }
     }
     for endpoint in &pool.spec.endpoints {
-        let ready = ctx.reachability.reachable(&endpoint.address).await;
+        let ready = ctx.probe.reachable(&endpoint.address).await;
         let before = previous.get(&endpoint.name);
         members.push(PoolMember {
             name: endpoint.name.clone(),

@@ -54,12 +54,21 @@ impl AdminApi for MockAdmin {
     }
 }
 
+/// Every endpoint answers; every provider reports 5 GiB capacity with 1 GiB used.
 struct AlwaysReachable;
 
 #[async_trait::async_trait]
-impl super::Reachability for AlwaysReachable {
+impl super::ProviderProbe for AlwaysReachable {
     async fn reachable(&self, _: &str) -> bool {
         true
+    }
+
+    async fn usage(&self, metrics_url: &str) -> Option<super::ProviderUsage> {
+        assert_eq!(metrics_url, "http://10.42.0.7:7481/metrics");
+        Some(super::ProviderUsage {
+            capacity_bytes: 5 << 30,
+            used_bytes: 1 << 30,
+        })
     }
 }
 
@@ -318,13 +327,15 @@ async fn new_pool_gets_its_daemon_set_service_and_members() {
     .await;
     let status: ProviderPoolStatus = serde_json::from_value(body["status"].clone()).unwrap();
     let mut ready = pool_member("node-a", "https://10.42.0.7:7480", node_id, "kitchen", true);
-    ready.capacity_bytes = 500 << 30;
+    // What the provider's /metrics said, not the spec.
+    ready.capacity_bytes = 5 << 30;
+    ready.used_bytes = 1 << 30;
     ready.last_seen = Some("2026-11-28T02:00:00Z".into());
     let mut pending = pool_member("node-b", "", "", "Node.B", false);
     pending.capacity_bytes = 500 << 30;
     assert_eq!(status.members, [ready, pending]);
     assert_eq!(status.ready_members.as_deref(), Some("1/2"));
-    assert_eq!(status.capacity.as_deref(), Some("500Gi/500Gi"));
+    assert_eq!(status.capacity.as_deref(), Some("4Gi/5Gi"));
     let cond = sublet_crds::find_condition(&status.conditions, "Ready").unwrap();
     assert_eq!(cond.status, sublet_crds::ConditionStatus::True);
     assert_eq!(cond.message, "1 of 2 providers ready");
