@@ -39,6 +39,9 @@ use crate::{Error, FIELD_MANAGER, Result};
 /// How often a healthy resource is looked at again without a change (provider health,
 /// plan health and repair queues are polled).
 pub const RESYNC: Duration = Duration::from_secs(60);
+/// Shortest time between two fetches of a resource's outside figures; see
+/// [`Context::poll_due`].
+pub const POLL_INTERVAL: Duration = Duration::from_secs(30);
 /// How long an invalid resource waits before it is looked at again without a change.
 pub const INVALID_RESYNC: Duration = Duration::from_secs(300);
 /// First retry after a failed reconcile; doubles per failure up to [`MAX_BACKOFF`].
@@ -160,6 +163,7 @@ pub struct Context {
     /// The clock (fixed in tests).
     pub now: Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>,
     failures: Mutex<HashMap<String, u32>>,
+    polled: Mutex<HashMap<String, jiff::Timestamp>>,
 }
 
 impl Context {
@@ -183,6 +187,7 @@ impl Context {
             },
             now: Arc::new(jiff::Timestamp::now),
             failures: Mutex::new(HashMap::new()),
+            polled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -217,6 +222,25 @@ impl Context {
         if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
             warn!(kind = kind_of::<K>(), name = %obj.name_any(), %err, "cannot publish event");
         }
+    }
+
+    /// Whether `obj`'s outside figures (provider metrics and reachability, gateway health)
+    /// should be fetched again, and if so, notes that they are. Every status write triggers
+    /// a reconcile; fetching at most every [`POLL_INTERVAL`] lets that reconcile find
+    /// nothing new, so status settles even while figures change under writes.
+    pub fn poll_due<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
+        let now = (self.now)();
+        let Ok(mut polled) = self.polled.lock() else {
+            return true;
+        };
+        let key = Self::key(obj);
+        let due = polled.get(&key).is_none_or(|last| {
+            now.as_second() - last.as_second() >= POLL_INTERVAL.as_secs().cast_signed()
+        });
+        if due {
+            polled.insert(key, now);
+        }
+        due
     }
 
     fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {

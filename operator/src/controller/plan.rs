@@ -105,6 +105,9 @@ pub async fn reconcile(plan: Arc<StoragePlan>, ctx: Arc<Context>) -> Result<Acti
                 ),
                 &now,
             ),
+            // Health and repairs were looked at moments ago (this reconcile is most likely
+            // the echo of that status write): keep what status says.
+            Some(_) if !ctx.poll_due(&*plan) => {}
             Some(gateway) => {
                 let schedule = plan
                     .spec

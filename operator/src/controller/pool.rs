@@ -69,6 +69,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         .iter()
         .map(|m| (m.name.clone(), m.clone()))
         .collect();
+    let poll = ctx.poll_due(&*pool);
     let mut members = Vec::new();
     if let Some(nodes) = &pool.spec.nodes {
         create_if_missing(&ctx.client, &provider_token_secret(&ns)).await?;
@@ -121,7 +122,14 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
                 zones.insert(node.clone(), zone);
             }
             let mut member = member_of_pod(pod, &node, &zones[&node], capacity);
+            let before = previous.get(&member.name);
             if member.ready
+                && !poll
+                && let Some(before) = before
+            {
+                member.capacity_bytes = before.capacity_bytes;
+                member.used_bytes = before.used_bytes;
+            } else if member.ready
                 && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
             {
                 let host = if ip.contains(':') {
@@ -146,8 +154,11 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         }
     }
     for endpoint in &pool.spec.endpoints {
-        let ready = ctx.probe.reachable(&endpoint.address).await;
         let before = previous.get(&endpoint.name);
+        let ready = match before {
+            Some(before) if !poll => before.ready,
+            _ => ctx.probe.reachable(&endpoint.address).await,
+        };
         members.push(PoolMember {
             name: endpoint.name.clone(),
             node_id: endpoint

@@ -611,6 +611,12 @@ async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
     .unwrap()];
     let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
     let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let again = (
+        plans.clone(),
+        schedules.clone(),
+        pools.clone(),
+        gateways.clone(),
+    );
     let scenario = tokio::spawn(async move {
         expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
             .await
@@ -680,10 +686,13 @@ async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
         .await;
         let body = status.body.clone();
         status.ok(&echo);
-        body
+        (body, api)
     });
-    let body = run(
-        Box::pin(super::plan::reconcile(Arc::new(photos), ctx)),
+    let (body, mut api) = run(
+        Box::pin(super::plan::reconcile(
+            Arc::new(photos.clone()),
+            ctx.clone(),
+        )),
         scenario,
     )
     .await;
@@ -706,6 +715,43 @@ async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
         find("Repairing").message,
         "started 1 rebuild Jobs for 2500 objects due for repair"
     );
+
+    // The status write triggers the next reconcile at once: it must neither poll the gateway
+    // nor start another Job, and must write the same status, so the loop ends there.
+    let mut written = photos;
+    written.status = Some(status.clone());
+    let echo = serde_json::to_value(&written).unwrap();
+    let (plans, schedules, pools, gateways) = again;
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", schedules));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let patch = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageplans/photos/status"),
+        )
+        .await;
+        let body = patch.body.clone();
+        patch.ok(&echo);
+        body
+    });
+    let second = run(
+        Box::pin(super::plan::reconcile(Arc::new(written), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(second["status"], body["status"]);
+    assert_eq!(admin.asked.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
