@@ -593,6 +593,17 @@ mod tests {
     }
 
     #[test]
+    fn bytes_for_people() {
+        use super::pool::human_bytes;
+        assert_eq!(human_bytes(0), "0");
+        assert_eq!(human_bytes(1000), "1000");
+        assert_eq!(human_bytes(512 << 20), "512Mi");
+        assert_eq!(human_bytes(3 << 39), "1.5Ti");
+        assert_eq!(human_bytes((4 << 30) + (1 << 20)), "4Gi", "rounds down");
+        assert_eq!(human_bytes(u64::MAX), "16383.9Pi");
+    }
+
+    #[test]
     fn backoff_doubles_up_to_five_minutes() {
         assert_eq!(backoff_after(1), Duration::from_secs(5));
         assert_eq!(backoff_after(2), Duration::from_secs(10));

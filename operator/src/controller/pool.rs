@@ -122,6 +122,9 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
                 zones.insert(node.clone(), zone);
             }
             let mut member = member_of_pod(pod, &node, &zones[&node], capacity);
+            if pool.spec.endpoints.iter().any(|e| e.name == member.name) {
+                member.name = format!("{}-node", member.name);
+            }
             let before = previous.get(&member.name);
             if member.ready
                 && !poll
@@ -142,9 +145,6 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
                     member.capacity_bytes = usage.capacity_bytes;
                     member.used_bytes = usage.used_bytes;
                 }
-            }
-            if pool.spec.endpoints.iter().any(|e| e.name == member.name) {
-                member.name = format!("{}-node", member.name);
             }
             let before = previous
                 .get(&member.name)
@@ -194,8 +194,8 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         .sum();
     status.capacity = Some(format!(
         "{}/{}",
-        ByteSize::from_bytes(total.saturating_sub(used)),
-        ByteSize::from_bytes(total)
+        human_bytes(total.saturating_sub(used)),
+        human_bytes(total)
     ));
     let condition = if ready > 0 {
         Condition::new(
@@ -270,7 +270,7 @@ async fn drain(
                 "StorageGateway {} stores {} shards ({}) here",
                 gateway.name_any(),
                 usage.shards,
-                ByteSize::from_bytes(usage.bytes)
+                human_bytes(usage.bytes)
             )),
             Err(err) => held.push(format!(
                 "StorageGateway {} cannot tell what it stores here ({err})",
@@ -324,6 +324,28 @@ pub(crate) fn last_seen(ready: bool, before: Option<&str>, ctx: &Context) -> Opt
         (true, false) => Some(ctx.now_text()),
         _ => before.map(str::to_owned),
     }
+}
+
+/// Bytes for people: `0`, `512Mi`, `1.5Ti` (one decimal, binary units).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 5] = [
+        ("Pi", 1 << 50),
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
+    for (unit, factor) in UNITS {
+        if bytes >= factor {
+            let tenths = u128::from(bytes) * 10 / u128::from(factor);
+            return if tenths % 10 == 0 {
+                format!("{}{unit}", tenths / 10)
+            } else {
+                format!("{}.{}{unit}", tenths / 10, tenths % 10)
+            };
+        }
+    }
+    bytes.to_string()
 }
 
 /// Whether `Ready` moves to `ready` or its message changes, so an Event is worth sending.
