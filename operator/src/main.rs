@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or ~/.kube/config)")?;
-    let metrics = Metrics::new();
+    let metrics = Metrics::new().context("cannot set up metrics")?;
     let ctx = Arc::new(Context::new(
         client,
         Images {

@@ -19,27 +19,21 @@ pub struct Metrics {
     pub repair_jobs: IntCounterVec,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
     /// Fresh metrics in their own registry.
-    pub fn new() -> Self {
+    pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let reconciles = IntCounterVec::new(
             Opts::new("sublet_operator_reconciles_total", "Reconciles started"),
             &["kind"],
-        );
+        )?;
         let failures = IntCounterVec::new(
             Opts::new(
                 "sublet_operator_reconcile_failures_total",
                 "Reconciles that failed",
             ),
             &["kind", "error"],
-        );
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "sublet_operator_reconcile_duration_seconds",
@@ -47,33 +41,26 @@ impl Metrics {
             )
             .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["kind"],
-        );
+        )?;
         let repair_jobs = IntCounterVec::new(
             Opts::new("sublet_operator_repair_jobs_total", "Rebuild Jobs created"),
             &["plan"],
-        );
-        // The names and label sets are constants; registration can only fail on a
-        // duplicate, which a fresh registry cannot have.
-        let (Ok(reconciles), Ok(failures), Ok(duration), Ok(repair_jobs)) =
-            (reconciles, failures, duration, repair_jobs)
-        else {
-            unreachable!("metric definitions are constant and valid")
-        };
+        )?;
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(repair_jobs.clone()),
         ] {
-            let _ = registry.register(collector);
+            registry.register(collector)?;
         }
-        Metrics {
+        Ok(Metrics {
             registry,
             reconciles,
             failures,
             duration,
             repair_jobs,
-        }
+        })
     }
 
     /// The metrics in the Prometheus text format.
@@ -85,12 +72,13 @@ impl Metrics {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn failures_show_up_by_kind() {
-        let m = Metrics::new();
+        let m = Metrics::new().unwrap();
         m.failures
             .with_label_values(&["ProviderPool", "kube"])
             .inc();

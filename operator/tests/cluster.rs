@@ -83,7 +83,7 @@ async fn examples_become_a_serving_gateway() {
     let ctx = Arc::new(Context::new(
         client.clone(),
         Images::default(),
-        Metrics::new(),
+        Metrics::new().unwrap(),
         Arc::new(HttpAdmin::default()),
         Arc::new(NetworkProbe::default()),
     ));

@@ -117,11 +117,15 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
                 continue;
             };
-            if !zones.contains_key(&node) {
-                let zone = node_zone(&ctx, &node).await?;
-                zones.insert(node.clone(), zone);
-            }
-            let mut member = member_of_pod(pod, &node, &zones[&node], capacity);
+            let zone = match zones.get(&node) {
+                Some(zone) => zone.clone(),
+                None => {
+                    let zone = node_zone(&ctx, &node).await?;
+                    zones.insert(node.clone(), zone.clone());
+                    zone
+                }
+            };
+            let mut member = member_of_pod(pod, &node, &zone, capacity);
             if pool.spec.endpoints.iter().any(|e| e.name == member.name) {
                 member.name = format!("{}-node", member.name);
             }

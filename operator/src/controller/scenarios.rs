@@ -78,7 +78,7 @@ fn context(admin: Arc<MockAdmin>) -> (Arc<Context>, Handle) {
     let ctx = Context::new(
         client,
         Images::default(),
-        Metrics::new(),
+        Metrics::new().unwrap(),
         admin,
         Arc::new(AlwaysReachable),
     )
