@@ -984,3 +984,90 @@ async fn changed_plan_rerenders_the_config_and_rolls_the_gateway() {
         ("16Mi".to_owned(), "4Mi".to_owned())
     );
 }
+
+#[tokio::test]
+async fn schedule_reports_queued_and_running_repairs_of_its_plans() {
+    let admin = Arc::new(MockAdmin {
+        health: PlanHealth {
+            repair: RepairQueue {
+                due: 7,
+                at_risk: 0,
+                waiting: 5,
+            },
+            ..PlanHealth::default()
+        },
+        ..MockAdmin::default()
+    });
+    let (ctx, mut api) = context(admin.clone());
+    let nightly = schedule("nightly", "rebuild: {maxConcurrentJobs: 2}");
+    let echo = serde_json::to_value(&nightly).unwrap();
+    let schedules = vec![echo.clone()];
+    let plans = vec![
+        serde_json::to_value(plan(
+            "photos",
+            "redundancy: {replicas: 1}\nschedule: nightly",
+        ))
+        .unwrap(),
+        // Another schedule's plan is not counted.
+        serde_json::to_value(plan("other", "redundancy: {replicas: 1}")).unwrap(),
+    ];
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", schedules));
+        let jobs = expect(
+            &mut api,
+            Method::GET,
+            "/apis/batch/v1/namespaces/storage/jobs",
+        )
+        .await;
+        assert!(
+            jobs.query
+                .contains("labelSelector=sublet.dev/schedule=nightly"),
+            "{}",
+            jobs.query
+        );
+        jobs.ok(&list(
+            "Job",
+            vec![
+                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "a"}, "status": {"active": 1}}),
+                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "b"}, "status": {"succeeded": 1}}),
+            ],
+        ));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageschedules/nightly/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        body
+    });
+    let body = run(
+        Box::pin(super::schedule::reconcile(Arc::new(nightly), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(body["status"]["runningRepairs"], 1);
+    assert_eq!(body["status"]["queuedRepairs"], 12);
+    assert_eq!(body["status"]["conditions"][0]["status"], "True");
+    assert_eq!(
+        *admin.asked.lock().unwrap(),
+        [(
+            "http://s3-admin.storage.svc:9001".to_owned(),
+            "photos".to_owned()
+        )]
+    );
+}

@@ -7,11 +7,15 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use sublet_crds::{Condition, ProviderPool, StoragePlan, StorageSchedule, set_condition};
+use sublet_crds::{
+    Condition, ProviderPool, StorageGateway, StoragePlan, StorageSchedule, set_condition,
+};
+use tracing::warn;
 
 use super::pool::{WithGeneration, ready_changed};
 use super::{Context, RESYNC, list_all, patch_status};
 use crate::render::config::{Inventory, select};
+use crate::render::gateway::admin_url;
 use crate::render::{LABEL_SCHEDULE, namespace_of};
 use crate::{Error, Result};
 
@@ -77,6 +81,31 @@ pub async fn reconcile(schedule: Arc<StorageSchedule>, ctx: Arc<Context>) -> Res
         .iter()
         .filter(|j| j.status.as_ref().and_then(|s| s.active).unwrap_or(0) > 0)
         .count() as u64;
+    // Objects waiting for repair in the plans of this schedule that the config serves.
+    if ctx.poll_due(&*schedule) {
+        let mut gateways: Vec<StorageGateway> = list_all(&ctx.client, &ns).await?;
+        gateways.sort_by_key(|g| g.name_any());
+        if let Some(gateway) = gateways.first() {
+            let url = admin_url(gateway)?;
+            let mut queued = 0u64;
+            let mut known = true;
+            for plan in &selection.plans {
+                if plan.spec.schedule.as_deref() != Some(name.as_str()) {
+                    continue;
+                }
+                match ctx.admin.plan_health(&url, &plan.name_any()).await {
+                    Ok(health) => queued += health.repair.due + health.repair.waiting,
+                    Err(err) => {
+                        warn!(schedule = %name, %err, "cannot read the repair queue");
+                        known = false;
+                    }
+                }
+            }
+            if known {
+                status.queued_repairs = queued;
+            }
+        }
+    }
     patch_status(&ctx.client, &*schedule, &status).await?;
     Ok(Action::requeue(RESYNC))
 }
