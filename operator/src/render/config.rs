@@ -524,3 +524,107 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod examples {
+    use super::*;
+    use crate::testing::pool_member;
+
+    /// Reads `crds/examples/` (one resource per file; `standalone.yaml` is for `sublet serve`).
+    fn examples() -> (
+        Vec<ProviderPool>,
+        Vec<StoragePlan>,
+        Vec<StorageSchedule>,
+        Vec<StorageGateway>,
+    ) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
+        let (mut pools, mut plans, mut schedules, mut gateways) = (vec![], vec![], vec![], vec![]);
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            if file.file_name().is_some_and(|n| n == "standalone.yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            let meta = |name: &str| kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("storage".into()),
+                uid: Some(format!("uid-{name}")),
+                ..Default::default()
+            };
+            let name = value["metadata"]["name"].as_str().unwrap().to_owned();
+            match value["kind"].as_str().unwrap() {
+                "ProviderPool" => {
+                    let mut p: ProviderPool = serde_yaml::from_value(value).unwrap();
+                    p.metadata = meta(&name);
+                    pools.push(p);
+                }
+                "StoragePlan" => {
+                    let mut p: StoragePlan = serde_yaml::from_value(value).unwrap();
+                    p.metadata = meta(&name);
+                    plans.push(p);
+                }
+                "StorageSchedule" => {
+                    let mut s: StorageSchedule = serde_yaml::from_value(value).unwrap();
+                    s.metadata = meta(&name);
+                    schedules.push(s);
+                }
+                "StorageGateway" => {
+                    let mut g: StorageGateway = serde_yaml::from_value(value).unwrap();
+                    g.metadata = meta(&name);
+                    gateways.push(g);
+                }
+                other => panic!("{}: unexpected kind {other}", file.display()),
+            }
+        }
+        (pools, plans, schedules, gateways)
+    }
+
+    #[test]
+    fn shipped_examples_render_into_a_config_the_gateway_loads() {
+        let (mut pools, plans, schedules, gateways) = examples();
+        assert_eq!(gateways.len(), 1);
+        // What the pool controller reports once provider pods run on six labelled nodes.
+        for pool in &mut pools {
+            if pool.spec.nodes.is_some() {
+                let name = pool.metadata.name.clone().unwrap();
+                pool.status = Some(sublet_crds::ProviderPoolStatus {
+                    members: (1..=6)
+                        .map(|i| {
+                            pool_member(
+                                &format!("{name}-node-{i}"),
+                                &format!("https://10.42.{i}.{}:7480", name.len()),
+                                &format!("{i:032x}"),
+                                &format!("zone-{i}"),
+                                true,
+                            )
+                        })
+                        .collect(),
+                    ..Default::default()
+                });
+            }
+        }
+        let rendered = render_config(
+            &gateways[0],
+            Inventory {
+                pools: &pools,
+                plans: &plans,
+                schedules: &schedules,
+            },
+        )
+        .unwrap();
+        assert_eq!(rendered.excluded, [], "{}", rendered.yaml);
+        let config = sublet_crds::load_str("sublet.yaml", &rendered.yaml).unwrap();
+        assert_eq!(config.plans.len(), plans.len());
+        assert_eq!(config.pools.len(), pools.len());
+        assert_eq!(config.pools["home-lab"].spec.endpoints.len(), 6);
+        // The rented pool keeps its external endpoint next to its in-cluster members.
+        assert_eq!(config.pools["rented"].spec.endpoints.len(), 7);
+        assert_eq!(config.gateway().unwrap().spec.default_plan, "family-photos");
+    }
+}
