@@ -1071,3 +1071,106 @@ async fn schedule_reports_queued_and_running_repairs_of_its_plans() {
         )]
     );
 }
+
+#[tokio::test]
+async fn finished_repair_jobs_are_reported_once() {
+    // Nothing is due any more: the finished Jobs are reported and no new one starts.
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let photos = plan(
+        "photos",
+        "redundancy: {erasure: {dataShards: 2, parityShards: 1}}\nplacement: {pools: [{name: friends}]}\nschedule: nightly",
+    );
+    let echo = serde_json::to_value(&photos).unwrap();
+    let plans = vec![echo.clone()];
+    let schedules = vec![serde_json::to_value(schedule("nightly", "{}")).unwrap()];
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let job = |name: &str, condition: &str, reported: bool| {
+        let mut job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": NS,
+                "labels": {"sublet.dev/plan": "photos", "sublet.dev/schedule": "nightly"}},
+            "status": {"conditions": [{"type": condition, "status": "True"}]}});
+        if reported {
+            job["metadata"]["annotations"] = json!({"sublet.dev/reported": "succeeded"});
+        }
+        job
+    };
+    let jobs = vec![
+        job("photos-repair-done", "Complete", false),
+        job("photos-repair-old", "Complete", true),
+        job("photos-repair-bad", "Failed", false),
+    ];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", schedules));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        expect(
+            &mut api,
+            Method::GET,
+            "/apis/batch/v1/namespaces/storage/jobs",
+        )
+        .await
+        .ok(&list("Job", jobs));
+        let mut reported = Vec::new();
+        for (name, reason, outcome) in [
+            ("photos-repair-done", "RepairSucceeded", "succeeded"),
+            ("photos-repair-bad", "RepairFailed", "failed"),
+        ] {
+            let event = expect(
+                &mut api,
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/storage/events",
+            )
+            .await;
+            assert_eq!(event.body["reason"], reason);
+            assert_eq!(event.body["regarding"]["name"], "photos");
+            event.echo();
+            let patch = expect(
+                &mut api,
+                Method::PATCH,
+                &format!("/apis/batch/v1/namespaces/storage/jobs/{name}"),
+            )
+            .await;
+            assert_eq!(
+                patch.body,
+                json!({"metadata": {"annotations": {"sublet.dev/reported": outcome}}})
+            );
+            patch.ok(&json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}}));
+            reported.push(name);
+        }
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageplans/photos/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        (body, reported)
+    });
+    let (body, reported) = run(
+        Box::pin(super::plan::reconcile(Arc::new(photos), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(reported, ["photos-repair-done", "photos-repair-bad"]);
+    let status: sublet_crds::StoragePlanStatus =
+        serde_json::from_value(body["status"].clone()).unwrap();
+    let last = sublet_crds::find_condition(&status.conditions, "LastRepairSucceeded").unwrap();
+    assert_eq!(last.status, sublet_crds::ConditionStatus::False);
+    assert_eq!(last.message, "Job photos-repair-bad");
+    let repairing = sublet_crds::find_condition(&status.conditions, "Repairing").unwrap();
+    assert_eq!(
+        (repairing.status, repairing.reason.as_str()),
+        (sublet_crds::ConditionStatus::False, "Idle")
+    );
+}
