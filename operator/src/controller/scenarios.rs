@@ -1174,3 +1174,58 @@ async fn finished_repair_jobs_are_reported_once() {
         (sublet_crds::ConditionStatus::False, "Idle")
     );
 }
+
+#[tokio::test]
+async fn claim_pool_gets_a_stateful_set_sized_by_the_matching_nodes() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let mut rented = pool(
+        "rented",
+        "class: rented\nnodes: {selector: {matchLabels: {sublet.dev/pool: rented}}, storage: {volumeClaimTemplate: {storageClassName: fast, size: 200Gi}}}",
+    );
+    rented.metadata.finalizers = Some(vec!["sublet.dev/drain".into()]);
+    let echo = serde_json::to_value(&rented).unwrap();
+    let node = |name: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    let scenario = tokio::spawn(async move {
+        // The finalizer is there already: no metadata patch.
+        expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
+            .await
+            .already_exists();
+        let nodes = expect(&mut api, Method::GET, "/api/v1/nodes").await;
+        assert!(
+            nodes.query.contains("labelSelector=sublet.dev/pool=rented"),
+            "{}",
+            nodes.query
+        );
+        nodes.ok(&list("Node", vec![node("r1"), node("r2"), node("r3")]));
+        next(&mut api).await.echo(); // the headless Service
+        let sts = next(&mut api).await;
+        sts.assert_apply("/apis/apps/v1/namespaces/storage/statefulsets/rented-provider");
+        assert_eq!(sts.body["spec"]["replicas"], 3);
+        assert_eq!(
+            sts.body["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            "fast"
+        );
+        sts.echo();
+        expect(&mut api, Method::GET, &format!("{CORE}/pods"))
+            .await
+            .ok(&list("Pod", vec![]));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/rented/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(rented), ctx)),
+        scenario,
+    )
+    .await;
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "NoProviders");
+    assert_eq!(body["status"]["readyMembers"], "0/0");
+}
