@@ -160,6 +160,25 @@ pub fn select(
         .collect();
     let gateway = gateway.map(standalone_gateway);
     let mut excluded: BTreeMap<(String, String), String> = BTreeMap::new();
+    // An in-cluster pool whose provider pods have no address yet has nothing to offer; say
+    // so rather than let the loader ask for `nodes` or `endpoints`, which it has.
+    for pool in inventory.pools {
+        let name = pool.name_any();
+        if pool.spec.nodes.is_some()
+            && pool.spec.validate().is_empty()
+            && pools
+                .get(&name)
+                .is_some_and(|p| p.spec.endpoints.is_empty())
+        {
+            excluded.insert(
+                ("ProviderPool".into(), name.clone()),
+                format!(
+                    "status.members: no provider pod of the pool is running yet; check that nodes carry \
+                     the labels of spec.nodes.selector (kubectl get pods -l sublet.dev/pool={name})"
+                ),
+            );
+        }
+    }
     loop {
         let keep =
             |kind: &str, name: &String| !excluded.contains_key(&(kind.to_owned(), name.clone()));
@@ -495,7 +514,7 @@ mod tests {
             selection
                 .reason("ProviderPool", "home-lab")
                 .unwrap()
-                .contains("a pool needs providers")
+                .contains("no provider pod of the pool is running yet")
         );
         assert!(
             selection
