@@ -120,6 +120,23 @@ mod tests {
         }
     }
 
+    /// Owners of objects with `blockOwnerDeletion` must allow updating their finalizers.
+    #[test]
+    fn owners_allow_block_owner_deletion() {
+        let role = cluster_role().unwrap();
+        for owner in ["providerpools", "storageplans", "storagegateways"] {
+            assert!(
+                allows(
+                    &role,
+                    "sublet.dev",
+                    &format!("{owner}/finalizers"),
+                    "update"
+                ),
+                "{owner}"
+            );
+        }
+    }
+
     /// Every kind the controllers watch (see `controller::run`) may be listed and watched.
     #[test]
     fn watched_kinds_are_allowed() {
