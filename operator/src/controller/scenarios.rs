@@ -168,6 +168,25 @@ async fn next(handle: &mut Handle) -> Seen {
     } else {
         serde_json::from_slice(&bytes).unwrap()
     };
+    // Setting blockOwnerDeletion needs update on the owner's finalizers.
+    for owner in body["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if owner["blockOwnerDeletion"] == true {
+            let plural = format!("{}s", owner["kind"].as_str().unwrap().to_lowercase());
+            assert!(
+                crate::rbac::allows(
+                    &role,
+                    "sublet.dev",
+                    &format!("{plural}/finalizers"),
+                    "update"
+                ),
+                "operator/rbac.yaml does not allow update on {plural}/finalizers"
+            );
+        }
+    }
     Seen {
         method,
         path,
