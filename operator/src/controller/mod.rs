@@ -402,12 +402,16 @@ where
     }
 }
 
-fn log_result<K: Resource<DynamicType = ()>, E: std::fmt::Display>(
-    result: Result<(ObjectRef<K>, Action), E>,
+fn log_result<K: Resource<DynamicType = ()>, Q: std::fmt::Display>(
+    result: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<Error, Q>>,
 ) {
+    use kube::runtime::controller::Error as ControllerError;
     match result {
         Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
-        Err(err) => tracing::debug!(%err, "controller event"),
+        // error_policy has logged it with the retry delay.
+        Err(ControllerError::ReconcilerFailed(..) | ControllerError::ObjectNotFound(_)) => {}
+        // Watch failures (a CRD not installed, RBAC missing) stop reconciles: say so loudly.
+        Err(err) => warn!(kind = kind_of::<K>(), %err, "watch failed; retrying"),
     }
 }
 
