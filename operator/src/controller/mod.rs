@@ -577,6 +577,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -593,6 +594,35 @@ mod tests {
         assert_eq!(
             parse_provider_metrics("sublet_provider_used_bytes 1\n"),
             None
+        );
+    }
+
+    #[tokio::test]
+    async fn network_probe_reads_a_provider_over_http() {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async {
+                "sublet_provider_capacity_bytes 2048\nsublet_provider_used_bytes 1024\n"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let probe = NetworkProbe::default();
+        assert_eq!(
+            probe.usage(&format!("http://{addr}/metrics")).await,
+            Some(ProviderUsage {
+                capacity_bytes: 2048,
+                used_bytes: 1024
+            })
+        );
+        assert_eq!(probe.usage(&format!("http://{addr}/nothing")).await, None);
+        assert!(probe.reachable(&format!("https://{addr}")).await);
+        server.abort();
+        let _ = server.await;
+        assert!(
+            !probe.reachable(&format!("{addr}")).await,
+            "nothing listens any more"
         );
     }
 
