@@ -54,6 +54,10 @@ pub struct ProviderPoolSpec {
     /// Providers outside the cluster (a friend's NAS, a rented box), reached over the network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// Move every shard off this pool (repair rewrites them elsewhere) and place no new ones
+    /// on it. The operator sets it in the gateway config while a deleted pool drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<bool>,
 }
 
 /// Who pays for and controls a pool's hardware.
@@ -171,6 +175,9 @@ pub struct PoolMember {
     /// The provider's node id.
     #[serde(default)]
     pub node_id: String,
+    /// Where gateways reach it, e.g. `https://10.42.0.7:7480`; empty while unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     /// Its failure domain for `spreadBy: zone`.
     #[serde(default)]
     pub zone: String,

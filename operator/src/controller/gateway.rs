@@ -1,0 +1,162 @@
+//! StorageGateway: the config rendered from the namespace's resources, Secrets created once,
+//! the workload and Services applied, ready replicas and endpoint in status.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use sublet_crds::{
+    Condition, ProviderPool, StorageGateway, StoragePlan, StorageSchedule, set_condition,
+};
+
+use super::pool::{WithGeneration, ready_changed};
+use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, list_all, patch_status};
+use crate::render::config::{Inventory, render_config};
+use crate::render::gateway::{
+    GatewayWorkload, credentials_secret, endpoint, gateway_objects, master_key_secret,
+    provider_token_secret,
+};
+use crate::render::namespace_of;
+use crate::{Error, Result};
+
+/// Reconciles one gateway.
+pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = namespace_of(&*gateway)?;
+    let now = ctx.now_text();
+    let mut status = gateway.status.clone().unwrap_or_default();
+
+    let problems = gateway.spec.validate();
+    if !problems.is_empty() {
+        let message = problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return not_ready(&gateway, &ctx, status, "Invalid", message, &now).await;
+    }
+
+    let pools: Vec<ProviderPool> = list_all(&ctx.client, &ns).await?;
+    let plans: Vec<StoragePlan> = list_all(&ctx.client, &ns).await?;
+    let schedules: Vec<StorageSchedule> = list_all(&ctx.client, &ns).await?;
+    let inventory = Inventory {
+        pools: &pools,
+        plans: &plans,
+        schedules: &schedules,
+    };
+    let config = match render_config(&gateway, inventory) {
+        Ok(config) => config,
+        // The last good config and workload stay in place; the gateway keeps serving.
+        Err(Error::Config { message, .. }) => {
+            return not_ready(&gateway, &ctx, status, "ConfigInvalid", message, &now).await;
+        }
+        Err(other) => return Err(other),
+    };
+
+    create_if_missing(&ctx.client, &provider_token_secret(&ns)).await?;
+    if create_if_missing(&ctx.client, &master_key_secret(&gateway)?).await? {
+        ctx.event(
+            &*gateway,
+            EventType::Normal,
+            "MasterKeyCreated",
+            format!(
+                "created Secret {}-master-key; back it up: without it no object can be read",
+                gateway.name_any()
+            ),
+            "CreateSecret",
+        )
+        .await;
+    }
+    create_if_missing(&ctx.client, &credentials_secret(&gateway)?).await?;
+
+    let objects = gateway_objects(&gateway, &ctx.images, &config)?;
+    apply(&ctx.client, &objects.config_map).await?;
+    apply(&ctx.client, &objects.service).await?;
+    apply(&ctx.client, &objects.admin_service).await?;
+    let ready_replicas = match &objects.workload {
+        GatewayWorkload::StatefulSet(sts) => apply(&ctx.client, sts)
+            .await?
+            .status
+            .and_then(|s| s.ready_replicas),
+        GatewayWorkload::Deployment(d) => apply(&ctx.client, d)
+            .await?
+            .status
+            .and_then(|s| s.ready_replicas),
+    };
+    let ready_replicas = u32::try_from(ready_replicas.unwrap_or(0)).unwrap_or(0);
+
+    status.ready_replicas = ready_replicas;
+    status.endpoint = Some(endpoint(&gateway)?);
+    let ready = if ready_replicas > 0 {
+        Condition::new(
+            "Ready",
+            true,
+            "Serving",
+            format!(
+                "{ready_replicas} of {} replicas ready",
+                gateway.spec.replicas
+            ),
+        )
+    } else {
+        Condition::new(
+            "Ready",
+            false,
+            "Starting",
+            format!("0 of {} replicas ready", gateway.spec.replicas),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        ready.with_generation(&*gateway),
+        &now,
+    );
+    let complete = if config.excluded.is_empty() {
+        Condition::new(
+            "ConfigComplete",
+            true,
+            "AllResourcesIncluded",
+            "every pool, plan and schedule of the namespace is in the config",
+        )
+    } else {
+        let left_out: Vec<String> = config
+            .excluded
+            .iter()
+            .map(|e| format!("{}/{}: {}", e.kind, e.name, e.reason))
+            .collect();
+        Condition::new(
+            "ConfigComplete",
+            false,
+            "ResourcesLeftOut",
+            format!("left out of the config: {}", left_out.join("; ")),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        complete.with_generation(&*gateway),
+        &now,
+    );
+    patch_status(&ctx.client, &*gateway, &status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn not_ready(
+    gateway: &StorageGateway,
+    ctx: &Context,
+    mut status: sublet_crds::StorageGatewayStatus,
+    reason: &str,
+    message: String,
+    now: &str,
+) -> Result<Action> {
+    let changed = ready_changed(&status.conditions, false, &message);
+    set_condition(
+        &mut status.conditions,
+        Condition::new("Ready", false, reason, message.clone()).with_generation(gateway),
+        now,
+    );
+    patch_status(&ctx.client, gateway, &status).await?;
+    if changed {
+        ctx.event(gateway, EventType::Warning, reason, message, "Reconcile")
+            .await;
+    }
+    Ok(Action::requeue(INVALID_RESYNC))
+}

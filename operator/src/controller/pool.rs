@@ -1,0 +1,426 @@
+//! ProviderPool: provider pods on the selected nodes, members and their health in status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use sublet_crds::{
+    ByteSize, Condition, PoolMember, ProviderPool, ProviderPoolStatus, StorageGateway,
+    set_condition,
+};
+use tracing::info;
+
+use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, list_all, patch_status};
+use crate::render::gateway::admin_url;
+use crate::render::gateway::provider_token_secret;
+use crate::render::provider::{IDENTITY_CONTAINER, ProviderWorkload, ZONE_LABEL, provider_objects};
+use crate::render::{
+    APP_PROVIDER, PROVIDER_GRPC_PORT, PROVIDER_HTTP_PORT, dns_label, namespace_of,
+};
+use crate::{Error, Result};
+
+/// Holds a deleted pool until no gateway stores shards on it.
+pub const FINALIZER: &str = "sublet.dev/drain";
+
+/// Reconciles one pool: workload and Service for in-cluster nodes, reachability of external
+/// endpoints, members and conditions in status.
+pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = namespace_of(&*pool)?;
+    let name = pool.name_any();
+    let now = ctx.now_text();
+    let mut status = pool.status.clone().unwrap_or_default();
+
+    if pool.metadata.deletion_timestamp.is_some() {
+        return drain(&pool, &ctx, status, &now).await;
+    }
+    if !pool.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = pool.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        set_finalizers(&pool, &ctx, finalizers).await?;
+    }
+
+    let problems = pool.spec.validate();
+    if !problems.is_empty() {
+        let message = problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let changed = ready_changed(&status.conditions, false, &message);
+        set_condition(
+            &mut status.conditions,
+            Condition::new("Ready", false, "Invalid", message.clone()),
+            &now,
+        );
+        patch_status(&ctx.client, &*pool, &status).await?;
+        if changed {
+            ctx.event(&*pool, EventType::Warning, "Invalid", message, "Validate")
+                .await;
+        }
+        return Ok(Action::requeue(INVALID_RESYNC));
+    }
+
+    let previous: BTreeMap<String, PoolMember> = status
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), m.clone()))
+        .collect();
+    let poll = ctx.poll_due(&*pool);
+    let mut members = Vec::new();
+    if let Some(nodes) = &pool.spec.nodes {
+        create_if_missing(&ctx.client, &provider_token_secret(&ns)).await?;
+        let matching_nodes = if nodes.storage.volume_claim_template.is_some() {
+            let selector = selector_text(&nodes.selector.match_labels);
+            Api::<Node>::all(ctx.client.clone())
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(Error::kube("list", "Node", selector))?
+                .items
+                .len()
+        } else {
+            0
+        };
+        if let Some(objects) = provider_objects(&pool, &ctx.images, matching_nodes)? {
+            apply(&ctx.client, &objects.service).await?;
+            match &objects.workload {
+                ProviderWorkload::DaemonSet(ds) => {
+                    apply(&ctx.client, ds).await?;
+                }
+                ProviderWorkload::StatefulSet(sts) => {
+                    apply(&ctx.client, sts).await?;
+                }
+            }
+        }
+        let capacity = nodes
+            .storage
+            .capacity
+            .as_ref()
+            .or(nodes
+                .storage
+                .volume_claim_template
+                .as_ref()
+                .map(|c| &c.size))
+            .map_or(0, ByteSize::bytes);
+        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default().labels(&format!(
+                "app.kubernetes.io/name={APP_PROVIDER},app.kubernetes.io/instance={name}"
+            )))
+            .await
+            .map_err(Error::kube("list", "Pod", format!("providers of {name}")))?
+            .items;
+        let mut zones: BTreeMap<String, String> = BTreeMap::new();
+        for pod in &pods {
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+                continue;
+            };
+            let zone = match zones.get(&node) {
+                Some(zone) => zone.clone(),
+                None => {
+                    let zone = node_zone(&ctx, &node).await?;
+                    zones.insert(node.clone(), zone.clone());
+                    zone
+                }
+            };
+            let mut member = member_of_pod(pod, &node, &zone, capacity);
+            if pool.spec.endpoints.iter().any(|e| e.name == member.name) {
+                member.name = format!("{}-node", member.name);
+            }
+            let before = previous.get(&member.name);
+            if member.ready
+                && !poll
+                && let Some(before) = before
+            {
+                member.capacity_bytes = before.capacity_bytes;
+                member.used_bytes = before.used_bytes;
+            } else if member.ready
+                && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+            {
+                let host = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_owned()
+                };
+                let url = format!("http://{host}:{PROVIDER_HTTP_PORT}/metrics");
+                if let Some(usage) = ctx.probe.usage(&url).await {
+                    member.capacity_bytes = usage.capacity_bytes;
+                    member.used_bytes = usage.used_bytes;
+                }
+            }
+            let before = previous
+                .get(&member.name)
+                .and_then(|m| m.last_seen.as_deref());
+            member.last_seen = last_seen(member.ready, before, &ctx);
+            members.push(member);
+        }
+    }
+    for endpoint in &pool.spec.endpoints {
+        let before = previous.get(&endpoint.name);
+        let ready = match before {
+            Some(before) if !poll => before.ready,
+            _ => ctx.probe.reachable(&endpoint.address).await,
+        };
+        members.push(PoolMember {
+            name: endpoint.name.clone(),
+            node_id: endpoint
+                .node_id
+                .clone()
+                .or_else(|| before.map(|m| m.node_id.clone()))
+                .unwrap_or_default(),
+            address: endpoint.address.clone(),
+            zone: endpoint
+                .zone
+                .clone()
+                .unwrap_or_else(|| endpoint.name.clone()),
+            ready,
+            capacity_bytes: before.map_or(0, |m| m.capacity_bytes),
+            used_bytes: before.map_or(0, |m| m.used_bytes),
+            score: before.map_or(0, |m| m.score),
+            last_seen: last_seen(ready, before.and_then(|m| m.last_seen.as_deref()), &ctx),
+        });
+    }
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let ready = members.iter().filter(|m| m.ready).count();
+    status.ready_members = Some(format!("{ready}/{}", members.len()));
+    let total: u64 = members
+        .iter()
+        .filter(|m| m.ready)
+        .map(|m| m.capacity_bytes)
+        .sum();
+    let used: u64 = members
+        .iter()
+        .filter(|m| m.ready)
+        .map(|m| m.used_bytes)
+        .sum();
+    status.capacity = Some(format!(
+        "{}/{}",
+        human_bytes(total.saturating_sub(used)),
+        human_bytes(total)
+    ));
+    let condition = if ready > 0 {
+        Condition::new(
+            "Ready",
+            true,
+            "ProvidersReady",
+            format!("{ready} of {} providers ready", members.len()),
+        )
+    } else if members.is_empty() {
+        Condition::new(
+            "Ready",
+            false,
+            "NoProviders",
+            "no provider pods yet; check that nodes carry the labels of spec.nodes.selector",
+        )
+    } else {
+        Condition::new(
+            "Ready",
+            false,
+            "NoProviderReady",
+            format!("none of the {} providers is ready", members.len()),
+        )
+    };
+    status.members = members;
+    set_condition(
+        &mut status.conditions,
+        condition.with_generation(&*pool),
+        &now,
+    );
+    patch_status(&ctx.client, &*pool, &status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Replaces the pool's finalizers; the resourceVersion makes a concurrent change fail rather
+/// than be overwritten.
+async fn set_finalizers(pool: &ProviderPool, ctx: &Context, finalizers: Vec<String>) -> Result<()> {
+    let name = pool.name_any();
+    let mut metadata = serde_json::json!({ "finalizers": finalizers });
+    if let Some(version) = &pool.metadata.resource_version {
+        metadata["resourceVersion"] = serde_json::json!(version);
+    }
+    Api::<ProviderPool>::namespaced(ctx.client.clone(), &namespace_of(pool)?)
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "metadata": metadata })),
+        )
+        .await
+        .map_err(Error::kube("update finalizers of", "ProviderPool", name))?;
+    Ok(())
+}
+
+/// A deleted pool: its providers keep running (the finalizer holds the owner references)
+/// while the gateways, told by `drain: true` in their config, move its shards elsewhere.
+/// Once every gateway of the namespace reports no shards on it, the finalizer goes.
+async fn drain(
+    pool: &ProviderPool,
+    ctx: &Context,
+    mut status: ProviderPoolStatus,
+    now: &str,
+) -> Result<Action> {
+    if !pool.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = pool.name_any();
+    let gateways: Vec<StorageGateway> = list_all(&ctx.client, &namespace_of(pool)?).await?;
+    let mut held = Vec::new();
+    for gateway in &gateways {
+        match ctx.admin.pool_usage(&admin_url(gateway)?, &name).await {
+            Ok(usage) if usage.shards == 0 => {}
+            Ok(usage) => held.push(format!(
+                "StorageGateway {} stores {} shards ({}) here",
+                gateway.name_any(),
+                usage.shards,
+                human_bytes(usage.bytes)
+            )),
+            Err(err) => held.push(format!(
+                "StorageGateway {} cannot tell what it stores here ({err})",
+                gateway.name_any()
+            )),
+        }
+    }
+    if held.is_empty() {
+        let finalizers = pool
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        set_finalizers(pool, ctx, finalizers).await?;
+        info!(pool = %name, "pool drained; its providers go");
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "deleting: {}; repair moves the shards to other pools before the providers go \
+         (remove finalizer {FINALIZER} to delete now and lose them)",
+        held.join("; ")
+    );
+    let changed = ready_changed(&status.conditions, false, &message);
+    set_condition(
+        &mut status.conditions,
+        Condition::new("Ready", false, "Draining", message.clone()),
+        now,
+    );
+    patch_status(&ctx.client, pool, &status).await?;
+    if changed {
+        ctx.event(pool, EventType::Normal, "Draining", message, "Drain")
+            .await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// `lastSeen` moves in steps of this much, so a status patch that changes nothing else is a
+/// no-op: every status write triggers a reconcile, which would write again.
+pub const LAST_SEEN_STEP: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The `lastSeen` to report: now for a ready member unless the previous one is recent
+/// enough, else the previous one.
+pub(crate) fn last_seen(ready: bool, before: Option<&str>, ctx: &Context) -> Option<String> {
+    let recent = before
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|t| {
+            (ctx.now)().as_second() - t.as_second() < LAST_SEEN_STEP.as_secs().cast_signed()
+        });
+    match (ready, recent) {
+        (true, false) => Some(ctx.now_text()),
+        _ => before.map(str::to_owned),
+    }
+}
+
+/// Bytes for people: `0`, `512Mi`, `1.5Ti` (one decimal, binary units).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 5] = [
+        ("Pi", 1 << 50),
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
+    for (unit, factor) in UNITS {
+        if bytes >= factor {
+            let tenths = u128::from(bytes) * 10 / u128::from(factor);
+            return if tenths % 10 == 0 {
+                format!("{}{unit}", tenths / 10)
+            } else {
+                format!("{}.{}{unit}", tenths / 10, tenths % 10)
+            };
+        }
+    }
+    bytes.to_string()
+}
+
+/// Whether `Ready` moves to `ready` or its message changes, so an Event is worth sending.
+pub(crate) fn ready_changed(conditions: &[Condition], ready: bool, message: &str) -> bool {
+    sublet_crds::find_condition(conditions, "Ready").is_none_or(|c| {
+        c.status != sublet_crds::ConditionStatus::from(ready) || c.message != message
+    })
+}
+
+/// Stamps conditions with the generation they were computed from.
+pub(crate) trait WithGeneration {
+    fn with_generation<K: kube::Resource>(self, obj: &K) -> Self;
+}
+
+impl WithGeneration for Condition {
+    fn with_generation<K: kube::Resource>(mut self, obj: &K) -> Self {
+        self.observed_generation = obj.meta().generation;
+        self
+    }
+}
+
+fn selector_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The node's zone label, or the node's name when it has none (each node its own zone).
+async fn node_zone(ctx: &Context, node: &str) -> Result<String> {
+    let found = Api::<Node>::all(ctx.client.clone())
+        .get_opt(node)
+        .await
+        .map_err(Error::kube("get", "Node", node))?;
+    Ok(found
+        .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
+        .unwrap_or_else(|| node.to_owned()))
+}
+
+/// A member from a provider pod: named after its node, addressed by pod IP, its node id
+/// read from the identity init container's termination message.
+pub fn member_of_pod(pod: &Pod, node: &str, zone: &str, capacity: u64) -> PoolMember {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let address = status
+        .and_then(|s| s.pod_ip.as_ref())
+        .map(|ip| {
+            if ip.contains(':') {
+                format!("https://[{ip}]:{PROVIDER_GRPC_PORT}")
+            } else {
+                format!("https://{ip}:{PROVIDER_GRPC_PORT}")
+            }
+        })
+        .unwrap_or_default();
+    let node_id = status
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == IDENTITY_CONTAINER))
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+        .map(|m| m.trim().to_owned())
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_default();
+    PoolMember {
+        name: dns_label(node),
+        node_id,
+        address,
+        zone: zone.to_owned(),
+        ready,
+        capacity_bytes: capacity,
+        ..PoolMember::default()
+    }
+}

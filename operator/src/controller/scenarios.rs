@@ -1,0 +1,1250 @@
+//! Reconcilers against a mock API server (`tower-test`): each scenario answers the requests
+//! a reconcile makes, in order, and asserts what was asked.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use sublet_crds::ProviderPoolStatus;
+use tokio::task::JoinHandle;
+
+use super::Context;
+use crate::Result;
+use crate::admin::{AdminApi, PlanHealth, PoolUsage, RepairQueue};
+use crate::metrics::Metrics;
+use crate::render::Images;
+use crate::testing::{NS, gateway, plan, pool, pool_member, schedule};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The health every plan reports, the shards every pool holds, and what was asked.
+#[derive(Default)]
+struct MockAdmin {
+    health: PlanHealth,
+    pool_shards: u64,
+    asked: Mutex<Vec<(String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl AdminApi for MockAdmin {
+    async fn plan_health(&self, admin_url: &str, plan: &str) -> Result<PlanHealth> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((admin_url.to_owned(), plan.to_owned()));
+        Ok(PlanHealth {
+            plan: plan.to_owned(),
+            ..self.health.clone()
+        })
+    }
+
+    async fn pool_usage(&self, admin_url: &str, pool: &str) -> Result<PoolUsage> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((admin_url.to_owned(), pool.to_owned()));
+        Ok(PoolUsage {
+            pool: pool.to_owned(),
+            shards: self.pool_shards,
+            bytes: self.pool_shards << 20,
+        })
+    }
+}
+
+/// Every endpoint answers; every provider reports 5 GiB capacity with 1 GiB used.
+struct AlwaysReachable;
+
+#[async_trait::async_trait]
+impl super::ProviderProbe for AlwaysReachable {
+    async fn reachable(&self, _: &str) -> bool {
+        true
+    }
+
+    async fn usage(&self, metrics_url: &str) -> Option<super::ProviderUsage> {
+        assert_eq!(metrics_url, "http://10.42.0.7:7481/metrics");
+        Some(super::ProviderUsage {
+            capacity_bytes: 5 << 30,
+            used_bytes: 1 << 30,
+        })
+    }
+}
+
+fn context(admin: Arc<MockAdmin>) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Context::new(
+        client,
+        Images::default(),
+        Metrics::new().unwrap(),
+        admin,
+        Arc::new(AlwaysReachable),
+    )
+    // 02:00 UTC: inside the nightly window of the test schedule.
+    .with_clock(|| "2026-11-28T02:00:00Z".parse().unwrap());
+    (Arc::new(ctx), handle)
+}
+
+/// One request as the mock server saw it.
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+    send: tower_test::mock::SendResponse<Response<Body>>,
+}
+
+impl Seen {
+    fn reply(self, status: StatusCode, body: &Value) {
+        self.send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    fn ok(self, body: &Value) {
+        self.reply(StatusCode::OK, body);
+    }
+
+    /// Answers with what was sent, as an apply or create does.
+    fn echo(self) {
+        let body = self.body.clone();
+        self.reply(StatusCode::CREATED, &body);
+    }
+
+    fn already_exists(self) {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "already exists"});
+        self.reply(StatusCode::CONFLICT, &body);
+    }
+
+    fn not_found(self) {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not found"});
+        self.reply(StatusCode::NOT_FOUND, &body);
+    }
+
+    fn assert_apply(&self, path: &str) {
+        assert_eq!((&self.method, self.path.as_str()), (&Method::PATCH, path));
+        assert!(
+            self.query.contains("fieldManager=sublet-operator"),
+            "{}",
+            self.query
+        );
+        assert!(self.query.contains("force=true"), "{}", self.query);
+    }
+}
+
+fn decode(text: &str) -> String {
+    text.replace("%2F", "/")
+        .replace("%3D", "=")
+        .replace("%2C", ",")
+}
+
+async fn next(handle: &mut Handle) -> Seen {
+    let (request, send) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("the reconcile stopped calling the API server")
+            .expect("service dropped");
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = decode(request.uri().query().unwrap_or_default());
+    // Every request a reconcile makes must be allowed by the operator's ClusterRole.
+    let role = crate::rbac::cluster_role().unwrap();
+    let (group, resource, verb) =
+        crate::rbac::request_attributes(method.as_str(), &path, &query).unwrap();
+    assert!(
+        crate::rbac::allows(&role, &group, &resource, &verb),
+        "operator/rbac.yaml does not allow {verb} on {group}/{resource} ({method} {path})"
+    );
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    // Setting blockOwnerDeletion needs update on the owner's finalizers.
+    for owner in body["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if owner["blockOwnerDeletion"] == true {
+            let plural = format!("{}s", owner["kind"].as_str().unwrap().to_lowercase());
+            assert!(
+                crate::rbac::allows(
+                    &role,
+                    "sublet.dev",
+                    &format!("{plural}/finalizers"),
+                    "update"
+                ),
+                "operator/rbac.yaml does not allow update on {plural}/finalizers"
+            );
+        }
+    }
+    Seen {
+        method,
+        path,
+        query,
+        body,
+        send,
+    }
+}
+
+async fn expect(handle: &mut Handle, method: Method, path: &str) -> Seen {
+    let seen = next(handle).await;
+    assert_eq!(
+        (&seen.method, seen.path.as_str()),
+        (&method, path),
+        "query {}, body {}",
+        seen.query,
+        seen.body
+    );
+    seen
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+const SUBLET: &str = "/apis/sublet.dev/v1alpha1/namespaces/storage";
+const CORE: &str = "/api/v1/namespaces/storage";
+
+/// Runs the reconcile and the scenario side by side; the scenario must see every request.
+async fn run<T: Send + 'static>(
+    reconcile: impl Future<Output = Result<kube::runtime::controller::Action>>,
+    scenario: JoinHandle<T>,
+) -> T {
+    let action = tokio::time::timeout(std::time::Duration::from_secs(10), reconcile)
+        .await
+        .expect("reconcile timed out")
+        .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::RESYNC)
+    );
+    scenario.await.unwrap()
+}
+
+fn provider_pod(
+    name: &str,
+    node: &str,
+    ip: Option<&str>,
+    ready: bool,
+    node_id: Option<&str>,
+) -> Value {
+    let mut status = json!({
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+    });
+    if let Some(ip) = ip {
+        status["podIP"] = json!(ip);
+    }
+    if let Some(id) = node_id {
+        status["initContainerStatuses"] = json!([{
+            "name": "identity", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "message": format!("{id}\n")}}
+        }]);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"sublet.dev/pool": "home-lab"}},
+        "spec": {"nodeName": node, "containers": [{"name": "provider"}]},
+        "status": status,
+    })
+}
+
+#[tokio::test]
+async fn new_pool_gets_its_daemon_set_service_and_members() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let home = pool(
+        "home-lab",
+        "class: owned\nowner: alice\nnodes: {selector: {matchLabels: {sublet.dev/provider: \"true\"}}, storage: {hostPath: /var/lib/sublet, capacity: 500Gi}}",
+    );
+    let echo_pool = serde_json::to_value(&home).unwrap();
+    let node_id = "0123456789abcdef0123456789abcdef";
+    let scenario = tokio::spawn(async move {
+        let finalizer = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab"),
+        )
+        .await;
+        assert_eq!(
+            finalizer.body,
+            json!({"metadata": {"finalizers": ["sublet.dev/drain"]}})
+        );
+        finalizer.ok(&echo_pool);
+
+        let token = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+        assert_eq!(token.body["metadata"]["name"], "sublet-provider-token");
+        token.already_exists();
+
+        let service = next(&mut api).await;
+        service.assert_apply(&format!("{CORE}/services/home-lab-provider"));
+        assert_eq!(service.body["kind"], "Service");
+        assert_eq!(service.body["spec"]["clusterIP"], "None");
+        service.echo();
+
+        let ds = next(&mut api).await;
+        ds.assert_apply("/apis/apps/v1/namespaces/storage/daemonsets/home-lab-provider");
+        assert_eq!(ds.body["kind"], "DaemonSet");
+        assert_eq!(
+            ds.body["metadata"]["ownerReferences"][0]["uid"],
+            "uid-home-lab"
+        );
+        assert_eq!(
+            ds.body["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"],
+            "/var/lib/sublet"
+        );
+        ds.echo();
+
+        let pods = expect(&mut api, Method::GET, &format!("{CORE}/pods")).await;
+        assert!(
+            pods.query.contains("labelSelector=app.kubernetes.io/name=sublet-provider,app.kubernetes.io/instance=home-lab"),
+            "{}",
+            pods.query
+        );
+        pods.ok(&list(
+            "Pod",
+            vec![
+                provider_pod(
+                    "home-lab-provider-a",
+                    "node-a",
+                    Some("10.42.0.7"),
+                    true,
+                    Some(node_id),
+                ),
+                provider_pod("home-lab-provider-b", "Node.B", None, false, None),
+            ],
+        ));
+        let node = expect(&mut api, Method::GET, "/api/v1/nodes/node-a").await;
+        node.ok(&json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "kitchen"}}}));
+        expect(&mut api, Method::GET, "/api/v1/nodes/Node.B")
+            .await
+            .not_found();
+
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo_pool);
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(home), ctx)),
+        scenario,
+    )
+    .await;
+    let status: ProviderPoolStatus = serde_json::from_value(body["status"].clone()).unwrap();
+    let mut ready = pool_member("node-a", "https://10.42.0.7:7480", node_id, "kitchen", true);
+    // What the provider's /metrics said, not the spec.
+    ready.capacity_bytes = 5 << 30;
+    ready.used_bytes = 1 << 30;
+    ready.last_seen = Some("2026-11-28T02:00:00Z".into());
+    let mut pending = pool_member("node-b", "", "", "Node.B", false);
+    pending.capacity_bytes = 500 << 30;
+    assert_eq!(status.members, [ready, pending]);
+    assert_eq!(status.ready_members.as_deref(), Some("1/2"));
+    assert_eq!(status.capacity.as_deref(), Some("4Gi/5Gi"));
+    let cond = sublet_crds::find_condition(&status.conditions, "Ready").unwrap();
+    assert_eq!(cond.status, sublet_crds::ConditionStatus::True);
+    assert_eq!(cond.message, "1 of 2 providers ready");
+    assert_eq!(
+        cond.last_transition_time.as_deref(),
+        Some("2026-11-28T02:00:00Z")
+    );
+}
+
+fn friends_pool() -> sublet_crds::ProviderPool {
+    let mut friends = pool(
+        "friends",
+        "class: owned\nowner: bob\nendpoints: [{name: bob-nas, address: \"https://bob-nas.example:7480\", nodeId: b3f1, zone: bob-home}, {name: carol-pi, address: \"carol-pi.example:7480\"}, {name: dave-box, address: \"dave.example:7480\"}]",
+    );
+    friends.status = Some(ProviderPoolStatus {
+        members: vec![
+            pool_member(
+                "bob-nas",
+                "https://bob-nas.example:7480",
+                "b3f1",
+                "bob-home",
+                true,
+            ),
+            pool_member("carol-pi", "carol-pi.example:7480", "", "carol-home", true),
+            pool_member("dave-box", "dave.example:7480", "", "dave-home", true),
+        ],
+        ..Default::default()
+    });
+    friends
+}
+
+#[tokio::test]
+async fn gateway_gets_config_secrets_services_workload_and_status() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let gw = gateway("s3", "defaultPlan: photos\ncredentialsSecret: sublet-s3");
+    let echo_gw = serde_json::to_value(&gw).unwrap();
+    let plans = vec![
+        serde_json::to_value(plan("photos", "redundancy: {erasure: {dataShards: 2, parityShards: 1}}\nplacement: {pools: [{name: friends}]}")).unwrap(),
+        serde_json::to_value(plan("broken", "redundancy: {replicas: 0}")).unwrap(),
+    ];
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", vec![]));
+
+        let token = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+        assert_eq!(token.body["metadata"]["name"], "sublet-provider-token");
+        token.echo();
+        let master = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+        assert_eq!(master.body["metadata"]["name"], "s3-master-key");
+        assert!(master.body["metadata"].get("ownerReferences").is_none());
+        master.echo();
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["reason"], "MasterKeyCreated");
+        assert_eq!(event.body["regarding"]["name"], "s3");
+        event.echo();
+        // The credentials exist: they are kept, and nothing else touches that Secret.
+        let creds = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+        assert_eq!(creds.body["metadata"]["name"], "sublet-s3");
+        creds.already_exists();
+
+        let cm = next(&mut api).await;
+        cm.assert_apply(&format!("{CORE}/configmaps/s3-config"));
+        let yaml = cm.body["data"]["sublet.yaml"].as_str().unwrap().to_owned();
+        cm.echo();
+        let service = next(&mut api).await;
+        service.assert_apply(&format!("{CORE}/services/s3"));
+        assert_eq!(service.body["spec"]["ports"][0]["port"], 9000);
+        service.echo();
+        let admin = next(&mut api).await;
+        admin.assert_apply(&format!("{CORE}/services/s3-admin"));
+        admin.echo();
+        let sts = next(&mut api).await;
+        sts.assert_apply("/apis/apps/v1/namespaces/storage/statefulsets/s3");
+        let hash =
+            sts.body["spec"]["template"]["metadata"]["annotations"]["sublet.dev/config-hash"]
+                .clone();
+        let mut answer = sts.body.clone();
+        answer["status"] = json!({"replicas": 1, "readyReplicas": 1});
+        sts.ok(&answer);
+
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storagegateways/s3/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo_gw);
+        (yaml, hash, body)
+    });
+    let (yaml, hash, body) = run(
+        Box::pin(super::gateway::reconcile(Arc::new(gw), ctx)),
+        scenario,
+    )
+    .await;
+
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap();
+    assert_eq!(config.plans.keys().collect::<Vec<_>>(), ["photos"]);
+    assert_eq!(config.pools["friends"].spec.endpoints.len(), 3);
+    assert_eq!(
+        hash,
+        json!(blake3::hash(yaml.as_bytes()).to_hex()[..16].to_owned())
+    );
+
+    let status = &body["status"];
+    assert_eq!(status["readyReplicas"], 1);
+    assert_eq!(status["endpoint"], "http://s3.storage.svc:9000");
+    let conditions = status["conditions"].as_array().unwrap();
+    assert_eq!(conditions[0]["type"], "Ready");
+    assert_eq!(conditions[0]["status"], "True");
+    assert_eq!(conditions[1]["type"], "ConfigComplete");
+    assert_eq!(conditions[1]["status"], "False");
+    assert_eq!(
+        conditions[1]["message"],
+        "left out of the config: StoragePlan/broken: spec.redundancy.replicas: must be at least 1 (got 0)"
+    );
+}
+
+#[tokio::test]
+async fn gateway_whose_default_plan_is_invalid_keeps_its_workload_and_says_why() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let gw = gateway("s3", "defaultPlan: broken");
+    let echo_gw = serde_json::to_value(&gw).unwrap();
+    let plans = vec![serde_json::to_value(plan("broken", "redundancy: {replicas: 0}")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", vec![]));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", vec![]));
+        // No Secret, ConfigMap or workload is touched: straight to status.
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storagegateways/s3/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo_gw);
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "ConfigInvalid");
+        event.echo();
+        body
+    });
+    let action = super::gateway::reconcile(Arc::new(gw), ctx).await.unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::INVALID_RESYNC)
+    );
+    let body = scenario.await.unwrap();
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "ConfigInvalid");
+    assert_eq!(
+        ready["message"],
+        "spec.defaultPlan: StoragePlan \"broken\" is left out of the config (spec.redundancy.replicas: must be at least 1 (got 0))"
+    );
+}
+
+#[tokio::test]
+async fn invalid_plan_gets_ready_false_and_an_event() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let bad = plan(
+        "photos",
+        "redundancy: {erasure: {dataShards: 4, parityShards: 0}}",
+    );
+    let echo = serde_json::to_value(&bad).unwrap();
+    let plans = vec![echo.clone()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", vec![]));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", vec![]));
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "Invalid");
+        assert_eq!(
+            event.body["note"],
+            "spec.redundancy.erasure.parityShards: must be at least 1; without parity use replicas: 1"
+        );
+        event.echo();
+        // Invalid plans get no health and no Jobs: no gateway lookup, straight to status.
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageplans/photos/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        body
+    });
+    let body = run(
+        Box::pin(super::plan::reconcile(Arc::new(bad), ctx)),
+        scenario,
+    )
+    .await;
+    let conditions = &body["status"]["conditions"];
+    assert_eq!(conditions[0]["type"], "Ready");
+    assert_eq!(conditions[0]["status"], "False");
+    assert_eq!(conditions[0]["reason"], "Invalid");
+    assert_eq!(conditions[1]["type"], "Feasible");
+    assert_eq!(body["status"]["redundancy"], "EC 4+0");
+}
+
+#[tokio::test]
+async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
+    let admin = Arc::new(MockAdmin {
+        health: PlanHealth {
+            objects: 5000,
+            logical_bytes: 1 << 30,
+            stored_bytes: 3 << 29,
+            shards: sublet_crds::ShardCounts {
+                healthy: 14_000,
+                degraded: 900,
+                at_risk: 100,
+                lost: 0,
+            },
+            // Enough for three Jobs, but one of the two slots is taken.
+            repair: RepairQueue {
+                due: 2500,
+                at_risk: 0,
+                waiting: 10,
+            },
+            ..PlanHealth::default()
+        },
+        ..MockAdmin::default()
+    });
+    let (ctx, mut api) = context(admin.clone());
+    let photos = plan(
+        "photos",
+        "redundancy: {erasure: {dataShards: 2, parityShards: 1}}\nplacement: {pools: [{name: friends}]}\nschedule: nightly",
+    );
+    let echo = serde_json::to_value(&photos).unwrap();
+    let plans = vec![echo.clone()];
+    let schedules = vec![serde_json::to_value(schedule(
+        "nightly",
+        "rebuild: {minHealthyShards: 3, maxConcurrentJobs: 2, bandwidthLimit: 50Mi, window: {start: \"01:00\", end: \"06:00\"}}",
+    ))
+    .unwrap()];
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let again = (
+        plans.clone(),
+        schedules.clone(),
+        pools.clone(),
+        gateways.clone(),
+    );
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", schedules));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let jobs = expect(
+            &mut api,
+            Method::GET,
+            "/apis/batch/v1/namespaces/storage/jobs",
+        )
+        .await;
+        assert!(
+            jobs.query
+                .contains("labelSelector=sublet.dev/schedule=nightly"),
+            "{}",
+            jobs.query
+        );
+        jobs.ok(&list(
+            "Job",
+            vec![json!({"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "archive-repair-x1", "namespace": NS,
+                    "labels": {"sublet.dev/plan": "archive", "sublet.dev/schedule": "nightly"}},
+                "status": {"active": 1}})],
+        ));
+        let job = expect(
+            &mut api,
+            Method::POST,
+            "/apis/batch/v1/namespaces/storage/jobs",
+        )
+        .await;
+        assert_eq!(job.body["metadata"]["generateName"], "photos-repair-");
+        assert_eq!(
+            job.body["spec"]["template"]["spec"]["containers"][0]["args"],
+            json!([
+                "repair",
+                "--plan",
+                "photos",
+                "--config",
+                "/etc/sublet/sublet.yaml"
+            ])
+        );
+        let mut created = job.body.clone();
+        created["metadata"]["name"] = json!("photos-repair-abcde");
+        job.reply(StatusCode::CREATED, &created);
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["reason"], "RepairStarted");
+        event.echo();
+        // Only one Job: the second would exceed maxConcurrentJobs.
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageplans/photos/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        (body, api)
+    });
+    let (body, mut api) = run(
+        Box::pin(super::plan::reconcile(
+            Arc::new(photos.clone()),
+            ctx.clone(),
+        )),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        *admin.asked.lock().unwrap(),
+        [(
+            "http://s3-admin.storage.svc:9001".to_owned(),
+            "photos".to_owned()
+        )]
+    );
+    let status: sublet_crds::StoragePlanStatus =
+        serde_json::from_value(body["status"].clone()).unwrap();
+    assert_eq!(status.objects, 5000);
+    assert_eq!(status.healthy_percent.as_deref(), Some("93.3%"));
+    let find = |t| sublet_crds::find_condition(&status.conditions, t).unwrap();
+    assert_eq!(find("Ready").status, sublet_crds::ConditionStatus::True);
+    assert_eq!(find("Feasible").status, sublet_crds::ConditionStatus::True);
+    assert_eq!(find("Degraded").status, sublet_crds::ConditionStatus::True);
+    assert_eq!(
+        find("Repairing").message,
+        "started 1 rebuild Jobs for 2500 objects due for repair"
+    );
+
+    // The status write triggers the next reconcile at once: it must neither poll the gateway
+    // nor start another Job, and must write the same status, so the loop ends there.
+    let mut written = photos;
+    written.status = Some(status.clone());
+    let echo = serde_json::to_value(&written).unwrap();
+    let (plans, schedules, pools, gateways) = again;
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", schedules));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let patch = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageplans/photos/status"),
+        )
+        .await;
+        let body = patch.body.clone();
+        patch.ok(&echo);
+        body
+    });
+    let second = run(
+        Box::pin(super::plan::reconcile(Arc::new(written), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(second["status"], body["status"]);
+    assert_eq!(admin.asked.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn last_seen_moves_in_steps_so_status_settles() {
+    let (ctx, _api) = context(Arc::new(MockAdmin::default()));
+    let seen = |ready, before| super::pool::last_seen(ready, before, &ctx);
+    // The clock says 02:00:00.
+    assert_eq!(seen(true, None).as_deref(), Some("2026-11-28T02:00:00Z"));
+    assert_eq!(
+        seen(true, Some("2026-11-28T01:58:00Z")).as_deref(),
+        Some("2026-11-28T01:58:00Z"),
+        "two minutes ago is recent enough"
+    );
+    assert_eq!(
+        seen(true, Some("2026-11-28T01:50:00Z")).as_deref(),
+        Some("2026-11-28T02:00:00Z")
+    );
+    assert_eq!(
+        seen(false, Some("2026-11-28T01:00:00Z")).as_deref(),
+        Some("2026-11-28T01:00:00Z"),
+        "a member that is down keeps when it was last seen"
+    );
+    assert_eq!(seen(false, None), None);
+}
+
+fn deleted_pool() -> sublet_crds::ProviderPool {
+    let mut p = pool(
+        "home-lab",
+        "class: owned\nnodes: {selector: {}, storage: {hostPath: /x, capacity: 1Gi}}",
+    );
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-11-28T01:59:00Z".parse().unwrap(),
+    ));
+    p.metadata.finalizers = Some(vec!["example.com/other".into(), "sublet.dev/drain".into()]);
+    p.metadata.resource_version = Some("42".into());
+    p
+}
+
+#[tokio::test]
+async fn deleting_a_pool_with_shards_is_held_by_its_finalizer() {
+    let admin = Arc::new(MockAdmin {
+        pool_shards: 120,
+        ..MockAdmin::default()
+    });
+    let (ctx, mut api) = context(admin.clone());
+    let home = deleted_pool();
+    let echo = serde_json::to_value(&home).unwrap();
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        // No finalizer change, no workload change: only the reason in status and an Event.
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["reason"], "Draining");
+        event.echo();
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(home), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        *admin.asked.lock().unwrap(),
+        [(
+            "http://s3-admin.storage.svc:9001".to_owned(),
+            "home-lab".to_owned()
+        )]
+    );
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "Draining");
+    assert_eq!(
+        ready["message"],
+        "deleting: StorageGateway s3 stores 120 shards (120Mi) here; repair moves the shards to other pools before the providers go (remove finalizer sublet.dev/drain to delete now and lose them)"
+    );
+}
+
+#[tokio::test]
+async fn drained_pool_releases_its_finalizer_and_keeps_the_others() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let home = deleted_pool();
+    let echo = serde_json::to_value(&home).unwrap();
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let patch = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab"),
+        )
+        .await;
+        assert_eq!(
+            patch.body,
+            json!({"metadata": {"finalizers": ["example.com/other"], "resourceVersion": "42"}})
+        );
+        patch.ok(&echo);
+    });
+    let action = super::pool::reconcile(Arc::new(home), ctx).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    scenario.await.unwrap();
+}
+
+#[tokio::test]
+async fn lease_is_created_when_missing_and_left_to_a_live_holder() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let lock = crate::leader::LeaseLock::new(
+        ctx.client.clone(),
+        NS,
+        "sublet-operator",
+        "me",
+        std::time::Duration::from_secs(15),
+    );
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/storage/leases";
+    let scenario =
+        tokio::spawn(async move {
+            expect(&mut api, Method::GET, &format!("{LEASES}/sublet-operator"))
+                .await
+                .not_found();
+            let create = expect(&mut api, Method::POST, LEASES).await;
+            assert_eq!(create.body["spec"]["holderIdentity"], "me");
+            assert_eq!(create.body["spec"]["leaseDurationSeconds"], 15);
+            create.echo();
+            // Another replica renewed a moment ago: nothing is written.
+            let now = jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            expect(&mut api, Method::GET, &format!("{LEASES}/sublet-operator")).await.ok(&json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "sublet-operator", "namespace": NS, "resourceVersion": "7"},
+            "spec": {"holderIdentity": "other", "leaseDurationSeconds": 15, "renewTime": now}
+        }));
+        });
+    assert!(lock.try_acquire().await.unwrap());
+    assert!(!lock.try_acquire().await.unwrap());
+    scenario.await.unwrap();
+}
+
+/// Reconciles gateway `s3` once over `plans` with every Secret already there; returns the
+/// config applied and the hash on the pod template.
+async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let gw = gateway("s3", "defaultPlan: photos");
+    let echo_gw = serde_json::to_value(&gw).unwrap();
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", vec![]));
+        for _ in 0..3 {
+            expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
+                .await
+                .already_exists();
+        }
+        let cm = next(&mut api).await;
+        cm.assert_apply(&format!("{CORE}/configmaps/s3-config"));
+        let yaml = cm.body["data"]["sublet.yaml"].as_str().unwrap().to_owned();
+        cm.echo();
+        next(&mut api).await.echo();
+        next(&mut api).await.echo();
+        let sts = next(&mut api).await;
+        sts.assert_apply("/apis/apps/v1/namespaces/storage/statefulsets/s3");
+        let hash =
+            sts.body["spec"]["template"]["metadata"]["annotations"]["sublet.dev/config-hash"]
+                .clone();
+        sts.echo();
+        expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storagegateways/s3/status"),
+        )
+        .await
+        .ok(&echo_gw);
+        (yaml, hash)
+    });
+    run(
+        Box::pin(super::gateway::reconcile(Arc::new(gw), ctx)),
+        scenario,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn changed_plan_rerenders_the_config_and_rolls_the_gateway() {
+    let photos = |segment: &str| {
+        serde_json::to_value(plan(
+            "photos",
+            &format!("redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}\nsegmentSize: {segment}\nplacement: {{pools: [{{name: friends}}]}}"),
+        ))
+        .unwrap()
+    };
+    let (before, hash_before) = reconcile_gateway_with(vec![photos("16Mi")]).await;
+    let (again, hash_again) = reconcile_gateway_with(vec![photos("16Mi")]).await;
+    let (after, hash_after) = reconcile_gateway_with(vec![photos("4Mi")]).await;
+    assert_eq!(
+        (&before, &hash_before),
+        (&again, &hash_again),
+        "same resources, same config"
+    );
+    assert_ne!(hash_before, hash_after, "the pods roll");
+    let plan = |yaml: &str| {
+        sublet_crds::load_str("sublet.yaml", yaml).unwrap().plans["photos"]
+            .spec
+            .segment_size
+            .to_string()
+    };
+    assert_eq!(
+        (plan(&before), plan(&after)),
+        ("16Mi".to_owned(), "4Mi".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn schedule_reports_queued_and_running_repairs_of_its_plans() {
+    let admin = Arc::new(MockAdmin {
+        health: PlanHealth {
+            repair: RepairQueue {
+                due: 7,
+                at_risk: 0,
+                waiting: 5,
+            },
+            ..PlanHealth::default()
+        },
+        ..MockAdmin::default()
+    });
+    let (ctx, mut api) = context(admin.clone());
+    let nightly = schedule("nightly", "rebuild: {maxConcurrentJobs: 2}");
+    let echo = serde_json::to_value(&nightly).unwrap();
+    let schedules = vec![echo.clone()];
+    let plans = vec![
+        serde_json::to_value(plan(
+            "photos",
+            "redundancy: {replicas: 1}\nschedule: nightly",
+        ))
+        .unwrap(),
+        // Another schedule's plan is not counted.
+        serde_json::to_value(plan("other", "redundancy: {replicas: 1}")).unwrap(),
+    ];
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", schedules));
+        let jobs = expect(
+            &mut api,
+            Method::GET,
+            "/apis/batch/v1/namespaces/storage/jobs",
+        )
+        .await;
+        assert!(
+            jobs.query
+                .contains("labelSelector=sublet.dev/schedule=nightly"),
+            "{}",
+            jobs.query
+        );
+        jobs.ok(&list(
+            "Job",
+            vec![
+                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "a"}, "status": {"active": 1}}),
+                json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "b"}, "status": {"succeeded": 1}}),
+            ],
+        ));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageschedules/nightly/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        body
+    });
+    let body = run(
+        Box::pin(super::schedule::reconcile(Arc::new(nightly), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(body["status"]["runningRepairs"], 1);
+    assert_eq!(body["status"]["queuedRepairs"], 12);
+    assert_eq!(body["status"]["conditions"][0]["status"], "True");
+    assert_eq!(
+        *admin.asked.lock().unwrap(),
+        [(
+            "http://s3-admin.storage.svc:9001".to_owned(),
+            "photos".to_owned()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn finished_repair_jobs_are_reported_once() {
+    // Nothing is due any more: the finished Jobs are reported and no new one starts.
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let photos = plan(
+        "photos",
+        "redundancy: {erasure: {dataShards: 2, parityShards: 1}}\nplacement: {pools: [{name: friends}]}\nschedule: nightly",
+    );
+    let echo = serde_json::to_value(&photos).unwrap();
+    let plans = vec![echo.clone()];
+    let schedules = vec![serde_json::to_value(schedule("nightly", "{}")).unwrap()];
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let job = |name: &str, condition: &str, reported: bool| {
+        let mut job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": NS,
+                "labels": {"sublet.dev/plan": "photos", "sublet.dev/schedule": "nightly"}},
+            "status": {"conditions": [{"type": condition, "status": "True"}]}});
+        if reported {
+            job["metadata"]["annotations"] = json!({"sublet.dev/reported": "succeeded"});
+        }
+        job
+    };
+    let jobs = vec![
+        job("photos-repair-done", "Complete", false),
+        job("photos-repair-old", "Complete", true),
+        job("photos-repair-bad", "Failed", false),
+    ];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", schedules));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        expect(
+            &mut api,
+            Method::GET,
+            "/apis/batch/v1/namespaces/storage/jobs",
+        )
+        .await
+        .ok(&list("Job", jobs));
+        let mut reported = Vec::new();
+        for (name, reason, outcome) in [
+            ("photos-repair-done", "RepairSucceeded", "succeeded"),
+            ("photos-repair-bad", "RepairFailed", "failed"),
+        ] {
+            let event = expect(
+                &mut api,
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/storage/events",
+            )
+            .await;
+            assert_eq!(event.body["reason"], reason);
+            assert_eq!(event.body["regarding"]["name"], "photos");
+            event.echo();
+            let patch = expect(
+                &mut api,
+                Method::PATCH,
+                &format!("/apis/batch/v1/namespaces/storage/jobs/{name}"),
+            )
+            .await;
+            assert_eq!(
+                patch.body,
+                json!({"metadata": {"annotations": {"sublet.dev/reported": outcome}}})
+            );
+            patch.ok(&json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}}));
+            reported.push(name);
+        }
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageplans/photos/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        (body, reported)
+    });
+    let (body, reported) = run(
+        Box::pin(super::plan::reconcile(Arc::new(photos), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(reported, ["photos-repair-done", "photos-repair-bad"]);
+    let status: sublet_crds::StoragePlanStatus =
+        serde_json::from_value(body["status"].clone()).unwrap();
+    let last = sublet_crds::find_condition(&status.conditions, "LastRepairSucceeded").unwrap();
+    assert_eq!(last.status, sublet_crds::ConditionStatus::False);
+    assert_eq!(last.message, "Job photos-repair-bad");
+    let repairing = sublet_crds::find_condition(&status.conditions, "Repairing").unwrap();
+    assert_eq!(
+        (repairing.status, repairing.reason.as_str()),
+        (sublet_crds::ConditionStatus::False, "Idle")
+    );
+}
+
+#[tokio::test]
+async fn claim_pool_gets_a_stateful_set_sized_by_the_matching_nodes() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let mut rented = pool(
+        "rented",
+        "class: rented\nnodes: {selector: {matchLabels: {sublet.dev/pool: rented}}, storage: {volumeClaimTemplate: {storageClassName: fast, size: 200Gi}}}",
+    );
+    rented.metadata.finalizers = Some(vec!["sublet.dev/drain".into()]);
+    let echo = serde_json::to_value(&rented).unwrap();
+    let node = |name: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    let scenario = tokio::spawn(async move {
+        // The finalizer is there already: no metadata patch.
+        expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
+            .await
+            .already_exists();
+        let nodes = expect(&mut api, Method::GET, "/api/v1/nodes").await;
+        assert!(
+            nodes.query.contains("labelSelector=sublet.dev/pool=rented"),
+            "{}",
+            nodes.query
+        );
+        nodes.ok(&list("Node", vec![node("r1"), node("r2"), node("r3")]));
+        next(&mut api).await.echo(); // the headless Service
+        let sts = next(&mut api).await;
+        sts.assert_apply("/apis/apps/v1/namespaces/storage/statefulsets/rented-provider");
+        assert_eq!(sts.body["spec"]["replicas"], 3);
+        assert_eq!(
+            sts.body["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            "fast"
+        );
+        sts.echo();
+        expect(&mut api, Method::GET, &format!("{CORE}/pods"))
+            .await
+            .ok(&list("Pod", vec![]));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/rented/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(rented), ctx)),
+        scenario,
+    )
+    .await;
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "NoProviders");
+    assert_eq!(body["status"]["readyMembers"], "0/0");
+}

@@ -1,0 +1,649 @@
+//! The gateway config: the standalone multi-document YAML that `sublet serve --config`
+//! reads, rendered from the namespace's ProviderPools, StorageSchedules and StoragePlans.
+//!
+//! The standalone loader of sublet-crds is the judge: resources are rendered, loaded with
+//! [`sublet_crds::load_str`], and those the loader rejects are left out (and reported) until
+//! the rest loads. So the gateway only ever gets a file its own loader accepts, and a plan's
+//! `Ready=False` message is the loader's message.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use sublet_crds::{
+    Endpoint, ProviderPool, ProviderPoolSpec, StorageGateway, StoragePlan, StorageSchedule,
+};
+
+use crate::{Error, Result};
+
+/// Where the config file is mounted in the gateway pod.
+pub const CONFIG_DIR: &str = "/etc/sublet";
+/// The config file's name in the ConfigMap and in [`CONFIG_DIR`].
+pub const CONFIG_FILE: &str = "sublet.yaml";
+/// Where the master key Secret is mounted in the gateway pod.
+pub const KEYS_DIR: &str = "/etc/sublet-keys";
+/// The master key's file name in its Secret and in [`KEYS_DIR`].
+pub const MASTER_KEY_FILE: &str = "master.key";
+/// The gateway's data directory (SQLite database, state) in the pod.
+pub const GATEWAY_DATA_DIR: &str = "/var/lib/sublet";
+
+/// The custom resources of one namespace, as read from the API server.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inventory<'a> {
+    /// Every ProviderPool, with its status (in-cluster members come from there).
+    pub pools: &'a [ProviderPool],
+    /// Every StoragePlan.
+    pub plans: &'a [StoragePlan],
+    /// Every StorageSchedule.
+    pub schedules: &'a [StorageSchedule],
+}
+
+/// A resource left out of the config and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Excluded {
+    /// `ProviderPool`, `StoragePlan` or `StorageSchedule`.
+    pub kind: String,
+    /// The resource's name.
+    pub name: String,
+    /// The problem, `field: message`, ready for a `Ready=False` condition.
+    pub reason: String,
+}
+
+/// What goes into the config and what was left out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selection {
+    /// Pools in standalone form: in-cluster members listed as endpoints.
+    pub pools: Vec<ProviderPool>,
+    /// Schedules that load.
+    pub schedules: Vec<StorageSchedule>,
+    /// Plans that load.
+    pub plans: Vec<StoragePlan>,
+    /// Everything left out, sorted by kind and name.
+    pub excluded: Vec<Excluded>,
+}
+
+impl Selection {
+    /// Why `kind`/`name` was left out, if it was.
+    pub fn reason(&self, kind: &str, name: &str) -> Option<&str> {
+        self.excluded
+            .iter()
+            .find(|e| e.kind == kind && e.name == name)
+            .map(|e| e.reason.as_str())
+    }
+}
+
+/// A rendered gateway config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedConfig {
+    /// The multi-document YAML.
+    pub yaml: String,
+    /// A short hash of `yaml` for the pod template annotation.
+    pub hash: String,
+    /// Resources left out of the file.
+    pub excluded: Vec<Excluded>,
+}
+
+/// `pool` as a standalone gateway sees it: no `nodes`, and every in-cluster member the
+/// operator has an address for listed as an endpoint with its pinned node id and zone.
+pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
+    let mut endpoints = pool.spec.endpoints.clone();
+    if pool.spec.nodes.is_some()
+        && let Some(status) = &pool.status
+    {
+        for member in &status.members {
+            if member.address.is_empty() || endpoints.iter().any(|e| e.name == member.name) {
+                continue;
+            }
+            endpoints.push(Endpoint {
+                name: member.name.clone(),
+                address: member.address.clone(),
+                node_id: (!member.node_id.is_empty()).then(|| member.node_id.clone()),
+                zone: (!member.zone.is_empty()).then(|| member.zone.clone()),
+            });
+        }
+    }
+    ProviderPool::new(
+        &pool.name_any(),
+        ProviderPoolSpec {
+            class: pool.spec.class,
+            owner: pool.spec.owner.clone(),
+            nodes: None,
+            endpoints,
+            // A deleted pool is held by its finalizer until the gateways moved its shards.
+            drain: (pool.metadata.deletion_timestamp.is_some() || pool.spec.drain == Some(true))
+                .then_some(true),
+        },
+    )
+}
+
+fn standalone_plan(plan: &StoragePlan) -> StoragePlan {
+    StoragePlan::new(&plan.name_any(), plan.spec.clone())
+}
+
+fn standalone_schedule(schedule: &StorageSchedule) -> StorageSchedule {
+    StorageSchedule::new(&schedule.name_any(), schedule.spec.clone())
+}
+
+/// `gateway` as `sublet serve` runs it in a pod: listening on the Service port, data and
+/// master key at the pod's paths. Keys and the provider token come from the environment
+/// (Secrets), never from the ConfigMap, so `credentials` and `providerToken` are dropped.
+pub fn standalone_gateway(gateway: &StorageGateway) -> StorageGateway {
+    let mut spec = gateway.spec.clone();
+    spec.listen = Some(format!("0.0.0.0:{}", spec.service.port));
+    spec.data_dir = Some(GATEWAY_DATA_DIR.into());
+    spec.master_key_file = Some(format!("{KEYS_DIR}/{MASTER_KEY_FILE}"));
+    spec.credentials.clear();
+    spec.provider_token = None;
+    StorageGateway::new(&gateway.name_any(), spec)
+}
+
+/// Chooses what goes into a config: every resource of `inventory` the standalone loader
+/// accepts together with the others (and with `gateway`, when given, whose own problems
+/// are returned as an error rather than excluding it).
+pub fn select(
+    inventory: Inventory<'_>,
+    gateway: Option<&StorageGateway>,
+) -> Result<Selection, String> {
+    let pools: BTreeMap<String, ProviderPool> = inventory
+        .pools
+        .iter()
+        .map(|p| (p.name_any(), standalone_pool(p)))
+        .collect();
+    let schedules: BTreeMap<String, StorageSchedule> = inventory
+        .schedules
+        .iter()
+        .map(|s| (s.name_any(), standalone_schedule(s)))
+        .collect();
+    let plans: BTreeMap<String, StoragePlan> = inventory
+        .plans
+        .iter()
+        .map(|p| (p.name_any(), standalone_plan(p)))
+        .collect();
+    let gateway = gateway.map(standalone_gateway);
+    let mut excluded: BTreeMap<(String, String), String> = BTreeMap::new();
+    // An in-cluster pool whose provider pods have no address yet has nothing to offer; say
+    // so rather than let the loader ask for `nodes` or `endpoints`, which it has.
+    for pool in inventory.pools {
+        let name = pool.name_any();
+        if pool.spec.nodes.is_some()
+            && pool.spec.validate().is_empty()
+            && pools
+                .get(&name)
+                .is_some_and(|p| p.spec.endpoints.is_empty())
+        {
+            excluded.insert(
+                ("ProviderPool".into(), name.clone()),
+                format!(
+                    "status.members: no provider pod of the pool is running yet; check that nodes carry \
+                     the labels of spec.nodes.selector (kubectl get pods -l sublet.dev/pool={name})"
+                ),
+            );
+        }
+    }
+    loop {
+        let keep =
+            |kind: &str, name: &String| !excluded.contains_key(&(kind.to_owned(), name.clone()));
+        let selection = Selection {
+            pools: pools
+                .iter()
+                .filter(|(n, _)| keep("ProviderPool", n))
+                .map(|(_, p)| p.clone())
+                .collect(),
+            schedules: schedules
+                .iter()
+                .filter(|(n, _)| keep("StorageSchedule", n))
+                .map(|(_, s)| s.clone())
+                .collect(),
+            plans: plans
+                .iter()
+                .filter(|(n, _)| keep("StoragePlan", n))
+                .map(|(_, p)| p.clone())
+                .collect(),
+            excluded: Vec::new(),
+        };
+        let yaml = to_yaml(&selection, gateway.as_ref())?;
+        if yaml.is_empty() {
+            return Ok(finish(selection, &excluded));
+        }
+        let errors = match sublet_crds::load_str(CONFIG_FILE, &yaml) {
+            Ok(_) => return Ok(finish(selection, &excluded)),
+            Err(errors) => errors.0,
+        };
+        let mut progressed = false;
+        let mut gateway_problems = Vec::new();
+        for error in errors {
+            let reason = match &error.field {
+                Some(field) => format!("{field}: {}", error.message),
+                None => error.message.clone(),
+            };
+            match (error.kind.as_deref(), error.name.clone()) {
+                (Some(kind @ ("ProviderPool" | "StoragePlan" | "StorageSchedule")), Some(name)) => {
+                    let reason = rephrase(&reason, &excluded);
+                    excluded.entry((kind.to_owned(), name)).or_insert(reason);
+                    progressed = true;
+                }
+                _ => gateway_problems.push(reason),
+            }
+        }
+        if !progressed {
+            let problems: Vec<String> = gateway_problems
+                .iter()
+                .map(|r| rephrase(r, &excluded))
+                .collect();
+            return Err(problems.join("; "));
+        }
+    }
+}
+
+fn finish(mut selection: Selection, excluded: &BTreeMap<(String, String), String>) -> Selection {
+    selection.excluded = excluded
+        .iter()
+        .map(|((kind, name), reason)| Excluded {
+            kind: kind.clone(),
+            name: name.clone(),
+            reason: reason.clone(),
+        })
+        .collect();
+    selection
+}
+
+/// The loader speaks of "this file"; in a cluster the resources are the namespace's, and a
+/// reference to a resource that was left out should say why it was.
+fn rephrase(reason: &str, excluded: &BTreeMap<(String, String), String>) -> String {
+    for kind in ["ProviderPool", "StorageSchedule", "StoragePlan"] {
+        let marker = format!("no {kind} named \"");
+        let Some(start) = reason.find(&marker) else {
+            continue;
+        };
+        let rest = &reason[start + marker.len()..];
+        let Some(end) = rest.find('"') else {
+            continue;
+        };
+        let name = &rest[..end];
+        if let Some(why) = excluded.get(&(kind.to_owned(), name.to_owned())) {
+            return format!(
+                "{}{kind} \"{name}\" is left out of the config ({why})",
+                &reason[..start]
+            );
+        }
+    }
+    reason.replace(" in this file (", " in this namespace (")
+}
+
+fn to_yaml(selection: &Selection, gateway: Option<&StorageGateway>) -> Result<String, String> {
+    let mut docs = Vec::new();
+    let mut push = |doc: Result<String, serde_yaml::Error>| -> Result<(), String> {
+        docs.push(doc.map_err(|e| format!("cannot serialize the config: {e}"))?);
+        Ok(())
+    };
+    for pool in &selection.pools {
+        push(serde_yaml::to_string(pool))?;
+    }
+    for schedule in &selection.schedules {
+        push(serde_yaml::to_string(schedule))?;
+    }
+    for plan in &selection.plans {
+        push(serde_yaml::to_string(plan))?;
+    }
+    if let Some(gateway) = gateway {
+        push(serde_yaml::to_string(gateway))?;
+    }
+    Ok(docs.join("---\n"))
+}
+
+/// Renders the config for `gateway` from `inventory`. Fails, naming the problem, when the
+/// gateway itself would not load (e.g. its default plan is left out).
+pub fn render_config(gateway: &StorageGateway, inventory: Inventory<'_>) -> Result<RenderedConfig> {
+    let config_error = |message: String| Error::Config {
+        gateway: gateway.name_any(),
+        message,
+    };
+    let selection = select(inventory, Some(gateway)).map_err(config_error)?;
+    let header = format!(
+        "# Rendered by sublet-operator from the sublet resources of namespace {}; edits are overwritten.\n",
+        gateway.namespace().unwrap_or_default()
+    );
+    let body = to_yaml(&selection, Some(&standalone_gateway(gateway))).map_err(config_error)?;
+    let yaml = format!("{header}{body}");
+    let hash = blake3::hash(yaml.as_bytes()).to_hex()[..16].to_owned();
+    Ok(RenderedConfig {
+        yaml,
+        hash,
+        excluded: selection.excluded,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::{gateway, plan, pool, pool_member, schedule};
+
+    fn inventory_fixture() -> (Vec<ProviderPool>, Vec<StoragePlan>, Vec<StorageSchedule>) {
+        let mut home = pool(
+            "home-lab",
+            "class: owned\nowner: alice\nnodes: {selector: {matchLabels: {sublet.dev/provider: \"true\"}}, storage: {hostPath: /var/lib/sublet, capacity: 500Gi}}",
+        );
+        home.status = Some(sublet_crds::ProviderPoolStatus {
+            members: vec![
+                pool_member("node-a", "https://10.0.0.1:7480", "aa", "kitchen", true),
+                pool_member("node-b", "https://10.0.0.2:7480", "bb", "attic", true),
+                // Not scheduled yet: no address, so not in the config.
+                pool_member("node-c", "", "", "", false),
+            ],
+            ..Default::default()
+        });
+        let friends = pool(
+            "friends",
+            "class: owned\nowner: bob\nendpoints: [{name: bob-nas, address: \"https://bob-nas.example:7480\", nodeId: b3f1, zone: bob-home}]",
+        );
+        let plans = vec![
+            plan(
+                "photos",
+                "redundancy: {erasure: {dataShards: 2, parityShards: 1}}\nplacement: {pools: [{name: home-lab, minShards: 2}, {name: friends}]}\nschedule: nightly",
+            ),
+            plan(
+                "broken",
+                "redundancy: {erasure: {dataShards: 4, parityShards: 0}}",
+            ),
+        ];
+        let schedules = vec![schedule("nightly", "rebuild: {minHealthyShards: 2}")];
+        (vec![home, friends], plans, schedules)
+    }
+
+    #[test]
+    fn config_holds_valid_resources_and_loads() {
+        let (pools, plans, schedules) = inventory_fixture();
+        let inventory = Inventory {
+            pools: &pools,
+            plans: &plans,
+            schedules: &schedules,
+        };
+        let gw = gateway(
+            "s3",
+            "defaultPlan: photos\ncredentials: [{accessKey: abc, secretKey: 0123456789}]\nproviderToken: secret-token",
+        );
+        let rendered = render_config(&gw, inventory).unwrap();
+        let config = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
+        assert_eq!(config.plans.keys().collect::<Vec<_>>(), ["photos"]);
+        let home = &config.pools["home-lab"].spec;
+        assert!(home.nodes.is_none());
+        assert_eq!(
+            home.endpoints,
+            [
+                Endpoint {
+                    name: "node-a".into(),
+                    address: "https://10.0.0.1:7480".into(),
+                    node_id: Some("aa".into()),
+                    zone: Some("kitchen".into()),
+                },
+                Endpoint {
+                    name: "node-b".into(),
+                    address: "https://10.0.0.2:7480".into(),
+                    node_id: Some("bb".into()),
+                    zone: Some("attic".into()),
+                },
+            ]
+        );
+        assert_eq!(
+            config.pools["friends"].spec.endpoints[0].node_id.as_deref(),
+            Some("b3f1")
+        );
+        let g = &config.gateways["s3"].spec;
+        assert_eq!(g.listen.as_deref(), Some("0.0.0.0:9000"));
+        assert_eq!(
+            g.master_key_file.as_deref(),
+            Some("/etc/sublet-keys/master.key")
+        );
+        // Secrets never land in a ConfigMap.
+        assert!(g.credentials.is_empty() && g.provider_token.is_none());
+        assert!(!rendered.yaml.contains("0123456789") && !rendered.yaml.contains("secret-token"));
+        assert!(!rendered.yaml.contains("namespace: "), "{}", rendered.yaml);
+        assert_eq!(
+            rendered.excluded,
+            [Excluded {
+                kind: "StoragePlan".into(),
+                name: "broken".into(),
+                reason: "spec.redundancy.erasure.parityShards: must be at least 1; without parity use replicas: 1".into(),
+            }]
+        );
+        assert_eq!(rendered.hash.len(), 16);
+    }
+
+    #[test]
+    fn deleted_pool_is_drained() {
+        let (mut pools, plans, schedules) = inventory_fixture();
+        pools[1].metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-28T02:00:00Z".parse().unwrap(),
+            ));
+        let gw = gateway("s3", "defaultPlan: photos");
+        let rendered = render_config(
+            &gw,
+            Inventory {
+                pools: &pools,
+                plans: &plans,
+                schedules: &schedules,
+            },
+        )
+        .unwrap();
+        let config = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
+        assert_eq!(config.pools["friends"].spec.drain, Some(true));
+        assert_eq!(config.pools["home-lab"].spec.drain, None);
+    }
+
+    #[test]
+    fn hash_follows_the_content() {
+        let (mut pools, plans, schedules) = inventory_fixture();
+        let gw = gateway("s3", "defaultPlan: photos");
+        let hash = |pools: &[ProviderPool]| {
+            render_config(
+                &gw,
+                Inventory {
+                    pools,
+                    plans: &plans,
+                    schedules: &schedules,
+                },
+            )
+            .unwrap()
+            .hash
+        };
+        let first = hash(&pools);
+        assert_eq!(first, hash(&pools), "rendering is deterministic");
+        pools[0].status.as_mut().unwrap().members[1].address = "https://10.0.0.9:7480".into();
+        assert_ne!(first, hash(&pools), "a moved provider changes the config");
+    }
+
+    #[test]
+    fn references_to_left_out_resources_say_why() {
+        let (pools, mut plans, _) = inventory_fixture();
+        let schedules = vec![schedule("nightly", "rebuild: {maxConcurrentJobs: 0}")];
+        plans.push(plan(
+            "lonely",
+            "redundancy: {replicas: 1}\nplacement: {pools: [{name: nowhere}]}",
+        ));
+        let selection = select(
+            Inventory {
+                pools: &pools,
+                plans: &plans,
+                schedules: &schedules,
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            selection.reason("StorageSchedule", "nightly"),
+            Some("spec.rebuild.maxConcurrentJobs: must be at least 1 (got 0)")
+        );
+        assert_eq!(
+            selection.reason("StoragePlan", "photos"),
+            Some(
+                "spec.schedule: StorageSchedule \"nightly\" is left out of the config (spec.rebuild.maxConcurrentJobs: must be at least 1 (got 0))"
+            )
+        );
+        assert_eq!(
+            selection.reason("StoragePlan", "lonely"),
+            Some(
+                "spec.placement.pools[0].name: no ProviderPool named \"nowhere\" in this namespace (known: friends, home-lab); add it or fix the name"
+            )
+        );
+        assert!(selection.plans.is_empty());
+        assert_eq!(selection.pools.len(), 2);
+    }
+
+    #[test]
+    fn pool_without_members_yet_is_left_out_with_its_plans() {
+        let mut home = pool(
+            "home-lab",
+            "class: owned\nnodes: {selector: {}, storage: {hostPath: /x, capacity: 1Gi}}",
+        );
+        home.status = None;
+        let plans = vec![plan(
+            "p",
+            "redundancy: {replicas: 1}\nplacement: {pools: [{name: home-lab}]}",
+        )];
+        let selection = select(
+            Inventory {
+                pools: &[home],
+                plans: &plans,
+                schedules: &[],
+            },
+            None,
+        )
+        .unwrap();
+        assert!(
+            selection
+                .reason("ProviderPool", "home-lab")
+                .unwrap()
+                .contains("no provider pod of the pool is running yet")
+        );
+        assert!(
+            selection
+                .reason("StoragePlan", "p")
+                .unwrap()
+                .contains("ProviderPool \"home-lab\" is left out of the config")
+        );
+    }
+
+    #[test]
+    fn gateway_whose_default_plan_is_left_out_is_an_error() {
+        let (pools, plans, schedules) = inventory_fixture();
+        let gw = gateway("s3", "defaultPlan: broken");
+        let err = render_config(
+            &gw,
+            Inventory {
+                pools: &pools,
+                plans: &plans,
+                schedules: &schedules,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot render the config of StorageGateway/s3: spec.defaultPlan: StoragePlan \"broken\" is left out of the config (spec.redundancy.erasure.parityShards: must be at least 1; without parity use replicas: 1)"
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod examples {
+    use super::*;
+    use crate::testing::pool_member;
+
+    /// Reads `crds/examples/` (one resource per file; `standalone.yaml` is for `sublet serve`).
+    fn examples() -> (
+        Vec<ProviderPool>,
+        Vec<StoragePlan>,
+        Vec<StorageSchedule>,
+        Vec<StorageGateway>,
+    ) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
+        let (mut pools, mut plans, mut schedules, mut gateways) = (vec![], vec![], vec![], vec![]);
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            if file.file_name().is_some_and(|n| n == "standalone.yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            let meta = |name: &str| kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("storage".into()),
+                uid: Some(format!("uid-{name}")),
+                ..Default::default()
+            };
+            let name = value["metadata"]["name"].as_str().unwrap().to_owned();
+            match value["kind"].as_str().unwrap() {
+                "ProviderPool" => {
+                    let mut p: ProviderPool = serde_yaml::from_value(value).unwrap();
+                    p.metadata = meta(&name);
+                    pools.push(p);
+                }
+                "StoragePlan" => {
+                    let mut p: StoragePlan = serde_yaml::from_value(value).unwrap();
+                    p.metadata = meta(&name);
+                    plans.push(p);
+                }
+                "StorageSchedule" => {
+                    let mut s: StorageSchedule = serde_yaml::from_value(value).unwrap();
+                    s.metadata = meta(&name);
+                    schedules.push(s);
+                }
+                "StorageGateway" => {
+                    let mut g: StorageGateway = serde_yaml::from_value(value).unwrap();
+                    g.metadata = meta(&name);
+                    gateways.push(g);
+                }
+                other => panic!("{}: unexpected kind {other}", file.display()),
+            }
+        }
+        (pools, plans, schedules, gateways)
+    }
+
+    #[test]
+    fn shipped_examples_render_into_a_config_the_gateway_loads() {
+        let (mut pools, plans, schedules, gateways) = examples();
+        assert_eq!(gateways.len(), 1);
+        // What the pool controller reports once provider pods run on six labelled nodes.
+        for pool in &mut pools {
+            if pool.spec.nodes.is_some() {
+                let name = pool.metadata.name.clone().unwrap();
+                pool.status = Some(sublet_crds::ProviderPoolStatus {
+                    members: (1..=6)
+                        .map(|i| {
+                            pool_member(
+                                &format!("{name}-node-{i}"),
+                                &format!("https://10.42.{i}.{}:7480", name.len()),
+                                &format!("{i:032x}"),
+                                &format!("zone-{i}"),
+                                true,
+                            )
+                        })
+                        .collect(),
+                    ..Default::default()
+                });
+            }
+        }
+        let rendered = render_config(
+            &gateways[0],
+            Inventory {
+                pools: &pools,
+                plans: &plans,
+                schedules: &schedules,
+            },
+        )
+        .unwrap();
+        assert_eq!(rendered.excluded, [], "{}", rendered.yaml);
+        let config = sublet_crds::load_str("sublet.yaml", &rendered.yaml).unwrap();
+        assert_eq!(config.plans.len(), plans.len());
+        assert_eq!(config.pools.len(), pools.len());
+        assert_eq!(config.pools["home-lab"].spec.endpoints.len(), 6);
+        // The rented pool keeps its external endpoint next to its in-cluster members.
+        assert_eq!(config.pools["rented"].spec.endpoints.len(), 7);
+        assert_eq!(config.gateway().unwrap().spec.default_plan, "family-photos");
+    }
+}

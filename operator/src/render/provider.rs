@@ -1,0 +1,461 @@
+//! ProviderPool → provider pods: a DaemonSet on the selected nodes (hostPath storage) or a
+//! StatefulSet with one claim per pod (volumeClaimTemplate storage), and a headless Service.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use sublet_crds::{PoolNodes, ProviderPool};
+
+use super::{
+    APP_PROVIDER, Images, LABEL_POOL, PROVIDER_GRPC_PORT, PROVIDER_HTTP_PORT,
+    PROVIDER_TOKEN_SECRET, labels, owned_meta, selector,
+};
+use crate::Result;
+
+/// Where the provider keeps its identity and shards inside the pod.
+pub const DATA_DIR: &str = "/var/lib/sublet";
+/// The node label holding a node's zone; passed to the provider as its failure domain.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Name of the init container that prints the provider's node id into its termination
+/// message, where the operator reads it.
+pub const IDENTITY_CONTAINER: &str = "identity";
+
+/// The workload running a pool's provider pods.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProviderWorkload {
+    /// One pod per selected node, data on a host directory.
+    DaemonSet(DaemonSet),
+    /// One pod per selected node, each with its own claim.
+    StatefulSet(StatefulSet),
+}
+
+/// Everything applied for a pool with in-cluster nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderObjects {
+    /// The headless Service giving the pods DNS names.
+    pub service: Service,
+    /// The DaemonSet or StatefulSet.
+    pub workload: ProviderWorkload,
+}
+
+/// The name of a pool's workload and Service.
+pub fn workload_name(pool: &str) -> String {
+    format!("{pool}-provider")
+}
+
+/// The objects for `pool`'s in-cluster providers; `None` when the pool only lists
+/// endpoints. `matching_nodes` sizes the StatefulSet (one pod per selected node; a
+/// DaemonSet sizes itself).
+pub fn provider_objects(
+    pool: &ProviderPool,
+    images: &Images,
+    matching_nodes: usize,
+) -> Result<Option<ProviderObjects>> {
+    let Some(nodes) = &pool.spec.nodes else {
+        return Ok(None);
+    };
+    let name = pool.name_any();
+    let object_name = workload_name(&name);
+    let labels = labels(APP_PROVIDER, &name, &[(LABEL_POOL, &name)]);
+    let service = Service {
+        metadata: owned_meta(pool, object_name.clone(), labels.clone())?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector(APP_PROVIDER, &name)),
+            ports: Some(vec![
+                service_port("grpc", PROVIDER_GRPC_PORT),
+                service_port("http", PROVIDER_HTTP_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    let workload = match (
+        &nodes.storage.host_path,
+        &nodes.storage.volume_claim_template,
+    ) {
+        (_, Some(claim)) => {
+            let template =
+                pod_template(&name, nodes, images, &labels, claim.size.to_string(), None);
+            let claim = PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: claim.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".into(),
+                            Quantity(claim.size.to_string()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                status: None,
+            };
+            ProviderWorkload::StatefulSet(StatefulSet {
+                metadata: owned_meta(pool, object_name.clone(), labels.clone())?,
+                spec: Some(StatefulSetSpec {
+                    replicas: Some(i32::try_from(matching_nodes).unwrap_or(i32::MAX)),
+                    service_name: Some(object_name),
+                    // Providers are independent; start and replace them all at once.
+                    pod_management_policy: Some("Parallel".into()),
+                    selector: LabelSelector {
+                        match_labels: Some(selector(APP_PROVIDER, &name)),
+                        ..LabelSelector::default()
+                    },
+                    template,
+                    volume_claim_templates: Some(vec![claim]),
+                    ..StatefulSetSpec::default()
+                }),
+                status: None,
+            })
+        }
+        (host_path, None) => {
+            let capacity = nodes
+                .storage
+                .capacity
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "10Gi".into());
+            let volume = Volume {
+                name: "data".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: host_path.clone().unwrap_or_else(|| DATA_DIR.into()),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..Volume::default()
+            };
+            let template = pod_template(&name, nodes, images, &labels, capacity, Some(volume));
+            ProviderWorkload::DaemonSet(DaemonSet {
+                metadata: owned_meta(pool, object_name, labels.clone())?,
+                spec: Some(DaemonSetSpec {
+                    selector: LabelSelector {
+                        match_labels: Some(selector(APP_PROVIDER, &name)),
+                        ..LabelSelector::default()
+                    },
+                    template,
+                    ..DaemonSetSpec::default()
+                }),
+                status: None,
+            })
+        }
+    };
+    Ok(Some(ProviderObjects { service, workload }))
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+fn health_probe(initial_delay: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn pod_template(
+    pool: &str,
+    nodes: &PoolNodes,
+    images: &Images,
+    labels: &BTreeMap<String, String>,
+    capacity: String,
+    host_volume: Option<Volume>,
+) -> PodTemplateSpec {
+    let data_mount = VolumeMount {
+        name: "data".into(),
+        mount_path: DATA_DIR.into(),
+        ..VolumeMount::default()
+    };
+    let env = vec![
+        EnvVar {
+            // Set when the cluster copies node topology labels onto pods (Kubernetes 1.33+
+            // with PodTopologyLabelsAdmission); empty otherwise. The gateway config carries
+            // the zone read from the node either way.
+            name: "SUBLET_PROVIDER_ZONE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.labels['{ZONE_LABEL}']"),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "SUBLET_PROVIDER_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: PROVIDER_TOKEN_SECRET.into(),
+                    key: "token".into(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+    ];
+    let identity = Container {
+        name: IDENTITY_CONTAINER.into(),
+        image: Some(images.provider.clone()),
+        // The node id goes to the termination message, which the operator reads from the
+        // pod status to pin the provider in the gateway config.
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("sublet-provider --data-dir {DATA_DIR} --print-node-id > /dev/termination-log"),
+        ]),
+        volume_mounts: Some(vec![data_mount.clone()]),
+        ..Container::default()
+    };
+    let provider = Container {
+        name: "provider".into(),
+        image: Some(images.provider.clone()),
+        command: Some(vec!["sublet-provider".into()]),
+        args: Some(vec![
+            "--data-dir".into(),
+            DATA_DIR.into(),
+            "--listen".into(),
+            format!("0.0.0.0:{PROVIDER_GRPC_PORT}"),
+            "--http-listen".into(),
+            format!("0.0.0.0:{PROVIDER_HTTP_PORT}"),
+            "--capacity".into(),
+            capacity,
+        ]),
+        env: Some(env),
+        ports: Some(vec![
+            container_port("grpc", PROVIDER_GRPC_PORT),
+            container_port("http", PROVIDER_HTTP_PORT),
+        ]),
+        readiness_probe: Some(health_probe(2, 10)),
+        liveness_probe: Some(health_probe(10, 20)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("100m".into())),
+                ("memory".into(), Quantity("128Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts: Some(vec![data_mount]),
+        ..Container::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            node_selector: Some(nodes.selector.match_labels.clone()),
+            // One provider per node: a second pod of the pool never lands on the same node.
+            affinity: Some(Affinity {
+                pod_anti_affinity: Some(PodAntiAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(vec![
+                        PodAffinityTerm {
+                            label_selector: Some(LabelSelector {
+                                match_labels: Some(selector(APP_PROVIDER, pool)),
+                                ..LabelSelector::default()
+                            }),
+                            topology_key: "kubernetes.io/hostname".into(),
+                            ..PodAffinityTerm::default()
+                        },
+                    ]),
+                    ..PodAntiAffinity::default()
+                }),
+                ..Affinity::default()
+            }),
+            automount_service_account_token: Some(false),
+            // The provider finishes in-flight writes for up to 30 s after SIGTERM.
+            termination_grace_period_seconds: Some(40),
+            init_containers: Some(vec![identity]),
+            containers: vec![provider],
+            volumes: host_volume.map(|v| vec![v]),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::pool;
+
+    fn workload_json(objects: &ProviderObjects) -> serde_json::Value {
+        match &objects.workload {
+            ProviderWorkload::DaemonSet(ds) => serde_json::to_value(ds).unwrap(),
+            ProviderWorkload::StatefulSet(sts) => serde_json::to_value(sts).unwrap(),
+        }
+    }
+
+    #[test]
+    fn host_path_pool_is_a_daemon_set_on_the_selected_nodes() {
+        let pool = pool(
+            "home-lab",
+            "class: owned\nnodes: {selector: {matchLabels: {sublet.dev/provider: \"true\"}}, storage: {hostPath: /srv/sublet, capacity: 500Gi}}",
+        );
+        let images = Images {
+            provider: "example/provider:1".into(),
+            gateway: "example/gateway:1".into(),
+        };
+        let objects = provider_objects(&pool, &images, 3).unwrap().unwrap();
+        let ProviderWorkload::DaemonSet(ds) = &objects.workload else {
+            panic!("expected a DaemonSet");
+        };
+        assert_eq!(ds.metadata.name.as_deref(), Some("home-lab-provider"));
+        assert_eq!(ds.metadata.namespace.as_deref(), Some("storage"));
+        let owner = &ds.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("ProviderPool", "home-lab", Some(true))
+        );
+        let json = workload_json(&objects);
+        let pod = &json["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["nodeSelector"],
+            serde_json::json!({"sublet.dev/provider": "true"})
+        );
+        assert_eq!(
+            pod["volumes"][0]["hostPath"],
+            serde_json::json!({"path": "/srv/sublet", "type": "DirectoryOrCreate"})
+        );
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "example/provider:1");
+        assert_eq!(
+            c["args"],
+            serde_json::json!([
+                "--data-dir",
+                "/var/lib/sublet",
+                "--listen",
+                "0.0.0.0:7480",
+                "--http-listen",
+                "0.0.0.0:7481",
+                "--capacity",
+                "500Gi"
+            ])
+        );
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
+        assert_eq!(c["env"][0]["name"], "SUBLET_PROVIDER_ZONE");
+        assert_eq!(
+            c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.labels['topology.kubernetes.io/zone']"
+        );
+        assert_eq!(
+            c["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+            "sublet-provider-token"
+        );
+        assert_eq!(c["resources"]["requests"]["memory"], "128Mi");
+        assert_eq!(pod["initContainers"][0]["name"], "identity");
+        assert_eq!(
+            json["spec"]["template"]["metadata"]["labels"]["sublet.dev/pool"],
+            "home-lab"
+        );
+        // The selector must stay a subset of the pod labels, or the API server refuses it.
+        let selector = json["spec"]["selector"]["matchLabels"].as_object().unwrap();
+        for (k, v) in selector {
+            assert_eq!(&json["spec"]["template"]["metadata"]["labels"][k], v, "{k}");
+        }
+
+        let service = serde_json::to_value(&objects.service).unwrap();
+        assert_eq!(service["metadata"]["name"], "home-lab-provider");
+        assert_eq!(service["spec"]["clusterIP"], "None");
+        assert_eq!(service["spec"]["ports"][0]["port"], 7480);
+        assert_eq!(service["spec"]["ports"][1]["port"], 7481);
+    }
+
+    #[test]
+    fn claim_pool_is_a_stateful_set_sized_by_the_matching_nodes() {
+        let pool = pool(
+            "rented",
+            "class: rented\nnodes: {selector: {matchLabels: {sublet.dev/pool: rented}}, storage: {volumeClaimTemplate: {storageClassName: fast, size: 200Gi}}}",
+        );
+        let objects = provider_objects(&pool, &Images::default(), 2)
+            .unwrap()
+            .unwrap();
+        let json = workload_json(&objects);
+        assert!(matches!(objects.workload, ProviderWorkload::StatefulSet(_)));
+        assert_eq!(json["spec"]["replicas"], 2);
+        assert_eq!(json["spec"]["serviceName"], "rented-provider");
+        let claim = &json["spec"]["volumeClaimTemplates"][0];
+        assert_eq!(claim["metadata"]["name"], "data");
+        assert_eq!(claim["spec"]["storageClassName"], "fast");
+        assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "200Gi");
+        let pod = &json["spec"]["template"]["spec"];
+        assert!(pod.get("volumes").is_none(), "{pod}");
+        assert_eq!(pod["containers"][0]["args"][7], "200Gi");
+        assert_eq!(
+            pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+                ["topologyKey"],
+            "kubernetes.io/hostname"
+        );
+        assert_eq!(
+            pod["containers"][0]["image"],
+            format!("ghcr.io/sublet-dev/sublet:{}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[test]
+    fn endpoint_only_pool_runs_nothing() {
+        let pool = pool(
+            "friends",
+            "class: owned\nendpoints: [{name: nas, address: \"nas:7480\"}]",
+        );
+        assert_eq!(
+            provider_objects(&pool, &Images::default(), 0).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn pool_without_uid_is_refused() {
+        let mut pool = pool(
+            "home-lab",
+            "class: owned\nnodes: {selector: {}, storage: {hostPath: /x, capacity: 1Gi}}",
+        );
+        pool.metadata.uid = None;
+        let err = provider_objects(&pool, &Images::default(), 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ProviderPool/home-lab has no metadata.uid; it was not read from the API server"
+        );
+    }
+}
