@@ -1,15 +1,27 @@
 //! Helpers shared by the end-to-end tests in `tests/`: find the workspace's
-//! binaries, pick free ports, wait for daemons to come up.
+//! binaries, pick free ports, wait for daemons to come up; run `sublet dev`
+//! ([`dev`]), the real S3 clients ([`clients`]) and make test data ([`data`]).
 
+pub mod clients;
+pub mod data;
+pub mod dev;
+
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Path of a binary built from this workspace, building it when missing
-/// (e.g. when a single e2e test is run on its own).
+/// Path of a binary built from this workspace, up to date with the sources.
+///
+/// `cargo test --workspace` builds every binary already, but `cargo test -p
+/// sublet-e2e` does not, and a binary left by an older build would test old
+/// code: so each test process runs `cargo build` once per binary (a no-op when
+/// it is fresh).
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
@@ -18,10 +30,12 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         .expect("target/<profile> directory")
         .to_path_buf();
     let bin = profile_dir.join(name);
-    if !bin.exists() {
+    // Held across the build so parallel tests wait for it instead of racing it.
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(name) {
         let release = profile_dir.ends_with("release");
         let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", package, "--bin", name]);
+        cargo.args(["build", "--quiet", "-p", package, "--bin", name]);
         if release {
             cargo.arg("--release");
         }
@@ -30,6 +44,7 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
             status.success(),
             "cargo build -p {package} --bin {name} failed"
         );
+        built.insert(name.to_string());
     }
     bin
 }
