@@ -135,3 +135,14 @@ fn read_all(file: &mut std::fs::File) -> String {
     file.read_to_end(&mut bytes).expect("read output file");
     String::from_utf8_lossy(&bytes).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[should_panic(
+        expected = "`sublet-e2e-no-such-client` is not on PATH: install the e2e clients"
+    )]
+    fn a_missing_client_fails_the_test_and_names_the_install_step() {
+        super::require("sublet-e2e-no-such-client");
+    }
+}
