@@ -559,7 +559,14 @@ fn aws_s3api_multipart_upload_of_100_mib() {
             s(part),
         ]));
         let out: serde_json::Value = serde_json::from_str(&out).unwrap();
-        completed.push(serde_json::json!({"ETag": out["ETag"], "PartNumber": i + 1}));
+        // The part's ETag and any checksum the CLI asked for, as CompleteMultipartUpload wants them.
+        let mut done = serde_json::json!({ "PartNumber": i + 1 });
+        for (field, value) in out.as_object().unwrap() {
+            if field == "ETag" || field.starts_with("Checksum") {
+                done[field] = value.clone();
+            }
+        }
+        completed.push(done);
     }
     assert_eq!(completed.len(), 4);
     let parts_json = f.path("parts.json");
