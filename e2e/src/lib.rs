@@ -36,6 +36,29 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         let release = profile_dir.ends_with("release");
         let mut cargo = Command::new(env!("CARGO"));
         cargo.args(["build", "--quiet", "-p", package, "--bin", name]);
+        // cargo gives the test the variables of the package under test; build
+        // scripts that read one (ring reads CARGO_MANIFEST_DIR) would see it
+        // change between this build and the next `cargo test` and rebuild
+        // half the tree each time.
+        for (var, _) in std::env::vars_os() {
+            let var = var.to_string_lossy();
+            if var.starts_with("CARGO_PKG_")
+                || var.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&var.as_ref())
+            {
+                cargo.env_remove(var.as_ref());
+            }
+        }
         if release {
             cargo.arg("--release");
         }
