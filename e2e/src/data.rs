@@ -140,7 +140,8 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 }
 
 /// Makes a small tree of mixed files under `dir`: random and text files in
-/// nested directories, names with spaces; returns its size in bytes.
+/// nested directories, names with spaces and other odd characters; returns
+/// its size in bytes.
 pub fn write_mixed_tree(dir: &Path, random_mib: u64, seed: u64) -> u64 {
     let mut total = 0;
     for i in 0..random_mib {
@@ -157,5 +158,9 @@ pub fn write_mixed_tree(dir: &Path, random_mib: u64, seed: u64) -> u64 {
     }
     write_text_file(&dir.join("README"), 500, seed);
     total += len(&dir.join("README"));
+    // Characters SigV4 canonical URIs and listings must escape right.
+    let odd = dir.join("src/plus+sign & ünïcødé ✓ 100%.txt");
+    write_text_file(&odd, 700, seed + 1);
+    total += len(&odd);
     total
 }

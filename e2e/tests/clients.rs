@@ -19,17 +19,17 @@ const MIB: u64 = 1 << 20;
 /// Longest any single client command may take on a loaded 2-core machine.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A `sublet dev` with its state in a temp dir, and room for the test's files.
-struct Fixture {
+/// A `sublet dev` with its state in a temp dir, and room there for the test's files.
+struct TestGateway {
     dev: SubletDev,
     tmp: tempfile::TempDir,
 }
 
-impl Fixture {
+impl TestGateway {
     fn start() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dev = SubletDev::start(&tmp.path().join("state"));
-        Fixture { dev, tmp }
+        TestGateway { dev, tmp }
     }
 
     /// A path under the test's temp dir.
@@ -76,14 +76,14 @@ fn aws_ls(out: &str) -> BTreeMap<String, u64> {
 }
 
 /// What `aws s3api head-object` says about `key`.
-fn head_object(f: &Fixture, bucket: &str, key: &str) -> serde_json::Value {
+fn head_object(f: &TestGateway, bucket: &str, key: &str) -> serde_json::Value {
     let out = ok(f.aws(&["s3api", "head-object", "--bucket", bucket, "--key", key]));
     serde_json::from_str(&out).unwrap()
 }
 
 #[test]
 fn aws_cli_copies_syncs_lists_and_removes() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     ok(f.aws(&["s3", "mb", "s3://aws-cli"]));
 
     // cp up and down: a few MiB, not a whole number of them.
@@ -180,7 +180,7 @@ fn aws_cli_copies_syncs_lists_and_removes() {
 #[ignore = "gateway bug: an empty PUT with `Expect: 100-continue` is answered without `100 Continue`, \
             which leaves botocore's pooled connection misreading the next PUT's response (60 s stall)"]
 fn aws_cli_sync_with_an_empty_file_does_not_stall() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     // One connection, so the PUT after the empty file's reuses it; no retry
     // hides the misread response.
     let config = f.path("aws-one-connection");
@@ -212,13 +212,13 @@ fn aws_cli_sync_with_an_empty_file_does_not_stall() {
 
 #[test]
 fn boto3_objects_metadata_listing_presigned_and_wrong_secret() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     let out = ok(boto3_script(&f, "boto3_roundtrip.py", "boto3-bucket"));
     assert!(out.contains("boto3 checks passed"), "{out}");
 }
 
 /// `python3 e2e/scripts/SCRIPT` against `f`'s gateway, in `bucket`.
-fn boto3_script(f: &Fixture, script: &str, bucket: &str) -> Command {
+fn boto3_script(f: &TestGateway, script: &str, bucket: &str) -> Command {
     let check = run(
         clients::command("python3").args(["-c", "import boto3"]),
         CLIENT_TIMEOUT,
@@ -244,13 +244,13 @@ fn boto3_script(f: &Fixture, script: &str, bucket: &str) -> Command {
 #[ignore = "gateway bug: GetObject ignores If-Match, If-None-Match, If-Modified-Since and \
             If-Unmodified-Since (always 200)"]
 fn boto3_conditional_gets_answer_304_and_412() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     let out = ok(boto3_script(&f, "boto3_conditional.py", "conditional"));
     assert!(out.contains("conditional checks passed"), "{out}");
 }
 
 /// An s3cmd config file for `dev`, with `region` as bucket_location.
-fn s3cmd_config(f: &Fixture, region: &str) -> PathBuf {
+fn s3cmd_config(f: &TestGateway, region: &str) -> PathBuf {
     let path = f.path("s3cfg");
     let addr = f.dev.addr;
     std::fs::write(
@@ -265,7 +265,7 @@ fn s3cmd_config(f: &Fixture, region: &str) -> PathBuf {
     path
 }
 
-fn s3cmd(f: &Fixture, config: &Path, args: &[&str]) -> Command {
+fn s3cmd(f: &TestGateway, config: &Path, args: &[&str]) -> Command {
     let host = f.dev.addr.to_string();
     let mut cmd = clients::command("s3cmd");
     cmd.args([
@@ -283,7 +283,7 @@ fn s3cmd(f: &Fixture, config: &Path, args: &[&str]) -> Command {
 
 #[test]
 fn s3cmd_makes_puts_lists_gets_and_deletes() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     let cfg = s3cmd_config(&f, "us-east-1");
     let local = f.path("object.bin");
     write_random_file(&local, 2 * MIB + 7, 2);
@@ -322,14 +322,14 @@ fn s3cmd_makes_puts_lists_gets_and_deletes() {
 #[test]
 #[ignore = "gateway bug: s3cmd's default bucket_location `US` is sent as the SigV4 region and refused (400 InvalidRequest: invalid credential region)"]
 fn s3cmd_with_its_default_region_us() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     let cfg = s3cmd_config(&f, "US");
     ok(s3cmd(&f, &cfg, &["mb", "s3://s3cmd-us"]));
     ok(s3cmd(&f, &cfg, &["ls", "s3://s3cmd-us"]));
 }
 
 /// `rclone ARGS` with a remote `sublet:` for `dev`, configured through the environment.
-fn rclone(f: &Fixture, args: &[&str]) -> Command {
+fn rclone(f: &TestGateway, args: &[&str]) -> Command {
     let config = f.path("rclone.conf");
     if !config.exists() {
         std::fs::write(&config, "").unwrap();
@@ -353,7 +353,7 @@ fn rclone(f: &Fixture, args: &[&str]) -> Command {
 
 #[test]
 fn rclone_copies_checks_and_deletes_a_tree() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     let tree = f.path("tree");
     write_mixed_tree(&tree, 3, 20);
     std::fs::write(tree.join("empty"), b"").unwrap();
@@ -386,7 +386,7 @@ fn rclone_copies_checks_and_deletes_a_tree() {
 
 #[test]
 fn restic_backs_up_checks_and_restores_a_tree() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     let tree = f.path("tree");
     let bytes = write_mixed_tree(&tree, 20, 30);
     assert!(bytes > 19 * MIB, "{bytes}");
@@ -501,7 +501,7 @@ fn objects_survive_a_ctrl_c_and_a_kill_of_sublet_dev() {
 #[test]
 #[ignore = "1 GiB: run with --ignored"]
 fn one_gib_round_trip_through_the_aws_cli() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     let local = f.path("one-gib.bin");
     write_random_file(&local, 1024 * MIB, 5);
     ok(f.aws(&["s3", "mb", "s3://large"]));
@@ -554,7 +554,7 @@ fn split_file(path: &Path, part_size: u64) -> Vec<PathBuf> {
 #[test]
 #[ignore = "needs multipart (lands with the S3 surface branch)"]
 fn aws_s3api_multipart_upload_of_100_mib() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     let local = f.path("hundred.bin");
     write_random_file(&local, 100 * MIB, 6);
     ok(f.aws(&["s3", "mb", "s3://multipart"]));
@@ -636,7 +636,7 @@ fn aws_s3api_multipart_upload_of_100_mib() {
 #[test]
 #[ignore = "needs multipart (lands with the S3 surface branch)"]
 fn aws_cp_above_the_default_multipart_threshold() {
-    let f = Fixture::start();
+    let f = TestGateway::start();
     // The CLI's defaults: multipart above 8 MiB, in 8 MiB parts.
     let config = f.path("aws-default-config");
     std::fs::write(&config, "[default]\nregion = us-east-1\n").unwrap();
