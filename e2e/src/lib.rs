@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 /// Path of a binary built from this workspace, up to date with the sources.
 ///
-/// `cargo test --workspace` builds every binary already, but `cargo test -p
+/// `cargo test --workspace` builds the binaries already, but `cargo test -p
 /// sublet-e2e` does not, and a binary left by an older build would test old
-/// code: so each test process runs `cargo build` once per binary (a no-op when
-/// it is fresh).
+/// code: so a binary missing or older than the workspace's sources is built,
+/// once per test process. A fresh one is left alone: `cargo build -p` resolves
+/// other features than the workspace-wide test build and would rebuild much
+/// of the tree.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     // Test executables live in target/<profile>/deps; binaries one level up.
@@ -32,7 +34,7 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     let bin = profile_dir.join(name);
     // Held across the build so parallel tests wait for it instead of racing it.
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.contains(name) {
+    if !built.contains(name) && !is_newer_than_sources(&bin) {
         let release = profile_dir.ends_with("release");
         let mut cargo = Command::new(env!("CARGO"));
         cargo.args(["build", "--quiet", "-p", package, "--bin", name]);
@@ -70,6 +72,40 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         built.insert(name.to_string());
     }
     bin
+}
+
+/// Whether `bin` exists and is newer than every source file of the workspace
+/// outside `e2e/` (hidden entries and target directories skipped).
+fn is_newer_than_sources(bin: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let path = entry.path();
+            if name.starts_with('.') || name.starts_with("target") || path == root.join("e2e") {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.modified().is_ok_and(|m| m > built) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// A loopback address with a port nothing listens on right now.
