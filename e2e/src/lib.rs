@@ -1,15 +1,29 @@
 //! Helpers shared by the end-to-end tests in `tests/`: find the workspace's
-//! binaries, pick free ports, wait for daemons to come up.
+//! binaries, pick free ports, wait for daemons to come up; run `sublet dev`
+//! ([`dev`]), the real S3 clients ([`clients`]) and make test data ([`data`]).
 
+pub mod clients;
+pub mod data;
+pub mod dev;
+
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Path of a binary built from this workspace, building it when missing
-/// (e.g. when a single e2e test is run on its own).
+/// Path of a binary built from this workspace, up to date with the sources.
+///
+/// `cargo test --workspace` builds the binaries already, but `cargo test -p
+/// sublet-e2e` does not, and a binary left by an older build would test old
+/// code: so a binary missing or older than the workspace's sources is built,
+/// once per test process. A fresh one is left alone: `cargo build -p` resolves
+/// other features than the workspace-wide test build and would rebuild much
+/// of the tree.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
@@ -18,10 +32,35 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         .expect("target/<profile> directory")
         .to_path_buf();
     let bin = profile_dir.join(name);
-    if !bin.exists() {
+    // Held across the build so parallel tests wait for it instead of racing it.
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(name) && !is_newer_than_sources(&bin) {
         let release = profile_dir.ends_with("release");
         let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", package, "--bin", name]);
+        cargo.args(["build", "--quiet", "-p", package, "--bin", name]);
+        // cargo gives the test the variables of the package under test; build
+        // scripts that read one (ring reads CARGO_MANIFEST_DIR) would see it
+        // change between this build and the next `cargo test` and rebuild
+        // half the tree each time.
+        for (var, _) in std::env::vars_os() {
+            let var = var.to_string_lossy();
+            if var.starts_with("CARGO_PKG_")
+                || var.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&var.as_ref())
+            {
+                cargo.env_remove(var.as_ref());
+            }
+        }
         if release {
             cargo.arg("--release");
         }
@@ -30,8 +69,43 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
             status.success(),
             "cargo build -p {package} --bin {name} failed"
         );
+        built.insert(name.to_string());
     }
     bin
+}
+
+/// Whether `bin` exists and is newer than every source file of the workspace
+/// outside `e2e/` (hidden entries and target directories skipped).
+fn is_newer_than_sources(bin: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let path = entry.path();
+            if name.starts_with('.') || name.starts_with("target") || path == root.join("e2e") {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.modified().is_ok_and(|m| m > built) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// A loopback address with a port nothing listens on right now.

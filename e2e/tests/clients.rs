@@ -1,0 +1,672 @@
+//! Real S3 clients (AWS CLI, boto3, s3cmd, rclone, restic) against the real
+//! `sublet dev` binary, one gateway per test on a free port and a temp dir.
+//! A client missing from the machine fails its test: CI installs them all.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sublet_e2e::clients::{self, run, run_ok};
+use sublet_e2e::data::{
+    assert_same_file, assert_same_tree, file_md5_hex, relative_files, write_mixed_tree,
+    write_random_file,
+};
+use sublet_e2e::dev::SubletDev;
+
+const MIB: u64 = 1 << 20;
+/// Longest any single client command may take on a loaded 2-core machine.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A `sublet dev` with its state in a temp dir, and room there for the test's files.
+struct TestGateway {
+    dev: SubletDev,
+    tmp: tempfile::TempDir,
+}
+
+impl TestGateway {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dev = SubletDev::start(&tmp.path().join("state"));
+        TestGateway { dev, tmp }
+    }
+
+    /// A path under the test's temp dir.
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// `aws --endpoint-url ... ARGS` with this gateway's keys.
+    fn aws(&self, args: &[&str]) -> Command {
+        aws(&self.dev, args)
+    }
+}
+
+fn aws(dev: &SubletDev, args: &[&str]) -> Command {
+    let mut cmd = dev.client("aws");
+    cmd.args(["--endpoint-url", &dev.endpoint()]).args(args);
+    cmd
+}
+
+fn ok(mut cmd: Command) -> String {
+    run_ok(&mut cmd, CLIENT_TIMEOUT)
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Key → size from the lines of `aws s3 ls --recursive`.
+fn aws_ls(out: &str) -> BTreeMap<String, u64> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            // "2026-11-28 13:42:46    5000000 some key": the key may hold spaces.
+            let mut rest = line.trim_start();
+            let mut fields = Vec::new();
+            for _ in 0..3 {
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                fields.push(&rest[..end]);
+                rest = rest[end..].trim_start();
+            }
+            (rest.to_string(), fields[2].parse().unwrap())
+        })
+        .collect()
+}
+
+/// What `aws s3api head-object` says about `key`.
+fn head_object(f: &TestGateway, bucket: &str, key: &str) -> serde_json::Value {
+    let out = ok(f.aws(&["s3api", "head-object", "--bucket", bucket, "--key", key]));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn aws_cli_copies_syncs_lists_and_removes() {
+    let f = TestGateway::start();
+    ok(f.aws(&["s3", "mb", "s3://aws-cli"]));
+
+    // cp up and down: a few MiB, not a whole number of them.
+    let local = f.path("big.bin");
+    write_random_file(&local, 3 * MIB + 12_345, 1);
+    ok(f.aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        s(&local),
+        "s3://aws-cli/big.bin",
+    ]));
+    let down = f.path("big.down");
+    ok(f.aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://aws-cli/big.bin",
+        s(&down),
+    ]));
+    assert_same_file(&local, &down);
+
+    let head = head_object(&f, "aws-cli", "big.bin");
+    assert_eq!(
+        head["ETag"].as_str(),
+        Some(format!("\"{}\"", file_md5_hex(&local)).as_str()),
+        "{head}"
+    );
+    assert_eq!(
+        head["ContentLength"].as_u64(),
+        Some(3 * MIB + 12_345),
+        "{head}"
+    );
+    assert!(
+        head["LastModified"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("GMT")),
+        "{head}"
+    );
+    // The storage class names the plan that holds the object.
+    assert_eq!(head["StorageClass"].as_str(), Some("standard"), "{head}");
+
+    // sync a tree up, again (nothing to do), then down into an empty dir.
+    let tree = f.path("tree");
+    write_mixed_tree(&tree, 2, 10);
+    ok(f.aws(&[
+        "s3",
+        "sync",
+        "--only-show-errors",
+        s(&tree),
+        "s3://aws-cli/tree/",
+    ]));
+    let again = ok(f.aws(&["s3", "sync", s(&tree), "s3://aws-cli/tree/"]));
+    assert!(again.trim().is_empty(), "a second sync uploaded: {again}");
+    let listed = aws_ls(&ok(f.aws(&["s3", "ls", "--recursive", "s3://aws-cli/"])));
+    let mut expected: BTreeMap<String, u64> = relative_files(&tree)
+        .iter()
+        .map(|p| {
+            let len = std::fs::metadata(tree.join(p)).unwrap().len();
+            (format!("tree/{}", p.display()), len)
+        })
+        .collect();
+    expected.insert("big.bin".into(), 3 * MIB + 12_345);
+    assert_eq!(listed, expected);
+    let synced = f.path("synced");
+    ok(f.aws(&[
+        "s3",
+        "sync",
+        "--only-show-errors",
+        "s3://aws-cli/tree/",
+        s(&synced),
+    ]));
+    assert_same_tree(&tree, &synced);
+
+    // rm --recursive takes the tree and leaves the rest.
+    ok(f.aws(&[
+        "s3",
+        "rm",
+        "--recursive",
+        "--only-show-errors",
+        "s3://aws-cli/tree/",
+    ]));
+    let listed = aws_ls(&ok(f.aws(&["s3", "ls", "--recursive", "s3://aws-cli/"])));
+    assert_eq!(listed.keys().collect::<Vec<_>>(), ["big.bin"]);
+    ok(f.aws(&["s3", "rb", "--force", "s3://aws-cli"]));
+    let buckets = ok(f.aws(&["s3", "ls"]));
+    assert!(
+        !buckets.contains("aws-cli"),
+        "bucket still listed: {buckets}"
+    );
+}
+
+#[test]
+#[ignore = "gateway bug: an empty PUT with `Expect: 100-continue` is answered without `100 Continue`, \
+            which leaves botocore's pooled connection misreading the next PUT's response (60 s stall)"]
+fn aws_cli_sync_with_an_empty_file_does_not_stall() {
+    let f = TestGateway::start();
+    // One connection, so the PUT after the empty file's reuses it; no retry
+    // hides the misread response.
+    let config = f.path("aws-one-connection");
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\ns3 =\n    max_concurrent_requests = 1\n    multipart_threshold = 5GB\n",
+    )
+    .unwrap();
+    let tree = f.path("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a-empty"), b"").unwrap();
+    std::fs::write(tree.join("b-file"), b"hello\n").unwrap();
+    std::fs::write(tree.join("c-file"), b"more\n").unwrap();
+    ok(f.aws(&["s3", "mb", "s3://empty-files"]));
+    let mut sync = f.aws(&[
+        "--cli-read-timeout",
+        "10",
+        "s3",
+        "sync",
+        s(&tree),
+        "s3://empty-files/",
+    ]);
+    sync.env("AWS_CONFIG_FILE", &config)
+        .env("AWS_MAX_ATTEMPTS", "1");
+    ok(sync);
+    let listed = aws_ls(&ok(f.aws(&["s3", "ls", "s3://empty-files/"])));
+    assert_eq!(listed.len(), 3, "{listed:?}");
+}
+
+#[test]
+fn boto3_objects_metadata_listing_presigned_and_wrong_secret() {
+    let f = TestGateway::start();
+    let out = ok(boto3_script(&f, "boto3_roundtrip.py", "boto3-bucket"));
+    assert!(out.contains("boto3 checks passed"), "{out}");
+}
+
+/// `python3 e2e/scripts/SCRIPT` against `f`'s gateway, in `bucket`.
+fn boto3_script(f: &TestGateway, script: &str, bucket: &str) -> Command {
+    let check = run(
+        clients::command("python3").args(["-c", "import boto3"]),
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        check.status.success(),
+        "python3 cannot import boto3: {}\n{}",
+        clients::INSTALL_HINT,
+        check.stderr
+    );
+    let mut cmd = f.dev.client("python3");
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(script),
+    )
+    .env("SUBLET_ENDPOINT", f.dev.endpoint())
+    .env("BUCKET", bucket);
+    cmd
+}
+
+#[test]
+#[ignore = "gateway bug: GetObject ignores If-Match, If-None-Match, If-Modified-Since and \
+            If-Unmodified-Since (always 200)"]
+fn boto3_conditional_gets_answer_304_and_412() {
+    let f = TestGateway::start();
+    let out = ok(boto3_script(&f, "boto3_conditional.py", "conditional"));
+    assert!(out.contains("conditional checks passed"), "{out}");
+}
+
+/// An s3cmd config file for `dev`, with `region` as bucket_location.
+fn s3cmd_config(f: &TestGateway, region: &str) -> PathBuf {
+    let path = f.path("s3cfg");
+    let addr = f.dev.addr;
+    std::fs::write(
+        &path,
+        format!(
+            "[default]\naccess_key = {}\nsecret_key = {}\nhost_base = {addr}\nhost_bucket = {addr}\n\
+             bucket_location = {region}\nuse_https = False\nsignature_v2 = False\n",
+            f.dev.access_key, f.dev.secret_key
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn s3cmd(f: &TestGateway, config: &Path, args: &[&str]) -> Command {
+    let host = f.dev.addr.to_string();
+    let mut cmd = clients::command("s3cmd");
+    cmd.args([
+        "-c",
+        s(config),
+        "--no-ssl",
+        "--host",
+        &host,
+        "--host-bucket",
+        &host,
+    ])
+    .args(args);
+    cmd
+}
+
+#[test]
+fn s3cmd_makes_puts_lists_gets_and_deletes() {
+    let f = TestGateway::start();
+    let cfg = s3cmd_config(&f, "us-east-1");
+    let local = f.path("object.bin");
+    write_random_file(&local, 2 * MIB + 7, 2);
+
+    ok(s3cmd(&f, &cfg, &["mb", "s3://s3cmd-bucket"]));
+    ok(s3cmd(
+        &f,
+        &cfg,
+        &["put", s(&local), "s3://s3cmd-bucket/dir/object.bin"],
+    ));
+    let listed = ok(s3cmd(&f, &cfg, &["ls", "--recursive", "s3://s3cmd-bucket"]));
+    assert!(
+        listed.contains(&format!(
+            "{}  s3://s3cmd-bucket/dir/object.bin",
+            2 * MIB + 7
+        )),
+        "{listed}"
+    );
+    let down = f.path("object.down");
+    ok(s3cmd(
+        &f,
+        &cfg,
+        &["get", "s3://s3cmd-bucket/dir/object.bin", s(&down)],
+    ));
+    assert_same_file(&local, &down);
+    ok(s3cmd(
+        &f,
+        &cfg,
+        &["del", "s3://s3cmd-bucket/dir/object.bin"],
+    ));
+    let listed = ok(s3cmd(&f, &cfg, &["ls", "--recursive", "s3://s3cmd-bucket"]));
+    assert!(listed.trim().is_empty(), "left after del: {listed}");
+    ok(s3cmd(&f, &cfg, &["rb", "s3://s3cmd-bucket"]));
+}
+
+#[test]
+#[ignore = "gateway bug: s3cmd's default bucket_location `US` is sent as the SigV4 region and refused (400 InvalidRequest: invalid credential region)"]
+fn s3cmd_with_its_default_region_us() {
+    let f = TestGateway::start();
+    let cfg = s3cmd_config(&f, "US");
+    ok(s3cmd(&f, &cfg, &["mb", "s3://s3cmd-us"]));
+    ok(s3cmd(&f, &cfg, &["ls", "s3://s3cmd-us"]));
+}
+
+/// `rclone ARGS` with a remote `sublet:` for `dev`, configured through the environment.
+fn rclone(f: &TestGateway, args: &[&str]) -> Command {
+    let config = f.path("rclone.conf");
+    if !config.exists() {
+        std::fs::write(&config, "").unwrap();
+    }
+    let mut cmd = clients::command("rclone");
+    cmd.env("RCLONE_CONFIG", &config)
+        .env("RCLONE_CONFIG_SUBLET_TYPE", "s3")
+        .env("RCLONE_CONFIG_SUBLET_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_SUBLET_ENDPOINT", f.dev.endpoint())
+        .env("RCLONE_CONFIG_SUBLET_REGION", "us-east-1")
+        .env("RCLONE_CONFIG_SUBLET_FORCE_PATH_STYLE", "true")
+        .env("RCLONE_CONFIG_SUBLET_ACCESS_KEY_ID", &f.dev.access_key)
+        .env("RCLONE_CONFIG_SUBLET_SECRET_ACCESS_KEY", &f.dev.secret_key)
+        .args(["--cache-dir", s(&f.path("rclone-cache"))])
+        // Single PUTs until multipart lands; fail fast instead of retrying.
+        .args(["--s3-upload-cutoff", "1G", "--retries", "1"])
+        .args(["--low-level-retries", "1"])
+        .args(args);
+    cmd
+}
+
+#[test]
+fn rclone_copies_checks_and_deletes_a_tree() {
+    let f = TestGateway::start();
+    let tree = f.path("tree");
+    write_mixed_tree(&tree, 3, 20);
+    std::fs::write(tree.join("empty"), b"").unwrap();
+
+    ok(rclone(&f, &["copy", s(&tree), "sublet:rclone-bucket/tree"]));
+    ok(rclone(
+        &f,
+        &["check", s(&tree), "sublet:rclone-bucket/tree"],
+    ));
+    let back = f.path("back");
+    ok(rclone(&f, &["copy", "sublet:rclone-bucket/tree", s(&back)]));
+    assert_same_tree(&tree, &back);
+
+    // check compares contents: a changed local file is reported.
+    std::fs::write(tree.join("README"), "changed since the copy\n").unwrap();
+    let changed = run(
+        &mut rclone(&f, &["check", s(&tree), "sublet:rclone-bucket/tree"]),
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        !changed.status.success() && changed.stderr.contains("README"),
+        "rclone check missed a changed file: {changed:?}"
+    );
+
+    ok(rclone(&f, &["delete", "sublet:rclone-bucket/tree"]));
+    let left = ok(rclone(&f, &["lsf", "-R", "sublet:rclone-bucket"]));
+    assert!(left.trim().is_empty(), "left after delete: {left}");
+    ok(rclone(&f, &["rmdir", "sublet:rclone-bucket"]));
+}
+
+#[test]
+fn restic_backs_up_checks_and_restores_a_tree() {
+    let f = TestGateway::start();
+    let tree = f.path("tree");
+    let bytes = write_mixed_tree(&tree, 20, 30);
+    assert!(bytes > 19 * MIB, "{bytes}");
+    std::fs::write(tree.join("empty"), b"").unwrap();
+
+    let restic = |args: &[&str]| {
+        let mut cmd = f.dev.client("restic");
+        cmd.env(
+            "RESTIC_REPOSITORY",
+            format!("s3:{}/restic-bucket", f.dev.endpoint()),
+        )
+        .env("RESTIC_PASSWORD", "e2e-restic-password")
+        .arg("--no-cache")
+        .args(args);
+        ok(cmd)
+    };
+    restic(&["init"]);
+    restic(&["backup", s(&tree)]);
+    let checked = restic(&["check", "--read-data"]);
+    assert!(checked.contains("no errors were found"), "{checked}");
+    let target = f.path("restored");
+    restic(&["restore", "latest", "--target", s(&target)]);
+    // restic restores a backed-up absolute path under the target.
+    assert_same_tree(&tree, &target.join(tree.strip_prefix("/").unwrap()));
+
+    // A second snapshot, then pruning the first deletes and rewrites packs.
+    std::fs::remove_file(tree.join("blobs/part-03.bin")).unwrap();
+    write_random_file(&tree.join("blobs/new.bin"), MIB, 31);
+    restic(&["backup", s(&tree)]);
+    restic(&["forget", "--keep-last", "1", "--prune"]);
+    let checked = restic(&["check", "--read-data"]);
+    assert!(checked.contains("no errors were found"), "{checked}");
+    let target = f.path("restored-after-prune");
+    restic(&["restore", "latest", "--target", s(&target)]);
+    assert_same_tree(&tree, &target.join(tree.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn objects_survive_a_ctrl_c_and_a_kill_of_sublet_dev() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let first = tmp.path().join("first.bin");
+    let second = tmp.path().join("second.bin");
+    write_random_file(&first, 3 * MIB + 1, 3);
+    write_random_file(&second, 300_000, 4);
+
+    let dev = SubletDev::start(&state);
+    let keys = (dev.access_key.clone(), dev.secret_key.clone());
+    ok(aws(&dev, &["s3", "mb", "s3://durable"]));
+    ok(aws(
+        &dev,
+        &[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            s(&first),
+            "s3://durable/first",
+        ],
+    ));
+    let status = dev.interrupt();
+    assert!(
+        status.success(),
+        "ctrl-c should stop sublet dev cleanly: {status}"
+    );
+
+    let dev = SubletDev::start(&state);
+    assert_eq!((dev.access_key.clone(), dev.secret_key.clone()), keys);
+    let down = tmp.path().join("first.after-ctrl-c");
+    ok(aws(
+        &dev,
+        &[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "s3://durable/first",
+            s(&down),
+        ],
+    ));
+    assert_same_file(&first, &down);
+    // An acknowledged upload must survive a kill -9 right after it.
+    ok(aws(
+        &dev,
+        &[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            s(&second),
+            "s3://durable/second",
+        ],
+    ));
+    dev.kill();
+
+    let dev = SubletDev::start(&state);
+    for (key, local) in [("first", &first), ("second", &second)] {
+        let down = tmp.path().join(format!("{key}.after-kill"));
+        ok(aws(
+            &dev,
+            &[
+                "s3",
+                "cp",
+                "--only-show-errors",
+                &format!("s3://durable/{key}"),
+                s(&down),
+            ],
+        ));
+        assert_same_file(local, &down);
+    }
+    let listed = aws_ls(&ok(aws(&dev, &["s3", "ls", "s3://durable/"])));
+    assert_eq!(listed.keys().collect::<Vec<_>>(), ["first", "second"]);
+}
+
+#[test]
+#[ignore = "1 GiB: run with --ignored"]
+fn one_gib_round_trip_through_the_aws_cli() {
+    let f = TestGateway::start();
+    let local = f.path("one-gib.bin");
+    write_random_file(&local, 1024 * MIB, 5);
+    ok(f.aws(&["s3", "mb", "s3://large"]));
+
+    let start = Instant::now();
+    ok(f.aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        s(&local),
+        "s3://large/one-gib",
+    ]));
+    let up = start.elapsed();
+    let down = f.path("one-gib.down");
+    let start = Instant::now();
+    ok(f.aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://large/one-gib",
+        s(&down),
+    ]));
+    eprintln!("1 GiB: upload {up:?}, download {:?}", start.elapsed());
+    assert_same_file(&local, &down);
+    let head = head_object(&f, "large", "one-gib");
+    assert_eq!(
+        head["ETag"].as_str(),
+        Some(format!("\"{}\"", file_md5_hex(&local)).as_str()),
+        "{head}"
+    );
+}
+
+/// Cuts `path` into files of `part_size` bytes (the last may be shorter).
+fn split_file(path: &Path, part_size: u64) -> Vec<PathBuf> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut parts = Vec::new();
+    loop {
+        let part = path.with_extension(format!("part{}", parts.len() + 1));
+        let mut out = std::fs::File::create(&part).unwrap();
+        let n = std::io::copy(&mut (&mut file).take(part_size), &mut out).unwrap();
+        if n == 0 {
+            std::fs::remove_file(&part).unwrap();
+            return parts;
+        }
+        parts.push(part);
+    }
+}
+
+#[test]
+#[ignore = "needs multipart (lands with the S3 surface branch)"]
+fn aws_s3api_multipart_upload_of_100_mib() {
+    let f = TestGateway::start();
+    let local = f.path("hundred.bin");
+    write_random_file(&local, 100 * MIB, 6);
+    ok(f.aws(&["s3", "mb", "s3://multipart"]));
+
+    let created = ok(f.aws(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        "multipart",
+        "--key",
+        "hundred",
+    ]));
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let upload_id = created["UploadId"].as_str().unwrap().to_string();
+    let mut completed = Vec::new();
+    for (i, part) in split_file(&local, 32 * MIB).iter().enumerate() {
+        let number = (i + 1).to_string();
+        let out = ok(f.aws(&[
+            "s3api",
+            "upload-part",
+            "--bucket",
+            "multipart",
+            "--key",
+            "hundred",
+            "--upload-id",
+            &upload_id,
+            "--part-number",
+            &number,
+            "--body",
+            s(part),
+        ]));
+        let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+        // The part's ETag and any checksum the CLI asked for, as CompleteMultipartUpload wants them.
+        let mut done = serde_json::json!({ "PartNumber": i + 1 });
+        for (field, value) in out.as_object().unwrap() {
+            if field == "ETag" || field.starts_with("Checksum") {
+                done[field] = value.clone();
+            }
+        }
+        completed.push(done);
+    }
+    assert_eq!(completed.len(), 4);
+    let parts_json = f.path("parts.json");
+    std::fs::write(
+        &parts_json,
+        serde_json::json!({ "Parts": completed }).to_string(),
+    )
+    .unwrap();
+    ok(f.aws(&[
+        "s3api",
+        "complete-multipart-upload",
+        "--bucket",
+        "multipart",
+        "--key",
+        "hundred",
+        "--upload-id",
+        &upload_id,
+        "--multipart-upload",
+        &format!("file://{}", s(&parts_json)),
+    ]));
+
+    let down = f.path("hundred.down");
+    ok(f.aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://multipart/hundred",
+        s(&down),
+    ]));
+    assert_same_file(&local, &down);
+    let head = head_object(&f, "multipart", "hundred");
+    assert_eq!(head["ContentLength"].as_u64(), Some(100 * MIB), "{head}");
+    assert!(
+        head["ETag"].as_str().is_some_and(|e| e.ends_with("-4\"")),
+        "a 4-part upload's ETag ends in -4: {head}"
+    );
+}
+
+#[test]
+#[ignore = "needs multipart (lands with the S3 surface branch)"]
+fn aws_cp_above_the_default_multipart_threshold() {
+    let f = TestGateway::start();
+    // The CLI's defaults: multipart above 8 MiB, in 8 MiB parts.
+    let config = f.path("aws-default-config");
+    std::fs::write(&config, "[default]\nregion = us-east-1\n").unwrap();
+    let local = f.path("twenty.bin");
+    write_random_file(&local, 20 * MIB + 5, 7);
+    let aws_default = |args: &[&str]| {
+        let mut cmd = f.aws(args);
+        cmd.env("AWS_CONFIG_FILE", &config);
+        ok(cmd)
+    };
+    aws_default(&["s3", "mb", "s3://multipart-cp"]);
+    aws_default(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        s(&local),
+        "s3://multipart-cp/twenty",
+    ]);
+    let down = f.path("twenty.down");
+    aws_default(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "s3://multipart-cp/twenty",
+        s(&down),
+    ]);
+    assert_same_file(&local, &down);
+    let head = head_object(&f, "multipart-cp", "twenty");
+    assert!(
+        head["ETag"].as_str().is_some_and(|e| e.ends_with("-3\"")),
+        "a 3-part upload's ETag ends in -3: {head}"
+    );
+}
