@@ -241,8 +241,6 @@ fn boto3_script(f: &TestGateway, script: &str, bucket: &str) -> Command {
 }
 
 #[test]
-#[ignore = "gateway bug: GetObject ignores If-Match, If-None-Match, If-Modified-Since and \
-            If-Unmodified-Since (always 200)"]
 fn boto3_conditional_gets_answer_304_and_412() {
     let f = TestGateway::start();
     let out = ok(boto3_script(&f, "boto3_conditional.py", "conditional"));
@@ -552,7 +550,6 @@ fn split_file(path: &Path, part_size: u64) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "needs multipart (lands with the S3 surface branch)"]
 fn aws_s3api_multipart_upload_of_100_mib() {
     let f = TestGateway::start();
     let local = f.path("hundred.bin");
@@ -634,7 +631,6 @@ fn aws_s3api_multipart_upload_of_100_mib() {
 }
 
 #[test]
-#[ignore = "needs multipart (lands with the S3 surface branch)"]
 fn aws_cp_above_the_default_multipart_threshold() {
     let f = TestGateway::start();
     // The CLI's defaults: multipart above 8 MiB, in 8 MiB parts.

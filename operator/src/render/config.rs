@@ -13,6 +13,7 @@ use sublet_crds::{
     Endpoint, ProviderPool, ProviderPoolSpec, StorageGateway, StoragePlan, StorageSchedule,
 };
 
+use crate::render::GATEWAY_ADMIN_PORT;
 use crate::{Error, Result};
 
 /// Where the config file is mounted in the gateway pod.
@@ -129,6 +130,7 @@ fn standalone_schedule(schedule: &StorageSchedule) -> StorageSchedule {
 pub fn standalone_gateway(gateway: &StorageGateway) -> StorageGateway {
     let mut spec = gateway.spec.clone();
     spec.listen = Some(format!("0.0.0.0:{}", spec.service.port));
+    spec.admin_listen = Some(format!("0.0.0.0:{GATEWAY_ADMIN_PORT}"));
     spec.data_dir = Some(GATEWAY_DATA_DIR.into());
     spec.master_key_file = Some(format!("{KEYS_DIR}/{MASTER_KEY_FILE}"));
     spec.credentials.clear();
