@@ -177,8 +177,6 @@ fn aws_cli_copies_syncs_lists_and_removes() {
 }
 
 #[test]
-#[ignore = "gateway bug: an empty PUT with `Expect: 100-continue` is answered without `100 Continue`, \
-            which leaves botocore's pooled connection misreading the next PUT's response (60 s stall)"]
 fn aws_cli_sync_with_an_empty_file_does_not_stall() {
     let f = TestGateway::start();
     // One connection, so the PUT after the empty file's reuses it; no retry

@@ -231,8 +231,36 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for MeteredSe
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let service = self.clone();
-        Box::pin(async move { service.call(req.map(s3s::Body::from)).await })
+        let close = expects_continue_without_body(&req);
+        Box::pin(async move {
+            let mut response = service.call(req.map(s3s::Body::from)).await?;
+            if close {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(response)
+        })
     }
+}
+
+/// An `Expect: 100-continue` request with an empty body gets its final answer without a
+/// `100 Continue` (hyper sends one only when a body is read). botocore (awscli, boto3) then
+/// keeps that answer's status line for the next request on the connection and misreads its
+/// response, so such a connection is closed after the answer.
+fn expects_continue_without_body<B>(req: &http::Request<B>) -> bool {
+    let headers = req.headers();
+    let expects = headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    let empty = !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.trim() == "0");
+    expects && empty
 }
 
 /// A shard backend that counts calls per provider and tells placement which providers fail.
@@ -365,6 +393,35 @@ pub async fn spawn_admin(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_empty_expect_continue_requests_close_the_connection() {
+        let req = |headers: &[(&str, &str)]| {
+            let mut b = http::Request::builder().method("PUT").uri("/b/k");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let expect = ("expect", "100-Continue");
+        assert!(expects_continue_without_body(&req(&[
+            expect,
+            ("content-length", "0")
+        ])));
+        assert!(expects_continue_without_body(&req(&[expect])));
+        assert!(!expects_continue_without_body(&req(&[
+            expect,
+            ("content-length", "5")
+        ])));
+        assert!(!expects_continue_without_body(&req(&[
+            expect,
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(!expects_continue_without_body(&req(&[(
+            "content-length",
+            "0"
+        )])));
+    }
 
     /// A provider that stores nothing and fails as told.
     struct Fake {
