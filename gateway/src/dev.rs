@@ -363,7 +363,7 @@ impl s3s::S3 for ArcGateway {
 /// Serves `service` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    service: S3Service,
+    service: MeteredService,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);

@@ -183,7 +183,12 @@ impl MeteredService {
         let slot = OperationSlot::default();
         req.extensions_mut().insert(slot.clone());
         let received = declared_length(req.headers(), true);
-        let result = self.inner.call(req).await;
+        let mut result = self.inner.call(req).await;
+        if let Ok(response) = &mut result
+            && let Some(StatusOverride(status)) = response.extensions_mut().remove()
+        {
+            *response.status_mut() = status;
+        }
         // Requests refused before s3s resolved an operation (bad signature, bad path).
         let op = slot.get().unwrap_or_else(|| "unknown".to_owned());
         let m = &self.metrics;
@@ -244,6 +249,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for MeteredSe
         })
     }
 }
+
+/// A status an S3 handler wants on its answer where s3s would always send 200 (a HEAD of
+/// one part is 206 in S3), carried in the response extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct StatusOverride(pub http::StatusCode);
 
 /// An `Expect: 100-continue` request with an empty body gets its final answer without a
 /// `100 Continue` (hyper sends one only when a body is read). botocore (awscli, boto3) then

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use s3s::Body;
-use s3s::service::S3Service;
 use sublet_gateway::dev::{self, Cluster};
 use sublet_gateway::layout::Scheme;
+use sublet_gateway::metrics::MeteredService as S3Service;
 use sublet_gateway::s3::Plan;
 
 fn plans() -> Vec<Plan> {
@@ -77,7 +77,11 @@ fn data(len: usize) -> Vec<u8> {
 
 async fn start(dir: &std::path::Path) -> (Cluster, S3Service) {
     let cluster = dev::start_cluster(dir, 6, plans()).await.unwrap();
-    let svc = dev::service(Arc::clone(&cluster.gateway), None);
+    // The HTTP layer `sublet dev` serves: metrics and status fix-ups around s3s.
+    let svc = S3Service::new(
+        dev::service(Arc::clone(&cluster.gateway), None),
+        cluster.metrics.clone(),
+    );
     (cluster, svc)
 }
 
@@ -715,8 +719,13 @@ async fn multipart_upload_composes_parts_and_cleans_up() {
         format!("bytes {}-{}/{}", 5 * MIB, 10 * MIB - 1, 11 * MIB)
     );
     let (s, h, _) = call(&svc, Method::HEAD, "/bkt/big.bin?partNumber=3", &[], vec![]).await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
     assert_eq!(header(&h, "content-length"), MIB.to_string());
+    assert_eq!(header(&h, "x-amz-mp-parts-count"), "3");
+    assert_eq!(
+        header(&h, "content-range"),
+        format!("bytes {}-{}/{}", 10 * MIB, 11 * MIB - 1, 11 * MIB)
+    );
     let (s, _, b) = call(&svc, Method::GET, "/bkt/big.bin?partNumber=4", &[], vec![]).await;
     assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
     assert!(String::from_utf8_lossy(&b).contains("InvalidPartNumber"));
@@ -1296,6 +1305,10 @@ async fn conditional_reads_answer_304_and_412() {
             }
             if want == StatusCode::NOT_MODIFIED {
                 assert_eq!(header(&h, "etag"), etag);
+                assert!(
+                    header(&h, "last-modified").ends_with(" GMT"),
+                    "{method} 304 without Last-Modified: {h:?}"
+                );
             }
         }
     }

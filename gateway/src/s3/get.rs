@@ -116,6 +116,12 @@ impl Preconditions<'_> {
                 if let Ok(value) = http::HeaderValue::from_str(&format!("\"{}\"", v.etag)) {
                     headers.insert(http::header::ETAG, value);
                 }
+                if let Some(value) = chrono::DateTime::from_timestamp_millis(v.last_modified)
+                    .map(|t| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+                    .and_then(|t| http::HeaderValue::from_str(&t).ok())
+                {
+                    headers.insert(http::header::LAST_MODIFIED, value);
+                }
                 e.set_headers(headers);
                 Err(e)
             }
@@ -279,7 +285,16 @@ impl Gateway {
         let length = part
             .as_ref()
             .map_or(v.size, |p| p.range.end - p.range.start);
-        Ok(S3Response::new(HeadObjectOutput {
+        // S3 answers a HEAD of one part like a ranged GET: 206 with the part's range.
+        let content_range = part.as_ref().map(|p| {
+            format!(
+                "bytes {}-{}/{}",
+                p.range.start,
+                p.range.end.saturating_sub(1),
+                v.size
+            )
+        });
+        let mut response = S3Response::new(HeadObjectOutput {
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             parts_count: part.and_then(|p| p.count),
             version_id: reported_version_id(&bucket, &v.version_id),
@@ -290,7 +305,20 @@ impl Gateway {
             storage_class: Some(StorageClass::from(v.plan)),
             accept_ranges: Some("bytes".into()),
             ..Default::default()
-        }))
+        });
+        if content_range.is_some() {
+            // s3s drops a HEAD's status; the HTTP layer (metrics.rs) applies this marker.
+            response.extensions.insert(crate::metrics::StatusOverride(
+                http::StatusCode::PARTIAL_CONTENT,
+            ));
+        }
+        if let Some(value) = content_range
+            .as_deref()
+            .and_then(|r| http::HeaderValue::from_str(r).ok())
+        {
+            response.headers.insert(http::header::CONTENT_RANGE, value);
+        }
+        Ok(response)
     }
 
     pub(super) async fn do_get_object(
