@@ -598,3 +598,121 @@ spec:
     );
     running.shutdown().await;
 }
+
+/// The seam between the operator and the gateway: the config the operator renders into a
+/// gateway's ConfigMap (in-cluster pool members pinned by node id, keys from the
+/// environment) is what `sublet serve` runs. Only the pod's paths and the listen address
+/// are swapped for the test's; everything else is used as rendered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_runs_the_config_the_operator_renders() {
+    use sublet_crds::{PoolMember, ProviderPool, ProviderPoolStatus, StorageGateway, StoragePlan};
+    use sublet_operator::render::config::{self as rendered, Inventory};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut providers = Vec::new();
+    for i in 0..3 {
+        providers.push(start_provider(&tmp.path().join(format!("provider-{i}"))).await);
+    }
+    let mut pool: ProviderPool = serde_yaml::from_str(
+        "apiVersion: sublet.dev/v1alpha1\nkind: ProviderPool\nmetadata: {name: home-lab, namespace: storage}\n\
+         spec:\n  class: owned\n  nodes:\n    selector: {matchLabels: {sublet.dev/provider: \"true\"}}\n    \
+         storage: {hostPath: /var/lib/sublet, capacity: 10Gi}\n",
+    )
+    .unwrap();
+    // What the pool controller collects from the provider pods.
+    pool.status = Some(ProviderPoolStatus {
+        members: providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PoolMember {
+                name: format!("node-{i}"),
+                node_id: p.node_id.to_string(),
+                address: format!("https://{}", p.grpc_addr),
+                zone: format!("zone-{i}"),
+                ready: true,
+                ..PoolMember::default()
+            })
+            .collect(),
+        ..ProviderPoolStatus::default()
+    });
+    let plan: StoragePlan = serde_yaml::from_str(
+        "apiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {name: scratch, namespace: storage}\n\
+         spec:\n  redundancy: {erasure: {dataShards: 2, parityShards: 1}}\n  segmentSize: 64Ki\n  \
+         placement: {spreadBy: zone, maxPerDomain: 1, pools: [{name: home-lab}]}\n",
+    )
+    .unwrap();
+    let gateway: StorageGateway = serde_yaml::from_str(
+        "apiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {name: s3, namespace: storage}\n\
+         spec: {defaultPlan: scratch}\n",
+    )
+    .unwrap();
+    let pools = [pool];
+    let plans = [plan];
+    let out = rendered::render_config(
+        &gateway,
+        Inventory {
+            pools: &pools,
+            plans: &plans,
+            schedules: &[],
+        },
+    )
+    .unwrap();
+    assert!(out.excluded.is_empty(), "{:?}", out.excluded);
+    assert!(out.yaml.contains(GATEWAY_ADMIN_LISTEN), "{}", out.yaml);
+
+    let master_key = tmp.path().join("master.key");
+    let yaml = out
+        .yaml
+        .replace(
+            &format!("{}/{}", rendered::KEYS_DIR, rendered::MASTER_KEY_FILE),
+            &master_key.display().to_string(),
+        )
+        .replace("0.0.0.0:9000", "127.0.0.1:0");
+    let config = sublet_crds::load_str("rendered.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    // The pod's environment: keys and the provider token from Secrets.
+    let overrides = sublet_gateway::serve::Overrides {
+        data_dir: Some(tmp.path().join("gateway")),
+        provider_token: Some(TOKEN.into()),
+        full_access_key: Some(("operator-key".into(), "operator-secret-0123456789".into())),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+    };
+    let running = sublet_gateway::serve::start(&config, &overrides)
+        .await
+        .unwrap();
+    assert_eq!(running.providers.len(), 3);
+    let client = Client {
+        addr: running.s3_addr,
+        access_key: "operator-key".into(),
+        secret_key: "operator-secret-0123456789".into(),
+    };
+    let r = client.send("PUT", "/from-k8s", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = data(200_000);
+    let r = client.send("PUT", "/from-k8s/obj", &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = client.send("GET", "/from-k8s/obj", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == body, "the object read back differs");
+    // EC 2+1 over exactly three providers: every provider holds a shard, so every
+    // rendered address and pinned node id was usable.
+    let used: Vec<String> = running.providers.clone();
+    for p in &providers {
+        assert!(
+            used.contains(&p.node_id.to_string()),
+            "{} not configured",
+            p.node_id
+        );
+    }
+    let admin = running
+        .admin_addr
+        .expect("the rendered config asks for the admin listener");
+    let r = plain_get(admin, "/healthz").await;
+    assert_eq!(r.status, 200);
+    running.shutdown().await;
+    for p in providers {
+        p.shutdown().await;
+    }
+}
+
+/// Where the operator's gateway pods serve `/healthz` and `/metrics`.
+const GATEWAY_ADMIN_LISTEN: &str = "0.0.0.0:9001";
