@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 
 use crate::codec::{self, CodecError, DataKey, MasterKey};
 use crate::layout::{Encryption, Layout, Scheme, Segment, ShardLocation};
@@ -195,7 +197,12 @@ pub async fn delete_shards(
 pub struct ObjectReader {
     layout: Layout,
     key: Option<DataKey>,
+    hedge_after: std::time::Duration,
 }
+
+/// How long a segment read waits on its outstanding shard requests before it also asks
+/// the next provider of the stripe (a parity shard) — a hedge against a slow provider.
+pub const HEDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(800);
 
 impl ObjectReader {
     pub fn new(master: &MasterKey, layout: Layout) -> Result<Self, DataError> {
@@ -203,7 +210,17 @@ impl ObjectReader {
             Encryption::None => None,
             Encryption::Aes256Gcm { wrapped_key, .. } => Some(master.unwrap_data_key(wrapped_key)?),
         };
-        Ok(Self { layout, key })
+        Ok(Self {
+            layout,
+            key,
+            hedge_after: HEDGE_AFTER,
+        })
+    }
+
+    /// Changes the hedge delay ([`HEDGE_AFTER`] by default).
+    pub fn with_hedge_after(mut self, after: std::time::Duration) -> Self {
+        self.hedge_after = after;
+        self
     }
 
     pub fn layout(&self) -> &Layout {
@@ -230,40 +247,41 @@ impl ObjectReader {
         let needed = self.layout.scheme.needed();
         let width = segment.shards.len();
         let mut got: Vec<Option<Vec<u8>>> = vec![None; width];
-        let mut next = 0usize;
-        // Ask for exactly the shards still needed, in stripe order; data shards
-        // first means no decoding work when everything is healthy.
-        while got.iter().filter(|s| s.is_some()).count() < needed && next < width {
-            let missing = needed - got.iter().filter(|s| s.is_some()).count();
-            let batch: Vec<usize> = (next..width).take(missing).collect();
-            next += batch.len();
-            let fetches = batch.iter().map(|&i| {
-                let loc = &segment.shards[i];
-                let backend = (!loc.is_missing())
-                    .then(|| backend_for(&loc.provider))
-                    .flatten();
-                async move {
-                    let backend = backend?;
-                    match backend.get(&loc.shard_id).await {
-                        Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => {
-                            Some(bytes.to_vec())
-                        }
-                        Ok(_) => {
-                            tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
-                            None
-                        }
-                        Err(e) => {
-                            tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, error = %e, "shard read failed");
-                            None
-                        }
+        // Shards worth asking for, in stripe order: data shards first means no decoding
+        // work when everything is healthy.
+        let mut candidates = (0..width).filter_map(|i| {
+            let loc = &segment.shards[i];
+            let backend = (!loc.is_missing())
+                .then(|| backend_for(&loc.provider))
+                .flatten()?;
+            Some((i, loc, backend))
+        });
+        let fetch = |(i, loc, backend)| fetch_shard(i, loc, backend);
+        // Ask for exactly `needed` shards; each failure, and each `hedge_after` without an
+        // answer, asks one more provider. The first `needed` good shards win; slower
+        // requests are dropped (cancelled).
+        let mut pending = FuturesUnordered::new();
+        pending.extend(candidates.by_ref().take(needed).map(fetch));
+        let mut good = 0usize;
+        while good < needed && !pending.is_empty() {
+            let hedge = tokio::time::sleep(self.hedge_after);
+            tokio::select! {
+                Some((i, shard)) = pending.next() => match shard {
+                    Some(bytes) => {
+                        got[i] = Some(bytes);
+                        good += 1;
+                    }
+                    None => pending.extend(candidates.next().map(fetch)),
+                },
+                () = hedge => {
+                    if let Some(c) = candidates.next() {
+                        tracing::debug!(segment = segment_no, shard = c.0, "a shard read is slow; asking one more provider");
+                        pending.push(fetch(c));
                     }
                 }
-            });
-            let fetched = join_all(fetches).await;
-            for (&i, shard) in batch.iter().zip(fetched) {
-                got[i] = shard;
             }
         }
+        drop(pending);
         let sealed_len = usize::try_from(segment.sealed_length).unwrap_or(usize::MAX);
         let mut buf =
             codec::decode_stripe(self.layout.scheme, &got, sealed_len).map_err(|source| {
@@ -285,6 +303,26 @@ impl ObjectReader {
     }
 }
 
+/// Shard `index` of a stripe from `backend`, if it arrives and matches its recorded hash.
+async fn fetch_shard(
+    index: usize,
+    loc: &ShardLocation,
+    backend: Arc<dyn ShardBackend>,
+) -> (usize, Option<Vec<u8>>) {
+    let shard = match backend.get(&loc.shard_id).await {
+        Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => Some(bytes.to_vec()),
+        Ok(_) => {
+            tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, error = %e, "shard read failed");
+            None
+        }
+    };
+    (index, shard)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -300,6 +338,8 @@ mod tests {
         shards: Mutex<HashMap<String, Bytes>>,
         down: std::sync::atomic::AtomicBool,
         corrupt: std::sync::atomic::AtomicBool,
+        /// Reads hang (a provider that accepts connections but never answers).
+        hang: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait]
@@ -316,6 +356,9 @@ mod tests {
             Ok(hash)
         }
         async fn get(&self, id: &str) -> Result<Bytes, BackendError> {
+            if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(BackendError("unavailable".into()));
             }
@@ -385,7 +428,9 @@ mod tests {
         nodes: &[Arc<MemBackend>],
         layout: Layout,
     ) -> Result<Vec<u8>, DataError> {
-        let r = ObjectReader::new(master, layout).unwrap();
+        let r = ObjectReader::new(master, layout)
+            .unwrap()
+            .with_hedge_after(std::time::Duration::from_millis(20));
         let mut out = Vec::new();
         for i in 0..r.layout().segments.len() {
             out.extend(r.read_segment(i, lookup(nodes)).await?);
@@ -440,6 +485,45 @@ mod tests {
             matches!(err, DataError::Unreadable { segment: 0, .. }),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn hung_providers_are_hedged_with_parity_shards() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        let data = body(3500);
+        let layout = write(&master, &nodes, &data).await;
+        // Two data-shard providers never answer: without hedging the read waits forever.
+        for n in [&nodes[1], &nodes[2]] {
+            n.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            read_all(&master, &nodes, layout.clone()),
+        )
+        .await
+        .expect("the read was not hedged");
+        assert_eq!(read.unwrap(), data);
+        // Another mix: 0 down, 3 hung, 1 and 2 answering again — 1, 2, 4 and 5 serve it.
+        nodes[3]
+            .hang
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        nodes[0]
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        nodes[1]
+            .hang
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        nodes[2]
+            .hang
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            read_all(&master, &nodes, layout),
+        )
+        .await
+        .expect("the read was not hedged");
+        assert_eq!(read.unwrap(), data);
     }
 
     #[tokio::test]
