@@ -304,6 +304,24 @@ impl s3s::S3 for ArcGateway {
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetBucketVersioningOutput>> {
         self.0.get_bucket_versioning(req).await
     }
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutBucketLifecycleConfigurationInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutBucketLifecycleConfigurationOutput>> {
+        self.0.put_bucket_lifecycle_configuration(req).await
+    }
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetBucketLifecycleConfigurationInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetBucketLifecycleConfigurationOutput>> {
+        self.0.get_bucket_lifecycle_configuration(req).await
+    }
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteBucketLifecycleInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteBucketLifecycleOutput>> {
+        self.0.delete_bucket_lifecycle(req).await
+    }
     async fn list_object_versions(
         &self,
         req: s3s::S3Request<s3s::dto::ListObjectVersionsInput>,
@@ -418,6 +436,13 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     let probing = crate::serve::spawn_probes(
         cluster.probes.clone(),
         Arc::clone(cluster.gateway.health()),
+        stop.clone(),
+    );
+    // Bucket lifecycle rules (PutBucketLifecycleConfiguration); dev has no schedules.
+    let lifecycle = crate::s3::spawn_lifecycle(
+        Arc::clone(&cluster.gateway),
+        Vec::new(),
+        crate::s3::LIFECYCLE_INTERVAL,
         stop,
     );
     let endpoint = format!("http://{addr}");
@@ -456,6 +481,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     crate::serve::serve_s3(listener, svc, None, crate::serve::stop_signal()).await;
     tracing::info!("shutting down");
     probing.abort();
+    lifecycle.abort();
     for p in cluster.providers {
         p.shutdown().await;
     }

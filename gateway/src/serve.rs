@@ -134,6 +134,24 @@ pub fn endpoints(config: &Config) -> anyhow::Result<Vec<ProviderEndpoint>> {
     Ok(out)
 }
 
+/// The lifecycle rules of each plan's StorageSchedule.
+pub fn lifecycle_rules(config: &Config) -> crate::s3::PlanRules {
+    config
+        .plans
+        .iter()
+        .filter_map(|(name, plan)| {
+            let schedule = config.schedules.get(plan.spec.schedule.as_ref()?)?;
+            let rules: Vec<_> = schedule
+                .spec
+                .lifecycle
+                .iter()
+                .map(crate::s3::LifecycleRule::from_schedule)
+                .collect();
+            (!rules.is_empty()).then(|| (name.clone(), rules))
+        })
+        .collect()
+}
+
 /// Where providers sit and every plan's placement rule.
 pub fn topology(config: &Config, endpoints: &[ProviderEndpoint]) -> Topology {
     Topology {
@@ -406,11 +424,15 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
         .with_context(|| format!("binding the S3 address {listen} (spec.listen)"))?;
     let s3_addr = listener.local_addr()?;
     let (shutdown, stop) = tokio::sync::watch::channel(false);
-    let mut tasks = vec![spawn_probes(
-        clients.clone(),
-        Arc::clone(&health),
-        stop.clone(),
-    )];
+    let mut tasks = vec![
+        spawn_probes(clients.clone(), Arc::clone(&health), stop.clone()),
+        crate::s3::spawn_lifecycle(
+            Arc::clone(&gateway),
+            lifecycle_rules(config),
+            crate::s3::LIFECYCLE_INTERVAL,
+            stop.clone(),
+        ),
+    ];
     let admin_addr = match &spec.admin_listen {
         Some(admin) => {
             let addr: SocketAddr = admin.parse().context("StorageGateway spec.adminListen")?;

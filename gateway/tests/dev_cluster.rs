@@ -1316,3 +1316,227 @@ async fn conditional_reads_answer_304_and_412() {
         p.shutdown().await;
     }
 }
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+async fn put_lifecycle(svc: &S3Service, bucket: &str, rules: &str) -> (StatusCode, String) {
+    let xml = format!("<LifecycleConfiguration>{rules}</LifecycleConfiguration>");
+    let md5 = {
+        use base64::Engine;
+        use md5::Digest;
+        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()))
+    };
+    let (s, _, b) = call(
+        svc,
+        Method::PUT,
+        &format!("/{bucket}?lifecycle"),
+        &[("content-md5", md5.as_str())],
+        xml.into_bytes(),
+    )
+    .await;
+    (s, String::from_utf8_lossy(&b).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lifecycle_rules_expire_transition_and_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/life", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // What sublet cannot honour is refused by name, not silently ignored.
+    let (s, b) = put_lifecycle(
+        &svc,
+        "life",
+        "<Rule><ID>x</ID><Status>Enabled</Status><Filter><Prefix></Prefix></Filter>\
+         <Transition><Days>3</Days><StorageClass>GLACIER</StorageClass></Transition></Rule>",
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(
+        b.contains("InvalidStorageClass") && b.contains("GLACIER"),
+        "{b}"
+    );
+    let (s, b) = put_lifecycle(
+        &svc,
+        "life",
+        "<Rule><ID>x</ID><Status>Enabled</Status><Filter><Prefix></Prefix></Filter>\
+         <Expiration><Date>2030-01-01T00:00:00Z</Date></Expiration></Rule>",
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "{b}");
+    let (s, _, b) = call(&svc, Method::GET, "/life?lifecycle", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&b).contains("NoSuchLifecycleConfiguration"));
+
+    let (s, b) = put_lifecycle(
+        &svc,
+        "life",
+        "<Rule><ID>tmp</ID><Status>Enabled</Status><Filter><Prefix>tmp/</Prefix></Filter>\
+           <Expiration><Days>1</Days></Expiration></Rule>\
+         <Rule><ID>cold</ID><Status>Enabled</Status><Filter><Prefix>cold/</Prefix></Filter>\
+           <Transition><Days>2</Days><StorageClass>replicated</StorageClass></Transition></Rule>\
+         <Rule><ID>off</ID><Status>Disabled</Status><Filter><Prefix>keep/</Prefix></Filter>\
+           <Expiration><Days>1</Days></Expiration></Rule>\
+         <Rule><ID>uploads</ID><Status>Enabled</Status><Filter><Prefix></Prefix></Filter>\
+           <AbortIncompleteMultipartUpload><DaysAfterInitiation>1</DaysAfterInitiation>\
+           </AbortIncompleteMultipartUpload></Rule>",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, b) = call(&svc, Method::GET, "/life?lifecycle", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tags(&b, "ID"), ["tmp", "cold", "off", "uploads"]);
+    assert_eq!(tags(&b, "StorageClass"), ["replicated"]);
+
+    let cold = data(300_000);
+    for (key, body) in [
+        ("tmp/a", data(1000)),
+        ("cold/b", cold.clone()),
+        ("keep/c", data(10)),
+    ] {
+        let (s, _, b) = call(&svc, Method::PUT, &format!("/life/{key}"), &[], body).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    }
+    let upload = create_upload(&svc, "/life/big", &[]).await;
+    upload_part(&svc, "/life/big", &upload, 1, data(1000)).await;
+    let shards_before = shard_files(tmp.path());
+
+    // Today nothing is due.
+    let report = cluster
+        .gateway
+        .lifecycle_pass(&Vec::new(), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(report, Default::default());
+
+    // Three days on: tmp/ expired, cold/ moved to the replicated plan, the upload aborted.
+    let report = cluster
+        .gateway
+        .lifecycle_pass(&Vec::new(), now_ms() + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.expired,
+            report.transitioned,
+            report.uploads_aborted,
+            report.failed
+        ),
+        (1, 1, 1, 0),
+        "{report:?}"
+    );
+    let (s, _, _) = call(&svc, Method::HEAD, "/life/tmp/a", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(&svc, Method::HEAD, "/life/keep/c", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK, "a disabled rule does nothing");
+    let (s, h, b) = call(&svc, Method::GET, "/life/cold/b", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == cold, "the moved object reads back differently");
+    assert_eq!(header(&h, "x-amz-storage-class"), "replicated");
+    let (s, _, b) = call(&svc, Method::GET, "/life?uploads", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        tags(&b, "UploadId").is_empty(),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    // Old shards are freed: cold/b went from 6-wide EC (5 segments) to 3 replicas (2
+    // segments); tmp/a and the part are gone.
+    let shards_after = shard_files(tmp.path());
+    assert!(
+        shards_after < shards_before,
+        "{shards_before} shards before, {shards_after} after"
+    );
+    // A second pass finds nothing more to do.
+    let report = cluster
+        .gateway
+        .lifecycle_pass(&Vec::new(), now_ms() + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(report, Default::default());
+
+    let (s, _, _) = call(&svc, Method::DELETE, "/life?lifecycle", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = call(&svc, Method::GET, "/life?lifecycle", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lifecycle_on_versioned_buckets_keeps_noncurrent_versions_until_due() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/vlife", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    set_versioning(&svc, "vlife", "Enabled").await;
+    let (s, b) = put_lifecycle(
+        &svc,
+        "vlife",
+        "<Rule><ID>all</ID><Status>Enabled</Status><Filter><Prefix></Prefix></Filter>\
+           <Expiration><Days>5</Days><ExpiredObjectDeleteMarker>true</ExpiredObjectDeleteMarker>\
+           </Expiration>\
+           <NoncurrentVersionExpiration><NoncurrentDays>2</NoncurrentDays>\
+           </NoncurrentVersionExpiration></Rule>",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for body in [data(100), data(200)] {
+        let (s, _, _) = call(&svc, Method::PUT, "/vlife/k", &[], body).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    assert_eq!(all_version_ids(&svc, "vlife").await.len(), 2);
+    let now = now_ms();
+    // One day on, the overwritten version is noncurrent for 1 day only: kept.
+    let report = cluster
+        .gateway
+        .lifecycle_pass(&Vec::new(), now + DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(report, Default::default());
+    // Three days on: it goes; the current one stays.
+    let report = cluster
+        .gateway
+        .lifecycle_pass(&Vec::new(), now + 3 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(report.noncurrent_deleted, 1, "{report:?}");
+    assert_eq!(all_version_ids(&svc, "vlife").await.len(), 1);
+    let (s, _, b) = call(&svc, Method::GET, "/vlife/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == data(200));
+    // Six days on: the current version expires behind a delete marker (the data stays,
+    // noncurrent); eight days on that version is noncurrent past 2 days and goes, and
+    // the lone delete marker is removed on the pass after.
+    let report = cluster
+        .gateway
+        .lifecycle_pass(&Vec::new(), now + 6 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(report.expired, 1, "{report:?}");
+    let (s, _, _) = call(&svc, Method::GET, "/vlife/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(all_version_ids(&svc, "vlife").await.len(), 2);
+    let mut later = now + 9 * DAY_MS;
+    let mut removed = 0;
+    for _ in 0..2 {
+        let report = cluster
+            .gateway
+            .lifecycle_pass(&Vec::new(), later)
+            .await
+            .unwrap();
+        removed += report.noncurrent_deleted + report.markers_removed;
+        later += DAY_MS;
+    }
+    assert_eq!(removed, 2);
+    assert!(all_version_ids(&svc, "vlife").await.is_empty());
+}

@@ -281,6 +281,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<CompleteOutcome>;
     /// Ends an upload and returns its parts (whose shards are now garbage).
     fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<UploadPart>>;
+
+    /// Stores (`Some`, JSON) or removes (`None`) a bucket's lifecycle rules; fails with
+    /// `NoSuchBucket`.
+    fn set_lifecycle(&self, bucket: &str, rules: Option<&str>) -> Result<()>;
+    /// A bucket's lifecycle rules as stored by [`MetadataStore::set_lifecycle`].
+    fn lifecycle(&self, bucket: &str) -> Result<Option<String>>;
+    /// Moves `current` to another plan: in one transaction, if the version still has
+    /// exactly `current`'s layout (no concurrent overwrite, repair or delete), gives it
+    /// `plan` and `layout` and returns true; otherwise changes nothing and returns false.
+    fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool>;
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use crate::layout::Layout;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
@@ -53,6 +54,10 @@ CREATE TABLE IF NOT EXISTS parts (
     last_modified INTEGER NOT NULL,
     layout TEXT NOT NULL,
     PRIMARY KEY (upload_id, part_number)
+);
+CREATE TABLE IF NOT EXISTS bucket_lifecycle (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    rules TEXT NOT NULL
 );
 ";
 
@@ -737,5 +742,70 @@ impl MetadataStore for SqliteStore {
         let parts = end_upload(&tx, upload_id).map_err(store_err)?;
         tx.commit().map_err(store_err)?;
         Ok(parts)
+    }
+
+    fn set_lifecycle(&self, bucket: &str, rules: Option<&str>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM buckets WHERE name = ?1)",
+                params![bucket],
+                |r| r.get(0),
+            )
+            .map_err(store_err)?;
+        if !exists {
+            return Err(MetaError::NoSuchBucket(bucket.into()));
+        }
+        match rules {
+            Some(rules) => tx.execute(
+                "INSERT INTO bucket_lifecycle (bucket, rules) VALUES (?1, ?2)
+                 ON CONFLICT (bucket) DO UPDATE SET rules = excluded.rules",
+                params![bucket, rules],
+            ),
+            None => tx.execute(
+                "DELETE FROM bucket_lifecycle WHERE bucket = ?1",
+                params![bucket],
+            ),
+        }
+        .map_err(store_err)?;
+        tx.commit().map_err(store_err)
+    }
+
+    fn lifecycle(&self, bucket: &str) -> Result<Option<String>> {
+        self.conn()
+            .query_row(
+                "SELECT rules FROM bucket_lifecycle WHERE bucket = ?1",
+                params![bucket],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(store_err)
+    }
+
+    fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {
+        let expected = current
+            .layout
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(store_err)?;
+        let new = serde_json::to_string(layout).map_err(store_err)?;
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE versions SET plan = ?1, layout = ?2
+                 WHERE bucket = ?3 AND key = ?4 AND version_id = ?5 AND layout IS ?6",
+                params![
+                    plan,
+                    new,
+                    current.bucket,
+                    current.key,
+                    current.version_id,
+                    expected
+                ],
+            )
+            .map_err(store_err)?;
+        Ok(changed == 1)
     }
 }

@@ -8,7 +8,7 @@ use super::{Gateway, now_ms};
 use crate::meta::{self, NULL_VERSION, ObjectVersion, Versioning};
 
 /// What a delete did, as S3 reports it.
-struct Deleted {
+pub(super) struct Deleted {
     version_id: Option<String>,
     delete_marker: bool,
 }
@@ -18,7 +18,7 @@ impl Gateway {
     /// buckets drop the object, versioned ones stack a delete marker ("null"
     /// while suspended, replacing the null version). Deleting what is missing
     /// succeeds, as in S3.
-    async fn delete_key(
+    pub(super) async fn delete_key(
         &self,
         bucket: &meta::Bucket,
         key: &str,

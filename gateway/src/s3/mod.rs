@@ -4,10 +4,15 @@ mod bucket;
 mod copy;
 mod delete;
 mod get;
+mod lifecycle;
 mod list;
 mod multipart;
 mod put;
 
+pub use lifecycle::{
+    LIFECYCLE_INTERVAL, PlanRules, Report as LifecycleReport, Rule as LifecycleRule,
+    spawn_lifecycle,
+};
 pub use multipart::MIN_PART_SIZE;
 
 use std::collections::HashMap;
@@ -310,6 +315,27 @@ impl S3 for Gateway {
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
         self.do_get_bucket_versioning(req).await
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        self.do_put_bucket_lifecycle_configuration(req).await
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+        self.do_get_bucket_lifecycle_configuration(req).await
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+        self.do_delete_bucket_lifecycle(req).await
     }
 
     async fn list_object_versions(
