@@ -9,5 +9,6 @@ pub mod meta;
 pub mod metrics;
 pub mod placement;
 pub mod provider_backend;
+pub mod recover;
 pub mod s3;
 pub mod serve;

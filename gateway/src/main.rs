@@ -58,6 +58,22 @@ enum Command {
         #[arg(long, env = "SUBLET_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
     },
+    /// Rebuild a lost metadata store from the newest snapshot on the providers
+    /// (`sublet serve` stores one every hour). Needs the gateway's config and master key.
+    Recover {
+        /// The same YAML file `sublet serve` runs.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Directory for metadata, master key and identity; overrides spec.dataDir.
+        #[arg(long, env = "SUBLET_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Token presented to providers; overrides spec.providerToken.
+        #[arg(long, env = "SUBLET_PROVIDER_TOKEN", hide_env_values = true)]
+        provider_token: Option<String>,
+        /// Replace an existing metadata file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[tokio::main]
@@ -91,10 +107,48 @@ async fn main() {
             };
             sublet_gateway::serve::run(&config, &overrides).await
         }
+        Command::Recover {
+            config,
+            data_dir,
+            provider_token,
+            force,
+        } => recover(&config, data_dir, provider_token, force).await,
     };
     // One line per cause, no backtrace: these are problems with input or the machine.
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+async fn recover(
+    config_path: &std::path::Path,
+    data_dir: Option<PathBuf>,
+    provider_token: Option<String>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let config = match sublet_crds::load_file(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            std::process::exit(2);
+        }
+    };
+    let overrides = sublet_gateway::serve::Overrides {
+        data_dir,
+        provider_token,
+        ..Default::default()
+    };
+    let done = sublet_gateway::serve::recover(&config, &overrides, force).await?;
+    println!(
+        "restored the metadata snapshot of {} ({} bytes) to {}",
+        chrono::DateTime::from_timestamp_millis(done.manifest.created)
+            .map_or_else(|| done.manifest.created.to_string(), |t| t.to_rfc3339()),
+        done.manifest.size,
+        done.path.display()
+    );
+    println!(
+        "changes made after that snapshot are not in it; start the gateway with `sublet serve`"
+    );
+    Ok(())
 }

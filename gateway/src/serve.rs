@@ -288,6 +288,17 @@ impl Running {
         probe(&self.clients, &self.health).await;
     }
 
+    /// Takes a metadata snapshot now rather than at the next interval.
+    pub async fn snapshot_now(&self) -> anyhow::Result<crate::s3::snapshot::Manifest> {
+        crate::recover::snapshot_once(
+            &self.gateway,
+            self.gateway.metadata(),
+            &self.clients,
+            &self.paths.data_dir,
+        )
+        .await
+    }
+
     /// Stops accepting S3 requests and probing providers.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -377,27 +388,9 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
 
     let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
     let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
-    let client_config = ClientConfig {
-        identity: Arc::clone(&identity),
-        token: spec.provider_token.clone(),
-    };
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
-    let mut backends: Vec<Arc<dyn ShardBackend>> = Vec::with_capacity(endpoints.len());
-    let mut clients = Vec::with_capacity(endpoints.len());
-    for e in &endpoints {
-        let client = ProviderClient::new(&e.address, e.node_id, &client_config).map_err(|err| {
-            anyhow::anyhow!(
-                "ProviderPool {}: endpoint {}: {}",
-                e.site.pool,
-                e.name,
-                err.message()
-            )
-        })?;
-        clients.push((e.site.node_id.clone(), client.clone()));
-        let backend: Arc<dyn ShardBackend> = Arc::new(ProviderBackend::new(client));
-        backends.push(ObservedBackend::wrap(backend, &metrics, &health));
-    }
+    let (backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;
     let meta_path = &paths.metadata;
     if let Some(parent) = meta_path.parent() {
         std::fs::create_dir_all(parent)
@@ -430,6 +423,14 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
             Arc::clone(&gateway),
             lifecycle_rules(config),
             crate::s3::LIFECYCLE_INTERVAL,
+            stop.clone(),
+        ),
+        crate::recover::spawn_snapshots(
+            Arc::clone(&gateway),
+            Arc::clone(&meta),
+            clients.clone(),
+            paths.data_dir.clone(),
+            crate::recover::SNAPSHOT_INTERVAL,
             stop.clone(),
         ),
     ];
@@ -476,6 +477,69 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
         shutdown,
         tasks,
     })
+}
+
+/// Provider clients for `endpoints`, and the shard backends over them.
+#[allow(clippy::type_complexity)]
+fn connect(
+    spec: &StorageGatewaySpec,
+    identity: &Arc<NodeIdentity>,
+    endpoints: &[ProviderEndpoint],
+    metrics: &Metrics,
+    health: &Arc<HealthBoard>,
+) -> anyhow::Result<(Vec<Arc<dyn ShardBackend>>, Vec<(String, ProviderClient)>)> {
+    let client_config = ClientConfig {
+        identity: Arc::clone(identity),
+        token: spec.provider_token.clone(),
+    };
+    let mut backends: Vec<Arc<dyn ShardBackend>> = Vec::with_capacity(endpoints.len());
+    let mut clients = Vec::with_capacity(endpoints.len());
+    for e in endpoints {
+        let client = ProviderClient::new(&e.address, e.node_id, &client_config).map_err(|err| {
+            anyhow::anyhow!(
+                "ProviderPool {}: endpoint {}: {}",
+                e.site.pool,
+                e.name,
+                err.message()
+            )
+        })?;
+        clients.push((e.site.node_id.clone(), client.clone()));
+        let backend: Arc<dyn ShardBackend> = Arc::new(ProviderBackend::new(client));
+        backends.push(ObservedBackend::wrap(backend, metrics, health));
+    }
+    Ok((backends, clients))
+}
+
+/// `sublet recover`: rebuilds the gateway's metadata file from the newest snapshot on its
+/// providers. Needs the same config and the original master key (never created here).
+pub async fn recover(
+    config: &Config,
+    overrides: &Overrides,
+    force: bool,
+) -> anyhow::Result<crate::recover::Recovered> {
+    let Some(gateway_resource) = config.gateway() else {
+        bail!("the file must hold exactly one StorageGateway");
+    };
+    let spec = &overrides.apply(&gateway_resource.spec)?;
+    let paths = state_paths(spec, overrides.data_dir.as_deref())?;
+    if !paths.master_key.exists() {
+        bail!(
+            "master key {} is missing: restore it from your backup first — without it no snapshot or object can be decrypted",
+            paths.master_key.display()
+        );
+    }
+    let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
+    let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
+    let plans = plans(config, &spec.default_plan)?;
+    let endpoints = endpoints(config)?;
+    let metrics = Metrics::new()?;
+    let health = Arc::new(HealthBoard::default());
+    let (backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;
+    // Reading needs no metadata: a throwaway in-memory store.
+    let scratch: Arc<dyn MetadataStore> =
+        Arc::new(SqliteStore::open_in_memory().map_err(|e| anyhow::anyhow!("scratch store: {e}"))?);
+    let gateway = Gateway::new(scratch, master, plans, backends)?;
+    crate::recover::restore_newest(&gateway, &clients, &paths.metadata, force).await
 }
 
 /// Serves S3 on `listener` (over TLS when `tls` is set) until `shutdown` resolves.

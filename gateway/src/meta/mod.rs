@@ -291,6 +291,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// exactly `current`'s layout (no concurrent overwrite, repair or delete), gives it
     /// `plan` and `layout` and returns true; otherwise changes nothing and returns false.
     fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool>;
+    /// Writes a consistent copy of the whole store to `path` (which must not exist), for
+    /// metadata snapshots.
+    fn snapshot_into(&self, path: &std::path::Path) -> Result<()>;
 }
 
 #[cfg(test)]

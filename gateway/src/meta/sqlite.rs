@@ -783,6 +783,16 @@ impl MetadataStore for SqliteStore {
             .map_err(store_err)
     }
 
+    fn snapshot_into(&self, path: &Path) -> Result<()> {
+        let target = path
+            .to_str()
+            .ok_or_else(|| store_err(format!("snapshot path {} is not UTF-8", path.display())))?;
+        self.conn()
+            .execute("VACUUM INTO ?1", params![target])
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {
         let expected = current
             .layout

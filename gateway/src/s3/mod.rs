@@ -8,6 +8,7 @@ mod lifecycle;
 mod list;
 mod multipart;
 mod put;
+pub mod snapshot;
 
 pub use lifecycle::{
     LIFECYCLE_INTERVAL, PlanRules, Report as LifecycleReport, Rule as LifecycleRule,

@@ -1,0 +1,163 @@
+//! Metadata snapshots on a timer and `sublet recover`: rebuilding a lost metadata store
+//! from the newest snapshot the providers hold.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sublet_provider::client::ProviderClient;
+
+use crate::meta::MetadataStore;
+use crate::s3::Gateway;
+use crate::s3::snapshot::{KEEP_SNAPSHOTS, MANIFEST_PREFIX, Manifest};
+
+/// How often a standalone gateway snapshots its metadata.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Manifest ids any provider lists, newest first.
+pub async fn manifest_ids(clients: &[(String, ProviderClient)]) -> Vec<String> {
+    let mut ids = BTreeSet::new();
+    for (node, client) in clients {
+        let mut after = String::new();
+        loop {
+            match client.list_shards(MANIFEST_PREFIX, &after, 1000).await {
+                Ok((shards, next)) => {
+                    ids.extend(shards.into_iter().map(|s| s.shard_id));
+                    match next {
+                        Some(n) => after = n,
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %node, error = %e, "listing snapshot manifests failed");
+                    break;
+                }
+            }
+        }
+    }
+    ids.into_iter().rev().collect()
+}
+
+/// Takes one snapshot: a consistent copy of the store (written next to it, then removed),
+/// stored through the data path; then drops all but the newest [`KEEP_SNAPSHOTS`].
+pub async fn snapshot_once(
+    gateway: &Gateway,
+    meta: &Arc<dyn MetadataStore>,
+    clients: &[(String, ProviderClient)],
+    work_dir: &Path,
+) -> anyhow::Result<Manifest> {
+    let copy = work_dir.join("metadata.snapshot.tmp");
+    let _ = std::fs::remove_file(&copy);
+    let store = Arc::clone(meta);
+    let target = copy.clone();
+    tokio::task::spawn_blocking(move || store.snapshot_into(&target))
+        .await
+        .context("snapshot task")?
+        .map_err(|e| anyhow::anyhow!("copying the metadata store: {e}"))?;
+    let stored = gateway.store_snapshot(&copy).await;
+    let _ = std::fs::remove_file(&copy);
+    let manifest = stored.map_err(|e| {
+        anyhow::anyhow!(
+            "storing the metadata snapshot: {}",
+            e.message().unwrap_or("failed")
+        )
+    })?;
+    let mut older = Vec::new();
+    for id in manifest_ids(clients).await.into_iter().skip(KEEP_SNAPSHOTS) {
+        if let Some(m) = gateway.fetch_manifest(&id).await {
+            older.push(m);
+        }
+    }
+    gateway.drop_snapshots(&older).await;
+    Ok(manifest)
+}
+
+/// Snapshots every `every` until `stop` changes.
+pub fn spawn_snapshots(
+    gateway: Arc<Gateway>,
+    meta: Arc<dyn MetadataStore>,
+    clients: Vec<(String, ProviderClient)>,
+    work_dir: PathBuf,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = snapshot_once(&gateway, &meta, &clients, &work_dir).await {
+                tracing::warn!(error = %format!("{e:#}"), "metadata snapshot failed; tried again next interval");
+            }
+        }
+    })
+}
+
+/// What `sublet recover` restored.
+#[derive(Debug)]
+pub struct Recovered {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+}
+
+/// Writes the newest readable snapshot any provider holds to `target` (refusing to
+/// overwrite an existing file unless `force`). `gateway` only reads (its own metadata
+/// store is not used).
+pub async fn restore_newest(
+    gateway: &Gateway,
+    clients: &[(String, ProviderClient)],
+    target: &Path,
+    force: bool,
+) -> anyhow::Result<Recovered> {
+    if target.exists() && !force {
+        bail!(
+            "{} exists; move it away (or pass --force) so recovery does not overwrite a live store",
+            target.display()
+        );
+    }
+    let ids = manifest_ids(clients).await;
+    if ids.is_empty() {
+        bail!(
+            "no provider holds a metadata snapshot (shards named {MANIFEST_PREFIX}*); snapshots are taken every {} min by `sublet serve`",
+            SNAPSHOT_INTERVAL.as_secs() / 60
+        );
+    }
+    let mut problems = Vec::new();
+    for id in &ids {
+        let Some(manifest) = gateway.fetch_manifest(id).await else {
+            problems.push(format!("{id}: no readable manifest"));
+            continue;
+        };
+        match gateway.read_snapshot(&manifest).await {
+            Ok(bytes) => {
+                if let Some(dir) = target.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let tmp = target.with_extension("recovering");
+                std::fs::write(&tmp, &bytes)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                // A stale WAL of a lost store must not be replayed over the snapshot.
+                for ext in ["db-wal", "db-shm"] {
+                    let _ = std::fs::remove_file(target.with_extension(ext));
+                }
+                std::fs::rename(&tmp, target)
+                    .with_context(|| format!("moving the snapshot to {}", target.display()))?;
+                return Ok(Recovered {
+                    manifest,
+                    path: target.to_path_buf(),
+                });
+            }
+            Err(e) => problems.push(format!("{id}: {}", e.message().unwrap_or("unreadable"))),
+        }
+    }
+    bail!(
+        "no snapshot could be read back:\n  {}",
+        problems.join("\n  ")
+    )
+}
