@@ -40,7 +40,7 @@ pub use plan::{
     StoragePlanSpec, StoragePlanStatus,
 };
 pub use pool::{
-    Endpoint, NodeSelector, NodeStorage, PoolClass, PoolMember, PoolNodes, ProviderPool,
+    BucketMember, Endpoint, NodeSelector, NodeStorage, PoolClass, PoolMember, PoolNodes, ProviderPool,
     ProviderPoolSpec, ProviderPoolStatus, VolumeClaimTemplate,
 };
 pub use schedule::{

@@ -54,6 +54,10 @@ pub struct ProviderPoolSpec {
     /// Providers outside the cluster (a friend's NAS, a rented box), reached over the network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// S3-compatible buckets (any cloud, or another S3 server) holding shards as objects
+    /// under a prefix; shards are encrypted before they leave the gateway, like everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<BucketMember>,
     /// Move every shard off this pool (repair rewrites them elsewhere) and place no new ones
     /// on it. The operator sets it in the gateway config while a deleted pool drains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +152,48 @@ pub struct Endpoint {
     pub zone: Option<String>,
 }
 
+/// An S3-compatible bucket used as a provider.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketMember {
+    /// A name unique in the pool, e.g. `b2-eu`.
+    pub name: String,
+    /// The S3 endpoint, e.g. `https://s3.eu-central-003.backblazeb2.com` or
+    /// `http://minio.lan:9000`; requests are path-style.
+    pub endpoint: String,
+    /// The bucket, which must exist.
+    pub bucket: String,
+    /// Key prefix of the shards in the bucket. Defaults to `sublet-shards/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The region requests are signed for. Defaults to `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The access key id.
+    pub access_key: String,
+    /// A file whose content (trimmed) is the secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<String>,
+    /// An environment variable holding the secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_env: Option<String>,
+    /// The failure domain for `spreadBy: zone`. Defaults to the bucket member's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+impl BucketMember {
+    /// The key prefix of shards.
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or("sublet-shards/")
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or("us-east-1")
+    }
+}
+
 /// What the operator observed about a pool.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -210,11 +256,57 @@ impl ProviderPoolSpec {
                     "must not be empty; name the person or organisation owning the hardware, or omit it",
                 );
         }
-        if self.nodes.is_none() && self.endpoints.is_empty() {
+        if self.nodes.is_none() && self.endpoints.is_empty() && self.buckets.is_empty() {
             p.add(
                 "spec",
-                "a pool needs providers; add `nodes` (in-cluster) or `endpoints` (outside the cluster)",
+                "a pool needs providers; add `nodes` (in-cluster), `endpoints` (outside the cluster) or `buckets` (S3-compatible storage)",
             );
+        }
+        p.unique_names(
+            "spec.buckets",
+            self.buckets.iter().map(|b| b.name.as_str()),
+        );
+        for (i, b) in self.buckets.iter().enumerate() {
+            let field = format!("spec.buckets[{i}]");
+            p.name(format!("{field}.name"), &b.name);
+            let scheme_ok = b.endpoint.starts_with("https://") || b.endpoint.starts_with("http://");
+            if !scheme_ok || !is_endpoint_url(&b.endpoint) {
+                p.add(
+                    format!("{field}.endpoint"),
+                    format!(
+                        "\"{}\" is not an S3 endpoint URL; use https://host[:port] (e.g. https://s3.us-west-004.backblazeb2.com)",
+                        b.endpoint
+                    ),
+                );
+            }
+            if !is_bucket_name(&b.bucket) {
+                p.add(
+                    format!("{field}.bucket"),
+                    format!(
+                        "\"{}\" is not a bucket name; use 3-63 characters of a-z, 0-9, '.' and '-'",
+                        b.bucket
+                    ),
+                );
+            }
+            if b.access_key.trim().is_empty() {
+                p.add(format!("{field}.accessKey"), "must not be empty");
+            }
+            let sources =
+                usize::from(b.secret_key_file.is_some()) + usize::from(b.secret_key_env.is_some());
+            if sources != 1 {
+                p.add(
+                    format!("{field}.secretKeyFile"),
+                    "set exactly one of secretKeyFile or secretKeyEnv (secrets are never written in the file)",
+                );
+            }
+            if let Some(prefix) = &b.prefix
+                && (prefix.starts_with('/') || prefix.contains(".."))
+            {
+                p.add(
+                    format!("{field}.prefix"),
+                    format!("\"{prefix}\" must not start with / or contain .. (e.g. sublet-shards/)"),
+                );
+            }
         }
         if let Some(nodes) = &self.nodes {
             validate_storage(&mut p, &nodes.storage);
@@ -350,7 +442,29 @@ mod tests {
         assert_eq!(
             problems("class: owned"),
             [
-                "spec: a pool needs providers; add `nodes` (in-cluster) or `endpoints` (outside the cluster)"
+                "spec: a pool needs providers; add `nodes` (in-cluster), `endpoints` (outside the cluster) or `buckets` (S3-compatible storage)"
+            ]
+        );
+    }
+
+    #[test]
+    fn bucket_members_are_checked() {
+        let ok = spec(
+            "class: cloud\nbuckets:\n- {name: b2, endpoint: \"https://s3.us-west-004.backblazeb2.com\", bucket: my-shards, accessKey: K1, secretKeyEnv: B2_SECRET}\n- {name: lan, endpoint: \"http://127.0.0.1:9000\", bucket: spare, prefix: x/, accessKey: K2, secretKeyFile: /etc/k}",
+        );
+        assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+        assert_eq!(ok.buckets[0].prefix(), "sublet-shards/");
+        assert_eq!(ok.buckets[1].region(), "us-east-1");
+        assert_eq!(
+            problems(
+                "class: cloud\nbuckets:\n- {name: a, endpoint: \"s3.example.com/x\", bucket: Bad_Name, accessKey: \"\", secretKeyEnv: S, secretKeyFile: /f, prefix: /abs}"
+            ),
+            [
+                "spec.buckets[0].endpoint: \"s3.example.com/x\" is not an S3 endpoint URL; use https://host[:port] (e.g. https://s3.us-west-004.backblazeb2.com)",
+                "spec.buckets[0].bucket: \"Bad_Name\" is not a bucket name; use 3-63 characters of a-z, 0-9, '.' and '-'",
+                "spec.buckets[0].accessKey: must not be empty",
+                "spec.buckets[0].secretKeyFile: set exactly one of secretKeyFile or secretKeyEnv (secrets are never written in the file)",
+                "spec.buckets[0].prefix: \"/abs\" must not start with / or contain .. (e.g. sublet-shards/)",
             ]
         );
     }
@@ -444,4 +558,32 @@ mod tests {
         let text = "class: rented\nowner: hetzner\nnodes:\n  selector:\n    matchLabels:\n      sublet.dev/pool: rented\n  storage:\n    volumeClaimTemplate:\n      storageClassName: fast\n      size: 200Gi\nendpoints:\n- name: box-1\n  address: https://box1.example:7480\n  nodeId: abc\n  zone: fsn1\n";
         assert_eq!(serde_yaml::to_string(&spec(text)).unwrap(), text);
     }
+}
+
+/// `https://host[:port][/]` or `http://...`: a scheme, a host, an optional port, no path.
+fn is_endpoint_url(text: &str) -> bool {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or("");
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    !host.is_empty()
+        && !host.contains('/')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+fn is_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && !name.starts_with(['.', '-'])
+        && !name.ends_with(['.', '-'])
 }

@@ -109,6 +109,7 @@ pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
             owner: pool.spec.owner.clone(),
             nodes: None,
             endpoints,
+            buckets: pool.spec.buckets.clone(),
             // A deleted pool is held by its finalizer until the gateways moved its shards.
             drain: (pool.metadata.deletion_timestamp.is_some() || pool.spec.drain == Some(true))
                 .then_some(true),
