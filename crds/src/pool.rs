@@ -262,10 +262,7 @@ impl ProviderPoolSpec {
                 "a pool needs providers; add `nodes` (in-cluster), `endpoints` (outside the cluster) or `buckets` (S3-compatible storage)",
             );
         }
-        p.unique_names(
-            "spec.buckets",
-            self.buckets.iter().map(|b| b.name.as_str()),
-        );
+        p.unique_names("spec.buckets", self.buckets.iter().map(|b| b.name.as_str()));
         for (i, b) in self.buckets.iter().enumerate() {
             let field = format!("spec.buckets[{i}]");
             p.name(format!("{field}.name"), &b.name);
@@ -304,7 +301,9 @@ impl ProviderPoolSpec {
             {
                 p.add(
                     format!("{field}.prefix"),
-                    format!("\"{prefix}\" must not start with / or contain .. (e.g. sublet-shards/)"),
+                    format!(
+                        "\"{prefix}\" must not start with / or contain .. (e.g. sublet-shards/)"
+                    ),
                 );
             }
         }
@@ -391,6 +390,34 @@ fn validate_storage(p: &mut Problems, storage: &NodeStorage) {
             "must be more than 0 (e.g. 200Gi)",
         );
     }
+}
+
+/// `https://host[:port][/]` or `http://...`: a scheme, a host, an optional port, no path.
+fn is_endpoint_url(text: &str) -> bool {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or("");
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    !host.is_empty()
+        && !host.contains('/')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+fn is_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && !name.starts_with(['.', '-'])
+        && !name.ends_with(['.', '-'])
 }
 
 #[cfg(test)]
@@ -558,32 +585,4 @@ mod tests {
         let text = "class: rented\nowner: hetzner\nnodes:\n  selector:\n    matchLabels:\n      sublet.dev/pool: rented\n  storage:\n    volumeClaimTemplate:\n      storageClassName: fast\n      size: 200Gi\nendpoints:\n- name: box-1\n  address: https://box1.example:7480\n  nodeId: abc\n  zone: fsn1\n";
         assert_eq!(serde_yaml::to_string(&spec(text)).unwrap(), text);
     }
-}
-
-/// `https://host[:port][/]` or `http://...`: a scheme, a host, an optional port, no path.
-fn is_endpoint_url(text: &str) -> bool {
-    let rest = text
-        .strip_prefix("https://")
-        .or_else(|| text.strip_prefix("http://"))
-        .unwrap_or("");
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
-        _ => (rest, None),
-    };
-    !host.is_empty()
-        && !host.contains('/')
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
-        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
-}
-
-fn is_bucket_name(name: &str) -> bool {
-    (3..=63).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
-        && !name.starts_with(['.', '-'])
-        && !name.ends_with(['.', '-'])
 }

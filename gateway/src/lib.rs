@@ -1,6 +1,7 @@
 //! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
 
 pub mod auth;
+pub mod cloud_backend;
 pub mod codec;
 pub mod dataplane;
 pub mod dev;

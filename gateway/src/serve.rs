@@ -16,6 +16,7 @@ use sublet_provider::identity::{NodeId, NodeIdentity};
 use tokio::net::TcpListener;
 
 use crate::auth::KeyRing;
+use crate::cloud_backend::{BucketTarget, CloudBackend};
 use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
 use crate::layout::Scheme;
@@ -155,13 +156,110 @@ pub fn lifecycle_rules(config: &Config) -> crate::s3::PlanRules {
 /// Where providers sit and every plan's placement rule.
 pub fn topology(config: &Config, endpoints: &[ProviderEndpoint]) -> Topology {
     Topology {
-        sites: endpoints.iter().map(|e| e.site.clone()).collect(),
+        sites: endpoints
+            .iter()
+            .map(|e| e.site.clone())
+            .chain(cloud_sites(config).into_iter().map(|(site, _)| site))
+            .collect(),
         rules: config
             .plans
             .iter()
             .map(|(name, plan)| (name.clone(), PlacementRule::from_spec(&plan.spec)))
             .collect(),
     }
+}
+
+/// Where each bucket member of every pool sits, with its bucket (secret left empty).
+fn cloud_sites(config: &Config) -> Vec<(Site, BucketTarget)> {
+    let mut out = Vec::new();
+    for (pool_name, pool) in &config.pools {
+        let owner = pool.spec.owner.clone().unwrap_or_else(|| pool_name.clone());
+        for b in &pool.spec.buckets {
+            let target = BucketTarget {
+                endpoint: b.endpoint.trim_end_matches('/').to_string(),
+                bucket: b.bucket.clone(),
+                prefix: b.prefix().to_string(),
+                region: b.region().to_string(),
+                access_key: b.access_key.clone(),
+                secret_key: String::new(),
+            };
+            let site = Site {
+                node_id: target.node_id(),
+                pool: pool_name.clone(),
+                zone: b.zone.clone().unwrap_or_else(|| b.name.clone()),
+                owner: owner.clone(),
+            };
+            out.push((site, target));
+        }
+    }
+    out
+}
+
+/// The bucket members of every pool with their secrets read from file or environment.
+pub fn cloud_members(config: &Config) -> anyhow::Result<Vec<(Site, BucketTarget)>> {
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    let members = config
+        .pools
+        .iter()
+        .flat_map(|(pool, p)| p.spec.buckets.iter().map(move |b| (pool.clone(), b)));
+    for ((site, mut target), (pool, member)) in cloud_sites(config).into_iter().zip(members) {
+        let at = format!("ProviderPool {pool}: bucket {}", member.name);
+        let secret = match (&member.secret_key_file, &member.secret_key_env) {
+            (Some(file), None) => std::fs::read_to_string(file)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("{at}: secretKeyFile {file}: {e}")),
+            (None, Some(var)) => std::env::var(var)
+                .map(|s| s.trim().to_string())
+                .map_err(|_| format!("{at}: secretKeyEnv: environment variable {var} is not set")),
+            _ => Err(format!(
+                "{at}: set exactly one of secretKeyFile or secretKeyEnv"
+            )),
+        };
+        match secret {
+            Ok(s) if s.is_empty() => problems.push(format!("{at}: the secret key is empty")),
+            Ok(s) => {
+                target.secret_key = s;
+                out.push((site, target));
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(out)
+}
+
+/// Checks every bucket member every [`PROBE_INTERVAL`] (a one-key listing), so placement
+/// and health see a bucket that stopped answering.
+pub fn spawn_cloud_probes(
+    clouds: Vec<Arc<CloudBackend>>,
+    health: Arc<HealthBoard>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            for c in &clouds {
+                match tokio::time::timeout(PROBE_TIMEOUT, c.probe()).await {
+                    Ok(Ok(())) => health.record_success(c.node_id()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(bucket = %c.target().bucket, error = %e.0, "bucket probe failed");
+                        health.record_failure(c.node_id());
+                    }
+                    Err(_) => {
+                        tracing::warn!(bucket = %c.target().bucket, "bucket probe timed out");
+                        health.record_failure(c.node_id());
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// What the command line and environment add to the file: how a Kubernetes pod passes
@@ -390,7 +488,13 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
     let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
-    let (backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;
+    let (mut backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;
+    let clouds = connect_clouds(config)?;
+    backends.extend(
+        clouds.iter().map(|c| {
+            ObservedBackend::wrap(Arc::clone(c) as Arc<dyn ShardBackend>, &metrics, &health)
+        }),
+    );
     let meta_path = &paths.metadata;
     if let Some(parent) = meta_path.parent() {
         std::fs::create_dir_all(parent)
@@ -419,6 +523,7 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
     let (shutdown, stop) = tokio::sync::watch::channel(false);
     let mut tasks = vec![
         spawn_probes(clients.clone(), Arc::clone(&health), stop.clone()),
+        spawn_cloud_probes(clouds.clone(), Arc::clone(&health), stop.clone()),
         crate::s3::spawn_lifecycle(
             Arc::clone(&gateway),
             lifecycle_rules(config),
@@ -479,6 +584,18 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
     })
 }
 
+/// Backends for the bucket members of every pool.
+fn connect_clouds(config: &Config) -> anyhow::Result<Vec<Arc<CloudBackend>>> {
+    cloud_members(config)?
+        .into_iter()
+        .map(|(site, target)| {
+            CloudBackend::new(target)
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("ProviderPool {}: {e}", site.pool))
+        })
+        .collect()
+}
+
 /// Provider clients for `endpoints`, and the shard backends over them.
 #[allow(clippy::type_complexity)]
 fn connect(
@@ -534,7 +651,13 @@ pub async fn recover(
     let endpoints = endpoints(config)?;
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
-    let (backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;
+    let (mut backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;
+    let clouds = connect_clouds(config)?;
+    backends.extend(
+        clouds.iter().map(|c| {
+            ObservedBackend::wrap(Arc::clone(c) as Arc<dyn ShardBackend>, &metrics, &health)
+        }),
+    );
     // Reading needs no metadata: a throwaway in-memory store.
     let scratch: Arc<dyn MetadataStore> =
         Arc::new(SqliteStore::open_in_memory().map_err(|e| anyhow::anyhow!("scratch store: {e}"))?);

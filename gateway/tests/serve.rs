@@ -55,8 +55,23 @@ impl Client {
         let date = now.format("%Y%m%d").to_string();
         let host = self.addr.to_string();
         let payload = hex::encode(Sha256::digest(body));
+        // The query (already percent-encoded by the caller), sorted, each with `=`.
+        let (bare_path, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut pairs: Vec<String> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                if p.contains('=') {
+                    p.to_string()
+                } else {
+                    format!("{p}=")
+                }
+            })
+            .collect();
+        pairs.sort();
+        let query = pairs.join("&");
         let canonical = format!(
-            "{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n\n\
+            "{method}\n{bare_path}\n{query}\nhost:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n\n\
              host;x-amz-content-sha256;x-amz-date\n{payload}"
         );
         let scope = format!("{date}/us-east-1/s3/aws4_request");
@@ -847,4 +862,137 @@ fn running_clients(
             )
         })
         .collect()
+}
+
+/// An S3 bucket as a provider: another S3 server (here a second sublet) stands in for a
+/// cloud account. One plan spreads each stripe over two own providers and the bucket;
+/// the bucket holds only ciphertext shards under its prefix, and reads survive losing a
+/// provider by using the bucket's shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buckets_on_another_s3_server_hold_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut providers = Vec::new();
+    for i in 0..5 {
+        providers.push(start_provider(&tmp.path().join(format!("provider-{i}"))).await);
+    }
+    let endpoint = |i: usize, zone: &str| {
+        format!(
+            "    - {{name: p{i}, address: \"{}\", nodeId: \"{}\", zone: {zone}}}\n",
+            providers[i].grpc_addr, providers[i].node_id
+        )
+    };
+    // The "cloud": its own gateway over providers 2..5.
+    let cloud_yaml = format!(
+        "apiVersion: sublet.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: dc}}\n\
+         spec:\n  class: owned\n  endpoints:\n{}{}{}---\n\
+         apiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {{name: standard}}\n\
+         spec:\n  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}\n  segmentSize: 64Ki\n---\n\
+         apiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {{name: cloud}}\n\
+         spec:\n  defaultPlan: standard\n  listen: \"127.0.0.1:0\"\n  dataDir: \"{}\"\n  \
+         providerToken: {TOKEN}\n  credentials:\n    - {{accessKey: CLOUDKEY, secretKey: cloud-secret-0123456789}}\n",
+        endpoint(2, "c0"),
+        endpoint(3, "c1"),
+        endpoint(4, "c2"),
+        tmp.path().join("cloud").display()
+    );
+    let cloud_config =
+        sublet_crds::load_str("cloud.yaml", &cloud_yaml).unwrap_or_else(|e| panic!("{e}"));
+    let cloud = sublet_gateway::serve::start(&cloud_config, &Default::default())
+        .await
+        .unwrap();
+    let cloud_client = Client {
+        addr: cloud.s3_addr,
+        access_key: "CLOUDKEY".into(),
+        secret_key: "cloud-secret-0123456789".into(),
+    };
+    assert_eq!(
+        cloud_client.send("PUT", "/spare", &[], b"").await.status,
+        200
+    );
+
+    let secret_file = tmp.path().join("cloud.secret");
+    std::fs::write(&secret_file, "cloud-secret-0123456789\n").unwrap();
+    let yaml = format!(
+        "apiVersion: sublet.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: home}}\n\
+         spec:\n  class: owned\n  endpoints:\n{}{}---\n\
+         apiVersion: sublet.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: cloud}}\n\
+         spec:\n  class: cloud\n  buckets:\n    - {{name: spare, endpoint: \"http://{}\", bucket: spare, \
+         accessKey: CLOUDKEY, secretKeyFile: \"{}\", zone: cloud-a}}\n---\n\
+         apiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {{name: standard}}\n\
+         spec:\n  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}\n  segmentSize: 64Ki\n  \
+         placement: {{spreadBy: zone, maxPerDomain: 1, pools: [{{name: home}}, {{name: cloud, maxShards: 1}}]}}\n---\n\
+         apiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {{name: s3}}\n\
+         spec:\n  defaultPlan: standard\n  listen: \"127.0.0.1:0\"\n  dataDir: \"{}\"\n  \
+         providerToken: {TOKEN}\n  credentials:\n    - {{accessKey: admin, secretKey: admin-secret-0123456789}}\n",
+        endpoint(0, "h0"),
+        endpoint(1, "h1"),
+        cloud.s3_addr,
+        secret_file.display(),
+        tmp.path().join("gateway").display()
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    let client = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+    assert_eq!(client.send("PUT", "/photos", &[], b"").await.status, 200);
+    let body = data(200_000);
+    let r = client.send("PUT", "/photos/cat.jpg", &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // One shard per segment (4 segments) went to the bucket, as objects under the prefix.
+    let listed = cloud_client
+        .send(
+            "GET",
+            "/spare?list-type=2&prefix=sublet-shards%2F",
+            &[],
+            b"",
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(
+        listed.text().matches("<Key>sublet-shards/").count(),
+        4,
+        "{}",
+        listed.text()
+    );
+    assert!(
+        !listed.text().contains("cat.jpg"),
+        "shard names must not reveal object names"
+    );
+
+    // A home provider dies: the bucket's shards make up for it.
+    let dead = providers.remove(0);
+    dead.shutdown().await;
+    let r = client.send("GET", "/photos/cat.jpg", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == body, "the object read back differs");
+
+    // Deleting the object deletes its shards in the bucket.
+    assert_eq!(
+        client
+            .send("DELETE", "/photos/cat.jpg", &[], b"")
+            .await
+            .status,
+        204
+    );
+    let listed = cloud_client
+        .send(
+            "GET",
+            "/spare?list-type=2&prefix=sublet-shards%2F",
+            &[],
+            b"",
+        )
+        .await;
+    assert!(!listed.text().contains("<Key>"), "{}", listed.text());
+
+    running.shutdown().await;
+    cloud.shutdown().await;
+    for p in providers {
+        p.shutdown().await;
+    }
 }
