@@ -177,6 +177,10 @@ pub struct BucketMember {
     /// An environment variable holding the secret key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_env: Option<String>,
+    /// In Kubernetes: the Secret (and key, default `secretKey`) holding the secret key;
+    /// the operator hands it to the gateway pod as an environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<crate::SecretRef>,
     /// The failure domain for `spreadBy: zone`. Defaults to the bucket member's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
@@ -288,12 +292,13 @@ impl ProviderPoolSpec {
             if b.access_key.trim().is_empty() {
                 p.add(format!("{field}.accessKey"), "must not be empty");
             }
-            let sources =
-                usize::from(b.secret_key_file.is_some()) + usize::from(b.secret_key_env.is_some());
+            let sources = usize::from(b.secret_key_file.is_some())
+                + usize::from(b.secret_key_env.is_some())
+                + usize::from(b.secret_ref.is_some());
             if sources != 1 {
                 p.add(
                     format!("{field}.secretKeyFile"),
-                    "set exactly one of secretKeyFile or secretKeyEnv (secrets are never written in the file)",
+                    "set exactly one of secretKeyFile, secretKeyEnv or secretRef (secrets are never written in the resource)",
                 );
             }
             if let Some(prefix) = &b.prefix
@@ -490,7 +495,7 @@ mod tests {
                 "spec.buckets[0].endpoint: \"s3.example.com/x\" is not an S3 endpoint URL; use https://host[:port] (e.g. https://s3.us-west-004.backblazeb2.com)",
                 "spec.buckets[0].bucket: \"Bad_Name\" is not a bucket name; use 3-63 characters of a-z, 0-9, '.' and '-'",
                 "spec.buckets[0].accessKey: must not be empty",
-                "spec.buckets[0].secretKeyFile: set exactly one of secretKeyFile or secretKeyEnv (secrets are never written in the file)",
+                "spec.buckets[0].secretKeyFile: set exactly one of secretKeyFile, secretKeyEnv or secretRef (secrets are never written in the resource)",
                 "spec.buckets[0].prefix: \"/abs\" must not start with / or contain .. (e.g. sublet-shards/)",
             ]
         );

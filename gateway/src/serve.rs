@@ -212,6 +212,9 @@ pub fn cloud_members(config: &Config) -> anyhow::Result<Vec<(Site, BucketTarget)
             (None, Some(var)) => std::env::var(var)
                 .map(|s| s.trim().to_string())
                 .map_err(|_| format!("{at}: secretKeyEnv: environment variable {var} is not set")),
+            (None, None) if member.secret_ref.is_some() => Err(format!(
+                "{at}: secretRef is read by the operator in Kubernetes; outside it use secretKeyFile or secretKeyEnv"
+            )),
             _ => Err(format!(
                 "{at}: set exactly one of secretKeyFile or secretKeyEnv"
             )),

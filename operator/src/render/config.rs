@@ -81,6 +81,24 @@ pub struct RenderedConfig {
     pub hash: String,
     /// Resources left out of the file.
     pub excluded: Vec<Excluded>,
+    /// Environment variables the gateway pod needs from Secrets: (variable, Secret, key),
+    /// e.g. the secret keys of bucket members given by `secretRef`.
+    pub secret_env: Vec<(String, String, String)>,
+}
+
+/// The environment variable carrying the secret key of bucket member `member` of `pool`.
+pub fn bucket_secret_env(pool: &str, member: &str) -> String {
+    let name: String = format!("{pool}_{member}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("SUBLET_BUCKET_SECRET_{name}")
 }
 
 /// `pool` as a standalone gateway sees it: no `nodes`, and every in-cluster member the
@@ -109,7 +127,19 @@ pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
             owner: pool.spec.owner.clone(),
             nodes: None,
             endpoints,
-            buckets: pool.spec.buckets.clone(),
+            // A secretRef becomes the environment variable the pod gets it in.
+            buckets: pool
+                .spec
+                .buckets
+                .iter()
+                .map(|b| {
+                    let mut b = b.clone();
+                    if b.secret_ref.take().is_some() {
+                        b.secret_key_env = Some(bucket_secret_env(&pool.name_any(), &b.name));
+                    }
+                    b
+                })
+                .collect(),
             // A deleted pool is held by its finalizer until the gateways moved its shards.
             drain: (pool.metadata.deletion_timestamp.is_some() || pool.spec.drain == Some(true))
                 .then_some(true),
@@ -308,10 +338,33 @@ pub fn render_config(gateway: &StorageGateway, inventory: Inventory<'_>) -> Resu
     let body = to_yaml(&selection, Some(&standalone_gateway(gateway))).map_err(config_error)?;
     let yaml = format!("{header}{body}");
     let hash = blake3::hash(yaml.as_bytes()).to_hex()[..16].to_owned();
+    let secret_env = selection
+        .pools
+        .iter()
+        .flat_map(|p| {
+            let original = inventory
+                .pools
+                .iter()
+                .find(|o| o.name_any() == p.name_any());
+            original
+                .into_iter()
+                .flat_map(|o| o.spec.buckets.iter())
+                .filter_map(|b| {
+                    let r = b.secret_ref.as_ref()?;
+                    Some((
+                        bucket_secret_env(&p.name_any(), &b.name),
+                        r.name.clone(),
+                        r.key.clone().unwrap_or_else(|| "secretKey".into()),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
     Ok(RenderedConfig {
         yaml,
         hash,
         excluded: selection.excluded,
+        secret_env,
     })
 }
 
@@ -543,6 +596,56 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cannot render the config of StorageGateway/s3: spec.defaultPlan: StoragePlan \"broken\" is left out of the config (spec.redundancy.erasure.parityShards: must be at least 1; without parity use replicas: 1)"
+        );
+    }
+
+    #[test]
+    fn bucket_secrets_from_secrets_become_pod_environment() {
+        let (mut pools, plans, schedules) = inventory_fixture();
+        pools.push(pool(
+            "cloud",
+            "class: cloud\nbuckets:\n- {name: b2-eu, endpoint: \"https://s3.eu.example\", bucket: shards, accessKey: K, secretRef: {name: b2-keys}}",
+        ));
+        let gw = gateway("s3", "defaultPlan: photos");
+        let out = render_config(
+            &gw,
+            Inventory {
+                pools: &pools,
+                plans: &plans,
+                schedules: &schedules,
+            },
+        )
+        .unwrap();
+        assert!(
+            out.excluded.iter().all(|e| e.kind != "ProviderPool"),
+            "{:?}",
+            out.excluded
+        );
+        assert!(!out.yaml.contains("secretRef"), "{}", out.yaml);
+        assert!(
+            out.yaml
+                .contains("secretKeyEnv: SUBLET_BUCKET_SECRET_CLOUD_B2_EU"),
+            "{}",
+            out.yaml
+        );
+        assert_eq!(
+            out.secret_env,
+            [(
+                "SUBLET_BUCKET_SECRET_CLOUD_B2_EU".to_string(),
+                "b2-keys".to_string(),
+                "secretKey".to_string()
+            )]
+        );
+        let objects =
+            crate::render::gateway::gateway_objects(&gw, &Default::default(), &out).unwrap();
+        let json = match &objects.workload {
+            crate::render::gateway::GatewayWorkload::StatefulSet(s) => serde_json::to_string(s),
+            crate::render::gateway::GatewayWorkload::Deployment(d) => serde_json::to_string(d),
+        }
+        .unwrap();
+        assert!(
+            json.contains("SUBLET_BUCKET_SECRET_CLOUD_B2_EU") && json.contains("b2-keys"),
+            "{json}"
         );
     }
 }

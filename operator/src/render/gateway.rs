@@ -245,6 +245,12 @@ pub fn gateway_objects(
         ),
         secret_env("SUBLET_PROVIDER_TOKEN", PROVIDER_TOKEN_SECRET, "token"),
     ];
+    env.extend(
+        config
+            .secret_env
+            .iter()
+            .map(|(var, secret, key)| secret_env(var, secret, key)),
+    );
     if let Some(postgres) = &spec.metadata.postgres {
         env.push(secret_env(
             "SUBLET_METADATA_URL",
@@ -434,6 +440,7 @@ mod tests {
             yaml: "kind: StorageGateway\n".into(),
             hash: hash.into(),
             excluded: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 
