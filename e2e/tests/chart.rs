@@ -566,6 +566,26 @@ fn bad_values_fail_naming_the_field() {
         ),
         (&["--set", "replicaCount=two"], "/replicaCount"),
     ];
+    // Beyond the schema: a quickstart the operator would never see.
+    let err = run_helm(
+        &helm,
+        &[
+            "template",
+            "sublet",
+            ".",
+            "--namespace",
+            "default",
+            "--set",
+            "quickstart.enabled=true",
+            "--set",
+            "watchNamespace=storage",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("does not watch (watchNamespace=storage)"),
+        "{err}"
+    );
     for (args, expected) in cases {
         let mut all = vec!["template", "sublet", "."];
         all.extend_from_slice(args);
@@ -1079,4 +1099,53 @@ fn readme_kubernetes_commands_are_the_ones_the_chart_renders() {
         text.push_str(&doc);
     }
     sublet_crds::load_str("README", &text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn dashboards_are_importable_grafana_dashboards() {
+    let mut uids = BTreeSet::new();
+    for name in ["overview", "providers", "repair"] {
+        let path = chart().join(format!("dashboards/{name}.json"));
+        let board: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let uid = board["uid"].as_str().unwrap();
+        assert!(
+            uid.len() <= 40,
+            "{name}: Grafana uids are at most 40 characters"
+        );
+        assert!(uids.insert(uid.to_string()), "{name}: uid {uid} used twice");
+        assert!(board["title"].as_str().unwrap().starts_with("sublet / "));
+        // The sidecar imports dashboards as they are: the data source must be a variable.
+        let variables = board["templating"]["list"].as_array().unwrap();
+        assert!(
+            variables
+                .iter()
+                .any(|v| v["type"] == "datasource" && v["name"] == "datasource")
+        );
+        let mut ids = BTreeSet::new();
+        for panel in board["panels"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap();
+            assert!(
+                ids.insert(panel["id"].as_u64().unwrap()),
+                "{name}: panel id of {title} used twice"
+            );
+            for key in ["x", "y", "w", "h"] {
+                assert!(
+                    panel["gridPos"][key].is_u64(),
+                    "{name}: {title} has no gridPos.{key}"
+                );
+            }
+            if !["row", "text"].contains(&panel["type"].as_str().unwrap()) {
+                assert_eq!(
+                    panel["datasource"]["uid"], "${datasource}",
+                    "{name}: {title}"
+                );
+                let targets = panel["targets"].as_array().unwrap();
+                assert!(!targets.is_empty(), "{name}: {title} has no query");
+                for t in targets {
+                    assert_eq!(t["datasource"]["uid"], "${datasource}", "{name}: {title}");
+                }
+            }
+        }
+    }
 }
