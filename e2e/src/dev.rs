@@ -20,6 +20,9 @@ pub struct SubletDev {
     log_path: PathBuf,
     /// The S3 listen address.
     pub addr: SocketAddr,
+    /// Where `/metrics` and `/healthz` are served (`--admin-listen`): a free port of its
+    /// own, so tests running side by side don't fight over the default 9001.
+    pub admin_addr: SocketAddr,
     /// The state directory (`--dir`).
     pub dir: PathBuf,
     pub access_key: String,
@@ -30,6 +33,7 @@ impl SubletDev {
     /// Starts `sublet dev --dir dir` on a free port and waits until it accepts connections.
     pub fn start(dir: &Path) -> Self {
         let addr = free_addr();
+        let admin_addr = free_addr();
         let log_path = dir.with_extension("log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -41,6 +45,7 @@ impl SubletDev {
             .arg("--dir")
             .arg(dir)
             .args(["--listen", &addr.to_string()])
+            .args(["--admin-listen", &admin_addr.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // s3s logs every refused request at error level: keep that out
@@ -71,6 +76,7 @@ impl SubletDev {
             child,
             log_path,
             addr,
+            admin_addr,
             dir: dir.to_path_buf(),
             access_key,
             secret_key,
