@@ -2,6 +2,8 @@
 //! put the market behind a TLS proxy), signing requests with a [`Signer`].
 //! The `sublet-market` CLI and the tests use it.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -9,10 +11,12 @@ use tokio::net::TcpStream;
 use crate::identity::{Role, Signer};
 use crate::{Error, Result};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     /// `host:port`.
     authority: String,
+    /// Unix seconds used to sign requests.
+    clock: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
 
 /// An answer: the status and the JSON body (`null` when the body is not JSON).
@@ -64,7 +68,14 @@ impl Client {
         }
         Ok(Self {
             authority: authority.into(),
+            clock: Arc::new(now),
         })
+    }
+
+    /// Signs with another clock (tests that move the market's clock).
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// Sends a request, signed when `signer` is given. `body` is sent verbatim.
@@ -75,6 +86,21 @@ impl Client {
         path: &str,
         body: &[u8],
     ) -> Result<Reply> {
+        let headers = match signer {
+            Some(signer) => signer.sign_request(method, path, body, (self.clock)())?,
+            None => Vec::new(),
+        };
+        self.send_with_headers(method, path, body, &headers).await
+    }
+
+    /// Sends a request with the given extra headers (e.g. a signature made earlier).
+    pub async fn send_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> Result<Reply> {
         let io = |e: std::io::Error| {
             Error::BadRequest(format!("talking to the market at {}: {e}", self.authority))
         };
@@ -83,10 +109,8 @@ impl Client {
             self.authority,
             body.len()
         );
-        if let Some(signer) = signer {
-            for (name, value) in signer.sign_request(method, path, body, now())? {
-                head.push_str(&format!("{name}: {value}\r\n"));
-            }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         let mut stream = TcpStream::connect(&self.authority).await.map_err(io)?;
