@@ -156,6 +156,13 @@ pub fn router(market: Shared) -> Router {
             "/v1/contracts/{id}/periods/{start}/settle",
             post(settle_period),
         )
+        .route("/v1/parties/{id}/rating", get(rating))
+        .route(
+            "/v1/contracts/{id}/disputes",
+            post(open_dispute).get(contract_disputes),
+        )
+        .route("/v1/disputes/{id}", get(dispute))
+        .route("/v1/disputes/{id}/decide", post(decide_dispute))
         .fallback(|| async { Error::not_found("route; the API is described at /openapi.json") })
         .with_state(market)
 }
@@ -388,4 +395,53 @@ async fn settle_period(
     req: SignedRequest,
 ) -> Reply<crate::receipts::Period> {
     blocking(move || Ok(Json(m.settle_period(&req.party(&m)?, &id, start)?))).await
+}
+
+async fn rating(State(m): State<Shared>, Path(id): Path<String>) -> Reply<crate::ratings::Rating> {
+    blocking(move || Ok(Json(m.rating(&id)?))).await
+}
+
+async fn open_dispute(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Result<(StatusCode, Json<crate::disputes::Dispute>)> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        let new = req.json()?;
+        Ok((
+            StatusCode::CREATED,
+            Json(m.open_dispute(&who, &req.body, &id, &new)?),
+        ))
+    })
+    .await
+}
+
+async fn contract_disputes(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<Vec<crate::disputes::Dispute>> {
+    blocking(move || Ok(Json(m.disputes_of_contract(&req.party(&m)?, &id)?))).await
+}
+
+async fn dispute(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::disputes::Dispute> {
+    blocking(move || Ok(Json(m.dispute(&req.party(&m)?, &id)?))).await
+}
+
+async fn decide_dispute(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::disputes::Dispute> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        let decision = req.json()?;
+        Ok(Json(m.decide_dispute(&who, &req.body, &id, &decision)?))
+    })
+    .await
 }

@@ -54,6 +54,8 @@ pub const CHALLENGE_TTL: i64 = 300;
 pub enum Role {
     Demander,
     Provider,
+    /// Decides disputes; only keys the market was started with may register as one.
+    Arbiter,
 }
 
 impl Role {
@@ -61,6 +63,7 @@ impl Role {
         match self {
             Role::Demander => "demander",
             Role::Provider => "provider",
+            Role::Arbiter => "arbiter",
         }
     }
 
@@ -68,6 +71,7 @@ impl Role {
         match s {
             "demander" => Ok(Role::Demander),
             "provider" => Ok(Role::Provider),
+            "arbiter" => Ok(Role::Arbiter),
             other => Err(Error::Internal(format!(
                 "unknown role {other:?} in database"
             ))),
@@ -178,8 +182,23 @@ pub struct Registration {
     pub signature: String,
 }
 
-pub fn register(conn: &Connection, reg: &Registration, now: i64) -> Result<Party> {
+/// Registers a party. `arbiter_keys` are the public keys (hex) allowed to register as arbiters.
+pub fn register(
+    conn: &Connection,
+    reg: &Registration,
+    arbiter_keys: &[String],
+    now: i64,
+) -> Result<Party> {
     let key = decode_public_key(&reg.public_key)?;
+    if reg.role == Role::Arbiter
+        && !arbiter_keys
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(&reg.public_key))
+    {
+        return Err(Error::Forbidden(
+            "this public key is not one of the market's arbiter keys (serve --arbiter-key)".into(),
+        ));
+    }
     let name = reg.name.trim();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(Error::BadRequest(
@@ -446,7 +465,12 @@ mod tests {
     fn registered(conn: &Connection, role: Role, name: &str) -> Result<(Signer, Party)> {
         let (signer, _) = Signer::generate()?;
         let (challenge, _) = new_challenge(conn, &signer.public_key_hex(), 1000)?;
-        let party = register(conn, &signer.registration(&challenge, role, name), 1000)?;
+        let party = register(
+            conn,
+            &signer.registration(&challenge, role, name),
+            &[],
+            1000,
+        )?;
         Ok((signer, party))
     }
 
@@ -469,8 +493,8 @@ mod tests {
         let (other, _) = Signer::generate()?;
         let (challenge, _) = new_challenge(&conn, &other.public_key_hex(), 1000)?;
         let reg = other.registration(&challenge, Role::Demander, "eve");
-        register(&conn, &reg, 1000)?;
-        let again = register(&conn, &reg, 1000);
+        register(&conn, &reg, &[], 1000)?;
+        let again = register(&conn, &reg, &[], 1000);
         assert!(matches!(again, Err(Error::Unauthorized(_))), "{again:?}");
         Ok(())
     }
@@ -483,15 +507,40 @@ mod tests {
         let (challenge, _) = new_challenge(&conn, &victim.public_key_hex(), 1000)?;
         let mut reg = mallory.registration(&challenge, Role::Provider, "victim");
         reg.public_key = victim.public_key_hex();
-        let err = register(&conn, &reg, 1000);
+        let err = register(&conn, &reg, &[], 1000);
         assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");
         // Signing a different role than the one asked for doesn't pass either.
         let mut reg = victim.registration(&challenge, Role::Provider, "v");
         reg.role = Role::Demander;
         assert!(matches!(
-            register(&conn, &reg, 1000),
+            register(&conn, &reg, &[], 1000),
             Err(Error::Unauthorized(_))
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn only_configured_keys_become_arbiters() -> Result<()> {
+        let conn = db();
+        let (judge, _) = Signer::generate()?;
+        let (pretender, _) = Signer::generate()?;
+        let arbiters = [judge.public_key_hex()];
+        let (challenge, _) = new_challenge(&conn, &pretender.public_key_hex(), 1000)?;
+        let err = register(
+            &conn,
+            &pretender.registration(&challenge, Role::Arbiter, "judge"),
+            &arbiters,
+            1000,
+        );
+        assert!(matches!(err, Err(Error::Forbidden(_))), "{err:?}");
+        let (challenge, _) = new_challenge(&conn, &judge.public_key_hex(), 1000)?;
+        let party = register(
+            &conn,
+            &judge.registration(&challenge, Role::Arbiter, "judge"),
+            &arbiters,
+            1000,
+        )?;
+        assert_eq!(party.role, Role::Arbiter);
         Ok(())
     }
 
@@ -503,6 +552,7 @@ mod tests {
         let err = register(
             &conn,
             &signer.registration(&challenge, Role::Provider, "late"),
+            &[],
             expires + 1,
         );
         assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");

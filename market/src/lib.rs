@@ -4,11 +4,13 @@
 pub mod api;
 pub mod client;
 pub mod contracts;
+pub mod disputes;
 pub mod error;
 pub mod identity;
 pub mod ledger;
 pub mod offers;
 pub mod rail;
+pub mod ratings;
 pub mod receipts;
 pub mod service;
 
@@ -26,6 +28,8 @@ pub struct Policy {
     pub vetting_period_secs: i64,
     /// How far a signed request's timestamp may be from the server clock, in seconds.
     pub signature_window_secs: i64,
+    /// Ed25519 public keys (hex) that may register as arbiters and decide disputes.
+    pub arbiter_keys: Vec<String>,
 }
 
 impl Default for Policy {
@@ -35,6 +39,7 @@ impl Default for Policy {
             held_back_bps: 2_500,
             vetting_period_secs: 30 * 24 * 3600,
             signature_window_secs: 300,
+            arbiter_keys: Vec::new(),
         }
     }
 }

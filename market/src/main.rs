@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run the market daemon.
     Serve(Serve),
-    /// Create a new ed25519 key (PKCS#8, mode 0600) and print its party id.
+    /// Create a new ed25519 key (PKCS#8, mode 0600) and print its party id and public key.
     Keygen {
         /// Where to write the key; refuses to overwrite.
         #[arg(long)]
@@ -41,7 +41,7 @@ enum Command {
         url: String,
         #[arg(long, env = "SUBLET_MARKET_KEY")]
         key: PathBuf,
-        /// `demander` or `provider`.
+        /// `demander`, `provider` or `arbiter`.
         #[arg(long)]
         role: String,
         #[arg(long)]
@@ -86,6 +86,10 @@ struct Serve {
     /// How long a provider counts as new after registering, in days.
     #[arg(long, default_value_t = 30)]
     vetting_days: i64,
+    /// Ed25519 public key (hex) allowed to register as an arbiter and decide
+    /// disputes; repeat for several.
+    #[arg(long = "arbiter-key")]
+    arbiter_keys: Vec<String>,
 }
 
 fn load_key(path: &PathBuf) -> anyhow::Result<Signer> {
@@ -105,7 +109,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Keygen { out } => {
             let (signer, pkcs8) = Signer::generate()?;
             write_new_private(&out, &pkcs8)?;
-            println!("{}", signer.party_id());
+            println!(
+                "party_id={} public_key={}",
+                signer.party_id(),
+                signer.public_key_hex()
+            );
             Ok(())
         }
         Command::Register {
@@ -117,7 +125,8 @@ async fn main() -> anyhow::Result<()> {
             let role = match role.as_str() {
                 "demander" => Role::Demander,
                 "provider" => Role::Provider,
-                other => bail!("--role must be demander or provider, got {other:?}"),
+                "arbiter" => Role::Arbiter,
+                other => bail!("--role must be demander, provider or arbiter, got {other:?}"),
             };
             let party = Client::new(&url)?
                 .register(&load_key(&key)?, role, &name)
@@ -171,6 +180,7 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         platform_fee_bps: s.platform_fee_bps,
         held_back_bps: s.held_back_bps,
         vetting_period_secs: s.vetting_days.saturating_mul(24 * 3600),
+        arbiter_keys: s.arbiter_keys.clone(),
         ..Policy::default()
     };
     if !(0..=10_000).contains(&policy.platform_fee_bps)

@@ -8,10 +8,12 @@ use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 
 use crate::contracts::{self, Contract, NewContract};
+use crate::disputes::{self, Decision, Dispute, NewDispute};
 use crate::identity::{self, Party, Registration, RequestSignature, Role, Verified};
 use crate::ledger::{self, Account, Applied, Micros};
 use crate::offers::{self, NewOffer, Offer, OfferFilter};
 use crate::rail::PaymentRail;
+use crate::ratings::{self, Rating};
 use crate::receipts::{self, Period, UsageReceipt};
 use crate::{Error, Policy, Result};
 
@@ -106,6 +108,7 @@ impl Market {
             offers::SCHEMA,
             contracts::SCHEMA,
             receipts::SCHEMA,
+            disputes::SCHEMA,
         ] {
             conn.execute_batch(schema)?;
         }
@@ -164,7 +167,7 @@ impl Market {
 
     pub fn register(&self, reg: &Registration) -> Result<Party> {
         let now = self.now();
-        self.tx(|c| identity::register(c, reg, now))
+        self.tx(|c| identity::register(c, reg, &self.policy.arbiter_keys, now))
     }
 
     pub fn party(&self, id: &str) -> Result<Party> {
@@ -358,7 +361,7 @@ impl Market {
     pub fn contract(&self, who: &Party, id: &str) -> Result<Contract> {
         self.tx(|c| {
             let ct = contracts::get(c, id)?;
-            ct.check_party(who)?;
+            ct.check_viewer(who)?;
             Ok(ct)
         })
     }
@@ -414,7 +417,7 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let ct = contracts::get(c, id)?;
-            ct.check_party(who)?;
+            ct.check_viewer(who)?;
             receipts::periods(c, &self.policy, &ct, now)
         })
     }
@@ -425,6 +428,53 @@ impl Market {
             let ct = contracts::get(c, id)?;
             ct.check_party(who)?;
             receipts::try_settle(c, &self.policy, &ct, period_start, now)
+        })
+    }
+
+    pub fn rating(&self, party_id: &str) -> Result<Rating> {
+        self.tx(|c| ratings::rating(c, &identity::party(c, party_id)?))
+    }
+
+    pub fn open_dispute(
+        &self,
+        who: &Verified,
+        body: &[u8],
+        contract: &str,
+        new: &NewDispute,
+    ) -> Result<Dispute> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            disputes::open(c, &who.party, contract, new, evidence, now)
+        })
+    }
+
+    pub fn decide_dispute(
+        &self,
+        who: &Verified,
+        body: &[u8],
+        id: &str,
+        decision: &Decision,
+    ) -> Result<Dispute> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            disputes::decide(c, &who.party, id, decision, evidence, now)
+        })
+    }
+
+    pub fn dispute(&self, who: &Party, id: &str) -> Result<Dispute> {
+        self.tx(|c| {
+            let d = disputes::get(c, id)?;
+            contracts::get(c, &d.contract)?.check_viewer(who)?;
+            Ok(d)
+        })
+    }
+
+    pub fn disputes_of_contract(&self, who: &Party, contract: &str) -> Result<Vec<Dispute>> {
+        self.tx(|c| {
+            contracts::get(c, contract)?.check_viewer(who)?;
+            disputes::list_for_contract(c, contract)
         })
     }
 }

@@ -24,6 +24,8 @@ struct World {
     alpha: Signer,
     bravo: Signer,
     dee: Signer,
+    /// An arbiter.
+    judge: Signer,
 }
 
 fn system_now() -> i64 {
@@ -33,7 +35,10 @@ fn system_now() -> i64 {
         .unwrap_or(0)
 }
 
-async fn start(rail: bool) -> Result<(Client, Arc<AtomicI64>), Box<dyn std::error::Error>> {
+async fn start(
+    rail: bool,
+    arbiters: Vec<String>,
+) -> Result<(Client, Arc<AtomicI64>), Box<dyn std::error::Error>> {
     let offset = Arc::new(AtomicI64::new(0));
     let clock = {
         let offset = offset.clone();
@@ -44,6 +49,7 @@ async fn start(rail: bool) -> Result<(Client, Arc<AtomicI64>), Box<dyn std::erro
         held_back_bps: 2_500,
         vetting_period_secs: VETTING,
         signature_window_secs: 300,
+        arbiter_keys: arbiters,
     };
     let rail: Option<Arc<dyn PaymentRail>> = rail.then(|| Arc::new(ManualRail) as _);
     let market = Market::in_memory(policy, rail)?.with_clock(clock.clone());
@@ -57,14 +63,17 @@ async fn start(rail: bool) -> Result<(Client, Arc<AtomicI64>), Box<dyn std::erro
 }
 
 async fn world() -> Result<World, Box<dyn std::error::Error>> {
-    let (client, offset) = start(true).await?;
+    let (judge, _) = Signer::generate()?;
+    let (client, offset) = start(true, vec![judge.public_key_hex()]).await?;
     let (alpha, _) = Signer::generate()?;
     let (bravo, _) = Signer::generate()?;
     let (dee, _) = Signer::generate()?;
     client.register(&alpha, Role::Provider, "alpha").await?;
     client.register(&bravo, Role::Provider, "bravo").await?;
     client.register(&dee, Role::Demander, "dee").await?;
+    client.register(&judge, Role::Arbiter, "judge").await?;
     Ok(World {
+        judge,
         client,
         offset,
         alpha,
@@ -654,7 +663,7 @@ async fn forged_replayed_and_stale_requests_are_refused() -> TestResult {
 
 #[tokio::test]
 async fn deposits_need_a_payment_rail() -> TestResult {
-    let (client, _) = start(false).await?;
+    let (client, _) = start(false, Vec::new()).await?;
     let (dee, _) = Signer::generate()?;
     client.register(&dee, Role::Demander, "dee").await?;
     let r = client
@@ -717,7 +726,7 @@ async fn bad_input_gets_json_errors_naming_the_problem() -> TestResult {
 
 #[tokio::test]
 async fn openapi_document_describes_every_route() -> TestResult {
-    let (client, _) = start(false).await?;
+    let (client, _) = start(false, Vec::new()).await?;
     let doc = client
         .json(None, "GET", "/openapi.json", &Value::Null)
         .await?
@@ -749,13 +758,287 @@ async fn openapi_document_describes_every_route() -> TestResult {
         "/v1/contracts/{id}/receipts",
         "/v1/contracts/{id}/periods",
         "/v1/contracts/{id}/periods/{start}/settle",
+        "/v1/parties/{id}/rating",
+        "/v1/contracts/{id}/disputes",
+        "/v1/disputes/{id}",
+        "/v1/disputes/{id}/decide",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
     assert_eq!(
         paths.len(),
-        21,
+        25,
         "openapi.json lists routes the server doesn't have"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult {
+    let w = world().await?;
+    let offer = w
+        .ok(
+            &w.alpha,
+            "POST",
+            "/v1/offers",
+            json!({
+                "capacity_bytes": 100 * GIB, "price_per_gib_month": 7_300_000,
+                "egress_price_per_gib": CREDIT, "region": "eu-west", "min_term_days": 0,
+                "promised_uptime_bps": 9900,
+            }),
+        )
+        .await?;
+    w.ok(
+        &w.dee,
+        "POST",
+        "/v1/deposits",
+        json!({"op_id": "dep", "amount": 10 * CREDIT}),
+    )
+    .await?;
+    let c = w
+        .ok(
+            &w.dee,
+            "POST",
+            "/v1/contracts",
+            json!({"offer_id": offer["id"], "reserved_bytes": 10 * GIB, "term_days": 30}),
+        )
+        .await?;
+    let ct = c["id"].as_str().ok_or("id")?.to_owned();
+    let c = w
+        .ok(
+            &w.alpha,
+            "POST",
+            &format!("/v1/contracts/{ct}/accept"),
+            json!({}),
+        )
+        .await?;
+    let start = c["accepted_at"].as_i64().ok_or("accepted_at")?;
+    w.ok(
+        &w.dee,
+        "POST",
+        &format!("/v1/contracts/{ct}/prepay"),
+        json!({"op_id": "pre", "amount": 5 * CREDIT}),
+    )
+    .await?;
+
+    // Before any service, ratings are neutral and say so.
+    let r = w
+        .client
+        .json(
+            None,
+            "GET",
+            &format!("/v1/parties/{}/rating", w.alpha.party_id()),
+            &Value::Null,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(
+        r["score"],
+        500 * 70 / 100 + 500 * 20 / 100 + 1000 * 10 / 100
+    );
+    assert_eq!(r["inputs"][0]["value"], "no audits yet");
+
+    // Alpha fails 2 of 10 audits in a settled period.
+    for who in [&w.alpha, &w.dee] {
+        w.ok(
+            who,
+            "POST",
+            &format!("/v1/contracts/{ct}/receipts"),
+            receipt(start, 10, GIB, 8, 2),
+        )
+        .await?;
+    }
+    let r = w
+        .client
+        .json(
+            None,
+            "GET",
+            &format!("/v1/parties/{}/rating", w.alpha.party_id()),
+            &Value::Null,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(r["inputs"][0]["value"], "8/10 audits passed", "{r}");
+    assert_eq!(
+        r["score"],
+        800 * 70 / 100 + 1000 * 20 / 100 + 1000 * 10 / 100,
+        "{r}"
+    );
+    w.assert_books(10 * CREDIT).await?;
+
+    // The demander disputes the period (lost shards); only the contract's parties may.
+    let claim = json!({"period_start": start, "claim": "alpha lost shards of 3 objects; the gateway repaired them"});
+    let r = w
+        .call(
+            &w.bravo,
+            "POST",
+            &format!("/v1/contracts/{ct}/disputes"),
+            claim.clone(),
+        )
+        .await?;
+    assert_eq!(r.status, 403);
+    let r = w
+        .call(
+            &w.dee,
+            "POST",
+            &format!("/v1/contracts/{ct}/disputes"),
+            json!({"period_start": start + 1, "claim": "x"}),
+        )
+        .await?;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let d = w
+        .ok(
+            &w.dee,
+            "POST",
+            &format!("/v1/contracts/{ct}/disputes"),
+            claim,
+        )
+        .await?;
+    let dp = d["id"].as_str().ok_or("dispute id")?.to_owned();
+    assert_eq!(d["decision"], Value::Null);
+
+    // Only an arbiter decides.
+    let decision = json!({"in_favour_of": "demander", "amount": 300_000, "reason": "audit log shows 3 lost objects"});
+    let r = w
+        .call(
+            &w.alpha,
+            "POST",
+            &format!("/v1/disputes/{dp}/decide"),
+            decision.clone(),
+        )
+        .await?;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    // The arbiter reads the evidence: the contract's periods.
+    let periods = w
+        .ok(
+            &w.judge,
+            "GET",
+            &format!("/v1/contracts/{ct}/periods"),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(periods[0]["status"], "settled");
+    let (dee_before, alpha_before) = (
+        w.available(&w.dee).await?,
+        w.available(&w.alpha).await? + w.held_back(&w.alpha).await?,
+    );
+    let d = w
+        .ok(
+            &w.judge,
+            "POST",
+            &format!("/v1/disputes/{dp}/decide"),
+            decision.clone(),
+        )
+        .await?;
+    assert_eq!(d["decision"]["moved"], 300_000, "{d}");
+    assert_eq!(
+        d["decision"]["ledger_operations"],
+        json!([format!("dispute:{dp}")])
+    );
+    assert_eq!(w.available(&w.dee).await?, dee_before + 300_000);
+    assert_eq!(
+        w.available(&w.alpha).await? + w.held_back(&w.alpha).await?,
+        alpha_before - 300_000
+    );
+    w.assert_books(10 * CREDIT).await?;
+    // Deciding again: the same decision changes nothing, another is refused.
+    w.ok(
+        &w.judge,
+        "POST",
+        &format!("/v1/disputes/{dp}/decide"),
+        decision,
+    )
+    .await?;
+    let r = w
+        .call(
+            &w.judge,
+            "POST",
+            &format!("/v1/disputes/{dp}/decide"),
+            json!({"in_favour_of": "provider", "amount": 0, "reason": "changed my mind"}),
+        )
+        .await?;
+    assert_eq!((r.status, r.code()), (409, "conflict"));
+    assert_eq!(w.available(&w.dee).await?, dee_before + 300_000);
+
+    // The lost dispute shows in alpha's rating, with its reason.
+    let r = w
+        .client
+        .json(
+            None,
+            "GET",
+            &format!("/v1/parties/{}/rating", w.alpha.party_id()),
+            &Value::Null,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(
+        r["score"],
+        800 * 70 / 100 + 1000 * 20 / 100 + 750 * 10 / 100,
+        "{r}"
+    );
+    assert_eq!(r["inputs"][2]["value"], "1 lost");
+    let r = w
+        .client
+        .json(
+            None,
+            "GET",
+            &format!("/v1/parties/{}/rating", w.dee.party_id()),
+            &Value::Null,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(r["score"], 1000, "{r}");
+
+    // A dispute the provider wins is paid from the contract's escrow.
+    let d = w
+        .ok(
+            &w.alpha,
+            "POST",
+            &format!("/v1/contracts/{ct}/disputes"),
+            json!({"claim": "extra egress the gateway didn't report"}),
+        )
+        .await?;
+    let dp2 = d["id"].as_str().ok_or("dispute id")?.to_owned();
+    let alpha_before = w.available(&w.alpha).await?;
+    w.ok(&w.judge, "POST", &format!("/v1/disputes/{dp2}/decide"), json!({"in_favour_of": "provider", "amount": 100_000, "reason": "provider logs are convincing"})).await?;
+    assert_eq!(w.available(&w.alpha).await?, alpha_before + 100_000);
+    let c = w
+        .ok(&w.dee, "GET", &format!("/v1/contracts/{ct}"), Value::Null)
+        .await?;
+    assert_eq!(c["escrow"].as_i64(), Some(5 * CREDIT - 1_100_000 - 100_000));
+    w.assert_books(10 * CREDIT).await?;
+    let all = w
+        .ok(
+            &w.dee,
+            "GET",
+            &format!("/v1/contracts/{ct}/disputes"),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(all.as_array().map(Vec::len), Some(2));
+    let r = w
+        .call(&w.bravo, "GET", &format!("/v1/disputes/{dp}"), Value::Null)
+        .await?;
+    assert_eq!(r.status, 403, "outsiders can't read disputes");
+    let r = w
+        .client
+        .json(
+            None,
+            "GET",
+            &format!("/v1/parties/{}/rating", w.dee.party_id()),
+            &Value::Null,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(r["score"], 1000 * 80 / 100 + 750 * 20 / 100, "{r}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_configured_keys_register_as_arbiters() -> TestResult {
+    let (client, _) = start(false, Vec::new()).await?;
+    let (judge, _) = Signer::generate()?;
+    let r = client.register(&judge, Role::Arbiter, "judge").await;
+    assert!(r.is_err(), "{r:?}");
     Ok(())
 }
