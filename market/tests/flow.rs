@@ -1042,3 +1042,188 @@ async fn only_configured_keys_register_as_arbiters() -> TestResult {
     assert!(r.is_err(), "{r:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn agreed_period_waits_for_funds_and_settles_on_prepay() -> TestResult {
+    let w = world().await?;
+    let offer = w
+        .ok(
+            &w.bravo,
+            "POST",
+            "/v1/offers",
+            json!({
+                "capacity_bytes": 10 * GIB, "price_per_gib_month": 7_300_000,
+                "egress_price_per_gib": 0, "region": "us-east", "min_term_days": 0,
+                "promised_uptime_bps": 9000,
+            }),
+        )
+        .await?;
+    let offer_id = offer["id"].as_str().ok_or("id")?.to_owned();
+    let found = w
+        .client
+        .json(
+            None,
+            "GET",
+            &format!("/v1/offers?min_free_bytes={}", 10 * GIB),
+            &Value::Null,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    w.ok(
+        &w.dee,
+        "POST",
+        "/v1/deposits",
+        json!({"op_id": "dep", "amount": CREDIT}),
+    )
+    .await?;
+
+    // A proposal the provider rejects gives back its prepayment and its space.
+    let c = w
+        .ok(
+            &w.dee,
+            "POST",
+            "/v1/contracts",
+            json!({"offer_id": offer_id, "reserved_bytes": 10 * GIB, "term_days": 1}),
+        )
+        .await?;
+    let rejected = c["id"].as_str().ok_or("id")?.to_owned();
+    let r = w
+        .call(
+            &w.dee,
+            "POST",
+            "/v1/contracts",
+            json!({"offer_id": offer_id, "reserved_bytes": GIB, "term_days": 1}),
+        )
+        .await?;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "conflict"),
+        "the offer is fully reserved: {:?}",
+        r.body
+    );
+    w.ok(
+        &w.dee,
+        "POST",
+        &format!("/v1/contracts/{rejected}/prepay"),
+        json!({"op_id": "pre-r", "amount": 400_000}),
+    )
+    .await?;
+    let c = w
+        .ok(
+            &w.bravo,
+            "POST",
+            &format!("/v1/contracts/{rejected}/reject"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(c["state"], "rejected");
+    assert_eq!(w.available(&w.dee).await?, CREDIT);
+    w.assert_books(CREDIT).await?;
+
+    // Agreed receipts with too little escrow: the period waits, then settles on prepay.
+    let c = w
+        .ok(
+            &w.dee,
+            "POST",
+            "/v1/contracts",
+            json!({"offer_id": offer_id, "reserved_bytes": 10 * GIB, "term_days": 1}),
+        )
+        .await?;
+    let ct = c["id"].as_str().ok_or("id")?.to_owned();
+    let c = w
+        .ok(
+            &w.bravo,
+            "POST",
+            &format!("/v1/contracts/{ct}/accept"),
+            json!({}),
+        )
+        .await?;
+    let start = c["accepted_at"].as_i64().ok_or("accepted_at")?;
+    w.ok(
+        &w.bravo,
+        "POST",
+        &format!("/v1/contracts/{ct}/receipts"),
+        receipt(start, 10, 0, 1, 0),
+    )
+    .await?;
+    let p = w
+        .ok(
+            &w.dee,
+            "POST",
+            &format!("/v1/contracts/{ct}/receipts"),
+            receipt(start, 10, 0, 1, 0),
+        )
+        .await?;
+    assert_eq!(p["status"], "awaiting_funds", "{p}");
+    assert_eq!(p["charge"]["gross"], 100_000);
+    w.ok(
+        &w.dee,
+        "POST",
+        &format!("/v1/contracts/{ct}/prepay"),
+        json!({"op_id": "pre-1", "amount": 50_000}),
+    )
+    .await?;
+    let periods = w
+        .ok(
+            &w.bravo,
+            "GET",
+            &format!("/v1/contracts/{ct}/periods"),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(periods[0]["status"], "awaiting_funds");
+    w.ok(
+        &w.dee,
+        "POST",
+        &format!("/v1/contracts/{ct}/prepay"),
+        json!({"op_id": "pre-2", "amount": 50_000}),
+    )
+    .await?;
+    let periods = w
+        .ok(
+            &w.bravo,
+            "GET",
+            &format!("/v1/contracts/{ct}/periods"),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(periods[0]["status"], "settled", "{periods}");
+    assert_eq!(
+        w.available(&w.bravo).await? + w.held_back(&w.bravo).await?,
+        99_000,
+        "gross less the 1 % fee"
+    );
+    w.assert_books(CREDIT).await?;
+
+    // The provider withdraws its offer: it disappears from search, the contract runs on.
+    let r = w
+        .call(
+            &w.alpha,
+            "DELETE",
+            &format!("/v1/offers/{offer_id}"),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(r.status, 403, "not alpha's offer");
+    let o = w
+        .ok(
+            &w.bravo,
+            "DELETE",
+            &format!("/v1/offers/{offer_id}"),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(o["withdrawn"], true);
+    let found = w
+        .client
+        .json(None, "GET", "/v1/offers", &Value::Null)
+        .await?
+        .ok()?;
+    assert_eq!(found, json!([]));
+    let c = w
+        .ok(&w.dee, "GET", &format!("/v1/contracts/{ct}"), Value::Null)
+        .await?;
+    assert_eq!(c["state"], "active");
+    Ok(())
+}
