@@ -373,6 +373,15 @@ pub fn try_settle(
         &charge,
         now,
     )?;
+    tracing::info!(
+        contract = %c.id,
+        period_start,
+        gross = charge.gross,
+        penalty = charge.penalty,
+        to_provider = charge.to_provider,
+        held_back = charge.held_back,
+        "period settled"
+    );
     period(conn, policy, c, period_start, now)
 }
 

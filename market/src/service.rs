@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
+use tracing::info;
 
 use crate::contracts::{self, Contract, NewContract};
 use crate::disputes::{self, Decision, Dispute, NewDispute};
@@ -167,7 +168,9 @@ impl Market {
 
     pub fn register(&self, reg: &Registration) -> Result<Party> {
         let now = self.now();
-        self.tx(|c| identity::register(c, reg, &self.policy.arbiter_keys, now))
+        let party = self.tx(|c| identity::register(c, reg, &self.policy.arbiter_keys, now))?;
+        info!(party = %party.id, role = party.role.as_str(), "party registered");
+        Ok(party)
     }
 
     pub fn party(&self, id: &str) -> Result<Party> {
@@ -248,6 +251,7 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let applied = ledger::deposit(c, op_id, &who.id, amount, &confirmed, now)?;
+            info!(party = %who.id, op_id, amount, ?applied, "deposit");
             Ok(OperationResult {
                 op_id: op_id.into(),
                 applied,
@@ -279,6 +283,7 @@ impl Market {
             if applied == Applied::New {
                 rail.pay_out(&who.id, amount, reference)?;
             }
+            info!(party = %who.id, op_id, amount, ?applied, "withdrawal");
             Ok(OperationResult {
                 op_id: op_id.into(),
                 applied,
@@ -305,6 +310,7 @@ impl Market {
         }
         self.tx(|c| {
             let (applied, amount) = ledger::release_held_back(c, op_id, &who.id, now)?;
+            info!(provider = %who.id, op_id, amount, ?applied, "held-back credits released");
             Ok(OperationResult {
                 op_id: op_id.into(),
                 applied,
@@ -341,7 +347,9 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let evidence = identity::record_evidence(c, who, body, now)?;
-            contracts::propose(c, &who.party, new, evidence, now)
+            let ct = contracts::propose(c, &who.party, new, evidence, now)?;
+            info!(contract = %ct.id, demander = %ct.demander, provider = %ct.provider, reserved_bytes = ct.reserved_bytes, "contract proposed");
+            Ok(ct)
         })
     }
 
@@ -349,7 +357,9 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let evidence = identity::record_evidence(c, who, body, now)?;
-            contracts::accept(c, &who.party, id, evidence, now)
+            let ct = contracts::accept(c, &who.party, id, evidence, now)?;
+            info!(contract = %ct.id, "contract accepted");
+            Ok(ct)
         })
     }
 
@@ -395,6 +405,7 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let (contract, refunded) = contracts::terminate(c, who, id, now)?;
+            info!(contract = %contract.id, by = %who.id, refunded, "contract terminated");
             Ok(Termination { contract, refunded })
         })
     }
@@ -409,7 +420,9 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let evidence = identity::record_evidence(c, who, body, now)?;
-            receipts::submit(c, &self.policy, &who.party, id, r, evidence, now)
+            let period = receipts::submit(c, &self.policy, &who.party, id, r, evidence, now)?;
+            info!(contract = %id, party = %who.party.id, period_start = r.period_start, status = ?period.status, "receipt received");
+            Ok(period)
         })
     }
 
@@ -445,7 +458,9 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let evidence = identity::record_evidence(c, who, body, now)?;
-            disputes::open(c, &who.party, contract, new, evidence, now)
+            let d = disputes::open(c, &who.party, contract, new, evidence, now)?;
+            info!(dispute = %d.id, contract, by = %who.party.id, "dispute opened");
+            Ok(d)
         })
     }
 
@@ -459,7 +474,9 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let evidence = identity::record_evidence(c, who, body, now)?;
-            disputes::decide(c, &who.party, id, decision, evidence, now)
+            let d = disputes::decide(c, &who.party, id, decision, evidence, now)?;
+            info!(dispute = %id, in_favour_of = decision.in_favour_of.as_str(), amount = decision.amount, "dispute decided");
+            Ok(d)
         })
     }
 
