@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -391,9 +391,15 @@ async fn periods(
 
 async fn settle_period(
     State(m): State<Shared>,
-    Path((id, start)): Path<(String, i64)>,
+    path: Result<Path<(String, i64)>, PathRejection>,
     req: SignedRequest,
 ) -> Reply<crate::receipts::Period> {
+    let Path((id, start)) = path.map_err(|e| {
+        Error::BadRequest(format!(
+            "the period is named by its period_start in unix seconds: {}",
+            e.body_text()
+        ))
+    })?;
     blocking(move || Ok(Json(m.settle_period(&req.party(&m)?, &id, start)?))).await
 }
 

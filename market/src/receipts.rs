@@ -253,6 +253,15 @@ fn check_receipt(c: &Contract, r: &UsageReceipt) -> Result<()> {
             r.period_start
         ));
     }
+    if let Some(accepted) = c.accepted_at {
+        let term_ends = accepted.saturating_add(i64::from(c.term_days) * 24 * 3600);
+        if r.period_end > term_ends {
+            return bad(format!(
+                "period_end {} is after the contract's term ends at {term_ends} ({} days from acceptance)",
+                r.period_end, c.term_days
+            ));
+        }
+    }
     let hours = (len as u64).div_ceil(3600);
     let most = c.reserved_bytes.div_ceil(GIB).saturating_mul(hours);
     if r.gib_hours > most {

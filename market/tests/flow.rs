@@ -509,6 +509,25 @@ async fn two_providers_contracted_settled_and_one_penalised() -> TestResult {
         )
         .await?;
     assert_eq!(r.status, 400, "{:?}", r.body);
+    // Nor can a period run past the contract's 30-day term.
+    let r = w
+        .call(
+            &w.alpha,
+            "POST",
+            &format!("/v1/contracts/{ct_a}/receipts"),
+            receipt(start_a + 30 * 24 * 3600, 1, 0, 0, 0),
+        )
+        .await?;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let r = w
+        .call(
+            &w.alpha,
+            "POST",
+            &format!("/v1/contracts/{ct_a}/periods/yesterday/settle"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!((r.status, r.code()), (400, "bad_request"), "{:?}", r.body);
     // Overlapping periods can't bill the same hours twice.
     let r = w
         .call(
