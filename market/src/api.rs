@@ -134,6 +134,7 @@ pub fn router(market: Shared) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .route("/v1/challenges", post(challenge))
         .route("/v1/parties", post(register))
         .route("/v1/parties/{id}", get(party))
@@ -164,7 +165,30 @@ pub fn router(market: Shared) -> Router {
         .route("/v1/disputes/{id}", get(dispute))
         .route("/v1/disputes/{id}/decide", post(decide_dispute))
         .fallback(|| async { Error::not_found("route; the API is described at /openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(
+            market.clone(),
+            count_responses,
+        ))
         .with_state(market)
+}
+
+async fn count_responses(
+    State(m): State<Shared>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    m.metrics()
+        .http_responses
+        .with_label_values(&[method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn metrics(State(m): State<Shared>) -> Result<impl IntoResponse> {
+    let text = blocking(move || m.render_metrics()).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 async fn openapi() -> impl IntoResponse {

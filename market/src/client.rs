@@ -24,6 +24,8 @@ pub struct Client {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// The body as text (for answers that aren't JSON, like `/metrics`).
+    pub text: String,
 }
 
 impl Reply {
@@ -177,8 +179,9 @@ fn parse_response(raw: &[u8]) -> Result<Reply> {
     if chunked {
         body = dechunk(&body).ok_or_else(bad)?;
     }
+    let text = String::from_utf8_lossy(&body).into_owned();
     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Ok(Reply { status, body })
+    Ok(Reply { status, body, text })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {

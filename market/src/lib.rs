@@ -8,6 +8,7 @@ pub mod disputes;
 pub mod error;
 pub mod identity;
 pub mod ledger;
+pub mod metrics;
 pub mod offers;
 pub mod rail;
 pub mod ratings;

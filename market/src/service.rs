@@ -12,6 +12,7 @@ use crate::contracts::{self, Contract, NewContract};
 use crate::disputes::{self, Decision, Dispute, NewDispute};
 use crate::identity::{self, Party, Registration, RequestSignature, Role, Verified};
 use crate::ledger::{self, Account, Applied, Micros};
+use crate::metrics::Metrics;
 use crate::offers::{self, NewOffer, Offer, OfferFilter};
 use crate::rail::PaymentRail;
 use crate::ratings::{self, Rating};
@@ -25,6 +26,7 @@ pub struct Market {
     policy: Policy,
     rail: Option<Arc<dyn PaymentRail>>,
     clock: Clock,
+    metrics: Metrics,
 }
 
 /// A party's credits.
@@ -118,6 +120,7 @@ impl Market {
             policy,
             rail,
             clock: Arc::new(system_now),
+            metrics: Metrics::new()?,
         })
     }
 
@@ -205,6 +208,17 @@ impl Market {
             )));
         }
         self.tx(|c| self.balances_in(c, who))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics, with totals freshly read from the database.
+    pub fn render_metrics(&self) -> Result<String> {
+        let summary = self.ledger_summary()?;
+        self.tx(|c| self.metrics.observe(c, &summary))?;
+        Ok(self.metrics.render())
     }
 
     pub fn ledger_summary(&self) -> Result<LedgerSummary> {

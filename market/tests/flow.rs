@@ -619,6 +619,18 @@ async fn two_providers_contracted_settled_and_one_penalised() -> TestResult {
     .await?;
     assert_eq!(w.available(&w.alpha).await?, 0);
     w.assert_books(100 * CREDIT - earned).await?;
+    let metrics = w.client.send(None, "GET", "/metrics", b"").await?.text;
+    for line in [
+        "sublet_market_ledger_balanced 1",
+        "sublet_market_settled_periods 3",
+        "sublet_market_contracts{state=\"terminated\"} 1",
+        "sublet_market_parties{role=\"provider\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "/metrics lacks {line}:\n{metrics}"
+        );
+    }
     Ok(())
 }
 
@@ -746,6 +758,8 @@ async fn bad_input_gets_json_errors_naming_the_problem() -> TestResult {
 #[tokio::test]
 async fn openapi_document_describes_every_route() -> TestResult {
     let (client, _) = start(false, Vec::new()).await?;
+    let metrics = client.send(None, "GET", "/metrics", b"").await?;
+    assert_eq!(metrics.status, 200);
     let doc = client
         .json(None, "GET", "/openapi.json", &Value::Null)
         .await?
@@ -758,6 +772,7 @@ async fn openapi_document_describes_every_route() -> TestResult {
     for path in [
         "/healthz",
         "/openapi.json",
+        "/metrics",
         "/v1/challenges",
         "/v1/parties",
         "/v1/parties/{id}",
@@ -786,7 +801,7 @@ async fn openapi_document_describes_every_route() -> TestResult {
     }
     assert_eq!(
         paths.len(),
-        25,
+        26,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())
