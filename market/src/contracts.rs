@@ -186,6 +186,7 @@ pub fn propose(
             demander.role.as_str()
         )));
     }
+    expire_proposals(conn, now)?;
     let offer = offers::get(conn, &new.offer_id)?;
     if offer.withdrawn {
         return Err(Error::Conflict(format!("offer {} was withdrawn", offer.id)));
@@ -251,6 +252,12 @@ pub fn accept(
         )));
     }
     match c.state {
+        ContractState::Proposed if c.created_at < now - PROPOSAL_TTL_SECS => {
+            return Err(Error::Conflict(format!(
+                "the proposal of contract {id} lapsed after {} days unanswered; the demander must propose again",
+                PROPOSAL_TTL_SECS / 86_400
+            )));
+        }
         ContractState::Proposed => {}
         ContractState::Active => return Ok(c),
         s => {
@@ -283,13 +290,38 @@ pub fn reject(conn: &Connection, party: &Party, id: &str, now: i64) -> Result<Co
             )));
         }
     }
-    ledger::refund_escrow(conn, &format!("refund:{id}"), id, &c.demander, now)?;
-    set_state(conn, id, ContractState::Rejected)?;
+    close_proposal(conn, &c, now)?;
+    get(conn, id)
+}
+
+/// How long a proposal waits for the provider: after this it lapses, so
+/// unanswered proposals can't hold an offer's capacity forever.
+pub const PROPOSAL_TTL_SECS: i64 = 7 * 24 * 3600;
+
+fn close_proposal(conn: &Connection, c: &Contract, now: i64) -> Result<()> {
+    ledger::refund_escrow(conn, &format!("refund:{}", c.id), &c.id, &c.demander, now)?;
+    set_state(conn, &c.id, ContractState::Rejected)?;
     conn.execute(
         "UPDATE contracts SET ended_at = ?2 WHERE id = ?1",
-        params![id, now],
+        params![c.id, now],
     )?;
-    get(conn, id)
+    Ok(())
+}
+
+/// Rejects proposals older than [`PROPOSAL_TTL_SECS`], refunding their
+/// prepayments. Returns how many lapsed.
+pub fn expire_proposals(conn: &Connection, now: i64) -> Result<usize> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM contracts c WHERE c.state = 'proposed' AND c.created_at < ?1"
+    ))?;
+    let lapsed: Vec<Contract> = stmt
+        .query_map([now - PROPOSAL_TTL_SECS], from_row)?
+        .collect::<Result<_, _>>()?;
+    for c in &lapsed {
+        close_proposal(conn, c, now)?;
+        tracing::info!(contract = %c.id, "proposal lapsed unanswered");
+    }
+    Ok(lapsed.len())
 }
 
 /// The demander moves `amount` of its available credits into the contract's escrow.

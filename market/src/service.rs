@@ -344,11 +344,19 @@ impl Market {
     }
 
     pub fn offer(&self, id: &str) -> Result<Offer> {
-        self.tx(|c| offers::get(c, id))
+        let now = self.now();
+        self.tx(|c| {
+            contracts::expire_proposals(c, now)?;
+            offers::get(c, id)
+        })
     }
 
     pub fn search_offers(&self, filter: &OfferFilter) -> Result<Vec<Offer>> {
-        self.tx(|c| offers::search(c, filter))
+        let now = self.now();
+        self.tx(|c| {
+            contracts::expire_proposals(c, now)?;
+            offers::search(c, filter)
+        })
     }
 
     /// Proposes a contract; the signed request is kept as the demander's signature.

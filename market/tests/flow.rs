@@ -1261,3 +1261,81 @@ async fn agreed_period_waits_for_funds_and_settles_on_prepay() -> TestResult {
     assert_eq!(c["state"], "active");
     Ok(())
 }
+
+#[tokio::test]
+async fn unanswered_proposals_lapse_and_free_the_offer() -> TestResult {
+    let w = world().await?;
+    let offer = w
+        .ok(
+            &w.alpha,
+            "POST",
+            "/v1/offers",
+            json!({
+                "capacity_bytes": 10 * GIB, "price_per_gib_month": 1, "egress_price_per_gib": 0,
+                "region": "eu-west", "min_term_days": 0, "promised_uptime_bps": 9000,
+            }),
+        )
+        .await?;
+    let offer_id = offer["id"].as_str().ok_or("id")?.to_owned();
+    w.ok(
+        &w.dee,
+        "POST",
+        "/v1/deposits",
+        json!({"op_id": "dep", "amount": CREDIT}),
+    )
+    .await?;
+    let c = w
+        .ok(
+            &w.dee,
+            "POST",
+            "/v1/contracts",
+            json!({"offer_id": offer_id, "reserved_bytes": 10 * GIB, "term_days": 1}),
+        )
+        .await?;
+    let ct = c["id"].as_str().ok_or("id")?.to_owned();
+    w.ok(
+        &w.dee,
+        "POST",
+        &format!("/v1/contracts/{ct}/prepay"),
+        json!({"op_id": "pre", "amount": CREDIT}),
+    )
+    .await?;
+    let o = w
+        .client
+        .json(None, "GET", &format!("/v1/offers/{offer_id}"), &Value::Null)
+        .await?
+        .ok()?;
+    assert_eq!(o["free_bytes"], 0);
+
+    w.offset.store(8 * 24 * 3600, Ordering::SeqCst);
+    let r = w
+        .call(
+            &w.alpha,
+            "POST",
+            &format!("/v1/contracts/{ct}/accept"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{:?}", r.body);
+    let o = w
+        .client
+        .json(None, "GET", &format!("/v1/offers/{offer_id}"), &Value::Null)
+        .await?
+        .ok()?;
+    assert_eq!(
+        o["free_bytes"].as_u64(),
+        Some(10 * GIB),
+        "the lapsed proposal no longer holds space"
+    );
+    let c = w
+        .ok(&w.dee, "GET", &format!("/v1/contracts/{ct}"), Value::Null)
+        .await?;
+    assert_eq!(c["state"], "rejected");
+    assert_eq!(
+        w.available(&w.dee).await?,
+        CREDIT,
+        "its prepayment came back"
+    );
+    w.assert_books(CREDIT).await?;
+    Ok(())
+}
