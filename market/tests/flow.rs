@@ -1339,3 +1339,67 @@ async fn unanswered_proposals_lapse_and_free_the_offer() -> TestResult {
     w.assert_books(CREDIT).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_prepayments_never_overspend() -> TestResult {
+    let w = Arc::new(world().await?);
+    let offer = w
+        .ok(
+            &w.alpha,
+            "POST",
+            "/v1/offers",
+            json!({
+                "capacity_bytes": GIB, "price_per_gib_month": 1, "egress_price_per_gib": 0,
+                "region": "eu-west", "min_term_days": 0, "promised_uptime_bps": 9000,
+            }),
+        )
+        .await?;
+    let c = w
+        .ok(
+            &w.dee,
+            "POST",
+            "/v1/contracts",
+            json!({"offer_id": offer["id"], "reserved_bytes": GIB, "term_days": 1}),
+        )
+        .await?;
+    let ct = c["id"].as_str().ok_or("id")?.to_owned();
+    w.ok(
+        &w.dee,
+        "POST",
+        "/v1/deposits",
+        json!({"op_id": "dep", "amount": 10 * CREDIT}),
+    )
+    .await?;
+    // 25 different prepayments of 1 credit race for 10 credits.
+    let mut tasks = Vec::new();
+    for i in 0..25 {
+        let (w, ct) = (w.clone(), ct.clone());
+        tasks.push(tokio::spawn(async move {
+            w.call(
+                &w.dee,
+                "POST",
+                &format!("/v1/contracts/{ct}/prepay"),
+                json!({"op_id": format!("race-{i}"), "amount": CREDIT}),
+            )
+            .await
+            .map(|r| r.status)
+            .map_err(|e| e.to_string())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await?? {
+            200 => ok += 1,
+            409 => {}
+            other => return Err(format!("unexpected status {other}").into()),
+        }
+    }
+    assert_eq!(ok, 10);
+    assert_eq!(w.available(&w.dee).await?, 0);
+    let c = w
+        .ok(&w.dee, "GET", &format!("/v1/contracts/{ct}"), Value::Null)
+        .await?;
+    assert_eq!(c["escrow"].as_i64(), Some(10 * CREDIT));
+    w.assert_books(10 * CREDIT).await?;
+    Ok(())
+}
