@@ -643,4 +643,32 @@ mod tests {
         }
         Ok(())
     }
+
+    proptest::proptest! {
+        /// Changing any byte of the body, or any character of the signature,
+        /// of a validly signed request makes it fail verification.
+        #[test]
+        fn any_tampering_is_detected(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..200),
+            pos in proptest::prelude::any::<usize>(),
+            flip in 1u8..=255,
+            in_signature in proptest::prelude::any::<bool>(),
+        ) {
+            let conn = db();
+            let (signer, _) = registered(&conn, Role::Demander, "dee").expect("register");
+            let mut sig = headers(signer.sign_request("POST", "/v1/x", &body, 1000).expect("sign"));
+            let mut body = body;
+            if in_signature {
+                let mut raw = B64.decode(sig.signature.clone().unwrap_or_default()).expect("base64");
+                let i = pos % raw.len();
+                raw[i] ^= flip;
+                sig.signature = Some(B64.encode(raw));
+            } else {
+                let i = pos % body.len();
+                body[i] ^= flip;
+            }
+            let result = verify_request(&conn, "POST", "/v1/x", &sig, &body, 1000, WINDOW);
+            proptest::prop_assert!(matches!(result, Err(Error::Unauthorized(_))), "{:?}", result);
+        }
+    }
 }
