@@ -1,0 +1,477 @@
+//! The REST API: thin axum handlers over [`Market`]. Mutating requests (and
+//! reads of private data) are signed; every error is JSON naming the problem.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::identity::{self, Party, RequestSignature, Verified};
+use crate::ledger::Micros;
+use crate::offers::OfferFilter;
+use crate::{Error, Market, Result};
+
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+type Shared = Arc<Market>;
+type Reply<T> = Result<Json<T>>;
+
+impl Error {
+    /// The one place an error becomes an HTTP status and a stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Replayed { .. } => (StatusCode::UNAUTHORIZED, "replayed_request"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::OperationIdReused { .. } => (StatusCode::CONFLICT, "operation_id_reused"),
+            Error::AlreadySettled { .. } => (StatusCode::CONFLICT, "already_settled"),
+            Error::InsufficientFunds { .. } => (StatusCode::CONFLICT, "insufficient_funds"),
+            Error::NoPaymentRail => (StatusCode::NOT_IMPLEMENTED, "no_payment_rail"),
+            Error::Database(_) | Error::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
+    }
+}
+
+/// A request with its raw body and signature headers, not yet verified.
+pub struct SignedRequest {
+    method: String,
+    path_and_query: String,
+    signature: RequestSignature,
+    body: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for SignedRequest {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let method = req.method().as_str().to_owned();
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| req.uri().path().to_owned());
+        let header = |h: &HeaderMap, name: &str| {
+            h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        let headers = req.headers();
+        let signature = RequestSignature {
+            party: header(headers, identity::HEADER_PARTY),
+            timestamp: header(headers, identity::HEADER_TIMESTAMP),
+            nonce: header(headers, identity::HEADER_NONCE),
+            signature: header(headers, identity::HEADER_SIGNATURE),
+        };
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Error::BadRequest(format!("could not read the request body: {e}")))?;
+        Ok(Self {
+            method,
+            path_and_query,
+            signature,
+            body,
+        })
+    }
+}
+
+impl SignedRequest {
+    fn verify(&self, m: &Market) -> Result<Verified> {
+        m.authenticate(
+            &self.method,
+            &self.path_and_query,
+            &self.signature,
+            &self.body,
+        )
+    }
+
+    fn party(&self, m: &Market) -> Result<Party> {
+        Ok(self.verify(m)?.party)
+    }
+
+    fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        parse(&self.body)
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Runs blocking database work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("request worker failed: {e}")))?
+}
+
+pub fn router(market: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/v1/challenges", post(challenge))
+        .route("/v1/parties", post(register))
+        .route("/v1/parties/{id}", get(party))
+        .route("/v1/parties/{id}/balances", get(balances))
+        .route("/v1/deposits", post(deposit))
+        .route("/v1/withdrawals", post(withdraw))
+        .route("/v1/held-back/release", post(release_held_back))
+        .route("/v1/ledger", get(ledger_summary))
+        .route("/v1/offers", post(publish_offer).get(search_offers))
+        .route("/v1/offers/{id}", get(offer).delete(withdraw_offer))
+        .route("/v1/contracts", post(propose_contract).get(my_contracts))
+        .route("/v1/contracts/{id}", get(contract))
+        .route("/v1/contracts/{id}/accept", post(accept_contract))
+        .route("/v1/contracts/{id}/reject", post(reject_contract))
+        .route("/v1/contracts/{id}/prepay", post(prepay))
+        .route("/v1/contracts/{id}/terminate", post(terminate_contract))
+        .route("/v1/contracts/{id}/receipts", post(submit_receipt))
+        .route("/v1/contracts/{id}/periods", get(periods))
+        .route(
+            "/v1/contracts/{id}/periods/{start}/settle",
+            post(settle_period),
+        )
+        .route("/v1/parties/{id}/rating", get(rating))
+        .route(
+            "/v1/contracts/{id}/disputes",
+            post(open_dispute).get(contract_disputes),
+        )
+        .route("/v1/disputes/{id}", get(dispute))
+        .route("/v1/disputes/{id}/decide", post(decide_dispute))
+        .fallback(|| async { Error::not_found("route; the API is described at /openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(
+            market.clone(),
+            count_responses,
+        ))
+        .with_state(market)
+}
+
+async fn count_responses(
+    State(m): State<Shared>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    m.metrics()
+        .http_responses
+        .with_label_values(&[method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn metrics(State(m): State<Shared>) -> Result<impl IntoResponse> {
+    let text = blocking(move || m.render_metrics()).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeRequest {
+    public_key: String,
+}
+
+#[derive(Serialize)]
+struct ChallengeReply {
+    challenge: String,
+    expires_at: i64,
+}
+
+async fn challenge(State(m): State<Shared>, body: Bytes) -> Reply<ChallengeReply> {
+    blocking(move || {
+        let req: ChallengeRequest = parse(&body)?;
+        let (challenge, expires_at) = m.challenge(&req.public_key)?;
+        Ok(Json(ChallengeReply {
+            challenge,
+            expires_at,
+        }))
+    })
+    .await
+}
+
+async fn register(State(m): State<Shared>, body: Bytes) -> Reply<Party> {
+    blocking(move || Ok(Json(m.register(&parse(&body)?)?))).await
+}
+
+async fn party(State(m): State<Shared>, Path(id): Path<String>) -> Reply<Party> {
+    blocking(move || Ok(Json(m.party(&id)?))).await
+}
+
+async fn balances(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::service::Balances> {
+    blocking(move || Ok(Json(m.balances(&req.party(&m)?, &id)?))).await
+}
+
+async fn ledger_summary(State(m): State<Shared>) -> Reply<crate::service::LedgerSummary> {
+    blocking(move || Ok(Json(m.ledger_summary()?))).await
+}
+
+/// Body of deposits, withdrawals and prepayments.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transfer {
+    /// Chosen by the client; sending the same operation again changes nothing.
+    op_id: String,
+    amount: Micros,
+    #[serde(default)]
+    reference: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpOnly {
+    op_id: String,
+}
+
+async fn deposit(
+    State(m): State<Shared>,
+    req: SignedRequest,
+) -> Reply<crate::service::OperationResult> {
+    blocking(move || {
+        let who = req.party(&m)?;
+        let t: Transfer = req.json()?;
+        Ok(Json(m.deposit(&who, &t.op_id, t.amount, &t.reference)?))
+    })
+    .await
+}
+
+async fn withdraw(
+    State(m): State<Shared>,
+    req: SignedRequest,
+) -> Reply<crate::service::OperationResult> {
+    blocking(move || {
+        let who = req.party(&m)?;
+        let t: Transfer = req.json()?;
+        Ok(Json(m.withdraw(&who, &t.op_id, t.amount, &t.reference)?))
+    })
+    .await
+}
+
+async fn release_held_back(
+    State(m): State<Shared>,
+    req: SignedRequest,
+) -> Reply<crate::service::OperationResult> {
+    blocking(move || {
+        let who = req.party(&m)?;
+        let op: OpOnly = req.json()?;
+        Ok(Json(m.release_held_back(&who, &op.op_id)?))
+    })
+    .await
+}
+
+async fn publish_offer(State(m): State<Shared>, req: SignedRequest) -> Reply<crate::offers::Offer> {
+    blocking(move || {
+        let who = req.party(&m)?;
+        Ok(Json(m.publish_offer(&who, &req.json()?)?))
+    })
+    .await
+}
+
+async fn search_offers(
+    State(m): State<Shared>,
+    filter: Result<Query<OfferFilter>, QueryRejection>,
+) -> Reply<Vec<crate::offers::Offer>> {
+    let Query(filter) =
+        filter.map_err(|e| Error::BadRequest(format!("invalid search: {}", e.body_text())))?;
+    blocking(move || Ok(Json(m.search_offers(&filter)?))).await
+}
+
+async fn offer(State(m): State<Shared>, Path(id): Path<String>) -> Reply<crate::offers::Offer> {
+    blocking(move || Ok(Json(m.offer(&id)?))).await
+}
+
+async fn withdraw_offer(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::offers::Offer> {
+    blocking(move || Ok(Json(m.withdraw_offer(&req.party(&m)?, &id)?))).await
+}
+
+async fn propose_contract(
+    State(m): State<Shared>,
+    req: SignedRequest,
+) -> Result<(StatusCode, Json<crate::contracts::Contract>)> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        let new = req.json()?;
+        Ok((
+            StatusCode::CREATED,
+            Json(m.propose_contract(&who, &req.body, &new)?),
+        ))
+    })
+    .await
+}
+
+async fn my_contracts(
+    State(m): State<Shared>,
+    req: SignedRequest,
+) -> Reply<Vec<crate::contracts::Contract>> {
+    blocking(move || Ok(Json(m.contracts_of(&req.party(&m)?)?))).await
+}
+
+async fn contract(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::contracts::Contract> {
+    blocking(move || Ok(Json(m.contract(&req.party(&m)?, &id)?))).await
+}
+
+async fn accept_contract(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::contracts::Contract> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        Ok(Json(m.accept_contract(&who, &req.body, &id)?))
+    })
+    .await
+}
+
+async fn reject_contract(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::contracts::Contract> {
+    blocking(move || Ok(Json(m.reject_contract(&req.party(&m)?, &id)?))).await
+}
+
+async fn prepay(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::service::OperationResult> {
+    blocking(move || {
+        let who = req.party(&m)?;
+        let t: Transfer = req.json()?;
+        Ok(Json(m.prepay(&who, &id, &t.op_id, t.amount)?))
+    })
+    .await
+}
+
+async fn terminate_contract(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::service::Termination> {
+    blocking(move || Ok(Json(m.terminate_contract(&req.party(&m)?, &id)?))).await
+}
+
+async fn submit_receipt(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::receipts::Period> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        let receipt = req.json()?;
+        Ok(Json(m.submit_receipt(&who, &req.body, &id, &receipt)?))
+    })
+    .await
+}
+
+async fn periods(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<Vec<crate::receipts::Period>> {
+    blocking(move || Ok(Json(m.periods(&req.party(&m)?, &id)?))).await
+}
+
+async fn settle_period(
+    State(m): State<Shared>,
+    path: Result<Path<(String, i64)>, PathRejection>,
+    req: SignedRequest,
+) -> Reply<crate::receipts::Period> {
+    let Path((id, start)) = path.map_err(|e| {
+        Error::BadRequest(format!(
+            "the period is named by its period_start in unix seconds: {}",
+            e.body_text()
+        ))
+    })?;
+    blocking(move || Ok(Json(m.settle_period(&req.party(&m)?, &id, start)?))).await
+}
+
+async fn rating(State(m): State<Shared>, Path(id): Path<String>) -> Reply<crate::ratings::Rating> {
+    blocking(move || Ok(Json(m.rating(&id)?))).await
+}
+
+async fn open_dispute(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Result<(StatusCode, Json<crate::disputes::Dispute>)> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        let new = req.json()?;
+        Ok((
+            StatusCode::CREATED,
+            Json(m.open_dispute(&who, &req.body, &id, &new)?),
+        ))
+    })
+    .await
+}
+
+async fn contract_disputes(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<Vec<crate::disputes::Dispute>> {
+    blocking(move || Ok(Json(m.disputes_of_contract(&req.party(&m)?, &id)?))).await
+}
+
+async fn dispute(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::disputes::Dispute> {
+    blocking(move || Ok(Json(m.dispute(&req.party(&m)?, &id)?))).await
+}
+
+async fn decide_dispute(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::disputes::Dispute> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        let decision = req.json()?;
+        Ok(Json(m.decide_dispute(&who, &req.body, &id, &decision)?))
+    })
+    .await
+}

@@ -1,0 +1,58 @@
+//! The crate's one error type; `api` maps each kind to one HTTP status and code.
+
+/// Everything that can go wrong in the market, phrased for the party who caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or a field is out of range; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The signature, key, timestamp or party of a request could not be verified.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The nonce of a signed request was used before.
+    #[error("replayed request: nonce {nonce} was already used by party {party}")]
+    Replayed { party: String, nonce: String },
+    /// The caller is authenticated but may not do this (acting for another party, wrong role).
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// The request conflicts with the current state (contract not active, offer full, ...).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("operation id {op_id} was already used for a different operation; pick a fresh id")]
+    OperationIdReused { op_id: String },
+    #[error(
+        "period starting at {period_start} of contract {contract} is already settled by operation {op_id}"
+    )]
+    AlreadySettled {
+        contract: String,
+        period_start: i64,
+        op_id: String,
+    },
+    #[error(
+        "insufficient funds in account {account}: it holds {balance} micro-credits, the operation needs {needed}"
+    )]
+    InsufficientFunds {
+        account: String,
+        balance: i64,
+        needed: i64,
+    },
+    #[error(
+        "no payment rail is configured on this market; start it with --manual-deposits to allow test deposits"
+    )]
+    NoPaymentRail,
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A bug: the market refused to write something that would break an invariant.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+}

@@ -1,0 +1,674 @@
+//! Parties and their ed25519 keys: registration proven by signing a server
+//! challenge, and verification of signed requests (timestamp window,
+//! single-use nonces). Also the client side, [`Signer`].
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS challenges (
+    challenge TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parties (
+    id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    registered_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nonces (
+    party TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (party, nonce)
+);
+CREATE TABLE IF NOT EXISTS evidence (
+    id INTEGER PRIMARY KEY,
+    party TEXT NOT NULL,
+    canonical TEXT NOT NULL,
+    body TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+";
+
+/// Headers of a signed request.
+pub const HEADER_PARTY: &str = "x-sublet-party";
+pub const HEADER_TIMESTAMP: &str = "x-sublet-timestamp";
+pub const HEADER_NONCE: &str = "x-sublet-nonce";
+pub const HEADER_SIGNATURE: &str = "x-sublet-signature";
+
+/// How long a registration challenge stays valid, in seconds.
+pub const CHALLENGE_TTL: i64 = 300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Demander,
+    Provider,
+    /// Decides disputes; only keys the market was started with may register as one.
+    Arbiter,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Demander => "demander",
+            Role::Provider => "provider",
+            Role::Arbiter => "arbiter",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "demander" => Ok(Role::Demander),
+            "provider" => Ok(Role::Provider),
+            "arbiter" => Ok(Role::Arbiter),
+            other => Err(Error::Internal(format!(
+                "unknown role {other:?} in database"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Party {
+    /// Derived from the public key: the first 16 bytes of its SHA-256, in hex.
+    pub id: String,
+    /// The ed25519 public key, 32 bytes in hex.
+    pub public_key: String,
+    pub role: Role,
+    pub name: String,
+    /// Unix seconds.
+    pub registered_at: i64,
+}
+
+pub fn party_id(public_key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+    hex::encode(&digest.as_ref()[..16])
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// What a party signs to register: binds the challenge to the role and name it asks for.
+pub fn registration_message(challenge: &str, role: Role, name: &str) -> String {
+    format!(
+        "sublet-market-register-v1\n{challenge}\n{}\n{name}",
+        role.as_str()
+    )
+}
+
+/// What a party signs for every request. The body enters as its SHA-256, so the
+/// signature covers exactly the bytes the server parses.
+pub fn canonical_request(
+    method: &str,
+    path_and_query: &str,
+    timestamp: i64,
+    nonce: &str,
+    body: &[u8],
+) -> String {
+    format!(
+        "sublet-market-request-v1\n{}\n{path_and_query}\n{timestamp}\n{nonce}\n{}",
+        method.to_ascii_uppercase(),
+        sha256_hex(body)
+    )
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| Error::Internal("system random number generator failed".into()))?;
+    Ok(hex::encode(buf))
+}
+
+/// A random identifier with a readable prefix, e.g. `ct_0f3a...`.
+pub fn new_id(prefix: &str) -> Result<String> {
+    Ok(format!("{prefix}_{}", random_hex(8)?))
+}
+
+fn decode_public_key(public_key: &str) -> Result<Vec<u8>> {
+    match hex::decode(public_key) {
+        Ok(k) if k.len() == 32 => Ok(k),
+        _ => Err(Error::BadRequest(format!(
+            "public_key must be a 32-byte ed25519 public key in hex (64 characters), got {public_key:?}"
+        ))),
+    }
+}
+
+fn verify_signature(public_key: &[u8], message: &[u8], signature_b64: &str) -> Result<()> {
+    let signature = B64
+        .decode(signature_b64.trim())
+        .map_err(|_| Error::Unauthorized("signature is not valid base64".into()))?;
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(message, &signature)
+        .map_err(|_| {
+            Error::Unauthorized("signature does not verify against the party's public key".into())
+        })
+}
+
+/// Issues a single-use challenge for `public_key` to sign at registration.
+pub fn new_challenge(conn: &Connection, public_key: &str, now: i64) -> Result<(String, i64)> {
+    decode_public_key(public_key)?;
+    conn.execute("DELETE FROM challenges WHERE expires_at < ?1", [now])?;
+    let challenge = random_hex(32)?;
+    let expires_at = now + CHALLENGE_TTL;
+    conn.execute(
+        "INSERT INTO challenges (challenge, public_key, expires_at) VALUES (?1, ?2, ?3)",
+        params![challenge, public_key, expires_at],
+    )?;
+    Ok((challenge, expires_at))
+}
+
+/// A registration request: the key, what it asks to be, and its signature over
+/// [`registration_message`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub public_key: String,
+    pub role: Role,
+    pub name: String,
+    pub challenge: String,
+    pub signature: String,
+}
+
+/// Registers a party. `arbiter_keys` are the public keys (hex) allowed to register as arbiters.
+pub fn register(
+    conn: &Connection,
+    reg: &Registration,
+    arbiter_keys: &[String],
+    now: i64,
+) -> Result<Party> {
+    let key = decode_public_key(&reg.public_key)?;
+    if reg.role == Role::Arbiter
+        && !arbiter_keys
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(&reg.public_key))
+    {
+        return Err(Error::Forbidden(
+            "this public key is not one of the market's arbiter keys (serve --arbiter-key)".into(),
+        ));
+    }
+    let name = reg.name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(Error::BadRequest(
+            "name must be 1 to 64 printable characters".into(),
+        ));
+    }
+    let issued: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT public_key, expires_at FROM challenges WHERE challenge = ?1",
+            [&reg.challenge],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match issued {
+        Some((k, expires)) if k == reg.public_key && expires >= now => {}
+        Some((k, _)) if k != reg.public_key => {
+            return Err(Error::Unauthorized(
+                "challenge was issued for another public key".into(),
+            ));
+        }
+        _ => {
+            return Err(Error::Unauthorized(
+                "challenge is unknown, used or expired; request a new one from POST /v1/challenges"
+                    .into(),
+            ));
+        }
+    }
+    verify_signature(
+        &key,
+        registration_message(&reg.challenge, reg.role, name).as_bytes(),
+        &reg.signature,
+    )?;
+    conn.execute(
+        "DELETE FROM challenges WHERE challenge = ?1",
+        [&reg.challenge],
+    )?;
+    let party = Party {
+        id: party_id(&key),
+        public_key: reg.public_key.to_ascii_lowercase(),
+        role: reg.role,
+        name: name.into(),
+        registered_at: now,
+    };
+    let inserted = conn.execute(
+        "INSERT INTO parties (id, public_key, role, name, registered_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO NOTHING",
+        params![party.id, party.public_key, party.role.as_str(), party.name, now],
+    )?;
+    if inserted == 0 {
+        return Err(Error::Conflict(format!(
+            "public key is already registered as party {}",
+            party.id
+        )));
+    }
+    Ok(party)
+}
+
+pub fn party(conn: &Connection, id: &str) -> Result<Party> {
+    conn.query_row(
+        "SELECT id, public_key, role, name, registered_at FROM parties WHERE id = ?1",
+        [id],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        },
+    )
+    .optional()?
+    .ok_or_else(|| Error::not_found(format!("party {id}")))
+    .and_then(|(id, public_key, role, name, registered_at)| {
+        Ok(Party {
+            id,
+            public_key,
+            role: Role::parse(&role)?,
+            name,
+            registered_at,
+        })
+    })
+}
+
+/// The signature headers of one request, as received.
+#[derive(Debug, Clone, Default)]
+pub struct RequestSignature {
+    pub party: Option<String>,
+    pub timestamp: Option<String>,
+    pub nonce: Option<String>,
+    pub signature: Option<String>,
+}
+
+/// A request whose signature checked out: who sent it and the proof, kept as
+/// evidence for contracts and receipts.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub party: Party,
+    pub canonical: String,
+    pub signature: String,
+}
+
+/// Verifies a signed request and spends its nonce. `window` is how far, in
+/// seconds, the request's timestamp may be from the server's clock.
+pub fn verify_request(
+    conn: &Connection,
+    method: &str,
+    path_and_query: &str,
+    sig: &RequestSignature,
+    body: &[u8],
+    now: i64,
+    window: i64,
+) -> Result<Verified> {
+    let missing = |h: &str| Error::Unauthorized(format!("signed request is missing header {h}"));
+    let party_id = sig.party.as_deref().ok_or_else(|| missing(HEADER_PARTY))?;
+    let timestamp = sig
+        .timestamp
+        .as_deref()
+        .ok_or_else(|| missing(HEADER_TIMESTAMP))?;
+    let nonce = sig.nonce.as_deref().ok_or_else(|| missing(HEADER_NONCE))?;
+    let signature = sig
+        .signature
+        .as_deref()
+        .ok_or_else(|| missing(HEADER_SIGNATURE))?;
+    let timestamp: i64 = timestamp.parse().map_err(|_| {
+        Error::Unauthorized(format!(
+            "{HEADER_TIMESTAMP} must be unix seconds, got {timestamp:?}"
+        ))
+    })?;
+    if (timestamp - now).abs() > window {
+        return Err(Error::Unauthorized(format!(
+            "request timestamp {timestamp} is more than {window} s from the server clock {now}; sign it again"
+        )));
+    }
+    if nonce.len() < 16
+        || nonce.len() > 64
+        || !nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Error::Unauthorized(format!(
+            "{HEADER_NONCE} must be 16 to 64 letters, digits, '-' or '_'"
+        )));
+    }
+    let party = party(conn, party_id).map_err(|e| match e {
+        Error::NotFound { .. } => {
+            Error::Unauthorized(format!("party {party_id} is not registered"))
+        }
+        e => e,
+    })?;
+    let key = decode_public_key(&party.public_key)?;
+    let canonical = canonical_request(method, path_and_query, timestamp, nonce, body);
+    verify_signature(&key, canonical.as_bytes(), signature)?;
+    // Nonces older than twice the window can't come back: their timestamps are refused.
+    conn.execute("DELETE FROM nonces WHERE at < ?1", [now - 2 * window])?;
+    let fresh = conn.execute(
+        "INSERT INTO nonces (party, nonce, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        params![party.id, nonce, now],
+    )?;
+    if fresh == 0 {
+        return Err(Error::Replayed {
+            party: party.id,
+            nonce: nonce.into(),
+        });
+    }
+    Ok(Verified {
+        party,
+        canonical,
+        signature: signature.into(),
+    })
+}
+
+/// Keeps a verified request and its body, so a third party can later check who
+/// agreed to what. Returns the evidence id.
+pub fn record_evidence(conn: &Connection, v: &Verified, body: &[u8], now: i64) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO evidence (party, canonical, body, signature, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            v.party.id,
+            v.canonical,
+            String::from_utf8_lossy(body),
+            v.signature,
+            now
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// A party's key, on the client side: registers and signs requests.
+pub struct Signer {
+    key: Ed25519KeyPair,
+}
+
+impl Signer {
+    /// A fresh key; returns it with its PKCS#8 encoding, which is what to store.
+    pub fn generate() -> Result<(Self, Vec<u8>)> {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| Error::Internal("could not generate an ed25519 key".into()))?;
+        let signer = Self::from_pkcs8(pkcs8.as_ref())?;
+        Ok((signer, pkcs8.as_ref().to_vec()))
+    }
+
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self> {
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8)
+            .map_err(|e| Error::BadRequest(format!("not an ed25519 PKCS#8 key: {e}")))?;
+        Ok(Self { key })
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.public_key().as_ref())
+    }
+
+    pub fn party_id(&self) -> String {
+        party_id(self.key.public_key().as_ref())
+    }
+
+    /// Signs `message`, base64.
+    pub fn sign(&self, message: &[u8]) -> String {
+        B64.encode(self.key.sign(message).as_ref())
+    }
+
+    /// The registration body answering `challenge`.
+    pub fn registration(&self, challenge: &str, role: Role, name: &str) -> Registration {
+        Registration {
+            public_key: self.public_key_hex(),
+            role,
+            name: name.into(),
+            challenge: challenge.into(),
+            signature: self.sign(registration_message(challenge, role, name).as_bytes()),
+        }
+    }
+
+    /// The headers that sign a request, with a fresh nonce.
+    pub fn sign_request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Vec<(&'static str, String)>> {
+        let nonce = random_hex(16)?;
+        let canonical = canonical_request(method, path_and_query, now, &nonce, body);
+        Ok(vec![
+            (HEADER_PARTY, self.party_id()),
+            (HEADER_TIMESTAMP, now.to_string()),
+            (HEADER_NONCE, nonce),
+            (HEADER_SIGNATURE, self.sign(canonical.as_bytes())),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: i64 = 300;
+
+    fn db() -> Connection {
+        let conn = Connection::open_in_memory().expect("sqlite");
+        conn.execute_batch(SCHEMA).expect("schema");
+        conn
+    }
+
+    fn registered(conn: &Connection, role: Role, name: &str) -> Result<(Signer, Party)> {
+        let (signer, _) = Signer::generate()?;
+        let (challenge, _) = new_challenge(conn, &signer.public_key_hex(), 1000)?;
+        let party = register(
+            conn,
+            &signer.registration(&challenge, role, name),
+            &[],
+            1000,
+        )?;
+        Ok((signer, party))
+    }
+
+    fn headers(h: Vec<(&'static str, String)>) -> RequestSignature {
+        let get = |name: &str| h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+        RequestSignature {
+            party: get(HEADER_PARTY),
+            timestamp: get(HEADER_TIMESTAMP),
+            nonce: get(HEADER_NONCE),
+            signature: get(HEADER_SIGNATURE),
+        }
+    }
+
+    #[test]
+    fn registration_proves_the_key() -> Result<()> {
+        let conn = db();
+        let (signer, party) = registered(&conn, Role::Provider, "bob")?;
+        assert_eq!(party.id, signer.party_id());
+        // A challenge is single use.
+        let (other, _) = Signer::generate()?;
+        let (challenge, _) = new_challenge(&conn, &other.public_key_hex(), 1000)?;
+        let reg = other.registration(&challenge, Role::Demander, "eve");
+        register(&conn, &reg, &[], 1000)?;
+        let again = register(&conn, &reg, &[], 1000);
+        assert!(matches!(again, Err(Error::Unauthorized(_))), "{again:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn registration_signed_by_another_key_is_refused() -> Result<()> {
+        let conn = db();
+        let (victim, _) = Signer::generate()?;
+        let (mallory, _) = Signer::generate()?;
+        let (challenge, _) = new_challenge(&conn, &victim.public_key_hex(), 1000)?;
+        let mut reg = mallory.registration(&challenge, Role::Provider, "victim");
+        reg.public_key = victim.public_key_hex();
+        let err = register(&conn, &reg, &[], 1000);
+        assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");
+        // Signing a different role than the one asked for doesn't pass either.
+        let mut reg = victim.registration(&challenge, Role::Provider, "v");
+        reg.role = Role::Demander;
+        assert!(matches!(
+            register(&conn, &reg, &[], 1000),
+            Err(Error::Unauthorized(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn only_configured_keys_become_arbiters() -> Result<()> {
+        let conn = db();
+        let (judge, _) = Signer::generate()?;
+        let (pretender, _) = Signer::generate()?;
+        let arbiters = [judge.public_key_hex()];
+        let (challenge, _) = new_challenge(&conn, &pretender.public_key_hex(), 1000)?;
+        let err = register(
+            &conn,
+            &pretender.registration(&challenge, Role::Arbiter, "judge"),
+            &arbiters,
+            1000,
+        );
+        assert!(matches!(err, Err(Error::Forbidden(_))), "{err:?}");
+        let (challenge, _) = new_challenge(&conn, &judge.public_key_hex(), 1000)?;
+        let party = register(
+            &conn,
+            &judge.registration(&challenge, Role::Arbiter, "judge"),
+            &arbiters,
+            1000,
+        )?;
+        assert_eq!(party.role, Role::Arbiter);
+        Ok(())
+    }
+
+    #[test]
+    fn expired_challenge_is_refused() -> Result<()> {
+        let conn = db();
+        let (signer, _) = Signer::generate()?;
+        let (challenge, expires) = new_challenge(&conn, &signer.public_key_hex(), 1000)?;
+        let err = register(
+            &conn,
+            &signer.registration(&challenge, Role::Provider, "late"),
+            &[],
+            expires + 1,
+        );
+        assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn signed_request_verifies_once() -> Result<()> {
+        let conn = db();
+        let (signer, party) = registered(&conn, Role::Demander, "dee")?;
+        let body = br#"{"amount":5}"#;
+        let sig = headers(signer.sign_request("POST", "/v1/deposits", body, 1000)?);
+        let v = verify_request(&conn, "POST", "/v1/deposits", &sig, body, 1010, WINDOW)?;
+        assert_eq!(v.party, party);
+        let replay = verify_request(&conn, "POST", "/v1/deposits", &sig, body, 1010, WINDOW);
+        assert!(matches!(replay, Err(Error::Replayed { .. })), "{replay:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn tampered_requests_are_refused() -> Result<()> {
+        let conn = db();
+        let (signer, _) = registered(&conn, Role::Demander, "dee")?;
+        let body = br#"{"amount":5}"#;
+        let fresh = || -> Result<RequestSignature> {
+            Ok(headers(signer.sign_request(
+                "POST",
+                "/v1/deposits",
+                body,
+                1000,
+            )?))
+        };
+        let cases: Vec<(&str, &str, &[u8], RequestSignature)> = vec![
+            ("POST", "/v1/deposits", br#"{"amount":500}"#, fresh()?),
+            ("POST", "/v1/withdrawals", body, fresh()?),
+            ("PUT", "/v1/deposits", body, fresh()?),
+            ("POST", "/v1/deposits", body, {
+                let mut s = fresh()?;
+                s.timestamp = Some("1001".into());
+                s
+            }),
+            ("POST", "/v1/deposits", body, {
+                let mut s = fresh()?;
+                s.signature = Some(signer.sign(b"something else"));
+                s
+            }),
+            ("POST", "/v1/deposits", body, {
+                let mut s = fresh()?;
+                s.signature = None;
+                s
+            }),
+        ];
+        for (method, path, body, sig) in cases {
+            let err = verify_request(&conn, method, path, &sig, body, 1000, WINDOW);
+            assert!(
+                matches!(err, Err(Error::Unauthorized(_))),
+                "{method} {path}: {err:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn nobody_can_sign_for_another_party() -> Result<()> {
+        let conn = db();
+        let (_, victim) = registered(&conn, Role::Provider, "victim")?;
+        let (mallory, _) = registered(&conn, Role::Provider, "mallory")?;
+        let mut sig = headers(mallory.sign_request("POST", "/v1/offers", b"{}", 1000)?);
+        sig.party = Some(victim.id.clone());
+        let err = verify_request(&conn, "POST", "/v1/offers", &sig, b"{}", 1000, WINDOW);
+        assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");
+        // An unregistered key can't sign at all.
+        let (stranger, _) = Signer::generate()?;
+        let sig = headers(stranger.sign_request("POST", "/v1/offers", b"{}", 1000)?);
+        let err = verify_request(&conn, "POST", "/v1/offers", &sig, b"{}", 1000, WINDOW);
+        assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn stale_and_future_timestamps_are_refused() -> Result<()> {
+        let conn = db();
+        let (signer, _) = registered(&conn, Role::Demander, "dee")?;
+        for signed_at in [1000 - WINDOW - 1, 1000 + WINDOW + 1] {
+            let sig = headers(signer.sign_request("POST", "/x", b"", signed_at)?);
+            let err = verify_request(&conn, "POST", "/x", &sig, b"", 1000, WINDOW);
+            assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Changing any byte of the body, or any character of the signature,
+        /// of a validly signed request makes it fail verification.
+        #[test]
+        fn any_tampering_is_detected(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..200),
+            pos in proptest::prelude::any::<usize>(),
+            flip in 1u8..=255,
+            in_signature in proptest::prelude::any::<bool>(),
+        ) {
+            let conn = db();
+            let (signer, _) = registered(&conn, Role::Demander, "dee").expect("register");
+            let mut sig = headers(signer.sign_request("POST", "/v1/x", &body, 1000).expect("sign"));
+            let mut body = body;
+            if in_signature {
+                let mut raw = B64.decode(sig.signature.clone().unwrap_or_default()).expect("base64");
+                let i = pos % raw.len();
+                raw[i] ^= flip;
+                sig.signature = Some(B64.encode(raw));
+            } else {
+                let i = pos % body.len();
+                body[i] ^= flip;
+            }
+            let result = verify_request(&conn, "POST", "/v1/x", &sig, &body, 1000, WINDOW);
+            proptest::prop_assert!(matches!(result, Err(Error::Unauthorized(_))), "{:?}", result);
+        }
+    }
+}

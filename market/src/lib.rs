@@ -1,0 +1,46 @@
+//! sublet-market: the platform role of sublet — parties and their keys, offers,
+//! contracts, usage receipts and the escrow ledger that settles them.
+
+pub mod api;
+pub mod client;
+pub mod contracts;
+pub mod disputes;
+pub mod error;
+pub mod identity;
+pub mod ledger;
+pub mod metrics;
+pub mod offers;
+pub mod rail;
+pub mod ratings;
+pub mod receipts;
+pub mod service;
+
+pub use error::{Error, Result};
+pub use service::Market;
+
+/// The market's rules for money and signatures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The platform's share of what providers earn, in basis points.
+    pub platform_fee_bps: i64,
+    /// The share of a new provider's earnings held back until its vetting ends, in basis points.
+    pub held_back_bps: i64,
+    /// How long after registration a provider counts as new, in seconds.
+    pub vetting_period_secs: i64,
+    /// How far a signed request's timestamp may be from the server clock, in seconds.
+    pub signature_window_secs: i64,
+    /// Ed25519 public keys (hex) that may register as arbiters and decide disputes.
+    pub arbiter_keys: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            platform_fee_bps: 100,
+            held_back_bps: 2_500,
+            vetting_period_secs: 30 * 24 * 3600,
+            signature_window_secs: 300,
+            arbiter_keys: Vec::new(),
+        }
+    }
+}

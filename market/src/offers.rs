@@ -1,0 +1,197 @@
+//! Providers' offers of storage and the search demanders run over them.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{Party, Role, new_id};
+use crate::ledger::{MAX_AMOUNT, Micros};
+use crate::{Error, Result};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS offers (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    capacity_bytes INTEGER NOT NULL,
+    price_per_gib_month INTEGER NOT NULL,
+    egress_price_per_gib INTEGER NOT NULL,
+    region TEXT NOT NULL,
+    min_term_days INTEGER NOT NULL,
+    promised_uptime_bps INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    withdrawn INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// What a provider publishes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOffer {
+    /// Bytes the provider lends through this offer.
+    pub capacity_bytes: u64,
+    /// Micro-credits per GiB stored for a month (730 hours).
+    pub price_per_gib_month: Micros,
+    /// Micro-credits per GiB read back out.
+    pub egress_price_per_gib: Micros,
+    /// Free-form region tag, lowercase letters, digits and '-' (e.g. `eu-west`).
+    pub region: String,
+    /// Shortest contract the provider accepts, in days.
+    pub min_term_days: u32,
+    /// Promised uptime in basis points (9950 is 99.5 %).
+    pub promised_uptime_bps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Offer {
+    pub id: String,
+    pub provider: String,
+    pub capacity_bytes: u64,
+    /// Capacity not yet reserved by proposed or active contracts.
+    pub free_bytes: u64,
+    pub price_per_gib_month: Micros,
+    pub egress_price_per_gib: Micros,
+    pub region: String,
+    pub min_term_days: u32,
+    pub promised_uptime_bps: u32,
+    pub created_at: i64,
+    pub withdrawn: bool,
+}
+
+/// Search filters; every one is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferFilter {
+    pub max_price_per_gib_month: Option<Micros>,
+    pub region: Option<String>,
+    pub min_free_bytes: Option<u64>,
+}
+
+fn check_offer(o: &NewOffer) -> Result<()> {
+    let bad = |m: String| Err(Error::BadRequest(m));
+    if o.capacity_bytes == 0 || o.capacity_bytes > i64::MAX as u64 {
+        return bad("capacity_bytes must be at least 1".into());
+    }
+    for (field, v) in [
+        ("price_per_gib_month", o.price_per_gib_month),
+        ("egress_price_per_gib", o.egress_price_per_gib),
+    ] {
+        if !(0..=MAX_AMOUNT).contains(&v) {
+            return bad(format!(
+                "{field} must be between 0 and {MAX_AMOUNT} micro-credits, got {v}"
+            ));
+        }
+    }
+    if o.region.is_empty()
+        || o.region.len() > 32
+        || !o
+            .region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad(format!(
+            "region must be 1 to 32 lowercase letters, digits or '-', got {:?}",
+            o.region
+        ));
+    }
+    if o.promised_uptime_bps > 10_000 {
+        return bad(format!(
+            "promised_uptime_bps is in basis points, at most 10000 (100 %), got {}",
+            o.promised_uptime_bps
+        ));
+    }
+    if o.min_term_days > 3650 {
+        return bad("min_term_days must be at most 3650".into());
+    }
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "o.id, o.provider, o.capacity_bytes, o.price_per_gib_month, o.egress_price_per_gib,
+    o.region, o.min_term_days, o.promised_uptime_bps, o.created_at, o.withdrawn,
+    o.capacity_bytes - COALESCE((SELECT SUM(c.reserved_bytes) FROM contracts c
+        WHERE c.offer_id = o.id AND c.state IN ('proposed', 'active')), 0) AS free";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Offer> {
+    Ok(Offer {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        capacity_bytes: r.get::<_, i64>(2)?.max(0) as u64,
+        price_per_gib_month: r.get(3)?,
+        egress_price_per_gib: r.get(4)?,
+        region: r.get(5)?,
+        min_term_days: r.get(6)?,
+        promised_uptime_bps: r.get(7)?,
+        created_at: r.get(8)?,
+        withdrawn: r.get(9)?,
+        free_bytes: r.get::<_, i64>(10)?.max(0) as u64,
+    })
+}
+
+pub fn publish(conn: &Connection, provider: &Party, offer: &NewOffer, now: i64) -> Result<Offer> {
+    if provider.role != Role::Provider {
+        return Err(Error::Forbidden(format!(
+            "party {} is registered as a {}; only providers publish offers",
+            provider.id,
+            provider.role.as_str()
+        )));
+    }
+    check_offer(offer)?;
+    let id = new_id("of")?;
+    conn.execute(
+        "INSERT INTO offers (id, provider, capacity_bytes, price_per_gib_month, egress_price_per_gib,
+             region, min_term_days, promised_uptime_bps, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            id,
+            provider.id,
+            offer.capacity_bytes as i64,
+            offer.price_per_gib_month,
+            offer.egress_price_per_gib,
+            offer.region,
+            offer.min_term_days,
+            offer.promised_uptime_bps,
+            now
+        ],
+    )?;
+    get(conn, &id)
+}
+
+pub fn get(conn: &Connection, id: &str) -> Result<Offer> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM offers o WHERE o.id = ?1"),
+        [id],
+        from_row,
+    )
+    .optional()?
+    .ok_or_else(|| Error::not_found(format!("offer {id}")))
+}
+
+/// Stops new contracts on an offer; running contracts are untouched.
+pub fn withdraw(conn: &Connection, provider: &Party, id: &str) -> Result<Offer> {
+    let offer = get(conn, id)?;
+    if offer.provider != provider.id {
+        return Err(Error::Forbidden(format!(
+            "offer {id} belongs to provider {}",
+            offer.provider
+        )));
+    }
+    conn.execute("UPDATE offers SET withdrawn = 1 WHERE id = ?1", [id])?;
+    get(conn, id)
+}
+
+/// Open offers matching `filter`, cheapest first.
+pub fn search(conn: &Connection, filter: &OfferFilter) -> Result<Vec<Offer>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM offers o
+         WHERE o.withdrawn = 0
+           AND (?1 IS NULL OR o.price_per_gib_month <= ?1)
+           AND (?2 IS NULL OR o.region = ?2)
+           AND (?3 IS NULL OR free >= ?3)
+         ORDER BY o.price_per_gib_month, o.created_at, o.id"
+    ))?;
+    let min_free = filter.min_free_bytes.map(|b| b.min(i64::MAX as u64) as i64);
+    let rows = stmt.query_map(
+        params![filter.max_price_per_gib_month, filter.region, min_free],
+        from_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,215 @@
+//! Ratings computed from the market's own records. Each score lists its
+//! inputs — the numbers, their weights and what they mean — so a party can
+//! see why it has the score it has and what would raise it.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::Result;
+use crate::disputes;
+use crate::identity::{Party, Role};
+
+/// Scores run from 0 to this.
+pub const MAX_SCORE: u32 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rating {
+    pub party: String,
+    pub role: Role,
+    /// 0 ..= 1000: the weighted sum of the inputs' scores.
+    pub score: u32,
+    pub inputs: Vec<RatingInput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RatingInput {
+    pub name: &'static str,
+    /// The measured value, e.g. `"97/100 audits passed"`.
+    pub value: String,
+    /// 0 ..= 1000.
+    pub score: u32,
+    /// Share of the total score, in percent; the weights of one rating sum to 100.
+    pub weight_percent: u32,
+    pub explanation: String,
+}
+
+/// `good / total` on the 0..=1000 scale; `None` without any observation.
+fn ratio(good: u64, total: u64) -> Option<u32> {
+    (total > 0).then(|| (good.min(total) * u64::from(MAX_SCORE) / total) as u32)
+}
+
+/// Without observations an input counts as middling, neither rewarding nor
+/// punishing a newcomer.
+const NEUTRAL: u32 = MAX_SCORE / 2;
+
+fn disputes_input(lost: u32, weight_percent: u32) -> RatingInput {
+    RatingInput {
+        name: "disputes_lost",
+        value: format!("{lost} lost"),
+        score: MAX_SCORE.saturating_sub(lost.saturating_mul(250)),
+        weight_percent,
+        explanation: "each dispute an arbiter decided against the party costs 250 of 1000".into(),
+    }
+}
+
+fn combine(party: &Party, inputs: Vec<RatingInput>) -> Rating {
+    debug_assert_eq!(inputs.iter().map(|i| i.weight_percent).sum::<u32>(), 100);
+    let score = inputs
+        .iter()
+        .map(|i| i.score * i.weight_percent)
+        .sum::<u32>()
+        / 100;
+    Rating {
+        party: party.id.clone(),
+        role: party.role,
+        score,
+        inputs,
+    }
+}
+
+pub fn rating(conn: &Connection, party: &Party) -> Result<Rating> {
+    let lost = disputes::lost_by(conn, &party.id)?;
+    Ok(match party.role {
+        Role::Provider => {
+            // Audits as both sides agreed them, in settled periods only.
+            let (passed, failed): (i64, i64) = conn.query_row(
+                "SELECT COALESCE(SUM(r.audits_passed), 0), COALESCE(SUM(r.audits_failed), 0)
+                 FROM receipts r
+                 JOIN contracts c ON c.id = r.contract
+                 JOIN settled_periods s ON s.contract = r.contract AND s.period_start = r.period_start
+                 WHERE c.provider = ?1 AND r.role = 'provider'",
+                [&party.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let (passed, failed) = (passed.max(0) as u64, failed.max(0) as u64);
+            let audits = match ratio(passed, passed + failed) {
+                Some(score) => RatingInput {
+                    name: "audit_pass_rate",
+                    value: format!("{passed}/{} audits passed", passed + failed),
+                    score,
+                    weight_percent: 70,
+                    explanation: "audits in settled periods: a provider that can serve random slices of its shards holds the data".into(),
+                },
+                None => RatingInput {
+                    name: "audit_pass_rate",
+                    value: "no audits yet".into(),
+                    score: NEUTRAL,
+                    weight_percent: 70,
+                    explanation: "no settled period with audits yet; counts as 500 until there is one".into(),
+                },
+            };
+            let (agreed, reported) = receipt_agreement(conn, &party.id, "provider")?;
+            let agreement = match ratio(agreed, reported) {
+                Some(score) => RatingInput {
+                    name: "receipt_agreement",
+                    value: format!("{agreed}/{reported} periods agreed"),
+                    score,
+                    weight_percent: 20,
+                    explanation: "periods where the provider's receipt matches the demander's; open mismatches count against it".into(),
+                },
+                None => RatingInput {
+                    name: "receipt_agreement",
+                    value: "no periods reported by both sides yet".into(),
+                    score: NEUTRAL,
+                    weight_percent: 20,
+                    explanation: "counts as 500 until both sides have reported a period".into(),
+                },
+            };
+            combine(party, vec![audits, agreement, disputes_input(lost, 10)])
+        }
+        Role::Demander => {
+            let (agreed, _) = receipt_agreement(conn, &party.id, "demander")?;
+            let settled: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM settled_periods s JOIN contracts c ON c.id = s.contract
+                 WHERE c.demander = ?1",
+                [&party.id],
+                |r| r.get(0),
+            )?;
+            let settled = settled.max(0) as u64;
+            let payment = match ratio(settled, agreed.max(settled)) {
+                Some(score) => RatingInput {
+                    name: "payment_record",
+                    value: format!("{settled}/{} agreed periods paid", agreed.max(settled)),
+                    score,
+                    weight_percent: 80,
+                    explanation: "agreed periods the escrow covered; periods waiting for a prepayment count against it".into(),
+                },
+                None => RatingInput {
+                    name: "payment_record",
+                    value: "no agreed periods yet".into(),
+                    score: NEUTRAL,
+                    weight_percent: 80,
+                    explanation: "counts as 500 until a period is agreed".into(),
+                },
+            };
+            combine(party, vec![payment, disputes_input(lost, 20)])
+        }
+        Role::Arbiter => Rating {
+            party: party.id.clone(),
+            role: party.role,
+            score: MAX_SCORE,
+            inputs: Vec::new(),
+        },
+    })
+}
+
+/// (periods whose two receipts agree, periods both sides reported) on the
+/// contracts where `party` is `side`.
+fn receipt_agreement(conn: &Connection, party: &str, side: &str) -> Result<(u64, u64)> {
+    let column = if side == "provider" {
+        "provider"
+    } else {
+        "demander"
+    };
+    let (agreed, reported): (i64, i64) = conn.query_row(
+        &format!(
+            "SELECT COALESCE(SUM(d.period_end = p.period_end AND d.gib_hours = p.gib_hours
+                    AND d.egress_bytes = p.egress_bytes AND d.audits_passed = p.audits_passed
+                    AND d.audits_failed = p.audits_failed), 0),
+                    COUNT(*)
+             FROM receipts d
+             JOIN receipts p ON p.contract = d.contract AND p.period_start = d.period_start
+                 AND p.role = 'provider'
+             JOIN contracts c ON c.id = d.contract
+             WHERE d.role = 'demander' AND c.{column} = ?1"
+        ),
+        [party],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((agreed.max(0) as u64, reported.max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_scales_and_handles_no_data() {
+        assert_eq!(ratio(7, 10), Some(700));
+        assert_eq!(ratio(0, 0), None);
+        assert_eq!(ratio(11, 10), Some(1000));
+    }
+
+    #[test]
+    fn weights_combine_into_the_score() {
+        let party = Party {
+            id: "p".into(),
+            public_key: String::new(),
+            role: Role::Provider,
+            name: "p".into(),
+            registered_at: 0,
+        };
+        let input = |score, weight_percent| RatingInput {
+            name: "x",
+            value: String::new(),
+            score,
+            weight_percent,
+            explanation: String::new(),
+        };
+        let r = combine(
+            &party,
+            vec![input(700, 70), input(1000, 20), input(750, 10)],
+        );
+        assert_eq!(r.score, 490 + 200 + 75);
+    }
+}

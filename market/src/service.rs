@@ -1,0 +1,519 @@
+//! [`Market`]: the SQLite database, the policy, the payment rail and the clock,
+//! with one method per thing a party can do. Each method is one transaction.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, TransactionBehavior};
+use serde::Serialize;
+use tracing::info;
+
+use crate::contracts::{self, Contract, NewContract};
+use crate::disputes::{self, Decision, Dispute, NewDispute};
+use crate::identity::{self, Party, Registration, RequestSignature, Role, Verified};
+use crate::ledger::{self, Account, Applied, Micros};
+use crate::metrics::Metrics;
+use crate::offers::{self, NewOffer, Offer, OfferFilter};
+use crate::rail::PaymentRail;
+use crate::ratings::{self, Rating};
+use crate::receipts::{self, Period, UsageReceipt};
+use crate::{Error, Policy, Result};
+
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub struct Market {
+    db: Mutex<Connection>,
+    policy: Policy,
+    rail: Option<Arc<dyn PaymentRail>>,
+    clock: Clock,
+    metrics: Metrics,
+}
+
+/// A party's credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balances {
+    pub party: String,
+    /// Spendable: may be prepaid into contracts or withdrawn.
+    pub available: Micros,
+    /// Earnings withheld while a provider is in vetting.
+    pub held_back: Micros,
+    /// When the held-back credits may be released (providers only).
+    pub held_back_release_at: Option<i64>,
+    /// Escrow of each contract the party is demander of.
+    pub escrow: Vec<ContractEscrow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContractEscrow {
+    pub contract: String,
+    pub amount: Micros,
+}
+
+/// Totals over the whole ledger; `balanced` is the market's solvency check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerSummary {
+    /// Deposits minus withdrawals: the credits that should be inside the market.
+    pub net_deposits: Micros,
+    pub available: Micros,
+    pub escrow: Micros,
+    pub held_back: Micros,
+    pub platform: Micros,
+    /// available + escrow + held_back + platform.
+    pub total: Micros,
+    /// Whether total equals net_deposits.
+    pub balanced: bool,
+}
+
+/// The outcome of a ledger operation together with the resulting balances.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationResult {
+    pub op_id: String,
+    pub applied: Applied,
+    pub amount: Micros,
+    pub balances: Balances,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Termination {
+    pub contract: Contract,
+    pub refunded: Micros,
+}
+
+fn system_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Market {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path, policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Self::with_connection(conn, policy, rail)
+    }
+
+    pub fn in_memory(policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
+        Self::with_connection(Connection::open_in_memory()?, policy, rail)
+    }
+
+    fn with_connection(
+        conn: Connection,
+        policy: Policy,
+        rail: Option<Arc<dyn PaymentRail>>,
+    ) -> Result<Self> {
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        for schema in [
+            ledger::SCHEMA,
+            identity::SCHEMA,
+            offers::SCHEMA,
+            contracts::SCHEMA,
+            receipts::SCHEMA,
+            disputes::SCHEMA,
+        ] {
+            conn.execute_batch(schema)?;
+        }
+        Ok(Self {
+            db: Mutex::new(conn),
+            policy,
+            rail,
+            clock: Arc::new(system_now),
+            metrics: Metrics::new()?,
+        })
+    }
+
+    /// Replaces the clock (unix seconds); tests use it to pass vetting periods.
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Runs `f` in one immediate transaction, committed only if `f` succeeds.
+    pub fn tx<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self
+            .db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Verifies a signed request and spends its nonce (committed even if the
+    /// request then fails, so a captured request can never be replayed).
+    pub fn authenticate(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        sig: &RequestSignature,
+        body: &[u8],
+    ) -> Result<Verified> {
+        let now = self.now();
+        let window = self.policy.signature_window_secs;
+        self.tx(|c| identity::verify_request(c, method, path_and_query, sig, body, now, window))
+    }
+
+    pub fn challenge(&self, public_key: &str) -> Result<(String, i64)> {
+        let now = self.now();
+        self.tx(|c| identity::new_challenge(c, public_key, now))
+    }
+
+    pub fn register(&self, reg: &Registration) -> Result<Party> {
+        let now = self.now();
+        let party = self.tx(|c| identity::register(c, reg, &self.policy.arbiter_keys, now))?;
+        info!(party = %party.id, role = party.role.as_str(), "party registered");
+        Ok(party)
+    }
+
+    pub fn party(&self, id: &str) -> Result<Party> {
+        self.tx(|c| identity::party(c, id))
+    }
+
+    fn balances_in(&self, c: &Connection, party: &Party) -> Result<Balances> {
+        let escrow = contracts::list_for(c, &party.id)?
+            .into_iter()
+            .filter(|ct| ct.demander == party.id)
+            .map(|ct| ContractEscrow {
+                contract: ct.id,
+                amount: ct.escrow,
+            })
+            .collect();
+        Ok(Balances {
+            party: party.id.clone(),
+            available: ledger::balance(c, &Account::Available(party.id.clone()))?,
+            held_back: ledger::balance(c, &Account::HeldBack(party.id.clone()))?,
+            held_back_release_at: (party.role == Role::Provider)
+                .then(|| receipts::vetting_ends(&self.policy, party)),
+            escrow,
+        })
+    }
+
+    /// A party's balances; only the party itself may read them.
+    pub fn balances(&self, who: &Party, party_id: &str) -> Result<Balances> {
+        if who.id != party_id {
+            return Err(Error::Forbidden(format!(
+                "party {} may read only its own balances, not those of {party_id}",
+                who.id
+            )));
+        }
+        self.tx(|c| self.balances_in(c, who))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics, with totals freshly read from the database.
+    pub fn render_metrics(&self) -> Result<String> {
+        let summary = self.ledger_summary()?;
+        self.tx(|c| self.metrics.observe(c, &summary))?;
+        Ok(self.metrics.render())
+    }
+
+    pub fn ledger_summary(&self) -> Result<LedgerSummary> {
+        self.tx(|c| {
+            let mut s = LedgerSummary {
+                net_deposits: ledger::net_inflow(c)?,
+                available: 0,
+                escrow: 0,
+                held_back: 0,
+                platform: 0,
+                total: 0,
+                balanced: false,
+            };
+            for (key, balance) in ledger::balances(c)? {
+                match Account::parse(&key) {
+                    Some(Account::Available(_)) => s.available += balance,
+                    Some(Account::Escrow(_)) => s.escrow += balance,
+                    Some(Account::HeldBack(_)) => s.held_back += balance,
+                    Some(Account::Platform) => s.platform += balance,
+                    Some(Account::External) => {}
+                    None => return Err(Error::Internal(format!("unknown account {key}"))),
+                }
+            }
+            s.total = s.available + s.escrow + s.held_back + s.platform;
+            s.balanced = s.total == s.net_deposits;
+            Ok(s)
+        })
+    }
+
+    fn rail(&self) -> Result<&Arc<dyn PaymentRail>> {
+        self.rail.as_ref().ok_or(Error::NoPaymentRail)
+    }
+
+    pub fn deposit(
+        &self,
+        who: &Party,
+        op_id: &str,
+        amount: Micros,
+        reference: &str,
+    ) -> Result<OperationResult> {
+        let rail = self.rail()?;
+        ledger::check_amount("amount", amount)?;
+        let confirmed = rail.confirm_deposit(&who.id, amount, reference)?;
+        let now = self.now();
+        self.tx(|c| {
+            let applied = ledger::deposit(c, op_id, &who.id, amount, &confirmed, now)?;
+            info!(party = %who.id, op_id, amount, ?applied, "deposit");
+            Ok(OperationResult {
+                op_id: op_id.into(),
+                applied,
+                amount,
+                balances: self.balances_in(c, who)?,
+            })
+        })
+    }
+
+    pub fn withdraw(
+        &self,
+        who: &Party,
+        op_id: &str,
+        amount: Micros,
+        reference: &str,
+    ) -> Result<OperationResult> {
+        let rail = self.rail()?;
+        let now = self.now();
+        self.tx(|c| {
+            let applied = ledger::withdraw(
+                c,
+                op_id,
+                &who.id,
+                amount,
+                &format!("{}:{reference}", rail.name()),
+                now,
+            )?;
+            // Paid out inside the transaction: if the rail refuses, the debit rolls back.
+            if applied == Applied::New {
+                rail.pay_out(&who.id, amount, reference)?;
+            }
+            info!(party = %who.id, op_id, amount, ?applied, "withdrawal");
+            Ok(OperationResult {
+                op_id: op_id.into(),
+                applied,
+                amount,
+                balances: self.balances_in(c, who)?,
+            })
+        })
+    }
+
+    /// Releases a provider's held-back credits once its vetting period is over.
+    pub fn release_held_back(&self, who: &Party, op_id: &str) -> Result<OperationResult> {
+        let now = self.now();
+        if who.role != Role::Provider {
+            return Err(Error::Forbidden(
+                "only providers have held-back credits".into(),
+            ));
+        }
+        let ends = receipts::vetting_ends(&self.policy, who);
+        if now < ends {
+            return Err(Error::Conflict(format!(
+                "provider {} is in vetting until {ends}; held-back credits are released after that",
+                who.id
+            )));
+        }
+        self.tx(|c| {
+            let (applied, amount) = ledger::release_held_back(c, op_id, &who.id, now)?;
+            info!(provider = %who.id, op_id, amount, ?applied, "held-back credits released");
+            Ok(OperationResult {
+                op_id: op_id.into(),
+                applied,
+                amount,
+                balances: self.balances_in(c, who)?,
+            })
+        })
+    }
+
+    pub fn publish_offer(&self, who: &Party, offer: &NewOffer) -> Result<Offer> {
+        let now = self.now();
+        self.tx(|c| offers::publish(c, who, offer, now))
+    }
+
+    pub fn withdraw_offer(&self, who: &Party, id: &str) -> Result<Offer> {
+        self.tx(|c| offers::withdraw(c, who, id))
+    }
+
+    pub fn offer(&self, id: &str) -> Result<Offer> {
+        let now = self.now();
+        self.tx(|c| {
+            contracts::expire_proposals(c, now)?;
+            offers::get(c, id)
+        })
+    }
+
+    pub fn search_offers(&self, filter: &OfferFilter) -> Result<Vec<Offer>> {
+        let now = self.now();
+        self.tx(|c| {
+            contracts::expire_proposals(c, now)?;
+            offers::search(c, filter)
+        })
+    }
+
+    /// Proposes a contract; the signed request is kept as the demander's signature.
+    pub fn propose_contract(
+        &self,
+        who: &Verified,
+        body: &[u8],
+        new: &NewContract,
+    ) -> Result<Contract> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            let ct = contracts::propose(c, &who.party, new, evidence, now)?;
+            info!(contract = %ct.id, demander = %ct.demander, provider = %ct.provider, reserved_bytes = ct.reserved_bytes, "contract proposed");
+            Ok(ct)
+        })
+    }
+
+    pub fn accept_contract(&self, who: &Verified, body: &[u8], id: &str) -> Result<Contract> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            let ct = contracts::accept(c, &who.party, id, evidence, now)?;
+            info!(contract = %ct.id, "contract accepted");
+            Ok(ct)
+        })
+    }
+
+    pub fn reject_contract(&self, who: &Party, id: &str) -> Result<Contract> {
+        let now = self.now();
+        self.tx(|c| contracts::reject(c, who, id, now))
+    }
+
+    pub fn contract(&self, who: &Party, id: &str) -> Result<Contract> {
+        self.tx(|c| {
+            let ct = contracts::get(c, id)?;
+            ct.check_viewer(who)?;
+            Ok(ct)
+        })
+    }
+
+    pub fn contracts_of(&self, who: &Party) -> Result<Vec<Contract>> {
+        self.tx(|c| contracts::list_for(c, &who.id))
+    }
+
+    /// Prepays into escrow, then settles periods that were waiting for funds.
+    pub fn prepay(
+        &self,
+        who: &Party,
+        id: &str,
+        op_id: &str,
+        amount: Micros,
+    ) -> Result<OperationResult> {
+        let now = self.now();
+        self.tx(|c| {
+            let (applied, ct) = contracts::prepay(c, who, id, op_id, amount, now)?;
+            receipts::settle_waiting(c, &self.policy, &ct, now)?;
+            Ok(OperationResult {
+                op_id: op_id.into(),
+                applied,
+                amount,
+                balances: self.balances_in(c, who)?,
+            })
+        })
+    }
+
+    pub fn terminate_contract(&self, who: &Party, id: &str) -> Result<Termination> {
+        let now = self.now();
+        self.tx(|c| {
+            let (contract, refunded) = contracts::terminate(c, who, id, now)?;
+            info!(contract = %contract.id, by = %who.id, refunded, "contract terminated");
+            Ok(Termination { contract, refunded })
+        })
+    }
+
+    pub fn submit_receipt(
+        &self,
+        who: &Verified,
+        body: &[u8],
+        id: &str,
+        r: &UsageReceipt,
+    ) -> Result<Period> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            let period = receipts::submit(c, &self.policy, &who.party, id, r, evidence, now)?;
+            info!(contract = %id, party = %who.party.id, period_start = r.period_start, status = ?period.status, "receipt received");
+            Ok(period)
+        })
+    }
+
+    pub fn periods(&self, who: &Party, id: &str) -> Result<Vec<Period>> {
+        let now = self.now();
+        self.tx(|c| {
+            let ct = contracts::get(c, id)?;
+            ct.check_viewer(who)?;
+            receipts::periods(c, &self.policy, &ct, now)
+        })
+    }
+
+    pub fn settle_period(&self, who: &Party, id: &str, period_start: i64) -> Result<Period> {
+        let now = self.now();
+        self.tx(|c| {
+            let ct = contracts::get(c, id)?;
+            ct.check_party(who)?;
+            receipts::try_settle(c, &self.policy, &ct, period_start, now)
+        })
+    }
+
+    pub fn rating(&self, party_id: &str) -> Result<Rating> {
+        self.tx(|c| ratings::rating(c, &identity::party(c, party_id)?))
+    }
+
+    pub fn open_dispute(
+        &self,
+        who: &Verified,
+        body: &[u8],
+        contract: &str,
+        new: &NewDispute,
+    ) -> Result<Dispute> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            let d = disputes::open(c, &who.party, contract, new, evidence, now)?;
+            info!(dispute = %d.id, contract, by = %who.party.id, "dispute opened");
+            Ok(d)
+        })
+    }
+
+    pub fn decide_dispute(
+        &self,
+        who: &Verified,
+        body: &[u8],
+        id: &str,
+        decision: &Decision,
+    ) -> Result<Dispute> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            let d = disputes::decide(c, &who.party, id, decision, evidence, now)?;
+            info!(dispute = %id, in_favour_of = decision.in_favour_of.as_str(), amount = decision.amount, "dispute decided");
+            Ok(d)
+        })
+    }
+
+    pub fn dispute(&self, who: &Party, id: &str) -> Result<Dispute> {
+        self.tx(|c| {
+            let d = disputes::get(c, id)?;
+            contracts::get(c, &d.contract)?.check_viewer(who)?;
+            Ok(d)
+        })
+    }
+
+    pub fn disputes_of_contract(&self, who: &Party, contract: &str) -> Result<Vec<Dispute>> {
+        self.tx(|c| {
+            contracts::get(c, contract)?.check_viewer(who)?;
+            disputes::list_for_contract(c, contract)
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! The `sublet-market` binary as a user runs it: serve, keygen, register and
+//! call; a clean stop on SIGTERM; data still there after a restart.
+
+use std::path::Path;
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use sublet_market::client::Client;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sublet-market");
+
+fn free_port() -> Result<u16, Box<dyn std::error::Error>> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn serve(db: &Path, port: u16) -> Result<Child, Box<dyn std::error::Error>> {
+    let child = Command::new(BIN)
+        .args(["serve", "--manual-deposits", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--db")
+        .arg(db)
+        .spawn()?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("the market did not start listening".into())
+}
+
+fn run(dir: &Path, url: &str, args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
+    Ok(Command::new(BIN)
+        .current_dir(dir)
+        .env("SUBLET_MARKET_URL", url)
+        .env("RUST_BACKTRACE", "0")
+        .args(args)
+        .output()?)
+}
+
+fn json_out(out: &Output) -> Result<Value, Box<dyn std::error::Error>> {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn stop(child: &mut Child) -> TestResult {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = child.wait()?;
+    assert!(exit.success(), "market exited with {exit} on SIGTERM");
+    Ok(())
+}
+
+#[test]
+fn keygen_register_call_and_restart() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("market.db");
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut market = serve(&db, port)?;
+
+    let out = run(dir.path(), &url, &["keygen", "--out", "bob.key"])?;
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout)?.starts_with("party_id="));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("bob.key"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let out = run(dir.path(), &url, &["keygen", "--out", "bob.key"])?;
+    assert!(!out.status.success(), "keygen must not overwrite a key");
+
+    let bob = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "register", "--key", "bob.key", "--role", "provider", "--name", "bob",
+        ],
+    )?)?;
+    assert_eq!(bob["role"], "provider");
+    let offer = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "call",
+            "--key",
+            "bob.key",
+            "POST",
+            "/v1/offers",
+            r#"{"capacity_bytes":1073741824,"price_per_gib_month":4000000,"egress_price_per_gib":0,"region":"eu-west","min_term_days":0,"promised_uptime_bps":9900}"#,
+        ],
+    )?)?;
+    let out = run(
+        dir.path(),
+        &url,
+        &["call", "--key", "bob.key", "POST", "/v1/offers", "{}"],
+    )?;
+    assert!(!out.status.success(), "an error answer exits non-zero");
+    let err: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(err["error"]["code"], "bad_request");
+    let dep = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "call",
+            "--key",
+            "bob.key",
+            "POST",
+            "/v1/deposits",
+            r#"{"op_id":"d1","amount":7}"#,
+        ],
+    )?)?;
+    assert_eq!(dep["balances"]["available"], 7);
+
+    stop(&mut market)?;
+    let mut market = serve(&db, port)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let found = rt
+        .block_on(Client::new(&url)?.json(None, "GET", "/v1/offers?region=eu-west", &Value::Null))?
+        .ok()?;
+    assert_eq!(found[0]["id"], offer["id"], "the offer survives a restart");
+    let ledger = rt
+        .block_on(Client::new(&url)?.json(None, "GET", "/v1/ledger", &Value::Null))?
+        .ok()?;
+    assert_eq!(ledger["net_deposits"], 7);
+    stop(&mut market)?;
+    Ok(())
+}
