@@ -11,7 +11,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-(cd "$ROOT" && cargo build --release --quiet -p sublet-gateway --bin sublet -p sublet-e2e --bin sublet-bench)
+(cd "$ROOT" && cargo build --release --quiet -p sublet-gateway --bin sublet &&
+    cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
 
 WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/sublet-big.XXXXXX")
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -30,7 +30,9 @@ TARGETS=(ec r1 s3sfs)
 log() { echo "compare: $*" >&2; }
 
 log "building release binaries"
-(cd "$ROOT" && cargo build --release --quiet -p sublet-gateway --bin sublet -p sublet-e2e --bin sublet-bench)
+# Two builds: one with both packages would unify their features and rebuild the gateway.
+(cd "$ROOT" && cargo build --release --quiet -p sublet-gateway --bin sublet &&
+    cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
 SUBLET=$TARGET/release/sublet
 BENCH=$TARGET/release/sublet-bench
 
