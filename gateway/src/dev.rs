@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use crate::auth::KeyRing;
 use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
+use crate::layout::Scheme;
 use crate::meta::SqliteStore;
 use crate::metrics::{MeteredService, Metrics, ObservedBackend};
 use crate::placement::{HealthBoard, Topology};
@@ -25,6 +26,53 @@ use crate::s3::{Gateway, Plan};
 
 /// Providers `sublet dev` runs.
 pub const DEV_PROVIDERS: usize = 6;
+
+/// Names a YAML file holding one StoragePlan that `sublet dev` uses instead of its built-in
+/// `standard` plan, so benchmarks can run the same cluster with another redundancy or
+/// without encryption. An environment variable rather than a flag: it is a tool for
+/// measurements, not part of the everyday command line.
+pub const PLAN_FILE_ENV: &str = "SUBLET_DEV_PLAN_FILE";
+
+/// The plan of a dev cluster: `standard`, or the one of the file [`PLAN_FILE_ENV`] names.
+pub fn dev_plan() -> anyhow::Result<Plan> {
+    match std::env::var_os(PLAN_FILE_ENV) {
+        Some(path) => plan_from_file(Path::new(&path))
+            .with_context(|| format!("{PLAN_FILE_ENV}={}", Path::new(&path).display())),
+        None => Ok(Plan::standard()),
+    }
+}
+
+/// The one StoragePlan of a YAML file.
+fn plan_from_file(path: &Path) -> anyhow::Result<Plan> {
+    let config = sublet_crds::load_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut plans = config.plans.iter();
+    match (plans.next(), plans.next()) {
+        (Some((name, plan)), None) => crate::serve::plan_from_spec(name, &plan.spec),
+        _ => anyhow::bail!(
+            "the file must hold exactly one StoragePlan, it holds {}",
+            config.plans.len()
+        ),
+    }
+}
+
+/// How a plan stores data, in words, for the start-up banner.
+fn describe(plan: &Plan) -> String {
+    let scheme = match plan.scheme {
+        Scheme::Erasure { data, parity } => format!("erasure {data}+{parity}"),
+        Scheme::Replicas { copies: 1 } => "1 copy".to_string(),
+        Scheme::Replicas { copies } => format!("{copies} copies"),
+    };
+    let sealing = if plan.encrypt {
+        "encrypted"
+    } else {
+        "not encrypted"
+    };
+    format!(
+        "plan `{}` ({scheme}, {} MiB segments, {sealing})",
+        plan.name,
+        plan.segment_size >> 20
+    )
+}
 
 /// S3 credentials of a dev cluster.
 #[derive(Clone)]
@@ -412,7 +460,9 @@ pub async fn serve(
 
 /// `sublet dev`: run until ctrl-c.
 pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
-    let cluster = start_cluster(&dir, DEV_PROVIDERS, vec![Plan::standard()]).await?;
+    let plan = dev_plan()?;
+    let banner = describe(&plan);
+    let cluster = start_cluster(&dir, DEV_PROVIDERS, vec![plan]).await?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -458,9 +508,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         c.access_key,
         c.secret_key
     );
-    println!(
-        "sublet dev is running with {DEV_PROVIDERS} providers, plan `standard` (erasure 4+2, 16 MiB segments, encrypted)"
-    );
+    println!("sublet dev is running with {DEV_PROVIDERS} providers, {banner}");
     println!();
     println!("  S3 endpoint:   {endpoint}");
     println!("  access key:    {}", c.access_key);
@@ -486,4 +534,46 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         p.shutdown().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SINGLE: &str = "apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {name: single}
+spec:
+  redundancy: {replicas: 1}
+  encryption: none
+";
+
+    #[test]
+    fn a_plan_file_replaces_the_standard_plan() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("plan.yaml");
+        std::fs::write(&path, SINGLE).expect("write plan");
+        let plan = plan_from_file(&path).expect("plan");
+        assert_eq!(plan.name, "single");
+        assert_eq!(plan.scheme, Scheme::Replicas { copies: 1 });
+        assert!(!plan.encrypt);
+        assert_eq!(
+            describe(&plan),
+            "plan `single` (1 copy, 16 MiB segments, not encrypted)"
+        );
+        assert_eq!(
+            describe(&Plan::standard()),
+            "plan `standard` (erasure 4+2, 16 MiB segments, encrypted)"
+        );
+    }
+
+    #[test]
+    fn a_plan_file_with_two_plans_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("plans.yaml");
+        let second = SINGLE.replace("name: single", "name: other");
+        std::fs::write(&path, format!("{SINGLE}---\n{second}")).expect("write plans");
+        let err = plan_from_file(&path).expect_err("two plans");
+        assert!(err.to_string().contains("exactly one StoragePlan"), "{err}");
+    }
 }

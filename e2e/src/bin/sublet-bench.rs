@@ -1,0 +1,10 @@
+//! `sublet-bench`: drives an S3 endpoint through the benchmark phases and prints the
+//! results as a table (and JSON with `--json`). See the "Benchmarks" section of the README.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let args = sublet_e2e::bench::Args::parse();
+    std::process::exit(sublet_e2e::bench::main(args).await);
+}
