@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
-    PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -29,6 +30,24 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Name of the init container that prints the provider's node id into its termination
 /// message, where the operator reads it.
 pub const IDENTITY_CONTAINER: &str = "identity";
+/// The user and group the image runs as (see the Dockerfile).
+pub const SUBLET_UID: i64 = 10001;
+
+/// Non-root, no privileges, nothing written outside the data volume.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(SUBLET_UID),
+        run_as_group: Some(SUBLET_UID),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
 
 /// The workload running a pool's provider pods.
 #[derive(Clone, Debug, PartialEq)]
@@ -224,6 +243,30 @@ fn pod_template(
             ..EnvVar::default()
         },
     ];
+    // A hostPath the kubelet creates belongs to root; hand it to the image's user (only
+    // the directory: what is inside was written by that user already).
+    let data_owner = Container {
+        name: "data-owner".into(),
+        image: Some(images.provider.clone()),
+        command: Some(vec![
+            "chown".into(),
+            format!("{SUBLET_UID}:{SUBLET_UID}"),
+            DATA_DIR.into(),
+        ]),
+        volume_mounts: Some(vec![data_mount.clone()]),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["CHOWN".into()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
     let identity = Container {
         name: IDENTITY_CONTAINER.into(),
         image: Some(images.provider.clone()),
@@ -235,6 +278,7 @@ fn pod_template(
             format!("sublet-provider --data-dir {DATA_DIR} --print-node-id > /dev/termination-log"),
         ]),
         volume_mounts: Some(vec![data_mount.clone()]),
+        security_context: Some(restricted()),
         ..Container::default()
     };
     let provider = Container {
@@ -267,6 +311,7 @@ fn pod_template(
             ..ResourceRequirements::default()
         }),
         volume_mounts: Some(vec![data_mount]),
+        security_context: Some(restricted()),
         ..Container::default()
     };
     PodTemplateSpec {
@@ -296,7 +341,12 @@ fn pod_template(
             automount_service_account_token: Some(false),
             // The provider finishes in-flight writes for up to 30 s after SIGTERM.
             termination_grace_period_seconds: Some(40),
-            init_containers: Some(vec![identity]),
+            // Claims are made writable for the group; hostPaths by the data-owner step.
+            security_context: Some(PodSecurityContext {
+                fs_group: Some(SUBLET_UID),
+                ..PodSecurityContext::default()
+            }),
+            init_containers: Some(vec![data_owner, identity]),
             containers: vec![provider],
             volumes: host_volume.map(|v| vec![v]),
             ..PodSpec::default()
@@ -384,7 +434,15 @@ mod tests {
             "sublet-provider-token"
         );
         assert_eq!(c["resources"]["requests"]["memory"], "128Mi");
-        assert_eq!(pod["initContainers"][0]["name"], "identity");
+        // The hostPath is handed to the image's user first; everything else runs non-root.
+        assert_eq!(pod["initContainers"][0]["name"], "data-owner");
+        assert_eq!(pod["initContainers"][0]["command"][1], "10001:10001");
+        assert_eq!(pod["initContainers"][1]["name"], "identity");
+        for c in [&pod["initContainers"][1], &pod["containers"][0]] {
+            assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+            assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        }
+        assert_eq!(pod["securityContext"]["fsGroup"], 10001);
         assert_eq!(
             json["spec"]["template"]["metadata"]["labels"]["sublet.dev/pool"],
             "home-lab"
