@@ -15,6 +15,17 @@ use crate::layout::{Encryption, Layout, Scheme, Segment, ShardLocation};
 #[error("{0}")]
 pub struct BackendError(pub String);
 
+impl BackendError {
+    /// The provider answered that it has no such shard, or that its copy is corrupt: the
+    /// shard is gone (as opposed to a provider that did not answer).
+    pub fn shard_gone(&self) -> bool {
+        self.0.contains("NotFound") || self.0.contains("DataLoss")
+    }
+}
+
+/// Told about shards a read found gone or corrupt: (segment, shard index).
+pub type BadShardReport = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
 /// One place shards can be written to and read from: a provider, seen from the gateway.
 #[async_trait]
 pub trait ShardBackend: Send + Sync {
@@ -195,6 +206,7 @@ pub async fn delete_shards(
 pub struct ObjectReader {
     layout: Layout,
     key: Option<DataKey>,
+    report: Option<BadShardReport>,
 }
 
 impl ObjectReader {
@@ -203,7 +215,17 @@ impl ObjectReader {
             Encryption::None => None,
             Encryption::Aes256Gcm { wrapped_key, .. } => Some(master.unwrap_data_key(wrapped_key)?),
         };
-        Ok(Self { layout, key })
+        Ok(Self {
+            layout,
+            key,
+            report: None,
+        })
+    }
+
+    /// Calls `report` for every shard a read finds corrupt or gone, so it gets repaired.
+    pub fn with_bad_shard_report(mut self, report: BadShardReport) -> Self {
+        self.report = Some(report);
+        self
     }
 
     pub fn layout(&self) -> &Layout {
@@ -242,18 +264,28 @@ impl ObjectReader {
                 let backend = (!loc.is_missing())
                     .then(|| backend_for(&loc.provider))
                     .flatten();
+                let report = self.report.clone();
                 async move {
                     let backend = backend?;
+                    let gone = || {
+                        if let Some(report) = &report {
+                            report(index, i);
+                        }
+                    };
                     match backend.get(&loc.shard_id).await {
                         Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => {
                             Some(bytes.to_vec())
                         }
                         Ok(_) => {
                             tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
+                            gone();
                             None
                         }
                         Err(e) => {
                             tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, error = %e, "shard read failed");
+                            if e.shard_gone() {
+                                gone();
+                            }
                             None
                         }
                     }
@@ -431,6 +463,19 @@ mod tests {
         assert_eq!(
             read_all(&master, &nodes, layout.clone()).await.unwrap(),
             data
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let reader = ObjectReader::new(&master, layout.clone())
+            .unwrap()
+            .with_bad_shard_report(Arc::new(move |seg, idx| {
+                sink.lock().unwrap().push((seg, idx))
+            }));
+        reader.read_segment(1, lookup(&nodes)).await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(1, 1), (1, 2)],
+            "lying shards are reported"
         );
         nodes[4]
             .corrupt

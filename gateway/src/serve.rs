@@ -2,7 +2,7 @@
 //! as the custom resources): providers from ProviderPool endpoints, plans from StoragePlans,
 //! keys, addresses and state paths from the StorageGateway.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::auth::KeyRing;
 use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
+use crate::health::RebuildPolicy;
 use crate::layout::Scheme;
 use crate::meta::{MetadataStore, SqliteStore};
 use crate::metrics::{MeteredService, Metrics, ObservedBackend};
@@ -267,7 +268,7 @@ pub struct Running {
 impl Running {
     /// Asks every provider for its free space now rather than at the next interval.
     pub async fn probe_now(&self) {
-        probe(&self.clients, &self.health).await;
+        probe_and_record(&self.clients, &self.health, self.gateway.metadata()).await;
     }
 
     /// Stops accepting S3 requests and probing providers.
@@ -279,34 +280,64 @@ impl Running {
     }
 }
 
-/// Asks every provider for its free space once; unreachable ones count as failed.
-pub async fn probe(providers: &[(String, ProviderClient)], health: &HealthBoard) {
+/// Asks every provider for its free space once; unreachable ones count as failed. Returns
+/// who answered.
+pub async fn probe(
+    providers: &[(String, ProviderClient)],
+    health: &HealthBoard,
+) -> Vec<(String, bool)> {
     let calls = providers.iter().map(|(node, client)| async move {
-        match tokio::time::timeout(PROBE_TIMEOUT, client.info()).await {
-            Ok(Ok(info)) => health.record_free(node, info.free_bytes),
+        let ok = match tokio::time::timeout(PROBE_TIMEOUT, client.info()).await {
+            Ok(Ok(info)) => {
+                health.record_free(node, info.free_bytes);
+                true
+            }
             Ok(Err(e)) => {
                 tracing::warn!(provider = %node, error = %e, "provider probe failed");
                 health.record_failure(node);
+                false
             }
             Err(_) => {
                 tracing::warn!(provider = %node, "provider probe timed out");
                 health.record_failure(node);
+                false
             }
-        }
+        };
+        (node.clone(), ok)
     });
-    futures::future::join_all(calls).await;
+    futures::future::join_all(calls).await
+}
+
+/// Probes every provider once and persists who answered, so shard health (and the grace
+/// period) survives restarts.
+pub async fn probe_and_record(
+    providers: &[(String, ProviderClient)],
+    health: &HealthBoard,
+    meta: &Arc<dyn MetadataStore>,
+) {
+    let outcomes = probe(providers, health).await;
+    let meta = Arc::clone(meta);
+    let recorded =
+        tokio::task::spawn_blocking(move || meta.record_probes(&outcomes, crate::health::now_ms()))
+            .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "recording provider probes failed"),
+        Err(e) => tracing::warn!(error = %e, "recording provider probes failed"),
+    }
 }
 
 /// Probes providers every [`PROBE_INTERVAL`] until `stop` changes.
 pub fn spawn_probes(
     providers: Vec<(String, ProviderClient)>,
     health: Arc<HealthBoard>,
+    meta: Arc<dyn MetadataStore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(PROBE_INTERVAL) => probe(&providers, &health).await,
+                () = tokio::time::sleep(PROBE_INTERVAL) => probe_and_record(&providers, &health, &meta).await,
                 _ = stop.changed() => return,
             }
         }
@@ -330,32 +361,53 @@ fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAccept
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Starts the gateway `config` describes: dials nothing yet but probes every provider once,
-/// then listens for S3 (and admin) requests.
-pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
+/// A gateway built from the file but not listening yet: what `sublet serve` runs and
+/// `sublet repair` repairs with.
+pub struct Built {
+    pub gateway: Arc<Gateway>,
+    pub metrics: Metrics,
+    pub health: Arc<HealthBoard>,
+    /// The gateway spec with the overrides applied.
+    pub spec: StorageGatewaySpec,
+    pub endpoints: Vec<ProviderEndpoint>,
+    pub paths: StatePaths,
+    pub identity: NodeId,
+    /// Clients to probe providers with, by node id.
+    pub clients: Vec<(String, ProviderClient)>,
+}
+
+/// Rebuild rules of every plan: its schedule's, or the defaults when it names none.
+pub fn rebuild_policies(config: &Config) -> HashMap<String, RebuildPolicy> {
+    config
+        .plans
+        .iter()
+        .map(|(name, plan)| {
+            let policy = plan
+                .spec
+                .schedule
+                .as_ref()
+                .and_then(|s| config.schedules.get(s))
+                .map(|s| RebuildPolicy::from_schedule(&s.spec.rebuild))
+                .unwrap_or_default();
+            (name.clone(), policy)
+        })
+        .collect()
+}
+
+/// Opens the state `config` describes, dials every provider and probes them once.
+pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Built> {
     let Some(gateway_resource) = config.gateway() else {
         bail!(
             "the file must hold exactly one StorageGateway (found {}); sublet serve runs one gateway",
             config.gateways.len()
         );
     };
-    let spec = &overrides.apply(&gateway_resource.spec)?;
-    let paths = state_paths(spec, overrides.data_dir.as_deref())?;
+    let spec = overrides.apply(&gateway_resource.spec)?;
+    let paths = state_paths(&spec, overrides.data_dir.as_deref())?;
     std::fs::create_dir_all(&paths.data_dir)
         .with_context(|| format!("creating {}", paths.data_dir.display()))?;
     let plans = plans(config, &spec.default_plan)?;
     let endpoints = endpoints(config)?;
-    if spec.credentials.is_empty() {
-        bail!(
-            "StorageGateway spec.credentials is empty; add at least one access key \
-             (or set SUBLET_ACCESS_KEY and SUBLET_SECRET_KEY)"
-        );
-    }
-    let keys = KeyRing::from_credentials(&spec.credentials)?;
-    let tls = match &spec.tls {
-        Some(t) => Some(tls_acceptor(&t.cert_file, &t.key_file)?),
-        None => None,
-    };
 
     let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
     let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
@@ -391,9 +443,51 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
     );
     let gateway = Arc::new(
         Gateway::new(Arc::clone(&meta), master, plans, backends)?
-            .with_placement(topology(config, &endpoints), Arc::clone(&health))?,
+            .with_placement(topology(config, &endpoints), Arc::clone(&health))?
+            .with_rebuild(rebuild_policies(config)),
     );
-    probe(&clients, &health).await;
+    probe_and_record(&clients, &health, &meta).await;
+    Ok(Built {
+        gateway,
+        metrics,
+        health,
+        spec,
+        endpoints,
+        paths,
+        identity: identity.node_id(),
+        clients,
+    })
+}
+
+/// Starts the gateway `config` describes: dials nothing yet but probes every provider once,
+/// then listens for S3 (and admin) requests and repairs in the background.
+pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
+    if let Some(g) = config.gateway() {
+        let spec = overrides.apply(&g.spec)?;
+        if spec.credentials.is_empty() {
+            bail!(
+                "StorageGateway spec.credentials is empty; add at least one access key \
+                 (or set SUBLET_ACCESS_KEY and SUBLET_SECRET_KEY)"
+            );
+        }
+    }
+    let Built {
+        gateway,
+        metrics,
+        health,
+        spec,
+        endpoints,
+        paths,
+        identity,
+        clients,
+    } = build(config, overrides).await?;
+    let spec = &spec;
+    let keys = KeyRing::from_credentials(&spec.credentials)?;
+    let tls = match &spec.tls {
+        Some(t) => Some(tls_acceptor(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    let meta = Arc::clone(gateway.metadata());
 
     let listen: SocketAddr = spec
         .listen
@@ -406,11 +500,20 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
         .with_context(|| format!("binding the S3 address {listen} (spec.listen)"))?;
     let s3_addr = listener.local_addr()?;
     let (shutdown, stop) = tokio::sync::watch::channel(false);
-    let mut tasks = vec![spawn_probes(
-        clients.clone(),
-        Arc::clone(&health),
-        stop.clone(),
-    )];
+    let mut tasks = vec![
+        spawn_probes(
+            clients.clone(),
+            Arc::clone(&health),
+            Arc::clone(&meta),
+            stop.clone(),
+        ),
+        crate::repair::spawn_loop(
+            Arc::clone(&gateway),
+            Some(metrics.clone()),
+            crate::repair::LOOP_INTERVAL,
+            stop.clone(),
+        ),
+    ];
     let admin_addr = match &spec.admin_listen {
         Some(admin) => {
             let addr: SocketAddr = admin.parse().context("StorageGateway spec.adminListen")?;
@@ -422,7 +525,7 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
             tasks.push(tokio::spawn(crate::metrics::serve_admin(
                 admin_listener,
                 metrics.clone(),
-                Arc::clone(&meta),
+                Arc::clone(&gateway),
                 async move {
                     let _ = stop.changed().await;
                 },
@@ -448,7 +551,7 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
         admin_addr,
         providers: endpoints.iter().map(|e| e.site.node_id.clone()).collect(),
         paths,
-        identity: identity.node_id(),
+        identity,
         tls: has_tls,
         clients,
         shutdown,

@@ -109,6 +109,59 @@ pub struct PlanUsage {
     pub bytes: u64,
 }
 
+/// Objects of one plan sharing the same shard health, from the shard index.
+///
+/// Counts are per version, over all its segments (and parts): `healthy` is the minimum over
+/// segments of shards that are present, not found bad and not on a provider lost past the
+/// grace period; `reachable` additionally leaves out providers that are down right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthGroup {
+    /// Shards per stripe.
+    pub width: u64,
+    /// Shards needed to read a stripe.
+    pub needed: u64,
+    pub healthy: u64,
+    pub reachable: u64,
+    /// Versions in the group.
+    pub objects: u64,
+    /// Healthy shards summed over every segment of every version.
+    pub healthy_shards: u64,
+    /// Segments (stripes) summed over the versions.
+    pub segments: u64,
+    /// Bytes of present shards.
+    pub stored_bytes: u64,
+    /// Unix ms of the earliest shard loss among the group's versions, if any.
+    pub lost_since: Option<i64>,
+}
+
+/// A version the shard index says needs repair (or is lost), most at risk first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedVersion {
+    /// The version's row id; changes when the version is replaced.
+    pub seq: i64,
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    /// Healthy shards of its weakest segment.
+    pub healthy: u64,
+    pub needed: u64,
+    pub width: u64,
+    /// Unix ms of its earliest shard loss.
+    pub lost_since: Option<i64>,
+}
+
+/// What the gateway last saw of a provider, persisted so restarts keep counting its absence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderSeen {
+    /// Unix ms of its last successful probe (or first sighting).
+    pub last_seen: i64,
+    /// Unix ms of the first failed probe since then; `None` while it answers.
+    pub down_since: Option<i64>,
+}
+
+/// Where one shard of a version sits in its layout: (piece, segment, index).
+pub type ShardPos = (usize, usize, usize);
+
 /// One page of a ListObjects listing: latest versions that are not delete markers.
 #[derive(Debug, Default)]
 pub struct ListPage {
@@ -221,6 +274,63 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Stored versions (not delete markers) and their bytes, by plan, for usage gauges.
     fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
         Ok(Vec::new())
+    }
+    /// Records probe outcomes at `now` (Unix ms): `true` = answered.
+    fn record_probes(&self, _outcomes: &[(String, bool)], _now: i64) -> Result<()> {
+        Ok(())
+    }
+    /// What was last seen of every provider probed so far.
+    fn providers_seen(&self) -> Result<BTreeMap<String, ProviderSeen>> {
+        Ok(BTreeMap::new())
+    }
+    /// Shard health of `plan`'s versions grouped by (width, needed, healthy, reachable).
+    /// Shards on providers down since before `lost_cut` (Unix ms) count as lost from
+    /// `down + grace_ms`.
+    fn plan_health(&self, _plan: &str, _lost_cut: i64, _grace_ms: i64) -> Result<Vec<HealthGroup>> {
+        Ok(Vec::new())
+    }
+    /// Versions of `plan` whose weakest segment has fewer than `min_healthy` (the stripe
+    /// width when `None`) healthy shards, fewest first; `lost` selects those below
+    /// `needed` (unrepairable now) instead of the repairable ones.
+    fn queued_versions(
+        &self,
+        _plan: &str,
+        _lost_cut: i64,
+        _grace_ms: i64,
+        _min_healthy: Option<u64>,
+        _lost: bool,
+        _limit: usize,
+    ) -> Result<Vec<QueuedVersion>> {
+        Ok(Vec::new())
+    }
+    /// The version stored under row id `seq`, if it is still there.
+    fn version_by_seq(&self, _seq: i64) -> Result<Option<ObjectVersion>> {
+        Ok(None)
+    }
+    /// Shards of version `seq` found corrupt or gone.
+    fn bad_shards(&self, _seq: i64) -> Result<Vec<ShardPos>> {
+        Ok(Vec::new())
+    }
+    /// Flags shards of the version at `bucket/key/version_id` whose provider answered with
+    /// wrong bytes or no shard, so they are counted unhealthy and repaired.
+    fn mark_bad_shards(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _version_id: &str,
+        _shards: &[ShardPos],
+        _now: i64,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Swaps version `seq`'s layout for `new` if it is still exactly `expected`;
+    /// `false` (nothing changed) when the version was replaced, deleted or repaired since.
+    fn replace_layout(&self, _seq: i64, _expected: &Layout, _new: &Layout) -> Result<bool> {
+        Err(MetaError::Store("this store cannot swap layouts".into()))
+    }
+    /// Shards and their bytes per provider node id, over every stored version.
+    fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        Ok(BTreeMap::new())
     }
     /// Fails with `BucketNotEmpty` while any version or upload remains.
     fn delete_bucket(&self, name: &str) -> Result<()>;

@@ -199,7 +199,8 @@ impl Gateway {
         for (p, piece) in layout.pieces().enumerate() {
             readers.push(Arc::new(
                 ObjectReader::new(&self.master, piece.clone())
-                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?,
+                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?
+                    .with_bad_shard_report(self.bad_shard_report(v, p)),
             ));
             for (i, seg) in piece.segments.iter().enumerate() {
                 segments.push((p, i));
@@ -258,6 +259,38 @@ impl Gateway {
             }
         });
         Ok(ReceiverStream::new(rx))
+    }
+
+    /// Flags shards of piece `piece` of `v` that a read found corrupt or gone, for repair.
+    fn bad_shard_report(
+        &self,
+        v: &ObjectVersion,
+        piece: usize,
+    ) -> crate::dataplane::BadShardReport {
+        let meta = Arc::clone(&self.meta);
+        let (bucket, key, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
+        Arc::new(move |segment, idx| {
+            let meta = Arc::clone(&meta);
+            let (bucket, key, id) = (bucket.clone(), key.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                let now = crate::health::now_ms();
+                if let Err(e) =
+                    meta.mark_bad_shards(&bucket, &key, &id, &[(piece, segment, idx)], now)
+                {
+                    tracing::warn!(bucket, key, error = %e, "recording a bad shard failed");
+                } else {
+                    tracing::info!(
+                        bucket,
+                        key,
+                        version = id,
+                        piece,
+                        segment,
+                        idx,
+                        "shard queued for repair"
+                    );
+                }
+            });
+        })
     }
 
     pub(super) async fn do_head_object(
