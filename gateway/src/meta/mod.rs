@@ -810,6 +810,113 @@ mod tests {
         s.delete_bucket("b").unwrap();
     }
 
+    /// A 4+2 version with `segments` segments, shard `i` on provider `n{i}`.
+    fn striped(key: &str, segments: usize) -> ObjectVersion {
+        use crate::layout::{Segment, ShardLocation};
+        let mut v = version(key, NULL_VERSION, 100);
+        let layout = v.layout.as_mut().unwrap();
+        layout.inline = None;
+        layout.segments = (0..segments)
+            .map(|g| Segment {
+                plain_length: 50,
+                sealed_length: 66,
+                shards: (0..6)
+                    .map(|i| ShardLocation {
+                        provider: format!("n{i}"),
+                        shard_id: format!("{key}.{g}.{i}"),
+                        hash: "h".into(),
+                        length: 17,
+                    })
+                    .collect(),
+            })
+            .collect();
+        v
+    }
+
+    fn one_group(s: &SqliteStore, cut: i64) -> Vec<(u64, u64, u64)> {
+        s.plan_health("family-photos", cut, 1000)
+            .unwrap()
+            .iter()
+            .map(|g| (g.healthy, g.reachable, g.objects))
+            .collect()
+    }
+
+    #[test]
+    fn shard_index_follows_versions_providers_and_bad_shards() {
+        let s = store();
+        s.create_bucket(&bucket("b")).unwrap();
+        let all: Vec<(String, bool)> = (0..6).map(|i| (format!("n{i}"), true)).collect();
+        s.record_probes(&all, 1_000).unwrap();
+        s.put_version(&striped("a", 2)).unwrap();
+        s.put_version(&striped("b", 1)).unwrap();
+        assert_eq!(one_group(&s, 0), [(6, 6, 2)]);
+        assert_eq!(s.provider_usage().unwrap()["n0"], (3, 51));
+
+        // n5 stops answering at 2000: reachable drops at once, healthy only past the cut.
+        s.record_probes(&[("n5".into(), false)], 2_000).unwrap();
+        assert_eq!(one_group(&s, 500), [(6, 5, 2)]);
+        assert_eq!(one_group(&s, 1_500), [(5, 5, 2)]);
+        // A corrupt shard of "a" segment 1 makes "a" weaker still.
+        s.mark_bad_shards("b", "a", NULL_VERSION, &[(0, 1, 0)], 3_000)
+            .unwrap();
+        let mut groups = one_group(&s, 1_500);
+        groups.sort_unstable();
+        assert_eq!(groups, [(4, 4, 1), (5, 5, 1)]);
+        let queued = s
+            .queued_versions("family-photos", 1_500, 1000, None, false, 10)
+            .unwrap();
+        assert_eq!(queued.len(), 2);
+        assert_eq!((queued[0].key.as_str(), queued[0].healthy), ("a", 4));
+        assert!(
+            s.queued_versions("family-photos", 1_500, 1000, Some(4), false, 10)
+                .unwrap()
+                .is_empty(),
+            "minHealthyShards 4 queues neither"
+        );
+        // n5 answers again before the grace period ends: back to healthy.
+        s.record_probes(&[("n5".into(), true)], 2_500).unwrap();
+        let mut groups = one_group(&s, 1_500);
+        groups.sort_unstable();
+        assert_eq!(groups, [(5, 5, 1), (6, 6, 1)]);
+
+        // Compare-and-swap: only against the layout stored now.
+        let a = s.version("b", "a", None).unwrap().unwrap();
+        let seq = s
+            .queued_versions("family-photos", 0, 1000, None, false, 10)
+            .unwrap()[0]
+            .seq;
+        assert_eq!(s.bad_shards(seq).unwrap(), [(0, 1, 0)]);
+        let old = a.layout.clone().unwrap();
+        let mut new = old.clone();
+        new.segments[1].shards[0].provider = "n9".into();
+        assert!(
+            !s.replace_layout(seq, &new, &new).unwrap(),
+            "stale expectation"
+        );
+        s.record_probes(&[("n9".into(), true)], 2_600).unwrap();
+        assert!(s.replace_layout(seq, &old, &new).unwrap());
+        assert!(
+            s.bad_shards(seq).unwrap().is_empty(),
+            "the rebuilt shard starts clean"
+        );
+        assert!(
+            !s.replace_layout(seq, &old, &new).unwrap(),
+            "a second repairer loses"
+        );
+        assert_eq!(one_group(&s, 0), [(6, 6, 2)]);
+
+        // Replacing and deleting versions removes their shards from the index.
+        s.put_version(&striped("a", 1)).unwrap();
+        assert!(
+            !s.replace_layout(seq, &new, &new).unwrap(),
+            "an overwritten version is not repaired"
+        );
+        s.delete_version("b", "a", NULL_VERSION).unwrap();
+        s.delete_version("b", "b", NULL_VERSION).unwrap();
+        assert!(one_group(&s, 0).is_empty());
+        assert!(s.provider_usage().unwrap().is_empty());
+    }
+
     #[test]
     fn data_survives_reopening_the_file() {
         let dir = tempfile::tempdir().unwrap();
