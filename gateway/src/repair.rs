@@ -137,6 +137,18 @@ impl Repairer {
         if urgent_only {
             queue.retain(|q| q.healthy <= q.needed);
         }
+        // Versions another pass of this process holds are its business.
+        let claims = Arc::clone(self.gateway.repair_claims());
+        {
+            let mut held = claims
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.retain(|q| held.insert(q.seq));
+        }
+        let _release = Release {
+            claims: Arc::clone(&claims),
+            seqs: queue.iter().map(|q| q.seq).collect(),
+        };
         let mut report = RepairReport {
             plan: plan.to_owned(),
             examined: queue.len() as u64,
@@ -459,6 +471,24 @@ impl Repairer {
             }
         }
         Ok(())
+    }
+}
+
+/// Gives a pass's claimed versions back when it ends, however it ends.
+struct Release {
+    claims: Arc<std::sync::Mutex<HashSet<i64>>>,
+    seqs: Vec<i64>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut held = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for seq in &self.seqs {
+            held.remove(seq);
+        }
     }
 }
 

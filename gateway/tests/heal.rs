@@ -25,20 +25,33 @@ use sublet_provider::server::{self, ProviderConfig, RunningProvider};
 const GRACE: Duration = Duration::from_secs(2);
 
 async fn call(svc: &S3Service, method: Method, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let req = Request::builder()
+    let (s, _, b) = call_with(svc, method, uri, &[], body).await;
+    (s, b)
+}
+
+async fn call_with(
+    svc: &S3Service,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+    let mut req = Request::builder()
         .method(method)
         .uri(format!("http://127.0.0.1{uri}"))
         .header("host", "127.0.0.1")
-        .header("content-length", body.len().to_string())
-        .body(Body::from(body))
-        .unwrap();
+        .header("content-length", body.len().to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Body::from(body)).unwrap();
     let resp: http::Response<Body> = svc.call(req).await.expect("service call");
     let (parts, mut body) = resp.into_parts();
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
         out.extend_from_slice(&chunk.expect("body chunk"));
     }
-    (parts.status, out)
+    (parts.status, parts.headers, out)
 }
 
 async fn http_get(url: &str) -> (StatusCode, String) {
@@ -299,6 +312,181 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     read_all(svc.clone(), bodies.clone()).await;
 
     for p in providers.into_iter().flatten() {
+        p.shutdown().await;
+    }
+}
+
+/// Shard files on the providers in `dirs`.
+fn shard_files(dirs: &[std::path::PathBuf]) -> usize {
+    dirs.iter()
+        .filter_map(|d| std::fs::read_dir(d.join("shards")).ok())
+        .flat_map(|rd| rd.filter_map(Result::ok))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".shard"))
+        .count()
+}
+
+fn tag(xml: &[u8], name: &str) -> String {
+    let xml = String::from_utf8_lossy(xml);
+    let open = format!("<{name}>");
+    let start = xml.find(&open).unwrap() + open.len();
+    let end = xml[start..].find(&format!("</{name}>")).unwrap();
+    xml[start..start + end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plans = vec![
+        Plan {
+            name: "standard".into(),
+            scheme: Scheme::Erasure { data: 4, parity: 2 },
+            encrypt: true,
+            segment_size: 1 << 20,
+            write_quorum: 6,
+        },
+        Plan {
+            name: "replicated".into(),
+            scheme: Scheme::Replicas { copies: 3 },
+            encrypt: true,
+            segment_size: 256 << 10,
+            write_quorum: 3,
+        },
+    ];
+    let policy = RebuildPolicy {
+        grace_period: Duration::ZERO,
+        ..RebuildPolicy::default()
+    };
+    let rebuild = HashMap::from([
+        ("standard".to_owned(), policy.clone()),
+        ("replicated".to_owned(), policy),
+    ]);
+    let mut cluster = dev::start_cluster_with(tmp.path(), 7, plans, rebuild)
+        .await
+        .unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let meta = Arc::clone(gateway.metadata());
+    let svc = dev::service(Arc::clone(&gateway), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+
+    let mut bodies = HashMap::new();
+    for i in 0..4 {
+        let key = format!("copies-{i}");
+        let body = data(600_000 + i, i);
+        let (s, _, b) = call_with(
+            &svc,
+            Method::PUT,
+            &format!("/bkt/{key}"),
+            &[("x-amz-storage-class", "replicated")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        bodies.insert(key, body);
+    }
+    let (s, _, b) = call_with(&svc, Method::POST, "/bkt/big?uploads", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let id = tag(&b, "UploadId");
+    let parts = [data(5 << 20, 1), data(1_500_000, 2)];
+    let mut etags = Vec::new();
+    for (n, part) in parts.iter().enumerate() {
+        let (s, h, _) = call_with(
+            &svc,
+            Method::PUT,
+            &format!("/bkt/big?partNumber={}&uploadId={id}", n + 1),
+            &[],
+            part.clone(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        etags.push(h["etag"].to_str().unwrap().to_owned());
+    }
+    let xml = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{}</ETag></Part>\
+         <Part><PartNumber>2</PartNumber><ETag>{}</ETag></Part></CompleteMultipartUpload>",
+        etags[0], etags[1]
+    );
+    let (s, _, b) = call_with(
+        &svc,
+        Method::POST,
+        &format!("/bkt/big?uploadId={id}"),
+        &[],
+        xml.into_bytes(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    bodies.insert("big".to_owned(), parts.concat());
+
+    // The provider holding most shards dies; with no grace its shards are lost at once.
+    let usage = meta.provider_usage().unwrap();
+    let victim = (0..7)
+        .max_by_key(|&n| usage[&cluster.providers[n].node_id.to_string()].0)
+        .unwrap();
+    let dead = cluster.providers.remove(victim);
+    let dead_id = dead.node_id.to_string();
+    dead.shutdown().await;
+    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
+    let live_dirs: Vec<_> = (0..7)
+        .filter(|&n| n != victim)
+        .map(|n| tmp.path().join("providers").join(n.to_string()))
+        .collect();
+
+    // Two repairers at once over the same metadata, as a standalone `sublet repair` beside
+    // a running gateway would: a second gateway object shares nothing in memory.
+    let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
+    let master =
+        sublet_gateway::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+    let other = sublet_gateway::s3::Gateway::new(
+        Arc::clone(&meta),
+        Arc::new(master),
+        gateway.plans().to_vec(),
+        ids.iter().map(|id| gateway.backend(id).unwrap()).collect(),
+    )
+    .unwrap()
+    .with_placement(
+        sublet_gateway::placement::Topology::flat(ids.iter().map(String::as_str)),
+        Arc::clone(gateway.health()),
+    )
+    .unwrap()
+    .with_rebuild(HashMap::from([
+        ("standard".to_owned(), gateway.rebuild_policy("standard")),
+        (
+            "replicated".to_owned(),
+            gateway.rebuild_policy("replicated"),
+        ),
+    ]));
+    let a = Repairer::new(Arc::clone(&gateway), None);
+    let b = Repairer::new(Arc::new(other), None);
+    let mut conflicts = 0;
+    for plan in ["standard", "replicated"] {
+        let (ra, rb) = tokio::join!(a.run_pass(plan, false, 100), b.run_pass(plan, false, 100));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.failed + rb.failed, 0, "{ra:?} {rb:?}");
+        conflicts += ra.conflicts + rb.conflicts;
+        assert!(ra.repaired + rb.repaired > 0, "{plan}: {ra:?} {rb:?}");
+        let left = a.run_pass(plan, false, 100).await.unwrap();
+        assert_eq!(left.examined, 0, "{plan}: all repaired: {left:?}");
+    }
+    assert!(conflicts > 0, "the repairers raced for the same versions");
+    // No version references the dead provider, and the live providers hold exactly the
+    // referenced shards: a losing repairer removed what it wrote.
+    let mut referenced = 0;
+    for key in bodies.keys() {
+        let v = meta.version("bkt", key, None).unwrap().unwrap();
+        for shard in v.layout.unwrap().shards() {
+            assert_ne!(shard.provider, dead_id, "{key}");
+            referenced += 1;
+        }
+    }
+    assert_eq!(shard_files(&live_dirs), referenced);
+    for (k, body) in &bodies {
+        let (s, got) = call(&svc, Method::GET, &format!("/bkt/{k}"), vec![]).await;
+        assert_eq!(s, StatusCode::OK, "{k}");
+        assert!(got == *body, "{k} reads back byte for byte");
+    }
+    for p in cluster.providers.drain(..) {
         p.shutdown().await;
     }
 }

@@ -61,6 +61,8 @@ pub struct Gateway {
     health: Arc<HealthBoard>,
     /// Rebuild rules by plan name; plans without one use the defaults.
     rebuild: HashMap<String, RebuildPolicy>,
+    /// Versions (by row id) a repair in this process is working on.
+    repair_claims: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl Gateway {
@@ -94,6 +96,7 @@ impl Gateway {
             topology,
             health: Arc::default(),
             rebuild: HashMap::new(),
+            repair_claims: Arc::default(),
         })
     }
 
@@ -123,6 +126,12 @@ impl Gateway {
     /// The rebuild rules of `plan`.
     pub fn rebuild_policy(&self, plan: &str) -> RebuildPolicy {
         self.rebuild.get(plan).cloned().unwrap_or_default()
+    }
+
+    /// Versions a repair in this process is working on, so concurrent passes (the loop, the
+    /// admin API) split the queue instead of racing for the same versions.
+    pub fn repair_claims(&self) -> &Arc<std::sync::Mutex<std::collections::HashSet<i64>>> {
+        &self.repair_claims
     }
 
     /// Every plan new objects may be written with, the default first.
