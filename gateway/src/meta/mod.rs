@@ -312,13 +312,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         Ok(Vec::new())
     }
     /// Flags shards of the version at `bucket/key/version_id` whose provider answered with
-    /// wrong bytes or no shard, so they are counted unhealthy and repaired.
+    /// wrong bytes or no shard, so they are counted unhealthy and repaired. Each is named by
+    /// position and shard id: a position that holds another shard by now (repaired meanwhile)
+    /// is left alone.
     fn mark_bad_shards(
         &self,
         _bucket: &str,
         _key: &str,
         _version_id: &str,
-        _shards: &[ShardPos],
+        _shards: &[(ShardPos, String)],
         _now: i64,
     ) -> Result<()> {
         Ok(())
@@ -857,8 +859,22 @@ mod tests {
         assert_eq!(one_group(&s, 500), [(6, 5, 2)]);
         assert_eq!(one_group(&s, 1_500), [(5, 5, 2)]);
         // A corrupt shard of "a" segment 1 makes "a" weaker still.
-        s.mark_bad_shards("b", "a", NULL_VERSION, &[(0, 1, 0)], 3_000)
-            .unwrap();
+        s.mark_bad_shards(
+            "b",
+            "a",
+            NULL_VERSION,
+            &[((0, 1, 0), "a.1.0".into())],
+            3_000,
+        )
+        .unwrap();
+        s.mark_bad_shards(
+            "b",
+            "a",
+            NULL_VERSION,
+            &[((0, 1, 1), "elsewhere".into())],
+            3_000,
+        )
+        .unwrap();
         let mut groups = one_group(&s, 1_500);
         groups.sort_unstable();
         assert_eq!(groups, [(4, 4, 1), (5, 5, 1)]);

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS shards (
     segment INTEGER NOT NULL,
     idx INTEGER NOT NULL,
     provider TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
     length INTEGER NOT NULL,
     width INTEGER NOT NULL,
     needed INTEGER NOT NULL,
@@ -167,8 +168,8 @@ fn backfill_shard_index(conn: &Connection) -> rusqlite::Result<()> {
 /// Adds one `shards` row per shard of `layout` for version `seq`.
 fn index_shards(conn: &Connection, seq: i64, layout: &Layout) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT OR REPLACE INTO shards (version_seq, piece, segment, idx, provider, length, width, needed) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR REPLACE INTO shards (version_seq, piece, segment, idx, provider, shard_id, length, width, needed) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for (p, piece) in layout.pieces().enumerate() {
         let width = piece.scheme.width() as i64;
@@ -181,6 +182,7 @@ fn index_shards(conn: &Connection, seq: i64, layout: &Layout) -> rusqlite::Resul
                     g as i64,
                     i as i64,
                     shard.provider,
+                    shard.shard_id,
                     i64::try_from(shard.length).unwrap_or(i64::MAX),
                     width,
                     needed
@@ -607,24 +609,25 @@ impl MetadataStore for SqliteStore {
         bucket: &str,
         key: &str,
         version_id: &str,
-        shards: &[ShardPos],
+        shards: &[(ShardPos, String)],
         now: i64,
     ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(store_err)?;
-        for &(piece, segment, idx) in shards {
+        for ((piece, segment, idx), shard_id) in shards {
             tx.execute(
                 "UPDATE shards SET bad_since = COALESCE(bad_since, ?7)
                  WHERE version_seq = (SELECT seq FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3)
-                   AND piece = ?4 AND segment = ?5 AND idx = ?6",
+                   AND piece = ?4 AND segment = ?5 AND idx = ?6 AND shard_id = ?8",
                 params![
                     bucket,
                     key,
                     version_id,
-                    piece as i64,
-                    segment as i64,
-                    idx as i64,
-                    now
+                    *piece as i64,
+                    *segment as i64,
+                    *idx as i64,
+                    now,
+                    shard_id
                 ],
             )
             .map_err(store_err)?;

@@ -200,7 +200,7 @@ impl Gateway {
             readers.push(Arc::new(
                 ObjectReader::new(&self.master, piece.clone())
                     .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?
-                    .with_bad_shard_report(self.bad_shard_report(v, p)),
+                    .with_bad_shard_report(self.bad_shard_report(v, p, piece)),
             ));
             for (i, seg) in piece.segments.iter().enumerate() {
                 segments.push((p, i));
@@ -261,25 +261,32 @@ impl Gateway {
         Ok(ReceiverStream::new(rx))
     }
 
-    /// Flags shards of piece `piece` of `v` that a read found corrupt or gone, for repair.
+    /// Flags shards of piece `piece` of `v` (whose layout is `layout`) that a read found
+    /// corrupt or gone, for repair.
     fn bad_shard_report(
         &self,
         v: &ObjectVersion,
         piece: usize,
+        layout: &crate::layout::Layout,
     ) -> crate::dataplane::BadShardReport {
         let meta = Arc::clone(&self.meta);
         let (bucket, key, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
+        let ids: Vec<Vec<String>> = layout
+            .segments
+            .iter()
+            .map(|s| s.shards.iter().map(|l| l.shard_id.clone()).collect())
+            .collect();
         Arc::new(move |segment, idx| {
+            let Some(shard_id) = ids.get(segment).and_then(|s| s.get(idx)).cloned() else {
+                return;
+            };
             let meta = Arc::clone(&meta);
             let (bucket, key, id) = (bucket.clone(), key.clone(), id.clone());
             tokio::task::spawn_blocking(move || {
                 let now = crate::health::now_ms();
-                if let Err(e) =
-                    meta.mark_bad_shards(&bucket, &key, &id, &[(piece, segment, idx)], now)
-                {
-                    tracing::warn!(bucket, key, error = %e, "recording a bad shard failed");
-                } else {
-                    tracing::info!(
+                let at = [((piece, segment, idx), shard_id)];
+                match meta.mark_bad_shards(&bucket, &key, &id, &at, now) {
+                    Ok(()) => tracing::info!(
                         bucket,
                         key,
                         version = id,
@@ -287,7 +294,10 @@ impl Gateway {
                         segment,
                         idx,
                         "shard queued for repair"
-                    );
+                    ),
+                    Err(e) => {
+                        tracing::warn!(bucket, key, error = %e, "recording a bad shard failed")
+                    }
                 }
             });
         })
