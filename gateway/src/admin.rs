@@ -10,6 +10,11 @@
 //!   the plan now and answers its [`RepairReport`]; what `sublet repair` calls when it runs
 //!   as a Kubernetes Job.
 //!
+//! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
+//! - `POST /admin/v1/gc?minAgeSeconds=N`: removes shards no metadata references, stored more
+//!   than N seconds ago (default a day), from every provider. Only for providers this gateway
+//!   alone uses: another gateway's shards are unreferenced here too.
+//!
 //! The listener is meant for the cluster network (or loopback); it has no authentication yet.
 
 use std::sync::Arc;
@@ -32,6 +37,22 @@ const LOST_LIMIT: usize = 1000;
 struct Admin {
     gateway: Arc<Gateway>,
     repairer: Repairer,
+    metrics: Option<Metrics>,
+}
+
+/// Unreferenced shards younger than this are left alone by `POST /admin/v1/gc` by default.
+pub const GC_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditQuery {
+    samples: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GcQuery {
+    min_age_seconds: Option<u64>,
 }
 
 /// `GET /admin/v1/pools/{pool}`.
@@ -82,14 +103,17 @@ struct LimitQuery {
 /// The admin routes over `gateway`; repairs count into `metrics` when given.
 pub fn router(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> axum::Router {
     let state = Admin {
-        repairer: Repairer::new(Arc::clone(&gateway), metrics),
+        repairer: Repairer::new(Arc::clone(&gateway), metrics.clone()),
         gateway,
+        metrics,
     };
     axum::Router::new()
         .route("/admin/v1/plans/{plan}", axum::routing::get(plan_health))
         .route("/admin/v1/plans/{plan}/lost", axum::routing::get(lost))
         .route("/admin/v1/plans/{plan}/repair", axum::routing::post(repair))
         .route("/admin/v1/pools/{pool}", axum::routing::get(pool))
+        .route("/admin/v1/audit", axum::routing::post(audit))
+        .route("/admin/v1/gc", axum::routing::post(gc))
         .with_state(state)
 }
 
@@ -217,5 +241,25 @@ async fn pool(State(admin): State<Admin>, Path(pool): Path<String>) -> Response 
             ),
         },
         Err(r) => r,
+    }
+}
+
+async fn audit(State(admin): State<Admin>, Query(q): Query<AuditQuery>) -> Response {
+    let samples = q
+        .samples
+        .unwrap_or_else(|| crate::audit::AuditPolicy::default().samples_per_provider);
+    match crate::audit::audit_round(&admin.gateway, admin.metrics.as_ref(), samples).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn gc(State(admin): State<Admin>, Query(q): Query<GcQuery>) -> Response {
+    let min_age = q
+        .min_age_seconds
+        .map_or(GC_MIN_AGE, std::time::Duration::from_secs);
+    match crate::audit::collect_garbage(&admin.gateway, admin.metrics.as_ref(), min_age).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }

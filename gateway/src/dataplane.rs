@@ -21,6 +21,11 @@ impl BackendError {
     pub fn shard_gone(&self) -> bool {
         self.0.contains("NotFound") || self.0.contains("DataLoss")
     }
+
+    /// The provider answered an audit with bytes that do not verify.
+    pub fn audit_failed(&self) -> bool {
+        self.0.contains("AuditFailed")
+    }
 }
 
 /// Told about shards a read found gone or corrupt: (segment, shard index).
@@ -35,6 +40,32 @@ pub trait ShardBackend: Send + Sync {
     async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError>;
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError>;
     async fn delete(&self, shard_id: &str) -> Result<(), BackendError>;
+    /// Proves the provider holds bytes `[offset, offset + len)` of a shard whose BLAKE3 is
+    /// `hash`. A provider that answers with bytes that do not verify fails with an error
+    /// starting `AuditFailed`. This default reads the whole shard.
+    async fn audit(
+        &self,
+        shard_id: &str,
+        offset: u64,
+        len: u64,
+        hash: &[u8; 32],
+    ) -> Result<(), BackendError> {
+        let _ = (offset, len);
+        let data = self.get(shard_id).await?;
+        if blake3::hash(&data).as_bytes() == hash {
+            Ok(())
+        } else {
+            Err(BackendError(format!(
+                "AuditFailed: shard {shard_id} on {} does not match its hash",
+                self.node_id()
+            )))
+        }
+    }
+    /// Every stored shard with when it was stored (Unix seconds), for garbage collection;
+    /// `None` when this backend cannot list.
+    async fn list(&self) -> Result<Option<Vec<(String, i64)>>, BackendError> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

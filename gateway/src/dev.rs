@@ -438,6 +438,12 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
         crate::repair::LOOP_INTERVAL,
+        stop.clone(),
+    );
+    let auditing = crate::audit::spawn_loop(
+        Arc::clone(&cluster.gateway),
+        Some(cluster.metrics.clone()),
+        crate::audit::AuditPolicy::default(),
         stop,
     );
     let endpoint = format!("http://{addr}");
@@ -477,6 +483,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     tracing::info!("shutting down");
     probing.abort();
     repairing.abort();
+    auditing.abort();
     for p in cluster.providers {
         p.shutdown().await;
     }

@@ -1,6 +1,7 @@
 //! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod codec;
 pub mod dataplane;

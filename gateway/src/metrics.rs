@@ -56,6 +56,12 @@ pub struct Metrics {
     pub rebuilt_bytes: IntCounterVec,
     /// Repairs that failed or lost a race, per plan and reason.
     pub repair_failures: IntCounterVec,
+    /// Shard audits per provider and result (`pass`, `fail`).
+    pub audits: IntCounterVec,
+    /// Percent of a provider's audits passed since the gateway started.
+    pub provider_score: IntGaugeVec,
+    /// Unreferenced shards removed from providers.
+    pub gc_deleted: IntCounterVec,
 }
 
 impl Metrics {
@@ -142,6 +148,21 @@ impl Metrics {
             "Repairs that failed (unreadable, unplaceable, write failed) or lost a race to a change of the object, by plan and reason.",
             &["plan", "reason"],
         )?;
+        let audits = counter(
+            "audits_total",
+            "Shard audits (a random slice verified against the hash recorded at write time) by provider and result.",
+            &["provider", "result"],
+        )?;
+        let provider_score = gauge(
+            "provider_score",
+            "Percent of a provider's audits passed since the gateway started.",
+            &["provider"],
+        )?;
+        let gc_deleted = counter(
+            "gc_deleted_shards_total",
+            "Shards no metadata referenced, removed from providers after the safety delay.",
+            &["provider"],
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "sublet_gateway_request_duration_seconds",
@@ -169,6 +190,9 @@ impl Metrics {
             rebuilt_shards,
             rebuilt_bytes,
             repair_failures,
+            audits,
+            provider_score,
+            gc_deleted,
         })
     }
 
@@ -410,6 +434,21 @@ impl ShardBackend for ObservedBackend {
         let result = self.inner.delete(shard_id).await;
         self.outcome("delete", &result);
         result
+    }
+
+    async fn audit(
+        &self,
+        shard_id: &str,
+        offset: u64,
+        len: u64,
+        hash: &[u8; 32],
+    ) -> Result<(), BackendError> {
+        // Audit outcomes count in the provider's audit record, not its reachability.
+        self.inner.audit(shard_id, offset, len, hash).await
+    }
+
+    async fn list(&self) -> Result<Option<Vec<(String, i64)>>, BackendError> {
+        self.inner.list().await
     }
 }
 

@@ -431,11 +431,18 @@ pub struct HealthBoard {
     states: Mutex<HashMap<String, ProviderState>>,
 }
 
+/// Audits failed in a row after which a provider gets no new shards until it passes one.
+pub const AUDIT_STRIKES: u32 = 3;
+
 #[derive(Debug, Default, Clone)]
 struct ProviderState {
     free_bytes: Option<u64>,
     last_success: Option<Instant>,
     last_failure: Option<Instant>,
+    audits_passed: u64,
+    audits_failed: u64,
+    /// Audits failed since the last one passed.
+    audit_strikes: u32,
 }
 
 impl HealthBoard {
@@ -470,12 +477,40 @@ impl HealthBoard {
         self.with(node, |s| s.free_bytes)
     }
 
-    /// Healthy unless it failed within [`FAILURE_WINDOW`] and has not answered since.
+    /// Records an audit of one of its shards.
+    pub fn record_audit(&self, node: &str, passed: bool) {
+        self.with(node, |s| {
+            if passed {
+                s.audits_passed += 1;
+                s.audit_strikes = 0;
+            } else {
+                s.audits_failed += 1;
+                s.audit_strikes += 1;
+            }
+        });
+    }
+
+    /// Percent of its audits passed since the gateway started; `None` before the first.
+    pub fn score(&self, node: &str) -> Option<u64> {
+        self.with(node, |s| {
+            let total = s.audits_passed + s.audits_failed;
+            (total > 0).then(|| s.audits_passed * 100 / total)
+        })
+    }
+
+    /// Healthy unless it failed within [`FAILURE_WINDOW`] and has not answered since, or
+    /// failed [`AUDIT_STRIKES`] audits in a row.
     pub fn healthy(&self, node: &str) -> bool {
-        self.with(node, |s| match s.last_failure {
-            None => true,
-            Some(failed) => {
-                s.last_success.is_some_and(|ok| ok > failed) || failed.elapsed() > FAILURE_WINDOW
+        self.with(node, |s| {
+            if s.audit_strikes >= AUDIT_STRIKES {
+                return false;
+            }
+            match s.last_failure {
+                None => true,
+                Some(failed) => {
+                    s.last_success.is_some_and(|ok| ok > failed)
+                        || failed.elapsed() > FAILURE_WINDOW
+                }
             }
         })
     }
@@ -851,6 +886,23 @@ mod tests {
         }
         let err = choose_more("x", &r, &kept, 5, &candidates, 1, "k", "u").unwrap_err();
         assert!(err.0.contains("needs 9 providers"), "{err}");
+    }
+
+    #[test]
+    fn repeated_audit_failures_stop_placement_until_an_audit_passes() {
+        let board = HealthBoard::default();
+        for _ in 0..AUDIT_STRIKES - 1 {
+            board.record_audit("n", false);
+        }
+        assert!(board.healthy("n"));
+        board.record_audit("n", false);
+        assert!(!board.healthy("n"));
+        board.record_free("n", 10);
+        assert!(!board.healthy("n"), "answering probes is not enough");
+        board.record_audit("n", true);
+        assert!(board.healthy("n"));
+        assert_eq!(board.score("n"), Some(25));
+        assert_eq!(board.score("other"), None);
     }
 
     #[test]

@@ -394,6 +394,18 @@ pub fn rebuild_policies(config: &Config) -> HashMap<String, RebuildPolicy> {
         .collect()
 }
 
+/// How often and how hard providers are audited: the tightest schedule any plan names.
+pub fn audit_policy(config: &Config) -> crate::audit::AuditPolicy {
+    crate::audit::AuditPolicy::tightest(
+        config
+            .plans
+            .values()
+            .filter_map(|p| p.spec.schedule.as_ref())
+            .filter_map(|s| config.schedules.get(s))
+            .map(|s| &s.spec.audit),
+    )
+}
+
 /// Opens the state `config` describes, dials every provider and probes them once.
 pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Built> {
     let Some(gateway_resource) = config.gateway() else {
@@ -511,6 +523,12 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
             Arc::clone(&gateway),
             Some(metrics.clone()),
             crate::repair::LOOP_INTERVAL,
+            stop.clone(),
+        ),
+        crate::audit::spawn_loop(
+            Arc::clone(&gateway),
+            Some(metrics.clone()),
+            audit_policy(config),
             stop.clone(),
         ),
     ];

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use s3s::Body;
 use s3s::service::S3Service;
 use serde_json::Value;
+use sublet_gateway::audit::{audit_round, collect_garbage};
 use sublet_gateway::dev;
 use sublet_gateway::health::RebuildPolicy;
 use sublet_gateway::layout::Scheme;
@@ -269,6 +270,45 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
         0
     );
 
+    // Garbage collection removes the revived provider's stale shards, once old enough.
+    let live_dirs = |providers: &[Option<RunningProvider>]| -> Vec<std::path::PathBuf> {
+        (0..providers.len())
+            .filter(|&i| providers[i].is_some())
+            .map(|i| tmp.path().join("providers").join(i.to_string()))
+            .collect()
+    };
+    let referenced_live = |meta: &dyn MetadataStore, providers: &[Option<RunningProvider>]| {
+        let live: HashSet<String> = (0..providers.len())
+            .filter(|&i| providers[i].is_some())
+            .map(|i| node_ids[i].clone())
+            .collect();
+        keys.iter()
+            .map(|k| {
+                let v = meta.version("bkt", k, None).unwrap().unwrap();
+                v.layout
+                    .unwrap()
+                    .shards()
+                    .filter(|s| live.contains(&s.provider))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let stale = shard_files(&live_dirs(&providers)) - referenced_live(meta.as_ref(), &providers);
+    assert!(stale > 0, "the revived provider still holds its old shards");
+    let young = collect_garbage(&gateway, None, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!((young.deleted, young.young), (0, stale as u64), "{young:?}");
+    let gc = collect_garbage(&gateway, Some(&cluster.metrics), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(gc.deleted, stale as u64, "{gc:?}");
+    assert_eq!(
+        shard_files(&live_dirs(&providers)),
+        referenced_live(meta.as_ref(), &providers)
+    );
+    read_all(svc.clone(), bodies.clone()).await;
+
     // A corrupt shard on a live provider: the read still works, and queues the shard.
     let key = &keys[3];
     let v = meta.version("bkt", key, None).unwrap().unwrap();
@@ -309,6 +349,48 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     assert_ne!(v2.layout.as_ref().unwrap().segments[0].shards[0], shard);
     let h = plan_json(&admin).await;
     assert_eq!(h["repair"]["due"], 0, "{h}");
+    read_all(svc.clone(), bodies.clone()).await;
+
+    // An audit catches a corrupt shard nobody read, and repair replaces it.
+    let key = &keys[7];
+    let v = meta.version("bkt", key, None).unwrap().unwrap();
+    let shard = v.layout.as_ref().unwrap().segments[2].shards[5].clone();
+    let holder = node_ids
+        .iter()
+        .position(|id| *id == shard.provider)
+        .unwrap();
+    let file = tmp
+        .path()
+        .join("providers")
+        .join(holder.to_string())
+        .join("shards")
+        .join(format!("{}.shard", shard.shard_id));
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in bytes.iter_mut().skip(200) {
+        *b ^= 0x33;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let audit = audit_round(&gateway, Some(&cluster.metrics), 10_000)
+        .await
+        .unwrap();
+    assert_eq!(audit.failed, 1, "{audit:?}");
+    assert!(audit.passed > 100, "{audit:?}");
+    assert_eq!(plan_json(&admin).await["repair"]["due"], 1);
+    let (_, metrics) = http_get(&format!("{admin}/metrics")).await;
+    assert!(
+        metrics.contains(&format!(
+            "sublet_gateway_audits_total{{provider=\"{}\",result=\"fail\"}} 1",
+            shard.provider
+        )),
+        "{metrics}"
+    );
+    let report = repairer.run_pass("standard", false, 100).await.unwrap();
+    assert_eq!(
+        (report.repaired, report.shards_rebuilt),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(plan_json(&admin).await["repair"]["due"], 0);
     read_all(svc.clone(), bodies.clone()).await;
 
     for p in providers.into_iter().flatten() {

@@ -159,6 +159,19 @@ pub struct ProviderSeen {
     pub down_since: Option<i64>,
 }
 
+/// A stored shard picked for an audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSample {
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    pub pos: ShardPos,
+    pub shard_id: String,
+    /// BLAKE3 recorded at write time (hex).
+    pub hash: String,
+    pub length: u64,
+}
+
 /// Where one shard of a version sits in its layout: (piece, segment, index).
 pub type ShardPos = (usize, usize, usize);
 
@@ -329,6 +342,17 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// `false` (nothing changed) when the version was replaced, deleted or repaired since.
     fn replace_layout(&self, _seq: i64, _expected: &Layout, _new: &Layout) -> Result<bool> {
         Err(MetaError::Store("this store cannot swap layouts".into()))
+    }
+    /// Up to `count` random shards on `provider` not already flagged bad, to audit.
+    fn audit_samples(&self, _provider: &str, _count: usize) -> Result<Vec<AuditSample>> {
+        Ok(Vec::new())
+    }
+    /// Ids of every shard on `provider` that metadata still needs: versions' and parts' of
+    /// uploads in progress. Everything else there is garbage.
+    fn referenced_shards(&self, _provider: &str) -> Result<std::collections::HashSet<String>> {
+        Err(MetaError::Store(
+            "this store cannot list referenced shards".into(),
+        ))
     }
     /// Shards and their bytes per provider node id, over every stored version.
     fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {

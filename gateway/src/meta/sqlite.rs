@@ -13,12 +13,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::layout::Layout;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::{
-    Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError, MetadataStore,
-    ObjectVersion, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos, Upload, UploadPage,
-    UploadPart, UploadQuery, VersionEntry, VersionPage, VersionQuery, Versioning,
+    AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
+    MetadataStore, ObjectVersion, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos,
+    Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage, VersionQuery,
+    Versioning,
 };
 
 const SCHEMA: &str = "
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS shards (
     idx INTEGER NOT NULL,
     provider TEXT NOT NULL,
     shard_id TEXT NOT NULL,
+    hash TEXT NOT NULL,
     length INTEGER NOT NULL,
     width INTEGER NOT NULL,
     needed INTEGER NOT NULL,
@@ -168,8 +170,8 @@ fn backfill_shard_index(conn: &Connection) -> rusqlite::Result<()> {
 /// Adds one `shards` row per shard of `layout` for version `seq`.
 fn index_shards(conn: &Connection, seq: i64, layout: &Layout) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT OR REPLACE INTO shards (version_seq, piece, segment, idx, provider, shard_id, length, width, needed) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR REPLACE INTO shards (version_seq, piece, segment, idx, provider, shard_id, hash, length, width, needed) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for (p, piece) in layout.pieces().enumerate() {
         let width = piece.scheme.width() as i64;
@@ -183,6 +185,7 @@ fn index_shards(conn: &Connection, seq: i64, layout: &Layout) -> rusqlite::Resul
                     i as i64,
                     shard.provider,
                     shard.shard_id,
+                    shard.hash,
                     i64::try_from(shard.length).unwrap_or(i64::MAX),
                     width,
                     needed
@@ -633,6 +636,68 @@ impl MetadataStore for SqliteStore {
             .map_err(store_err)?;
         }
         tx.commit().map_err(store_err)
+    }
+
+    fn audit_samples(&self, provider: &str, samples: usize) -> Result<Vec<AuditSample>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT v.bucket, v.key, v.version_id, s.piece, s.segment, s.idx, s.shard_id, s.hash, s.length
+                 FROM shards s JOIN versions v ON v.seq = s.version_seq
+                 WHERE s.provider = ?1 AND s.bad_since IS NULL
+                 ORDER BY random() LIMIT ?2",
+            )
+            .map_err(store_err)?;
+        let limit = i64::try_from(samples).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![provider, limit], |r| {
+                let n = |i: usize| r.get::<_, i64>(i).map(|v| usize::try_from(v).unwrap_or(0));
+                Ok(AuditSample {
+                    bucket: r.get(0)?,
+                    key: r.get(1)?,
+                    version_id: r.get(2)?,
+                    pos: (n(3)?, n(4)?, n(5)?),
+                    shard_id: r.get(6)?,
+                    hash: r.get(7)?,
+                    length: count(r.get(8)?),
+                })
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn referenced_shards(&self, provider: &str) -> Result<HashSet<String>> {
+        let conn = self.conn();
+        let mut out = HashSet::new();
+        {
+            let mut stmt = conn
+                .prepare_cached("SELECT shard_id FROM shards WHERE provider = ?1")
+                .map_err(store_err)?;
+            let rows = stmt
+                .query_map(params![provider], |r| r.get::<_, String>(0))
+                .map_err(store_err)?;
+            for id in rows {
+                out.insert(id.map_err(store_err)?);
+            }
+        }
+        // Parts of uploads in progress are not versions yet but their shards are not garbage.
+        let mut stmt = conn
+            .prepare("SELECT layout FROM parts")
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(store_err)?;
+        for text in rows {
+            let layout: Layout =
+                serde_json::from_str(&text.map_err(store_err)?).map_err(store_err)?;
+            out.extend(
+                layout
+                    .shards()
+                    .filter(|s| s.provider == provider)
+                    .map(|s| s.shard_id.clone()),
+            );
+        }
+        Ok(out)
     }
 
     fn replace_layout(&self, seq: i64, expected: &Layout, new: &Layout) -> Result<bool> {
