@@ -200,6 +200,16 @@ pub async fn start_cluster_with(
             .with_placement(topology, Arc::clone(&health))?
             .with_rebuild(rebuild),
     );
+    let pools: Vec<(String, String)> = gateway
+        .topology()
+        .sites
+        .iter()
+        .map(|s| (s.node_id.clone(), s.pool.clone()))
+        .collect();
+    gateway
+        .metadata()
+        .record_pools(&pools, crate::health::now_ms())
+        .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
     crate::serve::probe_and_record(&probes, &health, gateway.metadata()).await;
     Ok(Cluster {
         dir: dir.to_path_buf(),

@@ -706,13 +706,22 @@ pub fn lost_versions(
     meta.queued_versions(plan, cut, grace, policy.min_healthy_shards, true, limit)
 }
 
-/// Shards and bytes per pool, from the shard index and the topology.
+/// Shards and bytes per pool, from the shard index and the pool each provider was last
+/// configured in: a pool taken out of the configuration keeps counting what is still stored
+/// on its providers (the operator holds a deleted pool until that is 0). Configured pools
+/// are listed even when empty.
 pub fn pool_usage(gateway: &Gateway) -> crate::meta::Result<BTreeMap<String, (u64, u64)>> {
-    let usage = gateway.metadata().provider_usage()?;
+    let meta = gateway.metadata();
+    let usage = meta.provider_usage()?;
+    let mut pools = meta.provider_pools()?;
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for site in &gateway.topology().sites {
-        let entry = out.entry(site.pool.clone()).or_default();
-        if let Some((shards, bytes)) = usage.get(&site.node_id) {
+        pools.insert(site.node_id.clone(), site.pool.clone());
+        out.entry(site.pool.clone()).or_default();
+    }
+    for (node, (shards, bytes)) in usage {
+        if let Some(pool) = pools.get(&node) {
+            let entry = out.entry(pool.clone()).or_default();
             entry.0 += shards;
             entry.1 += bytes;
         }

@@ -315,11 +315,19 @@ pub async fn probe_and_record(
     health: &HealthBoard,
     meta: &Arc<dyn MetadataStore>,
 ) {
-    let outcomes = probe(providers, health).await;
+    let mut outcomes = probe(providers, health).await;
     let meta = Arc::clone(meta);
-    let recorded =
-        tokio::task::spawn_blocking(move || meta.record_probes(&outcomes, crate::health::now_ms()))
-            .await;
+    let recorded = tokio::task::spawn_blocking(move || {
+        // A provider no longer configured is never probed again: it counts as down from
+        // now, so its shards are repaired elsewhere after the grace period.
+        for node in meta.providers_seen()?.into_keys() {
+            if !outcomes.iter().any(|(n, _)| *n == node) {
+                outcomes.push((node, false));
+            }
+        }
+        meta.record_probes(&outcomes, crate::health::now_ms())
+    })
+    .await;
     match recorded {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "recording provider probes failed"),
@@ -458,6 +466,12 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
             .with_placement(topology(config, &endpoints), Arc::clone(&health))?
             .with_rebuild(rebuild_policies(config)),
     );
+    let pools: Vec<(String, String)> = endpoints
+        .iter()
+        .map(|e| (e.site.node_id.clone(), e.site.pool.clone()))
+        .collect();
+    meta.record_pools(&pools, crate::health::now_ms())
+        .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
     probe_and_record(&clients, &health, &meta).await;
     Ok(Built {
         gateway,

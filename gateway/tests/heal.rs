@@ -393,6 +393,24 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     assert_eq!(plan_json(&admin).await["repair"]["due"], 0);
     read_all(svc.clone(), bodies.clone()).await;
 
+    // A provider dropped from the configuration is no longer probed: it counts as down from
+    // now on, so its shards are repaired elsewhere once the grace period is over.
+    let (dropped, _) = &cluster.probes[2];
+    let fewer: Vec<_> = cluster
+        .probes
+        .iter()
+        .filter(|(id, _)| id != dropped)
+        .cloned()
+        .collect();
+    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
+    sublet_gateway::serve::probe_and_record(&fewer, gateway.health(), &meta).await;
+    let seen = meta.providers_seen().unwrap();
+    assert!(seen[dropped].down_since.is_some());
+    assert!(seen[&node_ids[3]].down_since.is_none());
+    let h = plan_json(&admin).await;
+    assert!(h["repair"]["waiting"].as_u64().unwrap() > 0, "{h}");
+    assert_eq!(h["repair"]["due"], 0, "{h}");
+
     for p in providers.into_iter().flatten() {
         p.shutdown().await;
     }

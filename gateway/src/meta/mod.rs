@@ -292,6 +292,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn record_probes(&self, _outcomes: &[(String, bool)], _now: i64) -> Result<()> {
         Ok(())
     }
+    /// Records which pool each provider belongs to (at `now`, Unix ms, for providers never
+    /// seen before), so shards stay attributed to a pool after it leaves the configuration.
+    fn record_pools(&self, _pools: &[(String, String)], _now: i64) -> Result<()> {
+        Ok(())
+    }
+    /// The pool each provider was last configured in.
+    fn provider_pools(&self) -> Result<BTreeMap<String, String>> {
+        Ok(BTreeMap::new())
+    }
     /// What was last seen of every provider probed so far.
     fn providers_seen(&self) -> Result<BTreeMap<String, ProviderSeen>> {
         Ok(BTreeMap::new())
@@ -877,6 +886,15 @@ mod tests {
         s.put_version(&striped("b", 1)).unwrap();
         assert_eq!(one_group(&s, 0), [(6, 6, 2)]);
         assert_eq!(s.provider_usage().unwrap()["n0"], (3, 51));
+        s.record_pools(
+            &[("n0".into(), "home".into()), ("gone".into(), "old".into())],
+            1_000,
+        )
+        .unwrap();
+        let pools = s.provider_pools().unwrap();
+        assert_eq!(pools["n0"], "home");
+        assert_eq!(pools["gone"], "old");
+        assert!(s.providers_seen().unwrap()["gone"].down_since.is_none());
 
         // n5 stops answering at 2000: reachable drops at once, healthy only past the cut.
         s.record_probes(&[("n5".into(), false)], 2_000).unwrap();

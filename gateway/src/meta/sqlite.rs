@@ -64,7 +64,8 @@ CREATE INDEX IF NOT EXISTS shards_by_provider ON shards (provider);
 CREATE TABLE IF NOT EXISTS providers (
     node_id TEXT PRIMARY KEY,
     last_seen INTEGER NOT NULL,
-    down_since INTEGER
+    down_since INTEGER,
+    pool TEXT
 );
 CREATE TABLE IF NOT EXISTS uploads (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -486,6 +487,31 @@ impl MetadataStore for SqliteStore {
             tx.execute(sql, params![node, now]).map_err(store_err)?;
         }
         tx.commit().map_err(store_err)
+    }
+
+    fn record_pools(&self, pools: &[(String, String)], now: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        for (node, pool) in pools {
+            tx.execute(
+                "INSERT INTO providers (node_id, last_seen, down_since, pool) VALUES (?1, ?3, NULL, ?2) \
+                 ON CONFLICT (node_id) DO UPDATE SET pool = ?2",
+                params![node, pool, now],
+            )
+            .map_err(store_err)?;
+        }
+        tx.commit().map_err(store_err)
+    }
+
+    fn provider_pools(&self) -> Result<BTreeMap<String, String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT node_id, pool FROM providers WHERE pool IS NOT NULL")
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
     }
 
     fn providers_seen(&self) -> Result<BTreeMap<String, ProviderSeen>> {
