@@ -369,29 +369,46 @@ impl Repairer {
                     .filter(|(_, s)| **s == ShardState::Lost)
                     .map(|(i, _)| i)
                     .collect();
-                for (i, loc) in segment.shards.iter().enumerate() {
-                    if got.iter().filter(|s| s.is_some()).count() >= needed {
-                        break;
-                    }
-                    if states[i] != ShardState::Readable {
-                        continue;
-                    }
-                    let Some(backend) = self.gateway.backend(&loc.provider) else {
-                        continue;
-                    };
-                    match backend.get(&loc.shard_id).await {
-                        Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => {
-                            pace.spend(bytes.len() as u64).await;
-                            got[i] = Some(bytes.to_vec());
+                // Ask for exactly the shards still missing, in parallel, in stripe order.
+                let readable: Vec<usize> = (0..width)
+                    .filter(|&i| states[i] == ShardState::Readable)
+                    .collect();
+                let mut next = 0;
+                while got.iter().filter(|s| s.is_some()).count() < needed && next < readable.len() {
+                    let missing = needed - got.iter().filter(|s| s.is_some()).count();
+                    let batch: Vec<usize> =
+                        readable[next..].iter().copied().take(missing).collect();
+                    next += batch.len();
+                    let fetches = batch.iter().map(|&i| {
+                        let loc = &segment.shards[i];
+                        let backend = self.gateway.backend(&loc.provider);
+                        async move {
+                            match backend {
+                                Some(b) => b.get(&loc.shard_id).await,
+                                None => Err(crate::dataplane::BackendError(format!(
+                                    "provider {} is not configured",
+                                    loc.provider
+                                ))),
+                            }
                         }
-                        Ok(_) => {
-                            tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check during repair");
-                            lost.insert(i);
-                        }
-                        Err(e) => {
-                            tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, error = %e, "shard read failed during repair");
-                            if e.shard_gone() {
+                    });
+                    let fetched = futures::future::join_all(fetches).await;
+                    for (&i, result) in batch.iter().zip(fetched) {
+                        let loc = &segment.shards[i];
+                        match result {
+                            Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => {
+                                pace.spend(bytes.len() as u64).await;
+                                got[i] = Some(bytes.to_vec());
+                            }
+                            Ok(_) => {
+                                tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check during repair");
                                 lost.insert(i);
+                            }
+                            Err(e) => {
+                                tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, error = %e, "shard read failed during repair");
+                                if e.shard_gone() {
+                                    lost.insert(i);
+                                }
                             }
                         }
                     }
