@@ -590,3 +590,63 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
         p.shutdown().await;
     }
 }
+
+/// Repair throughput on loopback: `cargo nextest run --release -p sublet-gateway --test heal
+/// --run-ignored only`. Prints MB/s of rebuilt shards after losing one provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark"]
+async fn repair_throughput() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        name: "standard".into(),
+        scheme: Scheme::Erasure { data: 4, parity: 2 },
+        encrypt: true,
+        segment_size: 16 << 20,
+        write_quorum: 6,
+    };
+    let policy = RebuildPolicy {
+        grace_period: Duration::ZERO,
+        max_concurrent: 4,
+        ..RebuildPolicy::default()
+    };
+    let mut cluster = dev::start_cluster_with(
+        tmp.path(),
+        8,
+        vec![plan],
+        HashMap::from([("standard".to_owned(), policy)]),
+    )
+    .await
+    .unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let svc = dev::service(Arc::clone(&gateway), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+    let body = data(32 << 20, 1);
+    for i in 0..16 {
+        let (s, _) = call(&svc, Method::PUT, &format!("/bkt/o{i}"), body.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let dead = cluster.providers.remove(0);
+    dead.shutdown().await;
+    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), gateway.metadata())
+        .await;
+    let started = std::time::Instant::now();
+    let report = Repairer::new(Arc::clone(&gateway), None)
+        .run_pass("standard", false, 1000)
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "repaired {} objects, {} shards, {:.1} MiB in {secs:.2} s: {:.1} MiB/s of rebuilt shards",
+        report.repaired,
+        report.shards_rebuilt,
+        report.bytes_written as f64 / f64::from(1 << 20),
+        report.bytes_written as f64 / f64::from(1 << 20) / secs
+    );
+    assert_eq!(report.failed, 0);
+    for p in cluster.providers.drain(..) {
+        p.shutdown().await;
+    }
+}
