@@ -17,6 +17,22 @@ use crate::layout::{Encryption, Layout, Scheme, Segment, ShardLocation};
 #[error("{0}")]
 pub struct BackendError(pub String);
 
+impl BackendError {
+    /// The provider answered that it has no such shard, or that its copy is corrupt: the
+    /// shard is gone (as opposed to a provider that did not answer).
+    pub fn shard_gone(&self) -> bool {
+        self.0.contains("NotFound") || self.0.contains("DataLoss")
+    }
+
+    /// The provider answered an audit with bytes that do not verify.
+    pub fn audit_failed(&self) -> bool {
+        self.0.contains("AuditFailed")
+    }
+}
+
+/// Told about shards a read found gone or corrupt: (segment, shard index).
+pub type BadShardReport = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
 /// One place shards can be written to and read from: a provider, seen from the gateway.
 #[async_trait]
 pub trait ShardBackend: Send + Sync {
@@ -26,6 +42,32 @@ pub trait ShardBackend: Send + Sync {
     async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError>;
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError>;
     async fn delete(&self, shard_id: &str) -> Result<(), BackendError>;
+    /// Proves the provider holds bytes `[offset, offset + len)` of a shard whose BLAKE3 is
+    /// `hash`. A provider that answers with bytes that do not verify fails with an error
+    /// starting `AuditFailed`. This default reads the whole shard.
+    async fn audit(
+        &self,
+        shard_id: &str,
+        offset: u64,
+        len: u64,
+        hash: &[u8; 32],
+    ) -> Result<(), BackendError> {
+        let _ = (offset, len);
+        let data = self.get(shard_id).await?;
+        if blake3::hash(&data).as_bytes() == hash {
+            Ok(())
+        } else {
+            Err(BackendError(format!(
+                "AuditFailed: shard {shard_id} on {} does not match its hash",
+                self.node_id()
+            )))
+        }
+    }
+    /// Every stored shard with when it was stored (Unix seconds), for garbage collection;
+    /// `None` when this backend cannot list.
+    async fn list(&self) -> Result<Option<Vec<(String, i64)>>, BackendError> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +240,7 @@ pub struct ObjectReader {
     layout: Layout,
     key: Option<DataKey>,
     hedge_after: std::time::Duration,
+    report: Option<BadShardReport>,
 }
 
 /// How long a segment read waits on its outstanding shard requests before it also asks
@@ -214,12 +257,19 @@ impl ObjectReader {
             layout,
             key,
             hedge_after: HEDGE_AFTER,
+            report: None,
         })
     }
 
     /// Changes the hedge delay ([`HEDGE_AFTER`] by default).
     pub fn with_hedge_after(mut self, after: std::time::Duration) -> Self {
         self.hedge_after = after;
+        self
+    }
+
+    /// Calls `report` for every shard a read finds corrupt or gone, so it gets repaired.
+    pub fn with_bad_shard_report(mut self, report: BadShardReport) -> Self {
+        self.report = Some(report);
         self
     }
 
@@ -256,7 +306,8 @@ impl ObjectReader {
                 .flatten()?;
             Some((i, loc, backend))
         });
-        let fetch = |(i, loc, backend)| fetch_shard(i, loc, backend);
+        let report = self.report.as_ref();
+        let fetch = |(i, loc, backend)| fetch_shard(index, i, loc, backend, report);
         // Ask for exactly `needed` shards; each failure, and each `hedge_after` without an
         // answer, asks one more provider. The first `needed` good shards win; slower
         // requests are dropped (cancelled).
@@ -304,19 +355,31 @@ impl ObjectReader {
 }
 
 /// Shard `index` of a stripe from `backend`, if it arrives and matches its recorded hash.
+/// A shard that is corrupt or gone goes to `report` (segment, shard) for repair.
 async fn fetch_shard(
+    segment: usize,
     index: usize,
     loc: &ShardLocation,
     backend: Arc<dyn ShardBackend>,
+    report: Option<&BadShardReport>,
 ) -> (usize, Option<Vec<u8>>) {
+    let gone = || {
+        if let Some(report) = report {
+            report(segment, index);
+        }
+    };
     let shard = match backend.get(&loc.shard_id).await {
         Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => Some(bytes.to_vec()),
         Ok(_) => {
             tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
+            gone();
             None
         }
         Err(e) => {
             tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, error = %e, "shard read failed");
+            if e.shard_gone() {
+                gone();
+            }
             None
         }
     };
@@ -476,6 +539,19 @@ mod tests {
         assert_eq!(
             read_all(&master, &nodes, layout.clone()).await.unwrap(),
             data
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let reader = ObjectReader::new(&master, layout.clone())
+            .unwrap()
+            .with_bad_shard_report(Arc::new(move |seg, idx| {
+                sink.lock().unwrap().push((seg, idx))
+            }));
+        reader.read_segment(1, lookup(&nodes)).await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(1, 1), (1, 2)],
+            "lying shards are reported"
         );
         nodes[4]
             .corrupt

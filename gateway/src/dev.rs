@@ -1,5 +1,6 @@
 //! `sublet dev`: providers and a gateway in one process on loopback, state in one directory.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::auth::KeyRing;
 use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
+use crate::health::RebuildPolicy;
 use crate::layout::Scheme;
 use crate::meta::SqliteStore;
 use crate::metrics::{MeteredService, Metrics, ObservedBackend};
@@ -195,6 +197,16 @@ pub async fn start_cluster(
     providers: usize,
     plans: Vec<Plan>,
 ) -> anyhow::Result<Cluster> {
+    start_cluster_with(dir, providers, plans, HashMap::new()).await
+}
+
+/// [`start_cluster`] with rebuild rules per plan (the defaults for plans not named).
+pub async fn start_cluster_with(
+    dir: &Path,
+    providers: usize,
+    plans: Vec<Plan>,
+    rebuild: HashMap<String, RebuildPolicy>,
+) -> anyhow::Result<Cluster> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let token = load_or_create_token(&dir.join("cluster.token"))?;
     let credentials = load_or_create_credentials(&dir.join("credentials"))?;
@@ -233,9 +245,20 @@ pub async fn start_cluster(
     let topology = Topology::flat(backends.iter().map(|b| b.node_id()));
     let gateway = Arc::new(
         Gateway::new(Arc::new(meta), master, plans, backends)?
-            .with_placement(topology, Arc::clone(&health))?,
+            .with_placement(topology, Arc::clone(&health))?
+            .with_rebuild(rebuild),
     );
-    crate::serve::probe(&probes, &health).await;
+    let pools: Vec<(String, String)> = gateway
+        .topology()
+        .sites
+        .iter()
+        .map(|s| (s.node_id.clone(), s.pool.clone()))
+        .collect();
+    gateway
+        .metadata()
+        .record_pools(&pools, crate::health::now_ms())
+        .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
+    crate::serve::probe_and_record(&probes, &health, gateway.metadata()).await;
     Ok(Cluster {
         dir: dir.to_path_buf(),
         providers: running,
@@ -476,7 +499,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     let admin = match crate::metrics::spawn_admin(
         admin_listen,
         cluster.metrics.clone(),
-        Arc::clone(cluster.gateway.metadata()),
+        Arc::clone(&cluster.gateway),
     )
     .await
     {
@@ -489,7 +512,21 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     let (_stop_probes, stop) = tokio::sync::watch::channel(false);
     let probing = crate::serve::spawn_probes(
         cluster.probes.clone(),
+        Vec::new(),
         Arc::clone(cluster.gateway.health()),
+        Arc::clone(cluster.gateway.metadata()),
+        stop.clone(),
+    );
+    let repairing = crate::repair::spawn_loop(
+        Arc::clone(&cluster.gateway),
+        Some(cluster.metrics.clone()),
+        crate::repair::LOOP_INTERVAL,
+        stop.clone(),
+    );
+    let auditing = crate::audit::spawn_loop(
+        Arc::clone(&cluster.gateway),
+        Some(cluster.metrics.clone()),
+        crate::audit::AuditPolicy::default(),
         stop.clone(),
     );
     // Bucket lifecycle rules (PutBucketLifecycleConfiguration); dev has no schedules.
@@ -534,6 +571,8 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     tracing::info!("shutting down");
     probing.abort();
     lifecycle.abort();
+    repairing.abort();
+    auditing.abort();
     for p in cluster.providers {
         p.shutdown().await;
     }

@@ -58,6 +58,32 @@ enum Command {
         #[arg(long, env = "SUBLET_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
     },
+    /// Rebuild the lost shards of a plan's objects (what the operator's rebuild Jobs run),
+    /// most at risk first, until none is due.
+    Repair {
+        /// The StoragePlan whose objects to repair.
+        #[arg(long)]
+        plan: String,
+        /// The multi-document YAML file the gateway runs from.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One pass over the queue, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Ask the gateway at this admin URL to do the repairs (a Job beside a gateway pod)
+        /// instead of opening the gateway's state here.
+        #[arg(long, env = "SUBLET_ADMIN_URL")]
+        admin_url: Option<String>,
+        /// Bytes per second to read plus write, e.g. `50Mi`; overrides the schedule's.
+        #[arg(long, env = "SUBLET_REPAIR_BANDWIDTH_LIMIT")]
+        bandwidth_limit: Option<String>,
+        /// Directory of the gateway's metadata and identity; overrides spec.dataDir.
+        #[arg(long, env = "SUBLET_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Token presented to providers; overrides spec.providerToken.
+        #[arg(long, env = "SUBLET_PROVIDER_TOKEN", hide_env_values = true)]
+        provider_token: Option<String>,
+    },
     /// Rebuild a lost metadata store from the newest snapshot on the providers
     /// (`sublet serve` stores one every hour). Needs the gateway's config and master key.
     Recover {
@@ -107,6 +133,26 @@ async fn main() {
             };
             sublet_gateway::serve::run(&config, &overrides).await
         }
+        Command::Repair {
+            plan,
+            config,
+            once,
+            admin_url,
+            bandwidth_limit,
+            data_dir,
+            provider_token,
+        } => {
+            repair(
+                plan,
+                config,
+                once,
+                admin_url,
+                bandwidth_limit,
+                data_dir,
+                provider_token,
+            )
+            .await
+        }
         Command::Recover {
             config,
             data_dir,
@@ -119,6 +165,39 @@ async fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+async fn repair(
+    plan: String,
+    config: PathBuf,
+    once: bool,
+    admin_url: Option<String>,
+    bandwidth_limit: Option<String>,
+    data_dir: Option<PathBuf>,
+    provider_token: Option<String>,
+) -> anyhow::Result<()> {
+    let bandwidth_limit = bandwidth_limit
+        .map(|b| {
+            sublet_crds::ByteSize::parse(&b)
+                .map(|s| s.bytes())
+                .map_err(|e| {
+                    anyhow::anyhow!("--bandwidth-limit (SUBLET_REPAIR_BANDWIDTH_LIMIT) {b}: {e}")
+                })
+        })
+        .transpose()?;
+    let file = sublet_crds::load_file(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cmd = sublet_gateway::repair::RepairCommand {
+        plan,
+        once,
+        admin_url,
+        bandwidth_limit,
+    };
+    let overrides = sublet_gateway::serve::Overrides {
+        data_dir,
+        provider_token,
+        ..Default::default()
+    };
+    sublet_gateway::repair::run_command(&cmd, &file, &overrides).await
 }
 
 async fn recover(

@@ -17,6 +17,7 @@ use s3s::{HttpError, HttpRequest, HttpResponse};
 use crate::dataplane::{BackendError, ShardBackend};
 use crate::meta::MetadataStore;
 use crate::placement::HealthBoard;
+use crate::s3::Gateway;
 
 /// The gateway's metrics, in a registry of their own so several gateways can run in one
 /// process (tests).
@@ -41,6 +42,26 @@ pub struct Metrics {
     pub plan_objects: IntGaugeVec,
     /// Logical bytes of stored versions per plan.
     pub plan_bytes: IntGaugeVec,
+    /// Stored versions per plan and health class.
+    pub plan_health_objects: IntGaugeVec,
+    /// Objects per plan due for repair (`state` due, or waiting inside the grace period).
+    pub repair_queue: IntGaugeVec,
+    /// Age of the oldest loss among a plan's due objects.
+    pub repair_oldest_seconds: IntGaugeVec,
+    /// Objects repaired per plan.
+    pub repaired_objects: IntCounterVec,
+    /// Shards rebuilt and written per plan.
+    pub rebuilt_shards: IntCounterVec,
+    /// Bytes of rebuilt shards written per plan.
+    pub rebuilt_bytes: IntCounterVec,
+    /// Repairs that failed or lost a race, per plan and reason.
+    pub repair_failures: IntCounterVec,
+    /// Shard audits per provider and result (`pass`, `fail`).
+    pub audits: IntCounterVec,
+    /// Percent of a provider's audits passed since the gateway started.
+    pub provider_score: IntGaugeVec,
+    /// Unreferenced shards removed from providers.
+    pub gc_deleted: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,6 +113,56 @@ impl Metrics {
             "Logical bytes of stored object versions by plan.",
             &["plan"],
         )?;
+        let plan_health_objects = gauge(
+            "plan_health_objects",
+            "Stored object versions by plan and health class (healthy, degraded, at_risk = exactly dataShards left, lost).",
+            &["plan", "class"],
+        )?;
+        let repair_queue = gauge(
+            "repair_queue_objects",
+            "Objects below minHealthyShards by plan: state due (past the grace period), at_risk (due with only dataShards left) or waiting (inside the grace period).",
+            &["plan", "state"],
+        )?;
+        let repair_oldest_seconds = gauge(
+            "repair_oldest_queued_seconds",
+            "Age of the oldest shard loss among a plan's objects due for repair.",
+            &["plan"],
+        )?;
+        let repaired_objects = counter(
+            "repaired_objects_total",
+            "Objects whose lost shards were rebuilt, by plan.",
+            &["plan"],
+        )?;
+        let rebuilt_shards = counter(
+            "rebuilt_shards_total",
+            "Shards rebuilt and written to new providers, by plan.",
+            &["plan"],
+        )?;
+        let rebuilt_bytes = counter(
+            "rebuilt_bytes_total",
+            "Bytes of rebuilt shards written, by plan.",
+            &["plan"],
+        )?;
+        let repair_failures = counter(
+            "repair_failures_total",
+            "Repairs that failed (unreadable, unplaceable, write failed) or lost a race to a change of the object, by plan and reason.",
+            &["plan", "reason"],
+        )?;
+        let audits = counter(
+            "audits_total",
+            "Shard audits (a random slice verified against the hash recorded at write time) by provider and result.",
+            &["provider", "result"],
+        )?;
+        let provider_score = gauge(
+            "provider_score",
+            "Percent of a provider's audits passed since the gateway started.",
+            &["provider"],
+        )?;
+        let gc_deleted = counter(
+            "gc_deleted_shards_total",
+            "Shards no metadata referenced, removed from providers after the safety delay.",
+            &["provider"],
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "sublet_gateway_request_duration_seconds",
@@ -112,7 +183,63 @@ impl Metrics {
             shard_failures,
             plan_objects,
             plan_bytes,
+            plan_health_objects,
+            repair_queue,
+            repair_oldest_seconds,
+            repaired_objects,
+            rebuilt_shards,
+            rebuilt_bytes,
+            repair_failures,
+            audits,
+            provider_score,
+            gc_deleted,
         })
+    }
+
+    /// Reads every plan's health (from the shard index) into the gauges.
+    pub fn refresh_health(&self, gateway: &Gateway) {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.plan_health_objects.reset();
+        self.repair_queue.reset();
+        self.repair_oldest_seconds.reset();
+        for plan in gateway.plans() {
+            let policy = gateway.rebuild_policy(&plan.name);
+            let h = match crate::health::plan_health(
+                gateway.metadata().as_ref(),
+                &plan.name,
+                &policy,
+            ) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(plan = plan.name, error = %e, "reading plan health failed");
+                    continue;
+                }
+            };
+            let name = plan.name.as_str();
+            let c = h.objects_by_health;
+            for (class, n) in [
+                ("healthy", c.healthy),
+                ("degraded", c.degraded),
+                ("at_risk", c.at_risk),
+                ("lost", c.lost),
+            ] {
+                self.plan_health_objects
+                    .with_label_values(&[name, class])
+                    .set(clamp(n));
+            }
+            for (state, n) in [
+                ("due", h.repair.due),
+                ("at_risk", h.repair.at_risk),
+                ("waiting", h.repair.waiting),
+            ] {
+                self.repair_queue
+                    .with_label_values(&[name, state])
+                    .set(clamp(n));
+            }
+            self.repair_oldest_seconds
+                .with_label_values(&[name])
+                .set(clamp(h.oldest_queued_seconds.unwrap_or(0)));
+        }
     }
 
     /// Reads objects and bytes per plan from metadata into the gauges.
@@ -346,37 +473,58 @@ impl ShardBackend for ObservedBackend {
         self.outcome("delete", &result);
         result
     }
+
+    async fn audit(
+        &self,
+        shard_id: &str,
+        offset: u64,
+        len: u64,
+        hash: &[u8; 32],
+    ) -> Result<(), BackendError> {
+        // Audit outcomes count in the provider's audit record, not its reachability.
+        self.inner.audit(shard_id, offset, len, hash).await
+    }
+
+    async fn list(&self) -> Result<Option<Vec<(String, i64)>>, BackendError> {
+        self.inner.list().await
+    }
 }
 
-/// Serves `/metrics` (refreshing plan gauges from `meta` first) and `/healthz` on `listener`
-/// until `shutdown` resolves.
+/// Serves `/metrics` (refreshing plan and health gauges from metadata first), `/healthz` and
+/// the admin API ([`crate::admin`]) on `listener` until `shutdown` resolves.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
-    meta: Arc<dyn MetadataStore>,
+    gateway: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                let meta = Arc::clone(&meta);
-                async move {
-                    let m = metrics.clone();
-                    if let Err(e) =
-                        tokio::task::spawn_blocking(move || m.refresh_plans(meta.as_ref())).await
-                    {
-                        tracing::warn!(error = %e, "plan usage task failed");
-                    }
-                    (
-                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        metrics.render(),
-                    )
+    let scrape = {
+        let gateway = Arc::clone(&gateway);
+        let metrics = metrics.clone();
+        move || {
+            let metrics = metrics.clone();
+            let gateway = Arc::clone(&gateway);
+            async move {
+                let m = metrics.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || {
+                    m.refresh_plans(gateway.metadata().as_ref());
+                    m.refresh_health(&gateway);
+                })
+                .await
+                {
+                    tracing::warn!(error = %e, "plan usage task failed");
                 }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }
+        }
+    };
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .merge(crate::admin::router(gateway, Some(metrics)));
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
@@ -389,13 +537,18 @@ pub async fn serve_admin(
 pub async fn spawn_admin(
     addr: SocketAddr,
     metrics: Metrics,
-    meta: Arc<dyn MetadataStore>,
+    gateway: Arc<Gateway>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(serve_admin(listener, metrics, meta, std::future::pending()));
+    tokio::spawn(serve_admin(
+        listener,
+        metrics,
+        gateway,
+        std::future::pending(),
+    ));
     Ok(bound)
 }
 

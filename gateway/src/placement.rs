@@ -135,11 +135,30 @@ pub fn choose(
     key: &str,
     uid: &str,
 ) -> Result<Vec<usize>, Unplaceable> {
+    choose_more(plan, rule, &[], width, candidates, need_bytes, key, uid)
+}
+
+/// Like [`choose`], for a stripe that already has shards on `kept` (indices into
+/// `candidates`): picks `count` more providers, none of them in `kept`, so that kept and new
+/// shards together honour the plan's pool limits and failure domains. What repair places
+/// rebuilt shards with.
+#[allow(clippy::too_many_arguments)]
+pub fn choose_more(
+    plan: &str,
+    rule: &PlacementRule,
+    kept: &[usize],
+    count: usize,
+    candidates: &[Candidate],
+    need_bytes: u64,
+    key: &str,
+    uid: &str,
+) -> Result<Vec<usize>, Unplaceable> {
+    let width = kept.len() + count;
     let usable = |c: &Candidate| c.healthy && c.free_bytes.is_none_or(|free| free >= need_bytes);
     let mut ranked: Vec<(f64, usize)> = candidates
         .iter()
         .enumerate()
-        .filter(|(_, c)| rule.allows_pool(&c.site.pool) && usable(c))
+        .filter(|(i, c)| !kept.contains(i) && rule.allows_pool(&c.site.pool) && usable(c))
         .map(|(i, c)| (rank(key, uid, c), i))
         .collect();
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -152,6 +171,20 @@ pub fn choose(
         per_domain: HashMap::new(),
         per_pool: HashMap::new(),
     };
+    // Kept shards stay where they are, whatever the limits say now.
+    for &i in kept {
+        if i < candidates.len() && !pick.chosen.contains(&i) {
+            let site = &candidates[i].site;
+            *pick
+                .per_domain
+                .entry(domain_of(rule.spread_by, site))
+                .or_default() += 1;
+            *pick.per_pool.entry(site.pool.as_str()).or_default() += 1;
+            pick.chosen.push(i);
+        }
+    }
+    let kept_len = pick.chosen.len();
+    let width = kept_len + count;
 
     let mut minimums: Vec<&PoolRule> = rule.pools.iter().filter(|p| p.min_shards > 0).collect();
     minimums.sort_by_key(|p| {
@@ -190,7 +223,7 @@ pub fn choose(
             need_bytes,
         ));
     }
-    Ok(pick.chosen)
+    Ok(pick.chosen.split_off(kept_len))
 }
 
 struct Picker<'a> {
@@ -398,11 +431,18 @@ pub struct HealthBoard {
     states: Mutex<HashMap<String, ProviderState>>,
 }
 
+/// Audits failed in a row after which a provider gets no new shards until it passes one.
+pub const AUDIT_STRIKES: u32 = 3;
+
 #[derive(Debug, Default, Clone)]
 struct ProviderState {
     free_bytes: Option<u64>,
     last_success: Option<Instant>,
     last_failure: Option<Instant>,
+    audits_passed: u64,
+    audits_failed: u64,
+    /// Audits failed since the last one passed.
+    audit_strikes: u32,
 }
 
 impl HealthBoard {
@@ -437,12 +477,40 @@ impl HealthBoard {
         self.with(node, |s| s.free_bytes)
     }
 
-    /// Healthy unless it failed within [`FAILURE_WINDOW`] and has not answered since.
+    /// Records an audit of one of its shards.
+    pub fn record_audit(&self, node: &str, passed: bool) {
+        self.with(node, |s| {
+            if passed {
+                s.audits_passed += 1;
+                s.audit_strikes = 0;
+            } else {
+                s.audits_failed += 1;
+                s.audit_strikes += 1;
+            }
+        });
+    }
+
+    /// Percent of its audits passed since the gateway started; `None` before the first.
+    pub fn score(&self, node: &str) -> Option<u64> {
+        self.with(node, |s| {
+            let total = s.audits_passed + s.audits_failed;
+            (total > 0).then(|| s.audits_passed * 100 / total)
+        })
+    }
+
+    /// Healthy unless it failed within [`FAILURE_WINDOW`] and has not answered since, or
+    /// failed [`AUDIT_STRIKES`] audits in a row.
     pub fn healthy(&self, node: &str) -> bool {
-        self.with(node, |s| match s.last_failure {
-            None => true,
-            Some(failed) => {
-                s.last_success.is_some_and(|ok| ok > failed) || failed.elapsed() > FAILURE_WINDOW
+        self.with(node, |s| {
+            if s.audit_strikes >= AUDIT_STRIKES {
+                return false;
+            }
+            match s.last_failure {
+                None => true,
+                Some(failed) => {
+                    s.last_success.is_some_and(|ok| ok > failed)
+                        || failed.elapsed() > FAILURE_WINDOW
+                }
             }
         })
     }
@@ -802,6 +870,39 @@ mod tests {
                 &[("home", 4, None), ("rented", 0, Some(2))]
             )
         );
+    }
+
+    #[test]
+    fn more_shards_avoid_kept_providers_and_their_domains() {
+        let candidates = pool("p", 8, 4);
+        let r = rule(SpreadBy::Zone, 2, &[]);
+        // Zones p-z0 and p-z1 already hold two shards each.
+        let kept = [0, 4, 1, 5];
+        let more = choose_more("x", &r, &kept, 4, &candidates, 1, "k", "u").unwrap();
+        assert_eq!(more.len(), 4);
+        for i in &more {
+            assert!(!kept.contains(i));
+            assert!(["p-z2", "p-z3"].contains(&candidates[*i].site.zone.as_str()));
+        }
+        let err = choose_more("x", &r, &kept, 5, &candidates, 1, "k", "u").unwrap_err();
+        assert!(err.0.contains("needs 9 providers"), "{err}");
+    }
+
+    #[test]
+    fn repeated_audit_failures_stop_placement_until_an_audit_passes() {
+        let board = HealthBoard::default();
+        for _ in 0..AUDIT_STRIKES - 1 {
+            board.record_audit("n", false);
+        }
+        assert!(board.healthy("n"));
+        board.record_audit("n", false);
+        assert!(!board.healthy("n"));
+        board.record_free("n", 10);
+        assert!(!board.healthy("n"), "answering probes is not enough");
+        board.record_audit("n", true);
+        assert!(board.healthy("n"));
+        assert_eq!(board.score("n"), Some(25));
+        assert_eq!(board.score("other"), None);
     }
 
     #[test]

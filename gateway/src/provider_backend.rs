@@ -69,4 +69,31 @@ impl ShardBackend for ProviderBackend {
             .await
             .map(|_| ())
     }
+
+    async fn audit(
+        &self,
+        shard_id: &str,
+        offset: u64,
+        len: u64,
+        hash: &[u8; 32],
+    ) -> Result<(), BackendError> {
+        let call = self.client.audit(shard_id, offset, len, hash);
+        timed(&self.node_id, "audit", DELETE_TIMEOUT, call)
+            .await
+            .map(|_| ())
+    }
+
+    async fn list(&self) -> Result<Option<Vec<(String, i64)>>, BackendError> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let call = self.client.list_shards("", &after, 1000);
+            let (page, next) = timed(&self.node_id, "list", DELETE_TIMEOUT, call).await?;
+            out.extend(page.into_iter().map(|s| (s.shard_id, s.stored_at)));
+            match next {
+                Some(n) => after = n,
+                None => return Ok(Some(out)),
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! as the custom resources): providers from ProviderPool endpoints, plans from StoragePlans,
 //! keys, addresses and state paths from the StorageGateway.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use crate::auth::KeyRing;
 use crate::cloud_backend::{BucketTarget, CloudBackend};
 use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
+use crate::health::RebuildPolicy;
 use crate::layout::Scheme;
 use crate::meta::{MetadataStore, SqliteStore};
 use crate::metrics::{MeteredService, Metrics, ObservedBackend};
@@ -234,35 +235,31 @@ pub fn cloud_members(config: &Config) -> anyhow::Result<Vec<(Site, BucketTarget)
     Ok(out)
 }
 
-/// Checks every bucket member every [`PROBE_INTERVAL`] (a one-key listing), so placement
-/// and health see a bucket that stopped answering.
-pub fn spawn_cloud_probes(
-    clouds: Vec<Arc<CloudBackend>>,
-    health: Arc<HealthBoard>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PROBE_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
+/// Asks every bucket member for a listing once; a bucket that answers counts as seen.
+pub async fn probe_clouds(
+    clouds: &[Arc<CloudBackend>],
+    health: &HealthBoard,
+) -> Vec<(String, bool)> {
+    let calls = clouds.iter().map(|c| async move {
+        let ok = match tokio::time::timeout(PROBE_TIMEOUT, c.probe()).await {
+            Ok(Ok(())) => {
+                health.record_success(c.node_id());
+                true
             }
-            for c in &clouds {
-                match tokio::time::timeout(PROBE_TIMEOUT, c.probe()).await {
-                    Ok(Ok(())) => health.record_success(c.node_id()),
-                    Ok(Err(e)) => {
-                        tracing::warn!(bucket = %c.target().bucket, error = %e.0, "bucket probe failed");
-                        health.record_failure(c.node_id());
-                    }
-                    Err(_) => {
-                        tracing::warn!(bucket = %c.target().bucket, "bucket probe timed out");
-                        health.record_failure(c.node_id());
-                    }
-                }
+            Ok(Err(e)) => {
+                tracing::warn!(bucket = %c.target().bucket, error = %e.0, "bucket probe failed");
+                health.record_failure(c.node_id());
+                false
             }
-        }
-    })
+            Err(_) => {
+                tracing::warn!(bucket = %c.target().bucket, "bucket probe timed out");
+                health.record_failure(c.node_id());
+                false
+            }
+        };
+        (c.node_id().to_owned(), ok)
+    });
+    futures::future::join_all(calls).await
 }
 
 /// What the command line and environment add to the file: how a Kubernetes pod passes
@@ -379,6 +376,7 @@ pub struct Running {
     pub identity: NodeId,
     pub tls: bool,
     clients: Vec<(String, ProviderClient)>,
+    clouds: Vec<Arc<CloudBackend>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -386,7 +384,13 @@ pub struct Running {
 impl Running {
     /// Asks every provider for its free space now rather than at the next interval.
     pub async fn probe_now(&self) {
-        probe(&self.clients, &self.health).await;
+        probe_and_record_all(
+            &self.clients,
+            &self.clouds,
+            &self.health,
+            self.gateway.metadata(),
+        )
+        .await;
     }
 
     /// Takes a metadata snapshot now rather than at the next interval.
@@ -409,34 +413,85 @@ impl Running {
     }
 }
 
-/// Asks every provider for its free space once; unreachable ones count as failed.
-pub async fn probe(providers: &[(String, ProviderClient)], health: &HealthBoard) {
+/// Asks every provider for its free space once; unreachable ones count as failed. Returns
+/// who answered.
+pub async fn probe(
+    providers: &[(String, ProviderClient)],
+    health: &HealthBoard,
+) -> Vec<(String, bool)> {
     let calls = providers.iter().map(|(node, client)| async move {
-        match tokio::time::timeout(PROBE_TIMEOUT, client.info()).await {
-            Ok(Ok(info)) => health.record_free(node, info.free_bytes),
+        let ok = match tokio::time::timeout(PROBE_TIMEOUT, client.info()).await {
+            Ok(Ok(info)) => {
+                health.record_free(node, info.free_bytes);
+                true
+            }
             Ok(Err(e)) => {
                 tracing::warn!(provider = %node, error = %e, "provider probe failed");
                 health.record_failure(node);
+                false
             }
             Err(_) => {
                 tracing::warn!(provider = %node, "provider probe timed out");
                 health.record_failure(node);
+                false
+            }
+        };
+        (node.clone(), ok)
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Probes every provider once and persists who answered, so shard health (and the grace
+/// period) survives restarts.
+pub async fn probe_and_record(
+    providers: &[(String, ProviderClient)],
+    health: &HealthBoard,
+    meta: &Arc<dyn MetadataStore>,
+) {
+    probe_and_record_all(providers, &[], health, meta).await;
+}
+
+/// [`probe_and_record`] over providers and bucket members alike.
+pub async fn probe_and_record_all(
+    providers: &[(String, ProviderClient)],
+    clouds: &[Arc<CloudBackend>],
+    health: &HealthBoard,
+    meta: &Arc<dyn MetadataStore>,
+) {
+    let (mut outcomes, buckets) =
+        futures::future::join(probe(providers, health), probe_clouds(clouds, health)).await;
+    outcomes.extend(buckets);
+    let meta = Arc::clone(meta);
+    let recorded = tokio::task::spawn_blocking(move || {
+        // A provider no longer configured is never probed again: it counts as down from
+        // now, so its shards are repaired elsewhere after the grace period.
+        for node in meta.providers_seen()?.into_keys() {
+            if !outcomes.iter().any(|(n, _)| *n == node) {
+                outcomes.push((node, false));
             }
         }
-    });
-    futures::future::join_all(calls).await;
+        meta.record_probes(&outcomes, crate::health::now_ms())
+    })
+    .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "recording provider probes failed"),
+        Err(e) => tracing::warn!(error = %e, "recording provider probes failed"),
+    }
 }
 
 /// Probes providers every [`PROBE_INTERVAL`] until `stop` changes.
 pub fn spawn_probes(
     providers: Vec<(String, ProviderClient)>,
+    clouds: Vec<Arc<CloudBackend>>,
     health: Arc<HealthBoard>,
+    meta: Arc<dyn MetadataStore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(PROBE_INTERVAL) => probe(&providers, &health).await,
+                () = tokio::time::sleep(PROBE_INTERVAL) => probe_and_record_all(&providers, &clouds, &health, &meta).await,
                 _ = stop.changed() => return,
             }
         }
@@ -460,38 +515,73 @@ fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAccept
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Starts the gateway `config` describes: dials nothing yet but probes every provider once,
-/// then listens for S3 (and admin) requests.
-pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
+/// A gateway built from the file but not listening yet: what `sublet serve` runs and
+/// `sublet repair` repairs with.
+pub struct Built {
+    pub gateway: Arc<Gateway>,
+    pub metrics: Metrics,
+    pub health: Arc<HealthBoard>,
+    /// The gateway spec with the overrides applied.
+    pub spec: StorageGatewaySpec,
+    pub endpoints: Vec<ProviderEndpoint>,
+    pub paths: StatePaths,
+    pub identity: NodeId,
+    /// Clients to probe providers with, by node id.
+    pub clients: Vec<(String, ProviderClient)>,
+    /// Bucket members of the pools.
+    pub clouds: Vec<Arc<CloudBackend>>,
+}
+
+/// Rebuild rules of every plan: its schedule's, or the defaults when it names none.
+pub fn rebuild_policies(config: &Config) -> HashMap<String, RebuildPolicy> {
+    config
+        .plans
+        .iter()
+        .map(|(name, plan)| {
+            let policy = plan
+                .spec
+                .schedule
+                .as_ref()
+                .and_then(|s| config.schedules.get(s))
+                .map(|s| RebuildPolicy::from_schedule(&s.spec.rebuild))
+                .unwrap_or_default();
+            (name.clone(), policy)
+        })
+        .collect()
+}
+
+/// How often and how hard providers are audited: the tightest schedule any plan names.
+pub fn audit_policy(config: &Config) -> crate::audit::AuditPolicy {
+    crate::audit::AuditPolicy::tightest(
+        config
+            .plans
+            .values()
+            .filter_map(|p| p.spec.schedule.as_ref())
+            .filter_map(|s| config.schedules.get(s))
+            .map(|s| &s.spec.audit),
+    )
+}
+
+/// Opens the state `config` describes, dials every provider and probes them once.
+pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Built> {
     let Some(gateway_resource) = config.gateway() else {
         bail!(
             "the file must hold exactly one StorageGateway (found {}); sublet serve runs one gateway",
             config.gateways.len()
         );
     };
-    let spec = &overrides.apply(&gateway_resource.spec)?;
-    let paths = state_paths(spec, overrides.data_dir.as_deref())?;
+    let spec = overrides.apply(&gateway_resource.spec)?;
+    let paths = state_paths(&spec, overrides.data_dir.as_deref())?;
     std::fs::create_dir_all(&paths.data_dir)
         .with_context(|| format!("creating {}", paths.data_dir.display()))?;
     let plans = plans(config, &spec.default_plan)?;
     let endpoints = endpoints(config)?;
-    if spec.credentials.is_empty() {
-        bail!(
-            "StorageGateway spec.credentials is empty; add at least one access key \
-             (or set SUBLET_ACCESS_KEY and SUBLET_SECRET_KEY)"
-        );
-    }
-    let keys = KeyRing::from_credentials(&spec.credentials)?;
-    let tls = match &spec.tls {
-        Some(t) => Some(tls_acceptor(&t.cert_file, &t.key_file)?),
-        None => None,
-    };
 
     let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
     let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
-    let (mut backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;
+    let (mut backends, clients) = connect(&spec, &identity, &endpoints, &metrics, &health)?;
     let clouds = connect_clouds(config)?;
     backends.extend(
         clouds.iter().map(|c| {
@@ -509,9 +599,64 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
     );
     let gateway = Arc::new(
         Gateway::new(Arc::clone(&meta), master, plans, backends)?
-            .with_placement(topology(config, &endpoints), Arc::clone(&health))?,
+            .with_placement(topology(config, &endpoints), Arc::clone(&health))?
+            .with_rebuild(rebuild_policies(config)),
     );
-    probe(&clients, &health).await;
+    let pools: Vec<(String, String)> = endpoints
+        .iter()
+        .map(|e| (e.site.node_id.clone(), e.site.pool.clone()))
+        .chain(
+            cloud_sites(config)
+                .into_iter()
+                .map(|(site, _)| (site.node_id, site.pool)),
+        )
+        .collect();
+    meta.record_pools(&pools, crate::health::now_ms())
+        .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
+    probe_and_record_all(&clients, &clouds, &health, &meta).await;
+    Ok(Built {
+        gateway,
+        metrics,
+        health,
+        spec,
+        endpoints,
+        paths,
+        identity: identity.node_id(),
+        clients,
+        clouds,
+    })
+}
+
+/// Starts the gateway `config` describes: dials nothing yet but probes every provider once,
+/// then listens for S3 (and admin) requests and repairs in the background.
+pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
+    if let Some(g) = config.gateway() {
+        let spec = overrides.apply(&g.spec)?;
+        if spec.credentials.is_empty() {
+            bail!(
+                "StorageGateway spec.credentials is empty; add at least one access key \
+                 (or set SUBLET_ACCESS_KEY and SUBLET_SECRET_KEY)"
+            );
+        }
+    }
+    let Built {
+        gateway,
+        metrics,
+        health,
+        spec,
+        endpoints,
+        paths,
+        identity,
+        clients,
+        clouds,
+    } = build(config, overrides).await?;
+    let spec = &spec;
+    let keys = KeyRing::from_credentials(&spec.credentials)?;
+    let tls = match &spec.tls {
+        Some(t) => Some(tls_acceptor(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    let meta = Arc::clone(gateway.metadata());
 
     let listen: SocketAddr = spec
         .listen
@@ -525,8 +670,25 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
     let s3_addr = listener.local_addr()?;
     let (shutdown, stop) = tokio::sync::watch::channel(false);
     let mut tasks = vec![
-        spawn_probes(clients.clone(), Arc::clone(&health), stop.clone()),
-        spawn_cloud_probes(clouds.clone(), Arc::clone(&health), stop.clone()),
+        spawn_probes(
+            clients.clone(),
+            clouds.clone(),
+            Arc::clone(&health),
+            Arc::clone(&meta),
+            stop.clone(),
+        ),
+        crate::repair::spawn_loop(
+            Arc::clone(&gateway),
+            Some(metrics.clone()),
+            crate::repair::LOOP_INTERVAL,
+            stop.clone(),
+        ),
+        crate::audit::spawn_loop(
+            Arc::clone(&gateway),
+            Some(metrics.clone()),
+            audit_policy(config),
+            stop.clone(),
+        ),
         crate::s3::spawn_lifecycle(
             Arc::clone(&gateway),
             lifecycle_rules(config),
@@ -553,7 +715,7 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
             tasks.push(tokio::spawn(crate::metrics::serve_admin(
                 admin_listener,
                 metrics.clone(),
-                Arc::clone(&meta),
+                Arc::clone(&gateway),
                 async move {
                     let _ = stop.changed().await;
                 },
@@ -579,9 +741,10 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
         admin_addr,
         providers: endpoints.iter().map(|e| e.site.node_id.clone()).collect(),
         paths,
-        identity: identity.node_id(),
+        identity,
         tls: has_tls,
         clients,
+        clouds,
         shutdown,
         tasks,
     })

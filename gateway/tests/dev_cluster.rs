@@ -1466,6 +1466,28 @@ async fn lifecycle_rules_expire_transition_and_abort() {
         .unwrap();
     assert_eq!(report, Default::default());
 
+    // The shard index follows the moved layout: garbage collection keeps every shard
+    // cold/b and keep/c use now, and a metadata snapshot's shards, and takes nothing else.
+    let snapshot = tmp.path().join("snapshot.bin");
+    std::fs::write(&snapshot, data(50_000)).unwrap();
+    let manifest = cluster.gateway.store_snapshot(&snapshot).await.unwrap();
+    let gc =
+        sublet_gateway::audit::collect_garbage(&cluster.gateway, None, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(gc.deleted, 0, "{gc:?}");
+    let (s, _, b) = call(&svc, Method::GET, "/life/cold/b", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        b == cold,
+        "the moved object reads back differently after gc"
+    );
+    let back = cluster.gateway.read_snapshot(&manifest).await.unwrap();
+    assert!(
+        back == data(50_000),
+        "the snapshot reads back differently after gc"
+    );
+
     let (s, _, _) = call(&svc, Method::DELETE, "/life?lifecycle", &[], vec![]).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _, _) = call(&svc, Method::GET, "/life?lifecycle", &[], vec![]).await;

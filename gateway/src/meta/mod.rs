@@ -109,6 +109,72 @@ pub struct PlanUsage {
     pub bytes: u64,
 }
 
+/// Objects of one plan sharing the same shard health, from the shard index.
+///
+/// Counts are per version, over all its segments (and parts): `healthy` is the minimum over
+/// segments of shards that are present, not found bad and not on a provider lost past the
+/// grace period; `reachable` additionally leaves out providers that are down right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthGroup {
+    /// Shards per stripe.
+    pub width: u64,
+    /// Shards needed to read a stripe.
+    pub needed: u64,
+    pub healthy: u64,
+    pub reachable: u64,
+    /// Versions in the group.
+    pub objects: u64,
+    /// Healthy shards summed over every segment of every version.
+    pub healthy_shards: u64,
+    /// Segments (stripes) summed over the versions.
+    pub segments: u64,
+    /// Bytes of present shards.
+    pub stored_bytes: u64,
+    /// Unix ms of the earliest shard loss among the group's versions, if any.
+    pub lost_since: Option<i64>,
+}
+
+/// A version the shard index says needs repair (or is lost), most at risk first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedVersion {
+    /// The version's row id; changes when the version is replaced.
+    pub seq: i64,
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    /// Healthy shards of its weakest segment.
+    pub healthy: u64,
+    pub needed: u64,
+    pub width: u64,
+    /// Unix ms of its earliest shard loss.
+    pub lost_since: Option<i64>,
+}
+
+/// What the gateway last saw of a provider, persisted so restarts keep counting its absence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderSeen {
+    /// Unix ms of its last successful probe (or first sighting).
+    pub last_seen: i64,
+    /// Unix ms of the first failed probe since then; `None` while it answers.
+    pub down_since: Option<i64>,
+}
+
+/// A stored shard picked for an audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSample {
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    pub pos: ShardPos,
+    pub shard_id: String,
+    /// BLAKE3 recorded at write time (hex).
+    pub hash: String,
+    pub length: u64,
+}
+
+/// Where one shard of a version sits in its layout: (piece, segment, index).
+pub type ShardPos = (usize, usize, usize);
+
 /// One page of a ListObjects listing: latest versions that are not delete markers.
 #[derive(Debug, Default)]
 pub struct ListPage {
@@ -221,6 +287,85 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Stored versions (not delete markers) and their bytes, by plan, for usage gauges.
     fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
         Ok(Vec::new())
+    }
+    /// Records probe outcomes at `now` (Unix ms): `true` = answered.
+    fn record_probes(&self, _outcomes: &[(String, bool)], _now: i64) -> Result<()> {
+        Ok(())
+    }
+    /// Records which pool each provider belongs to (at `now`, Unix ms, for providers never
+    /// seen before), so shards stay attributed to a pool after it leaves the configuration.
+    fn record_pools(&self, _pools: &[(String, String)], _now: i64) -> Result<()> {
+        Ok(())
+    }
+    /// The pool each provider was last configured in.
+    fn provider_pools(&self) -> Result<BTreeMap<String, String>> {
+        Ok(BTreeMap::new())
+    }
+    /// What was last seen of every provider probed so far.
+    fn providers_seen(&self) -> Result<BTreeMap<String, ProviderSeen>> {
+        Ok(BTreeMap::new())
+    }
+    /// Shard health of `plan`'s versions grouped by (width, needed, healthy, reachable).
+    /// Shards on providers down since before `lost_cut` (Unix ms) count as lost from
+    /// `down + grace_ms`.
+    fn plan_health(&self, _plan: &str, _lost_cut: i64, _grace_ms: i64) -> Result<Vec<HealthGroup>> {
+        Ok(Vec::new())
+    }
+    /// Versions of `plan` whose weakest segment has fewer than `min_healthy` (the stripe
+    /// width when `None`) healthy shards, fewest first; `lost` selects those below
+    /// `needed` (unrepairable now) instead of the repairable ones.
+    fn queued_versions(
+        &self,
+        _plan: &str,
+        _lost_cut: i64,
+        _grace_ms: i64,
+        _min_healthy: Option<u64>,
+        _lost: bool,
+        _limit: usize,
+    ) -> Result<Vec<QueuedVersion>> {
+        Ok(Vec::new())
+    }
+    /// The version stored under row id `seq`, if it is still there.
+    fn version_by_seq(&self, _seq: i64) -> Result<Option<ObjectVersion>> {
+        Ok(None)
+    }
+    /// Shards of version `seq` found corrupt or gone.
+    fn bad_shards(&self, _seq: i64) -> Result<Vec<ShardPos>> {
+        Ok(Vec::new())
+    }
+    /// Flags shards of the version at `bucket/key/version_id` whose provider answered with
+    /// wrong bytes or no shard, so they are counted unhealthy and repaired. Each is named by
+    /// position and shard id: a position that holds another shard by now (repaired meanwhile)
+    /// is left alone.
+    fn mark_bad_shards(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _version_id: &str,
+        _shards: &[(ShardPos, String)],
+        _now: i64,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Swaps version `seq`'s layout for `new` if it is still exactly `expected`;
+    /// `false` (nothing changed) when the version was replaced, deleted or repaired since.
+    fn replace_layout(&self, _seq: i64, _expected: &Layout, _new: &Layout) -> Result<bool> {
+        Err(MetaError::Store("this store cannot swap layouts".into()))
+    }
+    /// Up to `count` random shards on `provider` not already flagged bad, to audit.
+    fn audit_samples(&self, _provider: &str, _count: usize) -> Result<Vec<AuditSample>> {
+        Ok(Vec::new())
+    }
+    /// Ids of every shard on `provider` that metadata still needs: versions' and parts' of
+    /// uploads in progress. Everything else there is garbage.
+    fn referenced_shards(&self, _provider: &str) -> Result<std::collections::HashSet<String>> {
+        Err(MetaError::Store(
+            "this store cannot list referenced shards".into(),
+        ))
+    }
+    /// Shards and their bytes per provider node id, over every stored version.
+    fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        Ok(BTreeMap::new())
     }
     /// Fails with `BucketNotEmpty` while any version or upload remains.
     fn delete_bucket(&self, name: &str) -> Result<()>;
@@ -711,6 +856,136 @@ mod tests {
         s.abort_upload("b", "j", "u3").unwrap();
         s.delete_version("b", "k", NULL_VERSION).unwrap();
         s.delete_bucket("b").unwrap();
+    }
+
+    /// A 4+2 version with `segments` segments, shard `i` on provider `n{i}`.
+    fn striped(key: &str, segments: usize) -> ObjectVersion {
+        use crate::layout::{Segment, ShardLocation};
+        let mut v = version(key, NULL_VERSION, 100);
+        let layout = v.layout.as_mut().unwrap();
+        layout.inline = None;
+        layout.segments = (0..segments)
+            .map(|g| Segment {
+                plain_length: 50,
+                sealed_length: 66,
+                shards: (0..6)
+                    .map(|i| ShardLocation {
+                        provider: format!("n{i}"),
+                        shard_id: format!("{key}.{g}.{i}"),
+                        hash: "h".into(),
+                        length: 17,
+                    })
+                    .collect(),
+            })
+            .collect();
+        v
+    }
+
+    fn one_group(s: &SqliteStore, cut: i64) -> Vec<(u64, u64, u64)> {
+        s.plan_health("family-photos", cut, 1000)
+            .unwrap()
+            .iter()
+            .map(|g| (g.healthy, g.reachable, g.objects))
+            .collect()
+    }
+
+    #[test]
+    fn shard_index_follows_versions_providers_and_bad_shards() {
+        let s = store();
+        s.create_bucket(&bucket("b")).unwrap();
+        let all: Vec<(String, bool)> = (0..6).map(|i| (format!("n{i}"), true)).collect();
+        s.record_probes(&all, 1_000).unwrap();
+        s.put_version(&striped("a", 2)).unwrap();
+        s.put_version(&striped("b", 1)).unwrap();
+        assert_eq!(one_group(&s, 0), [(6, 6, 2)]);
+        assert_eq!(s.provider_usage().unwrap()["n0"], (3, 51));
+        s.record_pools(
+            &[("n0".into(), "home".into()), ("gone".into(), "old".into())],
+            1_000,
+        )
+        .unwrap();
+        let pools = s.provider_pools().unwrap();
+        assert_eq!(pools["n0"], "home");
+        assert_eq!(pools["gone"], "old");
+        assert!(s.providers_seen().unwrap()["gone"].down_since.is_none());
+
+        // n5 stops answering at 2000: reachable drops at once, healthy only past the cut.
+        s.record_probes(&[("n5".into(), false)], 2_000).unwrap();
+        assert_eq!(one_group(&s, 500), [(6, 5, 2)]);
+        assert_eq!(one_group(&s, 1_500), [(5, 5, 2)]);
+        // A corrupt shard of "a" segment 1 makes "a" weaker still.
+        s.mark_bad_shards(
+            "b",
+            "a",
+            NULL_VERSION,
+            &[((0, 1, 0), "a.1.0".into())],
+            3_000,
+        )
+        .unwrap();
+        s.mark_bad_shards(
+            "b",
+            "a",
+            NULL_VERSION,
+            &[((0, 1, 1), "elsewhere".into())],
+            3_000,
+        )
+        .unwrap();
+        let mut groups = one_group(&s, 1_500);
+        groups.sort_unstable();
+        assert_eq!(groups, [(4, 4, 1), (5, 5, 1)]);
+        let queued = s
+            .queued_versions("family-photos", 1_500, 1000, None, false, 10)
+            .unwrap();
+        assert_eq!(queued.len(), 2);
+        assert_eq!((queued[0].key.as_str(), queued[0].healthy), ("a", 4));
+        assert!(
+            s.queued_versions("family-photos", 1_500, 1000, Some(4), false, 10)
+                .unwrap()
+                .is_empty(),
+            "minHealthyShards 4 queues neither"
+        );
+        // n5 answers again before the grace period ends: back to healthy.
+        s.record_probes(&[("n5".into(), true)], 2_500).unwrap();
+        let mut groups = one_group(&s, 1_500);
+        groups.sort_unstable();
+        assert_eq!(groups, [(5, 5, 1), (6, 6, 1)]);
+
+        // Compare-and-swap: only against the layout stored now.
+        let a = s.version("b", "a", None).unwrap().unwrap();
+        let seq = s
+            .queued_versions("family-photos", 0, 1000, None, false, 10)
+            .unwrap()[0]
+            .seq;
+        assert_eq!(s.bad_shards(seq).unwrap(), [(0, 1, 0)]);
+        let old = a.layout.clone().unwrap();
+        let mut new = old.clone();
+        new.segments[1].shards[0].provider = "n9".into();
+        assert!(
+            !s.replace_layout(seq, &new, &new).unwrap(),
+            "stale expectation"
+        );
+        s.record_probes(&[("n9".into(), true)], 2_600).unwrap();
+        assert!(s.replace_layout(seq, &old, &new).unwrap());
+        assert!(
+            s.bad_shards(seq).unwrap().is_empty(),
+            "the rebuilt shard starts clean"
+        );
+        assert!(
+            !s.replace_layout(seq, &old, &new).unwrap(),
+            "a second repairer loses"
+        );
+        assert_eq!(one_group(&s, 0), [(6, 6, 2)]);
+
+        // Replacing and deleting versions removes their shards from the index.
+        s.put_version(&striped("a", 1)).unwrap();
+        assert!(
+            !s.replace_layout(seq, &new, &new).unwrap(),
+            "an overwritten version is not repaired"
+        );
+        s.delete_version("b", "a", NULL_VERSION).unwrap();
+        s.delete_version("b", "b", NULL_VERSION).unwrap();
+        assert!(one_group(&s, 0).is_empty());
+        assert!(s.provider_usage().unwrap().is_empty());
     }
 
     #[test]

@@ -1,16 +1,24 @@
 //! The embedded metadata store: one SQLite file in WAL mode.
+//!
+//! Besides buckets, versions (layouts as JSON), uploads and parts it keeps a shard index,
+//! `shards`, one row per shard of every stored version (maintained with the version, removed
+//! with it by a cascading foreign key), and `providers`, when each provider was last seen.
+//! Health, the repair queue and pool usage are SQL aggregates over those two tables, so a
+//! scrape never deserializes a layout.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::layout::Layout;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    Bucket, CompleteOutcome, ListPage, ListQuery, MetaError, MetadataStore, ObjectVersion,
-    PutOutcome, Result, Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage,
-    VersionQuery, Versioning,
+    AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
+    MetadataStore, ObjectVersion, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos,
+    Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage, VersionQuery,
+    Versioning,
 };
+use crate::layout::Layout;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS buckets (
@@ -35,6 +43,28 @@ CREATE TABLE IF NOT EXISTS versions (
     UNIQUE (bucket, key, version_id)
 );
 CREATE INDEX IF NOT EXISTS versions_by_key ON versions (bucket, key, seq);
+CREATE INDEX IF NOT EXISTS versions_by_plan ON versions (plan);
+CREATE TABLE IF NOT EXISTS shards (
+    version_seq INTEGER NOT NULL REFERENCES versions(seq) ON DELETE CASCADE,
+    piece INTEGER NOT NULL,
+    segment INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    length INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    needed INTEGER NOT NULL,
+    bad_since INTEGER,
+    PRIMARY KEY (version_seq, piece, segment, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS shards_by_provider ON shards (provider);
+CREATE TABLE IF NOT EXISTS providers (
+    node_id TEXT PRIMARY KEY,
+    last_seen INTEGER NOT NULL,
+    down_since INTEGER,
+    pool TEXT
+);
 CREATE TABLE IF NOT EXISTS uploads (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     upload_id TEXT NOT NULL UNIQUE,
@@ -98,6 +128,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(store_err)?;
         conn.execute_batch(SCHEMA).map_err(store_err)?;
+        backfill_shard_index(&conn).map_err(store_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -107,6 +138,96 @@ impl SqliteStore {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `user_version` once every version's shards are in the `shards` table.
+const SHARD_INDEX_VERSION: i64 = 1;
+
+/// Indexes the shards of versions written before the shard index existed.
+fn backfill_shard_index(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SHARD_INDEX_VERSION {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let rows: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT seq, layout FROM versions v WHERE layout IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.version_seq = v.seq)",
+        )?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for (seq, text) in rows {
+        match serde_json::from_str::<Layout>(&text) {
+            Ok(layout) => index_shards(&tx, seq, &layout)?,
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "layout does not parse; its shards are not indexed")
+            }
+        }
+    }
+    tx.pragma_update(None, "user_version", SHARD_INDEX_VERSION)?;
+    tx.commit()
+}
+
+/// Adds one `shards` row per shard of `layout` for version `seq`.
+fn index_shards(conn: &Connection, seq: i64, layout: &Layout) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO shards (version_seq, piece, segment, idx, provider, shard_id, hash, length, width, needed) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for (p, piece) in layout.pieces().enumerate() {
+        let width = piece.scheme.width() as i64;
+        let needed = piece.scheme.needed() as i64;
+        for (g, segment) in piece.segments.iter().enumerate() {
+            for (i, shard) in segment.shards.iter().enumerate() {
+                stmt.execute(params![
+                    seq,
+                    p as i64,
+                    g as i64,
+                    i as i64,
+                    shard.provider,
+                    shard.shard_id,
+                    shard.hash,
+                    i64::try_from(shard.length).unwrap_or(i64::MAX),
+                    width,
+                    needed
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-segment health of `plan`'s versions (`?1` plan, `?2` lost cut, `?3` grace ms):
+/// a shard is healthy when present, not flagged bad and its provider is known and not down
+/// since before the cut; reachable when also not down now.
+const SEGMENT_HEALTH: &str = "
+WITH seg AS (
+    SELECT s.version_seq AS seq, MAX(s.width) AS width, MAX(s.needed) AS needed,
+        SUM(CASE WHEN s.provider = '' OR s.bad_since IS NOT NULL OR p.node_id IS NULL
+                  OR (p.down_since IS NOT NULL AND p.last_seen <= ?2) THEN 0 ELSE 1 END) AS healthy,
+        SUM(CASE WHEN s.provider = '' OR s.bad_since IS NOT NULL OR p.node_id IS NULL
+                  OR p.down_since IS NOT NULL THEN 0 ELSE 1 END) AS reachable,
+        SUM(CASE WHEN s.provider = '' THEN 0 ELSE s.length END) AS bytes,
+        MIN(CASE WHEN s.provider = '' OR p.node_id IS NULL THEN v.last_modified
+                 WHEN s.bad_since IS NOT NULL THEN s.bad_since
+                 WHEN p.down_since IS NOT NULL AND p.last_seen <= ?2 THEN p.last_seen + ?3
+            END) AS lost_since
+    FROM versions v
+    JOIN shards s ON s.version_seq = v.seq
+    LEFT JOIN providers p ON p.node_id = s.provider
+    WHERE v.plan = ?1 AND v.delete_marker = 0
+    GROUP BY s.version_seq, s.piece, s.segment
+), ver AS (
+    SELECT seq, MAX(width) AS width, MAX(needed) AS needed, MIN(healthy) AS healthy,
+        MIN(reachable) AS reachable, SUM(healthy) AS healthy_shards, COUNT(*) AS segments,
+        SUM(bytes) AS bytes, MIN(lost_since) AS lost_since
+    FROM seg GROUP BY seq
+)";
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 fn bucket_from_row(row: &Row<'_>) -> rusqlite::Result<Bucket> {
@@ -264,6 +385,9 @@ fn insert_version(conn: &Connection, v: &ObjectVersion) -> Result<Vec<ObjectVers
         ],
     )
     .map_err(store_err)?;
+    if let Some(layout) = &v.layout {
+        index_shards(conn, conn.last_insert_rowid(), layout).map_err(store_err)?;
+    }
     Ok(replaced)
 }
 
@@ -345,6 +469,344 @@ impl MetadataStore for SqliteStore {
                     objects: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
                     bytes: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
                 })
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn record_probes(&self, outcomes: &[(String, bool)], now: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        for (node, ok) in outcomes {
+            let sql = if *ok {
+                "INSERT INTO providers (node_id, last_seen, down_since) VALUES (?1, ?2, NULL) \
+                 ON CONFLICT (node_id) DO UPDATE SET last_seen = ?2, down_since = NULL"
+            } else {
+                // A provider never seen before gets its grace period from now.
+                "INSERT INTO providers (node_id, last_seen, down_since) VALUES (?1, ?2, ?2) \
+                 ON CONFLICT (node_id) DO UPDATE SET down_since = COALESCE(down_since, ?2)"
+            };
+            tx.execute(sql, params![node, now]).map_err(store_err)?;
+        }
+        tx.commit().map_err(store_err)
+    }
+
+    fn record_pools(&self, pools: &[(String, String)], now: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        for (node, pool) in pools {
+            tx.execute(
+                "INSERT INTO providers (node_id, last_seen, down_since, pool) VALUES (?1, ?3, NULL, ?2) \
+                 ON CONFLICT (node_id) DO UPDATE SET pool = ?2",
+                params![node, pool, now],
+            )
+            .map_err(store_err)?;
+        }
+        tx.commit().map_err(store_err)
+    }
+
+    fn provider_pools(&self) -> Result<BTreeMap<String, String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT node_id, pool FROM providers WHERE pool IS NOT NULL")
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn providers_seen(&self) -> Result<BTreeMap<String, ProviderSeen>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT node_id, last_seen, down_since FROM providers")
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    ProviderSeen {
+                        last_seen: r.get(1)?,
+                        down_since: r.get(2)?,
+                    },
+                ))
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn plan_health(&self, plan: &str, lost_cut: i64, grace_ms: i64) -> Result<Vec<HealthGroup>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "{SEGMENT_HEALTH}
+                 SELECT width, needed, healthy, reachable, COUNT(*), SUM(healthy_shards),
+                        SUM(segments), SUM(bytes), MIN(lost_since)
+                 FROM ver GROUP BY width, needed, healthy, reachable"
+            ))
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map(params![plan, lost_cut, grace_ms], |r| {
+                Ok(HealthGroup {
+                    width: count(r.get(0)?),
+                    needed: count(r.get(1)?),
+                    healthy: count(r.get(2)?),
+                    reachable: count(r.get(3)?),
+                    objects: count(r.get(4)?),
+                    healthy_shards: count(r.get(5)?),
+                    segments: count(r.get(6)?),
+                    stored_bytes: count(r.get(7)?),
+                    lost_since: r.get(8)?,
+                })
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn queued_versions(
+        &self,
+        plan: &str,
+        lost_cut: i64,
+        grace_ms: i64,
+        min_healthy: Option<u64>,
+        lost: bool,
+        limit: usize,
+    ) -> Result<Vec<QueuedVersion>> {
+        let conn = self.conn();
+        let filter = if lost {
+            "ver.healthy < ver.needed"
+        } else {
+            "ver.healthy >= ver.needed AND ver.healthy < MIN(COALESCE(?4, ver.width), ver.width)"
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "{SEGMENT_HEALTH}
+                 SELECT ver.seq, v.bucket, v.key, v.version_id, ver.healthy, ver.needed, ver.width,
+                        ver.lost_since
+                 FROM ver JOIN versions v ON v.seq = ver.seq
+                 WHERE {filter}
+                 ORDER BY ver.healthy - ver.needed, ver.lost_since, ver.seq
+                 LIMIT ?5"
+            ))
+            .map_err(store_err)?;
+        let min = min_healthy.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![plan, lost_cut, grace_ms, min, limit], |r| {
+                Ok(QueuedVersion {
+                    seq: r.get(0)?,
+                    bucket: r.get(1)?,
+                    key: r.get(2)?,
+                    version_id: r.get(3)?,
+                    healthy: count(r.get(4)?),
+                    needed: count(r.get(5)?),
+                    width: count(r.get(6)?),
+                    lost_since: r.get(7)?,
+                })
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn version_by_seq(&self, seq: i64) -> Result<Option<ObjectVersion>> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE seq = ?1"),
+                params![seq],
+                version_from_row,
+            )
+            .optional()
+            .map_err(store_err)
+    }
+
+    fn bad_shards(&self, seq: i64) -> Result<Vec<ShardPos>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT piece, segment, idx FROM shards WHERE version_seq = ?1 AND bad_since IS NOT NULL",
+            )
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map(params![seq], |r| {
+                let n = |i: usize| r.get::<_, i64>(i).map(|v| usize::try_from(v).unwrap_or(0));
+                Ok((n(0)?, n(1)?, n(2)?))
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn mark_bad_shards(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        shards: &[(ShardPos, String)],
+        now: i64,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        for ((piece, segment, idx), shard_id) in shards {
+            tx.execute(
+                "UPDATE shards SET bad_since = COALESCE(bad_since, ?7)
+                 WHERE version_seq = (SELECT seq FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3)
+                   AND piece = ?4 AND segment = ?5 AND idx = ?6 AND shard_id = ?8",
+                params![
+                    bucket,
+                    key,
+                    version_id,
+                    *piece as i64,
+                    *segment as i64,
+                    *idx as i64,
+                    now,
+                    shard_id
+                ],
+            )
+            .map_err(store_err)?;
+        }
+        tx.commit().map_err(store_err)
+    }
+
+    fn audit_samples(&self, provider: &str, samples: usize) -> Result<Vec<AuditSample>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT v.bucket, v.key, v.version_id, s.piece, s.segment, s.idx, s.shard_id, s.hash, s.length
+                 FROM shards s JOIN versions v ON v.seq = s.version_seq
+                 WHERE s.provider = ?1 AND s.bad_since IS NULL
+                 ORDER BY random() LIMIT ?2",
+            )
+            .map_err(store_err)?;
+        let limit = i64::try_from(samples).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![provider, limit], |r| {
+                let n = |i: usize| r.get::<_, i64>(i).map(|v| usize::try_from(v).unwrap_or(0));
+                Ok(AuditSample {
+                    bucket: r.get(0)?,
+                    key: r.get(1)?,
+                    version_id: r.get(2)?,
+                    pos: (n(3)?, n(4)?, n(5)?),
+                    shard_id: r.get(6)?,
+                    hash: r.get(7)?,
+                    length: count(r.get(8)?),
+                })
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
+    fn referenced_shards(&self, provider: &str) -> Result<HashSet<String>> {
+        let conn = self.conn();
+        let mut out = HashSet::new();
+        {
+            let mut stmt = conn
+                .prepare_cached("SELECT shard_id FROM shards WHERE provider = ?1")
+                .map_err(store_err)?;
+            let rows = stmt
+                .query_map(params![provider], |r| r.get::<_, String>(0))
+                .map_err(store_err)?;
+            for id in rows {
+                out.insert(id.map_err(store_err)?);
+            }
+        }
+        // Parts of uploads in progress are not versions yet but their shards are not garbage.
+        let mut stmt = conn
+            .prepare("SELECT layout FROM parts")
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(store_err)?;
+        for text in rows {
+            let layout: Layout =
+                serde_json::from_str(&text.map_err(store_err)?).map_err(store_err)?;
+            out.extend(
+                layout
+                    .shards()
+                    .filter(|s| s.provider == provider)
+                    .map(|s| s.shard_id.clone()),
+            );
+        }
+        Ok(out)
+    }
+
+    fn replace_layout(&self, seq: i64, expected: &Layout, new: &Layout) -> Result<bool> {
+        let text = serde_json::to_string(new).map_err(store_err)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        let current: Option<Option<String>> = tx
+            .query_row(
+                "SELECT layout FROM versions WHERE seq = ?1",
+                params![seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(store_err)?;
+        let Some(Some(current)) = current else {
+            return Ok(false);
+        };
+        let current: Layout = serde_json::from_str(&current).map_err(store_err)?;
+        if &current != expected {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE versions SET layout = ?2 WHERE seq = ?1",
+            params![seq, text],
+        )
+        .map_err(store_err)?;
+        // Bad flags go with the shards they flagged: a rebuilt shard starts clean, a kept one
+        // keeps its flag.
+        let bad = {
+            let mut stmt = tx
+                .prepare("SELECT piece, segment, idx, bad_since FROM shards WHERE version_seq = ?1 AND bad_since IS NOT NULL")
+                .map_err(store_err)?;
+            stmt.query_map(params![seq], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(store_err)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(store_err)?
+        };
+        tx.execute("DELETE FROM shards WHERE version_seq = ?1", params![seq])
+            .map_err(store_err)?;
+        index_shards(&tx, seq, new).map_err(store_err)?;
+        let shard_of = |l: &Layout, p: i64, g: i64, i: i64| {
+            let (p, g, i) = (
+                usize::try_from(p).ok()?,
+                usize::try_from(g).ok()?,
+                usize::try_from(i).ok()?,
+            );
+            l.pieces().nth(p)?.segments.get(g)?.shards.get(i).cloned()
+        };
+        for (p, g, i, since) in bad {
+            if shard_of(expected, p, g, i).is_some()
+                && shard_of(expected, p, g, i) == shard_of(new, p, g, i)
+            {
+                tx.execute(
+                    "UPDATE shards SET bad_since = ?5 WHERE version_seq = ?1 AND piece = ?2 AND segment = ?3 AND idx = ?4",
+                    params![seq, p, g, i, since],
+                )
+                .map_err(store_err)?;
+            }
+        }
+        tx.commit().map_err(store_err)?;
+        Ok(true)
+    }
+
+    fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT provider, COUNT(*), COALESCE(SUM(length), 0) FROM shards \
+                 WHERE provider != '' GROUP BY provider",
+            )
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, (count(r.get(1)?), count(r.get(2)?))))
             })
             .map_err(store_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(store_err)
@@ -801,11 +1263,13 @@ impl MetadataStore for SqliteStore {
             .transpose()
             .map_err(store_err)?;
         let new = serde_json::to_string(layout).map_err(store_err)?;
-        let changed = self
-            .conn()
-            .execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(store_err)?;
+        let seq: Option<i64> = tx
+            .query_row(
                 "UPDATE versions SET plan = ?1, layout = ?2
-                 WHERE bucket = ?3 AND key = ?4 AND version_id = ?5 AND layout IS ?6",
+                 WHERE bucket = ?3 AND key = ?4 AND version_id = ?5 AND layout IS ?6
+                 RETURNING seq",
                 params![
                     plan,
                     new,
@@ -814,8 +1278,19 @@ impl MetadataStore for SqliteStore {
                     current.version_id,
                     expected
                 ],
+                |r| r.get(0),
             )
+            .optional()
             .map_err(store_err)?;
-        Ok(changed == 1)
+        let Some(seq) = seq else {
+            return Ok(false);
+        };
+        // The shard index follows the layout, or garbage collection would take the new
+        // shards for unreferenced ones and health would count the old ones.
+        tx.execute("DELETE FROM shards WHERE version_seq = ?1", params![seq])
+            .map_err(store_err)?;
+        index_shards(&tx, seq, layout).map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(true)
     }
 }

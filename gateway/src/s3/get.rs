@@ -205,7 +205,8 @@ impl Gateway {
         for (p, piece) in layout.pieces().enumerate() {
             readers.push(Arc::new(
                 ObjectReader::new(&self.master, piece.clone())
-                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?,
+                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?
+                    .with_bad_shard_report(self.bad_shard_report(v, p, piece)),
             ));
             for (i, seg) in piece.segments.iter().enumerate() {
                 segments.push((p, i));
@@ -264,6 +265,48 @@ impl Gateway {
             }
         });
         Ok(ReceiverStream::new(rx))
+    }
+
+    /// Flags shards of piece `piece` of `v` (whose layout is `layout`) that a read found
+    /// corrupt or gone, for repair.
+    fn bad_shard_report(
+        &self,
+        v: &ObjectVersion,
+        piece: usize,
+        layout: &crate::layout::Layout,
+    ) -> crate::dataplane::BadShardReport {
+        let meta = Arc::clone(&self.meta);
+        let (bucket, key, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
+        let ids: Vec<Vec<String>> = layout
+            .segments
+            .iter()
+            .map(|s| s.shards.iter().map(|l| l.shard_id.clone()).collect())
+            .collect();
+        Arc::new(move |segment, idx| {
+            let Some(shard_id) = ids.get(segment).and_then(|s| s.get(idx)).cloned() else {
+                return;
+            };
+            let meta = Arc::clone(&meta);
+            let (bucket, key, id) = (bucket.clone(), key.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                let now = crate::health::now_ms();
+                let at = [((piece, segment, idx), shard_id)];
+                match meta.mark_bad_shards(&bucket, &key, &id, &at, now) {
+                    Ok(()) => tracing::info!(
+                        bucket,
+                        key,
+                        version = id,
+                        piece,
+                        segment,
+                        idx,
+                        "shard queued for repair"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(bucket, key, error = %e, "recording a bad shard failed")
+                    }
+                }
+            });
+        })
     }
 
     pub(super) async fn do_head_object(

@@ -25,6 +25,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
+use crate::health::RebuildPolicy;
 use crate::layout::Scheme;
 use crate::meta::{MetaError, MetadataStore};
 use crate::placement::{HealthBoard, Topology};
@@ -64,6 +65,10 @@ pub struct Gateway {
     topology: Arc<Topology>,
     /// Free space and recent failures of providers, for placement.
     health: Arc<HealthBoard>,
+    /// Rebuild rules by plan name; plans without one use the defaults.
+    rebuild: HashMap<String, RebuildPolicy>,
+    /// Versions (by row id) a repair in this process is working on.
+    repair_claims: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl Gateway {
@@ -96,6 +101,8 @@ impl Gateway {
             by_node,
             topology,
             health: Arc::default(),
+            rebuild: HashMap::new(),
+            repair_claims: Arc::default(),
         })
     }
 
@@ -114,6 +121,38 @@ impl Gateway {
         self.topology = Arc::new(topology);
         self.health = health;
         Ok(self)
+    }
+
+    /// Repairs and counts health of `plan`'s objects by `policy` (its schedule's rules).
+    pub fn with_rebuild(mut self, policies: HashMap<String, RebuildPolicy>) -> Self {
+        self.rebuild = policies;
+        self
+    }
+
+    /// The rebuild rules of `plan`.
+    pub fn rebuild_policy(&self, plan: &str) -> RebuildPolicy {
+        self.rebuild.get(plan).cloned().unwrap_or_default()
+    }
+
+    /// Versions a repair in this process is working on, so concurrent passes (the loop, the
+    /// admin API) split the queue instead of racing for the same versions.
+    pub fn repair_claims(&self) -> &Arc<std::sync::Mutex<std::collections::HashSet<i64>>> {
+        &self.repair_claims
+    }
+
+    /// Every plan new objects may be written with, the default first.
+    pub fn plans(&self) -> &[Plan] {
+        &self.plans
+    }
+
+    /// Where providers sit and each plan's placement rule.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topology
+    }
+
+    /// The shard backend of a provider, by node id.
+    pub fn backend(&self, node: &str) -> Option<Arc<dyn ShardBackend>> {
+        self.by_node.get(node).cloned()
     }
 
     /// What placement knows about provider health.

@@ -1,0 +1,265 @@
+//! The admin HTTP API on the admin listener, beside `/metrics` and `/healthz`. The operator's
+//! client (operator/src/admin.rs) is the contract for the first two:
+//!
+//! - `GET /admin/v1/plans/{plan}`: [`PlanHealth`]; 404 for a plan the gateway does not know.
+//! - `GET /admin/v1/pools/{pool}`: `{"pool", "shards", "bytes"}` stored on the pool's
+//!   providers; 404 for a pool the gateway does not know.
+//! - `GET /admin/v1/plans/{plan}/lost?limit=N`: versions with fewer than dataShards healthy
+//!   shards, by bucket, key and version id (never hidden; the list says when it was cut).
+//! - `POST /admin/v1/plans/{plan}/repair?limit=N&urgentOnly=BOOL`: runs one repair pass of
+//!   the plan now and answers its [`RepairReport`]; what `sublet repair` calls when it runs
+//!   as a Kubernetes Job.
+//!
+//! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
+//! - `POST /admin/v1/gc?minAgeSeconds=N`: removes shards no metadata references, stored more
+//!   than N seconds ago (default a day), from every provider. Only for providers this gateway
+//!   alone uses: another gateway's shards are unreferenced here too.
+//!
+//! The listener is meant for the cluster network (or loopback); it has no authentication yet.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::health::PlanHealth;
+use crate::metrics::Metrics;
+use crate::repair::{PASS_LIMIT, RepairReport, Repairer};
+use crate::s3::Gateway;
+
+/// Lost versions listed per request unless `limit` says otherwise.
+const LOST_LIMIT: usize = 1000;
+
+#[derive(Clone)]
+struct Admin {
+    gateway: Arc<Gateway>,
+    repairer: Repairer,
+    metrics: Option<Metrics>,
+}
+
+/// Unreferenced shards younger than this are left alone by `POST /admin/v1/gc` by default.
+pub const GC_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditQuery {
+    samples: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GcQuery {
+    min_age_seconds: Option<u64>,
+}
+
+/// `GET /admin/v1/pools/{pool}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolUsage {
+    pub pool: String,
+    pub shards: u64,
+    pub bytes: u64,
+}
+
+/// One entry of the lost list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LostObject {
+    pub bucket: String,
+    pub key: String,
+    pub version_id: String,
+    /// Healthy shards of its weakest segment.
+    pub healthy_shards: u64,
+    /// Shards needed to read it.
+    pub data_shards: u64,
+    /// Unix ms of its first shard loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_since: Option<i64>,
+}
+
+/// `GET /admin/v1/plans/{plan}/lost`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LostList {
+    pub plan: String,
+    pub objects: Vec<LostObject>,
+    /// More lost versions exist than listed; ask with a larger `limit`.
+    pub truncated: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LimitQuery {
+    limit: Option<usize>,
+    #[serde(default)]
+    urgent_only: bool,
+    /// Bytes per second for this pass, overriding the schedule.
+    bandwidth_limit: Option<u64>,
+}
+
+/// The admin routes over `gateway`; repairs count into `metrics` when given.
+pub fn router(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> axum::Router {
+    let state = Admin {
+        repairer: Repairer::new(Arc::clone(&gateway), metrics.clone()),
+        gateway,
+        metrics,
+    };
+    axum::Router::new()
+        .route("/admin/v1/plans/{plan}", axum::routing::get(plan_health))
+        .route("/admin/v1/plans/{plan}/lost", axum::routing::get(lost))
+        .route("/admin/v1/plans/{plan}/repair", axum::routing::post(repair))
+        .route("/admin/v1/pools/{pool}", axum::routing::get(pool))
+        .route("/admin/v1/audit", axum::routing::post(audit))
+        .route("/admin/v1/gc", axum::routing::post(gc))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn unknown_plan(plan: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("plan {plan} is not configured on this gateway"),
+    )
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn plan_health(State(admin): State<Admin>, Path(plan): Path<String>) -> Response {
+    if !admin.gateway.plans().iter().any(|p| p.name == plan) {
+        return unknown_plan(&plan);
+    }
+    let policy = admin.gateway.rebuild_policy(&plan);
+    let gateway = Arc::clone(&admin.gateway);
+    let result: Result<PlanHealth, Response> = blocking(move || {
+        Ok(crate::health::plan_health(
+            gateway.metadata().as_ref(),
+            &plan,
+            &policy,
+        )?)
+    })
+    .await;
+    match result {
+        Ok(h) => Json(h).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn lost(
+    State(admin): State<Admin>,
+    Path(plan): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Response {
+    if !admin.gateway.plans().iter().any(|p| p.name == plan) {
+        return unknown_plan(&plan);
+    }
+    let limit = q.limit.unwrap_or(LOST_LIMIT).max(1);
+    let policy = admin.gateway.rebuild_policy(&plan);
+    let gateway = Arc::clone(&admin.gateway);
+    let name = plan.clone();
+    let found = blocking(move || {
+        Ok(crate::repair::lost_versions(
+            gateway.metadata().as_ref(),
+            &name,
+            &policy,
+            limit + 1,
+        )?)
+    })
+    .await;
+    match found {
+        Ok(mut versions) => {
+            let truncated = versions.len() > limit;
+            versions.truncate(limit);
+            Json(LostList {
+                plan,
+                truncated,
+                objects: versions
+                    .into_iter()
+                    .map(|v| LostObject {
+                        bucket: v.bucket,
+                        key: v.key,
+                        version_id: v.version_id,
+                        healthy_shards: v.healthy,
+                        data_shards: v.needed,
+                        lost_since: v.lost_since,
+                    })
+                    .collect(),
+            })
+            .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn repair(
+    State(admin): State<Admin>,
+    Path(plan): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Response {
+    if !admin.gateway.plans().iter().any(|p| p.name == plan) {
+        return unknown_plan(&plan);
+    }
+    let limit = q.limit.unwrap_or(PASS_LIMIT).max(1);
+    let repairer = admin
+        .repairer
+        .clone()
+        .with_bandwidth_limit(q.bandwidth_limit);
+    let result: anyhow::Result<RepairReport> = repairer.run_pass(&plan, q.urgent_only, limit).await;
+    match result {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn pool(State(admin): State<Admin>, Path(pool): Path<String>) -> Response {
+    let gateway = Arc::clone(&admin.gateway);
+    let usage = blocking(move || Ok(crate::repair::pool_usage(&gateway)?)).await;
+    match usage {
+        Ok(usage) => match usage.get(&pool) {
+            Some(&(shards, bytes)) => Json(PoolUsage {
+                pool,
+                shards,
+                bytes,
+            })
+            .into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("pool {pool} is not configured on this gateway; it stores nothing there"),
+            ),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn audit(State(admin): State<Admin>, Query(q): Query<AuditQuery>) -> Response {
+    let samples = q
+        .samples
+        .unwrap_or_else(|| crate::audit::AuditPolicy::default().samples_per_provider);
+    match crate::audit::audit_round(&admin.gateway, admin.metrics.as_ref(), samples).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn gc(State(admin): State<Admin>, Query(q): Query<GcQuery>) -> Response {
+    let min_age = q
+        .min_age_seconds
+        .map_or(GC_MIN_AGE, std::time::Duration::from_secs);
+    match crate::audit::collect_garbage(&admin.gateway, admin.metrics.as_ref(), min_age).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}

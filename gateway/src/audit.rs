@@ -1,0 +1,286 @@
+//! Audits and garbage collection of provider shards.
+//!
+//! An audit asks a provider for a random slice of a random shard it holds and verifies the
+//! answer against the BLAKE3 hash recorded at write time (the provider sends a bao proof, so it
+//! cannot pass by claiming). A failed audit flags the shard for repair and lowers the
+//! provider's record; [`crate::placement::AUDIT_STRIKES`] failures in a row stop new placements
+//! there until an audit passes. Garbage collection removes shards no metadata references
+//! (aborted uploads, deleted objects, crashed writes, repaired-away copies) once they are
+//! older than a safety delay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::health::now_ms;
+use crate::metrics::Metrics;
+use crate::s3::Gateway;
+use crate::s3::snapshot::MANIFEST_PREFIX;
+
+/// Longest slice an audit asks for.
+pub const MAX_AUDIT_SLICE: u64 = 64 << 10;
+
+/// How often and how hard providers are audited: the tightest of the plans' schedules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditPolicy {
+    pub interval: Duration,
+    pub samples_per_provider: usize,
+}
+
+impl Default for AuditPolicy {
+    fn default() -> Self {
+        let audit = sublet_crds::Audit::default();
+        AuditPolicy {
+            interval: audit.interval.as_std(),
+            samples_per_provider: usize::try_from(audit.samples_per_provider).unwrap_or(64),
+        }
+    }
+}
+
+impl AuditPolicy {
+    /// The shortest interval and the most samples among `audits`; the defaults when none.
+    pub fn tightest<'a>(audits: impl IntoIterator<Item = &'a sublet_crds::Audit>) -> Self {
+        let mut out: Option<AuditPolicy> = None;
+        for a in audits {
+            let interval = a.interval.as_std().max(Duration::from_secs(1));
+            let samples = usize::try_from(a.samples_per_provider).unwrap_or(64);
+            out = Some(match out {
+                None => AuditPolicy {
+                    interval,
+                    samples_per_provider: samples,
+                },
+                Some(o) => AuditPolicy {
+                    interval: o.interval.min(interval),
+                    samples_per_provider: o.samples_per_provider.max(samples),
+                },
+            });
+        }
+        out.unwrap_or_default()
+    }
+}
+
+/// What one audit round found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditReport {
+    pub providers: u64,
+    pub passed: u64,
+    pub failed: u64,
+    /// Samples not checked because the provider did not answer.
+    pub unanswered: u64,
+}
+
+/// Audits `samples` random shards on every provider that answers probes.
+pub async fn audit_round(
+    gateway: &Gateway,
+    metrics: Option<&Metrics>,
+    samples: usize,
+) -> anyhow::Result<AuditReport> {
+    let mut report = AuditReport::default();
+    let meta = Arc::clone(gateway.metadata());
+    let seen = {
+        let meta = Arc::clone(&meta);
+        tokio::task::spawn_blocking(move || meta.providers_seen()).await??
+    };
+    for site in &gateway.topology().sites {
+        let node = site.node_id.clone();
+        let up = seen.get(&node).is_some_and(|s| s.down_since.is_none());
+        let Some(backend) = gateway.backend(&node).filter(|_| up) else {
+            continue;
+        };
+        report.providers += 1;
+        let picked = {
+            let (meta, node) = (Arc::clone(&meta), node.clone());
+            tokio::task::spawn_blocking(move || meta.audit_samples(&node, samples)).await??
+        };
+        for sample in picked {
+            let Ok(hash) = <[u8; 32]>::try_from(hex::decode(&sample.hash).unwrap_or_default())
+            else {
+                continue;
+            };
+            let (offset, len) = if sample.length == 0 {
+                (0, 0)
+            } else {
+                let mut rng = rand::rng();
+                let offset = rng.random_range(0..sample.length);
+                let len = rng.random_range(1..=MAX_AUDIT_SLICE.min(sample.length - offset));
+                (offset, len)
+            };
+            let result = backend.audit(&sample.shard_id, offset, len, &hash).await;
+            let passed = match &result {
+                Ok(()) => true,
+                Err(e) if e.audit_failed() || e.shard_gone() => false,
+                Err(e) => {
+                    tracing::warn!(provider = %node, error = %e, "audit unanswered; the provider's probes decide its health");
+                    report.unanswered += 1;
+                    break;
+                }
+            };
+            gateway.health().record_audit(&node, passed);
+            if let Some(m) = metrics {
+                let result = if passed { "pass" } else { "fail" };
+                m.audits.with_label_values(&[&node, result]).inc();
+            }
+            if passed {
+                report.passed += 1;
+                continue;
+            }
+            report.failed += 1;
+            tracing::warn!(provider = %node, bucket = sample.bucket, key = sample.key, shard_id = sample.shard_id, "audit failed; shard queued for repair");
+            let meta = Arc::clone(&meta);
+            tokio::task::spawn_blocking(move || {
+                meta.mark_bad_shards(
+                    &sample.bucket,
+                    &sample.key,
+                    &sample.version_id,
+                    &[(sample.pos, sample.shard_id.clone())],
+                    now_ms(),
+                )
+            })
+            .await??;
+        }
+        if let (Some(m), Some(score)) = (metrics, gateway.health().score(&node)) {
+            m.provider_score
+                .with_label_values(&[&node])
+                .set(i64::try_from(score).unwrap_or(0));
+        }
+    }
+    Ok(report)
+}
+
+/// What one garbage collection did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcReport {
+    /// Providers listed.
+    pub providers: u64,
+    /// Shards found on them.
+    pub listed: u64,
+    /// Unreferenced shards old enough, removed.
+    pub deleted: u64,
+    /// Unreferenced shards younger than the safety delay (perhaps a write in flight).
+    pub young: u64,
+}
+
+/// Removes from every answering provider the shards no metadata references and that were
+/// stored more than `min_age` ago. Only for providers this gateway alone uses: shards another
+/// gateway wrote there are unreferenced here too.
+pub async fn collect_garbage(
+    gateway: &Gateway,
+    metrics: Option<&Metrics>,
+    min_age: Duration,
+) -> anyhow::Result<GcReport> {
+    let mut report = GcReport::default();
+    let meta = Arc::clone(gateway.metadata());
+    let cutoff = now_ms() / 1000 - i64::try_from(min_age.as_secs()).unwrap_or(i64::MAX);
+    let mut listings = Vec::new();
+    for site in &gateway.topology().sites {
+        let node = site.node_id.clone();
+        let Some(backend) = gateway.backend(&node) else {
+            continue;
+        };
+        match backend.list().await {
+            Ok(Some(stored)) => listings.push((node, backend, stored)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(provider = %node, error = %e, "listing shards for garbage collection failed");
+            }
+        }
+    }
+    // Metadata snapshots live outside the store they copy: their manifests and the shards
+    // the manifests name are never garbage.
+    let manifests: std::collections::BTreeSet<&str> = listings
+        .iter()
+        .flat_map(|(_, _, stored)| stored.iter().map(|(id, _)| id.as_str()))
+        .filter(|id| id.starts_with(MANIFEST_PREFIX))
+        .collect();
+    let mut snapshot_shards = std::collections::HashSet::new();
+    for id in manifests {
+        match gateway.fetch_manifest(id).await {
+            Some(m) => snapshot_shards.extend(m.layout.shards().map(|s| s.shard_id.clone())),
+            None => anyhow::bail!(
+                "snapshot manifest {id} is unreadable on every provider; garbage collection \
+                 stopped so it cannot take that snapshot's shards"
+            ),
+        }
+    }
+    for (node, backend, stored) in listings {
+        report.providers += 1;
+        report.listed += stored.len() as u64;
+        // Listed first, referenced second: a shard committed in between is referenced.
+        let referenced = {
+            let (meta, node) = (Arc::clone(&meta), node.clone());
+            tokio::task::spawn_blocking(move || meta.referenced_shards(&node)).await??
+        };
+        for (id, stored_at) in stored {
+            if referenced.contains(&id)
+                || id.starts_with(MANIFEST_PREFIX)
+                || snapshot_shards.contains(&id)
+            {
+                continue;
+            }
+            if stored_at > cutoff {
+                report.young += 1;
+                continue;
+            }
+            match backend.delete(&id).await {
+                Ok(()) => {
+                    report.deleted += 1;
+                    if let Some(m) = metrics {
+                        m.gc_deleted.with_label_values(&[&node]).inc();
+                    }
+                    tracing::info!(provider = %node, shard_id = id, "unreferenced shard removed");
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %node, shard_id = id, error = %e, "removing an unreferenced shard failed");
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Audits every `policy.interval` until `stop` changes.
+pub fn spawn_loop(
+    gateway: Arc<Gateway>,
+    metrics: Option<Metrics>,
+    policy: AuditPolicy,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(policy.interval) => {
+                    match audit_round(&gateway, metrics.as_ref(), policy.samples_per_provider).await {
+                        Ok(r) => tracing::info!(providers = r.providers, passed = r.passed, failed = r.failed, "audit round done"),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "audit round failed"),
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tightest_schedule_sets_the_pace() {
+        let a = sublet_crds::Audit {
+            interval: sublet_crds::Duration::from_secs(3600),
+            samples_per_provider: 10,
+        };
+        let b = sublet_crds::Audit {
+            interval: sublet_crds::Duration::from_secs(600),
+            samples_per_provider: 5,
+        };
+        let p = AuditPolicy::tightest([&a, &b]);
+        assert_eq!(p.interval, Duration::from_secs(600));
+        assert_eq!(p.samples_per_provider, 10);
+        assert_eq!(AuditPolicy::tightest([]), AuditPolicy::default());
+    }
+}

@@ -1,0 +1,759 @@
+//! Repair: rebuilds the lost shards of queued object versions from `dataShards` healthy ones
+//! and places them on new providers, then swaps the version's layout by compare-and-swap.
+//!
+//! Repair works on ciphertext (Reed–Solomon reconstruct, or a copy for replicas) and never
+//! needs the master key. It is safe to run twice at once and to kill at any point: shards are
+//! written under fresh ids before the metadata switch, a switch that finds the layout changed
+//! (overwrite, delete, another repairer) deletes what it wrote, and shards written by a
+//! killed repair are unreferenced garbage, never a second placement.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::dataplane::delete_shards;
+use crate::health::{RebuildPolicy, lost_cut, now_ms};
+use crate::layout::{Encryption, Layout, ShardLocation};
+use crate::meta::{MetadataStore, ProviderSeen, QueuedVersion, ShardPos};
+use crate::metrics::Metrics;
+use crate::placement::choose_more;
+use crate::s3::Gateway;
+
+/// How often the background loop looks at the queues.
+pub const LOOP_INTERVAL: Duration = Duration::from_secs(30);
+/// Versions one pass takes from a plan's queue.
+pub const PASS_LIMIT: usize = 256;
+
+/// What one repair pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairReport {
+    pub plan: String,
+    /// Versions taken from the queue.
+    pub examined: u64,
+    /// Versions whose lost shards were rebuilt and switched in.
+    pub repaired: u64,
+    pub shards_rebuilt: u64,
+    pub bytes_written: u64,
+    /// Versions changed or removed by someone else meanwhile (their new shards were removed).
+    pub conflicts: u64,
+    /// Versions that could not be repaired now (unreadable, no place for shards, writes
+    /// failed); they stay queued.
+    pub failed: u64,
+    /// Not due any more when looked at closely (e.g. a provider came back).
+    pub skipped: u64,
+    /// Only objects at risk were taken: outside the rebuild window.
+    pub urgent_only: bool,
+}
+
+enum Outcome {
+    Repaired { shards: u64, bytes: u64 },
+    Conflict,
+    Skipped,
+}
+
+/// Runs repairs through a gateway's providers, placement and metadata.
+#[derive(Clone)]
+pub struct Repairer {
+    gateway: Arc<Gateway>,
+    metrics: Option<Metrics>,
+    /// Wins over the schedule's bandwidth limit (a Job's `SUBLET_REPAIR_BANDWIDTH_LIMIT`).
+    bandwidth_limit: Option<u64>,
+}
+
+/// Paces reads and writes of one pass to a number of bytes per second.
+struct Pace {
+    limit: Option<u64>,
+    started: Instant,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Pace {
+    async fn spend(&self, bytes: u64) {
+        let Some(limit) = self.limit.filter(|l| *l > 0) else {
+            return;
+        };
+        let total = self
+            .bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            + bytes;
+        let due = Duration::from_secs_f64(total as f64 / limit as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl Repairer {
+    pub fn new(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> Self {
+        Repairer {
+            gateway,
+            metrics,
+            bandwidth_limit: None,
+        }
+    }
+
+    /// Paces passes to `bytes_per_second` (read plus written), whatever the schedule says.
+    pub fn with_bandwidth_limit(mut self, bytes_per_second: Option<u64>) -> Self {
+        self.bandwidth_limit = bytes_per_second;
+        self
+    }
+
+    fn meta(&self) -> &Arc<dyn MetadataStore> {
+        self.gateway.metadata()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MetadataStore) -> crate::meta::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let meta = Arc::clone(self.meta());
+        Ok(tokio::task::spawn_blocking(move || f(meta.as_ref())).await??)
+    }
+
+    /// Repairs up to `limit` of `plan`'s due versions, most at risk first, `maxConcurrent` at
+    /// a time. With `urgent_only` only those left with exactly dataShards healthy shards.
+    pub async fn run_pass(
+        &self,
+        plan: &str,
+        urgent_only: bool,
+        limit: usize,
+    ) -> anyhow::Result<RepairReport> {
+        let mut policy = self.gateway.rebuild_policy(plan);
+        if self.bandwidth_limit.is_some() {
+            policy.bandwidth_limit = self.bandwidth_limit;
+        }
+        let (cut, grace) = lost_cut(&policy, now_ms());
+        let owned = plan.to_owned();
+        let min = policy.min_healthy_shards;
+        let mut queue = self
+            .blocking(move |m| m.queued_versions(&owned, cut, grace, min, false, limit))
+            .await?;
+        if urgent_only {
+            queue.retain(|q| q.healthy <= q.needed);
+        }
+        // Versions another pass of this process holds are its business.
+        let claims = Arc::clone(self.gateway.repair_claims());
+        {
+            let mut held = claims
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.retain(|q| held.insert(q.seq));
+        }
+        let _release = Release {
+            claims: Arc::clone(&claims),
+            seqs: queue.iter().map(|q| q.seq).collect(),
+        };
+        let mut report = RepairReport {
+            plan: plan.to_owned(),
+            examined: queue.len() as u64,
+            urgent_only,
+            ..RepairReport::default()
+        };
+        let pace = Arc::new(Pace {
+            limit: policy.bandwidth_limit,
+            started: Instant::now(),
+            bytes: Default::default(),
+        });
+        let outcomes: Vec<(QueuedVersion, anyhow::Result<Outcome>)> =
+            futures::stream::iter(queue.into_iter().map(|q| {
+                let pace = Arc::clone(&pace);
+                let policy = policy.clone();
+                async move {
+                    let out = self.repair_version(plan, &q, &policy, &pace).await;
+                    (q, out)
+                }
+            }))
+            .buffer_unordered(policy.max_concurrent.max(1))
+            .collect()
+            .await;
+        for (q, outcome) in outcomes {
+            match outcome {
+                Ok(Outcome::Repaired { shards, bytes }) => {
+                    report.repaired += 1;
+                    report.shards_rebuilt += shards;
+                    report.bytes_written += bytes;
+                    if let Some(m) = &self.metrics {
+                        m.repaired_objects.with_label_values(&[plan]).inc();
+                        m.rebuilt_shards.with_label_values(&[plan]).inc_by(shards);
+                        m.rebuilt_bytes.with_label_values(&[plan]).inc_by(bytes);
+                    }
+                    tracing::info!(
+                        plan,
+                        bucket = q.bucket,
+                        key = q.key,
+                        version = q.version_id,
+                        shards,
+                        "object repaired"
+                    );
+                }
+                Ok(Outcome::Conflict) => {
+                    report.conflicts += 1;
+                    self.count_failure(plan, "conflict");
+                    tracing::info!(
+                        plan,
+                        bucket = q.bucket,
+                        key = q.key,
+                        "object changed during repair; its new shards were removed"
+                    );
+                }
+                Ok(Outcome::Skipped) => report.skipped += 1,
+                Err(e) => {
+                    report.failed += 1;
+                    self.count_failure(plan, "failed");
+                    tracing::warn!(plan, bucket = q.bucket, key = q.key, version = q.version_id, error = %format!("{e:#}"), "repair failed");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn count_failure(&self, plan: &str, reason: &str) {
+        if let Some(m) = &self.metrics {
+            m.repair_failures.with_label_values(&[plan, reason]).inc();
+        }
+    }
+
+    /// One repair pass of every plan: urgent objects always, the rest inside the window.
+    pub async fn run_all(&self) -> Vec<RepairReport> {
+        let minute = local_minute_of_day();
+        let mut out = Vec::new();
+        let plans: Vec<String> = self
+            .gateway
+            .plans()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        for plan in plans {
+            let policy = self.gateway.rebuild_policy(&plan);
+            let urgent_only = !policy.in_window(minute);
+            match self.run_pass(&plan, urgent_only, PASS_LIMIT).await {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(plan, error = %format!("{e:#}"), "repair pass failed"),
+            }
+        }
+        out
+    }
+
+    async fn repair_version(
+        &self,
+        plan: &str,
+        q: &QueuedVersion,
+        policy: &RebuildPolicy,
+        pace: &Pace,
+    ) -> anyhow::Result<Outcome> {
+        let seq = q.seq;
+        let (version, bad, seen) = self
+            .blocking(move |m| {
+                Ok((
+                    m.version_by_seq(seq)?,
+                    m.bad_shards(seq)?,
+                    m.providers_seen()?,
+                ))
+            })
+            .await?;
+        let Some(layout) = version.and_then(|v| v.layout) else {
+            return Ok(Outcome::Skipped);
+        };
+        let bad: HashSet<ShardPos> = bad.into_iter().collect();
+        let (cut, _) = lost_cut(policy, now_ms());
+        let state = |p: usize, g: usize, i: usize, loc: &ShardLocation| -> ShardState {
+            if loc.is_missing() || bad.contains(&(p, g, i)) {
+                return ShardState::Lost;
+            }
+            match seen.get(&loc.provider) {
+                None => ShardState::Lost,
+                Some(ProviderSeen {
+                    down_since: Some(_),
+                    last_seen,
+                }) if *last_seen <= cut => ShardState::Lost,
+                Some(ProviderSeen {
+                    down_since: Some(_),
+                    ..
+                }) => ShardState::Away,
+                Some(_) if self.gateway.backend(&loc.provider).is_none() => ShardState::Lost,
+                Some(_) => ShardState::Readable,
+            }
+        };
+
+        let mut new_layout = layout.clone();
+        let mut written: Vec<ShardLocation> = Vec::new();
+        let mut replaced: Vec<ShardLocation> = Vec::new();
+        let result = self
+            .rebuild_pieces(
+                plan,
+                q,
+                &layout,
+                &mut new_layout,
+                &state,
+                pace,
+                &mut written,
+                &mut replaced,
+            )
+            .await;
+        let backend_for = |node: &str| self.gateway.backend(node);
+        if let Err(e) = result {
+            delete_shards(&only(&written), backend_for).await;
+            return Err(e);
+        }
+        if written.is_empty() {
+            return Ok(Outcome::Skipped);
+        }
+        let (expected, new) = (layout.clone(), new_layout.clone());
+        let swapped = self
+            .blocking(move |m| m.replace_layout(seq, &expected, &new))
+            .await;
+        match swapped {
+            Ok(true) => {
+                // Best effort: corrupt copies on live providers go now, copies on lost
+                // providers are garbage once they come back.
+                delete_shards(&only(&replaced), backend_for).await;
+                let bytes = written.iter().map(|s| s.length).sum();
+                Ok(Outcome::Repaired {
+                    shards: written.len() as u64,
+                    bytes,
+                })
+            }
+            Ok(false) => {
+                delete_shards(&only(&written), backend_for).await;
+                Ok(Outcome::Conflict)
+            }
+            Err(e) => {
+                // Unknown whether the switch happened: leave the new shards (at worst garbage).
+                Err(e.context("switching the layout"))
+            }
+        }
+    }
+
+    /// Rebuilds every lost shard of every piece of `layout` into `new_layout`.
+    #[allow(clippy::too_many_arguments)]
+    async fn rebuild_pieces(
+        &self,
+        plan: &str,
+        q: &QueuedVersion,
+        layout: &Layout,
+        new_layout: &mut Layout,
+        state: &(dyn Fn(usize, usize, usize, &ShardLocation) -> ShardState + Sync),
+        pace: &Pace,
+        written: &mut Vec<ShardLocation>,
+        replaced: &mut Vec<ShardLocation>,
+    ) -> anyhow::Result<()> {
+        let topology = Arc::clone(self.gateway.topology());
+        let rule = topology.rule(plan);
+        let candidates = topology.candidates(self.gateway.health());
+        let object = format!("{}/{}", q.bucket, q.key);
+        let pieces: Vec<&Layout> = layout.pieces().collect();
+        for (p, piece) in pieces.iter().enumerate() {
+            for (g, segment) in piece.segments.iter().enumerate() {
+                let states: Vec<ShardState> = segment
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, loc)| state(p, g, i, loc))
+                    .collect();
+                if !states.contains(&ShardState::Lost) {
+                    continue;
+                }
+                let needed = piece.scheme.needed();
+                let width = segment.shards.len();
+                // Read dataShards verified shards, data shards first.
+                let mut got: Vec<Option<Vec<u8>>> = vec![None; width];
+                let mut lost: BTreeSet<usize> = states
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| **s == ShardState::Lost)
+                    .map(|(i, _)| i)
+                    .collect();
+                // Ask for exactly the shards still missing, in parallel, in stripe order.
+                let readable: Vec<usize> = (0..width)
+                    .filter(|&i| states[i] == ShardState::Readable)
+                    .collect();
+                let mut next = 0;
+                while got.iter().filter(|s| s.is_some()).count() < needed && next < readable.len() {
+                    let missing = needed - got.iter().filter(|s| s.is_some()).count();
+                    let batch: Vec<usize> =
+                        readable[next..].iter().copied().take(missing).collect();
+                    next += batch.len();
+                    let fetches = batch.iter().map(|&i| {
+                        let loc = &segment.shards[i];
+                        let backend = self.gateway.backend(&loc.provider);
+                        async move {
+                            match backend {
+                                Some(b) => b.get(&loc.shard_id).await,
+                                None => Err(crate::dataplane::BackendError(format!(
+                                    "provider {} is not configured",
+                                    loc.provider
+                                ))),
+                            }
+                        }
+                    });
+                    let fetched = futures::future::join_all(fetches).await;
+                    for (&i, result) in batch.iter().zip(fetched) {
+                        let loc = &segment.shards[i];
+                        match result {
+                            Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => {
+                                pace.spend(bytes.len() as u64).await;
+                                got[i] = Some(bytes.to_vec());
+                            }
+                            Ok(_) => {
+                                tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check during repair");
+                                lost.insert(i);
+                            }
+                            Err(e) => {
+                                tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, error = %e, "shard read failed during repair");
+                                if e.shard_gone() {
+                                    lost.insert(i);
+                                }
+                            }
+                        }
+                    }
+                }
+                let sealed_len = usize::try_from(segment.sealed_length).unwrap_or(usize::MAX);
+                let sealed = codec::decode_stripe(piece.scheme, &got, sealed_len).map_err(|e| {
+                    anyhow::anyhow!("object {object}: segment {g} cannot be rebuilt: {e}")
+                })?;
+                let shards = codec::encode_stripe(piece.scheme, &sealed)?;
+                // The re-encoded stripe must reproduce the shards it was read from.
+                for (i, shard) in got.iter().enumerate() {
+                    if let Some(shard) = shard
+                        && shards.get(i) != Some(shard)
+                    {
+                        anyhow::bail!(
+                            "object {object}: segment {g}: re-encoding does not reproduce shard {i}; left untouched"
+                        );
+                    }
+                }
+                // New homes: never beside a shard kept in this stripe.
+                let kept: Vec<usize> = segment
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !lost.contains(i))
+                    .filter_map(|(_, loc)| {
+                        candidates
+                            .iter()
+                            .position(|c| c.site.node_id == loc.provider)
+                    })
+                    .collect();
+                let need_bytes = shards.first().map_or(0, |s| s.len() as u64);
+                let uid = format!("{}.{p}.{g}", q.version_id);
+                let homes = choose_more(
+                    plan,
+                    &rule,
+                    &kept,
+                    lost.len(),
+                    &candidates,
+                    need_bytes,
+                    &object,
+                    &uid,
+                )
+                .map_err(|e| anyhow::anyhow!("object {object}: segment {g}: {e}"))?;
+                let suffix = random_suffix();
+                for (&i, home) in lost.iter().zip(homes) {
+                    let node = &candidates[home].site.node_id;
+                    let backend = self.gateway.backend(node).ok_or_else(|| {
+                        anyhow::anyhow!("placement chose unknown provider {node}")
+                    })?;
+                    let old = &segment.shards[i];
+                    let shard_id = format!("{}-r{suffix}", base_id(&old.shard_id));
+                    let data = Bytes::from(shards[i].clone());
+                    let length = data.len() as u64;
+                    let want = blake3::hash(&data);
+                    let hash = backend.put(&shard_id, data).await.map_err(|e| {
+                        anyhow::anyhow!("object {object}: writing a rebuilt shard: {e}")
+                    })?;
+                    pace.spend(length).await;
+                    let loc = ShardLocation {
+                        provider: node.clone(),
+                        shard_id,
+                        hash: hex::encode(hash),
+                        length,
+                    };
+                    written.push(loc.clone());
+                    if hash != *want.as_bytes() {
+                        anyhow::bail!(
+                            "provider {node} acknowledged a rebuilt shard with the wrong hash"
+                        );
+                    }
+                    if !old.is_missing() {
+                        replaced.push(old.clone());
+                    }
+                    set_shard(new_layout, p, g, i, loc);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives a pass's claimed versions back when it ends, however it ends.
+struct Release {
+    claims: Arc<std::sync::Mutex<HashSet<i64>>>,
+    seqs: Vec<i64>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut held = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for seq in &self.seqs {
+            held.remove(seq);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShardState {
+    /// Present on a provider that answers probes.
+    Readable,
+    /// On a provider down inside the grace period: kept, not read.
+    Away,
+    /// Missing, found bad, or on a provider lost past the grace period: rebuilt.
+    Lost,
+}
+
+/// A throwaway layout holding `shards`, for [`delete_shards`].
+fn only(shards: &[ShardLocation]) -> Layout {
+    Layout {
+        scheme: crate::layout::Scheme::Replicas { copies: 1 },
+        encryption: Encryption::None,
+        segment_size: 0,
+        segments: vec![crate::layout::Segment {
+            plain_length: 0,
+            sealed_length: 0,
+            shards: shards.to_vec(),
+        }],
+        inline: None,
+        parts: Vec::new(),
+    }
+}
+
+fn set_shard(layout: &mut Layout, piece: usize, segment: usize, idx: usize, loc: ShardLocation) {
+    let target = if layout.parts.is_empty() {
+        Some(layout)
+    } else {
+        layout.parts.get_mut(piece)
+    };
+    if let Some(slot) = target
+        .and_then(|l| l.segments.get_mut(segment))
+        .and_then(|s| s.shards.get_mut(idx))
+    {
+        *slot = loc;
+    }
+}
+
+/// A shard id without an earlier repair's suffix, so ids do not grow with every repair.
+fn base_id(id: &str) -> &str {
+    match id.rsplit_once("-r") {
+        Some((base, suffix))
+            if suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            base
+        }
+        _ => id,
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    format!("{:08x}", rand::rng().random::<u32>())
+}
+
+/// Minutes since local midnight (UTC when the local offset is unknown).
+fn local_minute_of_day() -> u32 {
+    use chrono::Timelike;
+    let now = chrono::Local::now();
+    now.hour() * 60 + now.minute()
+}
+
+/// Runs [`Repairer::run_all`] every `interval` until `stop` changes.
+pub fn spawn_loop(
+    gateway: Arc<Gateway>,
+    metrics: Option<Metrics>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let repairer = Repairer::new(gateway, metrics);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {
+                    let reports = repairer.run_all().await;
+                    for r in reports.iter().filter(|r| r.examined > 0) {
+                        tracing::info!(plan = r.plan, repaired = r.repaired, failed = r.failed, conflicts = r.conflicts, "repair pass done");
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
+/// What `sublet repair` was asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct RepairCommand {
+    pub plan: String,
+    /// One pass, then exit.
+    pub once: bool,
+    /// Ask the gateway at this admin URL to repair instead of opening its state here.
+    pub admin_url: Option<String>,
+    /// Bytes per second, overriding the schedule's bandwidth limit.
+    pub bandwidth_limit: Option<u64>,
+}
+
+/// `sublet repair`: passes over the plan's queue until nothing due is left (or no pass makes
+/// progress), through the gateway's admin API when `admin_url` is set (a Kubernetes Job:
+/// the metadata lives in the gateway pod), else on the state `config` names (standalone).
+/// Fails when the last pass left versions it could not repair.
+pub async fn run_command(
+    cmd: &RepairCommand,
+    config: &sublet_crds::Config,
+    overrides: &crate::serve::Overrides,
+) -> anyhow::Result<()> {
+    if !config.plans.contains_key(&cmd.plan) {
+        anyhow::bail!(
+            "plan {} is not in the config; it has {}",
+            cmd.plan,
+            config.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let local = match &cmd.admin_url {
+        Some(_) => None,
+        None => {
+            let built = crate::serve::build(config, overrides).await?;
+            Some(Repairer::new(built.gateway, None).with_bandwidth_limit(cmd.bandwidth_limit))
+        }
+    };
+    let mut total = RepairReport {
+        plan: cmd.plan.clone(),
+        ..RepairReport::default()
+    };
+    loop {
+        let report = match (&local, &cmd.admin_url) {
+            (Some(r), _) => {
+                let policy = r.gateway.rebuild_policy(&cmd.plan);
+                let urgent_only = !policy.in_window(local_minute_of_day());
+                r.run_pass(&cmd.plan, urgent_only, PASS_LIMIT).await?
+            }
+            (None, Some(url)) => remote_pass(url, &cmd.plan, cmd.bandwidth_limit).await?,
+            (None, None) => unreachable!("local is set without an admin URL"),
+        };
+        eprintln!(
+            "plan {}: examined {}, repaired {} ({} shards, {} bytes), failed {}, conflicts {}",
+            report.plan,
+            report.examined,
+            report.repaired,
+            report.shards_rebuilt,
+            report.bytes_written,
+            report.failed,
+            report.conflicts
+        );
+        total.examined += report.examined;
+        total.repaired += report.repaired;
+        total.failed = report.failed;
+        if cmd.once || report.examined == 0 || report.repaired == 0 {
+            break;
+        }
+    }
+    if total.failed > 0 {
+        anyhow::bail!(
+            "plan {}: {} versions could not be repaired (see the log); they stay queued",
+            cmd.plan,
+            total.failed
+        );
+    }
+    Ok(())
+}
+
+/// One pass through `POST {admin}/admin/v1/plans/{plan}/repair`.
+async fn remote_pass(
+    admin_url: &str,
+    plan: &str,
+    bandwidth_limit: Option<u64>,
+) -> anyhow::Result<RepairReport> {
+    use http_body_util::BodyExt;
+    let mut url = format!(
+        "{}/admin/v1/plans/{plan}/repair",
+        admin_url.trim_end_matches('/')
+    );
+    if let Some(limit) = bandwidth_limit {
+        url.push_str(&format!("?bandwidthLimit={limit}"));
+    }
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::post(&url)
+        .body(http_body_util::Empty::new())
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        anyhow::bail!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+    }
+    serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url}: unexpected answer: {e}"))
+}
+
+/// Lost versions of a plan, for `GET /admin/v1/plans/{plan}/lost`.
+pub fn lost_versions(
+    meta: &dyn MetadataStore,
+    plan: &str,
+    policy: &RebuildPolicy,
+    limit: usize,
+) -> crate::meta::Result<Vec<QueuedVersion>> {
+    let (cut, grace) = lost_cut(policy, now_ms());
+    meta.queued_versions(plan, cut, grace, policy.min_healthy_shards, true, limit)
+}
+
+/// Shards and bytes per pool, from the shard index and the pool each provider was last
+/// configured in: a pool taken out of the configuration keeps counting what is still stored
+/// on its providers (the operator holds a deleted pool until that is 0). Configured pools
+/// are listed even when empty.
+pub fn pool_usage(gateway: &Gateway) -> crate::meta::Result<BTreeMap<String, (u64, u64)>> {
+    let meta = gateway.metadata();
+    let usage = meta.provider_usage()?;
+    let mut pools = meta.provider_pools()?;
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for site in &gateway.topology().sites {
+        pools.insert(site.node_id.clone(), site.pool.clone());
+        out.entry(site.pool.clone()).or_default();
+    }
+    for (node, (shards, bytes)) in usage {
+        if let Some(pool) = pools.get(&node) {
+            let entry = out.entry(pool.clone()).or_default();
+            entry.0 += shards;
+            entry.1 += bytes;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repaired_ids_do_not_grow() {
+        assert_eq!(base_id("abc.0.1"), "abc.0.1");
+        assert_eq!(base_id("abc.0.1-r0a1b2c3d"), "abc.0.1");
+        assert_eq!(base_id("abc-rx"), "abc-rx");
+    }
+}
