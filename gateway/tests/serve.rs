@@ -723,6 +723,30 @@ async fn serve_runs_the_config_the_operator_renders() {
         .expect("the rendered config asks for the admin listener");
     let r = plain_get(admin, "/healthz").await;
     assert_eq!(r.status, 200);
+    // The operator's admin client understands what this gateway answers: plan status and
+    // the pool finalizer depend on it.
+    use sublet_operator::admin::{AdminApi, HttpAdmin};
+    let url = format!("http://{admin}");
+    let health = HttpAdmin::default()
+        .plan_health(&url, "scratch")
+        .await
+        .unwrap();
+    assert_eq!(health.plan, "scratch");
+    assert_eq!(health.objects, 1, "{health:?}");
+    assert_eq!(health.logical_bytes, body.len() as u64, "{health:?}");
+    assert_eq!(
+        health.shards.healthy,
+        3 * 4,
+        "EC 2+1, four 64 KiB segments: {health:?}"
+    );
+    assert_eq!(health.shards.lost + health.shards.degraded, 0, "{health:?}");
+    assert_eq!(health.repair.due, 0, "{health:?}");
+    let usage = HttpAdmin::default()
+        .pool_usage(&url, "home-lab")
+        .await
+        .unwrap();
+    assert_eq!(usage.shards, 12, "{usage:?}");
+    assert!(usage.bytes >= body.len() as u64, "{usage:?}");
     running.shutdown().await;
     for p in providers {
         p.shutdown().await;
