@@ -11,6 +11,9 @@
 //!   as a Kubernetes Job.
 //!
 //! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
+//! - `POST /admin/v1/scrub?after=SEQ&limit=N`: reads every shard of up to N versions (1000 by
+//!   default) after row id SEQ whole, unthrottled, flags corrupt or missing ones for repair,
+//!   and answers a [`crate::scrub::ScrubReport`] whose `next` continues the walk.
 //! - `POST /admin/v1/gc?minAgeSeconds=N`: removes shards no metadata references, stored more
 //!   than N seconds ago (default a day), from every provider. Only for providers this gateway
 //!   alone uses: another gateway's shards are unreferenced here too.
@@ -47,6 +50,14 @@ pub const GC_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 
 #[serde(rename_all = "camelCase")]
 struct AuditQuery {
     samples: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScrubQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +125,7 @@ pub fn router(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> axum::Router {
         .route("/admin/v1/pools/{pool}", axum::routing::get(pool))
         .route("/admin/v1/audit", axum::routing::post(audit))
         .route("/admin/v1/gc", axum::routing::post(gc))
+        .route("/admin/v1/scrub", axum::routing::post(scrub))
         .with_state(state)
 }
 
@@ -249,6 +261,16 @@ async fn audit(State(admin): State<Admin>, Query(q): Query<AuditQuery>) -> Respo
         .samples
         .unwrap_or_else(|| crate::audit::AuditPolicy::default().samples_per_provider);
     match crate::audit::audit_round(&admin.gateway, admin.metrics.as_ref(), samples).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn scrub(State(admin): State<Admin>, Query(q): Query<ScrubQuery>) -> Response {
+    let limit = q.limit.unwrap_or(1000).max(1);
+    match crate::scrub::scrub_pass(&admin.gateway, admin.metrics.as_ref(), q.after, limit, None)
+        .await
+    {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }

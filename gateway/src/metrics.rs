@@ -62,6 +62,10 @@ pub struct Metrics {
     pub provider_score: IntGaugeVec,
     /// Unreferenced shards removed from providers.
     pub gc_deleted: IntCounterVec,
+    /// Shards a scrub read whole, by provider and outcome.
+    pub scrubbed_shards: IntCounterVec,
+    /// Shard bytes a scrub read, by provider.
+    pub scrubbed_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -163,6 +167,16 @@ impl Metrics {
             "Shards no metadata referenced, removed from providers after the safety delay.",
             &["provider"],
         )?;
+        let scrubbed_shards = counter(
+            "scrubbed_shards_total",
+            "Shards a scrub read whole and checked against the hash recorded at write time, by provider and outcome (intact, bad, unanswered).",
+            &["provider", "outcome"],
+        )?;
+        let scrubbed_bytes = counter(
+            "scrubbed_bytes_total",
+            "Shard bytes read by scrubs, by provider.",
+            &["provider"],
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "sublet_gateway_request_duration_seconds",
@@ -193,6 +207,8 @@ impl Metrics {
             audits,
             provider_score,
             gc_deleted,
+            scrubbed_shards,
+            scrubbed_bytes,
         })
     }
 
