@@ -10,6 +10,9 @@
 //!   the plan now and answers its [`RepairReport`]; what `sublet repair` calls when it runs
 //!   as a Kubernetes Job.
 //!
+//! - `POST /admin/v1/plans/{plan}/reencode?limit=N`: rewrites up to N (200 by default)
+//!   objects stored under the plan's old redundancy or encryption now, and answers a
+//!   [`crate::s3::reencode::ReencodeReport`] (`outdated` counts them all).
 //! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
 //! - `POST /admin/v1/scrub?after=SEQ&limit=N`: reads every shard of up to N versions (1000 by
 //!   default) after row id SEQ whole, unthrottled, flags corrupt or missing ones for repair,
@@ -50,6 +53,12 @@ pub const GC_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 
 #[serde(rename_all = "camelCase")]
 struct AuditQuery {
     samples: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReencodeQuery {
+    limit: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +131,10 @@ pub fn router(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> axum::Router {
         .route("/admin/v1/plans/{plan}", axum::routing::get(plan_health))
         .route("/admin/v1/plans/{plan}/lost", axum::routing::get(lost))
         .route("/admin/v1/plans/{plan}/repair", axum::routing::post(repair))
+        .route(
+            "/admin/v1/plans/{plan}/reencode",
+            axum::routing::post(reencode),
+        )
         .route("/admin/v1/pools/{pool}", axum::routing::get(pool))
         .route("/admin/v1/audit", axum::routing::post(audit))
         .route("/admin/v1/gc", axum::routing::post(gc))
@@ -262,6 +275,29 @@ async fn audit(State(admin): State<Admin>, Query(q): Query<AuditQuery>) -> Respo
         .unwrap_or_else(|| crate::audit::AuditPolicy::default().samples_per_provider);
     match crate::audit::audit_round(&admin.gateway, admin.metrics.as_ref(), samples).await {
         Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn reencode(
+    State(admin): State<Admin>,
+    Path(plan): Path<String>,
+    Query(q): Query<ReencodeQuery>,
+) -> Response {
+    if !admin.gateway.plans().iter().any(|p| p.name == plan) {
+        return unknown_plan(&plan);
+    }
+    let limit = q
+        .limit
+        .unwrap_or(crate::s3::reencode::REENCODE_PER_PASS)
+        .max(1);
+    match admin.gateway.reencode_pass(&plan, limit).await {
+        Ok(report) => {
+            if let Some(m) = &admin.metrics {
+                report.record(m);
+            }
+            Json(report).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub scrubbed_shards: IntCounterVec,
     /// Shard bytes a scrub read, by provider.
     pub scrubbed_bytes: IntCounterVec,
+    /// Objects rewritten under their plan's changed settings, by plan.
+    pub reencoded_objects: IntCounterVec,
+    /// Objects of a plan still stored under its old settings (as of the last pass).
+    pub reencode_pending: IntGaugeVec,
 }
 
 impl Metrics {
@@ -177,6 +181,16 @@ impl Metrics {
             "Shard bytes read by scrubs, by provider.",
             &["provider"],
         )?;
+        let reencoded_objects = counter(
+            "reencoded_objects_total",
+            "Objects rewritten under their plan's changed redundancy or encryption, by plan.",
+            &["plan"],
+        )?;
+        let reencode_pending = gauge(
+            "reencode_pending_objects",
+            "Objects of a plan still stored under its old redundancy or encryption, after the last re-encode pass.",
+            &["plan"],
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "sublet_gateway_request_duration_seconds",
@@ -209,6 +223,8 @@ impl Metrics {
             gc_deleted,
             scrubbed_shards,
             scrubbed_bytes,
+            reencoded_objects,
+            reencode_pending,
         })
     }
 

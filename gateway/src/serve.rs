@@ -707,6 +707,12 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
             scrub_policy(config),
             stop.clone(),
         ),
+        crate::s3::reencode::spawn_reencode(
+            Arc::clone(&gateway),
+            Some(metrics.clone()),
+            crate::s3::reencode::REENCODE_INTERVAL,
+            stop.clone(),
+        ),
         crate::s3::spawn_lifecycle(
             Arc::clone(&gateway),
             lifecycle_rules(config),

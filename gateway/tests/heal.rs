@@ -529,6 +529,113 @@ async fn scrub_finds_corrupt_and_missing_shards_nobody_reads() {
     }
 }
 
+/// A plan whose redundancy changes (an edited config after a restart): its objects are
+/// re-encoded under the new scheme, read back byte for byte with their ETags, and the old
+/// shards are freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changed_plans_reencode_their_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        name: "standard".into(),
+        scheme: Scheme::Erasure { data: 4, parity: 2 },
+        encrypt: true,
+        segment_size: 64 << 10,
+        write_quorum: 6,
+    };
+    let mut cluster = dev::start_cluster_with(
+        tmp.path(),
+        6,
+        vec![plan.clone()],
+        HashMap::from([("standard".to_owned(), RebuildPolicy::default())]),
+    )
+    .await
+    .unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let meta = Arc::clone(gateway.metadata());
+    let svc = dev::service(Arc::clone(&gateway), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+    let mut bodies = HashMap::new();
+    for i in 0..3 {
+        let key = format!("obj-{i}");
+        let body = data(100_000 + i * 50_000, i);
+        let (s, b) = call(&svc, Method::PUT, &format!("/bkt/{key}"), body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        bodies.insert(key, body);
+    }
+    let etags: HashMap<String, String> = bodies
+        .keys()
+        .map(|k| {
+            (
+                k.clone(),
+                meta.version("bkt", k, None).unwrap().unwrap().etag,
+            )
+        })
+        .collect();
+    let nothing = gateway.reencode_pass("standard", 100).await.unwrap();
+    assert_eq!(nothing.outdated, 0, "{nothing:?}");
+
+    // The same store and providers, the plan now EC 2+1 and unencrypted.
+    let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
+    let master =
+        sublet_gateway::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+    let changed = Plan {
+        scheme: Scheme::Erasure { data: 2, parity: 1 },
+        encrypt: false,
+        write_quorum: 3,
+        ..plan
+    };
+    let after = Arc::new(
+        sublet_gateway::s3::Gateway::new(
+            Arc::clone(&meta),
+            Arc::new(master),
+            vec![changed.clone()],
+            ids.iter().map(|id| gateway.backend(id).unwrap()).collect(),
+        )
+        .unwrap()
+        .with_placement(
+            sublet_gateway::placement::Topology::flat(ids.iter().map(String::as_str)),
+            Arc::clone(gateway.health()),
+        )
+        .unwrap(),
+    );
+    let first = after.reencode_pass("standard", 2).await.unwrap();
+    assert_eq!(
+        (first.outdated, first.reencoded, first.failed),
+        (3, 2, 0),
+        "{first:?}"
+    );
+    let rest = after.reencode_pass("standard", 100).await.unwrap();
+    assert_eq!((rest.outdated, rest.reencoded), (1, 1), "{rest:?}");
+    let svc = dev::service(Arc::clone(&after), None);
+    let mut segments = 0;
+    for (k, body) in &bodies {
+        let v = meta.version("bkt", k, None).unwrap().unwrap();
+        let layout = v.layout.as_ref().unwrap();
+        assert!(
+            sublet_gateway::s3::reencode::conforms(layout, &changed),
+            "{k}"
+        );
+        assert_eq!(v.etag, etags[k], "{k} keeps its ETag");
+        segments += layout.segments.len();
+        let (s, got) = call(&svc, Method::GET, &format!("/bkt/{k}"), vec![]).await;
+        assert_eq!(s, StatusCode::OK, "{k}");
+        assert!(got == *body, "{k} reads back byte for byte");
+    }
+    // Only the new shards are left on the providers.
+    let dirs: Vec<_> = (0..6)
+        .map(|n| tmp.path().join("providers").join(n.to_string()))
+        .collect();
+    assert_eq!(shard_files(&dirs), segments * 3);
+    let again = after.reencode_pass("standard", 100).await.unwrap();
+    assert_eq!(again.outdated, 0, "{again:?}");
+    for p in cluster.providers.drain(..) {
+        p.shutdown().await;
+    }
+}
+
 fn shard_files(dirs: &[std::path::PathBuf]) -> usize {
     dirs.iter()
         .filter_map(|d| std::fs::read_dir(d.join("shards")).ok())

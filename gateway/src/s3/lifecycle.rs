@@ -571,7 +571,7 @@ impl Gateway {
     /// Re-encodes `v` under `plan` and swaps its layout if nobody changed it meanwhile;
     /// the object stays readable from its old shards until the swap. Returns false (and
     /// frees the new shards) when the version changed.
-    async fn transition(&self, v: &ObjectVersion, plan: &str) -> S3Result<bool> {
+    pub(super) async fn transition(&self, v: &ObjectVersion, plan: &str) -> S3Result<bool> {
         let target = self.plan(plan).cloned().ok_or_else(|| {
             internal(format!(
                 "lifecycle names plan {plan}, which is not configured"
