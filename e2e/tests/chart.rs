@@ -878,6 +878,10 @@ fn gateway_metrics() -> String {
             .filter(|p| p.extension().is_some_and(|e| e == "shard"))
             .collect()
     };
+    // A scrub reads every shard whole.
+    let (status, body) = http_post(dev.admin_addr, "/admin/v1/scrub").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"bad\":0"), "{body}");
     // One provider loses its disk: an audit finds its shards gone (audits, scores) and a
     // repair pass rebuilds them elsewhere (repair throughput).
     let first = shard_files(&state.join("providers").join("0"));
