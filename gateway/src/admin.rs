@@ -10,6 +10,9 @@
 //!   the plan now and answers its [`RepairReport`]; what `sublet repair` calls when it runs
 //!   as a Kubernetes Job.
 //!
+//! - `POST /admin/v1/snapshot`: stores a metadata snapshot on the providers now (what the
+//!   hourly timer does; `sublet recover` restores the newest) and answers its manifest's
+//!   `created` and `size`; 404 where the gateway takes no snapshots (`sublet dev`).
 //! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
 //! - `POST /admin/v1/gc?minAgeSeconds=N`: removes shards no metadata references, stored more
 //!   than N seconds ago (default a day), from every provider. Only for providers this gateway
@@ -27,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::health::PlanHealth;
 use crate::metrics::Metrics;
+use crate::recover::SnapshotSource;
 use crate::repair::{PASS_LIMIT, RepairReport, Repairer};
 use crate::s3::Gateway;
 
@@ -38,6 +42,7 @@ struct Admin {
     gateway: Arc<Gateway>,
     repairer: Repairer,
     metrics: Option<Metrics>,
+    snapshots: Option<SnapshotSource>,
 }
 
 /// Unreferenced shards younger than this are left alone by `POST /admin/v1/gc` by default.
@@ -100,12 +105,18 @@ struct LimitQuery {
     bandwidth_limit: Option<u64>,
 }
 
-/// The admin routes over `gateway`; repairs count into `metrics` when given.
-pub fn router(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> axum::Router {
+/// The admin routes over `gateway`; repairs count into `metrics` when given; snapshots are
+/// taken on demand with `snapshots` when given.
+pub fn router(
+    gateway: Arc<Gateway>,
+    metrics: Option<Metrics>,
+    snapshots: Option<SnapshotSource>,
+) -> axum::Router {
     let state = Admin {
         repairer: Repairer::new(Arc::clone(&gateway), metrics.clone()),
         gateway,
         metrics,
+        snapshots,
     };
     axum::Router::new()
         .route("/admin/v1/plans/{plan}", axum::routing::get(plan_health))
@@ -114,6 +125,7 @@ pub fn router(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> axum::Router {
         .route("/admin/v1/pools/{pool}", axum::routing::get(pool))
         .route("/admin/v1/audit", axum::routing::post(audit))
         .route("/admin/v1/gc", axum::routing::post(gc))
+        .route("/admin/v1/snapshot", axum::routing::post(snapshot))
         .with_state(state)
 }
 
@@ -260,6 +272,19 @@ async fn gc(State(admin): State<Admin>, Query(q): Query<GcQuery>) -> Response {
         .map_or(GC_MIN_AGE, std::time::Duration::from_secs);
     match crate::audit::collect_garbage(&admin.gateway, admin.metrics.as_ref(), min_age).await {
         Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn snapshot(State(admin): State<Admin>) -> Response {
+    let Some(source) = &admin.snapshots else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this gateway takes no metadata snapshots (only sublet serve does)".into(),
+        );
+    };
+    match source.take().await {
+        Ok(m) => Json(serde_json::json!({ "created": m.created, "size": m.size })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }
