@@ -13,6 +13,9 @@
 //! - `POST /admin/v1/snapshot`: stores a metadata snapshot on the providers now (what the
 //!   hourly timer does; `sublet recover` restores the newest) and answers its manifest's
 //!   `created` and `size`; 404 where the gateway takes no snapshots (`sublet dev`).
+//! - `POST /admin/v1/lifecycle?daysAhead=N`: runs one lifecycle pass (bucket rules and the
+//!   schedules' rules) now, as if N more days (default 0) had passed: rules count in days
+//!   and the timer runs hourly; answers what it did.
 //! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
 //! - `POST /admin/v1/gc?minAgeSeconds=N`: removes shards no metadata references, stored more
 //!   than N seconds ago (default a day), from every provider. Only for providers this gateway
@@ -42,7 +45,23 @@ struct Admin {
     gateway: Arc<Gateway>,
     repairer: Repairer,
     metrics: Option<Metrics>,
-    snapshots: Option<SnapshotSource>,
+    standalone: Standalone,
+}
+
+/// What `sublet serve` adds to the admin API: on-demand snapshots and the schedules'
+/// lifecycle rules (a gateway without them answers 404 to snapshots and applies only bucket
+/// lifecycle rules).
+#[derive(Clone, Default)]
+pub struct Standalone {
+    pub snapshots: Option<SnapshotSource>,
+    pub lifecycle_rules: crate::s3::PlanRules,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecycleQuery {
+    #[serde(default)]
+    days_ahead: u32,
 }
 
 /// Unreferenced shards younger than this are left alone by `POST /admin/v1/gc` by default.
@@ -105,18 +124,17 @@ struct LimitQuery {
     bandwidth_limit: Option<u64>,
 }
 
-/// The admin routes over `gateway`; repairs count into `metrics` when given; snapshots are
-/// taken on demand with `snapshots` when given.
+/// The admin routes over `gateway`; repairs count into `metrics` when given.
 pub fn router(
     gateway: Arc<Gateway>,
     metrics: Option<Metrics>,
-    snapshots: Option<SnapshotSource>,
+    standalone: Standalone,
 ) -> axum::Router {
     let state = Admin {
         repairer: Repairer::new(Arc::clone(&gateway), metrics.clone()),
         gateway,
         metrics,
-        snapshots,
+        standalone,
     };
     axum::Router::new()
         .route("/admin/v1/plans/{plan}", axum::routing::get(plan_health))
@@ -126,6 +144,7 @@ pub fn router(
         .route("/admin/v1/audit", axum::routing::post(audit))
         .route("/admin/v1/gc", axum::routing::post(gc))
         .route("/admin/v1/snapshot", axum::routing::post(snapshot))
+        .route("/admin/v1/lifecycle", axum::routing::post(lifecycle))
         .with_state(state)
 }
 
@@ -277,7 +296,7 @@ async fn gc(State(admin): State<Admin>, Query(q): Query<GcQuery>) -> Response {
 }
 
 async fn snapshot(State(admin): State<Admin>) -> Response {
-    let Some(source) = &admin.snapshots else {
+    let Some(source) = &admin.standalone.snapshots else {
         return error(
             StatusCode::NOT_FOUND,
             "this gateway takes no metadata snapshots (only sublet serve does)".into(),
@@ -286,5 +305,20 @@ async fn snapshot(State(admin): State<Admin>) -> Response {
     match source.take().await {
         Ok(m) => Json(serde_json::json!({ "created": m.created, "size": m.size })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn lifecycle(State(admin): State<Admin>, Query(q): Query<LifecycleQuery>) -> Response {
+    let now = crate::health::now_ms() + i64::from(q.days_ahead) * 24 * 3600 * 1000;
+    match admin
+        .gateway
+        .lifecycle_pass(&admin.standalone.lifecycle_rules, now)
+        .await
+    {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.message().unwrap_or("lifecycle pass failed").to_string(),
+        ),
     }
 }

@@ -496,7 +496,7 @@ pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     gateway: Arc<Gateway>,
-    snapshots: Option<crate::recover::SnapshotSource>,
+    standalone: crate::admin::Standalone,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let scrape = {
@@ -525,7 +525,7 @@ pub async fn serve_admin(
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::admin::router(gateway, Some(metrics), snapshots));
+        .merge(crate::admin::router(gateway, Some(metrics), standalone));
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
@@ -548,7 +548,7 @@ pub async fn spawn_admin(
         listener,
         metrics,
         gateway,
-        None,
+        crate::admin::Standalone::default(),
         std::future::pending(),
     ));
     Ok(bound)

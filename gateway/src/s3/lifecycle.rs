@@ -63,7 +63,8 @@ impl Rule {
 pub type PlanRules = Vec<(String, Vec<Rule>)>;
 
 /// What one lifecycle pass did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     pub expired: u64,
     pub noncurrent_deleted: u64,
