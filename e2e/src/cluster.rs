@@ -319,6 +319,24 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e}"));
     }
 
+    /// Sets `bucket`'s lifecycle configuration (PutBucketLifecycleConfiguration) to `xml`.
+    pub fn put_lifecycle(&self, bucket: &str, xml: &str) {
+        use base64::Engine;
+        use md5::Digest;
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml));
+        let mut conn = Connection::new(self.target(bucket));
+        self.runtime
+            .block_on(conn.request(
+                Method::PUT,
+                None,
+                &[("lifecycle", "")],
+                &[("content-md5", &md5)],
+                BenchBody::Bytes(Some(bytes::Bytes::from(xml.to_string()))),
+                Expect::Discard,
+            ))
+            .unwrap_or_else(|e| panic!("PutBucketLifecycleConfiguration on {bucket}: {e}"));
+    }
+
     /// PUTs `object`'s bytes under its key.
     pub fn put(&self, bucket: &str, object: &TestObject) {
         let mut conn = Connection::new(self.target(bucket));

@@ -417,3 +417,94 @@ fn a_gateway_killed_mid_repair_finishes_after_restart_without_placing_a_shard_tw
     }
     c.assert_all_read_back(BUCKET, &objects);
 }
+
+#[test]
+#[ignore = "bug: a lifecycle transition frees the old shards as soon as the new layout is \
+            switched in, so a GET streaming the object from its old layout fails mid-stream \
+            (\"segment N is unreadable\") and marks the freed shards bad"]
+fn a_lifecycle_transition_from_4_plus_2_to_10_plus_4_keeps_every_object_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = r#"
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {name: archive}
+spec:
+  redundancy: {erasure: {dataShards: 10, parityShards: 4}}
+  segmentSize: 64Ki
+  placement: {spreadBy: node, maxPerDomain: 1}
+  schedule: fast
+"#;
+    let c = Cluster::start(
+        tmp.path(),
+        14,
+        &format!("{}{archive}", policies(None)),
+        PLAN,
+    );
+    c.create_bucket(BUCKET);
+    let old = test_objects("old/scan", 10, 512 << 10);
+    let new = test_objects("new/scan", 4, 256 << 10);
+    let all: Vec<TestObject> = old.iter().chain(&new).cloned().collect();
+    for o in &all {
+        c.put(BUCKET, o);
+    }
+    c.put_lifecycle(
+        BUCKET,
+        "<LifecycleConfiguration><Rule><ID>cool-down</ID><Filter><Prefix>old/</Prefix></Filter>\
+         <Status>Enabled</Status><Transition><Days>1</Days><StorageClass>archive</StorageClass>\
+         </Transition></Rule></LifecycleConfiguration>",
+    );
+    // Rules count in days: nothing is due yet.
+    let report = c.admin_post("/admin/v1/lifecycle");
+    assert_eq!(report["transitioned"], 0, "{report}");
+
+    // Readers go over every object while the objects move.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = c.reader(BUCKET);
+    let (objects, stopped) = (all.clone(), std::sync::Arc::clone(&stop));
+    let reads = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (mut done, mut failed) = (0u64, Vec::new());
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            for o in &objects {
+                match reader.read_back(&rt, o) {
+                    Ok(()) => done += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+        }
+        (done, failed)
+    });
+    let started = Instant::now();
+    let report = c.admin_post("/admin/v1/lifecycle?daysAhead=2");
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, failed) = reads.join().unwrap();
+    eprintln!(
+        "lifecycle moved {} objects to 10+4 in {:.1}s; {done} reads meanwhile",
+        report["transitioned"],
+        took.as_secs_f64()
+    );
+    assert_eq!(report["transitioned"], old.len() as u64, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(failed.is_empty(), "reads during the transition: {failed:?}");
+    assert!(done > 0, "no read happened during the transition");
+
+    let moved = c.admin_get("/admin/v1/plans/archive");
+    let segments = |objs: &[TestObject]| objs.iter().map(|o| o.segments(SEGMENT)).sum::<u64>();
+    assert_eq!(moved["objects"], old.len() as u64, "{moved}");
+    assert_eq!(moved["shards"]["healthy"], segments(&old) * 14, "{moved}");
+    let stayed = plan_health(&c);
+    assert_eq!(stayed["objects"], new.len() as u64, "{stayed}");
+    // The 4+2 shards of moved objects are gone from the metadata.
+    let placed: u64 = (0..14).map(|i| c.shards_on(i)).sum();
+    assert_eq!(placed, segments(&old) * 14 + segments(&new) * WIDTH);
+    c.assert_all_read_back(BUCKET, &all);
+
+    // 10+4 for real: any 4 of the 14 providers may go.
+    let mut c = c;
+    for p in &mut c.providers[..4] {
+        p.kill();
+    }
+    c.assert_all_read_back(BUCKET, &old);
+}
