@@ -419,9 +419,6 @@ fn a_gateway_killed_mid_repair_finishes_after_restart_without_placing_a_shard_tw
 }
 
 #[test]
-#[ignore = "bug: a lifecycle transition frees the old shards as soon as the new layout is \
-            switched in, so a GET streaming the object from its old layout fails mid-stream \
-            (\"segment N is unreadable\") and marks the freed shards bad"]
 fn a_lifecycle_transition_from_4_plus_2_to_10_plus_4_keeps_every_object_readable() {
     let tmp = tempfile::tempdir().unwrap();
     let archive = r#"
