@@ -16,7 +16,7 @@ use http::Method;
 use crate::bench::client::{BenchBody, Connection, Expect, Target};
 use crate::bench::content::{Content, Verifier};
 use crate::bench::sigv4::Signer;
-use crate::{free_addr, wait_http_ok, workspace_binary};
+use crate::workspace_binary;
 
 /// Token the gateway presents to providers.
 const TOKEN: &str = "fault-injection-token-0123456789";
@@ -71,11 +71,28 @@ impl ProviderProcess {
         }
     }
 
+    /// Starts it for the first time, on other ports should its own be taken meanwhile.
+    fn first_start(&mut self) {
+        for _ in 0..3 {
+            if self.try_start().is_ok() {
+                return;
+            }
+            (self.grpc, self.http) = (free_addr(), free_addr());
+        }
+        self.start();
+    }
+
     /// Starts it on its data directory and addresses; returns once `/healthz` answers.
     pub fn start(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "{} is running already", self.name);
         let log = append(&self.log);
-        let child = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
+        let mut child = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--listen", &self.grpc.to_string()])
@@ -87,8 +104,31 @@ impl ProviderProcess {
             .stderr(log)
             .spawn()
             .expect("spawn sublet-provider");
-        self.child = Some(child);
-        wait_http_ok(self.http, "/healthz", START_TIMEOUT);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("poll sublet-provider") {
+                return Err(format!(
+                    "provider {} exited on start: {status}\n{}",
+                    self.name,
+                    log_tail(&self.log)
+                ));
+            }
+            if crate::http_get(self.http, "/healthz").is_ok_and(|(s, _)| s == 200) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if start.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "provider {} did not answer on {} within {START_TIMEOUT:?}\n{}",
+                    self.name,
+                    self.http,
+                    log_tail(&self.log)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL: the provider vanishes as a crashed machine does.
@@ -143,7 +183,7 @@ impl Cluster {
             .map(|i| ProviderProcess::new(dir, i))
             .collect();
         for p in &mut procs {
-            p.start();
+            p.first_start();
         }
         let (s3, admin) = (free_addr(), free_addr());
         let mut yaml = String::new();
@@ -250,13 +290,7 @@ impl Cluster {
 
     /// The last lines the gateway logged, for failure messages.
     pub fn gateway_log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.gateway_log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- last lines of {} ---\n{}",
-            self.gateway_log.display(),
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        )
+        log_tail(&self.gateway_log)
     }
 
     /// `GET path` on the admin listener; fails the test unless it answers 200 with JSON.
@@ -504,6 +538,34 @@ pub fn http_call(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A loopback address with a port nothing listens on now and no other cluster of this
+/// process was given: tests run side by side, and a port one of them frees may be handed
+/// to another before the first binds it again (a provider restarted on its address).
+fn free_addr() -> SocketAddr {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let addr = crate::free_addr();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
+}
+
+/// The last 40 lines of a log file, for failure messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- last lines of {} ---\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    )
 }
 
 fn append(path: &Path) -> std::fs::File {

@@ -138,6 +138,19 @@ fn losing_four_of_eight_providers_two_at_a_time_loses_nothing() {
     let before = metric(&c.metrics(), "sublet_gateway_rebuilt_bytes_total", PLAN);
     wait_until_loss_noticed(&c);
     let noticed = killed.elapsed();
+    let started = Instant::now();
+    let pass = c.admin_post(&format!(
+        "/admin/v1/plans/{PLAN}/repair?limit=1000&bandwidthLimit={UNLIMITED}"
+    ));
+    let pass_secs = started.elapsed().as_secs_f64();
+    let written = pass["bytesWritten"].as_f64().unwrap_or(0.0);
+    eprintln!(
+        "first repair pass: {} objects, {} shards, {written} bytes written in {pass_secs:.2}s \
+         = {:.2} MB/s written (plus 4 shards read per rebuilt one)",
+        pass["repaired"],
+        pass["shardsRebuilt"],
+        written / pass_secs / 1e6
+    );
     repair_until_healthy(&c, &objects, &[0], UNLIMITED);
     let healed = killed.elapsed();
     let rebuilt = metric(&c.metrics(), "sublet_gateway_rebuilt_bytes_total", PLAN) - before;
@@ -232,12 +245,6 @@ fn corrupt_shards_fail_audits_cost_the_provider_its_score_and_are_repaired() {
     for i in 2..8 {
         assert_eq!(score(i), 100.0, "provider {i} passed every audit");
     }
-    let h = plan_health(&c);
-    assert_eq!(
-        h["shards"]["healthy"],
-        total_shards(&objects) - corrupted,
-        "every corrupt shard known: {h}"
-    );
 
     // Reads never return the damage: providers verify what they send and the gateway what
     // it gets, falling back to parity.
