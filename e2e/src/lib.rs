@@ -1,10 +1,12 @@
 //! Helpers shared by the end-to-end tests in `tests/`: find the workspace's
 //! binaries, pick free ports, wait for daemons to come up; run `sublet dev`
-//! ([`dev`]), the real S3 clients ([`clients`]) and make test data ([`data`]);
-//! [`bench`] is the `sublet-bench` load generator.
+//! ([`dev`]), a gateway over provider processes to break ([`cluster`]), the real
+//! S3 clients ([`clients`]) and make test data ([`data`]); [`bench`] is the
+//! `sublet-bench` load generator.
 
 pub mod bench;
 pub mod clients;
+pub mod cluster;
 pub mod data;
 pub mod dev;
 

@@ -13,6 +13,12 @@
 //! - `POST /admin/v1/plans/{plan}/reencode?limit=N`: rewrites up to N (200 by default)
 //!   objects stored under the plan's old redundancy or encryption now, and answers a
 //!   [`crate::s3::reencode::ReencodeReport`] (`outdated` counts them all).
+//! - `POST /admin/v1/snapshot`: stores a metadata snapshot on the providers now (what the
+//!   hourly timer does; `sublet recover` restores the newest) and answers its manifest's
+//!   `created` and `size`; 404 where the gateway takes no snapshots (`sublet dev`).
+//! - `POST /admin/v1/lifecycle?daysAhead=N`: runs one lifecycle pass (bucket rules and the
+//!   schedules' rules) now, as if N more days (default 0) had passed: rules count in days
+//!   and the timer runs hourly; answers what it did.
 //! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
 //! - `POST /admin/v1/scrub?after=SEQ&limit=N`: reads every shard of up to N versions (1000 by
 //!   default) after row id SEQ whole, unthrottled, flags corrupt or missing ones for repair,
@@ -33,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::health::PlanHealth;
 use crate::metrics::Metrics;
+use crate::recover::SnapshotSource;
 use crate::repair::{PASS_LIMIT, RepairReport, Repairer};
 use crate::s3::Gateway;
 
@@ -44,6 +51,23 @@ struct Admin {
     gateway: Arc<Gateway>,
     repairer: Repairer,
     metrics: Option<Metrics>,
+    standalone: Standalone,
+}
+
+/// What `sublet serve` adds to the admin API: on-demand snapshots and the schedules'
+/// lifecycle rules (a gateway without them answers 404 to snapshots and applies only bucket
+/// lifecycle rules).
+#[derive(Clone, Default)]
+pub struct Standalone {
+    pub snapshots: Option<SnapshotSource>,
+    pub lifecycle_rules: crate::s3::PlanRules,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecycleQuery {
+    #[serde(default)]
+    days_ahead: u32,
 }
 
 /// Unreferenced shards younger than this are left alone by `POST /admin/v1/gc` by default.
@@ -121,11 +145,16 @@ struct LimitQuery {
 }
 
 /// The admin routes over `gateway`; repairs count into `metrics` when given.
-pub fn router(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> axum::Router {
+pub fn router(
+    gateway: Arc<Gateway>,
+    metrics: Option<Metrics>,
+    standalone: Standalone,
+) -> axum::Router {
     let state = Admin {
         repairer: Repairer::new(Arc::clone(&gateway), metrics.clone()),
         gateway,
         metrics,
+        standalone,
     };
     axum::Router::new()
         .route("/admin/v1/plans/{plan}", axum::routing::get(plan_health))
@@ -139,6 +168,8 @@ pub fn router(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> axum::Router {
         .route("/admin/v1/audit", axum::routing::post(audit))
         .route("/admin/v1/gc", axum::routing::post(gc))
         .route("/admin/v1/scrub", axum::routing::post(scrub))
+        .route("/admin/v1/snapshot", axum::routing::post(snapshot))
+        .route("/admin/v1/lifecycle", axum::routing::post(lifecycle))
         .with_state(state)
 }
 
@@ -319,5 +350,33 @@ async fn gc(State(admin): State<Admin>, Query(q): Query<GcQuery>) -> Response {
     match crate::audit::collect_garbage(&admin.gateway, admin.metrics.as_ref(), min_age).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn snapshot(State(admin): State<Admin>) -> Response {
+    let Some(source) = &admin.standalone.snapshots else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this gateway takes no metadata snapshots (only sublet serve does)".into(),
+        );
+    };
+    match source.take().await {
+        Ok(m) => Json(serde_json::json!({ "created": m.created, "size": m.size })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn lifecycle(State(admin): State<Admin>, Query(q): Query<LifecycleQuery>) -> Response {
+    let now = crate::health::now_ms() + i64::from(q.days_ahead) * 24 * 3600 * 1000;
+    match admin
+        .gateway
+        .lifecycle_pass(&admin.standalone.lifecycle_rules, now)
+        .await
+    {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.message().unwrap_or("lifecycle pass failed").to_string(),
+        ),
     }
 }

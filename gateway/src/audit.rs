@@ -196,10 +196,11 @@ pub async fn collect_garbage(
         .flat_map(|(_, _, stored)| stored.iter().map(|(id, _)| id.as_str()))
         .filter(|id| id.starts_with(MANIFEST_PREFIX))
         .collect();
-    let mut snapshot_shards = std::collections::HashSet::new();
+    // Shards a lifecycle transition replaced serve reads in flight for a while yet.
+    let mut kept_shards = gateway.retired_shards();
     for id in manifests {
         match gateway.fetch_manifest(id).await {
-            Some(m) => snapshot_shards.extend(m.layout.shards().map(|s| s.shard_id.clone())),
+            Some(m) => kept_shards.extend(m.layout.shards().map(|s| s.shard_id.clone())),
             None => anyhow::bail!(
                 "snapshot manifest {id} is unreadable on every provider; garbage collection \
                  stopped so it cannot take that snapshot's shards"
@@ -217,7 +218,7 @@ pub async fn collect_garbage(
         for (id, stored_at) in stored {
             if referenced.contains(&id)
                 || id.starts_with(MANIFEST_PREFIX)
-                || snapshot_shards.contains(&id)
+                || kept_shards.contains(&id)
             {
                 continue;
             }

@@ -528,6 +528,7 @@ pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     gateway: Arc<Gateway>,
+    standalone: crate::admin::Standalone,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let scrape = {
@@ -556,7 +557,7 @@ pub async fn serve_admin(
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::admin::router(gateway, Some(metrics)));
+        .merge(crate::admin::router(gateway, Some(metrics), standalone));
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
@@ -579,6 +580,7 @@ pub async fn spawn_admin(
         listener,
         metrics,
         gateway,
+        crate::admin::Standalone::default(),
         std::future::pending(),
     ));
     Ok(bound)

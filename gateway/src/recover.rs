@@ -48,6 +48,9 @@ pub async fn snapshot_once(
     clients: &[(String, ProviderClient)],
     work_dir: &Path,
 ) -> anyhow::Result<Manifest> {
+    // The copy's path is fixed: the timer and `POST /admin/v1/snapshot` take turns.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let copy = work_dir.join("metadata.snapshot.tmp");
     let _ = std::fs::remove_file(&copy);
     let store = Arc::clone(meta);
@@ -72,6 +75,22 @@ pub async fn snapshot_once(
     }
     gateway.drop_snapshots(&older).await;
     Ok(manifest)
+}
+
+/// What a snapshot taken on demand (`POST /admin/v1/snapshot`) needs: the timer's inputs.
+#[derive(Clone)]
+pub struct SnapshotSource {
+    pub gateway: Arc<Gateway>,
+    pub meta: Arc<dyn MetadataStore>,
+    pub clients: Vec<(String, ProviderClient)>,
+    pub work_dir: PathBuf,
+}
+
+impl SnapshotSource {
+    /// Takes one snapshot now, as the timer does.
+    pub async fn take(&self) -> anyhow::Result<Manifest> {
+        snapshot_once(&self.gateway, &self.meta, &self.clients, &self.work_dir).await
+    }
 }
 
 /// Snapshots every `every` until `stop` changes.

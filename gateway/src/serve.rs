@@ -740,6 +740,15 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
                 admin_listener,
                 metrics.clone(),
                 Arc::clone(&gateway),
+                crate::admin::Standalone {
+                    snapshots: Some(crate::recover::SnapshotSource {
+                        gateway: Arc::clone(&gateway),
+                        meta: Arc::clone(&meta),
+                        clients: clients.clone(),
+                        work_dir: paths.data_dir.clone(),
+                    }),
+                    lifecycle_rules: lifecycle_rules(config),
+                },
                 async move {
                     let _ = stop.changed().await;
                 },

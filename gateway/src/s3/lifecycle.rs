@@ -12,6 +12,11 @@ use crate::meta::{ObjectVersion, UploadQuery, VersionQuery, Versioning};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
+/// How long the shards a transition replaced are kept for reads that started before the
+/// switch; they are freed by the first lifecycle pass after that (or, should the gateway
+/// stop first, by garbage collection).
+pub const RETIRE_DELAY_MS: i64 = 15 * 60 * 1000;
+
 /// One lifecycle rule as the engine applies it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,7 +68,8 @@ impl Rule {
 pub type PlanRules = Vec<(String, Vec<Rule>)>;
 
 /// What one lifecycle pass did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     pub expired: u64,
     pub noncurrent_deleted: u64,
@@ -316,6 +322,7 @@ impl Gateway {
     /// One pass of every bucket's rules and of `plan_rules` (a schedule's rules apply to
     /// the objects of the plans naming it) as of `now` (Unix ms).
     pub async fn lifecycle_pass(&self, plan_rules: &PlanRules, now: i64) -> S3Result<Report> {
+        self.free_retired().await;
         let mut report = Report::default();
         let buckets = self.meta(|m| m.buckets()).await?;
         for bucket in buckets {
@@ -568,8 +575,38 @@ impl Gateway {
         }
     }
 
+    fn retired_layouts(&self) -> std::sync::MutexGuard<'_, Vec<(i64, crate::layout::Layout)>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Frees the layouts transitions replaced more than [`RETIRE_DELAY_MS`] ago (by the
+    /// clock, not a pass's `now`, which may run ahead).
+    async fn free_retired(&self) {
+        let cut = now_ms() - RETIRE_DELAY_MS;
+        let due: Vec<crate::layout::Layout> = {
+            let mut retired = self.retired_layouts();
+            let (due, kept) = retired.drain(..).partition(|(at, _)| *at <= cut);
+            *retired = kept;
+            due.into_iter().map(|(_, layout)| layout).collect()
+        };
+        for layout in &due {
+            self.free(Some(layout)).await;
+        }
+    }
+
+    /// Shard ids of layouts transitions replaced and not freed yet: not garbage.
+    pub fn retired_shards(&self) -> std::collections::HashSet<String> {
+        self.retired_layouts()
+            .iter()
+            .flat_map(|(_, layout)| layout.shards().map(|s| s.shard_id.clone()))
+            .collect()
+    }
+
     /// Re-encodes `v` under `plan` and swaps its layout if nobody changed it meanwhile;
-    /// the object stays readable from its old shards until the swap. Returns false (and
+    /// the object stays readable from its old shards until the swap, and for reads that
+    /// started before it, [`RETIRE_DELAY_MS`] longer. Returns false (and
     /// frees the new shards) when the version changed.
     pub(super) async fn transition(&self, v: &ObjectVersion, plan: &str) -> S3Result<bool> {
         let target = self.plan(plan).cloned().ok_or_else(|| {
@@ -595,7 +632,9 @@ impl Gateway {
             .await;
         match swapped {
             Ok(true) => {
-                self.free(v.layout.as_ref()).await;
+                if let Some(old) = &v.layout {
+                    self.retired_layouts().push((now_ms(), old.clone()));
+                }
                 Ok(true)
             }
             Ok(false) => {

@@ -70,6 +70,9 @@ pub struct Gateway {
     rebuild: HashMap<String, RebuildPolicy>,
     /// Versions (by row id) a repair in this process is working on.
     repair_claims: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    /// Layouts lifecycle transitions replaced, with when (Unix ms): reads that started
+    /// before the switch still stream from them (see [`lifecycle::RETIRE_DELAY_MS`]).
+    retired: Arc<std::sync::Mutex<Vec<(i64, crate::layout::Layout)>>>,
 }
 
 impl Gateway {
@@ -104,6 +107,7 @@ impl Gateway {
             health: Arc::default(),
             rebuild: HashMap::new(),
             repair_claims: Arc::default(),
+            retired: Arc::default(),
         })
     }
 

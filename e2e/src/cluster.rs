@@ -1,0 +1,577 @@
+//! A `sublet serve` gateway over separate `sublet-provider` processes on loopback, for
+//! fault-injection tests: any process can be killed (SIGKILL) and started again on the same
+//! state, shard files are reachable on disk, the admin API answers JSON. Each provider sits
+//! in a ProviderPool of its own (`p0`, `p1`, ...), so `GET /admin/v1/pools/pN` tells how many
+//! shards the metadata places on provider N. Everything is killed when dropped.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+
+use crate::bench::client::{BenchBody, Connection, Expect, Target};
+use crate::bench::content::{Content, Verifier};
+use crate::bench::sigv4::Signer;
+use crate::workspace_binary;
+
+/// Token the gateway presents to providers.
+const TOKEN: &str = "fault-injection-token-0123456789";
+const ACCESS_KEY: &str = "faults";
+const SECRET_KEY: &str = "faults-secret-0123456789";
+/// How long a daemon may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest an admin call may take (a repair pass of a test's objects is far quicker).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Suffix of shard files in a provider's `shards` directory.
+pub const SHARD_SUFFIX: &str = ".shard";
+/// Shard ids of metadata snapshots (manifests and the snapshot's own shards) start so.
+pub const SNAPSHOT_PREFIX: &str = "sublet-meta-manifest-";
+
+/// One `sublet-provider` process and its state.
+pub struct ProviderProcess {
+    /// Its endpoint name and pool name, `pN`.
+    pub name: String,
+    pub dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub node_id: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ProviderProcess {
+    fn new(root: &Path, index: usize) -> Self {
+        let name = format!("p{index}");
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir).expect("create provider directory");
+        let out = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--print-node-id")
+            .output()
+            .expect("run sublet-provider --print-node-id");
+        assert!(
+            out.status.success(),
+            "sublet-provider --print-node-id: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ProviderProcess {
+            node_id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            log: root.join(format!("{name}.log")),
+            name,
+            dir,
+            grpc: free_addr(),
+            http: free_addr(),
+            child: None,
+        }
+    }
+
+    /// Starts it for the first time, on other ports should its own be taken meanwhile.
+    fn first_start(&mut self) {
+        for _ in 0..3 {
+            if self.try_start().is_ok() {
+                return;
+            }
+            (self.grpc, self.http) = (free_addr(), free_addr());
+        }
+        self.start();
+    }
+
+    /// Starts it on its data directory and addresses; returns once `/healthz` answers.
+    pub fn start(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "{} is running already", self.name);
+        let log = append(&self.log);
+        let mut child = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--listen", &self.grpc.to_string()])
+            .args(["--http-listen", &self.http.to_string()])
+            .args(["--capacity", "1Gi", "--token", TOKEN])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sublet-provider");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("poll sublet-provider") {
+                return Err(format!(
+                    "provider {} exited on start: {status}\n{}",
+                    self.name,
+                    log_tail(&self.log)
+                ));
+            }
+            if crate::http_get(self.http, "/healthz").is_ok_and(|(s, _)| s == 200) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if start.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "provider {} did not answer on {} within {START_TIMEOUT:?}\n{}",
+                    self.name,
+                    self.http,
+                    log_tail(&self.log)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the provider vanishes as a crashed machine does.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Its shard files, by shard id (temp files and snapshots left out).
+    pub fn shard_files(&self) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(self.dir.join("shards"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let id = name.strip_suffix(SHARD_SUFFIX)?.to_string();
+                        (!id.starts_with(SNAPSHOT_PREFIX)).then(|| (id, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+/// A gateway over `providers.len()` provider processes.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub providers: Vec<ProviderProcess>,
+    pub config: PathBuf,
+    pub s3: SocketAddr,
+    pub admin: SocketAddr,
+    gateway: Option<Child>,
+    gateway_log: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Starts `providers` providers and a gateway whose file holds them, the StoragePlans and
+    /// StorageSchedules in `policies` (YAML documents) and a StorageGateway with
+    /// `default_plan`.
+    pub fn start(dir: &Path, providers: usize, policies: &str, default_plan: &str) -> Self {
+        let mut procs: Vec<ProviderProcess> = (0..providers)
+            .map(|i| ProviderProcess::new(dir, i))
+            .collect();
+        for p in &mut procs {
+            p.first_start();
+        }
+        let (s3, admin) = (free_addr(), free_addr());
+        let mut yaml = String::new();
+        for p in &procs {
+            yaml.push_str(&format!(
+                "apiVersion: sublet.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: {name}}}\n\
+                 spec:\n  class: owned\n  endpoints:\n    - {{name: {name}, address: \"{}\", nodeId: \"{}\", zone: z-{name}}}\n---\n",
+                p.grpc,
+                p.node_id,
+                name = p.name,
+            ));
+        }
+        yaml.push_str(policies.trim());
+        yaml.push_str(&format!(
+            "\n---\napiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {{name: s3}}\n\
+             spec:\n  defaultPlan: {default_plan}\n  listen: \"{s3}\"\n  adminListen: \"{admin}\"\n  \
+             dataDir: \"{}\"\n  providerToken: {TOKEN}\n  credentials:\n    \
+             - {{accessKey: {ACCESS_KEY}, secretKey: {SECRET_KEY}}}\n",
+            dir.join("gateway").display()
+        ));
+        let config = dir.join("sublet.yaml");
+        std::fs::write(&config, yaml).expect("write the gateway config");
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            providers: procs,
+            config,
+            s3,
+            admin,
+            gateway: None,
+            gateway_log: dir.join("gateway.log"),
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime"),
+        };
+        cluster.start_gateway();
+        cluster
+    }
+
+    /// `sublet serve --config`; returns once S3 and the admin API answer.
+    pub fn start_gateway(&mut self) {
+        assert!(self.gateway.is_none(), "the gateway is running already");
+        let mut child = self
+            .sublet()
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(append(&self.gateway_log))
+            .stderr(append(&self.gateway_log))
+            .spawn()
+            .expect("spawn sublet serve");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("poll sublet serve") {
+                panic!(
+                    "sublet serve exited before listening: {status}\n{}",
+                    self.gateway_log_tail()
+                );
+            }
+            if TcpStream::connect_timeout(&self.s3, Duration::from_millis(200)).is_ok()
+                && crate::http_get(self.admin, "/healthz").is_ok_and(|(s, _)| s == 200)
+            {
+                break;
+            }
+            if start.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "sublet serve did not listen within {START_TIMEOUT:?}\n{}",
+                    self.gateway_log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.gateway = Some(child);
+    }
+
+    /// SIGKILL to the gateway: whatever it was doing stops mid-way.
+    pub fn kill_gateway(&mut self) {
+        if let Some(mut child) = self.gateway.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The `sublet` binary, for `sublet recover` and friends.
+    pub fn sublet(&self) -> Command {
+        let mut cmd = Command::new(workspace_binary("sublet-gateway", "sublet"));
+        cmd.env("RUST_LOG", "sublet_gateway=info,warn")
+            .env_remove("SUBLET_DATA_DIR")
+            .env_remove("SUBLET_ADMIN_LISTEN")
+            .env_remove("SUBLET_PROVIDER_TOKEN")
+            .env_remove("SUBLET_ACCESS_KEY")
+            .env_remove("SUBLET_SECRET_KEY")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The gateway's SQLite metadata file.
+    pub fn metadata_path(&self) -> PathBuf {
+        self.dir.join("gateway").join("metadata.db")
+    }
+
+    /// The last lines the gateway logged, for failure messages.
+    pub fn gateway_log_tail(&self) -> String {
+        log_tail(&self.gateway_log)
+    }
+
+    /// `GET path` on the admin listener; fails the test unless it answers 200 with JSON.
+    pub fn admin_get(&self, path: &str) -> serde_json::Value {
+        self.admin_call("GET", path)
+    }
+
+    /// `POST path` on the admin listener; fails the test unless it answers 200 with JSON.
+    pub fn admin_post(&self, path: &str) -> serde_json::Value {
+        self.admin_call("POST", path)
+    }
+
+    fn admin_call(&self, method: &str, path: &str) -> serde_json::Value {
+        let (status, body) = http_call(self.admin, method, path, ADMIN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.gateway_log_tail()));
+        assert_eq!(status, 200, "{method} {path} answered {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
+    }
+
+    /// The gateway's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_call(self.admin, "GET", "/metrics", ADMIN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        assert_eq!(status, 200, "GET /metrics answered {status}");
+        body
+    }
+
+    /// Shards the metadata places on provider `index` (its pool holds only it).
+    pub fn shards_on(&self, index: usize) -> u64 {
+        let name = &self.providers[index].name;
+        self.admin_get(&format!("/admin/v1/pools/{name}"))["shards"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("pool {name}: no shard count"))
+    }
+
+    fn target(&self, bucket: &str) -> Arc<Target> {
+        let signer = Signer {
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+            region: "us-east-1".into(),
+            service: "s3".into(),
+        };
+        Arc::new(
+            Target::new(&format!("http://{}", self.s3), signer, bucket, false).expect("S3 target"),
+        )
+    }
+
+    /// Creates `bucket`.
+    pub fn create_bucket(&self, bucket: &str) {
+        let mut conn = Connection::new(self.target(bucket));
+        self.runtime
+            .block_on(conn.request(
+                Method::PUT,
+                None,
+                &[],
+                &[],
+                BenchBody::empty(),
+                Expect::Discard,
+            ))
+            .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e}"));
+    }
+
+    /// Sets `bucket`'s lifecycle configuration (PutBucketLifecycleConfiguration) to `xml`.
+    pub fn put_lifecycle(&self, bucket: &str, xml: &str) {
+        use base64::Engine;
+        use md5::Digest;
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml));
+        let mut conn = Connection::new(self.target(bucket));
+        self.runtime
+            .block_on(conn.request(
+                Method::PUT,
+                None,
+                &[("lifecycle", "")],
+                &[("content-md5", &md5)],
+                BenchBody::Bytes(Some(bytes::Bytes::from(xml.to_string()))),
+                Expect::Discard,
+            ))
+            .unwrap_or_else(|e| panic!("PutBucketLifecycleConfiguration on {bucket}: {e}"));
+    }
+
+    /// PUTs `object`'s bytes under its key.
+    pub fn put(&self, bucket: &str, object: &TestObject) {
+        let mut conn = Connection::new(self.target(bucket));
+        let content = object.content();
+        self.runtime
+            .block_on(conn.request(
+                Method::PUT,
+                Some(&object.key),
+                &[],
+                &[],
+                BenchBody::generated(content, 0, content.len),
+                Expect::Discard,
+            ))
+            .unwrap_or_else(|e| panic!("PUT {bucket}/{}: {e}", object.key));
+    }
+
+    /// GETs `object` and compares every byte with what was written.
+    pub fn read_back(&self, bucket: &str, object: &TestObject) -> Result<(), String> {
+        read_back(self.target(bucket), &self.runtime, object)
+    }
+
+    /// Fails the test unless every object reads back byte for byte.
+    pub fn assert_all_read_back(&self, bucket: &str, objects: &[TestObject]) {
+        let failed: Vec<String> = objects
+            .iter()
+            .filter_map(|o| self.read_back(bucket, o).err())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} objects did not read back intact:\n{}\n{}",
+            failed.len(),
+            objects.len(),
+            failed.join("\n"),
+            self.gateway_log_tail()
+        );
+    }
+
+    /// A reader for another thread: reads objects back while the test does something else.
+    pub fn reader(&self, bucket: &str) -> Reader {
+        Reader {
+            target: self.target(bucket),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_gateway();
+        for p in &mut self.providers {
+            p.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.gateway_log_tail());
+        }
+    }
+}
+
+/// Reads objects back from another thread.
+pub struct Reader {
+    target: Arc<Target>,
+}
+
+impl Reader {
+    /// GETs `object` and compares every byte with what was written.
+    pub fn read_back(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        object: &TestObject,
+    ) -> Result<(), String> {
+        read_back(Arc::clone(&self.target), runtime, object)
+    }
+}
+
+fn read_back(
+    target: Arc<Target>,
+    runtime: &tokio::runtime::Runtime,
+    object: &TestObject,
+) -> Result<(), String> {
+    let mut conn = Connection::new(target);
+    runtime
+        .block_on(conn.request(
+            Method::GET,
+            Some(&object.key),
+            &[],
+            &[],
+            BenchBody::empty(),
+            Expect::Verify(Verifier::new(object.content())),
+        ))
+        .map(|_| ())
+        .map_err(|e| format!("GET {}: {e}", object.key))
+}
+
+/// An object a test writes: its key and length fix its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestObject {
+    pub key: String,
+    pub len: u64,
+}
+
+impl TestObject {
+    pub fn content(&self) -> Content {
+        Content::for_key(&self.key, self.len)
+    }
+
+    /// Segments of `segment_size` bytes it is cut into.
+    pub fn segments(&self, segment_size: u64) -> u64 {
+        self.len.div_ceil(segment_size).max(1)
+    }
+}
+
+/// `count` objects named `prefix-NN` of lengths spread from a few KiB to `max_len`, some
+/// not a whole number of segments.
+pub fn test_objects(prefix: &str, count: usize, max_len: u64) -> Vec<TestObject> {
+    (0..count as u64)
+        .map(|i| TestObject {
+            key: format!("{prefix}-{i:02}"),
+            len: (max_len * (i + 1) / count as u64)
+                .saturating_sub(i * 977)
+                .max(3000),
+        })
+        .collect()
+}
+
+/// Polls `check` every 100 ms until it gives a value; fails the test naming `what` after
+/// `timeout`, with the last state `check` described.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(state) if start.elapsed() > timeout => {
+                panic!("{what} did not happen within {timeout:?}; last seen: {state}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// One HTTP/1.0 request with an empty body on loopback; (status, body).
+pub fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A loopback address with a port nothing listens on now and no other cluster of this
+/// process was given: tests run side by side, and a port one of them frees may be handed
+/// to another before the first binds it again (a provider restarted on its address).
+fn free_addr() -> SocketAddr {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let addr = crate::free_addr();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
+}
+
+/// The last 40 lines of a log file, for failure messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- last lines of {} ---\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    )
+}
+
+fn append(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
