@@ -82,6 +82,34 @@ impl PlacementRule {
         }
     }
 
+    /// Positions (in stripe order) of the shards of one stripe, stored on `providers`, that
+    /// break this rule as it stands now: in a pool the plan no longer names, past a pool's
+    /// `maxShards`, or past `maxPerDomain` in one failure domain. Earlier shards keep their
+    /// place; providers not in `sites` (no longer configured) are left to health and repair.
+    pub fn misplaced(&self, sites: &[Site], providers: &[Option<&str>]) -> Vec<usize> {
+        let mut per_domain: HashMap<&str, usize> = HashMap::new();
+        let mut per_pool: HashMap<&str, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, provider) in providers.iter().enumerate() {
+            let Some(site) = provider.and_then(|p| sites.iter().find(|s| s.node_id == p)) else {
+                continue;
+            };
+            let domain = domain_of(self.spread_by, site);
+            let in_pool = per_pool.get(site.pool.as_str()).copied().unwrap_or(0);
+            let in_domain = per_domain.get(domain).copied().unwrap_or(0);
+            let over_pool = self
+                .max_in_pool(&site.pool)
+                .is_some_and(|max| in_pool >= max);
+            if !self.allows_pool(&site.pool) || over_pool || in_domain >= self.max_per_domain {
+                out.push(i);
+                continue;
+            }
+            per_pool.insert(site.pool.as_str(), in_pool + 1);
+            per_domain.insert(domain, in_domain + 1);
+        }
+        out
+    }
+
     fn allows_pool(&self, pool: &str) -> bool {
         self.pools.is_empty() || self.pools.iter().any(|p| p.name == pool)
     }
@@ -576,6 +604,56 @@ impl fmt::Display for Site {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misplaced_shards_are_the_ones_past_the_rules() {
+        let site = |n: &str, pool: &str, zone: &str| Site {
+            node_id: n.into(),
+            pool: pool.into(),
+            zone: zone.into(),
+            owner: "me".into(),
+        };
+        let sites = vec![
+            site("a", "home", "z1"),
+            site("b", "home", "z1"),
+            site("c", "home", "z2"),
+            site("d", "rented", "z3"),
+            site("e", "rented", "z4"),
+            site("f", "old", "z5"),
+        ];
+        let rule = PlacementRule {
+            spread_by: SpreadBy::Zone,
+            max_per_domain: 1,
+            pools: vec![
+                PoolRule {
+                    name: "home".into(),
+                    min_shards: 0,
+                    max_shards: None,
+                },
+                PoolRule {
+                    name: "rented".into(),
+                    min_shards: 0,
+                    max_shards: Some(1),
+                },
+            ],
+        };
+        let stripe = [
+            Some("a"),
+            Some("b"), // a second shard in zone z1
+            Some("c"),
+            Some("d"),
+            Some("e"),    // a second shard in the rented pool
+            Some("f"),    // a pool the plan no longer names
+            None,         // a missing shard
+            Some("gone"), // a provider no longer configured
+        ];
+        assert_eq!(rule.misplaced(&sites, &stripe), [1, 4, 5]);
+        assert!(
+            PlacementRule::any()
+                .misplaced(&sites, &stripe[..4])
+                .is_empty()
+        );
+    }
 
     fn site(node: &str, pool: &str, zone: &str) -> Candidate {
         Candidate {

@@ -240,6 +240,54 @@ impl Repairer {
         out
     }
 
+    /// Moves the shards of version `seq` (of `plan`) that break the plan's placement rules
+    /// to providers the rules allow, like a repair: rebuilt elsewhere, switched by
+    /// compare-and-swap, the old ones deleted. Returns how many shards moved (0 when the
+    /// version changed meanwhile or another pass of this process holds it).
+    pub async fn relocate(&self, plan: &str, seq: i64) -> anyhow::Result<u64> {
+        let claims = Arc::clone(self.gateway.repair_claims());
+        if !claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(seq)
+        {
+            return Ok(0);
+        }
+        let _release = Release {
+            claims,
+            seqs: vec![seq],
+        };
+        let Some(v) = self.blocking(move |m| m.version_by_seq(seq)).await? else {
+            return Ok(0);
+        };
+        let q = QueuedVersion {
+            seq,
+            bucket: v.bucket,
+            key: v.key,
+            version_id: v.version_id,
+            healthy: 0,
+            needed: 0,
+            width: 0,
+            lost_since: None,
+        };
+        let policy = self.gateway.rebuild_policy(plan);
+        let pace = Pace {
+            limit: self.bandwidth_limit.or(policy.bandwidth_limit),
+            started: Instant::now(),
+            bytes: Default::default(),
+        };
+        match self.repair_version(plan, &q, &policy, &pace).await? {
+            Outcome::Repaired { shards, bytes } => {
+                if let Some(m) = &self.metrics {
+                    m.rebuilt_shards.with_label_values(&[plan]).inc_by(shards);
+                    m.rebuilt_bytes.with_label_values(&[plan]).inc_by(bytes);
+                }
+                Ok(shards)
+            }
+            Outcome::Conflict | Outcome::Skipped => Ok(0),
+        }
+    }
+
     async fn repair_version(
         &self,
         plan: &str,
@@ -261,10 +309,22 @@ impl Repairer {
             return Ok(Outcome::Skipped);
         };
         let bad: HashSet<ShardPos> = bad.into_iter().collect();
+        // Shards the plan's placement rules no longer allow where they are: moved too.
+        let misplaced: HashSet<ShardPos> = crate::s3::reencode::misplaced_shards(
+            &layout,
+            &self.gateway.topology().rule(plan),
+            &self.gateway.topology().sites,
+        )
+        .into_iter()
+        .map(|(pos, _)| pos)
+        .collect();
         let (cut, _) = lost_cut(policy, now_ms());
         let state = |p: usize, g: usize, i: usize, loc: &ShardLocation| -> ShardState {
             if loc.is_missing() || bad.contains(&(p, g, i)) {
                 return ShardState::Lost;
+            }
+            if misplaced.contains(&(p, g, i)) {
+                return ShardState::Misplaced;
             }
             match seen.get(&loc.provider) {
                 None => ShardState::Lost,
@@ -356,7 +416,10 @@ impl Repairer {
                     .enumerate()
                     .map(|(i, loc)| state(p, g, i, loc))
                     .collect();
-                if !states.contains(&ShardState::Lost) {
+                if !states
+                    .iter()
+                    .any(|s| matches!(s, ShardState::Lost | ShardState::Misplaced))
+                {
                     continue;
                 }
                 let needed = piece.scheme.needed();
@@ -366,12 +429,13 @@ impl Repairer {
                 let mut lost: BTreeSet<usize> = states
                     .iter()
                     .enumerate()
-                    .filter(|(_, s)| **s == ShardState::Lost)
+                    .filter(|(_, s)| matches!(s, ShardState::Lost | ShardState::Misplaced))
                     .map(|(i, _)| i)
                     .collect();
-                // Ask for exactly the shards still missing, in parallel, in stripe order.
+                // Ask for exactly the shards still missing, in parallel, in stripe order;
+                // misplaced shards are read like the others (they are intact, only moving).
                 let readable: Vec<usize> = (0..width)
-                    .filter(|&i| states[i] == ShardState::Readable)
+                    .filter(|&i| matches!(states[i], ShardState::Readable | ShardState::Misplaced))
                     .collect();
                 let mut next = 0;
                 while got.iter().filter(|s| s.is_some()).count() < needed && next < readable.len() {
@@ -517,6 +581,9 @@ enum ShardState {
     Away,
     /// Missing, found bad, or on a provider lost past the grace period: rebuilt.
     Lost,
+    /// Intact where the plan's placement rules no longer allow it: read, and rebuilt
+    /// elsewhere.
+    Misplaced,
 }
 
 /// A throwaway layout holding `shards`, for [`delete_shards`].

@@ -640,6 +640,136 @@ async fn changed_plans_reencode_their_objects() {
     }
 }
 
+/// A plan's placement rules change (a pool dropped from it): the shards in that pool are
+/// flagged by the re-encode pass and repair moves them to the pools the plan names now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_move_off_a_pool_a_plan_no_longer_names() {
+    use sublet_gateway::placement::{PlacementRule, PoolRule, Site, Topology};
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        name: "standard".into(),
+        scheme: Scheme::Erasure { data: 2, parity: 1 },
+        encrypt: true,
+        segment_size: 64 << 10,
+        write_quorum: 3,
+    };
+    let mut cluster = dev::start_cluster_with(
+        tmp.path(),
+        6,
+        vec![plan.clone()],
+        HashMap::from([("standard".to_owned(), RebuildPolicy::default())]),
+    )
+    .await
+    .unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let meta = Arc::clone(gateway.metadata());
+    let svc = dev::service(Arc::clone(&gateway), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+    let mut bodies = HashMap::new();
+    for i in 0..6 {
+        let key = format!("obj-{i}");
+        let body = data(150_000 + i * 7_000, i);
+        let (s, b) = call(&svc, Method::PUT, &format!("/bkt/{key}"), body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        bodies.insert(key, body);
+    }
+    // The same providers split into two pools; the plan keeps only "home".
+    let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
+    let home: HashSet<&str> = ids[..3].iter().map(String::as_str).collect();
+    let topology = Topology {
+        sites: ids
+            .iter()
+            .map(|id| Site {
+                node_id: id.clone(),
+                pool: if home.contains(id.as_str()) {
+                    "home"
+                } else {
+                    "rented"
+                }
+                .into(),
+                zone: id.clone(),
+                owner: "me".into(),
+            })
+            .collect(),
+        rules: HashMap::from([(
+            "standard".to_owned(),
+            PlacementRule {
+                pools: vec![PoolRule {
+                    name: "home".into(),
+                    min_shards: 0,
+                    max_shards: None,
+                }],
+                ..PlacementRule::any()
+            },
+        )]),
+    };
+    let on_rented = |meta: &dyn MetadataStore| -> usize {
+        bodies
+            .keys()
+            .map(|k| {
+                let v = meta.version("bkt", k, None).unwrap().unwrap();
+                v.layout
+                    .unwrap()
+                    .shards()
+                    .filter(|s| !home.contains(s.provider.as_str()))
+                    .count()
+            })
+            .sum()
+    };
+    let before = on_rented(meta.as_ref());
+    assert!(before > 0, "some shards start in the rented pool");
+    let master =
+        sublet_gateway::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+    let after = Arc::new(
+        sublet_gateway::s3::Gateway::new(
+            Arc::clone(&meta),
+            Arc::new(master),
+            vec![plan],
+            ids.iter().map(|id| gateway.backend(id).unwrap()).collect(),
+        )
+        .unwrap()
+        .with_placement(topology, Arc::clone(gateway.health()))
+        .unwrap()
+        .with_rebuild(HashMap::from([(
+            "standard".to_owned(),
+            RebuildPolicy::default(),
+        )])),
+    );
+    let pass = after.reencode_pass("standard", 100).await.unwrap();
+    assert_eq!(
+        (pass.outdated, pass.misplaced, pass.moved, pass.failed),
+        (0, before as u64, before as u64, 0),
+        "{pass:?}"
+    );
+    assert_eq!(on_rented(meta.as_ref()), 0);
+    // Moving is not damage: nothing was ever counted unhealthy or queued.
+    let queue = Repairer::new(Arc::clone(&after), None)
+        .run_pass("standard", false, 100)
+        .await
+        .unwrap();
+    assert_eq!(queue.examined, 0, "{queue:?}");
+    // The old copies are gone from the rented providers.
+    let rented_dirs: Vec<_> = (0..6)
+        .filter(|&n| !home.contains(cluster.probes[n].0.as_str()))
+        .map(|n| tmp.path().join("providers").join(n.to_string()))
+        .collect();
+    assert_eq!(shard_files(&rented_dirs), 0);
+    let again = after.reencode_pass("standard", 100).await.unwrap();
+    assert_eq!(again.misplaced, 0, "{again:?}");
+    let svc = dev::service(Arc::clone(&after), None);
+    for (k, body) in &bodies {
+        let (s, got) = call(&svc, Method::GET, &format!("/bkt/{k}"), vec![]).await;
+        assert_eq!(s, StatusCode::OK, "{k}");
+        assert!(got == *body, "{k} reads back byte for byte");
+    }
+    for p in cluster.providers.drain(..) {
+        p.shutdown().await;
+    }
+}
+
 fn shard_files(dirs: &[std::path::PathBuf]) -> usize {
     dirs.iter()
         .filter_map(|d| std::fs::read_dir(d.join("shards")).ok())

@@ -4,6 +4,12 @@
 //! encoded and written again exactly as a lifecycle transition does, and its layout swapped
 //! by compare-and-swap, so it stays readable throughout and a concurrent overwrite, delete
 //! or repair wins over the re-encode (which then frees what it wrote).
+//!
+//! Changed placement rules (a pool removed from the plan, a lower `maxShards` or
+//! `maxPerDomain`) need no re-encoding: the shards that break them are rebuilt on providers
+//! the rules allow, the way repair does it (read from the stripe, misplaced shards
+//! included, switched by compare-and-swap, the old ones deleted). Earlier shards of a stripe
+//! keep their place; a pool's raised `minShards` applies to new writes and repairs only.
 
 use std::sync::Arc;
 
@@ -11,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Gateway, Plan};
 use crate::layout::{Encryption, Layout};
-use crate::meta::ObjectVersion;
+use crate::meta::{ObjectVersion, ShardPos};
+use crate::placement::{PlacementRule, Site};
 
 /// Versions read from metadata at a time while looking for outdated ones.
 const BATCH: usize = 500;
@@ -25,6 +32,11 @@ pub struct ReencodeReport {
     pub outdated: u64,
     /// Of those, rewritten under the plan's settings.
     pub reencoded: u64,
+    /// Shards of the plan's other versions that break its placement rules when the pass
+    /// started.
+    pub misplaced: u64,
+    /// Of those, moved to providers the rules allow.
+    pub moved: u64,
     /// Changed by a client or a repair meanwhile: left for the next pass.
     pub conflicts: u64,
     /// Failed (unreadable, unplaceable); tried again next pass.
@@ -45,6 +57,19 @@ impl ReencodeReport {
     }
 }
 
+/// What a re-encode pass found to do.
+#[derive(Debug, Default)]
+pub struct Outdated {
+    /// Versions stored under other settings (the first `limit`).
+    pub versions: Vec<ObjectVersion>,
+    /// How many versions are stored under other settings.
+    pub total: u64,
+    /// Row ids of versions with misplaced shards (the first `limit`).
+    pub misplaced: Vec<i64>,
+    /// How many shards are misplaced.
+    pub misplaced_shards: u64,
+}
+
 /// Whether `layout` was written with `plan`'s current redundancy and encryption.
 pub fn conforms(layout: &Layout, plan: &Plan) -> bool {
     if layout.inline.is_some() {
@@ -56,41 +81,71 @@ pub fn conforms(layout: &Layout, plan: &Plan) -> bool {
     })
 }
 
+/// Shards of `layout` that break `rule` (see [`PlacementRule::misplaced`]), by position and id.
+pub fn misplaced_shards(
+    layout: &Layout,
+    rule: &PlacementRule,
+    sites: &[Site],
+) -> Vec<(ShardPos, String)> {
+    let mut out = Vec::new();
+    for (p, piece) in layout.pieces().enumerate() {
+        for (g, segment) in piece.segments.iter().enumerate() {
+            let providers: Vec<Option<&str>> = segment
+                .shards
+                .iter()
+                .map(|s| (!s.is_missing()).then_some(s.provider.as_str()))
+                .collect();
+            for i in rule.misplaced(sites, &providers) {
+                out.push(((p, g, i), segment.shards[i].shard_id.clone()));
+            }
+        }
+    }
+    out
+}
+
 impl Gateway {
-    /// The first `limit` versions of `plan` whose layout does not match the plan's
-    /// settings, and how many there are in all.
-    pub async fn outdated_versions(
-        &self,
-        plan: &Plan,
-        limit: usize,
-    ) -> anyhow::Result<(Vec<ObjectVersion>, u64)> {
-        let mut out = Vec::new();
-        let mut total = 0;
+    /// What a re-encode pass of `plan` has to do: the first `limit` versions whose layout
+    /// does not match the plan's settings and how many there are in all, then the row ids
+    /// of the first `limit` other versions with shards that break the plan's placement
+    /// rules and how many shards those are in all.
+    pub async fn outdated_versions(&self, plan: &Plan, limit: usize) -> anyhow::Result<Outdated> {
+        let rule = self.topology().rule(&plan.name);
+        let mut out = Outdated::default();
         let mut after = 0;
         loop {
             let meta = Arc::clone(self.metadata());
             let batch =
                 tokio::task::spawn_blocking(move || meta.versions_after(after, BATCH)).await??;
             let Some(&(last, _)) = batch.last() else {
-                return Ok((out, total));
+                return Ok(out);
             };
             after = last;
-            for (_, v) in batch {
-                let outdated =
-                    v.plan == plan.name && v.layout.as_ref().is_some_and(|l| !conforms(l, plan));
-                if outdated {
-                    total += 1;
-                    if out.len() < limit {
-                        out.push(v);
+            for (seq, v) in batch {
+                let Some(layout) = v.layout.as_ref().filter(|_| v.plan == plan.name) else {
+                    continue;
+                };
+                if !conforms(layout, plan) {
+                    out.total += 1;
+                    if out.versions.len() < limit {
+                        out.versions.push(v);
+                    }
+                    continue;
+                }
+                let wrong = misplaced_shards(layout, &rule, &self.topology().sites).len();
+                if wrong > 0 {
+                    out.misplaced_shards += wrong as u64;
+                    if out.misplaced.len() < limit {
+                        out.misplaced.push(seq);
                     }
                 }
             }
         }
     }
 
-    /// Rewrites up to `limit` outdated versions of `plan` under its current settings.
+    /// Rewrites up to `limit` outdated versions of `plan` under its current settings, and
+    /// moves the misplaced shards of up to `limit` other versions.
     pub async fn reencode_pass(
-        &self,
+        self: &Arc<Self>,
         plan_name: &str,
         limit: usize,
     ) -> anyhow::Result<ReencodeReport> {
@@ -104,9 +159,20 @@ impl Gateway {
             plan: plan.name.clone(),
             ..ReencodeReport::default()
         };
-        let (batch, total) = self.outdated_versions(&plan, limit).await?;
-        report.outdated = total;
-        for v in batch {
+        let todo = self.outdated_versions(&plan, limit).await?;
+        report.outdated = todo.total;
+        report.misplaced = todo.misplaced_shards;
+        let mover = crate::repair::Repairer::new(Arc::clone(self), None);
+        for seq in todo.misplaced {
+            match mover.relocate(&plan.name, seq).await {
+                Ok(n) => report.moved += n,
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(plan = plan.name, error = %format!("{e:#}"), "moving misplaced shards failed; tried again next pass");
+                }
+            }
+        }
+        for v in todo.versions {
             match self.transition(&v, &plan.name).await {
                 Ok(true) => {
                     report.reencoded += 1;
