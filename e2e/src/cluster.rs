@@ -139,10 +139,6 @@ impl ProviderProcess {
         }
     }
 
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
     /// Its shard files, by shard id (temp files and snapshots left out).
     pub fn shard_files(&self) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(self.dir.join("shards"))

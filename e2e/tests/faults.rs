@@ -1,8 +1,9 @@
 //! Fault injection on real binaries: providers killed two at a time, shard files corrupted
-//! on disk, the gateway killed in the middle of a repair, its metadata file deleted. Every
-//! test ends by reading back everything it wrote, byte for byte. Time is kept short by a 1s
-//! grace period and by asking the admin API for repairs, audits and snapshots instead of
-//! waiting for their timers; a lost provider is noticed at the gateway's next probe (15s).
+//! on disk, the gateway killed in the middle of a repair, its metadata file deleted, objects
+//! moved to a wider plan while they are read. Every test ends by reading back everything it
+//! wrote, byte for byte. Time is kept short by a 1s grace period and by asking the admin
+//! API for repairs, audits, snapshots and lifecycle passes instead of waiting for their
+//! timers; a lost provider is noticed at the gateway's next probe (every 15s).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
