@@ -151,14 +151,22 @@ pub struct Scrub {
     /// Time between scrubs of each object; default 720h (30 days).
     #[serde(default = "default_scrub_interval")]
     pub interval: Duration,
+    /// Shard bytes read per second while scrubbing, e.g. `8Mi` (the default).
+    #[serde(default = "default_scrub_bandwidth")]
+    pub bandwidth_limit: ByteSize,
 }
 
 impl Default for Scrub {
     fn default() -> Self {
         Scrub {
             interval: default_scrub_interval(),
+            bandwidth_limit: default_scrub_bandwidth(),
         }
     }
+}
+
+fn default_scrub_bandwidth() -> ByteSize {
+    ByteSize::from_bytes(8 << 20)
 }
 
 fn default_scrub_interval() -> Duration {
@@ -250,6 +258,12 @@ impl StorageScheduleSpec {
             p.add(
                 "spec.rebuild.bandwidthLimit",
                 "must be more than 0 (e.g. 50Mi); omit it for no limit",
+            );
+        }
+        if self.scrub.bandwidth_limit.bytes() == 0 {
+            p.add(
+                "spec.scrub.bandwidthLimit",
+                "must be more than 0 (e.g. 8Mi); scrubbing reads every stored shard",
             );
         }
         if let Some(window) = &rebuild.window {
@@ -461,6 +475,25 @@ mod tests {
     }
 
     #[test]
+    fn scrubs_are_throttled_by_default() {
+        let s = spec("scrub: {interval: 24h}");
+        assert_eq!(s.scrub.bandwidth_limit.bytes(), 8 << 20);
+        assert_eq!(
+            spec("scrub: {bandwidthLimit: 1Gi}")
+                .scrub
+                .bandwidth_limit
+                .bytes(),
+            1 << 30
+        );
+        assert_eq!(
+            problems("scrub: {bandwidthLimit: 0}"),
+            [
+                "spec.scrub.bandwidthLimit: must be more than 0 (e.g. 8Mi); scrubbing reads every stored shard"
+            ]
+        );
+    }
+
+    #[test]
     fn window_times_are_hh_mm() {
         assert!(problems("rebuild: {window: {start: \"22:00\", end: \"06:00\"}}").is_empty());
         assert_eq!(
@@ -574,7 +607,7 @@ mod tests {
 
     #[test]
     fn yaml_round_trip_keeps_what_was_written() {
-        let text = "rebuild:\n  minHealthyShards: 5\n  gracePeriod: 1h30m\n  maxConcurrentJobs: 2\n  bandwidthLimit: 50Mi\n  window:\n    start: 01:00\n    end: 06:00\naudit:\n  interval: 6h\n  samplesPerProvider: 64\nscrub:\n  interval: 720h\nlifecycle:\n- name: cool-down\n  filter:\n    prefix: photos/\n  afterDays: 30\n  transitionTo: archive\n- name: uploads\n  abortIncompleteMultipartAfterDays: 2\n";
+        let text = "rebuild:\n  minHealthyShards: 5\n  gracePeriod: 1h30m\n  maxConcurrentJobs: 2\n  bandwidthLimit: 50Mi\n  window:\n    start: 01:00\n    end: 06:00\naudit:\n  interval: 6h\n  samplesPerProvider: 64\nscrub:\n  interval: 720h\n  bandwidthLimit: 8Mi\nlifecycle:\n- name: cool-down\n  filter:\n    prefix: photos/\n  afterDays: 30\n  transitionTo: archive\n- name: uploads\n  abortIncompleteMultipartAfterDays: 2\n";
         let s = spec(text);
         assert_eq!(serde_yaml::to_string(&s).unwrap(), text);
     }

@@ -872,11 +872,37 @@ fn gateway_metrics() -> String {
         &mut aws(&["s3", "cp", file.to_str().unwrap(), "s3://metrics/lost"]),
         timeout,
     );
-    // Remove every shard on every provider: the next read fails its shard calls.
-    let shards: Vec<PathBuf> = files_under(&state.join("providers"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "shard"))
-        .collect();
+    let shard_files = |dir: &Path| -> Vec<PathBuf> {
+        files_under(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "shard"))
+            .collect()
+    };
+    // A scrub reads every shard whole.
+    let (status, body) = http_post(dev.admin_addr, "/admin/v1/scrub").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"bad\":0"), "{body}");
+    // One provider loses its disk: an audit finds its shards gone (audits, scores) and a
+    // repair pass rebuilds them elsewhere (repair throughput).
+    let first = shard_files(&state.join("providers").join("0"));
+    assert!(!first.is_empty(), "provider 0 holds no shard");
+    for shard in first {
+        std::fs::remove_file(shard).unwrap();
+    }
+    let (status, body) = http_post(dev.admin_addr, "/admin/v1/audit?samples=64").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"failed\":"), "{body}");
+    let (status, body) = http_post(dev.admin_addr, "/admin/v1/plans/standard/repair").unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Another provider loses its disk and an audit queues its shards; then every other
+    // shard goes too: the repair pass cannot read what it needs (repair failures), the
+    // next read fails its shard calls and the objects count as lost.
+    for shard in shard_files(&state.join("providers").join("1")) {
+        std::fs::remove_file(shard).unwrap();
+    }
+    let (status, body) = http_post(dev.admin_addr, "/admin/v1/audit?samples=64").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let shards = shard_files(&state.join("providers"));
     assert!(
         !shards.is_empty(),
         "no shard files under {}",
@@ -885,6 +911,9 @@ fn gateway_metrics() -> String {
     for shard in shards {
         std::fs::remove_file(shard).unwrap();
     }
+    let (status, body) = http_post(dev.admin_addr, "/admin/v1/plans/standard/repair").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("\"failed\":0"), "{body}");
     // No retries: the read must fail, and aws would back off for a while first.
     let out = aws(&[
         "s3",
@@ -900,6 +929,29 @@ fn gateway_metrics() -> String {
     assert_eq!(status, 200);
     drop(dev);
     text
+}
+
+/// Plain HTTP/1.0 POST without a body on loopback; returns (status, body).
+fn http_post(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// What the operator's `/metrics` serves once each metric was touched. The binary needs a

@@ -10,6 +10,9 @@
 //!   the plan now and answers its [`RepairReport`]; what `sublet repair` calls when it runs
 //!   as a Kubernetes Job.
 //!
+//! - `POST /admin/v1/plans/{plan}/reencode?limit=N`: rewrites up to N (200 by default)
+//!   objects stored under the plan's old redundancy or encryption now, and answers a
+//!   [`crate::s3::reencode::ReencodeReport`] (`outdated` counts them all).
 //! - `POST /admin/v1/snapshot`: stores a metadata snapshot on the providers now (what the
 //!   hourly timer does; `sublet recover` restores the newest) and answers its manifest's
 //!   `created` and `size`; 404 where the gateway takes no snapshots (`sublet dev`).
@@ -17,6 +20,9 @@
 //!   schedules' rules) now, as if N more days (default 0) had passed: rules count in days
 //!   and the timer runs hourly; answers what it did.
 //! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
+//! - `POST /admin/v1/scrub?after=SEQ&limit=N`: reads every shard of up to N versions (1000 by
+//!   default) after row id SEQ whole, unthrottled, flags corrupt or missing ones for repair,
+//!   and answers a [`crate::scrub::ScrubReport`] whose `next` continues the walk.
 //! - `POST /admin/v1/gc?minAgeSeconds=N`: removes shards no metadata references, stored more
 //!   than N seconds ago (default a day), from every provider. Only for providers this gateway
 //!   alone uses: another gateway's shards are unreferenced here too.
@@ -71,6 +77,20 @@ pub const GC_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 
 #[serde(rename_all = "camelCase")]
 struct AuditQuery {
     samples: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReencodeQuery {
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScrubQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -140,9 +160,14 @@ pub fn router(
         .route("/admin/v1/plans/{plan}", axum::routing::get(plan_health))
         .route("/admin/v1/plans/{plan}/lost", axum::routing::get(lost))
         .route("/admin/v1/plans/{plan}/repair", axum::routing::post(repair))
+        .route(
+            "/admin/v1/plans/{plan}/reencode",
+            axum::routing::post(reencode),
+        )
         .route("/admin/v1/pools/{pool}", axum::routing::get(pool))
         .route("/admin/v1/audit", axum::routing::post(audit))
         .route("/admin/v1/gc", axum::routing::post(gc))
+        .route("/admin/v1/scrub", axum::routing::post(scrub))
         .route("/admin/v1/snapshot", axum::routing::post(snapshot))
         .route("/admin/v1/lifecycle", axum::routing::post(lifecycle))
         .with_state(state)
@@ -280,6 +305,39 @@ async fn audit(State(admin): State<Admin>, Query(q): Query<AuditQuery>) -> Respo
         .samples
         .unwrap_or_else(|| crate::audit::AuditPolicy::default().samples_per_provider);
     match crate::audit::audit_round(&admin.gateway, admin.metrics.as_ref(), samples).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn reencode(
+    State(admin): State<Admin>,
+    Path(plan): Path<String>,
+    Query(q): Query<ReencodeQuery>,
+) -> Response {
+    if !admin.gateway.plans().iter().any(|p| p.name == plan) {
+        return unknown_plan(&plan);
+    }
+    let limit = q
+        .limit
+        .unwrap_or(crate::s3::reencode::REENCODE_PER_PASS)
+        .max(1);
+    match admin.gateway.reencode_pass(&plan, limit).await {
+        Ok(report) => {
+            if let Some(m) = &admin.metrics {
+                report.record(m);
+            }
+            Json(report).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
+
+async fn scrub(State(admin): State<Admin>, Query(q): Query<ScrubQuery>) -> Response {
+    let limit = q.limit.unwrap_or(1000).max(1);
+    match crate::scrub::scrub_pass(&admin.gateway, admin.metrics.as_ref(), q.after, limit, None)
+        .await
+    {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }

@@ -217,9 +217,9 @@ pub fn encode_stripe(scheme: Scheme, sealed: &[u8]) -> Result<Vec<Vec<u8>>, Code
 
 /// Rebuilds the sealed segment (`sealed_len` bytes) from whichever shards are
 /// present (`None` = lost or corrupt). Needs `scheme.needed()` of them.
-pub fn decode_stripe(
+pub fn decode_stripe<S: AsRef<[u8]>>(
     scheme: Scheme,
-    shards: &[Option<Vec<u8>>],
+    shards: &[Option<S>],
     sealed_len: usize,
 ) -> Result<Vec<u8>, CodecError> {
     let available = shards.iter().filter(|s| s.is_some()).count();
@@ -230,7 +230,7 @@ pub fn decode_stripe(
     match scheme {
         Scheme::Replicas { .. } => {
             let copy = shards.iter().flatten().next().ok_or_else(not_enough)?;
-            Ok(copy.clone())
+            Ok(copy.as_ref().to_vec())
         }
         Scheme::Erasure { data, parity } => {
             let (data, parity) = (usize::from(data), usize::from(parity));
@@ -241,25 +241,25 @@ pub fn decode_stripe(
             let originals = shards.iter().take(data);
             if originals.clone().all(Option::is_some) {
                 for shard in originals.flatten() {
-                    out.extend_from_slice(shard);
+                    out.extend_from_slice(shard.as_ref());
                 }
             } else {
                 let present_originals = shards
                     .iter()
                     .take(data)
                     .enumerate()
-                    .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
+                    .filter_map(|(i, s)| s.as_ref().map(|s| (i, s.as_ref())));
                 let recovery = shards
                     .iter()
                     .skip(data)
                     .enumerate()
-                    .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
+                    .filter_map(|(i, s)| s.as_ref().map(|s| (i, s.as_ref())));
                 let mut restored =
                     reed_solomon_simd::decode(data, parity, present_originals, recovery)
                         .map_err(|e| CodecError::Erasure(e.to_string()))?;
                 for (i, shard) in shards.iter().take(data).enumerate() {
                     match shard {
-                        Some(s) => out.extend_from_slice(s),
+                        Some(s) => out.extend_from_slice(s.as_ref()),
                         None => out.extend_from_slice(&restored.remove(&i).ok_or_else(not_enough)?),
                     }
                 }
@@ -406,7 +406,7 @@ mod tests {
         assert_eq!(shards.len(), 3);
         let partial = vec![None, None, Some(shards[2].clone())];
         assert_eq!(decode_stripe(scheme, &partial, 999).unwrap(), sealed);
-        assert!(decode_stripe(scheme, &[None, None, None], 999).is_err());
+        assert!(decode_stripe::<Vec<u8>>(scheme, &[None, None, None], 999).is_err());
     }
 
     #[test]

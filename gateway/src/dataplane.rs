@@ -296,7 +296,7 @@ impl ObjectReader {
         };
         let needed = self.layout.scheme.needed();
         let width = segment.shards.len();
-        let mut got: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut got: Vec<Option<Bytes>> = vec![None; width];
         // Shards worth asking for, in stripe order: data shards first means no decoding
         // work when everything is healthy.
         let mut candidates = (0..width).filter_map(|i| {
@@ -362,14 +362,14 @@ async fn fetch_shard(
     loc: &ShardLocation,
     backend: Arc<dyn ShardBackend>,
     report: Option<&BadShardReport>,
-) -> (usize, Option<Vec<u8>>) {
+) -> (usize, Option<Bytes>) {
     let gone = || {
         if let Some(report) = report {
             report(segment, index);
         }
     };
     let shard = match backend.get(&loc.shard_id).await {
-        Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => Some(bytes.to_vec()),
+        Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => Some(bytes),
         Ok(_) => {
             tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
             gone();

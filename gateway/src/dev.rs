@@ -529,6 +529,18 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         crate::audit::AuditPolicy::default(),
         stop.clone(),
     );
+    let scrubbing = crate::scrub::spawn_loop(
+        Arc::clone(&cluster.gateway),
+        Some(cluster.metrics.clone()),
+        crate::scrub::ScrubPolicy::default(),
+        stop.clone(),
+    );
+    let reencoding = crate::s3::reencode::spawn_reencode(
+        Arc::clone(&cluster.gateway),
+        Some(cluster.metrics.clone()),
+        crate::s3::reencode::REENCODE_INTERVAL,
+        stop.clone(),
+    );
     // Bucket lifecycle rules (PutBucketLifecycleConfiguration); dev has no schedules.
     let lifecycle = crate::s3::spawn_lifecycle(
         Arc::clone(&cluster.gateway),
@@ -573,6 +585,8 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     lifecycle.abort();
     repairing.abort();
     auditing.abort();
+    scrubbing.abort();
+    reencoding.abort();
     for p in cluster.providers {
         p.shutdown().await;
     }

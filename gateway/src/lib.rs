@@ -16,4 +16,5 @@ pub mod provider_backend;
 pub mod recover;
 pub mod repair;
 pub mod s3;
+pub mod scrub;
 pub mod serve;

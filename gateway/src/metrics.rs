@@ -62,6 +62,14 @@ pub struct Metrics {
     pub provider_score: IntGaugeVec,
     /// Unreferenced shards removed from providers.
     pub gc_deleted: IntCounterVec,
+    /// Shards a scrub read whole, by provider and outcome.
+    pub scrubbed_shards: IntCounterVec,
+    /// Shard bytes a scrub read, by provider.
+    pub scrubbed_bytes: IntCounterVec,
+    /// Objects rewritten under their plan's changed settings, by plan.
+    pub reencoded_objects: IntCounterVec,
+    /// Objects of a plan still stored under its old settings (as of the last pass).
+    pub reencode_pending: IntGaugeVec,
 }
 
 impl Metrics {
@@ -163,6 +171,26 @@ impl Metrics {
             "Shards no metadata referenced, removed from providers after the safety delay.",
             &["provider"],
         )?;
+        let scrubbed_shards = counter(
+            "scrubbed_shards_total",
+            "Shards a scrub read whole and checked against the hash recorded at write time, by provider and outcome (intact, bad, unanswered).",
+            &["provider", "outcome"],
+        )?;
+        let scrubbed_bytes = counter(
+            "scrubbed_bytes_total",
+            "Shard bytes read by scrubs, by provider.",
+            &["provider"],
+        )?;
+        let reencoded_objects = counter(
+            "reencoded_objects_total",
+            "Objects rewritten under their plan's changed redundancy or encryption, by plan.",
+            &["plan"],
+        )?;
+        let reencode_pending = gauge(
+            "reencode_pending_objects",
+            "Objects of a plan still stored under its old redundancy or encryption, after the last re-encode pass.",
+            &["plan"],
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "sublet_gateway_request_duration_seconds",
@@ -193,6 +221,10 @@ impl Metrics {
             audits,
             provider_score,
             gc_deleted,
+            scrubbed_shards,
+            scrubbed_bytes,
+            reencoded_objects,
+            reencode_pending,
         })
     }
 

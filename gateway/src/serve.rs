@@ -562,6 +562,18 @@ pub fn audit_policy(config: &Config) -> crate::audit::AuditPolicy {
     )
 }
 
+/// How often and how fast to scrub: the tightest schedule any plan names.
+pub fn scrub_policy(config: &Config) -> crate::scrub::ScrubPolicy {
+    crate::scrub::ScrubPolicy::tightest(
+        config
+            .plans
+            .values()
+            .filter_map(|p| p.spec.schedule.as_ref())
+            .filter_map(|s| config.schedules.get(s))
+            .map(|s| &s.spec.scrub),
+    )
+}
+
 /// Opens the state `config` describes, dials every provider and probes them once.
 pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Built> {
     let Some(gateway_resource) = config.gateway() else {
@@ -687,6 +699,18 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
             Arc::clone(&gateway),
             Some(metrics.clone()),
             audit_policy(config),
+            stop.clone(),
+        ),
+        crate::scrub::spawn_loop(
+            Arc::clone(&gateway),
+            Some(metrics.clone()),
+            scrub_policy(config),
+            stop.clone(),
+        ),
+        crate::s3::reencode::spawn_reencode(
+            Arc::clone(&gateway),
+            Some(metrics.clone()),
+            crate::s3::reencode::REENCODE_INTERVAL,
             stop.clone(),
         ),
         crate::s3::spawn_lifecycle(

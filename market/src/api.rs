@@ -132,6 +132,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 pub fn router(market: Shared) -> Router {
     Router::new()
+        .route("/", get(console))
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
@@ -233,6 +234,11 @@ async fn balances(
     req: SignedRequest,
 ) -> Reply<crate::service::Balances> {
     blocking(move || Ok(Json(m.balances(&req.party(&m)?, &id)?))).await
+}
+
+/// The read-only web console: one page calling the public GET routes.
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("console.html"))
 }
 
 async fn ledger_summary(State(m): State<Shared>) -> Reply<crate::service::LedgerSummary> {

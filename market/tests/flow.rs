@@ -770,6 +770,7 @@ async fn openapi_document_describes_every_route() -> TestResult {
     );
     let paths = doc["paths"].as_object().ok_or("paths")?;
     for path in [
+        "/",
         "/healthz",
         "/openapi.json",
         "/metrics",
@@ -801,7 +802,7 @@ async fn openapi_document_describes_every_route() -> TestResult {
     }
     assert_eq!(
         paths.len(),
-        26,
+        27,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())
@@ -1401,5 +1402,68 @@ async fn concurrent_prepayments_never_overspend() -> TestResult {
         .await?;
     assert_eq!(c["escrow"].as_i64(), Some(10 * CREDIT));
     w.assert_books(10 * CREDIT).await?;
+    Ok(())
+}
+
+/// The web console is served at `/`, and every API path its script calls is a route that
+/// answers JSON (with a real party and offer, so each answers 200).
+#[tokio::test]
+async fn console_calls_only_public_routes_that_exist() -> TestResult {
+    let w = world().await?;
+    w.ok(
+        &w.alpha,
+        "POST",
+        "/v1/offers",
+        json!({"capacity_bytes": 100 * GIB, "price_per_gib_month": 2_000, "egress_price_per_gib": 1_000,
+               "region": "eu-home", "min_term_days": 30, "promised_uptime_bps": 9_900}),
+    )
+    .await?;
+    let page = w.client.send(None, "GET", "/", b"").await?;
+    assert_eq!(page.status, 200);
+    let html = page.text;
+    assert!(html.contains("<title>sublet market</title>"), "{html}");
+    // Each `api("/v1/...")` or `` api(`/v1/...`) `` call of the script.
+    let mut calls = Vec::new();
+    for (at, _) in html.match_indices("api(") {
+        let rest = &html[at + 4..];
+        let quote = rest.chars().next().ok_or("empty call")?;
+        if quote != '"' && quote != '`' {
+            continue;
+        }
+        let end = rest[1..].find(quote).ok_or("unterminated path")?;
+        calls.push(rest[1..=end].to_string());
+    }
+    assert!(calls.len() >= 4, "{calls:?}");
+    let alpha = w.alpha.party_id();
+    for call in &calls {
+        let path = call
+            .replace("${encodeURIComponent(party)}", &alpha)
+            .replace("${encodeURIComponent(id)}", &alpha);
+        assert!(!path.contains('$'), "a call the test does not know: {call}");
+        let reply = w.client.send(None, "GET", &path, b"").await?;
+        assert_eq!(
+            reply.status, 200,
+            "GET {path} (from {call}): {}",
+            reply.text
+        );
+        assert!(!reply.body.is_null(), "GET {path} answered no JSON");
+    }
+    // The offers search with the console's query parameter names.
+    let reply = w
+        .client
+        .send(
+            None,
+            "GET",
+            "/v1/offers?region=eu-home&max_price_per_gib_month=2000&min_free_bytes=1",
+            b"",
+        )
+        .await?;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.body.as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        reply.text
+    );
     Ok(())
 }

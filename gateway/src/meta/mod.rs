@@ -329,6 +329,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn version_by_seq(&self, _seq: i64) -> Result<Option<ObjectVersion>> {
         Ok(None)
     }
+    /// Up to `limit` versions with row ids above `after`, in row id order, delete markers
+    /// included (their layout is `None`): how a scrub walks the store.
+    fn versions_after(&self, _after: i64, _limit: usize) -> Result<Vec<(i64, ObjectVersion)>> {
+        Ok(Vec::new())
+    }
     /// Shards of version `seq` found corrupt or gone.
     fn bad_shards(&self, _seq: i64) -> Result<Vec<ShardPos>> {
         Ok(Vec::new())

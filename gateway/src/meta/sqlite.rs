@@ -619,6 +619,22 @@ impl MetadataStore for SqliteStore {
             .map_err(store_err)
     }
 
+    fn versions_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, ObjectVersion)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS}, seq FROM versions WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))
+            .map_err(store_err)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![after, limit], |r| {
+                Ok((r.get::<_, i64>(11)?, version_from_row(r)?))
+            })
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+    }
+
     fn bad_shards(&self, seq: i64) -> Result<Vec<ShardPos>> {
         let conn = self.conn();
         let mut stmt = conn

@@ -608,7 +608,7 @@ impl Gateway {
     /// the object stays readable from its old shards until the swap, and for reads that
     /// started before it, [`RETIRE_DELAY_MS`] longer. Returns false (and
     /// frees the new shards) when the version changed.
-    async fn transition(&self, v: &ObjectVersion, plan: &str) -> S3Result<bool> {
+    pub(super) async fn transition(&self, v: &ObjectVersion, plan: &str) -> S3Result<bool> {
         let target = self.plan(plan).cloned().ok_or_else(|| {
             internal(format!(
                 "lifecycle names plan {plan}, which is not configured"

@@ -8,6 +8,7 @@ mod lifecycle;
 mod list;
 mod multipart;
 mod put;
+pub mod reencode;
 pub mod snapshot;
 
 pub use lifecycle::{
