@@ -207,7 +207,7 @@ fn corrupt_shard_file(path: &std::path::Path) {
 }
 
 #[test]
-fn corrupt_shards_fail_audits_cost_the_provider_its_score_and_are_repaired() {
+fn corrupt_shards_fail_audits_and_scrubs_cost_the_provider_its_score_and_are_repaired() {
     let tmp = tempfile::tempdir().unwrap();
     let objects = test_objects("doc", 16, 400 << 10);
     let c = cluster_with_objects(tmp.path(), 8, None, &objects);
@@ -247,6 +247,16 @@ fn corrupt_shards_fail_audits_cost_the_provider_its_score_and_are_repaired() {
         assert_eq!(score(i), 100.0, "provider {i} passed every audit");
     }
 
+    // Bit rot after the audit, on a shard that passed it: a scrub reads every shard whole
+    // and finds it too (and the shards already known bad, still bad).
+    let scrubbed = &c.providers[2].shard_files()[0];
+    corrupt_shard_file(&scrubbed.1);
+    let report = c.admin_post("/admin/v1/scrub");
+    assert_eq!(report["bad"], corrupted + 1, "{report}");
+    assert_eq!(report["intact"], total - corrupted - 1, "{report}");
+    assert_eq!(report["unchecked"], 0, "{report}");
+    assert_eq!(report["versions"], objects.len() as u64, "{report}");
+
     // Reads never return the damage: providers verify what they send and the gateway what
     // it gets, falling back to parity.
     c.assert_all_read_back(BUCKET, &objects);
@@ -266,17 +276,18 @@ fn corrupt_shards_fail_audits_cost_the_provider_its_score_and_are_repaired() {
             }
         },
     );
-    assert!(
-        !c.providers[1]
-            .shard_files()
-            .iter()
-            .any(|(id, _)| *id == rotten.0),
-        "the rotten shard {} is still on provider 1",
-        rotten.0
-    );
+    for (p, (id, _)) in [(1, rotten), (2, scrubbed)] {
+        assert!(
+            !c.providers[p].shard_files().iter().any(|(i, _)| i == id),
+            "the rotten shard {id} is still on provider {p}"
+        );
+    }
     let report = c.admin_post("/admin/v1/audit?samples=1000");
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["passed"], total_shards(&objects), "{report}");
+    let report = c.admin_post("/admin/v1/scrub");
+    assert_eq!(report["bad"], 0, "{report}");
+    assert_eq!(report["intact"], total_shards(&objects), "{report}");
     c.assert_all_read_back(BUCKET, &objects);
 }
 
