@@ -193,6 +193,18 @@ fn losing_four_of_eight_providers_two_at_a_time_loses_nothing() {
     c.assert_all_read_back(BUCKET, &objects);
 }
 
+/// A shard id's stripe (the id without its index and repair suffix) and index in it.
+fn stripe_of(id: &str) -> (String, u64) {
+    let base = match id.rsplit_once("-r") {
+        Some((base, suffix)) if suffix.len() == 8 => base,
+        _ => id,
+    };
+    let (stripe, index) = base
+        .rsplit_once('.')
+        .unwrap_or_else(|| panic!("shard id {id} has no index"));
+    (stripe.to_string(), index.parse().unwrap())
+}
+
 /// The data region of a shard file (after its self-describing header), per the provider's
 /// layout: magic, version, id length, length, stored_at, hash, id, header checksum.
 fn corrupt_shard_file(path: &std::path::Path) {
@@ -249,7 +261,13 @@ fn corrupt_shards_fail_audits_and_scrubs_cost_the_provider_its_score_and_are_rep
 
     // Bit rot after the audit, on a shard that passed it: a scrub reads every shard whole
     // and finds it too (and the shards already known bad, still bad).
-    let scrubbed = &c.providers[2].shard_files()[0];
+    // Another stripe than the first rotten shard's: no stripe loses more than its 2 parity
+    // shards (provider 0's and one more).
+    let scrubbed = &c.providers[2]
+        .shard_files()
+        .into_iter()
+        .find(|(id, _)| stripe_of(id).0 != stripe_of(&rotten.0).0)
+        .expect("provider 2 holds shards of another stripe");
     corrupt_shard_file(&scrubbed.1);
     let report = c.admin_post("/admin/v1/scrub");
     assert_eq!(report["bad"], corrupted + 1, "{report}");
@@ -337,22 +355,14 @@ fn a_deleted_metadata_file_is_recovered_from_the_providers() {
     assert!(err.contains("NoSuchKey"), "{err}");
 }
 
-/// Stripes of the shard files on providers `live`: (shard id without its index and repair
-/// suffix) -> (index, provider) of each shard file.
+/// Stripes of the shard files on providers `live`: stripe -> (index, provider) of each
+/// shard file.
 fn stripes_on_disk(c: &Cluster, live: &[usize]) -> BTreeMap<String, Vec<(u64, usize)>> {
     let mut out: BTreeMap<String, Vec<(u64, usize)>> = BTreeMap::new();
     for &p in live {
         for (id, _) in c.providers[p].shard_files() {
-            let base = match id.rsplit_once("-r") {
-                Some((base, suffix)) if suffix.len() == 8 => base,
-                _ => id.as_str(),
-            };
-            let (stripe, index) = base
-                .rsplit_once('.')
-                .unwrap_or_else(|| panic!("shard id {id} has no index"));
-            out.entry(stripe.to_string())
-                .or_default()
-                .push((index.parse().unwrap(), p));
+            let (stripe, index) = stripe_of(&id);
+            out.entry(stripe).or_default().push((index, p));
         }
     }
     out
