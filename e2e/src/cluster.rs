@@ -139,10 +139,6 @@ impl ProviderProcess {
         }
     }
 
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
     /// Its shard files, by shard id (temp files and snapshots left out).
     pub fn shard_files(&self) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(self.dir.join("shards"))
@@ -336,6 +332,38 @@ impl Cluster {
         Arc::new(
             Target::new(&format!("http://{}", self.s3), signer, bucket, false).expect("S3 target"),
         )
+    }
+
+    /// A signed `GET /bucket/key` request head (HTTP/1.1, `Connection: close`), for a test
+    /// that reads the answer at its own pace.
+    pub fn signed_get(&self, bucket: &str, key: &str) -> String {
+        use crate::bench::sigv4::{self, AmzDate, Request, UNSIGNED_PAYLOAD};
+        let target = self.target(bucket);
+        let path = sigv4::encode_path(&format!("/{bucket}/{key}"));
+        let date = AmzDate::now();
+        let headers = [
+            ("host", target.authority.as_str()),
+            ("x-amz-date", date.timestamp.as_str()),
+            ("x-amz-content-sha256", UNSIGNED_PAYLOAD),
+        ];
+        let authorization = target.signer.authorization(
+            &Request {
+                method: "GET",
+                path: &path,
+                query: "",
+                headers: &headers,
+                payload_hash: UNSIGNED_PAYLOAD,
+            },
+            &date,
+        );
+        let mut head = format!("GET {path} HTTP/1.1\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "authorization: {authorization}\r\nconnection: close\r\n\r\n"
+        ));
+        head
     }
 
     /// Creates `bucket`.

@@ -1,8 +1,9 @@
 //! Fault injection on real binaries: providers killed two at a time, shard files corrupted
-//! on disk, the gateway killed in the middle of a repair, its metadata file deleted. Every
-//! test ends by reading back everything it wrote, byte for byte. Time is kept short by a 1s
-//! grace period and by asking the admin API for repairs, audits and snapshots instead of
-//! waiting for their timers; a lost provider is noticed at the gateway's next probe (15s).
+//! on disk, the gateway killed in the middle of a repair, its metadata file deleted, objects
+//! moved to a wider plan while they are read. Every test ends by reading back everything it
+//! wrote, byte for byte. Time is kept short by a 1s grace period and by asking the admin
+//! API for repairs, audits, snapshots and lifecycle passes instead of waiting for their
+//! timers; a lost provider is noticed at the gateway's next probe (every 15s).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -192,6 +193,18 @@ fn losing_four_of_eight_providers_two_at_a_time_loses_nothing() {
     c.assert_all_read_back(BUCKET, &objects);
 }
 
+/// A shard id's stripe (the id without its index and repair suffix) and index in it.
+fn stripe_of(id: &str) -> (String, u64) {
+    let base = match id.rsplit_once("-r") {
+        Some((base, suffix)) if suffix.len() == 8 => base,
+        _ => id,
+    };
+    let (stripe, index) = base
+        .rsplit_once('.')
+        .unwrap_or_else(|| panic!("shard id {id} has no index"));
+    (stripe.to_string(), index.parse().unwrap())
+}
+
 /// The data region of a shard file (after its self-describing header), per the provider's
 /// layout: magic, version, id length, length, stored_at, hash, id, header checksum.
 fn corrupt_shard_file(path: &std::path::Path) {
@@ -206,7 +219,7 @@ fn corrupt_shard_file(path: &std::path::Path) {
 }
 
 #[test]
-fn corrupt_shards_fail_audits_cost_the_provider_its_score_and_are_repaired() {
+fn corrupt_shards_fail_audits_and_scrubs_cost_the_provider_its_score_and_are_repaired() {
     let tmp = tempfile::tempdir().unwrap();
     let objects = test_objects("doc", 16, 400 << 10);
     let c = cluster_with_objects(tmp.path(), 8, None, &objects);
@@ -246,6 +259,22 @@ fn corrupt_shards_fail_audits_cost_the_provider_its_score_and_are_repaired() {
         assert_eq!(score(i), 100.0, "provider {i} passed every audit");
     }
 
+    // Bit rot after the audit, on a shard that passed it: a scrub reads every shard whole
+    // and finds it too (and the shards already known bad, still bad).
+    // Another stripe than the first rotten shard's: no stripe loses more than its 2 parity
+    // shards (provider 0's and one more).
+    let scrubbed = &c.providers[2]
+        .shard_files()
+        .into_iter()
+        .find(|(id, _)| stripe_of(id).0 != stripe_of(&rotten.0).0)
+        .expect("provider 2 holds shards of another stripe");
+    corrupt_shard_file(&scrubbed.1);
+    let report = c.admin_post("/admin/v1/scrub");
+    assert_eq!(report["bad"], corrupted + 1, "{report}");
+    assert_eq!(report["intact"], total - corrupted - 1, "{report}");
+    assert_eq!(report["unchecked"], 0, "{report}");
+    assert_eq!(report["versions"], objects.len() as u64, "{report}");
+
     // Reads never return the damage: providers verify what they send and the gateway what
     // it gets, falling back to parity.
     c.assert_all_read_back(BUCKET, &objects);
@@ -265,17 +294,18 @@ fn corrupt_shards_fail_audits_cost_the_provider_its_score_and_are_repaired() {
             }
         },
     );
-    assert!(
-        !c.providers[1]
-            .shard_files()
-            .iter()
-            .any(|(id, _)| *id == rotten.0),
-        "the rotten shard {} is still on provider 1",
-        rotten.0
-    );
+    for (p, (id, _)) in [(1, rotten), (2, scrubbed)] {
+        assert!(
+            !c.providers[p].shard_files().iter().any(|(i, _)| i == id),
+            "the rotten shard {id} is still on provider {p}"
+        );
+    }
     let report = c.admin_post("/admin/v1/audit?samples=1000");
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["passed"], total_shards(&objects), "{report}");
+    let report = c.admin_post("/admin/v1/scrub");
+    assert_eq!(report["bad"], 0, "{report}");
+    assert_eq!(report["intact"], total_shards(&objects), "{report}");
     c.assert_all_read_back(BUCKET, &objects);
 }
 
@@ -325,22 +355,14 @@ fn a_deleted_metadata_file_is_recovered_from_the_providers() {
     assert!(err.contains("NoSuchKey"), "{err}");
 }
 
-/// Stripes of the shard files on providers `live`: (shard id without its index and repair
-/// suffix) -> (index, provider) of each shard file.
+/// Stripes of the shard files on providers `live`: stripe -> (index, provider) of each
+/// shard file.
 fn stripes_on_disk(c: &Cluster, live: &[usize]) -> BTreeMap<String, Vec<(u64, usize)>> {
     let mut out: BTreeMap<String, Vec<(u64, usize)>> = BTreeMap::new();
     for &p in live {
         for (id, _) in c.providers[p].shard_files() {
-            let base = match id.rsplit_once("-r") {
-                Some((base, suffix)) if suffix.len() == 8 => base,
-                _ => id.as_str(),
-            };
-            let (stripe, index) = base
-                .rsplit_once('.')
-                .unwrap_or_else(|| panic!("shard id {id} has no index"));
-            out.entry(stripe.to_string())
-                .or_default()
-                .push((index.parse().unwrap(), p));
+            let (stripe, index) = stripe_of(&id);
+            out.entry(stripe).or_default().push((index, p));
         }
     }
     out
@@ -511,4 +533,60 @@ spec:
         p.kill();
     }
     c.assert_all_read_back(BUCKET, &old);
+}
+
+#[test]
+#[ignore = "bug: an overwrite (likewise a delete) frees the old version's shards at once, so a \
+            GET still streaming it stops after what the sockets had buffered: the client gets \
+            a 200 with a body cut short of its Content-Length"]
+fn a_get_in_flight_when_its_object_is_overwritten_ends_with_the_bytes_it_began_with() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let object = TestObject {
+        key: "big".into(),
+        // More than loopback socket buffers hold (about 4.5 MiB here).
+        len: 12 << 20,
+    };
+    let c = cluster_with_objects(tmp.path(), 6, None, std::slice::from_ref(&object));
+
+    // A slow reader: the answer's head and the first 64 KiB, then a pause.
+    let mut stream = std::net::TcpStream::connect(c.s3).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(c.signed_get(BUCKET, &object.key).as_bytes())
+        .unwrap();
+    let mut received = vec![0u8; 64 << 10];
+    stream.read_exact(&mut received).unwrap();
+
+    // Meanwhile the key is overwritten (a longer object: its first 4 MiB are the same bytes,
+    // but the old version's shards are released).
+    c.put(
+        BUCKET,
+        &TestObject {
+            key: object.key.clone(),
+            len: (12 << 20) + 1,
+        },
+    );
+    let mut rest = Vec::new();
+    let read = stream.read_to_end(&mut rest);
+    received.extend_from_slice(&rest);
+    let split = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("answer head");
+    let head = String::from_utf8_lossy(&received[..split]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = &received[split + 4..];
+    assert!(
+        read.is_ok() && body.len() as u64 == object.len,
+        "the GET ended after {} of {} bytes ({read:?})",
+        body.len(),
+        object.len
+    );
+    assert!(
+        body == object.content().bytes().as_ref(),
+        "the GET returned other bytes"
+    );
 }
