@@ -518,19 +518,36 @@ impl Repairer {
                 )
                 .map_err(|e| anyhow::anyhow!("object {object}: segment {g}: {e}"))?;
                 let suffix = random_suffix();
+                // The stripe's rebuilt shards are written in parallel (each is an fsync on
+                // its provider); every one that landed is recorded before any error
+                // returns, so a failed repair removes what it wrote.
+                let mut puts = Vec::with_capacity(lost.len());
                 for (&i, home) in lost.iter().zip(homes) {
-                    let node = &candidates[home].site.node_id;
-                    let backend = self.gateway.backend(node).ok_or_else(|| {
+                    let node = candidates[home].site.node_id.clone();
+                    let backend = self.gateway.backend(&node).ok_or_else(|| {
                         anyhow::anyhow!("placement chose unknown provider {node}")
                     })?;
-                    let old = &segment.shards[i];
-                    let shard_id = format!("{}-r{suffix}", base_id(&old.shard_id));
+                    let shard_id = format!("{}-r{suffix}", base_id(&segment.shards[i].shard_id));
                     let data = Bytes::from(shards[i].clone());
-                    let length = data.len() as u64;
-                    let want = blake3::hash(&data);
-                    let hash = backend.put(&shard_id, data).await.map_err(|e| {
-                        anyhow::anyhow!("object {object}: writing a rebuilt shard: {e}")
-                    })?;
+                    puts.push(async move {
+                        let length = data.len() as u64;
+                        let want = blake3::hash(&data);
+                        let put = backend.put(&shard_id, data).await;
+                        (i, node, shard_id, length, want, put)
+                    });
+                }
+                let mut failure = None;
+                for (i, node, shard_id, length, want, put) in futures::future::join_all(puts).await
+                {
+                    let hash = match put {
+                        Ok(hash) => hash,
+                        Err(e) => {
+                            failure.get_or_insert_with(|| {
+                                anyhow::anyhow!("object {object}: writing a rebuilt shard: {e}")
+                            });
+                            continue;
+                        }
+                    };
                     pace.spend(length).await;
                     let loc = ShardLocation {
                         provider: node.clone(),
@@ -540,14 +557,21 @@ impl Repairer {
                     };
                     written.push(loc.clone());
                     if hash != *want.as_bytes() {
-                        anyhow::bail!(
-                            "provider {node} acknowledged a rebuilt shard with the wrong hash"
-                        );
+                        failure.get_or_insert_with(|| {
+                            anyhow::anyhow!(
+                                "provider {node} acknowledged a rebuilt shard with the wrong hash"
+                            )
+                        });
+                        continue;
                     }
+                    let old = &segment.shards[i];
                     if !old.is_missing() {
                         replaced.push(old.clone());
                     }
                     set_shard(new_layout, p, g, i, loc);
+                }
+                if let Some(e) = failure {
+                    return Err(e);
                 }
             }
         }
