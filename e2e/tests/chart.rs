@@ -532,6 +532,32 @@ fn quickstart_is_a_gateway_pool_and_plan_the_loader_accepts() {
         ],
     );
     validate_offline(&docs);
+
+    // With an existing PostgreSQL Secret the gateway runs several replicas on it.
+    let docs = template(
+        &helm,
+        &[
+            "--set",
+            "quickstart.enabled=true",
+            "--set",
+            "quickstart.gateway.postgres.secretName=sublet-db",
+        ],
+    );
+    validate_offline(&docs);
+    let text: String = docs
+        .iter()
+        .filter(|d| d["apiVersion"] == sublet_crds::API_VERSION)
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    let config = sublet_crds::load_str("quickstart", &text).unwrap_or_else(|e| panic!("{e}"));
+    let gateway = config.gateway().expect("one StorageGateway");
+    assert_eq!(gateway.spec.replicas, 2);
+    assert!(gateway.spec.metadata.sqlite.is_none());
+    let postgres = gateway.spec.metadata.postgres.as_ref().expect("postgres");
+    assert_eq!(
+        serde_json::to_value(postgres).unwrap()["secretRef"]["name"],
+        "sublet-db"
+    );
 }
 
 #[test]
