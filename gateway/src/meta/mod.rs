@@ -1,5 +1,6 @@
 //! Metadata: buckets, object versions, multipart uploads and where their shards
-//! live. The S3 layer talks to the [`MetadataStore`] trait only; SQLite is the embedded default.
+//! live. The S3 layer talks to the [`MetadataStore`] trait only; SQLite is the embedded default,
+//! PostgreSQL the store several gateway replicas share.
 
 mod copy;
 mod postgres;

@@ -251,11 +251,13 @@ pub fn gateway_objects(
             .iter()
             .map(|(var, secret, key)| secret_env(var, secret, key)),
     );
-    if let Some(postgres) = &spec.metadata.postgres {
+    if let Some(postgres) = &spec.metadata.postgres
+        && let Some(secret) = &postgres.secret_ref
+    {
         env.push(secret_env(
-            "SUBLET_METADATA_URL",
-            &postgres.secret_ref.name,
-            postgres.secret_ref.key.as_deref().unwrap_or("url"),
+            postgres.url_env(),
+            &secret.name,
+            secret.key.as_deref().unwrap_or("url"),
         ));
     }
     let probe = |initial_delay, period| Probe {
