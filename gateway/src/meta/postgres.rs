@@ -143,11 +143,15 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db` or key=value form) and
     /// creates the tables if needed.
     pub fn open(url: &str) -> Result<Self> {
-        let config: postgres::Config = url.parse().map_err(|e| {
+        let mut config: postgres::Config = url.parse().map_err(|e| {
             MetaError::Store(format!(
                 "postgres URL does not parse ({e}); expected postgres://user:password@host:5432/dbname"
             ))
         })?;
+        // Without one, an unreachable host holds a request for the OS's TCP timeout.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
         let store = Self {
             config,
             pool: Mutex::new(PoolState::default()),
@@ -1902,6 +1906,12 @@ mod tests {
         let err = PostgresStore::open("postgres://x:y@host:notaport/db").unwrap_err();
         assert!(
             err.to_string().contains("postgres URL does not parse"),
+            "{err}"
+        );
+        // Nothing listens on port 1: an error, not a hang or a panic.
+        let err = PostgresStore::open("postgres://sublet@127.0.0.1:1/x").unwrap_err();
+        assert!(
+            err.to_string().starts_with("metadata store: postgres: "),
             "{err}"
         );
     }
