@@ -136,8 +136,27 @@ pub struct SqliteMetadata {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresMetadata {
-    /// The Secret with the connection URL.
-    pub secret_ref: SecretRef,
+    /// The Secret with the connection URL (`postgres://user:password@host:5432/db`); the
+    /// operator hands it to the gateway in the `urlEnv` environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// The environment variable the gateway reads the connection URL from, so no password
+    /// sits in the YAML; default `SUBLET_METADATA_URL`. For standalone `sublet serve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+}
+
+/// Where the gateway reads the PostgreSQL URL from when `urlEnv` is not set.
+pub const DEFAULT_METADATA_URL_ENV: &str = "SUBLET_METADATA_URL";
+
+impl PostgresMetadata {
+    /// The environment variable holding the connection URL.
+    pub fn url_env(&self) -> &str {
+        self.url_env
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .unwrap_or(DEFAULT_METADATA_URL_ENV)
+    }
 }
 
 /// A reference to a key of a Secret in the gateway's namespace.
@@ -292,13 +311,29 @@ impl StorageGatewaySpec {
                 "must be more than 0 (e.g. 10Gi)",
             );
         }
-        if let Some(postgres) = &self.metadata.postgres
-            && postgres.secret_ref.name.is_empty()
-        {
-            p.add(
-                "spec.metadata.postgres.secretRef.name",
-                "must name the Secret holding the connection URL",
-            );
+        if let Some(postgres) = &self.metadata.postgres {
+            if postgres
+                .secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name.is_empty())
+            {
+                p.add(
+                    "spec.metadata.postgres.secretRef.name",
+                    "must name the Secret holding the connection URL",
+                );
+            }
+            if let Some(var) = &postgres.url_env
+                && (var.is_empty()
+                    || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    || var.starts_with(|c: char| c.is_ascii_digit()))
+            {
+                p.add(
+                    "spec.metadata.postgres.urlEnv",
+                    format!(
+                        "{var:?} is not an environment variable name; use letters, digits and _ (e.g. SUBLET_METADATA_URL)"
+                    ),
+                );
+            }
         }
         if self.service.port == 0 {
             p.add(
@@ -479,6 +514,14 @@ mod tests {
                 "spec.metadata.postgres.secretRef.name: must name the Secret holding the connection URL"
             ]
         );
+        assert_eq!(
+            problems("metadata: {postgres: {urlEnv: \"my url\"}}"),
+            [
+                "spec.metadata.postgres.urlEnv: \"my url\" is not an environment variable name; use letters, digits and _ (e.g. SUBLET_METADATA_URL)"
+            ]
+        );
+        assert!(problems("metadata: {postgres: {urlEnv: DB_URL}}").is_empty());
+        assert!(problems("metadata: {postgres: {}}").is_empty());
         assert_eq!(
             problems("metadata: {sqlite: {storage: 0}}"),
             ["spec.metadata.sqlite.storage: must be more than 0 (e.g. 10Gi)"]

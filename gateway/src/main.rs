@@ -100,6 +100,21 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Copy all metadata (buckets, versions with their layouts, uploads and parts, lifecycle
+    /// rules, providers) from one store into another, e.g. from SQLite to PostgreSQL. Stop the
+    /// gateway first: writes made during the copy may be missed.
+    MigrateMetadata {
+        /// The store to read: sqlite:PATH or postgres:URL.
+        #[arg(long)]
+        from: sublet_gateway::meta::StoreLocation,
+        /// The store to fill: sqlite:PATH or postgres:URL (postgres://user:password@host/db).
+        #[arg(long, env = "SUBLET_MIGRATE_TO", hide_env_values = true)]
+        to: sublet_gateway::meta::StoreLocation,
+        /// Copy into a target that already holds buckets (versions with the same id are
+        /// overwritten).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[tokio::main]
@@ -159,6 +174,7 @@ async fn main() {
             provider_token,
             force,
         } => recover(&config, data_dir, provider_token, force).await,
+        Command::MigrateMetadata { from, to, force } => migrate_metadata(from, to, force).await,
     };
     // One line per cause, no backtrace: these are problems with input or the machine.
     if let Err(e) = result {
@@ -229,5 +245,23 @@ async fn recover(
     println!(
         "changes made after that snapshot are not in it; start the gateway with `sublet serve`"
     );
+    Ok(())
+}
+
+async fn migrate_metadata(
+    from: sublet_gateway::meta::StoreLocation,
+    to: sublet_gateway::meta::StoreLocation,
+    force: bool,
+) -> anyhow::Result<()> {
+    let counts = tokio::task::spawn_blocking(move || {
+        let source = from
+            .open(true)
+            .map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+        let target = to.open(false).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+        sublet_gateway::meta::copy_store(source.as_ref(), target.as_ref(), force)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await??;
+    println!("copied {counts}");
     Ok(())
 }

@@ -165,7 +165,7 @@ impl Repairer {
                 let pace = Arc::clone(&pace);
                 let policy = policy.clone();
                 async move {
-                    let out = self.repair_version(plan, &q, &policy, &pace).await;
+                    let out = self.repair_claimed(plan, &q, &policy, &pace).await;
                     (q, out)
                 }
             }))
@@ -276,7 +276,7 @@ impl Repairer {
             started: Instant::now(),
             bytes: Default::default(),
         };
-        match self.repair_version(plan, &q, &policy, &pace).await? {
+        match self.repair_claimed(plan, &q, &policy, &pace).await? {
             Outcome::Repaired { shards, bytes } => {
                 if let Some(m) = &self.metrics {
                     m.rebuilt_shards.with_label_values(&[plan]).inc_by(shards);
@@ -286,6 +286,31 @@ impl Repairer {
             }
             Outcome::Conflict | Outcome::Skipped => Ok(0),
         }
+    }
+
+    /// Repairs `q` under a claim in the metadata store, so a repairer in another process
+    /// sharing the store (several gateways on PostgreSQL, a `sublet repair` Job) skips it.
+    async fn repair_claimed(
+        &self,
+        plan: &str,
+        q: &QueuedVersion,
+        policy: &RebuildPolicy,
+        pace: &Pace,
+    ) -> anyhow::Result<Outcome> {
+        let seq = q.seq;
+        let holder = claim_holder();
+        let claimed = self
+            .blocking(move |m| m.claim_repair(seq, holder, now_ms(), CLAIM_LEASE_MS))
+            .await?;
+        if !claimed {
+            return Ok(Outcome::Skipped);
+        }
+        let out = self.repair_version(plan, q, policy, pace).await;
+        if let Err(e) = self.blocking(move |m| m.release_repair(seq, holder)).await {
+            // The lease runs out by itself.
+            tracing::warn!(seq, error = %format!("{e:#}"), "releasing a repair claim failed");
+        }
+        out
     }
 
     async fn repair_version(
@@ -650,6 +675,16 @@ fn base_id(id: &str) -> &str {
         }
         _ => id,
     }
+}
+
+/// How long a claim on a version keeps other processes' repairers away; a repair that
+/// takes longer may be duplicated, which the layout compare-and-swap still resolves.
+const CLAIM_LEASE_MS: i64 = 30 * 60 * 1000;
+
+/// This process's name on its repair claims.
+fn claim_holder() -> &'static str {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| format!("{}-{}", std::process::id(), random_suffix()))
 }
 
 fn random_suffix() -> String {

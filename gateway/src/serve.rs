@@ -21,7 +21,7 @@ use crate::codec::MasterKey;
 use crate::dataplane::ShardBackend;
 use crate::health::RebuildPolicy;
 use crate::layout::Scheme;
-use crate::meta::{MetadataStore, SqliteStore};
+use crate::meta::{MetadataStore, PostgresStore, SqliteStore};
 use crate::metrics::{MeteredService, Metrics, ObservedBackend};
 use crate::placement::{HealthBoard, PlacementRule, Site, Topology};
 use crate::provider_backend::ProviderBackend;
@@ -318,6 +318,38 @@ impl Overrides {
     }
 }
 
+/// Opens the store `spec.metadata` names: PostgreSQL at the URL in `postgres.urlEnv`, or the
+/// SQLite file at `sqlite_path`.
+pub async fn open_metadata(
+    spec: &StorageGatewaySpec,
+    sqlite_path: &Path,
+) -> anyhow::Result<Arc<dyn MetadataStore>> {
+    if let Some(postgres) = &spec.metadata.postgres {
+        let var = postgres.url_env().to_owned();
+        let url = std::env::var(&var).map_err(|_| {
+            anyhow::anyhow!(
+                "StorageGateway spec.metadata.postgres: environment variable {var} (spec.metadata.postgres.urlEnv) is not set; set it to postgres://user:password@host:5432/dbname"
+            )
+        })?;
+        let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url))
+            .await
+            .context("opening the PostgreSQL metadata store")?
+            .map_err(|e| anyhow::anyhow!("spec.metadata.postgres (URL from {var}): {e}"))?;
+        tracing::info!(store = ?store, "metadata in postgresql");
+        return Ok(Arc::new(store));
+    }
+    if let Some(parent) = sqlite_path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let path = sqlite_path.to_owned();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .context("opening the SQLite metadata store")?
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", sqlite_path.display()))?;
+    Ok(Arc::new(store))
+}
+
 /// Files and directories of a standalone gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatePaths {
@@ -334,11 +366,6 @@ pub fn state_paths(
     spec: &StorageGatewaySpec,
     data_dir: Option<&Path>,
 ) -> anyhow::Result<StatePaths> {
-    if spec.metadata.postgres.is_some() {
-        bail!(
-            "StorageGateway spec.metadata.postgres: sublet serve supports only sqlite metadata so far"
-        );
-    }
     let Some(data_dir) = data_dir
         .map(Path::to_path_buf)
         .or_else(|| spec.data_dir.as_ref().map(PathBuf::from))
@@ -600,15 +627,7 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
             ObservedBackend::wrap(Arc::clone(c) as Arc<dyn ShardBackend>, &metrics, &health)
         }),
     );
-    let meta_path = &paths.metadata;
-    if let Some(parent) = meta_path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let meta: Arc<dyn MetadataStore> = Arc::new(
-        SqliteStore::open(meta_path)
-            .map_err(|e| anyhow::anyhow!("opening {}: {e}", meta_path.display()))?,
-    );
+    let meta = open_metadata(&spec, &paths.metadata).await?;
     let gateway = Arc::new(
         Gateway::new(Arc::clone(&meta), master, plans, backends)?
             .with_placement(topology(config, &endpoints), Arc::clone(&health))?
@@ -1159,5 +1178,30 @@ spec:
         let p = state_paths(spec, Some(Path::new("/d"))).unwrap();
         assert_eq!(p.metadata, PathBuf::from("/db/meta.db"));
         assert_eq!(p.master_key, PathBuf::from("/d/master.key"));
+    }
+
+    #[tokio::test]
+    async fn metadata_opens_sqlite_or_names_the_missing_postgres_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config("  dataDir: /srv/sublet");
+        let file = dir.path().join("sub/metadata.db");
+        let store = open_metadata(&c.gateway().unwrap().spec, &file)
+            .await
+            .unwrap();
+        assert!(store.buckets().unwrap().is_empty());
+        assert!(file.exists());
+
+        let c = config("  metadata: {postgres: {urlEnv: SUBLET_TEST_NEVER_SET_URL}}");
+        let spec = &c.gateway().unwrap().spec;
+        assert_eq!(
+            state_paths(spec, Some(dir.path())).unwrap().metadata,
+            dir.path().join("metadata.db"),
+            "postgres needs a data directory too (master key, identity)"
+        );
+        let err = open_metadata(spec, &file).await.err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "StorageGateway spec.metadata.postgres: environment variable SUBLET_TEST_NEVER_SET_URL (spec.metadata.postgres.urlEnv) is not set; set it to postgres://user:password@host:5432/dbname"
+        );
     }
 }

@@ -1,10 +1,17 @@
 //! Metadata: buckets, object versions, multipart uploads and where their shards
-//! live. The S3 layer talks to the [`MetadataStore`] trait only; SQLite is the embedded default.
+//! live. The S3 layer talks to the [`MetadataStore`] trait only; SQLite is the embedded default,
+//! PostgreSQL the store several gateway replicas share.
 
+mod copy;
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod test_postgres;
 
 use std::collections::BTreeMap;
 
+pub use copy::{CopyCounts, StoreLocation, copy_store};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::layout::Layout;
@@ -444,6 +451,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Writes a consistent copy of the whole store to `path` (which must not exist), for
     /// metadata snapshots.
     fn snapshot_into(&self, path: &std::path::Path) -> Result<()>;
+    /// Claims version `seq` for repair by `holder` until `now + lease_ms` (Unix ms), so
+    /// repairers in other processes sharing this store leave it alone; `false` while another
+    /// holder's lease runs. A store only one process opens needs no claims (the default).
+    fn claim_repair(&self, _seq: i64, _holder: &str, _now: i64, _lease_ms: i64) -> Result<bool> {
+        Ok(true)
+    }
+    /// Gives back a claim taken with [`MetadataStore::claim_repair`].
+    fn release_repair(&self, _seq: i64, _holder: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -452,8 +469,54 @@ mod tests {
     use super::*;
     use crate::layout::{Encryption, Scheme};
 
-    fn store() -> SqliteStore {
-        SqliteStore::open_in_memory().unwrap()
+    /// Runs each store-agnostic test on SQLite and on PostgreSQL.
+    macro_rules! on_every_store {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite_store {
+                $(#[test]
+                fn $name() {
+                    super::$name(&super::SqliteStore::open_in_memory().unwrap());
+                })*
+            }
+            mod postgres_store {
+                $(#[test]
+                fn $name() {
+                    if let Some(s) = super::super::test_postgres::store() {
+                        super::$name(&s);
+                    }
+                })*
+            }
+        };
+    }
+
+    on_every_store!(
+        buckets_are_created_once_and_deleted_only_when_empty,
+        versions_round_trip_and_null_version_is_replaced,
+        latest_version_wins_and_old_ones_stay_addressable,
+        listing_hides_delete_markers_and_groups_prefixes,
+        listing_pages_with_markers,
+        version_listing_pages_through_versions_markers_and_prefixes,
+        parts_are_replaced_listed_and_uploads_end_once,
+        shard_index_follows_versions_providers_and_bad_shards,
+        versions_are_walked_in_row_order,
+    );
+
+    fn versions_are_walked_in_row_order(s: &dyn MetadataStore) {
+        s.create_bucket(&bucket("b")).unwrap();
+        for (key, id) in [("z", "v1"), ("a", "v2"), ("m", "v3"), ("a", "v4")] {
+            s.put_version(&version(key, id, 1)).unwrap();
+        }
+        s.delete_version("b", "m", "v3").unwrap();
+        let all = s.versions_after(0, 100).unwrap();
+        let ids: Vec<&str> = all.iter().map(|(_, v)| v.version_id.as_str()).collect();
+        assert_eq!(ids, ["v1", "v2", "v4"], "row order, deleted ones gone");
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        let first = s.versions_after(0, 1).unwrap();
+        assert_eq!(first.len(), 1);
+        let rest = s.versions_after(first[0].0, 100).unwrap();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0].1.version_id, "v2");
+        assert!(s.versions_after(all[2].0, 100).unwrap().is_empty());
     }
 
     fn bucket(name: &str) -> Bucket {
@@ -488,9 +551,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn buckets_are_created_once_and_deleted_only_when_empty() {
-        let s = store();
+    fn buckets_are_created_once_and_deleted_only_when_empty(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();
         assert!(matches!(
             s.create_bucket(&bucket("b")),
@@ -511,9 +572,7 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn versions_round_trip_and_null_version_is_replaced() {
-        let s = store();
+    fn versions_round_trip_and_null_version_is_replaced(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();
         let v1 = version("k", NULL_VERSION, 3);
         assert!(s.put_version(&v1).unwrap().replaced.is_empty());
@@ -524,9 +583,7 @@ mod tests {
         assert_eq!(s.version("b", "k", None).unwrap().unwrap().size, 4);
     }
 
-    #[test]
-    fn latest_version_wins_and_old_ones_stay_addressable() {
-        let s = store();
+    fn latest_version_wins_and_old_ones_stay_addressable(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();
         s.put_version(&version("k", "v1", 1)).unwrap();
         s.put_version(&version("k", "v2", 2)).unwrap();
@@ -551,9 +608,7 @@ mod tests {
         assert_eq!(s.version("b", "k", None).unwrap().unwrap().version_id, "v1");
     }
 
-    #[test]
-    fn listing_hides_delete_markers_and_groups_prefixes() {
-        let s = store();
+    fn listing_hides_delete_markers_and_groups_prefixes(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();
         for key in [
             "a.txt",
@@ -612,9 +667,7 @@ mod tests {
         assert_eq!(inside.common_prefixes, ["photos/2024/"]);
     }
 
-    #[test]
-    fn listing_pages_with_markers() {
-        let s = store();
+    fn listing_pages_with_markers(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();
         for i in 0..25 {
             s.put_version(&version(&format!("k{i:03}"), NULL_VERSION, 1))
@@ -643,7 +696,7 @@ mod tests {
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
     }
 
-    fn versions_page(s: &SqliteStore, key_marker: &str, vid_marker: &str) -> VersionPage {
+    fn versions_page(s: &dyn MetadataStore, key_marker: &str, vid_marker: &str) -> VersionPage {
         s.list_versions(
             "b",
             &VersionQuery {
@@ -657,9 +710,7 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn version_listing_pages_through_versions_markers_and_prefixes() {
-        let s = store();
+    fn version_listing_pages_through_versions_markers_and_prefixes(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();
         for (key, id) in [
             ("a", "a1"),
@@ -679,7 +730,7 @@ mod tests {
         let mut seen = Vec::new();
         let (mut km, mut vm) = (String::new(), String::new());
         for _ in 0..10 {
-            let page = versions_page(&s, &km, &vm);
+            let page = versions_page(s, &km, &vm);
             seen.extend(page.versions.iter().map(|e| {
                 format!(
                     "{}{}{}",
@@ -726,9 +777,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn parts_are_replaced_listed_and_uploads_end_once() {
-        let s = store();
+    fn parts_are_replaced_listed_and_uploads_end_once(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();
         assert!(matches!(
             s.create_upload(&Upload {
@@ -886,7 +935,7 @@ mod tests {
         v
     }
 
-    fn one_group(s: &SqliteStore, cut: i64) -> Vec<(u64, u64, u64)> {
+    fn one_group(s: &dyn MetadataStore, cut: i64) -> Vec<(u64, u64, u64)> {
         s.plan_health("family-photos", cut, 1000)
             .unwrap()
             .iter()
@@ -894,15 +943,13 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn shard_index_follows_versions_providers_and_bad_shards() {
-        let s = store();
+    fn shard_index_follows_versions_providers_and_bad_shards(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();
         let all: Vec<(String, bool)> = (0..6).map(|i| (format!("n{i}"), true)).collect();
         s.record_probes(&all, 1_000).unwrap();
         s.put_version(&striped("a", 2)).unwrap();
         s.put_version(&striped("b", 1)).unwrap();
-        assert_eq!(one_group(&s, 0), [(6, 6, 2)]);
+        assert_eq!(one_group(s, 0), [(6, 6, 2)]);
         assert_eq!(s.provider_usage().unwrap()["n0"], (3, 51));
         s.record_pools(
             &[("n0".into(), "home".into()), ("gone".into(), "old".into())],
@@ -916,8 +963,8 @@ mod tests {
 
         // n5 stops answering at 2000: reachable drops at once, healthy only past the cut.
         s.record_probes(&[("n5".into(), false)], 2_000).unwrap();
-        assert_eq!(one_group(&s, 500), [(6, 5, 2)]);
-        assert_eq!(one_group(&s, 1_500), [(5, 5, 2)]);
+        assert_eq!(one_group(s, 500), [(6, 5, 2)]);
+        assert_eq!(one_group(s, 1_500), [(5, 5, 2)]);
         // A corrupt shard of "a" segment 1 makes "a" weaker still.
         s.mark_bad_shards(
             "b",
@@ -935,7 +982,7 @@ mod tests {
             3_000,
         )
         .unwrap();
-        let mut groups = one_group(&s, 1_500);
+        let mut groups = one_group(s, 1_500);
         groups.sort_unstable();
         assert_eq!(groups, [(4, 4, 1), (5, 5, 1)]);
         let queued = s
@@ -951,7 +998,7 @@ mod tests {
         );
         // n5 answers again before the grace period ends: back to healthy.
         s.record_probes(&[("n5".into(), true)], 2_500).unwrap();
-        let mut groups = one_group(&s, 1_500);
+        let mut groups = one_group(s, 1_500);
         groups.sort_unstable();
         assert_eq!(groups, [(5, 5, 1), (6, 6, 1)]);
 
@@ -979,7 +1026,7 @@ mod tests {
             !s.replace_layout(seq, &old, &new).unwrap(),
             "a second repairer loses"
         );
-        assert_eq!(one_group(&s, 0), [(6, 6, 2)]);
+        assert_eq!(one_group(s, 0), [(6, 6, 2)]);
 
         // Replacing and deleting versions removes their shards from the index.
         s.put_version(&striped("a", 1)).unwrap();
@@ -989,7 +1036,7 @@ mod tests {
         );
         s.delete_version("b", "a", NULL_VERSION).unwrap();
         s.delete_version("b", "b", NULL_VERSION).unwrap();
-        assert!(one_group(&s, 0).is_empty());
+        assert!(one_group(s, 0).is_empty());
         assert!(s.provider_usage().unwrap().is_empty());
     }
 

@@ -261,7 +261,7 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectVersion> {
 }
 
 /// The common prefix a key rolls up into under a delimiter, if any.
-fn group_of(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
+pub(super) fn group_of(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
     let d = delimiter.filter(|d| !d.is_empty())?;
     let rest = key.get(prefix.len()..)?;
     rest.find(d)

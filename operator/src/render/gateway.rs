@@ -251,11 +251,13 @@ pub fn gateway_objects(
             .iter()
             .map(|(var, secret, key)| secret_env(var, secret, key)),
     );
-    if let Some(postgres) = &spec.metadata.postgres {
+    if let Some(postgres) = &spec.metadata.postgres
+        && let Some(secret) = &postgres.secret_ref
+    {
         env.push(secret_env(
-            "SUBLET_METADATA_URL",
-            &postgres.secret_ref.name,
-            postgres.secret_ref.key.as_deref().unwrap_or("url"),
+            postgres.url_env(),
+            &secret.name,
+            secret.key.as_deref().unwrap_or("url"),
         ));
     }
     let probe = |initial_delay, period| Probe {
@@ -530,6 +532,18 @@ mod tests {
         assert_eq!(c["env"][3]["name"], "SUBLET_METADATA_URL");
         assert_eq!(c["env"][3]["valueFrom"]["secretKeyRef"]["key"], "url");
         assert!(json["spec"]["template"]["spec"]["volumes"][2]["emptyDir"].is_object());
+
+        // The variable the gateway reads (urlEnv) is the one the Secret fills.
+        let gw = gateway(
+            "s3",
+            "defaultPlan: photos\nreplicas: 2\nmetadata: {postgres: {secretRef: {name: db, key: dsn}, urlEnv: DB_URL}}",
+        );
+        let json =
+            workload_json(&gateway_objects(&gw, &Images::default(), &config("abc")).unwrap());
+        let c = &json["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["env"][3]["name"], "DB_URL");
+        assert_eq!(c["env"][3]["valueFrom"]["secretKeyRef"]["name"], "db");
+        assert_eq!(c["env"][3]["valueFrom"]["secretKeyRef"]["key"], "dsn");
     }
 
     #[test]

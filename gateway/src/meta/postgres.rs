@@ -1,0 +1,1963 @@
+//! The shared metadata store: PostgreSQL, so several gateway replicas see one database.
+//!
+//! Same tables as the SQLite store. SQLite gets atomicity from one connection behind a mutex;
+//! here each replica has its own connections, so every read-modify-write holds a row or
+//! advisory lock for its transaction: commits of one key are serialized by a per-key advisory
+//! lock (the latest version is the highest `seq`, and `seq` is drawn under that lock, so the
+//! newest committed write is the latest), an upload's row is locked by whoever completes,
+//! aborts or adds a part to it, and layout compare-and-swaps lock the version row first.
+//!
+//! The `postgres` crate is synchronous but drives a tokio runtime of its own, which panics
+//! when entered from a thread already inside a runtime. Some callers of the trait run on
+//! tokio workers (metrics, admin handlers), others in `spawn_blocking` (which also counts as
+//! inside a runtime), so every call made where a runtime is current hops to a short-lived
+//! plain thread (scoped, so arguments are borrowed) that has no runtime context.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+use postgres::{Client, GenericClient, NoTls, Row, Transaction};
+
+use super::{
+    AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
+    MetadataStore, ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result,
+    ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage, VersionQuery,
+    Versioning, sqlite::group_of,
+};
+use crate::layout::Layout;
+
+/// Keys sort and compare bytewise (S3 order), whatever the database's default collation.
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    created BIGINT NOT NULL,
+    default_plan TEXT,
+    versioning TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    bucket TEXT COLLATE "C" NOT NULL REFERENCES buckets(name),
+    key TEXT COLLATE "C" NOT NULL,
+    version_id TEXT COLLATE "C" NOT NULL,
+    delete_marker BOOLEAN NOT NULL,
+    size BIGINT NOT NULL,
+    etag TEXT NOT NULL,
+    content_type TEXT,
+    user_metadata TEXT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    plan TEXT NOT NULL,
+    layout TEXT,
+    UNIQUE (bucket, key, version_id)
+);
+CREATE INDEX IF NOT EXISTS versions_by_key ON versions (bucket, key, seq);
+CREATE INDEX IF NOT EXISTS versions_by_plan ON versions (plan);
+CREATE TABLE IF NOT EXISTS shards (
+    version_seq BIGINT NOT NULL REFERENCES versions(seq) ON DELETE CASCADE,
+    piece BIGINT NOT NULL,
+    segment BIGINT NOT NULL,
+    idx BIGINT NOT NULL,
+    provider TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    length BIGINT NOT NULL,
+    width BIGINT NOT NULL,
+    needed BIGINT NOT NULL,
+    bad_since BIGINT,
+    PRIMARY KEY (version_seq, piece, segment, idx)
+);
+CREATE INDEX IF NOT EXISTS shards_by_provider ON shards (provider);
+CREATE TABLE IF NOT EXISTS providers (
+    node_id TEXT PRIMARY KEY,
+    last_seen BIGINT NOT NULL,
+    down_since BIGINT,
+    pool TEXT
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    upload_id TEXT COLLATE "C" NOT NULL UNIQUE,
+    bucket TEXT COLLATE "C" NOT NULL REFERENCES buckets(name),
+    key TEXT COLLATE "C" NOT NULL,
+    plan TEXT NOT NULL,
+    content_type TEXT,
+    user_metadata TEXT NOT NULL,
+    initiated BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, seq);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT COLLATE "C" NOT NULL REFERENCES uploads(upload_id),
+    part_number INTEGER NOT NULL,
+    size BIGINT NOT NULL,
+    etag TEXT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    layout TEXT NOT NULL,
+    PRIMARY KEY (upload_id, part_number)
+);
+CREATE TABLE IF NOT EXISTS bucket_lifecycle (
+    bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    rules TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS repair_claims (
+    seq BIGINT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until BIGINT NOT NULL
+);
+"#;
+
+/// Serializes concurrent schema creation by several replicas starting at once.
+const SCHEMA_LOCK: i64 = 0x5375_626c_6574; // "Sublet"
+
+const UPLOAD_COLUMNS: &str = "bucket, key, upload_id, plan, content_type, user_metadata, initiated";
+const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
+const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
+
+/// Connections kept open per store; callers beyond that wait for one.
+const MAX_CONNECTIONS: usize = 16;
+
+/// PostgreSQL behind a small connection pool.
+pub struct PostgresStore {
+    config: postgres::Config,
+    pool: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Client>,
+    open: usize,
+}
+
+fn store_err(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Store(e.to_string())
+}
+
+fn pg_err(e: postgres::Error) -> MetaError {
+    // The server's message says what went wrong; the client's Display alone is often "db error".
+    match e.as_db_error() {
+        Some(db) => MetaError::Store(format!("postgres: {}", db.message())),
+        None => MetaError::Store(format!("postgres: {e}")),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db` or key=value form) and
+    /// creates the tables if needed.
+    pub fn open(url: &str) -> Result<Self> {
+        let mut config: postgres::Config = url.parse().map_err(|e| {
+            MetaError::Store(format!(
+                "postgres URL does not parse ({e}); expected postgres://user:password@host:5432/dbname"
+            ))
+        })?;
+        // Without one, an unreachable host holds a request for the OS's TCP timeout.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        let store = Self {
+            config,
+            pool: Mutex::new(PoolState::default()),
+            freed: Condvar::new(),
+        };
+        store.run(|c| {
+            let mut tx = c.transaction().map_err(pg_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .map_err(pg_err)?;
+            tx.batch_execute(SCHEMA).map_err(pg_err)?;
+            tx.commit().map_err(pg_err)
+        })?;
+        Ok(store)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checkout(&self) -> Result<Client> {
+        let mut state = self.state();
+        loop {
+            if let Some(client) = state.idle.pop() {
+                if client.is_closed() {
+                    state.open -= 1;
+                    continue;
+                }
+                return Ok(client);
+            }
+            if state.open < MAX_CONNECTIONS {
+                state.open += 1;
+                drop(state);
+                return self.config.connect(NoTls).map_err(|e| {
+                    self.state().open -= 1;
+                    self.freed.notify_one();
+                    pg_err(e)
+                });
+            }
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn checkin(&self, client: Client) {
+        let mut state = self.state();
+        if client.is_closed() {
+            state.open -= 1;
+        } else {
+            state.idle.push(client);
+        }
+        drop(state);
+        self.freed.notify_one();
+    }
+
+    /// Runs `f` on a pooled connection, off any tokio runtime (see the module comment).
+    fn run<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
+        let work = || {
+            let mut client = self.checkout()?;
+            let out = f(&mut client);
+            self.checkin(client);
+            out
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return work();
+        }
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("sublet-postgres".into())
+                .spawn_scoped(s, work)
+                .map_err(store_err)?
+                .join()
+                .unwrap_or_else(|_| Err(store_err("postgres call panicked")))
+        })
+    }
+
+    /// Runs `f` in a READ COMMITTED transaction, committing when it returns `Ok`.
+    fn tx<T: Send>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T> + Send) -> Result<T> {
+        self.run(|c| {
+            let mut tx = c.transaction().map_err(pg_err)?;
+            let out = f(&mut tx)?;
+            tx.commit().map_err(pg_err)?;
+            Ok(out)
+        })
+    }
+}
+
+/// Holds the per-key lock that serializes commits and deletes of one key across replicas.
+fn lock_key(tx: &mut Transaction<'_>, bucket: &str, key: &str) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+        &[&bucket, &key],
+    )
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+fn i64_of(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(store_err)
+}
+
+fn count(v: Option<i64>) -> u64 {
+    v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+}
+
+fn bucket_from_row(row: &Row) -> Result<Bucket> {
+    Ok(Bucket {
+        name: row.try_get(0).map_err(pg_err)?,
+        created: row.try_get(1).map_err(pg_err)?,
+        default_plan: row.try_get(2).map_err(pg_err)?,
+        versioning: Versioning::parse(row.try_get(3).map_err(pg_err)?),
+    })
+}
+
+fn version_from_row(row: &Row) -> Result<ObjectVersion> {
+    let metadata: &str = row.try_get(7).map_err(pg_err)?;
+    let layout: Option<&str> = row.try_get(10).map_err(pg_err)?;
+    Ok(ObjectVersion {
+        bucket: row.try_get(0).map_err(pg_err)?,
+        key: row.try_get(1).map_err(pg_err)?,
+        version_id: row.try_get(2).map_err(pg_err)?,
+        delete_marker: row.try_get(3).map_err(pg_err)?,
+        size: count(row.try_get(4).map_err(pg_err)?),
+        etag: row.try_get(5).map_err(pg_err)?,
+        content_type: row.try_get(6).map_err(pg_err)?,
+        user_metadata: serde_json::from_str(metadata).map_err(store_err)?,
+        last_modified: row.try_get(8).map_err(pg_err)?,
+        plan: row.try_get(9).map_err(pg_err)?,
+        layout: layout
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(store_err)?,
+    })
+}
+
+fn upload_from_row(row: &Row) -> Result<Upload> {
+    let metadata: &str = row.try_get(5).map_err(pg_err)?;
+    Ok(Upload {
+        bucket: row.try_get(0).map_err(pg_err)?,
+        key: row.try_get(1).map_err(pg_err)?,
+        upload_id: row.try_get(2).map_err(pg_err)?,
+        plan: row.try_get(3).map_err(pg_err)?,
+        content_type: row.try_get(4).map_err(pg_err)?,
+        user_metadata: serde_json::from_str(metadata).map_err(store_err)?,
+        initiated: row.try_get(6).map_err(pg_err)?,
+    })
+}
+
+fn part_from_row(row: &Row) -> Result<UploadPart> {
+    let layout: &str = row.try_get(4).map_err(pg_err)?;
+    Ok(UploadPart {
+        part_number: row.try_get(0).map_err(pg_err)?,
+        size: count(row.try_get(1).map_err(pg_err)?),
+        etag: row.try_get(2).map_err(pg_err)?,
+        last_modified: row.try_get(3).map_err(pg_err)?,
+        layout: serde_json::from_str(layout).map_err(store_err)?,
+    })
+}
+
+fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> MetaError {
+    MetaError::NoSuchUpload {
+        bucket: bucket.into(),
+        key: key.into(),
+        upload_id: upload_id.into(),
+    }
+}
+
+/// The upload, row-locked until the transaction ends (`None` once completed or aborted:
+/// a transaction that waited for a concurrent completion sees the row gone).
+fn lock_upload(
+    tx: &mut Transaction<'_>,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<Option<Upload>> {
+    tx.query_opt(
+        &format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE bucket = $1 AND key = $2 AND upload_id = $3 FOR UPDATE"
+        ),
+        &[&bucket, &key, &upload_id],
+    )
+    .map_err(pg_err)?
+    .as_ref()
+    .map(upload_from_row)
+    .transpose()
+}
+
+fn all_parts(c: &mut impl GenericClient, upload_id: &str) -> Result<Vec<UploadPart>> {
+    c.query(
+        &format!("SELECT {PART_COLUMNS} FROM parts WHERE upload_id = $1 ORDER BY part_number"),
+        &[&upload_id],
+    )
+    .map_err(pg_err)?
+    .iter()
+    .map(part_from_row)
+    .collect()
+}
+
+fn end_upload(tx: &mut Transaction<'_>, upload_id: &str) -> Result<Vec<UploadPart>> {
+    let parts = all_parts(tx, upload_id)?;
+    tx.execute("DELETE FROM parts WHERE upload_id = $1", &[&upload_id])
+        .map_err(pg_err)?;
+    tx.execute("DELETE FROM uploads WHERE upload_id = $1", &[&upload_id])
+        .map_err(pg_err)?;
+    Ok(parts)
+}
+
+fn get_version(
+    c: &mut impl GenericClient,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+) -> Result<Option<ObjectVersion>> {
+    let row = match version_id {
+        Some(id) => c.query_opt(
+            &format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3"
+            ),
+            &[&bucket, &key, &id],
+        ),
+        None => c.query_opt(
+            &format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE bucket = $1 AND key = $2 ORDER BY seq DESC LIMIT 1"
+            ),
+            &[&bucket, &key],
+        ),
+    }
+    .map_err(pg_err)?;
+    row.as_ref().map(version_from_row).transpose()
+}
+
+/// Adds one `shards` row per shard of `layout` for version `seq`, in one statement.
+fn index_shards(tx: &mut Transaction<'_>, seq: i64, layout: &Layout) -> Result<()> {
+    let (mut piece, mut segment, mut idx) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut provider, mut shard_id, mut hash) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut length, mut width, mut needed) = (Vec::new(), Vec::new(), Vec::new());
+    for (p, part) in layout.pieces().enumerate() {
+        for (g, seg) in part.segments.iter().enumerate() {
+            for (i, shard) in seg.shards.iter().enumerate() {
+                piece.push(p as i64);
+                segment.push(g as i64);
+                idx.push(i as i64);
+                provider.push(shard.provider.as_str());
+                shard_id.push(shard.shard_id.as_str());
+                hash.push(shard.hash.as_str());
+                length.push(i64::try_from(shard.length).unwrap_or(i64::MAX));
+                width.push(part.scheme.width() as i64);
+                needed.push(part.scheme.needed() as i64);
+            }
+        }
+    }
+    if piece.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO shards (version_seq, piece, segment, idx, provider, shard_id, hash, length, width, needed)
+         SELECT $1, * FROM unnest($2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[],
+                                  $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[])
+         ON CONFLICT (version_seq, piece, segment, idx) DO UPDATE SET
+            provider = excluded.provider, shard_id = excluded.shard_id, hash = excluded.hash,
+            length = excluded.length, width = excluded.width, needed = excluded.needed,
+            bad_since = NULL",
+        &[
+            &seq, &piece, &segment, &idx, &provider, &shard_id, &hash, &length, &width, &needed,
+        ],
+    )
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+/// Inserts a version as the latest of its key; returns the version it replaced.
+fn insert_version(tx: &mut Transaction<'_>, v: &ObjectVersion) -> Result<Vec<ObjectVersion>> {
+    let metadata = serde_json::to_string(&v.user_metadata).map_err(store_err)?;
+    let layout = v
+        .layout
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(store_err)?;
+    let size = i64_of(v.size)?;
+    // KEY SHARE keeps the bucket from being deleted under the commit.
+    if tx
+        .query_opt(
+            "SELECT 1 FROM buckets WHERE name = $1 FOR KEY SHARE",
+            &[&v.bucket],
+        )
+        .map_err(pg_err)?
+        .is_none()
+    {
+        return Err(MetaError::NoSuchBucket(v.bucket.clone()));
+    }
+    lock_key(tx, &v.bucket, &v.key)?;
+    let replaced: Vec<ObjectVersion> = tx
+        .query(
+            &format!(
+                "DELETE FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3 RETURNING {VERSION_COLUMNS}"
+            ),
+            &[&v.bucket, &v.key, &v.version_id],
+        )
+        .map_err(pg_err)?
+        .iter()
+        .map(version_from_row)
+        .collect::<Result<_>>()?;
+    let seq: i64 = tx
+        .query_one(
+            &format!(
+                "INSERT INTO versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq"
+            ),
+            &[
+                &v.bucket,
+                &v.key,
+                &v.version_id,
+                &v.delete_marker,
+                &size,
+                &v.etag,
+                &v.content_type,
+                &metadata,
+                &v.last_modified,
+                &v.plan,
+                &layout,
+            ],
+        )
+        .map_err(pg_err)?
+        .try_get(0)
+        .map_err(pg_err)?;
+    if let Some(layout) = &v.layout {
+        index_shards(tx, seq, layout)?;
+    }
+    Ok(replaced)
+}
+
+/// Per-segment health of `plan`'s versions (`$1` plan, `$2` lost cut, `$3` grace ms); the
+/// same rules as the SQLite store's query.
+const SEGMENT_HEALTH: &str = "
+WITH seg AS (
+    SELECT s.version_seq AS seq, MAX(s.width) AS width, MAX(s.needed) AS needed,
+        SUM(CASE WHEN s.provider = '' OR s.bad_since IS NOT NULL OR p.node_id IS NULL
+                  OR (p.down_since IS NOT NULL AND p.last_seen <= $2::BIGINT) THEN 0 ELSE 1 END)::BIGINT AS healthy,
+        SUM(CASE WHEN s.provider = '' OR s.bad_since IS NOT NULL OR p.node_id IS NULL
+                  OR p.down_since IS NOT NULL THEN 0 ELSE 1 END)::BIGINT AS reachable,
+        SUM(CASE WHEN s.provider = '' THEN 0 ELSE s.length END)::BIGINT AS bytes,
+        MIN(CASE WHEN s.provider = '' OR p.node_id IS NULL THEN v.last_modified
+                 WHEN s.bad_since IS NOT NULL THEN s.bad_since
+                 WHEN p.down_since IS NOT NULL AND p.last_seen <= $2::BIGINT THEN p.last_seen + $3::BIGINT
+            END) AS lost_since
+    FROM versions v
+    JOIN shards s ON s.version_seq = v.seq
+    LEFT JOIN providers p ON p.node_id = s.provider
+    WHERE v.plan = $1 AND NOT v.delete_marker
+    GROUP BY s.version_seq, s.piece, s.segment
+), ver AS (
+    SELECT seq, MAX(width) AS width, MAX(needed) AS needed, MIN(healthy) AS healthy,
+        MIN(reachable) AS reachable, SUM(healthy)::BIGINT AS healthy_shards,
+        COUNT(*)::BIGINT AS segments, SUM(bytes)::BIGINT AS bytes, MIN(lost_since) AS lost_since
+    FROM seg GROUP BY seq
+)";
+
+impl MetadataStore for PostgresStore {
+    fn create_bucket(&self, bucket: &Bucket) -> Result<()> {
+        let inserted = self.run(|c| {
+            c.execute(
+                "INSERT INTO buckets (name, created, default_plan, versioning) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO NOTHING",
+                &[
+                    &bucket.name,
+                    &bucket.created,
+                    &bucket.default_plan,
+                    &bucket.versioning.as_str(),
+                ],
+            )
+            .map_err(pg_err)
+        })?;
+        if inserted == 0 {
+            return Err(MetaError::BucketExists(bucket.name.clone()));
+        }
+        Ok(())
+    }
+
+    fn bucket(&self, name: &str) -> Result<Option<Bucket>> {
+        self.run(|c| {
+            c.query_opt(
+                "SELECT name, created, default_plan, versioning FROM buckets WHERE name = $1",
+                &[&name],
+            )
+            .map_err(pg_err)?
+            .as_ref()
+            .map(bucket_from_row)
+            .transpose()
+        })
+    }
+
+    fn buckets(&self) -> Result<Vec<Bucket>> {
+        self.run(|c| {
+            c.query(
+                "SELECT name, created, default_plan, versioning FROM buckets ORDER BY name",
+                &[],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(bucket_from_row)
+            .collect()
+        })
+    }
+
+    fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
+        self.run(|c| {
+            c.query(
+                "SELECT plan, COUNT(*)::BIGINT, COALESCE(SUM(size), 0)::BIGINT FROM versions
+                 WHERE NOT delete_marker GROUP BY plan ORDER BY plan",
+                &[],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                Ok(PlanUsage {
+                    plan: r.try_get(0).map_err(pg_err)?,
+                    objects: count(r.try_get(1).map_err(pg_err)?),
+                    bytes: count(r.try_get(2).map_err(pg_err)?),
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn record_probes(&self, outcomes: &[(String, bool)], now: i64) -> Result<()> {
+        // One order for every replica, so two recording at once cannot deadlock.
+        let mut sorted: Vec<&(String, bool)> = outcomes.iter().collect();
+        sorted.sort();
+        self.tx(|tx| {
+            for (node, ok) in sorted {
+                let sql = if *ok {
+                    "INSERT INTO providers (node_id, last_seen, down_since) VALUES ($1, $2, NULL)
+                     ON CONFLICT (node_id) DO UPDATE SET last_seen = $2, down_since = NULL"
+                } else {
+                    "INSERT INTO providers (node_id, last_seen, down_since) VALUES ($1, $2, $2)
+                     ON CONFLICT (node_id) DO UPDATE SET down_since = COALESCE(providers.down_since, $2)"
+                };
+                tx.execute(sql, &[node, &now]).map_err(pg_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn record_pools(&self, pools: &[(String, String)], now: i64) -> Result<()> {
+        let mut sorted: Vec<&(String, String)> = pools.iter().collect();
+        sorted.sort();
+        self.tx(|tx| {
+            for (node, pool) in sorted {
+                tx.execute(
+                    "INSERT INTO providers (node_id, last_seen, down_since, pool) VALUES ($1, $3, NULL, $2)
+                     ON CONFLICT (node_id) DO UPDATE SET pool = $2",
+                    &[node, pool, &now],
+                )
+                .map_err(pg_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn provider_pools(&self) -> Result<BTreeMap<String, String>> {
+        self.run(|c| {
+            c.query(
+                "SELECT node_id, pool FROM providers WHERE pool IS NOT NULL",
+                &[],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| Ok((r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?)))
+            .collect()
+        })
+    }
+
+    fn providers_seen(&self) -> Result<BTreeMap<String, ProviderSeen>> {
+        self.run(|c| {
+            c.query("SELECT node_id, last_seen, down_since FROM providers", &[])
+                .map_err(pg_err)?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0).map_err(pg_err)?,
+                        ProviderSeen {
+                            last_seen: r.try_get(1).map_err(pg_err)?,
+                            down_since: r.try_get(2).map_err(pg_err)?,
+                        },
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    fn plan_health(&self, plan: &str, lost_cut: i64, grace_ms: i64) -> Result<Vec<HealthGroup>> {
+        self.run(|c| {
+            c.query(
+                &format!(
+                    "{SEGMENT_HEALTH}
+                     SELECT width, needed, healthy, reachable, COUNT(*)::BIGINT, SUM(healthy_shards)::BIGINT,
+                            SUM(segments)::BIGINT, SUM(bytes)::BIGINT, MIN(lost_since)
+                     FROM ver GROUP BY width, needed, healthy, reachable"
+                ),
+                &[&plan, &lost_cut, &grace_ms],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                let n = |i: usize| r.try_get::<_, Option<i64>>(i).map(count).map_err(pg_err);
+                Ok(HealthGroup {
+                    width: n(0)?,
+                    needed: n(1)?,
+                    healthy: n(2)?,
+                    reachable: n(3)?,
+                    objects: n(4)?,
+                    healthy_shards: n(5)?,
+                    segments: n(6)?,
+                    stored_bytes: n(7)?,
+                    lost_since: r.try_get(8).map_err(pg_err)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn queued_versions(
+        &self,
+        plan: &str,
+        lost_cut: i64,
+        grace_ms: i64,
+        min_healthy: Option<u64>,
+        lost: bool,
+        limit: usize,
+    ) -> Result<Vec<QueuedVersion>> {
+        let min = min_healthy.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Both filters mention `$4` so one parameter list fits both (PostgreSQL must know
+        // every parameter's type).
+        let filter = if lost {
+            "ver.healthy < ver.needed AND $4::BIGINT IS NOT DISTINCT FROM $4::BIGINT"
+        } else {
+            "ver.healthy >= ver.needed AND ver.healthy < LEAST(COALESCE($4::BIGINT, ver.width), ver.width)"
+        };
+        self.run(|c| {
+            c.query(
+                &format!(
+                    "{SEGMENT_HEALTH}
+                     SELECT ver.seq, v.bucket, v.key, v.version_id, ver.healthy, ver.needed, ver.width,
+                            ver.lost_since
+                     FROM ver JOIN versions v ON v.seq = ver.seq
+                     WHERE {filter}
+                     ORDER BY ver.healthy - ver.needed, ver.lost_since, ver.seq
+                     LIMIT $5"
+                ),
+                &[&plan, &lost_cut, &grace_ms, &min, &limit],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                let n = |i: usize| r.try_get::<_, Option<i64>>(i).map(count).map_err(pg_err);
+                Ok(QueuedVersion {
+                    seq: r.try_get(0).map_err(pg_err)?,
+                    bucket: r.try_get(1).map_err(pg_err)?,
+                    key: r.try_get(2).map_err(pg_err)?,
+                    version_id: r.try_get(3).map_err(pg_err)?,
+                    healthy: n(4)?,
+                    needed: n(5)?,
+                    width: n(6)?,
+                    lost_since: r.try_get(7).map_err(pg_err)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn version_by_seq(&self, seq: i64) -> Result<Option<ObjectVersion>> {
+        self.run(|c| {
+            c.query_opt(
+                &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE seq = $1"),
+                &[&seq],
+            )
+            .map_err(pg_err)?
+            .as_ref()
+            .map(version_from_row)
+            .transpose()
+        })
+    }
+
+    fn versions_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, ObjectVersion)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(|c| {
+            c.query(
+                &format!(
+                    "SELECT {VERSION_COLUMNS}, seq FROM versions WHERE seq > $1 ORDER BY seq LIMIT $2"
+                ),
+                &[&after, &limit],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|row| Ok((row.try_get::<_, i64>(11).map_err(pg_err)?, version_from_row(row)?)))
+            .collect()
+        })
+    }
+
+    fn bad_shards(&self, seq: i64) -> Result<Vec<ShardPos>> {
+        self.run(|c| {
+            c.query(
+                "SELECT piece, segment, idx FROM shards WHERE version_seq = $1 AND bad_since IS NOT NULL
+                 ORDER BY piece, segment, idx",
+                &[&seq],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                let n = |i: usize| {
+                    r.try_get::<_, i64>(i)
+                        .map(|v| usize::try_from(v).unwrap_or(0))
+                        .map_err(pg_err)
+                };
+                Ok((n(0)?, n(1)?, n(2)?))
+            })
+            .collect()
+        })
+    }
+
+    fn mark_bad_shards(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        shards: &[(ShardPos, String)],
+        now: i64,
+    ) -> Result<()> {
+        self.tx(|tx| {
+            for ((piece, segment, idx), shard_id) in shards {
+                tx.execute(
+                    "UPDATE shards SET bad_since = COALESCE(bad_since, $7)
+                     WHERE version_seq = (SELECT seq FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3)
+                       AND piece = $4 AND segment = $5 AND idx = $6 AND shard_id = $8",
+                    &[
+                        &bucket,
+                        &key,
+                        &version_id,
+                        &(*piece as i64),
+                        &(*segment as i64),
+                        &(*idx as i64),
+                        &now,
+                        shard_id,
+                    ],
+                )
+                .map_err(pg_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn replace_layout(&self, seq: i64, expected: &Layout, new: &Layout) -> Result<bool> {
+        let text = serde_json::to_string(new).map_err(store_err)?;
+        self.tx(|tx| {
+            // The row lock makes a second repairer wait and then see the first one's layout.
+            let current: Option<Option<String>> = tx
+                .query_opt(
+                    "SELECT layout FROM versions WHERE seq = $1 FOR UPDATE",
+                    &[&seq],
+                )
+                .map_err(pg_err)?
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(pg_err)?;
+            let Some(Some(current)) = current else {
+                return Ok(false);
+            };
+            let current: Layout = serde_json::from_str(&current).map_err(store_err)?;
+            if &current != expected {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE versions SET layout = $2 WHERE seq = $1",
+                &[&seq, &text],
+            )
+            .map_err(pg_err)?;
+            // Bad flags go with the shards they flagged: a rebuilt shard starts clean, a kept
+            // one keeps its flag.
+            let bad: Vec<(i64, i64, i64, i64)> = tx
+                .query(
+                    "SELECT piece, segment, idx, bad_since FROM shards WHERE version_seq = $1 AND bad_since IS NOT NULL",
+                    &[&seq],
+                )
+                .map_err(pg_err)?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0).map_err(pg_err)?,
+                        r.try_get(1).map_err(pg_err)?,
+                        r.try_get(2).map_err(pg_err)?,
+                        r.try_get(3).map_err(pg_err)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            tx.execute("DELETE FROM shards WHERE version_seq = $1", &[&seq])
+                .map_err(pg_err)?;
+            index_shards(tx, seq, new)?;
+            let shard_of = |l: &Layout, p: i64, g: i64, i: i64| {
+                let (p, g, i) = (
+                    usize::try_from(p).ok()?,
+                    usize::try_from(g).ok()?,
+                    usize::try_from(i).ok()?,
+                );
+                l.pieces().nth(p)?.segments.get(g)?.shards.get(i).cloned()
+            };
+            for (p, g, i, since) in bad {
+                if shard_of(expected, p, g, i).is_some()
+                    && shard_of(expected, p, g, i) == shard_of(new, p, g, i)
+                {
+                    tx.execute(
+                        "UPDATE shards SET bad_since = $5 WHERE version_seq = $1 AND piece = $2 AND segment = $3 AND idx = $4",
+                        &[&seq, &p, &g, &i, &since],
+                    )
+                    .map_err(pg_err)?;
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    fn audit_samples(&self, provider: &str, samples: usize) -> Result<Vec<AuditSample>> {
+        let limit = i64::try_from(samples).unwrap_or(i64::MAX);
+        self.run(|c| {
+            c.query(
+                "SELECT v.bucket, v.key, v.version_id, s.piece, s.segment, s.idx, s.shard_id, s.hash, s.length
+                 FROM shards s JOIN versions v ON v.seq = s.version_seq
+                 WHERE s.provider = $1 AND s.bad_since IS NULL
+                 ORDER BY random() LIMIT $2",
+                &[&provider, &limit],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                let n = |i: usize| {
+                    r.try_get::<_, i64>(i)
+                        .map(|v| usize::try_from(v).unwrap_or(0))
+                        .map_err(pg_err)
+                };
+                Ok(AuditSample {
+                    bucket: r.try_get(0).map_err(pg_err)?,
+                    key: r.try_get(1).map_err(pg_err)?,
+                    version_id: r.try_get(2).map_err(pg_err)?,
+                    pos: (n(3)?, n(4)?, n(5)?),
+                    shard_id: r.try_get(6).map_err(pg_err)?,
+                    hash: r.try_get(7).map_err(pg_err)?,
+                    length: count(r.try_get(8).map_err(pg_err)?),
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn referenced_shards(&self, provider: &str) -> Result<HashSet<String>> {
+        // One snapshot for both reads, so a part completed in between is counted once or the
+        // other way, never missed.
+        self.run(|c| {
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(pg_err)?;
+            let mut out = HashSet::new();
+            for r in tx
+                .query(
+                    "SELECT shard_id FROM shards WHERE provider = $1",
+                    &[&provider],
+                )
+                .map_err(pg_err)?
+            {
+                out.insert(r.try_get::<_, String>(0).map_err(pg_err)?);
+            }
+            for r in tx.query("SELECT layout FROM parts", &[]).map_err(pg_err)? {
+                let layout: Layout =
+                    serde_json::from_str(r.try_get(0).map_err(pg_err)?).map_err(store_err)?;
+                out.extend(
+                    layout
+                        .shards()
+                        .filter(|s| s.provider == provider)
+                        .map(|s| s.shard_id.clone()),
+                );
+            }
+            tx.commit().map_err(pg_err)?;
+            Ok(out)
+        })
+    }
+
+    fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        self.run(|c| {
+            c.query(
+                "SELECT provider, COUNT(*)::BIGINT, COALESCE(SUM(length), 0)::BIGINT FROM shards
+                 WHERE provider <> '' GROUP BY provider",
+                &[],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(pg_err)?,
+                    (
+                        count(r.try_get(1).map_err(pg_err)?),
+                        count(r.try_get(2).map_err(pg_err)?),
+                    ),
+                ))
+            })
+            .collect()
+        })
+    }
+
+    fn delete_bucket(&self, name: &str) -> Result<()> {
+        self.tx(|tx| {
+            // Waits for commits in flight (they hold KEY SHARE), then sees their versions.
+            if tx
+                .query_opt("SELECT 1 FROM buckets WHERE name = $1 FOR UPDATE", &[&name])
+                .map_err(pg_err)?
+                .is_none()
+            {
+                return Err(MetaError::NoSuchBucket(name.into()));
+            }
+            let used: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM versions WHERE bucket = $1)
+                         OR EXISTS (SELECT 1 FROM uploads WHERE bucket = $1)",
+                    &[&name],
+                )
+                .map_err(pg_err)?
+                .try_get(0)
+                .map_err(pg_err)?;
+            if used {
+                return Err(MetaError::BucketNotEmpty(name.into()));
+            }
+            tx.execute("DELETE FROM bucket_lifecycle WHERE bucket = $1", &[&name])
+                .map_err(pg_err)?;
+            tx.execute("DELETE FROM buckets WHERE name = $1", &[&name])
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn set_versioning(&self, name: &str, versioning: Versioning) -> Result<()> {
+        let changed = self.run(|c| {
+            c.execute(
+                "UPDATE buckets SET versioning = $2 WHERE name = $1",
+                &[&name, &versioning.as_str()],
+            )
+            .map_err(pg_err)
+        })?;
+        if changed == 0 {
+            return Err(MetaError::NoSuchBucket(name.into()));
+        }
+        Ok(())
+    }
+
+    fn put_version(&self, v: &ObjectVersion) -> Result<PutOutcome> {
+        let replaced = self.tx(|tx| insert_version(tx, v))?;
+        Ok(PutOutcome { replaced })
+    }
+
+    fn version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<ObjectVersion>> {
+        self.run(|c| get_version(c, bucket, key, version_id))
+    }
+
+    fn delete_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<ObjectVersion>> {
+        self.tx(|tx| {
+            lock_key(tx, bucket, key)?;
+            tx.query_opt(
+                &format!(
+                    "DELETE FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3 RETURNING {VERSION_COLUMNS}"
+                ),
+                &[&bucket, &key, &version_id],
+            )
+            .map_err(pg_err)?
+            .as_ref()
+            .map(version_from_row)
+            .transpose()
+        })
+    }
+
+    fn list(&self, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {
+        // Rows come in key order; the page (after prefix rollup) may need more rows than
+        // `max_keys`, so read in batches until the page is full.
+        const BATCH: i64 = 1000;
+        let mut page = ListPage::default();
+        let mut count = 0usize;
+        let mut after = q.start_after.to_owned();
+        loop {
+            let rows = self.run(|c| {
+                c.query(
+                    &format!(
+                        "SELECT {VERSION_COLUMNS} FROM versions v
+                         WHERE bucket = $1 AND key > $2 AND left(key, length($3)) = $3
+                           AND seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
+                         ORDER BY key LIMIT $4"
+                    ),
+                    &[&bucket, &after, &q.prefix, &BATCH],
+                )
+                .map_err(pg_err)?
+                .iter()
+                .map(version_from_row)
+                .collect::<Result<Vec<_>>>()
+            })?;
+            let exhausted = (rows.len() as i64) < BATCH;
+            for v in rows {
+                after.clone_from(&v.key);
+                if v.delete_marker {
+                    continue;
+                }
+                let group = group_of(&v.key, q.prefix, q.delimiter);
+                if let Some(prefix) = &group
+                    && (page.common_prefixes.last() == Some(prefix)
+                        || q.start_after.starts_with(prefix.as_str()))
+                {
+                    continue;
+                }
+                if count == q.max_keys {
+                    page.next_marker = page
+                        .objects
+                        .last()
+                        .map(|o| o.key.clone())
+                        .max(page.common_prefixes.last().cloned());
+                    return Ok(page);
+                }
+                count += 1;
+                match group {
+                    Some(prefix) => page.common_prefixes.push(prefix),
+                    None => page.objects.push(v),
+                }
+            }
+            if exhausted {
+                return Ok(page);
+            }
+        }
+    }
+
+    fn list_versions(&self, bucket: &str, q: &VersionQuery<'_>) -> Result<VersionPage> {
+        self.run(|c| {
+            // Versions of the marker key older than the marker version come first; an unknown
+            // version id marker resumes after the whole key.
+            let marker_seq: i64 = if q.version_id_marker.is_empty() {
+                -1
+            } else {
+                c.query_opt(
+                    "SELECT seq FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3",
+                    &[&bucket, &q.key_marker, &q.version_id_marker],
+                )
+                .map_err(pg_err)?
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(pg_err)?
+                .unwrap_or(-1)
+            };
+            // A portal streams the rows, so a page of a huge bucket reads only what it needs.
+            let mut tx = c.transaction().map_err(pg_err)?;
+            let stmt = tx
+                .prepare(&format!(
+                    "SELECT {VERSION_COLUMNS},
+                        seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
+                     FROM versions v
+                     WHERE bucket = $1 AND left(key, length($3)) = $3
+                       AND (key > $2 OR (key = $2 AND seq < $4))
+                     ORDER BY key, seq DESC"
+                ))
+                .map_err(pg_err)?;
+            let portal = tx
+                .bind(&stmt, &[&bucket, &q.key_marker, &q.prefix, &marker_seq])
+                .map_err(pg_err)?;
+            let mut page = VersionPage::default();
+            let mut count = 0usize;
+            let mut last: Option<(String, String)> = None;
+            'rows: loop {
+                let rows = tx.query_portal(&portal, 1000).map_err(pg_err)?;
+                if rows.is_empty() {
+                    break;
+                }
+                for row in &rows {
+                    let v = version_from_row(row)?;
+                    let is_latest: bool = row.try_get(11).map_err(pg_err)?;
+                    let group = group_of(&v.key, q.prefix, q.delimiter);
+                    if let Some(prefix) = &group
+                        && (page.common_prefixes.last() == Some(prefix)
+                            || q.key_marker.starts_with(prefix.as_str()))
+                    {
+                        continue;
+                    }
+                    if count == q.max_keys {
+                        page.next = last;
+                        break 'rows;
+                    }
+                    count += 1;
+                    match group {
+                        Some(prefix) => {
+                            last = Some((prefix.clone(), String::new()));
+                            page.common_prefixes.push(prefix);
+                        }
+                        None => {
+                            last = Some((v.key.clone(), v.version_id.clone()));
+                            page.versions.push(VersionEntry {
+                                version: v,
+                                is_latest,
+                            });
+                        }
+                    }
+                }
+            }
+            tx.commit().map_err(pg_err)?;
+            Ok(page)
+        })
+    }
+
+    fn create_upload(&self, u: &Upload) -> Result<()> {
+        let metadata = serde_json::to_string(&u.user_metadata).map_err(store_err)?;
+        self.tx(|tx| {
+            if tx
+                .query_opt(
+                    "SELECT 1 FROM buckets WHERE name = $1 FOR KEY SHARE",
+                    &[&u.bucket],
+                )
+                .map_err(pg_err)?
+                .is_none()
+            {
+                return Err(MetaError::NoSuchBucket(u.bucket.clone()));
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ),
+                &[
+                    &u.bucket,
+                    &u.key,
+                    &u.upload_id,
+                    &u.plan,
+                    &u.content_type,
+                    &metadata,
+                    &u.initiated,
+                ],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Option<Upload>> {
+        self.run(|c| {
+            c.query_opt(
+                &format!(
+                    "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE bucket = $1 AND key = $2 AND upload_id = $3"
+                ),
+                &[&bucket, &key, &upload_id],
+            )
+            .map_err(pg_err)?
+            .as_ref()
+            .map(upload_from_row)
+            .transpose()
+        })
+    }
+
+    fn put_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part: &UploadPart,
+    ) -> Result<Option<UploadPart>> {
+        let layout = serde_json::to_string(&part.layout).map_err(store_err)?;
+        let size = i64_of(part.size)?;
+        self.tx(|tx| {
+            // Locking the upload orders this against completion, abort and other parts.
+            if lock_upload(tx, bucket, key, upload_id)?.is_none() {
+                return Err(no_such_upload(bucket, key, upload_id));
+            }
+            let old = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {PART_COLUMNS} FROM parts WHERE upload_id = $1 AND part_number = $2"
+                    ),
+                    &[&upload_id, &part.part_number],
+                )
+                .map_err(pg_err)?
+                .as_ref()
+                .map(part_from_row)
+                .transpose()?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO parts (upload_id, {PART_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (upload_id, part_number) DO UPDATE SET size = excluded.size,
+                        etag = excluded.etag, last_modified = excluded.last_modified,
+                        layout = excluded.layout"
+                ),
+                &[
+                    &upload_id,
+                    &part.part_number,
+                    &size,
+                    &part.etag,
+                    &part.last_modified,
+                    &layout,
+                ],
+            )
+            .map_err(pg_err)?;
+            Ok(old)
+        })
+    }
+
+    fn parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        after: i32,
+        max: usize,
+    ) -> Result<Vec<UploadPart>> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let found = self.run(|c| {
+            let exists = c
+                .query_opt(
+                    "SELECT 1 FROM uploads WHERE bucket = $1 AND key = $2 AND upload_id = $3",
+                    &[&bucket, &key, &upload_id],
+                )
+                .map_err(pg_err)?
+                .is_some();
+            if !exists {
+                return Ok(None);
+            }
+            c.query(
+                &format!(
+                    "SELECT {PART_COLUMNS} FROM parts WHERE upload_id = $1 AND part_number > $2
+                     ORDER BY part_number LIMIT $3"
+                ),
+                &[&upload_id, &after, &limit],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(part_from_row)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+        })?;
+        found.ok_or_else(|| no_such_upload(bucket, key, upload_id))
+    }
+
+    fn uploads(&self, bucket: &str, q: &UploadQuery<'_>) -> Result<UploadPage> {
+        let rows = self.run(|c| {
+            let marker_seq: i64 = if q.upload_id_marker.is_empty() {
+                i64::MAX
+            } else {
+                c.query_opt(
+                    "SELECT seq FROM uploads WHERE bucket = $1 AND key = $2 AND upload_id = $3",
+                    &[&bucket, &q.key_marker, &q.upload_id_marker],
+                )
+                .map_err(pg_err)?
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(pg_err)?
+                .unwrap_or(i64::MAX)
+            };
+            c.query(
+                &format!(
+                    "SELECT {UPLOAD_COLUMNS} FROM uploads
+                     WHERE bucket = $1 AND left(key, length($3)) = $3
+                       AND (key > $2 OR (key = $2 AND seq > $4))
+                     ORDER BY key, seq"
+                ),
+                &[&bucket, &q.key_marker, &q.prefix, &marker_seq],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(upload_from_row)
+            .collect::<Result<Vec<_>>>()
+        })?;
+        let mut page = UploadPage::default();
+        let mut last: Option<(String, String)> = None;
+        for u in rows {
+            let group = group_of(&u.key, q.prefix, q.delimiter);
+            if let Some(prefix) = &group
+                && (page.common_prefixes.last() == Some(prefix)
+                    || q.key_marker.starts_with(prefix.as_str()))
+            {
+                continue;
+            }
+            if page.uploads.len() + page.common_prefixes.len() == q.max_uploads {
+                page.next = last;
+                break;
+            }
+            match group {
+                Some(prefix) => {
+                    last = Some((prefix.clone(), String::new()));
+                    page.common_prefixes.push(prefix);
+                }
+                None => {
+                    last = Some((u.key.clone(), u.upload_id.clone()));
+                    page.uploads.push(u);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    fn complete_upload(
+        &self,
+        upload_id: &str,
+        used: &[(i32, String)],
+        version: &ObjectVersion,
+    ) -> Result<CompleteOutcome> {
+        self.tx(|tx| {
+            // A second completion waits here, then finds the upload gone.
+            if lock_upload(tx, &version.bucket, &version.key, upload_id)?.is_none() {
+                return Err(no_such_upload(&version.bucket, &version.key, upload_id));
+            }
+            let mut parts = end_upload(tx, upload_id)?;
+            for (number, etag) in used {
+                if !parts
+                    .iter()
+                    .any(|p| p.part_number == *number && p.etag == *etag)
+                {
+                    return Err(MetaError::PartChanged {
+                        upload_id: upload_id.into(),
+                        part_number: *number,
+                    });
+                }
+            }
+            parts.retain(|p| !used.iter().any(|(n, _)| *n == p.part_number));
+            let replaced = insert_version(tx, version)?;
+            Ok(CompleteOutcome {
+                replaced,
+                unused: parts,
+            })
+        })
+    }
+
+    fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<UploadPart>> {
+        self.tx(|tx| {
+            if lock_upload(tx, bucket, key, upload_id)?.is_none() {
+                return Err(no_such_upload(bucket, key, upload_id));
+            }
+            end_upload(tx, upload_id)
+        })
+    }
+
+    fn set_lifecycle(&self, bucket: &str, rules: Option<&str>) -> Result<()> {
+        self.tx(|tx| {
+            if tx
+                .query_opt(
+                    "SELECT 1 FROM buckets WHERE name = $1 FOR KEY SHARE",
+                    &[&bucket],
+                )
+                .map_err(pg_err)?
+                .is_none()
+            {
+                return Err(MetaError::NoSuchBucket(bucket.into()));
+            }
+            match rules {
+                Some(rules) => tx.execute(
+                    "INSERT INTO bucket_lifecycle (bucket, rules) VALUES ($1, $2)
+                     ON CONFLICT (bucket) DO UPDATE SET rules = excluded.rules",
+                    &[&bucket, &rules],
+                ),
+                None => tx.execute("DELETE FROM bucket_lifecycle WHERE bucket = $1", &[&bucket]),
+            }
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn lifecycle(&self, bucket: &str) -> Result<Option<String>> {
+        self.run(|c| {
+            c.query_opt(
+                "SELECT rules FROM bucket_lifecycle WHERE bucket = $1",
+                &[&bucket],
+            )
+            .map_err(pg_err)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)
+        })
+    }
+
+    fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {
+        let expected = current
+            .layout
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(store_err)?;
+        let new = serde_json::to_string(layout).map_err(store_err)?;
+        self.tx(|tx| {
+            // A conditional UPDATE: a concurrent writer's change is waited for and then
+            // re-checked against the condition.
+            let seq: Option<i64> = tx
+                .query_opt(
+                    "UPDATE versions SET plan = $1, layout = $2
+                     WHERE bucket = $3 AND key = $4 AND version_id = $5 AND layout IS NOT DISTINCT FROM $6
+                     RETURNING seq",
+                    &[
+                        &plan,
+                        &new,
+                        &current.bucket,
+                        &current.key,
+                        &current.version_id,
+                        &expected,
+                    ],
+                )
+                .map_err(pg_err)?
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(pg_err)?;
+            let Some(seq) = seq else {
+                return Ok(false);
+            };
+            tx.execute("DELETE FROM shards WHERE version_seq = $1", &[&seq])
+                .map_err(pg_err)?;
+            index_shards(tx, seq, layout)?;
+            Ok(true)
+        })
+    }
+
+    fn snapshot_into(&self, path: &Path) -> Result<()> {
+        super::copy::snapshot_to_sqlite(self, path)
+    }
+
+    fn claim_repair(&self, seq: i64, holder: &str, now: i64, lease_ms: i64) -> Result<bool> {
+        self.run(|c| {
+            let until = now.saturating_add(lease_ms);
+            let claimed = c
+                .query_opt(
+                    "INSERT INTO repair_claims (seq, holder, until) VALUES ($1, $2, $3)
+                     ON CONFLICT (seq) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                     WHERE repair_claims.until <= $4 OR repair_claims.holder = excluded.holder
+                     RETURNING seq",
+                    &[&seq, &holder, &until, &now],
+                )
+                .map_err(pg_err)?;
+            Ok(claimed.is_some())
+        })
+    }
+
+    fn release_repair(&self, seq: i64, holder: &str) -> Result<()> {
+        self.run(|c| {
+            c.execute(
+                "DELETE FROM repair_claims WHERE seq = $1 AND holder = $2",
+                &[&seq, &holder],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+}
+
+impl PostgresStore {
+    /// True when the database holds no bucket and no provider yet.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.run(|c| {
+            c.query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM buckets) AND NOT EXISTS (SELECT 1 FROM providers)",
+                &[],
+            )
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)
+        })
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config holds the password: show where, not how.
+        f.debug_struct("PostgresStore")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! What only several processes sharing one database can get wrong: each `PostgresStore`
+    //! here has its own connections, as two gateway replicas would.
+
+    use std::collections::BTreeMap;
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::layout::{Encryption, Scheme, Segment, ShardLocation};
+    use crate::meta::test_postgres;
+    use crate::meta::{NULL_VERSION, copy_store};
+
+    /// Two stores (two "gateways") on one fresh database.
+    fn two_gateways() -> Option<(PostgresStore, PostgresStore)> {
+        let url = test_postgres::database()?;
+        Some((
+            PostgresStore::open(&url).unwrap(),
+            PostgresStore::open(&url).unwrap(),
+        ))
+    }
+
+    fn bucket(name: &str, versioning: Versioning) -> Bucket {
+        Bucket {
+            name: name.into(),
+            created: 1,
+            default_plan: None,
+            versioning,
+        }
+    }
+
+    fn layout(provider: &str, id: &str) -> Layout {
+        Layout {
+            scheme: Scheme::Erasure { data: 1, parity: 1 },
+            encryption: Encryption::None,
+            segment_size: 16,
+            segments: vec![Segment {
+                plain_length: 4,
+                sealed_length: 4,
+                shards: ["a", "b"]
+                    .iter()
+                    .map(|i| ShardLocation {
+                        provider: provider.into(),
+                        shard_id: format!("{id}.{i}"),
+                        hash: "h".into(),
+                        length: 4,
+                    })
+                    .collect(),
+            }],
+            inline: None,
+            parts: vec![],
+        }
+    }
+
+    fn version(key: &str, id: &str, tag: &str) -> ObjectVersion {
+        ObjectVersion {
+            bucket: "b".into(),
+            key: key.into(),
+            version_id: id.into(),
+            delete_marker: false,
+            size: 4,
+            etag: tag.into(),
+            content_type: None,
+            user_metadata: BTreeMap::new(),
+            last_modified: 1,
+            plan: "p".into(),
+            layout: Some(layout("n1", tag)),
+        }
+    }
+
+    /// Runs `f(i, store)` on `n` threads at once, alternating between the two stores.
+    fn race<T: Send>(
+        stores: &(PostgresStore, PostgresStore),
+        n: usize,
+        f: impl Fn(usize, &PostgresStore) -> T + Sync,
+    ) -> Vec<T> {
+        let start = Barrier::new(n);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let (start, f) = (&start, &f);
+                    let store = if i % 2 == 0 { &stores.0 } else { &stores.1 };
+                    s.spawn(move || {
+                        start.wait();
+                        f(i, store)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn concurrent_versioned_puts_all_commit_and_agree_on_the_latest() {
+        let Some(g) = two_gateways() else { return };
+        g.0.create_bucket(&bucket("b", Versioning::Enabled))
+            .unwrap();
+        let rounds = race(&g, 8, |i, s| {
+            for r in 0..10 {
+                s.put_version(&version("k", &format!("v{i}-{r}"), &format!("t{i}-{r}")))
+                    .unwrap();
+            }
+        });
+        assert_eq!(rounds.len(), 8);
+        let page =
+            g.1.list_versions(
+                "b",
+                &VersionQuery {
+                    max_keys: 1000,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            page.versions.len(),
+            80,
+            "every put committed its own version"
+        );
+        let latest: Vec<_> = page.versions.iter().filter(|e| e.is_latest).collect();
+        assert_eq!(latest.len(), 1);
+        // Both gateways read the same latest version, the one listed first.
+        let a = g.0.version("b", "k", None).unwrap().unwrap();
+        let b = g.1.version("b", "k", None).unwrap().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, latest[0].version);
+        assert_eq!(a, page.versions[0].version);
+        // The shard index holds exactly the versions' shards.
+        assert_eq!(g.0.provider_usage().unwrap()["n1"], (160, 640));
+    }
+
+    #[test]
+    fn concurrent_null_version_puts_replace_each_other_without_losing_one() {
+        let Some(g) = two_gateways() else { return };
+        g.0.create_bucket(&bucket("b", Versioning::Unversioned))
+            .unwrap();
+        let outcomes = race(&g, 8, |i, s| {
+            (0..5)
+                .map(|r| {
+                    s.put_version(&version("k", NULL_VERSION, &format!("t{i}-{r}")))
+                        .unwrap()
+                        .replaced
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut replaced: Vec<String> = outcomes
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|v| v.etag)
+            .collect();
+        // Every write but the surviving one was replaced by exactly one later write, so
+        // each superseded version's shards are reported for deletion exactly once.
+        assert_eq!(replaced.len(), 39);
+        let survivor = g.1.version("b", "k", None).unwrap().unwrap().etag;
+        replaced.push(survivor);
+        replaced.sort();
+        replaced.dedup();
+        assert_eq!(replaced.len(), 40);
+        assert_eq!(g.0.provider_usage().unwrap()["n1"], (2, 8));
+    }
+
+    #[test]
+    fn concurrent_layout_swaps_have_one_winner() {
+        let Some(g) = two_gateways() else { return };
+        g.0.create_bucket(&bucket("b", Versioning::Unversioned))
+            .unwrap();
+        g.0.put_version(&version("k", NULL_VERSION, "old")).unwrap();
+        let current = g.0.version("b", "k", None).unwrap().unwrap();
+        let seq = g.0.run(|c| {
+            c.query_one("SELECT seq FROM versions", &[])
+                .map_err(pg_err)?
+                .try_get::<_, i64>(0)
+                .map_err(pg_err)
+        });
+        let seq = seq.unwrap();
+        let expected = current.layout.clone().unwrap();
+        let wins = race(&g, 8, |i, s| {
+            s.replace_layout(seq, &expected, &layout("n2", &format!("new{i}")))
+                .unwrap()
+        });
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+        let winner = wins.iter().position(|w| *w).unwrap();
+        let now = g.1.version("b", "k", None).unwrap().unwrap();
+        assert_eq!(now.layout, Some(layout("n2", &format!("new{winner}"))));
+        assert_eq!(g.1.provider_usage().unwrap().get("n1"), None);
+
+        // The same for plan transitions (swap_layout).
+        let wins = race(&g, 8, |i, s| {
+            s.swap_layout(&now, &format!("plan{i}"), &layout("n3", &format!("t{i}")))
+                .unwrap()
+        });
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+        assert_eq!(g.0.provider_usage().unwrap()["n3"], (2, 8));
+        assert_eq!(g.0.provider_usage().unwrap().get("n2"), None);
+    }
+
+    #[test]
+    fn concurrent_completions_of_one_upload_have_one_winner() {
+        let Some(g) = two_gateways() else { return };
+        g.0.create_bucket(&bucket("b", Versioning::Enabled))
+            .unwrap();
+        g.0.create_upload(&Upload {
+            bucket: "b".into(),
+            key: "k".into(),
+            upload_id: "u1".into(),
+            plan: "p".into(),
+            content_type: None,
+            user_metadata: BTreeMap::new(),
+            initiated: 1,
+        })
+        .unwrap();
+        let part = UploadPart {
+            part_number: 1,
+            size: 4,
+            etag: "e1".into(),
+            last_modified: 1,
+            layout: layout("n1", "part1"),
+        };
+        g.1.put_part("b", "k", "u1", &part).unwrap();
+        let results = race(&g, 8, |i, s| {
+            s.complete_upload(
+                "u1",
+                &[(1, "e1".into())],
+                &version("k", &format!("v{i}"), &format!("t{i}")),
+            )
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1);
+        assert!(
+            results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .all(|e| matches!(e, MetaError::NoSuchUpload { .. })),
+            "the losers are told the upload is gone"
+        );
+        let page =
+            g.0.list_versions(
+                "b",
+                &VersionQuery {
+                    max_keys: 100,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(page.versions.len(), 1);
+        assert!(matches!(
+            g.1.put_part("b", "k", "u1", &part),
+            Err(MetaError::NoSuchUpload { .. })
+        ));
+    }
+
+    #[test]
+    fn repair_claims_exclude_other_processes_until_released_or_expired() {
+        let Some(g) = two_gateways() else { return };
+        assert!(g.0.claim_repair(7, "gw-a", 1_000, 500).unwrap());
+        assert!(!g.1.claim_repair(7, "gw-b", 1_200, 500).unwrap());
+        assert!(g.0.claim_repair(7, "gw-a", 1_300, 500).unwrap(), "renewal");
+        assert!(g.1.claim_repair(8, "gw-b", 1_300, 500).unwrap());
+        g.1.release_repair(7, "gw-b").unwrap();
+        assert!(
+            !g.1.claim_repair(7, "gw-b", 1_400, 500).unwrap(),
+            "only the holder releases"
+        );
+        g.0.release_repair(7, "gw-a").unwrap();
+        assert!(g.1.claim_repair(7, "gw-b", 1_400, 500).unwrap());
+        assert!(
+            g.0.claim_repair(7, "gw-a", 1_900, 500).unwrap(),
+            "an expired lease is taken over"
+        );
+        let wins = race(&g, 8, |i, s| {
+            s.claim_repair(9, &format!("gw{i}"), 5_000, 500).unwrap()
+        });
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1);
+    }
+
+    #[test]
+    fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
+        let Some(url) = test_postgres::database() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let lite = crate::meta::SqliteStore::open(&dir.path().join("m.db")).unwrap();
+        lite.create_bucket(&bucket("b", Versioning::Enabled))
+            .unwrap();
+        lite.create_bucket(&bucket("empty", Versioning::Suspended))
+            .unwrap();
+        lite.set_lifecycle("b", Some("{\"rules\":[]}")).unwrap();
+        for i in 0..3 {
+            lite.put_version(&version("k", &format!("v{i}"), &format!("t{i}")))
+                .unwrap();
+        }
+        lite.put_version(&version("j", "v9", "t9")).unwrap();
+        lite.create_upload(&Upload {
+            bucket: "b".into(),
+            key: "up".into(),
+            upload_id: "u1".into(),
+            plan: "p".into(),
+            content_type: Some("text/plain".into()),
+            user_metadata: BTreeMap::new(),
+            initiated: 3,
+        })
+        .unwrap();
+        for n in 1..=2 {
+            lite.put_part(
+                "b",
+                "up",
+                "u1",
+                &UploadPart {
+                    part_number: n,
+                    size: 4,
+                    etag: format!("e{n}"),
+                    last_modified: 1,
+                    layout: layout("n4", &format!("p{n}")),
+                },
+            )
+            .unwrap();
+        }
+        lite.record_probes(&[("n1".into(), true)], 100).unwrap();
+        lite.record_probes(&[("n1".into(), false)], 150).unwrap();
+        lite.record_pools(&[("n1".into(), "home".into())], 100)
+            .unwrap();
+
+        let pg = PostgresStore::open(&url).unwrap();
+        let counts = copy_store(&lite, &pg, false).unwrap();
+        assert_eq!(
+            counts,
+            crate::meta::CopyCounts {
+                buckets: 2,
+                versions: 4,
+                lifecycle_rules: 1,
+                uploads: 1,
+                parts: 2,
+                providers: 1,
+            }
+        );
+        assert_eq!(pg.buckets().unwrap(), lite.buckets().unwrap());
+        assert_eq!(
+            pg.version("b", "k", None).unwrap().unwrap().version_id,
+            "v2",
+            "the latest stays the latest"
+        );
+        assert_eq!(pg.providers_seen().unwrap(), lite.providers_seen().unwrap());
+        assert_eq!(pg.provider_pools().unwrap()["n1"], "home");
+        assert_eq!(pg.provider_usage().unwrap(), lite.provider_usage().unwrap());
+        assert_eq!(
+            pg.lifecycle("b").unwrap().as_deref(),
+            Some("{\"rules\":[]}")
+        );
+        assert_eq!(pg.parts("b", "up", "u1", 0, 10).unwrap().len(), 2);
+        let err = copy_store(&lite, &pg, false).unwrap_err().to_string();
+        assert!(err.contains("--force"), "{err}");
+        copy_store(&lite, &pg, true).unwrap();
+        assert_eq!(pg.provider_usage().unwrap(), lite.provider_usage().unwrap());
+
+        let snap = dir.path().join("snap.db");
+        pg.snapshot_into(&snap).unwrap();
+        assert!(pg.snapshot_into(&snap).is_err(), "an existing file is kept");
+        let back = crate::meta::SqliteStore::open(&snap).unwrap();
+        assert_eq!(back.buckets().unwrap(), lite.buckets().unwrap());
+        let all = |s: &dyn MetadataStore| {
+            s.list_versions(
+                "b",
+                &VersionQuery {
+                    max_keys: 100,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .versions
+        };
+        assert_eq!(all(&back), all(&lite));
+        assert_eq!(back.referenced_shards("n4").unwrap().len(), 4);
+    }
+
+    #[test]
+    fn data_survives_reconnecting_and_bad_urls_are_named() {
+        let Some(url) = test_postgres::database() else {
+            return;
+        };
+        {
+            let s = PostgresStore::open(&url).unwrap();
+            s.create_bucket(&bucket("b", Versioning::Unversioned))
+                .unwrap();
+            s.put_version(&version("k", NULL_VERSION, "t")).unwrap();
+        }
+        let s = PostgresStore::open(&url).unwrap();
+        assert_eq!(s.version("b", "k", None).unwrap().unwrap().etag, "t");
+        let err = PostgresStore::open("postgres://x:y@host:notaport/db").unwrap_err();
+        assert!(
+            err.to_string().contains("postgres URL does not parse"),
+            "{err}"
+        );
+        // Nothing listens on port 1: an error, not a hang or a panic.
+        let err = PostgresStore::open("postgres://sublet@127.0.0.1:1/x").unwrap_err();
+        assert!(
+            err.to_string().starts_with("metadata store: postgres: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn calls_from_a_runtime_thread_do_not_panic() {
+        let Some(url) = test_postgres::database() else {
+            return;
+        };
+        // The bare client panics there ("cannot start a runtime from within a runtime");
+        // the store must not. Directly on the only thread of a current-thread runtime, as
+        // metrics and admin handlers call it, and in spawn_blocking on a multi-thread one.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let s = rt.block_on(async {
+            let s = PostgresStore::open(&url).unwrap();
+            s.create_bucket(&bucket("b", Versioning::Unversioned))
+                .unwrap();
+            assert_eq!(s.buckets().unwrap().len(), 1);
+            s
+        });
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let s = std::sync::Arc::new(s);
+        let n = rt.block_on(async move {
+            assert_eq!(s.buckets().unwrap().len(), 1);
+            tokio::task::spawn_blocking(move || s.buckets().unwrap().len())
+                .await
+                .unwrap()
+        });
+        assert_eq!(n, 1);
+    }
+}
