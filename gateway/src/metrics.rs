@@ -496,6 +496,7 @@ pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     gateway: Arc<Gateway>,
+    policy: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let scrape = {
@@ -524,7 +525,8 @@ pub async fn serve_admin(
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::admin::router(gateway, Some(metrics)));
+        .merge(crate::admin::router(gateway, Some(metrics)))
+        .merge(policy);
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
@@ -543,10 +545,12 @@ pub async fn spawn_admin(
         .await
         .map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;
     let bound = listener.local_addr()?;
+    // `sublet dev` runs from built-in plans, not a file: no policy API there.
     tokio::spawn(serve_admin(
         listener,
         metrics,
         gateway,
+        axum::Router::new(),
         std::future::pending(),
     ));
     Ok(bound)
