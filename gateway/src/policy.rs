@@ -258,8 +258,22 @@ fn problem_line(e: &LoadError) -> String {
     if let Some(f) = &e.field {
         line.push_str(&format!("{f}: "));
     }
-    line.push_str(&e.message);
+    // The loader counts lines of the layered text, which nobody wrote: leave them out.
+    line.push_str(strip_line_number(&e.message));
     line
+}
+
+fn strip_line_number(message: &str) -> &str {
+    match message.rsplit_once(" (line ") {
+        Some((head, tail))
+            if tail
+                .strip_suffix(')')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            head
+        }
+        _ => message,
+    }
 }
 
 /// The admin token: `given` (flag or environment), else the data directory's token file,
@@ -424,6 +438,21 @@ async fn require_token(
              (sublet reads it from --token or SUBLET_ADMIN_TOKEN)",
             Vec::new(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_numbers_of_the_layered_text_are_left_out() {
+        assert_eq!(
+            strip_line_number("\"12x\" is not a size (line 78)"),
+            "\"12x\" is not a size"
+        );
+        assert_eq!(strip_line_number("see (line x)"), "see (line x)");
+        assert_eq!(strip_line_number("plain"), "plain");
     }
 }
 
@@ -739,7 +768,7 @@ fn plan_uses(gateway: &Gateway, plan: &str) -> anyhow::Result<Vec<String>> {
         .map_or(0, |u| u.objects);
     if stored > 0 {
         uses.push(format!(
-            "{stored} object versions are stored with it (re-encoding them is not supported: \
+            "{stored} object version(s) are stored with it (re-encoding them is not supported: \
              delete them, or let a lifecycle transition move them to another plan)"
         ));
     }
@@ -766,7 +795,7 @@ fn plan_uses(gateway: &Gateway, plan: &str) -> anyhow::Result<Vec<String>> {
             let (count, keys, cut) = versions_with(meta.as_ref(), &bucket.name, plan)?;
             if count > 0 {
                 uses.push(format!(
-                    "bucket {}: {}{count} versions, e.g. {}",
+                    "bucket {}: {}{count} version(s), e.g. {}",
                     bucket.name,
                     if cut { "at least " } else { "" },
                     keys.join(", ")
@@ -783,7 +812,7 @@ fn plan_uses(gateway: &Gateway, plan: &str) -> anyhow::Result<Vec<String>> {
         let open = uploads.uploads.iter().filter(|u| u.plan == plan).count();
         if open > 0 {
             uses.push(format!(
-                "bucket {}: {open} multipart uploads in progress write with it",
+                "bucket {}: {open} multipart upload(s) in progress write with it",
                 bucket.name
             ));
         }

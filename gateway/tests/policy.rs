@@ -400,7 +400,7 @@ spec:
     assert!(!ok, "deleting a plan in use succeeded");
     assert!(err.contains("plan cold is in use"), "{err}");
     assert!(
-        err.contains("bucket photos: 1 versions, e.g. old.txt"),
+        err.contains("bucket photos: 1 version(s), e.g. old.txt"),
         "{err}"
     );
     let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["schedule", "delete", "nightly"]).await;
