@@ -338,6 +338,36 @@ spec:
     .await;
     assert_eq!(r.status, 405, "{}", r.text());
 
+    // Bad input to the CLI: one clear line, non-zero exit, nothing sent.
+    let gw = tmp.path().join("gateway.yaml");
+    std::fs::write(&gw, "kind: StorageGateway\nmetadata: {name: s3}\n").unwrap();
+    let (ok, out, err) = sublet(
+        a,
+        ADMIN_TOKEN,
+        &["plan", "apply", "-f", gw.to_str().unwrap()],
+    )
+    .await;
+    assert!(!ok && out.is_empty());
+    assert!(
+        err.contains("document 1: kind StorageGateway is not managed through the admin API"),
+        "{err}"
+    );
+    let (ok, _, err) = sublet(
+        a,
+        ADMIN_TOKEN,
+        &["plan", "apply", "-f", "/nonexistent.yaml"],
+    )
+    .await;
+    assert!(
+        !ok && err.starts_with("error: /nonexistent.yaml: "),
+        "{err}"
+    );
+    let (ok, _, err) = sublet(a, "", &["status"]).await;
+    assert!(!ok && err.contains("no admin token"), "{err}");
+    let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["plan", "get", "nope"]).await;
+    assert!(!ok);
+    assert_eq!(err, "error: StoragePlan nope does not exist\n");
+
     // Applied with the CLI, a plan is usable as a storage class right away.
     let file = tmp.path().join("cold.yaml");
     std::fs::write(&file, COLD).unwrap();
