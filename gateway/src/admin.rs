@@ -54,13 +54,11 @@ struct Admin {
     standalone: Standalone,
 }
 
-/// What `sublet serve` adds to the admin API: on-demand snapshots and the schedules'
-/// lifecycle rules (a gateway without them answers 404 to snapshots and applies only bucket
-/// lifecycle rules).
+/// What `sublet serve` adds to the admin API: on-demand snapshots (a gateway without a
+/// source answers 404 to them).
 #[derive(Clone, Default)]
 pub struct Standalone {
     pub snapshots: Option<SnapshotSource>,
-    pub lifecycle_rules: crate::s3::PlanRules,
 }
 
 #[derive(Deserialize)]
@@ -368,11 +366,10 @@ async fn snapshot(State(admin): State<Admin>) -> Response {
 
 async fn lifecycle(State(admin): State<Admin>, Query(q): Query<LifecycleQuery>) -> Response {
     let now = crate::health::now_ms() + i64::from(q.days_ahead) * 24 * 3600 * 1000;
-    match admin
-        .gateway
-        .lifecycle_pass(&admin.standalone.lifecycle_rules, now)
-        .await
-    {
+    // The schedules' rules in force now (applied policies included), besides every
+    // bucket's own.
+    let rules = admin.gateway.policy().lifecycle.clone();
+    match admin.gateway.lifecycle_pass(&rules, now).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -544,7 +544,6 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     // Bucket lifecycle rules (PutBucketLifecycleConfiguration); dev has no schedules.
     let lifecycle = crate::s3::spawn_lifecycle(
         Arc::clone(&cluster.gateway),
-        Vec::new(),
         crate::s3::LIFECYCLE_INTERVAL,
         stop,
     );

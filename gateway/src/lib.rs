@@ -1,6 +1,7 @@
 //! sublet-gateway: the S3 API over encrypted, erasure-coded shards.
 
 pub mod admin;
+pub mod admin_cli;
 pub mod audit;
 pub mod auth;
 pub mod cloud_backend;
@@ -12,6 +13,7 @@ pub mod layout;
 pub mod meta;
 pub mod metrics;
 pub mod placement;
+pub mod policy;
 pub mod provider_backend;
 pub mod recover;
 pub mod repair;

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use sublet_gateway::admin_cli::{AdminClient, Output};
+use sublet_gateway::policy::Kind;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -54,9 +56,42 @@ enum Command {
             requires = "access_key"
         )]
         secret_key: Option<String>,
-        /// Address of `/metrics` and `/healthz`; overrides spec.adminListen.
+        /// Address of `/metrics`, `/healthz` and the admin API; overrides spec.adminListen.
         #[arg(long, env = "SUBLET_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
+        /// Bearer token of the policy API (at least 16 characters); without it the gateway
+        /// uses `admin.token` in the data directory, created when missing.
+        #[arg(long, env = "SUBLET_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// The policies belong to the Kubernetes operator: refuse changes through the API.
+        #[arg(long, env = "SUBLET_READ_ONLY_POLICIES")]
+        read_only_policies: bool,
+    },
+    /// List, view, apply and delete StoragePlans on a running gateway.
+    Plan {
+        #[command(subcommand)]
+        action: ResourceAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List, view, apply and delete StorageSchedules on a running gateway.
+    Schedule {
+        #[command(subcommand)]
+        action: ResourceAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the providers of a running gateway.
+    Provider {
+        #[command(subcommand)]
+        action: ProviderAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Plans of a running gateway with object health and repair queue.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Rebuild the lost shards of a plan's objects (what the operator's rebuild Jobs run),
     /// most at risk first, until none is due.
@@ -117,6 +152,46 @@ enum Command {
     },
 }
 
+/// Where the admin API is and how to print its answers.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The gateway's admin address (spec.adminListen).
+    #[arg(long, global = true, env = "SUBLET_ADMIN_URL", default_value = sublet_gateway::admin_cli::DEFAULT_ADMIN_URL)]
+    admin_url: String,
+    /// The admin token (what the gateway keeps in DATA_DIR/admin.token).
+    #[arg(
+        long,
+        global = true,
+        env = "SUBLET_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum ResourceAction {
+    /// Every resource of the kind.
+    List,
+    /// One resource.
+    Get { name: String },
+    /// Create or change the resources of a YAML file (`-` reads stdin).
+    Apply {
+        #[arg(long, short)]
+        file: PathBuf,
+    },
+    /// Delete a resource; refused while anything uses it.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum ProviderAction {
+    /// Providers with pool, status, last probe, free space, audit score and stored shards.
+    List,
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -139,14 +214,31 @@ async fn main() {
             access_key,
             secret_key,
             admin_listen,
+            admin_token,
+            read_only_policies,
         } => {
             let overrides = sublet_gateway::serve::Overrides {
                 data_dir,
                 provider_token,
                 full_access_key: access_key.zip(secret_key),
                 admin_listen,
+                admin_token,
+                read_only_policies,
             };
             sublet_gateway::serve::run(&config, &overrides).await
+        }
+        Command::Plan { action, admin } => resource(Kind::StoragePlan, action, admin).await,
+        Command::Schedule { action, admin } => resource(Kind::StorageSchedule, action, admin).await,
+        Command::Provider {
+            action: ProviderAction::List,
+            admin,
+        } => {
+            let client = AdminClient::new(&admin.admin_url, admin.token);
+            print(sublet_gateway::admin_cli::providers(&client, admin.output).await)
+        }
+        Command::Status { admin } => {
+            let client = AdminClient::new(&admin.admin_url, admin.token);
+            print(sublet_gateway::admin_cli::status(&client, admin.output).await)
         }
         Command::Repair {
             plan,
@@ -181,6 +273,31 @@ async fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn print(text: anyhow::Result<String>) -> anyhow::Result<()> {
+    print!("{}", text?);
+    Ok(())
+}
+
+async fn resource(kind: Kind, action: ResourceAction, admin: AdminArgs) -> anyhow::Result<()> {
+    use sublet_gateway::admin_cli as cli;
+    let client = AdminClient::new(&admin.admin_url, admin.token);
+    print(match action {
+        ResourceAction::List => cli::list(&client, kind, admin.output).await,
+        ResourceAction::Get { name } => cli::get(&client, kind, &name, admin.output).await,
+        ResourceAction::Apply { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| anyhow::anyhow!("stdin: {e}"))?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            };
+            cli::apply(&client, &text, &file.display().to_string()).await
+        }
+        ResourceAction::Delete { name } => cli::delete(&client, kind, &name).await,
+    })
 }
 
 async fn repair(

@@ -529,6 +529,7 @@ pub async fn serve_admin(
     metrics: Metrics,
     gateway: Arc<Gateway>,
     standalone: crate::admin::Standalone,
+    policy: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let scrape = {
@@ -557,7 +558,8 @@ pub async fn serve_admin(
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::admin::router(gateway, Some(metrics), standalone));
+        .merge(crate::admin::router(gateway, Some(metrics), standalone))
+        .merge(policy);
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
@@ -576,11 +578,13 @@ pub async fn spawn_admin(
         .await
         .map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;
     let bound = listener.local_addr()?;
+    // `sublet dev` runs from built-in plans, not a file: no policy API there.
     tokio::spawn(serve_admin(
         listener,
         metrics,
         gateway,
         crate::admin::Standalone::default(),
+        axum::Router::new(),
         std::future::pending(),
     ));
     Ok(bound)

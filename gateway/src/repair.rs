@@ -428,7 +428,7 @@ impl Repairer {
         written: &mut Vec<ShardLocation>,
         replaced: &mut Vec<ShardLocation>,
     ) -> anyhow::Result<()> {
-        let topology = Arc::clone(self.gateway.topology());
+        let topology = self.gateway.topology();
         let rule = topology.rule(plan);
         let candidates = topology.candidates(self.gateway.health());
         let object = format!("{}/{}", q.bucket, q.key);
@@ -743,6 +743,17 @@ pub async fn run_command(
     config: &sublet_crds::Config,
     overrides: &crate::serve::Overrides,
 ) -> anyhow::Result<()> {
+    // Standalone, the plans applied through the admin API count too.
+    let layered;
+    let config = match (config.gateway(), &cmd.admin_url) {
+        (Some(g), None) => {
+            let spec = overrides.apply(&g.spec)?;
+            let paths = crate::serve::state_paths(&spec, overrides.data_dir.as_deref())?;
+            layered = crate::policy::load_layered(config, &paths.data_dir)?;
+            &layered
+        }
+        _ => config,
+    };
     if !config.plans.contains_key(&cmd.plan) {
         anyhow::bail!(
             "plan {} is not in the config; it has {}",

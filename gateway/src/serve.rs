@@ -274,6 +274,11 @@ pub struct Overrides {
     pub full_access_key: Option<(String, String)>,
     /// Wins over `spec.adminListen`.
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token of the policy API; when `None`, the data directory's `admin.token`
+    /// (created when missing).
+    pub admin_token: Option<String>,
+    /// The policies belong to the Kubernetes operator: the policy API refuses writes.
+    pub read_only_policies: bool,
 }
 
 impl std::fmt::Debug for Overrides {
@@ -402,6 +407,8 @@ pub struct Running {
     pub paths: StatePaths,
     pub identity: NodeId,
     pub tls: bool,
+    /// The bearer token of the policy API.
+    pub admin_token: String,
     clients: Vec<(String, ProviderClient)>,
     clouds: Vec<Arc<CloudBackend>>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -631,7 +638,8 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     let gateway = Arc::new(
         Gateway::new(Arc::clone(&meta), master, plans, backends)?
             .with_placement(topology(config, &endpoints), Arc::clone(&health))?
-            .with_rebuild(rebuild_policies(config)),
+            .with_rebuild(rebuild_policies(config))
+            .with_lifecycle(lifecycle_rules(config)),
     );
     let pools: Vec<(String, String)> = endpoints
         .iter()
@@ -658,10 +666,12 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     })
 }
 
-/// Starts the gateway `config` describes: dials nothing yet but probes every provider once,
-/// then listens for S3 (and admin) requests and repairs in the background.
-pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
-    if let Some(g) = config.gateway() {
+/// Starts the gateway `config` describes, with the policies applied through the admin API
+/// (the data directory's overlay) layered over it: dials nothing yet but probes every
+/// provider once, then listens for S3 (and admin) requests and repairs in the background.
+pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
+    let mut layered = None;
+    if let Some(g) = file.gateway() {
         let spec = overrides.apply(&g.spec)?;
         if spec.credentials.is_empty() {
             bail!(
@@ -669,7 +679,10 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
                  (or set SUBLET_ACCESS_KEY and SUBLET_SECRET_KEY)"
             );
         }
+        let paths = state_paths(&spec, overrides.data_dir.as_deref())?;
+        layered = Some(crate::policy::load_layered(file, &paths.data_dir)?);
     }
+    let config = layered.as_ref().unwrap_or(file);
     let Built {
         gateway,
         metrics,
@@ -688,6 +701,8 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
         None => None,
     };
     let meta = Arc::clone(gateway.metadata());
+    let admin_token =
+        crate::policy::admin_token(overrides.admin_token.as_deref(), &paths.data_dir)?;
 
     let listen: SocketAddr = spec
         .listen
@@ -734,7 +749,6 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
         ),
         crate::s3::spawn_lifecycle(
             Arc::clone(&gateway),
-            lifecycle_rules(config),
             crate::s3::LIFECYCLE_INTERVAL,
             stop.clone(),
         ),
@@ -754,6 +768,18 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
                 .await
                 .with_context(|| format!("binding the admin address {addr} (spec.adminListen)"))?;
             let bound = admin_listener.local_addr()?;
+            let read_only = overrides.read_only_policies.then(|| {
+                "the policies of this gateway are managed by the Kubernetes operator: change \
+                 the StoragePlan and StorageSchedule resources with kubectl apply"
+                    .to_owned()
+            });
+            let policy = Arc::new(crate::policy::PolicyApi::new(
+                Arc::clone(&gateway),
+                file.clone(),
+                &paths.data_dir,
+                admin_token.clone(),
+                read_only,
+            )?);
             let mut stop = stop.clone();
             tasks.push(tokio::spawn(crate::metrics::serve_admin(
                 admin_listener,
@@ -766,8 +792,8 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
                         clients: clients.clone(),
                         work_dir: paths.data_dir.clone(),
                     }),
-                    lifecycle_rules: lifecycle_rules(config),
                 },
+                policy.router(),
                 async move {
                     let _ = stop.changed().await;
                 },
@@ -795,6 +821,7 @@ pub async fn start(config: &Config, overrides: &Overrides) -> anyhow::Result<Run
         paths,
         identity,
         tls: has_tls,
+        admin_token,
         clients,
         clouds,
         shutdown,
@@ -980,6 +1007,18 @@ pub async fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()
     println!("sublet serve: S3 endpoint {scheme}://{}", running.s3_addr);
     if let Some(admin) = running.admin_addr {
         println!("  metrics:     http://{admin}/metrics (and /healthz)");
+        let token = match &overrides.admin_token {
+            Some(_) => "SUBLET_ADMIN_TOKEN".to_owned(),
+            None => running
+                .paths
+                .data_dir
+                .join(crate::policy::TOKEN_FILE)
+                .display()
+                .to_string(),
+        };
+        println!(
+            "  admin API:   http://{admin}/admin/v1 (sublet plan|schedule|provider|status; token: {token})"
+        );
     }
     println!(
         "  providers:   {healthy} of {} answered",

@@ -690,6 +690,7 @@ async fn serve_runs_the_config_the_operator_renders() {
         provider_token: Some(TOKEN.into()),
         full_access_key: Some(("operator-key".into(), "operator-secret-0123456789".into())),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
     };
     let running = sublet_gateway::serve::start(&config, &overrides)
         .await

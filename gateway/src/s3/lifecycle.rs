@@ -609,7 +609,7 @@ impl Gateway {
     /// started before it, [`RETIRE_DELAY_MS`] longer. Returns false (and
     /// frees the new shards) when the version changed.
     pub(super) async fn transition(&self, v: &ObjectVersion, plan: &str) -> S3Result<bool> {
-        let target = self.plan(plan).cloned().ok_or_else(|| {
+        let target = self.plan(plan).ok_or_else(|| {
             internal(format!(
                 "lifecycle names plan {plan}, which is not configured"
             ))
@@ -669,7 +669,6 @@ pub const LIFECYCLE_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// Runs a lifecycle pass now and then every `every` until `stop` changes.
 pub fn spawn_lifecycle(
     gateway: std::sync::Arc<Gateway>,
-    plan_rules: PlanRules,
     every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -681,7 +680,9 @@ pub fn spawn_lifecycle(
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            match gateway.lifecycle_pass(&plan_rules, now_ms()).await {
+            // The rules in force now: the policy API may have changed a schedule.
+            let policy = gateway.policy();
+            match gateway.lifecycle_pass(&policy.lifecycle, now_ms()).await {
                 Ok(report) if report != Report::default() => {
                     tracing::info!(?report, "lifecycle pass done");
                 }

@@ -55,19 +55,37 @@ impl Plan {
     }
 }
 
+/// The plans and their rules, swapped as a whole when the policy API applies a change.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    /// Every plan new objects may be written with, the default first.
+    pub plans: Vec<Plan>,
+    /// Where providers sit and each plan's placement rule.
+    pub topology: Arc<Topology>,
+    /// Rebuild rules by plan name; plans without one use the defaults.
+    pub rebuild: HashMap<String, RebuildPolicy>,
+    /// The lifecycle rules of each plan's StorageSchedule.
+    pub lifecycle: PlanRules,
+}
+
+impl PolicySet {
+    fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name == name)
+    }
+}
+
 /// The S3 front end: one per gateway process.
 pub struct Gateway {
     meta: Arc<dyn MetadataStore>,
     master: Arc<MasterKey>,
-    plans: Vec<Plan>,
     default_plan: String,
     by_node: HashMap<String, Arc<dyn ShardBackend>>,
-    /// Where providers sit and each plan's placement rule.
-    topology: Arc<Topology>,
+    /// Plans, placement and rebuild rules. Requests take a snapshot (an `Arc` clone under a
+    /// read lock held for nanoseconds); a policy change swaps the whole set, so a request
+    /// never sees a plan without its placement rule.
+    policy: std::sync::RwLock<Arc<PolicySet>>,
     /// Free space and recent failures of providers, for placement.
     health: Arc<HealthBoard>,
-    /// Rebuild rules by plan name; plans without one use the defaults.
-    rebuild: HashMap<String, RebuildPolicy>,
     /// Versions (by row id) a repair in this process is working on.
     repair_claims: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
     /// Layouts lifecycle transitions replaced, with when (Unix ms): reads that started
@@ -100,12 +118,15 @@ impl Gateway {
         Ok(Self {
             meta,
             master,
-            plans,
             default_plan,
             by_node,
-            topology,
+            policy: std::sync::RwLock::new(Arc::new(PolicySet {
+                plans,
+                topology,
+                rebuild: HashMap::new(),
+                lifecycle: Vec::new(),
+            })),
             health: Arc::default(),
-            rebuild: HashMap::new(),
             repair_claims: Arc::default(),
             retired: Arc::default(),
         })
@@ -123,20 +144,76 @@ impl Gateway {
                 anyhow::bail!("placement names provider {site}, which the gateway does not have");
             }
         }
-        self.topology = Arc::new(topology);
+        self.policy_mut().topology = Arc::new(topology);
         self.health = health;
         Ok(self)
     }
 
     /// Repairs and counts health of `plan`'s objects by `policy` (its schedule's rules).
     pub fn with_rebuild(mut self, policies: HashMap<String, RebuildPolicy>) -> Self {
-        self.rebuild = policies;
+        self.policy_mut().rebuild = policies;
         self
+    }
+
+    /// Applies each plan's schedule lifecycle `rules` (besides every bucket's own).
+    pub fn with_lifecycle(mut self, rules: PlanRules) -> Self {
+        self.policy_mut().lifecycle = rules;
+        self
+    }
+
+    fn policy_mut(&mut self) -> &mut PolicySet {
+        let lock = self
+            .policy
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::make_mut(lock)
+    }
+
+    /// The plans and rules in force now.
+    pub fn policy(&self) -> Arc<PolicySet> {
+        Arc::clone(
+            &self
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces the plans and their rules while the gateway runs (the policy API). The
+    /// providers stay; every placement site must be one of them, and the default plan must
+    /// stay. Versions already written keep their layouts.
+    pub fn swap_policy(&self, next: PolicySet) -> anyhow::Result<()> {
+        if next.plan(&self.default_plan).is_none() {
+            anyhow::bail!(
+                "the default plan {} must stay configured",
+                self.default_plan
+            );
+        }
+        for p in &next.plans {
+            if p.segment_size == 0 {
+                anyhow::bail!("plan {}: segment size must be positive", p.name);
+            }
+        }
+        for site in &next.topology.sites {
+            if !self.by_node.contains_key(&site.node_id) {
+                anyhow::bail!("placement names provider {site}, which the gateway does not have");
+            }
+        }
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        Ok(())
+    }
+
+    /// The name of the plan PUTs without a storage class (in a bucket without its own) use.
+    pub fn default_plan(&self) -> &str {
+        &self.default_plan
     }
 
     /// The rebuild rules of `plan`.
     pub fn rebuild_policy(&self, plan: &str) -> RebuildPolicy {
-        self.rebuild.get(plan).cloned().unwrap_or_default()
+        self.policy().rebuild.get(plan).cloned().unwrap_or_default()
     }
 
     /// Versions a repair in this process is working on, so concurrent passes (the loop, the
@@ -146,13 +223,13 @@ impl Gateway {
     }
 
     /// Every plan new objects may be written with, the default first.
-    pub fn plans(&self) -> &[Plan] {
-        &self.plans
+    pub fn plans(&self) -> Vec<Plan> {
+        self.policy().plans.clone()
     }
 
     /// Where providers sit and each plan's placement rule.
-    pub fn topology(&self) -> &Arc<Topology> {
-        &self.topology
+    pub fn topology(&self) -> Arc<Topology> {
+        Arc::clone(&self.policy().topology)
     }
 
     /// The shard backend of a provider, by node id.
@@ -170,8 +247,8 @@ impl Gateway {
         &self.meta
     }
 
-    fn plan(&self, name: &str) -> Option<&Plan> {
-        self.plans.iter().find(|p| p.name == name)
+    fn plan(&self, name: &str) -> Option<Plan> {
+        self.policy().plan(name).cloned()
     }
 
     fn backend_for(

@@ -60,7 +60,7 @@ impl Gateway {
     }
 
     fn upload_plan(&self, upload: &Upload) -> S3Result<Plan> {
-        self.plan(&upload.plan).cloned().ok_or_else(|| {
+        self.plan(&upload.plan).ok_or_else(|| {
             internal(format!(
                 "upload {} was started under plan {} which no longer exists",
                 upload.upload_id, upload.plan

@@ -152,10 +152,9 @@ impl Gateway {
         };
         // Clients that always send STANDARD get the default plan.
         match self.plan(&plan_name) {
-            Some(p) => Ok(p.clone()),
+            Some(p) => Ok(p),
             None if plan_name == "STANDARD" => self
                 .plan(&self.default_plan)
-                .cloned()
                 .ok_or_else(|| internal("no default plan")),
             None => Err(S3Error::with_message(
                 S3ErrorCode::InvalidStorageClass,
@@ -266,8 +265,9 @@ impl Gateway {
         key: &str,
         uid: &str,
     ) -> S3Result<Vec<Arc<dyn ShardBackend>>> {
-        let rule = self.topology.rule(&plan.name);
-        let candidates = self.topology.candidates(&self.health);
+        let topology = self.topology();
+        let rule = topology.rule(&plan.name);
+        let candidates = topology.candidates(&self.health);
         // A provider must at least hold its shard of one segment.
         let need = plan.segment_size.div_ceil(plan.scheme.needed() as u64);
         let width = plan.scheme.width();

@@ -64,7 +64,6 @@ impl Gateway {
         let size = bytes.len() as u64;
         let plan = self
             .plan(&self.default_plan)
-            .cloned()
             .ok_or_else(|| internal("the default plan is not configured"))?;
         let created = now_ms();
         let body = futures::stream::iter(

@@ -260,6 +260,13 @@ pub fn gateway_objects(
             secret.key.as_deref().unwrap_or("url"),
         ));
     }
+    // The custom resources are the policies' source of truth: the gateway's policy API
+    // answers writes with a pointer to kubectl apply.
+    env.push(EnvVar {
+        name: "SUBLET_READ_ONLY_POLICIES".into(),
+        value: Some("true".into()),
+        ..EnvVar::default()
+    });
     let probe = |initial_delay, period| Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz".into()),
@@ -487,6 +494,12 @@ mod tests {
             c["env"][2]["valueFrom"]["secretKeyRef"]["name"],
             "sublet-provider-token"
         );
+        let env = c["env"].as_array().unwrap();
+        let read_only = env
+            .iter()
+            .find(|e| e["name"] == "SUBLET_READ_ONLY_POLICIES")
+            .expect("the gateway is told its policies are the operator's");
+        assert_eq!(read_only["value"], "true");
         let volumes = &template["spec"]["volumes"];
         assert_eq!(volumes[0]["configMap"]["name"], "s3-config");
         assert_eq!(volumes[1]["secret"]["secretName"], "s3-master-key");

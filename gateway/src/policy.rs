@@ -1,0 +1,985 @@
+//! Policy management on the admin listener: StoragePlans, StorageSchedules and ProviderPools
+//! listed, read, applied and deleted while the gateway runs, behind the admin token.
+//!
+//! Applied and deleted resources are kept in `policies.yaml` in the data directory (the
+//! overlay) and layered over the config file at every start: for a name the overlay mentions,
+//! the overlay wins. Every change is checked by the same loader as the file, on the whole
+//! resulting set, so the API refuses exactly what `sublet serve` would refuse.
+//!
+//! - `GET /admin/v1/policy/{plans|schedules|pools}`: every resource of the kind.
+//! - `GET|PUT|DELETE /admin/v1/policy/{kind}/{name}`: one resource; PUT takes YAML or JSON.
+//! - `GET /admin/v1/status`: plans with object health and repair queue.
+//! - `GET /admin/v1/providers`: providers with pool, up/down, last seen, free space, score and
+//!   stored shards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sublet_crds::{Config, LoadError, LoadErrors};
+
+use crate::health::PlanHealth;
+use crate::s3::{Gateway, PolicySet};
+
+/// The overlay's file name inside the data directory.
+pub const OVERLAY_FILE: &str = "policies.yaml";
+/// The admin token's file name inside the data directory, when none is given.
+pub const TOKEN_FILE: &str = "admin.token";
+
+/// A kind the policy API manages, as it appears in URLs and manifests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    StoragePlan,
+    StorageSchedule,
+    ProviderPool,
+}
+
+impl Kind {
+    /// From the URL segment (`plans`, `schedules`, `pools`).
+    pub fn from_segment(segment: &str) -> Option<Self> {
+        match segment {
+            "plans" => Some(Kind::StoragePlan),
+            "schedules" => Some(Kind::StorageSchedule),
+            "pools" => Some(Kind::ProviderPool),
+            _ => None,
+        }
+    }
+
+    /// The URL segment.
+    pub fn segment(self) -> &'static str {
+        match self {
+            Kind::StoragePlan => "plans",
+            Kind::StorageSchedule => "schedules",
+            Kind::ProviderPool => "pools",
+        }
+    }
+
+    /// The manifest `kind`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::StoragePlan => "StoragePlan",
+            Kind::StorageSchedule => "StorageSchedule",
+            Kind::ProviderPool => "ProviderPool",
+        }
+    }
+}
+
+/// A deleted resource of the overlay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// What the API changed relative to the config file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overlay {
+    /// Resources applied through the API (whole manifests), replacing the file's of the same
+    /// kind and name.
+    #[serde(default)]
+    pub applied: Vec<serde_yaml::Value>,
+    /// Resources deleted through the API, hiding the file's.
+    #[serde(default)]
+    pub deleted: Vec<Deleted>,
+}
+
+fn kind_and_name(doc: &serde_yaml::Value) -> (Option<&str>, Option<&str>) {
+    (
+        doc.get("kind").and_then(serde_yaml::Value::as_str),
+        doc.get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(serde_yaml::Value::as_str),
+    )
+}
+
+impl Overlay {
+    /// Reads `path`; a missing file is an empty overlay.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_yaml::from_str(&text)
+                .with_context(|| format!("{}: not a policy overlay", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overlay::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes `path` atomically (a temporary file renamed over it, synced).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let text = format!(
+            "# Written by the sublet admin API (sublet plan apply/delete); layered over the config\n\
+             # file at start, winning for every name it mentions. Delete this file to go back to\n\
+             # the config file alone.\n{}",
+            serde_yaml::to_string(self)?
+        );
+        let tmp = path.with_extension("yaml.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// This overlay with `doc` applied (replacing an earlier one of the same kind and name).
+    fn with_applied(&self, kind: Kind, name: &str, doc: serde_yaml::Value) -> Self {
+        let mut next = self.without(kind, name);
+        next.applied.push(doc);
+        next
+    }
+
+    /// This overlay with `kind/name` deleted.
+    fn with_deleted(&self, kind: Kind, name: &str) -> Self {
+        let mut next = self.without(kind, name);
+        next.deleted.push(Deleted {
+            kind,
+            name: name.to_owned(),
+        });
+        next
+    }
+
+    fn without(&self, kind: Kind, name: &str) -> Self {
+        Overlay {
+            applied: self
+                .applied
+                .iter()
+                .filter(|d| kind_and_name(d) != (Some(kind.name()), Some(name)))
+                .cloned()
+                .collect(),
+            deleted: self
+                .deleted
+                .iter()
+                .filter(|d| !(d.kind == kind && d.name == name))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn mentions(&self, kind: &str, name: &str) -> bool {
+        self.applied
+            .iter()
+            .any(|d| kind_and_name(d) == (Some(kind), Some(name)))
+            || self
+                .deleted
+                .iter()
+                .any(|d| d.kind.name() == kind && d.name == name)
+    }
+}
+
+/// `file` with `overlay` layered over it, checked as a whole by the loader; errors name
+/// `label` as their file.
+pub fn layer(file: &Config, overlay: &Overlay, label: &str) -> Result<Config, LoadErrors> {
+    fn push<T: Serialize>(docs: &mut Vec<String>, resource: &T) -> Result<(), LoadErrors> {
+        let text = serde_yaml::to_string(resource).map_err(|e| one_error(&e.to_string()))?;
+        docs.push(text);
+        Ok(())
+    }
+    let mut docs = Vec::new();
+    for (name, r) in &file.pools {
+        if !overlay.mentions(Kind::ProviderPool.name(), name) {
+            push(&mut docs, r)?;
+        }
+    }
+    for (name, r) in &file.plans {
+        if !overlay.mentions(Kind::StoragePlan.name(), name) {
+            push(&mut docs, r)?;
+        }
+    }
+    for (name, r) in &file.schedules {
+        if !overlay.mentions(Kind::StorageSchedule.name(), name) {
+            push(&mut docs, r)?;
+        }
+    }
+    for r in file.gateways.values() {
+        push(&mut docs, r)?;
+    }
+    for d in &overlay.applied {
+        push(&mut docs, d)?;
+    }
+    sublet_crds::load_str(label, &docs.join("---\n"))
+}
+
+fn one_error(message: &str) -> LoadErrors {
+    LoadErrors(vec![LoadError {
+        file: String::new(),
+        document: None,
+        kind: None,
+        name: None,
+        field: None,
+        message: message.to_owned(),
+    }])
+}
+
+/// The config file with the data directory's overlay layered over it: what `sublet serve`
+/// runs. An overlay the file no longer fits (e.g. it names a schedule the file dropped) is
+/// an error naming both.
+pub fn load_layered(file: &Config, data_dir: &Path) -> anyhow::Result<Config> {
+    let path = data_dir.join(OVERLAY_FILE);
+    let overlay = Overlay::read(&path)?;
+    if overlay == Overlay::default() {
+        return Ok(file.clone());
+    }
+    layer(file, &overlay, &path.display().to_string()).map_err(|errors| {
+        anyhow::anyhow!(
+            "the policies applied through the admin API ({}) no longer fit the config file:\n{}\n\
+             fix the config file, or remove {} to run from the file alone",
+            path.display(),
+            problems(&errors).join("\n"),
+            path.display()
+        )
+    })
+}
+
+/// One line per problem: `StoragePlan/photos: spec.redundancy.erasure.dataShards: ...`.
+fn problems(errors: &LoadErrors) -> Vec<String> {
+    errors.errors().iter().map(problem_line).collect()
+}
+
+fn problem_line(e: &LoadError) -> String {
+    let mut line = String::new();
+    match (&e.kind, &e.name) {
+        (Some(k), Some(n)) => line.push_str(&format!("{k}/{n}: ")),
+        (Some(k), None) => line.push_str(&format!("{k}: ")),
+        _ => {}
+    }
+    if let Some(f) = &e.field {
+        line.push_str(&format!("{f}: "));
+    }
+    // The loader counts lines of the layered text, which nobody wrote: leave them out.
+    line.push_str(strip_line_number(&e.message));
+    line
+}
+
+fn strip_line_number(message: &str) -> &str {
+    match message.rsplit_once(" (line ") {
+        Some((head, tail))
+            if tail
+                .strip_suffix(')')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            head
+        }
+        _ => message,
+    }
+}
+
+/// The admin token: `given` (flag or environment), else the data directory's token file,
+/// created with a fresh random token when missing.
+pub fn admin_token(given: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(t) = given {
+        if t.len() < 16 {
+            anyhow::bail!("the admin token (SUBLET_ADMIN_TOKEN) must be at least 16 characters");
+        }
+        return Ok(t.to_owned());
+    }
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => anyhow::bail!("{} is empty; delete it to get a new token", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    use rand::Rng;
+    let token: String = {
+        let mut rng = rand::rng();
+        (0..40)
+            .map(|_| {
+                let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+                char::from(alphabet[rng.random_range(0..alphabet.len())])
+            })
+            .collect()
+    };
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(format!("{text}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The policies a running gateway manages, and where their changes go.
+pub struct PolicyApi {
+    gateway: Arc<Gateway>,
+    token: String,
+    /// Set when the policies belong to someone else (the Kubernetes operator): the reason
+    /// writes are refused.
+    read_only: Option<String>,
+    overlay_path: PathBuf,
+    /// Held across a whole change so two applies cannot interleave.
+    state: tokio::sync::Mutex<Policies>,
+}
+
+struct Policies {
+    file: Config,
+    overlay: Overlay,
+    /// The file with the overlay: what the gateway runs.
+    effective: Config,
+}
+
+impl PolicyApi {
+    /// Manages the policies of `gateway`, which runs `file` layered with the overlay in
+    /// `data_dir`.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        file: Config,
+        data_dir: &Path,
+        token: String,
+        read_only: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let overlay_path = data_dir.join(OVERLAY_FILE);
+        let overlay = Overlay::read(&overlay_path)?;
+        let effective = load_layered(&file, data_dir)?;
+        Ok(PolicyApi {
+            gateway,
+            token,
+            read_only,
+            overlay_path,
+            state: tokio::sync::Mutex::new(Policies {
+                file,
+                overlay,
+                effective,
+            }),
+        })
+    }
+
+    /// The routes, every one behind the admin token.
+    pub fn router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route("/admin/v1/policy/{kind}", axum::routing::get(list))
+            .route(
+                "/admin/v1/policy/{kind}/{name}",
+                axum::routing::get(get_one).put(apply).delete(delete),
+            )
+            .route("/admin/v1/status", axum::routing::get(status))
+            .route("/admin/v1/providers", axum::routing::get(providers))
+            .route_layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self),
+                require_token,
+            ))
+            .with_state(self)
+    }
+}
+
+/// A refused request: its status and the body `{"error": "...", "problems": [...]}`.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    problems: Vec<String>,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.message });
+        if !self.problems.is_empty() {
+            body["problems"] = serde_json::json!(self.problems);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn refusal(status: StatusCode, message: impl Into<String>, problems: Vec<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+        problems,
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>, problems: Vec<String>) -> Response {
+    refusal(status, message, problems).into_response()
+}
+
+async fn require_token(
+    State(api): State<Arc<PolicyApi>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), api.token.as_bytes()) => next.run(request).await,
+        Some(_) => error(
+            StatusCode::UNAUTHORIZED,
+            "the admin token is wrong",
+            Vec::new(),
+        ),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs the admin token: send `Authorization: Bearer TOKEN` \
+             (sublet reads it from --token or SUBLET_ADMIN_TOKEN)",
+            Vec::new(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_numbers_of_the_layered_text_are_left_out() {
+        assert_eq!(
+            strip_line_number("\"12x\" is not a size (line 78)"),
+            "\"12x\" is not a size"
+        );
+        assert_eq!(strip_line_number("see (line x)"), "see (line x)");
+        assert_eq!(strip_line_number("plain"), "plain");
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_kind(segment: &str) -> Result<Kind, Refusal> {
+    Kind::from_segment(segment).ok_or_else(|| {
+        refusal(
+            StatusCode::NOT_FOUND,
+            format!("unknown kind {segment:?}; use plans, schedules or pools"),
+            Vec::new(),
+        )
+    })
+}
+
+fn to_value<T: Serialize>(r: &T) -> serde_json::Value {
+    serde_json::to_value(r).unwrap_or(serde_json::Value::Null)
+}
+
+fn resources(config: &Config, kind: Kind) -> BTreeMap<String, serde_json::Value> {
+    match kind {
+        Kind::StoragePlan => config
+            .plans
+            .iter()
+            .map(|(n, r)| (n.clone(), to_value(r)))
+            .collect(),
+        Kind::StorageSchedule => config
+            .schedules
+            .iter()
+            .map(|(n, r)| (n.clone(), to_value(r)))
+            .collect(),
+        Kind::ProviderPool => config
+            .pools
+            .iter()
+            .map(|(n, r)| (n.clone(), to_value(r)))
+            .collect(),
+    }
+}
+
+async fn list(State(api): State<Arc<PolicyApi>>, UrlPath(kind): UrlPath<String>) -> Response {
+    let kind = match parse_kind(&kind) {
+        Ok(k) => k,
+        Err(r) => return r.into_response(),
+    };
+    let state = api.state.lock().await;
+    let items: Vec<_> = resources(&state.effective, kind).into_values().collect();
+    Json(serde_json::json!({ "items": items })).into_response()
+}
+
+async fn get_one(
+    State(api): State<Arc<PolicyApi>>,
+    UrlPath((kind, name)): UrlPath<(String, String)>,
+) -> Response {
+    let kind = match parse_kind(&kind) {
+        Ok(k) => k,
+        Err(r) => return r.into_response(),
+    };
+    let state = api.state.lock().await;
+    match resources(&state.effective, kind).remove(&name) {
+        Some(r) => Json(r).into_response(),
+        None => not_found(kind, &name),
+    }
+}
+
+fn not_found(kind: Kind, name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("{} {name} does not exist", kind.name()),
+        Vec::new(),
+    )
+}
+
+impl PolicyApi {
+    fn refuse_writes(&self, kind: Kind) -> Option<Response> {
+        if let Some(reason) = &self.read_only {
+            return Some(error(StatusCode::CONFLICT, reason.clone(), Vec::new()));
+        }
+        // Pool members are dialled at start; changing them live is not supported yet.
+        (kind == Kind::ProviderPool).then(|| {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "ProviderPools are read-only through the admin API: providers are connected at \
+                 start, so edit the pool in the config file and restart the gateway",
+                Vec::new(),
+            )
+        })
+    }
+
+    /// Checks `next` as a whole, switches the gateway to it and stores it.
+    fn commit(&self, state: &mut Policies, next: Overlay) -> Result<(), Refusal> {
+        let effective = layer(&state.file, &next, "request").map_err(|errors| {
+            refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the change does not validate; nothing was applied",
+                problems(&errors),
+            )
+        })?;
+        let set = policy_set(&effective, &self.gateway).map_err(|e| {
+            refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{e:#}"),
+                Vec::new(),
+            )
+        })?;
+        next.write(&self.overlay_path).map_err(|e| {
+            refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storing the change: {e:#}"),
+                Vec::new(),
+            )
+        })?;
+        if let Err(e) = self.gateway.swap_policy(set) {
+            // Checked above; the old overlay goes back so the file matches what runs.
+            let _ = state.overlay.write(&self.overlay_path);
+            return Err(refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{e:#}"),
+                Vec::new(),
+            ));
+        }
+        state.overlay = next;
+        state.effective = effective;
+        Ok(())
+    }
+}
+
+/// The gateway's plans, placement rules and rebuild rules for `config`, providers unchanged.
+fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
+    let plans = crate::serve::plans(config, gateway.default_plan())?;
+    let current = gateway.topology();
+    let topology = crate::placement::Topology {
+        sites: current.sites.clone(),
+        rules: config
+            .plans
+            .iter()
+            .map(|(name, plan)| {
+                (
+                    name.clone(),
+                    crate::placement::PlacementRule::from_spec(&plan.spec),
+                )
+            })
+            .collect(),
+    };
+    Ok(PolicySet {
+        plans,
+        topology: Arc::new(topology),
+        rebuild: crate::serve::rebuild_policies(config),
+        lifecycle: crate::serve::lifecycle_rules(config),
+    })
+}
+
+async fn apply(
+    State(api): State<Arc<PolicyApi>>,
+    UrlPath((kind, name)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let kind = match parse_kind(&kind) {
+        Ok(k) => k,
+        Err(r) => return r.into_response(),
+    };
+    if let Some(r) = api.refuse_writes(kind) {
+        return r;
+    }
+    // YAML is a superset of JSON: one parser takes both.
+    let mut doc: serde_yaml::Value = match serde_yaml::from_slice(&body) {
+        Ok(d @ serde_yaml::Value::Mapping(_)) => d,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be one {} manifest (a mapping)", kind.name()),
+                Vec::new(),
+            );
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not YAML or JSON: {e}"),
+                Vec::new(),
+            );
+        }
+    };
+    match kind_and_name(&doc) {
+        (Some(k), _) if k != kind.name() => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "kind: the manifest is a {k}, but the URL is for a {}",
+                    kind.name()
+                ),
+                Vec::new(),
+            );
+        }
+        (_, Some(n)) if n != name => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("metadata.name: the manifest names {n}, but the URL names {name}"),
+                Vec::new(),
+            );
+        }
+        _ => {}
+    }
+    // Fill what the URL already says, so `kind` and `metadata.name` may be left out.
+    if let serde_yaml::Value::Mapping(m) = &mut doc {
+        m.entry("apiVersion".into())
+            .or_insert_with(|| sublet_crds::API_VERSION.into());
+        m.insert("kind".into(), kind.name().into());
+        let metadata = m
+            .entry("metadata".into())
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+        if let serde_yaml::Value::Mapping(meta) = metadata {
+            meta.insert("name".into(), name.clone().into());
+        }
+        // Status is the gateway's to report, never applied.
+        m.remove("status");
+    }
+    let mut state = api.state.lock().await;
+    let existed = resources(&state.effective, kind).contains_key(&name);
+    let next = state.overlay.with_applied(kind, &name, doc);
+    if let Err(r) = api.commit(&mut state, next) {
+        return r.into_response();
+    }
+    tracing::info!(kind = kind.name(), name, "policy applied");
+    let body = resources(&state.effective, kind)
+        .remove(&name)
+        .unwrap_or_default();
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn delete(
+    State(api): State<Arc<PolicyApi>>,
+    UrlPath((kind, name)): UrlPath<(String, String)>,
+) -> Response {
+    let kind = match parse_kind(&kind) {
+        Ok(k) => k,
+        Err(r) => return r.into_response(),
+    };
+    if let Some(r) = api.refuse_writes(kind) {
+        return r;
+    }
+    let mut state = api.state.lock().await;
+    if !resources(&state.effective, kind).contains_key(&name) {
+        return not_found(kind, &name);
+    }
+    if kind == Kind::StoragePlan {
+        let gateway = Arc::clone(&api.gateway);
+        let plan = name.clone();
+        let uses = tokio::task::spawn_blocking(move || plan_uses(&gateway, &plan)).await;
+        match uses {
+            Ok(Ok(uses)) if !uses.is_empty() => {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("plan {name} is in use; nothing was deleted"),
+                    uses,
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("checking where plan {name} is used: {e:#}"),
+                    Vec::new(),
+                );
+            }
+            Err(e) => {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new());
+            }
+        }
+    }
+    let next = state.overlay.with_deleted(kind, &name);
+    match api.commit(&mut state, next) {
+        Ok(()) => {}
+        // What still refers to it is what the loader complains about.
+        Err(r) if r.status == StatusCode::UNPROCESSABLE_ENTITY => {
+            let mut problems = r.problems;
+            if problems.is_empty() {
+                problems.push(r.message);
+            }
+            return error(
+                StatusCode::CONFLICT,
+                format!("{} {name} is in use; nothing was deleted", kind.name()),
+                problems,
+            );
+        }
+        Err(r) => return r.into_response(),
+    }
+    tracing::info!(kind = kind.name(), name, "policy deleted");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Object keys named per bucket when a plan is in use.
+const KEYS_NAMED: usize = 3;
+/// Versions looked at per bucket to name keys (counts come from the plan's usage).
+const SCAN_LIMIT: usize = 10_000;
+
+/// Everything that still uses `plan`, one line each; empty when it may go.
+fn plan_uses(gateway: &Gateway, plan: &str) -> anyhow::Result<Vec<String>> {
+    let meta = gateway.metadata();
+    let mut uses = Vec::new();
+    if gateway.default_plan() == plan {
+        uses.push("it is the gateway's default plan (StorageGateway spec.defaultPlan)".to_owned());
+    }
+    let stored = meta
+        .plan_usage()?
+        .into_iter()
+        .find(|u| u.plan == plan)
+        .map_or(0, |u| u.objects);
+    if stored > 0 {
+        uses.push(format!(
+            "{stored} object version(s) are stored with it (re-encoding them is not supported: \
+             delete them, or let a lifecycle transition move them to another plan)"
+        ));
+    }
+    for bucket in meta.buckets()? {
+        if bucket.default_plan.as_deref() == Some(plan) {
+            uses.push(format!(
+                "bucket {} uses it as its default plan",
+                bucket.name
+            ));
+        }
+        if let Some(rules) = meta.lifecycle(&bucket.name)? {
+            let rules: Vec<crate::s3::LifecycleRule> =
+                serde_json::from_str(&rules).unwrap_or_default();
+            for r in rules {
+                if r.transition.as_ref().is_some_and(|(_, to)| to == plan) {
+                    uses.push(format!(
+                        "bucket {}: lifecycle rule {} transitions objects to it",
+                        bucket.name, r.id
+                    ));
+                }
+            }
+        }
+        if stored > 0 {
+            let (count, keys, cut) = versions_with(meta.as_ref(), &bucket.name, plan)?;
+            if count > 0 {
+                uses.push(format!(
+                    "bucket {}: {}{count} version(s), e.g. {}",
+                    bucket.name,
+                    if cut { "at least " } else { "" },
+                    keys.join(", ")
+                ));
+            }
+        }
+        let uploads = meta.uploads(
+            &bucket.name,
+            &crate::meta::UploadQuery {
+                max_uploads: 1000,
+                ..Default::default()
+            },
+        )?;
+        let open = uploads.uploads.iter().filter(|u| u.plan == plan).count();
+        if open > 0 {
+            uses.push(format!(
+                "bucket {}: {open} multipart upload(s) in progress write with it",
+                bucket.name
+            ));
+        }
+    }
+    Ok(uses)
+}
+
+/// Versions of `bucket` stored with `plan` (up to [`SCAN_LIMIT`] looked at), a few keys, and
+/// whether the scan was cut.
+fn versions_with(
+    meta: &dyn crate::meta::MetadataStore,
+    bucket: &str,
+    plan: &str,
+) -> anyhow::Result<(usize, Vec<String>, bool)> {
+    let mut count = 0;
+    let mut keys: Vec<String> = Vec::new();
+    let mut seen = 0;
+    let mut marker = (String::new(), String::new());
+    loop {
+        let page = meta.list_versions(
+            bucket,
+            &crate::meta::VersionQuery {
+                key_marker: &marker.0,
+                version_id_marker: &marker.1,
+                max_keys: 1000,
+                ..Default::default()
+            },
+        )?;
+        for v in &page.versions {
+            seen += 1;
+            if !v.version.delete_marker && v.version.plan == plan {
+                count += 1;
+                if keys.len() < KEYS_NAMED && !keys.contains(&v.version.key) {
+                    keys.push(v.version.key.clone());
+                }
+            }
+        }
+        match page.next {
+            Some(next) if seen < SCAN_LIMIT => marker = next,
+            Some(_) => return Ok((count, keys, true)),
+            None => return Ok((count, keys, false)),
+        }
+    }
+}
+
+/// One plan in `GET /admin/v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStatus {
+    pub name: String,
+    pub default: bool,
+    /// E.g. `EC 4+2`, `3 replicas`.
+    pub redundancy: String,
+    pub health: PlanHealth,
+}
+
+/// `GET /admin/v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub plans: Vec<PlanStatus>,
+    pub providers: usize,
+    pub providers_up: usize,
+}
+
+async fn status(State(api): State<Arc<PolicyApi>>) -> Response {
+    let labels: HashMap<String, String> = {
+        let state = api.state.lock().await;
+        state
+            .effective
+            .plans
+            .iter()
+            .map(|(n, p)| (n.clone(), p.spec.redundancy_label()))
+            .collect()
+    };
+    let gateway = Arc::clone(&api.gateway);
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Status> {
+        let mut plans = Vec::new();
+        for plan in gateway.plans() {
+            let policy = gateway.rebuild_policy(&plan.name);
+            let health =
+                crate::health::plan_health(gateway.metadata().as_ref(), &plan.name, &policy)?;
+            plans.push(PlanStatus {
+                default: plan.name == gateway.default_plan(),
+                redundancy: labels.get(&plan.name).cloned().unwrap_or_default(),
+                name: plan.name,
+                health,
+            });
+        }
+        plans.sort_by(|a, b| a.name.cmp(&b.name));
+        let sites = &gateway.topology().sites;
+        Ok(Status {
+            plans,
+            providers: sites.len(),
+            providers_up: sites
+                .iter()
+                .filter(|s| gateway.health().healthy(&s.node_id))
+                .count(),
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(s)) => Json(s).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e:#}"),
+            Vec::new(),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new()),
+    }
+}
+
+/// One provider in `GET /admin/v1/providers`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderStatus {
+    pub node_id: String,
+    pub pool: String,
+    pub zone: String,
+    pub up: bool,
+    /// Unix ms of its last answered probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    /// Percent of audits passed since the gateway started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<u64>,
+    pub shards: u64,
+    pub bytes: u64,
+}
+
+async fn providers(State(api): State<Arc<PolicyApi>>) -> Response {
+    let gateway = Arc::clone(&api.gateway);
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<ProviderStatus>> {
+        let meta = gateway.metadata();
+        let usage = meta.provider_usage()?;
+        let seen = meta.providers_seen()?;
+        let health = gateway.health();
+        Ok(gateway
+            .topology()
+            .sites
+            .iter()
+            .map(|s| {
+                let (shards, bytes) = usage.get(&s.node_id).copied().unwrap_or_default();
+                ProviderStatus {
+                    node_id: s.node_id.clone(),
+                    pool: s.pool.clone(),
+                    zone: s.zone.clone(),
+                    up: health.healthy(&s.node_id),
+                    last_seen: seen.get(&s.node_id).map(|p| p.last_seen),
+                    free_bytes: health.free_bytes(&s.node_id),
+                    score: health.score(&s.node_id),
+                    shards,
+                    bytes,
+                }
+            })
+            .collect())
+    })
+    .await;
+    match result {
+        Ok(Ok(p)) => Json(serde_json::json!({ "items": p })).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e:#}"),
+            Vec::new(),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new()),
+    }
+}

@@ -1,0 +1,551 @@
+//! Policy management: plans and schedules applied, used, kept across restarts and deleted
+//! through the admin API and the `sublet` CLI, behind the admin token.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use sublet_provider::server::{self, ProviderConfig, RunningProvider};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "policy-test-provider-token";
+const ADMIN_TOKEN: &str = "policy-test-admin-token-0123";
+
+/// A minimal S3 client: SigV4 (path style, region us-east-1) over HTTP/1.1.
+struct Client {
+    addr: SocketAddr,
+    access_key: String,
+    secret_key: String,
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(data.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+impl Client {
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let (head, body) = self.sign(method, path, headers, body);
+        http_exchange(self.addr, head.as_bytes(), &body).await
+    }
+
+    /// The request head (SigV4-signed) and body.
+    fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (String, Vec<u8>) {
+        let now = chrono::Utc::now();
+        let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
+        let date = now.format("%Y%m%d").to_string();
+        let host = self.addr.to_string();
+        let payload = hex::encode(Sha256::digest(body));
+        // The query (already percent-encoded by the caller), sorted, each with `=`.
+        let (bare_path, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut pairs: Vec<String> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                if p.contains('=') {
+                    p.to_string()
+                } else {
+                    format!("{p}=")
+                }
+            })
+            .collect();
+        pairs.sort();
+        let query = pairs.join("&");
+        let canonical = format!(
+            "{method}\n{bare_path}\n{query}\nhost:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n\n\
+             host;x-amz-content-sha256;x-amz-date\n{payload}"
+        );
+        let scope = format!("{date}/us-east-1/s3/aws4_request");
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        let mut key = hmac(format!("AWS4{}", self.secret_key).as_bytes(), &date);
+        for part in ["us-east-1", "s3", "aws4_request"] {
+            key = hmac(&key, part);
+        }
+        let signature = hex::encode(hmac(&key, &to_sign));
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {amz_date}\r\n\
+             x-amz-content-sha256: {payload}\r\ncontent-length: {}\r\nconnection: close\r\n\
+             authorization: AWS4-HMAC-SHA256 Credential={}/{scope}, \
+             SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={signature}\r\n",
+            body.len(),
+            self.access_key
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        (head, body.to_vec())
+    }
+}
+
+/// Sends one request and reads the whole response (Content-Length or chunked).
+async fn http_exchange(addr: SocketAddr, head: &[u8], body: &[u8]) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(stream, head, body).await
+}
+
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    head: &[u8],
+    body: &[u8],
+) -> Reply {
+    stream.write_all(head).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut rest = &raw[split + 4..];
+    let body = if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap().trim(), 16)
+                .unwrap();
+            rest = &rest[end + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    Reply { status, body }
+}
+
+/// An admin API request with an optional bearer token.
+async fn admin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Reply {
+    let auth = token.map_or_else(String::new, |t| format!("authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n{auth}\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    http_exchange(addr, head.as_bytes(), body.as_bytes()).await
+}
+
+fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+async fn start_provider(dir: &Path) -> RunningProvider {
+    let mut cfg = ProviderConfig::new(dir);
+    cfg.token = Some(TOKEN.into());
+    server::start(cfg).await.unwrap()
+}
+
+/// Runs the `sublet` binary against `addr`; (success, stdout, stderr).
+async fn sublet(addr: SocketAddr, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sublet"))
+        .args(args)
+        .env("SUBLET_ADMIN_URL", format!("http://{addr}"))
+        .env("SUBLET_ADMIN_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const COLD: &str = r#"apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {name: cold}
+spec:
+  redundancy: {replicas: 2}
+  segmentSize: 64Ki
+  encryption: none
+  schedule: nightly
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageSchedule
+metadata: {name: nightly}
+spec:
+  rebuild: {minHealthyShards: 2, gracePeriod: 5m}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plans_are_applied_used_kept_and_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut providers = Vec::new();
+    for i in 0..3 {
+        providers.push(start_provider(&tmp.path().join(format!("provider-{i}"))).await);
+    }
+    let endpoints: String = providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "    - {{name: p{i}, address: \"{}\", nodeId: \"{}\"}}\n",
+                p.grpc_addr, p.node_id
+            )
+        })
+        .collect();
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: home}}
+spec:
+  class: owned
+  endpoints:
+{endpoints}---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: standard}}
+spec:
+  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}
+  segmentSize: 64Ki
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: standard
+  listen: "127.0.0.1:0"
+  adminListen: "127.0.0.1:0"
+  dataDir: "{}"
+  providerToken: {TOKEN}
+  credentials:
+    - {{accessKey: admin, secretKey: admin-secret-0123456789}}
+"#,
+        tmp.path().join("gateway").display(),
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let overrides = sublet_gateway::serve::Overrides {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
+    let running = sublet_gateway::serve::start(&config, &overrides)
+        .await
+        .unwrap();
+    let a = running.admin_addr.unwrap();
+    let s3 = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+
+    // Without the token (or with a wrong one) the policy API answers 401 with a JSON error;
+    // the operator's health endpoint stays open.
+    let r = admin(a, "GET", "/admin/v1/policy/plans", None, "").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(json(&r)["error"].as_str().unwrap().contains("Bearer"));
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/plans/x",
+        Some("wrong-token-123456789"),
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        admin(a, "GET", "/admin/v1/plans/standard", None, "")
+            .await
+            .status,
+        200
+    );
+    let (ok, _, err) = sublet(a, "wrong-token-123456789", &["plan", "list"]).await;
+    assert!(!ok && err.contains("the admin token is wrong"), "{err}");
+
+    // A plan that does not validate is refused with every problem and its field path.
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/plans/bad",
+        Some(ADMIN_TOKEN),
+        "spec:\n  redundancy: {erasure: {dataShards: 4, parityShards: 0}}\n  schedule: nope\n",
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let problems = json(&r)["problems"].to_string();
+    assert!(
+        problems
+            .contains("StoragePlan/bad: spec.redundancy.erasure.parityShards: must be at least 1"),
+        "{problems}"
+    );
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/plans/bad",
+        Some(ADMIN_TOKEN),
+        r#"{"spec": {"redundancy": {"replicas": 2}, "schedule": "nope"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        json(&r)["problems"]
+            .to_string()
+            .contains("StoragePlan/bad: spec.schedule: no StorageSchedule named \\\"nope\\\""),
+        "{}",
+        r.text()
+    );
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/plans/other",
+        Some(ADMIN_TOKEN),
+        "kind: StoragePlan\nmetadata: {name: cold}\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("metadata.name"), "{}", r.text());
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/pools/home",
+        Some(ADMIN_TOKEN),
+        "spec: {class: owned}",
+    )
+    .await;
+    assert_eq!(r.status, 405, "{}", r.text());
+
+    // Bad input to the CLI: one clear line, non-zero exit, nothing sent.
+    let gw = tmp.path().join("gateway.yaml");
+    std::fs::write(&gw, "kind: StorageGateway\nmetadata: {name: s3}\n").unwrap();
+    let (ok, out, err) = sublet(
+        a,
+        ADMIN_TOKEN,
+        &["plan", "apply", "-f", gw.to_str().unwrap()],
+    )
+    .await;
+    assert!(!ok && out.is_empty());
+    assert!(
+        err.contains("document 1: kind StorageGateway is not managed through the admin API"),
+        "{err}"
+    );
+    let (ok, _, err) = sublet(
+        a,
+        ADMIN_TOKEN,
+        &["plan", "apply", "-f", "/nonexistent.yaml"],
+    )
+    .await;
+    assert!(
+        !ok && err.starts_with("error: /nonexistent.yaml: "),
+        "{err}"
+    );
+    let (ok, _, err) = sublet(a, "", &["status"]).await;
+    assert!(!ok && err.contains("no admin token"), "{err}");
+    let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["plan", "get", "nope"]).await;
+    assert!(!ok);
+    assert_eq!(err, "error: StoragePlan nope does not exist\n");
+
+    // Applied with the CLI, a plan is usable as a storage class right away.
+    let file = tmp.path().join("cold.yaml");
+    std::fs::write(&file, COLD).unwrap();
+    let (ok, out, err) = sublet(
+        a,
+        ADMIN_TOKEN,
+        &["plan", "apply", "-f", file.to_str().unwrap()],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "storageschedule/nightly created\nstorageplan/cold created\n"
+    );
+    assert_eq!(s3.send("PUT", "/photos", &[], b"").await.status, 200);
+    let r = s3
+        .send(
+            "PUT",
+            "/photos/old.txt",
+            &[("x-amz-storage-class", "cold")],
+            b"kept cold",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (ok, out, err) = sublet(a, ADMIN_TOKEN, &["plan", "list"]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME      REDUNDANCY  SEGMENT"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("cold      2 replicas  64Ki"), "{out}");
+    assert!(lines[1].ends_with("nightly"), "{out}");
+    assert!(lines[2].starts_with("standard  EC 2+1"), "{out}");
+    let (ok, out, _) = sublet(a, ADMIN_TOKEN, &["plan", "get", "cold", "-o", "json"]).await;
+    assert!(ok);
+    let cold: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cold["spec"]["redundancy"]["replicas"], 2);
+    let (ok, out, _) = sublet(
+        a,
+        ADMIN_TOKEN,
+        &["schedule", "get", "nightly", "-o", "yaml"],
+    )
+    .await;
+    assert!(ok && out.contains("minHealthyShards: 2"), "{out}");
+    let (ok, again, _) = sublet(
+        a,
+        ADMIN_TOKEN,
+        &["plan", "apply", "-f", file.to_str().unwrap()],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(
+        again,
+        "storageschedule/nightly configured\nstorageplan/cold configured\n"
+    );
+
+    // In use: the plan by an object, the schedule by the plan, the default plan always.
+    let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["plan", "delete", "cold"]).await;
+    assert!(!ok, "deleting a plan in use succeeded");
+    assert!(err.contains("plan cold is in use"), "{err}");
+    assert!(
+        err.contains("bucket photos: 1 version(s), e.g. old.txt"),
+        "{err}"
+    );
+    let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["schedule", "delete", "nightly"]).await;
+    assert!(!ok);
+    assert!(err.contains("StorageSchedule nightly is in use"), "{err}");
+    assert!(err.contains("StoragePlan/cold: spec.schedule"), "{err}");
+    let r = admin(
+        a,
+        "DELETE",
+        "/admin/v1/policy/plans/standard",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("default plan"), "{}", r.text());
+
+    // Providers and status.
+    running.probe_now().await;
+    let (ok, out, err) = sublet(a, ADMIN_TOKEN, &["provider", "list"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(
+        out.lines()
+            .skip(1)
+            .all(|l| l.contains(" home ") && l.contains(" up ")),
+        "{out}"
+    );
+    let (ok, out, err) = sublet(a, ADMIN_TOKEN, &["status"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("standard (default)"), "{out}");
+    assert!(out.contains("providers: 3 of 3 up"), "{out}");
+    let cold_row = out.lines().find(|l| l.starts_with("cold ")).unwrap();
+    assert!(cold_row.split_whitespace().nth(3) == Some("1"), "{out}");
+
+    // After a restart from the same file the applied plan is still there and readable.
+    running.shutdown().await;
+    let running = sublet_gateway::serve::start(&config, &overrides)
+        .await
+        .unwrap();
+    let a = running.admin_addr.unwrap();
+    let s3 = Client {
+        addr: running.s3_addr,
+        ..s3
+    };
+    let r = admin(
+        a,
+        "GET",
+        "/admin/v1/policy/plans/cold",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s3.send("GET", "/photos/old.txt", &[], b"").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "kept cold"));
+
+    // Once nothing uses them, plan and schedule go, and stay gone after a restart.
+    assert_eq!(
+        s3.send("DELETE", "/photos/old.txt", &[], b"").await.status,
+        204
+    );
+    let (ok, out, err) = sublet(a, ADMIN_TOKEN, &["plan", "delete", "cold"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "storageplan/cold deleted\n");
+    let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["schedule", "delete", "nightly"]).await;
+    assert!(ok, "{err}");
+    let r = s3
+        .send(
+            "PUT",
+            "/photos/new.txt",
+            &[("x-amz-storage-class", "cold")],
+            b"x",
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    running.shutdown().await;
+    let read_only = sublet_gateway::serve::Overrides {
+        read_only_policies: true,
+        ..overrides
+    };
+    let running = sublet_gateway::serve::start(&config, &read_only)
+        .await
+        .unwrap();
+    let a = running.admin_addr.unwrap();
+    let r = admin(
+        a,
+        "GET",
+        "/admin/v1/policy/plans/cold",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Rendered by the operator: the API points at kubectl instead of writing.
+    let (ok, _, err) = sublet(
+        a,
+        ADMIN_TOKEN,
+        &["plan", "apply", "-f", file.to_str().unwrap()],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("kubectl apply"), "{err}");
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_generated_admin_token_is_kept_in_the_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = sublet_gateway::policy::admin_token(None, tmp.path()).unwrap();
+    assert!(first.len() >= 32);
+    assert_eq!(
+        sublet_gateway::policy::admin_token(None, tmp.path()).unwrap(),
+        first
+    );
+    let err = sublet_gateway::policy::admin_token(Some("short"), tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("at least 16 characters"), "{err}");
+}
