@@ -7,6 +7,8 @@ mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod test_postgres;
+#[cfg(test)]
+mod two_gateways;
 
 use std::collections::BTreeMap;
 

@@ -139,6 +139,26 @@ fn pg_err(e: postgres::Error) -> MetaError {
     }
 }
 
+impl Drop for PostgresStore {
+    /// A pooled client's own drop blocks on the connection's runtime, which panics on a tokio
+    /// thread (a gateway shutting down): the idle ones are closed on a plain thread there.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.state().idle);
+        if idle.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        // Should the thread not start, the clients are leaked rather than dropped here (the
+        // server drops the connections when the process exits).
+        let idle = std::mem::ManuallyDrop::new(idle);
+        let closing = std::thread::Builder::new()
+            .name("sublet-postgres-close".into())
+            .spawn(move || drop(std::mem::ManuallyDrop::into_inner(idle)));
+        if let Err(e) = closing {
+            tracing::warn!(error = %e, "closing PostgreSQL connections");
+        }
+    }
+}
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db` or key=value form) and
     /// creates the tables if needed.

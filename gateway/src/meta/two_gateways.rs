@@ -1,0 +1,226 @@
+//! Two gateways on one PostgreSQL database and one set of providers, as two replicas behind
+//! one Service: concurrent writers on the same keys lose no acknowledged version and both
+//! gateways agree on every object; a gateway that dies mid-upload commits nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use http::{Method, Request, StatusCode};
+use s3s::Body;
+
+use crate::dev;
+use crate::layout::Scheme;
+use crate::meta::{MetadataStore, PostgresStore};
+use crate::s3::{Gateway, Plan};
+
+type Svc = s3s::service::S3Service;
+
+async fn call(svc: &Svc, method: Method, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1{uri}"))
+        .header("host", "127.0.0.1")
+        .header("content-length", body.len().to_string())
+        .body(Body::from(body))
+        .unwrap();
+    let resp: http::Response<Body> = svc.call(req).await.expect("service call");
+    let (parts, mut body) = resp.into_parts();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk.expect("body chunk"));
+    }
+    (parts.status, out)
+}
+
+fn data(len: usize, seed: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + seed * 7) % 251) as u8)
+        .collect()
+}
+
+fn tag(xml: &[u8], name: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(xml);
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    text.split(&open)
+        .skip(1)
+        .filter_map(|s| s.split(&close).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_on_one_database_lose_nothing() {
+    // The test server's helpers use the blocking client: off the runtime's threads.
+    let Some(url) = tokio::task::spawn_blocking(super::test_postgres::database)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        name: "standard".into(),
+        scheme: Scheme::Erasure { data: 2, parity: 1 },
+        encrypt: true,
+        segment_size: 64 << 10,
+        write_quorum: 3,
+    };
+    let mut cluster = dev::start_cluster_with(tmp.path(), 4, vec![plan.clone()], HashMap::new())
+        .await
+        .unwrap();
+    let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
+    let gateway = |store: PostgresStore| {
+        let master = crate::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+        Arc::new(
+            Gateway::new(
+                Arc::new(store) as Arc<dyn MetadataStore>,
+                Arc::new(master),
+                vec![plan.clone()],
+                ids.iter()
+                    .map(|id| cluster.gateway.backend(id).unwrap())
+                    .collect(),
+            )
+            .unwrap()
+            .with_placement(
+                crate::placement::Topology::flat(ids.iter().map(String::as_str)),
+                Arc::clone(cluster.gateway.health()),
+            )
+            .unwrap(),
+        )
+    };
+    // Two stores, two connection pools: what two gateway processes hold.
+    let a = gateway(PostgresStore::open(&url).unwrap());
+    let b = gateway(PostgresStore::open(&url).unwrap());
+    let (sa, sb) = (
+        dev::service(Arc::clone(&a), None),
+        dev::service(Arc::clone(&b), None),
+    );
+    assert_eq!(
+        call(&sa, Method::PUT, "/shared", vec![]).await.0,
+        StatusCode::OK
+    );
+    // The bucket made through one gateway exists for the other.
+    let (s, _) = call(
+        &sb,
+        Method::PUT,
+        "/shared?versioning",
+        br#"<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>"#.to_vec(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Both gateways write the same three keys at once, 8 versions each.
+    let mut writers = Vec::new();
+    for w in 0..2 {
+        for key in 0..3 {
+            let svc = if w == 0 { sa.clone() } else { sb.clone() };
+            writers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for round in 0..4 {
+                    let seed = w * 1000 + key * 100 + round;
+                    let body = data(20_000 + seed, seed);
+                    let (s, _) =
+                        call(&svc, Method::PUT, &format!("/shared/k{key}"), body.clone()).await;
+                    assert_eq!(s, StatusCode::OK);
+                    acked.push((key, body));
+                }
+                acked
+            }));
+        }
+    }
+    let mut acked: Vec<(usize, Vec<u8>)> = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    for key in 0..3 {
+        // Every acknowledged write is a version, readable through either gateway.
+        let (s, xml) = call(
+            &sa,
+            Method::GET,
+            &format!("/shared?versions&prefix=k{key}"),
+            vec![],
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let ids = tag(&xml, "VersionId");
+        let ours: Vec<&Vec<u8>> = acked
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(
+            ids.len(),
+            ours.len(),
+            "k{key}: every acknowledged write is a version"
+        );
+        let mut bodies = Vec::new();
+        for id in &ids {
+            let (s, body) = call(
+                &sb,
+                Method::GET,
+                &format!("/shared/k{key}?versionId={id}"),
+                vec![],
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "k{key} version {id}");
+            bodies.push(body);
+        }
+        for body in &ours {
+            assert!(
+                bodies.contains(body),
+                "k{key}: an acknowledged body is missing"
+            );
+        }
+        // Both gateways agree on the latest.
+        let (_, la) = call(&sa, Method::GET, &format!("/shared/k{key}"), vec![]).await;
+        let (_, lb) = call(&sb, Method::GET, &format!("/shared/k{key}"), vec![]).await;
+        assert!(
+            la == lb,
+            "k{key}: the gateways disagree on the latest version"
+        );
+        assert!(
+            ours.contains(&&la),
+            "k{key}: the latest is an acknowledged write"
+        );
+    }
+
+    // Gateway b dies in the middle of an upload: the task streaming the body is aborted
+    // after its first chunks. Nothing is committed; a is unaffected.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let stream = tokio_stream_from(rx);
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("http://127.0.0.1/shared/half")
+        .header("host", "127.0.0.1")
+        .header("content-length", (1usize << 20).to_string())
+        .body(Body::from(s3s::dto::StreamingBlob::wrap(stream)))
+        .unwrap();
+    let upload = {
+        let sb = sb.clone();
+        tokio::spawn(async move { sb.call(req).await })
+    };
+    tx.send(Ok(bytes::Bytes::from(data(200_000, 9))))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    upload.abort();
+    drop(tx);
+    let _ = upload.await;
+    let (s, _) = call(&sa, Method::HEAD, "/shared/half", vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a cut upload left a version");
+    let (s, body) = call(&sa, Method::GET, "/shared/k0", vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!body.is_empty());
+    for p in cluster.providers.drain(..) {
+        p.shutdown().await;
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
