@@ -30,8 +30,7 @@ impl Gateway {
                 let id = id.to_string();
                 let removed = self.meta(move |m| m.delete_version(&b, &k, &id)).await?;
                 let delete_marker = removed.as_ref().is_some_and(|v| v.delete_marker);
-                self.free(removed.as_ref().and_then(|v| v.layout.as_ref()))
-                    .await;
+                self.free_removed(removed.as_ref()).await;
                 return Ok(Deleted {
                     version_id: version_id.map(str::to_string),
                     delete_marker,
@@ -44,8 +43,7 @@ impl Gateway {
                         None => Ok(None),
                     })
                     .await?;
-                self.free(removed.as_ref().and_then(|v| v.layout.as_ref()))
-                    .await;
+                self.free_removed(removed.as_ref()).await;
                 return Ok(Deleted {
                     version_id: None,
                     delete_marker: false,

@@ -188,6 +188,24 @@ impl Gateway {
     ) -> S3Result<ByteStream> {
         let name = format!("{}/{}", v.bucket, v.key);
         let size = v.size;
+        // Until the stream ends, an overwrite or delete of `v` leaves its shards in place.
+        let map = self.by_node.clone();
+        let guard = self.inflight.start(
+            v,
+            Box::new(move |layouts| {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    // Shutting down: garbage collection takes them later.
+                    return;
+                };
+                let map = map.clone();
+                runtime.spawn(async move {
+                    for layout in layouts {
+                        crate::dataplane::delete_shards(&layout, |n: &str| map.get(n).cloned())
+                            .await;
+                    }
+                });
+            }),
+        );
         let layout = v
             .layout
             .as_ref()
@@ -239,6 +257,7 @@ impl Gateway {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
         let rest: Vec<_> = pending.collect();
         tokio::spawn(async move {
+            let _guard = guard;
             if let Some(first) = first
                 && tx.send(Ok(first)).await.is_err()
             {

@@ -552,8 +552,7 @@ impl Gateway {
             {
                 let (b, k, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
                 let removed = self.meta(move |m| m.delete_version(&b, &k, &id)).await?;
-                self.free(removed.as_ref().and_then(|r| r.layout.as_ref()))
-                    .await;
+                self.free_removed(removed.as_ref()).await;
             }
             return Ok(());
         }
@@ -564,8 +563,7 @@ impl Gateway {
         let (b, k, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
         match self.meta(move |m| m.delete_version(&b, &k, &id)).await {
             Ok(removed) => {
-                self.free(removed.as_ref().and_then(|r| r.layout.as_ref()))
-                    .await;
+                self.free_removed(removed.as_ref()).await;
                 tracing::info!(bucket = %v.bucket, key = %v.key, version_id = %v.version_id, "lifecycle: {what}");
             }
             Err(e) => {

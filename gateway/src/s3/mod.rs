@@ -4,6 +4,7 @@ mod bucket;
 mod copy;
 mod delete;
 mod get;
+pub mod inflight;
 mod lifecycle;
 mod list;
 mod multipart;
@@ -91,6 +92,8 @@ pub struct Gateway {
     /// Layouts lifecycle transitions replaced, with when (Unix ms): reads that started
     /// before the switch still stream from them (see [`lifecycle::RETIRE_DELAY_MS`]).
     retired: Arc<std::sync::Mutex<Vec<(i64, crate::layout::Layout)>>>,
+    /// Versions being streamed to clients, whose shards a removal must leave until the end.
+    inflight: inflight::InFlight,
 }
 
 impl Gateway {
@@ -129,6 +132,7 @@ impl Gateway {
             health: Arc::default(),
             repair_claims: Arc::default(),
             retired: Arc::default(),
+            inflight: inflight::InFlight::default(),
         })
     }
 

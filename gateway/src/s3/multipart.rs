@@ -332,7 +332,7 @@ impl Gateway {
             .meta(move |m| m.complete_upload(&upload_id, &used, &version))
             .await?;
         for old in &outcome.replaced {
-            self.free(old.layout.as_ref()).await;
+            self.free_removed(Some(old)).await;
         }
         for part in &outcome.unused {
             self.free(Some(&part.layout)).await;

@@ -207,13 +207,24 @@ impl Gateway {
                 return Err(e);
             }
         };
-        for old in outcome.replaced {
-            self.free(old.layout.as_ref()).await;
+        for old in &outcome.replaced {
+            self.free_removed(Some(old)).await;
         }
         Ok(())
     }
 
     /// Deletes a layout's shards (best effort).
+    /// Frees the shards of `removed`, a version an overwrite or a delete took out of the
+    /// metadata: now, or when the last read of it in this process ends.
+    pub(super) async fn free_removed(&self, removed: Option<&ObjectVersion>) {
+        let Some((v, layout)) = removed.and_then(|v| v.layout.as_ref().map(|l| (v, l))) else {
+            return;
+        };
+        if !self.inflight.defer(v, layout) {
+            self.free(Some(layout)).await;
+        }
+    }
+
     pub(super) async fn free(&self, layout: Option<&crate::layout::Layout>) {
         if let Some(layout) = layout {
             dataplane::delete_shards(layout, self.backend_for()).await;

@@ -1,0 +1,158 @@
+//! Reads in flight: a GET streams a version's shards for as long as the client takes, while
+//! an overwrite or a delete may remove that version meanwhile. Its shards are then freed when
+//! the last read of it in this process ends, not at once, so the GET delivers every byte it
+//! announced. (Reads through another gateway replica are not seen here.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::layout::Layout;
+use crate::meta::ObjectVersion;
+
+type VersionKey = (String, String, String);
+
+fn key_of(v: &ObjectVersion) -> VersionKey {
+    (v.bucket.clone(), v.key.clone(), v.version_id.clone())
+}
+
+#[derive(Default)]
+struct Entry {
+    readers: usize,
+    /// Layouts removed while read, freed by the last reader.
+    deferred: Vec<Layout>,
+}
+
+/// Versions being read, and the layouts waiting for their readers.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    entries: Arc<Mutex<HashMap<VersionKey, Entry>>>,
+}
+
+/// Held by a streaming read; dropping it (the stream ended or the client left) hands the
+/// layouts freed meanwhile to `free`.
+pub struct ReadGuard {
+    entries: Arc<Mutex<HashMap<VersionKey, Entry>>>,
+    key: VersionKey,
+    free: Box<dyn Fn(Vec<Layout>) + Send + Sync>,
+}
+
+impl InFlight {
+    /// Registers a read of `v`.
+    pub fn start(
+        &self,
+        v: &ObjectVersion,
+        free: Box<dyn Fn(Vec<Layout>) + Send + Sync>,
+    ) -> ReadGuard {
+        let key = key_of(v);
+        self.lock().entry(key.clone()).or_default().readers += 1;
+        ReadGuard {
+            entries: Arc::clone(&self.entries),
+            key,
+            free,
+        }
+    }
+
+    /// Takes `layout` of the removed version `v` to be freed when its reads end: `None` when
+    /// nobody reads it (free it now), `Some` back otherwise.
+    pub fn defer(&self, v: &ObjectVersion, layout: &Layout) -> bool {
+        match self.lock().get_mut(&key_of(v)) {
+            Some(entry) if entry.readers > 0 => {
+                entry.deferred.push(layout.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Versions read right now (for tests and debugging).
+    pub fn reading(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<VersionKey, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let due = {
+            let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(entry) = entries.get_mut(&self.key) else {
+                return;
+            };
+            entry.readers = entry.readers.saturating_sub(1);
+            if entry.readers > 0 {
+                return;
+            }
+            entries
+                .remove(&self.key)
+                .map(|e| e.deferred)
+                .unwrap_or_default()
+        };
+        if !due.is_empty() {
+            (self.free)(due);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::layout::{Encryption, Scheme};
+
+    fn version(id: &str) -> ObjectVersion {
+        ObjectVersion {
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: id.into(),
+            delete_marker: false,
+            size: 0,
+            etag: String::new(),
+            content_type: None,
+            user_metadata: Default::default(),
+            last_modified: 0,
+            plan: "p".into(),
+            layout: None,
+        }
+    }
+
+    fn layout() -> Layout {
+        Layout {
+            scheme: Scheme::Replicas { copies: 1 },
+            encryption: Encryption::None,
+            segment_size: 1,
+            segments: Vec::new(),
+            inline: None,
+            parts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn removed_layouts_wait_for_the_last_reader() {
+        let inflight = InFlight::default();
+        let freed = Arc::new(Mutex::new(0));
+        let counter = |freed: &Arc<Mutex<usize>>| {
+            let freed = Arc::clone(freed);
+            Box::new(move |l: Vec<Layout>| *freed.lock().unwrap() += l.len())
+                as Box<dyn Fn(Vec<Layout>) + Send + Sync>
+        };
+        assert!(
+            !inflight.defer(&version("v1"), &layout()),
+            "nobody reads it"
+        );
+        let a = inflight.start(&version("v1"), counter(&freed));
+        let b = inflight.start(&version("v1"), counter(&freed));
+        assert!(inflight.defer(&version("v1"), &layout()));
+        assert!(
+            !inflight.defer(&version("v2"), &layout()),
+            "another version"
+        );
+        drop(a);
+        assert_eq!(*freed.lock().unwrap(), 0, "one reader left");
+        drop(b);
+        assert_eq!(*freed.lock().unwrap(), 1);
+        assert_eq!(inflight.reading(), 0);
+    }
+}
