@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::Condition;
+use crate::duration::Duration;
 use crate::size::ByteSize;
 use crate::validate::{Problems, ValidationError};
 
@@ -79,6 +80,22 @@ pub struct StorageGatewaySpec {
     /// Standalone only: serve S3 over HTTPS with this certificate; plain HTTP when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<GatewayTls>,
+    /// How often the gateway asks every provider and cloud bucket for its Info (liveness,
+    /// free space); a lost provider is noticed within this interval. Default 15s, 1s to 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_interval: Option<Duration>,
+}
+
+impl StorageGatewaySpec {
+    /// The probe interval when `spec.probeInterval` is omitted.
+    pub const DEFAULT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+    /// `spec.probeInterval`, or its default.
+    pub fn probe_interval(&self) -> std::time::Duration {
+        self.probe_interval
+            .as_ref()
+            .map_or(Self::DEFAULT_PROBE_INTERVAL, Duration::as_std)
+    }
 }
 
 /// The certificate an HTTPS gateway presents (standalone).
@@ -286,6 +303,14 @@ impl StorageGatewaySpec {
         let mut p = Problems::default();
         p.at_least("spec.replicas", self.replicas, 1);
         p.name("spec.defaultPlan", &self.default_plan);
+        if let Some(interval) = &self.probe_interval
+            && !(1..=300).contains(&interval.as_secs())
+        {
+            p.add(
+                "spec.probeInterval",
+                format!("{interval} is out of range; use 1s to 5m (e.g. 15s)"),
+            );
+        }
         match (&self.metadata.sqlite, &self.metadata.postgres) {
             (Some(_), Some(_)) => p.add("spec.metadata", "set either sqlite or postgres, not both"),
             (None, None) => p.add(
@@ -483,6 +508,25 @@ mod tests {
         assert!(g.metadata.sqlite.is_some());
         assert_eq!(g.service.type_, ServiceType::ClusterIP);
         assert_eq!(g.service.port, 9000);
+    }
+
+    #[test]
+    fn probe_interval_defaults_to_15s_and_is_bounded() {
+        assert_eq!(
+            spec("defaultPlan: photos").probe_interval(),
+            std::time::Duration::from_secs(15)
+        );
+        let fast = spec("defaultPlan: photos\nprobeInterval: 2s");
+        assert!(fast.validate().is_empty());
+        assert_eq!(fast.probe_interval(), std::time::Duration::from_secs(2));
+        assert_eq!(
+            problems("probeInterval: 0s"),
+            ["spec.probeInterval: 0s is out of range; use 1s to 5m (e.g. 15s)"]
+        );
+        assert_eq!(
+            problems("probeInterval: 1h"),
+            ["spec.probeInterval: 1h is out of range; use 1s to 5m (e.g. 15s)"]
+        );
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Cluster {
         yaml.push_str(policies.trim());
         yaml.push_str(&format!(
             "\n---\napiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {{name: s3}}\n\
-             spec:\n  defaultPlan: {default_plan}\n  listen: \"{s3}\"\n  adminListen: \"{admin}\"\n  \
+             spec:\n  defaultPlan: {default_plan}\n  probeInterval: 2s\n  listen: \"{s3}\"\n  adminListen: \"{admin}\"\n  \
              dataDir: \"{}\"\n  providerToken: {TOKEN}\n  credentials:\n    \
              - {{accessKey: {ACCESS_KEY}, secretKey: {SECRET_KEY}}}\n",
             dir.join("gateway").display()

@@ -29,8 +29,6 @@ use crate::s3::{Gateway, Plan};
 
 /// The S3 address when the gateway spec names none.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
-/// How often providers are asked for their free space.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
 /// Longest a provider may take to answer a probe before it counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -514,8 +512,10 @@ pub async fn probe_and_record_all(
     }
 }
 
-/// Probes providers every [`PROBE_INTERVAL`] until `stop` changes.
+/// Probes providers every `interval` (StorageGateway `spec.probeInterval`) until `stop`
+/// changes.
 pub fn spawn_probes(
+    interval: Duration,
     providers: Vec<(String, ProviderClient)>,
     clouds: Vec<Arc<CloudBackend>>,
     health: Arc<HealthBoard>,
@@ -525,7 +525,7 @@ pub fn spawn_probes(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(PROBE_INTERVAL) => probe_and_record_all(&providers, &clouds, &health, &meta).await,
+                () = tokio::time::sleep(interval) => probe_and_record_all(&providers, &clouds, &health, &meta).await,
                 _ = stop.changed() => return,
             }
         }
@@ -717,6 +717,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     let (shutdown, stop) = tokio::sync::watch::channel(false);
     let mut tasks = vec![
         spawn_probes(
+            spec.probe_interval(),
             clients.clone(),
             clouds.clone(),
             Arc::clone(&health),
