@@ -421,6 +421,57 @@ fn resource_table(kind: Kind, items: &[Value]) -> String {
     }
 }
 
+/// `sublet bucket list`.
+pub async fn buckets(client: &AdminClient, output: Output) -> anyhow::Result<String> {
+    let answer = client.get("/admin/v1/buckets").await?;
+    let items = answer["items"].as_array().cloned().unwrap_or_default();
+    match output {
+        Output::Table => Ok(bucket_table(&items)),
+        _ => render(&Value::Array(items), output),
+    }
+}
+
+/// `sublet bucket set-plan BUCKET PLAN` (or `--clear` with `plan` None).
+pub async fn set_bucket_plan(
+    client: &AdminClient,
+    bucket: &str,
+    plan: Option<&str>,
+) -> anyhow::Result<String> {
+    let body = serde_json::json!({ "defaultPlan": plan }).to_string();
+    let answer = client
+        .call(
+            http::Method::PUT,
+            &format!("/admin/v1/buckets/{bucket}"),
+            Some(body),
+        )
+        .await?
+        .unwrap_or_default();
+    Ok(match plan {
+        Some(plan) => format!("bucket {bucket}: new objects use plan {plan}\n"),
+        None => format!(
+            "bucket {bucket}: new objects use the gateway's default plan {}\n",
+            text(&answer["effectivePlan"])
+        ),
+    })
+}
+
+fn bucket_table(items: &[Value]) -> String {
+    table(
+        &["NAME", "PLAN", "OWN PLAN", "VERSIONING"],
+        items
+            .iter()
+            .map(|b| {
+                vec![
+                    text(&b["name"]),
+                    text(&b["effectivePlan"]),
+                    text(&b["defaultPlan"]),
+                    text(&b["versioning"]),
+                ]
+            })
+            .collect(),
+    )
+}
+
 /// Columns padded to their widest cell, two spaces apart.
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

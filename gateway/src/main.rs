@@ -88,6 +88,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// List a running gateway's buckets with their plans, or set the plan a bucket's new
+    /// objects use when a request names no storage class.
+    Bucket {
+        #[command(subcommand)]
+        action: BucketAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Plans of a running gateway with object health and repair queue.
     Status {
         #[command(flatten)]
@@ -187,6 +195,20 @@ enum ResourceAction {
 }
 
 #[derive(Subcommand)]
+enum BucketAction {
+    /// Buckets with their own plan (if set), the plan new objects get, and versioning.
+    List,
+    /// Set the default plan of a bucket; `--clear` falls back to the gateway's defaultPlan.
+    SetPlan {
+        bucket: String,
+        #[arg(required_unless_present = "clear")]
+        plan: Option<String>,
+        #[arg(long, conflicts_with = "plan")]
+        clear: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ProviderAction {
     /// Providers with pool, status, last probe, free space, audit score and stored shards.
     List,
@@ -235,6 +257,18 @@ async fn main() {
         } => {
             let client = AdminClient::new(&admin.admin_url, admin.token);
             print(sublet_gateway::admin_cli::providers(&client, admin.output).await)
+        }
+        Command::Bucket { action, admin } => {
+            let client = AdminClient::new(&admin.admin_url, admin.token);
+            match action {
+                BucketAction::List => {
+                    print(sublet_gateway::admin_cli::buckets(&client, admin.output).await)
+                }
+                BucketAction::SetPlan { bucket, plan, .. } => print(
+                    sublet_gateway::admin_cli::set_bucket_plan(&client, &bucket, plan.as_deref())
+                        .await,
+                ),
+            }
         }
         Command::Status { admin } => {
             let client = AdminClient::new(&admin.admin_url, admin.token);

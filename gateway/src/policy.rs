@@ -11,6 +11,10 @@
 //! - `GET /admin/v1/status`: plans with object health and repair queue.
 //! - `GET /admin/v1/providers`: providers with pool, up/down, last seen, free space, score and
 //!   stored shards.
+//! - `GET /admin/v1/buckets`: buckets with their default plan; `PUT /admin/v1/buckets/{name}`
+//!   with `{"defaultPlan": "archive"}` (or `null`) sets the plan a bucket's new objects use
+//!   when a request names no storage class. Buckets are data, not policies: this works under
+//!   the operator too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -378,6 +382,11 @@ impl PolicyApi {
             )
             .route("/admin/v1/status", axum::routing::get(status))
             .route("/admin/v1/providers", axum::routing::get(providers))
+            .route("/admin/v1/buckets", axum::routing::get(buckets))
+            .route(
+                "/admin/v1/buckets/{name}",
+                axum::routing::get(bucket_one).put(set_bucket),
+            )
             .route_layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&self),
                 require_token,
@@ -981,5 +990,147 @@ async fn providers(State(api): State<Arc<PolicyApi>>) -> Response {
             Vec::new(),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new()),
+    }
+}
+
+/// One bucket in `GET /admin/v1/buckets`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketStatus {
+    pub name: String,
+    /// Unix ms of its creation.
+    pub created: i64,
+    /// The plan set for the bucket, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_plan: Option<String>,
+    /// The plan its new objects get without a storage class: its own or the gateway's.
+    pub effective_plan: String,
+    pub versioning: String,
+}
+
+fn bucket_status(gateway: &Gateway, b: crate::meta::Bucket) -> BucketStatus {
+    BucketStatus {
+        effective_plan: b
+            .default_plan
+            .clone()
+            .unwrap_or_else(|| gateway.default_plan().to_owned()),
+        name: b.name,
+        created: b.created,
+        default_plan: b.default_plan,
+        versioning: b.versioning.as_str().to_owned(),
+    }
+}
+
+fn internal_error(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new())
+}
+
+async fn buckets(State(api): State<Arc<PolicyApi>>) -> Response {
+    let gateway = Arc::clone(&api.gateway);
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<BucketStatus>> {
+        Ok(gateway
+            .metadata()
+            .buckets()?
+            .into_iter()
+            .map(|b| bucket_status(&gateway, b))
+            .collect())
+    })
+    .await;
+    match result {
+        Ok(Ok(b)) => Json(serde_json::json!({ "items": b })).into_response(),
+        Ok(Err(e)) => internal_error(format!("{e:#}")),
+        Err(e) => internal_error(e),
+    }
+}
+
+fn no_such_bucket(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("there is no bucket {name}"),
+        Vec::new(),
+    )
+}
+
+async fn bucket_one(State(api): State<Arc<PolicyApi>>, UrlPath(name): UrlPath<String>) -> Response {
+    let gateway = Arc::clone(&api.gateway);
+    let result = tokio::task::spawn_blocking(move || {
+        gateway
+            .metadata()
+            .bucket(&name)
+            .map(|b| (b.map(|b| bucket_status(&gateway, b)), name))
+    })
+    .await;
+    match result {
+        Ok(Ok((Some(b), _))) => Json(b).into_response(),
+        Ok(Ok((None, name))) => no_such_bucket(&name),
+        Ok(Err(e)) => internal_error(e),
+        Err(e) => internal_error(e),
+    }
+}
+
+/// The body of `PUT /admin/v1/buckets/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BucketChange {
+    /// A plan name, or `null` to fall back to the gateway's default plan.
+    default_plan: Option<String>,
+}
+
+async fn set_bucket(
+    State(api): State<Arc<PolicyApi>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let change: BucketChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be JSON like {{\"defaultPlan\": \"archive\"}} or \
+                     {{\"defaultPlan\": null}}: {e}"
+                ),
+                Vec::new(),
+            );
+        }
+    };
+    // Held so that a plan cannot be deleted between the check and the write.
+    let _state = api.state.lock().await;
+    if let Some(plan) = &change.default_plan
+        && !api.gateway.plans().iter().any(|p| &p.name == plan)
+    {
+        let mut known: Vec<String> = api.gateway.plans().into_iter().map(|p| p.name).collect();
+        known.sort();
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("there is no plan {plan}; known plans: {}", known.join(", ")),
+            Vec::new(),
+        );
+    }
+    let gateway = Arc::clone(&api.gateway);
+    let result = tokio::task::spawn_blocking(move || {
+        let meta = gateway.metadata();
+        match meta.set_bucket_plan(&name, change.default_plan.as_deref()) {
+            Ok(()) => meta
+                .bucket(&name)
+                .map(|b| Ok(b.map(|b| bucket_status(&gateway, b)))),
+            Err(crate::meta::MetaError::NoSuchBucket(_)) => Ok(Err(name)),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(Ok(Some(b)))) => {
+            tracing::info!(
+                bucket = b.name,
+                plan = b.effective_plan,
+                "bucket default plan set"
+            );
+            Json(b).into_response()
+        }
+        Ok(Ok(Ok(None))) => internal_error("the bucket vanished while its plan was set"),
+        Ok(Ok(Err(name))) => no_such_bucket(&name),
+        Ok(Err(e)) => internal_error(e),
+        Err(e) => internal_error(e),
     }
 }

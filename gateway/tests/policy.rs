@@ -425,10 +425,86 @@ spec:
         "storageschedule/nightly configured\nstorageplan/cold configured\n"
     );
 
+    // A bucket's default plan: new objects without a storage class (or with STANDARD) use it.
+    let (ok, out, err) = sublet(a, ADMIN_TOKEN, &["bucket", "set-plan", "photos", "cold"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "bucket photos: new objects use plan cold\n");
+    let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["bucket", "set-plan", "photos", "nope"]).await;
+    assert!(
+        !ok && err.contains("there is no plan nope; known plans: cold, standard"),
+        "{err}"
+    );
+    let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["bucket", "set-plan", "nobucket", "cold"]).await;
+    assert!(!ok && err.contains("there is no bucket nobucket"), "{err}");
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/buckets/photos",
+        Some(ADMIN_TOKEN),
+        "{\"plan\": 1}",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/buckets/photos",
+        None,
+        "{\"defaultPlan\": null}",
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    for (key, class) in [("new.txt", None), ("std.txt", Some("STANDARD"))] {
+        let headers: Vec<(&str, &str)> = class
+            .map(|c| ("x-amz-storage-class", c))
+            .into_iter()
+            .collect();
+        let r = s3
+            .send("PUT", &format!("/photos/{key}"), &headers, b"by default")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = s3
+            .send(
+                "GET",
+                &format!("/photos?list-type=2&prefix={key}"),
+                &[],
+                b"",
+            )
+            .await;
+        assert!(
+            r.text().contains("<StorageClass>cold</StorageClass>"),
+            "{key}: {}",
+            r.text()
+        );
+        assert_eq!(
+            s3.send("DELETE", &format!("/photos/{key}"), &[], b"")
+                .await
+                .status,
+            204
+        );
+    }
+    let (ok, out, err) = sublet(a, ADMIN_TOKEN, &["bucket", "list"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "NAME    PLAN  OWN PLAN  VERSIONING\nphotos  cold  cold      unversioned\n"
+    );
+
     // In use: the plan by an object, the schedule by the plan, the default plan always.
     let (ok, _, err) = sublet(a, ADMIN_TOKEN, &["plan", "delete", "cold"]).await;
     assert!(!ok, "deleting a plan in use succeeded");
     assert!(err.contains("plan cold is in use"), "{err}");
+    assert!(
+        err.contains("bucket photos uses it as its default plan"),
+        "{err}"
+    );
+    let (ok, out, clear_err) =
+        sublet(a, ADMIN_TOKEN, &["bucket", "set-plan", "photos", "--clear"]).await;
+    assert!(ok, "{clear_err}");
+    assert_eq!(
+        out,
+        "bucket photos: new objects use the gateway's default plan standard\n"
+    );
     assert!(
         err.contains("bucket photos: 1 version(s), e.g. old.txt"),
         "{err}"

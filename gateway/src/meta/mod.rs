@@ -54,7 +54,7 @@ pub enum Versioning {
 }
 
 impl Versioning {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Versioning::Unversioned => "unversioned",
             Versioning::Enabled => "enabled",
@@ -384,6 +384,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Fails with `BucketNotEmpty` while any version or upload remains.
     fn delete_bucket(&self, name: &str) -> Result<()>;
     fn set_versioning(&self, name: &str, versioning: Versioning) -> Result<()>;
+    /// Sets (or with `None` clears) the plan a bucket's new objects use when a request
+    /// names no storage class.
+    fn set_bucket_plan(&self, name: &str, plan: Option<&str>) -> Result<()>;
 
     /// Commits a version atomically; it becomes the latest of its key.
     fn put_version(&self, version: &ObjectVersion) -> Result<PutOutcome>;
@@ -501,7 +504,27 @@ mod tests {
         parts_are_replaced_listed_and_uploads_end_once,
         shard_index_follows_versions_providers_and_bad_shards,
         versions_are_walked_in_row_order,
+        a_bucket_default_plan_is_set_and_cleared,
     );
+
+    fn a_bucket_default_plan_is_set_and_cleared(s: &dyn MetadataStore) {
+        s.create_bucket(&bucket("b")).unwrap();
+        s.set_bucket_plan("b", Some("archive")).unwrap();
+        assert_eq!(
+            s.bucket("b").unwrap().unwrap().default_plan.as_deref(),
+            Some("archive")
+        );
+        assert_eq!(
+            s.buckets().unwrap()[0].default_plan.as_deref(),
+            Some("archive")
+        );
+        s.set_bucket_plan("b", None).unwrap();
+        assert_eq!(s.bucket("b").unwrap().unwrap().default_plan, None);
+        assert!(matches!(
+            s.set_bucket_plan("nope", Some("archive")),
+            Err(MetaError::NoSuchBucket(_))
+        ));
+    }
 
     fn versions_are_walked_in_row_order(s: &dyn MetadataStore) {
         s.create_bucket(&bucket("b")).unwrap();

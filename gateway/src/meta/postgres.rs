@@ -1024,6 +1024,20 @@ impl MetadataStore for PostgresStore {
         Ok(())
     }
 
+    fn set_bucket_plan(&self, name: &str, plan: Option<&str>) -> Result<()> {
+        let changed = self.run(|c| {
+            c.execute(
+                "UPDATE buckets SET default_plan = $2 WHERE name = $1",
+                &[&name, &plan],
+            )
+            .map_err(pg_err)
+        })?;
+        if changed == 0 {
+            return Err(MetaError::NoSuchBucket(name.into()));
+        }
+        Ok(())
+    }
+
     fn put_version(&self, v: &ObjectVersion) -> Result<PutOutcome> {
         let replaced = self.tx(|tx| insert_version(tx, v))?;
         Ok(PutOutcome { replaced })

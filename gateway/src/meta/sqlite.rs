@@ -865,6 +865,20 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
+    fn set_bucket_plan(&self, name: &str, plan: Option<&str>) -> Result<()> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE buckets SET default_plan = ?2 WHERE name = ?1",
+                params![name, plan],
+            )
+            .map_err(store_err)?;
+        if changed == 0 {
+            return Err(MetaError::NoSuchBucket(name.into()));
+        }
+        Ok(())
+    }
+
     fn put_version(&self, v: &ObjectVersion) -> Result<PutOutcome> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(store_err)?;

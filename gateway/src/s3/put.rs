@@ -143,19 +143,25 @@ impl Gateway {
         bucket: &Bucket,
         storage_class: Option<&str>,
     ) -> S3Result<Plan> {
-        let plan_name = match storage_class {
-            Some(sc) => sc.to_string(),
-            None => bucket
+        let default = || {
+            bucket
                 .default_plan
                 .clone()
-                .unwrap_or_else(|| self.default_plan.clone()),
+                .unwrap_or_else(|| self.default_plan.clone())
         };
-        // Clients that always send STANDARD get the default plan.
+        let plan_name = storage_class.map_or_else(default, str::to_owned);
+        // Clients that always send STANDARD get the bucket's default plan.
         match self.plan(&plan_name) {
             Some(p) => Ok(p),
-            None if plan_name == "STANDARD" => self
-                .plan(&self.default_plan)
-                .ok_or_else(|| internal("no default plan")),
+            None if plan_name == "STANDARD" => {
+                let name = default();
+                self.plan(&name).ok_or_else(|| {
+                    S3Error::with_message(
+                        S3ErrorCode::InvalidStorageClass,
+                        format!("the bucket's default plan {name:?} no longer exists"),
+                    )
+                })
+            }
             None => Err(S3Error::with_message(
                 S3ErrorCode::InvalidStorageClass,
                 format!("no storage plan named {plan_name:?}"),
