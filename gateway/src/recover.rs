@@ -93,7 +93,10 @@ impl SnapshotSource {
     }
 }
 
-/// Snapshots every `every` until `stop` changes.
+/// Snapshots every `every` until `stop` changes, counting from the newest snapshot any
+/// provider holds: a restarted gateway does not wait a full interval again, and gateway
+/// replicas sharing one PostgreSQL database (which snapshot the same store) skip their turn
+/// while another replica's snapshot is recent.
 pub fn spawn_snapshots(
     gateway: Arc<Gateway>,
     meta: Arc<dyn MetadataStore>,
@@ -103,18 +106,60 @@ pub fn spawn_snapshots(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A store never snapshotted waits a whole interval: a fresh gateway has nothing
+        // worth a snapshot yet (and its providers may not answer yet).
+        let mut wait = match newest_snapshot(&clients).await {
+            None => every,
+            newest => until_due(newest, crate::health::now_ms(), every),
+        };
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                () = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
             }
+            let newest = newest_snapshot(&clients).await;
+            wait = until_due(newest, crate::health::now_ms(), every);
+            if !wait.is_zero() {
+                tracing::debug!(
+                    ?wait,
+                    "a recent metadata snapshot exists; waiting for the next turn"
+                );
+                continue;
+            }
+            wait = every;
             if let Err(e) = snapshot_once(&gateway, &meta, &clients, &work_dir).await {
                 tracing::warn!(error = %format!("{e:#}"), "metadata snapshot failed; tried again next interval");
             }
         }
     })
+}
+
+/// Unix ms of the newest snapshot any provider lists.
+async fn newest_snapshot(clients: &[(String, ProviderClient)]) -> Option<i64> {
+    manifest_ids(clients)
+        .await
+        .first()
+        .and_then(|id| id.strip_prefix(MANIFEST_PREFIX))
+        .and_then(|ms| ms.parse().ok())
+}
+
+/// How long until the next snapshot is due, `every` after the newest (`None`: none yet, so
+/// now). A snapshot counts as recent up to a tenth of `every` early, so replicas whose
+/// timers drifted apart do not take one each.
+fn until_due(newest: Option<i64>, now_ms: i64, every: Duration) -> Duration {
+    let Some(newest) = newest else {
+        return Duration::ZERO;
+    };
+    let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+    let due = newest.saturating_add(every_ms - every_ms / 10);
+    if now_ms >= due {
+        return Duration::ZERO;
+    }
+    // Wake at the full interval, not at the early edge of the window.
+    let wake = newest
+        .saturating_add(every_ms)
+        .min(now_ms.saturating_add(every_ms));
+    Duration::from_millis(u64::try_from(wake - now_ms).unwrap_or(0))
 }
 
 /// What `sublet recover` restored.
@@ -179,4 +224,36 @@ pub async fn restore_newest(
         "no snapshot could be read back:\n  {}",
         problems.join("\n  ")
     )
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const HOUR_MS: i64 = 3_600_000;
+
+    #[test]
+    fn snapshots_are_due_an_interval_after_the_newest() {
+        assert_eq!(until_due(None, 5, HOUR), Duration::ZERO);
+        // Another replica (or this gateway before a restart) took one 10 minutes ago.
+        let now = 100 * HOUR_MS;
+        assert_eq!(
+            until_due(Some(now - 600_000), now, HOUR),
+            Duration::from_secs(50 * 60)
+        );
+        // Due, or overdue after a long outage.
+        assert_eq!(until_due(Some(now - HOUR_MS), now, HOUR), Duration::ZERO);
+        assert_eq!(
+            until_due(Some(now - 30 * HOUR_MS), now, HOUR),
+            Duration::ZERO
+        );
+        // Up to a tenth early still counts: drifted timers do not double the work.
+        assert_eq!(
+            until_due(Some(now - 55 * 60_000), now, HOUR),
+            Duration::ZERO
+        );
+        // A snapshot stamped in the future (a skewed clock) waits one interval at most.
+        assert_eq!(until_due(Some(now + 5 * HOUR_MS), now, HOUR), HOUR);
+    }
 }
