@@ -108,6 +108,8 @@ CREATE TABLE IF NOT EXISTS repair_claims (
 const SCHEMA_LOCK: i64 = 0x5375_626c_6574; // "Sublet"
 
 const UPLOAD_COLUMNS: &str = "bucket, key, upload_id, plan, content_type, user_metadata, initiated";
+/// How many columns [`UPLOAD_COLUMNS`] names.
+const UPLOAD_COLUMN_COUNT: usize = 7;
 const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
 
@@ -1334,10 +1336,14 @@ impl MetadataStore for PostgresStore {
     }
 
     fn uploads(&self, bucket: &str, q: &UploadQuery<'_>) -> Result<UploadPage> {
-        let rows = self.run(|c| {
-            let marker_seq: i64 = if q.upload_id_marker.is_empty() {
-                i64::MAX
-            } else {
+        /// Rows read per query: a page of uploads takes one or two, a page whose uploads
+        /// fold into few common prefixes a few more. Tiny under test, so the store tests
+        /// cross batch boundaries.
+        const BATCH: i64 = if cfg!(test) { 2 } else { 1000 };
+        let marker_seq: i64 = if q.upload_id_marker.is_empty() {
+            i64::MAX
+        } else {
+            self.run(|c| {
                 c.query_opt(
                     "SELECT seq FROM uploads WHERE bucket = $1 AND key = $2 AND upload_id = $3",
                     &[&bucket, &q.key_marker, &q.upload_id_marker],
@@ -1345,49 +1351,61 @@ impl MetadataStore for PostgresStore {
                 .map_err(pg_err)?
                 .map(|r| r.try_get(0))
                 .transpose()
-                .map_err(pg_err)?
-                .unwrap_or(i64::MAX)
-            };
-            c.query(
-                &format!(
-                    "SELECT {UPLOAD_COLUMNS} FROM uploads
-                     WHERE bucket = $1 AND left(key, length($3)) = $3
-                       AND (key > $2 OR (key = $2 AND seq > $4))
-                     ORDER BY key, seq"
-                ),
-                &[&bucket, &q.key_marker, &q.prefix, &marker_seq],
-            )
-            .map_err(pg_err)?
-            .iter()
-            .map(upload_from_row)
-            .collect::<Result<Vec<_>>>()
-        })?;
+                .map_err(pg_err)
+            })?
+            .unwrap_or(i64::MAX)
+        };
+        let mut cursor = (q.key_marker.to_owned(), marker_seq);
         let mut page = UploadPage::default();
         let mut last: Option<(String, String)> = None;
-        for u in rows {
-            let group = group_of(&u.key, q.prefix, q.delimiter);
-            if let Some(prefix) = &group
-                && (page.common_prefixes.last() == Some(prefix)
-                    || q.key_marker.starts_with(prefix.as_str()))
-            {
-                continue;
-            }
-            if page.uploads.len() + page.common_prefixes.len() == q.max_uploads {
-                page.next = last;
-                break;
-            }
-            match group {
-                Some(prefix) => {
-                    last = Some((prefix.clone(), String::new()));
-                    page.common_prefixes.push(prefix);
+        loop {
+            let rows = self.run(|c| {
+                c.query(
+                    &format!(
+                        "SELECT {UPLOAD_COLUMNS}, seq FROM uploads
+                         WHERE bucket = $1 AND left(key, length($3)) = $3
+                           AND (key > $2 OR (key = $2 AND seq > $4))
+                         ORDER BY key, seq LIMIT $5"
+                    ),
+                    &[&bucket, &cursor.0, &q.prefix, &cursor.1, &BATCH],
+                )
+                .map_err(pg_err)?
+                .iter()
+                .map(|row| {
+                    let seq: i64 = row.try_get(UPLOAD_COLUMN_COUNT).map_err(pg_err)?;
+                    Ok((upload_from_row(row)?, seq))
+                })
+                .collect::<Result<Vec<_>>>()
+            })?;
+            let exhausted = rows.len() < usize::try_from(BATCH).unwrap_or(usize::MAX);
+            for (u, seq) in rows {
+                cursor = (u.key.clone(), seq);
+                let group = group_of(&u.key, q.prefix, q.delimiter);
+                if let Some(prefix) = &group
+                    && (page.common_prefixes.last() == Some(prefix)
+                        || q.key_marker.starts_with(prefix.as_str()))
+                {
+                    continue;
                 }
-                None => {
-                    last = Some((u.key.clone(), u.upload_id.clone()));
-                    page.uploads.push(u);
+                if page.uploads.len() + page.common_prefixes.len() == q.max_uploads {
+                    page.next = last;
+                    return Ok(page);
                 }
+                match group {
+                    Some(prefix) => {
+                        last = Some((prefix.clone(), String::new()));
+                        page.common_prefixes.push(prefix);
+                    }
+                    None => {
+                        last = Some((u.key.clone(), u.upload_id.clone()));
+                        page.uploads.push(u);
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(page);
             }
         }
-        Ok(page)
     }
 
     fn complete_upload(
