@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 use sublet_e2e::clients::run_ok;
@@ -240,6 +240,35 @@ fn chart_rbac_is_the_operators_least_privilege_role() {
     assert_eq!(bindings[0]["roleRef"]["name"], roles[0]["metadata"]["name"]);
     assert_eq!(bindings[0]["subjects"][0]["kind"], "ServiceAccount");
     assert_eq!(bindings[0]["subjects"][0]["namespace"], "storage");
+
+    // Several replicas elect a leader: a Role in the release namespace grants the Lease.
+    let leader = std::fs::read_to_string(root().join("operator/leader-rbac.yaml")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(chart().join("files/operator-leader-rbac.yaml")).unwrap(),
+        leader,
+        "charts/sublet/files/operator-leader-rbac.yaml differs from operator/leader-rbac.yaml: \
+         cp operator/leader-rbac.yaml charts/sublet/files/operator-leader-rbac.yaml"
+    );
+    let docs = template(&helm, &["--set", "replicaCount=2"]);
+    let deployment = of_kind(&docs, "Deployment")[0];
+    assert!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("--leader-elect"))
+    );
+    let roles = of_kind(&docs, "Role");
+    assert_eq!(roles.len(), 1, "one Role, got {}", roles.len());
+    let expected: Value = serde_yaml::from_str(&leader).unwrap();
+    assert_eq!(roles[0]["rules"], expected["rules"]);
+    assert_eq!(roles[0]["metadata"]["namespace"], "storage");
+    let bindings = of_kind(&docs, "RoleBinding");
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0]["metadata"]["namespace"], "storage");
+    assert_eq!(bindings[0]["roleRef"]["kind"], "Role");
+    assert_eq!(bindings[0]["roleRef"]["name"], roles[0]["metadata"]["name"]);
+    assert_eq!(bindings[0]["subjects"][0]["namespace"], "storage");
+    validate_offline(&docs);
 }
 
 #[test]
@@ -381,6 +410,8 @@ fn validate_offline(docs: &[Value]) {
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 round_trip::<ClusterRoleBinding>(doc)
             }
+            ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<Role>(doc),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<RoleBinding>(doc),
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                 round_trip::<CustomResourceDefinition>(doc)
             }

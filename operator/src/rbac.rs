@@ -1,19 +1,33 @@
-//! The ClusterRole the operator needs, least privilege, as installed by the Helm chart.
+//! The roles the operator needs, least privilege, as installed by the Helm chart: a
+//! ClusterRole for everything it reconciles and a Role in its own namespace for leader
+//! election.
 
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 
 /// `operator/rbac.yaml`: the operator's ClusterRole.
 pub const CLUSTER_ROLE: &str = include_str!("../rbac.yaml");
+/// `operator/leader-rbac.yaml`: the Role of leader election, in the operator's namespace.
+pub const LEADER_ROLE: &str = include_str!("../leader-rbac.yaml");
 
 /// The ClusterRole, parsed.
 pub fn cluster_role() -> Result<ClusterRole, serde_yaml::Error> {
     serde_yaml::from_str(CLUSTER_ROLE)
 }
 
+/// The leader election Role, parsed.
+pub fn leader_role() -> Result<Role, serde_yaml::Error> {
+    serde_yaml::from_str(LEADER_ROLE)
+}
+
 /// Whether `role` lets the operator do `verb` on `resource` (`plural` or `plural/sub`) of
 /// API group `group` (`""` for the core group).
 pub fn allows(role: &ClusterRole, group: &str, resource: &str, verb: &str) -> bool {
-    role.rules.iter().flatten().any(|rule| {
+    rules_allow(role.rules.as_deref(), group, resource, verb)
+}
+
+/// [`allows`] for any list of rules.
+pub fn rules_allow(rules: Option<&[PolicyRule]>, group: &str, resource: &str, verb: &str) -> bool {
+    rules.into_iter().flatten().any(|rule| {
         let has = |list: &Option<Vec<String>>, item: &str| {
             list.iter().flatten().any(|x| x == item || x == "*")
         };
@@ -110,14 +124,30 @@ mod tests {
 
     /// `leader::LeaseLock` gets, creates and replaces its Lease.
     #[test]
-    fn leader_election_is_allowed() {
-        let role = cluster_role().unwrap();
+    fn leader_election_is_allowed_in_its_namespace_only() {
+        let leader = leader_role().unwrap();
         for verb in ["get", "create", "update"] {
             assert!(
-                allows(&role, "coordination.k8s.io", "leases", verb),
+                rules_allow(
+                    leader.rules.as_deref(),
+                    "coordination.k8s.io",
+                    "leases",
+                    verb
+                ),
                 "{verb} leases"
             );
+            assert!(
+                !allows(
+                    &cluster_role().unwrap(),
+                    "coordination.k8s.io",
+                    "leases",
+                    verb
+                ),
+                "the ClusterRole grants {verb} on leases in every namespace"
+            );
         }
+        assert!(!LEADER_ROLE.contains('*'));
+        assert_eq!(leader.rules.map(|r| r.len()), Some(1));
     }
 
     /// Owners of objects with `blockOwnerDeletion` must allow updating their finalizers.

@@ -154,12 +154,17 @@ async fn next(handle: &mut Handle) -> Seen {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = decode(request.uri().query().unwrap_or_default());
-    // Every request a reconcile makes must be allowed by the operator's ClusterRole.
+    // Every request a reconcile makes must be allowed by the operator's ClusterRole, or in
+    // its own namespace (`storage` here) by its leader election Role.
     let role = crate::rbac::cluster_role().unwrap();
     let (group, resource, verb) =
         crate::rbac::request_attributes(method.as_str(), &path, &query).unwrap();
+    let own_namespace = path.contains("/namespaces/storage/");
+    let leader = crate::rbac::leader_role().unwrap();
     assert!(
-        crate::rbac::allows(&role, &group, &resource, &verb),
+        crate::rbac::allows(&role, &group, &resource, &verb)
+            || (own_namespace
+                && crate::rbac::rules_allow(leader.rules.as_deref(), &group, &resource, &verb)),
         "operator/rbac.yaml does not allow {verb} on {group}/{resource} ({method} {path})"
     );
     let bytes = request.into_body().collect_bytes().await.unwrap();
