@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL server for tests of several gateways on one database: `initdb` into
 //! a temporary directory and `postgres` on a free loopback port, one per test process, a
-//! fresh database per test.
+//! fresh database per test; a second one, taking only TLS on TCP with a certificate from a
+//! CA of its own, for gateways that reach their database over TLS.
 //!
 //! The binaries are looked up in `$SUBLET_POSTGRES_BIN`, on `PATH`, then in
 //! `/usr/lib/postgresql/*/bin`, as the gateway's store tests do. Without them a test prints
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 
 struct Server {
     bin: PathBuf,
+    /// Its directory: the server's log and, for a TLS server, `ca.pem`.
+    dir: PathBuf,
     port: u16,
     user: Option<String>,
 }
@@ -106,7 +109,54 @@ fn as_user(user: Option<&str>, script: &str) -> Command {
     cmd
 }
 
-fn start() -> Result<Server, String> {
+/// A CA and a certificate for 127.0.0.1 it signed, in `dir` (`ca.pem`, `server.crt`,
+/// `server.key`), owned by the server's user, and a `pg_hba.conf` refusing plain TCP; the
+/// server options that use them.
+fn write_tls_files(dir: &Path, owner: Option<(u32, u32)>) -> Result<String, String> {
+    let e = |e: rcgen::Error| e.to_string();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sublet e2e CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().map_err(e)?)
+        .map_err(e)?;
+    let key = rcgen::KeyPair::generate().map_err(e)?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .map_err(e)?
+        .signed_by(&key, &ca)
+        .map_err(e)?;
+    let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n\
+               hostnossl all all 127.0.0.1/32 reject\n";
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.crt", cert.pem()),
+        ("server.key", key.serialize_pem()),
+        ("pg_hba.conf", hba.to_owned()),
+    ];
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+    }
+    // PostgreSQL refuses a key others may read.
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| e.to_string())?;
+    let q = |name: &str| shell_quote(&dir.join(name).to_string_lossy());
+    Ok(format!(
+        "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c hba_file={}",
+        q("server.crt"),
+        q("server.key"),
+        q("pg_hba.conf")
+    ))
+}
+
+fn start(tls: bool) -> Result<Server, String> {
     let Some(bin) = bin_dir() else {
         return Err("no PostgreSQL binaries (initdb, postgres, pg_isready, createdb) in $SUBLET_POSTGRES_BIN, PATH or /usr/lib/postgresql/*/bin".into());
     };
@@ -122,6 +172,11 @@ fn start() -> Result<Server, String> {
     }
     let port = crate::free_addr().port();
     let data = dir.join("data");
+    let tls_options = if tls {
+        write_tls_files(&dir, user.as_ref().map(|(_, uid, gid)| (*uid, *gid)))?
+    } else {
+        String::new()
+    };
     let q = |p: &Path| shell_quote(&p.to_string_lossy());
     let initdb = format!(
         "{} -D {} -U sublet --auth=trust -E UTF8 --locale=C >{} 2>&1",
@@ -131,7 +186,7 @@ fn start() -> Result<Server, String> {
     );
     let serve = format!(
         "{postgres} -D {data} -k {dir} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off \
-         -c max_connections=200 >{log} 2>&1 & pg=$!; \
+         -c max_connections=200 {tls_options} >{log} 2>&1 & pg=$!; \
          while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 1; done; \
          kill -INT $pg 2>/dev/null; wait $pg; rm -rf {dir}",
         postgres = q(&bin.join("postgres")),
@@ -153,6 +208,7 @@ fn start() -> Result<Server, String> {
         .map_err(|e| format!("starting postgres: {e}"))?;
     let server = Server {
         bin,
+        dir: dir.clone(),
         port,
         user: user_name,
     };
@@ -173,41 +229,62 @@ fn start() -> Result<Server, String> {
     }
 }
 
-fn server() -> Option<&'static Server> {
-    static SERVER: OnceLock<Option<Server>> = OnceLock::new();
-    SERVER
-        .get_or_init(|| match start() {
-            Ok(s) => Some(s),
-            Err(e) if required() => panic!("SUBLET_REQUIRE_POSTGRES=1 but {e}"),
-            Err(e) => {
-                eprintln!("skipping the test of several gateways on PostgreSQL: {e}");
-                None
-            }
-        })
-        .as_ref()
+fn get_or_start(cell: &'static OnceLock<Option<Server>>, tls: bool) -> Option<&'static Server> {
+    cell.get_or_init(|| match start(tls) {
+        Ok(s) => Some(s),
+        Err(e) if required() => panic!("SUBLET_REQUIRE_POSTGRES=1 but {e}"),
+        Err(e) => {
+            eprintln!("skipping the test of several gateways on PostgreSQL: {e}");
+            None
+        }
+    })
+    .as_ref()
+}
+
+impl Server {
+    /// A fresh, empty database: its name.
+    fn create_database(&self) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "e2e{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let create = format!(
+            "{} -h 127.0.0.1 -p {} -U sublet {name}",
+            shell_quote(&self.bin.join("createdb").to_string_lossy()),
+            self.port
+        );
+        let status = self
+            .shell(&create)
+            .status()
+            .unwrap_or_else(|e| panic!("createdb {name}: {e}"));
+        assert!(status.success(), "createdb {name} failed: {status}");
+        name
+    }
 }
 
 /// The URL of a fresh, empty database, or `None` (after saying why) without PostgreSQL.
 pub fn database() -> Option<String> {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let server = server()?;
-    let name = format!(
-        "e2e{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let create = format!(
-        "{} -h 127.0.0.1 -p {} -U sublet {name}",
-        shell_quote(&server.bin.join("createdb").to_string_lossy()),
-        server.port
-    );
-    let status = server
-        .shell(&create)
-        .status()
-        .unwrap_or_else(|e| panic!("createdb {name}: {e}"));
-    assert!(status.success(), "createdb {name} failed: {status}");
+    static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+    let server = get_or_start(&SERVER, false)?;
+    let name = server.create_database();
     Some(format!(
         "postgres://sublet@127.0.0.1:{}/{name}",
         server.port
+    ))
+}
+
+/// The URL of a fresh, empty database on a server that takes only TLS, asking for TLS and
+/// naming the server's CA (`sslmode=verify-full&sslrootcert=...`), or `None` (after saying
+/// why) without PostgreSQL.
+pub fn tls_database() -> Option<String> {
+    static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+    let server = get_or_start(&SERVER, true)?;
+    let name = server.create_database();
+    Some(format!(
+        "postgres://sublet@127.0.0.1:{}/{name}?sslmode=verify-full&sslrootcert={}",
+        server.port,
+        server.dir.join("ca.pem").display()
     ))
 }

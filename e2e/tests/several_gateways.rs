@@ -3,6 +3,7 @@
 //! acknowledged version; a gateway killed (SIGKILL) in the middle of a streaming PUT and of a
 //! multipart part commits nothing of either, the other gateway serves every acknowledged
 //! byte, and garbage collection then leaves the disks holding exactly what the metadata says.
+//! The writers' gateways reach their database over TLS, the others in plain TCP.
 //!
 //! Without PostgreSQL binaries the tests print why and pass, unless
 //! `SUBLET_REQUIRE_POSTGRES=1`.
@@ -41,9 +42,14 @@ spec:
   schedule: fast
 "#;
 
-/// Six providers and two gateways on a fresh database; `None` without PostgreSQL.
-fn two_gateways(dir: &std::path::Path) -> Option<Cluster> {
-    let url = sublet_e2e::postgres::database()?;
+/// Six providers and two gateways on a fresh database, reached over TLS when `tls` (the
+/// server then refuses plain connections); `None` without PostgreSQL.
+fn two_gateways(dir: &std::path::Path, tls: bool) -> Option<Cluster> {
+    let url = if tls {
+        sublet_e2e::postgres::tls_database()?
+    } else {
+        sublet_e2e::postgres::database()?
+    };
     Some(Cluster::start_with(
         dir,
         &ClusterSpec {
@@ -85,10 +91,14 @@ fn shards_of(len: u64) -> u64 {
 #[test]
 fn writers_on_the_same_keys_through_two_gateways_lose_no_acknowledged_version() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(c) = two_gateways(tmp.path()) else {
+    // Over TLS: the URL says sslmode=verify-full and names the server's CA.
+    let Some(c) = two_gateways(tmp.path(), true) else {
         return;
     };
     let (g0, g1) = (&c.gateways[0], &c.gateways[1]);
+    for g in [g0, g1] {
+        assert!(g.log_tail().contains("tls: true"), "{}", g.log_tail());
+    }
     g0.create_bucket("shared");
     // The bucket made through one gateway is there for the other.
     g1.request(
@@ -225,7 +235,7 @@ fn shards_on_disk_and_in_metadata(c: &Cluster) -> (u64, u64) {
 #[test]
 fn a_gateway_killed_mid_upload_commits_nothing_and_the_other_serves_every_acknowledged_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(mut c) = two_gateways(tmp.path()) else {
+    let Some(mut c) = two_gateways(tmp.path(), false) else {
         return;
     };
     c.gateways[0].create_bucket("uploads");
@@ -442,7 +452,7 @@ fn a_gateway_killed_mid_upload_commits_nothing_and_the_other_serves_every_acknow
 fn a_get_through_one_gateway_survives_an_overwrite_through_the_other() {
     use std::io::Read;
     let tmp = tempfile::tempdir().unwrap();
-    let Some(c) = two_gateways(tmp.path()) else {
+    let Some(c) = two_gateways(tmp.path(), false) else {
         return;
     };
     let (g0, g1) = (&c.gateways[0], &c.gateways[1]);
