@@ -183,7 +183,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub providers: Vec<ProviderProcess>,
     pub gateways: Vec<GatewayProcess>,
-    runtime: tokio::runtime::Runtime,
+    /// Runs the gateways' S3 calls (they hold handles to it); kept alive with them.
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl Cluster {
@@ -275,7 +276,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             providers: procs,
             gateways,
-            runtime,
+            _runtime: runtime,
         };
         for g in &mut cluster.gateways {
             g.start();
@@ -306,11 +307,6 @@ impl Cluster {
     /// Shards the metadata places on provider `index` (its pool holds only it).
     pub fn shards_on(&self, index: usize) -> u64 {
         self.gateways[0].pool_shards(&self.providers[index].name)
-    }
-
-    /// The runtime the S3 helpers run on, for a test's own requests.
-    pub fn runtime(&self) -> &tokio::runtime::Runtime {
-        &self.runtime
     }
 }
 
