@@ -1,8 +1,10 @@
-//! A `sublet serve` gateway over separate `sublet-provider` processes on loopback, for
+//! `sublet serve` gateways over separate `sublet-provider` processes on loopback, for
 //! fault-injection tests: any process can be killed (SIGKILL) and started again on the same
 //! state, shard files are reachable on disk, the admin API answers JSON. Each provider sits
 //! in a ProviderPool of its own (`p0`, `p1`, ...), so `GET /admin/v1/pools/pN` tells how many
-//! shards the metadata places on provider N. Everything is killed when dropped.
+//! shards the metadata places on provider N. One gateway keeps its metadata in SQLite;
+//! several share a PostgreSQL database and the master key, as replicas behind one Service
+//! do. Everything is killed when dropped.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,8 +22,9 @@ use crate::workspace_binary;
 
 /// Token the gateway presents to providers.
 const TOKEN: &str = "fault-injection-token-0123456789";
-const ACCESS_KEY: &str = "faults";
-const SECRET_KEY: &str = "faults-secret-0123456789";
+/// The S3 keys of every cluster gateway.
+pub const ACCESS_KEY: &str = "faults";
+pub const SECRET_KEY: &str = "faults-secret-0123456789";
 /// How long a daemon may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest an admin call may take (a repair pass of a test's objects is far quicker).
@@ -158,16 +161,30 @@ impl ProviderProcess {
     }
 }
 
-/// A gateway over `providers.len()` provider processes.
+/// What [`Cluster::start_with`] starts.
+pub struct ClusterSpec<'a> {
+    /// Provider processes, each in a ProviderPool of its own (`p0`, `p1`, ...).
+    pub providers: usize,
+    /// `sublet serve` processes over those providers, sharing the master key. More than one
+    /// needs `postgres`.
+    pub gateways: usize,
+    /// YAML documents added to every gateway's file: StoragePlans, StorageSchedules, more
+    /// ProviderPools.
+    pub policies: &'a str,
+    pub default_plan: &'a str,
+    /// The PostgreSQL URL every gateway keeps its metadata in; SQLite in the gateway's data
+    /// directory when `None`.
+    pub postgres: Option<String>,
+}
+
+/// Gateways over `providers.len()` provider processes. It derefs to its first gateway, the
+/// only one unless [`ClusterSpec::gateways`] asked for more.
 pub struct Cluster {
     pub dir: PathBuf,
     pub providers: Vec<ProviderProcess>,
-    pub config: PathBuf,
-    pub s3: SocketAddr,
-    pub admin: SocketAddr,
-    gateway: Option<Child>,
-    gateway_log: PathBuf,
-    runtime: tokio::runtime::Runtime,
+    pub gateways: Vec<GatewayProcess>,
+    /// Runs the gateways' S3 calls (they hold handles to it); kept alive with them.
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl Cluster {
@@ -175,16 +192,35 @@ impl Cluster {
     /// StorageSchedules in `policies` (YAML documents) and a StorageGateway with
     /// `default_plan`.
     pub fn start(dir: &Path, providers: usize, policies: &str, default_plan: &str) -> Self {
-        let mut procs: Vec<ProviderProcess> = (0..providers)
+        Cluster::start_with(
+            dir,
+            &ClusterSpec {
+                providers,
+                gateways: 1,
+                policies,
+                default_plan,
+                postgres: None,
+            },
+        )
+    }
+
+    /// Starts the providers, then the gateways one after the other: the first creates the
+    /// master key the others read.
+    pub fn start_with(dir: &Path, spec: &ClusterSpec<'_>) -> Self {
+        assert!(
+            spec.gateways == 1 || spec.postgres.is_some(),
+            "{} gateways cannot share an SQLite file; give them a PostgreSQL URL",
+            spec.gateways
+        );
+        let mut procs: Vec<ProviderProcess> = (0..spec.providers)
             .map(|i| ProviderProcess::new(dir, i))
             .collect();
         for p in &mut procs {
             p.first_start();
         }
-        let (s3, admin) = (free_addr(), free_addr());
-        let mut yaml = String::new();
+        let mut pools = String::new();
         for p in &procs {
-            yaml.push_str(&format!(
+            pools.push_str(&format!(
                 "apiVersion: sublet.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: {name}}}\n\
                  spec:\n  class: owned\n  endpoints:\n    - {{name: {name}, address: \"{}\", nodeId: \"{}\", zone: z-{name}}}\n---\n",
                 p.grpc,
@@ -192,52 +228,169 @@ impl Cluster {
                 name = p.name,
             ));
         }
-        yaml.push_str(policies.trim());
-        yaml.push_str(&format!(
-            "\n---\napiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {{name: s3}}\n\
-             spec:\n  defaultPlan: {default_plan}\n  probeInterval: 2s\n  listen: \"{s3}\"\n  adminListen: \"{admin}\"\n  \
-             dataDir: \"{}\"\n  providerToken: {TOKEN}\n  credentials:\n    \
-             - {{accessKey: {ACCESS_KEY}, secretKey: {SECRET_KEY}}}\n",
-            dir.join("gateway").display()
-        ));
-        let config = dir.join("sublet.yaml");
-        std::fs::write(&config, yaml).expect("write the gateway config");
+        pools.push_str(spec.policies.trim());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let master_key = dir.join("gateway").join("master.key");
+        let gateways = (0..spec.gateways)
+            .map(|i| {
+                // The first gateway keeps the paths a lone gateway always had.
+                let (suffix, data_dir) = match i {
+                    0 => (String::new(), dir.join("gateway")),
+                    _ => (format!("-g{i}"), dir.join(format!("gateway-g{i}"))),
+                };
+                let (s3, admin) = (free_addr(), free_addr());
+                let mut yaml = pools.clone();
+                yaml.push_str(&format!(
+                    "\n---\napiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {{name: s3}}\n\
+                     spec:\n  defaultPlan: {}\n  probeInterval: 2s\n  listen: \"{s3}\"\n  adminListen: \"{admin}\"\n  \
+                     dataDir: \"{}\"\n  masterKeyFile: \"{}\"\n  providerToken: {TOKEN}\n  credentials:\n    \
+                     - {{accessKey: {ACCESS_KEY}, secretKey: {SECRET_KEY}}}\n",
+                    spec.default_plan,
+                    data_dir.display(),
+                    master_key.display(),
+                ));
+                let mut env = Vec::new();
+                if let Some(url) = &spec.postgres {
+                    yaml.push_str("  metadata: {postgres: {urlEnv: SUBLET_METADATA_URL}}\n");
+                    env.push(("SUBLET_METADATA_URL".to_string(), url.clone()));
+                }
+                let config = dir.join(format!("sublet{suffix}.yaml"));
+                std::fs::write(&config, yaml).expect("write the gateway config");
+                GatewayProcess {
+                    name: format!("g{i}"),
+                    config,
+                    s3,
+                    admin,
+                    env,
+                    log: dir.join(format!("gateway{suffix}.log")),
+                    child: None,
+                    runtime: runtime.handle().clone(),
+                }
+            })
+            .collect();
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             providers: procs,
-            config,
-            s3,
-            admin,
-            gateway: None,
-            gateway_log: dir.join("gateway.log"),
-            runtime: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime"),
+            gateways,
+            _runtime: runtime,
         };
-        cluster.start_gateway();
+        for g in &mut cluster.gateways {
+            g.start();
+        }
         cluster
     }
 
-    /// `sublet serve --config`; returns once S3 and the admin API answer.
+    /// Starts the first gateway again.
     pub fn start_gateway(&mut self) {
-        assert!(self.gateway.is_none(), "the gateway is running already");
-        let mut child = self
-            .sublet()
+        self.gateways[0].start();
+    }
+
+    /// SIGKILL to the first gateway.
+    pub fn kill_gateway(&mut self) {
+        self.gateways[0].kill();
+    }
+
+    /// The `sublet` binary, for `sublet recover` and friends.
+    pub fn sublet(&self) -> Command {
+        sublet_command()
+    }
+
+    /// The first gateway's SQLite metadata file.
+    pub fn metadata_path(&self) -> PathBuf {
+        self.dir.join("gateway").join("metadata.db")
+    }
+
+    /// Shards the metadata places on provider `index` (its pool holds only it).
+    pub fn shards_on(&self, index: usize) -> u64 {
+        self.gateways[0].pool_shards(&self.providers[index].name)
+    }
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = GatewayProcess;
+
+    fn deref(&self) -> &GatewayProcess {
+        &self.gateways[0]
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut GatewayProcess {
+        &mut self.gateways[0]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for g in &mut self.gateways {
+            g.kill();
+        }
+        for p in &mut self.providers {
+            p.kill();
+        }
+        if std::thread::panicking() {
+            for g in &self.gateways {
+                eprintln!("{}", g.log_tail());
+            }
+        }
+    }
+}
+
+/// The `sublet` binary with none of the caller's gateway settings leaking in.
+fn sublet_command() -> Command {
+    let mut cmd = Command::new(workspace_binary("sublet-gateway", "sublet"));
+    cmd.env("RUST_LOG", "sublet_gateway=info,warn")
+        .env_remove("SUBLET_DATA_DIR")
+        .env_remove("SUBLET_ADMIN_LISTEN")
+        .env_remove("SUBLET_PROVIDER_TOKEN")
+        .env_remove("SUBLET_ACCESS_KEY")
+        .env_remove("SUBLET_SECRET_KEY")
+        .env_remove("SUBLET_METADATA_URL")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// One `sublet serve` process of a [`Cluster`], and S3 and admin calls to it.
+pub struct GatewayProcess {
+    /// `g0`, `g1`, ...
+    pub name: String,
+    pub config: PathBuf,
+    pub s3: SocketAddr,
+    pub admin: SocketAddr,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GatewayProcess {
+    /// `sublet serve --config`; returns once S3 and the admin API answer.
+    pub fn start(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "gateway {} is running already",
+            self.name
+        );
+        let mut child = sublet_command()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
-            .stdout(append(&self.gateway_log))
-            .stderr(append(&self.gateway_log))
+            .stdout(append(&self.log))
+            .stderr(append(&self.log))
             .spawn()
             .expect("spawn sublet serve");
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("poll sublet serve") {
                 panic!(
-                    "sublet serve exited before listening: {status}\n{}",
-                    self.gateway_log_tail()
+                    "sublet serve ({}) exited before listening: {status}\n{}",
+                    self.name,
+                    self.log_tail()
                 );
             }
             if TcpStream::connect_timeout(&self.s3, Duration::from_millis(200)).is_ok()
@@ -249,44 +402,27 @@ impl Cluster {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "sublet serve did not listen within {START_TIMEOUT:?}\n{}",
-                    self.gateway_log_tail()
+                    "sublet serve ({}) did not listen within {START_TIMEOUT:?}\n{}",
+                    self.name,
+                    self.log_tail()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.gateway = Some(child);
+        self.child = Some(child);
     }
 
-    /// SIGKILL to the gateway: whatever it was doing stops mid-way.
-    pub fn kill_gateway(&mut self) {
-        if let Some(mut child) = self.gateway.take() {
+    /// SIGKILL: whatever it was doing stops mid-way.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// The `sublet` binary, for `sublet recover` and friends.
-    pub fn sublet(&self) -> Command {
-        let mut cmd = Command::new(workspace_binary("sublet-gateway", "sublet"));
-        cmd.env("RUST_LOG", "sublet_gateway=info,warn")
-            .env_remove("SUBLET_DATA_DIR")
-            .env_remove("SUBLET_ADMIN_LISTEN")
-            .env_remove("SUBLET_PROVIDER_TOKEN")
-            .env_remove("SUBLET_ACCESS_KEY")
-            .env_remove("SUBLET_SECRET_KEY")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// The gateway's SQLite metadata file.
-    pub fn metadata_path(&self) -> PathBuf {
-        self.dir.join("gateway").join("metadata.db")
-    }
-
-    /// The last lines the gateway logged, for failure messages.
-    pub fn gateway_log_tail(&self) -> String {
-        log_tail(&self.gateway_log)
+    /// The last lines it logged, for failure messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
     }
 
     /// `GET path` on the admin listener; fails the test unless it answers 200 with JSON.
@@ -301,12 +437,12 @@ impl Cluster {
 
     fn admin_call(&self, method: &str, path: &str) -> serde_json::Value {
         let (status, body) = http_call(self.admin, method, path, ADMIN_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.gateway_log_tail()));
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_tail()));
         assert_eq!(status, 200, "{method} {path} answered {status}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
     }
 
-    /// The gateway's `/metrics` text.
+    /// Its `/metrics` text.
     pub fn metrics(&self) -> String {
         let (status, body) = http_call(self.admin, "GET", "/metrics", ADMIN_TIMEOUT)
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
@@ -314,12 +450,11 @@ impl Cluster {
         body
     }
 
-    /// Shards the metadata places on provider `index` (its pool holds only it).
-    pub fn shards_on(&self, index: usize) -> u64 {
-        let name = &self.providers[index].name;
-        self.admin_get(&format!("/admin/v1/pools/{name}"))["shards"]
+    /// Shards the metadata places in ProviderPool `pool`.
+    pub fn pool_shards(&self, pool: &str) -> u64 {
+        self.admin_get(&format!("/admin/v1/pools/{pool}"))["shards"]
             .as_u64()
-            .unwrap_or_else(|| panic!("pool {name}: no shard count"))
+            .unwrap_or_else(|| panic!("pool {pool}: no shard count"))
     }
 
     fn target(&self, bucket: &str) -> Arc<Target> {
@@ -334,12 +469,20 @@ impl Cluster {
         )
     }
 
-    /// A signed `GET /bucket/key` request head (HTTP/1.1, `Connection: close`), for a test
-    /// that reads the answer at its own pace.
-    pub fn signed_get(&self, bucket: &str, key: &str) -> String {
+    /// A signed request head (HTTP/1.1, `Connection: close`, unsigned payload of
+    /// `content_length` bytes when given), for a test that writes or reads at its own pace.
+    pub fn signed_head(
+        &self,
+        method: &str,
+        bucket: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        content_length: Option<u64>,
+    ) -> String {
         use crate::bench::sigv4::{self, AmzDate, Request, UNSIGNED_PAYLOAD};
         let target = self.target(bucket);
         let path = sigv4::encode_path(&format!("/{bucket}/{key}"));
+        let query = sigv4::canonical_query(query);
         let date = AmzDate::now();
         let headers = [
             ("host", target.authority.as_str()),
@@ -348,22 +491,52 @@ impl Cluster {
         ];
         let authorization = target.signer.authorization(
             &Request {
-                method: "GET",
+                method,
                 path: &path,
-                query: "",
+                query: &query,
                 headers: &headers,
                 payload_hash: UNSIGNED_PAYLOAD,
             },
             &date,
         );
-        let mut head = format!("GET {path} HTTP/1.1\r\n");
+        let target_uri = if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{query}")
+        };
+        let mut head = format!("{method} {target_uri} HTTP/1.1\r\n");
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(len) = content_length {
+            head.push_str(&format!("content-length: {len}\r\n"));
         }
         head.push_str(&format!(
             "authorization: {authorization}\r\nconnection: close\r\n\r\n"
         ));
         head
+    }
+
+    /// A signed `GET /bucket/key` request head (HTTP/1.1, `Connection: close`), for a test
+    /// that reads the answer at its own pace.
+    pub fn signed_get(&self, bucket: &str, key: &str) -> String {
+        self.signed_head("GET", bucket, key, &[], None)
+    }
+
+    /// One signed S3 request; the answer's body when it succeeds, the error otherwise.
+    pub fn request(
+        &self,
+        method: Method,
+        bucket: &str,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        body: BenchBody,
+    ) -> Result<String, String> {
+        let mut conn = Connection::new(self.target(bucket));
+        self.runtime
+            .block_on(conn.request(method.clone(), key, query, &[], body, Expect::Text))
+            .map(|a| a.text)
+            .map_err(|e| format!("{method} {bucket}/{}: {e}", key.unwrap_or("")))
     }
 
     /// Creates `bucket`.
@@ -401,23 +574,42 @@ impl Cluster {
 
     /// PUTs `object`'s bytes under its key.
     pub fn put(&self, bucket: &str, object: &TestObject) {
-        let mut conn = Connection::new(self.target(bucket));
-        let content = object.content();
-        self.runtime
-            .block_on(conn.request(
-                Method::PUT,
-                Some(&object.key),
-                &[],
-                &[],
-                BenchBody::generated(content, 0, content.len),
-                Expect::Discard,
-            ))
-            .unwrap_or_else(|e| panic!("PUT {bucket}/{}: {e}", object.key));
+        self.put_content(bucket, &object.key, object.content())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// PUTs `content` under `key`; the error when it is not acknowledged.
+    pub fn put_content(&self, bucket: &str, key: &str, content: Content) -> Result<(), String> {
+        self.request(
+            Method::PUT,
+            bucket,
+            Some(key),
+            &[],
+            BenchBody::generated(content, 0, content.len),
+        )
+        .map(|_| ())
     }
 
     /// GETs `object` and compares every byte with what was written.
     pub fn read_back(&self, bucket: &str, object: &TestObject) -> Result<(), String> {
-        read_back(self.target(bucket), &self.runtime, object)
+        read_back(
+            self.target(bucket),
+            &self.runtime,
+            &object.key,
+            &[],
+            object.content(),
+        )
+    }
+
+    /// GETs `key` (with `query`, e.g. a `versionId`) and compares every byte with `content`.
+    pub fn verify(
+        &self,
+        bucket: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        content: Content,
+    ) -> Result<(), String> {
+        read_back(self.target(bucket), &self.runtime, key, query, content)
     }
 
     /// Fails the test unless every object reads back byte for byte.
@@ -428,11 +620,12 @@ impl Cluster {
             .collect();
         assert!(
             failed.is_empty(),
-            "{} of {} objects did not read back intact:\n{}\n{}",
+            "{} of {} objects did not read back intact through {}:\n{}\n{}",
             failed.len(),
             objects.len(),
+            self.name,
             failed.join("\n"),
-            self.gateway_log_tail()
+            self.log_tail()
         );
     }
 
@@ -440,18 +633,6 @@ impl Cluster {
     pub fn reader(&self, bucket: &str) -> Reader {
         Reader {
             target: self.target(bucket),
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.kill_gateway();
-        for p in &mut self.providers {
-            p.kill();
-        }
-        if std::thread::panicking() {
-            eprintln!("{}", self.gateway_log_tail());
         }
     }
 }
@@ -468,27 +649,35 @@ impl Reader {
         runtime: &tokio::runtime::Runtime,
         object: &TestObject,
     ) -> Result<(), String> {
-        read_back(Arc::clone(&self.target), runtime, object)
+        read_back(
+            Arc::clone(&self.target),
+            runtime.handle(),
+            &object.key,
+            &[],
+            object.content(),
+        )
     }
 }
 
 fn read_back(
     target: Arc<Target>,
-    runtime: &tokio::runtime::Runtime,
-    object: &TestObject,
+    runtime: &tokio::runtime::Handle,
+    key: &str,
+    query: &[(&str, &str)],
+    content: Content,
 ) -> Result<(), String> {
     let mut conn = Connection::new(target);
     runtime
         .block_on(conn.request(
             Method::GET,
-            Some(&object.key),
-            &[],
+            Some(key),
+            query,
             &[],
             BenchBody::empty(),
-            Expect::Verify(Verifier::new(object.content())),
+            Expect::Verify(Verifier::new(content)),
         ))
         .map(|_| ())
-        .map_err(|e| format!("GET {}: {e}", object.key))
+        .map_err(|e| format!("GET {key} {query:?}: {e}"))
 }
 
 /// An object a test writes: its key and length fix its bytes.

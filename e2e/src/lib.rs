@@ -1,14 +1,16 @@
 //! Helpers shared by the end-to-end tests in `tests/`: find the workspace's
 //! binaries, pick free ports, wait for daemons to come up; run `sublet dev`
-//! ([`dev`]), a gateway over provider processes to break ([`cluster`]), the real
-//! S3 clients ([`clients`]) and make test data ([`data`]); [`bench`] is the
-//! `sublet-bench` load generator.
+//! ([`dev`]), gateways over provider processes to break ([`cluster`]), a
+//! throwaway PostgreSQL for several of them ([`postgres`]), the real S3 clients
+//! ([`clients`]) and make test data ([`data`]); [`bench`] is the `sublet-bench`
+//! load generator.
 
 pub mod bench;
 pub mod clients;
 pub mod cluster;
 pub mod data;
 pub mod dev;
+pub mod postgres;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -1025,7 +1025,14 @@ pub async fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()
         "  providers:   {healthy} of {} answered",
         running.providers.len()
     );
-    println!("  metadata:    {}", running.paths.metadata.display());
+    let metadata = match config
+        .gateway()
+        .and_then(|g| g.spec.metadata.postgres.as_ref())
+    {
+        Some(postgres) => format!("PostgreSQL (URL from ${})", postgres.url_env()),
+        None => running.paths.metadata.display().to_string(),
+    };
+    println!("  metadata:    {metadata}");
     println!(
         "  gateway id:  {} (allow it on providers with --allowed-client)",
         running.identity

@@ -4,6 +4,7 @@
 
 mod copy;
 mod postgres;
+mod postgres_tls;
 mod sqlite;
 #[cfg(test)]
 mod test_postgres;

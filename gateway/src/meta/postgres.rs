@@ -19,6 +19,7 @@ use std::sync::{Condvar, Mutex};
 
 use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
+use super::postgres_tls::{RustlsConnector, SslMode, split_tls};
 use super::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
     MetadataStore, ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result,
@@ -119,6 +120,8 @@ const MAX_CONNECTIONS: usize = 16;
 /// PostgreSQL behind a small connection pool.
 pub struct PostgresStore {
     config: postgres::Config,
+    /// Set when the URL asks for TLS (`sslmode=require` and stricter).
+    tls: Option<RustlsConnector>,
     pool: Mutex<PoolState>,
     freed: Condvar,
 }
@@ -137,7 +140,16 @@ fn pg_err(e: postgres::Error) -> MetaError {
     // The server's message says what went wrong; the client's Display alone is often "db error".
     match e.as_db_error() {
         Some(db) => MetaError::Store(format!("postgres: {}", db.message())),
-        None => MetaError::Store(format!("postgres: {e}")),
+        // The kind alone ("error performing TLS handshake") hides the cause that names the fix.
+        None => {
+            let mut message = format!("postgres: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                message.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            MetaError::Store(message)
+        }
     }
 }
 
@@ -162,9 +174,18 @@ impl Drop for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user:password@host:port/db` or key=value form) and
-    /// creates the tables if needed.
+    /// Connects to `url` (`postgres://user:password@host:port/db` or key=value form; TLS
+    /// with `sslmode=require` and `sslrootcert=`, see [`super::postgres_tls`]) and creates
+    /// the tables if needed.
     pub fn open(url: &str) -> Result<Self> {
+        let (url, ssl) = split_tls(url).map_err(MetaError::Store)?;
+        let tls = match ssl {
+            SslMode::Plain => None,
+            SslMode::Verified { root_cert } => Some(
+                RustlsConnector::new(root_cert.as_deref())
+                    .map_err(|e| MetaError::Store(format!("postgres URL: {e}")))?,
+            ),
+        };
         let mut config: postgres::Config = url.parse().map_err(|e| {
             MetaError::Store(format!(
                 "postgres URL does not parse ({e}); expected postgres://user:password@host:5432/dbname"
@@ -174,8 +195,12 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
+        if tls.is_some() {
+            config.ssl_mode(postgres::config::SslMode::Require);
+        }
         let store = Self {
             config,
+            tls,
             pool: Mutex::new(PoolState::default()),
             freed: Condvar::new(),
         };
@@ -206,7 +231,11 @@ impl PostgresStore {
             if state.open < MAX_CONNECTIONS {
                 state.open += 1;
                 drop(state);
-                return self.config.connect(NoTls).map_err(|e| {
+                let connected = match &self.tls {
+                    Some(tls) => self.config.connect(tls.clone()),
+                    None => self.config.connect(NoTls),
+                };
+                return connected.map_err(|e| {
                     self.state().open -= 1;
                     self.freed.notify_one();
                     pg_err(e)
@@ -1579,6 +1608,7 @@ impl std::fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("hosts", &self.config.get_hosts())
             .field("dbname", &self.config.get_dbname())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
