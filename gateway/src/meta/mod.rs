@@ -457,6 +457,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Writes a consistent copy of the whole store to `path` (which must not exist), for
     /// metadata snapshots.
     fn snapshot_into(&self, path: &std::path::Path) -> Result<()>;
+    /// Whether other gateway processes may serve from this store at the same time (reads
+    /// in flight there are invisible here).
+    fn shared(&self) -> bool {
+        false
+    }
     /// Claims version `seq` for repair by `holder` until `now + lease_ms` (Unix ms), so
     /// repairers in other processes sharing this store leave it alone; `false` while another
     /// holder's lease runs. A store only one process opens needs no claims (the default).

@@ -1559,6 +1559,10 @@ impl MetadataStore for PostgresStore {
         super::copy::snapshot_to_sqlite(self, path)
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn claim_repair(&self, seq: i64, holder: &str, now: i64, lease_ms: i64) -> Result<bool> {
         self.run(|c| {
             let until = now.saturating_add(lease_ms);

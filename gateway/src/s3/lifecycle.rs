@@ -579,9 +579,15 @@ impl Gateway {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Frees the layouts transitions replaced more than [`RETIRE_DELAY_MS`] ago (by the
-    /// clock, not a pass's `now`, which may run ahead).
-    async fn free_retired(&self) {
+    /// Keeps `layout`'s shards (no longer referenced) for [`RETIRE_DELAY_MS`]: reads that
+    /// began before the change may still stream them.
+    pub(super) fn retire(&self, layout: crate::layout::Layout) {
+        self.retired_layouts().push((now_ms(), layout));
+    }
+
+    /// Frees the layouts replaced more than [`RETIRE_DELAY_MS`] ago (by the clock, not a
+    /// pass's `now`, which may run ahead).
+    pub(crate) async fn free_retired(&self) {
         let cut = now_ms() - RETIRE_DELAY_MS;
         let due: Vec<crate::layout::Layout> = {
             let mut retired = self.retired_layouts();
@@ -631,7 +637,7 @@ impl Gateway {
         match swapped {
             Ok(true) => {
                 if let Some(old) = &v.layout {
-                    self.retired_layouts().push((now_ms(), old.clone()));
+                    self.retire(old.clone());
                 }
                 Ok(true)
             }
@@ -673,9 +679,17 @@ pub fn spawn_lifecycle(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Retired shards (replaced by transitions, or by overwrites on a shared store) are
+        // freed within a minute of their delay, not at the next hourly pass.
+        let mut sweep = tokio::time::interval(std::time::Duration::from_secs(60));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = sweep.tick() => {
+                    gateway.free_retired().await;
+                    continue;
+                }
                 _ = stop.changed() => return,
             }
             // The rules in force now: the policy API may have changed a schedule.

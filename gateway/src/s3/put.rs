@@ -219,18 +219,25 @@ impl Gateway {
         Ok(())
     }
 
-    /// Deletes a layout's shards (best effort).
     /// Frees the shards of `removed`, a version an overwrite or a delete took out of the
-    /// metadata: now, or when the last read of it in this process ends.
+    /// metadata: now, or when the last read of it in this process ends. With a store other
+    /// gateway replicas share, whose reads this process cannot see, the shards are retired
+    /// instead and freed [`super::lifecycle::RETIRE_DELAY_MS`] later.
     pub(super) async fn free_removed(&self, removed: Option<&ObjectVersion>) {
         let Some((v, layout)) = removed.and_then(|v| v.layout.as_ref().map(|l| (v, l))) else {
             return;
         };
-        if !self.inflight.defer(v, layout) {
+        if self.inflight.defer(v, layout) {
+            return;
+        }
+        if self.meta.shared() {
+            self.retire(layout.clone());
+        } else {
             self.free(Some(layout)).await;
         }
     }
 
+    /// Deletes a layout's shards (best effort).
     pub(super) async fn free(&self, layout: Option<&crate::layout::Layout>) {
         if let Some(layout) = layout {
             dataplane::delete_shards(layout, self.backend_for()).await;
