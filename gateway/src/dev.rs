@@ -494,16 +494,21 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    // The admin API's actions want a token, as with `sublet serve`: the state directory's
+    // `admin.token`, made on first start.
+    let token = crate::policy::admin_token(None, &cluster.dir)?;
+    let token_path = cluster.dir.join(crate::policy::TOKEN_FILE);
     // Metrics are a convenience here: several dev clusters (tests) may run at once, so a
     // busy admin address must not stop the cluster.
     let admin = match crate::metrics::spawn_admin(
         admin_listen,
         cluster.metrics.clone(),
         Arc::clone(&cluster.gateway),
+        crate::admin::AdminToken::new(token),
     )
     .await
     {
-        Ok(addr) => format!("http://{addr}/metrics (and /healthz)"),
+        Ok(addr) => format!("http://{addr}/metrics (and /healthz, the admin API /admin/v1)"),
         Err(e) => {
             tracing::warn!(error = %e, "metrics are not served");
             format!("not served ({e:#}); pick another --admin-listen")
@@ -567,6 +572,10 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!("  secret key:    {}", c.secret_key);
     println!("  state:         {}", cluster.dir.display());
     println!("  metrics:       {admin}");
+    println!(
+        "  admin token:   {} (SUBLET_ADMIN_TOKEN for sublet status, sublet repair, ...)",
+        token_path.display()
+    );
     println!();
     println!(
         "  master key:    {}  <- BACK THIS FILE UP: without it no object can ever be read again",

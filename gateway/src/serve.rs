@@ -274,8 +274,8 @@ pub struct Overrides {
     pub full_access_key: Option<(String, String)>,
     /// Wins over `spec.adminListen`.
     pub admin_listen: Option<SocketAddr>,
-    /// The bearer token of the policy API; when `None`, the data directory's `admin.token`
-    /// (created when missing).
+    /// The bearer token of the admin API (actions and policies); when `None`, the data
+    /// directory's `admin.token` (created when missing).
     pub admin_token: Option<String>,
     /// The policies belong to the Kubernetes operator: the policy API refuses writes.
     pub read_only_policies: bool,
@@ -407,7 +407,7 @@ pub struct Running {
     pub paths: StatePaths,
     pub identity: NodeId,
     pub tls: bool,
-    /// The bearer token of the policy API.
+    /// The bearer token of the admin API.
     pub admin_token: String,
     clients: Vec<(String, ProviderClient)>,
     clouds: Vec<Arc<CloudBackend>>,
@@ -793,6 +793,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
                         work_dir: paths.data_dir.clone(),
                     }),
                 },
+                crate::admin::AdminToken::new(admin_token.clone()),
                 policy.router(),
                 async move {
                     let _ = stop.changed().await;
@@ -1017,7 +1018,7 @@ pub async fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()
                 .to_string(),
         };
         println!(
-            "  admin API:   http://{admin}/admin/v1 (sublet plan|schedule|provider|status; token: {token})"
+            "  admin API:   http://{admin}/admin/v1 (sublet plan|schedule|provider|status|repair; token: {token})"
         );
     }
     println!(

@@ -55,6 +55,23 @@ async fn call_with(
     (parts.status, parts.headers, out)
 }
 
+/// The token the admin API of these tests wants.
+const ADMIN_TOKEN: &str = "heal-test-admin-token-0123";
+
+async fn http_get_with_token(url: &str) -> (StatusCode, String) {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::get(url)
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = client.request(request).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 async fn http_get(url: &str) -> (StatusCode, String) {
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -122,6 +139,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
         "127.0.0.1:0".parse().unwrap(),
         cluster.metrics.clone(),
         Arc::clone(&gateway),
+        sublet_gateway::admin::AdminToken::new(ADMIN_TOKEN),
     )
     .await
     .unwrap();
@@ -206,7 +224,9 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     assert_eq!(h["objectsByHealth"]["atRisk"], both);
     assert_eq!(h["objectsByHealth"]["degraded"], touched - both);
     assert!(h["oldestQueuedSeconds"].as_u64().is_some(), "{h}");
-    let (_, lost) = http_get(&format!("{admin}/admin/v1/plans/standard/lost")).await;
+    let (s, _) = http_get(&format!("{admin}/admin/v1/plans/standard/lost")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (_, lost) = http_get_with_token(&format!("{admin}/admin/v1/plans/standard/lost")).await;
     let lost: Value = serde_json::from_str(&lost).unwrap();
     assert_eq!(lost["objects"], serde_json::json!([]));
     let (_, metrics) = http_get(&format!("{admin}/metrics")).await;
@@ -1007,3 +1027,4 @@ async fn repair_throughput() {
         p.shutdown().await;
     }
 }
+

@@ -286,6 +286,58 @@ spec:
     let (ok, _, err) = sublet(a, "wrong-token-123456789", &["plan", "list"]).await;
     assert!(!ok && err.contains("the admin token is wrong"), "{err}");
 
+    // The actions (and the lost list, which names objects) want the same token; pool usage,
+    // counts like plan health, stays open.
+    for (method, path) in [
+        ("POST", "/admin/v1/plans/standard/repair"),
+        ("POST", "/admin/v1/plans/standard/reencode"),
+        ("POST", "/admin/v1/audit?samples=1"),
+        ("POST", "/admin/v1/scrub"),
+        ("POST", "/admin/v1/gc?minAgeSeconds=0"),
+        ("POST", "/admin/v1/snapshot"),
+        ("POST", "/admin/v1/lifecycle"),
+        ("GET", "/admin/v1/plans/standard/lost"),
+    ] {
+        let r = admin(a, method, path, None, "").await;
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.text());
+        assert!(
+            json(&r)["error"]
+                .as_str()
+                .unwrap()
+                .contains("needs the admin token"),
+            "{method} {path}: {}",
+            r.text()
+        );
+        let r = admin(a, method, path, Some("wrong-token-123456789"), "").await;
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.text());
+        assert_eq!(json(&r)["error"], "the admin token is wrong");
+    }
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/audit?samples=1",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["providers"], 3, "{}", r.text());
+    let r = admin(
+        a,
+        "GET",
+        "/admin/v1/plans/standard/lost",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        admin(a, "GET", "/admin/v1/pools/home", None, "")
+            .await
+            .status,
+        200
+    );
+
     // A plan that does not validate is refused with every problem and its field path.
     let r = admin(
         a,
@@ -549,3 +601,4 @@ async fn a_generated_admin_token_is_kept_in_the_data_dir() {
     let err = sublet_gateway::policy::admin_token(Some("short"), tmp.path()).unwrap_err();
     assert!(err.to_string().contains("at least 16 characters"), "{err}");
 }
+
