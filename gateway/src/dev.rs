@@ -531,7 +531,6 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     let auditing = crate::audit::spawn_loop(
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
-        crate::audit::AuditPolicy::default(),
         stop.clone(),
     );
     let scrubbing = crate::scrub::spawn_loop(

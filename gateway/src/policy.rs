@@ -572,6 +572,7 @@ fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
         topology: Arc::new(topology),
         rebuild: crate::serve::rebuild_policies(config),
         lifecycle: crate::serve::lifecycle_rules(config),
+        audit: crate::serve::audit_policy(config),
     })
 }
 

@@ -639,7 +639,8 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
         Gateway::new(Arc::clone(&meta), master, plans, backends)?
             .with_placement(topology(config, &endpoints), Arc::clone(&health))?
             .with_rebuild(rebuild_policies(config))
-            .with_lifecycle(lifecycle_rules(config)),
+            .with_lifecycle(lifecycle_rules(config))
+            .with_audit(audit_policy(config)),
     );
     let pools: Vec<(String, String)> = endpoints
         .iter()
@@ -729,12 +730,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             crate::repair::LOOP_INTERVAL,
             stop.clone(),
         ),
-        crate::audit::spawn_loop(
-            Arc::clone(&gateway),
-            Some(metrics.clone()),
-            audit_policy(config),
-            stop.clone(),
-        ),
+        crate::audit::spawn_loop(Arc::clone(&gateway), Some(metrics.clone()), stop.clone()),
         crate::scrub::spawn_loop(
             Arc::clone(&gateway),
             Some(metrics.clone()),
