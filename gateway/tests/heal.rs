@@ -1028,3 +1028,105 @@ async fn repair_throughput() {
     }
 }
 
+/// A provider that forges its audit answers while it keeps every shard intact (it cheats on
+/// proofs of storage; reads from it stay right): audits catch it, its score drops, new
+/// objects are placed elsewhere, and it regains its standing once it answers honestly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_forging_audit_answers_is_caught_and_regains_standing_when_honest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        name: "standard".into(),
+        scheme: Scheme::Erasure { data: 2, parity: 1 },
+        encrypt: true,
+        segment_size: 64 << 10,
+        write_quorum: 3,
+    };
+    let cluster = dev::start_cluster(tmp.path(), 5, vec![plan]).await.unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let meta = Arc::clone(gateway.metadata());
+    let svc = dev::service(Arc::clone(&gateway), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+    let put_all = |names: Vec<String>| {
+        let svc = &svc;
+        async move {
+            for (n, key) in names.iter().enumerate() {
+                let (s, b) = call(svc, Method::PUT, &format!("/bkt/{key}"), data(100_000, n)).await;
+                assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+            }
+            names
+        }
+    };
+    let first = put_all((0..10).map(|i| format!("first-{i}")).collect()).await;
+    let usage = meta.provider_usage().unwrap();
+    let liar = (0..5)
+        .max_by_key(|&n| usage[&cluster.providers[n].node_id.to_string()].0)
+        .unwrap();
+    let liar_id = cluster.providers[liar].node_id.to_string();
+    let liar_shards = usage[&liar_id].0;
+    let total: u64 = usage.values().map(|u| u.0).sum();
+    cluster.providers[liar].forge_audits(true);
+
+    // Its data is intact: every object reads back whole.
+    for (n, key) in first.iter().enumerate() {
+        let (s, body) = call(&svc, Method::GET, &format!("/bkt/{key}"), vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body == data(100_000, n), "{key}");
+    }
+    // A round of a few samples per provider (the default schedule takes 64 of thousands):
+    // every one of its answers fails, every other provider's passes.
+    let samples = 3;
+    assert!(liar_shards > samples as u64 && total >= 5 * samples as u64);
+    let report = audit_round(&gateway, Some(&cluster.metrics), samples)
+        .await
+        .unwrap();
+    assert_eq!(report.failed, samples as u64, "{report:?}");
+    assert_eq!(report.passed, 4 * samples as u64, "{report:?}");
+
+    let health = gateway.health();
+    assert_eq!(health.score(&liar_id), Some(0));
+    for p in cluster
+        .providers
+        .iter()
+        .filter(|p| p.node_id.to_string() != liar_id)
+    {
+        assert_eq!(health.score(&p.node_id.to_string()), Some(100));
+    }
+    assert!(!health.healthy(&liar_id), "a forger stays placeable");
+    let metrics = cluster.metrics.render();
+    assert!(
+        metrics.contains(&format!(
+            "sublet_gateway_provider_score{{provider=\"{liar_id}\"}} 0"
+        )),
+        "{metrics}"
+    );
+
+    // New objects go elsewhere.
+    let second = put_all((0..10).map(|i| format!("second-{i}")).collect()).await;
+    for (key, nodes) in holders(meta.as_ref(), &second) {
+        assert!(!nodes.contains(&liar_id), "{key} was placed on the forger");
+    }
+
+    // Honest again: its audits pass, its score climbs and it gets new shards again.
+    cluster.providers[liar].forge_audits(false);
+    let report = audit_round(&gateway, Some(&cluster.metrics), samples)
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.passed, 5 * samples as u64, "{report:?}");
+    assert!(health.healthy(&liar_id));
+    assert_eq!(health.score(&liar_id), Some(50));
+    let third = put_all((0..20).map(|i| format!("third-{i}")).collect()).await;
+    assert!(
+        holders(meta.as_ref(), &third)
+            .values()
+            .any(|nodes| nodes.contains(&liar_id)),
+        "the provider got no shard after passing its audits again"
+    );
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
+
