@@ -1130,3 +1130,113 @@ async fn a_provider_forging_audit_answers_is_caught_and_regains_standing_when_ho
     }
 }
 
+/// CPU seconds (user + system) this process used so far, from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Bytes this process read through read(2) and friends, files and sockets alike.
+fn bytes_read() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Bytes the providers sent in audit answers (the slice and its proof), from their metrics.
+fn audit_bytes_sent(providers: &[RunningProvider]) -> u64 {
+    providers
+        .iter()
+        .flat_map(|p| {
+            p.metrics
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("sublet_provider_bytes_total{method=\"Audit\"}"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum::<f64>() as u64
+}
+
+/// What an audit cycle under the default schedule (64 samples per provider every 6 h) costs:
+/// bytes read, time and CPU per audited shard and per cycle, on the standard plan (4+2, 16 MiB
+/// segments: 4 MiB shards). A measurement, not a check; in release:
+/// `cargo nextest run --release -p sublet-gateway --test heal --run-ignored only audit_cycle_cost --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it in release with --no-capture"]
+async fn audit_cycle_cost() {
+    const PROVIDERS: usize = 6;
+    const OBJECTS: usize = 70;
+    const CYCLES: usize = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = dev::start_cluster(tmp.path(), PROVIDERS, vec![Plan::standard()])
+        .await
+        .unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let svc = dev::service(Arc::clone(&gateway), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+    // 16 MiB objects: one whole segment each, six shards of 4 MiB.
+    for n in 0..OBJECTS {
+        let (s, _) = call(&svc, Method::PUT, &format!("/bkt/o{n}"), data(16 << 20, n)).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let samples = sublet_gateway::audit::AuditPolicy::default().samples_per_provider;
+    let (sent0, read0, cpu0, start) = (
+        audit_bytes_sent(&cluster.providers),
+        bytes_read(),
+        cpu_seconds(),
+        std::time::Instant::now(),
+    );
+    let mut audited = 0;
+    for _ in 0..CYCLES {
+        let report = audit_round(&gateway, None, samples).await.unwrap();
+        assert_eq!(report.failed, 0, "{report:?}");
+        audited += report.passed;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let (sent, read, cpu) = (
+        audit_bytes_sent(&cluster.providers) - sent0,
+        bytes_read() - read0,
+        cpu_seconds() - cpu0,
+    );
+    assert_eq!(audited, (CYCLES * PROVIDERS * samples) as u64);
+    let per = audited as f64;
+    let cycle = (PROVIDERS * samples) as f64 / per;
+    println!(
+        "audit cost: {CYCLES} cycles of {samples} samples x {PROVIDERS} providers ({audited} audits \
+         of 4 MiB shards, {OBJECTS} objects)"
+    );
+    println!(
+        "  per audited shard: {:.0} bytes answered (slice + proof), {:.0} bytes read by the \
+         process, of which about {:.0} from the shard file (the rest is the answer on the \
+         gateway's socket), {:.3} ms wall, {:.3} ms CPU (gateway and provider together)",
+        sent as f64 / per,
+        read as f64 / per,
+        read.saturating_sub(sent) as f64 / per,
+        wall * 1000.0 / per,
+        cpu * 1000.0 / per
+    );
+    println!(
+        "  per cycle (all {PROVIDERS} providers): {:.0} KiB answered, {:.0} KiB read, {:.1} ms \
+         wall, {:.1} ms CPU; per provider per cycle: {:.0} KiB answered; per provider per day \
+         at 4 cycles: {:.1} MiB",
+        sent as f64 * cycle / 1024.0,
+        read as f64 * cycle / 1024.0,
+        wall * 1000.0 * cycle,
+        cpu * 1000.0 * cycle,
+        sent as f64 * cycle / PROVIDERS as f64 / 1024.0,
+        sent as f64 * cycle / PROVIDERS as f64 * 4.0 / (1 << 20) as f64,
+    );
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
