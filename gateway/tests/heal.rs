@@ -1066,7 +1066,6 @@ async fn a_provider_forging_audit_answers_is_caught_and_regains_standing_when_ho
         .unwrap();
     let liar_id = cluster.providers[liar].node_id.to_string();
     let liar_shards = usage[&liar_id].0;
-    let total: u64 = usage.values().map(|u| u.0).sum();
     cluster.providers[liar].forge_audits(true);
 
     // Its data is intact: every object reads back whole.
@@ -1078,12 +1077,21 @@ async fn a_provider_forging_audit_answers_is_caught_and_regains_standing_when_ho
     // A round of a few samples per provider (the default schedule takes 64 of thousands):
     // every one of its answers fails, every other provider's passes.
     let samples = 3;
-    assert!(liar_shards > samples as u64 && total >= 5 * samples as u64);
+    assert!(liar_shards >= 2 * samples as u64);
+    // Placement may leave a provider with fewer shards than samples.
+    let honest_samples = || -> u64 {
+        meta.provider_usage()
+            .unwrap()
+            .iter()
+            .filter(|(node, _)| **node != liar_id)
+            .map(|(_, u)| u.0.min(samples as u64))
+            .sum()
+    };
     let report = audit_round(&gateway, Some(&cluster.metrics), samples)
         .await
         .unwrap();
     assert_eq!(report.failed, samples as u64, "{report:?}");
-    assert_eq!(report.passed, 4 * samples as u64, "{report:?}");
+    assert_eq!(report.passed, honest_samples(), "{report:?}");
 
     let health = gateway.health();
     assert_eq!(health.score(&liar_id), Some(0));
@@ -1115,7 +1123,11 @@ async fn a_provider_forging_audit_answers_is_caught_and_regains_standing_when_ho
         .await
         .unwrap();
     assert_eq!(report.failed, 0, "{report:?}");
-    assert_eq!(report.passed, 5 * samples as u64, "{report:?}");
+    assert_eq!(
+        report.passed,
+        honest_samples() + samples as u64,
+        "{report:?}"
+    );
     assert!(health.healthy(&liar_id));
     assert_eq!(health.score(&liar_id), Some(50));
     let third = put_all((0..20).map(|i| format!("third-{i}")).collect()).await;
