@@ -537,6 +537,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
         crate::scrub::ScrubPolicy::default(),
+        Some(cluster.dir.join(crate::scrub::POSITION_FILE)),
         stop.clone(),
     );
     let reencoding = crate::s3::reencode::spawn_reencode(

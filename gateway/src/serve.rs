@@ -735,6 +735,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             Arc::clone(&gateway),
             Some(metrics.clone()),
             scrub_policy(config),
+            Some(paths.data_dir.join(crate::scrub::POSITION_FILE)),
             stop.clone(),
         ),
         crate::s3::reencode::spawn_reencode(

@@ -1142,6 +1142,101 @@ async fn a_provider_forging_audit_answers_is_caught_and_regains_standing_when_ho
     }
 }
 
+/// Shards scrubs read so far, from the gateway's metrics.
+fn scrubbed_shards(metrics: &sublet_gateway::metrics::Metrics) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("sublet_gateway_scrubbed_shards_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A scrub cycle keeps its position: a loop started again (a restarted gateway) goes on after
+/// the last batch it finished, and reads nothing of a finished cycle before the interval is
+/// up; without a kept position a new cycle reads everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_scrub_goes_on_where_it_stopped() {
+    use sublet_gateway::scrub::{ScrubPolicy, ScrubPosition, scrub_pass, spawn_loop};
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        name: "standard".into(),
+        scheme: Scheme::Erasure { data: 2, parity: 1 },
+        encrypt: true,
+        segment_size: 64 << 10,
+        write_quorum: 3,
+    };
+    let cluster = dev::start_cluster(&tmp.path().join("dev"), 3, vec![plan])
+        .await
+        .unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let svc = dev::service(Arc::clone(&gateway), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+    for i in 0..5 {
+        let (s, _) = call(&svc, Method::PUT, &format!("/bkt/o{i}"), data(50_000, i)).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let position = tmp.path().join("scrub.json");
+    let policy = ScrubPolicy {
+        interval: Duration::from_secs(3600),
+        bandwidth_limit: None,
+    };
+    let run = |expected: u64| {
+        let (gateway, metrics, policy, position) = (
+            Arc::clone(&gateway),
+            cluster.metrics.clone(),
+            policy.clone(),
+            position.clone(),
+        );
+        async move {
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            let task = spawn_loop(gateway, Some(metrics.clone()), policy, Some(position), stop);
+            let started = std::time::Instant::now();
+            while scrubbed_shards(&metrics) < expected {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "{} of {expected} shards scrubbed",
+                    scrubbed_shards(&metrics)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Time to read more than it should.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop_tx.send(true).unwrap();
+            task.await.unwrap();
+        }
+    };
+
+    // A cycle stopped after its first version goes on with the other four (3 shards each).
+    let first = scrub_pass(&gateway, None, 0, 1, None).await.unwrap();
+    assert_eq!(first.versions, 1);
+    let kept = ScrubPosition {
+        cycle_started: sublet_gateway::health::now_ms(),
+        after: first.next,
+    };
+    std::fs::write(&position, serde_json::to_vec(&kept).unwrap()).unwrap();
+    run(4 * 3).await;
+    assert_eq!(scrubbed_shards(&cluster.metrics), 4 * 3);
+    let done = ScrubPosition::load(&position).unwrap();
+    assert_eq!(done.after, None, "the cycle is done");
+    assert_eq!(done.cycle_started, kept.cycle_started);
+
+    // Started again within the interval: nothing is read.
+    run(0).await;
+    assert_eq!(scrubbed_shards(&cluster.metrics), 4 * 3);
+
+    // Without a kept position a new cycle reads all five versions.
+    std::fs::remove_file(&position).unwrap();
+    run(4 * 3 + 5 * 3).await;
+    assert_eq!(scrubbed_shards(&cluster.metrics), 4 * 3 + 5 * 3);
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}
+
 /// CPU seconds (user + system) this process used so far, from `/proc/self/stat`.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
