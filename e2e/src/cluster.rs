@@ -22,6 +22,8 @@ use crate::workspace_binary;
 
 /// Token the gateway presents to providers.
 const TOKEN: &str = "fault-injection-token-0123456789";
+/// The gateway's admin token (`SUBLET_ADMIN_TOKEN`), which the admin API's actions want.
+pub const ADMIN_TOKEN: &str = "fault-injection-admin-token-0123";
 /// The S3 keys of every cluster gateway.
 pub const ACCESS_KEY: &str = "faults";
 pub const SECRET_KEY: &str = "faults-secret-0123456789";
@@ -380,6 +382,7 @@ impl GatewayProcess {
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
+            .env("SUBLET_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(append(&self.log))
             .stderr(append(&self.log))
             .spawn()
@@ -430,13 +433,14 @@ impl GatewayProcess {
         self.admin_call("GET", path)
     }
 
-    /// `POST path` on the admin listener; fails the test unless it answers 200 with JSON.
+    /// `POST path` on the admin listener with the admin token; fails the test unless it
+    /// answers 200 with JSON.
     pub fn admin_post(&self, path: &str) -> serde_json::Value {
         self.admin_call("POST", path)
     }
 
     fn admin_call(&self, method: &str, path: &str) -> serde_json::Value {
-        let (status, body) = http_call(self.admin, method, path, ADMIN_TIMEOUT)
+        let (status, body) = http_call(self.admin, method, path, Some(ADMIN_TOKEN), ADMIN_TIMEOUT)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_tail()));
         assert_eq!(status, 200, "{method} {path} answered {status}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
@@ -444,7 +448,7 @@ impl GatewayProcess {
 
     /// Its `/metrics` text.
     pub fn metrics(&self) -> String {
-        let (status, body) = http_call(self.admin, "GET", "/metrics", ADMIN_TIMEOUT)
+        let (status, body) = http_call(self.admin, "GET", "/metrics", None, ADMIN_TIMEOUT)
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
         assert_eq!(status, 200, "GET /metrics answered {status}");
         body
@@ -730,18 +734,21 @@ pub fn wait_for<T>(
     }
 }
 
-/// One HTTP/1.0 request with an empty body on loopback; (status, body).
+/// One HTTP/1.0 request with an empty body on loopback, with `token` as bearer token when
+/// given; (status, body).
 pub fn http_call(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(timeout))?;
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -83,6 +83,16 @@ impl SubletDev {
         }
     }
 
+    /// The admin API's token, which `sublet dev` keeps in `admin.token` in its state
+    /// directory.
+    pub fn admin_token(&self) -> String {
+        let path = self.dir.join("admin.token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
     /// `http://host:port`, what clients take as endpoint.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)

@@ -935,8 +935,9 @@ fn gateway_metrics() -> String {
             .filter(|p| p.extension().is_some_and(|e| e == "shard"))
             .collect()
     };
-    // A scrub reads every shard whole.
-    let (status, body) = http_post(dev.admin_addr, "/admin/v1/scrub").unwrap();
+    // A scrub reads every shard whole (an admin action: it wants the token).
+    let token = dev.admin_token();
+    let (status, body) = http_post(dev.admin_addr, &token, "/admin/v1/scrub").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"bad\":0"), "{body}");
     // One provider loses its disk: an audit finds its shards gone (audits, scores) and a
@@ -946,10 +947,11 @@ fn gateway_metrics() -> String {
     for shard in first {
         std::fs::remove_file(shard).unwrap();
     }
-    let (status, body) = http_post(dev.admin_addr, "/admin/v1/audit?samples=64").unwrap();
+    let (status, body) = http_post(dev.admin_addr, &token, "/admin/v1/audit?samples=64").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"failed\":"), "{body}");
-    let (status, body) = http_post(dev.admin_addr, "/admin/v1/plans/standard/repair").unwrap();
+    let (status, body) =
+        http_post(dev.admin_addr, &token, "/admin/v1/plans/standard/repair").unwrap();
     assert_eq!(status, 200, "{body}");
     // Another provider loses its disk and an audit queues its shards; then every other
     // shard goes too: the repair pass cannot read what it needs (repair failures), the
@@ -957,7 +959,7 @@ fn gateway_metrics() -> String {
     for shard in shard_files(&state.join("providers").join("1")) {
         std::fs::remove_file(shard).unwrap();
     }
-    let (status, body) = http_post(dev.admin_addr, "/admin/v1/audit?samples=64").unwrap();
+    let (status, body) = http_post(dev.admin_addr, &token, "/admin/v1/audit?samples=64").unwrap();
     assert_eq!(status, 200, "{body}");
     let shards = shard_files(&state.join("providers"));
     assert!(
@@ -968,7 +970,8 @@ fn gateway_metrics() -> String {
     for shard in shards {
         std::fs::remove_file(shard).unwrap();
     }
-    let (status, body) = http_post(dev.admin_addr, "/admin/v1/plans/standard/repair").unwrap();
+    let (status, body) =
+        http_post(dev.admin_addr, &token, "/admin/v1/plans/standard/repair").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("\"failed\":0"), "{body}");
     // No retries: the read must fail, and aws would back off for a while first.
@@ -988,14 +991,20 @@ fn gateway_metrics() -> String {
     text
 }
 
-/// Plain HTTP/1.0 POST without a body on loopback; returns (status, body).
-fn http_post(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+/// Plain HTTP/1.0 POST without a body on loopback with the admin `token`; returns (status,
+/// body).
+fn http_post(
+    addr: std::net::SocketAddr,
+    token: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         stream,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -240,6 +240,19 @@ fn corrupt_shards_fail_audits_and_scrubs_cost_the_provider_its_score_and_are_rep
     corrupt_shard_file(&rotten.1);
     let corrupted = shards[0] + 1;
 
+    // Only the holder of the admin token may start an audit.
+    for token in [None, Some("not-the-admin-token-0123")] {
+        let (status, body) = sublet_e2e::cluster::http_call(
+            c.admin,
+            "POST",
+            "/admin/v1/audit?samples=1000",
+            token,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("admin token"), "{body}");
+    }
     let report = c.admin_post("/admin/v1/audit?samples=1000");
     let total: u64 = shards.iter().sum();
     assert_eq!(report["failed"], corrupted, "{report}");
@@ -386,6 +399,7 @@ fn a_gateway_killed_mid_repair_finishes_after_restart_without_placing_a_shard_tw
             admin,
             "POST",
             &format!("/admin/v1/plans/{PLAN}/repair?limit=1000"),
+            Some(sublet_e2e::cluster::ADMIN_TOKEN),
             Duration::from_secs(120),
         )
     });

@@ -4,12 +4,15 @@
 //! - `GET /admin/v1/plans/{plan}`: [`PlanHealth`]; 404 for a plan the gateway does not know.
 //! - `GET /admin/v1/pools/{pool}`: `{"pool", "shards", "bytes"}` stored on the pool's
 //!   providers; 404 for a pool the gateway does not know.
-//! - `GET /admin/v1/plans/{plan}/lost?limit=N`: versions with fewer than dataShards healthy
-//!   shards, by bucket, key and version id (never hidden; the list says when it was cut).
+//! - `GET /admin/v1/plans/{plan}/lost?limit=N` (token): versions with fewer than dataShards
+//!   healthy shards, by bucket, key and version id (never hidden; the list says when it was
+//!   cut).
+//!
+//! The POSTs below all want the token:
+//!
 //! - `POST /admin/v1/plans/{plan}/repair?limit=N&urgentOnly=BOOL`: runs one repair pass of
 //!   the plan now and answers its [`RepairReport`]; what `sublet repair` calls when it runs
 //!   as a Kubernetes Job.
-//!
 //! - `POST /admin/v1/plans/{plan}/reencode?limit=N`: rewrites up to N (200 by default)
 //!   objects stored under the plan's old redundancy or encryption now, and answers a
 //!   [`crate::s3::reencode::ReencodeReport`] (`outdated` counts them all).
@@ -27,13 +30,18 @@
 //!   than N seconds ago (default a day), from every provider. Only for providers this gateway
 //!   alone uses: another gateway's shards are unreferenced here too.
 //!
-//! The listener is meant for the cluster network (or loopback); it has no authentication yet.
+//! Everything that changes state or names objects (the POSTs and the lost list) wants the
+//! admin token as `Authorization: Bearer TOKEN`, like the policy API: without it 401 with a
+//! JSON error. Plan health and pool usage stay open: they are counts, the same numbers
+//! `/metrics` serves, and the operator reads them without holding any key (its role may
+//! not read Secrets).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -142,11 +150,62 @@ struct LimitQuery {
     bandwidth_limit: Option<u64>,
 }
 
-/// The admin routes over `gateway`; repairs count into `metrics` when given.
+/// The bearer token of the admin API (policy API included).
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+impl AdminToken {
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        AdminToken(token.into())
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Middleware letting through requests that carry `token` as `Authorization: Bearer`.
+pub async fn require_token(
+    State(token): State<AdminToken>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let message = match given {
+        Some(t) if constant_time_eq(t.trim().as_bytes(), token.0.as_bytes()) => {
+            return next.run(request).await;
+        }
+        Some(_) => "the admin token is wrong",
+        None => {
+            "this endpoint needs the admin token: send `Authorization: Bearer TOKEN` \
+             (sublet reads it from --token or SUBLET_ADMIN_TOKEN)"
+        }
+    };
+    let mut response = error(StatusCode::UNAUTHORIZED, message.into());
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"sublet admin\""),
+    );
+    response
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The admin routes over `gateway`; repairs count into `metrics` when given. Every route but
+/// plan health and pool usage wants `token`.
 pub fn router(
     gateway: Arc<Gateway>,
     metrics: Option<Metrics>,
     standalone: Standalone,
+    token: AdminToken,
 ) -> axum::Router {
     let state = Admin {
         repairer: Repairer::new(Arc::clone(&gateway), metrics.clone()),
@@ -154,21 +213,23 @@ pub fn router(
         metrics,
         standalone,
     };
-    axum::Router::new()
+    let open = axum::Router::new()
         .route("/admin/v1/plans/{plan}", axum::routing::get(plan_health))
+        .route("/admin/v1/pools/{pool}", axum::routing::get(pool));
+    let guarded = axum::Router::new()
         .route("/admin/v1/plans/{plan}/lost", axum::routing::get(lost))
         .route("/admin/v1/plans/{plan}/repair", axum::routing::post(repair))
         .route(
             "/admin/v1/plans/{plan}/reencode",
             axum::routing::post(reencode),
         )
-        .route("/admin/v1/pools/{pool}", axum::routing::get(pool))
         .route("/admin/v1/audit", axum::routing::post(audit))
         .route("/admin/v1/gc", axum::routing::post(gc))
         .route("/admin/v1/scrub", axum::routing::post(scrub))
         .route("/admin/v1/snapshot", axum::routing::post(snapshot))
         .route("/admin/v1/lifecycle", axum::routing::post(lifecycle))
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token));
+    open.merge(guarded).with_state(state)
 }
 
 fn error(status: StatusCode, message: String) -> Response {

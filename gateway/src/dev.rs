@@ -494,16 +494,21 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    // The admin API's actions want a token, as with `sublet serve`: the state directory's
+    // `admin.token`, made on first start.
+    let token = crate::policy::admin_token(None, &cluster.dir)?;
+    let token_path = cluster.dir.join(crate::policy::TOKEN_FILE);
     // Metrics are a convenience here: several dev clusters (tests) may run at once, so a
     // busy admin address must not stop the cluster.
     let admin = match crate::metrics::spawn_admin(
         admin_listen,
         cluster.metrics.clone(),
         Arc::clone(&cluster.gateway),
+        crate::admin::AdminToken::new(token),
     )
     .await
     {
-        Ok(addr) => format!("http://{addr}/metrics (and /healthz)"),
+        Ok(addr) => format!("http://{addr}/metrics (and /healthz, the admin API /admin/v1)"),
         Err(e) => {
             tracing::warn!(error = %e, "metrics are not served");
             format!("not served ({e:#}); pick another --admin-listen")
@@ -527,13 +532,13 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     let auditing = crate::audit::spawn_loop(
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
-        crate::audit::AuditPolicy::default(),
         stop.clone(),
     );
     let scrubbing = crate::scrub::spawn_loop(
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
         crate::scrub::ScrubPolicy::default(),
+        Some(cluster.dir.join(crate::scrub::POSITION_FILE)),
         stop.clone(),
     );
     let reencoding = crate::s3::reencode::spawn_reencode(
@@ -568,6 +573,10 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!("  secret key:    {}", c.secret_key);
     println!("  state:         {}", cluster.dir.display());
     println!("  metrics:       {admin}");
+    println!(
+        "  admin token:   {} (SUBLET_ADMIN_TOKEN for sublet status, sublet repair, ...)",
+        token_path.display()
+    );
     println!();
     println!(
         "  master key:    {}  <- BACK THIS FILE UP: without it no object can ever be read again",

@@ -59,7 +59,7 @@ enum Command {
         /// Address of `/metrics`, `/healthz` and the admin API; overrides spec.adminListen.
         #[arg(long, env = "SUBLET_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
-        /// Bearer token of the policy API (at least 16 characters); without it the gateway
+        /// Bearer token of the admin API (at least 16 characters); without it the gateway
         /// uses `admin.token` in the data directory, created when missing.
         #[arg(long, env = "SUBLET_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
@@ -117,6 +117,9 @@ enum Command {
         /// instead of opening the gateway's state here.
         #[arg(long, env = "SUBLET_ADMIN_URL")]
         admin_url: Option<String>,
+        /// The admin token of the gateway at --admin-url (its DATA_DIR/admin.token).
+        #[arg(long, env = "SUBLET_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Bytes per second to read plus write, e.g. `50Mi`; overrides the schedule's.
         #[arg(long, env = "SUBLET_REPAIR_BANDWIDTH_LIMIT")]
         bandwidth_limit: Option<String>,
@@ -279,20 +282,19 @@ async fn main() {
             config,
             once,
             admin_url,
+            token,
             bandwidth_limit,
             data_dir,
             provider_token,
         } => {
-            repair(
+            let cmd = sublet_gateway::repair::RepairCommand {
                 plan,
-                config,
                 once,
                 admin_url,
-                bandwidth_limit,
-                data_dir,
-                provider_token,
-            )
-            .await
+                admin_token: token,
+                bandwidth_limit: None,
+            };
+            repair(cmd, config, bandwidth_limit, data_dir, provider_token).await
         }
         Command::Recover {
             config,
@@ -335,15 +337,13 @@ async fn resource(kind: Kind, action: ResourceAction, admin: AdminArgs) -> anyho
 }
 
 async fn repair(
-    plan: String,
+    mut cmd: sublet_gateway::repair::RepairCommand,
     config: PathBuf,
-    once: bool,
-    admin_url: Option<String>,
     bandwidth_limit: Option<String>,
     data_dir: Option<PathBuf>,
     provider_token: Option<String>,
 ) -> anyhow::Result<()> {
-    let bandwidth_limit = bandwidth_limit
+    cmd.bandwidth_limit = bandwidth_limit
         .map(|b| {
             sublet_crds::ByteSize::parse(&b)
                 .map(|s| s.bytes())
@@ -353,12 +353,6 @@ async fn repair(
         })
         .transpose()?;
     let file = sublet_crds::load_file(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cmd = sublet_gateway::repair::RepairCommand {
-        plan,
-        once,
-        admin_url,
-        bandwidth_limit,
-    };
     let overrides = sublet_gateway::serve::Overrides {
         data_dir,
         provider_token,

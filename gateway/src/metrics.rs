@@ -523,12 +523,14 @@ impl ShardBackend for ObservedBackend {
 }
 
 /// Serves `/metrics` (refreshing plan and health gauges from metadata first), `/healthz` and
-/// the admin API ([`crate::admin`]) on `listener` until `shutdown` resolves.
+/// the admin API ([`crate::admin`], its actions behind `token`) on `listener` until `shutdown`
+/// resolves.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     gateway: Arc<Gateway>,
     standalone: crate::admin::Standalone,
+    token: crate::admin::AdminToken,
     policy: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -558,7 +560,12 @@ pub async fn serve_admin(
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::admin::router(gateway, Some(metrics), standalone))
+        .merge(crate::admin::router(
+            gateway,
+            Some(metrics),
+            standalone,
+            token,
+        ))
         .merge(policy);
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
@@ -568,11 +575,13 @@ pub async fn serve_admin(
     }
 }
 
-/// Binds the admin address and serves it in the background; returns the bound address.
+/// Binds the admin address and serves it in the background, its actions behind `token`;
+/// returns the bound address.
 pub async fn spawn_admin(
     addr: SocketAddr,
     metrics: Metrics,
     gateway: Arc<Gateway>,
+    token: crate::admin::AdminToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -584,6 +593,7 @@ pub async fn spawn_admin(
         metrics,
         gateway,
         crate::admin::Standalone::default(),
+        token,
         axum::Router::new(),
         std::future::pending(),
     ));

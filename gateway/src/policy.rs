@@ -23,9 +23,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sublet_crds::{Config, LoadError, LoadErrors};
@@ -330,7 +329,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// The policies a running gateway manages, and where their changes go.
 pub struct PolicyApi {
     gateway: Arc<Gateway>,
-    token: String,
+    token: crate::admin::AdminToken,
     /// Set when the policies belong to someone else (the Kubernetes operator): the reason
     /// writes are refused.
     read_only: Option<String>,
@@ -361,7 +360,7 @@ impl PolicyApi {
         let effective = load_layered(&file, data_dir)?;
         Ok(PolicyApi {
             gateway,
-            token,
+            token: crate::admin::AdminToken::new(token),
             read_only,
             overlay_path,
             state: tokio::sync::Mutex::new(Policies {
@@ -388,8 +387,8 @@ impl PolicyApi {
                 axum::routing::get(bucket_one).put(set_bucket),
             )
             .route_layer(axum::middleware::from_fn_with_state(
-                Arc::clone(&self),
-                require_token,
+                self.token.clone(),
+                crate::admin::require_token,
             ))
             .with_state(self)
     }
@@ -424,32 +423,6 @@ fn error(status: StatusCode, message: impl Into<String>, problems: Vec<String>) 
     refusal(status, message, problems).into_response()
 }
 
-async fn require_token(
-    State(api): State<Arc<PolicyApi>>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Response {
-    let given = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), api.token.as_bytes()) => next.run(request).await,
-        Some(_) => error(
-            StatusCode::UNAUTHORIZED,
-            "the admin token is wrong",
-            Vec::new(),
-        ),
-        None => error(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs the admin token: send `Authorization: Bearer TOKEN` \
-             (sublet reads it from --token or SUBLET_ADMIN_TOKEN)",
-            Vec::new(),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,10 +436,6 @@ mod tests {
         assert_eq!(strip_line_number("see (line x)"), "see (line x)");
         assert_eq!(strip_line_number("plain"), "plain");
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn parse_kind(segment: &str) -> Result<Kind, Refusal> {
@@ -612,6 +581,7 @@ fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
         topology: Arc::new(topology),
         rebuild: crate::serve::rebuild_policies(config),
         lifecycle: crate::serve::lifecycle_rules(config),
+        audit: crate::serve::audit_policy(config),
     })
 }
 

@@ -730,6 +730,8 @@ pub struct RepairCommand {
     pub once: bool,
     /// Ask the gateway at this admin URL to repair instead of opening its state here.
     pub admin_url: Option<String>,
+    /// The admin token `admin_url` wants.
+    pub admin_token: Option<String>,
     /// Bytes per second, overriding the schedule's bandwidth limit.
     pub bandwidth_limit: Option<u64>,
 }
@@ -762,6 +764,11 @@ pub async fn run_command(
         );
     }
     let local = match &cmd.admin_url {
+        Some(url) if cmd.admin_token.as_deref().is_none_or(str::is_empty) => anyhow::bail!(
+            "repairing through {url} needs the gateway's admin token: pass --token or set \
+             SUBLET_ADMIN_TOKEN (the gateway keeps it in admin.token in its data directory; \
+             under Kubernetes the Secret <gateway>-admin)"
+        ),
         Some(_) => None,
         None => {
             let built = crate::serve::build(config, overrides).await?;
@@ -779,7 +786,10 @@ pub async fn run_command(
                 let urgent_only = !policy.in_window(local_minute_of_day());
                 r.run_pass(&cmd.plan, urgent_only, PASS_LIMIT).await?
             }
-            (None, Some(url)) => remote_pass(url, &cmd.plan, cmd.bandwidth_limit).await?,
+            (None, Some(url)) => {
+                let token = cmd.admin_token.as_deref().unwrap_or_default();
+                remote_pass(url, token, &cmd.plan, cmd.bandwidth_limit).await?
+            }
             (None, None) => unreachable!("local is set without an admin URL"),
         };
         eprintln!(
@@ -812,6 +822,7 @@ pub async fn run_command(
 /// One pass through `POST {admin}/admin/v1/plans/{plan}/repair`.
 async fn remote_pass(
     admin_url: &str,
+    token: &str,
     plan: &str,
     bandwidth_limit: Option<u64>,
 ) -> anyhow::Result<RepairReport> {
@@ -827,6 +838,7 @@ async fn remote_pass(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     let request = http::Request::post(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .body(http_body_util::Empty::new())
         .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
     let response = client

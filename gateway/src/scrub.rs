@@ -7,7 +7,9 @@
 //! up, and counts against the provider's audit score. Shards on providers that are down are
 //! left to the grace period; a provider that does not answer is tried again next cycle.
 //!
-//! The position in the cycle is kept in memory: a restarted gateway starts a new cycle.
+//! The position in the cycle is kept in `scrub.json` in the data directory after every
+//! batch: a restarted gateway goes on where it stopped, and waits out the interval of a cycle
+//! it finished, instead of reading every shard again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,18 +219,87 @@ pub async fn scrub_pass(
     Ok(report)
 }
 
-/// Scrubs every stored version once per `policy.interval` until `stop` changes.
+/// The position file's name inside the data directory.
+pub const POSITION_FILE: &str = "scrub.json";
+
+/// Where the scrub cycle stands, as kept in [`POSITION_FILE`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrubPosition {
+    /// Unix ms the cycle started.
+    pub cycle_started: i64,
+    /// Row id the next batch goes on after; `None` once the cycle is done.
+    pub after: Option<i64>,
+}
+
+impl ScrubPosition {
+    /// The position kept at `path`; `None` when there is none or it is unreadable (a new
+    /// cycle starts then: reading everything again is safe, only slow).
+    pub fn load(path: &std::path::Path) -> Option<Self> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "scrub position unreadable; a new cycle starts");
+                return None;
+            }
+        };
+        serde_json::from_slice(&text)
+            .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "scrub position unreadable; a new cycle starts"))
+            .ok()
+    }
+
+    /// Keeps the position at `path`, replacing the old one whole.
+    async fn store(&self, path: &std::path::Path) {
+        let tmp = path.with_extension("json.tmp");
+        let written = async {
+            tokio::fs::write(&tmp, serde_json::to_vec(self)?).await?;
+            tokio::fs::rename(&tmp, path).await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = written.await {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "scrub position not kept; a restart starts the cycle over");
+        }
+    }
+}
+
+/// Scrubs every stored version once per `policy.interval` until `stop` changes, keeping its
+/// position at `position` (when given) so a restart goes on where it stopped.
 pub fn spawn_loop(
     gateway: Arc<Gateway>,
     metrics: Option<Metrics>,
     policy: ScrubPolicy,
+    position: Option<std::path::PathBuf>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut kept = position.as_deref().and_then(ScrubPosition::load);
         loop {
-            let started = Instant::now();
+            let interval_ms = i64::try_from(policy.interval.as_millis()).unwrap_or(i64::MAX);
+            let (started, mut after) = match kept.take() {
+                Some(ScrubPosition {
+                    cycle_started,
+                    after: Some(after),
+                }) => {
+                    tracing::info!(after, "scrub cycle goes on where it stopped");
+                    (cycle_started, after)
+                }
+                Some(ScrubPosition {
+                    cycle_started,
+                    after: None,
+                }) => {
+                    // The last cycle is done: the next one is due an interval after it began.
+                    let rest = cycle_started.saturating_add(interval_ms) - now_ms();
+                    let rest = Duration::from_millis(u64::try_from(rest).unwrap_or(0));
+                    tokio::select! {
+                        () = tokio::time::sleep(rest) => {}
+                        _ = stop.changed() => return,
+                    }
+                    (now_ms(), 0)
+                }
+                None => (now_ms(), 0),
+            };
             let cycle = async {
-                let mut after = 0;
                 let mut total = ScrubReport::default();
                 loop {
                     match scrub_pass(
@@ -246,6 +317,13 @@ pub fn spawn_loop(
                             total.bad += r.bad;
                             total.unchecked += r.unchecked;
                             total.bytes += r.bytes;
+                            if let Some(path) = &position {
+                                let at = ScrubPosition {
+                                    cycle_started: started,
+                                    after: r.next,
+                                };
+                                at.store(path).await;
+                            }
                             match r.next {
                                 Some(next) => after = next,
                                 None => break,
@@ -270,11 +348,10 @@ pub fn spawn_loop(
                 () = cycle => {}
                 _ = stop.changed() => return,
             }
-            let rest = policy.interval.saturating_sub(started.elapsed());
-            tokio::select! {
-                () = tokio::time::sleep(rest) => {}
-                _ = stop.changed() => return,
-            }
+            kept = Some(ScrubPosition {
+                cycle_started: started,
+                after: None,
+            });
         }
     })
 }

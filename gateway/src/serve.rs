@@ -272,8 +272,8 @@ pub struct Overrides {
     pub full_access_key: Option<(String, String)>,
     /// Wins over `spec.adminListen`.
     pub admin_listen: Option<SocketAddr>,
-    /// The bearer token of the policy API; when `None`, the data directory's `admin.token`
-    /// (created when missing).
+    /// The bearer token of the admin API (actions and policies); when `None`, the data
+    /// directory's `admin.token` (created when missing).
     pub admin_token: Option<String>,
     /// The policies belong to the Kubernetes operator: the policy API refuses writes.
     pub read_only_policies: bool,
@@ -405,7 +405,7 @@ pub struct Running {
     pub paths: StatePaths,
     pub identity: NodeId,
     pub tls: bool,
-    /// The bearer token of the policy API.
+    /// The bearer token of the admin API.
     pub admin_token: String,
     clients: Vec<(String, ProviderClient)>,
     clouds: Vec<Arc<CloudBackend>>,
@@ -639,7 +639,8 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
         Gateway::new(Arc::clone(&meta), master, plans, backends)?
             .with_placement(topology(config, &endpoints), Arc::clone(&health))?
             .with_rebuild(rebuild_policies(config))
-            .with_lifecycle(lifecycle_rules(config)),
+            .with_lifecycle(lifecycle_rules(config))
+            .with_audit(audit_policy(config)),
     );
     let pools: Vec<(String, String)> = endpoints
         .iter()
@@ -730,16 +731,12 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             crate::repair::LOOP_INTERVAL,
             stop.clone(),
         ),
-        crate::audit::spawn_loop(
-            Arc::clone(&gateway),
-            Some(metrics.clone()),
-            audit_policy(config),
-            stop.clone(),
-        ),
+        crate::audit::spawn_loop(Arc::clone(&gateway), Some(metrics.clone()), stop.clone()),
         crate::scrub::spawn_loop(
             Arc::clone(&gateway),
             Some(metrics.clone()),
             scrub_policy(config),
+            Some(paths.data_dir.join(crate::scrub::POSITION_FILE)),
             stop.clone(),
         ),
         crate::s3::reencode::spawn_reencode(
@@ -794,6 +791,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
                         work_dir: paths.data_dir.clone(),
                     }),
                 },
+                crate::admin::AdminToken::new(admin_token.clone()),
                 policy.router(),
                 async move {
                     let _ = stop.changed().await;
@@ -1018,7 +1016,7 @@ pub async fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()
                 .to_string(),
         };
         println!(
-            "  admin API:   http://{admin}/admin/v1 (sublet plan|schedule|provider|status; token: {token})"
+            "  admin API:   http://{admin}/admin/v1 (sublet plan|schedule|provider|status|repair; token: {token})"
         );
     }
     println!(

@@ -286,6 +286,58 @@ spec:
     let (ok, _, err) = sublet(a, "wrong-token-123456789", &["plan", "list"]).await;
     assert!(!ok && err.contains("the admin token is wrong"), "{err}");
 
+    // The actions (and the lost list, which names objects) want the same token; pool usage,
+    // counts like plan health, stays open.
+    for (method, path) in [
+        ("POST", "/admin/v1/plans/standard/repair"),
+        ("POST", "/admin/v1/plans/standard/reencode"),
+        ("POST", "/admin/v1/audit?samples=1"),
+        ("POST", "/admin/v1/scrub"),
+        ("POST", "/admin/v1/gc?minAgeSeconds=0"),
+        ("POST", "/admin/v1/snapshot"),
+        ("POST", "/admin/v1/lifecycle"),
+        ("GET", "/admin/v1/plans/standard/lost"),
+    ] {
+        let r = admin(a, method, path, None, "").await;
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.text());
+        assert!(
+            json(&r)["error"]
+                .as_str()
+                .unwrap()
+                .contains("needs the admin token"),
+            "{method} {path}: {}",
+            r.text()
+        );
+        let r = admin(a, method, path, Some("wrong-token-123456789"), "").await;
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.text());
+        assert_eq!(json(&r)["error"], "the admin token is wrong");
+    }
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/audit?samples=1",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["providers"], 3, "{}", r.text());
+    let r = admin(
+        a,
+        "GET",
+        "/admin/v1/plans/standard/lost",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        admin(a, "GET", "/admin/v1/pools/home", None, "")
+            .await
+            .status,
+        200
+    );
+
     // A plan that does not validate is refused with every problem and its field path.
     let r = admin(
         a,
@@ -624,4 +676,131 @@ async fn a_generated_admin_token_is_kept_in_the_data_dir() {
     );
     let err = sublet_gateway::policy::admin_token(Some("short"), tmp.path()).unwrap_err();
     assert!(err.to_string().contains("at least 16 characters"), "{err}");
+}
+
+/// Audits performed so far, from the gateway's metrics.
+fn audits_done(running: &sublet_gateway::serve::Running) -> u64 {
+    running
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("sublet_gateway_audits_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_audit_interval_applies_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut providers = Vec::new();
+    for i in 0..3 {
+        providers.push(start_provider(&tmp.path().join(format!("provider-{i}"))).await);
+    }
+    let endpoints: String = providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "    - {{name: p{i}, address: \"{}\", nodeId: \"{}\"}}\n",
+                p.grpc_addr, p.node_id
+            )
+        })
+        .collect();
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: home}}
+spec:
+  class: owned
+  endpoints:
+{endpoints}---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: standard}}
+spec:
+  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}
+  segmentSize: 64Ki
+  schedule: care
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageSchedule
+metadata: {{name: care}}
+spec:
+  audit: {{interval: 1h, samplesPerProvider: 4}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: standard
+  listen: "127.0.0.1:0"
+  adminListen: "127.0.0.1:0"
+  dataDir: "{}"
+  providerToken: {TOKEN}
+  credentials:
+    - {{accessKey: admin, secretKey: admin-secret-0123456789}}
+"#,
+        tmp.path().join("gateway").display(),
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let overrides = sublet_gateway::serve::Overrides {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
+    let running = sublet_gateway::serve::start(&config, &overrides)
+        .await
+        .unwrap();
+    let a = running.admin_addr.unwrap();
+    let s3 = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+    assert_eq!(s3.send("PUT", "/bkt", &[], b"").await.status, 200);
+    let r = s3.send("PUT", "/bkt/audited", &[], &[7u8; 100_000]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Hourly: nothing is audited in the first seconds.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(audits_done(&running), 0);
+
+    // Every second from now on, without a restart.
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/schedules/care",
+        Some(ADMIN_TOKEN),
+        "spec:\n  audit: {interval: 1s, samplesPerProvider: 4}\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let started = std::time::Instant::now();
+    while audits_done(&running) < 6 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "only {} audits within 20 s of the change",
+            audits_done(&running)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // And back to hourly: the audits stop.
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/schedules/care",
+        Some(ADMIN_TOKEN),
+        "spec:\n  audit: {interval: 1h, samplesPerProvider: 4}\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let settled = audits_done(&running);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(audits_done(&running), settled, "audits go on every second");
+
+    running.shutdown().await;
+    for p in providers {
+        p.shutdown().await;
+    }
 }

@@ -150,9 +150,28 @@ spec:
         let (_, h) = get_json(&plan_url).await;
         let due = h["repair"]["due"].as_u64().unwrap();
         assert!(due > 0, "round {round}: {h}");
+        if remote {
+            // Through the admin API without the token nothing is repaired.
+            let anonymous = RepairCommand {
+                plan: "standard".into(),
+                admin_url: Some(admin.clone()),
+                admin_token: Some("not-the-admin-token-0123".into()),
+                ..RepairCommand::default()
+            };
+            let err = run_command(&anonymous, &config, &Default::default())
+                .await
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("401") && format!("{err:#}").contains("token is wrong"),
+                "{err:#}"
+            );
+            let (_, h) = get_json(&plan_url).await;
+            assert!(h["repair"]["due"].as_u64().unwrap() > 0, "{h}");
+        }
         let cmd = RepairCommand {
             plan: "standard".into(),
             admin_url: remote.then(|| admin.clone()),
+            admin_token: remote.then(|| running.admin_token.clone()),
             ..RepairCommand::default()
         };
         run_command(&cmd, &config, &Default::default())

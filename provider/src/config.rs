@@ -29,6 +29,10 @@ pub struct ProviderConfig {
     pub allowed_clients: Vec<NodeId>,
     /// Shared cluster token accepted in the `x-sublet-token` metadata.
     pub token: Option<String>,
+    /// Fault injection for tests: answer audits with forged proofs while shards stay intact
+    /// and reads stay right, like a provider that cheats on proofs of storage. Never set in
+    /// production; [`crate::server::RunningProvider::forge_audits`] flips it at runtime.
+    pub forge_audits: bool,
 }
 
 impl ProviderConfig {
@@ -43,6 +47,7 @@ impl ProviderConfig {
             zone: String::new(),
             allowed_clients: Vec::new(),
             token: None,
+            forge_audits: false,
         }
     }
 }
@@ -117,6 +122,11 @@ pub struct Args {
     /// Print this node's id (creating the identity if needed) and exit.
     #[arg(long)]
     pub print_node_id: bool,
+    /// Fault-injection switch for tests: forge every audit answer (wrong proofs) while
+    /// keeping shards and reads intact. Hidden: a provider that does this gets its shards
+    /// flagged for repair and no new placements.
+    #[arg(long, env = "SUBLET_PROVIDER_FAULT_FORGE_AUDITS", hide = true)]
+    pub fault_forge_audits: bool,
 }
 
 /// The YAML file; every field is optional.
@@ -188,6 +198,7 @@ impl Args {
             zone: self.zone.clone().or(file.zone).unwrap_or_default(),
             allowed_clients,
             token,
+            forge_audits: self.fault_forge_audits,
         })
     }
 }

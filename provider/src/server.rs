@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,7 @@ pub struct RunningProvider {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub metrics: Metrics,
+    forge_audits: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -116,6 +118,13 @@ impl std::fmt::Debug for RunningProvider {
 }
 
 impl RunningProvider {
+    /// Fault injection for tests: from now on answer audits with forged proofs (`true`) or
+    /// honestly again (`false`); shards and reads are untouched either way.
+    pub fn forge_audits(&self, on: bool) {
+        self.forge_audits.store(on, Ordering::Relaxed);
+        warn!(node_id = %self.node_id, on, "fault injection: forged audit answers");
+    }
+
     /// Stop accepting connections and wait for in-flight requests (writes
     /// included) to finish.
     /// Requests still running after [`SHUTDOWN_GRACE`] are cut off.
@@ -172,6 +181,10 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         .with_context(|| format!("binding HTTP address {}", config.http_listen))?;
     let http_addr = http_listener.local_addr()?;
 
+    let forge_audits = Arc::new(AtomicBool::new(config.forge_audits));
+    if config.forge_audits {
+        warn!(%node_id, "fault injection: audit answers are forged");
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (conn_tx, conn_rx) = mpsc::channel::<Result<TlsConnection, io::Error>>(64);
 
@@ -190,6 +203,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         token_hash: config.token.as_deref().map(|t| blake3::hash(t.as_bytes())),
         zone: config.zone.clone(),
         started: Instant::now(),
+        forge_audits: Arc::clone(&forge_audits),
     };
     let grpc = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
@@ -238,6 +252,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         grpc_addr,
         http_addr,
         metrics,
+        forge_audits,
         shutdown: shutdown_tx,
         tasks: vec![accept_task, grpc_task, http_task],
     })
@@ -304,6 +319,8 @@ struct ShardService {
     token_hash: Option<blake3::Hash>,
     zone: String,
     started: Instant,
+    /// Fault injection: audit answers are forged while this is set.
+    forge_audits: Arc<AtomicBool>,
 }
 
 fn stat_of(id: String, meta: &ShardMeta) -> proto::ShardStat {
@@ -635,8 +652,14 @@ impl ShardStore for ShardService {
             self.authorize(&request)?;
             let req = request.into_inner();
             let store = Arc::clone(&self.store);
-            let (slice, shard_length) =
+            let (mut slice, shard_length) =
                 blocking(move || store.audit(&req.shard_id, req.offset, req.length)).await?;
+            // A cheat that does not read the shard: the slice's content bytes are made up.
+            if self.forge_audits.load(Ordering::Relaxed)
+                && let Some(last) = slice.last_mut()
+            {
+                *last ^= 0x5a;
+            }
             self.metrics
                 .bytes
                 .with_label_values(&["Audit"])

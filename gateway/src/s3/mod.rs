@@ -67,6 +67,8 @@ pub struct PolicySet {
     pub rebuild: HashMap<String, RebuildPolicy>,
     /// The lifecycle rules of each plan's StorageSchedule.
     pub lifecycle: PlanRules,
+    /// How often and how hard providers are audited: the tightest of the plans' schedules.
+    pub audit: crate::audit::AuditPolicy,
 }
 
 impl PolicySet {
@@ -85,6 +87,8 @@ pub struct Gateway {
     /// read lock held for nanoseconds); a policy change swaps the whole set, so a request
     /// never sees a plan without its placement rule.
     policy: std::sync::RwLock<Arc<PolicySet>>,
+    /// Marked at every policy swap, so background loops (audits) pick up new schedules.
+    policy_changes: tokio::sync::watch::Sender<()>,
     /// Free space and recent failures of providers, for placement.
     health: Arc<HealthBoard>,
     /// Versions (by row id) a repair in this process is working on.
@@ -128,7 +132,9 @@ impl Gateway {
                 topology,
                 rebuild: HashMap::new(),
                 lifecycle: Vec::new(),
+                audit: crate::audit::AuditPolicy::default(),
             })),
+            policy_changes: tokio::sync::watch::channel(()).0,
             health: Arc::default(),
             repair_claims: Arc::default(),
             retired: Arc::default(),
@@ -156,6 +162,12 @@ impl Gateway {
     /// Repairs and counts health of `plan`'s objects by `policy` (its schedule's rules).
     pub fn with_rebuild(mut self, policies: HashMap<String, RebuildPolicy>) -> Self {
         self.policy_mut().rebuild = policies;
+        self
+    }
+
+    /// Audits providers by `policy` (the tightest of the schedules).
+    pub fn with_audit(mut self, policy: crate::audit::AuditPolicy) -> Self {
+        self.policy_mut().audit = policy;
         self
     }
 
@@ -207,7 +219,13 @@ impl Gateway {
             .policy
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        self.policy_changes.send_replace(());
         Ok(())
+    }
+
+    /// Changes each time [`Gateway::swap_policy`] switches the policies.
+    pub fn policy_changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.policy_changes.subscribe()
     }
 
     /// The name of the plan PUTs without a storage class (in a bucket without its own) use.

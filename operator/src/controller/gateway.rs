@@ -1,5 +1,6 @@
-//! StorageGateway: the config rendered from the namespace's resources, Secrets created once,
-//! the workload and Services applied, ready replicas and endpoint in status.
+//! StorageGateway: the config rendered from the namespace's resources, Secrets (provider
+//! token, master key, S3 credentials, admin token) created once, the workload and Services
+//! applied, ready replicas and endpoint in status.
 
 use std::sync::Arc;
 
@@ -14,8 +15,8 @@ use super::pool::{WithGeneration, ready_changed};
 use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, list_all, patch_status};
 use crate::render::config::{Inventory, render_config};
 use crate::render::gateway::{
-    GatewayWorkload, credentials_secret, endpoint, gateway_objects, master_key_secret,
-    provider_token_secret,
+    GatewayWorkload, admin_token_secret, credentials_secret, endpoint, gateway_objects,
+    master_key_secret, provider_token_secret,
 };
 use crate::render::namespace_of;
 use crate::{Error, Result};
@@ -68,6 +69,7 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
         .await;
     }
     create_if_missing(&ctx.client, &credentials_secret(&gateway)?).await?;
+    create_if_missing(&ctx.client, &admin_token_secret(&gateway)?).await?;
 
     let objects = gateway_objects(&gateway, &ctx.images, &config)?;
     apply(&ctx.client, &objects.config_map).await?;

@@ -432,6 +432,19 @@ async fn gateway_gets_config_secrets_services_workload_and_status() {
         let creds = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
         assert_eq!(creds.body["metadata"]["name"], "sublet-s3");
         creds.already_exists();
+        // The admin token is made once, owned by the gateway.
+        let admin_token = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+        assert_eq!(admin_token.body["metadata"]["name"], "s3-admin");
+        assert_eq!(
+            admin_token.body["metadata"]["ownerReferences"][0]["name"],
+            "s3"
+        );
+        let admin_token_text = admin_token.body["stringData"]["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(admin_token_text.len(), 40);
+        admin_token.echo();
 
         let cm = next(&mut api).await;
         cm.assert_apply(&format!("{CORE}/configmaps/s3-config"));
@@ -449,6 +462,19 @@ async fn gateway_gets_config_secrets_services_workload_and_status() {
         let hash =
             sts.body["spec"]["template"]["metadata"]["annotations"]["sublet.dev/config-hash"]
                 .clone();
+        // The gateway reads its admin token from that Secret, never from the ConfigMap.
+        let env = sts.body["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
+        let admin_env = env
+            .iter()
+            .find(|e| e["name"] == "SUBLET_ADMIN_TOKEN")
+            .unwrap();
+        assert_eq!(
+            admin_env["valueFrom"]["secretKeyRef"],
+            json!({"name": "s3-admin", "key": "token", "optional": false})
+        );
+        assert!(!yaml.contains(&admin_token_text));
         let mut answer = sts.body.clone();
         answer["status"] = json!({"replicas": 1, "readyReplicas": 1});
         sts.ok(&answer);
@@ -946,7 +972,7 @@ async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
         expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
             .await
             .ok(&list("StorageSchedule", vec![]));
-        for _ in 0..3 {
+        for _ in 0..4 {
             expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
                 .await
                 .already_exists();

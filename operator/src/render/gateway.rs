@@ -69,6 +69,15 @@ pub fn master_key_secret_name(gateway: &StorageGateway) -> String {
     format!("{}-master-key", gateway.name_any())
 }
 
+/// The Secret holding the admin API token (key [`ADMIN_TOKEN_KEY`]): the gateway pods and
+/// the rebuild Jobs get it as `SUBLET_ADMIN_TOKEN`.
+pub fn admin_token_secret_name(gateway: &StorageGateway) -> String {
+    format!("{}-admin", gateway.name_any())
+}
+
+/// Key of the token in the admin token Secret.
+pub const ADMIN_TOKEN_KEY: &str = "token";
+
 /// The ConfigMap holding the config.
 pub fn config_map_name(gateway: &StorageGateway) -> String {
     format!("{}-config", gateway.name_any())
@@ -125,6 +134,23 @@ pub fn credentials_secret(gateway: &StorageGateway) -> Result<Secret> {
     })
 }
 
+/// An admin token Secret with a fresh token. Created only when missing, never applied over
+/// an existing one (an operator restart must not lock out Jobs holding the old token).
+/// Owned by the gateway: the token means nothing without it.
+pub fn admin_token_secret(gateway: &StorageGateway) -> Result<Secret> {
+    let name = gateway.name_any();
+    Ok(Secret {
+        metadata: owned_meta(
+            gateway,
+            admin_token_secret_name(gateway),
+            labels(APP_GATEWAY, &name, &[(LABEL_GATEWAY, &name)]),
+        )?,
+        string_data: Some(BTreeMap::from([(ADMIN_TOKEN_KEY.into(), random_text(40))])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    })
+}
+
 /// A master key Secret with a fresh 256-bit key in hex, as `sublet` writes `master.key`.
 /// Deliberately without an owner reference: deleting the gateway must not delete the one
 /// key that makes stored objects readable.
@@ -168,7 +194,8 @@ pub fn provider_token_secret(namespace: &str) -> Secret {
     }
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+/// `name` from `key` of Secret `secret`, which must exist.
+pub fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -244,6 +271,11 @@ pub fn gateway_objects(
             SECRET_KEY,
         ),
         secret_env("SUBLET_PROVIDER_TOKEN", PROVIDER_TOKEN_SECRET, "token"),
+        secret_env(
+            "SUBLET_ADMIN_TOKEN",
+            &admin_token_secret_name(gateway),
+            ADMIN_TOKEN_KEY,
+        ),
     ];
     env.extend(
         config
@@ -494,6 +526,10 @@ mod tests {
             c["env"][2]["valueFrom"]["secretKeyRef"]["name"],
             "sublet-provider-token"
         );
+        // Every replica gets the same admin token, from the Secret the operator made.
+        assert_eq!(c["env"][3]["name"], "SUBLET_ADMIN_TOKEN");
+        assert_eq!(c["env"][3]["valueFrom"]["secretKeyRef"]["name"], "s3-admin");
+        assert_eq!(c["env"][3]["valueFrom"]["secretKeyRef"]["key"], "token");
         let env = c["env"].as_array().unwrap();
         let read_only = env
             .iter()
@@ -542,8 +578,8 @@ mod tests {
         assert!(matches!(objects.workload, GatewayWorkload::Deployment(_)));
         assert_eq!(json["spec"]["replicas"], 3);
         let c = &json["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["env"][3]["name"], "SUBLET_METADATA_URL");
-        assert_eq!(c["env"][3]["valueFrom"]["secretKeyRef"]["key"], "url");
+        assert_eq!(c["env"][4]["name"], "SUBLET_METADATA_URL");
+        assert_eq!(c["env"][4]["valueFrom"]["secretKeyRef"]["key"], "url");
         assert!(json["spec"]["template"]["spec"]["volumes"][2]["emptyDir"].is_object());
 
         // The variable the gateway reads (urlEnv) is the one the Secret fills.
@@ -554,9 +590,9 @@ mod tests {
         let json =
             workload_json(&gateway_objects(&gw, &Images::default(), &config("abc")).unwrap());
         let c = &json["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["env"][3]["name"], "DB_URL");
-        assert_eq!(c["env"][3]["valueFrom"]["secretKeyRef"]["name"], "db");
-        assert_eq!(c["env"][3]["valueFrom"]["secretKeyRef"]["key"], "dsn");
+        assert_eq!(c["env"][4]["name"], "DB_URL");
+        assert_eq!(c["env"][4]["valueFrom"]["secretKeyRef"]["name"], "db");
+        assert_eq!(c["env"][4]["valueFrom"]["secretKeyRef"]["key"], "dsn");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use kube::ResourceExt;
 use sublet_crds::{ByteSize, StorageGateway, StoragePlan};
 
 use super::config::{CONFIG_DIR, CONFIG_FILE};
-use super::gateway::{admin_url, config_map_name};
+use super::gateway::{
+    ADMIN_TOKEN_KEY, admin_token_secret_name, admin_url, config_map_name, secret_env,
+};
 use super::{
     APP_REPAIR, Images, LABEL_GATEWAY, LABEL_PLAN, LABEL_SCHEDULE, PROVIDER_TOKEN_SECRET, labels,
     namespace_of, owner_ref,
@@ -66,6 +68,12 @@ pub fn repair_job(
             }),
             ..EnvVar::default()
         },
+        // `sublet repair` asks the gateway's admin API, whose actions want its token.
+        secret_env(
+            "SUBLET_ADMIN_TOKEN",
+            &admin_token_secret_name(gateway),
+            ADMIN_TOKEN_KEY,
+        ),
     ];
     if let Some(limit) = bandwidth_limit {
         env.push(EnvVar {
@@ -186,8 +194,13 @@ mod tests {
             ])
         );
         assert_eq!(c["env"][0]["value"], "http://s3-admin.storage.svc:9001");
-        assert_eq!(c["env"][2]["name"], "SUBLET_REPAIR_BANDWIDTH_LIMIT");
-        assert_eq!(c["env"][2]["value"], "50Mi");
+        assert_eq!(c["env"][2]["name"], "SUBLET_ADMIN_TOKEN");
+        assert_eq!(
+            c["env"][2]["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "s3-admin", "key": "token", "optional": false})
+        );
+        assert_eq!(c["env"][3]["name"], "SUBLET_REPAIR_BANDWIDTH_LIMIT");
+        assert_eq!(c["env"][3]["value"], "50Mi");
         assert_eq!(pod["volumes"][0]["configMap"]["name"], "s3-config");
         let selector_labels = &json["spec"]["template"]["metadata"]["labels"];
         assert_eq!(selector_labels["sublet.dev/plan"], "photos");
