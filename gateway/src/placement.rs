@@ -461,6 +461,11 @@ pub struct HealthBoard {
 
 /// Audits failed in a row after which a provider gets no new shards until it passes one.
 pub const AUDIT_STRIKES: u32 = 3;
+/// How long a struck provider gets no new shards without passing an audit. After that it is
+/// placeable on probation: a provider whose every shard was flagged or repaired away has
+/// nothing left to be audited on, and would otherwise stay shut out until a restart. Its
+/// next failed audit shuts it out again for as long.
+pub const AUDIT_PROBATION: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default, Clone)]
 struct ProviderState {
@@ -471,6 +476,7 @@ struct ProviderState {
     audits_failed: u64,
     /// Audits failed since the last one passed.
     audit_strikes: u32,
+    last_audit_failure: Option<Instant>,
 }
 
 impl HealthBoard {
@@ -514,6 +520,7 @@ impl HealthBoard {
             } else {
                 s.audits_failed += 1;
                 s.audit_strikes += 1;
+                s.last_audit_failure = Some(Instant::now());
             }
         });
     }
@@ -527,10 +534,17 @@ impl HealthBoard {
     }
 
     /// Healthy unless it failed within [`FAILURE_WINDOW`] and has not answered since, or
-    /// failed [`AUDIT_STRIKES`] audits in a row.
+    /// failed [`AUDIT_STRIKES`] audits in a row, the last within [`AUDIT_PROBATION`].
     pub fn healthy(&self, node: &str) -> bool {
+        self.healthy_at(node, Instant::now())
+    }
+
+    fn healthy_at(&self, node: &str, now: Instant) -> bool {
         self.with(node, |s| {
-            if s.audit_strikes >= AUDIT_STRIKES {
+            let struck = s.audit_strikes >= AUDIT_STRIKES
+                && s.last_audit_failure
+                    .is_some_and(|at| now.saturating_duration_since(at) < AUDIT_PROBATION);
+            if struck {
                 return false;
             }
             match s.last_failure {
@@ -981,6 +995,21 @@ mod tests {
         assert!(board.healthy("n"));
         assert_eq!(board.score("n"), Some(25));
         assert_eq!(board.score("other"), None);
+    }
+
+    #[test]
+    fn a_struck_provider_with_nothing_left_to_audit_is_placeable_again_on_probation() {
+        let board = HealthBoard::default();
+        for _ in 0..AUDIT_STRIKES {
+            board.record_audit("n", false);
+        }
+        let now = Instant::now();
+        assert!(!board.healthy_at("n", now));
+        assert!(!board.healthy_at("n", now + AUDIT_PROBATION - Duration::from_secs(60)));
+        assert!(board.healthy_at("n", now + AUDIT_PROBATION + Duration::from_secs(1)));
+        // One more failure on probation shuts it out again at once.
+        board.record_audit("n", false);
+        assert!(!board.healthy_at("n", Instant::now()));
     }
 
     #[test]
