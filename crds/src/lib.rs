@@ -20,6 +20,7 @@ pub mod duration;
 pub mod error;
 pub mod gateway;
 pub mod loader;
+pub mod offer;
 pub mod plan;
 pub mod pool;
 pub mod schedule;
@@ -35,6 +36,7 @@ pub use gateway::{
     StorageGatewayStatus,
 };
 pub use loader::{Config, LoadError, LoadErrors, load_file, load_str};
+pub use offer::MarketOffer;
 pub use plan::{
     Encryption, Erasure, Placement, PoolLimit, Redundancy, ShardCounts, SpreadBy, StoragePlan,
     StoragePlanSpec, StoragePlanStatus,

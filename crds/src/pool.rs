@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::Condition;
+use crate::offer::MarketOffer;
 use crate::size::ByteSize;
 use crate::validate::{Problems, ValidationError, is_endpoint_address};
 
@@ -62,6 +63,10 @@ pub struct ProviderPoolSpec {
     /// on it. The operator sets it in the gateway config while a deleted pool drains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<bool>,
+    /// Lend the pool's in-cluster providers on the sublet market: each provider pod
+    /// publishes this offer, signed with its node key, and keeps it current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<MarketOffer>,
 }
 
 /// Who pays for and controls a pool's hardware.
@@ -314,6 +319,21 @@ impl ProviderPoolSpec {
         }
         if let Some(nodes) = &self.nodes {
             validate_storage(&mut p, &nodes.storage);
+        }
+        if let Some(offer) = &self.offer {
+            if self.nodes.is_none() {
+                p.add(
+                    "spec.offer",
+                    "only in-cluster providers publish offers; add `nodes`, or let the owners of `endpoints` run `sublet-provider --offer` themselves",
+                );
+            }
+            if offer.market_url.is_none() {
+                p.add(
+                    "spec.offer.marketUrl",
+                    "is required; name the market the offer goes to (e.g. http://market.example:8480)",
+                );
+            }
+            offer.check(&mut p, "spec.offer");
         }
         p.unique_names(
             "spec.endpoints",
@@ -571,6 +591,24 @@ mod tests {
             [
                 "spec.endpoints[0].name: \"Bob NAS\" is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. home-lab)",
                 "spec.endpoints[0].nodeId: must not be empty; paste the id the provider prints at start, or omit it to pin on first contact",
+            ]
+        );
+    }
+
+    #[test]
+    fn offer_rules() {
+        let offer = "offer: {marketUrl: \"http://market:8480\", pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}";
+        let pool = spec(&format!("class: rented\n{NODES}\n{offer}"));
+        assert!(pool.validate().is_empty(), "{:?}", pool.validate());
+        assert_eq!(pool.offer.unwrap().promised_uptime_bps(), Some(9950));
+        assert_eq!(
+            problems(
+                "class: rented\nendpoints: [{name: nas, address: \"nas:1\"}]\noffer: {pricePerGibMonth: 1, region: eu, promisedUptime: \"120%\"}"
+            ),
+            [
+                "spec.offer: only in-cluster providers publish offers; add `nodes`, or let the owners of `endpoints` run `sublet-provider --offer` themselves",
+                "spec.offer.marketUrl: is required; name the market the offer goes to (e.g. http://market.example:8480)",
+                "spec.offer.promisedUptime: \"120%\" is not a percentage; write e.g. \"99.5%\" (0 to 100, at most two decimals)",
             ]
         );
     }

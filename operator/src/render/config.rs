@@ -143,6 +143,8 @@ pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
             // A deleted pool is held by its finalizer until the gateways moved its shards.
             drain: (pool.metadata.deletion_timestamp.is_some() || pool.spec.drain == Some(true))
                 .then_some(true),
+            // The provider pods publish the offer; the gateway has no use for it.
+            offer: None,
         },
     )
 }
