@@ -61,7 +61,7 @@ pub struct NewOffer {
     pub endpoint: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offer {
     pub id: String,
     pub provider: String,
@@ -76,6 +76,7 @@ pub struct Offer {
     pub created_at: i64,
     pub withdrawn: bool,
     /// Where the provider's shard store listens; empty when the provider didn't say.
+    #[serde(default)]
     pub endpoint: String,
 }
 

@@ -206,6 +206,21 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         }
     });
 
+    let mut tasks_market = Vec::new();
+    if let Some(market) = &config.market {
+        let offer = market.new_offer(config.capacity.saturating_sub(config.reserve))?;
+        let publisher = crate::market::OfferPublisher::new(
+            &identity,
+            &market.url,
+            offer,
+            config.data_dir.clone(),
+        )?;
+        info!(market = %market.url, party = %publisher.party_id(), "lending space on the market");
+        tasks_market.push(tokio::spawn(
+            publisher.run(market.interval, shutdown_rx.clone()),
+        ));
+    }
+
     let http_state = (metrics.clone(), Arc::clone(&store));
     let router = axum::Router::new()
         .route(
@@ -239,7 +254,10 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         http_addr,
         metrics,
         shutdown: shutdown_tx,
-        tasks: vec![accept_task, grpc_task, http_task],
+        tasks: [accept_task, grpc_task, http_task]
+            .into_iter()
+            .chain(tasks_market)
+            .collect(),
     })
 }
 
