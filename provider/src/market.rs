@@ -2,7 +2,9 @@
 //! publishes the offer, keeps it current (re-publishes when the terms change or the
 //! market no longer lists it) and accepts contracts demanders propose on it.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -15,7 +17,7 @@ use sublet_market::offers::{NewOffer, Offer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::identity::NodeIdentity;
+use crate::identity::{NodeId, NodeIdentity};
 
 /// File in the data dir remembering the offer this provider published.
 pub const OFFER_STATE_FILE: &str = "market-offer.json";
@@ -54,6 +56,24 @@ impl MarketSettings {
     }
 }
 
+/// Node ids of the gateways whose demanders hold an active contract with this provider:
+/// a demander's gateway signs on the market with its node key, so the party's public key
+/// names the gateway that may call.
+#[derive(Clone, Debug, Default)]
+pub struct ContractedClients(Arc<RwLock<HashSet<NodeId>>>);
+
+impl ContractedClients {
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.0.read().is_ok_and(|set| set.contains(id))
+    }
+
+    fn replace(&self, ids: HashSet<NodeId>) {
+        if let Ok(mut set) = self.0.write() {
+            *set = ids;
+        }
+    }
+}
+
 /// What one pass changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -63,6 +83,8 @@ pub struct SyncReport {
     pub published: bool,
     /// Contracts accepted in this pass.
     pub accepted: Vec<String>,
+    /// Gateways allowed to call because their demander holds an active contract.
+    pub contracted_clients: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +99,7 @@ pub struct OfferPublisher {
     name: String,
     offer: NewOffer,
     state_path: PathBuf,
+    contracted: ContractedClients,
 }
 
 fn same_terms(open: &Offer, wanted: &NewOffer) -> bool {
@@ -105,7 +128,14 @@ impl OfferPublisher {
             name: format!("provider-{}", identity.node_id()),
             offer,
             state_path: data_dir.join(OFFER_STATE_FILE),
+            contracted: ContractedClients::default(),
         })
+    }
+
+    /// Keeps `clients` equal to the gateways of demanders with an active contract.
+    pub fn allowing(mut self, clients: ContractedClients) -> Self {
+        self.contracted = clients;
+        self
     }
 
     /// The market party id of this provider.
@@ -228,6 +258,35 @@ impl OfferPublisher {
                 Err(e) => warn!(contract = %id, error = %e, "could not accept contract"),
             }
         }
+        let contracts = self.call("GET", "/v1/contracts", &Value::Null).await?;
+        let mut clients = HashSet::new();
+        for contract in contracts.as_array().into_iter().flatten() {
+            if contract["state"] != "active" || contract["provider"] != self.party_id().as_str() {
+                continue;
+            }
+            let Some(demander) = contract["demander"].as_str() else {
+                continue;
+            };
+            let party = self
+                .client
+                .json(
+                    None,
+                    "GET",
+                    &format!("/v1/parties/{demander}"),
+                    &Value::Null,
+                )
+                .await?
+                .ok()?;
+            let key: Option<[u8; 32]> = party["public_key"]
+                .as_str()
+                .and_then(|k| hex::decode(k).ok())
+                .and_then(|k| k.try_into().ok());
+            if let Some(key) = key {
+                clients.insert(NodeId::from_public_key(&key));
+            }
+        }
+        report.contracted_clients = clients.len();
+        self.contracted.replace(clients);
         Ok(report)
     }
 

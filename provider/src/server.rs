@@ -182,11 +182,13 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         shutdown_rx.clone(),
     ));
 
+    let contracted = crate::market::ContractedClients::default();
     let service = ShardService {
         store: Arc::clone(&store),
         metrics: metrics.clone(),
         node_id,
         allowed: config.allowed_clients.iter().copied().collect(),
+        contracted: contracted.clone(),
         token_hash: config.token.as_deref().map(|t| blake3::hash(t.as_bytes())),
         zone: config.zone.clone(),
         started: Instant::now(),
@@ -214,7 +216,8 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
             &market.url,
             offer,
             config.data_dir.clone(),
-        )?;
+        )?
+        .allowing(contracted);
         info!(market = %market.url, party = %publisher.party_id(), "lending space on the market");
         tasks_market.push(tokio::spawn(
             publisher.run(market.interval, shutdown_rx.clone()),
@@ -244,7 +247,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         }
     });
 
-    if config.allowed_clients.is_empty() && config.token.is_none() {
+    if config.allowed_clients.is_empty() && config.token.is_none() && config.market.is_none() {
         warn!("no allowed clients and no token configured: every call will be refused");
     }
     info!(%node_id, %grpc_addr, %http_addr, zone = %config.zone, "provider started");
@@ -319,6 +322,8 @@ struct ShardService {
     metrics: Metrics,
     node_id: NodeId,
     allowed: HashSet<NodeId>,
+    /// Gateways of demanders with an active market contract, kept by the market task.
+    contracted: crate::market::ContractedClients,
     token_hash: Option<blake3::Hash>,
     zone: String,
     started: Instant,
@@ -349,7 +354,7 @@ impl ShardService {
             .get::<PeerInfo>()
             .and_then(|p| p.node_id);
         if let Some(id) = peer
-            && self.allowed.contains(&id)
+            && (self.allowed.contains(&id) || self.contracted.contains(&id))
         {
             return Ok(());
         }

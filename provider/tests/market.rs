@@ -11,6 +11,7 @@ use sublet_crds::MarketOffer;
 use sublet_market::client::Client;
 use sublet_market::identity::{Role, Signer, party_id};
 use sublet_market::{Market, Policy, api};
+use sublet_provider::client::{ClientConfig, ErrorKind, ProviderClient};
 use sublet_provider::identity::NodeIdentity;
 use sublet_provider::market::MarketSettings;
 use sublet_provider::server::{self, ProviderConfig, RunningProvider};
@@ -100,8 +101,21 @@ async fn provider_publishes_its_offer_keeps_it_current_and_accepts_contracts() {
     assert_eq!(published["min_term_days"], 7);
     assert_eq!(published["endpoint"], "https://nas.example:7480");
 
-    // A demander's proposal is accepted without anyone at the provider's keyboard.
-    let (demander, _) = Signer::generate().unwrap();
+    // A demander's proposal is accepted without anyone at the provider's keyboard. The
+    // demander signs with its gateway's node key, and that gateway may then call.
+    let gateway = Arc::new(NodeIdentity::generate());
+    let demander = Signer::from_pkcs8(gateway.pkcs8_der()).unwrap();
+    let shards = ProviderClient::new(
+        &provider.grpc_addr.to_string(),
+        provider.node_id,
+        &ClientConfig {
+            identity: Arc::clone(&gateway),
+            token: None,
+        },
+    )
+    .unwrap();
+    let refused = shards.info().await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Unauthenticated, "{refused}");
     client
         .register(&demander, Role::Demander, "dee")
         .await
@@ -131,6 +145,11 @@ async fn provider_publishes_its_offer_keeps_it_current_and_accepts_contracts() {
                 .ok()?;
             (c["state"] == "active").then_some(())
         }
+    })
+    .await;
+    eventually(|| {
+        let shards = shards.clone();
+        async move { shards.info().await.ok() }
     })
     .await;
     provider.shutdown().await;
