@@ -20,6 +20,7 @@ pub mod duration;
 pub mod error;
 pub mod gateway;
 pub mod loader;
+pub mod offer;
 pub mod plan;
 pub mod pool;
 pub mod schedule;
@@ -35,13 +36,14 @@ pub use gateway::{
     StorageGatewayStatus,
 };
 pub use loader::{Config, LoadError, LoadErrors, load_file, load_str};
+pub use offer::MarketOffer;
 pub use plan::{
     Encryption, Erasure, Placement, PoolLimit, Redundancy, ShardCounts, SpreadBy, StoragePlan,
     StoragePlanSpec, StoragePlanStatus,
 };
 pub use pool::{
-    BucketMember, Endpoint, NodeSelector, NodeStorage, PoolClass, PoolMember, PoolNodes,
-    ProviderPool, ProviderPoolSpec, ProviderPoolStatus, VolumeClaimTemplate,
+    BucketMember, Endpoint, MarketPool, NodeSelector, NodeStorage, PoolClass, PoolMember,
+    PoolNodes, ProviderPool, ProviderPoolSpec, ProviderPoolStatus, VolumeClaimTemplate,
 };
 pub use schedule::{
     Audit, LifecycleFilter, LifecycleRule, Rebuild, RebuildWindow, Scrub, StorageSchedule,

@@ -7,8 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::Condition;
+use crate::offer::MarketOffer;
 use crate::size::ByteSize;
-use crate::validate::{Problems, ValidationError, is_endpoint_address};
+use crate::validate::{Problems, ValidationError, is_dns_label, is_endpoint_address};
 
 /// A group of providers that plans place shards on: in-cluster nodes running a provider pod,
 /// endpoints outside the cluster, or both.
@@ -62,6 +63,13 @@ pub struct ProviderPoolSpec {
     /// on it. The operator sets it in the gateway config while a deleted pool drains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<bool>,
+    /// Lend the pool's in-cluster providers on the sublet market: each provider pod
+    /// publishes this offer, signed with its node key, and keeps it current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<MarketOffer>,
+    /// Rent providers on the sublet market instead of (or besides) listing them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market: Option<MarketPool>,
 }
 
 /// Who pays for and controls a pool's hardware.
@@ -150,6 +158,44 @@ pub struct Endpoint {
     /// The failure domain for `spreadBy: zone`, e.g. `bob-home`. Defaults to the endpoint name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The failure domain for `spreadBy: owner` when it differs from the pool's (providers
+    /// contracted on the market each have their own). Defaults to the pool's owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// Providers rented on the sublet market: the gateway searches offers matching these
+/// criteria, contracts enough providers (each a different owner) and places shards on them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MarketPool {
+    /// The market, `http://host:port`.
+    pub url: String,
+    /// How many providers to contract, each from a different owner.
+    #[schemars(range(min = 1))]
+    pub providers: u32,
+    /// Space reserved with each provider, e.g. `50Gi`.
+    pub reserve: ByteSize,
+    /// Length of each contract in days; offers with a longer minimum term are skipped.
+    /// Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term_days: Option<u32>,
+    /// Highest price per GiB-month accepted, in micro-credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price_per_gib_month: Option<i64>,
+    /// Lowest provider score accepted (the market's rating, 0 to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<u32>,
+    /// Regions accepted; any region when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+}
+
+impl MarketPool {
+    /// Contract length in days.
+    pub fn term_days(&self) -> u32 {
+        self.term_days.unwrap_or(30)
+    }
 }
 
 /// An S3-compatible bucket used as a provider.
@@ -260,11 +306,18 @@ impl ProviderPoolSpec {
                     "must not be empty; name the person or organisation owning the hardware, or omit it",
                 );
         }
-        if self.nodes.is_none() && self.endpoints.is_empty() && self.buckets.is_empty() {
+        if self.nodes.is_none()
+            && self.endpoints.is_empty()
+            && self.buckets.is_empty()
+            && self.market.is_none()
+        {
             p.add(
                 "spec",
-                "a pool needs providers; add `nodes` (in-cluster), `endpoints` (outside the cluster) or `buckets` (S3-compatible storage)",
+                "a pool needs providers; add `nodes` (in-cluster), `endpoints` (outside the cluster), `buckets` (S3-compatible storage) or `market` (rented on the sublet market)",
             );
+        }
+        if let Some(m) = &self.market {
+            validate_market(&mut p, m);
         }
         p.unique_names("spec.buckets", self.buckets.iter().map(|b| b.name.as_str()));
         for (i, b) in self.buckets.iter().enumerate() {
@@ -315,6 +368,21 @@ impl ProviderPoolSpec {
         if let Some(nodes) = &self.nodes {
             validate_storage(&mut p, &nodes.storage);
         }
+        if let Some(offer) = &self.offer {
+            if self.nodes.is_none() {
+                p.add(
+                    "spec.offer",
+                    "only in-cluster providers publish offers; add `nodes`, or let the owners of `endpoints` run `sublet-provider --offer` themselves",
+                );
+            }
+            if offer.market_url.is_none() {
+                p.add(
+                    "spec.offer.marketUrl",
+                    "is required; name the market the offer goes to (e.g. http://market.example:8480)",
+                );
+            }
+            offer.check(&mut p, "spec.offer");
+        }
         p.unique_names(
             "spec.endpoints",
             self.endpoints.iter().map(|e| e.name.as_str()),
@@ -343,6 +411,50 @@ impl ProviderPoolSpec {
             }
         }
         p.0
+    }
+}
+
+fn validate_market(p: &mut Problems, m: &MarketPool) {
+    let url_ok = m
+        .url
+        .strip_prefix("http://")
+        .map(|rest| rest.strip_suffix('/').unwrap_or(rest))
+        .is_some_and(|rest| !rest.contains('/') && is_endpoint_address(rest));
+    if !url_ok {
+        p.add(
+            "spec.market.url",
+            format!(
+                "\"{}\" is not a market URL; use http://host:port (e.g. http://market.example:8480)",
+                m.url
+            ),
+        );
+    }
+    p.at_least("spec.market.providers", m.providers, 1);
+    if m.reserve.bytes() == 0 {
+        p.add("spec.market.reserve", "must be more than 0 (e.g. 50Gi)");
+    }
+    if m.term_days.is_some_and(|d| d == 0 || d > 3650) {
+        p.add("spec.market.termDays", "must be between 1 and 3650 days");
+    }
+    if m.max_price_per_gib_month.is_some_and(|v| v < 0) {
+        p.add(
+            "spec.market.maxPricePerGibMonth",
+            "must not be negative; prices are micro-credits (1 credit = 1000000)",
+        );
+    }
+    if m.min_score.is_some_and(|s| s > 1000) {
+        p.add(
+            "spec.market.minScore",
+            "market scores go from 0 to 1000; use e.g. 600",
+        );
+    }
+    for (i, region) in m.regions.iter().enumerate() {
+        if !is_dns_label(region) {
+            p.add(
+                format!("spec.market.regions[{i}]"),
+                format!("\"{region}\" is not a region tag; use lowercase letters, digits and '-' (e.g. eu-west)"),
+            );
+        }
     }
 }
 
@@ -474,7 +586,7 @@ mod tests {
         assert_eq!(
             problems("class: owned"),
             [
-                "spec: a pool needs providers; add `nodes` (in-cluster), `endpoints` (outside the cluster) or `buckets` (S3-compatible storage)"
+                "spec: a pool needs providers; add `nodes` (in-cluster), `endpoints` (outside the cluster), `buckets` (S3-compatible storage) or `market` (rented on the sublet market)"
             ]
         );
     }
@@ -571,6 +683,47 @@ mod tests {
             [
                 "spec.endpoints[0].name: \"Bob NAS\" is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. home-lab)",
                 "spec.endpoints[0].nodeId: must not be empty; paste the id the provider prints at start, or omit it to pin on first contact",
+            ]
+        );
+    }
+
+    #[test]
+    fn offer_rules() {
+        let offer = "offer: {marketUrl: \"http://market:8480\", pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}";
+        let pool = spec(&format!("class: rented\n{NODES}\n{offer}"));
+        assert!(pool.validate().is_empty(), "{:?}", pool.validate());
+        assert_eq!(pool.offer.unwrap().promised_uptime_bps(), Some(9950));
+        assert_eq!(
+            problems(
+                "class: rented\nendpoints: [{name: nas, address: \"nas:1\"}]\noffer: {pricePerGibMonth: 1, region: eu, promisedUptime: \"120%\"}"
+            ),
+            [
+                "spec.offer: only in-cluster providers publish offers; add `nodes`, or let the owners of `endpoints` run `sublet-provider --offer` themselves",
+                "spec.offer.marketUrl: is required; name the market the offer goes to (e.g. http://market.example:8480)",
+                "spec.offer.promisedUptime: \"120%\" is not a percentage; write e.g. \"99.5%\" (0 to 100, at most two decimals)",
+            ]
+        );
+    }
+
+    #[test]
+    fn market_pool_rules() {
+        let pool = spec(
+            "class: rented\nmarket: {url: \"http://market:8480\", providers: 3, reserve: 50Gi, maxPricePerGibMonth: 5000, minScore: 600, regions: [eu-west]}",
+        );
+        assert!(pool.validate().is_empty(), "{:?}", pool.validate());
+        assert_eq!(pool.market.unwrap().term_days(), 30);
+        assert_eq!(
+            problems(
+                "class: rented\nmarket: {url: \"market:8480\", providers: 0, reserve: 0, termDays: 0, maxPricePerGibMonth: -1, minScore: 2000, regions: [EU]}"
+            ),
+            [
+                "spec.market.url: \"market:8480\" is not a market URL; use http://host:port (e.g. http://market.example:8480)",
+                "spec.market.providers: must be at least 1 (got 0)",
+                "spec.market.reserve: must be more than 0 (e.g. 50Gi)",
+                "spec.market.termDays: must be between 1 and 3650 days",
+                "spec.market.maxPricePerGibMonth: must not be negative; prices are micro-credits (1 credit = 1000000)",
+                "spec.market.minScore: market scores go from 0 to 1000; use e.g. 600",
+                "spec.market.regions[0]: \"EU\" is not a region tag; use lowercase letters, digits and '-' (e.g. eu-west)",
             ]
         );
     }

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod dev;
 pub mod health;
 pub mod layout;
+pub mod market;
 pub mod meta;
 pub mod metrics;
 pub mod placement;

@@ -161,6 +161,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The sublet market: `sublet market serve` runs the daemon; `keygen`, `register` and
+    /// `call` are a small signing client (the same as `sublet-market`).
+    Market {
+        #[command(subcommand)]
+        command: sublet_market::cli::Command,
+    },
 }
 
 /// Where the admin API is and how to print its answers.
@@ -303,6 +309,7 @@ async fn main() {
             force,
         } => recover(&config, data_dir, provider_token, force).await,
         Command::MigrateMetadata { from, to, force } => migrate_metadata(from, to, force).await,
+        Command::Market { command } => sublet_market::cli::run(command).await,
     };
     // One line per cause, no backtrace: these are problems with input or the machine.
     if let Err(e) = result {

@@ -123,7 +123,7 @@ pub fn endpoints(config: &Config) -> anyhow::Result<Vec<ProviderEndpoint>> {
                     node_id: node_id.to_string(),
                     pool: pool_name.clone(),
                     zone: e.zone.clone().unwrap_or_else(|| e.name.clone()),
-                    owner: owner.clone(),
+                    owner: e.owner.clone().unwrap_or_else(|| owner.clone()),
                 },
             });
         }
@@ -609,6 +609,9 @@ pub fn scrub_policy(config: &Config) -> crate::scrub::ScrubPolicy {
 }
 
 /// Opens the state `config` describes, dials every provider and probes them once.
+/// How long a starting gateway waits for market providers to accept its proposals.
+const MARKET_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Built> {
     let Some(gateway_resource) = config.gateway() else {
         bail!(
@@ -621,10 +624,13 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     std::fs::create_dir_all(&paths.data_dir)
         .with_context(|| format!("creating {}", paths.data_dir.display()))?;
     let plans = plans(config, &spec.default_plan)?;
+    let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
+    let contracted =
+        crate::market::with_contracts(config, &identity, &paths.data_dir, MARKET_WAIT).await?;
+    let config = &contracted;
     let endpoints = endpoints(config)?;
 
     let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
-    let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
     let (mut backends, clients) = connect(&spec, &identity, &endpoints, &metrics, &health)?;

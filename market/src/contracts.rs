@@ -74,7 +74,7 @@ pub struct NewContract {
     pub term_days: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contract {
     pub id: String,
     pub offer_id: String,

@@ -2,6 +2,7 @@
 //! contracts, usage receipts and the escrow ledger that settles them.
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod contracts;
 pub mod disputes;

@@ -18,9 +18,26 @@ CREATE TABLE IF NOT EXISTS offers (
     min_term_days INTEGER NOT NULL,
     promised_uptime_bps INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    withdrawn INTEGER NOT NULL DEFAULT 0
+    withdrawn INTEGER NOT NULL DEFAULT 0,
+    endpoint TEXT NOT NULL DEFAULT ''
 );
 ";
+
+/// Brings an offers table made before a column was added up to [`SCHEMA`].
+pub fn migrate(conn: &Connection) -> Result<()> {
+    let has_endpoint: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('offers') WHERE name = 'endpoint'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_endpoint {
+        conn.execute(
+            "ALTER TABLE offers ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''",
+            [],
+        )?;
+    }
+    Ok(())
+}
 
 /// What a provider publishes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -38,9 +55,13 @@ pub struct NewOffer {
     pub min_term_days: u32,
     /// Promised uptime in basis points (9950 is 99.5 %).
     pub promised_uptime_bps: u32,
+    /// Where a demander's gateway reaches the provider's shard store (gRPC over TLS),
+    /// `https://host:port`; the node id to pin is derived from the provider's public key.
+    #[serde(default)]
+    pub endpoint: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offer {
     pub id: String,
     pub provider: String,
@@ -54,6 +75,9 @@ pub struct Offer {
     pub promised_uptime_bps: u32,
     pub created_at: i64,
     pub withdrawn: bool,
+    /// Where the provider's shard store listens; empty when the provider didn't say.
+    #[serde(default)]
+    pub endpoint: String,
 }
 
 /// Search filters; every one is optional.
@@ -101,12 +125,34 @@ fn check_offer(o: &NewOffer) -> Result<()> {
     if o.min_term_days > 3650 {
         return bad("min_term_days must be at most 3650".into());
     }
+    if !o.endpoint.is_empty() && !is_endpoint(&o.endpoint) {
+        return bad(format!(
+            "endpoint must be https://host:port (where gateways reach the provider), got {:?}",
+            o.endpoint
+        ));
+    }
     Ok(())
+}
+
+/// `https://host:port` with a printable host and a port in 1..=65535.
+fn is_endpoint(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("https://") else {
+        return false;
+    };
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return false;
+    };
+    text.len() <= 255
+        && !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 const COLUMNS: &str =
     "o.id, o.provider, o.capacity_bytes, o.price_per_gib_month, o.egress_price_per_gib,
-    o.region, o.min_term_days, o.promised_uptime_bps, o.created_at, o.withdrawn,
+    o.region, o.min_term_days, o.promised_uptime_bps, o.created_at, o.withdrawn, o.endpoint,
     o.capacity_bytes - COALESCE((SELECT SUM(c.reserved_bytes) FROM contracts c
         WHERE c.offer_id = o.id AND c.state IN ('proposed', 'active')), 0) AS free";
 
@@ -122,7 +168,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Offer> {
         promised_uptime_bps: r.get(7)?,
         created_at: r.get(8)?,
         withdrawn: r.get(9)?,
-        free_bytes: r.get::<_, i64>(10)?.max(0) as u64,
+        endpoint: r.get(10)?,
+        free_bytes: r.get::<_, i64>(11)?.max(0) as u64,
     })
 }
 
@@ -138,8 +185,8 @@ pub fn publish(conn: &Connection, provider: &Party, offer: &NewOffer, now: i64) 
     let id = new_id("of")?;
     conn.execute(
         "INSERT INTO offers (id, provider, capacity_bytes, price_per_gib_month, egress_price_per_gib,
-             region, min_term_days, promised_uptime_bps, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             region, min_term_days, promised_uptime_bps, created_at, endpoint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             id,
             provider.id,
@@ -149,7 +196,8 @@ pub fn publish(conn: &Connection, provider: &Party, offer: &NewOffer, now: i64) 
             offer.region,
             offer.min_term_days,
             offer.promised_uptime_bps,
-            now
+            now,
+            offer.endpoint
         ],
     )?;
     get(conn, &id)

@@ -115,6 +115,7 @@ impl Market {
         ] {
             conn.execute_batch(schema)?;
         }
+        offers::migrate(&conn)?;
         Ok(Self {
             db: Mutex::new(conn),
             policy,

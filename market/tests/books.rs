@@ -127,6 +127,7 @@ fn world() -> Result<World> {
                 region: "eu".into(),
                 min_term_days: 0,
                 promised_uptime_bps: 9900,
+                endpoint: String::new(),
             },
         )?;
         for (di, d) in demanders.iter().enumerate() {

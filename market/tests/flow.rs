@@ -756,6 +756,79 @@ async fn bad_input_gets_json_errors_naming_the_problem() -> TestResult {
 }
 
 #[tokio::test]
+async fn offers_carry_where_the_provider_listens() -> TestResult {
+    let w = world().await?;
+    let offer = |endpoint: &str| {
+        json!({
+            "capacity_bytes": GIB, "price_per_gib_month": 1, "egress_price_per_gib": 1,
+            "region": "eu-west", "min_term_days": 0, "promised_uptime_bps": 9000,
+            "endpoint": endpoint,
+        })
+    };
+    let published = w
+        .ok(
+            &w.alpha,
+            "POST",
+            "/v1/offers",
+            offer("https://alpha.example:7480"),
+        )
+        .await?;
+    let found = w
+        .client
+        .json(None, "GET", "/v1/offers?region=eu-west", &Value::Null)
+        .await?
+        .ok()?;
+    assert_eq!(found[0]["id"], published["id"]);
+    assert_eq!(found[0]["endpoint"], "https://alpha.example:7480");
+    for bad in [
+        "alpha.example:7480",
+        "https://alpha.example",
+        "https://a b:1",
+    ] {
+        let r = w.call(&w.alpha, "POST", "/v1/offers", offer(bad)).await?;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "bad_request"),
+            "{bad}: {:?}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("endpoint must be https://host:port"),
+            "{:?}",
+            r.body
+        );
+    }
+    // An offer without an endpoint is still accepted (a demander learns it another way).
+    let bare = w.ok(&w.bravo, "POST", "/v1/offers", offer("")).await?;
+    assert_eq!(bare["endpoint"], "");
+    Ok(())
+}
+
+#[test]
+fn a_database_from_before_offer_endpoints_opens_and_keeps_its_offers() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("market.db");
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch(
+            "CREATE TABLE offers (id TEXT PRIMARY KEY, provider TEXT NOT NULL,
+                capacity_bytes INTEGER NOT NULL, price_per_gib_month INTEGER NOT NULL,
+                egress_price_per_gib INTEGER NOT NULL, region TEXT NOT NULL,
+                min_term_days INTEGER NOT NULL, promised_uptime_bps INTEGER NOT NULL,
+                created_at INTEGER NOT NULL, withdrawn INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO offers VALUES ('of_old', 'p', 1024, 5, 0, 'eu', 0, 9000, 1, 0);",
+        )?;
+    }
+    let market = Market::open(&path, Policy::default(), None)?;
+    let old = market.offer("of_old")?;
+    assert_eq!((old.capacity_bytes, old.endpoint.as_str()), (1024, ""));
+    Ok(())
+}
+
+#[tokio::test]
 async fn openapi_document_describes_every_route() -> TestResult {
     let (client, _) = start(false, Vec::new()).await?;
     let metrics = client.send(None, "GET", "/metrics", b"").await?;

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde::Deserialize;
+use sublet_crds::MarketOffer;
 
 use crate::identity::NodeId;
+use crate::market::MarketSettings;
 
 /// Everything a provider needs to run.
 #[derive(Clone, Debug)]
@@ -33,6 +35,8 @@ pub struct ProviderConfig {
     /// and reads stay right, like a provider that cheats on proofs of storage. Never set in
     /// production; [`crate::server::RunningProvider::forge_audits`] flips it at runtime.
     pub forge_audits: bool,
+    /// The offer published on the sublet market, when this provider lends its space there.
+    pub market: Option<MarketSettings>,
 }
 
 impl ProviderConfig {
@@ -48,6 +52,7 @@ impl ProviderConfig {
             allowed_clients: Vec::new(),
             token: None,
             forge_audits: false,
+            market: None,
         }
     }
 }
@@ -119,6 +124,18 @@ pub struct Args {
     /// Cluster token accepted from clients in `x-sublet-token`.
     #[arg(long, env = "SUBLET_PROVIDER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Publish an offer on the sublet market: a YAML/JSON file, or the offer itself inline
+    /// (`{pricePerGibMonth: 4000, region: eu-west, promisedUptime: "99.5%", ...}`); the
+    /// fields are those of `ProviderPool.spec.offer`.
+    #[arg(long, env = "SUBLET_PROVIDER_OFFER")]
+    pub offer: Option<String>,
+    /// The market the offer goes to, `http://host:port` (overrides the offer's `marketUrl`).
+    #[arg(long, env = "SUBLET_PROVIDER_MARKET_URL")]
+    pub market_url: Option<String>,
+    /// How often the offer is checked on the market and proposed contracts are accepted,
+    /// e.g. `1m` [default: 1m].
+    #[arg(long, env = "SUBLET_PROVIDER_MARKET_INTERVAL")]
+    pub market_interval: Option<String>,
     /// Print this node's id (creating the identity if needed) and exit.
     #[arg(long)]
     pub print_node_id: bool,
@@ -142,6 +159,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub allowed_clients: Vec<NodeId>,
     pub token: Option<String>,
+    pub offer: Option<MarketOffer>,
+    pub market_url: Option<String>,
+    pub market_interval: Option<String>,
 }
 
 impl FileConfig {
@@ -179,6 +199,42 @@ impl Args {
             self.allowed_clients.clone()
         };
         let token = self.token.clone().or(file.token).filter(|t| !t.is_empty());
+        let offer = match &self.offer {
+            Some(text) => Some(parse_offer(text)?),
+            None => file.offer,
+        };
+        let market_url = self.market_url.clone().or(file.market_url);
+        let interval = match self
+            .market_interval
+            .as_ref()
+            .or(file.market_interval.as_ref())
+        {
+            Some(text) => sublet_crds::Duration::parse(text)
+                .map_err(|e| anyhow::anyhow!("field `marketInterval`: {e}"))?
+                .as_std(),
+            None => std::time::Duration::from_secs(60),
+        };
+        let market = match (offer, market_url) {
+            (None, None) => None,
+            (None, Some(_)) => bail!(
+                "`marketUrl` is set but there is no offer; give the terms with --offer (see sublet-provider --help)"
+            ),
+            (Some(offer), url) => {
+                let Some(url) = url.or_else(|| offer.market_url.clone()) else {
+                    bail!(
+                        "the offer needs a market; pass --market-url http://host:port or set `marketUrl` in the offer"
+                    );
+                };
+                if let Some(problem) = offer.validate("offer").first() {
+                    bail!("{problem}");
+                }
+                Some(MarketSettings {
+                    url,
+                    offer,
+                    interval,
+                })
+            }
+        };
         Ok(ProviderConfig {
             data_dir: self
                 .data_dir
@@ -199,8 +255,19 @@ impl Args {
             allowed_clients,
             token,
             forge_audits: self.fault_forge_audits,
+            market,
         })
     }
+}
+
+/// `--offer`: the offer inline (it starts with `{`) or the path of a file holding it.
+fn parse_offer(text: &str) -> anyhow::Result<MarketOffer> {
+    if text.trim_start().starts_with('{') {
+        return serde_yaml::from_str(text).context("--offer is not a valid offer");
+    }
+    let content =
+        std::fs::read_to_string(text).with_context(|| format!("reading the offer file {text}"))?;
+    serde_yaml::from_str(&content).with_context(|| format!("offer file {text} is invalid"))
 }
 
 #[cfg(test)]
@@ -249,5 +316,73 @@ mod tests {
         std::fs::write(&path, "capacity: 1Gi\nbogus: 1\n").unwrap();
         let err = args.resolve().unwrap_err();
         assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+    }
+
+    #[test]
+    fn offer_comes_inline_or_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offer.yaml");
+        std::fs::write(
+            &path,
+            "marketUrl: http://market:8480\npricePerGibMonth: 4000\nregion: eu-west\npromisedUptime: \"99.5%\"\n",
+        )
+        .unwrap();
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(["sublet-provider"].iter().chain(args))
+                .unwrap()
+                .resolve()
+        };
+        let cfg = parse(&["--offer", path.to_str().unwrap()]).unwrap();
+        let market = cfg.market.unwrap();
+        assert_eq!(market.url, "http://market:8480");
+        assert_eq!(market.interval, std::time::Duration::from_secs(60));
+        let offer = market.new_offer(cfg.capacity - cfg.reserve).unwrap();
+        assert_eq!(
+            (
+                offer.capacity_bytes,
+                offer.price_per_gib_month,
+                offer.promised_uptime_bps
+            ),
+            (10 << 30, 4000, 9950)
+        );
+
+        let cfg = parse(&[
+            "--offer",
+            "{capacity: 1Gi, pricePerGibMonth: 5, region: home, promisedUptime: 99%}",
+            "--market-url",
+            "http://m:1",
+            "--market-interval",
+            "5m",
+        ])
+        .unwrap();
+        let market = cfg.market.unwrap();
+        assert_eq!(
+            (market.url.as_str(), market.interval.as_secs()),
+            ("http://m:1", 300)
+        );
+        assert_eq!(
+            market.new_offer(cfg.capacity).unwrap().capacity_bytes,
+            1 << 30
+        );
+
+        let err = parse(&[
+            "--offer",
+            "{pricePerGibMonth: 5, region: home, promisedUptime: 99%}",
+        ])
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("--market-url"), "{err:#}");
+        let err = parse(&[
+            "--offer",
+            "{pricePerGibMonth: 5, region: Home, promisedUptime: 99%}",
+            "--market-url",
+            "http://m:1",
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("offer.region: \"Home\" is not a region tag"),
+            "{err:#}"
+        );
+        let err = parse(&["--market-url", "http://m:1"]).unwrap_err();
+        assert!(format!("{err:#}").contains("--offer"), "{err:#}");
     }
 }

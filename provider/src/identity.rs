@@ -195,6 +195,11 @@ impl NodeIdentity {
         self.certificate.clone()
     }
 
+    /// The private key as PKCS#8 DER, for signing as this node elsewhere (the market).
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
     /// The private key for rustls.
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))

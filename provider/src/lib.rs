@@ -3,6 +3,7 @@
 pub mod client;
 pub mod config;
 pub mod identity;
+pub mod market;
 pub mod metrics;
 pub mod server;
 pub mod store;

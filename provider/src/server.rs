@@ -195,11 +195,13 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         shutdown_rx.clone(),
     ));
 
+    let contracted = crate::market::ContractedClients::default();
     let service = ShardService {
         store: Arc::clone(&store),
         metrics: metrics.clone(),
         node_id,
         allowed: config.allowed_clients.iter().copied().collect(),
+        contracted: contracted.clone(),
         token_hash: config.token.as_deref().map(|t| blake3::hash(t.as_bytes())),
         zone: config.zone.clone(),
         started: Instant::now(),
@@ -219,6 +221,22 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
             warn!(error = %e, "gRPC server failed");
         }
     });
+
+    let mut tasks_market = Vec::new();
+    if let Some(market) = &config.market {
+        let offer = market.new_offer(config.capacity.saturating_sub(config.reserve))?;
+        let publisher = crate::market::OfferPublisher::new(
+            &identity,
+            &market.url,
+            offer,
+            config.data_dir.clone(),
+        )?
+        .allowing(contracted);
+        info!(market = %market.url, party = %publisher.party_id(), "lending space on the market");
+        tasks_market.push(tokio::spawn(
+            publisher.run(market.interval, shutdown_rx.clone()),
+        ));
+    }
 
     let http_state = (metrics.clone(), Arc::clone(&store));
     let router = axum::Router::new()
@@ -243,7 +261,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         }
     });
 
-    if config.allowed_clients.is_empty() && config.token.is_none() {
+    if config.allowed_clients.is_empty() && config.token.is_none() && config.market.is_none() {
         warn!("no allowed clients and no token configured: every call will be refused");
     }
     info!(%node_id, %grpc_addr, %http_addr, zone = %config.zone, "provider started");
@@ -254,7 +272,10 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         metrics,
         forge_audits,
         shutdown: shutdown_tx,
-        tasks: vec![accept_task, grpc_task, http_task],
+        tasks: [accept_task, grpc_task, http_task]
+            .into_iter()
+            .chain(tasks_market)
+            .collect(),
     })
 }
 
@@ -316,6 +337,8 @@ struct ShardService {
     metrics: Metrics,
     node_id: NodeId,
     allowed: HashSet<NodeId>,
+    /// Gateways of demanders with an active market contract, kept by the market task.
+    contracted: crate::market::ContractedClients,
     token_hash: Option<blake3::Hash>,
     zone: String,
     started: Instant,
@@ -348,7 +371,7 @@ impl ShardService {
             .get::<PeerInfo>()
             .and_then(|p| p.node_id);
         if let Some(id) = peer
-            && self.allowed.contains(&id)
+            && (self.allowed.contains(&id) || self.contracted.contains(&id))
         {
             return Ok(());
         }

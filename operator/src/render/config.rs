@@ -117,6 +117,7 @@ pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
                 address: member.address.clone(),
                 node_id: (!member.node_id.is_empty()).then(|| member.node_id.clone()),
                 zone: (!member.zone.is_empty()).then(|| member.zone.clone()),
+                owner: None,
             });
         }
     }
@@ -143,6 +144,10 @@ pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
             // A deleted pool is held by its finalizer until the gateways moved its shards.
             drain: (pool.metadata.deletion_timestamp.is_some() || pool.spec.drain == Some(true))
                 .then_some(true),
+            // The provider pods publish the offer; the gateway has no use for it.
+            offer: None,
+            // The gateway contracts market providers itself.
+            market: pool.spec.market.clone(),
         },
     )
 }
@@ -431,12 +436,14 @@ mod tests {
                     address: "https://10.0.0.1:7480".into(),
                     node_id: Some("aa".into()),
                     zone: Some("kitchen".into()),
+                    owner: None,
                 },
                 Endpoint {
                     name: "node-b".into(),
                     address: "https://10.0.0.2:7480".into(),
                     node_id: Some("bb".into()),
                     zone: Some("attic".into()),
+                    owner: None,
                 },
             ]
         );

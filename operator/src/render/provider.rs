@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use sublet_crds::{PoolNodes, ProviderPool};
+use sublet_crds::{MarketOffer, PoolNodes, ProviderPool};
 
 use super::{
     APP_PROVIDER, Images, LABEL_POOL, PROVIDER_GRPC_PORT, PROVIDER_HTTP_PORT,
@@ -105,8 +105,15 @@ pub fn provider_objects(
         &nodes.storage.volume_claim_template,
     ) {
         (_, Some(claim)) => {
-            let template =
-                pod_template(&name, nodes, images, &labels, claim.size.to_string(), None);
+            let template = pod_template(
+                &name,
+                nodes,
+                images,
+                &labels,
+                claim.size.to_string(),
+                None,
+                pool.spec.offer.as_ref(),
+            )?;
             let claim = PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some("data".into()),
@@ -160,7 +167,15 @@ pub fn provider_objects(
                 }),
                 ..Volume::default()
             };
-            let template = pod_template(&name, nodes, images, &labels, capacity, Some(volume));
+            let template = pod_template(
+                &name,
+                nodes,
+                images,
+                &labels,
+                capacity,
+                Some(volume),
+                pool.spec.offer.as_ref(),
+            )?;
             ProviderWorkload::DaemonSet(DaemonSet {
                 metadata: owned_meta(pool, object_name, labels.clone())?,
                 spec: Some(DaemonSetSpec {
@@ -209,13 +224,14 @@ fn pod_template(
     labels: &BTreeMap<String, String>,
     capacity: String,
     host_volume: Option<Volume>,
-) -> PodTemplateSpec {
+    offer: Option<&MarketOffer>,
+) -> Result<PodTemplateSpec> {
     let data_mount = VolumeMount {
         name: "data".into(),
         mount_path: DATA_DIR.into(),
         ..VolumeMount::default()
     };
-    let env = vec![
+    let mut env = vec![
         EnvVar {
             // Set when the cluster copies node topology labels onto pods (Kubernetes 1.33+
             // with PodTopologyLabelsAdmission); empty otherwise. The gateway config carries
@@ -243,6 +259,9 @@ fn pod_template(
             ..EnvVar::default()
         },
     ];
+    if let Some(offer) = offer {
+        env.extend(offer_env(offer)?);
+    }
     // A hostPath the kubelet creates belongs to root; hand it to the image's user (only
     // the directory: what is inside was written by that user already).
     let data_owner = Container {
@@ -314,7 +333,7 @@ fn pod_template(
         security_context: Some(restricted()),
         ..Container::default()
     };
-    PodTemplateSpec {
+    Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
             ..ObjectMeta::default()
@@ -351,7 +370,39 @@ fn pod_template(
             volumes: host_volume.map(|v| vec![v]),
             ..PodSpec::default()
         }),
+    })
+}
+
+/// The offer handed to each provider pod, which publishes it with its own node key. Unless
+/// the pool names an endpoint, each pod advertises its own IP (the kubelet expands
+/// `$(POD_IP)` from the variable defined just before).
+fn offer_env(offer: &MarketOffer) -> Result<Vec<EnvVar>> {
+    let mut offer = offer.clone();
+    if offer.endpoint.is_none() {
+        offer.endpoint = Some(format!("https://$(POD_IP):{PROVIDER_GRPC_PORT}"));
     }
+    let json = serde_json::to_string(&offer).map_err(|source| crate::Error::Serialize {
+        what: "the offer of a ProviderPool".into(),
+        source,
+    })?;
+    Ok(vec![
+        EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "SUBLET_PROVIDER_OFFER".into(),
+            value: Some(json),
+            ..EnvVar::default()
+        },
+    ])
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {
@@ -458,6 +509,57 @@ mod tests {
         assert_eq!(service["spec"]["clusterIP"], "None");
         assert_eq!(service["spec"]["ports"][0]["port"], 7480);
         assert_eq!(service["spec"]["ports"][1]["port"], 7481);
+    }
+
+    #[test]
+    fn pool_offer_reaches_every_provider_pod() {
+        let pool = pool(
+            "lent",
+            "class: rented\nnodes: {selector: {}, storage: {hostPath: /srv/sublet, capacity: 500Gi}}\noffer: {marketUrl: \"http://market:8480\", pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
+        );
+        let objects = provider_objects(&pool, &Images::default(), 1)
+            .unwrap()
+            .unwrap();
+        let json = workload_json(&objects);
+        let env = json["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let names: Vec<&str> = env.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        // POD_IP must come first: the kubelet expands $(POD_IP) only from earlier variables.
+        assert_eq!(
+            names,
+            [
+                "SUBLET_PROVIDER_ZONE",
+                "SUBLET_PROVIDER_TOKEN",
+                "POD_IP",
+                "SUBLET_PROVIDER_OFFER"
+            ]
+        );
+        assert_eq!(env[2]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+        // What the provider pod reads back is the pool's offer, endpoint filled in.
+        let offer: MarketOffer = serde_yaml::from_str(env[3]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(offer.market_url.as_deref(), Some("http://market:8480"));
+        assert_eq!(offer.endpoint.as_deref(), Some("https://$(POD_IP):7480"));
+        assert_eq!(offer.promised_uptime_bps(), Some(9950));
+        assert_eq!(offer.price_per_gib_month, 4000);
+
+        // A pool without an offer hands none.
+        let plain = pool_without_offer();
+        let json = workload_json(
+            &provider_objects(&plain, &Images::default(), 1)
+                .unwrap()
+                .unwrap(),
+        );
+        let env = json["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        assert!(!env.contains("SUBLET_PROVIDER_OFFER"), "{env}");
+    }
+
+    fn pool_without_offer() -> ProviderPool {
+        pool(
+            "plain",
+            "class: owned\nnodes: {selector: {}, storage: {hostPath: /srv/sublet, capacity: 1Gi}}",
+        )
     }
 
     #[test]

@@ -1,0 +1,299 @@
+//! Market pools: providers publish offers on an in-process market, a gateway with a
+//! `market` pool contracts the matching ones by itself and stores objects on them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sublet_market::identity::Signer;
+use sublet_market::{Market, Policy, api};
+use sublet_provider::market::MarketSettings;
+use sublet_provider::server::{self, ProviderConfig, RunningProvider};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A minimal S3 client: SigV4 (path style, region us-east-1) over HTTP/1.1.
+struct Client {
+    addr: SocketAddr,
+    access_key: String,
+    secret_key: String,
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(data.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+impl Client {
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let (head, body) = self.sign(method, path, headers, body);
+        http_exchange(self.addr, head.as_bytes(), &body).await
+    }
+
+    /// The request head (SigV4-signed) and body.
+    fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (String, Vec<u8>) {
+        let now = chrono::Utc::now();
+        let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
+        let date = now.format("%Y%m%d").to_string();
+        let host = self.addr.to_string();
+        let payload = hex::encode(Sha256::digest(body));
+        // The query (already percent-encoded by the caller), sorted, each with `=`.
+        let (bare_path, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut pairs: Vec<String> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                if p.contains('=') {
+                    p.to_string()
+                } else {
+                    format!("{p}=")
+                }
+            })
+            .collect();
+        pairs.sort();
+        let query = pairs.join("&");
+        let canonical = format!(
+            "{method}\n{bare_path}\n{query}\nhost:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n\n\
+             host;x-amz-content-sha256;x-amz-date\n{payload}"
+        );
+        let scope = format!("{date}/us-east-1/s3/aws4_request");
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        let mut key = hmac(format!("AWS4{}", self.secret_key).as_bytes(), &date);
+        for part in ["us-east-1", "s3", "aws4_request"] {
+            key = hmac(&key, part);
+        }
+        let signature = hex::encode(hmac(&key, &to_sign));
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {amz_date}\r\n\
+             x-amz-content-sha256: {payload}\r\ncontent-length: {}\r\nconnection: close\r\n\
+             authorization: AWS4-HMAC-SHA256 Credential={}/{scope}, \
+             SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={signature}\r\n",
+            body.len(),
+            self.access_key
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        (head, body.to_vec())
+    }
+}
+
+/// Sends one request and reads the whole response (Content-Length or chunked).
+async fn http_exchange(addr: SocketAddr, head: &[u8], body: &[u8]) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(stream, head, body).await
+}
+
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    head: &[u8],
+    body: &[u8],
+) -> Reply {
+    stream.write_all(head).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut rest = &raw[split + 4..];
+    let body = if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap().trim(), 16)
+                .unwrap();
+            rest = &rest[end + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    Reply { status, body }
+}
+
+async fn start_market() -> (String, sublet_market::client::Client) {
+    let market = Market::in_memory(Policy::default(), None).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
+    let client = sublet_market::client::Client::new(&url).unwrap();
+    (url, client)
+}
+
+/// A provider lending its space on the market at `price`, reachable only by gateways of
+/// demanders that contract it (no token, no allowed clients).
+async fn lending_provider(dir: &std::path::Path, market: &str, price: i64) -> RunningProvider {
+    // The offer names the address, so the port must be known first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = ProviderConfig::new(dir);
+    cfg.listen = SocketAddr::from(([127, 0, 0, 1], port));
+    cfg.market = Some(MarketSettings {
+        url: market.into(),
+        offer: serde_yaml::from_str(&format!(
+            "pricePerGibMonth: {price}\nregion: eu-west\npromisedUptime: \"99%\"\nendpoint: \"https://127.0.0.1:{port}\""
+        ))
+        .unwrap(),
+        interval: Duration::from_millis(100),
+    });
+    server::start(cfg).await.unwrap()
+}
+
+async fn open_offers(market: &sublet_market::client::Client) -> usize {
+    let offers = market
+        .json(None, "GET", "/v1/offers", &Value::Null)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    offers.as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn market_pool_contracts_matching_providers_and_stores_on_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, market) = start_market().await;
+    let cheap_a = lending_provider(&tmp.path().join("a"), &url, 3_000).await;
+    let cheap_b = lending_provider(&tmp.path().join("b"), &url, 4_000).await;
+    let dear = lending_provider(&tmp.path().join("c"), &url, 90_000).await;
+    for _ in 0..100 {
+        if open_offers(&market).await == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open_offers(&market).await, 3);
+
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: rented}}
+spec:
+  class: rented
+  market: {{url: "{url}", providers: 2, reserve: 1Gi, maxPricePerGibMonth: 5000, regions: [eu-west]}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: rented-1-1}}
+spec:
+  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
+  segmentSize: 64Ki
+  placement:
+    spreadBy: owner
+    maxPerDomain: 1
+    pools: [{{name: rented, minShards: 2}}]
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: rented-1-1
+  listen: "127.0.0.1:0"
+  dataDir: "{}"
+  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
+"#,
+        tmp.path().join("gateway").display()
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    // The two providers within the price limit, pinned by the key they signed offers with.
+    let mut contracted = running.providers.clone();
+    contracted.sort();
+    let mut expected = vec![cheap_a.node_id.to_string(), cheap_b.node_id.to_string()];
+    expected.sort();
+    assert_eq!(contracted, expected);
+    assert!(!running.providers.contains(&dear.node_id.to_string()));
+
+    // The gateway's market key is its node key.
+    let identity =
+        sublet_provider::identity::NodeIdentity::load_or_create(&running.paths.identity_dir)
+            .unwrap();
+    let demander = Signer::from_pkcs8(identity.pkcs8_der()).unwrap();
+    let contracts = market
+        .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let contracts = contracts.as_array().unwrap().clone();
+    assert_eq!(contracts.len(), 2);
+    assert!(contracts.iter().all(|c| c["state"] == "active"));
+
+    // Objects are stored on the contracted providers: a 1+1 stripe needs both.
+    let s3 = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+    let r = s3.send("PUT", "/rented", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body: Vec<u8> = (0..200_000).map(|i| (i * 13 % 251) as u8).collect();
+    let r = s3.send("PUT", "/rented/blob.bin", &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s3.send("GET", "/rented/blob.bin", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "the object read back differs");
+    running.shutdown().await;
+
+    // A restarted gateway keeps its contracts instead of signing new ones.
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    let again = market
+        .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(again.as_array().unwrap().len(), 2, "{again}");
+    let s3 = Client {
+        addr: running.s3_addr,
+        ..s3
+    };
+    let r = s3.send("GET", "/rented/blob.bin", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "the object read back after restart differs");
+    running.shutdown().await;
+    for p in [cheap_a, cheap_b, dear] {
+        p.shutdown().await;
+    }
+}

@@ -1,0 +1,215 @@
+//! The `sublet-market` command line, shared with `sublet market`: the market daemon and a
+//! small signing client for it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+
+use crate::identity::{Role, Signer};
+use crate::rail::{ManualRail, PaymentRail};
+use crate::{Market, Policy, api, client::Client};
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the market daemon.
+    Serve(Serve),
+    /// Create a new ed25519 key (PKCS#8, mode 0600) and print its party id and public key.
+    Keygen {
+        /// Where to write the key; refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Register a key with a market as a demander or provider.
+    Register {
+        #[arg(
+            long,
+            env = "SUBLET_MARKET_URL",
+            default_value = "http://127.0.0.1:7490"
+        )]
+        url: String,
+        #[arg(long, env = "SUBLET_MARKET_KEY")]
+        key: PathBuf,
+        /// `demander`, `provider` or `arbiter`.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Send one signed request and print the JSON answer,
+    /// e.g. `call POST /v1/offers '{"capacity_bytes":...}'`.
+    Call {
+        #[arg(
+            long,
+            env = "SUBLET_MARKET_URL",
+            default_value = "http://127.0.0.1:7490"
+        )]
+        url: String,
+        #[arg(long, env = "SUBLET_MARKET_KEY")]
+        key: PathBuf,
+        method: String,
+        path: String,
+        /// The JSON body; empty when left out.
+        body: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Serve {
+    /// SQLite database file; created when missing.
+    #[arg(long, env = "SUBLET_MARKET_DB", default_value = "market.db")]
+    db: PathBuf,
+    /// Address of the REST API.
+    #[arg(long, env = "SUBLET_MARKET_LISTEN", default_value = "127.0.0.1:7490")]
+    listen: SocketAddr,
+    /// Accept deposits and withdrawals on the manual rail, which trusts every
+    /// request: for tests, demos and private markets only.
+    #[arg(long, env = "SUBLET_MARKET_MANUAL_DEPOSITS")]
+    manual_deposits: bool,
+    /// The platform's share of provider earnings, in basis points.
+    #[arg(long, default_value_t = Policy::default().platform_fee_bps)]
+    platform_fee_bps: i64,
+    /// The share of a new provider's earnings held back during vetting, in basis points.
+    #[arg(long, default_value_t = Policy::default().held_back_bps)]
+    held_back_bps: i64,
+    /// How long a provider counts as new after registering, in days.
+    #[arg(long, default_value_t = 30)]
+    vetting_days: i64,
+    /// Ed25519 public key (hex) allowed to register as an arbiter and decide
+    /// disputes; repeat for several.
+    #[arg(long = "arbiter-key")]
+    arbiter_keys: Vec<String>,
+}
+
+fn load_key(path: &PathBuf) -> anyhow::Result<Signer> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
+    Ok(Signer::from_pkcs8(&bytes)?)
+}
+
+/// Runs one command.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(s) => serve(s).await,
+        Command::Keygen { out } => {
+            let (signer, pkcs8) = Signer::generate()?;
+            write_new_private(&out, &pkcs8)?;
+            println!(
+                "party_id={} public_key={}",
+                signer.party_id(),
+                signer.public_key_hex()
+            );
+            Ok(())
+        }
+        Command::Register {
+            url,
+            key,
+            role,
+            name,
+        } => {
+            let role = match role.as_str() {
+                "demander" => Role::Demander,
+                "provider" => Role::Provider,
+                "arbiter" => Role::Arbiter,
+                other => bail!("--role must be demander, provider or arbiter, got {other:?}"),
+            };
+            let party = Client::new(&url)?
+                .register(&load_key(&key)?, role, &name)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&party)?);
+            Ok(())
+        }
+        Command::Call {
+            url,
+            key,
+            method,
+            path,
+            body,
+        } => {
+            let signer = load_key(&key)?;
+            let reply = Client::new(&url)?
+                .send(
+                    Some(&signer),
+                    &method.to_ascii_uppercase(),
+                    &path,
+                    body.unwrap_or_default().as_bytes(),
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&reply.body)?);
+            if !(200..300).contains(&reply.status) {
+                bail!("market answered {}", reply.status);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_new_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| {
+        format!(
+            "creating key file {} (it must not exist yet)",
+            path.display()
+        )
+    })?;
+    file.write_all(data)?;
+    Ok(())
+}
+
+async fn serve(s: Serve) -> anyhow::Result<()> {
+    let policy = Policy {
+        platform_fee_bps: s.platform_fee_bps,
+        held_back_bps: s.held_back_bps,
+        vetting_period_secs: s.vetting_days.saturating_mul(24 * 3600),
+        arbiter_keys: s.arbiter_keys.clone(),
+        ..Policy::default()
+    };
+    if !(0..=10_000).contains(&policy.platform_fee_bps)
+        || !(0..=10_000).contains(&policy.held_back_bps)
+    {
+        bail!("--platform-fee-bps and --held-back-bps are basis points between 0 and 10000");
+    }
+    let rail: Option<Arc<dyn PaymentRail>> = s.manual_deposits.then(|| Arc::new(ManualRail) as _);
+    let market = Market::open(&s.db, policy, rail)
+        .with_context(|| format!("opening market database {}", s.db.display()))?;
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("binding {}", s.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        db = %s.db.display(),
+        manual_deposits = s.manual_deposits,
+        "market serving"
+    );
+    axum::serve(listener, api::router(Arc::new(market)))
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    tracing::info!("market stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

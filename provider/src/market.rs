@@ -1,0 +1,311 @@
+//! This provider on the sublet market: registers the node key as a provider party,
+//! publishes the offer, keeps it current (re-publishes when the terms change or the
+//! market no longer lists it) and accepts contracts demanders propose on it.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sublet_crds::MarketOffer;
+use sublet_market::client::Client;
+use sublet_market::identity::{Role, Signer};
+use sublet_market::offers::{NewOffer, Offer};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::identity::{NodeId, NodeIdentity};
+
+/// File in the data dir remembering the offer this provider published.
+pub const OFFER_STATE_FILE: &str = "market-offer.json";
+
+/// How this provider takes part in the market.
+#[derive(Clone, Debug)]
+pub struct MarketSettings {
+    /// `http://host:port`.
+    pub url: String,
+    /// The terms as written in the offer file (or `ProviderPool.spec.offer`).
+    pub offer: MarketOffer,
+    /// How often the offer is checked and proposals are answered.
+    pub interval: Duration,
+}
+
+impl MarketSettings {
+    /// The offer as the market's API takes it; `capacity` is the provider's usable space,
+    /// offered when the terms don't name a capacity.
+    pub fn new_offer(&self, capacity: u64) -> anyhow::Result<NewOffer> {
+        let problems = self.offer.validate("offer");
+        if let Some(first) = problems.first() {
+            return Err(anyhow!("{first}"));
+        }
+        Ok(NewOffer {
+            capacity_bytes: self.offer.capacity.as_ref().map_or(capacity, |c| c.bytes()),
+            price_per_gib_month: self.offer.price_per_gib_month,
+            egress_price_per_gib: self.offer.egress_price_per_gib,
+            region: self.offer.region.clone(),
+            min_term_days: self.offer.min_term_days,
+            promised_uptime_bps: self
+                .offer
+                .promised_uptime_bps()
+                .ok_or_else(|| anyhow!("offer.promisedUptime is not a percentage"))?,
+            endpoint: self.offer.endpoint.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// Node ids of the gateways whose demanders hold an active contract with this provider:
+/// a demander's gateway signs on the market with its node key, so the party's public key
+/// names the gateway that may call.
+#[derive(Clone, Debug, Default)]
+pub struct ContractedClients(Arc<RwLock<HashSet<NodeId>>>);
+
+impl ContractedClients {
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.0.read().is_ok_and(|set| set.contains(id))
+    }
+
+    fn replace(&self, ids: HashSet<NodeId>) {
+        if let Ok(mut set) = self.0.write() {
+            *set = ids;
+        }
+    }
+}
+
+/// What one pass changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The offer open on the market after the pass.
+    pub offer_id: String,
+    /// Whether the pass had to publish it (first start, changed terms, lost offer).
+    pub published: bool,
+    /// Contracts accepted in this pass.
+    pub accepted: Vec<String>,
+    /// Gateways allowed to call because their demander holds an active contract.
+    pub contracted_clients: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedOffer {
+    offer_id: String,
+}
+
+/// Publishes one provider's offer with its node key.
+pub struct OfferPublisher {
+    client: Client,
+    signer: Signer,
+    name: String,
+    offer: NewOffer,
+    state_path: PathBuf,
+    contracted: ContractedClients,
+}
+
+fn same_terms(open: &Offer, wanted: &NewOffer) -> bool {
+    !open.withdrawn
+        && open.capacity_bytes == wanted.capacity_bytes
+        && open.price_per_gib_month == wanted.price_per_gib_month
+        && open.egress_price_per_gib == wanted.egress_price_per_gib
+        && open.region == wanted.region
+        && open.min_term_days == wanted.min_term_days
+        && open.promised_uptime_bps == wanted.promised_uptime_bps
+        && open.endpoint == wanted.endpoint
+}
+
+impl OfferPublisher {
+    pub fn new(
+        identity: &NodeIdentity,
+        url: &str,
+        offer: NewOffer,
+        data_dir: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let signer = Signer::from_pkcs8(identity.pkcs8_der())
+            .map_err(|e| anyhow!("the node key cannot sign for the market: {e}"))?;
+        Ok(Self {
+            client: Client::new(url).map_err(|e| anyhow!("--market-url: {e}"))?,
+            signer,
+            name: format!("provider-{}", identity.node_id()),
+            offer,
+            state_path: data_dir.join(OFFER_STATE_FILE),
+            contracted: ContractedClients::default(),
+        })
+    }
+
+    /// Keeps `clients` equal to the gateways of demanders with an active contract.
+    pub fn allowing(mut self, clients: ContractedClients) -> Self {
+        self.contracted = clients;
+        self
+    }
+
+    /// The market party id of this provider.
+    pub fn party_id(&self) -> String {
+        self.signer.party_id()
+    }
+
+    async fn call(&self, method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+        Ok(self
+            .client
+            .json(Some(&self.signer), method, path, body)
+            .await?
+            .ok()?)
+    }
+
+    async fn ensure_registered(&self) -> anyhow::Result<()> {
+        let path = format!("/v1/parties/{}", self.party_id());
+        let reply = self.client.json(None, "GET", &path, &Value::Null).await?;
+        match reply.status {
+            200 if reply.body["role"] == "provider" => Ok(()),
+            200 => Err(anyhow!(
+                "this node key is registered on the market as a {}, not a provider",
+                reply.body["role"]
+            )),
+            404 => {
+                self.client
+                    .register(&self.signer, Role::Provider, &self.name)
+                    .await?;
+                info!(party = %self.party_id(), "registered on the market");
+                Ok(())
+            }
+            status => Err(anyhow!("market answered {status}: {}", reply.body)),
+        }
+    }
+
+    fn saved_offer(&self) -> Option<String> {
+        let text = std::fs::read(&self.state_path).ok()?;
+        serde_json::from_slice::<SavedOffer>(&text)
+            .ok()
+            .map(|s| s.offer_id)
+    }
+
+    fn save_offer(&self, offer_id: &str) -> anyhow::Result<()> {
+        let tmp = self.state_path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&SavedOffer {
+                offer_id: offer_id.into(),
+            })?,
+        )
+        .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.state_path)
+            .with_context(|| format!("writing {}", self.state_path.display()))
+    }
+
+    /// Makes sure the offer is open with the current terms and accepts proposed contracts.
+    pub async fn sync(&self) -> anyhow::Result<SyncReport> {
+        self.ensure_registered().await?;
+        let mut report = SyncReport::default();
+        let open = match self.saved_offer() {
+            Some(id) => {
+                let reply = self
+                    .client
+                    .json(None, "GET", &format!("/v1/offers/{id}"), &Value::Null)
+                    .await?;
+                match reply.status {
+                    200 => Some(serde_json::from_value::<Offer>(reply.body)?),
+                    404 => None,
+                    status => return Err(anyhow!("market answered {status}: {}", reply.body)),
+                }
+            }
+            None => None,
+        };
+        match open {
+            Some(open) if open.provider == self.party_id() && same_terms(&open, &self.offer) => {
+                report.offer_id = open.id;
+            }
+            stale => {
+                if let Some(old) = stale.filter(|o| !o.withdrawn && o.provider == self.party_id()) {
+                    self.call("DELETE", &format!("/v1/offers/{}", old.id), &Value::Null)
+                        .await
+                        .context("withdrawing the offer with the old terms")?;
+                    info!(offer = %old.id, "withdrew the offer with the old terms");
+                }
+                let body = serde_json::to_value(&self.offer)?;
+                let published = self.call("POST", "/v1/offers", &body).await?;
+                let id = published["id"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("the market published the offer without an id"))?
+                    .to_owned();
+                self.save_offer(&id)?;
+                info!(
+                    offer = %id,
+                    capacity_bytes = self.offer.capacity_bytes,
+                    price_per_gib_month = self.offer.price_per_gib_month,
+                    region = %self.offer.region,
+                    "offer published on the market"
+                );
+                report.offer_id = id;
+                report.published = true;
+            }
+        }
+        let contracts = self.call("GET", "/v1/contracts", &Value::Null).await?;
+        for contract in contracts.as_array().into_iter().flatten() {
+            if contract["state"] != "proposed" || contract["provider"] != self.party_id().as_str() {
+                continue;
+            }
+            let Some(id) = contract["id"].as_str() else {
+                continue;
+            };
+            // The market checked the proposal against the offer's free capacity and terms.
+            match self
+                .call("POST", &format!("/v1/contracts/{id}/accept"), &json!({}))
+                .await
+            {
+                Ok(_) => {
+                    info!(contract = %id, demander = %contract["demander"], reserved_bytes = %contract["reserved_bytes"], "contract accepted");
+                    report.accepted.push(id.to_owned());
+                }
+                Err(e) => warn!(contract = %id, error = %e, "could not accept contract"),
+            }
+        }
+        let contracts = self.call("GET", "/v1/contracts", &Value::Null).await?;
+        let mut clients = HashSet::new();
+        for contract in contracts.as_array().into_iter().flatten() {
+            if contract["state"] != "active" || contract["provider"] != self.party_id().as_str() {
+                continue;
+            }
+            let Some(demander) = contract["demander"].as_str() else {
+                continue;
+            };
+            let party = self
+                .client
+                .json(
+                    None,
+                    "GET",
+                    &format!("/v1/parties/{demander}"),
+                    &Value::Null,
+                )
+                .await?
+                .ok()?;
+            let key: Option<[u8; 32]> = party["public_key"]
+                .as_str()
+                .and_then(|k| hex::decode(k).ok())
+                .and_then(|k| k.try_into().ok());
+            if let Some(key) = key {
+                clients.insert(NodeId::from_public_key(&key));
+            }
+        }
+        report.contracted_clients = clients.len();
+        self.contracted.replace(clients);
+        Ok(report)
+    }
+
+    /// Syncs every `interval` until `shutdown` turns true; failures are logged and retried.
+    pub async fn run(self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                result = self.sync() => if let Err(e) = result {
+                    warn!(error = %format!("{e:#}"), "market sync failed; retrying");
+                },
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+}
