@@ -34,15 +34,25 @@ fn bin_dir() -> Option<PathBuf> {
             .iter()
             .all(|b| d.join(b).is_file())
     };
-    if let Ok(dir) = std::env::var("SUBLET_POSTGRES_BIN") {
-        return Some(PathBuf::from(dir)).filter(|d| has(d));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for d in std::env::split_paths(&path) {
-            if has(&d) {
-                return Some(d);
-            }
-        }
+    // A directory may hold only some of them (e.g. symlinks to initdb and postgres in
+    // /usr/local/bin): then the directory their targets live in is tried too.
+    let mut candidates: Vec<PathBuf> = std::env::var_os("SUBLET_POSTGRES_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths),
+        )
+        .collect();
+    let resolved: Vec<PathBuf> = candidates
+        .iter()
+        .filter_map(|d| std::fs::canonicalize(d.join("initdb")).ok())
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    candidates.extend(resolved);
+    if let Some(d) = candidates.into_iter().find(|d| has(d)) {
+        return Some(d);
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
