@@ -162,11 +162,16 @@ pub struct GcReport {
     pub deleted: u64,
     /// Unreferenced shards younger than the safety delay (perhaps a write in flight).
     pub young: u64,
+    /// Providers left alone because other installations store shards there too (market
+    /// pools).
+    #[serde(default)]
+    pub shared_skipped: u64,
 }
 
 /// Removes from every answering provider the shards no metadata references and that were
 /// stored more than `min_age` ago. Only for providers this gateway alone uses: shards another
-/// gateway wrote there are unreferenced here too.
+/// gateway wrote there are unreferenced here too, so providers of shared (market) pools are
+/// skipped.
 pub async fn collect_garbage(
     gateway: &Gateway,
     metrics: Option<&Metrics>,
@@ -176,7 +181,12 @@ pub async fn collect_garbage(
     let meta = Arc::clone(gateway.metadata());
     let cutoff = now_ms() / 1000 - i64::try_from(min_age.as_secs()).unwrap_or(i64::MAX);
     let mut listings = Vec::new();
-    for site in &gateway.topology().sites {
+    let topology = gateway.topology();
+    for site in &topology.sites {
+        if topology.shared_pools.contains(&site.pool) {
+            report.shared_skipped += 1;
+            continue;
+        }
         let node = site.node_id.clone();
         let Some(backend) = gateway.backend(&node) else {
             continue;

@@ -165,6 +165,12 @@ pub fn topology(config: &Config, endpoints: &[ProviderEndpoint]) -> Topology {
             .iter()
             .map(|(name, plan)| (name.clone(), PlacementRule::from_spec(&plan.spec)))
             .collect(),
+        shared_pools: config
+            .pools
+            .iter()
+            .filter(|(_, pool)| pool.spec.market.is_some())
+            .map(|(name, _)| name.clone())
+            .collect(),
     }
 }
 
