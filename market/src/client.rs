@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::identity::{Role, Signer};
+use crate::receipts::UsageReceipt;
 use crate::{Error, Result};
 
 #[derive(Clone)]
@@ -156,6 +157,26 @@ impl Client {
         let reg = serde_json::to_value(signer.registration(challenge, role, name))
             .map_err(|e| Error::Internal(e.to_string()))?;
         self.json(None, "POST", "/v1/parties", &reg).await?.ok()
+    }
+
+    /// Submits `signer`'s receipt for one period of `contract` and answers the
+    /// period as the market now sees it (awaiting the other side, settled,
+    /// mismatched, or awaiting funds). Gateways and providers report usage with it.
+    pub async fn submit_receipt(
+        &self,
+        signer: &Signer,
+        contract: &str,
+        receipt: &UsageReceipt,
+    ) -> Result<Value> {
+        let body = serde_json::to_value(receipt).map_err(|e| Error::Internal(e.to_string()))?;
+        self.json(
+            Some(signer),
+            "POST",
+            &format!("/v1/contracts/{contract}/receipts"),
+            &body,
+        )
+        .await?
+        .ok()
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use sublet_market::client::{Client, Reply};
 use sublet_market::identity::{Role, Signer};
 use sublet_market::rail::{ManualRail, PaymentRail};
+use sublet_market::receipts::UsageReceipt;
 use sublet_market::{Market, Policy, api};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -368,23 +369,18 @@ async fn two_providers_contracted_settled_and_one_penalised() -> TestResult {
     // 1 GiB egress at 1 credit/GiB: 1.1 credits gross.
     let gross = 1_100_000;
     // Alpha passes every audit.
-    let r = w
-        .ok(
-            &w.alpha,
-            "POST",
-            &format!("/v1/contracts/{ct_a}/receipts"),
-            receipt(start_a, 10, GIB, 10, 0),
-        )
-        .await?;
+    // Through the typed client, as gateways and providers submit them.
+    let usage_a = UsageReceipt {
+        period_start: start_a,
+        period_end: start_a + 3600,
+        gib_hours: 10,
+        egress_bytes: GIB,
+        audits_passed: 10,
+        audits_failed: 0,
+    };
+    let r = w.client.submit_receipt(&w.alpha, &ct_a, &usage_a).await?;
     assert_eq!(r["status"], "awaiting_demander");
-    let r = w
-        .ok(
-            &w.dee,
-            "POST",
-            &format!("/v1/contracts/{ct_a}/receipts"),
-            receipt(start_a, 10, GIB, 10, 0),
-        )
-        .await?;
+    let r = w.client.submit_receipt(&w.dee, &ct_a, &usage_a).await?;
     assert_eq!(r["status"], "settled", "{r}");
     // 1 % fee, then 25 % of the rest held back while alpha is new.
     assert_eq!(
