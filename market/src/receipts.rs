@@ -77,6 +77,22 @@ pub struct Period {
     pub settlement: Option<SettledPeriod>,
 }
 
+/// `bytes` held for `secs` seconds, in whole GiB-hours rounded down. Gateway
+/// and provider both compute their receipts with it, so that the same usage
+/// gives the same number on both sides and their receipts match.
+pub fn gib_hours(bytes: u64, secs: i64) -> u64 {
+    let held = u128::from(bytes) * u128::from(secs.max(0) as u64);
+    u64::try_from(held / (u128::from(GIB) * 3600)).unwrap_or(u64::MAX)
+}
+
+/// The receipt period of `len_secs` that holds `t`, counted from the contract's
+/// acceptance, so that both sides name the same periods.
+pub fn period_containing(accepted_at: i64, len_secs: i64, t: i64) -> (i64, i64) {
+    let len = len_secs.clamp(1, MAX_PERIOD_SECS);
+    let start = accepted_at + (t - accepted_at).max(0) / len * len;
+    (start, start + len)
+}
+
 /// The period's price at the contract's rates, rounded down.
 pub fn gross_charge(c: &Contract, r: &UsageReceipt) -> Micros {
     let storage = u128::from(r.gib_hours) * c.price_per_gib_month.max(0) as u128
@@ -405,4 +421,29 @@ pub fn settle_waiting(conn: &Connection, policy: &Policy, c: &Contract, now: i64
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn gib_hours_round_down_alike_on_both_sides() {
+        assert_eq!(gib_hours(10 * GIB, 3600), 10);
+        assert_eq!(gib_hours(GIB, 2 * 3600), 2);
+        // Half a GiB for an hour is not a whole GiB-hour.
+        assert_eq!(gib_hours(GIB / 2, 3600), 0);
+        assert_eq!(gib_hours(GIB / 2, 3 * 3600), 1);
+        assert_eq!(gib_hours(GIB, -5), 0);
+        assert_eq!(gib_hours(u64::MAX, i64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn periods_count_from_acceptance() {
+        assert_eq!(period_containing(1_000, 60, 1_000), (1_000, 1_060));
+        assert_eq!(period_containing(1_000, 60, 1_059), (1_000, 1_060));
+        assert_eq!(period_containing(1_000, 60, 1_060), (1_060, 1_120));
+        // Before acceptance there is only the first period.
+        assert_eq!(period_containing(1_000, 60, 10), (1_000, 1_060));
+    }
 }
