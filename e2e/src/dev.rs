@@ -32,8 +32,44 @@ pub struct SubletDev {
 impl SubletDev {
     /// Starts `sublet dev --dir dir` on a free port and waits until it accepts connections.
     pub fn start(dir: &Path) -> Self {
-        let addr = free_addr();
-        let admin_addr = free_addr();
+        // A port found free may be taken by another test before `sublet dev` binds it: then
+        // it exits, and it is started again on other ports.
+        let mut attempt = 0;
+        let (child, log_path, addr, admin_addr) = loop {
+            attempt += 1;
+            let (addr, admin_addr) = (free_addr(), free_addr());
+            let (mut child, log_path) = Self::spawn(dir, addr, admin_addr);
+            // Listening, and still running a moment later: not another test's listener on a
+            // port `sublet dev` failed to bind.
+            std::thread::sleep(Duration::from_millis(200));
+            match child.try_wait().expect("poll sublet dev") {
+                None => break (child, log_path, addr, admin_addr),
+                Some(status) if attempt < 3 => {
+                    eprintln!(
+                        "sublet dev on {addr} exited ({status}); starting it on other ports\n{}",
+                        log_tail(&log_path)
+                    );
+                }
+                Some(status) => panic!(
+                    "sublet dev on {addr} exited: {status}\n{}",
+                    log_tail(&log_path)
+                ),
+            }
+        };
+        let (access_key, secret_key) = read_credentials(&dir.join("credentials"));
+        SubletDev {
+            child,
+            log_path,
+            addr,
+            admin_addr,
+            dir: dir.to_path_buf(),
+            access_key,
+            secret_key,
+        }
+    }
+
+    /// Spawns `sublet dev` and waits until something listens on `addr`.
+    fn spawn(dir: &Path, addr: SocketAddr, admin_addr: SocketAddr) -> (Child, PathBuf) {
         let log_path = dir.with_extension("log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -55,11 +91,9 @@ impl SubletDev {
             .expect("spawn sublet dev");
         let start = Instant::now();
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(status) = child.try_wait().expect("poll sublet dev") {
-                panic!(
-                    "sublet dev on {addr} exited before listening: {status}\n{}",
-                    log_tail(&log_path)
-                );
+            // Exited before listening: the caller sees it and tries other ports.
+            if child.try_wait().expect("poll sublet dev").is_some() {
+                return (child, log_path);
             }
             if start.elapsed() > START_TIMEOUT {
                 let _ = child.kill();
@@ -71,16 +105,7 @@ impl SubletDev {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (access_key, secret_key) = read_credentials(&dir.join("credentials"));
-        SubletDev {
-            child,
-            log_path,
-            addr,
-            admin_addr,
-            dir: dir.to_path_buf(),
-            access_key,
-            secret_key,
-        }
+        (child, log_path)
     }
 
     /// The admin API's token, which `sublet dev` keeps in `admin.token` in its state
