@@ -162,16 +162,12 @@ pub struct GcReport {
     pub deleted: u64,
     /// Unreferenced shards younger than the safety delay (perhaps a write in flight).
     pub young: u64,
-    /// Providers left alone because other installations store shards there too (market
-    /// pools).
-    #[serde(default)]
-    pub shared_skipped: u64,
 }
 
 /// Removes from every answering provider the shards no metadata references and that were
-/// stored more than `min_age` ago. Only for providers this gateway alone uses: shards another
-/// gateway wrote there are unreferenced here too, so providers of shared (market) pools are
-/// skipped.
+/// stored more than `min_age` ago. A provider lending space on the market shows each
+/// demander's gateway only the shards in its own namespace, so market pools are collected
+/// like the gateway's own providers.
 pub async fn collect_garbage(
     gateway: &Gateway,
     metrics: Option<&Metrics>,
@@ -183,10 +179,6 @@ pub async fn collect_garbage(
     let mut listings = Vec::new();
     let topology = gateway.topology();
     for site in &topology.sites {
-        if topology.shared_pools.contains(&site.pool) {
-            report.shared_skipped += 1;
-            continue;
-        }
         let node = site.node_id.clone();
         let Some(backend) = gateway.backend(&node) else {
             continue;

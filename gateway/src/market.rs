@@ -2,23 +2,34 @@
 //! on the sublet market, signing as its node key (which is what lets those providers admit
 //! it), and turns the active contracts into pinned endpoints placement uses.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use async_trait::async_trait;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sublet_crds::{Config, Endpoint, MarketPool};
 use sublet_market::client::Client;
-use sublet_market::contracts::Contract;
+use sublet_market::contracts::{Contract, ContractState};
 use sublet_market::identity::{Role, Signer};
+use sublet_market::meter::Meter;
 use sublet_market::offers::Offer;
+use sublet_market::receipts::{GIB, HOURS_PER_MONTH};
 use sublet_provider::identity::{NodeId, NodeIdentity};
+use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::dataplane::{BackendError, ShardBackend};
+use crate::meta::MetadataStore;
 
 /// File in the data dir naming the contracts signed for each market pool.
 pub const CONTRACTS_FILE: &str = "market-contracts.json";
+/// File in the data dir holding the usage meter of the gateway's market contracts.
+pub const METER_FILE: &str = "market-meter.json";
 
 #[derive(Default, Serialize, Deserialize)]
 struct Saved {
@@ -231,17 +242,19 @@ pub async fn contract_pool(
 }
 
 /// A copy of `config` in which every market pool also lists its contracted providers as
-/// endpoints. A pool whose market can't be reached gets none (and logs why); the rest of
-/// the gateway starts anyway.
+/// endpoints, and those providers with the market URL they were contracted on. A pool
+/// whose market can't be reached gets none (and logs why); the rest of the gateway starts
+/// anyway.
 pub async fn with_contracts(
     config: &Config,
     identity: &NodeIdentity,
     data_dir: &Path,
     wait: Duration,
-) -> anyhow::Result<Config> {
+) -> anyhow::Result<(Config, Vec<(String, Contracted)>)> {
     let mut config = config.clone();
+    let mut all = Vec::new();
     if config.pools.values().all(|p| p.spec.market.is_none()) {
-        return Ok(config);
+        return Ok((config, all));
     }
     let path = data_dir.join(CONTRACTS_FILE);
     let mut saved: Saved = match std::fs::read(&path) {
@@ -260,10 +273,11 @@ pub async fn with_contracts(
                     pool.spec.endpoints.iter().map(|e| e.name.clone()).collect();
                 pool.spec.endpoints.extend(
                     contracted
-                        .into_iter()
-                        .map(|c| c.endpoint)
+                        .iter()
+                        .map(|c| c.endpoint.clone())
                         .filter(|e| !listed.contains(&e.name)),
                 );
+                all.extend(contracted.into_iter().map(|c| (m.url.clone(), c)));
             }
             Err(e) => {
                 warn!(pool = %name, error = %format!("{e:#}"), "contracting on the market failed")
@@ -274,5 +288,315 @@ pub async fn with_contracts(
     std::fs::write(&tmp, serde_json::to_vec_pretty(&saved)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(config)
+    Ok((config, all))
+}
+
+/// What the gateway uses of each contracted provider, metered for its usage receipts: the
+/// bytes its metadata places there (sampled), the bytes read back and the audits.
+pub struct MarketUsage {
+    meter: Mutex<Meter>,
+    /// Provider node id → the contract its usage is reported on.
+    contracts: RwLock<HashMap<String, String>>,
+    path: PathBuf,
+}
+
+impl MarketUsage {
+    /// The meter saved in `data_dir`, for the providers `contracted`.
+    pub fn load(data_dir: &Path, contracted: &[(String, Contracted)]) -> anyhow::Result<Self> {
+        let path = data_dir.join(METER_FILE);
+        let meter = Meter::load(&path)?;
+        let mut contracts = HashMap::new();
+        for (_, c) in contracted {
+            if let Some(node) = &c.endpoint.node_id {
+                // A provider contracted twice reports on its oldest contract, as it does.
+                contracts.entry(node.clone()).or_insert(c.contract.clone());
+            }
+        }
+        Ok(Self {
+            meter: Mutex::new(meter),
+            contracts: RwLock::new(contracts),
+            path,
+        })
+    }
+
+    fn meter(&self) -> std::sync::MutexGuard<'_, Meter> {
+        self.meter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn contract_of(&self, node: &str) -> Option<String> {
+        self.contracts.read().ok()?.get(node).cloned()
+    }
+
+    /// Whether `node` is a contracted provider whose use is metered.
+    pub fn meters(&self, node: &str) -> bool {
+        self.contract_of(node).is_some()
+    }
+
+    pub fn egress(&self, node: &str, bytes: u64) {
+        if let Some(c) = self.contract_of(node) {
+            self.meter().add_egress(&c, unix_now(), bytes);
+        }
+    }
+
+    pub fn audit(&self, node: &str, passed: bool) {
+        if let Some(c) = self.contract_of(node) {
+            self.meter().add_audit(&c, unix_now(), passed);
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A contracted provider's backend whose reads and audits are metered.
+pub struct MeteredBackend {
+    inner: Arc<dyn ShardBackend>,
+    usage: Arc<MarketUsage>,
+}
+
+impl MeteredBackend {
+    pub fn wrap(inner: Arc<dyn ShardBackend>, usage: &Arc<MarketUsage>) -> Arc<dyn ShardBackend> {
+        if usage.meters(inner.node_id()) {
+            Arc::new(Self {
+                inner,
+                usage: Arc::clone(usage),
+            })
+        } else {
+            inner
+        }
+    }
+}
+
+#[async_trait]
+impl ShardBackend for MeteredBackend {
+    fn node_id(&self) -> &str {
+        self.inner.node_id()
+    }
+
+    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
+        self.inner.put(shard_id, data).await
+    }
+
+    async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
+        let result = self.inner.get(shard_id).await;
+        if let Ok(data) = &result {
+            self.usage.egress(self.node_id(), data.len() as u64);
+        }
+        result
+    }
+
+    async fn delete(&self, shard_id: &str) -> Result<(), BackendError> {
+        self.inner.delete(shard_id).await
+    }
+
+    async fn audit(
+        &self,
+        shard_id: &str,
+        offset: u64,
+        len: u64,
+        hash: &[u8; 32],
+    ) -> Result<(), BackendError> {
+        let result = self.inner.audit(shard_id, offset, len, hash).await;
+        // Counted as the audit loop counts them: an unanswered audit is neither.
+        match &result {
+            Ok(()) => self.usage.audit(self.node_id(), true),
+            Err(e) if e.audit_failed() || e.shard_gone() => {
+                self.usage.audit(self.node_id(), false);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn list(&self) -> Result<Option<Vec<(String, i64)>>, BackendError> {
+        self.inner.list().await
+    }
+}
+
+/// Credits one receipt period costs at the contract's full reservation: what the gateway
+/// keeps prepaid in each contract's escrow.
+pub fn period_prepayment(c: &Contract) -> i64 {
+    let gib = c.reserved_bytes.div_ceil(GIB);
+    let hours = (c.period_secs.max(1) as u64).div_ceil(3600);
+    let storage = u128::from(gib) * u128::from(hours) * c.price_per_gib_month.max(0) as u128
+        / u128::from(HOURS_PER_MONTH);
+    i64::try_from(storage).unwrap_or(i64::MAX).max(1)
+}
+
+/// Signs and submits the gateway's usage receipts, and keeps each contract's escrow
+/// prepaid for a period ahead.
+pub struct UsageReporter {
+    signer: Signer,
+    /// Market URL → the contract ids signed there.
+    markets: BTreeMap<String, Vec<String>>,
+    usage: Arc<MarketUsage>,
+    meta: Arc<dyn MetadataStore>,
+}
+
+/// What one reporting pass did.
+#[derive(Debug, Default)]
+pub struct ReportPass {
+    /// (contract, period start, status the market answered).
+    pub receipts: Vec<(String, i64, String)>,
+    /// (contract, credits prepaid).
+    pub prepaid: Vec<(String, i64)>,
+    /// The shortest receipt period of the active contracts.
+    pub shortest_period: Option<i64>,
+}
+
+impl UsageReporter {
+    pub fn new(
+        identity: &NodeIdentity,
+        contracted: &[(String, Contracted)],
+        usage: Arc<MarketUsage>,
+        meta: Arc<dyn MetadataStore>,
+    ) -> anyhow::Result<Self> {
+        let mut markets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (url, c) in contracted {
+            markets
+                .entry(url.clone())
+                .or_default()
+                .push(c.contract.clone());
+        }
+        Ok(Self {
+            signer: signer_of(identity)?,
+            markets,
+            usage,
+            meta,
+        })
+    }
+
+    /// One pass: samples stored bytes per provider, submits the receipts of the periods
+    /// that are over, tops up escrows.
+    pub async fn pass(&self) -> anyhow::Result<ReportPass> {
+        let mut out = ReportPass::default();
+        let stored = {
+            let meta = Arc::clone(&self.meta);
+            tokio::task::spawn_blocking(move || meta.provider_usage())
+                .await?
+                .map_err(|e| anyhow!("reading stored bytes per provider: {e}"))?
+        };
+        let node_of: HashMap<String, String> = self
+            .usage
+            .contracts
+            .read()
+            .map(|m| m.iter().map(|(n, c)| (c.clone(), n.clone())).collect())
+            .unwrap_or_default();
+        let mut active_all = Vec::new();
+        for (url, ids) in &self.markets {
+            let client = Client::new(url).map_err(|e| anyhow!("market {url}: {e}"))?;
+            let mine: Vec<Contract> =
+                serde_json::from_value(get(&client, Some(&self.signer), "/v1/contracts").await?)?;
+            let active: Vec<Contract> = mine
+                .into_iter()
+                .filter(|c| c.state == ContractState::Active && ids.contains(&c.id))
+                .collect();
+            let now = unix_now();
+            let due = {
+                let mut meter = self.usage.meter();
+                for c in &active {
+                    if let Some(accepted) = c.accepted_at {
+                        meter.track(&c.id, accepted, c.period_secs, c.term_days);
+                    }
+                    let bytes = node_of
+                        .get(&c.id)
+                        .and_then(|node| stored.get(node))
+                        .map_or(0, |(_, bytes)| *bytes);
+                    meter.sample(&c.id, now, bytes);
+                }
+                meter.due()
+            };
+            for (contract, receipt) in due {
+                if !active.iter().any(|c| c.id == contract) {
+                    continue;
+                }
+                match client
+                    .submit_receipt(&self.signer, &contract, &receipt)
+                    .await
+                {
+                    Ok(period) => {
+                        let status = period["status"].as_str().unwrap_or_default().to_owned();
+                        info!(%contract, period_start = receipt.period_start, gib_hours = receipt.gib_hours, egress_bytes = receipt.egress_bytes, audits_passed = receipt.audits_passed, audits_failed = receipt.audits_failed, %status, "usage receipt submitted");
+                        if status == "mismatch" {
+                            warn!(%contract, period_start = receipt.period_start, fields = %period["mismatched_fields"], "the provider's receipt disagrees with ours; the period is not paid until one side corrects it or a dispute decides");
+                        }
+                        self.usage.meter().reported(&contract, receipt.period_end);
+                        out.receipts.push((contract, receipt.period_start, status));
+                    }
+                    Err(e) if e.to_string().contains("already_settled") => {
+                        self.usage.meter().reported(&contract, receipt.period_end);
+                    }
+                    Err(e) => {
+                        warn!(%contract, period_start = receipt.period_start, error = %e, "the market refused the usage receipt; retrying next pass");
+                    }
+                }
+            }
+            // Keep a period's worth prepaid, so settlement never waits for funds.
+            for c in &active {
+                let want = period_prepayment(c);
+                if c.escrow >= want {
+                    continue;
+                }
+                let amount = want - c.escrow;
+                let (period_start, _) = sublet_market::receipts::period_containing(
+                    c.accepted_at.unwrap_or(c.created_at),
+                    c.period_secs,
+                    now,
+                );
+                let body =
+                    json!({"op_id": format!("topup-{}-{period_start}", c.id), "amount": amount});
+                match client
+                    .json(
+                        Some(&self.signer),
+                        "POST",
+                        &format!("/v1/contracts/{}/prepay", c.id),
+                        &body,
+                    )
+                    .await?
+                    .ok()
+                {
+                    Ok(_) => {
+                        info!(contract = %c.id, amount, "escrow topped up");
+                        out.prepaid.push((c.id.clone(), amount));
+                    }
+                    Err(e) => {
+                        warn!(contract = %c.id, amount, party = %self.signer.party_id(), error = %e, "could not prepay the contract's escrow; deposit credits to the gateway's market party")
+                    }
+                }
+            }
+            active_all.extend(active);
+        }
+        let ids: Vec<&str> = active_all.iter().map(|c| c.id.as_str()).collect();
+        let mut meter = self.usage.meter();
+        meter.retain(&ids);
+        meter
+            .save(&self.usage.path)
+            .with_context(|| format!("saving {}", self.usage.path.display()))?;
+        out.shortest_period = active_all.iter().map(|c| c.period_secs).min();
+        Ok(out)
+    }
+
+    /// Reports every quarter of the shortest receipt period (between 1 s and a minute)
+    /// until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let wait = match self.pass().await {
+                Ok(pass) => pass.shortest_period.map_or(60, |p| (p / 4).clamp(1, 60)),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "market usage report failed; retrying");
+                    10
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
 }

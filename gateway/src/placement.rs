@@ -564,9 +564,6 @@ pub struct Topology {
     pub sites: Vec<Site>,
     /// Placement rules by plan name; plans without one use [`PlacementRule::any`].
     pub rules: HashMap<String, PlacementRule>,
-    /// Pools whose providers other installations use too (market pools): their shards
-    /// are not all this gateway's, so garbage collection leaves them alone.
-    pub shared_pools: BTreeSet<String>,
 }
 
 impl Topology {
@@ -583,7 +580,6 @@ impl Topology {
                 })
                 .collect(),
             rules: HashMap::new(),
-            shared_pools: BTreeSet::new(),
         }
     }
 

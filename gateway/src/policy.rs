@@ -565,7 +565,6 @@ fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
     let current = gateway.topology();
     let topology = crate::placement::Topology {
         sites: current.sites.clone(),
-        shared_pools: current.shared_pools.clone(),
         rules: config
             .plans
             .iter()

@@ -165,12 +165,6 @@ pub fn topology(config: &Config, endpoints: &[ProviderEndpoint]) -> Topology {
             .iter()
             .map(|(name, plan)| (name.clone(), PlacementRule::from_spec(&plan.spec)))
             .collect(),
-        shared_pools: config
-            .pools
-            .iter()
-            .filter(|(_, pool)| pool.spec.market.is_some())
-            .map(|(name, _)| name.clone())
-            .collect(),
     }
 }
 
@@ -570,6 +564,8 @@ pub struct Built {
     pub clients: Vec<(String, ProviderClient)>,
     /// Bucket members of the pools.
     pub clouds: Vec<Arc<CloudBackend>>,
+    /// Reports the use of market providers, when the gateway contracted any.
+    pub market_reporter: Option<crate::market::UsageReporter>,
 }
 
 /// Rebuild rules of every plan: its schedule's, or the defaults when it names none.
@@ -631,15 +627,28 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
         .with_context(|| format!("creating {}", paths.data_dir.display()))?;
     let plans = plans(config, &spec.default_plan)?;
     let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
-    let contracted =
+    let (with_market, contracted) =
         crate::market::with_contracts(config, &identity, &paths.data_dir, MARKET_WAIT).await?;
-    let config = &contracted;
+    let config = &with_market;
     let endpoints = endpoints(config)?;
 
     let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
     let (mut backends, clients) = connect(&spec, &identity, &endpoints, &metrics, &health)?;
+    let market_usage = if contracted.is_empty() {
+        None
+    } else {
+        let usage = Arc::new(crate::market::MarketUsage::load(
+            &paths.data_dir,
+            &contracted,
+        )?);
+        backends = backends
+            .into_iter()
+            .map(|b| crate::market::MeteredBackend::wrap(b, &usage))
+            .collect();
+        Some(usage)
+    };
     let clouds = connect_clouds(config)?;
     backends.extend(
         clouds.iter().map(|c| {
@@ -666,7 +675,17 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     meta.record_pools(&pools, crate::health::now_ms())
         .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
     probe_and_record_all(&clients, &clouds, &health, &meta).await;
+    let market_reporter = match market_usage {
+        Some(usage) => Some(crate::market::UsageReporter::new(
+            &identity,
+            &contracted,
+            usage,
+            Arc::clone(&meta),
+        )?),
+        None => None,
+    };
     Ok(Built {
+        market_reporter,
         gateway,
         metrics,
         health,
@@ -706,6 +725,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         identity,
         clients,
         clouds,
+        market_reporter,
     } = build(config, overrides).await?;
     let spec = &spec;
     let keys = KeyRing::from_credentials(&spec.credentials)?;
@@ -771,6 +791,9 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             stop.clone(),
         ),
     ];
+    if let Some(reporter) = market_reporter {
+        tasks.push(tokio::spawn(reporter.run(stop.clone())));
+    }
     let admin_addr = match &spec.admin_listen {
         Some(admin) => {
             let addr: SocketAddr = admin.parse().context("StorageGateway spec.adminListen")?;

@@ -319,23 +319,6 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
         .await
         .unwrap();
     assert_eq!((young.deleted, young.young), (0, stale as u64), "{young:?}");
-    // Providers of a shared (market) pool hold other installations' shards too: left alone.
-    let own = (*gateway.policy()).clone();
-    let mut shared = own.clone();
-    let mut topology = (*shared.topology).clone();
-    topology.shared_pools = topology.sites.iter().map(|s| s.pool.clone()).collect();
-    let sites = topology.sites.len() as u64;
-    shared.topology = std::sync::Arc::new(topology);
-    gateway.swap_policy(shared).unwrap();
-    let skipped = collect_garbage(&gateway, None, Duration::ZERO)
-        .await
-        .unwrap();
-    assert_eq!(
-        (skipped.deleted, skipped.listed, skipped.shared_skipped),
-        (0, 0, sites),
-        "{skipped:?}"
-    );
-    gateway.swap_policy(own).unwrap();
     let gc = collect_garbage(&gateway, Some(&cluster.metrics), Duration::ZERO)
         .await
         .unwrap();
@@ -717,7 +700,6 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
     let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
     let home: HashSet<&str> = ids[..3].iter().map(String::as_str).collect();
     let topology = Topology {
-        shared_pools: Default::default(),
         sites: ids
             .iter()
             .map(|id| Site {

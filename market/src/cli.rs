@@ -81,6 +81,38 @@ pub struct Serve {
     /// disputes; repeat for several.
     #[arg(long = "arbiter-key")]
     arbiter_keys: Vec<String>,
+    /// Length of a receipt period of new contracts: gateways and providers report usage
+    /// once per period (e.g. 1h, 1d; 10s for demos).
+    #[arg(long, default_value = "1h", value_parser = parse_period)]
+    receipt_period: i64,
+    /// How far the two sides' storage and egress figures may differ and still agree, in
+    /// basis points.
+    #[arg(long, default_value_t = Policy::default().receipt_tolerance_bps)]
+    receipt_tolerance_bps: i64,
+}
+
+/// `30s`, `10m`, `1h`, `1d` or plain seconds, between 1 s and 31 days.
+fn parse_period(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 10m, 1h or 1d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use s, m, h or d")),
+    };
+    let secs = n.saturating_mul(unit);
+    if !(1..=crate::receipts::MAX_PERIOD_SECS).contains(&secs) {
+        return Err(format!("{s:?} must be between 1s and 31d"));
+    }
+    Ok(secs)
 }
 
 fn load_key(path: &PathBuf) -> anyhow::Result<Signer> {
@@ -167,8 +199,13 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         held_back_bps: s.held_back_bps,
         vetting_period_secs: s.vetting_days.saturating_mul(24 * 3600),
         arbiter_keys: s.arbiter_keys.clone(),
+        receipt_period_secs: s.receipt_period,
+        receipt_tolerance_bps: s.receipt_tolerance_bps,
         ..Policy::default()
     };
+    if !(0..=10_000).contains(&policy.receipt_tolerance_bps) {
+        bail!("--receipt-tolerance-bps is basis points between 0 and 10000");
+    }
     if !(0..=10_000).contains(&policy.platform_fee_bps)
         || !(0..=10_000).contains(&policy.held_back_bps)
     {

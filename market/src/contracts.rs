@@ -25,9 +25,26 @@ CREATE TABLE IF NOT EXISTS contracts (
     accepted_at INTEGER,
     ended_at INTEGER,
     proposal_evidence INTEGER NOT NULL,
-    acceptance_evidence INTEGER
+    acceptance_evidence INTEGER,
+    period_secs INTEGER NOT NULL DEFAULT 3600
 );
 ";
+
+/// Brings a contracts table made before a column was added up to [`SCHEMA`].
+pub fn migrate(conn: &Connection) -> Result<()> {
+    let has_period: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('contracts') WHERE name = 'period_secs'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_period {
+        conn.execute(
+            "ALTER TABLE contracts ADD COLUMN period_secs INTEGER NOT NULL DEFAULT 3600",
+            [],
+        )?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,6 +111,9 @@ pub struct Contract {
     pub acceptance_evidence: Option<i64>,
     /// Credits currently in the contract's escrow.
     pub escrow: Micros,
+    /// Length of one receipt period, set from the market's policy at proposal; periods
+    /// count from `accepted_at`.
+    pub period_secs: i64,
 }
 
 impl Contract {
@@ -144,13 +164,15 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Contract> {
         proposal_evidence: r.get(12)?,
         acceptance_evidence: r.get(13)?,
         escrow: r.get(14)?,
+        period_secs: r.get(15)?,
     })
 }
 
 const COLUMNS: &str = "c.id, c.offer_id, c.demander, c.provider, c.reserved_bytes, c.term_days,
     c.price_per_gib_month, c.egress_price_per_gib, c.state, c.created_at, c.accepted_at,
     c.ended_at, c.proposal_evidence, c.acceptance_evidence,
-    COALESCE((SELECT balance FROM accounts WHERE account = 'escrow:' || c.id), 0)";
+    COALESCE((SELECT balance FROM accounts WHERE account = 'escrow:' || c.id), 0),
+    c.period_secs";
 
 pub fn get(conn: &Connection, id: &str) -> Result<Contract> {
     conn.query_row(
@@ -176,6 +198,7 @@ pub fn propose(
     conn: &Connection,
     demander: &Party,
     new: &NewContract,
+    period_secs: i64,
     evidence: i64,
     now: i64,
 ) -> Result<Contract> {
@@ -211,8 +234,9 @@ pub fn propose(
     let id = new_id("ct")?;
     conn.execute(
         "INSERT INTO contracts (id, offer_id, demander, provider, reserved_bytes, term_days,
-             price_per_gib_month, egress_price_per_gib, state, created_at, proposal_evidence)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'proposed', ?9, ?10)",
+             price_per_gib_month, egress_price_per_gib, state, created_at, proposal_evidence,
+             period_secs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'proposed', ?9, ?10, ?11)",
         params![
             id,
             offer.id,
@@ -223,7 +247,8 @@ pub fn propose(
             offer.price_per_gib_month,
             offer.egress_price_per_gib,
             now,
-            evidence
+            evidence,
+            period_secs.clamp(1, crate::receipts::MAX_PERIOD_SECS)
         ],
     )?;
     get(conn, &id)

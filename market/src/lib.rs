@@ -9,6 +9,7 @@ pub mod disputes;
 pub mod error;
 pub mod identity;
 pub mod ledger;
+pub mod meter;
 pub mod metrics;
 pub mod offers;
 pub mod rail;
@@ -32,6 +33,13 @@ pub struct Policy {
     pub signature_window_secs: i64,
     /// Ed25519 public keys (hex) that may register as arbiters and decide disputes.
     pub arbiter_keys: Vec<String>,
+    /// How long one receipt period of a new contract lasts, in seconds: both sides
+    /// report usage once per period, counted from the contract's acceptance.
+    pub receipt_period_secs: i64,
+    /// How far the two receipts' storage and egress figures may differ and still agree, in
+    /// basis points of the larger (meters sample at different instants); an agreed period is
+    /// paid on the lower figure. Audit counts must match exactly.
+    pub receipt_tolerance_bps: i64,
 }
 
 impl Default for Policy {
@@ -42,6 +50,8 @@ impl Default for Policy {
             vetting_period_secs: 30 * 24 * 3600,
             signature_window_secs: 300,
             arbiter_keys: Vec::new(),
+            receipt_period_secs: 3600,
+            receipt_tolerance_bps: 100,
         }
     }
 }

@@ -141,15 +141,35 @@ pub fn payout(
     )
 }
 
-fn mismatched_fields(a: &UsageReceipt, b: &UsageReceipt) -> Vec<&'static str> {
+/// Egress figures this close always agree: a read the gateway gave up on (a hedged read
+/// answered elsewhere first) leaves a few chunks the provider sent and the gateway dropped.
+pub const EGRESS_SLACK_BYTES: u64 = 8 << 20;
+
+/// Whether two meter readings agree within `tolerance_bps` of the larger, or `slack`.
+fn close(a: u64, b: u64, tolerance_bps: i64, slack: u64) -> bool {
+    let diff = a.abs_diff(b);
+    let allowed = u128::from(a.max(b)) * tolerance_bps.clamp(0, 10_000) as u128 / 10_000;
+    diff <= slack || u128::from(diff) <= allowed
+}
+
+/// The fields on which two receipts of one period disagree. Storage and egress are
+/// metered by each side's own sampling, so they agree within the policy's tolerance (and
+/// GiB-hours within one, for rounding at a boundary); the period and audit counts must
+/// match exactly.
+fn mismatched_fields(a: &UsageReceipt, b: &UsageReceipt, tolerance_bps: i64) -> Vec<&'static str> {
     let mut out = Vec::new();
     if a.period_end != b.period_end {
         out.push("period_end");
     }
-    if a.gib_hours != b.gib_hours {
+    if !close(a.gib_hours, b.gib_hours, tolerance_bps, 1) {
         out.push("gib_hours");
     }
-    if a.egress_bytes != b.egress_bytes {
+    if !close(
+        a.egress_bytes,
+        b.egress_bytes,
+        tolerance_bps,
+        EGRESS_SLACK_BYTES,
+    ) {
         out.push("egress_bytes");
     }
     if a.audits_passed != b.audits_passed {
@@ -205,15 +225,21 @@ pub fn period(
             ))
         })?;
     let mismatched = match (&demander, &provider) {
-        (Some(d), Some(p)) => mismatched_fields(d, p),
+        (Some(d), Some(p)) => mismatched_fields(d, p, policy.receipt_tolerance_bps),
         _ => Vec::new(),
     };
     let charge = match (&demander, &provider) {
-        (Some(d), Some(_)) if mismatched.is_empty() => {
+        (Some(d), Some(p)) if mismatched.is_empty() => {
             let provider_party = identity::party(conn, &c.provider)?;
+            // Receipts that agree within the tolerance are paid on the lower figures.
+            let agreed = UsageReceipt {
+                gib_hours: d.gib_hours.min(p.gib_hours),
+                egress_bytes: d.egress_bytes.min(p.egress_bytes),
+                ..d.clone()
+            };
             Some(match &settlement {
                 Some(s) => s.payout,
-                None => payout(policy, c, &provider_party, d, now),
+                None => payout(policy, c, &provider_party, &agreed, now),
             })
         }
         _ => None,
@@ -436,6 +462,44 @@ mod usage_tests {
         assert_eq!(gib_hours(GIB / 2, 3 * 3600), 1);
         assert_eq!(gib_hours(GIB, -5), 0);
         assert_eq!(gib_hours(u64::MAX, i64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn meters_agree_within_the_tolerance_and_audits_exactly() {
+        let r = |gib_hours, egress_bytes, audits_failed| UsageReceipt {
+            period_start: 0,
+            period_end: 3600,
+            gib_hours,
+            egress_bytes,
+            audits_passed: 10,
+            audits_failed,
+        };
+        let none: Vec<&str> = Vec::new();
+        assert_eq!(mismatched_fields(&r(100, 0, 0), &r(100, 0, 0), 100), none);
+        // One GiB-hour apart is rounding; 1% of the larger is sampling.
+        assert_eq!(mismatched_fields(&r(0, 0, 0), &r(1, 0, 0), 100), none);
+        assert_eq!(mismatched_fields(&r(1000, 0, 0), &r(990, 0, 0), 100), none);
+        assert_eq!(
+            mismatched_fields(&r(1000, 0, 0), &r(980, 0, 0), 100),
+            vec!["gib_hours"]
+        );
+        assert_eq!(
+            mismatched_fields(&r(0, 100 << 20, 0), &r(0, 99 << 20, 0), 100),
+            none
+        );
+        assert_eq!(
+            mismatched_fields(&r(0, 100 << 20, 0), &r(0, 90 << 20, 0), 100),
+            vec!["egress_bytes"]
+        );
+        assert_eq!(
+            mismatched_fields(&r(0, 1000, 0), &r(0, 0, 0), 0),
+            none,
+            "a few dropped chunks always agree"
+        );
+        assert_eq!(
+            mismatched_fields(&r(5, 0, 0), &r(5, 0, 1), 10_000),
+            vec!["audits_failed"]
+        );
     }
 
     #[test]

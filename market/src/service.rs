@@ -116,6 +116,7 @@ impl Market {
             conn.execute_batch(schema)?;
         }
         offers::migrate(&conn)?;
+        contracts::migrate(&conn)?;
         Ok(Self {
             db: Mutex::new(conn),
             policy,
@@ -370,7 +371,14 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             let evidence = identity::record_evidence(c, who, body, now)?;
-            let ct = contracts::propose(c, &who.party, new, evidence, now)?;
+            let ct = contracts::propose(
+                c,
+                &who.party,
+                new,
+                self.policy.receipt_period_secs,
+                evidence,
+                now,
+            )?;
             info!(contract = %ct.id, demander = %ct.demander, provider = %ct.provider, reserved_bytes = ct.reserved_bytes, "contract proposed");
             Ok(ct)
         })

@@ -51,6 +51,7 @@ async fn start(
         vetting_period_secs: VETTING,
         signature_window_secs: 300,
         arbiter_keys: arbiters,
+        ..Policy::default()
     };
     let rail: Option<Arc<dyn PaymentRail>> = rail.then(|| Arc::new(ManualRail) as _);
     let market = Market::in_memory(policy, rail)?.with_clock(clock.clone());

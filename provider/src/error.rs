@@ -20,6 +20,11 @@ pub enum Error {
          ({used} of {usable} bytes used; capacity minus reserve); free space or raise `capacity`"
     )]
     CapacityExhausted { needed: u64, used: u64, usable: u64 },
+    #[error(
+        "contract quota exceeded: storing {needed} bytes would exceed the {quota} bytes your \
+         market contract reserves here ({used} used); contract more space"
+    )]
+    QuotaExceeded { needed: u64, used: u64, quota: u64 },
     #[error("disk full while writing shard {0}; nothing was stored")]
     DiskFull(String),
     #[error("unauthenticated: {0}")]
@@ -40,7 +45,9 @@ impl Error {
             Error::InvalidShardId(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::DataLoss { .. } => Code::DataLoss,
-            Error::CapacityExhausted { .. } | Error::DiskFull(_) => Code::ResourceExhausted,
+            Error::CapacityExhausted { .. } | Error::QuotaExceeded { .. } | Error::DiskFull(_) => {
+                Code::ResourceExhausted
+            }
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Io(_) | Error::Other(_) => Code::Internal,
         }

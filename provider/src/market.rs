@@ -2,9 +2,9 @@
 //! publishes the offer, keeps it current (re-publishes when the terms change or the
 //! market no longer lists it) and accepts contracts demanders propose on it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -12,15 +12,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sublet_crds::MarketOffer;
 use sublet_market::client::Client;
+use sublet_market::contracts::{Contract, ContractState};
 use sublet_market::identity::{Role, Signer};
+use sublet_market::meter::Meter;
 use sublet_market::offers::{NewOffer, Offer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::identity::{NodeId, NodeIdentity};
+use crate::store::Store;
 
 /// File in the data dir remembering the offer this provider published.
 pub const OFFER_STATE_FILE: &str = "market-offer.json";
+/// File in the data dir holding the usage meter of the provider's contracts.
+pub const METER_FILE: &str = "market-meter.json";
 
 /// How this provider takes part in the market.
 #[derive(Clone, Debug)]
@@ -56,22 +61,69 @@ impl MarketSettings {
     }
 }
 
-/// Node ids of the gateways whose demanders hold an active contract with this provider:
-/// a demander's gateway signs on the market with its node key, so the party's public key
-/// names the gateway that may call.
+/// The shard-id namespace of a demander's gateway on this provider: a tenant sees, lists,
+/// deletes and is billed for the shards in its namespace only.
+pub fn tenant_namespace(gateway: &NodeId) -> String {
+    let hex = gateway.to_string();
+    format!(
+        "{}{}.",
+        crate::store::TENANT_PREFIX,
+        &hex[..hex.len().min(32)]
+    )
+}
+
+/// What a demander's gateway may do here, from its active contracts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenancy {
+    /// The demander's oldest active contract with this provider: usage is reported on it.
+    pub contract: String,
+    /// Bytes on disk the demander's active contracts here reserve, together.
+    pub quota: u64,
+}
+
+/// The gateways whose demanders hold an active contract with this provider (a demander's
+/// gateway signs on the market with its node key, so the party's public key names the
+/// gateway that may call), and the usage meter of those contracts.
 #[derive(Clone, Debug, Default)]
-pub struct ContractedClients(Arc<RwLock<HashSet<NodeId>>>);
+pub struct ContractedClients {
+    tenants: Arc<RwLock<HashMap<NodeId, Tenancy>>>,
+    meter: Arc<Mutex<Meter>>,
+}
 
 impl ContractedClients {
     pub fn contains(&self, id: &NodeId) -> bool {
-        self.0.read().is_ok_and(|set| set.contains(id))
+        self.get(id).is_some()
     }
 
-    fn replace(&self, ids: HashSet<NodeId>) {
-        if let Ok(mut set) = self.0.write() {
-            *set = ids;
+    pub fn get(&self, id: &NodeId) -> Option<Tenancy> {
+        self.tenants.read().ok()?.get(id).cloned()
+    }
+
+    fn replace(&self, tenants: HashMap<NodeId, Tenancy>) {
+        if let Ok(mut map) = self.tenants.write() {
+            *map = tenants;
         }
     }
+
+    fn meter(&self) -> std::sync::MutexGuard<'_, Meter> {
+        self.meter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts bytes of shards sent to a tenant.
+    pub fn egress(&self, contract: &str, bytes: u64) {
+        self.meter().add_egress(contract, unix_now(), bytes);
+    }
+
+    /// Counts an audit of a tenant's shard: answered, or failed for a missing or corrupt shard.
+    pub fn audit(&self, contract: &str, passed: bool) {
+        self.meter().add_audit(contract, unix_now(), passed);
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// What one pass changed.
@@ -85,6 +137,8 @@ pub struct SyncReport {
     pub accepted: Vec<String>,
     /// Gateways allowed to call because their demander holds an active contract.
     pub contracted_clients: usize,
+    /// Usage receipts the market took in this pass: (contract, period start, status).
+    pub receipts: Vec<(String, i64, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -99,7 +153,9 @@ pub struct OfferPublisher {
     name: String,
     offer: NewOffer,
     state_path: PathBuf,
+    meter_path: PathBuf,
     contracted: ContractedClients,
+    store: Option<Arc<Store>>,
 }
 
 fn same_terms(open: &Offer, wanted: &NewOffer) -> bool {
@@ -128,14 +184,23 @@ impl OfferPublisher {
             name: format!("provider-{}", identity.node_id()),
             offer,
             state_path: data_dir.join(OFFER_STATE_FILE),
+            meter_path: data_dir.join(METER_FILE),
             contracted: ContractedClients::default(),
+            store: None,
         })
     }
 
-    /// Keeps `clients` equal to the gateways of demanders with an active contract.
-    pub fn allowing(mut self, clients: ContractedClients) -> Self {
+    /// Keeps `clients` equal to the gateways of demanders with an active contract, meters
+    /// what their namespaces in `store` hold and reports it to the market each period.
+    pub fn allowing(
+        mut self,
+        clients: ContractedClients,
+        store: Arc<Store>,
+    ) -> anyhow::Result<Self> {
+        *clients.meter() = Meter::load(&self.meter_path)?;
         self.contracted = clients;
-        self
+        self.store = Some(store);
+        Ok(self)
     }
 
     /// The market party id of this provider.
@@ -258,36 +323,114 @@ impl OfferPublisher {
                 Err(e) => warn!(contract = %id, error = %e, "could not accept contract"),
             }
         }
-        let contracts = self.call("GET", "/v1/contracts", &Value::Null).await?;
-        let mut clients = HashSet::new();
-        for contract in contracts.as_array().into_iter().flatten() {
-            if contract["state"] != "active" || contract["provider"] != self.party_id().as_str() {
-                continue;
-            }
-            let Some(demander) = contract["demander"].as_str() else {
-                continue;
+        let contracts: Vec<Contract> =
+            serde_json::from_value(self.call("GET", "/v1/contracts", &Value::Null).await?)?;
+        let mut active: Vec<&Contract> = contracts
+            .iter()
+            .filter(|c| c.state == ContractState::Active && c.provider == self.party_id())
+            .collect();
+        active.sort_by_key(|c| (c.accepted_at, c.id.clone()));
+        let mut tenants: HashMap<NodeId, Tenancy> = HashMap::new();
+        let mut gateways: HashMap<String, NodeId> = HashMap::new();
+        for c in &active {
+            let gateway = match gateways.get(&c.demander) {
+                Some(g) => *g,
+                None => {
+                    let party = self
+                        .client
+                        .json(
+                            None,
+                            "GET",
+                            &format!("/v1/parties/{}", c.demander),
+                            &Value::Null,
+                        )
+                        .await?
+                        .ok()?;
+                    let Some(key) = party["public_key"]
+                        .as_str()
+                        .and_then(|k| hex::decode(k).ok())
+                        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    else {
+                        continue;
+                    };
+                    let id = NodeId::from_public_key(&key);
+                    gateways.insert(c.demander.clone(), id);
+                    id
+                }
             };
-            let party = self
+            // The oldest contract carries the demander's usage; later ones add to its quota.
+            tenants
+                .entry(gateway)
+                .and_modify(|t| t.quota = t.quota.saturating_add(c.reserved_bytes))
+                .or_insert_with(|| Tenancy {
+                    contract: c.id.clone(),
+                    quota: c.reserved_bytes,
+                });
+        }
+        report.contracted_clients = tenants.len();
+        report.receipts = self.report_usage(&active, &tenants).await?;
+        self.contracted.replace(tenants);
+        Ok(report)
+    }
+
+    /// Samples what each tenant stores, then signs and submits the receipts of the periods
+    /// that are over. A receipt the market refuses is logged and retried next pass.
+    async fn report_usage(
+        &self,
+        active: &[&Contract],
+        tenants: &HashMap<NodeId, Tenancy>,
+    ) -> anyhow::Result<Vec<(String, i64, String)>> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        let now = unix_now();
+        let due = {
+            let mut meter = self.contracted.meter();
+            let ids: Vec<&str> = active.iter().map(|c| c.id.as_str()).collect();
+            meter.retain(&ids);
+            for c in active {
+                if let Some(accepted) = c.accepted_at {
+                    meter.track(&c.id, accepted, c.period_secs, c.term_days);
+                }
+            }
+            for (gateway, t) in tenants {
+                let bytes = store.tenant_usage(&tenant_namespace(gateway)).bytes;
+                meter.sample(&t.contract, now, bytes);
+            }
+            meter
+                .save(&self.meter_path)
+                .with_context(|| format!("saving the usage meter {}", self.meter_path.display()))?;
+            meter.due()
+        };
+        let mut out = Vec::new();
+        for (contract, receipt) in due {
+            match self
                 .client
-                .json(
-                    None,
-                    "GET",
-                    &format!("/v1/parties/{demander}"),
-                    &Value::Null,
-                )
-                .await?
-                .ok()?;
-            let key: Option<[u8; 32]> = party["public_key"]
-                .as_str()
-                .and_then(|k| hex::decode(k).ok())
-                .and_then(|k| k.try_into().ok());
-            if let Some(key) = key {
-                clients.insert(NodeId::from_public_key(&key));
+                .submit_receipt(&self.signer, &contract, &receipt)
+                .await
+            {
+                Ok(period) => {
+                    let status = period["status"].as_str().unwrap_or_default().to_owned();
+                    info!(%contract, period_start = receipt.period_start, gib_hours = receipt.gib_hours, egress_bytes = receipt.egress_bytes, audits_failed = receipt.audits_failed, %status, "usage receipt submitted");
+                    self.contracted
+                        .meter()
+                        .reported(&contract, receipt.period_end);
+                    out.push((contract, receipt.period_start, status));
+                }
+                Err(e) if e.to_string().contains("already_settled") => {
+                    self.contracted
+                        .meter()
+                        .reported(&contract, receipt.period_end);
+                }
+                Err(e) => {
+                    warn!(%contract, period_start = receipt.period_start, error = %e, "the market refused the usage receipt; retrying next pass")
+                }
             }
         }
-        report.contracted_clients = clients.len();
-        self.contracted.replace(clients);
-        Ok(report)
+        if !out.is_empty() {
+            self.contracted.meter().save(&self.meter_path)?;
+        }
+        Ok(out)
     }
 
     /// Syncs every `interval` until `shutdown` turns true; failures are logged and retried.

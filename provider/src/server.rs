@@ -231,7 +231,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
             offer,
             config.data_dir.clone(),
         )?
-        .allowing(contracted);
+        .allowing(contracted, Arc::clone(&store))?;
         info!(market = %market.url, party = %publisher.party_id(), "lending space on the market");
         tasks_market.push(tokio::spawn(
             publisher.run(market.interval, shutdown_rx.clone()),
@@ -346,6 +346,57 @@ struct ShardService {
     forge_audits: Arc<AtomicBool>,
 }
 
+/// Who is calling, and so which shards it may see.
+#[derive(Clone, Debug)]
+enum Caller {
+    /// This provider's own gateways (an allowed node id or the cluster token): every shard.
+    Owner,
+    /// A demander's gateway admitted by a market contract: the shards of its namespace only,
+    /// up to its contracts' reservation.
+    Tenant {
+        namespace: String,
+        tenancy: crate::market::Tenancy,
+    },
+}
+
+impl Caller {
+    /// The id under which the caller's shard `id` is stored.
+    fn scope(&self, id: &str) -> Result<String, Status> {
+        match self {
+            Caller::Owner => Ok(id.to_owned()),
+            Caller::Tenant { namespace, .. } => {
+                crate::store::validate_shard_id(id)?;
+                let full = format!("{namespace}{id}");
+                if full.len() > crate::store::MAX_ID_LEN {
+                    return Err(Status::invalid_argument(format!(
+                        "shard id {:?} is too long: a market tenant's shard ids are at most {} characters",
+                        id.chars().take(64).collect::<String>(),
+                        crate::store::MAX_ID_LEN - namespace.len()
+                    )));
+                }
+                Ok(full)
+            }
+        }
+    }
+
+    /// The caller's name for the stored shard `id`.
+    fn unscope(&self, id: String) -> String {
+        match self {
+            Caller::Owner => id,
+            Caller::Tenant { namespace, .. } => id
+                .strip_prefix(namespace.as_str())
+                .map_or(id.clone(), str::to_owned),
+        }
+    }
+
+    fn contract(&self) -> Option<&str> {
+        match self {
+            Caller::Owner => None,
+            Caller::Tenant { tenancy, .. } => Some(&tenancy.contract),
+        }
+    }
+}
+
 fn stat_of(id: String, meta: &ShardMeta) -> proto::ShardStat {
     proto::ShardStat {
         shard_id: id,
@@ -365,21 +416,29 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl ShardService {
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    fn authorize<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let peer = request
             .extensions()
             .get::<PeerInfo>()
             .and_then(|p| p.node_id);
         if let Some(id) = peer
-            && (self.allowed.contains(&id) || self.contracted.contains(&id))
+            && self.allowed.contains(&id)
         {
-            return Ok(());
+            return Ok(Caller::Owner);
         }
         if let (Some(expected), Some(token)) =
             (self.token_hash, request.metadata().get(TOKEN_METADATA))
             && blake3::hash(token.as_bytes()) == expected
         {
-            return Ok(());
+            return Ok(Caller::Owner);
+        }
+        if let Some(id) = peer
+            && let Some(tenancy) = self.contracted.get(&id)
+        {
+            return Ok(Caller::Tenant {
+                namespace: crate::market::tenant_namespace(&id),
+                tenancy,
+            });
         }
         let who = peer.map_or_else(
             || "a client without certificate".to_string(),
@@ -424,6 +483,7 @@ impl ShardService {
 
     async fn put(
         &self,
+        caller: &Caller,
         mut stream: Streaming<proto::PutShardRequest>,
     ) -> Result<proto::PutShardResponse, Status> {
         let header = match stream.message().await? {
@@ -450,9 +510,13 @@ impl ShardService {
             }
         };
         let store = Arc::clone(&self.store);
-        let id = header.shard_id.clone();
+        let id = caller.scope(&header.shard_id)?;
         let length = header.length;
-        let writer = blocking(move || store.begin_put(&id, length, expected)).await?;
+        let quota = match caller {
+            Caller::Owner => None,
+            Caller::Tenant { tenancy, .. } => Some(tenancy.quota),
+        };
+        let writer = blocking(move || store.begin_put_within(&id, length, expected, quota)).await?;
 
         // The writer runs on a blocking thread; a small queue bounds memory.
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -522,7 +586,7 @@ impl ShardStore for ShardService {
     ) -> Result<Response<proto::PutShardResponse>, Status> {
         let started = Instant::now();
         let result = match self.authorize(&request) {
-            Ok(()) => self.put(request.into_inner()).await,
+            Ok(caller) => self.put(&caller, request.into_inner()).await,
             Err(e) => Err(e),
         };
         self.finish("PutShard", started, result).map(Response::new)
@@ -535,15 +599,20 @@ impl ShardStore for ShardService {
         request: Request<proto::GetShardRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         let started = Instant::now();
-        if let Err(e) = self.authorize(&request) {
-            return self.finish("GetShard", started, Err(e));
-        }
+        let caller = match self.authorize(&request) {
+            Ok(c) => c,
+            Err(e) => return self.finish("GetShard", started, Err(e)),
+        };
         let req = request.into_inner();
+        let id = match caller.scope(&req.shard_id) {
+            Ok(id) => id,
+            Err(e) => return self.finish("GetShard", started, Err(e)),
+        };
         let store = Arc::clone(&self.store);
         // Open and verify the first chunk before answering, so a missing or
         // corrupt shard is a status rather than a broken stream.
         let opened = blocking(move || {
-            let mut reader = store.read_range(&req.shard_id, req.offset, req.length)?;
+            let mut reader = store.read_range(&id, req.offset, req.length)?;
             let first = reader.next_chunk(CHUNK_SIZE)?;
             Ok((reader, first))
         })
@@ -555,14 +624,20 @@ impl ShardStore for ShardService {
         let (tx, rx) = mpsc::channel(2);
         let metrics = self.metrics.clone();
         let recorder = self.clone_for_recording();
+        // A tenant's egress is metered for its receipts: what was handed to the connection.
+        let meter = caller
+            .contract()
+            .map(|c| (self.contracted.clone(), c.to_owned()));
         tokio::task::spawn_blocking(move || {
             let bytes = metrics.bytes.with_label_values(&["GetShard"]);
+            let mut egress = EgressOnDrop { meter, sent: 0 };
             let mut chunk = first;
             loop {
                 if chunk.is_empty() {
                     break;
                 }
                 bytes.inc_by(chunk.len() as u64);
+                egress.sent += chunk.len() as u64;
                 if tx
                     .blocking_send(Ok(proto::ShardChunk {
                         data: Bytes::from(chunk),
@@ -596,8 +671,8 @@ impl ShardStore for ShardService {
     ) -> Result<Response<proto::DeleteShardResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            self.authorize(&request)?;
-            let id = request.into_inner().shard_id;
+            let caller = self.authorize(&request)?;
+            let id = caller.scope(&request.into_inner().shard_id)?;
             let store = Arc::clone(&self.store);
             let existed = blocking(move || store.delete(&id)).await?;
             Ok(proto::DeleteShardResponse { existed })
@@ -612,9 +687,9 @@ impl ShardStore for ShardService {
         request: Request<proto::StatShardRequest>,
     ) -> Result<Response<proto::ShardStat>, Status> {
         let started = Instant::now();
-        let result = self.authorize(&request).and_then(|()| {
+        let result = self.authorize(&request).and_then(|caller| {
             let id = request.into_inner().shard_id;
-            let meta = self.store.stat(&id)?;
+            let meta = self.store.stat(&caller.scope(&id)?)?;
             Ok(stat_of(id, &meta))
         });
         self.finish("StatShard", started, result).map(Response::new)
@@ -625,19 +700,31 @@ impl ShardStore for ShardService {
         request: Request<proto::ListShardsRequest>,
     ) -> Result<Response<proto::ListShardsResponse>, Status> {
         let started = Instant::now();
-        let result = self.authorize(&request).map(|()| {
+        let result = self.authorize(&request).map(|caller| {
             let req = request.into_inner();
             let limit = match req.limit {
                 0 => 1000,
                 n => n.min(10_000),
             } as usize;
-            let (page, next) = self.store.list(&req.prefix, &req.start_after, limit);
+            // A tenant lists inside its namespace; its own ids can't escape it.
+            let (prefix, start_after) = match &caller {
+                Caller::Owner => (req.prefix, req.start_after),
+                Caller::Tenant { namespace, .. } => (
+                    format!("{namespace}{}", req.prefix),
+                    if req.start_after.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{namespace}{}", req.start_after)
+                    },
+                ),
+            };
+            let (page, next) = self.store.list(&prefix, &start_after, limit);
             proto::ListShardsResponse {
                 shards: page
                     .into_iter()
-                    .map(|(id, meta)| stat_of(id, &meta))
+                    .map(|(id, meta)| stat_of(caller.unscope(id), &meta))
                     .collect(),
-                next_start_after: next.unwrap_or_default(),
+                next_start_after: next.map(|n| caller.unscope(n)).unwrap_or_default(),
             }
         });
         self.finish("ListShards", started, result)
@@ -649,9 +736,22 @@ impl ShardStore for ShardService {
         request: Request<proto::InfoRequest>,
     ) -> Result<Response<proto::InfoResponse>, Status> {
         let started = Instant::now();
-        let result = self.authorize(&request).map(|()| {
-            let usage = self.store.usage();
+        let result = self.authorize(&request).map(|caller| {
+            let mut usage = self.store.usage();
             self.metrics.set_usage(usage);
+            // A tenant sees its reservation as the capacity, and its own shards.
+            if let Caller::Tenant { namespace, tenancy } = &caller {
+                let mine = self.store.tenant_usage(namespace);
+                usage = crate::store::Usage {
+                    capacity: tenancy.quota,
+                    used: mine.file_bytes,
+                    free: tenancy
+                        .quota
+                        .saturating_sub(mine.file_bytes + mine.reserved)
+                        .min(usage.free),
+                    shards: mine.shards,
+                };
+            }
             proto::InfoResponse {
                 node_id: self.node_id.to_string(),
                 capacity_bytes: usage.capacity,
@@ -671,12 +771,15 @@ impl ShardStore for ShardService {
         request: Request<proto::AuditRequest>,
     ) -> Result<Response<proto::AuditResponse>, Status> {
         let started = Instant::now();
+        let mut contract = None;
         let result: Result<proto::AuditResponse, Status> = async {
-            self.authorize(&request)?;
+            let caller = self.authorize(&request)?;
+            contract = caller.contract().map(str::to_owned);
             let req = request.into_inner();
+            let id = caller.scope(&req.shard_id)?;
             let store = Arc::clone(&self.store);
             let (mut slice, shard_length) =
-                blocking(move || store.audit(&req.shard_id, req.offset, req.length)).await?;
+                blocking(move || store.audit(&id, req.offset, req.length)).await?;
             // A cheat that does not read the shard: the slice's content bytes are made up.
             if self.forge_audits.load(Ordering::Relaxed)
                 && let Some(last) = slice.last_mut()
@@ -699,6 +802,15 @@ impl ShardStore for ShardService {
             Err(s) if s.code() == Code::DataLoss => "corrupt",
             Err(_) => "error",
         };
+        // A tenant's receipts count its audits as this provider saw them: answered is
+        // passed (the provider checked the slice), a missing or corrupt shard is failed.
+        if let Some(contract) = &contract {
+            match outcome {
+                "answered" => self.contracted.audit(contract, true),
+                "not_found" | "corrupt" => self.contracted.audit(contract, false),
+                _ => {}
+            }
+        }
         self.metrics.audits.with_label_values(&[outcome]).inc();
         self.finish("Audit", started, result).map(Response::new)
     }
@@ -708,6 +820,22 @@ impl ShardService {
     fn clone_for_recording(&self) -> Recorder {
         Recorder {
             metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Adds a tenant's streamed bytes to its meter when the stream ends, however it ends.
+struct EgressOnDrop {
+    meter: Option<(crate::market::ContractedClients, String)>,
+    sent: u64,
+}
+
+impl Drop for EgressOnDrop {
+    fn drop(&mut self) {
+        if let Some((clients, contract)) = &self.meter
+            && self.sent > 0
+        {
+            clients.egress(contract, self.sent);
         }
     }
 }

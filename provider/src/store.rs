@@ -7,7 +7,7 @@
 //! followed by an fsync of the directory; temp files start with `.tmp-`
 //! (never a valid shard id) and are removed on start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Bound;
@@ -28,7 +28,7 @@ const FIXED_HEADER: usize = 8 + 2 + 2 + 8 + 8 + 32;
 const HEADER_CHECKSUM: usize = 32;
 const TEMP_PREFIX: &str = ".tmp-";
 const SHARD_SUFFIX: &str = ".shard";
-const MAX_ID_LEN: usize = 200;
+pub const MAX_ID_LEN: usize = 200;
 /// Audits answer at most this many bytes.
 pub const MAX_AUDIT_LEN: u64 = 1024 * 1024;
 
@@ -304,6 +304,60 @@ struct Index {
     shards: BTreeMap<String, ShardMeta>,
     used: u64,
     reserved: u64,
+    /// Per tenant namespace (see [`namespace_of`]).
+    tenants: HashMap<String, TenantUsage>,
+}
+
+/// Ids of shards a market tenant stored start with this, then the tenant's name and a dot.
+pub const TENANT_PREFIX: &str = "t-";
+
+/// The namespace (`t-NAME.`) a tenant's shard id lives in, if it is a tenant's.
+pub fn namespace_of(id: &str) -> Option<&str> {
+    if !id.starts_with(TENANT_PREFIX) {
+        return None;
+    }
+    id.find('.').map(|dot| &id[..=dot])
+}
+
+/// What one tenant namespace holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    /// Shard bytes as the tenant sent them (what receipts bill).
+    pub bytes: u64,
+    /// Bytes on disk, headers and outboards included (what the quota counts).
+    pub file_bytes: u64,
+    pub shards: u64,
+    /// Bytes of writes in progress.
+    pub reserved: u64,
+}
+
+impl Index {
+    fn tenant_add(&mut self, id: &str, meta: &ShardMeta) {
+        if let Some(ns) = namespace_of(id) {
+            let t = self.tenants.entry(ns.to_string()).or_default();
+            t.bytes += meta.length;
+            t.file_bytes += meta.file_size;
+            t.shards += 1;
+        }
+    }
+
+    fn tenant_remove(&mut self, id: &str, meta: &ShardMeta) {
+        if let Some(ns) = namespace_of(id)
+            && let Some(t) = self.tenants.get_mut(ns)
+        {
+            t.bytes = t.bytes.saturating_sub(meta.length);
+            t.file_bytes = t.file_bytes.saturating_sub(meta.file_size);
+            t.shards = t.shards.saturating_sub(1);
+        }
+    }
+
+    fn tenant_unreserve(&mut self, id: &str, bytes: u64) {
+        if let Some(ns) = namespace_of(id)
+            && let Some(t) = self.tenants.get_mut(ns)
+        {
+            t.reserved = t.reserved.saturating_sub(bytes);
+        }
+    }
 }
 
 /// The shard store of one provider.
@@ -358,15 +412,21 @@ impl Store {
             File::open(&dir)?.sync_all()?;
         }
         info!(shards = shards.len(), used, dir = %dir.display(), "shard index rebuilt");
+        let mut index = Index {
+            shards: BTreeMap::new(),
+            used,
+            reserved: 0,
+            tenants: HashMap::new(),
+        };
+        for (id, meta) in &shards {
+            index.tenant_add(id, meta);
+        }
+        index.shards = shards;
         Ok(Store {
             dir,
             capacity,
             reserve,
-            index: Mutex::new(Index {
-                shards,
-                used,
-                reserved: 0,
-            }),
+            index: Mutex::new(index),
         })
     }
 
@@ -402,6 +462,15 @@ impl Store {
         self.capacity.saturating_sub(self.reserve)
     }
 
+    /// What a tenant namespace (`t-NAME.`) holds.
+    pub fn tenant_usage(&self, namespace: &str) -> TenantUsage {
+        self.lock()
+            .tenants
+            .get(namespace)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Space accounting: capacity is the configured capacity minus the reserve.
     pub fn usage(&self) -> Usage {
         let index = self.lock();
@@ -422,10 +491,35 @@ impl Store {
         length: u64,
         expected_hash: Option<[u8; 32]>,
     ) -> Result<PutWriter> {
+        self.begin_put_within(id, length, expected_hash, None)
+    }
+
+    /// [`Store::begin_put`] for a tenant whose namespace may hold at most
+    /// `quota` bytes on disk (its contract's reservation).
+    pub fn begin_put_within(
+        self: &Arc<Self>,
+        id: &str,
+        length: u64,
+        expected_hash: Option<[u8; 32]>,
+        quota: Option<u64>,
+    ) -> Result<PutWriter> {
         validate_shard_id(id)?;
         let needed = file_size_for(id, length);
         {
             let mut index = self.lock();
+            if let Some(quota) = quota {
+                let ns = namespace_of(id)
+                    .ok_or_else(|| Error::Other(format!("shard {id} is in no tenant namespace")))?;
+                let t = index.tenants.get(ns).copied().unwrap_or_default();
+                let used = t.file_bytes + t.reserved;
+                if used.saturating_add(needed) > quota {
+                    return Err(Error::QuotaExceeded {
+                        needed,
+                        used,
+                        quota,
+                    });
+                }
+            }
             let usable = self.usable();
             let after = index
                 .used
@@ -439,6 +533,9 @@ impl Store {
                 });
             }
             index.reserved += needed;
+            if let Some(ns) = namespace_of(id) {
+                index.tenants.entry(ns.to_string()).or_default().reserved += needed;
+            }
         }
         let mut writer = PutWriter {
             store: Arc::clone(self),
@@ -512,6 +609,7 @@ impl Store {
                 return Ok(false);
             };
             index.used = index.used.saturating_sub(meta.file_size);
+            index.tenant_remove(id, &meta);
             match fs::remove_file(self.path_of(id)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -567,6 +665,12 @@ impl Store {
         extractor
             .read_to_end(&mut slice)
             .map_err(|e| data_loss_or_io(id, e))?;
+        // The extractor copies bytes as they are on disk; check them before answering, so a
+        // provider with rotten bytes says so (and counts the audit failed) instead of
+        // sending a slice the caller will reject.
+        let mut decoder =
+            bao::decode::SliceDecoder::new(&slice[..], &blake3::Hash::from(meta.hash), offset, len);
+        io::copy(&mut decoder, &mut io::sink()).map_err(|e| data_loss_or_io(id, e))?;
         Ok((slice, meta.length))
     }
 
@@ -761,9 +865,12 @@ impl PutWriter {
             self.file = None;
             if let Some(old) = index.shards.insert(self.id.clone(), meta.clone()) {
                 index.used = index.used.saturating_sub(old.file_size);
+                index.tenant_remove(&self.id, &old);
             }
             index.used += file_size;
+            index.tenant_add(&self.id, &meta);
             index.reserved = index.reserved.saturating_sub(self.reserved);
+            index.tenant_unreserve(&self.id, self.reserved);
             self.reserved = 0;
         }
         File::open(&self.store.dir)?.sync_all()?;
@@ -781,6 +888,7 @@ impl Drop for PutWriter {
         if self.reserved > 0 {
             let mut index = self.store.lock();
             index.reserved = index.reserved.saturating_sub(self.reserved);
+            index.tenant_unreserve(&self.id, self.reserved);
         }
     }
 }
@@ -949,15 +1057,59 @@ mod tests {
         // Ranges far from the damage still verify.
         assert_eq!(read_all(&store, "victim", 0, 1000).unwrap(), &d[..1000]);
 
-        let (slice, _) = store.audit("victim", 149_500, 1000).unwrap();
-        let mut decoder = bao::decode::SliceDecoder::new(
-            &slice[..],
-            &blake3::Hash::from(meta.hash),
-            149_500,
-            1000,
-        );
+        // An audit of the damaged range is answered DATA_LOSS by the provider itself, so its
+        // own count of failed audits agrees with the caller's.
+        assert!(matches!(
+            store.audit("victim", 149_500, 1000),
+            Err(Error::DataLoss { .. })
+        ));
+        let (slice, _) = store.audit("victim", 0, 1000).unwrap();
+        let mut decoder =
+            bao::decode::SliceDecoder::new(&slice[..], &blake3::Hash::from(meta.hash), 0, 1000);
         let mut out = Vec::new();
-        assert!(decoder.read_to_end(&mut out).is_err());
+        decoder.read_to_end(&mut out).unwrap();
+        assert_eq!(out, &d[..1000]);
+    }
+
+    #[test]
+    fn tenant_namespaces_are_counted_and_held_to_their_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        assert_eq!(namespace_of("t-abc.s1"), Some("t-abc."));
+        assert_eq!(namespace_of("t-abc"), None);
+        assert_eq!(namespace_of("plain.1.2"), None);
+
+        put(&store, "own.1", &data(10_000)).unwrap();
+        put(&store, "t-aa.x", &data(1_000)).unwrap();
+        put(&store, "t-aa.y", &data(2_000)).unwrap();
+        put(&store, "t-bb.x", &data(4_000)).unwrap();
+        let aa = store.tenant_usage("t-aa.");
+        assert_eq!((aa.bytes, aa.shards, aa.reserved), (3_000, 2, 0));
+        assert!(aa.file_bytes > 3_000);
+        assert_eq!(store.tenant_usage("t-bb.").bytes, 4_000);
+
+        // The quota counts bytes on disk, and writes in progress.
+        let quota = aa.file_bytes + file_size_for("t-aa.z", 500);
+        let w = store
+            .begin_put_within("t-aa.z", 500, None, Some(quota))
+            .unwrap();
+        let Err(err) = store.begin_put_within("t-aa.w", 1, None, Some(quota)) else {
+            panic!("a write past the quota was taken");
+        };
+        assert!(matches!(err, Error::QuotaExceeded { .. }), "{err}");
+        assert!(err.to_string().contains("contract"), "{err}");
+        drop(w);
+        assert_eq!(store.tenant_usage("t-aa.").reserved, 0);
+
+        // Overwrites and deletes keep the counts right, and a restart rebuilds them.
+        put(&store, "t-aa.x", &data(1_500)).unwrap();
+        assert!(store.delete("t-aa.y").unwrap());
+        assert_eq!(store.tenant_usage("t-aa.").bytes, 1_500);
+        drop(store);
+        let store = Store::open(dir.path(), GIB, 0).unwrap();
+        assert_eq!(store.tenant_usage("t-aa.").bytes, 1_500);
+        assert_eq!(store.tenant_usage("t-aa.").shards, 1);
+        assert_eq!(store.tenant_usage("t-bb.").bytes, 4_000);
     }
 
     #[test]

@@ -221,10 +221,11 @@ async fn a_corrupt_shard_is_never_served() {
         .audit("victim", 512 * 1024, 1 << 20, &put.hash)
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::AuditFailed, "{err}");
+    // The provider checks its slice before answering: it says the shard is corrupt.
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
     let metrics = http_get(f.provider.http_addr, "/metrics").await;
     assert!(
-        metrics.contains("sublet_provider_corruptions_total 1"),
+        metrics.contains("sublet_provider_corruptions_total 2"),
         "{metrics}"
     );
 }

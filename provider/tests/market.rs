@@ -17,7 +17,11 @@ use sublet_provider::market::MarketSettings;
 use sublet_provider::server::{self, ProviderConfig, RunningProvider};
 
 async fn market() -> (String, Client) {
-    let market = Market::in_memory(Policy::default(), None).unwrap();
+    market_with(Policy::default()).await
+}
+
+async fn market_with(policy: Policy) -> (String, Client) {
+    let market = Market::in_memory(policy, None).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
@@ -69,6 +73,162 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(mut f: impl F
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the market never reached the expected state");
+}
+
+/// A demander whose gateway (`identity`) holds an active contract of `reserved` bytes with
+/// the provider publishing `offer_id`; answers the gateway's shard client and the contract.
+async fn contracted_gateway(
+    client: &Client,
+    provider: &RunningProvider,
+    offer_id: &Value,
+    name: &str,
+    reserved: u64,
+) -> (ProviderClient, Signer, String) {
+    let gateway = Arc::new(NodeIdentity::generate());
+    let demander = Signer::from_pkcs8(gateway.pkcs8_der()).unwrap();
+    client
+        .register(&demander, Role::Demander, name)
+        .await
+        .unwrap();
+    let proposed = client
+        .json(
+            Some(&demander),
+            "POST",
+            "/v1/contracts",
+            &json!({"offer_id": offer_id, "reserved_bytes": reserved, "term_days": 30}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let contract = proposed["id"].as_str().unwrap().to_owned();
+    let shards = ProviderClient::new(
+        &provider.grpc_addr.to_string(),
+        provider.node_id,
+        &ClientConfig {
+            identity: gateway,
+            token: None,
+        },
+    )
+    .unwrap();
+    eventually(|| {
+        let shards = shards.clone();
+        async move { shards.info().await.ok() }
+    })
+    .await;
+    (shards, demander, contract)
+}
+
+#[tokio::test]
+async fn demanders_see_only_their_own_shards_within_their_reservation_and_usage_is_reported() {
+    let (url, client) = market_with(Policy {
+        receipt_period_secs: 2,
+        ..Policy::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let provider = start(dir.path(), &url, offer(4000)).await;
+    let identity = NodeIdentity::load_or_create(dir.path()).unwrap();
+    let party = party_id(identity.public_key());
+    let published = eventually(|| {
+        let client = client.clone();
+        let party = party.clone();
+        async move { open_offers(&client, &party).await.pop() }
+    })
+    .await;
+    let (a, a_signer, a_contract) =
+        contracted_gateway(&client, &provider, &published["id"], "a", 8 << 20).await;
+    let (b, _, _) = contracted_gateway(&client, &provider, &published["id"], "b", 64 << 20).await;
+
+    // The same shard id names a different shard for each demander.
+    let mine = bytes::Bytes::from(vec![1u8; 1 << 20]);
+    let theirs = bytes::Bytes::from(vec![2u8; 1 << 20]);
+    a.put_shard("s1", mine.clone()).await.unwrap();
+    b.put_shard("s1", theirs.clone()).await.unwrap();
+    b.put_shard("s2", theirs.clone()).await.unwrap();
+    assert_eq!(a.get_shard("s1", None).await.unwrap(), mine);
+    assert_eq!(b.get_shard("s1", None).await.unwrap(), theirs);
+    let err = a.get_shard("s2", None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let (listed, next) = a.list_shards("", "", 100).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| s.shard_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["s1"]
+    );
+    assert_eq!(next, None);
+    // Deleting what isn't yours deletes nothing of anyone's.
+    assert!(!a.delete_shard("s2").await.unwrap());
+    assert_eq!(b.get_shard("s2", None).await.unwrap(), theirs);
+
+    // Each sees its reservation as the provider's capacity, and is held to it.
+    let info = a.info().await.unwrap();
+    assert_eq!(info.capacity_bytes, 8 << 20);
+    assert_eq!(info.shard_count, 1);
+    assert!(info.used_bytes > 1 << 20);
+    let err = a
+        .put_shard("big", bytes::Bytes::from(vec![0u8; 8 << 20]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+    assert!(err.to_string().contains("contract"), "{err}");
+
+    // The provider's receipts count what it served each demander.
+    a.get_shard("s1", None).await.unwrap();
+    let periods_path = format!("/v1/contracts/{a_contract}/periods");
+    let reported = eventually(|| {
+        let client = client.clone();
+        let path = periods_path.clone();
+        let signer = &a_signer;
+        async move {
+            let periods = client
+                .json(Some(signer), "GET", &path, &Value::Null)
+                .await
+                .ok()?
+                .ok()
+                .ok()?;
+            let served: u64 = periods
+                .as_array()?
+                .iter()
+                .filter_map(|p| p["provider_receipt"]["egress_bytes"].as_u64())
+                .sum();
+            (served == 2 << 20).then_some(periods)
+        }
+    })
+    .await;
+    assert!(
+        reported
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["status"] == "awaiting_demander"),
+        "{reported}"
+    );
+    provider.shutdown().await;
+
+    // The provider's own operator (the cluster token) sees every namespace.
+    let config = ProviderConfig::new(dir.path());
+    let owner = server::start(ProviderConfig {
+        token: Some("t".into()),
+        ..config
+    })
+    .await
+    .unwrap();
+    let admin = ProviderClient::new(
+        &owner.grpc_addr.to_string(),
+        owner.node_id,
+        &ClientConfig {
+            identity: Arc::new(NodeIdentity::generate()),
+            token: Some("t".into()),
+        },
+    )
+    .unwrap();
+    let (all, _) = admin.list_shards("", "", 100).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.iter().all(|s| s.shard_id.starts_with("t-")), "{all:?}");
+    owner.shutdown().await;
 }
 
 #[tokio::test]
