@@ -370,6 +370,29 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// A gateway on a config of the test's own, not started. The config must listen for S3
+    /// on `s3` and for the admin API on `admin`, and take [`ACCESS_KEY`] and [`SECRET_KEY`];
+    /// its log goes to `log`; S3 calls run on `runtime`.
+    pub fn on_config(
+        name: &str,
+        config: PathBuf,
+        s3: SocketAddr,
+        admin: SocketAddr,
+        log: PathBuf,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        GatewayProcess {
+            name: name.to_owned(),
+            config,
+            s3,
+            admin,
+            env: Vec::new(),
+            log,
+            child: None,
+            runtime,
+        }
+    }
+
     /// `sublet serve --config`; returns once S3 and the admin API answer.
     pub fn start(&mut self) {
         assert!(

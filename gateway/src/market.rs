@@ -295,6 +295,8 @@ pub async fn with_contracts(
 /// bytes its metadata places there (sampled), the bytes read back and the audits.
 pub struct MarketUsage {
     meter: Mutex<Meter>,
+    /// Contract → what its latest receipt costs, the estimate of what the next period will.
+    latest_charge: Mutex<HashMap<String, i64>>,
     /// Provider node id → the contract its usage is reported on.
     contracts: RwLock<HashMap<String, String>>,
     path: PathBuf,
@@ -314,6 +316,7 @@ impl MarketUsage {
         }
         Ok(Self {
             meter: Mutex::new(meter),
+            latest_charge: Mutex::new(HashMap::new()),
             contracts: RwLock::new(contracts),
             path,
         })
@@ -416,8 +419,7 @@ impl ShardBackend for MeteredBackend {
     }
 }
 
-/// Credits one receipt period costs at the contract's full reservation: what the gateway
-/// keeps prepaid in each contract's escrow.
+/// Credits one receipt period of storage costs at the contract's full reservation.
 pub fn period_prepayment(c: &Contract) -> i64 {
     let gib = c.reserved_bytes.div_ceil(GIB);
     let hours = (c.period_secs.max(1) as u64).div_ceil(3600);
@@ -510,8 +512,12 @@ impl UsageReporter {
                 meter.due()
             };
             for (contract, receipt) in due {
-                if !active.iter().any(|c| c.id == contract) {
+                let Some(c) = active.iter().find(|c| c.id == contract) else {
                     continue;
+                };
+                let cost = sublet_market::receipts::gross_charge(c, &receipt);
+                if let Ok(mut latest) = self.usage.latest_charge.lock() {
+                    latest.insert(contract.clone(), cost);
                 }
                 match client
                     .submit_receipt(&self.signer, &contract, &receipt)
@@ -534,20 +540,25 @@ impl UsageReporter {
                     }
                 }
             }
-            // Keep a period's worth prepaid, so settlement never waits for funds.
+            // Keep the escrow ahead of usage: a period of storage at the full reservation
+            // plus twice what the latest period cost, so settlement never waits for funds.
+            let latest = self
+                .usage
+                .latest_charge
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default();
             for c in &active {
-                let want = period_prepayment(c);
+                let recent = latest.get(&c.id).copied().unwrap_or(0);
+                let want = period_prepayment(c).saturating_add(recent.saturating_mul(2));
                 if c.escrow >= want {
                     continue;
                 }
                 let amount = want - c.escrow;
-                let (period_start, _) = sublet_market::receipts::period_containing(
-                    c.accepted_at.unwrap_or(c.created_at),
-                    c.period_secs,
-                    now,
-                );
-                let body =
-                    json!({"op_id": format!("topup-{}-{period_start}", c.id), "amount": amount});
+                // The escrow is read again before every top-up, so a retried one that had
+                // gone through is not paid twice; the id only has to be new.
+                let op_id = format!("topup-{}-{}", c.id, crate::health::now_ms());
+                let body = json!({"op_id": op_id, "amount": amount});
                 match client
                     .json(
                         Some(&self.signer),

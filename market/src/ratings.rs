@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::Result;
 use crate::disputes;
 use crate::identity::{Party, Role};
+use crate::receipts::UsageReceipt;
 
 /// Scores run from 0 to this.
 pub const MAX_SCORE: u32 = 1000;
@@ -67,7 +68,8 @@ fn combine(party: &Party, inputs: Vec<RatingInput>) -> Rating {
     }
 }
 
-pub fn rating(conn: &Connection, party: &Party) -> Result<Rating> {
+/// `party`'s rating; receipts agree within `tolerance_bps` as settlement takes them.
+pub fn rating(conn: &Connection, party: &Party, tolerance_bps: i64) -> Result<Rating> {
     let lost = disputes::lost_by(conn, &party.id)?;
     Ok(match party.role {
         Role::Provider => {
@@ -98,7 +100,7 @@ pub fn rating(conn: &Connection, party: &Party) -> Result<Rating> {
                     explanation: "no settled period with audits yet; counts as 500 until there is one".into(),
                 },
             };
-            let (agreed, reported) = receipt_agreement(conn, &party.id, "provider")?;
+            let (agreed, reported) = receipt_agreement(conn, &party.id, "provider", tolerance_bps)?;
             let agreement = match ratio(agreed, reported) {
                 Some(score) => RatingInput {
                     name: "receipt_agreement",
@@ -118,7 +120,7 @@ pub fn rating(conn: &Connection, party: &Party) -> Result<Rating> {
             combine(party, vec![audits, agreement, disputes_input(lost, 10)])
         }
         Role::Demander => {
-            let (agreed, _) = receipt_agreement(conn, &party.id, "demander")?;
+            let (agreed, _) = receipt_agreement(conn, &party.id, "demander", tolerance_bps)?;
             let settled: i64 = conn.query_row(
                 "SELECT COUNT(*) FROM settled_periods s JOIN contracts c ON c.id = s.contract
                  WHERE c.demander = ?1",
@@ -153,30 +155,59 @@ pub fn rating(conn: &Connection, party: &Party) -> Result<Rating> {
     })
 }
 
-/// (periods whose two receipts agree, periods both sides reported) on the
-/// contracts where `party` is `side`.
-fn receipt_agreement(conn: &Connection, party: &str, side: &str) -> Result<(u64, u64)> {
+/// (periods whose two receipts agree within `tolerance_bps`, periods both sides reported)
+/// on the contracts where `party` is `side`.
+fn receipt_agreement(
+    conn: &Connection,
+    party: &str,
+    side: &str,
+    tolerance_bps: i64,
+) -> Result<(u64, u64)> {
     let column = if side == "provider" {
         "provider"
     } else {
         "demander"
     };
-    let (agreed, reported): (i64, i64) = conn.query_row(
-        &format!(
-            "SELECT COALESCE(SUM(d.period_end = p.period_end AND d.gib_hours = p.gib_hours
-                    AND d.egress_bytes = p.egress_bytes AND d.audits_passed = p.audits_passed
-                    AND d.audits_failed = p.audits_failed), 0),
-                    COUNT(*)
-             FROM receipts d
-             JOIN receipts p ON p.contract = d.contract AND p.period_start = d.period_start
-                 AND p.role = 'provider'
-             JOIN contracts c ON c.id = d.contract
-             WHERE d.role = 'demander' AND c.{column} = ?1"
-        ),
-        [party],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok((agreed.max(0) as u64, reported.max(0) as u64))
+    let mut stmt = conn.prepare(&format!(
+        "SELECT d.period_start, d.period_end, d.gib_hours, d.egress_bytes, d.audits_passed,
+                d.audits_failed, p.period_end, p.gib_hours, p.egress_bytes, p.audits_passed,
+                p.audits_failed
+         FROM receipts d
+         JOIN receipts p ON p.contract = d.contract AND p.period_start = d.period_start
+             AND p.role = 'provider'
+         JOIN contracts c ON c.id = d.contract
+         WHERE d.role = 'demander' AND c.{column} = ?1"
+    ))?;
+    let rows = stmt.query_map([party], |r| {
+        let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        let start: i64 = r.get(0)?;
+        let d = UsageReceipt {
+            period_start: start,
+            period_end: r.get(1)?,
+            gib_hours: n(2)?,
+            egress_bytes: n(3)?,
+            audits_passed: r.get(4)?,
+            audits_failed: r.get(5)?,
+        };
+        let p = UsageReceipt {
+            period_start: start,
+            period_end: r.get(6)?,
+            gib_hours: n(7)?,
+            egress_bytes: n(8)?,
+            audits_passed: r.get(9)?,
+            audits_failed: r.get(10)?,
+        };
+        Ok((d, p))
+    })?;
+    let (mut agreed, mut reported) = (0, 0);
+    for row in rows {
+        let (d, p) = row?;
+        reported += 1;
+        if crate::receipts::agree(&d, &p, tolerance_bps) {
+            agreed += 1;
+        }
+    }
+    Ok((agreed, reported))
 }
 
 #[cfg(test)]

@@ -156,6 +156,11 @@ fn close(a: u64, b: u64, tolerance_bps: i64, slack: u64) -> bool {
 /// metered by each side's own sampling, so they agree within the policy's tolerance (and
 /// GiB-hours within one, for rounding at a boundary); the period and audit counts must
 /// match exactly.
+/// Whether two receipts of one period agree (see [`mismatched_fields`]).
+pub fn agree(a: &UsageReceipt, b: &UsageReceipt, tolerance_bps: i64) -> bool {
+    mismatched_fields(a, b, tolerance_bps).is_empty()
+}
+
 fn mismatched_fields(a: &UsageReceipt, b: &UsageReceipt, tolerance_bps: i64) -> Vec<&'static str> {
     let mut out = Vec::new();
     if a.period_end != b.period_end {

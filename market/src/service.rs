@@ -476,7 +476,13 @@ impl Market {
     }
 
     pub fn rating(&self, party_id: &str) -> Result<Rating> {
-        self.tx(|c| ratings::rating(c, &identity::party(c, party_id)?))
+        self.tx(|c| {
+            ratings::rating(
+                c,
+                &identity::party(c, party_id)?,
+                self.policy.receipt_tolerance_bps,
+            )
+        })
     }
 
     pub fn open_dispute(

@@ -1,0 +1,522 @@
+//! The marketplace end to end, every party a real process: `sublet market serve`, two
+//! `sublet-provider --offer` processes lending space, and a `sublet serve` gateway whose plan
+//! rents them through a market pool. The gateway contracts both providers by itself, stores
+//! and reads objects on them, and both sides meter and sign usage receipts that the market
+//! matches and settles from the escrow the gateway keeps prepaid. Then one provider's disk
+//! rots: audits fail on both sides' books, the provider is penalised and its rating drops,
+//! the demander opens a dispute and the arbiter decides it. At every step the ledger
+//! balances: what was deposited is exactly what the accounts hold.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sublet_e2e::cluster::{GatewayProcess, TestObject, test_objects, wait_for};
+use sublet_e2e::{free_addr, wait_http_ok, workspace_binary};
+
+/// One credit, in the ledger's micro-credits.
+const CREDIT: i64 = 1_000_000;
+/// What the demander deposits.
+const DEPOSIT: i64 = 1_000 * CREDIT;
+/// How long one receipt period lasts: short, so periods end while the test watches.
+const PERIOD: &str = "4s";
+/// Egress price per GiB: high, so that the few MiB the test reads cost something (storage
+/// is priced per GiB-hour, and the test stores far less than a GiB for far less than an
+/// hour).
+const EGRESS_PRICE: i64 = 200 * CREDIT;
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A daemon killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn daemon");
+        Daemon { child, log }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sublet() -> Command {
+    let mut cmd = Command::new(workspace_binary("sublet-gateway", "sublet"));
+    cmd.env("RUST_LOG", "info")
+        .env_remove("SUBLET_MARKET_KEY")
+        .env_remove("SUBLET_MARKET_URL");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The market, and signed calls to it with `sublet market call`.
+struct Market {
+    url: String,
+    addr: SocketAddr,
+    daemon: Daemon,
+}
+
+impl Market {
+    /// `sublet market call --key KEY METHOD PATH [BODY]`, the JSON answer; fails the test
+    /// on an error answer.
+    fn call(&self, key: &Path, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let mut cmd = sublet();
+        cmd.args(["market", "call", "--url", &self.url, "--key"])
+            .arg(key)
+            .args([method, path]);
+        if let Some(body) = body {
+            cmd.arg(body.to_string());
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{method} {path}: {text}\n{}\n--- market log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.daemon.log_tail()
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// An unsigned GET.
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = sublet_e2e::http_get(self.addr, path).unwrap();
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Fails the test unless every credit deposited sits in exactly one account.
+    fn assert_books(&self, step: &str) -> Value {
+        let ledger = self.get("/v1/ledger");
+        assert_eq!(ledger["balanced"], true, "{step}: {ledger}");
+        assert_eq!(ledger["net_deposits"], ledger["total"], "{step}: {ledger}");
+        ledger
+    }
+
+    fn balances(&self, key: &Path, party: &str) -> Value {
+        self.call(key, "GET", &format!("/v1/parties/{party}/balances"), None)
+    }
+}
+
+fn party_of(key: &Path) -> String {
+    let der = std::fs::read(key).unwrap();
+    sublet_market::identity::Signer::from_pkcs8(&der)
+        .unwrap()
+        .party_id()
+}
+
+/// A provider lending 1 GiB on the market at `price`, its shard store on `port`.
+fn lending_provider(root: &Path, name: &str, market: &str, price: i64) -> (Daemon, PathBuf) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (grpc, http) = (free_addr(), free_addr());
+    let offer = format!(
+        "{{pricePerGibMonth: {price}, egressPricePerGib: {EGRESS_PRICE}, region: eu-west, \
+         promisedUptime: \"99%\", endpoint: \"https://{grpc}\"}}"
+    );
+    let daemon = Daemon::spawn(
+        Command::new(workspace_binary("sublet-provider", "sublet-provider"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen", &grpc.to_string()])
+            .args(["--http-listen", &http.to_string()])
+            .args(["--capacity", "2Gi", "--reserve", "1Gi"])
+            .args(["--offer", &offer, "--market-url", market])
+            .args(["--market-interval", "1s"])
+            .env("RUST_LOG", "sublet_provider=info,warn"),
+        root.join(format!("{name}.log")),
+    );
+    wait_http_ok(http, "/healthz", Duration::from_secs(30));
+    (daemon, dir)
+}
+
+fn periods(market: &Market, key: &Path, contract: &str) -> Vec<Value> {
+    market
+        .call(
+            key,
+            "GET",
+            &format!("/v1/contracts/{contract}/periods"),
+            None,
+        )
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The settled periods of `contract` whose charge satisfies `want`.
+fn settled(
+    market: &Market,
+    key: &Path,
+    contract: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    periods(market, key, contract)
+        .into_iter()
+        .filter(|p| p["status"] == "settled" && want(&p["charge"]))
+        .collect()
+}
+
+fn flip_bytes_of(files: &[PathBuf]) {
+    for path in files {
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = bytes.len() / 2;
+        let end = (at + 4096).min(bytes.len());
+        for b in &mut bytes[at..end] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+fn shard_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir.join("shards"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "shard"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+
+    // The arbiter's key is named when the market starts.
+    let judge_key = root.join("judge.key");
+    let out = run(sublet().args(["market", "keygen", "--out"]).arg(&judge_key));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let judge_public = printed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("public_key="))
+        .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
+        .to_owned();
+
+    let addr = free_addr();
+    let url = format!("http://{addr}");
+    let market = Market {
+        url: url.clone(),
+        addr,
+        daemon: Daemon::spawn(
+            sublet()
+                .args(["market", "serve", "--db"])
+                .arg(root.join("market.db"))
+                .args(["--listen", &addr.to_string(), "--manual-deposits"])
+                .args(["--arbiter-key", &judge_public, "--receipt-period", PERIOD]),
+            root.join("market.log"),
+        ),
+    };
+    wait_http_ok(addr, "/healthz", Duration::from_secs(30));
+    run(sublet()
+        .args(["market", "register", "--url", &url, "--key"])
+        .arg(&judge_key)
+        .args(["--role", "arbiter", "--name", "judge"]));
+    market.assert_books("market started");
+
+    // Two providers publish offers.
+    let (_a, a_dir) = lending_provider(root, "a", &url, 3_000);
+    let (_b, b_dir) = lending_provider(root, "b", &url, 4_000);
+    let a_key = a_dir.join("identity.key");
+    let b_key = b_dir.join("identity.key");
+    wait_for("both offers to be open", Duration::from_secs(30), || {
+        let offers = market.get("/v1/offers");
+        match offers.as_array().map(Vec::len) {
+            Some(2) => Ok(()),
+            _ => Err(offers.to_string()),
+        }
+    });
+
+    // A gateway whose plan rents both through a market pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (s3, admin) = (free_addr(), free_addr());
+    let gateway_dir = root.join("gateway");
+    let config = root.join("sublet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: rented}}
+spec:
+  class: rented
+  market: {{url: "{url}", providers: 2, reserve: 256Mi, maxPricePerGibMonth: 5000, regions: [eu-west]}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: rented-1-1}}
+spec:
+  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
+  segmentSize: 256Ki
+  placement:
+    spreadBy: owner
+    maxPerDomain: 1
+    pools: [{{name: rented, minShards: 2}}]
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: rented-1-1
+  probeInterval: 2s
+  listen: "{s3}"
+  adminListen: "{admin}"
+  dataDir: "{}"
+  credentials: [{{accessKey: {}, secretKey: {}}}]
+"#,
+            gateway_dir.display(),
+            sublet_e2e::cluster::ACCESS_KEY,
+            sublet_e2e::cluster::SECRET_KEY,
+        ),
+    )
+    .unwrap();
+    let mut gateway = GatewayProcess::on_config(
+        "g0",
+        config,
+        s3,
+        admin,
+        root.join("gateway.log"),
+        runtime.handle().clone(),
+    );
+    gateway.start();
+    // The gateway signs on the market with its node key.
+    let dee_key = gateway_dir.join("identity").join("identity.key");
+    let dee = party_of(&dee_key);
+    let (a_party, b_party) = (party_of(&a_key), party_of(&b_key));
+
+    // It contracted both providers, and they accepted.
+    let contracts = market.call(&dee_key, "GET", "/v1/contracts", None);
+    let contracts = contracts.as_array().unwrap();
+    assert_eq!(contracts.len(), 2, "{contracts:?}\n{}", gateway.log_tail());
+    assert!(
+        contracts.iter().all(|c| c["state"] == "active"),
+        "{contracts:?}"
+    );
+    let contract_of = |party: &str| {
+        contracts
+            .iter()
+            .find(|c| c["provider"] == party)
+            .and_then(|c| c["id"].as_str())
+            .unwrap_or_else(|| panic!("no contract with {party}: {contracts:?}"))
+            .to_owned()
+    };
+    let (a_contract, b_contract) = (contract_of(&a_party), contract_of(&b_party));
+
+    // The demander funds its account; the gateway keeps a period prepaid in each escrow.
+    market.call(
+        &dee_key,
+        "POST",
+        "/v1/deposits",
+        Some(&json!({"op_id": "dee-deposit-1", "amount": DEPOSIT, "reference": "e2e"})),
+    );
+    assert_eq!(market.assert_books("deposit")["net_deposits"], DEPOSIT);
+    wait_for("both escrows to be prepaid", SETTLE_TIMEOUT, || {
+        let escrow = market.balances(&dee_key, &dee)["escrow"].clone();
+        let funded = escrow.as_array().map_or(0, |e| {
+            e.iter().filter(|x| x["amount"].as_i64() > Some(0)).count()
+        });
+        (funded == 2).then_some(()).ok_or(escrow.to_string())
+    });
+    market.assert_books("prepayment");
+
+    // Objects go onto the rented providers and are read back: that is egress to pay for.
+    gateway.create_bucket("photos");
+    let objects: Vec<TestObject> = test_objects("photo", 8, 1 << 20);
+    for o in &objects {
+        gateway.put("photos", o);
+    }
+    let read_all = |g: &GatewayProcess| {
+        for o in &objects {
+            g.read_back("photos", o).unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    read_all(&gateway);
+    assert!(!shard_files(&a_dir).is_empty() && !shard_files(&b_dir).is_empty());
+
+    // Both sides report each period; agreeing receipts are paid from escrow.
+    for (party, key, contract) in [
+        (&a_party, &a_key, &a_contract),
+        (&b_party, &b_key, &b_contract),
+    ] {
+        let paid = wait_for("a paid period", SETTLE_TIMEOUT, || {
+            // GETs read data shards (wherever placement put them); a scrub reads every shard.
+            read_all(&gateway);
+            gateway.admin_post("/admin/v1/scrub?limit=1000");
+            let paid = settled(&market, key, contract, |c| c["gross"].as_i64() > Some(0));
+            if paid.is_empty() {
+                return Err(format!("{:?}", periods(&market, key, contract)));
+            }
+            Ok(paid)
+        });
+        let p = &paid[0];
+        assert!(
+            p["demander_receipt"]["egress_bytes"].as_u64() > Some(0),
+            "{p}"
+        );
+        let charge = &p["charge"];
+        assert_eq!(
+            charge["gross"].as_i64().unwrap(),
+            charge["penalty"].as_i64().unwrap()
+                + charge["fee"].as_i64().unwrap()
+                + charge["held_back"].as_i64().unwrap()
+                + charge["to_provider"].as_i64().unwrap(),
+            "{p}"
+        );
+        let earned = market.balances(key, party);
+        assert!(
+            earned["available"].as_i64().unwrap() + earned["held_back"].as_i64().unwrap() > 0,
+            "{earned}"
+        );
+        market.assert_books("settlement");
+    }
+
+    // Provider b's disk rots under half its shards. Its own checks catch it when audited,
+    // so both receipts count the failed audits, and the period's pay is cut by them.
+    let rotten: Vec<PathBuf> = shard_files(&b_dir).into_iter().step_by(2).collect();
+    flip_bytes_of(&rotten);
+    let penalised = wait_for(
+        "a period of b's penalised for failed audits",
+        SETTLE_TIMEOUT,
+        || {
+            let audit = gateway.admin_post("/admin/v1/audit?samples=64");
+            for o in &objects {
+                // Reads of rotten shards fall back to the other provider and still verify.
+                gateway
+                    .read_back("photos", o)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            let hit = settled(&market, &b_key, &b_contract, |c| {
+                c["penalty"].as_i64() > Some(0)
+            });
+            hit.into_iter().next().ok_or(format!(
+                "audit {audit}; {:?}",
+                periods(&market, &b_key, &b_contract)
+            ))
+        },
+    );
+    assert!(
+        penalised["demander_receipt"]["audits_failed"].as_u64() > Some(0),
+        "{penalised}"
+    );
+    assert_eq!(
+        penalised["demander_receipt"]["audits_failed"],
+        penalised["provider_receipt"]["audits_failed"],
+        "{penalised}"
+    );
+    market.assert_books("penalty");
+    // Failed audits lower b's rating below a's, which passed every one.
+    let audit_score = |rating: &Value| {
+        rating["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == "audit_pass_rate")
+            .and_then(|i| i["score"].as_u64())
+            .unwrap()
+    };
+    let after = market.get(&format!("/v1/parties/{b_party}/rating"));
+    let a_rating = market.get(&format!("/v1/parties/{a_party}/rating"));
+    assert!(audit_score(&after) < 1000, "{after}");
+    assert_eq!(audit_score(&a_rating), 1000, "{a_rating}");
+    assert!(
+        after["score"].as_u64() < a_rating["score"].as_u64(),
+        "{after} vs {a_rating}"
+    );
+
+    // The gateway stops, so no more usage is metered: once the last periods both sides
+    // reported are settled, balances stand still and the decision's effect is exact.
+    gateway.kill();
+    std::thread::sleep(Duration::from_secs(10));
+    market.assert_books("gateway stopped");
+
+    // The demander disputes the period (its objects lost shards), the arbiter decides for it.
+    let period_start = penalised["period_start"].as_i64().unwrap();
+    let dispute = market.call(
+        &dee_key,
+        "POST",
+        &format!("/v1/contracts/{b_contract}/disputes"),
+        Some(&json!({"period_start": period_start, "claim": "provider b lost shards of our photos; the gateway had to repair them"})),
+    );
+    let dispute_id = dispute["id"].as_str().unwrap().to_owned();
+    market.assert_books("dispute opened");
+    let dee_before = market.balances(&dee_key, &dee)["available"]
+        .as_i64()
+        .unwrap();
+    let b_before = market.balances(&b_key, &b_party);
+    let b_total = |v: &Value| v["available"].as_i64().unwrap() + v["held_back"].as_i64().unwrap();
+    let amount = b_total(&b_before).clamp(1, CREDIT / 100);
+    let decided = market.call(
+        &judge_key,
+        "POST",
+        &format!("/v1/disputes/{dispute_id}/decide"),
+        Some(&json!({"in_favour_of": "demander", "amount": amount, "reason": "audits and the gateway's repair log show lost shards"})),
+    );
+    assert_eq!(decided["decision"]["in_favour_of"], "demander", "{decided}");
+    let moved = decided["decision"]["moved"].as_i64().unwrap();
+    assert!(moved > 0, "{decided}");
+    market.assert_books("dispute decided");
+    let dee_after = market.balances(&dee_key, &dee)["available"]
+        .as_i64()
+        .unwrap();
+    let b_after = market.balances(&b_key, &b_party);
+    assert_eq!(dee_after, dee_before + moved);
+    assert_eq!(
+        b_total(&b_after),
+        b_total(&b_before) - moved,
+        "{b_before} → {b_after}"
+    );
+    let judged = market.get(&format!("/v1/parties/{b_party}/rating"));
+    let lost = judged["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "disputes_lost")
+        .unwrap()
+        .clone();
+    assert_eq!(lost["value"], "1 lost", "{judged}");
+    // Deciding again changes nothing.
+    let again = market.call(
+        &judge_key,
+        "POST",
+        &format!("/v1/disputes/{dispute_id}/decide"),
+        Some(&json!({"in_favour_of": "demander", "amount": amount, "reason": "audits and the gateway's repair log show lost shards"})),
+    );
+    assert_eq!(again["decision"], decided["decision"]);
+    let ledger = market.assert_books("end");
+    assert_eq!(ledger["net_deposits"], DEPOSIT);
+}
