@@ -11,6 +11,8 @@ import { chromium } from "playwright-core";
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const out = config.out;
 const TIMEOUT = 15_000;
+/// A check that the whole text is `text`, not just contains it ("15.220001" contains "15.22").
+const exactly = (text) => new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`);
 const fmt = (micros) => (micros / 1e6).toLocaleString("en-US", { maximumFractionDigits: 6 });
 
 let step = 0;
@@ -42,7 +44,9 @@ async function expectText(locator, check, what) {
       last = `(${e.message.split("\n")[0]})`;
     }
     if (Date.now() > deadline) {
-      throw new Error(`${what}: expected ${check} but the page shows ${JSON.stringify(last)}`);
+      const errors = (await page.locator(".error").allInnerTexts()).filter((t) => t.trim());
+      throw new Error(`${what}: expected ${check} but the page shows ${JSON.stringify(last)}` +
+        (errors.length ? `; errors on the page: ${errors.join(" | ")}` : ""));
     }
     await page.waitForTimeout(100);
   }
@@ -120,18 +124,18 @@ try {
   await expectText(page.locator("#whoami"), `Signed in as dee — demander, party ${config.dee.id}`, "dee signed in");
   if (await page.locator("#signin-error").innerText()) throw new Error("a sign-in error is still shown");
   const escrowTotal = config.dee.escrow.reduce((s, e) => s + e.amount, 0);
-  await expectText(page.locator("#balances [data-field=available]"), fmt(config.dee.available), "dee's available credits");
+  await expectText(page.locator("#balances [data-field=available]"), exactly(fmt(config.dee.available)), "dee's available credits");
   await expectText(page.locator("#balances [data-field=held_back]"), /^0$/, "dee's held-back credits");
-  await expectText(page.locator("#balances [data-field=escrow]"), fmt(escrowTotal), "dee's escrow");
+  await expectText(page.locator("#balances [data-field=escrow]"), exactly(fmt(escrowTotal)), "dee's escrow");
 
   const active = page.locator(`tr[data-contract="${config.active.id}"]`);
-  await expectText(active.locator("[data-field=state]"), "active", "the active contract's state");
-  await expectText(active.locator("[data-field=reserved]"), "10 GiB", "the active contract's reserved space");
-  await expectText(active.locator("[data-field=price]"), fmt(config.active.price_per_gib_month), "the contract's price");
-  await expectText(active.locator("[data-field=escrow]"), fmt(config.active.escrow), "the contract's escrow");
+  await expectText(active.locator("[data-field=state]"), exactly("active"), "the active contract's state");
+  await expectText(active.locator("[data-field=reserved]"), exactly("10 GiB"), "the active contract's reserved space");
+  await expectText(active.locator("[data-field=price]"), exactly(fmt(config.active.price_per_gib_month)), "the contract's price");
+  await expectText(active.locator("[data-field=escrow]"), exactly(fmt(config.active.escrow)), "the contract's escrow");
   await expectText(active.locator("td:nth-child(3)"), "alpha", "the counterparty's name");
   const proposed = page.locator(`tr[data-contract="${config.proposed.id}"]`);
-  await expectText(proposed.locator("[data-field=state]"), "proposed", "the proposed contract's state");
+  await expectText(proposed.locator("[data-field=state]"), exactly("proposed"), "the proposed contract's state");
   await expectText(proposed.locator("td:nth-child(3)"), "bravo", "the proposed contract's provider");
   if ((await page.locator("#contracts-table tbody tr").count()) !== 2) throw new Error("dee should see 2 contracts");
 
@@ -139,12 +143,12 @@ try {
   await active.locator("button.show-periods").click();
   const settled = page.locator(`#periods tr[data-period="${config.active.settled_start}"]`);
   const mismatch = page.locator(`#periods tr[data-period="${config.active.mismatch_start}"]`);
-  await expectText(settled.locator("[data-field=status]"), "settled", "the first period's status");
+  await expectText(settled.locator("[data-field=status]"), exactly("settled"), "the first period's status");
   await expectText(settled.locator("[data-field=charge]"), `${fmt(config.active.settled_gross)} charged`, "the first period's charge");
   await expectText(settled.locator("[data-field=settlement]"), "paid at", "the first period's settlement");
   await expectText(settled.locator("[data-field=demander_receipt]"), "10 GiB-h", "dee's receipt");
-  await expectText(mismatch.locator("[data-field=status]"), "mismatch", "the second period's status");
-  await expectText(mismatch.locator("[data-field=mismatched]"), "gib_hours", "the mismatched field");
+  await expectText(mismatch.locator("[data-field=status]"), exactly("mismatch"), "the second period's status");
+  await expectText(mismatch.locator("[data-field=mismatched]"), exactly("gib_hours"), "the mismatched field");
   await expectText(mismatch.locator("[data-field=provider_receipt] .mismatch"), "9 GiB-h", "alpha's disputed figure");
   await expectText(mismatch.locator("[data-field=settlement]"), "not paid", "the mismatched period is unpaid");
 
@@ -167,7 +171,7 @@ try {
   await prepay.locator("input[name=amount]").fill(String(config.actions.too_much));
   await prepay.locator("button").click();
   await expectText(page.locator("#action-status .error"), "insufficient_funds", "the refused prepayment");
-  await expectText(page.locator("#balances [data-field=available]"), fmt(config.dee.available), "the balance after the refused prepayment");
+  await expectText(page.locator("#balances [data-field=available]"), exactly(fmt(config.dee.available)), "the balance after the refused prepayment");
   await shot("prepay-refused");
 
   // Prepay 2 credits: the balances and the contract's escrow follow.
@@ -175,9 +179,9 @@ try {
   await prepay.locator("button").click();
   await expectText(page.locator("#action-status .ok"), `Prepaid ${config.actions.prepay} credits into contract ${config.active.id}`, "the prepayment");
   const moved = config.actions.prepay * 1e6;
-  await expectText(page.locator("#balances [data-field=available]"), fmt(config.dee.available - moved), "available after prepaying");
-  await expectText(page.locator("#balances [data-field=escrow]"), fmt(escrowTotal + moved), "escrow after prepaying");
-  await expectText(page.locator(`tr[data-contract="${config.active.id}"] [data-field=escrow]`), fmt(config.active.escrow + moved), "the contract's escrow after prepaying");
+  await expectText(page.locator("#balances [data-field=available]"), exactly(fmt(config.dee.available - moved)), "available after prepaying");
+  await expectText(page.locator("#balances [data-field=escrow]"), exactly(fmt(escrowTotal + moved)), "escrow after prepaying");
+  await expectText(page.locator(`tr[data-contract="${config.active.id}"] [data-field=escrow]`), exactly(fmt(config.active.escrow + moved)), "the contract's escrow after prepaying");
   await shot("prepaid");
 
   // Open a dispute on the settled period, with evidence.

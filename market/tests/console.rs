@@ -388,7 +388,7 @@ fn console_driver_dir() -> PathBuf {
 
 fn chromium() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("SUBLET_CHROMIUM") {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
     [
         "/usr/bin/chromium",
