@@ -218,6 +218,9 @@ try {
   await decide.locator("button").click();
   await expectText(page.locator("#action-status .ok"), `Decided dispute ${result.opened_dispute} in favour of the demander; ${config.actions.decision_amount} credits moved`, "the decision");
   await expectText(page.locator(`#disputes-table tr[data-dispute="${result.opened_dispute}"] [data-field=decision]`), config.actions.reason, "the decision in the list");
+  await expectText(page.locator(`#disputes-table tr[data-dispute="${result.opened_dispute}"] [data-field=decision]`), "by judge (you)", "who decided");
+  await expectText(page.locator(`#contract-disputes tr[data-dispute="${result.opened_dispute}"] [data-field=decision]`), config.actions.reason, "the decision on the contract's disputes");
+  await expectText(page.locator(`#disputes-table tr[data-dispute="${config.dispute.id}"] [data-field=decision]`), "Decide", "the other dispute still open");
   await expectText(page.locator("#ledger"), "balanced", "the ledger after everything");
   await shot("arbiter-decided");
 
