@@ -163,6 +163,7 @@ pub fn router(market: Shared) -> Router {
             "/v1/contracts/{id}/disputes",
             post(open_dispute).get(contract_disputes),
         )
+        .route("/v1/disputes", get(my_disputes))
         .route("/v1/disputes/{id}", get(dispute))
         .route("/v1/disputes/{id}/decide", post(decide_dispute))
         .fallback(|| async { Error::not_found("route; the API is described at /openapi.json") })
@@ -236,7 +237,8 @@ async fn balances(
     blocking(move || Ok(Json(m.balances(&req.party(&m)?, &id)?))).await
 }
 
-/// The read-only web console: one page calling the public GET routes.
+/// The web console: one page calling the public routes, and the private ones signed
+/// in the browser with a key file the user picks (see console.html).
 async fn console() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("console.html"))
 }
@@ -459,6 +461,27 @@ async fn contract_disputes(
     req: SignedRequest,
 ) -> Reply<Vec<crate::disputes::Dispute>> {
     blocking(move || Ok(Json(m.disputes_of_contract(&req.party(&m)?, &id)?))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisputeQuery {
+    #[serde(default)]
+    state: crate::disputes::DisputeState,
+}
+
+async fn my_disputes(
+    State(m): State<Shared>,
+    query: Result<Query<DisputeQuery>, QueryRejection>,
+    req: SignedRequest,
+) -> Reply<Vec<crate::disputes::Dispute>> {
+    let Query(query) = query.map_err(|e| {
+        Error::BadRequest(format!(
+            "invalid query (state is open, decided or any): {}",
+            e.body_text()
+        ))
+    })?;
+    blocking(move || Ok(Json(m.disputes_of(&req.party(&m)?, query.state)?))).await
 }
 
 async fn dispute(

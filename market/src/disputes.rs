@@ -151,6 +151,44 @@ pub fn list_for_contract(conn: &Connection, contract: &str) -> Result<Vec<Disput
     ids.iter().map(|id| get(conn, id)).collect()
 }
 
+/// Which disputes a listing shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisputeState {
+    /// Waiting for an arbiter's decision.
+    Open,
+    Decided,
+    /// Both.
+    #[default]
+    Any,
+}
+
+/// The disputes `party` may read, newest first (then last opened first): for an arbiter every dispute of
+/// the market, for anyone else those on contracts it is a party to.
+pub fn list_visible(conn: &Connection, party: &Party, state: DisputeState) -> Result<Vec<Dispute>> {
+    let state_clause = match state {
+        DisputeState::Open => "AND d.decided_by IS NULL",
+        DisputeState::Decided => "AND d.decided_by IS NOT NULL",
+        DisputeState::Any => "",
+    };
+    let ids: Vec<String> = if party.role == Role::Arbiter {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT d.id FROM disputes d WHERE 1 {state_clause} ORDER BY d.opened_at DESC, d.rowid DESC"
+        ))?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    } else {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT d.id FROM disputes d JOIN contracts c ON c.id = d.contract
+             WHERE (c.demander = ?1 OR c.provider = ?1) {state_clause}
+             ORDER BY d.opened_at DESC, d.rowid DESC"
+        ))?;
+        stmt.query_map([&party.id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    ids.iter().map(|id| get(conn, id)).collect()
+}
+
 /// Disputes decided against `party` (on contracts it is a party to).
 pub fn lost_by(conn: &Connection, party: &str) -> Result<u32> {
     Ok(conn.query_row(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::contracts::{self, Contract, NewContract};
-use crate::disputes::{self, Decision, Dispute, NewDispute};
+use crate::disputes::{self, Decision, Dispute, DisputeState, NewDispute};
 use crate::identity::{self, Party, Registration, RequestSignature, Role, Verified};
 use crate::ledger::{self, Account, Applied, Micros};
 use crate::metrics::Metrics;
@@ -523,6 +523,11 @@ impl Market {
             contracts::get(c, &d.contract)?.check_viewer(who)?;
             Ok(d)
         })
+    }
+
+    /// The disputes `who` may read: an arbiter's are all of the market's.
+    pub fn disputes_of(&self, who: &Party, state: DisputeState) -> Result<Vec<Dispute>> {
+        self.tx(|c| disputes::list_visible(c, who, state))
     }
 
     pub fn disputes_of_contract(&self, who: &Party, contract: &str) -> Result<Vec<Dispute>> {

@@ -865,6 +865,7 @@ async fn openapi_document_describes_every_route() -> TestResult {
         "/v1/contracts/{id}/periods/{start}/settle",
         "/v1/parties/{id}/rating",
         "/v1/contracts/{id}/disputes",
+        "/v1/disputes",
         "/v1/disputes/{id}",
         "/v1/disputes/{id}/decide",
     ] {
@@ -872,7 +873,7 @@ async fn openapi_document_describes_every_route() -> TestResult {
     }
     assert_eq!(
         paths.len(),
-        27,
+        28,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())
