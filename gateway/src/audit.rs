@@ -162,7 +162,16 @@ pub struct GcReport {
     pub deleted: u64,
     /// Unreferenced shards younger than the safety delay (perhaps a write in flight).
     pub young: u64,
+    /// Shards left alone because their ids name another installation (or none: written
+    /// before ids named one); only the background collection skips them.
+    #[serde(default)]
+    pub foreign: u64,
 }
+
+/// How often the background garbage collection runs.
+pub const GC_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+/// How old an unreferenced shard must be before the background collection removes it.
+pub const GC_MIN_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Removes from every answering provider the shards no metadata references and that were
 /// stored more than `min_age` ago. A provider lending space on the market shows each
@@ -172,6 +181,18 @@ pub async fn collect_garbage(
     gateway: &Gateway,
     metrics: Option<&Metrics>,
     min_age: Duration,
+) -> anyhow::Result<GcReport> {
+    collect_garbage_of(gateway, metrics, min_age, None).await
+}
+
+/// [`collect_garbage`] of only the shards whose ids start with `prefix` (when given): the
+/// background collection passes this installation's tag, so shards another installation
+/// wrote to a provider both use are never its garbage.
+pub async fn collect_garbage_of(
+    gateway: &Gateway,
+    metrics: Option<&Metrics>,
+    min_age: Duration,
+    prefix: Option<&str>,
 ) -> anyhow::Result<GcReport> {
     let mut report = GcReport::default();
     let meta = Arc::clone(gateway.metadata());
@@ -218,6 +239,10 @@ pub async fn collect_garbage(
             tokio::task::spawn_blocking(move || meta.referenced_shards(&node)).await??
         };
         for (id, stored_at) in stored {
+            if prefix.is_some_and(|p| !id.starts_with(p)) {
+                report.foreign += 1;
+                continue;
+            }
             if referenced.contains(&id)
                 || id.starts_with(MANIFEST_PREFIX)
                 || kept_shards.contains(&id)
@@ -243,6 +268,37 @@ pub async fn collect_garbage(
         }
     }
     Ok(report)
+}
+
+/// Collects this installation's garbage every `interval` (the first one `interval` after
+/// the start), removing unreferenced shards older than `min_age`, until `stop` changes.
+pub fn spawn_gc_loop(
+    gateway: Arc<Gateway>,
+    metrics: Option<Metrics>,
+    interval: Duration,
+    min_age: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let prefix = format!("{}_", gateway.installation());
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            match collect_garbage_of(&gateway, metrics.as_ref(), min_age, Some(&prefix)).await {
+                Ok(r) => tracing::info!(
+                    providers = r.providers,
+                    listed = r.listed,
+                    deleted = r.deleted,
+                    young = r.young,
+                    foreign = r.foreign,
+                    "garbage collection done"
+                ),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "garbage collection failed"),
+            }
+        }
+    })
 }
 
 /// Audits by the gateway's audit policy until `stop` changes. A round is due one interval

@@ -42,8 +42,15 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], CodecError> {
     Ok(out)
 }
 
+/// Bytes of the installation tag (hex-encoded in shard ids).
+const INSTALLATION_TAG_BYTES: usize = 6;
+
 /// The one secret a gateway must never lose: it wraps every object's data key.
-pub struct MasterKey(LessSafeKey);
+pub struct MasterKey {
+    key: LessSafeKey,
+    /// Names the installation in its shard ids; see [`MasterKey::installation`].
+    installation: String,
+}
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,7 +62,11 @@ impl MasterKey {
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
         // A 32-byte key is always valid for AES-256.
         let key = UnboundKey::new(&AES_256_GCM, bytes).unwrap_or_else(|_| unreachable!());
-        Self(LessSafeKey::new(key))
+        let derived = blake3::derive_key("sublet installation tag v1", bytes);
+        Self {
+            key: LessSafeKey::new(key),
+            installation: hex::encode(&derived[..INSTALLATION_TAG_BYTES]),
+        }
     }
 
     /// Reads the hex-encoded key at `path`, creating it (mode 0600) on first use.
@@ -92,12 +103,20 @@ impl MasterKey {
         }
     }
 
+    /// A short name of this installation, derived from (and revealing nothing of) the master
+    /// key, so the same for every replica sharing it and different for any other
+    /// installation: new shard ids start with it and `_`, which is how background garbage
+    /// collection tells this installation's shards from others' on a shared provider.
+    pub fn installation(&self) -> &str {
+        &self.installation
+    }
+
     /// Makes a fresh data key and returns it with its wrapped form for metadata.
     pub fn new_data_key(&self) -> Result<(DataKey, Vec<u8>), CodecError> {
         let raw = random_bytes::<KEY_LEN>()?;
         let nonce = random_bytes::<NONCE_LEN>()?;
         let mut wrapped = raw.to_vec();
-        self.0
+        self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(b"sublet data key"),
@@ -118,7 +137,7 @@ impl MasterKey {
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CodecError::Unwrap)?;
         let mut buf = sealed.to_vec();
         let raw = self
-            .0
+            .key
             .open_in_place(nonce, Aad::from(b"sublet data key"), &mut buf)
             .map_err(|_| CodecError::Unwrap)?;
         let raw: [u8; KEY_LEN] = raw.try_into().map_err(|_| CodecError::Unwrap)?;

@@ -547,6 +547,13 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         crate::s3::reencode::REENCODE_INTERVAL,
         stop.clone(),
     );
+    let collecting = crate::audit::spawn_gc_loop(
+        Arc::clone(&cluster.gateway),
+        Some(cluster.metrics.clone()),
+        crate::audit::GC_INTERVAL,
+        crate::audit::GC_MIN_AGE,
+        stop.clone(),
+    );
     // Bucket lifecycle rules (PutBucketLifecycleConfiguration); dev has no schedules.
     let lifecycle = crate::s3::spawn_lifecycle(
         Arc::clone(&cluster.gateway),
@@ -596,6 +603,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     auditing.abort();
     scrubbing.abort();
     reencoding.abort();
+    collecting.abort();
     for p in cluster.providers {
         p.shutdown().await;
     }

@@ -791,6 +791,13 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             stop.clone(),
         ),
     ];
+    tasks.push(crate::audit::spawn_gc_loop(
+        Arc::clone(&gateway),
+        Some(metrics.clone()),
+        crate::audit::GC_INTERVAL,
+        crate::audit::GC_MIN_AGE,
+        stop.clone(),
+    ));
     if let Some(reporter) = market_reporter {
         tasks.push(tokio::spawn(reporter.run(stop.clone())));
     }

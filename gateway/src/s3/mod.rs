@@ -265,6 +265,11 @@ impl Gateway {
     }
 
     /// The metadata store, e.g. for usage gauges.
+    /// This installation's tag, the start of its shard ids (see [`MasterKey::installation`]).
+    pub fn installation(&self) -> &str {
+        self.master.installation()
+    }
+
     pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
         &self.meta
     }

@@ -178,7 +178,9 @@ impl Gateway {
     ) -> S3Result<Written> {
         let segment_size = usize::try_from(plan.segment_size)
             .map_err(|_| internal(format!("plan {}: segment size too large", plan.name)))?;
-        let uid = random_uid();
+        // Shard ids name the installation first, so background garbage collection on a
+        // provider shared with another installation only ever considers this one's shards.
+        let uid = format!("{}_{}", self.master.installation(), random_uid());
         let placement = self.place(plan, key, &uid)?;
         let writer = ObjectWriter::new(
             &self.master,
