@@ -149,7 +149,7 @@ try {
   await expectText(settled.locator("[data-field=demander_receipt]"), "10 GiB-h", "dee's receipt");
   await expectText(mismatch.locator("[data-field=status]"), exactly("mismatch"), "the second period's status");
   await expectText(mismatch.locator("[data-field=mismatched]"), exactly("gib_hours"), "the mismatched field");
-  await expectText(mismatch.locator("[data-field=provider_receipt] .mismatch"), "9 GiB-h", "alpha's disputed figure");
+  await expectText(mismatch.locator("[data-field=provider_receipt] .mismatch"), "7 GiB-h", "alpha's disputed figure");
   await expectText(mismatch.locator("[data-field=settlement]"), "not paid", "the mismatched period is unpaid");
 
   // The seeded dispute: its markup shows as text and runs nothing.

@@ -450,7 +450,19 @@ spec:
             .unwrap()
     };
     let after = market.get(&format!("/v1/parties/{b_party}/rating"));
-    let a_rating = market.get(&format!("/v1/parties/{a_party}/rating"));
+    // a's audits count once a period of a's holding them is settled too.
+    let a_rating = wait_for(
+        "a settled period of a's with audits",
+        SETTLE_TIMEOUT,
+        || {
+            let rating = market.get(&format!("/v1/parties/{a_party}/rating"));
+            if rating.to_string().contains("no audits yet") {
+                gateway.admin_post("/admin/v1/audit?samples=8");
+                return Err(rating.to_string());
+            }
+            Ok(rating)
+        },
+    );
     assert!(audit_score(&after) < 1000, "{after}");
     assert_eq!(audit_score(&a_rating), 1000, "{a_rating}");
     assert!(

@@ -19,12 +19,14 @@ use sublet_market::identity::{Role, Signer};
 use sublet_market::meter::Meter;
 use sublet_market::offers::Offer;
 use sublet_market::receipts::{GIB, HOURS_PER_MONTH};
+use sublet_provider::client::METERED_AT;
 use sublet_provider::identity::{NodeId, NodeIdentity};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::dataplane::{BackendError, ShardBackend};
 use crate::meta::MetadataStore;
+use crate::placement::HealthBoard;
 
 /// File in the data dir naming the contracts signed for each market pool.
 pub const CONTRACTS_FILE: &str = "market-contracts.json";
@@ -335,15 +337,17 @@ impl MarketUsage {
         self.contract_of(node).is_some()
     }
 
-    pub fn egress(&self, node: &str, bytes: u64) {
+    /// Counts `bytes` read from `node` under the unix second `at`.
+    pub fn egress(&self, node: &str, at: i64, bytes: u64) {
         if let Some(c) = self.contract_of(node) {
-            self.meter().add_egress(&c, unix_now(), bytes);
+            self.meter().add_egress(&c, at, bytes);
         }
     }
 
-    pub fn audit(&self, node: &str, passed: bool) {
+    /// Counts an audit of `node` under `at`.
+    pub fn audit(&self, node: &str, at: i64, passed: bool) {
         if let Some(c) = self.contract_of(node) {
-            self.meter().add_audit(&c, unix_now(), passed);
+            self.meter().add_audit(&c, at, passed);
         }
     }
 }
@@ -384,9 +388,12 @@ impl ShardBackend for MeteredBackend {
     }
 
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
-        let result = self.inner.get(shard_id).await;
+        // The provider is told the second the read counts under, so both receipts put it in
+        // the same period even when it straddles a period's end.
+        let at = unix_now();
+        let result = METERED_AT.scope(at, self.inner.get(shard_id)).await;
         if let Ok(data) = &result {
-            self.usage.egress(self.node_id(), data.len() as u64);
+            self.usage.egress(self.node_id(), at, data.len() as u64);
         }
         result
     }
@@ -402,12 +409,15 @@ impl ShardBackend for MeteredBackend {
         len: u64,
         hash: &[u8; 32],
     ) -> Result<(), BackendError> {
-        let result = self.inner.audit(shard_id, offset, len, hash).await;
+        let at = unix_now();
+        let result = METERED_AT
+            .scope(at, self.inner.audit(shard_id, offset, len, hash))
+            .await;
         // Counted as the audit loop counts them: an unanswered audit is neither.
         match &result {
-            Ok(()) => self.usage.audit(self.node_id(), true),
+            Ok(()) => self.usage.audit(self.node_id(), at, true),
             Err(e) if e.audit_failed() || e.shard_gone() => {
-                self.usage.audit(self.node_id(), false);
+                self.usage.audit(self.node_id(), at, false);
             }
             Err(_) => {}
         }
@@ -436,6 +446,7 @@ pub struct UsageReporter {
     markets: BTreeMap<String, Vec<String>>,
     usage: Arc<MarketUsage>,
     meta: Arc<dyn MetadataStore>,
+    health: Arc<HealthBoard>,
 }
 
 /// What one reporting pass did.
@@ -455,6 +466,7 @@ impl UsageReporter {
         contracted: &[(String, Contracted)],
         usage: Arc<MarketUsage>,
         meta: Arc<dyn MetadataStore>,
+        health: Arc<HealthBoard>,
     ) -> anyhow::Result<Self> {
         let mut markets: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (url, c) in contracted {
@@ -468,6 +480,7 @@ impl UsageReporter {
             markets,
             usage,
             meta,
+            health,
         })
     }
 
@@ -509,7 +522,7 @@ impl UsageReporter {
                         .map_or(0, |(_, bytes)| *bytes);
                     meter.sample(&c.id, now, bytes);
                 }
-                meter.due()
+                meter.due(sublet_market::meter::REPORT_GRACE_SECS)
             };
             for (contract, receipt) in due {
                 let Some(c) = active.iter().find(|c| c.id == contract) else {
@@ -575,6 +588,18 @@ impl UsageReporter {
                     }
                     Err(e) => {
                         warn!(contract = %c.id, amount, party = %self.signer.party_id(), error = %e, "could not prepay the contract's escrow; deposit credits to the gateway's market party")
+                    }
+                }
+            }
+            // Placement follows the providers' market ratings as they change.
+            for c in &active {
+                let Some(node) = node_of.get(&c.id) else {
+                    continue;
+                };
+                match score_of(&client, &c.provider).await {
+                    Ok(score) => self.health.record_market_score(node, score),
+                    Err(e) => {
+                        warn!(provider = %c.provider, error = %e, "could not read the provider's market rating")
                     }
                 }
             }

@@ -34,6 +34,9 @@ pub struct Candidate {
     pub free_bytes: Option<u64>,
     /// False when it failed recently or does not answer.
     pub healthy: bool,
+    /// How much to trust it with data, in thousandths ([`MIN_QUALITY`]..=1000): scales its
+    /// share of placements. See [`HealthBoard::quality`].
+    pub quality: u32,
 }
 
 /// How many shards of a stripe one pool must or may hold.
@@ -302,9 +305,12 @@ fn rank(key: &str, uid: &str, candidate: &Candidate) -> f64 {
     // 53 random bits, shifted into (0, 1].
     let u = ((u64::from_le_bytes(word) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
     // Weigh by free GiB; unknown free space counts as 1 GiB so new providers still get data.
+    // Scaled by quality, so a provider with a poor record gets a proportionally smaller share.
     let weight = candidate
         .free_bytes
-        .map_or(1.0, |free| ((free >> 30) as f64).max(1.0));
+        .map_or(1.0, |free| ((free >> 30) as f64).max(1.0))
+        * f64::from(candidate.quality.clamp(MIN_QUALITY, 1000))
+        / 1000.0;
     -u.ln() / weight
 }
 
@@ -477,7 +483,14 @@ struct ProviderState {
     /// Audits failed since the last one passed.
     audit_strikes: u32,
     last_audit_failure: Option<Instant>,
+    /// Its rating on the market (0 to 1000), for providers rented there.
+    market_score: Option<u32>,
 }
+
+/// The smallest quality a placeable provider is weighted with: a poor record shrinks its
+/// share of new shards to a twentieth, it does not starve it (probation and audits decide
+/// whether it gets any).
+pub const MIN_QUALITY: u32 = 50;
 
 impl HealthBoard {
     fn with<T>(&self, node: &str, f: impl FnOnce(&mut ProviderState) -> T) -> T {
@@ -523,6 +536,24 @@ impl HealthBoard {
                 s.last_audit_failure = Some(Instant::now());
             }
         });
+    }
+
+    /// Records the provider's market rating (0 to 1000).
+    pub fn record_market_score(&self, node: &str, score: u32) {
+        self.with(node, |s| s.market_score = Some(score.min(1000)));
+    }
+
+    /// How much placement trusts the provider, in thousandths ([`MIN_QUALITY`]..=1000): its
+    /// share of audits passed since the gateway started, times its market rating for rented
+    /// providers (a provider rated 500 gets half the new shards one rated 1000 gets, free
+    /// space alike). 1000 without either.
+    pub fn quality(&self, node: &str) -> u32 {
+        self.with(node, |s| {
+            let total = s.audits_passed + s.audits_failed;
+            let audits = (s.audits_passed * 1000).checked_div(total).unwrap_or(1000);
+            let market = u64::from(s.market_score.unwrap_or(1000));
+            ((audits * market / 1000) as u32).clamp(MIN_QUALITY, 1000)
+        })
     }
 
     /// Percent of its audits passed since the gateway started; `None` before the first.
@@ -599,6 +630,7 @@ impl Topology {
                 site: site.clone(),
                 free_bytes: health.free_bytes(&site.node_id),
                 healthy: health.healthy(&site.node_id),
+                quality: health.quality(&site.node_id),
             })
             .collect()
     }
@@ -679,6 +711,7 @@ mod tests {
             },
             free_bytes: Some(100 << 30),
             healthy: true,
+            quality: 1000,
         }
     }
 
@@ -782,6 +815,42 @@ mod tests {
         }
         // Weight 1000 against 3 x 10: about 97% of single-shard objects land on it.
         assert!(first > 250, "{first}");
+    }
+
+    #[test]
+    fn a_poor_record_shrinks_a_providers_share() {
+        let board = HealthBoard::default();
+        assert_eq!(board.quality("a"), 1000);
+        board.record_market_score("a", 250);
+        for _ in 0..3 {
+            board.record_audit("a", true);
+        }
+        board.record_audit("a", false);
+        // 3 of 4 audits passed, rated 250 of 1000.
+        assert_eq!(board.quality("a"), 187);
+        board.record_market_score("b", 0);
+        assert_eq!(board.quality("b"), MIN_QUALITY);
+
+        let mut cands = pool("p", 2, 2);
+        cands[0].quality = 250;
+        let mut low = 0;
+        for n in 0..1000 {
+            let chosen = choose(
+                "x",
+                &PlacementRule::any(),
+                1,
+                &cands,
+                0,
+                "k",
+                &n.to_string(),
+            )
+            .unwrap();
+            if chosen[0] == 0 {
+                low += 1;
+            }
+        }
+        // Weight 0.25 against 1: a fifth of single-shard objects, about 200 of 1000.
+        assert!((120..300).contains(&low), "{low}");
     }
 
     #[test]

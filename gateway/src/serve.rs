@@ -636,6 +636,12 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
     let (mut backends, clients) = connect(&spec, &identity, &endpoints, &metrics, &health)?;
+    // Placement weighs rented providers by their market rating, refreshed as usage is reported.
+    for (_, c) in &contracted {
+        if let Some(node) = &c.endpoint.node_id {
+            health.record_market_score(node, c.score);
+        }
+    }
     let market_usage = if contracted.is_empty() {
         None
     } else {
@@ -681,6 +687,7 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
             &contracted,
             usage,
             Arc::clone(&meta),
+            Arc::clone(&health),
         )?),
         None => None,
     };

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::receipts::{GIB, UsageReceipt, period_containing};
 
+/// How long after a period ends its receipt waits (on both sides), at most: reads and
+/// audits still in flight at the end are counted in the period they were stamped with. A
+/// quarter of the period when that is shorter.
+pub const REPORT_GRACE_SECS: i64 = 30;
+
 /// Usage per contract, saved as JSON between runs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Meter {
@@ -163,9 +168,10 @@ impl Meter {
         }
     }
 
-    /// Receipts of the periods that are over (sampled up to their end) and not reported,
-    /// oldest first. A period with no usage at all has no receipt.
-    pub fn due(&self) -> Vec<(String, UsageReceipt)> {
+    /// Receipts of the periods that are over (sampled up to `grace` seconds past their end,
+    /// or a quarter of the period if that is less) and not reported, oldest first. A period
+    /// with no usage at all has no receipt.
+    pub fn due(&self, grace: i64) -> Vec<(String, UsageReceipt)> {
         let mut out = Vec::new();
         for (id, m) in &self.contracts {
             let Some((sampled_to, _)) = m.last else {
@@ -173,7 +179,8 @@ impl Meter {
             };
             for (&start, u) in &m.periods {
                 let (_, end) = m.period_of(start);
-                if end > sampled_to.min(m.term_ends) || end <= m.reported_through {
+                let wait = grace.min(m.period_secs / 4).max(0);
+                if end.saturating_add(wait) > sampled_to || end <= m.reported_through {
                     continue;
                 }
                 let receipt = UsageReceipt {
@@ -222,11 +229,11 @@ mod tests {
         let mut m = Meter::default();
         m.track("c", 1000, 3600, 30);
         m.sample("c", 1000, 2 * GIB);
-        assert!(m.due().is_empty(), "nothing is over yet");
+        assert!(m.due(0).is_empty(), "nothing is over yet");
         // Half an hour at 2 GiB, then 1.5 hours at 4 GiB across the boundary at 4600.
         m.sample("c", 2800, 4 * GIB);
         m.sample("c", 8000, 4 * GIB);
-        let due = m.due();
+        let due = m.due(0);
         assert_eq!(due.len(), 1);
         let (id, r) = &due[0];
         assert_eq!(id, "c");
@@ -234,9 +241,9 @@ mod tests {
         // 2 GiB × 0.5 h + 4 GiB × 0.5 h = 3 GiB-hours.
         assert_eq!(r.gib_hours, 3);
         m.reported("c", 4600);
-        assert!(m.due().is_empty());
+        assert!(m.due(0).is_empty());
         m.sample("c", 8300, 0);
-        let due = m.due();
+        let due = m.due(0);
         assert_eq!(due[0].1.period_start, 4600);
         assert_eq!(due[0].1.gib_hours, 4);
     }
@@ -251,7 +258,7 @@ mod tests {
         m.add_egress("c", -5, 7); // before acceptance: not billed
         m.sample("c", 25, 0);
         m.sample("c", 25, 0);
-        let due = m.due();
+        let due = m.due(0);
         assert_eq!(due.len(), 2);
         assert_eq!(
             (
@@ -265,7 +272,7 @@ mod tests {
         m.reported("c", 20);
         // A reported period takes no more usage.
         m.add_egress("c", 5, 1);
-        assert!(m.due().is_empty());
+        assert!(m.due(0).is_empty());
     }
 
     #[test]
@@ -278,7 +285,7 @@ mod tests {
         m.sample("c", 200_000, GIB);
         m.save(&path).unwrap();
         let m = Meter::load(&path).unwrap();
-        let due = m.due();
+        let due = m.due(0);
         assert_eq!(
             due.iter()
                 .map(|(_, r)| (r.period_start, r.period_end))

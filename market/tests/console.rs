@@ -21,7 +21,7 @@ const GIB: u64 = 1 << 30;
 const CREDIT: i64 = 1_000_000;
 /// What the seeded dispute claims: markup, which the console must show as text.
 const HOSTILE_CLAIM: &str =
-    "<img src=x onerror=\"window.__pwned=1\"><b>alpha</b> reports 9 GiB-hours; we stored 10";
+    "<img src=x onerror=\"window.__pwned=1\"><b>alpha</b> reports 7 GiB-hours; we stored 10";
 
 struct Parties {
     alpha: Signer,
@@ -191,7 +191,7 @@ async fn seed() -> Res<Seeded> {
         .await?;
     let proposed = c["id"].as_str().ok_or("contract id")?.to_owned();
     // Period 1: both sides agree, so it settles. Period 2: they disagree.
-    for (who, second) in [(&p.alpha, 9), (&p.dee, 10)] {
+    for (who, second) in [(&p.alpha, 7), (&p.dee, 10)] {
         let receipts = format!("/v1/contracts/{active}/receipts");
         s.ok(who, "POST", &receipts, receipt(start, 10)).await?;
         s.ok(who, "POST", &receipts, receipt(start + 3600, second))

@@ -249,6 +249,7 @@ impl ProviderClient {
     }
 
     /// Stream a shard or a range `(offset, len)` of it; every byte was verified by the provider.
+    /// Inside [`METERED_AT`]`.scope(t, ..)` the read is metered under `t`.
     pub async fn get_shard_stream(
         &self,
         shard_id: &str,
@@ -265,6 +266,7 @@ impl ProviderClient {
                 shard_id: shard_id.to_string(),
                 offset,
                 length,
+                metered_at: metered_at(),
             }))
             .await?
             .into_inner();
@@ -373,6 +375,7 @@ impl ProviderClient {
                 shard_id: shard_id.to_string(),
                 offset,
                 length: len,
+                metered_at: metered_at(),
             }))
             .await?
             .into_inner();
@@ -383,6 +386,17 @@ impl ProviderClient {
             )
         })
     }
+}
+
+tokio::task_local! {
+    /// The unix second a market demander's gateway counts the reads and audits it makes
+    /// inside this scope under; sent along so the provider counts them in the same receipt
+    /// period.
+    pub static METERED_AT: i64;
+}
+
+fn metered_at() -> i64 {
+    METERED_AT.try_with(|t| *t).unwrap_or(0)
 }
 
 /// Check a bao slice of `[offset, offset + len)` against a shard's BLAKE3 hash.

@@ -109,14 +109,29 @@ impl ContractedClients {
         self.meter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts bytes of shards sent to a tenant.
-    pub fn egress(&self, contract: &str, bytes: u64) {
-        self.meter().add_egress(contract, unix_now(), bytes);
+    /// Counts bytes of shards sent to a tenant, under the unix second `at`.
+    pub fn egress(&self, contract: &str, at: i64, bytes: u64) {
+        self.meter().add_egress(contract, at, bytes);
     }
 
-    /// Counts an audit of a tenant's shard: answered, or failed for a missing or corrupt shard.
-    pub fn audit(&self, contract: &str, passed: bool) {
-        self.meter().add_audit(contract, unix_now(), passed);
+    /// Counts an audit of a tenant's shard under `at`: answered, or failed for a missing or
+    /// corrupt shard.
+    pub fn audit(&self, contract: &str, at: i64, passed: bool) {
+        self.meter().add_audit(contract, at, passed);
+    }
+}
+
+/// How far the time a caller meters a request under may be from this provider's clock.
+pub const METERED_SKEW_SECS: i64 = 300;
+
+/// The second to meter a request under: the caller's `metered_at` when it is set and
+/// within [`METERED_SKEW_SECS`] of now (so both sides count it in the same period), else now.
+pub fn metered_second(metered_at: i64) -> i64 {
+    let now = unix_now();
+    if metered_at != 0 && (metered_at - now).abs() <= METERED_SKEW_SECS {
+        metered_at
+    } else {
+        now
     }
 }
 
@@ -400,7 +415,7 @@ impl OfferPublisher {
             meter
                 .save(&self.meter_path)
                 .with_context(|| format!("saving the usage meter {}", self.meter_path.display()))?;
-            meter.due()
+            meter.due(sublet_market::meter::REPORT_GRACE_SECS)
         };
         let mut out = Vec::new();
         for (contract, receipt) in due {

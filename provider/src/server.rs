@@ -604,6 +604,7 @@ impl ShardStore for ShardService {
             Err(e) => return self.finish("GetShard", started, Err(e)),
         };
         let req = request.into_inner();
+        let at = crate::market::metered_second(req.metered_at);
         let id = match caller.scope(&req.shard_id) {
             Ok(id) => id,
             Err(e) => return self.finish("GetShard", started, Err(e)),
@@ -627,7 +628,7 @@ impl ShardStore for ShardService {
         // A tenant's egress is metered for its receipts: what was handed to the connection.
         let meter = caller
             .contract()
-            .map(|c| (self.contracted.clone(), c.to_owned()));
+            .map(|c| (self.contracted.clone(), c.to_owned(), at));
         tokio::task::spawn_blocking(move || {
             let bytes = metrics.bytes.with_label_values(&["GetShard"]);
             let mut egress = EgressOnDrop { meter, sent: 0 };
@@ -774,8 +775,10 @@ impl ShardStore for ShardService {
         let mut contract = None;
         let result: Result<proto::AuditResponse, Status> = async {
             let caller = self.authorize(&request)?;
-            contract = caller.contract().map(str::to_owned);
             let req = request.into_inner();
+            contract = caller
+                .contract()
+                .map(|c| (c.to_owned(), crate::market::metered_second(req.metered_at)));
             let id = caller.scope(&req.shard_id)?;
             let store = Arc::clone(&self.store);
             let (mut slice, shard_length) =
@@ -804,10 +807,10 @@ impl ShardStore for ShardService {
         };
         // A tenant's receipts count its audits as this provider saw them: answered is
         // passed (the provider checked the slice), a missing or corrupt shard is failed.
-        if let Some(contract) = &contract {
+        if let Some((contract, at)) = &contract {
             match outcome {
-                "answered" => self.contracted.audit(contract, true),
-                "not_found" | "corrupt" => self.contracted.audit(contract, false),
+                "answered" => self.contracted.audit(contract, *at, true),
+                "not_found" | "corrupt" => self.contracted.audit(contract, *at, false),
                 _ => {}
             }
         }
@@ -826,16 +829,17 @@ impl ShardService {
 
 /// Adds a tenant's streamed bytes to its meter when the stream ends, however it ends.
 struct EgressOnDrop {
-    meter: Option<(crate::market::ContractedClients, String)>,
+    /// The tenant's contract and the second the read is metered under.
+    meter: Option<(crate::market::ContractedClients, String, i64)>,
     sent: u64,
 }
 
 impl Drop for EgressOnDrop {
     fn drop(&mut self) {
-        if let Some((clients, contract)) = &self.meter
+        if let Some((clients, contract, at)) = &self.meter
             && self.sent > 0
         {
-            clients.egress(contract, self.sent);
+            clients.egress(contract, *at, self.sent);
         }
     }
 }
