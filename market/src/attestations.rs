@@ -684,7 +684,11 @@ mod tests {
         assert_eq!(trust(&conn, &p, &[], NOW)?.level, TrustLevel::Unverified);
         let listed = list(&conn, &p, &[], NOW)?;
         assert_eq!(listed.len(), 2);
-        assert_eq!(listed[0].status, AttestationStatus::AttestorNotTrusted);
+        let email = listed
+            .iter()
+            .find(|a| a.kind == AttestationKind::Email)
+            .ok_or_else(|| Error::Internal("the email attestation is not listed".into()))?;
+        assert_eq!(email.status, AttestationStatus::AttestorNotTrusted);
         Ok(())
     }
 }
