@@ -140,6 +140,14 @@ pub fn router(market: Shared) -> Router {
         .route("/v1/parties", post(register))
         .route("/v1/parties/{id}", get(party))
         .route("/v1/parties/{id}/balances", get(balances))
+        .route(
+            "/v1/parties/{id}/attestations",
+            post(submit_attestation).get(attestations),
+        )
+        .route(
+            "/v1/parties/{id}/attestations/{attestation}/revoke",
+            post(revoke_attestation),
+        )
         .route("/v1/deposits", post(deposit))
         .route("/v1/withdrawals", post(withdraw))
         .route("/v1/held-back/release", post(release_held_back))
@@ -225,8 +233,64 @@ async fn register(State(m): State<Shared>, body: Bytes) -> Reply<Party> {
     blocking(move || Ok(Json(m.register(&parse(&body)?)?))).await
 }
 
-async fn party(State(m): State<Shared>, Path(id): Path<String>) -> Reply<Party> {
-    blocking(move || Ok(Json(m.party(&id)?))).await
+async fn party(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Reply<crate::service::PartyView> {
+    blocking(move || Ok(Json(m.party_view(&id)?))).await
+}
+
+/// Unsigned: the attestation carries its attestor's signature, so whoever relays it
+/// (usually the party) can change nothing, and only attestor keys can make one.
+async fn submit_attestation(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<crate::attestations::Attestation>)> {
+    blocking(move || {
+        let att = parse(&body)?;
+        Ok((StatusCode::CREATED, Json(m.submit_attestation(&id, &att)?)))
+    })
+    .await
+}
+
+async fn attestations(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Reply<Vec<crate::attestations::Attestation>> {
+    blocking(move || Ok(Json(m.attestations(&id)?))).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Revocation {
+    #[serde(default)]
+    reason: String,
+}
+
+/// Signed by the attestation's attestor key (`x-sublet-party` is that key's id).
+async fn revoke_attestation(
+    State(m): State<Shared>,
+    Path((id, attestation)): Path<(String, String)>,
+    req: SignedRequest,
+) -> Reply<crate::attestations::Attestation> {
+    blocking(move || {
+        let revocation: Revocation = if req.body.iter().all(u8::is_ascii_whitespace) {
+            Revocation::default()
+        } else {
+            req.json()?
+        };
+        Ok(Json(m.revoke_attestation(
+            &req.method,
+            &req.path_and_query,
+            &req.signature,
+            &req.body,
+            &id,
+            &attestation,
+            &revocation.reason,
+        )?))
+    })
+    .await
 }
 
 async fn balances(

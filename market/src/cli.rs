@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+use crate::attestations::{AttestationKind, SignedAttestation, email_hash};
 use crate::identity::{Role, Signer};
 use crate::rail::{ManualRail, PaymentRail};
 use crate::{Market, Policy, api, client::Client};
@@ -54,6 +55,32 @@ pub enum Command {
         /// The JSON body; empty when left out.
         body: Option<String>,
     },
+    /// Sign an attestation about a party with an attestor key (one given to the market's
+    /// `serve --attestor-key`) and submit it. Revoke one with
+    /// `call --key ATTESTOR_KEY POST /v1/parties/ID/attestations/AT_ID/revoke`.
+    Attest {
+        #[arg(
+            long,
+            env = "SUBLET_MARKET_URL",
+            default_value = "http://127.0.0.1:7490"
+        )]
+        url: String,
+        /// The attestor's key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The party the attestation is about.
+        #[arg(long)]
+        party: String,
+        /// `email` (you verified the party controls --email) or `operator` (you vouch for it).
+        #[arg(long)]
+        kind: String,
+        /// The verified address (kind email); only its SHA-256 leaves this machine.
+        #[arg(long)]
+        email: Option<String>,
+        /// Expire after this many days; never when left out.
+        #[arg(long)]
+        expires_days: Option<i64>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -81,6 +108,10 @@ pub struct Serve {
     /// disputes; repeat for several.
     #[arg(long = "arbiter-key")]
     arbiter_keys: Vec<String>,
+    /// Ed25519 public key (hex) whose attestations about parties (verified e-mail,
+    /// operator vouching) raise their trust level; repeat for several.
+    #[arg(long = "attestor-key")]
+    attestor_keys: Vec<String>,
     /// Length of a receipt period of new contracts: gateways and providers report usage
     /// once per period (e.g. 1h, 1d; 10s for demos).
     #[arg(long, default_value = "1h", value_parser = parse_period)]
@@ -152,6 +183,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&party)?);
             Ok(())
         }
+        Command::Attest {
+            url,
+            key,
+            party,
+            kind,
+            email,
+            expires_days,
+        } => attest(&url, &key, &party, &kind, email.as_deref(), expires_days).await,
         Command::Call {
             url,
             key,
@@ -193,16 +232,81 @@ fn write_new_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `attest`: signs the statement locally and submits it.
+async fn attest(
+    url: &str,
+    key: &PathBuf,
+    party: &str,
+    kind: &str,
+    email: Option<&str>,
+    expires_days: Option<i64>,
+) -> anyhow::Result<()> {
+    if party.is_empty() || !party.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!("--party must be a party id (32 hex characters), got {party:?}");
+    }
+    let kind = match kind {
+        "email" => AttestationKind::Email,
+        "operator" => AttestationKind::Operator,
+        other => bail!("--kind must be email or operator, got {other:?}"),
+    };
+    let email_sha256 = match (kind, email) {
+        (AttestationKind::Email, Some(address)) => Some(email_hash(address)?),
+        (AttestationKind::Email, None) => {
+            bail!("--kind email needs --email, the address you verified")
+        }
+        (AttestationKind::Operator, Some(_)) => bail!("--email goes with --kind email only"),
+        (AttestationKind::Operator, None) => None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs() as i64;
+    let expires_at = match expires_days {
+        Some(days) if !(1..=36_500).contains(&days) => {
+            bail!("--expires-days must be between 1 and 36500, got {days}")
+        }
+        Some(days) => Some(now + days * 86_400),
+        None => None,
+    };
+    let signed =
+        SignedAttestation::sign(&load_key(key)?, kind, party, email_sha256, now, expires_at);
+    let reply = Client::new(url)?
+        .json(
+            None,
+            "POST",
+            &format!("/v1/parties/{party}/attestations"),
+            &serde_json::to_value(&signed)?,
+        )
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&reply.body)?);
+    if !(200..300).contains(&reply.status) {
+        bail!("market answered {}", reply.status);
+    }
+    Ok(())
+}
+
 async fn serve(s: Serve) -> anyhow::Result<()> {
     let policy = Policy {
         platform_fee_bps: s.platform_fee_bps,
         held_back_bps: s.held_back_bps,
         vetting_period_secs: s.vetting_days.saturating_mul(24 * 3600),
         arbiter_keys: s.arbiter_keys.clone(),
+        attestor_keys: s
+            .attestor_keys
+            .iter()
+            .map(|k| k.trim().to_ascii_lowercase())
+            .collect(),
         receipt_period_secs: s.receipt_period,
         receipt_tolerance_bps: s.receipt_tolerance_bps,
         ..Policy::default()
     };
+    for key in &policy.attestor_keys {
+        if hex::decode(key).map(|k| k.len()) != Ok(32) {
+            bail!(
+                "--attestor-key must be a 32-byte ed25519 public key in hex (64 characters), got {key:?}"
+            );
+        }
+    }
     if !(0..=10_000).contains(&policy.receipt_tolerance_bps) {
         bail!("--receipt-tolerance-bps is basis points between 0 and 10000");
     }

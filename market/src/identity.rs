@@ -96,7 +96,7 @@ pub fn party_id(public_key: &[u8]) -> String {
     hex::encode(&digest.as_ref()[..16])
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
@@ -137,7 +137,7 @@ pub fn new_id(prefix: &str) -> Result<String> {
     Ok(format!("{prefix}_{}", random_hex(8)?))
 }
 
-fn decode_public_key(public_key: &str) -> Result<Vec<u8>> {
+pub(crate) fn decode_public_key(public_key: &str) -> Result<Vec<u8>> {
     match hex::decode(public_key) {
         Ok(k) if k.len() == 32 => Ok(k),
         _ => Err(Error::BadRequest(format!(
@@ -146,7 +146,11 @@ fn decode_public_key(public_key: &str) -> Result<Vec<u8>> {
     }
 }
 
-fn verify_signature(public_key: &[u8], message: &[u8], signature_b64: &str) -> Result<()> {
+pub(crate) fn verify_signature(
+    public_key: &[u8],
+    message: &[u8],
+    signature_b64: &str,
+) -> Result<()> {
     let signature = B64
         .decode(signature_b64.trim())
         .map_err(|_| Error::Unauthorized("signature is not valid base64".into()))?;
@@ -301,17 +305,9 @@ pub struct Verified {
     pub signature: String,
 }
 
-/// Verifies a signed request and spends its nonce. `window` is how far, in
-/// seconds, the request's timestamp may be from the server's clock.
-pub fn verify_request(
-    conn: &Connection,
-    method: &str,
-    path_and_query: &str,
-    sig: &RequestSignature,
-    body: &[u8],
-    now: i64,
-    window: i64,
-) -> Result<Verified> {
+/// The signature headers of a request, present and well formed: (party, timestamp, nonce,
+/// signature). Checks the timestamp window and the nonce's shape, not the signature.
+fn check_headers(sig: &RequestSignature, now: i64, window: i64) -> Result<(&str, i64, &str, &str)> {
     let missing = |h: &str| Error::Unauthorized(format!("signed request is missing header {h}"));
     let party_id = sig.party.as_deref().ok_or_else(|| missing(HEADER_PARTY))?;
     let timestamp = sig
@@ -343,6 +339,38 @@ pub fn verify_request(
             "{HEADER_NONCE} must be 16 to 64 letters, digits, '-' or '_'"
         )));
     }
+    Ok((party_id, timestamp, nonce, signature))
+}
+
+/// Spends `nonce` of `party`; a nonce used before is a replay.
+fn spend_nonce(conn: &Connection, party: &str, nonce: &str, now: i64, window: i64) -> Result<()> {
+    // Nonces older than twice the window can't come back: their timestamps are refused.
+    conn.execute("DELETE FROM nonces WHERE at < ?1", [now - 2 * window])?;
+    let fresh = conn.execute(
+        "INSERT INTO nonces (party, nonce, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        params![party, nonce, now],
+    )?;
+    if fresh == 0 {
+        return Err(Error::Replayed {
+            party: party.into(),
+            nonce: nonce.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Verifies a signed request and spends its nonce. `window` is how far, in
+/// seconds, the request's timestamp may be from the server's clock.
+pub fn verify_request(
+    conn: &Connection,
+    method: &str,
+    path_and_query: &str,
+    sig: &RequestSignature,
+    body: &[u8],
+    now: i64,
+    window: i64,
+) -> Result<Verified> {
+    let (party_id, timestamp, nonce, signature) = check_headers(sig, now, window)?;
     let party = party(conn, party_id).map_err(|e| match e {
         Error::NotFound { .. } => {
             Error::Unauthorized(format!("party {party_id} is not registered"))
@@ -352,23 +380,39 @@ pub fn verify_request(
     let key = decode_public_key(&party.public_key)?;
     let canonical = canonical_request(method, path_and_query, timestamp, nonce, body);
     verify_signature(&key, canonical.as_bytes(), signature)?;
-    // Nonces older than twice the window can't come back: their timestamps are refused.
-    conn.execute("DELETE FROM nonces WHERE at < ?1", [now - 2 * window])?;
-    let fresh = conn.execute(
-        "INSERT INTO nonces (party, nonce, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-        params![party.id, nonce, now],
-    )?;
-    if fresh == 0 {
-        return Err(Error::Replayed {
-            party: party.id,
-            nonce: nonce.into(),
-        });
-    }
+    spend_nonce(conn, &party.id, nonce, now, window)?;
     Ok(Verified {
         party,
         canonical,
         signature: signature.into(),
     })
+}
+
+/// Verifies a request signed like [`verify_request`] by a key that need not be a
+/// registered party (an attestor's): `public_key` (hex) must be the signer, named in
+/// the party header by its id, [`party_id`] of the key. Spends the nonce.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_request_by_key(
+    conn: &Connection,
+    method: &str,
+    path_and_query: &str,
+    sig: &RequestSignature,
+    body: &[u8],
+    now: i64,
+    window: i64,
+    public_key: &str,
+) -> Result<()> {
+    let (signer_id, timestamp, nonce, signature) = check_headers(sig, now, window)?;
+    let key = decode_public_key(public_key)?;
+    let expected = party_id(&key);
+    if signer_id != expected {
+        return Err(Error::Forbidden(format!(
+            "this request must be signed by key {expected} ({HEADER_PARTY}: {expected}), not {signer_id}"
+        )));
+    }
+    let canonical = canonical_request(method, path_and_query, timestamp, nonce, body);
+    verify_signature(&key, canonical.as_bytes(), signature)?;
+    spend_nonce(conn, &expected, nonce, now, window)
 }
 
 /// Keeps a verified request and its body, so a third party can later check who
@@ -641,6 +685,28 @@ mod tests {
             let err = verify_request(&conn, "POST", "/x", &sig, b"", 1000, WINDOW);
             assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_request_signed_by_an_unregistered_key_verifies_against_that_key_only() -> Result<()> {
+        let conn = db();
+        let (attestor, _) = Signer::generate()?;
+        let (other, _) = Signer::generate()?;
+        let key = attestor.public_key_hex();
+        let sig = headers(attestor.sign_request("POST", "/x", b"{}", 1000)?);
+        verify_request_by_key(&conn, "POST", "/x", &sig, b"{}", 1000, WINDOW, &key)?;
+        let replay = verify_request_by_key(&conn, "POST", "/x", &sig, b"{}", 1000, WINDOW, &key);
+        assert!(matches!(replay, Err(Error::Replayed { .. })), "{replay:?}");
+        // Another key naming itself: not this key's request.
+        let sig = headers(other.sign_request("POST", "/x", b"{}", 1000)?);
+        let err = verify_request_by_key(&conn, "POST", "/x", &sig, b"{}", 1000, WINDOW, &key);
+        assert!(matches!(err, Err(Error::Forbidden(_))), "{err:?}");
+        // Another key signing in this key's name: the signature fails.
+        let mut sig = headers(other.sign_request("POST", "/x", b"{}", 1000)?);
+        sig.party = Some(attestor.party_id());
+        let err = verify_request_by_key(&conn, "POST", "/x", &sig, b"{}", 1000, WINDOW, &key);
+        assert!(matches!(err, Err(Error::Unauthorized(_))), "{err:?}");
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! contracts, usage receipts and the escrow ledger that settles them.
 
 pub mod api;
+pub mod attestations;
 pub mod cli;
 pub mod client;
 pub mod contracts;
@@ -33,6 +34,8 @@ pub struct Policy {
     pub signature_window_secs: i64,
     /// Ed25519 public keys (hex) that may register as arbiters and decide disputes.
     pub arbiter_keys: Vec<String>,
+    /// Ed25519 public keys (hex) whose attestations about parties raise their trust level.
+    pub attestor_keys: Vec<String>,
     /// How long one receipt period of a new contract lasts, in seconds: both sides
     /// report usage once per period, counted from the contract's acceptance.
     pub receipt_period_secs: i64,
@@ -50,6 +53,7 @@ impl Default for Policy {
             vetting_period_secs: 30 * 24 * 3600,
             signature_window_secs: 300,
             arbiter_keys: Vec::new(),
+            attestor_keys: Vec::new(),
             receipt_period_secs: 3600,
             receipt_tolerance_bps: 100,
         }

@@ -87,6 +87,9 @@ pub struct OfferFilter {
     pub max_price_per_gib_month: Option<Micros>,
     pub region: Option<String>,
     pub min_free_bytes: Option<u64>,
+    /// Only offers of providers at this trust level or higher (`verified`, `vouched`);
+    /// applied by `Market::search_offers`, which knows the attestor keys and the clock.
+    pub min_trust: Option<crate::attestations::TrustLevel>,
 }
 
 fn check_offer(o: &NewOffer) -> Result<()> {

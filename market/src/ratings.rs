@@ -6,6 +6,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::Result;
+use crate::attestations::{Trust, TrustLevel};
 use crate::disputes;
 use crate::identity::{Party, Role};
 use crate::receipts::UsageReceipt;
@@ -17,6 +18,8 @@ pub const MAX_SCORE: u32 = 1000;
 pub struct Rating {
     pub party: String,
     pub role: Role,
+    /// What the market's attestors say about the party (see the `attestations` input).
+    pub trust_level: TrustLevel,
     /// 0 ..= 1000: the weighted sum of the inputs' scores.
     pub score: u32,
     pub inputs: Vec<RatingInput>,
@@ -53,7 +56,7 @@ fn disputes_input(lost: u32, weight_percent: u32) -> RatingInput {
     }
 }
 
-fn combine(party: &Party, inputs: Vec<RatingInput>) -> Rating {
+fn combine(party: &Party, trust: &Trust, inputs: Vec<RatingInput>) -> Rating {
     debug_assert_eq!(inputs.iter().map(|i| i.weight_percent).sum::<u32>(), 100);
     let score = inputs
         .iter()
@@ -63,13 +66,20 @@ fn combine(party: &Party, inputs: Vec<RatingInput>) -> Rating {
     Rating {
         party: party.id.clone(),
         role: party.role,
+        trust_level: trust.level,
         score,
         inputs,
     }
 }
 
-/// `party`'s rating; receipts agree within `tolerance_bps` as settlement takes them.
-pub fn rating(conn: &Connection, party: &Party, tolerance_bps: i64) -> Result<Rating> {
+/// `party`'s rating; receipts agree within `tolerance_bps` as settlement takes them;
+/// `trust` is what the market's attestors say about it.
+pub fn rating(
+    conn: &Connection,
+    party: &Party,
+    tolerance_bps: i64,
+    trust: &Trust,
+) -> Result<Rating> {
     let lost = disputes::lost_by(conn, &party.id)?;
     Ok(match party.role {
         Role::Provider => {
@@ -89,14 +99,14 @@ pub fn rating(conn: &Connection, party: &Party, tolerance_bps: i64) -> Result<Ra
                     name: "audit_pass_rate",
                     value: format!("{passed}/{} audits passed", passed + failed),
                     score,
-                    weight_percent: 70,
+                    weight_percent: 65,
                     explanation: "audits in settled periods: a provider that can serve random slices of its shards holds the data".into(),
                 },
                 None => RatingInput {
                     name: "audit_pass_rate",
                     value: "no audits yet".into(),
                     score: NEUTRAL,
-                    weight_percent: 70,
+                    weight_percent: 65,
                     explanation: "no settled period with audits yet; counts as 500 until there is one".into(),
                 },
             };
@@ -117,7 +127,16 @@ pub fn rating(conn: &Connection, party: &Party, tolerance_bps: i64) -> Result<Ra
                     explanation: "counts as 500 until both sides have reported a period".into(),
                 },
             };
-            combine(party, vec![audits, agreement, disputes_input(lost, 10)])
+            combine(
+                party,
+                trust,
+                vec![
+                    audits,
+                    agreement,
+                    disputes_input(lost, 10),
+                    trust.rating_input(5),
+                ],
+            )
         }
         Role::Demander => {
             let (agreed, _) = receipt_agreement(conn, &party.id, "demander", tolerance_bps)?;
@@ -133,22 +152,27 @@ pub fn rating(conn: &Connection, party: &Party, tolerance_bps: i64) -> Result<Ra
                     name: "payment_record",
                     value: format!("{settled}/{} agreed periods paid", agreed.max(settled)),
                     score,
-                    weight_percent: 80,
+                    weight_percent: 75,
                     explanation: "agreed periods the escrow covered; periods waiting for a prepayment count against it".into(),
                 },
                 None => RatingInput {
                     name: "payment_record",
                     value: "no agreed periods yet".into(),
                     score: NEUTRAL,
-                    weight_percent: 80,
+                    weight_percent: 75,
                     explanation: "counts as 500 until a period is agreed".into(),
                 },
             };
-            combine(party, vec![payment, disputes_input(lost, 20)])
+            combine(
+                party,
+                trust,
+                vec![payment, disputes_input(lost, 20), trust.rating_input(5)],
+            )
         }
         Role::Arbiter => Rating {
             party: party.id.clone(),
             role: party.role,
+            trust_level: trust.level,
             score: MAX_SCORE,
             inputs: Vec::new(),
         },
@@ -239,8 +263,15 @@ mod tests {
         };
         let r = combine(
             &party,
-            vec![input(700, 70), input(1000, 20), input(750, 10)],
+            &Trust::default(),
+            vec![
+                input(700, 65),
+                input(1000, 20),
+                input(750, 10),
+                input(1000, 5),
+            ],
         );
-        assert_eq!(r.score, 490 + 200 + 75);
+        assert_eq!(r.score, 455 + 200 + 75 + 50);
+        assert_eq!(r.trust_level, TrustLevel::Unverified);
     }
 }

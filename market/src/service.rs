@@ -8,6 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 use tracing::info;
 
+use crate::attestations::{self, Attestation, SignedAttestation, TrustLevel};
 use crate::contracts::{self, Contract, NewContract};
 use crate::disputes::{self, Decision, Dispute, DisputeState, NewDispute};
 use crate::identity::{self, Party, Registration, RequestSignature, Role, Verified};
@@ -73,6 +74,14 @@ pub struct OperationResult {
     pub balances: Balances,
 }
 
+/// A party as `GET /v1/parties/{id}` shows it: with its trust level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartyView {
+    #[serde(flatten)]
+    pub party: Party,
+    pub trust_level: TrustLevel,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Termination {
     pub contract: Contract,
@@ -112,6 +121,7 @@ impl Market {
             contracts::SCHEMA,
             receipts::SCHEMA,
             disputes::SCHEMA,
+            attestations::SCHEMA,
         ] {
             conn.execute_batch(schema)?;
         }
@@ -180,6 +190,79 @@ impl Market {
 
     pub fn party(&self, id: &str) -> Result<Party> {
         self.tx(|c| identity::party(c, id))
+    }
+
+    /// A party with its trust level.
+    pub fn party_view(&self, id: &str) -> Result<PartyView> {
+        let now = self.now();
+        self.tx(|c| {
+            Ok(PartyView {
+                party: identity::party(c, id)?,
+                trust_level: attestations::trust(c, id, &self.policy.attestor_keys, now)?.level,
+            })
+        })
+    }
+
+    /// Checks and stores an attestation about `party`, signed by one of the attestor keys.
+    pub fn submit_attestation(&self, party: &str, att: &SignedAttestation) -> Result<Attestation> {
+        let now = self.now();
+        let a = self.tx(|c| {
+            attestations::submit(
+                c,
+                party,
+                att,
+                &self.policy.attestor_keys,
+                now,
+                self.policy.signature_window_secs,
+            )
+        })?;
+        info!(attestation = %a.id, party, kind = a.kind.as_str(), attestor = %a.attestor_id, "attestation submitted");
+        Ok(a)
+    }
+
+    pub fn attestations(&self, party: &str) -> Result<Vec<Attestation>> {
+        let now = self.now();
+        self.tx(|c| attestations::list(c, party, &self.policy.attestor_keys, now))
+    }
+
+    /// Revokes an attestation; the request must be signed by the attestation's own
+    /// attestor key (its nonce is spent even if the revocation then fails).
+    #[allow(clippy::too_many_arguments)]
+    pub fn revoke_attestation(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        sig: &RequestSignature,
+        body: &[u8],
+        party: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<Attestation> {
+        let now = self.now();
+        let keys = &self.policy.attestor_keys;
+        let window = self.policy.signature_window_secs;
+        self.tx(|c| {
+            let a = attestations::get(c, party, id, keys, now)?;
+            identity::verify_request_by_key(
+                c,
+                method,
+                path_and_query,
+                sig,
+                body,
+                now,
+                window,
+                &a.attestor,
+            )
+            .map_err(|e| match e {
+                Error::Forbidden(m) => Error::Forbidden(format!(
+                    "only the attestor that signed attestation {id} may revoke it: {m}"
+                )),
+                e => e,
+            })
+        })?;
+        let a = self.tx(|c| attestations::revoke(c, party, id, reason, keys, now))?;
+        info!(attestation = %id, party, "attestation revoked");
+        Ok(a)
     }
 
     fn balances_in(&self, c: &Connection, party: &Party) -> Result<Balances> {
@@ -357,7 +440,32 @@ impl Market {
         let now = self.now();
         self.tx(|c| {
             contracts::expire_proposals(c, now)?;
-            offers::search(c, filter)
+            let found = offers::search(c, filter)?;
+            let Some(min) = filter.min_trust else {
+                return Ok(found);
+            };
+            let mut levels = std::collections::HashMap::new();
+            let mut kept = Vec::with_capacity(found.len());
+            for offer in found {
+                let level = match levels.get(&offer.provider) {
+                    Some(&level) => level,
+                    None => {
+                        let level = attestations::trust(
+                            c,
+                            &offer.provider,
+                            &self.policy.attestor_keys,
+                            now,
+                        )?
+                        .level;
+                        levels.insert(offer.provider.clone(), level);
+                        level
+                    }
+                };
+                if level >= min {
+                    kept.push(offer);
+                }
+            }
+            Ok(kept)
         })
     }
 
@@ -476,12 +584,11 @@ impl Market {
     }
 
     pub fn rating(&self, party_id: &str) -> Result<Rating> {
+        let now = self.now();
         self.tx(|c| {
-            ratings::rating(
-                c,
-                &identity::party(c, party_id)?,
-                self.policy.receipt_tolerance_bps,
-            )
+            let party = identity::party(c, party_id)?;
+            let trust = attestations::trust(c, party_id, &self.policy.attestor_keys, now)?;
+            ratings::rating(c, &party, self.policy.receipt_tolerance_bps, &trust)
         })
     }
 

@@ -19,11 +19,16 @@ fn free_port() -> Result<u16, Box<dyn std::error::Error>> {
 }
 
 fn serve(db: &Path, port: u16) -> Result<Child, Box<dyn std::error::Error>> {
+    serve_with(db, port, &[])
+}
+
+fn serve_with(db: &Path, port: u16, extra: &[&str]) -> Result<Child, Box<dyn std::error::Error>> {
     let child = Command::new(BIN)
         .args(["serve", "--manual-deposits", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--db")
         .arg(db)
+        .args(extra)
         .spawn()?;
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -138,6 +143,158 @@ fn keygen_register_call_and_restart() -> TestResult {
         .block_on(Client::new(&url)?.json(None, "GET", "/v1/ledger", &Value::Null))?
         .ok()?;
     assert_eq!(ledger["net_deposits"], 7);
+    stop(&mut market)?;
+    Ok(())
+}
+
+/// `attest` signs locally and submits; the attestor revokes with `call`.
+#[test]
+fn attest_raises_trust_and_call_revokes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let out = run(dir.path(), &url, &["keygen", "--out", "notary.key"])?;
+    let printed = String::from_utf8(out.stdout)?;
+    let notary_key = printed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("public_key="))
+        .ok_or("keygen printed no public_key")?
+        .to_owned();
+
+    // A malformed attestor key stops the market at start.
+    let out = Command::new(BIN)
+        .args(["serve", "--db"])
+        .arg(dir.path().join("bad.db"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--attestor-key",
+            "zz",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--attestor-key must be"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut market = serve_with(
+        &dir.path().join("market.db"),
+        port,
+        &["--attestor-key", &notary_key],
+    )?;
+    run(dir.path(), &url, &["keygen", "--out", "bob.key"])?;
+    let bob = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "register", "--key", "bob.key", "--role", "provider", "--name", "bob",
+        ],
+    )?)?;
+    let bob = bob["id"].as_str().ok_or("party id")?.to_owned();
+
+    let att = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "attest",
+            "--key",
+            "notary.key",
+            "--party",
+            &bob,
+            "--kind",
+            "email",
+            "--email",
+            " Bob@Example.org",
+            "--expires-days",
+            "30",
+        ],
+    )?)?;
+    assert_eq!(att["status"], "active", "{att}");
+    assert_eq!(
+        att["email_sha256"].as_str(),
+        Some(sublet_market::attestations::email_hash("bob@example.org")?.as_str())
+    );
+    let expires = att["expires_at"].as_i64().ok_or("expires_at")?;
+    let issued = att["issued_at"].as_i64().ok_or("issued_at")?;
+    assert_eq!(expires - issued, 30 * 86_400);
+
+    // Refused locally, or by the market, with a message and a non-zero exit.
+    for (args, says) in [
+        (vec!["--kind", "email"], "--kind email needs --email"),
+        (
+            vec!["--kind", "operator", "--email", "a@b.c"],
+            "--email goes with --kind email only",
+        ),
+        (
+            vec!["--kind", "passport"],
+            "--kind must be email or operator",
+        ),
+        (
+            vec!["--kind", "email", "--email", "not-an-address"],
+            "not an e-mail address",
+        ),
+    ] {
+        let mut all = vec!["attest", "--key", "notary.key", "--party", &bob];
+        all.extend(args);
+        let out = run(dir.path(), &url, &all)?;
+        assert!(!out.status.success(), "{all:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{all:?}: {stderr}");
+    }
+    let out = run(
+        dir.path(),
+        &url,
+        &[
+            "attest", "--key", "bob.key", "--party", &bob, "--kind", "operator",
+        ],
+    )?;
+    assert!(!out.status.success(), "bob is no attestor");
+    let err: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(err["error"]["code"], "forbidden", "{err}");
+
+    let party = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "call",
+            "--key",
+            "bob.key",
+            "GET",
+            &format!("/v1/parties/{bob}"),
+        ],
+    )?)?;
+    assert_eq!(party["trust_level"], "verified", "{party}");
+
+    let revoked = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "call",
+            "--key",
+            "notary.key",
+            "POST",
+            &format!(
+                "/v1/parties/{bob}/attestations/{}/revoke",
+                att["id"].as_str().ok_or("id")?
+            ),
+            r#"{"reason":"mailbox closed"}"#,
+        ],
+    )?)?;
+    assert_eq!(revoked["status"], "revoked", "{revoked}");
+    let party = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "call",
+            "--key",
+            "bob.key",
+            "GET",
+            &format!("/v1/parties/{bob}"),
+        ],
+    )?)?;
+    assert_eq!(party["trust_level"], "unverified", "{party}");
     stop(&mut market)?;
     Ok(())
 }

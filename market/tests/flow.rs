@@ -848,6 +848,8 @@ async fn openapi_document_describes_every_route() -> TestResult {
         "/v1/parties",
         "/v1/parties/{id}",
         "/v1/parties/{id}/balances",
+        "/v1/parties/{id}/attestations",
+        "/v1/parties/{id}/attestations/{attestation}/revoke",
         "/v1/deposits",
         "/v1/withdrawals",
         "/v1/held-back/release",
@@ -873,7 +875,7 @@ async fn openapi_document_describes_every_route() -> TestResult {
     }
     assert_eq!(
         paths.len(),
-        28,
+        30,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())
@@ -940,8 +942,11 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult
         .ok()?;
     assert_eq!(
         r["score"],
-        500 * 70 / 100 + 500 * 20 / 100 + 1000 * 10 / 100
+        500 * 65 / 100 + 500 * 20 / 100 + 1000 * 10 / 100
     );
+    assert_eq!(r["trust_level"], "unverified", "{r}");
+    assert_eq!(r["inputs"][3]["name"], "attestations", "{r}");
+    assert_eq!(r["inputs"][3]["score"], 0, "{r}");
     assert_eq!(r["inputs"][0]["value"], "no audits yet");
 
     // Alpha fails 2 of 10 audits in a settled period.
@@ -967,7 +972,7 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult
     assert_eq!(r["inputs"][0]["value"], "8/10 audits passed", "{r}");
     assert_eq!(
         r["score"],
-        800 * 70 / 100 + 1000 * 20 / 100 + 1000 * 10 / 100,
+        800 * 65 / 100 + 1000 * 20 / 100 + 1000 * 10 / 100,
         "{r}"
     );
     w.assert_books(10 * CREDIT).await?;
@@ -1079,7 +1084,7 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult
         .ok()?;
     assert_eq!(
         r["score"],
-        800 * 70 / 100 + 1000 * 20 / 100 + 750 * 10 / 100,
+        800 * 65 / 100 + 1000 * 20 / 100 + 750 * 10 / 100,
         "{r}"
     );
     assert_eq!(r["inputs"][2]["value"], "1 lost");
@@ -1093,7 +1098,7 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult
         )
         .await?
         .ok()?;
-    assert_eq!(r["score"], 1000, "{r}");
+    assert_eq!(r["score"], 1000 * 75 / 100 + 1000 * 20 / 100, "{r}");
 
     // A dispute the provider wins is paid from the contract's escrow.
     let d = w
@@ -1136,7 +1141,7 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult
         )
         .await?
         .ok()?;
-    assert_eq!(r["score"], 1000 * 80 / 100 + 750 * 20 / 100, "{r}");
+    assert_eq!(r["score"], 1000 * 75 / 100 + 750 * 20 / 100, "{r}");
     Ok(())
 }
 
