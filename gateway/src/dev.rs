@@ -517,7 +517,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     let (_stop_probes, stop) = tokio::sync::watch::channel(false);
     let probing = crate::serve::spawn_probes(
         sublet_crds::StorageGatewaySpec::DEFAULT_PROBE_INTERVAL,
-        cluster.probes.clone(),
+        Arc::new(std::sync::RwLock::new(cluster.probes.clone())),
         Vec::new(),
         Arc::clone(cluster.gateway.health()),
         Arc::clone(cluster.gateway.metadata()),

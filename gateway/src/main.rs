@@ -81,6 +81,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// List, view, apply and delete ProviderPools on a running gateway: an applied pool's
+    /// providers are dialled at once.
+    Pool {
+        #[command(subcommand)]
+        action: ResourceAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show the providers of a running gateway.
     Provider {
         #[command(subcommand)]
@@ -260,6 +268,7 @@ async fn main() {
         }
         Command::Plan { action, admin } => resource(Kind::StoragePlan, action, admin).await,
         Command::Schedule { action, admin } => resource(Kind::StorageSchedule, action, admin).await,
+        Command::Pool { action, admin } => resource(Kind::ProviderPool, action, admin).await,
         Command::Provider {
             action: ProviderAction::List,
             admin,

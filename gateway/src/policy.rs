@@ -336,6 +336,8 @@ pub struct PolicyApi {
     overlay_path: PathBuf,
     /// Held across a whole change so two applies cannot interleave.
     state: tokio::sync::Mutex<Policies>,
+    /// Connects the providers of applied ProviderPools; without one, pools are read-only.
+    dialer: Option<Arc<crate::serve::Dialer>>,
 }
 
 struct Policies {
@@ -368,7 +370,14 @@ impl PolicyApi {
                 overlay,
                 effective,
             }),
+            dialer: None,
         })
+    }
+
+    /// Lets ProviderPools be applied and deleted: `dialer` connects new providers.
+    pub fn with_dialer(mut self, dialer: Arc<crate::serve::Dialer>) -> Self {
+        self.dialer = Some(dialer);
+        self
     }
 
     /// The routes, every one behind the admin token.
@@ -510,19 +519,88 @@ impl PolicyApi {
         if let Some(reason) = &self.read_only {
             return Some(error(StatusCode::CONFLICT, reason.clone(), Vec::new()));
         }
-        // Pool members are dialled at start; changing them live is not supported yet.
-        (kind == Kind::ProviderPool).then(|| {
+        // Without a dialer (an embedded gateway) pool members are the ones dialled at start.
+        (kind == Kind::ProviderPool && self.dialer.is_none()).then(|| {
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "ProviderPools are read-only through the admin API: providers are connected at \
-                 start, so edit the pool in the config file and restart the gateway",
+                "ProviderPools are read-only through the admin API of this gateway: providers \
+                 are connected at start, so edit the pool in the config file and restart it",
                 Vec::new(),
             )
         })
     }
 
-    /// Checks `next` as a whole, switches the gateway to it and stores it.
-    fn commit(&self, state: &mut Policies, next: Overlay) -> Result<(), Refusal> {
+    /// Refuses pool changes the running gateway cannot carry out: pools of cloud buckets or
+    /// market contracts (connected at start), and removing a provider that still holds
+    /// shards (they would be stranded).
+    async fn check_pools(&self, before: &Config, after: &Config) -> Result<(), Refusal> {
+        let spec_of = |c: &Config, name: &str| {
+            c.pools
+                .get(name)
+                .and_then(|p| serde_json::to_value(&p.spec).ok())
+        };
+        for (name, pool) in &after.pools {
+            let changed = spec_of(before, name) != spec_of(after, name);
+            if changed && (pool.spec.market.is_some() || !pool.spec.buckets.is_empty()) {
+                return Err(refusal(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "ProviderPool {name}: pools of market contracts or cloud buckets are \
+                         connected when the gateway starts; put it in the config file and \
+                         restart the gateway"
+                    ),
+                    Vec::new(),
+                ));
+            }
+        }
+        let nodes = |c: &Config| -> BTreeMap<String, String> {
+            crate::serve::endpoints(c)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (e.site.node_id, e.site.pool))
+                .collect()
+        };
+        let kept = nodes(after);
+        let gone: Vec<(String, String)> = nodes(before)
+            .into_iter()
+            .filter(|(node, _)| !kept.contains_key(node))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let meta = Arc::clone(self.gateway.metadata());
+        let usage = tokio::task::spawn_blocking(move || meta.provider_usage())
+            .await
+            .map_err(|e| refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new()))?
+            .map_err(|e| {
+                refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading what the providers hold: {e}"),
+                    Vec::new(),
+                )
+            })?;
+        let holding: Vec<String> = gone
+            .iter()
+            .filter_map(|(node, pool)| {
+                let (shards, _) = usage.get(node).copied()?;
+                (shards > 0)
+                    .then(|| format!("provider {node} of pool {pool} holds {shards} shards"))
+            })
+            .collect();
+        if holding.is_empty() {
+            return Ok(());
+        }
+        Err(refusal(
+            StatusCode::CONFLICT,
+            "the change removes providers that still hold shards; drop their pool from every \
+             plan's placement first and wait until GET /admin/v1/pools/{pool} shows 0 shards",
+            holding,
+        ))
+    }
+
+    /// Checks `next` as a whole, connects providers it adds, switches the gateway to it and
+    /// stores it.
+    async fn commit(&self, state: &mut Policies, next: Overlay) -> Result<(), Refusal> {
         let effective = layer(&state.file, &next, "request").map_err(|errors| {
             refusal(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -530,6 +608,19 @@ impl PolicyApi {
                 problems(&errors),
             )
         })?;
+        self.check_pools(&state.effective, &effective).await?;
+        if let Some(dialer) = &self.dialer {
+            dialer
+                .connect_new(&self.gateway, &effective)
+                .await
+                .map_err(|e| {
+                    refusal(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("connecting the pool's providers: {e:#}"),
+                        Vec::new(),
+                    )
+                })?;
+        }
         let set = policy_set(&effective, &self.gateway).map_err(|e| {
             refusal(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -559,12 +650,25 @@ impl PolicyApi {
     }
 }
 
-/// The gateway's plans, placement rules and rebuild rules for `config`, providers unchanged.
+/// The gateway's plans, placement rules and rebuild rules for `config`. Providers are
+/// the config's endpoints and cloud buckets, plus the providers market pools contracted at
+/// start (which no file lists).
 fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
     let plans = crate::serve::plans(config, gateway.default_plan())?;
     let current = gateway.topology();
+    let endpoints = crate::serve::endpoints(config)?;
+    let mut sites = crate::serve::topology(config, &endpoints).sites;
+    for site in &current.sites {
+        let market = config
+            .pools
+            .get(&site.pool)
+            .is_some_and(|p| p.spec.market.is_some());
+        if market && !sites.iter().any(|s| s.node_id == site.node_id) {
+            sites.push(site.clone());
+        }
+    }
     let topology = crate::placement::Topology {
-        sites: current.sites.clone(),
+        sites,
         rules: config
             .plans
             .iter()
@@ -652,7 +756,7 @@ async fn apply(
     let mut state = api.state.lock().await;
     let existed = resources(&state.effective, kind).contains_key(&name);
     let next = state.overlay.with_applied(kind, &name, doc);
-    if let Err(r) = api.commit(&mut state, next) {
+    if let Err(r) = api.commit(&mut state, next).await {
         return r.into_response();
     }
     tracing::info!(kind = kind.name(), name, "policy applied");
@@ -708,7 +812,7 @@ async fn delete(
         }
     }
     let next = state.overlay.with_deleted(kind, &name);
-    match api.commit(&mut state, next) {
+    match api.commit(&mut state, next).await {
         Ok(()) => {}
         // What still refers to it is what the loader complains about.
         Err(r) if r.status == StatusCode::UNPROCESSABLE_ENTITY => {

@@ -408,6 +408,7 @@ pub struct Running {
     /// The bearer token of the admin API.
     pub admin_token: String,
     clients: Vec<(String, ProviderClient)>,
+    probes: ProbeList,
     clouds: Vec<Arc<CloudBackend>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -416,8 +417,9 @@ pub struct Running {
 impl Running {
     /// Asks every provider for its free space now rather than at the next interval.
     pub async fn probe_now(&self) {
+        let providers = self.probes.read().map(|p| p.clone()).unwrap_or_default();
         probe_and_record_all(
-            &self.clients,
+            &providers,
             &self.clouds,
             &self.health,
             self.gateway.metadata(),
@@ -516,7 +518,7 @@ pub async fn probe_and_record_all(
 /// changes.
 pub fn spawn_probes(
     interval: Duration,
-    providers: Vec<(String, ProviderClient)>,
+    providers: ProbeList,
     clouds: Vec<Arc<CloudBackend>>,
     health: Arc<HealthBoard>,
     meta: Arc<dyn MetadataStore>,
@@ -525,11 +527,74 @@ pub fn spawn_probes(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(interval) => probe_and_record_all(&providers, &clouds, &health, &meta).await,
+                () = tokio::time::sleep(interval) => {
+                    let now = providers.read().map(|p| p.clone()).unwrap_or_default();
+                    probe_and_record_all(&now, &clouds, &health, &meta).await;
+                }
                 _ = stop.changed() => return,
             }
         }
     })
+}
+
+/// The provider clients the probe loop asks, shared with the [`Dialer`] that adds to it.
+pub type ProbeList = Arc<std::sync::RwLock<Vec<(String, ProviderClient)>>>;
+
+/// Connects the providers of ProviderPools applied through the policy API while the gateway
+/// runs: dials them as at start (pinned node ids, the provider token), adds them to the
+/// gateway and the probe loop, records their pools and probes them once.
+pub struct Dialer {
+    spec: StorageGatewaySpec,
+    identity: Arc<NodeIdentity>,
+    metrics: Metrics,
+    health: Arc<HealthBoard>,
+    meta: Arc<dyn MetadataStore>,
+    probes: ProbeList,
+}
+
+impl Dialer {
+    /// Connects every endpoint of `config` the gateway has no backend for yet; answers
+    /// their node ids.
+    pub async fn connect_new(
+        &self,
+        gateway: &Gateway,
+        config: &Config,
+    ) -> anyhow::Result<Vec<String>> {
+        let new: Vec<ProviderEndpoint> = endpoints(config)?
+            .into_iter()
+            .filter(|e| gateway.backend(&e.site.node_id).is_none())
+            .collect();
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (backends, clients) = connect(
+            &self.spec,
+            &self.identity,
+            &new,
+            &self.metrics,
+            &self.health,
+        )?;
+        let pools: Vec<(String, String)> = new
+            .iter()
+            .map(|e| (e.site.node_id.clone(), e.site.pool.clone()))
+            .collect();
+        let meta = Arc::clone(&self.meta);
+        tokio::task::spawn_blocking(move || meta.record_pools(&pools, crate::health::now_ms()))
+            .await?
+            .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
+        gateway.add_providers(backends);
+        if let Ok(mut list) = self.probes.write() {
+            list.extend(clients.iter().cloned());
+        }
+        let outcomes = probe(&clients, &self.health).await;
+        let meta = Arc::clone(&self.meta);
+        tokio::task::spawn_blocking(move || meta.record_probes(&outcomes, crate::health::now_ms()))
+            .await?
+            .map_err(|e| anyhow::anyhow!("recording provider probes: {e}"))?;
+        let ids: Vec<String> = new.iter().map(|e| e.site.node_id.clone()).collect();
+        tracing::info!(providers = ?ids, "providers of applied pools connected");
+        Ok(ids)
+    }
 }
 
 fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
@@ -560,6 +625,8 @@ pub struct Built {
     pub endpoints: Vec<ProviderEndpoint>,
     pub paths: StatePaths,
     pub identity: NodeId,
+    /// The gateway's node key, which it dials providers with.
+    pub node_key: Arc<NodeIdentity>,
     /// Clients to probe providers with, by node id.
     pub clients: Vec<(String, ProviderClient)>,
     /// Bucket members of the pools.
@@ -700,6 +767,7 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
         endpoints,
         paths,
         identity: identity.node_id(),
+        node_key: identity,
         clients,
         clouds,
     })
@@ -730,10 +798,20 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         endpoints,
         paths,
         identity,
+        node_key,
         clients,
         clouds,
         market_reporter,
     } = build(config, overrides).await?;
+    let probes: ProbeList = Arc::new(std::sync::RwLock::new(clients.clone()));
+    let dialer = Arc::new(Dialer {
+        spec: spec.clone(),
+        identity: node_key,
+        metrics: metrics.clone(),
+        health: Arc::clone(&health),
+        meta: Arc::clone(gateway.metadata()),
+        probes: Arc::clone(&probes),
+    });
     let spec = &spec;
     let keys = KeyRing::from_credentials(&spec.credentials)?;
     let tls = match &spec.tls {
@@ -758,7 +836,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     let mut tasks = vec![
         spawn_probes(
             spec.probe_interval(),
-            clients.clone(),
+            Arc::clone(&probes),
             clouds.clone(),
             Arc::clone(&health),
             Arc::clone(&meta),
@@ -820,13 +898,16 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
                  the StoragePlan and StorageSchedule resources with kubectl apply"
                     .to_owned()
             });
-            let policy = Arc::new(crate::policy::PolicyApi::new(
-                Arc::clone(&gateway),
-                file.clone(),
-                &paths.data_dir,
-                admin_token.clone(),
-                read_only,
-            )?);
+            let policy = Arc::new(
+                crate::policy::PolicyApi::new(
+                    Arc::clone(&gateway),
+                    file.clone(),
+                    &paths.data_dir,
+                    admin_token.clone(),
+                    read_only,
+                )?
+                .with_dialer(dialer),
+            );
             let mut stop = stop.clone();
             tasks.push(tokio::spawn(crate::metrics::serve_admin(
                 admin_listener,
@@ -871,6 +952,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         tls: has_tls,
         admin_token,
         clients,
+        probes,
         clouds,
         shutdown,
         tasks,

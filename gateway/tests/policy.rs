@@ -388,7 +388,8 @@ spec:
         "spec: {class: owned}",
     )
     .await;
-    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("a pool needs providers"), "{}", r.text());
 
     // Bad input to the CLI: one clear line, non-zero exit, nothing sent.
     let gw = tmp.path().join("gateway.yaml");
@@ -801,6 +802,186 @@ spec:
 
     running.shutdown().await;
     for p in providers {
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pools_are_applied_and_deleted_while_the_gateway_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home: Vec<RunningProvider> = vec![
+        start_provider(&tmp.path().join("h0")).await,
+        start_provider(&tmp.path().join("h1")).await,
+    ];
+    let endpoints: String = home
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "    - {{name: h{i}, address: \"{}\", nodeId: \"{}\"}}\n",
+                p.grpc_addr, p.node_id
+            )
+        })
+        .collect();
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: home}}
+spec:
+  class: owned
+  endpoints:
+{endpoints}---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: standard}}
+spec:
+  redundancy: {{replicas: 2}}
+  segmentSize: 64Ki
+  placement: {{pools: [{{name: home}}]}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: standard
+  listen: "127.0.0.1:0"
+  adminListen: "127.0.0.1:0"
+  dataDir: "{}"
+  providerToken: {TOKEN}
+  credentials:
+    - {{accessKey: admin, secretKey: admin-secret-0123456789}}
+"#,
+        tmp.path().join("gateway").display(),
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let overrides = sublet_gateway::serve::Overrides {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
+    let running = sublet_gateway::serve::start(&config, &overrides)
+        .await
+        .unwrap();
+    let a = running.admin_addr.unwrap();
+    let s3 = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+
+    // A new machine joins: its pool is applied while the gateway runs.
+    let extra = start_provider(&tmp.path().join("x0")).await;
+    let pool = format!(
+        "spec:\n  class: owned\n  endpoints:\n    - {{name: x0, address: \"{}\", nodeId: \"{}\", zone: attic}}\n",
+        extra.grpc_addr, extra.node_id
+    );
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/pools/extra",
+        Some(ADMIN_TOKEN),
+        &pool,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let listed = json(&admin(a, "GET", "/admin/v1/providers", Some(ADMIN_TOKEN), "").await);
+    assert!(
+        listed.to_string().contains(&extra.node_id.to_string()),
+        "the new provider is listed: {listed}"
+    );
+    // A plan placing on it stores there, and reads back.
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/plans/attic",
+        Some(ADMIN_TOKEN),
+        "spec:\n  redundancy: {replicas: 1}\n  segmentSize: 64Ki\n  placement: {pools: [{name: extra, minShards: 1}]}\n",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(s3.send("PUT", "/boxes", &[], b"").await.status, 200);
+    let body: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+    let r = s3
+        .send(
+            "PUT",
+            "/boxes/boxed",
+            &[("x-amz-storage-class", "attic")],
+            &body,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let usage = json(&admin(a, "GET", "/admin/v1/pools/extra", None, "").await);
+    assert_eq!(usage["shards"], 2, "{usage}");
+    let r = s3.send("GET", "/boxes/boxed", &[], b"").await;
+    assert!(r.status == 200 && r.body == body, "{}", r.status);
+
+    // Pools of market contracts or cloud buckets are dialled at start only.
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/pools/rented",
+        Some(ADMIN_TOKEN),
+        "spec:\n  class: rented\n  market: {url: \"http://127.0.0.1:9\", providers: 1, reserve: 1Gi}\n",
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("restart"), "{}", r.text());
+
+    // While a plan places on it, or its provider holds shards, the pool stays.
+    let r = admin(
+        a,
+        "DELETE",
+        "/admin/v1/policy/pools/extra",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(
+        admin(
+            a,
+            "DELETE",
+            "/admin/v1/policy/plans/attic",
+            Some(ADMIN_TOKEN),
+            ""
+        )
+        .await
+        .status,
+        409,
+        "the plan still holds an object"
+    );
+    assert_eq!(
+        s3.send("DELETE", "/boxes/boxed", &[], b"").await.status,
+        204
+    );
+    let r = admin(
+        a,
+        "DELETE",
+        "/admin/v1/policy/plans/attic",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = admin(
+        a,
+        "DELETE",
+        "/admin/v1/policy/pools/extra",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = admin(
+        a,
+        "GET",
+        "/admin/v1/policy/pools/extra",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    running.shutdown().await;
+    for p in home.into_iter().chain([extra]) {
         p.shutdown().await;
     }
 }

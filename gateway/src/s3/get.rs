@@ -189,7 +189,7 @@ impl Gateway {
         let name = format!("{}/{}", v.bucket, v.key);
         let size = v.size;
         // Until the stream ends, an overwrite or delete of `v` leaves its shards in place.
-        let map = self.by_node.clone();
+        let map = self.providers();
         let guard = self.inflight.start(
             v,
             Box::new(move |layouts| {

@@ -82,7 +82,9 @@ pub struct Gateway {
     meta: Arc<dyn MetadataStore>,
     master: Arc<MasterKey>,
     default_plan: String,
-    by_node: HashMap<String, Arc<dyn ShardBackend>>,
+    /// Shard backends by node id; providers of pools applied through the policy API join
+    /// while the gateway runs (none ever leaves: old layouts may still name it).
+    by_node: std::sync::RwLock<Arc<HashMap<String, Arc<dyn ShardBackend>>>>,
     /// Plans, placement and rebuild rules. Requests take a snapshot (an `Arc` clone under a
     /// read lock held for nanoseconds); a policy change swaps the whole set, so a request
     /// never sees a plan without its placement rule.
@@ -117,10 +119,12 @@ impl Gateway {
             }
         }
         let default_plan = first.name.clone();
-        let by_node = providers
-            .iter()
-            .map(|p| (p.node_id().to_string(), Arc::clone(p)))
-            .collect();
+        let by_node = std::sync::RwLock::new(Arc::new(
+            providers
+                .iter()
+                .map(|p| (p.node_id().to_string(), Arc::clone(p)))
+                .collect(),
+        ));
         let topology = Arc::new(Topology::flat(providers.iter().map(|p| p.node_id())));
         Ok(Self {
             meta,
@@ -150,7 +154,7 @@ impl Gateway {
         health: Arc<HealthBoard>,
     ) -> anyhow::Result<Self> {
         for site in &topology.sites {
-            if !self.by_node.contains_key(&site.node_id) {
+            if !self.providers().contains_key(&site.node_id) {
                 anyhow::bail!("placement names provider {site}, which the gateway does not have");
             }
         }
@@ -211,7 +215,7 @@ impl Gateway {
             }
         }
         for site in &next.topology.sites {
-            if !self.by_node.contains_key(&site.node_id) {
+            if !self.providers().contains_key(&site.node_id) {
                 anyhow::bail!("placement names provider {site}, which the gateway does not have");
             }
         }
@@ -256,7 +260,30 @@ impl Gateway {
 
     /// The shard backend of a provider, by node id.
     pub fn backend(&self, node: &str) -> Option<Arc<dyn ShardBackend>> {
-        self.by_node.get(node).cloned()
+        self.providers().get(node).cloned()
+    }
+
+    /// Every shard backend by node id, as of now.
+    pub fn providers(&self) -> Arc<HashMap<String, Arc<dyn ShardBackend>>> {
+        Arc::clone(
+            &self
+                .by_node
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Adds providers (a pool applied while running); ones already known are kept as they are.
+    pub fn add_providers(&self, providers: Vec<Arc<dyn ShardBackend>>) {
+        let mut by_node = self
+            .by_node
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = (**by_node).clone();
+        for p in providers {
+            next.entry(p.node_id().to_string()).or_insert(p);
+        }
+        *by_node = Arc::new(next);
     }
 
     /// What placement knows about provider health.
@@ -281,7 +308,7 @@ impl Gateway {
     fn backend_for(
         &self,
     ) -> impl Fn(&str) -> Option<Arc<dyn ShardBackend>> + Send + Sync + 'static {
-        let map = self.by_node.clone();
+        let map = self.providers();
         move |node| map.get(node).cloned()
     }
 

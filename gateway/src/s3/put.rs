@@ -308,9 +308,7 @@ impl Gateway {
             .into_iter()
             .map(|i| {
                 let node = &candidates[i].site.node_id;
-                self.by_node
-                    .get(node)
-                    .cloned()
+                self.backend(node)
                     .ok_or_else(|| internal(format!("provider {node} has no client")))
             })
             .collect()

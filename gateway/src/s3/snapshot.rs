@@ -90,7 +90,8 @@ impl Gateway {
             serde_json::to_vec(&manifest).map_err(|e| internal(format!("manifest: {e}")))?,
         );
         let id = manifest.shard_id();
-        let puts = self.by_node.values().map(|b| {
+        let providers = self.providers();
+        let puts = providers.values().map(|b| {
             let json = json.clone();
             let id = id.clone();
             async move { b.put(&id, json).await }
@@ -115,7 +116,7 @@ impl Gateway {
         for m in older {
             self.free(Some(&m.layout)).await;
             let id = m.shard_id();
-            for b in self.by_node.values() {
+            for b in self.providers().values() {
                 let _ = b.delete(&id).await;
             }
         }
@@ -128,7 +129,7 @@ impl Gateway {
 
     /// The manifest named `id` from the first provider that has a readable copy.
     pub async fn fetch_manifest(&self, id: &str) -> Option<Manifest> {
-        for b in self.by_node.values() {
+        for b in self.providers().values() {
             if let Ok(bytes) = b.get(id).await
                 && let Ok(m) = Self::parse_manifest(&bytes)
                 && m.shard_id() == id
