@@ -259,11 +259,7 @@ pub async fn with_contracts(
         return Ok((config, all));
     }
     let path = data_dir.join(CONTRACTS_FILE);
-    let mut saved: Saved = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a contracts file", path.display()))?,
-        Err(_) => Saved::default(),
-    };
+    let mut saved = load_saved(&path)?;
     for (name, pool) in config.pools.iter_mut() {
         let Some(m) = pool.spec.market.clone() else {
             continue;
@@ -286,10 +282,7 @@ pub async fn with_contracts(
             }
         }
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&saved)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    save_saved(&path, &saved)?;
     Ok((config, all))
 }
 
@@ -438,12 +431,42 @@ pub fn period_prepayment(c: &Contract) -> i64 {
     i64::try_from(storage).unwrap_or(i64::MAX).max(1)
 }
 
+/// How long a pass that contracts more providers waits for them to accept.
+const RECONTRACT_WAIT: Duration = Duration::from_secs(5);
+
+/// What contracting while running needs: the key to sign with, and the gateway to connect
+/// new providers to.
+struct Recontracting {
+    identity: Arc<NodeIdentity>,
+    dialer: Arc<crate::serve::Dialer>,
+    gateway: Arc<crate::s3::Gateway>,
+}
+
+fn load_saved(path: &Path) -> anyhow::Result<Saved> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a contracts file", path.display())),
+        Err(_) => Ok(Saved::default()),
+    }
+}
+
+fn save_saved(path: &Path, saved: &Saved) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Signs and submits the gateway's usage receipts, and keeps each contract's escrow
 /// prepaid for a period ahead.
 pub struct UsageReporter {
     signer: Signer,
     /// Market URL → the contract ids signed there.
-    markets: BTreeMap<String, Vec<String>>,
+    markets: Mutex<BTreeMap<String, Vec<String>>>,
+    /// The market pools of the config, kept contracted while the gateway runs.
+    pools: BTreeMap<String, MarketPool>,
+    data_dir: PathBuf,
+    recontract: Option<Recontracting>,
     usage: Arc<MarketUsage>,
     meta: Arc<dyn MetadataStore>,
     health: Arc<HealthBoard>,
@@ -477,7 +500,10 @@ impl UsageReporter {
         }
         Ok(Self {
             signer: signer_of(identity)?,
-            markets,
+            markets: Mutex::new(markets),
+            pools: BTreeMap::new(),
+            data_dir: PathBuf::new(),
+            recontract: None,
             usage,
             meta,
             health,
@@ -501,7 +527,13 @@ impl UsageReporter {
             .map(|m| m.iter().map(|(n, c)| (c.clone(), n.clone())).collect())
             .unwrap_or_default();
         let mut active_all = Vec::new();
-        for (url, ids) in &self.markets {
+        if let Some(r) = &self.recontract
+            && let Err(e) = self.recontract(r).await
+        {
+            warn!(error = %format!("{e:#}"), "keeping the market pools contracted failed; retrying next pass");
+        }
+        let markets = self.markets.lock().map(|m| m.clone()).unwrap_or_default();
+        for (url, ids) in &markets {
             let client = Client::new(url).map_err(|e| anyhow!("market {url}: {e}"))?;
             let mine: Vec<Contract> =
                 serde_json::from_value(get(&client, Some(&self.signer), "/v1/contracts").await?)?;
@@ -613,6 +645,116 @@ impl UsageReporter {
             .with_context(|| format!("saving {}", self.usage.path.display()))?;
         out.shortest_period = active_all.iter().map(|c| c.period_secs).min();
         Ok(out)
+    }
+
+    /// Keeps the market pools of `pools` contracted (their state in `data_dir`).
+    pub fn for_pools(mut self, pools: BTreeMap<String, MarketPool>, data_dir: PathBuf) -> Self {
+        self.pools = pools;
+        self.data_dir = data_dir;
+        self
+    }
+
+    /// Lets each pass contract more providers for a market pool that has fewer active
+    /// contracts than it asks for (a contract ended, a provider left, the market had too few
+    /// offers at start), and connect them at once.
+    pub fn recontracting(
+        mut self,
+        identity: Arc<NodeIdentity>,
+        dialer: Arc<crate::serve::Dialer>,
+        gateway: Arc<crate::s3::Gateway>,
+    ) -> Self {
+        self.recontract = Some(Recontracting {
+            identity,
+            dialer,
+            gateway,
+        });
+        self
+    }
+
+    async fn recontract(&self, r: &Recontracting) -> anyhow::Result<()> {
+        if self.pools.is_empty() {
+            return Ok(());
+        }
+        let path = self.data_dir.join(CONTRACTS_FILE);
+        let mut saved = load_saved(&path)?;
+        let mut changed = false;
+        for (pool, m) in &self.pools {
+            let client = Client::new(&m.url).map_err(|e| anyhow!("spec.market.url: {e}"))?;
+            let mine: Vec<Contract> =
+                serde_json::from_value(get(&client, Some(&self.signer), "/v1/contracts").await?)?;
+            let ids = saved.pools.entry(pool.clone()).or_default();
+            let active = ids
+                .iter()
+                .filter(|id| {
+                    mine.iter()
+                        .any(|c| &c.id == *id && c.state == ContractState::Active)
+                })
+                .count();
+            if active >= m.providers as usize {
+                continue;
+            }
+            let before = ids.clone();
+            let contracted = contract_pool(pool, m, &r.identity, ids, RECONTRACT_WAIT).await?;
+            changed |= *ids != before;
+            let known = r.gateway.providers();
+            let mut endpoints = Vec::new();
+            for c in contracted {
+                let Some(node) = c.endpoint.node_id.clone() else {
+                    continue;
+                };
+                if known.contains_key(&node) {
+                    continue;
+                }
+                let node_id: NodeId = node
+                    .parse()
+                    .map_err(|e| anyhow!("market provider {}: node id: {e}", c.provider))?;
+                if let Ok(mut contracts) = self.usage.contracts.write() {
+                    contracts.entry(node.clone()).or_insert(c.contract.clone());
+                }
+                if let Ok(mut markets) = self.markets.lock() {
+                    let list = markets.entry(m.url.clone()).or_default();
+                    if !list.contains(&c.contract) {
+                        list.push(c.contract.clone());
+                    }
+                }
+                self.health.record_market_score(&node, c.score);
+                endpoints.push(crate::serve::ProviderEndpoint {
+                    name: c.endpoint.name.clone(),
+                    address: c.endpoint.address.clone(),
+                    node_id,
+                    site: crate::placement::Site {
+                        node_id: node.clone(),
+                        pool: pool.clone(),
+                        zone: c
+                            .endpoint
+                            .zone
+                            .clone()
+                            .unwrap_or_else(|| c.endpoint.name.clone()),
+                        owner: c.provider.clone(),
+                    },
+                });
+            }
+            if endpoints.is_empty() {
+                continue;
+            }
+            let sites: Vec<crate::placement::Site> =
+                endpoints.iter().map(|e| e.site.clone()).collect();
+            r.dialer.connect_endpoints(&r.gateway, endpoints).await?;
+            let mut set = (*r.gateway.policy()).clone();
+            let mut topology = (*set.topology).clone();
+            topology.sites.extend(sites.iter().cloned());
+            set.topology = Arc::new(topology);
+            r.gateway.swap_policy(set)?;
+            info!(
+                pool,
+                providers = sites.len(),
+                "contracted and connected more market providers"
+            );
+        }
+        if changed {
+            save_saved(&path, &saved)?;
+        }
+        Ok(())
     }
 
     /// Reports every quarter of the shortest receipt period (between 1 s and a minute)

@@ -550,6 +550,8 @@ pub struct Dialer {
     health: Arc<HealthBoard>,
     meta: Arc<dyn MetadataStore>,
     probes: ProbeList,
+    /// Meters the providers of market contracts signed while running.
+    market_usage: Option<Arc<crate::market::MarketUsage>>,
 }
 
 impl Dialer {
@@ -564,16 +566,36 @@ impl Dialer {
             .into_iter()
             .filter(|e| gateway.backend(&e.site.node_id).is_none())
             .collect();
+        self.connect_endpoints(gateway, new).await
+    }
+
+    /// Connects `new` providers (ones the gateway knows already are skipped); answers their
+    /// node ids.
+    pub async fn connect_endpoints(
+        &self,
+        gateway: &Gateway,
+        new: Vec<ProviderEndpoint>,
+    ) -> anyhow::Result<Vec<String>> {
+        let new: Vec<ProviderEndpoint> = new
+            .into_iter()
+            .filter(|e| gateway.backend(&e.site.node_id).is_none())
+            .collect();
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let (backends, clients) = connect(
+        let (mut backends, clients) = connect(
             &self.spec,
             &self.identity,
             &new,
             &self.metrics,
             &self.health,
         )?;
+        if let Some(usage) = &self.market_usage {
+            backends = backends
+                .into_iter()
+                .map(|b| crate::market::MeteredBackend::wrap(b, usage))
+                .collect();
+        }
         let pools: Vec<(String, String)> = new
             .iter()
             .map(|e| (e.site.node_id.clone(), e.site.pool.clone()))
@@ -592,7 +614,7 @@ impl Dialer {
             .await?
             .map_err(|e| anyhow::anyhow!("recording provider probes: {e}"))?;
         let ids: Vec<String> = new.iter().map(|e| e.site.node_id.clone()).collect();
-        tracing::info!(providers = ?ids, "providers of applied pools connected");
+        tracing::info!(providers = ?ids, "new providers connected");
         Ok(ids)
     }
 }
@@ -631,8 +653,11 @@ pub struct Built {
     pub clients: Vec<(String, ProviderClient)>,
     /// Bucket members of the pools.
     pub clouds: Vec<Arc<CloudBackend>>,
-    /// Reports the use of market providers, when the gateway contracted any.
+    /// Reports the use of market providers and keeps market pools contracted, when the
+    /// config has market pools.
     pub market_reporter: Option<crate::market::UsageReporter>,
+    /// Meters the use of market providers.
+    pub market_usage: Option<Arc<crate::market::MarketUsage>>,
 }
 
 /// Rebuild rules of every plan: its schedule's, or the defaults when it names none.
@@ -709,7 +734,12 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
             health.record_market_score(node, c.score);
         }
     }
-    let market_usage = if contracted.is_empty() {
+    let market_pools: std::collections::BTreeMap<String, sublet_crds::MarketPool> = config
+        .pools
+        .iter()
+        .filter_map(|(name, p)| Some((name.clone(), p.spec.market.clone()?)))
+        .collect();
+    let market_usage = if market_pools.is_empty() {
         None
     } else {
         let usage = Arc::new(crate::market::MarketUsage::load(
@@ -748,18 +778,22 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     meta.record_pools(&pools, crate::health::now_ms())
         .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
     probe_and_record_all(&clients, &clouds, &health, &meta).await;
-    let market_reporter = match market_usage {
-        Some(usage) => Some(crate::market::UsageReporter::new(
-            &identity,
-            &contracted,
-            usage,
-            Arc::clone(&meta),
-            Arc::clone(&health),
-        )?),
+    let market_reporter = match &market_usage {
+        Some(usage) => Some(
+            crate::market::UsageReporter::new(
+                &identity,
+                &contracted,
+                Arc::clone(usage),
+                Arc::clone(&meta),
+                Arc::clone(&health),
+            )?
+            .for_pools(market_pools, paths.data_dir.clone()),
+        ),
         None => None,
     };
     Ok(Built {
         market_reporter,
+        market_usage,
         gateway,
         metrics,
         health,
@@ -802,8 +836,10 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         clients,
         clouds,
         market_reporter,
+        market_usage,
     } = build(config, overrides).await?;
     let probes: ProbeList = Arc::new(std::sync::RwLock::new(clients.clone()));
+    let node_key_for_market = Arc::clone(&node_key);
     let dialer = Arc::new(Dialer {
         spec: spec.clone(),
         identity: node_key,
@@ -811,6 +847,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         health: Arc::clone(&health),
         meta: Arc::clone(gateway.metadata()),
         probes: Arc::clone(&probes),
+        market_usage,
     });
     let spec = &spec;
     let keys = KeyRing::from_credentials(&spec.credentials)?;
@@ -884,6 +921,11 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         stop.clone(),
     ));
     if let Some(reporter) = market_reporter {
+        let reporter = reporter.recontracting(
+            Arc::clone(&node_key_for_market),
+            Arc::clone(&dialer),
+            Arc::clone(&gateway),
+        );
         tasks.push(tokio::spawn(reporter.run(stop.clone())));
     }
     let admin_addr = match &spec.admin_listen {

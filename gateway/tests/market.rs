@@ -297,3 +297,147 @@ spec:
         p.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_market_pool_contracts_a_new_provider_when_a_contract_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Short receipt periods make the gateway's market passes frequent (a quarter period).
+    let market = Market::in_memory(
+        Policy {
+            receipt_period_secs: 4,
+            ..Policy::default()
+        },
+        None,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
+    let market = sublet_market::client::Client::new(&url).unwrap();
+    let a = lending_provider(&tmp.path().join("a"), &url, 3_000).await;
+    let b = lending_provider(&tmp.path().join("b"), &url, 4_000).await;
+    for _ in 0..100 {
+        if open_offers(&market).await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: rented}}
+spec:
+  class: rented
+  market: {{url: "{url}", providers: 2, reserve: 1Gi}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: rented-1-1}}
+spec:
+  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
+  segmentSize: 64Ki
+  placement: {{spreadBy: owner, maxPerDomain: 1, pools: [{{name: rented, minShards: 2}}]}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: rented-1-1
+  listen: "127.0.0.1:0"
+  dataDir: "{}"
+  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
+"#,
+        tmp.path().join("gateway").display()
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    let identity =
+        sublet_provider::identity::NodeIdentity::load_or_create(&running.paths.identity_dir)
+            .unwrap();
+    let demander = Signer::from_pkcs8(identity.pkcs8_der()).unwrap();
+    let contracts = market
+        .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let with_b = contracts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["provider"]
+                == sublet_market::identity::party_id(
+                    sublet_provider::identity::NodeIdentity::load_or_create(&tmp.path().join("b"))
+                        .unwrap()
+                        .public_key(),
+                )
+        })
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A third provider offers space, and the contract with b ends.
+    let c = lending_provider(&tmp.path().join("c"), &url, 3_500).await;
+    let ended = market
+        .json(
+            Some(&demander),
+            "POST",
+            &format!("/v1/contracts/{with_b}/terminate"),
+            &Value::Null,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.status, 200, "{}", ended.body);
+
+    // The gateway notices on its next pass, contracts c and places on it without a restart.
+    let c_node = c.node_id.to_string();
+    let mut connected = false;
+    for _ in 0..200 {
+        if running.gateway.providers().contains_key(&c_node)
+            && running
+                .gateway
+                .topology()
+                .sites
+                .iter()
+                .any(|s| s.node_id == c_node)
+        {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(connected, "the gateway never contracted the new provider");
+    let again = market
+        .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let active = again
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "active")
+        .count();
+    assert_eq!(active, 2, "{again}");
+    running.probe_now().await;
+    let s3 = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+    assert_eq!(s3.send("PUT", "/rented", &[], b"").await.status, 200);
+    let body: Vec<u8> = (0..100_000).map(|i| (i * 7 % 251) as u8).collect();
+    let r = s3.send("PUT", "/rented/after.bin", &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s3.send("GET", "/rented/after.bin", &[], b"").await;
+    assert!(r.status == 200 && r.body == body);
+    running.shutdown().await;
+    for p in [a, b, c] {
+        p.shutdown().await;
+    }
+}
