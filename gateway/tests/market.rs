@@ -441,3 +441,140 @@ spec:
         p.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_forging_audits_gets_its_periods_flagged_not_paid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let market = Market::in_memory(
+        Policy {
+            receipt_period_secs: 4,
+            ..Policy::default()
+        },
+        None,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
+    let market = sublet_market::client::Client::new(&url).unwrap();
+    let honest = lending_provider(&tmp.path().join("honest"), &url, 3_000).await;
+    let liar = lending_provider(&tmp.path().join("liar"), &url, 3_000).await;
+    for _ in 0..100 {
+        if open_offers(&market).await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: rented}}
+spec:
+  class: rented
+  market: {{url: "{url}", providers: 2, reserve: 1Gi}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: rented-1-1}}
+spec:
+  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
+  segmentSize: 64Ki
+  placement: {{spreadBy: owner, maxPerDomain: 1, pools: [{{name: rented, minShards: 2}}]}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: rented-1-1
+  listen: "127.0.0.1:0"
+  dataDir: "{}"
+  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
+"#,
+        tmp.path().join("gateway").display()
+    );
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    let s3 = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+    assert_eq!(s3.send("PUT", "/rented", &[], b"").await.status, 200);
+    for i in 0..4 {
+        let body = vec![i as u8; 50_000];
+        let r = s3.send("PUT", &format!("/rented/o{i}"), &[], &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let identity =
+        sublet_provider::identity::NodeIdentity::load_or_create(&running.paths.identity_dir)
+            .unwrap();
+    let demander = Signer::from_pkcs8(identity.pkcs8_der()).unwrap();
+    let liar_party = sublet_market::identity::party_id(
+        sublet_provider::identity::NodeIdentity::load_or_create(&tmp.path().join("liar"))
+            .unwrap()
+            .public_key(),
+    );
+    let contracts = market
+        .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let liar_contract = contracts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["provider"] == liar_party.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The provider answers audits with made-up bytes and counts them as passed; the
+    // gateway's checks fail them. The two receipts disagree, and the market says so.
+    liar.forge_audits(true);
+    let mut flagged = None;
+    for _ in 0..150 {
+        sublet_gateway::audit::audit_round(&running.gateway, None, 8)
+            .await
+            .unwrap();
+        let periods = market
+            .json(
+                Some(&demander),
+                "GET",
+                &format!("/v1/contracts/{liar_contract}/periods"),
+                &Value::Null,
+            )
+            .await
+            .unwrap()
+            .ok()
+            .unwrap();
+        if let Some(p) = periods
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["status"] == "mismatch")
+        {
+            flagged = Some(p.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let flagged = flagged.expect("no period of the forging provider was flagged");
+    let fields = flagged["mismatched_fields"].to_string();
+    assert!(fields.contains("audits_failed"), "{flagged}");
+    assert!(
+        flagged["demander_receipt"]["audits_failed"].as_u64() > Some(0),
+        "{flagged}"
+    );
+    assert_eq!(flagged["provider_receipt"]["audits_failed"], 0, "{flagged}");
+    assert!(
+        flagged["settlement"].is_null(),
+        "a flagged period is not paid: {flagged}"
+    );
+    running.shutdown().await;
+    honest.shutdown().await;
+    liar.shutdown().await;
+}
