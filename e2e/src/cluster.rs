@@ -469,6 +469,37 @@ impl GatewayProcess {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
     }
 
+    /// `PUT path` with `body` on the admin listener with the admin token: (status, body).
+    pub fn admin_put(&self, path: &str, body: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        stream
+            .set_read_timeout(Some(ADMIN_TIMEOUT))
+            .expect("read timeout");
+        write!(
+            stream,
+            "PUT {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.admin,
+            body.len()
+        )
+        .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     /// Its `/metrics` text.
     pub fn metrics(&self) -> String {
         let (status, body) = http_call(self.admin, "GET", "/metrics", None, ADMIN_TIMEOUT)

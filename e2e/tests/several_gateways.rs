@@ -501,3 +501,50 @@ fn a_get_through_one_gateway_survives_an_overwrite_through_the_other() {
         "the GET returned other bytes"
     );
 }
+
+#[test]
+fn a_policy_applied_through_one_gateway_runs_on_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(c) = two_gateways(dir.path(), false) else {
+        return;
+    };
+    let (g0, g1) = (&c.gateways[0], &c.gateways[1]);
+    let cold = "kind: StoragePlan\nmetadata: {name: cold}\nspec:\n  redundancy: {replicas: 2}\n  segmentSize: 64Ki\n";
+    let (status, body) = g0.admin_put("/admin/v1/policy/plans/cold", cold);
+    assert_eq!(status, 201, "{body}");
+    // The other replica takes it over from the database within a few seconds.
+    wait_for(
+        "the other gateway to run the new plan",
+        Duration::from_secs(20),
+        || {
+            let (status, body) = sublet_e2e::cluster::http_call(
+                g1.admin,
+                "GET",
+                "/admin/v1/plans/cold",
+                None,
+                Duration::from_secs(10),
+            )
+            .map_err(|e| e.to_string())?;
+            (status == 200)
+                .then_some(())
+                .ok_or(format!("{status}: {body}"))
+        },
+    );
+    g1.create_bucket("chilly");
+    let (status, body) = g1.admin_put("/admin/v1/buckets/chilly", r#"{"defaultPlan": "cold"}"#);
+    assert_eq!(status, 200, "{body}");
+    let object = TestObject {
+        key: "frozen".into(),
+        len: 200_000,
+    };
+    g1.put("chilly", &object);
+    g0.read_back("chilly", &object).unwrap();
+    let health = plan_json(g0, "cold");
+    assert_eq!(health["objectsByHealth"]["healthy"], 1, "{health}");
+    let listed = g1.admin_get("/admin/v1/policy/plans");
+    assert!(listed.to_string().contains("\"cold\""), "{listed}");
+}
+
+fn plan_json(g: &GatewayProcess, plan: &str) -> Value {
+    g.admin_get(&format!("/admin/v1/plans/{plan}"))
+}

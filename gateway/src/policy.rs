@@ -345,6 +345,9 @@ struct Policies {
     overlay: Overlay,
     /// The file with the overlay: what the gateway runs.
     effective: Config,
+    /// The revision of the shared overlay this gateway runs, when its metadata store shares
+    /// policies between replicas (0: none seen yet).
+    revision: i64,
 }
 
 impl PolicyApi {
@@ -369,6 +372,7 @@ impl PolicyApi {
                 file,
                 overlay,
                 effective,
+                revision: 0,
             }),
             dialer: None,
         })
@@ -628,6 +632,42 @@ impl PolicyApi {
                 Vec::new(),
             )
         })?;
+        // Replicas on one database share the overlay: a change is stored there first, on the
+        // revision this gateway runs, so two gateways changing policies at once cannot both
+        // win.
+        let meta = Arc::clone(self.gateway.metadata());
+        let mut revision = state.revision;
+        if meta.shares_policies() {
+            let yaml = serde_yaml::to_string(&next).map_err(|e| {
+                refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new())
+            })?;
+            let expected = state.revision;
+            let stored =
+                tokio::task::spawn_blocking(move || meta.put_shared_policies(expected, &yaml))
+                    .await
+                    .map_err(|e| {
+                        refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new())
+                    })?
+                    .map_err(|e| {
+                        refusal(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("storing the policies in the metadata database: {e}"),
+                            Vec::new(),
+                        )
+                    })?;
+            match stored {
+                Some(r) => revision = r,
+                None => {
+                    return Err(refusal(
+                        StatusCode::CONFLICT,
+                        "another gateway changed the policies meanwhile; nothing was applied \
+                         here: read them again (this gateway takes the change within seconds) \
+                         and retry",
+                        Vec::new(),
+                    ));
+                }
+            }
+        }
         next.write(&self.overlay_path).map_err(|e| {
             refusal(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -646,7 +686,83 @@ impl PolicyApi {
         }
         state.overlay = next;
         state.effective = effective;
+        state.revision = revision;
         Ok(())
+    }
+
+    /// Runs what another gateway on the same database applied: when the shared overlay's
+    /// revision differs from this gateway's, it is layered over the file, its new providers
+    /// are dialled and the gateway switches to it (and keeps it in its own overlay file).
+    /// The first gateway to find no shared overlay seeds it with its own. Answers whether
+    /// anything changed.
+    pub async fn sync_shared(&self) -> anyhow::Result<bool> {
+        let meta = Arc::clone(self.gateway.metadata());
+        if self.read_only.is_some() || !meta.shares_policies() {
+            return Ok(false);
+        }
+        let stored = {
+            let meta = Arc::clone(&meta);
+            tokio::task::spawn_blocking(move || meta.shared_policies()).await??
+        };
+        let mut state = self.state.lock().await;
+        let (revision, yaml) = match stored {
+            Some(s) => s,
+            None => {
+                if state.overlay != Overlay::default() {
+                    let yaml = serde_yaml::to_string(&state.overlay)?;
+                    if let Some(r) =
+                        tokio::task::spawn_blocking(move || meta.put_shared_policies(0, &yaml))
+                            .await??
+                    {
+                        state.revision = r;
+                        tracing::info!("this gateway's policies seeded the shared ones");
+                    }
+                }
+                return Ok(false);
+            }
+        };
+        if revision == state.revision {
+            return Ok(false);
+        }
+        let overlay: Overlay = serde_yaml::from_str(&yaml)
+            .context("the shared policies in the metadata database are not a policy overlay")?;
+        let effective = layer(&state.file, &overlay, "shared policies").map_err(|errors| {
+            anyhow::anyhow!(
+                "the policies another gateway applied do not fit this gateway's config file:\n{}",
+                problems(&errors).join("\n")
+            )
+        })?;
+        if let Some(dialer) = &self.dialer {
+            dialer.connect_new(&self.gateway, &effective).await?;
+        }
+        let set = policy_set(&effective, &self.gateway)?;
+        overlay.write(&self.overlay_path)?;
+        self.gateway.swap_policy(set)?;
+        state.overlay = overlay;
+        state.effective = effective;
+        state.revision = revision;
+        tracing::info!(revision, "policies applied by another gateway taken over");
+        Ok(true)
+    }
+
+    /// Takes over other gateways' policy changes every `interval` until `stop` changes.
+    pub fn spawn_sync(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {
+                        if let Err(e) = self.sync_shared().await {
+                            tracing::warn!(error = %format!("{e:#}"), "taking over shared policies failed");
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        })
     }
 }
 

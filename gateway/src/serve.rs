@@ -702,6 +702,9 @@ pub fn scrub_policy(config: &Config) -> crate::scrub::ScrubPolicy {
     )
 }
 
+/// How often replicas on one database look for policies another one applied.
+pub const POLICY_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Opens the state `config` describes, dials every provider and probes them once.
 /// How long a starting gateway waits for market providers to accept its proposals.
 const MARKET_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -948,8 +951,15 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
                     admin_token.clone(),
                     read_only,
                 )?
-                .with_dialer(dialer),
+                .with_dialer(Arc::clone(&dialer)),
             );
+            // Replicas on one database run the policies any of them applied.
+            if gateway.metadata().shares_policies() {
+                if let Err(e) = policy.sync_shared().await {
+                    tracing::warn!(error = %format!("{e:#}"), "taking over shared policies failed");
+                }
+                tasks.push(Arc::clone(&policy).spawn_sync(POLICY_SYNC_INTERVAL, stop.clone()));
+            }
             let mut stop = stop.clone();
             tasks.push(tokio::spawn(crate::metrics::serve_admin(
                 admin_listener,

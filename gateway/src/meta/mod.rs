@@ -298,6 +298,22 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
         Ok(Vec::new())
     }
+    /// Whether the gateways on this store share one policy overlay through it (several
+    /// replicas on one database); otherwise each keeps its own file.
+    fn shares_policies(&self) -> bool {
+        false
+    }
+    /// The shared policy overlay (YAML) and its revision; `None` before the first one.
+    fn shared_policies(&self) -> Result<Option<(i64, String)>> {
+        Ok(None)
+    }
+    /// Stores `yaml` as the shared overlay if its revision is still `expected` (0: none yet)
+    /// and answers the new revision, or `None` when another gateway changed it first.
+    fn put_shared_policies(&self, _expected: i64, _yaml: &str) -> Result<Option<i64>> {
+        Err(MetaError::Store(
+            "this store keeps no shared policies".into(),
+        ))
+    }
     /// Records probe outcomes at `now` (Unix ms): `true` = answered.
     fn record_probes(&self, _outcomes: &[(String, bool)], _now: i64) -> Result<()> {
         Ok(())

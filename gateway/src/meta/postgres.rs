@@ -103,6 +103,11 @@ CREATE TABLE IF NOT EXISTS repair_claims (
     holder TEXT NOT NULL,
     until BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS policies (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision BIGINT NOT NULL,
+    overlay TEXT NOT NULL
+);
 "#;
 
 /// Serializes concurrent schema creation by several replicas starting at once.
@@ -1053,6 +1058,39 @@ impl MetadataStore for PostgresStore {
             return Err(MetaError::NoSuchBucket(name.into()));
         }
         Ok(())
+    }
+
+    fn shares_policies(&self) -> bool {
+        true
+    }
+
+    fn shared_policies(&self) -> Result<Option<(i64, String)>> {
+        self.run(|c| {
+            let row = c
+                .query_opt("SELECT revision, overlay FROM policies WHERE id = 1", &[])
+                .map_err(pg_err)?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    fn put_shared_policies(&self, expected: i64, yaml: &str) -> Result<Option<i64>> {
+        self.run(|c| {
+            let next = expected + 1;
+            let changed = if expected == 0 {
+                c.execute(
+                    "INSERT INTO policies (id, revision, overlay) VALUES (1, $1, $2)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&next, &yaml],
+                )
+            } else {
+                c.execute(
+                    "UPDATE policies SET revision = $1, overlay = $2 WHERE id = 1 AND revision = $3",
+                    &[&next, &yaml, &expected],
+                )
+            }
+            .map_err(pg_err)?;
+            Ok((changed == 1).then_some(next))
+        })
     }
 
     fn set_bucket_plan(&self, name: &str, plan: Option<&str>) -> Result<()> {
@@ -2045,5 +2083,23 @@ mod tests {
                 .unwrap()
         });
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn shared_policies_change_once_per_revision() {
+        let Some(g) = two_gateways() else { return };
+        assert!(g.0.shares_policies());
+        assert_eq!(g.0.shared_policies().unwrap(), None);
+        // Both gateways seed at once: one wins.
+        let first = g.0.put_shared_policies(0, "applied: []").unwrap();
+        assert_eq!(first, Some(1));
+        assert_eq!(g.1.put_shared_policies(0, "applied: [x]").unwrap(), None);
+        // A change on a stale revision is refused; on the current one it goes through.
+        assert_eq!(g.1.put_shared_policies(1, "deleted: []").unwrap(), Some(2));
+        assert_eq!(g.0.put_shared_policies(1, "applied: [y]").unwrap(), None);
+        assert_eq!(
+            g.0.shared_policies().unwrap(),
+            Some((2, "deleted: []".to_owned()))
+        );
     }
 }
