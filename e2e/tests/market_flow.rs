@@ -464,6 +464,21 @@ spec:
         },
     );
     assert!(audit_score(&after) < 1000, "{after}");
+    // The gateway reports its probes with its receipts: uptime enters the rating.
+    let uptime = a_rating["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "uptime")
+        .cloned()
+        .unwrap();
+    assert!(
+        uptime["value"]
+            .as_str()
+            .unwrap()
+            .contains("probes answered"),
+        "{a_rating}"
+    );
     assert_eq!(audit_score(&a_rating), 1000, "{a_rating}");
     assert!(
         after["score"].as_u64() < a_rating["score"].as_u64(),

@@ -575,6 +575,26 @@ impl UsageReporter {
                             warn!(%contract, period_start = receipt.period_start, fields = %period["mismatched_fields"], "the provider's receipt disagrees with ours; the period is not paid until one side corrects it or a dispute decides");
                         }
                         self.usage.meter().reported(&contract, receipt.period_end);
+                        // With the receipt, what the probes saw of the provider: its uptime
+                        // and latency enter its market rating.
+                        if let Some(node) = node_of.get(&contract)
+                            && let Some(w) = self.health.take_probe_window(node)
+                        {
+                            let body = json!({
+                                "period_start": receipt.period_start,
+                                "probes": w.probes,
+                                "probes_answered": w.answered,
+                                "latency_ms": w.median_ms,
+                            });
+                            let path = format!("/v1/contracts/{contract}/observations");
+                            if let Err(e) = client
+                                .json(Some(&self.signer), "POST", &path, &body)
+                                .await
+                                .and_then(|r| r.ok())
+                            {
+                                warn!(%contract, error = %e, "the market refused the uptime report");
+                            }
+                        }
                         out.receipts.push((contract, receipt.period_start, status));
                     }
                     Err(e) if e.to_string().contains("already_settled") => {

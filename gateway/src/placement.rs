@@ -485,6 +485,22 @@ struct ProviderState {
     last_audit_failure: Option<Instant>,
     /// Its rating on the market (0 to 1000), for providers rented there.
     market_score: Option<u32>,
+    /// Probes since the window was last taken: sent, answered, and the answers' latencies
+    /// in milliseconds (at most [`PROBE_WINDOW`] kept).
+    probes: u64,
+    probes_answered: u64,
+    probe_latencies: Vec<u32>,
+}
+
+/// Latencies a probe window keeps for its median.
+const PROBE_WINDOW: usize = 4096;
+
+/// Probes of one provider over a window: sent, answered, median latency of the answers (ms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeWindow {
+    pub probes: u64,
+    pub answered: u64,
+    pub median_ms: u64,
 }
 
 /// The smallest quality a placeable provider is weighted with: a poor record shrinks its
@@ -536,6 +552,43 @@ impl HealthBoard {
                 s.last_audit_failure = Some(Instant::now());
             }
         });
+    }
+
+    /// Records a health probe: answered in `latency`, or not answered.
+    pub fn record_probe(&self, node: &str, answered: Option<Duration>) {
+        self.with(node, |s| {
+            s.probes += 1;
+            if let Some(latency) = answered {
+                s.probes_answered += 1;
+                if s.probe_latencies.len() < PROBE_WINDOW {
+                    s.probe_latencies
+                        .push(latency.as_millis().min(u128::from(u32::MAX)) as u32);
+                }
+            }
+        });
+    }
+
+    /// The probes since the last call (what a demander reports to the market each period),
+    /// starting a new window; `None` without any.
+    pub fn take_probe_window(&self, node: &str) -> Option<ProbeWindow> {
+        self.with(node, |s| {
+            if s.probes == 0 {
+                return None;
+            }
+            let mut latencies = std::mem::take(&mut s.probe_latencies);
+            latencies.sort_unstable();
+            let window = ProbeWindow {
+                probes: s.probes,
+                answered: s.probes_answered,
+                median_ms: latencies
+                    .get(latencies.len() / 2)
+                    .copied()
+                    .map_or(0, u64::from),
+            };
+            s.probes = 0;
+            s.probes_answered = 0;
+            Some(window)
+        })
     }
 
     /// Records the provider's market rating (0 to 1000).
@@ -815,6 +868,26 @@ mod tests {
         }
         // Weight 1000 against 3 x 10: about 97% of single-shard objects land on it.
         assert!(first > 250, "{first}");
+    }
+
+    #[test]
+    fn probe_windows_count_and_take_the_median() {
+        let board = HealthBoard::default();
+        assert_eq!(board.take_probe_window("n"), None);
+        for ms in [30, 10, 20] {
+            board.record_probe("n", Some(Duration::from_millis(ms)));
+        }
+        board.record_probe("n", None);
+        assert_eq!(
+            board.take_probe_window("n"),
+            Some(ProbeWindow {
+                probes: 4,
+                answered: 3,
+                median_ms: 20
+            })
+        );
+        // Taken: the next window starts empty.
+        assert_eq!(board.take_probe_window("n"), None);
     }
 
     #[test]

@@ -454,19 +454,23 @@ pub async fn probe(
     health: &HealthBoard,
 ) -> Vec<(String, bool)> {
     let calls = providers.iter().map(|(node, client)| async move {
+        let started = std::time::Instant::now();
         let ok = match tokio::time::timeout(PROBE_TIMEOUT, client.info()).await {
             Ok(Ok(info)) => {
                 health.record_free(node, info.free_bytes);
+                health.record_probe(node, Some(started.elapsed()));
                 true
             }
             Ok(Err(e)) => {
                 tracing::warn!(provider = %node, error = %e, "provider probe failed");
                 health.record_failure(node);
+                health.record_probe(node, None);
                 false
             }
             Err(_) => {
                 tracing::warn!(provider = %node, "provider probe timed out");
                 health.record_failure(node);
+                health.record_probe(node, None);
                 false
             }
         };

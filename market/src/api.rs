@@ -167,6 +167,11 @@ pub fn router(market: Shared) -> Router {
             post(settle_period),
         )
         .route("/v1/parties/{id}/rating", get(rating))
+        .route("/v1/contracts/{id}/observations", post(observe))
+        .route(
+            "/v1/contracts/{id}/feedback",
+            post(give_feedback).get(feedback),
+        )
         .route(
             "/v1/contracts/{id}/disputes",
             post(open_dispute).get(contract_disputes),
@@ -501,6 +506,41 @@ async fn settle_period(
 
 async fn rating(State(m): State<Shared>, Path(id): Path<String>) -> Reply<crate::ratings::Rating> {
     blocking(move || Ok(Json(m.rating(&id)?))).await
+}
+
+async fn observe(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Result<StatusCode> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        let o = req.json()?;
+        m.observe(&who, &req.body, &id, &o)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+async fn give_feedback(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<crate::quality::Feedback> {
+    blocking(move || {
+        let who = req.verify(&m)?;
+        let f = req.json()?;
+        Ok(Json(m.give_feedback(&who, &req.body, &id, &f)?))
+    })
+    .await
+}
+
+async fn feedback(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<Option<crate::quality::Feedback>> {
+    blocking(move || Ok(Json(m.feedback(&req.party(&m)?, &id)?))).await
 }
 
 async fn open_dispute(

@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod meter;
 pub mod metrics;
 pub mod offers;
+pub mod quality;
 pub mod rail;
 pub mod ratings;
 pub mod receipts;

@@ -72,6 +72,97 @@ fn combine(party: &Party, trust: &Trust, inputs: Vec<RatingInput>) -> Rating {
     }
 }
 
+/// Uptime (15), latency (10), responsiveness (5) and feedback (10) of a provider.
+fn quality_inputs(q: &crate::quality::ProviderQuality) -> Vec<RatingInput> {
+    use crate::quality::log_score;
+    let uptime = match ratio(q.probes_answered, q.probes) {
+        Some(score) => RatingInput {
+            name: "uptime",
+            value: format!(
+                "{}.{:02}% of {} probes answered",
+                q.probes_answered * 100 / q.probes,
+                q.probes_answered * 10_000 / q.probes % 100,
+                q.probes
+            ),
+            score,
+            weight_percent: 15,
+            explanation: "health probes of the demanders' gateways the provider answered".into(),
+        },
+        None => RatingInput {
+            name: "uptime",
+            value: "no probes reported yet".into(),
+            score: NEUTRAL,
+            weight_percent: 15,
+            explanation: "counts as 500 until a demander's gateway reports its probes".into(),
+        },
+    };
+    let latency = match q.latency_ms {
+        Some(ms) => RatingInput {
+            name: "latency",
+            value: format!("{ms} ms typical probe answer"),
+            score: log_score(ms, 50, 5_000),
+            weight_percent: 10,
+            explanation:
+                "median probe latency the demanders' gateways saw: 1000 at 50 ms or less, 0 at 5 s"
+                    .into(),
+        },
+        None => RatingInput {
+            name: "latency",
+            value: "no probes reported yet".into(),
+            score: NEUTRAL,
+            weight_percent: 10,
+            explanation: "counts as 500 until a demander's gateway reports its probes".into(),
+        },
+    };
+    let responsiveness = {
+        let scores: Vec<u32> = [
+            q.accept_delay_secs.map(|s| log_score(s, 60, 86_400)),
+            q.receipt_delay_secs.map(|s| log_score(s, 60, 86_400)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let describe = |s: Option<u64>| s.map_or("none yet".to_owned(), |s| format!("{s} s"));
+        RatingInput {
+            name: "responsiveness",
+            value: format!(
+                "proposals accepted after {}, receipts sent {} after a period",
+                describe(q.accept_delay_secs),
+                describe(q.receipt_delay_secs)
+            ),
+            score: if scores.is_empty() {
+                NEUTRAL
+            } else {
+                scores.iter().sum::<u32>() / scores.len() as u32
+            },
+            weight_percent: 5,
+            explanation: "mean delays to accept proposals and to report receipts: 1000 within a minute, 0 after a day".into(),
+        }
+    };
+    let feedback = match q.stars_x100 {
+        Some(stars) => RatingInput {
+            name: "feedback",
+            value: format!(
+                "{}.{:02} stars from {} demanders",
+                stars / 100,
+                stars % 100,
+                q.feedback_count
+            ),
+            score: ((stars.saturating_sub(100)) * 1000 / 400).min(1000) as u32,
+            weight_percent: 10,
+            explanation: "what demanders say (1 to 5 stars): 1000 at 5 stars, 0 at 1".into(),
+        },
+        None => RatingInput {
+            name: "feedback",
+            value: "no feedback yet".into(),
+            score: NEUTRAL,
+            weight_percent: 10,
+            explanation: "counts as 500 until a demander gives feedback".into(),
+        },
+    };
+    vec![uptime, latency, responsiveness, feedback]
+}
+
 /// `party`'s rating; receipts agree within `tolerance_bps` as settlement takes them;
 /// `trust` is what the market's attestors say about it.
 pub fn rating(
@@ -99,14 +190,14 @@ pub fn rating(
                     name: "audit_pass_rate",
                     value: format!("{passed}/{} audits passed", passed + failed),
                     score,
-                    weight_percent: 65,
+                    weight_percent: 40,
                     explanation: "audits in settled periods: a provider that can serve random slices of its shards holds the data".into(),
                 },
                 None => RatingInput {
                     name: "audit_pass_rate",
                     value: "no audits yet".into(),
                     score: NEUTRAL,
-                    weight_percent: 65,
+                    weight_percent: 40,
                     explanation: "no settled period with audits yet; counts as 500 until there is one".into(),
                 },
             };
@@ -116,27 +207,28 @@ pub fn rating(
                     name: "receipt_agreement",
                     value: format!("{agreed}/{reported} periods agreed"),
                     score,
-                    weight_percent: 20,
+                    weight_percent: 10,
                     explanation: "periods where the provider's receipt matches the demander's; open mismatches count against it".into(),
                 },
                 None => RatingInput {
                     name: "receipt_agreement",
                     value: "no periods reported by both sides yet".into(),
                     score: NEUTRAL,
-                    weight_percent: 20,
+                    weight_percent: 10,
                     explanation: "counts as 500 until both sides have reported a period".into(),
                 },
             };
-            combine(
-                party,
-                trust,
-                vec![
+            combine(party, trust, {
+                let q = crate::quality::of_provider(conn, &party.id)?;
+                let mut inputs = vec![
                     audits,
                     agreement,
-                    disputes_input(lost, 10),
+                    disputes_input(lost, 5),
                     trust.rating_input(5),
-                ],
-            )
+                ];
+                inputs.extend(quality_inputs(&q));
+                inputs
+            })
         }
         Role::Demander => {
             let (agreed, _) = receipt_agreement(conn, &party.id, "demander", tolerance_bps)?;

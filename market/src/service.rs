@@ -121,6 +121,7 @@ impl Market {
             contracts::SCHEMA,
             receipts::SCHEMA,
             disputes::SCHEMA,
+            crate::quality::SCHEMA,
             attestations::SCHEMA,
         ] {
             conn.execute_batch(schema)?;
@@ -589,6 +590,50 @@ impl Market {
             let party = identity::party(c, party_id)?;
             let trust = attestations::trust(c, party_id, &self.policy.attestor_keys, now)?;
             ratings::rating(c, &party, self.policy.receipt_tolerance_bps, &trust)
+        })
+    }
+
+    /// The demander's gateway reports the provider's uptime and latency for a period.
+    pub fn observe(
+        &self,
+        who: &Verified,
+        body: &[u8],
+        contract: &str,
+        o: &crate::quality::Observation,
+    ) -> Result<()> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            crate::quality::observe(c, &who.party, contract, o, evidence, now)
+        })
+    }
+
+    /// The demander rates the contract's provider (1 to 5 stars).
+    pub fn give_feedback(
+        &self,
+        who: &Verified,
+        body: &[u8],
+        contract: &str,
+        f: &crate::quality::Feedback,
+    ) -> Result<crate::quality::Feedback> {
+        let now = self.now();
+        self.tx(|c| {
+            let evidence = identity::record_evidence(c, who, body, now)?;
+            let given = crate::quality::give_feedback(c, &who.party, contract, f, evidence, now)?;
+            info!(contract, stars = given.stars, "feedback given");
+            Ok(given)
+        })
+    }
+
+    /// The feedback on a contract, for its parties and arbiters.
+    pub fn feedback(
+        &self,
+        who: &Party,
+        contract: &str,
+    ) -> Result<Option<crate::quality::Feedback>> {
+        self.tx(|c| {
+            contracts::get(c, contract)?.check_viewer(who)?;
+            crate::quality::feedback_of(c, contract)
         })
     }
 

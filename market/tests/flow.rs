@@ -167,6 +167,22 @@ impl World {
     }
 }
 
+/// A rating's score recomputed from its inputs: each score times its weight, over 100.
+fn weighted(r: &Value) -> u64 {
+    r["inputs"]
+        .as_array()
+        .map(|inputs| {
+            inputs
+                .iter()
+                .map(|i| {
+                    i["score"].as_u64().unwrap_or(0) * i["weight_percent"].as_u64().unwrap_or(0)
+                })
+                .sum::<u64>()
+                / 100
+        })
+        .unwrap_or(0)
+}
+
 fn receipt(start: i64, gib_hours: u64, egress_bytes: u64, passed: u32, failed: u32) -> Value {
     json!({
         "period_start": start, "period_end": start + 3600, "gib_hours": gib_hours,
@@ -870,12 +886,14 @@ async fn openapi_document_describes_every_route() -> TestResult {
         "/v1/disputes",
         "/v1/disputes/{id}",
         "/v1/disputes/{id}/decide",
+        "/v1/contracts/{id}/observations",
+        "/v1/contracts/{id}/feedback",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
     assert_eq!(
         paths.len(),
-        30,
+        32,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())
@@ -940,9 +958,14 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult
         )
         .await?
         .ok()?;
+    assert_eq!(r["score"], weighted(&r), "{r}");
     assert_eq!(
-        r["score"],
-        500 * 65 / 100 + 500 * 20 / 100 + 1000 * 10 / 100
+        (
+            r["inputs"][0]["score"].as_u64(),
+            r["inputs"][1]["score"].as_u64()
+        ),
+        (Some(500), Some(500)),
+        "{r}"
     );
     assert_eq!(r["trust_level"], "unverified", "{r}");
     assert_eq!(r["inputs"][3]["name"], "attestations", "{r}");
@@ -970,11 +993,9 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult
         .await?
         .ok()?;
     assert_eq!(r["inputs"][0]["value"], "8/10 audits passed", "{r}");
-    assert_eq!(
-        r["score"],
-        800 * 65 / 100 + 1000 * 20 / 100 + 1000 * 10 / 100,
-        "{r}"
-    );
+    assert_eq!(r["inputs"][0]["score"], 800, "{r}");
+    assert_eq!(r["inputs"][1]["score"], 1000, "{r}");
+    assert_eq!(r["score"], weighted(&r), "{r}");
     w.assert_books(10 * CREDIT).await?;
 
     // The demander disputes the period (lost shards); only the contract's parties may.
@@ -1082,11 +1103,8 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult
         )
         .await?
         .ok()?;
-    assert_eq!(
-        r["score"],
-        800 * 65 / 100 + 1000 * 20 / 100 + 750 * 10 / 100,
-        "{r}"
-    );
+    assert_eq!(r["score"], weighted(&r), "{r}");
+    assert_eq!(r["inputs"][2]["score"], 750, "{r}");
     assert_eq!(r["inputs"][2]["value"], "1 lost");
     let r = w
         .client
@@ -1542,4 +1560,171 @@ async fn console_calls_only_public_routes_that_exist() -> TestResult {
         reply.text
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn uptime_latency_and_feedback_from_the_demander_enter_the_provider_rating() -> TestResult {
+    let w = world().await?;
+    let offer = w
+        .ok(
+            &w.alpha,
+            "POST",
+            "/v1/offers",
+            json!({
+                "capacity_bytes": 100 * GIB, "price_per_gib_month": 7_300_000,
+                "egress_price_per_gib": CREDIT, "region": "eu-west", "min_term_days": 0,
+                "promised_uptime_bps": 9900,
+            }),
+        )
+        .await?;
+    let c = w
+        .ok(
+            &w.dee,
+            "POST",
+            "/v1/contracts",
+            json!({"offer_id": offer["id"], "reserved_bytes": 10 * GIB, "term_days": 30}),
+        )
+        .await?;
+    let ct = c["id"].as_str().ok_or("id")?.to_owned();
+    // Nothing to report on before the provider accepts.
+    let early = w
+        .call(
+            &w.dee,
+            "POST",
+            &format!("/v1/contracts/{ct}/feedback"),
+            json!({"stars": 5}),
+        )
+        .await?;
+    assert_eq!(early.status, 409, "{}", early.text);
+    let c = w
+        .ok(
+            &w.alpha,
+            "POST",
+            &format!("/v1/contracts/{ct}/accept"),
+            json!({}),
+        )
+        .await?;
+    let start = c["accepted_at"].as_i64().ok_or("accepted_at")?;
+    let party = w_party(&offer);
+    let rating_path = format!("/v1/parties/{party}/rating");
+    let input = |r: &Value, name: &str| -> Value {
+        r["inputs"]
+            .as_array()
+            .and_then(|i| i.iter().find(|i| i["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let before: Value = w
+        .client
+        .json(None, "GET", &rating_path, &Value::Null)
+        .await?
+        .ok()?;
+    assert_eq!(input(&before, "uptime")["score"], 500, "{before}");
+    assert_eq!(input(&before, "feedback")["value"], "no feedback yet");
+
+    // The demander's gateway reports what it measured; bad reports are refused by name.
+    let path = format!("/v1/contracts/{ct}/observations");
+    for (bad, why) in [
+        (
+            json!({"period_start": start, "probes": 10, "probes_answered": 11, "latency_ms": 5}),
+            "probes_answered",
+        ),
+        (
+            json!({"period_start": start, "probes": 0, "probes_answered": 0, "latency_ms": 5}),
+            "probes must be",
+        ),
+        (
+            json!({"period_start": start - 10, "probes": 10, "probes_answered": 9, "latency_ms": 5}),
+            "before the contract was accepted",
+        ),
+        (
+            json!({"period_start": start, "probes": 10, "probes_answered": 9, "latency_ms": 900_000}),
+            "latency_ms",
+        ),
+    ] {
+        let r = w.call(&w.dee, "POST", &path, bad).await?;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.text.contains(why), "{why}: {}", r.text);
+    }
+    let r = w
+        .call(
+            &w.alpha,
+            "POST",
+            &path,
+            json!({"period_start": start, "probes": 10, "probes_answered": 10, "latency_ms": 5}),
+        )
+        .await?;
+    assert_eq!(
+        r.status, 403,
+        "the provider cannot report on itself: {}",
+        r.text
+    );
+    let r = w
+        .call(
+            &w.dee,
+            "POST",
+            &path,
+            json!({"period_start": start, "probes": 1000, "probes_answered": 990, "latency_ms": 500}),
+        )
+        .await?;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = w
+        .call(
+            &w.dee,
+            "POST",
+            &format!("/v1/contracts/{ct}/feedback"),
+            json!({"stars": 2, "comment": "slow on Sundays"}),
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = w
+        .call(
+            &w.dee,
+            "POST",
+            &format!("/v1/contracts/{ct}/feedback"),
+            json!({"stars": 9}),
+        )
+        .await?;
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    let after: Value = w
+        .client
+        .json(None, "GET", &rating_path, &Value::Null)
+        .await?
+        .ok()?;
+    assert_eq!(input(&after, "uptime")["score"], 990, "{after}");
+    assert_eq!(
+        input(&after, "uptime")["value"],
+        "99.00% of 1000 probes answered"
+    );
+    assert_eq!(input(&after, "latency")["score"], 500, "{after}");
+    assert_eq!(input(&after, "feedback")["score"], 250, "{after}");
+    assert_eq!(
+        input(&after, "feedback")["value"],
+        "2.00 stars from 1 demanders"
+    );
+    assert_eq!(after["score"], weighted(&after), "{after}");
+    // The parties can read the feedback; others cannot.
+    let fb = w
+        .ok(
+            &w.alpha,
+            "GET",
+            &format!("/v1/contracts/{ct}/feedback"),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(fb["comment"], "slow on Sundays");
+    let r = w
+        .call(
+            &w.bravo,
+            "GET",
+            &format!("/v1/contracts/{ct}/feedback"),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(r.status, 403, "{}", r.text);
+    Ok(())
+}
+
+fn w_party(offer: &Value) -> String {
+    offer["provider"].as_str().unwrap_or_default().to_owned()
 }
