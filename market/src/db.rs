@@ -103,6 +103,23 @@ macro_rules! params {
     };
 }
 
+/// What the query methods take as placeholder values: `params![a, b]` or an array of one type.
+pub trait IntoParams {
+    fn into_values(self) -> Vec<Value>;
+}
+
+impl IntoParams for &[&dyn ToValue] {
+    fn into_values(self) -> Vec<Value> {
+        self.iter().map(|p| p.to_value()).collect()
+    }
+}
+
+impl<T: ToValue, const N: usize> IntoParams for [T; N] {
+    fn into_values(self) -> Vec<Value> {
+        self.iter().map(ToValue::to_value).collect()
+    }
+}
+
 /// A Rust value a column can be read into.
 pub trait FromValue: Sized {
     fn from_value(v: &Value) -> Option<Self>;
@@ -229,19 +246,29 @@ impl fmt::Display for Backend {
 pub trait Db {
     fn backend(&self) -> Backend;
     /// Runs one statement; returns the number of rows it changed.
-    fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize>;
+    fn execute_values(&self, sql: &str, params: Vec<Value>) -> Result<usize>;
     /// Runs one query; returns all its rows.
-    fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>>;
+    fn query_values(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>>;
     /// Runs schema statements (written for SQLite; translated by [`pg_schema`] on PostgreSQL).
     fn schema(&self, sql: &str) -> Result<()>;
 }
 
 impl dyn Db + '_ {
+    /// Runs one statement; returns the number of rows it changed.
+    pub fn execute(&self, sql: &str, params: impl IntoParams) -> Result<usize> {
+        self.execute_values(sql, params.into_values())
+    }
+
+    /// Runs one query; returns all its rows.
+    pub fn query(&self, sql: &str, params: impl IntoParams) -> Result<Vec<Row>> {
+        self.query_values(sql, params.into_values())
+    }
+
     /// The first row mapped by `f`, or `None` when there is none.
     pub fn query_opt<T>(
         &self,
         sql: &str,
-        params: &[&dyn ToValue],
+        params: impl IntoParams,
         f: impl FnOnce(&Row) -> Result<T>,
     ) -> Result<Option<T>> {
         self.query(sql, params)?.first().map(f).transpose()
@@ -251,7 +278,7 @@ impl dyn Db + '_ {
     pub fn query_row<T>(
         &self,
         sql: &str,
-        params: &[&dyn ToValue],
+        params: impl IntoParams,
         f: impl FnOnce(&Row) -> Result<T>,
     ) -> Result<T> {
         self.query_opt(sql, params, f)?.ok_or_else(|| {
@@ -266,7 +293,7 @@ impl dyn Db + '_ {
     pub fn query_map<T>(
         &self,
         sql: &str,
-        params: &[&dyn ToValue],
+        params: impl IntoParams,
         f: impl FnMut(&Row) -> Result<T>,
     ) -> Result<Vec<T>> {
         self.query(sql, params)?.iter().map(f).collect()
@@ -299,25 +326,21 @@ impl rusqlite::types::ToSql for Value {
     }
 }
 
-fn sqlite_params(params: &[&dyn ToValue]) -> Vec<Value> {
-    params.iter().map(|p| p.to_value()).collect()
-}
-
 impl Db for rusqlite::Connection {
     fn backend(&self) -> Backend {
         Backend::Sqlite
     }
 
-    fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize> {
+    fn execute_values(&self, sql: &str, params: Vec<Value>) -> Result<usize> {
         let mut stmt = self.prepare_cached(sql)?;
-        Ok(stmt.execute(rusqlite::params_from_iter(sqlite_params(params)))?)
+        Ok(stmt.execute(rusqlite::params_from_iter(params))?)
     }
 
-    fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>> {
+    fn query_values(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>> {
         use rusqlite::types::ValueRef;
         let mut stmt = self.prepare_cached(sql)?;
         let columns: Arc<[String]> = stmt.column_names().into_iter().map(String::from).collect();
-        let mut rows = stmt.query(rusqlite::params_from_iter(sqlite_params(params)))?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let mut values = Vec::with_capacity(columns.len());
@@ -508,8 +531,8 @@ impl<'a> PgTx<'a> {
         Ok(self.tx.into_inner().commit()?)
     }
 
-    fn bind(params: &[&dyn ToValue]) -> Vec<PgValue> {
-        params.iter().map(|p| PgValue(p.to_value())).collect()
+    fn bind(params: Vec<Value>) -> Vec<PgValue> {
+        params.into_iter().map(PgValue).collect()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut postgres::Transaction<'a>) -> Result<T>) -> Result<T> {
@@ -525,7 +548,7 @@ impl Db for PgTx<'_> {
         Backend::Postgres
     }
 
-    fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize> {
+    fn execute_values(&self, sql: &str, params: Vec<Value>) -> Result<usize> {
         let values = Self::bind(params);
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = values
             .iter()
@@ -535,7 +558,7 @@ impl Db for PgTx<'_> {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>> {
+    fn query_values(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>> {
         let values = Self::bind(params);
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = values
             .iter()
