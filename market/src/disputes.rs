@@ -196,13 +196,13 @@ pub fn list_visible(conn: &dyn Db, party: &Party, state: DisputeState) -> Result
 
 /// Disputes decided against `party` (on contracts it is a party to).
 pub fn lost_by(conn: &dyn Db, party: &str) -> Result<u32> {
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT COUNT(*) FROM disputes d JOIN contracts c ON c.id = d.contract
          WHERE (c.provider = ?1 AND d.in_favour_of = 'demander')
             OR (c.demander = ?1 AND d.in_favour_of = 'provider')",
         [party],
         |r| r.get(0),
-    )?)
+    )
 }
 
 pub fn open(

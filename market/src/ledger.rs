@@ -180,11 +180,11 @@ fn apply(
 
 /// The credits an earlier operation moved (the sum of its credit postings).
 fn moved_by(conn: &dyn Db, op_id: &str) -> Result<Micros> {
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM postings WHERE op_id = ?1 AND amount > 0",
         [op_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 pub fn balance(conn: &dyn Db, account: &Account) -> Result<Micros> {
@@ -335,7 +335,7 @@ pub fn settled_period(
     contract: &str,
     period_start: i64,
 ) -> Result<Option<SettledPeriod>> {
-    Ok(conn.query_opt(
+    conn.query_opt(
         "SELECT op_id, gross, penalty, fee, held_back, to_provider, at FROM settled_periods
              WHERE contract = ?1 AND period_start = ?2",
         params![contract, period_start],
@@ -352,7 +352,7 @@ pub fn settled_period(
                 at: r.get(6)?,
             })
         },
-    )?)
+    )
 }
 
 /// The parties of a contract, as the ledger needs them.

@@ -36,7 +36,7 @@ const PG_MARKET_LOCK: i64 = 0x7375_626c_6574_6d6b; // "subletmk"
 
 enum Store {
     Sqlite(Mutex<Connection>),
-    Postgres(PgStore),
+    Postgres(Box<PgStore>),
 }
 
 /// One PostgreSQL connection, reconnected when it breaks.
@@ -241,7 +241,7 @@ impl Market {
     ) -> Result<Self> {
         let store = PgStore::connect(url)?;
         store.tx(init_schema)?;
-        Self::with_store(Store::Postgres(store), policy, rail)
+        Self::with_store(Store::Postgres(Box::new(store)), policy, rail)
     }
 
     fn with_store(db: Store, policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
