@@ -11,7 +11,8 @@
 //! relays it can change nothing, and only the market's attestor keys can make
 //! one. Revoking takes a request signed by the attestor's own key.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::db::{Db, Row};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{self, Signer};
@@ -244,7 +245,7 @@ const COLUMNS: &str = "id, party, kind, attestor, email_sha256, issued_at, expir
     submitted_at, revoked_at, revoke_reason";
 
 /// A row, with its status as of `now` under `keys`.
-fn from_row(r: &Row<'_>, keys: &[String], now: i64) -> rusqlite::Result<Result<Attestation>> {
+fn from_row(r: &Row, keys: &[String], now: i64) -> Result<Attestation> {
     let kind: String = r.get(2)?;
     let attestor: String = r.get(3)?;
     let expires_at: Option<i64> = r.get(6)?;
@@ -261,16 +262,13 @@ fn from_row(r: &Row<'_>, keys: &[String], now: i64) -> rusqlite::Result<Result<A
     let attestor_id = match hex::decode(&attestor) {
         Ok(key) => identity::party_id(&key),
         Err(_) => {
-            return Ok(Err(Error::Internal(format!(
+            return Err(Error::Internal(format!(
                 "attestor key {attestor:?} in database is not hex"
-            ))));
+            )));
         }
     };
-    let kind = match AttestationKind::parse(&kind) {
-        Ok(kind) => kind,
-        Err(e) => return Ok(Err(e)),
-    };
-    Ok(Ok(Attestation {
+    let kind = AttestationKind::parse(&kind)?;
+    Ok(Attestation {
         id: r.get(0)?,
         party: r.get(1)?,
         kind,
@@ -284,13 +282,13 @@ fn from_row(r: &Row<'_>, keys: &[String], now: i64) -> rusqlite::Result<Result<A
         revoked_at,
         revoke_reason: r.get(10)?,
         status,
-    }))
+    })
 }
 
 /// Checks and stores an attestation submitted for `party`. `keys` are the market's
 /// attestor keys; `window` is how far in the future `issued_at` may be (clock skew).
 pub fn submit(
-    conn: &Connection,
+    conn: &dyn Db,
     party: &str,
     att: &SignedAttestation,
     keys: &[String],
@@ -367,13 +365,11 @@ pub fn submit(
         )));
     }
     let id = att.id();
-    let earlier: Option<Option<i64>> = conn
-        .query_row(
-            "SELECT revoked_at FROM attestations WHERE id = ?1",
-            [&id],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let earlier: Option<Option<i64>> = conn.query_opt(
+        "SELECT revoked_at FROM attestations WHERE id = ?1",
+        [&id],
+        |r| r.get(0),
+    )?;
     match earlier {
         Some(Some(revoked_at)) => {
             return Err(Error::Conflict(format!(
@@ -407,36 +403,29 @@ pub fn submit(
 }
 
 /// One attestation of `party`.
-pub fn get(
-    conn: &Connection,
-    party: &str,
-    id: &str,
-    keys: &[String],
-    now: i64,
-) -> Result<Attestation> {
-    conn.query_row(
+pub fn get(conn: &dyn Db, party: &str, id: &str, keys: &[String], now: i64) -> Result<Attestation> {
+    conn.query_opt(
         &format!("SELECT {COLUMNS} FROM attestations WHERE id = ?1 AND party = ?2"),
         params![id, party],
         |r| from_row(r, keys, now),
-    )
-    .optional()?
-    .ok_or_else(|| Error::not_found(format!("attestation {id} of party {party}")))?
+    )?
+    .ok_or_else(|| Error::not_found(format!("attestation {id} of party {party}")))
 }
 
 /// Every attestation about `party`, revoked and expired ones too, oldest first.
-pub fn list(conn: &Connection, party: &str, keys: &[String], now: i64) -> Result<Vec<Attestation>> {
+pub fn list(conn: &dyn Db, party: &str, keys: &[String], now: i64) -> Result<Vec<Attestation>> {
     identity::party(conn, party)?;
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM attestations WHERE party = ?1 ORDER BY submitted_at, id"
-    ))?;
-    let rows = stmt.query_map([party], |r| from_row(r, keys, now))?;
-    rows.map(|r| r?).collect()
+    conn.query_map(
+        &format!("SELECT {COLUMNS} FROM attestations WHERE party = ?1 ORDER BY submitted_at, id"),
+        [party],
+        |r| from_row(r, keys, now),
+    )
 }
 
 /// Revokes an attestation; the caller has checked that its attestor signed the request.
 /// Revoking again changes nothing.
 pub fn revoke(
-    conn: &Connection,
+    conn: &dyn Db,
     party: &str,
     id: &str,
     reason: &str,
@@ -467,7 +456,7 @@ pub struct Trust {
 
 /// `party`'s trust level as of `now`: from its attestations that are neither revoked
 /// nor expired and whose attestor is still one of `keys`.
-pub fn trust(conn: &Connection, party: &str, keys: &[String], now: i64) -> Result<Trust> {
+pub fn trust(conn: &dyn Db, party: &str, keys: &[String], now: i64) -> Result<Trust> {
     let mut active: Vec<Attestation> = list(conn, party, keys, now)?
         .into_iter()
         .filter(|a| a.status == AttestationStatus::Active)
@@ -523,6 +512,7 @@ impl Trust {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     const NOW: i64 = 1_800_000_000;
     const WINDOW: i64 = 300;

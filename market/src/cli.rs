@@ -88,6 +88,16 @@ pub struct Serve {
     /// SQLite database file; created when missing.
     #[arg(long, env = "SUBLET_MARKET_DB", default_value = "market.db")]
     db: PathBuf,
+    /// Keep the books in PostgreSQL instead of SQLite: the name of the environment variable
+    /// holding the connection URL (postgres://user:password@host:5432/dbname), kept out of
+    /// the command line because it carries the password. Markets may share one database.
+    #[arg(
+        long,
+        env = "SUBLET_MARKET_POSTGRES_URL_ENV",
+        value_name = "VAR",
+        conflicts_with = "db"
+    )]
+    postgres_url_env: Option<String>,
     /// Address of the REST API.
     #[arg(long, env = "SUBLET_MARKET_LISTEN", default_value = "127.0.0.1:7490")]
     listen: SocketAddr,
@@ -316,14 +326,31 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         bail!("--platform-fee-bps and --held-back-bps are basis points between 0 and 10000");
     }
     let rail: Option<Arc<dyn PaymentRail>> = s.manual_deposits.then(|| Arc::new(ManualRail) as _);
-    let market = Market::open(&s.db, policy, rail)
-        .with_context(|| format!("opening market database {}", s.db.display()))?;
+    let (market, db) = match &s.postgres_url_env {
+        Some(var) => {
+            let url = std::env::var(var).ok().filter(|u| !u.trim().is_empty());
+            let Some(url) = url else {
+                bail!(
+                    "--postgres-url-env names {var}, but that environment variable is unset or empty; \
+                     set it to postgres://user:password@host:5432/dbname"
+                );
+            };
+            let market = Market::open_postgres(&url, policy, rail)
+                .with_context(|| format!("opening the market database in PostgreSQL (${var})"))?;
+            (market, format!("postgres (${var})"))
+        }
+        None => {
+            let market = Market::open(&s.db, policy, rail)
+                .with_context(|| format!("opening market database {}", s.db.display()))?;
+            (market, s.db.display().to_string())
+        }
+    };
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        db = %s.db.display(),
+        db = %db,
         manual_deposits = s.manual_deposits,
         "market serving"
     );

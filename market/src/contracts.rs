@@ -2,7 +2,8 @@
 //! offer, accepted (or rejected) by the provider, prepaid into escrow and
 //! ended by termination, which refunds the unused prepayment.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::db::{Db, Row};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Party, Role, new_id};
@@ -31,17 +32,9 @@ CREATE TABLE IF NOT EXISTS contracts (
 ";
 
 /// Brings a contracts table made before a column was added up to [`SCHEMA`].
-pub fn migrate(conn: &Connection) -> Result<()> {
-    let has_period: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('contracts') WHERE name = 'period_secs'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_period {
-        conn.execute(
-            "ALTER TABLE contracts ADD COLUMN period_secs INTEGER NOT NULL DEFAULT 3600",
-            [],
-        )?;
+pub fn migrate(conn: &dyn Db) -> Result<()> {
+    if !conn.has_column("contracts", "period_secs")? {
+        conn.schema("ALTER TABLE contracts ADD COLUMN period_secs INTEGER NOT NULL DEFAULT 3600")?;
     }
     Ok(())
 }
@@ -69,13 +62,17 @@ impl ContractState {
         }
     }
 
-    fn parse(s: &str) -> rusqlite::Result<Self> {
+    fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "proposed" => ContractState::Proposed,
             "active" => ContractState::Active,
             "rejected" => ContractState::Rejected,
             "terminated" => ContractState::Terminated,
-            _ => return Err(rusqlite::Error::InvalidQuery),
+            other => {
+                return Err(crate::Error::Internal(format!(
+                    "contract state {other:?} in the database is not one the market knows"
+                )));
+            }
         })
     }
 }
@@ -147,17 +144,17 @@ impl Contract {
     }
 }
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Contract> {
+fn from_row(r: &Row) -> Result<Contract> {
     Ok(Contract {
         id: r.get(0)?,
         offer_id: r.get(1)?,
         demander: r.get(2)?,
         provider: r.get(3)?,
-        reserved_bytes: r.get::<_, i64>(4)?.max(0) as u64,
+        reserved_bytes: r.get::<i64>(4)?.max(0) as u64,
         term_days: r.get(5)?,
         price_per_gib_month: r.get(6)?,
         egress_price_per_gib: r.get(7)?,
-        state: ContractState::parse(&r.get::<_, String>(8)?)?,
+        state: ContractState::parse(&r.get::<String>(8)?)?,
         created_at: r.get(9)?,
         accepted_at: r.get(10)?,
         ended_at: r.get(11)?,
@@ -174,28 +171,29 @@ const COLUMNS: &str = "c.id, c.offer_id, c.demander, c.provider, c.reserved_byte
     COALESCE((SELECT balance FROM accounts WHERE account = 'escrow:' || c.id), 0),
     c.period_secs";
 
-pub fn get(conn: &Connection, id: &str) -> Result<Contract> {
-    conn.query_row(
+pub fn get(conn: &dyn Db, id: &str) -> Result<Contract> {
+    conn.query_opt(
         &format!("SELECT {COLUMNS} FROM contracts c WHERE c.id = ?1"),
         [id],
         from_row,
-    )
-    .optional()?
+    )?
     .ok_or_else(|| Error::not_found(format!("contract {id}")))
 }
 
 /// The contracts a party is on, newest first.
-pub fn list_for(conn: &Connection, party: &str) -> Result<Vec<Contract>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM contracts c WHERE c.demander = ?1 OR c.provider = ?1
-         ORDER BY c.created_at DESC, c.id"
-    ))?;
-    let rows = stmt.query_map([party], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn list_for(conn: &dyn Db, party: &str) -> Result<Vec<Contract>> {
+    conn.query_map(
+        &format!(
+            "SELECT {COLUMNS} FROM contracts c WHERE c.demander = ?1 OR c.provider = ?1
+             ORDER BY c.created_at DESC, c.id"
+        ),
+        [party],
+        from_row,
+    )
 }
 
 pub fn propose(
-    conn: &Connection,
+    conn: &dyn Db,
     demander: &Party,
     new: &NewContract,
     period_secs: i64,
@@ -254,7 +252,7 @@ pub fn propose(
     get(conn, &id)
 }
 
-fn set_state(conn: &Connection, id: &str, state: ContractState) -> Result<()> {
+fn set_state(conn: &dyn Db, id: &str, state: ContractState) -> Result<()> {
     conn.execute(
         "UPDATE contracts SET state = ?2 WHERE id = ?1",
         params![id, state.as_str()],
@@ -263,7 +261,7 @@ fn set_state(conn: &Connection, id: &str, state: ContractState) -> Result<()> {
 }
 
 pub fn accept(
-    conn: &Connection,
+    conn: &dyn Db,
     provider: &Party,
     id: &str,
     evidence: i64,
@@ -302,7 +300,7 @@ pub fn accept(
 
 /// The provider declines, or the demander withdraws, a proposal. Any
 /// prepayment already made goes back to the demander.
-pub fn reject(conn: &Connection, party: &Party, id: &str, now: i64) -> Result<Contract> {
+pub fn reject(conn: &dyn Db, party: &Party, id: &str, now: i64) -> Result<Contract> {
     let c = get(conn, id)?;
     c.check_party(party)?;
     match c.state {
@@ -323,7 +321,7 @@ pub fn reject(conn: &Connection, party: &Party, id: &str, now: i64) -> Result<Co
 /// unanswered proposals can't hold an offer's capacity forever.
 pub const PROPOSAL_TTL_SECS: i64 = 7 * 24 * 3600;
 
-fn close_proposal(conn: &Connection, c: &Contract, now: i64) -> Result<()> {
+fn close_proposal(conn: &dyn Db, c: &Contract, now: i64) -> Result<()> {
     ledger::refund_escrow(conn, &format!("refund:{}", c.id), &c.id, &c.demander, now)?;
     set_state(conn, &c.id, ContractState::Rejected)?;
     conn.execute(
@@ -335,13 +333,14 @@ fn close_proposal(conn: &Connection, c: &Contract, now: i64) -> Result<()> {
 
 /// Rejects proposals older than [`PROPOSAL_TTL_SECS`], refunding their
 /// prepayments. Returns how many lapsed.
-pub fn expire_proposals(conn: &Connection, now: i64) -> Result<usize> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM contracts c WHERE c.state = 'proposed' AND c.created_at < ?1"
-    ))?;
-    let lapsed: Vec<Contract> = stmt
-        .query_map([now - PROPOSAL_TTL_SECS], from_row)?
-        .collect::<Result<_, _>>()?;
+pub fn expire_proposals(conn: &dyn Db, now: i64) -> Result<usize> {
+    let lapsed: Vec<Contract> = conn.query_map(
+        &format!(
+            "SELECT {COLUMNS} FROM contracts c WHERE c.state = 'proposed' AND c.created_at < ?1"
+        ),
+        [now - PROPOSAL_TTL_SECS],
+        from_row,
+    )?;
     for c in &lapsed {
         close_proposal(conn, c, now)?;
         tracing::info!(contract = %c.id, "proposal lapsed unanswered");
@@ -351,7 +350,7 @@ pub fn expire_proposals(conn: &Connection, now: i64) -> Result<usize> {
 
 /// The demander moves `amount` of its available credits into the contract's escrow.
 pub fn prepay(
-    conn: &Connection,
+    conn: &dyn Db,
     demander: &Party,
     id: &str,
     op_id: &str,
@@ -378,12 +377,7 @@ pub fn prepay(
 /// Either party ends an active contract. Whatever the escrow still holds (the
 /// prepayment not yet spent on settled periods) goes back to the demander, so
 /// settle outstanding periods first. Terminating twice changes nothing.
-pub fn terminate(
-    conn: &Connection,
-    party: &Party,
-    id: &str,
-    now: i64,
-) -> Result<(Contract, Micros)> {
+pub fn terminate(conn: &dyn Db, party: &Party, id: &str, now: i64) -> Result<(Contract, Micros)> {
     let c = get(conn, id)?;
     c.check_party(party)?;
     match c.state {

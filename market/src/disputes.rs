@@ -3,7 +3,8 @@
 //! credits in the ledger and counts in both parties' ratings. Opening and
 //! deciding requests are kept as signed evidence, so the history is auditable.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::db::{Db, Row};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::contracts::{self, Contract};
@@ -80,13 +81,13 @@ pub struct DecisionRecord {
     pub ledger_operations: Vec<String>,
 }
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Dispute> {
+fn from_row(r: &Row) -> Result<Dispute> {
     let id: String = r.get(0)?;
     let decided_by: Option<String> = r.get(7)?;
     let decision = match decided_by {
         Some(decided_by) => Some(DecisionRecord {
             decided_by,
-            in_favour_of: match r.get::<_, String>(8)?.as_str() {
+            in_favour_of: match r.get::<String>(8)?.as_str() {
                 "demander" => Role::Demander,
                 _ => Role::Provider,
             },
@@ -118,14 +119,13 @@ fn op_ids(id: &str) -> [String; 2] {
     [format!("dispute:{id}"), format!("dispute:{id}:available")]
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Dispute> {
+pub fn get(conn: &dyn Db, id: &str) -> Result<Dispute> {
     let mut d = conn
-        .query_row(
+        .query_opt(
             &format!("SELECT {COLUMNS} FROM disputes WHERE id = ?1"),
             [id],
             from_row,
-        )
-        .optional()?
+        )?
         .ok_or_else(|| Error::not_found(format!("dispute {id}")))?;
     if let Some(decision) = &mut d.decision {
         for op in op_ids(id) {
@@ -142,12 +142,12 @@ pub fn get(conn: &Connection, id: &str) -> Result<Dispute> {
     Ok(d)
 }
 
-pub fn list_for_contract(conn: &Connection, contract: &str) -> Result<Vec<Dispute>> {
-    let mut stmt =
-        conn.prepare("SELECT id FROM disputes WHERE contract = ?1 ORDER BY opened_at, id")?;
-    let ids: Vec<String> = stmt
-        .query_map([contract], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+pub fn list_for_contract(conn: &dyn Db, contract: &str) -> Result<Vec<Dispute>> {
+    let ids: Vec<String> = conn.query_map(
+        "SELECT id FROM disputes WHERE contract = ?1 ORDER BY opened_at, id",
+        [contract],
+        |r| r.get(0),
+    )?;
     ids.iter().map(|id| get(conn, id)).collect()
 }
 
@@ -165,43 +165,48 @@ pub enum DisputeState {
 
 /// The disputes `party` may read, newest first (then last opened first): for an arbiter every dispute of
 /// the market, for anyone else those on contracts it is a party to.
-pub fn list_visible(conn: &Connection, party: &Party, state: DisputeState) -> Result<Vec<Dispute>> {
+pub fn list_visible(conn: &dyn Db, party: &Party, state: DisputeState) -> Result<Vec<Dispute>> {
     let state_clause = match state {
         DisputeState::Open => "AND d.decided_by IS NULL",
         DisputeState::Decided => "AND d.decided_by IS NOT NULL",
         DisputeState::Any => "",
     };
     let ids: Vec<String> = if party.role == Role::Arbiter {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT d.id FROM disputes d WHERE 1 {state_clause} ORDER BY d.opened_at DESC, d.rowid DESC"
-        ))?;
-        stmt.query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?
+        conn.query_map(
+            &format!(
+                "SELECT d.id FROM disputes d WHERE 1 = 1 {state_clause}
+                 ORDER BY d.opened_at DESC, d.opening_evidence DESC"
+            ),
+            params![],
+            |r| r.get(0),
+        )?
     } else {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT d.id FROM disputes d JOIN contracts c ON c.id = d.contract
-             WHERE (c.demander = ?1 OR c.provider = ?1) {state_clause}
-             ORDER BY d.opened_at DESC, d.rowid DESC"
-        ))?;
-        stmt.query_map([&party.id], |r| r.get(0))?
-            .collect::<Result<_, _>>()?
+        conn.query_map(
+            &format!(
+                "SELECT d.id FROM disputes d JOIN contracts c ON c.id = d.contract
+                 WHERE (c.demander = ?1 OR c.provider = ?1) {state_clause}
+                 ORDER BY d.opened_at DESC, d.opening_evidence DESC"
+            ),
+            [&party.id],
+            |r| r.get(0),
+        )?
     };
     ids.iter().map(|id| get(conn, id)).collect()
 }
 
 /// Disputes decided against `party` (on contracts it is a party to).
-pub fn lost_by(conn: &Connection, party: &str) -> Result<u32> {
-    Ok(conn.query_row(
+pub fn lost_by(conn: &dyn Db, party: &str) -> Result<u32> {
+    conn.query_row(
         "SELECT COUNT(*) FROM disputes d JOIN contracts c ON c.id = d.contract
          WHERE (c.provider = ?1 AND d.in_favour_of = 'demander')
             OR (c.demander = ?1 AND d.in_favour_of = 'provider')",
         [party],
         |r| r.get(0),
-    )?)
+    )
 }
 
 pub fn open(
-    conn: &Connection,
+    conn: &dyn Db,
     who: &Party,
     contract_id: &str,
     new: &NewDispute,
@@ -240,7 +245,7 @@ pub fn open(
 /// Carries out an arbiter's decision. Deciding a decided dispute again with the
 /// same decision changes nothing; with another decision it is refused.
 pub fn decide(
-    conn: &Connection,
+    conn: &dyn Db,
     arbiter: &Party,
     id: &str,
     decision: &Decision,

@@ -42,14 +42,27 @@ pub enum Error {
         "no payment rail is configured on this market; start it with --manual-deposits to allow test deposits"
     )]
     NoPaymentRail,
+    /// The database failed (SQLite or PostgreSQL); the message is the database's.
     #[error("database: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(String),
     /// A bug: the market refused to write something that would break an invariant.
     #[error("internal: {0}")]
     Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Database(e.to_string())
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        Error::Database(crate::db::pg_message(&e))
+    }
+}
 
 impl Error {
     pub fn not_found(what: impl Into<String>) -> Self {

@@ -2,11 +2,12 @@
 //! challenge, and verification of signed requests (timestamp window,
 //! single-use nonces). Also the client side, [`Signer`].
 
+use crate::db::Db;
+use crate::params;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -162,7 +163,7 @@ pub(crate) fn verify_signature(
 }
 
 /// Issues a single-use challenge for `public_key` to sign at registration.
-pub fn new_challenge(conn: &Connection, public_key: &str, now: i64) -> Result<(String, i64)> {
+pub fn new_challenge(conn: &dyn Db, public_key: &str, now: i64) -> Result<(String, i64)> {
     decode_public_key(public_key)?;
     conn.execute("DELETE FROM challenges WHERE expires_at < ?1", [now])?;
     let challenge = random_hex(32)?;
@@ -188,7 +189,7 @@ pub struct Registration {
 
 /// Registers a party. `arbiter_keys` are the public keys (hex) allowed to register as arbiters.
 pub fn register(
-    conn: &Connection,
+    conn: &dyn Db,
     reg: &Registration,
     arbiter_keys: &[String],
     now: i64,
@@ -209,13 +210,11 @@ pub fn register(
             "name must be 1 to 64 printable characters".into(),
         ));
     }
-    let issued: Option<(String, i64)> = conn
-        .query_row(
-            "SELECT public_key, expires_at FROM challenges WHERE challenge = ?1",
-            [&reg.challenge],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let issued: Option<(String, i64)> = conn.query_opt(
+        "SELECT public_key, expires_at FROM challenges WHERE challenge = ?1",
+        [&reg.challenge],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     match issued {
         Some((k, expires)) if k == reg.public_key && expires >= now => {}
         Some((k, _)) if k != reg.public_key => {
@@ -260,21 +259,20 @@ pub fn register(
     Ok(party)
 }
 
-pub fn party(conn: &Connection, id: &str) -> Result<Party> {
-    conn.query_row(
+pub fn party(conn: &dyn Db, id: &str) -> Result<Party> {
+    conn.query_opt(
         "SELECT id, public_key, role, name, registered_at FROM parties WHERE id = ?1",
         [id],
         |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<i64>(4)?,
             ))
         },
-    )
-    .optional()?
+    )?
     .ok_or_else(|| Error::not_found(format!("party {id}")))
     .and_then(|(id, public_key, role, name, registered_at)| {
         Ok(Party {
@@ -343,7 +341,7 @@ fn check_headers(sig: &RequestSignature, now: i64, window: i64) -> Result<(&str,
 }
 
 /// Spends `nonce` of `party`; a nonce used before is a replay.
-fn spend_nonce(conn: &Connection, party: &str, nonce: &str, now: i64, window: i64) -> Result<()> {
+fn spend_nonce(conn: &dyn Db, party: &str, nonce: &str, now: i64, window: i64) -> Result<()> {
     // Nonces older than twice the window can't come back: their timestamps are refused.
     conn.execute("DELETE FROM nonces WHERE at < ?1", [now - 2 * window])?;
     let fresh = conn.execute(
@@ -362,7 +360,7 @@ fn spend_nonce(conn: &Connection, party: &str, nonce: &str, now: i64, window: i6
 /// Verifies a signed request and spends its nonce. `window` is how far, in
 /// seconds, the request's timestamp may be from the server's clock.
 pub fn verify_request(
-    conn: &Connection,
+    conn: &dyn Db,
     method: &str,
     path_and_query: &str,
     sig: &RequestSignature,
@@ -393,7 +391,7 @@ pub fn verify_request(
 /// the party header by its id, [`party_id`] of the key. Spends the nonce.
 #[allow(clippy::too_many_arguments)]
 pub fn verify_request_by_key(
-    conn: &Connection,
+    conn: &dyn Db,
     method: &str,
     path_and_query: &str,
     sig: &RequestSignature,
@@ -417,18 +415,14 @@ pub fn verify_request_by_key(
 
 /// Keeps a verified request and its body, so a third party can later check who
 /// agreed to what. Returns the evidence id.
-pub fn record_evidence(conn: &Connection, v: &Verified, body: &[u8], now: i64) -> Result<i64> {
-    conn.execute(
-        "INSERT INTO evidence (party, canonical, body, signature, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            v.party.id,
-            v.canonical,
-            String::from_utf8_lossy(body),
-            v.signature,
-            now
-        ],
-    )?;
-    Ok(conn.last_insert_rowid())
+pub fn record_evidence(conn: &dyn Db, v: &Verified, body: &[u8], now: i64) -> Result<i64> {
+    let body = String::from_utf8_lossy(body).into_owned();
+    conn.query_row(
+        "INSERT INTO evidence (party, canonical, body, signature, at) VALUES (?1, ?2, ?3, ?4, ?5)
+         RETURNING id",
+        params![v.party.id, v.canonical, body, v.signature, now],
+        |r| r.get(0),
+    )
 }
 
 /// A party's key, on the client side: registers and signs requests.
@@ -497,6 +491,7 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     const WINDOW: i64 = 300;
 

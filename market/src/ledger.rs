@@ -2,7 +2,8 @@
 //! postings that sum to zero, in integer micro-credits, applied inside the
 //! caller's SQLite transaction. Operation ids make every operation idempotent.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::Db;
+use crate::params;
 use serde::Serialize;
 
 use crate::{Error, Result};
@@ -119,7 +120,7 @@ fn check_op_id(op_id: &str) -> Result<()> {
 /// The one place balances change. Either every posting is written or the
 /// caller's transaction is rolled back by the error.
 fn apply(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     kind: &str,
     fingerprint: &str,
@@ -127,13 +128,11 @@ fn apply(
     at: i64,
 ) -> Result<Applied> {
     check_op_id(op_id)?;
-    let existing: Option<String> = conn
-        .query_row(
-            "SELECT fingerprint FROM operations WHERE op_id = ?1",
-            [op_id],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let existing: Option<String> = conn.query_opt(
+        "SELECT fingerprint FROM operations WHERE op_id = ?1",
+        [op_id],
+        |r| r.get(0),
+    )?;
     if let Some(existing) = existing {
         return if existing == fingerprint {
             Ok(Applied::Replayed)
@@ -180,39 +179,40 @@ fn apply(
 }
 
 /// The credits an earlier operation moved (the sum of its credit postings).
-fn moved_by(conn: &Connection, op_id: &str) -> Result<Micros> {
-    Ok(conn.query_row(
-        "SELECT COALESCE(SUM(amount), 0) FROM postings WHERE op_id = ?1 AND amount > 0",
+fn moved_by(conn: &dyn Db, op_id: &str) -> Result<Micros> {
+    conn.query_row(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM postings WHERE op_id = ?1 AND amount > 0",
         [op_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
-pub fn balance(conn: &Connection, account: &Account) -> Result<Micros> {
+pub fn balance(conn: &dyn Db, account: &Account) -> Result<Micros> {
     Ok(conn
-        .query_row(
+        .query_opt(
             "SELECT balance FROM accounts WHERE account = ?1",
             [account.key()],
             |r| r.get(0),
-        )
-        .optional()?
+        )?
         .unwrap_or(0))
 }
 
 /// Every account with its balance, ordered by key.
-pub fn balances(conn: &Connection) -> Result<Vec<(String, Micros)>> {
-    let mut stmt = conn.prepare("SELECT account, balance FROM accounts ORDER BY account")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn balances(conn: &dyn Db) -> Result<Vec<(String, Micros)>> {
+    conn.query_map(
+        "SELECT account, balance FROM accounts ORDER BY account",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// Credits that entered from outside: deposits minus withdrawals.
-pub fn net_inflow(conn: &Connection) -> Result<Micros> {
+pub fn net_inflow(conn: &dyn Db) -> Result<Micros> {
     Ok(-balance(conn, &Account::External)?)
 }
 
 pub fn deposit(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     party: &str,
     amount: Micros,
@@ -234,7 +234,7 @@ pub fn deposit(
 }
 
 pub fn withdraw(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     party: &str,
     amount: Micros,
@@ -257,7 +257,7 @@ pub fn withdraw(
 
 /// Moves a demander's available credits into a contract's escrow.
 pub fn prepay(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     contract: &str,
     demander: &str,
@@ -331,30 +331,28 @@ pub struct SettledPeriod {
 }
 
 pub fn settled_period(
-    conn: &Connection,
+    conn: &dyn Db,
     contract: &str,
     period_start: i64,
 ) -> Result<Option<SettledPeriod>> {
-    Ok(conn
-        .query_row(
-            "SELECT op_id, gross, penalty, fee, held_back, to_provider, at FROM settled_periods
+    conn.query_opt(
+        "SELECT op_id, gross, penalty, fee, held_back, to_provider, at FROM settled_periods
              WHERE contract = ?1 AND period_start = ?2",
-            params![contract, period_start],
-            |r| {
-                Ok(SettledPeriod {
-                    op_id: r.get(0)?,
-                    payout: Payout {
-                        gross: r.get(1)?,
-                        penalty: r.get(2)?,
-                        fee: r.get(3)?,
-                        held_back: r.get(4)?,
-                        to_provider: r.get(5)?,
-                    },
-                    at: r.get(6)?,
-                })
-            },
-        )
-        .optional()?)
+        params![contract, period_start],
+        |r| {
+            Ok(SettledPeriod {
+                op_id: r.get(0)?,
+                payout: Payout {
+                    gross: r.get(1)?,
+                    penalty: r.get(2)?,
+                    fee: r.get(3)?,
+                    held_back: r.get(4)?,
+                    to_provider: r.get(5)?,
+                },
+                at: r.get(6)?,
+            })
+        },
+    )
 }
 
 /// The parties of a contract, as the ledger needs them.
@@ -368,7 +366,7 @@ pub struct Parties<'a> {
 /// Pays one receipt period out of escrow. A period is paid at most once: the
 /// same `op_id` again is a no-op, another `op_id` for a settled period is refused.
 pub fn settle(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     parties: &Parties<'_>,
     period_start: i64,
@@ -439,7 +437,7 @@ pub fn settle(
 /// Releases everything held back from a provider. Returns the amount released
 /// (by the first application, when replayed).
 pub fn release_held_back(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     provider: &str,
     at: i64,
@@ -461,7 +459,7 @@ pub fn release_held_back(
 
 /// Refunds what is left in a contract's escrow to its demander (termination).
 pub fn refund_escrow(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     contract: &str,
     demander: &str,
@@ -486,7 +484,7 @@ pub fn refund_escrow(
 /// first from its held-back credits, then from its available ones, never below
 /// zero. Returns the amount actually charged.
 pub fn penalize(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     provider: &str,
     demander: &str,
@@ -519,7 +517,7 @@ pub fn penalize(
 
 /// A dispute decision moving credits between two accounts inside the market.
 pub fn adjust(
-    conn: &Connection,
+    conn: &dyn Db,
     op_id: &str,
     from: &Account,
     to: &Account,
@@ -547,6 +545,7 @@ pub fn adjust(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use rusqlite::Connection;
 
     fn db() -> Connection {
         let conn = Connection::open_in_memory().expect("in-memory sqlite");

@@ -6,6 +6,7 @@ pub mod attestations;
 pub mod cli;
 pub mod client;
 pub mod contracts;
+pub mod db;
 pub mod disputes;
 pub mod error;
 pub mod identity;

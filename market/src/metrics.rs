@@ -1,8 +1,9 @@
 //! Prometheus metrics of the market (`sublet_market_...`): HTTP answers counted
 //! as they go out, ledger and market totals read from the database at each scrape.
 
+use crate::db::Db;
+use crate::params;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use rusqlite::Connection;
 
 use crate::Result;
 use crate::service::LedgerSummary;
@@ -67,7 +68,7 @@ impl Metrics {
     }
 
     /// Reads the totals from the database.
-    pub fn observe(&self, conn: &Connection, ledger: &LedgerSummary) -> Result<()> {
+    pub fn observe(&self, conn: &dyn Db, ledger: &LedgerSummary) -> Result<()> {
         for (account, value) in [
             ("available", ledger.available),
             ("escrow", ledger.escrow),
@@ -89,21 +90,21 @@ impl Metrics {
             ),
         ] {
             gauge.reset();
-            let mut stmt = conn.prepare(query)?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (label, n) = row?;
+            let rows = conn.query_map(query, params![], |r| {
+                Ok((r.get::<String>(0)?, r.get::<i64>(1)?))
+            })?;
+            for (label, n) in rows {
                 gauge.with_label_values(&[label.as_str()]).set(n);
             }
         }
         self.settled_periods.set(conn.query_row(
             "SELECT COUNT(*) FROM settled_periods",
-            [],
+            params![],
             |r| r.get(0),
         )?);
         self.open_disputes.set(conn.query_row(
             "SELECT COUNT(*) FROM disputes WHERE decided_by IS NULL",
-            [],
+            params![],
             |r| r.get(0),
         )?);
         Ok(())

@@ -1,6 +1,7 @@
 //! Providers' offers of storage and the search demanders run over them.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::db::{Db, Row};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Party, Role, new_id};
@@ -24,17 +25,9 @@ CREATE TABLE IF NOT EXISTS offers (
 ";
 
 /// Brings an offers table made before a column was added up to [`SCHEMA`].
-pub fn migrate(conn: &Connection) -> Result<()> {
-    let has_endpoint: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('offers') WHERE name = 'endpoint'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_endpoint {
-        conn.execute(
-            "ALTER TABLE offers ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''",
-            [],
-        )?;
+pub fn migrate(conn: &dyn Db) -> Result<()> {
+    if !conn.has_column("offers", "endpoint")? {
+        conn.schema("ALTER TABLE offers ADD COLUMN endpoint TEXT NOT NULL DEFAULT ''")?;
     }
     Ok(())
 }
@@ -90,6 +83,9 @@ pub struct OfferFilter {
     /// Only offers of providers at this trust level or higher (`verified`, `vouched`);
     /// applied by `Market::search_offers`, which knows the attestor keys and the clock.
     pub min_trust: Option<crate::attestations::TrustLevel>,
+    /// Only offers of providers whose rating is at least this (0 to 1000); applied by
+    /// `Market::search_offers`.
+    pub min_score: Option<u32>,
 }
 
 fn check_offer(o: &NewOffer) -> Result<()> {
@@ -156,14 +152,14 @@ fn is_endpoint(text: &str) -> bool {
 const COLUMNS: &str =
     "o.id, o.provider, o.capacity_bytes, o.price_per_gib_month, o.egress_price_per_gib,
     o.region, o.min_term_days, o.promised_uptime_bps, o.created_at, o.withdrawn, o.endpoint,
-    o.capacity_bytes - COALESCE((SELECT SUM(c.reserved_bytes) FROM contracts c
+    o.capacity_bytes - COALESCE((SELECT CAST(SUM(c.reserved_bytes) AS BIGINT) FROM contracts c
         WHERE c.offer_id = o.id AND c.state IN ('proposed', 'active')), 0) AS free";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Offer> {
+fn from_row(r: &Row) -> Result<Offer> {
     Ok(Offer {
         id: r.get(0)?,
         provider: r.get(1)?,
-        capacity_bytes: r.get::<_, i64>(2)?.max(0) as u64,
+        capacity_bytes: r.get::<i64>(2)?.max(0) as u64,
         price_per_gib_month: r.get(3)?,
         egress_price_per_gib: r.get(4)?,
         region: r.get(5)?,
@@ -172,11 +168,11 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Offer> {
         created_at: r.get(8)?,
         withdrawn: r.get(9)?,
         endpoint: r.get(10)?,
-        free_bytes: r.get::<_, i64>(11)?.max(0) as u64,
+        free_bytes: r.get::<i64>(11)?.max(0) as u64,
     })
 }
 
-pub fn publish(conn: &Connection, provider: &Party, offer: &NewOffer, now: i64) -> Result<Offer> {
+pub fn publish(conn: &dyn Db, provider: &Party, offer: &NewOffer, now: i64) -> Result<Offer> {
     if provider.role != Role::Provider {
         return Err(Error::Forbidden(format!(
             "party {} is registered as a {}; only providers publish offers",
@@ -206,18 +202,17 @@ pub fn publish(conn: &Connection, provider: &Party, offer: &NewOffer, now: i64) 
     get(conn, &id)
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Offer> {
-    conn.query_row(
+pub fn get(conn: &dyn Db, id: &str) -> Result<Offer> {
+    conn.query_opt(
         &format!("SELECT {COLUMNS} FROM offers o WHERE o.id = ?1"),
         [id],
         from_row,
-    )
-    .optional()?
+    )?
     .ok_or_else(|| Error::not_found(format!("offer {id}")))
 }
 
 /// Stops new contracts on an offer; running contracts are untouched.
-pub fn withdraw(conn: &Connection, provider: &Party, id: &str) -> Result<Offer> {
+pub fn withdraw(conn: &dyn Db, provider: &Party, id: &str) -> Result<Offer> {
     let offer = get(conn, id)?;
     if offer.provider != provider.id {
         return Err(Error::Forbidden(format!(
@@ -230,19 +225,19 @@ pub fn withdraw(conn: &Connection, provider: &Party, id: &str) -> Result<Offer> 
 }
 
 /// Open offers matching `filter`, cheapest first.
-pub fn search(conn: &Connection, filter: &OfferFilter) -> Result<Vec<Offer>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM offers o
-         WHERE o.withdrawn = 0
-           AND (?1 IS NULL OR o.price_per_gib_month <= ?1)
-           AND (?2 IS NULL OR o.region = ?2)
-           AND (?3 IS NULL OR free >= ?3)
-         ORDER BY o.price_per_gib_month, o.created_at, o.id"
-    ))?;
+pub fn search(conn: &dyn Db, filter: &OfferFilter) -> Result<Vec<Offer>> {
+    // Filtered in an outer query: PostgreSQL does not see the alias `free` in the WHERE
+    // clause of the query that defines it.
     let min_free = filter.min_free_bytes.map(|b| b.min(i64::MAX as u64) as i64);
-    let rows = stmt.query_map(
+    conn.query_map(
+        &format!(
+            "SELECT * FROM (SELECT {COLUMNS} FROM offers o WHERE o.withdrawn = 0) s
+             WHERE (CAST(?1 AS BIGINT) IS NULL OR s.price_per_gib_month <= ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR s.region = ?2)
+               AND (CAST(?3 AS BIGINT) IS NULL OR s.free >= ?3)
+             ORDER BY s.price_per_gib_month, s.created_at, s.id"
+        ),
         params![filter.max_price_per_gib_month, filter.region, min_free],
         from_row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    )
 }

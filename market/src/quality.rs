@@ -3,11 +3,12 @@
 //! (the market's own records), and the feedback demanders give. All of it enters the
 //! provider's rating, each input explaining itself.
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::contracts::{self, Contract, ContractState};
+use crate::db::Db;
 use crate::identity::Party;
+use crate::params;
 use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
@@ -56,7 +57,7 @@ pub struct Feedback {
     pub comment: String,
 }
 
-fn demander_of(conn: &Connection, who: &Party, contract_id: &str) -> Result<Contract> {
+fn demander_of(conn: &dyn Db, who: &Party, contract_id: &str) -> Result<Contract> {
     let c = contracts::get(conn, contract_id)?;
     if who.id != c.demander {
         return Err(Error::Forbidden(format!(
@@ -73,7 +74,7 @@ fn demander_of(conn: &Connection, who: &Party, contract_id: &str) -> Result<Cont
 
 /// Stores (or replaces) the demander's observation of one period.
 pub fn observe(
-    conn: &Connection,
+    conn: &dyn Db,
     who: &Party,
     contract_id: &str,
     o: &Observation,
@@ -125,9 +126,9 @@ pub fn observe(
         params![
             contract_id,
             o.period_start,
-            o.probes as i64,
-            o.probes_answered as i64,
-            o.latency_ms as i64,
+            o.probes.min(i64::MAX as u64) as i64,
+            o.probes_answered.min(i64::MAX as u64) as i64,
+            o.latency_ms.min(i64::MAX as u64) as i64,
             evidence,
             now
         ],
@@ -137,7 +138,7 @@ pub fn observe(
 
 /// Stores (or replaces) the demander's feedback on a contract.
 pub fn give_feedback(
-    conn: &Connection,
+    conn: &dyn Db,
     who: &Party,
     contract_id: &str,
     f: &Feedback,
@@ -163,7 +164,7 @@ pub fn give_feedback(
          ON CONFLICT (contract) DO UPDATE SET stars = excluded.stars,
              comment = excluded.comment, evidence = excluded.evidence,
              submitted_at = excluded.submitted_at",
-        params![contract_id, f.stars, comment, evidence, now],
+        params![contract_id, i64::from(f.stars), comment, evidence, now],
     )?;
     Ok(Feedback {
         stars: f.stars,
@@ -172,19 +173,17 @@ pub fn give_feedback(
 }
 
 /// The feedback on one contract, if any.
-pub fn feedback_of(conn: &Connection, contract_id: &str) -> Result<Option<Feedback>> {
-    Ok(conn
-        .query_row(
-            "SELECT stars, comment FROM feedback WHERE contract = ?1",
-            [contract_id],
-            |r| {
-                Ok(Feedback {
-                    stars: r.get(0)?,
-                    comment: r.get(1)?,
-                })
-            },
-        )
-        .optional()?)
+pub fn feedback_of(conn: &dyn Db, contract_id: &str) -> Result<Option<Feedback>> {
+    conn.query_opt(
+        "SELECT stars, comment FROM feedback WHERE contract = ?1",
+        [contract_id],
+        |r| {
+            Ok(Feedback {
+                stars: u8::try_from(r.get::<i64>(0)?.clamp(1, 5)).unwrap_or(1),
+                comment: r.get(1)?,
+            })
+        },
+    )
 }
 
 /// What a provider's rating takes from the quality records.
@@ -203,30 +202,32 @@ pub struct ProviderQuality {
     pub stars_x100: Option<u64>,
 }
 
-pub fn of_provider(conn: &Connection, provider: &str) -> Result<ProviderQuality> {
+pub fn of_provider(conn: &dyn Db, provider: &str) -> Result<ProviderQuality> {
     let (probes, answered, weighted): (i64, i64, i64) = conn.query_row(
-        "SELECT COALESCE(SUM(o.probes), 0), COALESCE(SUM(o.probes_answered), 0),
-                COALESCE(SUM(o.latency_ms * o.probes_answered), 0)
+        "SELECT CAST(COALESCE(SUM(o.probes), 0) AS BIGINT),
+                CAST(COALESCE(SUM(o.probes_answered), 0) AS BIGINT),
+                CAST(COALESCE(SUM(o.latency_ms * o.probes_answered), 0) AS BIGINT)
          FROM observations o JOIN contracts c ON c.id = o.contract
          WHERE c.provider = ?1",
         [provider],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     let (accepted, accept_delay): (i64, i64) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(accepted_at - created_at), 0) FROM contracts
+        "SELECT COUNT(*), CAST(COALESCE(SUM(accepted_at - created_at), 0) AS BIGINT) FROM contracts
          WHERE provider = ?1 AND accepted_at IS NOT NULL",
         [provider],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let (receipts, receipt_delay): (i64, i64) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(MAX(r.submitted_at - r.period_end, 0)), 0)
+        "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN r.submitted_at > r.period_end
+                THEN r.submitted_at - r.period_end ELSE 0 END), 0) AS BIGINT)
          FROM receipts r JOIN contracts c ON c.id = r.contract
          WHERE c.provider = ?1 AND r.role = 'provider'",
         [provider],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let (feedback_count, stars): (i64, i64) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(f.stars), 0) FROM feedback f
+        "SELECT COUNT(*), CAST(COALESCE(SUM(f.stars), 0) AS BIGINT) FROM feedback f
          JOIN contracts c ON c.id = f.contract WHERE c.provider = ?1",
         [provider],
         |r| Ok((r.get(0)?, r.get(1)?)),

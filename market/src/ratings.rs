@@ -2,7 +2,7 @@
 //! inputs — the numbers, their weights and what they mean — so a party can
 //! see why it has the score it has and what would raise it.
 
-use rusqlite::Connection;
+use crate::db::Db;
 use serde::Serialize;
 
 use crate::Result;
@@ -165,18 +165,14 @@ fn quality_inputs(q: &crate::quality::ProviderQuality) -> Vec<RatingInput> {
 
 /// `party`'s rating; receipts agree within `tolerance_bps` as settlement takes them;
 /// `trust` is what the market's attestors say about it.
-pub fn rating(
-    conn: &Connection,
-    party: &Party,
-    tolerance_bps: i64,
-    trust: &Trust,
-) -> Result<Rating> {
+pub fn rating(conn: &dyn Db, party: &Party, tolerance_bps: i64, trust: &Trust) -> Result<Rating> {
     let lost = disputes::lost_by(conn, &party.id)?;
     Ok(match party.role {
         Role::Provider => {
             // Audits as both sides agreed them, in settled periods only.
             let (passed, failed): (i64, i64) = conn.query_row(
-                "SELECT COALESCE(SUM(r.audits_passed), 0), COALESCE(SUM(r.audits_failed), 0)
+                "SELECT CAST(COALESCE(SUM(r.audits_passed), 0) AS BIGINT),
+                        CAST(COALESCE(SUM(r.audits_failed), 0) AS BIGINT)
                  FROM receipts r
                  JOIN contracts c ON c.id = r.contract
                  JOIN settled_periods s ON s.contract = r.contract AND s.period_start = r.period_start
@@ -274,7 +270,7 @@ pub fn rating(
 /// (periods whose two receipts agree within `tolerance_bps`, periods both sides reported)
 /// on the contracts where `party` is `side`.
 fn receipt_agreement(
-    conn: &Connection,
+    conn: &dyn Db,
     party: &str,
     side: &str,
     tolerance_bps: i64,
@@ -284,8 +280,9 @@ fn receipt_agreement(
     } else {
         "demander"
     };
-    let mut stmt = conn.prepare(&format!(
-        "SELECT d.period_start, d.period_end, d.gib_hours, d.egress_bytes, d.audits_passed,
+    let rows = conn.query_map(
+        &format!(
+            "SELECT d.period_start, d.period_end, d.gib_hours, d.egress_bytes, d.audits_passed,
                 d.audits_failed, p.period_end, p.gib_hours, p.egress_bytes, p.audits_passed,
                 p.audits_failed
          FROM receipts d
@@ -293,31 +290,32 @@ fn receipt_agreement(
              AND p.role = 'provider'
          JOIN contracts c ON c.id = d.contract
          WHERE d.role = 'demander' AND c.{column} = ?1"
-    ))?;
-    let rows = stmt.query_map([party], |r| {
-        let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
-        let start: i64 = r.get(0)?;
-        let d = UsageReceipt {
-            period_start: start,
-            period_end: r.get(1)?,
-            gib_hours: n(2)?,
-            egress_bytes: n(3)?,
-            audits_passed: r.get(4)?,
-            audits_failed: r.get(5)?,
-        };
-        let p = UsageReceipt {
-            period_start: start,
-            period_end: r.get(6)?,
-            gib_hours: n(7)?,
-            egress_bytes: n(8)?,
-            audits_passed: r.get(9)?,
-            audits_failed: r.get(10)?,
-        };
-        Ok((d, p))
-    })?;
+        ),
+        [party],
+        |r| {
+            let n = |i: usize| r.get::<i64>(i).map(|v| v.max(0) as u64);
+            let start: i64 = r.get(0)?;
+            let d = UsageReceipt {
+                period_start: start,
+                period_end: r.get(1)?,
+                gib_hours: n(2)?,
+                egress_bytes: n(3)?,
+                audits_passed: r.get(4)?,
+                audits_failed: r.get(5)?,
+            };
+            let p = UsageReceipt {
+                period_start: start,
+                period_end: r.get(6)?,
+                gib_hours: n(7)?,
+                egress_bytes: n(8)?,
+                audits_passed: r.get(9)?,
+                audits_failed: r.get(10)?,
+            };
+            Ok((d, p))
+        },
+    )?;
     let (mut agreed, mut reported) = (0, 0);
-    for row in rows {
-        let (d, p) = row?;
+    for (d, p) in rows {
         reported += 1;
         if crate::receipts::agree(&d, &p, tolerance_bps) {
             agreed += 1;

@@ -2,7 +2,8 @@
 //! each sign a receipt per period; a period whose two receipts agree is paid
 //! from escrow, one whose receipts disagree is flagged and left unpaid.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::db::{Db, Row};
+use crate::params;
 use serde::{Deserialize, Serialize};
 
 use crate::Policy;
@@ -186,14 +187,14 @@ fn mismatched_fields(a: &UsageReceipt, b: &UsageReceipt, tolerance_bps: i64) -> 
     out
 }
 
-fn receipt_from_row(r: &Row<'_>) -> rusqlite::Result<(String, UsageReceipt)> {
+fn receipt_from_row(r: &Row) -> Result<(String, UsageReceipt)> {
     Ok((
         r.get(0)?,
         UsageReceipt {
             period_start: r.get(1)?,
             period_end: r.get(2)?,
-            gib_hours: r.get::<_, i64>(3)?.max(0) as u64,
-            egress_bytes: r.get::<_, i64>(4)?.max(0) as u64,
+            gib_hours: r.get::<i64>(3)?.max(0) as u64,
+            egress_bytes: r.get::<i64>(4)?.max(0) as u64,
             audits_passed: r.get(5)?,
             audits_failed: r.get(6)?,
         },
@@ -204,18 +205,19 @@ const RECEIPT_COLUMNS: &str =
     "role, period_start, period_end, gib_hours, egress_bytes, audits_passed, audits_failed";
 
 pub fn period(
-    conn: &Connection,
+    conn: &dyn Db,
     policy: &Policy,
     c: &Contract,
     period_start: i64,
     now: i64,
 ) -> Result<Period> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE contract = ?1 AND period_start = ?2"
-    ))?;
-    let rows: Vec<(String, UsageReceipt)> = stmt
-        .query_map(params![c.id, period_start], receipt_from_row)?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<(String, UsageReceipt)> = conn.query_map(
+        &format!(
+            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE contract = ?1 AND period_start = ?2"
+        ),
+        params![c.id, period_start],
+        receipt_from_row,
+    )?;
     let pick = |role: &str| rows.iter().find(|(r, _)| r == role).map(|(_, r)| r.clone());
     let (demander, provider) = (pick("demander"), pick("provider"));
     let settlement = ledger::settled_period(conn, &c.id, period_start)?;
@@ -270,13 +272,12 @@ pub fn period(
 }
 
 /// Every period of a contract that has at least one receipt, oldest first.
-pub fn periods(conn: &Connection, policy: &Policy, c: &Contract, now: i64) -> Result<Vec<Period>> {
-    let mut stmt = conn.prepare(
+pub fn periods(conn: &dyn Db, policy: &Policy, c: &Contract, now: i64) -> Result<Vec<Period>> {
+    let starts: Vec<i64> = conn.query_map(
         "SELECT DISTINCT period_start FROM receipts WHERE contract = ?1 ORDER BY period_start",
+        [&c.id],
+        |r| r.get(0),
     )?;
-    let starts: Vec<i64> = stmt
-        .query_map([&c.id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
     starts
         .into_iter()
         .map(|s| period(conn, policy, c, s, now))
@@ -324,7 +325,7 @@ fn check_receipt(c: &Contract, r: &UsageReceipt) -> Result<()> {
 /// now agree and the escrow covers it. A party may correct its receipt until
 /// the period is settled.
 pub fn submit(
-    conn: &Connection,
+    conn: &dyn Db,
     policy: &Policy,
     who: &Party,
     contract_id: &str,
@@ -346,14 +347,13 @@ pub fn submit(
         "provider"
     };
     let stored: Option<UsageReceipt> = conn
-        .query_row(
+        .query_opt(
             &format!(
                 "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE contract = ?1 AND period_start = ?2 AND role = ?3"
             ),
             params![contract_id, r.period_start, role],
             receipt_from_row,
-        )
-        .optional()?
+        )?
         .map(|(_, r)| r);
     if let Some(done) = ledger::settled_period(conn, contract_id, r.period_start)? {
         if stored.as_ref() == Some(r) {
@@ -365,15 +365,13 @@ pub fn submit(
             op_id: done.op_id,
         });
     }
-    let overlapping: Option<(i64, i64)> = conn
-        .query_row(
-            "SELECT period_start, period_end FROM receipts
+    let overlapping: Option<(i64, i64)> = conn.query_opt(
+        "SELECT period_start, period_end FROM receipts
              WHERE contract = ?1 AND period_start < ?3 AND period_end > ?2 AND period_start != ?2
              LIMIT 1",
-            params![contract_id, r.period_start, r.period_end],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
+        params![contract_id, r.period_start, r.period_end],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
     if let Some((s, e)) = overlapping {
         return Err(Error::Conflict(format!(
             "period {} .. {} overlaps the period {s} .. {e} already reported for contract {contract_id}",
@@ -408,7 +406,7 @@ pub fn submit(
 /// Pays a period whose receipts agree, if the escrow covers it. Settling a
 /// settled period again is a no-op (same operation id).
 pub fn try_settle(
-    conn: &Connection,
+    conn: &dyn Db,
     policy: &Policy,
     c: &Contract,
     period_start: i64,
@@ -442,7 +440,7 @@ pub fn try_settle(
 }
 
 /// Settles every period of the contract waiting for funds, oldest first (after a prepayment).
-pub fn settle_waiting(conn: &Connection, policy: &Policy, c: &Contract, now: i64) -> Result<()> {
+pub fn settle_waiting(conn: &dyn Db, policy: &Policy, c: &Contract, now: i64) -> Result<()> {
     for p in periods(conn, policy, c, now)? {
         if p.status == PeriodStatus::AwaitingFunds {
             let p = try_settle(conn, policy, c, p.period_start, now)?;

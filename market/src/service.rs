@@ -1,10 +1,19 @@
-//! [`Market`]: the SQLite database, the policy, the payment rail and the clock,
-//! with one method per thing a party can do. Each method is one transaction.
+//! [`Market`]: the database (SQLite, or PostgreSQL), the policy, the payment rail and the
+//! clock, with one method per thing a party can do. Each method is one transaction.
+//!
+//! Transactions never overlap: on SQLite one connection behind a mutex runs them in
+//! IMMEDIATE transactions; on PostgreSQL each takes one transaction-scoped advisory lock
+//! first, so markets sharing a database (replicas) also run them one at a time, and every
+//! statement after the lock sees all that earlier transactions committed (READ COMMITTED).
+//! That keeps the ledger's read-check-write steps (no overdraft, no double spend) as safe
+//! as on SQLite, and needs no retries: a rail payout inside a transaction runs once.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, TransactionBehavior};
+
+use crate::db::{Db, PgTx};
 use serde::Serialize;
 use tracing::info;
 
@@ -22,8 +31,114 @@ use crate::{Error, Policy, Result};
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// The key of the advisory lock every PostgreSQL transaction of the market holds.
+const PG_MARKET_LOCK: i64 = 0x7375_626c_6574_6d6b; // "subletmk"
+
+enum Store {
+    Sqlite(Mutex<Connection>),
+    Postgres(Box<PgStore>),
+}
+
+/// One PostgreSQL connection, reconnected when it breaks.
+struct PgStore {
+    config: postgres::Config,
+    client: Mutex<Option<postgres::Client>>,
+}
+
+impl Drop for PgStore {
+    /// The client's drop blocks on its own runtime, which panics on a tokio thread: there
+    /// it is dropped on a plain thread (or leaked, should none start).
+    fn drop(&mut self) {
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(client) = client
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let client = std::mem::ManuallyDrop::new(client);
+            let _ = std::thread::Builder::new()
+                .name("sublet-market-pg-close".into())
+                .spawn(move || drop(std::mem::ManuallyDrop::into_inner(client)));
+        }
+    }
+}
+
+impl PgStore {
+    fn connect(url: &str) -> Result<Self> {
+        let mut config: postgres::Config = url.parse().map_err(|e| {
+            Error::BadRequest(format!(
+                "PostgreSQL URL does not parse ({e}); expected postgres://user:password@host:5432/dbname"
+            ))
+        })?;
+        // Without one, an unreachable host holds a request for the OS's TCP timeout.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        Ok(Self {
+            config,
+            client: Mutex::new(None),
+        })
+    }
+
+    /// Runs `f` in one transaction holding the market lock, off any tokio runtime.
+    fn tx<T: Send>(&self, f: impl FnOnce(&dyn Db) -> Result<T> + Send) -> Result<T> {
+        let work = || {
+            let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.as_ref().is_none_or(postgres::Client::is_closed) {
+                let client = self.config.connect(postgres::NoTls).map_err(|e| {
+                    Error::Database(format!(
+                        "connecting to PostgreSQL: {}",
+                        crate::db::pg_message(&e)
+                    ))
+                })?;
+                *guard = Some(client);
+            }
+            let Some(client) = guard.as_mut() else {
+                return Err(Error::Internal("no PostgreSQL connection".into()));
+            };
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_MARKET_LOCK])?;
+            let db = PgTx::new(tx);
+            let out = f(&db)?;
+            db.commit()?;
+            Ok(out)
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return work();
+        }
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("sublet-market-pg".into())
+                .spawn_scoped(s, work)
+                .map_err(|e| Error::Internal(format!("starting a database thread: {e}")))?
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("database work panicked".into())))
+        })
+    }
+}
+
+/// Creates the tables if needed and brings older ones up to date.
+fn init_schema(db: &dyn Db) -> Result<()> {
+    for schema in [
+        ledger::SCHEMA,
+        identity::SCHEMA,
+        offers::SCHEMA,
+        contracts::SCHEMA,
+        receipts::SCHEMA,
+        disputes::SCHEMA,
+        crate::quality::SCHEMA,
+        attestations::SCHEMA,
+    ] {
+        db.schema(schema)?;
+    }
+    offers::migrate(db)?;
+    contracts::migrate(db)
+}
+
 pub struct Market {
-    db: Mutex<Connection>,
+    db: Store,
     policy: Policy,
     rail: Option<Arc<dyn PaymentRail>>,
     clock: Clock,
@@ -114,22 +229,25 @@ impl Market {
         rail: Option<Arc<dyn PaymentRail>>,
     ) -> Result<Self> {
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        for schema in [
-            ledger::SCHEMA,
-            identity::SCHEMA,
-            offers::SCHEMA,
-            contracts::SCHEMA,
-            receipts::SCHEMA,
-            disputes::SCHEMA,
-            crate::quality::SCHEMA,
-            attestations::SCHEMA,
-        ] {
-            conn.execute_batch(schema)?;
-        }
-        offers::migrate(&conn)?;
-        contracts::migrate(&conn)?;
+        init_schema(&conn)?;
+        Self::with_store(Store::Sqlite(Mutex::new(conn)), policy, rail)
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://user:password@host:5432/dbname` or the
+    /// key=value form) and creates the tables if needed. Markets may share one database.
+    pub fn open_postgres(
+        url: &str,
+        policy: Policy,
+        rail: Option<Arc<dyn PaymentRail>>,
+    ) -> Result<Self> {
+        let store = PgStore::connect(url)?;
+        store.tx(init_schema)?;
+        Self::with_store(Store::Postgres(Box::new(store)), policy, rail)
+    }
+
+    fn with_store(db: Store, policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
         Ok(Self {
-            db: Mutex::new(conn),
+            db,
             policy,
             rail,
             clock: Arc::new(system_now),
@@ -151,16 +269,26 @@ impl Market {
         (self.clock)()
     }
 
-    /// Runs `f` in one immediate transaction, committed only if `f` succeeds.
-    pub fn tx<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let mut conn = self
-            .db
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+    /// Which database the market keeps its books in.
+    pub fn backend(&self) -> crate::db::Backend {
+        match self.db {
+            Store::Sqlite(_) => crate::db::Backend::Sqlite,
+            Store::Postgres(_) => crate::db::Backend::Postgres,
+        }
+    }
+
+    /// Runs `f` in one transaction (see the module comment), committed only if `f` succeeds.
+    pub fn tx<T: Send>(&self, f: impl FnOnce(&dyn Db) -> Result<T> + Send) -> Result<T> {
+        match &self.db {
+            Store::Sqlite(db) => {
+                let mut conn = db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&*tx as &Connection)?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Store::Postgres(pg) => pg.tx(f),
+        }
     }
 
     /// Verifies a signed request and spends its nonce (committed even if the
@@ -266,7 +394,7 @@ impl Market {
         Ok(a)
     }
 
-    fn balances_in(&self, c: &Connection, party: &Party) -> Result<Balances> {
+    fn balances_in(&self, c: &dyn Db, party: &Party) -> Result<Balances> {
         let escrow = contracts::list_for(c, &party.id)?
             .into_iter()
             .filter(|ct| ct.demander == party.id)
@@ -442,29 +570,46 @@ impl Market {
         self.tx(|c| {
             contracts::expire_proposals(c, now)?;
             let found = offers::search(c, filter)?;
-            let Some(min) = filter.min_trust else {
+            if filter.min_trust.is_none() && filter.min_score.is_none() {
                 return Ok(found);
-            };
-            let mut levels = std::collections::HashMap::new();
+            }
+            // Each provider's trust level and score, looked up once.
+            let mut seen: std::collections::HashMap<String, (attestations::TrustLevel, u32)> =
+                std::collections::HashMap::new();
             let mut kept = Vec::with_capacity(found.len());
             for offer in found {
-                let level = match levels.get(&offer.provider) {
-                    Some(&level) => level,
+                let (level, score) = match seen.get(&offer.provider) {
+                    Some(&v) => v,
                     None => {
-                        let level = attestations::trust(
+                        let trust = attestations::trust(
                             c,
                             &offer.provider,
                             &self.policy.attestor_keys,
                             now,
-                        )?
-                        .level;
-                        levels.insert(offer.provider.clone(), level);
-                        level
+                        )?;
+                        let score = match filter.min_score {
+                            Some(_) => {
+                                let party = identity::party(c, &offer.provider)?;
+                                ratings::rating(
+                                    c,
+                                    &party,
+                                    self.policy.receipt_tolerance_bps,
+                                    &trust,
+                                )?
+                                .score
+                            }
+                            None => 0,
+                        };
+                        seen.insert(offer.provider.clone(), (trust.level, score));
+                        (trust.level, score)
                     }
                 };
-                if level >= min {
-                    kept.push(offer);
+                if filter.min_trust.is_some_and(|min| level < min)
+                    || filter.min_score.is_some_and(|min| score < min)
+                {
+                    continue;
                 }
+                kept.push(offer);
             }
             Ok(kept)
         })

@@ -15,6 +15,9 @@ use sublet_market::rail::ManualRail;
 use sublet_market::receipts::{PeriodStatus, UsageReceipt};
 use sublet_market::{Error, Market, Policy, Result};
 
+#[path = "support/postgres.rs"]
+mod pg;
+
 const GIB: u64 = 1 << 30;
 const T0: i64 = 1_800_000_000;
 /// Deposited and prepaid into each of the four contracts before the steps run.
@@ -96,6 +99,11 @@ fn verified(p: &Party) -> Verified {
 }
 
 fn world() -> Result<World> {
+    world_on(None)
+}
+
+/// The world on PostgreSQL at `pg`, or on an in-memory SQLite database.
+fn world_on(pg: Option<&str>) -> Result<World> {
     let clock = Arc::new(AtomicI64::new(T0));
     let (judge_key, _) = Signer::generate()?;
     let policy = Policy {
@@ -104,8 +112,11 @@ fn world() -> Result<World> {
         ..Policy::default()
     };
     let c = clock.clone();
-    let market = Market::in_memory(policy, Some(Arc::new(ManualRail)))?
-        .with_clock(move || c.load(Ordering::SeqCst));
+    let market = match pg {
+        Some(url) => Market::open_postgres(url, policy, Some(Arc::new(ManualRail)))?,
+        None => Market::in_memory(policy, Some(Arc::new(ManualRail)))?,
+    }
+    .with_clock(move || c.load(Ordering::SeqCst));
     let (challenge, _) = market.challenge(&judge_key.public_key_hex())?;
     let judge = market.register(&judge_key.registration(&challenge, Role::Arbiter, "judge"))?;
     let demanders = vec![
@@ -324,25 +335,50 @@ proptest! {
     #[test]
     fn books_balance_whatever_the_parties_do(steps in proptest::collection::vec(step(), 1..40)) {
         let w = world().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let mut deposits = 4 * PREFUND;
-        w.check(deposits)?;
-        for (i, step) in steps.iter().enumerate() {
-            let before = w.market.ledger_summary().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            match w.run(i, step) {
-                Ok(()) => match step {
-                    Step::Deposit(_, a) => deposits += a,
-                    Step::Withdraw(_, a) => deposits -= a,
-                    _ => {}
-                },
-                Err(e @ (Error::Internal(_) | Error::Database(_))) => {
-                    prop_assert!(false, "{:?} failed inside: {}", step, e)
-                }
-                Err(_) => {
-                    let after = w.market.ledger_summary().map_err(|e| TestCaseError::fail(e.to_string()))?;
-                    prop_assert_eq!(before, after, "refused {:?} moved credits", step);
-                }
-            }
-            w.check(deposits)?;
-        }
+        run_steps(&w, &steps)?;
     }
+}
+
+proptest! {
+    // Fewer cases: each gets a fresh PostgreSQL database.
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    #[test]
+    fn books_balance_on_postgres(steps in proptest::collection::vec(step(), 1..40)) {
+        let Some(url) = pg::database() else {
+            return Ok(());
+        };
+        let w = world_on(Some(&url)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        run_steps(&w, &steps)?;
+    }
+}
+
+fn run_steps(w: &World, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut deposits = 4 * PREFUND;
+    w.check(deposits)?;
+    for (i, step) in steps.iter().enumerate() {
+        let before = w
+            .market
+            .ledger_summary()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        match w.run(i, step) {
+            Ok(()) => match step {
+                Step::Deposit(_, a) => deposits += a,
+                Step::Withdraw(_, a) => deposits -= a,
+                _ => {}
+            },
+            Err(e @ (Error::Internal(_) | Error::Database(_))) => {
+                prop_assert!(false, "{:?} failed inside: {}", step, e)
+            }
+            Err(_) => {
+                let after = w
+                    .market
+                    .ledger_summary()
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(before, after, "refused {:?} moved credits", step);
+            }
+        }
+        w.check(deposits)?;
+    }
+    Ok(())
 }

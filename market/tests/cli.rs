@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use sublet_market::client::Client;
 
+#[path = "support/postgres.rs"]
+mod pg;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sublet-market");
@@ -295,6 +298,82 @@ fn attest_raises_trust_and_call_revokes() -> TestResult {
         ],
     )?)?;
     assert_eq!(party["trust_level"], "unverified", "{party}");
+    stop(&mut market)?;
+    Ok(())
+}
+
+#[test]
+fn serve_on_postgres_keeps_the_books_there_and_names_a_missing_url() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    // An unset variable stops the market at start, naming it.
+    let out = Command::new(BIN)
+        .args(["serve", "--postgres-url-env", "SUBLET_TEST_NO_SUCH_URL"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("SUBLET_TEST_NO_SUCH_URL")
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SUBLET_TEST_NO_SUCH_URL") && err.contains("unset or empty"),
+        "{err}"
+    );
+
+    let Some(pg_url) = pg::database() else {
+        return Ok(());
+    };
+    let serve_pg = || {
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--manual-deposits",
+                "--postgres-url-env",
+                "MARKET_PG",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .env("MARKET_PG", &pg_url)
+            .spawn()
+    };
+    let wait = || {
+        (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let mut market = serve_pg()?;
+    assert!(wait(), "the market on PostgreSQL did not start listening");
+    assert!(
+        run(dir.path(), &url, &["keygen", "--out", "bob.key"])?
+            .status
+            .success()
+    );
+    let bob = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "register", "--key", "bob.key", "--role", "provider", "--name", "bob",
+        ],
+    )?)?;
+    stop(&mut market)?;
+    // No SQLite file was written; after a restart bob is still registered.
+    assert!(!dir.path().join("market.db").exists());
+    let mut market = serve_pg()?;
+    assert!(wait(), "the market on PostgreSQL did not restart");
+    let id = bob["id"].as_str().ok_or("party id")?;
+    let again = json_out(&run(
+        dir.path(),
+        &url,
+        &[
+            "call",
+            "--key",
+            "bob.key",
+            "GET",
+            &format!("/v1/parties/{id}"),
+        ],
+    )?)?;
+    assert_eq!(again["name"], "bob");
     stop(&mut market)?;
     Ok(())
 }

@@ -12,6 +12,9 @@ use sublet_market::rail::{ManualRail, PaymentRail};
 use sublet_market::receipts::UsageReceipt;
 use sublet_market::{Market, Policy, api};
 
+#[path = "support/postgres.rs"]
+mod pg;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const GIB: u64 = 1 << 30;
@@ -40,6 +43,15 @@ async fn start(
     rail: bool,
     arbiters: Vec<String>,
 ) -> Result<(Client, Arc<AtomicI64>), Box<dyn std::error::Error>> {
+    start_on(None, rail, arbiters).await
+}
+
+/// A market on PostgreSQL at `pg`, or on an in-memory SQLite database.
+async fn start_on(
+    pg: Option<&str>,
+    rail: bool,
+    arbiters: Vec<String>,
+) -> Result<(Client, Arc<AtomicI64>), Box<dyn std::error::Error>> {
     let offset = Arc::new(AtomicI64::new(0));
     let clock = {
         let offset = offset.clone();
@@ -54,7 +66,11 @@ async fn start(
         ..Policy::default()
     };
     let rail: Option<Arc<dyn PaymentRail>> = rail.then(|| Arc::new(ManualRail) as _);
-    let market = Market::in_memory(policy, rail)?.with_clock(clock.clone());
+    let market = match pg {
+        Some(url) => Market::open_postgres(url, policy, rail)?,
+        None => Market::in_memory(policy, rail)?,
+    }
+    .with_clock(clock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
@@ -65,8 +81,12 @@ async fn start(
 }
 
 async fn world() -> Result<World, Box<dyn std::error::Error>> {
+    world_on(None).await
+}
+
+async fn world_on(pg: Option<&str>) -> Result<World, Box<dyn std::error::Error>> {
     let (judge, _) = Signer::generate()?;
-    let (client, offset) = start(true, vec![judge.public_key_hex()]).await?;
+    let (client, offset) = start_on(pg, true, vec![judge.public_key_hex()]).await?;
     let (alpha, _) = Signer::generate()?;
     let (bravo, _) = Signer::generate()?;
     let (dee, _) = Signer::generate()?;
@@ -192,7 +212,19 @@ fn receipt(start: i64, gib_hours: u64, egress_bytes: u64, passed: u32, failed: u
 
 #[tokio::test]
 async fn two_providers_contracted_settled_and_one_penalised() -> TestResult {
-    let w = world().await?;
+    two_providers_contracted_settled_and_one_penalised_on(None).await
+}
+
+#[tokio::test]
+async fn two_providers_contracted_settled_and_one_penalised_on_postgres() -> TestResult {
+    match pg::database() {
+        Some(url) => two_providers_contracted_settled_and_one_penalised_on(Some(&url)).await,
+        None => Ok(()),
+    }
+}
+
+async fn two_providers_contracted_settled_and_one_penalised_on(pg: Option<&str>) -> TestResult {
+    let w = world_on(pg).await?;
     w.assert_books(0).await?;
 
     // Two providers publish offers.
@@ -901,7 +933,21 @@ async fn openapi_document_describes_every_route() -> TestResult {
 
 #[tokio::test]
 async fn arbiter_decides_disputes_and_ratings_explain_themselves() -> TestResult {
-    let w = world().await?;
+    arbiter_decides_disputes_and_ratings_explain_themselves_on(None).await
+}
+
+#[tokio::test]
+async fn arbiter_decides_disputes_and_ratings_explain_themselves_on_postgres() -> TestResult {
+    match pg::database() {
+        Some(url) => arbiter_decides_disputes_and_ratings_explain_themselves_on(Some(&url)).await,
+        None => Ok(()),
+    }
+}
+
+async fn arbiter_decides_disputes_and_ratings_explain_themselves_on(
+    pg: Option<&str>,
+) -> TestResult {
+    let w = world_on(pg).await?;
     let offer = w
         .ok(
             &w.alpha,
@@ -1174,7 +1220,19 @@ async fn only_configured_keys_register_as_arbiters() -> TestResult {
 
 #[tokio::test]
 async fn agreed_period_waits_for_funds_and_settles_on_prepay() -> TestResult {
-    let w = world().await?;
+    agreed_period_waits_for_funds_and_settles_on_prepay_on(None).await
+}
+
+#[tokio::test]
+async fn agreed_period_waits_for_funds_and_settles_on_prepay_on_postgres() -> TestResult {
+    match pg::database() {
+        Some(url) => agreed_period_waits_for_funds_and_settles_on_prepay_on(Some(&url)).await,
+        None => Ok(()),
+    }
+}
+
+async fn agreed_period_waits_for_funds_and_settles_on_prepay_on(pg: Option<&str>) -> TestResult {
+    let w = world_on(pg).await?;
     let offer = w
         .ok(
             &w.bravo,
@@ -1359,7 +1417,19 @@ async fn agreed_period_waits_for_funds_and_settles_on_prepay() -> TestResult {
 
 #[tokio::test]
 async fn unanswered_proposals_lapse_and_free_the_offer() -> TestResult {
-    let w = world().await?;
+    unanswered_proposals_lapse_and_free_the_offer_on(None).await
+}
+
+#[tokio::test]
+async fn unanswered_proposals_lapse_and_free_the_offer_on_postgres() -> TestResult {
+    match pg::database() {
+        Some(url) => unanswered_proposals_lapse_and_free_the_offer_on(Some(&url)).await,
+        None => Ok(()),
+    }
+}
+
+async fn unanswered_proposals_lapse_and_free_the_offer_on(pg: Option<&str>) -> TestResult {
+    let w = world_on(pg).await?;
     let offer = w
         .ok(
             &w.alpha,
@@ -1437,7 +1507,19 @@ async fn unanswered_proposals_lapse_and_free_the_offer() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_prepayments_never_overspend() -> TestResult {
-    let w = Arc::new(world().await?);
+    concurrent_prepayments_never_overspend_on(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_prepayments_never_overspend_on_postgres() -> TestResult {
+    match pg::database() {
+        Some(url) => concurrent_prepayments_never_overspend_on(Some(&url)).await,
+        None => Ok(()),
+    }
+}
+
+async fn concurrent_prepayments_never_overspend_on(pg: Option<&str>) -> TestResult {
+    let w = Arc::new(world_on(pg).await?);
     let offer = w
         .ok(
             &w.alpha,
@@ -1564,7 +1646,19 @@ async fn console_calls_only_public_routes_that_exist() -> TestResult {
 
 #[tokio::test]
 async fn uptime_latency_and_feedback_from_the_demander_enter_the_provider_rating() -> TestResult {
-    let w = world().await?;
+    service_quality_on(None).await
+}
+
+#[tokio::test]
+async fn uptime_latency_and_feedback_enter_the_rating_on_postgres() -> TestResult {
+    match pg::database() {
+        Some(url) => service_quality_on(Some(&url)).await,
+        None => Ok(()),
+    }
+}
+
+async fn service_quality_on(pg: Option<&str>) -> TestResult {
+    let w = world_on(pg).await?;
     let offer = w
         .ok(
             &w.alpha,
@@ -1703,6 +1797,25 @@ async fn uptime_latency_and_feedback_from_the_demander_enter_the_provider_rating
         "2.00 stars from 1 demanders"
     );
     assert_eq!(after["score"], weighted(&after), "{after}");
+    // Offer search can ask for a minimum score.
+    let score = after["score"].as_u64().ok_or("score")?;
+    for (min, found) in [(score, 1), (score + 1, 0)] {
+        let offers = w
+            .client
+            .json(
+                None,
+                "GET",
+                &format!("/v1/offers?min_score={min}"),
+                &Value::Null,
+            )
+            .await?
+            .ok()?;
+        assert_eq!(
+            offers.as_array().map(Vec::len),
+            Some(found),
+            "min_score={min}: {offers}"
+        );
+    }
     // The parties can read the feedback; others cannot.
     let fb = w
         .ok(
