@@ -13,7 +13,8 @@ use crate::meta::MetadataStore;
 use crate::s3::Gateway;
 use crate::s3::snapshot::{KEEP_SNAPSHOTS, MANIFEST_PREFIX, Manifest};
 
-/// How often a standalone gateway snapshots its metadata.
+/// How often a standalone gateway snapshots its metadata unless StorageGateway
+/// `spec.snapshotInterval` says otherwise.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Manifest ids any provider lists, newest first.
@@ -187,7 +188,7 @@ pub async fn restore_newest(
     let ids = manifest_ids(clients).await;
     if ids.is_empty() {
         bail!(
-            "no provider holds a metadata snapshot (shards named {MANIFEST_PREFIX}*); snapshots are taken every {} min by `sublet serve`",
+            "no provider holds a metadata snapshot (shards named {MANIFEST_PREFIX}*); `sublet serve` takes one every StorageGateway spec.snapshotInterval (default {} min)",
             SNAPSHOT_INTERVAL.as_secs() / 60
         );
     }

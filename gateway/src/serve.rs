@@ -916,7 +916,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             Arc::clone(&meta),
             clients.clone(),
             paths.data_dir.clone(),
-            crate::recover::SNAPSHOT_INTERVAL,
+            spec.snapshot_interval(),
             stop.clone(),
         ),
     ];
