@@ -301,7 +301,7 @@ impl MarketUsage {
     /// The meter saved in `data_dir`, for the providers `contracted`.
     pub fn load(data_dir: &Path, contracted: &[(String, Contracted)]) -> anyhow::Result<Self> {
         let path = data_dir.join(METER_FILE);
-        let meter = Meter::load(&path)?;
+        let meter = Meter::load_or_start_afresh(&path);
         let mut contracts = HashMap::new();
         for (_, c) in contracted {
             if let Some(node) = &c.endpoint.node_id {

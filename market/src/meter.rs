@@ -94,6 +94,27 @@ impl Meter {
         }
     }
 
+    /// Reads a saved meter for a daemon starting up: an unreadable file is moved aside (to
+    /// `<name>.unreadable`) with a warning and metering starts afresh, so a damaged file
+    /// costs at most the usage it held (the receipts of those periods then disagree and
+    /// are flagged) rather than keeping the daemon down.
+    pub fn load_or_start_afresh(path: &Path) -> Self {
+        match Self::load(path) {
+            Ok(meter) => meter,
+            Err(e) => {
+                let aside = path.with_extension("unreadable");
+                let moved = std::fs::rename(path, &aside).is_ok();
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    moved_to = %if moved { aside.display().to_string() } else { "(not moved)".into() },
+                    "usage meter unreadable; metering starts afresh"
+                );
+                Self::default()
+            }
+        }
+    }
+
     /// Saves the meter (write to a temp file, then rename).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
@@ -299,6 +320,16 @@ mod tests {
         );
         std::fs::write(&path, b"{").unwrap();
         assert!(Meter::load(&path).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_meter_is_moved_aside_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("market-meter.json");
+        std::fs::write(&path, b"{ not json").unwrap();
+        assert_eq!(Meter::load_or_start_afresh(&path), Meter::default());
+        assert!(!path.exists());
+        assert!(dir.path().join("market-meter.unreadable").exists());
     }
 
     #[test]

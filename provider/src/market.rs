@@ -212,7 +212,7 @@ impl OfferPublisher {
         clients: ContractedClients,
         store: Arc<Store>,
     ) -> anyhow::Result<Self> {
-        *clients.meter() = Meter::load(&self.meter_path)?;
+        *clients.meter() = Meter::load_or_start_afresh(&self.meter_path);
         self.contracted = clients;
         self.store = Some(store);
         Ok(self)
