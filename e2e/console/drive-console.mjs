@@ -184,6 +184,21 @@ try {
   await expectText(page.locator(`tr[data-contract="${config.active.id}"] [data-field=escrow]`), exactly(fmt(config.active.escrow + moved)), "the contract's escrow after prepaying");
   await shot("prepaid");
 
+  // Rate the provider through the page; the test checks it through the API afterwards.
+  const feedback = active.locator("form.feedback");
+  await feedback.locator("select[name=stars]").selectOption(String(config.actions.stars));
+  await feedback.locator("input[name=comment]").fill(config.actions.feedback);
+  await feedback.locator("button").click();
+  await expectText(page.locator("#action-status .ok"), `Rated the provider of contract ${config.active.id} ${config.actions.stars} stars.`, "the feedback");
+
+  // Offer search by score: none is that good, every one is at least 0.
+  await page.locator("#search input[name=minScore]").fill("1000");
+  await page.locator("#search button").click();
+  await expectText(page.locator("#offers"), "No offer matches.", "a search no offer's score reaches");
+  await page.locator("#search input[name=minScore]").fill("0");
+  await page.locator("#search button").click();
+  await page.locator("#offers tr[data-offer]").first().waitFor();
+
   // Open a dispute on the settled period, with evidence.
   await page.locator(`tr[data-contract="${config.active.id}"] button.show-periods`).click();
   const row = page.locator(`#periods tr[data-period="${config.active.settled_start}"]`);

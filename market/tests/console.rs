@@ -363,6 +363,9 @@ async fn console_signs_only_routes_that_exist() -> TestResult {
                 json!({"in_favour_of": "provider", "amount": 0, "reason": "test"}),
             ),
             (_, p) if p.ends_with("/disputes") => (&s.p.dee, json!({"claim": "test"})),
+            (_, p) if p.ends_with("/feedback") => {
+                (&s.p.dee, json!({"stars": 3, "comment": "test"}))
+            }
             _ => return Err(format!("a call the test does not know: {method} {call}").into()),
         };
         let r = s.call(who, method, &path, body).await?;
@@ -494,6 +497,8 @@ async fn console_signs_in_and_acts_in_headless_chromium() -> TestResult {
         "actions": {
             "too_much": 1_000_000,
             "prepay": 2,
+            "stars": 4,
+            "feedback": "console: quick and reliable",
             "claim": "console: 3 objects lost in the first hour",
             "decision_amount": 0.3,
             "reason": "console: the audit log confirms 3 lost objects",
@@ -547,6 +552,17 @@ async fn console_signs_in_and_acts_in_headless_chromium() -> TestResult {
         Some(escrow_before + 2 * CREDIT),
         "{contract}"
     );
+    // The feedback given through the console.
+    let feedback = s
+        .ok(
+            &p.dee,
+            "GET",
+            &format!("/v1/contracts/{}/feedback", s.active),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(feedback["stars"], 4, "{feedback}");
+    assert_eq!(feedback["comment"], config["actions"]["feedback"]);
     // The dispute opened through the console, on the settled period, with its claim...
     let opened = result["opened_dispute"].as_str().ok_or("opened_dispute")?;
     let d = s
