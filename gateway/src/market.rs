@@ -152,14 +152,52 @@ pub async fn contract_pool(
                 | sublet_market::contracts::ContractState::Proposed
         )
     };
-    ids.retain(|id| contracts.get(id).is_some_and(live));
+    // A proposal left unanswered too long is withdrawn: a provider that went away must not
+    // hold the pool's place until the market lapses it days later.
+    let now = unix_now();
+    for id in ids.iter() {
+        if let Some(c) = contracts.get(id)
+            && c.state == ContractState::Proposed
+            && now - c.created_at > PROPOSAL_PATIENCE_SECS
+        {
+            match client
+                .json(
+                    Some(&signer),
+                    "POST",
+                    &format!("/v1/contracts/{id}/reject"),
+                    &json!({}),
+                )
+                .await?
+                .ok()
+            {
+                Ok(_) => {
+                    warn!(pool, contract = %id, provider = %c.provider, "proposal unanswered for {PROPOSAL_PATIENCE_SECS} s; withdrawn")
+                }
+                Err(e) => {
+                    warn!(pool, contract = %id, error = %e, "could not withdraw an unanswered proposal")
+                }
+            }
+        }
+    }
+    ids.retain(|id| {
+        contracts.get(id).is_some_and(|c| {
+            live(c)
+                && !(c.state == ContractState::Proposed
+                    && now - c.created_at > PROPOSAL_PATIENCE_SECS)
+        })
+    });
     let wanted = m.providers as usize;
     if ids.len() < wanted {
-        let used: HashSet<String> = ids
-            .iter()
-            .filter_map(|id| contracts.get(id))
-            .map(|c| c.provider.clone())
-            .collect();
+        // Providers in the pool already, and ones this gateway parted with (a contract that
+        // ended or a proposal refused or withdrawn), are not asked again.
+        let used: HashSet<String> =
+            ids.iter()
+                .filter_map(|id| contracts.get(id))
+                .chain(contracts.values().filter(|c| {
+                    matches!(c.state, ContractState::Terminated | ContractState::Rejected)
+                }))
+                .map(|c| c.provider.clone())
+                .collect();
         for (offer, score) in candidates(&client, m, &used).await? {
             if ids.len() >= wanted {
                 break;
@@ -430,6 +468,10 @@ pub fn period_prepayment(c: &Contract) -> i64 {
         / u128::from(HOURS_PER_MONTH);
     i64::try_from(storage).unwrap_or(i64::MAX).max(1)
 }
+
+/// How long a proposal may stay unanswered before the gateway withdraws it and asks another
+/// provider.
+const PROPOSAL_PATIENCE_SECS: i64 = 600;
 
 /// How long a pass that contracts more providers waits for them to accept.
 const RECONTRACT_WAIT: Duration = Duration::from_secs(5);

@@ -410,7 +410,17 @@ spec:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(connected, "the gateway never contracted the new provider");
+    if !connected {
+        let now = market
+            .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
+            .await
+            .unwrap();
+        panic!(
+            "the gateway never contracted the new provider {c_node}; it has {:?}; contracts: {}",
+            running.gateway.providers().keys().collect::<Vec<_>>(),
+            now.body
+        );
+    }
     let again = market
         .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
         .await
