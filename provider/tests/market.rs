@@ -66,7 +66,8 @@ async fn open_offers(client: &Client, provider: &str) -> Vec<Value> {
 
 /// Waits until `f` returns something, polling the market.
 async fn eventually<T, F: std::future::Future<Output = Option<T>>>(mut f: impl FnMut() -> F) -> T {
-    for _ in 0..100 {
+    // Up to 20 s: receipts wait for a period to end, and CI machines are busy.
+    for _ in 0..400 {
         if let Some(v) = f().await {
             return v;
         }
