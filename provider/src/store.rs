@@ -162,6 +162,8 @@ struct Region {
     file: Arc<File>,
     base: u64,
     len: u64,
+    /// Bytes read (or written) per block; see [`BLOCK_SIZE`] and [`AUDIT_BLOCK_SIZE`].
+    block_size: u64,
     pos: u64,
     blocks: Vec<Block>,
     tick: u64,
@@ -176,14 +178,23 @@ struct Block {
 }
 
 const BLOCK_SIZE: u64 = 128 * 1024;
+/// Block size for audits: a slice of at most 64 KiB and one 64-byte parent node per tree
+/// level, so page-sized reads fetch little more than what the proof needs (128 KiB blocks
+/// read about 9x what an audit answers).
+const AUDIT_BLOCK_SIZE: u64 = 4 * 1024;
 const MAX_BLOCKS: usize = 4;
 
 impl Region {
     fn new(file: Arc<File>, base: u64, len: u64) -> Self {
+        Self::with_blocks(file, base, len, BLOCK_SIZE)
+    }
+
+    fn with_blocks(file: Arc<File>, base: u64, len: u64, block_size: u64) -> Self {
         Region {
             file,
             base,
             len,
+            block_size,
             pos: 0,
             blocks: Vec::new(),
             tick: 0,
@@ -200,7 +211,7 @@ impl Region {
 
     /// The index of the cached block holding `pos`, loading it if needed.
     fn block_at(&mut self, pos: u64) -> io::Result<usize> {
-        let start = pos - pos % BLOCK_SIZE;
+        let start = pos - pos % self.block_size;
         self.tick += 1;
         if let Some(i) = self.blocks.iter().position(|b| b.start == start) {
             self.blocks[i].last_used = self.tick;
@@ -212,7 +223,7 @@ impl Region {
             let mut evicted = self.blocks.swap_remove(lru);
             Self::write_back(&self.file, self.base, &mut evicted)?;
         }
-        let want = BLOCK_SIZE.min(self.len.saturating_sub(start)) as usize;
+        let want = self.block_size.min(self.len.saturating_sub(start)) as usize;
         let mut data = vec![0u8; want];
         let mut filled = 0;
         while filled < want {
@@ -266,7 +277,7 @@ impl Write for Region {
             let i = self.block_at(self.pos)?;
             let block = &mut self.blocks[i];
             let at = (self.pos - block.start) as usize;
-            let n = (buf.len() - written).min(BLOCK_SIZE as usize - at);
+            let n = (buf.len() - written).min(self.block_size as usize - at);
             if block.data.len() < at + n {
                 block.data.resize(at + n, 0);
             }
@@ -658,8 +669,14 @@ impl Store {
             )));
         }
         let (meta, file, header_len) = self.open_checked(id)?;
-        let data = Region::new(Arc::clone(&file), header_len, meta.length);
-        let outboard = Region::new(file, header_len + meta.length, outboard_size(meta.length));
+        let data =
+            Region::with_blocks(Arc::clone(&file), header_len, meta.length, AUDIT_BLOCK_SIZE);
+        let outboard = Region::with_blocks(
+            file,
+            header_len + meta.length,
+            outboard_size(meta.length),
+            AUDIT_BLOCK_SIZE,
+        );
         let mut extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
         let mut slice = Vec::new();
         extractor
