@@ -359,6 +359,11 @@ fn a_deleted_metadata_file_is_recovered_from_the_providers() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(meta.exists(), "sublet recover wrote no {}", meta.display());
+    // It says what it could not restore: the one write after the snapshot, and the
+    // provider it could not ask.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("NOT RECOVERED: 1 writes"), "{said}");
+    assert!(said.contains("could not list 1 providers"), "{said}");
 
     c.start_gateway();
     let h = plan_health(&c);

@@ -403,9 +403,31 @@ async fn recover(
         done.manifest.size,
         done.path.display()
     );
-    println!(
-        "changes made after that snapshot are not in it; start the gateway with `sublet serve`"
-    );
+    let after = &done.after;
+    if after.shards == 0 {
+        println!("no shard on the providers was written after that snapshot");
+    } else {
+        println!(
+            "NOT RECOVERED: {} writes ({} shards, {} bytes, the newest at {}) were stored after \
+             that snapshot and their metadata was only on the lost disk; the objects written or \
+             changed since then must be uploaded again",
+            after.writes,
+            after.shards,
+            after.bytes,
+            after
+                .newest
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+                .map_or_else(|| "?".to_owned(), |t| t.to_rfc3339())
+        );
+    }
+    if !after.unlisted.is_empty() {
+        println!(
+            "could not list {} providers, so that count may be short: {}",
+            after.unlisted.len(),
+            after.unlisted.join(", ")
+        );
+    }
+    println!("start the gateway with `sublet serve`");
     Ok(())
 }
 

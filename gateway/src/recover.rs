@@ -168,6 +168,79 @@ fn until_due(newest: Option<i64>, now_ms: i64, every: Duration) -> Duration {
 pub struct Recovered {
     pub manifest: Manifest,
     pub path: PathBuf,
+    /// Shards this installation wrote after the snapshot that the restored metadata does
+    /// not name: what the lost disk took (see [`after_snapshot`]).
+    pub after: AfterSnapshot,
+}
+
+/// What providers hold that was written after a snapshot and that the restored metadata
+/// does not describe: object writes (or parts) whose metadata was only on the lost disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AfterSnapshot {
+    /// Distinct writes (object versions or parts), by the shard ids' write id.
+    pub writes: u64,
+    pub shards: u64,
+    pub bytes: u64,
+    /// Unix seconds of the newest of those shards.
+    pub newest: Option<i64>,
+    /// Providers that could not be listed (their shards are not counted).
+    pub unlisted: Vec<String>,
+}
+
+/// Lists the shards of this installation (`<tag>_...`) stored after `since_ms` that the
+/// store at `restored` does not reference, so recovery can say what was lost instead of
+/// leaving it unsaid. They stay on the providers (garbage collection takes them a day
+/// later); without their metadata nothing can decrypt them.
+pub async fn after_snapshot(
+    installation: &str,
+    clients: &[(String, ProviderClient)],
+    restored: &Path,
+    since_ms: i64,
+    snapshot_shards: &std::collections::HashSet<String>,
+) -> anyhow::Result<AfterSnapshot> {
+    let store = crate::meta::SqliteStore::open(restored)
+        .map_err(|e| anyhow::anyhow!("opening the restored {}: {e}", restored.display()))?;
+    let prefix = format!("{installation}_");
+    let mut out = AfterSnapshot::default();
+    let mut writes = BTreeSet::new();
+    for (node, client) in clients {
+        let referenced = store
+            .referenced_shards(node)
+            .map_err(|e| anyhow::anyhow!("reading the restored metadata: {e}"))?;
+        let mut after = String::new();
+        loop {
+            match client.list_shards(&prefix, &after, 1000).await {
+                Ok((shards, next)) => {
+                    for s in shards {
+                        // Seconds against milliseconds: the snapshot's own second counts as after.
+                        if s.stored_at < since_ms.div_euclid(1000)
+                            || referenced.contains(&s.shard_id)
+                            || snapshot_shards.contains(&s.shard_id)
+                        {
+                            continue;
+                        }
+                        out.shards += 1;
+                        out.bytes += s.length;
+                        out.newest = out.newest.max(Some(s.stored_at));
+                        // `<tag>_<uid>.<segment>.<index>`: the write is the part before the dot.
+                        let write = s.shard_id.split('.').next().unwrap_or_default().to_owned();
+                        writes.insert(write);
+                    }
+                    match next {
+                        Some(n) => after = n,
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %node, error = %e, "listing shards after the snapshot failed");
+                    out.unlisted.push(node.clone());
+                    break;
+                }
+            }
+        }
+    }
+    out.writes = writes.len() as u64;
+    Ok(out)
 }
 
 /// Writes the newest readable snapshot any provider holds to `target` (refusing to
@@ -213,9 +286,29 @@ pub async fn restore_newest(
                 }
                 std::fs::rename(&tmp, target)
                     .with_context(|| format!("moving the snapshot to {}", target.display()))?;
+                // Snapshots are stored like objects: their own shards are not lost writes.
+                let mut snapshot_shards: std::collections::HashSet<String> = manifest
+                    .layout
+                    .shards()
+                    .map(|s| s.shard_id.clone())
+                    .collect();
+                for other in &ids {
+                    if let Some(m) = gateway.fetch_manifest(other).await {
+                        snapshot_shards.extend(m.layout.shards().map(|s| s.shard_id.clone()));
+                    }
+                }
+                let after = after_snapshot(
+                    gateway.installation(),
+                    clients,
+                    target,
+                    manifest.created,
+                    &snapshot_shards,
+                )
+                .await?;
                 return Ok(Recovered {
                     manifest,
                     path: target.to_path_buf(),
+                    after,
                 });
             }
             Err(e) => problems.push(format!("{id}: {}", e.message().unwrap_or("unreadable"))),

@@ -844,6 +844,9 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         .await
         .unwrap();
     assert_eq!(done.path, metadata);
+    // The one write after the last snapshot is counted as not recovered, snapshots aside.
+    assert_eq!(done.after.writes, 1, "{:?}", done.after);
+    assert!(done.after.unlisted.is_empty(), "{:?}", done.after);
 
     let running = sublet_gateway::serve::start(&config, &overrides)
         .await
