@@ -50,6 +50,8 @@ pub struct MasterKey {
     key: LessSafeKey,
     /// Names the installation in its shard ids; see [`MasterKey::installation`].
     installation: String,
+    /// See [`MasterKey::node_seed`].
+    node_seed: [u8; 32],
 }
 
 impl fmt::Debug for MasterKey {
@@ -66,6 +68,7 @@ impl MasterKey {
         Self {
             key: LessSafeKey::new(key),
             installation: hex::encode(&derived[..INSTALLATION_TAG_BYTES]),
+            node_seed: blake3::derive_key("sublet gateway node key v1", bytes),
         }
     }
 
@@ -109,6 +112,14 @@ impl MasterKey {
     /// collection tells this installation's shards from others' on a shared provider.
     pub fn installation(&self) -> &str {
         &self.installation
+    }
+
+    /// The seed of the gateway's node key when its data directory holds none: every replica
+    /// and rebuild Job sharing this master key then signs (to providers and on the market) as
+    /// the same node, so they share its contracts and its namespace on rented providers, and
+    /// a pod that starts on an empty volume is still the same demander.
+    pub fn node_seed(&self) -> [u8; 32] {
+        self.node_seed
     }
 
     /// Makes a fresh data key and returns it with its wrapped form for metadata.

@@ -725,13 +725,17 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     std::fs::create_dir_all(&paths.data_dir)
         .with_context(|| format!("creating {}", paths.data_dir.display()))?;
     let plans = plans(config, &spec.default_plan)?;
-    let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
+    let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
+    // Replicas and rebuild Jobs sharing the master key are one node, even on empty volumes.
+    let identity = Arc::new(NodeIdentity::load_or_derive(
+        &paths.identity_dir,
+        Some(master.node_seed()),
+    )?);
     let (with_market, contracted) =
         crate::market::with_contracts(config, &identity, &paths.data_dir, MARKET_WAIT).await?;
     let config = &with_market;
     let endpoints = endpoints(config)?;
 
-    let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
     let (mut backends, clients) = connect(&spec, &identity, &endpoints, &metrics, &health)?;
@@ -1077,7 +1081,10 @@ pub async fn recover(
         );
     }
     let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
-    let identity = Arc::new(NodeIdentity::load_or_create(&paths.identity_dir)?);
+    let identity = Arc::new(NodeIdentity::load_or_derive(
+        &paths.identity_dir,
+        Some(master.node_seed()),
+    )?);
     let plans = plans(config, &spec.default_plan)?;
     let endpoints = endpoints(config)?;
     let metrics = Metrics::new()?;

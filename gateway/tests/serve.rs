@@ -828,6 +828,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
             .status,
         200
     );
+    let node_before = running.identity;
     running.shutdown().await;
 
     // The disk is lost, the master key was backed up.
@@ -840,6 +841,8 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
         let _ = std::fs::remove_file(data_dir.join(f));
     }
+    // The node key went with the disk: the master key makes the same node again.
+    std::fs::remove_dir_all(data_dir.join("identity")).unwrap();
     let done = sublet_gateway::serve::recover(&config, &overrides, false)
         .await
         .unwrap();
@@ -861,6 +864,10 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     assert!(r.body == body, "the recovered object differs");
     let r = client.send("GET", "/photos/late.jpg", &[], b"").await;
     assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(
+        running.identity, node_before,
+        "the recovered gateway is another node"
+    );
     running.shutdown().await;
     for p in providers {
         p.shutdown().await;

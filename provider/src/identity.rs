@@ -115,6 +115,12 @@ impl fmt::Debug for NodeIdentity {
 impl NodeIdentity {
     /// Load the identity kept in `dir`, or make one and keep it there (mode 0600).
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_or_derive(dir, None)
+    }
+
+    /// Load the identity kept in `dir`; when there is none, make it from `seed` (the same
+    /// seed always gives the same node), or at random without one, and keep it there.
+    pub fn load_or_derive(dir: &Path, seed: Option<[u8; 32]>) -> anyhow::Result<Self> {
         let path = dir.join(KEY_FILE);
         match fs::read(&path) {
             Ok(pkcs8) => Self::from_pkcs8(pkcs8)
@@ -122,7 +128,10 @@ impl NodeIdentity {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 fs::create_dir_all(dir)
                     .with_context(|| format!("creating data dir {}", dir.display()))?;
-                let identity = Self::generate();
+                let identity = match seed {
+                    Some(seed) => Self::from_seed(seed)?,
+                    None => Self::generate(),
+                };
                 let tmp = dir.join(format!(".tmp-{KEY_FILE}"));
                 let mut options = fs::OpenOptions::new();
                 options.write(true).create(true).truncate(true);
@@ -139,6 +148,21 @@ impl NodeIdentity {
             }
             Err(e) => Err(e).with_context(|| format!("reading identity key {}", path.display())),
         }
+    }
+
+    /// The identity whose ed25519 private key is `seed`.
+    pub fn from_seed(seed: [u8; 32]) -> anyhow::Result<Self> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map_err(|e| anyhow!("not an ed25519 seed: {e}"))?;
+        // PKCS#8 v2 (RFC 8410) with the public key, as ring generates it.
+        let mut pkcs8 = vec![
+            0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        pkcs8.extend_from_slice(&seed);
+        pkcs8.extend_from_slice(&[0xa1, 0x23, 0x03, 0x21, 0x00]);
+        pkcs8.extend_from_slice(pair.public_key().as_ref());
+        Self::from_pkcs8(pkcs8)
     }
 
     /// A fresh identity kept only in memory.
@@ -210,6 +234,27 @@ impl NodeIdentity {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_seed_makes_the_same_node_every_time_and_a_kept_key_wins() {
+        let seed = [7u8; 32];
+        let a = NodeIdentity::from_seed(seed).unwrap();
+        let b = NodeIdentity::from_seed(seed).unwrap();
+        assert_eq!(a.node_id(), b.node_id());
+        assert_ne!(
+            a.node_id(),
+            NodeIdentity::from_seed([8u8; 32]).unwrap().node_id()
+        );
+        // Its PKCS#8 form is what ring itself reads (and so the market signer).
+        ring::signature::Ed25519KeyPair::from_pkcs8(a.pkcs8_der()).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let made = NodeIdentity::load_or_derive(dir.path(), Some(seed)).unwrap();
+        assert_eq!(made.node_id(), a.node_id());
+        // Once kept, the file wins over any seed.
+        let kept = NodeIdentity::load_or_derive(dir.path(), Some([9u8; 32])).unwrap();
+        assert_eq!(kept.node_id(), a.node_id());
+    }
 
     #[test]
     fn node_id_is_derived_from_the_key_and_survives_restart() {
