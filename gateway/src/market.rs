@@ -154,7 +154,7 @@ pub async fn contract_pool(
     };
     // A proposal left unanswered too long is withdrawn: a provider that went away must not
     // hold the pool's place until the market lapses it days later.
-    let now = unix_now();
+    let now = sublet_market::unix_now();
     for id in ids.iter() {
         if let Some(c) = contracts.get(id)
             && c.state == ContractState::Proposed
@@ -383,12 +383,6 @@ impl MarketUsage {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// A contracted provider's backend whose reads and audits are metered.
 pub struct MeteredBackend {
     inner: Arc<dyn ShardBackend>,
@@ -421,7 +415,7 @@ impl ShardBackend for MeteredBackend {
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
         // The provider is told the second the read counts under, so both receipts put it in
         // the same period even when it straddles a period's end.
-        let at = unix_now();
+        let at = sublet_market::unix_now();
         let result = METERED_AT.scope(at, self.inner.get(shard_id)).await;
         if let Ok(data) = &result {
             self.usage.egress(self.node_id(), at, data.len() as u64);
@@ -440,7 +434,7 @@ impl ShardBackend for MeteredBackend {
         len: u64,
         hash: &[u8; 32],
     ) -> Result<(), BackendError> {
-        let at = unix_now();
+        let at = sublet_market::unix_now();
         let result = METERED_AT
             .scope(at, self.inner.audit(shard_id, offset, len, hash))
             .await;
@@ -583,7 +577,7 @@ impl UsageReporter {
                 .into_iter()
                 .filter(|c| c.state == ContractState::Active && ids.contains(&c.id))
                 .collect();
-            let now = unix_now();
+            let now = sublet_market::unix_now();
             let due = {
                 let mut meter = self.usage.meter();
                 for c in &active {
@@ -639,7 +633,7 @@ impl UsageReporter {
                         }
                         out.receipts.push((contract, receipt.period_start, status));
                     }
-                    Err(e) if e.to_string().contains("already_settled") => {
+                    Err(e) if Client::already_settled(&e) => {
                         self.usage.meter().reported(&contract, receipt.period_end);
                     }
                     Err(e) => {

@@ -48,13 +48,6 @@ impl Reply {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl Client {
     /// `url` is `http://host:port`.
     pub fn new(url: &str) -> Result<Self> {
@@ -71,7 +64,7 @@ impl Client {
         }
         Ok(Self {
             authority: authority.into(),
-            clock: Arc::new(now),
+            clock: Arc::new(crate::unix_now),
         })
     }
 
@@ -157,6 +150,12 @@ impl Client {
         let reg = serde_json::to_value(signer.registration(challenge, role, name))
             .map_err(|e| Error::Internal(e.to_string()))?;
         self.json(None, "POST", "/v1/parties", &reg).await?.ok()
+    }
+
+    /// Whether `e`, the error of [`Client::submit_receipt`], says the period was settled
+    /// already (the receipt needs no resubmitting).
+    pub fn already_settled(e: &Error) -> bool {
+        e.to_string().contains("already_settled")
     }
 
     /// Submits `signer`'s receipt for one period of `contract` and answers the

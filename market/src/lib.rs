@@ -23,6 +23,14 @@ pub mod service;
 pub use error::{Error, Result};
 pub use service::Market;
 
+/// Unix seconds now (0 before 1970): the clock the market, its client and both sides'
+/// usage meters count in.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The market's rules for money and signatures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {

@@ -203,13 +203,6 @@ pub struct Termination {
     pub refunded: Micros,
 }
 
-fn system_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl Market {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path, policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
@@ -250,7 +243,7 @@ impl Market {
             db,
             policy,
             rail,
-            clock: Arc::new(system_now),
+            clock: Arc::new(crate::unix_now),
             metrics: Metrics::new()?,
         })
     }

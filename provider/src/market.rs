@@ -127,18 +127,12 @@ pub const METERED_SKEW_SECS: i64 = 300;
 /// The second to meter a request under: the caller's `metered_at` when it is set and
 /// within [`METERED_SKEW_SECS`] of now (so both sides count it in the same period), else now.
 pub fn metered_second(metered_at: i64) -> i64 {
-    let now = unix_now();
+    let now = sublet_market::unix_now();
     if metered_at != 0 && (metered_at - now).abs() <= METERED_SKEW_SECS {
         metered_at
     } else {
         now
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// What one pass changed.
@@ -398,7 +392,7 @@ impl OfferPublisher {
         let Some(store) = &self.store else {
             return Ok(Vec::new());
         };
-        let now = unix_now();
+        let now = sublet_market::unix_now();
         let due = {
             let mut meter = self.contracted.meter();
             let ids: Vec<&str> = active.iter().map(|c| c.id.as_str()).collect();
@@ -432,7 +426,7 @@ impl OfferPublisher {
                         .reported(&contract, receipt.period_end);
                     out.push((contract, receipt.period_start, status));
                 }
-                Err(e) if e.to_string().contains("already_settled") => {
+                Err(e) if Client::already_settled(&e) => {
                     self.contracted
                         .meter()
                         .reported(&contract, receipt.period_end);
