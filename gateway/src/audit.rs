@@ -245,6 +245,7 @@ pub async fn collect_garbage_of(
             }
             if referenced.contains(&id)
                 || id.starts_with(MANIFEST_PREFIX)
+                || id.starts_with(crate::journal::JOURNAL_PREFIX)
                 || kept_shards.contains(&id)
             {
                 continue;

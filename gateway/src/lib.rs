@@ -9,6 +9,7 @@ pub mod codec;
 pub mod dataplane;
 pub mod dev;
 pub mod health;
+pub mod journal;
 pub mod layout;
 pub mod market;
 pub mod meta;

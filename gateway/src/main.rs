@@ -403,14 +403,32 @@ async fn recover(
         done.manifest.size,
         done.path.display()
     );
+    let replayed = &done.replayed;
+    println!(
+        "replayed the metadata journal written after it: {} segments, {} changes applied, {} already in the snapshot",
+        replayed.segments, replayed.applied, replayed.skipped
+    );
+    for problem in &replayed.unreadable {
+        println!("NOT REPLAYED: journal segment {problem} has no readable copy");
+    }
+    for problem in &replayed.failed {
+        println!("NOT REPLAYED: {problem}");
+    }
+    if !replayed.unlisted.is_empty() {
+        println!(
+            "could not list the journal on {} providers: {}",
+            replayed.unlisted.len(),
+            replayed.unlisted.join(", ")
+        );
+    }
     let after = &done.after;
     if after.shards == 0 {
         println!("no shard on the providers was written after that snapshot");
     } else {
         println!(
             "NOT RECOVERED: {} writes ({} shards, {} bytes, the newest at {}) were stored after \
-             that snapshot and their metadata was only on the lost disk; the objects written or \
-             changed since then must be uploaded again",
+             that snapshot and neither it nor the journal describes them (writes never \
+             acknowledged, or journal segments lost); those objects must be uploaded again",
             after.writes,
             after.shards,
             after.bytes,

@@ -70,6 +70,12 @@ pub struct Metrics {
     pub reencoded_objects: IntCounterVec,
     /// Objects of a plan still stored under its old settings (as of the last pass).
     pub reencode_pending: IntGaugeVec,
+    /// Metadata journal segments, by result (`stored`, `failed`).
+    pub journal_segments: IntCounterVec,
+    /// Metadata changes in stored journal segments.
+    pub journal_entries: IntCounterVec,
+    /// Journal segment copies stored, by provider (also counted in `shard_writes`).
+    pub journal_copies: IntCounterVec,
 }
 
 impl Metrics {
@@ -191,6 +197,21 @@ impl Metrics {
             "Objects of a plan still stored under its old redundancy or encryption, after the last re-encode pass.",
             &["plan"],
         )?;
+        let journal_segments = counter(
+            "journal_segments_total",
+            "Metadata journal segments (each a group of metadata changes), by result (stored, failed).",
+            &["result"],
+        )?;
+        let journal_entries = counter(
+            "journal_entries_total",
+            "Metadata changes in journal segments stored on providers.",
+            &[],
+        )?;
+        let journal_copies = counter(
+            "journal_copies_total",
+            "Copies of metadata journal segments stored, by provider node id (also counted in shard_writes_total).",
+            &["provider"],
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "sublet_gateway_request_duration_seconds",
@@ -225,6 +246,9 @@ impl Metrics {
             scrubbed_bytes,
             reencoded_objects,
             reencode_pending,
+            journal_segments,
+            journal_entries,
+            journal_copies,
         })
     }
 
@@ -330,11 +354,23 @@ impl OperationSlot {
 pub struct MeteredService {
     inner: S3Service,
     metrics: Metrics,
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl MeteredService {
     pub fn new(inner: S3Service, metrics: Metrics) -> Self {
-        MeteredService { inner, metrics }
+        MeteredService {
+            inner,
+            metrics,
+            journal: None,
+        }
+    }
+
+    /// Answers a request that may have changed metadata only once the change is in the
+    /// metadata journal (503 when it cannot be stored).
+    pub fn with_journal(mut self, journal: Option<Arc<crate::journal::Journal>>) -> Self {
+        self.journal = journal;
+        self
     }
 
     pub async fn call(&self, mut req: HttpRequest) -> Result<HttpResponse, HttpError> {
@@ -342,7 +378,17 @@ impl MeteredService {
         let slot = OperationSlot::default();
         req.extensions_mut().insert(slot.clone());
         let received = declared_length(req.headers(), true);
+        let changes = !matches!(*req.method(), http::Method::GET | http::Method::HEAD);
         let mut result = self.inner.call(req).await;
+        if changes
+            && let Some(journal) = &self.journal
+            && let Ok(response) = &result
+            && response.status().is_success()
+            && let Err(e) = journal.barrier().await
+        {
+            tracing::warn!(error = %e, "a change could not be made durable; answering 503");
+            result = Ok(journal_unavailable(&e));
+        }
         if let Ok(response) = &mut result
             && let Some(StatusOverride(status)) = response.extensions_mut().remove()
         {
@@ -370,6 +416,26 @@ impl MeteredService {
         }
         result
     }
+}
+
+/// The answer to a request whose change did not reach the metadata journal: the client
+/// retries it, as after any 503.
+fn journal_unavailable(message: &str) -> HttpResponse {
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ServiceUnavailable</Code>\
+         <Message>{escaped}</Message></Error>"
+    );
+    let mut response = HttpResponse::new(s3s::Body::from(body));
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    response
 }
 
 /// Body length from the headers; `x-amz-decoded-content-length` for aws-chunked uploads.

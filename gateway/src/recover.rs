@@ -54,13 +54,15 @@ pub async fn snapshot_once(
     let _turn = ONE_AT_A_TIME.lock().await;
     let copy = work_dir.join("metadata.snapshot.tmp");
     let _ = std::fs::remove_file(&copy);
+    // Read before the copy: every change journaled up to here was committed before.
+    let journal_cut = gateway.journal().map(|j| j.cut());
     let store = Arc::clone(meta);
     let target = copy.clone();
     tokio::task::spawn_blocking(move || store.snapshot_into(&target))
         .await
         .context("snapshot task")?
         .map_err(|e| anyhow::anyhow!("copying the metadata store: {e}"))?;
-    let stored = gateway.store_snapshot(&copy).await;
+    let stored = gateway.store_snapshot(&copy, journal_cut).await;
     let _ = std::fs::remove_file(&copy);
     let manifest = stored.map_err(|e| {
         anyhow::anyhow!(
@@ -68,13 +70,32 @@ pub async fn snapshot_once(
             e.message().unwrap_or("failed")
         )
     })?;
+    let ids = manifest_ids(clients).await;
     let mut older = Vec::new();
-    for id in manifest_ids(clients).await.into_iter().skip(KEEP_SNAPSHOTS) {
-        if let Some(m) = gateway.fetch_manifest(&id).await {
+    for id in ids.iter().skip(KEEP_SNAPSHOTS) {
+        if let Some(m) = gateway.fetch_manifest(id).await {
             older.push(m);
         }
     }
     gateway.drop_snapshots(&older).await;
+    // Journal segments every kept snapshot contains are no longer needed: up to the oldest
+    // kept snapshot's cut (and none while a kept one has no cut or cannot be read).
+    if gateway.journal().is_some() {
+        let mut oldest_cut = None;
+        for id in ids.iter().take(KEEP_SNAPSHOTS) {
+            match gateway.fetch_manifest(id).await.and_then(|m| m.journal_cut) {
+                Some(cut) => oldest_cut = Some(cut),
+                None => {
+                    oldest_cut = None;
+                    break;
+                }
+            }
+        }
+        if let Some(cut) = oldest_cut {
+            let deleted = crate::journal::trim(gateway, clients, &cut).await;
+            tracing::debug!(deleted, upto = %cut, "metadata journal trimmed");
+        }
+    }
     Ok(manifest)
 }
 
@@ -168,8 +189,10 @@ fn until_due(newest: Option<i64>, now_ms: i64, every: Duration) -> Duration {
 pub struct Recovered {
     pub manifest: Manifest,
     pub path: PathBuf,
-    /// Shards this installation wrote after the snapshot that the restored metadata does
-    /// not name: what the lost disk took (see [`after_snapshot`]).
+    /// The metadata journal written after the snapshot, replayed onto it.
+    pub replayed: crate::journal::Replayed,
+    /// Shards this installation wrote after the snapshot that the restored metadata (with
+    /// the journal replayed) does not name: what the lost disk took (see [`after_snapshot`]).
     pub after: AfterSnapshot,
 }
 
@@ -286,6 +309,20 @@ pub async fn restore_newest(
                 }
                 std::fs::rename(&tmp, target)
                     .with_context(|| format!("moving the snapshot to {}", target.display()))?;
+                // Then every change journaled after the snapshot.
+                let replayed = {
+                    let store = crate::meta::SqliteStore::open(target).map_err(|e| {
+                        anyhow::anyhow!("opening the restored {}: {e}", target.display())
+                    })?;
+                    crate::journal::replay(
+                        gateway,
+                        gateway.master_key(),
+                        clients,
+                        &store,
+                        manifest.journal_cut.as_deref(),
+                    )
+                    .await
+                };
                 // Snapshots are stored like objects: their own shards are not lost writes.
                 let mut snapshot_shards: std::collections::HashSet<String> = manifest
                     .layout
@@ -308,6 +345,7 @@ pub async fn restore_newest(
                 return Ok(Recovered {
                     manifest,
                     path: target.to_path_buf(),
+                    replayed,
                     after,
                 });
             }

@@ -412,6 +412,9 @@ pub struct Running {
     clouds: Vec<Arc<CloudBackend>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops the metadata journal once everything else has.
+    journal_stop: tokio::sync::watch::Sender<bool>,
+    journal_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -442,6 +445,10 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = self.journal_stop.send(true);
+        if let Some(task) = self.journal_task {
             let _ = task.await;
         }
     }
@@ -770,8 +777,16 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
         }),
     );
     let meta = open_metadata(&spec, &paths.metadata).await?;
+    // A store of this gateway's own (SQLite) is journaled to the providers, so losing its
+    // disk loses no acknowledged change; a shared database is its own durability.
+    let journal = (!meta.shared()).then(|| crate::journal::Journal::new(Arc::clone(&master)));
+    let meta: Arc<dyn MetadataStore> = match &journal {
+        Some(j) => Arc::new(crate::journal::JournaledStore::new(meta, Arc::clone(j))),
+        None => meta,
+    };
     let gateway = Arc::new(
         Gateway::new(Arc::clone(&meta), master, plans, backends)?
+            .with_journal(journal)
             .with_placement(topology(config, &endpoints), Arc::clone(&health))?
             .with_rebuild(rebuild_policies(config))
             .with_lifecycle(lifecycle_rules(config))
@@ -849,7 +864,25 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         market_reporter,
         market_usage,
     } = build(config, overrides).await?;
+    let (shutdown, stop) = tokio::sync::watch::channel(false);
+    // Journaling starts before anything may change metadata, and stops after the rest (the
+    // requests drained at shutdown still journal their changes).
+    let (journal_stop, journal_stopped) = tokio::sync::watch::channel(false);
     let probes: ProbeList = Arc::new(std::sync::RwLock::new(clients.clone()));
+    let journal_task = gateway.journal().map(|j| {
+        let probes = Arc::clone(&probes);
+        j.spawn(
+            Arc::clone(&gateway),
+            move || {
+                probes
+                    .read()
+                    .map(|list| list.iter().map(|(node, _)| node.clone()).collect())
+                    .unwrap_or_default()
+            },
+            Some(metrics.clone()),
+            journal_stopped,
+        )
+    });
     let node_key_for_market = Arc::clone(&node_key);
     let dialer = Arc::new(Dialer {
         spec: spec.clone(),
@@ -880,7 +913,6 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         .await
         .with_context(|| format!("binding the S3 address {listen} (spec.listen)"))?;
     let s3_addr = listener.local_addr()?;
-    let (shutdown, stop) = tokio::sync::watch::channel(false);
     let mut tasks = vec![
         spawn_probes(
             spec.probe_interval(),
@@ -994,7 +1026,8 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     let service = MeteredService::new(
         crate::dev::service_with_keys(Arc::clone(&gateway), Some(keys)),
         metrics.clone(),
-    );
+    )
+    .with_journal(gateway.journal().cloned());
     let has_tls = tls.is_some();
     let mut stop_s3 = stop;
     tasks.push(tokio::spawn(serve_s3(listener, service, tls, async move {
@@ -1016,6 +1049,8 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         clouds,
         shutdown,
         tasks,
+        journal_stop,
+        journal_task,
     })
 }
 

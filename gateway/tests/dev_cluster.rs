@@ -1469,7 +1469,11 @@ async fn lifecycle_rules_expire_transition_and_abort() {
     // cold/b and keep/c use now, and a metadata snapshot's shards, and takes nothing else.
     let snapshot = tmp.path().join("snapshot.bin");
     std::fs::write(&snapshot, data(50_000)).unwrap();
-    let manifest = cluster.gateway.store_snapshot(&snapshot).await.unwrap();
+    let manifest = cluster
+        .gateway
+        .store_snapshot(&snapshot, None)
+        .await
+        .unwrap();
     let gc =
         sublet_gateway::audit::collect_garbage(&cluster.gateway, None, std::time::Duration::ZERO)
             .await

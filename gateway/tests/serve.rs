@@ -405,13 +405,24 @@ spec:
         ),
         2.0
     );
-    // 150 000 bytes in 64 KiB segments: 3 segments of 3 shards, plus 2 replicas of notes.
-    let writes: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("sublet_gateway_shard_writes_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
-    assert_eq!(writes, 11.0, "{m}");
+    // 150 000 bytes in 64 KiB segments: 3 segments of 3 shards, plus 2 replicas of notes;
+    // besides, copies of metadata journal segments (one per change or group of changes).
+    let total = |series: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with(series))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let writes = total("sublet_gateway_shard_writes_total{");
+    let journal_copies = total("sublet_gateway_journal_copies_total{");
+    assert!(journal_copies >= 3.0, "{m}");
+    assert_eq!(writes - journal_copies, 11.0, "{m}");
+    assert_eq!(
+        total("sublet_gateway_journal_segments_total{result=\"failed\"}"),
+        0.0,
+        "{m}"
+    );
+    assert!(total("sublet_gateway_journal_entries_total") >= 4.0, "{m}");
     let home_writes: f64 = home
         .iter()
         .filter_map(|id| {
@@ -757,8 +768,9 @@ async fn serve_runs_the_config_the_operator_renders() {
 /// Where the operator's gateway pods serve `/healthz` and `/metrics`.
 const GATEWAY_ADMIN_LISTEN: &str = "0.0.0.0:9001";
 
-/// Losing the gateway's disk (all but the master key) loses nothing that a snapshot
-/// holds: `sublet recover` rebuilds the metadata from the providers.
+/// Losing the gateway's disk (all but the master key) loses no acknowledged write:
+/// `sublet recover` rebuilds the metadata from the newest snapshot on the providers and
+/// replays the metadata journal written after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metadata_is_recovered_from_snapshots_on_providers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -813,6 +825,10 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         client.send("PUT", "/photos/a.jpg", &[], &body).await.status,
         200
     );
+    for key in ["b.jpg", "gone.jpg"] {
+        let path = format!("/photos/{key}");
+        assert_eq!(client.send("PUT", &path, &[], b"old").await.status, 200);
+    }
     // Four snapshots; the three newest are kept.
     for _ in 0..4 {
         running.snapshot_now().await.unwrap();
@@ -820,10 +836,34 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     }
     let manifests = sublet_gateway::recover::manifest_ids(&running_clients(&providers)).await;
     assert_eq!(manifests.len(), 3, "{manifests:?}");
-    // Written after the last snapshot: not recoverable, and said so.
+    // Changed after the last snapshot: written, overwritten, deleted, a new bucket with a
+    // striped object. Each answer came after its change was in the journal.
     assert_eq!(
         client
             .send("PUT", "/photos/late.jpg", &[], b"late")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .send("PUT", "/photos/b.jpg", &[], b"new")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .send("DELETE", "/photos/gone.jpg", &[], b"")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(client.send("PUT", "/later", &[], b"").await.status, 200);
+    let striped = data(200_000);
+    assert_eq!(
+        client
+            .send("PUT", "/later/striped.bin", &[], &striped)
             .await
             .status,
         200
@@ -847,8 +887,17 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         .await
         .unwrap();
     assert_eq!(done.path, metadata);
-    // The one write after the last snapshot is counted as not recovered, snapshots aside.
-    assert_eq!(done.after.writes, 1, "{:?}", done.after);
+    // The journal brought back every change after the snapshot: nothing is left unnamed.
+    let replayed = &done.replayed;
+    assert!(replayed.segments >= 1, "{replayed:?}");
+    assert_eq!(replayed.applied, 5, "{replayed:?}");
+    assert!(
+        replayed.unreadable.is_empty()
+            && replayed.failed.is_empty()
+            && replayed.unlisted.is_empty(),
+        "{replayed:?}"
+    );
+    assert_eq!(done.after.writes, 0, "{:?}", done.after);
     assert!(done.after.unlisted.is_empty(), "{:?}", done.after);
 
     let running = sublet_gateway::serve::start(&config, &overrides)
@@ -862,8 +911,17 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     let r = client.send("GET", "/photos/a.jpg", &[], b"").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body == body, "the recovered object differs");
-    let r = client.send("GET", "/photos/late.jpg", &[], b"").await;
-    assert_eq!(r.status, 404, "{}", r.text());
+    for (path, want) in [
+        ("/photos/late.jpg", &b"late"[..]),
+        ("/photos/b.jpg", b"new"),
+        ("/later/striped.bin", &striped),
+    ] {
+        let r = client.send("GET", path, &[], b"").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert!(r.body == want, "{path} differs after recovery");
+    }
+    let r = client.send("GET", "/photos/gone.jpg", &[], b"").await;
+    assert_eq!(r.status, 404, "deleted after the snapshot: {}", r.text());
     assert_eq!(
         running.identity, node_before,
         "the recovered gateway is another node"

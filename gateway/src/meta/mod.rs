@@ -17,6 +17,8 @@ pub use copy::{CopyCounts, StoreLocation, copy_store};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use serde::{Deserialize, Serialize};
+
 use crate::layout::Layout;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +49,8 @@ pub enum MetaError {
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
 
 /// Whether a bucket keeps old versions (S3 bucket versioning).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Versioning {
     Unversioned,
     Enabled,
@@ -72,7 +75,8 @@ impl Versioning {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Bucket {
     pub name: String,
     /// Unix milliseconds.
@@ -86,7 +90,8 @@ pub struct Bucket {
 pub const NULL_VERSION: &str = "null";
 
 /// One version of one key: its data layout or a delete marker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectVersion {
     pub bucket: String,
     pub key: String,
@@ -205,7 +210,8 @@ pub struct ListQuery<'a> {
 }
 
 /// A multipart upload in progress.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Upload {
     pub bucket: String,
     pub key: String,
@@ -220,7 +226,8 @@ pub struct Upload {
 }
 
 /// One uploaded part: its own erasure-coded layout and MD5.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UploadPart {
     pub part_number: i32,
     pub size: u64,

@@ -100,6 +100,8 @@ pub struct Gateway {
     retired: Arc<std::sync::Mutex<Vec<(i64, crate::layout::Layout)>>>,
     /// Versions being streamed to clients, whose shards a removal must leave until the end.
     inflight: inflight::InFlight,
+    /// The metadata journal, when the store is this gateway's own (see [`crate::journal`]).
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl Gateway {
@@ -143,7 +145,24 @@ impl Gateway {
             repair_claims: Arc::default(),
             retired: Arc::default(),
             inflight: inflight::InFlight::default(),
+            journal: None,
         })
+    }
+
+    /// Journals metadata changes in `journal` (which must be the one the store appends to).
+    pub fn with_journal(mut self, journal: Option<Arc<crate::journal::Journal>>) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    /// The metadata journal, if this gateway keeps one.
+    pub fn journal(&self) -> Option<&Arc<crate::journal::Journal>> {
+        self.journal.as_ref()
+    }
+
+    /// The master key, which seals journal segments and wraps data keys.
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
     }
 
     /// Places new objects by `topology` (pools, zones, plan rules) and `health` instead of

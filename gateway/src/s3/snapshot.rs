@@ -37,6 +37,11 @@ pub struct Manifest {
     pub plan: String,
     /// Encrypted, erasure-coded like any object (its data key wrapped by the master key).
     pub layout: Layout,
+    /// The metadata journal's position when the copy was taken: it contains every change
+    /// journaled at or before it, and recovery replays the segments after it. `None` for
+    /// a gateway keeping no journal (and for snapshots older than the journal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_cut: Option<String>,
 }
 
 impl Manifest {
@@ -56,7 +61,12 @@ fn unavailable(message: String) -> S3Error {
 impl Gateway {
     /// Stores the file at `path` (a consistent copy of the metadata store) under the
     /// default plan and its manifest on every provider that takes it (at least one).
-    pub async fn store_snapshot(&self, path: &Path) -> S3Result<Manifest> {
+    /// `journal_cut` is the journal position read before the copy was taken.
+    pub async fn store_snapshot(
+        &self,
+        path: &Path,
+        journal_cut: Option<String>,
+    ) -> S3Result<Manifest> {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|e| internal(format!("reading the snapshot {}: {e}", path.display())))?;
@@ -85,6 +95,7 @@ impl Gateway {
             blake3,
             plan: plan.name.clone(),
             layout: written.layout,
+            journal_cut,
         };
         let json = Bytes::from(
             serde_json::to_vec(&manifest).map_err(|e| internal(format!("manifest: {e}")))?,
