@@ -836,6 +836,13 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     }
     let manifests = sublet_gateway::recover::manifest_ids(&running_clients(&providers)).await;
     assert_eq!(manifests.len(), 3, "{manifests:?}");
+    // Every kept snapshot contains the changes so far: their journal segments are gone.
+    let installation = running.gateway.installation().to_owned();
+    let journal = || async {
+        sublet_gateway::journal::list_segments(&installation, &running_clients(&providers)).await
+    };
+    let (segments, _) = journal().await;
+    assert!(segments.is_empty(), "not trimmed: {segments:?}");
     // Changed after the last snapshot: written, overwritten, deleted, a new bucket with a
     // striped object. Each answer came after its change was in the journal.
     assert_eq!(
@@ -869,6 +876,11 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         200
     );
     let node_before = running.identity;
+    let (segments, _) = journal().await;
+    assert!(!segments.is_empty());
+    for (id, holders) in &segments {
+        assert_eq!(holders.len(), 3, "{id} is not on every provider: {holders:?}");
+    }
     running.shutdown().await;
 
     // The disk is lost, the master key was backed up.
