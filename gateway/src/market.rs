@@ -127,14 +127,30 @@ async fn candidates(
     Ok(out)
 }
 
+/// How [`contract_pool`] may go about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contracting {
+    /// Propose contracts until the pool has as many providers as it asks for.
+    Propose,
+    /// Only find the contracts there are (`sublet recover`: reading back, not renting).
+    Existing,
+}
+
 /// Contracts providers for one market pool until `m.providers` are active (or proposed and
 /// not yet answered after `wait`), reusing the contracts in `ids`. Returns the active ones.
+///
+/// A pool that knows no contract (its data directory is new: a gateway recovered onto a
+/// new disk, or a pod on an empty volume) first takes over this demander's live contracts on
+/// that market that no pool in `claimed` names: its shards are in its namespace on those
+/// providers, and renting others instead would leave them unreachable.
 pub async fn contract_pool(
     pool: &str,
     m: &MarketPool,
     identity: &NodeIdentity,
     ids: &mut Vec<String>,
+    claimed: &HashSet<String>,
     wait: Duration,
+    how: Contracting,
 ) -> anyhow::Result<Vec<Contracted>> {
     let client = Client::new(&m.url).map_err(|e| anyhow!("spec.market.url: {e}"))?;
     let signer = signer_of(identity)?;
@@ -152,6 +168,18 @@ pub async fn contract_pool(
                 | sublet_market::contracts::ContractState::Proposed
         )
     };
+    if ids.is_empty() {
+        let party = signer.party_id();
+        ids.extend(
+            contracts
+                .values()
+                .filter(|c| c.demander == party && live(c) && !claimed.contains(&c.id))
+                .map(|c| c.id.clone()),
+        );
+        if !ids.is_empty() {
+            info!(pool, contracts = ?ids, "taking over this gateway's live contracts on the market");
+        }
+    }
     // A proposal left unanswered too long is withdrawn: a provider that went away must not
     // hold the pool's place until the market lapses it days later.
     let now = sublet_market::unix_now();
@@ -187,7 +215,7 @@ pub async fn contract_pool(
         })
     });
     let wanted = m.providers as usize;
-    if ids.len() < wanted {
+    if ids.len() < wanted && how == Contracting::Propose {
         // Providers in the pool already, and ones this gateway parted with (a contract that
         // ended or a proposal refused or withdrawn), are not asked again.
         let used: HashSet<String> =
@@ -290,6 +318,7 @@ pub async fn with_contracts(
     identity: &NodeIdentity,
     data_dir: &Path,
     wait: Duration,
+    how: Contracting,
 ) -> anyhow::Result<(Config, Vec<(String, Contracted)>)> {
     let mut config = config.clone();
     let mut all = Vec::new();
@@ -302,8 +331,14 @@ pub async fn with_contracts(
         let Some(m) = pool.spec.market.clone() else {
             continue;
         };
+        let claimed: HashSet<String> = saved
+            .pools
+            .iter()
+            .filter(|(other, _)| *other != name)
+            .flat_map(|(_, ids)| ids.iter().cloned())
+            .collect();
         let ids = saved.pools.entry(name.clone()).or_default();
-        match contract_pool(name, &m, identity, ids, wait).await {
+        match contract_pool(name, &m, identity, ids, &claimed, wait, how).await {
             Ok(contracted) => {
                 let listed: HashSet<String> =
                     pool.spec.endpoints.iter().map(|e| e.name.clone()).collect();
@@ -738,6 +773,12 @@ impl UsageReporter {
             let client = Client::new(&m.url).map_err(|e| anyhow!("spec.market.url: {e}"))?;
             let mine: Vec<Contract> =
                 serde_json::from_value(get(&client, Some(&self.signer), "/v1/contracts").await?)?;
+            let claimed: HashSet<String> = saved
+                .pools
+                .iter()
+                .filter(|(other, _)| *other != pool)
+                .flat_map(|(_, ids)| ids.iter().cloned())
+                .collect();
             let ids = saved.pools.entry(pool.clone()).or_default();
             let active = ids
                 .iter()
@@ -750,7 +791,16 @@ impl UsageReporter {
                 continue;
             }
             let before = ids.clone();
-            let contracted = contract_pool(pool, m, &r.identity, ids, RECONTRACT_WAIT).await?;
+            let contracted = contract_pool(
+                pool,
+                m,
+                &r.identity,
+                ids,
+                &claimed,
+                RECONTRACT_WAIT,
+                Contracting::Propose,
+            )
+            .await?;
             changed |= *ids != before;
             let known = r.gateway.providers();
             let mut endpoints = Vec::new();

@@ -738,8 +738,14 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
         &paths.identity_dir,
         Some(master.node_seed()),
     )?);
-    let (with_market, contracted) =
-        crate::market::with_contracts(config, &identity, &paths.data_dir, MARKET_WAIT).await?;
+    let (with_market, contracted) = crate::market::with_contracts(
+        config,
+        &identity,
+        &paths.data_dir,
+        MARKET_WAIT,
+        crate::market::Contracting::Propose,
+    )
+    .await?;
     let config = &with_market;
     let endpoints = endpoints(config)?;
 
@@ -1121,7 +1127,17 @@ pub async fn recover(
         Some(master.node_seed()),
     )?);
     let plans = plans(config, &spec.default_plan)?;
-    let endpoints = endpoints(config)?;
+    // Rented providers hold snapshots and journal too: the contracts this gateway (the node
+    // the master key derives) holds name them. Nothing new is rented here.
+    let (with_market, _) = crate::market::with_contracts(
+        config,
+        &identity,
+        &paths.data_dir,
+        MARKET_WAIT,
+        crate::market::Contracting::Existing,
+    )
+    .await?;
+    let endpoints = endpoints(&with_market)?;
     let metrics = Metrics::new()?;
     let health = Arc::new(HealthBoard::default());
     let (mut backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;

@@ -292,6 +292,53 @@ spec:
     let r = s3.send("GET", "/rented/blob.bin", &[], b"").await;
     assert_eq!(r.status, 200);
     assert!(r.body == body, "the object read back after restart differs");
+
+    // The gateway's disk is lost, all but the backed-up master key, with an object written
+    // after the last snapshot. Recovery finds the rented providers through the contracts
+    // the master key's node holds, and the gateway takes those contracts over.
+    running.snapshot_now().await.unwrap();
+    let r = s3
+        .send("PUT", "/rented/late.txt", &[], b"after the snapshot")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let paths = running.paths.clone();
+    running.shutdown().await;
+    let kept = tmp.path().join("master.key.backup");
+    std::fs::rename(&paths.master_key, &kept).unwrap();
+    std::fs::remove_dir_all(&paths.data_dir).unwrap();
+    std::fs::create_dir_all(paths.master_key.parent().unwrap()).unwrap();
+    std::fs::rename(&kept, &paths.master_key).unwrap();
+    let done = sublet_gateway::serve::recover(&config, &Default::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(done.replayed.applied, 1, "{:?}", done.replayed);
+    assert!(done.replayed.unlisted.is_empty(), "{:?}", done.replayed);
+    assert_eq!(done.after.writes, 0, "{:?}", done.after);
+    let running = sublet_gateway::serve::start(&config, &Default::default())
+        .await
+        .unwrap();
+    let after = market
+        .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(
+        after, again,
+        "the recovered gateway signed new contracts instead of taking over its own"
+    );
+    let s3 = Client {
+        addr: running.s3_addr,
+        ..s3
+    };
+    let r = s3.send("GET", "/rented/blob.bin", &[], b"").await;
+    assert!(r.status == 200 && r.body == body, "{}", r.status);
+    let r = s3.send("GET", "/rented/late.txt", &[], b"").await;
+    assert!(
+        r.status == 200 && r.body == b"after the snapshot",
+        "{}",
+        r.text()
+    );
     running.shutdown().await;
     for p in [cheap_a, cheap_b, dear] {
         p.shutdown().await;

@@ -879,7 +879,11 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     let (segments, _) = journal().await;
     assert!(!segments.is_empty());
     for (id, holders) in &segments {
-        assert_eq!(holders.len(), 3, "{id} is not on every provider: {holders:?}");
+        assert_eq!(
+            holders.len(),
+            3,
+            "{id} is not on every provider: {holders:?}"
+        );
     }
     running.shutdown().await;
 
