@@ -36,6 +36,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
 pub const SHARD_SUFFIX: &str = ".shard";
 /// Shard ids of metadata snapshots (manifests and the snapshot's own shards) start so.
 pub const SNAPSHOT_PREFIX: &str = "sublet-meta-manifest-";
+/// Shard ids of the gateway's metadata journal segments start with this.
+pub const JOURNAL_PREFIX: &str = "sublet-meta-journal-";
 
 /// One `sublet-provider` process and its state.
 pub struct ProviderProcess {
@@ -144,7 +146,7 @@ impl ProviderProcess {
         }
     }
 
-    /// Its shard files, by shard id (temp files and snapshots left out).
+    /// Its shard files, by shard id (temp files, snapshots and journal segments left out).
     pub fn shard_files(&self) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(self.dir.join("shards"))
             .map(|entries| {
@@ -153,7 +155,8 @@ impl ProviderProcess {
                     .filter_map(|e| {
                         let name = e.file_name().to_string_lossy().into_owned();
                         let id = name.strip_suffix(SHARD_SUFFIX)?.to_string();
-                        (!id.starts_with(SNAPSHOT_PREFIX)).then(|| (id, e.path()))
+                        (!id.starts_with(SNAPSHOT_PREFIX) && !id.starts_with(JOURNAL_PREFIX))
+                            .then(|| (id, e.path()))
                     })
                     .collect()
             })
