@@ -141,6 +141,9 @@ struct State {
     next_seq: u64,
     /// Position of the last stored segment; every entry at or before it is durable.
     cut: String,
+    /// Unix ms this journal started (or later, see [`Journal::follow`]): the first half of
+    /// its positions.
+    epoch: i64,
 }
 
 /// A gateway's metadata journal. See the module documentation.
@@ -148,8 +151,6 @@ pub struct Journal {
     master: Arc<MasterKey>,
     /// `JOURNAL_PREFIX` + installation + `-`.
     prefix: String,
-    /// Unix ms this journal started: the first half of its positions.
-    epoch: i64,
     state: Mutex<State>,
     progress: tokio::sync::watch::Sender<Progress>,
     wake: tokio::sync::Notify,
@@ -159,7 +160,6 @@ impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal")
             .field("prefix", &self.prefix)
-            .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
 }
@@ -181,10 +181,10 @@ impl Journal {
         Arc::new(Self {
             master,
             prefix,
-            epoch,
             state: Mutex::new(State {
                 next_seq: 1,
                 cut: position(epoch, 0),
+                epoch,
                 ..State::default()
             }),
             progress: tokio::sync::watch::channel(Progress::default()).0,
@@ -194,6 +194,36 @@ impl Journal {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes this run's positions sort after every segment `clients` list, so a clock that
+    /// went back since the last run (a board without a real-time clock, before NTP) cannot
+    /// order its segments before older ones. Call before [`Journal::spawn`].
+    pub async fn follow(&self, clients: &[(String, ProviderClient)]) {
+        let (segments, _) = list_segments(self.master.installation(), clients).await;
+        self.follow_ids(segments.keys().map(String::as_str));
+    }
+
+    /// [`Journal::follow`] for segments named `ids`.
+    fn follow_ids<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let newest = ids
+            .filter_map(|id| id.strip_prefix(&self.prefix))
+            .filter_map(|pos| pos.split('-').next()?.parse::<i64>().ok())
+            .max();
+        let mut state = self.state();
+        if let Some(newest) = newest
+            && newest >= state.epoch
+            && !state.active
+        {
+            tracing::warn!(
+                newest_segment_ms = newest,
+                now_ms = state.epoch,
+                "the metadata journal on the providers is newer than this machine's clock; \
+                 numbering after it"
+            );
+            state.epoch = newest + 1;
+            state.cut = position(state.epoch, 0);
+        }
     }
 
     /// Whether a flusher runs (entries are being journaled).
@@ -316,10 +346,11 @@ impl Journal {
                     } else {
                         let seq = state.next_seq;
                         state.next_seq += 1;
-                        Some((std::mem::take(&mut state.pending), state.appended, seq))
+                        let cut = position(state.epoch, seq);
+                        Some((std::mem::take(&mut state.pending), state.appended, seq, cut))
                     }
                 };
-                let Some((entries, upto, seq)) = batch else {
+                let Some((entries, upto, seq, cut)) = batch else {
                     if stopping {
                         return;
                     }
@@ -329,7 +360,6 @@ impl Journal {
                     }
                     continue;
                 };
-                let cut = position(journal.epoch, seq);
                 let id = format!("{}{cut}", journal.prefix);
                 let nodes = providers();
                 let stored = match journal.seal(&id, &entries) {
@@ -1456,6 +1486,26 @@ mod tests {
         }
         stop.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    #[test]
+    fn a_clock_behind_the_journal_numbers_after_it() {
+        let journal = Journal::new(master());
+        let prefix = segment_prefix(master().installation());
+        let ahead = crate::health::now_ms() + 3_600_000;
+        let ids = [
+            format!("{prefix}{}", position(ahead - 5, 7)),
+            format!("{prefix}{}", position(ahead, 2)),
+            format!("{JOURNAL_PREFIX}otherinstall-{}", position(ahead + 99, 1)),
+        ];
+        journal.follow_ids(ids.iter().map(String::as_str));
+        assert_eq!(journal.cut(), position(ahead + 1, 0));
+        assert!(format!("{prefix}{}", journal.cut()) > ids[1]);
+        // A journal already behind nobody stays where it is.
+        let fresh = Journal::new(master());
+        let before = fresh.cut();
+        fresh.follow_ids(ids[..1].iter().map(|_| "garbage"));
+        assert_eq!(fresh.cut(), before);
     }
 
     #[test]
