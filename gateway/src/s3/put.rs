@@ -225,10 +225,20 @@ impl Gateway {
     /// metadata: now, or when the last read of it in this process ends. With a store other
     /// gateway replicas share, whose reads this process cannot see, the shards are retired
     /// instead and freed [`super::lifecycle::RETIRE_DELAY_MS`] later.
+    ///
+    /// With a metadata journal, only once the removal is in it: until then a recovered
+    /// store would still name the removed version, whose shards must then still be there
+    /// (when the journal cannot be stored, garbage collection frees them later).
     pub(super) async fn free_removed(&self, removed: Option<&ObjectVersion>) {
         let Some((v, layout)) = removed.and_then(|v| v.layout.as_ref().map(|l| (v, l))) else {
             return;
         };
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.barrier().await
+        {
+            tracing::warn!(bucket = %v.bucket, key = %v.key, error = %e, "the removal is not in the metadata journal yet; its shards are left to garbage collection");
+            return;
+        }
         if self.inflight.defer(v, layout) {
             return;
         }
