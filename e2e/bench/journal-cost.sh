@@ -103,6 +103,18 @@ EOF
         >"$WORK/$label-$round.metrics" || true
     kill -INT "$pid"
     wait "$pid" || true
+    if [[ $label == journal ]]; then
+        # The disk is lost right after the run: time the recovery (no snapshot was due
+        # yet, so every change comes back from the journal).
+        rm -f "$dir"/data/metadata.db*
+        local t0 t1
+        t0=$(date +%s.%N)
+        "$bin" recover --config "$dir/sublet.yaml" >"$WORK/$label-$round.recover" 2>&1 || {
+            log "recover failed:"; cat "$WORK/$label-$round.recover" >&2; exit 1; }
+        t1=$(date +%s.%N)
+        echo "seconds=$(python3 -c "print(round($t1 - $t0, 2))")" >>"$WORK/$label-$round.recover"
+        cat "$WORK/$label-$round.recover" >&2
+    fi
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -113,8 +125,8 @@ done
 python3 - "$WORK" <<'EOF'
 import json, pathlib, re, sys
 work = pathlib.Path(sys.argv[1])
-print("| build | round | small-put ops/s | p50 / p99 ms | small-get ops/s | journal segments | changes per segment |")
-print("|---|---|---|---|---|---|---|")
+print("| build | round | small-put ops/s | p50 / p99 ms | small-get ops/s | journal segments | changes per segment | recover |")
+print("|---|---|---|---|---|---|---|---|")
 for f in sorted(work.glob("*.json")):
     label, rnd = f.stem.rsplit("-", 1)
     ph = {p["phase"]: p for p in json.loads(f.read_text())["phases"]}
@@ -123,6 +135,15 @@ for f in sorted(work.glob("*.json")):
     seg = sum(float(v) for v in re.findall(r'journal_segments_total\{result="stored"\} (\S+)', m))
     ent = sum(float(v) for v in re.findall(r'^sublet_gateway_journal_entries_total (\S+)', m, re.M))
     per = f"{ent / seg:.1f}" if seg else "-"
+    rec = work / f"{f.stem}.recover"
+    recover = "-"
+    if rec.exists():
+        text = rec.read_text()
+        secs = re.search(r"seconds=(\S+)", text)
+        applied = re.search(r"(\d+) changes applied", text)
+        lost = "NOT RECOVERED" in text or "NOT REPLAYED" in text
+        recover = (f"{secs.group(1)} s, {applied.group(1) if applied else '?'} changes"
+                   + (", **losses**" if lost else ""))
     print(f"| {label} | {rnd} | {put['ops_per_sec']:.1f} | {put['p50_ms']:.1f} / {put['p99_ms']:.1f} "
-          f"| {get['ops_per_sec']:.1f} | {int(seg) if seg else '-'} | {per} |")
+          f"| {get['ops_per_sec']:.1f} | {int(seg) if seg else '-'} | {per} | {recover} |")
 EOF

@@ -396,18 +396,29 @@ async fn recover(
         ..Default::default()
     };
     let done = sublet_gateway::serve::recover(&config, &overrides, force).await?;
-    println!(
-        "restored the metadata snapshot of {} ({} bytes) to {}",
-        chrono::DateTime::from_timestamp_millis(done.manifest.created)
-            .map_or_else(|| done.manifest.created.to_string(), |t| t.to_rfc3339()),
-        done.manifest.size,
-        done.path.display()
-    );
     let replayed = &done.replayed;
-    println!(
-        "replayed the metadata journal written after it: {} segments, {} changes applied, {} already in the snapshot",
-        replayed.segments, replayed.applied, replayed.skipped
-    );
+    match &done.manifest {
+        Some(manifest) => {
+            println!(
+                "restored the metadata snapshot of {} ({} bytes) to {}",
+                chrono::DateTime::from_timestamp_millis(manifest.created)
+                    .map_or_else(|| manifest.created.to_string(), |t| t.to_rfc3339()),
+                manifest.size,
+                done.path.display()
+            );
+            println!(
+                "replayed the metadata journal written after it: {} segments, {} changes applied, {} already in the snapshot",
+                replayed.segments, replayed.applied, replayed.skipped
+            );
+        }
+        None => println!(
+            "no metadata snapshot yet: rebuilt {} from the whole metadata journal: {} segments, {} changes applied, {} skipped",
+            done.path.display(),
+            replayed.segments,
+            replayed.applied,
+            replayed.skipped
+        ),
+    }
     for problem in &replayed.unreadable {
         println!("NOT REPLAYED: journal segment {problem} has no readable copy");
     }
@@ -423,7 +434,9 @@ async fn recover(
     }
     let after = &done.after;
     if after.shards == 0 {
-        println!("no shard on the providers was written after that snapshot");
+        println!(
+            "nothing is missing: the restored metadata names every shard this installation stored after the snapshot (or, without one, at all)"
+        );
     } else {
         println!(
             "NOT RECOVERED: {} writes ({} shards, {} bytes, the newest at {}) were stored after \

@@ -187,7 +187,9 @@ fn until_due(newest: Option<i64>, now_ms: i64, every: Duration) -> Duration {
 /// What `sublet recover` restored.
 #[derive(Debug)]
 pub struct Recovered {
-    pub manifest: Manifest,
+    /// The snapshot restored; `None` when there was none yet and the whole journal was
+    /// replayed onto an empty store.
+    pub manifest: Option<Manifest>,
     pub path: PathBuf,
     /// The metadata journal written after the snapshot, replayed onto it.
     pub replayed: crate::journal::Replayed,
@@ -283,6 +285,12 @@ pub async fn restore_newest(
     }
     let ids = manifest_ids(clients).await;
     if ids.is_empty() {
+        // A young installation (no snapshot is due in its first interval) has its whole
+        // history in the journal: nothing was trimmed without a snapshot.
+        let (segments, _) = crate::journal::list_segments(gateway.installation(), clients).await;
+        if !segments.is_empty() {
+            return replay_onto_empty(gateway, clients, target).await;
+        }
         bail!(
             "no provider holds a metadata snapshot (shards named {MANIFEST_PREFIX}*); `sublet serve` takes one every StorageGateway spec.snapshotInterval (default {} min)",
             SNAPSHOT_INTERVAL.as_secs() / 60
@@ -343,7 +351,7 @@ pub async fn restore_newest(
                 )
                 .await?;
                 return Ok(Recovered {
-                    manifest,
+                    manifest: Some(manifest),
                     path: target.to_path_buf(),
                     replayed,
                     after,
@@ -356,6 +364,50 @@ pub async fn restore_newest(
         "no snapshot could be read back:\n  {}",
         problems.join("\n  ")
     )
+}
+
+/// Builds the store at `target` from the journal alone, for an installation that has no
+/// snapshot yet.
+async fn replay_onto_empty(
+    gateway: &Gateway,
+    clients: &[(String, ProviderClient)],
+    target: &Path,
+) -> anyhow::Result<Recovered> {
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = target.with_extension("recovering");
+    for path in [
+        tmp.clone(),
+        tmp.with_extension("recovering-wal"),
+        tmp.with_extension("recovering-shm"),
+    ] {
+        let _ = std::fs::remove_file(path);
+    }
+    for ext in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(target.with_extension(ext));
+    }
+    let replayed = {
+        let store = crate::meta::SqliteStore::open(&tmp)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
+        crate::journal::replay(gateway, gateway.master_key(), clients, &store, None).await
+    };
+    std::fs::rename(&tmp, target)
+        .with_context(|| format!("moving the rebuilt store to {}", target.display()))?;
+    let after = after_snapshot(
+        gateway.installation(),
+        clients,
+        target,
+        0,
+        &std::collections::HashSet::new(),
+    )
+    .await?;
+    Ok(Recovered {
+        manifest: None,
+        path: target.to_path_buf(),
+        replayed,
+        after,
+    })
 }
 
 #[cfg(test)]

@@ -768,15 +768,18 @@ async fn serve_runs_the_config_the_operator_renders() {
 /// Where the operator's gateway pods serve `/healthz` and `/metrics`.
 const GATEWAY_ADMIN_LISTEN: &str = "0.0.0.0:9001";
 
-/// Losing the gateway's disk (all but the master key) loses no acknowledged write:
-/// `sublet recover` rebuilds the metadata from the newest snapshot on the providers and
-/// replays the metadata journal written after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metadata_is_recovered_from_snapshots_on_providers() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Three providers and the file of a gateway on them (EC 2+1, SQLite metadata in
+/// `<dir>/gateway`): what the recovery tests lose the disk of.
+async fn recoverable_gateway(
+    dir: &Path,
+) -> (
+    Vec<RunningProvider>,
+    sublet_crds::Config,
+    std::path::PathBuf,
+) {
     let mut providers = Vec::new();
     for i in 0..3 {
-        providers.push(start_provider(&tmp.path().join(format!("provider-{i}"))).await);
+        providers.push(start_provider(&dir.join(format!("provider-{i}"))).await);
     }
     let endpoints: String = providers
         .iter()
@@ -788,7 +791,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
             )
         })
         .collect();
-    let data_dir = tmp.path().join("gateway");
+    let data_dir = dir.join("gateway");
     let yaml = format!(
         "apiVersion: sublet.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: home}}\n\
          spec:\n  class: owned\n  endpoints:\n{endpoints}---\n\
@@ -800,6 +803,16 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         data_dir.display()
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    (providers, config, data_dir)
+}
+
+/// Losing the gateway's disk (all but the master key) loses no acknowledged write:
+/// `sublet recover` rebuilds the metadata from the newest snapshot on the providers and
+/// replays the metadata journal written after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metadata_is_recovered_from_snapshots_on_providers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (providers, config, data_dir) = recoverable_gateway(tmp.path()).await;
     let overrides = sublet_gateway::serve::Overrides::default();
 
     // Nothing to recover from yet: a clear error, and nothing written.
@@ -942,6 +955,69 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         running.identity, node_before,
         "the recovered gateway is another node"
     );
+    running.shutdown().await;
+    for p in providers {
+        p.shutdown().await;
+    }
+}
+
+/// An installation younger than its first snapshot keeps its whole history in the
+/// journal: losing the disk then still loses no acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (providers, config, data_dir) = recoverable_gateway(tmp.path()).await;
+    let overrides = sublet_gateway::serve::Overrides::default();
+    let running = sublet_gateway::serve::start(&config, &overrides)
+        .await
+        .unwrap();
+    let client = Client {
+        addr: running.s3_addr,
+        access_key: "admin".into(),
+        secret_key: "admin-secret-0123456789".into(),
+    };
+    assert_eq!(client.send("PUT", "/young", &[], b"").await.status, 200);
+    let body = data(150_000);
+    for key in ["kept.bin", "gone.bin"] {
+        let path = format!("/young/{key}");
+        assert_eq!(client.send("PUT", &path, &[], &body).await.status, 200);
+    }
+    assert_eq!(
+        client
+            .send("DELETE", "/young/gone.bin", &[], b"")
+            .await
+            .status,
+        204
+    );
+    running.shutdown().await;
+    assert!(
+        sublet_gateway::recover::manifest_ids(&running_clients(&providers))
+            .await
+            .is_empty(),
+        "no snapshot is due in the first interval"
+    );
+
+    for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
+    let done = sublet_gateway::serve::recover(&config, &overrides, false)
+        .await
+        .unwrap();
+    assert!(done.manifest.is_none());
+    assert_eq!(done.replayed.applied, 4, "{:?}", done.replayed);
+    assert_eq!(done.after.writes, 0, "{:?}", done.after);
+
+    let running = sublet_gateway::serve::start(&config, &overrides)
+        .await
+        .unwrap();
+    let client = Client {
+        addr: running.s3_addr,
+        ..client
+    };
+    let r = client.send("GET", "/young/kept.bin", &[], b"").await;
+    assert!(r.status == 200 && r.body == body, "{}", r.status);
+    let r = client.send("GET", "/young/gone.bin", &[], b"").await;
+    assert_eq!(r.status, 404);
     running.shutdown().await;
     for p in providers {
         p.shutdown().await;
