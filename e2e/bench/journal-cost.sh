@@ -69,6 +69,7 @@ done
 
 run() { # label binary round
     local label=$1 bin=$2 round=$3 dir=$WORK/g-$1-$3 port admin
+    shift 3
     port=$(free_port)
     admin=$(free_port)
     mkdir -p "$dir"
