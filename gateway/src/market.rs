@@ -39,6 +39,17 @@ struct Saved {
     pools: BTreeMap<String, Vec<String>>,
 }
 
+impl Saved {
+    /// The contracts every pool but `pool` names.
+    fn claimed_by_others(&self, pool: &str) -> HashSet<String> {
+        self.pools
+            .iter()
+            .filter(|(other, _)| other.as_str() != pool)
+            .flat_map(|(_, ids)| ids.iter().cloned())
+            .collect()
+    }
+}
+
 /// A provider contracted for a market pool.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Contracted {
@@ -331,12 +342,7 @@ pub async fn with_contracts(
         let Some(m) = pool.spec.market.clone() else {
             continue;
         };
-        let claimed: HashSet<String> = saved
-            .pools
-            .iter()
-            .filter(|(other, _)| *other != name)
-            .flat_map(|(_, ids)| ids.iter().cloned())
-            .collect();
+        let claimed = saved.claimed_by_others(name);
         let ids = saved.pools.entry(name.clone()).or_default();
         match contract_pool(name, &m, identity, ids, &claimed, wait, how).await {
             Ok(contracted) => {
@@ -773,12 +779,7 @@ impl UsageReporter {
             let client = Client::new(&m.url).map_err(|e| anyhow!("spec.market.url: {e}"))?;
             let mine: Vec<Contract> =
                 serde_json::from_value(get(&client, Some(&self.signer), "/v1/contracts").await?)?;
-            let claimed: HashSet<String> = saved
-                .pools
-                .iter()
-                .filter(|(other, _)| *other != pool)
-                .flat_map(|(_, ids)| ids.iter().cloned())
-                .collect();
+            let claimed = saved.claimed_by_others(pool);
             let ids = saved.pools.entry(pool.clone()).or_default();
             let active = ids
                 .iter()

@@ -858,36 +858,17 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     assert!(segments.is_empty(), "not trimmed: {segments:?}");
     // Changed after the last snapshot: written, overwritten, deleted, a new bucket with a
     // striped object. Each answer came after its change was in the journal.
-    assert_eq!(
-        client
-            .send("PUT", "/photos/late.jpg", &[], b"late")
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        client
-            .send("PUT", "/photos/b.jpg", &[], b"new")
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        client
-            .send("DELETE", "/photos/gone.jpg", &[], b"")
-            .await
-            .status,
-        204
-    );
-    assert_eq!(client.send("PUT", "/later", &[], b"").await.status, 200);
     let striped = data(200_000);
-    assert_eq!(
-        client
-            .send("PUT", "/later/striped.bin", &[], &striped)
-            .await
-            .status,
-        200
-    );
+    for (method, path, body, status) in [
+        ("PUT", "/photos/late.jpg", &b"late"[..], 200),
+        ("PUT", "/photos/b.jpg", b"new", 200),
+        ("DELETE", "/photos/gone.jpg", b"", 204),
+        ("PUT", "/later", b"", 200),
+        ("PUT", "/later/striped.bin", &striped, 200),
+    ] {
+        let r = client.send(method, path, &[], body).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+    }
     let node_before = running.identity;
     let (segments, _) = journal().await;
     assert!(!segments.is_empty());
