@@ -100,6 +100,10 @@ pub enum Entry {
         key: String,
         upload_id: String,
     },
+    /// The policy overlay applied through the admin API (a copy; the file is what runs).
+    Policies {
+        yaml: String,
+    },
     /// A repair, re-encode or transition: the version's layout (and plan) changed.
     SwapLayout {
         bucket: String,
@@ -731,6 +735,14 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
             Err(MetaError::NoSuchUpload { .. }) => Ok(false),
             Err(e) => Err(e),
         },
+        Entry::Policies { yaml } => {
+            let current = store.shared_policies()?;
+            if current.as_ref().is_some_and(|(_, y)| y == yaml) {
+                return Ok(false);
+            }
+            let expected = current.map_or(0, |(revision, _)| revision);
+            Ok(store.put_shared_policies(expected, yaml)?.is_some())
+        }
         Entry::SwapLayout {
             bucket,
             key,
@@ -809,7 +821,14 @@ impl MetadataStore for JournaledStore {
         self.inner.shared_policies()
     }
     fn put_shared_policies(&self, expected: i64, yaml: &str) -> Result<Option<i64>> {
-        self.inner.put_shared_policies(expected, yaml)
+        self.logged(
+            |s| s.put_shared_policies(expected, yaml),
+            |stored| {
+                stored.map(|_| Entry::Policies {
+                    yaml: yaml.to_owned(),
+                })
+            },
+        )
     }
     fn record_probes(&self, outcomes: &[(String, bool)], now: i64) -> Result<()> {
         self.inner.record_probes(outcomes, now)

@@ -432,6 +432,12 @@ async fn recover(
             replayed.unlisted.join(", ")
         );
     }
+    if let Some(path) = &done.overlay {
+        println!(
+            "wrote back the policies applied through the admin API to {}",
+            path.display()
+        );
+    }
     let after = &done.after;
     if after.shards == 0 {
         println!(

@@ -684,10 +684,61 @@ impl PolicyApi {
                 Vec::new(),
             ));
         }
+        if !self.gateway.metadata().shares_policies() {
+            self.keep_copy(&next).await;
+        }
         state.overlay = next;
         state.effective = effective;
         state.revision = revision;
         Ok(())
+    }
+
+    /// Keeps a copy of `overlay` in a store of this gateway's own, which snapshots and the
+    /// metadata journal carry, so `sublet recover` can bring the overlay file back with the
+    /// metadata. Best effort: the file is what runs.
+    async fn keep_copy(&self, overlay: &Overlay) {
+        let yaml = match serde_yaml::to_string(overlay) {
+            Ok(yaml) => yaml,
+            Err(e) => {
+                tracing::warn!(error = %e, "the policy overlay could not be copied");
+                return;
+            }
+        };
+        let meta = Arc::clone(self.gateway.metadata());
+        let journal = self.gateway.journal().cloned();
+        let copied = tokio::task::spawn_blocking(move || {
+            let current = meta.shared_policies()?;
+            if current.as_ref().is_some_and(|(_, y)| *y == yaml) {
+                return Ok(None);
+            }
+            meta.put_shared_policies(current.map_or(0, |(revision, _)| revision), &yaml)
+        })
+        .await;
+        match copied {
+            Ok(Ok(_)) => {
+                if let Some(journal) = journal
+                    && let Err(e) = journal.barrier().await
+                {
+                    tracing::warn!(error = %e, "the policy change is not in the metadata journal yet");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the policy overlay could not be copied into the metadata store; a recovered gateway will not have it")
+            }
+            Err(e) => tracing::warn!(error = %e, "copying the policy overlay failed"),
+        }
+    }
+
+    /// At start: a gateway that keeps its own overlay file makes sure the metadata store
+    /// holds a copy of it (an overlay written before copies were kept, or by hand).
+    pub async fn copy_overlay(&self) {
+        if self.gateway.metadata().shares_policies() {
+            return;
+        }
+        let state = self.state.lock().await;
+        if state.overlay != Overlay::default() {
+            self.keep_copy(&state.overlay).await;
+        }
     }
 
     /// Runs what another gateway on the same database applied: when the shared overlay's

@@ -196,6 +196,29 @@ pub struct Recovered {
     /// Shards this installation wrote after the snapshot that the restored metadata (with
     /// the journal replayed) does not name: what the lost disk took (see [`after_snapshot`]).
     pub after: AfterSnapshot,
+    /// Where the policy overlay (plans, schedules and pools applied through the admin API)
+    /// was written back from the restored metadata, if it held one and no file was there.
+    pub overlay: Option<PathBuf>,
+}
+
+/// Writes the policy overlay the store at `restored` keeps a copy of to `overlay`, unless a
+/// file is there already (the disk was not lost after all, or it was put back by hand).
+fn restore_overlay(restored: &Path, overlay: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if overlay.exists() {
+        return Ok(None);
+    }
+    let store = crate::meta::SqliteStore::open(restored)
+        .map_err(|e| anyhow::anyhow!("opening the restored {}: {e}", restored.display()))?;
+    let Some((_, yaml)) = store
+        .shared_policies()
+        .map_err(|e| anyhow::anyhow!("reading the policy overlay's copy: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let parsed: crate::policy::Overlay = serde_yaml::from_str(&yaml)
+        .context("the restored metadata's copy of the policy overlay is unreadable")?;
+    parsed.write(overlay)?;
+    Ok(Some(overlay.to_path_buf()))
 }
 
 /// What providers hold that was written after a snapshot and that the restored metadata
@@ -275,6 +298,7 @@ pub async fn restore_newest(
     gateway: &Gateway,
     clients: &[(String, ProviderClient)],
     target: &Path,
+    overlay: &Path,
     force: bool,
 ) -> anyhow::Result<Recovered> {
     if target.exists() && !force {
@@ -289,7 +313,7 @@ pub async fn restore_newest(
         // history in the journal: nothing was trimmed without a snapshot.
         let (segments, _) = crate::journal::list_segments(gateway.installation(), clients).await;
         if !segments.is_empty() {
-            return replay_onto_empty(gateway, clients, target).await;
+            return replay_onto_empty(gateway, clients, target, overlay).await;
         }
         bail!(
             "no provider holds a metadata snapshot (shards named {MANIFEST_PREFIX}*); `sublet serve` takes one every StorageGateway spec.snapshotInterval (default {} min)",
@@ -355,6 +379,7 @@ pub async fn restore_newest(
                     path: target.to_path_buf(),
                     replayed,
                     after,
+                    overlay: restore_overlay(target, overlay)?,
                 });
             }
             Err(e) => problems.push(format!("{id}: {}", e.message().unwrap_or("unreadable"))),
@@ -372,6 +397,7 @@ async fn replay_onto_empty(
     gateway: &Gateway,
     clients: &[(String, ProviderClient)],
     target: &Path,
+    overlay: &Path,
 ) -> anyhow::Result<Recovered> {
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -407,6 +433,7 @@ async fn replay_onto_empty(
         path: target.to_path_buf(),
         replayed,
         after,
+        overlay: restore_overlay(target, overlay)?,
     })
 }
 

@@ -1002,6 +1002,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
                 )?
                 .with_dialer(Arc::clone(&dialer)),
             );
+            policy.copy_overlay().await;
             // Replicas on one database run the policies any of them applied.
             if gateway.metadata().shares_policies() {
                 if let Err(e) = policy.sync_shared().await {
@@ -1154,7 +1155,14 @@ pub async fn recover(
     let scratch: Arc<dyn MetadataStore> =
         Arc::new(SqliteStore::open_in_memory().map_err(|e| anyhow::anyhow!("scratch store: {e}"))?);
     let gateway = Gateway::new(scratch, master, plans, backends)?;
-    crate::recover::restore_newest(&gateway, &clients, &paths.metadata, force).await
+    crate::recover::restore_newest(
+        &gateway,
+        &clients,
+        &paths.metadata,
+        &paths.data_dir.join(crate::policy::OVERLAY_FILE),
+        force,
+    )
+    .await
 }
 
 /// Serves S3 on `listener` (over TLS when `tls` is set) until `shutdown` resolves.

@@ -798,8 +798,8 @@ async fn recoverable_gateway(
          apiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {{name: standard}}\n\
          spec:\n  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}\n  segmentSize: 64Ki\n---\n\
          apiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {{name: s3}}\n\
-         spec:\n  defaultPlan: standard\n  listen: \"127.0.0.1:0\"\n  dataDir: \"{}\"\n  \
-         providerToken: {TOKEN}\n  credentials:\n    - {{accessKey: admin, secretKey: admin-secret-0123456789}}\n",
+         spec:\n  defaultPlan: standard\n  listen: \"127.0.0.1:0\"\n  adminListen: \"127.0.0.1:0\"\n  \
+         dataDir: \"{}\"\n  providerToken: {TOKEN}\n  credentials:\n    - {{accessKey: admin, secretKey: admin-secret-0123456789}}\n",
         data_dir.display()
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
@@ -942,13 +942,29 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     }
 }
 
+/// A request to the admin API with the test's token.
+async fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
+         authorization: Bearer {ADMIN_TOKEN}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    http_exchange(addr, head.as_bytes(), body.as_bytes()).await
+}
+
+const ADMIN_TOKEN: &str = "recover-admin-token-0123456789";
+
 /// An installation younger than its first snapshot keeps its whole history in the
-/// journal: losing the disk then still loses no acknowledged write.
+/// journal: losing the disk then still loses no acknowledged write, nor the plans applied
+/// through the admin API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
     let tmp = tempfile::tempdir().unwrap();
     let (providers, config, data_dir) = recoverable_gateway(tmp.path()).await;
-    let overrides = sublet_gateway::serve::Overrides::default();
+    let overrides = sublet_gateway::serve::Overrides {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
     let running = sublet_gateway::serve::start(&config, &overrides)
         .await
         .unwrap();
@@ -957,7 +973,25 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
         access_key: "admin".into(),
         secret_key: "admin-secret-0123456789".into(),
     };
+    let a = running.admin_addr.unwrap();
+    let r = admin(
+        a,
+        "PUT",
+        "/admin/v1/policy/plans/mirror",
+        "spec: {redundancy: {replicas: 2}}",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(client.send("PUT", "/young", &[], b"").await.status, 200);
+    let r = client
+        .send(
+            "PUT",
+            "/young/mirrored.txt",
+            &[("x-amz-storage-class", "mirror")],
+            b"two copies",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let body = data(150_000);
     for key in ["kept.bin", "gone.bin"] {
         let path = format!("/young/{key}");
@@ -978,14 +1012,21 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
         "no snapshot is due in the first interval"
     );
 
-    for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
+    for f in [
+        "metadata.db",
+        "metadata.db-wal",
+        "metadata.db-shm",
+        "policies.yaml",
+    ] {
         let _ = std::fs::remove_file(data_dir.join(f));
     }
     let done = sublet_gateway::serve::recover(&config, &overrides, false)
         .await
         .unwrap();
     assert!(done.manifest.is_none());
-    assert_eq!(done.replayed.applied, 4, "{:?}", done.replayed);
+    // The plan, the bucket, three writes and a delete.
+    assert_eq!(done.replayed.applied, 6, "{:?}", done.replayed);
+    assert_eq!(done.overlay, Some(data_dir.join("policies.yaml")));
     assert_eq!(done.after.writes, 0, "{:?}", done.after);
 
     let running = sublet_gateway::serve::start(&config, &overrides)
@@ -999,6 +1040,16 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
     assert!(r.status == 200 && r.body == body, "{}", r.status);
     let r = client.send("GET", "/young/gone.bin", &[], b"").await;
     assert_eq!(r.status, 404);
+    let r = client.send("GET", "/young/mirrored.txt", &[], b"").await;
+    assert!(r.status == 200 && r.body == b"two copies", "{}", r.text());
+    let r = admin(
+        running.admin_addr.unwrap(),
+        "GET",
+        "/admin/v1/policy/plans/mirror",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "the applied plan came back: {}", r.text());
     running.shutdown().await;
     for p in providers {
         p.shutdown().await;

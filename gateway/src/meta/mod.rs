@@ -306,11 +306,13 @@ pub trait MetadataStore: Send + Sync + 'static {
         Ok(Vec::new())
     }
     /// Whether the gateways on this store share one policy overlay through it (several
-    /// replicas on one database); otherwise each keeps its own file.
+    /// replicas on one database); otherwise each keeps its own file, and a store that can
+    /// keeps a copy of it (see [`MetadataStore::put_shared_policies`]) for recovery.
     fn shares_policies(&self) -> bool {
         false
     }
-    /// The shared policy overlay (YAML) and its revision; `None` before the first one.
+    /// The shared policy overlay (YAML) and its revision (or the copy kept for recovery);
+    /// `None` before the first one.
     fn shared_policies(&self) -> Result<Option<(i64, String)>> {
         Ok(None)
     }

@@ -89,6 +89,11 @@ CREATE TABLE IF NOT EXISTS bucket_lifecycle (
     bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     rules TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS policies (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL,
+    overlay TEXT NOT NULL
+);
 ";
 
 const UPLOAD_COLUMNS: &str = "bucket, key, upload_id, plan, content_type, user_metadata, initiated";
@@ -1262,6 +1267,37 @@ impl MetadataStore for SqliteStore {
         }
         .map_err(store_err)?;
         tx.commit().map_err(store_err)
+    }
+
+    /// A copy of the policy overlay: the file in the data directory is what runs, and this
+    /// copy travels with snapshots and the journal so `sublet recover` can put it back.
+    fn shared_policies(&self) -> Result<Option<(i64, String)>> {
+        self.conn()
+            .query_row(
+                "SELECT revision, overlay FROM policies WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(store_err)
+    }
+
+    fn put_shared_policies(&self, expected: i64, yaml: &str) -> Result<Option<i64>> {
+        let next = expected + 1;
+        let changed = if expected == 0 {
+            self.conn().execute(
+                "INSERT INTO policies (id, revision, overlay) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO NOTHING",
+                params![next, yaml],
+            )
+        } else {
+            self.conn().execute(
+                "UPDATE policies SET revision = ?1, overlay = ?2 WHERE id = 1 AND revision = ?3",
+                params![next, yaml, expected],
+            )
+        }
+        .map_err(store_err)?;
+        Ok((changed == 1).then_some(next))
     }
 
     fn lifecycle(&self, bucket: &str) -> Result<Option<String>> {
