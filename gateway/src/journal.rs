@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use sublet_provider::client::ProviderClient;
@@ -44,6 +45,9 @@ pub const JOURNAL_COPIES: usize = 3;
 
 /// How long a request waits for its change to reach the journal before it fails.
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Segments recovery fetches at once.
+const REPLAY_FETCHES: usize = 16;
 
 /// How long one provider may take to store a segment.
 const PUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -614,34 +618,39 @@ pub async fn replay(
         unlisted,
         ..Replayed::default()
     };
-    for (id, nodes) in segments {
-        let Some(pos) = id.strip_prefix(&prefix) else {
-            continue;
-        };
-        if cut.is_some_and(|cut| pos <= cut) {
-            continue;
-        }
-        let mut entries = None;
-        let mut problems = Vec::new();
-        for node in &nodes {
-            let Some(b) = gateway.backend(node) else {
-                continue;
-            };
-            match b.get(&id).await {
-                Ok(blob) => match open_segment(master, &id, &blob) {
-                    Ok(e) => {
-                        entries = Some(e);
-                        break;
-                    }
+    let wanted: Vec<(String, Vec<String>)> = segments
+        .into_iter()
+        .filter(|(id, _)| {
+            id.strip_prefix(&prefix)
+                .is_some_and(|pos| cut.is_none_or(|cut| pos > cut))
+        })
+        .collect();
+    // Fetched several at a time, applied in write order.
+    let mut fetched = futures::stream::iter(wanted)
+        .map(|(id, nodes)| async move {
+            let mut problems = Vec::new();
+            for node in &nodes {
+                let Some(b) = gateway.backend(node) else {
+                    continue;
+                };
+                match b.get(&id).await {
+                    Ok(blob) => match open_segment(master, &id, &blob) {
+                        Ok(entries) => return (id, Ok(entries)),
+                        Err(e) => problems.push(format!("{node}: {e}")),
+                    },
                     Err(e) => problems.push(format!("{node}: {e}")),
-                },
-                Err(e) => problems.push(format!("{node}: {e}")),
+                }
             }
-        }
-        let Some(entries) = entries else {
-            out.unreadable
-                .push(format!("{id} ({})", problems.join("; ")));
-            continue;
+            (id, Err(problems.join("; ")))
+        })
+        .buffered(REPLAY_FETCHES);
+    while let Some((id, fetched)) = fetched.next().await {
+        let entries = match fetched {
+            Ok(entries) => entries,
+            Err(problems) => {
+                out.unreadable.push(format!("{id} ({problems})"));
+                continue;
+            }
         };
         out.segments += 1;
         for entry in &entries {
