@@ -346,6 +346,7 @@ impl Journal {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let mut stopping = false;
+            let mut warned_unjournaled = false;
             loop {
                 let batch = {
                     let mut state = journal.state();
@@ -370,6 +371,19 @@ impl Journal {
                 };
                 let id = format!("{}{cut}", journal.prefix);
                 let nodes = providers();
+                if nodes.is_empty() {
+                    // Only bucket pools (no provider to list it back from at recovery):
+                    // nothing can hold a journal, and writes must not stop for it. The
+                    // changes reach the providers' copy with the next snapshot only.
+                    if !warned_unjournaled {
+                        warned_unjournaled = true;
+                        tracing::warn!(
+                            "no sublet provider is configured to hold the metadata journal: changes since the last snapshot are lost with the gateway's disk"
+                        );
+                    }
+                    journal.progress.send_modify(|p| p.flushed = upto);
+                    continue;
+                }
                 let stored = match journal.seal(&id, &entries) {
                     Ok(blob) => journal.store(&gateway, &nodes, seq, &id, blob).await,
                     Err(e) => Err(format!("sealing the segment: {e}")),
@@ -1514,6 +1528,38 @@ mod tests {
         }
         stop.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_providers_writes_go_on_unjournaled() {
+        let journal = Journal::new(master());
+        let store: Arc<dyn MetadataStore> = Arc::new(JournaledStore::new(
+            Arc::new(SqliteStore::open_in_memory().unwrap()),
+            Arc::clone(&journal),
+        ));
+        let gateway = Arc::new(
+            Gateway::new(
+                Arc::clone(&store),
+                master(),
+                vec![crate::s3::Plan::standard()],
+                Vec::new(),
+            )
+            .unwrap()
+            .with_journal(Some(Arc::clone(&journal))),
+        );
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let _task = journal.spawn(gateway, Vec::new, None, stopped);
+        let cut = journal.cut();
+        store
+            .create_bucket(&Bucket {
+                name: "clouds-only".into(),
+                created: 1,
+                default_plan: None,
+                versioning: Versioning::Unversioned,
+            })
+            .unwrap();
+        journal.barrier().await.unwrap();
+        assert_eq!(journal.cut(), cut, "nothing was stored, so the cut stays");
     }
 
     #[test]
