@@ -843,6 +843,7 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
 /// (the data directory's overlay) layered over it: dials nothing yet but probes every
 /// provider once, then listens for S3 (and admin) requests and repairs in the background.
 pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Running> {
+    recover_lost_metadata(file, overrides).await?;
     let mut layered = None;
     if let Some(g) = file.gateway() {
         let spec = overrides.apply(&g.spec)?;
@@ -1108,12 +1109,26 @@ fn connect(
 }
 
 /// `sublet recover`: rebuilds the gateway's metadata file from the newest snapshot on its
-/// providers. Needs the same config and the original master key (never created here).
+/// providers and the journal after it. Needs the same config and the original master key
+/// (never created here).
 pub async fn recover(
     config: &Config,
     overrides: &Overrides,
     force: bool,
 ) -> anyhow::Result<crate::recover::Recovered> {
+    recover_from_providers(config, overrides, force, false)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the providers hold nothing to recover from"))
+}
+
+/// [`recover`]; with `only_if_any`, `None` (and nothing written) when the providers hold
+/// no snapshot and no journal of this installation.
+async fn recover_from_providers(
+    config: &Config,
+    overrides: &Overrides,
+    force: bool,
+    only_if_any: bool,
+) -> anyhow::Result<Option<crate::recover::Recovered>> {
     let Some(gateway_resource) = config.gateway() else {
         bail!("the file must hold exactly one StorageGateway");
     };
@@ -1155,6 +1170,15 @@ pub async fn recover(
     let scratch: Arc<dyn MetadataStore> =
         Arc::new(SqliteStore::open_in_memory().map_err(|e| anyhow::anyhow!("scratch store: {e}"))?);
     let gateway = Gateway::new(scratch, master, plans, backends)?;
+    if only_if_any
+        && crate::recover::manifest_ids(&clients).await.is_empty()
+        && crate::journal::list_segments(gateway.installation(), &clients)
+            .await
+            .0
+            .is_empty()
+    {
+        return Ok(None);
+    }
     crate::recover::restore_newest(
         &gateway,
         &clients,
@@ -1163,6 +1187,55 @@ pub async fn recover(
         force,
     )
     .await
+    .map(Some)
+}
+
+/// A gateway on SQLite whose metadata file is gone but whose master key is there (a disk
+/// replaced, a Kubernetes volume lost with its node) recovers before serving: started on
+/// an empty store, it would serve empty buckets and its next snapshots would push the good
+/// ones out. A store the providers know nothing of is new, and starts empty.
+async fn recover_lost_metadata(file: &Config, overrides: &Overrides) -> anyhow::Result<()> {
+    let Some(g) = file.gateway() else {
+        return Ok(());
+    };
+    let spec = overrides.apply(&g.spec)?;
+    let paths = state_paths(&spec, overrides.data_dir.as_deref())?;
+    if spec.metadata.postgres.is_some() || paths.metadata.exists() || !paths.master_key.exists() {
+        return Ok(());
+    }
+    match recover_from_providers(file, overrides, false, true).await {
+        Ok(None) => {
+            tracing::info!(metadata = %paths.metadata.display(), "new metadata store: the providers hold no snapshot or journal of this installation");
+            Ok(())
+        }
+        Ok(Some(done)) => {
+            tracing::warn!(
+                metadata = %paths.metadata.display(),
+                snapshot = ?done.manifest.as_ref().map(|m| m.created),
+                journal_segments = done.replayed.segments,
+                changes = done.replayed.applied,
+                "the metadata file was missing: recovered it from the providers before serving"
+            );
+            for problem in done.replayed.unreadable.iter().chain(&done.replayed.failed) {
+                tracing::error!(%problem, "a journal segment was not replayed");
+            }
+            if done.after.writes > 0 {
+                tracing::error!(
+                    writes = done.after.writes,
+                    shards = done.after.shards,
+                    "writes whose shards the recovered metadata does not name were not recovered"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => bail!(
+            "the metadata file {} is missing and the providers hold snapshots or a journal of \
+             this installation, but recovering from them failed: {e:#}\n\
+             (starting empty would hide every object; run `sublet recover` once the providers \
+             answer)",
+            paths.metadata.display()
+        ),
+    }
 }
 
 /// Serves S3 on `listener` (over TLS when `tls` is set) until `shutdown` resolves.
