@@ -454,6 +454,11 @@ impl GatewayProcess {
         log_tail(&self.log)
     }
 
+    /// Everything the gateway logged, across its restarts.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// `GET path` on the admin listener; fails the test unless it answers 200 with JSON.
     pub fn admin_get(&self, path: &str) -> serde_json::Value {
         self.admin_call("GET", path)

@@ -385,6 +385,22 @@ fn a_deleted_metadata_file_is_recovered_from_the_providers() {
     c.read_back(BUCKET, &late).unwrap();
     let err = c.read_back(BUCKET, deleted).unwrap_err();
     assert!(err.contains("NoSuchKey"), "{err}");
+
+    // The disk goes again, and this time `sublet serve` is simply started: it finds its
+    // metadata missing and recovers before serving.
+    c.kill_gateway();
+    for ext in ["db", "db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(meta.with_extension(ext));
+    }
+    c.start_gateway();
+    c.assert_all_read_back(BUCKET, kept);
+    c.read_back(BUCKET, &late).unwrap();
+    assert!(
+        c.log_text()
+            .contains("recovered it from the providers before serving"),
+        "{}",
+        c.log_tail()
+    );
 }
 
 /// Stripes of the shard files on providers `live`: stripe -> (index, provider) of each
