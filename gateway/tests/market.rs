@@ -145,8 +145,9 @@ async fn exchange(
     Reply { status, body }
 }
 
-async fn start_market() -> (String, sublet_market::client::Client) {
-    let market = Market::in_memory(Policy::default(), None).unwrap();
+/// A market in this process (with `policy`), its URL and a client.
+async fn start_market(policy: Policy) -> (String, sublet_market::client::Client) {
+    let market = Market::in_memory(policy, None).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
@@ -176,6 +177,53 @@ async fn lending_provider(dir: &std::path::Path, market: &str, price: i64) -> Ru
     server::start(cfg).await.unwrap()
 }
 
+/// The file of a gateway whose one pool rents 2 providers (1 GiB each, plus `criteria`)
+/// on the market at `url`, and whose default plan needs both (EC 1+1, one shard per owner).
+fn rented_pool_gateway(
+    url: &str,
+    criteria: &str,
+    data_dir: &std::path::Path,
+) -> sublet_crds::Config {
+    let yaml = format!(
+        r#"apiVersion: sublet.dev/v1alpha1
+kind: ProviderPool
+metadata: {{name: rented}}
+spec:
+  class: rented
+  market: {{url: "{url}", providers: 2, reserve: 1Gi{criteria}}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {{name: rented-1-1}}
+spec:
+  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
+  segmentSize: 64Ki
+  placement: {{spreadBy: owner, maxPerDomain: 1, pools: [{{name: rented, minShards: 2}}]}}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StorageGateway
+metadata: {{name: s3}}
+spec:
+  defaultPlan: rented-1-1
+  listen: "127.0.0.1:0"
+  dataDir: "{}"
+  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
+"#,
+        data_dir.display()
+    );
+    sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits (up to 5 s) until the market lists `n` open offers.
+async fn wait_for_offers(market: &sublet_market::client::Client, n: usize) {
+    for _ in 0..100 {
+        if open_offers(market).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn open_offers(market: &sublet_market::client::Client) -> usize {
     let offers = market
         .json(None, "GET", "/v1/offers", &Value::Null)
@@ -189,49 +237,18 @@ async fn open_offers(market: &sublet_market::client::Client) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn market_pool_contracts_matching_providers_and_stores_on_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let (url, market) = start_market().await;
+    let (url, market) = start_market(Policy::default()).await;
     let cheap_a = lending_provider(&tmp.path().join("a"), &url, 3_000).await;
     let cheap_b = lending_provider(&tmp.path().join("b"), &url, 4_000).await;
     let dear = lending_provider(&tmp.path().join("c"), &url, 90_000).await;
-    for _ in 0..100 {
-        if open_offers(&market).await == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_offers(&market, 3).await;
     assert_eq!(open_offers(&market).await, 3);
 
-    let yaml = format!(
-        r#"apiVersion: sublet.dev/v1alpha1
-kind: ProviderPool
-metadata: {{name: rented}}
-spec:
-  class: rented
-  market: {{url: "{url}", providers: 2, reserve: 1Gi, maxPricePerGibMonth: 5000, regions: [eu-west]}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StoragePlan
-metadata: {{name: rented-1-1}}
-spec:
-  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
-  segmentSize: 64Ki
-  placement:
-    spreadBy: owner
-    maxPerDomain: 1
-    pools: [{{name: rented, minShards: 2}}]
----
-apiVersion: sublet.dev/v1alpha1
-kind: StorageGateway
-metadata: {{name: s3}}
-spec:
-  defaultPlan: rented-1-1
-  listen: "127.0.0.1:0"
-  dataDir: "{}"
-  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
-"#,
-        tmp.path().join("gateway").display()
+    let config = rented_pool_gateway(
+        &url,
+        ", maxPricePerGibMonth: 5000, regions: [eu-west]",
+        &tmp.path().join("gateway"),
     );
-    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
     let running = sublet_gateway::serve::start(&config, &Default::default())
         .await
         .unwrap();
@@ -349,54 +366,15 @@ spec:
 async fn a_market_pool_contracts_a_new_provider_when_a_contract_ends() {
     let tmp = tempfile::tempdir().unwrap();
     // Short receipt periods make the gateway's market passes frequent (a quarter period).
-    let market = Market::in_memory(
-        Policy {
-            receipt_period_secs: 4,
-            ..Policy::default()
-        },
-        None,
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
-    let market = sublet_market::client::Client::new(&url).unwrap();
+    let (url, market) = start_market(Policy {
+        receipt_period_secs: 4,
+        ..Policy::default()
+    })
+    .await;
     let a = lending_provider(&tmp.path().join("a"), &url, 3_000).await;
     let b = lending_provider(&tmp.path().join("b"), &url, 4_000).await;
-    for _ in 0..100 {
-        if open_offers(&market).await == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let yaml = format!(
-        r#"apiVersion: sublet.dev/v1alpha1
-kind: ProviderPool
-metadata: {{name: rented}}
-spec:
-  class: rented
-  market: {{url: "{url}", providers: 2, reserve: 1Gi}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StoragePlan
-metadata: {{name: rented-1-1}}
-spec:
-  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
-  segmentSize: 64Ki
-  placement: {{spreadBy: owner, maxPerDomain: 1, pools: [{{name: rented, minShards: 2}}]}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StorageGateway
-metadata: {{name: s3}}
-spec:
-  defaultPlan: rented-1-1
-  listen: "127.0.0.1:0"
-  dataDir: "{}"
-  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
-"#,
-        tmp.path().join("gateway").display()
-    );
-    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    wait_for_offers(&market, 2).await;
+    let config = rented_pool_gateway(&url, "", &tmp.path().join("gateway"));
     let running = sublet_gateway::serve::start(&config, &Default::default())
         .await
         .unwrap();
@@ -502,54 +480,15 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_provider_forging_audits_gets_its_periods_flagged_not_paid() {
     let tmp = tempfile::tempdir().unwrap();
-    let market = Market::in_memory(
-        Policy {
-            receipt_period_secs: 4,
-            ..Policy::default()
-        },
-        None,
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
-    let market = sublet_market::client::Client::new(&url).unwrap();
+    let (url, market) = start_market(Policy {
+        receipt_period_secs: 4,
+        ..Policy::default()
+    })
+    .await;
     let honest = lending_provider(&tmp.path().join("honest"), &url, 3_000).await;
     let liar = lending_provider(&tmp.path().join("liar"), &url, 3_000).await;
-    for _ in 0..100 {
-        if open_offers(&market).await == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let yaml = format!(
-        r#"apiVersion: sublet.dev/v1alpha1
-kind: ProviderPool
-metadata: {{name: rented}}
-spec:
-  class: rented
-  market: {{url: "{url}", providers: 2, reserve: 1Gi}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StoragePlan
-metadata: {{name: rented-1-1}}
-spec:
-  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
-  segmentSize: 64Ki
-  placement: {{spreadBy: owner, maxPerDomain: 1, pools: [{{name: rented, minShards: 2}}]}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StorageGateway
-metadata: {{name: s3}}
-spec:
-  defaultPlan: rented-1-1
-  listen: "127.0.0.1:0"
-  dataDir: "{}"
-  credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
-"#,
-        tmp.path().join("gateway").display()
-    );
-    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    wait_for_offers(&market, 2).await;
+    let config = rented_pool_gateway(&url, "", &tmp.path().join("gateway"));
     let running = sublet_gateway::serve::start(&config, &Default::default())
         .await
         .unwrap();
