@@ -36,61 +36,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    log "nothing listens on $1"; exit 1
-}
-
-TOKEN=bench-token-$RANDOM$RANDOM
-POOLS=""
-for i in 0 1 2 3 4 5; do
-    dir=$WORK/p$i
-    mkdir -p "$dir"
-    node=$("$PROVIDER" --data-dir "$dir" --print-node-id)
-    grpc=$(free_port)
-    RUST_LOG=warn "$PROVIDER" --data-dir "$dir" --listen "127.0.0.1:$grpc" \
-        --http-listen "127.0.0.1:$(free_port)" --capacity 20Gi --token "$TOKEN" \
-        >"$dir.log" 2>&1 </dev/null &
-    PIDS+=($!)
-    wait_port "$grpc"
-    POOLS+="apiVersion: sublet.dev/v1alpha1
-kind: ProviderPool
-metadata: {name: p$i}
-spec:
-  class: owned
-  endpoints: [{name: p$i, address: \"127.0.0.1:$grpc\", nodeId: \"$node\", zone: z$i}]
----
-"
-done
+# shellcheck source=serve-cluster.sh
+source "$(dirname "$0")/serve-cluster.sh"
+start_providers
 
 run() { # label binary round
     local label=$1 bin=$2 round=$3 dir=$WORK/g-$1-$3 port admin
     shift 3
     port=$(free_port)
     admin=$(free_port)
-    mkdir -p "$dir"
-    cat >"$dir/sublet.yaml" <<EOF
-${POOLS}apiVersion: sublet.dev/v1alpha1
-kind: StoragePlan
-metadata: {name: standard}
-spec:
-  redundancy: {erasure: {dataShards: 4, parityShards: 2}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StorageGateway
-metadata: {name: s3}
-spec:
-  defaultPlan: standard
-  listen: "127.0.0.1:$port"
-  adminListen: "127.0.0.1:$admin"
-  dataDir: "$dir/data"
-  providerToken: $TOKEN
-  credentials: [{accessKey: bench, secretKey: bench-secret-0123456789}]
-EOF
+    gateway_yaml "$dir" "$port" "$admin"
     RUST_LOG=warn "$bin" serve --config "$dir/sublet.yaml" >"$dir/out.log" 2>&1 </dev/null &
     local pid=$!
     wait_port "$port"
