@@ -102,6 +102,8 @@ pub struct Gateway {
     inflight: inflight::InFlight,
     /// The metadata journal, when the store is this gateway's own (see [`crate::journal`]).
     journal: Option<Arc<crate::journal::Journal>>,
+    /// Segment buffers all writes in flight may hold together.
+    upload_budget: put::UploadBudget,
 }
 
 impl Gateway {
@@ -146,6 +148,7 @@ impl Gateway {
             retired: Arc::default(),
             inflight: inflight::InFlight::default(),
             journal: None,
+            upload_budget: put::UploadBudget::default(),
         })
     }
 

@@ -24,17 +24,61 @@ pub(super) struct Written {
     pub md5: String,
 }
 
+/// Bytes of segment buffers all uploads of a gateway may hold at once (see
+/// [`UploadBudget`]): with the shards each is cut into, about 1.5 times this in memory.
+pub const UPLOAD_BUDGET_BYTES: usize = 128 << 20;
+
+/// Caps the segment buffers all writes in flight hold together, so a gateway's memory does
+/// not grow with the number of concurrent uploads: a write takes a segment's share before
+/// filling its buffer (only what is left of the body when its length is known, so small
+/// objects take little) and gives it back once the segment is stored. A whole segment is
+/// taken at once, so writes never wait on each other half-way.
+#[derive(Clone)]
+pub struct UploadBudget(Arc<tokio::sync::Semaphore>);
+
+/// One permit of [`UploadBudget`] stands for this many bytes.
+const BUDGET_UNIT: usize = 64 << 10;
+
+impl Default for UploadBudget {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(
+            UPLOAD_BUDGET_BYTES / BUDGET_UNIT,
+        )))
+    }
+}
+
+impl UploadBudget {
+    /// Waits until `bytes` of segment buffer may be held.
+    async fn take(&self, bytes: usize) -> S3Result<tokio::sync::OwnedSemaphorePermit> {
+        let units = bytes
+            .div_ceil(BUDGET_UNIT)
+            .clamp(1, UPLOAD_BUDGET_BYTES / BUDGET_UNIT);
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        Arc::clone(&self.0)
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| internal("the gateway is shutting down"))
+    }
+}
+
+/// A segment on its way to the providers, with the share of the upload budget it holds.
+type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
+
 /// Cuts the body into segments and hands them over; returns the size and MD5.
 async fn cut_body(
     body: Option<StreamingBlob>,
     segment_size: usize,
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    budget: UploadBudget,
+    tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
 ) -> S3Result<(u64, String)> {
+    use s3s::stream::ByteStream;
     let mut md5 = Md5::new();
     let mut size = 0u64;
     let mut buf: Vec<u8> = Vec::new();
+    let mut permit = None;
     let stopped = || internal("storing the object failed");
     if let Some(mut body) = body {
+        let declared = body.remaining_length().exact();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| {
                 S3Error::with_message(
@@ -47,13 +91,20 @@ async fn cut_body(
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 if buf.capacity() == 0 {
+                    // What this segment will hold: the rest of a body of known length.
+                    let filled = usize::try_from(size).unwrap_or(usize::MAX) - rest.len();
+                    let expected = declared.map_or(segment_size, |total| {
+                        total.saturating_sub(filled).clamp(1, segment_size.max(1))
+                    });
+                    permit = Some(budget.take(expected).await?);
                     buf.reserve_exact(segment_size);
                 }
                 let take = (segment_size - buf.len()).min(rest.len());
                 buf.extend_from_slice(&rest[..take]);
                 rest = &rest[take..];
                 if buf.len() == segment_size {
-                    tx.send(std::mem::take(&mut buf))
+                    let held = permit.take().ok_or_else(stopped)?;
+                    tx.send((std::mem::take(&mut buf), held))
                         .await
                         .map_err(|_| stopped())?;
                 }
@@ -61,7 +112,8 @@ async fn cut_body(
         }
     }
     if !buf.is_empty() {
-        tx.send(buf).await.map_err(|_| stopped())?;
+        let held = permit.take().ok_or_else(stopped)?;
+        tx.send((buf, held)).await.map_err(|_| stopped())?;
     }
     Ok((size, hex::encode(md5.finalize())))
 }
@@ -73,18 +125,21 @@ async fn write_body(
     mut writer: ObjectWriter,
     body: Option<StreamingBlob>,
     segment_size: usize,
+    budget: UploadBudget,
 ) -> S3Result<Written> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(1);
     let store = async {
-        while let Some(segment) = rx.recv().await {
-            if let Err(e) = writer.write_segment(segment).await {
+        while let Some((segment, held)) = rx.recv().await {
+            let written = writer.write_segment(segment).await;
+            drop(held);
+            if let Err(e) = written {
                 rx.close();
                 return Err(e);
             }
         }
         Ok(())
     };
-    let (cut, stored) = tokio::join!(cut_body(body, segment_size, tx), store);
+    let (cut, stored) = tokio::join!(cut_body(body, segment_size, budget, tx), store);
     match (cut, stored) {
         (Ok((size, md5)), Ok(())) => Ok(Written {
             layout: writer.finish(),
@@ -197,9 +252,14 @@ impl Gateway {
 
         // A spawned task runs to completion (or aborts cleanly) even if the
         // client goes away and this handler future is dropped.
-        tokio::spawn(write_body(writer, body, segment_size))
-            .await
-            .map_err(|e| internal(format!("the write task failed: {e}")))?
+        tokio::spawn(write_body(
+            writer,
+            body,
+            segment_size,
+            self.upload_budget.clone(),
+        ))
+        .await
+        .map_err(|e| internal(format!("the write task failed: {e}")))?
     }
 
     /// Commits a version whose shards are written, freeing the shards of the
@@ -322,5 +382,42 @@ impl Gateway {
                     .ok_or_else(|| internal(format!("provider {node} has no client")))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod budget_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_upload_budget_caps_segments_in_flight_not_small_objects() {
+        let budget = UploadBudget::default();
+        let total = UPLOAD_BUDGET_BYTES / BUDGET_UNIT;
+        // A 4 KiB object takes one unit: thousands fit.
+        let small: Vec<_> = futures::future::join_all((0..1000).map(|_| budget.take(4096)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(budget.0.available_permits(), total - 1000);
+        drop(small);
+        // 16 MiB segments: eight fit in 128 MiB, the ninth waits for one to be stored.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(budget.take(16 << 20).await.unwrap());
+        }
+        let ninth =
+            tokio::time::timeout(std::time::Duration::from_millis(50), budget.take(16 << 20)).await;
+        assert!(ninth.is_err(), "a ninth segment fit in the budget");
+        held.pop();
+        let _ninth = tokio::time::timeout(std::time::Duration::from_secs(1), budget.take(16 << 20))
+            .await
+            .unwrap()
+            .unwrap();
+        // A segment larger than the whole budget still goes through, alone.
+        drop(held);
+        drop(_ninth);
+        let _whole = budget.take(1 << 30).await.unwrap();
     }
 }
