@@ -26,7 +26,7 @@ pub(super) struct Written {
 
 /// Bytes of segment buffers all uploads of a gateway may hold at once (see
 /// [`UploadBudget`]): with the shards each is cut into, about 1.5 times this in memory.
-pub const UPLOAD_BUDGET_BYTES: usize = 128 << 20;
+pub const UPLOAD_BUDGET_BYTES: usize = 64 << 20;
 
 /// Caps the segment buffers all writes in flight hold together, so a gateway's memory does
 /// not grow with the number of concurrent uploads: a write takes a segment's share before
@@ -402,22 +402,20 @@ mod budget_tests {
             .collect();
         assert_eq!(budget.0.available_permits(), total - 1000);
         drop(small);
-        // 16 MiB segments: eight fit in 128 MiB, the ninth waits for one to be stored.
+        // 16 MiB segments: as many as the budget holds; the next waits for one to be stored.
         let mut held = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..UPLOAD_BUDGET_BYTES / (16 << 20) {
             held.push(budget.take(16 << 20).await.unwrap());
         }
-        let ninth =
-            tokio::time::timeout(std::time::Duration::from_millis(50), budget.take(16 << 20)).await;
-        assert!(ninth.is_err(), "a ninth segment fit in the budget");
+        let wait = std::time::Duration::from_millis(50);
+        let next = tokio::time::timeout(wait, budget.take(16 << 20)).await;
+        assert!(next.is_err(), "a segment beyond the budget fit in it");
         held.pop();
-        let _ninth = tokio::time::timeout(std::time::Duration::from_secs(1), budget.take(16 << 20))
-            .await
-            .unwrap()
-            .unwrap();
+        let wait = std::time::Duration::from_secs(1);
+        let next = tokio::time::timeout(wait, budget.take(16 << 20)).await;
+        held.push(next.unwrap().unwrap());
         // A segment larger than the whole budget still goes through, alone.
         drop(held);
-        drop(_ninth);
         let _whole = budget.take(1 << 30).await.unwrap();
     }
 }
