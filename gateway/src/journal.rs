@@ -557,24 +557,13 @@ pub async fn list_segments(
     let mut segments: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut unlisted = Vec::new();
     for (node, client) in clients {
-        let mut after = String::new();
-        loop {
-            match client.list_shards(&prefix, &after, 1000).await {
-                Ok((shards, next)) => {
-                    for s in shards {
-                        segments.entry(s.shard_id).or_default().push(node.clone());
-                    }
-                    match next {
-                        Some(n) => after = n,
-                        None => break,
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(provider = %node, error = %e, "listing the metadata journal failed");
-                    unlisted.push(node.clone());
-                    break;
-                }
-            }
+        let (shards, listed) = client.list_all(&prefix).await;
+        for s in shards {
+            segments.entry(s.shard_id).or_default().push(node.clone());
+        }
+        if let Err(e) = listed {
+            tracing::warn!(provider = %node, error = %e, "listing the metadata journal failed");
+            unlisted.push(node.clone());
         }
     }
     (segments, unlisted)
@@ -1405,6 +1394,27 @@ mod tests {
         }
     }
 
+    /// A gateway on `backends` whose in-memory store is journaled, as `serve` builds it
+    /// (no flusher runs yet).
+    fn journaled_gateway(
+        backends: Vec<Arc<dyn crate::dataplane::ShardBackend>>,
+    ) -> (Arc<Journal>, Arc<dyn MetadataStore>, Arc<Gateway>) {
+        let journal = Journal::new(master());
+        let store: Arc<dyn MetadataStore> = Arc::new(JournaledStore::new(
+            Arc::new(SqliteStore::open_in_memory().unwrap()),
+            Arc::clone(&journal),
+        ));
+        let gateway = Gateway::new(
+            Arc::clone(&store),
+            master(),
+            vec![crate::s3::Plan::standard()],
+            backends,
+        )
+        .unwrap()
+        .with_journal(Some(Arc::clone(&journal)));
+        (journal, store, Arc::new(gateway))
+    }
+
     fn set(flag: &std::sync::atomic::AtomicBool, on: bool) {
         flag.store(on, std::sync::atomic::Ordering::SeqCst);
     }
@@ -1425,21 +1435,7 @@ mod tests {
             .iter()
             .map(|f| Arc::clone(f) as Arc<dyn crate::dataplane::ShardBackend>)
             .collect();
-        let journal = Journal::new(master());
-        let store: Arc<dyn MetadataStore> = Arc::new(JournaledStore::new(
-            Arc::new(SqliteStore::open_in_memory().unwrap()),
-            Arc::clone(&journal),
-        ));
-        let gateway = Arc::new(
-            Gateway::new(
-                Arc::clone(&store),
-                master(),
-                vec![crate::s3::Plan::standard()],
-                backends,
-            )
-            .unwrap()
-            .with_journal(Some(Arc::clone(&journal))),
-        );
+        let (journal, store, gateway) = journaled_gateway(backends);
         let nodes: Vec<String> = fakes.iter().map(|f| f.id.clone()).collect();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = journal.spawn(Arc::clone(&gateway), move || nodes.clone(), None, stopped);
@@ -1532,21 +1528,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_providers_writes_go_on_unjournaled() {
-        let journal = Journal::new(master());
-        let store: Arc<dyn MetadataStore> = Arc::new(JournaledStore::new(
-            Arc::new(SqliteStore::open_in_memory().unwrap()),
-            Arc::clone(&journal),
-        ));
-        let gateway = Arc::new(
-            Gateway::new(
-                Arc::clone(&store),
-                master(),
-                vec![crate::s3::Plan::standard()],
-                Vec::new(),
-            )
-            .unwrap()
-            .with_journal(Some(Arc::clone(&journal))),
-        );
+        let (journal, store, gateway) = journaled_gateway(Vec::new());
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         let _task = journal.spawn(gateway, Vec::new, None, stopped);
         let cut = journal.cut();

@@ -21,21 +21,10 @@ pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(3600);
 pub async fn manifest_ids(clients: &[(String, ProviderClient)]) -> Vec<String> {
     let mut ids = BTreeSet::new();
     for (node, client) in clients {
-        let mut after = String::new();
-        loop {
-            match client.list_shards(MANIFEST_PREFIX, &after, 1000).await {
-                Ok((shards, next)) => {
-                    ids.extend(shards.into_iter().map(|s| s.shard_id));
-                    match next {
-                        Some(n) => after = n,
-                        None => break,
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(provider = %node, error = %e, "listing snapshot manifests failed");
-                    break;
-                }
-            }
+        let (shards, listed) = client.list_all(MANIFEST_PREFIX).await;
+        ids.extend(shards.into_iter().map(|s| s.shard_id));
+        if let Err(e) = listed {
+            tracing::warn!(provider = %node, error = %e, "listing snapshot manifests failed");
         }
     }
     ids.into_iter().rev().collect()
@@ -201,14 +190,12 @@ pub struct Recovered {
     pub overlay: Option<PathBuf>,
 }
 
-/// Writes the policy overlay the store at `restored` keeps a copy of to `overlay`, unless a
+/// Writes the policy overlay the restored `store` keeps a copy of to `overlay`, unless a
 /// file is there already (the disk was not lost after all, or it was put back by hand).
-fn restore_overlay(restored: &Path, overlay: &Path) -> anyhow::Result<Option<PathBuf>> {
+fn restore_overlay(store: &dyn MetadataStore, overlay: &Path) -> anyhow::Result<Option<PathBuf>> {
     if overlay.exists() {
         return Ok(None);
     }
-    let store = crate::meta::SqliteStore::open(restored)
-        .map_err(|e| anyhow::anyhow!("opening the restored {}: {e}", restored.display()))?;
     let Some((_, yaml)) = store
         .shared_policies()
         .map_err(|e| anyhow::anyhow!("reading the policy overlay's copy: {e}"))?
@@ -236,18 +223,16 @@ pub struct AfterSnapshot {
 }
 
 /// Lists the shards of this installation (`<tag>_...`) stored after `since_ms` that the
-/// store at `restored` does not reference, so recovery can say what was lost instead of
+/// restored `store` does not reference, so recovery can say what was lost instead of
 /// leaving it unsaid. They stay on the providers (garbage collection takes them a day
 /// later); without their metadata nothing can decrypt them.
 pub async fn after_snapshot(
     installation: &str,
     clients: &[(String, ProviderClient)],
-    restored: &Path,
+    store: &dyn MetadataStore,
     since_ms: i64,
     snapshot_shards: &std::collections::HashSet<String>,
 ) -> anyhow::Result<AfterSnapshot> {
-    let store = crate::meta::SqliteStore::open(restored)
-        .map_err(|e| anyhow::anyhow!("opening the restored {}: {e}", restored.display()))?;
     let prefix = format!("{installation}_");
     let mut out = AfterSnapshot::default();
     let mut writes = BTreeSet::new();
@@ -255,36 +240,25 @@ pub async fn after_snapshot(
         let referenced = store
             .referenced_shards(node)
             .map_err(|e| anyhow::anyhow!("reading the restored metadata: {e}"))?;
-        let mut after = String::new();
-        loop {
-            match client.list_shards(&prefix, &after, 1000).await {
-                Ok((shards, next)) => {
-                    for s in shards {
-                        // Seconds against milliseconds: the snapshot's own second counts as after.
-                        if s.stored_at < since_ms.div_euclid(1000)
-                            || referenced.contains(&s.shard_id)
-                            || snapshot_shards.contains(&s.shard_id)
-                        {
-                            continue;
-                        }
-                        out.shards += 1;
-                        out.bytes += s.length;
-                        out.newest = out.newest.max(Some(s.stored_at));
-                        // `<tag>_<uid>.<segment>.<index>`: the write is the part before the dot.
-                        let write = s.shard_id.split('.').next().unwrap_or_default().to_owned();
-                        writes.insert(write);
-                    }
-                    match next {
-                        Some(n) => after = n,
-                        None => break,
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(provider = %node, error = %e, "listing shards after the snapshot failed");
-                    out.unlisted.push(node.clone());
-                    break;
-                }
+        let (shards, listed) = client.list_all(&prefix).await;
+        for s in shards {
+            // Seconds against milliseconds: the snapshot's own second counts as after.
+            if s.stored_at < since_ms.div_euclid(1000)
+                || referenced.contains(&s.shard_id)
+                || snapshot_shards.contains(&s.shard_id)
+            {
+                continue;
             }
+            out.shards += 1;
+            out.bytes += s.length;
+            out.newest = out.newest.max(Some(s.stored_at));
+            // `<tag>_<uid>.<segment>.<index>`: the write is the part before the dot.
+            let write = s.shard_id.split('.').next().unwrap_or_default().to_owned();
+            writes.insert(write);
+        }
+        if let Err(e) = listed {
+            tracing::warn!(provider = %node, error = %e, "listing shards after the snapshot failed");
+            out.unlisted.push(node.clone());
         }
     }
     out.writes = writes.len() as u64;
@@ -342,19 +316,15 @@ pub async fn restore_newest(
                 std::fs::rename(&tmp, target)
                     .with_context(|| format!("moving the snapshot to {}", target.display()))?;
                 // Then every change journaled after the snapshot.
-                let replayed = {
-                    let store = crate::meta::SqliteStore::open(target).map_err(|e| {
-                        anyhow::anyhow!("opening the restored {}: {e}", target.display())
-                    })?;
-                    crate::journal::replay(
-                        gateway,
-                        gateway.master_key(),
-                        clients,
-                        &store,
-                        manifest.journal_cut.as_deref(),
-                    )
-                    .await
-                };
+                let store = open_restored(target)?;
+                let replayed = crate::journal::replay(
+                    gateway,
+                    gateway.master_key(),
+                    clients,
+                    &store,
+                    manifest.journal_cut.as_deref(),
+                )
+                .await;
                 // Snapshots are stored like objects: their own shards are not lost writes.
                 let mut snapshot_shards: std::collections::HashSet<String> = manifest
                     .layout
@@ -369,7 +339,7 @@ pub async fn restore_newest(
                 let after = after_snapshot(
                     gateway.installation(),
                     clients,
-                    target,
+                    &store,
                     manifest.created,
                     &snapshot_shards,
                 )
@@ -379,7 +349,7 @@ pub async fn restore_newest(
                     path: target.to_path_buf(),
                     replayed,
                     after,
-                    overlay: restore_overlay(target, overlay)?,
+                    overlay: restore_overlay(&store, overlay)?,
                 });
             }
             Err(e) => problems.push(format!("{id}: {}", e.message().unwrap_or("unreadable"))),
@@ -413,6 +383,8 @@ async fn replay_onto_empty(
     for ext in ["db-wal", "db-shm"] {
         let _ = std::fs::remove_file(target.with_extension(ext));
     }
+    // Built aside and moved in whole: a recovery cut short leaves no half-built store for
+    // `sublet serve` to start on.
     let replayed = {
         let store = crate::meta::SqliteStore::open(&tmp)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
@@ -420,10 +392,11 @@ async fn replay_onto_empty(
     };
     std::fs::rename(&tmp, target)
         .with_context(|| format!("moving the rebuilt store to {}", target.display()))?;
+    let store = open_restored(target)?;
     let after = after_snapshot(
         gateway.installation(),
         clients,
-        target,
+        &store,
         0,
         &std::collections::HashSet::new(),
     )
@@ -433,8 +406,13 @@ async fn replay_onto_empty(
         path: target.to_path_buf(),
         replayed,
         after,
-        overlay: restore_overlay(target, overlay)?,
+        overlay: restore_overlay(&store, overlay)?,
     })
+}
+
+fn open_restored(path: &Path) -> anyhow::Result<crate::meta::SqliteStore> {
+    crate::meta::SqliteStore::open(path)
+        .map_err(|e| anyhow::anyhow!("opening the restored {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -806,6 +806,13 @@ async fn recoverable_gateway(
     (providers, config, data_dir)
 }
 
+/// Deletes the gateway's SQLite metadata (and its WAL), as a lost disk would.
+fn lose_metadata(data_dir: &Path) {
+    for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
+}
+
 /// Losing the gateway's disk (all but the master key) loses no acknowledged write:
 /// `sublet recover` rebuilds the metadata from the newest snapshot on the providers and
 /// replays the metadata journal written after it.
@@ -888,9 +895,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("exists"), "{err:#}");
-    for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
-        let _ = std::fs::remove_file(data_dir.join(f));
-    }
+    lose_metadata(&data_dir);
     // The node key went with the disk: the master key makes the same node again.
     std::fs::remove_dir_all(data_dir.join("identity")).unwrap();
     let done = sublet_gateway::serve::recover(&config, &overrides, false)
@@ -940,9 +945,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
 
     // Started on an empty disk again (a volume lost with its node), the gateway does not
     // serve empty buckets: it recovers first, by itself.
-    for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
-        let _ = std::fs::remove_file(data_dir.join(f));
-    }
+    lose_metadata(&data_dir);
     let running = sublet_gateway::serve::start(&config, &overrides)
         .await
         .unwrap();
@@ -1034,14 +1037,8 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
         "no snapshot is due in the first interval"
     );
 
-    for f in [
-        "metadata.db",
-        "metadata.db-wal",
-        "metadata.db-shm",
-        "policies.yaml",
-    ] {
-        let _ = std::fs::remove_file(data_dir.join(f));
-    }
+    lose_metadata(&data_dir);
+    std::fs::remove_file(data_dir.join("policies.yaml")).unwrap();
     let done = sublet_gateway::serve::recover(&config, &overrides, false)
         .await
         .unwrap();

@@ -350,6 +350,25 @@ impl ProviderClient {
         Ok((shards, next))
     }
 
+    /// Every shard with `prefix`, page after page; with the error that cut the listing
+    /// short, if one did (the pages before it are kept).
+    pub async fn list_all(&self, prefix: &str) -> (Vec<ShardStat>, Result<(), ClientError>) {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            match self.list_shards(prefix, &after, 1000).await {
+                Ok((page, next)) => {
+                    out.extend(page);
+                    match next {
+                        Some(n) => after = n,
+                        None => return (out, Ok(())),
+                    }
+                }
+                Err(e) => return (out, Err(e)),
+            }
+        }
+    }
+
     pub async fn info(&self) -> Result<proto::InfoResponse, ClientError> {
         Ok(self
             .inner
