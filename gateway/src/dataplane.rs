@@ -85,6 +85,10 @@ pub enum DataError {
     Placement { got: usize, width: usize },
     #[error("segment {segment} is unreadable: {source}")]
     Unreadable { segment: u64, source: CodecError },
+    #[error(
+        "the metadata holds {held} bytes of this small object but records {recorded}; the metadata is corrupt"
+    )]
+    InlineMismatch { held: u64, recorded: u64 },
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -119,17 +123,7 @@ impl ObjectWriter {
                 width,
             });
         }
-        let (key, encryption, nonce_prefix) = if spec.encrypt {
-            let (key, wrapped) = master.new_data_key()?;
-            let prefix = DataKey::new_nonce_prefix()?.to_vec();
-            let enc = Encryption::Aes256Gcm {
-                wrapped_key: wrapped,
-                nonce_prefix: prefix.clone(),
-            };
-            (Some(key), enc, prefix)
-        } else {
-            (None, Encryption::None, Vec::new())
-        };
+        let (key, encryption, nonce_prefix) = new_encryption(master, spec.encrypt)?;
         let layout = Layout {
             scheme: spec.scheme,
             encryption,
@@ -217,6 +211,52 @@ impl ObjectWriter {
     }
 }
 
+/// A fresh data key (wrapped by `master`) and nonce prefix, or none without encryption.
+fn new_encryption(
+    master: &MasterKey,
+    encrypt: bool,
+) -> Result<(Option<DataKey>, Encryption, Vec<u8>), DataError> {
+    if !encrypt {
+        return Ok((None, Encryption::None, Vec::new()));
+    }
+    let (key, wrapped) = master.new_data_key()?;
+    let prefix = DataKey::new_nonce_prefix()?.to_vec();
+    let enc = Encryption::Aes256Gcm {
+        wrapped_key: wrapped,
+        nonce_prefix: prefix.clone(),
+    };
+    Ok((Some(key), enc, prefix))
+}
+
+/// Seals a whole small object into a layout that keeps it in metadata (`inline`): one
+/// segment, no shards, sealed like a striped segment 0 would be under its own data key.
+pub fn seal_inline(
+    master: &MasterKey,
+    scheme: Scheme,
+    encrypt: bool,
+    segment_size: u64,
+    plain: Vec<u8>,
+) -> Result<Layout, DataError> {
+    let (key, encryption, nonce_prefix) = new_encryption(master, encrypt)?;
+    let plain_length = plain.len() as u64;
+    let mut sealed = plain;
+    if let Some(key) = &key {
+        key.seal(&nonce_prefix, 0, &mut sealed)?;
+    }
+    Ok(Layout {
+        scheme,
+        encryption,
+        segment_size,
+        segments: vec![Segment {
+            plain_length,
+            sealed_length: sealed.len() as u64,
+            shards: Vec::new(),
+        }],
+        inline: Some(sealed),
+        parts: Vec::new(),
+    })
+}
+
 /// Best-effort removal of a layout's shards; what fails is left to garbage collection.
 pub async fn delete_shards(
     layout: &Layout,
@@ -294,6 +334,9 @@ impl ObjectReader {
                 },
             });
         };
+        if let Some(sealed) = &self.layout.inline {
+            return self.open_inline(segment_no, segment, sealed);
+        }
         let needed = self.layout.scheme.needed();
         let width = segment.shards.len();
         let mut got: Vec<Option<Bytes>> = vec![None; width];
@@ -349,6 +392,35 @@ impl ObjectReader {
                     segment: segment_no,
                     source,
                 })?;
+        }
+        Ok(buf)
+    }
+}
+
+impl ObjectReader {
+    /// The bytes of a version kept in metadata: its only segment, opened like a striped one.
+    fn open_inline(
+        &self,
+        segment_no: u64,
+        segment: &Segment,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, DataError> {
+        let unreadable = |source| DataError::Unreadable {
+            segment: segment_no,
+            source,
+        };
+        if segment_no != 0 || sealed.len() as u64 != segment.sealed_length {
+            return Err(DataError::InlineMismatch {
+                held: sealed.len() as u64,
+                recorded: segment.sealed_length,
+            });
+        }
+        let mut buf = sealed.to_vec();
+        if let (Some(key), Encryption::Aes256Gcm { nonce_prefix, .. }) =
+            (&self.key, &self.layout.encryption)
+        {
+            key.open(nonce_prefix, segment_no, &mut buf)
+                .map_err(unreadable)?;
         }
         Ok(buf)
     }
@@ -522,6 +594,43 @@ mod tests {
             .down
             .store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(read_all(&master, &nodes, layout).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn inline_objects_are_sealed_in_the_layout_and_checked_on_read() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        let data = body(3000);
+        let scheme = Scheme::Erasure { data: 4, parity: 2 };
+        for encrypt in [true, false] {
+            let layout = seal_inline(&master, scheme, encrypt, 1000, data.clone()).unwrap();
+            assert_eq!(layout.plain_length(), 3000);
+            assert_eq!(layout.shards().count(), 0, "no provider holds any of it");
+            let sealed = layout.inline.clone().unwrap();
+            assert_eq!(sealed.windows(16).any(|w| w == &data[..16]), !encrypt);
+            assert_eq!(
+                read_all(&master, &nodes, layout.clone()).await.unwrap(),
+                data
+            );
+            // Survives the metadata's JSON form.
+            let json = serde_json::to_string(&layout).unwrap();
+            let back: Layout = serde_json::from_str(&json).unwrap();
+            assert_eq!(read_all(&master, &nodes, back).await.unwrap(), data);
+            // A flipped bit (encrypted) or a cut (either) is an error, never wrong bytes.
+            let mut cut = layout.clone();
+            cut.inline.as_mut().unwrap().pop();
+            let err = read_all(&master, &nodes, cut).await.unwrap_err();
+            assert!(matches!(err, DataError::InlineMismatch { .. }), "{err}");
+            if encrypt {
+                let mut flipped = layout;
+                flipped.inline.as_mut().unwrap()[5] ^= 1;
+                let err = read_all(&master, &nodes, flipped).await.unwrap_err();
+                assert!(
+                    matches!(err, DataError::Unreadable { segment: 0, .. }),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

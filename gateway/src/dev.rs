@@ -245,6 +245,7 @@ pub async fn start_cluster_with(
     let topology = Topology::flat(backends.iter().map(|b| b.node_id()));
     let gateway = Arc::new(
         Gateway::new(Arc::new(meta), master, plans, backends)?
+            .with_metadata_alone()
             .with_placement(topology, Arc::clone(&health))?
             .with_rebuild(rebuild),
     );

@@ -162,6 +162,8 @@ pub struct Journal {
     state: Mutex<State>,
     progress: tokio::sync::watch::Sender<Progress>,
     wake: tokio::sync::Notify,
+    /// The flusher last found providers to store segments on.
+    holders: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -197,6 +199,7 @@ impl Journal {
             }),
             progress: tokio::sync::watch::channel(Progress::default()).0,
             wake: tokio::sync::Notify::new(),
+            holders: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -237,6 +240,13 @@ impl Journal {
     /// Whether a flusher runs (entries are being journaled).
     pub fn is_active(&self) -> bool {
         self.state().active
+    }
+
+    /// Whether the flusher has sublet providers to store segments on (a gateway whose
+    /// pools are all S3 buckets has none): only then is a change as safe as a shard once
+    /// [`Journal::barrier`] returns.
+    pub fn has_holders(&self) -> bool {
+        self.holders.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues `entry` for the next segment (nothing while no flusher runs).
@@ -342,6 +352,10 @@ impl Journal {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         self.state().active = true;
+        self.holders.store(
+            !providers().is_empty(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let journal = Arc::clone(self);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
@@ -371,6 +385,9 @@ impl Journal {
                 };
                 let id = format!("{}{cut}", journal.prefix);
                 let nodes = providers();
+                journal
+                    .holders
+                    .store(!nodes.is_empty(), std::sync::atomic::Ordering::Relaxed);
                 if nodes.is_empty() {
                     // Only bucket pools (no provider to list it back from at recovery):
                     // nothing can hold a journal, and writes must not stop for it. The

@@ -53,6 +53,7 @@ pub fn plan_from_spec(name: &str, spec: &StoragePlanSpec) -> anyhow::Result<Plan
         encrypt: spec.encryption == Encryption::Aes256Gcm,
         segment_size: spec.segment_size.bytes(),
         write_quorum: usize::try_from(spec.write_quorum())?,
+        inline_up_to: spec.inline_up_to(),
     })
 }
 
@@ -1432,6 +1433,7 @@ spec:
                     encrypt: true,
                     segment_size: 1 << 20,
                     write_quorum: 5,
+                    inline_up_to: 0,
                 },
                 Plan {
                     name: "configs".into(),
@@ -1439,6 +1441,7 @@ spec:
                     encrypt: false,
                     segment_size: 16 << 20,
                     write_quorum: 3,
+                    inline_up_to: 0,
                 },
             ]
         );

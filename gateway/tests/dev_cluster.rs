@@ -19,6 +19,7 @@ fn plans() -> Vec<Plan> {
             encrypt: true,
             segment_size: 64 << 10,
             write_quorum: 6,
+            inline_up_to: 0,
         },
         Plan {
             name: "wide".into(),
@@ -26,6 +27,7 @@ fn plans() -> Vec<Plan> {
             encrypt: true,
             segment_size: 64 << 10,
             write_quorum: 8,
+            inline_up_to: 0,
         },
         // Large segments keep the multipart tests' shard counts small.
         Plan {
@@ -34,6 +36,7 @@ fn plans() -> Vec<Plan> {
             encrypt: true,
             segment_size: 1 << 20,
             write_quorum: 6,
+            inline_up_to: 0,
         },
         Plan {
             name: "replicated".into(),
@@ -41,6 +44,16 @@ fn plans() -> Vec<Plan> {
             encrypt: true,
             segment_size: 256 << 10,
             write_quorum: 3,
+            inline_up_to: 0,
+        },
+        // Objects up to 4 KiB are kept in metadata.
+        Plan {
+            name: "inline".into(),
+            scheme: Scheme::Erasure { data: 4, parity: 2 },
+            encrypt: true,
+            segment_size: 64 << 10,
+            write_quorum: 6,
+            inline_up_to: 4 << 10,
         },
     ]
 }
@@ -313,6 +326,110 @@ fn shard_files(dir: &std::path::Path) -> usize {
         }
     }
     n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_objects_of_an_inline_plan_live_in_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let class = [("x-amz-storage-class", "inline")];
+    let small = data(4096);
+    let (s, h, b) = call(&svc, Method::PUT, "/bkt/small", &class, small.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(header(&h, "etag"), format!("\"{}\"", md5_hex(&small)));
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt/empty", &class, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shard_files(tmp.path()), 0, "inline objects wrote shards");
+    // One byte more is striped as usual.
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt/bigger", &class, data(4097)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shard_files(tmp.path()), 6);
+
+    let (s, h, b) = call(&svc, Method::GET, "/bkt/small", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == small, "inline read differs");
+    assert_eq!(header(&h, "x-amz-storage-class"), "inline");
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        "/bkt/small",
+        &[("range", "bytes=100-199")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert!(b == small[100..200], "inline range differs");
+    let (s, h, _) = call(&svc, Method::HEAD, "/bkt/small", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(header(&h, "content-length"), "4096");
+    let (s, _, b) = call(&svc, Method::GET, "/bkt/empty", &[], vec![]).await;
+    assert_eq!((s, b.len()), (StatusCode::OK, 0));
+
+    // Copies: out of metadata onto providers, and back in.
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/bkt/striped-copy",
+        &[
+            ("x-amz-copy-source", "/bkt/small"),
+            ("x-amz-storage-class", "standard"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(shard_files(tmp.path()), 12);
+    let (s, _, _) = call(
+        &svc,
+        Method::PUT,
+        "/bkt/inline-copy",
+        &[
+            ("x-amz-copy-source", "/bkt/striped-copy"),
+            ("x-amz-storage-class", "inline"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shard_files(tmp.path()), 12);
+    for key in ["striped-copy", "inline-copy"] {
+        let (s, _, b) = call(&svc, Method::GET, &format!("/bkt/{key}"), &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(b == small, "{key} differs");
+    }
+
+    // Every provider gone, and a restart: inline objects are still read from metadata.
+    for p in cluster.providers.drain(..) {
+        p.shutdown().await;
+    }
+    drop(svc);
+    drop(cluster);
+    let (mut cluster, svc) = start(tmp.path()).await;
+    for p in cluster.providers.drain(..) {
+        p.shutdown().await;
+    }
+    for key in ["small", "inline-copy"] {
+        let (s, _, b) = call(&svc, Method::GET, &format!("/bkt/{key}"), &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK, "{key}: {}", String::from_utf8_lossy(&b));
+        assert!(b == small, "{key} differs after restart");
+    }
+    let (s, _, _) = call(&svc, Method::GET, "/bkt/bigger", &[], vec![]).await;
+    assert_eq!(
+        s,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "striped data needs providers"
+    );
+    // Overwrite and delete need no provider either.
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt/small", &class, b"new".to_vec()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, b) = call(&svc, Method::GET, "/bkt/small", &[], vec![]).await;
+    assert_eq!((s, b), (StatusCode::OK, b"new".to_vec()));
+    let (s, _, _) = call(&svc, Method::DELETE, "/bkt/small", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = call(&svc, Method::GET, "/bkt/small", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

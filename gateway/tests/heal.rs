@@ -119,6 +119,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
         encrypt: true,
         segment_size: 64 << 10,
         write_quorum: 6,
+        inline_up_to: 0,
     };
     let policy = RebuildPolicy {
         grace_period: GRACE,
@@ -487,6 +488,7 @@ async fn scrub_finds_corrupt_and_missing_shards_nobody_reads() {
         encrypt: true,
         segment_size: 64 << 10,
         write_quorum: 6,
+        inline_up_to: 0,
     };
     let mut cluster = dev::start_cluster_with(
         tmp.path(),
@@ -600,6 +602,7 @@ async fn changed_plans_reencode_their_objects() {
         encrypt: true,
         segment_size: 64 << 10,
         write_quorum: 6,
+        inline_up_to: 0,
     };
     let mut cluster = dev::start_cluster_with(
         tmp.path(),
@@ -644,6 +647,7 @@ async fn changed_plans_reencode_their_objects() {
         scheme: Scheme::Erasure { data: 2, parity: 1 },
         encrypt: false,
         write_quorum: 3,
+        inline_up_to: 0,
         ..plan
     };
     let after = Arc::new(
@@ -711,6 +715,7 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
         encrypt: true,
         segment_size: 64 << 10,
         write_quorum: 3,
+        inline_up_to: 0,
     };
     let mut cluster = dev::start_cluster_with(
         tmp.path(),
@@ -855,6 +860,7 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
             encrypt: true,
             segment_size: 1 << 20,
             write_quorum: 6,
+            inline_up_to: 0,
         },
         Plan {
             name: "replicated".into(),
@@ -862,6 +868,7 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
             encrypt: true,
             segment_size: 256 << 10,
             write_quorum: 3,
+            inline_up_to: 0,
         },
     ];
     let policy = RebuildPolicy {
@@ -1024,6 +1031,7 @@ async fn repair_throughput() {
         encrypt: true,
         segment_size: 16 << 20,
         write_quorum: 6,
+        inline_up_to: 0,
     };
     let policy = RebuildPolicy {
         grace_period: Duration::ZERO,
@@ -1084,6 +1092,7 @@ async fn a_provider_forging_audit_answers_is_caught_and_regains_standing_when_ho
         encrypt: true,
         segment_size: 64 << 10,
         write_quorum: 3,
+        inline_up_to: 0,
     };
     let cluster = dev::start_cluster(tmp.path(), 5, vec![plan]).await.unwrap();
     let gateway = Arc::clone(&cluster.gateway);
@@ -1214,6 +1223,7 @@ async fn a_restarted_scrub_goes_on_where_it_stopped() {
         encrypt: true,
         segment_size: 64 << 10,
         write_quorum: 3,
+        inline_up_to: 0,
     };
     let cluster = dev::start_cluster(&tmp.path().join("dev"), 3, vec![plan])
         .await

@@ -67,6 +67,7 @@ async fn two_gateways_on_one_database_lose_nothing() {
         encrypt: true,
         segment_size: 64 << 10,
         write_quorum: 3,
+        inline_up_to: 0,
     };
     let mut cluster = dev::start_cluster_with(tmp.path(), 4, vec![plan.clone()], HashMap::new())
         .await

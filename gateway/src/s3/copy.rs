@@ -88,7 +88,12 @@ impl Gateway {
         let plan = self.resolve_plan(&bucket, storage_class)?;
         let stream = self.read_range(&source, 0..source.size).await?;
         let written = self
-            .store_body(&plan, &input.key, Some(StreamingBlob::wrap(stream)))
+            .store_body(
+                &plan,
+                &input.key,
+                Some(StreamingBlob::wrap(stream)),
+                Some(source.size),
+            )
             .await?;
         if written.size != source.size {
             self.free(Some(&written.layout)).await;

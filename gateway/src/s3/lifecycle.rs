@@ -620,7 +620,12 @@ impl Gateway {
         })?;
         let stream = self.read_range(v, 0..v.size).await?;
         let written = self
-            .store_body(&target, &v.key, Some(s3s::dto::StreamingBlob::wrap(stream)))
+            .store_body(
+                &target,
+                &v.key,
+                Some(s3s::dto::StreamingBlob::wrap(stream)),
+                Some(v.size),
+            )
             .await?;
         let single_part = v.layout.as_ref().is_some_and(|l| l.parts.is_empty());
         if written.size != v.size || (single_part && written.md5 != v.etag) {

@@ -41,10 +41,13 @@ pub struct Plan {
     pub segment_size: u64,
     /// Acknowledged shards needed per segment before a version commits.
     pub write_quorum: usize,
+    /// Objects of at most this many bytes are sealed into metadata, not striped (0: never).
+    pub inline_up_to: u64,
 }
 
 impl Plan {
-    /// The default plan of `sublet dev`: Reed–Solomon 4+2, 16 MiB segments, encrypted.
+    /// The default plan of `sublet dev`: Reed–Solomon 4+2, 16 MiB segments, encrypted, objects
+    /// up to 4 KiB kept in metadata.
     pub fn standard() -> Self {
         Plan {
             name: "standard".into(),
@@ -52,6 +55,7 @@ impl Plan {
             encrypt: true,
             segment_size: 16 << 20,
             write_quorum: 6,
+            inline_up_to: 4 << 10,
         }
     }
 }
@@ -104,6 +108,9 @@ pub struct Gateway {
     journal: Option<Arc<crate::journal::Journal>>,
     /// Segment buffers all writes in flight may hold together.
     upload_budget: put::UploadBudget,
+    /// The metadata store alone is as safe a place for data as the providers (`sublet
+    /// dev`, where everything is on one disk): plans may keep small objects in it.
+    metadata_suffices: bool,
 }
 
 impl Gateway {
@@ -149,7 +156,15 @@ impl Gateway {
             inflight: inflight::InFlight::default(),
             journal: None,
             upload_budget: put::UploadBudget::default(),
+            metadata_suffices: false,
         })
+    }
+
+    /// Lets plans keep small objects in the metadata store without a journal or shared
+    /// database behind it: for a gateway whose providers share its disk (`sublet dev`).
+    pub fn with_metadata_alone(mut self) -> Self {
+        self.metadata_suffices = true;
+        self
     }
 
     /// Journals metadata changes in `journal` (which must be the one the store appends to).

@@ -126,7 +126,7 @@ impl Gateway {
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let plan = self.upload_plan(&upload)?;
-        let written = self.store_body(&plan, &input.key, input.body).await?;
+        let written = self.store_body(&plan, &input.key, input.body, None).await?;
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;
             return Err(S3Error::with_message(
@@ -198,9 +198,15 @@ impl Gateway {
                     )
                 })?,
         };
+        let length = range.end - range.start;
         let stream = self.read_range(&source, range).await?;
         let written = self
-            .store_body(&plan, &input.key, Some(StreamingBlob::wrap(stream)))
+            .store_body(
+                &plan,
+                &input.key,
+                Some(StreamingBlob::wrap(stream)),
+                Some(length),
+            )
             .await?;
         let md5 = written.md5.clone();
         let modified = now_ms();

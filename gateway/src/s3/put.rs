@@ -224,8 +224,34 @@ impl Gateway {
         }
     }
 
-    /// Streams `body` into a fresh layout under `plan`; on any error no shards remain.
+    /// Stores `body` (of `length` bytes when the caller knows it, as a copy does; else
+    /// as the request declares) under `plan`. A body the plan keeps in metadata (at most
+    /// `inlineUpTo`) is sealed whole into the layout, where metadata is kept as safely as
+    /// shards; any other is striped onto providers ([`Gateway::store_striped`]).
     pub(super) async fn store_body(
+        &self,
+        plan: &Plan,
+        key: &str,
+        body: Option<StreamingBlob>,
+        length: Option<u64>,
+    ) -> S3Result<Written> {
+        let declared = match (&body, length) {
+            (_, Some(len)) => usize::try_from(len).ok(),
+            (Some(b), None) => s3s::stream::ByteStream::remaining_length(b).exact(),
+            (None, None) => Some(0),
+        };
+        if let Some(len) = declared
+            && len as u64 <= plan.inline_up_to
+            && self.keeps_inline()
+        {
+            return self.store_inline(plan, body, len).await;
+        }
+        self.store_striped(plan, key, body).await
+    }
+
+    /// Streams `body` into a fresh layout of shards under `plan`; on any error no shards
+    /// remain.
+    pub(super) async fn store_striped(
         &self,
         plan: &Plan,
         key: &str,
@@ -260,6 +286,66 @@ impl Gateway {
         ))
         .await
         .map_err(|e| internal(format!("the write task failed: {e}")))?
+    }
+
+    /// Reads a small body of `declared` bytes whole and seals it into an inline layout.
+    async fn store_inline(
+        &self,
+        plan: &Plan,
+        body: Option<StreamingBlob>,
+        declared: usize,
+    ) -> S3Result<Written> {
+        let _held = self.upload_budget.take(declared).await?;
+        let mut plain = Vec::with_capacity(declared);
+        if let Some(mut body) = body {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    S3Error::with_message(
+                        S3ErrorCode::IncompleteBody,
+                        format!("reading the request body failed: {e}"),
+                    )
+                })?;
+                if plain.len() + chunk.len() > declared {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::IncompleteBody,
+                        format!("the body is longer than the {declared} bytes announced"),
+                    ));
+                }
+                plain.extend_from_slice(&chunk);
+            }
+        }
+        if plain.len() != declared {
+            return Err(S3Error::with_message(
+                S3ErrorCode::IncompleteBody,
+                format!(
+                    "the body ended after {} of the {declared} bytes announced",
+                    plain.len()
+                ),
+            ));
+        }
+        let md5 = hex::encode(Md5::digest(&plain));
+        let size = plain.len() as u64;
+        let layout = dataplane::seal_inline(
+            &self.master,
+            plan.scheme,
+            plan.encrypt,
+            plan.segment_size,
+            plain,
+        )
+        .map_err(|e| internal(format!("sealing the object failed: {e}")))?;
+        Ok(Written { layout, size, md5 })
+    }
+
+    /// Whether small objects may be kept in metadata now: only where metadata is kept as
+    /// safely as shards are — a shared database, a metadata journal that has providers to
+    /// hold it, or a store that is meant to be alone (`sublet dev`, one disk anyway).
+    fn keeps_inline(&self) -> bool {
+        self.metadata_suffices
+            || self.meta.shared()
+            || self
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.is_active() && j.has_holders())
     }
 
     /// Commits a version whose shards are written, freeing the shards of the
@@ -323,7 +409,7 @@ impl Gateway {
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
-        let written = self.store_body(&plan, &input.key, input.body).await?;
+        let written = self.store_body(&plan, &input.key, input.body, None).await?;
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;
             return Err(bad_digest());

@@ -73,7 +73,10 @@ pub struct Outdated {
 /// Whether `layout` was written with `plan`'s current redundancy and encryption.
 pub fn conforms(layout: &Layout, plan: &Plan) -> bool {
     if layout.inline.is_some() {
-        return true;
+        // Kept in metadata: only its size and sealing matter (a plan that no longer
+        // inlines objects this large moves them onto providers).
+        return layout.plain_length() <= plan.inline_up_to
+            && matches!(layout.encryption, Encryption::Aes256Gcm { .. }) == plan.encrypt;
     }
     layout.pieces().all(|piece| {
         piece.scheme == plan.scheme

@@ -82,8 +82,9 @@ impl Gateway {
                 .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
+        // Never inline: the snapshot is the copy of the metadata itself.
         let written = self
-            .store_body(
+            .store_striped(
                 &plan,
                 &manifest_id(created),
                 Some(StreamingBlob::wrap(body)),
