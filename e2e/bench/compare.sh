@@ -82,6 +82,7 @@ metadata: {name: single}
 spec:
   redundancy: {replicas: 1}
   encryption: none
+  inlineUpTo: 4Ki   # like sublet dev's default plan: only the redundancy and sealing differ
 EOF
 
 for t in ec r1; do

@@ -1108,4 +1108,57 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.version("b", "k", None).unwrap().unwrap().size, 9);
     }
+
+    #[test]
+    fn concurrent_writes_commit_in_groups_and_a_failed_one_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let s = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+        s.create_bucket(&bucket("b")).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let s = std::sync::Arc::clone(&s);
+                std::thread::spawn(move || {
+                    for i in 0..40u64 {
+                        let key = format!("t{t}-{i}");
+                        s.put_version(&version(&key, NULL_VERSION, i)).unwrap();
+                        // Between good ones, a write into a missing bucket, and a delete.
+                        let mut lost = version(&key, NULL_VERSION, 1);
+                        lost.bucket = "missing".into();
+                        assert!(matches!(
+                            s.put_version(&lost),
+                            Err(MetaError::NoSuchBucket(_))
+                        ));
+                        if i % 4 == 0 {
+                            let old = s.delete_version("b", &key, NULL_VERSION).unwrap();
+                            assert_eq!(old.unwrap().size, i);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(s);
+        let s = SqliteStore::open(&path).unwrap();
+        let page = s
+            .list(
+                "b",
+                &ListQuery {
+                    prefix: "",
+                    delimiter: None,
+                    start_after: "",
+                    max_keys: 1000,
+                },
+            )
+            .unwrap();
+        assert_eq!(page.objects.len(), 8 * 30, "every write but the deleted");
+        for t in 0..8 {
+            for i in 0..40u64 {
+                let v = s.version("b", &format!("t{t}-{i}"), None).unwrap();
+                assert_eq!(v.map(|v| v.size), (i % 4 != 0).then_some(i));
+            }
+        }
+    }
 }

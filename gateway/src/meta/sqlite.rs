@@ -102,8 +102,23 @@ const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
 
 /// SQLite behind a mutex: statements are short, and one writer is what SQLite allows.
+/// Object writes and deletes are committed in groups (see [`SqliteStore::grouped`]).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    group: Mutex<Group>,
+}
+
+/// One queued change: runs inside the group's transaction and returns whether it
+/// succeeded and what delivers its result once the group's commit is known (the commit's
+/// error, `None` when it committed).
+type GroupJob = Box<dyn FnOnce(&Connection) -> (bool, GroupDelivery) + Send>;
+type GroupDelivery = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Changes waiting for the next group commit.
+#[derive(Default)]
+struct Group {
+    next_id: u64,
+    queue: Vec<(u64, GroupJob)>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> MetaError {
@@ -134,14 +149,92 @@ impl SqliteStore {
             .map_err(store_err)?;
         conn.execute_batch(SCHEMA).map_err(store_err)?;
         backfill_shard_index(&conn).map_err(store_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             conn: Mutex::new(conn),
+            group: Mutex::default(),
         })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn group(&self) -> MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `work` in a transaction shared with the other changes queued meanwhile: one
+    /// commit (one fsync of the WAL) for all of them. A caller queues its change, then
+    /// waits for the connection; whoever gets it commits everything queued, so callers
+    /// that find their change already committed by another return at once. Each change
+    /// runs under its own savepoint: one that fails is rolled back alone. Its result counts
+    /// only once the commit succeeded.
+    fn grouped<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let slot: std::sync::Arc<Mutex<Option<Result<T>>>> = std::sync::Arc::default();
+        let id = {
+            let result = std::sync::Arc::clone(&slot);
+            let job: GroupJob = Box::new(move |conn: &Connection| {
+                let outcome = work(conn);
+                let ok = outcome.is_ok();
+                let deliver: GroupDelivery = Box::new(move |commit_error: Option<&str>| {
+                    let outcome = match commit_error {
+                        None => outcome,
+                        Some(e) => Err(MetaError::Store(e.to_owned())),
+                    };
+                    *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+                });
+                (ok, deliver)
+            });
+            let mut group = self.group();
+            group.next_id += 1;
+            let id = group.next_id;
+            group.queue.push((id, job));
+            id
+        };
+        let mut conn = self.conn();
+        let taken =
+            |slot: &Mutex<Option<Result<T>>>| slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(outcome) = taken(&slot) {
+            return outcome;
+        }
+        let jobs = std::mem::take(&mut self.group().queue);
+        if !jobs.iter().any(|(queued, _)| *queued == id) {
+            // Taken by a group whose commit never delivered (it panicked).
+            return Err(MetaError::Store(
+                "the group commit holding this change failed".into(),
+            ));
+        }
+        commit_group(&mut conn, jobs);
+        drop(conn);
+        taken(&slot).unwrap_or_else(|| Err(MetaError::Store("the change was not run".into())))
+    }
+}
+
+/// Runs `jobs` in one transaction, each under a savepoint, commits, and delivers.
+fn commit_group(conn: &mut Connection, jobs: Vec<(u64, GroupJob)>) {
+    let mut deliveries = Vec::with_capacity(jobs.len());
+    let committed = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        for (_, job) in jobs {
+            tx.execute_batch("SAVEPOINT change")?;
+            let (ok, deliver) = job(&tx);
+            deliveries.push(deliver);
+            if !ok {
+                // A failed change may have written part of itself: undo that part only.
+                tx.execute_batch("ROLLBACK TO change")?;
+            }
+            tx.execute_batch("RELEASE change")?;
+        }
+        tx.commit()
+    })();
+    let error = committed.err().map(|e| e.to_string());
+    for deliver in deliveries {
+        deliver(error.as_deref());
     }
 }
 
@@ -355,11 +448,8 @@ fn insert_version(conn: &Connection, v: &ObjectVersion) -> Result<Vec<ObjectVers
         .map_err(store_err)?;
     let size = i64::try_from(v.size).map_err(store_err)?;
     let exists: bool = conn
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM buckets WHERE name = ?1)",
-            params![v.bucket],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM buckets WHERE name = ?1)")
+        .and_then(|mut stmt| stmt.query_row(params![v.bucket], |r| r.get(0)))
         .map_err(store_err)?;
     if !exists {
         return Err(MetaError::NoSuchBucket(v.bucket.clone()));
@@ -368,14 +458,13 @@ fn insert_version(conn: &Connection, v: &ObjectVersion) -> Result<Vec<ObjectVers
         .map_err(store_err)?
         .into_iter()
         .collect();
-    conn.execute(
-        "DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
-        params![v.bucket, v.key, v.version_id],
-    )
-    .map_err(store_err)?;
-    conn.execute(
+    conn.prepare_cached("DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3")
+        .and_then(|mut stmt| stmt.execute(params![v.bucket, v.key, v.version_id]))
+        .map_err(store_err)?;
+    conn.prepare_cached(
         &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-        params![
+    )
+    .and_then(|mut stmt| stmt.execute(params![
             v.bucket,
             v.key,
             v.version_id,
@@ -387,8 +476,7 @@ fn insert_version(conn: &Connection, v: &ObjectVersion) -> Result<Vec<ObjectVers
             v.last_modified,
             v.plan,
             layout
-        ],
-    )
+        ]))
     .map_err(store_err)?;
     if let Some(layout) = &v.layout {
         index_shards(conn, conn.last_insert_rowid(), layout).map_err(store_err)?;
@@ -404,22 +492,16 @@ fn get_version(
 ) -> rusqlite::Result<Option<ObjectVersion>> {
     match version_id {
         Some(id) => conn
-            .query_row(
-                &format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3"
-                ),
-                params![bucket, key, id],
-                version_from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3"
+            ))?
+            .query_row(params![bucket, key, id], version_from_row)
             .optional(),
         None => conn
-            .query_row(
-                &format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions WHERE bucket = ?1 AND key = ?2 ORDER BY seq DESC LIMIT 1"
-                ),
-                params![bucket, key],
-                version_from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE bucket = ?1 AND key = ?2 ORDER BY seq DESC LIMIT 1"
+            ))?
+            .query_row(params![bucket, key], version_from_row)
             .optional(),
     }
 }
@@ -441,12 +523,10 @@ impl MetadataStore for SqliteStore {
 
     fn bucket(&self, name: &str) -> Result<Option<Bucket>> {
         self.conn()
-            .query_row(
+            .prepare_cached(
                 "SELECT name, created, default_plan, versioning FROM buckets WHERE name = ?1",
-                params![name],
-                bucket_from_row,
             )
-            .optional()
+            .and_then(|mut stmt| stmt.query_row(params![name], bucket_from_row).optional())
             .map_err(store_err)
     }
 
@@ -885,11 +965,12 @@ impl MetadataStore for SqliteStore {
     }
 
     fn put_version(&self, v: &ObjectVersion) -> Result<PutOutcome> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(store_err)?;
-        let replaced = insert_version(&tx, v)?;
-        tx.commit().map_err(store_err)?;
-        Ok(PutOutcome { replaced })
+        let v = v.clone();
+        self.grouped(move |conn| {
+            Ok(PutOutcome {
+                replaced: insert_version(conn, &v)?,
+            })
+        })
     }
 
     fn version(
@@ -907,16 +988,16 @@ impl MetadataStore for SqliteStore {
         key: &str,
         version_id: &str,
     ) -> Result<Option<ObjectVersion>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(store_err)?;
-        let old = get_version(&tx, bucket, key, Some(version_id)).map_err(store_err)?;
-        tx.execute(
-            "DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
-            params![bucket, key, version_id],
-        )
-        .map_err(store_err)?;
-        tx.commit().map_err(store_err)?;
-        Ok(old)
+        let (bucket, key, version_id) = (bucket.to_owned(), key.to_owned(), version_id.to_owned());
+        self.grouped(move |conn| {
+            let old = get_version(conn, &bucket, &key, Some(&version_id)).map_err(store_err)?;
+            conn.prepare_cached(
+                "DELETE FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
+            )
+            .and_then(|mut stmt| stmt.execute(params![bucket, key, version_id]))
+            .map_err(store_err)?;
+            Ok(old)
+        })
     }
 
     fn list(&self, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {
