@@ -69,8 +69,13 @@ fn describe(plan: &Plan) -> String {
     } else {
         "not encrypted"
     };
+    let inline = match plan.inline_up_to {
+        0 => String::new(),
+        n if n % 1024 == 0 => format!(", objects up to {} KiB in metadata", n / 1024),
+        n => format!(", objects up to {n} bytes in metadata"),
+    };
     format!(
-        "plan `{}` ({scheme}, {} MiB segments, {sealing})",
+        "plan `{}` ({scheme}, {} MiB segments, {sealing}{inline})",
         plan.name,
         plan.segment_size >> 20
     )
@@ -638,7 +643,7 @@ spec:
         );
         assert_eq!(
             describe(&Plan::standard()),
-            "plan `standard` (erasure 4+2, 16 MiB segments, encrypted)"
+            "plan `standard` (erasure 4+2, 16 MiB segments, encrypted, objects up to 4 KiB in metadata)"
         );
     }
 

@@ -87,11 +87,11 @@ pub struct Layout {
     /// Plaintext bytes per segment (all but the last segment are exactly this long).
     pub segment_size: u64,
     pub segments: Vec<Segment>,
-    /// Small objects live in metadata instead of on providers (sealed bytes).
+    /// Small objects live in metadata instead of on providers (sealed bytes, base64).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "opt_hex_bytes"
+        with = "opt_base64_bytes"
     )]
     pub inline: Option<Vec<u8>>,
     /// A version assembled by a multipart upload: its parts' layouts in order,
@@ -139,19 +139,21 @@ mod hex_bytes {
     }
 }
 
-mod opt_hex_bytes {
+mod opt_base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
-            Some(v) => s.serialize_some(&hex::encode(v)),
+            Some(v) => s.serialize_some(&STANDARD.encode(v)),
             None => s.serialize_none(),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| hex::decode(s).map_err(serde::de::Error::custom))
+        s.map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom))
             .transpose()
     }
 }
