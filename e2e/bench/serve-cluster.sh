@@ -39,8 +39,9 @@ spec:
     done
 }
 
-# Writes DIR/sublet.yaml: the providers, an EC 4+2 plan (encrypted, 16 MiB segments) and a
-# gateway on PORT (admin on ADMIN) keeping its data in DIR/data, key bench.
+# Writes DIR/sublet.yaml: the providers, an EC 4+2 plan (encrypted, 16 MiB segments; with
+# INLINE_UP_TO set, e.g. 4Ki, objects up to that size in metadata) and a gateway on PORT
+# (admin on ADMIN) keeping its data in DIR/data, key bench.
 gateway_yaml() { # dir port admin
     mkdir -p "$1"
     cat >"$1/sublet.yaml" <<EOF
@@ -49,6 +50,7 @@ kind: StoragePlan
 metadata: {name: standard}
 spec:
   redundancy: {erasure: {dataShards: 4, parityShards: 2}}
+${INLINE_UP_TO:+  inlineUpTo: $INLINE_UP_TO}
 ---
 apiVersion: sublet.dev/v1alpha1
 kind: StorageGateway
