@@ -640,9 +640,7 @@ impl ShardStore for ShardService {
                 bytes.inc_by(chunk.len() as u64);
                 egress.sent += chunk.len() as u64;
                 if tx
-                    .blocking_send(Ok(proto::ShardChunk {
-                        data: Bytes::from(chunk),
-                    }))
+                    .blocking_send(Ok(proto::ShardChunk { data: chunk }))
                     .is_err()
                 {
                     recorder.record("GetShard", started, Code::Cancelled);
