@@ -5,6 +5,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 
+use bytes::Bytes;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -245,6 +246,41 @@ pub fn encode_stripe(scheme: Scheme, sealed: &[u8]) -> Result<Vec<Vec<u8>>, Code
     }
 }
 
+/// [`encode_stripe`] without copying the data: the data shards are slices of `sealed`
+/// (padded in place; reserve [`stripe_capacity`] to avoid a reallocation) and replicas share
+/// one buffer. Only the parity shards are new memory.
+pub fn encode_stripe_owned(scheme: Scheme, mut sealed: Vec<u8>) -> Result<Vec<Bytes>, CodecError> {
+    match scheme {
+        Scheme::Replicas { copies } => {
+            let whole = Bytes::from(sealed);
+            Ok(vec![whole; usize::from(copies)])
+        }
+        Scheme::Erasure { data, parity } => {
+            let (data, parity) = (usize::from(data), usize::from(parity));
+            let size = shard_size(scheme, sealed.len());
+            sealed.resize(data * size, 0);
+            let whole = Bytes::from(sealed);
+            let mut shards: Vec<Bytes> = (0..data)
+                .map(|i| whole.slice(i * size..(i + 1) * size))
+                .collect();
+            let recovery = reed_solomon_simd::encode(data, parity, &shards)
+                .map_err(|e| CodecError::Erasure(e.to_string()))?;
+            shards.extend(recovery.into_iter().map(Bytes::from));
+            Ok(shards)
+        }
+    }
+}
+
+/// Bytes a buffer holding `plain_len` bytes of plaintext needs so that sealing it and
+/// [`encode_stripe_owned`] never reallocate: the tag, then the padding of the last shard.
+pub fn stripe_capacity(scheme: Scheme, plain_len: usize) -> usize {
+    let sealed = plain_len + TAG_LEN;
+    match scheme {
+        Scheme::Replicas { .. } => sealed,
+        Scheme::Erasure { data, .. } => sealed.max(usize::from(data) * shard_size(scheme, sealed)),
+    }
+}
+
 /// Rebuilds the sealed segment (`sealed_len` bytes) from whichever shards are
 /// present (`None` = lost or corrupt). Needs `scheme.needed()` of them.
 pub fn decode_stripe<S: AsRef<[u8]>>(
@@ -388,6 +424,37 @@ mod tests {
             assert_eq!(size % 2, 0, "len {len}");
             assert!(size * 4 >= len, "len {len}");
             assert!(size >= 2);
+        }
+    }
+
+    #[test]
+    fn owned_striping_matches_and_needs_no_reallocation() {
+        for scheme in [
+            EC42,
+            Scheme::Erasure {
+                data: 10,
+                parity: 4,
+            },
+            Scheme::Replicas { copies: 3 },
+        ] {
+            for len in [0usize, 1, 5, 17, 4096, 100_003] {
+                let plain = sample(len);
+                let mut buf = Vec::with_capacity(stripe_capacity(scheme, len));
+                buf.extend_from_slice(&plain);
+                let at = buf.as_ptr();
+                buf.extend_from_slice(&[7; TAG_LEN]); // as sealing appends its tag
+                let copied = encode_stripe(scheme, &buf).unwrap();
+                let owned = encode_stripe_owned(scheme, buf).unwrap();
+                assert_eq!(owned.len(), copied.len());
+                for (o, c) in owned.iter().zip(&copied) {
+                    assert_eq!(&o[..], &c[..], "{scheme:?} {len}");
+                }
+                assert_eq!(
+                    owned[0].as_ptr(),
+                    at,
+                    "{scheme:?} {len}: the buffer was copied"
+                );
+            }
         }
     }
 

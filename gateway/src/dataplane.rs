@@ -150,14 +150,13 @@ impl ObjectWriter {
             key.seal(&self.nonce_prefix, index, &mut sealed)?;
         }
         let sealed_length = sealed.len() as u64;
-        let shards = codec::encode_stripe(self.spec.scheme, &sealed)?;
-        drop(sealed);
+        let shards = codec::encode_stripe_owned(self.spec.scheme, sealed)?;
         let writes = shards.into_iter().enumerate().map(|(i, shard)| {
             let backend = Arc::clone(&self.spec.placement[i]);
             let shard_id = format!("{}.{index}.{i}", self.spec.shard_prefix);
             async move {
                 let length = shard.len() as u64;
-                match backend.put(&shard_id, Bytes::from(shard)).await {
+                match backend.put(&shard_id, shard).await {
                     Ok(hash) => ShardLocation {
                         provider: backend.node_id().to_string(),
                         shard_id,

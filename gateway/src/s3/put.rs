@@ -68,6 +68,7 @@ type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 async fn cut_body(
     body: Option<StreamingBlob>,
     segment_size: usize,
+    scheme: crate::layout::Scheme,
     budget: UploadBudget,
     tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
 ) -> S3Result<(u64, String)> {
@@ -97,7 +98,9 @@ async fn cut_body(
                         total.saturating_sub(filled).clamp(1, segment_size.max(1))
                     });
                     permit = Some(budget.take(expected).await?);
-                    buf.reserve_exact(segment_size);
+                    // Room for the tag and the shards' padding too: sealing and striping
+                    // then work in this buffer without copying it.
+                    buf.reserve_exact(crate::codec::stripe_capacity(scheme, expected));
                 }
                 let take = (segment_size - buf.len()).min(rest.len());
                 buf.extend_from_slice(&rest[..take]);
@@ -125,6 +128,7 @@ async fn write_body(
     mut writer: ObjectWriter,
     body: Option<StreamingBlob>,
     segment_size: usize,
+    scheme: crate::layout::Scheme,
     budget: UploadBudget,
 ) -> S3Result<Written> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(1);
@@ -139,7 +143,7 @@ async fn write_body(
         }
         Ok(())
     };
-    let (cut, stored) = tokio::join!(cut_body(body, segment_size, budget, tx), store);
+    let (cut, stored) = tokio::join!(cut_body(body, segment_size, scheme, budget, tx), store);
     match (cut, stored) {
         (Ok((size, md5)), Ok(())) => Ok(Written {
             layout: writer.finish(),
@@ -282,6 +286,7 @@ impl Gateway {
             writer,
             body,
             segment_size,
+            plan.scheme,
             self.upload_budget.clone(),
         ))
         .await
