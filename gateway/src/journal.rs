@@ -1455,7 +1455,9 @@ mod tests {
         let (journal, store, gateway) = journaled_gateway(backends);
         let nodes: Vec<String> = fakes.iter().map(|f| f.id.clone()).collect();
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        assert!(!journal.has_holders(), "no flusher yet");
         let task = journal.spawn(Arc::clone(&gateway), move || nodes.clone(), None, stopped);
+        assert!(journal.has_holders(), "small objects may be kept in metadata");
         let copies = |fakes: &[Arc<Fake>]| -> Vec<(String, Vec<Entry>)> {
             fakes
                 .iter()
@@ -1548,6 +1550,8 @@ mod tests {
         let (journal, store, gateway) = journaled_gateway(Vec::new());
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         let _task = journal.spawn(gateway, Vec::new, None, stopped);
+        // Nothing would hold small objects beyond this disk: they are striped as usual.
+        assert!(!journal.has_holders());
         let cut = journal.cut();
         store
             .create_bucket(&Bucket {

@@ -797,6 +797,8 @@ async fn recoverable_gateway(
          spec:\n  class: owned\n  endpoints:\n{endpoints}---\n\
          apiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {{name: standard}}\n\
          spec:\n  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}\n  segmentSize: 64Ki\n---\n\
+         apiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {{name: tiny}}\n\
+         spec:\n  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}\n  inlineUpTo: 4Ki\n---\n\
          apiVersion: sublet.dev/v1alpha1\nkind: StorageGateway\nmetadata: {{name: s3}}\n\
          spec:\n  defaultPlan: standard\n  listen: \"127.0.0.1:0\"\n  adminListen: \"127.0.0.1:0\"\n  \
          dataDir: \"{}\"\n  providerToken: {TOKEN}\n  credentials:\n    - {{accessKey: admin, secretKey: admin-secret-0123456789}}\n",
@@ -849,6 +851,12 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         let path = format!("/photos/{key}");
         assert_eq!(client.send("PUT", &path, &[], b"old").await.status, 200);
     }
+    // Small objects of a plan that keeps them in metadata: in the snapshot, and after it
+    // only in the journal.
+    let tiny = [("x-amz-storage-class", "tiny")];
+    let note = data(4096);
+    let r = client.send("PUT", "/photos/note.txt", &tiny, &note).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     // Four snapshots; the three newest are kept.
     for _ in 0..4 {
         running.snapshot_now().await.unwrap();
@@ -876,6 +884,11 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         let r = client.send(method, path, &[], body).await;
         assert_eq!(r.status, status, "{method} {path}: {}", r.text());
     }
+    let late_note = data(3000);
+    let r = client
+        .send("PUT", "/later/note.txt", &tiny, &late_note)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let node_before = running.identity;
     let (segments, _) = journal().await;
     assert!(!segments.is_empty());
@@ -905,7 +918,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     // The journal brought back every change after the snapshot: nothing is left unnamed.
     let replayed = &done.replayed;
     assert!(replayed.segments >= 1, "{replayed:?}");
-    assert_eq!(replayed.applied, 5, "{replayed:?}");
+    assert_eq!(replayed.applied, 6, "{replayed:?}");
     assert!(
         replayed.unreadable.is_empty()
             && replayed.failed.is_empty()
@@ -930,6 +943,8 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         ("/photos/late.jpg", &b"late"[..]),
         ("/photos/b.jpg", b"new"),
         ("/later/striped.bin", &striped),
+        ("/photos/note.txt", &note),
+        ("/later/note.txt", &late_note),
     ] {
         let r = client.send("GET", path, &[], b"").await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
