@@ -1457,7 +1457,10 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         assert!(!journal.has_holders(), "no flusher yet");
         let task = journal.spawn(Arc::clone(&gateway), move || nodes.clone(), None, stopped);
-        assert!(journal.has_holders(), "small objects may be kept in metadata");
+        assert!(
+            journal.has_holders(),
+            "small objects may be kept in metadata"
+        );
         let copies = |fakes: &[Arc<Fake>]| -> Vec<(String, Vec<Entry>)> {
             fakes
                 .iter()
