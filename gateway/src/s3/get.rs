@@ -264,6 +264,11 @@ impl Gateway {
                 return;
             }
             for (reader, i, r) in rest {
+                // Read the next segment only once the previous one was taken: one segment
+                // waits for the client, one is read, none more (memory per GET).
+                let Ok(slot) = tx.reserve().await else {
+                    return;
+                };
                 let item = match reader.read_segment(i, &backend_for).await {
                     Ok(seg) => slice(seg, r).ok_or_else(|| {
                         std::io::Error::other(format!(
@@ -278,7 +283,8 @@ impl Gateway {
                     }
                 };
                 let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
+                slot.send(item);
+                if failed {
                     return;
                 }
             }
