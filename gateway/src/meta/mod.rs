@@ -430,7 +430,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         key: &str,
         version_id: &str,
     ) -> Result<Option<ObjectVersion>>;
-    /// Latest non-deleted versions in key order.
+    /// Latest non-deleted versions in key order, without their layouts.
     fn list(&self, bucket: &str, query: &ListQuery<'_>) -> Result<ListPage>;
     /// Every version (and delete marker) of keys in key order, newest first per key.
     fn list_versions(&self, bucket: &str, query: &VersionQuery<'_>) -> Result<VersionPage>;

@@ -118,6 +118,9 @@ const UPLOAD_COLUMNS: &str = "bucket, key, upload_id, plan, content_type, user_m
 const UPLOAD_COLUMN_COUNT: usize = 7;
 const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
+/// [`VERSION_COLUMNS`] without the layout, which a listing does not show (and which holds
+/// the bytes of objects kept in metadata).
+const LIST_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, NULL::text";
 
 /// Connections kept open per store; callers beyond that wait for one.
 const MAX_CONNECTIONS: usize = 16;
@@ -1153,7 +1156,7 @@ impl MetadataStore for PostgresStore {
             let rows = self.run(|c| {
                 c.query(
                     &format!(
-                        "SELECT {VERSION_COLUMNS} FROM versions v
+                        "SELECT {LIST_COLUMNS} FROM versions v
                          WHERE bucket = $1 AND key > $2 AND left(key, length($3)) = $3
                            AND seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
                          ORDER BY key LIMIT $4"

@@ -100,6 +100,9 @@ const UPLOAD_COLUMNS: &str = "bucket, key, upload_id, plan, content_type, user_m
 const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 
 const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
+/// [`VERSION_COLUMNS`] without the layout, which a listing does not show (and which holds
+/// the bytes of objects kept in metadata).
+const LIST_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, NULL";
 
 /// SQLite behind a mutex: statements are short, and one writer is what SQLite allows.
 /// Object writes and deletes are committed in groups (see [`SqliteStore::grouped`]).
@@ -1003,8 +1006,8 @@ impl MetadataStore for SqliteStore {
     fn list(&self, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {VERSION_COLUMNS} FROM versions v
+            .prepare_cached(&format!(
+                "SELECT {LIST_COLUMNS} FROM versions v
                  WHERE bucket = ?1 AND key > ?2 AND substr(key, 1, length(?3)) = ?3
                    AND seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
                  ORDER BY key"
