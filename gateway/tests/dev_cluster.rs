@@ -366,6 +366,19 @@ async fn small_objects_of_an_inline_plan_live_in_metadata() {
     assert_eq!(header(&h, "content-length"), "4096");
     let (s, _, b) = call(&svc, Method::GET, "/bkt/empty", &[], vec![]).await;
     assert_eq!((s, b.len()), (StatusCode::OK, 0));
+    // A wrong Content-MD5 stores nothing.
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/bkt/digest",
+        &[class[0], ("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg==")],
+        small.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("BadDigest"));
+    let (s, _, _) = call(&svc, Method::HEAD, "/bkt/digest", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Copies: out of metadata onto providers, and back in.
     let (s, _, b) = call(

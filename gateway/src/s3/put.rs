@@ -64,6 +64,14 @@ impl UploadBudget {
 /// A segment on its way to the providers, with the share of the upload budget it holds.
 type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 
+/// The error for a request body that broke off.
+fn body_failed(e: impl std::fmt::Display) -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::IncompleteBody,
+        format!("reading the request body failed: {e}"),
+    )
+}
+
 /// Cuts the body into segments and hands them over; returns the size and MD5.
 async fn cut_body(
     body: Option<StreamingBlob>,
@@ -81,12 +89,7 @@ async fn cut_body(
     if let Some(mut body) = body {
         let declared = body.remaining_length().exact();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| {
-                S3Error::with_message(
-                    S3ErrorCode::IncompleteBody,
-                    format!("reading the request body failed: {e}"),
-                )
-            })?;
+            let chunk = chunk.map_err(body_failed)?;
             md5.update(&chunk);
             size += chunk.len() as u64;
             let mut rest = &chunk[..];
@@ -304,12 +307,7 @@ impl Gateway {
         let mut plain = Vec::with_capacity(declared);
         if let Some(mut body) = body {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| {
-                    S3Error::with_message(
-                        S3ErrorCode::IncompleteBody,
-                        format!("reading the request body failed: {e}"),
-                    )
-                })?;
+                let chunk = chunk.map_err(body_failed)?;
                 if plain.len() + chunk.len() > declared {
                     return Err(S3Error::with_message(
                         S3ErrorCode::IncompleteBody,
