@@ -380,6 +380,40 @@ async fn small_objects_of_an_inline_plan_live_in_metadata() {
     let (s, _, _) = call(&svc, Method::HEAD, "/bkt/digest", &[], vec![]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
+    // A multipart upload whose last part is small: that part alone is kept in metadata.
+    let before = shard_files(tmp.path());
+    let id = create_upload(&svc, "/bkt/parts", &class).await;
+    let (first, last) = (data(5 << 20), data(1000));
+    let e1 = upload_part(&svc, "/bkt/parts", &id, 1, first.clone()).await;
+    let e2 = upload_part(&svc, "/bkt/parts", &id, 2, last.clone()).await;
+    let (s, _, b) = complete(&svc, "/bkt/parts", &id, &[(1, &e1), (2, &e2)]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        shard_files(tmp.path()) - before,
+        80 * 6,
+        "5 MiB in 64 KiB segments"
+    );
+    let (s, _, b) = call(&svc, Method::GET, "/bkt/parts", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        b == [first, last.clone()].concat(),
+        "multipart read differs"
+    );
+    let range = format!("bytes={}-{}", (5 << 20) - 10, (5 << 20) + 9);
+    let (s, _, b) = call(
+        &svc,
+        Method::GET,
+        "/bkt/parts",
+        &[("range", &range)],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(b[10..], last[..10], "a range across the parts");
+    let (s, _, _) = call(&svc, Method::DELETE, "/bkt/parts", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(shard_files(tmp.path()), before);
+
     // Copies: out of metadata onto providers, and back in.
     let (s, _, b) = call(
         &svc,
