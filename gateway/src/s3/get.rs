@@ -240,14 +240,35 @@ impl Gateway {
                 })
                 .collect();
         let backend_for = self.backend_for();
+        // While a segment is fetched and decoded, its shards and the result are in memory
+        // (an object kept in metadata fetches nothing: small reads never wait on large ones).
+        let budget = self.read_budget.clone();
+        let hold = move |reader: &ObjectReader, i: usize| {
+            let budget = budget.clone();
+            let plain = reader
+                .layout()
+                .segments
+                .get(i)
+                .map_or(0, |s| s.plain_length);
+            let inline = reader.layout().inline.is_some();
+            async move {
+                if inline {
+                    return Ok(None);
+                }
+                let bytes = usize::try_from(plain.saturating_mul(2)).unwrap_or(usize::MAX);
+                budget.take(bytes).await.map(Some)
+            }
+        };
 
         let mut pending = slices.into_iter();
         let first = match pending.next() {
             Some((reader, i, r)) => {
+                let held = hold(&reader, i).await?;
                 let seg = reader
                     .read_segment(i, &backend_for)
                     .await
                     .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?;
+                drop(held);
                 Some(slice(seg, r).ok_or_else(|| {
                     internal(format!("object {name} is unreadable: short segment {i}"))
                 })?)
@@ -269,7 +290,12 @@ impl Gateway {
                 let Ok(slot) = tx.reserve().await else {
                     return;
                 };
-                let item = match reader.read_segment(i, &backend_for).await {
+                let Ok(held) = hold(&reader, i).await else {
+                    return;
+                };
+                let read = reader.read_segment(i, &backend_for).await;
+                drop(held);
+                let item = match read {
                     Ok(seg) => slice(seg, r).ok_or_else(|| {
                         std::io::Error::other(format!(
                             "object {name} is unreadable: short segment {i}"

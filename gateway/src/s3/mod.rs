@@ -107,7 +107,9 @@ pub struct Gateway {
     /// The metadata journal, when the store is this gateway's own (see [`crate::journal`]).
     journal: Option<Arc<crate::journal::Journal>>,
     /// Segment buffers all writes in flight may hold together.
-    upload_budget: put::UploadBudget,
+    upload_budget: put::BufferBudget,
+    /// Shards and decoded segments all reads in flight may hold together while decoding.
+    read_budget: put::BufferBudget,
     /// The metadata store alone is as safe a place for data as the providers (`sublet
     /// dev`, where everything is on one disk): plans may keep small objects in it.
     metadata_suffices: bool,
@@ -155,7 +157,8 @@ impl Gateway {
             retired: Arc::default(),
             inflight: inflight::InFlight::default(),
             journal: None,
-            upload_budget: put::UploadBudget::default(),
+            upload_budget: put::BufferBudget::default(),
+            read_budget: put::BufferBudget::default(),
             metadata_suffices: false,
         })
     }

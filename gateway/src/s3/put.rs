@@ -25,21 +25,24 @@ pub(super) struct Written {
 }
 
 /// Bytes of segment buffers all uploads of a gateway may hold at once (see
-/// [`UploadBudget`]): with the shards each is cut into, about 1.5 times this in memory.
+/// [`BufferBudget`]): with the shards each is cut into, about 1.5 times this in memory.
+/// Segment reads have a budget of their own of the same size.
 pub const UPLOAD_BUDGET_BYTES: usize = 64 << 20;
 
-/// Caps the segment buffers all writes in flight hold together, so a gateway's memory does
-/// not grow with the number of concurrent uploads: a write takes a segment's share before
-/// filling its buffer (only what is left of the body when its length is known, so small
-/// objects take little) and gives it back once the segment is stored. A whole segment is
-/// taken at once, so writes never wait on each other half-way.
+/// Caps the segment buffers all writes (or all reads) in flight hold together, so a
+/// gateway's memory does not grow with the number of concurrent requests. A write takes a
+/// segment's share before filling its buffer (only what is left of the body when its
+/// length is known, so small objects take little) and gives it back once the segment is
+/// stored; a read takes twice the segment (its shards and the result) while it fetches and
+/// decodes. A whole segment is taken at once, so requests never wait on each other
+/// half-way.
 #[derive(Clone)]
-pub struct UploadBudget(Arc<tokio::sync::Semaphore>);
+pub struct BufferBudget(Arc<tokio::sync::Semaphore>);
 
-/// One permit of [`UploadBudget`] stands for this many bytes.
+/// One permit of [`BufferBudget`] stands for this many bytes.
 const BUDGET_UNIT: usize = 64 << 10;
 
-impl Default for UploadBudget {
+impl Default for BufferBudget {
     fn default() -> Self {
         Self(Arc::new(tokio::sync::Semaphore::new(
             UPLOAD_BUDGET_BYTES / BUDGET_UNIT,
@@ -47,9 +50,9 @@ impl Default for UploadBudget {
     }
 }
 
-impl UploadBudget {
+impl BufferBudget {
     /// Waits until `bytes` of segment buffer may be held.
-    async fn take(&self, bytes: usize) -> S3Result<tokio::sync::OwnedSemaphorePermit> {
+    pub(super) async fn take(&self, bytes: usize) -> S3Result<tokio::sync::OwnedSemaphorePermit> {
         let units = bytes
             .div_ceil(BUDGET_UNIT)
             .clamp(1, UPLOAD_BUDGET_BYTES / BUDGET_UNIT);
@@ -77,7 +80,7 @@ async fn cut_body(
     body: Option<StreamingBlob>,
     segment_size: usize,
     scheme: crate::layout::Scheme,
-    budget: UploadBudget,
+    budget: BufferBudget,
     tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
 ) -> S3Result<(u64, String)> {
     use s3s::stream::ByteStream;
@@ -132,7 +135,7 @@ async fn write_body(
     body: Option<StreamingBlob>,
     segment_size: usize,
     scheme: crate::layout::Scheme,
-    budget: UploadBudget,
+    budget: BufferBudget,
 ) -> S3Result<Written> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(1);
     let store = async {
@@ -481,7 +484,7 @@ mod budget_tests {
 
     #[tokio::test]
     async fn the_upload_budget_caps_segments_in_flight_not_small_objects() {
-        let budget = UploadBudget::default();
+        let budget = BufferBudget::default();
         let total = UPLOAD_BUDGET_BYTES / BUDGET_UNIT;
         // A 4 KiB object takes one unit: thousands fit.
         let small: Vec<_> = futures::future::join_all((0..1000).map(|_| budget.take(4096)))
