@@ -9,6 +9,13 @@ use sublet_provider::client::ProviderClient;
 use crate::dataplane::{BackendError, ShardBackend};
 
 /// A provider seen through its pinned TLS client.
+tokio::task_local! {
+    /// Set (by a scrub) around a shard read to have the provider check the shard's outboard
+    /// (the BLAKE3 tree audits prove slices with) as well as its bytes, chunk by chunk.
+    /// Plain reads check the bytes in one pass, which is several times cheaper.
+    pub static CHECK_OUTBOARD: bool;
+}
+
 pub struct ProviderBackend {
     client: ProviderClient,
     node_id: String,
@@ -59,7 +66,12 @@ impl ShardBackend for ProviderBackend {
     }
 
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
-        let call = self.client.get_shard(shard_id, None);
+        // A whole shard by explicit range: the provider then checks its outboard too.
+        let range = CHECK_OUTBOARD
+            .try_with(|check| *check)
+            .unwrap_or(false)
+            .then_some((0, u64::MAX));
+        let call = self.client.get_shard(shard_id, range);
         timed(&self.node_id, "get", TRANSFER_TIMEOUT, call).await
     }
 

@@ -157,7 +157,12 @@ pub async fn scrub_pass(
                             report.unchecked += 1;
                             continue;
                         };
-                        let (result, read) = match backend.get(&shard.shard_id).await {
+                        // The whole shard, its outboard checked too (a plain read does not).
+                        let get = backend.get(&shard.shard_id);
+                        let (result, read) = match crate::provider_backend::CHECK_OUTBOARD
+                            .scope(true, get)
+                            .await
+                        {
                             Ok(bytes) => {
                                 let n = bytes.len() as u64;
                                 let intact = n == shard.length

@@ -635,7 +635,10 @@ impl Store {
 
     /// Open a verified reader over `[offset, offset + len)` of a shard (`len`
     /// 0 means to the end). Every byte it yields has been checked against the
-    /// shard's BLAKE3 hash; a mismatch yields [`Error::DataLoss`].
+    /// shard's BLAKE3 hash; a mismatch yields [`Error::DataLoss`]. A whole shard asked
+    /// for as `(0, 0)` and at most [`WHOLE_READ_MAX`] is read at once and checked in one
+    /// pass; any other range (a whole shard by its length too, as a scrub asks) streams
+    /// through the outboard, which is checked along the way.
     pub fn read_range(&self, id: &str, offset: u64, len: u64) -> Result<ShardReader> {
         let (meta, file, header_len) = self.open_checked(id)?;
         if offset > meta.length {
@@ -644,15 +647,15 @@ impl Store {
                 meta.length
             )));
         }
+        if offset == 0 && len == 0 && meta.length <= WHOLE_READ_MAX {
+            return Self::read_whole(id, &meta, &file, header_len);
+        }
         let available = meta.length - offset;
         let len = if len == 0 {
             available
         } else {
             len.min(available)
         };
-        if offset == 0 && len == meta.length && len <= WHOLE_READ_MAX {
-            return Self::read_whole(id, &meta, &file, header_len);
-        }
         let data = Region::new(Arc::clone(&file), header_len, meta.length);
         let outboard = Region::new(file, header_len + meta.length, outboard_size(meta.length));
         let extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
@@ -1117,6 +1120,19 @@ mod tests {
         ));
         // Ranges far from the damage still verify.
         assert_eq!(read_all(&store, "victim", 0, 1000).unwrap(), &d[..1000]);
+        // A rotted outboard: a whole read (one pass over the bytes) still serves the intact
+        // bytes; the same shard asked for by its length checks the outboard and refuses.
+        let rot = put(&store, "rot", &d).unwrap();
+        let path = dir.path().join("shards/rot.shard");
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - 10;
+        bytes[at] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_all(&store, "rot", 0, 0).unwrap(), d);
+        assert!(matches!(
+            read_all(&store, "rot", 0, rot.length),
+            Err(Error::DataLoss { .. })
+        ));
         // A shard cut short is lost too, read whole or in part.
         let short = put(&store, "short", &d).unwrap();
         let path = dir.path().join("shards/short.shard");
