@@ -8,7 +8,6 @@ use sublet_provider::client::ProviderClient;
 
 use crate::dataplane::{BackendError, ShardBackend};
 
-/// A provider seen through its pinned TLS client.
 tokio::task_local! {
     /// Set (by a scrub) around a shard read to have the provider check the shard's outboard
     /// (the BLAKE3 tree audits prove slices with) as well as its bytes, chunk by chunk.
@@ -16,6 +15,7 @@ tokio::task_local! {
     pub static CHECK_OUTBOARD: bool;
 }
 
+/// A provider seen through its pinned TLS client.
 pub struct ProviderBackend {
     client: ProviderClient,
     node_id: String,
