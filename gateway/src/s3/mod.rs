@@ -1,6 +1,7 @@
 //! The S3 API (via s3s) over the metadata store and the data plane.
 
 mod bucket;
+mod budget;
 mod copy;
 mod delete;
 mod get;
@@ -107,9 +108,9 @@ pub struct Gateway {
     /// The metadata journal, when the store is this gateway's own (see [`crate::journal`]).
     journal: Option<Arc<crate::journal::Journal>>,
     /// Segment buffers all writes in flight may hold together.
-    upload_budget: put::BufferBudget,
+    upload_budget: budget::BufferBudget,
     /// Shards and decoded segments all reads in flight may hold together while decoding.
-    read_budget: put::BufferBudget,
+    read_budget: budget::BufferBudget,
     /// The metadata store alone is as safe a place for data as the providers (`sublet
     /// dev`, where everything is on one disk): plans may keep small objects in it.
     metadata_suffices: bool,
@@ -157,8 +158,8 @@ impl Gateway {
             retired: Arc::default(),
             inflight: inflight::InFlight::default(),
             journal: None,
-            upload_budget: put::BufferBudget::default(),
-            read_budget: put::BufferBudget::default(),
+            upload_budget: budget::BufferBudget::default(),
+            read_budget: budget::BufferBudget::default(),
             metadata_suffices: false,
         })
     }
