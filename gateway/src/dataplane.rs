@@ -394,9 +394,7 @@ impl ObjectReader {
         }
         Ok(buf)
     }
-}
 
-impl ObjectReader {
     /// The bytes of a version kept in metadata: its only segment, opened like a striped one.
     fn open_inline(
         &self,
