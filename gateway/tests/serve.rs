@@ -19,6 +19,17 @@ struct Client {
     secret_key: String,
 }
 
+impl Client {
+    /// The key every gateway file of these tests allows everything.
+    fn admin(addr: SocketAddr) -> Self {
+        Client {
+            addr,
+            access_key: "admin".into(),
+            secret_key: "admin-secret-0123456789".into(),
+        }
+    }
+}
+
 struct Reply {
     status: u16,
     body: Vec<u8>,
@@ -263,11 +274,7 @@ spec:
         tmp.path().join("gateway/metadata.db").exists()
             && tmp.path().join("gateway/master.key").exists()
     );
-    let admin = Client {
-        addr: running.s3_addr,
-        access_key: "admin".into(),
-        secret_key: "admin-secret-0123456789".into(),
-    };
+    let admin = Client::admin(running.s3_addr);
     let reader = Client {
         addr: running.s3_addr,
         access_key: "reader".into(),
@@ -580,11 +587,7 @@ spec:
         .await
         .unwrap();
     assert!(running.tls);
-    let admin = Client {
-        addr: running.s3_addr,
-        access_key: "admin".into(),
-        secret_key: "admin-secret-0123456789".into(),
-    };
+    let admin = Client::admin(running.s3_addr);
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
@@ -836,11 +839,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     let running = sublet_gateway::serve::start(&config, &overrides)
         .await
         .unwrap();
-    let client = Client {
-        addr: running.s3_addr,
-        access_key: "admin".into(),
-        secret_key: "admin-secret-0123456789".into(),
-    };
+    let client = Client::admin(running.s3_addr);
     assert_eq!(client.send("PUT", "/photos", &[], b"").await.status, 200);
     let body = data(150_000);
     assert_eq!(
@@ -931,11 +930,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     let running = sublet_gateway::serve::start(&config, &overrides)
         .await
         .unwrap();
-    let client = Client {
-        addr: running.s3_addr,
-        access_key: "admin".into(),
-        secret_key: "admin-secret-0123456789".into(),
-    };
+    let client = Client::admin(running.s3_addr);
     let r = client.send("GET", "/photos/a.jpg", &[], b"").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body == body, "the recovered object differs");
@@ -1008,11 +1003,7 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
     let running = sublet_gateway::serve::start(&config, &overrides)
         .await
         .unwrap();
-    let client = Client {
-        addr: running.s3_addr,
-        access_key: "admin".into(),
-        secret_key: "admin-secret-0123456789".into(),
-    };
+    let client = Client::admin(running.s3_addr);
     let a = running.admin_addr.unwrap();
     let r = admin(
         a,
@@ -1185,11 +1176,7 @@ async fn buckets_on_another_s3_server_hold_shards() {
     let running = sublet_gateway::serve::start(&config, &Default::default())
         .await
         .unwrap();
-    let client = Client {
-        addr: running.s3_addr,
-        access_key: "admin".into(),
-        secret_key: "admin-secret-0123456789".into(),
-    };
+    let client = Client::admin(running.s3_addr);
     assert_eq!(client.send("PUT", "/photos", &[], b"").await.status, 200);
     let body = data(200_000);
     let r = client.send("PUT", "/photos/cat.jpg", &[], &body).await;
