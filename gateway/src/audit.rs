@@ -1,8 +1,8 @@
 //! Audits and garbage collection of provider shards.
 //!
 //! An audit asks a provider for a random slice of a random shard it holds and verifies the
-//! answer against the BLAKE3 hash recorded at write time (the provider sends a bao proof, so it
-//! cannot pass by claiming). A failed audit flags the shard for repair and lowers the
+//! answer against the BLAKE3 hash recorded at write time (the provider sends a BLAKE3 tree proof,
+//! so it cannot pass by claiming). A failed audit flags the shard for repair and lowers the
 //! provider's record; [`crate::placement::AUDIT_STRIKES`] failures in a row stop new placements
 //! there until an audit passes. Garbage collection removes shards no metadata references
 //! (aborted uploads, deleted objects, crashed writes, repaired-away copies) once they are

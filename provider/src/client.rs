@@ -398,7 +398,8 @@ impl ProviderClient {
             }))
             .await?
             .into_inner();
-        verify_audit(&response.slice, offset, len, expected_hash).map_err(|e| {
+        let format = response.proof_format();
+        verify_audit(&response.slice, format, offset, len, expected_hash).map_err(|e| {
             ClientError::new(
                 ErrorKind::AuditFailed,
                 format!("audit of shard {shard_id} on {} failed: {e}", self.expected),
@@ -418,19 +419,29 @@ fn metered_at() -> i64 {
     METERED_AT.try_with(|t| *t).unwrap_or(0)
 }
 
-/// Check a bao slice of `[offset, offset + len)` against a shard's BLAKE3 hash.
+/// Check a proof of `[offset, offset + len)` against a shard's BLAKE3 hash; answers the
+/// proven bytes.
 pub fn verify_audit(
-    slice: &[u8],
+    proof: &[u8],
+    format: proto::ProofFormat,
     offset: u64,
     len: u64,
     expected_hash: &[u8; 32],
 ) -> std::io::Result<Bytes> {
     use std::io::Read;
-    let hash = blake3::Hash::from(*expected_hash);
-    let mut decoder = bao::decode::SliceDecoder::new(slice, &hash, offset, len);
-    let mut out = Vec::new();
-    decoder.read_to_end(&mut out)?;
-    Ok(Bytes::from(out))
+    match format {
+        proto::ProofFormat::Groups => {
+            let (bytes, _) = crate::tree::verify(proof, *expected_hash, offset, len)?;
+            Ok(Bytes::from(bytes))
+        }
+        proto::ProofFormat::Bao => {
+            let hash = blake3::Hash::from(*expected_hash);
+            let mut decoder = bao::decode::SliceDecoder::new(proof, &hash, offset, len);
+            let mut out = Vec::new();
+            decoder.read_to_end(&mut out)?;
+            Ok(Bytes::from(out))
+        }
+    }
 }
 
 /// Connects tonic to a provider: TCP, then TLS with the pinned verifier.

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tree;
 
 mod error;
 

@@ -779,21 +779,26 @@ impl ShardStore for ShardService {
                 .map(|c| (c.to_owned(), crate::market::metered_second(req.metered_at)));
             let id = caller.scope(&req.shard_id)?;
             let store = Arc::clone(&self.store);
-            let (mut slice, shard_length) =
-                blocking(move || store.audit(&id, req.offset, req.length)).await?;
-            // A cheat that does not read the shard: the slice's content bytes are made up.
+            let mut answer = blocking(move || store.audit(&id, req.offset, req.length)).await?;
+            // A cheat that does not read the shard: the proof's content bytes are made up.
             if self.forge_audits.load(Ordering::Relaxed)
-                && let Some(last) = slice.last_mut()
+                && let Some(last) = answer.proof.last_mut()
             {
                 *last ^= 0x5a;
             }
             self.metrics
                 .bytes
                 .with_label_values(&["Audit"])
-                .inc_by(slice.len() as u64);
+                .inc_by(answer.proof.len() as u64);
+            let format = if answer.bao {
+                proto::ProofFormat::Bao
+            } else {
+                proto::ProofFormat::Groups
+            };
             Ok(proto::AuditResponse {
-                slice: Bytes::from(slice),
-                shard_length,
+                slice: Bytes::from(answer.proof),
+                shard_length: answer.shard_length,
+                proof_format: format.into(),
             })
         }
         .await;

@@ -1,15 +1,17 @@
 //! The durable shard store: one file per shard under `<data dir>/shards`, an
 //! in-memory index rebuilt from the files' headers on start.
 //!
-//! File layout: a self-describing header, the shard bytes, then the bao
-//! outboard (BLAKE3 tree) that lets any byte range be verified on its own.
+//! File layout: a self-describing header, the shard bytes, then the outboard (the BLAKE3
+//! tree above 16 KiB groups, see [`crate::tree`]) that lets any byte range be verified on
+//! its own. Shards written before format 2 keep bao's outboard (one node per 1 KiB chunk),
+//! and are read and audited as before.
 //! A shard becomes visible only by an atomic rename after fsync of the file,
 //! followed by an fsync of the directory; temp files start with `.tmp-`
 //! (never a valid shard id) and are removed on start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,10 +22,14 @@ use bytes::Bytes;
 
 use tracing::{info, warn};
 
+use crate::tree::{self, GROUP_LEN};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"SUBLSHRD";
-const FORMAT_VERSION: u16 = 1;
+/// The format new shards are written in: the outboard of [`crate::tree`].
+const FORMAT_VERSION: u16 = 2;
+/// The first format: bao's outboard. Still read and audited.
+const BAO_FORMAT: u16 = 1;
 /// Fixed part of the header: magic, version, id length, length, stored_at, hash.
 const FIXED_HEADER: usize = 8 + 2 + 2 + 8 + 8 + 32;
 /// The header ends with a BLAKE3 of everything before it.
@@ -70,6 +76,7 @@ pub struct Usage {
 }
 
 struct Header {
+    version: u16,
     id: String,
     length: u64,
     stored_at: i64,
@@ -84,7 +91,7 @@ impl Header {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::len_for(&self.id) as usize);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&(self.id.len() as u16).to_le_bytes());
         out.extend_from_slice(&self.length.to_le_bytes());
         out.extend_from_slice(&self.stored_at.to_le_bytes());
@@ -110,7 +117,7 @@ impl Header {
             u64::from_le_bytes(b)
         };
         let version = u16_at(8);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != BAO_FORMAT {
             return Err(format!("unknown format version {version}"));
         }
         let id_len = u16_at(10) as usize;
@@ -130,6 +137,7 @@ impl Header {
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&fixed[28..60]);
         Ok(Header {
+            version,
             id,
             length: u64_at(12),
             stored_at: u64_at(20) as i64,
@@ -138,12 +146,16 @@ impl Header {
     }
 }
 
-fn file_size_for(id: &str, length: u64) -> u64 {
-    Header::len_for(id) + length + outboard_size(length)
+fn file_size_for(id: &str, length: u64, version: u16) -> u64 {
+    Header::len_for(id) + length + outboard_size(length, version)
 }
 
-fn outboard_size(length: u64) -> u64 {
-    u64::try_from(bao::encode::outboard_size(length)).unwrap_or(u64::MAX)
+fn outboard_size(length: u64, version: u16) -> u64 {
+    if version == BAO_FORMAT {
+        u64::try_from(bao::encode::outboard_size(length)).unwrap_or(u64::MAX)
+    } else {
+        tree::outboard_len(length)
+    }
 }
 
 fn now_secs() -> i64 {
@@ -157,14 +169,13 @@ fn is_disk_full(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
 }
 
-/// A window `[base, base + len)` of a file behind a small write-back block
-/// cache, so bao's many 64-byte reads and writes (its outboard encoder walks
-/// the tree backwards when it finishes) don't each become a syscall.
+/// A window `[base, base + len)` of a file behind a small block cache, so the many
+/// 64-byte reads of tree nodes (and bao's chunk-sized ones) don't each become a syscall.
 struct Region {
     file: Arc<File>,
     base: u64,
     len: u64,
-    /// Bytes read (or written) per block; see [`BLOCK_SIZE`] and [`AUDIT_BLOCK_SIZE`].
+    /// Bytes read per block; see [`BLOCK_SIZE`] and [`AUDIT_BLOCK_SIZE`].
     block_size: u64,
     pos: u64,
     blocks: Vec<Block>,
@@ -175,7 +186,6 @@ struct Block {
     start: u64,
     /// The valid bytes of the block (shorter at the end of the region).
     data: Vec<u8>,
-    dirty: bool,
     last_used: u64,
 }
 
@@ -185,6 +195,8 @@ const BLOCK_SIZE: u64 = 128 * 1024;
 /// read about 9x what an audit answers).
 const AUDIT_BLOCK_SIZE: u64 = 4 * 1024;
 const MAX_BLOCKS: usize = 4;
+/// A writer appends the outboard's nodes once this many are waiting.
+const OUTBOARD_FLUSH: usize = 64 * 1024;
 
 impl Region {
     fn new(file: Arc<File>, base: u64, len: u64) -> Self {
@@ -203,14 +215,6 @@ impl Region {
         }
     }
 
-    fn write_back(file: &File, base: u64, block: &mut Block) -> io::Result<()> {
-        if block.dirty {
-            file.write_all_at(&block.data, base + block.start)?;
-            block.dirty = false;
-        }
-        Ok(())
-    }
-
     /// The index of the cached block holding `pos`, loading it if needed.
     fn block_at(&mut self, pos: u64) -> io::Result<usize> {
         let start = pos - pos % self.block_size;
@@ -222,8 +226,7 @@ impl Region {
         if self.blocks.len() >= MAX_BLOCKS
             && let Some(lru) = (0..self.blocks.len()).min_by_key(|&i| self.blocks[i].last_used)
         {
-            let mut evicted = self.blocks.swap_remove(lru);
-            Self::write_back(&self.file, self.base, &mut evicted)?;
+            self.blocks.swap_remove(lru);
         }
         let want = self.block_size.min(self.len.saturating_sub(start)) as usize;
         let mut data = vec![0u8; want];
@@ -241,7 +244,6 @@ impl Region {
         self.blocks.push(Block {
             start,
             data,
-            dirty: false,
             last_used: self.tick,
         });
         Ok(self.blocks.len() - 1)
@@ -269,34 +271,6 @@ impl Read for Region {
         buf[..n].copy_from_slice(&block.data[at..at + n]);
         self.pos += n as u64;
         Ok(n)
-    }
-}
-
-impl Write for Region {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut written = 0;
-        while written < buf.len() {
-            let i = self.block_at(self.pos)?;
-            let block = &mut self.blocks[i];
-            let at = (self.pos - block.start) as usize;
-            let n = (buf.len() - written).min(self.block_size as usize - at);
-            if block.data.len() < at + n {
-                block.data.resize(at + n, 0);
-            }
-            block.data[at..at + n].copy_from_slice(&buf[written..written + n]);
-            block.dirty = true;
-            written += n;
-            self.pos += n as u64;
-            self.len = self.len.max(self.pos);
-        }
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        for block in &mut self.blocks {
-            Self::write_back(&self.file, self.base, block)?;
-        }
-        Ok(())
     }
 }
 
@@ -450,7 +424,7 @@ impl Store {
             return Err(format!("header names shard {:?}", header.id));
         }
         let file_size = file.metadata().map_err(|e| e.to_string())?.len();
-        if file_size != file_size_for(id, header.length) {
+        if file_size != file_size_for(id, header.length, header.version) {
             return Err(format!("file is {file_size} bytes, header says otherwise"));
         }
         Ok(ShardMeta {
@@ -517,7 +491,7 @@ impl Store {
         quota: Option<u64>,
     ) -> Result<PutWriter> {
         validate_shard_id(id)?;
-        let needed = file_size_for(id, length);
+        let needed = file_size_for(id, length, FORMAT_VERSION);
         {
             let mut index = self.lock();
             if let Some(quota) = quota {
@@ -562,6 +536,7 @@ impl Store {
             file: None,
             encoder: None,
             written: 0,
+            outboard_written: 0,
             header: Vec::new(),
             stored_at: now_secs(),
         };
@@ -640,7 +615,7 @@ impl Store {
     /// pass; any other range (a whole shard by its length too, as a scrub asks) streams
     /// through the outboard, which is checked along the way.
     pub fn read_range(&self, id: &str, offset: u64, len: u64) -> Result<ShardReader> {
-        let (meta, file, header_len) = self.open_checked(id)?;
+        let (meta, file, header_len, version) = self.open_checked(id)?;
         if offset > meta.length {
             return Err(Error::InvalidArgument(format!(
                 "offset {offset} is past the end of shard {id} ({} bytes)",
@@ -656,15 +631,34 @@ impl Store {
         } else {
             len.min(available)
         };
-        let data = Region::new(Arc::clone(&file), header_len, meta.length);
-        let outboard = Region::new(file, header_len + meta.length, outboard_size(meta.length));
-        let extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
-        let decoder =
-            bao::decode::SliceDecoder::new(extractor, &blake3::Hash::from(meta.hash), offset, len);
+        let outboard = Region::new(
+            Arc::clone(&file),
+            header_len + meta.length,
+            outboard_size(meta.length, version),
+        );
+        let source = if version == BAO_FORMAT {
+            let data = Region::new(file, header_len, meta.length);
+            let extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
+            let hash = blake3::Hash::from(meta.hash);
+            Source::Bao(Box::new(bao::decode::SliceDecoder::new(
+                extractor, &hash, offset, len,
+            )))
+        } else {
+            Source::Tree(Box::new(TreeRead {
+                walk: tree::Walk::new(meta.length, meta.hash, offset, len),
+                file: ShardFile {
+                    file,
+                    data_base: header_len,
+                    outboard,
+                },
+                group: Vec::new(),
+                unsent: 0..0,
+            }))
+        };
         Ok(ShardReader {
             id: id.to_string(),
             remaining: len,
-            source: Source::Slice(Box::new(decoder)),
+            source,
         })
     }
 
@@ -690,23 +684,38 @@ impl Store {
         })
     }
 
-    /// A bao slice of `[offset, offset + len)` that the caller verifies against
-    /// the hash it recorded; also the shard length.
-    pub fn audit(&self, id: &str, offset: u64, len: u64) -> Result<(Vec<u8>, u64)> {
+    /// A proof of `[offset, offset + len)` that the caller verifies against the hash it
+    /// recorded, in the format of the shard's outboard ([`crate::tree`], or a bao slice
+    /// for a format-1 shard); also the shard length.
+    pub fn audit(&self, id: &str, offset: u64, len: u64) -> Result<AuditProof> {
         if len > MAX_AUDIT_LEN {
             return Err(Error::InvalidArgument(format!(
                 "audit length {len} exceeds the maximum of {MAX_AUDIT_LEN} bytes"
             )));
         }
-        let (meta, file, header_len) = self.open_checked(id)?;
-        let data =
-            Region::with_blocks(Arc::clone(&file), header_len, meta.length, AUDIT_BLOCK_SIZE);
+        let (meta, file, header_len, version) = self.open_checked(id)?;
         let outboard = Region::with_blocks(
-            file,
+            Arc::clone(&file),
             header_len + meta.length,
-            outboard_size(meta.length),
+            outboard_size(meta.length, version),
             AUDIT_BLOCK_SIZE,
         );
+        if version != BAO_FORMAT {
+            // The walk checks every node and group it reads before they go in the proof.
+            let source = ShardFile {
+                file,
+                data_base: header_len,
+                outboard,
+            };
+            let proof = tree::prove(source, meta.length, meta.hash, offset, len)
+                .map_err(|e| data_loss_or_io(id, e))?;
+            return Ok(AuditProof {
+                proof,
+                shard_length: meta.length,
+                bao: false,
+            });
+        }
+        let data = Region::with_blocks(file, header_len, meta.length, AUDIT_BLOCK_SIZE);
         let mut extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
         let mut slice = Vec::new();
         extractor
@@ -718,10 +727,15 @@ impl Store {
         let mut decoder =
             bao::decode::SliceDecoder::new(&slice[..], &blake3::Hash::from(meta.hash), offset, len);
         io::copy(&mut decoder, &mut io::sink()).map_err(|e| data_loss_or_io(id, e))?;
-        Ok((slice, meta.length))
+        Ok(AuditProof {
+            proof: slice,
+            shard_length: meta.length,
+            bao: true,
+        })
     }
 
-    fn open_checked(&self, id: &str) -> Result<(ShardMeta, Arc<File>, u64)> {
+    /// The index entry, the open file, its header's length and its format.
+    fn open_checked(&self, id: &str) -> Result<(ShardMeta, Arc<File>, u64, u16)> {
         let meta = self.stat(id)?;
         let file = match File::open(self.path_of(id)) {
             Ok(f) => f,
@@ -743,7 +757,66 @@ impl Store {
                 reason: "header disagrees with the index".into(),
             });
         }
-        Ok((meta, Arc::new(file), Header::len_for(id)))
+        Ok((meta, Arc::new(file), Header::len_for(id), header.version))
+    }
+}
+
+/// An audit's answer; see [`Store::audit`].
+#[derive(Debug)]
+pub struct AuditProof {
+    pub proof: Vec<u8>,
+    pub shard_length: u64,
+    /// The proof is a bao slice (a format-1 shard), not a [`crate::tree`] proof.
+    pub bao: bool,
+}
+
+/// A format-2 shard file as the tree walk reads it.
+struct ShardFile {
+    file: Arc<File>,
+    data_base: u64,
+    outboard: Region,
+}
+
+impl tree::Source for ShardFile {
+    fn node(&mut self, index: u64) -> io::Result<[u8; 64]> {
+        let mut node = [0u8; 64];
+        self.outboard
+            .seek(SeekFrom::Start(index * tree::NODE_LEN))?;
+        self.outboard.read_exact(&mut node)?;
+        Ok(node)
+    }
+
+    fn group(&mut self, index: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file
+            .read_exact_at(buf, self.data_base + index * GROUP_LEN)
+    }
+}
+
+/// A range of a format-2 shard, read group by group through the tree.
+struct TreeRead {
+    walk: tree::Walk,
+    file: ShardFile,
+    /// The last group read (checked).
+    group: Vec<u8>,
+    /// Its bytes in the range not yet handed out.
+    unsent: std::ops::Range<usize>,
+}
+
+impl TreeRead {
+    /// Append up to `want` checked bytes to `out`; false once the range is done.
+    fn fill(&mut self, out: &mut Vec<u8>, want: usize) -> io::Result<bool> {
+        while out.len() < want {
+            if self.unsent.is_empty() {
+                let Some(index) = self.walk.next_group(&mut self.file, &mut self.group)? else {
+                    return Ok(false);
+                };
+                self.unsent = self.walk.in_range(index);
+            }
+            let n = (want - out.len()).min(self.unsent.len());
+            out.extend_from_slice(&self.group[self.unsent.start..self.unsent.start + n]);
+            self.unsent.start += n;
+        }
+        Ok(true)
     }
 }
 
@@ -757,7 +830,7 @@ fn data_loss_or_io(id: &str, e: io::Error) -> Error {
     }
 }
 
-type SliceReader = bao::decode::SliceDecoder<bao::encode::SliceExtractor<Region, Region>>;
+type BaoReader = bao::decode::SliceDecoder<bao::encode::SliceExtractor<Region, Region>>;
 
 /// Shards up to this size are read whole and checked in one pass (see
 /// [`Store::read_range`]); larger ones, and parts of shards, stream through the outboard.
@@ -773,8 +846,10 @@ pub struct ShardReader {
 enum Source {
     /// What is left of a whole shard, already checked.
     Whole(Bytes),
-    /// A range, checked block by block against the outboard as it is read.
-    Slice(Box<SliceReader>),
+    /// A range of a format-2 shard, checked group by group against the tree as it is read.
+    Tree(Box<TreeRead>),
+    /// A range of a format-1 shard, checked chunk by chunk against bao's outboard.
+    Bao(Box<BaoReader>),
 }
 
 impl ShardReader {
@@ -786,12 +861,27 @@ impl ShardReader {
     /// Fill up to `max` verified bytes; an empty answer means the range is done.
     pub fn next_chunk(&mut self, max: usize) -> Result<Bytes> {
         let want = (max as u64).min(self.remaining) as usize;
+        let ended_early = || Error::DataLoss {
+            id: self.id.clone(),
+            reason: "shard ended early".into(),
+        };
         let decoder = match &mut self.source {
             Source::Whole(rest) => {
                 self.remaining -= want as u64;
                 return Ok(rest.split_to(want.min(rest.len())));
             }
-            Source::Slice(decoder) => decoder,
+            Source::Tree(read) => {
+                let mut out = Vec::with_capacity(want);
+                let more = read
+                    .fill(&mut out, want)
+                    .map_err(|e| data_loss_or_io(&self.id, e))?;
+                if !more {
+                    return Err(ended_early());
+                }
+                self.remaining -= want as u64;
+                return Ok(Bytes::from(out));
+            }
+            Source::Bao(decoder) => decoder,
         };
         let mut buf = vec![0u8; want];
         let mut filled = 0;
@@ -800,10 +890,7 @@ impl ShardReader {
                 .read(&mut buf[filled..])
                 .map_err(|e| data_loss_or_io(&self.id, e))?;
             if n == 0 {
-                return Err(Error::DataLoss {
-                    id: self.id.clone(),
-                    reason: "shard ended early".into(),
-                });
+                return Err(ended_early());
             }
             filled += n;
         }
@@ -821,8 +908,10 @@ pub struct PutWriter {
     reserved: u64,
     temp: PathBuf,
     file: Option<Arc<File>>,
-    encoder: Option<bao::encode::Encoder<Region>>,
+    encoder: Option<tree::Encoder>,
     written: u64,
+    /// Outboard bytes written so far (they follow the shard's bytes).
+    outboard_written: u64,
     header: Vec<u8>,
     stored_at: i64,
 }
@@ -846,6 +935,7 @@ impl PutWriter {
         let file = Arc::new(file);
         // The hash is filled in at commit; until then the file is a temp file.
         self.header = Header {
+            version: FORMAT_VERSION,
             id: self.id.clone(),
             length: self.length,
             stored_at: self.stored_at,
@@ -854,8 +944,7 @@ impl PutWriter {
         .encode();
         file.write_all_at(&self.header, 0)
             .map_err(|e| self.io_error(e))?;
-        let outboard = Region::new(Arc::clone(&file), self.header.len() as u64 + self.length, 0);
-        self.encoder = Some(bao::encode::Encoder::new_outboard(outboard));
+        self.encoder = Some(tree::Encoder::new(self.length));
         self.file = Some(file);
         Ok(())
     }
@@ -873,11 +962,28 @@ impl PutWriter {
             return Err(Error::Other("writer is closed".into()));
         };
         let at = self.header.len() as u64 + self.written;
-        let result = file
-            .write_all_at(data, at)
-            .and_then(|()| encoder.write_all(data));
-        result.map_err(|e| self.io_error(e))?;
+        if let Err(e) = file.write_all_at(data, at) {
+            return Err(self.io_error(e));
+        }
+        encoder.update(data);
         self.written = end;
+        if encoder.pending_outboard() >= OUTBOARD_FLUSH {
+            self.write_outboard()?;
+        }
+        Ok(())
+    }
+
+    /// Append the outboard's completed nodes to the file.
+    fn write_outboard(&mut self) -> Result<()> {
+        let (Some(file), Some(encoder)) = (&self.file, &mut self.encoder) else {
+            return Err(Error::Other("writer is closed".into()));
+        };
+        let nodes = encoder.take_outboard();
+        let at = self.header.len() as u64 + self.length + self.outboard_written;
+        if let Err(e) = file.write_all_at(&nodes, at) {
+            return Err(self.io_error(e));
+        }
+        self.outboard_written += nodes.len() as u64;
         Ok(())
     }
 
@@ -889,13 +995,13 @@ impl PutWriter {
                 self.id, self.written, self.length
             )));
         }
-        let (Some(file), Some(mut encoder)) = (self.file.clone(), self.encoder.take()) else {
+        let (Some(file), Some(encoder)) = (self.file.clone(), self.encoder.as_mut()) else {
             return Err(Error::Other("writer is closed".into()));
         };
-        let hash = encoder.finalize().map_err(|e| self.io_error(e))?;
-        let mut outboard = encoder.into_inner();
-        outboard.flush().map_err(|e| self.io_error(e))?;
-        let hash = *hash.as_bytes();
+        let hash = encoder
+            .finalize()
+            .ok_or_else(|| Error::Other(format!("shard {} is missing bytes", self.id)))?;
+        self.write_outboard()?;
         if let Some(expected) = self.expected_hash
             && expected != hash
         {
@@ -907,6 +1013,7 @@ impl PutWriter {
             )));
         }
         let header = Header {
+            version: FORMAT_VERSION,
             id: self.id.clone(),
             length: self.length,
             stored_at: self.stored_at,
@@ -1005,10 +1112,55 @@ mod tests {
     }
 
     #[test]
-    fn bao_root_is_the_blake3_hash() {
+    fn format_1_shards_are_still_read_and_audited() {
+        // A shard file as providers wrote them before format 2: bao's outboard.
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("shards")).unwrap();
         let d = data(300_000);
-        let (_, root) = bao::encode::outboard(&d);
-        assert_eq!(root, blake3::hash(&d));
+        let (outboard, hash) = bao::encode::outboard(&d);
+        let mut file = Header {
+            version: BAO_FORMAT,
+            id: "old".into(),
+            length: d.len() as u64,
+            stored_at: 1,
+            hash: *hash.as_bytes(),
+        }
+        .encode();
+        file.extend_from_slice(&d);
+        file.extend_from_slice(&outboard);
+        let path = dir.path().join("shards/old.shard");
+        fs::write(&path, &file).unwrap();
+
+        let store = Store::open(dir.path(), GIB, 0).unwrap();
+        assert_eq!(store.stat("old").unwrap().file_size, file.len() as u64);
+        assert_eq!(read_all(&store, "old", 0, 0).unwrap(), d);
+        assert_eq!(read_all(&store, "old", 0, d.len() as u64).unwrap(), d);
+        assert_eq!(
+            read_all(&store, "old", 70_000, 5_000).unwrap(),
+            &d[70_000..75_000]
+        );
+        let answer = store.audit("old", 1_000, 4_000).unwrap();
+        assert!(answer.bao);
+        let proven = crate::client::verify_audit(
+            &answer.proof,
+            crate::proto::ProofFormat::Bao,
+            1_000,
+            4_000,
+            hash.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(proven, &d[1_000..5_000]);
+
+        file[Header::len_for("old") as usize + 72_000] ^= 1;
+        fs::write(&path, &file).unwrap();
+        assert!(matches!(
+            read_all(&store, "old", 70_000, 5_000),
+            Err(Error::DataLoss { .. })
+        ));
+        assert!(matches!(
+            store.audit("old", 71_000, 2_000),
+            Err(Error::DataLoss { .. })
+        ));
     }
 
     #[test]
@@ -1038,18 +1190,29 @@ mod tests {
     }
 
     #[test]
-    fn the_stored_outboard_is_bao_s_outboard() {
-        // Large enough that the outboard spans more blocks than the cache holds.
+    fn the_stored_outboard_is_the_tree_s() {
+        // Larger than a whole read and than the writer's outboard buffer, and more
+        // outboard blocks than the read cache holds.
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
-        let d = data(9_000_000);
+        let d = data(40_000_000);
         let meta = put(&store, "big", &d).unwrap();
-        let (outboard, hash) = bao::encode::outboard(&d);
-        assert_eq!(*hash.as_bytes(), meta.hash);
+        let mut encoder = tree::Encoder::new(d.len() as u64);
+        encoder.update(&d);
+        assert_eq!(encoder.finalize(), Some(*blake3::hash(&d).as_bytes()));
+        let outboard = encoder.take_outboard();
+        assert_eq!(meta.hash, *blake3::hash(&d).as_bytes());
+        assert_eq!(meta.file_size, file_size_for("big", d.len() as u64, 2));
         let file = fs::read(dir.path().join("shards/big.shard")).unwrap();
         let header_len = Header::len_for("big") as usize;
         assert_eq!(&file[header_len..header_len + d.len()], &d[..]);
         assert_eq!(&file[header_len + d.len()..], &outboard[..]);
+        // Past WHOLE_READ_MAX a whole read streams through the tree too.
+        assert_eq!(read_all(&store, "big", 0, 0).unwrap(), d);
+        assert_eq!(
+            read_all(&store, "big", 33_333_333, 1_000_000).unwrap(),
+            &d[33_333_333..34_333_333]
+        );
     }
 
     #[test]
@@ -1155,12 +1318,10 @@ mod tests {
             store.audit("victim", 149_500, 1000),
             Err(Error::DataLoss { .. })
         ));
-        let (slice, _) = store.audit("victim", 0, 1000).unwrap();
-        let mut decoder =
-            bao::decode::SliceDecoder::new(&slice[..], &blake3::Hash::from(meta.hash), 0, 1000);
-        let mut out = Vec::new();
-        decoder.read_to_end(&mut out).unwrap();
-        assert_eq!(out, &d[..1000]);
+        let answer = store.audit("victim", 0, 1000).unwrap();
+        assert!(!answer.bao);
+        let (out, length) = tree::verify(&answer.proof, meta.hash, 0, 1000).unwrap();
+        assert_eq!((&out[..], length), (&d[..1000], 200_000));
     }
 
     #[test]
@@ -1181,7 +1342,7 @@ mod tests {
         assert_eq!(store.tenant_usage("t-bb.").bytes, 4_000);
 
         // The quota counts bytes on disk, and writes in progress.
-        let quota = aa.file_bytes + file_size_for("t-aa.z", 500);
+        let quota = aa.file_bytes + file_size_for("t-aa.z", 500, FORMAT_VERSION);
         let w = store
             .begin_put_within("t-aa.z", 500, None, Some(quota))
             .unwrap();
