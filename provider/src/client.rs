@@ -255,6 +255,18 @@ impl ProviderClient {
         shard_id: &str,
         range: Option<(u64, u64)>,
     ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + Send + 'static, ClientError> {
+        let chunks = self.chunks(shard_id, range).await?;
+        Ok(chunks.map(|r| r.map(|c| c.data)))
+    }
+
+    async fn chunks(
+        &self,
+        shard_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<
+        impl Stream<Item = Result<proto::ShardChunk, ClientError>> + Send + 'static,
+        ClientError,
+    > {
         let (offset, length) = range.unwrap_or((0, 0));
         if range.is_some() && length == 0 {
             return Ok(futures::stream::empty().left_stream());
@@ -270,9 +282,7 @@ impl ProviderClient {
             }))
             .await?
             .into_inner();
-        Ok(stream
-            .map(|r| r.map(|c| c.data).map_err(ClientError::from))
-            .right_stream())
+        Ok(stream.map(|r| r.map_err(ClientError::from)).right_stream())
     }
 
     /// Read a shard or a range `(offset, len)` of it into memory.
@@ -281,21 +291,25 @@ impl ProviderClient {
         shard_id: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Bytes, ClientError> {
-        let mut stream = std::pin::pin!(self.get_shard_stream(shard_id, range).await?);
+        let mut stream = std::pin::pin!(self.chunks(shard_id, range).await?);
         let mut out = bytes::BytesMut::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if out.is_empty() {
                 // A single chunk needs no copy.
                 match stream.next().await {
-                    None => return Ok(chunk),
+                    None => return Ok(chunk.data),
                     Some(next) => {
-                        out.extend_from_slice(&chunk);
-                        out.extend_from_slice(&next?);
+                        // Room for the whole answer at once, as far as the provider's word
+                        // is believable.
+                        let total = usize::try_from(chunk.total).unwrap_or(0).min(MAX_RESERVE);
+                        out.reserve(total);
+                        out.extend_from_slice(&chunk.data);
+                        out.extend_from_slice(&next?.data);
                     }
                 }
             } else {
-                out.extend_from_slice(&chunk);
+                out.extend_from_slice(&chunk.data);
             }
         }
         Ok(out.freeze())
@@ -418,6 +432,10 @@ tokio::task_local! {
 fn metered_at() -> i64 {
     METERED_AT.try_with(|t| *t).unwrap_or(0)
 }
+
+/// At most this much room is made up front for a shard a provider says is this large; a
+/// larger one grows as it arrives.
+const MAX_RESERVE: usize = 64 << 20;
 
 /// Check a proof of `[offset, offset + len)` against a shard's BLAKE3 hash; answers the
 /// proven bytes.

@@ -622,6 +622,7 @@ impl ShardStore for ShardService {
             Ok(v) => v,
             Err(e) => return self.finish("GetShard", started, Err(e)),
         };
+        let mut total = first.len() as u64 + reader.remaining();
         let (tx, rx) = mpsc::channel(2);
         let metrics = self.metrics.clone();
         let recorder = self.clone_for_recording();
@@ -639,10 +640,11 @@ impl ShardStore for ShardService {
                 }
                 bytes.inc_by(chunk.len() as u64);
                 egress.sent += chunk.len() as u64;
-                if tx
-                    .blocking_send(Ok(proto::ShardChunk { data: chunk }))
-                    .is_err()
-                {
+                let message = proto::ShardChunk {
+                    data: chunk,
+                    total: std::mem::take(&mut total),
+                };
+                if tx.blocking_send(Ok(message)).is_err() {
                     recorder.record("GetShard", started, Code::Cancelled);
                     return;
                 }

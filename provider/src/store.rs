@@ -668,9 +668,19 @@ impl Store {
     fn read_whole(id: &str, meta: &ShardMeta, file: &File, header_len: u64) -> Result<ShardReader> {
         let length = usize::try_from(meta.length)
             .map_err(|_| Error::Other(format!("shard {id} is too large to read whole")))?;
-        let mut data = vec![0u8; length];
-        file.read_exact_at(&mut data, header_len)
+        // `read_to_end` fills spare capacity as it is, without zeroing it first.
+        let mut data = Vec::with_capacity(length);
+        let mut reader = file;
+        reader
+            .seek(SeekFrom::Start(header_len))
+            .and_then(|_| reader.take(meta.length).read_to_end(&mut data))
             .map_err(|e| data_loss_or_io(id, e))?;
+        if data.len() != length {
+            return Err(Error::DataLoss {
+                id: id.to_string(),
+                reason: "shard file is shorter than its header says".into(),
+            });
+        }
         if blake3::hash(&data).as_bytes() != &meta.hash {
             return Err(Error::DataLoss {
                 id: id.to_string(),
