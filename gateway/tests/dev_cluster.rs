@@ -1729,3 +1729,93 @@ async fn lifecycle_on_versioned_buckets_keeps_noncurrent_versions_until_due() {
     assert_eq!(removed, 2);
     assert!(all_version_ids(&svc, "vlife").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_in_metadata_keep_versions_and_move_by_lifecycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let class = [("x-amz-storage-class", "inline")];
+
+    // Versions of a key kept in metadata, a delete marker on top, one version removed.
+    let (s, _, _) = call(&svc, Method::PUT, "/vin", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    set_versioning(&svc, "vin", "Enabled").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (s, h, b) = call(&svc, Method::PUT, "/vin/k", &class, data(100 + i)).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        ids.push(header(&h, "x-amz-version-id"));
+    }
+    assert_eq!(shard_files(tmp.path()), 0, "inline versions wrote shards");
+    for (i, id) in ids.iter().enumerate() {
+        let uri = format!("/vin/k?versionId={id}");
+        let (s, h, b) = call(&svc, Method::GET, &uri, &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(b == data(100 + i), "version {i} reads back differently");
+        assert_eq!(header(&h, "x-amz-version-id"), *id);
+    }
+    let (s, h, _) = call(&svc, Method::DELETE, "/vin/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(header(&h, "x-amz-delete-marker"), "true");
+    let (s, _, _) = call(&svc, Method::GET, "/vin/k", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let uri = format!("/vin/k?versionId={}", ids[0]);
+    let (s, _, _) = call(&svc, Method::DELETE, &uri, &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = call(&svc, Method::GET, &uri, &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let uri = format!("/vin/k?versionId={}", ids[1]);
+    let (s, _, b) = call(&svc, Method::GET, &uri, &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == data(101), "a kept version reads back differently");
+    assert_eq!(
+        all_version_ids(&svc, "vin").await.len(),
+        3,
+        "two versions and a marker"
+    );
+
+    // Lifecycle transitions into metadata and out of it.
+    let (s, _, _) = call(&svc, Method::PUT, "/lcy", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call(&svc, Method::PUT, "/lcy/in/a", &[], data(1000)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call(&svc, Method::PUT, "/lcy/out/b", &class, data(2000)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shard_files(tmp.path()), 6, "only in/a is striped");
+    let (s, b) = put_lifecycle(
+        &svc,
+        "lcy",
+        "<Rule><ID>in</ID><Status>Enabled</Status><Filter><Prefix>in/</Prefix></Filter>\
+           <Transition><Days>1</Days><StorageClass>inline</StorageClass></Transition></Rule>\
+         <Rule><ID>out</ID><Status>Enabled</Status><Filter><Prefix>out/</Prefix></Filter>\
+           <Transition><Days>1</Days><StorageClass>replicated</StorageClass></Transition></Rule>",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let report = cluster
+        .gateway
+        .lifecycle_pass(&Vec::new(), now_ms() + 2 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!((report.transitioned, report.failed), (2, 0), "{report:?}");
+    for (key, body, plan) in [
+        ("in/a", data(1000), "inline"),
+        ("out/b", data(2000), "replicated"),
+    ] {
+        let (s, h, b) = call(&svc, Method::GET, &format!("/lcy/{key}"), &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(b == body, "{key} reads back differently after its move");
+        assert_eq!(header(&h, "x-amz-storage-class"), plan);
+    }
+    // out/b now has its three copies; in/a's old shards stay a while for reads in flight
+    // (out/b's metadata copy needs none), and garbage collection leaves them alone.
+    assert_eq!(shard_files(tmp.path()), 6 + 3);
+    let gc =
+        sublet_gateway::audit::collect_garbage(&cluster.gateway, None, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(gc.deleted, 0, "{gc:?}");
+    let (s, _, b) = call(&svc, Method::GET, "/lcy/in/a", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b == data(1000), "in/a reads back differently after gc");
+}
