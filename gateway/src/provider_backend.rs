@@ -10,8 +10,8 @@ use crate::dataplane::{BackendError, ShardBackend};
 
 tokio::task_local! {
     /// Set (by a scrub) around a shard read to have the provider check the shard's outboard
-    /// (the BLAKE3 tree audits prove slices with) as well as its bytes, chunk by chunk.
-    /// Plain reads check the bytes in one pass, which is several times cheaper.
+    /// (the BLAKE3 tree audits prove slices with) as well as its bytes, group by group.
+    /// Plain reads check the bytes alone, in one pass.
     pub static CHECK_OUTBOARD: bool;
 }
 
