@@ -168,6 +168,19 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
     let identity = Arc::new(identity);
     let store = Arc::new(store);
     let node_id = identity.node_id();
+    // Shards written before format 2 are rewritten in it, one at a time, in the background.
+    let upgrading = Arc::clone(&store);
+    tokio::task::spawn_blocking(move || {
+        let report = upgrading.upgrade_shards();
+        if report != Default::default() {
+            info!(
+                upgraded = report.upgraded,
+                reclaimed_bytes = report.reclaimed,
+                skipped = report.skipped,
+                "format-1 shards rewritten in format 2"
+            );
+        }
+    });
     let metrics = Metrics::new()?;
     metrics.set_usage(store.usage());
 

@@ -64,6 +64,20 @@ pub struct ShardMeta {
     pub stored_at: i64,
     /// Bytes the shard takes on disk (header, data and outboard).
     pub file_size: u64,
+    /// The file's format: 2, or 1 for a shard kept with bao's outboard (see
+    /// [`Store::upgrade_shards`]).
+    pub format: u16,
+}
+
+/// What [`Store::upgrade_shards`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpgradeReport {
+    /// Shards rewritten in format 2.
+    pub upgraded: u64,
+    /// Disk bytes that freed.
+    pub reclaimed: u64,
+    /// Format-1 shards left as they are: unreadable, or deleted or replaced meanwhile.
+    pub skipped: u64,
 }
 
 /// Space accounting of the store.
@@ -432,6 +446,7 @@ impl Store {
             hash: header.hash,
             stored_at: header.stored_at,
             file_size,
+            format: header.version,
         })
     }
 
@@ -542,6 +557,50 @@ impl Store {
         };
         writer.create()?;
         Ok(writer)
+    }
+
+    /// Rewrites shards kept in format 1 (bao's outboard, 6.25% of the shard) in format 2
+    /// (0.4%), one at a time: the same bytes, hash and store time, checked on the way. The
+    /// new file replaces the old by a rename, so readers see one or the other, and only
+    /// while the index still holds the old one (a shard deleted or replaced meanwhile is
+    /// left alone). A shard whose bytes do not match its hash is left for the gateway's
+    /// audits and repairs. Stops early, with what it did, when the disk is full.
+    pub fn upgrade_shards(self: &Arc<Self>) -> UpgradeReport {
+        let old: Vec<(String, ShardMeta)> = self
+            .lock()
+            .shards
+            .iter()
+            .filter(|(_, meta)| meta.format == BAO_FORMAT)
+            .map(|(id, meta)| (id.clone(), meta.clone()))
+            .collect();
+        let mut report = UpgradeReport::default();
+        for (id, meta) in old {
+            match self.upgrade_one(&id, &meta) {
+                Ok(Some(new)) => {
+                    report.upgraded += 1;
+                    report.reclaimed += meta.file_size.saturating_sub(new.file_size);
+                }
+                Ok(None) => report.skipped += 1,
+                Err(e) => {
+                    report.skipped += 1;
+                    warn!(shard = id, error = %e, "format-1 shard left as it is");
+                    if matches!(e, Error::CapacityExhausted { .. } | Error::DiskFull(_)) {
+                        break;
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    fn upgrade_one(self: &Arc<Self>, id: &str, meta: &ShardMeta) -> Result<Option<ShardMeta>> {
+        let mut reader = self.read_range(id, 0, 0)?;
+        let mut writer = self.begin_put(id, meta.length, Some(meta.hash))?;
+        writer.stored_at = meta.stored_at;
+        while reader.remaining() > 0 {
+            writer.write(&reader.next_chunk(crate::CHUNK_SIZE)?)?;
+        }
+        writer.commit_if(Some(meta))
     }
 
     /// The index entry of a shard.
@@ -998,7 +1057,15 @@ impl PutWriter {
     }
 
     /// Make the shard durable and visible; answers its index entry.
-    pub fn commit(mut self) -> Result<ShardMeta> {
+    pub fn commit(self) -> Result<ShardMeta> {
+        let id = self.id.clone();
+        self.commit_if(None)?
+            .ok_or_else(|| Error::Other(format!("shard {id} was not committed")))
+    }
+
+    /// [`PutWriter::commit`], but only while the index still holds `expected` for this id
+    /// (when given); `None` (and nothing stored) otherwise.
+    fn commit_if(mut self, expected: Option<&ShardMeta>) -> Result<Option<ShardMeta>> {
         if self.written != self.length {
             return Err(Error::InvalidArgument(format!(
                 "shard {} ended after {} of the {} bytes announced in its header",
@@ -1039,9 +1106,15 @@ impl PutWriter {
             hash,
             stored_at: self.stored_at,
             file_size,
+            format: FORMAT_VERSION,
         };
         {
             let mut index = self.store.lock();
+            if let Some(expected) = expected
+                && index.shards.get(&self.id) != Some(expected)
+            {
+                return Ok(None);
+            }
             fs::rename(&self.temp, self.store.path_of(&self.id))?;
             self.file = None;
             if let Some(old) = index.shards.insert(self.id.clone(), meta.clone()) {
@@ -1055,7 +1128,7 @@ impl PutWriter {
             self.reserved = 0;
         }
         File::open(&self.store.dir)?.sync_all()?;
-        Ok(meta)
+        Ok(Some(meta))
     }
 }
 
@@ -1121,25 +1194,101 @@ mod tests {
         }
     }
 
-    #[test]
-    fn format_1_shards_are_still_read_and_audited() {
-        // A shard file as providers wrote them before format 2: bao's outboard.
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("shards")).unwrap();
-        let d = data(300_000);
-        let (outboard, hash) = bao::encode::outboard(&d);
+    /// A shard file as providers wrote them before format 2 (bao's outboard), in `dir`'s
+    /// store; answers the file's bytes.
+    fn write_format_1(dir: &Path, id: &str, d: &[u8]) -> Vec<u8> {
+        fs::create_dir_all(dir.join("shards")).unwrap();
+        let (outboard, hash) = bao::encode::outboard(d);
         let mut file = Header {
             version: BAO_FORMAT,
-            id: "old".into(),
+            id: id.into(),
             length: d.len() as u64,
             stored_at: 1,
             hash: *hash.as_bytes(),
         }
         .encode();
-        file.extend_from_slice(&d);
+        file.extend_from_slice(d);
         file.extend_from_slice(&outboard);
+        fs::write(dir.join(format!("shards/{id}.shard")), &file).unwrap();
+        file
+    }
+
+    #[test]
+    fn format_1_shards_are_rewritten_in_format_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (data(300_000), data(20_000_000));
+        let old_a = write_format_1(dir.path(), "a", &a);
+        write_format_1(dir.path(), "b", &b);
+        let mut rotten = write_format_1(dir.path(), "rotten", &a);
+        rotten[Header::len_for("rotten") as usize + 5] ^= 1;
+        fs::write(dir.path().join("shards/rotten.shard"), &rotten).unwrap();
+        write_format_1(dir.path(), "empty", &[]);
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        let before = store.stat("a").unwrap();
+        assert_eq!((before.format, before.file_size), (1, old_a.len() as u64));
+        let used = store.usage().used;
+
+        // A shard replaced since it was listed is left alone.
+        let stale = ShardMeta {
+            stored_at: 2,
+            ..before.clone()
+        };
+        assert_eq!(store.upgrade_one("a", &stale).unwrap(), None);
+        assert_eq!(store.stat("a").unwrap(), before);
+
+        let report = store.upgrade_shards();
+        let after = store.stat("a").unwrap();
+        let reclaimed = (before.file_size - after.file_size)
+            + (file_size_for("b", b.len() as u64, 1) - file_size_for("b", b.len() as u64, 2))
+            + (file_size_for("empty", 0, 1) - file_size_for("empty", 0, 2));
+        assert_eq!(
+            report,
+            UpgradeReport {
+                upgraded: 3,
+                reclaimed,
+                skipped: 1
+            }
+        );
+        assert_eq!(store.usage().used, used - reclaimed);
+        assert_eq!(
+            (after.format, after.hash, after.stored_at, after.length),
+            (2, before.hash, before.stored_at, before.length)
+        );
+        assert_eq!(store.stat("rotten").unwrap().format, 1);
+        assert_eq!(store.upgrade_shards().upgraded, 0, "nothing left to do");
+        assert!(
+            !dir_entries(dir.path())
+                .iter()
+                .any(|n| n.starts_with(TEMP_PREFIX))
+        );
+
+        // The files are what a format-2 writer makes, and read, audit and reopen as such.
+        let mut encoder = tree::Encoder::new(a.len() as u64);
+        encoder.update(&a);
+        encoder.finalize().unwrap();
+        let file = fs::read(dir.path().join("shards/a.shard")).unwrap();
+        let header_len = Header::len_for("a") as usize;
+        assert_eq!(&file[header_len..header_len + a.len()], &a[..]);
+        assert_eq!(&file[header_len + a.len()..], &encoder.take_outboard()[..]);
+        assert_eq!(read_all(&store, "b", 0, 0).unwrap(), b);
+        assert_eq!(
+            read_all(&store, "a", 1_000, 2_000).unwrap(),
+            &a[1_000..3_000]
+        );
+        assert!(!store.audit("b", 19_000_000, 4096).unwrap().bao);
+        drop(store);
+        let store = Store::open(dir.path(), GIB, 0).unwrap();
+        assert_eq!(store.stat("a").unwrap(), after);
+        assert_eq!(store.stat("empty").unwrap().format, 2);
+    }
+
+    #[test]
+    fn format_1_shards_are_still_read_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = data(300_000);
+        let mut file = write_format_1(dir.path(), "old", &d);
+        let hash = blake3::hash(&d);
         let path = dir.path().join("shards/old.shard");
-        fs::write(&path, &file).unwrap();
 
         let store = Store::open(dir.path(), GIB, 0).unwrap();
         assert_eq!(store.stat("old").unwrap().file_size, file.len() as u64);
