@@ -294,9 +294,21 @@ pub async fn restore_newest(
             SNAPSHOT_INTERVAL.as_secs() / 60
         );
     }
+    // Each manifest is fetched once: the newest readable snapshot is restored, and the
+    // shards of all of them are snapshots, not lost writes.
+    let mut manifests = Vec::with_capacity(ids.len());
+    for id in ids {
+        let manifest = gateway.fetch_manifest(&id).await;
+        manifests.push((id, manifest));
+    }
+    let snapshot_shards: std::collections::HashSet<String> = manifests
+        .iter()
+        .filter_map(|(_, m)| m.as_ref())
+        .flat_map(|m| m.layout.shards().map(|s| s.shard_id.clone()))
+        .collect();
     let mut problems = Vec::new();
-    for id in &ids {
-        let Some(manifest) = gateway.fetch_manifest(id).await else {
+    for (id, manifest) in manifests {
+        let Some(manifest) = manifest else {
             problems.push(format!("{id}: no readable manifest"));
             continue;
         };
@@ -325,17 +337,6 @@ pub async fn restore_newest(
                     manifest.journal_cut.as_deref(),
                 )
                 .await;
-                // Snapshots are stored like objects: their own shards are not lost writes.
-                let mut snapshot_shards: std::collections::HashSet<String> = manifest
-                    .layout
-                    .shards()
-                    .map(|s| s.shard_id.clone())
-                    .collect();
-                for other in &ids {
-                    if let Some(m) = gateway.fetch_manifest(other).await {
-                        snapshot_shards.extend(m.layout.shards().map(|s| s.shard_id.clone()));
-                    }
-                }
                 let after = after_snapshot(
                     gateway.installation(),
                     clients,
