@@ -497,6 +497,35 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn release_repair(&self, _seq: i64, _holder: &str) -> Result<()> {
         Ok(())
     }
+    /// The lock a metadata journal holds around a change and its append, when the store
+    /// has one of its own. Such a store commits its object writes and deletes in groups
+    /// under this lock and runs their commit hooks ([`set_commit_hook`]) there, in commit
+    /// order, so a journal need not hold a lock around them (which would stop them
+    /// grouping). `None`: the journal orders changes with a lock of its own.
+    fn commit_order(&self) -> Option<&std::sync::Mutex<()>> {
+        None
+    }
+}
+
+/// What runs with a change's outcome once it is committed; see [`set_commit_hook`].
+pub type CommitHook = Box<dyn FnOnce(&dyn std::any::Any) + Send>;
+
+thread_local! {
+    static COMMIT_HOOK: std::cell::RefCell<Option<CommitHook>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Hands `hook` to the next grouped change this thread makes on a store with a
+/// [`MetadataStore::commit_order`]: it runs with the change's outcome right after the
+/// group holding it commits, in commit order, and not at all if the change or the commit
+/// fails.
+pub fn set_commit_hook(hook: CommitHook) {
+    COMMIT_HOOK.with(|h| *h.borrow_mut() = Some(hook));
+}
+
+/// Takes back the hook [`set_commit_hook`] left for this thread, if no change took it.
+pub fn take_commit_hook() -> Option<CommitHook> {
+    COMMIT_HOOK.with(|h| h.borrow_mut().take())
 }
 
 #[cfg(test)]

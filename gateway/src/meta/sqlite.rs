@@ -109,6 +109,9 @@ const LIST_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     group: Mutex<Group>,
+    /// Taken before the connection by whoever commits a group, and by a journal around
+    /// its other changes ([`MetadataStore::commit_order`]).
+    order: Mutex<()>,
 }
 
 /// One queued change: runs inside the group's transaction and returns whether it
@@ -156,6 +159,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Mutex::new(conn),
             group: Mutex::default(),
+            order: Mutex::new(()),
         })
     }
 
@@ -173,12 +177,14 @@ impl SqliteStore {
     /// waits for the connection; whoever gets it commits everything queued, so callers
     /// that find their change already committed by another return at once. Each change
     /// runs under its own savepoint: one that fails is rolled back alone. Its result counts
-    /// only once the commit succeeded.
+    /// only once the commit succeeded; then the commit hook this thread set, if any
+    /// ([`crate::meta::set_commit_hook`]), runs with it, still under the commit's locks.
     fn grouped<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let slot: std::sync::Arc<Mutex<Option<Result<T>>>> = std::sync::Arc::default();
+        let hook = crate::meta::take_commit_hook();
         let id = {
             let result = std::sync::Arc::clone(&slot);
             let job: GroupJob = Box::new(move |conn: &Connection| {
@@ -189,6 +195,9 @@ impl SqliteStore {
                         None => outcome,
                         Some(e) => Err(MetaError::Store(e.to_owned())),
                     };
+                    if let (Ok(value), Some(hook)) = (&outcome, hook) {
+                        hook(value);
+                    }
                     *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
                 });
                 (ok, deliver)
@@ -199,6 +208,7 @@ impl SqliteStore {
             group.queue.push((id, job));
             id
         };
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut conn = self.conn();
         let taken =
             |slot: &Mutex<Option<Result<T>>>| slot.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -1393,6 +1403,10 @@ impl MetadataStore for SqliteStore {
             )
             .optional()
             .map_err(store_err)
+    }
+
+    fn commit_order(&self) -> Option<&Mutex<()>> {
+        Some(&self.order)
     }
 
     fn snapshot_into(&self, path: &Path) -> Result<()> {
