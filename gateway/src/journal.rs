@@ -58,7 +58,7 @@ const REPLAY_FETCHES: usize = 16;
 
 /// Segments stored at once: a change that arrives while one is on its way goes out in the
 /// next instead of waiting for it. Acknowledgements still follow segment order.
-pub const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 2;
 
 /// How long one provider may take to store a segment.
 const PUT_TIMEOUT: Duration = Duration::from_secs(10);
