@@ -10,11 +10,7 @@
 //!   under the store's own lock ([`MetadataStore::commit_order`]), so they keep commit order
 //!   without waiting for one another.
 //! - A flusher task ([`Journal::spawn`]) takes everything appended so far and stores it as
-//!   one segment (group commit) on [`JOURNAL_COPIES`] providers, up to [`IN_FLIGHT`]
-//!   segments at once. A change is acknowledged once its segment and every older one are
-//!   stored; a segment that fails is retried under its own position. (So a crash can leave
-//!   a stored segment after a missing one: its changes were never acknowledged, and replay
-//!   applies what is there.) Segment ids are
+//!   one segment (group commit) on [`JOURNAL_COPIES`] providers. Segment ids are
 //!   `sublet-meta-journal-<installation>-<run start ms>-<seq>`, so they sort in write order
 //!   across restarts.
 //! - The S3 service waits for the journal ([`Journal::barrier`]) before answering a request
@@ -55,10 +51,6 @@ pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Segments recovery fetches at once.
 const REPLAY_FETCHES: usize = 16;
-
-/// Segments stored at once: a change that arrives while one is on its way goes out in the
-/// next instead of waiting for it. Acknowledgements still follow segment order.
-const IN_FLIGHT: usize = 2;
 
 /// How long one provider may take to store a segment.
 const PUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -369,15 +361,11 @@ impl Journal {
         );
         let journal = Arc::clone(self);
         tokio::spawn(async move {
-            let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut backoff = Duration::from_millis(100);
+            let mut stopping = false;
             let mut warned_unjournaled = false;
-            let mut flights = futures::stream::FuturesUnordered::new();
-            // Segments stored while an older one is still on its way: seq -> (entries
-            // through, position). Acknowledged only in order.
-            let mut done: BTreeMap<u64, (u64, Option<String>)> = BTreeMap::new();
-            let mut next_ack = journal.state().next_seq;
             loop {
-                let batch = if flights.len() < IN_FLIGHT {
+                let batch = {
                     let mut state = journal.state();
                     if state.pending.is_empty() {
                         None
@@ -387,75 +375,84 @@ impl Journal {
                         let cut = position(state.epoch, seq);
                         Some((std::mem::take(&mut state.pending), state.appended, seq, cut))
                     }
-                } else {
-                    None
                 };
-                if let Some((entries, upto, seq, cut)) = batch {
-                    let nodes = providers();
-                    journal
-                        .holders
-                        .store(!nodes.is_empty(), std::sync::atomic::Ordering::Relaxed);
-                    if nodes.is_empty() {
-                        // Only bucket pools (no provider to list it back from at recovery):
-                        // nothing can hold a journal, and writes must not stop for it. The
-                        // changes reach the providers' copy with the next snapshot only.
-                        if !warned_unjournaled {
-                            warned_unjournaled = true;
-                            tracing::warn!(
-                                "no sublet provider is configured to hold the metadata journal: changes since the last snapshot are lost with the gateway's disk"
-                            );
-                        }
-                        done.insert(seq, (upto, None));
-                        journal.acknowledge(&mut done, &mut next_ack);
-                        continue;
+                let Some((entries, upto, seq, cut)) = batch else {
+                    if stopping {
+                        return;
                     }
-                    let flight = Flight {
-                        journal: Arc::clone(&journal),
-                        gateway: Arc::clone(&gateway),
-                        metrics: metrics.clone(),
-                        stopping: Arc::clone(&stopping),
-                    };
-                    flights.push(flight.run(nodes, entries, upto, seq, cut));
+                    tokio::select! {
+                        () = journal.wake.notified() => {}
+                        _ = stop.changed() => stopping = true,
+                    }
+                    continue;
+                };
+                let id = format!("{}{cut}", journal.prefix);
+                let nodes = providers();
+                journal
+                    .holders
+                    .store(!nodes.is_empty(), std::sync::atomic::Ordering::Relaxed);
+                if nodes.is_empty() {
+                    // Only bucket pools (no provider to list it back from at recovery):
+                    // nothing can hold a journal, and writes must not stop for it. The
+                    // changes reach the providers' copy with the next snapshot only.
+                    if !warned_unjournaled {
+                        warned_unjournaled = true;
+                        tracing::warn!(
+                            "no sublet provider is configured to hold the metadata journal: changes since the last snapshot are lost with the gateway's disk"
+                        );
+                    }
+                    journal.progress.send_modify(|p| p.flushed = upto);
                     continue;
                 }
-                if stopping.load(std::sync::atomic::Ordering::Relaxed)
-                    && flights.is_empty()
-                    && journal.state().pending.is_empty()
-                {
-                    return;
-                }
-                tokio::select! {
-                    Some(flown) = flights.next() => {
-                        if let Some((seq, upto, cut)) = flown {
-                            done.insert(seq, (upto, Some(cut)));
-                            journal.acknowledge(&mut done, &mut next_ack);
-                        } else if stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                            // Given up while stopping: what is left stays unjournaled.
-                            return;
+                let stored = match journal.seal(&id, &entries) {
+                    Ok(blob) => journal.store(&gateway, &nodes, seq, &id, blob).await,
+                    Err(e) => Err(format!("sealing the segment: {e}")),
+                };
+                if let Some(m) = &metrics {
+                    let result = if stored.is_ok() { "stored" } else { "failed" };
+                    m.journal_segments.with_label_values(&[result]).inc();
+                    if let Ok(nodes) = &stored {
+                        m.journal_entries
+                            .with_label_values(&[] as &[&str])
+                            .inc_by(entries.len() as u64);
+                        for node in nodes {
+                            m.journal_copies.with_label_values(&[node]).inc();
                         }
                     }
-                    () = journal.wake.notified(), if flights.len() < IN_FLIGHT => {}
-                    _ = stop.changed(), if !stopping.load(std::sync::atomic::Ordering::Relaxed) => {
-                        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                match stored {
+                    Ok(_) => {
+                        backoff = Duration::from_millis(100);
+                        journal.state().cut = cut;
+                        journal.progress.send_modify(|p| {
+                            p.flushed = upto;
+                            p.error = None;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(segment = %id, entries = entries.len(), error = %e, "storing the metadata journal failed; retrying");
+                        {
+                            // Back in front of what came meanwhile, in order.
+                            let mut state = journal.state();
+                            let newer = std::mem::replace(&mut state.pending, entries);
+                            state.pending.extend(newer);
+                        }
+                        journal.progress.send_modify(|p| {
+                            p.failed_through = upto;
+                            p.error = Some(e.into());
+                        });
+                        if stopping {
+                            return;
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => stopping = true,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             }
         })
-    }
-
-    /// Acknowledges the stored segments that follow the last acknowledged one without a
-    /// gap: their entries are durable, and so is every entry before them.
-    fn acknowledge(&self, done: &mut BTreeMap<u64, (u64, Option<String>)>, next: &mut u64) {
-        while let Some((upto, cut)) = done.remove(next) {
-            if let Some(cut) = cut {
-                self.state().cut = cut;
-            }
-            self.progress.send_modify(|p| {
-                p.flushed = p.flushed.max(upto);
-                p.error = None;
-            });
-            *next += 1;
-        }
     }
 
     /// Stores one segment on [`JOURNAL_COPIES`] of `nodes` (healthy ones first, starting at
@@ -541,66 +538,6 @@ impl Journal {
             stored.len(),
             errors.join("; ")
         ))
-    }
-}
-
-/// One segment on its way to the providers; see [`Journal::spawn`].
-struct Flight {
-    journal: Arc<Journal>,
-    gateway: Arc<Gateway>,
-    metrics: Option<crate::metrics::Metrics>,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Flight {
-    /// Stores the segment, retrying under its own position until it is stored (answers
-    /// its sequence number, entries through, position) or the flusher stops (`None`).
-    /// While it fails, every change appended so far is reported failed to its waiters
-    /// (they answer 503; the changes are kept and retried).
-    async fn run(
-        self,
-        nodes: Vec<String>,
-        entries: Vec<Vec<u8>>,
-        upto: u64,
-        seq: u64,
-        cut: String,
-    ) -> Option<(u64, u64, String)> {
-        let journal = &self.journal;
-        let id = format!("{}{cut}", journal.prefix);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let stored = match journal.seal(&id, &entries) {
-                Ok(blob) => journal.store(&self.gateway, &nodes, seq, &id, blob).await,
-                Err(e) => Err(format!("sealing the segment: {e}")),
-            };
-            if let Some(m) = &self.metrics {
-                let result = if stored.is_ok() { "stored" } else { "failed" };
-                m.journal_segments.with_label_values(&[result]).inc();
-                if let Ok(nodes) = &stored {
-                    m.journal_entries
-                        .with_label_values(&[] as &[&str])
-                        .inc_by(entries.len() as u64);
-                    for node in nodes {
-                        m.journal_copies.with_label_values(&[node]).inc();
-                    }
-                }
-            }
-            let e = match stored {
-                Ok(_) => return Some((seq, upto, cut)),
-                Err(e) => e,
-            };
-            tracing::warn!(segment = %id, entries = entries.len(), error = %e, "storing the metadata journal failed; retrying");
-            let appended = journal.state().appended;
-            journal.progress.send_modify(|p| {
-                p.failed_through = p.failed_through.max(appended);
-                p.error = Some(e.into());
-            });
-            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                return None;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
     }
 }
 
@@ -1394,25 +1331,6 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-    }
-
-    #[test]
-    fn segments_are_acknowledged_in_order() {
-        let journal = Journal::new(master());
-        let flushed = || journal.progress.borrow().flushed;
-        let mut done = BTreeMap::new();
-        let mut next = 1;
-        // The second segment is stored first: nothing is durable until the first is.
-        done.insert(2, (7, Some("p2".to_string())));
-        journal.acknowledge(&mut done, &mut next);
-        assert_eq!((flushed(), next), (0, 1));
-        done.insert(1, (3, Some("p1".to_string())));
-        journal.acknowledge(&mut done, &mut next);
-        assert_eq!((flushed(), next, journal.cut()), (7, 3, "p2".to_string()));
-        // A segment nothing could hold moves progress on, not the position.
-        done.insert(3, (9, None));
-        journal.acknowledge(&mut done, &mut next);
-        assert_eq!((flushed(), next, journal.cut()), (9, 4, "p2".to_string()));
     }
 
     #[test]
