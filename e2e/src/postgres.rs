@@ -1,14 +1,17 @@
-//! A throwaway PostgreSQL server for tests of several gateways on one database: `initdb` into
-//! a temporary directory and `postgres` on a free loopback port, one per test process, a
-//! fresh database per test; a second one, taking only TLS on TCP with a certificate from a
-//! CA of its own, for gateways that reach their database over TLS.
+//! A throwaway PostgreSQL server for tests: `initdb` into a temporary directory and
+//! `postgres` on a free loopback port, one per test process, a fresh database per call; a
+//! second one, taking only TLS on TCP with a certificate from a CA of its own, for stores
+//! that reach their database over TLS. The e2e tests use it as `sublet_e2e::postgres`; the
+//! gateway's store tests and the market's tests include this file as a module (it needs
+//! nothing but std and rcgen).
 //!
 //! The binaries are looked up in `$SUBLET_POSTGRES_BIN`, on `PATH`, then in
-//! `/usr/lib/postgresql/*/bin`, as the gateway's store tests do. Without them a test prints
-//! why and passes, unless `SUBLET_REQUIRE_POSTGRES=1` (CI sets it), where a server that
-//! cannot start fails it. PostgreSQL refuses to run as root, so as root the server runs as
-//! the `postgres` (or `nobody`) user. A watcher shell stops the server and removes its
-//! directory once the test process is gone.
+//! `/usr/lib/postgresql/*/bin`. Without them a test prints why and passes, unless
+//! `SUBLET_REQUIRE_POSTGRES=1` (CI sets it), where a server that cannot start fails it.
+//! PostgreSQL refuses to run as root, so as root the server runs as the `postgres` (or
+//! `nobody`) user. A watcher shell stops the server and removes its directory once the
+//! test process is gone.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -180,7 +183,10 @@ fn start(tls: bool) -> Result<Server, String> {
     if let Some((_, uid, gid)) = &user {
         std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid)).map_err(|e| e.to_string())?;
     }
-    let port = crate::free_addr().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("finding a free port: {e}"))?
+        .port();
     let data = dir.join("data");
     let tls_options = if tls {
         write_tls_files(&dir, user.as_ref().map(|(_, uid, gid)| (*uid, *gid)))?
@@ -289,12 +295,21 @@ pub fn database() -> Option<String> {
 /// naming the server's CA (`sslmode=verify-full&sslrootcert=...`), or `None` (after saying
 /// why) without PostgreSQL.
 pub fn tls_database() -> Option<String> {
+    let (url, ca) = tls_server_database()?;
+    Some(format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    ))
+}
+
+/// [`tls_database`] as the URL without `sslmode` and the server's CA (a PEM file), for a
+/// test that tries other modes too.
+pub fn tls_server_database() -> Option<(String, PathBuf)> {
     static SERVER: OnceLock<Option<Server>> = OnceLock::new();
     let server = get_or_start(&SERVER, true)?;
     let name = server.create_database();
-    Some(format!(
-        "postgres://sublet@127.0.0.1:{}/{name}?sslmode=verify-full&sslrootcert={}",
-        server.port,
-        server.dir.join("ca.pem").display()
+    Some((
+        format!("postgres://sublet@127.0.0.1:{}/{name}", server.port),
+        server.dir.join("ca.pem"),
     ))
 }

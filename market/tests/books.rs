@@ -15,7 +15,7 @@ use sublet_market::rail::ManualRail;
 use sublet_market::receipts::{PeriodStatus, UsageReceipt};
 use sublet_market::{Error, Market, Policy, Result};
 
-#[path = "support/postgres.rs"]
+#[path = "../../e2e/src/postgres.rs"]
 mod pg;
 
 const GIB: u64 = 1 << 30;

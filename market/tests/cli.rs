@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sublet_market::client::Client;
 
-#[path = "support/postgres.rs"]
+#[path = "../../e2e/src/postgres.rs"]
 mod pg;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;

@@ -12,7 +12,7 @@ use sublet_market::rail::{ManualRail, PaymentRail};
 use sublet_market::receipts::UsageReceipt;
 use sublet_market::{Market, Policy, api};
 
-#[path = "support/postgres.rs"]
+#[path = "../../e2e/src/postgres.rs"]
 mod pg;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;

@@ -11,7 +11,7 @@ use sublet_market::offers::NewOffer;
 use sublet_market::rail::ManualRail;
 use sublet_market::{Error, Market, Policy, Result};
 
-#[path = "support/postgres.rs"]
+#[path = "../../e2e/src/postgres.rs"]
 mod pg;
 
 const GIB: u64 = 1 << 30;
