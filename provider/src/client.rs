@@ -409,6 +409,7 @@ impl ProviderClient {
                 offset,
                 length: len,
                 metered_at: metered_at(),
+                accepts: vec![proto::ProofFormat::Groups.into()],
             }))
             .await?
             .into_inner();

@@ -794,7 +794,9 @@ impl ShardStore for ShardService {
                 .map(|c| (c.to_owned(), crate::market::metered_second(req.metered_at)));
             let id = caller.scope(&req.shard_id)?;
             let store = Arc::clone(&self.store);
-            let mut answer = blocking(move || store.audit(&id, req.offset, req.length)).await?;
+            let takes_tree = req.accepts().any(|f| f == proto::ProofFormat::Groups);
+            let mut answer =
+                blocking(move || store.audit(&id, req.offset, req.length, takes_tree)).await?;
             // A cheat that does not read the shard: the proof's content bytes are made up.
             if self.forge_audits.load(Ordering::Relaxed)
                 && let Some(last) = answer.proof.last_mut()

@@ -755,14 +755,19 @@ impl Store {
 
     /// A proof of `[offset, offset + len)` that the caller verifies against the hash it
     /// recorded, in the format of the shard's outboard ([`crate::tree`], or a bao slice
-    /// for a format-1 shard); also the shard length.
-    pub fn audit(&self, id: &str, offset: u64, len: u64) -> Result<AuditProof> {
+    /// for a format-1 shard); also the shard length. A caller that does not take tree
+    /// proofs (`takes_tree` false: gateways from before format 2) gets a bao slice of a
+    /// format-2 shard too, from a bao outboard built in memory for the occasion.
+    pub fn audit(&self, id: &str, offset: u64, len: u64, takes_tree: bool) -> Result<AuditProof> {
         if len > MAX_AUDIT_LEN {
             return Err(Error::InvalidArgument(format!(
                 "audit length {len} exceeds the maximum of {MAX_AUDIT_LEN} bytes"
             )));
         }
         let (meta, file, header_len, version) = self.open_checked(id)?;
+        if version != BAO_FORMAT && !takes_tree {
+            return self.audit_as_bao(id, &meta, offset, len);
+        }
         let outboard = Region::with_blocks(
             Arc::clone(&file),
             header_len + meta.length,
@@ -796,6 +801,38 @@ impl Store {
         let mut decoder =
             bao::decode::SliceDecoder::new(&slice[..], &blake3::Hash::from(meta.hash), offset, len);
         io::copy(&mut decoder, &mut io::sink()).map_err(|e| data_loss_or_io(id, e))?;
+        Ok(AuditProof {
+            proof: slice,
+            shard_length: meta.length,
+            bao: true,
+        })
+    }
+
+    /// A bao slice of a format-2 shard: the whole shard read and checked, its bao outboard
+    /// built in memory, the slice cut from both.
+    fn audit_as_bao(
+        &self,
+        id: &str,
+        meta: &ShardMeta,
+        offset: u64,
+        len: u64,
+    ) -> Result<AuditProof> {
+        let mut reader = self.read_range(id, 0, 0)?;
+        let mut data = Vec::with_capacity(usize::try_from(meta.length).unwrap_or(0));
+        while reader.remaining() > 0 {
+            data.extend_from_slice(&reader.next_chunk(crate::CHUNK_SIZE)?);
+        }
+        let (outboard, _) = bao::encode::outboard(&data);
+        let mut extractor = bao::encode::SliceExtractor::new_outboard(
+            io::Cursor::new(&data),
+            io::Cursor::new(&outboard),
+            offset,
+            len,
+        );
+        let mut slice = Vec::new();
+        extractor
+            .read_to_end(&mut slice)
+            .map_err(|e| data_loss_or_io(id, e))?;
         Ok(AuditProof {
             proof: slice,
             shard_length: meta.length,
@@ -1275,11 +1312,39 @@ mod tests {
             read_all(&store, "a", 1_000, 2_000).unwrap(),
             &a[1_000..3_000]
         );
-        assert!(!store.audit("b", 19_000_000, 4096).unwrap().bao);
+        assert!(!store.audit("b", 19_000_000, 4096, true).unwrap().bao);
         drop(store);
         let store = Store::open(dir.path(), GIB, 0).unwrap();
         assert_eq!(store.stat("a").unwrap(), after);
         assert_eq!(store.stat("empty").unwrap().format, 2);
+    }
+
+    #[test]
+    fn callers_from_before_format_2_get_bao_proofs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+        let d = data(300_000);
+        let meta = put(&store, "s", &d).unwrap();
+        let answer = store.audit("s", 70_000, 5_000, false).unwrap();
+        assert!(answer.bao);
+        let proven = crate::client::verify_audit(
+            &answer.proof,
+            crate::proto::ProofFormat::Bao,
+            70_000,
+            5_000,
+            &meta.hash,
+        )
+        .unwrap();
+        assert_eq!(proven, &d[70_000..75_000]);
+        // A rotten shard is refused this way too.
+        let path = dir.path().join("shards/s.shard");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[Header::len_for("s") as usize + 10] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            store.audit("s", 70_000, 5_000, false),
+            Err(Error::DataLoss { .. })
+        ));
     }
 
     #[test]
@@ -1298,7 +1363,7 @@ mod tests {
             read_all(&store, "old", 70_000, 5_000).unwrap(),
             &d[70_000..75_000]
         );
-        let answer = store.audit("old", 1_000, 4_000).unwrap();
+        let answer = store.audit("old", 1_000, 4_000, true).unwrap();
         assert!(answer.bao);
         let proven = crate::client::verify_audit(
             &answer.proof,
@@ -1317,7 +1382,7 @@ mod tests {
             Err(Error::DataLoss { .. })
         ));
         assert!(matches!(
-            store.audit("old", 71_000, 2_000),
+            store.audit("old", 71_000, 2_000, true),
             Err(Error::DataLoss { .. })
         ));
     }
@@ -1474,10 +1539,10 @@ mod tests {
         // An audit of the damaged range is answered DATA_LOSS by the provider itself, so its
         // own count of failed audits agrees with the caller's.
         assert!(matches!(
-            store.audit("victim", 149_500, 1000),
+            store.audit("victim", 149_500, 1000, true),
             Err(Error::DataLoss { .. })
         ));
-        let answer = store.audit("victim", 0, 1000).unwrap();
+        let answer = store.audit("victim", 0, 1000, true).unwrap();
         assert!(!answer.bao);
         let (out, length) = tree::verify(&answer.proof, meta.hash, 0, 1000).unwrap();
         assert_eq!((&out[..], length), (&d[..1000], 200_000));
