@@ -88,6 +88,19 @@ async fn plan_json(admin: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// A plan named `standard`: erasure `data`+`parity`, encrypted, every shard needed for a
+/// write, nothing kept in metadata.
+fn erasure_plan(data: u16, parity: u16, segment_size: u64) -> Plan {
+    Plan {
+        name: "standard".into(),
+        scheme: Scheme::Erasure { data, parity },
+        encrypt: true,
+        segment_size,
+        write_quorum: usize::from(data + parity),
+        inline_up_to: 0,
+    }
+}
+
 fn data(len: usize, seed: usize) -> Vec<u8> {
     (0..len)
         .map(|i| ((i * 31 + seed * 7) % 251) as u8)
@@ -113,14 +126,7 @@ fn holders(meta: &dyn MetadataStore, keys: &[String]) -> HashMap<String, HashSet
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        name: "standard".into(),
-        scheme: Scheme::Erasure { data: 4, parity: 2 },
-        encrypt: true,
-        segment_size: 64 << 10,
-        write_quorum: 6,
-        inline_up_to: 0,
-    };
+    let plan = erasure_plan(4, 2, 64 << 10);
     let policy = RebuildPolicy {
         grace_period: GRACE,
         ..RebuildPolicy::default()
@@ -482,14 +488,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_finds_corrupt_and_missing_shards_nobody_reads() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        name: "standard".into(),
-        scheme: Scheme::Erasure { data: 4, parity: 2 },
-        encrypt: true,
-        segment_size: 64 << 10,
-        write_quorum: 6,
-        inline_up_to: 0,
-    };
+    let plan = erasure_plan(4, 2, 64 << 10);
     let mut cluster = dev::start_cluster_with(
         tmp.path(),
         6,
@@ -598,14 +597,7 @@ async fn scrub_finds_corrupt_and_missing_shards_nobody_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changed_plans_reencode_their_objects() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        name: "standard".into(),
-        scheme: Scheme::Erasure { data: 4, parity: 2 },
-        encrypt: true,
-        segment_size: 64 << 10,
-        write_quorum: 6,
-        inline_up_to: 0,
-    };
+    let plan = erasure_plan(4, 2, 64 << 10);
     let mut cluster = dev::start_cluster_with(
         tmp.path(),
         6,
@@ -711,14 +703,7 @@ async fn changed_plans_reencode_their_objects() {
 async fn shards_move_off_a_pool_a_plan_no_longer_names() {
     use sublet_gateway::placement::{PlacementRule, PoolRule, Site, Topology};
     let tmp = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        name: "standard".into(),
-        scheme: Scheme::Erasure { data: 2, parity: 1 },
-        encrypt: true,
-        segment_size: 64 << 10,
-        write_quorum: 3,
-        inline_up_to: 0,
-    };
+    let plan = erasure_plan(2, 1, 64 << 10);
     let mut cluster = dev::start_cluster_with(
         tmp.path(),
         6,
@@ -1027,14 +1012,7 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
 #[ignore = "benchmark"]
 async fn repair_throughput() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        name: "standard".into(),
-        scheme: Scheme::Erasure { data: 4, parity: 2 },
-        encrypt: true,
-        segment_size: 16 << 20,
-        write_quorum: 6,
-        inline_up_to: 0,
-    };
+    let plan = erasure_plan(4, 2, 16 << 20);
     let policy = RebuildPolicy {
         grace_period: Duration::ZERO,
         max_concurrent: 4,
@@ -1088,14 +1066,7 @@ async fn repair_throughput() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_provider_forging_audit_answers_is_caught_and_regains_standing_when_honest() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        name: "standard".into(),
-        scheme: Scheme::Erasure { data: 2, parity: 1 },
-        encrypt: true,
-        segment_size: 64 << 10,
-        write_quorum: 3,
-        inline_up_to: 0,
-    };
+    let plan = erasure_plan(2, 1, 64 << 10);
     let cluster = dev::start_cluster(tmp.path(), 5, vec![plan]).await.unwrap();
     let gateway = Arc::clone(&cluster.gateway);
     let meta = Arc::clone(gateway.metadata());
@@ -1219,14 +1190,7 @@ fn scrubbed_shards(metrics: &sublet_gateway::metrics::Metrics) -> u64 {
 async fn a_restarted_scrub_goes_on_where_it_stopped() {
     use sublet_gateway::scrub::{ScrubPolicy, ScrubPosition, scrub_pass, spawn_loop};
     let tmp = tempfile::tempdir().unwrap();
-    let plan = Plan {
-        name: "standard".into(),
-        scheme: Scheme::Erasure { data: 2, parity: 1 },
-        encrypt: true,
-        segment_size: 64 << 10,
-        write_quorum: 3,
-        inline_up_to: 0,
-    };
+    let plan = erasure_plan(2, 1, 64 << 10);
     let cluster = dev::start_cluster(&tmp.path().join("dev"), 3, vec![plan])
         .await
         .unwrap();
