@@ -721,9 +721,9 @@ impl Store {
         })
     }
 
-    /// A whole shard, read at once and checked against its hash in one pass (BLAKE3 hashes
-    /// many chunks at a time this way; the outboard's chunk-by-chunk check is several times
-    /// slower, and a whole read needs none of its tree).
+    /// A whole shard, read at once and checked against its hash in one BLAKE3 pass: one read
+    /// instead of one per group, and none of the tree (nor, for a format-1 shard, bao's
+    /// chunk-by-chunk check, several times slower).
     fn read_whole(id: &str, meta: &ShardMeta, file: &File, header_len: u64) -> Result<ShardReader> {
         let length = usize::try_from(meta.length)
             .map_err(|_| Error::Other(format!("shard {id} is too large to read whole")))?;
