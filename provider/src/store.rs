@@ -790,11 +790,7 @@ impl Store {
             });
         }
         let data = Region::with_blocks(file, header_len, meta.length, AUDIT_BLOCK_SIZE);
-        let mut extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
-        let mut slice = Vec::new();
-        extractor
-            .read_to_end(&mut slice)
-            .map_err(|e| data_loss_or_io(id, e))?;
+        let slice = bao_slice(id, data, outboard, offset, len)?;
         // The extractor copies bytes as they are on disk; check them before answering, so a
         // provider with rotten bytes says so (and counts the audit failed) instead of
         // sending a slice the caller will reject.
@@ -823,16 +819,13 @@ impl Store {
             data.extend_from_slice(&reader.next_chunk(crate::CHUNK_SIZE)?);
         }
         let (outboard, _) = bao::encode::outboard(&data);
-        let mut extractor = bao::encode::SliceExtractor::new_outboard(
+        let slice = bao_slice(
+            id,
             io::Cursor::new(&data),
             io::Cursor::new(&outboard),
             offset,
             len,
-        );
-        let mut slice = Vec::new();
-        extractor
-            .read_to_end(&mut slice)
-            .map_err(|e| data_loss_or_io(id, e))?;
+        )?;
         Ok(AuditProof {
             proof: slice,
             shard_length: meta.length,
@@ -924,6 +917,23 @@ impl TreeRead {
         }
         Ok(true)
     }
+}
+
+/// bao's slice of `[offset, offset + len)`, cut from a shard's bytes and its bao outboard
+/// as they are (the caller checks them, or built them).
+fn bao_slice(
+    id: &str,
+    data: impl Read + Seek,
+    outboard: impl Read + Seek,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>> {
+    let mut extractor = bao::encode::SliceExtractor::new_outboard(data, outboard, offset, len);
+    let mut slice = Vec::new();
+    extractor
+        .read_to_end(&mut slice)
+        .map_err(|e| data_loss_or_io(id, e))?;
+    Ok(slice)
 }
 
 fn data_loss_or_io(id: &str, e: io::Error) -> Error {
