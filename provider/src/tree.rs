@@ -47,15 +47,21 @@ fn group_cv(index: u64, bytes: &[u8]) -> Cv {
     hasher.finalize_non_root()
 }
 
-fn parent_cv(node: &[u8; 64], root: bool) -> Cv {
+/// The chaining value of a parent node (the root hash for the root).
+fn parent_cv(left: &Cv, right: &Cv, root: bool) -> Cv {
+    if root {
+        *merge_subtrees_root(left, right, Mode::Hash).as_bytes()
+    } else {
+        merge_subtrees_non_root(left, right, Mode::Hash)
+    }
+}
+
+/// A parent node's two children: the left chaining value, then the right.
+fn children(node: &[u8; 64]) -> (Cv, Cv) {
     let (mut left, mut right) = ([0u8; 32], [0u8; 32]);
     left.copy_from_slice(&node[..32]);
     right.copy_from_slice(&node[32..]);
-    if root {
-        *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes()
-    } else {
-        merge_subtrees_non_root(&left, &right, Mode::Hash)
-    }
+    (left, right)
 }
 
 /// The left subtree of `n > 1` groups: the largest power of two below `n`, as in BLAKE3.
@@ -125,10 +131,7 @@ impl Encoder {
         let left = self.stack.pop().unwrap_or_default();
         self.nodes.extend_from_slice(&left);
         self.nodes.extend_from_slice(&right);
-        let mut node = [0u8; 64];
-        node[..32].copy_from_slice(&left);
-        node[32..].copy_from_slice(&right);
-        let cv = parent_cv(&node, root);
+        let cv = parent_cv(&left, &right, root);
         if !root {
             self.stack.push(cv);
         }
@@ -269,16 +272,13 @@ impl Walk {
             }
             let groups = p.end - p.start;
             let index = p.first_node + groups - 2;
-            let node = source.node(index)?;
-            if parent_cv(&node, root) != p.cv {
+            let (left, right) = children(&source.node(index)?);
+            if parent_cv(&left, &right, root) != p.cv {
                 return Err(mismatch(format!(
                     "tree node {index} does not match the shard's hash"
                 )));
             }
             let mid = p.start + left_groups(groups);
-            let (mut left, mut right) = ([0u8; 32], [0u8; 32]);
-            left.copy_from_slice(&node[..32]);
-            right.copy_from_slice(&node[32..]);
             // Right first: the stack pops the left subtree next.
             if mid < self.last {
                 self.stack.push(Pending {
