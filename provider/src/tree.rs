@@ -235,6 +235,11 @@ impl Walk {
         (GROUP_LEN.min(self.length - start)) as usize
     }
 
+    /// Bytes in the range (cut at the end of the shard).
+    pub fn range_len(&self) -> u64 {
+        self.end.saturating_sub(self.offset)
+    }
+
     /// Bytes of the range in group `index`, as positions in the group.
     pub fn in_range(&self, index: u64) -> std::ops::Range<usize> {
         let start = index * GROUP_LEN;
@@ -388,8 +393,7 @@ pub fn verify(proof: &[u8], root: Cv, offset: u64, len: u64) -> io::Result<(Vec<
     length.copy_from_slice(reader.take(8)?);
     let length = u64::from_le_bytes(length);
     let mut walk = Walk::new(length, root, offset, len);
-    let end = offset.saturating_add(len).min(length);
-    let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+    let mut out = Vec::with_capacity(walk.range_len() as usize);
     let mut buf = Vec::new();
     while let Some(index) = walk.next_group(&mut reader, &mut buf)? {
         out.extend_from_slice(&buf[walk.in_range(index)]);
@@ -400,7 +404,7 @@ pub fn verify(proof: &[u8], root: Cv, offset: u64, len: u64) -> io::Result<(Vec<
             reader.rest.len()
         )));
     }
-    if (out.len() as u64) != end.saturating_sub(offset) {
+    if (out.len() as u64) != walk.range_len() {
         return Err(mismatch("the proof does not cover the range".into()));
     }
     Ok((out, length))
