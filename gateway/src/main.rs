@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sublet_gateway::admin_cli::{AdminClient, Output};
-use sublet_gateway::policy::Kind;
+use sublet_gateway::admin::client::{AdminClient, Output};
+use sublet_gateway::admin::policy::Kind;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -181,7 +181,7 @@ enum Command {
 #[derive(clap::Args)]
 struct AdminArgs {
     /// The gateway's admin address (spec.adminListen).
-    #[arg(long, global = true, env = "SUBLET_ADMIN_URL", default_value = sublet_gateway::admin_cli::DEFAULT_ADMIN_URL)]
+    #[arg(long, global = true, env = "SUBLET_ADMIN_URL", default_value = sublet_gateway::admin::client::DEFAULT_ADMIN_URL)]
     admin_url: String,
     /// The admin token (what the gateway keeps in DATA_DIR/admin.token).
     #[arg(
@@ -245,7 +245,7 @@ async fn main() {
             dir,
             listen,
             admin_listen,
-        } => sublet_gateway::dev::run(dir, listen, admin_listen).await,
+        } => sublet_gateway::runtime::dev::run(dir, listen, admin_listen).await,
         Command::Serve {
             config,
             data_dir,
@@ -256,7 +256,7 @@ async fn main() {
             admin_token,
             read_only_policies,
         } => {
-            let overrides = sublet_gateway::serve::Overrides {
+            let overrides = sublet_gateway::runtime::Overrides {
                 data_dir,
                 provider_token,
                 full_access_key: access_key.zip(secret_key),
@@ -264,7 +264,7 @@ async fn main() {
                 admin_token,
                 read_only_policies,
             };
-            sublet_gateway::serve::run(&config, &overrides).await
+            sublet_gateway::runtime::run(&config, &overrides).await
         }
         Command::Plan { action, admin } => resource(Kind::StoragePlan, action, admin).await,
         Command::Schedule { action, admin } => resource(Kind::StorageSchedule, action, admin).await,
@@ -274,23 +274,27 @@ async fn main() {
             admin,
         } => {
             let client = AdminClient::new(&admin.admin_url, admin.token);
-            print(sublet_gateway::admin_cli::providers(&client, admin.output).await)
+            print(sublet_gateway::admin::client::providers(&client, admin.output).await)
         }
         Command::Bucket { action, admin } => {
             let client = AdminClient::new(&admin.admin_url, admin.token);
             match action {
                 BucketAction::List => {
-                    print(sublet_gateway::admin_cli::buckets(&client, admin.output).await)
+                    print(sublet_gateway::admin::client::buckets(&client, admin.output).await)
                 }
                 BucketAction::SetPlan { bucket, plan, .. } => print(
-                    sublet_gateway::admin_cli::set_bucket_plan(&client, &bucket, plan.as_deref())
-                        .await,
+                    sublet_gateway::admin::client::set_bucket_plan(
+                        &client,
+                        &bucket,
+                        plan.as_deref(),
+                    )
+                    .await,
                 ),
             }
         }
         Command::Status { admin } => {
             let client = AdminClient::new(&admin.admin_url, admin.token);
-            print(sublet_gateway::admin_cli::status(&client, admin.output).await)
+            print(sublet_gateway::admin::client::status(&client, admin.output).await)
         }
         Command::Repair {
             plan,
@@ -302,7 +306,7 @@ async fn main() {
             data_dir,
             provider_token,
         } => {
-            let cmd = sublet_gateway::repair::RepairCommand {
+            let cmd = sublet_gateway::runtime::repair::RepairCommand {
                 plan,
                 once,
                 admin_url,
@@ -333,7 +337,7 @@ fn print(text: anyhow::Result<String>) -> anyhow::Result<()> {
 }
 
 async fn resource(kind: Kind, action: ResourceAction, admin: AdminArgs) -> anyhow::Result<()> {
-    use sublet_gateway::admin_cli as cli;
+    use sublet_gateway::admin::client as cli;
     let client = AdminClient::new(&admin.admin_url, admin.token);
     print(match action {
         ResourceAction::List => cli::list(&client, kind, admin.output).await,
@@ -353,7 +357,7 @@ async fn resource(kind: Kind, action: ResourceAction, admin: AdminArgs) -> anyho
 }
 
 async fn repair(
-    mut cmd: sublet_gateway::repair::RepairCommand,
+    mut cmd: sublet_gateway::runtime::repair::RepairCommand,
     config: PathBuf,
     bandwidth_limit: Option<String>,
     data_dir: Option<PathBuf>,
@@ -369,12 +373,12 @@ async fn repair(
         })
         .transpose()?;
     let file = sublet_crds::load_file(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let overrides = sublet_gateway::serve::Overrides {
+    let overrides = sublet_gateway::runtime::Overrides {
         data_dir,
         provider_token,
         ..Default::default()
     };
-    sublet_gateway::repair::run_command(&cmd, &file, &overrides).await
+    sublet_gateway::runtime::repair::run_command(&cmd, &file, &overrides).await
 }
 
 async fn recover(
@@ -390,12 +394,12 @@ async fn recover(
             std::process::exit(2);
         }
     };
-    let overrides = sublet_gateway::serve::Overrides {
+    let overrides = sublet_gateway::runtime::Overrides {
         data_dir,
         provider_token,
         ..Default::default()
     };
-    let done = sublet_gateway::serve::recover(&config, &overrides, force).await?;
+    let done = sublet_gateway::runtime::recover(&config, &overrides, force).await?;
     let replayed = &done.replayed;
     match &done.manifest {
         Some(manifest) => {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use s3s::Body;
-use sublet_gateway::dev::{self, Cluster};
-use sublet_gateway::layout::Scheme;
-use sublet_gateway::metrics::MeteredService as S3Service;
-use sublet_gateway::s3::Plan;
+use sublet_gateway::datapath::layout::Scheme;
+use sublet_gateway::node::Plan;
+use sublet_gateway::runtime::dev::{self, Cluster};
+use sublet_gateway::s3::http::MeteredService as S3Service;
 
 fn plans() -> Vec<Plan> {
     vec![
@@ -1577,19 +1577,20 @@ async fn lifecycle_rules_expire_transition_and_abort() {
     let shards_before = shard_files(tmp.path());
 
     // Today nothing is due.
-    let report = cluster
-        .gateway
-        .lifecycle_pass(&Vec::new(), now_ms())
-        .await
-        .unwrap();
+    let report =
+        sublet_gateway::upkeep::lifecycle::lifecycle_pass(&cluster.gateway, &Vec::new(), now_ms())
+            .await
+            .unwrap();
     assert_eq!(report, Default::default());
 
     // Three days on: tmp/ expired, cold/ moved to the replicated plan, the upload aborted.
-    let report = cluster
-        .gateway
-        .lifecycle_pass(&Vec::new(), now_ms() + 3 * DAY_MS)
-        .await
-        .unwrap();
+    let report = sublet_gateway::upkeep::lifecycle::lifecycle_pass(
+        &cluster.gateway,
+        &Vec::new(),
+        now_ms() + 3 * DAY_MS,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (
             report.expired,
@@ -1622,26 +1623,30 @@ async fn lifecycle_rules_expire_transition_and_abort() {
         "{shards_before} shards before, {shards_after} after"
     );
     // A second pass finds nothing more to do.
-    let report = cluster
-        .gateway
-        .lifecycle_pass(&Vec::new(), now_ms() + 3 * DAY_MS)
-        .await
-        .unwrap();
+    let report = sublet_gateway::upkeep::lifecycle::lifecycle_pass(
+        &cluster.gateway,
+        &Vec::new(),
+        now_ms() + 3 * DAY_MS,
+    )
+    .await
+    .unwrap();
     assert_eq!(report, Default::default());
 
     // The shard index follows the moved layout: garbage collection keeps every shard
     // cold/b and keep/c use now, and a metadata snapshot's shards, and takes nothing else.
     let snapshot = tmp.path().join("snapshot.bin");
     std::fs::write(&snapshot, data(50_000)).unwrap();
-    let manifest = cluster
-        .gateway
-        .store_snapshot(&snapshot, None)
-        .await
-        .unwrap();
-    let gc =
-        sublet_gateway::audit::collect_garbage(&cluster.gateway, None, std::time::Duration::ZERO)
+    let manifest =
+        sublet_gateway::upkeep::snapshot::store_snapshot(&cluster.gateway, &snapshot, None)
             .await
             .unwrap();
+    let gc = sublet_gateway::upkeep::audit::collect_garbage(
+        &cluster.gateway,
+        None,
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
     assert_eq!(gc.deleted, 0, "{gc:?}");
     let (s, _, b) = call(&svc, Method::GET, "/life/cold/b", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
@@ -1649,7 +1654,9 @@ async fn lifecycle_rules_expire_transition_and_abort() {
         b == cold,
         "the moved object reads back differently after gc"
     );
-    let back = cluster.gateway.read_snapshot(&manifest).await.unwrap();
+    let back = sublet_gateway::upkeep::snapshot::read_snapshot(&cluster.gateway, &manifest)
+        .await
+        .unwrap();
     assert!(
         back == data(50_000),
         "the snapshot reads back differently after gc"
@@ -1686,18 +1693,22 @@ async fn lifecycle_on_versioned_buckets_keeps_noncurrent_versions_until_due() {
     assert_eq!(all_version_ids(&svc, "vlife").await.len(), 2);
     let now = now_ms();
     // One day on, the overwritten version is noncurrent for 1 day only: kept.
-    let report = cluster
-        .gateway
-        .lifecycle_pass(&Vec::new(), now + DAY_MS)
-        .await
-        .unwrap();
+    let report = sublet_gateway::upkeep::lifecycle::lifecycle_pass(
+        &cluster.gateway,
+        &Vec::new(),
+        now + DAY_MS,
+    )
+    .await
+    .unwrap();
     assert_eq!(report, Default::default());
     // Three days on: it goes; the current one stays.
-    let report = cluster
-        .gateway
-        .lifecycle_pass(&Vec::new(), now + 3 * DAY_MS)
-        .await
-        .unwrap();
+    let report = sublet_gateway::upkeep::lifecycle::lifecycle_pass(
+        &cluster.gateway,
+        &Vec::new(),
+        now + 3 * DAY_MS,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.noncurrent_deleted, 1, "{report:?}");
     assert_eq!(all_version_ids(&svc, "vlife").await.len(), 1);
     let (s, _, b) = call(&svc, Method::GET, "/vlife/k", &[], vec![]).await;
@@ -1706,11 +1717,13 @@ async fn lifecycle_on_versioned_buckets_keeps_noncurrent_versions_until_due() {
     // Six days on: the current version expires behind a delete marker (the data stays,
     // noncurrent); eight days on that version is noncurrent past 2 days and goes, and
     // the lone delete marker is removed on the pass after.
-    let report = cluster
-        .gateway
-        .lifecycle_pass(&Vec::new(), now + 6 * DAY_MS)
-        .await
-        .unwrap();
+    let report = sublet_gateway::upkeep::lifecycle::lifecycle_pass(
+        &cluster.gateway,
+        &Vec::new(),
+        now + 6 * DAY_MS,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.expired, 1, "{report:?}");
     let (s, _, _) = call(&svc, Method::GET, "/vlife/k", &[], vec![]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -1718,11 +1731,10 @@ async fn lifecycle_on_versioned_buckets_keeps_noncurrent_versions_until_due() {
     let mut later = now + 9 * DAY_MS;
     let mut removed = 0;
     for _ in 0..2 {
-        let report = cluster
-            .gateway
-            .lifecycle_pass(&Vec::new(), later)
-            .await
-            .unwrap();
+        let report =
+            sublet_gateway::upkeep::lifecycle::lifecycle_pass(&cluster.gateway, &Vec::new(), later)
+                .await
+                .unwrap();
         removed += report.noncurrent_deleted + report.markers_removed;
         later += DAY_MS;
     }
@@ -1792,11 +1804,13 @@ async fn objects_in_metadata_keep_versions_and_move_by_lifecycle() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let report = cluster
-        .gateway
-        .lifecycle_pass(&Vec::new(), now_ms() + 2 * DAY_MS)
-        .await
-        .unwrap();
+    let report = sublet_gateway::upkeep::lifecycle::lifecycle_pass(
+        &cluster.gateway,
+        &Vec::new(),
+        now_ms() + 2 * DAY_MS,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.transitioned, report.failed), (2, 0), "{report:?}");
     for (key, body, plan) in [
         ("in/a", data(1000), "inline"),
@@ -1810,10 +1824,13 @@ async fn objects_in_metadata_keep_versions_and_move_by_lifecycle() {
     // out/b now has its three copies; in/a's old shards stay a while for reads in flight
     // (out/b's metadata copy needs none), and garbage collection leaves them alone.
     assert_eq!(shard_files(tmp.path()), 6 + 3);
-    let gc =
-        sublet_gateway::audit::collect_garbage(&cluster.gateway, None, std::time::Duration::ZERO)
-            .await
-            .unwrap();
+    let gc = sublet_gateway::upkeep::audit::collect_garbage(
+        &cluster.gateway,
+        None,
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
     assert_eq!(gc.deleted, 0, "{gc:?}");
     let (s, _, b) = call(&svc, Method::GET, "/lcy/in/a", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);

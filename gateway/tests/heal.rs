@@ -13,13 +13,13 @@ use http_body_util::BodyExt;
 use s3s::Body;
 use s3s::service::S3Service;
 use serde_json::Value;
-use sublet_gateway::audit::{audit_round, collect_garbage};
-use sublet_gateway::dev;
-use sublet_gateway::health::RebuildPolicy;
-use sublet_gateway::layout::Scheme;
+use sublet_gateway::datapath::layout::Scheme;
 use sublet_gateway::meta::MetadataStore;
-use sublet_gateway::repair::Repairer;
-use sublet_gateway::s3::Plan;
+use sublet_gateway::node::Plan;
+use sublet_gateway::node::health::RebuildPolicy;
+use sublet_gateway::runtime::dev;
+use sublet_gateway::upkeep::audit::{audit_round, collect_garbage};
+use sublet_gateway::upkeep::repair::Repairer;
 use sublet_provider::identity::NodeIdentity;
 use sublet_provider::server::{self, ProviderConfig, RunningProvider};
 
@@ -142,7 +142,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     let gateway = Arc::clone(&cluster.gateway);
     let meta = Arc::clone(gateway.metadata());
     let svc = dev::service(Arc::clone(&gateway), None);
-    let admin_addr = sublet_gateway::metrics::spawn_admin(
+    let admin_addr = sublet_gateway::admin::server::spawn_admin(
         "127.0.0.1:0".parse().unwrap(),
         cluster.metrics.clone(),
         Arc::clone(&gateway),
@@ -194,7 +194,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     assert_eq!(pool["shards"], 12 * 4 * 6);
 
     // Two providers die just after answering a probe.
-    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
+    sublet_gateway::runtime::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
     let dead = [0usize, 1];
     let mut revive = Vec::new();
     for &n in &dead {
@@ -202,7 +202,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
         revive.push((n, p.grpc_addr));
         p.shutdown().await;
     }
-    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
+    sublet_gateway::runtime::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
     let before = holders(meta.as_ref(), &keys);
     let dead_ids: HashSet<&String> = dead.iter().map(|&n| &node_ids[n]).collect();
     let touched = before
@@ -282,7 +282,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     cfg.allowed_clients = vec![gateway_id];
     cfg.zone = format!("dev-{n}");
     providers[n] = Some(server::start(cfg).await.unwrap());
-    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
+    sublet_gateway::runtime::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
     let h = plan_json(&admin).await;
     assert_eq!(h["objectsByHealth"]["healthy"], 12, "{h}");
     assert_eq!(h["shards"]["healthy"], 12 * 4 * 6);
@@ -347,7 +347,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     }
     let installation = format!("{}_", gateway.installation());
     assert_eq!(installation.len(), 13, "{installation}");
-    let background = sublet_gateway::audit::collect_garbage_of(
+    let background = sublet_gateway::upkeep::audit::collect_garbage_of(
         &gateway,
         None,
         Duration::ZERO,
@@ -468,8 +468,8 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
         .filter(|(id, _)| id != dropped)
         .cloned()
         .collect();
-    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
-    sublet_gateway::serve::probe_and_record(&fewer, gateway.health(), &meta).await;
+    sublet_gateway::runtime::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
+    sublet_gateway::runtime::probe_and_record(&fewer, gateway.health(), &meta).await;
     let seen = meta.providers_seen().unwrap();
     assert!(seen[dropped].down_since.is_some());
     assert!(seen[&node_ids[3]].down_since.is_none());
@@ -517,7 +517,7 @@ async fn scrub_finds_corrupt_and_missing_shards_nobody_reads() {
         assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
         bodies.insert(key, body);
     }
-    let file_of = |shard: &sublet_gateway::layout::ShardLocation| {
+    let file_of = |shard: &sublet_gateway::datapath::layout::ShardLocation| {
         let holder = node_ids
             .iter()
             .position(|id| *id == shard.provider)
@@ -552,27 +552,29 @@ async fn scrub_finds_corrupt_and_missing_shards_nobody_reads() {
             })
             .sum::<u64>();
 
-    let report = sublet_gateway::scrub::scrub_pass(&gateway, Some(&cluster.metrics), 0, 1000, None)
-        .await
-        .unwrap();
+    let report =
+        sublet_gateway::upkeep::scrub::scrub_pass(&gateway, Some(&cluster.metrics), 0, 1000, None)
+            .await
+            .unwrap();
     assert_eq!(report.versions, 4, "{report:?}");
     assert_eq!((report.bad, report.unchecked), (2, 0), "{report:?}");
     assert_eq!(report.intact, total - 2, "{report:?}");
     assert_eq!(report.next, None, "{report:?}");
     // A limited pass stops where it says.
-    let first = sublet_gateway::scrub::scrub_pass(&gateway, None, 0, 1, None)
+    let first = sublet_gateway::upkeep::scrub::scrub_pass(&gateway, None, 0, 1, None)
         .await
         .unwrap();
     assert_eq!(first.versions, 1);
-    let rest = sublet_gateway::scrub::scrub_pass(&gateway, None, first.next.unwrap(), 1000, None)
-        .await
-        .unwrap();
+    let rest =
+        sublet_gateway::upkeep::scrub::scrub_pass(&gateway, None, first.next.unwrap(), 1000, None)
+            .await
+            .unwrap();
     assert_eq!(rest.versions, 3, "{rest:?}");
 
     let repairer = Repairer::new(Arc::clone(&gateway), None);
     let fixed = repairer.run_pass("standard", false, 100).await.unwrap();
     assert_eq!((fixed.repaired, fixed.shards_rebuilt), (2, 2), "{fixed:?}");
-    let again = sublet_gateway::scrub::scrub_pass(&gateway, None, 0, 1000, None)
+    let again = sublet_gateway::upkeep::scrub::scrub_pass(&gateway, None, 0, 1000, None)
         .await
         .unwrap();
     assert_eq!((again.bad, again.intact), (0, total), "{again:?}");
@@ -630,13 +632,16 @@ async fn changed_plans_reencode_their_objects() {
             )
         })
         .collect();
-    let nothing = gateway.reencode_pass("standard", 100).await.unwrap();
+    let nothing = sublet_gateway::upkeep::reencode::reencode_pass(&gateway, "standard", 100)
+        .await
+        .unwrap();
     assert_eq!(nothing.outdated, 0, "{nothing:?}");
 
     // The same store and providers, the plan now EC 2+1 and unencrypted.
     let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
     let master =
-        sublet_gateway::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+        sublet_gateway::datapath::codec::MasterKey::load_or_create(&cluster.master_key_path)
+            .unwrap();
     let changed = Plan {
         scheme: Scheme::Erasure { data: 2, parity: 1 },
         encrypt: false,
@@ -645,7 +650,7 @@ async fn changed_plans_reencode_their_objects() {
         ..plan
     };
     let after = Arc::new(
-        sublet_gateway::s3::Gateway::new(
+        sublet_gateway::node::Node::new(
             Arc::clone(&meta),
             Arc::new(master),
             vec![changed.clone()],
@@ -653,18 +658,22 @@ async fn changed_plans_reencode_their_objects() {
         )
         .unwrap()
         .with_placement(
-            sublet_gateway::placement::Topology::flat(ids.iter().map(String::as_str)),
+            sublet_gateway::datapath::placement::Topology::flat(ids.iter().map(String::as_str)),
             Arc::clone(gateway.health()),
         )
         .unwrap(),
     );
-    let first = after.reencode_pass("standard", 2).await.unwrap();
+    let first = sublet_gateway::upkeep::reencode::reencode_pass(&after, "standard", 2)
+        .await
+        .unwrap();
     assert_eq!(
         (first.outdated, first.reencoded, first.failed),
         (3, 2, 0),
         "{first:?}"
     );
-    let rest = after.reencode_pass("standard", 100).await.unwrap();
+    let rest = sublet_gateway::upkeep::reencode::reencode_pass(&after, "standard", 100)
+        .await
+        .unwrap();
     assert_eq!((rest.outdated, rest.reencoded), (1, 1), "{rest:?}");
     let svc = dev::service(Arc::clone(&after), None);
     let mut segments = 0;
@@ -672,7 +681,7 @@ async fn changed_plans_reencode_their_objects() {
         let v = meta.version("bkt", k, None).unwrap().unwrap();
         let layout = v.layout.as_ref().unwrap();
         assert!(
-            sublet_gateway::s3::reencode::conforms(layout, &changed),
+            sublet_gateway::node::rules::conforms(layout, &changed),
             "{k}"
         );
         assert_eq!(v.etag, etags[k], "{k} keeps its ETag");
@@ -690,7 +699,9 @@ async fn changed_plans_reencode_their_objects() {
     let retired = after.retired_shards().len();
     assert_eq!(retired, segments * 6, "every old shard is retired");
     assert_eq!(shard_files(&dirs), segments * 3 + retired);
-    let again = after.reencode_pass("standard", 100).await.unwrap();
+    let again = sublet_gateway::upkeep::reencode::reencode_pass(&after, "standard", 100)
+        .await
+        .unwrap();
     assert_eq!(again.outdated, 0, "{again:?}");
     for p in cluster.providers.drain(..) {
         p.shutdown().await;
@@ -701,7 +712,7 @@ async fn changed_plans_reencode_their_objects() {
 /// flagged by the re-encode pass and repair moves them to the pools the plan names now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shards_move_off_a_pool_a_plan_no_longer_names() {
-    use sublet_gateway::placement::{PlacementRule, PoolRule, Site, Topology};
+    use sublet_gateway::datapath::placement::{PlacementRule, PoolRule, Site, Topology};
     let tmp = tempfile::tempdir().unwrap();
     let plan = erasure_plan(2, 1, 64 << 10);
     let mut cluster = dev::start_cluster_with(
@@ -773,9 +784,10 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
     let before = on_rented(meta.as_ref());
     assert!(before > 0, "some shards start in the rented pool");
     let master =
-        sublet_gateway::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+        sublet_gateway::datapath::codec::MasterKey::load_or_create(&cluster.master_key_path)
+            .unwrap();
     let after = Arc::new(
-        sublet_gateway::s3::Gateway::new(
+        sublet_gateway::node::Node::new(
             Arc::clone(&meta),
             Arc::new(master),
             vec![plan],
@@ -789,7 +801,9 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
             RebuildPolicy::default(),
         )])),
     );
-    let pass = after.reencode_pass("standard", 100).await.unwrap();
+    let pass = sublet_gateway::upkeep::reencode::reencode_pass(&after, "standard", 100)
+        .await
+        .unwrap();
     assert_eq!(
         (pass.outdated, pass.misplaced, pass.moved, pass.failed),
         (0, before as u64, before as u64, 0),
@@ -808,7 +822,9 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
         .map(|n| tmp.path().join("providers").join(n.to_string()))
         .collect();
     assert_eq!(shard_files(&rented_dirs), 0);
-    let again = after.reencode_pass("standard", 100).await.unwrap();
+    let again = sublet_gateway::upkeep::reencode::reencode_pass(&after, "standard", 100)
+        .await
+        .unwrap();
     assert_eq!(again.misplaced, 0, "{again:?}");
     let svc = dev::service(Arc::clone(&after), None);
     for (k, body) in &bodies {
@@ -938,7 +954,7 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
     let dead = cluster.providers.remove(victim);
     let dead_id = dead.node_id.to_string();
     dead.shutdown().await;
-    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
+    sublet_gateway::runtime::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
     let live_dirs: Vec<_> = (0..7)
         .filter(|&n| n != victim)
         .map(|n| tmp.path().join("providers").join(n.to_string()))
@@ -948,8 +964,9 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
     // a running gateway would: a second gateway object shares nothing in memory.
     let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
     let master =
-        sublet_gateway::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
-    let other = sublet_gateway::s3::Gateway::new(
+        sublet_gateway::datapath::codec::MasterKey::load_or_create(&cluster.master_key_path)
+            .unwrap();
+    let other = sublet_gateway::node::Node::new(
         Arc::clone(&meta),
         Arc::new(master),
         gateway.plans().to_vec(),
@@ -957,7 +974,7 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
     )
     .unwrap()
     .with_placement(
-        sublet_gateway::placement::Topology::flat(ids.iter().map(String::as_str)),
+        sublet_gateway::datapath::placement::Topology::flat(ids.iter().map(String::as_str)),
         Arc::clone(gateway.health()),
     )
     .unwrap()
@@ -1039,8 +1056,12 @@ async fn repair_throughput() {
     }
     let dead = cluster.providers.remove(0);
     dead.shutdown().await;
-    sublet_gateway::serve::probe_and_record(&cluster.probes, gateway.health(), gateway.metadata())
-        .await;
+    sublet_gateway::runtime::probe_and_record(
+        &cluster.probes,
+        gateway.health(),
+        gateway.metadata(),
+    )
+    .await;
     let started = std::time::Instant::now();
     let report = Repairer::new(Arc::clone(&gateway), None)
         .run_pass("standard", false, 1000)
@@ -1188,7 +1209,7 @@ fn scrubbed_shards(metrics: &sublet_gateway::metrics::Metrics) -> u64 {
 /// up; without a kept position a new cycle reads everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_scrub_goes_on_where_it_stopped() {
-    use sublet_gateway::scrub::{ScrubPolicy, ScrubPosition, scrub_pass, spawn_loop};
+    use sublet_gateway::upkeep::scrub::{ScrubPolicy, ScrubPosition, scrub_pass, spawn_loop};
     let tmp = tempfile::tempdir().unwrap();
     let plan = erasure_plan(2, 1, 64 << 10);
     let cluster = dev::start_cluster(&tmp.path().join("dev"), 3, vec![plan])
@@ -1239,7 +1260,7 @@ async fn a_restarted_scrub_goes_on_where_it_stopped() {
     let first = scrub_pass(&gateway, None, 0, 1, None).await.unwrap();
     assert_eq!(first.versions, 1);
     let kept = ScrubPosition {
-        cycle_started: sublet_gateway::health::now_ms(),
+        cycle_started: sublet_gateway::node::health::now_ms(),
         after: first.next,
     };
     std::fs::write(&position, serde_json::to_vec(&kept).unwrap()).unwrap();
@@ -1321,7 +1342,7 @@ async fn audit_cycle_cost() {
         let (s, _) = call(&svc, Method::PUT, &format!("/bkt/o{n}"), data(16 << 20, n)).await;
         assert_eq!(s, StatusCode::OK);
     }
-    let samples = sublet_gateway::audit::AuditPolicy::default().samples_per_provider;
+    let samples = sublet_gateway::upkeep::audit::AuditPolicy::default().samples_per_provider;
     let (sent0, read0, cpu0, start) = (
         audit_bytes_sent(&cluster.providers),
         bytes_read(),

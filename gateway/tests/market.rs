@@ -119,7 +119,7 @@ async fn market_pool_contracts_matching_providers_and_stores_on_them() {
         ", maxPricePerGibMonth: 5000, regions: [eu-west]",
         &tmp.path().join("gateway"),
     );
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     // The two providers within the price limit, pinned by the key they signed offers with.
@@ -162,7 +162,7 @@ async fn market_pool_contracts_matching_providers_and_stores_on_them() {
     running.shutdown().await;
 
     // A restarted gateway keeps its contracts instead of signing new ones.
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     let again = market
@@ -195,13 +195,13 @@ async fn market_pool_contracts_matching_providers_and_stores_on_them() {
     std::fs::remove_dir_all(&paths.data_dir).unwrap();
     std::fs::create_dir_all(paths.master_key.parent().unwrap()).unwrap();
     std::fs::rename(&kept, &paths.master_key).unwrap();
-    let done = sublet_gateway::serve::recover(&config, &Default::default(), false)
+    let done = sublet_gateway::runtime::recover(&config, &Default::default(), false)
         .await
         .unwrap();
     assert_eq!(done.replayed.applied, 1, "{:?}", done.replayed);
     assert!(done.replayed.unlisted.is_empty(), "{:?}", done.replayed);
     assert_eq!(done.after.writes, 0, "{:?}", done.after);
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     let after = market
@@ -245,7 +245,7 @@ async fn a_market_pool_contracts_a_new_provider_when_a_contract_ends() {
     let b = lending_provider(&tmp.path().join("b"), &url, 4_000).await;
     wait_for_offers(&market, 2).await;
     let config = rented_pool_gateway(&url, "", &tmp.path().join("gateway"));
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     let identity =
@@ -359,7 +359,7 @@ async fn a_provider_forging_audits_gets_its_periods_flagged_not_paid() {
     let liar = lending_provider(&tmp.path().join("liar"), &url, 3_000).await;
     wait_for_offers(&market, 2).await;
     let config = rented_pool_gateway(&url, "", &tmp.path().join("gateway"));
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     let s3 = Client {
@@ -403,7 +403,7 @@ async fn a_provider_forging_audits_gets_its_periods_flagged_not_paid() {
     liar.forge_audits(true);
     let mut flagged = None;
     for _ in 0..150 {
-        sublet_gateway::audit::audit_round(&running.gateway, None, 8)
+        sublet_gateway::upkeep::audit::audit_round(&running.gateway, None, 8)
             .await
             .unwrap();
         let periods = market

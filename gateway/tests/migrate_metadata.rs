@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use sublet_gateway::layout::{Encryption, Layout, Scheme};
+use sublet_gateway::datapath::layout::{Encryption, Layout, Scheme};
 use sublet_gateway::meta::{
     Bucket, MetadataStore, NULL_VERSION, ObjectVersion, SqliteStore, Versioning,
 };

@@ -119,11 +119,11 @@ spec:
         tmp.path().join("gateway").display(),
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let overrides = sublet_gateway::serve::Overrides {
+    let overrides = sublet_gateway::runtime::Overrides {
         admin_token: Some(ADMIN_TOKEN.into()),
         ..Default::default()
     };
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let a = running.admin_addr.unwrap();
@@ -467,7 +467,7 @@ spec:
 
     // After a restart from the same file the applied plan is still there and readable.
     running.shutdown().await;
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let a = running.admin_addr.unwrap();
@@ -507,11 +507,11 @@ spec:
         .await;
     assert_eq!(r.status, 400, "{}", r.text());
     running.shutdown().await;
-    let read_only = sublet_gateway::serve::Overrides {
+    let read_only = sublet_gateway::runtime::Overrides {
         read_only_policies: true,
         ..overrides
     };
-    let running = sublet_gateway::serve::start(&config, &read_only)
+    let running = sublet_gateway::runtime::start(&config, &read_only)
         .await
         .unwrap();
     let a = running.admin_addr.unwrap();
@@ -539,18 +539,18 @@ spec:
 #[tokio::test]
 async fn a_generated_admin_token_is_kept_in_the_data_dir() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = sublet_gateway::policy::admin_token(None, tmp.path()).unwrap();
+    let first = sublet_gateway::admin::policy::admin_token(None, tmp.path()).unwrap();
     assert!(first.len() >= 32);
     assert_eq!(
-        sublet_gateway::policy::admin_token(None, tmp.path()).unwrap(),
+        sublet_gateway::admin::policy::admin_token(None, tmp.path()).unwrap(),
         first
     );
-    let err = sublet_gateway::policy::admin_token(Some("short"), tmp.path()).unwrap_err();
+    let err = sublet_gateway::admin::policy::admin_token(Some("short"), tmp.path()).unwrap_err();
     assert!(err.to_string().contains("at least 16 characters"), "{err}");
 }
 
 /// Audits performed so far, from the gateway's metrics.
-fn audits_done(running: &sublet_gateway::serve::Running) -> u64 {
+fn audits_done(running: &sublet_gateway::runtime::Running) -> u64 {
     running
         .metrics
         .render()
@@ -614,11 +614,11 @@ spec:
         tmp.path().join("gateway").display(),
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let overrides = sublet_gateway::serve::Overrides {
+    let overrides = sublet_gateway::runtime::Overrides {
         admin_token: Some(ADMIN_TOKEN.into()),
         ..Default::default()
     };
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let a = running.admin_addr.unwrap();
@@ -724,11 +724,11 @@ spec:
         tmp.path().join("gateway").display(),
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let overrides = sublet_gateway::serve::Overrides {
+    let overrides = sublet_gateway::runtime::Overrides {
         admin_token: Some(ADMIN_TOKEN.into()),
         ..Default::default()
     };
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let a = running.admin_addr.unwrap();

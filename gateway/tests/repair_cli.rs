@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use s3s::Body;
 use s3s::service::S3Service;
 use serde_json::Value;
-use sublet_gateway::repair::{RepairCommand, run_command};
+use sublet_gateway::runtime::repair::{RepairCommand, run_command};
 use sublet_provider::server::{self, ProviderConfig};
 
 const TOKEN: &str = "repair-test-token-0123456789";
@@ -103,11 +103,11 @@ spec:
     let config_path = tmp.path().join("sublet.yaml");
     std::fs::write(&config_path, &yaml).unwrap();
     let config = sublet_crds::load_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     let admin = format!("http://{}", running.admin_addr.unwrap());
-    let svc = sublet_gateway::dev::service(Arc::clone(&running.gateway), None);
+    let svc = sublet_gateway::runtime::dev::service(Arc::clone(&running.gateway), None);
     assert_eq!(
         call(&svc, Method::PUT, "/bkt", vec![]).await.0,
         StatusCode::OK

@@ -127,7 +127,7 @@ spec:
     let config_path = tmp.path().join("sublet.yaml");
     std::fs::write(&config_path, &yaml).unwrap();
     let config = sublet_crds::load_file(&config_path).unwrap_or_else(|e| panic!("{e}"));
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     assert!(
@@ -399,7 +399,7 @@ spec:
         tmp.path().display()
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let err = sublet_gateway::serve::start(&config, &Default::default())
+    let err = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .err()
         .expect("serve must refuse an unpinned provider")
@@ -443,7 +443,7 @@ spec:
         dir = tmp.path().display()
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     assert!(running.tls);
@@ -559,14 +559,14 @@ async fn serve_runs_the_config_the_operator_renders() {
         .replace("0.0.0.0:9000", "127.0.0.1:0");
     let config = sublet_crds::load_str("rendered.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
     // The pod's environment: keys and the provider token from Secrets.
-    let overrides = sublet_gateway::serve::Overrides {
+    let overrides = sublet_gateway::runtime::Overrides {
         data_dir: Some(tmp.path().join("gateway")),
         provider_token: Some(TOKEN.into()),
         full_access_key: Some(("operator-key".into(), "operator-secret-0123456789".into())),
         admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Default::default()
     };
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     assert_eq!(running.providers.len(), 3);
@@ -685,10 +685,10 @@ fn lose_metadata(data_dir: &Path) {
 async fn metadata_is_recovered_from_snapshots_on_providers() {
     let tmp = tempfile::tempdir().unwrap();
     let (providers, config, data_dir) = recoverable_gateway(tmp.path()).await;
-    let overrides = sublet_gateway::serve::Overrides::default();
+    let overrides = sublet_gateway::runtime::Overrides::default();
 
     // Nothing to recover from yet: a clear error, and nothing written.
-    let err = sublet_gateway::serve::recover(&config, &overrides, false)
+    let err = sublet_gateway::runtime::recover(&config, &overrides, false)
         .await
         .unwrap_err();
     assert!(
@@ -696,7 +696,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         "{err:#}"
     );
 
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let client = Client::admin(running.s3_addr);
@@ -721,12 +721,14 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
         running.snapshot_now().await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let manifests = sublet_gateway::recover::manifest_ids(&running_clients(&providers)).await;
+    let manifests =
+        sublet_gateway::upkeep::snapshot::manifest_ids(&running_clients(&providers)).await;
     assert_eq!(manifests.len(), 3, "{manifests:?}");
     // Every kept snapshot contains the changes so far: their journal segments are gone.
     let installation = running.gateway.installation().to_owned();
     let journal = || async {
-        sublet_gateway::journal::list_segments(&installation, &running_clients(&providers)).await
+        sublet_gateway::meta::journal::list_segments(&installation, &running_clients(&providers))
+            .await
     };
     let (segments, _) = journal().await;
     assert!(segments.is_empty(), "not trimmed: {segments:?}");
@@ -763,14 +765,14 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     // The disk is lost, the master key was backed up.
     let metadata = data_dir.join("metadata.db");
     assert!(metadata.exists());
-    let err = sublet_gateway::serve::recover(&config, &overrides, false)
+    let err = sublet_gateway::runtime::recover(&config, &overrides, false)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("exists"), "{err:#}");
     lose_metadata(&data_dir);
     // The node key went with the disk: the master key makes the same node again.
     std::fs::remove_dir_all(data_dir.join("identity")).unwrap();
-    let done = sublet_gateway::serve::recover(&config, &overrides, false)
+    let done = sublet_gateway::runtime::recover(&config, &overrides, false)
         .await
         .unwrap();
     assert_eq!(done.path, metadata);
@@ -787,7 +789,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     assert_eq!(done.after.writes, 0, "{:?}", done.after);
     assert!(done.after.unlisted.is_empty(), "{:?}", done.after);
 
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let client = Client::admin(running.s3_addr);
@@ -816,7 +818,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     // Started on an empty disk again (a volume lost with its node), the gateway does not
     // serve empty buckets: it recovers first, by itself.
     lose_metadata(&data_dir);
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let client = Client {
@@ -856,11 +858,11 @@ const ADMIN_TOKEN: &str = "recover-admin-token-0123456789";
 async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
     let tmp = tempfile::tempdir().unwrap();
     let (providers, config, data_dir) = recoverable_gateway(tmp.path()).await;
-    let overrides = sublet_gateway::serve::Overrides {
+    let overrides = sublet_gateway::runtime::Overrides {
         admin_token: Some(ADMIN_TOKEN.into()),
         ..Default::default()
     };
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let client = Client::admin(running.s3_addr);
@@ -897,7 +899,7 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
     );
     running.shutdown().await;
     assert!(
-        sublet_gateway::recover::manifest_ids(&running_clients(&providers))
+        sublet_gateway::upkeep::snapshot::manifest_ids(&running_clients(&providers))
             .await
             .is_empty(),
         "no snapshot is due in the first interval"
@@ -905,7 +907,7 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
 
     lose_metadata(&data_dir);
     std::fs::remove_file(data_dir.join("policies.yaml")).unwrap();
-    let done = sublet_gateway::serve::recover(&config, &overrides, false)
+    let done = sublet_gateway::runtime::recover(&config, &overrides, false)
         .await
         .unwrap();
     assert!(done.manifest.is_none());
@@ -914,7 +916,7 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
     assert_eq!(done.overlay, Some(data_dir.join("policies.yaml")));
     assert_eq!(done.after.writes, 0, "{:?}", done.after);
 
-    let running = sublet_gateway::serve::start(&config, &overrides)
+    let running = sublet_gateway::runtime::start(&config, &overrides)
         .await
         .unwrap();
     let client = Client {
@@ -999,7 +1001,7 @@ async fn buckets_on_another_s3_server_hold_shards() {
     );
     let cloud_config =
         sublet_crds::load_str("cloud.yaml", &cloud_yaml).unwrap_or_else(|e| panic!("{e}"));
-    let cloud = sublet_gateway::serve::start(&cloud_config, &Default::default())
+    let cloud = sublet_gateway::runtime::start(&cloud_config, &Default::default())
         .await
         .unwrap();
     let cloud_client = Client {
@@ -1033,7 +1035,7 @@ async fn buckets_on_another_s3_server_hold_shards() {
         tmp.path().join("gateway").display()
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
-    let running = sublet_gateway::serve::start(&config, &Default::default())
+    let running = sublet_gateway::runtime::start(&config, &Default::default())
         .await
         .unwrap();
     let client = Client::admin(running.s3_addr);

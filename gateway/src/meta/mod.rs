@@ -2,6 +2,8 @@
 //! live. The S3 layer talks to the [`MetadataStore`] trait only; SQLite is the embedded default,
 //! PostgreSQL the store several gateway replicas share.
 
+pub mod journal;
+
 mod copy;
 mod postgres;
 mod postgres_tls;
@@ -19,7 +21,7 @@ pub use sqlite::SqliteStore;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::Layout;
+use crate::datapath::layout::Layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -532,7 +534,7 @@ pub fn take_commit_hook() -> Option<CommitHook> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::layout::{Encryption, Scheme};
+    use crate::datapath::layout::{Encryption, Scheme};
 
     /// Runs each store-agnostic test on SQLite and on PostgreSQL.
     macro_rules! on_every_store {
@@ -999,7 +1001,7 @@ mod tests {
 
     /// A 4+2 version with `segments` segments, shard `i` on provider `n{i}`.
     fn striped(key: &str, segments: usize) -> ObjectVersion {
-        use crate::layout::{Segment, ShardLocation};
+        use crate::datapath::layout::{Segment, ShardLocation};
         let mut v = version(key, NULL_VERSION, 100);
         let layout = v.layout.as_mut().unwrap();
         layout.inline = None;

@@ -26,7 +26,7 @@ use super::{
     ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage, VersionQuery,
     Versioning, sqlite::group_of,
 };
-use crate::layout::Layout;
+use crate::datapath::layout::Layout;
 
 /// Keys sort and compare bytewise (S3 order), whatever the database's default collation.
 const SCHEMA: &str = r#"
@@ -1668,7 +1668,7 @@ mod tests {
     use std::sync::Barrier;
 
     use super::*;
-    use crate::layout::{Encryption, Scheme, Segment, ShardLocation};
+    use crate::datapath::layout::{Encryption, Scheme, Segment, ShardLocation};
     use crate::meta::test_postgres;
     use crate::meta::{NULL_VERSION, copy_store};
 

@@ -18,7 +18,7 @@ use super::{
     Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage, VersionQuery,
     Versioning,
 };
-use crate::layout::Layout;
+use crate::datapath::layout::Layout;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS buckets (

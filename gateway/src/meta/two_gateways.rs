@@ -10,10 +10,10 @@ use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use s3s::Body;
 
-use crate::dev;
-use crate::layout::Scheme;
+use crate::datapath::layout::Scheme;
 use crate::meta::{MetadataStore, PostgresStore};
-use crate::s3::{Gateway, Plan};
+use crate::node::{Node, Plan};
+use crate::runtime::dev;
 
 type Svc = s3s::service::S3Service;
 
@@ -74,9 +74,10 @@ async fn two_gateways_on_one_database_lose_nothing() {
         .unwrap();
     let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
     let gateway = |store: PostgresStore| {
-        let master = crate::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+        let master =
+            crate::datapath::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
         Arc::new(
-            Gateway::new(
+            Node::new(
                 Arc::new(store) as Arc<dyn MetadataStore>,
                 Arc::new(master),
                 vec![plan.clone()],
@@ -86,7 +87,7 @@ async fn two_gateways_on_one_database_lose_nothing() {
             )
             .unwrap()
             .with_placement(
-                crate::placement::Topology::flat(ids.iter().map(String::as_str)),
+                crate::datapath::placement::Topology::flat(ids.iter().map(String::as_str)),
                 Arc::clone(cluster.gateway.health()),
             )
             .unwrap(),

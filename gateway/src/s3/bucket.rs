@@ -3,8 +3,9 @@
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
-use super::{Gateway, now_ms, timestamp};
+use super::{Gateway, timestamp};
 use crate::meta::{self, Versioning};
+use crate::node::now_ms;
 
 impl Gateway {
     pub(super) async fn do_create_bucket(
@@ -46,7 +47,7 @@ impl Gateway {
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         // A key with per-bucket grants sees only the buckets it may use.
-        let grants = req.extensions.get::<crate::auth::Grants>();
+        let grants = req.extensions.get::<crate::s3::auth::Grants>();
         let buckets = self
             .meta(|m| m.buckets())
             .await?

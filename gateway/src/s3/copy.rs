@@ -5,9 +5,10 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::get::Preconditions;
-use super::put::{new_version_id, reported_version_id};
-use super::{Gateway, etag, now_ms, timestamp};
+use super::{Gateway, etag, timestamp};
 use crate::meta::ObjectVersion;
+use crate::node::now_ms;
+use crate::node::write::{new_version_id, reported_version_id};
 
 /// Bucket, key and optional version id of an `x-amz-copy-source`.
 pub(super) fn copy_source(cs: &CopySource) -> S3Result<(String, String, Option<String>)> {
@@ -97,7 +98,7 @@ impl Gateway {
             .await?;
         if written.size != source.size {
             self.free(Some(&written.layout)).await;
-            return Err(super::internal(format!(
+            return Err(crate::error::internal(format!(
                 "copying {src_bucket}/{src_key}: read {} bytes, expected {}",
                 written.size, source.size
             )));

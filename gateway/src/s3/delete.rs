@@ -3,75 +3,9 @@
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
-use super::put::{random_uid, reported_version_id};
-use super::{Gateway, now_ms};
-use crate::meta::{self, NULL_VERSION, ObjectVersion, Versioning};
-
-/// What a delete did, as S3 reports it.
-pub(super) struct Deleted {
-    version_id: Option<String>,
-    delete_marker: bool,
-}
+use super::Gateway;
 
 impl Gateway {
-    /// Deletes a version for good (with `version_id`), or the key: unversioned
-    /// buckets drop the object, versioned ones stack a delete marker ("null"
-    /// while suspended, replacing the null version). Deleting what is missing
-    /// succeeds, as in S3.
-    pub(super) async fn delete_key(
-        &self,
-        bucket: &meta::Bucket,
-        key: &str,
-        version_id: Option<&str>,
-    ) -> S3Result<Deleted> {
-        let (b, k) = (bucket.name.clone(), key.to_string());
-        let marker_id = match (version_id, bucket.versioning) {
-            (Some(id), _) => {
-                let id = id.to_string();
-                let removed = self.meta(move |m| m.delete_version(&b, &k, &id)).await?;
-                let delete_marker = removed.as_ref().is_some_and(|v| v.delete_marker);
-                self.free_removed(removed.as_ref()).await;
-                return Ok(Deleted {
-                    version_id: version_id.map(str::to_string),
-                    delete_marker,
-                });
-            }
-            (None, Versioning::Unversioned) => {
-                let removed = self
-                    .meta(move |m| match m.version(&b, &k, None)? {
-                        Some(latest) => m.delete_version(&b, &k, &latest.version_id),
-                        None => Ok(None),
-                    })
-                    .await?;
-                self.free_removed(removed.as_ref()).await;
-                return Ok(Deleted {
-                    version_id: None,
-                    delete_marker: false,
-                });
-            }
-            (None, Versioning::Enabled) => random_uid(),
-            (None, Versioning::Suspended) => NULL_VERSION.to_string(),
-        };
-        let marker = ObjectVersion {
-            bucket: bucket.name.clone(),
-            key: key.to_string(),
-            version_id: marker_id.clone(),
-            delete_marker: true,
-            size: 0,
-            etag: String::new(),
-            content_type: None,
-            user_metadata: Default::default(),
-            last_modified: now_ms(),
-            plan: String::new(),
-            layout: None,
-        };
-        self.commit_version(marker).await?;
-        Ok(Deleted {
-            version_id: reported_version_id(bucket, &marker_id),
-            delete_marker: true,
-        })
-    }
-
     pub(super) async fn do_delete_object(
         &self,
         req: S3Request<DeleteObjectInput>,

@@ -4,6 +4,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
 use super::{Gateway, etag, timestamp};
+
 use crate::meta::{ListPage, ListQuery, VersionPage, VersionQuery};
 
 const MAX_KEYS: i32 = 1000;

@@ -7,24 +7,19 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::copy::{copy_source, enforce_copy_preconditions};
 use super::get::Preconditions;
-use super::put::{content_md5_matches, new_version_id, random_uid, reported_version_id};
-use super::{Gateway, Plan, etag, internal, now_ms, timestamp};
-use crate::layout::{Encryption, Layout};
+use super::put::content_md5_matches;
+use super::{Gateway, etag, timestamp};
+use crate::datapath::layout::{Encryption, Layout};
+use crate::error::{internal, no_such_upload};
 use crate::meta::{ObjectVersion, Upload, UploadPart, UploadQuery};
+use crate::node::Plan;
+use crate::node::now_ms;
+use crate::node::write::{new_version_id, random_uid, reported_version_id};
 
 /// Parts other than the last must hold at least this many bytes (as in S3).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 const MAX_PART_NUMBER: i32 = 10_000;
 const MAX_LISTED: i32 = 1000;
-
-pub(super) fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> S3Error {
-    S3Error::with_message(
-        S3ErrorCode::NoSuchUpload,
-        format!(
-            "upload {upload_id} of key {key} in bucket {bucket} does not exist (completed, aborted or never started)"
-        ),
-    )
-}
 
 fn check_part_number(n: i32) -> S3Result<()> {
     if (1..=MAX_PART_NUMBER).contains(&n) {

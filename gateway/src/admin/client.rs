@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::policy::Kind;
+use crate::admin::policy::Kind;
 
 /// The admin URL when neither `--admin-url` nor `SUBLET_ADMIN_URL` is set.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9001";
@@ -211,7 +211,7 @@ pub async fn providers(client: &AdminClient, output: Output) -> anyhow::Result<S
     if output != Output::Table {
         return render(&Value::Array(items), output);
     }
-    let now = crate::health::now_ms();
+    let now = crate::node::health::now_ms();
     let rows = items
         .iter()
         .map(|p| {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::now_ms;
 use crate::meta::ShardPos;
 use crate::metrics::Metrics;
-use crate::s3::Gateway;
+use crate::node::Node;
+use crate::node::health::now_ms;
 
 /// Versions read from metadata at a time.
 const BATCH: usize = 100;
@@ -108,7 +108,7 @@ impl Pace {
 /// Scrubs up to `limit` versions after row id `after`, reading at most `bandwidth_limit`
 /// bytes per second.
 pub async fn scrub_pass(
-    gateway: &Gateway,
+    gateway: &Node,
     metrics: Option<&Metrics>,
     after: i64,
     limit: usize,
@@ -159,7 +159,7 @@ pub async fn scrub_pass(
                         };
                         // The whole shard, its outboard checked too (a plain read does not).
                         let get = backend.get(&shard.shard_id);
-                        let (result, read) = match crate::provider_backend::CHECK_OUTBOARD
+                        let (result, read) = match crate::datapath::provider::CHECK_OUTBOARD
                             .scope(true, get)
                             .await
                         {
@@ -271,7 +271,7 @@ impl ScrubPosition {
 /// Scrubs every stored version once per `policy.interval` until `stop` changes, keeping its
 /// position at `position` (when given) so a restart goes on where it stopped.
 pub fn spawn_loop(
-    gateway: Arc<Gateway>,
+    gateway: Arc<Node>,
     metrics: Option<Metrics>,
     policy: ScrubPolicy,
     position: Option<std::path::PathBuf>,

@@ -1,177 +1,15 @@
-//! Metadata snapshots on a timer and `sublet recover`: rebuilding a lost metadata store
-//! from the newest snapshot the providers hold.
+//! `sublet recover`: rebuilding a lost metadata store from the newest snapshot the
+//! providers hold and the journal written after it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sublet_provider::client::ProviderClient;
 
 use crate::meta::MetadataStore;
-use crate::s3::Gateway;
-use crate::s3::snapshot::{KEEP_SNAPSHOTS, MANIFEST_PREFIX, Manifest};
-
-/// How often a standalone gateway snapshots its metadata unless StorageGateway
-/// `spec.snapshotInterval` says otherwise.
-pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Manifest ids any provider lists, newest first.
-pub async fn manifest_ids(clients: &[(String, ProviderClient)]) -> Vec<String> {
-    let mut ids = BTreeSet::new();
-    for (node, client) in clients {
-        let (shards, listed) = client.list_all(MANIFEST_PREFIX).await;
-        ids.extend(shards.into_iter().map(|s| s.shard_id));
-        if let Err(e) = listed {
-            tracing::warn!(provider = %node, error = %e, "listing snapshot manifests failed");
-        }
-    }
-    ids.into_iter().rev().collect()
-}
-
-/// Takes one snapshot: a consistent copy of the store (written next to it, then removed),
-/// stored through the data path; then drops all but the newest [`KEEP_SNAPSHOTS`].
-pub async fn snapshot_once(
-    gateway: &Gateway,
-    meta: &Arc<dyn MetadataStore>,
-    clients: &[(String, ProviderClient)],
-    work_dir: &Path,
-) -> anyhow::Result<Manifest> {
-    // The copy's path is fixed: the timer and `POST /admin/v1/snapshot` take turns.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let copy = work_dir.join("metadata.snapshot.tmp");
-    let _ = std::fs::remove_file(&copy);
-    // Read before the copy: every change journaled up to here was committed before.
-    let journal_cut = gateway.journal().map(|j| j.cut());
-    let store = Arc::clone(meta);
-    let target = copy.clone();
-    tokio::task::spawn_blocking(move || store.snapshot_into(&target))
-        .await
-        .context("snapshot task")?
-        .map_err(|e| anyhow::anyhow!("copying the metadata store: {e}"))?;
-    let stored = gateway.store_snapshot(&copy, journal_cut).await;
-    let _ = std::fs::remove_file(&copy);
-    let manifest = stored.map_err(|e| {
-        anyhow::anyhow!(
-            "storing the metadata snapshot: {}",
-            e.message().unwrap_or("failed")
-        )
-    })?;
-    let ids = manifest_ids(clients).await;
-    let mut older = Vec::new();
-    for id in ids.iter().skip(KEEP_SNAPSHOTS) {
-        if let Some(m) = gateway.fetch_manifest(id).await {
-            older.push(m);
-        }
-    }
-    gateway.drop_snapshots(&older).await;
-    // Journal segments every kept snapshot contains are no longer needed: up to the oldest
-    // kept snapshot's cut (and none while a kept one has no cut or cannot be read).
-    if gateway.journal().is_some() {
-        let mut oldest_cut = None;
-        for id in ids.iter().take(KEEP_SNAPSHOTS) {
-            match gateway.fetch_manifest(id).await.and_then(|m| m.journal_cut) {
-                Some(cut) => oldest_cut = Some(cut),
-                None => {
-                    oldest_cut = None;
-                    break;
-                }
-            }
-        }
-        if let Some(cut) = oldest_cut {
-            let deleted = crate::journal::trim(gateway, clients, &cut).await;
-            tracing::debug!(deleted, upto = %cut, "metadata journal trimmed");
-        }
-    }
-    Ok(manifest)
-}
-
-/// What a snapshot taken on demand (`POST /admin/v1/snapshot`) needs: the timer's inputs.
-#[derive(Clone)]
-pub struct SnapshotSource {
-    pub gateway: Arc<Gateway>,
-    pub meta: Arc<dyn MetadataStore>,
-    pub clients: Vec<(String, ProviderClient)>,
-    pub work_dir: PathBuf,
-}
-
-impl SnapshotSource {
-    /// Takes one snapshot now, as the timer does.
-    pub async fn take(&self) -> anyhow::Result<Manifest> {
-        snapshot_once(&self.gateway, &self.meta, &self.clients, &self.work_dir).await
-    }
-}
-
-/// Snapshots every `every` until `stop` changes, counting from the newest snapshot any
-/// provider holds: a restarted gateway does not wait a full interval again, and gateway
-/// replicas sharing one PostgreSQL database (which snapshot the same store) skip their turn
-/// while another replica's snapshot is recent.
-pub fn spawn_snapshots(
-    gateway: Arc<Gateway>,
-    meta: Arc<dyn MetadataStore>,
-    clients: Vec<(String, ProviderClient)>,
-    work_dir: PathBuf,
-    every: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        // A store never snapshotted waits a whole interval: a fresh gateway has nothing
-        // worth a snapshot yet (and its providers may not answer yet).
-        let mut wait = match newest_snapshot(&clients).await {
-            None => every,
-            newest => until_due(newest, crate::health::now_ms(), every),
-        };
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return,
-            }
-            let newest = newest_snapshot(&clients).await;
-            wait = until_due(newest, crate::health::now_ms(), every);
-            if !wait.is_zero() {
-                tracing::debug!(
-                    ?wait,
-                    "a recent metadata snapshot exists; waiting for the next turn"
-                );
-                continue;
-            }
-            wait = every;
-            if let Err(e) = snapshot_once(&gateway, &meta, &clients, &work_dir).await {
-                tracing::warn!(error = %format!("{e:#}"), "metadata snapshot failed; tried again next interval");
-            }
-        }
-    })
-}
-
-/// Unix ms of the newest snapshot any provider lists.
-async fn newest_snapshot(clients: &[(String, ProviderClient)]) -> Option<i64> {
-    manifest_ids(clients)
-        .await
-        .first()
-        .and_then(|id| id.strip_prefix(MANIFEST_PREFIX))
-        .and_then(|ms| ms.parse().ok())
-}
-
-/// How long until the next snapshot is due, `every` after the newest (`None`: none yet, so
-/// now). A snapshot counts as recent up to a tenth of `every` early, so replicas whose
-/// timers drifted apart do not take one each.
-fn until_due(newest: Option<i64>, now_ms: i64, every: Duration) -> Duration {
-    let Some(newest) = newest else {
-        return Duration::ZERO;
-    };
-    let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
-    let due = newest.saturating_add(every_ms - every_ms / 10);
-    if now_ms >= due {
-        return Duration::ZERO;
-    }
-    // Wake at the full interval, not at the early edge of the window.
-    let wake = newest
-        .saturating_add(every_ms)
-        .min(now_ms.saturating_add(every_ms));
-    Duration::from_millis(u64::try_from(wake - now_ms).unwrap_or(0))
-}
+use crate::node::Node;
+use crate::upkeep::snapshot::{self, MANIFEST_PREFIX, Manifest, manifest_ids};
 
 /// What `sublet recover` restored.
 #[derive(Debug)]
@@ -181,7 +19,7 @@ pub struct Recovered {
     pub manifest: Option<Manifest>,
     pub path: PathBuf,
     /// The metadata journal written after the snapshot, replayed onto it.
-    pub replayed: crate::journal::Replayed,
+    pub replayed: crate::meta::journal::Replayed,
     /// Shards this installation wrote after the snapshot that the restored metadata (with
     /// the journal replayed) does not name: what the lost disk took (see [`after_snapshot`]).
     pub after: AfterSnapshot,
@@ -202,7 +40,7 @@ fn restore_overlay(store: &dyn MetadataStore, overlay: &Path) -> anyhow::Result<
     else {
         return Ok(None);
     };
-    let parsed: crate::policy::Overlay = serde_yaml::from_str(&yaml)
+    let parsed: crate::admin::policy::Overlay = serde_yaml::from_str(&yaml)
         .context("the restored metadata's copy of the policy overlay is unreadable")?;
     parsed.write(overlay)?;
     Ok(Some(overlay.to_path_buf()))
@@ -269,7 +107,7 @@ pub async fn after_snapshot(
 /// overwrite an existing file unless `force`). `gateway` only reads (its own metadata
 /// store is not used).
 pub async fn restore_newest(
-    gateway: &Gateway,
+    gateway: &Node,
     clients: &[(String, ProviderClient)],
     target: &Path,
     overlay: &Path,
@@ -285,20 +123,21 @@ pub async fn restore_newest(
     if ids.is_empty() {
         // A young installation (no snapshot is due in its first interval) has its whole
         // history in the journal: nothing was trimmed without a snapshot.
-        let (segments, _) = crate::journal::list_segments(gateway.installation(), clients).await;
+        let (segments, _) =
+            crate::meta::journal::list_segments(gateway.installation(), clients).await;
         if !segments.is_empty() {
             return replay_onto_empty(gateway, clients, target, overlay).await;
         }
         bail!(
             "no provider holds a metadata snapshot (shards named {MANIFEST_PREFIX}*); `sublet serve` takes one every StorageGateway spec.snapshotInterval (default {} min)",
-            SNAPSHOT_INTERVAL.as_secs() / 60
+            snapshot::SNAPSHOT_INTERVAL.as_secs() / 60
         );
     }
     // Each manifest is fetched once: the newest readable snapshot is restored, and the
     // shards of all of them are snapshots, not lost writes.
     let mut manifests = Vec::with_capacity(ids.len());
     for id in ids {
-        let manifest = gateway.fetch_manifest(&id).await;
+        let manifest = crate::upkeep::snapshot::fetch_manifest(&gateway, &id).await;
         manifests.push((id, manifest));
     }
     let snapshot_shards: std::collections::HashSet<String> = manifests
@@ -312,7 +151,7 @@ pub async fn restore_newest(
             problems.push(format!("{id}: no readable manifest"));
             continue;
         };
-        match gateway.read_snapshot(&manifest).await {
+        match crate::upkeep::snapshot::read_snapshot(&gateway, &manifest).await {
             Ok(bytes) => {
                 if let Some(dir) = target.parent() {
                     std::fs::create_dir_all(dir)
@@ -329,8 +168,8 @@ pub async fn restore_newest(
                     .with_context(|| format!("moving the snapshot to {}", target.display()))?;
                 // Then every change journaled after the snapshot.
                 let store = open_restored(target)?;
-                let replayed = crate::journal::replay(
-                    gateway,
+                let replayed = crate::meta::journal::replay(
+                    gateway.fleet(),
                     gateway.master_key(),
                     clients,
                     &store,
@@ -365,7 +204,7 @@ pub async fn restore_newest(
 /// Builds the store at `target` from the journal alone, for an installation that has no
 /// snapshot yet.
 async fn replay_onto_empty(
-    gateway: &Gateway,
+    gateway: &Node,
     clients: &[(String, ProviderClient)],
     target: &Path,
     overlay: &Path,
@@ -389,7 +228,8 @@ async fn replay_onto_empty(
     let replayed = {
         let store = crate::meta::SqliteStore::open(&tmp)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
-        crate::journal::replay(gateway, gateway.master_key(), clients, &store, None).await
+        crate::meta::journal::replay(gateway.fleet(), gateway.master_key(), clients, &store, None)
+            .await
     };
     std::fs::rename(&tmp, target)
         .with_context(|| format!("moving the rebuilt store to {}", target.display()))?;
@@ -414,36 +254,4 @@ async fn replay_onto_empty(
 fn open_restored(path: &Path) -> anyhow::Result<crate::meta::SqliteStore> {
     crate::meta::SqliteStore::open(path)
         .map_err(|e| anyhow::anyhow!("opening the restored {}: {e}", path.display()))
-}
-
-#[cfg(test)]
-mod schedule_tests {
-    use super::*;
-
-    const HOUR: Duration = Duration::from_secs(3600);
-    const HOUR_MS: i64 = 3_600_000;
-
-    #[test]
-    fn snapshots_are_due_an_interval_after_the_newest() {
-        assert_eq!(until_due(None, 5, HOUR), Duration::ZERO);
-        // Another replica (or this gateway before a restart) took one 10 minutes ago.
-        let now = 100 * HOUR_MS;
-        assert_eq!(
-            until_due(Some(now - 600_000), now, HOUR),
-            Duration::from_secs(50 * 60)
-        );
-        // Due, or overdue after a long outage.
-        assert_eq!(until_due(Some(now - HOUR_MS), now, HOUR), Duration::ZERO);
-        assert_eq!(
-            until_due(Some(now - 30 * HOUR_MS), now, HOUR),
-            Duration::ZERO
-        );
-        // Up to a tenth early still counts: drifted timers do not double the work.
-        assert_eq!(
-            until_due(Some(now - 55 * 60_000), now, HOUR),
-            Duration::ZERO
-        );
-        // A snapshot stamped in the future (a skewed clock) waits one interval at most.
-        assert_eq!(until_due(Some(now + 5 * HOUR_MS), now, HOUR), HOUR);
-    }
 }

@@ -2,7 +2,7 @@
 //! plan's schedule (`minHealthyShards`, `gracePeriod`) into what the admin API, the metrics
 //! and the repair loop report and act on.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sublet_crds::{Rebuild, RebuildWindow, ShardCounts};
@@ -69,13 +69,7 @@ impl RebuildPolicy {
     }
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// The cut and grace the store's health queries take: providers down and unseen since
 /// before the cut have lost their shards.

@@ -15,16 +15,18 @@ use sublet_provider::identity::NodeIdentity;
 use sublet_provider::server::{self, ProviderConfig, RunningProvider};
 use tokio::net::TcpListener;
 
-use crate::auth::KeyRing;
-use crate::codec::MasterKey;
-use crate::dataplane::ShardBackend;
-use crate::health::RebuildPolicy;
-use crate::layout::Scheme;
+use crate::datapath::codec::MasterKey;
+use crate::datapath::layout::Scheme;
+use crate::datapath::observed::ObservedBackend;
+use crate::datapath::placement::{HealthBoard, Topology};
+use crate::datapath::provider::ProviderBackend;
+use crate::datapath::stripes::ShardBackend;
 use crate::meta::SqliteStore;
-use crate::metrics::{MeteredService, Metrics, ObservedBackend};
-use crate::placement::{HealthBoard, Topology};
-use crate::provider_backend::ProviderBackend;
-use crate::s3::{Gateway, Plan};
+use crate::metrics::Metrics;
+use crate::node::health::RebuildPolicy;
+use crate::node::{Node, Plan};
+use crate::s3::auth::KeyRing;
+use crate::s3::http::MeteredService;
 
 /// Providers `sublet dev` runs.
 pub const DEV_PROVIDERS: usize = 6;
@@ -49,7 +51,7 @@ fn plan_from_file(path: &Path) -> anyhow::Result<Plan> {
     let config = sublet_crds::load_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut plans = config.plans.iter();
     match (plans.next(), plans.next()) {
-        (Some((name, plan)), None) => crate::serve::plan_from_spec(name, &plan.spec),
+        (Some((name, plan)), None) => crate::node::config::plan_from_spec(name, &plan.spec),
         _ => anyhow::bail!(
             "the file must hold exactly one StoragePlan, it holds {}",
             config.plans.len()
@@ -101,7 +103,7 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// Running providers; tests may take some out and shut them down.
     pub providers: Vec<RunningProvider>,
-    pub gateway: Arc<Gateway>,
+    pub gateway: Arc<Node>,
     pub credentials: Credentials,
     pub master_key_path: PathBuf,
     /// Request, shard and plan metrics of the gateway.
@@ -249,7 +251,7 @@ pub async fn start_cluster_with(
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", meta_path.display()))?;
     let topology = Topology::flat(backends.iter().map(|b| b.node_id()));
     let gateway = Arc::new(
-        Gateway::new(Arc::new(meta), master, plans, backends)?
+        Node::new(Arc::new(meta), master, plans, backends)?
             .with_metadata_alone()
             .with_placement(topology, Arc::clone(&health))?
             .with_rebuild(rebuild),
@@ -262,9 +264,9 @@ pub async fn start_cluster_with(
         .collect();
     gateway
         .metadata()
-        .record_pools(&pools, crate::health::now_ms())
+        .record_pools(&pools, crate::node::health::now_ms())
         .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
-    crate::serve::probe_and_record(&probes, &health, gateway.metadata()).await;
+    crate::runtime::probe_and_record(&probes, &health, gateway.metadata()).await;
     Ok(Cluster {
         dir: dir.to_path_buf(),
         providers: running,
@@ -277,182 +279,19 @@ pub async fn start_cluster_with(
 }
 
 /// The S3 HTTP service over a gateway; SigV4 with the given credentials (full access) if any.
-pub fn service(gateway: Arc<Gateway>, credentials: Option<&Credentials>) -> S3Service {
+pub fn service(gateway: Arc<Node>, credentials: Option<&Credentials>) -> S3Service {
     let keys = credentials.map(|c| KeyRing::single(&c.access_key, &c.secret_key));
     service_with_keys(gateway, keys)
 }
 
 /// The S3 HTTP service over a gateway; SigV4 and per-bucket grants of `keys` if any.
-pub fn service_with_keys(gateway: Arc<Gateway>, keys: Option<KeyRing>) -> S3Service {
-    let mut builder = S3ServiceBuilder::new(ArcGateway(gateway));
+pub fn service_with_keys(gateway: Arc<Node>, keys: Option<KeyRing>) -> S3Service {
+    let mut builder = S3ServiceBuilder::new(crate::s3::Gateway::new(gateway));
     if let Some(keys) = keys {
         builder.set_auth(keys.clone());
         builder.set_access(keys);
     }
     builder.build()
-}
-
-/// Lets an `Arc<Gateway>` be handed to s3s while the caller keeps a handle.
-struct ArcGateway(Arc<Gateway>);
-
-#[async_trait::async_trait]
-impl s3s::S3 for ArcGateway {
-    async fn create_bucket(
-        &self,
-        req: s3s::S3Request<s3s::dto::CreateBucketInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateBucketOutput>> {
-        self.0.create_bucket(req).await
-    }
-    async fn delete_bucket(
-        &self,
-        req: s3s::S3Request<s3s::dto::DeleteBucketInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteBucketOutput>> {
-        self.0.delete_bucket(req).await
-    }
-    async fn head_bucket(
-        &self,
-        req: s3s::S3Request<s3s::dto::HeadBucketInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadBucketOutput>> {
-        self.0.head_bucket(req).await
-    }
-    async fn list_buckets(
-        &self,
-        req: s3s::S3Request<s3s::dto::ListBucketsInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListBucketsOutput>> {
-        self.0.list_buckets(req).await
-    }
-    async fn get_bucket_location(
-        &self,
-        req: s3s::S3Request<s3s::dto::GetBucketLocationInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetBucketLocationOutput>> {
-        self.0.get_bucket_location(req).await
-    }
-    async fn put_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::PutObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
-        self.0.put_object(req).await
-    }
-    async fn get_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::GetObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
-        self.0.get_object(req).await
-    }
-    async fn head_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
-        self.0.head_object(req).await
-    }
-    async fn delete_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
-        self.0.delete_object(req).await
-    }
-    async fn delete_objects(
-        &self,
-        req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
-        self.0.delete_objects(req).await
-    }
-    async fn list_objects(
-        &self,
-        req: s3s::S3Request<s3s::dto::ListObjectsInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsOutput>> {
-        self.0.list_objects(req).await
-    }
-    async fn list_objects_v2(
-        &self,
-        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
-        self.0.list_objects_v2(req).await
-    }
-    async fn put_bucket_versioning(
-        &self,
-        req: s3s::S3Request<s3s::dto::PutBucketVersioningInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutBucketVersioningOutput>> {
-        self.0.put_bucket_versioning(req).await
-    }
-    async fn get_bucket_versioning(
-        &self,
-        req: s3s::S3Request<s3s::dto::GetBucketVersioningInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetBucketVersioningOutput>> {
-        self.0.get_bucket_versioning(req).await
-    }
-    async fn put_bucket_lifecycle_configuration(
-        &self,
-        req: s3s::S3Request<s3s::dto::PutBucketLifecycleConfigurationInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutBucketLifecycleConfigurationOutput>> {
-        self.0.put_bucket_lifecycle_configuration(req).await
-    }
-    async fn get_bucket_lifecycle_configuration(
-        &self,
-        req: s3s::S3Request<s3s::dto::GetBucketLifecycleConfigurationInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetBucketLifecycleConfigurationOutput>> {
-        self.0.get_bucket_lifecycle_configuration(req).await
-    }
-    async fn delete_bucket_lifecycle(
-        &self,
-        req: s3s::S3Request<s3s::dto::DeleteBucketLifecycleInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteBucketLifecycleOutput>> {
-        self.0.delete_bucket_lifecycle(req).await
-    }
-    async fn list_object_versions(
-        &self,
-        req: s3s::S3Request<s3s::dto::ListObjectVersionsInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectVersionsOutput>> {
-        self.0.list_object_versions(req).await
-    }
-    async fn copy_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::CopyObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CopyObjectOutput>> {
-        self.0.copy_object(req).await
-    }
-    async fn create_multipart_upload(
-        &self,
-        req: s3s::S3Request<s3s::dto::CreateMultipartUploadInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateMultipartUploadOutput>> {
-        self.0.create_multipart_upload(req).await
-    }
-    async fn upload_part(
-        &self,
-        req: s3s::S3Request<s3s::dto::UploadPartInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartOutput>> {
-        self.0.upload_part(req).await
-    }
-    async fn upload_part_copy(
-        &self,
-        req: s3s::S3Request<s3s::dto::UploadPartCopyInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartCopyOutput>> {
-        self.0.upload_part_copy(req).await
-    }
-    async fn complete_multipart_upload(
-        &self,
-        req: s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CompleteMultipartUploadOutput>> {
-        self.0.complete_multipart_upload(req).await
-    }
-    async fn abort_multipart_upload(
-        &self,
-        req: s3s::S3Request<s3s::dto::AbortMultipartUploadInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::AbortMultipartUploadOutput>> {
-        self.0.abort_multipart_upload(req).await
-    }
-    async fn list_parts(
-        &self,
-        req: s3s::S3Request<s3s::dto::ListPartsInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListPartsOutput>> {
-        self.0.list_parts(req).await
-    }
-    async fn list_multipart_uploads(
-        &self,
-        req: s3s::S3Request<s3s::dto::ListMultipartUploadsInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListMultipartUploadsOutput>> {
-        self.0.list_multipart_uploads(req).await
-    }
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves.
@@ -502,11 +341,11 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     let addr = listener.local_addr()?;
     // The admin API's actions want a token, as with `sublet serve`: the state directory's
     // `admin.token`, made on first start.
-    let token = crate::policy::admin_token(None, &cluster.dir)?;
-    let token_path = cluster.dir.join(crate::policy::TOKEN_FILE);
+    let token = crate::admin::policy::admin_token(None, &cluster.dir)?;
+    let token_path = cluster.dir.join(crate::admin::policy::TOKEN_FILE);
     // Metrics are a convenience here: several dev clusters (tests) may run at once, so a
     // busy admin address must not stop the cluster.
-    let admin = match crate::metrics::spawn_admin(
+    let admin = match crate::admin::server::spawn_admin(
         admin_listen,
         cluster.metrics.clone(),
         Arc::clone(&cluster.gateway),
@@ -521,7 +360,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         }
     };
     let (_stop_probes, stop) = tokio::sync::watch::channel(false);
-    let probing = crate::serve::spawn_probes(
+    let probing = crate::runtime::spawn_probes(
         sublet_crds::StorageGatewaySpec::DEFAULT_PROBE_INTERVAL,
         Arc::new(std::sync::RwLock::new(cluster.probes.clone())),
         Vec::new(),
@@ -529,41 +368,41 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         Arc::clone(cluster.gateway.metadata()),
         stop.clone(),
     );
-    let repairing = crate::repair::spawn_loop(
+    let repairing = crate::upkeep::repair::spawn_loop(
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
-        crate::repair::LOOP_INTERVAL,
+        crate::upkeep::repair::LOOP_INTERVAL,
         stop.clone(),
     );
-    let auditing = crate::audit::spawn_loop(
+    let auditing = crate::upkeep::audit::spawn_loop(
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
         stop.clone(),
     );
-    let scrubbing = crate::scrub::spawn_loop(
+    let scrubbing = crate::upkeep::scrub::spawn_loop(
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
-        crate::scrub::ScrubPolicy::default(),
-        Some(cluster.dir.join(crate::scrub::POSITION_FILE)),
+        crate::upkeep::scrub::ScrubPolicy::default(),
+        Some(cluster.dir.join(crate::upkeep::scrub::POSITION_FILE)),
         stop.clone(),
     );
-    let reencoding = crate::s3::reencode::spawn_reencode(
+    let reencoding = crate::upkeep::reencode::spawn_reencode(
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
-        crate::s3::reencode::REENCODE_INTERVAL,
+        crate::upkeep::reencode::REENCODE_INTERVAL,
         stop.clone(),
     );
-    let collecting = crate::audit::spawn_gc_loop(
+    let collecting = crate::upkeep::audit::spawn_gc_loop(
         Arc::clone(&cluster.gateway),
         Some(cluster.metrics.clone()),
-        crate::audit::GC_INTERVAL,
-        crate::audit::GC_MIN_AGE,
+        crate::upkeep::audit::GC_INTERVAL,
+        crate::upkeep::audit::GC_MIN_AGE,
         stop.clone(),
     );
     // Bucket lifecycle rules (PutBucketLifecycleConfiguration); dev has no schedules.
-    let lifecycle = crate::s3::spawn_lifecycle(
+    let lifecycle = crate::upkeep::lifecycle::spawn_lifecycle(
         Arc::clone(&cluster.gateway),
-        crate::s3::LIFECYCLE_INTERVAL,
+        crate::upkeep::lifecycle::LIFECYCLE_INTERVAL,
         stop,
     );
     let endpoint = format!("http://{addr}");
@@ -601,7 +440,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!("  {env} aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/");
     let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
     let svc = MeteredService::new(svc, cluster.metrics.clone());
-    crate::serve::serve_s3(listener, svc, None, crate::serve::stop_signal()).await;
+    crate::runtime::serve_s3(listener, svc, None, crate::runtime::stop_signal()).await;
     tracing::info!("shutting down");
     probing.abort();
     lifecycle.abort();

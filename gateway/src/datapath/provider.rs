@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sublet_provider::client::ProviderClient;
 
-use crate::dataplane::{BackendError, ShardBackend};
+use crate::datapath::stripes::{BackendError, ShardBackend};
 
 tokio::task_local! {
     /// Set (by a scrub) around a shard read to have the provider check the shard's outboard

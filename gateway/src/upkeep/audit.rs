@@ -3,7 +3,7 @@
 //! An audit asks a provider for a random slice of a random shard it holds and verifies the
 //! answer against the BLAKE3 hash recorded at write time (the provider sends a BLAKE3 tree proof,
 //! so it cannot pass by claiming). A failed audit flags the shard for repair and lowers the
-//! provider's record; [`crate::placement::AUDIT_STRIKES`] failures in a row stop new placements
+//! provider's record; [`crate::datapath::placement::AUDIT_STRIKES`] failures in a row stop new placements
 //! there until an audit passes. Garbage collection removes shards no metadata references
 //! (aborted uploads, deleted objects, crashed writes, repaired-away copies) once they are
 //! older than a safety delay.
@@ -14,52 +14,14 @@ use std::time::Duration;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::health::now_ms;
 use crate::metrics::Metrics;
-use crate::s3::Gateway;
-use crate::s3::snapshot::MANIFEST_PREFIX;
+use crate::node::Node;
+use crate::node::health::now_ms;
+pub use crate::node::rules::AuditPolicy;
+use crate::upkeep::snapshot::MANIFEST_PREFIX;
 
 /// Longest slice an audit asks for.
 pub const MAX_AUDIT_SLICE: u64 = 64 << 10;
-
-/// How often and how hard providers are audited: the tightest of the plans' schedules.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditPolicy {
-    pub interval: Duration,
-    pub samples_per_provider: usize,
-}
-
-impl Default for AuditPolicy {
-    fn default() -> Self {
-        let audit = sublet_crds::Audit::default();
-        AuditPolicy {
-            interval: audit.interval.as_std(),
-            samples_per_provider: usize::try_from(audit.samples_per_provider).unwrap_or(64),
-        }
-    }
-}
-
-impl AuditPolicy {
-    /// The shortest interval and the most samples among `audits`; the defaults when none.
-    pub fn tightest<'a>(audits: impl IntoIterator<Item = &'a sublet_crds::Audit>) -> Self {
-        let mut out: Option<AuditPolicy> = None;
-        for a in audits {
-            let interval = a.interval.as_std().max(Duration::from_secs(1));
-            let samples = usize::try_from(a.samples_per_provider).unwrap_or(64);
-            out = Some(match out {
-                None => AuditPolicy {
-                    interval,
-                    samples_per_provider: samples,
-                },
-                Some(o) => AuditPolicy {
-                    interval: o.interval.min(interval),
-                    samples_per_provider: o.samples_per_provider.max(samples),
-                },
-            });
-        }
-        out.unwrap_or_default()
-    }
-}
 
 /// What one audit round found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +36,7 @@ pub struct AuditReport {
 
 /// Audits `samples` random shards on every provider that answers probes.
 pub async fn audit_round(
-    gateway: &Gateway,
+    gateway: &Node,
     metrics: Option<&Metrics>,
     samples: usize,
 ) -> anyhow::Result<AuditReport> {
@@ -178,7 +140,7 @@ pub const GC_MIN_AGE: Duration = Duration::from_secs(24 * 3600);
 /// demander's gateway only the shards in its own namespace, so market pools are collected
 /// like the gateway's own providers.
 pub async fn collect_garbage(
-    gateway: &Gateway,
+    gateway: &Node,
     metrics: Option<&Metrics>,
     min_age: Duration,
 ) -> anyhow::Result<GcReport> {
@@ -189,7 +151,7 @@ pub async fn collect_garbage(
 /// background collection passes this installation's tag, so shards another installation
 /// wrote to a provider both use are never its garbage.
 pub async fn collect_garbage_of(
-    gateway: &Gateway,
+    gateway: &Node,
     metrics: Option<&Metrics>,
     min_age: Duration,
     prefix: Option<&str>,
@@ -222,7 +184,7 @@ pub async fn collect_garbage_of(
     // Shards a lifecycle transition replaced serve reads in flight for a while yet.
     let mut kept_shards = gateway.retired_shards();
     for id in manifests {
-        match gateway.fetch_manifest(id).await {
+        match crate::upkeep::snapshot::fetch_manifest(&gateway, id).await {
             Some(m) => kept_shards.extend(m.layout.shards().map(|s| s.shard_id.clone())),
             None => anyhow::bail!(
                 "snapshot manifest {id} is unreadable on every provider; garbage collection \
@@ -245,7 +207,7 @@ pub async fn collect_garbage_of(
             }
             if referenced.contains(&id)
                 || id.starts_with(MANIFEST_PREFIX)
-                || id.starts_with(crate::journal::JOURNAL_PREFIX)
+                || id.starts_with(crate::meta::journal::JOURNAL_PREFIX)
                 || kept_shards.contains(&id)
             {
                 continue;
@@ -274,7 +236,7 @@ pub async fn collect_garbage_of(
 /// Collects this installation's garbage every `interval` (the first one `interval` after
 /// the start), removing unreferenced shards older than `min_age`, until `stop` changes.
 pub fn spawn_gc_loop(
-    gateway: Arc<Gateway>,
+    gateway: Arc<Node>,
     metrics: Option<Metrics>,
     interval: Duration,
     min_age: Duration,
@@ -307,7 +269,7 @@ pub fn spawn_gc_loop(
 /// round at once, without a restart: from 6h to 1m, a round 10 minutes after the last runs
 /// right away.
 pub fn spawn_loop(
-    gateway: Arc<Gateway>,
+    gateway: Arc<Node>,
     metrics: Option<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {

@@ -29,8 +29,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sublet_crds::{Config, LoadError, LoadErrors};
 
-use crate::health::PlanHealth;
-use crate::s3::{Gateway, PolicySet};
+use crate::node::health::PlanHealth;
+use crate::node::{Node, PolicySet};
 
 /// The overlay's file name inside the data directory.
 pub const OVERLAY_FILE: &str = "policies.yaml";
@@ -326,9 +326,18 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connects the providers of ProviderPools applied while the gateway runs; the runtime
+/// gives one (its dialer) to a gateway started from a file.
+#[async_trait::async_trait]
+pub trait ProviderDialer: Send + Sync {
+    /// Connects every endpoint of `config` the node has no backend for yet; answers their
+    /// node ids.
+    async fn connect_new(&self, node: &Node, config: &Config) -> anyhow::Result<Vec<String>>;
+}
+
 /// The policies a running gateway manages, and where their changes go.
 pub struct PolicyApi {
-    gateway: Arc<Gateway>,
+    gateway: Arc<Node>,
     token: crate::admin::AdminToken,
     /// Set when the policies belong to someone else (the Kubernetes operator): the reason
     /// writes are refused.
@@ -337,7 +346,7 @@ pub struct PolicyApi {
     /// Held across a whole change so two applies cannot interleave.
     state: tokio::sync::Mutex<Policies>,
     /// Connects the providers of applied ProviderPools; without one, pools are read-only.
-    dialer: Option<Arc<crate::serve::Dialer>>,
+    dialer: Option<Arc<dyn ProviderDialer>>,
 }
 
 struct Policies {
@@ -354,7 +363,7 @@ impl PolicyApi {
     /// Manages the policies of `gateway`, which runs `file` layered with the overlay in
     /// `data_dir`.
     pub fn new(
-        gateway: Arc<Gateway>,
+        gateway: Arc<Node>,
         file: Config,
         data_dir: &Path,
         token: String,
@@ -379,7 +388,7 @@ impl PolicyApi {
     }
 
     /// Lets ProviderPools be applied and deleted: `dialer` connects new providers.
-    pub fn with_dialer(mut self, dialer: Arc<crate::serve::Dialer>) -> Self {
+    pub fn with_dialer(mut self, dialer: Arc<dyn ProviderDialer>) -> Self {
         self.dialer = Some(dialer);
         self
     }
@@ -558,7 +567,7 @@ impl PolicyApi {
             }
         }
         let nodes = |c: &Config| -> BTreeMap<String, String> {
-            crate::serve::endpoints(c)
+            crate::node::config::endpoints(c)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|e| (e.site.node_id, e.site.pool))
@@ -820,11 +829,11 @@ impl PolicyApi {
 /// The gateway's plans, placement rules and rebuild rules for `config`. Providers are
 /// the config's endpoints and cloud buckets, plus the providers market pools contracted at
 /// start (which no file lists).
-fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
-    let plans = crate::serve::plans(config, gateway.default_plan())?;
+fn policy_set(config: &Config, gateway: &Node) -> anyhow::Result<PolicySet> {
+    let plans = crate::node::config::plans(config, gateway.default_plan())?;
     let current = gateway.topology();
-    let endpoints = crate::serve::endpoints(config)?;
-    let mut sites = crate::serve::topology(config, &endpoints).sites;
+    let endpoints = crate::node::config::endpoints(config)?;
+    let mut sites = crate::node::config::topology(config, &endpoints).sites;
     for site in &current.sites {
         let market = config
             .pools
@@ -834,7 +843,7 @@ fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
             sites.push(site.clone());
         }
     }
-    let topology = crate::placement::Topology {
+    let topology = crate::datapath::placement::Topology {
         sites,
         rules: config
             .plans
@@ -842,7 +851,7 @@ fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
             .map(|(name, plan)| {
                 (
                     name.clone(),
-                    crate::placement::PlacementRule::from_spec(&plan.spec),
+                    crate::datapath::placement::PlacementRule::from_spec(&plan.spec),
                 )
             })
             .collect(),
@@ -850,9 +859,9 @@ fn policy_set(config: &Config, gateway: &Gateway) -> anyhow::Result<PolicySet> {
     Ok(PolicySet {
         plans,
         topology: Arc::new(topology),
-        rebuild: crate::serve::rebuild_policies(config),
-        lifecycle: crate::serve::lifecycle_rules(config),
-        audit: crate::serve::audit_policy(config),
+        rebuild: crate::node::config::rebuild_policies(config),
+        lifecycle: crate::node::config::lifecycle_rules(config),
+        audit: crate::node::config::audit_policy(config),
     })
 }
 
@@ -1005,7 +1014,7 @@ const KEYS_NAMED: usize = 3;
 const SCAN_LIMIT: usize = 10_000;
 
 /// Everything that still uses `plan`, one line each; empty when it may go.
-fn plan_uses(gateway: &Gateway, plan: &str) -> anyhow::Result<Vec<String>> {
+fn plan_uses(gateway: &Node, plan: &str) -> anyhow::Result<Vec<String>> {
     let meta = gateway.metadata();
     let mut uses = Vec::new();
     if gateway.default_plan() == plan {
@@ -1030,7 +1039,7 @@ fn plan_uses(gateway: &Gateway, plan: &str) -> anyhow::Result<Vec<String>> {
             ));
         }
         if let Some(rules) = meta.lifecycle(&bucket.name)? {
-            let rules: Vec<crate::s3::LifecycleRule> =
+            let rules: Vec<crate::node::rules::Rule> =
                 serde_json::from_str(&rules).unwrap_or_default();
             for r in rules {
                 if r.transition.as_ref().is_some_and(|(_, to)| to == plan) {
@@ -1144,7 +1153,7 @@ async fn status(State(api): State<Arc<PolicyApi>>) -> Response {
         for plan in gateway.plans() {
             let policy = gateway.rebuild_policy(&plan.name);
             let health =
-                crate::health::plan_health(gateway.metadata().as_ref(), &plan.name, &policy)?;
+                crate::node::health::plan_health(gateway.metadata().as_ref(), &plan.name, &policy)?;
             plans.push(PlanStatus {
                 default: plan.name == gateway.default_plan(),
                 redundancy: labels.get(&plan.name).cloned().unwrap_or_default(),
@@ -1249,7 +1258,7 @@ pub struct BucketStatus {
     pub versioning: String,
 }
 
-fn bucket_status(gateway: &Gateway, b: crate::meta::Bucket) -> BucketStatus {
+fn bucket_status(gateway: &Node, b: crate::meta::Bucket) -> BucketStatus {
     BucketStatus {
         effective_plan: b
             .default_plan

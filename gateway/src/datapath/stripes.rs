@@ -9,8 +9,8 @@ use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 
-use crate::codec::{self, CodecError, DataKey, MasterKey};
-use crate::layout::{Encryption, Layout, Scheme, Segment, ShardLocation};
+use crate::datapath::codec::{self, CodecError, DataKey, MasterKey};
+use crate::datapath::layout::{Encryption, Layout, Scheme, Segment, ShardLocation};
 
 /// Why a shard backend refused or failed.
 #[derive(Debug, thiserror::Error)]

@@ -24,9 +24,9 @@ use sublet_provider::identity::{NodeId, NodeIdentity};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::dataplane::{BackendError, ShardBackend};
+use crate::datapath::placement::HealthBoard;
+use crate::datapath::stripes::{BackendError, ShardBackend};
 use crate::meta::MetadataStore;
-use crate::placement::HealthBoard;
 
 /// File in the data dir naming the contracts signed for each market pool.
 pub const CONTRACTS_FILE: &str = "market-contracts.json";
@@ -515,8 +515,8 @@ const RECONTRACT_WAIT: Duration = Duration::from_secs(5);
 /// new providers to.
 struct Recontracting {
     identity: Arc<NodeIdentity>,
-    dialer: Arc<crate::serve::Dialer>,
-    gateway: Arc<crate::s3::Gateway>,
+    dialer: Arc<crate::runtime::Dialer>,
+    gateway: Arc<crate::node::Node>,
 }
 
 fn load_saved(path: &Path) -> anyhow::Result<Saved> {
@@ -699,7 +699,7 @@ impl UsageReporter {
                 let amount = want - c.escrow;
                 // The escrow is read again before every top-up, so a retried one that had
                 // gone through is not paid twice; the id only has to be new.
-                let op_id = format!("topup-{}-{}", c.id, crate::health::now_ms());
+                let op_id = format!("topup-{}-{}", c.id, crate::node::health::now_ms());
                 let body = json!({"op_id": op_id, "amount": amount});
                 match client
                     .json(
@@ -757,8 +757,8 @@ impl UsageReporter {
     pub fn recontracting(
         mut self,
         identity: Arc<NodeIdentity>,
-        dialer: Arc<crate::serve::Dialer>,
-        gateway: Arc<crate::s3::Gateway>,
+        dialer: Arc<crate::runtime::Dialer>,
+        gateway: Arc<crate::node::Node>,
     ) -> Self {
         self.recontract = Some(Recontracting {
             identity,
@@ -825,11 +825,11 @@ impl UsageReporter {
                     }
                 }
                 self.health.record_market_score(&node, c.score);
-                endpoints.push(crate::serve::ProviderEndpoint {
+                endpoints.push(crate::node::config::ProviderEndpoint {
                     name: c.endpoint.name.clone(),
                     address: c.endpoint.address.clone(),
                     node_id,
-                    site: crate::placement::Site {
+                    site: crate::datapath::placement::Site {
                         node_id: node.clone(),
                         pool: pool.clone(),
                         zone: c
@@ -844,7 +844,7 @@ impl UsageReporter {
             if endpoints.is_empty() {
                 continue;
             }
-            let sites: Vec<crate::placement::Site> =
+            let sites: Vec<crate::datapath::placement::Site> =
                 endpoints.iter().map(|e| e.site.clone()).collect();
             r.dialer.connect_endpoints(&r.gateway, endpoints).await?;
             let mut set = (*r.gateway.policy()).clone();

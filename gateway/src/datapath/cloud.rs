@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ring::{digest, hmac};
 
-use crate::dataplane::{BackendError, ShardBackend};
+use crate::datapath::stripes::{BackendError, ShardBackend};
 
 /// How long one request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);

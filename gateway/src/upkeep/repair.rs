@@ -15,14 +15,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
-use crate::dataplane::delete_shards;
-use crate::health::{RebuildPolicy, lost_cut, now_ms};
-use crate::layout::{Encryption, Layout, ShardLocation};
+use crate::datapath::codec;
+use crate::datapath::layout::{Encryption, Layout, ShardLocation};
+use crate::datapath::placement::choose_more;
+use crate::datapath::stripes::delete_shards;
 use crate::meta::{MetadataStore, ProviderSeen, QueuedVersion, ShardPos};
 use crate::metrics::Metrics;
-use crate::placement::choose_more;
-use crate::s3::Gateway;
+use crate::node::Node;
+use crate::node::health::{RebuildPolicy, lost_cut, now_ms};
 
 /// How often the background loop looks at the queues.
 pub const LOOP_INTERVAL: Duration = Duration::from_secs(30);
@@ -60,7 +60,7 @@ enum Outcome {
 /// Runs repairs through a gateway's providers, placement and metadata.
 #[derive(Clone)]
 pub struct Repairer {
-    gateway: Arc<Gateway>,
+    gateway: Arc<Node>,
     metrics: Option<Metrics>,
     /// Wins over the schedule's bandwidth limit (a Job's `SUBLET_REPAIR_BANDWIDTH_LIMIT`).
     bandwidth_limit: Option<u64>,
@@ -90,7 +90,12 @@ impl Pace {
 }
 
 impl Repairer {
-    pub fn new(gateway: Arc<Gateway>, metrics: Option<Metrics>) -> Self {
+    /// The node it repairs.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.gateway
+    }
+
+    pub fn new(gateway: Arc<Node>, metrics: Option<Metrics>) -> Self {
         Repairer {
             gateway,
             metrics,
@@ -335,7 +340,7 @@ impl Repairer {
         };
         let bad: HashSet<ShardPos> = bad.into_iter().collect();
         // Shards the plan's placement rules no longer allow where they are: moved too.
-        let misplaced: HashSet<ShardPos> = crate::s3::reencode::misplaced_shards(
+        let misplaced: HashSet<ShardPos> = crate::node::rules::misplaced_shards(
             &layout,
             &self.gateway.topology().rule(plan),
             &self.gateway.topology().sites,
@@ -474,7 +479,7 @@ impl Repairer {
                         async move {
                             match backend {
                                 Some(b) => b.get(&loc.shard_id).await,
-                                None => Err(crate::dataplane::BackendError(format!(
+                                None => Err(crate::datapath::stripes::BackendError(format!(
                                     "provider {} is not configured",
                                     loc.provider
                                 ))),
@@ -638,10 +643,10 @@ enum ShardState {
 /// A throwaway layout holding `shards`, for [`delete_shards`].
 fn only(shards: &[ShardLocation]) -> Layout {
     Layout {
-        scheme: crate::layout::Scheme::Replicas { copies: 1 },
+        scheme: crate::datapath::layout::Scheme::Replicas { copies: 1 },
         encryption: Encryption::None,
         segment_size: 0,
-        segments: vec![crate::layout::Segment {
+        segments: vec![crate::datapath::layout::Segment {
             plain_length: 0,
             sealed_length: 0,
             shards: shards.to_vec(),
@@ -693,7 +698,7 @@ fn random_suffix() -> String {
 }
 
 /// Minutes since local midnight (UTC when the local offset is unknown).
-fn local_minute_of_day() -> u32 {
+pub(crate) fn local_minute_of_day() -> u32 {
     use chrono::Timelike;
     let now = chrono::Local::now();
     now.hour() * 60 + now.minute()
@@ -701,7 +706,7 @@ fn local_minute_of_day() -> u32 {
 
 /// Runs [`Repairer::run_all`] every `interval` until `stop` changes.
 pub fn spawn_loop(
-    gateway: Arc<Gateway>,
+    gateway: Arc<Node>,
     metrics: Option<Metrics>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -722,145 +727,6 @@ pub fn spawn_loop(
     })
 }
 
-/// What `sublet repair` was asked to do.
-#[derive(Clone, Debug, Default)]
-pub struct RepairCommand {
-    pub plan: String,
-    /// One pass, then exit.
-    pub once: bool,
-    /// Ask the gateway at this admin URL to repair instead of opening its state here.
-    pub admin_url: Option<String>,
-    /// The admin token `admin_url` wants.
-    pub admin_token: Option<String>,
-    /// Bytes per second, overriding the schedule's bandwidth limit.
-    pub bandwidth_limit: Option<u64>,
-}
-
-/// `sublet repair`: passes over the plan's queue until nothing due is left (or no pass makes
-/// progress), through the gateway's admin API when `admin_url` is set (a Kubernetes Job:
-/// the metadata lives in the gateway pod), else on the state `config` names (standalone).
-/// Fails when the last pass left versions it could not repair.
-pub async fn run_command(
-    cmd: &RepairCommand,
-    config: &sublet_crds::Config,
-    overrides: &crate::serve::Overrides,
-) -> anyhow::Result<()> {
-    // Standalone, the plans applied through the admin API count too.
-    let layered;
-    let config = match (config.gateway(), &cmd.admin_url) {
-        (Some(g), None) => {
-            let spec = overrides.apply(&g.spec)?;
-            let paths = crate::serve::state_paths(&spec, overrides.data_dir.as_deref())?;
-            layered = crate::policy::load_layered(config, &paths.data_dir)?;
-            &layered
-        }
-        _ => config,
-    };
-    if !config.plans.contains_key(&cmd.plan) {
-        anyhow::bail!(
-            "plan {} is not in the config; it has {}",
-            cmd.plan,
-            config.plans.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let local = match &cmd.admin_url {
-        Some(url) if cmd.admin_token.as_deref().is_none_or(str::is_empty) => anyhow::bail!(
-            "repairing through {url} needs the gateway's admin token: pass --token or set \
-             SUBLET_ADMIN_TOKEN (the gateway keeps it in admin.token in its data directory; \
-             under Kubernetes the Secret <gateway>-admin)"
-        ),
-        Some(_) => None,
-        None => {
-            let built = crate::serve::build(config, overrides).await?;
-            Some(Repairer::new(built.gateway, None).with_bandwidth_limit(cmd.bandwidth_limit))
-        }
-    };
-    let mut total = RepairReport {
-        plan: cmd.plan.clone(),
-        ..RepairReport::default()
-    };
-    loop {
-        let report = match (&local, &cmd.admin_url) {
-            (Some(r), _) => {
-                let policy = r.gateway.rebuild_policy(&cmd.plan);
-                let urgent_only = !policy.in_window(local_minute_of_day());
-                r.run_pass(&cmd.plan, urgent_only, PASS_LIMIT).await?
-            }
-            (None, Some(url)) => {
-                let token = cmd.admin_token.as_deref().unwrap_or_default();
-                remote_pass(url, token, &cmd.plan, cmd.bandwidth_limit).await?
-            }
-            (None, None) => unreachable!("local is set without an admin URL"),
-        };
-        eprintln!(
-            "plan {}: examined {}, repaired {} ({} shards, {} bytes), failed {}, conflicts {}",
-            report.plan,
-            report.examined,
-            report.repaired,
-            report.shards_rebuilt,
-            report.bytes_written,
-            report.failed,
-            report.conflicts
-        );
-        total.examined += report.examined;
-        total.repaired += report.repaired;
-        total.failed = report.failed;
-        if cmd.once || report.examined == 0 || report.repaired == 0 {
-            break;
-        }
-    }
-    if total.failed > 0 {
-        anyhow::bail!(
-            "plan {}: {} versions could not be repaired (see the log); they stay queued",
-            cmd.plan,
-            total.failed
-        );
-    }
-    Ok(())
-}
-
-/// One pass through `POST {admin}/admin/v1/plans/{plan}/repair`.
-async fn remote_pass(
-    admin_url: &str,
-    token: &str,
-    plan: &str,
-    bandwidth_limit: Option<u64>,
-) -> anyhow::Result<RepairReport> {
-    use http_body_util::BodyExt;
-    let mut url = format!(
-        "{}/admin/v1/plans/{plan}/repair",
-        admin_url.trim_end_matches('/')
-    );
-    if let Some(limit) = bandwidth_limit {
-        url.push_str(&format!("?bandwidthLimit={limit}"));
-    }
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let request = http::Request::post(&url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())
-        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?
-        .to_bytes();
-    if !status.is_success() {
-        anyhow::bail!(
-            "{url} answered {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        );
-    }
-    serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url}: unexpected answer: {e}"))
-}
-
 /// Lost versions of a plan, for `GET /admin/v1/plans/{plan}/lost`.
 pub fn lost_versions(
     meta: &dyn MetadataStore,
@@ -876,7 +742,7 @@ pub fn lost_versions(
 /// configured in: a pool taken out of the configuration keeps counting what is still stored
 /// on its providers (the operator holds a deleted pool until that is 0). Configured pools
 /// are listed even when empty.
-pub fn pool_usage(gateway: &Gateway) -> crate::meta::Result<BTreeMap<String, (u64, u64)>> {
+pub fn pool_usage(gateway: &Node) -> crate::meta::Result<BTreeMap<String, (u64, u64)>> {
     let meta = gateway.metadata();
     let usage = meta.provider_usage()?;
     let mut pools = meta.provider_pools()?;

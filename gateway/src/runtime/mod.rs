@@ -2,7 +2,11 @@
 //! as the custom resources): providers from ProviderPool endpoints, plans from StoragePlans,
 //! keys, addresses and state paths from the StorageGateway.
 
-use std::collections::{HashMap, HashSet};
+pub mod dev;
+pub mod market;
+pub mod recover;
+pub mod repair;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,229 +14,31 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sublet_crds::{Config, Encryption, StorageGatewaySpec, StoragePlanSpec};
+use sublet_crds::{Config, StorageGatewaySpec};
 use sublet_provider::client::{ClientConfig, ProviderClient};
 use sublet_provider::identity::{NodeId, NodeIdentity};
 use tokio::net::TcpListener;
 
-use crate::auth::KeyRing;
-use crate::cloud_backend::{BucketTarget, CloudBackend};
-use crate::codec::MasterKey;
-use crate::dataplane::ShardBackend;
-use crate::health::RebuildPolicy;
-use crate::layout::Scheme;
+use crate::datapath::cloud::CloudBackend;
+use crate::datapath::codec::MasterKey;
+use crate::datapath::observed::ObservedBackend;
+use crate::datapath::placement::HealthBoard;
+use crate::datapath::provider::ProviderBackend;
+use crate::datapath::stripes::ShardBackend;
 use crate::meta::{MetadataStore, PostgresStore, SqliteStore};
-use crate::metrics::{MeteredService, Metrics, ObservedBackend};
-use crate::placement::{HealthBoard, PlacementRule, Site, Topology};
-use crate::provider_backend::ProviderBackend;
-use crate::s3::{Gateway, Plan};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::node::config::{
+    ProviderEndpoint, audit_policy, cloud_members, endpoints, lifecycle_rules, plans,
+    rebuild_policies, topology,
+};
+use crate::s3::auth::KeyRing;
+use crate::s3::http::MeteredService;
 
 /// The S3 address when the gateway spec names none.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 /// Longest a provider may take to answer a probe before it counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The plan a StoragePlan describes.
-pub fn plan_from_spec(name: &str, spec: &StoragePlanSpec) -> anyhow::Result<Plan> {
-    let small = |n: u32, field: &str| {
-        u16::try_from(n).with_context(|| format!("plan {name}: {field} {n} is too large"))
-    };
-    let scheme = match (&spec.redundancy.erasure, spec.redundancy.replicas) {
-        (Some(ec), _) => Scheme::Erasure {
-            data: small(ec.data_shards, "dataShards")?,
-            parity: small(ec.parity_shards, "parityShards")?,
-        },
-        (None, Some(copies)) => Scheme::Replicas {
-            copies: small(copies, "replicas")?,
-        },
-        (None, None) => bail!("plan {name}: set erasure or replicas"),
-    };
-    Ok(Plan {
-        name: name.to_owned(),
-        scheme,
-        encrypt: spec.encryption == Encryption::Aes256Gcm,
-        segment_size: spec.segment_size.bytes(),
-        write_quorum: usize::try_from(spec.write_quorum())?,
-        inline_up_to: spec.inline_up_to(),
-    })
-}
-
-/// Every plan of the file, the gateway's default plan first (the gateway treats the first
-/// as its default).
-pub fn plans(config: &Config, default_plan: &str) -> anyhow::Result<Vec<Plan>> {
-    let mut plans = Vec::with_capacity(config.plans.len());
-    for (name, plan) in &config.plans {
-        plans.push(plan_from_spec(name, &plan.spec)?);
-    }
-    let Some(first) = plans.iter().position(|p| p.name == default_plan) else {
-        bail!("the default plan {default_plan} is not in the file");
-    };
-    plans.swap(0, first);
-    Ok(plans)
-}
-
-/// One provider to dial: where, which node id to pin, and where it sits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProviderEndpoint {
-    pub name: String,
-    pub address: String,
-    pub node_id: NodeId,
-    pub site: Site,
-}
-
-/// The providers of every ProviderPool endpoint. Endpoints must pin their node id: the
-/// gateway refuses to talk to a provider it cannot authenticate.
-pub fn endpoints(config: &Config) -> anyhow::Result<Vec<ProviderEndpoint>> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    let mut problems = Vec::new();
-    for (pool_name, pool) in &config.pools {
-        if pool.spec.nodes.is_some() && pool.spec.endpoints.is_empty() {
-            tracing::warn!(
-                pool = pool_name,
-                "pool has only in-cluster nodes, which sublet serve does not run; it gets no shards"
-            );
-        }
-        let owner = pool.spec.owner.clone().unwrap_or_else(|| pool_name.clone());
-        for e in &pool.spec.endpoints {
-            let at = format!("ProviderPool {pool_name}: endpoint {}", e.name);
-            let Some(id) = &e.node_id else {
-                problems.push(format!(
-                    "{at}: nodeId is missing; sublet serve pins every provider, so paste the id \
-                     `sublet-provider --data-dir DIR --print-node-id` prints"
-                ));
-                continue;
-            };
-            let node_id: NodeId = match id.parse() {
-                Ok(id) => id,
-                Err(err) => {
-                    problems.push(format!("{at}: nodeId: {err}"));
-                    continue;
-                }
-            };
-            if !seen.insert(node_id) {
-                problems.push(format!(
-                    "{at}: node id {node_id} is listed twice; each provider may appear once"
-                ));
-                continue;
-            }
-            out.push(ProviderEndpoint {
-                name: e.name.clone(),
-                address: e.address.clone(),
-                node_id,
-                site: Site {
-                    node_id: node_id.to_string(),
-                    pool: pool_name.clone(),
-                    zone: e.zone.clone().unwrap_or_else(|| e.name.clone()),
-                    owner: e.owner.clone().unwrap_or_else(|| owner.clone()),
-                },
-            });
-        }
-    }
-    if !problems.is_empty() {
-        bail!("{}", problems.join("\n"));
-    }
-    Ok(out)
-}
-
-/// The lifecycle rules of each plan's StorageSchedule.
-pub fn lifecycle_rules(config: &Config) -> crate::s3::PlanRules {
-    config
-        .plans
-        .iter()
-        .filter_map(|(name, plan)| {
-            let schedule = config.schedules.get(plan.spec.schedule.as_ref()?)?;
-            let rules: Vec<_> = schedule
-                .spec
-                .lifecycle
-                .iter()
-                .map(crate::s3::LifecycleRule::from_schedule)
-                .collect();
-            (!rules.is_empty()).then(|| (name.clone(), rules))
-        })
-        .collect()
-}
-
-/// Where providers sit and every plan's placement rule.
-pub fn topology(config: &Config, endpoints: &[ProviderEndpoint]) -> Topology {
-    Topology {
-        sites: endpoints
-            .iter()
-            .map(|e| e.site.clone())
-            .chain(cloud_sites(config).into_iter().map(|(site, _)| site))
-            .collect(),
-        rules: config
-            .plans
-            .iter()
-            .map(|(name, plan)| (name.clone(), PlacementRule::from_spec(&plan.spec)))
-            .collect(),
-    }
-}
-
-/// Where each bucket member of every pool sits, with its bucket (secret left empty).
-fn cloud_sites(config: &Config) -> Vec<(Site, BucketTarget)> {
-    let mut out = Vec::new();
-    for (pool_name, pool) in &config.pools {
-        let owner = pool.spec.owner.clone().unwrap_or_else(|| pool_name.clone());
-        for b in &pool.spec.buckets {
-            let target = BucketTarget {
-                endpoint: b.endpoint.trim_end_matches('/').to_string(),
-                bucket: b.bucket.clone(),
-                prefix: b.prefix().to_string(),
-                region: b.region().to_string(),
-                access_key: b.access_key.clone(),
-                secret_key: String::new(),
-            };
-            let site = Site {
-                node_id: target.node_id(),
-                pool: pool_name.clone(),
-                zone: b.zone.clone().unwrap_or_else(|| b.name.clone()),
-                owner: owner.clone(),
-            };
-            out.push((site, target));
-        }
-    }
-    out
-}
-
-/// The bucket members of every pool with their secrets read from file or environment.
-pub fn cloud_members(config: &Config) -> anyhow::Result<Vec<(Site, BucketTarget)>> {
-    let mut problems = Vec::new();
-    let mut out = Vec::new();
-    let members = config
-        .pools
-        .iter()
-        .flat_map(|(pool, p)| p.spec.buckets.iter().map(move |b| (pool.clone(), b)));
-    for ((site, mut target), (pool, member)) in cloud_sites(config).into_iter().zip(members) {
-        let at = format!("ProviderPool {pool}: bucket {}", member.name);
-        let secret = match (&member.secret_key_file, &member.secret_key_env) {
-            (Some(file), None) => std::fs::read_to_string(file)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| format!("{at}: secretKeyFile {file}: {e}")),
-            (None, Some(var)) => std::env::var(var)
-                .map(|s| s.trim().to_string())
-                .map_err(|_| format!("{at}: secretKeyEnv: environment variable {var} is not set")),
-            (None, None) if member.secret_ref.is_some() => Err(format!(
-                "{at}: secretRef is read by the operator in Kubernetes; outside it use secretKeyFile or secretKeyEnv"
-            )),
-            _ => Err(format!(
-                "{at}: set exactly one of secretKeyFile or secretKeyEnv"
-            )),
-        };
-        match secret {
-            Ok(s) if s.is_empty() => problems.push(format!("{at}: the secret key is empty")),
-            Ok(s) => {
-                target.secret_key = s;
-                out.push((site, target));
-            }
-            Err(e) => problems.push(e),
-        }
-    }
-    if !problems.is_empty() {
-        bail!("{}", problems.join("\n"));
-    }
-    Ok(out)
-}
 
 /// Asks every bucket member for a listing once; a bucket that answers counts as seen.
 pub async fn probe_clouds(
@@ -396,7 +202,7 @@ pub fn state_paths(
 
 /// A running gateway.
 pub struct Running {
-    pub gateway: Arc<Gateway>,
+    pub gateway: Arc<Node>,
     pub metrics: Metrics,
     pub health: Arc<HealthBoard>,
     pub s3_addr: SocketAddr,
@@ -432,8 +238,8 @@ impl Running {
     }
 
     /// Takes a metadata snapshot now rather than at the next interval.
-    pub async fn snapshot_now(&self) -> anyhow::Result<crate::s3::snapshot::Manifest> {
-        crate::recover::snapshot_once(
+    pub async fn snapshot_now(&self) -> anyhow::Result<crate::upkeep::snapshot::Manifest> {
+        crate::upkeep::snapshot::snapshot_once(
             &self.gateway,
             self.gateway.metadata(),
             &self.clients,
@@ -516,7 +322,7 @@ pub async fn probe_and_record_all(
                 outcomes.push((node, false));
             }
         }
-        meta.record_probes(&outcomes, crate::health::now_ms())
+        meta.record_probes(&outcomes, crate::node::health::now_ms())
     })
     .await;
     match recorded {
@@ -563,7 +369,7 @@ pub struct Dialer {
     meta: Arc<dyn MetadataStore>,
     probes: ProbeList,
     /// Meters the providers of market contracts signed while running.
-    market_usage: Option<Arc<crate::market::MarketUsage>>,
+    market_usage: Option<Arc<crate::runtime::market::MarketUsage>>,
 }
 
 impl Dialer {
@@ -571,7 +377,7 @@ impl Dialer {
     /// their node ids.
     pub async fn connect_new(
         &self,
-        gateway: &Gateway,
+        gateway: &Node,
         config: &Config,
     ) -> anyhow::Result<Vec<String>> {
         let new: Vec<ProviderEndpoint> = endpoints(config)?
@@ -585,7 +391,7 @@ impl Dialer {
     /// node ids.
     pub async fn connect_endpoints(
         &self,
-        gateway: &Gateway,
+        gateway: &Node,
         new: Vec<ProviderEndpoint>,
     ) -> anyhow::Result<Vec<String>> {
         let new: Vec<ProviderEndpoint> = new
@@ -605,7 +411,7 @@ impl Dialer {
         if let Some(usage) = &self.market_usage {
             backends = backends
                 .into_iter()
-                .map(|b| crate::market::MeteredBackend::wrap(b, usage))
+                .map(|b| crate::runtime::market::MeteredBackend::wrap(b, usage))
                 .collect();
         }
         let pools: Vec<(String, String)> = new
@@ -613,21 +419,32 @@ impl Dialer {
             .map(|e| (e.site.node_id.clone(), e.site.pool.clone()))
             .collect();
         let meta = Arc::clone(&self.meta);
-        tokio::task::spawn_blocking(move || meta.record_pools(&pools, crate::health::now_ms()))
-            .await?
-            .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
+        tokio::task::spawn_blocking(move || {
+            meta.record_pools(&pools, crate::node::health::now_ms())
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
         gateway.add_providers(backends);
         if let Ok(mut list) = self.probes.write() {
             list.extend(clients.iter().cloned());
         }
         let outcomes = probe(&clients, &self.health).await;
         let meta = Arc::clone(&self.meta);
-        tokio::task::spawn_blocking(move || meta.record_probes(&outcomes, crate::health::now_ms()))
-            .await?
-            .map_err(|e| anyhow::anyhow!("recording provider probes: {e}"))?;
+        tokio::task::spawn_blocking(move || {
+            meta.record_probes(&outcomes, crate::node::health::now_ms())
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("recording provider probes: {e}"))?;
         let ids: Vec<String> = new.iter().map(|e| e.site.node_id.clone()).collect();
         tracing::info!(providers = ?ids, "new providers connected");
         Ok(ids)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::admin::policy::ProviderDialer for Dialer {
+    async fn connect_new(&self, node: &Node, config: &Config) -> anyhow::Result<Vec<String>> {
+        Dialer::connect_new(self, node, config).await
     }
 }
 
@@ -651,7 +468,7 @@ fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAccept
 /// A gateway built from the file but not listening yet: what `sublet serve` runs and
 /// `sublet repair` repairs with.
 pub struct Built {
-    pub gateway: Arc<Gateway>,
+    pub gateway: Arc<Node>,
     pub metrics: Metrics,
     pub health: Arc<HealthBoard>,
     /// The gateway spec with the overrides applied.
@@ -667,44 +484,14 @@ pub struct Built {
     pub clouds: Vec<Arc<CloudBackend>>,
     /// Reports the use of market providers and keeps market pools contracted, when the
     /// config has market pools.
-    pub market_reporter: Option<crate::market::UsageReporter>,
+    pub market_reporter: Option<crate::runtime::market::UsageReporter>,
     /// Meters the use of market providers.
-    pub market_usage: Option<Arc<crate::market::MarketUsage>>,
-}
-
-/// Rebuild rules of every plan: its schedule's, or the defaults when it names none.
-pub fn rebuild_policies(config: &Config) -> HashMap<String, RebuildPolicy> {
-    config
-        .plans
-        .iter()
-        .map(|(name, plan)| {
-            let policy = plan
-                .spec
-                .schedule
-                .as_ref()
-                .and_then(|s| config.schedules.get(s))
-                .map(|s| RebuildPolicy::from_schedule(&s.spec.rebuild))
-                .unwrap_or_default();
-            (name.clone(), policy)
-        })
-        .collect()
-}
-
-/// How often and how hard providers are audited: the tightest schedule any plan names.
-pub fn audit_policy(config: &Config) -> crate::audit::AuditPolicy {
-    crate::audit::AuditPolicy::tightest(
-        config
-            .plans
-            .values()
-            .filter_map(|p| p.spec.schedule.as_ref())
-            .filter_map(|s| config.schedules.get(s))
-            .map(|s| &s.spec.audit),
-    )
+    pub market_usage: Option<Arc<crate::runtime::market::MarketUsage>>,
 }
 
 /// How often and how fast to scrub: the tightest schedule any plan names.
-pub fn scrub_policy(config: &Config) -> crate::scrub::ScrubPolicy {
-    crate::scrub::ScrubPolicy::tightest(
+pub fn scrub_policy(config: &Config) -> crate::upkeep::scrub::ScrubPolicy {
+    crate::upkeep::scrub::ScrubPolicy::tightest(
         config
             .plans
             .values()
@@ -739,12 +526,12 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
         &paths.identity_dir,
         Some(master.node_seed()),
     )?);
-    let (with_market, contracted) = crate::market::with_contracts(
+    let (with_market, contracted) = crate::runtime::market::with_contracts(
         config,
         &identity,
         &paths.data_dir,
         MARKET_WAIT,
-        crate::market::Contracting::Propose,
+        crate::runtime::market::Contracting::Propose,
     )
     .await?;
     let config = &with_market;
@@ -767,13 +554,13 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     let market_usage = if market_pools.is_empty() {
         None
     } else {
-        let usage = Arc::new(crate::market::MarketUsage::load(
+        let usage = Arc::new(crate::runtime::market::MarketUsage::load(
             &paths.data_dir,
             &contracted,
         )?);
         backends = backends
             .into_iter()
-            .map(|b| crate::market::MeteredBackend::wrap(b, &usage))
+            .map(|b| crate::runtime::market::MeteredBackend::wrap(b, &usage))
             .collect();
         Some(usage)
     };
@@ -786,13 +573,16 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
     let meta = open_metadata(&spec, &paths.metadata).await?;
     // A store of this gateway's own (SQLite) is journaled to the providers, so losing its
     // disk loses no acknowledged change; a shared database is its own durability.
-    let journal = (!meta.shared()).then(|| crate::journal::Journal::new(Arc::clone(&master)));
+    let journal = (!meta.shared()).then(|| crate::meta::journal::Journal::new(Arc::clone(&master)));
     let meta: Arc<dyn MetadataStore> = match &journal {
-        Some(j) => Arc::new(crate::journal::JournaledStore::new(meta, Arc::clone(j))),
+        Some(j) => Arc::new(crate::meta::journal::JournaledStore::new(
+            meta,
+            Arc::clone(j),
+        )),
         None => meta,
     };
     let gateway = Arc::new(
-        Gateway::new(Arc::clone(&meta), master, plans, backends)?
+        Node::new(Arc::clone(&meta), master, plans, backends)?
             .with_journal(journal)
             .with_placement(topology(config, &endpoints), Arc::clone(&health))?
             .with_rebuild(rebuild_policies(config))
@@ -803,17 +593,17 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
         .iter()
         .map(|e| (e.site.node_id.clone(), e.site.pool.clone()))
         .chain(
-            cloud_sites(config)
+            crate::node::config::cloud_sites(config)
                 .into_iter()
                 .map(|(site, _)| (site.node_id, site.pool)),
         )
         .collect();
-    meta.record_pools(&pools, crate::health::now_ms())
+    meta.record_pools(&pools, crate::node::health::now_ms())
         .map_err(|e| anyhow::anyhow!("recording provider pools: {e}"))?;
     probe_and_record_all(&clients, &clouds, &health, &meta).await;
     let market_reporter = match &market_usage {
         Some(usage) => Some(
-            crate::market::UsageReporter::new(
+            crate::runtime::market::UsageReporter::new(
                 &identity,
                 &contracted,
                 Arc::clone(usage),
@@ -855,7 +645,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             );
         }
         let paths = state_paths(&spec, overrides.data_dir.as_deref())?;
-        layered = Some(crate::policy::load_layered(file, &paths.data_dir)?);
+        layered = Some(crate::admin::policy::load_layered(file, &paths.data_dir)?);
     }
     let config = layered.as_ref().unwrap_or(file);
     let Built {
@@ -883,7 +673,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     let journal_task = gateway.journal().map(|j| {
         let probes = Arc::clone(&probes);
         j.spawn(
-            Arc::clone(&gateway),
+            Arc::clone(gateway.fleet()),
             move || {
                 probes
                     .read()
@@ -912,7 +702,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     };
     let meta = Arc::clone(gateway.metadata());
     let admin_token =
-        crate::policy::admin_token(overrides.admin_token.as_deref(), &paths.data_dir)?;
+        crate::admin::policy::admin_token(overrides.admin_token.as_deref(), &paths.data_dir)?;
 
     let listen: SocketAddr = spec
         .listen
@@ -933,32 +723,32 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             Arc::clone(&meta),
             stop.clone(),
         ),
-        crate::repair::spawn_loop(
+        crate::upkeep::repair::spawn_loop(
             Arc::clone(&gateway),
             Some(metrics.clone()),
-            crate::repair::LOOP_INTERVAL,
+            crate::upkeep::repair::LOOP_INTERVAL,
             stop.clone(),
         ),
-        crate::audit::spawn_loop(Arc::clone(&gateway), Some(metrics.clone()), stop.clone()),
-        crate::scrub::spawn_loop(
+        crate::upkeep::audit::spawn_loop(Arc::clone(&gateway), Some(metrics.clone()), stop.clone()),
+        crate::upkeep::scrub::spawn_loop(
             Arc::clone(&gateway),
             Some(metrics.clone()),
             scrub_policy(config),
-            Some(paths.data_dir.join(crate::scrub::POSITION_FILE)),
+            Some(paths.data_dir.join(crate::upkeep::scrub::POSITION_FILE)),
             stop.clone(),
         ),
-        crate::s3::reencode::spawn_reencode(
+        crate::upkeep::reencode::spawn_reencode(
             Arc::clone(&gateway),
             Some(metrics.clone()),
-            crate::s3::reencode::REENCODE_INTERVAL,
+            crate::upkeep::reencode::REENCODE_INTERVAL,
             stop.clone(),
         ),
-        crate::s3::spawn_lifecycle(
+        crate::upkeep::lifecycle::spawn_lifecycle(
             Arc::clone(&gateway),
-            crate::s3::LIFECYCLE_INTERVAL,
+            crate::upkeep::lifecycle::LIFECYCLE_INTERVAL,
             stop.clone(),
         ),
-        crate::recover::spawn_snapshots(
+        crate::upkeep::snapshot::spawn_snapshots(
             Arc::clone(&gateway),
             Arc::clone(&meta),
             clients.clone(),
@@ -967,11 +757,11 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             stop.clone(),
         ),
     ];
-    tasks.push(crate::audit::spawn_gc_loop(
+    tasks.push(crate::upkeep::audit::spawn_gc_loop(
         Arc::clone(&gateway),
         Some(metrics.clone()),
-        crate::audit::GC_INTERVAL,
-        crate::audit::GC_MIN_AGE,
+        crate::upkeep::audit::GC_INTERVAL,
+        crate::upkeep::audit::GC_MIN_AGE,
         stop.clone(),
     ));
     if let Some(reporter) = market_reporter {
@@ -995,14 +785,14 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
                     .to_owned()
             });
             let policy = Arc::new(
-                crate::policy::PolicyApi::new(
+                crate::admin::policy::PolicyApi::new(
                     Arc::clone(&gateway),
                     file.clone(),
                     &paths.data_dir,
                     admin_token.clone(),
                     read_only,
                 )?
-                .with_dialer(Arc::clone(&dialer)),
+                .with_dialer(Arc::clone(&dialer) as Arc<dyn crate::admin::policy::ProviderDialer>),
             );
             policy.copy_overlay().await;
             // Replicas on one database run the policies any of them applied.
@@ -1013,12 +803,12 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
                 tasks.push(Arc::clone(&policy).spawn_sync(POLICY_SYNC_INTERVAL, stop.clone()));
             }
             let mut stop = stop.clone();
-            tasks.push(tokio::spawn(crate::metrics::serve_admin(
+            tasks.push(tokio::spawn(crate::admin::server::serve_admin(
                 admin_listener,
                 metrics.clone(),
                 Arc::clone(&gateway),
                 crate::admin::Standalone {
-                    snapshots: Some(crate::recover::SnapshotSource {
+                    snapshots: Some(crate::upkeep::snapshot::SnapshotSource {
                         gateway: Arc::clone(&gateway),
                         meta: Arc::clone(&meta),
                         clients: clients.clone(),
@@ -1036,7 +826,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         None => None,
     };
     let service = MeteredService::new(
-        crate::dev::service_with_keys(Arc::clone(&gateway), Some(keys)),
+        crate::runtime::dev::service_with_keys(Arc::clone(&gateway), Some(keys)),
         metrics.clone(),
     )
     .with_journal(gateway.journal().cloned());
@@ -1116,7 +906,7 @@ pub async fn recover(
     config: &Config,
     overrides: &Overrides,
     force: bool,
-) -> anyhow::Result<crate::recover::Recovered> {
+) -> anyhow::Result<crate::runtime::recover::Recovered> {
     recover_from_providers(config, overrides, force, false)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the providers hold nothing to recover from"))
@@ -1129,7 +919,7 @@ async fn recover_from_providers(
     overrides: &Overrides,
     force: bool,
     only_if_any: bool,
-) -> anyhow::Result<Option<crate::recover::Recovered>> {
+) -> anyhow::Result<Option<crate::runtime::recover::Recovered>> {
     let Some(gateway_resource) = config.gateway() else {
         bail!("the file must hold exactly one StorageGateway");
     };
@@ -1149,12 +939,12 @@ async fn recover_from_providers(
     let plans = plans(config, &spec.default_plan)?;
     // Rented providers hold snapshots and journal too: the contracts this gateway (the node
     // the master key derives) holds name them. Nothing new is rented here.
-    let (with_market, _) = crate::market::with_contracts(
+    let (with_market, _) = crate::runtime::market::with_contracts(
         config,
         &identity,
         &paths.data_dir,
         MARKET_WAIT,
-        crate::market::Contracting::Existing,
+        crate::runtime::market::Contracting::Existing,
     )
     .await?;
     let endpoints = endpoints(&with_market)?;
@@ -1170,21 +960,23 @@ async fn recover_from_providers(
     // Reading needs no metadata: a throwaway in-memory store.
     let scratch: Arc<dyn MetadataStore> =
         Arc::new(SqliteStore::open_in_memory().map_err(|e| anyhow::anyhow!("scratch store: {e}"))?);
-    let gateway = Gateway::new(scratch, master, plans, backends)?;
+    let gateway = Node::new(scratch, master, plans, backends)?;
     if only_if_any
-        && crate::recover::manifest_ids(&clients).await.is_empty()
-        && crate::journal::list_segments(gateway.installation(), &clients)
+        && crate::upkeep::snapshot::manifest_ids(&clients)
+            .await
+            .is_empty()
+        && crate::meta::journal::list_segments(gateway.installation(), &clients)
             .await
             .0
             .is_empty()
     {
         return Ok(None);
     }
-    crate::recover::restore_newest(
+    crate::runtime::recover::restore_newest(
         &gateway,
         &clients,
         &paths.metadata,
-        &paths.data_dir.join(crate::policy::OVERLAY_FILE),
+        &paths.data_dir.join(crate::admin::policy::OVERLAY_FILE),
         force,
     )
     .await
@@ -1341,7 +1133,7 @@ pub async fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()
             None => running
                 .paths
                 .data_dir
-                .join(crate::policy::TOKEN_FILE)
+                .join(crate::admin::policy::TOKEN_FILE)
                 .display()
                 .to_string(),
         };
@@ -1379,6 +1171,9 @@ pub async fn run(config_path: &Path, overrides: &Overrides) -> anyhow::Result<()
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::datapath::layout::Scheme;
+    use crate::datapath::placement::{PlacementRule, Site};
+    use crate::node::Plan;
 
     fn config(extra: &str) -> Config {
         let text = format!(

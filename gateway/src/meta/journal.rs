@@ -30,14 +30,14 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use sublet_provider::client::ProviderClient;
 
-use crate::codec::{DataKey, MasterKey, NONCE_PREFIX_LEN};
-use crate::layout::Layout;
+use crate::datapath::codec::{DataKey, MasterKey, NONCE_PREFIX_LEN};
+use crate::datapath::fleet::Fleet;
+use crate::datapath::layout::Layout;
 use crate::meta::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
     MetadataStore, ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result,
     ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning,
 };
-use crate::s3::Gateway;
 
 /// Shard ids of journal segments start with this, then the installation tag.
 pub const JOURNAL_PREFIX: &str = "sublet-meta-journal-";
@@ -189,7 +189,7 @@ pub fn segment_prefix(installation: &str) -> String {
 
 impl Journal {
     pub fn new(master: Arc<MasterKey>) -> Arc<Self> {
-        let epoch = crate::health::now_ms();
+        let epoch = crate::clock::now_ms();
         let prefix = segment_prefix(master.installation());
         Arc::new(Self {
             master,
@@ -349,7 +349,7 @@ impl Journal {
     /// changes are journaled.
     pub fn spawn(
         self: &Arc<Self>,
-        gateway: Arc<Gateway>,
+        fleet: Arc<Fleet>,
         providers: impl Fn() -> Vec<String> + Send + 'static,
         metrics: Option<crate::metrics::Metrics>,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -405,7 +405,7 @@ impl Journal {
                     continue;
                 }
                 let stored = match journal.seal(&id, &entries) {
-                    Ok(blob) => journal.store(&gateway, &nodes, seq, &id, blob).await,
+                    Ok(blob) => journal.store(&fleet, &nodes, seq, &id, blob).await,
                     Err(e) => Err(format!("sealing the segment: {e}")),
                 };
                 if let Some(m) = &metrics {
@@ -462,21 +462,21 @@ impl Journal {
     /// out (a contract that ended) must not stop every write.
     async fn store(
         &self,
-        gateway: &Gateway,
+        fleet: &Fleet,
         nodes: &[String],
         seq: u64,
         id: &str,
         blob: Bytes,
     ) -> std::result::Result<Vec<String>, String> {
-        let mut candidates: Vec<_> = nodes.iter().filter_map(|n| gateway.backend(n)).collect();
+        let mut candidates: Vec<_> = nodes.iter().filter_map(|n| fleet.backend(n)).collect();
         if candidates.is_empty() {
             return Err("no provider is configured to hold it".into());
         }
         let n = candidates.len();
         candidates.rotate_left(usize::try_from(seq).unwrap_or(0) % n);
-        candidates.sort_by_key(|b| !gateway.health().healthy(b.node_id()));
-        let health = gateway.health();
-        let healthy = |candidates: &[Arc<dyn crate::dataplane::ShardBackend>]| {
+        candidates.sort_by_key(|b| !fleet.health().healthy(b.node_id()));
+        let health = fleet.health();
+        let healthy = |candidates: &[Arc<dyn crate::datapath::stripes::ShardBackend>]| {
             candidates
                 .iter()
                 .filter(|b| health.healthy(b.node_id()))
@@ -590,16 +590,16 @@ pub async fn list_segments(
 }
 
 /// Deletes the segments at or before position `upto` (which every kept snapshot contains).
-pub async fn trim(gateway: &Gateway, clients: &[(String, ProviderClient)], upto: &str) -> u64 {
-    let (segments, _) = list_segments(gateway.installation(), clients).await;
-    let prefix = segment_prefix(gateway.installation());
+pub async fn trim(fleet: &Fleet, clients: &[(String, ProviderClient)], upto: &str) -> u64 {
+    let (segments, _) = list_segments(fleet.installation(), clients).await;
+    let prefix = segment_prefix(fleet.installation());
     let mut deleted = 0;
     for (id, nodes) in segments {
         if id.strip_prefix(&prefix).is_none_or(|pos| pos > upto) {
             continue;
         }
         for node in nodes {
-            if let Some(b) = gateway.backend(&node)
+            if let Some(b) = fleet.backend(&node)
                 && b.delete(&id).await.is_ok()
             {
                 deleted += 1;
@@ -629,14 +629,14 @@ pub struct Replayed {
 /// Replays onto `store` the journal segments written after position `cut` (all of them when
 /// the snapshot predates the journal and has none), in write order.
 pub async fn replay(
-    gateway: &Gateway,
+    fleet: &Fleet,
     master: &MasterKey,
     clients: &[(String, ProviderClient)],
     store: &dyn MetadataStore,
     cut: Option<&str>,
 ) -> Replayed {
-    let (segments, unlisted) = list_segments(gateway.installation(), clients).await;
-    let prefix = segment_prefix(gateway.installation());
+    let (segments, unlisted) = list_segments(fleet.installation(), clients).await;
+    let prefix = segment_prefix(fleet.installation());
     let mut out = Replayed {
         unlisted,
         ..Replayed::default()
@@ -653,7 +653,7 @@ pub async fn replay(
         .map(|(id, nodes)| async move {
             let mut problems = Vec::new();
             for node in &nodes {
-                let Some(b) = gateway.backend(node) else {
+                let Some(b) = fleet.backend(node) else {
                     continue;
                 };
                 match b.get(&id).await {
@@ -1155,7 +1155,7 @@ impl MetadataStore for JournaledStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::layout::{Encryption, Scheme};
+    use crate::datapath::layout::{Encryption, Scheme};
     use crate::meta::{NULL_VERSION, SqliteStore};
 
     impl Journal {
@@ -1449,7 +1449,7 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl crate::dataplane::ShardBackend for Fake {
+    impl crate::datapath::stripes::ShardBackend for Fake {
         fn node_id(&self) -> &str {
             &self.id
         }
@@ -1457,9 +1457,9 @@ mod tests {
             &self,
             id: &str,
             data: Bytes,
-        ) -> std::result::Result<[u8; 32], crate::dataplane::BackendError> {
+        ) -> std::result::Result<[u8; 32], crate::datapath::stripes::BackendError> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(crate::dataplane::BackendError("unavailable".into()));
+                return Err(crate::datapath::stripes::BackendError("unavailable".into()));
             }
             if self.lies.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok([0; 32]);
@@ -1471,38 +1471,31 @@ mod tests {
         async fn get(
             &self,
             id: &str,
-        ) -> std::result::Result<Bytes, crate::dataplane::BackendError> {
+        ) -> std::result::Result<Bytes, crate::datapath::stripes::BackendError> {
             let found = self.shards.lock().unwrap().get(id).cloned();
-            found.ok_or_else(|| crate::dataplane::BackendError("NotFound".into()))
+            found.ok_or_else(|| crate::datapath::stripes::BackendError("NotFound".into()))
         }
         async fn delete(
             &self,
             id: &str,
-        ) -> std::result::Result<(), crate::dataplane::BackendError> {
+        ) -> std::result::Result<(), crate::datapath::stripes::BackendError> {
             self.shards.lock().unwrap().remove(id);
             Ok(())
         }
     }
 
-    /// A gateway on `backends` whose in-memory store is journaled, as `serve` builds it
-    /// (no flusher runs yet).
+    /// The providers `backends` and an in-memory store journaled to them, as `serve`
+    /// builds it (no flusher runs yet).
     fn journaled_gateway(
-        backends: Vec<Arc<dyn crate::dataplane::ShardBackend>>,
-    ) -> (Arc<Journal>, Arc<dyn MetadataStore>, Arc<Gateway>) {
+        backends: Vec<Arc<dyn crate::datapath::stripes::ShardBackend>>,
+    ) -> (Arc<Journal>, Arc<dyn MetadataStore>, Arc<Fleet>) {
         let journal = Journal::new(master());
         let store: Arc<dyn MetadataStore> = Arc::new(JournaledStore::new(
             Arc::new(SqliteStore::open_in_memory().unwrap()),
             Arc::clone(&journal),
         ));
-        let gateway = Gateway::new(
-            Arc::clone(&store),
-            master(),
-            vec![crate::s3::Plan::standard()],
-            backends,
-        )
-        .unwrap()
-        .with_journal(Some(Arc::clone(&journal)));
-        (journal, store, Arc::new(gateway))
+        let fleet = Fleet::new(master().installation(), &backends, Arc::default());
+        (journal, store, Arc::new(fleet))
     }
 
     fn set(flag: &std::sync::atomic::AtomicBool, on: bool) {
@@ -1523,7 +1516,7 @@ mod tests {
             .collect();
         let backends = fakes
             .iter()
-            .map(|f| Arc::clone(f) as Arc<dyn crate::dataplane::ShardBackend>)
+            .map(|f| Arc::clone(f) as Arc<dyn crate::datapath::stripes::ShardBackend>)
             .collect();
         let (journal, store, gateway) = journaled_gateway(backends);
         let nodes: Vec<String> = fakes.iter().map(|f| f.id.clone()).collect();
@@ -1645,7 +1638,7 @@ mod tests {
     fn a_clock_behind_the_journal_numbers_after_it() {
         let journal = Journal::new(master());
         let prefix = segment_prefix(master().installation());
-        let ahead = crate::health::now_ms() + 3_600_000;
+        let ahead = crate::clock::now_ms() + 3_600_000;
         let ids = [
             format!("{prefix}{}", position(ahead - 5, 7)),
             format!("{prefix}{}", position(ahead, 2)),

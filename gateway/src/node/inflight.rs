@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::layout::Layout;
+use crate::datapath::layout::Layout;
 use crate::meta::ObjectVersion;
 
 type VersionKey = (String, String, String);
@@ -100,7 +100,7 @@ impl Drop for ReadGuard {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::layout::{Encryption, Scheme};
+    use crate::datapath::layout::{Encryption, Scheme};
 
     fn version(id: &str) -> ObjectVersion {
         ObjectVersion {

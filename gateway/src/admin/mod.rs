@@ -15,7 +15,7 @@
 //!   as a Kubernetes Job.
 //! - `POST /admin/v1/plans/{plan}/reencode?limit=N`: rewrites up to N (200 by default)
 //!   objects stored under the plan's old redundancy or encryption now, and answers a
-//!   [`crate::s3::reencode::ReencodeReport`] (`outdated` counts them all).
+//!   [`crate::upkeep::reencode::ReencodeReport`] (`outdated` counts them all).
 //! - `POST /admin/v1/snapshot`: stores a metadata snapshot on the providers now (what the
 //!   hourly timer does; `sublet recover` restores the newest) and answers its manifest's
 //!   `created` and `size`; 404 where the gateway takes no snapshots (`sublet dev`).
@@ -25,7 +25,7 @@
 //! - `POST /admin/v1/audit?samples=N`: audits N random shards per provider now.
 //! - `POST /admin/v1/scrub?after=SEQ&limit=N`: reads every shard of up to N versions (1000 by
 //!   default) after row id SEQ whole, unthrottled, flags corrupt or missing ones for repair,
-//!   and answers a [`crate::scrub::ScrubReport`] whose `next` continues the walk.
+//!   and answers a [`crate::upkeep::scrub::ScrubReport`] whose `next` continues the walk.
 //! - `POST /admin/v1/gc?minAgeSeconds=N`: removes shards no metadata references, stored more
 //!   than N seconds ago (default a day), from every provider. Only for providers this gateway
 //!   alone uses: another gateway's shards are unreferenced here too.
@@ -36,6 +36,10 @@
 //! `/metrics` serves, and the operator reads them without holding any key (its role may
 //! not read Secrets).
 
+pub mod client;
+pub mod policy;
+pub mod server;
+
 use std::sync::Arc;
 
 use axum::Json;
@@ -45,18 +49,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::health::PlanHealth;
 use crate::metrics::Metrics;
-use crate::recover::SnapshotSource;
-use crate::repair::{PASS_LIMIT, RepairReport, Repairer};
-use crate::s3::Gateway;
+use crate::node::Node;
+use crate::node::health::PlanHealth;
+use crate::upkeep::repair::{PASS_LIMIT, RepairReport, Repairer};
+use crate::upkeep::snapshot::SnapshotSource;
 
 /// Lost versions listed per request unless `limit` says otherwise.
 const LOST_LIMIT: usize = 1000;
 
 #[derive(Clone)]
 struct Admin {
-    gateway: Arc<Gateway>,
+    gateway: Arc<Node>,
     repairer: Repairer,
     metrics: Option<Metrics>,
     standalone: Standalone,
@@ -202,7 +206,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The admin routes over `gateway`; repairs count into `metrics` when given. Every route but
 /// plan health and pool usage wants `token`.
 pub fn router(
-    gateway: Arc<Gateway>,
+    gateway: Arc<Node>,
     metrics: Option<Metrics>,
     standalone: Standalone,
     token: AdminToken,
@@ -260,7 +264,7 @@ async fn plan_health(State(admin): State<Admin>, Path(plan): Path<String>) -> Re
     let policy = admin.gateway.rebuild_policy(&plan);
     let gateway = Arc::clone(&admin.gateway);
     let result: Result<PlanHealth, Response> = blocking(move || {
-        Ok(crate::health::plan_health(
+        Ok(crate::node::health::plan_health(
             gateway.metadata().as_ref(),
             &plan,
             &policy,
@@ -286,7 +290,7 @@ async fn lost(
     let gateway = Arc::clone(&admin.gateway);
     let name = plan.clone();
     let found = blocking(move || {
-        Ok(crate::repair::lost_versions(
+        Ok(crate::upkeep::repair::lost_versions(
             gateway.metadata().as_ref(),
             &name,
             &policy,
@@ -341,7 +345,7 @@ async fn repair(
 
 async fn pool(State(admin): State<Admin>, Path(pool): Path<String>) -> Response {
     let gateway = Arc::clone(&admin.gateway);
-    let usage = blocking(move || Ok(crate::repair::pool_usage(&gateway)?)).await;
+    let usage = blocking(move || Ok(crate::upkeep::repair::pool_usage(&gateway)?)).await;
     match usage {
         Ok(usage) => match usage.get(&pool) {
             Some(&(shards, bytes)) => Json(PoolUsage {
@@ -362,8 +366,8 @@ async fn pool(State(admin): State<Admin>, Path(pool): Path<String>) -> Response 
 async fn audit(State(admin): State<Admin>, Query(q): Query<AuditQuery>) -> Response {
     let samples = q
         .samples
-        .unwrap_or_else(|| crate::audit::AuditPolicy::default().samples_per_provider);
-    match crate::audit::audit_round(&admin.gateway, admin.metrics.as_ref(), samples).await {
+        .unwrap_or_else(|| crate::upkeep::audit::AuditPolicy::default().samples_per_provider);
+    match crate::upkeep::audit::audit_round(&admin.gateway, admin.metrics.as_ref(), samples).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
@@ -379,9 +383,9 @@ async fn reencode(
     }
     let limit = q
         .limit
-        .unwrap_or(crate::s3::reencode::REENCODE_PER_PASS)
+        .unwrap_or(crate::upkeep::reencode::REENCODE_PER_PASS)
         .max(1);
-    match admin.gateway.reencode_pass(&plan, limit).await {
+    match crate::upkeep::reencode::reencode_pass(&admin.gateway, &plan, limit).await {
         Ok(report) => {
             if let Some(m) = &admin.metrics {
                 report.record(m);
@@ -394,8 +398,14 @@ async fn reencode(
 
 async fn scrub(State(admin): State<Admin>, Query(q): Query<ScrubQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).max(1);
-    match crate::scrub::scrub_pass(&admin.gateway, admin.metrics.as_ref(), q.after, limit, None)
-        .await
+    match crate::upkeep::scrub::scrub_pass(
+        &admin.gateway,
+        admin.metrics.as_ref(),
+        q.after,
+        limit,
+        None,
+    )
+    .await
     {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
@@ -406,7 +416,9 @@ async fn gc(State(admin): State<Admin>, Query(q): Query<GcQuery>) -> Response {
     let min_age = q
         .min_age_seconds
         .map_or(GC_MIN_AGE, std::time::Duration::from_secs);
-    match crate::audit::collect_garbage(&admin.gateway, admin.metrics.as_ref(), min_age).await {
+    match crate::upkeep::audit::collect_garbage(&admin.gateway, admin.metrics.as_ref(), min_age)
+        .await
+    {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
@@ -426,11 +438,11 @@ async fn snapshot(State(admin): State<Admin>) -> Response {
 }
 
 async fn lifecycle(State(admin): State<Admin>, Query(q): Query<LifecycleQuery>) -> Response {
-    let now = crate::health::now_ms() + i64::from(q.days_ahead) * 24 * 3600 * 1000;
+    let now = crate::node::health::now_ms() + i64::from(q.days_ahead) * 24 * 3600 * 1000;
     // The schedules' rules in force now (applied policies included), besides every
     // bucket's own.
     let rules = admin.gateway.policy().lifecycle.clone();
-    match admin.gateway.lifecycle_pass(&rules, now).await {
+    match crate::upkeep::lifecycle::lifecycle_pass(&admin.gateway, &rules, now).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::layout::Scheme;
+use crate::datapath::layout::Scheme;
 
 /// Bytes of authentication tag AES-256-GCM appends to every sealed segment.
 pub const TAG_LEN: usize = 16;

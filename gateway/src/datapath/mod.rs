@@ -1,0 +1,11 @@
+//! The data path: how an object's bytes become sealed, erasure-coded shards on providers
+//! and back.
+
+pub mod cloud;
+pub mod codec;
+pub mod fleet;
+pub mod layout;
+pub mod observed;
+pub mod placement;
+pub mod provider;
+pub mod stripes;

@@ -1,0 +1,176 @@
+//! A shard backend that counts calls per provider and tells placement which providers fail.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::placement::HealthBoard;
+use super::stripes::{BackendError, ShardBackend};
+use crate::metrics::Metrics;
+
+/// A shard backend that counts calls per provider and tells placement which providers fail.
+pub struct ObservedBackend {
+    inner: Arc<dyn ShardBackend>,
+    metrics: Metrics,
+    health: Arc<HealthBoard>,
+}
+
+impl ObservedBackend {
+    pub fn wrap(
+        inner: Arc<dyn ShardBackend>,
+        metrics: &Metrics,
+        health: &Arc<HealthBoard>,
+    ) -> Arc<dyn ShardBackend> {
+        Arc::new(ObservedBackend {
+            inner,
+            metrics: metrics.clone(),
+            health: Arc::clone(health),
+        })
+    }
+
+    fn outcome<T>(&self, call: &str, result: &Result<T, BackendError>) {
+        let node = self.inner.node_id();
+        match result {
+            Ok(_) => self.health.record_success(node),
+            Err(e) => {
+                self.metrics
+                    .shard_failures
+                    .with_label_values(&[node, call])
+                    .inc();
+                // A missing shard is an answer, not a sick provider.
+                if !e.0.contains("NotFound") {
+                    self.health.record_failure(node);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ShardBackend for ObservedBackend {
+    fn node_id(&self) -> &str {
+        self.inner.node_id()
+    }
+
+    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
+        let result = self.inner.put(shard_id, data).await;
+        self.outcome("put", &result);
+        if result.is_ok() {
+            self.metrics
+                .shard_writes
+                .with_label_values(&[self.node_id()])
+                .inc();
+        }
+        result
+    }
+
+    async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
+        let result = self.inner.get(shard_id).await;
+        self.outcome("get", &result);
+        if result.is_ok() {
+            self.metrics
+                .shard_reads
+                .with_label_values(&[self.node_id()])
+                .inc();
+        }
+        result
+    }
+
+    async fn delete(&self, shard_id: &str) -> Result<(), BackendError> {
+        let result = self.inner.delete(shard_id).await;
+        self.outcome("delete", &result);
+        result
+    }
+
+    async fn audit(
+        &self,
+        shard_id: &str,
+        offset: u64,
+        len: u64,
+        hash: &[u8; 32],
+    ) -> Result<(), BackendError> {
+        // Audit outcomes count in the provider's audit record, not its reachability.
+        self.inner.audit(shard_id, offset, len, hash).await
+    }
+
+    async fn list(&self) -> Result<Option<Vec<(String, i64)>>, BackendError> {
+        self.inner.list().await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A provider that stores nothing and fails as told.
+    struct Fake {
+        fail: Option<&'static str>,
+    }
+
+    #[async_trait]
+    impl ShardBackend for Fake {
+        fn node_id(&self) -> &str {
+            "n1"
+        }
+        async fn put(&self, _: &str, _: Bytes) -> Result<[u8; 32], BackendError> {
+            match self.fail {
+                Some(e) => Err(BackendError(e.into())),
+                None => Ok([0; 32]),
+            }
+        }
+        async fn get(&self, _: &str) -> Result<Bytes, BackendError> {
+            match self.fail {
+                Some(e) => Err(BackendError(e.into())),
+                None => Ok(Bytes::new()),
+            }
+        }
+        async fn delete(&self, _: &str) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn shard_calls_are_counted_per_provider_and_failures_mark_it_unhealthy() {
+        let metrics = Metrics::new().unwrap();
+        let health = Arc::new(HealthBoard::default());
+        let ok = ObservedBackend::wrap(Arc::new(Fake { fail: None }), &metrics, &health);
+        ok.put("s", Bytes::new()).await.unwrap();
+        ok.put("s", Bytes::new()).await.unwrap();
+        ok.get("s").await.unwrap();
+        assert_eq!(metrics.shard_writes.with_label_values(&["n1"]).get(), 2);
+        assert_eq!(metrics.shard_reads.with_label_values(&["n1"]).get(), 1);
+        assert!(health.healthy("n1"));
+
+        let missing = Fake {
+            fail: Some("provider n1: get: NotFound: no such shard"),
+        };
+        let missing = ObservedBackend::wrap(Arc::new(missing), &metrics, &health);
+        assert!(missing.get("s").await.is_err());
+        assert!(
+            health.healthy("n1"),
+            "a missing shard is not a sick provider"
+        );
+
+        let down = Fake {
+            fail: Some("provider n1: put: Unavailable: connection refused"),
+        };
+        let down = ObservedBackend::wrap(Arc::new(down), &metrics, &health);
+        assert!(down.put("s", Bytes::new()).await.is_err());
+        assert!(!health.healthy("n1"));
+        assert_eq!(
+            metrics
+                .shard_failures
+                .with_label_values(&["n1", "put"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.shard_writes.with_label_values(&["n1"]).get(), 2);
+        let text = metrics.render();
+        assert!(
+            text.contains("sublet_gateway_shard_failures_total{call=\"put\",provider=\"n1\"} 1"),
+            "{text}"
+        );
+    }
+}

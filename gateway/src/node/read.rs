@@ -1,0 +1,249 @@
+//! Reading: a version's bytes streamed back segment by segment, each fetched, checked and
+//! decoded from any sufficient set of its shards, within the read budget; shards found
+//! corrupt or gone are queued for repair.
+
+use std::ops::Range as ByteRange;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use s3s::S3Result;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::Node;
+use crate::datapath::stripes::ObjectReader;
+use crate::error::internal;
+use crate::meta::ObjectVersion;
+
+/// Segment indices and the byte range within each that a plaintext range touches.
+fn segment_slices(segments: &[u64], range: &ByteRange<u64>) -> Vec<(usize, ByteRange<usize>)> {
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    for (i, &len) in segments.iter().enumerate() {
+        let end = start + len;
+        if end > range.start && start < range.end {
+            let from = range.start.max(start) - start;
+            let to = range.end.min(end) - start;
+            let from = usize::try_from(from).unwrap_or(usize::MAX);
+            let to = usize::try_from(to).unwrap_or(usize::MAX);
+            out.push((i, from..to));
+        }
+        start = end;
+        if start >= range.end {
+            break;
+        }
+    }
+    out
+}
+
+/// A stream of an object version's bytes, as GET sends them and copies read them.
+pub type ByteStream = ReceiverStream<Result<Bytes, std::io::Error>>;
+
+impl Node {
+    /// Streams `range` of a version. Reads the first segment before returning,
+    /// so a dead object gets a proper error instead of a truncated body.
+    pub async fn read_range(
+        &self,
+        v: &ObjectVersion,
+        range: ByteRange<u64>,
+    ) -> S3Result<ByteStream> {
+        let name = format!("{}/{}", v.bucket, v.key);
+        let size = v.size;
+        // Until the stream ends, an overwrite or delete of `v` leaves its shards in place.
+        let map = self.providers();
+        let guard = self.inflight.start(
+            v,
+            Box::new(move |layouts| {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    // Shutting down: garbage collection takes them later.
+                    return;
+                };
+                let map = map.clone();
+                runtime.spawn(async move {
+                    for layout in layouts {
+                        crate::datapath::stripes::delete_shards(&layout, |n: &str| {
+                            map.get(n).cloned()
+                        })
+                        .await;
+                    }
+                });
+            }),
+        );
+        let layout = v
+            .layout
+            .as_ref()
+            .ok_or_else(|| internal(format!("object {name} has no data layout")))?;
+        if layout.plain_length() != size {
+            return Err(internal(format!(
+                "object {name} is unreadable: its layout holds {} bytes, not {size}",
+                layout.plain_length()
+            )));
+        }
+        // Every segment of every piece (part), in byte order.
+        let mut readers = Vec::new();
+        let mut segments = Vec::new();
+        let mut lengths = Vec::new();
+        for (p, piece) in layout.pieces().enumerate() {
+            readers.push(Arc::new(
+                ObjectReader::new(&self.master, piece.clone())
+                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?
+                    .with_bad_shard_report(self.bad_shard_report(v, p, piece)),
+            ));
+            for (i, seg) in piece.segments.iter().enumerate() {
+                segments.push((p, i));
+                lengths.push(seg.plain_length);
+            }
+        }
+        let slices: Vec<(Arc<ObjectReader>, usize, ByteRange<usize>)> =
+            segment_slices(&lengths, &range)
+                .into_iter()
+                .filter_map(|(n, r)| {
+                    let (p, i) = *segments.get(n)?;
+                    Some((Arc::clone(readers.get(p)?), i, r))
+                })
+                .collect();
+        let backend_for = self.backend_for();
+        // While a segment is fetched and decoded, its shards and the result are in memory
+        // (an object kept in metadata fetches nothing: small reads never wait on large ones).
+        let budget = self.read_budget.clone();
+        let hold = move |reader: &ObjectReader, i: usize| {
+            let budget = budget.clone();
+            let plain = reader
+                .layout()
+                .segments
+                .get(i)
+                .map_or(0, |s| s.plain_length);
+            let inline = reader.layout().inline.is_some();
+            async move {
+                if inline {
+                    return Ok(None);
+                }
+                let bytes = usize::try_from(plain.saturating_mul(2)).unwrap_or(usize::MAX);
+                budget.take(bytes).await.map(Some)
+            }
+        };
+
+        let mut pending = slices.into_iter();
+        let first = match pending.next() {
+            Some((reader, i, r)) => {
+                let held = hold(&reader, i).await?;
+                let seg = reader
+                    .read_segment(i, &backend_for)
+                    .await
+                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?;
+                drop(held);
+                Some(slice(seg, r).ok_or_else(|| {
+                    internal(format!("object {name} is unreadable: short segment {i}"))
+                })?)
+            }
+            None => None,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let rest: Vec<_> = pending.collect();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Some(first) = first
+                && tx.send(Ok(first)).await.is_err()
+            {
+                return;
+            }
+            for (reader, i, r) in rest {
+                // Read the next segment only once the previous one was taken: one segment
+                // waits for the client, one is read, none more (memory per GET).
+                let Ok(slot) = tx.reserve().await else {
+                    return;
+                };
+                let Ok(held) = hold(&reader, i).await else {
+                    return;
+                };
+                let read = reader.read_segment(i, &backend_for).await;
+                drop(held);
+                let item = match read {
+                    Ok(seg) => slice(seg, r).ok_or_else(|| {
+                        std::io::Error::other(format!(
+                            "object {name} is unreadable: short segment {i}"
+                        ))
+                    }),
+                    Err(e) => {
+                        tracing::error!(object = %name, error = %e, "object read failed mid-stream");
+                        Err(std::io::Error::other(format!(
+                            "object {name} is unreadable: {e}"
+                        )))
+                    }
+                };
+                let failed = item.is_err();
+                slot.send(item);
+                if failed {
+                    return;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// Flags shards of piece `piece` of `v` (whose layout is `layout`) that a read found
+    /// corrupt or gone, for repair.
+    fn bad_shard_report(
+        &self,
+        v: &ObjectVersion,
+        piece: usize,
+        layout: &crate::datapath::layout::Layout,
+    ) -> crate::datapath::stripes::BadShardReport {
+        let meta = Arc::clone(&self.meta);
+        let (bucket, key, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
+        let ids: Vec<Vec<String>> = layout
+            .segments
+            .iter()
+            .map(|s| s.shards.iter().map(|l| l.shard_id.clone()).collect())
+            .collect();
+        Arc::new(move |segment, idx| {
+            let Some(shard_id) = ids.get(segment).and_then(|s| s.get(idx)).cloned() else {
+                return;
+            };
+            let meta = Arc::clone(&meta);
+            let (bucket, key, id) = (bucket.clone(), key.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                let now = crate::node::health::now_ms();
+                let at = [((piece, segment, idx), shard_id)];
+                match meta.mark_bad_shards(&bucket, &key, &id, &at, now) {
+                    Ok(()) => tracing::info!(
+                        bucket,
+                        key,
+                        version = id,
+                        piece,
+                        segment,
+                        idx,
+                        "shard queued for repair"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(bucket, key, error = %e, "recording a bad shard failed")
+                    }
+                }
+            });
+        })
+    }
+}
+
+fn slice(seg: Vec<u8>, r: ByteRange<usize>) -> Option<Bytes> {
+    if r.end > seg.len() || r.start > r.end {
+        return None;
+    }
+    Some(Bytes::from(seg).slice(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment_slices;
+
+    #[test]
+    fn slices_touch_only_needed_segments() {
+        let segs = [10, 10, 5];
+        assert_eq!(
+            segment_slices(&segs, &(0..25)),
+            vec![(0, 0..10), (1, 0..10), (2, 0..5)]
+        );
+        assert_eq!(segment_slices(&segs, &(12..14)), vec![(1, 2..4)]);
+        assert_eq!(segment_slices(&segs, &(9..11)), vec![(0, 9..10), (1, 0..1)]);
+        assert_eq!(segment_slices(&segs, &(24..25)), vec![(2, 4..5)]);
+        assert!(segment_slices(&segs, &(0..0)).is_empty());
+    }
+}

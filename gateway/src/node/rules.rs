@@ -1,0 +1,151 @@
+//! The rules a [`super::PolicySet`] carries besides plans and placement: how providers are
+//! audited and the lifecycle rules of each plan's StorageSchedule.
+
+use std::time::Duration;
+
+use s3s::S3Result;
+use serde::{Deserialize, Serialize};
+
+use super::{Node, Plan};
+use crate::datapath::layout::{Encryption, Layout};
+use crate::datapath::placement::{PlacementRule, Site};
+use crate::error::internal;
+use crate::meta::ShardPos;
+
+/// How often and how hard providers are audited: the tightest of the plans' schedules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditPolicy {
+    pub interval: Duration,
+    pub samples_per_provider: usize,
+}
+
+impl Default for AuditPolicy {
+    fn default() -> Self {
+        let audit = sublet_crds::Audit::default();
+        AuditPolicy {
+            interval: audit.interval.as_std(),
+            samples_per_provider: usize::try_from(audit.samples_per_provider).unwrap_or(64),
+        }
+    }
+}
+
+impl AuditPolicy {
+    /// The shortest interval and the most samples among `audits`; the defaults when none.
+    pub fn tightest<'a>(audits: impl IntoIterator<Item = &'a sublet_crds::Audit>) -> Self {
+        let mut out: Option<AuditPolicy> = None;
+        for a in audits {
+            let interval = a.interval.as_std().max(Duration::from_secs(1));
+            let samples = usize::try_from(a.samples_per_provider).unwrap_or(64);
+            out = Some(match out {
+                None => AuditPolicy {
+                    interval,
+                    samples_per_provider: samples,
+                },
+                Some(o) => AuditPolicy {
+                    interval: o.interval.min(interval),
+                    samples_per_provider: o.samples_per_provider.max(samples),
+                },
+            });
+        }
+        out.unwrap_or_default()
+    }
+}
+
+/// One lifecycle rule as the engine applies it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    pub id: String,
+    pub enabled: bool,
+    /// Keys starting with this; every key when empty.
+    #[serde(default)]
+    pub prefix: String,
+    /// Current versions older than this many days expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_days: Option<u32>,
+    /// A delete marker that is all that is left of a key is removed.
+    #[serde(default)]
+    pub expired_object_delete_marker: bool,
+    /// Versions noncurrent for this many days are deleted for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noncurrent_days: Option<u32>,
+    /// Multipart uploads started this many days ago are aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_incomplete_days: Option<u32>,
+    /// Current versions older than `.0` days move to plan `.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<(u32, String)>,
+}
+
+impl Rule {
+    /// A StorageSchedule's rule, for the objects of the plans naming the schedule.
+    pub fn from_schedule(rule: &sublet_crds::LifecycleRule) -> Self {
+        let days = rule.after_days;
+        Rule {
+            id: rule.name.clone(),
+            enabled: true,
+            prefix: rule
+                .filter
+                .as_ref()
+                .and_then(|f| f.prefix.clone())
+                .unwrap_or_default(),
+            expiration_days: days.filter(|_| rule.expire == Some(true)),
+            expired_object_delete_marker: false,
+            noncurrent_days: None,
+            abort_incomplete_days: rule.abort_incomplete_multipart_after_days,
+            transition: days.zip(rule.transition_to.clone()),
+        }
+    }
+}
+
+/// Rules of the schedule of each plan: (plan name, rules).
+pub type PlanRules = Vec<(String, Vec<Rule>)>;
+
+impl Node {
+    /// A bucket's stored rules; `None` without a configuration.
+    pub async fn bucket_rules(&self, bucket: &str) -> S3Result<Option<Vec<Rule>>> {
+        let b = bucket.to_string();
+        let Some(json) = self.meta(move |m| m.lifecycle(&b)).await? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| internal(format!("bucket {bucket}: stored lifecycle rules: {e}")))
+    }
+}
+
+/// Whether `layout` was written with `plan`'s current redundancy and encryption.
+pub fn conforms(layout: &Layout, plan: &Plan) -> bool {
+    if layout.inline.is_some() {
+        // Kept in metadata: only its size and sealing matter (a plan that no longer
+        // inlines objects this large moves them onto providers).
+        return layout.plain_length() <= plan.inline_up_to
+            && matches!(layout.encryption, Encryption::Aes256Gcm { .. }) == plan.encrypt;
+    }
+    layout.pieces().all(|piece| {
+        piece.scheme == plan.scheme
+            && matches!(piece.encryption, Encryption::Aes256Gcm { .. }) == plan.encrypt
+    })
+}
+
+/// Shards of `layout` that break `rule` (see [`PlacementRule::misplaced`]), by position and id.
+pub fn misplaced_shards(
+    layout: &Layout,
+    rule: &PlacementRule,
+    sites: &[Site],
+) -> Vec<(ShardPos, String)> {
+    let mut out = Vec::new();
+    for (p, piece) in layout.pieces().enumerate() {
+        for (g, segment) in piece.segments.iter().enumerate() {
+            let providers: Vec<Option<&str>> = segment
+                .shards
+                .iter()
+                .map(|s| (!s.is_missing()).then_some(s.provider.as_str()))
+                .collect();
+            for i in rule.misplaced(sites, &providers) {
+                out.push(((p, g, i), segment.shards[i].shard_id.clone()));
+            }
+        }
+    }
+    out
+}

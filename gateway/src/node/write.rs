@@ -1,0 +1,442 @@
+//! Writing: a request body becomes a sealed, erasure-coded layout on the providers
+//! placed by the plan's rule (or, for small objects where metadata is kept safely, one
+//! sealed inline blob), then a committed version; and what an overwrite or delete frees.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use s3s::dto::StreamingBlob;
+use s3s::{S3Error, S3ErrorCode, S3Result};
+
+use super::budget::BufferBudget;
+use super::{Node, Plan, now_ms};
+use crate::datapath::stripes::{self, ObjectWriter, ShardBackend, WriteSpec};
+use crate::error::{body_failed, internal};
+use crate::meta::{self, Bucket, NULL_VERSION, ObjectVersion, Versioning};
+
+pub fn random_uid() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b);
+    hex::encode(b)
+}
+
+pub struct Written {
+    pub layout: crate::datapath::layout::Layout,
+    pub size: u64,
+    /// Hex MD5 of the bytes written.
+    pub md5: String,
+}
+
+/// A segment on its way to the providers, with the share of the upload budget it holds.
+type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
+
+/// Cuts the body into segments and hands them over; returns the size and MD5.
+async fn cut_body(
+    body: Option<StreamingBlob>,
+    segment_size: usize,
+    scheme: crate::datapath::layout::Scheme,
+    budget: BufferBudget,
+    tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
+) -> S3Result<(u64, String)> {
+    use s3s::stream::ByteStream;
+    let mut md5 = Md5::new();
+    let mut size = 0u64;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut permit = None;
+    let stopped = || internal("storing the object failed");
+    if let Some(mut body) = body {
+        let declared = body.remaining_length().exact();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(body_failed)?;
+            md5.update(&chunk);
+            size += chunk.len() as u64;
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                if buf.capacity() == 0 {
+                    // What this segment will hold: the rest of a body of known length.
+                    let filled = usize::try_from(size).unwrap_or(usize::MAX) - rest.len();
+                    let expected = declared.map_or(segment_size, |total| {
+                        total.saturating_sub(filled).clamp(1, segment_size.max(1))
+                    });
+                    permit = Some(budget.take(expected).await?);
+                    // Room for the tag and the shards' padding too: sealing and striping
+                    // then work in this buffer without copying it.
+                    buf.reserve_exact(crate::datapath::codec::stripe_capacity(scheme, expected));
+                }
+                let take = (segment_size - buf.len()).min(rest.len());
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buf.len() == segment_size {
+                    let held = permit.take().ok_or_else(stopped)?;
+                    tx.send((std::mem::take(&mut buf), held))
+                        .await
+                        .map_err(|_| stopped())?;
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let held = permit.take().ok_or_else(stopped)?;
+        tx.send((buf, held)).await.map_err(|_| stopped())?;
+    }
+    Ok((size, hex::encode(md5.finalize())))
+}
+
+/// Reads the body and writes it segment by segment, reading the next segment
+/// while the previous one is stored (at most three segments in memory);
+/// aborts the writer on any error so no shards remain.
+async fn write_body(
+    mut writer: ObjectWriter,
+    body: Option<StreamingBlob>,
+    segment_size: usize,
+    scheme: crate::datapath::layout::Scheme,
+    budget: BufferBudget,
+) -> S3Result<Written> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(1);
+    let store = async {
+        while let Some((segment, held)) = rx.recv().await {
+            let written = writer.write_segment(segment).await;
+            drop(held);
+            if let Err(e) = written {
+                rx.close();
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    let (cut, stored) = tokio::join!(cut_body(body, segment_size, scheme, budget, tx), store);
+    match (cut, stored) {
+        (Ok((size, md5)), Ok(())) => Ok(Written {
+            layout: writer.finish(),
+            size,
+            md5,
+        }),
+        (_, Err(e)) => {
+            writer.abort().await;
+            Err(internal(format!("storing the object failed: {e}")))
+        }
+        (Err(e), Ok(())) => {
+            writer.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// The version id a new version of a key in `bucket` gets.
+pub fn new_version_id(bucket: &Bucket) -> String {
+    match bucket.versioning {
+        Versioning::Enabled => random_uid(),
+        Versioning::Unversioned | Versioning::Suspended => NULL_VERSION.to_string(),
+    }
+}
+
+/// The version id to report to the client: none while versioning was never enabled.
+pub fn reported_version_id(bucket: &Bucket, id: &str) -> Option<String> {
+    (bucket.versioning != Versioning::Unversioned).then(|| id.to_string())
+}
+
+impl Node {
+    /// The plan a storage class (or, without one, the bucket default) names.
+    pub fn resolve_plan(&self, bucket: &Bucket, storage_class: Option<&str>) -> S3Result<Plan> {
+        let default = || {
+            bucket
+                .default_plan
+                .clone()
+                .unwrap_or_else(|| self.default_plan.clone())
+        };
+        let plan_name = storage_class.map_or_else(default, str::to_owned);
+        // Clients that always send STANDARD get the bucket's default plan.
+        match self.plan(&plan_name) {
+            Some(p) => Ok(p),
+            None if plan_name == "STANDARD" => {
+                let name = default();
+                self.plan(&name).ok_or_else(|| {
+                    S3Error::with_message(
+                        S3ErrorCode::InvalidStorageClass,
+                        format!("the bucket's default plan {name:?} no longer exists"),
+                    )
+                })
+            }
+            None => Err(S3Error::with_message(
+                S3ErrorCode::InvalidStorageClass,
+                format!("no storage plan named {plan_name:?}"),
+            )),
+        }
+    }
+
+    /// Stores `body` (of `length` bytes when the caller knows it, as a copy does; else
+    /// as the request declares) under `plan`. A body the plan keeps in metadata (at most
+    /// `inlineUpTo`) is sealed whole into the layout, where metadata is kept as safely as
+    /// shards; any other is striped onto providers ([`Node::store_striped`]).
+    pub async fn store_body(
+        &self,
+        plan: &Plan,
+        key: &str,
+        body: Option<StreamingBlob>,
+        length: Option<u64>,
+    ) -> S3Result<Written> {
+        let declared = match (&body, length) {
+            (_, Some(len)) => usize::try_from(len).ok(),
+            (Some(b), None) => s3s::stream::ByteStream::remaining_length(b).exact(),
+            (None, None) => Some(0),
+        };
+        if let Some(len) = declared
+            && len as u64 <= plan.inline_up_to
+            && self.keeps_inline()
+        {
+            return self.store_inline(plan, body, len).await;
+        }
+        self.store_striped(plan, key, body).await
+    }
+
+    /// Streams `body` into a fresh layout of shards under `plan`; on any error no shards
+    /// remain.
+    pub async fn store_striped(
+        &self,
+        plan: &Plan,
+        key: &str,
+        body: Option<StreamingBlob>,
+    ) -> S3Result<Written> {
+        let segment_size = usize::try_from(plan.segment_size)
+            .map_err(|_| internal(format!("plan {}: segment size too large", plan.name)))?;
+        // Shard ids name the installation first, so background garbage collection on a
+        // provider shared with another installation only ever considers this one's shards.
+        let uid = format!("{}_{}", self.master.installation(), random_uid());
+        let placement = self.place(plan, key, &uid)?;
+        let writer = ObjectWriter::new(
+            &self.master,
+            WriteSpec {
+                scheme: plan.scheme,
+                encrypt: plan.encrypt,
+                segment_size: plan.segment_size,
+                write_quorum: plan.write_quorum,
+                placement,
+                shard_prefix: uid,
+            },
+        )
+        .map_err(|e| internal(format!("cannot start the write: {e}")))?;
+
+        // A spawned task runs to completion (or aborts cleanly) even if the
+        // client goes away and this handler future is dropped.
+        tokio::spawn(write_body(
+            writer,
+            body,
+            segment_size,
+            plan.scheme,
+            self.upload_budget.clone(),
+        ))
+        .await
+        .map_err(|e| internal(format!("the write task failed: {e}")))?
+    }
+
+    /// Reads a small body of `declared` bytes whole and seals it into an inline layout.
+    async fn store_inline(
+        &self,
+        plan: &Plan,
+        body: Option<StreamingBlob>,
+        declared: usize,
+    ) -> S3Result<Written> {
+        let _held = self.upload_budget.take(declared).await?;
+        let mut plain = Vec::with_capacity(declared);
+        if let Some(mut body) = body {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(body_failed)?;
+                if plain.len() + chunk.len() > declared {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::IncompleteBody,
+                        format!("the body is longer than the {declared} bytes announced"),
+                    ));
+                }
+                plain.extend_from_slice(&chunk);
+            }
+        }
+        if plain.len() != declared {
+            return Err(S3Error::with_message(
+                S3ErrorCode::IncompleteBody,
+                format!(
+                    "the body ended after {} of the {declared} bytes announced",
+                    plain.len()
+                ),
+            ));
+        }
+        let md5 = hex::encode(Md5::digest(&plain));
+        let size = plain.len() as u64;
+        let layout = stripes::seal_inline(
+            &self.master,
+            plan.scheme,
+            plan.encrypt,
+            plan.segment_size,
+            plain,
+        )
+        .map_err(|e| internal(format!("sealing the object failed: {e}")))?;
+        Ok(Written { layout, size, md5 })
+    }
+
+    /// Whether small objects may be kept in metadata now: only where metadata is kept as
+    /// safely as shards are — a shared database, a metadata journal that has providers to
+    /// hold it, or a store that is meant to be alone (`sublet dev`, one disk anyway).
+    fn keeps_inline(&self) -> bool {
+        self.metadata_suffices
+            || self.meta.shared()
+            || self
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.is_active() && j.has_holders())
+    }
+
+    /// Commits a version whose shards are written, freeing the shards of the
+    /// version it replaces; on failure frees the new version's shards.
+    pub async fn commit_version(&self, version: ObjectVersion) -> S3Result<()> {
+        let layout = version.layout.clone();
+        let outcome = match self.meta(move |m| m.put_version(&version)).await {
+            Ok(o) => o,
+            Err(e) => {
+                if let Some(layout) = layout {
+                    stripes::delete_shards(&layout, self.backend_for()).await;
+                }
+                return Err(e);
+            }
+        };
+        for old in &outcome.replaced {
+            self.free_removed(Some(old)).await;
+        }
+        Ok(())
+    }
+
+    /// Frees the shards of `removed`, a version an overwrite or a delete took out of the
+    /// metadata: now, or when the last read of it in this process ends. With a store other
+    /// gateway replicas share, whose reads this process cannot see, the shards are retired
+    /// instead and freed [`super::retire::RETIRE_DELAY_MS`] later.
+    ///
+    /// With a metadata journal, only once the removal is in it: until then a recovered
+    /// store would still name the removed version, whose shards must then still be there
+    /// (when the journal cannot be stored, garbage collection frees them later).
+    pub async fn free_removed(&self, removed: Option<&ObjectVersion>) {
+        let Some((v, layout)) = removed.and_then(|v| v.layout.as_ref().map(|l| (v, l))) else {
+            return;
+        };
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.barrier().await
+        {
+            tracing::warn!(bucket = %v.bucket, key = %v.key, error = %e, "the removal is not in the metadata journal yet; its shards are left to garbage collection");
+            return;
+        }
+        if self.inflight.defer(v, layout) {
+            return;
+        }
+        if self.meta.shared() {
+            self.retire(layout.clone());
+        } else {
+            self.free(Some(layout)).await;
+        }
+    }
+
+    /// Deletes a layout's shards (best effort).
+    pub async fn free(&self, layout: Option<&crate::datapath::layout::Layout>) {
+        if let Some(layout) = layout {
+            stripes::delete_shards(layout, self.backend_for()).await;
+        }
+    }
+}
+
+/// What a delete did, as S3 reports it.
+pub struct Deleted {
+    pub version_id: Option<String>,
+    pub delete_marker: bool,
+}
+
+impl Node {
+    /// Deletes a version for good (with `version_id`), or the key: unversioned
+    /// buckets drop the object, versioned ones stack a delete marker ("null"
+    /// while suspended, replacing the null version). Deleting what is missing
+    /// succeeds, as in S3.
+    pub async fn delete_key(
+        &self,
+        bucket: &meta::Bucket,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<Deleted> {
+        let (b, k) = (bucket.name.clone(), key.to_string());
+        let marker_id = match (version_id, bucket.versioning) {
+            (Some(id), _) => {
+                let id = id.to_string();
+                let removed = self.meta(move |m| m.delete_version(&b, &k, &id)).await?;
+                let delete_marker = removed.as_ref().is_some_and(|v| v.delete_marker);
+                self.free_removed(removed.as_ref()).await;
+                return Ok(Deleted {
+                    version_id: version_id.map(str::to_string),
+                    delete_marker,
+                });
+            }
+            (None, Versioning::Unversioned) => {
+                let removed = self
+                    .meta(move |m| match m.version(&b, &k, None)? {
+                        Some(latest) => m.delete_version(&b, &k, &latest.version_id),
+                        None => Ok(None),
+                    })
+                    .await?;
+                self.free_removed(removed.as_ref()).await;
+                return Ok(Deleted {
+                    version_id: None,
+                    delete_marker: false,
+                });
+            }
+            (None, Versioning::Enabled) => random_uid(),
+            (None, Versioning::Suspended) => NULL_VERSION.to_string(),
+        };
+        let marker = ObjectVersion {
+            bucket: bucket.name.clone(),
+            key: key.to_string(),
+            version_id: marker_id.clone(),
+            delete_marker: true,
+            size: 0,
+            etag: String::new(),
+            content_type: None,
+            user_metadata: Default::default(),
+            last_modified: now_ms(),
+            plan: String::new(),
+            layout: None,
+        };
+        self.commit_version(marker).await?;
+        Ok(Deleted {
+            version_id: reported_version_id(bucket, &marker_id),
+            delete_marker: true,
+        })
+    }
+}
+
+impl Node {
+    /// The providers for shards 0..width of a new object under `plan`; 503 naming the
+    /// unmet rule when the plan cannot be placed on today's healthy providers.
+    pub fn place(&self, plan: &Plan, key: &str, uid: &str) -> S3Result<Vec<Arc<dyn ShardBackend>>> {
+        let topology = self.topology();
+        let rule = topology.rule(&plan.name);
+        let candidates = topology.candidates(self.health());
+        // A provider must at least hold its shard of one segment.
+        let need = plan.segment_size.div_ceil(plan.scheme.needed() as u64);
+        let width = plan.scheme.width();
+        let chosen = crate::datapath::placement::choose(
+            &plan.name,
+            &rule,
+            width,
+            &candidates,
+            need,
+            key,
+            uid,
+        )
+        .map_err(|e| {
+            let mut err = S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.0);
+            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+            err
+        })?;
+        chosen
+            .into_iter()
+            .map(|i| {
+                let node = &candidates[i].site.node_id;
+                self.backend(node)
+                    .ok_or_else(|| internal(format!("provider {node} has no client")))
+            })
+            .collect()
+    }
+}
