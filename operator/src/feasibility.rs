@@ -1,62 +1,43 @@
 //! Whether a plan's placement can be met by the providers the pools have today. A plan that
 //! cannot is still valid (pools grow); it reports `Feasible=False` naming the unmet rule.
+//!
+//! The gateway's own rule decides ([`sublet_placement::feasible`]); this file turns the
+//! pools' ready members into sites and words the answer for the plan's status.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 
 use kube::ResourceExt;
-use sublet_crds::{ProviderPool, SpreadBy, StoragePlanSpec};
+use sublet_crds::{ProviderPool, StoragePlanSpec};
+use sublet_placement::{PlacementRule, Shortfall, Site, domain_name};
 
-/// One ready provider and the failure domains it belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Provider {
-    pool: String,
-    node: String,
-    zone: String,
-    owner: String,
-}
-
-fn ready_providers(pool: &ProviderPool) -> Vec<Provider> {
+/// The ready members of `pool` where placement sees them: each its own node, in its zone
+/// (its own when it names none), owned by the pool's owner (the pool's name without one).
+fn ready_sites(pool: &ProviderPool) -> impl Iterator<Item = Site> + '_ {
     let name = pool.name_any();
     let owner = pool.spec.owner.clone().unwrap_or_else(|| name.clone());
     pool.status
         .iter()
         .flat_map(|s| &s.members)
         .filter(|m| m.ready)
-        .map(|m| Provider {
-            pool: name.clone(),
-            node: format!("{name}/{}", m.name),
-            zone: if m.zone.is_empty() {
-                format!("{name}/{}", m.name)
-            } else {
-                m.zone.clone()
-            },
-            owner: owner.clone(),
+        .map(move |m| {
+            let node_id = format!("{name}/{}", m.name);
+            Site {
+                zone: if m.zone.is_empty() {
+                    node_id.clone()
+                } else {
+                    m.zone.clone()
+                },
+                node_id,
+                pool: name.clone(),
+                owner: owner.clone(),
+            }
         })
-        .collect()
-}
-
-fn domain(provider: &Provider, spread: SpreadBy) -> &str {
-    match spread {
-        SpreadBy::Node => &provider.node,
-        SpreadBy::Zone => &provider.zone,
-        SpreadBy::Owner => &provider.owner,
-        SpreadBy::Pool => &provider.pool,
-    }
-}
-
-fn spread_name(spread: SpreadBy) -> &'static str {
-    match spread {
-        SpreadBy::Node => "node",
-        SpreadBy::Zone => "zone",
-        SpreadBy::Owner => "owner",
-        SpreadBy::Pool => "pool",
-    }
 }
 
 /// Checks `plan` against the ready members of `pools` (the namespace's pools). `Err` names
 /// the first rule that cannot be met and what would fix it.
 pub fn check(plan: &StoragePlanSpec, pools: &[ProviderPool]) -> Result<(), String> {
-    let width = u64::from(plan.stripe_width());
+    let width = usize::try_from(plan.stripe_width()).unwrap_or(usize::MAX);
     if width == 0 {
         return Ok(());
     }
@@ -71,139 +52,49 @@ pub fn check(plan: &StoragePlanSpec, pools: &[ProviderPool]) -> Result<(), Strin
             ));
         }
     }
-    // (pool, max shards) for every pool the plan may use.
-    let usable: Vec<(String, Option<u32>)> = if placement.pools.is_empty() {
-        by_name.keys().map(|n| (n.clone(), None)).collect()
-    } else {
-        placement
-            .pools
-            .iter()
-            .map(|l| (l.name.clone(), l.max_shards))
-            .collect()
-    };
-    let per_domain = u64::from(placement.max_per_domain);
-    let spread = placement.spread_by;
-    let rule = format!(
+    let mut rule = PlacementRule::from_spec(plan);
+    // The gateway reads maxPerDomain 0 as 1, but only a plan validation rejects has it:
+    // judge that plan as written.
+    rule.max_per_domain = usize::try_from(placement.max_per_domain).unwrap_or(usize::MAX);
+    let sites: Vec<Site> = by_name.values().flat_map(|p| ready_sites(p)).collect();
+    let per_domain = format!(
         "at most {} per {}",
         placement.max_per_domain,
-        spread_name(spread)
+        domain_name(placement.spread_by)
     );
-
-    // Providers per (pool, domain).
-    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for (pool, _) in &usable {
-        if let Some(p) = by_name.get(pool) {
-            for provider in ready_providers(p) {
-                *counts
-                    .entry((pool.clone(), domain(&provider, spread).to_owned()))
-                    .or_default() += 1;
-            }
-        }
-    }
-    let pool_capacity = |pool: &str| -> (u64, u64) {
-        let providers: u64 = counts
-            .iter()
-            .filter(|((p, _), _)| p == pool)
-            .map(|(_, n)| *n)
-            .sum();
-        let spread_cap: u64 = counts
-            .iter()
-            .filter(|((p, _), _)| p == pool)
-            .map(|(_, n)| (*n).min(per_domain))
-            .sum();
-        (providers, spread_cap)
-    };
-    for (i, limit) in placement.pools.iter().enumerate() {
-        let min = u64::from(limit.min_shards.unwrap_or(0));
-        if min == 0 {
-            continue;
-        }
-        let (providers, cap) = pool_capacity(&limit.name);
-        let cap = limit.max_shards.map_or(cap, |m| cap.min(u64::from(m)));
-        if cap < min {
-            return Err(format!(
-                "spec.placement.pools[{i}].minShards: pool {} must hold {min} shards of every stripe \
-                 but its {providers} ready providers can hold {cap} ({rule}); add providers to the pool or lower minShards",
-                limit.name
-            ));
-        }
-    }
-    let total = max_shards(&usable, &counts, per_domain);
-    if total < width {
-        let providers: u64 = counts.values().sum();
-        let names: Vec<&str> = usable.iter().map(|(n, _)| n.as_str()).collect();
-        return Err(format!(
-            "spec.redundancy: a stripe has {width} shards but the {providers} ready providers of pools {} can hold {total} ({rule}); \
-             add providers, relax spec.placement or lower the redundancy",
-            if names.is_empty() {
-                "(none)".to_owned()
+    match sublet_placement::feasible(&rule, &sites, width) {
+        Ok(()) => Ok(()),
+        Err(Shortfall::PoolMinimum {
+            pool,
+            min,
+            sites,
+            can_hold,
+        }) => Err(format!(
+            "spec.placement.pools[{pool}].minShards: pool {} must hold {min} shards of every stripe \
+             but its {sites} ready providers can hold {can_hold} ({per_domain}); add providers to the pool or lower minShards",
+            rule.pools[pool].name
+        )),
+        Err(Shortfall::Width {
+            width,
+            sites,
+            can_hold,
+        }) => {
+            // The pools the plan may use: the ones it names, else every pool of the namespace.
+            let names: Vec<&str> = if placement.pools.is_empty() {
+                by_name.keys().map(String::as_str).collect()
             } else {
-                names.join(", ")
-            }
-        ));
-    }
-    Ok(())
-}
-
-/// Most shards of one stripe the providers can hold: a max flow from pools (capped by
-/// maxShards) through failure domains (capped by maxPerDomain), one shard per provider.
-fn max_shards(
-    usable: &[(String, Option<u32>)],
-    counts: &BTreeMap<(String, String), u64>,
-    per_domain: u64,
-) -> u64 {
-    let domains: BTreeSet<&String> = counts.keys().map(|(_, d)| d).collect();
-    let domain_index: BTreeMap<&String, usize> = domains
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (*d, 2 + usable.len() + i))
-        .collect();
-    let n = 2 + usable.len() + domains.len();
-    let (source, sink) = (0, 1);
-    let mut cap = vec![vec![0u64; n]; n];
-    for (i, (pool, max)) in usable.iter().enumerate() {
-        cap[source][2 + i] = max.map_or(u64::MAX / 4, u64::from);
-        for ((p, d), count) in counts {
-            if p == pool
-                && let Some(&j) = domain_index.get(d)
-            {
-                cap[2 + i][j] += count;
-            }
-        }
-    }
-    for &j in domain_index.values() {
-        cap[j][sink] = per_domain;
-    }
-    let mut flow = 0;
-    loop {
-        let mut parent = vec![usize::MAX; n];
-        parent[source] = source;
-        let mut queue = VecDeque::from([source]);
-        while let Some(u) = queue.pop_front() {
-            for v in 0..n {
-                if parent[v] == usize::MAX && cap[u][v] > 0 {
-                    parent[v] = u;
-                    queue.push_back(v);
+                placement.pools.iter().map(|l| l.name.as_str()).collect()
+            };
+            Err(format!(
+                "spec.redundancy: a stripe has {width} shards but the {sites} ready providers of pools {} can hold {can_hold} ({per_domain}); \
+                 add providers, relax spec.placement or lower the redundancy",
+                if names.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    names.join(", ")
                 }
-            }
+            ))
         }
-        if parent[sink] == usize::MAX {
-            return flow;
-        }
-        let mut push = u64::MAX;
-        let mut v = sink;
-        while v != source {
-            push = push.min(cap[parent[v]][v]);
-            v = parent[v];
-        }
-        let mut v = sink;
-        while v != source {
-            let u = parent[v];
-            cap[u][v] -= push;
-            cap[v][u] += push;
-            v = u;
-        }
-        flow += push;
     }
 }
 
