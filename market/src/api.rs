@@ -14,8 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::identity::{self, Party, RequestSignature, Verified};
-use crate::ledger::Micros;
+use sublet_market_api::contracts::Contract;
+use sublet_market_api::credits::Micros;
+use sublet_market_api::identity::{self, Party, RequestSignature, Verified};
+use sublet_market_api::offers::Offer;
+
 use crate::offers::OfferFilter;
 use crate::{Error, Market, Result};
 
@@ -23,38 +26,29 @@ use crate::{Error, Market, Result};
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 type Shared = Arc<Market>;
-type Reply<T> = Result<Json<T>>;
+type Reply<T> = Result<Json<T>, ErrorReply>;
 
-impl Error {
-    /// The one place an error becomes an HTTP status and a stable code.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        match self {
-            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Error::Replayed { .. } => (StatusCode::UNAUTHORIZED, "replayed_request"),
-            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Error::OperationIdReused { .. } => (StatusCode::CONFLICT, "operation_id_reused"),
-            Error::AlreadySettled { .. } => (StatusCode::CONFLICT, "already_settled"),
-            Error::InsufficientFunds { .. } => (StatusCode::CONFLICT, "insufficient_funds"),
-            Error::NoPaymentRail => (StatusCode::NOT_IMPLEMENTED, "no_payment_rail"),
-            Error::Database(_) | Error::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-        }
+/// An [`Error`] as the API answers it: the status and code of [`Error::status_and_code`]
+/// and a JSON body naming the problem.
+#[derive(Debug)]
+pub struct ErrorReply(pub Error);
+
+impl From<Error> for ErrorReply {
+    fn from(e: Error) -> Self {
+        ErrorReply(e)
     }
 }
 
-impl IntoResponse for Error {
+impl IntoResponse for ErrorReply {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
+        let ErrorReply(e) = self;
+        let (status, code) = e.status_and_code();
         if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(error = %e, "request failed");
         }
         (
             status,
-            Json(json!({"error": {"code": code, "message": self.to_string()}})),
+            Json(json!({"error": {"code": code, "message": e.to_string()}})),
         )
             .into_response()
     }
@@ -69,9 +63,9 @@ pub struct SignedRequest {
 }
 
 impl<S: Send + Sync> FromRequest<S> for SignedRequest {
-    type Rejection = Error;
+    type Rejection = ErrorReply;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ErrorReply> {
         let method = req.method().as_str().to_owned();
         let path_and_query = req
             .uri()
@@ -124,10 +118,13 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
 }
 
 /// Runs blocking database work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T, ErrorReply> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(format!("request worker failed: {e}")))?
+        .map_err(ErrorReply)
 }
 
 pub fn router(market: Shared) -> Router {
@@ -179,7 +176,11 @@ pub fn router(market: Shared) -> Router {
         .route("/v1/disputes", get(my_disputes))
         .route("/v1/disputes/{id}", get(dispute))
         .route("/v1/disputes/{id}/decide", post(decide_dispute))
-        .fallback(|| async { Error::not_found("route; the API is described at /openapi.json") })
+        .fallback(|| async {
+            ErrorReply(Error::not_found(
+                "route; the API is described at /openapi.json",
+            ))
+        })
         .layer(axum::middleware::from_fn_with_state(
             market.clone(),
             count_responses,
@@ -201,7 +202,7 @@ async fn count_responses(
     response
 }
 
-async fn metrics(State(m): State<Shared>) -> Result<impl IntoResponse> {
+async fn metrics(State(m): State<Shared>) -> Result<impl IntoResponse, ErrorReply> {
     let text = blocking(move || m.render_metrics()).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
@@ -251,7 +252,7 @@ async fn submit_attestation(
     State(m): State<Shared>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<crate::attestations::Attestation>)> {
+) -> Result<(StatusCode, Json<crate::attestations::Attestation>), ErrorReply> {
     blocking(move || {
         let att = parse(&body)?;
         Ok((StatusCode::CREATED, Json(m.submit_attestation(&id, &att)?)))
@@ -312,7 +313,7 @@ async fn console() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("console.html"))
 }
 
-async fn ledger_summary(State(m): State<Shared>) -> Reply<crate::service::LedgerSummary> {
+async fn ledger_summary(State(m): State<Shared>) -> Reply<crate::ledger::LedgerSummary> {
     blocking(move || Ok(Json(m.ledger_summary()?))).await
 }
 
@@ -369,7 +370,7 @@ async fn release_held_back(
     .await
 }
 
-async fn publish_offer(State(m): State<Shared>, req: SignedRequest) -> Reply<crate::offers::Offer> {
+async fn publish_offer(State(m): State<Shared>, req: SignedRequest) -> Reply<Offer> {
     blocking(move || {
         let who = req.party(&m)?;
         Ok(Json(m.publish_offer(&who, &req.json()?)?))
@@ -380,13 +381,13 @@ async fn publish_offer(State(m): State<Shared>, req: SignedRequest) -> Reply<cra
 async fn search_offers(
     State(m): State<Shared>,
     filter: Result<Query<OfferFilter>, QueryRejection>,
-) -> Reply<Vec<crate::offers::Offer>> {
+) -> Reply<Vec<Offer>> {
     let Query(filter) =
         filter.map_err(|e| Error::BadRequest(format!("invalid search: {}", e.body_text())))?;
     blocking(move || Ok(Json(m.search_offers(&filter)?))).await
 }
 
-async fn offer(State(m): State<Shared>, Path(id): Path<String>) -> Reply<crate::offers::Offer> {
+async fn offer(State(m): State<Shared>, Path(id): Path<String>) -> Reply<Offer> {
     blocking(move || Ok(Json(m.offer(&id)?))).await
 }
 
@@ -394,14 +395,14 @@ async fn withdraw_offer(
     State(m): State<Shared>,
     Path(id): Path<String>,
     req: SignedRequest,
-) -> Reply<crate::offers::Offer> {
+) -> Reply<Offer> {
     blocking(move || Ok(Json(m.withdraw_offer(&req.party(&m)?, &id)?))).await
 }
 
 async fn propose_contract(
     State(m): State<Shared>,
     req: SignedRequest,
-) -> Result<(StatusCode, Json<crate::contracts::Contract>)> {
+) -> Result<(StatusCode, Json<Contract>), ErrorReply> {
     blocking(move || {
         let who = req.verify(&m)?;
         let new = req.json()?;
@@ -413,10 +414,7 @@ async fn propose_contract(
     .await
 }
 
-async fn my_contracts(
-    State(m): State<Shared>,
-    req: SignedRequest,
-) -> Reply<Vec<crate::contracts::Contract>> {
+async fn my_contracts(State(m): State<Shared>, req: SignedRequest) -> Reply<Vec<Contract>> {
     blocking(move || Ok(Json(m.contracts_of(&req.party(&m)?)?))).await
 }
 
@@ -424,7 +422,7 @@ async fn contract(
     State(m): State<Shared>,
     Path(id): Path<String>,
     req: SignedRequest,
-) -> Reply<crate::contracts::Contract> {
+) -> Reply<Contract> {
     blocking(move || Ok(Json(m.contract(&req.party(&m)?, &id)?))).await
 }
 
@@ -432,7 +430,7 @@ async fn accept_contract(
     State(m): State<Shared>,
     Path(id): Path<String>,
     req: SignedRequest,
-) -> Reply<crate::contracts::Contract> {
+) -> Reply<Contract> {
     blocking(move || {
         let who = req.verify(&m)?;
         Ok(Json(m.accept_contract(&who, &req.body, &id)?))
@@ -444,7 +442,7 @@ async fn reject_contract(
     State(m): State<Shared>,
     Path(id): Path<String>,
     req: SignedRequest,
-) -> Reply<crate::contracts::Contract> {
+) -> Reply<Contract> {
     blocking(move || Ok(Json(m.reject_contract(&req.party(&m)?, &id)?))).await
 }
 
@@ -512,7 +510,7 @@ async fn observe(
     State(m): State<Shared>,
     Path(id): Path<String>,
     req: SignedRequest,
-) -> Result<StatusCode> {
+) -> Result<StatusCode, ErrorReply> {
     blocking(move || {
         let who = req.verify(&m)?;
         let o = req.json()?;
@@ -547,7 +545,7 @@ async fn open_dispute(
     State(m): State<Shared>,
     Path(id): Path<String>,
     req: SignedRequest,
-) -> Result<(StatusCode, Json<crate::disputes::Dispute>)> {
+) -> Result<(StatusCode, Json<crate::disputes::Dispute>), ErrorReply> {
     blocking(move || {
         let who = req.verify(&m)?;
         let new = req.json()?;

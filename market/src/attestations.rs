@@ -15,8 +15,9 @@ use crate::db::{Db, Row};
 use crate::params;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{self, Signer};
-use crate::ratings::RatingInput;
+use sublet_market_api::identity::{Signer, party_id, sha256_hex, verify_signature};
+
+use crate::identity;
 use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
@@ -130,7 +131,7 @@ pub fn email_hash(address: &str) -> Result<String> {
             "{address:?} is not an e-mail address like name@example.org"
         )));
     }
-    Ok(identity::sha256_hex(address.as_bytes()))
+    Ok(sha256_hex(address.as_bytes()))
 }
 
 /// An attestation as the attestor signs and anyone submits it
@@ -198,10 +199,7 @@ impl SignedAttestation {
 
     /// The attestation's id: the same statement always gets the same one.
     pub fn id(&self) -> String {
-        format!(
-            "at_{}",
-            &identity::sha256_hex(self.message().as_bytes())[..32]
-        )
+        format!("at_{}", &sha256_hex(self.message().as_bytes())[..32])
     }
 }
 
@@ -260,7 +258,7 @@ fn from_row(r: &Row, keys: &[String], now: i64) -> Result<Attestation> {
         AttestationStatus::Active
     };
     let attestor_id = match hex::decode(&attestor) {
-        Ok(key) => identity::party_id(&key),
+        Ok(key) => party_id(&key),
         Err(_) => {
             return Err(Error::Internal(format!(
                 "attestor key {attestor:?} in database is not hex"
@@ -351,7 +349,7 @@ pub fn submit(
     }
     let key = hex::decode(&att.attestor)
         .map_err(|_| Error::Internal("attestor key checked above".into()))?;
-    identity::verify_signature(&key, att.message().as_bytes(), &att.signature).map_err(|_| {
+    verify_signature(&key, att.message().as_bytes(), &att.signature).map_err(|_| {
         Error::Unauthorized(format!(
             "the attestation's signature does not verify against attestor key {}; it must be base64 ed25519 over sublet-market-attest-v1\\n{{attestor}}\\n{{kind}}\\n{{party}}\\n{{email_sha256}}\\n{{issued_at}}\\n{{expires_at}}",
             att.attestor
@@ -446,7 +444,8 @@ pub fn revoke(
     get(conn, party, id, keys, now)
 }
 
-/// A party's trust level and the attestations that give it.
+/// A party's trust level and the attestations that give it. How it counts in a rating is
+/// `Trust::rating_input`, with the other rating rules in the `ratings` module.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trust {
     pub level: TrustLevel,
@@ -473,40 +472,6 @@ pub fn trust(conn: &dyn Db, party: &str, keys: &[String], now: i64) -> Result<Tr
         .max()
         .unwrap_or_default();
     Ok(Trust { level, active })
-}
-
-impl Trust {
-    /// The rating input that explains the trust level.
-    pub fn rating_input(&self, weight_percent: u32) -> RatingInput {
-        let mut said: Vec<String> = Vec::new();
-        for a in &self.active {
-            let line = match a.kind {
-                AttestationKind::Email => format!("email verified by {}", a.attestor_id),
-                AttestationKind::Operator => format!("vouched for by {}", a.attestor_id),
-            };
-            if !said.contains(&line) {
-                said.push(line);
-            }
-        }
-        RatingInput {
-            name: "attestations",
-            value: if said.is_empty() {
-                "no valid attestation".into()
-            } else {
-                said.join("; ")
-            },
-            score: match self.level {
-                TrustLevel::Unverified => 0,
-                TrustLevel::Verified => 500,
-                TrustLevel::Vouched => 1000,
-            },
-            weight_percent,
-            explanation: format!(
-                "trust level {}: an e-mail address verified by one of the market's attestors counts 500, an attestor vouching for the party (operator) 1000, none 0; revoked and expired attestations don't count",
-                self.level.as_str()
-            ),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+use sublet_market_api::client::Client;
+use sublet_market_api::identity::{Role, Signer};
+use sublet_market_api::receipts::MAX_PERIOD_SECS;
+
 use crate::attestations::{AttestationKind, SignedAttestation, email_hash};
-use crate::identity::{Role, Signer};
 use crate::rail::{ManualRail, PaymentRail};
-use crate::{Market, Policy, api, client::Client};
+use crate::{Market, Policy, api};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -150,7 +153,7 @@ fn parse_period(s: &str) -> Result<i64, String> {
         other => return Err(format!("unknown unit {other:?} in {s:?}: use s, m, h or d")),
     };
     let secs = n.saturating_mul(unit);
-    if !(1..=crate::receipts::MAX_PERIOD_SECS).contains(&secs) {
+    if !(1..=MAX_PERIOD_SECS).contains(&secs) {
         return Err(format!("{s:?} must be between 1s and 31d"));
     }
     Ok(secs)

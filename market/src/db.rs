@@ -332,20 +332,23 @@ impl Db for rusqlite::Connection {
     }
 
     fn execute_values(&self, sql: &str, params: Vec<Value>) -> Result<usize> {
-        let mut stmt = self.prepare_cached(sql)?;
-        Ok(stmt.execute(rusqlite::params_from_iter(params))?)
+        let mut stmt = self.prepare_cached(sql).map_err(sqlite_error)?;
+        stmt.execute(rusqlite::params_from_iter(params))
+            .map_err(sqlite_error)
     }
 
     fn query_values(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>> {
         use rusqlite::types::ValueRef;
-        let mut stmt = self.prepare_cached(sql)?;
+        let mut stmt = self.prepare_cached(sql).map_err(sqlite_error)?;
         let columns: Arc<[String]> = stmt.column_names().into_iter().map(String::from).collect();
-        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(sqlite_error)?;
         let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
+        while let Some(row) = rows.next().map_err(sqlite_error)? {
             let mut values = Vec::with_capacity(columns.len());
             for i in 0..columns.len() {
-                values.push(match row.get_ref(i)? {
+                values.push(match row.get_ref(i).map_err(sqlite_error)? {
                     ValueRef::Null => Value::Null,
                     ValueRef::Integer(v) => Value::I64(v),
                     ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
@@ -367,7 +370,7 @@ impl Db for rusqlite::Connection {
     }
 
     fn schema(&self, sql: &str) -> Result<()> {
-        Ok(self.execute_batch(sql)?)
+        self.execute_batch(sql).map_err(sqlite_error)
     }
 }
 
@@ -414,6 +417,17 @@ pub fn pg_schema(sql: &str) -> String {
     )
     .replace("INTEGER", "BIGINT")
     .replace("BLOB", "BYTEA")
+}
+
+/// A SQLite error as the market's [`Error::Database`].
+pub fn sqlite_error(e: rusqlite::Error) -> Error {
+    Error::Database(e.to_string())
+}
+
+/// A PostgreSQL error as the market's [`Error::Database`], with the server's message
+/// ([`pg_message`]).
+pub fn pg_error(e: postgres::Error) -> Error {
+    Error::Database(pg_message(&e))
 }
 
 /// The message of a PostgreSQL error, with the server's code, message and detail when it
@@ -485,20 +499,30 @@ fn pg_row(row: &postgres::Row, columns: &Arc<[String]>) -> Result<Row> {
     let mut values = Vec::with_capacity(columns.len());
     for (i, col) in row.columns().iter().enumerate() {
         let v = match *col.type_() {
-            Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Value::I64),
+            Type::INT8 => row
+                .try_get::<_, Option<i64>>(i)
+                .map_err(pg_error)?
+                .map(Value::I64),
             Type::INT4 => row
-                .try_get::<_, Option<i32>>(i)?
+                .try_get::<_, Option<i32>>(i)
+                .map_err(pg_error)?
                 .map(|v| Value::I64(v.into())),
             Type::INT2 => row
-                .try_get::<_, Option<i16>>(i)?
+                .try_get::<_, Option<i16>>(i)
+                .map_err(pg_error)?
                 .map(|v| Value::I64(v.into())),
             Type::BOOL => row
-                .try_get::<_, Option<bool>>(i)?
+                .try_get::<_, Option<bool>>(i)
+                .map_err(pg_error)?
                 .map(|v| Value::I64(v.into())),
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
-                row.try_get::<_, Option<String>>(i)?.map(Value::Text)
-            }
-            Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => row
+                .try_get::<_, Option<String>>(i)
+                .map_err(pg_error)?
+                .map(Value::Text),
+            Type::BYTEA => row
+                .try_get::<_, Option<Vec<u8>>>(i)
+                .map_err(pg_error)?
+                .map(Value::Blob),
             ref ty => {
                 return Err(Error::Internal(format!(
                     "column {i} ({}) has PostgreSQL type {ty}, which the market does not read \
@@ -528,7 +552,7 @@ impl<'a> PgTx<'a> {
     }
 
     pub fn commit(self) -> Result<()> {
-        Ok(self.tx.into_inner().commit()?)
+        self.tx.into_inner().commit().map_err(pg_error)
     }
 
     fn bind(params: Vec<Value>) -> Vec<PgValue> {
@@ -554,7 +578,10 @@ impl Db for PgTx<'_> {
             .iter()
             .map(|v| v as &(dyn postgres::types::ToSql + Sync))
             .collect();
-        let n = self.with(|tx| Ok(tx.execute(pg_placeholders(sql).as_str(), &refs)?))?;
+        let n = self.with(|tx| {
+            tx.execute(pg_placeholders(sql).as_str(), &refs)
+                .map_err(pg_error)
+        })?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -564,7 +591,10 @@ impl Db for PgTx<'_> {
             .iter()
             .map(|v| v as &(dyn postgres::types::ToSql + Sync))
             .collect();
-        let rows = self.with(|tx| Ok(tx.query(pg_placeholders(sql).as_str(), &refs)?))?;
+        let rows = self.with(|tx| {
+            tx.query(pg_placeholders(sql).as_str(), &refs)
+                .map_err(pg_error)
+        })?;
         let Some(first) = rows.first() else {
             return Ok(Vec::new());
         };
@@ -577,7 +607,7 @@ impl Db for PgTx<'_> {
     }
 
     fn schema(&self, sql: &str) -> Result<()> {
-        self.with(|tx| Ok(tx.batch_execute(&pg_schema(sql))?))
+        self.with(|tx| tx.batch_execute(&pg_schema(sql)).map_err(pg_error))
     }
 }
 
@@ -606,7 +636,7 @@ mod tests {
 
     #[test]
     fn sqlite_rows_read_typed_and_name_bad_columns() -> Result<()> {
-        let conn = rusqlite::Connection::open_in_memory()?;
+        let conn = rusqlite::Connection::open_in_memory().map_err(sqlite_error)?;
         let db: &dyn Db = &conn;
         db.schema("CREATE TABLE t (a INTEGER, b TEXT)")?;
         assert_eq!(

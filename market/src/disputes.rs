@@ -7,9 +7,12 @@ use crate::db::{Db, Row};
 use crate::params;
 use serde::{Deserialize, Serialize};
 
-use crate::contracts::{self, Contract};
-use crate::identity::{Party, Role, new_id};
-use crate::ledger::{self, Account, MAX_AMOUNT, Micros};
+use sublet_market_api::contracts::Contract;
+use sublet_market_api::credits::{MAX_AMOUNT, Micros};
+use sublet_market_api::identity::{Party, Role, new_id};
+
+use crate::contracts;
+use crate::ledger::{self, Account};
 use crate::{Error, Result};
 
 pub const SCHEMA: &str = "

@@ -5,14 +5,13 @@
 use crate::db::Db;
 use crate::params;
 use serde::Serialize;
+use sublet_market_api::contracts::Contract;
+
+/// Amounts are integer micro-credits (`sublet_market_api::credits`).
+pub use sublet_market_api::credits::{CREDIT, MAX_AMOUNT, Micros};
 
 use crate::{Error, Result};
 
-/// Amounts are integer micro-credits; one credit is [`CREDIT`] micro-credits.
-pub type Micros = i64;
-pub const CREDIT: Micros = 1_000_000;
-/// Upper bound of one amount (a thousand million credits): keeps every sum far from overflow.
-pub const MAX_AMOUNT: Micros = 1_000_000_000 * CREDIT;
 /// Basis points: 10 000 is 100 %.
 pub const BPS: i64 = 10_000;
 
@@ -211,6 +210,47 @@ pub fn net_inflow(conn: &dyn Db) -> Result<Micros> {
     Ok(-balance(conn, &Account::External)?)
 }
 
+/// Totals over the whole ledger; `balanced` is the market's solvency check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerSummary {
+    /// Deposits minus withdrawals: the credits that should be inside the market.
+    pub net_deposits: Micros,
+    pub available: Micros,
+    pub escrow: Micros,
+    pub held_back: Micros,
+    pub platform: Micros,
+    /// available + escrow + held_back + platform.
+    pub total: Micros,
+    /// Whether total equals net_deposits.
+    pub balanced: bool,
+}
+
+/// Sums every account by kind and checks the total against net deposits.
+pub fn summary(conn: &dyn Db) -> Result<LedgerSummary> {
+    let mut s = LedgerSummary {
+        net_deposits: net_inflow(conn)?,
+        available: 0,
+        escrow: 0,
+        held_back: 0,
+        platform: 0,
+        total: 0,
+        balanced: false,
+    };
+    for (key, balance) in balances(conn)? {
+        match Account::parse(&key) {
+            Some(Account::Available(_)) => s.available += balance,
+            Some(Account::Escrow(_)) => s.escrow += balance,
+            Some(Account::HeldBack(_)) => s.held_back += balance,
+            Some(Account::Platform) => s.platform += balance,
+            Some(Account::External) => {}
+            None => return Err(Error::Internal(format!("unknown account {key}"))),
+        }
+    }
+    s.total = s.available + s.escrow + s.held_back + s.platform;
+    s.balanced = s.total == s.net_deposits;
+    Ok(s)
+}
+
 pub fn deposit(
     conn: &dyn Db,
     op_id: &str,
@@ -361,6 +401,16 @@ pub struct Parties<'a> {
     pub contract: &'a str,
     pub demander: &'a str,
     pub provider: &'a str,
+}
+
+impl<'a> Parties<'a> {
+    pub fn of(c: &'a Contract) -> Self {
+        Parties {
+            contract: &c.id,
+            demander: &c.demander,
+            provider: &c.provider,
+        }
+    }
 }
 
 /// Pays one receipt period out of escrow. A period is paid at most once: the
@@ -544,6 +594,7 @@ pub fn adjust(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::sqlite_error;
     use proptest::prelude::*;
     use rusqlite::Connection;
 
@@ -555,9 +606,9 @@ mod tests {
 
     /// Runs `f` in a transaction that commits only on success, as the service does.
     fn tx<T>(conn: &mut Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let tx = conn.transaction()?;
+        let tx = conn.transaction().map_err(sqlite_error)?;
         let out = f(&tx)?;
-        tx.commit()?;
+        tx.commit().map_err(sqlite_error)?;
         Ok(out)
     }
 

@@ -1,17 +1,17 @@
 //! sublet-market: the platform role of sublet — parties and their keys, offers,
-//! contracts, usage receipts and the escrow ledger that settles them.
+//! contracts, usage receipts and the escrow ledger that settles them: the service, its
+//! database, HTTP API, console and command line. What providers and gateways need to talk
+//! to it (wire types, signing, the client, the meter) is the `sublet-market-api` crate;
+//! its modules are re-exported here under their old paths.
 
 pub mod api;
 pub mod attestations;
 pub mod cli;
-pub mod client;
 pub mod contracts;
 pub mod db;
 pub mod disputes;
-pub mod error;
 pub mod identity;
 pub mod ledger;
-pub mod meter;
 pub mod metrics;
 pub mod offers;
 pub mod quality;
@@ -20,16 +20,8 @@ pub mod ratings;
 pub mod receipts;
 pub mod service;
 
-pub use error::{Error, Result};
 pub use service::Market;
-
-/// Unix seconds now (0 before 1970): the clock the market, its client and both sides'
-/// usage meters count in.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub use sublet_market_api::{Error, Result, client, error, meter, unix_now};
 
 /// The market's rules for money and signatures.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use crate::params;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::Result;
-use crate::service::LedgerSummary;
+use crate::ledger::LedgerSummary;
 
 #[derive(Clone)]
 pub struct Metrics {

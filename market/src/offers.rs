@@ -1,11 +1,15 @@
-//! Providers' offers of storage and the search demanders run over them.
+//! Providers' offers of storage and the search demanders run over them. The offer types
+//! are `sublet_market_api::offers`, re-exported here.
 
 use crate::db::{Db, Row};
 use crate::params;
 use serde::{Deserialize, Serialize};
+use sublet_market_api::credits::{MAX_AMOUNT, Micros};
+use sublet_market_api::identity::{Party, Role, new_id};
 
-use crate::identity::{Party, Role, new_id};
-use crate::ledger::{MAX_AMOUNT, Micros};
+pub use sublet_market_api::offers::{NewOffer, Offer};
+
+use crate::attestations::TrustLevel;
 use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
@@ -32,47 +36,6 @@ pub fn migrate(conn: &dyn Db) -> Result<()> {
     Ok(())
 }
 
-/// What a provider publishes.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewOffer {
-    /// Bytes the provider lends through this offer.
-    pub capacity_bytes: u64,
-    /// Micro-credits per GiB stored for a month (730 hours).
-    pub price_per_gib_month: Micros,
-    /// Micro-credits per GiB read back out.
-    pub egress_price_per_gib: Micros,
-    /// Free-form region tag, lowercase letters, digits and '-' (e.g. `eu-west`).
-    pub region: String,
-    /// Shortest contract the provider accepts, in days.
-    pub min_term_days: u32,
-    /// Promised uptime in basis points (9950 is 99.5 %).
-    pub promised_uptime_bps: u32,
-    /// Where a demander's gateway reaches the provider's shard store (gRPC over TLS),
-    /// `https://host:port`; the node id to pin is derived from the provider's public key.
-    #[serde(default)]
-    pub endpoint: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Offer {
-    pub id: String,
-    pub provider: String,
-    pub capacity_bytes: u64,
-    /// Capacity not yet reserved by proposed or active contracts.
-    pub free_bytes: u64,
-    pub price_per_gib_month: Micros,
-    pub egress_price_per_gib: Micros,
-    pub region: String,
-    pub min_term_days: u32,
-    pub promised_uptime_bps: u32,
-    pub created_at: i64,
-    pub withdrawn: bool,
-    /// Where the provider's shard store listens; empty when the provider didn't say.
-    #[serde(default)]
-    pub endpoint: String,
-}
-
 /// Search filters; every one is optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -82,7 +45,7 @@ pub struct OfferFilter {
     pub min_free_bytes: Option<u64>,
     /// Only offers of providers at this trust level or higher (`verified`, `vouched`);
     /// applied by `Market::search_offers`, which knows the attestor keys and the clock.
-    pub min_trust: Option<crate::attestations::TrustLevel>,
+    pub min_trust: Option<TrustLevel>,
     /// Only offers of providers whose rating is at least this (0 to 1000); applied by
     /// `Market::search_offers`.
     pub min_score: Option<u32>,

@@ -4,10 +4,11 @@
 //! provider's rating, each input explaining itself.
 
 use serde::{Deserialize, Serialize};
+use sublet_market_api::contracts::{Contract, ContractState};
+use sublet_market_api::identity::Party;
 
-use crate::contracts::{self, Contract, ContractState};
+use crate::contracts;
 use crate::db::Db;
-use crate::identity::Party;
 use crate::params;
 use crate::{Error, Result};
 

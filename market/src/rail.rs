@@ -1,7 +1,8 @@
 //! Payment rails: how credits enter and leave the market. No real money moves
 //! in sublet; a rail only confirms that an outside transfer happened.
 
-use crate::ledger::Micros;
+use sublet_market_api::credits::Micros;
+
 use crate::{Error, Result};
 
 pub trait PaymentRail: Send + Sync {

@@ -4,12 +4,13 @@
 
 use crate::db::Db;
 use serde::Serialize;
+use sublet_market_api::identity::{Party, Role};
+use sublet_market_api::receipts::{UsageReceipt, agree};
 
 use crate::Result;
-use crate::attestations::{Trust, TrustLevel};
+use crate::attestations::{AttestationKind, Trust, TrustLevel};
 use crate::disputes;
-use crate::identity::{Party, Role};
-use crate::receipts::UsageReceipt;
+use crate::quality::{self, ProviderQuality, log_score};
 
 /// Scores run from 0 to this.
 pub const MAX_SCORE: u32 = 1000;
@@ -72,9 +73,42 @@ fn combine(party: &Party, trust: &Trust, inputs: Vec<RatingInput>) -> Rating {
     }
 }
 
+impl Trust {
+    /// The rating input that explains the trust level.
+    pub fn rating_input(&self, weight_percent: u32) -> RatingInput {
+        let mut said: Vec<String> = Vec::new();
+        for a in &self.active {
+            let line = match a.kind {
+                AttestationKind::Email => format!("email verified by {}", a.attestor_id),
+                AttestationKind::Operator => format!("vouched for by {}", a.attestor_id),
+            };
+            if !said.contains(&line) {
+                said.push(line);
+            }
+        }
+        RatingInput {
+            name: "attestations",
+            value: if said.is_empty() {
+                "no valid attestation".into()
+            } else {
+                said.join("; ")
+            },
+            score: match self.level {
+                TrustLevel::Unverified => 0,
+                TrustLevel::Verified => 500,
+                TrustLevel::Vouched => 1000,
+            },
+            weight_percent,
+            explanation: format!(
+                "trust level {}: an e-mail address verified by one of the market's attestors counts 500, an attestor vouching for the party (operator) 1000, none 0; revoked and expired attestations don't count",
+                self.level.as_str()
+            ),
+        }
+    }
+}
+
 /// Uptime (15), latency (10), responsiveness (5) and feedback (10) of a provider.
-fn quality_inputs(q: &crate::quality::ProviderQuality) -> Vec<RatingInput> {
-    use crate::quality::log_score;
+fn quality_inputs(q: &ProviderQuality) -> Vec<RatingInput> {
     let uptime = match ratio(q.probes_answered, q.probes) {
         Some(score) => RatingInput {
             name: "uptime",
@@ -215,7 +249,7 @@ pub fn rating(conn: &dyn Db, party: &Party, tolerance_bps: i64, trust: &Trust) -
                 },
             };
             combine(party, trust, {
-                let q = crate::quality::of_provider(conn, &party.id)?;
+                let q = quality::of_provider(conn, &party.id)?;
                 let mut inputs = vec![
                     audits,
                     agreement,
@@ -317,7 +351,7 @@ fn receipt_agreement(
     let (mut agreed, mut reported) = (0, 0);
     for (d, p) in rows {
         reported += 1;
-        if crate::receipts::agree(&d, &p, tolerance_bps) {
+        if agree(&d, &p, tolerance_bps) {
             agreed += 1;
         }
     }

@@ -13,20 +13,26 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::db::{Db, PgTx};
+use crate::db::{Db, PgTx, pg_error, sqlite_error};
 use serde::Serialize;
 use tracing::info;
 
+use sublet_market_api::contracts::{Contract, NewContract};
+use sublet_market_api::credits::Micros;
+use sublet_market_api::identity::{Party, Registration, RequestSignature, Role, Verified};
+use sublet_market_api::offers::{NewOffer, Offer};
+use sublet_market_api::receipts::UsageReceipt;
+
 use crate::attestations::{self, Attestation, SignedAttestation, TrustLevel};
-use crate::contracts::{self, Contract, NewContract};
+use crate::contracts;
 use crate::disputes::{self, Decision, Dispute, DisputeState, NewDispute};
-use crate::identity::{self, Party, Registration, RequestSignature, Role, Verified};
-use crate::ledger::{self, Account, Applied, Micros};
+use crate::identity;
+use crate::ledger::{self, Account, Applied, LedgerSummary};
 use crate::metrics::Metrics;
-use crate::offers::{self, NewOffer, Offer, OfferFilter};
+use crate::offers::{self, OfferFilter};
 use crate::rail::PaymentRail;
 use crate::ratings::{self, Rating};
-use crate::receipts::{self, Period, UsageReceipt};
+use crate::receipts::{self, Period};
 use crate::{Error, Policy, Result};
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -98,8 +104,9 @@ impl PgStore {
             let Some(client) = guard.as_mut() else {
                 return Err(Error::Internal("no PostgreSQL connection".into()));
             };
-            let mut tx = client.transaction()?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_MARKET_LOCK])?;
+            let mut tx = client.transaction().map_err(pg_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_MARKET_LOCK])
+                .map_err(pg_error)?;
             let db = PgTx::new(tx);
             let out = f(&db)?;
             db.commit()?;
@@ -165,21 +172,6 @@ pub struct ContractEscrow {
     pub amount: Micros,
 }
 
-/// Totals over the whole ledger; `balanced` is the market's solvency check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LedgerSummary {
-    /// Deposits minus withdrawals: the credits that should be inside the market.
-    pub net_deposits: Micros,
-    pub available: Micros,
-    pub escrow: Micros,
-    pub held_back: Micros,
-    pub platform: Micros,
-    /// available + escrow + held_back + platform.
-    pub total: Micros,
-    /// Whether total equals net_deposits.
-    pub balanced: bool,
-}
-
 /// The outcome of a ledger operation together with the resulting balances.
 #[derive(Debug, Clone, Serialize)]
 pub struct OperationResult {
@@ -206,14 +198,20 @@ pub struct Termination {
 impl Market {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path, policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let conn = Connection::open(path).map_err(sqlite_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite_error)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite_error)?;
         Self::with_connection(conn, policy, rail)
     }
 
     pub fn in_memory(policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
-        Self::with_connection(Connection::open_in_memory()?, policy, rail)
+        Self::with_connection(
+            Connection::open_in_memory().map_err(sqlite_error)?,
+            policy,
+            rail,
+        )
     }
 
     fn with_connection(
@@ -221,7 +219,8 @@ impl Market {
         policy: Policy,
         rail: Option<Arc<dyn PaymentRail>>,
     ) -> Result<Self> {
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sqlite_error)?;
         init_schema(&conn)?;
         Self::with_store(Store::Sqlite(Mutex::new(conn)), policy, rail)
     }
@@ -243,7 +242,7 @@ impl Market {
             db,
             policy,
             rail,
-            clock: Arc::new(crate::unix_now),
+            clock: Arc::new(sublet_market_api::unix_now),
             metrics: Metrics::new()?,
         })
     }
@@ -275,9 +274,11 @@ impl Market {
         match &self.db {
             Store::Sqlite(db) => {
                 let mut conn = db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(sqlite_error)?;
                 let out = f(&*tx as &Connection)?;
-                tx.commit()?;
+                tx.commit().map_err(sqlite_error)?;
                 Ok(out)
             }
             Store::Postgres(pg) => pg.tx(f),
@@ -429,30 +430,7 @@ impl Market {
     }
 
     pub fn ledger_summary(&self) -> Result<LedgerSummary> {
-        self.tx(|c| {
-            let mut s = LedgerSummary {
-                net_deposits: ledger::net_inflow(c)?,
-                available: 0,
-                escrow: 0,
-                held_back: 0,
-                platform: 0,
-                total: 0,
-                balanced: false,
-            };
-            for (key, balance) in ledger::balances(c)? {
-                match Account::parse(&key) {
-                    Some(Account::Available(_)) => s.available += balance,
-                    Some(Account::Escrow(_)) => s.escrow += balance,
-                    Some(Account::HeldBack(_)) => s.held_back += balance,
-                    Some(Account::Platform) => s.platform += balance,
-                    Some(Account::External) => {}
-                    None => return Err(Error::Internal(format!("unknown account {key}"))),
-                }
-            }
-            s.total = s.available + s.escrow + s.held_back + s.platform;
-            s.balanced = s.total == s.net_deposits;
-            Ok(s)
-        })
+        self.tx(ledger::summary)
     }
 
     fn rail(&self) -> Result<&Arc<dyn PaymentRail>> {

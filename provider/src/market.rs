@@ -11,11 +11,11 @@ use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sublet_crds::MarketOffer;
-use sublet_market::client::Client;
-use sublet_market::contracts::{Contract, ContractState};
-use sublet_market::identity::{Role, Signer};
-use sublet_market::meter::Meter;
-use sublet_market::offers::{NewOffer, Offer};
+use sublet_market_api::client::Client;
+use sublet_market_api::contracts::{Contract, ContractState};
+use sublet_market_api::identity::{Role, Signer};
+use sublet_market_api::meter::Meter;
+use sublet_market_api::offers::{NewOffer, Offer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -127,7 +127,7 @@ pub const METERED_SKEW_SECS: i64 = 300;
 /// The second to meter a request under: the caller's `metered_at` when it is set and
 /// within [`METERED_SKEW_SECS`] of now (so both sides count it in the same period), else now.
 pub fn metered_second(metered_at: i64) -> i64 {
-    let now = sublet_market::unix_now();
+    let now = sublet_market_api::unix_now();
     if metered_at != 0 && (metered_at - now).abs() <= METERED_SKEW_SECS {
         metered_at
     } else {
@@ -392,7 +392,7 @@ impl OfferPublisher {
         let Some(store) = &self.store else {
             return Ok(Vec::new());
         };
-        let now = sublet_market::unix_now();
+        let now = sublet_market_api::unix_now();
         let due = {
             let mut meter = self.contracted.meter();
             let ids: Vec<&str> = active.iter().map(|c| c.id.as_str()).collect();
@@ -409,7 +409,7 @@ impl OfferPublisher {
             meter
                 .save(&self.meter_path)
                 .with_context(|| format!("saving the usage meter {}", self.meter_path.display()))?;
-            meter.due(sublet_market::meter::REPORT_GRACE_SECS)
+            meter.due(sublet_market_api::meter::REPORT_GRACE_SECS)
         };
         let mut out = Vec::new();
         for (contract, receipt) in due {

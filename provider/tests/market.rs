@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sublet_crds::MarketOffer;
-use sublet_market::client::Client;
-use sublet_market::identity::{Role, Signer, party_id};
 use sublet_market::{Market, Policy, api};
+use sublet_market_api::client::Client;
+use sublet_market_api::identity::{Role, Signer, party_id};
 use sublet_provider::client::{ClientConfig, ErrorKind, ProviderClient};
 use sublet_provider::identity::NodeIdentity;
 use sublet_provider::market::MarketSettings;

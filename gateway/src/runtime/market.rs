@@ -13,12 +13,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sublet_crds::{Config, Endpoint, MarketPool};
-use sublet_market::client::Client;
-use sublet_market::contracts::{Contract, ContractState};
-use sublet_market::identity::{Role, Signer};
-use sublet_market::meter::Meter;
-use sublet_market::offers::Offer;
-use sublet_market::receipts::{GIB, HOURS_PER_MONTH};
+use sublet_market_api::client::Client;
+use sublet_market_api::contracts::{Contract, ContractState};
+use sublet_market_api::identity::{Role, Signer};
+use sublet_market_api::meter::Meter;
+use sublet_market_api::offers::Offer;
+use sublet_market_api::receipts::{GIB, HOURS_PER_MONTH};
 use sublet_provider::client::METERED_AT;
 use sublet_provider::identity::{NodeId, NodeIdentity};
 use tokio::sync::watch;
@@ -175,8 +175,8 @@ pub async fn contract_pool(
     let live = |c: &Contract| {
         matches!(
             c.state,
-            sublet_market::contracts::ContractState::Active
-                | sublet_market::contracts::ContractState::Proposed
+            sublet_market_api::contracts::ContractState::Active
+                | sublet_market_api::contracts::ContractState::Proposed
         )
     };
     if ids.is_empty() {
@@ -193,7 +193,7 @@ pub async fn contract_pool(
     }
     // A proposal left unanswered too long is withdrawn: a provider that went away must not
     // hold the pool's place until the market lapses it days later.
-    let now = sublet_market::unix_now();
+    let now = sublet_market_api::unix_now();
     for id in ids.iter() {
         if let Some(c) = contracts.get(id)
             && c.state == ContractState::Proposed
@@ -268,11 +268,11 @@ pub async fn contract_pool(
         let states: Vec<&Contract> = ids.iter().filter_map(|id| contracts.get(id)).collect();
         let pending = states
             .iter()
-            .any(|c| c.state == sublet_market::contracts::ContractState::Proposed);
+            .any(|c| c.state == sublet_market_api::contracts::ContractState::Proposed);
         if !pending || tokio::time::Instant::now() >= deadline {
             break states
                 .into_iter()
-                .filter(|c| c.state == sublet_market::contracts::ContractState::Active)
+                .filter(|c| c.state == sublet_market_api::contracts::ContractState::Active)
                 .cloned()
                 .collect::<Vec<_>>();
         }
@@ -456,7 +456,7 @@ impl ShardBackend for MeteredBackend {
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
         // The provider is told the second the read counts under, so both receipts put it in
         // the same period even when it straddles a period's end.
-        let at = sublet_market::unix_now();
+        let at = sublet_market_api::unix_now();
         let result = METERED_AT.scope(at, self.inner.get(shard_id)).await;
         if let Ok(data) = &result {
             self.usage.egress(self.node_id(), at, data.len() as u64);
@@ -475,7 +475,7 @@ impl ShardBackend for MeteredBackend {
         len: u64,
         hash: &[u8; 32],
     ) -> Result<(), BackendError> {
-        let at = sublet_market::unix_now();
+        let at = sublet_market_api::unix_now();
         let result = METERED_AT
             .scope(at, self.inner.audit(shard_id, offset, len, hash))
             .await;
@@ -618,7 +618,7 @@ impl UsageReporter {
                 .into_iter()
                 .filter(|c| c.state == ContractState::Active && ids.contains(&c.id))
                 .collect();
-            let now = sublet_market::unix_now();
+            let now = sublet_market_api::unix_now();
             let due = {
                 let mut meter = self.usage.meter();
                 for c in &active {
@@ -631,13 +631,13 @@ impl UsageReporter {
                         .map_or(0, |(_, bytes)| *bytes);
                     meter.sample(&c.id, now, bytes);
                 }
-                meter.due(sublet_market::meter::REPORT_GRACE_SECS)
+                meter.due(sublet_market_api::meter::REPORT_GRACE_SECS)
             };
             for (contract, receipt) in due {
                 let Some(c) = active.iter().find(|c| c.id == contract) else {
                     continue;
                 };
-                let cost = sublet_market::receipts::gross_charge(c, &receipt);
+                let cost = sublet_market_api::receipts::gross_charge(c, &receipt);
                 if let Ok(mut latest) = self.usage.latest_charge.lock() {
                     latest.insert(contract.clone(), cost);
                 }

@@ -1,4 +1,7 @@
-//! The crate's one error type; `api` maps each kind to one HTTP status and code.
+//! The market's one error type, shared by the service and its clients, and the one place
+//! each kind becomes an HTTP status and a stable code (the `error.code` of an answer).
+
+use http::StatusCode;
 
 /// Everything that can go wrong in the market, phrased for the party who caused it.
 #[derive(Debug, thiserror::Error)]
@@ -52,20 +55,27 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error::Database(e.to_string())
-    }
-}
-
-impl From<postgres::Error> for Error {
-    fn from(e: postgres::Error) -> Self {
-        Error::Database(crate::db::pg_message(&e))
-    }
-}
-
 impl Error {
     pub fn not_found(what: impl Into<String>) -> Self {
         Error::NotFound { what: what.into() }
+    }
+
+    /// The one place an error becomes an HTTP status and a stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Replayed { .. } => (StatusCode::UNAUTHORIZED, "replayed_request"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::OperationIdReused { .. } => (StatusCode::CONFLICT, "operation_id_reused"),
+            Error::AlreadySettled { .. } => (StatusCode::CONFLICT, "already_settled"),
+            Error::InsufficientFunds { .. } => (StatusCode::CONFLICT, "insufficient_funds"),
+            Error::NoPaymentRail => (StatusCode::NOT_IMPLEMENTED, "no_payment_rail"),
+            Error::Database(_) | Error::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
     }
 }
