@@ -18,9 +18,10 @@ use sublet_market_api::contracts::Contract;
 use sublet_market_api::credits::Micros;
 use sublet_market_api::identity::{self, Party, RequestSignature, Verified};
 use sublet_market_api::offers::Offer;
+use sublet_market_api::{Error, Result};
 
+use crate::Market;
 use crate::offers::OfferFilter;
-use crate::{Error, Market, Result};
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");

@@ -16,9 +16,9 @@ use crate::params;
 use serde::{Deserialize, Serialize};
 
 use sublet_market_api::identity::{Signer, party_id, sha256_hex, verify_signature};
+use sublet_market_api::{Error, Result};
 
 use crate::identity;
-use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS attestations (

@@ -8,12 +8,12 @@ use crate::params;
 use sublet_market_api::credits::Micros;
 use sublet_market_api::identity::{Party, Role, new_id};
 use sublet_market_api::receipts::MAX_PERIOD_SECS;
+use sublet_market_api::{Error, Result};
 
 pub use sublet_market_api::contracts::{Contract, ContractState, NewContract};
 
 use crate::ledger::{self, Account, Applied};
 use crate::offers;
-use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS contracts (

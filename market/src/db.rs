@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::{Error, Result};
+use sublet_market_api::{Error, Result};
 
 /// One SQL value, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]

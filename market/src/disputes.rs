@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use sublet_market_api::contracts::Contract;
 use sublet_market_api::credits::{MAX_AMOUNT, Micros};
 use sublet_market_api::identity::{Party, Role, new_id};
+use sublet_market_api::{Error, Result};
 
 use crate::contracts;
 use crate::ledger::{self, Account};
-use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS disputes (

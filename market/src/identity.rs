@@ -11,8 +11,7 @@ pub use sublet_market_api::identity::{
     registration_message, sha256_hex,
 };
 use sublet_market_api::identity::{check_headers, decode_public_key, random_hex, verify_signature};
-
-use crate::{Error, Result};
+use sublet_market_api::{Error, Result};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS challenges (

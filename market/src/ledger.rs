@@ -6,11 +6,10 @@ use crate::db::Db;
 use crate::params;
 use serde::Serialize;
 use sublet_market_api::contracts::Contract;
+use sublet_market_api::{Error, Result};
 
 /// Amounts are integer micro-credits (`sublet_market_api::credits`).
 pub use sublet_market_api::credits::{CREDIT, MAX_AMOUNT, Micros};
-
-use crate::{Error, Result};
 
 /// Basis points: 10 000 is 100 %.
 pub const BPS: i64 = 10_000;

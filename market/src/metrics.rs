@@ -4,8 +4,8 @@
 use crate::db::Db;
 use crate::params;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use sublet_market_api::{Error, Result};
 
-use crate::Result;
 use crate::ledger::LedgerSummary;
 
 #[derive(Clone)]
@@ -23,8 +23,8 @@ pub struct Metrics {
     open_disputes: IntGauge,
 }
 
-fn internal(e: prometheus::Error) -> crate::Error {
-    crate::Error::Internal(format!("metrics: {e}"))
+fn internal(e: prometheus::Error) -> Error {
+    Error::Internal(format!("metrics: {e}"))
 }
 
 impl Metrics {

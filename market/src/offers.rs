@@ -6,11 +6,11 @@ use crate::params;
 use serde::{Deserialize, Serialize};
 use sublet_market_api::credits::{MAX_AMOUNT, Micros};
 use sublet_market_api::identity::{Party, Role, new_id};
+use sublet_market_api::{Error, Result};
 
 pub use sublet_market_api::offers::{NewOffer, Offer};
 
 use crate::attestations::TrustLevel;
-use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS offers (

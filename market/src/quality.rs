@@ -6,11 +6,11 @@
 use serde::{Deserialize, Serialize};
 use sublet_market_api::contracts::{Contract, ContractState};
 use sublet_market_api::identity::Party;
+use sublet_market_api::{Error, Result};
 
 use crate::contracts;
 use crate::db::Db;
 use crate::params;
-use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS observations (

@@ -2,8 +2,7 @@
 //! in sublet; a rail only confirms that an outside transfer happened.
 
 use sublet_market_api::credits::Micros;
-
-use crate::{Error, Result};
+use sublet_market_api::{Error, Result};
 
 pub trait PaymentRail: Send + Sync {
     /// Short name recorded with each deposit and withdrawal.

@@ -4,10 +4,10 @@
 
 use crate::db::Db;
 use serde::Serialize;
+use sublet_market_api::Result;
 use sublet_market_api::identity::{Party, Role};
 use sublet_market_api::receipts::{UsageReceipt, agree};
 
-use crate::Result;
 use crate::attestations::{AttestationKind, Trust, TrustLevel};
 use crate::disputes;
 use crate::quality::{self, ProviderQuality, log_score};

@@ -11,6 +11,7 @@ use sublet_market_api::contracts::{Contract, ContractState};
 use sublet_market_api::credits::Micros;
 use sublet_market_api::identity::Party;
 use sublet_market_api::receipts::mismatched_fields;
+use sublet_market_api::{Error, Result};
 
 pub use sublet_market_api::receipts::{
     EGRESS_SLACK_BYTES, GIB, HOURS_PER_MONTH, MAX_PERIOD_SECS, UsageReceipt, agree, gib_hours,
@@ -21,7 +22,6 @@ use crate::Policy;
 use crate::contracts;
 use crate::identity;
 use crate::ledger::{self, Account, Payout, SettledPeriod};
-use crate::{Error, Result};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS receipts (

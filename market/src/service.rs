@@ -22,7 +22,9 @@ use sublet_market_api::credits::Micros;
 use sublet_market_api::identity::{Party, Registration, RequestSignature, Role, Verified};
 use sublet_market_api::offers::{NewOffer, Offer};
 use sublet_market_api::receipts::UsageReceipt;
+use sublet_market_api::{Error, Result};
 
+use crate::Policy;
 use crate::attestations::{self, Attestation, SignedAttestation, TrustLevel};
 use crate::contracts;
 use crate::disputes::{self, Decision, Dispute, DisputeState, NewDispute};
@@ -33,7 +35,6 @@ use crate::offers::{self, OfferFilter};
 use crate::rail::PaymentRail;
 use crate::ratings::{self, Rating};
 use crate::receipts::{self, Period};
-use crate::{Error, Policy, Result};
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
