@@ -18,7 +18,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-        -p sublet-gateway -p sublet-provider -p sublet-operator --bins \
+        -p sublet -p sublet-provider -p sublet-operator --bins \
  && mkdir -p /out \
  && cp target/release/sublet target/release/sublet-provider target/release/sublet-operator /out/
 

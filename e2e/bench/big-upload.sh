@@ -16,7 +16,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 MODE=${MODE:-dev}
-(cd "$ROOT" && cargo build --release --quiet -p sublet-gateway --bin sublet &&
+(cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
     cargo build --release --quiet -p sublet-provider --bin sublet-provider &&
     cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
 PROVIDER=$TARGET/release/sublet-provider

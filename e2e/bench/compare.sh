@@ -31,7 +31,7 @@ log() { echo "compare: $*" >&2; }
 
 log "building release binaries"
 # Two builds: one with both packages would unify their features and rebuild the gateway.
-(cd "$ROOT" && cargo build --release --quiet -p sublet-gateway --bin sublet &&
+(cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
     cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
 SUBLET=$TARGET/release/sublet
 BENCH=$TARGET/release/sublet-bench

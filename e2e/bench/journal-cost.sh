@@ -20,7 +20,7 @@ ROUNDS=${ROUNDS:-2}
 log() { echo "journal-cost: $*" >&2; }
 
 log "building release binaries"
-(cd "$ROOT" && cargo build --release --quiet -p sublet-gateway --bin sublet &&
+(cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
     cargo build --release --quiet -p sublet-provider --bin sublet-provider &&
     cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
 AFTER=$TARGET/release/sublet

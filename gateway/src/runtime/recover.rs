@@ -137,7 +137,7 @@ pub async fn restore_newest(
     // shards of all of them are snapshots, not lost writes.
     let mut manifests = Vec::with_capacity(ids.len());
     for id in ids {
-        let manifest = crate::upkeep::snapshot::fetch_manifest(&gateway, &id).await;
+        let manifest = crate::upkeep::snapshot::fetch_manifest(gateway, &id).await;
         manifests.push((id, manifest));
     }
     let snapshot_shards: std::collections::HashSet<String> = manifests
@@ -151,7 +151,7 @@ pub async fn restore_newest(
             problems.push(format!("{id}: no readable manifest"));
             continue;
         };
-        match crate::upkeep::snapshot::read_snapshot(&gateway, &manifest).await {
+        match crate::upkeep::snapshot::read_snapshot(gateway, &manifest).await {
             Ok(bytes) => {
                 if let Some(dir) = target.parent() {
                     std::fs::create_dir_all(dir)

@@ -184,7 +184,7 @@ pub async fn collect_garbage_of(
     // Shards a lifecycle transition replaced serve reads in flight for a while yet.
     let mut kept_shards = gateway.retired_shards();
     for id in manifests {
-        match crate::upkeep::snapshot::fetch_manifest(&gateway, id).await {
+        match crate::upkeep::snapshot::fetch_manifest(gateway, id).await {
             Some(m) => kept_shards.extend(m.layout.shards().map(|s| s.shard_id.clone())),
             None => anyhow::bail!(
                 "snapshot manifest {id} is unreadable on every provider; garbage collection \

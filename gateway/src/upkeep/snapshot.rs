@@ -227,7 +227,7 @@ pub async fn snapshot_once(
         .await
         .context("snapshot task")?
         .map_err(|e| anyhow::anyhow!("copying the metadata store: {e}"))?;
-    let stored = store_snapshot(&gateway, &copy, journal_cut).await;
+    let stored = store_snapshot(gateway, &copy, journal_cut).await;
     let _ = std::fs::remove_file(&copy);
     let manifest = stored.map_err(|e| {
         anyhow::anyhow!(
@@ -238,17 +238,17 @@ pub async fn snapshot_once(
     let ids = manifest_ids(clients).await;
     let mut older = Vec::new();
     for id in ids.iter().skip(KEEP_SNAPSHOTS) {
-        if let Some(m) = fetch_manifest(&gateway, id).await {
+        if let Some(m) = fetch_manifest(gateway, id).await {
             older.push(m);
         }
     }
-    drop_snapshots(&gateway, &older).await;
+    drop_snapshots(gateway, &older).await;
     // Journal segments every kept snapshot contains are no longer needed: up to the oldest
     // kept snapshot's cut (and none while a kept one has no cut or cannot be read).
     if gateway.journal().is_some() {
         let mut oldest_cut = None;
         for id in ids.iter().take(KEEP_SNAPSHOTS) {
-            match fetch_manifest(&gateway, id)
+            match fetch_manifest(gateway, id)
                 .await
                 .and_then(|m| m.journal_cut)
             {

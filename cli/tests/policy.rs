@@ -2,6 +2,7 @@
 //! through the admin API and the `sublet` CLI, behind the admin token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../gateway/tests/support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;
