@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// What to do when a client is missing; a missing client fails the test.
+/// What to do when a client is missing: a test skips without it (see [`crate::skip`]),
+/// and one that calls [`require`] anyway fails naming this step.
 pub const INSTALL_HINT: &str =
     "install the e2e clients with `bash .ci/install-clients` (CI runs it)";
 
@@ -33,13 +34,48 @@ pub fn search_path() -> OsString {
     std::env::join_paths(dirs).expect("PATH entries without separators")
 }
 
-/// Full path of `program`; fails the test, naming the install step, when it is missing.
-pub fn require(program: &str) -> PathBuf {
+/// Why the S3 client `client` cannot run here, or `None` when it can: `aws`, `s3cmd`,
+/// `rclone`, `restic` (each must answer its version) or `boto3` (python3 importing it).
+/// Tests check this first and skip through [`crate::skip::clients_present`].
+pub fn missing(client: &str) -> Option<String> {
+    let (program, args): (&str, &[&str]) = match client {
+        "boto3" => ("python3", &["-c", "import boto3"]),
+        "restic" => ("restic", &["version"]),
+        other => (other, &["--version"]),
+    };
+    let Some(path) = find(program) else {
+        return Some(format!("{program} not found"));
+    };
+    let works = Command::new(path)
+        .args(args)
+        .env("PATH", search_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        None
+    } else if client == "boto3" {
+        Some("python3 cannot import boto3".to_owned())
+    } else {
+        Some(format!(
+            "{program} does not run (`{program} {}`)",
+            args.join(" ")
+        ))
+    }
+}
+
+fn find(program: &str) -> Option<PathBuf> {
     let path = search_path();
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| is_executable(p))
-        .unwrap_or_else(|| panic!("`{program}` is not on PATH: {INSTALL_HINT}"))
+}
+
+/// Full path of `program`; fails the test, naming the install step, when it is missing.
+pub fn require(program: &str) -> PathBuf {
+    find(program).unwrap_or_else(|| panic!("`{program}` is not on PATH: {INSTALL_HINT}"))
 }
 
 fn is_executable(path: &std::path::Path) -> bool {

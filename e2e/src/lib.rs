@@ -3,7 +3,8 @@
 //! ([`dev`]), gateways over provider processes to break ([`cluster`]), a
 //! throwaway PostgreSQL for several of them ([`postgres`]), the real S3 clients
 //! ([`clients`]) and make test data ([`data`]); [`bench`] is the `sublet-bench`
-//! load generator.
+//! load generator; [`skip`] lets a test without its outside program skip with one line
+//! (or fail, under `SUBLET_REQUIRE_...=1`).
 
 pub mod bench;
 pub mod clients;
@@ -11,6 +12,7 @@ pub mod cluster;
 pub mod data;
 pub mod dev;
 pub mod postgres;
+pub mod skip;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -160,6 +160,9 @@ fn whole_without(c: &Cluster, lost: &str) -> Result<Value, String> {
 
 #[test]
 fn restic_backups_spread_over_two_clouds_survive_losing_one_and_are_repaired() {
+    if !sublet_e2e::skip::clients_present(&["restic"]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let mut clouds: Vec<Cluster> = CLOUDS
         .iter()

@@ -1,5 +1,5 @@
 //! `sublet-bench`: drives an S3 endpoint through the benchmark phases and prints the
-//! results as a table (and JSON with `--json`). See the "Benchmarks" section of the README.
+//! results as a table (and JSON with `--json`). See docs/benchmarks.md.
 
 use clap::Parser;
 
