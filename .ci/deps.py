@@ -22,6 +22,25 @@ for dp,dn,fn in os.walk(root):
         if parts[-1]=='mod': parts=parts[:-1]
         if parts in (['lib'],['main']): continue
         mods[p]='/'.join(parts[:depth]) if parts else 'root'
+
+def strip_test_modules(src):
+    """Removes every `#[cfg(test)] mod name { ... }` block (attributes between allowed)."""
+    out=[]; pos=0
+    pat=re.compile(r'#\[cfg\(test\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub(?:\([a-z]+\))?\s+)?mod\s+[a-z_0-9]+\s*\{')
+    while True:
+        m=pat.search(src,pos)
+        if not m:
+            out.append(src[pos:]); break
+        out.append(src[pos:m.start()])
+        depth=1; i=m.end()
+        while i<len(src) and depth:
+            c=src[i]
+            if c=='{': depth+=1
+            elif c=='}': depth-=1
+            i+=1
+        pos=i
+    return ''.join(out)
+
 edges=defaultdict(set)
 testmods=set()
 for p in mods:
@@ -31,8 +50,7 @@ for t in testmods: mods.pop(t,None)
 for p,m in mods.items():
     src=open(p).read()
     # strip test modules roughly: cut at #[cfg(test)]
-    i=src.find('#[cfg(test)]\nmod tests')
-    if i>=0: src=src[:i]
+    src=strip_test_modules(src)
     src='\n'.join(l for l in src.split('\n') if not l.strip().startswith('//'))
     src=re.sub(r'#\[cfg\(test\)\]\s*mod [a-z_]+;','',src)
     for mm in re.finditer(r'crate::([a-z_0-9]+)(?:::([a-z_0-9]+))?',src):

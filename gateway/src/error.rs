@@ -1,10 +1,108 @@
-//! The S3 errors the gateway answers with, chosen in one place: what a metadata failure,
-//! a missing bucket or upload, a broken request body or an internal failure looks like to
-//! a client. Other layers build theirs from these.
+//! The gateway's errors and what a client sees of them, in one place.
+//!
+//! [`Error`] is what the node and the background jobs fail with: a metadata failure, a
+//! request body that broke off, a plan that does not exist, no placement on today's
+//! providers, or an internal failure. Each variant knows its S3 error code and HTTP status
+//! ([`Error::s3_code`], [`Error::status`]); `impl From<Error> for S3Error` is the one
+//! mapping the S3 layer answers with. The constructors below are the S3 layer's own
+//! answers (missing buckets and uploads, internal failures).
 
 use s3s::{S3Error, S3ErrorCode};
 
 use crate::meta::MetaError;
+
+/// What the node and the background jobs fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The metadata store refused the change or failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The request body broke off, or held more or less than it announced.
+    #[error("{0}")]
+    IncompleteBody(String),
+    /// No storage plan of that name (a storage class the gateway does not know).
+    #[error("{0}")]
+    InvalidStorageClass(String),
+    /// Not possible now: the plan cannot be placed on today's healthy providers.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something failed inside the gateway or on its providers.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A result of the node and the background jobs.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
+    }
+
+    /// The message a client gets.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Meta(e) => meta_message(e),
+            other => other.to_string(),
+        }
+    }
+
+    /// The S3 error code a client gets.
+    pub fn s3_code(&self) -> S3ErrorCode {
+        match self {
+            Error::Meta(e) => meta_err_code(e),
+            Error::IncompleteBody(_) => S3ErrorCode::IncompleteBody,
+            Error::InvalidStorageClass(_) => S3ErrorCode::InvalidStorageClass,
+            Error::Unavailable(_) => S3ErrorCode::ServiceUnavailable,
+            Error::Internal(_) => S3ErrorCode::InternalError,
+        }
+    }
+
+    /// The HTTP status a client gets (the S3 API's and the admin API's).
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            Error::Meta(MetaError::BucketExists(_) | MetaError::BucketNotEmpty(_)) => {
+                StatusCode::CONFLICT
+            }
+            Error::Meta(MetaError::NoSuchBucket(_) | MetaError::NoSuchUpload { .. }) => {
+                StatusCode::NOT_FOUND
+            }
+            Error::Meta(MetaError::PartChanged { .. })
+            | Error::IncompleteBody(_)
+            | Error::InvalidStorageClass(_) => StatusCode::BAD_REQUEST,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Meta(MetaError::Store(_)) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl From<Error> for S3Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Meta(e) => meta_err(e),
+            Error::Unavailable(message) => {
+                let mut err = S3Error::with_message(S3ErrorCode::ServiceUnavailable, message);
+                err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+                err
+            }
+            other => S3Error::with_message(other.s3_code(), other.message()),
+        }
+    }
+}
+
+fn meta_err_code(e: &MetaError) -> S3ErrorCode {
+    match e {
+        MetaError::BucketExists(_) => S3ErrorCode::BucketAlreadyOwnedByYou,
+        MetaError::NoSuchBucket(_) => S3ErrorCode::NoSuchBucket,
+        MetaError::BucketNotEmpty(_) => S3ErrorCode::BucketNotEmpty,
+        MetaError::NoSuchUpload { .. } => S3ErrorCode::NoSuchUpload,
+        MetaError::PartChanged { .. } => S3ErrorCode::InvalidPart,
+        MetaError::Store(_) => S3ErrorCode::InternalError,
+    }
+}
 
 pub fn no_such_bucket(name: &str) -> S3Error {
     S3Error::with_message(
@@ -13,35 +111,24 @@ pub fn no_such_bucket(name: &str) -> S3Error {
     )
 }
 
+/// What a client sees of a metadata failure.
 pub fn meta_err(e: MetaError) -> S3Error {
+    if let MetaError::Store(m) = &e {
+        tracing::error!(error = %m, "metadata store failed");
+    }
+    S3Error::with_message(meta_err_code(&e), meta_message(&e))
+}
+
+/// The message a client gets for a metadata failure.
+fn meta_message(e: &MetaError) -> String {
     match e {
-        MetaError::BucketExists(b) => S3Error::with_message(
-            S3ErrorCode::BucketAlreadyOwnedByYou,
-            format!("bucket {b} already exists"),
-        ),
-        MetaError::NoSuchBucket(b) => no_such_bucket(&b),
-        MetaError::BucketNotEmpty(b) => S3Error::with_message(
-            S3ErrorCode::BucketNotEmpty,
-            format!("bucket {b} is not empty"),
-        ),
-        MetaError::NoSuchUpload {
-            bucket,
-            key,
-            upload_id,
-        } => no_such_upload(&bucket, &key, &upload_id),
         MetaError::PartChanged {
             upload_id,
             part_number,
-        } => S3Error::with_message(
-            S3ErrorCode::InvalidPart,
-            format!(
-                "part {part_number} of upload {upload_id} was replaced while completing; list the parts and try again"
-            ),
+        } => format!(
+            "part {part_number} of upload {upload_id} was replaced while completing; list the parts and try again"
         ),
-        MetaError::Store(m) => {
-            tracing::error!(error = %m, "metadata store failed");
-            S3Error::with_message(S3ErrorCode::InternalError, format!("metadata store: {m}"))
-        }
+        other => other.to_string(),
     }
 }
 
@@ -60,9 +147,6 @@ pub fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> S3Error {
 }
 
 /// The error for a request body that broke off.
-pub fn body_failed(e: impl std::fmt::Display) -> S3Error {
-    S3Error::with_message(
-        S3ErrorCode::IncompleteBody,
-        format!("reading the request body failed: {e}"),
-    )
+pub fn body_failed(e: impl std::fmt::Display) -> Error {
+    Error::IncompleteBody(format!("reading the request body failed: {e}"))
 }

@@ -584,9 +584,14 @@ async fn client_disconnect_mid_upload_leaves_no_shards() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(dev::serve(listener, svc.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(sublet_gateway::runtime::serve_s3(
+        listener,
+        svc.clone(),
+        None,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!("PUT /bkt/cut HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 400000\r\n\r\n");

@@ -444,9 +444,6 @@ async fn lifecycle(State(admin): State<Admin>, Query(q): Query<LifecycleQuery>) 
     let rules = admin.gateway.policy().lifecycle.clone();
     match crate::upkeep::lifecycle::lifecycle_pass(&admin.gateway, &rules, now).await {
         Ok(report) => Json(report).into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.message().unwrap_or("lifecycle pass failed").to_string(),
-        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.message()),
     }
 }

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use s3s::S3Result;
-
-use super::internal;
+use crate::error::{Error, Result};
 
 /// Bytes of segment buffers all uploads of a gateway may hold at once (see
 /// [`BufferBudget`]): with the shards each is cut into, about 1.5 times this in memory.
@@ -35,7 +33,7 @@ impl Default for BufferBudget {
 
 impl BufferBudget {
     /// Waits until `bytes` of segment buffer may be held.
-    pub(super) async fn take(&self, bytes: usize) -> S3Result<tokio::sync::OwnedSemaphorePermit> {
+    pub(super) async fn take(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit> {
         let units = bytes
             .div_ceil(BUDGET_UNIT)
             .clamp(1, BUFFER_BUDGET_BYTES / BUDGET_UNIT);
@@ -43,7 +41,7 @@ impl BufferBudget {
         Arc::clone(&self.0)
             .acquire_many_owned(units)
             .await
-            .map_err(|_| internal("the gateway is shutting down"))
+            .map_err(|_| Error::internal("the gateway is shutting down"))
     }
 }
 

@@ -19,14 +19,12 @@ pub mod write;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use s3s::S3Result;
-
 use crate::datapath::codec::MasterKey;
 use crate::datapath::fleet::Fleet;
 use crate::datapath::layout::Scheme;
 use crate::datapath::placement::{HealthBoard, Topology};
 use crate::datapath::stripes::ShardBackend;
-use crate::error::{internal, meta_err, no_such_bucket};
+use crate::error::{Error, Result};
 use crate::meta::MetadataStore;
 use crate::node::health::RebuildPolicy;
 use crate::node::rules::{AuditPolicy, PlanRules};
@@ -348,20 +346,20 @@ impl Node {
     pub async fn meta<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn MetadataStore) -> crate::meta::Result<T> + Send + 'static,
-    ) -> S3Result<T> {
+    ) -> Result<T> {
         let meta = Arc::clone(&self.meta);
         tokio::task::spawn_blocking(move || f(meta.as_ref()))
             .await
-            .map_err(|e| internal(format!("metadata task failed: {e}")))?
-            .map_err(meta_err)
+            .map_err(|e| Error::internal(format!("metadata task failed: {e}")))?
+            .map_err(Error::from)
     }
 
     /// Fails with NoSuchBucket unless the bucket exists.
-    pub async fn require_bucket(&self, name: &str) -> S3Result<crate::meta::Bucket> {
+    pub async fn require_bucket(&self, name: &str) -> Result<crate::meta::Bucket> {
         let owned = name.to_string();
         match self.meta(move |m| m.bucket(&owned)).await? {
             Some(b) => Ok(b),
-            None => Err(no_such_bucket(name)),
+            None => Err(crate::meta::MetaError::NoSuchBucket(name.to_string()).into()),
         }
     }
 }

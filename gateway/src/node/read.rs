@@ -6,12 +6,11 @@ use std::ops::Range as ByteRange;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use s3s::S3Result;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Node;
 use crate::datapath::stripes::ObjectReader;
-use crate::error::internal;
+use crate::error::{Error, Result};
 use crate::meta::ObjectVersion;
 
 /// Segment indices and the byte range within each that a plaintext range touches.
@@ -36,16 +35,12 @@ fn segment_slices(segments: &[u64], range: &ByteRange<u64>) -> Vec<(usize, ByteR
 }
 
 /// A stream of an object version's bytes, as GET sends them and copies read them.
-pub type ByteStream = ReceiverStream<Result<Bytes, std::io::Error>>;
+pub type ByteStream = ReceiverStream<std::result::Result<Bytes, std::io::Error>>;
 
 impl Node {
     /// Streams `range` of a version. Reads the first segment before returning,
     /// so a dead object gets a proper error instead of a truncated body.
-    pub async fn read_range(
-        &self,
-        v: &ObjectVersion,
-        range: ByteRange<u64>,
-    ) -> S3Result<ByteStream> {
+    pub async fn read_range(&self, v: &ObjectVersion, range: ByteRange<u64>) -> Result<ByteStream> {
         let name = format!("{}/{}", v.bucket, v.key);
         let size = v.size;
         // Until the stream ends, an overwrite or delete of `v` leaves its shards in place.
@@ -71,9 +66,9 @@ impl Node {
         let layout = v
             .layout
             .as_ref()
-            .ok_or_else(|| internal(format!("object {name} has no data layout")))?;
+            .ok_or_else(|| Error::internal(format!("object {name} has no data layout")))?;
         if layout.plain_length() != size {
-            return Err(internal(format!(
+            return Err(Error::internal(format!(
                 "object {name} is unreadable: its layout holds {} bytes, not {size}",
                 layout.plain_length()
             )));
@@ -85,7 +80,7 @@ impl Node {
         for (p, piece) in layout.pieces().enumerate() {
             readers.push(Arc::new(
                 ObjectReader::new(&self.master, piece.clone())
-                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?
+                    .map_err(|e| Error::internal(format!("object {name} is unreadable: {e}")))?
                     .with_bad_shard_report(self.bad_shard_report(v, p, piece)),
             ));
             for (i, seg) in piece.segments.iter().enumerate() {
@@ -129,15 +124,15 @@ impl Node {
                 let seg = reader
                     .read_segment(i, &backend_for)
                     .await
-                    .map_err(|e| internal(format!("object {name} is unreadable: {e}")))?;
+                    .map_err(|e| Error::internal(format!("object {name} is unreadable: {e}")))?;
                 drop(held);
                 Some(slice(seg, r).ok_or_else(|| {
-                    internal(format!("object {name} is unreadable: short segment {i}"))
+                    Error::internal(format!("object {name} is unreadable: short segment {i}"))
                 })?)
             }
             None => None,
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(1);
         let rest: Vec<_> = pending.collect();
         tokio::spawn(async move {
             let _guard = guard;

@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use s3s::S3Result;
 use serde::{Deserialize, Serialize};
 
 use super::{Node, Plan};
 use crate::datapath::layout::{Encryption, Layout};
 use crate::datapath::placement::{PlacementRule, Site};
-use crate::error::internal;
+use crate::error::{Error, Result};
 use crate::meta::ShardPos;
 
 /// How often and how hard providers are audited: the tightest of the plans' schedules.
@@ -103,14 +102,14 @@ pub type PlanRules = Vec<(String, Vec<Rule>)>;
 
 impl Node {
     /// A bucket's stored rules; `None` without a configuration.
-    pub async fn bucket_rules(&self, bucket: &str) -> S3Result<Option<Vec<Rule>>> {
+    pub async fn bucket_rules(&self, bucket: &str) -> Result<Option<Vec<Rule>>> {
         let b = bucket.to_string();
         let Some(json) = self.meta(move |m| m.lifecycle(&b)).await? else {
             return Ok(None);
         };
         serde_json::from_str(&json)
             .map(Some)
-            .map_err(|e| internal(format!("bucket {bucket}: stored lifecycle rules: {e}")))
+            .map_err(|e| Error::internal(format!("bucket {bucket}: stored lifecycle rules: {e}")))
     }
 }
 

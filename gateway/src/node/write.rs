@@ -7,12 +7,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use md5::{Digest, Md5};
 use s3s::dto::StreamingBlob;
-use s3s::{S3Error, S3ErrorCode, S3Result};
 
 use super::budget::BufferBudget;
 use super::{Node, Plan, now_ms};
 use crate::datapath::stripes::{self, ObjectWriter, ShardBackend, WriteSpec};
-use crate::error::{body_failed, internal};
+use crate::error::{Error, Result, body_failed};
 use crate::meta::{self, Bucket, NULL_VERSION, ObjectVersion, Versioning};
 
 pub fn random_uid() -> String {
@@ -38,13 +37,13 @@ async fn cut_body(
     scheme: crate::datapath::layout::Scheme,
     budget: BufferBudget,
     tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
-) -> S3Result<(u64, String)> {
+) -> Result<(u64, String)> {
     use s3s::stream::ByteStream;
     let mut md5 = Md5::new();
     let mut size = 0u64;
     let mut buf: Vec<u8> = Vec::new();
     let mut permit = None;
-    let stopped = || internal("storing the object failed");
+    let stopped = || Error::internal("storing the object failed");
     if let Some(mut body) = body {
         let declared = body.remaining_length().exact();
         while let Some(chunk) = body.next().await {
@@ -92,7 +91,7 @@ async fn write_body(
     segment_size: usize,
     scheme: crate::datapath::layout::Scheme,
     budget: BufferBudget,
-) -> S3Result<Written> {
+) -> Result<Written> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(1);
     let store = async {
         while let Some((segment, held)) = rx.recv().await {
@@ -114,7 +113,7 @@ async fn write_body(
         }),
         (_, Err(e)) => {
             writer.abort().await;
-            Err(internal(format!("storing the object failed: {e}")))
+            Err(Error::internal(format!("storing the object failed: {e}")))
         }
         (Err(e), Ok(())) => {
             writer.abort().await;
@@ -138,7 +137,7 @@ pub fn reported_version_id(bucket: &Bucket, id: &str) -> Option<String> {
 
 impl Node {
     /// The plan a storage class (or, without one, the bucket default) names.
-    pub fn resolve_plan(&self, bucket: &Bucket, storage_class: Option<&str>) -> S3Result<Plan> {
+    pub fn resolve_plan(&self, bucket: &Bucket, storage_class: Option<&str>) -> Result<Plan> {
         let default = || {
             bucket
                 .default_plan
@@ -152,16 +151,14 @@ impl Node {
             None if plan_name == "STANDARD" => {
                 let name = default();
                 self.plan(&name).ok_or_else(|| {
-                    S3Error::with_message(
-                        S3ErrorCode::InvalidStorageClass,
-                        format!("the bucket's default plan {name:?} no longer exists"),
-                    )
+                    Error::InvalidStorageClass(format!(
+                        "the bucket's default plan {name:?} no longer exists"
+                    ))
                 })
             }
-            None => Err(S3Error::with_message(
-                S3ErrorCode::InvalidStorageClass,
-                format!("no storage plan named {plan_name:?}"),
-            )),
+            None => Err(Error::InvalidStorageClass(format!(
+                "no storage plan named {plan_name:?}"
+            ))),
         }
     }
 
@@ -175,7 +172,7 @@ impl Node {
         key: &str,
         body: Option<StreamingBlob>,
         length: Option<u64>,
-    ) -> S3Result<Written> {
+    ) -> Result<Written> {
         let declared = match (&body, length) {
             (_, Some(len)) => usize::try_from(len).ok(),
             (Some(b), None) => s3s::stream::ByteStream::remaining_length(b).exact(),
@@ -197,9 +194,9 @@ impl Node {
         plan: &Plan,
         key: &str,
         body: Option<StreamingBlob>,
-    ) -> S3Result<Written> {
+    ) -> Result<Written> {
         let segment_size = usize::try_from(plan.segment_size)
-            .map_err(|_| internal(format!("plan {}: segment size too large", plan.name)))?;
+            .map_err(|_| Error::internal(format!("plan {}: segment size too large", plan.name)))?;
         // Shard ids name the installation first, so background garbage collection on a
         // provider shared with another installation only ever considers this one's shards.
         let uid = format!("{}_{}", self.master.installation(), random_uid());
@@ -215,7 +212,7 @@ impl Node {
                 shard_prefix: uid,
             },
         )
-        .map_err(|e| internal(format!("cannot start the write: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot start the write: {e}")))?;
 
         // A spawned task runs to completion (or aborts cleanly) even if the
         // client goes away and this handler future is dropped.
@@ -227,7 +224,7 @@ impl Node {
             self.upload_budget.clone(),
         ))
         .await
-        .map_err(|e| internal(format!("the write task failed: {e}")))?
+        .map_err(|e| Error::internal(format!("the write task failed: {e}")))?
     }
 
     /// Reads a small body of `declared` bytes whole and seals it into an inline layout.
@@ -236,29 +233,25 @@ impl Node {
         plan: &Plan,
         body: Option<StreamingBlob>,
         declared: usize,
-    ) -> S3Result<Written> {
+    ) -> Result<Written> {
         let _held = self.upload_budget.take(declared).await?;
         let mut plain = Vec::with_capacity(declared);
         if let Some(mut body) = body {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(body_failed)?;
                 if plain.len() + chunk.len() > declared {
-                    return Err(S3Error::with_message(
-                        S3ErrorCode::IncompleteBody,
-                        format!("the body is longer than the {declared} bytes announced"),
-                    ));
+                    return Err(Error::IncompleteBody(format!(
+                        "the body is longer than the {declared} bytes announced"
+                    )));
                 }
                 plain.extend_from_slice(&chunk);
             }
         }
         if plain.len() != declared {
-            return Err(S3Error::with_message(
-                S3ErrorCode::IncompleteBody,
-                format!(
-                    "the body ended after {} of the {declared} bytes announced",
-                    plain.len()
-                ),
-            ));
+            return Err(Error::IncompleteBody(format!(
+                "the body ended after {} of the {declared} bytes announced",
+                plain.len()
+            )));
         }
         let md5 = hex::encode(Md5::digest(&plain));
         let size = plain.len() as u64;
@@ -269,7 +262,7 @@ impl Node {
             plan.segment_size,
             plain,
         )
-        .map_err(|e| internal(format!("sealing the object failed: {e}")))?;
+        .map_err(|e| Error::internal(format!("sealing the object failed: {e}")))?;
         Ok(Written { layout, size, md5 })
     }
 
@@ -287,7 +280,7 @@ impl Node {
 
     /// Commits a version whose shards are written, freeing the shards of the
     /// version it replaces; on failure frees the new version's shards.
-    pub async fn commit_version(&self, version: ObjectVersion) -> S3Result<()> {
+    pub async fn commit_version(&self, version: ObjectVersion) -> Result<()> {
         let layout = version.layout.clone();
         let outcome = match self.meta(move |m| m.put_version(&version)).await {
             Ok(o) => o,
@@ -356,7 +349,7 @@ impl Node {
         bucket: &meta::Bucket,
         key: &str,
         version_id: Option<&str>,
-    ) -> S3Result<Deleted> {
+    ) -> Result<Deleted> {
         let (b, k) = (bucket.name.clone(), key.to_string());
         let marker_id = match (version_id, bucket.versioning) {
             (Some(id), _) => {
@@ -409,7 +402,7 @@ impl Node {
 impl Node {
     /// The providers for shards 0..width of a new object under `plan`; 503 naming the
     /// unmet rule when the plan cannot be placed on today's healthy providers.
-    pub fn place(&self, plan: &Plan, key: &str, uid: &str) -> S3Result<Vec<Arc<dyn ShardBackend>>> {
+    pub fn place(&self, plan: &Plan, key: &str, uid: &str) -> Result<Vec<Arc<dyn ShardBackend>>> {
         let topology = self.topology();
         let rule = topology.rule(&plan.name);
         let candidates = topology.candidates(self.health());
@@ -425,17 +418,13 @@ impl Node {
             key,
             uid,
         )
-        .map_err(|e| {
-            let mut err = S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.0);
-            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
-            err
-        })?;
+        .map_err(|e| Error::Unavailable(e.0))?;
         chosen
             .into_iter()
             .map(|i| {
                 let node = &candidates[i].site.node_id;
                 self.backend(node)
-                    .ok_or_else(|| internal(format!("provider {node} has no client")))
+                    .ok_or_else(|| Error::internal(format!("provider {node} has no client")))
             })
             .collect()
     }

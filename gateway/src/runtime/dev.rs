@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use sublet_provider::client::{ClientConfig, ProviderClient};
@@ -292,42 +291,6 @@ pub fn service_with_keys(gateway: Arc<Node>, keys: Option<KeyRing>) -> S3Service
         builder.set_access(keys);
     }
     builder.build()
-}
-
-/// Serves `service` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    service: MeteredService,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        // Small answers must not wait for Nagle's algorithm (about 40 ms per GET otherwise).
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
-        }
-        let service = service.clone();
-        tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
 }
 
 /// `sublet dev`: run until ctrl-c.

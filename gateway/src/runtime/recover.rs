@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use sublet_provider::client::ProviderClient;
 
+#[allow(unused_imports)]
+use super::*;
 use crate::meta::MetadataStore;
 use crate::node::Node;
 use crate::upkeep::snapshot::{self, MANIFEST_PREFIX, Manifest, manifest_ids};
@@ -192,7 +194,7 @@ pub async fn restore_newest(
                     overlay: restore_overlay(&store, overlay)?,
                 });
             }
-            Err(e) => problems.push(format!("{id}: {}", e.message().unwrap_or("unreadable"))),
+            Err(e) => problems.push(format!("{id}: {}", e.message())),
         }
     }
     bail!(
@@ -254,4 +256,139 @@ async fn replay_onto_empty(
 fn open_restored(path: &Path) -> anyhow::Result<crate::meta::SqliteStore> {
     crate::meta::SqliteStore::open(path)
         .map_err(|e| anyhow::anyhow!("opening the restored {}: {e}", path.display()))
+}
+
+/// `sublet recover`: rebuilds the gateway's metadata file from the newest snapshot on its
+/// providers and the journal after it. Needs the same config and the original master key
+/// (never created here).
+pub async fn recover(
+    config: &Config,
+    overrides: &Overrides,
+    force: bool,
+) -> anyhow::Result<crate::runtime::recover::Recovered> {
+    recover_from_providers(config, overrides, force, false)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the providers hold nothing to recover from"))
+}
+
+/// [`recover`]; with `only_if_any`, `None` (and nothing written) when the providers hold
+/// no snapshot and no journal of this installation.
+async fn recover_from_providers(
+    config: &Config,
+    overrides: &Overrides,
+    force: bool,
+    only_if_any: bool,
+) -> anyhow::Result<Option<crate::runtime::recover::Recovered>> {
+    let Some(gateway_resource) = config.gateway() else {
+        bail!("the file must hold exactly one StorageGateway");
+    };
+    let spec = &overrides.apply(&gateway_resource.spec)?;
+    let paths = state_paths(spec, overrides.data_dir.as_deref())?;
+    if !paths.master_key.exists() {
+        bail!(
+            "master key {} is missing: restore it from your backup first — without it no snapshot or object can be decrypted",
+            paths.master_key.display()
+        );
+    }
+    let master = Arc::new(MasterKey::load_or_create(&paths.master_key)?);
+    let identity = Arc::new(NodeIdentity::load_or_derive(
+        &paths.identity_dir,
+        Some(master.node_seed()),
+    )?);
+    let plans = plans(config, &spec.default_plan)?;
+    // Rented providers hold snapshots and journal too: the contracts this gateway (the node
+    // the master key derives) holds name them. Nothing new is rented here.
+    let (with_market, _) = crate::runtime::market::with_contracts(
+        config,
+        &identity,
+        &paths.data_dir,
+        MARKET_WAIT,
+        crate::runtime::market::Contracting::Existing,
+    )
+    .await?;
+    let endpoints = endpoints(&with_market)?;
+    let metrics = Metrics::new()?;
+    let health = Arc::new(HealthBoard::default());
+    let (mut backends, clients) = connect(spec, &identity, &endpoints, &metrics, &health)?;
+    let clouds = connect_clouds(config)?;
+    backends.extend(
+        clouds.iter().map(|c| {
+            ObservedBackend::wrap(Arc::clone(c) as Arc<dyn ShardBackend>, &metrics, &health)
+        }),
+    );
+    // Reading needs no metadata: a throwaway in-memory store.
+    let scratch: Arc<dyn MetadataStore> =
+        Arc::new(SqliteStore::open_in_memory().map_err(|e| anyhow::anyhow!("scratch store: {e}"))?);
+    let gateway = Node::new(scratch, master, plans, backends)?;
+    if only_if_any
+        && crate::upkeep::snapshot::manifest_ids(&clients)
+            .await
+            .is_empty()
+        && crate::meta::journal::list_segments(gateway.installation(), &clients)
+            .await
+            .0
+            .is_empty()
+    {
+        return Ok(None);
+    }
+    crate::runtime::recover::restore_newest(
+        &gateway,
+        &clients,
+        &paths.metadata,
+        &paths.data_dir.join(crate::admin::policy::OVERLAY_FILE),
+        force,
+    )
+    .await
+    .map(Some)
+}
+
+/// A gateway on SQLite whose metadata file is gone but whose master key is there (a disk
+/// replaced, a Kubernetes volume lost with its node) recovers before serving: started on
+/// an empty store, it would serve empty buckets and its next snapshots would push the good
+/// ones out. A store the providers know nothing of is new, and starts empty.
+pub(super) async fn recover_lost_metadata(
+    file: &Config,
+    overrides: &Overrides,
+) -> anyhow::Result<()> {
+    let Some(g) = file.gateway() else {
+        return Ok(());
+    };
+    let spec = overrides.apply(&g.spec)?;
+    let paths = state_paths(&spec, overrides.data_dir.as_deref())?;
+    if spec.metadata.postgres.is_some() || paths.metadata.exists() || !paths.master_key.exists() {
+        return Ok(());
+    }
+    match recover_from_providers(file, overrides, false, true).await {
+        Ok(None) => {
+            tracing::info!(metadata = %paths.metadata.display(), "new metadata store: the providers hold no snapshot or journal of this installation");
+            Ok(())
+        }
+        Ok(Some(done)) => {
+            tracing::warn!(
+                metadata = %paths.metadata.display(),
+                snapshot = ?done.manifest.as_ref().map(|m| m.created),
+                journal_segments = done.replayed.segments,
+                changes = done.replayed.applied,
+                "the metadata file was missing: recovered it from the providers before serving"
+            );
+            for problem in done.replayed.unreadable.iter().chain(&done.replayed.failed) {
+                tracing::error!(%problem, "a journal segment was not replayed");
+            }
+            if done.after.writes > 0 {
+                tracing::error!(
+                    writes = done.after.writes,
+                    shards = done.after.shards,
+                    "writes whose shards the recovered metadata does not name were not recovered"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => bail!(
+            "the metadata file {} is missing and the providers hold snapshots or a journal of \
+             this installation, but recovering from them failed: {e:#}\n\
+             (starting empty would hide every object; run `sublet recover` once the providers \
+             answer)",
+            paths.metadata.display()
+        ),
+    }
 }

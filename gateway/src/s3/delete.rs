@@ -51,9 +51,9 @@ impl Gateway {
                     }
                 }
                 Err(e) => errors.push(Error {
-                    code: Some(e.code().as_str().to_string()),
+                    code: Some(e.s3_code().as_str().to_string()),
                     key: Some(obj.key),
-                    message: e.message().map(str::to_string),
+                    message: Some(e.message()),
                     version_id: obj.version_id,
                 }),
             }

@@ -79,7 +79,7 @@ impl Gateway {
             }
             Err(e) => {
                 self.free(Some(&layout)).await;
-                Err(e)
+                Err(e.into())
             }
         }
     }

@@ -3,10 +3,9 @@
 //! API (Put/Get/DeleteBucketLifecycleConfiguration, storage class = plan name) and from the
 //! StorageSchedule of each object's plan; one engine (this pass) applies both.
 
-use s3s::S3Result;
 use serde::Serialize;
 
-use crate::error::internal;
+use crate::error::{Error, Result};
 use crate::meta::{ObjectVersion, UploadQuery, VersionQuery, Versioning};
 use crate::node::rules::{PlanRules, Rule};
 use crate::node::{Node, now_ms};
@@ -28,7 +27,7 @@ pub struct Report {
 
 /// One pass of every bucket's rules and of `plan_rules` (a schedule's rules apply to
 /// the objects of the plans naming it) as of `now` (Unix ms).
-pub async fn lifecycle_pass(node: &Node, plan_rules: &PlanRules, now: i64) -> S3Result<Report> {
+pub async fn lifecycle_pass(node: &Node, plan_rules: &PlanRules, now: i64) -> Result<Report> {
     node.free_retired().await;
     let mut report = Report::default();
     let buckets = node.meta(|m| m.buckets()).await?;
@@ -51,7 +50,7 @@ async fn abort_old_uploads(
     plan_rules: &PlanRules,
     now: i64,
     report: &mut Report,
-) -> S3Result<()> {
+) -> Result<()> {
     let (mut key_marker, mut id_marker) = (String::new(), String::new());
     loop {
         let (b, k, u) = (bucket.to_string(), key_marker.clone(), id_marker.clone());
@@ -110,7 +109,7 @@ async fn sweep_versions(
     plan_rules: &PlanRules,
     now: i64,
     report: &mut Report,
-) -> S3Result<()> {
+) -> Result<()> {
     let (mut key_marker, mut id_marker) = (String::new(), String::new());
     // The version listed just before (newer, same key): when it became current, the
     // one after it became noncurrent.
@@ -244,7 +243,7 @@ async fn expire_current(
     node: &Node,
     bucket: &crate::meta::Bucket,
     v: &ObjectVersion,
-) -> S3Result<()> {
+) -> Result<()> {
     if bucket.versioning == Versioning::Unversioned {
         // Delete exactly this version: a newer PUT since the listing is left alone.
         let (b, k, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
@@ -280,9 +279,9 @@ async fn remove_version(node: &Node, v: &ObjectVersion, report: &mut Report, wha
 /// the object stays readable from its old shards until the swap, and for reads that
 /// started before it, [`RETIRE_DELAY_MS`] longer. Returns false (and
 /// frees the new shards) when the version changed.
-pub async fn transition(node: &Node, v: &ObjectVersion, plan: &str) -> S3Result<bool> {
+pub async fn transition(node: &Node, v: &ObjectVersion, plan: &str) -> Result<bool> {
     let target = node.plan(plan).ok_or_else(|| {
-        internal(format!(
+        Error::internal(format!(
             "lifecycle names plan {plan}, which is not configured"
         ))
     })?;
@@ -298,7 +297,7 @@ pub async fn transition(node: &Node, v: &ObjectVersion, plan: &str) -> S3Result<
     let single_part = v.layout.as_ref().is_some_and(|l| l.parts.is_empty());
     if written.size != v.size || (single_part && written.md5 != v.etag) {
         node.free(Some(&written.layout)).await;
-        return Err(internal(format!(
+        return Err(Error::internal(format!(
             "{}/{}: the bytes read back for the transition do not match the object",
             v.bucket, v.key
         )));

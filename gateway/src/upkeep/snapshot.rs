@@ -16,11 +16,10 @@ use sublet_provider::client::ProviderClient;
 use bytes::Bytes;
 use futures::StreamExt;
 use s3s::dto::StreamingBlob;
-use s3s::{S3Error, S3ErrorCode, S3Result};
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::layout::Layout;
-use crate::error::internal;
+use crate::error::{Error, Result};
 use crate::meta::{MetadataStore, ObjectVersion};
 use crate::node::{Node, now_ms};
 
@@ -62,8 +61,8 @@ pub fn manifest_id(created: i64) -> String {
     format!("{MANIFEST_PREFIX}{created:015}")
 }
 
-fn unavailable(message: String) -> S3Error {
-    S3Error::with_message(S3ErrorCode::ServiceUnavailable, message)
+fn unavailable(message: String) -> Error {
+    Error::Unavailable(message)
 }
 
 /// Stores the file at `path` (a consistent copy of the metadata store) under the
@@ -73,15 +72,15 @@ pub async fn store_snapshot(
     node: &Node,
     path: &Path,
     journal_cut: Option<String>,
-) -> S3Result<Manifest> {
+) -> Result<Manifest> {
     let bytes = tokio::fs::read(path)
         .await
-        .map_err(|e| internal(format!("reading the snapshot {}: {e}", path.display())))?;
+        .map_err(|e| Error::internal(format!("reading the snapshot {}: {e}", path.display())))?;
     let blake3 = blake3::hash(&bytes).to_hex().to_string();
     let size = bytes.len() as u64;
     let plan = node
         .plan(node.default_plan())
-        .ok_or_else(|| internal("the default plan is not configured"))?;
+        .ok_or_else(|| Error::internal("the default plan is not configured"))?;
     let created = now_ms();
     let body = futures::stream::iter(
         bytes
@@ -105,8 +104,9 @@ pub async fn store_snapshot(
         layout: written.layout,
         journal_cut,
     };
-    let json =
-        Bytes::from(serde_json::to_vec(&manifest).map_err(|e| internal(format!("manifest: {e}")))?);
+    let json = Bytes::from(
+        serde_json::to_vec(&manifest).map_err(|e| Error::internal(format!("manifest: {e}")))?,
+    );
     let id = manifest.shard_id();
     let providers = node.providers();
     let puts = providers.values().map(|b| {
@@ -117,7 +117,7 @@ pub async fn store_snapshot(
     let stored = futures::future::join_all(puts)
         .await
         .into_iter()
-        .filter(Result::is_ok)
+        .filter(std::result::Result::is_ok)
         .count();
     if stored == 0 {
         node.free(Some(&manifest.layout)).await;
@@ -141,7 +141,7 @@ pub async fn drop_snapshots(node: &Node, older: &[Manifest]) {
 }
 
 /// Parses a manifest read from a provider.
-pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+pub fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("unreadable manifest: {e}"))
 }
 
@@ -159,7 +159,7 @@ pub async fn fetch_manifest(node: &Node, id: &str) -> Option<Manifest> {
 }
 
 /// Reads a snapshot back, checking its size and BLAKE3 hash.
-pub async fn read_snapshot(node: &Node, manifest: &Manifest) -> S3Result<Vec<u8>> {
+pub async fn read_snapshot(node: &Node, manifest: &Manifest) -> Result<Vec<u8>> {
     let v = ObjectVersion {
         bucket: "(metadata snapshot)".into(),
         key: manifest.shard_id(),
@@ -176,11 +176,11 @@ pub async fn read_snapshot(node: &Node, manifest: &Manifest) -> S3Result<Vec<u8>
     let mut stream = node.read_range(&v, 0..manifest.size).await?;
     let mut out = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));
     while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk.map_err(|e| internal(e.to_string()))?);
+        out.extend_from_slice(&chunk.map_err(|e| Error::internal(e.to_string()))?);
     }
     let hash = blake3::hash(&out).to_hex().to_string();
     if hash != manifest.blake3 {
-        return Err(internal(format!(
+        return Err(Error::internal(format!(
             "snapshot {}: BLAKE3 {hash} differs from the manifest's {}",
             manifest.shard_id(),
             manifest.blake3
@@ -229,12 +229,8 @@ pub async fn snapshot_once(
         .map_err(|e| anyhow::anyhow!("copying the metadata store: {e}"))?;
     let stored = store_snapshot(gateway, &copy, journal_cut).await;
     let _ = std::fs::remove_file(&copy);
-    let manifest = stored.map_err(|e| {
-        anyhow::anyhow!(
-            "storing the metadata snapshot: {}",
-            e.message().unwrap_or("failed")
-        )
-    })?;
+    let manifest =
+        stored.map_err(|e| anyhow::anyhow!("storing the metadata snapshot: {}", e.message()))?;
     let ids = manifest_ids(clients).await;
     let mut older = Vec::new();
     for id in ids.iter().skip(KEEP_SNAPSHOTS) {
