@@ -36,7 +36,6 @@
 //! `/metrics` serves, and the operator reads them without holding any key (its role may
 //! not read Secrets).
 
-pub mod client;
 pub mod policy;
 pub mod server;
 

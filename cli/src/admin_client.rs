@@ -1,5 +1,5 @@
-//! `sublet plan|schedule|provider|status`: the policy API's command line client. Each command
-//! returns the text to print, so tests read exactly what a user sees.
+//! The admin API's client behind `sublet plan|schedule|pool|provider|bucket|status`. Each
+//! command returns the text to print, so tests read exactly what a user sees.
 
 use std::fmt::Write as _;
 
@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::admin::policy::Kind;
+use sublet_gateway::admin::policy::Kind;
 
 /// The admin URL when neither `--admin-url` nor `SUBLET_ADMIN_URL` is set.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9001";
@@ -211,7 +211,7 @@ pub async fn providers(client: &AdminClient, output: Output) -> anyhow::Result<S
     if output != Output::Table {
         return render(&Value::Array(items), output);
     }
-    let now = crate::node::health::now_ms();
+    let now = sublet_gateway::clock::now_ms();
     let rows = items
         .iter()
         .map(|p| {
