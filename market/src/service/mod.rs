@@ -1,0 +1,149 @@
+//! [`Market`]: the database (SQLite, or PostgreSQL), the policy, the payment rail and the
+//! clock, with one method per thing a party can do. Each method is one transaction.
+//!
+//! Transactions never overlap: on SQLite one connection behind a mutex runs them in
+//! IMMEDIATE transactions; on PostgreSQL each takes one transaction-scoped advisory lock
+//! first, so markets sharing a database (replicas) also run them one at a time, and every
+//! statement after the lock sees all that earlier transactions committed (READ COMMITTED).
+//! That keeps the ledger's read-check-write steps (no overdraft, no double spend) as safe
+//! as on SQLite, and needs no retries: a rail payout inside a transaction runs once.
+//!
+//! `store` holds the database connection; the methods are grouped by what a party does:
+//! `parties` (signing, registration, attestations), `accounts` (balances, deposits,
+//! withdrawals), `trade` (offers, contracts, receipts) and `reputation` (ratings, feedback,
+//! disputes).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, TransactionBehavior};
+use sublet_market_api::Result;
+
+use crate::Policy;
+use crate::db::{Db, sqlite_error};
+use crate::metrics::Metrics;
+use crate::rail::PaymentRail;
+
+mod accounts;
+mod parties;
+mod reputation;
+mod store;
+mod trade;
+
+pub use accounts::{Balances, ContractEscrow, OperationResult};
+pub use parties::PartyView;
+pub use trade::Termination;
+
+use store::{PgStore, Store, init_schema};
+
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub struct Market {
+    db: Store,
+    policy: Policy,
+    rail: Option<Arc<dyn PaymentRail>>,
+    clock: Clock,
+    metrics: Metrics,
+}
+
+impl Market {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path, policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
+        let conn = Connection::open(path).map_err(sqlite_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite_error)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite_error)?;
+        Self::with_connection(conn, policy, rail)
+    }
+
+    pub fn in_memory(policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
+        Self::with_connection(
+            Connection::open_in_memory().map_err(sqlite_error)?,
+            policy,
+            rail,
+        )
+    }
+
+    fn with_connection(
+        conn: Connection,
+        policy: Policy,
+        rail: Option<Arc<dyn PaymentRail>>,
+    ) -> Result<Self> {
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sqlite_error)?;
+        init_schema(&conn)?;
+        Self::with_store(Store::Sqlite(Mutex::new(conn)), policy, rail)
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://user:password@host:5432/dbname` or the
+    /// key=value form) and creates the tables if needed. Markets may share one database.
+    pub fn open_postgres(
+        url: &str,
+        policy: Policy,
+        rail: Option<Arc<dyn PaymentRail>>,
+    ) -> Result<Self> {
+        let store = PgStore::connect(url)?;
+        store.tx(init_schema)?;
+        Self::with_store(Store::Postgres(Box::new(store)), policy, rail)
+    }
+
+    fn with_store(db: Store, policy: Policy, rail: Option<Arc<dyn PaymentRail>>) -> Result<Self> {
+        Ok(Self {
+            db,
+            policy,
+            rail,
+            clock: Arc::new(sublet_market_api::unix_now),
+            metrics: Metrics::new()?,
+        })
+    }
+
+    /// Replaces the clock (unix seconds); tests use it to pass vetting periods.
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Which database the market keeps its books in.
+    pub fn backend(&self) -> crate::db::Backend {
+        match self.db {
+            Store::Sqlite(_) => crate::db::Backend::Sqlite,
+            Store::Postgres(_) => crate::db::Backend::Postgres,
+        }
+    }
+
+    /// Runs `f` in one transaction (see the module comment), committed only if `f` succeeds.
+    pub fn tx<T: Send>(&self, f: impl FnOnce(&dyn Db) -> Result<T> + Send) -> Result<T> {
+        match &self.db {
+            Store::Sqlite(db) => {
+                let mut conn = db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(sqlite_error)?;
+                let out = f(&*tx as &Connection)?;
+                tx.commit().map_err(sqlite_error)?;
+                Ok(out)
+            }
+            Store::Postgres(pg) => pg.tx(f),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics, with totals freshly read from the database.
+    pub fn render_metrics(&self) -> Result<String> {
+        let summary = self.ledger_summary()?;
+        self.tx(|c| self.metrics.observe(c, &summary))?;
+        Ok(self.metrics.render())
+    }
+}
