@@ -5,8 +5,10 @@
 pub mod journal;
 
 mod copy;
+mod listing;
 mod postgres;
 mod postgres_tls;
+mod queue;
 mod sqlite;
 #[cfg(test)]
 mod test_postgres;

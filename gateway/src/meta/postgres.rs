@@ -19,12 +19,16 @@ use std::sync::{Condvar, Mutex};
 
 use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
+use super::listing::{
+    self, ObjectPager, UPLOAD_COLUMN_COUNT, UPLOAD_COLUMNS, UploadPager, VERSION_COLUMNS,
+    VersionPager,
+};
 use super::postgres_tls::{RustlsConnector, SslMode, split_tls};
 use super::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
     MetadataStore, ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result,
-    ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage, VersionQuery,
-    Versioning, sqlite::group_of,
+    ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning,
+    queue,
 };
 use crate::datapath::layout::Layout;
 
@@ -113,14 +117,7 @@ CREATE TABLE IF NOT EXISTS policies (
 /// Serializes concurrent schema creation by several replicas starting at once.
 const SCHEMA_LOCK: i64 = 0x5375_626c_6574; // "Sublet"
 
-const UPLOAD_COLUMNS: &str = "bucket, key, upload_id, plan, content_type, user_metadata, initiated";
-/// How many columns [`UPLOAD_COLUMNS`] names.
-const UPLOAD_COLUMN_COUNT: usize = 7;
 const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
-const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
-/// [`VERSION_COLUMNS`] without the layout, which a listing does not show (and which holds
-/// the bytes of objects kept in metadata).
-const LIST_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, NULL::text";
 
 /// Connections kept open per store; callers beyond that wait for one.
 const MAX_CONNECTIONS: usize = 16;
@@ -540,32 +537,6 @@ fn insert_version(tx: &mut Transaction<'_>, v: &ObjectVersion) -> Result<Vec<Obj
     Ok(replaced)
 }
 
-/// Per-segment health of `plan`'s versions (`$1` plan, `$2` lost cut, `$3` grace ms); the
-/// same rules as the SQLite store's query.
-const SEGMENT_HEALTH: &str = "
-WITH seg AS (
-    SELECT s.version_seq AS seq, MAX(s.width) AS width, MAX(s.needed) AS needed,
-        SUM(CASE WHEN s.provider = '' OR s.bad_since IS NOT NULL OR p.node_id IS NULL
-                  OR (p.down_since IS NOT NULL AND p.last_seen <= $2::BIGINT) THEN 0 ELSE 1 END)::BIGINT AS healthy,
-        SUM(CASE WHEN s.provider = '' OR s.bad_since IS NOT NULL OR p.node_id IS NULL
-                  OR p.down_since IS NOT NULL THEN 0 ELSE 1 END)::BIGINT AS reachable,
-        SUM(CASE WHEN s.provider = '' THEN 0 ELSE s.length END)::BIGINT AS bytes,
-        MIN(CASE WHEN s.provider = '' OR p.node_id IS NULL THEN v.last_modified
-                 WHEN s.bad_since IS NOT NULL THEN s.bad_since
-                 WHEN p.down_since IS NOT NULL AND p.last_seen <= $2::BIGINT THEN p.last_seen + $3::BIGINT
-            END) AS lost_since
-    FROM versions v
-    JOIN shards s ON s.version_seq = v.seq
-    LEFT JOIN providers p ON p.node_id = s.provider
-    WHERE v.plan = $1 AND NOT v.delete_marker
-    GROUP BY s.version_seq, s.piece, s.segment
-), ver AS (
-    SELECT seq, MAX(width) AS width, MAX(needed) AS needed, MIN(healthy) AS healthy,
-        MIN(reachable) AS reachable, SUM(healthy)::BIGINT AS healthy_shards,
-        COUNT(*)::BIGINT AS segments, SUM(bytes)::BIGINT AS bytes, MIN(lost_since) AS lost_since
-    FROM seg GROUP BY seq
-)";
-
 impl MetadataStore for PostgresStore {
     fn create_bucket(&self, bucket: &Bucket) -> Result<()> {
         let inserted = self.run(|c| {
@@ -701,32 +672,17 @@ impl MetadataStore for PostgresStore {
 
     fn plan_health(&self, plan: &str, lost_cut: i64, grace_ms: i64) -> Result<Vec<HealthGroup>> {
         self.run(|c| {
-            c.query(
-                &format!(
-                    "{SEGMENT_HEALTH}
-                     SELECT width, needed, healthy, reachable, COUNT(*)::BIGINT, SUM(healthy_shards)::BIGINT,
-                            SUM(segments)::BIGINT, SUM(bytes)::BIGINT, MIN(lost_since)
-                     FROM ver GROUP BY width, needed, healthy, reachable"
-                ),
-                &[&plan, &lost_cut, &grace_ms],
-            )
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| {
-                let n = |i: usize| r.try_get::<_, Option<i64>>(i).map(count).map_err(pg_err);
-                Ok(HealthGroup {
-                    width: n(0)?,
-                    needed: n(1)?,
-                    healthy: n(2)?,
-                    reachable: n(3)?,
-                    objects: n(4)?,
-                    healthy_shards: n(5)?,
-                    segments: n(6)?,
-                    stored_bytes: n(7)?,
-                    lost_since: r.try_get(8).map_err(pg_err)?,
+            c.query(&queue::plan_health(), &[&plan, &lost_cut, &grace_ms])
+                .map_err(pg_err)?
+                .iter()
+                .map(|r| {
+                    let mut n = [None; 8];
+                    for (i, n) in n.iter_mut().enumerate() {
+                        *n = r.try_get(i).map_err(pg_err)?;
+                    }
+                    Ok(queue::health_group(n, r.try_get(8).map_err(pg_err)?))
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 
@@ -739,42 +695,27 @@ impl MetadataStore for PostgresStore {
         lost: bool,
         limit: usize,
     ) -> Result<Vec<QueuedVersion>> {
-        let min = min_healthy.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // Both filters mention `$4` so one parameter list fits both (PostgreSQL must know
-        // every parameter's type).
-        let filter = if lost {
-            "ver.healthy < ver.needed AND $4::BIGINT IS NOT DISTINCT FROM $4::BIGINT"
-        } else {
-            "ver.healthy >= ver.needed AND ver.healthy < LEAST(COALESCE($4::BIGINT, ver.width), ver.width)"
-        };
+        let min = queue::min_healthy_param(min_healthy);
+        let limit = queue::limit_param(limit);
         self.run(|c| {
             c.query(
-                &format!(
-                    "{SEGMENT_HEALTH}
-                     SELECT ver.seq, v.bucket, v.key, v.version_id, ver.healthy, ver.needed, ver.width,
-                            ver.lost_since
-                     FROM ver JOIN versions v ON v.seq = ver.seq
-                     WHERE {filter}
-                     ORDER BY ver.healthy - ver.needed, ver.lost_since, ver.seq
-                     LIMIT $5"
-                ),
+                &queue::queued_versions(lost),
                 &[&plan, &lost_cut, &grace_ms, &min, &limit],
             )
             .map_err(pg_err)?
             .iter()
             .map(|r| {
-                let n = |i: usize| r.try_get::<_, Option<i64>>(i).map(count).map_err(pg_err);
-                Ok(QueuedVersion {
-                    seq: r.try_get(0).map_err(pg_err)?,
-                    bucket: r.try_get(1).map_err(pg_err)?,
-                    key: r.try_get(2).map_err(pg_err)?,
-                    version_id: r.try_get(3).map_err(pg_err)?,
-                    healthy: n(4)?,
-                    needed: n(5)?,
-                    width: n(6)?,
-                    lost_since: r.try_get(7).map_err(pg_err)?,
-                })
+                let n = |i: usize| r.try_get::<_, Option<i64>>(i).map_err(pg_err);
+                Ok(queue::queued_version(
+                    (
+                        r.try_get(0).map_err(pg_err)?,
+                        r.try_get(1).map_err(pg_err)?,
+                        r.try_get(2).map_err(pg_err)?,
+                        r.try_get(3).map_err(pg_err)?,
+                    ),
+                    [n(4)?, n(5)?, n(6)?],
+                    r.try_get(7).map_err(pg_err)?,
+                ))
             })
             .collect()
         })
@@ -1149,93 +1090,52 @@ impl MetadataStore for PostgresStore {
         // Rows come in key order; the page (after prefix rollup) may need more rows than
         // `max_keys`, so read in batches until the page is full.
         const BATCH: i64 = 1000;
-        let mut page = ListPage::default();
-        let mut count = 0usize;
+        let query = format!("{} LIMIT $4", listing::latest_after());
+        let mut page = ObjectPager::new(q);
         let mut after = q.start_after.to_owned();
         loop {
             let rows = self.run(|c| {
-                c.query(
-                    &format!(
-                        "SELECT {LIST_COLUMNS} FROM versions v
-                         WHERE bucket = $1 AND key > $2 AND left(key, length($3)) = $3
-                           AND seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
-                         ORDER BY key LIMIT $4"
-                    ),
-                    &[&bucket, &after, &q.prefix, &BATCH],
-                )
-                .map_err(pg_err)?
-                .iter()
-                .map(version_from_row)
-                .collect::<Result<Vec<_>>>()
+                c.query(&query, &[&bucket, &after, &q.prefix, &BATCH])
+                    .map_err(pg_err)?
+                    .iter()
+                    .map(version_from_row)
+                    .collect::<Result<Vec<_>>>()
             })?;
             let exhausted = (rows.len() as i64) < BATCH;
             for v in rows {
                 after.clone_from(&v.key);
-                if v.delete_marker {
-                    continue;
-                }
-                let group = group_of(&v.key, q.prefix, q.delimiter);
-                if let Some(prefix) = &group
-                    && (page.common_prefixes.last() == Some(prefix)
-                        || q.start_after.starts_with(prefix.as_str()))
-                {
-                    continue;
-                }
-                if count == q.max_keys {
-                    page.next_marker = page
-                        .objects
-                        .last()
-                        .map(|o| o.key.clone())
-                        .max(page.common_prefixes.last().cloned());
-                    return Ok(page);
-                }
-                count += 1;
-                match group {
-                    Some(prefix) => page.common_prefixes.push(prefix),
-                    None => page.objects.push(v),
+                if !page.offer(v) {
+                    return Ok(page.finish());
                 }
             }
             if exhausted {
-                return Ok(page);
+                return Ok(page.finish());
             }
         }
     }
 
     fn list_versions(&self, bucket: &str, q: &VersionQuery<'_>) -> Result<VersionPage> {
         self.run(|c| {
-            // Versions of the marker key older than the marker version come first; an unknown
-            // version id marker resumes after the whole key.
-            let marker_seq: i64 = if q.version_id_marker.is_empty() {
-                -1
+            let marker = if q.version_id_marker.is_empty() {
+                None
             } else {
                 c.query_opt(
-                    "SELECT seq FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3",
+                    listing::VERSION_MARKER,
                     &[&bucket, &q.key_marker, &q.version_id_marker],
                 )
                 .map_err(pg_err)?
                 .map(|r| r.try_get(0))
                 .transpose()
                 .map_err(pg_err)?
-                .unwrap_or(-1)
             };
+            let marker_seq = listing::versions_resume_seq(marker);
             // A portal streams the rows, so a page of a huge bucket reads only what it needs.
             let mut tx = c.transaction().map_err(pg_err)?;
-            let stmt = tx
-                .prepare(&format!(
-                    "SELECT {VERSION_COLUMNS},
-                        seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
-                     FROM versions v
-                     WHERE bucket = $1 AND left(key, length($3)) = $3
-                       AND (key > $2 OR (key = $2 AND seq < $4))
-                     ORDER BY key, seq DESC"
-                ))
-                .map_err(pg_err)?;
+            let stmt = tx.prepare(&listing::versions_after()).map_err(pg_err)?;
             let portal = tx
                 .bind(&stmt, &[&bucket, &q.key_marker, &q.prefix, &marker_seq])
                 .map_err(pg_err)?;
-            let mut page = VersionPage::default();
-            let mut count = 0usize;
-            let mut last: Option<(String, String)> = None;
+            let mut page = VersionPager::new(q);
             'rows: loop {
                 let rows = tx.query_portal(&portal, 1000).map_err(pg_err)?;
                 if rows.is_empty() {
@@ -1243,36 +1143,13 @@ impl MetadataStore for PostgresStore {
                 }
                 for row in &rows {
                     let v = version_from_row(row)?;
-                    let is_latest: bool = row.try_get(11).map_err(pg_err)?;
-                    let group = group_of(&v.key, q.prefix, q.delimiter);
-                    if let Some(prefix) = &group
-                        && (page.common_prefixes.last() == Some(prefix)
-                            || q.key_marker.starts_with(prefix.as_str()))
-                    {
-                        continue;
-                    }
-                    if count == q.max_keys {
-                        page.next = last;
+                    if !page.offer(v, row.try_get(11).map_err(pg_err)?) {
                         break 'rows;
-                    }
-                    count += 1;
-                    match group {
-                        Some(prefix) => {
-                            last = Some((prefix.clone(), String::new()));
-                            page.common_prefixes.push(prefix);
-                        }
-                        None => {
-                            last = Some((v.key.clone(), v.version_id.clone()));
-                            page.versions.push(VersionEntry {
-                                version: v,
-                                is_latest,
-                            });
-                        }
                     }
                 }
             }
             tx.commit().map_err(pg_err)?;
-            Ok(page)
+            Ok(page.finish())
         })
     }
 
@@ -1410,12 +1287,12 @@ impl MetadataStore for PostgresStore {
         /// fold into few common prefixes a few more. Tiny under test, so the store tests
         /// cross batch boundaries.
         const BATCH: i64 = if cfg!(test) { 2 } else { 1000 };
-        let marker_seq: i64 = if q.upload_id_marker.is_empty() {
-            i64::MAX
+        let marker = if q.upload_id_marker.is_empty() {
+            None
         } else {
             self.run(|c| {
                 c.query_opt(
-                    "SELECT seq FROM uploads WHERE bucket = $1 AND key = $2 AND upload_id = $3",
+                    listing::UPLOAD_MARKER,
                     &[&bucket, &q.key_marker, &q.upload_id_marker],
                 )
                 .map_err(pg_err)?
@@ -1423,57 +1300,30 @@ impl MetadataStore for PostgresStore {
                 .transpose()
                 .map_err(pg_err)
             })?
-            .unwrap_or(i64::MAX)
         };
-        let mut cursor = (q.key_marker.to_owned(), marker_seq);
-        let mut page = UploadPage::default();
-        let mut last: Option<(String, String)> = None;
+        let query = format!("{} LIMIT $5", listing::uploads_after());
+        let mut cursor = (q.key_marker.to_owned(), listing::uploads_resume_seq(marker));
+        let mut page = UploadPager::new(q);
         loop {
             let rows = self.run(|c| {
-                c.query(
-                    &format!(
-                        "SELECT {UPLOAD_COLUMNS}, seq FROM uploads
-                         WHERE bucket = $1 AND left(key, length($3)) = $3
-                           AND (key > $2 OR (key = $2 AND seq > $4))
-                         ORDER BY key, seq LIMIT $5"
-                    ),
-                    &[&bucket, &cursor.0, &q.prefix, &cursor.1, &BATCH],
-                )
-                .map_err(pg_err)?
-                .iter()
-                .map(|row| {
-                    let seq: i64 = row.try_get(UPLOAD_COLUMN_COUNT).map_err(pg_err)?;
-                    Ok((upload_from_row(row)?, seq))
-                })
-                .collect::<Result<Vec<_>>>()
+                c.query(&query, &[&bucket, &cursor.0, &q.prefix, &cursor.1, &BATCH])
+                    .map_err(pg_err)?
+                    .iter()
+                    .map(|row| {
+                        let seq: i64 = row.try_get(UPLOAD_COLUMN_COUNT).map_err(pg_err)?;
+                        Ok((upload_from_row(row)?, seq))
+                    })
+                    .collect::<Result<Vec<_>>>()
             })?;
             let exhausted = rows.len() < usize::try_from(BATCH).unwrap_or(usize::MAX);
             for (u, seq) in rows {
                 cursor = (u.key.clone(), seq);
-                let group = group_of(&u.key, q.prefix, q.delimiter);
-                if let Some(prefix) = &group
-                    && (page.common_prefixes.last() == Some(prefix)
-                        || q.key_marker.starts_with(prefix.as_str()))
-                {
-                    continue;
-                }
-                if page.uploads.len() + page.common_prefixes.len() == q.max_uploads {
-                    page.next = last;
-                    return Ok(page);
-                }
-                match group {
-                    Some(prefix) => {
-                        last = Some((prefix.clone(), String::new()));
-                        page.common_prefixes.push(prefix);
-                    }
-                    None => {
-                        last = Some((u.key.clone(), u.upload_id.clone()));
-                        page.uploads.push(u);
-                    }
+                if !page.offer(u) {
+                    return Ok(page.finish());
                 }
             }
             if exhausted {
-                return Ok(page);
+                return Ok(page.finish());
             }
         }
     }

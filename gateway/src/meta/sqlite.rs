@@ -12,11 +12,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::listing::{
+    self, ObjectPager, UPLOAD_COLUMNS, UploadPager, VERSION_COLUMNS, VersionPager,
+};
 use super::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
     MetadataStore, ObjectVersion, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos,
-    Upload, UploadPage, UploadPart, UploadQuery, VersionEntry, VersionPage, VersionQuery,
-    Versioning,
+    Upload, UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning, queue,
 };
 use crate::datapath::layout::Layout;
 
@@ -96,13 +98,13 @@ CREATE TABLE IF NOT EXISTS policies (
 );
 ";
 
-const UPLOAD_COLUMNS: &str = "bucket, key, upload_id, plan, content_type, user_metadata, initiated";
 const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 
-const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
-/// [`VERSION_COLUMNS`] without the layout, which a listing does not show (and which holds
-/// the bytes of objects kept in metadata).
-const LIST_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, NULL";
+/// A query shared with the PostgreSQL store (`$n` placeholders) in SQLite's spelling, `?n`.
+/// The shared texts use `$` for nothing else.
+fn sql(shared: &str) -> String {
+    shared.replace('$', "?")
+}
 
 /// SQLite behind a mutex: statements are short, and one writer is what SQLite allows.
 /// Object writes and deletes are committed in groups (see [`SqliteStore::grouped`]).
@@ -310,33 +312,6 @@ fn index_shards(conn: &Connection, seq: i64, layout: &Layout) -> rusqlite::Resul
     Ok(())
 }
 
-/// Per-segment health of `plan`'s versions (`?1` plan, `?2` lost cut, `?3` grace ms):
-/// a shard is healthy when present, not flagged bad and its provider is known and not down
-/// since before the cut; reachable when also not down now.
-const SEGMENT_HEALTH: &str = "
-WITH seg AS (
-    SELECT s.version_seq AS seq, MAX(s.width) AS width, MAX(s.needed) AS needed,
-        SUM(CASE WHEN s.provider = '' OR s.bad_since IS NOT NULL OR p.node_id IS NULL
-                  OR (p.down_since IS NOT NULL AND p.last_seen <= ?2) THEN 0 ELSE 1 END) AS healthy,
-        SUM(CASE WHEN s.provider = '' OR s.bad_since IS NOT NULL OR p.node_id IS NULL
-                  OR p.down_since IS NOT NULL THEN 0 ELSE 1 END) AS reachable,
-        SUM(CASE WHEN s.provider = '' THEN 0 ELSE s.length END) AS bytes,
-        MIN(CASE WHEN s.provider = '' OR p.node_id IS NULL THEN v.last_modified
-                 WHEN s.bad_since IS NOT NULL THEN s.bad_since
-                 WHEN p.down_since IS NOT NULL AND p.last_seen <= ?2 THEN p.last_seen + ?3
-            END) AS lost_since
-    FROM versions v
-    JOIN shards s ON s.version_seq = v.seq
-    LEFT JOIN providers p ON p.node_id = s.provider
-    WHERE v.plan = ?1 AND v.delete_marker = 0
-    GROUP BY s.version_seq, s.piece, s.segment
-), ver AS (
-    SELECT seq, MAX(width) AS width, MAX(needed) AS needed, MIN(healthy) AS healthy,
-        MIN(reachable) AS reachable, SUM(healthy) AS healthy_shards, COUNT(*) AS segments,
-        SUM(bytes) AS bytes, MIN(lost_since) AS lost_since
-    FROM seg GROUP BY seq
-)";
-
 fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -369,14 +344,6 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectVersion> {
             .transpose()
             .map_err(|e| json_err(10, e))?,
     })
-}
-
-/// The common prefix a key rolls up into under a delimiter, if any.
-pub(super) fn group_of(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
-    let d = delimiter.filter(|d| !d.is_empty())?;
-    let rest = key.get(prefix.len()..)?;
-    rest.find(d)
-        .map(|i| key[..prefix.len() + i + d.len()].to_string())
 }
 
 fn json_err(i: usize, e: serde_json::Error) -> rusqlite::Error {
@@ -636,26 +603,15 @@ impl MetadataStore for SqliteStore {
     fn plan_health(&self, plan: &str, lost_cut: i64, grace_ms: i64) -> Result<Vec<HealthGroup>> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "{SEGMENT_HEALTH}
-                 SELECT width, needed, healthy, reachable, COUNT(*), SUM(healthy_shards),
-                        SUM(segments), SUM(bytes), MIN(lost_since)
-                 FROM ver GROUP BY width, needed, healthy, reachable"
-            ))
+            .prepare_cached(&sql(&queue::plan_health()))
             .map_err(store_err)?;
         let rows = stmt
             .query_map(params![plan, lost_cut, grace_ms], |r| {
-                Ok(HealthGroup {
-                    width: count(r.get(0)?),
-                    needed: count(r.get(1)?),
-                    healthy: count(r.get(2)?),
-                    reachable: count(r.get(3)?),
-                    objects: count(r.get(4)?),
-                    healthy_shards: count(r.get(5)?),
-                    segments: count(r.get(6)?),
-                    stored_bytes: count(r.get(7)?),
-                    lost_since: r.get(8)?,
-                })
+                let mut n = [None; 8];
+                for (i, n) in n.iter_mut().enumerate() {
+                    *n = r.get(i)?;
+                }
+                Ok(queue::health_group(n, r.get(8)?))
             })
             .map_err(store_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(store_err)
@@ -671,36 +627,18 @@ impl MetadataStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<QueuedVersion>> {
         let conn = self.conn();
-        let filter = if lost {
-            "ver.healthy < ver.needed"
-        } else {
-            "ver.healthy >= ver.needed AND ver.healthy < MIN(COALESCE(?4, ver.width), ver.width)"
-        };
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "{SEGMENT_HEALTH}
-                 SELECT ver.seq, v.bucket, v.key, v.version_id, ver.healthy, ver.needed, ver.width,
-                        ver.lost_since
-                 FROM ver JOIN versions v ON v.seq = ver.seq
-                 WHERE {filter}
-                 ORDER BY ver.healthy - ver.needed, ver.lost_since, ver.seq
-                 LIMIT ?5"
-            ))
+            .prepare_cached(&sql(&queue::queued_versions(lost)))
             .map_err(store_err)?;
-        let min = min_healthy.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let min = queue::min_healthy_param(min_healthy);
+        let limit = queue::limit_param(limit);
         let rows = stmt
             .query_map(params![plan, lost_cut, grace_ms, min, limit], |r| {
-                Ok(QueuedVersion {
-                    seq: r.get(0)?,
-                    bucket: r.get(1)?,
-                    key: r.get(2)?,
-                    version_id: r.get(3)?,
-                    healthy: count(r.get(4)?),
-                    needed: count(r.get(5)?),
-                    width: count(r.get(6)?),
-                    lost_since: r.get(7)?,
-                })
+                Ok(queue::queued_version(
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
+                    [r.get(4)?, r.get(5)?, r.get(6)?],
+                    r.get(7)?,
+                ))
             })
             .map_err(store_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(store_err)
@@ -1016,111 +954,48 @@ impl MetadataStore for SqliteStore {
     fn list(&self, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {LIST_COLUMNS} FROM versions v
-                 WHERE bucket = ?1 AND key > ?2 AND substr(key, 1, length(?3)) = ?3
-                   AND seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
-                 ORDER BY key"
-            ))
+            .prepare_cached(&sql(&listing::latest_after()))
             .map_err(store_err)?;
         let mut rows = stmt
             .query(params![bucket, q.start_after, q.prefix])
             .map_err(store_err)?;
-        let mut page = ListPage::default();
-        let mut count = 0usize;
+        let mut page = ObjectPager::new(q);
         while let Some(row) = rows.next().map_err(store_err)? {
-            let v = version_from_row(row).map_err(store_err)?;
-            if v.delete_marker {
-                continue;
-            }
-            // A common prefix group: one entry, however many keys share it.
-            let group = group_of(&v.key, q.prefix, q.delimiter);
-            if let Some(prefix) = &group
-                && (page.common_prefixes.last() == Some(prefix)
-                    || q.start_after.starts_with(prefix.as_str()))
-            {
-                continue;
-            }
-            if count == q.max_keys {
-                page.next_marker = page
-                    .objects
-                    .last()
-                    .map(|o| o.key.clone())
-                    .max(page.common_prefixes.last().cloned());
+            if !page.offer(version_from_row(row).map_err(store_err)?) {
                 break;
             }
-            count += 1;
-            match group {
-                Some(prefix) => page.common_prefixes.push(prefix),
-                None => page.objects.push(v),
-            }
         }
-        Ok(page)
+        Ok(page.finish())
     }
 
     fn list_versions(&self, bucket: &str, q: &VersionQuery<'_>) -> Result<VersionPage> {
         let conn = self.conn();
-        // Versions of the marker key older than the marker version come first;
-        // an unknown version id marker resumes after the whole key.
-        let marker_seq: i64 = if q.version_id_marker.is_empty() {
-            -1
+        let marker = if q.version_id_marker.is_empty() {
+            None
         } else {
             conn.query_row(
-                "SELECT seq FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
+                &sql(listing::VERSION_MARKER),
                 params![bucket, q.key_marker, q.version_id_marker],
                 |r| r.get(0),
             )
             .optional()
             .map_err(store_err)?
-            .unwrap_or(-1)
         };
+        let marker_seq = listing::versions_resume_seq(marker);
         let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {VERSION_COLUMNS},
-                    seq = (SELECT MAX(seq) FROM versions w WHERE w.bucket = v.bucket AND w.key = v.key)
-                 FROM versions v
-                 WHERE bucket = ?1 AND substr(key, 1, length(?3)) = ?3
-                   AND (key > ?2 OR (key = ?2 AND seq < ?4))
-                 ORDER BY key, seq DESC"
-            ))
+            .prepare(&sql(&listing::versions_after()))
             .map_err(store_err)?;
         let mut rows = stmt
             .query(params![bucket, q.key_marker, q.prefix, marker_seq])
             .map_err(store_err)?;
-        let mut page = VersionPage::default();
-        let mut count = 0usize;
-        // The last entry returned, for the next page's markers.
-        let mut last: Option<(String, String)> = None;
+        let mut page = VersionPager::new(q);
         while let Some(row) = rows.next().map_err(store_err)? {
             let v = version_from_row(row).map_err(store_err)?;
-            let is_latest: bool = row.get(11).map_err(store_err)?;
-            let group = group_of(&v.key, q.prefix, q.delimiter);
-            if let Some(prefix) = &group
-                && (page.common_prefixes.last() == Some(prefix)
-                    || q.key_marker.starts_with(prefix.as_str()))
-            {
-                continue;
-            }
-            if count == q.max_keys {
-                page.next = last;
+            if !page.offer(v, row.get(11).map_err(store_err)?) {
                 break;
             }
-            count += 1;
-            match group {
-                Some(prefix) => {
-                    last = Some((prefix.clone(), String::new()));
-                    page.common_prefixes.push(prefix);
-                }
-                None => {
-                    last = Some((v.key.clone(), v.version_id.clone()));
-                    page.versions.push(VersionEntry {
-                        version: v,
-                        is_latest,
-                    });
-                }
-            }
         }
-        Ok(page)
+        Ok(page.finish())
     }
 
     fn create_upload(&self, u: &Upload) -> Result<()> {
@@ -1232,58 +1107,31 @@ impl MetadataStore for SqliteStore {
 
     fn uploads(&self, bucket: &str, q: &UploadQuery<'_>) -> Result<UploadPage> {
         let conn = self.conn();
-        // Uploads of the marker key started after the marker upload come first;
-        // an unknown upload id marker resumes after the whole key.
-        let marker_seq: i64 = if q.upload_id_marker.is_empty() {
-            i64::MAX
+        let marker = if q.upload_id_marker.is_empty() {
+            None
         } else {
             conn.query_row(
-                "SELECT seq FROM uploads WHERE bucket = ?1 AND key = ?2 AND upload_id = ?3",
+                &sql(listing::UPLOAD_MARKER),
                 params![bucket, q.key_marker, q.upload_id_marker],
                 |r| r.get(0),
             )
             .optional()
             .map_err(store_err)?
-            .unwrap_or(i64::MAX)
         };
+        let marker_seq = listing::uploads_resume_seq(marker);
         let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {UPLOAD_COLUMNS} FROM uploads
-                 WHERE bucket = ?1 AND substr(key, 1, length(?3)) = ?3
-                   AND (key > ?2 OR (key = ?2 AND seq > ?4))
-                 ORDER BY key, seq"
-            ))
+            .prepare(&sql(&listing::uploads_after()))
             .map_err(store_err)?;
         let mut rows = stmt
             .query(params![bucket, q.key_marker, q.prefix, marker_seq])
             .map_err(store_err)?;
-        let mut page = UploadPage::default();
-        let mut last: Option<(String, String)> = None;
+        let mut page = UploadPager::new(q);
         while let Some(row) = rows.next().map_err(store_err)? {
-            let u = upload_from_row(row).map_err(store_err)?;
-            let group = group_of(&u.key, q.prefix, q.delimiter);
-            if let Some(prefix) = &group
-                && (page.common_prefixes.last() == Some(prefix)
-                    || q.key_marker.starts_with(prefix.as_str()))
-            {
-                continue;
-            }
-            if page.uploads.len() + page.common_prefixes.len() == q.max_uploads {
-                page.next = last;
+            if !page.offer(upload_from_row(row).map_err(store_err)?) {
                 break;
             }
-            match group {
-                Some(prefix) => {
-                    last = Some((prefix.clone(), String::new()));
-                    page.common_prefixes.push(prefix);
-                }
-                None => {
-                    last = Some((u.key.clone(), u.upload_id.clone()));
-                    page.uploads.push(u);
-                }
-            }
         }
-        Ok(page)
+        Ok(page.finish())
     }
 
     fn complete_upload(
