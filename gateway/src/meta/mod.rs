@@ -7,7 +7,6 @@ pub mod journal;
 mod copy;
 mod listing;
 mod postgres;
-mod postgres_tls;
 mod queue;
 mod sqlite;
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! Buckets and what is set on them (versioning, default plan, lifecycle), and the shared
 //! policy overlay.
 
+use rusqlite::{OptionalExtension, params};
+
 use super::{SqliteStore, bucket_from_row, store_err};
 use crate::meta::{Bucket, MetaError, Result, Versioning};
-use rusqlite::{OptionalExtension, params};
 
 pub(super) fn create_bucket(s: &SqliteStore, bucket: &Bucket) -> Result<()> {
     let inserted = s

@@ -1,6 +1,8 @@
 //! Object versions: writing, reading, deleting and listing them, and swapping a version's
 //! layout.
 
+use rusqlite::{Connection, OptionalExtension, params};
+
 use super::shards::index_shards;
 use super::{SqliteStore, sql, store_err, version_from_row};
 use crate::datapath::layout::Layout;
@@ -9,7 +11,6 @@ use crate::meta::{
     ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
     listing,
 };
-use rusqlite::{Connection, OptionalExtension, params};
 
 /// Inserts a version as the latest of its key; returns the version it replaced.
 pub(super) fn insert_version(conn: &Connection, v: &ObjectVersion) -> Result<Vec<ObjectVersion>> {

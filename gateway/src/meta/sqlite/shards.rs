@@ -1,11 +1,13 @@
 //! The shard index and what is read from it: plan usage and health, the repair queue, bad
 //! shards, audit samples, provider usage; and what the gateway saw of each provider.
 
+use std::collections::{BTreeMap, HashSet};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
 use super::{SqliteStore, count, sql, store_err};
 use crate::datapath::layout::Layout;
 use crate::meta::{AuditSample, HealthGroup, ProviderSeen, QueuedVersion, Result, ShardPos, queue};
-use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::{BTreeMap, HashSet};
 
 /// `user_version` once every version's shards are in the `shards` table.
 pub(super) const SHARD_INDEX_VERSION: i64 = 1;

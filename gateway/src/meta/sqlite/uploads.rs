@@ -1,5 +1,7 @@
 //! Multipart uploads and their parts.
 
+use rusqlite::{Connection, OptionalExtension, params};
+
 use super::objects::insert_version;
 use super::{PART_COLUMNS, SqliteStore, part_from_row, sql, store_err, upload_from_row};
 use crate::meta::listing::{UPLOAD_COLUMNS, UploadPager};
@@ -7,7 +9,6 @@ use crate::meta::{
     CompleteOutcome, MetaError, ObjectVersion, Result, Upload, UploadPage, UploadPart, UploadQuery,
     listing,
 };
-use rusqlite::{Connection, OptionalExtension, params};
 
 pub(super) fn get_upload(
     conn: &Connection,
