@@ -1,6 +1,8 @@
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::datapath::layout::{Encryption, Scheme};
-use crate::meta::{NULL_VERSION, SqliteStore};
+use crate::meta::{MetadataStore, NULL_VERSION, SqliteStore, UploadQuery, VersionQuery};
 
 impl Journal {
     /// Journals without a flusher, so a test can read the entries back.
