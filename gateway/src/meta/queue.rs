@@ -10,6 +10,24 @@
 
 use super::{HealthGroup, QueuedVersion};
 
+/// Records a provider that answered a probe (`$1` node, `$2` now): seen now, not down.
+pub(super) const PROBE_ANSWERED: &str =
+    "INSERT INTO providers (node_id, last_seen, down_since) VALUES ($1, $2, NULL)
+     ON CONFLICT (node_id) DO UPDATE SET last_seen = $2, down_since = NULL";
+
+/// Records a provider that failed a probe (`$1` node, `$2` now): down since its first failed
+/// probe since it was last seen. A provider never seen before gets its grace period from now.
+pub(super) const PROBE_FAILED: &str =
+    "INSERT INTO providers (node_id, last_seen, down_since) VALUES ($1, $2, $2)
+     ON CONFLICT (node_id) DO UPDATE SET down_since = COALESCE(providers.down_since, $2)";
+
+/// Flags one shard bad (`$1` bucket, `$2` key, `$3` version id, `$4` piece, `$5` segment,
+/// `$6` index, `$7` now, `$8` the shard id, so a shard rewritten since is left alone): it
+/// stays bad since it was first found bad.
+pub(super) const MARK_BAD_SHARD: &str = "UPDATE shards SET bad_since = COALESCE(bad_since, $7)
+     WHERE version_seq = (SELECT seq FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3)
+       AND piece = $4 AND segment = $5 AND idx = $6 AND shard_id = $8";
+
 /// Per-segment health of `plan`'s versions (`$1` plan, `$2` lost cut, `$3` grace ms): a shard
 /// is healthy when present, not flagged bad and its provider is known and not down since
 /// before the cut; reachable when also not down now. A version's health is that of its

@@ -81,11 +81,9 @@ pub(super) fn record_probes(
     s.tx(|tx| {
         for (node, ok) in sorted {
             let sql = if *ok {
-                "INSERT INTO providers (node_id, last_seen, down_since) VALUES ($1, $2, NULL)
-                 ON CONFLICT (node_id) DO UPDATE SET last_seen = $2, down_since = NULL"
+                queue::PROBE_ANSWERED
             } else {
-                "INSERT INTO providers (node_id, last_seen, down_since) VALUES ($1, $2, $2)
-                 ON CONFLICT (node_id) DO UPDATE SET down_since = COALESCE(providers.down_since, $2)"
+                queue::PROBE_FAILED
             };
             tx.execute(sql, &[node, &now]).map_err(pg_err)?;
         }
@@ -228,9 +226,7 @@ pub(super) fn mark_bad_shards(
     s.tx(|tx| {
         for ((piece, segment, idx), shard_id) in shards {
             tx.execute(
-                "UPDATE shards SET bad_since = COALESCE(bad_since, $7)
-                 WHERE version_seq = (SELECT seq FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3)
-                   AND piece = $4 AND segment = $5 AND idx = $6 AND shard_id = $8",
+                queue::MARK_BAD_SHARD,
                 &[
                     &bucket,
                     &key,

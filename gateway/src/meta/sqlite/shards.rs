@@ -92,15 +92,13 @@ pub(super) fn record_probes(s: &SqliteStore, outcomes: &[(String, bool)], now: i
     let mut conn = s.conn();
     let tx = conn.transaction().map_err(store_err)?;
     for (node, ok) in outcomes {
-        let sql = if *ok {
-            "INSERT INTO providers (node_id, last_seen, down_since) VALUES (?1, ?2, NULL) \
-             ON CONFLICT (node_id) DO UPDATE SET last_seen = ?2, down_since = NULL"
+        let query = if *ok {
+            queue::PROBE_ANSWERED
         } else {
-            // A provider never seen before gets its grace period from now.
-            "INSERT INTO providers (node_id, last_seen, down_since) VALUES (?1, ?2, ?2) \
-             ON CONFLICT (node_id) DO UPDATE SET down_since = COALESCE(down_since, ?2)"
+            queue::PROBE_FAILED
         };
-        tx.execute(sql, params![node, now]).map_err(store_err)?;
+        tx.execute(&sql(query), params![node, now])
+            .map_err(store_err)?;
     }
     tx.commit().map_err(store_err)
 }
@@ -226,9 +224,7 @@ pub(super) fn mark_bad_shards(
     let tx = conn.transaction().map_err(store_err)?;
     for ((piece, segment, idx), shard_id) in shards {
         tx.execute(
-            "UPDATE shards SET bad_since = COALESCE(bad_since, ?7)
-             WHERE version_seq = (SELECT seq FROM versions WHERE bucket = ?1 AND key = ?2 AND version_id = ?3)
-               AND piece = ?4 AND segment = ?5 AND idx = ?6 AND shard_id = ?8",
+            &sql(queue::MARK_BAD_SHARD),
             params![
                 bucket,
                 key,
