@@ -195,7 +195,11 @@ impl<'q> ObjectPager<'q> {
 
     /// Offers the latest version of the next key; false once the page is full.
     pub fn offer(&mut self, latest: ObjectVersion) -> bool {
-        latest.delete_marker || self.0.offer(latest)
+        if latest.delete_marker {
+            // The key is deleted: nothing to list, read on.
+            return true;
+        }
+        self.0.offer(latest)
     }
 
     pub fn finish(self) -> ListPage {
