@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn the_store_speaks_tls_only_to_a_server_it_can_verify() {
         use crate::meta::{Bucket, MetadataStore, PostgresStore, Versioning};
-        let Some((url, ca)) = super::super::test_postgres::tls_database() else {
+        let Some((url, ca)) = crate::meta::test_postgres::tls_database() else {
             return;
         };
         // The server refuses plain TCP; without sslmode the store does not try TLS.

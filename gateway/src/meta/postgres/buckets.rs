@@ -1,0 +1,180 @@
+//! Buckets and what is set on them (versioning, default plan, lifecycle), and the shared
+//! policy overlay.
+
+use super::{PostgresStore, bucket_from_row, pg_err};
+use crate::meta::{Bucket, MetaError, Result, Versioning};
+
+pub(super) fn create_bucket(s: &PostgresStore, bucket: &Bucket) -> Result<()> {
+    let inserted = s.run(|c| {
+        c.execute(
+            "INSERT INTO buckets (name, created, default_plan, versioning) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO NOTHING",
+            &[
+                &bucket.name,
+                &bucket.created,
+                &bucket.default_plan,
+                &bucket.versioning.as_str(),
+            ],
+        )
+        .map_err(pg_err)
+    })?;
+    if inserted == 0 {
+        return Err(MetaError::BucketExists(bucket.name.clone()));
+    }
+    Ok(())
+}
+
+pub(super) fn bucket(s: &PostgresStore, name: &str) -> Result<Option<Bucket>> {
+    s.run(|c| {
+        c.query_opt(
+            "SELECT name, created, default_plan, versioning FROM buckets WHERE name = $1",
+            &[&name],
+        )
+        .map_err(pg_err)?
+        .as_ref()
+        .map(bucket_from_row)
+        .transpose()
+    })
+}
+
+pub(super) fn buckets(s: &PostgresStore) -> Result<Vec<Bucket>> {
+    s.run(|c| {
+        c.query(
+            "SELECT name, created, default_plan, versioning FROM buckets ORDER BY name",
+            &[],
+        )
+        .map_err(pg_err)?
+        .iter()
+        .map(bucket_from_row)
+        .collect()
+    })
+}
+
+pub(super) fn delete_bucket(s: &PostgresStore, name: &str) -> Result<()> {
+    s.tx(|tx| {
+        // Waits for commits in flight (they hold KEY SHARE), then sees their versions.
+        if tx
+            .query_opt("SELECT 1 FROM buckets WHERE name = $1 FOR UPDATE", &[&name])
+            .map_err(pg_err)?
+            .is_none()
+        {
+            return Err(MetaError::NoSuchBucket(name.into()));
+        }
+        let used: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM versions WHERE bucket = $1)
+                     OR EXISTS (SELECT 1 FROM uploads WHERE bucket = $1)",
+                &[&name],
+            )
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        if used {
+            return Err(MetaError::BucketNotEmpty(name.into()));
+        }
+        tx.execute("DELETE FROM bucket_lifecycle WHERE bucket = $1", &[&name])
+            .map_err(pg_err)?;
+        tx.execute("DELETE FROM buckets WHERE name = $1", &[&name])
+            .map_err(pg_err)?;
+        Ok(())
+    })
+}
+
+pub(super) fn set_versioning(s: &PostgresStore, name: &str, versioning: Versioning) -> Result<()> {
+    let changed = s.run(|c| {
+        c.execute(
+            "UPDATE buckets SET versioning = $2 WHERE name = $1",
+            &[&name, &versioning.as_str()],
+        )
+        .map_err(pg_err)
+    })?;
+    if changed == 0 {
+        return Err(MetaError::NoSuchBucket(name.into()));
+    }
+    Ok(())
+}
+
+pub(super) fn shared_policies(s: &PostgresStore) -> Result<Option<(i64, String)>> {
+    s.run(|c| {
+        let row = c
+            .query_opt("SELECT revision, overlay FROM policies WHERE id = 1", &[])
+            .map_err(pg_err)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    })
+}
+
+pub(super) fn put_shared_policies(
+    s: &PostgresStore,
+    expected: i64,
+    yaml: &str,
+) -> Result<Option<i64>> {
+    s.run(|c| {
+        let next = expected + 1;
+        let changed = if expected == 0 {
+            c.execute(
+                "INSERT INTO policies (id, revision, overlay) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&next, &yaml],
+            )
+        } else {
+            c.execute(
+                "UPDATE policies SET revision = $1, overlay = $2 WHERE id = 1 AND revision = $3",
+                &[&next, &yaml, &expected],
+            )
+        }
+        .map_err(pg_err)?;
+        Ok((changed == 1).then_some(next))
+    })
+}
+
+pub(super) fn set_bucket_plan(s: &PostgresStore, name: &str, plan: Option<&str>) -> Result<()> {
+    let changed = s.run(|c| {
+        c.execute(
+            "UPDATE buckets SET default_plan = $2 WHERE name = $1",
+            &[&name, &plan],
+        )
+        .map_err(pg_err)
+    })?;
+    if changed == 0 {
+        return Err(MetaError::NoSuchBucket(name.into()));
+    }
+    Ok(())
+}
+
+pub(super) fn set_lifecycle(s: &PostgresStore, bucket: &str, rules: Option<&str>) -> Result<()> {
+    s.tx(|tx| {
+        if tx
+            .query_opt(
+                "SELECT 1 FROM buckets WHERE name = $1 FOR KEY SHARE",
+                &[&bucket],
+            )
+            .map_err(pg_err)?
+            .is_none()
+        {
+            return Err(MetaError::NoSuchBucket(bucket.into()));
+        }
+        match rules {
+            Some(rules) => tx.execute(
+                "INSERT INTO bucket_lifecycle (bucket, rules) VALUES ($1, $2)
+                 ON CONFLICT (bucket) DO UPDATE SET rules = excluded.rules",
+                &[&bucket, &rules],
+            ),
+            None => tx.execute("DELETE FROM bucket_lifecycle WHERE bucket = $1", &[&bucket]),
+        }
+        .map_err(pg_err)?;
+        Ok(())
+    })
+}
+
+pub(super) fn lifecycle(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    s.run(|c| {
+        c.query_opt(
+            "SELECT rules FROM bucket_lifecycle WHERE bucket = $1",
+            &[&bucket],
+        )
+        .map_err(pg_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_err)
+    })
+}

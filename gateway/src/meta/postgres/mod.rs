@@ -1,0 +1,531 @@
+//! The shared metadata store: PostgreSQL, so several gateway replicas see one database.
+//!
+//! Same tables as the SQLite store. SQLite gets atomicity from one connection behind a mutex;
+//! here each replica has its own connections, so every read-modify-write holds a row or
+//! advisory lock for its transaction: commits of one key are serialized by a per-key advisory
+//! lock (the latest version is the highest `seq`, and `seq` is drawn under that lock, so the
+//! newest committed write is the latest), an upload's row is locked by whoever completes,
+//! aborts or adds a part to it, and layout compare-and-swaps lock the version row first.
+//!
+//! The `postgres` crate is synchronous but drives a tokio runtime of its own, which panics
+//! when entered from a thread already inside a runtime. Some callers of the trait run on
+//! tokio workers (metrics, admin handlers), others in `spawn_blocking` (which also counts as
+//! inside a runtime), so every call made where a runtime is current hops to a short-lived
+//! plain thread (scoped, so arguments are borrowed) that has no runtime context.
+
+mod buckets;
+mod objects;
+mod schema;
+mod shards;
+mod tls;
+mod uploads;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+use postgres::{Client, NoTls, Row, Transaction};
+
+use self::schema::{SCHEMA, SCHEMA_LOCK};
+use self::tls::{RustlsConnector, SslMode, split_tls};
+use super::{
+    AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
+    MetadataStore, ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result,
+    ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning,
+};
+use crate::datapath::layout::Layout;
+
+const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
+
+/// Connections kept open per store; callers beyond that wait for one.
+const MAX_CONNECTIONS: usize = 16;
+
+/// PostgreSQL behind a small connection pool.
+pub struct PostgresStore {
+    config: postgres::Config,
+    /// Set when the URL asks for TLS (`sslmode=require` and stricter).
+    tls: Option<RustlsConnector>,
+    pool: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Client>,
+    open: usize,
+}
+
+fn store_err(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Store(e.to_string())
+}
+
+fn pg_err(e: postgres::Error) -> MetaError {
+    // The server's message says what went wrong; the client's Display alone is often "db error".
+    match e.as_db_error() {
+        Some(db) => MetaError::Store(format!("postgres: {}", db.message())),
+        // The kind alone ("error performing TLS handshake") hides the cause that names the fix.
+        None => {
+            let mut message = format!("postgres: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                message.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            MetaError::Store(message)
+        }
+    }
+}
+
+impl Drop for PostgresStore {
+    /// A pooled client's own drop blocks on the connection's runtime, which panics on a tokio
+    /// thread (a gateway shutting down): the idle ones are closed on a plain thread there.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.state().idle);
+        if idle.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        // Should the thread not start, the clients are leaked rather than dropped here (the
+        // server drops the connections when the process exits).
+        let idle = std::mem::ManuallyDrop::new(idle);
+        let closing = std::thread::Builder::new()
+            .name("sublet-postgres-close".into())
+            .spawn(move || drop(std::mem::ManuallyDrop::into_inner(idle)));
+        if let Err(e) = closing {
+            tracing::warn!(error = %e, "closing PostgreSQL connections");
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db` or key=value form; TLS
+    /// with `sslmode=require` and `sslrootcert=`, see [`tls`]) and creates
+    /// the tables if needed.
+    pub fn open(url: &str) -> Result<Self> {
+        let (url, ssl) = split_tls(url).map_err(MetaError::Store)?;
+        let tls = match ssl {
+            SslMode::Plain => None,
+            SslMode::Verified { root_cert } => Some(
+                RustlsConnector::new(root_cert.as_deref())
+                    .map_err(|e| MetaError::Store(format!("postgres URL: {e}")))?,
+            ),
+        };
+        let mut config: postgres::Config = url.parse().map_err(|e| {
+            MetaError::Store(format!(
+                "postgres URL does not parse ({e}); expected postgres://user:password@host:5432/dbname"
+            ))
+        })?;
+        // Without one, an unreachable host holds a request for the OS's TCP timeout.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        if tls.is_some() {
+            config.ssl_mode(postgres::config::SslMode::Require);
+        }
+        let store = Self {
+            config,
+            tls,
+            pool: Mutex::new(PoolState::default()),
+            freed: Condvar::new(),
+        };
+        store.run(|c| {
+            let mut tx = c.transaction().map_err(pg_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .map_err(pg_err)?;
+            tx.batch_execute(SCHEMA).map_err(pg_err)?;
+            tx.commit().map_err(pg_err)
+        })?;
+        Ok(store)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checkout(&self) -> Result<Client> {
+        let mut state = self.state();
+        loop {
+            if let Some(client) = state.idle.pop() {
+                if client.is_closed() {
+                    state.open -= 1;
+                    continue;
+                }
+                return Ok(client);
+            }
+            if state.open < MAX_CONNECTIONS {
+                state.open += 1;
+                drop(state);
+                let connected = match &self.tls {
+                    Some(tls) => self.config.connect(tls.clone()),
+                    None => self.config.connect(NoTls),
+                };
+                return connected.map_err(|e| {
+                    self.state().open -= 1;
+                    self.freed.notify_one();
+                    pg_err(e)
+                });
+            }
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn checkin(&self, client: Client) {
+        let mut state = self.state();
+        if client.is_closed() {
+            state.open -= 1;
+        } else {
+            state.idle.push(client);
+        }
+        drop(state);
+        self.freed.notify_one();
+    }
+
+    /// Runs `f` on a pooled connection, off any tokio runtime (see the module comment).
+    fn run<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
+        let work = || {
+            let mut client = self.checkout()?;
+            let out = f(&mut client);
+            self.checkin(client);
+            out
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return work();
+        }
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("sublet-postgres".into())
+                .spawn_scoped(s, work)
+                .map_err(store_err)?
+                .join()
+                .unwrap_or_else(|_| Err(store_err("postgres call panicked")))
+        })
+    }
+
+    /// Runs `f` in a READ COMMITTED transaction, committing when it returns `Ok`.
+    fn tx<T: Send>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T> + Send) -> Result<T> {
+        self.run(|c| {
+            let mut tx = c.transaction().map_err(pg_err)?;
+            let out = f(&mut tx)?;
+            tx.commit().map_err(pg_err)?;
+            Ok(out)
+        })
+    }
+}
+
+/// Holds the per-key lock that serializes commits and deletes of one key across replicas.
+fn lock_key(tx: &mut Transaction<'_>, bucket: &str, key: &str) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+        &[&bucket, &key],
+    )
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+fn i64_of(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(store_err)
+}
+
+fn count(v: Option<i64>) -> u64 {
+    v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+}
+
+fn bucket_from_row(row: &Row) -> Result<Bucket> {
+    Ok(Bucket {
+        name: row.try_get(0).map_err(pg_err)?,
+        created: row.try_get(1).map_err(pg_err)?,
+        default_plan: row.try_get(2).map_err(pg_err)?,
+        versioning: Versioning::parse(row.try_get(3).map_err(pg_err)?),
+    })
+}
+
+fn version_from_row(row: &Row) -> Result<ObjectVersion> {
+    let metadata: &str = row.try_get(7).map_err(pg_err)?;
+    let layout: Option<&str> = row.try_get(10).map_err(pg_err)?;
+    Ok(ObjectVersion {
+        bucket: row.try_get(0).map_err(pg_err)?,
+        key: row.try_get(1).map_err(pg_err)?,
+        version_id: row.try_get(2).map_err(pg_err)?,
+        delete_marker: row.try_get(3).map_err(pg_err)?,
+        size: count(row.try_get(4).map_err(pg_err)?),
+        etag: row.try_get(5).map_err(pg_err)?,
+        content_type: row.try_get(6).map_err(pg_err)?,
+        user_metadata: serde_json::from_str(metadata).map_err(store_err)?,
+        last_modified: row.try_get(8).map_err(pg_err)?,
+        plan: row.try_get(9).map_err(pg_err)?,
+        layout: layout
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(store_err)?,
+    })
+}
+
+fn upload_from_row(row: &Row) -> Result<Upload> {
+    let metadata: &str = row.try_get(5).map_err(pg_err)?;
+    Ok(Upload {
+        bucket: row.try_get(0).map_err(pg_err)?,
+        key: row.try_get(1).map_err(pg_err)?,
+        upload_id: row.try_get(2).map_err(pg_err)?,
+        plan: row.try_get(3).map_err(pg_err)?,
+        content_type: row.try_get(4).map_err(pg_err)?,
+        user_metadata: serde_json::from_str(metadata).map_err(store_err)?,
+        initiated: row.try_get(6).map_err(pg_err)?,
+    })
+}
+
+fn part_from_row(row: &Row) -> Result<UploadPart> {
+    let layout: &str = row.try_get(4).map_err(pg_err)?;
+    Ok(UploadPart {
+        part_number: row.try_get(0).map_err(pg_err)?,
+        size: count(row.try_get(1).map_err(pg_err)?),
+        etag: row.try_get(2).map_err(pg_err)?,
+        last_modified: row.try_get(3).map_err(pg_err)?,
+        layout: serde_json::from_str(layout).map_err(store_err)?,
+    })
+}
+
+impl MetadataStore for PostgresStore {
+    fn create_bucket(&self, bucket: &Bucket) -> Result<()> {
+        buckets::create_bucket(self, bucket)
+    }
+
+    fn bucket(&self, name: &str) -> Result<Option<Bucket>> {
+        buckets::bucket(self, name)
+    }
+
+    fn buckets(&self) -> Result<Vec<Bucket>> {
+        buckets::buckets(self)
+    }
+
+    fn plan_usage(&self) -> Result<Vec<PlanUsage>> {
+        shards::plan_usage(self)
+    }
+
+    fn record_probes(&self, outcomes: &[(String, bool)], now: i64) -> Result<()> {
+        shards::record_probes(self, outcomes, now)
+    }
+
+    fn record_pools(&self, pools: &[(String, String)], now: i64) -> Result<()> {
+        shards::record_pools(self, pools, now)
+    }
+
+    fn provider_pools(&self) -> Result<BTreeMap<String, String>> {
+        shards::provider_pools(self)
+    }
+
+    fn providers_seen(&self) -> Result<BTreeMap<String, ProviderSeen>> {
+        shards::providers_seen(self)
+    }
+
+    fn plan_health(&self, plan: &str, lost_cut: i64, grace_ms: i64) -> Result<Vec<HealthGroup>> {
+        shards::plan_health(self, plan, lost_cut, grace_ms)
+    }
+
+    fn queued_versions(
+        &self,
+        plan: &str,
+        lost_cut: i64,
+        grace_ms: i64,
+        min_healthy: Option<u64>,
+        lost: bool,
+        limit: usize,
+    ) -> Result<Vec<QueuedVersion>> {
+        shards::queued_versions(self, plan, lost_cut, grace_ms, min_healthy, lost, limit)
+    }
+
+    fn version_by_seq(&self, seq: i64) -> Result<Option<ObjectVersion>> {
+        objects::version_by_seq(self, seq)
+    }
+
+    fn versions_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, ObjectVersion)>> {
+        objects::versions_after(self, after, limit)
+    }
+
+    fn bad_shards(&self, seq: i64) -> Result<Vec<ShardPos>> {
+        shards::bad_shards(self, seq)
+    }
+
+    fn mark_bad_shards(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        shards: &[(ShardPos, String)],
+        now: i64,
+    ) -> Result<()> {
+        shards::mark_bad_shards(self, bucket, key, version_id, shards, now)
+    }
+
+    fn replace_layout(&self, seq: i64, expected: &Layout, new: &Layout) -> Result<bool> {
+        shards::replace_layout(self, seq, expected, new)
+    }
+
+    fn audit_samples(&self, provider: &str, samples: usize) -> Result<Vec<AuditSample>> {
+        shards::audit_samples(self, provider, samples)
+    }
+
+    fn referenced_shards(&self, provider: &str) -> Result<HashSet<String>> {
+        shards::referenced_shards(self, provider)
+    }
+
+    fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        shards::provider_usage(self)
+    }
+
+    fn delete_bucket(&self, name: &str) -> Result<()> {
+        buckets::delete_bucket(self, name)
+    }
+
+    fn set_versioning(&self, name: &str, versioning: Versioning) -> Result<()> {
+        buckets::set_versioning(self, name, versioning)
+    }
+
+    fn shares_policies(&self) -> bool {
+        true
+    }
+
+    fn shared_policies(&self) -> Result<Option<(i64, String)>> {
+        buckets::shared_policies(self)
+    }
+
+    fn put_shared_policies(&self, expected: i64, yaml: &str) -> Result<Option<i64>> {
+        buckets::put_shared_policies(self, expected, yaml)
+    }
+
+    fn set_bucket_plan(&self, name: &str, plan: Option<&str>) -> Result<()> {
+        buckets::set_bucket_plan(self, name, plan)
+    }
+
+    fn put_version(&self, v: &ObjectVersion) -> Result<PutOutcome> {
+        objects::put_version(self, v)
+    }
+
+    fn version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<ObjectVersion>> {
+        objects::version(self, bucket, key, version_id)
+    }
+
+    fn delete_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<ObjectVersion>> {
+        objects::delete_version(self, bucket, key, version_id)
+    }
+
+    fn list(&self, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {
+        objects::list(self, bucket, q)
+    }
+
+    fn list_versions(&self, bucket: &str, q: &VersionQuery<'_>) -> Result<VersionPage> {
+        objects::list_versions(self, bucket, q)
+    }
+
+    fn create_upload(&self, u: &Upload) -> Result<()> {
+        uploads::create_upload(self, u)
+    }
+
+    fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Option<Upload>> {
+        uploads::upload(self, bucket, key, upload_id)
+    }
+
+    fn put_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part: &UploadPart,
+    ) -> Result<Option<UploadPart>> {
+        uploads::put_part(self, bucket, key, upload_id, part)
+    }
+
+    fn parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        after: i32,
+        max: usize,
+    ) -> Result<Vec<UploadPart>> {
+        uploads::parts(self, bucket, key, upload_id, after, max)
+    }
+
+    fn uploads(&self, bucket: &str, q: &UploadQuery<'_>) -> Result<UploadPage> {
+        uploads::uploads(self, bucket, q)
+    }
+
+    fn complete_upload(
+        &self,
+        upload_id: &str,
+        used: &[(i32, String)],
+        version: &ObjectVersion,
+    ) -> Result<CompleteOutcome> {
+        uploads::complete_upload(self, upload_id, used, version)
+    }
+
+    fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<UploadPart>> {
+        uploads::abort_upload(self, bucket, key, upload_id)
+    }
+
+    fn set_lifecycle(&self, bucket: &str, rules: Option<&str>) -> Result<()> {
+        buckets::set_lifecycle(self, bucket, rules)
+    }
+
+    fn lifecycle(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::lifecycle(self, bucket)
+    }
+
+    fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {
+        objects::swap_layout(self, current, plan, layout)
+    }
+
+    fn snapshot_into(&self, path: &Path) -> Result<()> {
+        super::copy::snapshot_to_sqlite(self, path)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn claim_repair(&self, seq: i64, holder: &str, now: i64, lease_ms: i64) -> Result<bool> {
+        shards::claim_repair(self, seq, holder, now, lease_ms)
+    }
+
+    fn release_repair(&self, seq: i64, holder: &str) -> Result<()> {
+        shards::release_repair(self, seq, holder)
+    }
+}
+
+impl PostgresStore {
+    /// True when the database holds no bucket and no provider yet.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.run(|c| {
+            c.query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM buckets) AND NOT EXISTS (SELECT 1 FROM providers)",
+                &[],
+            )
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)
+        })
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config holds the password: show where, not how.
+        f.debug_struct("PostgresStore")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

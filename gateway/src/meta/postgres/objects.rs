@@ -1,0 +1,289 @@
+//! Object versions: writing, reading, deleting and listing them, and swapping a version's
+//! layout.
+
+use postgres::{GenericClient, Transaction};
+
+use super::shards::index_shards;
+use super::{PostgresStore, i64_of, lock_key, pg_err, store_err, version_from_row};
+use crate::datapath::layout::Layout;
+use crate::meta::listing::{ObjectPager, VERSION_COLUMNS, VersionPager};
+use crate::meta::{
+    ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
+    listing,
+};
+
+pub(super) fn get_version(
+    c: &mut impl GenericClient,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+) -> Result<Option<ObjectVersion>> {
+    let row = match version_id {
+        Some(id) => c.query_opt(
+            &format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3"
+            ),
+            &[&bucket, &key, &id],
+        ),
+        None => c.query_opt(
+            &format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE bucket = $1 AND key = $2 ORDER BY seq DESC LIMIT 1"
+            ),
+            &[&bucket, &key],
+        ),
+    }
+    .map_err(pg_err)?;
+    row.as_ref().map(version_from_row).transpose()
+}
+
+/// Inserts a version as the latest of its key; returns the version it replaced.
+pub(super) fn insert_version(
+    tx: &mut Transaction<'_>,
+    v: &ObjectVersion,
+) -> Result<Vec<ObjectVersion>> {
+    let metadata = serde_json::to_string(&v.user_metadata).map_err(store_err)?;
+    let layout = v
+        .layout
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(store_err)?;
+    let size = i64_of(v.size)?;
+    // KEY SHARE keeps the bucket from being deleted under the commit.
+    if tx
+        .query_opt(
+            "SELECT 1 FROM buckets WHERE name = $1 FOR KEY SHARE",
+            &[&v.bucket],
+        )
+        .map_err(pg_err)?
+        .is_none()
+    {
+        return Err(MetaError::NoSuchBucket(v.bucket.clone()));
+    }
+    lock_key(tx, &v.bucket, &v.key)?;
+    let replaced: Vec<ObjectVersion> = tx
+        .query(
+            &format!(
+                "DELETE FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3 RETURNING {VERSION_COLUMNS}"
+            ),
+            &[&v.bucket, &v.key, &v.version_id],
+        )
+        .map_err(pg_err)?
+        .iter()
+        .map(version_from_row)
+        .collect::<Result<_>>()?;
+    let seq: i64 = tx
+        .query_one(
+            &format!(
+                "INSERT INTO versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq"
+            ),
+            &[
+                &v.bucket,
+                &v.key,
+                &v.version_id,
+                &v.delete_marker,
+                &size,
+                &v.etag,
+                &v.content_type,
+                &metadata,
+                &v.last_modified,
+                &v.plan,
+                &layout,
+            ],
+        )
+        .map_err(pg_err)?
+        .try_get(0)
+        .map_err(pg_err)?;
+    if let Some(layout) = &v.layout {
+        index_shards(tx, seq, layout)?;
+    }
+    Ok(replaced)
+}
+
+pub(super) fn version_by_seq(s: &PostgresStore, seq: i64) -> Result<Option<ObjectVersion>> {
+    s.run(|c| {
+        c.query_opt(
+            &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE seq = $1"),
+            &[&seq],
+        )
+        .map_err(pg_err)?
+        .as_ref()
+        .map(version_from_row)
+        .transpose()
+    })
+}
+
+pub(super) fn versions_after(
+    s: &PostgresStore,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<(i64, ObjectVersion)>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    s.run(|c| {
+        c.query(
+            &format!(
+                "SELECT {VERSION_COLUMNS}, seq FROM versions WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ),
+            &[&after, &limit],
+        )
+        .map_err(pg_err)?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<_, i64>(11).map_err(pg_err)?,
+                version_from_row(row)?,
+            ))
+        })
+        .collect()
+    })
+}
+
+pub(super) fn put_version(s: &PostgresStore, v: &ObjectVersion) -> Result<PutOutcome> {
+    let replaced = s.tx(|tx| insert_version(tx, v))?;
+    Ok(PutOutcome { replaced })
+}
+
+pub(super) fn version(
+    s: &PostgresStore,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+) -> Result<Option<ObjectVersion>> {
+    s.run(|c| get_version(c, bucket, key, version_id))
+}
+
+pub(super) fn delete_version(
+    s: &PostgresStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+) -> Result<Option<ObjectVersion>> {
+    s.tx(|tx| {
+        lock_key(tx, bucket, key)?;
+        tx.query_opt(
+            &format!(
+                "DELETE FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3 RETURNING {VERSION_COLUMNS}"
+            ),
+            &[&bucket, &key, &version_id],
+        )
+        .map_err(pg_err)?
+        .as_ref()
+        .map(version_from_row)
+        .transpose()
+    })
+}
+
+pub(super) fn list(s: &PostgresStore, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {
+    // Rows come in key order; the page (after prefix rollup) may need more rows than
+    // `max_keys`, so read in batches until the page is full.
+    const BATCH: i64 = 1000;
+    let query = format!("{} LIMIT $4", listing::latest_after());
+    let mut page = ObjectPager::new(q);
+    let mut after = q.start_after.to_owned();
+    loop {
+        let rows = s.run(|c| {
+            c.query(&query, &[&bucket, &after, &q.prefix, &BATCH])
+                .map_err(pg_err)?
+                .iter()
+                .map(version_from_row)
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let exhausted = (rows.len() as i64) < BATCH;
+        for v in rows {
+            after.clone_from(&v.key);
+            if !page.offer(v) {
+                return Ok(page.finish());
+            }
+        }
+        if exhausted {
+            return Ok(page.finish());
+        }
+    }
+}
+
+pub(super) fn list_versions(
+    s: &PostgresStore,
+    bucket: &str,
+    q: &VersionQuery<'_>,
+) -> Result<VersionPage> {
+    s.run(|c| {
+        let marker = if q.version_id_marker.is_empty() {
+            None
+        } else {
+            c.query_opt(
+                listing::VERSION_MARKER,
+                &[&bucket, &q.key_marker, &q.version_id_marker],
+            )
+            .map_err(pg_err)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?
+        };
+        let marker_seq = listing::versions_resume_seq(marker);
+        // A portal streams the rows, so a page of a huge bucket reads only what it needs.
+        let mut tx = c.transaction().map_err(pg_err)?;
+        let stmt = tx.prepare(&listing::versions_after()).map_err(pg_err)?;
+        let portal = tx
+            .bind(&stmt, &[&bucket, &q.key_marker, &q.prefix, &marker_seq])
+            .map_err(pg_err)?;
+        let mut page = VersionPager::new(q);
+        'rows: loop {
+            let rows = tx.query_portal(&portal, 1000).map_err(pg_err)?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let v = version_from_row(row)?;
+                if !page.offer(v, row.try_get(11).map_err(pg_err)?) {
+                    break 'rows;
+                }
+            }
+        }
+        tx.commit().map_err(pg_err)?;
+        Ok(page.finish())
+    })
+}
+
+pub(super) fn swap_layout(
+    s: &PostgresStore,
+    current: &ObjectVersion,
+    plan: &str,
+    layout: &Layout,
+) -> Result<bool> {
+    let expected = current
+        .layout
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(store_err)?;
+    let new = serde_json::to_string(layout).map_err(store_err)?;
+    s.tx(|tx| {
+        // A conditional UPDATE: a concurrent writer's change is waited for and then
+        // re-checked against the condition.
+        let seq: Option<i64> = tx
+            .query_opt(
+                "UPDATE versions SET plan = $1, layout = $2
+                 WHERE bucket = $3 AND key = $4 AND version_id = $5 AND layout IS NOT DISTINCT FROM $6
+                 RETURNING seq",
+                &[
+                    &plan,
+                    &new,
+                    &current.bucket,
+                    &current.key,
+                    &current.version_id,
+                    &expected,
+                ],
+            )
+            .map_err(pg_err)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?;
+        let Some(seq) = seq else {
+            return Ok(false);
+        };
+        tx.execute("DELETE FROM shards WHERE version_seq = $1", &[&seq])
+            .map_err(pg_err)?;
+        index_shards(tx, seq, layout)?;
+        Ok(true)
+    })
+}

@@ -1,0 +1,659 @@
+use super::*;
+use crate::datapath::layout::{Encryption, Scheme};
+
+/// Runs each store-agnostic test on SQLite and on PostgreSQL.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::SqliteStore::open_in_memory().unwrap());
+            })*
+        }
+        mod postgres_store {
+            $(#[test]
+            fn $name() {
+                if let Some(s) = super::super::test_postgres::store() {
+                    super::$name(&s);
+                }
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    buckets_are_created_once_and_deleted_only_when_empty,
+    versions_round_trip_and_null_version_is_replaced,
+    latest_version_wins_and_old_ones_stay_addressable,
+    listing_hides_delete_markers_and_groups_prefixes,
+    listing_pages_with_markers,
+    version_listing_pages_through_versions_markers_and_prefixes,
+    parts_are_replaced_listed_and_uploads_end_once,
+    shard_index_follows_versions_providers_and_bad_shards,
+    versions_are_walked_in_row_order,
+    a_bucket_default_plan_is_set_and_cleared,
+);
+
+fn a_bucket_default_plan_is_set_and_cleared(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    s.set_bucket_plan("b", Some("archive")).unwrap();
+    assert_eq!(
+        s.bucket("b").unwrap().unwrap().default_plan.as_deref(),
+        Some("archive")
+    );
+    assert_eq!(
+        s.buckets().unwrap()[0].default_plan.as_deref(),
+        Some("archive")
+    );
+    s.set_bucket_plan("b", None).unwrap();
+    assert_eq!(s.bucket("b").unwrap().unwrap().default_plan, None);
+    assert!(matches!(
+        s.set_bucket_plan("nope", Some("archive")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+}
+
+fn versions_are_walked_in_row_order(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    for (key, id) in [("z", "v1"), ("a", "v2"), ("m", "v3"), ("a", "v4")] {
+        s.put_version(&version(key, id, 1)).unwrap();
+    }
+    s.delete_version("b", "m", "v3").unwrap();
+    let all = s.versions_after(0, 100).unwrap();
+    let ids: Vec<&str> = all.iter().map(|(_, v)| v.version_id.as_str()).collect();
+    assert_eq!(ids, ["v1", "v2", "v4"], "row order, deleted ones gone");
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+    let first = s.versions_after(0, 1).unwrap();
+    assert_eq!(first.len(), 1);
+    let rest = s.versions_after(first[0].0, 100).unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].1.version_id, "v2");
+    assert!(s.versions_after(all[2].0, 100).unwrap().is_empty());
+}
+
+fn bucket(name: &str) -> Bucket {
+    Bucket {
+        name: name.into(),
+        created: 1,
+        default_plan: None,
+        versioning: Versioning::Unversioned,
+    }
+}
+
+fn version(key: &str, id: &str, size: u64) -> ObjectVersion {
+    ObjectVersion {
+        bucket: "b".into(),
+        key: key.into(),
+        version_id: id.into(),
+        delete_marker: false,
+        size,
+        etag: format!("etag-{size}"),
+        content_type: Some("text/plain".into()),
+        user_metadata: BTreeMap::from([("owner".to_string(), "alice".to_string())]),
+        last_modified: 5,
+        plan: "family-photos".into(),
+        layout: Some(Layout {
+            scheme: Scheme::Erasure { data: 4, parity: 2 },
+            encryption: Encryption::None,
+            segment_size: 16,
+            segments: vec![],
+            inline: Some(vec![1, 2, 3]),
+            parts: vec![],
+        }),
+    }
+}
+
+fn buckets_are_created_once_and_deleted_only_when_empty(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    assert!(matches!(
+        s.create_bucket(&bucket("b")),
+        Err(MetaError::BucketExists(_))
+    ));
+    assert_eq!(s.buckets().unwrap().len(), 1);
+    s.put_version(&version("k", NULL_VERSION, 3)).unwrap();
+    assert!(matches!(
+        s.delete_bucket("b"),
+        Err(MetaError::BucketNotEmpty(_))
+    ));
+    s.delete_version("b", "k", NULL_VERSION).unwrap();
+    s.delete_bucket("b").unwrap();
+    assert!(s.bucket("b").unwrap().is_none());
+    assert!(matches!(
+        s.delete_bucket("b"),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+}
+
+fn versions_round_trip_and_null_version_is_replaced(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    let v1 = version("k", NULL_VERSION, 3);
+    assert!(s.put_version(&v1).unwrap().replaced.is_empty());
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap(), v1);
+    let v2 = version("k", NULL_VERSION, 4);
+    let out = s.put_version(&v2).unwrap();
+    assert_eq!(out.replaced, vec![v1]);
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap().size, 4);
+}
+
+fn latest_version_wins_and_old_ones_stay_addressable(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    s.put_version(&version("k", "v1", 1)).unwrap();
+    s.put_version(&version("k", "v2", 2)).unwrap();
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap().version_id, "v2");
+    assert_eq!(s.version("b", "k", Some("v1")).unwrap().unwrap().size, 1);
+    let all = s
+        .list_versions(
+            "b",
+            &VersionQuery {
+                max_keys: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let ids: Vec<_> = all
+        .versions
+        .iter()
+        .map(|e| (e.version.version_id.as_str(), e.is_latest))
+        .collect();
+    assert_eq!(ids, [("v2", true), ("v1", false)]);
+    s.delete_version("b", "k", "v2").unwrap();
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap().version_id, "v1");
+}
+
+fn listing_hides_delete_markers_and_groups_prefixes(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    for key in [
+        "a.txt",
+        "photos/1.jpg",
+        "photos/2.jpg",
+        "photos/2024/3.jpg",
+        "z",
+    ] {
+        s.put_version(&version(key, NULL_VERSION, 1)).unwrap();
+    }
+    let mut marker = version("z", "m1", 0);
+    marker.delete_marker = true;
+    marker.layout = None;
+    s.put_version(&marker).unwrap();
+
+    let all = s
+        .list(
+            "b",
+            &ListQuery {
+                max_keys: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let keys: Vec<_> = all.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["a.txt", "photos/1.jpg", "photos/2.jpg", "photos/2024/3.jpg"]
+    );
+
+    let top = s
+        .list(
+            "b",
+            &ListQuery {
+                delimiter: Some("/"),
+                max_keys: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(top.objects.len(), 1);
+    assert_eq!(top.common_prefixes, ["photos/"]);
+
+    let inside = s
+        .list(
+            "b",
+            &ListQuery {
+                prefix: "photos/",
+                delimiter: Some("/"),
+                max_keys: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(inside.objects.len(), 2);
+    assert_eq!(inside.common_prefixes, ["photos/2024/"]);
+}
+
+fn listing_pages_with_markers(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    for i in 0..25 {
+        s.put_version(&version(&format!("k{i:03}"), NULL_VERSION, 1))
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = s
+            .list(
+                "b",
+                &ListQuery {
+                    start_after: &after,
+                    max_keys: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        seen.extend(page.objects.iter().map(|o| o.key.clone()));
+        match page.next_marker {
+            Some(m) => after = m,
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+fn versions_page(s: &dyn MetadataStore, key_marker: &str, vid_marker: &str) -> VersionPage {
+    s.list_versions(
+        "b",
+        &VersionQuery {
+            prefix: "",
+            delimiter: Some("/"),
+            key_marker,
+            version_id_marker: vid_marker,
+            max_keys: 2,
+        },
+    )
+    .unwrap()
+}
+
+fn version_listing_pages_through_versions_markers_and_prefixes(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    for (key, id) in [
+        ("a", "a1"),
+        ("a", "a2"),
+        ("a", "a3"),
+        ("d/x", "x1"),
+        ("d/y", "y1"),
+        ("z", "z1"),
+    ] {
+        s.put_version(&version(key, id, 1)).unwrap();
+    }
+    let mut marker = version("z", "z2", 0);
+    marker.delete_marker = true;
+    marker.layout = None;
+    s.put_version(&marker).unwrap();
+
+    let mut seen = Vec::new();
+    let (mut km, mut vm) = (String::new(), String::new());
+    for _ in 0..10 {
+        let page = versions_page(s, &km, &vm);
+        seen.extend(page.versions.iter().map(|e| {
+            format!(
+                "{}{}{}",
+                e.version.version_id,
+                if e.is_latest { "*" } else { "" },
+                if e.version.delete_marker { "m" } else { "" }
+            )
+        }));
+        seen.extend(page.common_prefixes.iter().cloned());
+        match page.next {
+            Some((k, v)) => (km, vm) = (k, v),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a3*", "a2", "a1", "d/", "z2*m", "z1"]);
+}
+
+fn upload(id: &str, key: &str) -> Upload {
+    Upload {
+        bucket: "b".into(),
+        key: key.into(),
+        upload_id: id.into(),
+        plan: "standard".into(),
+        content_type: Some("text/plain".into()),
+        user_metadata: BTreeMap::from([("color".to_string(), "blue".to_string())]),
+        initiated: 7,
+    }
+}
+
+fn part(n: i32, etag: &str) -> UploadPart {
+    UploadPart {
+        part_number: n,
+        size: 10,
+        etag: etag.into(),
+        last_modified: 8,
+        layout: Layout {
+            scheme: Scheme::Erasure { data: 4, parity: 2 },
+            encryption: Encryption::None,
+            segment_size: 16,
+            segments: vec![],
+            inline: None,
+            parts: vec![],
+        },
+    }
+}
+
+fn parts_are_replaced_listed_and_uploads_end_once(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    assert!(matches!(
+        s.create_upload(&Upload {
+            bucket: "nope".into(),
+            ..upload("u0", "k")
+        }),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    s.create_upload(&upload("u1", "k")).unwrap();
+    s.create_upload(&upload("u2", "k")).unwrap();
+    s.create_upload(&upload("u3", "j")).unwrap();
+    assert_eq!(
+        s.upload("b", "k", "u1").unwrap().unwrap(),
+        upload("u1", "k")
+    );
+    assert!(
+        s.upload("b", "j", "u1").unwrap().is_none(),
+        "upload ids belong to their key"
+    );
+
+    assert!(
+        s.put_part("b", "k", "u1", &part(1, "e1"))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.put_part("b", "k", "u1", &part(2, "e2"))
+            .unwrap()
+            .is_none()
+    );
+    let old = s.put_part("b", "k", "u1", &part(1, "e1b")).unwrap();
+    assert_eq!(old.unwrap().etag, "e1");
+    let parts = s.parts("b", "k", "u1", 0, 100).unwrap();
+    let tags: Vec<_> = parts.iter().map(|p| p.etag.as_str()).collect();
+    assert_eq!(tags, ["e1b", "e2"]);
+    assert_eq!(s.parts("b", "k", "u1", 1, 100).unwrap().len(), 1);
+    assert!(matches!(
+        s.delete_bucket("b"),
+        Err(MetaError::BucketNotEmpty(_))
+    ));
+
+    // Uploads list by key, then age, and page on (key, upload id).
+    let ids = |q: UploadQuery<'_>| -> Vec<String> {
+        let page = s
+            .uploads(
+                "b",
+                &UploadQuery {
+                    max_uploads: 100,
+                    ..q
+                },
+            )
+            .unwrap();
+        page.uploads
+            .into_iter()
+            .map(|u| u.upload_id)
+            .chain(page.common_prefixes)
+            .collect()
+    };
+    assert_eq!(ids(UploadQuery::default()), ["u3", "u1", "u2"]);
+    assert_eq!(
+        ids(UploadQuery {
+            key_marker: "k",
+            upload_id_marker: "u1",
+            ..Default::default()
+        }),
+        ["u2"]
+    );
+    assert_eq!(
+        ids(UploadQuery {
+            prefix: "k",
+            ..Default::default()
+        }),
+        ["u1", "u2"]
+    );
+    s.create_upload(&upload("u4", "d/x")).unwrap();
+    s.create_upload(&upload("u5", "d/y")).unwrap();
+    assert_eq!(
+        ids(UploadQuery {
+            delimiter: Some("/"),
+            ..Default::default()
+        }),
+        ["u3", "u1", "u2", "d/"]
+    );
+    let first = s
+        .uploads(
+            "b",
+            &UploadQuery {
+                delimiter: Some("/"),
+                max_uploads: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(first.common_prefixes, ["d/"]);
+    assert_eq!(first.next, Some(("d/".to_string(), String::new())));
+    s.abort_upload("b", "d/x", "u4").unwrap();
+    s.abort_upload("b", "d/y", "u5").unwrap();
+
+    // A completion naming a replaced part fails and changes nothing.
+    let mut v = version("k", NULL_VERSION, 20);
+    assert!(matches!(
+        s.complete_upload("u1", &[(1, "e1".into())], &v),
+        Err(MetaError::PartChanged { part_number: 1, .. })
+    ));
+    assert!(s.version("b", "k", None).unwrap().is_none());
+    v.content_type = Some("text/csv".into());
+    let done = s.complete_upload("u1", &[(1, "e1b".into())], &v).unwrap();
+    assert_eq!(done.unused.len(), 1);
+    assert_eq!(done.unused[0].etag, "e2");
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap(), v);
+    assert!(matches!(
+        s.complete_upload("u1", &[(1, "e1b".into())], &v),
+        Err(MetaError::NoSuchUpload { .. })
+    ));
+    assert!(matches!(
+        s.put_part("b", "k", "u1", &part(3, "e3")),
+        Err(MetaError::NoSuchUpload { .. })
+    ));
+    assert!(matches!(
+        s.parts("b", "k", "u1", 0, 10),
+        Err(MetaError::NoSuchUpload { .. })
+    ));
+
+    s.put_part("b", "k", "u2", &part(1, "x")).unwrap();
+    assert_eq!(s.abort_upload("b", "k", "u2").unwrap().len(), 1);
+    assert!(matches!(
+        s.abort_upload("b", "k", "u2"),
+        Err(MetaError::NoSuchUpload { .. })
+    ));
+    s.abort_upload("b", "j", "u3").unwrap();
+    s.delete_version("b", "k", NULL_VERSION).unwrap();
+    s.delete_bucket("b").unwrap();
+}
+
+/// A 4+2 version with `segments` segments, shard `i` on provider `n{i}`.
+fn striped(key: &str, segments: usize) -> ObjectVersion {
+    use crate::datapath::layout::{Segment, ShardLocation};
+    let mut v = version(key, NULL_VERSION, 100);
+    let layout = v.layout.as_mut().unwrap();
+    layout.inline = None;
+    layout.segments = (0..segments)
+        .map(|g| Segment {
+            plain_length: 50,
+            sealed_length: 66,
+            shards: (0..6)
+                .map(|i| ShardLocation {
+                    provider: format!("n{i}"),
+                    shard_id: format!("{key}.{g}.{i}"),
+                    hash: "h".into(),
+                    length: 17,
+                })
+                .collect(),
+        })
+        .collect();
+    v
+}
+
+fn one_group(s: &dyn MetadataStore, cut: i64) -> Vec<(u64, u64, u64)> {
+    s.plan_health("family-photos", cut, 1000)
+        .unwrap()
+        .iter()
+        .map(|g| (g.healthy, g.reachable, g.objects))
+        .collect()
+}
+
+fn shard_index_follows_versions_providers_and_bad_shards(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    let all: Vec<(String, bool)> = (0..6).map(|i| (format!("n{i}"), true)).collect();
+    s.record_probes(&all, 1_000).unwrap();
+    s.put_version(&striped("a", 2)).unwrap();
+    s.put_version(&striped("b", 1)).unwrap();
+    assert_eq!(one_group(s, 0), [(6, 6, 2)]);
+    assert_eq!(s.provider_usage().unwrap()["n0"], (3, 51));
+    s.record_pools(
+        &[("n0".into(), "home".into()), ("gone".into(), "old".into())],
+        1_000,
+    )
+    .unwrap();
+    let pools = s.provider_pools().unwrap();
+    assert_eq!(pools["n0"], "home");
+    assert_eq!(pools["gone"], "old");
+    assert!(s.providers_seen().unwrap()["gone"].down_since.is_none());
+
+    // n5 stops answering at 2000: reachable drops at once, healthy only past the cut.
+    s.record_probes(&[("n5".into(), false)], 2_000).unwrap();
+    assert_eq!(one_group(s, 500), [(6, 5, 2)]);
+    assert_eq!(one_group(s, 1_500), [(5, 5, 2)]);
+    // A corrupt shard of "a" segment 1 makes "a" weaker still.
+    s.mark_bad_shards(
+        "b",
+        "a",
+        NULL_VERSION,
+        &[((0, 1, 0), "a.1.0".into())],
+        3_000,
+    )
+    .unwrap();
+    s.mark_bad_shards(
+        "b",
+        "a",
+        NULL_VERSION,
+        &[((0, 1, 1), "elsewhere".into())],
+        3_000,
+    )
+    .unwrap();
+    let mut groups = one_group(s, 1_500);
+    groups.sort_unstable();
+    assert_eq!(groups, [(4, 4, 1), (5, 5, 1)]);
+    let queued = s
+        .queued_versions("family-photos", 1_500, 1000, None, false, 10)
+        .unwrap();
+    assert_eq!(queued.len(), 2);
+    assert_eq!((queued[0].key.as_str(), queued[0].healthy), ("a", 4));
+    assert!(
+        s.queued_versions("family-photos", 1_500, 1000, Some(4), false, 10)
+            .unwrap()
+            .is_empty(),
+        "minHealthyShards 4 queues neither"
+    );
+    // n5 answers again before the grace period ends: back to healthy.
+    s.record_probes(&[("n5".into(), true)], 2_500).unwrap();
+    let mut groups = one_group(s, 1_500);
+    groups.sort_unstable();
+    assert_eq!(groups, [(5, 5, 1), (6, 6, 1)]);
+
+    // Compare-and-swap: only against the layout stored now.
+    let a = s.version("b", "a", None).unwrap().unwrap();
+    let seq = s
+        .queued_versions("family-photos", 0, 1000, None, false, 10)
+        .unwrap()[0]
+        .seq;
+    assert_eq!(s.bad_shards(seq).unwrap(), [(0, 1, 0)]);
+    let old = a.layout.clone().unwrap();
+    let mut new = old.clone();
+    new.segments[1].shards[0].provider = "n9".into();
+    assert!(
+        !s.replace_layout(seq, &new, &new).unwrap(),
+        "stale expectation"
+    );
+    s.record_probes(&[("n9".into(), true)], 2_600).unwrap();
+    assert!(s.replace_layout(seq, &old, &new).unwrap());
+    assert!(
+        s.bad_shards(seq).unwrap().is_empty(),
+        "the rebuilt shard starts clean"
+    );
+    assert!(
+        !s.replace_layout(seq, &old, &new).unwrap(),
+        "a second repairer loses"
+    );
+    assert_eq!(one_group(s, 0), [(6, 6, 2)]);
+
+    // Replacing and deleting versions removes their shards from the index.
+    s.put_version(&striped("a", 1)).unwrap();
+    assert!(
+        !s.replace_layout(seq, &new, &new).unwrap(),
+        "an overwritten version is not repaired"
+    );
+    s.delete_version("b", "a", NULL_VERSION).unwrap();
+    s.delete_version("b", "b", NULL_VERSION).unwrap();
+    assert!(one_group(s, 0).is_empty());
+    assert!(s.provider_usage().unwrap().is_empty());
+}
+
+#[test]
+fn data_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create_bucket(&bucket("b")).unwrap();
+        s.put_version(&version("k", NULL_VERSION, 9)).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap().size, 9);
+}
+
+#[test]
+fn concurrent_writes_commit_in_groups_and_a_failed_one_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    let s = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+    s.create_bucket(&bucket("b")).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let s = std::sync::Arc::clone(&s);
+            std::thread::spawn(move || {
+                for i in 0..40u64 {
+                    let key = format!("t{t}-{i}");
+                    s.put_version(&version(&key, NULL_VERSION, i)).unwrap();
+                    // Between good ones, a write into a missing bucket, and a delete.
+                    let mut lost = version(&key, NULL_VERSION, 1);
+                    lost.bucket = "missing".into();
+                    assert!(matches!(
+                        s.put_version(&lost),
+                        Err(MetaError::NoSuchBucket(_))
+                    ));
+                    if i % 4 == 0 {
+                        let old = s.delete_version("b", &key, NULL_VERSION).unwrap();
+                        assert_eq!(old.unwrap().size, i);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(s);
+    let s = SqliteStore::open(&path).unwrap();
+    let page = s
+        .list(
+            "b",
+            &ListQuery {
+                prefix: "",
+                delimiter: None,
+                start_after: "",
+                max_keys: 1000,
+            },
+        )
+        .unwrap();
+    assert_eq!(page.objects.len(), 8 * 30, "every write but the deleted");
+    for t in 0..8 {
+        for i in 0..40u64 {
+            let v = s.version("b", &format!("t{t}-{i}"), None).unwrap();
+            assert_eq!(v.map(|v| v.size), (i % 4 != 0).then_some(i));
+        }
+    }
+}
