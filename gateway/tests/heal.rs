@@ -7,16 +7,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use s3s::Body;
 use s3s::service::S3Service;
 use serde_json::Value;
+use sublet_gateway::datapath::codec::MasterKey;
 use sublet_gateway::datapath::layout::Scheme;
-use sublet_gateway::meta::MetadataStore;
-use sublet_gateway::node::Plan;
+use sublet_gateway::datapath::stripes::{BackendError, ShardBackend};
+use sublet_gateway::meta::{MetadataStore, SqliteStore};
 use sublet_gateway::node::health::RebuildPolicy;
+use sublet_gateway::node::{Node, Plan};
 use sublet_gateway::runtime::dev;
 use sublet_gateway::upkeep::audit::{audit_round, collect_garbage};
 use sublet_gateway::upkeep::repair::Repairer;
@@ -1391,5 +1394,177 @@ async fn audit_cycle_cost() {
     );
     for p in cluster.providers {
         p.shutdown().await;
+    }
+}
+
+/// How [`Liar`] lies about a write.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    /// Stores the bytes it was sent and answers another hash.
+    ForgedHash,
+    /// Keeps one junk blob per length and answers the junk's hash (the cheap way to be paid
+    /// for storing nothing).
+    JunkWithItsHash,
+}
+
+/// A real provider behind a dishonest front: every write it acknowledges is a lie.
+struct Liar {
+    inner: Arc<dyn ShardBackend>,
+    lie: Lie,
+}
+
+#[async_trait::async_trait]
+impl ShardBackend for Liar {
+    fn node_id(&self) -> &str {
+        self.inner.node_id()
+    }
+    async fn put(&self, id: &str, data: Bytes, hash: &[u8; 32]) -> Result<[u8; 32], BackendError> {
+        match self.lie {
+            Lie::ForgedHash => self.inner.put(id, data, hash).await.map(|_| [7; 32]),
+            Lie::JunkWithItsHash => {
+                let junk = Bytes::from(vec![0x5a; data.len()]);
+                let junk_hash = *blake3::hash(&junk).as_bytes();
+                self.inner.put(id, junk, &junk_hash).await
+            }
+        }
+    }
+    async fn get(&self, id: &str) -> Result<Bytes, BackendError> {
+        self.inner.get(id).await
+    }
+    async fn delete(&self, id: &str) -> Result<(), BackendError> {
+        self.inner.delete(id).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_acknowledging_another_hash_holds_nothing_the_gateway_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 4+2 on six providers: every segment puts one shard on each, the liar included; a
+    // quorum of 5 lets writes commit without it.
+    let plan = Plan {
+        write_quorum: 5,
+        ..erasure_plan(4, 2, 64 << 10)
+    };
+    let cluster = dev::start_cluster(tmp.path(), 6, vec![plan.clone()])
+        .await
+        .unwrap();
+    let ids: Vec<String> = cluster
+        .providers
+        .iter()
+        .map(|p| p.node_id.to_string())
+        .collect();
+    let liar_id = ids[3].clone();
+    for lie in [Lie::ForgedHash, Lie::JunkWithItsHash] {
+        let backends: Vec<Arc<dyn ShardBackend>> = ids
+            .iter()
+            .map(|id| {
+                let real = cluster.gateway.backend(id).unwrap();
+                if *id == liar_id {
+                    Arc::new(Liar { inner: real, lie }) as Arc<dyn ShardBackend>
+                } else {
+                    real
+                }
+            })
+            .collect();
+        let master = MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+        let meta: Arc<dyn MetadataStore> = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let node = Arc::new(
+            Node::new(
+                Arc::clone(&meta),
+                Arc::new(master),
+                vec![plan.clone()],
+                backends,
+            )
+            .unwrap(),
+        );
+        let svc = dev::service(Arc::clone(&node), None);
+        assert_eq!(
+            call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+            StatusCode::OK
+        );
+        let mut bodies = HashMap::new();
+        // A PUT.
+        let body = data(200_000, 1);
+        let (s, b) = call(&svc, Method::PUT, "/bkt/put", body.clone()).await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{lie:?}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        bodies.insert("put".to_owned(), body);
+        // A copy.
+        let (s, _, b) = call_with(
+            &svc,
+            Method::PUT,
+            "/bkt/copy",
+            &[("x-amz-copy-source", "/bkt/put")],
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{lie:?}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        bodies.insert("copy".to_owned(), bodies["put"].clone());
+        // A multipart upload.
+        let (s, _, b) = call_with(&svc, Method::POST, "/bkt/mp?uploads", &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK, "{lie:?}");
+        let upload = tag(&b, "UploadId");
+        let part = data(150_000, 2);
+        let (s, h, b) = call_with(
+            &svc,
+            Method::PUT,
+            &format!("/bkt/mp?partNumber=1&uploadId={upload}"),
+            &[],
+            part.clone(),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{lie:?}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        let xml = format!(
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{}</ETag></Part></CompleteMultipartUpload>",
+            h["etag"].to_str().unwrap()
+        );
+        let (s, _, b) = call_with(
+            &svc,
+            Method::POST,
+            &format!("/bkt/mp?uploadId={upload}"),
+            &[],
+            xml.into_bytes(),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{lie:?}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        bodies.insert("mp".to_owned(), part);
+
+        let keys: Vec<String> = bodies.keys().cloned().collect();
+        let honest: HashSet<String> = ids.iter().filter(|&id| *id != liar_id).cloned().collect();
+        for (key, mut nodes) in holders(meta.as_ref(), &keys) {
+            assert!(
+                !nodes.contains(&liar_id),
+                "{lie:?}: {key} records a shard on the provider that lied about it"
+            );
+            assert!(
+                nodes.remove(""),
+                "{lie:?}: {key}: the liar's shards are missing"
+            );
+            assert_eq!(nodes, honest, "{lie:?}: {key}");
+        }
+        for (key, body) in &bodies {
+            let (s, got) = call(&svc, Method::GET, &format!("/bkt/{key}"), vec![]).await;
+            assert_eq!(s, StatusCode::OK, "{lie:?}: {key}");
+            assert!(got == *body, "{lie:?}: {key} reads back byte for byte");
+        }
     }
 }

@@ -204,12 +204,34 @@ impl ProviderClient {
 
     /// Store a shard held in memory, in messages of at most 1 MiB.
     pub async fn put_shard(&self, shard_id: &str, data: Bytes) -> Result<PutOutcome, ClientError> {
+        self.put_shard_in_memory(shard_id, data, None).await
+    }
+
+    /// Store a shard held in memory whose BLAKE3 is `expected`: the provider refuses it (and
+    /// stores nothing) when the bytes it received hash to anything else. The answer's hash
+    /// is still the provider's word: callers compare it with `expected`.
+    pub async fn put_shard_expecting(
+        &self,
+        shard_id: &str,
+        data: Bytes,
+        expected: [u8; 32],
+    ) -> Result<PutOutcome, ClientError> {
+        self.put_shard_in_memory(shard_id, data, Some(expected))
+            .await
+    }
+
+    async fn put_shard_in_memory(
+        &self,
+        shard_id: &str,
+        data: Bytes,
+        expected: Option<[u8; 32]>,
+    ) -> Result<PutOutcome, ClientError> {
         let length = data.len() as u64;
         let chunks = (0..data.len())
             .step_by(CHUNK_SIZE)
             .map(move |at| data.slice(at..(at + CHUNK_SIZE).min(data.len())))
             .collect::<Vec<_>>();
-        self.put_shard_stream(shard_id, length, None, futures::stream::iter(chunks))
+        self.put_shard_stream(shard_id, length, expected, futures::stream::iter(chunks))
             .await
     }
 

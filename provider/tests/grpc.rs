@@ -327,3 +327,32 @@ async fn restart_keeps_identity_and_shards_and_shutdown_finishes_writes() {
         4 << 20
     );
 }
+
+#[tokio::test]
+async fn a_shard_that_does_not_hash_to_the_expected_hash_is_refused() {
+    let f = start().await;
+    let d = data(2 * 1024 * 1024 + 3, 4);
+    let want = *blake3::hash(&d).as_bytes();
+    let put = f
+        .client
+        .put_shard_expecting("checked", d.clone(), want)
+        .await
+        .unwrap();
+    assert_eq!(put.hash, want);
+    assert_eq!(f.client.get_shard("checked", None).await.unwrap(), d);
+    // Bytes damaged on the way (or a caller's wrong idea of them): nothing is stored.
+    let err = f
+        .client
+        .put_shard_expecting("damaged", d.clone(), [7; 32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(
+        f.client
+            .get_shard("damaged", None)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}

@@ -254,13 +254,19 @@ impl ShardBackend for CloudBackend {
         &self.node_id
     }
 
-    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
-        let hash = *blake3::hash(&data).as_bytes();
+    /// A bucket cannot check BLAKE3: a successful PutObject acknowledges `hash`, the hash
+    /// of the bytes sent, and reads check what comes back against it.
+    async fn put(
+        &self,
+        shard_id: &str,
+        data: Bytes,
+        hash: &[u8; 32],
+    ) -> Result<[u8; 32], BackendError> {
         let (status, body) = self
             .send(Method::PUT, Some(&self.key(shard_id)), "", data)
             .await?;
         if status.is_success() {
-            Ok(hash)
+            Ok(*hash)
         } else {
             Err(self.failure("PutObject", status, &body))
         }

@@ -55,7 +55,8 @@ pub struct ShardLocation {
     pub provider: String,
     /// Opaque id the provider stores it under.
     pub shard_id: String,
-    /// BLAKE3 of the stored bytes as acknowledged at write time (hex).
+    /// BLAKE3 of the bytes written (hex), computed by the gateway from what it sent and
+    /// acknowledged by the provider ([`crate::datapath::stripes::put_shard`]).
     pub hash: String,
     pub length: u64,
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::placement::HealthBoard;
-use super::stripes::{BackendError, ShardBackend};
+use super::stripes::{BackendError, ShardBackend, check_acknowledged};
 use crate::metrics::Metrics;
 
 /// A shard backend that counts calls per provider and tells placement which providers fail.
@@ -53,8 +53,21 @@ impl ShardBackend for ObservedBackend {
         self.inner.node_id()
     }
 
-    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
-        let result = self.inner.put(shard_id, data).await;
+    async fn put(
+        &self,
+        shard_id: &str,
+        data: Bytes,
+        hash: &[u8; 32],
+    ) -> Result<[u8; 32], BackendError> {
+        // An acknowledgement of another hash is a failed write, and a mark against the
+        // provider's health like any other.
+        let result = self
+            .inner
+            .put(shard_id, data, hash)
+            .await
+            .and_then(|acked| {
+                check_acknowledged(self.node_id(), shard_id, hash, &acked).map(|()| acked)
+            });
         self.outcome("put", &result);
         if result.is_ok() {
             self.metrics
@@ -103,10 +116,14 @@ impl ShardBackend for ObservedBackend {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::datapath::stripes::put_shard;
 
     /// A provider that stores nothing and fails as told.
+    #[derive(Default)]
     struct Fake {
         fail: Option<&'static str>,
+        /// Acknowledges every write with a hash of its own.
+        lies: bool,
     }
 
     #[async_trait]
@@ -114,10 +131,11 @@ mod tests {
         fn node_id(&self) -> &str {
             "n1"
         }
-        async fn put(&self, _: &str, _: Bytes) -> Result<[u8; 32], BackendError> {
+        async fn put(&self, _: &str, _: Bytes, hash: &[u8; 32]) -> Result<[u8; 32], BackendError> {
             match self.fail {
                 Some(e) => Err(BackendError(e.into())),
-                None => Ok([0; 32]),
+                None if self.lies => Ok([0; 32]),
+                None => Ok(*hash),
             }
         }
         async fn get(&self, _: &str) -> Result<Bytes, BackendError> {
@@ -135,9 +153,9 @@ mod tests {
     async fn shard_calls_are_counted_per_provider_and_failures_mark_it_unhealthy() {
         let metrics = Metrics::new().unwrap();
         let health = Arc::new(HealthBoard::default());
-        let ok = ObservedBackend::wrap(Arc::new(Fake { fail: None }), &metrics, &health);
-        ok.put("s", Bytes::new()).await.unwrap();
-        ok.put("s", Bytes::new()).await.unwrap();
+        let ok = ObservedBackend::wrap(Arc::new(Fake::default()), &metrics, &health);
+        put_shard(ok.as_ref(), "s", Bytes::new()).await.unwrap();
+        put_shard(ok.as_ref(), "s", Bytes::new()).await.unwrap();
         ok.get("s").await.unwrap();
         assert_eq!(metrics.shard_writes.with_label_values(&["n1"]).get(), 2);
         assert_eq!(metrics.shard_reads.with_label_values(&["n1"]).get(), 1);
@@ -145,6 +163,7 @@ mod tests {
 
         let missing = Fake {
             fail: Some("provider n1: get: NotFound: no such shard"),
+            ..Fake::default()
         };
         let missing = ObservedBackend::wrap(Arc::new(missing), &metrics, &health);
         assert!(missing.get("s").await.is_err());
@@ -155,9 +174,10 @@ mod tests {
 
         let down = Fake {
             fail: Some("provider n1: put: Unavailable: connection refused"),
+            ..Fake::default()
         };
         let down = ObservedBackend::wrap(Arc::new(down), &metrics, &health);
-        assert!(down.put("s", Bytes::new()).await.is_err());
+        assert!(put_shard(down.as_ref(), "s", Bytes::new()).await.is_err());
         assert!(!health.healthy("n1"));
         assert_eq!(
             metrics
@@ -172,5 +192,33 @@ mod tests {
             text.contains("sublet_gateway_shard_failures_total{call=\"put\",provider=\"n1\"} 1"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_of_another_hash_is_a_failed_write() {
+        let metrics = Metrics::new().unwrap();
+        let health = Arc::new(HealthBoard::default());
+        let liar = Fake {
+            lies: true,
+            ..Fake::default()
+        };
+        let liar = ObservedBackend::wrap(Arc::new(liar), &metrics, &health);
+        let err = put_shard(liar.as_ref(), "v.0.3", Bytes::from_static(b"shard"))
+            .await
+            .unwrap_err();
+        assert!(err.hash_mismatch(), "{err}");
+        assert!(
+            err.0.contains("provider n1") && err.0.contains("shard v.0.3"),
+            "{err}"
+        );
+        assert!(!health.healthy("n1"), "a liar is marked, like a failed put");
+        assert_eq!(
+            metrics
+                .shard_failures
+                .with_label_values(&["n1", "put"])
+                .get(),
+            1
+        );
+        assert_eq!(metrics.shard_writes.with_label_values(&["n1"]).get(), 0);
     }
 }

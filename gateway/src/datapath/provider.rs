@@ -59,8 +59,15 @@ impl ShardBackend for ProviderBackend {
         &self.node_id
     }
 
-    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
-        let call = self.client.put_shard(shard_id, data);
+    async fn put(
+        &self,
+        shard_id: &str,
+        data: Bytes,
+        hash: &[u8; 32],
+    ) -> Result<[u8; 32], BackendError> {
+        // The provider checks the bytes it received against `hash` and stores nothing
+        // otherwise; its answer is still only its word (`put_shard` compares it).
+        let call = self.client.put_shard_expecting(shard_id, data, *hash);
         let out = timed(&self.node_id, "put", TRANSFER_TIMEOUT, call).await?;
         Ok(out.hash)
     }

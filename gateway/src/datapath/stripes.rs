@@ -28,18 +28,42 @@ impl BackendError {
     pub fn audit_failed(&self) -> bool {
         self.0.contains("AuditFailed")
     }
+
+    /// The provider acknowledged a write with a hash other than that of the bytes it was
+    /// sent (see [`put_shard`]): it may hold anything under the shard's id.
+    pub fn hash_mismatch(&self) -> bool {
+        self.0.contains("HashMismatch")
+    }
 }
 
 /// Told about shards a read found gone or corrupt: (segment, shard index).
 pub type BadShardReport = Arc<dyn Fn(usize, usize) + Send + Sync>;
 
 /// One place shards can be written to and read from: a provider, seen from the gateway.
+///
+/// Every provider is an adversary, so what a backend answers about a write is never the
+/// record of it. Shards are written through [`put_shard`], never by calling
+/// [`ShardBackend::put`] directly: it hashes the bytes, hands the hash to the backend
+/// and refuses an acknowledgement of any other hash, and the hash it returns (the one
+/// layouts, journals and manifests record) is the one the gateway computed.
 #[async_trait]
 pub trait ShardBackend: Send + Sync {
     /// The provider's node id, recorded in layouts.
     fn node_id(&self) -> &str;
-    /// Stores a shard durably and returns its BLAKE3 hash.
-    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError>;
+    /// Stores a shard durably and returns the BLAKE3 hash the far side acknowledged.
+    ///
+    /// `hash` is the BLAKE3 of `data`, computed by the caller ([`put_shard`]). A backend
+    /// whose far side can check it sends it along (a provider then refuses to store bytes
+    /// that hash otherwise, so a shard damaged in transit is never stored); one that cannot
+    /// (a cloud bucket) still stores `data` and answers `hash` when the store succeeded. A
+    /// wrapper passes `hash` on unchanged and may compare the answer itself
+    /// ([`check_acknowledged`]) to count a liar as failed. Call through [`put_shard`].
+    async fn put(
+        &self,
+        shard_id: &str,
+        data: Bytes,
+        hash: &[u8; 32],
+    ) -> Result<[u8; 32], BackendError>;
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError>;
     async fn delete(&self, shard_id: &str) -> Result<(), BackendError>;
     /// Proves the provider holds bytes `[offset, offset + len)` of a shard whose BLAKE3 is
@@ -67,6 +91,43 @@ pub trait ShardBackend: Send + Sync {
     /// `None` when this backend cannot list.
     async fn list(&self) -> Result<Option<Vec<(String, i64)>>, BackendError> {
         Ok(None)
+    }
+}
+
+/// Writes one shard to `backend`: the one way the gateway writes shards (objects, parts,
+/// copies, repair, re-encoding, transitions, snapshots and their manifests, the journal).
+///
+/// Hashes `data` with BLAKE3, sends the hash along as the expected one, and fails (an
+/// error starting `HashMismatch`, naming the provider and the shard) when the backend
+/// acknowledges any other hash: the write then counts as failed on that backend, like any
+/// failed put. Returns the hash the gateway computed, which is what gets recorded.
+pub async fn put_shard(
+    backend: &dyn ShardBackend,
+    shard_id: &str,
+    data: Bytes,
+) -> Result<[u8; 32], BackendError> {
+    let sent = *blake3::hash(&data).as_bytes();
+    let acked = backend.put(shard_id, data, &sent).await?;
+    check_acknowledged(backend.node_id(), shard_id, &sent, &acked)?;
+    Ok(sent)
+}
+
+/// `Ok` when a backend acknowledged writing shard `shard_id` with the hash of the bytes it
+/// was sent; otherwise the `HashMismatch` error [`put_shard`] fails with.
+pub fn check_acknowledged(
+    node_id: &str,
+    shard_id: &str,
+    sent: &[u8; 32],
+    acked: &[u8; 32],
+) -> Result<(), BackendError> {
+    if sent == acked {
+        Ok(())
+    } else {
+        Err(BackendError(format!(
+            "HashMismatch: provider {node_id} acknowledged shard {shard_id} with BLAKE3 {} but the gateway sent bytes hashing to {}; the shard does not count as stored there",
+            hex::encode(acked),
+            hex::encode(sent)
+        )))
     }
 }
 
@@ -141,7 +202,9 @@ impl ObjectWriter {
     }
 
     /// Seals, stripes and stores one segment (at most `segment_size` bytes).
-    /// Shards that fail are recorded as missing, for repair, as long as the quorum holds.
+    /// Shards that fail (including acknowledgements of another hash, see [`put_shard`]) are
+    /// recorded as missing, for repair, as long as the quorum holds; a stored shard's
+    /// recorded hash is always the one the gateway computed.
     pub async fn write_segment(&mut self, plain: Vec<u8>) -> Result<(), DataError> {
         let index = self.layout.segments.len() as u64;
         let plain_length = plain.len() as u64;
@@ -156,7 +219,7 @@ impl ObjectWriter {
             let shard_id = format!("{}.{index}.{i}", self.spec.shard_prefix);
             async move {
                 let length = shard.len() as u64;
-                match backend.put(&shard_id, shard).await {
+                match put_shard(backend.as_ref(), &shard_id, shard).await {
                     Ok(hash) => ShardLocation {
                         provider: backend.node_id().to_string(),
                         shard_id,
@@ -463,11 +526,27 @@ mod tests {
 
     use super::*;
 
+    /// How a provider lies about a write.
+    #[derive(Clone, Copy, Debug, Default, PartialEq)]
+    enum Lie {
+        #[default]
+        Honest,
+        /// Stores the bytes it was sent but answers another hash.
+        ForgedHash,
+        /// Keeps one junk blob per length and answers the junk's hash.
+        JunkWithItsHash,
+        /// Keeps junk but answers the hash of the bytes it was sent.
+        JunkWithSentHash,
+    }
+
     /// An in-memory provider that can be switched off or made to lie.
     #[derive(Default)]
     struct MemBackend {
         id: String,
         shards: Mutex<HashMap<String, Bytes>>,
+        /// What each write sent it, whatever it kept.
+        sent: Mutex<HashMap<String, Bytes>>,
+        lie: Mutex<Lie>,
         down: std::sync::atomic::AtomicBool,
         corrupt: std::sync::atomic::AtomicBool,
         /// Reads hang (a provider that accepts connections but never answers).
@@ -479,13 +558,22 @@ mod tests {
         fn node_id(&self) -> &str {
             &self.id
         }
-        async fn put(&self, id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
+        async fn put(&self, id: &str, data: Bytes, _: &[u8; 32]) -> Result<[u8; 32], BackendError> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(BackendError("unavailable".into()));
             }
+            self.sent.lock().unwrap().insert(id.into(), data.clone());
             let hash = *blake3::hash(&data).as_bytes();
-            self.shards.lock().unwrap().insert(id.into(), data);
-            Ok(hash)
+            let junk = Bytes::from(vec![0x5a; data.len()]);
+            let junk_hash = *blake3::hash(&junk).as_bytes();
+            let (kept, answer) = match *self.lie.lock().unwrap() {
+                Lie::Honest => (data, hash),
+                Lie::ForgedHash => (data, [7; 32]),
+                Lie::JunkWithItsHash => (junk, junk_hash),
+                Lie::JunkWithSentHash => (junk, hash),
+            };
+            self.shards.lock().unwrap().insert(id.into(), kept);
+            Ok(answer)
         }
         async fn get(&self, id: &str) -> Result<Bytes, BackendError> {
             if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
@@ -732,6 +820,132 @@ mod tests {
             stored, 5,
             "only the first (committed) version's shards remain"
         );
+    }
+
+    /// Every shard a layout records is one the gateway sent to that provider, under the
+    /// hash of the bytes sent.
+    fn assert_records_only_what_was_sent(layout: &Layout, nodes: &[Arc<MemBackend>]) {
+        for loc in layout.shards().filter(|l| !l.is_missing()) {
+            let node = nodes.iter().find(|n| n.id == loc.provider).unwrap();
+            let sent = node.sent.lock().unwrap().get(&loc.shard_id).cloned();
+            let sent = sent.unwrap_or_else(|| panic!("{} was never sent {loc:?}", node.id));
+            assert_eq!(
+                loc.hash,
+                blake3::hash(&sent).to_hex().as_str(),
+                "{loc:?}: the recorded hash is not that of the bytes sent"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forged_acknowledgement_is_refused_and_never_recorded() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        for lie in [Lie::ForgedHash, Lie::JunkWithItsHash] {
+            let nodes = cluster(6);
+            *nodes[2].lie.lock().unwrap() = lie;
+            let err = put_shard(nodes[2].as_ref(), "probe.0.2", Bytes::from_static(b"shard"))
+                .await
+                .unwrap_err();
+            assert!(err.hash_mismatch(), "{lie:?}: {err}");
+            assert!(
+                err.0.contains("provider node2") && err.0.contains("shard probe.0.2"),
+                "{lie:?}: the error names the provider and the shard: {err}"
+            );
+            // Quorum 5 of 6: the liar counts as a failed put, the write commits without it.
+            let data = body(2500);
+            let mut w = ObjectWriter::new(&master, spec(&nodes, 5)).unwrap();
+            for chunk in data.chunks(1000) {
+                w.write_segment(chunk.to_vec()).await.unwrap();
+            }
+            let layout = w.finish();
+            for (g, segment) in layout.segments.iter().enumerate() {
+                assert!(
+                    segment.shards[2].is_missing() && segment.shards[2].hash.is_empty(),
+                    "{lie:?}: segment {g} records the liar's shard: {:?}",
+                    segment.shards[2]
+                );
+                assert_eq!(
+                    segment.shards.iter().filter(|l| l.is_missing()).count(),
+                    1,
+                    "{lie:?}: the honest providers' shards are all recorded"
+                );
+            }
+            assert_records_only_what_was_sent(&layout, &nodes);
+            // The object reads back without the liar, even with one more provider down.
+            nodes[4]
+                .down
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(read_all(&master, &nodes, layout).await.unwrap(), data);
+        }
+    }
+
+    #[tokio::test]
+    async fn providers_lying_on_every_shard_fail_the_write_by_its_quorum() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        for n in &nodes[..2] {
+            *n.lie.lock().unwrap() = Lie::JunkWithItsHash;
+        }
+        // Two liars of six: a quorum of 5 is not met, 4 is (without them).
+        let mut w = ObjectWriter::new(&master, spec(&nodes, 5)).unwrap();
+        let err = w.write_segment(body(100)).await.unwrap_err();
+        assert!(err.to_string().contains("only 4 of 6"), "{err}");
+        let layout = w.finish();
+        assert!(
+            layout.segments[0].shards[..2]
+                .iter()
+                .all(|l| l.is_missing())
+        );
+        assert_records_only_what_was_sent(&layout, &nodes);
+        let mut second = spec(&nodes, 4);
+        second.shard_prefix = "v2".into();
+        let mut w = ObjectWriter::new(&master, second).unwrap();
+        w.write_segment(body(100)).await.unwrap();
+        let layout = w.finish();
+        assert!(
+            layout.segments[0].shards[..2]
+                .iter()
+                .all(|l| l.is_missing())
+        );
+        assert_records_only_what_was_sent(&layout, &nodes);
+        assert_eq!(read_all(&master, &nodes, layout).await.unwrap(), body(100));
+        // Every provider lies: nothing is acknowledged, nothing forged is recorded.
+        for n in &nodes {
+            *n.lie.lock().unwrap() = Lie::ForgedHash;
+        }
+        let mut third = spec(&nodes, 1);
+        third.shard_prefix = "v3".into();
+        let mut w = ObjectWriter::new(&master, third).unwrap();
+        let err = w.write_segment(body(100)).await.unwrap_err();
+        assert!(err.to_string().contains("only 0 of 6"), "{err}");
+        let layout = w.finish();
+        assert!(
+            layout.shards().all(|l| l.is_missing() && l.hash.is_empty()),
+            "{layout:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn junk_acknowledged_under_the_sent_hash_is_caught_on_read() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        *nodes[1].lie.lock().unwrap() = Lie::JunkWithSentHash;
+        let data = body(2500);
+        let layout = write(&master, &nodes, &data).await;
+        assert_records_only_what_was_sent(&layout, &nodes);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let reader = ObjectReader::new(&master, layout)
+            .unwrap()
+            .with_bad_shard_report(Arc::new(move |seg, idx| {
+                sink.lock().unwrap().push((seg, idx))
+            }));
+        let mut out = Vec::new();
+        for g in 0..reader.layout().segments.len() {
+            out.extend(reader.read_segment(g, lookup(&nodes)).await.unwrap());
+        }
+        assert_eq!(out, data);
+        assert_eq!(*seen.lock().unwrap(), [(0, 1), (1, 1), (2, 1)]);
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::datapath::codec;
 use crate::datapath::layout::{Encryption, Layout, ShardLocation};
 use crate::datapath::placement::choose_more;
-use crate::datapath::stripes::delete_shards;
+use crate::datapath::stripes::{delete_shards, put_shard};
 use crate::meta::{MetadataStore, ProviderSeen, QueuedVersion, ShardPos};
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -561,17 +561,26 @@ impl Repairer {
                     let data = Bytes::from(shards[i].clone());
                     puts.push(async move {
                         let length = data.len() as u64;
-                        let want = blake3::hash(&data);
-                        let put = backend.put(&shard_id, data).await;
-                        (i, node, shard_id, length, want, put)
+                        let put = put_shard(backend.as_ref(), &shard_id, data).await;
+                        (i, node, shard_id, length, put)
                     });
                 }
                 let mut failure = None;
-                for (i, node, shard_id, length, want, put) in futures::future::join_all(puts).await
-                {
+                for (i, node, shard_id, length, put) in futures::future::join_all(puts).await {
+                    // `put_shard` records the hash of what was sent, never the provider's.
                     let hash = match put {
                         Ok(hash) => hash,
                         Err(e) => {
+                            if e.hash_mismatch() {
+                                // Whatever the liar keeps under the id is removed with the
+                                // rest of what this failed repair wrote (by id: no hash).
+                                written.push(ShardLocation {
+                                    provider: node.clone(),
+                                    shard_id,
+                                    hash: String::new(),
+                                    length,
+                                });
+                            }
                             failure.get_or_insert_with(|| {
                                 anyhow::anyhow!("object {object}: writing a rebuilt shard: {e}")
                             });
@@ -586,14 +595,6 @@ impl Repairer {
                         length,
                     };
                     written.push(loc.clone());
-                    if hash != *want.as_bytes() {
-                        failure.get_or_insert_with(|| {
-                            anyhow::anyhow!(
-                                "provider {node} acknowledged a rebuilt shard with the wrong hash"
-                            )
-                        });
-                        continue;
-                    }
                     let old = &segment.shards[i];
                     if !old.is_missing() {
                         replaced.push(old.clone());

@@ -19,6 +19,7 @@ use s3s::dto::StreamingBlob;
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::layout::Layout;
+use crate::datapath::stripes::put_shard;
 use crate::error::{Error, Result};
 use crate::meta::{MetadataStore, ObjectVersion};
 use crate::node::{Node, now_ms};
@@ -112,7 +113,7 @@ pub async fn store_snapshot(
     let puts = providers.values().map(|b| {
         let json = json.clone();
         let id = id.clone();
-        async move { b.put(&id, json).await }
+        async move { put_shard(b.as_ref(), &id, json).await }
     });
     let stored = futures::future::join_all(puts)
         .await

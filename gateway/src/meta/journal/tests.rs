@@ -303,6 +303,7 @@ impl crate::datapath::stripes::ShardBackend for Fake {
         &self,
         id: &str,
         data: Bytes,
+        _: &[u8; 32],
     ) -> std::result::Result<[u8; 32], crate::datapath::stripes::BackendError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(crate::datapath::stripes::BackendError("unavailable".into()));

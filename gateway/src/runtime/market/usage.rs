@@ -98,8 +98,13 @@ impl ShardBackend for MeteredBackend {
         self.inner.node_id()
     }
 
-    async fn put(&self, shard_id: &str, data: Bytes) -> Result<[u8; 32], BackendError> {
-        self.inner.put(shard_id, data).await
+    async fn put(
+        &self,
+        shard_id: &str,
+        data: Bytes,
+        hash: &[u8; 32],
+    ) -> Result<[u8; 32], BackendError> {
+        self.inner.put(shard_id, data, hash).await
     }
 
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
