@@ -440,13 +440,14 @@ impl Journal {
         let mut wave: Vec<_> = rest.by_ref().take(need).collect();
         let (mut stored, mut errors) = (Vec::new(), Vec::new());
         while !wave.is_empty() {
-            let puts = wave.iter().map(|b| {
-                let blob = blob.clone();
-                // `put_shard` refuses an acknowledgement of another hash than the blob's.
-                async move {
-                    tokio::time::timeout(PUT_TIMEOUT, put_shard(b.as_ref(), id, blob)).await
-                }
-            });
+            let puts =
+                wave.iter().map(|b| {
+                    let blob = blob.clone();
+                    // `put_shard` refuses an acknowledgement of another hash than the blob's.
+                    async move {
+                        tokio::time::timeout(PUT_TIMEOUT, put_shard(b.as_ref(), id, blob)).await
+                    }
+                });
             let mut failed = 0;
             for (b, outcome) in wave.iter().zip(join_all(puts).await) {
                 if matches!(&outcome, Ok(Ok(_))) {
