@@ -3,7 +3,7 @@
 //! [`Error`] is what the node and the background jobs fail with: a metadata failure, a
 //! request body that broke off, a plan that does not exist, no placement on today's
 //! providers, or an internal failure. Each variant knows its S3 error code and HTTP status
-//! ([`Error::s3_code`], [`Error::status`]); `impl From<Error> for S3Error` is the one
+//! ([`Error::s3_code`], [`Error::message`]); `impl From<Error> for S3Error` is the one
 //! mapping the S3 layer answers with. The constructors below are the S3 layer's own
 //! answers (missing buckets and uploads, internal failures).
 
@@ -57,26 +57,6 @@ impl Error {
             Error::Internal(_) => S3ErrorCode::InternalError,
         }
     }
-
-    /// The HTTP status a client gets (the S3 API's and the admin API's).
-    pub fn status(&self) -> http::StatusCode {
-        use http::StatusCode;
-        match self {
-            Error::Meta(MetaError::BucketExists(_) | MetaError::BucketNotEmpty(_)) => {
-                StatusCode::CONFLICT
-            }
-            Error::Meta(MetaError::NoSuchBucket(_) | MetaError::NoSuchUpload { .. }) => {
-                StatusCode::NOT_FOUND
-            }
-            Error::Meta(MetaError::PartChanged { .. })
-            | Error::IncompleteBody(_)
-            | Error::InvalidStorageClass(_) => StatusCode::BAD_REQUEST,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Meta(MetaError::Store(_)) | Error::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        }
-    }
 }
 
 impl From<Error> for S3Error {
@@ -105,10 +85,7 @@ fn meta_err_code(e: &MetaError) -> S3ErrorCode {
 }
 
 pub fn no_such_bucket(name: &str) -> S3Error {
-    S3Error::with_message(
-        S3ErrorCode::NoSuchBucket,
-        format!("bucket {name} does not exist"),
-    )
+    meta_err(MetaError::NoSuchBucket(name.to_owned()))
 }
 
 /// What a client sees of a metadata failure.
@@ -138,12 +115,11 @@ pub fn internal(msg: impl Into<String>) -> S3Error {
 
 /// NoSuchUpload for an upload id that is not (or no longer) in progress.
 pub fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> S3Error {
-    S3Error::with_message(
-        S3ErrorCode::NoSuchUpload,
-        format!(
-            "upload {upload_id} of key {key} in bucket {bucket} does not exist (completed, aborted or never started)"
-        ),
-    )
+    meta_err(MetaError::NoSuchUpload {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        upload_id: upload_id.to_owned(),
+    })
 }
 
 /// The error for a request body that broke off.
