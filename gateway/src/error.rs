@@ -2,7 +2,7 @@
 //!
 //! [`Error`] is what the node and the background jobs fail with: a metadata failure, a
 //! request body that broke off, a plan that does not exist, no placement on today's
-//! providers, or an internal failure. Each variant knows its S3 error code and HTTP status
+//! providers, or an internal failure. Each variant knows its S3 error code and message
 //! ([`Error::s3_code`], [`Error::message`]); `impl From<Error> for S3Error` is the one
 //! mapping the S3 layer answers with. The constructors below are the S3 layer's own
 //! answers (missing buckets and uploads, internal failures).
