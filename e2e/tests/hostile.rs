@@ -1,0 +1,11 @@
+//! The adversary plays: providers that lie, forge or stall, clients that stall or send
+//! junk, a network that tampers. Real processes, bounded in time. Each part lives in
+//! `hostile/`; every test ends by reading back what it wrote, byte for byte.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "hostile/clients.rs"]
+mod clients;
+#[path = "hostile/providers.rs"]
+mod providers;
+#[path = "hostile/snapshots.rs"]
+mod snapshots;

@@ -1,0 +1,1 @@
+//! (tests added by the issue 27 work)
