@@ -42,6 +42,7 @@ fn version(key: &str) -> ObjectVersion {
             inline: Some(vec![1, 2, 3]),
             parts: vec![],
         }),
+        attrs: Default::default(),
     }
 }
 

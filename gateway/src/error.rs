@@ -80,6 +80,8 @@ fn meta_err_code(e: &MetaError) -> S3ErrorCode {
         MetaError::BucketNotEmpty(_) => S3ErrorCode::BucketNotEmpty,
         MetaError::NoSuchUpload { .. } => S3ErrorCode::NoSuchUpload,
         MetaError::PartChanged { .. } => S3ErrorCode::InvalidPart,
+        MetaError::PreconditionFailed { .. } => S3ErrorCode::PreconditionFailed,
+        MetaError::NoSuchKey { .. } => S3ErrorCode::NoSuchKey,
         MetaError::Store(_) => S3ErrorCode::InternalError,
     }
 }

@@ -1841,3 +1841,216 @@ async fn objects_in_metadata_keep_versions_and_move_by_lifecycle() {
     assert_eq!(s, StatusCode::OK);
     assert!(b == data(1000), "in/a reads back differently after gc");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standard_headers_and_encryption_come_back_as_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/hdr", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let written = [
+        ("cache-control", "max-age=3600"),
+        ("content-disposition", "attachment; filename=\"a.txt\""),
+        ("content-encoding", "gzip"),
+        ("content-language", "de-CH"),
+        ("expires", "Wed, 21 Oct 2026 07:28:00 GMT"),
+    ];
+    let (s, h, b) = call(&svc, Method::PUT, "/hdr/k", &written, data(100)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(header(&h, "x-amz-server-side-encryption"), "AES256");
+    for method in [Method::GET, Method::HEAD] {
+        let (s, h, _) = call(&svc, method.clone(), "/hdr/k", &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        for (name, value) in written {
+            assert_eq!(header(&h, name), value, "{method} {name}");
+        }
+        assert_eq!(header(&h, "x-amz-server-side-encryption"), "AES256");
+    }
+    // response-* overrides win over what was stored.
+    let (s, h, body) = call(
+        &svc,
+        Method::GET,
+        "/hdr/k?response-cache-control=no-store&response-content-type=text%2Fplain&response-content-language=fr",
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, data(100));
+    assert_eq!(header(&h, "cache-control"), "no-store");
+    assert_eq!(header(&h, "content-type"), "text/plain");
+    assert_eq!(header(&h, "content-language"), "fr");
+    assert_eq!(header(&h, "content-disposition"), written[1].1);
+    // A copy keeps them (COPY directive) or takes the request's (REPLACE).
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/hdr/copied",
+        &[("x-amz-copy-source", "/hdr/k")],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (_, h, _) = call(&svc, Method::HEAD, "/hdr/copied", &[], vec![]).await;
+    assert_eq!(header(&h, "cache-control"), "max-age=3600");
+    assert_eq!(header(&h, "expires"), written[4].1);
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/hdr/replaced",
+        &[
+            ("x-amz-copy-source", "/hdr/k"),
+            ("x-amz-metadata-directive", "REPLACE"),
+            ("cache-control", "no-cache"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (_, h, _) = call(&svc, Method::HEAD, "/hdr/replaced", &[], vec![]).await;
+    assert_eq!(header(&h, "cache-control"), "no-cache");
+    assert!(h.get("content-disposition").is_none(), "{h:?}");
+    // Multipart uploads carry the headers given at creation to the object.
+    let id = create_upload(&svc, "/hdr/mp", &[("content-language", "it")]).await;
+    let e1 = upload_part(&svc, "/hdr/mp", &id, 1, data(1000)).await;
+    let (s, h, b) = complete(&svc, "/hdr/mp", &id, &[(1, &e1)]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(header(&h, "x-amz-server-side-encryption"), "AES256");
+    let (_, h, _) = call(&svc, Method::HEAD, "/hdr/mp", &[], vec![]).await;
+    assert_eq!(header(&h, "content-language"), "it");
+    // Encryption sublet cannot give is refused, naming it.
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/hdr/kms",
+        &[("x-amz-server-side-encryption", "aws:kms")],
+        data(10),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_IMPLEMENTED);
+    assert!(String::from_utf8_lossy(&b).contains("aws:kms"));
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conditional_writes_let_exactly_one_writer_create_a_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/cw", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let absent = [("if-none-match", "*")];
+    let (s, h, _) = call(&svc, Method::PUT, "/cw/k", &absent, data(10)).await;
+    assert_eq!(s, StatusCode::OK);
+    let first = header(&h, "etag");
+    let (s, _, b) = call(&svc, Method::PUT, "/cw/k", &absent, data(20)).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+    assert!(String::from_utf8_lossy(&b).contains("PreconditionFailed"));
+    let (s, _, _) = call(
+        &svc,
+        Method::PUT,
+        "/cw/k",
+        &[("if-match", "\"0123\"")],
+        data(30),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/cw/missing",
+        &[("if-match", "\"0123\"")],
+        data(30),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
+    let (s, _, _) = call(
+        &svc,
+        Method::PUT,
+        "/cw/k",
+        &[("if-match", first.as_str())],
+        data(40),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, body) = call(&svc, Method::GET, "/cw/k", &[], vec![]).await;
+    assert_eq!(body, data(40));
+
+    // Writers racing to create one key: exactly one wins, every time.
+    for round in 0..5 {
+        let path = format!("/cw/race{round}");
+        let racers = (0..6u8).map(|i| {
+            let (svc, path) = (svc.clone(), path.clone());
+            async move {
+                let body = vec![i; 5000];
+                let (s, _, _) =
+                    call(&svc, Method::PUT, &path, &[("if-none-match", "*")], body).await;
+                (s, i)
+            }
+        });
+        let outcomes = futures::future::join_all(racers).await;
+        let winners: Vec<u8> = outcomes
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::OK)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::PRECONDITION_FAILED),
+            "{outcomes:?}"
+        );
+        let (_, _, body) = call(&svc, Method::GET, &path, &[], vec![]).await;
+        assert_eq!(body, vec![winners[0]; 5000]);
+    }
+
+    // CompleteMultipartUpload with If-None-Match: * onto an existing key: 412, and the upload
+    // stays open for a completion without the condition.
+    let id = create_upload(&svc, "/cw/k", &[]).await;
+    let e1 = upload_part(&svc, "/cw/k", &id, 1, data(1000)).await;
+    let (s, _, b) = call(
+        &svc,
+        Method::POST,
+        &format!("/cw/k?uploadId={id}"),
+        &absent,
+        completion(&[(1, &e1)]),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let (s, _, b) = complete(&svc, "/cw/k", &id, &[(1, &e1)]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_completion_gets_the_first_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/retry", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let id = create_upload(&svc, "/retry/k", &[]).await;
+    let e1 = upload_part(&svc, "/retry/k", &id, 1, data(MIB * 5)).await;
+    let e2 = upload_part(&svc, "/retry/k", &id, 2, data(1000)).await;
+    let parts = [(1, e1.as_str()), (2, e2.as_str())];
+    let (s, _, first) = complete(&svc, "/retry/k", &id, &parts).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&first));
+    // The answer was lost; the client sends the same completion again.
+    let (s, _, again) = complete(&svc, "/retry/k", &id, &parts).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&again));
+    assert_eq!(tag(&again, "ETag"), tag(&first, "ETag"));
+    // A completion listing other parts is not a retry of this one.
+    let (s, _, b) = complete(&svc, "/retry/k", &id, &[(1, e1.as_str())]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
+    assert!(String::from_utf8_lossy(&b).contains("NoSuchUpload"));
+    // Once the key is overwritten, the old upload is gone for good.
+    let (s, _, _) = call(&svc, Method::PUT, "/retry/k", &[], data(10)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = complete(&svc, "/retry/k", &id, &parts).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    drop(cluster);
+}

@@ -14,15 +14,15 @@ use super::{
 };
 
 /// The version columns, in the order the stores' `version_from_row` reads them.
-pub(super) const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout";
+pub(super) const VERSION_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, layout, attrs";
 /// The same columns without the layout, which listings never return.
-pub(super) const LIST_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, CAST(NULL AS TEXT)";
+pub(super) const LIST_COLUMNS: &str = "bucket, key, version_id, delete_marker, size, etag, content_type, user_metadata, last_modified, plan, CAST(NULL AS TEXT), CAST(NULL AS TEXT)";
 /// The upload columns, in the order the stores' `upload_from_row` reads them.
 pub(super) const UPLOAD_COLUMNS: &str =
-    "bucket, key, upload_id, plan, content_type, user_metadata, initiated";
+    "bucket, key, upload_id, plan, content_type, user_metadata, initiated, attrs";
 /// How many columns [`UPLOAD_COLUMNS`] names (the upload's `seq` follows them in
 /// [`UPLOADS_AFTER`]).
-pub(super) const UPLOAD_COLUMN_COUNT: usize = 7;
+pub(super) const UPLOAD_COLUMN_COUNT: usize = 8;
 
 /// ListObjects rows: the latest version of each key of bucket `$1` after `$2` under prefix
 /// `$3`, in key order (delete markers included; the pager skips them).
@@ -40,7 +40,7 @@ pub(super) const VERSION_MARKER: &str =
     "SELECT seq FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3";
 
 /// ListObjectVersions rows: every version of bucket `$1` under prefix `$3` after key `$2`, or
-/// of key `$2` older than row `$4`; newest first per key. Column 11 tells the latest.
+/// of key `$2` older than row `$4`; newest first per key. Column 12 tells the latest.
 pub(super) fn versions_after() -> String {
     format!(
         "SELECT {VERSION_COLUMNS},

@@ -45,6 +45,16 @@ pub enum MetaError {
         "part {part_number} of upload {upload_id} is not the one listed (it was replaced or never uploaded)"
     )]
     PartChanged { upload_id: String, part_number: i32 },
+    /// A conditional write (If-Match / If-None-Match) found the key otherwise.
+    #[error("object {key} in bucket {bucket}: {reason}")]
+    PreconditionFailed {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+    /// A write conditional on an existing object (If-Match) found none.
+    #[error("object {key} in bucket {bucket} does not exist, so no ETag can match")]
+    NoSuchKey { bucket: String, key: String },
     #[error("metadata store: {0}")]
     Store(String),
 }
@@ -110,6 +120,87 @@ pub struct ObjectVersion {
     pub plan: String,
     /// `None` for delete markers.
     pub layout: Option<Layout>,
+    /// Standard headers and other attributes S3 keeps beside the data.
+    #[serde(default, skip_serializing_if = "ObjectAttrs::is_empty")]
+    pub attrs: ObjectAttrs,
+}
+
+/// What S3 keeps about an object beside its data, type and user metadata: the standard
+/// HTTP headers given when it was written, and the multipart upload it completed (so a
+/// client retrying CompleteMultipartUpload after a lost answer gets the same answer).
+/// Stored as one JSON column (`attrs`) so new attributes need no new column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ObjectAttrs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// The `Expires` header as an HTTP date.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// The multipart upload this version completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+}
+
+impl ObjectAttrs {
+    pub fn is_empty(&self) -> bool {
+        *self == ObjectAttrs::default()
+    }
+
+    /// As stored in the `attrs` column: `NULL` when empty.
+    pub(crate) fn to_column(&self) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        serde_json::to_string(self).ok()
+    }
+
+    /// From the `attrs` column; unknown fields (of a newer gateway) are ignored.
+    pub(crate) fn from_column(column: Option<&str>) -> Result<Self, serde_json::Error> {
+        column.map_or(Ok(ObjectAttrs::default()), serde_json::from_str)
+    }
+}
+
+/// The condition a conditional write (PUT or CompleteMultipartUpload with If-Match or
+/// If-None-Match) puts on the key's latest version, checked in the same transaction as
+/// the write so two racing writers cannot both pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// `If-None-Match: *`: no object may exist under the key (a delete marker counts as none).
+    Absent,
+    /// `If-Match: "etag"`: the latest object has this ETag (`*` matches any object).
+    ETag(String),
+}
+
+impl WriteCondition {
+    /// Checks it against the key's latest version (`None` when the key has none).
+    pub fn check(&self, bucket: &str, key: &str, latest: Option<&ObjectVersion>) -> Result<()> {
+        let current = latest.filter(|v| !v.delete_marker);
+        match (self, current) {
+            (WriteCondition::Absent, None) => Ok(()),
+            (WriteCondition::Absent, Some(_)) => Err(MetaError::PreconditionFailed {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                reason: "If-None-Match: * but the object exists".to_owned(),
+            }),
+            (WriteCondition::ETag(_), None) => Err(MetaError::NoSuchKey {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            }),
+            (WriteCondition::ETag(e), Some(v)) if e == "*" || *e == v.etag => Ok(()),
+            (WriteCondition::ETag(e), Some(v)) => Err(MetaError::PreconditionFailed {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                reason: format!("If-Match: \"{e}\" but the object's ETag is \"{}\"", v.etag),
+            }),
+        }
+    }
 }
 
 /// What a put of a new version did to the versions already there.
@@ -226,6 +317,9 @@ pub struct Upload {
     pub user_metadata: BTreeMap<String, String>,
     /// Unix milliseconds.
     pub initiated: i64,
+    /// Standard headers given at creation, carried to the completed version.
+    #[serde(default, skip_serializing_if = "ObjectAttrs::is_empty")]
+    pub attrs: ObjectAttrs,
 }
 
 /// One uploaded part: its own erasure-coded layout and MD5.
@@ -418,7 +512,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn set_bucket_plan(&self, name: &str, plan: Option<&str>) -> Result<()>;
 
     /// Commits a version atomically; it becomes the latest of its key.
-    fn put_version(&self, version: &ObjectVersion) -> Result<PutOutcome>;
+    fn put_version(&self, version: &ObjectVersion) -> Result<PutOutcome> {
+        self.put_version_if(version, None)
+    }
+    /// [`put_version`](Self::put_version) when the key's latest version meets `condition`,
+    /// checked in the same transaction.
+    fn put_version_if(
+        &self,
+        version: &ObjectVersion,
+        condition: Option<&WriteCondition>,
+    ) -> Result<PutOutcome>;
     /// The latest version (which may be a delete marker) or a given one.
     fn version(
         &self,
@@ -469,6 +572,17 @@ pub trait MetadataStore: Send + Sync + 'static {
         upload_id: &str,
         used: &[(i32, String)],
         version: &ObjectVersion,
+    ) -> Result<CompleteOutcome> {
+        self.complete_upload_if(upload_id, used, version, None)
+    }
+    /// [`complete_upload`](Self::complete_upload) when the key's latest version meets
+    /// `condition`, checked in the same transaction (the upload stays open otherwise).
+    fn complete_upload_if(
+        &self,
+        upload_id: &str,
+        used: &[(i32, String)],
+        version: &ObjectVersion,
+        condition: Option<&WriteCondition>,
     ) -> Result<CompleteOutcome>;
     /// Ends an upload and returns its parts (whose shards are now garbage).
     fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<UploadPart>>;

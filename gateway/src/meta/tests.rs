@@ -100,6 +100,7 @@ fn version(key: &str, id: &str, size: u64) -> ObjectVersion {
             inline: Some(vec![1, 2, 3]),
             parts: vec![],
         }),
+        attrs: Default::default(),
     }
 }
 
@@ -309,6 +310,7 @@ fn upload(id: &str, key: &str) -> Upload {
         content_type: Some("text/plain".into()),
         user_metadata: BTreeMap::from([("color".to_string(), "blue".to_string())]),
         initiated: 7,
+        attrs: Default::default(),
     }
 }
 

@@ -115,6 +115,7 @@ mod tests {
             last_modified: 0,
             plan: "p".into(),
             layout: None,
+            attrs: Default::default(),
         }
     }
 

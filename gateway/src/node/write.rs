@@ -12,7 +12,7 @@ use super::budget::BufferBudget;
 use super::{Node, Plan, now_ms};
 use crate::datapath::stripes::{self, ObjectWriter, ShardBackend, WriteSpec};
 use crate::error::{Error, Result, body_failed};
-use crate::meta::{self, Bucket, NULL_VERSION, ObjectVersion, Versioning};
+use crate::meta::{self, Bucket, NULL_VERSION, ObjectVersion, Versioning, WriteCondition};
 
 pub fn random_uid() -> String {
     let mut b = [0u8; 16];
@@ -281,8 +281,22 @@ impl Node {
     /// Commits a version whose shards are written, freeing the shards of the
     /// version it replaces; on failure frees the new version's shards.
     pub async fn commit_version(&self, version: ObjectVersion) -> Result<()> {
+        self.commit_version_if(version, None).await
+    }
+
+    /// [`commit_version`](Self::commit_version) when the key's latest version meets
+    /// `condition` at commit time (If-Match / If-None-Match on PUT); on failure, the new
+    /// version's shards are freed as for any failed commit.
+    pub async fn commit_version_if(
+        &self,
+        version: ObjectVersion,
+        condition: Option<WriteCondition>,
+    ) -> Result<()> {
         let layout = version.layout.clone();
-        let outcome = match self.meta(move |m| m.put_version(&version)).await {
+        let outcome = match self
+            .meta(move |m| m.put_version_if(&version, condition.as_ref()))
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 if let Some(layout) = layout {
@@ -390,6 +404,7 @@ impl Node {
             last_modified: now_ms(),
             plan: String::new(),
             layout: None,
+            attrs: Default::default(),
         };
         self.commit_version(marker).await?;
         Ok(Deleted {

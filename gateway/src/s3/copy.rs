@@ -5,8 +5,9 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::get::Preconditions;
+use super::headers::{self, Written};
 use super::{Gateway, etag, timestamp};
-use crate::meta::ObjectVersion;
+use crate::meta::{ObjectAttrs, ObjectVersion};
 use crate::node::now_ms;
 use crate::node::write::{new_version_id, reported_version_id};
 
@@ -87,6 +88,11 @@ impl Gateway {
             ));
         }
         let plan = self.resolve_plan(&bucket, storage_class)?;
+        headers::check_requested_encryption(
+            input.server_side_encryption.as_ref(),
+            &plan.name,
+            plan.encrypt,
+        )?;
         let stream = self.read_range(&source, 0..source.size).await?;
         let written = self
             .store_body(
@@ -103,18 +109,36 @@ impl Gateway {
                 written.size, source.size
             )));
         }
-        let (content_type, user_metadata) = if replace {
+        // REPLACE takes the request's type, metadata and standard headers; COPY the source's.
+        let (content_type, user_metadata, attrs) = if replace {
+            let attrs = Written {
+                cache_control: input.cache_control.as_deref(),
+                content_disposition: input.content_disposition.as_deref(),
+                content_encoding: input.content_encoding.as_deref(),
+                content_language: input.content_language.as_deref(),
+                expires: input.expires.as_ref(),
+            }
+            .attrs();
             (
                 input.content_type,
                 input.metadata.unwrap_or_default().into_iter().collect(),
+                attrs,
             )
         } else {
-            (source.content_type.clone(), source.user_metadata.clone())
+            let attrs = ObjectAttrs {
+                upload_id: None,
+                ..source.attrs.clone()
+            };
+            (
+                source.content_type.clone(),
+                source.user_metadata.clone(),
+                attrs,
+            )
         };
         let version_id = new_version_id(&bucket);
         let modified = now_ms();
         let md5 = written.md5.clone();
-        self.commit_version(ObjectVersion {
+        let version = ObjectVersion {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
             version_id: version_id.clone(),
@@ -126,8 +150,10 @@ impl Gateway {
             last_modified: modified,
             plan: plan.name.clone(),
             layout: Some(written.layout),
-        })
-        .await?;
+            attrs,
+        };
+        let server_side_encryption = headers::server_side_encryption(&version);
+        self.commit_version(version).await?;
         tracing::info!(from = %format!("{src_bucket}/{src_key}"), bucket = %input.bucket, key = %input.key, plan = %plan.name, "object copied");
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
@@ -136,6 +162,7 @@ impl Gateway {
                 ..Default::default()
             }),
             copy_source_version_id: reported_version_id(&src_meta, &source.version_id),
+            server_side_encryption,
             version_id: reported_version_id(&bucket, &version_id),
             ..Default::default()
         }))

@@ -5,6 +5,7 @@ use std::ops::Range as ByteRange;
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::headers;
 use super::{Gateway, etag, timestamp};
 use crate::error::internal;
 use crate::meta::{Bucket, ObjectVersion};
@@ -180,11 +181,21 @@ impl Gateway {
                 v.size
             )
         });
+        let server_side_encryption = headers::server_side_encryption(&v);
+        let expires = input.response_expires.or_else(|| headers::expires(&v));
         let mut response = S3Response::new(HeadObjectOutput {
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             parts_count: part.and_then(|p| p.count),
             version_id: reported_version_id(&bucket, &v.version_id),
-            content_type: v.content_type,
+            content_type: input.response_content_type.or(v.content_type),
+            cache_control: input.response_cache_control.or(v.attrs.cache_control),
+            content_disposition: input
+                .response_content_disposition
+                .or(v.attrs.content_disposition),
+            content_encoding: input.response_content_encoding.or(v.attrs.content_encoding),
+            content_language: input.response_content_language.or(v.attrs.content_language),
+            expires,
+            server_side_encryption,
             e_tag: Some(etag(&v.etag)),
             last_modified: Some(timestamp(v.last_modified)),
             metadata: Some(v.user_metadata.into_iter().collect()),
@@ -243,13 +254,23 @@ impl Gateway {
         });
         let length = range.end - range.start;
         let body = self.read_range(&v, range).await?;
+        let server_side_encryption = headers::server_side_encryption(&v);
+        let expires = input.response_expires.or_else(|| headers::expires(&v));
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(body)),
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             content_range,
             parts_count: part.and_then(|p| p.count),
             version_id: reported_version_id(&bucket, &v.version_id),
-            content_type: v.content_type,
+            content_type: input.response_content_type.or(v.content_type),
+            cache_control: input.response_cache_control.or(v.attrs.cache_control),
+            content_disposition: input
+                .response_content_disposition
+                .or(v.attrs.content_disposition),
+            content_encoding: input.response_content_encoding.or(v.attrs.content_encoding),
+            content_language: input.response_content_language.or(v.attrs.content_language),
+            expires,
+            server_side_encryption,
             e_tag: Some(etag(&v.etag)),
             last_modified: Some(timestamp(v.last_modified)),
             metadata: Some(v.user_metadata.into_iter().collect()),

@@ -6,6 +6,7 @@ mod bucket;
 mod copy;
 mod delete;
 mod get;
+mod headers;
 pub mod http;
 mod lifecycle;
 mod list;

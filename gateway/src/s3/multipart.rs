@@ -7,11 +7,12 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::copy::{copy_source, enforce_copy_preconditions};
 use super::get::Preconditions;
+use super::headers::{self, Written};
 use super::put::content_md5_matches;
 use super::{Gateway, etag, timestamp};
 use crate::datapath::layout::{Encryption, Layout};
 use crate::error::{internal, no_such_upload};
-use crate::meta::{ObjectVersion, Upload, UploadPart, UploadQuery};
+use crate::meta::{ObjectAttrs, ObjectVersion, Upload, UploadPart, UploadQuery};
 use crate::node::Plan;
 use crate::node::now_ms;
 use crate::node::write::{new_version_id, random_uid, reported_version_id};
@@ -91,6 +92,22 @@ impl Gateway {
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
+        headers::check_requested_encryption(
+            input.server_side_encryption.as_ref(),
+            &plan.name,
+            plan.encrypt,
+        )?;
+        let server_side_encryption = plan
+            .encrypt
+            .then(|| ServerSideEncryption::from_static(ServerSideEncryption::AES256));
+        let attrs = Written {
+            cache_control: input.cache_control.as_deref(),
+            content_disposition: input.content_disposition.as_deref(),
+            content_encoding: input.content_encoding.as_deref(),
+            content_language: input.content_language.as_deref(),
+            expires: input.expires.as_ref(),
+        }
+        .attrs();
         let upload = Upload {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
@@ -99,6 +116,7 @@ impl Gateway {
             content_type: input.content_type,
             user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
             initiated: now_ms(),
+            attrs,
         };
         let upload_id = upload.upload_id.clone();
         self.meta(move |m| m.create_upload(&upload)).await?;
@@ -107,6 +125,7 @@ impl Gateway {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(upload_id),
+            server_side_encryption,
             ..Default::default()
         }))
     }
@@ -231,19 +250,33 @@ impl Gateway {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        let input = req.input;
+        let mut input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
-        let upload = self
+        let listed = input
+            .multipart_upload
+            .take()
+            .and_then(|m| m.parts)
+            .unwrap_or_default();
+        let upload = match self
             .require_upload(&input.bucket, &input.key, &input.upload_id)
-            .await?;
+            .await
+        {
+            Ok(upload) => upload,
+            Err(e) => {
+                // A client retrying after a lost answer: the upload completed into the
+                // key's latest version, with the parts this retry lists.
+                return match self.completed_before(&bucket, &input, &listed).await? {
+                    Some(done) => Ok(S3Response::new(done)),
+                    None => Err(e),
+                };
+            }
+        };
+        let condition =
+            headers::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let name = format!(
             "upload {} of {}/{}",
             input.upload_id, input.bucket, input.key
         );
-        let listed = input
-            .multipart_upload
-            .and_then(|m| m.parts)
-            .unwrap_or_default();
         if listed.is_empty() {
             return Err(S3Error::with_message(
                 S3ErrorCode::MalformedXML,
@@ -327,10 +360,15 @@ impl Gateway {
             last_modified: now_ms(),
             plan: upload.plan,
             layout: Some(layout),
+            attrs: ObjectAttrs {
+                upload_id: Some(input.upload_id.clone()),
+                ..upload.attrs
+            },
         };
+        let server_side_encryption = headers::server_side_encryption(&version);
         let upload_id = input.upload_id.clone();
         let outcome = self
-            .meta(move |m| m.complete_upload(&upload_id, &used, &version))
+            .meta(move |m| m.complete_upload_if(&upload_id, &used, &version, condition.as_ref()))
             .await?;
         for old in &outcome.replaced {
             self.free_removed(Some(old)).await;
@@ -345,6 +383,44 @@ impl Gateway {
             e_tag: Some(etag(&object_etag)),
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             version_id: reported_version_id(&bucket, &version_id),
+            server_side_encryption,
+            ..Default::default()
+        }))
+    }
+
+    /// The answer of an earlier completion of this upload, when it made the key's latest
+    /// version from exactly the parts `listed` names (same numbers and ETags, so the same
+    /// multipart ETag): what S3 answers a retried CompleteMultipartUpload.
+    async fn completed_before(
+        &self,
+        bucket: &crate::meta::Bucket,
+        input: &CompleteMultipartUploadInput,
+        listed: &[CompletedPart],
+    ) -> S3Result<Option<CompleteMultipartUploadOutput>> {
+        let (b, k) = (input.bucket.clone(), input.key.clone());
+        let Some(latest) = self.meta(move |m| m.version(&b, &k, None)).await? else {
+            return Ok(None);
+        };
+        if latest.delete_marker
+            || latest.attrs.upload_id.as_deref() != Some(input.upload_id.as_str())
+        {
+            return Ok(None);
+        }
+        let sent: Vec<&str> = listed
+            .iter()
+            .filter_map(|p| p.e_tag.as_ref().map(|e| e.value().trim_matches('"')))
+            .collect();
+        if sent.len() != listed.len() || multipart_etag(&sent).as_deref() != Some(&latest.etag) {
+            return Ok(None);
+        }
+        tracing::info!(bucket = %input.bucket, key = %input.key, upload_id = %input.upload_id, "multipart upload completed before; answering the retry as then");
+        Ok(Some(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket.clone()),
+            key: Some(input.key.clone()),
+            e_tag: Some(etag(&latest.etag)),
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            version_id: reported_version_id(bucket, &latest.version_id),
+            server_side_encryption: headers::server_side_encryption(&latest),
             ..Default::default()
         }))
     }

@@ -4,6 +4,7 @@
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::headers::{self, Written};
 use super::{Gateway, etag};
 
 use crate::meta::ObjectVersion;
@@ -39,6 +40,30 @@ impl Gateway {
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
+        headers::check_requested_encryption(
+            input.server_side_encryption.as_ref(),
+            &plan.name,
+            plan.encrypt,
+        )?;
+        let condition =
+            headers::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        if let Some(condition) = &condition {
+            // Checked again when the version is committed; this only spares storing a body
+            // that could never be committed.
+            let (b, k) = (input.bucket.clone(), input.key.clone());
+            let latest = self.meta(move |m| m.version(&b, &k, None)).await?;
+            condition
+                .check(&input.bucket, &input.key, latest.as_ref())
+                .map_err(crate::error::meta_err)?;
+        }
+        let attrs = Written {
+            cache_control: input.cache_control.as_deref(),
+            content_disposition: input.content_disposition.as_deref(),
+            content_encoding: input.content_encoding.as_deref(),
+            content_language: input.content_language.as_deref(),
+            expires: input.expires.as_ref(),
+        }
+        .attrs();
         let written = self.store_body(&plan, &input.key, input.body, None).await?;
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;
@@ -57,10 +82,13 @@ impl Gateway {
             last_modified: now_ms(),
             plan: plan.name.clone(),
             layout: Some(written.layout),
+            attrs,
         };
-        self.commit_version(version).await?;
+        let encryption = headers::server_side_encryption(&version);
+        self.commit_version_if(version, condition).await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&written.md5)),
+            server_side_encryption: encryption,
             size: Some(i64::try_from(written.size).unwrap_or(i64::MAX)),
             version_id: reported_version_id(&bucket, &version_id),
             ..Default::default()

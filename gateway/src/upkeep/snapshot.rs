@@ -173,6 +173,7 @@ pub async fn read_snapshot(node: &Node, manifest: &Manifest) -> Result<Vec<u8>> 
         last_modified: manifest.created,
         plan: manifest.plan.clone(),
         layout: Some(manifest.layout.clone()),
+        attrs: Default::default(),
     };
     let mut stream = node.read_range(&v, 0..manifest.size).await?;
     let mut out = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));

@@ -8,7 +8,7 @@ use crate::datapath::layout::Layout;
 use crate::meta::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetadataStore,
     ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos, Upload,
-    UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning,
+    UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning, WriteCondition,
 };
 
 /// A metadata store whose changes are journaled: see the module documentation.
@@ -214,11 +214,15 @@ impl MetadataStore for JournaledStore {
             },
         )
     }
-    fn put_version(&self, version: &ObjectVersion) -> Result<PutOutcome> {
+    fn put_version_if(
+        &self,
+        version: &ObjectVersion,
+        condition: Option<&WriteCondition>,
+    ) -> Result<PutOutcome> {
         let entry = Entry::PutVersion {
             version: version.clone(),
         };
-        self.grouped(|s| s.put_version(version), |_| Some(entry))
+        self.grouped(|s| s.put_version_if(version, condition), |_| Some(entry))
     }
     fn version(
         &self,
@@ -295,14 +299,17 @@ impl MetadataStore for JournaledStore {
     fn uploads(&self, bucket: &str, query: &UploadQuery<'_>) -> Result<UploadPage> {
         self.inner.uploads(bucket, query)
     }
-    fn complete_upload(
+    fn complete_upload_if(
         &self,
         upload_id: &str,
         used: &[(i32, String)],
         version: &ObjectVersion,
+        condition: Option<&WriteCondition>,
     ) -> Result<CompleteOutcome> {
+        // The condition is checked by the store when the change is made; replaying the
+        // journal repeats only what passed it.
         self.logged(
-            |s| s.complete_upload(upload_id, used, version),
+            |s| s.complete_upload_if(upload_id, used, version, condition),
             |_| {
                 Some(Entry::CompleteUpload {
                     upload_id: upload_id.to_owned(),

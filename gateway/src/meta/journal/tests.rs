@@ -46,6 +46,7 @@ fn version(bucket: &str, key: &str, id: &str, tag: u8) -> ObjectVersion {
         last_modified: i64::from(tag),
         plan: "standard".into(),
         layout: Some(layout(tag)),
+        attrs: Default::default(),
     }
 }
 
@@ -128,6 +129,7 @@ fn history(s: &dyn MetadataStore) {
             content_type: None,
             user_metadata: BTreeMap::new(),
             initiated: 9,
+            attrs: Default::default(),
         })
         .unwrap();
         for n in 1..=2 {

@@ -30,8 +30,9 @@ use self::schema::{SCHEMA, SCHEMA_LOCK};
 use self::tls::{RustlsConnector, SslMode, split_tls};
 use super::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
-    MetadataStore, ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result,
-    ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning,
+    MetadataStore, ObjectAttrs, ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion,
+    Result, ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery,
+    Versioning, WriteCondition,
 };
 use crate::datapath::layout::Layout;
 
@@ -241,6 +242,7 @@ fn bucket_from_row(row: &Row) -> Result<Bucket> {
 fn version_from_row(row: &Row) -> Result<ObjectVersion> {
     let metadata: &str = row.try_get(7).map_err(pg_err)?;
     let layout: Option<&str> = row.try_get(10).map_err(pg_err)?;
+    let attrs: Option<&str> = row.try_get(11).map_err(pg_err)?;
     Ok(ObjectVersion {
         bucket: row.try_get(0).map_err(pg_err)?,
         key: row.try_get(1).map_err(pg_err)?,
@@ -256,6 +258,7 @@ fn version_from_row(row: &Row) -> Result<ObjectVersion> {
             .map(serde_json::from_str)
             .transpose()
             .map_err(store_err)?,
+        attrs: ObjectAttrs::from_column(attrs).map_err(store_err)?,
     })
 }
 
@@ -269,6 +272,7 @@ fn upload_from_row(row: &Row) -> Result<Upload> {
         content_type: row.try_get(4).map_err(pg_err)?,
         user_metadata: serde_json::from_str(metadata).map_err(store_err)?,
         initiated: row.try_get(6).map_err(pg_err)?,
+        attrs: ObjectAttrs::from_column(row.try_get(7).map_err(pg_err)?).map_err(store_err)?,
     })
 }
 
@@ -395,8 +399,12 @@ impl MetadataStore for PostgresStore {
         buckets::set_bucket_plan(self, name, plan)
     }
 
-    fn put_version(&self, v: &ObjectVersion) -> Result<PutOutcome> {
-        objects::put_version(self, v)
+    fn put_version_if(
+        &self,
+        v: &ObjectVersion,
+        condition: Option<&WriteCondition>,
+    ) -> Result<PutOutcome> {
+        objects::put_version(self, v, condition)
     }
 
     fn version(
@@ -458,13 +466,14 @@ impl MetadataStore for PostgresStore {
         uploads::uploads(self, bucket, q)
     }
 
-    fn complete_upload(
+    fn complete_upload_if(
         &self,
         upload_id: &str,
         used: &[(i32, String)],
         version: &ObjectVersion,
+        condition: Option<&WriteCondition>,
     ) -> Result<CompleteOutcome> {
-        uploads::complete_upload(self, upload_id, used, version)
+        uploads::complete_upload(self, upload_id, used, version, condition)
     }
 
     fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<UploadPart>> {

@@ -9,7 +9,7 @@ use crate::datapath::layout::Layout;
 use crate::meta::listing::{ObjectPager, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
     ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
-    listing,
+    WriteCondition, listing,
 };
 
 pub(super) fn get_version(
@@ -75,7 +75,7 @@ pub(super) fn insert_version(
     let seq: i64 = tx
         .query_one(
             &format!(
-                "INSERT INTO versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq"
+                "INSERT INTO versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq"
             ),
             &[
                 &v.bucket,
@@ -89,6 +89,7 @@ pub(super) fn insert_version(
                 &v.last_modified,
                 &v.plan,
                 &layout,
+                &v.attrs.to_column(),
             ],
         )
         .map_err(pg_err)?
@@ -130,7 +131,7 @@ pub(super) fn versions_after(
         .iter()
         .map(|row| {
             Ok((
-                row.try_get::<_, i64>(11).map_err(pg_err)?,
+                row.try_get::<_, i64>(12).map_err(pg_err)?,
                 version_from_row(row)?,
             ))
         })
@@ -138,9 +139,33 @@ pub(super) fn versions_after(
     })
 }
 
-pub(super) fn put_version(s: &PostgresStore, v: &ObjectVersion) -> Result<PutOutcome> {
-    let replaced = s.tx(|tx| insert_version(tx, v))?;
+pub(super) fn put_version(
+    s: &PostgresStore,
+    v: &ObjectVersion,
+    condition: Option<&WriteCondition>,
+) -> Result<PutOutcome> {
+    let replaced = s.tx(|tx| {
+        check_condition(tx, &v.bucket, &v.key, condition)?;
+        insert_version(tx, v)
+    })?;
     Ok(PutOutcome { replaced })
+}
+
+/// Checks a conditional write's condition inside its transaction, under the key's lock
+/// (which the write then holds to its commit), so two racing `If-None-Match: *` writers
+/// cannot both see the key absent.
+pub(super) fn check_condition(
+    tx: &mut Transaction<'_>,
+    bucket: &str,
+    key: &str,
+    condition: Option<&WriteCondition>,
+) -> Result<()> {
+    let Some(condition) = condition else {
+        return Ok(());
+    };
+    lock_key(tx, bucket, key)?;
+    let latest = get_version(tx, bucket, key, None)?;
+    condition.check(bucket, key, latest.as_ref())
 }
 
 pub(super) fn version(
@@ -234,7 +259,7 @@ pub(super) fn list_versions(
             }
             for row in &rows {
                 let v = version_from_row(row)?;
-                if !page.offer(v, row.try_get(11).map_err(pg_err)?) {
+                if !page.offer(v, row.try_get(12).map_err(pg_err)?) {
                     break 'rows;
                 }
             }

@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS versions (
     last_modified BIGINT NOT NULL,
     plan TEXT NOT NULL,
     layout TEXT,
+    attrs TEXT,
     UNIQUE (bucket, key, version_id)
 );
 CREATE INDEX IF NOT EXISTS versions_by_key ON versions (bucket, key, seq);
@@ -54,7 +55,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     plan TEXT NOT NULL,
     content_type TEXT,
     user_metadata TEXT NOT NULL,
-    initiated BIGINT NOT NULL
+    initiated BIGINT NOT NULL,
+    attrs TEXT
 );
 CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -80,6 +82,9 @@ CREATE TABLE IF NOT EXISTS policies (
     revision BIGINT NOT NULL,
     overlay TEXT NOT NULL
 );
+-- Added after the first release: a database made before it gains the columns.
+ALTER TABLE versions ADD COLUMN IF NOT EXISTS attrs TEXT;
+ALTER TABLE uploads ADD COLUMN IF NOT EXISTS attrs TEXT;
 "#;
 
 /// Serializes concurrent schema creation by several replicas starting at once.

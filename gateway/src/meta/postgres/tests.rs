@@ -63,6 +63,7 @@ fn version(key: &str, id: &str, tag: &str) -> ObjectVersion {
         last_modified: 1,
         plan: "p".into(),
         layout: Some(layout("n1", tag)),
+        attrs: Default::default(),
     }
 }
 
@@ -205,6 +206,7 @@ fn concurrent_completions_of_one_upload_have_one_winner() {
         content_type: None,
         user_metadata: BTreeMap::new(),
         initiated: 1,
+        attrs: Default::default(),
     })
     .unwrap();
     let part = UploadPart {
@@ -296,6 +298,7 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
         content_type: Some("text/plain".into()),
         user_metadata: BTreeMap::new(),
         initiated: 3,
+        attrs: Default::default(),
     })
     .unwrap();
     for n in 1..=2 {

@@ -9,7 +9,7 @@ use super::{
 use crate::meta::listing::{UPLOAD_COLUMN_COUNT, UPLOAD_COLUMNS, UploadPager};
 use crate::meta::{
     CompleteOutcome, MetaError, ObjectVersion, Result, Upload, UploadPage, UploadPart, UploadQuery,
-    listing,
+    WriteCondition, listing,
 };
 
 pub(super) fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> MetaError {
@@ -74,7 +74,9 @@ pub(super) fn create_upload(s: &PostgresStore, u: &Upload) -> Result<()> {
             return Err(MetaError::NoSuchBucket(u.bucket.clone()));
         }
         tx.execute(
-            &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+            &format!(
+                "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
             &[
                 &u.bucket,
                 &u.key,
@@ -83,6 +85,7 @@ pub(super) fn create_upload(s: &PostgresStore, u: &Upload) -> Result<()> {
                 &u.content_type,
                 &metadata,
                 &u.initiated,
+                &u.attrs.to_column(),
             ],
         )
         .map_err(pg_err)?;
@@ -243,12 +246,14 @@ pub(super) fn complete_upload(
     upload_id: &str,
     used: &[(i32, String)],
     version: &ObjectVersion,
+    condition: Option<&WriteCondition>,
 ) -> Result<CompleteOutcome> {
     s.tx(|tx| {
         // A second completion waits here, then finds the upload gone.
         if lock_upload(tx, &version.bucket, &version.key, upload_id)?.is_none() {
             return Err(no_such_upload(&version.bucket, &version.key, upload_id));
         }
+        super::objects::check_condition(tx, &version.bucket, &version.key, condition)?;
         let mut parts = end_upload(tx, upload_id)?;
         for (number, etag) in used {
             if !parts

@@ -22,8 +22,9 @@ use self::schema::SCHEMA;
 use self::shards::backfill_shard_index;
 use super::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
-    MetadataStore, ObjectVersion, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos,
-    Upload, UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning,
+    MetadataStore, ObjectAttrs, ObjectVersion, ProviderSeen, PutOutcome, QueuedVersion, Result,
+    ShardPos, Upload, UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning,
+    WriteCondition,
 };
 use crate::datapath::layout::Layout;
 
@@ -85,6 +86,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(store_err)?;
         conn.execute_batch(SCHEMA).map_err(store_err)?;
+        add_missing_columns(&conn).map_err(store_err)?;
         backfill_shard_index(&conn).map_err(store_err)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
@@ -182,6 +184,25 @@ fn commit_group(conn: &mut Connection, jobs: Vec<(u64, GroupJob)>) {
     }
 }
 
+/// Columns added after the first release, which a database made before them lacks
+/// (SQLite has no `ADD COLUMN IF NOT EXISTS`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("versions", "attrs", "TEXT"), ("uploads", "attrs", "TEXT")];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"),
+            params![column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -198,6 +219,7 @@ fn bucket_from_row(row: &Row<'_>) -> rusqlite::Result<Bucket> {
 fn version_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectVersion> {
     let metadata: String = row.get(7)?;
     let layout: Option<String> = row.get(10)?;
+    let attrs: Option<String> = row.get(11)?;
     Ok(ObjectVersion {
         bucket: row.get(0)?,
         key: row.get(1)?,
@@ -213,6 +235,7 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectVersion> {
             .map(|l| serde_json::from_str(&l))
             .transpose()
             .map_err(|e| json_err(10, e))?,
+        attrs: ObjectAttrs::from_column(attrs.as_deref()).map_err(|e| json_err(11, e))?,
     })
 }
 
@@ -230,6 +253,8 @@ fn upload_from_row(row: &Row<'_>) -> rusqlite::Result<Upload> {
         content_type: row.get(4)?,
         user_metadata: serde_json::from_str(&metadata).map_err(|e| json_err(5, e))?,
         initiated: row.get(6)?,
+        attrs: ObjectAttrs::from_column(row.get::<_, Option<String>>(7)?.as_deref())
+            .map_err(|e| json_err(7, e))?,
     })
 }
 
@@ -344,8 +369,12 @@ impl MetadataStore for SqliteStore {
         buckets::set_bucket_plan(self, name, plan)
     }
 
-    fn put_version(&self, v: &ObjectVersion) -> Result<PutOutcome> {
-        objects::put_version(self, v)
+    fn put_version_if(
+        &self,
+        v: &ObjectVersion,
+        condition: Option<&WriteCondition>,
+    ) -> Result<PutOutcome> {
+        objects::put_version(self, v, condition)
     }
 
     fn version(
@@ -407,13 +436,14 @@ impl MetadataStore for SqliteStore {
         uploads::uploads(self, bucket, q)
     }
 
-    fn complete_upload(
+    fn complete_upload_if(
         &self,
         upload_id: &str,
         used: &[(i32, String)],
         version: &ObjectVersion,
+        condition: Option<&WriteCondition>,
     ) -> Result<CompleteOutcome> {
-        uploads::complete_upload(self, upload_id, used, version)
+        uploads::complete_upload(self, upload_id, used, version, condition)
     }
 
     fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<UploadPart>> {

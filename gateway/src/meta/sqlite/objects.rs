@@ -9,7 +9,7 @@ use crate::datapath::layout::Layout;
 use crate::meta::listing::{ObjectPager, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
     ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
-    listing,
+    WriteCondition, listing,
 };
 
 /// Inserts a version as the latest of its key; returns the version it replaced.
@@ -37,7 +37,7 @@ pub(super) fn insert_version(conn: &Connection, v: &ObjectVersion) -> Result<Vec
         .and_then(|mut stmt| stmt.execute(params![v.bucket, v.key, v.version_id]))
         .map_err(store_err)?;
     conn.prepare_cached(
-        &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
     )
     .and_then(|mut stmt| stmt.execute(params![
             v.bucket,
@@ -50,7 +50,8 @@ pub(super) fn insert_version(conn: &Connection, v: &ObjectVersion) -> Result<Vec
             metadata,
             v.last_modified,
             v.plan,
-            layout
+            layout,
+            v.attrs.to_column()
         ]))
     .map_err(store_err)?;
     if let Some(layout) = &v.layout {
@@ -106,19 +107,40 @@ pub(super) fn versions_after(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt
         .query_map(params![after, limit], |r| {
-            Ok((r.get::<_, i64>(11)?, version_from_row(r)?))
+            Ok((r.get::<_, i64>(12)?, version_from_row(r)?))
         })
         .map_err(store_err)?;
     rows.collect::<rusqlite::Result<_>>().map_err(store_err)
 }
 
-pub(super) fn put_version(s: &SqliteStore, v: &ObjectVersion) -> Result<PutOutcome> {
+pub(super) fn put_version(
+    s: &SqliteStore,
+    v: &ObjectVersion,
+    condition: Option<&WriteCondition>,
+) -> Result<PutOutcome> {
     let v = v.clone();
+    let condition = condition.cloned();
     s.grouped(move |conn| {
+        check_condition(conn, &v.bucket, &v.key, condition.as_ref())?;
         Ok(PutOutcome {
             replaced: insert_version(conn, &v)?,
         })
     })
+}
+
+/// Checks a conditional write's condition inside its transaction (SQLite runs one writer
+/// at a time, so racing writers see each other's commits).
+pub(super) fn check_condition(
+    conn: &Connection,
+    bucket: &str,
+    key: &str,
+    condition: Option<&WriteCondition>,
+) -> Result<()> {
+    let Some(condition) = condition else {
+        return Ok(());
+    };
+    let latest = get_version(conn, bucket, key, None).map_err(store_err)?;
+    condition.check(bucket, key, latest.as_ref())
 }
 
 pub(super) fn version(
@@ -192,7 +214,7 @@ pub(super) fn list_versions(
     let mut page = VersionPager::new(q);
     while let Some(row) = rows.next().map_err(store_err)? {
         let v = version_from_row(row).map_err(store_err)?;
-        if !page.offer(v, row.get(11).map_err(store_err)?) {
+        if !page.offer(v, row.get(12).map_err(store_err)?) {
             break;
         }
     }

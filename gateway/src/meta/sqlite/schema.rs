@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS versions (
     last_modified INTEGER NOT NULL,
     plan TEXT NOT NULL,
     layout TEXT,
+    attrs TEXT,
     UNIQUE (bucket, key, version_id)
 );
 CREATE INDEX IF NOT EXISTS versions_by_key ON versions (bucket, key, seq);
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     plan TEXT NOT NULL,
     content_type TEXT,
     user_metadata TEXT NOT NULL,
-    initiated INTEGER NOT NULL
+    initiated INTEGER NOT NULL,
+    attrs TEXT
 );
 CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, seq);
 CREATE TABLE IF NOT EXISTS parts (

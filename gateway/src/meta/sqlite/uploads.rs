@@ -7,7 +7,7 @@ use super::{PART_COLUMNS, SqliteStore, part_from_row, sql, store_err, upload_fro
 use crate::meta::listing::{UPLOAD_COLUMNS, UploadPager};
 use crate::meta::{
     CompleteOutcome, MetaError, ObjectVersion, Result, Upload, UploadPage, UploadPart, UploadQuery,
-    listing,
+    WriteCondition, listing,
 };
 
 pub(super) fn get_upload(
@@ -68,7 +68,7 @@ pub(super) fn create_upload(s: &SqliteStore, u: &Upload) -> Result<()> {
         return Err(MetaError::NoSuchBucket(u.bucket.clone()));
     }
     tx.execute(
-        &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
         params![
             u.bucket,
             u.key,
@@ -76,7 +76,8 @@ pub(super) fn create_upload(s: &SqliteStore, u: &Upload) -> Result<()> {
             u.plan,
             u.content_type,
             metadata,
-            u.initiated
+            u.initiated,
+            u.attrs.to_column()
         ],
     )
     .map_err(store_err)?;
@@ -197,6 +198,7 @@ pub(super) fn complete_upload(
     upload_id: &str,
     used: &[(i32, String)],
     version: &ObjectVersion,
+    condition: Option<&WriteCondition>,
 ) -> Result<CompleteOutcome> {
     let mut conn = s.conn();
     let tx = conn.transaction().map_err(store_err)?;
@@ -206,6 +208,7 @@ pub(super) fn complete_upload(
     {
         return Err(no_such_upload(&version.bucket, &version.key, upload_id));
     }
+    super::objects::check_condition(&tx, &version.bucket, &version.key, condition)?;
     let mut parts = end_upload(&tx, upload_id).map_err(store_err)?;
     for (number, etag) in used {
         if !parts
