@@ -1936,19 +1936,19 @@ async fn standard_headers_and_encryption_come_back_as_written() {
 async fn conditional_writes_let_exactly_one_writer_create_a_key() {
     let tmp = tempfile::tempdir().unwrap();
     let (cluster, svc) = start(tmp.path()).await;
-    let (s, _, _) = call(&svc, Method::PUT, "/cw", &[], vec![]).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/cwrite", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
     let absent = [("if-none-match", "*")];
-    let (s, h, _) = call(&svc, Method::PUT, "/cw/k", &absent, data(10)).await;
+    let (s, h, _) = call(&svc, Method::PUT, "/cwrite/k", &absent, data(10)).await;
     assert_eq!(s, StatusCode::OK);
     let first = header(&h, "etag");
-    let (s, _, b) = call(&svc, Method::PUT, "/cw/k", &absent, data(20)).await;
+    let (s, _, b) = call(&svc, Method::PUT, "/cwrite/k", &absent, data(20)).await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED);
     assert!(String::from_utf8_lossy(&b).contains("PreconditionFailed"));
     let (s, _, _) = call(
         &svc,
         Method::PUT,
-        "/cw/k",
+        "/cwrite/k",
         &[("if-match", "\"0123\"")],
         data(30),
     )
@@ -1957,7 +1957,7 @@ async fn conditional_writes_let_exactly_one_writer_create_a_key() {
     let (s, _, b) = call(
         &svc,
         Method::PUT,
-        "/cw/missing",
+        "/cwrite/missing",
         &[("if-match", "\"0123\"")],
         data(30),
     )
@@ -1966,18 +1966,18 @@ async fn conditional_writes_let_exactly_one_writer_create_a_key() {
     let (s, _, _) = call(
         &svc,
         Method::PUT,
-        "/cw/k",
+        "/cwrite/k",
         &[("if-match", first.as_str())],
         data(40),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let (_, _, body) = call(&svc, Method::GET, "/cw/k", &[], vec![]).await;
+    let (_, _, body) = call(&svc, Method::GET, "/cwrite/k", &[], vec![]).await;
     assert_eq!(body, data(40));
 
     // Writers racing to create one key: exactly one wins, every time.
     for round in 0..5 {
-        let path = format!("/cw/race{round}");
+        let path = format!("/cwrite/race{round}");
         let racers = (0..6u8).map(|i| {
             let (svc, path) = (svc.clone(), path.clone());
             async move {
@@ -2006,12 +2006,12 @@ async fn conditional_writes_let_exactly_one_writer_create_a_key() {
 
     // CompleteMultipartUpload with If-None-Match: * onto an existing key: 412, and the upload
     // stays open for a completion without the condition.
-    let id = create_upload(&svc, "/cw/k", &[]).await;
-    let e1 = upload_part(&svc, "/cw/k", &id, 1, data(1000)).await;
+    let id = create_upload(&svc, "/cwrite/k", &[]).await;
+    let e1 = upload_part(&svc, "/cwrite/k", &id, 1, data(1000)).await;
     let (s, _, b) = call(
         &svc,
         Method::POST,
-        &format!("/cw/k?uploadId={id}"),
+        &format!("/cwrite/k?uploadId={id}"),
         &absent,
         completion(&[(1, &e1)]),
     )
@@ -2022,7 +2022,7 @@ async fn conditional_writes_let_exactly_one_writer_create_a_key() {
         "{}",
         String::from_utf8_lossy(&b)
     );
-    let (s, _, b) = complete(&svc, "/cw/k", &id, &[(1, &e1)]).await;
+    let (s, _, b) = complete(&svc, "/cwrite/k", &id, &[(1, &e1)]).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     drop(cluster);
 }

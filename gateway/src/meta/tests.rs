@@ -32,7 +32,90 @@ on_every_store!(
     shard_index_follows_versions_providers_and_bad_shards,
     versions_are_walked_in_row_order,
     a_bucket_default_plan_is_set_and_cleared,
+    conditional_writes_check_the_latest_version_in_the_commit,
+    attributes_round_trip_on_versions_and_uploads,
 );
+
+fn conditional_writes_check_the_latest_version_in_the_commit(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    let absent = WriteCondition::Absent;
+    s.put_version_if(&version("k", "v1", 1), Some(&absent))
+        .unwrap();
+    assert!(matches!(
+        s.put_version_if(&version("k", "v2", 1), Some(&absent)),
+        Err(MetaError::PreconditionFailed { .. })
+    ));
+    let etag = s.version("b", "k", None).unwrap().unwrap().etag;
+    assert!(matches!(
+        s.put_version_if(
+            &version("k", "v2", 1),
+            Some(&WriteCondition::ETag("nope".into()))
+        ),
+        Err(MetaError::PreconditionFailed { .. })
+    ));
+    assert!(matches!(
+        s.put_version_if(
+            &version("other", "v2", 1),
+            Some(&WriteCondition::ETag(etag.clone()))
+        ),
+        Err(MetaError::NoSuchKey { .. })
+    ));
+    s.put_version_if(&version("k", "v2", 1), Some(&WriteCondition::ETag(etag)))
+        .unwrap();
+    assert_eq!(
+        s.version("b", "k", None).unwrap().unwrap().version_id,
+        "v2",
+        "a refused write changes nothing, a passing one commits"
+    );
+    // A delete marker is no object: If-None-Match: * may write over it.
+    let marker = ObjectVersion {
+        delete_marker: true,
+        layout: None,
+        ..version("k", "v3", 0)
+    };
+    s.put_version(&marker).unwrap();
+    s.put_version_if(&version("k", "v4", 1), Some(&absent))
+        .unwrap();
+    // A completion whose condition fails leaves the upload open.
+    s.create_upload(&upload("u1", "k")).unwrap();
+    s.put_part("b", "k", "u1", &part(1, "e1")).unwrap();
+    let done = ObjectVersion {
+        layout: None,
+        ..version("k", "v5", 1)
+    };
+    assert!(matches!(
+        s.complete_upload_if("u1", &[(1, "e1".into())], &done, Some(&absent)),
+        Err(MetaError::PreconditionFailed { .. })
+    ));
+    assert!(s.upload("b", "k", "u1").unwrap().is_some());
+    s.complete_upload("u1", &[(1, "e1".into())], &done).unwrap();
+    assert!(s.upload("b", "k", "u1").unwrap().is_none());
+}
+
+fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    let attrs = ObjectAttrs {
+        cache_control: Some("max-age=60".into()),
+        content_disposition: Some("inline".into()),
+        content_encoding: Some("gzip".into()),
+        content_language: Some("en".into()),
+        expires: Some("Wed, 21 Oct 2026 07:28:00 GMT".into()),
+        upload_id: Some("u9".into()),
+    };
+    let v = ObjectVersion {
+        attrs: attrs.clone(),
+        ..version("k", "v1", 1)
+    };
+    s.put_version(&v).unwrap();
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap(), v);
+    assert_eq!(s.versions_after(0, 10).unwrap()[0].1.attrs, attrs);
+    let u = Upload {
+        attrs: attrs.clone(),
+        ..upload("u1", "k")
+    };
+    s.create_upload(&u).unwrap();
+    assert_eq!(s.upload("b", "k", "u1").unwrap().unwrap(), u);
+}
 
 fn a_bucket_default_plan_is_set_and_cleared(s: &dyn MetadataStore) {
     s.create_bucket(&bucket("b")).unwrap();
@@ -592,6 +675,38 @@ fn shard_index_follows_versions_providers_and_bad_shards(s: &dyn MetadataStore) 
     s.delete_version("b", "b", NULL_VERSION).unwrap();
     assert!(one_group(s, 0).is_empty());
     assert!(s.provider_usage().unwrap().is_empty());
+}
+
+#[test]
+fn a_database_from_before_attributes_gains_their_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metadata.db");
+    {
+        // The tables as the first release made them: no `attrs` column.
+        let old = rusqlite::Connection::open(&path).unwrap();
+        let schema = sqlite::schema_for_tests()
+            .replace("    attrs TEXT,\n", "")
+            .replace(",\n    attrs TEXT\n", "\n");
+        assert!(!schema.contains("attrs"));
+        old.execute_batch(&schema).unwrap();
+        old.execute(
+            "INSERT INTO buckets (name, created, versioning) VALUES ('b', 1, 'unversioned')",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let v = ObjectVersion {
+        attrs: ObjectAttrs {
+            cache_control: Some("no-cache".into()),
+            ..ObjectAttrs::default()
+        },
+        ..version("k", "v1", 1)
+    };
+    s.put_version(&v).unwrap();
+    drop(s);
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap(), v);
 }
 
 #[test]

@@ -189,6 +189,12 @@ fn commit_group(conn: &mut Connection, jobs: Vec<(u64, GroupJob)>) {
 const ADDED_COLUMNS: &[(&str, &str, &str)] =
     &[("versions", "attrs", "TEXT"), ("uploads", "attrs", "TEXT")];
 
+/// The tables as this release makes them, for the migration test.
+#[cfg(test)]
+pub(crate) fn schema_for_tests() -> &'static str {
+    SCHEMA
+}
+
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, kind) in ADDED_COLUMNS {
         let present: bool = conn.query_row(
