@@ -6,6 +6,7 @@ pub mod journal;
 
 mod copy;
 mod listing;
+pub(crate) mod probe;
 mod postgres;
 mod queue;
 mod sqlite;
