@@ -194,7 +194,8 @@ pub fn router(market: Shared) -> Router {
 const CONSOLE: &str = include_str!("console.html");
 
 /// The policy of every answer but the console: nothing in it may load, run or be framed.
-const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+const API_CSP: &str =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// The console's policy: its own inline script and style only (by hash, so nothing
 /// injected runs), requests to this origin only, and no framing.
@@ -207,7 +208,7 @@ pub fn console_csp(html: &str) -> String {
         while let Some(start) = rest.find(open) {
             let body = &rest[start + open.len()..];
             let Some(end) = body.find(close) else { break };
-            let digest = sha2::Sha256::digest(body[..end].as_bytes());
+            let digest = sha2::Sha256::digest(&body.as_bytes()[..end]);
             out.push_str(&format!(
                 " 'sha256-{}'",
                 base64::engine::general_purpose::STANDARD.encode(digest)

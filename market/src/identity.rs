@@ -333,13 +333,31 @@ mod tests {
         let key = signer.public_key_hex();
         let (first, _) = new_challenge(&conn, &key, 1000)?;
         let (second, _) = new_challenge(&conn, &key, 1001)?;
-        assert_eq!(open_challenges(&conn), 1, "asking again replaces the challenge");
-        let stale = register(&conn, &signer.registration(&first, Role::Provider, "p"), &[], 1001);
+        assert_eq!(
+            open_challenges(&conn),
+            1,
+            "asking again replaces the challenge"
+        );
+        let stale = register(
+            &conn,
+            &signer.registration(&first, Role::Provider, "p"),
+            &[],
+            1001,
+        );
         assert!(matches!(stale, Err(Error::Unauthorized(_))), "{stale:?}");
-        register(&conn, &signer.registration(&second, Role::Provider, "p"), &[], 1001)?;
+        register(
+            &conn,
+            &signer.registration(&second, Role::Provider, "p"),
+            &[],
+            1001,
+        )?;
         let again = new_challenge(&conn, &key, 1002);
         assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
-        assert_eq!(open_challenges(&conn), 0, "nothing stored for a registered key");
+        assert_eq!(
+            open_challenges(&conn),
+            0,
+            "nothing stored for a registered key"
+        );
 
         // Fill the table with other keys' challenges: the next key must wait.
         conn.execute(

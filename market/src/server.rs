@@ -117,7 +117,10 @@ async fn bounded_body(limits: Limits, req: Request, next: axum::middleware::Next
     )
     .await
     {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
         Ok(Err(e)) => refused(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",

@@ -50,7 +50,9 @@ async fn until_closed(stream: &mut TcpStream) -> Result<String, Box<dyn std::err
 async fn a_client_that_never_finishes_its_headers_is_cut_off() -> TestResult {
     let addr = market(SHORT).await?;
     let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\n").await?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\n")
+        .await?;
     let answer = until_closed(&mut stream).await?;
     assert!(!answer.contains("200 OK"), "{answer}");
     Ok(())
@@ -107,23 +109,23 @@ async fn get(addr: SocketAddr, path: &str) -> Result<String, Box<dyn std::error:
 }
 
 fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
-    answer
-        .split("\r\n\r\n")
-        .next()?
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then_some(v.trim())
-        })
+    answer.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then_some(v.trim())
+    })
 }
 
 #[tokio::test]
-async fn answers_may_not_be_sniffed_or_framed_and_the_console_runs_only_its_own_code()
--> TestResult {
+async fn answers_may_not_be_sniffed_or_framed_and_the_console_runs_only_its_own_code() -> TestResult
+{
     let addr = market(Limits::default()).await?;
     for path in ["/", "/healthz", "/openapi.json", "/v1/offers", "/nowhere"] {
         let answer = get(addr, path).await?;
-        assert_eq!(header(&answer, "x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(
+            header(&answer, "x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
         assert_eq!(header(&answer, "x-frame-options"), Some("DENY"), "{path}");
         let csp = header(&answer, "content-security-policy").ok_or("no CSP")?;
         assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");

@@ -216,7 +216,10 @@ async fn bounded_body(limits: Limits, req: Request, next: axum::middleware::Next
     )
     .await
     {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
         Ok(Err(e)) => refused(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
@@ -346,7 +349,10 @@ mod tests {
             "a second scrape while one refreshes answers the gauges as they are"
         );
         drop(pass);
-        assert!(gate.enter(t0 + Duration::from_secs(4)).is_none(), "too soon");
+        assert!(
+            gate.enter(t0 + Duration::from_secs(4)).is_none(),
+            "too soon"
+        );
         assert!(gate.enter(t0 + Duration::from_secs(5)).is_some());
     }
 

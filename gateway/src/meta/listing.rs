@@ -451,7 +451,10 @@ mod tests {
             ("a\u{7F}", "a\u{7F}\u{10FFFF}", "a\u{80}"),
         ] {
             let next = successor(prefix).unwrap();
-            assert!(under < next.as_str() && next.as_str() <= after, "{prefix:?}");
+            assert!(
+                under < next.as_str() && next.as_str() <= after,
+                "{prefix:?}"
+            );
             assert!(!next.starts_with(prefix));
         }
     }

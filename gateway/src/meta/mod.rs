@@ -6,8 +6,8 @@ pub mod journal;
 
 mod copy;
 mod listing;
-pub(crate) mod probe;
 mod postgres;
+pub(crate) mod probe;
 mod queue;
 mod sqlite;
 #[cfg(test)]

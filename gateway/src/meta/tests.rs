@@ -671,10 +671,37 @@ fn concurrent_writes_commit_in_groups_and_a_failed_one_fails_alone() {
 /// code point widths, the code points around the surrogate gap, U+10FFFF, a prefix that is
 /// also a key, a delimiter of several characters, and delete markers.
 const EDGE_KEYS: &[&str] = &[
-    "a", "a/", "a/1", "a/2/x", "a//", "a0", "a.txt", "p", "p/x", "p/y/z", "pq", "x--y--z",
-    "x--w", "x-y", "x---", "é/1", "é/2", "é0", "日本/語", "日本/語/b", "日本0",
-    "k\u{D7FF}/1", "k\u{D7FF}/2", "k\u{E000}", "m\u{10FFFF}/1", "m\u{10FFFF}/2", "m\u{10FFFF}0",
-    "\u{10FFFF}/a", "\u{10FFFF}/b", "\u{10FFFF}\u{10FFFF}", "z",
+    "a",
+    "a/",
+    "a/1",
+    "a/2/x",
+    "a//",
+    "a0",
+    "a.txt",
+    "p",
+    "p/x",
+    "p/y/z",
+    "pq",
+    "x--y--z",
+    "x--w",
+    "x-y",
+    "x---",
+    "é/1",
+    "é/2",
+    "é0",
+    "日本/語",
+    "日本/語/b",
+    "日本0",
+    "k\u{D7FF}/1",
+    "k\u{D7FF}/2",
+    "k\u{E000}",
+    "m\u{10FFFF}/1",
+    "m\u{10FFFF}/2",
+    "m\u{10FFFF}0",
+    "\u{10FFFF}/a",
+    "\u{10FFFF}/b",
+    "\u{10FFFF}\u{10FFFF}",
+    "z",
 ];
 /// Of [`EDGE_KEYS`], the ones whose latest version is a delete marker.
 const EDGE_DELETED: &[&str] = &["a/2/x", "p/x", "x--w", "日本0", "k\u{E000}"];
@@ -726,7 +753,20 @@ fn listings_agree_with_the_listing_rule_page_by_page(s: &dyn MetadataStore) {
         .filter(|k| !EDGE_DELETED.contains(k))
         .collect();
     live.sort_unstable();
-    for prefix in ["", "a", "a/", "p", "p/", "x", "é", "日本/", "k\u{D7FF}", "m\u{10FFFF}", "\u{10FFFF}", "q"] {
+    for prefix in [
+        "",
+        "a",
+        "a/",
+        "p",
+        "p/",
+        "x",
+        "é",
+        "日本/",
+        "k\u{D7FF}",
+        "m\u{10FFFF}",
+        "\u{10FFFF}",
+        "q",
+    ] {
         for delimiter in [None, Some("/"), Some("--"), Some("語")] {
             for max_keys in [1, 2, 1000] {
                 let mut after = String::new();
@@ -739,7 +779,10 @@ fn listings_agree_with_the_listing_rule_page_by_page(s: &dyn MetadataStore) {
                     };
                     let page = s.list("b", &q).unwrap();
                     let got = (
-                        page.objects.iter().map(|o| o.key.clone()).collect::<Vec<_>>(),
+                        page.objects
+                            .iter()
+                            .map(|o| o.key.clone())
+                            .collect::<Vec<_>>(),
                         page.common_prefixes.clone(),
                         page.next_marker.clone(),
                     );
@@ -803,7 +846,10 @@ fn a_delimiter_listing_seeks_past_a_common_prefix_instead_of_reading_its_keys() 
             )
             .unwrap();
         let read = crate::meta::probe::take_listed_rows();
-        assert!(read <= 4, "read {read} rows for a page of one entry after {after:?}");
+        assert!(
+            read <= 4,
+            "read {read} rows for a page of one entry after {after:?}"
+        );
         seen.extend(page.objects.iter().map(|o| o.key.clone()));
         seen.extend(page.common_prefixes.iter().cloned());
         match page.next_marker {

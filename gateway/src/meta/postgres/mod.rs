@@ -212,10 +212,7 @@ impl PostgresStore {
 
     /// [`Self::run`] for an aggregate read: waits while [`MAX_AGGREGATE_CONNECTIONS`]
     /// others run.
-    fn run_aggregate<T: Send>(
-        &self,
-        f: impl FnOnce(&mut Client) -> Result<T> + Send,
-    ) -> Result<T> {
+    fn run_aggregate<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
         {
             let mut running = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
             while *running >= MAX_AGGREGATE_CONNECTIONS {

@@ -183,7 +183,14 @@ pub(super) fn list(s: &PostgresStore, bucket: &str, q: &ListQuery<'_>) -> Result
             let rows = match &range.until {
                 Some(until) => c.query(
                     &format!("{} LIMIT $6", listing::latest_in(true)),
-                    &[&bucket, &range.from, &range.exclude, &q.prefix, until, &BATCH],
+                    &[
+                        &bucket,
+                        &range.from,
+                        &range.exclude,
+                        &q.prefix,
+                        until,
+                        &BATCH,
+                    ],
                 ),
                 None => c.query(
                     &format!("{} LIMIT $5", listing::latest_in(false)),
@@ -191,7 +198,9 @@ pub(super) fn list(s: &PostgresStore, bucket: &str, q: &ListQuery<'_>) -> Result
                 ),
             }
             .map_err(pg_err)?;
-            rows.iter().map(version_from_row).collect::<Result<Vec<_>>>()
+            rows.iter()
+                .map(version_from_row)
+                .collect::<Result<Vec<_>>>()
         })?;
         let ran_out = (rows.len() as i64) < BATCH;
         let last = rows.last().map(|v| v.key.clone());
@@ -237,7 +246,10 @@ pub(super) fn list_versions(
                 &stmt,
                 &[&bucket, &q.key_marker, &q.prefix, &marker_seq, &from, until],
             ),
-            None => tx.bind(&stmt, &[&bucket, &q.key_marker, &q.prefix, &marker_seq, &from]),
+            None => tx.bind(
+                &stmt,
+                &[&bucket, &q.key_marker, &q.prefix, &marker_seq, &from],
+            ),
         }
         .map_err(pg_err)?;
         let mut page = VersionPager::new(q);

@@ -224,7 +224,9 @@ pub(super) fn uploads(s: &PostgresStore, bucket: &str, q: &UploadQuery<'_>) -> R
             match &until {
                 Some(until) => c.query(
                     &query,
-                    &[&bucket, &cursor.0, &q.prefix, &cursor.1, &from, until, &BATCH],
+                    &[
+                        &bucket, &cursor.0, &q.prefix, &cursor.1, &from, until, &BATCH,
+                    ],
                 ),
                 None => c.query(
                     &query,
@@ -232,12 +234,12 @@ pub(super) fn uploads(s: &PostgresStore, bucket: &str, q: &UploadQuery<'_>) -> R
                 ),
             }
             .map_err(pg_err)?
-                .iter()
-                .map(|row| {
-                    let seq: i64 = row.try_get(UPLOAD_COLUMN_COUNT).map_err(pg_err)?;
-                    Ok((upload_from_row(row)?, seq))
-                })
-                .collect::<Result<Vec<_>>>()
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(UPLOAD_COLUMN_COUNT).map_err(pg_err)?;
+                Ok((upload_from_row(row)?, seq))
+            })
+            .collect::<Result<Vec<_>>>()
         })?;
         let exhausted = rows.len() < usize::try_from(BATCH).unwrap_or(usize::MAX);
         for (u, seq) in rows {
