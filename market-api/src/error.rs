@@ -45,6 +45,9 @@ pub enum Error {
         "no payment rail is configured on this market; start it with --manual-deposits to allow test deposits"
     )]
     NoPaymentRail,
+    /// The market holds as much of this unauthenticated state as it keeps; try later.
+    #[error("{0}")]
+    TooMany(String),
     /// The database failed (SQLite or PostgreSQL); the message is the database's.
     #[error("database: {0}")]
     Database(String),
@@ -73,6 +76,7 @@ impl Error {
             Error::AlreadySettled { .. } => (StatusCode::CONFLICT, "already_settled"),
             Error::InsufficientFunds { .. } => (StatusCode::CONFLICT, "insufficient_funds"),
             Error::NoPaymentRail => (StatusCode::NOT_IMPLEMENTED, "no_payment_rail"),
+            Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Error::Database(_) | Error::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

@@ -357,9 +357,13 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         manual_deposits = s.manual_deposits,
         "market serving"
     );
-    axum::serve(listener, api::router(Arc::new(market)))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    crate::server::serve(
+        listener,
+        api::router(Arc::new(market)),
+        crate::server::Limits::default(),
+        shutdown(),
+    )
+    .await;
     tracing::info!("market stopped");
     Ok(())
 }

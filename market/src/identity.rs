@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS challenges (
     public_key TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS challenges_by_key ON challenges (public_key);
 CREATE TABLE IF NOT EXISTS parties (
     id TEXT PRIMARY KEY,
     public_key TEXT NOT NULL UNIQUE,
@@ -45,10 +46,37 @@ CREATE TABLE IF NOT EXISTS evidence (
 /// How long a registration challenge stays valid, in seconds.
 pub const CHALLENGE_TTL: i64 = 300;
 
-/// Issues a single-use challenge for `public_key` to sign at registration.
+/// How many registration challenges may be open at once. Asking for one needs no
+/// signature (the party is not registered yet, and a fresh key proves nothing), so the
+/// table is bounded instead: one open challenge per public key, at most this many in all.
+pub const MAX_OPEN_CHALLENGES: i64 = 10_000;
+
+/// Issues a single-use challenge for `public_key` to sign at registration. It replaces the
+/// key's earlier challenge, if any; none is issued for a key already registered, nor while
+/// [`MAX_OPEN_CHALLENGES`] are open.
 pub fn new_challenge(conn: &dyn Db, public_key: &str, now: i64) -> Result<(String, i64)> {
     decode_public_key(public_key)?;
+    let registered: Option<String> = conn.query_opt(
+        "SELECT id FROM parties WHERE public_key = ?1",
+        [public_key.to_ascii_lowercase()],
+        |r| r.get(0),
+    )?;
+    if let Some(id) = registered {
+        return Err(Error::Conflict(format!(
+            "public key is already registered as party {id}"
+        )));
+    }
     conn.execute("DELETE FROM challenges WHERE expires_at < ?1", [now])?;
+    conn.execute("DELETE FROM challenges WHERE public_key = ?1", [public_key])?;
+    let open: i64 = conn
+        .query_opt("SELECT COUNT(*) FROM challenges", [0i64; 0], |r| r.get(0))?
+        .unwrap_or(0);
+    if open >= MAX_OPEN_CHALLENGES {
+        return Err(Error::TooMany(format!(
+            "{open} registrations are in progress, the most this market keeps; \
+             retry within {CHALLENGE_TTL} seconds"
+        )));
+    }
     let challenge = random_hex(32)?;
     let expires_at = now + CHALLENGE_TTL;
     conn.execute(
@@ -290,6 +318,61 @@ mod tests {
         register(&conn, &reg, &[], 1000)?;
         let again = register(&conn, &reg, &[], 1000);
         assert!(matches!(again, Err(Error::Unauthorized(_))), "{again:?}");
+        Ok(())
+    }
+
+    fn open_challenges(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM challenges", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn challenges_are_one_per_key_none_for_a_registered_key_and_capped() -> Result<()> {
+        let conn = db();
+        let (signer, _) = Signer::generate()?;
+        let key = signer.public_key_hex();
+        let (first, _) = new_challenge(&conn, &key, 1000)?;
+        let (second, _) = new_challenge(&conn, &key, 1001)?;
+        assert_eq!(
+            open_challenges(&conn),
+            1,
+            "asking again replaces the challenge"
+        );
+        let stale = register(
+            &conn,
+            &signer.registration(&first, Role::Provider, "p"),
+            &[],
+            1001,
+        );
+        assert!(matches!(stale, Err(Error::Unauthorized(_))), "{stale:?}");
+        register(
+            &conn,
+            &signer.registration(&second, Role::Provider, "p"),
+            &[],
+            1001,
+        )?;
+        let again = new_challenge(&conn, &key, 1002);
+        assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+        assert_eq!(
+            open_challenges(&conn),
+            0,
+            "nothing stored for a registered key"
+        );
+
+        // Fill the table with other keys' challenges: the next key must wait.
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO challenges SELECT printf('c%d', i), printf('%064x', i), 5000 FROM n",
+            [MAX_OPEN_CHALLENGES],
+        )
+        .expect("fill");
+        let (late, _) = Signer::generate()?;
+        let refused = new_challenge(&conn, &late.public_key_hex(), 1002);
+        assert!(matches!(refused, Err(Error::TooMany(_))), "{refused:?}");
+        assert_eq!(open_challenges(&conn), MAX_OPEN_CHALLENGES);
+        // Once they expire, room again.
+        new_challenge(&conn, &late.public_key_hex(), 5001)?;
+        assert_eq!(open_challenges(&conn), 1);
         Ok(())
     }
 

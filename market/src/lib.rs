@@ -18,6 +18,7 @@ pub mod quality;
 pub mod rail;
 pub mod ratings;
 pub mod receipts;
+pub mod server;
 pub mod service;
 
 pub use service::Market;

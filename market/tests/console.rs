@@ -116,7 +116,12 @@ async fn seed() -> Res<Seeded> {
     let market = Market::in_memory(policy, rail)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
+    tokio::spawn(sublet_market::server::serve(
+        listener,
+        api::router(Arc::new(market)),
+        sublet_market::server::Limits::default(),
+        std::future::pending(),
+    ));
     let client = Client::new(&url)?;
     client.register(&alpha, Role::Provider, "alpha").await?;
     client.register(&bravo, Role::Provider, "bravo").await?;

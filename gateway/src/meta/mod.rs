@@ -7,6 +7,7 @@ pub mod journal;
 mod copy;
 mod listing;
 mod postgres;
+pub(crate) mod probe;
 mod queue;
 mod sqlite;
 #[cfg(test)]

@@ -10,6 +10,14 @@ macro_rules! on_every_store {
                 super::$name(&super::SqliteStore::open_in_memory().unwrap());
             })*
         }
+        /// On a file, the aggregate reads go through the store's read-only connection.
+        mod sqlite_file_store {
+            $(#[test]
+            fn $name() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(&super::SqliteStore::open(&dir.path().join("meta.db")).unwrap());
+            })*
+        }
         mod postgres_store {
             $(#[test]
             fn $name() {
@@ -34,6 +42,7 @@ on_every_store!(
     a_bucket_default_plan_is_set_and_cleared,
     conditional_writes_check_the_latest_version_in_the_commit,
     attributes_round_trip_on_versions_and_uploads,
+    listings_agree_with_the_listing_rule_page_by_page,
 );
 
 fn conditional_writes_check_the_latest_version_in_the_commit(s: &dyn MetadataStore) {
@@ -773,4 +782,360 @@ fn concurrent_writes_commit_in_groups_and_a_failed_one_fails_alone() {
             assert_eq!(v.map(|v| v.size), (i % 4 != 0).then_some(i));
         }
     }
+}
+
+/// Keys that sort across the places a seek past a common prefix could go wrong: several
+/// code point widths, the code points around the surrogate gap, U+10FFFF, a prefix that is
+/// also a key, a delimiter of several characters, and delete markers.
+const EDGE_KEYS: &[&str] = &[
+    "a",
+    "a/",
+    "a/1",
+    "a/2/x",
+    "a//",
+    "a0",
+    "a.txt",
+    "p",
+    "p/x",
+    "p/y/z",
+    "pq",
+    "x--y--z",
+    "x--w",
+    "x-y",
+    "x---",
+    "é/1",
+    "é/2",
+    "é0",
+    "日本/語",
+    "日本/語/b",
+    "日本0",
+    "k\u{D7FF}/1",
+    "k\u{D7FF}/2",
+    "k\u{E000}",
+    "m\u{10FFFF}/1",
+    "m\u{10FFFF}/2",
+    "m\u{10FFFF}0",
+    "\u{10FFFF}/a",
+    "\u{10FFFF}/b",
+    "\u{10FFFF}\u{10FFFF}",
+    "z",
+];
+/// Of [`EDGE_KEYS`], the ones whose latest version is a delete marker.
+const EDGE_DELETED: &[&str] = &["a/2/x", "p/x", "x--w", "日本0", "k\u{E000}"];
+
+/// The listing rule, said plainly over every live key: the page a store must return.
+fn expected_page(live: &[&str], q: &ListQuery<'_>) -> (Vec<String>, Vec<String>, Option<String>) {
+    let mut keys = Vec::new();
+    let mut prefixes: Vec<String> = Vec::new();
+    for key in live
+        .iter()
+        .filter(|k| **k > q.start_after && k.starts_with(q.prefix))
+    {
+        let group = q.delimiter.filter(|d| !d.is_empty()).and_then(|d| {
+            key[q.prefix.len()..]
+                .find(d)
+                .map(|i| key[..q.prefix.len() + i + d.len()].to_string())
+        });
+        if let Some(g) = &group
+            && (prefixes.last() == Some(g) || q.start_after.starts_with(g.as_str()))
+        {
+            continue;
+        }
+        if keys.len() + prefixes.len() == q.max_keys {
+            let last = keys.last().cloned().max(prefixes.last().cloned());
+            return (keys, prefixes, last);
+        }
+        match group {
+            Some(g) => prefixes.push(g),
+            None => keys.push(key.to_string()),
+        }
+    }
+    (keys, prefixes, None)
+}
+
+fn listings_agree_with_the_listing_rule_page_by_page(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    for key in EDGE_KEYS {
+        s.put_version(&version(key, "v1", 1)).unwrap();
+    }
+    for key in EDGE_DELETED {
+        let mut marker = version(key, "v2", 0);
+        marker.delete_marker = true;
+        marker.layout = None;
+        s.put_version(&marker).unwrap();
+    }
+    let mut live: Vec<&str> = EDGE_KEYS
+        .iter()
+        .copied()
+        .filter(|k| !EDGE_DELETED.contains(k))
+        .collect();
+    live.sort_unstable();
+    for prefix in [
+        "",
+        "a",
+        "a/",
+        "p",
+        "p/",
+        "x",
+        "é",
+        "日本/",
+        "k\u{D7FF}",
+        "m\u{10FFFF}",
+        "\u{10FFFF}",
+        "q",
+    ] {
+        for delimiter in [None, Some("/"), Some("--"), Some("語")] {
+            for max_keys in [1, 2, 1000] {
+                let mut after = String::new();
+                for _ in 0..=live.len() {
+                    let q = ListQuery {
+                        prefix,
+                        delimiter,
+                        start_after: &after,
+                        max_keys,
+                    };
+                    let page = s.list("b", &q).unwrap();
+                    let got = (
+                        page.objects
+                            .iter()
+                            .map(|o| o.key.clone())
+                            .collect::<Vec<_>>(),
+                        page.common_prefixes.clone(),
+                        page.next_marker.clone(),
+                    );
+                    assert_eq!(got, expected_page(&live, &q), "{q:?}");
+                    match page.next_marker {
+                        Some(next) => after = next,
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `keys` live keys `{dir}{i:05}` in bucket "b" of a fresh store.
+fn many_keys(s: &dyn MetadataStore, dir: &str, keys: usize) {
+    for i in 0..keys {
+        s.put_version(&version(&format!("{dir}{i:05}"), NULL_VERSION, 1))
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_delimiter_listing_seeks_past_a_common_prefix_instead_of_reading_its_keys() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    s.create_bucket(&bucket("b")).unwrap();
+    many_keys(&s, "big/", 10_000);
+    for key in ["a", "c/1", "c/2", "d", "big0"] {
+        s.put_version(&version(key, NULL_VERSION, 1)).unwrap();
+    }
+    crate::meta::probe::take_listed_rows();
+    let page = s
+        .list(
+            "b",
+            &ListQuery {
+                delimiter: Some("/"),
+                max_keys: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let keys: Vec<_> = page.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["a", "big0", "d"]);
+    assert_eq!(page.common_prefixes, ["big/", "c/"]);
+    let read = crate::meta::probe::take_listed_rows();
+    assert!(read <= 7, "read {read} rows for a page of 5 entries");
+
+    // One entry a page, with markers: the same small number of rows each time.
+    let mut after = String::new();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let page = s
+            .list(
+                "b",
+                &ListQuery {
+                    delimiter: Some("/"),
+                    start_after: &after,
+                    max_keys: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let read = crate::meta::probe::take_listed_rows();
+        assert!(
+            read <= 4,
+            "read {read} rows for a page of one entry after {after:?}"
+        );
+        seen.extend(page.objects.iter().map(|o| o.key.clone()));
+        seen.extend(page.common_prefixes.iter().cloned());
+        match page.next_marker {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a", "big/", "big0", "c/", "d"]);
+
+    // A versions listing seeks the same way.
+    let versions = s
+        .list_versions(
+            "b",
+            &VersionQuery {
+                delimiter: Some("/"),
+                max_keys: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(versions.versions.len(), 3);
+    assert_eq!(versions.common_prefixes, ["big/", "c/"]);
+    let read = crate::meta::probe::take_listed_rows();
+    assert!(read <= 7, "read {read} versions for a page of 5 entries");
+
+    // A prefix bounds the read: the 10 000 keys sorting before it are not read.
+    let page = s
+        .list(
+            "b",
+            &ListQuery {
+                prefix: "c/",
+                max_keys: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(page.objects.len(), 2);
+    let read = crate::meta::probe::take_listed_rows();
+    assert!(read <= 2, "read {read} rows for a prefix of two keys");
+}
+
+#[test]
+fn a_listing_of_many_delete_markers_reads_a_bounded_number_of_rows_per_page() {
+    let s = SqliteStore::open_in_memory().unwrap();
+    s.create_bucket(&bucket("b")).unwrap();
+    let deleted = listing::SKIPPED_ROWS_PER_PAGE * 2 + 10;
+    for i in 0..deleted {
+        let mut marker = version(&format!("gone{i:05}"), NULL_VERSION, 0);
+        marker.delete_marker = true;
+        marker.layout = None;
+        s.put_version(&marker).unwrap();
+    }
+    s.put_version(&version("live", NULL_VERSION, 1)).unwrap();
+    crate::meta::probe::take_listed_rows();
+    let mut after = String::new();
+    let mut pages = 0;
+    let mut found = Vec::new();
+    loop {
+        pages += 1;
+        assert!(pages <= 4, "no end to the pages");
+        let page = s
+            .list(
+                "b",
+                &ListQuery {
+                    start_after: &after,
+                    max_keys: 1000,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let read = crate::meta::probe::take_listed_rows() as usize;
+        assert!(
+            read <= listing::SKIPPED_ROWS_PER_PAGE + 1,
+            "a page read {read} rows"
+        );
+        found.extend(page.objects.iter().map(|o| o.key.clone()));
+        match page.next_marker {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(found, ["live"]);
+    assert_eq!(pages, 3, "two pages cut short, then the last");
+}
+
+/// An admin read in progress (a scrape's plan health over many versions) holds its own
+/// connection: S3 metadata calls made meanwhile do not wait for it.
+#[test]
+fn an_admin_read_in_progress_does_not_stall_s3_metadata_calls() {
+    use std::sync::{Arc, mpsc};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SqliteStore::open(&dir.path().join("meta.db")).unwrap());
+    s.create_bucket(&bucket("b")).unwrap();
+    let all: Vec<(String, bool)> = (0..6).map(|i| (format!("n{i}"), true)).collect();
+    s.record_probes(&all, 1_000).unwrap();
+    for i in 0..200 {
+        s.put_version(&striped(&format!("k{i:03}"), 2)).unwrap();
+    }
+    let (inside_tx, inside) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let admin = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            let mut first = Some((inside_tx, release_rx));
+            crate::meta::probe::on_aggregate_row(move || {
+                if let Some((inside, release)) = first.take() {
+                    inside.send(()).unwrap();
+                    // Held until the S3 calls below are done (or have given up).
+                    let _ = release.recv_timeout(Duration::from_secs(60));
+                }
+            });
+            s.plan_health("family-photos", 0, 1000).unwrap()
+        })
+    };
+    inside
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the admin read started");
+    let (done_tx, done) = mpsc::channel();
+    {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            s.put_version(&version("new", NULL_VERSION, 7)).unwrap();
+            let got = s.version("b", "new", None).unwrap().map(|v| v.size);
+            let listed = s
+                .list(
+                    "b",
+                    &ListQuery {
+                        prefix: "new",
+                        max_keys: 10,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .objects
+                .len();
+            done_tx.send((got, listed)).unwrap();
+        });
+    }
+    // Only a store that makes S3 calls wait for the admin read gets near this timeout.
+    let s3 = done.recv_timeout(Duration::from_secs(20));
+    release.send(()).unwrap();
+    assert_eq!(
+        s3.expect("an S3 metadata call waited for the admin read"),
+        (Some(7), 1)
+    );
+    let groups = admin.join().unwrap();
+    assert_eq!(
+        groups.iter().map(|g| g.objects).sum::<u64>(),
+        200,
+        "the admin read saw every striped version"
+    );
+}
+
+/// `sublet recover` builds a store aside and moves the file alone into place: closing the
+/// store (both its connections) must leave every commit in the database file itself.
+#[test]
+fn closing_the_store_leaves_every_commit_in_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("built.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create_bucket(&bucket("b")).unwrap();
+        s.put_version(&version("k", NULL_VERSION, 9)).unwrap();
+        // The read-only connection has read, so it is open at close.
+        assert!(s.plan_usage().unwrap().len() == 1);
+    }
+    let moved = dir.path().join("moved.db");
+    std::fs::rename(&path, &moved).unwrap();
+    let s = SqliteStore::open(&moved).unwrap();
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap().size, 9);
 }

@@ -41,6 +41,11 @@ const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 /// Connections kept open per store; callers beyond that wait for one.
 const MAX_CONNECTIONS: usize = 16;
 
+/// How many of them the long aggregate reads (plan usage and health, the repair queue,
+/// provider usage, audit samples, referenced shards) may hold at once, so however many
+/// admin reads are asked for, the rest stay free for S3 calls.
+const MAX_AGGREGATE_CONNECTIONS: usize = 2;
+
 /// PostgreSQL behind a small connection pool.
 pub struct PostgresStore {
     config: postgres::Config,
@@ -48,6 +53,9 @@ pub struct PostgresStore {
     tls: Option<RustlsConnector>,
     pool: Mutex<PoolState>,
     freed: Condvar,
+    /// Aggregate reads running, and the signal that one ended.
+    aggregates: Mutex<usize>,
+    aggregate_done: Condvar,
 }
 
 #[derive(Default)]
@@ -127,6 +135,8 @@ impl PostgresStore {
             tls,
             pool: Mutex::new(PoolState::default()),
             freed: Condvar::new(),
+            aggregates: Mutex::new(0),
+            aggregate_done: Condvar::new(),
         };
         store.run(|c| {
             let mut tx = c.transaction().map_err(pg_err)?;
@@ -199,6 +209,31 @@ impl PostgresStore {
                 .join()
                 .unwrap_or_else(|_| Err(store_err("postgres call panicked")))
         })
+    }
+
+    /// [`Self::run`] for an aggregate read: waits while [`MAX_AGGREGATE_CONNECTIONS`]
+    /// others run.
+    fn run_aggregate<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
+        {
+            let mut running = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
+            while *running >= MAX_AGGREGATE_CONNECTIONS {
+                running = self
+                    .aggregate_done
+                    .wait(running)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            *running += 1;
+        }
+        /// Gives the slot back however the read ends.
+        struct Slot<'a>(&'a PostgresStore);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                *self.0.aggregates.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+                self.0.aggregate_done.notify_one();
+            }
+        }
+        let _slot = Slot(self);
+        self.run(f)
     }
 
     /// Runs `f` in a READ COMMITTED transaction, committing when it returns `Ok`.

@@ -6,7 +6,7 @@ use postgres::{GenericClient, Transaction};
 use super::shards::index_shards;
 use super::{PostgresStore, i64_of, lock_key, pg_err, store_err, version_from_row};
 use crate::datapath::layout::Layout;
-use crate::meta::listing::{ObjectPager, VERSION_COLUMNS, VersionPager};
+use crate::meta::listing::{Offer, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
     ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
     WriteCondition, listing,
@@ -199,31 +199,45 @@ pub(super) fn delete_version(
 }
 
 pub(super) fn list(s: &PostgresStore, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {
-    // Rows come in key order; the page (after prefix rollup) may need more rows than
-    // `max_keys`, so read in batches until the page is full.
+    // Rows come in batches, one round trip each: after a seek the rest of a batch is still
+    // offered (the pager passes over rows below the seek) unless the whole batch lies below
+    // it, so seeking never costs more round trips than reading on would.
     const BATCH: i64 = 1000;
-    let query = format!("{} LIMIT $4", listing::latest_after());
-    let mut page = ObjectPager::new(q);
-    let mut after = q.start_after.to_owned();
-    loop {
+    listing::read_objects(q, |range, sink| {
         let rows = s.run(|c| {
-            c.query(&query, &[&bucket, &after, &q.prefix, &BATCH])
-                .map_err(pg_err)?
-                .iter()
+            let rows = match &range.until {
+                Some(until) => c.query(
+                    &format!("{} LIMIT $6", listing::latest_in(true)),
+                    &[
+                        &bucket,
+                        &range.from,
+                        &range.exclude,
+                        &q.prefix,
+                        until,
+                        &BATCH,
+                    ],
+                ),
+                None => c.query(
+                    &format!("{} LIMIT $5", listing::latest_in(false)),
+                    &[&bucket, &range.from, &range.exclude, &q.prefix, &BATCH],
+                ),
+            }
+            .map_err(pg_err)?;
+            rows.iter()
                 .map(version_from_row)
                 .collect::<Result<Vec<_>>>()
         })?;
-        let exhausted = (rows.len() as i64) < BATCH;
+        let ran_out = (rows.len() as i64) < BATCH;
+        let last = rows.last().map(|v| v.key.clone());
         for v in rows {
-            after.clone_from(&v.key);
-            if !page.offer(v) {
-                return Ok(page.finish());
+            match sink(v) {
+                Offer::More => {}
+                Offer::SkipTo(Some(to)) if last.as_ref().is_some_and(|l| *l >= to) => {}
+                Offer::SkipTo(_) | Offer::Full => return Ok(false),
             }
         }
-        if exhausted {
-            return Ok(page.finish());
-        }
-    }
+        Ok(ran_out)
+    })
 }
 
 pub(super) fn list_versions(
@@ -247,10 +261,22 @@ pub(super) fn list_versions(
         let marker_seq = listing::versions_resume_seq(marker);
         // A portal streams the rows, so a page of a huge bucket reads only what it needs.
         let mut tx = c.transaction().map_err(pg_err)?;
-        let stmt = tx.prepare(&listing::versions_after()).map_err(pg_err)?;
-        let portal = tx
-            .bind(&stmt, &[&bucket, &q.key_marker, &q.prefix, &marker_seq])
+        let from = listing::first_key(q.prefix, q.key_marker);
+        let until = listing::successor(q.prefix);
+        let stmt = tx
+            .prepare(&listing::versions_after(until.is_some()))
             .map_err(pg_err)?;
+        let portal = match &until {
+            Some(until) => tx.bind(
+                &stmt,
+                &[&bucket, &q.key_marker, &q.prefix, &marker_seq, &from, until],
+            ),
+            None => tx.bind(
+                &stmt,
+                &[&bucket, &q.key_marker, &q.prefix, &marker_seq, &from],
+            ),
+        }
+        .map_err(pg_err)?;
         let mut page = VersionPager::new(q);
         'rows: loop {
             let rows = tx.query_portal(&portal, 1000).map_err(pg_err)?;
@@ -259,7 +285,9 @@ pub(super) fn list_versions(
             }
             for row in &rows {
                 let v = version_from_row(row)?;
-                if !page.offer(v, row.try_get(12).map_err(pg_err)?) {
+                // Rows stream from one portal: a seek would be a new query per common
+                // prefix, so the rows beneath one are passed over instead.
+                if page.offer(v, row.try_get(12).map_err(pg_err)?) == Offer::Full {
                     break 'rows;
                 }
             }

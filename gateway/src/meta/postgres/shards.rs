@@ -51,7 +51,7 @@ pub(super) fn index_shards(tx: &mut Transaction<'_>, seq: i64, layout: &Layout) 
 }
 
 pub(super) fn plan_usage(s: &PostgresStore) -> Result<Vec<PlanUsage>> {
-    s.run(|c| {
+    s.run_aggregate(|c| {
         c.query(
             "SELECT plan, COUNT(*)::BIGINT, COALESCE(SUM(size), 0)::BIGINT FROM versions
              WHERE NOT delete_marker GROUP BY plan ORDER BY plan",
@@ -144,7 +144,7 @@ pub(super) fn plan_health(
     lost_cut: i64,
     grace_ms: i64,
 ) -> Result<Vec<HealthGroup>> {
-    s.run(|c| {
+    s.run_aggregate(|c| {
         c.query(&queue::plan_health(), &[&plan, &lost_cut, &grace_ms])
             .map_err(pg_err)?
             .iter()
@@ -170,7 +170,7 @@ pub(super) fn queued_versions(
 ) -> Result<Vec<QueuedVersion>> {
     let min = queue::min_healthy_param(min_healthy);
     let limit = queue::limit_param(limit);
-    s.run(|c| {
+    s.run_aggregate(|c| {
         c.query(
             &queue::queued_versions(lost),
             &[&plan, &lost_cut, &grace_ms, &min, &limit],
@@ -324,7 +324,7 @@ pub(super) fn audit_samples(
     samples: usize,
 ) -> Result<Vec<AuditSample>> {
     let limit = i64::try_from(samples).unwrap_or(i64::MAX);
-    s.run(|c| {
+    s.run_aggregate(|c| {
         c.query(
             "SELECT v.bucket, v.key, v.version_id, s.piece, s.segment, s.idx, s.shard_id, s.hash, s.length
              FROM shards s JOIN versions v ON v.seq = s.version_seq
@@ -357,7 +357,7 @@ pub(super) fn audit_samples(
 pub(super) fn referenced_shards(s: &PostgresStore, provider: &str) -> Result<HashSet<String>> {
     // One snapshot for both reads, so a part completed in between is counted once or the
     // other way, never missed.
-    s.run(|c| {
+    s.run_aggregate(|c| {
         let mut tx = c
             .build_transaction()
             .isolation_level(postgres::IsolationLevel::RepeatableRead)
@@ -390,7 +390,7 @@ pub(super) fn referenced_shards(s: &PostgresStore, provider: &str) -> Result<Has
 }
 
 pub(super) fn provider_usage(s: &PostgresStore) -> Result<BTreeMap<String, (u64, u64)>> {
-    s.run(|c| {
+    s.run_aggregate(|c| {
         c.query(
             "SELECT provider, COUNT(*)::BIGINT, COALESCE(SUM(length), 0)::BIGINT FROM shards
              WHERE provider <> '' GROUP BY provider",

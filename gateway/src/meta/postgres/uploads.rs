@@ -6,7 +6,7 @@ use super::objects::insert_version;
 use super::{
     PART_COLUMNS, PostgresStore, i64_of, part_from_row, pg_err, store_err, upload_from_row,
 };
-use crate::meta::listing::{UPLOAD_COLUMN_COUNT, UPLOAD_COLUMNS, UploadPager};
+use crate::meta::listing::{Offer, UPLOAD_COLUMN_COUNT, UPLOAD_COLUMNS, UploadPager};
 use crate::meta::{
     CompleteOutcome, MetaError, ObjectVersion, Result, Upload, UploadPage, UploadPart, UploadQuery,
     WriteCondition, listing,
@@ -214,25 +214,45 @@ pub(super) fn uploads(s: &PostgresStore, bucket: &str, q: &UploadQuery<'_>) -> R
             .map_err(pg_err)
         })?
     };
-    let query = format!("{} LIMIT $5", listing::uploads_after());
+    let mut from = listing::first_key(q.prefix, q.key_marker).to_owned();
+    let until = listing::successor(q.prefix);
+    let query = match until {
+        Some(_) => format!("{} LIMIT $7", listing::uploads_after(true)),
+        None => format!("{} LIMIT $6", listing::uploads_after(false)),
+    };
     let mut cursor = (q.key_marker.to_owned(), listing::uploads_resume_seq(marker));
     let mut page = UploadPager::new(q);
     loop {
         let rows = s.run(|c| {
-            c.query(&query, &[&bucket, &cursor.0, &q.prefix, &cursor.1, &BATCH])
-                .map_err(pg_err)?
-                .iter()
-                .map(|row| {
-                    let seq: i64 = row.try_get(UPLOAD_COLUMN_COUNT).map_err(pg_err)?;
-                    Ok((upload_from_row(row)?, seq))
-                })
-                .collect::<Result<Vec<_>>>()
+            match &until {
+                Some(until) => c.query(
+                    &query,
+                    &[
+                        &bucket, &cursor.0, &q.prefix, &cursor.1, &from, until, &BATCH,
+                    ],
+                ),
+                None => c.query(
+                    &query,
+                    &[&bucket, &cursor.0, &q.prefix, &cursor.1, &from, &BATCH],
+                ),
+            }
+            .map_err(pg_err)?
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(UPLOAD_COLUMN_COUNT).map_err(pg_err)?;
+                Ok((upload_from_row(row)?, seq))
+            })
+            .collect::<Result<Vec<_>>>()
         })?;
         let exhausted = rows.len() < usize::try_from(BATCH).unwrap_or(usize::MAX);
         for (u, seq) in rows {
             cursor = (u.key.clone(), seq);
-            if !page.offer(u) {
-                return Ok(page.finish());
+            match page.offer(u) {
+                Offer::Full | Offer::SkipTo(None) => return Ok(page.finish()),
+                // The next batch starts past the common prefix; what is left of this
+                // one is offered (and passed over) as it is already here.
+                Offer::SkipTo(Some(to)) => from = from.max(to),
+                Offer::More => {}
             }
         }
         if exhausted {

@@ -5,6 +5,11 @@
 //! with it by a cascading foreign key), and `providers`, when each provider was last seen.
 //! Health, the repair queue and pool usage are SQL aggregates over those two tables, so a
 //! scrape never deserializes a layout.
+//!
+//! A store opened on a file has a second, read-only connection for the long aggregate reads
+//! (plan usage and health, the repair queue, provider usage, audit samples, referenced
+//! shards): in WAL mode it reads a committed snapshot without holding the connection every
+//! S3 call needs, so an admin scrape or a background job never stalls S3 traffic.
 
 mod buckets;
 mod objects;
@@ -39,6 +44,11 @@ fn sql(shared: &str) -> String {
 /// SQLite behind a mutex: statements are short, and one writer is what SQLite allows.
 /// Object writes and deletes are committed in groups (see [`SqliteStore::grouped`]).
 pub struct SqliteStore {
+    /// The read-only connection of the aggregate reads; `None` for an in-memory store
+    /// (whose data no second connection can see), which reads them on `conn`. Declared
+    /// first so it closes first: the last connection to close checkpoints the WAL into
+    /// the database file, and only `conn` can write.
+    reader: Option<Mutex<Connection>>,
     conn: Mutex<Connection>,
     group: Mutex<Group>,
     /// Taken before the connection by whoever commits a group, and by a journal around
@@ -75,7 +85,21 @@ impl SqliteStore {
             .map_err(store_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(store_err)?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        // Opened once the schema exists. In WAL mode a reader sees the last commit and
+        // neither waits for the writer nor makes it wait.
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(store_err)?;
+        // Only a checkpoint that restarts the WAL can hold a reader back, briefly.
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(store_err)?;
+        reader.set_prepared_statement_cache_capacity(16);
+        store.reader = Some(Mutex::new(reader));
+        Ok(store)
     }
 
     pub fn open_in_memory() -> Result<Self> {
@@ -91,6 +115,7 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: None,
             group: Mutex::default(),
             order: Mutex::new(()),
         })
@@ -99,6 +124,16 @@ impl SqliteStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection of the long aggregate reads: the read-only one when there is one.
+    /// What it reads is the last committed state, as on `conn`; but the reads must not
+    /// write, and a read of several statements runs them in one transaction.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        match &self.reader {
+            Some(reader) => reader.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.conn(),
+        }
     }
 
     fn group(&self) -> MutexGuard<'_, Group> {

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::shards::index_shards;
 use super::{SqliteStore, sql, store_err, version_from_row};
 use crate::datapath::layout::Layout;
-use crate::meta::listing::{ObjectPager, VERSION_COLUMNS, VersionPager};
+use crate::meta::listing::{Offer, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
     ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
     WriteCondition, listing,
@@ -172,19 +172,23 @@ pub(super) fn delete_version(
 
 pub(super) fn list(s: &SqliteStore, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {
     let conn = s.conn();
-    let mut stmt = conn
-        .prepare_cached(&sql(&listing::latest_after()))
-        .map_err(store_err)?;
-    let mut rows = stmt
-        .query(params![bucket, q.start_after, q.prefix])
-        .map_err(store_err)?;
-    let mut page = ObjectPager::new(q);
-    while let Some(row) = rows.next().map_err(store_err)? {
-        if !page.offer(version_from_row(row).map_err(store_err)?) {
-            break;
+    listing::read_objects(q, |range, sink| {
+        let mut stmt = conn
+            .prepare_cached(&sql(&listing::latest_in(range.until.is_some())))
+            .map_err(store_err)?;
+        let mut rows = match &range.until {
+            Some(until) => stmt.query(params![bucket, range.from, range.exclude, q.prefix, until]),
+            None => stmt.query(params![bucket, range.from, range.exclude, q.prefix]),
         }
-    }
-    Ok(page.finish())
+        .map_err(store_err)?;
+        while let Some(row) = rows.next().map_err(store_err)? {
+            // Rows come one at a time: a seek is a new query, never a row read in vain.
+            if sink(version_from_row(row).map_err(store_err)?) != Offer::More {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
 }
 
 pub(super) fn list_versions(
@@ -205,18 +209,39 @@ pub(super) fn list_versions(
         .map_err(store_err)?
     };
     let marker_seq = listing::versions_resume_seq(marker);
-    let mut stmt = conn
-        .prepare(&sql(&listing::versions_after()))
-        .map_err(store_err)?;
-    let mut rows = stmt
-        .query(params![bucket, q.key_marker, q.prefix, marker_seq])
-        .map_err(store_err)?;
+    let until = listing::successor(q.prefix);
+    let mut from = listing::first_key(q.prefix, q.key_marker).to_owned();
     let mut page = VersionPager::new(q);
-    while let Some(row) = rows.next().map_err(store_err)? {
-        let v = version_from_row(row).map_err(store_err)?;
-        if !page.offer(v, row.get(12).map_err(store_err)?) {
-            break;
+    // Each seek past a common prefix is a new query from the key after it.
+    'seek: loop {
+        let mut stmt = conn
+            .prepare_cached(&sql(&listing::versions_after(until.is_some())))
+            .map_err(store_err)?;
+        let mut rows = match &until {
+            Some(until) => stmt.query(params![
+                bucket,
+                q.key_marker,
+                q.prefix,
+                marker_seq,
+                from,
+                until
+            ]),
+            None => stmt.query(params![bucket, q.key_marker, q.prefix, marker_seq, from]),
         }
+        .map_err(store_err)?;
+        while let Some(row) = rows.next().map_err(store_err)? {
+            crate::meta::probe::listed_row();
+            let v = version_from_row(row).map_err(store_err)?;
+            match page.offer(v, row.get(12).map_err(store_err)?) {
+                Offer::More => {}
+                Offer::SkipTo(Some(to)) => {
+                    from = to;
+                    continue 'seek;
+                }
+                Offer::SkipTo(None) | Offer::Full => break 'seek,
+            }
+        }
+        break;
     }
     Ok(page.finish())
 }

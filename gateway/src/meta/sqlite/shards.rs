@@ -69,7 +69,7 @@ pub(super) fn index_shards(conn: &Connection, seq: i64, layout: &Layout) -> rusq
 }
 
 pub(super) fn plan_usage(s: &SqliteStore) -> Result<Vec<crate::meta::PlanUsage>> {
-    let conn = s.conn();
+    let conn = s.reader();
     let mut stmt = conn
         .prepare(
             "SELECT plan, COUNT(*), COALESCE(SUM(size), 0) FROM versions \
@@ -118,7 +118,7 @@ pub(super) fn record_pools(s: &SqliteStore, pools: &[(String, String)], now: i64
 }
 
 pub(super) fn provider_pools(s: &SqliteStore) -> Result<BTreeMap<String, String>> {
-    let conn = s.conn();
+    let conn = s.reader();
     let mut stmt = conn
         .prepare("SELECT node_id, pool FROM providers WHERE pool IS NOT NULL")
         .map_err(store_err)?;
@@ -129,7 +129,7 @@ pub(super) fn provider_pools(s: &SqliteStore) -> Result<BTreeMap<String, String>
 }
 
 pub(super) fn providers_seen(s: &SqliteStore) -> Result<BTreeMap<String, ProviderSeen>> {
-    let conn = s.conn();
+    let conn = s.reader();
     let mut stmt = conn
         .prepare("SELECT node_id, last_seen, down_since FROM providers")
         .map_err(store_err)?;
@@ -153,12 +153,13 @@ pub(super) fn plan_health(
     lost_cut: i64,
     grace_ms: i64,
 ) -> Result<Vec<HealthGroup>> {
-    let conn = s.conn();
+    let conn = s.reader();
     let mut stmt = conn
         .prepare_cached(&sql(&queue::plan_health()))
         .map_err(store_err)?;
     let rows = stmt
         .query_map(params![plan, lost_cut, grace_ms], |r| {
+            crate::meta::probe::aggregate_row();
             let mut n = [None; 8];
             for (i, n) in n.iter_mut().enumerate() {
                 *n = r.get(i)?;
@@ -178,7 +179,7 @@ pub(super) fn queued_versions(
     lost: bool,
     limit: usize,
 ) -> Result<Vec<QueuedVersion>> {
-    let conn = s.conn();
+    let conn = s.reader();
     let mut stmt = conn
         .prepare_cached(&sql(&queue::queued_versions(lost)))
         .map_err(store_err)?;
@@ -246,7 +247,7 @@ pub(super) fn audit_samples(
     provider: &str,
     samples: usize,
 ) -> Result<Vec<AuditSample>> {
-    let conn = s.conn();
+    let conn = s.reader();
     let mut stmt = conn
         .prepare_cached(
             "SELECT v.bucket, v.key, v.version_id, s.piece, s.segment, s.idx, s.shard_id, s.hash, s.length
@@ -274,7 +275,9 @@ pub(super) fn audit_samples(
 }
 
 pub(super) fn referenced_shards(s: &SqliteStore, provider: &str) -> Result<HashSet<String>> {
-    let conn = s.conn();
+    let reader = s.reader();
+    // One snapshot for both reads: a part completed between them is seen once, not lost.
+    let conn = reader.unchecked_transaction().map_err(store_err)?;
     let mut out = HashSet::new();
     {
         let mut stmt = conn
@@ -380,7 +383,7 @@ pub(super) fn replace_layout(
 }
 
 pub(super) fn provider_usage(s: &SqliteStore) -> Result<BTreeMap<String, (u64, u64)>> {
-    let conn = s.conn();
+    let conn = s.reader();
     let mut stmt = conn
         .prepare(
             "SELECT provider, COUNT(*), COALESCE(SUM(length), 0) FROM shards \

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::objects::insert_version;
 use super::{PART_COLUMNS, SqliteStore, part_from_row, sql, store_err, upload_from_row};
-use crate::meta::listing::{UPLOAD_COLUMNS, UploadPager};
+use crate::meta::listing::{Offer, UPLOAD_COLUMNS, UploadPager};
 use crate::meta::{
     CompleteOutcome, MetaError, ObjectVersion, Result, Upload, UploadPage, UploadPart, UploadQuery,
     WriteCondition, listing,
@@ -178,17 +178,38 @@ pub(super) fn uploads(s: &SqliteStore, bucket: &str, q: &UploadQuery<'_>) -> Res
         .map_err(store_err)?
     };
     let marker_seq = listing::uploads_resume_seq(marker);
-    let mut stmt = conn
-        .prepare(&sql(&listing::uploads_after()))
-        .map_err(store_err)?;
-    let mut rows = stmt
-        .query(params![bucket, q.key_marker, q.prefix, marker_seq])
-        .map_err(store_err)?;
+    let until = listing::successor(q.prefix);
+    let mut from = listing::first_key(q.prefix, q.key_marker).to_owned();
     let mut page = UploadPager::new(q);
-    while let Some(row) = rows.next().map_err(store_err)? {
-        if !page.offer(upload_from_row(row).map_err(store_err)?) {
-            break;
+    // Each seek past a common prefix is a new query from the key after it.
+    'seek: loop {
+        let mut stmt = conn
+            .prepare_cached(&sql(&listing::uploads_after(until.is_some())))
+            .map_err(store_err)?;
+        let mut rows = match &until {
+            Some(until) => stmt.query(params![
+                bucket,
+                q.key_marker,
+                q.prefix,
+                marker_seq,
+                from,
+                until
+            ]),
+            None => stmt.query(params![bucket, q.key_marker, q.prefix, marker_seq, from]),
         }
+        .map_err(store_err)?;
+        while let Some(row) = rows.next().map_err(store_err)? {
+            crate::meta::probe::listed_row();
+            match page.offer(upload_from_row(row).map_err(store_err)?) {
+                Offer::More => {}
+                Offer::SkipTo(Some(to)) => {
+                    from = to;
+                    continue 'seek;
+                }
+                Offer::SkipTo(None) | Offer::Full => break 'seek,
+            }
+        }
+        break;
     }
     Ok(page.finish())
 }
