@@ -433,6 +433,7 @@ impl<'q> UploadPager<'q> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::successor;
 

@@ -123,6 +123,7 @@ pub(super) fn write_condition(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
