@@ -1,8 +1,11 @@
 //! Metadata survival: the gateway stores encrypted snapshots of its metadata store through
 //! the data path (default plan: erasure-coded, encrypted with the master key) and a small
-//! manifest on every provider; `sublet recover` finds the newest manifest on the providers
-//! and rebuilds the metadata file from it. Losing the gateway's disk then loses at most
-//! the changes since the last snapshot — the master key must be backed up separately.
+//! manifest on every provider, sealed with the master key under an id naming the
+//! installation; `sublet recover` finds the newest manifest that authenticates and rebuilds
+//! the metadata file from it. Losing the gateway's disk then loses at most the changes
+//! since the last snapshot — the master key must be backed up separately. Manifests that
+//! fail authentication (forged, replayed under another id, another installation's) are
+//! ignored, logged and counted, and never decide what is newest, deleted or restored.
 //! A timer ([`spawn_snapshots`]) takes one every interval; the admin API on demand.
 
 use std::collections::BTreeMap;
