@@ -194,6 +194,15 @@ impl Writes {
         ids.contains_key(write) || (!repair.is_empty() && ids.contains_key(repair))
     }
 
+    /// The writes in flight now, detached from later starts and ends: garbage collection
+    /// takes it before it reads which shards metadata references, so a write that ends
+    /// in between is either still held here or committed (and referenced) by then.
+    pub fn frozen(&self) -> Writes {
+        Writes {
+            ids: Arc::new(Mutex::new(self.lock().clone())),
+        }
+    }
+
     /// Writes in flight now.
     pub fn count(&self) -> usize {
         self.lock().len()
@@ -238,7 +247,9 @@ mod write_tests {
         let again = writes.start("0123456789ab_u1");
         drop(put);
         assert!(writes.holds("0123456789ab_u1.0.0"), "one of two guards left");
+        let frozen = writes.frozen();
         drop((again, repair));
+        assert!(frozen.holds("0123456789ab_u1.0.0"), "as it was when frozen");
         assert!(!writes.holds("0123456789ab_u1.0.0"));
         assert!(!writes.holds("0123456789ab_u0.2.1-rq7"));
         assert_eq!(writes.count(), 0);

@@ -203,9 +203,9 @@ pub async fn collect_garbage(
     for (node, backend, stored) in listings {
         report.providers += 1;
         report.listed += stored.len() as u64;
-        // Listed first, in flight and referenced second: a shard written in between is
-        // either still in flight or committed (and referenced) by then.
-        let writes = gateway.writes().clone();
+        // Listed first, writes in flight second, referenced third: a write that ends in
+        // between is held in the frozen set or committed (and referenced) by the read.
+        let writes = gateway.writes().frozen();
         let referenced = {
             let (meta, node) = (Arc::clone(&meta), node.clone());
             tokio::task::spawn_blocking(move || meta.referenced_shards(&node)).await??

@@ -127,7 +127,8 @@ pub struct Manifests {
     /// Ids in this installation's format that failed authentication, with why: ignored,
     /// logged and counted (`sublet_gateway_forged_metadata_total{kind="manifest"}`).
     pub forged: Vec<String>,
-    /// Ids in this installation's format no provider listing them returned a copy of.
+    /// Ids in this installation's format of which no copy came back because providers
+    /// listing them did not answer (one that did may hold a real snapshot's manifest).
     pub unanswered: Vec<String>,
 }
 
@@ -180,7 +181,8 @@ pub async fn open_manifests(node: &Node, listed: BTreeMap<String, Vec<String>>) 
         }
         let mut problems = Vec::new();
         let mut opened = None;
-        let mut answered = false;
+        // A copy came back (and failed), or a provider could not be asked at all.
+        let (mut answered, mut unreachable) = (false, false);
         for holder in &holders {
             if forgeries.get(holder).copied().unwrap_or(0) >= FORGERIES_PER_PROVIDER {
                 problems.push(format!("{holder}: skipped, it served forged manifests"));
@@ -204,7 +206,12 @@ pub async fn open_manifests(node: &Node, listed: BTreeMap<String, Vec<String>>) 
                         }
                     }
                 }
-                Err(e) => problems.push(format!("{holder}: {e}")),
+                Err(e) => {
+                    // Gone since it was listed (a snapshot pass deleting it) is no answer
+                    // to wait for; a provider that did not answer may hold the real one.
+                    unreachable |= !e.shard_gone();
+                    problems.push(format!("{holder}: {e}"));
+                }
             }
         }
         match opened {
@@ -215,7 +222,8 @@ pub async fn open_manifests(node: &Node, listed: BTreeMap<String, Vec<String>>) 
                 tracing::warn!(manifest = %id, problems = %why, "a snapshot manifest failed authentication; ignored");
                 out.forged.push(format!("{id} ({why})"));
             }
-            None => out.unanswered.push(format!("{id} ({})", problems.join("; "))),
+            None if unreachable => out.unanswered.push(format!("{id} ({})", problems.join("; "))),
+            None => tracing::debug!(manifest = %id, "a snapshot manifest was deleted while listed"),
         }
     }
     out
