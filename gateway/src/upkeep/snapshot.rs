@@ -554,6 +554,8 @@ mod tests {
                 encryption: crate::datapath::layout::Encryption::None,
                 segment_size: 16,
                 segments: vec![],
+                inline: None,
+                parts: vec![],
             },
             journal_cut: Some("000000000000001-0000000001".into()),
         }
