@@ -45,7 +45,8 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
         provider_token,
         ..Default::default()
     };
-    let done = sublet_gateway::runtime::recover(&config, &overrides, force, trust_unsealed_manifests)
+    let done =
+        sublet_gateway::runtime::recover(&config, &overrides, force, trust_unsealed_manifests)
             .await?;
     let replayed = &done.replayed;
     match &done.manifest {

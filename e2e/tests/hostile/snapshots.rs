@@ -79,8 +79,14 @@ fn forged_manifests_and_segments_dated_in_the_future_are_ignored_and_recovery_re
         .as_millis() as i64
         + day;
     let forged = [
-        (format!("{SNAPSHOT_PREFIX}{tag}-{:015}", future), real_blob.clone()),
-        (format!("{SNAPSHOT_PREFIX}{tag}-{:015}", future + day), real_blob),
+        (
+            format!("{SNAPSHOT_PREFIX}{tag}-{:015}", future),
+            real_blob.clone(),
+        ),
+        (
+            format!("{SNAPSHOT_PREFIX}{tag}-{:015}", future + day),
+            real_blob,
+        ),
         (
             format!("{SNAPSHOT_PREFIX}{tag}-{:015}", future + 2 * day),
             Bytes::from_static(b"{\"created\":1}"),
@@ -115,8 +121,15 @@ fn forged_manifests_and_segments_dated_in_the_future_are_ignored_and_recovery_re
         c.admin_post("/admin/v1/snapshot");
     }
     let kept = rt.block_on(manifests_on(&honest));
-    assert_eq!(kept.len(), 3, "the real snapshots were pushed out: {kept:?}");
-    assert!(!kept.contains(&real[0]), "the real oldest is kept: {kept:?}");
+    assert_eq!(
+        kept.len(),
+        3,
+        "the real snapshots were pushed out: {kept:?}"
+    );
+    assert!(
+        !kept.contains(&real[0]),
+        "the real oldest is kept: {kept:?}"
+    );
     let on_hostile = rt.block_on(manifests_on(&hostile));
     for id in &kept {
         assert!(on_hostile.contains(id), "{id} missing on provider 0");
@@ -126,10 +139,9 @@ fn forged_manifests_and_segments_dated_in_the_future_are_ignored_and_recovery_re
     }
     let metrics = c.metrics();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("sublet_gateway_forged_metadata_total{kind=\"manifest\"}")
-                && !l.ends_with(" 0")),
+        metrics.lines().any(|l| l
+            .starts_with("sublet_gateway_forged_metadata_total{kind=\"manifest\"}")
+            && !l.ends_with(" 0")),
         "forgeries not counted:\n{metrics}"
     );
 

@@ -193,8 +193,8 @@ impl MasterKey {
         let (nonce, sealed) = rest
             .split_at_checked(NONCE_LEN)
             .ok_or(CodecError::Record("truncated"))?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| CodecError::Record("truncated"))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CodecError::Record("truncated"))?;
         let mut buf = sealed.to_vec();
         let plain = self
             .key

@@ -246,7 +246,10 @@ mod write_tests {
         assert!(!writes.holds("0123456789ab_u0.2.1-rq8"));
         let again = writes.start("0123456789ab_u1");
         drop(put);
-        assert!(writes.holds("0123456789ab_u1.0.0"), "one of two guards left");
+        assert!(
+            writes.holds("0123456789ab_u1.0.0"),
+            "one of two guards left"
+        );
         let frozen = writes.frozen();
         drop((again, repair));
         assert!(frozen.holds("0123456789ab_u1.0.0"), "as it was when frozen");

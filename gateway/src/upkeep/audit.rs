@@ -393,19 +393,27 @@ mod gc_tests {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while ours(&gateway).await.len() < 6 {
-            assert!(tokio::time::Instant::now() < deadline, "the write stored nothing");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the write stored nothing"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Older than any age the admin may ask for (stored_at counts in seconds).
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let in_flight = ours(&gateway).await;
-        let gc = collect_garbage(&gateway, None, Duration::ZERO).await.unwrap();
+        let gc = collect_garbage(&gateway, None, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(gc.deleted, 0, "{gc:?}");
         assert!(gc.young >= in_flight.len() as u64, "{gc:?}");
         assert_eq!(gc.foreign, foreign.len() as u64, "{gc:?}");
         for (node, id) in &in_flight {
             let b = gateway.backend(node).unwrap();
-            assert!(b.get(id).await.is_ok(), "{id} of the write in flight was taken");
+            assert!(
+                b.get(id).await.is_ok(),
+                "{id} of the write in flight was taken"
+            );
         }
 
         // The write ends and nothing records it: now its shards are garbage.
@@ -416,7 +424,9 @@ mod gc_tests {
         drop(written);
         assert_eq!(gateway.writes().count(), 0);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let gc = collect_garbage(&gateway, None, Duration::ZERO).await.unwrap();
+        let gc = collect_garbage(&gateway, None, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(gc.deleted, shards, "{gc:?}");
         assert!(ours(&gateway).await.is_empty());
         for id in foreign {

@@ -222,7 +222,9 @@ pub async fn open_manifests(node: &Node, listed: BTreeMap<String, Vec<String>>) 
                 tracing::warn!(manifest = %id, problems = %why, "a snapshot manifest failed authentication; ignored");
                 out.forged.push(format!("{id} ({why})"));
             }
-            None if unreachable => out.unanswered.push(format!("{id} ({})", problems.join("; "))),
+            None if unreachable => out
+                .unanswered
+                .push(format!("{id} ({})", problems.join("; "))),
             None => tracing::debug!(manifest = %id, "a snapshot manifest was deleted while listed"),
         }
     }
@@ -566,7 +568,10 @@ mod tests {
         let ours = master(1);
         let m = manifest(&ours, 1_700_000_000_000);
         let id = m.shard_id();
-        assert!(id.starts_with(&manifest_prefix(ours.installation())), "{id}");
+        assert!(
+            id.starts_with(&manifest_prefix(ours.installation())),
+            "{id}"
+        );
         let sealed = seal_manifest(&ours, &m).unwrap();
         assert_eq!(open_manifest(&ours, &id, &sealed).unwrap(), m);
         // Tampered: any byte changed.
@@ -681,14 +686,23 @@ mod tests {
         for m in &kept {
             for s in m.layout.shards() {
                 let b = gateway.backend(&s.provider).unwrap();
-                assert!(b.get(&s.shard_id).await.is_ok(), "kept snapshot's shard gone");
+                assert!(
+                    b.get(&s.shard_id).await.is_ok(),
+                    "kept snapshot's shard gone"
+                );
             }
         }
         let ids = manifest_ids(&clients).await;
         for id in &planted {
-            assert!(ids.contains(id), "planted {id} deleted: nothing unauthenticated steers deletion");
+            assert!(
+                ids.contains(id),
+                "planted {id} deleted: nothing unauthenticated steers deletion"
+            );
         }
-        assert!(ids.contains(&theirs.shard_id()), "another installation's manifest deleted");
+        assert!(
+            ids.contains(&theirs.shard_id()),
+            "another installation's manifest deleted"
+        );
 
         // Recovery restores the real newest, not a forgery.
         let target = tmp.path().join("restored").join("metadata.db");

@@ -547,10 +547,15 @@ async fn forged_segment_ids_dated_in_the_future_do_not_move_the_journal() {
     let shards = BTreeMap::from([
         (real_id.clone(), real.clone()),
         (forged_id(now + 86_400_000), real),
-        (forged_id(now + 2 * 86_400_000), Bytes::from_static(b"SJL1junk")),
+        (
+            forged_id(now + 2 * 86_400_000),
+            Bytes::from_static(b"SJL1junk"),
+        ),
         (
             forged_id(now + 3 * 86_400_000),
-            stranger.seal(&forged_id(now + 3 * 86_400_000), &[]).unwrap(),
+            stranger
+                .seal(&forged_id(now + 3 * 86_400_000), &[])
+                .unwrap(),
         ),
         (forged_id(i64::MAX), Bytes::from_static(b"junk")),
     ]);
