@@ -61,8 +61,10 @@ fn forged_manifests_and_segments_dated_in_the_future_are_ignored_and_recovery_re
     // Provider 0 turns hostile. It sees this installation's manifest id (and so its tag)
     // and plants, dated days ahead: the real manifest replayed under later ids, junk, a
     // manifest in the unsealed format of older gateways, and a journal segment.
-    let hostile = client(&c, 0);
-    let honest = client(&c, 1);
+    let (hostile, honest) = {
+        let _in = rt.enter();
+        (client(&c, 0), client(&c, 1))
+    };
     let real = rt.block_on(manifests_on(&hostile));
     assert_eq!(real.len(), 1, "{real:?}");
     let (tag, _) = real[0]
