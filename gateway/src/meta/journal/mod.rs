@@ -219,8 +219,7 @@ impl Journal {
                 .ok()?;
             (ms >= epoch).then_some((id, nodes, ms))
         });
-        let mut checked = 0;
-        for (id, nodes, ms) in ahead {
+        for (checked, (id, nodes, ms)) in ahead.enumerate() {
             if checked == FOLLOW_CHECKS {
                 tracing::warn!(
                     checked,
@@ -228,7 +227,6 @@ impl Journal {
                 );
                 return;
             }
-            checked += 1;
             let mut problems = Vec::new();
             let mut genuine = false;
             for node in nodes {
