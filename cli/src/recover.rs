@@ -17,6 +17,12 @@ pub struct RecoverArgs {
     /// Replace an existing metadata file.
     #[arg(long)]
     force: bool,
+    /// Also restore from snapshot manifests in the unsealed format of gateways before
+    /// manifests were sealed with the master key (tried after every sealed one). Nothing
+    /// authenticates them: anyone who can write to a provider could have planted them.
+    /// Only for an installation that lost its disk before taking its first sealed snapshot.
+    #[arg(long)]
+    trust_unsealed_manifests: bool,
 }
 
 pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
@@ -25,6 +31,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
         data_dir,
         provider_token,
         force,
+        trust_unsealed_manifests,
     } = args;
     let config = match sublet_crds::load_file(&config_path) {
         Ok(config) => config,
@@ -38,7 +45,9 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
         provider_token,
         ..Default::default()
     };
-    let done = sublet_gateway::runtime::recover(&config, &overrides, force).await?;
+    let done =
+        sublet_gateway::runtime::recover(&config, &overrides, force, trust_unsealed_manifests)
+            .await?;
     let replayed = &done.replayed;
     match &done.manifest {
         Some(manifest) => {

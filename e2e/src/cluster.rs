@@ -21,7 +21,7 @@ use crate::bench::sigv4::Signer;
 use crate::workspace_binary;
 
 /// Token the gateway presents to providers.
-const TOKEN: &str = "fault-injection-token-0123456789";
+pub const TOKEN: &str = "fault-injection-token-0123456789";
 /// The gateway's admin token (`SUBLET_ADMIN_TOKEN`), which the admin API's actions want.
 pub const ADMIN_TOKEN: &str = "fault-injection-admin-token-0123";
 /// The S3 keys of every cluster gateway.

@@ -3,11 +3,37 @@
 //! server refreshes from metadata on scrape ([`crate::admin::server`]). Everything records
 //! here; this module depends on nothing else of the gateway.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Metadata objects read from providers (snapshot manifests, journal segments) that failed
+/// authentication with the master key, by kind (`manifest`, `unsealed_manifest`,
+/// `journal_segment`): forgeries, replays under another id, or another installation's.
+/// Process-wide because the code that finds them runs before and beside any one gateway's
+/// registry; every [`Metrics`] registry exports it.
+static FORGED_METADATA: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "sublet_gateway_forged_metadata_total",
+            "Snapshot manifests and journal segments on providers that failed authentication with the master key (ignored), by kind.",
+        ),
+        &["kind"],
+    )
+    .unwrap_or_else(|e| unreachable!("a constant metric definition is valid: {e}"))
+});
+
+/// Counts one metadata object that failed authentication (see [`FORGED_METADATA`]).
+pub fn count_forged_metadata(kind: &str) {
+    FORGED_METADATA.with_label_values(&[kind]).inc();
+}
+
+/// How many metadata objects of `kind` failed authentication in this process so far.
+pub fn forged_metadata(kind: &str) -> u64 {
+    FORGED_METADATA.with_label_values(&[kind]).get()
+}
 
 /// The gateway's metrics, in a registry of their own so several gateways can run in one
 /// process (tests).
@@ -211,6 +237,7 @@ impl Metrics {
             &["op"],
         )?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(FORGED_METADATA.clone()))?;
         Ok(Metrics {
             registry,
             requests,

@@ -330,7 +330,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
         .unwrap();
     assert_eq!((young.deleted, young.young), (0, stale as u64), "{young:?}");
     // Shards of another installation sharing the provider, and shards from before ids
-    // named their installation: the background collection never takes them.
+    // named their installation: no collection ever takes them.
     let (_, probe) = cluster
         .probes
         .iter()
@@ -350,28 +350,15 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     }
     let installation = format!("{}_", gateway.installation());
     assert_eq!(installation.len(), 13, "{installation}");
-    let background = sublet_gateway::upkeep::audit::collect_garbage_of(
-        &gateway,
-        None,
-        Duration::ZERO,
-        Some(&installation),
-    )
-    .await
-    .unwrap();
-    assert_eq!(background.deleted, stale as u64, "{background:?}");
-    assert_eq!(background.foreign, planted.len() as u64, "{background:?}");
-    for id in planted {
-        probe.stat_shard(id).await.unwrap();
-    }
-    // An operator's collection takes every unreferenced shard.
     let gc = collect_garbage(&gateway, Some(&cluster.metrics), Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(
-        (gc.deleted, gc.foreign),
-        (planted.len() as u64, 0),
-        "{gc:?}"
-    );
+    assert_eq!(gc.deleted, stale as u64, "{gc:?}");
+    assert_eq!(gc.foreign, planted.len() as u64, "{gc:?}");
+    for id in planted {
+        probe.stat_shard(id).await.unwrap();
+        probe.delete_shard(id).await.unwrap();
+    }
     assert_eq!(
         shard_files(&live_dirs(&providers)),
         referenced_live(meta.as_ref(), &providers)

@@ -195,7 +195,7 @@ async fn market_pool_contracts_matching_providers_and_stores_on_them() {
     std::fs::remove_dir_all(&paths.data_dir).unwrap();
     std::fs::create_dir_all(paths.master_key.parent().unwrap()).unwrap();
     std::fs::rename(&kept, &paths.master_key).unwrap();
-    let done = sublet_gateway::runtime::recover(&config, &Default::default(), false)
+    let done = sublet_gateway::runtime::recover(&config, &Default::default(), false, false)
         .await
         .unwrap();
     assert_eq!(done.replayed.applied, 1, "{:?}", done.replayed);

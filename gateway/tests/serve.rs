@@ -688,7 +688,7 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     let overrides = sublet_gateway::runtime::Overrides::default();
 
     // Nothing to recover from yet: a clear error, and nothing written.
-    let err = sublet_gateway::runtime::recover(&config, &overrides, false)
+    let err = sublet_gateway::runtime::recover(&config, &overrides, false, false)
         .await
         .unwrap_err();
     assert!(
@@ -765,14 +765,14 @@ async fn metadata_is_recovered_from_snapshots_on_providers() {
     // The disk is lost, the master key was backed up.
     let metadata = data_dir.join("metadata.db");
     assert!(metadata.exists());
-    let err = sublet_gateway::runtime::recover(&config, &overrides, false)
+    let err = sublet_gateway::runtime::recover(&config, &overrides, false, false)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("exists"), "{err:#}");
     lose_metadata(&data_dir);
     // The node key went with the disk: the master key makes the same node again.
     std::fs::remove_dir_all(data_dir.join("identity")).unwrap();
-    let done = sublet_gateway::runtime::recover(&config, &overrides, false)
+    let done = sublet_gateway::runtime::recover(&config, &overrides, false, false)
         .await
         .unwrap();
     assert_eq!(done.path, metadata);
@@ -907,7 +907,7 @@ async fn a_disk_lost_before_the_first_snapshot_is_rebuilt_from_the_journal() {
 
     lose_metadata(&data_dir);
     std::fs::remove_file(data_dir.join("policies.yaml")).unwrap();
-    let done = sublet_gateway::runtime::recover(&config, &overrides, false)
+    let done = sublet_gateway::runtime::recover(&config, &overrides, false, false)
         .await
         .unwrap();
     assert!(done.manifest.is_none());

@@ -26,9 +26,10 @@
 //! - `POST /admin/v1/scrub?after=SEQ&limit=N`: reads every shard of up to N versions (1000 by
 //!   default) after row id SEQ whole, unthrottled, flags corrupt or missing ones for repair,
 //!   and answers a [`crate::upkeep::scrub::ScrubReport`] whose `next` continues the walk.
-//! - `POST /admin/v1/gc?minAgeSeconds=N`: removes shards no metadata references, stored more
-//!   than N seconds ago (default a day), from every provider. Only for providers this gateway
-//!   alone uses: another gateway's shards are unreferenced here too.
+//! - `POST /admin/v1/gc?minAgeSeconds=N`: removes this installation's shards (ids starting
+//!   with its tag) that no metadata references, no write in flight in this process holds,
+//!   stored more than N seconds ago (default a day), from every provider. Another
+//!   installation's shards, and shards whose ids name none, are never taken.
 //!
 //! Everything that changes state or names objects (the POSTs and the lost list) wants the
 //! admin token as `Authorization: Bearer TOKEN`, like the policy API: without it 401 with a

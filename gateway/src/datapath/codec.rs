@@ -33,6 +33,8 @@ pub enum CodecError {
     MasterKey { path: String, reason: String },
     #[error("random number generator failed")]
     Random,
+    #[error("sealed record: {0}")]
+    Record(&'static str),
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], CodecError> {
@@ -154,6 +156,64 @@ impl MasterKey {
             .map_err(|_| CodecError::Unwrap)?;
         let raw: [u8; KEY_LEN] = raw.try_into().map_err(|_| CodecError::Unwrap)?;
         Ok(DataKey::from_bytes(&raw))
+    }
+}
+
+/// First bytes of a record sealed by [`MasterKey::seal_record`], format version 1.
+const RECORD_MAGIC: &[u8; 4] = b"SRC1";
+
+impl MasterKey {
+    /// Seals `body` as the record named `id` of this installation (a snapshot manifest):
+    /// encrypted and authenticated with the master key, the id and the installation tag
+    /// bound in as associated data, so no provider can forge one, pass one off under
+    /// another id, or plant another installation's.
+    pub fn seal_record(&self, id: &str, body: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let nonce = random_bytes::<NONCE_LEN>()?;
+        let mut sealed = body.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(self.record_aad(id)),
+                &mut sealed,
+            )
+            .map_err(|_| CodecError::Random)?;
+        let mut out = Vec::with_capacity(RECORD_MAGIC.len() + NONCE_LEN + sealed.len());
+        out.extend_from_slice(RECORD_MAGIC);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens a record [`MasterKey::seal_record`] sealed under `id`; fails (never panics) on
+    /// anything else: another format, another id, another installation, a changed byte.
+    pub fn open_record(&self, id: &str, blob: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let rest = blob
+            .strip_prefix(RECORD_MAGIC.as_slice())
+            .ok_or(CodecError::Record("not a sealed record (bad magic)"))?;
+        let (nonce, sealed) = rest
+            .split_at_checked(NONCE_LEN)
+            .ok_or(CodecError::Record("truncated"))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CodecError::Record("truncated"))?;
+        let mut buf = sealed.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(self.record_aad(id)), &mut buf)
+            .map_err(|_| {
+                CodecError::Record(
+                    "failed authentication: not sealed by this installation's master key under this id",
+                )
+            })?;
+        Ok(plain.to_vec())
+    }
+
+    fn record_aad(&self, id: &str) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(32 + id.len());
+        aad.extend_from_slice(b"sublet record v1\0");
+        aad.extend_from_slice(self.installation.as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(id.as_bytes());
+        aad
     }
 }
 

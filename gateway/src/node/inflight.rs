@@ -157,3 +157,105 @@ mod tests {
         assert_eq!(inflight.reading(), 0);
     }
 }
+
+/// Writes in flight in this process: shards stored on providers that no committed metadata
+/// names yet (a PUT still streaming, a part or copy not yet recorded, a transition or
+/// re-encode not yet switched in, a repair's rebuilt shards before the swap). Garbage
+/// collection keeps every shard of them whatever its age: a write may take longer than any
+/// fixed delay.
+#[derive(Clone, Default)]
+pub struct Writes {
+    ids: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Held for as long as a write's shards may be unreferenced; dropping it ends the write.
+pub struct WriteGuard {
+    ids: Arc<Mutex<HashMap<String, usize>>>,
+    id: String,
+}
+
+impl Writes {
+    /// Registers the write whose shard ids start with `write_id` and a `.` (an object
+    /// write's `<installation>_<uid>`), or end with `write_id` (a repair's `-r<suffix>`).
+    pub fn start(&self, write_id: &str) -> WriteGuard {
+        *self.lock().entry(write_id.to_owned()).or_default() += 1;
+        WriteGuard {
+            ids: Arc::clone(&self.ids),
+            id: write_id.to_owned(),
+        }
+    }
+
+    /// Whether `shard_id` belongs to a write in flight.
+    pub fn holds(&self, shard_id: &str) -> bool {
+        let ids = self.lock();
+        let write = shard_id.split('.').next().unwrap_or(shard_id);
+        let repair = shard_id
+            .rfind("-r")
+            .map_or("", |at| shard_id.get(at..).unwrap_or(""));
+        ids.contains_key(write) || (!repair.is_empty() && ids.contains_key(repair))
+    }
+
+    /// The writes in flight now, detached from later starts and ends: garbage collection
+    /// takes it before it reads which shards metadata references, so a write that ends
+    /// in between is either still held here or committed (and referenced) by then.
+    pub fn frozen(&self) -> Writes {
+        Writes {
+            ids: Arc::new(Mutex::new(self.lock().clone())),
+        }
+    }
+
+    /// Writes in flight now.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = ids.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                ids.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("WriteGuard").field(&self.id).finish()
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn a_write_holds_its_shards_until_its_guard_drops() {
+        let writes = Writes::default();
+        let put = writes.start("0123456789ab_u1");
+        let repair = writes.start("-rq7");
+        assert!(writes.holds("0123456789ab_u1.0.3"));
+        assert!(writes.holds("0123456789ab_u0.2.1-rq7"));
+        assert!(!writes.holds("0123456789ab_u2.0.3"));
+        assert!(!writes.holds("0123456789ab_u0.2.1-rq8"));
+        let again = writes.start("0123456789ab_u1");
+        drop(put);
+        assert!(
+            writes.holds("0123456789ab_u1.0.0"),
+            "one of two guards left"
+        );
+        let frozen = writes.frozen();
+        drop((again, repair));
+        assert!(frozen.holds("0123456789ab_u1.0.0"), "as it was when frozen");
+        assert!(!writes.holds("0123456789ab_u1.0.0"));
+        assert!(!writes.holds("0123456789ab_u0.2.1-rq7"));
+        assert_eq!(writes.count(), 0);
+    }
+}

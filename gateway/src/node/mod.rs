@@ -102,6 +102,8 @@ pub struct Node {
     retired: Arc<std::sync::Mutex<Vec<(i64, crate::datapath::layout::Layout)>>>,
     /// Versions being streamed to clients, whose shards a removal must leave until the end.
     inflight: inflight::InFlight,
+    /// Writes whose shards no committed metadata names yet: garbage collection keeps them.
+    writes: inflight::Writes,
     /// The metadata journal, when the store is this gateway's own (see [`crate::meta::journal`]).
     journal: Option<Arc<crate::meta::journal::Journal>>,
     /// Segment buffers all writes in flight may hold together.
@@ -152,6 +154,7 @@ impl Node {
             repair_claims: Arc::default(),
             retired: Arc::default(),
             inflight: inflight::InFlight::default(),
+            writes: inflight::Writes::default(),
             journal: None,
             upload_budget: budget::BufferBudget::default(),
             read_budget: budget::BufferBudget::default(),
@@ -317,6 +320,11 @@ impl Node {
     /// The providers and their health, for what runs below the node (the journal).
     pub fn fleet(&self) -> &Arc<Fleet> {
         &self.fleet
+    }
+
+    /// Writes in flight in this process (see [`inflight::Writes`]).
+    pub fn writes(&self) -> &inflight::Writes {
+        &self.writes
     }
 
     /// This installation's tag, the start of its shard ids (see [`MasterKey::installation`]).

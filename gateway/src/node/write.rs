@@ -25,6 +25,9 @@ pub struct Written {
     pub size: u64,
     /// Hex MD5 of the bytes written.
     pub md5: String,
+    /// Keeps the shards from garbage collection until the caller has recorded (or freed)
+    /// them: dropped with the rest of this value.
+    pub in_flight: Option<crate::node::inflight::WriteGuard>,
 }
 
 /// A segment on its way to the providers, with the share of the upload budget it holds.
@@ -110,6 +113,7 @@ async fn write_body(
             layout: writer.finish(),
             size,
             md5,
+            in_flight: None,
         }),
         (_, Err(e)) => {
             writer.abort().await;
@@ -200,6 +204,8 @@ impl Node {
         // Shard ids name the installation first, so background garbage collection on a
         // provider shared with another installation only ever considers this one's shards.
         let uid = format!("{}_{}", self.master.installation(), random_uid());
+        // Registered before the first shard is stored, released by the caller's `Written`.
+        let in_flight = self.writes.start(&uid);
         let placement = self.place(plan, key, &uid)?;
         let writer = ObjectWriter::new(
             &self.master,
@@ -216,7 +222,7 @@ impl Node {
 
         // A spawned task runs to completion (or aborts cleanly) even if the
         // client goes away and this handler future is dropped.
-        tokio::spawn(write_body(
+        let mut written = tokio::spawn(write_body(
             writer,
             body,
             segment_size,
@@ -224,7 +230,9 @@ impl Node {
             self.upload_budget.clone(),
         ))
         .await
-        .map_err(|e| Error::internal(format!("the write task failed: {e}")))?
+        .map_err(|e| Error::internal(format!("the write task failed: {e}")))??;
+        written.in_flight = Some(in_flight);
+        Ok(written)
     }
 
     /// Reads a small body of `declared` bytes whole and seals it into an inline layout.
@@ -263,7 +271,12 @@ impl Node {
             plain,
         )
         .map_err(|e| Error::internal(format!("sealing the object failed: {e}")))?;
-        Ok(Written { layout, size, md5 })
+        Ok(Written {
+            layout,
+            size,
+            md5,
+            in_flight: None,
+        })
     }
 
     /// Whether small objects may be kept in metadata now: only where metadata is kept as

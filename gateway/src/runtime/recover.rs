@@ -11,7 +11,7 @@ use sublet_provider::client::ProviderClient;
 use super::*;
 use crate::meta::MetadataStore;
 use crate::node::Node;
-use crate::upkeep::snapshot::{self, MANIFEST_PREFIX, Manifest, manifest_ids};
+use crate::upkeep::snapshot::{self, Manifest};
 
 /// What `sublet recover` restored.
 #[derive(Debug)]
@@ -105,15 +105,18 @@ pub async fn after_snapshot(
     Ok(out)
 }
 
-/// Writes the newest readable snapshot any provider holds to `target` (refusing to
-/// overwrite an existing file unless `force`). `gateway` only reads (its own metadata
-/// store is not used).
+/// Writes the newest readable snapshot of this installation the providers hold to `target`
+/// (refusing to overwrite an existing file unless `force`). Only manifests sealed by this
+/// installation's master key count; those in the unsealed format of older gateways are
+/// tried after them, and only with `trust_unsealed` (anyone could have written them).
+/// `gateway` only reads (its own metadata store is not used).
 pub async fn restore_newest(
     gateway: &Node,
     clients: &[(String, ProviderClient)],
     target: &Path,
     overlay: &Path,
     force: bool,
+    trust_unsealed: bool,
 ) -> anyhow::Result<Recovered> {
     if target.exists() && !force {
         bail!(
@@ -121,8 +124,32 @@ pub async fn restore_newest(
             target.display()
         );
     }
-    let ids = manifest_ids(clients).await;
-    if ids.is_empty() {
+    let listed = snapshot::list_manifests(gateway, clients).await;
+    for forged in &listed.forged {
+        tracing::error!(manifest = %forged, "a snapshot manifest failed authentication; not restored");
+    }
+    let mut manifests: Vec<(String, Option<Manifest>)> = listed
+        .sealed
+        .iter()
+        .map(|m| (m.shard_id(), Some(m.clone())))
+        .collect();
+    if trust_unsealed {
+        for (id, holders) in &listed.unsealed {
+            let m = snapshot::fetch_unsealed(gateway, id, holders).await;
+            manifests.push((id.clone(), m));
+        }
+    }
+    if manifests.is_empty() {
+        if !listed.unsealed.is_empty() {
+            bail!(
+                "the providers hold no sealed metadata snapshot of this installation, only {} \
+                 unsealed manifests in the format of gateways before sealing (newest {}): \
+                 anyone able to write to a provider could have planted them. If they are \
+                 yours, run `sublet recover --trust-unsealed-manifests`",
+                listed.unsealed.len(),
+                listed.unsealed[0].0
+            );
+        }
         // A young installation (no snapshot is due in its first interval) has its whole
         // history in the journal: nothing was trimmed without a snapshot.
         let (segments, _) =
@@ -131,17 +158,20 @@ pub async fn restore_newest(
             return replay_onto_empty(gateway, clients, target, overlay).await;
         }
         bail!(
-            "no provider holds a metadata snapshot (shards named {MANIFEST_PREFIX}*); `sublet serve` takes one every StorageGateway spec.snapshotInterval (default {} min)",
+            "no provider holds a metadata snapshot of this installation (shards named {}*{}); `sublet serve` takes one every StorageGateway spec.snapshotInterval (default {} min)",
+            snapshot::manifest_prefix(gateway.installation()),
+            if listed.forged.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} manifests failed authentication and were ignored",
+                    listed.forged.len()
+                )
+            },
             snapshot::SNAPSHOT_INTERVAL.as_secs() / 60
         );
     }
-    // Each manifest is fetched once: the newest readable snapshot is restored, and the
-    // shards of all of them are snapshots, not lost writes.
-    let mut manifests = Vec::with_capacity(ids.len());
-    for id in ids {
-        let manifest = crate::upkeep::snapshot::fetch_manifest(gateway, &id).await;
-        manifests.push((id, manifest));
-    }
+    // The shards of every snapshot are snapshots, not lost writes.
     let snapshot_shards: std::collections::HashSet<String> = manifests
         .iter()
         .filter_map(|(_, m)| m.as_ref())
@@ -265,18 +295,20 @@ pub async fn recover(
     config: &Config,
     overrides: &Overrides,
     force: bool,
+    trust_unsealed: bool,
 ) -> anyhow::Result<crate::runtime::recover::Recovered> {
-    recover_from_providers(config, overrides, force, false)
+    recover_from_providers(config, overrides, force, trust_unsealed, false)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the providers hold nothing to recover from"))
 }
 
 /// [`recover`]; with `only_if_any`, `None` (and nothing written) when the providers hold
-/// no snapshot and no journal of this installation.
+/// no (authenticated) snapshot and no journal of this installation.
 async fn recover_from_providers(
     config: &Config,
     overrides: &Overrides,
     force: bool,
+    trust_unsealed: bool,
     only_if_any: bool,
 ) -> anyhow::Result<Option<crate::runtime::recover::Recovered>> {
     let Some(gateway_resource) = config.gateway() else {
@@ -321,8 +353,9 @@ async fn recover_from_providers(
         Arc::new(SqliteStore::open_in_memory().map_err(|e| anyhow::anyhow!("scratch store: {e}"))?);
     let gateway = Node::new(scratch, master, plans, backends)?;
     if only_if_any
-        && crate::upkeep::snapshot::manifest_ids(&clients)
+        && crate::upkeep::snapshot::list_manifests(&gateway, &clients)
             .await
+            .sealed
             .is_empty()
         && crate::meta::journal::list_segments(gateway.installation(), &clients)
             .await
@@ -337,6 +370,7 @@ async fn recover_from_providers(
         &paths.metadata,
         &paths.data_dir.join(crate::admin::policy::OVERLAY_FILE),
         force,
+        trust_unsealed,
     )
     .await
     .map(Some)
@@ -358,7 +392,7 @@ pub(super) async fn recover_lost_metadata(
     if spec.metadata.postgres.is_some() || paths.metadata.exists() || !paths.master_key.exists() {
         return Ok(());
     }
-    match recover_from_providers(file, overrides, false, true).await {
+    match recover_from_providers(file, overrides, false, false, true).await {
         Ok(None) => {
             tracing::info!(metadata = %paths.metadata.display(), "new metadata store: the providers hold no snapshot or journal of this installation");
             Ok(())

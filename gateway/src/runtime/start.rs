@@ -40,7 +40,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     let (journal_stop, journal_stopped) = tokio::sync::watch::channel(false);
     let probes: ProbeList = Arc::new(std::sync::RwLock::new(clients.clone()));
     if let Some(j) = gateway.journal() {
-        j.follow(&clients).await;
+        j.follow(gateway.fleet(), &clients).await;
     }
     let journal_task = gateway.journal().map(|j| {
         let probes = Arc::clone(&probes);

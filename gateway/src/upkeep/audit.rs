@@ -8,6 +8,7 @@
 //! (aborted uploads, deleted objects, crashed writes, repaired-away copies) once they are
 //! older than a safety delay.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::node::health::now_ms;
 pub use crate::node::rules::AuditPolicy;
-use crate::upkeep::snapshot::MANIFEST_PREFIX;
+use crate::upkeep::snapshot::{MANIFEST_PREFIX, fetch_unsealed, open_manifests};
 
 /// Longest slice an audit asks for.
 pub const MAX_AUDIT_SLICE: u64 = 64 << 10;
@@ -122,10 +123,10 @@ pub struct GcReport {
     pub listed: u64,
     /// Unreferenced shards old enough, removed.
     pub deleted: u64,
-    /// Unreferenced shards younger than the safety delay (perhaps a write in flight).
+    /// Unreferenced shards younger than the safety delay or of a write in flight.
     pub young: u64,
     /// Shards left alone because their ids name another installation (or none: written
-    /// before ids named one); only the background collection skips them.
+    /// before ids named one), snapshot manifests and journal segments.
     #[serde(default)]
     pub foreign: u64,
 }
@@ -135,27 +136,19 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 /// How old an unreferenced shard must be before the background collection removes it.
 pub const GC_MIN_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// Removes from every answering provider the shards no metadata references and that were
-/// stored more than `min_age` ago. A provider lending space on the market shows each
-/// demander's gateway only the shards in its own namespace, so market pools are collected
-/// like the gateway's own providers.
+/// Removes from every answering provider the shards of this installation (ids starting
+/// with its tag and `_`) that no metadata references, no write in flight in this process
+/// holds ([`crate::node::inflight::Writes`]) and that were stored more than `min_age` ago.
+/// Every other shard is left alone: another installation's (a provider both use), one
+/// written before ids named their installation, snapshot manifests and journal segments,
+/// the shards of snapshots, and shards retired for reads in flight. A provider lending
+/// space on the market shows each demander's gateway only its own namespace.
 pub async fn collect_garbage(
     gateway: &Node,
     metrics: Option<&Metrics>,
     min_age: Duration,
 ) -> anyhow::Result<GcReport> {
-    collect_garbage_of(gateway, metrics, min_age, None).await
-}
-
-/// [`collect_garbage`] of only the shards whose ids start with `prefix` (when given): the
-/// background collection passes this installation's tag, so shards another installation
-/// wrote to a provider both use are never its garbage.
-pub async fn collect_garbage_of(
-    gateway: &Node,
-    metrics: Option<&Metrics>,
-    min_age: Duration,
-    prefix: Option<&str>,
-) -> anyhow::Result<GcReport> {
+    let prefix = format!("{}_", gateway.installation());
     let mut report = GcReport::default();
     let meta = Arc::clone(gateway.metadata());
     let cutoff = now_ms() / 1000 - i64::try_from(min_age.as_secs()).unwrap_or(i64::MAX);
@@ -174,45 +167,58 @@ pub async fn collect_garbage_of(
             }
         }
     }
-    // Metadata snapshots live outside the store they copy: their manifests and the shards
-    // the manifests name are never garbage.
-    let manifests: std::collections::BTreeSet<&str> = listings
-        .iter()
-        .flat_map(|(_, _, stored)| stored.iter().map(|(id, _)| id.as_str()))
-        .filter(|id| id.starts_with(MANIFEST_PREFIX))
-        .collect();
+    // Metadata snapshots live outside the store they copy: the shards their manifests name
+    // are never garbage. Manifests that fail authentication name nothing.
+    let mut listed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (node, _, stored) in &listings {
+        for (id, _) in stored {
+            if id.starts_with(MANIFEST_PREFIX) {
+                listed.entry(id.clone()).or_default().push(node.clone());
+            }
+        }
+    }
+    let manifests = open_manifests(gateway, listed).await;
+    if let Some(id) = manifests.unanswered.first() {
+        anyhow::bail!(
+            "snapshot manifest {id} could not be read from any provider listing it; garbage \
+             collection stopped so it cannot take that snapshot's shards"
+        );
+    }
     // Shards a lifecycle transition replaced serve reads in flight for a while yet.
     let mut kept_shards = gateway.retired_shards();
-    for id in manifests {
-        match crate::upkeep::snapshot::fetch_manifest(gateway, id).await {
+    for m in &manifests.sealed {
+        kept_shards.extend(m.layout.shards().map(|s| s.shard_id.clone()));
+    }
+    // Unsealed manifests of older gateways cannot be trusted, but keeping what they name is
+    // harmless: `sublet recover --trust-unsealed-manifests` may still need it.
+    for (id, holders) in &manifests.unsealed {
+        match fetch_unsealed(gateway, id, holders).await {
             Some(m) => kept_shards.extend(m.layout.shards().map(|s| s.shard_id.clone())),
-            None => anyhow::bail!(
-                "snapshot manifest {id} is unreadable on every provider; garbage collection \
-                 stopped so it cannot take that snapshot's shards"
-            ),
+            None => {
+                crate::metrics::count_forged_metadata("unsealed_manifest");
+                tracing::warn!(manifest = %id, "an unsealed snapshot manifest is unreadable; ignored");
+            }
         }
     }
     for (node, backend, stored) in listings {
         report.providers += 1;
         report.listed += stored.len() as u64;
-        // Listed first, referenced second: a shard committed in between is referenced.
+        // Listed first, writes in flight second, referenced third: a write that ends in
+        // between is held in the frozen set or committed (and referenced) by the read.
+        let writes = gateway.writes().frozen();
         let referenced = {
             let (meta, node) = (Arc::clone(&meta), node.clone());
             tokio::task::spawn_blocking(move || meta.referenced_shards(&node)).await??
         };
         for (id, stored_at) in stored {
-            if prefix.is_some_and(|p| !id.starts_with(p)) {
+            if !id.starts_with(&prefix) {
                 report.foreign += 1;
                 continue;
             }
-            if referenced.contains(&id)
-                || id.starts_with(MANIFEST_PREFIX)
-                || id.starts_with(crate::meta::journal::JOURNAL_PREFIX)
-                || kept_shards.contains(&id)
-            {
+            if referenced.contains(&id) || kept_shards.contains(&id) {
                 continue;
             }
-            if stored_at > cutoff {
+            if stored_at > cutoff || writes.holds(&id) {
                 report.young += 1;
                 continue;
             }
@@ -243,13 +249,12 @@ pub fn spawn_gc_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let prefix = format!("{}_", gateway.installation());
         loop {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 _ = stop.changed() => return,
             }
-            match collect_garbage_of(&gateway, metrics.as_ref(), min_age, Some(&prefix)).await {
+            match collect_garbage(&gateway, metrics.as_ref(), min_age).await {
                 Ok(r) => tracing::info!(
                     providers = r.providers,
                     listed = r.listed,
@@ -323,5 +328,109 @@ mod tests {
         assert_eq!(p.interval, Duration::from_secs(600));
         assert_eq!(p.samples_per_provider, 10);
         assert_eq!(AuditPolicy::tightest([]), AuditPolicy::default());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod gc_tests {
+    use super::*;
+    use crate::datapath::layout::Scheme;
+    use crate::node::Plan;
+    use bytes::Bytes;
+
+    /// Shards of this installation on the providers, by provider.
+    async fn ours(gateway: &Node) -> Vec<(String, String)> {
+        let prefix = format!("{}_", gateway.installation());
+        let mut out = Vec::new();
+        for site in &gateway.topology().sites {
+            let b = gateway.backend(&site.node_id).unwrap();
+            for (id, _) in b.list().await.unwrap().unwrap_or_default() {
+                if id.starts_with(&prefix) {
+                    out.push((site.node_id.clone(), id));
+                }
+            }
+        }
+        out
+    }
+
+    /// `POST /admin/v1/gc?minAgeSeconds=0` while a PUT is still streaming: its shards stay
+    /// (they are garbage only once the write ends without committing), and no collection
+    /// ever takes another installation's shards or shards whose ids name none.
+    #[tokio::test]
+    async fn gc_keeps_writes_in_flight_and_never_takes_other_installations_shards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plan = Plan {
+            name: "standard".into(),
+            scheme: Scheme::Erasure { data: 2, parity: 1 },
+            encrypt: true,
+            segment_size: 64 << 10,
+            write_quorum: 3,
+            inline_up_to: 0,
+        };
+        let cluster = crate::runtime::dev::start_cluster(tmp.path(), 3, vec![plan.clone()])
+            .await
+            .unwrap();
+        let gateway = Arc::clone(&cluster.gateway);
+        let foreign = ["0123456789ab_0f0f.0.0", "legacy0123.0.1"];
+        assert!(!gateway.installation().starts_with("0123456789ab"));
+        for id in foreign {
+            cluster.probes[0]
+                .1
+                .put_shard(id, Bytes::from_static(b"not ours"))
+                .await
+                .unwrap();
+        }
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let body = s3s::dto::StreamingBlob::wrap(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let writer = {
+            let (gateway, plan) = (Arc::clone(&gateway), plan.clone());
+            tokio::spawn(async move { gateway.store_striped(&plan, "slow", Some(body)).await })
+        };
+        for _ in 0..3 {
+            tx.send(Ok(Bytes::from(vec![7u8; 64 << 10]))).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ours(&gateway).await.len() < 6 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the write stored nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Older than any age the admin may ask for (stored_at counts in seconds).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let in_flight = ours(&gateway).await;
+        let gc = collect_garbage(&gateway, None, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(gc.deleted, 0, "{gc:?}");
+        assert!(gc.young >= in_flight.len() as u64, "{gc:?}");
+        assert_eq!(gc.foreign, foreign.len() as u64, "{gc:?}");
+        for (node, id) in &in_flight {
+            let b = gateway.backend(node).unwrap();
+            assert!(
+                b.get(id).await.is_ok(),
+                "{id} of the write in flight was taken"
+            );
+        }
+
+        // The write ends and nothing records it: now its shards are garbage.
+        tx.send(Ok(Bytes::from_static(b"tail"))).await.unwrap();
+        drop(tx);
+        let written = writer.await.unwrap().unwrap();
+        let shards = written.layout.shards().count() as u64;
+        drop(written);
+        assert_eq!(gateway.writes().count(), 0);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let gc = collect_garbage(&gateway, None, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(gc.deleted, shards, "{gc:?}");
+        assert!(ours(&gateway).await.is_empty());
+        for id in foreign {
+            cluster.probes[0].1.stat_shard(id).await.unwrap();
+        }
     }
 }

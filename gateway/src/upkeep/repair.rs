@@ -374,6 +374,8 @@ impl Repairer {
         let mut new_layout = layout.clone();
         let mut written: Vec<ShardLocation> = Vec::new();
         let mut replaced: Vec<ShardLocation> = Vec::new();
+        // Kept until the swap below is done: garbage collection leaves the rebuilt shards.
+        let mut in_flight = Vec::new();
         let result = self
             .rebuild_pieces(
                 plan,
@@ -384,6 +386,7 @@ impl Repairer {
                 pace,
                 &mut written,
                 &mut replaced,
+                &mut in_flight,
             )
             .await;
         let backend_for = |node: &str| self.gateway.backend(node);
@@ -432,6 +435,7 @@ impl Repairer {
         pace: &Pace,
         written: &mut Vec<ShardLocation>,
         replaced: &mut Vec<ShardLocation>,
+        in_flight: &mut Vec<crate::node::inflight::WriteGuard>,
     ) -> anyhow::Result<()> {
         let topology = self.gateway.topology();
         let rule = topology.rule(plan);
@@ -548,6 +552,7 @@ impl Repairer {
                 )
                 .map_err(|e| anyhow::anyhow!("object {object}: segment {g}: {e}"))?;
                 let suffix = random_suffix();
+                in_flight.push(self.gateway.writes().start(&format!("-r{suffix}")));
                 // The stripe's rebuilt shards are written in parallel (each is an fsync on
                 // its provider); every one that landed is recorded before any error
                 // returns, so a failed repair removes what it wrote.

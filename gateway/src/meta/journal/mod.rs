@@ -28,6 +28,7 @@ pub use replay::{Replayed, apply, replay};
 pub use segment::{list_segments, open_segment, segment_prefix, trim};
 pub use store::JournaledStore;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ pub const JOURNAL_COPIES: usize = 3;
 
 /// How long a request waits for its change to reach the journal before it fails.
 pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Segments dated after this machine's clock [`Journal::follow`] reads at most before it
+/// numbers from the clock: a provider listing many forged ids costs that many fetches.
+pub const FOLLOW_CHECKS: usize = 16;
 
 /// How long one provider may take to store a segment.
 const PUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,33 +195,76 @@ impl Journal {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes this run's positions sort after every segment `clients` list, so a clock that
-    /// went back since the last run (a board without a real-time clock, before NTP) cannot
-    /// order its segments before older ones. Call before [`Journal::spawn`].
-    pub async fn follow(&self, clients: &[(String, ProviderClient)]) {
+    /// Makes this run's positions sort after every segment of this installation on the
+    /// providers, so a clock that went back since the last run (a board without a real-time
+    /// clock, before NTP) cannot order its segments before older ones. Only a segment that
+    /// authenticates counts: a provider listing a forged id dated in the future must not
+    /// move the journal. Call before [`Journal::spawn`].
+    pub async fn follow(&self, fleet: &Fleet, clients: &[(String, ProviderClient)]) {
         let (segments, _) = list_segments(self.master.installation(), clients).await;
-        self.follow_ids(segments.keys().map(String::as_str));
+        self.follow_segments(fleet, &segments).await;
     }
 
-    /// [`Journal::follow`] for segments named `ids`.
-    fn follow_ids<'a>(&self, ids: impl Iterator<Item = &'a str>) {
-        let newest = ids
-            .filter_map(|id| id.strip_prefix(&self.prefix))
-            .filter_map(|pos| pos.split('-').next()?.parse::<i64>().ok())
-            .max();
-        let mut state = self.state();
-        if let Some(newest) = newest
-            && newest >= state.epoch
-            && !state.active
-        {
-            tracing::warn!(
-                newest_segment_ms = newest,
-                now_ms = state.epoch,
-                "the metadata journal on the providers is newer than this machine's clock; \
-                 numbering after it"
-            );
-            state.epoch = newest + 1;
-            state.cut = position(state.epoch, 0);
+    /// [`Journal::follow`] for the listed `segments` (id → providers listing it): checks
+    /// those ahead of this run's clock, newest first, until one opens; each that does not
+    /// is ignored and reported (at most [`FOLLOW_CHECKS`] of them are fetched).
+    async fn follow_segments(&self, fleet: &Fleet, segments: &BTreeMap<String, Vec<String>>) {
+        let epoch = self.state().epoch;
+        let ahead = segments.iter().rev().filter_map(|(id, nodes)| {
+            let ms = id
+                .strip_prefix(&self.prefix)?
+                .split('-')
+                .next()?
+                .parse::<i64>()
+                .ok()?;
+            (ms >= epoch).then_some((id, nodes, ms))
+        });
+        for (checked, (id, nodes, ms)) in ahead.enumerate() {
+            if checked == FOLLOW_CHECKS {
+                tracing::warn!(
+                    checked,
+                    "the providers list more journal segments dated after this machine's clock than are checked; numbering from the clock"
+                );
+                return;
+            }
+            let mut problems = Vec::new();
+            let mut genuine = false;
+            for node in nodes {
+                let Some(b) = fleet.backend(node) else {
+                    continue;
+                };
+                match b.get(id).await {
+                    Ok(blob) => match open_segment(&self.master, id, &blob) {
+                        Ok(_) => {
+                            genuine = true;
+                            break;
+                        }
+                        Err(e) => {
+                            crate::metrics::count_forged_metadata("journal_segment");
+                            problems.push(format!("{node}: {e}"));
+                        }
+                    },
+                    Err(e) => problems.push(format!("{node}: {e}")),
+                }
+            }
+            if !genuine {
+                tracing::warn!(segment = %id, problems = %problems.join("; "), "a journal segment dated after this machine's clock cannot be read or failed authentication; ignored");
+                continue;
+            }
+            let mut state = self.state();
+            if let Some(next) = ms.checked_add(1)
+                && !state.active
+            {
+                tracing::warn!(
+                    newest_segment_ms = ms,
+                    now_ms = state.epoch,
+                    "the metadata journal on the providers is newer than this machine's clock; \
+                     numbering after it"
+                );
+                state.epoch = next;
+                state.cut = position(state.epoch, 0);
+            }
+            return;
         }
     }
 

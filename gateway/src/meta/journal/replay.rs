@@ -63,7 +63,13 @@ pub async fn replay(
                 match b.get(&id).await {
                     Ok(blob) => match open_segment(master, &id, &blob) {
                         Ok(entries) => return (id, Ok(entries)),
-                        Err(e) => problems.push(format!("{node}: {e}")),
+                        Err(e) => {
+                            // A copy that does not open under its id and this master key:
+                            // forged, replayed under another id, or another installation's.
+                            crate::metrics::count_forged_metadata("journal_segment");
+                            tracing::warn!(segment = %id, provider = %node, error = %e, "a journal segment failed authentication; ignored");
+                            problems.push(format!("{node}: {e}"));
+                        }
                     },
                     Err(e) => problems.push(format!("{node}: {e}")),
                 }

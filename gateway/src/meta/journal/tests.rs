@@ -483,24 +483,92 @@ async fn without_providers_writes_go_on_unjournaled() {
     assert_eq!(journal.cut(), cut, "nothing was stored, so the cut stays");
 }
 
-#[test]
-fn a_clock_behind_the_journal_numbers_after_it() {
+/// One fake provider holding `shards`, and the fleet around it.
+fn fleet_holding(shards: BTreeMap<String, Bytes>) -> (Arc<Fleet>, BTreeMap<String, Vec<String>>) {
+    let listed = shards
+        .keys()
+        .map(|id| (id.clone(), vec!["p0".to_owned()]))
+        .collect();
+    let fake = Arc::new(Fake {
+        id: "p0".into(),
+        shards: Mutex::new(shards),
+        down: false.into(),
+        lies: false.into(),
+    });
+    let backends = vec![fake as Arc<dyn crate::datapath::stripes::ShardBackend>];
+    let fleet = Fleet::new(master().installation(), &backends, Arc::default());
+    (Arc::new(fleet), listed)
+}
+
+#[tokio::test]
+async fn a_clock_behind_the_journal_numbers_after_it() {
     let journal = Journal::new(master());
     let prefix = segment_prefix(master().installation());
     let ahead = crate::clock::now_ms() + 3_600_000;
-    let ids = [
-        format!("{prefix}{}", position(ahead - 5, 7)),
-        format!("{prefix}{}", position(ahead, 2)),
-        format!("{JOURNAL_PREFIX}otherinstall-{}", position(ahead + 99, 1)),
-    ];
-    journal.follow_ids(ids.iter().map(String::as_str));
+    let genuine = |pos: String| {
+        let id = format!("{prefix}{pos}");
+        let blob = journal.seal(&id, &[]).unwrap();
+        (id, blob)
+    };
+    let older = genuine(position(ahead - 5, 7));
+    let newest = genuine(position(ahead, 2));
+    let other = format!("{JOURNAL_PREFIX}otherinstall-{}", position(ahead + 99, 1));
+    let shards = BTreeMap::from([
+        older.clone(),
+        newest.clone(),
+        (other, Bytes::from_static(b"not ours")),
+    ]);
+    let (fleet, listed) = fleet_holding(shards);
+    journal.follow_segments(&fleet, &listed).await;
     assert_eq!(journal.cut(), position(ahead + 1, 0));
-    assert!(format!("{prefix}{}", journal.cut()) > ids[1]);
+    assert!(format!("{prefix}{}", journal.cut()) > newest.0);
     // A journal already behind nobody stays where it is.
     let fresh = Journal::new(master());
     let before = fresh.cut();
-    fresh.follow_ids(ids[..1].iter().map(|_| "garbage"));
+    let (fleet, listed) = fleet_holding(BTreeMap::from([(
+        format!("{prefix}{}", position(1, 1)),
+        older.1,
+    )]));
+    fresh.follow_segments(&fleet, &listed).await;
     assert_eq!(fresh.cut(), before);
+}
+
+#[tokio::test]
+async fn forged_segment_ids_dated_in_the_future_do_not_move_the_journal() {
+    let journal = Journal::new(master());
+    let before = journal.cut();
+    let prefix = segment_prefix(master().installation());
+    let now = crate::clock::now_ms();
+    // A real segment replayed under a later id, junk, another installation's sealed
+    // segment under this installation's id, and an id at the end of time (which once
+    // overflowed the numbering).
+    let real_id = format!("{prefix}{}", position(now - 1000, 1));
+    let real = journal.seal(&real_id, &[]).unwrap();
+    let stranger = Journal::new(Arc::new(MasterKey::from_bytes(&[8; 32])));
+    let forged_id = |ms: i64| format!("{prefix}{}", position(ms, 1));
+    let shards = BTreeMap::from([
+        (real_id.clone(), real.clone()),
+        (forged_id(now + 86_400_000), real),
+        (
+            forged_id(now + 2 * 86_400_000),
+            Bytes::from_static(b"SJL1junk"),
+        ),
+        (
+            forged_id(now + 3 * 86_400_000),
+            stranger
+                .seal(&forged_id(now + 3 * 86_400_000), &[])
+                .unwrap(),
+        ),
+        (forged_id(i64::MAX), Bytes::from_static(b"junk")),
+    ]);
+    let forged_before = crate::metrics::forged_metadata("journal_segment");
+    let (fleet, listed) = fleet_holding(shards);
+    journal.follow_segments(&fleet, &listed).await;
+    assert_eq!(journal.cut(), before, "the journal followed a forgery");
+    assert!(
+        crate::metrics::forged_metadata("journal_segment") >= forged_before + 4,
+        "every forgery is counted"
+    );
 }
 
 #[test]
