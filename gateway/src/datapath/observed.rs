@@ -42,6 +42,10 @@ impl ObservedBackend {
                 if !e.0.contains("NotFound") {
                     self.health.record_failure(node);
                 }
+                // Out of space, whatever its free space said: believe it no more for now.
+                if call == "put" && e.0.contains("ResourceExhausted") {
+                    self.health.record_out_of_space(node);
+                }
             }
         }
     }
@@ -192,6 +196,20 @@ mod tests {
             text.contains("sublet_gateway_shard_failures_total{call=\"put\",provider=\"n1\"} 1"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_refused_for_space_zeroes_the_free_space_it_claimed() {
+        let metrics = Metrics::new().unwrap();
+        let health = Arc::new(HealthBoard::default());
+        health.record_free("n1", 1 << 50);
+        let full = Fake {
+            fail: Some("provider n1: put: ResourceExhausted: capacity exhausted"),
+            ..Fake::default()
+        };
+        let full = ObservedBackend::wrap(Arc::new(full), &metrics, &health);
+        assert!(put_shard(full.as_ref(), "s", Bytes::new()).await.is_err());
+        assert_eq!(health.free_bytes("n1"), Some(0));
     }
 
     #[tokio::test]
