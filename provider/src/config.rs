@@ -435,7 +435,7 @@ mod tests {
     fn fault_switches_are_hidden_and_parsed() {
         use clap::CommandFactory;
         let help = Args::command().render_long_help().to_string();
-        assert!(!help.contains("fault"), "{help}");
+        assert!(!help.contains("--fault"), "{help}");
         let cfg = Args::try_parse_from([
             "sublet-provider",
             "--fault-swap-shards",

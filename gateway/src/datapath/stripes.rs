@@ -498,7 +498,9 @@ impl ObjectReader {
     /// The data key and nonce prefix segments are sealed with, when encrypted.
     fn sealing_key(&self) -> Option<(&DataKey, &[u8])> {
         match (&self.key, &self.layout.encryption) {
-            (Some(key), Encryption::Aes256Gcm { nonce_prefix, .. }) => Some((key, nonce_prefix)),
+            (Some(key), Encryption::Aes256Gcm { nonce_prefix, .. }) => {
+                Some((key, nonce_prefix.as_slice()))
+            }
             _ => None,
         }
     }
@@ -556,7 +558,7 @@ impl ObjectReader {
             let written = codec::encode_stripe(scheme, &sealed).ok()?;
             for (i, shard) in got.iter().enumerate() {
                 if let Some(shard) = shard
-                    && written.get(i).is_none_or(|w| w.as_slice() != shard.as_ref())
+                    && written.get(i).is_none_or(|w| w.as_slice() != &shard[..])
                 {
                     tracing::warn!(
                         segment = segment_no,
@@ -629,8 +631,9 @@ impl Iterator for Combinations {
         // packed behind it.
         if let Some(i) = (0..k).rev().find(|&i| following[i] < self.n - k + i) {
             following[i] += 1;
-            for j in i + 1..k {
-                following[j] = following[j - 1] + 1;
+            let start = following[i];
+            for (offset, slot) in following[i + 1..].iter_mut().enumerate() {
+                *slot = start + offset + 1;
             }
             self.next = Some(following);
         }

@@ -297,7 +297,7 @@ mod tests {
         let held = tokio::task::spawn_blocking(move || {
             // Two peers that never finish their handshake hold both slots.
             let mut first = std::net::TcpStream::connect(addr).unwrap();
-            let mut second = std::net::TcpStream::connect(addr).unwrap();
+            let second = std::net::TcpStream::connect(addr).unwrap();
             std::thread::sleep(Duration::from_millis(200));
             let mut third = std::net::TcpStream::connect(addr).unwrap();
             assert!(
@@ -306,7 +306,7 @@ mod tests {
             );
             assert!(!closed_within(&mut first, Duration::from_millis(200)));
             // A slot freed is a slot taken again.
-            drop(second.shutdown(std::net::Shutdown::Both));
+            let _ = second.shutdown(std::net::Shutdown::Both);
             drop(second);
             std::thread::sleep(Duration::from_millis(300));
             let mut fourth = std::net::TcpStream::connect(addr).unwrap();
