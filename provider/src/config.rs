@@ -417,7 +417,8 @@ mod tests {
         };
         let err = parse(&["--token", "hunter2"]).unwrap_err();
         assert!(
-            format!("{err:#}").contains("`token` is 7 characters; a cluster token must be at least 16"),
+            format!("{err:#}")
+                .contains("`token` is 7 characters; a cluster token must be at least 16"),
             "{err:#}"
         );
         let cfg = parse(&["--token", "0123456789abcdef"]).unwrap();

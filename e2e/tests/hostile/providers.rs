@@ -87,7 +87,10 @@ impl Scene {
     }
 
     fn total_shards(&self) -> u64 {
-        self.objects().iter().map(|o| o.segments(SEGMENT) * WIDTH).sum()
+        self.objects()
+            .iter()
+            .map(|o| o.segments(SEGMENT) * WIDTH)
+            .sum()
     }
 
     fn plan_health(&self) -> Value {
@@ -96,7 +99,9 @@ impl Scene {
 
     /// Healthy shards as the gateway counts them (flagged and missing ones are not).
     fn healthy_shards(&self) -> u64 {
-        self.plan_health()["shards"]["healthy"].as_u64().unwrap_or(0)
+        self.plan_health()["shards"]["healthy"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// Provider `i` in `GET /admin/v1/providers`.

@@ -98,7 +98,9 @@ impl HealthBoard {
     /// notwithstanding: a provider that overstates its free space gets no new shards.
     pub fn free_bytes(&self, node: &str) -> Option<u64> {
         self.with(node, |s| {
-            if s.refused_space.is_some_and(|at| at.elapsed() < FAILURE_WINDOW) {
+            if s.refused_space
+                .is_some_and(|at| at.elapsed() < FAILURE_WINDOW)
+            {
                 Some(0)
             } else {
                 s.free_bytes
@@ -391,7 +393,11 @@ mod tests {
         board.record_out_of_space("n");
         assert_eq!(board.free_bytes("n"), Some(0));
         board.record_free("n", 1 << 50);
-        assert_eq!(board.free_bytes("n"), Some(0), "the next report is not believed");
+        assert_eq!(
+            board.free_bytes("n"),
+            Some(0),
+            "the next report is not believed"
+        );
         assert_eq!(board.free_bytes("m"), None);
     }
 

@@ -461,12 +461,13 @@ impl ObjectReader {
         }
         drop(pending);
         let sealed_len = usize::try_from(segment.sealed_length).unwrap_or(usize::MAX);
-        let sealed = codec::decode_stripe(self.layout.scheme, &got, sealed_len).map_err(|source| {
-            DataError::Unreadable {
-                segment: segment_no,
-                source,
-            }
-        })?;
+        let sealed =
+            codec::decode_stripe(self.layout.scheme, &got, sealed_len).map_err(|source| {
+                DataError::Unreadable {
+                    segment: segment_no,
+                    source,
+                }
+            })?;
         let Some(key) = self.sealing_key() else {
             return Ok(sealed);
         };
@@ -529,12 +530,9 @@ impl ObjectReader {
             }
             let backend = backend_for(&loc.provider)?;
             Some(async move {
-                tokio::time::timeout(
-                    self.retry_wait,
-                    fetch_shard(index, i, loc, backend, report),
-                )
-                .await
-                .unwrap_or((i, None))
+                tokio::time::timeout(self.retry_wait, fetch_shard(index, i, loc, backend, report))
+                    .await
+                    .unwrap_or((i, None))
             })
         });
         for (i, shard) in join_all(others).await {
@@ -1116,7 +1114,10 @@ mod tests {
             let node = nodes.iter().find(|n| n.id == loc.provider).unwrap();
             let junk = Bytes::from(vec![0x33 + i as u8; loc.length as usize]);
             loc.hash = blake3::hash(&junk).to_hex().to_string();
-            node.shards.lock().unwrap().insert(loc.shard_id.clone(), junk);
+            node.shards
+                .lock()
+                .unwrap()
+                .insert(loc.shard_id.clone(), junk);
         }
     }
 
