@@ -362,7 +362,7 @@ impl Drop for Cluster {
 
 /// The `sublet` binary with none of the caller's gateway settings leaking in.
 fn sublet_command() -> Command {
-    let mut cmd = Command::new(workspace_binary("sublet-gateway", "sublet"));
+    let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
     cmd.env("RUST_LOG", "sublet_gateway=info,warn")
         .env_remove("SUBLET_DATA_DIR")
         .env_remove("SUBLET_ADMIN_LISTEN")
