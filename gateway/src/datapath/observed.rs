@@ -73,6 +73,13 @@ impl ShardBackend for ObservedBackend {
                 check_acknowledged(self.node_id(), shard_id, hash, &acked).map(|()| acked)
             });
         self.outcome("put", &result);
+        // It claims to hold bytes other than those it was sent: a lie, counted like a
+        // failed audit (3 in a row and it gets no new shards).
+        if let Err(e) = &result
+            && e.hash_mismatch()
+        {
+            self.health.record_bad_shard(self.node_id());
+        }
         if result.is_ok() {
             self.metrics
                 .shard_writes
@@ -230,6 +237,7 @@ mod tests {
             "{err}"
         );
         assert!(!health.healthy("n1"), "a liar is marked, like a failed put");
+        assert_eq!(health.score("n1"), Some(0), "and its lie counts as a failed audit");
         assert_eq!(
             metrics
                 .shard_failures
