@@ -237,7 +237,11 @@ mod tests {
             "{err}"
         );
         assert!(!health.healthy("n1"), "a liar is marked, like a failed put");
-        assert_eq!(health.score("n1"), Some(0), "and its lie counts as a failed audit");
+        assert_eq!(
+            health.score("n1"),
+            Some(0),
+            "and its lie counts as a failed audit"
+        );
         assert_eq!(
             metrics
                 .shard_failures

@@ -1121,10 +1121,10 @@ mod tests {
         }
     }
 
-    fn reporting_reader(
-        master: &MasterKey,
-        layout: Layout,
-    ) -> (ObjectReader, Arc<Mutex<Vec<(usize, usize)>>>) {
+    /// The (segment, shard) pairs a reader reported bad.
+    type Reported = Arc<Mutex<Vec<(usize, usize)>>>;
+
+    fn reporting_reader(master: &MasterKey, layout: Layout) -> (ObjectReader, Reported) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
         let reader = ObjectReader::new(master, layout)
