@@ -12,6 +12,14 @@ use sublet_crds::MarketOffer;
 use crate::identity::NodeId;
 use crate::market::MarketSettings;
 
+/// Connections (TLS handshakes included) a provider serves at once by default; more are
+/// closed as they arrive, so a peer opening connections without end cannot exhaust the
+/// provider's memory or file descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A connection from which no byte arrives for this long is closed by default. A live but
+/// quiet gateway stays connected: it answers the provider's HTTP/2 keepalive pings
+/// ([`crate::server::KEEPALIVE_INTERVAL`]), and its own pings count too.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Everything a provider needs to run.
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {
@@ -60,8 +68,8 @@ impl ProviderConfig {
             token: None,
             forge_audits: false,
             faults: Faults::default(),
-            max_connections: crate::server::MAX_CONNECTIONS,
-            idle_timeout: crate::server::IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
             market: None,
         }
     }
@@ -343,8 +351,8 @@ impl Args {
                 drop_writes: self.fault_drop_writes,
                 overstate_free: self.fault_overstate_free,
             },
-            max_connections: crate::server::MAX_CONNECTIONS,
-            idle_timeout: crate::server::IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
             market,
         })
     }

@@ -19,14 +19,6 @@ use crate::identity::NodeId;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections (TLS handshakes included) a provider serves at once by default; more are
-/// closed as they arrive, so a peer opening connections without end cannot exhaust the
-/// provider's memory or file descriptors.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// A connection from which no byte arrives for this long is closed by default. A live but
-/// quiet gateway stays connected: it answers the provider's HTTP/2 keepalive pings
-/// ([`KEEPALIVE_INTERVAL`]), and its own pings count too.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the provider pings a connection over HTTP/2, and how long it waits for the
 /// answer before closing it: a peer gone without a word is noticed within a minute.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);

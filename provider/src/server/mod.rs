@@ -23,10 +23,9 @@ mod conn;
 mod service;
 
 pub use crate::config::ProviderConfig;
+pub use crate::config::{IDLE_TIMEOUT, MAX_CONNECTIONS};
 pub use auth::TOKEN_METADATA;
-pub use conn::{
-    IDLE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_CONNECTIONS, PeerInfo, TlsConnection,
-};
+pub use conn::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerInfo, TlsConnection};
 
 use crate::CHUNK_SIZE;
 use crate::identity::{NodeId, NodeIdentity};
