@@ -40,7 +40,7 @@ async fn start(dir: &std::path::Path, url: &str, offer: MarketOffer) -> RunningP
     let mut config = ProviderConfig::new(dir);
     config.capacity = 3 << 30;
     config.reserve = 1 << 30;
-    config.token = Some("t".into());
+    config.token = Some("operator-token-0123".into());
     config.market = Some(MarketSettings {
         url: url.into(),
         offer,
