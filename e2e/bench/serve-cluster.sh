@@ -15,7 +15,7 @@ wait_port() {
 
 # Starts providers p0..p5 under $WORK and sets POOLS (their ProviderPools) and TOKEN.
 start_providers() {
-    TOKEN=bench-token-$RANDOM$RANDOM
+    TOKEN=bench-cluster-token-$RANDOM$RANDOM
     POOLS=""
     local i dir node grpc
     for i in 0 1 2 3 4 5; do

@@ -47,6 +47,10 @@ pub struct ProviderProcess {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub node_id: String,
+    /// `--capacity` it starts with (`1Gi` unless changed before a [`ProviderProcess::start`]).
+    pub capacity: String,
+    /// More arguments it starts with, such as its hidden `--fault-*` switches.
+    pub extra_args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -70,6 +74,8 @@ impl ProviderProcess {
         ProviderProcess {
             node_id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
             log: root.join(format!("{name}.log")),
+            capacity: "1Gi".into(),
+            extra_args: Vec::new(),
             name,
             dir,
             grpc: free_addr(),
@@ -104,7 +110,8 @@ impl ProviderProcess {
             .arg(&self.dir)
             .args(["--listen", &self.grpc.to_string()])
             .args(["--http-listen", &self.http.to_string()])
-            .args(["--capacity", "1Gi", "--token", TOKEN])
+            .args(["--capacity", &self.capacity, "--token", TOKEN])
+            .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,6 +143,14 @@ impl ProviderProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills it and starts it again on the same state with `args` added: how a test turns
+    /// an honest provider into a liar (`--fault-*`) from then on.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.kill();
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+        self.start();
     }
 
     /// SIGKILL: the provider vanishes as a crashed machine does.
@@ -347,7 +362,7 @@ impl Drop for Cluster {
 
 /// The `sublet` binary with none of the caller's gateway settings leaking in.
 fn sublet_command() -> Command {
-    let mut cmd = Command::new(workspace_binary("sublet-gateway", "sublet"));
+    let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
     cmd.env("RUST_LOG", "sublet_gateway=info,warn")
         .env_remove("SUBLET_DATA_DIR")
         .env_remove("SUBLET_ADMIN_LISTEN")

@@ -76,7 +76,7 @@ impl SubletDev {
             .append(true)
             .open(&log_path)
             .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
-        let mut child = Command::new(workspace_binary("sublet-gateway", "sublet"))
+        let mut child = Command::new(workspace_binary("sublet", "sublet"))
             .arg("dev")
             .arg("--dir")
             .arg(dir)

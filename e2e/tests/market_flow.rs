@@ -62,7 +62,7 @@ impl Drop for Daemon {
 }
 
 fn sublet() -> Command {
-    let mut cmd = Command::new(workspace_binary("sublet-gateway", "sublet"));
+    let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
     cmd.env("RUST_LOG", "info")
         .env_remove("SUBLET_MARKET_KEY")
         .env_remove("SUBLET_MARKET_URL");

@@ -183,7 +183,8 @@ pub fn check_headers(
             "{HEADER_TIMESTAMP} must be unix seconds, got {timestamp:?}"
         ))
     })?;
-    if (timestamp - now).abs() > window {
+    // `abs_diff` cannot overflow, as `timestamp - now` does for a timestamp far in the past.
+    if timestamp.abs_diff(now) > window.unsigned_abs() {
         return Err(Error::Unauthorized(format!(
             "request timestamp {timestamp} is more than {window} s from the server clock {now}; sign it again"
         )));
@@ -261,5 +262,33 @@ impl Signer {
             (HEADER_NONCE, nonce),
             (HEADER_SIGNATURE, self.sign(canonical.as_bytes())),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn signed_at(timestamp: &str) -> RequestSignature {
+        RequestSignature {
+            party: Some("p".into()),
+            timestamp: Some(timestamp.into()),
+            nonce: Some("0123456789abcdef".into()),
+            signature: Some("s".into()),
+        }
+    }
+
+    #[test]
+    fn timestamps_at_the_ends_of_the_range_are_refused_without_overflow() {
+        let now = 1_800_000_000;
+        assert!(check_headers(&signed_at("1800000100"), now, 300).is_ok());
+        for far in [i64::MIN.to_string(), i64::MAX.to_string(), "-1".into()] {
+            let err = check_headers(&signed_at(&far), now, 300).unwrap_err();
+            assert!(
+                err.to_string().contains("from the server clock"),
+                "{far}: {err}"
+            );
+        }
     }
 }

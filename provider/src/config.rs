@@ -12,6 +12,14 @@ use sublet_crds::MarketOffer;
 use crate::identity::NodeId;
 use crate::market::MarketSettings;
 
+/// Connections (TLS handshakes included) a provider serves at once by default; more are
+/// closed as they arrive, so a peer opening connections without end cannot exhaust the
+/// provider's memory or file descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A connection from which no byte arrives for this long is closed by default. A live but
+/// quiet gateway stays connected: it answers the provider's HTTP/2 keepalive pings
+/// ([`crate::server::KEEPALIVE_INTERVAL`]), and its own pings count too.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Everything a provider needs to run.
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {
@@ -35,6 +43,13 @@ pub struct ProviderConfig {
     /// and reads stay right, like a provider that cheats on proofs of storage. Never set in
     /// production; [`crate::server::RunningProvider::forge_audits`] flips it at runtime.
     pub forge_audits: bool,
+    /// More fault injection for tests: the other ways a provider can lie. Never set in
+    /// production.
+    pub faults: Faults,
+    /// Connections served at once (TLS handshakes included); more are closed on arrival.
+    pub max_connections: usize,
+    /// A connection from which nothing arrives for this long is closed.
+    pub idle_timeout: std::time::Duration,
     /// The offer published on the sublet market, when this provider lends its space there.
     pub market: Option<MarketSettings>,
 }
@@ -52,9 +67,64 @@ impl ProviderConfig {
             allowed_clients: Vec::new(),
             token: None,
             forge_audits: false,
+            faults: Faults::default(),
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
             market: None,
         }
     }
+
+    /// Refuses settings the provider must not start with.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.token {
+            check_token(token)?;
+        }
+        if self.max_connections == 0 {
+            bail!("`max_connections` is 0: no gateway could connect; leave it at its default");
+        }
+        Ok(())
+    }
+}
+
+/// Ways a provider can be made to lie, for tests of the gateway's defences (each one a
+/// hidden `--fault-*` switch). A gateway must read every object back in spite of each,
+/// flag the liar's shards and repair them elsewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Stores junk instead of the bytes it was sent, and acknowledges the junk's hash.
+    pub store_junk: bool,
+    /// Answers a read of one shard with the bytes of another shard it holds.
+    pub swap_shards: bool,
+    /// Sends shard bytes at one byte a second.
+    pub slow_reads: bool,
+    /// Acknowledges writes (with the right hash) and keeps nothing.
+    pub drop_writes: bool,
+    /// Reports far more free space than it has ([`OVERSTATED_FREE`]).
+    pub overstate_free: bool,
+}
+
+/// The free space a provider with [`Faults::overstate_free`] claims: a pebibyte.
+pub const OVERSTATED_FREE: u64 = 1 << 50;
+
+impl Faults {
+    /// Whether any switch is on.
+    pub fn any(&self) -> bool {
+        *self != Faults::default()
+    }
+}
+
+/// The shortest cluster token a provider accepts: a shorter one can be guessed.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Refuses a cluster token shorter than [`MIN_TOKEN_LEN`].
+pub fn check_token(token: &str) -> anyhow::Result<()> {
+    if token.chars().count() < MIN_TOKEN_LEN {
+        bail!(
+            "`token` is {} characters; a cluster token must be at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 16`)",
+            token.chars().count()
+        );
+    }
+    Ok(())
 }
 
 /// Parse a size such as `500Gi`, `10G`, `1.5Ti`, `4096` or `16MiB` into bytes.
@@ -144,6 +214,22 @@ pub struct Args {
     /// flagged for repair and no new placements.
     #[arg(long, env = "SUBLET_PROVIDER_FAULT_FORGE_AUDITS", hide = true)]
     pub fault_forge_audits: bool,
+    /// Fault-injection switch for tests: store junk instead of the bytes sent, and
+    /// acknowledge the junk's hash.
+    #[arg(long, hide = true)]
+    pub fault_store_junk: bool,
+    /// Fault-injection switch for tests: answer a read with another shard's bytes.
+    #[arg(long, hide = true)]
+    pub fault_swap_shards: bool,
+    /// Fault-injection switch for tests: send shard bytes at one byte a second.
+    #[arg(long, hide = true)]
+    pub fault_slow_reads: bool,
+    /// Fault-injection switch for tests: acknowledge writes and keep nothing.
+    #[arg(long, hide = true)]
+    pub fault_drop_writes: bool,
+    /// Fault-injection switch for tests: report a pebibyte free, whatever is.
+    #[arg(long, hide = true)]
+    pub fault_overstate_free: bool,
 }
 
 /// The YAML file; every field is optional.
@@ -199,6 +285,9 @@ impl Args {
             self.allowed_clients.clone()
         };
         let token = self.token.clone().or(file.token).filter(|t| !t.is_empty());
+        if let Some(token) = &token {
+            check_token(token)?;
+        }
         let offer = match &self.offer {
             Some(text) => Some(parse_offer(text)?),
             None => file.offer,
@@ -255,6 +344,15 @@ impl Args {
             allowed_clients,
             token,
             forge_audits: self.fault_forge_audits,
+            faults: Faults {
+                store_junk: self.fault_store_junk,
+                swap_shards: self.fault_swap_shards,
+                slow_reads: self.fault_slow_reads,
+                drop_writes: self.fault_drop_writes,
+                overstate_free: self.fault_overstate_free,
+            },
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
             market,
         })
     }
@@ -316,6 +414,47 @@ mod tests {
         std::fs::write(&path, "capacity: 1Gi\nbogus: 1\n").unwrap();
         let err = args.resolve().unwrap_err();
         assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+    }
+
+    #[test]
+    fn a_short_token_is_refused() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(["sublet-provider"].iter().chain(args))
+                .unwrap()
+                .resolve()
+        };
+        let err = parse(&["--token", "hunter2"]).unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains("`token` is 7 characters; a cluster token must be at least 16"),
+            "{err:#}"
+        );
+        let cfg = parse(&["--token", "0123456789abcdef"]).unwrap();
+        assert_eq!(cfg.token.as_deref(), Some("0123456789abcdef"));
+        assert!(cfg.check().is_ok());
+        // An embedded provider is checked when it starts.
+        let short = ProviderConfig {
+            token: Some("short".into()),
+            ..ProviderConfig::new("/nonexistent")
+        };
+        assert!(short.check().is_err());
+    }
+
+    #[test]
+    fn fault_switches_are_hidden_and_parsed() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        assert!(!help.contains("--fault"), "{help}");
+        let cfg = Args::try_parse_from([
+            "sublet-provider",
+            "--fault-swap-shards",
+            "--fault-overstate-free",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert!(cfg.faults.swap_shards && cfg.faults.overstate_free);
+        assert!(!cfg.faults.store_junk && !cfg.faults.slow_reads && !cfg.faults.drop_writes);
     }
 
     #[test]

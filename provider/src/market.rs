@@ -128,7 +128,8 @@ pub const METERED_SKEW_SECS: i64 = 300;
 /// within [`METERED_SKEW_SECS`] of now (so both sides count it in the same period), else now.
 pub fn metered_second(metered_at: i64) -> i64 {
     let now = sublet_market_api::unix_now();
-    if metered_at != 0 && (metered_at - now).abs() <= METERED_SKEW_SECS {
+    // `abs_diff` cannot overflow, as `metered_at - now` does for a caller's i64::MIN.
+    if metered_at != 0 && metered_at.abs_diff(now) <= METERED_SKEW_SECS.unsigned_abs() {
         metered_at
     } else {
         now
@@ -458,6 +459,21 @@ impl OfferPublisher {
             if *shutdown.borrow() {
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metered_time_far_from_now_is_metered_now_without_overflow() {
+        let now = sublet_market_api::unix_now();
+        assert_eq!(metered_second(now - 10), now - 10);
+        for far in [i64::MIN, i64::MIN + 1, i64::MAX, 1] {
+            let got = metered_second(far);
+            assert!(got.abs_diff(now) <= 2, "{far} metered under {got}");
         }
     }
 }

@@ -40,7 +40,7 @@ async fn start(dir: &std::path::Path, url: &str, offer: MarketOffer) -> RunningP
     let mut config = ProviderConfig::new(dir);
     config.capacity = 3 << 30;
     config.reserve = 1 << 30;
-    config.token = Some("t".into());
+    config.token = Some("operator-token-0123".into());
     config.market = Some(MarketSettings {
         url: url.into(),
         offer,
@@ -212,7 +212,7 @@ async fn demanders_see_only_their_own_shards_within_their_reservation_and_usage_
     // The provider's own operator (the cluster token) sees every namespace.
     let config = ProviderConfig::new(dir.path());
     let owner = server::start(ProviderConfig {
-        token: Some("t".into()),
+        token: Some("operator-token-0123".into()),
         ..config
     })
     .await
@@ -222,7 +222,7 @@ async fn demanders_see_only_their_own_shards_within_their_reservation_and_usage_
         owner.node_id,
         &ClientConfig {
             identity: Arc::new(NodeIdentity::generate()),
-            token: Some("t".into()),
+            token: Some("operator-token-0123".into()),
         },
     )
     .unwrap();

@@ -42,6 +42,10 @@ impl ObservedBackend {
                 if !e.0.contains("NotFound") {
                     self.health.record_failure(node);
                 }
+                // Out of space, whatever its free space said: believe it no more for now.
+                if call == "put" && e.0.contains("ResourceExhausted") {
+                    self.health.record_out_of_space(node);
+                }
             }
         }
     }
@@ -69,6 +73,13 @@ impl ShardBackend for ObservedBackend {
                 check_acknowledged(self.node_id(), shard_id, hash, &acked).map(|()| acked)
             });
         self.outcome("put", &result);
+        // It claims to hold bytes other than those it was sent: a lie, counted like a
+        // failed audit (3 in a row and it gets no new shards).
+        if let Err(e) = &result
+            && e.hash_mismatch()
+        {
+            self.health.record_bad_shard(self.node_id());
+        }
         if result.is_ok() {
             self.metrics
                 .shard_writes
@@ -195,6 +206,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_refused_for_space_zeroes_the_free_space_it_claimed() {
+        let metrics = Metrics::new().unwrap();
+        let health = Arc::new(HealthBoard::default());
+        health.record_free("n1", 1 << 50);
+        let full = Fake {
+            fail: Some("provider n1: put: ResourceExhausted: capacity exhausted"),
+            ..Fake::default()
+        };
+        let full = ObservedBackend::wrap(Arc::new(full), &metrics, &health);
+        assert!(put_shard(full.as_ref(), "s", Bytes::new()).await.is_err());
+        assert_eq!(health.free_bytes("n1"), Some(0));
+    }
+
+    #[tokio::test]
     async fn an_acknowledgement_of_another_hash_is_a_failed_write() {
         let metrics = Metrics::new().unwrap();
         let health = Arc::new(HealthBoard::default());
@@ -212,6 +237,11 @@ mod tests {
             "{err}"
         );
         assert!(!health.healthy("n1"), "a liar is marked, like a failed put");
+        assert_eq!(
+            health.score("n1"),
+            Some(0),
+            "and its lie counts as a failed audit"
+        );
         assert_eq!(
             metrics
                 .shard_failures

@@ -32,6 +32,8 @@ pub const AUDIT_PROBATION: Duration = Duration::from_secs(3600);
 #[derive(Debug, Default, Clone)]
 struct ProviderState {
     free_bytes: Option<u64>,
+    /// When it last refused a write for want of space (see [`HealthBoard::free_bytes`]).
+    refused_space: Option<Instant>,
     last_success: Option<Instant>,
     last_failure: Option<Instant>,
     audits_passed: u64,
@@ -86,9 +88,24 @@ impl HealthBoard {
         });
     }
 
-    /// Free bytes last reported, if any.
+    /// The provider refused a write for want of space, whatever free space it reports.
+    pub fn record_out_of_space(&self, node: &str) {
+        self.with(node, |s| s.refused_space = Some(Instant::now()));
+    }
+
+    /// Free bytes last reported, if any; none (`Some(0)`) for [`FAILURE_WINDOW`] after the
+    /// provider refused a write for want of space, what it reports meanwhile
+    /// notwithstanding: a provider that overstates its free space gets no new shards.
     pub fn free_bytes(&self, node: &str) -> Option<u64> {
-        self.with(node, |s| s.free_bytes)
+        self.with(node, |s| {
+            if s.refused_space
+                .is_some_and(|at| at.elapsed() < FAILURE_WINDOW)
+            {
+                Some(0)
+            } else {
+                s.free_bytes
+            }
+        })
     }
 
     /// Records an audit of one of its shards.
@@ -103,6 +120,14 @@ impl HealthBoard {
                 s.last_audit_failure = Some(Instant::now());
             }
         });
+    }
+
+    /// A read found one of the provider's shards corrupt, gone, or not part of the segment
+    /// it belongs to. It counts as a failed audit (a read checks the whole shard), so the
+    /// provider's score and placement quality drop, and [`AUDIT_STRIKES`] of them in a row
+    /// keep new shards off it.
+    pub fn record_bad_shard(&self, node: &str) {
+        self.record_audit(node, false);
     }
 
     /// Records a health probe: answered in `latency`, or not answered.
@@ -358,6 +383,33 @@ mod tests {
         // One more failure on probation shuts it out again at once.
         board.record_audit("n", false);
         assert!(!board.healthy_at("n", Instant::now()));
+    }
+
+    #[test]
+    fn a_provider_that_refused_a_write_for_space_has_none_whatever_it_reports() {
+        let board = HealthBoard::default();
+        board.record_free("n", 1 << 50);
+        assert_eq!(board.free_bytes("n"), Some(1 << 50));
+        board.record_out_of_space("n");
+        assert_eq!(board.free_bytes("n"), Some(0));
+        board.record_free("n", 1 << 50);
+        assert_eq!(
+            board.free_bytes("n"),
+            Some(0),
+            "the next report is not believed"
+        );
+        assert_eq!(board.free_bytes("m"), None);
+    }
+
+    #[test]
+    fn a_bad_shard_found_by_a_read_costs_the_provider_like_a_failed_audit() {
+        let board = HealthBoard::default();
+        board.record_audit("n", true);
+        board.record_bad_shard("n");
+        assert_eq!(board.score("n"), Some(50));
+        board.record_bad_shard("n");
+        board.record_bad_shard("n");
+        assert!(!board.healthy("n"), "three in a row keep new shards off it");
     }
 
     #[test]

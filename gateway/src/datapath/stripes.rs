@@ -342,12 +342,22 @@ pub struct ObjectReader {
     layout: Layout,
     key: Option<DataKey>,
     hedge_after: std::time::Duration,
+    retry_wait: std::time::Duration,
     report: Option<BadShardReport>,
 }
 
 /// How long a segment read waits on its outstanding shard requests before it also asks
 /// the next provider of the stripe (a parity shard) — a hedge against a slow provider.
 pub const HEDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// How long a segment read that failed authentication waits for each further shard of the
+/// segment it asks for (see [`ObjectReader::read_segment`]).
+pub const RETRY_FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most combinations of shards one segment read tries when its first decode fails
+/// authentication: every combination of a 10+4 stripe missing none is C(14,10) = 1001
+/// decodes, so wide stripes with several bad shards give up rather than decode for minutes.
+pub const MAX_COMBINATIONS: usize = 1024;
 
 impl ObjectReader {
     pub fn new(master: &MasterKey, layout: Layout) -> Result<Self, DataError> {
@@ -359,6 +369,7 @@ impl ObjectReader {
             layout,
             key,
             hedge_after: HEDGE_AFTER,
+            retry_wait: RETRY_FETCH_WAIT,
             report: None,
         })
     }
@@ -366,6 +377,13 @@ impl ObjectReader {
     /// Changes the hedge delay ([`HEDGE_AFTER`] by default).
     pub fn with_hedge_after(mut self, after: std::time::Duration) -> Self {
         self.hedge_after = after;
+        self
+    }
+
+    /// Changes how long a read that failed authentication waits for each further shard
+    /// ([`RETRY_FETCH_WAIT`] by default).
+    pub fn with_retry_wait(mut self, wait: std::time::Duration) -> Self {
+        self.retry_wait = wait;
         self
     }
 
@@ -380,7 +398,11 @@ impl ObjectReader {
     }
 
     /// Fetches, verifies, decodes and decrypts segment `index`. Reads the data
-    /// shards first and falls back to parity shards for any that fail or lie.
+    /// shards first and falls back to parity shards for any that fail or lie. When the
+    /// shards match their hashes but the segment fails authentication anyway, asks for the
+    /// rest of the stripe and tries other combinations of shards (any `needed` of them
+    /// decode); the shards that disagree with the one that opens are reported as bad. Fails
+    /// only when no combination opens.
     pub async fn read_segment(
         &self,
         index: usize,
@@ -439,23 +461,118 @@ impl ObjectReader {
         }
         drop(pending);
         let sealed_len = usize::try_from(segment.sealed_length).unwrap_or(usize::MAX);
-        let mut buf =
+        let sealed =
             codec::decode_stripe(self.layout.scheme, &got, sealed_len).map_err(|source| {
                 DataError::Unreadable {
                     segment: segment_no,
                     source,
                 }
             })?;
-        if let (Some(key), Encryption::Aes256Gcm { nonce_prefix, .. }) =
-            (&self.key, &self.layout.encryption)
-        {
-            key.open(nonce_prefix, segment_no, &mut buf)
-                .map_err(|source| DataError::Unreadable {
-                    segment: segment_no,
-                    source,
-                })?;
+        let Some(key) = self.sealing_key() else {
+            return Ok(sealed);
+        };
+        let mut buf = sealed;
+        match key.0.open(key.1, segment_no, &mut buf) {
+            Ok(()) => Ok(buf),
+            Err(source @ CodecError::Authentication { .. }) => {
+                // Every shard matched its recorded hash, yet the segment does not open: a
+                // recorded hash or a shard is wrong in a way the hash cannot tell. Other
+                // shards of the stripe may still open it.
+                tracing::warn!(
+                    segment = segment_no,
+                    "segment failed authentication although its shards matched their hashes; trying other shards"
+                );
+                self.open_from_other_shards(index, segment, got, &backend_for)
+                    .await
+                    .ok_or(DataError::Unreadable {
+                        segment: segment_no,
+                        source,
+                    })
+            }
+            Err(source) => Err(DataError::Unreadable {
+                segment: segment_no,
+                source,
+            }),
         }
-        Ok(buf)
+    }
+
+    /// The data key and nonce prefix segments are sealed with, when encrypted.
+    fn sealing_key(&self) -> Option<(&DataKey, &[u8])> {
+        match (&self.key, &self.layout.encryption) {
+            (Some(key), Encryption::Aes256Gcm { nonce_prefix, .. }) => {
+                Some((key, nonce_prefix.as_slice()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Segment `index` once the shards in `got` (each matching its recorded hash) decoded to
+    /// a segment that failed authentication: fetches every other shard of the stripe (each
+    /// within [`RETRY_FETCH_WAIT`]) and tries the combinations of `needed` shards (at most
+    /// [`MAX_COMBINATIONS`]) until one opens. The shards that disagree with the segment it
+    /// opened to are reported like corrupt ones, so they are repaired and counted against
+    /// their providers. `None` when no combination opens.
+    async fn open_from_other_shards(
+        &self,
+        index: usize,
+        segment: &Segment,
+        mut got: Vec<Option<Bytes>>,
+        backend_for: &impl Fn(&str) -> Option<Arc<dyn ShardBackend>>,
+    ) -> Option<Vec<u8>> {
+        let (key, prefix) = self.sealing_key()?;
+        let segment_no = index as u64;
+        let scheme = self.layout.scheme;
+        let report = self.report.as_ref();
+        let others = (0..segment.shards.len()).filter_map(|i| {
+            let loc = &segment.shards[i];
+            if got[i].is_some() || loc.is_missing() {
+                return None;
+            }
+            let backend = backend_for(&loc.provider)?;
+            Some(async move {
+                tokio::time::timeout(self.retry_wait, fetch_shard(index, i, loc, backend, report))
+                    .await
+                    .unwrap_or((i, None))
+            })
+        });
+        for (i, shard) in join_all(others).await {
+            got[i] = shard;
+        }
+        let present: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_some()).collect();
+        let sealed_len = usize::try_from(segment.sealed_length).unwrap_or(usize::MAX);
+        for pick in Combinations::new(present.len(), scheme.needed()).take(MAX_COMBINATIONS) {
+            let mut subset: Vec<Option<&Bytes>> = vec![None; got.len()];
+            for &p in &pick {
+                subset[present[p]] = got[present[p]].as_ref();
+            }
+            let Ok(sealed) = codec::decode_stripe(scheme, &subset, sealed_len) else {
+                continue;
+            };
+            let mut buf = sealed.clone();
+            if key.open(prefix, segment_no, &mut buf).is_err() {
+                continue;
+            }
+            // The stripe as it was written: any fetched shard that differs from it is bad.
+            let written = codec::encode_stripe(scheme, &sealed).ok()?;
+            for (i, shard) in got.iter().enumerate() {
+                if let Some(shard) = shard
+                    && written.get(i).is_none_or(|w| w.as_slice() != &shard[..])
+                {
+                    tracing::warn!(
+                        segment = segment_no,
+                        shard = i,
+                        provider = %segment.shards[i].provider,
+                        shard_id = %segment.shards[i].shard_id,
+                        "shard matched its recorded hash but not the segment; flagged"
+                    );
+                    if let Some(report) = report {
+                        report(index, i);
+                    }
+                }
+            }
+            return Some(buf);
+        }
+        None
     }
 
     /// The bytes of a version kept in metadata: its only segment, opened like a striped one.
@@ -483,6 +600,42 @@ impl ObjectReader {
                 .map_err(unreadable)?;
         }
         Ok(buf)
+    }
+}
+
+/// The `k`-element subsets of `0..n` as sorted index lists, in lexicographic order.
+struct Combinations {
+    n: usize,
+    next: Option<Vec<usize>>,
+}
+
+impl Combinations {
+    fn new(n: usize, k: usize) -> Self {
+        Self {
+            n,
+            next: (k <= n).then(|| (0..k).collect()),
+        }
+    }
+}
+
+impl Iterator for Combinations {
+    type Item = Vec<usize>;
+
+    fn next(&mut self) -> Option<Vec<usize>> {
+        let current = self.next.take()?;
+        let k = current.len();
+        let mut following = current.clone();
+        // The rightmost position that can still move right, moved, and everything after it
+        // packed behind it.
+        if let Some(i) = (0..k).rev().find(|&i| following[i] < self.n - k + i) {
+            following[i] += 1;
+            let start = following[i];
+            for (offset, slot) in following[i + 1..].iter_mut().enumerate() {
+                *slot = start + offset + 1;
+            }
+            self.next = Some(following);
+        }
+        Some(current)
     }
 }
 
@@ -946,6 +1099,132 @@ mod tests {
         }
         assert_eq!(out, data);
         assert_eq!(*seen.lock().unwrap(), [(0, 1), (1, 1), (2, 1)]);
+    }
+
+    /// Replaces shard `i` of every segment with junk on its provider and records the junk's
+    /// hash in the layout, as a wrong hash in the metadata would: the shard passes its hash
+    /// check, yet the segment does not open with it.
+    fn plant_junk_under_its_recorded_hash(
+        layout: &mut Layout,
+        nodes: &[Arc<MemBackend>],
+        i: usize,
+    ) {
+        for seg in &mut layout.segments {
+            let loc = &mut seg.shards[i];
+            let node = nodes.iter().find(|n| n.id == loc.provider).unwrap();
+            let junk = Bytes::from(vec![0x33 + i as u8; loc.length as usize]);
+            loc.hash = blake3::hash(&junk).to_hex().to_string();
+            node.shards
+                .lock()
+                .unwrap()
+                .insert(loc.shard_id.clone(), junk);
+        }
+    }
+
+    /// The (segment, shard) pairs a reader reported bad.
+    type Reported = Arc<Mutex<Vec<(usize, usize)>>>;
+
+    fn reporting_reader(master: &MasterKey, layout: Layout) -> (ObjectReader, Reported) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let reader = ObjectReader::new(master, layout)
+            .unwrap()
+            .with_hedge_after(std::time::Duration::from_millis(20))
+            .with_retry_wait(std::time::Duration::from_millis(200))
+            .with_bad_shard_report(Arc::new(move |seg, idx| {
+                sink.lock().unwrap().push((seg, idx))
+            }));
+        (reader, seen)
+    }
+
+    async fn read_with(
+        reader: &ObjectReader,
+        nodes: &[Arc<MemBackend>],
+    ) -> Result<Vec<u8>, DataError> {
+        let mut out = Vec::new();
+        for g in 0..reader.layout().segments.len() {
+            out.extend(reader.read_segment(g, lookup(nodes)).await?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_shard_that_passes_its_hash_but_fails_authentication_is_read_around_and_flagged() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        let data = body(2500);
+        let mut layout = write(&master, &nodes, &data).await;
+        plant_junk_under_its_recorded_hash(&mut layout, &nodes, 1);
+        let (reader, seen) = reporting_reader(&master, layout.clone());
+        assert_eq!(read_with(&reader, &nodes).await.unwrap(), data);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(0, 1), (1, 1), (2, 1)],
+            "the shard the segments open without is flagged in every segment"
+        );
+
+        // Two such shards of six (4+2): only the one combination without both opens.
+        plant_junk_under_its_recorded_hash(&mut layout, &nodes, 3);
+        let (reader, seen) = reporting_reader(&master, layout.clone());
+        assert_eq!(read_with(&reader, &nodes).await.unwrap(), data);
+        let mut flagged = seen.lock().unwrap().clone();
+        flagged.sort_unstable();
+        assert_eq!(flagged, [(0, 1), (0, 3), (1, 1), (1, 3), (2, 1), (2, 3)]);
+
+        // Plus a provider down: four shards are left and two of them are bad. No
+        // combination opens; the read fails rather than return wrong bytes.
+        nodes[5]
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (reader, _) = reporting_reader(&master, layout);
+        let err = read_with(&reader, &nodes).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::Unreadable {
+                    segment: 0,
+                    source: CodecError::Authentication { segment: 0 }
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_failed_authentication_waits_a_bounded_time_for_more_shards() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        let data = body(900);
+        let mut layout = write(&master, &nodes, &data).await;
+        plant_junk_under_its_recorded_hash(&mut layout, &nodes, 0);
+        // The parity shards' providers never answer: no other combination can be had, and
+        // the read gives up after its retry wait instead of hanging.
+        for n in &nodes[4..] {
+            n.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let (reader, seen) = reporting_reader(&master, layout);
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            read_with(&reader, &nodes),
+        )
+        .await
+        .expect("the read hung on providers that never answer")
+        .unwrap_err();
+        assert!(matches!(err, DataError::Unreadable { .. }), "{err}");
+        assert!(seen.lock().unwrap().is_empty(), "nothing could be told bad");
+    }
+
+    #[test]
+    fn combinations_are_every_subset_once() {
+        let all: Vec<Vec<usize>> = Combinations::new(6, 4).collect();
+        assert_eq!(all.len(), 15);
+        assert_eq!(all[0], [0, 1, 2, 3]);
+        assert_eq!(all[14], [2, 3, 4, 5]);
+        let unique: std::collections::BTreeSet<_> = all.iter().cloned().collect();
+        assert_eq!(unique.len(), 15);
+        assert_eq!(Combinations::new(3, 3).count(), 1);
+        assert_eq!(Combinations::new(2, 3).count(), 0);
+        assert_eq!(Combinations::new(14, 10).count(), 1001);
     }
 
     #[tokio::test]

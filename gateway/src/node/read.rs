@@ -176,7 +176,7 @@ impl Node {
     }
 
     /// Flags shards of piece `piece` of `v` (whose layout is `layout`) that a read found
-    /// corrupt or gone, for repair.
+    /// corrupt or gone, for repair, and counts each against its provider's health.
     fn bad_shard_report(
         &self,
         v: &ObjectVersion,
@@ -184,16 +184,25 @@ impl Node {
         layout: &crate::datapath::layout::Layout,
     ) -> crate::datapath::stripes::BadShardReport {
         let meta = Arc::clone(&self.meta);
+        let health = Arc::clone(self.health());
         let (bucket, key, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
-        let ids: Vec<Vec<String>> = layout
+        let ids: Vec<Vec<(String, String)>> = layout
             .segments
             .iter()
-            .map(|s| s.shards.iter().map(|l| l.shard_id.clone()).collect())
+            .map(|s| {
+                s.shards
+                    .iter()
+                    .map(|l| (l.shard_id.clone(), l.provider.clone()))
+                    .collect()
+            })
             .collect();
         Arc::new(move |segment, idx| {
-            let Some(shard_id) = ids.get(segment).and_then(|s| s.get(idx)).cloned() else {
+            let Some((shard_id, provider)) = ids.get(segment).and_then(|s| s.get(idx)).cloned()
+            else {
                 return;
             };
+            // Its provider answered with something other than the shard it was given.
+            health.record_bad_shard(&provider);
             let meta = Arc::clone(&meta);
             let (bucket, key, id) = (bucket.clone(), key.clone(), id.clone());
             tokio::task::spawn_blocking(move || {

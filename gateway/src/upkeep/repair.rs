@@ -540,16 +540,44 @@ impl Repairer {
                     .collect();
                 let need_bytes = shards.first().map_or(0, |s| s.len() as u64);
                 let uid = format!("{}.{p}.{g}", q.version_id);
+                // The providers that lost or spoiled these shards get them back only when no
+                // other home is left: the ranking is the same on every pass, and would hand a
+                // provider that drops or garbles what it is given the same shard again.
+                let losers: Vec<&str> = lost
+                    .iter()
+                    .map(|&i| segment.shards[i].provider.as_str())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                let elsewhere: Vec<_> = candidates
+                    .iter()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        c.healthy &= !losers.contains(&c.site.node_id.as_str());
+                        c
+                    })
+                    .collect();
                 let homes = choose_more(
                     plan,
                     &rule,
                     &kept,
                     lost.len(),
-                    &candidates,
+                    &elsewhere,
                     need_bytes,
                     &object,
                     &uid,
                 )
+                .or_else(|_| {
+                    choose_more(
+                        plan,
+                        &rule,
+                        &kept,
+                        lost.len(),
+                        &candidates,
+                        need_bytes,
+                        &object,
+                        &uid,
+                    )
+                })
                 .map_err(|e| anyhow::anyhow!("object {object}: segment {g}: {e}"))?;
                 let suffix = random_suffix();
                 in_flight.push(self.gateway.writes().start(&format!("-r{suffix}")));

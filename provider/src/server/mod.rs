@@ -23,15 +23,16 @@ mod conn;
 mod service;
 
 pub use crate::config::ProviderConfig;
+pub use crate::config::{IDLE_TIMEOUT, MAX_CONNECTIONS};
 pub use auth::TOKEN_METADATA;
-pub use conn::{PeerInfo, TlsConnection};
+pub use conn::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerInfo, TlsConnection};
 
 use crate::CHUNK_SIZE;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::metrics::Metrics;
 use crate::proto::shard_store_server::ShardStoreServer;
 use crate::store::Store;
-use conn::{accept_loop, stopped};
+use conn::{ConnectionLimits, accept_loop, stopped};
 use service::ShardService;
 
 /// How long shutdown waits for in-flight requests.
@@ -93,6 +94,7 @@ impl RunningProvider {
 
 /// Start a provider: load or create its identity, open the store, listen.
 pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
+    config.check()?;
     let data_dir = config.data_dir.clone();
     let (identity, store) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let identity = NodeIdentity::load_or_create(&data_dir)?;
@@ -134,6 +136,9 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
     if config.forge_audits {
         warn!(%node_id, "fault injection: audit answers are forged");
     }
+    if config.faults.any() {
+        warn!(%node_id, faults = ?config.faults, "fault injection: this provider lies");
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (conn_tx, conn_rx) = mpsc::channel::<Result<TlsConnection, io::Error>>(64);
 
@@ -142,6 +147,10 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         acceptor,
         conn_tx,
         shutdown_rx.clone(),
+        ConnectionLimits {
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
+        },
     ));
 
     let contracted = crate::market::ContractedClients::default();
@@ -155,10 +164,13 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         zone: config.zone.clone(),
         started: Instant::now(),
         forge_audits: Arc::clone(&forge_audits),
+        faults: config.faults,
     };
     let grpc = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(
             ShardStoreServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -13,6 +13,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
 use super::auth::{self, Caller};
+use crate::config::{Faults, OVERSTATED_FREE};
 use crate::identity::NodeId;
 use crate::metrics::Metrics;
 use crate::proto::shard_store_server::ShardStore;
@@ -32,6 +33,8 @@ pub(super) struct ShardService {
     pub(super) started: Instant,
     /// Fault injection: audit answers are forged while this is set.
     pub(super) forge_audits: Arc<AtomicBool>,
+    /// Fault injection: the other lies (see [`Faults`]).
+    pub(super) faults: Faults,
 }
 
 fn stat_of(id: String, meta: &ShardMeta) -> proto::ShardStat {
@@ -116,8 +119,12 @@ impl ShardService {
                 )));
             }
         };
+        // Fault injection: junk is stored and its hash acknowledged.
+        let junk = self.faults.store_junk;
+        let expected = if junk { None } else { expected };
         let store = Arc::clone(&self.store);
         let id = caller.scope(&header.shard_id)?;
+        let scoped = id.clone();
         let length = header.length;
         let quota = match caller {
             Caller::Owner => None,
@@ -141,7 +148,12 @@ impl ShardService {
                 Ok(Some(proto::PutShardRequest {
                     part: Some(Part::Data(data)),
                 })) => {
-                    received += data.len() as u64;
+                    received = received.saturating_add(data.len() as u64);
+                    let data = if junk {
+                        Bytes::from(vec![0x5a; data.len()])
+                    } else {
+                        data
+                    };
                     if tx.send(data).await.is_err() {
                         break; // the writer failed; its error is reported below
                     }
@@ -175,6 +187,11 @@ impl ShardService {
             return Err(status);
         }
         let meta = blocking(move || writer.commit()).await?;
+        if self.faults.drop_writes {
+            // Fault injection: acknowledged as stored, and gone.
+            let store = Arc::clone(&self.store);
+            blocking(move || store.delete(&scoped)).await?;
+        }
         info!(shard = %header.shard_id, length = meta.length, "shard stored");
         Ok(proto::PutShardResponse {
             hash: Bytes::copy_from_slice(&meta.hash),
@@ -216,6 +233,13 @@ impl ShardStore for ShardService {
             Ok(id) => id,
             Err(e) => return self.finish("GetShard", started, Err(e)),
         };
+        // Fault injection: the bytes of the next shard held (of the same caller) instead.
+        let id = if self.faults.swap_shards {
+            self.other_shard(&caller, &id).unwrap_or(id)
+        } else {
+            id
+        };
+        let slow = self.faults.slow_reads;
         let store = Arc::clone(&self.store);
         // Open and verify the first chunk before answering, so a missing or
         // corrupt shard is a status rather than a broken stream.
@@ -244,6 +268,21 @@ impl ShardStore for ShardService {
             loop {
                 if chunk.is_empty() {
                     break;
+                }
+                if slow && chunk.len() > 1 {
+                    // Fault injection: one byte a second, for as long as the caller waits.
+                    let rest = chunk.split_off(1);
+                    let message = proto::ShardChunk {
+                        data: chunk,
+                        total: std::mem::take(&mut total),
+                    };
+                    if tx.blocking_send(Ok(message)).is_err() {
+                        recorder.record("GetShard", started, Code::Cancelled);
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    chunk = rest;
+                    continue;
                 }
                 bytes.inc_by(chunk.len() as u64);
                 egress.sent += chunk.len() as u64;
@@ -355,10 +394,14 @@ impl ShardStore for ShardService {
                     used: mine.file_bytes,
                     free: tenancy
                         .quota
-                        .saturating_sub(mine.file_bytes + mine.reserved)
+                        .saturating_sub(mine.file_bytes.saturating_add(mine.reserved))
                         .min(usage.free),
                     shards: mine.shards,
                 };
+            }
+            if self.faults.overstate_free {
+                usage.free = OVERSTATED_FREE;
+                usage.capacity = usage.used.saturating_add(OVERSTATED_FREE);
             }
             proto::InfoResponse {
                 node_id: self.node_id.to_string(),
@@ -434,6 +477,22 @@ impl ShardStore for ShardService {
 }
 
 impl ShardService {
+    /// Another shard the caller may read than `id` (the next one held, or the first),
+    /// for [`Faults::swap_shards`].
+    fn other_shard(&self, caller: &Caller, id: &str) -> Option<String> {
+        let prefix = match caller {
+            Caller::Owner => String::new(),
+            Caller::Tenant { namespace, .. } => namespace.clone(),
+        };
+        let (after, _) = self.store.list(&prefix, id, 1);
+        let (first, _) = self.store.list(&prefix, "", 2);
+        after
+            .into_iter()
+            .chain(first)
+            .map(|(other, _)| other)
+            .find(|other| other != id)
+    }
+
     fn clone_for_recording(&self) -> Recorder {
         Recorder {
             metrics: self.metrics.clone(),

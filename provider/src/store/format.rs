@@ -19,6 +19,22 @@ const HEADER_CHECKSUM: usize = 32;
 pub(super) const TEMP_PREFIX: &str = ".tmp-";
 pub(super) const SHARD_SUFFIX: &str = ".shard";
 pub const MAX_ID_LEN: usize = 200;
+/// The longest shard a provider stores: a segment of the largest size a plan may have
+/// (1 GiB) sealed and kept whole (a replica), with room to spare for manifests. A length
+/// from the wire or a file header beyond it is refused before any arithmetic on it, so no
+/// space or quota sum can wrap.
+pub const MAX_SHARD_LEN: u64 = (1 << 30) + (1 << 20);
+
+/// Refuses a shard length beyond [`MAX_SHARD_LEN`], naming the shard and both numbers.
+pub fn check_shard_length(id: &str, length: u64) -> Result<()> {
+    if length > MAX_SHARD_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "shard {} announces {length} bytes; a shard is at most {MAX_SHARD_LEN} bytes",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
 
 /// Check that a shard id is 1..=200 characters of `[A-Za-z0-9._-]` not starting with '.'.
 pub fn validate_shard_id(id: &str) -> Result<()> {
@@ -96,18 +112,28 @@ impl Header {
         let id = String::from_utf8(rest[..id_len].to_vec()).map_err(|_| "id is not utf-8")?;
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&fixed[28..60]);
+        let length = u64_at(12);
+        if length > MAX_SHARD_LEN {
+            return Err(format!(
+                "header announces {length} bytes, more than a shard may hold ({MAX_SHARD_LEN})"
+            ));
+        }
         Ok(Header {
             version,
             id,
-            length: u64_at(12),
+            length,
             stored_at: u64_at(20) as i64,
             hash,
         })
     }
 }
 
+/// Bytes a shard file takes on disk. Saturates instead of wrapping; lengths are checked
+/// against [`MAX_SHARD_LEN`] before they get here, which keeps it far below.
 pub(super) fn file_size_for(id: &str, length: u64, version: u16) -> u64 {
-    Header::len_for(id) + length + outboard_size(length, version)
+    Header::len_for(id)
+        .saturating_add(length)
+        .saturating_add(outboard_size(length, version))
 }
 
 pub(super) fn outboard_size(length: u64, version: u16) -> u64 {

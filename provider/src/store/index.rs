@@ -41,8 +41,8 @@ impl Index {
     pub(super) fn tenant_add(&mut self, id: &str, meta: &ShardMeta) {
         if let Some(ns) = namespace_of(id) {
             let t = self.tenants.entry(ns.to_string()).or_default();
-            t.bytes += meta.length;
-            t.file_bytes += meta.file_size;
+            t.bytes = t.bytes.saturating_add(meta.length);
+            t.file_bytes = t.file_bytes.saturating_add(meta.file_size);
             t.shards += 1;
         }
     }

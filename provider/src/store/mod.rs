@@ -33,7 +33,7 @@ mod upgrade;
 mod write;
 
 pub use audit::{AuditProof, MAX_AUDIT_LEN};
-pub use format::{MAX_ID_LEN, validate_shard_id};
+pub use format::{MAX_ID_LEN, MAX_SHARD_LEN, check_shard_length, validate_shard_id};
 pub use index::{TENANT_PREFIX, TenantUsage, namespace_of};
 pub use read::{ShardReader, WHOLE_READ_MAX};
 pub use upgrade::UpgradeReport;
@@ -104,7 +104,7 @@ impl Store {
             };
             match Self::load_meta(&path, id) {
                 Ok(meta) => {
-                    used += meta.file_size;
+                    used = used.saturating_add(meta.file_size);
                     shards.insert(id.to_string(), meta);
                 }
                 Err(reason) => {
@@ -175,7 +175,7 @@ impl Store {
         Usage {
             capacity: usable,
             used: index.used,
-            free: usable.saturating_sub(index.used + index.reserved),
+            free: usable.saturating_sub(index.used.saturating_add(index.reserved)),
             shards: index.shards.len() as u64,
         }
     }

@@ -435,3 +435,62 @@ fn listing_pages_in_id_order_with_prefix() {
     let (page, _) = store.list("", "a3", 10);
     assert_eq!(ids(page), ["b1", "c"]);
 }
+
+#[test]
+fn a_length_from_the_wire_beyond_the_maximum_is_refused_and_never_wraps_a_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+    put(&store, "t-aa.x", &data(1_000)).unwrap();
+    let before = store.usage();
+    let quota = 1 << 20;
+    // Lengths whose file size (header + bytes + outboard) wraps a u64, and one just past
+    // the maximum: each refused by name, before anything is reserved.
+    for length in [u64::MAX, u64::MAX - 100, u64::MAX / 2, MAX_SHARD_LEN + 1] {
+        for quota in [None, Some(quota)] {
+            let Err(err) = store.begin_put_within("t-aa.huge", length, None, quota) else {
+                panic!("a shard of {length} bytes was taken (quota {quota:?})");
+            };
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+            assert!(
+                err.to_string().contains(&format!(
+                    "shard t-aa.huge announces {length} bytes; a shard is at most {MAX_SHARD_LEN} bytes"
+                )),
+                "{err}"
+            );
+        }
+    }
+    let after = store.usage();
+    assert_eq!((after.used, after.free), (before.used, before.free));
+    assert_eq!(store.tenant_usage("t-aa.").reserved, 0);
+    // The largest shard allowed is still measured against the quota, not waved through.
+    let Err(err) = store.begin_put_within("t-aa.big", MAX_SHARD_LEN, None, Some(quota)) else {
+        panic!("a shard past the quota was taken");
+    };
+    assert!(matches!(err, Error::QuotaExceeded { .. }), "{err}");
+}
+
+#[test]
+fn a_shard_file_whose_header_announces_a_huge_length_is_skipped_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+    put(&store, "good", &data(1_000)).unwrap();
+    put(&store, "forged", &data(1_000)).unwrap();
+    drop(store);
+    // A header claiming u64::MAX bytes, with a valid checksum: the file size check would
+    // wrap without the bound.
+    let header = format::Header {
+        version: FORMAT_VERSION,
+        id: "forged".into(),
+        length: u64::MAX,
+        stored_at: 0,
+        hash: [0; 32],
+    }
+    .encode();
+    let path = dir.path().join("shards").join("forged.shard");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[..header.len()].copy_from_slice(&header);
+    fs::write(&path, bytes).unwrap();
+    let store = Store::open(dir.path(), GIB, 0).unwrap();
+    assert!(store.stat("good").is_ok());
+    assert!(matches!(store.stat("forged"), Err(Error::NotFound(_))));
+}

@@ -10,7 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
-use super::format::{FORMAT_VERSION, Header, TEMP_PREFIX, file_size_for, validate_shard_id};
+use super::format::{
+    FORMAT_VERSION, Header, TEMP_PREFIX, check_shard_length, file_size_for, validate_shard_id,
+};
 use super::index::namespace_of;
 use super::{ShardMeta, Store};
 use crate::tree;
@@ -41,6 +43,8 @@ impl Store {
         quota: Option<u64>,
     ) -> Result<PutWriter> {
         validate_shard_id(id)?;
+        // The length comes from the caller: bounded before it goes into any sum.
+        check_shard_length(id, length)?;
         let needed = file_size_for(id, length, FORMAT_VERSION);
         {
             let mut index = self.lock();
@@ -48,7 +52,7 @@ impl Store {
                 let ns = namespace_of(id)
                     .ok_or_else(|| Error::Other(format!("shard {id} is in no tenant namespace")))?;
                 let t = index.tenants.get(ns).copied().unwrap_or_default();
-                let used = t.file_bytes + t.reserved;
+                let used = t.file_bytes.saturating_add(t.reserved);
                 if used.saturating_add(needed) > quota {
                     return Err(Error::QuotaExceeded {
                         needed,
@@ -65,13 +69,15 @@ impl Store {
             if after > usable {
                 return Err(Error::CapacityExhausted {
                     needed,
-                    used: index.used + index.reserved,
+                    used: index.used.saturating_add(index.reserved),
                     usable,
                 });
             }
-            index.reserved += needed;
+            // Below `usable`, checked above: cannot saturate.
+            index.reserved = index.reserved.saturating_add(needed);
             if let Some(ns) = namespace_of(id) {
-                index.tenants.entry(ns.to_string()).or_default().reserved += needed;
+                let tenant = index.tenants.entry(ns.to_string()).or_default();
+                tenant.reserved = tenant.reserved.saturating_add(needed);
             }
         }
         let mut writer = PutWriter {
@@ -147,7 +153,10 @@ impl PutWriter {
 
     /// Append shard bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        let end = self.written + data.len() as u64;
+        let end = u64::try_from(data.len())
+            .ok()
+            .and_then(|n| self.written.checked_add(n))
+            .unwrap_or(u64::MAX);
         if end > self.length {
             return Err(Error::InvalidArgument(format!(
                 "shard {} is longer than the {} bytes announced in its header",
@@ -248,7 +257,7 @@ impl PutWriter {
                 index.used = index.used.saturating_sub(old.file_size);
                 index.tenant_remove(&self.id, &old);
             }
-            index.used += file_size;
+            index.used = index.used.saturating_add(file_size);
             index.tenant_add(&self.id, &meta);
             index.reserved = index.reserved.saturating_sub(self.reserved);
             index.tenant_unreserve(&self.id, self.reserved);
