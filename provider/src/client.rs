@@ -14,6 +14,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Status};
 
+use crate::store::MAX_SHARD_LEN;
+
 use crate::CHUNK_SIZE;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::proto::shard_store_client::ShardStoreClient;
@@ -307,16 +309,43 @@ impl ProviderClient {
         Ok(stream.map(|r| r.map_err(ClientError::from)).right_stream())
     }
 
-    /// Read a shard or a range `(offset, len)` of it into memory.
+    /// Read a shard or a range `(offset, len)` of it into memory: at most the range's
+    /// length, and never more than a shard can hold ([`MAX_SHARD_LEN`]).
     pub async fn get_shard(
         &self,
         shard_id: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Bytes, ClientError> {
+        self.get_shard_within(shard_id, range, MAX_SHARD_LEN).await
+    }
+
+    /// [`get_shard`](Self::get_shard) when the caller knows how long the shard is: a
+    /// provider streaming more than `max_len` bytes (or more than the range asked for) is
+    /// cut off with `DataLoss` once it does, so a hostile provider cannot make the caller
+    /// buffer without bound.
+    pub async fn get_shard_within(
+        &self,
+        shard_id: &str,
+        range: Option<(u64, u64)>,
+        max_len: u64,
+    ) -> Result<Bytes, ClientError> {
+        let limit = range
+            .map_or(max_len, |(_, len)| len.min(max_len))
+            .min(MAX_SHARD_LEN);
         let mut stream = std::pin::pin!(self.chunks(shard_id, range).await?);
         let mut out = bytes::BytesMut::new();
+        let mut received: u64 = 0;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
+            received = received.saturating_add(chunk.data.len() as u64);
+            if received > limit {
+                return Err(ClientError::new(
+                    ErrorKind::DataLoss,
+                    format!(
+                        "shard {shard_id}: the provider sent more than the {limit} bytes asked for"
+                    ),
+                ));
+            }
             if out.is_empty() {
                 // A single chunk needs no copy.
                 match stream.next().await {

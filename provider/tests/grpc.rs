@@ -22,7 +22,7 @@ async fn start_with(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ProviderConf
     let gateway = Arc::new(NodeIdentity::generate());
     let mut config = ProviderConfig::new(dir.path());
     config.allowed_clients = vec![gateway.node_id()];
-    config.token = Some("cluster-secret".into());
+    config.token = Some("cluster-secret-0123".into());
     config.zone = "attic".into();
     tweak(&mut config);
     let provider = server::start(config).await.unwrap();
@@ -197,7 +197,7 @@ async fn only_allowed_clients_or_token_holders_may_call() {
             .await
             .is_err()
     );
-    client_for(&f.provider, &stranger, Some("cluster-secret"))
+    client_for(&f.provider, &stranger, Some("cluster-secret-0123"))
         .info()
         .await
         .unwrap();
@@ -320,7 +320,7 @@ async fn restart_keeps_identity_and_shards_and_shutdown_finishes_writes() {
 
     let again = start_with(f.dir, |_| {}).await;
     assert_eq!(again.provider.node_id, node_id);
-    let client = client_for(&again.provider, &f.gateway, Some("cluster-secret"));
+    let client = client_for(&again.provider, &f.gateway, Some("cluster-secret-0123"));
     assert_eq!(client.get_shard("kept", None).await.unwrap(), d);
     assert_eq!(
         client.stat_shard("in-flight").await.unwrap().length,
@@ -355,4 +355,27 @@ async fn a_shard_that_does_not_hash_to_the_expected_hash_is_refused() {
             .kind(),
         ErrorKind::NotFound
     );
+}
+
+#[tokio::test]
+async fn a_reader_stops_at_the_length_it_expects() {
+    let f = start().await;
+    let d = data(2 * 1024 * 1024 + 3, 5);
+    f.client.put_shard("long", d.clone()).await.unwrap();
+    assert_eq!(
+        f.client
+            .get_shard_within("long", None, d.len() as u64)
+            .await
+            .unwrap(),
+        d
+    );
+    // A provider answering more than the caller knows the shard holds (here: the caller
+    // expects a tenth of it) is cut off with DataLoss, before the rest is buffered.
+    let err = f
+        .client
+        .get_shard_within("long", None, d.len() as u64 / 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
+    assert!(err.to_string().contains("more than"), "{err}");
 }

@@ -78,7 +78,11 @@ impl ShardBackend for ProviderBackend {
             .try_with(|check| *check)
             .unwrap_or(false)
             .then_some((0, u64::MAX));
-        let call = self.client.get_shard(shard_id, range);
+        // At most the recorded length when the caller knows it, a shard's maximum otherwise.
+        let call = match crate::datapath::stripes::EXPECTED_LEN.try_with(|len| *len) {
+            Ok(len) => self.client.get_shard_within(shard_id, range, len),
+            Err(_) => self.client.get_shard_within(shard_id, range, u64::MAX),
+        };
         timed(&self.node_id, "get", TRANSFER_TIMEOUT, call).await
     }
 

@@ -10,6 +10,13 @@ use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 
 use crate::datapath::codec::{self, CodecError, DataKey, MasterKey};
+
+tokio::task_local! {
+    /// Set around a read of a shard whose length the metadata records: a backend that
+    /// buffers what a provider streams (the provider backend) stops at that many bytes, so
+    /// a provider streaming junk without end costs a bounded buffer.
+    pub static EXPECTED_LEN: u64;
+}
 use crate::datapath::layout::{Encryption, Layout, Scheme, Segment, ShardLocation};
 
 /// Why a shard backend refused or failed.
@@ -653,7 +660,10 @@ async fn fetch_shard(
             report(segment, index);
         }
     };
-    let shard = match backend.get(&loc.shard_id).await {
+    let shard = match EXPECTED_LEN
+        .scope(loc.length, backend.get(&loc.shard_id))
+        .await
+    {
         Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => Some(bytes),
         Ok(_) => {
             tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
