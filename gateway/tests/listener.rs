@@ -143,9 +143,11 @@ async fn tls_handshakes_that_do_not_finish_are_dropped() {
     half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
         .await
         .unwrap();
+    let opened = Instant::now();
     for (name, stream) in [("silent", &mut silent), ("half a hello", &mut half)] {
-        let took = closed_within(stream, Duration::from_secs(5)).await;
-        let took = took.unwrap_or_else(|| panic!("{name}: still open after 5s"));
+        let closed = closed_within(stream, Duration::from_secs(5)).await;
+        assert!(closed.is_some(), "{name}: still open after 5s");
+        let took = opened.elapsed();
         assert!(
             took >= Duration::from_millis(500),
             "{name}: closed after {took:?}"
@@ -301,9 +303,7 @@ async fn big_bodies_of_strangers_are_refused_unread() {
     let tmp = tempfile::tempdir().unwrap();
     let running = gateway(tmp.path(), "{}", false).await;
     let addr = running.s3_addr;
-    // The admin key makes the bucket; strangers then send 200 MB each.
-    let reply = Client::admin(addr).send("PUT", "/open", &[], b"").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    // Strangers send 200 MB each to a bucket (whether it exists is no business of theirs).
     const BIG: u64 = 200 << 20;
     // What the loopback socket buffers hold, at most, beyond what the gateway read.
     const SMALL: u64 = 24 << 20;
