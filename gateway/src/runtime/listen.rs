@@ -31,8 +31,9 @@ pub(super) fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls
 }
 
 /// TCP keepalive on S3 connections: a peer that vanished (a phone out of coverage, a
-/// crashed host) is noticed after about `KEEPALIVE_IDLE` + 5 × `KEEPALIVE_INTERVAL` of
-/// silence rather than never.
+/// crashed host) is noticed after `KEEPALIVE_IDLE` of silence and the system's number of
+/// unanswered probes (9 on Linux) `KEEPALIVE_INTERVAL` apart, about 3 minutes, rather than
+/// never.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
