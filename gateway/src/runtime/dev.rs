@@ -410,7 +410,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         listener,
         svc,
         None,
-        &sublet_crds::ClientLimits::default(),
+        sublet_crds::ClientLimits::default(),
         crate::runtime::stop_signal(),
     )
     .await;

@@ -46,7 +46,7 @@ pub async fn serve_s3(
     listener: TcpListener,
     service: MeteredService,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    limits: &ClientLimits,
+    limits: ClientLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let service = service.with_body_timeout(limits.body_timeout());

@@ -205,12 +205,15 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     let has_tls = tls.is_some();
     let mut stop_s3 = stop;
     let limits = spec.client_limits.clone().unwrap_or_default();
-    tasks.push(tokio::spawn(async move {
-        serve_s3(listener, service, tls, &limits, async move {
+    tasks.push(tokio::spawn(serve_s3(
+        listener,
+        service,
+        tls,
+        limits,
+        async move {
             let _ = stop_s3.changed().await;
-        })
-        .await;
-    }));
+        },
+    )));
     Ok(Running {
         gateway,
         metrics,
