@@ -89,6 +89,108 @@ pub struct StorageGatewaySpec {
     /// can take is what changed since. Default 1h, 1m to 24h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_interval: Option<Duration>,
+    /// How long the S3 listener waits on a client and how many connections it serves at
+    /// once, so slow or stalled clients cannot hold what others need. Defaults suit phones
+    /// on bad networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_limits: Option<ClientLimits>,
+}
+
+/// How long the S3 listener waits on a client, and how many connections it serves at once.
+/// Every field is optional; each default is named on it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientLimits {
+    /// Longest a connection may take to send a whole request head, counted from its
+    /// opening or from the end of its previous request (so also how long an idle
+    /// keep-alive connection stays open). Default 30s, 1s to 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<Duration>,
+    /// Longest a TLS handshake may take. Default 10s, 1s to 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_handshake_timeout: Option<Duration>,
+    /// Longest a request body may go without a byte while the gateway waits for it; the
+    /// request then ends with `RequestTimeout` and gives back its upload buffers.
+    /// Default 30s, 1s to 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_timeout: Option<Duration>,
+    /// Longest a client may leave an answer unread (its receive window full) before its
+    /// connection is closed, freeing what the answer holds. Default 60s, 1s to 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_timeout: Option<Duration>,
+    /// Connections served at once; further ones wait in the listen backlog until one
+    /// closes. Default 1024, 1 to 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_connections: Option<u32>,
+}
+
+impl ClientLimits {
+    pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: std::time::Duration =
+        std::time::Duration::from_secs(10);
+    pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    pub const DEFAULT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+
+    /// `headerTimeout`, or its default.
+    pub fn header_timeout(&self) -> std::time::Duration {
+        or_default(&self.header_timeout, Self::DEFAULT_HEADER_TIMEOUT)
+    }
+
+    /// `tlsHandshakeTimeout`, or its default.
+    pub fn tls_handshake_timeout(&self) -> std::time::Duration {
+        or_default(
+            &self.tls_handshake_timeout,
+            Self::DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        )
+    }
+
+    /// `bodyTimeout`, or its default.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        or_default(&self.body_timeout, Self::DEFAULT_BODY_TIMEOUT)
+    }
+
+    /// `sendTimeout`, or its default.
+    pub fn send_timeout(&self) -> std::time::Duration {
+        or_default(&self.send_timeout, Self::DEFAULT_SEND_TIMEOUT)
+    }
+
+    /// `maxConnections`, or its default.
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
+            .unwrap_or(Self::DEFAULT_MAX_CONNECTIONS)
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        for (field, value) in [
+            ("headerTimeout", &self.header_timeout),
+            ("tlsHandshakeTimeout", &self.tls_handshake_timeout),
+            ("bodyTimeout", &self.body_timeout),
+            ("sendTimeout", &self.send_timeout),
+        ] {
+            if let Some(d) = value
+                && !(1..=600).contains(&d.as_secs())
+            {
+                p.add(
+                    format!("spec.clientLimits.{field}"),
+                    format!("{d} is out of range; use 1s to 10m (e.g. 30s)"),
+                );
+            }
+        }
+        if let Some(n) = self.max_connections
+            && !(1..=65_536).contains(&n)
+        {
+            p.add(
+                "spec.clientLimits.maxConnections",
+                format!("{n} is out of range; use 1 to 65536 (e.g. 1024)"),
+            );
+        }
+    }
+}
+
+fn or_default(value: &Option<Duration>, default: std::time::Duration) -> std::time::Duration {
+    value.as_ref().map_or(default, Duration::as_std)
 }
 
 impl StorageGatewaySpec {
@@ -342,6 +444,9 @@ impl StorageGatewaySpec {
             ),
             _ => {}
         }
+        if let Some(limits) = &self.client_limits {
+            limits.validate(&mut p);
+        }
         if self.metadata.sqlite.is_some() && self.replicas > 1 {
             p.add(
                 "spec.replicas",
@@ -548,6 +653,36 @@ mod tests {
         assert_eq!(
             problems("snapshotInterval: 10s"),
             ["spec.snapshotInterval: 10s is out of range; use 1m to 24h (e.g. 15m)"]
+        );
+    }
+
+    #[test]
+    fn client_limits_default_and_are_bounded() {
+        let none = spec("defaultPlan: photos");
+        let limits = none.client_limits.clone().unwrap_or_default();
+        assert_eq!(limits.header_timeout(), std::time::Duration::from_secs(30));
+        assert_eq!(
+            limits.tls_handshake_timeout(),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(limits.body_timeout(), std::time::Duration::from_secs(30));
+        assert_eq!(limits.send_timeout(), std::time::Duration::from_secs(60));
+        assert_eq!(limits.max_connections(), 1024);
+        let set = spec(
+            "defaultPlan: photos\nclientLimits: {headerTimeout: 5s, bodyTimeout: 2m, maxConnections: 64}",
+        );
+        assert!(set.validate().is_empty());
+        let limits = set.client_limits.unwrap();
+        assert_eq!(limits.header_timeout(), std::time::Duration::from_secs(5));
+        assert_eq!(limits.body_timeout(), std::time::Duration::from_secs(120));
+        assert_eq!(limits.max_connections(), 64);
+        assert_eq!(
+            problems("clientLimits: {headerTimeout: 0s, sendTimeout: 1h, maxConnections: 0}"),
+            [
+                "spec.clientLimits.headerTimeout: 0s is out of range; use 1s to 10m (e.g. 30s)",
+                "spec.clientLimits.sendTimeout: 1h is out of range; use 1s to 10m (e.g. 30s)",
+                "spec.clientLimits.maxConnections: 0 is out of range; use 1 to 65536 (e.g. 1024)",
+            ]
         );
     }
 

@@ -31,9 +31,9 @@ pub use condition::{Condition, ConditionStatus, find_condition, set_condition};
 pub use duration::Duration;
 pub use error::{Error, Result};
 pub use gateway::{
-    Access, BucketGrant, GatewayCredential, GatewayTls, MetadataStore, PostgresMetadata, SecretRef,
-    ServiceSpec, ServiceType, SqliteMetadata, StorageGateway, StorageGatewaySpec,
-    StorageGatewayStatus,
+    Access, BucketGrant, ClientLimits, GatewayCredential, GatewayTls, MetadataStore,
+    PostgresMetadata, SecretRef, ServiceSpec, ServiceType, SqliteMetadata, StorageGateway,
+    StorageGatewaySpec, StorageGatewayStatus,
 };
 pub use loader::{Config, LoadError, LoadErrors, load_file, load_str};
 pub use offer::MarketOffer;

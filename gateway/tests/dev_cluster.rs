@@ -588,6 +588,7 @@ async fn client_disconnect_mid_upload_leaves_no_shards() {
         listener,
         svc.clone(),
         None,
+        sublet_crds::ClientLimits::default(),
         async {
             let _ = stop_rx.await;
         },

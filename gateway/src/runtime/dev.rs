@@ -286,6 +286,9 @@ pub fn service(gateway: Arc<Node>, credentials: Option<&Credentials>) -> S3Servi
 /// The S3 HTTP service over a gateway; SigV4 and per-bucket grants of `keys` if any.
 pub fn service_with_keys(gateway: Arc<Node>, keys: Option<KeyRing>) -> S3Service {
     let mut builder = S3ServiceBuilder::new(crate::s3::Gateway::new(gateway));
+    builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
+        crate::s3::http::s3s_config(),
+    ))));
     if let Some(keys) = keys {
         builder.set_auth(keys.clone());
         builder.set_access(keys);
@@ -403,7 +406,14 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!("  {env} aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/");
     let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
     let svc = MeteredService::new(svc, cluster.metrics.clone());
-    crate::runtime::serve_s3(listener, svc, None, crate::runtime::stop_signal()).await;
+    crate::runtime::serve_s3(
+        listener,
+        svc,
+        None,
+        sublet_crds::ClientLimits::default(),
+        crate::runtime::stop_signal(),
+    )
+    .await;
     tracing::info!("shutting down");
     probing.abort();
     lifecycle.abort();

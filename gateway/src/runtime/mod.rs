@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use sublet_crds::{Config, StorageGatewaySpec};
 use sublet_provider::client::{ClientConfig, ProviderClient};
 use sublet_provider::identity::{NodeId, NodeIdentity};

@@ -204,9 +204,16 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     .with_journal(gateway.journal().cloned());
     let has_tls = tls.is_some();
     let mut stop_s3 = stop;
-    tasks.push(tokio::spawn(serve_s3(listener, service, tls, async move {
-        let _ = stop_s3.changed().await;
-    })));
+    let limits = spec.client_limits.clone().unwrap_or_default();
+    tasks.push(tokio::spawn(serve_s3(
+        listener,
+        service,
+        tls,
+        limits,
+        async move {
+            let _ = stop_s3.changed().await;
+        },
+    )));
     Ok(Running {
         gateway,
         metrics,

@@ -5,6 +5,11 @@
 //! for everything else (put, delete, create/delete bucket, multipart, versioning). CopyObject
 //! and UploadPartCopy also need a read grant on the source bucket. ListBuckets is open to
 //! every key but lists only the buckets the key has a grant on.
+//!
+//! Some requests are refused before s3s sees them ([`refuse_unread`]), for what s3s would
+//! do with them before any signature is checked: Signature Version 2 (no clock-skew bound,
+//! so a captured request replays forever) and browser form uploads (whose file s3s reads
+//! into memory before the access check).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -255,10 +260,138 @@ impl S3Access for KeyRing {
     }
 }
 
+/// Why a request is refused before anything of its body is read, if it is: signed with
+/// Signature Version 2 (an `Authorization: AWS key:signature` header, or `Signature` /
+/// `AWSAccessKeyId` in the query), or a `multipart/form-data` POST (a browser form upload,
+/// which sublet does not serve and s3s would buffer before checking who sent it).
+pub fn refuse_unread<B>(req: &http::Request<B>) -> Option<s3s::S3Error> {
+    let headers = req.headers();
+    let v2_header = headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(|v| v.as_bytes().starts_with(b"AWS "));
+    let v2_query = req.uri().query().is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let name = percent_decoded(pair.split('=').next().unwrap_or(""));
+            name == "Signature" || name == "AWSAccessKeyId"
+        })
+    });
+    if v2_header || v2_query {
+        return Some(s3s::S3Error::with_message(
+            s3s::S3ErrorCode::InvalidRequest,
+            "Signature Version 2 is not accepted (it has no clock-skew bound, so a captured \
+             request could be replayed); sign requests with AWS4-HMAC-SHA256 (Signature Version 4)",
+        ));
+    }
+    let form = req.method() == http::Method::POST
+        && headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
+            v.as_bytes()
+                .to_ascii_lowercase()
+                .windows(9)
+                .any(|w| w == b"multipart")
+        });
+    if form {
+        return Some(s3s::S3Error::with_message(
+            s3s::S3ErrorCode::NotImplemented,
+            "browser form uploads (POST with multipart/form-data) are not supported; upload with \
+             PUT (PutObject or multipart uploads), e.g. with a presigned URL",
+        ));
+    }
+    None
+}
+
+/// `text` with `%XX` escapes and `+` decoded (lossily), to compare query parameter names as
+/// s3s will see them.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn signature_version_2_is_refused_in_headers_and_queries() {
+        for req in [
+            request("GET", "/b/k", &[("authorization", "AWS AKID:c2lnbmF0dXJl")]),
+            request(
+                "PUT",
+                "/b/k?AWSAccessKeyId=AKID&Expires=9999999999&Signature=abc%3D",
+                &[],
+            ),
+            request("GET", "/b/k?Signature=abc", &[]),
+            // Escaped names are the same names to s3s.
+            request("GET", "/b/k?%53ignature=abc", &[]),
+        ] {
+            let e = refuse_unread(&req).unwrap_or_else(|| panic!("{req:?} was let through"));
+            assert_eq!(*e.code(), s3s::S3ErrorCode::InvalidRequest);
+            assert!(
+                e.message()
+                    .unwrap()
+                    .contains("Signature Version 2 is not accepted"),
+                "{e:?}"
+            );
+        }
+        for req in [
+            request(
+                "GET",
+                "/b/k?X-Amz-Signature=abc&X-Amz-Credential=x",
+                &[("authorization", "AWS4-HMAC-SHA256 Credential=x")],
+            ),
+            request("GET", "/b/k?prefix=Signature", &[]),
+            request("POST", "/b?delete", &[("content-type", "application/xml")]),
+        ] {
+            assert!(refuse_unread(&req).is_none(), "{req:?} was refused");
+        }
+    }
+
+    #[test]
+    fn form_uploads_are_refused_before_their_body_is_read() {
+        for content_type in [
+            "multipart/form-data; boundary=xyz",
+            "Multipart/Form-Data;boundary=xyz",
+            "multipart/mixed",
+        ] {
+            let req = request("POST", "/bucket", &[("content-type", content_type)]);
+            let e = refuse_unread(&req).unwrap();
+            assert_eq!(
+                *e.code(),
+                s3s::S3ErrorCode::NotImplemented,
+                "{content_type}"
+            );
+        }
+        // A PUT may carry any content type: it is the object's.
+        let req = request("PUT", "/b/k", &[("content-type", "multipart/form-data")]);
+        assert!(refuse_unread(&req).is_none());
+    }
 
     fn ring() -> KeyRing {
         let credentials: Vec<GatewayCredential> = serde_yaml::from_str(

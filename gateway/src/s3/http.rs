@@ -1,14 +1,37 @@
 //! The S3 API over HTTP: the s3s service with request metrics around it, answering only
-//! once a request's metadata change is in the journal (503 when it cannot be stored).
+//! once a request's metadata change is in the journal (503 when it cannot be stored);
+//! requests refused before their body is read ([`crate::s3::auth::refuse_unread`]); request
+//! bodies that stall end the request ([`TimedBody`]); the limits s3s parses requests with.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use s3s::config::S3Config;
 use s3s::service::S3Service;
 use s3s::{HttpError, HttpRequest, HttpResponse};
 
 use crate::meta::journal::Journal;
 use crate::metrics::{Metrics, OperationSlot};
+
+/// The limits s3s parses requests with, set here rather than left to s3s's defaults (which
+/// let a browser form upload carry a 5 GB file read into memory). Form uploads never reach
+/// s3s ([`crate::s3::auth::refuse_unread`]); these bound them should one ever get through.
+pub fn s3s_config() -> S3Config {
+    let mut config = S3Config::default();
+    // XML bodies (DeleteObjects, CompleteMultipartUpload, lifecycle rules) are read whole,
+    // after the access check: 1000 keys of 1 KiB, escaped, or 10,000 parts with checksums fit.
+    config.xml_max_body_size = 8 << 20;
+    config.post_object_max_file_size = 0;
+    config.form_max_field_size = 16 << 10;
+    config.form_max_fields_size = 64 << 10;
+    config.form_max_parts = 64;
+    config.presigned_url_max_skew_time_secs = 900;
+    config
+}
 
 /// The S3 service with request metrics around it.
 #[derive(Clone)]
@@ -16,6 +39,7 @@ pub struct MeteredService {
     inner: S3Service,
     metrics: Metrics,
     journal: Option<Arc<Journal>>,
+    body_timeout: Duration,
 }
 
 impl MeteredService {
@@ -24,7 +48,15 @@ impl MeteredService {
             inner,
             metrics,
             journal: None,
+            body_timeout: sublet_crds::ClientLimits::DEFAULT_BODY_TIMEOUT,
         }
+    }
+
+    /// Ends a request whose body sends nothing for `timeout` while the gateway waits for
+    /// it: `RequestTimeout`, the connection closed, its upload buffers given back.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
     }
 
     /// Answers a request that may have changed metadata only once the change is in the
@@ -34,13 +66,33 @@ impl MeteredService {
         self
     }
 
-    pub async fn call(&self, mut req: HttpRequest) -> Result<HttpResponse, HttpError> {
+    pub async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        self.serve(req, &FaultSlot::default()).await
+    }
+
+    /// Serves `req`, whose body wrappers leave in `fault` why they cut it off, if they do:
+    /// the answer is then that, whatever the handler made of its failed body.
+    async fn serve(
+        &self,
+        mut req: HttpRequest,
+        fault: &FaultSlot,
+    ) -> Result<HttpResponse, HttpError> {
         let started = Instant::now();
         let slot = OperationSlot::default();
         req.extensions_mut().insert(slot.clone());
         let received = declared_length(req.headers(), true);
         let changes = !matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-        let mut result = self.inner.call(req).await;
+        let mut result = match crate::s3::auth::refuse_unread(&req) {
+            Some(refusal) => {
+                tracing::info!(method = %req.method(), reason = ?refusal.message(), "refused unread");
+                Ok(error_answer(&refusal))
+            }
+            None => self.inner.call(req).await,
+        };
+        if let Some(fault) = fault.get() {
+            tracing::info!(reason = %fault, "a request body was cut off");
+            result = Ok(error_answer(&fault.to_s3()));
+        }
         if changes
             && let Some(journal) = &self.journal
             && let Ok(response) = &result
@@ -82,21 +134,263 @@ impl MeteredService {
 /// The answer to a request whose change did not reach the metadata journal: the client
 /// retries it, as after any 503.
 fn journal_unavailable(message: &str) -> HttpResponse {
-    let escaped = message
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
+    error_answer(&s3s::S3Error::with_message(
+        s3s::S3ErrorCode::ServiceUnavailable,
+        message.to_owned(),
+    ))
+}
+
+/// An S3 error document for `error`, with its status.
+fn error_answer(error: &s3s::S3Error) -> HttpResponse {
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ServiceUnavailable</Code>\
-         <Message>{escaped}</Message></Error>"
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code>\
+         <Message>{}</Message></Error>",
+        error.code().as_str(),
+        escape(error.message().unwrap_or_default())
     );
     let mut response = HttpResponse::new(s3s::Body::from(body));
-    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    *response.status_mut() = error
+        .status_code()
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/xml"),
     );
     response
+}
+
+/// Why a request body was cut off by the gateway rather than ended by the client; the
+/// request is then answered with this, whatever its handler made of the failed body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyFault {
+    #[error("the client sent no byte of the request body for {}s", .0.as_secs_f32())]
+    Stalled(Duration),
+    #[error(
+        "an aws-chunked chunk of {0} bytes is larger than the {max} bytes this gateway takes \
+         (chunks are checked whole before they are used); send smaller chunks",
+        max = MAX_AWS_CHUNK
+    )]
+    ChunkTooLarge(u64),
+}
+
+impl BodyFault {
+    fn to_s3(self) -> s3s::S3Error {
+        match self {
+            BodyFault::Stalled(timeout) => s3s::S3Error::with_message(
+                s3s::S3ErrorCode::RequestTimeout,
+                format!(
+                    "Your socket connection to the server was not read from or written to \
+                     within the timeout period ({}s without a byte of the request body).",
+                    timeout.as_secs()
+                ),
+            ),
+            BodyFault::ChunkTooLarge(_) => {
+                s3s::S3Error::with_message(s3s::S3ErrorCode::InvalidRequest, self.to_string())
+            }
+        }
+    }
+}
+
+/// Where a body wrapper leaves its [`BodyFault`] for the service to answer with.
+pub type FaultSlot = Arc<std::sync::OnceLock<BodyFault>>;
+
+/// A request body that fails once it has sent nothing for `timeout` while its reader waits
+/// on it (time the reader spends elsewhere, e.g. waiting for upload budget, does not count).
+pub struct TimedBody<B> {
+    inner: B,
+    timeout: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    fault: FaultSlot,
+}
+
+impl<B> TimedBody<B> {
+    pub fn new(inner: B, timeout: Duration, fault: FaultSlot) -> Self {
+        TimedBody {
+            inner,
+            timeout,
+            waiting: None,
+            fault,
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> HttpBody for TimedBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(fault) = this.fault.get() {
+            return Poll::Ready(Some(Err((*fault).into())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let waiting = this
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if waiting.as_mut().poll(cx).is_ready() {
+                    this.waiting = None;
+                    let fault = *this.fault.get_or_init(|| BodyFault::Stalled(timeout));
+                    return Poll::Ready(Some(Err(fault.into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The largest `aws-chunked` chunk taken. s3s holds a whole chunk in memory (outside the
+/// upload budget) before it checks the chunk's signature; clients send 64 KiB (AWS SDKs)
+/// to 1 MiB (botocore).
+pub const MAX_AWS_CHUNK: u64 = 16 << 20;
+
+/// Where a [`ChunkBound`] is in the `aws-chunked` framing:
+/// `hex-size[;chunk-signature=…]\r\n data \r\n`, repeated, a 0-size chunk, trailers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Size(u64),
+    Extension(u64),
+    Data(u64),
+    DataEnd(u8),
+    /// Past the last chunk, or framing s3s will refuse itself: nothing more to watch.
+    Done,
+}
+
+/// An `aws-chunked` request body that fails as soon as a chunk header announces more than
+/// [`MAX_AWS_CHUNK`], before s3s starts gathering that chunk.
+pub struct ChunkBound<B> {
+    inner: B,
+    framing: Framing,
+    fault: FaultSlot,
+}
+
+impl<B> ChunkBound<B> {
+    pub fn new(inner: B, fault: FaultSlot) -> Self {
+        ChunkBound {
+            inner,
+            framing: Framing::Size(0),
+            fault,
+        }
+    }
+
+    /// Follows the framing through `bytes`; the announced size when it is too large.
+    fn follow(&mut self, mut bytes: &[u8]) -> Option<u64> {
+        while let Some((&b, rest)) = bytes.split_first() {
+            self.framing = match self.framing {
+                Framing::Size(size) => match (b as char).to_digit(16) {
+                    Some(d) => {
+                        let size = size.saturating_mul(16).saturating_add(u64::from(d));
+                        if size > MAX_AWS_CHUNK {
+                            self.framing = Framing::Done;
+                            return Some(size);
+                        }
+                        Framing::Size(size)
+                    }
+                    None if b == b';' || b == b'\r' => Framing::Extension(size),
+                    None if b == b'\n' => Self::after_header(size),
+                    None => Framing::Done,
+                },
+                Framing::Extension(size) if b == b'\n' => Self::after_header(size),
+                Framing::Extension(size) => Framing::Extension(size),
+                Framing::Data(left) => {
+                    // Skip the chunk's data in one step.
+                    let skip = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                    bytes = &bytes[skip..];
+                    let left = left - skip as u64;
+                    self.framing = if left == 0 {
+                        Framing::DataEnd(2)
+                    } else {
+                        Framing::Data(left)
+                    };
+                    continue;
+                }
+                Framing::DataEnd(1) => Framing::Size(0),
+                Framing::DataEnd(n) => Framing::DataEnd(n - 1),
+                Framing::Done => return None,
+            };
+            bytes = rest;
+        }
+        None
+    }
+
+    fn after_header(size: u64) -> Framing {
+        if size == 0 {
+            Framing::Done
+        } else {
+            Framing::Data(size)
+        }
+    }
+}
+
+impl<B> HttpBody for ChunkBound<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(fault) = this.fault.get() {
+            return Poll::Ready(Some(Err((*fault).into())));
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+            && let Some(size) = this.follow(data)
+        {
+            let fault = *this.fault.get_or_init(|| BodyFault::ChunkTooLarge(size));
+            return Poll::Ready(Some(Err(fault.into())));
+        }
+        polled.map(|f| f.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether a request's body is `aws-chunked` (`x-amz-content-sha256: STREAMING-…`).
+fn is_aws_chunked(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all("x-amz-content-sha256")
+        .iter()
+        .any(|v| v.as_bytes().starts_with(b"STREAMING-"))
 }
 
 /// Body length from the headers; `x-amz-decoded-content-length` for aws-chunked uploads.
@@ -122,9 +416,22 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for MeteredSe
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let service = self.clone();
-        let close = expects_continue_without_body(&req);
+        let mut close = expects_continue_without_body(&req);
+        let fault = FaultSlot::default();
+        let timeout = self.body_timeout;
+        let chunked = is_aws_chunked(req.headers());
+        let req = req.map(|b| {
+            let timed = TimedBody::new(b, timeout, Arc::clone(&fault));
+            if chunked {
+                s3s::Body::http_body(ChunkBound::new(timed, Arc::clone(&fault)))
+            } else {
+                s3s::Body::http_body(timed)
+            }
+        });
         Box::pin(async move {
-            let mut response = service.call(req.map(s3s::Body::from)).await?;
+            let mut response = service.serve(req, &fault).await?;
+            // The rest of a body cut off is never read: the connection cannot be reused.
+            close |= fault.get().is_some();
             if close {
                 response.headers_mut().insert(
                     http::header::CONNECTION,
@@ -163,6 +470,148 @@ fn expects_continue_without_body<B>(req: &http::Request<B>) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    type Chunks = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+
+    /// A body the test feeds chunk by chunk, behind a [`TimedBody`] of `timeout`.
+    type Fed = http_body_util::StreamBody<
+        tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::io::Error>>,
+    >;
+
+    /// A body the test feeds chunk by chunk.
+    fn fed() -> (Chunks, Fed) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        (tx, body)
+    }
+
+    /// A fed body behind a [`TimedBody`] of `timeout`.
+    fn fed_body(timeout: Duration) -> (Chunks, TimedBody<Fed>, FaultSlot) {
+        let (tx, body) = fed();
+        let fault = FaultSlot::default();
+        (tx, TimedBody::new(body, timeout, Arc::clone(&fault)), fault)
+    }
+
+    async fn next_chunk<B>(body: &mut B) -> Option<Result<Bytes, String>>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        use http_body_util::BodyExt;
+        let frame = body.frame().await?;
+        Some(
+            frame
+                .map(|f| f.into_data().unwrap_or_default())
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_after_its_timeout() {
+        let timeout = Duration::from_millis(300);
+        let (tx, mut body, fault) = fed_body(timeout);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .unwrap();
+        assert_eq!(next_chunk(&mut body).await.unwrap().unwrap(), "first");
+        let started = Instant::now();
+        let err = next_chunk(&mut body).await.unwrap().unwrap_err();
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        assert!(started.elapsed() < timeout * 5, "{:?}", started.elapsed());
+        assert_eq!(err, "the client sent no byte of the request body for 0.3s");
+        assert_eq!(fault.get(), Some(&BodyFault::Stalled(timeout)));
+        // A late chunk changes nothing: the request is over.
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"late")))).await;
+        assert!(next_chunk(&mut body).await.unwrap().is_err());
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_that_keeps_sending_and_time_not_spent_waiting_on_it_are_fine() {
+        let timeout = Duration::from_millis(300);
+        let (tx, mut body, fault) = fed_body(timeout);
+        // The reader is busy elsewhere (e.g. waiting for upload budget) for longer than the
+        // timeout: the client is not to blame.
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        tokio::time::sleep(timeout * 2).await;
+        assert_eq!(next_chunk(&mut body).await.unwrap().unwrap(), "a");
+        // Chunks every 150 ms for a second: slow, never stalled.
+        let feeder = tokio::spawn(async move {
+            for _ in 0..7 {
+                tokio::time::sleep(timeout / 2).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(b"b"))))
+                    .await
+                    .unwrap();
+            }
+        });
+        for _ in 0..7 {
+            assert_eq!(next_chunk(&mut body).await.unwrap().unwrap(), "b");
+        }
+        feeder.await.unwrap();
+        assert!(next_chunk(&mut body).await.is_none());
+        assert_eq!(fault.get(), None);
+    }
+
+    /// Feeds `frames` through a [`ChunkBound`]: the data it passed on, and its fault.
+    async fn bounded(frames: &[&[u8]]) -> (Vec<u8>, Option<BodyFault>) {
+        let (tx, body) = fed();
+        let fault = FaultSlot::default();
+        let mut body = ChunkBound::new(body, Arc::clone(&fault));
+        let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
+        let feeder = tokio::spawn(async move {
+            for f in frames {
+                // The body stops reading at a fault: the rest is never sent.
+                if tx.send(Ok(Frame::data(f))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut passed = Vec::new();
+        while let Some(Ok(chunk)) = next_chunk(&mut body).await {
+            passed.extend_from_slice(&chunk);
+        }
+        drop(body);
+        feeder.await.unwrap();
+        (passed, fault.get().copied())
+    }
+
+    #[tokio::test]
+    async fn aws_chunked_bodies_pass_unless_a_chunk_is_too_large() {
+        let sig = format!(";chunk-signature={}\r\n", "a".repeat(64));
+        let data = vec![b'd'; 0x10000];
+        let mut body = format!("10000{sig}").into_bytes();
+        body.extend_from_slice(&data);
+        body.extend_from_slice(format!("\r\n400{sig}").as_bytes());
+        body.extend_from_slice(&data[..0x400]);
+        body.extend_from_slice(format!("\r\n0{sig}\r\n").as_bytes());
+        // Whole, and cut at every awkward place (mid-size, mid-signature, mid-data, CRLF).
+        let (passed, fault) = bounded(&[&body]).await;
+        assert_eq!((passed.len(), fault), (body.len(), None));
+        let cuts: Vec<&[u8]> = body.chunks(7).collect();
+        let (passed, fault) = bounded(&cuts).await;
+        assert_eq!((passed.len(), fault), (body.len(), None));
+        // Unsigned chunks with trailers (botocore's 1 MiB chunks).
+        let unsigned = b"100000\r\n"
+            .iter()
+            .chain(&vec![b'u'; 1 << 20])
+            .chain(b"\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        let (passed, fault) = bounded(&[&unsigned]).await;
+        assert_eq!((passed.len(), fault), (unsigned.len(), None));
+        // A chunk announcing 4 GiB fails at its header, its data never gathered.
+        let huge = format!("100000000{sig}");
+        let (passed, fault) = bounded(&[huge.as_bytes(), &data]).await;
+        assert!(matches!(fault, Some(BodyFault::ChunkTooLarge(n)) if n > MAX_AWS_CHUNK));
+        assert!(passed.is_empty());
+        // Also after a good first chunk.
+        let mut second = format!("10{sig}0123456789abcdef\r\n").into_bytes();
+        second.extend_from_slice(b"FFFFFFFFFFFF;chunk-signature=");
+        let (_, fault) = bounded(&[&second]).await;
+        assert!(matches!(fault, Some(BodyFault::ChunkTooLarge(n)) if n > MAX_AWS_CHUNK));
+    }
 
     #[test]
     fn only_empty_expect_continue_requests_close_the_connection() {
