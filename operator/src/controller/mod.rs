@@ -311,7 +311,11 @@ where
     let name = obj.name_any();
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
-    match api.create(&PostParams::default(), obj).await {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, obj).await {
         Ok(_) => {
             info!(kind = kind_of::<K>(), %name, namespace = %ns, "created");
             Ok(true)
