@@ -69,23 +69,23 @@ pub fn tools_dir() -> PathBuf {
     }
 }
 
-fn works(bin: &Path, arg: &str) -> bool {
+fn works(bin: &Path, args: &[&str]) -> bool {
     Command::new(bin)
-        .arg(arg)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
-/// The first of `candidates` that runs `bin ARG` successfully.
-fn find(name: &str, extra: &[PathBuf], arg: &str) -> Option<PathBuf> {
+/// The first of `extra`, then `name` on `PATH`, that runs `bin ARGS` successfully.
+fn find(name: &str, extra: &[PathBuf], args: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     extra
         .iter()
         .cloned()
         .chain(std::env::split_paths(&path).map(|d| d.join(name)))
-        .find(|p| p.is_file() && works(p, arg))
+        .find(|p| p.is_file() && works(p, args))
 }
 
 /// helm from `$SUBLET_HELM`, `.ci/install-helm`'s folder or `PATH`.
@@ -95,7 +95,7 @@ pub fn helm() -> Option<PathBuf> {
         .into_iter()
         .collect();
     extra.push(tools_dir().join("bin/helm"));
-    find("helm", &extra, "version")
+    find("helm", &extra, &["version", "--short"])
 }
 
 fn workspace_root() -> PathBuf {
@@ -165,27 +165,11 @@ fn binaries() -> Result<Binaries, String> {
     let assets = std::env::var_os("KUBEBUILDER_ASSETS").map(PathBuf::from);
     let apiserver = kube_apiserver(assets.as_deref())?;
     let in_assets = |name: &str| assets.iter().map(|d| d.join(name)).collect::<Vec<_>>();
-    let etcd = find("etcd", &in_assets("etcd"), "--version")
+    let etcd = find("etcd", &in_assets("etcd"), &["--version"])
         .ok_or("etcd not found (apt-get install etcd-server)")?;
-    let mut kubectl_dirs = in_assets("kubectl");
-    kubectl_dirs.push(tools_dir().join("bin/kubectl"));
-    let kubectl = find("kubectl", &kubectl_dirs, "version")
-        .or_else(|| {
-            // `kubectl version` fails without a server; `--client` answers offline.
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            kubectl_dirs
-                .into_iter()
-                .chain(std::env::split_paths(&path).map(|d| d.join("kubectl")))
-                .find(|p| {
-                    p.is_file()
-                        && Command::new(p)
-                            .args(["version", "--client"])
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status()
-                            .is_ok_and(|s| s.success())
-                })
-        })
+    let mut kubectl = in_assets("kubectl");
+    kubectl.push(tools_dir().join("bin/kubectl"));
+    let kubectl = find("kubectl", &kubectl, &["version", "--client"])
         .ok_or("kubectl not found (bash .ci/install-helm)")?;
     Ok(Binaries {
         apiserver,
