@@ -156,6 +156,12 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             member.last_seen = last_seen(member.ready, before, &ctx);
             members.push(member);
         }
+        members = keep_identified(
+            members,
+            &previous,
+            &pool.spec.endpoints,
+            (ctx.now)(),
+        );
     }
     for endpoint in &pool.spec.endpoints {
         let before = previous.get(&endpoint.name);
@@ -312,6 +318,54 @@ async fn drain(
     Ok(Action::requeue(RESYNC))
 }
 
+/// How long a provider whose pod is gone stays in status (and in the gateway config) as a
+/// member that is not ready, so a restarted pod does not take it out and put it back.
+pub const GONE_MEMBER_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The members read from provider pods, corrected by what status said before: a pod that
+/// has not printed its node id yet (restarting, just replaced) keeps its node's previous
+/// address and node id until it has, and a member whose pod is gone stays, not ready, for
+/// [`GONE_MEMBER_KEPT`] after it was last seen. So a provider restart changes the gateway
+/// config once, when the new pod is identified, and never to an endpoint without a node id.
+pub fn keep_identified(
+    mut members: Vec<PoolMember>,
+    previous: &BTreeMap<String, PoolMember>,
+    endpoints: &[sublet_crds::Endpoint],
+    now: jiff::Timestamp,
+) -> Vec<PoolMember> {
+    for member in &mut members {
+        if member.node_id.is_empty()
+            && let Some(before) = previous.get(&member.name)
+            && !before.node_id.is_empty()
+        {
+            member.node_id = before.node_id.clone();
+            member.address = before.address.clone();
+            member.ready = false;
+        }
+    }
+    for (name, before) in previous {
+        let from_spec = endpoints.iter().any(|e| &e.name == name);
+        let recent = before
+            .last_seen
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|t| {
+                now.as_second() - t.as_second() < GONE_MEMBER_KEPT.as_secs().cast_signed()
+            });
+        if !from_spec
+            && recent
+            && !before.node_id.is_empty()
+            && !members.iter().any(|m| &m.name == name)
+        {
+            members.push(PoolMember {
+                ready: false,
+                ..before.clone()
+            });
+        }
+    }
+    members
+}
+
 /// `lastSeen` moves in steps of this much, so a status patch that changes nothing else is a
 /// no-op: every status write triggers a reconcile, which would write again.
 pub const LAST_SEEN_STEP: std::time::Duration = std::time::Duration::from_secs(300);
@@ -422,5 +476,70 @@ pub fn member_of_pod(pod: &Pod, node: &str, zone: &str, capacity: u64) -> PoolMe
         ready,
         capacity_bytes: capacity,
         ..PoolMember::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::pool_member;
+
+    fn seen(mut member: PoolMember, at: &str) -> PoolMember {
+        member.last_seen = Some(at.into());
+        member
+    }
+
+    /// Issue 28: a provider restart rolled the gateway twice, the first time with an
+    /// endpoint without its node id.
+    #[test]
+    fn a_restarting_provider_keeps_its_pinned_endpoint_until_identified_again() {
+        let now: jiff::Timestamp = "2026-11-28T02:00:00Z".parse().unwrap();
+        let previous: BTreeMap<String, PoolMember> = [
+            seen(
+                pool_member("node-a", "https://10.0.0.1:7480", "aa", "a", true),
+                "2026-11-28T01:59:00Z",
+            ),
+            seen(
+                pool_member("node-b", "https://10.0.0.2:7480", "bb", "b", true),
+                "2026-11-28T01:58:00Z",
+            ),
+            // Gone for longer than GONE_MEMBER_KEPT: dropped.
+            seen(
+                pool_member("node-c", "https://10.0.0.3:7480", "cc", "c", true),
+                "2026-11-28T01:00:00Z",
+            ),
+            // Named in spec.endpoints: the pool reports it itself.
+            seen(pool_member("nas", "nas:7480", "dd", "d", true), "2026-11-28T01:59:00Z"),
+        ]
+        .into_iter()
+        .map(|m| (m.name.clone(), m))
+        .collect();
+        let endpoints = vec![sublet_crds::Endpoint {
+            name: "nas".into(),
+            address: "nas:7480".into(),
+            node_id: None,
+            zone: None,
+            owner: None,
+        }];
+        // node-a's new pod has a new address and no node id yet; node-b's pod is gone.
+        let current = vec![pool_member("node-a", "https://10.0.0.9:7480", "", "a", false)];
+        let members = keep_identified(current, &previous, &endpoints, now);
+        let summary: Vec<(&str, &str, &str, bool)> = members
+            .iter()
+            .map(|m| (m.name.as_str(), m.address.as_str(), m.node_id.as_str(), m.ready))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("node-a", "https://10.0.0.1:7480", "aa", false),
+                ("node-b", "https://10.0.0.2:7480", "bb", false),
+            ]
+        );
+        // Once identified, the new address goes in: one change of the config.
+        let current = vec![pool_member("node-a", "https://10.0.0.9:7480", "aa", "a", true)];
+        let members = keep_identified(current, &previous, &endpoints, now);
+        assert_eq!(members[0].address, "https://10.0.0.9:7480");
+        assert!(members[0].ready);
     }
 }

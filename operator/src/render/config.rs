@@ -102,20 +102,26 @@ pub fn bucket_secret_env(pool: &str, member: &str) -> String {
 }
 
 /// `pool` as a standalone gateway sees it: no `nodes`, and every in-cluster member the
-/// operator has an address for listed as an endpoint with its pinned node id and zone.
+/// operator has an address and a node id for listed as an endpoint with that node id pinned
+/// and its zone.
 pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
     let mut endpoints = pool.spec.endpoints.clone();
     if pool.spec.nodes.is_some()
         && let Some(status) = &pool.status
     {
         for member in &status.members {
-            if member.address.is_empty() || endpoints.iter().any(|e| e.name == member.name) {
+            // A provider is listed once it printed its node id: an endpoint without one
+            // would let any machine at that address pose as it.
+            if member.address.is_empty()
+                || member.node_id.is_empty()
+                || endpoints.iter().any(|e| e.name == member.name)
+            {
                 continue;
             }
             endpoints.push(Endpoint {
                 name: member.name.clone(),
                 address: member.address.clone(),
-                node_id: (!member.node_id.is_empty()).then(|| member.node_id.clone()),
+                node_id: Some(member.node_id.clone()),
                 zone: (!member.zone.is_empty()).then(|| member.zone.clone()),
                 owner: None,
             });
@@ -390,6 +396,8 @@ mod tests {
                 pool_member("node-b", "https://10.0.0.2:7480", "bb", "attic", true),
                 // Not scheduled yet: no address, so not in the config.
                 pool_member("node-c", "", "", "", false),
+                // An address but no node id printed yet: never an unpinned endpoint.
+                pool_member("node-d", "https://10.0.0.4:7480", "", "cellar", false),
             ],
             ..Default::default()
         });
