@@ -297,6 +297,11 @@ impl Context {
     }
 }
 
+/// `1 shard`, `2 shards`: a count with its noun for people.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The wait after the `n`th consecutive failure: 5 s, 10 s, 20 s ... at most 5 minutes.
 pub fn backoff_after(n: u32) -> Duration {
     let factor = 1u32 << n.saturating_sub(1).min(16);
@@ -682,6 +687,13 @@ mod tests {
         assert_eq!(human_bytes(3 << 39), "1.5Ti");
         assert_eq!(human_bytes((4 << 30) + (1 << 20)), "4Gi", "rounds down");
         assert_eq!(human_bytes(u64::MAX), "16383.9Pi");
+    }
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(counted(1, "shard", "shards"), "1 shard");
+        assert_eq!(counted(0, "shard", "shards"), "0 shards");
+        assert_eq!(counted(2, "rebuild Job", "rebuild Jobs"), "2 rebuild Jobs");
     }
 
     #[test]

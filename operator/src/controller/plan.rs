@@ -282,16 +282,24 @@ async fn health_and_repair(
                     rebuild.bandwidth_limit.clone(),
                     urgent,
                 )?;
+                let params = PostParams {
+                    field_manager: Some(crate::FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
                 let created = jobs_api
-                    .create(&PostParams::default(), &job)
+                    .create(&params, &job)
                     .await
                     .map_err(Error::kube("create", "Job", format!("{name}-repair-*")))?;
                 info!(plan = %name, job = %created.name_any(), urgent, "rebuild job created");
-                ctx.metrics.repair_jobs.with_label_values(&[&name]).inc();
+                ctx.metrics
+                    .repair_jobs
+                    .with_label_values(&[ns.as_str(), name.as_str()])
+                    .inc();
             }
             let note = format!(
-                "started {jobs} rebuild Jobs for {} objects due for repair{}",
-                health.repair.due,
+                "started {} for {} due for repair{}",
+                super::counted(u64::from(jobs), "rebuild Job", "rebuild Jobs"),
+                super::counted(health.repair.due, "object", "objects"),
                 if urgent {
                     " (objects at risk: window ignored)"
                 } else {

@@ -277,9 +277,9 @@ async fn drain(
         match ctx.admin.pool_usage(&admin_url(gateway)?, &name).await {
             Ok(usage) if usage.shards == 0 => {}
             Ok(usage) => held.push(format!(
-                "StorageGateway {} stores {} shards ({}) here",
+                "StorageGateway {} stores {} ({}) here",
                 gateway.name_any(),
-                usage.shards,
+                super::counted(usage.shards, "shard", "shards"),
                 human_bytes(usage.bytes)
             )),
             Err(err) => held.push(format!(
