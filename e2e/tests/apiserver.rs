@@ -403,6 +403,24 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         Some(&pod.to_string()),
     ));
 
+    // A size the schema admits but no 64-bit count holds: reported on that plan alone, and
+    // the other plans and the gateway go on being reconciled.
+    let huge = "apiVersion: sublet.dev/v1alpha1\nkind: StoragePlan\nmetadata: {name: huge}\nspec:\n  redundancy: {replicas: 1}\n  segmentSize: 99999999Ei\n";
+    ok(api.kubectl_stdin(&["apply", "-n", "storage", "-f", "-"], Some(huge)));
+    let unreadable = wait_for(
+        "Ready=False, reason Unreadable on the plan the operator cannot read",
+        Duration::from_secs(30),
+        || {
+            let plan = api.get_json(&["-n", "storage", "storageplan", "huge"]).ok()?;
+            conditions_of(&plan)
+                .into_iter()
+                .find(|c| c["type"] == "Ready" && c["reason"] == "Unreadable")
+        },
+    );
+    let message = unreadable["message"].as_str().unwrap();
+    assert!(message.contains("spec.segmentSize"), "{message}");
+    assert!(message.contains("99999999Ei"), "{message}");
+
     // An edited plan rolls the gateway.
     ok(api.kubectl(&[
         "-n",
