@@ -37,6 +37,25 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
         return not_ready(&gateway, &ctx, status, "Invalid", message, &now).await;
     }
 
+    // The keys come first: they do not depend on the config, and a gateway waiting for a
+    // config that loads should already have the master key to back up.
+    create_if_missing(&ctx.client, &provider_token_secret(&ns)).await?;
+    if create_if_missing(&ctx.client, &master_key_secret(&gateway)?).await? {
+        ctx.event(
+            &*gateway,
+            EventType::Normal,
+            "MasterKeyCreated",
+            format!(
+                "created Secret {}-master-key; back it up: without it no object can be read",
+                gateway.name_any()
+            ),
+            "CreateSecret",
+        )
+        .await;
+    }
+    create_if_missing(&ctx.client, &credentials_secret(&gateway)?).await?;
+    create_if_missing(&ctx.client, &admin_token_secret(&gateway)?).await?;
+
     let pools: Vec<ProviderPool> = list_all(&ctx.client, &ns).await?;
     let plans: Vec<StoragePlan> = list_all(&ctx.client, &ns).await?;
     let schedules: Vec<StorageSchedule> = list_all(&ctx.client, &ns).await?;
@@ -54,22 +73,6 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
         Err(other) => return Err(other),
     };
 
-    create_if_missing(&ctx.client, &provider_token_secret(&ns)).await?;
-    if create_if_missing(&ctx.client, &master_key_secret(&gateway)?).await? {
-        ctx.event(
-            &*gateway,
-            EventType::Normal,
-            "MasterKeyCreated",
-            format!(
-                "created Secret {}-master-key; back it up: without it no object can be read",
-                gateway.name_any()
-            ),
-            "CreateSecret",
-        )
-        .await;
-    }
-    create_if_missing(&ctx.client, &credentials_secret(&gateway)?).await?;
-    create_if_missing(&ctx.client, &admin_token_secret(&gateway)?).await?;
 
     let objects = gateway_objects(&gateway, &ctx.images, &config)?;
     apply(&ctx.client, &objects.config_map).await?;

@@ -19,7 +19,7 @@ use crate::render::gateway::admin_url;
 use crate::render::gateway::provider_token_secret;
 use crate::render::provider::{IDENTITY_CONTAINER, ProviderWorkload, ZONE_LABEL, provider_objects};
 use crate::render::{
-    APP_PROVIDER, PROVIDER_GRPC_PORT, PROVIDER_HTTP_PORT, dns_label, namespace_of,
+    APP_PROVIDER, LABEL_POOL, PROVIDER_GRPC_PORT, PROVIDER_HTTP_PORT, dns_label, namespace_of,
 };
 use crate::{Error, Result};
 
@@ -71,6 +71,8 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         .collect();
     let poll = ctx.poll_due(&*pool);
     let mut members = Vec::new();
+    // Provider pods not ready, by name, for the Ready condition.
+    let mut pending: Vec<String> = Vec::new();
     if let Some(nodes) = &pool.spec.nodes {
         create_if_missing(&ctx.client, &provider_token_secret(&ns)).await?;
         let matching_nodes = if nodes.storage.volume_claim_template.is_some() {
@@ -112,6 +114,20 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             .await
             .map_err(Error::kube("list", "Pod", format!("providers of {name}")))?
             .items;
+        pending = pods
+            .iter()
+            .filter(|pod| {
+                !pod.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+            })
+            .map(ResourceExt::name_any)
+            .collect();
+        pending.sort();
         let mut zones: BTreeMap<String, String> = BTreeMap::new();
         for pod in &pods {
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
@@ -219,14 +235,29 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             "Ready",
             false,
             "NoProviders",
-            "no provider pods yet; check that nodes carry the labels of spec.nodes.selector",
+            format!(
+                "no provider pods yet; check that nodes carry the labels of spec.nodes.selector \
+                 (kubectl get pods -n {ns} -l {LABEL_POOL}={name})"
+            ),
         )
     } else {
         Condition::new(
             "Ready",
             false,
             "NoProviderReady",
-            format!("none of the {} providers is ready", members.len()),
+            format!(
+                "none of the {} providers is ready{}",
+                members.len(),
+                if pending.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; pods not ready: {} (kubectl describe pods -n {ns} {})",
+                        pending.join(", "),
+                        pending.join(" ")
+                    )
+                }
+            ),
         )
     };
     status.members = members;
