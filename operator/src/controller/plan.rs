@@ -102,7 +102,8 @@ pub async fn reconcile(plan: Arc<StoragePlan>, ctx: Arc<Context>) -> Result<Acti
                     sublet_crds::ConditionStatus::Unknown,
                     "NoGateway",
                     "no StorageGateway in this namespace reports the plan's health",
-                ),
+                )
+                .with_generation(&*plan),
                 &now,
             ),
             // Health and repairs were looked at moments ago (this reconcile is most likely
@@ -152,7 +153,8 @@ async fn health_and_repair(
                     sublet_crds::ConditionStatus::Unknown,
                     "HealthUnknown",
                     err.to_string(),
-                ),
+                )
+                .with_generation(plan),
                 now,
             );
             return Ok(());
@@ -191,7 +193,11 @@ async fn health_and_repair(
             ),
         )
     };
-    set_condition(&mut status.conditions, degraded, now);
+    set_condition(
+        &mut status.conditions,
+        degraded.with_generation(plan),
+        now,
+    );
 
     let schedule_label = plan.spec.schedule.as_deref().unwrap_or(NO_SCHEDULE);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -241,7 +247,8 @@ async fn health_and_repair(
                         succeeded,
                         reason,
                         format!("Job {job_name}"),
-                    ),
+                    )
+                    .with_generation(plan),
                     now,
                 );
             }
@@ -320,7 +327,11 @@ async fn health_and_repair(
     if find_condition(&status.conditions, "Repairing")
         .is_none_or(|c| c.message != repairing.message || c.status != repairing.status)
     {
-        set_condition(&mut status.conditions, repairing, now);
+        set_condition(
+            &mut status.conditions,
+            repairing.with_generation(plan),
+            now,
+        );
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         let changed = ready_changed(&status.conditions, false, &message);
         set_condition(
             &mut status.conditions,
-            Condition::new("Ready", false, "Invalid", message.clone()),
+            Condition::new("Ready", false, "Invalid", message.clone()).with_generation(&*pool),
             &now,
         );
         patch_status(&ctx.client, &*pool, &status).await?;
@@ -338,7 +338,7 @@ async fn drain(
     let changed = ready_changed(&status.conditions, false, &message);
     set_condition(
         &mut status.conditions,
-        Condition::new("Ready", false, "Draining", message.clone()),
+        Condition::new("Ready", false, "Draining", message.clone()).with_generation(pool),
         now,
     );
     patch_status(&ctx.client, pool, &status).await?;
