@@ -392,11 +392,17 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
     let sts = api.get_json(&["-n", "storage", "statefulset", "s3"]).unwrap();
     let template = &sts["spec"]["template"];
     assert_eq!(template["spec"]["securityContext"]["fsGroup"], 10001);
+    let mut spec = template["spec"].clone();
+    // The StatefulSet's claim stands in as a volume of the same name.
+    for claim in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
+        let volume = serde_json::json!({"name": claim["metadata"]["name"], "emptyDir": {}});
+        spec["volumes"].as_array_mut().unwrap().push(volume);
+    }
     let pod = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "s3-check", "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
+        "spec": spec,
     });
     ok(api.kubectl_stdin(
         &["create", "-n", "storage", "--dry-run=server", "-f", "-"],
@@ -449,9 +455,12 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         .collect();
     assert!(refused.is_empty(), "refused: {refused:?}\n{}", log());
 
-    // The leader stops promptly on SIGTERM and hands the Lease over: the second replica
-    // leads within seconds, not after the Lease runs out.
-    let stopped = first.terminate(Duration::from_secs(10));
+    // A watch that keeps failing (its CRD is gone) does not keep the leader from stopping
+    // on SIGTERM, and it hands the Lease over: the second replica leads within seconds, not
+    // after the Lease runs out.
+    ok(api.kubectl(&["delete", "crd", "storageschedules.sublet.dev"]));
+    std::thread::sleep(Duration::from_secs(3));
+    let stopped = first.terminate(Duration::from_secs(15));
     let start = Instant::now();
     wait_for("operator-b to lead", Duration::from_secs(8), || {
         (lease_holder(&api).as_deref() == Some("operator-b")).then_some(())
