@@ -402,15 +402,6 @@ async fn gateway_gets_config_secrets_services_workload_and_status() {
     ];
     let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
     let scenario = tokio::spawn(async move {
-        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
-            .await
-            .ok(&list("ProviderPool", pools));
-        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
-            .await
-            .ok(&list("StoragePlan", plans));
-        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
-            .await
-            .ok(&list("StorageSchedule", vec![]));
 
         let token = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
         assert_eq!(token.body["metadata"]["name"], "sublet-provider-token");
@@ -445,6 +436,16 @@ async fn gateway_gets_config_secrets_services_workload_and_status() {
             .to_owned();
         assert_eq!(admin_token_text.len(), 40);
         admin_token.echo();
+        // The pools, plans and schedules are read after the keys exist.
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", vec![]));
 
         let cm = next(&mut api).await;
         cm.assert_apply(&format!("{CORE}/configmaps/s3-config"));
@@ -524,6 +525,17 @@ async fn gateway_whose_default_plan_is_invalid_keeps_its_workload_and_says_why()
     let echo_gw = serde_json::to_value(&gw).unwrap();
     let plans = vec![serde_json::to_value(plan("broken", "redundancy: {replicas: 0}")).unwrap()];
     let scenario = tokio::spawn(async move {
+        // The keys are made whatever the config: there is a master key to back up.
+        let mut made = Vec::new();
+        for _ in 0..4 {
+            let secret = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+            made.push(secret.body["metadata"]["name"].as_str().unwrap().to_owned());
+            secret.already_exists();
+        }
+        assert_eq!(
+            made,
+            ["sublet-provider-token", "s3-master-key", "s3-credentials", "s3-admin"]
+        );
         expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
             .await
             .ok(&list("ProviderPool", vec![]));
@@ -533,7 +545,7 @@ async fn gateway_whose_default_plan_is_invalid_keeps_its_workload_and_says_why()
         expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
             .await
             .ok(&list("StorageSchedule", vec![]));
-        // No Secret, ConfigMap or workload is touched: straight to status.
+        // No ConfigMap or workload is touched: straight to status.
         let status = expect(
             &mut api,
             Method::PATCH,
@@ -763,7 +775,7 @@ async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
     assert_eq!(find("Degraded").status, sublet_crds::ConditionStatus::True);
     assert_eq!(
         find("Repairing").message,
-        "started 1 rebuild Jobs for 2500 objects due for repair"
+        "started 1 rebuild Job for 2500 objects due for repair"
     );
 
     // The status write triggers the next reconcile at once: it must neither poll the gateway
@@ -963,6 +975,11 @@ async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
     let echo_gw = serde_json::to_value(&gw).unwrap();
     let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
     let scenario = tokio::spawn(async move {
+        for _ in 0..4 {
+            expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
+                .await
+                .already_exists();
+        }
         expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
             .await
             .ok(&list("ProviderPool", pools));
@@ -972,11 +989,6 @@ async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
         expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
             .await
             .ok(&list("StorageSchedule", vec![]));
-        for _ in 0..4 {
-            expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
-                .await
-                .already_exists();
-        }
         let cm = next(&mut api).await;
         cm.assert_apply(&format!("{CORE}/configmaps/s3-config"));
         let yaml = cm.body["data"]["sublet.yaml"].as_str().unwrap().to_owned();
