@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use sublet_crds::{
@@ -18,7 +20,7 @@ use crate::render::gateway::{
     GatewayWorkload, admin_token_secret, credentials_secret, endpoint, gateway_objects,
     master_key_secret, provider_token_secret,
 };
-use crate::render::namespace_of;
+use crate::render::{APP_GATEWAY, namespace_of};
 use crate::{Error, Result};
 
 /// Reconciles one gateway.
@@ -103,11 +105,20 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
             ),
         )
     } else {
+        let why = pods_not_starting(&ctx, &ns, &gateway.name_any()).await?;
         Condition::new(
             "Ready",
             false,
             "Starting",
-            format!("0 of {} replicas ready", gateway.spec.replicas),
+            format!(
+                "0 of {} replicas ready{}",
+                gateway.spec.replicas,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", why.join("; "))
+                }
+            ),
         )
     };
     set_condition(
@@ -142,6 +153,38 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
     );
     patch_status(&ctx.client, &*gateway, &status).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// Why the gateway's pods do not start, one line per waiting container: e.g. `s3-0:
+/// CreateContainerConfigError: secret "db" not found` for a PostgreSQL `secretRef` naming a
+/// Secret that does not exist (the operator may not read Secrets to check for itself).
+async fn pods_not_starting(ctx: &Context, ns: &str, gateway: &str) -> Result<Vec<String>> {
+    let selector = format!("app.kubernetes.io/name={APP_GATEWAY},app.kubernetes.io/instance={gateway}");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list", "Pod", format!("pods of {gateway}")))?;
+    let mut why = Vec::new();
+    for pod in &pods.items {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten();
+        for status in statuses {
+            if let Some(waiting) = status.state.as_ref().and_then(|s| s.waiting.as_ref())
+                && let Some(reason) = &waiting.reason
+                && reason != "ContainerCreating"
+            {
+                let message = waiting.message.as_deref().unwrap_or_default();
+                why.push(format!("{}: {reason}: {message}", pod.name_any()));
+            }
+        }
+    }
+    why.sort();
+    why.truncate(5);
+    Ok(why)
 }
 
 async fn not_ready(

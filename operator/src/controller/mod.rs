@@ -43,6 +43,8 @@ pub const RESYNC: Duration = Duration::from_secs(60);
 /// Shortest time between two fetches of a resource's outside figures; see
 /// [`Context::poll_due`].
 pub const POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// The same Event about the same object is not sent again within this long.
+pub const EVENT_REPEAT: Duration = Duration::from_secs(600);
 /// How long an invalid resource waits before it is looked at again without a change.
 pub const INVALID_RESYNC: Duration = Duration::from_secs(300);
 /// First retry after a failed reconcile; doubles per failure up to [`MAX_BACKOFF`].
@@ -165,6 +167,7 @@ pub struct Context {
     pub now: Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>,
     failures: Mutex<HashMap<String, u32>>,
     polled: Mutex<HashMap<String, jiff::Timestamp>>,
+    announced: Mutex<HashMap<String, (String, jiff::Timestamp)>>,
 }
 
 impl Context {
@@ -189,6 +192,7 @@ impl Context {
             now: Arc::new(jiff::Timestamp::now),
             failures: Mutex::new(HashMap::new()),
             polled: Mutex::new(HashMap::new()),
+            announced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -225,6 +229,9 @@ impl Context {
         note: String,
         action: &str,
     ) {
+        if self.announced_lately(&reference, reason, &note) {
+            return;
+        }
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let event = Event {
             type_,
@@ -238,6 +245,41 @@ impl Context {
             let name = reference.name.unwrap_or_default();
             warn!(%kind, %name, %err, "cannot publish event");
         }
+    }
+
+    /// Whether the same Event (object, reason and note) went out less than
+    /// [`EVENT_REPEAT`] ago, and if not, notes that it goes out now. Two reconciles of one
+    /// object can both start from a status read before the first one's write arrived; both
+    /// would see a change worth an Event.
+    fn announced_lately(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        note: &str,
+    ) -> bool {
+        let now = (self.now)();
+        let Ok(mut announced) = self.announced.lock() else {
+            return false;
+        };
+        let key = format!(
+            "{}/{}/{}/{}/{reason}",
+            reference.kind.as_deref().unwrap_or_default(),
+            reference.namespace.as_deref().unwrap_or_default(),
+            reference.name.as_deref().unwrap_or_default(),
+            reference.uid.as_deref().unwrap_or_default(),
+        );
+        if let Some((last_note, at)) = announced.get(&key)
+            && last_note == note
+            && now.as_second() - at.as_second() < EVENT_REPEAT.as_secs().cast_signed()
+        {
+            return true;
+        }
+        // Bounded: forget everything rather than grow without end.
+        if announced.len() >= 10_000 {
+            announced.clear();
+        }
+        announced.insert(key, (note.to_owned(), now));
+        false
     }
 
     /// Whether `obj`'s outside figures (provider metrics and reachability, gateway health)

@@ -590,15 +590,18 @@ async fn invalid_plan_gets_ready_false_and_an_event() {
     let echo = serde_json::to_value(&bad).unwrap();
     let plans = vec![echo.clone()];
     let scenario = tokio::spawn(async move {
-        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
-            .await
-            .ok(&list("ProviderPool", vec![]));
-        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
-            .await
-            .ok(&list("StoragePlan", plans));
-        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
-            .await
-            .ok(&list("StorageSchedule", vec![]));
+        let inventory = async |api: &mut Handle, plans: Vec<Value>| {
+            expect(api, Method::GET, &format!("{SUBLET}/providerpools"))
+                .await
+                .ok(&list("ProviderPool", vec![]));
+            expect(api, Method::GET, &format!("{SUBLET}/storageplans"))
+                .await
+                .ok(&list("StoragePlan", plans));
+            expect(api, Method::GET, &format!("{SUBLET}/storageschedules"))
+                .await
+                .ok(&list("StorageSchedule", vec![]));
+        };
+        inventory(&mut api, plans.clone()).await;
         let event = expect(
             &mut api,
             Method::POST,
@@ -621,13 +624,22 @@ async fn invalid_plan_gets_ready_false_and_an_event() {
         .await;
         let body = status.body.clone();
         status.ok(&echo);
+        // A second reconcile from the same (stale) object sends no second Event.
+        inventory(&mut api, plans).await;
+        expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageplans/photos/status"),
+        )
+        .await
+        .ok(&echo);
         body
     });
-    let body = run(
-        Box::pin(super::plan::reconcile(Arc::new(bad), ctx)),
-        scenario,
-    )
-    .await;
+    let twice = async move {
+        super::plan::reconcile(Arc::new(bad.clone()), ctx.clone()).await?;
+        super::plan::reconcile(Arc::new(bad), ctx).await
+    };
+    let body = run(Box::pin(twice), scenario).await;
     let conditions = &body["status"]["conditions"];
     assert_eq!(conditions[0]["type"], "Ready");
     assert_eq!(conditions[0]["status"], "False");
@@ -970,6 +982,16 @@ async fn lease_is_created_when_missing_and_left_to_a_live_holder() {
 /// Reconciles gateway `s3` once over `plans` with every Secret already there; returns the
 /// config applied and the hash on the pod template.
 async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
+    let (yaml, hash, _) = reconcile_gateway_with_pods(plans, vec![]).await;
+    (yaml, hash)
+}
+
+/// A gateway reconciled with `plans` in its namespace, its StatefulSet not ready yet and
+/// `pods` as its pods: the config, its hash and the status written.
+async fn reconcile_gateway_with_pods(
+    plans: Vec<Value>,
+    pods: Vec<Value>,
+) -> (String, Value, Value) {
     let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
     let gw = gateway("s3", "defaultPlan: photos");
     let echo_gw = serde_json::to_value(&gw).unwrap();
@@ -1001,20 +1023,56 @@ async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
             sts.body["spec"]["template"]["metadata"]["annotations"]["sublet.dev/config-hash"]
                 .clone();
         sts.echo();
-        expect(
+        // Not ready: its pods say why.
+        let listed = expect(&mut api, Method::GET, &format!("{CORE}/pods")).await;
+        assert!(
+            listed.query.contains("app.kubernetes.io/instance=s3"),
+            "{}",
+            listed.query
+        );
+        listed.ok(&list("Pod", pods));
+        let status = expect(
             &mut api,
             Method::PATCH,
             &format!("{SUBLET}/storagegateways/s3/status"),
         )
-        .await
-        .ok(&echo_gw);
-        (yaml, hash)
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo_gw);
+        (yaml, hash, body)
     });
     run(
         Box::pin(super::gateway::reconcile(Arc::new(gw), ctx)),
         scenario,
     )
     .await
+}
+
+/// Issue 28: a PostgreSQL secretRef naming a missing Secret was never reported.
+#[tokio::test]
+async fn gateway_names_why_its_pods_do_not_start() {
+    let photos = serde_json::to_value(plan(
+        "photos",
+        "redundancy: {erasure: {dataShards: 2, parityShards: 1}}\nplacement: {pools: [{name: friends}]}",
+    ))
+    .unwrap();
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "s3-0", "namespace": NS},
+        "spec": {"containers": [{"name": "gateway"}]},
+        "status": {"containerStatuses": [{
+            "name": "gateway", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"db\" not found"}}
+        }]},
+    });
+    let (_, _, body) = reconcile_gateway_with_pods(vec![photos], vec![pod]).await;
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(
+        ready["message"],
+        "0 of 1 replicas ready; s3-0: CreateContainerConfigError: secret \"db\" not found"
+    );
 }
 
 #[tokio::test]
