@@ -130,6 +130,9 @@ fn kube_apiserver(assets: Option<&Path>) -> Result<PathBuf, String> {
         .map_or_else(std::env::temp_dir, Path::to_path_buf)
         .join("envtest");
     let bin = target.join("kube-apiserver");
+    // Tests of one process unpack it once, one after the other.
+    static UNPACK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _unpacking = UNPACK.lock().unwrap_or_else(|e| e.into_inner());
     let fresh = |bin: &Path| {
         let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         matches!((modified(bin), modified(&packed)), (Some(b), Some(p)) if b >= p)
@@ -138,7 +141,8 @@ fn kube_apiserver(assets: Option<&Path>) -> Result<PathBuf, String> {
         std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
         // Unpacked beside, then renamed: tests running side by side never see half a file.
         let partial = target.join(format!("kube-apiserver.{}", std::process::id()));
-        let file = std::fs::File::create(&partial).map_err(|e| e.to_string())?;
+        let file = std::fs::File::create(&partial)
+            .map_err(|e| format!("cannot unpack kube-apiserver: {}: {e}", partial.display()))?;
         let status = Command::new("xz")
             .arg("-dc")
             .arg(&packed)
@@ -149,8 +153,9 @@ fn kube_apiserver(assets: Option<&Path>) -> Result<PathBuf, String> {
             return Err(format!("xz -dc {} failed", packed.display()));
         }
         std::fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(|e| e.to_string())?;
-        std::fs::rename(&partial, &bin).map_err(|e| e.to_string())?;
+            .map_err(|e| format!("cannot unpack kube-apiserver: {}: {e}", partial.display()))?;
+        std::fs::rename(&partial, &bin)
+            .map_err(|e| format!("cannot unpack kube-apiserver: {}: {e}", bin.display()))?;
     }
     Ok(bin)
 }
@@ -404,7 +409,8 @@ impl ApiServer {
 
     /// `kubectl get ARGS -o json`, parsed.
     pub fn get_json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
-        let mut all = args.to_vec();
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
         all.extend(["-o", "json"]);
         let text = self.kubectl(&all)?;
         serde_json::from_str(&text).map_err(|e| format!("kubectl get {args:?}: {e}: {text}"))

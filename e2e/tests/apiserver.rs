@@ -247,6 +247,8 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
     let Some(api) = ApiServer::start() else {
         return;
     };
+    // Built (when stale) before any clock starts.
+    sublet_e2e::workspace_binary("sublet-operator", "sublet-operator");
     let Some(helm) = apiserver::helm() else {
         apiserver::APISERVER.skip("helm not found");
         return;
@@ -295,9 +297,16 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
     ok(api.kubectl_stdin(&["apply", "-n", "storage", "-f", "-"], Some(STORAGE)));
 
     let mut first = Operator::start(&api, "operator-a");
-    wait_for("operator-a to lead", Duration::from_secs(30), || {
-        (lease_holder(&api).as_deref() == Some("operator-a")).then_some(())
-    });
+    let start = Instant::now();
+    while lease_holder(&api).as_deref() != Some("operator-a") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "operator-a does not lead ({:?}):\n{}",
+            api.kubectl(&["-n", OPERATOR_NAMESPACE, "get", "leases", "-o", "yaml"]),
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let second = Operator::start(&api, "operator-b");
 
     let hash = wait_for(
@@ -344,6 +353,7 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
             "statefulsets,services,configmaps,secrets",
             "-l",
             "app.kubernetes.io/managed-by=sublet-operator",
+            "--show-managed-fields",
         ])
         .unwrap();
     let items = children["items"].as_array().unwrap();
