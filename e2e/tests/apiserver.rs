@@ -418,6 +418,17 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         &["create", "-n", "storage", "--dry-run=server", "-f", "-"],
         Some(&pod.to_string()),
     ));
+    // The check has teeth: the same pod without its security contexts is refused.
+    let mut bare = pod.clone();
+    bare["spec"]["securityContext"] = Value::Null;
+    bare["spec"]["containers"][0]["securityContext"] = Value::Null;
+    let refused = api
+        .kubectl_stdin(
+            &["create", "-n", "storage", "--dry-run=server", "-f", "-"],
+            Some(&bare.to_string()),
+        )
+        .expect_err("a pod without security contexts passed `restricted`");
+    assert!(refused.contains("violates PodSecurity"), "{refused}");
 
     // A size the schema admits but no 64-bit count holds: reported on that plan alone, and
     // the other plans and the gateway go on being reconciled.
