@@ -76,7 +76,9 @@ mod tests {
     #[test]
     fn descriptions_are_paragraphs_not_source_lines() {
         assert_eq!(
-            join_lines("Objects are cut into segments of this size, each coded into one\nstripe.\n\nSecond."),
+            join_lines(
+                "Objects are cut into segments of this size, each coded into one\nstripe.\n\nSecond."
+            ),
             "Objects are cut into segments of this size, each coded into one stripe.\n\nSecond."
         );
         fn descriptions(value: &serde_json::Value, out: &mut Vec<String>) {

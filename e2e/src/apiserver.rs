@@ -152,8 +152,11 @@ fn kube_apiserver(assets: Option<&Path>) -> Result<PathBuf, String> {
         if !status.success() {
             return Err(format!("xz -dc {} failed", packed.display()));
         }
-        std::fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(|e| format!("cannot unpack kube-apiserver: {}: {e}", partial.display()))?;
+        std::fs::set_permissions(
+            &partial,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| format!("cannot unpack kube-apiserver: {}: {e}", partial.display()))?;
         std::fs::rename(&partial, &bin)
             .map_err(|e| format!("cannot unpack kube-apiserver: {}: {e}", bin.display()))?;
     }
@@ -194,11 +197,9 @@ fn write_certificates(dir: &Path) {
     ca_params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "sublet envtest CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(
-        ca_params,
-        rcgen::KeyPair::generate().expect("CA key"),
-    )
-    .expect("CA certificate");
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
     let key = rcgen::KeyPair::generate().expect("server key");
     let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
         .expect("server params")

@@ -309,19 +309,15 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
     }
     let second = Operator::start(&api, "operator-b");
 
-    let hash = wait_for(
-        "the gateway's StatefulSet",
-        Duration::from_secs(60),
-        || config_hash(&api),
-    );
-    let gateway = wait_for(
-        "the gateway's status",
-        Duration::from_secs(30),
-        || {
-            let gw = api.get_json(&["-n", "storage", "storagegateway", "s3"]).ok()?;
-            (conditions_of(&gw).len() >= 2).then_some(gw)
-        },
-    );
+    let hash = wait_for("the gateway's StatefulSet", Duration::from_secs(60), || {
+        config_hash(&api)
+    });
+    let gateway = wait_for("the gateway's status", Duration::from_secs(30), || {
+        let gw = api
+            .get_json(&["-n", "storage", "storagegateway", "s3"])
+            .ok()?;
+        (conditions_of(&gw).len() >= 2).then_some(gw)
+    });
     let log = || format!("{}\n{}", first.log(), api.log_tail());
 
     // Conditions say which generation they describe.
@@ -330,10 +326,14 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         ("storageplan", "photos"),
         ("providerpool", "far"),
     ] {
-        let obj = wait_for(&format!("{kind}/{name} status"), Duration::from_secs(30), || {
-            let obj = api.get_json(&["-n", "storage", kind, name]).ok()?;
-            (!conditions_of(&obj).is_empty()).then_some(obj)
-        });
+        let obj = wait_for(
+            &format!("{kind}/{name} status"),
+            Duration::from_secs(30),
+            || {
+                let obj = api.get_json(&["-n", "storage", kind, name]).ok()?;
+                (!conditions_of(&obj).is_empty()).then_some(obj)
+            },
+        );
         for condition in conditions_of(&obj) {
             assert_eq!(
                 condition["observedGeneration"], obj["metadata"]["generation"],
@@ -371,7 +371,10 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         "\"Secret\"/s3-master-key",
         "\"Secret\"/sublet-provider-token",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
     }
     for obj in items {
         let name = obj["metadata"]["name"].as_str().unwrap();
@@ -399,12 +402,18 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
 
     // The gateway's pod passes the `restricted` Pod Security Standard (and can read its
     // 0400 master key: the volume belongs to the pod's group).
-    let sts = api.get_json(&["-n", "storage", "statefulset", "s3"]).unwrap();
+    let sts = api
+        .get_json(&["-n", "storage", "statefulset", "s3"])
+        .unwrap();
     let template = &sts["spec"]["template"];
     assert_eq!(template["spec"]["securityContext"]["fsGroup"], 10001);
     let mut spec = template["spec"].clone();
     // The StatefulSet's claim stands in as a volume of the same name.
-    for claim in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
+    for claim in sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let volume = serde_json::json!({"name": claim["metadata"]["name"], "emptyDir": {}});
         spec["volumes"].as_array_mut().unwrap().push(volume);
     }
@@ -438,7 +447,9 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         "Ready=False, reason Unreadable on the plan the operator cannot read",
         Duration::from_secs(30),
         || {
-            let plan = api.get_json(&["-n", "storage", "storageplan", "huge"]).ok()?;
+            let plan = api
+                .get_json(&["-n", "storage", "storageplan", "huge"])
+                .ok()?;
             conditions_of(&plan)
                 .into_iter()
                 .find(|c| c["type"] == "Ready" && c["reason"] == "Unreadable")
@@ -471,7 +482,11 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
     assert!(!audit.is_empty(), "no audit records");
     let refused: Vec<String> = audit
         .iter()
-        .filter(|r| r["responseStatus"]["code"].as_u64().is_some_and(|c| c == 403))
+        .filter(|r| {
+            r["responseStatus"]["code"]
+                .as_u64()
+                .is_some_and(|c| c == 403)
+        })
         .map(|r| format!("{} {}", r["verb"], r["requestURI"]))
         .collect();
     assert!(refused.is_empty(), "refused: {refused:?}\n{}", log());

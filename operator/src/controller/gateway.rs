@@ -75,7 +75,6 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
         Err(other) => return Err(other),
     };
 
-
     let objects = gateway_objects(&gateway, &ctx.images, &config)?;
     apply(&ctx.client, &objects.config_map).await?;
     apply(&ctx.client, &objects.service).await?;
@@ -159,7 +158,8 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
 /// CreateContainerConfigError: secret "db" not found` for a PostgreSQL `secretRef` naming a
 /// Secret that does not exist (the operator may not read Secrets to check for itself).
 async fn pods_not_starting(ctx: &Context, ns: &str, gateway: &str) -> Result<Vec<String>> {
-    let selector = format!("app.kubernetes.io/name={APP_GATEWAY},app.kubernetes.io/instance={gateway}");
+    let selector =
+        format!("app.kubernetes.io/name={APP_GATEWAY},app.kubernetes.io/instance={gateway}");
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default().labels(&selector))
         .await

@@ -193,11 +193,7 @@ async fn health_and_repair(
             ),
         )
     };
-    set_condition(
-        &mut status.conditions,
-        degraded.with_generation(plan),
-        now,
-    );
+    set_condition(&mut status.conditions, degraded.with_generation(plan), now);
 
     let schedule_label = plan.spec.schedule.as_deref().unwrap_or(NO_SCHEDULE);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -293,10 +289,11 @@ async fn health_and_repair(
                     field_manager: Some(crate::FIELD_MANAGER.into()),
                     ..PostParams::default()
                 };
-                let created = jobs_api
-                    .create(&params, &job)
-                    .await
-                    .map_err(Error::kube("create", "Job", format!("{name}-repair-*")))?;
+                let created = jobs_api.create(&params, &job).await.map_err(Error::kube(
+                    "create",
+                    "Job",
+                    format!("{name}-repair-*"),
+                ))?;
                 info!(plan = %name, job = %created.name_any(), urgent, "rebuild job created");
                 ctx.metrics
                     .repair_jobs
@@ -327,11 +324,7 @@ async fn health_and_repair(
     if find_condition(&status.conditions, "Repairing")
         .is_none_or(|c| c.message != repairing.message || c.status != repairing.status)
     {
-        set_condition(
-            &mut status.conditions,
-            repairing.with_generation(plan),
-            now,
-        );
+        set_condition(&mut status.conditions, repairing.with_generation(plan), now);
     }
     Ok(())
 }

@@ -120,10 +120,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
                 !pod.status
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             })
             .map(ResourceExt::name_any)
             .collect();
@@ -172,12 +169,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             member.last_seen = last_seen(member.ready, before, &ctx);
             members.push(member);
         }
-        members = keep_identified(
-            members,
-            &previous,
-            &pool.spec.endpoints,
-            (ctx.now)(),
-        );
+        members = keep_identified(members, &previous, &pool.spec.endpoints, (ctx.now)());
     }
     for endpoint in &pool.spec.endpoints {
         let before = previous.get(&endpoint.name);
@@ -541,7 +533,10 @@ mod tests {
                 "2026-11-28T01:00:00Z",
             ),
             // Named in spec.endpoints: the pool reports it itself.
-            seen(pool_member("nas", "nas:7480", "dd", "d", true), "2026-11-28T01:59:00Z"),
+            seen(
+                pool_member("nas", "nas:7480", "dd", "d", true),
+                "2026-11-28T01:59:00Z",
+            ),
         ]
         .into_iter()
         .map(|m| (m.name.clone(), m))
@@ -554,11 +549,24 @@ mod tests {
             owner: None,
         }];
         // node-a's new pod has a new address and no node id yet; node-b's pod is gone.
-        let current = vec![pool_member("node-a", "https://10.0.0.9:7480", "", "a", false)];
+        let current = vec![pool_member(
+            "node-a",
+            "https://10.0.0.9:7480",
+            "",
+            "a",
+            false,
+        )];
         let members = keep_identified(current, &previous, &endpoints, now);
         let summary: Vec<(&str, &str, &str, bool)> = members
             .iter()
-            .map(|m| (m.name.as_str(), m.address.as_str(), m.node_id.as_str(), m.ready))
+            .map(|m| {
+                (
+                    m.name.as_str(),
+                    m.address.as_str(),
+                    m.node_id.as_str(),
+                    m.ready,
+                )
+            })
             .collect();
         assert_eq!(
             summary,
@@ -568,7 +576,13 @@ mod tests {
             ]
         );
         // Once identified, the new address goes in: one change of the config.
-        let current = vec![pool_member("node-a", "https://10.0.0.9:7480", "aa", "a", true)];
+        let current = vec![pool_member(
+            "node-a",
+            "https://10.0.0.9:7480",
+            "aa",
+            "a",
+            true,
+        )];
         let members = keep_identified(current, &previous, &endpoints, now);
         assert_eq!(members[0].address, "https://10.0.0.9:7480");
         assert!(members[0].ready);

@@ -402,7 +402,6 @@ async fn gateway_gets_config_secrets_services_workload_and_status() {
     ];
     let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
     let scenario = tokio::spawn(async move {
-
         let token = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
         assert_eq!(token.body["metadata"]["name"], "sublet-provider-token");
         token.echo();
@@ -534,7 +533,12 @@ async fn gateway_whose_default_plan_is_invalid_keeps_its_workload_and_says_why()
         }
         assert_eq!(
             made,
-            ["sublet-provider-token", "s3-master-key", "s3-credentials", "s3-admin"]
+            [
+                "sublet-provider-token",
+                "s3-master-key",
+                "s3-credentials",
+                "s3-admin"
+            ]
         );
         expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
             .await

@@ -131,11 +131,7 @@ pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
     // Until one of its provider pods is identified an in-cluster pool keeps its `nodes`:
     // the loader accepts it and so the plans placing there, and the gateway runs (placing
     // nothing there yet) instead of waiting for every provider before it makes anything.
-    let nodes = pool
-        .spec
-        .nodes
-        .clone()
-        .filter(|_| endpoints.is_empty());
+    let nodes = pool.spec.nodes.clone().filter(|_| endpoints.is_empty());
     ProviderPool::new(
         &pool.name_any(),
         ProviderPoolSpec {
@@ -561,7 +557,13 @@ mod tests {
         );
         home.status = Some(sublet_crds::ProviderPoolStatus {
             // Scheduled, but its node id not printed yet.
-            members: vec![pool_member("node-a", "https://10.0.0.1:7480", "", "a", false)],
+            members: vec![pool_member(
+                "node-a",
+                "https://10.0.0.1:7480",
+                "",
+                "a",
+                false,
+            )],
             ..Default::default()
         });
         let plans = vec![plan(
@@ -581,7 +583,10 @@ mod tests {
         assert!(rendered.excluded.is_empty(), "{:?}", rendered.excluded);
         let config = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
         let home = &config.pools["home-lab"].spec;
-        assert!(home.endpoints.is_empty(), "never an endpoint without its node id");
+        assert!(
+            home.endpoints.is_empty(),
+            "never an endpoint without its node id"
+        );
         assert!(home.nodes.is_some(), "{}", rendered.yaml);
         assert_eq!(config.plans.keys().collect::<Vec<_>>(), ["p"]);
     }
