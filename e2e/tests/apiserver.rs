@@ -458,6 +458,22 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
     let message = unreadable["message"].as_str().unwrap();
     assert!(message.contains("spec.segmentSize"), "{message}");
     assert!(message.contains("99999999Ei"), "{message}");
+    // The gateway says it is left out of its config.
+    wait_for(
+        "the gateway's ConfigComplete naming the plan it cannot read",
+        Duration::from_secs(30),
+        || {
+            let gw = api
+                .get_json(&["-n", "storage", "storagegateway", "s3"])
+                .ok()?;
+            conditions_of(&gw).into_iter().find(|c| {
+                c["type"] == "ConfigComplete"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("StoragePlan/huge: the operator cannot read it"))
+            })
+        },
+    );
 
     // An edited plan rolls the gateway.
     ok(api.kubectl(&[

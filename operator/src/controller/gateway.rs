@@ -14,7 +14,8 @@ use sublet_crds::{
 };
 
 use super::pool::{WithGeneration, ready_changed};
-use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, list_all, patch_status};
+use super::lenient::list_reporting;
+use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, patch_status};
 use crate::render::config::{Inventory, render_config};
 use crate::render::gateway::{
     GatewayWorkload, admin_token_secret, credentials_secret, endpoint, gateway_objects,
@@ -58,15 +59,17 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
     create_if_missing(&ctx.client, &credentials_secret(&gateway)?).await?;
     create_if_missing(&ctx.client, &admin_token_secret(&gateway)?).await?;
 
-    let pools: Vec<ProviderPool> = list_all(&ctx.client, &ns).await?;
-    let plans: Vec<StoragePlan> = list_all(&ctx.client, &ns).await?;
-    let schedules: Vec<StorageSchedule> = list_all(&ctx.client, &ns).await?;
+    let (pools, mut unreadable) = list_reporting::<ProviderPool>(&ctx.client, &ns).await?;
+    let (plans, more) = list_reporting::<StoragePlan>(&ctx.client, &ns).await?;
+    unreadable.extend(more);
+    let (schedules, more) = list_reporting::<StorageSchedule>(&ctx.client, &ns).await?;
+    unreadable.extend(more);
     let inventory = Inventory {
         pools: &pools,
         plans: &plans,
         schedules: &schedules,
     };
-    let config = match render_config(&gateway, inventory) {
+    let mut config = match render_config(&gateway, inventory) {
         Ok(config) => config,
         // The last good config and workload stay in place; the gateway keeps serving.
         Err(Error::Config { message, .. }) => {
@@ -75,6 +78,9 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
         Err(other) => return Err(other),
     };
 
+    // Objects the operator cannot read are not in the config either: say so.
+    config.excluded.extend(unreadable);
+    config.excluded.sort();
     let objects = gateway_objects(&gateway, &ctx.images, &config)?;
     apply(&ctx.client, &objects.config_map).await?;
     apply(&ctx.client, &objects.service).await?;

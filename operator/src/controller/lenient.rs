@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::{Context, INVALID_RESYNC, instrumented};
+use crate::render::config::Excluded;
 use crate::render::kind_of;
 use crate::{Error, Result};
 
@@ -53,15 +54,31 @@ pub async fn list_all<K>(client: &Client, ns: &str) -> Result<Vec<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned,
 {
+    Ok(list_reporting(client, ns).await?.0)
+}
+
+/// [`list_all`], and the objects it left out with why, as a gateway's config reports them.
+pub async fn list_reporting<K>(client: &Client, ns: &str) -> Result<(Vec<K>, Vec<Excluded>)>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned,
+{
     let listed = api::<K>(client, Some(ns))
         .list(&ListParams::default())
         .await
         .map_err(Error::kube("list", kind_of::<K>(), format!("* in {ns}")))?;
-    Ok(listed
-        .items
-        .iter()
-        .filter_map(|obj| parse::<K>(obj).ok())
-        .collect())
+    let mut read = Vec::new();
+    let mut left_out = Vec::new();
+    for obj in &listed.items {
+        match parse::<K>(obj) {
+            Ok(typed) => read.push(typed),
+            Err(problem) => left_out.push(Excluded {
+                kind: kind_of::<K>().to_owned(),
+                name: obj.name_any(),
+                reason: format!("the operator cannot read it: {problem}"),
+            }),
+        }
+    }
+    Ok((read, left_out))
 }
 
 /// Parses `obj` and runs `reconcile` on it, or reports on the object why it cannot be read.

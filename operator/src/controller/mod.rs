@@ -731,6 +731,27 @@ mod tests {
         assert_eq!(human_bytes(u64::MAX), "16383.9Pi");
     }
 
+    /// Issue 28: a failing watch logged `ApiError: : (Status { ... code: 0, message: "" })`.
+    #[test]
+    fn watch_errors_name_every_cause() {
+        #[derive(Debug)]
+        struct Empty(std::io::Error);
+        impl std::fmt::Display for Empty {
+            fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                Ok(())
+            }
+        }
+        impl std::error::Error for Empty {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = Empty(std::io::Error::other("\"-5\" is not a size"));
+        assert_eq!(causes(&err), "\"-5\" is not a size");
+        let io = std::io::Error::other("connection refused");
+        assert_eq!(causes(&io), "connection refused");
+    }
+
     #[test]
     fn counts_read_as_english() {
         assert_eq!(counted(1, "shard", "shards"), "1 shard");
