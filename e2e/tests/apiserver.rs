@@ -2,6 +2,7 @@
 //! (v1.28, envtest style: etcd and the API server, no pods run; `e2e/src/apiserver.rs`).
 //! Skips with one line unless the binaries are there; `SUBLET_REQUIRE_APISERVER=1` (set by
 //! `.ci/run`) makes a missing one fail instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -468,9 +469,9 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
                 .ok()?;
             conditions_of(&gw).into_iter().find(|c| {
                 c["type"] == "ConfigComplete"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("StoragePlan/huge: the operator cannot read it"))
+                    && c["message"].as_str().is_some_and(|m| {
+                        m.contains("StoragePlan/huge: the operator cannot read it")
+                    })
             })
         },
     );

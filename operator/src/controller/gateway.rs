@@ -13,8 +13,8 @@ use sublet_crds::{
     Condition, ProviderPool, StorageGateway, StoragePlan, StorageSchedule, set_condition,
 };
 
-use super::pool::{WithGeneration, ready_changed};
 use super::lenient::list_reporting;
+use super::pool::{WithGeneration, ready_changed};
 use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, patch_status};
 use crate::render::config::{Inventory, render_config};
 use crate::render::gateway::{
