@@ -13,16 +13,60 @@ pub struct CrdManifest {
     pub yaml: String,
 }
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 /// The CustomResourceDefinitions of every kind.
-pub fn crds()
--> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         ProviderPool::crd(),
         StoragePlan::crd(),
         StorageSchedule::crd(),
         StorageGateway::crd(),
     ]
+    .into_iter()
+    .map(unwrapped)
+    .collect()
+}
+
+/// `crd` with every description's lines joined into paragraphs: doc comments are wrapped
+/// for the source, and `kubectl explain` wraps again, leaving ragged text.
+fn unwrapped(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = join_lines(text);
+                        }
+                        other => walk(other),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// Lines joined with spaces; blank lines stay paragraph breaks.
+pub fn join_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// The manifests `crdgen` writes.
@@ -40,4 +84,43 @@ pub fn manifests() -> Result<Vec<CrdManifest>, serde_yaml::Error> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_paragraphs_not_source_lines() {
+        assert_eq!(
+            join_lines(
+                "Objects are cut into segments of this size, each coded into one\nstripe.\n\nSecond."
+            ),
+            "Objects are cut into segments of this size, each coded into one stripe.\n\nSecond."
+        );
+        fn descriptions(value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, child) in map {
+                        match child {
+                            serde_json::Value::String(t) if key == "description" => {
+                                out.push(t.clone());
+                            }
+                            other => descriptions(other, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|i| descriptions(i, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        for crd in crds() {
+            descriptions(&serde_json::to_value(&crd).unwrap_or_default(), &mut all);
+        }
+        assert!(all.len() > 50, "{}", all.len());
+        for text in all {
+            assert!(!text.replace("\n\n", "").contains('\n'), "{text:?}");
+        }
+    }
 }

@@ -25,6 +25,10 @@ const UNITS: &[(&str, u64)] = &[
     ("E", 1_000_000_000_000_000_000),
 ];
 
+/// What `ByteSize::parse` accepts, as a regular expression for the CRD schema (sizes too
+/// large for 64 bits match it but are refused by the parser).
+pub const PATTERN: &str = "^[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E)?$";
+
 /// A number of bytes that remembers how it was written, so a manifest read and written back
 /// keeps `16Mi` rather than `16777216`.
 ///
@@ -199,8 +203,12 @@ impl JsonSchema for ByteSize {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         // Like Kubernetes quantities: a string with an optional unit, or a plain integer.
+        // The API server refuses what `ByteSize::parse` would (a pattern only checks
+        // strings, a minimum only numbers), so no object an operator cannot read is stored.
         json_schema!({
             "x-kubernetes-int-or-string": true,
+            "pattern": PATTERN,
+            "minimum": 0,
         })
     }
 }
@@ -290,6 +298,14 @@ mod tests {
         fn from_bytes_round_trips(bytes in any::<u64>()) {
             let size = ByteSize::from_bytes(bytes);
             prop_assert_eq!(ByteSize::parse(&size.to_string()).unwrap().bytes(), bytes);
+        }
+
+        #[test]
+        fn what_the_schema_pattern_admits_parses(text in &PATTERN[1..PATTERN.len() - 1]) {
+            match ByteSize::parse(&text) {
+                Ok(_) | Err(Error::SizeTooLarge { .. }) => {}
+                Err(err) => prop_assert!(false, "{text}: {err}"),
+            }
         }
 
         #[test]

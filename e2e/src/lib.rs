@@ -2,10 +2,12 @@
 //! binaries, pick free ports, wait for daemons to come up; run `sublet dev`
 //! ([`dev`]), gateways over provider processes to break ([`cluster`]), a
 //! throwaway PostgreSQL for several of them ([`postgres`]), the real S3 clients
-//! ([`clients`]) and make test data ([`data`]); [`bench`] is the `sublet-bench`
+//! ([`clients`]) and make test data ([`data`]); a real Kubernetes API server
+//! ([`apiserver`]); [`bench`] is the `sublet-bench`
 //! load generator; [`skip`] lets a test without its outside program skip with one line
 //! (or fail, under `SUBLET_REQUIRE_...=1`).
 
+pub mod apiserver;
 pub mod bench;
 pub mod clients;
 pub mod cluster;

@@ -1024,7 +1024,9 @@ fn operator_metrics() -> String {
     m.reconciles.with_label_values(&["StoragePlan"]).inc();
     m.failures.with_label_values(&["StoragePlan", "kube"]).inc();
     m.duration.with_label_values(&["StoragePlan"]).observe(0.1);
-    m.repair_jobs.with_label_values(&["photos"]).inc();
+    m.repair_jobs
+        .with_label_values(&["storage", "photos"])
+        .inc();
     m.render()
 }
 

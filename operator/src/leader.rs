@@ -139,6 +139,36 @@ impl LeaseLock {
     }
 }
 
+impl LeaseLock {
+    /// Gives the Lease up if we hold it, so another replica takes over at its next try
+    /// instead of waiting for the Lease to run out. The resourceVersion makes this fail
+    /// rather than clear a Lease someone else took meanwhile.
+    pub async fn release(&self) -> Result<()> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await.map_err(Error::kube(
+            "get",
+            "Lease",
+            self.name.clone(),
+        ))?
+        else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        spec.acquire_time = None;
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map_err(Error::kube("release", "Lease", self.name.clone()))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -177,5 +207,11 @@ mod tests {
             decide(Some(&lease("", "2026-11-28T01:59:59Z")), "a", now),
             LeaseAction::Take
         );
+        // A released Lease (what `release` leaves) is taken at once.
+        let released = LeaseSpec {
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        };
+        assert_eq!(decide(Some(&released), "a", now), LeaseAction::Take);
     }
 }

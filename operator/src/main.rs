@@ -47,6 +47,8 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // Colour codes only for a person at a terminal, never into a pod's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
     let client = kube::Client::try_default()
@@ -88,13 +90,54 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let controllers = controller::run(ctx, args.namespace);
+    tokio::pin!(controllers);
     tokio::select! {
-        () = controller::run(ctx, args.namespace) => {}
+        () = &mut controllers => {}
         served = http => served?.with_context(|| format!("cannot serve on {}", args.http_listen))?,
-        lost = hold(lease) => return Err(lost),
+        lost = hold(lease.as_ref()) => return Err(lost),
+        () = shutdown_requested() => {
+            // The controllers stop on the same signal once their reconciles finish; one
+            // stuck (e.g. a watch failing over and over) must not keep the pod past its
+            // grace period.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers).await.is_err() {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers still busy; stopping anyway");
+            }
+        }
+    }
+    // Hand the Lease over now rather than make the next leader wait for it to run out.
+    if let Some(lock) = &lease {
+        match lock.release().await {
+            Ok(()) => tracing::info!("lease released"),
+            Err(err) => tracing::warn!(%err, "cannot release the lease; it runs out by itself"),
+        }
     }
     tracing::info!("sublet-operator stopped");
     Ok(())
+}
+
+/// How long the controllers get to finish after SIGTERM; well inside Kubernetes' default
+/// grace period of 30 s.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Returns on SIGTERM or ctrl-c.
+async fn shutdown_requested() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
 }
 
 /// Waits until this replica holds the Lease.
@@ -114,7 +157,7 @@ async fn acquire(lock: &LeaseLock, identity: &str) {
 
 /// Renews the Lease; returns when it is lost, so the process stops before another replica
 /// starts reconciling. Without a Lease it never returns.
-async fn hold(lease: Option<LeaseLock>) -> anyhow::Error {
+async fn hold(lease: Option<&LeaseLock>) -> anyhow::Error {
     let Some(lock) = lease else {
         return std::future::pending().await;
     };

@@ -15,7 +15,7 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     /// Reconcile duration in seconds, by kind.
     pub duration: HistogramVec,
-    /// Rebuild Jobs created, by plan.
+    /// Rebuild Jobs created, by namespace and plan.
     pub repair_jobs: IntCounterVec,
 }
 
@@ -44,7 +44,7 @@ impl Metrics {
         )?;
         let repair_jobs = IntCounterVec::new(
             Opts::new("sublet_operator_repair_jobs_total", "Rebuild Jobs created"),
-            &["plan"],
+            &["namespace", "plan"],
         )?;
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,

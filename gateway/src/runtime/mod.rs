@@ -362,6 +362,33 @@ spec:
         assert_eq!(p.master_key, PathBuf::from("/d/master.key"));
     }
 
+    /// Issue 28: a fresh install whose master key cannot be read said "the providers hold
+    /// snapshots or a journal of this installation, but recovering from them failed".
+    #[tokio::test]
+    async fn an_unreadable_master_key_is_named_not_blamed_on_a_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, "not a key").unwrap();
+        let c = config(&format!(
+            "  dataDir: {}\n  masterKeyFile: {}",
+            dir.path().display(),
+            key.display()
+        ));
+        let err = recover_lost_metadata(&c, &Overrides::default())
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("master key file {}: not hex", key.display())),
+            "{text}"
+        );
+        assert!(
+            text.contains("could not be asked whether they hold a copy"),
+            "{text}"
+        );
+        assert!(!text.contains("recovering from them failed"), "{text}");
+    }
+
     #[tokio::test]
     async fn metadata_opens_sqlite_or_names_the_missing_postgres_url() {
         let dir = tempfile::tempdir().unwrap();

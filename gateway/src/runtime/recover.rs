@@ -311,6 +311,60 @@ async fn recover_from_providers(
     trust_unsealed: bool,
     only_if_any: bool,
 ) -> anyhow::Result<Option<crate::runtime::recover::Recovered>> {
+    match recover_in_steps(config, overrides, force, trust_unsealed, only_if_any).await {
+        Ok(done) => Ok(done),
+        Err(RecoveryFailed::Asking(e) | RecoveryFailed::Restoring(e)) => Err(e),
+    }
+}
+
+/// Where a recovery from the providers failed: before they could be asked whether they
+/// hold anything of this installation (the master key, the config, connecting), or while
+/// restoring what they hold.
+enum RecoveryFailed {
+    Asking(anyhow::Error),
+    Restoring(anyhow::Error),
+}
+
+async fn recover_in_steps(
+    config: &Config,
+    overrides: &Overrides,
+    force: bool,
+    trust_unsealed: bool,
+    only_if_any: bool,
+) -> Result<Option<crate::runtime::recover::Recovered>, RecoveryFailed> {
+    let (gateway, clients, paths) = ask_providers(config, overrides)
+        .await
+        .map_err(RecoveryFailed::Asking)?;
+    if only_if_any
+        && crate::upkeep::snapshot::list_manifests(&gateway, &clients)
+            .await
+            .sealed
+            .is_empty()
+        && crate::meta::journal::list_segments(gateway.installation(), &clients)
+            .await
+            .0
+            .is_empty()
+    {
+        return Ok(None);
+    }
+    crate::runtime::recover::restore_newest(
+        &gateway,
+        &clients,
+        &paths.metadata,
+        &paths.data_dir.join(crate::admin::policy::OVERLAY_FILE),
+        force,
+        trust_unsealed,
+    )
+    .await
+    .map(Some)
+    .map_err(RecoveryFailed::Restoring)
+}
+
+/// A node that can read what the providers hold (no metadata of its own) and its clients.
+async fn ask_providers(
+    config: &Config,
+    overrides: &Overrides,
+) -> anyhow::Result<(Node, Vec<(String, ProviderClient)>, StatePaths)> {
     let Some(gateway_resource) = config.gateway() else {
         bail!("the file must hold exactly one StorageGateway");
     };
@@ -352,28 +406,7 @@ async fn recover_from_providers(
     let scratch: Arc<dyn MetadataStore> =
         Arc::new(SqliteStore::open_in_memory().map_err(|e| anyhow::anyhow!("scratch store: {e}"))?);
     let gateway = Node::new(scratch, master, plans, backends)?;
-    if only_if_any
-        && crate::upkeep::snapshot::list_manifests(&gateway, &clients)
-            .await
-            .sealed
-            .is_empty()
-        && crate::meta::journal::list_segments(gateway.installation(), &clients)
-            .await
-            .0
-            .is_empty()
-    {
-        return Ok(None);
-    }
-    crate::runtime::recover::restore_newest(
-        &gateway,
-        &clients,
-        &paths.metadata,
-        &paths.data_dir.join(crate::admin::policy::OVERLAY_FILE),
-        force,
-        trust_unsealed,
-    )
-    .await
-    .map(Some)
+    Ok((gateway, clients, paths))
 }
 
 /// A gateway on SQLite whose metadata file is gone but whose master key is there (a disk
@@ -392,7 +425,7 @@ pub(super) async fn recover_lost_metadata(
     if spec.metadata.postgres.is_some() || paths.metadata.exists() || !paths.master_key.exists() {
         return Ok(());
     }
-    match recover_from_providers(file, overrides, false, false, true).await {
+    match recover_in_steps(file, overrides, false, false, true).await {
         Ok(None) => {
             tracing::info!(metadata = %paths.metadata.display(), "new metadata store: the providers hold no snapshot or journal of this installation");
             Ok(())
@@ -417,7 +450,13 @@ pub(super) async fn recover_lost_metadata(
             }
             Ok(())
         }
-        Err(e) => bail!(
+        // Nothing was asked yet: say what failed, not that a recovery did.
+        Err(RecoveryFailed::Asking(e)) => bail!(
+            "the metadata file {} is missing (a new installation, or a lost disk), and the \
+             providers could not be asked whether they hold a copy: {e:#}",
+            paths.metadata.display()
+        ),
+        Err(RecoveryFailed::Restoring(e)) => bail!(
             "the metadata file {} is missing and the providers hold snapshots or a journal of \
              this installation, but recovering from them failed: {e:#}\n\
              (starting empty would hide every object; run `sublet recover` once the providers \

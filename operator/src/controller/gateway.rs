@@ -4,21 +4,24 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use sublet_crds::{
     Condition, ProviderPool, StorageGateway, StoragePlan, StorageSchedule, set_condition,
 };
 
+use super::lenient::list_reporting;
 use super::pool::{WithGeneration, ready_changed};
-use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, list_all, patch_status};
+use super::{Context, INVALID_RESYNC, RESYNC, apply, create_if_missing, patch_status};
 use crate::render::config::{Inventory, render_config};
 use crate::render::gateway::{
     GatewayWorkload, admin_token_secret, credentials_secret, endpoint, gateway_objects,
     master_key_secret, provider_token_secret,
 };
-use crate::render::namespace_of;
+use crate::render::{APP_GATEWAY, namespace_of};
 use crate::{Error, Result};
 
 /// Reconciles one gateway.
@@ -37,23 +40,8 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
         return not_ready(&gateway, &ctx, status, "Invalid", message, &now).await;
     }
 
-    let pools: Vec<ProviderPool> = list_all(&ctx.client, &ns).await?;
-    let plans: Vec<StoragePlan> = list_all(&ctx.client, &ns).await?;
-    let schedules: Vec<StorageSchedule> = list_all(&ctx.client, &ns).await?;
-    let inventory = Inventory {
-        pools: &pools,
-        plans: &plans,
-        schedules: &schedules,
-    };
-    let config = match render_config(&gateway, inventory) {
-        Ok(config) => config,
-        // The last good config and workload stay in place; the gateway keeps serving.
-        Err(Error::Config { message, .. }) => {
-            return not_ready(&gateway, &ctx, status, "ConfigInvalid", message, &now).await;
-        }
-        Err(other) => return Err(other),
-    };
-
+    // The keys come first: they do not depend on the config, and a gateway waiting for a
+    // config that loads should already have the master key to back up.
     create_if_missing(&ctx.client, &provider_token_secret(&ns)).await?;
     if create_if_missing(&ctx.client, &master_key_secret(&gateway)?).await? {
         ctx.event(
@@ -71,6 +59,28 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
     create_if_missing(&ctx.client, &credentials_secret(&gateway)?).await?;
     create_if_missing(&ctx.client, &admin_token_secret(&gateway)?).await?;
 
+    let (pools, mut unreadable) = list_reporting::<ProviderPool>(&ctx.client, &ns).await?;
+    let (plans, more) = list_reporting::<StoragePlan>(&ctx.client, &ns).await?;
+    unreadable.extend(more);
+    let (schedules, more) = list_reporting::<StorageSchedule>(&ctx.client, &ns).await?;
+    unreadable.extend(more);
+    let inventory = Inventory {
+        pools: &pools,
+        plans: &plans,
+        schedules: &schedules,
+    };
+    let mut config = match render_config(&gateway, inventory) {
+        Ok(config) => config,
+        // The last good config and workload stay in place; the gateway keeps serving.
+        Err(Error::Config { message, .. }) => {
+            return not_ready(&gateway, &ctx, status, "ConfigInvalid", message, &now).await;
+        }
+        Err(other) => return Err(other),
+    };
+
+    // Objects the operator cannot read are not in the config either: say so.
+    config.excluded.extend(unreadable);
+    config.excluded.sort();
     let objects = gateway_objects(&gateway, &ctx.images, &config)?;
     apply(&ctx.client, &objects.config_map).await?;
     apply(&ctx.client, &objects.service).await?;
@@ -100,11 +110,20 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
             ),
         )
     } else {
+        let why = pods_not_starting(&ctx, &ns, &gateway.name_any()).await?;
         Condition::new(
             "Ready",
             false,
             "Starting",
-            format!("0 of {} replicas ready", gateway.spec.replicas),
+            format!(
+                "0 of {} replicas ready{}",
+                gateway.spec.replicas,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", why.join("; "))
+                }
+            ),
         )
     };
     set_condition(
@@ -139,6 +158,39 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
     );
     patch_status(&ctx.client, &*gateway, &status).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// Why the gateway's pods do not start, one line per waiting container: e.g. `s3-0:
+/// CreateContainerConfigError: secret "db" not found` for a PostgreSQL `secretRef` naming a
+/// Secret that does not exist (the operator may not read Secrets to check for itself).
+async fn pods_not_starting(ctx: &Context, ns: &str, gateway: &str) -> Result<Vec<String>> {
+    let selector =
+        format!("app.kubernetes.io/name={APP_GATEWAY},app.kubernetes.io/instance={gateway}");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list", "Pod", format!("pods of {gateway}")))?;
+    let mut why = Vec::new();
+    for pod in &pods.items {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten();
+        for status in statuses {
+            if let Some(waiting) = status.state.as_ref().and_then(|s| s.waiting.as_ref())
+                && let Some(reason) = &waiting.reason
+                && reason != "ContainerCreating"
+            {
+                let message = waiting.message.as_deref().unwrap_or_default();
+                why.push(format!("{}: {reason}: {message}", pod.name_any()));
+            }
+        }
+    }
+    why.sort();
+    why.truncate(5);
+    Ok(why)
 }
 
 async fn not_ready(

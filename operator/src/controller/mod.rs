@@ -3,6 +3,7 @@
 //! [`crate::FIELD_MANAGER`] and writes status through the status subresource.
 
 pub mod gateway;
+pub mod lenient;
 pub mod plan;
 pub mod pool;
 #[cfg(test)]
@@ -20,7 +21,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -42,6 +43,8 @@ pub const RESYNC: Duration = Duration::from_secs(60);
 /// Shortest time between two fetches of a resource's outside figures; see
 /// [`Context::poll_due`].
 pub const POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// The same Event about the same object is not sent again within this long.
+pub const EVENT_REPEAT: Duration = Duration::from_secs(600);
 /// How long an invalid resource waits before it is looked at again without a change.
 pub const INVALID_RESYNC: Duration = Duration::from_secs(300);
 /// First retry after a failed reconcile; doubles per failure up to [`MAX_BACKOFF`].
@@ -164,6 +167,7 @@ pub struct Context {
     pub now: Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>,
     failures: Mutex<HashMap<String, u32>>,
     polled: Mutex<HashMap<String, jiff::Timestamp>>,
+    announced: Mutex<HashMap<String, (String, jiff::Timestamp)>>,
 }
 
 impl Context {
@@ -188,6 +192,7 @@ impl Context {
             now: Arc::new(jiff::Timestamp::now),
             failures: Mutex::new(HashMap::new()),
             polled: Mutex::new(HashMap::new()),
+            announced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -211,6 +216,22 @@ impl Context {
         note: String,
         action: &str,
     ) {
+        self.event_on(obj.object_ref(&()), type_, reason, note, action)
+            .await;
+    }
+
+    /// Publishes an Event about the object `reference` names.
+    pub async fn event_on(
+        &self,
+        reference: k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        if self.announced_lately(&reference, reason, &note) {
+            return;
+        }
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let event = Event {
             type_,
@@ -219,9 +240,46 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
-            warn!(kind = kind_of::<K>(), name = %obj.name_any(), %err, "cannot publish event");
+        if let Err(err) = recorder.publish(&event, &reference).await {
+            let kind = reference.kind.unwrap_or_default();
+            let name = reference.name.unwrap_or_default();
+            warn!(%kind, %name, %err, "cannot publish event");
         }
+    }
+
+    /// Whether the same Event (object, reason and note) went out less than
+    /// [`EVENT_REPEAT`] ago, and if not, notes that it goes out now. Two reconciles of one
+    /// object can both start from a status read before the first one's write arrived; both
+    /// would see a change worth an Event.
+    fn announced_lately(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        note: &str,
+    ) -> bool {
+        let now = (self.now)();
+        let Ok(mut announced) = self.announced.lock() else {
+            return false;
+        };
+        let key = format!(
+            "{}/{}/{}/{}/{reason}",
+            reference.kind.as_deref().unwrap_or_default(),
+            reference.namespace.as_deref().unwrap_or_default(),
+            reference.name.as_deref().unwrap_or_default(),
+            reference.uid.as_deref().unwrap_or_default(),
+        );
+        if let Some((last_note, at)) = announced.get(&key)
+            && last_note == note
+            && now.as_second() - at.as_second() < EVENT_REPEAT.as_secs().cast_signed()
+        {
+            return true;
+        }
+        // Bounded: forget everything rather than grow without end.
+        if announced.len() >= 10_000 {
+            announced.clear();
+        }
+        announced.insert(key, (note.to_owned(), now));
+        false
     }
 
     /// Whether `obj`'s outside figures (provider metrics and reachability, gateway health)
@@ -244,9 +302,12 @@ impl Context {
     }
 
     fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        Self::key_of(kind_of::<K>(), obj)
+    }
+
+    fn key_of<O: Resource>(kind: &str, obj: &O) -> String {
         format!(
-            "{}/{}/{}",
-            kind_of::<K>(),
+            "{kind}/{}/{}",
             obj.namespace().unwrap_or_default(),
             obj.name_any()
         )
@@ -261,9 +322,14 @@ impl Context {
 
     /// Counts a failure of `obj` and returns how long to wait before the next try.
     pub fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+        self.backoff_of(kind_of::<K>(), obj)
+    }
+
+    /// [`Context::backoff`] for an object of `kind` read untyped.
+    pub fn backoff_of<O: Resource>(&self, kind: &str, obj: &O) -> Duration {
         let n = match self.failures.lock() {
             Ok(mut failures) => {
-                let n = failures.entry(Self::key(obj)).or_insert(0);
+                let n = failures.entry(Self::key_of(kind, obj)).or_insert(0);
                 *n = n.saturating_add(1);
                 *n
             }
@@ -271,6 +337,11 @@ impl Context {
         };
         backoff_after(n)
     }
+}
+
+/// `1 shard`, `2 shards`: a count with its noun for people.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The wait after the `n`th consecutive failure: 5 s, 10 s, 20 s ... at most 5 minutes.
@@ -311,7 +382,11 @@ where
     let name = obj.name_any();
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
-    match api.create(&PostParams::default(), obj).await {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, obj).await {
         Ok(_) => {
             info!(kind = kind_of::<K>(), %name, namespace = %ns, "created");
             Ok(true)
@@ -339,20 +414,12 @@ where
     Ok(())
 }
 
-/// Every object of kind `K` in `ns`.
+/// Every object of kind `K` in `ns` the operator can read; see [`lenient::list_all`].
 pub async fn list_all<K>(client: &Client, ns: &str) -> Result<Vec<K>>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    Ok(api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("list", kind_of::<K>(), format!("* in {ns}")))?
-        .items)
+    lenient::list_all(client, ns).await
 }
 
 /// Runs `reconcile` with metrics and backoff bookkeeping.
@@ -378,7 +445,7 @@ where
 
 /// The error policy of every controller: count the failure, log it, retry with backoff.
 pub fn error_policy<K: Resource<DynamicType = ()>>(
-    obj: Arc<K>,
+    obj: Arc<DynamicObject>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
@@ -387,7 +454,7 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
         .failures
         .with_label_values(&[kind, error.metric_label()])
         .inc();
-    let wait = ctx.backoff(&*obj);
+    let wait = ctx.backoff_of(kind, &*obj);
     warn!(kind, name = %obj.name_any(), %error, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }
@@ -402,26 +469,46 @@ where
     }
 }
 
-fn log_result<K: Resource<DynamicType = ()>, Q: std::fmt::Display>(
-    result: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<Error, Q>>,
+fn log_result<Q: std::error::Error + 'static>(
+    kind: &str,
+    result: Result<(ObjectRef<DynamicObject>, Action), kube::runtime::controller::Error<Error, Q>>,
 ) {
     use kube::runtime::controller::Error as ControllerError;
     match result {
-        Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+        Ok((obj, _)) => tracing::debug!(kind, name = %obj.name, "reconciled"),
         // error_policy has logged it with the retry delay.
         Err(ControllerError::ReconcilerFailed(..) | ControllerError::ObjectNotFound(_)) => {}
-        // Watch failures (a CRD not installed, RBAC missing) stop reconciles: say so loudly.
-        Err(err) => warn!(kind = kind_of::<K>(), %err, "watch failed; retrying"),
+        // Watch failures (a CRD not installed, RBAC missing) stop reconciles: say so loudly,
+        // with every cause (the outermost error is often an empty Status).
+        Err(err) => warn!(kind, error = %causes(&err), "watch failed; retrying"),
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`, empty messages skipped.
+pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.trim().is_empty() && !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        format!("{err:?}")
+    } else {
+        parts.join(": ")
     }
 }
 
 /// Maps any object of a namespace to every object of kind `K` in the same namespace held by
 /// `store` (a change to a plan re-renders every gateway's config).
 fn same_namespace<K, O>(
-    store: kube::runtime::reflector::Store<K>,
-) -> impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + Clone + 'static
+    store: kube::runtime::reflector::Store<DynamicObject>,
+) -> impl Fn(O) -> Vec<ObjectRef<DynamicObject>> + Send + Sync + Clone + 'static
 where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>,
     O: Resource,
 {
     move |other: O| {
@@ -430,7 +517,7 @@ where
             .state()
             .iter()
             .filter(|k| k.namespace() == ns)
-            .map(|k| ObjectRef::from_obj(&**k))
+            .map(|k| ObjectRef::from_obj_with(&**k, lenient::resource::<K>()))
             .collect()
     }
 }
@@ -456,39 +543,45 @@ pub fn watched() -> Vec<(String, String)> {
     ]
 }
 
-/// Runs the four controllers until SIGTERM; `namespace` limits them to one namespace.
+/// Runs the four controllers until SIGTERM; `namespace` limits them to one namespace. The
+/// custom resources are watched untyped ([`lenient`]): one that does not parse is reported
+/// on itself, and the others are reconciled.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    use lenient::{api as untyped, resource};
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=sublet-operator");
+    let all = watcher::Config::default;
 
-    let pools = Controller::new(api::<ProviderPool>(&client, ns), watcher::Config::default())
-        .owns(api::<DaemonSet>(&client, ns), managed.clone())
-        .owns(api::<StatefulSet>(&client, ns), managed.clone())
-        .owns(api::<Service>(&client, ns), managed.clone())
-        .watches(
-            api::<Pod>(&client, ns),
-            watcher::Config::default().labels("app.kubernetes.io/name=sublet-provider"),
-            |pod: Pod| {
-                let pool = pod.labels().get(LABEL_POOL)?.clone();
-                let ns = pod.namespace()?;
-                Some(ObjectRef::<ProviderPool>::new(&pool).within(&ns))
-            },
-        )
-        .shutdown_on_signal()
-        .run(
-            |obj, ctx| {
-                let o = obj.clone();
-                instrumented(o, ctx.clone(), pool::reconcile(obj, ctx))
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|r| async move { log_result(r) });
+    let pools = Controller::new_with(
+        untyped::<ProviderPool>(&client, ns),
+        all(),
+        resource::<ProviderPool>(),
+    )
+    .owns(api::<DaemonSet>(&client, ns), managed.clone())
+    .owns(api::<StatefulSet>(&client, ns), managed.clone())
+    .owns(api::<Service>(&client, ns), managed.clone())
+    .watches(
+        api::<Pod>(&client, ns),
+        all().labels("app.kubernetes.io/name=sublet-provider"),
+        |pod: Pod| {
+            let pool = pod.labels().get(LABEL_POOL)?.clone();
+            let ns = pod.namespace()?;
+            Some(ObjectRef::new_with(&pool, resource::<ProviderPool>()).within(&ns))
+        },
+    )
+    .shutdown_on_signal()
+    .run(
+        |obj, ctx| lenient::reconcile(obj, ctx, pool::reconcile),
+        error_policy::<ProviderPool>,
+        ctx.clone(),
+    )
+    .for_each(|r| async move { log_result("ProviderPool", r) });
 
-    let gateway_controller = Controller::new(
-        api::<StorageGateway>(&client, ns),
-        watcher::Config::default(),
+    let gateway_controller = Controller::new_with(
+        untyped::<StorageGateway>(&client, ns),
+        all(),
+        resource::<StorageGateway>(),
     );
     let gateway_store = gateway_controller.store();
     let gateways = gateway_controller
@@ -496,82 +589,83 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .owns(api::<Deployment>(&client, ns), managed.clone())
         .owns(api::<ConfigMap>(&client, ns), managed.clone())
         .owns(api::<Service>(&client, ns), managed.clone())
-        .watches(
-            api::<StoragePlan>(&client, ns),
-            watcher::Config::default(),
-            same_namespace(gateway_store.clone()),
+        .watches_with(
+            untyped::<StoragePlan>(&client, ns),
+            resource::<StoragePlan>(),
+            all(),
+            same_namespace::<StorageGateway, DynamicObject>(gateway_store.clone()),
         )
-        .watches(
-            api::<StorageSchedule>(&client, ns),
-            watcher::Config::default(),
-            same_namespace(gateway_store.clone()),
+        .watches_with(
+            untyped::<StorageSchedule>(&client, ns),
+            resource::<StorageSchedule>(),
+            all(),
+            same_namespace::<StorageGateway, DynamicObject>(gateway_store.clone()),
         )
-        .watches(
-            api::<ProviderPool>(&client, ns),
-            watcher::Config::default(),
-            same_namespace(gateway_store),
+        .watches_with(
+            untyped::<ProviderPool>(&client, ns),
+            resource::<ProviderPool>(),
+            all(),
+            same_namespace::<StorageGateway, DynamicObject>(gateway_store),
         )
         .shutdown_on_signal()
         .run(
-            |obj, ctx| {
-                let o = obj.clone();
-                instrumented(o, ctx.clone(), gateway::reconcile(obj, ctx))
-            },
-            error_policy,
+            |obj, ctx| lenient::reconcile(obj, ctx, gateway::reconcile),
+            error_policy::<StorageGateway>,
             ctx.clone(),
         )
-        .for_each(|r| async move { log_result(r) });
+        .for_each(|r| async move { log_result("StorageGateway", r) });
 
-    let plan_controller =
-        Controller::new(api::<StoragePlan>(&client, ns), watcher::Config::default());
+    let plan_controller = Controller::new_with(
+        untyped::<StoragePlan>(&client, ns),
+        all(),
+        resource::<StoragePlan>(),
+    );
     let plan_store = plan_controller.store();
     let plans = plan_controller
         .owns(
             api::<Job>(&client, ns),
-            watcher::Config::default().labels("app.kubernetes.io/name=sublet-repair"),
+            all().labels("app.kubernetes.io/name=sublet-repair"),
         )
-        .watches(
-            api::<StorageSchedule>(&client, ns),
-            watcher::Config::default(),
-            same_namespace(plan_store.clone()),
+        .watches_with(
+            untyped::<StorageSchedule>(&client, ns),
+            resource::<StorageSchedule>(),
+            all(),
+            same_namespace::<StoragePlan, DynamicObject>(plan_store.clone()),
         )
-        .watches(
-            api::<ProviderPool>(&client, ns),
-            watcher::Config::default(),
-            same_namespace(plan_store),
+        .watches_with(
+            untyped::<ProviderPool>(&client, ns),
+            resource::<ProviderPool>(),
+            all(),
+            same_namespace::<StoragePlan, DynamicObject>(plan_store),
         )
         .shutdown_on_signal()
         .run(
-            |obj, ctx| {
-                let o = obj.clone();
-                instrumented(o, ctx.clone(), plan::reconcile(obj, ctx))
-            },
-            error_policy,
+            |obj, ctx| lenient::reconcile(obj, ctx, plan::reconcile),
+            error_policy::<StoragePlan>,
             ctx.clone(),
         )
-        .for_each(|r| async move { log_result(r) });
+        .for_each(|r| async move { log_result("StoragePlan", r) });
 
-    let schedule_controller = Controller::new(
-        api::<StorageSchedule>(&client, ns),
-        watcher::Config::default(),
+    let schedule_controller = Controller::new_with(
+        untyped::<StorageSchedule>(&client, ns),
+        all(),
+        resource::<StorageSchedule>(),
     );
     let schedule_store = schedule_controller.store();
     let schedules = schedule_controller
-        .watches(
-            api::<StoragePlan>(&client, ns),
-            watcher::Config::default(),
-            same_namespace(schedule_store),
+        .watches_with(
+            untyped::<StoragePlan>(&client, ns),
+            resource::<StoragePlan>(),
+            all(),
+            same_namespace::<StorageSchedule, DynamicObject>(schedule_store),
         )
         .shutdown_on_signal()
         .run(
-            |obj, ctx| {
-                let o = obj.clone();
-                instrumented(o, ctx.clone(), schedule::reconcile(obj, ctx))
-            },
-            error_policy,
+            |obj, ctx| lenient::reconcile(obj, ctx, schedule::reconcile),
+            error_policy::<StorageSchedule>,
             ctx,
         )
-        .for_each(|r| async move { log_result(r) });
+        .for_each(|r| async move { log_result("StorageSchedule", r) });
 
     tokio::join!(pools, gateways, plans, schedules);
 }
@@ -635,6 +729,34 @@ mod tests {
         assert_eq!(human_bytes(3 << 39), "1.5Ti");
         assert_eq!(human_bytes((4 << 30) + (1 << 20)), "4Gi", "rounds down");
         assert_eq!(human_bytes(u64::MAX), "16383.9Pi");
+    }
+
+    /// Issue 28: a failing watch logged `ApiError: : (Status { ... code: 0, message: "" })`.
+    #[test]
+    fn watch_errors_name_every_cause() {
+        #[derive(Debug)]
+        struct Empty(std::io::Error);
+        impl std::fmt::Display for Empty {
+            fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                Ok(())
+            }
+        }
+        impl std::error::Error for Empty {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = Empty(std::io::Error::other("\"-5\" is not a size"));
+        assert_eq!(causes(&err), "\"-5\" is not a size");
+        let io = std::io::Error::other("connection refused");
+        assert_eq!(causes(&io), "connection refused");
+    }
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(counted(1, "shard", "shards"), "1 shard");
+        assert_eq!(counted(0, "shard", "shards"), "0 shards");
+        assert_eq!(counted(2, "rebuild Job", "rebuild Jobs"), "2 rebuild Jobs");
     }
 
     #[test]

@@ -102,7 +102,8 @@ pub async fn reconcile(plan: Arc<StoragePlan>, ctx: Arc<Context>) -> Result<Acti
                     sublet_crds::ConditionStatus::Unknown,
                     "NoGateway",
                     "no StorageGateway in this namespace reports the plan's health",
-                ),
+                )
+                .with_generation(&*plan),
                 &now,
             ),
             // Health and repairs were looked at moments ago (this reconcile is most likely
@@ -152,7 +153,8 @@ async fn health_and_repair(
                     sublet_crds::ConditionStatus::Unknown,
                     "HealthUnknown",
                     err.to_string(),
-                ),
+                )
+                .with_generation(plan),
                 now,
             );
             return Ok(());
@@ -191,7 +193,7 @@ async fn health_and_repair(
             ),
         )
     };
-    set_condition(&mut status.conditions, degraded, now);
+    set_condition(&mut status.conditions, degraded.with_generation(plan), now);
 
     let schedule_label = plan.spec.schedule.as_deref().unwrap_or(NO_SCHEDULE);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -241,7 +243,8 @@ async fn health_and_repair(
                         succeeded,
                         reason,
                         format!("Job {job_name}"),
-                    ),
+                    )
+                    .with_generation(plan),
                     now,
                 );
             }
@@ -282,16 +285,25 @@ async fn health_and_repair(
                     rebuild.bandwidth_limit.clone(),
                     urgent,
                 )?;
-                let created = jobs_api
-                    .create(&PostParams::default(), &job)
-                    .await
-                    .map_err(Error::kube("create", "Job", format!("{name}-repair-*")))?;
+                let params = PostParams {
+                    field_manager: Some(crate::FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                let created = jobs_api.create(&params, &job).await.map_err(Error::kube(
+                    "create",
+                    "Job",
+                    format!("{name}-repair-*"),
+                ))?;
                 info!(plan = %name, job = %created.name_any(), urgent, "rebuild job created");
-                ctx.metrics.repair_jobs.with_label_values(&[&name]).inc();
+                ctx.metrics
+                    .repair_jobs
+                    .with_label_values(&[ns.as_str(), name.as_str()])
+                    .inc();
             }
             let note = format!(
-                "started {jobs} rebuild Jobs for {} objects due for repair{}",
-                health.repair.due,
+                "started {} for {} due for repair{}",
+                super::counted(u64::from(jobs), "rebuild Job", "rebuild Jobs"),
+                super::counted(health.repair.due, "object", "objects"),
                 if urgent {
                     " (objects at risk: window ignored)"
                 } else {
@@ -312,7 +324,7 @@ async fn health_and_repair(
     if find_condition(&status.conditions, "Repairing")
         .is_none_or(|c| c.message != repairing.message || c.status != repairing.status)
     {
-        set_condition(&mut status.conditions, repairing, now);
+        set_condition(&mut status.conditions, repairing.with_generation(plan), now);
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::render::gateway::admin_url;
 use crate::render::gateway::provider_token_secret;
 use crate::render::provider::{IDENTITY_CONTAINER, ProviderWorkload, ZONE_LABEL, provider_objects};
 use crate::render::{
-    APP_PROVIDER, PROVIDER_GRPC_PORT, PROVIDER_HTTP_PORT, dns_label, namespace_of,
+    APP_PROVIDER, LABEL_POOL, PROVIDER_GRPC_PORT, PROVIDER_HTTP_PORT, dns_label, namespace_of,
 };
 use crate::{Error, Result};
 
@@ -53,7 +53,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         let changed = ready_changed(&status.conditions, false, &message);
         set_condition(
             &mut status.conditions,
-            Condition::new("Ready", false, "Invalid", message.clone()),
+            Condition::new("Ready", false, "Invalid", message.clone()).with_generation(&*pool),
             &now,
         );
         patch_status(&ctx.client, &*pool, &status).await?;
@@ -71,6 +71,8 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         .collect();
     let poll = ctx.poll_due(&*pool);
     let mut members = Vec::new();
+    // Provider pods not ready, by name, for the Ready condition.
+    let mut pending: Vec<String> = Vec::new();
     if let Some(nodes) = &pool.spec.nodes {
         create_if_missing(&ctx.client, &provider_token_secret(&ns)).await?;
         let matching_nodes = if nodes.storage.volume_claim_template.is_some() {
@@ -112,6 +114,17 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             .await
             .map_err(Error::kube("list", "Pod", format!("providers of {name}")))?
             .items;
+        pending = pods
+            .iter()
+            .filter(|pod| {
+                !pod.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .map(ResourceExt::name_any)
+            .collect();
+        pending.sort();
         let mut zones: BTreeMap<String, String> = BTreeMap::new();
         for pod in &pods {
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
@@ -156,6 +169,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             member.last_seen = last_seen(member.ready, before, &ctx);
             members.push(member);
         }
+        members = keep_identified(members, &previous, &pool.spec.endpoints, (ctx.now)());
     }
     for endpoint in &pool.spec.endpoints {
         let before = previous.get(&endpoint.name);
@@ -213,14 +227,29 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             "Ready",
             false,
             "NoProviders",
-            "no provider pods yet; check that nodes carry the labels of spec.nodes.selector",
+            format!(
+                "no provider pods yet; check that nodes carry the labels of spec.nodes.selector \
+                 (kubectl get pods -n {ns} -l {LABEL_POOL}={name})"
+            ),
         )
     } else {
         Condition::new(
             "Ready",
             false,
             "NoProviderReady",
-            format!("none of the {} providers is ready", members.len()),
+            format!(
+                "none of the {} providers is ready{}",
+                members.len(),
+                if pending.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; pods not ready: {} (kubectl describe pods -n {ns} {})",
+                        pending.join(", "),
+                        pending.join(" ")
+                    )
+                }
+            ),
         )
     };
     status.members = members;
@@ -271,9 +300,9 @@ async fn drain(
         match ctx.admin.pool_usage(&admin_url(gateway)?, &name).await {
             Ok(usage) if usage.shards == 0 => {}
             Ok(usage) => held.push(format!(
-                "StorageGateway {} stores {} shards ({}) here",
+                "StorageGateway {} stores {} ({}) here",
                 gateway.name_any(),
-                usage.shards,
+                super::counted(usage.shards, "shard", "shards"),
                 human_bytes(usage.bytes)
             )),
             Err(err) => held.push(format!(
@@ -301,7 +330,7 @@ async fn drain(
     let changed = ready_changed(&status.conditions, false, &message);
     set_condition(
         &mut status.conditions,
-        Condition::new("Ready", false, "Draining", message.clone()),
+        Condition::new("Ready", false, "Draining", message.clone()).with_generation(pool),
         now,
     );
     patch_status(&ctx.client, pool, &status).await?;
@@ -310,6 +339,54 @@ async fn drain(
             .await;
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// How long a provider whose pod is gone stays in status (and in the gateway config) as a
+/// member that is not ready, so a restarted pod does not take it out and put it back.
+pub const GONE_MEMBER_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The members read from provider pods, corrected by what status said before: a pod that
+/// has not printed its node id yet (restarting, just replaced) keeps its node's previous
+/// address and node id until it has, and a member whose pod is gone stays, not ready, for
+/// [`GONE_MEMBER_KEPT`] after it was last seen. So a provider restart changes the gateway
+/// config once, when the new pod is identified, and never to an endpoint without a node id.
+pub fn keep_identified(
+    mut members: Vec<PoolMember>,
+    previous: &BTreeMap<String, PoolMember>,
+    endpoints: &[sublet_crds::Endpoint],
+    now: jiff::Timestamp,
+) -> Vec<PoolMember> {
+    for member in &mut members {
+        if member.node_id.is_empty()
+            && let Some(before) = previous.get(&member.name)
+            && !before.node_id.is_empty()
+        {
+            member.node_id = before.node_id.clone();
+            member.address = before.address.clone();
+            member.ready = false;
+        }
+    }
+    for (name, before) in previous {
+        let from_spec = endpoints.iter().any(|e| &e.name == name);
+        let recent = before
+            .last_seen
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|t| {
+                now.as_second() - t.as_second() < GONE_MEMBER_KEPT.as_secs().cast_signed()
+            });
+        if !from_spec
+            && recent
+            && !before.node_id.is_empty()
+            && !members.iter().any(|m| &m.name == name)
+        {
+            members.push(PoolMember {
+                ready: false,
+                ..before.clone()
+            });
+        }
+    }
+    members
 }
 
 /// `lastSeen` moves in steps of this much, so a status patch that changes nothing else is a
@@ -422,5 +499,92 @@ pub fn member_of_pod(pod: &Pod, node: &str, zone: &str, capacity: u64) -> PoolMe
         ready,
         capacity_bytes: capacity,
         ..PoolMember::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::pool_member;
+
+    fn seen(mut member: PoolMember, at: &str) -> PoolMember {
+        member.last_seen = Some(at.into());
+        member
+    }
+
+    /// Issue 28: a provider restart rolled the gateway twice, the first time with an
+    /// endpoint without its node id.
+    #[test]
+    fn a_restarting_provider_keeps_its_pinned_endpoint_until_identified_again() {
+        let now: jiff::Timestamp = "2026-11-28T02:00:00Z".parse().unwrap();
+        let previous: BTreeMap<String, PoolMember> = [
+            seen(
+                pool_member("node-a", "https://10.0.0.1:7480", "aa", "a", true),
+                "2026-11-28T01:59:00Z",
+            ),
+            seen(
+                pool_member("node-b", "https://10.0.0.2:7480", "bb", "b", true),
+                "2026-11-28T01:58:00Z",
+            ),
+            // Gone for longer than GONE_MEMBER_KEPT: dropped.
+            seen(
+                pool_member("node-c", "https://10.0.0.3:7480", "cc", "c", true),
+                "2026-11-28T01:00:00Z",
+            ),
+            // Named in spec.endpoints: the pool reports it itself.
+            seen(
+                pool_member("nas", "nas:7480", "dd", "d", true),
+                "2026-11-28T01:59:00Z",
+            ),
+        ]
+        .into_iter()
+        .map(|m| (m.name.clone(), m))
+        .collect();
+        let endpoints = vec![sublet_crds::Endpoint {
+            name: "nas".into(),
+            address: "nas:7480".into(),
+            node_id: None,
+            zone: None,
+            owner: None,
+        }];
+        // node-a's new pod has a new address and no node id yet; node-b's pod is gone.
+        let current = vec![pool_member(
+            "node-a",
+            "https://10.0.0.9:7480",
+            "",
+            "a",
+            false,
+        )];
+        let members = keep_identified(current, &previous, &endpoints, now);
+        let summary: Vec<(&str, &str, &str, bool)> = members
+            .iter()
+            .map(|m| {
+                (
+                    m.name.as_str(),
+                    m.address.as_str(),
+                    m.node_id.as_str(),
+                    m.ready,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("node-a", "https://10.0.0.1:7480", "aa", false),
+                ("node-b", "https://10.0.0.2:7480", "bb", false),
+            ]
+        );
+        // Once identified, the new address goes in: one change of the config.
+        let current = vec![pool_member(
+            "node-a",
+            "https://10.0.0.9:7480",
+            "aa",
+            "a",
+            true,
+        )];
+        let members = keep_identified(current, &previous, &endpoints, now);
+        assert_eq!(members[0].address, "https://10.0.0.9:7480");
+        assert!(members[0].ready);
     }
 }

@@ -402,16 +402,6 @@ async fn gateway_gets_config_secrets_services_workload_and_status() {
     ];
     let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
     let scenario = tokio::spawn(async move {
-        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
-            .await
-            .ok(&list("ProviderPool", pools));
-        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
-            .await
-            .ok(&list("StoragePlan", plans));
-        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
-            .await
-            .ok(&list("StorageSchedule", vec![]));
-
         let token = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
         assert_eq!(token.body["metadata"]["name"], "sublet-provider-token");
         token.echo();
@@ -445,6 +435,16 @@ async fn gateway_gets_config_secrets_services_workload_and_status() {
             .to_owned();
         assert_eq!(admin_token_text.len(), 40);
         admin_token.echo();
+        // The pools, plans and schedules are read after the keys exist.
+        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
+            .await
+            .ok(&list("ProviderPool", pools));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
+            .await
+            .ok(&list("StoragePlan", plans));
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
+            .await
+            .ok(&list("StorageSchedule", vec![]));
 
         let cm = next(&mut api).await;
         cm.assert_apply(&format!("{CORE}/configmaps/s3-config"));
@@ -524,6 +524,22 @@ async fn gateway_whose_default_plan_is_invalid_keeps_its_workload_and_says_why()
     let echo_gw = serde_json::to_value(&gw).unwrap();
     let plans = vec![serde_json::to_value(plan("broken", "redundancy: {replicas: 0}")).unwrap()];
     let scenario = tokio::spawn(async move {
+        // The keys are made whatever the config: there is a master key to back up.
+        let mut made = Vec::new();
+        for _ in 0..4 {
+            let secret = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+            made.push(secret.body["metadata"]["name"].as_str().unwrap().to_owned());
+            secret.already_exists();
+        }
+        assert_eq!(
+            made,
+            [
+                "sublet-provider-token",
+                "s3-master-key",
+                "s3-credentials",
+                "s3-admin"
+            ]
+        );
         expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
             .await
             .ok(&list("ProviderPool", vec![]));
@@ -533,7 +549,7 @@ async fn gateway_whose_default_plan_is_invalid_keeps_its_workload_and_says_why()
         expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
             .await
             .ok(&list("StorageSchedule", vec![]));
-        // No Secret, ConfigMap or workload is touched: straight to status.
+        // No ConfigMap or workload is touched: straight to status.
         let status = expect(
             &mut api,
             Method::PATCH,
@@ -578,15 +594,18 @@ async fn invalid_plan_gets_ready_false_and_an_event() {
     let echo = serde_json::to_value(&bad).unwrap();
     let plans = vec![echo.clone()];
     let scenario = tokio::spawn(async move {
-        expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
-            .await
-            .ok(&list("ProviderPool", vec![]));
-        expect(&mut api, Method::GET, &format!("{SUBLET}/storageplans"))
-            .await
-            .ok(&list("StoragePlan", plans));
-        expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
-            .await
-            .ok(&list("StorageSchedule", vec![]));
+        let inventory = async |api: &mut Handle, plans: Vec<Value>| {
+            expect(api, Method::GET, &format!("{SUBLET}/providerpools"))
+                .await
+                .ok(&list("ProviderPool", vec![]));
+            expect(api, Method::GET, &format!("{SUBLET}/storageplans"))
+                .await
+                .ok(&list("StoragePlan", plans));
+            expect(api, Method::GET, &format!("{SUBLET}/storageschedules"))
+                .await
+                .ok(&list("StorageSchedule", vec![]));
+        };
+        inventory(&mut api, plans.clone()).await;
         let event = expect(
             &mut api,
             Method::POST,
@@ -609,13 +628,22 @@ async fn invalid_plan_gets_ready_false_and_an_event() {
         .await;
         let body = status.body.clone();
         status.ok(&echo);
+        // A second reconcile from the same (stale) object sends no second Event.
+        inventory(&mut api, plans).await;
+        expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/storageplans/photos/status"),
+        )
+        .await
+        .ok(&echo);
         body
     });
-    let body = run(
-        Box::pin(super::plan::reconcile(Arc::new(bad), ctx)),
-        scenario,
-    )
-    .await;
+    let twice = async move {
+        super::plan::reconcile(Arc::new(bad.clone()), ctx.clone()).await?;
+        super::plan::reconcile(Arc::new(bad), ctx).await
+    };
+    let body = run(Box::pin(twice), scenario).await;
     let conditions = &body["status"]["conditions"];
     assert_eq!(conditions[0]["type"], "Ready");
     assert_eq!(conditions[0]["status"], "False");
@@ -763,7 +791,7 @@ async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
     assert_eq!(find("Degraded").status, sublet_crds::ConditionStatus::True);
     assert_eq!(
         find("Repairing").message,
-        "started 1 rebuild Jobs for 2500 objects due for repair"
+        "started 1 rebuild Job for 2500 objects due for repair"
     );
 
     // The status write triggers the next reconcile at once: it must neither poll the gateway
@@ -958,11 +986,26 @@ async fn lease_is_created_when_missing_and_left_to_a_live_holder() {
 /// Reconciles gateway `s3` once over `plans` with every Secret already there; returns the
 /// config applied and the hash on the pod template.
 async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
+    let (yaml, hash, _) = reconcile_gateway_with_pods(plans, vec![]).await;
+    (yaml, hash)
+}
+
+/// A gateway reconciled with `plans` in its namespace, its StatefulSet not ready yet and
+/// `pods` as its pods: the config, its hash and the status written.
+async fn reconcile_gateway_with_pods(
+    plans: Vec<Value>,
+    pods: Vec<Value>,
+) -> (String, Value, Value) {
     let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
     let gw = gateway("s3", "defaultPlan: photos");
     let echo_gw = serde_json::to_value(&gw).unwrap();
     let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
     let scenario = tokio::spawn(async move {
+        for _ in 0..4 {
+            expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
+                .await
+                .already_exists();
+        }
         expect(&mut api, Method::GET, &format!("{SUBLET}/providerpools"))
             .await
             .ok(&list("ProviderPool", pools));
@@ -972,11 +1015,6 @@ async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
         expect(&mut api, Method::GET, &format!("{SUBLET}/storageschedules"))
             .await
             .ok(&list("StorageSchedule", vec![]));
-        for _ in 0..4 {
-            expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
-                .await
-                .already_exists();
-        }
         let cm = next(&mut api).await;
         cm.assert_apply(&format!("{CORE}/configmaps/s3-config"));
         let yaml = cm.body["data"]["sublet.yaml"].as_str().unwrap().to_owned();
@@ -989,20 +1027,56 @@ async fn reconcile_gateway_with(plans: Vec<Value>) -> (String, Value) {
             sts.body["spec"]["template"]["metadata"]["annotations"]["sublet.dev/config-hash"]
                 .clone();
         sts.echo();
-        expect(
+        // Not ready: its pods say why.
+        let listed = expect(&mut api, Method::GET, &format!("{CORE}/pods")).await;
+        assert!(
+            listed.query.contains("app.kubernetes.io/instance=s3"),
+            "{}",
+            listed.query
+        );
+        listed.ok(&list("Pod", pods));
+        let status = expect(
             &mut api,
             Method::PATCH,
             &format!("{SUBLET}/storagegateways/s3/status"),
         )
-        .await
-        .ok(&echo_gw);
-        (yaml, hash)
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo_gw);
+        (yaml, hash, body)
     });
     run(
         Box::pin(super::gateway::reconcile(Arc::new(gw), ctx)),
         scenario,
     )
     .await
+}
+
+/// Issue 28: a PostgreSQL secretRef naming a missing Secret was never reported.
+#[tokio::test]
+async fn gateway_names_why_its_pods_do_not_start() {
+    let photos = serde_json::to_value(plan(
+        "photos",
+        "redundancy: {erasure: {dataShards: 2, parityShards: 1}}\nplacement: {pools: [{name: friends}]}",
+    ))
+    .unwrap();
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "s3-0", "namespace": NS},
+        "spec": {"containers": [{"name": "gateway"}]},
+        "status": {"containerStatuses": [{
+            "name": "gateway", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"db\" not found"}}
+        }]},
+    });
+    let (_, _, body) = reconcile_gateway_with_pods(vec![photos], vec![pod]).await;
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(
+        ready["message"],
+        "0 of 1 replicas ready; s3-0: CreateContainerConfigError: secret \"db\" not found"
+    );
 }
 
 #[tokio::test]

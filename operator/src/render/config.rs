@@ -101,32 +101,43 @@ pub fn bucket_secret_env(pool: &str, member: &str) -> String {
     format!("SUBLET_BUCKET_SECRET_{name}")
 }
 
-/// `pool` as a standalone gateway sees it: no `nodes`, and every in-cluster member the
-/// operator has an address for listed as an endpoint with its pinned node id and zone.
+/// `pool` as a standalone gateway sees it: every in-cluster member the operator has an
+/// address and a node id for listed as an endpoint with that node id pinned and its zone;
+/// `nodes` only while there is none (providers pending, which `sublet serve` places
+/// nothing on).
 pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
     let mut endpoints = pool.spec.endpoints.clone();
     if pool.spec.nodes.is_some()
         && let Some(status) = &pool.status
     {
         for member in &status.members {
-            if member.address.is_empty() || endpoints.iter().any(|e| e.name == member.name) {
+            // A provider is listed once it printed its node id: an endpoint without one
+            // would let any machine at that address pose as it.
+            if member.address.is_empty()
+                || member.node_id.is_empty()
+                || endpoints.iter().any(|e| e.name == member.name)
+            {
                 continue;
             }
             endpoints.push(Endpoint {
                 name: member.name.clone(),
                 address: member.address.clone(),
-                node_id: (!member.node_id.is_empty()).then(|| member.node_id.clone()),
+                node_id: Some(member.node_id.clone()),
                 zone: (!member.zone.is_empty()).then(|| member.zone.clone()),
                 owner: None,
             });
         }
     }
+    // Until one of its provider pods is identified an in-cluster pool keeps its `nodes`:
+    // the loader accepts it and so the plans placing there, and the gateway runs (placing
+    // nothing there yet) instead of waiting for every provider before it makes anything.
+    let nodes = pool.spec.nodes.clone().filter(|_| endpoints.is_empty());
     ProviderPool::new(
         &pool.name_any(),
         ProviderPoolSpec {
             class: pool.spec.class,
             owner: pool.spec.owner.clone(),
-            nodes: None,
+            nodes,
             endpoints,
             // A secretRef becomes the environment variable the pod gets it in.
             buckets: pool
@@ -198,25 +209,6 @@ pub fn select(
         .collect();
     let gateway = gateway.map(standalone_gateway);
     let mut excluded: BTreeMap<(String, String), String> = BTreeMap::new();
-    // An in-cluster pool whose provider pods have no address yet has nothing to offer; say
-    // so rather than let the loader ask for `nodes` or `endpoints`, which it has.
-    for pool in inventory.pools {
-        let name = pool.name_any();
-        if pool.spec.nodes.is_some()
-            && pool.spec.validate().is_empty()
-            && pools
-                .get(&name)
-                .is_some_and(|p| p.spec.endpoints.is_empty())
-        {
-            excluded.insert(
-                ("ProviderPool".into(), name.clone()),
-                format!(
-                    "status.members: no provider pod of the pool is running yet; check that nodes carry \
-                     the labels of spec.nodes.selector (kubectl get pods -l sublet.dev/pool={name})"
-                ),
-            );
-        }
-    }
     loop {
         let keep =
             |kind: &str, name: &String| !excluded.contains_key(&(kind.to_owned(), name.clone()));
@@ -390,6 +382,8 @@ mod tests {
                 pool_member("node-b", "https://10.0.0.2:7480", "bb", "attic", true),
                 // Not scheduled yet: no address, so not in the config.
                 pool_member("node-c", "", "", "", false),
+                // An address but no node id printed yet: never an unpinned endpoint.
+                pool_member("node-d", "https://10.0.0.4:7480", "", "cellar", false),
             ],
             ..Default::default()
         });
@@ -553,38 +547,48 @@ mod tests {
         assert_eq!(selection.pools.len(), 2);
     }
 
+    /// Issue 28: a pool whose providers were not ready yet was dropped from the config, its
+    /// plans with it, and the gateway made nothing.
     #[test]
-    fn pool_without_members_yet_is_left_out_with_its_plans() {
+    fn pool_whose_providers_are_pending_stays_with_its_plans() {
         let mut home = pool(
             "home-lab",
             "class: owned\nnodes: {selector: {}, storage: {hostPath: /x, capacity: 1Gi}}",
         );
-        home.status = None;
+        home.status = Some(sublet_crds::ProviderPoolStatus {
+            // Scheduled, but its node id not printed yet.
+            members: vec![pool_member(
+                "node-a",
+                "https://10.0.0.1:7480",
+                "",
+                "a",
+                false,
+            )],
+            ..Default::default()
+        });
         let plans = vec![plan(
             "p",
             "redundancy: {replicas: 1}\nplacement: {pools: [{name: home-lab}]}",
         )];
-        let selection = select(
+        let gw = gateway("s3", "defaultPlan: p");
+        let rendered = render_config(
+            &gw,
             Inventory {
                 pools: &[home],
                 plans: &plans,
                 schedules: &[],
             },
-            None,
         )
         .unwrap();
+        assert!(rendered.excluded.is_empty(), "{:?}", rendered.excluded);
+        let config = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
+        let home = &config.pools["home-lab"].spec;
         assert!(
-            selection
-                .reason("ProviderPool", "home-lab")
-                .unwrap()
-                .contains("no provider pod of the pool is running yet")
+            home.endpoints.is_empty(),
+            "never an endpoint without its node id"
         );
-        assert!(
-            selection
-                .reason("StoragePlan", "p")
-                .unwrap()
-                .contains("ProviderPool \"home-lab\" is left out of the config")
-        );
+        assert!(home.nodes.is_some(), "{}", rendered.yaml);
+        assert_eq!(config.plans.keys().collect::<Vec<_>>(), ["p"]);
     }
 
     #[test]

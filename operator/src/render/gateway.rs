@@ -336,6 +336,8 @@ pub fn gateway_objects(
         ]),
         readiness_probe: Some(probe(2, 10)),
         liveness_probe: Some(probe(15, 20)),
+        // Not a read-only root: SQLite puts its temporary files in /tmp.
+        security_context: Some(super::container_security(false)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), Quantity("250m".into())),
@@ -403,6 +405,9 @@ pub fn gateway_objects(
         }),
         spec: Some(PodSpec {
             automount_service_account_token: Some(false),
+            // The master key Secret is mounted 0400: readable by the image's user only
+            // through fsGroup.
+            security_context: Some(super::pod_security()),
             containers: vec![container],
             volumes: Some(volumes),
             ..PodSpec::default()
@@ -536,6 +541,20 @@ mod tests {
             .find(|e| e["name"] == "SUBLET_READ_ONLY_POLICIES")
             .expect("the gateway is told its policies are the operator's");
         assert_eq!(read_only["value"], "true");
+        // The image's user reads the 0400 master key through the pod's group, and the pod
+        // meets the `restricted` Pod Security Standard.
+        let pod = &template["spec"];
+        assert_eq!(pod["securityContext"]["fsGroup"], 10001);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(
+            c["securityContext"]["capabilities"]["drop"],
+            serde_json::json!(["ALL"])
+        );
         let volumes = &template["spec"]["volumes"];
         assert_eq!(volumes[0]["configMap"]["name"], "s3-config");
         assert_eq!(volumes[1]["secret"]["secretName"], "s3-master-key");

@@ -108,6 +108,7 @@ pub fn repair_job(
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
                     automount_service_account_token: Some(false),
+                    security_context: Some(super::pod_security()),
                     containers: vec![Container {
                         name: "repair".into(),
                         image: Some(images.gateway.clone()),
@@ -120,6 +121,7 @@ pub fn repair_job(
                             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
                         ]),
                         env: Some(env),
+                        security_context: Some(super::container_security(false)),
                         volume_mounts: Some(vec![VolumeMount {
                             name: "config".into(),
                             mount_path: CONFIG_DIR.into(),

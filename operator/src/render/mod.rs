@@ -8,6 +8,9 @@ pub mod provider;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{
+    Capabilities, PodSecurityContext, SeccompProfile, SecurityContext,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
@@ -41,6 +44,49 @@ pub const GATEWAY_ADMIN_PORT: i32 = 9001;
 /// The Secret holding the token gateways present to in-cluster providers (key `token`), one
 /// per namespace, created when missing.
 pub const PROVIDER_TOKEN_SECRET: &str = "sublet-provider-token";
+
+/// The user and group the image runs as (see the Dockerfile).
+pub const SUBLET_UID: i64 = 10001;
+
+/// The pod security context of every pod the operator makes: the image's user, Secrets and
+/// claims readable and writable through its group (a Secret mounted 0400 belongs to root
+/// otherwise, and the gateway could not read its master key), the runtime's default seccomp
+/// profile: what the `restricted` Pod Security Standard asks of a pod.
+pub fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_user: Some(SUBLET_UID),
+        run_as_group: Some(SUBLET_UID),
+        run_as_non_root: Some(true),
+        fs_group: Some(SUBLET_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The security context of every container running sublet: non-root, no privileges, no
+/// capabilities (the `restricted` Pod Security Standard); `read_only_root` when the program
+/// writes nowhere but its volumes.
+pub fn container_security(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(SUBLET_UID),
+        run_as_group: Some(SUBLET_UID),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(read_only_root),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
 
 /// Images and other settings of the pods the operator runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,15 +128,19 @@ pub fn selector(app: &str, instance: &str) -> BTreeMap<String, String> {
 }
 
 /// The controller owner reference to `owner`, so `kubectl delete` of the custom resource
-/// removes what was made for it.
+/// removes what was made for it; with `blockOwnerDeletion`, so a foreground deletion of the
+/// owner waits for it (kube's `controller_owner_ref` leaves that unset). Setting it needs
+/// `update` on the owner's `finalizers` subresource (operator/rbac.yaml grants it).
 pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Result<OwnerReference> {
-    owner
+    let mut reference = owner
         .controller_owner_ref(&())
         .ok_or_else(|| Error::MissingField {
             kind: kind_of::<K>(),
             name: owner.name_any(),
             field: "metadata.uid",
-        })
+        })?;
+    reference.block_owner_deletion = Some(true);
+    Ok(reference)
 }
 
 /// The namespace of `obj`, which every sublet kind has.
@@ -149,8 +199,18 @@ pub fn dns_label(text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_references_are_controllers_blocking_deletion() {
+        let pool = crate::testing::pool("home-lab", "class: owned\nendpoints: []");
+        let reference = owner_ref(&pool).unwrap();
+        assert_eq!(reference.kind, "ProviderPool");
+        assert_eq!(reference.controller, Some(true));
+        assert_eq!(reference.block_owner_deletion, Some(true));
+    }
 
     #[test]
     fn dns_labels() {

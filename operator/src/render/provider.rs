@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -30,23 +30,11 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Name of the init container that prints the provider's node id into its termination
 /// message, where the operator reads it.
 pub const IDENTITY_CONTAINER: &str = "identity";
-/// The user and group the image runs as (see the Dockerfile).
-pub const SUBLET_UID: i64 = 10001;
+pub use super::SUBLET_UID;
 
 /// Non-root, no privileges, nothing written outside the data volume.
 fn restricted() -> SecurityContext {
-    SecurityContext {
-        run_as_user: Some(SUBLET_UID),
-        run_as_group: Some(SUBLET_UID),
-        run_as_non_root: Some(true),
-        read_only_root_filesystem: Some(true),
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
-        ..SecurityContext::default()
-    }
+    super::container_security(true)
 }
 
 /// The workload running a pool's provider pods.
@@ -263,8 +251,10 @@ fn pod_template(
         env.extend(offer_env(offer)?);
     }
     // A hostPath the kubelet creates belongs to root; hand it to the image's user (only
-    // the directory: what is inside was written by that user already).
-    let data_owner = Container {
+    // the directory: what is inside was written by that user already). A claim needs no
+    // such step (fsGroup makes it the pod's), so claim pools meet the `restricted` Pod
+    // Security Standard; hostPath pools cannot (hostPath volumes are outside `baseline`).
+    let data_owner = host_volume.is_some().then(|| Container {
         name: "data-owner".into(),
         image: Some(images.provider.clone()),
         command: Some(vec![
@@ -282,10 +272,14 @@ fn pod_template(
                 drop: Some(vec!["ALL".into()]),
                 add: Some(vec!["CHOWN".into()]),
             }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
             ..SecurityContext::default()
         }),
         ..Container::default()
-    };
+    });
     let identity = Container {
         name: IDENTITY_CONTAINER.into(),
         image: Some(images.provider.clone()),
@@ -360,12 +354,13 @@ fn pod_template(
             automount_service_account_token: Some(false),
             // The provider finishes in-flight writes for up to 30 s after SIGTERM.
             termination_grace_period_seconds: Some(40),
-            // Claims are made writable for the group; hostPaths by the data-owner step.
+            // Claims are made writable for the group; hostPaths by the data-owner step, the
+            // one container running as root, so the pod cannot insist on non-root.
             security_context: Some(PodSecurityContext {
-                fs_group: Some(SUBLET_UID),
-                ..PodSecurityContext::default()
+                run_as_non_root: data_owner.is_none().then_some(true),
+                ..super::pod_security()
             }),
-            init_containers: Some(vec![data_owner, identity]),
+            init_containers: Some(data_owner.into_iter().chain([identity]).collect()),
             containers: vec![provider],
             volumes: host_volume.map(|v| vec![v]),
             ..PodSpec::default()
