@@ -99,6 +99,19 @@ for name, mode, offset, ln, length, flips in [
 ]:
     write("shard_file", name, bytes([mode]) + u32(offset) + u32(ln) + u32(length) + flips)
 
+# shard_file, raw mode with the checksum rewritten ([2]): a format-2 header (magic,
+# version, id length, length, stored_at, hash, id, checksum) and the data; the hash is not
+# the data's, so the store indexes it and every read refuses it.
+def shard_file(version, length, outboard):
+    sid = b"fuzz-shard"
+    header = (b"SUBLSHRD" + struct.pack("<HH", version, len(sid)) + u64(length) + u64(1700000000)
+              + bytes(range(32)) + sid)
+    return header + bytes(32) + bytes(length) + bytes(outboard)
+
+
+write("shard_file", "raw-format-2", b"\x02" + u32(0) + u32(0) + shard_file(2, 100, 0))
+write("shard_file", "raw-format-1", b"\x02" + u32(10) + u32(20) + shard_file(1, 100, 8))
+
 # journal_segment: [1] + one entry a line, as the gateway writes them.
 bucket = {"name": "photos", "created": 1700000000000, "defaultPlan": None, "versioning": "enabled"}
 layout = {"scheme": {"kind": "erasure", "data": 2, "parity": 1}, "encryption": {"kind": "none"},
