@@ -40,10 +40,16 @@ fuzz_target!(|text: &[u8]| {
     // The human forms of sizes and durations: what they print parses back to the same.
     if let Ok(size) = ByteSize::parse(text) {
         let printed = ByteSize::from_bytes(size.bytes()).to_string();
-        assert_eq!(ByteSize::parse(&printed).map(|s| s.bytes()).ok(), Some(size.bytes()));
+        assert_eq!(
+            ByteSize::parse(&printed).map(|s| s.bytes()).ok(),
+            Some(size.bytes())
+        );
     }
     if let Ok(d) = Duration::parse(text) {
         let printed = Duration::from_secs(d.as_secs()).to_string();
-        assert_eq!(Duration::parse(&printed).map(|d| d.as_secs()).ok(), Some(d.as_secs()));
+        assert_eq!(
+            Duration::parse(&printed).map(|d| d.as_secs()).ok(),
+            Some(d.as_secs())
+        );
     }
 });

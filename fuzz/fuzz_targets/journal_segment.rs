@@ -21,7 +21,10 @@ fuzz_target!(|input: &[u8]| {
     };
     let master = MasterKey::from_bytes(&[7; 32]);
     if mode & 1 == 0 {
-        assert!(open_segment(&master, ID, rest).is_err(), "a forged segment opened");
+        assert!(
+            open_segment(&master, ID, rest).is_err(),
+            "a forged segment opened"
+        );
         return;
     }
     let lines: Vec<Vec<u8>> = rest

@@ -144,7 +144,10 @@ async fn register(app: &axum::Router, signer: &Signer, role: Role, now: i64) -> 
     let (_, answer) = send(app, "POST", "/v1/challenges", body.into(), None, now)
         .await
         .expect("a challenge");
-    let challenge = answer["challenge"].as_str().expect("a challenge").to_owned();
+    let challenge = answer["challenge"]
+        .as_str()
+        .expect("a challenge")
+        .to_owned();
     let registration: Registration = signer.registration(&challenge, role, "fuzz");
     let body = serde_json::to_vec(&registration).expect("a registration");
     let (status, party) = send(app, "POST", "/v1/parties", body, None, now)
@@ -179,12 +182,14 @@ async fn run(input: &[u8]) {
         let len = usize::from(*len).min(tail.len());
         let (body, tail) = tail.split_at(len);
         rest = tail;
-        let now = clock.fetch_add(i64::from(*hours) * 3600, Ordering::SeqCst) + i64::from(*hours) * 3600;
+        let now =
+            clock.fetch_add(i64::from(*hours) * 3600, Ordering::SeqCst) + i64::from(*hours) * 3600;
         let (method, path) = ROUTES[usize::from(*route) % ROUTES.len()];
         let body = seen.fill(&String::from_utf8_lossy(body));
         let path = seen.fill(&path.replace("$B", &body));
         let signer = keys.get(usize::from(*sender % 4));
-        let Some((status, answer)) = send(&app, method, &path, body.into_bytes(), signer, now).await
+        let Some((status, answer)) =
+            send(&app, method, &path, body.into_bytes(), signer, now).await
         else {
             continue;
         };
@@ -196,7 +201,11 @@ async fn run(input: &[u8]) {
         let (_, books) = send(&app, "GET", "/v1/ledger", Vec::new(), None, now)
             .await
             .expect("the ledger");
-        assert_eq!(books["balanced"], serde_json::Value::Bool(true), "after {method} {path}: {books}");
+        assert_eq!(
+            books["balanced"],
+            serde_json::Value::Bool(true),
+            "after {method} {path}: {books}"
+        );
     }
 }
 

@@ -9,8 +9,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use sublet_market_api::identity::{
-    RequestSignature, Signer, canonical_request, check_headers, decode_public_key,
-    verify_signature,
+    RequestSignature, Signer, canonical_request, check_headers, decode_public_key, verify_signature,
 };
 
 const WINDOW: i64 = 300;
@@ -46,7 +45,10 @@ fuzz_target!(|input: &[u8]| {
 
     // As the sender wrote them.
     if let Ok((_, timestamp, nonce, signature)) = check_headers(&sig, now, WINDOW) {
-        assert!(timestamp.abs_diff(now) <= WINDOW.unsigned_abs(), "{timestamp} passed at {now}");
+        assert!(
+            timestamp.abs_diff(now) <= WINDOW.unsigned_abs(),
+            "{timestamp} passed at {now}"
+        );
         let canonical = canonical_request(&method, &path, timestamp, nonce, body.as_bytes());
         let _ = verify_signature(public, canonical.as_bytes(), signature);
     }
@@ -74,6 +76,12 @@ fuzz_target!(|input: &[u8]| {
     let other_body = format!("{body}x");
     let forged = canonical_request(&method, &path, timestamp, nonce, other_body.as_bytes());
     assert!(verify_signature(public, forged.as_bytes(), signature).is_err());
-    let forged = canonical_request(&method, &format!("{path}/"), timestamp, nonce, body.as_bytes());
+    let forged = canonical_request(
+        &method,
+        &format!("{path}/"),
+        timestamp,
+        nonce,
+        body.as_bytes(),
+    );
     assert!(verify_signature(public, forged.as_bytes(), signature).is_err());
 });

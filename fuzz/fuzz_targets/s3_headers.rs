@@ -19,13 +19,19 @@ fuzz_target!(|input: &[u8]| {
     if let Ok(range) = Range::parse(text)
         && let Ok(r) = range.check(size)
     {
-        assert!(r.start <= r.end && r.end <= size, "{text:?} of {size}: {r:?}");
+        assert!(
+            r.start <= r.end && r.end <= size,
+            "{text:?} of {size}: {r:?}"
+        );
         if size > 0 {
             assert!(r.start < r.end, "{text:?} of {size}: empty {r:?}");
         }
     }
     if let Some(r) = copy_source_range(text, size) {
-        assert!(r.start < r.end && r.end <= size, "{text:?} of {size}: {r:?}");
+        assert!(
+            r.start < r.end && r.end <= size,
+            "{text:?} of {size}: {r:?}"
+        );
     }
     if let Ok(CopySource::Bucket { bucket, key, .. }) = CopySource::parse(text) {
         let _ = (bucket.len(), key.len());

@@ -28,7 +28,9 @@ fn data_dir() -> &'static PathBuf {
     DIR.get_or_init(|| {
         let shm = std::path::Path::new("/dev/shm");
         let dir = if shm.is_dir() {
-            tempfile::Builder::new().prefix("sublet-fuzz-").tempdir_in(shm)
+            tempfile::Builder::new()
+                .prefix("sublet-fuzz-")
+                .tempdir_in(shm)
         } else {
             tempfile::tempdir()
         }
@@ -54,7 +56,11 @@ fn read_all(store: &Store) -> Option<Vec<u8>> {
         let chunk = reader.next_chunk(sublet_provider::CHUNK_SIZE).ok()?;
         out.extend_from_slice(&chunk);
     }
-    assert_eq!(out.len() as u64, meta.length, "a whole read of the wrong length");
+    assert_eq!(
+        out.len() as u64,
+        meta.length,
+        "a whole read of the wrong length"
+    );
     assert_eq!(
         *blake3::hash(&out).as_bytes(),
         meta.hash,
@@ -132,7 +138,11 @@ fuzz_target!(|input: &[u8]| {
             } else {
                 offset.saturating_add(len).min(meta.length) as usize
             };
-            assert_eq!(range, whole[start..end], "a ranged read differs from the shard");
+            assert_eq!(
+                range,
+                whole[start..end],
+                "a ranged read differs from the shard"
+            );
         }
     }
     let audit_len = len.min(MAX_AUDIT_LEN);

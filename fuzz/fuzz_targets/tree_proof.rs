@@ -72,10 +72,17 @@ fn hostile(input: &[u8]) {
     let len = u64_at(input, 41) % (sublet_provider::store::MAX_AUDIT_LEN + 1);
     let proof = &input[49..];
     if let Ok(bytes) = verify_audit(proof, format, offset, len, &hash) {
-        assert!(bytes.len() as u64 <= len, "{} bytes proven for {len}", bytes.len());
+        assert!(
+            bytes.len() as u64 <= len,
+            "{} bytes proven for {len}",
+            bytes.len()
+        );
     }
     if let Ok((bytes, length)) = tree::verify(proof, hash, offset, len) {
-        let expected = offset.saturating_add(len).min(length).saturating_sub(offset);
+        let expected = offset
+            .saturating_add(len)
+            .min(length)
+            .saturating_sub(offset);
         assert_eq!(bytes.len() as u64, expected);
     }
 }
@@ -104,7 +111,11 @@ fn honest(input: &[u8]) {
     }
     let root = encoder.finalize().expect("every byte was given");
     outboard.extend(encoder.take_outboard());
-    assert_eq!(root, *blake3::hash(&data).as_bytes(), "the tree's root is not BLAKE3");
+    assert_eq!(
+        root,
+        *blake3::hash(&data).as_bytes(),
+        "the tree's root is not BLAKE3"
+    );
     assert_eq!(outboard.len() as u64, tree::outboard_len(length));
 
     let source = Mem {
