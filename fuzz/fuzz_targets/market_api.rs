@@ -1,4 +1,5 @@
-//! The market's HTTP API driven in-process (`api::router` over an in-memory market): request
+//! The market's HTTP API driven in-process (`api::router` over an in-memory market taking
+//! manual deposits, as `--manual-deposits` does): request
 //! bodies, query strings and signatures are the senders'. Each input is a fresh market with
 //! a provider, a demander and an arbiter registered, then a run of requests, each
 //! `[route, sender, hours to let pass, body length, body...]`. In bodies and paths, `$P`,
@@ -165,7 +166,7 @@ async fn run(input: &[u8]) {
         ..Policy::default()
     };
     let time = Arc::clone(&clock);
-    let market = Market::in_memory(policy, None)
+    let market = Market::in_memory(policy, Some(Arc::new(sublet_market::rail::ManualRail)))
         .expect("an in-memory market")
         .with_clock(move || time.load(Ordering::SeqCst));
     let app = sublet_market::api::router(Arc::new(market));

@@ -288,7 +288,10 @@ mod tests {
             assert_eq!(got, ts);
         }
         for ts in [now - 301, now + 301, 0] {
-            assert!(check_headers(&headers(&ts.to_string()), now, 300).is_err(), "{ts}");
+            assert!(
+                check_headers(&headers(&ts.to_string()), now, 300).is_err(),
+                "{ts}"
+            );
         }
     }
 
@@ -300,7 +303,10 @@ mod tests {
         for now in [0, 1, 1_700_000_000, i64::MAX] {
             for ts in [i64::MIN, i64::MIN + now.max(0), i64::MIN + 1] {
                 let err = check_headers(&headers(&ts.to_string()), now, 300).unwrap_err();
-                assert!(err.to_string().contains("from the server clock"), "{ts} at {now}: {err}");
+                assert!(
+                    err.to_string().contains("from the server clock"),
+                    "{ts} at {now}: {err}"
+                );
             }
         }
     }

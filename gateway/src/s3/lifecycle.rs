@@ -120,9 +120,7 @@ pub fn rules_from_s3(
                 .storage_class
                 .as_ref()
                 .map(|c| c.as_str().to_string())
-                .ok_or_else(|| {
-                    invalid(format!("rule {id}: a Transition needs a StorageClass"))
-                })?;
+                .ok_or_else(|| invalid(format!("rule {id}: a Transition needs a StorageClass")))?;
             if !plan_exists(&class) {
                 return Err(S3Error::with_message(
                     S3ErrorCode::InvalidStorageClass,

@@ -110,7 +110,9 @@ impl Header {
 /// match the header as it stands, when the file is long enough to hold one. The `shard_file`
 /// fuzz target's entry: a mutated header then reaches the checks after the checksum.
 pub fn reseal_header(file: &mut [u8]) {
-    let Some(id_len) = file.get(10..12).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+    let Some(id_len) = file
+        .get(10..12)
+        .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
     else {
         return;
     };
