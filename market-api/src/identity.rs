@@ -279,6 +279,15 @@ mod tests {
         }
     }
 
+    fn headers(timestamp: &str) -> RequestSignature {
+        RequestSignature {
+            party: Some("0123456789abcdef0123456789abcdef".into()),
+            timestamp: Some(timestamp.into()),
+            nonce: Some("0123456789abcdef".into()),
+            signature: Some("AAAA".into()),
+        }
+    }
+
     #[test]
     fn timestamps_at_the_ends_of_the_range_are_refused_without_overflow() {
         let now = 1_800_000_000;
@@ -289,6 +298,37 @@ mod tests {
                 err.to_string().contains("from the server clock"),
                 "{far}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn timestamps_inside_the_window_pass() {
+        let now = 1_700_000_000;
+        for ts in [now, now - 300, now + 300] {
+            let (_, got, _, _) = check_headers(&headers(&ts.to_string()), now, 300).unwrap();
+            assert_eq!(got, ts);
+        }
+        for ts in [now - 301, now + 301, 0] {
+            assert!(
+                check_headers(&headers(&ts.to_string()), now, 300).is_err(),
+                "{ts}"
+            );
+        }
+    }
+
+    /// Found writing the `market_signature` fuzz target: `(timestamp - now).abs()` overflowed for a
+    /// timestamp near i64::MIN (a panic with overflow checks; without them `abs` of i64::MIN
+    /// stayed negative and the request passed the window).
+    #[test]
+    fn timestamps_far_in_the_past_are_refused_not_overflowed() {
+        for now in [0, 1, 1_700_000_000, i64::MAX] {
+            for ts in [i64::MIN, i64::MIN + now.max(0), i64::MIN + 1] {
+                let err = check_headers(&headers(&ts.to_string()), now, 300).unwrap_err();
+                assert!(
+                    err.to_string().contains("from the server clock"),
+                    "{ts} at {now}: {err}"
+                );
+            }
         }
     }
 }

@@ -30,118 +30,121 @@ fn days(value: Option<i32>, field: &str, id: &str) -> S3Result<Option<u32>> {
     }
 }
 
-impl Gateway {
-    /// The S3 rules as the engine's, refusing what sublet cannot honour.
-    fn rules_from_s3(&self, rules: Vec<dto::LifecycleRule>) -> S3Result<Vec<Rule>> {
-        if rules.is_empty() {
-            return Err(S3Error::with_message(
-                S3ErrorCode::MalformedXML,
-                "a lifecycle configuration needs at least one rule",
-            ));
-        }
-        let mut out: Vec<Rule> = Vec::with_capacity(rules.len());
-        for (i, r) in rules.into_iter().enumerate() {
-            let id = r.id.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
-            if out.iter().any(|o| o.id == id) {
-                return Err(invalid(format!("rule id {id} is used twice")));
-            }
-            let enabled = match r.status.as_str() {
-                dto::ExpirationStatus::ENABLED => true,
-                dto::ExpirationStatus::DISABLED => false,
-                other => {
-                    return Err(invalid(format!(
-                        "rule {id}: Status must be Enabled or Disabled, not {other:?}"
-                    )));
-                }
-            };
-            let mut prefix = r.prefix.clone().unwrap_or_default();
-            if let Some(f) = &r.filter {
-                if f.tag.is_some() || f.and.is_some() {
-                    return Err(not_implemented("tag or And filters"));
-                }
-                if f.object_size_greater_than.is_some() || f.object_size_less_than.is_some() {
-                    return Err(not_implemented("object size filters"));
-                }
-                if let Some(p) = &f.prefix {
-                    prefix.clone_from(p);
-                }
-            }
-            let mut rule = Rule {
-                id: id.clone(),
-                enabled,
-                prefix,
-                ..Rule::default()
-            };
-            if let Some(e) = &r.expiration {
-                if e.date.is_some() {
-                    return Err(not_implemented("an expiration Date"));
-                }
-                rule.expiration_days = days(e.days, "Expiration Days", &id)?;
-                rule.expired_object_delete_marker = e.expired_object_delete_marker == Some(true);
-            }
-            if let Some(n) = &r.noncurrent_version_expiration {
-                if n.newer_noncurrent_versions.is_some() {
-                    return Err(not_implemented("NewerNoncurrentVersions"));
-                }
-                rule.noncurrent_days = days(
-                    n.noncurrent_days,
-                    "NoncurrentVersionExpiration NoncurrentDays",
-                    &id,
-                )?;
-            }
-            if let Some(a) = &r.abort_incomplete_multipart_upload {
-                rule.abort_incomplete_days = days(
-                    a.days_after_initiation,
-                    "AbortIncompleteMultipartUpload DaysAfterInitiation",
-                    &id,
-                )?;
-            }
-            if r.noncurrent_version_transitions
-                .as_ref()
-                .is_some_and(|t| !t.is_empty())
-            {
-                return Err(not_implemented("NoncurrentVersionTransitions"));
-            }
-            let transitions = r.transitions.unwrap_or_default();
-            if transitions.len() > 1 {
-                return Err(not_implemented("more than one Transition per rule"));
-            }
-            if let Some(t) = transitions.into_iter().next() {
-                if t.date.is_some() {
-                    return Err(not_implemented("a transition Date"));
-                }
-                let after = days(t.days, "Transition Days", &id)?
-                    .ok_or_else(|| invalid(format!("rule {id}: a Transition needs Days")))?;
-                let class = t
-                    .storage_class
-                    .as_ref()
-                    .map(|c| c.as_str().to_string())
-                    .ok_or_else(|| {
-                        invalid(format!("rule {id}: a Transition needs a StorageClass"))
-                    })?;
-                if self.plan(&class).is_none() {
-                    return Err(S3Error::with_message(
-                        S3ErrorCode::InvalidStorageClass,
-                        format!(
-                            "rule {id}: no storage plan named {class:?} (storage classes are plan names)"
-                        ),
-                    ));
-                }
-                rule.transition = Some((after, class));
-            }
-            if rule.expiration_days.is_none()
-                && !rule.expired_object_delete_marker
-                && rule.noncurrent_days.is_none()
-                && rule.abort_incomplete_days.is_none()
-                && rule.transition.is_none()
-            {
-                return Err(invalid(format!("rule {id} has no action")));
-            }
-            out.push(rule);
-        }
-        Ok(out)
+/// The S3 rules of a PutBucketLifecycleConfiguration as the engine's, refusing what sublet
+/// cannot honour; `plan_exists` says whether a transition's storage class names a plan.
+/// (Also the `s3_xml` fuzz target's entry.)
+pub fn rules_from_s3(
+    rules: Vec<dto::LifecycleRule>,
+    plan_exists: impl Fn(&str) -> bool,
+) -> S3Result<Vec<Rule>> {
+    if rules.is_empty() {
+        return Err(S3Error::with_message(
+            S3ErrorCode::MalformedXML,
+            "a lifecycle configuration needs at least one rule",
+        ));
     }
+    let mut out: Vec<Rule> = Vec::with_capacity(rules.len());
+    for (i, r) in rules.into_iter().enumerate() {
+        let id = r.id.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
+        if out.iter().any(|o| o.id == id) {
+            return Err(invalid(format!("rule id {id} is used twice")));
+        }
+        let enabled = match r.status.as_str() {
+            dto::ExpirationStatus::ENABLED => true,
+            dto::ExpirationStatus::DISABLED => false,
+            other => {
+                return Err(invalid(format!(
+                    "rule {id}: Status must be Enabled or Disabled, not {other:?}"
+                )));
+            }
+        };
+        let mut prefix = r.prefix.clone().unwrap_or_default();
+        if let Some(f) = &r.filter {
+            if f.tag.is_some() || f.and.is_some() {
+                return Err(not_implemented("tag or And filters"));
+            }
+            if f.object_size_greater_than.is_some() || f.object_size_less_than.is_some() {
+                return Err(not_implemented("object size filters"));
+            }
+            if let Some(p) = &f.prefix {
+                prefix.clone_from(p);
+            }
+        }
+        let mut rule = Rule {
+            id: id.clone(),
+            enabled,
+            prefix,
+            ..Rule::default()
+        };
+        if let Some(e) = &r.expiration {
+            if e.date.is_some() {
+                return Err(not_implemented("an expiration Date"));
+            }
+            rule.expiration_days = days(e.days, "Expiration Days", &id)?;
+            rule.expired_object_delete_marker = e.expired_object_delete_marker == Some(true);
+        }
+        if let Some(n) = &r.noncurrent_version_expiration {
+            if n.newer_noncurrent_versions.is_some() {
+                return Err(not_implemented("NewerNoncurrentVersions"));
+            }
+            rule.noncurrent_days = days(
+                n.noncurrent_days,
+                "NoncurrentVersionExpiration NoncurrentDays",
+                &id,
+            )?;
+        }
+        if let Some(a) = &r.abort_incomplete_multipart_upload {
+            rule.abort_incomplete_days = days(
+                a.days_after_initiation,
+                "AbortIncompleteMultipartUpload DaysAfterInitiation",
+                &id,
+            )?;
+        }
+        if r.noncurrent_version_transitions
+            .as_ref()
+            .is_some_and(|t| !t.is_empty())
+        {
+            return Err(not_implemented("NoncurrentVersionTransitions"));
+        }
+        let transitions = r.transitions.unwrap_or_default();
+        if transitions.len() > 1 {
+            return Err(not_implemented("more than one Transition per rule"));
+        }
+        if let Some(t) = transitions.into_iter().next() {
+            if t.date.is_some() {
+                return Err(not_implemented("a transition Date"));
+            }
+            let after = days(t.days, "Transition Days", &id)?
+                .ok_or_else(|| invalid(format!("rule {id}: a Transition needs Days")))?;
+            let class = t
+                .storage_class
+                .as_ref()
+                .map(|c| c.as_str().to_string())
+                .ok_or_else(|| invalid(format!("rule {id}: a Transition needs a StorageClass")))?;
+            if !plan_exists(&class) {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidStorageClass,
+                    format!(
+                        "rule {id}: no storage plan named {class:?} (storage classes are plan names)"
+                    ),
+                ));
+            }
+            rule.transition = Some((after, class));
+        }
+        if rule.expiration_days.is_none()
+            && !rule.expired_object_delete_marker
+            && rule.noncurrent_days.is_none()
+            && rule.abort_incomplete_days.is_none()
+            && rule.transition.is_none()
+        {
+            return Err(invalid(format!("rule {id} has no action")));
+        }
+        out.push(rule);
+    }
+    Ok(out)
+}
 
+impl Gateway {
     pub(super) async fn do_put_bucket_lifecycle_configuration(
         &self,
         req: S3Request<dto::PutBucketLifecycleConfigurationInput>,
@@ -152,7 +155,7 @@ impl Gateway {
             .lifecycle_configuration
             .map(|c| c.rules)
             .unwrap_or_default();
-        let rules = self.rules_from_s3(rules)?;
+        let rules = rules_from_s3(rules, |class| self.plan(class).is_some())?;
         let json = serde_json::to_string(&rules).map_err(|e| internal(e.to_string()))?;
         let bucket = input.bucket.clone();
         self.meta(move |m| m.set_lifecycle(&bucket, Some(&json)))

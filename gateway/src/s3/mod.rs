@@ -13,7 +13,8 @@ mod list;
 mod multipart;
 mod put;
 
-pub use multipart::MIN_PART_SIZE;
+pub use lifecycle::rules_from_s3;
+pub use multipart::{MIN_PART_SIZE, copy_source_range};
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};

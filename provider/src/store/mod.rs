@@ -33,7 +33,7 @@ mod upgrade;
 mod write;
 
 pub use audit::{AuditProof, MAX_AUDIT_LEN};
-pub use format::{MAX_ID_LEN, MAX_SHARD_LEN, check_shard_length, validate_shard_id};
+pub use format::{MAX_ID_LEN, MAX_SHARD_LEN, check_shard_length, reseal_header, validate_shard_id};
 pub use index::{TENANT_PREFIX, TenantUsage, namespace_of};
 pub use read::{ShardReader, WHOLE_READ_MAX};
 pub use upgrade::UpgradeReport;

@@ -25,7 +25,7 @@ mod segment;
 mod store;
 
 pub use replay::{Replayed, apply, replay};
-pub use segment::{list_segments, open_segment, segment_prefix, trim};
+pub use segment::{list_segments, open_segment, seal_segment, segment_prefix, trim};
 pub use store::JournaledStore;
 
 use std::collections::BTreeMap;

@@ -35,31 +35,41 @@ pub fn segment_prefix(installation: &str) -> String {
 impl Journal {
     /// Seals entries (JSON each) into a segment named `id`.
     pub(super) fn seal(&self, id: &str, entries: &[Vec<u8>]) -> std::result::Result<Bytes, String> {
-        let mut body = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 64);
-        body.extend_from_slice(b"{\"id\":");
-        body.extend_from_slice(&serde_json::to_vec(id).map_err(|e| e.to_string())?);
-        body.extend_from_slice(b",\"entries\":[");
-        for (i, e) in entries.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(e);
-        }
-        body.extend_from_slice(b"]}");
-        let (key, wrapped) = self.master.new_data_key().map_err(|e| e.to_string())?;
-        let nonce_prefix = DataKey::new_nonce_prefix().map_err(|e| e.to_string())?;
-        key.seal(&nonce_prefix, 0, &mut body)
-            .map_err(|e| e.to_string())?;
-        let wrapped_len = u16::try_from(wrapped.len()).map_err(|e| e.to_string())?;
-        let mut out =
-            Vec::with_capacity(MAGIC.len() + 2 + wrapped.len() + NONCE_PREFIX_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&wrapped_len.to_be_bytes());
-        out.extend_from_slice(&wrapped);
-        out.extend_from_slice(&nonce_prefix);
-        out.extend_from_slice(&body);
-        Ok(Bytes::from(out))
+        seal_segment(&self.master, id, entries)
     }
+}
+
+/// Seals entries (JSON each) into a segment named `id`, as [`open_segment`] reads it. (Also
+/// the `journal_segment` fuzz target's entry, which seals what it opens.)
+pub fn seal_segment(
+    master: &MasterKey,
+    id: &str,
+    entries: &[Vec<u8>],
+) -> std::result::Result<Bytes, String> {
+    let mut body = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 64);
+    body.extend_from_slice(b"{\"id\":");
+    body.extend_from_slice(&serde_json::to_vec(id).map_err(|e| e.to_string())?);
+    body.extend_from_slice(b",\"entries\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e);
+    }
+    body.extend_from_slice(b"]}");
+    let (key, wrapped) = master.new_data_key().map_err(|e| e.to_string())?;
+    let nonce_prefix = DataKey::new_nonce_prefix().map_err(|e| e.to_string())?;
+    key.seal(&nonce_prefix, 0, &mut body)
+        .map_err(|e| e.to_string())?;
+    let wrapped_len = u16::try_from(wrapped.len()).map_err(|e| e.to_string())?;
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + 2 + wrapped.len() + NONCE_PREFIX_LEN + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&wrapped_len.to_be_bytes());
+    out.extend_from_slice(&wrapped);
+    out.extend_from_slice(&nonce_prefix);
+    out.extend_from_slice(&body);
+    Ok(Bytes::from(out))
 }
 
 /// Opens a segment read back from a provider: checks its format, decrypts it with the
