@@ -133,11 +133,13 @@ entries = [
 write("journal_segment", "entries", b"\x01" + "\n".join(json.dumps(e) for e in entries).encode())
 write("journal_segment", "forged", b"\x00SJL1\x00\x04abcd" + bytes(28))
 
-# snapshot_manifest: a manifest as store_snapshot writes it.
-write("snapshot_manifest", "manifest", json.dumps({"created": 1700000000000, "size": 5, "blake3": "ab" * 32,
-      "plan": "default", "layout": layout, "journalCut": "000001700000000-0000000007"}))
-write("snapshot_manifest", "multipart", json.dumps({"created": 1, "size": 10, "blake3": "cd" * 32, "plan": "p",
-      "layout": {**layout, "segments": [], "parts": [layout, layout]}}))
+# snapshot_manifest: mode byte (odd: seal this JSON, even: a hostile blob), then a manifest as
+# store_snapshot writes it before sealing.
+write("snapshot_manifest", "manifest", b"\x01" + json.dumps({"created": 1700000000000, "size": 5, "blake3": "ab" * 32,
+      "plan": "default", "layout": layout, "journalCut": "000001700000000-0000000007"}).encode())
+write("snapshot_manifest", "multipart", b"\x01" + json.dumps({"created": 1, "size": 10, "blake3": "cd" * 32, "plan": "p",
+      "layout": {**layout, "segments": [], "parts": [layout, layout]}}).encode())
+write("snapshot_manifest", "hostile", b"\x00" + b"\x00" * 12 + b"not sealed by the master key")
 
 # market_signature: server clock, then method, path, party, timestamp, nonce, signature, body.
 write("market_signature", "signed", u64(1700000000) + b"POST\n/v1/offers\n0123456789abcdef0123456789abcdef\n1700000000\n0123456789abcdef0123456789abcdef\nAAAA\n{\"capacity_bytes\": 1}")
