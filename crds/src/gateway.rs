@@ -361,6 +361,11 @@ pub struct GatewayCredential {
     /// Buckets this key may use and how; every bucket with read and write when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<BucketGrant>,
+    /// Whether this key may remove or shorten GOVERNANCE object lock retention (with the
+    /// `x-amz-bypass-governance-retention: true` header, in buckets it may write). Off by
+    /// default; COMPLIANCE retention and legal holds bind every key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bypass_governance: bool,
 }
 
 /// Access to one bucket.

@@ -82,6 +82,7 @@ fn meta_err_code(e: &MetaError) -> S3ErrorCode {
         MetaError::PartChanged { .. } => S3ErrorCode::InvalidPart,
         MetaError::PreconditionFailed { .. } => S3ErrorCode::PreconditionFailed,
         MetaError::NoSuchKey { .. } => S3ErrorCode::NoSuchKey,
+        MetaError::ObjectLocked { .. } => S3ErrorCode::AccessDenied,
         MetaError::Store(_) => S3ErrorCode::InternalError,
     }
 }

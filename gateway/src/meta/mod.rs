@@ -6,6 +6,7 @@ pub mod journal;
 
 mod copy;
 mod listing;
+pub mod lock;
 mod postgres;
 pub(crate) mod probe;
 mod queue;
@@ -56,6 +57,14 @@ pub enum MetaError {
     /// A write conditional on an existing object (If-Match) found none.
     #[error("object {key} in bucket {bucket} does not exist, so no ETag can match")]
     NoSuchKey { bucket: String, key: String },
+    /// Object lock keeps the version (legal hold or retention running).
+    #[error("version {version_id} of {key} in bucket {bucket} is locked: {reason}")]
+    ObjectLocked {
+        bucket: String,
+        key: String,
+        version_id: String,
+        reason: lock::Locked,
+    },
     #[error("metadata store: {0}")]
     Store(String),
 }
@@ -147,6 +156,9 @@ pub struct ObjectAttrs {
     /// The multipart upload this version completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
+    /// Object lock: retention and legal hold ([`lock`]).
+    #[serde(skip_serializing_if = "lock::ObjectLock::is_none")]
+    pub lock: lock::ObjectLock,
 }
 
 impl ObjectAttrs {
@@ -593,6 +605,22 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn set_lifecycle(&self, bucket: &str, rules: Option<&str>) -> Result<()>;
     /// A bucket's lifecycle rules as stored by [`MetadataStore::set_lifecycle`].
     fn lifecycle(&self, bucket: &str) -> Result<Option<String>>;
+    /// Enables object lock on a bucket, or changes its configuration (JSON of
+    /// [`lock::BucketLock`]); there is no way back. Fails with `NoSuchBucket`.
+    fn set_bucket_lock(&self, bucket: &str, config: &str) -> Result<()>;
+    /// A bucket's object lock configuration as stored by
+    /// [`MetadataStore::set_bucket_lock`]; `None`: object lock is not enabled.
+    fn bucket_lock(&self, bucket: &str) -> Result<Option<String>>;
+    /// Sets the lock of one version if it is still `expected`, keeping every other
+    /// attribute; `false` (nothing changed) when the version is gone or its lock changed.
+    fn set_version_lock(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        expected: &lock::ObjectLock,
+        new: &lock::ObjectLock,
+    ) -> Result<bool>;
     /// Moves `current` to another plan: in one transaction, if the version still has
     /// exactly `current`'s layout (no concurrent overwrite, repair or delete), gives it
     /// `plan` and `layout` and returns true; otherwise changes nothing and returns false.

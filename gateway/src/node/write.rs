@@ -367,43 +367,92 @@ pub struct Deleted {
 }
 
 impl Node {
-    /// Deletes a version for good (with `version_id`), or the key: unversioned
-    /// buckets drop the object, versioned ones stack a delete marker ("null"
-    /// while suspended, replacing the null version). Deleting what is missing
-    /// succeeds, as in S3.
+    /// Removes one version for good, unless object lock keeps it: the one way any version
+    /// leaves the metadata (S3 deletes, lifecycle expiry). `bypass` = the caller may and
+    /// asked to bypass GOVERNANCE retention; a legal hold or COMPLIANCE retention keeps the
+    /// version from everyone. Returns the version removed (`None`: there was none).
+    pub async fn remove_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        bypass: bool,
+    ) -> Result<Option<ObjectVersion>> {
+        let (b, k, id) = (bucket.to_owned(), key.to_owned(), version_id.to_owned());
+        let removed = self
+            .meta(move |m| {
+                let Some(v) = m.version(&b, &k, Some(&id))? else {
+                    return Ok(None);
+                };
+                if let Err(reason) = v.attrs.lock.check_removal(now_ms(), bypass) {
+                    return Err(meta::MetaError::ObjectLocked {
+                        bucket: b,
+                        key: k,
+                        version_id: id,
+                        reason,
+                    });
+                }
+                m.delete_version(&b, &k, &id)
+            })
+            .await?;
+        self.free_removed(removed.as_ref()).await;
+        Ok(removed)
+    }
+
+    /// Deletes a version for good (with `version_id`, subject to object lock: see
+    /// [`Node::remove_version`]), or the key: unversioned buckets drop the object,
+    /// versioned ones stack a delete marker ("null" while suspended, replacing the null
+    /// version). Deleting what is missing succeeds, as in S3.
     pub async fn delete_key(
         &self,
         bucket: &meta::Bucket,
         key: &str,
         version_id: Option<&str>,
+        bypass_governance: bool,
     ) -> Result<Deleted> {
         let (b, k) = (bucket.name.clone(), key.to_string());
         let marker_id = match (version_id, bucket.versioning) {
             (Some(id), _) => {
-                let id = id.to_string();
-                let removed = self.meta(move |m| m.delete_version(&b, &k, &id)).await?;
+                let removed = self
+                    .remove_version(&bucket.name, key, id, bypass_governance)
+                    .await?;
                 let delete_marker = removed.as_ref().is_some_and(|v| v.delete_marker);
-                self.free_removed(removed.as_ref()).await;
                 return Ok(Deleted {
                     version_id: version_id.map(str::to_string),
                     delete_marker,
                 });
             }
             (None, Versioning::Unversioned) => {
-                let removed = self
-                    .meta(move |m| match m.version(&b, &k, None)? {
-                        Some(latest) => m.delete_version(&b, &k, &latest.version_id),
-                        None => Ok(None),
-                    })
-                    .await?;
-                self.free_removed(removed.as_ref()).await;
+                let latest = self.meta(move |m| m.version(&b, &k, None)).await?;
+                if let Some(latest) = latest {
+                    self.remove_version(&bucket.name, key, &latest.version_id, bypass_governance)
+                        .await?;
+                }
                 return Ok(Deleted {
                     version_id: None,
                     delete_marker: false,
                 });
             }
             (None, Versioning::Enabled) => random_uid(),
-            (None, Versioning::Suspended) => NULL_VERSION.to_string(),
+            (None, Versioning::Suspended) => {
+                // The marker replaces the null version, which object lock may keep.
+                let (b, k) = (bucket.name.clone(), key.to_string());
+                let null = self
+                    .meta(move |m| m.version(&b, &k, Some(NULL_VERSION)))
+                    .await?;
+                if let Some(null) = null
+                    && let Err(reason) = null.attrs.lock.check_removal(now_ms(), bypass_governance)
+                {
+                    return Err(meta::MetaError::ObjectLocked {
+                        bucket: bucket.name.clone(),
+                        key: key.to_string(),
+                        version_id: NULL_VERSION.to_string(),
+                        reason,
+                    }
+                    .into());
+                }
+                NULL_VERSION.to_string()
+            }
         };
         let marker = ObjectVersion {
             bucket: bucket.name.clone(),

@@ -58,6 +58,8 @@ impl Overrides {
                 secret_key_file: None,
                 secret_key_env: None,
                 buckets: Vec::new(),
+                // Bypassing governance retention is granted in the spec only.
+                bypass_governance: false,
             });
         }
         Ok(spec)

@@ -91,10 +91,18 @@ fn copy_source_bucket(header: &str) -> Option<&str> {
     (!bucket.is_empty()).then_some(bucket)
 }
 
+#[derive(Clone)]
 struct Key {
     secret: String,
     grants: Grants,
+    bypass_governance: bool,
 }
+
+/// Put into request extensions when the key may bypass GOVERNANCE object lock retention
+/// (`bypassGovernance` on its credential); the request must still ask for it with
+/// `x-amz-bypass-governance-retention: true`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GovernanceBypass;
 
 /// Every access key the gateway accepts.
 #[derive(Clone, Default)]
@@ -111,13 +119,29 @@ impl std::fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
-    /// One key with read and write on every bucket (what `sublet dev` uses).
+    /// One key with read and write on every bucket, allowed to bypass governance
+    /// retention (what `sublet dev` uses).
     pub fn single(access_key: &str, secret_key: &str) -> Self {
         Self::new([(
             access_key.to_owned(),
             secret_key.to_owned(),
             Grants(vec![Grant::full()]),
         )])
+        .with_governance_bypass([access_key])
+    }
+
+    /// Allows these keys to bypass GOVERNANCE object lock retention.
+    pub fn with_governance_bypass<'a>(
+        mut self,
+        access_keys: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let keys = Arc::make_mut(&mut self.keys);
+        for access in access_keys {
+            if let Some(k) = keys.get_mut(access) {
+                k.bypass_governance = true;
+            }
+        }
+        self
     }
 
     /// Keys from (access key, secret key, grants).
@@ -125,7 +149,14 @@ impl KeyRing {
         KeyRing {
             keys: Arc::new(
                 keys.into_iter()
-                    .map(|(access, secret, grants)| (access, Key { secret, grants }))
+                    .map(|(access, secret, grants)| {
+                        let key = Key {
+                            secret,
+                            grants,
+                            bypass_governance: false,
+                        };
+                        (access, key)
+                    })
                     .collect(),
             ),
         }
@@ -170,7 +201,19 @@ impl KeyRing {
             };
             keys.push((c.access_key.clone(), secret, Grants(grants)));
         }
-        Ok(Self::new(keys))
+        let bypass: Vec<&str> = credentials
+            .iter()
+            .filter(|c| c.bypass_governance)
+            .map(|c| c.access_key.as_str())
+            .collect();
+        Ok(Self::new(keys).with_governance_bypass(bypass))
+    }
+
+    /// Whether `access_key` may bypass GOVERNANCE object lock retention.
+    pub fn may_bypass_governance(&self, access_key: &str) -> bool {
+        self.keys
+            .get(access_key)
+            .is_some_and(|k| k.bypass_governance)
     }
 
     /// The grants of `access_key`, if it is known.
@@ -255,6 +298,9 @@ impl S3Access for KeyRing {
         }
         if let Some(grants) = self.grants(&access_key) {
             cx.extensions_mut().insert(grants.clone());
+        }
+        if self.may_bypass_governance(&access_key) {
+            cx.extensions_mut().insert(GovernanceBypass);
         }
         Ok(())
     }

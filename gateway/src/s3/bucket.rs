@@ -13,13 +13,27 @@ impl Gateway {
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let name = req.input.bucket;
+        // Object lock needs versioning, and keeps it enabled.
+        let lock = req.input.object_lock_enabled_for_bucket == Some(true);
         let bucket = meta::Bucket {
             name: name.clone(),
             created: now_ms(),
             default_plan: None,
-            versioning: Versioning::Unversioned,
+            versioning: if lock {
+                Versioning::Enabled
+            } else {
+                Versioning::Unversioned
+            },
         };
         self.meta(move |m| m.create_bucket(&bucket)).await?;
+        if lock && let Err(e) = self.enable_lock(&name).await {
+            // Not left behind without the lock it was asked for.
+            let n = name.clone();
+            if let Err(cleanup) = self.meta(move |m| m.delete_bucket(&n)).await {
+                tracing::warn!(bucket = %name, error = %cleanup, "bucket created without its object lock could not be removed again");
+            }
+            return Err(e);
+        }
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{name}")),
         }))
@@ -100,6 +114,12 @@ impl Gateway {
                 ));
             }
         };
+        let locked = self.bucket_lock(&input.bucket).await?.is_some();
+        super::lock::versioning_change_allowed(
+            &input.bucket,
+            locked,
+            versioning == Versioning::Enabled,
+        )?;
         let name = input.bucket;
         self.meta(move |m| m.set_versioning(&name, versioning))
             .await?;

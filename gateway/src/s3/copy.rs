@@ -93,6 +93,13 @@ impl Gateway {
             &plan.name,
             plan.encrypt,
         )?;
+        // The copy's lock is the request's or the bucket's default, never the source's.
+        let lock = super::lock::requested_lock(
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+        )?;
+        let lock = self.lock_for_new(&input.bucket, lock).await?;
         let stream = self.read_range(&source, 0..source.size).await?;
         let written = self
             .store_body(
@@ -110,7 +117,7 @@ impl Gateway {
             )));
         }
         // REPLACE takes the request's type, metadata and standard headers; COPY the source's.
-        let (content_type, user_metadata, attrs) = if replace {
+        let (content_type, user_metadata, mut attrs) = if replace {
             let attrs = Written {
                 cache_control: input.cache_control.as_deref(),
                 content_disposition: input.content_disposition.as_deref(),
@@ -135,6 +142,7 @@ impl Gateway {
                 attrs,
             )
         };
+        attrs.lock = lock;
         let version_id = new_version_id(&bucket);
         let modified = now_ms();
         let md5 = written.md5.clone();

@@ -10,10 +10,14 @@ impl Gateway {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let bypass = super::lock::bypasses_governance(
+            &req.extensions,
+            req.input.bypass_governance_retention,
+        );
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         let done = self
-            .delete_key(&bucket, &input.key, input.version_id.as_deref())
+            .delete_key(&bucket, &input.key, input.version_id.as_deref(), bypass)
             .await?;
         Ok(S3Response::new(DeleteObjectOutput {
             delete_marker: done.delete_marker.then_some(true),
@@ -26,6 +30,10 @@ impl Gateway {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let bypass = super::lock::bypasses_governance(
+            &req.extensions,
+            req.input.bypass_governance_retention,
+        );
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
@@ -33,7 +41,7 @@ impl Gateway {
         let mut errors = Vec::new();
         for obj in input.delete.objects {
             match self
-                .delete_key(&bucket, &obj.key, obj.version_id.as_deref())
+                .delete_key(&bucket, &obj.key, obj.version_id.as_deref(), bypass)
                 .await
             {
                 Ok(done) => {

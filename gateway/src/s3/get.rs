@@ -183,6 +183,8 @@ impl Gateway {
         });
         let server_side_encryption = headers::server_side_encryption(&v);
         let expires = input.response_expires.or_else(|| headers::expires(&v));
+        let (object_lock_mode, object_lock_retain_until_date, object_lock_legal_hold_status) =
+            super::lock::lock_headers(&v);
         let mut response = S3Response::new(HeadObjectOutput {
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             parts_count: part.and_then(|p| p.count),
@@ -201,6 +203,9 @@ impl Gateway {
             metadata: Some(v.user_metadata.into_iter().collect()),
             storage_class: Some(StorageClass::from(v.plan)),
             accept_ranges: Some("bytes".into()),
+            object_lock_mode,
+            object_lock_retain_until_date,
+            object_lock_legal_hold_status,
             ..Default::default()
         });
         if content_range.is_some() {
@@ -256,6 +261,8 @@ impl Gateway {
         let body = self.read_range(&v, range).await?;
         let server_side_encryption = headers::server_side_encryption(&v);
         let expires = input.response_expires.or_else(|| headers::expires(&v));
+        let (object_lock_mode, object_lock_retain_until_date, object_lock_legal_hold_status) =
+            super::lock::lock_headers(&v);
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(body)),
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
@@ -276,6 +283,9 @@ impl Gateway {
             metadata: Some(v.user_metadata.into_iter().collect()),
             storage_class: Some(StorageClass::from(v.plan)),
             accept_ranges: Some("bytes".into()),
+            object_lock_mode,
+            object_lock_retain_until_date,
+            object_lock_legal_hold_status,
             ..Default::default()
         }))
     }

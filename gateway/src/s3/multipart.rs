@@ -113,7 +113,14 @@ impl Gateway {
         let server_side_encryption = plan
             .encrypt
             .then(|| ServerSideEncryption::from_static(ServerSideEncryption::AES256));
-        let attrs = Written {
+        // Checked now; the bucket's default retention applies when the upload completes.
+        let lock = super::lock::requested_lock(
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+        )?;
+        self.lock_for_new(&input.bucket, lock).await?;
+        let mut attrs = Written {
             cache_control: input.cache_control.as_deref(),
             content_disposition: input.content_disposition.as_deref(),
             content_encoding: input.content_encoding.as_deref(),
@@ -121,6 +128,7 @@ impl Gateway {
             expires: input.expires.as_ref(),
         }
         .attrs();
+        attrs.lock = lock;
         let upload = Upload {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
@@ -352,6 +360,7 @@ impl Gateway {
             .iter()
             .map(|p| (p.part_number, p.etag.clone()))
             .collect();
+        let lock = self.lock_for_new(&input.bucket, upload.attrs.lock).await?;
         let version_id = new_version_id(&bucket);
         let version = ObjectVersion {
             bucket: input.bucket.clone(),
@@ -367,6 +376,7 @@ impl Gateway {
             layout: Some(layout),
             attrs: ObjectAttrs {
                 upload_id: Some(input.upload_id.clone()),
+                lock,
                 ..upload.attrs
             },
         };

@@ -56,7 +56,13 @@ impl Gateway {
                 .check(&input.bucket, &input.key, latest.as_ref())
                 .map_err(crate::error::meta_err)?;
         }
-        let attrs = Written {
+        let lock = super::lock::requested_lock(
+            input.object_lock_mode.as_ref(),
+            input.object_lock_retain_until_date.as_ref(),
+            input.object_lock_legal_hold_status.as_ref(),
+        )?;
+        let lock = self.lock_for_new(&input.bucket, lock).await?;
+        let mut attrs = Written {
             cache_control: input.cache_control.as_deref(),
             content_disposition: input.content_disposition.as_deref(),
             content_encoding: input.content_encoding.as_deref(),
@@ -64,6 +70,7 @@ impl Gateway {
             expires: input.expires.as_ref(),
         }
         .attrs();
+        attrs.lock = lock;
         let written = self.store_body(&plan, &input.key, input.body, None).await?;
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;

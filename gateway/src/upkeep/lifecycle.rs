@@ -21,6 +21,8 @@ pub struct Report {
     pub markers_removed: u64,
     pub uploads_aborted: u64,
     pub transitioned: u64,
+    /// Versions due for removal that object lock keeps (retention or legal hold).
+    pub locked: u64,
     /// Actions that failed (logged); they are tried again on the next pass.
     pub failed: u64,
 }
@@ -146,8 +148,9 @@ async fn sweep_versions(
                     .filter_map(|r| r.noncurrent_days)
                     .any(|d| noncurrent_for >= i64::from(d) * DAY_MS);
                 if due {
-                    remove_version(node, &v, report, "noncurrent version expired").await;
-                    report.noncurrent_deleted += 1;
+                    if remove_version(node, &v, report, "noncurrent version expired").await {
+                        report.noncurrent_deleted += 1;
+                    }
                 }
             }
             newer = Some(v);
@@ -188,8 +191,9 @@ async fn apply_to_current(
                 .map(|p| p.versions.iter().filter(|e| e.version.key == v.key).count() == 1)
                 .unwrap_or(false);
             if alone {
-                remove_version(node, v, report, "expired delete marker removed").await;
-                report.markers_removed += 1;
+                if remove_version(node, v, report, "expired delete marker removed").await {
+                    report.markers_removed += 1;
+                }
             }
         }
         return;
@@ -252,25 +256,36 @@ async fn expire_current(
             .as_ref()
             .is_some_and(|c| c.last_modified == v.last_modified)
         {
-            let (b, k, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
-            let removed = node.meta(move |m| m.delete_version(&b, &k, &id)).await?;
-            node.free_removed(removed.as_ref()).await;
+            node.remove_version(&v.bucket, &v.key, &v.version_id, false)
+                .await?;
         }
         return Ok(());
     }
-    node.delete_key(bucket, &v.key, None).await.map(|_| ())
+    node.delete_key(bucket, &v.key, None, false)
+        .await
+        .map(|_| ())
 }
 
-async fn remove_version(node: &Node, v: &ObjectVersion, report: &mut Report, what: &str) {
-    let (b, k, id) = (v.bucket.clone(), v.key.clone(), v.version_id.clone());
-    match node.meta(move |m| m.delete_version(&b, &k, &id)).await {
-        Ok(removed) => {
-            node.free_removed(removed.as_ref()).await;
+/// Whether the version was removed.
+async fn remove_version(node: &Node, v: &ObjectVersion, report: &mut Report, what: &str) -> bool {
+    // Object lock keeps a locked version from lifecycle rules too (never bypassed here).
+    match node
+        .remove_version(&v.bucket, &v.key, &v.version_id, false)
+        .await
+    {
+        Ok(_) => {
             tracing::info!(bucket = %v.bucket, key = %v.key, version_id = %v.version_id, "lifecycle: {what}");
+            true
+        }
+        Err(Error::Meta(crate::meta::MetaError::ObjectLocked { reason, .. })) => {
+            report.locked += 1;
+            tracing::info!(bucket = %v.bucket, key = %v.key, version_id = %v.version_id, %reason, "lifecycle: object lock keeps a version due for removal");
+            false
         }
         Err(e) => {
             report.failed += 1;
             tracing::warn!(bucket = %v.bucket, key = %v.key, error = %e, "lifecycle: {what} failed");
+            false
         }
     }
 }

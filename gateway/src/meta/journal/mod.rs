@@ -83,6 +83,18 @@ pub enum Entry {
         bucket: String,
         rules: Option<String>,
     },
+    /// Object lock enabled on a bucket, or its configuration changed.
+    SetBucketLock {
+        bucket: String,
+        config: String,
+    },
+    /// A version's retention or legal hold changed in place.
+    SetVersionLock {
+        bucket: String,
+        key: String,
+        version_id: String,
+        lock: crate::meta::lock::ObjectLock,
+    },
     PutVersion {
         version: ObjectVersion,
     },

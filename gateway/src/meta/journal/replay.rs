@@ -121,6 +121,26 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
         Entry::SetLifecycle { bucket, rules } => {
             skip_gone(store.set_lifecycle(bucket, rules.as_deref()))
         }
+        Entry::SetBucketLock { bucket, config } => {
+            if store.bucket_lock(bucket)?.as_deref() == Some(config.as_str()) {
+                return Ok(false);
+            }
+            skip_gone(store.set_bucket_lock(bucket, config))
+        }
+        Entry::SetVersionLock {
+            bucket,
+            key,
+            version_id,
+            lock,
+        } => {
+            let Some(current) = store.version(bucket, key, Some(version_id))? else {
+                return Ok(false);
+            };
+            if current.attrs.lock == *lock {
+                return Ok(false);
+            }
+            store.set_version_lock(bucket, key, version_id, &current.attrs.lock, lock)
+        }
         Entry::PutVersion { version } => {
             if store.bucket(&version.bucket)?.is_none() {
                 return Ok(false);

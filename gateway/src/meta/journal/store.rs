@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{Entry, Journal};
 use crate::datapath::layout::Layout;
+use crate::meta::lock::ObjectLock;
 use crate::meta::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetadataStore,
     ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos, Upload,
@@ -344,6 +345,40 @@ impl MetadataStore for JournaledStore {
     }
     fn lifecycle(&self, bucket: &str) -> Result<Option<String>> {
         self.inner.lifecycle(bucket)
+    }
+    fn set_bucket_lock(&self, bucket: &str, config: &str) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_lock(bucket, config),
+            |()| {
+                Some(Entry::SetBucketLock {
+                    bucket: bucket.to_owned(),
+                    config: config.to_owned(),
+                })
+            },
+        )
+    }
+    fn bucket_lock(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_lock(bucket)
+    }
+    fn set_version_lock(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        expected: &ObjectLock,
+        new: &ObjectLock,
+    ) -> Result<bool> {
+        self.logged(
+            |s| s.set_version_lock(bucket, key, version_id, expected, new),
+            |changed| {
+                changed.then(|| Entry::SetVersionLock {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    version_id: version_id.to_owned(),
+                    lock: *new,
+                })
+            },
+        )
     }
     fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {
         self.logged(

@@ -178,3 +178,39 @@ pub(super) fn lifecycle(s: &PostgresStore, bucket: &str) -> Result<Option<String
         .map_err(pg_err)
     })
 }
+
+/// Object lock: enabled by storing a configuration, which can change but not go away.
+pub(super) fn set_bucket_lock(s: &PostgresStore, bucket: &str, config: &str) -> Result<()> {
+    s.tx(|tx| {
+        if tx
+            .query_opt(
+                "SELECT 1 FROM buckets WHERE name = $1 FOR KEY SHARE",
+                &[&bucket],
+            )
+            .map_err(pg_err)?
+            .is_none()
+        {
+            return Err(MetaError::NoSuchBucket(bucket.into()));
+        }
+        tx.execute(
+            "INSERT INTO bucket_object_lock (bucket, config) VALUES ($1, $2)
+             ON CONFLICT (bucket) DO UPDATE SET config = excluded.config",
+            &[&bucket, &config],
+        )
+        .map_err(pg_err)?;
+        Ok(())
+    })
+}
+
+pub(super) fn bucket_lock(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    s.run(|c| {
+        c.query_opt(
+            "SELECT config FROM bucket_object_lock WHERE bucket = $1",
+            &[&bucket],
+        )
+        .map_err(pg_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_err)
+    })
+}

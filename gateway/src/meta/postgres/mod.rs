@@ -35,6 +35,7 @@ use super::{
     Versioning, WriteCondition,
 };
 use crate::datapath::layout::Layout;
+use crate::meta::lock::ObjectLock;
 
 const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 
@@ -521,6 +522,25 @@ impl MetadataStore for PostgresStore {
 
     fn lifecycle(&self, bucket: &str) -> Result<Option<String>> {
         buckets::lifecycle(self, bucket)
+    }
+
+    fn set_bucket_lock(&self, bucket: &str, config: &str) -> Result<()> {
+        buckets::set_bucket_lock(self, bucket, config)
+    }
+
+    fn bucket_lock(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_lock(self, bucket)
+    }
+
+    fn set_version_lock(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        expected: &ObjectLock,
+        new: &ObjectLock,
+    ) -> Result<bool> {
+        objects::set_version_lock(self, bucket, key, version_id, expected, new)
     }
 
     fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {

@@ -9,7 +9,7 @@ use crate::datapath::layout::Layout;
 use crate::meta::listing::{Offer, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
     ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
-    WriteCondition, listing,
+    WriteCondition, listing, lock::ObjectLock,
 };
 
 pub(super) fn get_version(
@@ -195,6 +195,32 @@ pub(super) fn delete_version(
         .as_ref()
         .map(version_from_row)
         .transpose()
+    })
+}
+
+pub(super) fn set_version_lock(
+    s: &PostgresStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    expected: &ObjectLock,
+    new: &ObjectLock,
+) -> Result<bool> {
+    s.tx(|tx| {
+        lock_key(tx, bucket, key)?;
+        let Some(mut v) = get_version(tx, bucket, key, Some(version_id))? else {
+            return Ok(false);
+        };
+        if v.attrs.lock != *expected {
+            return Ok(false);
+        }
+        v.attrs.lock = *new;
+        tx.execute(
+            "UPDATE versions SET attrs = $4 WHERE bucket = $1 AND key = $2 AND version_id = $3",
+            &[&bucket, &key, &version_id, &v.attrs.to_column()],
+        )
+        .map_err(pg_err)?;
+        Ok(true)
     })
 }
 

@@ -162,3 +162,37 @@ pub(super) fn lifecycle(s: &SqliteStore, bucket: &str) -> Result<Option<String>>
         .optional()
         .map_err(store_err)
 }
+
+/// Object lock: enabled by storing a configuration, which can change but not go away.
+pub(super) fn set_bucket_lock(s: &SqliteStore, bucket: &str, config: &str) -> Result<()> {
+    let mut conn = s.conn();
+    let tx = conn.transaction().map_err(store_err)?;
+    let exists: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM buckets WHERE name = ?1)",
+            params![bucket],
+            |r| r.get(0),
+        )
+        .map_err(store_err)?;
+    if !exists {
+        return Err(MetaError::NoSuchBucket(bucket.into()));
+    }
+    tx.execute(
+        "INSERT INTO bucket_object_lock (bucket, config) VALUES (?1, ?2)
+         ON CONFLICT (bucket) DO UPDATE SET config = excluded.config",
+        params![bucket, config],
+    )
+    .map_err(store_err)?;
+    tx.commit().map_err(store_err)
+}
+
+pub(super) fn bucket_lock(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
+    s.conn()
+        .query_row(
+            "SELECT config FROM bucket_object_lock WHERE bucket = ?1",
+            params![bucket],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_err)
+}

@@ -32,6 +32,7 @@ use super::{
     WriteCondition,
 };
 use crate::datapath::layout::Layout;
+use crate::meta::lock::ObjectLock;
 
 const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
 
@@ -507,6 +508,25 @@ impl MetadataStore for SqliteStore {
 
     fn lifecycle(&self, bucket: &str) -> Result<Option<String>> {
         buckets::lifecycle(self, bucket)
+    }
+
+    fn set_bucket_lock(&self, bucket: &str, config: &str) -> Result<()> {
+        buckets::set_bucket_lock(self, bucket, config)
+    }
+
+    fn bucket_lock(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_lock(self, bucket)
+    }
+
+    fn set_version_lock(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        expected: &ObjectLock,
+        new: &ObjectLock,
+    ) -> Result<bool> {
+        objects::set_version_lock(self, bucket, key, version_id, expected, new)
     }
 
     fn commit_order(&self) -> Option<&Mutex<()>> {

@@ -9,7 +9,7 @@ use crate::datapath::layout::Layout;
 use crate::meta::listing::{Offer, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
     ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
-    WriteCondition, listing,
+    WriteCondition, listing, lock::ObjectLock,
 };
 
 /// Inserts a version as the latest of its key; returns the version it replaced.
@@ -168,6 +168,32 @@ pub(super) fn delete_version(
         .map_err(store_err)?;
         Ok(old)
     })
+}
+
+pub(super) fn set_version_lock(
+    s: &SqliteStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    expected: &ObjectLock,
+    new: &ObjectLock,
+) -> Result<bool> {
+    let mut conn = s.conn();
+    let tx = conn.transaction().map_err(store_err)?;
+    let Some(mut v) = get_version(&tx, bucket, key, Some(version_id)).map_err(store_err)? else {
+        return Ok(false);
+    };
+    if v.attrs.lock != *expected {
+        return Ok(false);
+    }
+    v.attrs.lock = *new;
+    tx.execute(
+        "UPDATE versions SET attrs = ?4 WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
+        params![bucket, key, version_id, v.attrs.to_column()],
+    )
+    .map_err(store_err)?;
+    tx.commit().map_err(store_err)?;
+    Ok(true)
 }
 
 pub(super) fn list(s: &SqliteStore, bucket: &str, q: &ListQuery<'_>) -> Result<ListPage> {

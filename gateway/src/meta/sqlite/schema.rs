@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS bucket_lifecycle (
     bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     rules TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_object_lock (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,
