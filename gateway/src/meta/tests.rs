@@ -43,7 +43,54 @@ on_every_store!(
     conditional_writes_check_the_latest_version_in_the_commit,
     attributes_round_trip_on_versions_and_uploads,
     listings_agree_with_the_listing_rule_page_by_page,
+    object_lock_is_stored_per_bucket_and_changed_per_version_in_place,
 );
+
+fn object_lock_is_stored_per_bucket_and_changed_per_version_in_place(s: &dyn MetadataStore) {
+    use crate::meta::lock::{LockMode, ObjectLock, Retention};
+    s.create_bucket(&bucket("b")).unwrap();
+    assert_eq!(s.bucket_lock("b").unwrap(), None);
+    assert!(matches!(
+        s.set_bucket_lock("nope", "{}"),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    s.set_bucket_lock("b", "{}").unwrap();
+    s.set_bucket_lock("b", "{\"defaultRetention\":null}").unwrap();
+    assert_eq!(
+        s.bucket_lock("b").unwrap().as_deref(),
+        Some("{\"defaultRetention\":null}")
+    );
+    let v = ObjectVersion {
+        attrs: ObjectAttrs {
+            cache_control: Some("no-cache".into()),
+            ..ObjectAttrs::default()
+        },
+        ..version("k", "v1", 1)
+    };
+    s.put_version(&v).unwrap();
+    let locked = ObjectLock {
+        retention: Some(Retention {
+            mode: LockMode::Compliance,
+            until: 42,
+        }),
+        legal_hold: true,
+    };
+    // Only from the lock expected: a stale change does nothing.
+    assert!(!s
+        .set_version_lock("b", "k", "v1", &locked, &ObjectLock::default())
+        .unwrap());
+    assert!(s
+        .set_version_lock("b", "k", "v1", &ObjectLock::default(), &locked)
+        .unwrap());
+    let got = s.version("b", "k", Some("v1")).unwrap().unwrap();
+    assert_eq!(got.attrs.lock, locked);
+    // Every other attribute stays.
+    assert_eq!(got.attrs.cache_control.as_deref(), Some("no-cache"));
+    assert_eq!(got.layout, v.layout);
+    assert!(!s
+        .set_version_lock("b", "k", "gone", &ObjectLock::default(), &locked)
+        .unwrap());
+}
 
 fn conditional_writes_check_the_latest_version_in_the_commit(s: &dyn MetadataStore) {
     s.create_bucket(&bucket("b")).unwrap();
@@ -110,6 +157,13 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
         content_language: Some("en".into()),
         expires: Some("Wed, 21 Oct 2026 07:28:00 GMT".into()),
         upload_id: Some("u9".into()),
+        lock: crate::meta::lock::ObjectLock {
+            retention: Some(crate::meta::lock::Retention {
+                mode: crate::meta::lock::LockMode::Governance,
+                until: 1_800_000_000_000,
+            }),
+            legal_hold: true,
+        },
     };
     let v = ObjectVersion {
         attrs: attrs.clone(),

@@ -442,7 +442,7 @@ mod tests {
     fn ring() -> KeyRing {
         let credentials: Vec<GatewayCredential> = serde_yaml::from_str(
             r#"
-- {accessKey: admin, secretKey: admin-secret}
+- {accessKey: admin, secretKey: admin-secret, bypassGovernance: true}
 - accessKey: frame
   secretKey: frame-secret
   buckets: [{bucket: photos, access: read}]
@@ -581,6 +581,16 @@ mod tests {
     }
 
     #[test]
+    fn only_keys_given_bypass_governance_may_bypass_it() {
+        let r = ring();
+        assert!(r.may_bypass_governance("admin"));
+        assert!(!r.may_bypass_governance("frame"));
+        assert!(!r.may_bypass_governance("nobody"));
+        // `sublet dev`'s one key may.
+        assert!(KeyRing::single("dev", "dev-secret-key").may_bypass_governance("dev"));
+    }
+
+    #[test]
     fn secrets_from_files_and_the_environment() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret");
@@ -593,6 +603,7 @@ mod tests {
                 secret_key_file: Some(file.display().to_string()),
                 secret_key_env: None,
                 buckets: vec![],
+                bypass_governance: false,
             },
             GatewayCredential {
                 access_key: "envkey".into(),
@@ -600,6 +611,7 @@ mod tests {
                 secret_key_file: None,
                 secret_key_env: Some(var.into()),
                 buckets: vec![],
+                bypass_governance: false,
             },
         ];
         let err = KeyRing::from_credentials(&credentials).unwrap_err();

@@ -55,8 +55,9 @@ fn observe(s: &dyn MetadataStore) -> Vec<String> {
     let mut out = Vec::new();
     for b in s.buckets().unwrap() {
         out.push(format!(
-            "{b:?} lifecycle={:?}",
-            s.lifecycle(&b.name).unwrap()
+            "{b:?} lifecycle={:?} lock={:?}",
+            s.lifecycle(&b.name).unwrap(),
+            s.bucket_lock(&b.name).unwrap()
         ));
         let page = s
             .list_versions(
@@ -119,6 +120,19 @@ fn history(s: &dyn MetadataStore) {
     marker.layout = None;
     s.put_version(&marker).unwrap();
     s.delete_version("docs", "d", "v1").unwrap();
+    // Object lock: the bucket's configuration and a version's retention and legal hold.
+    s.set_bucket_lock("docs", "{}").unwrap();
+    let lock = crate::meta::lock::ObjectLock {
+        retention: Some(crate::meta::lock::Retention {
+            mode: crate::meta::lock::LockMode::Compliance,
+            until: 4_000_000_000_000,
+        }),
+        legal_hold: true,
+    };
+    assert!(
+        s.set_version_lock("docs", "d", "v2", &Default::default(), &lock)
+            .unwrap()
+    );
     // Multipart: one completed, one aborted, one left open.
     for id in ["u1", "u2", "u3"] {
         s.create_upload(&Upload {
@@ -240,7 +254,7 @@ fn replaying_from_any_snapshot_rebuilds_the_store() {
     );
     history(&live);
     let entries = journal.take();
-    assert_eq!(entries.len(), 28, "{entries:#?}");
+    assert_eq!(entries.len(), 30, "{entries:#?}");
     let want = observe(&live);
     // A snapshot holds the first `copied` changes; its cut may lag behind (`cut` ≤
     // `copied`), so replay starts there and meets changes the copy already has.
