@@ -620,6 +620,23 @@ impl GatewayProcess {
             .map_err(|e| format!("{method} {bucket}/{}: {e}", key.unwrap_or("")))
     }
 
+    /// [`request`](Self::request) with (signed) request headers.
+    pub fn request_with(
+        &self,
+        method: Method,
+        bucket: &str,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: BenchBody,
+    ) -> Result<String, String> {
+        let mut conn = Connection::new(self.target(bucket));
+        self.runtime
+            .block_on(conn.request(method.clone(), key, query, headers, body, Expect::Text))
+            .map(|a| a.text)
+            .map_err(|e| format!("{method} {bucket}/{}: {e}", key.unwrap_or("")))
+    }
+
     /// Creates `bucket`.
     pub fn create_bucket(&self, bucket: &str) {
         let mut conn = Connection::new(self.target(bucket));

@@ -5,6 +5,8 @@
 
 #[path = "hostile/clients.rs"]
 mod clients;
+#[path = "hostile/objlock.rs"]
+mod objlock;
 #[path = "hostile/providers.rs"]
 mod providers;
 #[path = "hostile/snapshots.rs"]

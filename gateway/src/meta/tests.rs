@@ -90,6 +90,17 @@ fn object_lock_is_stored_per_bucket_and_changed_per_version_in_place(s: &dyn Met
     assert!(!s
         .set_version_lock("b", "k", "gone", &ObjectLock::default(), &locked)
         .unwrap());
+    // A transition or re-encode (new plan and layout) and a repair (new layout) keep it.
+    let moved = striped("k", 1).layout.unwrap();
+    assert!(s.swap_layout(&got, "archive", &moved).unwrap());
+    let got = s.version("b", "k", Some("v1")).unwrap().unwrap();
+    assert_eq!((got.plan.as_str(), got.attrs.lock), ("archive", locked));
+    let seq = s.versions_after(0, 10).unwrap()[0].0;
+    let repaired = striped("k", 2).layout.unwrap();
+    assert!(s.replace_layout(seq, &moved, &repaired).unwrap());
+    let got = s.version("b", "k", Some("v1")).unwrap().unwrap();
+    assert_eq!(got.layout.as_ref(), Some(&repaired));
+    assert_eq!(got.attrs.lock, locked);
 }
 
 fn conditional_writes_check_the_latest_version_in_the_commit(s: &dyn MetadataStore) {
