@@ -447,6 +447,152 @@ fn restic_backs_up_checks_and_restores_a_tree() {
     assert_same_tree(&tree, &target.join(tree.strip_prefix("/").unwrap()));
 }
 
+/// Object lock protects restic's backups from the key that wrote them: with the bucket's
+/// default COMPLIANCE retention, deleting a snapshot's version fails (bypass or not),
+/// `restic forget --prune` only stacks delete markers, and removing those markers brings
+/// the forgotten snapshot back, restorable byte for byte.
+#[test]
+fn restic_backups_in_a_locked_bucket_cannot_be_deleted_and_come_back() {
+    if !skip::clients_present(&["restic", "aws"]) {
+        return;
+    }
+    let f = TestGateway::start();
+    ok(f.aws(&[
+        "s3api",
+        "create-bucket",
+        "--bucket",
+        "locked",
+        "--object-lock-enabled-for-bucket",
+    ]));
+    ok(f.aws(&[
+        "s3api",
+        "put-object-lock-configuration",
+        "--bucket",
+        "locked",
+        "--object-lock-configuration",
+        r#"{"ObjectLockEnabled":"Enabled","Rule":{"DefaultRetention":{"Mode":"COMPLIANCE","Days":1}}}"#,
+    ]));
+    let tree = f.path("tree");
+    write_mixed_tree(&tree, 4, 41);
+    let restic = |args: &[&str]| {
+        let mut cmd = f.dev.client("restic");
+        cmd.env(
+            "RESTIC_REPOSITORY",
+            format!("s3:{}/locked", f.dev.endpoint()),
+        )
+        .env("RESTIC_PASSWORD", "e2e-restic-password")
+        .arg("--no-cache")
+        .args(args);
+        ok(cmd)
+    };
+    restic(&["init"]);
+    restic(&["backup", s(&tree)]);
+    let first: serde_json::Value = serde_json::from_str(&restic(&["snapshots", "--json"])).unwrap();
+    let first_id = first[0]["short_id"].as_str().unwrap().to_string();
+    let original = f.path("original");
+    std::fs::create_dir_all(&original).unwrap();
+    let copy = Command::new("cp")
+        .args(["-a", s(&tree), s(&original)])
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    write_random_file(&tree.join("blobs/new.bin"), MIB, 42);
+    restic(&["backup", s(&tree)]);
+
+    // The key tries to delete the first snapshot's file for good.
+    let listed: serde_json::Value = serde_json::from_str(&ok(f.aws(&[
+        "s3api",
+        "list-object-versions",
+        "--bucket",
+        "locked",
+        "--prefix",
+        "snapshots/",
+        "--output",
+        "json",
+    ])))
+    .unwrap();
+    let snapshot = listed["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["Key"].as_str().unwrap().contains(&first_id))
+        .unwrap_or_else(|| panic!("no snapshot {first_id} in {listed}"));
+    let (key, version) = (
+        snapshot["Key"].as_str().unwrap(),
+        snapshot["VersionId"].as_str().unwrap(),
+    );
+    for bypass in [false, true] {
+        let mut args = vec![
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "locked",
+            "--key",
+            key,
+            "--version-id",
+            version,
+        ];
+        if bypass {
+            args.push("--bypass-governance-retention");
+        }
+        let out = run(&mut f.aws(&args), CLIENT_TIMEOUT);
+        assert!(
+            !out.status.success(),
+            "deleting a locked snapshot succeeded"
+        );
+        let said = &out.stderr;
+        assert!(
+            said.contains("AccessDenied") && said.contains("COMPLIANCE"),
+            "{said}"
+        );
+    }
+
+    // restic forgets and prunes it: only delete markers are written.
+    restic(&["forget", "--keep-last", "1", "--prune"]);
+    let left: serde_json::Value = serde_json::from_str(&restic(&["snapshots", "--json"])).unwrap();
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+
+    // Removing the delete markers (which no lock keeps) brings everything back; the lock
+    // files restic removed stay removed (a returning exclusive lock would block restic).
+    let listed: serde_json::Value = serde_json::from_str(&ok(f.aws(&[
+        "s3api",
+        "list-object-versions",
+        "--bucket",
+        "locked",
+        "--output",
+        "json",
+    ])))
+    .unwrap();
+    let markers: Vec<serde_json::Value> = listed["DeleteMarkers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !m["Key"].as_str().unwrap().starts_with("locks/"))
+        .collect();
+    assert!(!markers.is_empty(), "{listed}");
+    for m in &markers {
+        ok(f.aws(&[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "locked",
+            "--key",
+            m["Key"].as_str().unwrap(),
+            "--version-id",
+            m["VersionId"].as_str().unwrap(),
+        ]));
+    }
+    let back: serde_json::Value = serde_json::from_str(&restic(&["snapshots", "--json"])).unwrap();
+    assert_eq!(back.as_array().unwrap().len(), 2, "{back}");
+    let target = f.path("restored-first");
+    restic(&["restore", &first_id, "--target", s(&target)]);
+    assert_same_tree(
+        &original.join("tree"),
+        &target.join(tree.strip_prefix("/").unwrap()),
+    );
+}
+
 #[test]
 fn objects_survive_a_ctrl_c_and_a_kill_of_sublet_dev() {
     if !skip::clients_present(&["aws"]) {

@@ -42,7 +42,13 @@ fn md5_of(xml: &str) -> String {
 /// `(key, version id)` of every data version (not delete markers) in the bucket.
 fn versions(c: &Cluster) -> Vec<(String, String)> {
     let xml = c
-        .request(Method::GET, BUCKET, None, &[("versions", "")], BenchBody::empty())
+        .request(
+            Method::GET,
+            BUCKET,
+            None,
+            &[("versions", "")],
+            BenchBody::empty(),
+        )
         .unwrap();
     xml.split("<Version>")
         .skip(1)
@@ -125,7 +131,13 @@ fn locked_versions_outlive_deletes_lifecycle_gc_a_transition_and_a_metadata_reco
     // Versioning cannot be suspended under object lock.
     let suspend = "<VersioningConfiguration><Status>Suspended</Status></VersioningConfiguration>";
     let err = c
-        .request(Method::PUT, BUCKET, None, &[("versioning", "")], xml_body(suspend))
+        .request(
+            Method::PUT,
+            BUCKET,
+            None,
+            &[("versioning", "")],
+            xml_body(suspend),
+        )
         .unwrap_err();
     assert!(err.contains("InvalidBucketState"), "{err}");
 
@@ -147,7 +159,10 @@ fn locked_versions_outlive_deletes_lifecycle_gc_a_transition_and_a_metadata_reco
         &[],
         &[
             ("x-amz-object-lock-mode", "GOVERNANCE"),
-            ("x-amz-object-lock-retain-until-date", "2099-01-01T00:00:00Z"),
+            (
+                "x-amz-object-lock-retain-until-date",
+                "2099-01-01T00:00:00Z",
+            ),
         ],
         BenchBody::generated(note.content(), 0, note.len),
     )
@@ -283,9 +298,18 @@ fn locked_versions_outlive_deletes_lifecycle_gc_a_transition_and_a_metadata_reco
         .unwrap();
     assert!(held.contains("<Status>ON</Status>"), "{held}");
     let config = c
-        .request(Method::GET, BUCKET, None, &[("object-lock", "")], BenchBody::empty())
+        .request(
+            Method::GET,
+            BUCKET,
+            None,
+            &[("object-lock", "")],
+            BenchBody::empty(),
+        )
         .unwrap();
-    assert!(config.contains("COMPLIANCE") && config.contains("<Days>1</Days>"), "{config}");
+    assert!(
+        config.contains("COMPLIANCE") && config.contains("<Days>1</Days>"),
+        "{config}"
+    );
     for o in backups.iter().chain(&scans) {
         assert_locked(&c, &o.key, &version_of(&all, &o.key), true, "locked");
     }

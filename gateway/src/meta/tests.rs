@@ -55,7 +55,8 @@ fn object_lock_is_stored_per_bucket_and_changed_per_version_in_place(s: &dyn Met
         Err(MetaError::NoSuchBucket(_))
     ));
     s.set_bucket_lock("b", "{}").unwrap();
-    s.set_bucket_lock("b", "{\"defaultRetention\":null}").unwrap();
+    s.set_bucket_lock("b", "{\"defaultRetention\":null}")
+        .unwrap();
     assert_eq!(
         s.bucket_lock("b").unwrap().as_deref(),
         Some("{\"defaultRetention\":null}")
@@ -76,20 +77,23 @@ fn object_lock_is_stored_per_bucket_and_changed_per_version_in_place(s: &dyn Met
         legal_hold: true,
     };
     // Only from the lock expected: a stale change does nothing.
-    assert!(!s
-        .set_version_lock("b", "k", "v1", &locked, &ObjectLock::default())
-        .unwrap());
-    assert!(s
-        .set_version_lock("b", "k", "v1", &ObjectLock::default(), &locked)
-        .unwrap());
+    assert!(
+        !s.set_version_lock("b", "k", "v1", &locked, &ObjectLock::default())
+            .unwrap()
+    );
+    assert!(
+        s.set_version_lock("b", "k", "v1", &ObjectLock::default(), &locked)
+            .unwrap()
+    );
     let got = s.version("b", "k", Some("v1")).unwrap().unwrap();
     assert_eq!(got.attrs.lock, locked);
     // Every other attribute stays.
     assert_eq!(got.attrs.cache_control.as_deref(), Some("no-cache"));
     assert_eq!(got.layout, v.layout);
-    assert!(!s
-        .set_version_lock("b", "k", "gone", &ObjectLock::default(), &locked)
-        .unwrap());
+    assert!(
+        !s.set_version_lock("b", "k", "gone", &ObjectLock::default(), &locked)
+            .unwrap()
+    );
     // A transition or re-encode (new plan and layout) and a repair (new layout) keep it.
     let moved = striped("k", 1).layout.unwrap();
     assert!(s.swap_layout(&got, "archive", &moved).unwrap());
