@@ -441,6 +441,7 @@ pub(super) fn versioning_change_allowed(bucket: &str, locked: bool, enabled: boo
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

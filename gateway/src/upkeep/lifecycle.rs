@@ -147,10 +147,8 @@ async fn sweep_versions(
                     .iter()
                     .filter_map(|r| r.noncurrent_days)
                     .any(|d| noncurrent_for >= i64::from(d) * DAY_MS);
-                if due {
-                    if remove_version(node, &v, report, "noncurrent version expired").await {
-                        report.noncurrent_deleted += 1;
-                    }
+                if due && remove_version(node, &v, report, "noncurrent version expired").await {
+                    report.noncurrent_deleted += 1;
                 }
             }
             newer = Some(v);
@@ -190,10 +188,8 @@ async fn apply_to_current(
                 .await
                 .map(|p| p.versions.iter().filter(|e| e.version.key == v.key).count() == 1)
                 .unwrap_or(false);
-            if alone {
-                if remove_version(node, v, report, "expired delete marker removed").await {
-                    report.markers_removed += 1;
-                }
+            if alone && remove_version(node, v, report, "expired delete marker removed").await {
+                report.markers_removed += 1;
             }
         }
         return;
