@@ -74,7 +74,10 @@ impl Prometheus {
                 .unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
             let child = Command::new(bin)
                 .arg(format!("--config.file={}", config_path.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
                 .arg(format!("--web.listen-address={addr}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -196,7 +196,11 @@ fn shipped_alerts_pass_promtool_check_and_their_unit_tests() {
     assert!(!alerts.is_empty(), "the chart ships no alert");
     write_rules_and_tests(dir.path(), &rules);
 
-    let (ok, out) = promtool(&bins[0], dir.path(), &["check", "rules", "alerts.rules.yaml"]);
+    let (ok, out) = promtool(
+        &bins[0],
+        dir.path(),
+        &["check", "rules", "alerts.rules.yaml"],
+    );
     assert!(ok, "promtool check rules:\n{out}");
     assert!(
         out.contains(&format!("SUCCESS: {} rules found", alerts.len())),
@@ -304,7 +308,10 @@ fn alert_unit_tests_catch_alerts_that_never_fire_or_fire_on_healthy_series() {
         let dir = tempfile::tempdir().unwrap();
         write_rules_and_tests(dir.path(), &broken);
         let (ok, out) = promtool(&bins[0], dir.path(), &["test", "rules", "alerts.test.yaml"]);
-        assert!(!ok, "promtool passed rules where every alert {what}:\n{out}");
+        assert!(
+            !ok,
+            "promtool passed rules where every alert {what}:\n{out}"
+        );
         for alert in &alerts {
             assert!(
                 out.contains(&format!("alertname: {alert},")),
@@ -766,34 +773,40 @@ fn a_real_prometheus_scrapes_sublet_and_answers_every_dashboard_query() {
         assert_eq!(result.len(), 1, "`{promql}`: {result:?}");
         sample_value(&result[0]).unwrap()
     };
-    assert_eq!(value(r#"count(up{job="sublet-provider"} == 0) or vector(0)"#), 1.0);
-    assert_eq!(value(r#"sum(up{job="sublet-provider", pool=~"disks"})"#), 1.0);
+    assert_eq!(
+        value(r#"count(up{job="sublet-provider"} == 0) or vector(0)"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"sum(up{job="sublet-provider", pool=~"disks"})"#),
+        1.0
+    );
     assert_eq!(
         value(r#"sum(max by (plan) (sublet_gateway_plan_objects))"#),
         2.0
     );
 
     // The shipped rules evaluate without error on the real series.
-    let rules = wait_for(
-        "every rule evaluated",
-        Duration::from_secs(20),
-        || {
-            let (_, answer) = prometheus.api("rules");
-            let rules: Vec<Value> = answer["data"]["groups"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-                .collect();
-            if rules.is_empty() || rules.iter().any(|r| r["health"] == "unknown") {
-                Err(format!("{answer}"))
-            } else {
-                Ok(rules)
-            }
-        },
-    );
+    let rules = wait_for("every rule evaluated", Duration::from_secs(20), || {
+        let (_, answer) = prometheus.api("rules");
+        let rules: Vec<Value> = answer["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if rules.is_empty() || rules.iter().any(|r| r["health"] == "unknown") {
+            Err(format!("{answer}"))
+        } else {
+            Ok(rules)
+        }
+    });
     for rule in &rules {
-        assert_eq!(rule["health"], "ok", "rule {}: {}", rule["name"], rule["lastError"]);
+        assert_eq!(
+            rule["health"], "ok",
+            "rule {}: {}",
+            rule["name"], rule["lastError"]
+        );
     }
     // And alert on what happened: the dead provider (pending for its grace period), the
     // provider's first failed audit, the objects whose every shard is gone.
@@ -803,13 +816,20 @@ fn a_real_prometheus_scrapes_sublet_and_answers_every_dashboard_query() {
             Duration::from_secs(20),
             || {
                 let (_, answer) = prometheus.api("alerts");
-                let alerts = answer["data"]["alerts"].as_array().cloned().unwrap_or_default();
+                let alerts = answer["data"]["alerts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 let found = alerts.iter().any(|a| {
                     a["labels"]["alertname"] == name
                         && a["state"] == state
                         && a["labels"][label.0] == label.1
                 });
-                if found { Ok(()) } else { Err(format!("{answer}")) }
+                if found {
+                    Ok(())
+                } else {
+                    Err(format!("{answer}"))
+                }
             },
         );
     };

@@ -133,7 +133,8 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
         assert!(
-            text.lines().any(|l| l == "sublet_provider_corruptions_total 0"),
+            text.lines()
+                .any(|l| l == "sublet_provider_corruptions_total 0"),
             "{text}"
         );
     }
