@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod data;
 pub mod dev;
 pub mod postgres;
+pub mod prometheus;
 pub mod skip;
 
 use std::collections::BTreeSet;

@@ -8,8 +8,9 @@
 //!
 //! With that variable set to `1` (`.ci/run` sets them all) the same test fails instead, so
 //! CI cannot pass by skipping. PostgreSQL (`SUBLET_REQUIRE_POSTGRES`, [`crate::postgres`]),
-//! the Kubernetes API server (`SUBLET_REQUIRE_APISERVER`, [`crate::apiserver::APISERVER`])
-//! and the browser (`SUBLET_REQUIRE_BROWSER`, `market/tests/console.rs`) work the same way.
+//! the Kubernetes API server (`SUBLET_REQUIRE_APISERVER`, [`crate::apiserver::APISERVER`]),
+//! Prometheus (`SUBLET_REQUIRE_PROMETHEUS`, [`crate::prometheus::PROMETHEUS`]) and the
+//! browser (`SUBLET_REQUIRE_BROWSER`, `market/tests/console.rs`) work the same way.
 
 /// The variable that makes a missing S3 client fail the tests driving it.
 pub const CLIENTS: Need = Need {
