@@ -12,7 +12,10 @@ use crate::node::rules::Rule;
 fn not_implemented(what: &str) -> S3Error {
     S3Error::with_message(
         S3ErrorCode::NotImplemented,
-        format!("lifecycle rules with {what} are not supported; use Days and a Prefix filter"),
+        format!(
+            "lifecycle rules with {what} are not supported; use Days and a Filter (Prefix, Tag, \
+             object size or an And of them)"
+        ),
     )
 }
 
@@ -58,30 +61,27 @@ pub fn rules_from_s3(
                 )));
             }
         };
-        let mut prefix = r.prefix.clone().unwrap_or_default();
-        if let Some(f) = &r.filter {
-            if f.tag.is_some() || f.and.is_some() {
-                return Err(not_implemented("tag or And filters"));
-            }
-            if f.object_size_greater_than.is_some() || f.object_size_less_than.is_some() {
-                return Err(not_implemented("object size filters"));
-            }
-            if let Some(p) = &f.prefix {
-                prefix.clone_from(p);
-            }
-        }
         let mut rule = Rule {
             id: id.clone(),
             enabled,
-            prefix,
+            prefix: r.prefix.clone().unwrap_or_default(),
             ..Rule::default()
         };
+        if let Some(f) = r.filter {
+            apply_filter(&mut rule, f)?;
+        }
         if let Some(e) = &r.expiration {
             if e.date.is_some() {
                 return Err(not_implemented("an expiration Date"));
             }
             rule.expiration_days = days(e.days, "Expiration Days", &id)?;
             rule.expired_object_delete_marker = e.expired_object_delete_marker == Some(true);
+            if rule.expired_object_delete_marker && !rule.tags.is_empty() {
+                return Err(invalid(format!(
+                    "rule {id}: ExpiredObjectDeleteMarker cannot be combined with a tag filter \
+                     (delete markers have no tags)"
+                )));
+            }
         }
         if let Some(n) = &r.noncurrent_version_expiration {
             if n.newer_noncurrent_versions.is_some() {
@@ -99,6 +99,12 @@ pub fn rules_from_s3(
                 "AbortIncompleteMultipartUpload DaysAfterInitiation",
                 &id,
             )?;
+            if rule.abort_incomplete_days.is_some() && rule.filters_objects() {
+                return Err(invalid(format!(
+                    "rule {id}: AbortIncompleteMultipartUpload cannot be combined with a tag or \
+                     object size filter (uploads in progress have neither)"
+                )));
+            }
         }
         if r.noncurrent_version_transitions
             .as_ref()
@@ -144,6 +150,117 @@ pub fn rules_from_s3(
     Ok(out)
 }
 
+/// Puts a rule's `<Filter>` into `rule`: one of Prefix, Tag, ObjectSizeGreaterThan,
+/// ObjectSizeLessThan, or an And of several of them.
+fn apply_filter(rule: &mut Rule, f: dto::LifecycleRuleFilter) -> S3Result<()> {
+    let id = rule.id.clone();
+    let given = [
+        f.prefix.is_some(),
+        f.tag.is_some(),
+        f.object_size_greater_than.is_some(),
+        f.object_size_less_than.is_some(),
+        f.and.is_some(),
+    ]
+    .into_iter()
+    .filter(|g| *g)
+    .count();
+    if given > 1 {
+        return Err(S3Error::with_message(
+            S3ErrorCode::MalformedXML,
+            format!(
+                "rule {id}: a Filter holds one of Prefix, Tag, ObjectSizeGreaterThan and \
+                 ObjectSizeLessThan; combine several in an And"
+            ),
+        ));
+    }
+    let mut tags = Vec::new();
+    let (mut greater, mut less) = (f.object_size_greater_than, f.object_size_less_than);
+    if let Some(p) = f.prefix {
+        rule.prefix = p;
+    }
+    if let Some(t) = f.tag {
+        tags.push(t);
+    }
+    if let Some(and) = f.and {
+        if let Some(p) = and.prefix {
+            rule.prefix = p;
+        }
+        tags.extend(and.tags.unwrap_or_default());
+        greater = greater.or(and.object_size_greater_than);
+        less = less.or(and.object_size_less_than);
+    }
+    let pairs = tags
+        .into_iter()
+        .map(|t| match t.key {
+            Some(k) => Ok((k, t.value.unwrap_or_default())),
+            None => Err(S3Error::with_message(
+                S3ErrorCode::InvalidTag,
+                format!("rule {id}: a filter Tag has no Key"),
+            )),
+        })
+        .collect::<S3Result<Vec<_>>>()?;
+    rule.tags = super::tagging::checked_tags(pairs, super::tagging::MAX_OBJECT_TAGS)?;
+    let bytes = |value: i64, field: &str| {
+        u64::try_from(value).map_err(|_| {
+            invalid(format!(
+                "rule {id}: {field} must be a number of bytes of 0 or more, not {value}"
+            ))
+        })
+    };
+    rule.size_greater_than = greater
+        .map(|v| bytes(v, "ObjectSizeGreaterThan"))
+        .transpose()?;
+    rule.size_less_than = less
+        .map(|v| bytes(v, "ObjectSizeLessThan"))
+        .transpose()?;
+    if let (Some(min), Some(max)) = (rule.size_greater_than, rule.size_less_than)
+        && max <= min.saturating_add(1)
+    {
+        return Err(invalid(format!(
+            "rule {id}: ObjectSizeLessThan ({max}) must exceed ObjectSizeGreaterThan ({min}) \
+             by more than one, or no object is selected"
+        )));
+    }
+    Ok(())
+}
+
+/// A rule's filter in S3's form: a lone condition as itself, several in an And.
+fn filter_of(r: &Rule) -> dto::LifecycleRuleFilter {
+    let conditions = usize::from(!r.prefix.is_empty())
+        + r.tags.len()
+        + usize::from(r.size_greater_than.is_some())
+        + usize::from(r.size_less_than.is_some());
+    let greater = r.size_greater_than.and_then(|v| i64::try_from(v).ok());
+    let less = r.size_less_than.and_then(|v| i64::try_from(v).ok());
+    if conditions > 1 {
+        return dto::LifecycleRuleFilter {
+            and: Some(dto::LifecycleRuleAndOperator {
+                prefix: (!r.prefix.is_empty()).then(|| r.prefix.clone()),
+                tags: (!r.tags.is_empty()).then(|| super::tagging::tag_set(&r.tags)),
+                object_size_greater_than: greater,
+                object_size_less_than: less,
+            }),
+            ..Default::default()
+        };
+    }
+    if let Some((k, v)) = r.tags.iter().next() {
+        return dto::LifecycleRuleFilter {
+            tag: Some(dto::Tag {
+                key: Some(k.clone()),
+                value: Some(v.clone()),
+            }),
+            ..Default::default()
+        };
+    }
+    dto::LifecycleRuleFilter {
+        object_size_greater_than: greater,
+        object_size_less_than: less,
+        // A rule on every key answers an empty Prefix, as S3 does.
+        prefix: (greater.is_none() && less.is_none()).then(|| r.prefix.clone()),
+        ..Default::default()
+    }
+}
+
 impl Gateway {
     pub(super) async fn do_put_bucket_lifecycle_configuration(
         &self,
@@ -181,15 +298,12 @@ impl Gateway {
         let rules = rules
             .into_iter()
             .map(|r| dto::LifecycleRule {
+                filter: Some(filter_of(&r)),
                 id: Some(r.id),
                 status: dto::ExpirationStatus::from_static(if r.enabled {
                     dto::ExpirationStatus::ENABLED
                 } else {
                     dto::ExpirationStatus::DISABLED
-                }),
-                filter: Some(dto::LifecycleRuleFilter {
-                    prefix: Some(r.prefix),
-                    ..Default::default()
                 }),
                 expiration: (r.expiration_days.is_some() || r.expired_object_delete_marker).then(
                     || dto::LifecycleExpiration {
