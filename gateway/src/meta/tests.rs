@@ -146,14 +146,27 @@ fn tags_change_in_place_per_version_and_buckets_keep_theirs(s: &dyn MetadataStor
     assert_eq!(v1.attrs.tags, tags);
     assert_eq!(v1.attrs.cache_control.as_deref(), Some("no-store"));
     assert_eq!(s.version("b", "k", None).unwrap().unwrap().version_id, "v2");
-    assert!(s.version("b", "k", None).unwrap().unwrap().attrs.tags.is_empty());
+    assert!(
+        s.version("b", "k", None)
+            .unwrap()
+            .unwrap()
+            .attrs
+            .tags
+            .is_empty()
+    );
     // Listings of versions carry the tags (lifecycle filters read them there).
     let listed = versions_page(s, "", "");
     assert_eq!(listed.versions[1].version.attrs.tags, tags);
     // Removing every tag leaves no attributes behind when there were none besides.
     assert!(s.set_object_tags("b", "k", "v2", &tags).unwrap());
     assert!(s.set_object_tags("b", "k", "v2", &BTreeMap::new()).unwrap());
-    assert!(s.version("b", "k", Some("v2")).unwrap().unwrap().attrs.is_empty());
+    assert!(
+        s.version("b", "k", Some("v2"))
+            .unwrap()
+            .unwrap()
+            .attrs
+            .is_empty()
+    );
     // No such version, or a delete marker: nothing changes.
     assert!(!s.set_object_tags("b", "k", "v9", &tags).unwrap());
     let marker = ObjectVersion {
@@ -166,7 +179,10 @@ fn tags_change_in_place_per_version_and_buckets_keep_theirs(s: &dyn MetadataStor
 
     assert_eq!(s.bucket_tags("b").unwrap(), None);
     s.set_bucket_tags("b", Some("{\"team\":\"ops\"}")).unwrap();
-    assert_eq!(s.bucket_tags("b").unwrap().as_deref(), Some("{\"team\":\"ops\"}"));
+    assert_eq!(
+        s.bucket_tags("b").unwrap().as_deref(),
+        Some("{\"team\":\"ops\"}")
+    );
     s.set_bucket_tags("b", None).unwrap();
     assert_eq!(s.bucket_tags("b").unwrap(), None);
     assert!(matches!(

@@ -180,3 +180,83 @@ pub fn misplaced_shards(
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn object(key: &str, size: u64, tags: &[(&str, &str)]) -> ObjectVersion {
+        ObjectVersion {
+            bucket: "b".into(),
+            key: key.into(),
+            version_id: "v".into(),
+            delete_marker: false,
+            size,
+            etag: String::new(),
+            content_type: None,
+            user_metadata: BTreeMap::new(),
+            last_modified: 0,
+            plan: "standard".into(),
+            layout: None,
+            attrs: crate::meta::ObjectAttrs {
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_filter_selects_versions_meeting_every_condition() {
+        let rule = Rule {
+            prefix: "logs/".into(),
+            tags: BTreeMap::from([("class".into(), "temp".into()), ("team".into(), "a".into())]),
+            size_greater_than: Some(100),
+            size_less_than: Some(1000),
+            ..Rule::default()
+        };
+        let both = [("class", "temp"), ("team", "a")];
+        assert!(rule.selects(&object("logs/x", 500, &both)));
+        assert!(rule.selects(&object(
+            "logs/x",
+            500,
+            &[("class", "temp"), ("team", "a"), ("more", "")]
+        )));
+        assert!(!rule.selects(&object("other/x", 500, &both)), "prefix");
+        assert!(
+            !rule.selects(&object("logs/x", 500, &[("class", "temp")])),
+            "a tag missing"
+        );
+        assert!(
+            !rule.selects(&object("logs/x", 500, &[("class", "keep"), ("team", "a")])),
+            "a tag's value differs"
+        );
+        // The bounds are exclusive, as in S3.
+        assert!(!rule.selects(&object("logs/x", 100, &both)));
+        assert!(rule.selects(&object("logs/x", 101, &both)));
+        assert!(rule.selects(&object("logs/x", 999, &both)));
+        assert!(!rule.selects(&object("logs/x", 1000, &both)));
+        assert!(rule.filters_objects());
+        assert!(Rule::default().selects(&object("any", 0, &[])));
+        assert!(!Rule::default().filters_objects());
+    }
+
+    #[test]
+    fn schedule_filters_carry_tags_and_sizes() {
+        let rule: sublet_crds::LifecycleRule = serde_yaml::from_str(
+            "{name: r, afterDays: 3, expire: true, filter: {prefix: a/, tags: {class: temp}, \
+             objectSizeGreaterThan: 1Ki, objectSizeLessThan: 1Mi}}",
+        )
+        .unwrap();
+        let r = Rule::from_schedule(&rule);
+        assert_eq!(r.prefix, "a/");
+        assert_eq!(r.tags["class"], "temp");
+        assert_eq!(
+            (r.size_greater_than, r.size_less_than),
+            (Some(1024), Some(1 << 20))
+        );
+    }
+}

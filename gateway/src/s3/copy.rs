@@ -5,8 +5,8 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::get::Preconditions;
-use super::tagging;
 use super::headers::{self, Written};
+use super::tagging;
 use super::{Gateway, etag, timestamp};
 use crate::meta::{ObjectAttrs, ObjectVersion};
 use crate::node::now_ms;

@@ -210,9 +210,7 @@ fn apply_filter(rule: &mut Rule, f: dto::LifecycleRuleFilter) -> S3Result<()> {
     rule.size_greater_than = greater
         .map(|v| bytes(v, "ObjectSizeGreaterThan"))
         .transpose()?;
-    rule.size_less_than = less
-        .map(|v| bytes(v, "ObjectSizeLessThan"))
-        .transpose()?;
+    rule.size_less_than = less.map(|v| bytes(v, "ObjectSizeLessThan")).transpose()?;
     if let (Some(min), Some(max)) = (rule.size_greater_than, rule.size_less_than)
         && max <= min.saturating_add(1)
     {
@@ -352,5 +350,149 @@ impl Gateway {
         self.require_bucket(&bucket).await?;
         self.meta(move |m| m.set_lifecycle(&bucket, None)).await?;
         Ok(S3Response::new(dto::DeleteBucketLifecycleOutput::default()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn tag(k: &str, v: &str) -> dto::Tag {
+        dto::Tag {
+            key: Some(k.into()),
+            value: Some(v.into()),
+        }
+    }
+
+    fn expiring(filter: dto::LifecycleRuleFilter) -> dto::LifecycleRule {
+        dto::LifecycleRule {
+            id: Some("r".into()),
+            status: dto::ExpirationStatus::from_static(dto::ExpirationStatus::ENABLED),
+            filter: Some(filter),
+            expiration: Some(dto::LifecycleExpiration {
+                days: Some(7),
+                ..Default::default()
+            }),
+            abort_incomplete_multipart_upload: None,
+            noncurrent_version_expiration: None,
+            noncurrent_version_transitions: None,
+            prefix: None,
+            transitions: None,
+        }
+    }
+
+    fn parse(filter: dto::LifecycleRuleFilter) -> S3Result<Rule> {
+        rules_from_s3(vec![expiring(filter)], |_| true).map(|mut r| r.remove(0))
+    }
+
+    #[test]
+    fn tag_size_and_and_filters_are_kept_and_answered_as_given() {
+        let by_tag = parse(dto::LifecycleRuleFilter {
+            tag: Some(tag("class", "temp")),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(by_tag.tags["class"], "temp");
+        assert_eq!(filter_of(&by_tag).tag, Some(tag("class", "temp")));
+
+        let all = dto::LifecycleRuleFilter {
+            and: Some(dto::LifecycleRuleAndOperator {
+                prefix: Some("logs/".into()),
+                tags: Some(vec![tag("a", "1"), tag("b", "2")]),
+                object_size_greater_than: Some(100),
+                object_size_less_than: Some(1000),
+            }),
+            ..Default::default()
+        };
+        let rule = parse(all.clone()).unwrap();
+        assert_eq!(rule.prefix, "logs/");
+        assert_eq!(rule.tags.len(), 2);
+        assert_eq!(
+            (rule.size_greater_than, rule.size_less_than),
+            (Some(100), Some(1000))
+        );
+        assert_eq!(filter_of(&rule), all, "an And is answered as an And");
+        // What is stored survives its JSON round trip.
+        let json = serde_json::to_string(&rule).unwrap();
+        assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), rule);
+
+        let by_size = parse(dto::LifecycleRuleFilter {
+            object_size_greater_than: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(by_size.size_greater_than, Some(0));
+        let answered = filter_of(&by_size);
+        assert_eq!(
+            (answered.object_size_greater_than, answered.prefix),
+            (Some(0), None)
+        );
+        // A plain prefix rule still answers a plain Prefix.
+        let by_prefix = parse(dto::LifecycleRuleFilter {
+            prefix: Some("tmp/".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(filter_of(&by_prefix).prefix.as_deref(), Some("tmp/"));
+        assert!(filter_of(&by_prefix).and.is_none());
+    }
+
+    #[test]
+    fn bad_filters_are_refused_naming_the_problem() {
+        let message = |f| parse(f).unwrap_err().message().unwrap().to_owned();
+        let two = message(dto::LifecycleRuleFilter {
+            prefix: Some("a/".into()),
+            tag: Some(tag("k", "v")),
+            ..Default::default()
+        });
+        assert!(two.contains("combine several in an And"), "{two}");
+        let negative = message(dto::LifecycleRuleFilter {
+            object_size_less_than: Some(-1),
+            ..Default::default()
+        });
+        assert!(negative.contains("ObjectSizeLessThan"), "{negative}");
+        let empty_range = message(dto::LifecycleRuleFilter {
+            and: Some(dto::LifecycleRuleAndOperator {
+                object_size_greater_than: Some(10),
+                object_size_less_than: Some(11),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(empty_range.contains("must exceed"), "{empty_range}");
+        let reserved = parse(dto::LifecycleRuleFilter {
+            tag: Some(tag("aws:foo", "v")),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(*reserved.code(), S3ErrorCode::InvalidTag);
+
+        let mut abort = expiring(dto::LifecycleRuleFilter {
+            tag: Some(tag("k", "v")),
+            ..Default::default()
+        });
+        abort.expiration = None;
+        abort.abort_incomplete_multipart_upload = Some(dto::AbortIncompleteMultipartUpload {
+            days_after_initiation: Some(1),
+        });
+        let e = rules_from_s3(vec![abort], |_| true).unwrap_err();
+        assert!(
+            e.message().unwrap().contains("uploads in progress"),
+            "{e:?}"
+        );
+        let mut markers = expiring(dto::LifecycleRuleFilter {
+            tag: Some(tag("k", "v")),
+            ..Default::default()
+        });
+        markers.expiration = Some(dto::LifecycleExpiration {
+            expired_object_delete_marker: Some(true),
+            ..Default::default()
+        });
+        let e = rules_from_s3(vec![markers], |_| true).unwrap_err();
+        assert!(
+            e.message().unwrap().contains("delete markers have no tags"),
+            "{e:?}"
+        );
     }
 }

@@ -7,9 +7,9 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::copy::{copy_source, enforce_copy_preconditions};
 use super::get::Preconditions;
-use super::tagging;
 use super::headers::{self, Written};
 use super::put::content_md5_matches;
+use super::tagging;
 use super::{Gateway, etag, timestamp};
 use crate::datapath::layout::{Encryption, Layout};
 use crate::error::{internal, no_such_upload};

@@ -4,8 +4,8 @@
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
-use super::tagging;
 use super::headers::{self, Written};
+use super::tagging;
 use super::{Gateway, etag};
 
 use crate::meta::ObjectVersion;

@@ -172,12 +172,7 @@ impl Gateway {
         let input = req.input;
         let tags = tags_from_set(input.tagging.tag_set, MAX_OBJECT_TAGS)?;
         let version_id = self
-            .retag(
-                &input.bucket,
-                &input.key,
-                input.version_id.as_deref(),
-                tags,
-            )
+            .retag(&input.bucket, &input.key, input.version_id.as_deref(), tags)
             .await?;
         Ok(S3Response::new(dto::PutObjectTaggingOutput { version_id }))
     }

@@ -8,8 +8,8 @@ use super::{SqliteStore, sql, store_err, version_from_row};
 use crate::datapath::layout::Layout;
 use crate::meta::listing::{Offer, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
-    ListPage, ObjectAttrs, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
-    WriteCondition, listing,
+    ListPage, ListQuery, MetaError, ObjectAttrs, ObjectVersion, PutOutcome, Result, VersionPage,
+    VersionQuery, WriteCondition, listing,
 };
 
 /// Inserts a version as the latest of its key; returns the version it replaced.
