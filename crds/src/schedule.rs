@@ -460,9 +460,7 @@ fn validate_filter(p: &mut Problems, field: &str, filter: &LifecycleFilter) {
     {
         p.add(
             format!("{field}.objectSizeLessThan"),
-            format!(
-                "{max} selects nothing above objectSizeGreaterThan {min}; make it larger"
-            ),
+            format!("{max} selects nothing above objectSizeGreaterThan {min}; make it larger"),
         );
     }
 }
