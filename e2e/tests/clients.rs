@@ -181,6 +181,148 @@ fn aws_cli_copies_syncs_lists_and_removes() {
     );
 }
 
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `TagSet` of a get-object-tagging or get-bucket-tagging answer as key → value.
+fn tag_set(answer: &serde_json::Value) -> BTreeMap<String, String> {
+    answer["TagSet"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no TagSet in {answer}"))
+        .iter()
+        .map(|t| {
+            (
+                t["Key"].as_str().unwrap().to_owned(),
+                t["Value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn aws_cli_tags_objects_and_buckets_and_keeps_a_lifecycle_by_tag() {
+    if !skip::clients_present(&["aws"]) {
+        return;
+    }
+    let f = TestGateway::start();
+    ok(f.aws(&["s3", "mb", "s3://tagging"]));
+    let local = f.path("small.bin");
+    write_random_file(&local, 10_000, 3);
+    let bucket = ["--bucket", "tagging"];
+    let object = ["--bucket", "tagging", "--key", "a.bin"];
+    let tags_of = |key: &str| {
+        tag_set(&json(&ok(f.aws(&[
+            "s3api",
+            "get-object-tagging",
+            "--bucket",
+            "tagging",
+            "--key",
+            key,
+        ]))))
+    };
+    let expect = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+
+    // put-object --tagging, read back by the tagging API and counted by GET.
+    let mut put = f.aws(&["s3api", "put-object"]);
+    put.args(object)
+        .args(["--body", s(&local), "--tagging", "class=temp&owner=ana%20b"]);
+    ok(put);
+    assert_eq!(
+        tags_of("a.bin"),
+        expect(&[("class", "temp"), ("owner", "ana b")])
+    );
+    let mut get = f.aws(&["s3api", "get-object"]);
+    get.args(object).arg(s(&f.path("a.down")));
+    assert_eq!(json(&ok(get))["TagCount"].as_u64(), Some(2));
+
+    // put-object-tagging replaces the set; delete-object-tagging empties it.
+    let mut retag = f.aws(&["s3api", "put-object-tagging"]);
+    retag.args(object).args([
+        "--tagging",
+        r#"{"TagSet": [{"Key": "class", "Value": "keep"}]}"#,
+    ]);
+    ok(retag);
+    assert_eq!(tags_of("a.bin"), expect(&[("class", "keep")]));
+    let mut untag = f.aws(&["s3api", "delete-object-tagging"]);
+    untag.args(object);
+    ok(untag);
+    assert!(tags_of("a.bin").is_empty());
+
+    // A reserved key is refused with InvalidTag, which the CLI shows.
+    let mut bad = f.aws(&["s3api", "put-object-tagging"]);
+    bad.args(object).args([
+        "--tagging",
+        r#"{"TagSet": [{"Key": "aws:owner", "Value": "x"}]}"#,
+    ]);
+    let out = run(&mut bad, CLIENT_TIMEOUT);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("InvalidTag"), "{}", out.stderr);
+
+    // Bucket tags.
+    let mut none = f.aws(&["s3api", "get-bucket-tagging"]);
+    none.args(bucket);
+    let out = run(&mut none, CLIENT_TIMEOUT);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("NoSuchTagSet"), "{}", out.stderr);
+    let mut put_bucket = f.aws(&["s3api", "put-bucket-tagging"]);
+    put_bucket.args(bucket).args([
+        "--tagging",
+        r#"{"TagSet": [{"Key": "team", "Value": "ops"}]}"#,
+    ]);
+    ok(put_bucket);
+    let mut get_bucket = f.aws(&["s3api", "get-bucket-tagging"]);
+    get_bucket.args(bucket);
+    assert_eq!(tag_set(&json(&ok(get_bucket))), expect(&[("team", "ops")]));
+    let mut delete_bucket = f.aws(&["s3api", "delete-bucket-tagging"]);
+    delete_bucket.args(bucket);
+    ok(delete_bucket);
+
+    // A lifecycle rule filtered by tag (and one by prefix, tag and size) is accepted and
+    // read back as given.
+    let rules = r#"{"Rules": [
+        {"ID": "temp", "Status": "Enabled",
+         "Filter": {"Tag": {"Key": "class", "Value": "temp"}},
+         "Expiration": {"Days": 7}},
+        {"ID": "big-logs", "Status": "Enabled",
+         "Filter": {"And": {"Prefix": "logs/", "Tags": [{"Key": "keep", "Value": "no"}],
+                            "ObjectSizeGreaterThan": 1048576}},
+         "Expiration": {"Days": 30}}
+    ]}"#;
+    let mut put_rules = f.aws(&["s3api", "put-bucket-lifecycle-configuration"]);
+    put_rules
+        .args(bucket)
+        .args(["--lifecycle-configuration", rules]);
+    ok(put_rules);
+    let mut get_rules = f.aws(&["s3api", "get-bucket-lifecycle-configuration"]);
+    get_rules.args(bucket);
+    let back = json(&ok(get_rules));
+    let rules = back["Rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{back}");
+    assert_eq!(
+        rules[0]["Filter"]["Tag"],
+        serde_json::json!({"Key": "class", "Value": "temp"}),
+        "{back}"
+    );
+    let and = &rules[1]["Filter"]["And"];
+    assert_eq!(and["Prefix"].as_str(), Some("logs/"), "{back}");
+    assert_eq!(
+        and["ObjectSizeGreaterThan"].as_u64(),
+        Some(1_048_576),
+        "{back}"
+    );
+    assert_eq!(
+        and["Tags"],
+        serde_json::json!([{"Key": "keep", "Value": "no"}]),
+        "{back}"
+    );
+}
+
 #[test]
 fn aws_cli_sync_with_an_empty_file_does_not_stall() {
     if !skip::clients_present(&["aws"]) {

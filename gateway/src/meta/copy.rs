@@ -81,6 +81,9 @@ pub fn copy_store(
             to.set_lifecycle(&bucket.name, Some(&rules))?;
             counts.lifecycle_rules += 1;
         }
+        if let Some(tags) = from.bucket_tags(&bucket.name)? {
+            to.set_bucket_tags(&bucket.name, Some(&tags))?;
+        }
         counts.versions += copy_versions(from, to, &bucket.name)?;
         let (uploads, parts) = copy_uploads(from, to, &bucket.name)?;
         counts.uploads += uploads;

@@ -147,6 +147,10 @@ pub struct ObjectAttrs {
     /// The multipart upload this version completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
+    /// S3 object tags (key → value): set on write (`x-amz-tagging`), changed in place by
+    /// Put/DeleteObjectTagging ([`MetadataStore::set_object_tags`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl ObjectAttrs {
@@ -160,6 +164,27 @@ impl ObjectAttrs {
             return None;
         }
         serde_json::to_string(self).ok()
+    }
+
+    /// An `attrs` column with its tags replaced by `tags` and every other field kept as
+    /// it was (also fields this gateway does not know, written by a newer one).
+    pub(crate) fn column_with_tags(
+        column: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Option<String>, serde_json::Error> {
+        let mut fields: serde_json::Map<String, serde_json::Value> = match column {
+            Some(c) => serde_json::from_str(c)?,
+            None => serde_json::Map::new(),
+        };
+        if tags.is_empty() {
+            fields.remove("tags");
+        } else {
+            fields.insert("tags".to_owned(), serde_json::to_value(tags)?);
+        }
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        serde_json::to_string(&fields).map(Some)
     }
 
     /// From the `attrs` column; unknown fields (of a newer gateway) are ignored.
@@ -593,6 +618,19 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn set_lifecycle(&self, bucket: &str, rules: Option<&str>) -> Result<()>;
     /// A bucket's lifecycle rules as stored by [`MetadataStore::set_lifecycle`].
     fn lifecycle(&self, bucket: &str) -> Result<Option<String>>;
+    /// Stores (`Some`, JSON) or removes (`None`) a bucket's tags; fails with `NoSuchBucket`.
+    fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()>;
+    /// A bucket's tags as stored by [`MetadataStore::set_bucket_tags`].
+    fn bucket_tags(&self, bucket: &str) -> Result<Option<String>>;
+    /// Replaces the tags of one stored version (not a delete marker) in place, keeping the
+    /// rest of it; `false` (nothing changed) when there is no such version.
+    fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool>;
     /// Moves `current` to another plan: in one transaction, if the version still has
     /// exactly `current`'s layout (no concurrent overwrite, repair or delete), gives it
     /// `plan` and `layout` and returns true; otherwise changes nothing and returns false.

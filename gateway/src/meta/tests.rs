@@ -43,6 +43,7 @@ on_every_store!(
     conditional_writes_check_the_latest_version_in_the_commit,
     attributes_round_trip_on_versions_and_uploads,
     listings_agree_with_the_listing_rule_page_by_page,
+    tags_change_in_place_per_version_and_buckets_keep_theirs,
 );
 
 fn conditional_writes_check_the_latest_version_in_the_commit(s: &dyn MetadataStore) {
@@ -110,6 +111,7 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
         content_language: Some("en".into()),
         expires: Some("Wed, 21 Oct 2026 07:28:00 GMT".into()),
         upload_id: Some("u9".into()),
+        tags: BTreeMap::from([("project".into(), "blue".into())]),
     };
     let v = ObjectVersion {
         attrs: attrs.clone(),
@@ -124,6 +126,75 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
     };
     s.create_upload(&u).unwrap();
     assert_eq!(s.upload("b", "k", "u1").unwrap().unwrap(), u);
+}
+
+fn tags_change_in_place_per_version_and_buckets_keep_theirs(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    let old = ObjectVersion {
+        attrs: ObjectAttrs {
+            cache_control: Some("no-store".into()),
+            ..ObjectAttrs::default()
+        },
+        ..version("k", "v1", 1)
+    };
+    s.put_version(&old).unwrap();
+    s.put_version(&version("k", "v2", 2)).unwrap();
+    let tags = BTreeMap::from([("a".to_owned(), "1".to_owned()), ("b".into(), "".into())]);
+    // An older version is retagged in place: it stays older, keeps its other attributes.
+    assert!(s.set_object_tags("b", "k", "v1", &tags).unwrap());
+    let v1 = s.version("b", "k", Some("v1")).unwrap().unwrap();
+    assert_eq!(v1.attrs.tags, tags);
+    assert_eq!(v1.attrs.cache_control.as_deref(), Some("no-store"));
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap().version_id, "v2");
+    assert!(
+        s.version("b", "k", None)
+            .unwrap()
+            .unwrap()
+            .attrs
+            .tags
+            .is_empty()
+    );
+    // Listings of versions carry the tags (lifecycle filters read them there).
+    let listed = versions_page(s, "", "");
+    assert_eq!(listed.versions[1].version.attrs.tags, tags);
+    // Removing every tag leaves no attributes behind when there were none besides.
+    assert!(s.set_object_tags("b", "k", "v2", &tags).unwrap());
+    assert!(s.set_object_tags("b", "k", "v2", &BTreeMap::new()).unwrap());
+    assert!(
+        s.version("b", "k", Some("v2"))
+            .unwrap()
+            .unwrap()
+            .attrs
+            .is_empty()
+    );
+    // No such version, or a delete marker: nothing changes.
+    assert!(!s.set_object_tags("b", "k", "v9", &tags).unwrap());
+    let marker = ObjectVersion {
+        delete_marker: true,
+        layout: None,
+        ..version("k", "v3", 3)
+    };
+    s.put_version(&marker).unwrap();
+    assert!(!s.set_object_tags("b", "k", "v3", &tags).unwrap());
+
+    assert_eq!(s.bucket_tags("b").unwrap(), None);
+    s.set_bucket_tags("b", Some("{\"team\":\"ops\"}")).unwrap();
+    assert_eq!(
+        s.bucket_tags("b").unwrap().as_deref(),
+        Some("{\"team\":\"ops\"}")
+    );
+    s.set_bucket_tags("b", None).unwrap();
+    assert_eq!(s.bucket_tags("b").unwrap(), None);
+    assert!(matches!(
+        s.set_bucket_tags("nope", Some("{}")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    // A deleted bucket's tags go with it.
+    s.create_bucket(&bucket("c")).unwrap();
+    s.set_bucket_tags("c", Some("{}")).unwrap();
+    s.delete_bucket("c").unwrap();
+    s.create_bucket(&bucket("c")).unwrap();
+    assert_eq!(s.bucket_tags("c").unwrap(), None);
 }
 
 fn a_bucket_default_plan_is_set_and_cleared(s: &dyn MetadataStore) {

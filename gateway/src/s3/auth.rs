@@ -421,6 +421,8 @@ mod tests {
             "HeadBucket",
             "GetBucketLocation",
             "ListParts",
+            "GetObjectTagging",
+            "GetBucketTagging",
         ] {
             assert_eq!(need_of(op), Need::Read, "{op}");
         }
@@ -434,6 +436,10 @@ mod tests {
             "CompleteMultipartUpload",
             "CopyObject",
             "PutBucketVersioning",
+            "PutObjectTagging",
+            "DeleteObjectTagging",
+            "PutBucketTagging",
+            "DeleteBucketTagging",
         ] {
             assert_eq!(need_of(op), Need::Write, "{op}");
         }

@@ -6,6 +6,7 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::get::Preconditions;
 use super::headers::{self, Written};
+use super::tagging;
 use super::{Gateway, etag, timestamp};
 use crate::meta::{ObjectAttrs, ObjectVersion};
 use crate::node::now_ms;
@@ -73,11 +74,26 @@ impl Gateway {
                 ));
             }
         };
+        // The tags: the source's (COPY, the default) or the request's x-amz-tagging (REPLACE),
+        // as the tagging directive says, whatever the metadata directive.
+        let tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
+            None | Some(TaggingDirective::COPY) => None,
+            Some(TaggingDirective::REPLACE) => {
+                Some(tagging::header_tags(input.tagging.as_deref())?)
+            }
+            Some(other) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("x-amz-tagging-directive must be COPY or REPLACE, not {other:?}"),
+                ));
+            }
+        };
         let storage_class = input.storage_class.as_ref().map(|s| s.as_str());
         if src_bucket == input.bucket
             && src_key == input.key
             && src_version.is_none()
             && !replace
+            && tags.is_none()
             && storage_class.is_none()
         {
             return Err(S3Error::with_message(
@@ -134,6 +150,10 @@ impl Gateway {
                 source.user_metadata.clone(),
                 attrs,
             )
+        };
+        let attrs = ObjectAttrs {
+            tags: tags.unwrap_or_else(|| source.attrs.tags.clone()),
+            ..attrs
         };
         let version_id = new_version_id(&bucket);
         let modified = now_ms();

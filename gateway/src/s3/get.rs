@@ -183,6 +183,7 @@ impl Gateway {
         });
         let server_side_encryption = headers::server_side_encryption(&v);
         let expires = input.response_expires.or_else(|| headers::expires(&v));
+        let tag_count = super::tagging::tag_count(&v);
         let mut response = S3Response::new(HeadObjectOutput {
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             parts_count: part.and_then(|p| p.count),
@@ -214,6 +215,12 @@ impl Gateway {
             .and_then(|r| http::HeaderValue::from_str(r).ok())
         {
             response.headers.insert(http::header::CONTENT_RANGE, value);
+        }
+        // s3s's HeadObjectOutput has no tag count; S3 answers it as on a GET.
+        if let Some(n) = tag_count {
+            response
+                .headers
+                .insert("x-amz-tagging-count", http::HeaderValue::from(n));
         }
         Ok(response)
     }
@@ -254,6 +261,7 @@ impl Gateway {
         });
         let length = range.end - range.start;
         let body = self.read_range(&v, range).await?;
+        let tag_count = super::tagging::tag_count(&v);
         let server_side_encryption = headers::server_side_encryption(&v);
         let expires = input.response_expires.or_else(|| headers::expires(&v));
         Ok(S3Response::new(GetObjectOutput {
@@ -276,6 +284,7 @@ impl Gateway {
             metadata: Some(v.user_metadata.into_iter().collect()),
             storage_class: Some(StorageClass::from(v.plan)),
             accept_ranges: Some("bytes".into()),
+            tag_count,
             ..Default::default()
         }))
     }

@@ -28,6 +28,7 @@ impl Written<'_> {
             content_language: self.content_language.map(str::to_owned),
             expires: self.expires.and_then(http_date),
             upload_id: None,
+            tags: Default::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use super::copy::{copy_source, enforce_copy_preconditions};
 use super::get::Preconditions;
 use super::headers::{self, Written};
 use super::put::content_md5_matches;
+use super::tagging;
 use super::{Gateway, etag, timestamp};
 use crate::datapath::layout::{Encryption, Layout};
 use crate::error::{internal, no_such_upload};
@@ -113,7 +114,7 @@ impl Gateway {
         let server_side_encryption = plan
             .encrypt
             .then(|| ServerSideEncryption::from_static(ServerSideEncryption::AES256));
-        let attrs = Written {
+        let mut attrs = Written {
             cache_control: input.cache_control.as_deref(),
             content_disposition: input.content_disposition.as_deref(),
             content_encoding: input.content_encoding.as_deref(),
@@ -121,6 +122,7 @@ impl Gateway {
             expires: input.expires.as_ref(),
         }
         .attrs();
+        attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
         let upload = Upload {
             bucket: input.bucket.clone(),
             key: input.key.clone(),

@@ -5,6 +5,7 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::headers::{self, Written};
+use super::tagging;
 use super::{Gateway, etag};
 
 use crate::meta::ObjectVersion;
@@ -56,7 +57,7 @@ impl Gateway {
                 .check(&input.bucket, &input.key, latest.as_ref())
                 .map_err(crate::error::meta_err)?;
         }
-        let attrs = Written {
+        let mut attrs = Written {
             cache_control: input.cache_control.as_deref(),
             content_disposition: input.content_disposition.as_deref(),
             content_encoding: input.content_encoding.as_deref(),
@@ -64,6 +65,7 @@ impl Gateway {
             expires: input.expires.as_ref(),
         }
         .attrs();
+        attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
         let written = self.store_body(&plan, &input.key, input.body, None).await?;
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;

@@ -110,6 +110,17 @@ pub enum Entry {
         key: String,
         upload_id: String,
     },
+    SetBucketTags {
+        bucket: String,
+        tags: Option<String>,
+    },
+    /// Put/DeleteObjectTagging: one version's tags replaced in place.
+    SetObjectTags {
+        bucket: String,
+        key: String,
+        version_id: String,
+        tags: std::collections::BTreeMap<String, String>,
+    },
     /// The policy overlay applied through the admin API (a copy; the file is what runs).
     Policies {
         yaml: String,

@@ -121,6 +121,21 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
         Entry::SetLifecycle { bucket, rules } => {
             skip_gone(store.set_lifecycle(bucket, rules.as_deref()))
         }
+        Entry::SetBucketTags { bucket, tags } => {
+            skip_gone(store.set_bucket_tags(bucket, tags.as_deref()))
+        }
+        Entry::SetObjectTags {
+            bucket,
+            key,
+            version_id,
+            tags,
+        } => {
+            let current = store.version(bucket, key, Some(version_id))?;
+            if current.as_ref().is_none_or(|v| v.attrs.tags == *tags) {
+                return Ok(false);
+            }
+            store.set_object_tags(bucket, key, version_id, tags)
+        }
         Entry::PutVersion { version } => {
             if store.bucket(&version.bucket)?.is_none() {
                 return Ok(false);

@@ -345,6 +345,39 @@ impl MetadataStore for JournaledStore {
     fn lifecycle(&self, bucket: &str) -> Result<Option<String>> {
         self.inner.lifecycle(bucket)
     }
+    fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_tags(bucket, tags),
+            |()| {
+                Some(Entry::SetBucketTags {
+                    bucket: bucket.to_owned(),
+                    tags: tags.map(str::to_owned),
+                })
+            },
+        )
+    }
+    fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_tags(bucket)
+    }
+    fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        self.logged(
+            |s| s.set_object_tags(bucket, key, version_id, tags),
+            |changed| {
+                changed.then(|| Entry::SetObjectTags {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    version_id: version_id.to_owned(),
+                    tags: tags.clone(),
+                })
+            },
+        )
+    }
     fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {
         self.logged(
             |s| s.swap_layout(current, plan, layout),

@@ -55,8 +55,9 @@ fn observe(s: &dyn MetadataStore) -> Vec<String> {
     let mut out = Vec::new();
     for b in s.buckets().unwrap() {
         out.push(format!(
-            "{b:?} lifecycle={:?}",
-            s.lifecycle(&b.name).unwrap()
+            "{b:?} lifecycle={:?} tags={:?}",
+            s.lifecycle(&b.name).unwrap(),
+            s.bucket_tags(&b.name).unwrap()
         ));
         let page = s
             .list_versions(
@@ -108,12 +109,17 @@ fn history(s: &dyn MetadataStore) {
     assert!(s.swap_layout(&a, "archive", &layout(4)).unwrap());
     s.set_bucket_plan("photos", Some("archive")).unwrap();
     s.set_lifecycle("photos", Some("[{\"id\":\"r\"}]")).unwrap();
+    s.set_bucket_tags("photos", Some("{\"team\":\"ops\"}"))
+        .unwrap();
     // Versions and a delete marker.
     s.create_bucket(&bucket("docs", Versioning::Unversioned))
         .unwrap();
     s.set_versioning("docs", Versioning::Enabled).unwrap();
     s.put_version(&version("docs", "d", "v1", 5)).unwrap();
     s.put_version(&version("docs", "d", "v2", 6)).unwrap();
+    // Tags changed in place, on the version that becomes noncurrent.
+    let tags = BTreeMap::from([("class".to_string(), "temp".to_string())]);
+    assert!(s.set_object_tags("docs", "d", "v2", &tags).unwrap());
     let mut marker = version("docs", "d", "v3", 7);
     marker.delete_marker = true;
     marker.layout = None;
@@ -240,7 +246,7 @@ fn replaying_from_any_snapshot_rebuilds_the_store() {
     );
     history(&live);
     let entries = journal.take();
-    assert_eq!(entries.len(), 28, "{entries:#?}");
+    assert_eq!(entries.len(), 30, "{entries:#?}");
     let want = observe(&live);
     // A snapshot holds the first `copied` changes; its cut may lag behind (`cut` ≤
     // `copied`), so replay starts there and meets changes the copy already has.

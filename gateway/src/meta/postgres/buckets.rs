@@ -1,4 +1,4 @@
-//! Buckets and what is set on them (versioning, default plan, lifecycle), and the shared
+//! Buckets and what is set on them (versioning, default plan, lifecycle, tags), and the shared
 //! policy overlay.
 
 use super::{PostgresStore, bucket_from_row, pg_err};
@@ -74,6 +74,8 @@ pub(super) fn delete_bucket(s: &PostgresStore, name: &str) -> Result<()> {
         }
         tx.execute("DELETE FROM bucket_lifecycle WHERE bucket = $1", &[&name])
             .map_err(pg_err)?;
+        tx.execute("DELETE FROM bucket_tags WHERE bucket = $1", &[&name])
+            .map_err(pg_err)?;
         tx.execute("DELETE FROM buckets WHERE name = $1", &[&name])
             .map_err(pg_err)?;
         Ok(())
@@ -142,6 +144,22 @@ pub(super) fn set_bucket_plan(s: &PostgresStore, name: &str, plan: Option<&str>)
 }
 
 pub(super) fn set_lifecycle(s: &PostgresStore, bucket: &str, rules: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_lifecycle", "rules", rules)
+}
+
+pub(super) fn set_bucket_tags(s: &PostgresStore, bucket: &str, tags: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_tags", "tags", tags)
+}
+
+/// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
+/// bucket, the value in `column`).
+fn set_bucket_setting(
+    s: &PostgresStore,
+    bucket: &str,
+    table: &str,
+    column: &str,
+    value: Option<&str>,
+) -> Result<()> {
     s.tx(|tx| {
         if tx
             .query_opt(
@@ -153,13 +171,18 @@ pub(super) fn set_lifecycle(s: &PostgresStore, bucket: &str, rules: Option<&str>
         {
             return Err(MetaError::NoSuchBucket(bucket.into()));
         }
-        match rules {
-            Some(rules) => tx.execute(
-                "INSERT INTO bucket_lifecycle (bucket, rules) VALUES ($1, $2)
-                 ON CONFLICT (bucket) DO UPDATE SET rules = excluded.rules",
-                &[&bucket, &rules],
+        match value {
+            Some(value) => tx.execute(
+                &format!(
+                    "INSERT INTO {table} (bucket, {column}) VALUES ($1, $2)
+                     ON CONFLICT (bucket) DO UPDATE SET {column} = excluded.{column}"
+                ),
+                &[&bucket, &value],
             ),
-            None => tx.execute("DELETE FROM bucket_lifecycle WHERE bucket = $1", &[&bucket]),
+            None => tx.execute(
+                &format!("DELETE FROM {table} WHERE bucket = $1"),
+                &[&bucket],
+            ),
         }
         .map_err(pg_err)?;
         Ok(())
@@ -176,5 +199,15 @@ pub(super) fn lifecycle(s: &PostgresStore, bucket: &str) -> Result<Option<String
         .map(|r| r.try_get(0))
         .transpose()
         .map_err(pg_err)
+    })
+}
+
+pub(super) fn bucket_tags(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    s.run(|c| {
+        c.query_opt("SELECT tags FROM bucket_tags WHERE bucket = $1", &[&bucket])
+            .map_err(pg_err)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)
     })
 }

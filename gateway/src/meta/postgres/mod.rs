@@ -523,6 +523,24 @@ impl MetadataStore for PostgresStore {
         buckets::lifecycle(self, bucket)
     }
 
+    fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()> {
+        buckets::set_bucket_tags(self, bucket, tags)
+    }
+
+    fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_tags(self, bucket)
+    }
+
+    fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        objects::set_object_tags(self, bucket, key, version_id, tags)
+    }
+
     fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {
         objects::swap_layout(self, current, plan, layout)
     }

@@ -509,6 +509,24 @@ impl MetadataStore for SqliteStore {
         buckets::lifecycle(self, bucket)
     }
 
+    fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()> {
+        buckets::set_bucket_tags(self, bucket, tags)
+    }
+
+    fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_tags(self, bucket)
+    }
+
+    fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        objects::set_object_tags(self, bucket, key, version_id, tags)
+    }
+
     fn commit_order(&self) -> Option<&Mutex<()>> {
         Some(&self.order)
     }
