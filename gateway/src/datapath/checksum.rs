@@ -247,7 +247,11 @@ pub fn decode(algorithm: Algorithm, value: &str) -> Option<Vec<u8>> {
 /// and sizes, in order, as S3 defines it: composite, the digest of the concatenated part
 /// digests; full object, the part CRCs combined into the CRC of the whole body. An error
 /// names what cannot be done.
-pub fn multipart(algorithm: Algorithm, kind: Kind, parts: &[(&str, u64)]) -> Result<String, String> {
+pub fn multipart(
+    algorithm: Algorithm,
+    kind: Kind,
+    parts: &[(&str, u64)],
+) -> Result<String, String> {
     let mut raws = Vec::with_capacity(parts.len());
     for (i, (value, _)) in parts.iter().enumerate() {
         raws.push(decode(algorithm, value).ok_or_else(|| {
@@ -310,8 +314,14 @@ mod tests {
     fn every_algorithm_gives_its_known_answer() {
         // The CRC catalogue's check values (over "123456789").
         let check = sums(b"123456789");
-        assert_eq!(decode(Algorithm::Crc32, &check[&Algorithm::Crc32]).unwrap(), 0xcbf4_3926u32.to_be_bytes());
-        assert_eq!(decode(Algorithm::Crc32c, &check[&Algorithm::Crc32c]).unwrap(), 0xe306_9283u32.to_be_bytes());
+        assert_eq!(
+            decode(Algorithm::Crc32, &check[&Algorithm::Crc32]).unwrap(),
+            0xcbf4_3926u32.to_be_bytes()
+        );
+        assert_eq!(
+            decode(Algorithm::Crc32c, &check[&Algorithm::Crc32c]).unwrap(),
+            0xe306_9283u32.to_be_bytes()
+        );
         assert_eq!(
             decode(Algorithm::Crc64nvme, &check[&Algorithm::Crc64nvme]).unwrap(),
             0xae8b_1486_0a79_9888u64.to_be_bytes()
@@ -322,7 +332,10 @@ mod tests {
         assert_eq!(s[&Algorithm::Crc32c], "yZRlqg==");
         assert_eq!(s[&Algorithm::Crc64nvme], "jSnVw/bqjr4=");
         assert_eq!(s[&Algorithm::Sha1], "Kq5sNclPz7QV2+lfQIuc6R7oRu0=");
-        assert_eq!(s[&Algorithm::Sha256], "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=");
+        assert_eq!(
+            s[&Algorithm::Sha256],
+            "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek="
+        );
     }
 
     #[test]
@@ -330,7 +343,10 @@ mod tests {
         let mut h = Hasher::new([Algorithm::Sha256, Algorithm::Crc32, Algorithm::Crc32]);
         h.update(b"hello world");
         let s = h.finish();
-        assert_eq!(s.keys().copied().collect::<Vec<_>>(), [Algorithm::Crc32, Algorithm::Sha256]);
+        assert_eq!(
+            s.keys().copied().collect::<Vec<_>>(),
+            [Algorithm::Crc32, Algorithm::Sha256]
+        );
         assert!(Hasher::new([]).finish().is_empty());
     }
 
@@ -341,7 +357,10 @@ mod tests {
             (Algorithm::Crc32, "1Fu2mQ=="),
             (Algorithm::Crc32c, "vUZpoA=="),
             (Algorithm::Sha1, "9oeo+kMlG3hL6irRRMB+8GuSWwc="),
-            (Algorithm::Sha256, "Zhie15keHg/OBlOZxcoF/BXCgYZaeimRvdZnwUZqkaQ="),
+            (
+                Algorithm::Sha256,
+                "Zhie15keHg/OBlOZxcoF/BXCgYZaeimRvdZnwUZqkaQ=",
+            ),
         ];
         for (a, want) in cases {
             let p1 = encode(&a.digest(b"hello "));
@@ -368,7 +387,10 @@ mod tests {
         // "hello world" in two parts gives the whole body's known CRC64NVME.
         let a = Algorithm::Crc64nvme;
         let (p1, p2) = (encode(&a.digest(b"hello ")), encode(&a.digest(b"world")));
-        assert_eq!(multipart(a, Kind::FullObject, &[(&p1, 6), (&p2, 5)]).unwrap(), "jSnVw/bqjr4=");
+        assert_eq!(
+            multipart(a, Kind::FullObject, &[(&p1, 6), (&p2, 5)]).unwrap(),
+            "jSnVw/bqjr4="
+        );
         let err = multipart(Algorithm::Sha256, Kind::FullObject, &[]).unwrap_err();
         assert!(err.contains("COMPOSITE"), "{err}");
         let err = multipart(Algorithm::Crc32, Kind::FullObject, &[("nonsense", 3)]).unwrap_err();
@@ -386,7 +408,14 @@ mod tests {
         }
         assert_eq!(Algorithm::parse("MD5"), None);
         assert_eq!(Kind::parse("full_object"), Some(Kind::FullObject));
-        assert_eq!(serde_json::to_string(&Kind::Composite).unwrap(), "\"COMPOSITE\"");
-        assert_eq!(decode(Algorithm::Crc32, "jSnVw/bqjr4="), None, "wrong length");
+        assert_eq!(
+            serde_json::to_string(&Kind::Composite).unwrap(),
+            "\"COMPOSITE\""
+        );
+        assert_eq!(
+            decode(Algorithm::Crc32, "jSnVw/bqjr4="),
+            None,
+            "wrong length"
+        );
     }
 }

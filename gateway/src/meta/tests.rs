@@ -1,5 +1,5 @@
 use super::*;
-use crate::datapath::checksum::Algorithm;
+use crate::datapath::checksum::{Algorithm, ChecksumSpec, Kind, ObjectChecksum, PartChecksum};
 use crate::datapath::layout::{Encryption, Scheme};
 
 /// Runs each store-agnostic test on SQLite and on PostgreSQL.
@@ -111,6 +111,25 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
         content_language: Some("en".into()),
         expires: Some("Wed, 21 Oct 2026 07:28:00 GMT".into()),
         upload_id: Some("u9".into()),
+        checksum: Some(ObjectChecksum {
+            algorithm: Algorithm::Crc32,
+            kind: Kind::Composite,
+            value: "1Fu2mQ==".into(),
+            parts: vec![
+                PartChecksum {
+                    number: 1,
+                    value: "7YH59g==".into(),
+                },
+                PartChecksum {
+                    number: 3,
+                    value: "OncRQw==".into(),
+                },
+            ],
+        }),
+        upload_checksum: Some(ChecksumSpec {
+            algorithm: Algorithm::Sha256,
+            kind: Kind::Composite,
+        }),
     };
     let v = ObjectVersion {
         attrs: attrs.clone(),

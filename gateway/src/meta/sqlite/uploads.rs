@@ -271,4 +271,3 @@ pub(super) fn abort_upload(
     tx.commit().map_err(store_err)?;
     Ok(parts)
 }
-
