@@ -259,6 +259,16 @@ fn boto3_conditional_gets_answer_304_and_412() {
     assert!(out.contains("conditional checks passed"), "{out}");
 }
 
+#[test]
+fn boto3_checksums_are_checked_stored_and_returned() {
+    if !skip::clients_present(&["boto3"]) {
+        return;
+    }
+    let f = TestGateway::start();
+    let out = ok(boto3_script(&f, "boto3_checksums.py", "checksums"));
+    assert!(out.contains("checksum checks passed"), "{out}");
+}
+
 /// An s3cmd config file for `dev`, with `region` as bucket_location.
 fn s3cmd_config(f: &TestGateway, region: &str) -> PathBuf {
     let path = f.path("s3cfg");

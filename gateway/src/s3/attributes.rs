@@ -22,11 +22,14 @@ impl Gateway {
         let (bucket, v) = self
             .lookup(&input.bucket, &input.key, input.version_id.as_deref())
             .await?;
+        // One `x-amz-object-attributes` header lists them comma-separated (s3s hands it
+        // over as one item).
         let wants = |name: &str| {
             input
                 .object_attributes
                 .iter()
-                .any(|a| a.as_str().eq_ignore_ascii_case(name))
+                .flat_map(|a| a.as_str().split(','))
+                .any(|a| a.trim().eq_ignore_ascii_case(name))
         };
         let max = input.max_parts.unwrap_or(MAX_PARTS).clamp(0, MAX_PARTS);
         let after = input.part_number_marker.unwrap_or(0).max(0);
