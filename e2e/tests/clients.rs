@@ -412,6 +412,16 @@ fn boto3_error_answers_are_the_ones_s3_gives() {
     assert!(out.contains("error answer checks passed"), "{out}");
 }
 
+#[test]
+fn boto3_checksums_are_checked_stored_and_returned() {
+    if !skip::clients_present(&["boto3"]) {
+        return;
+    }
+    let f = TestGateway::start();
+    let out = ok(boto3_script(&f, "boto3_checksums.py", "checksums"));
+    assert!(out.contains("checksum checks passed"), "{out}");
+}
+
 /// An s3cmd config file for `dev`: `region` as bucket_location, or s3cmd's default (`US`)
 /// when `None`, as a new user's `.s3cfg` has it.
 fn s3cmd_config(f: &TestGateway, region: Option<&str>) -> PathBuf {

@@ -23,6 +23,7 @@ pub use sqlite::SqliteStore;
 
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::checksum::{ChecksumSpec, ObjectChecksum, Sums};
 use crate::datapath::layout::Layout;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,12 @@ pub struct ObjectAttrs {
     /// Put/DeleteObjectTagging ([`MetadataStore::set_object_tags`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// A version's S3 checksum (`x-amz-checksum-*`), checked on upload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<ObjectChecksum>,
+    /// An upload's: the checksum algorithm and kind it was started with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_checksum: Option<ChecksumSpec>,
 }
 
 impl ObjectAttrs {
@@ -359,6 +366,19 @@ pub struct UploadPart {
     /// Unix milliseconds.
     pub last_modified: i64,
     pub layout: Layout,
+    /// S3 checksums of the part's bytes (`checksums` column, JSON; none from before them).
+    #[serde(default, skip_serializing_if = "Sums::is_empty")]
+    pub checksums: Sums,
+}
+
+impl UploadPart {
+    /// Its checksums as stored in the parts' `checksums` column: `NULL` when it has none.
+    pub(crate) fn checksums_column(&self) -> Option<String> {
+        if self.checksums.is_empty() {
+            return None;
+        }
+        serde_json::to_string(&self.checksums).ok()
+    }
 }
 
 /// What completing an upload did.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::datapath::checksum::{Algorithm, ChecksumSpec, Kind, ObjectChecksum, PartChecksum};
 use crate::datapath::layout::{Encryption, Scheme};
 
 /// Runs each store-agnostic test on SQLite and on PostgreSQL.
@@ -112,6 +113,25 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
         expires: Some("Wed, 21 Oct 2026 07:28:00 GMT".into()),
         upload_id: Some("u9".into()),
         tags: BTreeMap::from([("project".into(), "blue".into())]),
+        checksum: Some(ObjectChecksum {
+            algorithm: Algorithm::Crc32,
+            kind: Kind::Composite,
+            value: "1Fu2mQ==".into(),
+            parts: vec![
+                PartChecksum {
+                    number: 1,
+                    value: "7YH59g==".into(),
+                },
+                PartChecksum {
+                    number: 3,
+                    value: "OncRQw==".into(),
+                },
+            ],
+        }),
+        upload_checksum: Some(ChecksumSpec {
+            algorithm: Algorithm::Sha256,
+            kind: Kind::Composite,
+        }),
     };
     let v = ObjectVersion {
         attrs: attrs.clone(),
@@ -491,6 +511,15 @@ fn part(n: i32, etag: &str) -> UploadPart {
             inline: None,
             parts: vec![],
         },
+        // Part 2 carries S3 checksums (their column), the others none.
+        checksums: if n == 2 {
+            BTreeMap::from([
+                (Algorithm::Crc32, "DUoRhQ==".to_string()),
+                (Algorithm::Crc64nvme, "jSnVw/bqjr4=".to_string()),
+            ])
+        } else {
+            BTreeMap::new()
+        },
     }
 }
 
@@ -530,6 +559,7 @@ fn parts_are_replaced_listed_and_uploads_end_once(s: &dyn MetadataStore) {
     let parts = s.parts("b", "k", "u1", 0, 100).unwrap();
     let tags: Vec<_> = parts.iter().map(|p| p.etag.as_str()).collect();
     assert_eq!(tags, ["e1b", "e2"]);
+    assert_eq!(parts, [part(1, "e1b"), part(2, "e2")], "checksums kept");
     assert_eq!(s.parts("b", "k", "u1", 1, 100).unwrap().len(), 1);
     assert!(matches!(
         s.delete_bucket("b"),
@@ -762,12 +792,13 @@ fn a_database_from_before_attributes_gains_their_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metadata.db");
     {
-        // The tables as the first release made them: no `attrs` column.
+        // The tables as the first release made them: no `attrs` column, no part checksums.
         let old = rusqlite::Connection::open(&path).unwrap();
         let schema = sqlite::schema_for_tests()
             .replace("    attrs TEXT,\n", "")
-            .replace(",\n    attrs TEXT\n", "\n");
-        assert!(!schema.contains("attrs"));
+            .replace(",\n    attrs TEXT\n", "\n")
+            .replace("    checksums TEXT,\n", "");
+        assert!(!schema.contains("attrs") && !schema.contains("checksums"));
         old.execute_batch(&schema).unwrap();
         old.execute(
             "INSERT INTO buckets (name, created, versioning) VALUES ('b', 1, 'unversioned')",
@@ -784,9 +815,12 @@ fn a_database_from_before_attributes_gains_their_column() {
         ..version("k", "v1", 1)
     };
     s.put_version(&v).unwrap();
+    s.create_upload(&upload("u1", "k")).unwrap();
+    s.put_part("b", "k", "u1", &part(2, "e2")).unwrap();
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.version("b", "k", None).unwrap().unwrap(), v);
+    assert_eq!(s.parts("b", "k", "u1", 0, 10).unwrap(), [part(2, "e2")]);
 }
 
 #[test]

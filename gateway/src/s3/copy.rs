@@ -1,13 +1,16 @@
 //! CopyObject: re-encodes by streaming the source through a fresh write, so a
-//! copy may change bucket, plan (storage class) and metadata.
+//! copy may change bucket, plan (storage class) and metadata; its checksum (the algorithm
+//! the request names, else the source's, else S3's default) is computed on the way.
 
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::checksum::{self as sums, set_checksums};
 use super::get::Preconditions;
 use super::headers::{self, Written};
 use super::tagging;
 use super::{Gateway, etag, timestamp};
+use crate::datapath::checksum::{Kind, ObjectChecksum};
 use crate::meta::{ObjectAttrs, ObjectVersion};
 use crate::node::now_ms;
 use crate::node::write::{new_version_id, reported_version_id};
@@ -109,6 +112,14 @@ impl Gateway {
             &plan.name,
             plan.encrypt,
         )?;
+        let algorithm = match &input.checksum_algorithm {
+            Some(a) => sums::algorithm_of(a)?,
+            None => source
+                .attrs
+                .checksum
+                .as_ref()
+                .map_or(sums::DEFAULT.algorithm, |c| c.algorithm),
+        };
         let stream = self.read_range(&source, 0..source.size).await?;
         let written = self
             .store_body(
@@ -116,8 +127,19 @@ impl Gateway {
                 &input.key,
                 Some(StreamingBlob::wrap(stream)),
                 Some(source.size),
+                &[algorithm],
             )
             .await?;
+        // A copy is written in one piece: its checksum is of the whole object.
+        let checksum = written
+            .checksums
+            .get(&algorithm)
+            .map(|value| ObjectChecksum {
+                algorithm,
+                kind: Kind::FullObject,
+                value: value.clone(),
+                parts: Vec::new(),
+            });
         if written.size != source.size {
             self.free(Some(&written.layout)).await;
             return Err(crate::error::internal(format!(
@@ -126,7 +148,7 @@ impl Gateway {
             )));
         }
         // REPLACE takes the request's type, metadata and standard headers; COPY the source's.
-        let (content_type, user_metadata, attrs) = if replace {
+        let (content_type, user_metadata, mut attrs) = if replace {
             let attrs = Written {
                 cache_control: input.cache_control.as_deref(),
                 content_disposition: input.content_disposition.as_deref(),
@@ -151,10 +173,8 @@ impl Gateway {
                 attrs,
             )
         };
-        let attrs = ObjectAttrs {
-            tags: tags.unwrap_or_else(|| source.attrs.tags.clone()),
-            ..attrs
-        };
+        attrs.tags = tags.unwrap_or_else(|| source.attrs.tags.clone());
+        attrs.checksum = checksum;
         let version_id = new_version_id(&bucket);
         let modified = now_ms();
         let md5 = written.md5.clone();
@@ -173,14 +193,18 @@ impl Gateway {
             attrs,
         };
         let server_side_encryption = headers::server_side_encryption(&version);
+        let fields = sums::object_fields(version.attrs.checksum.as_ref());
         self.commit_version(version).await?;
         tracing::info!(from = %format!("{src_bucket}/{src_key}"), bucket = %input.bucket, key = %input.key, plan = %plan.name, "object copied");
+        let mut result = CopyObjectResult {
+            e_tag: Some(etag(&md5)),
+            last_modified: Some(timestamp(modified)),
+            checksum_type: fields.checksum_type.clone(),
+            ..Default::default()
+        };
+        set_checksums!(result, fields);
         Ok(S3Response::new(CopyObjectOutput {
-            copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(etag(&md5)),
-                last_modified: Some(timestamp(modified)),
-                ..Default::default()
-            }),
+            copy_object_result: Some(result),
             copy_source_version_id: reported_version_id(&src_meta, &source.version_id),
             server_side_encryption,
             version_id: reported_version_id(&bucket, &version_id),

@@ -27,8 +27,7 @@ impl Written<'_> {
             content_encoding: self.content_encoding.and_then(stored_encoding),
             content_language: self.content_language.map(str::to_owned),
             expires: self.expires.and_then(http_date),
-            upload_id: None,
-            tags: Default::default(),
+            ..ObjectAttrs::default()
         }
     }
 }

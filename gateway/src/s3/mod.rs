@@ -1,8 +1,10 @@
 //! The S3 API: the one `impl S3` of the gateway (via s3s), one file per operation family,
 //! each turning a request into calls on the [`Node`] and its answer into S3's form.
 
+mod attributes;
 pub mod auth;
 mod bucket;
+mod checksum;
 mod copy;
 mod delete;
 mod get;
@@ -237,6 +239,13 @@ impl S3 for Gateway {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         self.do_list_parts(req).await
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        self.do_get_object_attributes(req).await
     }
 
     async fn list_multipart_uploads(

@@ -149,6 +149,7 @@ fn history(s: &dyn MetadataStore) {
                     etag: format!("p{n}"),
                     last_modified: 9,
                     layout: layout(10 + u8::try_from(n).unwrap()),
+                    checksums: Default::default(),
                 },
             )
             .unwrap();

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::datapath::layout::Layout;
 
-const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
+const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout, checksums";
 
 /// Connections kept open per store; callers beyond that wait for one.
 const MAX_CONNECTIONS: usize = 16;
@@ -319,6 +319,13 @@ fn part_from_row(row: &Row) -> Result<UploadPart> {
         etag: row.try_get(2).map_err(pg_err)?,
         last_modified: row.try_get(3).map_err(pg_err)?,
         layout: serde_json::from_str(layout).map_err(store_err)?,
+        checksums: row
+            .try_get::<_, Option<&str>>(5)
+            .map_err(pg_err)?
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(store_err)?
+            .unwrap_or_default(),
     })
 }
 

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS parts (
     etag TEXT NOT NULL,
     last_modified BIGINT NOT NULL,
     layout TEXT NOT NULL,
+    checksums TEXT,
     PRIMARY KEY (upload_id, part_number)
 );
 CREATE TABLE IF NOT EXISTS bucket_lifecycle (
@@ -89,6 +90,7 @@ CREATE TABLE IF NOT EXISTS policies (
 -- Added after the first release: a database made before it gains the columns.
 ALTER TABLE versions ADD COLUMN IF NOT EXISTS attrs TEXT;
 ALTER TABLE uploads ADD COLUMN IF NOT EXISTS attrs TEXT;
+ALTER TABLE parts ADD COLUMN IF NOT EXISTS checksums TEXT;
 "#;
 
 /// Serializes concurrent schema creation by several replicas starting at once.

@@ -215,6 +215,7 @@ fn concurrent_completions_of_one_upload_have_one_winner() {
         etag: "e1".into(),
         last_modified: 1,
         layout: layout("n1", "part1"),
+        checksums: Default::default(),
     };
     g.1.put_part("b", "k", "u1", &part).unwrap();
     let results = race(&g, 8, |i, s| {
@@ -312,6 +313,7 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
                 etag: format!("e{n}"),
                 last_modified: 1,
                 layout: layout("n4", &format!("p{n}")),
+                checksums: Default::default(),
             },
         )
         .unwrap();

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::datapath::layout::Layout;
 
-const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
+const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout, checksums";
 
 /// A query shared with the PostgreSQL store (`$n` placeholders) in SQLite's spelling, `?n`.
 /// The shared texts use `$` for nothing else.
@@ -221,8 +221,11 @@ fn commit_group(conn: &mut Connection, jobs: Vec<(u64, GroupJob)>) {
 
 /// Columns added after the first release, which a database made before them lacks
 /// (SQLite has no `ADD COLUMN IF NOT EXISTS`).
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("versions", "attrs", "TEXT"), ("uploads", "attrs", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("versions", "attrs", "TEXT"),
+    ("uploads", "attrs", "TEXT"),
+    ("parts", "checksums", "TEXT"),
+];
 
 /// The tables as this release makes them, for the migration test.
 #[cfg(test)]
@@ -307,6 +310,12 @@ fn part_from_row(row: &Row<'_>) -> rusqlite::Result<UploadPart> {
         etag: row.get(2)?,
         last_modified: row.get(3)?,
         layout: serde_json::from_str(&layout).map_err(|e| json_err(4, e))?,
+        checksums: row
+            .get::<_, Option<String>>(5)?
+            .map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|e| json_err(5, e))?
+            .unwrap_or_default(),
     })
 }
 

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS parts (
     etag TEXT NOT NULL,
     last_modified INTEGER NOT NULL,
     layout TEXT NOT NULL,
+    checksums TEXT,
     PRIMARY KEY (upload_id, part_number)
 );
 CREATE TABLE IF NOT EXISTS bucket_lifecycle (
