@@ -93,6 +93,8 @@ impl Gateway {
             &plan.name,
             plan.encrypt,
         )?;
+        self.accounts()
+            .check_quota(bucket.owner.as_deref(), source.size, 1)?;
         let stream = self.read_range(&source, 0..source.size).await?;
         let written = self
             .store_body(
@@ -153,7 +155,8 @@ impl Gateway {
             attrs,
         };
         let server_side_encryption = headers::server_side_encryption(&version);
-        self.commit_version(version).await?;
+        self.commit_version_for(bucket.owner.as_deref(), version, None)
+            .await?;
         tracing::info!(from = %format!("{src_bucket}/{src_key}"), bucket = %input.bucket, key = %input.key, plan = %plan.name, "object copied");
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
