@@ -553,6 +553,43 @@ mod tests {
         assert!(g.sees("photos") && !g.sees("backups"));
     }
 
+    #[tokio::test]
+    async fn runtime_keys_are_accepted_with_their_grants_until_disabled() {
+        use crate::node::users::{KeyRequest, UserRequest};
+        let meta: Arc<dyn crate::meta::MetadataStore> =
+            Arc::new(crate::meta::SqliteStore::open_in_memory().unwrap());
+        let master = Arc::new(crate::datapath::codec::MasterKey::from_bytes(&[3; 32]));
+        let accounts = Arc::new(Accounts::new(meta, master));
+        let r = ring().with_accounts(Arc::clone(&accounts));
+        accounts
+            .put_user("alice", &UserRequest::default(), 1)
+            .unwrap();
+        let (issued, _) = accounts
+            .create_key(
+                &KeyRequest {
+                    user: "alice".into(),
+                    grants: vec!["photos:r".into()],
+                    ..KeyRequest::default()
+                },
+                1,
+            )
+            .unwrap();
+        let access = issued.key.access_key;
+        let secret = r.get_secret_key(&access).await.unwrap();
+        assert_eq!(secret.expose(), issued.secret_key.unwrap());
+        assert!(r.check(&access, "GetObject", Some("photos"), None).is_ok());
+        assert!(r.check(&access, "PutObject", Some("photos"), None).is_err());
+        // Configuration keys still work beside them.
+        assert!(r.get_secret_key("admin").await.is_ok());
+        accounts.set_key_active(&access, false).unwrap();
+        assert!(r.get_secret_key(&access).await.is_err());
+        assert_eq!(
+            r.check(&access, "GetObject", Some("photos"), None)
+                .unwrap_err(),
+            format!("unknown access key {access}")
+        );
+    }
+
     #[test]
     fn unknown_keys_are_refused() {
         assert_eq!(

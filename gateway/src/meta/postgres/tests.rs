@@ -24,6 +24,7 @@ fn bucket(name: &str, versioning: Versioning) -> Bucket {
         created: 1,
         default_plan: None,
         versioning,
+        owner: None,
     }
 }
 
