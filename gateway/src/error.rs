@@ -74,10 +74,8 @@ impl From<Error> for S3Error {
                 err
             }
             Error::QuotaExceeded(message) => {
-                let mut err = S3Error::with_message(
-                    S3ErrorCode::Custom("QuotaExceeded".into()),
-                    message,
-                );
+                let mut err =
+                    S3Error::with_message(S3ErrorCode::Custom("QuotaExceeded".into()), message);
                 err.set_status_code(http::StatusCode::FORBIDDEN);
                 err
             }

@@ -1143,7 +1143,10 @@ async fn users_and_keys_survive_a_lost_disk() {
     };
     assert_eq!(alice.send("PUT", "/alices", &[], b"").await.status, 200);
     assert_eq!(
-        alice.send("PUT", "/alices/a.txt", &[], b"hello").await.status,
+        alice
+            .send("PUT", "/alices/a.txt", &[], b"hello")
+            .await
+            .status,
         200
     );
     running.shutdown().await;
@@ -1170,15 +1173,29 @@ async fn users_and_keys_survive_a_lost_disk() {
         secret_key: "alice-old-secret-0123".into(),
     };
     let r = old.send("GET", "/alices/a.txt", &[], b"").await;
-    assert_eq!(r.status, 403, "the disabled key stays disabled: {}", r.text());
-    let r = admin(running.admin_addr.unwrap(), "GET", "/admin/v1/users/alice", "").await;
+    assert_eq!(
+        r.status,
+        403,
+        "the disabled key stays disabled: {}",
+        r.text()
+    );
+    let r = admin(
+        running.admin_addr.unwrap(),
+        "GET",
+        "/admin/v1/users/alice",
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let user: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(user["maxObjects"], 5, "{user}");
     assert_eq!(user["objects"], 1, "the bucket is still alice's: {user}");
     let admin_key = Client::admin(running.s3_addr);
     assert_eq!(
-        admin_key.send("GET", "/alices/a.txt", &[], b"").await.status,
+        admin_key
+            .send("GET", "/alices/a.txt", &[], b"")
+            .await
+            .status,
         200
     );
     running.shutdown().await;

@@ -113,8 +113,10 @@ async fn get_user(State(admin): State<Admin>, Path(id): Path<String>) -> Respons
     let found = run(&admin, false, move |a| {
         let user = a.user(&id)?;
         let keys = a.keys(Some(&id))?;
-        let mut value = serde_json::to_value(user).map_err(|e| UsersError::Internal(e.to_string()))?;
-        value["keys"] = serde_json::to_value(keys).map_err(|e| UsersError::Internal(e.to_string()))?;
+        let mut value =
+            serde_json::to_value(user).map_err(|e| UsersError::Internal(e.to_string()))?;
+        value["keys"] =
+            serde_json::to_value(keys).map_err(|e| UsersError::Internal(e.to_string()))?;
         Ok(value)
     })
     .await;

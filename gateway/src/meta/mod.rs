@@ -10,11 +10,11 @@ mod postgres;
 pub(crate) mod probe;
 mod queue;
 mod sqlite;
-pub mod users;
 #[cfg(test)]
 mod test_postgres;
 #[cfg(test)]
 mod two_gateways;
+pub mod users;
 
 use std::collections::BTreeMap;
 

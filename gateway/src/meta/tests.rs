@@ -105,7 +105,10 @@ fn users_and_keys_are_stored_whole_and_usage_counts_by_bucket_owner(s: &dyn Meta
     })
     .unwrap();
     s.create_bucket(&bucket("c")).unwrap();
-    assert_eq!(s.bucket("b").unwrap().unwrap().owner.as_deref(), Some("alice"));
+    assert_eq!(
+        s.bucket("b").unwrap().unwrap().owner.as_deref(),
+        Some("alice")
+    );
     s.put_version(&version("k1", "v1", 10)).unwrap();
     s.put_version(&version("k2", "v1", 5)).unwrap();
     s.put_version(&ObjectVersion {
@@ -124,8 +127,20 @@ fn users_and_keys_are_stored_whole_and_usage_counts_by_bucket_owner(s: &dyn Meta
     assert_eq!(
         usage,
         BTreeMap::from([
-            ("".to_string(), Usage { objects: 1, bytes: 7 }),
-            ("alice".to_string(), Usage { objects: 2, bytes: 15 }),
+            (
+                "".to_string(),
+                Usage {
+                    objects: 1,
+                    bytes: 7
+                }
+            ),
+            (
+                "alice".to_string(),
+                Usage {
+                    objects: 2,
+                    bytes: 15
+                }
+            ),
         ])
     );
 }
@@ -152,7 +167,10 @@ fn a_database_from_before_users_gains_bucket_owners() {
         ..bucket("new")
     })
     .unwrap();
-    assert_eq!(s.bucket("new").unwrap().unwrap().owner.as_deref(), Some("alice"));
+    assert_eq!(
+        s.bucket("new").unwrap().unwrap().owner.as_deref(),
+        Some("alice")
+    );
 }
 
 fn conditional_writes_check_the_latest_version_in_the_commit(s: &dyn MetadataStore) {

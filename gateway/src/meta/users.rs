@@ -66,12 +66,14 @@ pub(crate) const USER_COLUMNS: &str = "id, display_name, max_bytes, max_objects,
 pub(crate) const KEY_COLUMNS: &str =
     "access_key, user_id, sealed_secret, grants, active, created, rotated";
 
-pub(crate) const PUT_USER: &str = "INSERT INTO users (id, display_name, max_bytes, max_objects, created)
+pub(crate) const PUT_USER: &str =
+    "INSERT INTO users (id, display_name, max_bytes, max_objects, created)
      VALUES ($1, $2, $3, $4, $5)
      ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name,
          max_bytes = excluded.max_bytes, max_objects = excluded.max_objects";
 
-pub(crate) const PUT_KEY: &str = "INSERT INTO access_keys (access_key, user_id, sealed_secret, grants, active, created, rotated)
+pub(crate) const PUT_KEY: &str =
+    "INSERT INTO access_keys (access_key, user_id, sealed_secret, grants, active, created, rotated)
      VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (access_key) DO UPDATE SET user_id = excluded.user_id,
          sealed_secret = excluded.sealed_secret, grants = excluded.grants,
@@ -79,7 +81,8 @@ pub(crate) const PUT_KEY: &str = "INSERT INTO access_keys (access_key, user_id, 
 
 /// Stored versions (not delete markers) and their bytes by the owner of their bucket (`''`
 /// for buckets without one).
-pub(crate) const USER_USAGE: &str = "SELECT COALESCE(b.owner, ''), COUNT(*), CAST(COALESCE(SUM(v.size), 0) AS BIGINT)
+pub(crate) const USER_USAGE: &str =
+    "SELECT COALESCE(b.owner, ''), COUNT(*), CAST(COALESCE(SUM(v.size), 0) AS BIGINT)
      FROM versions v JOIN buckets b ON b.name = v.bucket
      WHERE NOT v.delete_marker GROUP BY COALESCE(b.owner, '')";
 

@@ -141,10 +141,7 @@ impl Node {
             Arc::default(),
         ));
         let topology = Arc::new(Topology::flat(providers.iter().map(|p| p.node_id())));
-        let accounts = Arc::new(users::Accounts::new(
-            Arc::clone(&meta),
-            Arc::clone(&master),
-        ));
+        let accounts = Arc::new(users::Accounts::new(Arc::clone(&meta), Arc::clone(&master)));
         Ok(Self {
             accounts,
             meta,

@@ -776,7 +776,9 @@ mod tests {
             Err(UsersError::NotFound(_))
         ));
         a.put_user("alice", &UserRequest::default(), 1).unwrap();
-        let (issued, created) = a.create_key(&key_request("alice", &["photos:r"]), 2).unwrap();
+        let (issued, created) = a
+            .create_key(&key_request("alice", &["photos:r"]), 2)
+            .unwrap();
         assert!(created);
         let access = issued.key.access_key.clone();
         let secret = issued.secret_key.clone().unwrap();
@@ -801,10 +803,16 @@ mod tests {
         a.set_key_active(&access, true).unwrap();
         assert!(a.lookup(&access).is_some());
 
-        assert!(matches!(a.delete_user("alice"), Err(UsersError::Conflict(_))));
+        assert!(matches!(
+            a.delete_user("alice"),
+            Err(UsersError::Conflict(_))
+        ));
         a.delete_key(&access).unwrap();
         assert!(a.lookup(&access).is_none());
-        assert!(matches!(a.delete_key(&access), Err(UsersError::NotFound(_))));
+        assert!(matches!(
+            a.delete_key(&access),
+            Err(UsersError::NotFound(_))
+        ));
         a.delete_user("alice").unwrap();
     }
 
@@ -897,12 +905,24 @@ mod tests {
             .unwrap();
         a.check_quota(Some("alice"), 100, 1).unwrap();
         let e = a.check_quota(Some("alice"), 101, 1).unwrap_err();
-        assert_eq!(e.s3_code(), s3s::S3ErrorCode::Custom("QuotaExceeded".into()));
-        assert!(e.message().contains("user alice is over its quota of 100 bytes"), "{}", e.message());
+        assert_eq!(
+            e.s3_code(),
+            s3s::S3ErrorCode::Custom("QuotaExceeded".into())
+        );
+        assert!(
+            e.message()
+                .contains("user alice is over its quota of 100 bytes"),
+            "{}",
+            e.message()
+        );
         a.record_write(Some("alice"), 60, 1);
         a.record_write(Some("alice"), 10, 1);
         let e = a.check_quota(Some("alice"), 1, 1).unwrap_err();
-        assert!(e.message().contains("quota of 2 objects"), "{}", e.message());
+        assert!(
+            e.message().contains("quota of 2 objects"),
+            "{}",
+            e.message()
+        );
         // Overwrites add no object.
         a.check_quota(Some("alice"), 30, 0).unwrap();
         // Users without a quota, and the default user, are not limited.

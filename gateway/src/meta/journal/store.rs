@@ -7,9 +7,9 @@ use super::{Entry, Journal};
 use crate::datapath::layout::Layout;
 use crate::meta::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetadataStore,
-    ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos,
-    StoredKey, Upload, UploadPage, UploadPart, UploadQuery, Usage, User, VersionPage,
-    VersionQuery, Versioning, WriteCondition,
+    ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos, StoredKey,
+    Upload, UploadPage, UploadPart, UploadQuery, Usage, User, VersionPage, VersionQuery,
+    Versioning, WriteCondition,
 };
 
 /// A metadata store whose changes are journaled: see the module documentation.

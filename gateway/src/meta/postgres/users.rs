@@ -110,8 +110,11 @@ pub(super) fn keys(s: &PostgresStore) -> Result<Vec<StoredKey>> {
 
 pub(super) fn delete_key(s: &PostgresStore, access_key: &str) -> Result<bool> {
     let n = s.run(|c| {
-        c.execute("DELETE FROM access_keys WHERE access_key = $1", &[&access_key])
-            .map_err(pg_err)
+        c.execute(
+            "DELETE FROM access_keys WHERE access_key = $1",
+            &[&access_key],
+        )
+        .map_err(pg_err)
     })?;
     Ok(n > 0)
 }
