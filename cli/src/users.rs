@@ -60,8 +60,8 @@ enum KeyAction {
         #[arg(long)]
         user: String,
         /// What the key may do: `bucket:r`, `bucket:w` or `bucket:rw` (`*:r`: read every
-        /// bucket); repeat for several. None: read and write every bucket.
-        #[arg(long = "grant")]
+        /// bucket, other users' included); repeat for several. At least one.
+        #[arg(long = "grant", required = true)]
         grants: Vec<String>,
         /// The access key id to use (generated when absent); creating it again with the
         /// same user and grants is harmless.

@@ -1118,7 +1118,7 @@ async fn users_and_keys_survive_a_lost_disk() {
         a,
         "POST",
         "/admin/v1/keys",
-        r#"{"user": "alice", "accessKey": "ALICEKEY", "secretKey": "alice-secret-0123456789"}"#,
+        r#"{"user": "alice", "accessKey": "ALICEKEY", "secretKey": "alice-secret-0123456789", "grants": ["alices:rw"]}"#,
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
@@ -1126,7 +1126,7 @@ async fn users_and_keys_survive_a_lost_disk() {
         a,
         "POST",
         "/admin/v1/keys",
-        r#"{"user": "alice", "accessKey": "ALICEOLD", "secretKey": "alice-old-secret-0123"}"#,
+        r#"{"user": "alice", "accessKey": "ALICEOLD", "secretKey": "alice-old-secret-0123", "grants": ["*:r"]}"#,
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text());

@@ -82,16 +82,12 @@ async fn run<T: Send + 'static>(
     Ok(out)
 }
 
-fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+/// The JSON body (an empty one is the default), or why not.
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not the JSON expected: {e}"),
-        )
-    })
+    serde_json::from_slice(body).map_err(|e| format!("the body is not the JSON expected: {e}"))
 }
 
 fn respond<T: serde::Serialize>(r: Result<T, Response>, status: StatusCode) -> Response {
@@ -126,7 +122,7 @@ async fn get_user(State(admin): State<Admin>, Path(id): Path<String>) -> Respons
 async fn put_user(State(admin): State<Admin>, Path(id): Path<String>, body: Bytes) -> Response {
     let req: UserRequest = match json_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let now = crate::clock::now_ms();
     match run(&admin, true, move |a| a.put_user(&id, &req, now)).await {
@@ -157,7 +153,7 @@ async fn list_keys(State(admin): State<Admin>, Query(q): Query<KeysQuery>) -> Re
 async fn create_key(State(admin): State<Admin>, body: Bytes) -> Response {
     let req: KeyRequest = match json_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if req.user.is_empty() {
         return error(

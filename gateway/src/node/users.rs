@@ -7,7 +7,7 @@
 //! same PostgreSQL database is refused here within that bound. Keys from the configuration
 //! file are not here: they belong to [`DEFAULT_USER`] and change only with the file.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -152,7 +152,7 @@ pub struct KeyRequest {
     /// Given by the operator (a Secret it keeps); generated when absent.
     #[serde(default)]
     pub secret_key: Option<String>,
-    /// `bucket:r|w|rw`, as the configuration file's grants; none: every bucket.
+    /// `bucket:r|w|rw`, as the configuration file's grants (`*`: every bucket); at least one.
     #[serde(default)]
     pub grants: Vec<String>,
 }
@@ -257,8 +257,9 @@ pub struct Accounts {
     meta: Arc<dyn MetadataStore>,
     master: Arc<MasterKey>,
     view: RwLock<Arc<View>>,
-    /// Access keys of the configuration file, which the API neither makes nor changes.
-    config_keys: RwLock<BTreeSet<String>>,
+    /// Access keys of the configuration file (with their grants as `bucket:rw` text), which
+    /// the API neither makes nor changes.
+    config_keys: RwLock<BTreeMap<String, Vec<String>>>,
     /// Serializes this gateway's changes (read-check-write); gateways sharing a database
     /// rely on the stores' upserts being whole rows.
     changes: std::sync::Mutex<()>,
@@ -281,8 +282,9 @@ impl Accounts {
         }
     }
 
-    /// Names the configuration file's access keys (which the API refuses to make or change).
-    pub fn set_config_keys(&self, keys: impl IntoIterator<Item = String>) {
+    /// Names the configuration file's access keys and their grants (keys the API lists but
+    /// refuses to make or change).
+    pub fn set_config_keys(&self, keys: impl IntoIterator<Item = (String, Vec<String>)>) {
         *self
             .config_keys
             .write()
@@ -293,7 +295,7 @@ impl Accounts {
         self.config_keys
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(access_key)
+            .contains_key(access_key)
     }
 
     fn view(&self) -> Arc<View> {
@@ -567,10 +569,10 @@ impl Accounts {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|access| KeyInfo {
+            .map(|(access, grants)| KeyInfo {
                 access_key: access.clone(),
                 user: DEFAULT_USER.into(),
-                grants: Vec::new(),
+                grants: grants.clone(),
                 state: "active".into(),
                 source: "config".into(),
                 created: None,
@@ -606,18 +608,19 @@ impl Accounts {
                 "at most {MAX_GRANTS} grants per key"
             )));
         }
-        let mut grants = req
+        // No implicit "every bucket": that would include other users' buckets.
+        if req.grants.is_empty() {
+            return Err(UsersError::Invalid(
+                "grants: give at least one (bucket:r, bucket:w or bucket:rw; *:rw is every \
+                 bucket, other users' included)"
+                    .into(),
+            ));
+        }
+        let grants = req
             .grants
             .iter()
             .map(|g| parse_grant(g))
             .collect::<Result<Vec<_>>>()?;
-        if grants.is_empty() {
-            grants.push(KeyGrant {
-                bucket: "*".into(),
-                read: true,
-                write: true,
-            });
-        }
         if let Some(secret) = &req.secret_key
             && !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&secret.len())
         {
@@ -772,7 +775,7 @@ mod tests {
     fn keys_are_issued_looked_up_rotated_disabled_and_deleted() {
         let a = accounts();
         assert!(matches!(
-            a.create_key(&key_request("alice", &[]), 1),
+            a.create_key(&key_request("alice", &["*:rw"]), 1),
             Err(UsersError::NotFound(_))
         ));
         a.put_user("alice", &UserRequest::default(), 1).unwrap();
@@ -817,6 +820,16 @@ mod tests {
     }
 
     #[test]
+    fn a_key_without_grants_is_refused_rather_than_given_every_bucket() {
+        let a = accounts();
+        a.put_user("alice", &UserRequest::default(), 1).unwrap();
+        let e = a.create_key(&key_request("alice", &[]), 1).unwrap_err();
+        assert!(matches!(e, UsersError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("give at least one"), "{e}");
+        assert!(a.meta.keys().unwrap().is_empty());
+    }
+
+    #[test]
     fn creating_a_given_key_twice_is_harmless_and_a_different_one_is_refused() {
         let a = accounts();
         a.put_user("alice", &UserRequest::default(), 1).unwrap();
@@ -851,11 +864,11 @@ mod tests {
     #[test]
     fn configuration_keys_cannot_be_made_or_changed_through_the_api() {
         let a = accounts();
-        a.set_config_keys(["admin".to_string()]);
+        a.set_config_keys([("admin".to_string(), vec!["*:rw".to_string()])]);
         a.put_user("alice", &UserRequest::default(), 1).unwrap();
         let req = KeyRequest {
             access_key: Some("admin".into()),
-            ..key_request("alice", &[])
+            ..key_request("alice", &["*:rw"])
         };
         let e = a.create_key(&req, 1).unwrap_err().to_string();
         assert!(e.contains("configuration file"), "{e}");
@@ -870,13 +883,14 @@ mod tests {
         let keys = a.keys(None).unwrap();
         assert_eq!(keys[0].access_key, "admin");
         assert_eq!(keys[0].source, "config");
+        assert_eq!(keys[0].grants, ["*:rw"]);
     }
 
     #[test]
     fn a_secret_sealed_for_one_key_does_not_open_as_another() {
         let a = accounts();
         a.put_user("alice", &UserRequest::default(), 1).unwrap();
-        let (issued, _) = a.create_key(&key_request("alice", &[]), 1).unwrap();
+        let (issued, _) = a.create_key(&key_request("alice", &["*:rw"]), 1).unwrap();
         let mut stolen = a.meta.keys().unwrap()[0].clone();
         stolen.access_key = "THIEF".into();
         a.meta.put_key(&stolen).unwrap();

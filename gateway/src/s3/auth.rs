@@ -139,7 +139,21 @@ impl KeyRing {
     /// Also accepts the runtime keys of `accounts`, which learns the configuration's key
     /// names (those the admin API may not make or change).
     pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Self {
-        accounts.set_config_keys(self.keys.keys().cloned());
+        accounts.set_config_keys(self.keys.iter().map(|(access, k)| {
+            let grants = k
+                .grants
+                .0
+                .iter()
+                .map(|g| {
+                    crate::node::users::grant_text(&crate::meta::KeyGrant {
+                        bucket: g.bucket.clone(),
+                        read: g.read,
+                        write: g.write,
+                    })
+                })
+                .collect();
+            (access.clone(), grants)
+        }));
         self.accounts = Some(accounts);
         self
     }
