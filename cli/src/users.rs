@@ -358,8 +358,10 @@ mod tests {
         assert!(out.contains("secret key:  s3cr3t"), "{out}");
         let listed = key_table(&[answer]);
         assert!(!listed.contains("s3cr3t"), "{listed}");
-        assert!(
-            listed.contains("SKABC  alice  active  api     photos:r"),
+        let row: Vec<&str> = listed.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            ["SKABC", "alice", "active", "api", "photos:r"],
             "{listed}"
         );
     }
