@@ -14,12 +14,14 @@ mod sqlite;
 mod test_postgres;
 #[cfg(test)]
 mod two_gateways;
+pub mod users;
 
 use std::collections::BTreeMap;
 
 pub use copy::{CopyCounts, StoreLocation, copy_store};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use users::{KeyGrant, StoredKey, Usage, User};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +101,10 @@ pub struct Bucket {
     /// Plan used when a PUT names no storage class; `None` = the gateway default.
     pub default_plan: Option<String>,
     pub versioning: Versioning,
+    /// The user the bucket belongs to (whose quota its objects count against); `None` for
+    /// buckets made before users existed, which belong to the default user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The version id S3 gives objects written while versioning is off or suspended.
@@ -548,6 +554,35 @@ pub trait MetadataStore: Send + Sync + 'static {
     }
     /// Shards and their bytes per provider node id, over every stored version.
     fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        Ok(BTreeMap::new())
+    }
+    /// Creates or replaces a user (whole row: replaying it twice is harmless).
+    fn put_user(&self, _user: &User) -> Result<()> {
+        Err(MetaError::Store("this store keeps no users".into()))
+    }
+    /// Every user, by id.
+    fn users(&self) -> Result<Vec<User>> {
+        Ok(Vec::new())
+    }
+    /// Removes a user; `false` when there was none.
+    fn delete_user(&self, _id: &str) -> Result<bool> {
+        Err(MetaError::Store("this store keeps no users".into()))
+    }
+    /// Creates or replaces an access key (whole row).
+    fn put_key(&self, _key: &StoredKey) -> Result<()> {
+        Err(MetaError::Store("this store keeps no access keys".into()))
+    }
+    /// Every access key, by access key id.
+    fn keys(&self) -> Result<Vec<StoredKey>> {
+        Ok(Vec::new())
+    }
+    /// Removes an access key; `false` when there was none.
+    fn delete_key(&self, _access_key: &str) -> Result<bool> {
+        Err(MetaError::Store("this store keeps no access keys".into()))
+    }
+    /// Stored versions (not delete markers) and their bytes by bucket owner (`""`: buckets
+    /// without one).
+    fn user_usage(&self) -> Result<BTreeMap<String, Usage>> {
         Ok(BTreeMap::new())
     }
     /// Fails with `BucketNotEmpty` while any version or upload remains.

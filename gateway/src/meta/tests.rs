@@ -45,7 +45,135 @@ on_every_store!(
     attributes_round_trip_on_versions_and_uploads,
     listings_agree_with_the_listing_rule_page_by_page,
     tags_change_in_place_per_version_and_buckets_keep_theirs,
+    users_and_keys_are_stored_whole_and_usage_counts_by_bucket_owner,
 );
+
+pub(crate) fn user(id: &str) -> User {
+    User {
+        id: id.into(),
+        display_name: format!("{id} display"),
+        max_bytes: Some(1 << 40),
+        max_objects: None,
+        created: 7,
+    }
+}
+
+pub(crate) fn key(access: &str, user: &str) -> StoredKey {
+    StoredKey {
+        access_key: access.into(),
+        user: user.into(),
+        sealed_secret: "00ff".into(),
+        grants: vec![KeyGrant {
+            bucket: "photos".into(),
+            read: true,
+            write: false,
+        }],
+        active: true,
+        created: 8,
+        rotated: 8,
+    }
+}
+
+fn users_and_keys_are_stored_whole_and_usage_counts_by_bucket_owner(s: &dyn MetadataStore) {
+    s.put_user(&user("bob")).unwrap();
+    s.put_user(&user("alice")).unwrap();
+    let changed = User {
+        display_name: "Alice A.".into(),
+        max_objects: Some(3),
+        ..user("alice")
+    };
+    s.put_user(&changed).unwrap();
+    assert_eq!(s.users().unwrap(), vec![changed, user("bob")]);
+    s.put_key(&key("AK2", "bob")).unwrap();
+    s.put_key(&key("AK1", "alice")).unwrap();
+    let disabled = StoredKey {
+        active: false,
+        rotated: 9,
+        sealed_secret: "abcd".into(),
+        ..key("AK1", "alice")
+    };
+    s.put_key(&disabled).unwrap();
+    assert_eq!(s.keys().unwrap(), vec![disabled, key("AK2", "bob")]);
+    assert!(s.delete_key("AK2").unwrap());
+    assert!(!s.delete_key("AK2").unwrap());
+    assert!(s.delete_user("bob").unwrap());
+    assert!(!s.delete_user("bob").unwrap());
+    assert_eq!(s.users().unwrap().len(), 1);
+
+    // Usage: by bucket owner; buckets without one under "".
+    s.create_bucket(&Bucket {
+        owner: Some("alice".into()),
+        ..bucket("b")
+    })
+    .unwrap();
+    s.create_bucket(&bucket("c")).unwrap();
+    assert_eq!(
+        s.bucket("b").unwrap().unwrap().owner.as_deref(),
+        Some("alice")
+    );
+    s.put_version(&version("k1", "v1", 10)).unwrap();
+    s.put_version(&version("k2", "v1", 5)).unwrap();
+    s.put_version(&ObjectVersion {
+        bucket: "c".into(),
+        ..version("k1", "v1", 7)
+    })
+    .unwrap();
+    s.put_version(&ObjectVersion {
+        delete_marker: true,
+        layout: None,
+        size: 0,
+        ..version("k3", "v1", 0)
+    })
+    .unwrap();
+    let usage = s.user_usage().unwrap();
+    assert_eq!(
+        usage,
+        BTreeMap::from([
+            (
+                "".to_string(),
+                Usage {
+                    objects: 1,
+                    bytes: 7
+                }
+            ),
+            (
+                "alice".to_string(),
+                Usage {
+                    objects: 2,
+                    bytes: 15
+                }
+            ),
+        ])
+    );
+}
+
+#[test]
+fn a_database_from_before_users_gains_bucket_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metadata.db");
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        let schema = sqlite::schema_for_tests().replace(",\n    owner TEXT\n", "\n");
+        assert!(!schema.contains("owner"));
+        old.execute_batch(&schema).unwrap();
+        old.execute(
+            "INSERT INTO buckets (name, created, versioning) VALUES ('old', 1, 'unversioned')",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.bucket("old").unwrap().unwrap().owner, None);
+    s.create_bucket(&Bucket {
+        owner: Some("alice".into()),
+        ..bucket("new")
+    })
+    .unwrap();
+    assert_eq!(
+        s.bucket("new").unwrap().unwrap().owner.as_deref(),
+        Some("alice")
+    );
+}
 
 fn conditional_writes_check_the_latest_version_in_the_commit(s: &dyn MetadataStore) {
     s.create_bucket(&bucket("b")).unwrap();
@@ -260,6 +388,7 @@ fn bucket(name: &str) -> Bucket {
         created: 1,
         default_plan: None,
         versioning: Versioning::Unversioned,
+        owner: None,
     }
 }
 

@@ -353,6 +353,28 @@ impl Node {
         Ok(())
     }
 
+    /// [`commit_version_if`](Self::commit_version_if) for a client's write into a bucket
+    /// of `owner` (`None`: the default user): refused with `QuotaExceeded`, its shards
+    /// freed, when the owner's quota has no room for it; counted into the owner's usage
+    /// once committed. A write counts whole (an overwrite too, until usage is recounted).
+    pub async fn commit_version_for(
+        &self,
+        owner: Option<&str>,
+        version: ObjectVersion,
+        condition: Option<WriteCondition>,
+    ) -> Result<()> {
+        let size = version.size;
+        if let Err(e) = self.accounts().check_quota(owner, size, 1) {
+            if let Some(layout) = &version.layout {
+                stripes::delete_shards(layout, self.backend_for()).await;
+            }
+            return Err(e);
+        }
+        self.commit_version_if(version, condition).await?;
+        self.accounts().record_write(owner, size, 1);
+        Ok(())
+    }
+
     /// Frees the shards of `removed`, a version an overwrite or a delete took out of the
     /// metadata: now, or when the last read of it in this process ends. With a store other
     /// gateway replicas share, whose reads this process cannot see, the shards are retired

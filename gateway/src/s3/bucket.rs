@@ -12,12 +12,20 @@ impl Gateway {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
+        // The bucket belongs to the user of the key that creates it; buckets created with
+        // the configuration file's keys to the default user (no owner).
+        let owner = req
+            .credentials
+            .as_ref()
+            .and_then(|c| self.accounts().lookup(&c.access_key))
+            .map(|k| k.user);
         let name = req.input.bucket;
         let bucket = meta::Bucket {
             name: name.clone(),
             created: now_ms(),
             default_plan: None,
             versioning: Versioning::Unversioned,
+            owner,
         };
         self.meta(move |m| m.create_bucket(&bucket)).await?;
         Ok(S3Response::new(CreateBucketOutput {

@@ -120,6 +120,8 @@ impl Gateway {
                 .as_ref()
                 .map_or(sums::DEFAULT.algorithm, |c| c.algorithm),
         };
+        self.accounts()
+            .check_quota(bucket.owner.as_deref(), source.size, 1)?;
         let stream = self.read_range(&source, 0..source.size).await?;
         let written = self
             .store_body(
@@ -194,7 +196,8 @@ impl Gateway {
         };
         let server_side_encryption = headers::server_side_encryption(&version);
         let fields = sums::object_fields(version.attrs.checksum.as_ref());
-        self.commit_version(version).await?;
+        self.commit_version_for(bucket.owner.as_deref(), version, None)
+            .await?;
         tracing::info!(from = %format!("{src_bucket}/{src_key}"), bucket = %input.bucket, key = %input.key, plan = %plan.name, "object copied");
         let mut result = CopyObjectResult {
             e_tag: Some(etag(&md5)),

@@ -418,6 +418,10 @@ impl Gateway {
             inline: None,
             parts: chosen.iter().map(|p| p.layout.clone()).collect(),
         };
+        // Refused before completing: the upload stays open (to abort, or to complete once
+        // there is room).
+        self.accounts()
+            .check_quota(bucket.owner.as_deref(), size, 1)?;
         let used: Vec<(i32, String)> = chosen
             .iter()
             .map(|p| (p.part_number, p.etag.clone()))
@@ -448,6 +452,8 @@ impl Gateway {
         let outcome = self
             .meta(move |m| m.complete_upload_if(&upload_id, &used, &version, condition.as_ref()))
             .await?;
+        self.accounts()
+            .record_write(bucket.owner.as_deref(), size, 1);
         for old in &outcome.replaced {
             self.free_removed(Some(old)).await;
         }

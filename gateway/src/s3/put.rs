@@ -53,6 +53,14 @@ impl Gateway {
         )?;
         let condition =
             headers::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        // Checked again at commit with the size received; this spares storing a body
+        // announced too large.
+        let announced = input
+            .content_length
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+        self.accounts()
+            .check_quota(bucket.owner.as_deref(), announced, 1)?;
         if let Some(condition) = &condition {
             // Checked again when the version is committed; this only spares storing a body
             // that could never be committed.
@@ -115,7 +123,8 @@ impl Gateway {
         };
         let encryption = headers::server_side_encryption(&version);
         let fields = sums::object_fields(version.attrs.checksum.as_ref());
-        self.commit_version_if(version, condition).await?;
+        self.commit_version_for(bucket.owner.as_deref(), version, condition)
+            .await?;
         let mut out = PutObjectOutput {
             e_tag: Some(etag(&written.md5)),
             server_side_encryption: encryption,

@@ -200,6 +200,20 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
             let expected = current.map_or(0, |(revision, _)| revision);
             Ok(store.put_shared_policies(expected, yaml)?.is_some())
         }
+        Entry::PutUser { user } => {
+            if store.users()?.iter().any(|u| u == user) {
+                return Ok(false);
+            }
+            store.put_user(user).map(|()| true)
+        }
+        Entry::DeleteUser { id } => store.delete_user(id),
+        Entry::PutKey { key } => {
+            if store.keys()?.iter().any(|k| k == key) {
+                return Ok(false);
+            }
+            store.put_key(key).map(|()| true)
+        }
+        Entry::DeleteKey { access_key } => store.delete_key(access_key),
         Entry::SwapLayout {
             bucket,
             key,

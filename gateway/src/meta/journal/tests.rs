@@ -53,6 +53,8 @@ fn version(bucket: &str, key: &str, id: &str, tag: u8) -> ObjectVersion {
 /// Everything a client could observe of a store, for comparing two of them.
 fn observe(s: &dyn MetadataStore) -> Vec<String> {
     let mut out = Vec::new();
+    out.extend(s.users().unwrap().iter().map(|u| format!("{u:?}")));
+    out.extend(s.keys().unwrap().iter().map(|k| format!("{k:?}")));
     for b in s.buckets().unwrap() {
         out.push(format!(
             "{b:?} lifecycle={:?} tags={:?}",
@@ -94,6 +96,7 @@ fn history(s: &dyn MetadataStore) {
         created: 1,
         default_plan: None,
         versioning,
+        owner: None,
     };
     s.create_bucket(&bucket("photos", Versioning::Unversioned))
         .unwrap();
@@ -175,6 +178,36 @@ fn history(s: &dyn MetadataStore) {
         s.replace_layout(seq, v.layout.as_ref().unwrap(), &layout(13))
             .unwrap()
     );
+    // Users and keys: made, changed, removed.
+    let user = |id: &str, max_bytes| crate::meta::User {
+        id: id.into(),
+        display_name: id.to_uppercase(),
+        max_bytes,
+        max_objects: None,
+        created: 3,
+    };
+    let key = |access: &str, user: &str, active| crate::meta::StoredKey {
+        access_key: access.into(),
+        user: user.into(),
+        sealed_secret: format!("sealed-{access}"),
+        grants: vec![],
+        active,
+        created: 4,
+        rotated: 4,
+    };
+    s.put_user(&user("alice", None)).unwrap();
+    s.put_user(&user("bob", None)).unwrap();
+    s.put_key(&key("AK1", "alice", true)).unwrap();
+    s.put_key(&key("AK2", "bob", true)).unwrap();
+    s.put_key(&key("AK1", "alice", false)).unwrap();
+    s.put_user(&user("alice", Some(10))).unwrap();
+    assert!(s.delete_key("AK2").unwrap());
+    assert!(s.delete_user("bob").unwrap());
+    s.create_bucket(&Bucket {
+        owner: Some("alice".into()),
+        ..bucket("owned", Versioning::Unversioned)
+    })
+    .unwrap();
     // A bucket created and removed again.
     s.create_bucket(&bucket("tmp", Versioning::Unversioned))
         .unwrap();
@@ -201,6 +234,7 @@ fn concurrent_object_writes_commit_together_and_replay_in_commit_order() {
         created: 1,
         default_plan: None,
         versioning: Versioning::Enabled,
+        owner: None,
     })
     .unwrap();
     // Eight writers on five shared keys, with deletes and other kinds of change between:
@@ -247,7 +281,7 @@ fn replaying_from_any_snapshot_rebuilds_the_store() {
     );
     history(&live);
     let entries = journal.take();
-    assert_eq!(entries.len(), 30, "{entries:#?}");
+    assert_eq!(entries.len(), 39, "{entries:#?}");
     let want = observe(&live);
     // A snapshot holds the first `copied` changes; its cut may lag behind (`cut` ≤
     // `copied`), so replay starts there and meets changes the copy already has.
@@ -400,6 +434,7 @@ async fn requests_wait_for_three_copies_and_fail_while_none_can_be_stored() {
         created: 1,
         default_plan: None,
         versioning: Versioning::Unversioned,
+        owner: None,
     };
 
     store.create_bucket(&bucket("a")).unwrap();
@@ -484,6 +519,7 @@ async fn without_providers_writes_go_on_unjournaled() {
             created: 1,
             default_plan: None,
             versioning: Versioning::Unversioned,
+            owner: None,
         })
         .unwrap();
     journal.barrier().await.unwrap();

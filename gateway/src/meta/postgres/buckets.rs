@@ -7,13 +7,14 @@ use crate::meta::{Bucket, MetaError, Result, Versioning};
 pub(super) fn create_bucket(s: &PostgresStore, bucket: &Bucket) -> Result<()> {
     let inserted = s.run(|c| {
         c.execute(
-            "INSERT INTO buckets (name, created, default_plan, versioning) VALUES ($1, $2, $3, $4)
+            "INSERT INTO buckets (name, created, default_plan, versioning, owner) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO NOTHING",
             &[
                 &bucket.name,
                 &bucket.created,
                 &bucket.default_plan,
                 &bucket.versioning.as_str(),
+                &bucket.owner,
             ],
         )
         .map_err(pg_err)
@@ -27,7 +28,7 @@ pub(super) fn create_bucket(s: &PostgresStore, bucket: &Bucket) -> Result<()> {
 pub(super) fn bucket(s: &PostgresStore, name: &str) -> Result<Option<Bucket>> {
     s.run(|c| {
         c.query_opt(
-            "SELECT name, created, default_plan, versioning FROM buckets WHERE name = $1",
+            "SELECT name, created, default_plan, versioning, owner FROM buckets WHERE name = $1",
             &[&name],
         )
         .map_err(pg_err)?
@@ -40,7 +41,7 @@ pub(super) fn bucket(s: &PostgresStore, name: &str) -> Result<Option<Bucket>> {
 pub(super) fn buckets(s: &PostgresStore) -> Result<Vec<Bucket>> {
     s.run(|c| {
         c.query(
-            "SELECT name, created, default_plan, versioning FROM buckets ORDER BY name",
+            "SELECT name, created, default_plan, versioning, owner FROM buckets ORDER BY name",
             &[],
         )
         .map_err(pg_err)?

@@ -19,6 +19,7 @@ mod schema;
 mod shards;
 mod tls;
 mod uploads;
+mod users;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -271,6 +272,7 @@ fn bucket_from_row(row: &Row) -> Result<Bucket> {
         created: row.try_get(1).map_err(pg_err)?,
         default_plan: row.try_get(2).map_err(pg_err)?,
         versioning: Versioning::parse(row.try_get(3).map_err(pg_err)?),
+        owner: row.try_get(4).map_err(pg_err)?,
     })
 }
 
@@ -415,6 +417,34 @@ impl MetadataStore for PostgresStore {
 
     fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
         shards::provider_usage(self)
+    }
+
+    fn put_user(&self, user: &super::User) -> Result<()> {
+        users::put_user(self, user)
+    }
+
+    fn users(&self) -> Result<Vec<super::User>> {
+        users::users(self)
+    }
+
+    fn delete_user(&self, id: &str) -> Result<bool> {
+        users::delete_user(self, id)
+    }
+
+    fn put_key(&self, key: &super::StoredKey) -> Result<()> {
+        users::put_key(self, key)
+    }
+
+    fn keys(&self) -> Result<Vec<super::StoredKey>> {
+        users::keys(self)
+    }
+
+    fn delete_key(&self, access_key: &str) -> Result<bool> {
+        users::delete_key(self, access_key)
+    }
+
+    fn user_usage(&self) -> Result<BTreeMap<String, super::Usage>> {
+        users::user_usage(self)
     }
 
     fn delete_bucket(&self, name: &str) -> Result<()> {

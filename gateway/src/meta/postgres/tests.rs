@@ -24,6 +24,7 @@ fn bucket(name: &str, versioning: Versioning) -> Bucket {
         created: 1,
         default_plan: None,
         versioning,
+        owner: None,
     }
 }
 
@@ -323,6 +324,10 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
     lite.record_pools(&[("n1".into(), "home".into())], 100)
         .unwrap();
 
+    lite.put_user(&crate::meta::tests::user("alice")).unwrap();
+    lite.put_key(&crate::meta::tests::key("AKALICE", "alice"))
+        .unwrap();
+
     let pg = PostgresStore::open(&url).unwrap();
     let counts = copy_store(&lite, &pg, false).unwrap();
     assert_eq!(
@@ -334,8 +339,12 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
             uploads: 1,
             parts: 2,
             providers: 1,
+            users: 1,
+            keys: 1,
         }
     );
+    assert_eq!(pg.users().unwrap(), lite.users().unwrap());
+    assert_eq!(pg.keys().unwrap(), lite.keys().unwrap());
     assert_eq!(pg.buckets().unwrap(), lite.buckets().unwrap());
     assert_eq!(
         pg.version("b", "k", None).unwrap().unwrap().version_id,

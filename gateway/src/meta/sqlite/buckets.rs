@@ -10,8 +10,8 @@ pub(super) fn create_bucket(s: &SqliteStore, bucket: &Bucket) -> Result<()> {
     let inserted = s
         .conn()
         .execute(
-            "INSERT OR IGNORE INTO buckets (name, created, default_plan, versioning) VALUES (?1, ?2, ?3, ?4)",
-            params![bucket.name, bucket.created, bucket.default_plan, bucket.versioning.as_str()],
+            "INSERT OR IGNORE INTO buckets (name, created, default_plan, versioning, owner) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![bucket.name, bucket.created, bucket.default_plan, bucket.versioning.as_str(), bucket.owner],
         )
         .map_err(store_err)?;
     if inserted == 0 {
@@ -23,7 +23,7 @@ pub(super) fn create_bucket(s: &SqliteStore, bucket: &Bucket) -> Result<()> {
 pub(super) fn bucket(s: &SqliteStore, name: &str) -> Result<Option<Bucket>> {
     s.conn()
         .prepare_cached(
-            "SELECT name, created, default_plan, versioning FROM buckets WHERE name = ?1",
+            "SELECT name, created, default_plan, versioning, owner FROM buckets WHERE name = ?1",
         )
         .and_then(|mut stmt| stmt.query_row(params![name], bucket_from_row).optional())
         .map_err(store_err)
@@ -32,7 +32,7 @@ pub(super) fn bucket(s: &SqliteStore, name: &str) -> Result<Option<Bucket>> {
 pub(super) fn buckets(s: &SqliteStore) -> Result<Vec<Bucket>> {
     let conn = s.conn();
     let mut stmt = conn
-        .prepare("SELECT name, created, default_plan, versioning FROM buckets ORDER BY name")
+        .prepare("SELECT name, created, default_plan, versioning, owner FROM buckets ORDER BY name")
         .map_err(store_err)?;
     let rows = stmt.query_map([], bucket_from_row).map_err(store_err)?;
     rows.collect::<rusqlite::Result<_>>().map_err(store_err)

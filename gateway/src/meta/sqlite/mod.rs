@@ -16,6 +16,7 @@ mod objects;
 mod schema;
 mod shards;
 mod uploads;
+mod users;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -225,6 +226,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("versions", "attrs", "TEXT"),
     ("uploads", "attrs", "TEXT"),
     ("parts", "checksums", "TEXT"),
+    ("buckets", "owner", "TEXT"),
 ];
 
 /// The tables as this release makes them, for the migration test.
@@ -257,6 +259,7 @@ fn bucket_from_row(row: &Row<'_>) -> rusqlite::Result<Bucket> {
         created: row.get(1)?,
         default_plan: row.get(2)?,
         versioning: Versioning::parse(&row.get::<_, String>(3)?),
+        owner: row.get(4)?,
     })
 }
 
@@ -405,6 +408,34 @@ impl MetadataStore for SqliteStore {
 
     fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
         shards::provider_usage(self)
+    }
+
+    fn put_user(&self, user: &super::User) -> Result<()> {
+        users::put_user(self, user)
+    }
+
+    fn users(&self) -> Result<Vec<super::User>> {
+        users::users(self)
+    }
+
+    fn delete_user(&self, id: &str) -> Result<bool> {
+        users::delete_user(self, id)
+    }
+
+    fn put_key(&self, key: &super::StoredKey) -> Result<()> {
+        users::put_key(self, key)
+    }
+
+    fn keys(&self) -> Result<Vec<super::StoredKey>> {
+        users::keys(self)
+    }
+
+    fn delete_key(&self, access_key: &str) -> Result<bool> {
+        users::delete_key(self, access_key)
+    }
+
+    fn user_usage(&self) -> Result<BTreeMap<String, super::Usage>> {
+        users::user_usage(self)
     }
 
     fn delete_bucket(&self, name: &str) -> Result<()> {

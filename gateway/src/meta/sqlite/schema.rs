@@ -5,7 +5,8 @@ CREATE TABLE IF NOT EXISTS buckets (
     name TEXT PRIMARY KEY,
     created INTEGER NOT NULL,
     default_plan TEXT,
-    versioning TEXT NOT NULL
+    versioning TEXT NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -80,5 +81,21 @@ CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,
     overlay TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    max_bytes INTEGER,
+    max_objects INTEGER,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS access_keys (
+    access_key TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    sealed_secret TEXT NOT NULL,
+    grants TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    rotated INTEGER NOT NULL
 );
 ";
