@@ -28,7 +28,7 @@ pub struct KubeCluster {
     /// The kubectl and helm the test drives it with (`.ci/install-helm`'s).
     pub kubectl: PathBuf,
     pub helm: PathBuf,
-    host_dirs: Vec<PathBuf>,
+    host_dirs: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 /// How a bounded command ended; `Err` when it could not start or ran out of time.
@@ -121,7 +121,7 @@ impl KubeCluster {
             kubeconfig: PathBuf::new(),
             kubectl,
             helm,
-            host_dirs: Vec::new(),
+            host_dirs: std::sync::Mutex::default(),
         };
         // A clean node: state an earlier run left (a release, volumes, images) goes first.
         if cluster.dir.exists() {
@@ -136,7 +136,6 @@ impl KubeCluster {
             .map(str::to_owned);
         let Some(kubeconfig) = line.filter(|_| started.success) else {
             let logs = cluster.component_logs();
-            cluster.host_dirs.clear();
             panic!(
                 "cluster.sh start failed:\n{}\n{}\n{logs}",
                 started.stdout, started.stderr
@@ -246,8 +245,11 @@ impl KubeCluster {
     }
 
     /// Removes `dir` on the host when the cluster is wiped (a hostPath the test made).
-    pub fn remove_on_drop(&mut self, dir: PathBuf) {
-        self.host_dirs.push(dir);
+    pub fn remove_on_drop(&self, dir: PathBuf) {
+        self.host_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir);
     }
 
     /// The nodes' names.
@@ -333,7 +335,8 @@ impl Drop for KubeCluster {
             Ok(ran) => eprintln!("cluster.sh wipe failed:\n{}{}", ran.stdout, ran.stderr),
             Err(e) => eprintln!("{e}"),
         }
-        for dir in &self.host_dirs {
+        let dirs = std::mem::take(&mut *self.host_dirs.lock().unwrap_or_else(|e| e.into_inner()));
+        for dir in &dirs {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
