@@ -350,6 +350,16 @@ fn quick_start_on_a_real_cluster_survives_a_provider_loss_and_helm_uninstall() {
         Duration::from_secs(60),
     );
 
+    // A size is a number or a string: `kubectl explain` must not call it an object.
+    let explained = cluster
+        .kubectl(&["explain", "storageplans.spec.segmentSize"])
+        .unwrap();
+    assert!(
+        explained.contains("segmentSize") && !explained.contains("<Object>"),
+        "{explained}"
+    );
+    eprintln!("{explained}");
+
     // After `helm uninstall`: the operator is gone; CRDs, quickstart resources and the data
     // stay, and the gateway still serves them.
     let crds = cluster.kubectl(&["get", "crd", "-o", "name"]).unwrap();
