@@ -182,7 +182,8 @@ fn binaries() -> Result<Binaries, String> {
     let in_assets = |name: &str| assets.iter().map(|d| d.join(name)).collect::<Vec<_>>();
     let etcd = find("etcd", &in_assets("etcd"), &["--version"])
         .ok_or("etcd not found (apt-get install etcd-server)")?;
-    let kubectl = kubectl(&in_assets("kubectl")).ok_or("kubectl not found (bash .ci/install-helm)")?;
+    let kubectl =
+        kubectl(&in_assets("kubectl")).ok_or("kubectl not found (bash .ci/install-helm)")?;
     Ok(Binaries {
         apiserver,
         etcd,

@@ -157,8 +157,14 @@ impl KubeCluster {
     /// `PATH` with helm and kubectl first, then the S3 clients (see [`clients::search_path`]).
     pub fn path(&self) -> std::ffi::OsString {
         let mut dirs = vec![
-            self.kubectl.parent().map(Path::to_path_buf).unwrap_or_default(),
-            self.helm.parent().map(Path::to_path_buf).unwrap_or_default(),
+            self.kubectl
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            self.helm
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
         ];
         dirs.extend(std::env::split_paths(&clients::search_path()));
         std::env::join_paths(dirs).expect("PATH entries without separators")
@@ -215,14 +221,18 @@ impl KubeCluster {
         for bin in binaries {
             let name = bin.file_name().expect("binary name");
             let copy = dir.path().join(name);
-            std::fs::copy(bin, &copy)
-                .unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
+            std::fs::copy(bin, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
             let stripped = run_bounded(
                 Command::new("strip").arg(&copy).stdin(Stdio::null()),
                 Duration::from_secs(120),
             )
             .unwrap_or_else(|e| panic!("strip (binutils): {e}"));
-            assert!(stripped.success, "strip {}: {}", copy.display(), stripped.stderr);
+            assert!(
+                stripped.success,
+                "strip {}: {}",
+                copy.display(),
+                stripped.stderr
+            );
             copies.push(copy);
         }
         let archive = dir.path().join("sublet.tar");
@@ -291,12 +301,24 @@ impl KubeCluster {
             };
             text.push_str(&format!("== kubectl {}\n{out}\n", args.join(" ")));
         };
-        show(&["get", "nodes,pods,svc,pvc,pv,jobs,statefulsets,daemonsets,deployments", "-A", "-o", "wide"]);
+        show(&[
+            "get",
+            "nodes,pods,svc,pvc,pv,jobs,statefulsets,daemonsets,deployments",
+            "-A",
+            "-o",
+            "wide",
+        ]);
         show(&["get", "pp,sp,ss,sgw", "-A", "-o", "yaml"]);
         show(&["describe", "pods", "-A"]);
         show(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
         let pods = self
-            .kubectl(&["get", "pods", "-A", "-o", "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}"])
+            .kubectl(&[
+                "get",
+                "pods",
+                "-A",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}",
+            ])
             .unwrap_or_default();
         for pod in pods.lines() {
             if let Some((ns, name)) = pod.split_once('/')
