@@ -277,6 +277,7 @@ async fn not_ready(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     use serde_json::json;

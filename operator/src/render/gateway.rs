@@ -519,9 +519,9 @@ mod tests {
             "s3",
             "defaultPlan: photos\nmetadata: {sqlite: {storage: 20Gi, storageClassName: local-path}}",
         );
-        let objects = gateway_objects(&named, &Images::default(), &config("abc")).unwrap();
+        let named = gateway_objects(&named, &Images::default(), &config("abc")).unwrap();
         assert_eq!(
-            workload_json(&objects)["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            workload_json(&named)["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
             "local-path"
         );
         let template = &json["spec"]["template"];
