@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # One image with the three sublet binaries: `sublet` (gateway, `sublet serve`, `sublet
 # repair`), `sublet-provider` and `sublet-operator`. The Helm chart and the operator run it
-# for every pod; provider pods need /bin/sh for their `identity` init container, hence a
-# slim Debian runtime rather than distroless.
+# for every pod; provider pods need /bin/sh for their `identity` init container and `chown`
+# for their `data-owner` one (hostPath pools), hence a slim Debian runtime rather than
+# distroless.
 #
 #   docker build -t ghcr.io/sublet-dev/sublet:0.1.0 .
 #   docker save ghcr.io/sublet-dev/sublet:0.1.0 -o sublet.tar

@@ -24,11 +24,11 @@ pub struct AdminArgs {
     token: Option<String>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t)]
-    output: Output,
+    pub(crate) output: Output,
 }
 
 impl AdminArgs {
-    fn client(&self) -> AdminClient {
+    pub(crate) fn client(&self) -> AdminClient {
         AdminClient::new(&self.admin_url, self.token.clone())
     }
 }

@@ -1,4 +1,5 @@
-//! The admin API's client behind `sublet plan|schedule|pool|provider|bucket|status`. Each
+//! The admin API's client behind `sublet plan|schedule|pool|provider|bucket|status` (and
+//! `user`/`key`, see `users.rs`). Each
 //! command returns the text to print, so tests read exactly what a user sees.
 
 use std::fmt::Write as _;
@@ -40,7 +41,7 @@ impl AdminClient {
     }
 
     /// One request; the JSON answer, or an error with the gateway's message.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: http::Method,
         path: &str,
@@ -309,14 +310,14 @@ pub async fn status(client: &AdminClient, output: Output) -> anyhow::Result<Stri
     Ok(out)
 }
 
-fn render(value: &Value, output: Output) -> anyhow::Result<String> {
+pub(crate) fn render(value: &Value, output: Output) -> anyhow::Result<String> {
     Ok(match output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
         Output::Yaml | Output::Table => serde_yaml::to_string(value)?,
     })
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -473,7 +474,7 @@ fn bucket_table(items: &[Value]) -> String {
 }
 
 /// Columns padded to their widest cell, two spaces apart.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -497,7 +498,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -8,6 +8,7 @@ mod migrate;
 mod recover;
 mod repair;
 mod serve;
+mod users;
 
 use clap::{Parser, Subcommand};
 use sublet_gateway::admin::policy::Kind;
@@ -43,6 +44,13 @@ enum Command {
     /// List a running gateway's buckets with their plans, or set the plan a bucket's new
     /// objects use when a request names no storage class.
     Bucket(admin::BucketArgs),
+    /// Users of a running gateway (owners of buckets and keys) with quotas and usage:
+    /// create (or change), list, get, delete.
+    User(users::UserArgs),
+    /// S3 access keys of a running gateway's users: create (prints the secret once),
+    /// list, rotate, disable, enable, delete. The configuration file's keys are listed but
+    /// change only with the file.
+    Key(users::KeyArgs),
     /// Plans of a running gateway with object health and repair queue.
     Status(admin::StatusArgs),
     /// Rebuild the lost shards of a plan's objects (what the operator's rebuild Jobs run),
@@ -81,6 +89,8 @@ async fn main() {
         Command::Provider(args) => admin::provider(args).await,
         Command::Bucket(args) => admin::bucket(args).await,
         Command::Status(args) => admin::status(args).await,
+        Command::User(args) => users::user(args).await,
+        Command::Key(args) => users::key(args).await,
         Command::Repair(args) => repair::run(args).await,
         Command::Recover(args) => recover::run(args).await,
         Command::MigrateMetadata(args) => migrate::run(args).await,

@@ -58,6 +58,7 @@ fn copies_a_store_reports_counts_and_refuses_a_full_target_without_force() {
             created: 1,
             default_plan: None,
             versioning: Versioning::Unversioned,
+            owner: None,
         })
         .unwrap();
         s.put_version(&version("a")).unwrap();
@@ -71,7 +72,7 @@ fn copies_a_store_reports_counts_and_refuses_a_full_target_without_force() {
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "copied 1 buckets, 2 versions, 0 lifecycle configurations, 0 uploads with 0 parts, 1 providers"
+        "copied 1 buckets, 2 versions, 0 lifecycle configurations, 0 uploads with 0 parts, 1 providers, 0 users, 0 access keys"
     );
     let copy = SqliteStore::open(&to).unwrap();
     assert_eq!(

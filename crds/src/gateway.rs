@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::condition::Condition;
 use crate::duration::Duration;
 use crate::size::ByteSize;
-use crate::validate::{Problems, ValidationError};
+use crate::validate::{Problems, ValidationError, is_dns_subdomain};
 
 /// An S3-compatible endpoint. In a cluster the operator runs it as a Deployment with a
 /// Service; standalone, `sublet serve` runs it from this spec and the `listen`, `dataDir`,
@@ -261,6 +261,10 @@ pub struct SqliteMetadata {
     /// Size of the volume claimed for the database, e.g. `10Gi`; default 10Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<ByteSize>,
+    /// The StorageClass of that claim, e.g. `local-path`; the cluster's default class when
+    /// omitted (a cluster without one leaves the claim, and the gateway, Pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
     /// The database file; default `metadata.db` in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -467,6 +471,20 @@ impl StorageGatewaySpec {
             p.add(
                 "spec.metadata.sqlite.storage",
                 "must be more than 0 (e.g. 10Gi)",
+            );
+        }
+        if let Some(class) = self
+            .metadata
+            .sqlite
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref())
+            && !is_dns_subdomain(class)
+        {
+            p.add(
+                "spec.metadata.sqlite.storageClassName",
+                format!(
+                    "{class:?} is not a StorageClass name; use lowercase letters, digits, '-' and '.' (e.g. local-path; `kubectl get storageclass` lists them), or leave it out for the default class"
+                ),
             );
         }
         if let Some(postgres) = &self.metadata.postgres {
@@ -750,6 +768,14 @@ mod tests {
         assert_eq!(
             problems("metadata: {sqlite: {storage: 0}}"),
             ["spec.metadata.sqlite.storage: must be more than 0 (e.g. 10Gi)"]
+        );
+        assert!(problems("metadata: {sqlite: {storageClassName: local-path}}").is_empty());
+        assert!(problems("metadata: {sqlite: {storageClassName: fast.ssd}}").is_empty());
+        assert_eq!(
+            problems("metadata: {sqlite: {storageClassName: Fast_SSD}}"),
+            [
+                "spec.metadata.sqlite.storageClassName: \"Fast_SSD\" is not a StorageClass name; use lowercase letters, digits, '-' and '.' (e.g. local-path; `kubectl get storageclass` lists them), or leave it out for the default class"
+            ]
         );
     }
 

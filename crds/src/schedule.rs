@@ -1,5 +1,7 @@
 //! `StorageSchedule`: when and how hard sublet audits, repairs, scrubs and expires objects.
 
+use std::collections::BTreeMap;
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -199,14 +201,30 @@ pub struct LifecycleRule {
     pub abort_incomplete_multipart_after_days: Option<u32>,
 }
 
-/// Which objects a lifecycle rule applies to.
+/// Which objects a lifecycle rule applies to: those meeting every condition given.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleFilter {
     /// Keys starting with this, e.g. `photos/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// Objects carrying every one of these S3 object tags (key: value), e.g.
+    /// `{retention: short}`; at most 10.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 10))]
+    pub tags: BTreeMap<String, String>,
+    /// Objects larger than this, e.g. `1Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_size_greater_than: Option<ByteSize>,
+    /// Objects smaller than this, e.g. `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_size_less_than: Option<ByteSize>,
 }
+
+/// S3's limits on the tags of one object.
+const MAX_FILTER_TAGS: usize = 10;
+const MAX_TAG_KEY_CHARS: usize = 128;
+const MAX_TAG_VALUE_CHARS: usize = 256;
 
 /// What the operator observed about a schedule.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -384,12 +402,65 @@ fn validate_rule(p: &mut Problems, field: &str, rule: &LifecycleRule) {
             1,
         );
     }
-    if let Some(prefix) = rule.filter.as_ref().and_then(|f| f.prefix.as_ref())
-        && prefix.is_empty()
+    if let Some(filter) = &rule.filter {
+        validate_filter(p, &format!("{field}.filter"), filter);
+        let on_objects = !filter.tags.is_empty()
+            || filter.object_size_greater_than.is_some()
+            || filter.object_size_less_than.is_some();
+        if on_objects && rule.abort_incomplete_multipart_after_days.is_some() {
+            p.add(
+                format!("{field}.filter"),
+                "abortIncompleteMultipartAfterDays applies to uploads in progress, which have \
+                 no tags or size yet; filter that rule by prefix only",
+            );
+        }
+    }
+}
+
+fn validate_filter(p: &mut Problems, field: &str, filter: &LifecycleFilter) {
+    if filter.prefix.as_ref().is_some_and(String::is_empty) {
+        p.add(
+            format!("{field}.prefix"),
+            "must not be empty; omit the filter to match every object",
+        );
+    }
+    if filter.tags.len() > MAX_FILTER_TAGS {
+        p.add(
+            format!("{field}.tags"),
+            format!(
+                "{} tags given; an object carries at most {MAX_FILTER_TAGS}",
+                filter.tags.len()
+            ),
+        );
+    }
+    for (key, value) in &filter.tags {
+        let at = format!("{field}.tags.{key}");
+        let chars = key.chars().count();
+        if chars == 0 || chars > MAX_TAG_KEY_CHARS {
+            p.add(
+                at.clone(),
+                format!("a tag key has 1 to {MAX_TAG_KEY_CHARS} characters (got {chars})"),
+            );
+        }
+        if key.to_ascii_lowercase().starts_with("aws:") {
+            p.add(at.clone(), "tag keys starting with aws: are reserved");
+        }
+        let chars = value.chars().count();
+        if chars > MAX_TAG_VALUE_CHARS {
+            p.add(
+                at,
+                format!("a tag value has at most {MAX_TAG_VALUE_CHARS} characters (got {chars})"),
+            );
+        }
+    }
+    if let (Some(min), Some(max)) = (
+        &filter.object_size_greater_than,
+        &filter.object_size_less_than,
+    ) && max.bytes() <= min.bytes().saturating_add(1)
     {
         p.add(
-            format!("{field}.filter.prefix"),
-            "must not be empty; omit the filter to match every object",
+            format!("{field}.objectSizeLessThan"),
+            format!("{max} selects nothing above objectSizeGreaterThan {min}; make it larger"),
         );
     }
 }
@@ -517,6 +588,50 @@ mod tests {
             rule("{name: r, filter: {prefix: a/}}"),
             [
                 "spec.lifecycle[0]: the rule does nothing; set one of transitionTo (a plan), expire: true or abortIncompleteMultipartAfterDays"
+            ]
+        );
+    }
+
+    #[test]
+    fn lifecycle_filters_by_tags_and_size() {
+        let s = spec(
+            "lifecycle: [{name: r, afterDays: 3, expire: true, filter: {prefix: logs/, \
+             tags: {retention: short}, objectSizeGreaterThan: 1Mi, objectSizeLessThan: 1Gi}}]",
+        );
+        assert!(s.validate().is_empty());
+        let f = s.lifecycle[0].filter.clone().unwrap();
+        assert_eq!(f.tags["retention"], "short");
+        assert_eq!(f.object_size_greater_than.unwrap().bytes(), 1 << 20);
+        assert_eq!(f.object_size_less_than.unwrap().bytes(), 1 << 30);
+    }
+
+    #[test]
+    fn lifecycle_filter_problems_name_their_field() {
+        let eleven: Vec<String> = (0..11).map(|i| format!("k{i}: v")).collect();
+        assert_eq!(
+            rule(&format!(
+                "{{name: r, afterDays: 3, expire: true, filter: {{tags: {{{}}}}}}}",
+                eleven.join(", ")
+            )),
+            ["spec.lifecycle[0].filter.tags: 11 tags given; an object carries at most 10"]
+        );
+        assert_eq!(
+            rule("{name: r, afterDays: 3, expire: true, filter: {tags: {\"aws:x\": v}}}"),
+            ["spec.lifecycle[0].filter.tags.aws:x: tag keys starting with aws: are reserved"]
+        );
+        assert_eq!(
+            rule(
+                "{name: r, afterDays: 3, expire: true, \
+                 filter: {objectSizeGreaterThan: 1Mi, objectSizeLessThan: 1Ki}}"
+            ),
+            [
+                "spec.lifecycle[0].filter.objectSizeLessThan: 1Ki selects nothing above objectSizeGreaterThan 1Mi; make it larger"
+            ]
+        );
+        assert_eq!(
+            rule("{name: r, abortIncompleteMultipartAfterDays: 3, filter: {tags: {a: b}}}"),
+            [
+                "spec.lifecycle[0].filter: abortIncompleteMultipartAfterDays applies to uploads in progress, which have no tags or size yet; filter that rule by prefix only"
             ]
         );
     }

@@ -89,6 +89,12 @@ pub(crate) fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// A DNS-1123 subdomain: what Kubernetes accepts as the name of a cluster-wide object such
+/// as a StorageClass (labels joined by dots, at most 253 characters).
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
 /// `HH:MM` on a 24-hour clock.
 pub(crate) fn is_clock_time(text: &str) -> bool {
     let Some((hours, minutes)) = text.split_once(':') else {

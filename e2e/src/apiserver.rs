@@ -98,6 +98,13 @@ pub fn helm() -> Option<PathBuf> {
     find("helm", &extra, &["version", "--short"])
 }
 
+/// kubectl: the first of `extra`, then `.ci/install-helm`'s folder, then `PATH`.
+pub fn kubectl(extra: &[PathBuf]) -> Option<PathBuf> {
+    let mut candidates = extra.to_vec();
+    candidates.push(tools_dir().join("bin/kubectl"));
+    find("kubectl", &candidates, &["version", "--client"])
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -175,10 +182,8 @@ fn binaries() -> Result<Binaries, String> {
     let in_assets = |name: &str| assets.iter().map(|d| d.join(name)).collect::<Vec<_>>();
     let etcd = find("etcd", &in_assets("etcd"), &["--version"])
         .ok_or("etcd not found (apt-get install etcd-server)")?;
-    let mut kubectl = in_assets("kubectl");
-    kubectl.push(tools_dir().join("bin/kubectl"));
-    let kubectl = find("kubectl", &kubectl, &["version", "--client"])
-        .ok_or("kubectl not found (bash .ci/install-helm)")?;
+    let kubectl =
+        kubectl(&in_assets("kubectl")).ok_or("kubectl not found (bash .ci/install-helm)")?;
     Ok(Binaries {
         apiserver,
         etcd,

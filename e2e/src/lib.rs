@@ -3,7 +3,7 @@
 //! ([`dev`]), gateways over provider processes to break ([`cluster`]), a
 //! throwaway PostgreSQL for several of them ([`postgres`]), the real S3 clients
 //! ([`clients`]) and make test data ([`data`]); a real Kubernetes API server
-//! ([`apiserver`]); [`bench`] is the `sublet-bench`
+//! ([`apiserver`]) and a real single-node Kubernetes ([`kube_cluster`]); [`bench`] is the `sublet-bench`
 //! load generator; [`skip`] lets a test without its outside program skip with one line
 //! (or fail, under `SUBLET_REQUIRE_...=1`).
 
@@ -13,7 +13,9 @@ pub mod clients;
 pub mod cluster;
 pub mod data;
 pub mod dev;
+pub mod kube_cluster;
 pub mod postgres;
+pub mod prometheus;
 pub mod skip;
 
 use std::collections::BTreeSet;

@@ -8,8 +8,9 @@
 //!
 //! With that variable set to `1` (`.ci/run` sets them all) the same test fails instead, so
 //! CI cannot pass by skipping. PostgreSQL (`SUBLET_REQUIRE_POSTGRES`, [`crate::postgres`]),
-//! the Kubernetes API server (`SUBLET_REQUIRE_APISERVER`, [`crate::apiserver::APISERVER`])
-//! and the browser (`SUBLET_REQUIRE_BROWSER`, `market/tests/console.rs`) work the same way.
+//! the Kubernetes API server (`SUBLET_REQUIRE_APISERVER`, [`crate::apiserver::APISERVER`]),
+//! Prometheus (`SUBLET_REQUIRE_PROMETHEUS`, [`crate::prometheus::PROMETHEUS`]) and the
+//! browser (`SUBLET_REQUIRE_BROWSER`, `market/tests/console.rs`) work the same way.
 
 /// The variable that makes a missing S3 client fail the tests driving it.
 pub const CLIENTS: Need = Need {
@@ -22,6 +23,14 @@ pub const CLIENTS: Need = Need {
 pub const HELM: Need = Need {
     var: "SUBLET_REQUIRE_HELM",
     install: "bash .ci/install-helm",
+};
+
+/// The variable that runs `e2e/tests/cluster.rs`, the whole-cluster test: it starts a real
+/// Kubernetes node as root (iptables, sysctls, containerd), so a plain `cargo test` never
+/// starts it by surprise; `.ci/run` sets it.
+pub const CLUSTER: Need = Need {
+    var: "SUBLET_REQUIRE_CLUSTER",
+    install: "run as root; ../shared/cluster/cluster.sh deps; bash .ci/install-helm; bash .ci/install-clients",
 };
 
 /// A kind of outside tool: the variable that requires it and what installs it.
@@ -51,6 +60,21 @@ impl Need {
         let line =
             format!("SKIP {test}: {what}; set {var}=1 to fail instead (install: {install})\n");
         let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    }
+}
+
+impl Need {
+    /// For tests that run only when asked to (see [`CLUSTER`]): `true` when the variable is
+    /// `1`; otherwise prints one SKIP line naming why the test waits to be asked and returns
+    /// `false`, and the test returns at once.
+    pub fn opted_in(&self, why: &str) -> bool {
+        if self.required() {
+            return true;
+        }
+        let (test, var) = (current_test(), self.var);
+        let line = format!("SKIP {test}: {why}; set {var}=1 to run it\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+        false
     }
 }
 

@@ -26,6 +26,10 @@ pub enum Error {
     /// Not possible now: the plan cannot be placed on today's healthy providers.
     #[error("{0}")]
     Unavailable(String),
+    /// The write would take the bucket owner past a quota (403 `QuotaExceeded`, as Ceph
+    /// answers).
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// Something failed inside the gateway or on its providers.
     #[error("{0}")]
     Internal(String),
@@ -54,6 +58,7 @@ impl Error {
             Error::IncompleteBody(_) => S3ErrorCode::IncompleteBody,
             Error::InvalidStorageClass(_) => S3ErrorCode::InvalidStorageClass,
             Error::Unavailable(_) => S3ErrorCode::ServiceUnavailable,
+            Error::QuotaExceeded(_) => S3ErrorCode::Custom("QuotaExceeded".into()),
             Error::Internal(_) => S3ErrorCode::InternalError,
         }
     }
@@ -66,6 +71,12 @@ impl From<Error> for S3Error {
             Error::Unavailable(message) => {
                 let mut err = S3Error::with_message(S3ErrorCode::ServiceUnavailable, message);
                 err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+                err
+            }
+            Error::QuotaExceeded(message) => {
+                let mut err =
+                    S3Error::with_message(S3ErrorCode::Custom("QuotaExceeded".into()), message);
+                err.set_status_code(http::StatusCode::FORBIDDEN);
                 err
             }
             other => S3Error::with_message(other.s3_code(), other.message()),

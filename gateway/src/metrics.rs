@@ -58,6 +58,9 @@ pub struct Metrics {
     pub plan_objects: IntGaugeVec,
     /// Logical bytes of stored versions per plan.
     pub plan_bytes: IntGaugeVec,
+    /// Objects and logical bytes in each user's buckets (users are few: one series each).
+    pub user_objects: IntGaugeVec,
+    pub user_bytes: IntGaugeVec,
     /// Stored versions per plan and health class.
     pub plan_health_objects: IntGaugeVec,
     /// Objects per plan due for repair (`state` due, or waiting inside the grace period).
@@ -142,6 +145,16 @@ impl Metrics {
             "plan_bytes",
             "Logical bytes of stored object versions by plan.",
             &["plan"],
+        )?;
+        let user_objects = gauge(
+            "user_objects",
+            "Stored object versions in the buckets of each user (bucket owner).",
+            &["user"],
+        )?;
+        let user_bytes = gauge(
+            "user_bytes",
+            "Logical bytes of stored object versions in the buckets of each user (bucket owner).",
+            &["user"],
         )?;
         let plan_health_objects = gauge(
             "plan_health_objects",
@@ -249,6 +262,8 @@ impl Metrics {
             shard_failures,
             plan_objects,
             plan_bytes,
+            user_objects,
+            user_bytes,
             plan_health_objects,
             repair_queue,
             repair_oldest_seconds,

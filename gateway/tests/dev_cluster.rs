@@ -2055,3 +2055,332 @@ async fn a_retried_completion_gets_the_first_answer() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     drop(cluster);
 }
+
+fn tagging_xml(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut xml = String::from("<Tagging><TagSet>");
+    for (k, v) in pairs {
+        xml.push_str(&format!("<Tag><Key>{k}</Key><Value>{v}</Value></Tag>"));
+    }
+    xml.push_str("</TagSet></Tagging>");
+    xml.into_bytes()
+}
+
+/// (key, value) pairs of a `<Tagging>` answer.
+fn tag_pairs(xml: &[u8]) -> Vec<(String, String)> {
+    tags(xml, "Key")
+        .into_iter()
+        .zip(tags(xml, "Value"))
+        .collect()
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tags_follow_versions_copies_and_uploads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/tagged", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    set_versioning(&svc, "tagged", "Enabled").await;
+
+    // x-amz-tagging is URL-query encoded; GET and HEAD count the tags.
+    let (s, h, b) = call(
+        &svc,
+        Method::PUT,
+        "/tagged/a",
+        &[("x-amz-tagging", "class=temp&owner=J%C3%BCrgen+K")],
+        data(1000),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let v1 = header(&h, "x-amz-version-id");
+    let (_, h, _) = call(&svc, Method::GET, "/tagged/a", &[], vec![]).await;
+    assert_eq!(header(&h, "x-amz-tagging-count"), "2");
+    let (_, h, _) = call(&svc, Method::HEAD, "/tagged/a", &[], vec![]).await;
+    assert_eq!(header(&h, "x-amz-tagging-count"), "2");
+    let (s, _, b) = call(&svc, Method::GET, "/tagged/a?tagging", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        tag_pairs(&b),
+        pairs(&[("class", "temp"), ("owner", "Jürgen K")])
+    );
+
+    // Bad tags are refused before anything is stored, naming the problem.
+    let eleven: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
+    for (bad, why) in [
+        ("aws:created=x", "reserved"),
+        ("a=1&a=2", "given twice"),
+        (eleven.join("&").as_str(), "at most 10"),
+        ("a=%zz", "URL-query encoded"),
+    ] {
+        let (s, _, b) = call(
+            &svc,
+            Method::PUT,
+            "/tagged/bad",
+            &[("x-amz-tagging", bad)],
+            data(10),
+        )
+        .await;
+        let b = String::from_utf8_lossy(&b);
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        assert!(b.contains("InvalidTag") && b.contains(why), "{bad}: {b}");
+    }
+    let (s, _, _) = call(&svc, Method::HEAD, "/tagged/bad", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A newer version starts untagged; the tagging API reaches either by versionId.
+    let (_, h, _) = call(&svc, Method::PUT, "/tagged/a", &[], data(10)).await;
+    let v2 = header(&h, "x-amz-version-id");
+    let (_, h, _) = call(&svc, Method::GET, "/tagged/a", &[], vec![]).await;
+    assert!(h.get("x-amz-tagging-count").is_none(), "{h:?}");
+    let (s, h, b) = call(
+        &svc,
+        Method::PUT,
+        &format!("/tagged/a?tagging&versionId={v1}"),
+        &[],
+        tagging_xml(&[("class", "keep")]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(header(&h, "x-amz-version-id"), v1);
+    let (_, _, b) = call(
+        &svc,
+        Method::GET,
+        &format!("/tagged/a?tagging&versionId={v1}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(tag_pairs(&b), pairs(&[("class", "keep")]));
+    let (_, h, b) = call(&svc, Method::GET, "/tagged/a?tagging", &[], vec![]).await;
+    assert!(tag_pairs(&b).is_empty());
+    assert_eq!(header(&h, "x-amz-version-id"), v2);
+    let (s, _, _) = call(
+        &svc,
+        Method::DELETE,
+        &format!("/tagged/a?tagging&versionId={v1}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, _, b) = call(
+        &svc,
+        Method::GET,
+        &format!("/tagged/a?tagging&versionId={v1}"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert!(tag_pairs(&b).is_empty(), "{}", String::from_utf8_lossy(&b));
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/tagged/a?tagging",
+        &[],
+        tagging_xml(&[("aws:x", "1")]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("InvalidTag"));
+
+    // A delete marker has no tags to read or write.
+    let (_, h, _) = call(&svc, Method::DELETE, "/tagged/a", &[], vec![]).await;
+    let marker = header(&h, "x-amz-version-id");
+    for method in [Method::GET, Method::PUT] {
+        let (s, _, _) = call(
+            &svc,
+            method.clone(),
+            &format!("/tagged/a?tagging&versionId={marker}"),
+            &[],
+            if method == Method::PUT {
+                tagging_xml(&[("k", "v")])
+            } else {
+                vec![]
+            },
+        )
+        .await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+    }
+
+    // Copies keep the source's tags unless the tagging directive says REPLACE.
+    call(
+        &svc,
+        Method::PUT,
+        "/tagged/src",
+        &[("x-amz-tagging", "from=source")],
+        data(100),
+    )
+    .await;
+    let copy = |dest: &'static str, extra: Vec<(&'static str, &'static str)>| {
+        let svc = &svc;
+        async move {
+            let mut headers = vec![("x-amz-copy-source", "/tagged/src")];
+            headers.extend(extra);
+            let (s, _, b) = call(svc, Method::PUT, dest, &headers, vec![]).await;
+            assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+            let (_, _, b) = call(svc, Method::GET, &format!("{dest}?tagging"), &[], vec![]).await;
+            tag_pairs(&b)
+        }
+    };
+    assert_eq!(
+        copy("/tagged/c1", vec![]).await,
+        pairs(&[("from", "source")])
+    );
+    assert_eq!(
+        copy(
+            "/tagged/c2",
+            vec![
+                ("x-amz-tagging", "new=1"),
+                ("x-amz-tagging-directive", "COPY")
+            ]
+        )
+        .await,
+        pairs(&[("from", "source")])
+    );
+    assert_eq!(
+        copy(
+            "/tagged/c3",
+            vec![
+                ("x-amz-tagging", "new=1"),
+                ("x-amz-tagging-directive", "REPLACE")
+            ]
+        )
+        .await,
+        pairs(&[("new", "1")])
+    );
+    assert!(
+        copy("/tagged/c4", vec![("x-amz-tagging-directive", "REPLACE")])
+            .await
+            .is_empty()
+    );
+
+    // A multipart upload's tags, given at its start, are the completed object's.
+    let id = create_upload(&svc, "/tagged/big", &[("x-amz-tagging", "kind=multi")]).await;
+    let etag = upload_part(&svc, "/tagged/big", &id, 1, data(1000)).await;
+    let (s, _, b) = complete(&svc, "/tagged/big", &id, &[(1, &etag)]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (_, _, b) = call(&svc, Method::GET, "/tagged/big?tagging", &[], vec![]).await;
+    assert_eq!(tag_pairs(&b), pairs(&[("kind", "multi")]));
+
+    // Bucket tags: none until put, then what was put, until deleted.
+    let (s, _, b) = call(&svc, Method::GET, "/tagged?tagging", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&b).contains("NoSuchTagSet"));
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        "/tagged?tagging",
+        &[],
+        tagging_xml(&[("team", "ops"), ("cost-centre", "42")]),
+    )
+    .await;
+    assert!(s.is_success(), "{s}: {}", String::from_utf8_lossy(&b));
+    let (s, _, b) = call(&svc, Method::GET, "/tagged?tagging", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        tag_pairs(&b),
+        pairs(&[("cost-centre", "42"), ("team", "ops")])
+    );
+    let (s, _, _) = call(&svc, Method::DELETE, "/tagged?tagging", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = call(&svc, Method::GET, "/tagged?tagging", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lifecycle_rules_filtered_by_tag_and_size_expire_only_what_they_select() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/sel", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = put_lifecycle(
+        &svc,
+        "sel",
+        "<Rule><ID>temp</ID><Status>Enabled</Status>\
+           <Filter><Tag><Key>class</Key><Value>temp</Value></Tag></Filter>\
+           <Expiration><Days>1</Days></Expiration></Rule>\
+         <Rule><ID>big-logs</ID><Status>Enabled</Status>\
+           <Filter><And><Prefix>logs/</Prefix><ObjectSizeGreaterThan>500</ObjectSizeGreaterThan>\
+           </And></Filter>\
+           <Expiration><Days>1</Days></Expiration></Rule>",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, b) = call(&svc, Method::GET, "/sel?lifecycle", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(tags(&b, "Key"), ["class"]);
+    assert_eq!(tags(&b, "ObjectSizeGreaterThan"), ["500"]);
+    assert_eq!(tags(&b, "Prefix"), ["logs/"]);
+    assert_eq!(tags(&b, "And").len(), 1);
+
+    for (key, tagging, len) in [
+        ("t/tagged", Some("class=temp"), 10),
+        ("t/other-value", Some("class=keep"), 10),
+        ("t/untagged", None, 10),
+        ("logs/big", None, 1000),
+        ("logs/small", None, 10),
+        ("big-elsewhere", None, 1000),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            tagging.map(|t| ("x-amz-tagging", t)).into_iter().collect();
+        let (s, _, b) = call(
+            &svc,
+            Method::PUT,
+            &format!("/sel/{key}"),
+            &headers,
+            data(len),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    }
+    // Tagged after the write: the in-place change is what the rule sees.
+    call(&svc, Method::PUT, "/sel/t/later", &[], data(10)).await;
+    let (s, _, _) = call(
+        &svc,
+        Method::PUT,
+        "/sel/t/later?tagging",
+        &[],
+        tagging_xml(&[("class", "temp")]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let report = sublet_gateway::upkeep::lifecycle::lifecycle_pass(
+        &cluster.gateway,
+        &Vec::new(),
+        now_ms() + 3 * DAY_MS,
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.expired, report.failed), (3, 0), "{report:?}");
+    for (key, kept) in [
+        ("t/tagged", false),
+        ("t/later", false),
+        ("logs/big", false),
+        ("t/other-value", true),
+        ("t/untagged", true),
+        ("logs/small", true),
+        ("big-elsewhere", true),
+    ] {
+        let (s, _, _) = call(&svc, Method::HEAD, &format!("/sel/{key}"), &[], vec![]).await;
+        assert_eq!(s.is_success(), kept, "{key}: {s}");
+    }
+
+    // What sublet's engine cannot apply is refused by name.
+    let (s, b) = put_lifecycle(
+        &svc,
+        "sel",
+        "<Rule><ID>x</ID><Status>Enabled</Status>\
+           <Filter><Tag><Key>class</Key><Value>temp</Value></Tag></Filter>\
+           <AbortIncompleteMultipartUpload><DaysAfterInitiation>1</DaysAfterInitiation>\
+           </AbortIncompleteMultipartUpload></Rule>",
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b.contains("uploads in progress"), "{b}");
+}

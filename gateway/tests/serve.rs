@@ -1096,3 +1096,110 @@ async fn buckets_on_another_s3_server_hold_shards() {
         p.shutdown().await;
     }
 }
+
+/// Users and keys made through the admin API live in the metadata store: a disk lost
+/// before the first snapshot gives them back from the journal, the key's state (disabled)
+/// and the bucket's owner with them; the configuration file's key works throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_and_keys_survive_a_lost_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (providers, config, data_dir) = recoverable_gateway(tmp.path()).await;
+    let overrides = sublet_gateway::runtime::Overrides {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
+    let running = sublet_gateway::runtime::start(&config, &overrides)
+        .await
+        .unwrap();
+    let a = running.admin_addr.unwrap();
+    let r = admin(a, "PUT", "/admin/v1/users/alice", r#"{"maxObjects": 5}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/keys",
+        r#"{"user": "alice", "accessKey": "ALICEKEY", "secretKey": "alice-secret-0123456789", "grants": ["alices:rw"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = admin(
+        a,
+        "POST",
+        "/admin/v1/keys",
+        r#"{"user": "alice", "accessKey": "ALICEOLD", "secretKey": "alice-old-secret-0123", "grants": ["*:r"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        admin(a, "POST", "/admin/v1/keys/ALICEOLD/disable", "")
+            .await
+            .status,
+        200
+    );
+    let alice = Client {
+        addr: running.s3_addr,
+        access_key: "ALICEKEY".into(),
+        secret_key: "alice-secret-0123456789".into(),
+    };
+    assert_eq!(alice.send("PUT", "/alices", &[], b"").await.status, 200);
+    assert_eq!(
+        alice
+            .send("PUT", "/alices/a.txt", &[], b"hello")
+            .await
+            .status,
+        200
+    );
+    running.shutdown().await;
+
+    lose_metadata(&data_dir);
+    let _ = std::fs::remove_file(data_dir.join("policies.yaml"));
+    let done = sublet_gateway::runtime::recover(&config, &overrides, false, false)
+        .await
+        .unwrap();
+    assert!(done.replayed.failed.is_empty(), "{:?}", done.replayed);
+
+    let running = sublet_gateway::runtime::start(&config, &overrides)
+        .await
+        .unwrap();
+    let alice = Client {
+        addr: running.s3_addr,
+        ..alice
+    };
+    let r = alice.send("GET", "/alices/a.txt", &[], b"").await;
+    assert!(r.status == 200 && r.body == b"hello", "{}", r.text());
+    let old = Client {
+        addr: running.s3_addr,
+        access_key: "ALICEOLD".into(),
+        secret_key: "alice-old-secret-0123".into(),
+    };
+    let r = old.send("GET", "/alices/a.txt", &[], b"").await;
+    assert_eq!(
+        r.status,
+        403,
+        "the disabled key stays disabled: {}",
+        r.text()
+    );
+    let r = admin(
+        running.admin_addr.unwrap(),
+        "GET",
+        "/admin/v1/users/alice",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let user: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(user["maxObjects"], 5, "{user}");
+    assert_eq!(user["objects"], 1, "the bucket is still alice's: {user}");
+    let admin_key = Client::admin(running.s3_addr);
+    assert_eq!(
+        admin_key
+            .send("GET", "/alices/a.txt", &[], b"")
+            .await
+            .status,
+        200
+    );
+    running.shutdown().await;
+    for p in providers {
+        p.shutdown().await;
+    }
+}

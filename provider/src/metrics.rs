@@ -6,6 +6,9 @@ use prometheus::{
     TextEncoder,
 };
 
+/// The outcomes of `sublet_provider_audits_total`, in the order they are exported.
+pub const AUDIT_OUTCOMES: [&str; 4] = ["answered", "not_found", "corrupt", "error"];
+
 /// The provider's metrics; names start with `sublet_provider_`.
 #[derive(Clone)]
 pub struct Metrics {
@@ -79,6 +82,12 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(corruptions.clone()))?;
         registry.register(Box::new(audits.clone()))?;
+        // Every outcome is exported from the start, at 0: `increase()` over a series that
+        // appears with its first count misses that count, and the first failed audit of a
+        // provider would never raise the SubletAuditsFailing alert.
+        for outcome in AUDIT_OUTCOMES {
+            audits.with_label_values(&[outcome]);
+        }
         Ok(Metrics {
             registry,
             shards,
@@ -108,5 +117,25 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_audit_outcome_is_exported_at_zero_from_the_start() {
+        let text = Metrics::new().unwrap().render();
+        for outcome in AUDIT_OUTCOMES {
+            let line = format!("sublet_provider_audits_total{{outcome=\"{outcome}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l == "sublet_provider_corruptions_total 0"),
+            "{text}"
+        );
     }
 }

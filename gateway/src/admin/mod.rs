@@ -31,6 +31,8 @@
 //!   stored more than N seconds ago (default a day), from every provider. Another
 //!   installation's shards, and shards whose ids name none, are never taken.
 //!
+//! Users and access keys: see [`users`] (all behind the token).
+//!
 //! Everything that changes state or names objects (the POSTs and the lost list) wants the
 //! admin token as `Authorization: Bearer TOKEN`, like the policy API: without it 401 with a
 //! JSON error. Plan health and pool usage stay open: they are counts, the same numbers
@@ -39,6 +41,7 @@
 
 pub mod policy;
 pub mod server;
+mod users;
 
 use std::sync::Arc;
 
@@ -232,6 +235,7 @@ pub fn router(
         .route("/admin/v1/scrub", axum::routing::post(scrub))
         .route("/admin/v1/snapshot", axum::routing::post(snapshot))
         .route("/admin/v1/lifecycle", axum::routing::post(lifecycle))
+        .merge(users::routes())
         .route_layer(axum::middleware::from_fn_with_state(token, require_token));
     open.merge(guarded).with_state(state)
 }

@@ -92,6 +92,7 @@ pub async fn serve_admin(
                 if let Err(e) = tokio::task::spawn_blocking(move || {
                     if let Some(_pass) = gate.enter(Instant::now()) {
                         refresh_plans(&m, gateway.metadata().as_ref());
+                        refresh_users(&m, &gateway);
                         refresh_health(&m, &gateway);
                     }
                 })
@@ -308,6 +309,23 @@ fn refresh_health(metrics: &Metrics, gateway: &Node) {
             .repair_oldest_seconds
             .with_label_values(&[name])
             .set(clamp(h.oldest_queued_seconds.unwrap_or(0)));
+    }
+}
+
+/// Objects and bytes per user (bucket owner), as the accounts last counted them.
+fn refresh_users(metrics: &Metrics, gateway: &Node) {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    metrics.user_objects.reset();
+    metrics.user_bytes.reset();
+    for (user, u) in gateway.accounts().usage() {
+        metrics
+            .user_objects
+            .with_label_values(&[user.as_str()])
+            .set(clamp(u.objects));
+        metrics
+            .user_bytes
+            .with_label_values(&[user.as_str()])
+            .set(clamp(u.bytes));
     }
 }
 

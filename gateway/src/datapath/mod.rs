@@ -1,6 +1,7 @@
 //! The data path: how an object's bytes become sealed, erasure-coded shards on providers
 //! and back.
 
+pub mod checksum;
 pub mod cloud;
 pub mod codec;
 pub mod fleet;

@@ -20,19 +20,23 @@ pub struct CopyCounts {
     pub uploads: u64,
     pub parts: u64,
     pub providers: u64,
+    pub users: u64,
+    pub keys: u64,
 }
 
 impl std::fmt::Display for CopyCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} buckets, {} versions, {} lifecycle configurations, {} uploads with {} parts, {} providers",
+            "{} buckets, {} versions, {} lifecycle configurations, {} uploads with {} parts, {} providers, {} users, {} access keys",
             self.buckets,
             self.versions,
             self.lifecycle_rules,
             self.uploads,
             self.parts,
-            self.providers
+            self.providers,
+            self.users,
+            self.keys
         )
     }
 }
@@ -68,6 +72,16 @@ pub fn copy_store(
     let pools: Vec<(String, String)> = from.provider_pools()?.into_iter().collect();
     to.record_pools(&pools, 0)?;
 
+    // Users and their keys (secrets stay sealed: the same master key opens them).
+    for user in from.users()? {
+        to.put_user(&user)?;
+        counts.users += 1;
+    }
+    for key in from.keys()? {
+        to.put_key(&key)?;
+        counts.keys += 1;
+    }
+
     for bucket in from.buckets()? {
         match to.create_bucket(&bucket) {
             Ok(()) => {}
@@ -83,6 +97,9 @@ pub fn copy_store(
         }
         if let Some(config) = from.bucket_lock(&bucket.name)? {
             to.set_bucket_lock(&bucket.name, &config)?;
+        }
+        if let Some(tags) = from.bucket_tags(&bucket.name)? {
+            to.set_bucket_tags(&bucket.name, Some(&tags))?;
         }
         counts.versions += copy_versions(from, to, &bucket.name)?;
         let (uploads, parts) = copy_uploads(from, to, &bucket.name)?;

@@ -15,15 +15,18 @@ mod sqlite;
 mod test_postgres;
 #[cfg(test)]
 mod two_gateways;
+pub mod users;
 
 use std::collections::BTreeMap;
 
 pub use copy::{CopyCounts, StoreLocation, copy_store};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use users::{KeyGrant, StoredKey, Usage, User};
 
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::checksum::{ChecksumSpec, ObjectChecksum, Sums};
 use crate::datapath::layout::Layout;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,10 @@ pub struct Bucket {
     /// Plan used when a PUT names no storage class; `None` = the gateway default.
     pub default_plan: Option<String>,
     pub versioning: Versioning,
+    /// The user the bucket belongs to (whose quota its objects count against); `None` for
+    /// buckets made before users existed, which belong to the default user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The version id S3 gives objects written while versioning is off or suspended.
@@ -159,6 +166,16 @@ pub struct ObjectAttrs {
     /// Object lock: retention and legal hold ([`lock`]).
     #[serde(skip_serializing_if = "lock::ObjectLock::is_none")]
     pub lock: lock::ObjectLock,
+    /// S3 object tags (key → value): set on write (`x-amz-tagging`), changed in place by
+    /// Put/DeleteObjectTagging ([`MetadataStore::set_object_tags`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// A version's S3 checksum (`x-amz-checksum-*`), checked on upload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<ObjectChecksum>,
+    /// An upload's: the checksum algorithm and kind it was started with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_checksum: Option<ChecksumSpec>,
 }
 
 impl ObjectAttrs {
@@ -172,6 +189,27 @@ impl ObjectAttrs {
             return None;
         }
         serde_json::to_string(self).ok()
+    }
+
+    /// An `attrs` column with its tags replaced by `tags` and every other field kept as
+    /// it was (also fields this gateway does not know, written by a newer one).
+    pub(crate) fn column_with_tags(
+        column: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Option<String>, serde_json::Error> {
+        let mut fields: serde_json::Map<String, serde_json::Value> = match column {
+            Some(c) => serde_json::from_str(c)?,
+            None => serde_json::Map::new(),
+        };
+        if tags.is_empty() {
+            fields.remove("tags");
+        } else {
+            fields.insert("tags".to_owned(), serde_json::to_value(tags)?);
+        }
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        serde_json::to_string(&fields).map(Some)
     }
 
     /// From the `attrs` column; unknown fields (of a newer gateway) are ignored.
@@ -346,6 +384,19 @@ pub struct UploadPart {
     /// Unix milliseconds.
     pub last_modified: i64,
     pub layout: Layout,
+    /// S3 checksums of the part's bytes (`checksums` column, JSON; none from before them).
+    #[serde(default, skip_serializing_if = "Sums::is_empty")]
+    pub checksums: Sums,
+}
+
+impl UploadPart {
+    /// Its checksums as stored in the parts' `checksums` column: `NULL` when it has none.
+    pub(crate) fn checksums_column(&self) -> Option<String> {
+        if self.checksums.is_empty() {
+            return None;
+        }
+        serde_json::to_string(&self.checksums).ok()
+    }
 }
 
 /// What completing an upload did.
@@ -517,6 +568,35 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
         Ok(BTreeMap::new())
     }
+    /// Creates or replaces a user (whole row: replaying it twice is harmless).
+    fn put_user(&self, _user: &User) -> Result<()> {
+        Err(MetaError::Store("this store keeps no users".into()))
+    }
+    /// Every user, by id.
+    fn users(&self) -> Result<Vec<User>> {
+        Ok(Vec::new())
+    }
+    /// Removes a user; `false` when there was none.
+    fn delete_user(&self, _id: &str) -> Result<bool> {
+        Err(MetaError::Store("this store keeps no users".into()))
+    }
+    /// Creates or replaces an access key (whole row).
+    fn put_key(&self, _key: &StoredKey) -> Result<()> {
+        Err(MetaError::Store("this store keeps no access keys".into()))
+    }
+    /// Every access key, by access key id.
+    fn keys(&self) -> Result<Vec<StoredKey>> {
+        Ok(Vec::new())
+    }
+    /// Removes an access key; `false` when there was none.
+    fn delete_key(&self, _access_key: &str) -> Result<bool> {
+        Err(MetaError::Store("this store keeps no access keys".into()))
+    }
+    /// Stored versions (not delete markers) and their bytes by bucket owner (`""`: buckets
+    /// without one).
+    fn user_usage(&self) -> Result<BTreeMap<String, Usage>> {
+        Ok(BTreeMap::new())
+    }
     /// Fails with `BucketNotEmpty` while any version or upload remains.
     fn delete_bucket(&self, name: &str) -> Result<()>;
     fn set_versioning(&self, name: &str, versioning: Versioning) -> Result<()>;
@@ -620,6 +700,19 @@ pub trait MetadataStore: Send + Sync + 'static {
         version_id: &str,
         expected: &lock::ObjectLock,
         new: &lock::ObjectLock,
+    ) -> Result<bool>;
+    /// Stores (`Some`, JSON) or removes (`None`) a bucket's tags; fails with `NoSuchBucket`.
+    fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()>;
+    /// A bucket's tags as stored by [`MetadataStore::set_bucket_tags`].
+    fn bucket_tags(&self, bucket: &str) -> Result<Option<String>>;
+    /// Replaces the tags of one stored version (not a delete marker) in place, keeping the
+    /// rest of it; `false` (nothing changed) when there is no such version.
+    fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &BTreeMap<String, String>,
     ) -> Result<bool>;
     /// Moves `current` to another plan: in one transaction, if the version still has
     /// exactly `current`'s layout (no concurrent overwrite, repair or delete), gives it

@@ -1,4 +1,5 @@
 use super::*;
+use crate::datapath::checksum::{Algorithm, ChecksumSpec, Kind, ObjectChecksum, PartChecksum};
 use crate::datapath::layout::{Encryption, Scheme};
 
 /// Runs each store-agnostic test on SQLite and on PostgreSQL.
@@ -44,6 +45,8 @@ on_every_store!(
     attributes_round_trip_on_versions_and_uploads,
     listings_agree_with_the_listing_rule_page_by_page,
     object_lock_is_stored_per_bucket_and_changed_per_version_in_place,
+    tags_change_in_place_per_version_and_buckets_keep_theirs,
+    users_and_keys_are_stored_whole_and_usage_counts_by_bucket_owner,
 );
 
 fn object_lock_is_stored_per_bucket_and_changed_per_version_in_place(s: &dyn MetadataStore) {
@@ -105,6 +108,133 @@ fn object_lock_is_stored_per_bucket_and_changed_per_version_in_place(s: &dyn Met
     let got = s.version("b", "k", Some("v1")).unwrap().unwrap();
     assert_eq!(got.layout.as_ref(), Some(&repaired));
     assert_eq!(got.attrs.lock, locked);
+}
+
+pub(crate) fn user(id: &str) -> User {
+    User {
+        id: id.into(),
+        display_name: format!("{id} display"),
+        max_bytes: Some(1 << 40),
+        max_objects: None,
+        created: 7,
+    }
+}
+
+pub(crate) fn key(access: &str, user: &str) -> StoredKey {
+    StoredKey {
+        access_key: access.into(),
+        user: user.into(),
+        sealed_secret: "00ff".into(),
+        grants: vec![KeyGrant {
+            bucket: "photos".into(),
+            read: true,
+            write: false,
+        }],
+        active: true,
+        created: 8,
+        rotated: 8,
+    }
+}
+
+fn users_and_keys_are_stored_whole_and_usage_counts_by_bucket_owner(s: &dyn MetadataStore) {
+    s.put_user(&user("bob")).unwrap();
+    s.put_user(&user("alice")).unwrap();
+    let changed = User {
+        display_name: "Alice A.".into(),
+        max_objects: Some(3),
+        ..user("alice")
+    };
+    s.put_user(&changed).unwrap();
+    assert_eq!(s.users().unwrap(), vec![changed, user("bob")]);
+    s.put_key(&key("AK2", "bob")).unwrap();
+    s.put_key(&key("AK1", "alice")).unwrap();
+    let disabled = StoredKey {
+        active: false,
+        rotated: 9,
+        sealed_secret: "abcd".into(),
+        ..key("AK1", "alice")
+    };
+    s.put_key(&disabled).unwrap();
+    assert_eq!(s.keys().unwrap(), vec![disabled, key("AK2", "bob")]);
+    assert!(s.delete_key("AK2").unwrap());
+    assert!(!s.delete_key("AK2").unwrap());
+    assert!(s.delete_user("bob").unwrap());
+    assert!(!s.delete_user("bob").unwrap());
+    assert_eq!(s.users().unwrap().len(), 1);
+
+    // Usage: by bucket owner; buckets without one under "".
+    s.create_bucket(&Bucket {
+        owner: Some("alice".into()),
+        ..bucket("b")
+    })
+    .unwrap();
+    s.create_bucket(&bucket("c")).unwrap();
+    assert_eq!(
+        s.bucket("b").unwrap().unwrap().owner.as_deref(),
+        Some("alice")
+    );
+    s.put_version(&version("k1", "v1", 10)).unwrap();
+    s.put_version(&version("k2", "v1", 5)).unwrap();
+    s.put_version(&ObjectVersion {
+        bucket: "c".into(),
+        ..version("k1", "v1", 7)
+    })
+    .unwrap();
+    s.put_version(&ObjectVersion {
+        delete_marker: true,
+        layout: None,
+        size: 0,
+        ..version("k3", "v1", 0)
+    })
+    .unwrap();
+    let usage = s.user_usage().unwrap();
+    assert_eq!(
+        usage,
+        BTreeMap::from([
+            (
+                "".to_string(),
+                Usage {
+                    objects: 1,
+                    bytes: 7
+                }
+            ),
+            (
+                "alice".to_string(),
+                Usage {
+                    objects: 2,
+                    bytes: 15
+                }
+            ),
+        ])
+    );
+}
+
+#[test]
+fn a_database_from_before_users_gains_bucket_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metadata.db");
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        let schema = sqlite::schema_for_tests().replace(",\n    owner TEXT\n", "\n");
+        assert!(!schema.contains("owner"));
+        old.execute_batch(&schema).unwrap();
+        old.execute(
+            "INSERT INTO buckets (name, created, versioning) VALUES ('old', 1, 'unversioned')",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.bucket("old").unwrap().unwrap().owner, None);
+    s.create_bucket(&Bucket {
+        owner: Some("alice".into()),
+        ..bucket("new")
+    })
+    .unwrap();
+    assert_eq!(
+        s.bucket("new").unwrap().unwrap().owner.as_deref(),
+        Some("alice")
+    );
 }
 
 fn conditional_writes_check_the_latest_version_in_the_commit(s: &dyn MetadataStore) {
@@ -179,6 +309,26 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
             }),
             legal_hold: true,
         },
+        tags: BTreeMap::from([("project".into(), "blue".into())]),
+        checksum: Some(ObjectChecksum {
+            algorithm: Algorithm::Crc32,
+            kind: Kind::Composite,
+            value: "1Fu2mQ==".into(),
+            parts: vec![
+                PartChecksum {
+                    number: 1,
+                    value: "7YH59g==".into(),
+                },
+                PartChecksum {
+                    number: 3,
+                    value: "OncRQw==".into(),
+                },
+            ],
+        }),
+        upload_checksum: Some(ChecksumSpec {
+            algorithm: Algorithm::Sha256,
+            kind: Kind::Composite,
+        }),
     };
     let v = ObjectVersion {
         attrs: attrs.clone(),
@@ -193,6 +343,75 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
     };
     s.create_upload(&u).unwrap();
     assert_eq!(s.upload("b", "k", "u1").unwrap().unwrap(), u);
+}
+
+fn tags_change_in_place_per_version_and_buckets_keep_theirs(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    let old = ObjectVersion {
+        attrs: ObjectAttrs {
+            cache_control: Some("no-store".into()),
+            ..ObjectAttrs::default()
+        },
+        ..version("k", "v1", 1)
+    };
+    s.put_version(&old).unwrap();
+    s.put_version(&version("k", "v2", 2)).unwrap();
+    let tags = BTreeMap::from([("a".to_owned(), "1".to_owned()), ("b".into(), "".into())]);
+    // An older version is retagged in place: it stays older, keeps its other attributes.
+    assert!(s.set_object_tags("b", "k", "v1", &tags).unwrap());
+    let v1 = s.version("b", "k", Some("v1")).unwrap().unwrap();
+    assert_eq!(v1.attrs.tags, tags);
+    assert_eq!(v1.attrs.cache_control.as_deref(), Some("no-store"));
+    assert_eq!(s.version("b", "k", None).unwrap().unwrap().version_id, "v2");
+    assert!(
+        s.version("b", "k", None)
+            .unwrap()
+            .unwrap()
+            .attrs
+            .tags
+            .is_empty()
+    );
+    // Listings of versions carry the tags (lifecycle filters read them there).
+    let listed = versions_page(s, "", "");
+    assert_eq!(listed.versions[1].version.attrs.tags, tags);
+    // Removing every tag leaves no attributes behind when there were none besides.
+    assert!(s.set_object_tags("b", "k", "v2", &tags).unwrap());
+    assert!(s.set_object_tags("b", "k", "v2", &BTreeMap::new()).unwrap());
+    assert!(
+        s.version("b", "k", Some("v2"))
+            .unwrap()
+            .unwrap()
+            .attrs
+            .is_empty()
+    );
+    // No such version, or a delete marker: nothing changes.
+    assert!(!s.set_object_tags("b", "k", "v9", &tags).unwrap());
+    let marker = ObjectVersion {
+        delete_marker: true,
+        layout: None,
+        ..version("k", "v3", 3)
+    };
+    s.put_version(&marker).unwrap();
+    assert!(!s.set_object_tags("b", "k", "v3", &tags).unwrap());
+
+    assert_eq!(s.bucket_tags("b").unwrap(), None);
+    s.set_bucket_tags("b", Some("{\"team\":\"ops\"}")).unwrap();
+    assert_eq!(
+        s.bucket_tags("b").unwrap().as_deref(),
+        Some("{\"team\":\"ops\"}")
+    );
+    s.set_bucket_tags("b", None).unwrap();
+    assert_eq!(s.bucket_tags("b").unwrap(), None);
+    assert!(matches!(
+        s.set_bucket_tags("nope", Some("{}")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    // A deleted bucket's tags go with it.
+    s.create_bucket(&bucket("c")).unwrap();
+    s.set_bucket_tags("c", Some("{}")).unwrap();
+    s.delete_bucket("c").unwrap();
+    s.create_bucket(&bucket("c")).unwrap();
+    assert_eq!(s.bucket_tags("c").unwrap(), None);
 }
 
 fn a_bucket_default_plan_is_set_and_cleared(s: &dyn MetadataStore) {
@@ -238,6 +457,7 @@ fn bucket(name: &str) -> Bucket {
         created: 1,
         default_plan: None,
         versioning: Versioning::Unversioned,
+        owner: None,
     }
 }
 
@@ -489,6 +709,15 @@ fn part(n: i32, etag: &str) -> UploadPart {
             inline: None,
             parts: vec![],
         },
+        // Part 2 carries S3 checksums (their column), the others none.
+        checksums: if n == 2 {
+            BTreeMap::from([
+                (Algorithm::Crc32, "DUoRhQ==".to_string()),
+                (Algorithm::Crc64nvme, "jSnVw/bqjr4=".to_string()),
+            ])
+        } else {
+            BTreeMap::new()
+        },
     }
 }
 
@@ -528,6 +757,7 @@ fn parts_are_replaced_listed_and_uploads_end_once(s: &dyn MetadataStore) {
     let parts = s.parts("b", "k", "u1", 0, 100).unwrap();
     let tags: Vec<_> = parts.iter().map(|p| p.etag.as_str()).collect();
     assert_eq!(tags, ["e1b", "e2"]);
+    assert_eq!(parts, [part(1, "e1b"), part(2, "e2")], "checksums kept");
     assert_eq!(s.parts("b", "k", "u1", 1, 100).unwrap().len(), 1);
     assert!(matches!(
         s.delete_bucket("b"),
@@ -760,12 +990,13 @@ fn a_database_from_before_attributes_gains_their_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metadata.db");
     {
-        // The tables as the first release made them: no `attrs` column.
+        // The tables as the first release made them: no `attrs` column, no part checksums.
         let old = rusqlite::Connection::open(&path).unwrap();
         let schema = sqlite::schema_for_tests()
             .replace("    attrs TEXT,\n", "")
-            .replace(",\n    attrs TEXT\n", "\n");
-        assert!(!schema.contains("attrs"));
+            .replace(",\n    attrs TEXT\n", "\n")
+            .replace("    checksums TEXT,\n", "");
+        assert!(!schema.contains("attrs") && !schema.contains("checksums"));
         old.execute_batch(&schema).unwrap();
         old.execute(
             "INSERT INTO buckets (name, created, versioning) VALUES ('b', 1, 'unversioned')",
@@ -782,9 +1013,12 @@ fn a_database_from_before_attributes_gains_their_column() {
         ..version("k", "v1", 1)
     };
     s.put_version(&v).unwrap();
+    s.create_upload(&upload("u1", "k")).unwrap();
+    s.put_part("b", "k", "u1", &part(2, "e2")).unwrap();
     drop(s);
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.version("b", "k", None).unwrap().unwrap(), v);
+    assert_eq!(s.parts("b", "k", "u1", 0, 10).unwrap(), [part(2, "e2")]);
 }
 
 #[test]

@@ -226,3 +226,77 @@ fn tokio_stream_from(
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// A key made and then disabled through one gateway is accepted, then refused, by another
+/// on the same database within the refresh interval of its key view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_disabled_through_another_gateway_is_refused_within_the_refresh_interval() {
+    use crate::node::users::{KeyRequest, REFRESH_INTERVAL, UserRequest};
+    let Some(url) = tokio::task::spawn_blocking(super::test_postgres::database)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let master = Arc::new(crate::datapath::codec::MasterKey::from_bytes(&[9; 32]));
+    let node = |url: String| {
+        let master = Arc::clone(&master);
+        async move {
+            let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url).unwrap())
+                .await
+                .unwrap();
+            Arc::new(
+                Node::new(
+                    Arc::new(store) as Arc<dyn MetadataStore>,
+                    master,
+                    vec![Plan::standard()],
+                    vec![],
+                )
+                .unwrap(),
+            )
+        }
+    };
+    let a = node(url.clone()).await;
+    let b = node(url).await;
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let refreshing = crate::upkeep::users::spawn_refresh(Arc::clone(&b), stop).await;
+    let accounts = Arc::clone(a.accounts());
+    let access = tokio::task::spawn_blocking(move || {
+        accounts
+            .put_user("alice", &UserRequest::default(), 1)
+            .unwrap();
+        let req = KeyRequest {
+            user: "alice".into(),
+            grants: vec!["*:r".into()],
+            ..KeyRequest::default()
+        };
+        accounts.create_key(&req, 1).unwrap().0.key.access_key
+    })
+    .await
+    .unwrap();
+    let bound = REFRESH_INTERVAL + std::time::Duration::from_secs(1);
+    let seen = |want: bool| {
+        let b = Arc::clone(&b);
+        let access = access.clone();
+        async move {
+            let start = std::time::Instant::now();
+            while b.accounts().lookup(&access).is_some() != want {
+                assert!(
+                    start.elapsed() < bound,
+                    "gateway b did not see the change within {bound:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            start.elapsed()
+        }
+    };
+    seen(true).await;
+    let accounts = Arc::clone(a.accounts());
+    let disabling = access.clone();
+    tokio::task::spawn_blocking(move || accounts.set_key_active(&disabling, false).unwrap())
+        .await
+        .unwrap();
+    let took = seen(false).await;
+    assert!(took < bound, "{took:?}");
+    refreshing.abort();
+}

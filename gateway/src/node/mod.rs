@@ -14,6 +14,7 @@ pub mod inflight;
 pub mod read;
 pub mod retire;
 pub mod rules;
+pub mod users;
 pub mod write;
 
 use std::collections::HashMap;
@@ -113,6 +114,8 @@ pub struct Node {
     /// The metadata store alone is as safe a place for data as the providers (`sublet
     /// dev`, where everything is on one disk): plans may keep small objects in it.
     metadata_suffices: bool,
+    /// Users and access keys made at runtime, and quotas.
+    accounts: Arc<users::Accounts>,
 }
 
 impl Node {
@@ -138,7 +141,9 @@ impl Node {
             Arc::default(),
         ));
         let topology = Arc::new(Topology::flat(providers.iter().map(|p| p.node_id())));
+        let accounts = Arc::new(users::Accounts::new(Arc::clone(&meta), Arc::clone(&master)));
         Ok(Self {
+            accounts,
             meta,
             master,
             default_plan,
@@ -178,6 +183,11 @@ impl Node {
     /// The metadata journal, if this gateway keeps one.
     pub fn journal(&self) -> Option<&Arc<crate::meta::journal::Journal>> {
         self.journal.as_ref()
+    }
+
+    /// Users, runtime access keys and quotas.
+    pub fn accounts(&self) -> &Arc<users::Accounts> {
+        &self.accounts
     }
 
     /// The master key, which seals journal segments and wraps data keys.

@@ -1,6 +1,7 @@
 //! The rules a [`super::PolicySet`] carries besides plans and placement: how providers are
 //! audited and the lifecycle rules of each plan's StorageSchedule.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,7 @@ use super::{Node, Plan};
 use crate::datapath::layout::{Encryption, Layout};
 use crate::datapath::placement::{PlacementRule, Site};
 use crate::error::{Error, Result};
-use crate::meta::ShardPos;
+use crate::meta::{ObjectVersion, ShardPos};
 
 /// How often and how hard providers are audited: the tightest of the plans' schedules.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,15 @@ pub struct Rule {
     /// Keys starting with this; every key when empty.
     #[serde(default)]
     pub prefix: String,
+    /// Versions carrying every one of these tags (key and value); any when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Versions larger than this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_greater_than: Option<u64>,
+    /// Versions smaller than this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_less_than: Option<u64>,
     /// Current versions older than this many days expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_days: Option<u32>,
@@ -77,17 +87,39 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether the rule's filter selects `v` (prefix, tags and size bounds all hold).
+    pub fn selects(&self, v: &ObjectVersion) -> bool {
+        self.selects_key(&v.key)
+            && self
+                .tags
+                .iter()
+                .all(|(k, value)| v.attrs.tags.get(k) == Some(value))
+            && self.size_greater_than.is_none_or(|min| v.size > min)
+            && self.size_less_than.is_none_or(|max| v.size < max)
+    }
+
+    /// Whether the rule's filter selects a key by its prefix alone.
+    pub fn selects_key(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix)
+    }
+
+    /// Whether the rule filters on more than the key (tags or size), which multipart
+    /// uploads in progress do not have.
+    pub fn filters_objects(&self) -> bool {
+        !self.tags.is_empty() || self.size_greater_than.is_some() || self.size_less_than.is_some()
+    }
+
     /// A StorageSchedule's rule, for the objects of the plans naming the schedule.
     pub fn from_schedule(rule: &sublet_crds::LifecycleRule) -> Self {
         let days = rule.after_days;
+        let filter = rule.filter.clone().unwrap_or_default();
         Rule {
             id: rule.name.clone(),
             enabled: true,
-            prefix: rule
-                .filter
-                .as_ref()
-                .and_then(|f| f.prefix.clone())
-                .unwrap_or_default(),
+            prefix: filter.prefix.unwrap_or_default(),
+            tags: filter.tags,
+            size_greater_than: filter.object_size_greater_than.map(|b| b.bytes()),
+            size_less_than: filter.object_size_less_than.map(|b| b.bytes()),
             expiration_days: days.filter(|_| rule.expire == Some(true)),
             expired_object_delete_marker: false,
             noncurrent_days: None,
@@ -147,4 +179,84 @@ pub fn misplaced_shards(
         }
     }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn object(key: &str, size: u64, tags: &[(&str, &str)]) -> ObjectVersion {
+        ObjectVersion {
+            bucket: "b".into(),
+            key: key.into(),
+            version_id: "v".into(),
+            delete_marker: false,
+            size,
+            etag: String::new(),
+            content_type: None,
+            user_metadata: BTreeMap::new(),
+            last_modified: 0,
+            plan: "standard".into(),
+            layout: None,
+            attrs: crate::meta::ObjectAttrs {
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_filter_selects_versions_meeting_every_condition() {
+        let rule = Rule {
+            prefix: "logs/".into(),
+            tags: BTreeMap::from([("class".into(), "temp".into()), ("team".into(), "a".into())]),
+            size_greater_than: Some(100),
+            size_less_than: Some(1000),
+            ..Rule::default()
+        };
+        let both = [("class", "temp"), ("team", "a")];
+        assert!(rule.selects(&object("logs/x", 500, &both)));
+        assert!(rule.selects(&object(
+            "logs/x",
+            500,
+            &[("class", "temp"), ("team", "a"), ("more", "")]
+        )));
+        assert!(!rule.selects(&object("other/x", 500, &both)), "prefix");
+        assert!(
+            !rule.selects(&object("logs/x", 500, &[("class", "temp")])),
+            "a tag missing"
+        );
+        assert!(
+            !rule.selects(&object("logs/x", 500, &[("class", "keep"), ("team", "a")])),
+            "a tag's value differs"
+        );
+        // The bounds are exclusive, as in S3.
+        assert!(!rule.selects(&object("logs/x", 100, &both)));
+        assert!(rule.selects(&object("logs/x", 101, &both)));
+        assert!(rule.selects(&object("logs/x", 999, &both)));
+        assert!(!rule.selects(&object("logs/x", 1000, &both)));
+        assert!(rule.filters_objects());
+        assert!(Rule::default().selects(&object("any", 0, &[])));
+        assert!(!Rule::default().filters_objects());
+    }
+
+    #[test]
+    fn schedule_filters_carry_tags_and_sizes() {
+        let rule: sublet_crds::LifecycleRule = serde_yaml::from_str(
+            "{name: r, afterDays: 3, expire: true, filter: {prefix: a/, tags: {class: temp}, \
+             objectSizeGreaterThan: 1Ki, objectSizeLessThan: 1Mi}}",
+        )
+        .unwrap();
+        let r = Rule::from_schedule(&rule);
+        assert_eq!(r.prefix, "a/");
+        assert_eq!(r.tags["class"], "temp");
+        assert_eq!(
+            (r.size_greater_than, r.size_less_than),
+            (Some(1024), Some(1 << 20))
+        );
+    }
 }

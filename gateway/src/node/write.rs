@@ -10,6 +10,7 @@ use s3s::dto::StreamingBlob;
 
 use super::budget::BufferBudget;
 use super::{Node, Plan, now_ms};
+use crate::datapath::checksum::{Algorithm, Hasher, Sums};
 use crate::datapath::stripes::{self, ObjectWriter, ShardBackend, WriteSpec};
 use crate::error::{Error, Result, body_failed};
 use crate::meta::{self, Bucket, NULL_VERSION, ObjectVersion, Versioning, WriteCondition};
@@ -25,6 +26,8 @@ pub struct Written {
     pub size: u64,
     /// Hex MD5 of the bytes written.
     pub md5: String,
+    /// The S3 checksums asked for, of the bytes written.
+    pub checksums: Sums,
     /// Keeps the shards from garbage collection until the caller has recorded (or freed)
     /// them: dropped with the rest of this value.
     pub in_flight: Option<crate::node::inflight::WriteGuard>,
@@ -33,14 +36,16 @@ pub struct Written {
 /// A segment on its way to the providers, with the share of the upload budget it holds.
 type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 
-/// Cuts the body into segments and hands them over; returns the size and MD5.
+/// Cuts the body into segments and hands them over; returns the size, MD5 and checksums
+/// (computed in the same pass).
 async fn cut_body(
     body: Option<StreamingBlob>,
     segment_size: usize,
     scheme: crate::datapath::layout::Scheme,
     budget: BufferBudget,
+    mut sums: Hasher,
     tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
-) -> Result<(u64, String)> {
+) -> Result<(u64, String, Sums)> {
     use s3s::stream::ByteStream;
     let mut md5 = Md5::new();
     let mut size = 0u64;
@@ -52,6 +57,7 @@ async fn cut_body(
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(body_failed)?;
             md5.update(&chunk);
+            sums.update(&chunk);
             size += chunk.len() as u64;
             let mut rest = &chunk[..];
             while !rest.is_empty() {
@@ -82,7 +88,7 @@ async fn cut_body(
         let held = permit.take().ok_or_else(stopped)?;
         tx.send((buf, held)).await.map_err(|_| stopped())?;
     }
-    Ok((size, hex::encode(md5.finalize())))
+    Ok((size, hex::encode(md5.finalize()), sums.finish()))
 }
 
 /// Reads the body and writes it segment by segment, reading the next segment
@@ -94,6 +100,7 @@ async fn write_body(
     segment_size: usize,
     scheme: crate::datapath::layout::Scheme,
     budget: BufferBudget,
+    sums: Hasher,
 ) -> Result<Written> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(1);
     let store = async {
@@ -107,12 +114,16 @@ async fn write_body(
         }
         Ok(())
     };
-    let (cut, stored) = tokio::join!(cut_body(body, segment_size, scheme, budget, tx), store);
+    let (cut, stored) = tokio::join!(
+        cut_body(body, segment_size, scheme, budget, sums, tx),
+        store
+    );
     match (cut, stored) {
-        (Ok((size, md5)), Ok(())) => Ok(Written {
+        (Ok((size, md5, checksums)), Ok(())) => Ok(Written {
             layout: writer.finish(),
             size,
             md5,
+            checksums,
             in_flight: None,
         }),
         (_, Err(e)) => {
@@ -167,16 +178,19 @@ impl Node {
     }
 
     /// Stores `body` (of `length` bytes when the caller knows it, as a copy does; else
-    /// as the request declares) under `plan`. A body the plan keeps in metadata (at most
-    /// `inlineUpTo`) is sealed whole into the layout, where metadata is kept as safely as
-    /// shards; any other is striped onto providers ([`Node::store_striped`]).
+    /// as the request declares) under `plan`, computing the S3 checksums of `algorithms`
+    /// on the way. A body the plan keeps in metadata (at most `inlineUpTo`) is sealed
+    /// whole into the layout, where metadata is kept as safely as shards; any other is
+    /// striped onto providers ([`Node::store_striped`]).
     pub async fn store_body(
         &self,
         plan: &Plan,
         key: &str,
         body: Option<StreamingBlob>,
         length: Option<u64>,
+        algorithms: &[Algorithm],
     ) -> Result<Written> {
+        let sums = Hasher::new(algorithms.iter().copied());
         let declared = match (&body, length) {
             (_, Some(len)) => usize::try_from(len).ok(),
             (Some(b), None) => s3s::stream::ByteStream::remaining_length(b).exact(),
@@ -186,9 +200,9 @@ impl Node {
             && len as u64 <= plan.inline_up_to
             && self.keeps_inline()
         {
-            return self.store_inline(plan, body, len).await;
+            return self.store_inline(plan, body, len, sums).await;
         }
-        self.store_striped(plan, key, body).await
+        self.stripe_body(plan, key, body, sums).await
     }
 
     /// Streams `body` into a fresh layout of shards under `plan`; on any error no shards
@@ -198,6 +212,16 @@ impl Node {
         plan: &Plan,
         key: &str,
         body: Option<StreamingBlob>,
+    ) -> Result<Written> {
+        self.stripe_body(plan, key, body, Hasher::default()).await
+    }
+
+    async fn stripe_body(
+        &self,
+        plan: &Plan,
+        key: &str,
+        body: Option<StreamingBlob>,
+        sums: Hasher,
     ) -> Result<Written> {
         let segment_size = usize::try_from(plan.segment_size)
             .map_err(|_| Error::internal(format!("plan {}: segment size too large", plan.name)))?;
@@ -228,6 +252,7 @@ impl Node {
             segment_size,
             plan.scheme,
             self.upload_budget.clone(),
+            sums,
         ))
         .await
         .map_err(|e| Error::internal(format!("the write task failed: {e}")))??;
@@ -241,6 +266,7 @@ impl Node {
         plan: &Plan,
         body: Option<StreamingBlob>,
         declared: usize,
+        mut sums: Hasher,
     ) -> Result<Written> {
         let _held = self.upload_budget.take(declared).await?;
         let mut plain = Vec::with_capacity(declared);
@@ -262,6 +288,8 @@ impl Node {
             )));
         }
         let md5 = hex::encode(Md5::digest(&plain));
+        sums.update(&plain);
+        let checksums = sums.finish();
         let size = plain.len() as u64;
         let layout = stripes::seal_inline(
             &self.master,
@@ -275,6 +303,7 @@ impl Node {
             layout,
             size,
             md5,
+            checksums,
             in_flight: None,
         })
     }
@@ -321,6 +350,28 @@ impl Node {
         for old in &outcome.replaced {
             self.free_removed(Some(old)).await;
         }
+        Ok(())
+    }
+
+    /// [`commit_version_if`](Self::commit_version_if) for a client's write into a bucket
+    /// of `owner` (`None`: the default user): refused with `QuotaExceeded`, its shards
+    /// freed, when the owner's quota has no room for it; counted into the owner's usage
+    /// once committed. A write counts whole (an overwrite too, until usage is recounted).
+    pub async fn commit_version_for(
+        &self,
+        owner: Option<&str>,
+        version: ObjectVersion,
+        condition: Option<WriteCondition>,
+    ) -> Result<()> {
+        let size = version.size;
+        if let Err(e) = self.accounts().check_quota(owner, size, 1) {
+            if let Some(layout) = &version.layout {
+                stripes::delete_shards(layout, self.backend_for()).await;
+            }
+            return Err(e);
+        }
+        self.commit_version_if(version, condition).await?;
+        self.accounts().record_write(owner, size, 1);
         Ok(())
     }
 

@@ -279,7 +279,9 @@ pub async fn start_cluster_with(
 
 /// The S3 HTTP service over a gateway; SigV4 with the given credentials (full access) if any.
 pub fn service(gateway: Arc<Node>, credentials: Option<&Credentials>) -> S3Service {
-    let keys = credentials.map(|c| KeyRing::single(&c.access_key, &c.secret_key));
+    let keys = credentials.map(|c| {
+        KeyRing::single(&c.access_key, &c.secret_key).with_accounts(Arc::clone(gateway.accounts()))
+    });
     service_with_keys(gateway, keys)
 }
 
@@ -365,6 +367,9 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
         crate::upkeep::audit::GC_MIN_AGE,
         stop.clone(),
     );
+    // Users and keys made through the admin API.
+    let accounts =
+        crate::upkeep::users::spawn_refresh(Arc::clone(&cluster.gateway), stop.clone()).await;
     // Bucket lifecycle rules (PutBucketLifecycleConfiguration); dev has no schedules.
     let lifecycle = crate::upkeep::lifecycle::spawn_lifecycle(
         Arc::clone(&cluster.gateway),
@@ -416,6 +421,7 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     .await;
     tracing::info!("shutting down");
     probing.abort();
+    accounts.abort();
     lifecycle.abort();
     repairing.abort();
     auditing.abort();

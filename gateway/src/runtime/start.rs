@@ -129,6 +129,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             stop.clone(),
         ),
     ];
+    tasks.push(crate::upkeep::users::spawn_refresh(Arc::clone(&gateway), stop.clone()).await);
     tasks.push(crate::upkeep::audit::spawn_gc_loop(
         Arc::clone(&gateway),
         Some(metrics.clone()),
@@ -198,7 +199,10 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         None => None,
     };
     let service = MeteredService::new(
-        crate::runtime::dev::service_with_keys(Arc::clone(&gateway), Some(keys)),
+        crate::runtime::dev::service_with_keys(
+            Arc::clone(&gateway),
+            Some(keys.with_accounts(Arc::clone(gateway.accounts()))),
+        ),
         metrics.clone(),
     )
     .with_journal(gateway.journal().cloned());

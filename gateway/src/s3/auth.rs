@@ -20,6 +20,8 @@ use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use sublet_crds::GatewayCredential;
 
+use crate::node::users::Accounts;
+
 /// What a key may do in one bucket (or `*`: every bucket).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -104,10 +106,12 @@ struct Key {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GovernanceBypass;
 
-/// Every access key the gateway accepts.
+/// Every access key the gateway accepts: the configuration file's, and those made at
+/// runtime (the node's [`Accounts`], looked up in its in-memory view on every request).
 #[derive(Clone, Default)]
 pub struct KeyRing {
     keys: Arc<HashMap<String, Key>>,
+    accounts: Option<Arc<Accounts>>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -159,7 +163,30 @@ impl KeyRing {
                     })
                     .collect(),
             ),
+            accounts: None,
         }
+    }
+
+    /// Also accepts the runtime keys of `accounts`, which learns the configuration's key
+    /// names (those the admin API may not make or change).
+    pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Self {
+        accounts.set_config_keys(self.keys.iter().map(|(access, k)| {
+            let grants = k
+                .grants
+                .0
+                .iter()
+                .map(|g| {
+                    crate::node::users::grant_text(&crate::meta::KeyGrant {
+                        bucket: g.bucket.clone(),
+                        read: g.read,
+                        write: g.write,
+                    })
+                })
+                .collect();
+            (access.clone(), grants)
+        }));
+        self.accounts = Some(accounts);
+        self
     }
 
     /// The keys of a StorageGateway spec, reading secrets from files and the environment.
@@ -216,9 +243,22 @@ impl KeyRing {
             .is_some_and(|k| k.bypass_governance)
     }
 
-    /// The grants of `access_key`, if it is known.
-    pub fn grants(&self, access_key: &str) -> Option<&Grants> {
-        self.keys.get(access_key).map(|k| &k.grants)
+    /// The grants of `access_key`, if it is known (and, if made at runtime, active).
+    pub fn grants(&self, access_key: &str) -> Option<Grants> {
+        if let Some(k) = self.keys.get(access_key) {
+            return Some(k.grants.clone());
+        }
+        let key = self.accounts.as_ref()?.lookup(access_key)?;
+        Some(Grants(
+            key.grants
+                .into_iter()
+                .map(|g| Grant {
+                    bucket: g.bucket,
+                    read: g.read,
+                    write: g.write,
+                })
+                .collect(),
+        ))
     }
 
     /// Decides whether `access_key` may run `operation` on `bucket`; `copy_source` is the
@@ -261,8 +301,11 @@ impl KeyRing {
 #[async_trait::async_trait]
 impl S3Auth for KeyRing {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
-        match self.keys.get(access_key) {
-            Some(key) => Ok(SecretKey::from(key.secret.as_str())),
+        if let Some(key) = self.keys.get(access_key) {
+            return Ok(SecretKey::from(key.secret.as_str()));
+        }
+        match self.accounts.as_ref().and_then(|a| a.lookup(access_key)) {
+            Some(key) => Ok(SecretKey::from(key.secret)),
             None => Err(s3s::s3_error!(InvalidAccessKeyId)),
         }
     }
@@ -297,7 +340,7 @@ impl S3Access for KeyRing {
             ));
         }
         if let Some(grants) = self.grants(&access_key) {
-            cx.extensions_mut().insert(grants.clone());
+            cx.extensions_mut().insert(grants);
         }
         if self.may_bypass_governance(&access_key) {
             cx.extensions_mut().insert(GovernanceBypass);
@@ -467,6 +510,8 @@ mod tests {
             "HeadBucket",
             "GetBucketLocation",
             "ListParts",
+            "GetObjectTagging",
+            "GetBucketTagging",
         ] {
             assert_eq!(need_of(op), Need::Read, "{op}");
         }
@@ -480,6 +525,10 @@ mod tests {
             "CompleteMultipartUpload",
             "CopyObject",
             "PutBucketVersioning",
+            "PutObjectTagging",
+            "DeleteObjectTagging",
+            "PutBucketTagging",
+            "DeleteBucketTagging",
         ] {
             assert_eq!(need_of(op), Need::Write, "{op}");
         }
@@ -568,6 +617,43 @@ mod tests {
         assert!(r.check("frame", "ListBuckets", None, None).is_ok());
         let g = r.grants("frame").unwrap();
         assert!(g.sees("photos") && !g.sees("backups"));
+    }
+
+    #[tokio::test]
+    async fn runtime_keys_are_accepted_with_their_grants_until_disabled() {
+        use crate::node::users::{KeyRequest, UserRequest};
+        let meta: Arc<dyn crate::meta::MetadataStore> =
+            Arc::new(crate::meta::SqliteStore::open_in_memory().unwrap());
+        let master = Arc::new(crate::datapath::codec::MasterKey::from_bytes(&[3; 32]));
+        let accounts = Arc::new(Accounts::new(meta, master));
+        let r = ring().with_accounts(Arc::clone(&accounts));
+        accounts
+            .put_user("alice", &UserRequest::default(), 1)
+            .unwrap();
+        let (issued, _) = accounts
+            .create_key(
+                &KeyRequest {
+                    user: "alice".into(),
+                    grants: vec!["photos:r".into()],
+                    ..KeyRequest::default()
+                },
+                1,
+            )
+            .unwrap();
+        let access = issued.key.access_key;
+        let secret = r.get_secret_key(&access).await.unwrap();
+        assert_eq!(secret.expose(), issued.secret_key.unwrap());
+        assert!(r.check(&access, "GetObject", Some("photos"), None).is_ok());
+        assert!(r.check(&access, "PutObject", Some("photos"), None).is_err());
+        // Configuration keys still work beside them.
+        assert!(r.get_secret_key("admin").await.is_ok());
+        accounts.set_key_active(&access, false).unwrap();
+        assert!(r.get_secret_key(&access).await.is_err());
+        assert_eq!(
+            r.check(&access, "GetObject", Some("photos"), None)
+                .unwrap_err(),
+            format!("unknown access key {access}")
+        );
     }
 
     #[test]

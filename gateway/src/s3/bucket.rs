@@ -12,6 +12,13 @@ impl Gateway {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
+        // The bucket belongs to the user of the key that creates it; buckets created with
+        // the configuration file's keys to the default user (no owner).
+        let owner = req
+            .credentials
+            .as_ref()
+            .and_then(|c| self.accounts().lookup(&c.access_key))
+            .map(|k| k.user);
         let name = req.input.bucket;
         // Object lock needs versioning, and keeps it enabled.
         let lock = req.input.object_lock_enabled_for_bucket == Some(true);
@@ -24,6 +31,7 @@ impl Gateway {
             } else {
                 Versioning::Unversioned
             },
+            owner,
         };
         self.meta(move |m| m.create_bucket(&bucket)).await?;
         if lock && let Err(e) = self.enable_lock(&name).await {

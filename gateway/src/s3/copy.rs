@@ -1,12 +1,16 @@
 //! CopyObject: re-encodes by streaming the source through a fresh write, so a
-//! copy may change bucket, plan (storage class) and metadata.
+//! copy may change bucket, plan (storage class) and metadata; its checksum (the algorithm
+//! the request names, else the source's, else S3's default) is computed on the way.
 
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::checksum::{self as sums, set_checksums};
 use super::get::Preconditions;
 use super::headers::{self, Written};
+use super::tagging;
 use super::{Gateway, etag, timestamp};
+use crate::datapath::checksum::{Kind, ObjectChecksum};
 use crate::meta::{ObjectAttrs, ObjectVersion};
 use crate::node::now_ms;
 use crate::node::write::{new_version_id, reported_version_id};
@@ -73,11 +77,26 @@ impl Gateway {
                 ));
             }
         };
+        // The tags: the source's (COPY, the default) or the request's x-amz-tagging (REPLACE),
+        // as the tagging directive says, whatever the metadata directive.
+        let tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
+            None | Some(TaggingDirective::COPY) => None,
+            Some(TaggingDirective::REPLACE) => {
+                Some(tagging::header_tags(input.tagging.as_deref())?)
+            }
+            Some(other) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("x-amz-tagging-directive must be COPY or REPLACE, not {other:?}"),
+                ));
+            }
+        };
         let storage_class = input.storage_class.as_ref().map(|s| s.as_str());
         if src_bucket == input.bucket
             && src_key == input.key
             && src_version.is_none()
             && !replace
+            && tags.is_none()
             && storage_class.is_none()
         {
             return Err(S3Error::with_message(
@@ -100,6 +119,16 @@ impl Gateway {
             input.object_lock_legal_hold_status.as_ref(),
         )?;
         let lock = self.lock_for_new(&input.bucket, lock).await?;
+        let algorithm = match &input.checksum_algorithm {
+            Some(a) => sums::algorithm_of(a)?,
+            None => source
+                .attrs
+                .checksum
+                .as_ref()
+                .map_or(sums::DEFAULT.algorithm, |c| c.algorithm),
+        };
+        self.accounts()
+            .check_quota(bucket.owner.as_deref(), source.size, 1)?;
         let stream = self.read_range(&source, 0..source.size).await?;
         let written = self
             .store_body(
@@ -107,8 +136,19 @@ impl Gateway {
                 &input.key,
                 Some(StreamingBlob::wrap(stream)),
                 Some(source.size),
+                &[algorithm],
             )
             .await?;
+        // A copy is written in one piece: its checksum is of the whole object.
+        let checksum = written
+            .checksums
+            .get(&algorithm)
+            .map(|value| ObjectChecksum {
+                algorithm,
+                kind: Kind::FullObject,
+                value: value.clone(),
+                parts: Vec::new(),
+            });
         if written.size != source.size {
             self.free(Some(&written.layout)).await;
             return Err(crate::error::internal(format!(
@@ -143,6 +183,8 @@ impl Gateway {
             )
         };
         attrs.lock = lock;
+        attrs.tags = tags.unwrap_or_else(|| source.attrs.tags.clone());
+        attrs.checksum = checksum;
         let version_id = new_version_id(&bucket);
         let modified = now_ms();
         let md5 = written.md5.clone();
@@ -161,14 +203,19 @@ impl Gateway {
             attrs,
         };
         let server_side_encryption = headers::server_side_encryption(&version);
-        self.commit_version(version).await?;
+        let fields = sums::object_fields(version.attrs.checksum.as_ref());
+        self.commit_version_for(bucket.owner.as_deref(), version, None)
+            .await?;
         tracing::info!(from = %format!("{src_bucket}/{src_key}"), bucket = %input.bucket, key = %input.key, plan = %plan.name, "object copied");
+        let mut result = CopyObjectResult {
+            e_tag: Some(etag(&md5)),
+            last_modified: Some(timestamp(modified)),
+            checksum_type: fields.checksum_type.clone(),
+            ..Default::default()
+        };
+        set_checksums!(result, fields);
         Ok(S3Response::new(CopyObjectOutput {
-            copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(etag(&md5)),
-                last_modified: Some(timestamp(modified)),
-                ..Default::default()
-            }),
+            copy_object_result: Some(result),
             copy_source_version_id: reported_version_id(&src_meta, &source.version_id),
             server_side_encryption,
             version_id: reported_version_id(&bucket, &version_id),

@@ -1,7 +1,7 @@
 //! Object deletion, single and batch: versions, delete markers and their shards.
 
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result};
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::Gateway;
 
@@ -36,6 +36,7 @@ impl Gateway {
         );
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
+        check_delete_count(input.delete.objects.len())?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
@@ -71,5 +72,35 @@ impl Gateway {
             errors: (!errors.is_empty()).then_some(errors),
             request_charged: None,
         }))
+    }
+}
+
+/// The most keys one DeleteObjects request may name, as in S3.
+const MAX_DELETE_KEYS: usize = 1000;
+
+/// S3 answers `400 MalformedXML` to a DeleteObjects request naming no key or more than
+/// [`MAX_DELETE_KEYS`].
+fn check_delete_count(n: usize) -> S3Result<()> {
+    if n == 0 || n > MAX_DELETE_KEYS {
+        return Err(S3Error::with_message(
+            S3ErrorCode::MalformedXML,
+            format!("a DeleteObjects request names 1 to {MAX_DELETE_KEYS} keys, not {n}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_delete_names_one_to_a_thousand_keys() {
+        for (n, ok) in [(0, false), (1, true), (1000, true), (1001, false)] {
+            let got = super::check_delete_count(n);
+            assert_eq!(got.is_ok(), ok, "{n} keys");
+            if let Err(e) = got {
+                assert_eq!(*e.code(), s3s::S3ErrorCode::MalformedXML);
+                assert!(e.message().unwrap_or_default().contains(&n.to_string()));
+            }
+        }
     }
 }

@@ -1,12 +1,15 @@
-//! GetObject and HeadObject: ranges read only the segments they touch.
+//! GetObject and HeadObject: ranges read only the segments they touch; with
+//! `x-amz-checksum-mode: ENABLED` the version's checksum is answered.
 
 use std::ops::Range as ByteRange;
 
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::checksum::{self as sums, set_checksums};
 use super::headers;
 use super::{Gateway, etag, timestamp};
+use crate::datapath::checksum::Kind;
 use crate::error::internal;
 use crate::meta::{Bucket, ObjectVersion};
 use crate::node::write::reported_version_id;
@@ -185,7 +188,14 @@ impl Gateway {
         let expires = input.response_expires.or_else(|| headers::expires(&v));
         let (object_lock_mode, object_lock_retain_until_date, object_lock_legal_hold_status) =
             super::lock::lock_headers(&v);
-        let mut response = S3Response::new(HeadObjectOutput {
+        let tag_count = super::tagging::tag_count(&v);
+        let checksum = answered_checksum(
+            &v,
+            input.checksum_mode.as_ref(),
+            part.as_ref().map(|p| p.index),
+            false,
+        );
+        let mut out = HeadObjectOutput {
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             parts_count: part.and_then(|p| p.count),
             version_id: reported_version_id(&bucket, &v.version_id),
@@ -206,8 +216,11 @@ impl Gateway {
             object_lock_mode,
             object_lock_retain_until_date,
             object_lock_legal_hold_status,
+            checksum_type: checksum.checksum_type.clone(),
             ..Default::default()
-        });
+        };
+        set_checksums!(out, checksum);
+        let mut response = S3Response::new(out);
         if content_range.is_some() {
             // s3s drops a HEAD's status; the HTTP layer (metrics.rs) applies this marker.
             response.extensions.insert(crate::s3::http::StatusOverride(
@@ -219,6 +232,12 @@ impl Gateway {
             .and_then(|r| http::HeaderValue::from_str(r).ok())
         {
             response.headers.insert(http::header::CONTENT_RANGE, value);
+        }
+        // s3s's HeadObjectOutput has no tag count; S3 answers it as on a GET.
+        if let Some(n) = tag_count {
+            response
+                .headers
+                .insert("x-amz-tagging-count", http::HeaderValue::from(n));
         }
         Ok(response)
     }
@@ -258,12 +277,19 @@ impl Gateway {
             )
         });
         let length = range.end - range.start;
+        let checksum = answered_checksum(
+            &v,
+            input.checksum_mode.as_ref(),
+            part.as_ref().map(|p| p.index),
+            input.range.is_some() && length != size,
+        );
         let body = self.read_range(&v, range).await?;
+        let tag_count = super::tagging::tag_count(&v);
         let server_side_encryption = headers::server_side_encryption(&v);
         let expires = input.response_expires.or_else(|| headers::expires(&v));
         let (object_lock_mode, object_lock_retain_until_date, object_lock_legal_hold_status) =
             super::lock::lock_headers(&v);
-        Ok(S3Response::new(GetObjectOutput {
+        let mut out = GetObjectOutput {
             body: Some(StreamingBlob::wrap(body)),
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             content_range,
@@ -286,14 +312,51 @@ impl Gateway {
             object_lock_mode,
             object_lock_retain_until_date,
             object_lock_legal_hold_status,
+            tag_count,
+            checksum_type: checksum.checksum_type.clone(),
             ..Default::default()
-        }))
+        };
+        set_checksums!(out, checksum);
+        Ok(S3Response::new(out))
+    }
+}
+
+/// The checksum a GET or HEAD answers: only with `x-amz-checksum-mode: ENABLED`; the
+/// version's own for the whole object, a part's for `partNumber` of a composite multipart
+/// object, none for a byte range (a whole-object checksum says nothing about it).
+fn answered_checksum(
+    v: &ObjectVersion,
+    mode: Option<&ChecksumMode>,
+    part_index: Option<usize>,
+    partial_range: bool,
+) -> Checksum {
+    let enabled = mode.is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED));
+    let Some(c) = v
+        .attrs
+        .checksum
+        .as_ref()
+        .filter(|_| enabled && !partial_range)
+    else {
+        return Checksum::default();
+    };
+    match part_index {
+        None => sums::object_fields(Some(c)),
+        // A single-piece version's one part is the whole object.
+        Some(_) if c.parts.is_empty() => sums::object_fields(Some(c)),
+        Some(i) if c.kind == Kind::Composite => c
+            .parts
+            .get(i)
+            .map(|p| sums::fields([(c.algorithm, p.value.as_str())], None))
+            .unwrap_or_default(),
+        Some(_) => Checksum::default(),
     }
 }
 
 /// The part a GET or HEAD asked for with `partNumber`.
 struct RequestedPart {
     range: ByteRange<u64>,
+    /// 0-based position among the version's parts.
+    index: usize,
     /// Parts of a multipart version; `None` for a version written in one piece.
     count: Option<i32>,
 }
@@ -337,6 +400,7 @@ fn requested_part(
     };
     let start: u64 = lengths[..index].iter().sum();
     Ok(Some(RequestedPart {
+        index,
         range: start..start + lengths[index],
         count: (!layout.parts.is_empty()).then(|| i32::try_from(lengths.len()).unwrap_or(i32::MAX)),
     }))

@@ -29,6 +29,7 @@ impl Written<'_> {
             expires: self.expires.and_then(http_date),
             upload_id: None,
             lock: Default::default(),
+            ..ObjectAttrs::default()
         }
     }
 }

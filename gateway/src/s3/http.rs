@@ -80,18 +80,23 @@ impl MeteredService {
         let started = Instant::now();
         let slot = OperationSlot::default();
         req.extensions_mut().insert(slot.clone());
+        // One id per request: the `x-amz-request-id` header and every error body's
+        // `<RequestId>` (s3s puts it there from this extension, vendor/README.md).
+        let request_id = new_request_id();
+        req.extensions_mut()
+            .insert(s3s::RequestId(request_id.clone()));
         let received = declared_length(req.headers(), true);
         let changes = !matches!(*req.method(), http::Method::GET | http::Method::HEAD);
         let mut result = match crate::s3::auth::refuse_unread(&req) {
             Some(refusal) => {
-                tracing::info!(method = %req.method(), reason = ?refusal.message(), "refused unread");
-                Ok(error_answer(&refusal))
+                tracing::info!(method = %req.method(), reason = ?refusal.message(), %request_id, "refused unread");
+                Ok(error_answer(&refusal, &request_id))
             }
             None => self.inner.call(req).await,
         };
         if let Some(fault) = fault.get() {
             tracing::info!(reason = %fault, "a request body was cut off");
-            result = Ok(error_answer(&fault.to_s3()));
+            result = Ok(error_answer(&fault.to_s3(), &request_id));
         }
         if changes
             && let Some(journal) = &self.journal
@@ -100,12 +105,15 @@ impl MeteredService {
             && let Err(e) = journal.barrier().await
         {
             tracing::warn!(error = %e, "a change could not be made durable; answering 503");
-            result = Ok(journal_unavailable(&e));
+            result = Ok(journal_unavailable(&e, &request_id));
         }
-        if let Ok(response) = &mut result
-            && let Some(StatusOverride(status)) = response.extensions_mut().remove()
-        {
-            *response.status_mut() = status;
+        if let Ok(response) = &mut result {
+            if let Some(StatusOverride(status)) = response.extensions_mut().remove() {
+                *response.status_mut() = status;
+            }
+            if let Ok(id) = http::HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert("x-amz-request-id", id);
+            }
         }
         // Requests refused before s3s resolved an operation (bad signature, bad path).
         let op = slot.get().unwrap_or_else(|| "unknown".to_owned());
@@ -133,15 +141,20 @@ impl MeteredService {
 
 /// The answer to a request whose change did not reach the metadata journal: the client
 /// retries it, as after any 503.
-fn journal_unavailable(message: &str) -> HttpResponse {
-    error_answer(&s3s::S3Error::with_message(
-        s3s::S3ErrorCode::ServiceUnavailable,
-        message.to_owned(),
-    ))
+fn journal_unavailable(message: &str, request_id: &str) -> HttpResponse {
+    error_answer(
+        &s3s::S3Error::with_message(s3s::S3ErrorCode::ServiceUnavailable, message.to_owned()),
+        request_id,
+    )
 }
 
-/// An S3 error document for `error`, with its status.
-fn error_answer(error: &s3s::S3Error) -> HttpResponse {
+/// A request id as S3 writes them: 16 upper-case hex digits, random.
+fn new_request_id() -> String {
+    format!("{:016X}", rand::random::<u64>())
+}
+
+/// An S3 error document for `error`, with its status, for request `request_id`.
+fn error_answer(error: &s3s::S3Error, request_id: &str) -> HttpResponse {
     let escape = |text: &str| {
         text.replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -149,9 +162,10 @@ fn error_answer(error: &s3s::S3Error) -> HttpResponse {
     };
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code>\
-         <Message>{}</Message></Error>",
+         <Message>{}</Message><RequestId>{}</RequestId></Error>",
         error.code().as_str(),
-        escape(error.message().unwrap_or_default())
+        escape(error.message().unwrap_or_default()),
+        escape(request_id)
     );
     let mut response = HttpResponse::new(s3s::Body::from(body));
     *response.status_mut() = error

@@ -66,6 +66,11 @@ fn encoder(encoding: Option<&EncodingType>) -> fn(&str) -> String {
     }
 }
 
+/// The delimiter a listing echoes: S3 leaves an empty `delimiter=` out of the answer.
+fn echoed_delimiter(delimiter: Option<&str>) -> Option<&str> {
+    delimiter.filter(|d| !d.is_empty())
+}
+
 fn contents(page: &ListPage, enc: fn(&str) -> String) -> (Vec<Object>, Vec<CommonPrefix>) {
     let objects = page
         .objects
@@ -117,7 +122,7 @@ impl Gateway {
             is_truncated: Some(truncated),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
-            delimiter: input.delimiter.as_deref().map(enc),
+            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
             next_marker: page.next_marker.as_deref().map(enc),
             encoding_type: input.encoding_type,
             request_charged: None,
@@ -170,7 +175,7 @@ impl Gateway {
             next_continuation_token: page.next_marker.map(hex::encode),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
-            delimiter: input.delimiter.as_deref().map(enc),
+            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
             encoding_type: input.encoding_type,
             start_after: input.start_after.as_deref().map(enc),
             request_charged: None,
@@ -254,7 +259,7 @@ impl Gateway {
         Ok(S3Response::new(ListObjectVersionsOutput {
             common_prefixes: Some(prefixes),
             delete_markers: Some(markers),
-            delimiter: input.delimiter.as_deref().map(enc),
+            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
             encoding_type: input.encoding_type,
             is_truncated: Some(next_key.is_some()),
             key_marker: Some(enc(&key_marker)),
@@ -272,6 +277,13 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_empty_delimiter_is_not_echoed() {
+        assert_eq!(super::echoed_delimiter(Some("")), None);
+        assert_eq!(super::echoed_delimiter(None), None);
+        assert_eq!(super::echoed_delimiter(Some("/")), Some("/"));
+    }
+
     #[test]
     fn url_encoding_keeps_slashes_and_unreserved() {
         assert_eq!(super::url_encode("a b/c+d%é~"), "a%20b/c%2Bd%25%C3%A9~");

@@ -1,15 +1,19 @@
 //! Multipart uploads: every part is its own erasure-coded layout written like
-//! a PutObject; completing composes the version from the parts' layouts.
+//! a PutObject, with its checksums; completing composes the version from the parts'
+//! layouts and its checksum from theirs.
 
 use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::checksum::{self as sums, set_checksums};
 use super::copy::{copy_source, enforce_copy_preconditions};
 use super::get::Preconditions;
 use super::headers::{self, Written};
 use super::put::content_md5_matches;
+use super::tagging;
 use super::{Gateway, etag, timestamp};
+use crate::datapath::checksum::{self, Algorithm, ChecksumSpec, ObjectChecksum, PartChecksum};
 use crate::datapath::layout::{Encryption, Layout};
 use crate::error::{internal, no_such_upload};
 use crate::meta::{ObjectAttrs, ObjectVersion, Upload, UploadPart, UploadQuery};
@@ -57,6 +61,35 @@ pub fn multipart_etag(part_md5s: &[&str]) -> Option<String> {
         hex::encode(md5.finalize()),
         part_md5s.len()
     ))
+}
+
+/// The checksum an upload's object gets: the one it was started with, else S3's default.
+fn upload_checksum(upload: &Upload) -> ChecksumSpec {
+    upload.attrs.upload_checksum.unwrap_or(sums::DEFAULT)
+}
+
+/// The answer fields of a part's checksums: the upload's algorithm (when it was started
+/// with one) and `also` (what the part's request sent).
+fn part_fields(
+    upload: &Upload,
+    part: &checksum::Sums,
+    also: Option<Algorithm>,
+) -> s3s::dto::Checksum {
+    named_fields(upload.attrs.upload_checksum, part, also)
+}
+
+fn named_fields(
+    spec: Option<ChecksumSpec>,
+    part: &checksum::Sums,
+    also: Option<Algorithm>,
+) -> s3s::dto::Checksum {
+    let named = spec.map(|s| s.algorithm);
+    sums::fields(
+        part.iter()
+            .filter(|(a, _)| Some(**a) == named || Some(**a) == also)
+            .map(|(a, v)| (*a, v.as_str())),
+        None,
+    )
 }
 
 impl Gateway {
@@ -120,6 +153,10 @@ impl Gateway {
             input.object_lock_legal_hold_status.as_ref(),
         )?;
         self.lock_for_new(&input.bucket, lock).await?;
+        let spec = sums::upload_spec(
+            input.checksum_algorithm.as_ref(),
+            input.checksum_type.as_ref(),
+        )?;
         let mut attrs = Written {
             cache_control: input.cache_control.as_deref(),
             content_disposition: input.content_disposition.as_deref(),
@@ -129,6 +166,7 @@ impl Gateway {
         }
         .attrs();
         attrs.lock = lock;
+        attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
         let upload = Upload {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
@@ -137,7 +175,10 @@ impl Gateway {
             content_type: input.content_type,
             user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
             initiated: now_ms(),
-            attrs,
+            attrs: ObjectAttrs {
+                upload_checksum: spec,
+                ..attrs
+            },
         };
         let upload_id = upload.upload_id.clone();
         self.meta(move |m| m.create_upload(&upload)).await?;
@@ -147,6 +188,9 @@ impl Gateway {
             key: Some(input.key),
             upload_id: Some(upload_id),
             server_side_encryption,
+            checksum_algorithm: spec
+                .map(|s| ChecksumAlgorithm::from(s.algorithm.name().to_owned())),
+            checksum_type: spec.map(|s| ChecksumType::from(s.kind.name().to_owned())),
             ..Default::default()
         }))
     }
@@ -161,7 +205,22 @@ impl Gateway {
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let plan = self.upload_plan(&upload)?;
-        let written = self.store_body(&plan, &input.key, input.body, None).await?;
+        let requested = sums::requested(&req.headers)?;
+        let mut algorithms = vec![upload_checksum(&upload).algorithm];
+        algorithms.extend(requested.algorithm);
+        let written = self
+            .store_body(&plan, &input.key, input.body, None, &algorithms)
+            .await?;
+        let what = format!("part {} of upload {}", input.part_number, input.upload_id);
+        if let Err(e) = sums::verify(
+            &requested,
+            req.trailing_headers.as_ref(),
+            &written.checksums,
+            &what,
+        ) {
+            self.free(Some(&written.layout)).await;
+            return Err(e);
+        }
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;
             return Err(S3Error::with_message(
@@ -173,6 +232,7 @@ impl Gateway {
             ));
         }
         let md5 = written.md5.clone();
+        let fields = part_fields(&upload, &written.checksums, requested.algorithm);
         self.store_part(
             &upload,
             UploadPart {
@@ -181,13 +241,16 @@ impl Gateway {
                 etag: written.md5,
                 last_modified: now_ms(),
                 layout: written.layout,
+                checksums: written.checksums,
             },
         )
         .await?;
-        Ok(S3Response::new(UploadPartOutput {
+        let mut out = UploadPartOutput {
             e_tag: Some(etag(&md5)),
             ..Default::default()
-        }))
+        };
+        set_checksums!(out, fields);
+        Ok(S3Response::new(out))
     }
 
     pub(super) async fn do_upload_part_copy(
@@ -233,10 +296,12 @@ impl Gateway {
                 &input.key,
                 Some(StreamingBlob::wrap(stream)),
                 Some(length),
+                &[upload_checksum(&upload).algorithm],
             )
             .await?;
         let md5 = written.md5.clone();
         let modified = now_ms();
+        let fields = part_fields(&upload, &written.checksums, None);
         self.store_part(
             &upload,
             UploadPart {
@@ -245,15 +310,18 @@ impl Gateway {
                 etag: written.md5,
                 last_modified: modified,
                 layout: written.layout,
+                checksums: written.checksums,
             },
         )
         .await?;
+        let mut result = CopyPartResult {
+            e_tag: Some(etag(&md5)),
+            last_modified: Some(timestamp(modified)),
+            ..Default::default()
+        };
+        set_checksums!(result, fields);
         Ok(S3Response::new(UploadPartCopyOutput {
-            copy_part_result: Some(CopyPartResult {
-                e_tag: Some(etag(&md5)),
-                last_modified: Some(timestamp(modified)),
-                ..Default::default()
-            }),
+            copy_part_result: Some(result),
             copy_source_version_id: reported_version_id(&src_meta, &source.version_id),
             ..Default::default()
         }))
@@ -340,6 +408,9 @@ impl Gateway {
             }
             chosen.push(part);
         }
+        let object_checksum = completed_checksum(&upload, &chosen, &listed, &name)?;
+        let size = chosen.iter().map(|p| p.size).sum();
+        check_whole_object(&input, object_checksum.as_ref(), size, &name)?;
         let md5s: Vec<&str> = chosen.iter().map(|p| p.etag.as_str()).collect();
         let object_etag = multipart_etag(&md5s)
             .ok_or_else(|| internal(format!("{name}: a stored part has a malformed MD5")))?;
@@ -355,7 +426,10 @@ impl Gateway {
             inline: None,
             parts: chosen.iter().map(|p| p.layout.clone()).collect(),
         };
-        let size = chosen.iter().map(|p| p.size).sum();
+        // Refused before completing: the upload stays open (to abort, or to complete once
+        // there is room).
+        self.accounts()
+            .check_quota(bucket.owner.as_deref(), size, 1)?;
         let used: Vec<(i32, String)> = chosen
             .iter()
             .map(|p| (p.part_number, p.etag.clone()))
@@ -377,14 +451,19 @@ impl Gateway {
             attrs: ObjectAttrs {
                 upload_id: Some(input.upload_id.clone()),
                 lock,
+                checksum: object_checksum,
+                upload_checksum: None,
                 ..upload.attrs
             },
         };
+        let fields = sums::object_fields(version.attrs.checksum.as_ref());
         let server_side_encryption = headers::server_side_encryption(&version);
         let upload_id = input.upload_id.clone();
         let outcome = self
             .meta(move |m| m.complete_upload_if(&upload_id, &used, &version, condition.as_ref()))
             .await?;
+        self.accounts()
+            .record_write(bucket.owner.as_deref(), size, 1);
         for old in &outcome.replaced {
             self.free_removed(Some(old)).await;
         }
@@ -392,15 +471,18 @@ impl Gateway {
             self.free(Some(&part.layout)).await;
         }
         tracing::info!(bucket = %input.bucket, key = %input.key, upload_id = %input.upload_id, parts = md5s.len(), "multipart upload completed");
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
+        let mut out = CompleteMultipartUploadOutput {
             bucket: Some(input.bucket.clone()),
             key: Some(input.key.clone()),
             e_tag: Some(etag(&object_etag)),
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             version_id: reported_version_id(&bucket, &version_id),
             server_side_encryption,
+            checksum_type: fields.checksum_type.clone(),
             ..Default::default()
-        }))
+        };
+        set_checksums!(out, fields);
+        Ok(S3Response::new(out))
     }
 
     /// The answer of an earlier completion of this upload, when it made the key's latest
@@ -429,15 +511,19 @@ impl Gateway {
             return Ok(None);
         }
         tracing::info!(bucket = %input.bucket, key = %input.key, upload_id = %input.upload_id, "multipart upload completed before; answering the retry as then");
-        Ok(Some(CompleteMultipartUploadOutput {
+        let fields = sums::object_fields(latest.attrs.checksum.as_ref());
+        let mut out = CompleteMultipartUploadOutput {
             bucket: Some(input.bucket.clone()),
             key: Some(input.key.clone()),
             e_tag: Some(etag(&latest.etag)),
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             version_id: reported_version_id(bucket, &latest.version_id),
             server_side_encryption: headers::server_side_encryption(&latest),
+            checksum_type: fields.checksum_type.clone(),
             ..Default::default()
-        }))
+        };
+        set_checksums!(out, fields);
+        Ok(Some(out))
     }
 
     pub(super) async fn do_abort_multipart_upload(
@@ -481,7 +567,11 @@ impl Gateway {
         let truncated = parts.len() == fetch;
         parts.truncate(fetch - 1);
         let next = parts.last().map(|p| p.part_number);
+        let spec = upload.attrs.upload_checksum;
         Ok(S3Response::new(ListPartsOutput {
+            checksum_algorithm: spec
+                .map(|s| ChecksumAlgorithm::from(s.algorithm.name().to_owned())),
+            checksum_type: spec.map(|s| ChecksumType::from(s.kind.name().to_owned())),
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(input.upload_id),
@@ -493,12 +583,16 @@ impl Gateway {
             parts: Some(
                 parts
                     .into_iter()
-                    .map(|p| Part {
-                        e_tag: Some(etag(&p.etag)),
-                        last_modified: Some(timestamp(p.last_modified)),
-                        part_number: Some(p.part_number),
-                        size: Some(i64::try_from(p.size).unwrap_or(i64::MAX)),
-                        ..Default::default()
+                    .map(|p| {
+                        let mut listed = Part {
+                            e_tag: Some(etag(&p.etag)),
+                            last_modified: Some(timestamp(p.last_modified)),
+                            part_number: Some(p.part_number),
+                            size: Some(i64::try_from(p.size).unwrap_or(i64::MAX)),
+                            ..Default::default()
+                        };
+                        set_checksums!(listed, named_fields(spec, &p.checksums, None));
+                        listed
                     })
                     .collect(),
             ),
@@ -573,6 +667,143 @@ impl Gateway {
             ..Default::default()
         }))
     }
+}
+
+/// The checksum a completed upload's object gets from its parts' (see
+/// [`checksum::multipart`]), after checking the part checksums the completion lists against
+/// the stored ones. `None` when the upload named no algorithm and a part was stored before
+/// the gateway kept checksums.
+fn completed_checksum(
+    upload: &Upload,
+    chosen: &[&UploadPart],
+    listed: &[CompletedPart],
+    name: &str,
+) -> S3Result<Option<ObjectChecksum>> {
+    let spec = upload_checksum(upload);
+    let explicit = upload.attrs.upload_checksum.is_some();
+    for (p, part) in listed.iter().zip(chosen) {
+        let n = part.part_number;
+        let sent = sums::listed(p);
+        for (a, v) in &sent {
+            match part.checksums.get(a) {
+                Some(ours) if sums::same(*a, v, ours) => {}
+                Some(ours) => {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::InvalidPart,
+                        format!("{name}: part {n} has {} checksum {ours}, not {v}", a.name()),
+                    ));
+                }
+                None => {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::InvalidPart,
+                        format!(
+                            "{name}: part {n} was uploaded without a {} checksum",
+                            a.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        if explicit
+            && spec.kind == checksum::Kind::Composite
+            && !sent.iter().any(|(a, _)| *a == spec.algorithm)
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                format!(
+                    "{name}: the upload was created with a {} checksum, so the completion must list each part's; it is missing for part {n}",
+                    spec.algorithm.name()
+                ),
+            ));
+        }
+    }
+    let mut values = Vec::with_capacity(chosen.len());
+    for part in chosen {
+        match part.checksums.get(&spec.algorithm) {
+            Some(v) => values.push((v.as_str(), part.size)),
+            None if explicit => {
+                return Err(internal(format!(
+                    "{name}: part {} has no {} checksum recorded",
+                    part.part_number,
+                    spec.algorithm.name()
+                )));
+            }
+            None => return Ok(None),
+        }
+    }
+    let value = checksum::multipart(spec.algorithm, spec.kind, &values)
+        .map_err(|e| internal(format!("{name}: {e}")))?;
+    Ok(Some(ObjectChecksum {
+        algorithm: spec.algorithm,
+        kind: spec.kind,
+        value,
+        parts: chosen
+            .iter()
+            .zip(&values)
+            .map(|(p, (v, _))| PartChecksum {
+                number: p.part_number,
+                value: (*v).to_owned(),
+            })
+            .collect(),
+    }))
+}
+
+/// Checks what a CompleteMultipartUpload says of the whole object (its checksum, checksum
+/// type and `x-amz-mp-object-size`) against what the parts make.
+fn check_whole_object(
+    input: &CompleteMultipartUploadInput,
+    ours: Option<&ObjectChecksum>,
+    size: u64,
+    name: &str,
+) -> S3Result<()> {
+    let invalid = |m: String| S3Error::with_message(S3ErrorCode::InvalidRequest, m);
+    let sent = [
+        (Algorithm::Crc32, input.checksum_crc32.as_deref()),
+        (Algorithm::Crc32c, input.checksum_crc32c.as_deref()),
+        (Algorithm::Crc64nvme, input.checksum_crc64nvme.as_deref()),
+        (Algorithm::Sha1, input.checksum_sha1.as_deref()),
+        (Algorithm::Sha256, input.checksum_sha256.as_deref()),
+    ];
+    for (a, v) in sent.into_iter().filter_map(|(a, v)| v.map(|v| (a, v))) {
+        match ours {
+            Some(c) if c.algorithm == a => {
+                if !sums::same(a, v, &c.value) {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::BadDigest,
+                        format!(
+                            "{name}: the {} you specified ({v}) did not match the calculated checksum ({})",
+                            a.name(),
+                            c.header_value()
+                        ),
+                    ));
+                }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{name}: the completion sends a {} checksum of the object, but the object's checksum is {}",
+                    a.name(),
+                    ours.map_or("none", |c| c.algorithm.name())
+                )));
+            }
+        }
+    }
+    if let Some(t) = &input.checksum_type
+        && ours.is_none_or(|c| !c.kind.name().eq_ignore_ascii_case(t.as_str()))
+    {
+        return Err(invalid(format!(
+            "{name}: x-amz-checksum-type {} is not the upload's ({})",
+            t.as_str(),
+            ours.map_or("none", |c| c.kind.name())
+        )));
+    }
+    if let Some(declared) = input.mpu_object_size
+        && u64::try_from(declared).ok() != Some(size)
+    {
+        return Err(invalid(format!(
+            "{name}: x-amz-mp-object-size is {declared} but the parts listed hold {size} bytes"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

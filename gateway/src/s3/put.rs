@@ -1,12 +1,16 @@
 //! PutObject: the body is stored under the plan the request or the bucket names, checked
-//! against Content-MD5, and committed as a new version.
+//! against Content-MD5 and the S3 checksum sent (header or trailer), and committed as a
+//! new version with its checksum.
 
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
+use super::checksum::{self as sums, set_checksums};
 use super::headers::{self, Written};
+use super::tagging;
 use super::{Gateway, etag};
 
+use crate::datapath::checksum::{Kind, ObjectChecksum};
 use crate::meta::ObjectVersion;
 use crate::node::now_ms;
 use crate::node::write::{new_version_id, reported_version_id};
@@ -39,6 +43,8 @@ impl Gateway {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
+        let requested = sums::requested(&req.headers)?;
+        let algorithm = requested.algorithm.unwrap_or(sums::DEFAULT.algorithm);
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
         headers::check_requested_encryption(
             input.server_side_encryption.as_ref(),
@@ -47,6 +53,14 @@ impl Gateway {
         )?;
         let condition =
             headers::write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        // Checked again at commit with the size received; this spares storing a body
+        // announced too large.
+        let announced = input
+            .content_length
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+        self.accounts()
+            .check_quota(bucket.owner.as_deref(), announced, 1)?;
         if let Some(condition) = &condition {
             // Checked again when the version is committed; this only spares storing a body
             // that could never be committed.
@@ -71,11 +85,34 @@ impl Gateway {
         }
         .attrs();
         attrs.lock = lock;
-        let written = self.store_body(&plan, &input.key, input.body, None).await?;
+        attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
+        let written = self
+            .store_body(&plan, &input.key, input.body, None, &[algorithm])
+            .await?;
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;
             return Err(bad_digest());
         }
+        let what = format!("object {}/{}", input.bucket, input.key);
+        if let Err(e) = sums::verify(
+            &requested,
+            req.trailing_headers.as_ref(),
+            &written.checksums,
+            &what,
+        ) {
+            self.free(Some(&written.layout)).await;
+            return Err(e);
+        }
+        let checksum = written
+            .checksums
+            .get(&algorithm)
+            .map(|value| ObjectChecksum {
+                algorithm,
+                kind: Kind::FullObject,
+                value: value.clone(),
+                parts: Vec::new(),
+            });
+        let attrs = crate::meta::ObjectAttrs { checksum, ..attrs };
         let version_id = new_version_id(&bucket);
         let version = ObjectVersion {
             bucket: input.bucket.clone(),
@@ -92,13 +129,18 @@ impl Gateway {
             attrs,
         };
         let encryption = headers::server_side_encryption(&version);
-        self.commit_version_if(version, condition).await?;
-        Ok(S3Response::new(PutObjectOutput {
+        let fields = sums::object_fields(version.attrs.checksum.as_ref());
+        self.commit_version_for(bucket.owner.as_deref(), version, condition)
+            .await?;
+        let mut out = PutObjectOutput {
             e_tag: Some(etag(&written.md5)),
             server_side_encryption: encryption,
             size: Some(i64::try_from(written.size).unwrap_or(i64::MAX)),
             version_id: reported_version_id(&bucket, &version_id),
+            checksum_type: fields.checksum_type.clone(),
             ..Default::default()
-        }))
+        };
+        set_checksums!(out, fields);
+        Ok(S3Response::new(out))
     }
 }

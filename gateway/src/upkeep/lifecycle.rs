@@ -72,7 +72,8 @@ async fn abort_old_uploads(
         for upload in page.uploads {
             let age = now - upload.initiated;
             let due = rules_for(own, plan_rules, &upload.plan)
-                .filter(|r| upload.key.starts_with(&r.prefix))
+                // An upload has no tags or size yet: rules filtering on them skip it.
+                .filter(|r| r.selects_key(&upload.key) && !r.filters_objects())
                 .filter_map(|r| r.abort_incomplete_days)
                 .any(|d| age >= i64::from(d) * DAY_MS);
             if !due {
@@ -136,8 +137,15 @@ async fn sweep_versions(
             if newer.as_ref().is_none_or(|n| n.key != v.key) {
                 newer = None;
             }
+            // A delete marker has no tags and no size: only its key counts.
             let rules: Vec<&Rule> = rules_for(own, plan_rules, &v.plan)
-                .filter(|r| v.key.starts_with(&r.prefix))
+                .filter(|r| {
+                    if v.delete_marker {
+                        r.selects_key(&v.key) && r.tags.is_empty()
+                    } else {
+                        r.selects(&v)
+                    }
+                })
                 .collect();
             if entry.is_latest {
                 apply_to_current(node, bucket, &v, &rules, now, report).await;
@@ -303,6 +311,8 @@ pub async fn transition(node: &Node, v: &ObjectVersion, plan: &str) -> Result<bo
             &v.key,
             Some(s3s::dto::StreamingBlob::wrap(stream)),
             Some(v.size),
+            // The same bytes: the version keeps its checksum.
+            &[],
         )
         .await?;
     let single_part = v.layout.as_ref().is_some_and(|l| l.parts.is_empty());

@@ -6,3 +6,4 @@ pub mod reencode;
 pub mod repair;
 pub mod scrub;
 pub mod snapshot;
+pub mod users;

@@ -85,27 +85,39 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
     apply(&ctx.client, &objects.config_map).await?;
     apply(&ctx.client, &objects.service).await?;
     apply(&ctx.client, &objects.admin_service).await?;
-    let ready_replicas = match &objects.workload {
-        GatewayWorkload::StatefulSet(sts) => apply(&ctx.client, sts)
-            .await?
-            .status
-            .and_then(|s| s.ready_replicas),
-        GatewayWorkload::Deployment(d) => apply(&ctx.client, d)
-            .await?
-            .status
-            .and_then(|s| s.ready_replicas),
+    let applied = match &objects.workload {
+        GatewayWorkload::StatefulSet(sts) => {
+            GatewayWorkload::StatefulSet(apply(&ctx.client, sts).await?)
+        }
+        GatewayWorkload::Deployment(d) => GatewayWorkload::Deployment(apply(&ctx.client, d).await?),
     };
-    let ready_replicas = u32::try_from(ready_replicas.unwrap_or(0)).unwrap_or(0);
+    let Rollout {
+        ready: ready_replicas,
+        rolled_out,
+    } = rollout(&applied);
 
     status.ready_replicas = ready_replicas;
     status.endpoint = Some(endpoint(&gateway)?);
-    let ready = if ready_replicas > 0 {
+    let ready = if ready_replicas > 0 && rolled_out {
         Condition::new(
             "Ready",
             true,
             "Serving",
             format!(
                 "{ready_replicas} of {} replicas ready",
+                gateway.spec.replicas
+            ),
+        )
+    } else if ready_replicas > 0 {
+        // A pod of the previous config still answers, but is about to be replaced: a
+        // client starting now (a port-forward, the quick start's next command) would lose
+        // it within seconds.
+        Condition::new(
+            "Ready",
+            false,
+            "RollingOut",
+            format!(
+                "rolling out a new config; {ready_replicas} of {} replicas ready",
                 gateway.spec.replicas
             ),
         )
@@ -158,6 +170,55 @@ pub async fn reconcile(gateway: Arc<StorageGateway>, ctx: Arc<Context>) -> Resul
     );
     patch_status(&ctx.client, &*gateway, &status).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// Replicas ready, and whether every pod runs the current pod template (so the current
+/// config), as the workload's status says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rollout {
+    ready: u32,
+    rolled_out: bool,
+}
+
+fn rollout(workload: &GatewayWorkload) -> Rollout {
+    let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
+    match workload {
+        GatewayWorkload::StatefulSet(sts) => {
+            let generation = sts.metadata.generation.unwrap_or(0);
+            let Some(s) = &sts.status else {
+                return Rollout {
+                    ready: 0,
+                    rolled_out: false,
+                };
+            };
+            Rollout {
+                ready: count(s.ready_replicas),
+                // The controller sets currentRevision to updateRevision once every pod runs
+                // the new template.
+                rolled_out: s.observed_generation.unwrap_or(0) >= generation
+                    && s.update_revision.is_some()
+                    && s.current_revision == s.update_revision,
+            }
+        }
+        GatewayWorkload::Deployment(d) => {
+            let generation = d.metadata.generation.unwrap_or(0);
+            let wanted = count(d.spec.as_ref().and_then(|s| s.replicas));
+            let Some(s) = &d.status else {
+                return Rollout {
+                    ready: 0,
+                    rolled_out: false,
+                };
+            };
+            let updated = count(s.updated_replicas);
+            Rollout {
+                ready: count(s.ready_replicas),
+                // Every wanted pod is of the new template and no old one is left.
+                rolled_out: s.observed_generation.unwrap_or(0) >= generation
+                    && updated >= wanted
+                    && count(s.replicas) <= updated,
+            }
+        }
+    }
 }
 
 /// Why the gateway's pods do not start, one line per waiting container: e.g. `s3-0:
@@ -213,4 +274,77 @@ async fn not_ready(
             .await;
     }
     Ok(Action::requeue(INVALID_RESYNC))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use serde_json::json;
+
+    use super::{GatewayWorkload, Rollout, rollout};
+
+    fn sts(generation: i64, status: serde_json::Value) -> GatewayWorkload {
+        GatewayWorkload::StatefulSet(
+            serde_json::from_value::<StatefulSet>(json!({
+                "metadata": {"name": "s3", "generation": generation},
+                "status": status,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_stateful_set_is_rolled_out_when_its_pods_run_the_current_revision() {
+        let done = json!({"replicas": 1, "readyReplicas": 1, "observedGeneration": 2,
+            "currentRevision": "s3-b", "updateRevision": "s3-b"});
+        assert_eq!(
+            rollout(&sts(2, done)),
+            Rollout {
+                ready: 1,
+                rolled_out: true
+            }
+        );
+        // The old pod still answers while the new template waits to replace it.
+        let rolling = json!({"replicas": 1, "readyReplicas": 1, "observedGeneration": 2,
+            "currentRevision": "s3-a", "updateRevision": "s3-b"});
+        assert!(!rollout(&sts(2, rolling)).rolled_out);
+        // The controller has not seen the new template yet.
+        let stale = json!({"replicas": 1, "readyReplicas": 1, "observedGeneration": 1,
+            "currentRevision": "s3-a", "updateRevision": "s3-a"});
+        assert!(!rollout(&sts(2, stale)).rolled_out);
+        assert_eq!(
+            rollout(&sts(1, json!(null))),
+            Rollout {
+                ready: 0,
+                rolled_out: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_deployment_is_rolled_out_when_no_old_pod_is_left() {
+        let deployment = |status: serde_json::Value| {
+            GatewayWorkload::Deployment(
+                serde_json::from_value::<Deployment>(json!({
+                    "metadata": {"name": "s3", "generation": 3},
+                    "spec": {"replicas": 2, "selector": {}, "template": {}},
+                    "status": status,
+                }))
+                .unwrap(),
+            )
+        };
+        let done = json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2});
+        assert_eq!(
+            rollout(&deployment(done)),
+            Rollout {
+                ready: 2,
+                rolled_out: true
+            }
+        );
+        let surge = json!({"observedGeneration": 3, "replicas": 3, "updatedReplicas": 2, "readyReplicas": 3});
+        assert!(!rollout(&deployment(surge)).rolled_out);
+        let half = json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 2});
+        assert!(!rollout(&deployment(half)).rolled_out);
+    }
 }

@@ -476,7 +476,8 @@ async fn gateway_gets_config_secrets_services_workload_and_status() {
         );
         assert!(!yaml.contains(&admin_token_text));
         let mut answer = sts.body.clone();
-        answer["status"] = json!({"replicas": 1, "readyReplicas": 1});
+        answer["status"] = json!({"replicas": 1, "readyReplicas": 1,
+            "currentRevision": "s3-1", "updateRevision": "s3-1"});
         sts.ok(&answer);
 
         let status = expect(

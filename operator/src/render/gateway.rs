@@ -440,6 +440,7 @@ pub fn gateway_objects(
                         },
                         spec: Some(PersistentVolumeClaimSpec {
                             access_modes: Some(vec!["ReadWriteOnce".into()]),
+                            storage_class_name: sqlite.storage_class_name.clone(),
                             resources: Some(VolumeResourceRequirements {
                                 requests: Some(BTreeMap::from([(
                                     "storage".into(),
@@ -511,6 +512,17 @@ mod tests {
         assert_eq!(
             json["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
             "20Gi"
+        );
+        // No class named: the claim leaves the field out and gets the cluster's default.
+        assert!(json["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"].is_null());
+        let named = gateway(
+            "s3",
+            "defaultPlan: photos\nmetadata: {sqlite: {storage: 20Gi, storageClassName: local-path}}",
+        );
+        let named = gateway_objects(&named, &Images::default(), &config("abc")).unwrap();
+        assert_eq!(
+            workload_json(&named)["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            "local-path"
         );
         let template = &json["spec"]["template"];
         assert_eq!(

@@ -42,7 +42,7 @@ use crate::datapath::codec::MasterKey;
 use crate::datapath::fleet::Fleet;
 use crate::datapath::layout::Layout;
 use crate::datapath::stripes::put_shard;
-use crate::meta::{Bucket, ObjectVersion, Upload, UploadPart, Versioning};
+use crate::meta::{Bucket, ObjectVersion, StoredKey, Upload, UploadPart, User, Versioning};
 
 /// Shard ids of journal segments start with this, then the installation tag.
 pub const JOURNAL_PREFIX: &str = "sublet-meta-journal-";
@@ -122,9 +122,34 @@ pub enum Entry {
         key: String,
         upload_id: String,
     },
+    SetBucketTags {
+        bucket: String,
+        tags: Option<String>,
+    },
+    /// Put/DeleteObjectTagging: one version's tags replaced in place.
+    SetObjectTags {
+        bucket: String,
+        key: String,
+        version_id: String,
+        tags: std::collections::BTreeMap<String, String>,
+    },
     /// The policy overlay applied through the admin API (a copy; the file is what runs).
     Policies {
         yaml: String,
+    },
+    /// A user created or changed through the admin API.
+    PutUser {
+        user: User,
+    },
+    DeleteUser {
+        id: String,
+    },
+    /// An access key created, rotated, enabled or disabled (its secret sealed).
+    PutKey {
+        key: StoredKey,
+    },
+    DeleteKey {
+        access_key: String,
     },
     /// A repair, re-encode or transition: the version's layout (and plan) changed.
     SwapLayout {

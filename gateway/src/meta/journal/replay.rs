@@ -141,6 +141,21 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
             }
             store.set_version_lock(bucket, key, version_id, &current.attrs.lock, lock)
         }
+        Entry::SetBucketTags { bucket, tags } => {
+            skip_gone(store.set_bucket_tags(bucket, tags.as_deref()))
+        }
+        Entry::SetObjectTags {
+            bucket,
+            key,
+            version_id,
+            tags,
+        } => {
+            let current = store.version(bucket, key, Some(version_id))?;
+            if current.as_ref().is_none_or(|v| v.attrs.tags == *tags) {
+                return Ok(false);
+            }
+            store.set_object_tags(bucket, key, version_id, tags)
+        }
         Entry::PutVersion { version } => {
             if store.bucket(&version.bucket)?.is_none() {
                 return Ok(false);
@@ -205,6 +220,20 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
             let expected = current.map_or(0, |(revision, _)| revision);
             Ok(store.put_shared_policies(expected, yaml)?.is_some())
         }
+        Entry::PutUser { user } => {
+            if store.users()?.iter().any(|u| u == user) {
+                return Ok(false);
+            }
+            store.put_user(user).map(|()| true)
+        }
+        Entry::DeleteUser { id } => store.delete_user(id),
+        Entry::PutKey { key } => {
+            if store.keys()?.iter().any(|k| k == key) {
+                return Ok(false);
+            }
+            store.put_key(key).map(|()| true)
+        }
+        Entry::DeleteKey { access_key } => store.delete_key(access_key),
         Entry::SwapLayout {
             bucket,
             key,

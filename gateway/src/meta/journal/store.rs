@@ -8,8 +8,9 @@ use crate::datapath::layout::Layout;
 use crate::meta::lock::ObjectLock;
 use crate::meta::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetadataStore,
-    ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos, Upload,
-    UploadPage, UploadPart, UploadQuery, VersionPage, VersionQuery, Versioning, WriteCondition,
+    ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion, Result, ShardPos, StoredKey,
+    Upload, UploadPage, UploadPart, UploadQuery, Usage, User, VersionPage, VersionQuery,
+    Versioning, WriteCondition,
 };
 
 /// A metadata store whose changes are journaled: see the module documentation.
@@ -182,6 +183,43 @@ impl MetadataStore for JournaledStore {
     }
     fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
         self.inner.provider_usage()
+    }
+    fn put_user(&self, user: &User) -> Result<()> {
+        self.logged(
+            |s| s.put_user(user),
+            |()| Some(Entry::PutUser { user: user.clone() }),
+        )
+    }
+    fn users(&self) -> Result<Vec<User>> {
+        self.inner.users()
+    }
+    fn delete_user(&self, id: &str) -> Result<bool> {
+        self.logged(
+            |s| s.delete_user(id),
+            |deleted| deleted.then(|| Entry::DeleteUser { id: id.to_owned() }),
+        )
+    }
+    fn put_key(&self, key: &StoredKey) -> Result<()> {
+        self.logged(
+            |s| s.put_key(key),
+            |()| Some(Entry::PutKey { key: key.clone() }),
+        )
+    }
+    fn keys(&self) -> Result<Vec<StoredKey>> {
+        self.inner.keys()
+    }
+    fn delete_key(&self, access_key: &str) -> Result<bool> {
+        self.logged(
+            |s| s.delete_key(access_key),
+            |deleted| {
+                deleted.then(|| Entry::DeleteKey {
+                    access_key: access_key.to_owned(),
+                })
+            },
+        )
+    }
+    fn user_usage(&self) -> Result<BTreeMap<String, Usage>> {
+        self.inner.user_usage()
     }
     fn delete_bucket(&self, name: &str) -> Result<()> {
         self.logged(
@@ -376,6 +414,39 @@ impl MetadataStore for JournaledStore {
                     key: key.to_owned(),
                     version_id: version_id.to_owned(),
                     lock: *new,
+                })
+            },
+        )
+    }
+    fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_tags(bucket, tags),
+            |()| {
+                Some(Entry::SetBucketTags {
+                    bucket: bucket.to_owned(),
+                    tags: tags.map(str::to_owned),
+                })
+            },
+        )
+    }
+    fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_tags(bucket)
+    }
+    fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        self.logged(
+            |s| s.set_object_tags(bucket, key, version_id, tags),
+            |changed| {
+                changed.then(|| Entry::SetObjectTags {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    version_id: version_id.to_owned(),
+                    tags: tags.clone(),
                 })
             },
         )

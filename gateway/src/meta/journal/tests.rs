@@ -53,11 +53,14 @@ fn version(bucket: &str, key: &str, id: &str, tag: u8) -> ObjectVersion {
 /// Everything a client could observe of a store, for comparing two of them.
 fn observe(s: &dyn MetadataStore) -> Vec<String> {
     let mut out = Vec::new();
+    out.extend(s.users().unwrap().iter().map(|u| format!("{u:?}")));
+    out.extend(s.keys().unwrap().iter().map(|k| format!("{k:?}")));
     for b in s.buckets().unwrap() {
         out.push(format!(
-            "{b:?} lifecycle={:?} lock={:?}",
+            "{b:?} lifecycle={:?} lock={:?} tags={:?}",
             s.lifecycle(&b.name).unwrap(),
-            s.bucket_lock(&b.name).unwrap()
+            s.bucket_lock(&b.name).unwrap(),
+            s.bucket_tags(&b.name).unwrap()
         ));
         let page = s
             .list_versions(
@@ -94,6 +97,7 @@ fn history(s: &dyn MetadataStore) {
         created: 1,
         default_plan: None,
         versioning,
+        owner: None,
     };
     s.create_bucket(&bucket("photos", Versioning::Unversioned))
         .unwrap();
@@ -109,12 +113,17 @@ fn history(s: &dyn MetadataStore) {
     assert!(s.swap_layout(&a, "archive", &layout(4)).unwrap());
     s.set_bucket_plan("photos", Some("archive")).unwrap();
     s.set_lifecycle("photos", Some("[{\"id\":\"r\"}]")).unwrap();
+    s.set_bucket_tags("photos", Some("{\"team\":\"ops\"}"))
+        .unwrap();
     // Versions and a delete marker.
     s.create_bucket(&bucket("docs", Versioning::Unversioned))
         .unwrap();
     s.set_versioning("docs", Versioning::Enabled).unwrap();
     s.put_version(&version("docs", "d", "v1", 5)).unwrap();
     s.put_version(&version("docs", "d", "v2", 6)).unwrap();
+    // Tags changed in place, on the version that becomes noncurrent.
+    let tags = BTreeMap::from([("class".to_string(), "temp".to_string())]);
+    assert!(s.set_object_tags("docs", "d", "v2", &tags).unwrap());
     let mut marker = version("docs", "d", "v3", 7);
     marker.delete_marker = true;
     marker.layout = None;
@@ -157,6 +166,7 @@ fn history(s: &dyn MetadataStore) {
                     etag: format!("p{n}"),
                     last_modified: 9,
                     layout: layout(10 + u8::try_from(n).unwrap()),
+                    checksums: Default::default(),
                 },
             )
             .unwrap();
@@ -182,6 +192,36 @@ fn history(s: &dyn MetadataStore) {
         s.replace_layout(seq, v.layout.as_ref().unwrap(), &layout(13))
             .unwrap()
     );
+    // Users and keys: made, changed, removed.
+    let user = |id: &str, max_bytes| crate::meta::User {
+        id: id.into(),
+        display_name: id.to_uppercase(),
+        max_bytes,
+        max_objects: None,
+        created: 3,
+    };
+    let key = |access: &str, user: &str, active| crate::meta::StoredKey {
+        access_key: access.into(),
+        user: user.into(),
+        sealed_secret: format!("sealed-{access}"),
+        grants: vec![],
+        active,
+        created: 4,
+        rotated: 4,
+    };
+    s.put_user(&user("alice", None)).unwrap();
+    s.put_user(&user("bob", None)).unwrap();
+    s.put_key(&key("AK1", "alice", true)).unwrap();
+    s.put_key(&key("AK2", "bob", true)).unwrap();
+    s.put_key(&key("AK1", "alice", false)).unwrap();
+    s.put_user(&user("alice", Some(10))).unwrap();
+    assert!(s.delete_key("AK2").unwrap());
+    assert!(s.delete_user("bob").unwrap());
+    s.create_bucket(&Bucket {
+        owner: Some("alice".into()),
+        ..bucket("owned", Versioning::Unversioned)
+    })
+    .unwrap();
     // A bucket created and removed again.
     s.create_bucket(&bucket("tmp", Versioning::Unversioned))
         .unwrap();
@@ -208,6 +248,7 @@ fn concurrent_object_writes_commit_together_and_replay_in_commit_order() {
         created: 1,
         default_plan: None,
         versioning: Versioning::Enabled,
+        owner: None,
     })
     .unwrap();
     // Eight writers on five shared keys, with deletes and other kinds of change between:
@@ -254,7 +295,7 @@ fn replaying_from_any_snapshot_rebuilds_the_store() {
     );
     history(&live);
     let entries = journal.take();
-    assert_eq!(entries.len(), 30, "{entries:#?}");
+    assert_eq!(entries.len(), 41, "{entries:#?}");
     let want = observe(&live);
     // A snapshot holds the first `copied` changes; its cut may lag behind (`cut` ≤
     // `copied`), so replay starts there and meets changes the copy already has.
@@ -407,6 +448,7 @@ async fn requests_wait_for_three_copies_and_fail_while_none_can_be_stored() {
         created: 1,
         default_plan: None,
         versioning: Versioning::Unversioned,
+        owner: None,
     };
 
     store.create_bucket(&bucket("a")).unwrap();
@@ -491,6 +533,7 @@ async fn without_providers_writes_go_on_unjournaled() {
             created: 1,
             default_plan: None,
             versioning: Versioning::Unversioned,
+            owner: None,
         })
         .unwrap();
     journal.barrier().await.unwrap();

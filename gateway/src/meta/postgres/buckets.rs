@@ -1,4 +1,4 @@
-//! Buckets and what is set on them (versioning, default plan, lifecycle), and the shared
+//! Buckets and what is set on them (versioning, default plan, lifecycle, tags), and the shared
 //! policy overlay.
 
 use super::{PostgresStore, bucket_from_row, pg_err};
@@ -7,13 +7,14 @@ use crate::meta::{Bucket, MetaError, Result, Versioning};
 pub(super) fn create_bucket(s: &PostgresStore, bucket: &Bucket) -> Result<()> {
     let inserted = s.run(|c| {
         c.execute(
-            "INSERT INTO buckets (name, created, default_plan, versioning) VALUES ($1, $2, $3, $4)
+            "INSERT INTO buckets (name, created, default_plan, versioning, owner) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO NOTHING",
             &[
                 &bucket.name,
                 &bucket.created,
                 &bucket.default_plan,
                 &bucket.versioning.as_str(),
+                &bucket.owner,
             ],
         )
         .map_err(pg_err)
@@ -27,7 +28,7 @@ pub(super) fn create_bucket(s: &PostgresStore, bucket: &Bucket) -> Result<()> {
 pub(super) fn bucket(s: &PostgresStore, name: &str) -> Result<Option<Bucket>> {
     s.run(|c| {
         c.query_opt(
-            "SELECT name, created, default_plan, versioning FROM buckets WHERE name = $1",
+            "SELECT name, created, default_plan, versioning, owner FROM buckets WHERE name = $1",
             &[&name],
         )
         .map_err(pg_err)?
@@ -40,7 +41,7 @@ pub(super) fn bucket(s: &PostgresStore, name: &str) -> Result<Option<Bucket>> {
 pub(super) fn buckets(s: &PostgresStore) -> Result<Vec<Bucket>> {
     s.run(|c| {
         c.query(
-            "SELECT name, created, default_plan, versioning FROM buckets ORDER BY name",
+            "SELECT name, created, default_plan, versioning, owner FROM buckets ORDER BY name",
             &[],
         )
         .map_err(pg_err)?
@@ -73,6 +74,8 @@ pub(super) fn delete_bucket(s: &PostgresStore, name: &str) -> Result<()> {
             return Err(MetaError::BucketNotEmpty(name.into()));
         }
         tx.execute("DELETE FROM bucket_lifecycle WHERE bucket = $1", &[&name])
+            .map_err(pg_err)?;
+        tx.execute("DELETE FROM bucket_tags WHERE bucket = $1", &[&name])
             .map_err(pg_err)?;
         tx.execute("DELETE FROM buckets WHERE name = $1", &[&name])
             .map_err(pg_err)?;
@@ -142,6 +145,22 @@ pub(super) fn set_bucket_plan(s: &PostgresStore, name: &str, plan: Option<&str>)
 }
 
 pub(super) fn set_lifecycle(s: &PostgresStore, bucket: &str, rules: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_lifecycle", "rules", rules)
+}
+
+pub(super) fn set_bucket_tags(s: &PostgresStore, bucket: &str, tags: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_tags", "tags", tags)
+}
+
+/// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
+/// bucket, the value in `column`).
+fn set_bucket_setting(
+    s: &PostgresStore,
+    bucket: &str,
+    table: &str,
+    column: &str,
+    value: Option<&str>,
+) -> Result<()> {
     s.tx(|tx| {
         if tx
             .query_opt(
@@ -153,13 +172,18 @@ pub(super) fn set_lifecycle(s: &PostgresStore, bucket: &str, rules: Option<&str>
         {
             return Err(MetaError::NoSuchBucket(bucket.into()));
         }
-        match rules {
-            Some(rules) => tx.execute(
-                "INSERT INTO bucket_lifecycle (bucket, rules) VALUES ($1, $2)
-                 ON CONFLICT (bucket) DO UPDATE SET rules = excluded.rules",
-                &[&bucket, &rules],
+        match value {
+            Some(value) => tx.execute(
+                &format!(
+                    "INSERT INTO {table} (bucket, {column}) VALUES ($1, $2)
+                     ON CONFLICT (bucket) DO UPDATE SET {column} = excluded.{column}"
+                ),
+                &[&bucket, &value],
             ),
-            None => tx.execute("DELETE FROM bucket_lifecycle WHERE bucket = $1", &[&bucket]),
+            None => tx.execute(
+                &format!("DELETE FROM {table} WHERE bucket = $1"),
+                &[&bucket],
+            ),
         }
         .map_err(pg_err)?;
         Ok(())
@@ -212,5 +236,15 @@ pub(super) fn bucket_lock(s: &PostgresStore, bucket: &str) -> Result<Option<Stri
         .map(|r| r.try_get(0))
         .transpose()
         .map_err(pg_err)
+    })
+}
+
+pub(super) fn bucket_tags(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    s.run(|c| {
+        c.query_opt("SELECT tags FROM bucket_tags WHERE bucket = $1", &[&bucket])
+            .map_err(pg_err)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)
     })
 }

@@ -19,6 +19,7 @@ mod schema;
 mod shards;
 mod tls;
 mod uploads;
+mod users;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -37,7 +38,7 @@ use super::{
 use crate::datapath::layout::Layout;
 use crate::meta::lock::ObjectLock;
 
-const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
+const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout, checksums";
 
 /// Connections kept open per store; callers beyond that wait for one.
 const MAX_CONNECTIONS: usize = 16;
@@ -272,6 +273,7 @@ fn bucket_from_row(row: &Row) -> Result<Bucket> {
         created: row.try_get(1).map_err(pg_err)?,
         default_plan: row.try_get(2).map_err(pg_err)?,
         versioning: Versioning::parse(row.try_get(3).map_err(pg_err)?),
+        owner: row.try_get(4).map_err(pg_err)?,
     })
 }
 
@@ -320,6 +322,13 @@ fn part_from_row(row: &Row) -> Result<UploadPart> {
         etag: row.try_get(2).map_err(pg_err)?,
         last_modified: row.try_get(3).map_err(pg_err)?,
         layout: serde_json::from_str(layout).map_err(store_err)?,
+        checksums: row
+            .try_get::<_, Option<&str>>(5)
+            .map_err(pg_err)?
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(store_err)?
+            .unwrap_or_default(),
     })
 }
 
@@ -409,6 +418,34 @@ impl MetadataStore for PostgresStore {
 
     fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
         shards::provider_usage(self)
+    }
+
+    fn put_user(&self, user: &super::User) -> Result<()> {
+        users::put_user(self, user)
+    }
+
+    fn users(&self) -> Result<Vec<super::User>> {
+        users::users(self)
+    }
+
+    fn delete_user(&self, id: &str) -> Result<bool> {
+        users::delete_user(self, id)
+    }
+
+    fn put_key(&self, key: &super::StoredKey) -> Result<()> {
+        users::put_key(self, key)
+    }
+
+    fn keys(&self) -> Result<Vec<super::StoredKey>> {
+        users::keys(self)
+    }
+
+    fn delete_key(&self, access_key: &str) -> Result<bool> {
+        users::delete_key(self, access_key)
+    }
+
+    fn user_usage(&self) -> Result<BTreeMap<String, super::Usage>> {
+        users::user_usage(self)
     }
 
     fn delete_bucket(&self, name: &str) -> Result<()> {
@@ -541,6 +578,24 @@ impl MetadataStore for PostgresStore {
         new: &ObjectLock,
     ) -> Result<bool> {
         objects::set_version_lock(self, bucket, key, version_id, expected, new)
+    }
+
+    fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()> {
+        buckets::set_bucket_tags(self, bucket, tags)
+    }
+
+    fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_tags(self, bucket)
+    }
+
+    fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        objects::set_object_tags(self, bucket, key, version_id, tags)
     }
 
     fn swap_layout(&self, current: &ObjectVersion, plan: &str, layout: &Layout) -> Result<bool> {

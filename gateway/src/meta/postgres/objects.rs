@@ -1,5 +1,5 @@
-//! Object versions: writing, reading, deleting and listing them, and swapping a version's
-//! layout.
+//! Object versions: writing, reading, deleting and listing them, swapping a version's
+//! layout and changing its tags.
 
 use postgres::{GenericClient, Transaction};
 
@@ -8,8 +8,8 @@ use super::{PostgresStore, i64_of, lock_key, pg_err, store_err, version_from_row
 use crate::datapath::layout::Layout;
 use crate::meta::listing::{Offer, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
-    ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
-    WriteCondition, listing, lock::ObjectLock,
+    ListPage, ListQuery, MetaError, ObjectAttrs, ObjectVersion, PutOutcome, Result, VersionPage,
+    VersionQuery, WriteCondition, listing, lock::ObjectLock,
 };
 
 pub(super) fn get_version(
@@ -363,6 +363,39 @@ pub(super) fn swap_layout(
         tx.execute("DELETE FROM shards WHERE version_seq = $1", &[&seq])
             .map_err(pg_err)?;
         index_shards(tx, seq, layout)?;
+        Ok(true)
+    })
+}
+
+pub(super) fn set_object_tags(
+    s: &PostgresStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> Result<bool> {
+    s.tx(|tx| {
+        // The row stays locked until the update: a concurrent tag change waits, then
+        // applies to what this one wrote.
+        let Some(row) = tx
+            .query_opt(
+                "SELECT seq, attrs FROM versions
+                 WHERE bucket = $1 AND key = $2 AND version_id = $3 AND NOT delete_marker
+                 FOR UPDATE",
+                &[&bucket, &key, &version_id],
+            )
+            .map_err(pg_err)?
+        else {
+            return Ok(false);
+        };
+        let seq: i64 = row.try_get(0).map_err(pg_err)?;
+        let column: Option<String> = row.try_get(1).map_err(pg_err)?;
+        let column = ObjectAttrs::column_with_tags(column.as_deref(), tags).map_err(store_err)?;
+        tx.execute(
+            "UPDATE versions SET attrs = $2 WHERE seq = $1",
+            &[&seq, &column],
+        )
+        .map_err(pg_err)?;
         Ok(true)
     })
 }

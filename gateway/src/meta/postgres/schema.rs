@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS parts (
     etag TEXT NOT NULL,
     last_modified BIGINT NOT NULL,
     layout TEXT NOT NULL,
+    checksums TEXT,
     PRIMARY KEY (upload_id, part_number)
 );
 CREATE TABLE IF NOT EXISTS bucket_lifecycle (
@@ -75,6 +76,10 @@ CREATE TABLE IF NOT EXISTS bucket_lifecycle (
 CREATE TABLE IF NOT EXISTS bucket_object_lock (
     bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     config TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bucket_tags (
+    bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    tags TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS repair_claims (
     seq BIGINT PRIMARY KEY,
@@ -86,9 +91,27 @@ CREATE TABLE IF NOT EXISTS policies (
     revision BIGINT NOT NULL,
     overlay TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    max_bytes BIGINT,
+    max_objects BIGINT,
+    created BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS access_keys (
+    access_key TEXT COLLATE "C" PRIMARY KEY,
+    user_id TEXT COLLATE "C" NOT NULL,
+    sealed_secret TEXT NOT NULL,
+    grants TEXT NOT NULL,
+    active BOOLEAN NOT NULL,
+    created BIGINT NOT NULL,
+    rotated BIGINT NOT NULL
+);
 -- Added after the first release: a database made before it gains the columns.
 ALTER TABLE versions ADD COLUMN IF NOT EXISTS attrs TEXT;
 ALTER TABLE uploads ADD COLUMN IF NOT EXISTS attrs TEXT;
+ALTER TABLE parts ADD COLUMN IF NOT EXISTS checksums TEXT;
+ALTER TABLE buckets ADD COLUMN IF NOT EXISTS owner TEXT;
 "#;
 
 /// Serializes concurrent schema creation by several replicas starting at once.

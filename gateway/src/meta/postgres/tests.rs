@@ -24,6 +24,7 @@ fn bucket(name: &str, versioning: Versioning) -> Bucket {
         created: 1,
         default_plan: None,
         versioning,
+        owner: None,
     }
 }
 
@@ -215,6 +216,7 @@ fn concurrent_completions_of_one_upload_have_one_winner() {
         etag: "e1".into(),
         last_modified: 1,
         layout: layout("n1", "part1"),
+        checksums: Default::default(),
     };
     g.1.put_part("b", "k", "u1", &part).unwrap();
     let results = race(&g, 8, |i, s| {
@@ -312,6 +314,7 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
                 etag: format!("e{n}"),
                 last_modified: 1,
                 layout: layout("n4", &format!("p{n}")),
+                checksums: Default::default(),
             },
         )
         .unwrap();
@@ -319,6 +322,10 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
     lite.record_probes(&[("n1".into(), true)], 100).unwrap();
     lite.record_probes(&[("n1".into(), false)], 150).unwrap();
     lite.record_pools(&[("n1".into(), "home".into())], 100)
+        .unwrap();
+
+    lite.put_user(&crate::meta::tests::user("alice")).unwrap();
+    lite.put_key(&crate::meta::tests::key("AKALICE", "alice"))
         .unwrap();
 
     let pg = PostgresStore::open(&url).unwrap();
@@ -332,8 +339,12 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
             uploads: 1,
             parts: 2,
             providers: 1,
+            users: 1,
+            keys: 1,
         }
     );
+    assert_eq!(pg.users().unwrap(), lite.users().unwrap());
+    assert_eq!(pg.keys().unwrap(), lite.keys().unwrap());
     assert_eq!(pg.buckets().unwrap(), lite.buckets().unwrap());
     assert_eq!(
         pg.version("b", "k", None).unwrap().unwrap().version_id,

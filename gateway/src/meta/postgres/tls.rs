@@ -329,6 +329,7 @@ mod tests {
             created: 1,
             default_plan: None,
             versioning: Versioning::Unversioned,
+            owner: None,
         };
         store.create_bucket(&bucket).unwrap();
         assert_eq!(store.bucket("over-tls").unwrap(), Some(bucket));

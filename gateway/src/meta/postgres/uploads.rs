@@ -121,6 +121,7 @@ pub(super) fn put_part(
     part: &UploadPart,
 ) -> Result<Option<UploadPart>> {
     let layout = serde_json::to_string(&part.layout).map_err(store_err)?;
+    let checksums = part.checksums_column();
     let size = i64_of(part.size)?;
     s.tx(|tx| {
         // Locking the upload orders this against completion, abort and other parts.
@@ -140,10 +141,10 @@ pub(super) fn put_part(
             .transpose()?;
         tx.execute(
             &format!(
-                "INSERT INTO parts (upload_id, {PART_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO parts (upload_id, {PART_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (upload_id, part_number) DO UPDATE SET size = excluded.size,
                     etag = excluded.etag, last_modified = excluded.last_modified,
-                    layout = excluded.layout"
+                    layout = excluded.layout, checksums = excluded.checksums"
             ),
             &[
                 &upload_id,
@@ -152,6 +153,7 @@ pub(super) fn put_part(
                 &part.etag,
                 &part.last_modified,
                 &layout,
+                &checksums,
             ],
         )
         .map_err(pg_err)?;

@@ -1,4 +1,4 @@
-//! Buckets and what is set on them (versioning, default plan, lifecycle), and the shared
+//! Buckets and what is set on them (versioning, default plan, lifecycle, tags), and the shared
 //! policy overlay.
 
 use rusqlite::{OptionalExtension, params};
@@ -10,8 +10,8 @@ pub(super) fn create_bucket(s: &SqliteStore, bucket: &Bucket) -> Result<()> {
     let inserted = s
         .conn()
         .execute(
-            "INSERT OR IGNORE INTO buckets (name, created, default_plan, versioning) VALUES (?1, ?2, ?3, ?4)",
-            params![bucket.name, bucket.created, bucket.default_plan, bucket.versioning.as_str()],
+            "INSERT OR IGNORE INTO buckets (name, created, default_plan, versioning, owner) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![bucket.name, bucket.created, bucket.default_plan, bucket.versioning.as_str(), bucket.owner],
         )
         .map_err(store_err)?;
     if inserted == 0 {
@@ -23,7 +23,7 @@ pub(super) fn create_bucket(s: &SqliteStore, bucket: &Bucket) -> Result<()> {
 pub(super) fn bucket(s: &SqliteStore, name: &str) -> Result<Option<Bucket>> {
     s.conn()
         .prepare_cached(
-            "SELECT name, created, default_plan, versioning FROM buckets WHERE name = ?1",
+            "SELECT name, created, default_plan, versioning, owner FROM buckets WHERE name = ?1",
         )
         .and_then(|mut stmt| stmt.query_row(params![name], bucket_from_row).optional())
         .map_err(store_err)
@@ -32,7 +32,7 @@ pub(super) fn bucket(s: &SqliteStore, name: &str) -> Result<Option<Bucket>> {
 pub(super) fn buckets(s: &SqliteStore) -> Result<Vec<Bucket>> {
     let conn = s.conn();
     let mut stmt = conn
-        .prepare("SELECT name, created, default_plan, versioning FROM buckets ORDER BY name")
+        .prepare("SELECT name, created, default_plan, versioning, owner FROM buckets ORDER BY name")
         .map_err(store_err)?;
     let rows = stmt.query_map([], bucket_from_row).map_err(store_err)?;
     rows.collect::<rusqlite::Result<_>>().map_err(store_err)
@@ -90,6 +90,22 @@ pub(super) fn set_bucket_plan(s: &SqliteStore, name: &str, plan: Option<&str>) -
 }
 
 pub(super) fn set_lifecycle(s: &SqliteStore, bucket: &str, rules: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_lifecycle", "rules", rules)
+}
+
+pub(super) fn set_bucket_tags(s: &SqliteStore, bucket: &str, tags: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_tags", "tags", tags)
+}
+
+/// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
+/// bucket, the value in `column`).
+fn set_bucket_setting(
+    s: &SqliteStore,
+    bucket: &str,
+    table: &str,
+    column: &str,
+    value: Option<&str>,
+) -> Result<()> {
     let mut conn = s.conn();
     let tx = conn.transaction().map_err(store_err)?;
     let exists: bool = tx
@@ -102,14 +118,16 @@ pub(super) fn set_lifecycle(s: &SqliteStore, bucket: &str, rules: Option<&str>) 
     if !exists {
         return Err(MetaError::NoSuchBucket(bucket.into()));
     }
-    match rules {
-        Some(rules) => tx.execute(
-            "INSERT INTO bucket_lifecycle (bucket, rules) VALUES (?1, ?2)
-             ON CONFLICT (bucket) DO UPDATE SET rules = excluded.rules",
-            params![bucket, rules],
+    match value {
+        Some(value) => tx.execute(
+            &format!(
+                "INSERT INTO {table} (bucket, {column}) VALUES (?1, ?2)
+                 ON CONFLICT (bucket) DO UPDATE SET {column} = excluded.{column}"
+            ),
+            params![bucket, value],
         ),
         None => tx.execute(
-            "DELETE FROM bucket_lifecycle WHERE bucket = ?1",
+            &format!("DELETE FROM {table} WHERE bucket = ?1"),
             params![bucket],
         ),
     }
@@ -190,6 +208,17 @@ pub(super) fn bucket_lock(s: &SqliteStore, bucket: &str) -> Result<Option<String
     s.conn()
         .query_row(
             "SELECT config FROM bucket_object_lock WHERE bucket = ?1",
+            params![bucket],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_err)
+}
+
+pub(super) fn bucket_tags(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
+    s.conn()
+        .query_row(
+            "SELECT tags FROM bucket_tags WHERE bucket = ?1",
             params![bucket],
             |r| r.get(0),
         )

@@ -16,6 +16,7 @@ mod objects;
 mod schema;
 mod shards;
 mod uploads;
+mod users;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -34,7 +35,7 @@ use super::{
 use crate::datapath::layout::Layout;
 use crate::meta::lock::ObjectLock;
 
-const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout";
+const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout, checksums";
 
 /// A query shared with the PostgreSQL store (`$n` placeholders) in SQLite's spelling, `?n`.
 /// The shared texts use `$` for nothing else.
@@ -222,8 +223,12 @@ fn commit_group(conn: &mut Connection, jobs: Vec<(u64, GroupJob)>) {
 
 /// Columns added after the first release, which a database made before them lacks
 /// (SQLite has no `ADD COLUMN IF NOT EXISTS`).
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("versions", "attrs", "TEXT"), ("uploads", "attrs", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("versions", "attrs", "TEXT"),
+    ("uploads", "attrs", "TEXT"),
+    ("parts", "checksums", "TEXT"),
+    ("buckets", "owner", "TEXT"),
+];
 
 /// The tables as this release makes them, for the migration test.
 #[cfg(test)]
@@ -255,6 +260,7 @@ fn bucket_from_row(row: &Row<'_>) -> rusqlite::Result<Bucket> {
         created: row.get(1)?,
         default_plan: row.get(2)?,
         versioning: Versioning::parse(&row.get::<_, String>(3)?),
+        owner: row.get(4)?,
     })
 }
 
@@ -308,6 +314,12 @@ fn part_from_row(row: &Row<'_>) -> rusqlite::Result<UploadPart> {
         etag: row.get(2)?,
         last_modified: row.get(3)?,
         layout: serde_json::from_str(&layout).map_err(|e| json_err(4, e))?,
+        checksums: row
+            .get::<_, Option<String>>(5)?
+            .map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|e| json_err(5, e))?
+            .unwrap_or_default(),
     })
 }
 
@@ -397,6 +409,34 @@ impl MetadataStore for SqliteStore {
 
     fn provider_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
         shards::provider_usage(self)
+    }
+
+    fn put_user(&self, user: &super::User) -> Result<()> {
+        users::put_user(self, user)
+    }
+
+    fn users(&self) -> Result<Vec<super::User>> {
+        users::users(self)
+    }
+
+    fn delete_user(&self, id: &str) -> Result<bool> {
+        users::delete_user(self, id)
+    }
+
+    fn put_key(&self, key: &super::StoredKey) -> Result<()> {
+        users::put_key(self, key)
+    }
+
+    fn keys(&self) -> Result<Vec<super::StoredKey>> {
+        users::keys(self)
+    }
+
+    fn delete_key(&self, access_key: &str) -> Result<bool> {
+        users::delete_key(self, access_key)
+    }
+
+    fn user_usage(&self) -> Result<BTreeMap<String, super::Usage>> {
+        users::user_usage(self)
     }
 
     fn delete_bucket(&self, name: &str) -> Result<()> {
@@ -527,6 +567,24 @@ impl MetadataStore for SqliteStore {
         new: &ObjectLock,
     ) -> Result<bool> {
         objects::set_version_lock(self, bucket, key, version_id, expected, new)
+    }
+
+    fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()> {
+        buckets::set_bucket_tags(self, bucket, tags)
+    }
+
+    fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_tags(self, bucket)
+    }
+
+    fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        objects::set_object_tags(self, bucket, key, version_id, tags)
     }
 
     fn commit_order(&self) -> Option<&Mutex<()>> {

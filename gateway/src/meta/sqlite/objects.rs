@@ -1,5 +1,5 @@
-//! Object versions: writing, reading, deleting and listing them, and swapping a version's
-//! layout.
+//! Object versions: writing, reading, deleting and listing them, swapping a version's
+//! layout and changing its tags.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -8,8 +8,8 @@ use super::{SqliteStore, sql, store_err, version_from_row};
 use crate::datapath::layout::Layout;
 use crate::meta::listing::{Offer, VERSION_COLUMNS, VersionPager};
 use crate::meta::{
-    ListPage, ListQuery, MetaError, ObjectVersion, PutOutcome, Result, VersionPage, VersionQuery,
-    WriteCondition, listing, lock::ObjectLock,
+    ListPage, ListQuery, MetaError, ObjectAttrs, ObjectVersion, PutOutcome, Result, VersionPage,
+    VersionQuery, WriteCondition, listing, lock::ObjectLock,
 };
 
 /// Inserts a version as the latest of its key; returns the version it replaced.
@@ -312,6 +312,37 @@ pub(super) fn swap_layout(
     tx.execute("DELETE FROM shards WHERE version_seq = ?1", params![seq])
         .map_err(store_err)?;
     index_shards(&tx, seq, layout).map_err(store_err)?;
+    tx.commit().map_err(store_err)?;
+    Ok(true)
+}
+
+pub(super) fn set_object_tags(
+    s: &SqliteStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> Result<bool> {
+    let mut conn = s.conn();
+    let tx = conn.transaction().map_err(store_err)?;
+    let found: Option<(i64, Option<String>)> = tx
+        .query_row(
+            "SELECT seq, attrs FROM versions
+             WHERE bucket = ?1 AND key = ?2 AND version_id = ?3 AND delete_marker = 0",
+            params![bucket, key, version_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(store_err)?;
+    let Some((seq, column)) = found else {
+        return Ok(false);
+    };
+    let column = ObjectAttrs::column_with_tags(column.as_deref(), tags).map_err(store_err)?;
+    tx.execute(
+        "UPDATE versions SET attrs = ?2 WHERE seq = ?1",
+        params![seq, column],
+    )
+    .map_err(store_err)?;
     tx.commit().map_err(store_err)?;
     Ok(true)
 }

@@ -5,7 +5,8 @@ CREATE TABLE IF NOT EXISTS buckets (
     name TEXT PRIMARY KEY,
     created INTEGER NOT NULL,
     default_plan TEXT,
-    versioning TEXT NOT NULL
+    versioning TEXT NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS parts (
     etag TEXT NOT NULL,
     last_modified INTEGER NOT NULL,
     layout TEXT NOT NULL,
+    checksums TEXT,
     PRIMARY KEY (upload_id, part_number)
 );
 CREATE TABLE IF NOT EXISTS bucket_lifecycle (
@@ -75,9 +77,29 @@ CREATE TABLE IF NOT EXISTS bucket_object_lock (
     bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     config TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_tags (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    tags TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,
     overlay TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    max_bytes INTEGER,
+    max_objects INTEGER,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS access_keys (
+    access_key TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    sealed_secret TEXT NOT NULL,
+    grants TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    rotated INTEGER NOT NULL
 );
 ";

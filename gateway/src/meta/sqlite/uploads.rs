@@ -101,6 +101,7 @@ pub(super) fn put_part(
     part: &UploadPart,
 ) -> Result<Option<UploadPart>> {
     let layout = serde_json::to_string(&part.layout).map_err(store_err)?;
+    let checksums = part.checksums_column();
     let size = i64::try_from(part.size).map_err(store_err)?;
     let mut conn = s.conn();
     let tx = conn.transaction().map_err(store_err)?;
@@ -120,7 +121,7 @@ pub(super) fn put_part(
         .map_err(store_err)?;
     tx.execute(
         &format!(
-            "INSERT OR REPLACE INTO parts (upload_id, {PART_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            "INSERT OR REPLACE INTO parts (upload_id, {PART_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
         ),
         params![
             upload_id,
@@ -128,7 +129,8 @@ pub(super) fn put_part(
             size,
             part.etag,
             part.last_modified,
-            layout
+            layout,
+            checksums
         ],
     )
     .map_err(store_err)?;

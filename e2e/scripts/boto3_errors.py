@@ -1,0 +1,110 @@
+"""boto3 against a running `sublet dev`: invalid requests answer as S3 does.
+
+- every error body's RequestId is the answer's x-amz-request-id header (signed requests
+  refused by the handler, and anonymous ones refused before it);
+- an empty Delimiter is not echoed in listings;
+- a DeleteObjects of more than 1000 keys answers 400 MalformedXML.
+
+Reads SUBLET_ENDPOINT, BUCKET, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
+exits non-zero with the failed checks on stderr.
+"""
+
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+endpoint = os.environ["SUBLET_ENDPOINT"]
+s3 = boto3.client(
+    "s3",
+    endpoint_url=endpoint,
+    config=Config(region_name="us-east-1", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+)
+bucket = os.environ["BUCKET"]
+s3.create_bucket(Bucket=bucket)
+for key in ["a/1", "a/2", "b"]:
+    s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+
+failures = []
+
+
+def check(name, ok, detail=""):
+    if not ok:
+        failures.append(f"{name}: {detail}")
+
+
+raw = {}
+
+
+def keep_raw(http_response, **_):
+    raw["headers"] = dict(http_response.headers)
+    raw["body"] = http_response.content
+
+
+s3.meta.events.register("after-call.s3.GetObject", keep_raw)
+try:
+    s3.get_object(Bucket=bucket, Key="missing")
+    check("GET of a missing key", False, "answered 200")
+except ClientError as e:
+    header = raw["headers"].get("x-amz-request-id", "")
+    body = re.search(rb"<RequestId>([^<]*)</RequestId>", raw["body"])
+    check("a signed error carries x-amz-request-id", bool(header), str(raw["headers"]))
+    check(
+        "a signed error's RequestId is its header's",
+        body is not None and body.group(1).decode() == header,
+        f"header {header!r}, body {raw['body']!r}",
+    )
+    check("a missing key is NoSuchKey", e.response["Error"]["Code"] == "NoSuchKey", str(e.response["Error"]))
+
+# Anonymous: refused by the gateway's access check.
+try:
+    urllib.request.urlopen(f"{endpoint}/{bucket}/b", timeout=10)
+    check("an anonymous GET", False, "answered 200")
+except urllib.error.HTTPError as e:
+    header = e.headers.get("x-amz-request-id", "")
+    body = e.read()
+    found = re.search(rb"<RequestId>([^<]*)</RequestId>", body)
+    check("an anonymous error carries x-amz-request-id", bool(header), str(dict(e.headers)))
+    check(
+        "an anonymous error's RequestId is its header's",
+        found is not None and found.group(1).decode() == header,
+        f"header {header!r}, body {body!r}",
+    )
+
+# Two requests, two ids.
+ids = set()
+for _ in range(2):
+    ids.add(s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"].get("x-amz-request-id"))
+check("every answer has its own request id", len(ids) == 2 and None not in ids, str(ids))
+
+for name, answer in [
+    ("ListObjects", s3.list_objects(Bucket=bucket, Delimiter="")),
+    ("ListObjectsV2", s3.list_objects_v2(Bucket=bucket, Delimiter="")),
+    ("ListObjectVersions", s3.list_object_versions(Bucket=bucket, Delimiter="")),
+]:
+    check(f"{name} leaves an empty Delimiter out", "Delimiter" not in answer, str(answer.get("Delimiter")))
+    check(f"{name} with an empty Delimiter has no CommonPrefixes", not answer.get("CommonPrefixes"), str(answer))
+check(
+    "a '/' Delimiter is echoed",
+    s3.list_objects_v2(Bucket=bucket, Delimiter="/").get("Delimiter") == "/",
+)
+
+try:
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": f"k{i}"} for i in range(1001)]})
+    check("DeleteObjects of 1001 keys", False, "answered 200")
+except ClientError as e:
+    status = e.response["ResponseMetadata"]["HTTPStatusCode"]
+    code = e.response["Error"]["Code"]
+    check("DeleteObjects of 1001 keys is 400 MalformedXML", (status, code) == (400, "MalformedXML"), f"{status} {code}")
+done = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "b"}]})
+check("DeleteObjects of one key works", [d["Key"] for d in done.get("Deleted", [])] == ["b"], str(done))
+
+if failures:
+    print("\n".join(failures), file=sys.stderr)
+    sys.exit(1)
+print("error answer checks passed")
