@@ -42,7 +42,7 @@ pub use plan::{
     StoragePlanSpec, StoragePlanStatus,
 };
 pub use pool::{
-    BucketMember, Endpoint, MarketPool, NodeSelector, NodeStorage, PoolClass, PoolMember,
+    BucketMember, DrainProgress, Endpoint, MarketPool, NodeSelector, NodeStorage, PoolClass, PoolMember,
     PoolNodes, ProviderPool, ProviderPoolSpec, ProviderPoolStatus, VolumeClaimTemplate,
 };
 pub use schedule::{

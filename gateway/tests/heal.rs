@@ -757,6 +757,7 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
                 ..PlacementRule::any()
             },
         )]),
+        draining: Default::default(),
     };
     let on_rented = |meta: &dyn MetadataStore| -> usize {
         bodies

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Node, Plan};
 use crate::datapath::layout::{Encryption, Layout};
-use crate::datapath::placement::{PlacementRule, Site};
+use crate::datapath::placement::Topology;
+#[cfg(doc)]
+use crate::datapath::placement::PlacementRule;
 use crate::error::{Error, Result};
 use crate::meta::ShardPos;
 
@@ -127,21 +129,34 @@ pub fn conforms(layout: &Layout, plan: &Plan) -> bool {
     })
 }
 
-/// Shards of `layout` that break `rule` (see [`PlacementRule::misplaced`]), by position and id.
-pub fn misplaced_shards(
-    layout: &Layout,
-    rule: &PlacementRule,
-    sites: &[Site],
-) -> Vec<(ShardPos, String)> {
+/// Shards of `layout` that must move, by position and id: those that break `plan`'s
+/// placement rule as it stands now (see [`PlacementRule::misplaced`]), and every shard on a
+/// provider of a draining pool (which the rule is then judged without).
+pub fn misplaced_shards(layout: &Layout, topology: &Topology, plan: &str) -> Vec<(ShardPos, String)> {
+    let rule = topology.rule(plan);
     let mut out = Vec::new();
     for (p, piece) in layout.pieces().enumerate() {
         for (g, segment) in piece.segments.iter().enumerate() {
+            let mut draining = Vec::new();
             let providers: Vec<Option<&str>> = segment
                 .shards
                 .iter()
-                .map(|s| (!s.is_missing()).then_some(s.provider.as_str()))
+                .enumerate()
+                .map(|(i, s)| {
+                    if s.is_missing() {
+                        None
+                    } else if topology.is_draining(&s.provider) {
+                        draining.push(i);
+                        None
+                    } else {
+                        Some(s.provider.as_str())
+                    }
+                })
                 .collect();
-            for i in rule.misplaced(sites, &providers) {
+            let mut wrong = rule.misplaced(&topology.sites, &providers);
+            wrong.extend(draining);
+            wrong.sort_unstable();
+            for i in wrong {
                 out.push(((p, g, i), segment.shards[i].shard_id.clone()));
             }
         }
