@@ -318,6 +318,24 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_pool_is_no_candidate() {
+        let mut topology = Topology::flat(["a", "b"]);
+        topology.sites[1].pool = "old".into();
+        let board = HealthBoard::default();
+        assert_eq!(topology.candidates(&board).len(), 2);
+        topology.draining.insert("old".into());
+        let names: Vec<String> = topology
+            .candidates(&board)
+            .into_iter()
+            .map(|c| c.site.node_id)
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert!(topology.is_draining("b"));
+        assert!(!topology.is_draining("a"));
+        assert!(!topology.is_draining("unknown"));
+    }
+
+    #[test]
     fn probe_windows_count_and_take_the_median() {
         let board = HealthBoard::default();
         assert_eq!(board.take_probe_window("n"), None);

@@ -163,3 +163,80 @@ pub fn misplaced_shards(layout: &Layout, topology: &Topology, plan: &str) -> Vec
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::datapath::layout::{Scheme, Segment, ShardLocation};
+    use crate::datapath::placement::{PlacementRule, Site};
+
+    fn layout(providers: &[&str]) -> Layout {
+        Layout {
+            scheme: Scheme::Erasure { data: 2, parity: 2 },
+            encryption: Encryption::None,
+            segment_size: 1 << 16,
+            segments: vec![Segment {
+                plain_length: 10,
+                sealed_length: 10,
+                shards: providers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| ShardLocation {
+                        provider: (*p).into(),
+                        shard_id: format!("s{i}"),
+                        hash: String::new(),
+                        length: 5,
+                    })
+                    .collect(),
+            }],
+            inline: None,
+            parts: Vec::new(),
+        }
+    }
+
+    fn topology(draining: &[&str]) -> Topology {
+        let site = |node: &str, pool: &str, zone: &str| Site {
+            node_id: node.into(),
+            pool: pool.into(),
+            zone: zone.into(),
+            owner: "me".into(),
+        };
+        Topology {
+            sites: vec![
+                site("a", "home", "z1"),
+                site("b", "home", "z2"),
+                site("c", "friends", "z1"),
+                site("d", "friends", "z3"),
+            ],
+            rules: HashMap::from([(
+                "photos".to_owned(),
+                PlacementRule {
+                    spread_by: sublet_crds::SpreadBy::Zone,
+                    ..PlacementRule::any()
+                },
+            )]),
+            draining: draining.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_shard_on_a_draining_pool_must_move() {
+        // c shares zone z1 with a: misplaced by the rule alone.
+        let stripe = layout(&["a", "b", "c", "d"]);
+        let ids = |t: &Topology| -> Vec<String> {
+            misplaced_shards(&stripe, t, "photos")
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect()
+        };
+        assert_eq!(ids(&topology(&[])), ["s2"]);
+        assert_eq!(ids(&topology(&["friends"])), ["s2", "s3"]);
+        // Draining "home": a's shard moves, so c's is no longer second in its zone.
+        assert_eq!(ids(&topology(&["home"])), ["s0", "s1"]);
+        // A missing shard is repair's business, not a move.
+        assert!(misplaced_shards(&layout(&["", "b"]), &topology(&["friends"]), "photos").is_empty());
+    }
+}

@@ -92,12 +92,12 @@ pub fn blocked_reason(topology: &Topology, plan: &str, width: usize) -> Option<S
         } => {
             let name = rule.pools.get(pool).map_or("?", |p| p.name.as_str());
             let draining = if topology.draining.contains(name) {
-                ", and it is draining"
+                ", and it is draining,"
             } else {
-                ""
+                ","
             };
             Some(format!(
-                "plan {plan} needs {min} shards of every stripe in pool {name}{draining}, but its \
+                "plan {plan} needs {min} shards of every stripe in pool {name}{draining} but its \
                  {sites} placeable providers can hold {can_hold} ({per_domain}); lower the \
                  plan's minShards for pool {name} or drop the pool from its placement"
             ))
@@ -246,4 +246,84 @@ pub fn spawn_loop(
             }
         }
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::datapath::placement::{PlacementRule, PoolRule};
+
+    /// `n` providers of `pool`, zones `{pool}-z{i}`.
+    fn sites(pool: &str, n: usize) -> Vec<Site> {
+        (0..n)
+            .map(|i| Site {
+                node_id: format!("{pool}-{i}"),
+                pool: pool.into(),
+                zone: format!("{pool}-z{i}"),
+                owner: pool.into(),
+            })
+            .collect()
+    }
+
+    fn topology(rule: PlacementRule, draining: &[&str]) -> Topology {
+        Topology {
+            sites: [sites("home", 4), sites("friends", 3)].concat(),
+            rules: HashMap::from([("photos".to_owned(), rule)]),
+            draining: draining.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_drain_the_other_pools_can_take_is_not_blocked() {
+        let t = topology(PlacementRule::any(), &["friends"]);
+        assert_eq!(blocked_reason(&t, "photos", 4), None);
+    }
+
+    #[test]
+    fn a_plan_wider_than_what_is_left_blocks_the_drain_and_says_why() {
+        let t = topology(PlacementRule::any(), &["friends"]);
+        assert_eq!(
+            blocked_reason(&t, "photos", 6).unwrap(),
+            "plan photos places 6 shards per stripe, but the 4 providers of the pools it \
+             allows outside draining pools can hold 4 (at most 1 per node); add providers to \
+             another pool the plan allows, or lower its redundancy"
+        );
+        // With the other pool back, the same plan fits.
+        assert_eq!(
+            blocked_reason(&topology(PlacementRule::any(), &[]), "photos", 6),
+            None
+        );
+    }
+
+    #[test]
+    fn a_plan_that_needs_shards_in_the_draining_pool_blocks_it() {
+        let rule = PlacementRule {
+            pools: vec![
+                PoolRule {
+                    name: "home".into(),
+                    min_shards: 0,
+                    max_shards: None,
+                },
+                PoolRule {
+                    name: "friends".into(),
+                    min_shards: 2,
+                    max_shards: None,
+                },
+            ],
+            ..PlacementRule::any()
+        };
+        assert_eq!(
+            blocked_reason(&topology(rule.clone(), &[]), "photos", 5),
+            None
+        );
+        assert_eq!(
+            blocked_reason(&topology(rule, &["friends"]), "photos", 5).unwrap(),
+            "plan photos needs 2 shards of every stripe in pool friends, and it is draining, \
+             but its 0 placeable providers can hold 0 (at most 1 per node); lower the plan's \
+             minShards for pool friends or drop the pool from its placement"
+        );
+    }
 }
