@@ -725,7 +725,12 @@ async fn a_draining_pool_gets_no_new_shards_and_drains_to_zero() {
             .iter()
             .map(|id| Site {
                 node_id: id.clone(),
-                pool: if old.contains(id.as_str()) { "old" } else { "home" }.into(),
+                pool: if old.contains(id.as_str()) {
+                    "old"
+                } else {
+                    "home"
+                }
+                .into(),
                 zone: id.clone(),
                 owner: "me".into(),
             })
@@ -942,7 +947,11 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
         .filter(|&n| !home.contains(cluster.probes[n].0.as_str()))
         .map(|n| tmp.path().join("providers").join(n.to_string()))
         .collect();
-    assert_eq!(after.retired_shards().len(), before, "every moved shard is retired");
+    assert_eq!(
+        after.retired_shards().len(),
+        before,
+        "every moved shard is retired"
+    );
     assert_eq!(shard_files(&rented_dirs), before);
     let again = sublet_gateway::upkeep::reencode::reencode_pass(&after, "standard", 100)
         .await

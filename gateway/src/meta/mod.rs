@@ -507,7 +507,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     }
     /// Up to `limit` versions with a shard on `provider` and a row id above `after`, in row
     /// id order, each with its plan: how a drain walks a pool's shards.
-    fn versions_on(&self, _provider: &str, _after: i64, _limit: usize) -> Result<Vec<(i64, String)>> {
+    fn versions_on(
+        &self,
+        _provider: &str,
+        _after: i64,
+        _limit: usize,
+    ) -> Result<Vec<(i64, String)>> {
         Err(MetaError::Store(
             "this store cannot list the versions on a provider".into(),
         ))

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Node, Plan};
 use crate::datapath::layout::{Encryption, Layout};
-use crate::datapath::placement::Topology;
 #[cfg(doc)]
 use crate::datapath::placement::PlacementRule;
+use crate::datapath::placement::Topology;
 use crate::error::{Error, Result};
 use crate::meta::ShardPos;
 
@@ -132,7 +132,11 @@ pub fn conforms(layout: &Layout, plan: &Plan) -> bool {
 /// Shards of `layout` that must move, by position and id: those that break `plan`'s
 /// placement rule as it stands now (see [`PlacementRule::misplaced`]), and every shard on a
 /// provider of a draining pool (which the rule is then judged without).
-pub fn misplaced_shards(layout: &Layout, topology: &Topology, plan: &str) -> Vec<(ShardPos, String)> {
+pub fn misplaced_shards(
+    layout: &Layout,
+    topology: &Topology,
+    plan: &str,
+) -> Vec<(ShardPos, String)> {
     let rule = topology.rule(plan);
     let mut out = Vec::new();
     for (p, piece) in layout.pieces().enumerate() {
@@ -237,6 +241,8 @@ mod tests {
         // Draining "home": a's shard moves, so c's is no longer second in its zone.
         assert_eq!(ids(&topology(&["home"])), ["s0", "s1"]);
         // A missing shard is repair's business, not a move.
-        assert!(misplaced_shards(&layout(&["", "b"]), &topology(&["friends"]), "photos").is_empty());
+        assert!(
+            misplaced_shards(&layout(&["", "b"]), &topology(&["friends"]), "photos").is_empty()
+        );
     }
 }

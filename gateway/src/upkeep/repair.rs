@@ -342,9 +342,9 @@ impl Repairer {
         // Shards the plan's placement rules no longer allow where they are: moved too.
         let misplaced: HashSet<ShardPos> =
             crate::node::rules::misplaced_shards(&layout, &self.gateway.topology(), plan)
-        .into_iter()
-        .map(|(pos, _)| pos)
-        .collect();
+                .into_iter()
+                .map(|(pos, _)| pos)
+                .collect();
         let (cut, _) = lost_cut(policy, now_ms());
         let state = |p: usize, g: usize, i: usize, loc: &ShardLocation| -> ShardState {
             if loc.is_missing() || bad.contains(&(p, g, i)) {

@@ -410,7 +410,9 @@ pub(super) fn versions_on(
         .map_err(store_err)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt
-        .query_map(params![provider, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map(params![provider, after, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .map_err(store_err)?;
     rows.collect::<rusqlite::Result<_>>().map_err(store_err)
 }
