@@ -131,15 +131,25 @@ pub fn conforms(layout: &Layout, plan: &Plan) -> bool {
 
 /// Shards of `layout` that must move, by position and id: those that break `plan`'s
 /// placement rule as it stands now (see [`PlacementRule::misplaced`]), and every shard on a
-/// provider of a draining pool (which the rule is then judged without).
+/// provider of a draining pool (which the rule is then judged without). Shards on a
+/// draining pool stay where they are when the rule cannot place a stripe without the
+/// draining pools (the drain is blocked for this plan): moving them would fail, and with
+/// them the repair of the stripe's lost shards.
 pub fn misplaced_shards(
     layout: &Layout,
     topology: &Topology,
     plan: &str,
 ) -> Vec<(ShardPos, String)> {
     let rule = topology.rule(plan);
+    let placeable: Vec<_> = if topology.draining.is_empty() {
+        Vec::new()
+    } else {
+        topology.placeable_sites().cloned().collect()
+    };
     let mut out = Vec::new();
     for (p, piece) in layout.pieces().enumerate() {
+        let drain = !topology.draining.is_empty()
+            && sublet_placement::feasible(&rule, &placeable, piece.scheme.width()).is_ok();
         for (g, segment) in piece.segments.iter().enumerate() {
             let mut draining = Vec::new();
             let providers: Vec<Option<&str>> = segment
@@ -149,7 +159,7 @@ pub fn misplaced_shards(
                 .map(|(i, s)| {
                     if s.is_missing() {
                         None
-                    } else if topology.is_draining(&s.provider) {
+                    } else if drain && topology.is_draining(&s.provider) {
                         draining.push(i);
                         None
                     } else {
@@ -214,6 +224,8 @@ mod tests {
                 site("b", "home", "z2"),
                 site("c", "friends", "z1"),
                 site("d", "friends", "z3"),
+                site("e", "home", "z4"),
+                site("f", "home", "z5"),
             ],
             rules: HashMap::from([(
                 "photos".to_owned(),
@@ -238,8 +250,9 @@ mod tests {
         };
         assert_eq!(ids(&topology(&[])), ["s2"]);
         assert_eq!(ids(&topology(&["friends"])), ["s2", "s3"]);
-        // Draining "home": a's shard moves, so c's is no longer second in its zone.
-        assert_eq!(ids(&topology(&["home"])), ["s0", "s1"]);
+        // Without "home" the stripe of 4 has 2 zones left: the drain is blocked for this
+        // plan, and its shards are judged by the rule alone (so a repair can still go on).
+        assert_eq!(ids(&topology(&["home"])), ["s2"]);
         // A missing shard is repair's business, not a move.
         assert!(
             misplaced_shards(&layout(&["", "b"]), &topology(&["friends"]), "photos").is_empty()
