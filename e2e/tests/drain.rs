@@ -74,7 +74,10 @@ fn a_drained_pool_holds_nothing_and_every_object_reads_back_without_it() {
         c.put(BUCKET, o);
     }
     let now: u64 = draining.iter().map(|&i| c.shards_on(i)).sum();
-    assert!(now <= held, "a new object was placed on a draining pool: {held} -> {now}");
+    assert!(
+        now <= held,
+        "a new object was placed on a draining pool: {held} -> {now}"
+    );
 
     // Passes of 5 versions, until nothing is left.
     let mut moved = 0;
