@@ -925,6 +925,59 @@ async fn deleting_a_pool_with_shards_is_held_by_its_finalizer() {
 }
 
 #[tokio::test]
+async fn a_deleted_pool_whose_drain_is_blocked_says_which_plan_holds_it() {
+    let admin = Arc::new(MockAdmin {
+        pool_shards: 12,
+        drain: Some(PoolDrain {
+            state: "blocked".into(),
+            blocked: vec!["plan photos needs 2 shards of every stripe in pool home-lab".into()],
+            ..PoolDrain::default()
+        }),
+        ..MockAdmin::default()
+    });
+    let (ctx, mut api) = context(admin);
+    let home = deleted_pool();
+    let echo = serde_json::to_value(&home).unwrap();
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["reason"], "DrainBlocked");
+        assert_eq!(event.body["type"], "Warning");
+        event.echo();
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(home), ctx)),
+        scenario,
+    )
+    .await;
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "DrainBlocked");
+    assert_eq!(
+        ready["message"],
+        "deleting, but the drain is blocked: StorageGateway s3: plan photos needs 2 shards of every stripe in pool home-lab; change those plans, or remove finalizer sublet.dev/drain to delete now and lose the shards"
+    );
+    assert_eq!(body["status"]["drain"]["state"], "Blocked");
+    assert_eq!(body["status"]["conditions"][1]["reason"], "Blocked");
+}
+
+#[tokio::test]
 async fn drained_pool_releases_its_finalizer_and_keeps_the_others() {
     let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
     let home = deleted_pool();
