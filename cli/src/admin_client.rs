@@ -113,7 +113,13 @@ pub async fn list(client: &AdminClient, kind: Kind, output: Output) -> anyhow::R
     let answer = client
         .get(&format!("/admin/v1/policy/{}", kind.segment()))
         .await?;
-    let items = answer["items"].as_array().cloned().unwrap_or_default();
+    let mut items = answer["items"].as_array().cloned().unwrap_or_default();
+    if kind == Kind::ProviderPool {
+        for item in &mut items {
+            let name = text(&item["metadata"]["name"]);
+            item["status"] = pool_status(client, &name).await;
+        }
+    }
     match output {
         Output::Table => Ok(resource_table(kind, &items)),
         _ => render(&Value::Array(items), output),
@@ -127,13 +133,39 @@ pub async fn get(
     name: &str,
     output: Output,
 ) -> anyhow::Result<String> {
-    let item = client
+    let mut item = client
         .get(&format!("/admin/v1/policy/{}/{name}", kind.segment()))
         .await?;
+    if kind == Kind::ProviderPool {
+        item["status"] = pool_status(client, name).await;
+    }
     match output {
-        Output::Table => Ok(resource_table(kind, &[item])),
+        Output::Table => {
+            let mut out = resource_table(kind, std::slice::from_ref(&item));
+            for reason in item["status"]["drain"]["blocked"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let _ = writeln!(out, "drain blocked: {}", text(reason));
+            }
+            Ok(out)
+        }
         _ => render(&item, output),
     }
+}
+
+/// What the gateway stores on pool `name` and, while it drains, the drain's progress
+/// (`GET /admin/v1/pools/{name}`); `null` when the gateway cannot tell.
+async fn pool_status(client: &AdminClient, name: &str) -> Value {
+    let mut usage = client
+        .get(&format!("/admin/v1/pools/{name}"))
+        .await
+        .unwrap_or_default();
+    if let Value::Object(fields) = &mut usage {
+        fields.remove("pool");
+    }
+    usage
 }
 
 /// `sublet plan apply -f FILE`: every StoragePlan, StorageSchedule and ProviderPool document
@@ -404,21 +436,51 @@ fn resource_table(kind: Kind, items: &[Value]) -> String {
                 .collect(),
         ),
         Kind::ProviderPool => table(
-            &["NAME", "CLASS", "OWNER", "ENDPOINTS", "BUCKETS"],
+            &[
+                "NAME",
+                "CLASS",
+                "OWNER",
+                "ENDPOINTS",
+                "BUCKETS",
+                "SHARDS",
+                "STORED",
+                "DRAIN",
+            ],
             items
                 .iter()
                 .map(|p| {
                     let spec = &p["spec"];
+                    let status = &p["status"];
                     vec![
                         text(&p["metadata"]["name"]),
                         text(&spec["class"]),
                         text(&spec["owner"]),
                         spec["endpoints"].as_array().map_or(0, Vec::len).to_string(),
                         spec["buckets"].as_array().map_or(0, Vec::len).to_string(),
+                        text(&status["shards"]),
+                        status["bytes"]
+                            .as_u64()
+                            .map_or_else(|| "-".into(), human_bytes),
+                        drain_cell(status),
                     ]
                 })
                 .collect(),
         ),
+    }
+}
+
+/// The DRAIN column: `-` for a pool not draining, else its state and what is left, e.g.
+/// `draining, 120 shards left` or `blocked (see below)`.
+fn drain_cell(status: &Value) -> String {
+    let drain = &status["drain"];
+    let Some(state) = drain["state"].as_str() else {
+        return "-".into();
+    };
+    let left = status["shards"].as_u64().unwrap_or(0);
+    match state {
+        "drained" => "drained".into(),
+        "blocked" => format!("blocked, {left} shards left"),
+        other => format!("{other}, {left} shards left"),
     }
 }
 
@@ -537,6 +599,38 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME         SIZE\na            1\nlonger-name  22\n");
+    }
+
+    #[test]
+    fn pools_show_what_they_hold_and_how_a_drain_goes() {
+        let pool = |name: &str, status: Value| {
+            serde_json::json!({"metadata": {"name": name},
+                "spec": {"class": "owned", "endpoints": [{}]}, "status": status})
+        };
+        let out = resource_table(
+            Kind::ProviderPool,
+            &[
+                pool("home", serde_json::json!({"shards": 40, "bytes": 3 << 20})),
+                pool(
+                    "friends",
+                    serde_json::json!({"shards": 12, "bytes": 1 << 20,
+                        "drain": {"state": "draining", "plans": {"photos": 12}}}),
+                ),
+                pool(
+                    "old",
+                    serde_json::json!({"shards": 0, "bytes": 0, "drain": {"state": "drained"}}),
+                ),
+                pool("gone", Value::Null),
+            ],
+        );
+        assert_eq!(
+            out,
+            "NAME     CLASS  OWNER  ENDPOINTS  BUCKETS  SHARDS  STORED   DRAIN\n\
+             home     owned  -      1          0        40      3.0 MiB  -\n\
+             friends  owned  -      1          0        12      1.0 MiB  draining, 12 shards left\n\
+             old      owned  -      1          0        0       0 B      drained\n\
+             gone     owned  -      1          0        -       -        -\n"
+        );
     }
 
     #[test]

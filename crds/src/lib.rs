@@ -42,8 +42,8 @@ pub use plan::{
     StoragePlanSpec, StoragePlanStatus,
 };
 pub use pool::{
-    BucketMember, Endpoint, MarketPool, NodeSelector, NodeStorage, PoolClass, PoolMember,
-    PoolNodes, ProviderPool, ProviderPoolSpec, ProviderPoolStatus, VolumeClaimTemplate,
+    BucketMember, DrainProgress, Endpoint, MarketPool, NodeSelector, NodeStorage, PoolClass,
+    PoolMember, PoolNodes, ProviderPool, ProviderPoolSpec, ProviderPoolStatus, VolumeClaimTemplate,
 };
 pub use schedule::{
     Audit, LifecycleFilter, LifecycleRule, Rebuild, RebuildWindow, Scrub, StorageSchedule,

@@ -35,6 +35,12 @@ use crate::validate::{Problems, ValidationError, is_dns_label, is_endpoint_addre
     ),
     printcolumn(name = "Capacity", type_ = "string", json_path = ".status.capacity"),
     printcolumn(
+        name = "Drain",
+        type_ = "string",
+        description = "Draining, Drained or Blocked while the pool drains",
+        json_path = ".status.drain.state"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -59,8 +65,11 @@ pub struct ProviderPoolSpec {
     /// under a prefix; shards are encrypted before they leave the gateway, like everywhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<BucketMember>,
-    /// Move every shard off this pool (repair rewrites them elsewhere) and place no new ones
-    /// on it. The operator sets it in the gateway config while a deleted pool drains.
+    /// Move every shard off this pool to the pools the plans allow and place no new ones on
+    /// it; progress shows in `status.drain` and the `Draining` condition. A deleted pool
+    /// drains by itself before its finalizer lets it go. A plan that cannot place its stripes
+    /// without the pool (too few failure domains elsewhere, `minShards` here) blocks the drain
+    /// of its shards, and writes with it fail until the plan changes or the drain is undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<bool>,
     /// Lend the pool's in-cluster providers on the sublet market: each provider pod
@@ -260,6 +269,25 @@ pub struct ProviderPoolStatus {
     /// Free over total capacity of ready members, e.g. `1.2Ti/2Ti`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<String>,
+    /// While the pool drains (`spec.drain: true`, or deleted): what the namespace's gateways
+    /// still store on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainProgress>,
+}
+
+/// A draining pool's progress over every gateway of the namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainProgress {
+    /// `Draining` (shards moving), `Blocked` (a plan cannot place them elsewhere; see the
+    /// `Draining` condition) or `Drained` (nothing left: the providers may go).
+    pub state: String,
+    /// Shards still stored on the pool's providers.
+    #[serde(default)]
+    pub shards_left: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub bytes_left: u64,
 }
 
 /// One provider of a pool as last seen.

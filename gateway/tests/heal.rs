@@ -698,6 +698,139 @@ async fn changed_plans_reencode_their_objects() {
     }
 }
 
+/// A pool marked `drain: true`: new objects stay off it, the drain pass moves every shard
+/// it holds to the other pool (old copies retired, never deleted before the switch), the
+/// pool reports drained, and everything reads back with its providers gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_pool_gets_no_new_shards_and_drains_to_zero() {
+    use sublet_gateway::datapath::placement::{Site, Topology};
+    use sublet_gateway::upkeep::drain::{DrainState, drain_pass, drain_status};
+    use sublet_gateway::upkeep::repair::pool_usage;
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = erasure_plan(2, 1, 64 << 10);
+    let mut cluster = dev::start_cluster_with(
+        tmp.path(),
+        6,
+        vec![plan.clone()],
+        HashMap::from([("standard".to_owned(), RebuildPolicy::default())]),
+    )
+    .await
+    .unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let meta = Arc::clone(gateway.metadata());
+    let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
+    let old: HashSet<&str> = ids[..2].iter().map(String::as_str).collect();
+    let topology = Topology {
+        sites: ids
+            .iter()
+            .map(|id| Site {
+                node_id: id.clone(),
+                pool: if old.contains(id.as_str()) {
+                    "old"
+                } else {
+                    "home"
+                }
+                .into(),
+                zone: id.clone(),
+                owner: "me".into(),
+            })
+            .collect(),
+        rules: HashMap::new(),
+        draining: Default::default(),
+    };
+    let master = MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+    let master = Arc::new(master);
+    let node = |topology: Topology| {
+        Arc::new(
+            Node::new(
+                Arc::clone(&meta),
+                Arc::clone(&master),
+                vec![plan.clone()],
+                ids.iter().map(|id| gateway.backend(id).unwrap()).collect(),
+            )
+            .unwrap()
+            .with_placement(topology, Arc::clone(gateway.health()))
+            .unwrap()
+            .with_rebuild(HashMap::from([(
+                "standard".to_owned(),
+                RebuildPolicy::default(),
+            )])),
+        )
+    };
+    let before_drain = node(topology.clone());
+    let svc = dev::service(Arc::clone(&before_drain), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+    let mut bodies = HashMap::new();
+    for i in 0..8 {
+        let key = format!("obj-{i}");
+        let body = data(150_000 + i * 7_000, i);
+        let (s, b) = call(&svc, Method::PUT, &format!("/bkt/{key}"), body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        bodies.insert(key, body);
+    }
+    let (held, _) = pool_usage(&before_drain).unwrap()["old"];
+    assert!(held > 0, "some shards start in the old pool");
+    assert_eq!(drain_status(&before_drain, "old", held).unwrap(), None);
+
+    let mut draining = topology;
+    draining.draining.insert("old".into());
+    let drained = node(draining);
+    let status = drain_status(&drained, "old", held).unwrap().unwrap();
+    assert_eq!(status.state, DrainState::Draining, "{status:?}");
+    assert_eq!(status.plans["standard"], held);
+    // New objects stay off the draining pool.
+    let svc = dev::service(Arc::clone(&drained), None);
+    for i in 8..12 {
+        let key = format!("obj-{i}");
+        let body = data(150_000 + i * 7_000, i);
+        let (s, b) = call(&svc, Method::PUT, &format!("/bkt/{key}"), body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        bodies.insert(key, body);
+    }
+    assert_eq!(pool_usage(&drained).unwrap()["old"].0, held);
+
+    let repairer = Repairer::new(Arc::clone(&drained), None);
+    let first = drain_pass(&repairer, "old", 3).await.unwrap();
+    assert_eq!((first.examined, first.failed), (3, 0), "{first:?}");
+    let rest = drain_pass(&repairer, "old", 100).await.unwrap();
+    assert_eq!((rest.failed, rest.blocked), (0, 0), "{rest:?}");
+    assert_eq!(first.moved_shards + rest.moved_shards, held);
+    assert_eq!(pool_usage(&drained).unwrap()["old"], (0, 0));
+    let status = drain_status(&drained, "old", 0).unwrap().unwrap();
+    assert_eq!(status.state, DrainState::Drained, "{status:?}");
+    assert!(status.plans.is_empty(), "{status:?}");
+    // Nothing is forgotten before the switch: the old copies are retired, not deleted.
+    assert_eq!(drained.retired_shards().len() as u64, held);
+    // A drained pool is a no-op, and an undrained one refuses a pass.
+    let again = drain_pass(&repairer, "old", 100).await.unwrap();
+    assert_eq!(again.examined, 0, "{again:?}");
+    let err = drain_pass(&repairer, "home", 100).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pool home is not draining; set drain: true on it first"
+    );
+    // The old pool's providers go: every object still reads back byte for byte.
+    let mut kept = Vec::new();
+    for (n, p) in cluster.providers.drain(..).enumerate() {
+        if old.contains(cluster.probes[n].0.as_str()) {
+            p.shutdown().await;
+        } else {
+            kept.push(p);
+        }
+    }
+    for (k, body) in &bodies {
+        let (s, got) = call(&svc, Method::GET, &format!("/bkt/{k}"), vec![]).await;
+        assert_eq!(s, StatusCode::OK, "{k}");
+        assert!(got == *body, "{k} reads back byte for byte");
+    }
+    for p in kept {
+        p.shutdown().await;
+    }
+}
+
 /// A plan's placement rules change (a pool dropped from it): the shards in that pool are
 /// flagged by the re-encode pass and repair moves them to the pools the plan names now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -757,6 +890,7 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
                 ..PlacementRule::any()
             },
         )]),
+        draining: Default::default(),
     };
     let on_rented = |meta: &dyn MetadataStore| -> usize {
         bodies
@@ -806,12 +940,19 @@ async fn shards_move_off_a_pool_a_plan_no_longer_names() {
         .await
         .unwrap();
     assert_eq!(queue.examined, 0, "{queue:?}");
-    // The old copies are gone from the rented providers.
+    // The old copies stay on the rented providers, retired, only while reads that started
+    // before the switch may still stream them (freed after RETIRE_DELAY_MS); the metadata
+    // names none of them.
     let rented_dirs: Vec<_> = (0..6)
         .filter(|&n| !home.contains(cluster.probes[n].0.as_str()))
         .map(|n| tmp.path().join("providers").join(n.to_string()))
         .collect();
-    assert_eq!(shard_files(&rented_dirs), 0);
+    assert_eq!(
+        after.retired_shards().len(),
+        before,
+        "every moved shard is retired"
+    );
+    assert_eq!(shard_files(&rented_dirs), before);
     let again = sublet_gateway::upkeep::reencode::reencode_pass(&after, "standard", 100)
         .await
         .unwrap();

@@ -26,8 +26,10 @@
 //!
 //! `GET /admin/v1/pools/{pool}` answers `200` with what the gateway stores on a pool's
 //! providers, `{"pool": "home-lab", "shards": 120, "bytes": 2013265920}`, or `404` when it
-//! stores nothing there. A deleted pool is held by its finalizer until every gateway of the
-//! namespace reports 0 shards.
+//! stores nothing there. For a pool its config marks `drain: true` the answer adds
+//! `"drain": {"state": "draining" | "drained" | "blocked", "blocked": ["plan photos needs
+//! ..."], "plans": {"photos": 120}}`: [`PoolDrain`]. A deleted pool is held by its finalizer
+//! until every gateway of the namespace reports 0 shards.
 
 use std::time::Duration;
 
@@ -92,6 +94,23 @@ pub struct PoolUsage {
     /// Bytes of those shards.
     #[serde(default)]
     pub bytes: u64,
+    /// The drain's progress, when the gateway's config marks the pool `drain: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<PoolDrain>,
+}
+
+/// A gateway's view of a draining pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolDrain {
+    /// `draining`, `drained` or `blocked`.
+    pub state: String,
+    /// Why shards cannot move, one line per plan that keeps shards there.
+    #[serde(default)]
+    pub blocked: Vec<String>,
+    /// Shards left on the pool by plan.
+    #[serde(default)]
+    pub plans: std::collections::BTreeMap<String, u64>,
 }
 
 /// Reads plan health and pool usage from a gateway's admin API.
@@ -194,6 +213,20 @@ mod tests {
         );
         assert_eq!(health.shards.at_risk, 2);
         assert_eq!(health.stored_bytes, 78_643_200_000);
+    }
+
+    #[test]
+    fn drain_status_parses() {
+        let json = r#"{"pool": "friends", "shards": 12, "bytes": 4096,
+            "drain": {"state": "blocked", "blocked": ["plan photos needs 6 shards"], "plans": {"photos": 12}}}"#;
+        let usage: PoolUsage = serde_json::from_str(json).unwrap();
+        let drain = usage.drain.unwrap();
+        assert_eq!(drain.state, "blocked");
+        assert_eq!(drain.blocked, ["plan photos needs 6 shards"]);
+        assert_eq!(drain.plans["photos"], 12);
+        let plain: PoolUsage =
+            serde_json::from_str(r#"{"pool": "home", "shards": 0, "bytes": 0}"#).unwrap();
+        assert_eq!(plain.drain, None);
     }
 
     #[tokio::test]

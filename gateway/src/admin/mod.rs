@@ -3,7 +3,10 @@
 //!
 //! - `GET /admin/v1/plans/{plan}`: [`PlanHealth`]; 404 for a plan the gateway does not know.
 //! - `GET /admin/v1/pools/{pool}`: `{"pool", "shards", "bytes"}` stored on the pool's
-//!   providers; 404 for a pool the gateway does not know.
+//!   providers, and for a pool marked `drain: true` its progress under `drain`
+//!   ([`DrainStatus`]: `state` draining, drained or blocked, `blocked` naming each plan
+//!   that keeps shards there and why, shards left by plan); 404 for a pool the gateway
+//!   does not know.
 //! - `GET /admin/v1/plans/{plan}/lost?limit=N` (token): versions with fewer than dataShards
 //!   healthy shards, by bucket, key and version id (never hidden; the list says when it was
 //!   cut).
@@ -13,6 +16,9 @@
 //! - `POST /admin/v1/plans/{plan}/repair?limit=N&urgentOnly=BOOL`: runs one repair pass of
 //!   the plan now and answers its [`RepairReport`]; what `sublet repair` calls when it runs
 //!   as a Kubernetes Job.
+//! - `POST /admin/v1/pools/{pool}/drain?limit=N`: moves the shards of up to N versions (64
+//!   by default) off a draining pool now, what the background loop does every 30 seconds,
+//!   and answers a [`crate::upkeep::drain::DrainReport`]; 409 for a pool not draining.
 //! - `POST /admin/v1/plans/{plan}/reencode?limit=N`: rewrites up to N (200 by default)
 //!   objects stored under the plan's old redundancy or encryption now, and answers a
 //!   [`crate::upkeep::reencode::ReencodeReport`] (`outdated` counts them all).
@@ -55,6 +61,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::node::health::PlanHealth;
+use crate::upkeep::drain::DrainStatus;
 use crate::upkeep::repair::{PASS_LIMIT, RepairReport, Repairer};
 use crate::upkeep::snapshot::SnapshotSource;
 
@@ -119,6 +126,9 @@ pub struct PoolUsage {
     pub pool: String,
     pub shards: u64,
     pub bytes: u64,
+    /// Set while the pool is marked `drain: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
 }
 
 /// One entry of the lost list.
@@ -226,6 +236,7 @@ pub fn router(
     let guarded = axum::Router::new()
         .route("/admin/v1/plans/{plan}/lost", axum::routing::get(lost))
         .route("/admin/v1/plans/{plan}/repair", axum::routing::post(repair))
+        .route("/admin/v1/pools/{pool}/drain", axum::routing::post(drain))
         .route(
             "/admin/v1/plans/{plan}/reencode",
             axum::routing::post(reencode),
@@ -349,21 +360,48 @@ async fn repair(
 
 async fn pool(State(admin): State<Admin>, Path(pool): Path<String>) -> Response {
     let gateway = Arc::clone(&admin.gateway);
-    let usage = blocking(move || Ok(crate::upkeep::repair::pool_usage(&gateway)?)).await;
+    let usage = blocking(move || {
+        let usage = crate::upkeep::repair::pool_usage(&gateway)?;
+        let Some(&(shards, bytes)) = usage.get(&pool) else {
+            return Ok(Err(pool));
+        };
+        let drain = crate::upkeep::drain::drain_status(&gateway, &pool, shards)?;
+        Ok(Ok(PoolUsage {
+            pool,
+            shards,
+            bytes,
+            drain,
+        }))
+    })
+    .await;
     match usage {
-        Ok(usage) => match usage.get(&pool) {
-            Some(&(shards, bytes)) => Json(PoolUsage {
-                pool,
-                shards,
-                bytes,
-            })
-            .into_response(),
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("pool {pool} is not configured on this gateway; it stores nothing there"),
-            ),
-        },
+        Ok(Ok(usage)) => Json(usage).into_response(),
+        Ok(Err(pool)) => error(
+            StatusCode::NOT_FOUND,
+            format!("pool {pool} is not configured on this gateway; it stores nothing there"),
+        ),
         Err(r) => r,
+    }
+}
+
+async fn drain(
+    State(admin): State<Admin>,
+    Path(pool): Path<String>,
+    Query(q): Query<ReencodeQuery>,
+) -> Response {
+    if !admin.gateway.topology().draining.contains(&pool) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("pool {pool} is not draining; set drain: true on it first"),
+        );
+    }
+    let limit = q
+        .limit
+        .unwrap_or(crate::upkeep::drain::DRAIN_PER_PASS)
+        .max(1);
+    match crate::upkeep::drain::drain_pass(&admin.repairer, &pool, limit).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }
 

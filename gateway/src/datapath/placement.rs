@@ -3,7 +3,7 @@
 //! [`PlacementRule`] and the rest) lives in the `sublet-placement` crate, shared with the
 //! operator's feasibility check, and is re-exported here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -224,6 +224,9 @@ pub struct Topology {
     pub sites: Vec<Site>,
     /// Placement rules by plan name; plans without one use [`PlacementRule::any`].
     pub rules: HashMap<String, PlacementRule>,
+    /// Pools being drained (`drain: true`): no new shards go there, and the shards stored
+    /// there count as misplaced until the drain pass (`upkeep/drain.rs`) moves them.
+    pub draining: BTreeSet<String>,
 }
 
 impl Topology {
@@ -240,6 +243,7 @@ impl Topology {
                 })
                 .collect(),
             rules: HashMap::new(),
+            draining: BTreeSet::new(),
         }
     }
 
@@ -251,10 +255,26 @@ impl Topology {
             .unwrap_or_else(PlacementRule::any)
     }
 
-    /// Every provider with its current free space and health.
-    pub fn candidates(&self, health: &HealthBoard) -> Vec<Candidate> {
+    /// Whether `node` is a provider of a draining pool.
+    pub fn is_draining(&self, node: &str) -> bool {
+        !self.draining.is_empty()
+            && self
+                .sites
+                .iter()
+                .any(|s| s.node_id == node && self.draining.contains(&s.pool))
+    }
+
+    /// The sites of pools not draining: where shards may go.
+    pub fn placeable_sites(&self) -> impl Iterator<Item = &Site> {
         self.sites
             .iter()
+            .filter(|s| !self.draining.contains(&s.pool))
+    }
+
+    /// Every provider new shards may go to (draining pools left out) with its current free
+    /// space and health.
+    pub fn candidates(&self, health: &HealthBoard) -> Vec<Candidate> {
+        self.placeable_sites()
             .map(|site| Candidate {
                 site: site.clone(),
                 free_bytes: health.free_bytes(&site.node_id),
@@ -295,6 +315,24 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_draining_pool_is_no_candidate() {
+        let mut topology = Topology::flat(["a", "b"]);
+        topology.sites[1].pool = "old".into();
+        let board = HealthBoard::default();
+        assert_eq!(topology.candidates(&board).len(), 2);
+        topology.draining.insert("old".into());
+        let names: Vec<String> = topology
+            .candidates(&board)
+            .into_iter()
+            .map(|c| c.site.node_id)
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert!(topology.is_draining("b"));
+        assert!(!topology.is_draining("a"));
+        assert!(!topology.is_draining("unknown"));
     }
 
     #[test]

@@ -597,6 +597,24 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn user_usage(&self) -> Result<BTreeMap<String, Usage>> {
         Ok(BTreeMap::new())
     }
+    /// Up to `limit` versions with a shard on `provider` and a row id above `after`, in row
+    /// id order, each with its plan: how a drain walks a pool's shards.
+    fn versions_on(
+        &self,
+        _provider: &str,
+        _after: i64,
+        _limit: usize,
+    ) -> Result<Vec<(i64, String)>> {
+        Err(MetaError::Store(
+            "this store cannot list the versions on a provider".into(),
+        ))
+    }
+    /// Shards and their bytes on `provider`, by the plan of their versions.
+    fn provider_plans(&self, _provider: &str) -> Result<BTreeMap<String, (u64, u64)>> {
+        Err(MetaError::Store(
+            "this store cannot count a provider's shards by plan".into(),
+        ))
+    }
     /// Fails with `BucketNotEmpty` while any version or upload remains.
     fn delete_bucket(&self, name: &str) -> Result<()>;
     fn set_versioning(&self, name: &str, versioning: Versioning) -> Result<()>;

@@ -28,6 +28,19 @@ pub(super) const MARK_BAD_SHARD: &str = "UPDATE shards SET bad_since = COALESCE(
      WHERE version_seq = (SELECT seq FROM versions WHERE bucket = $1 AND key = $2 AND version_id = $3)
        AND piece = $4 AND segment = $5 AND idx = $6 AND shard_id = $8";
 
+/// Versions with a shard on one provider (`$1` node) and a row id above `$2`, in row id
+/// order, at most `$3`, with their plan: how a drain walks a pool's shards.
+pub(super) const VERSIONS_ON: &str = "SELECT DISTINCT s.version_seq, v.plan FROM shards s
+     JOIN versions v ON v.seq = s.version_seq
+     WHERE s.provider = $1 AND s.version_seq > $2
+     ORDER BY s.version_seq LIMIT $3";
+
+/// Shards and their bytes on one provider (`$1` node) by the plan of their versions.
+pub(super) const PROVIDER_PLANS: &str =
+    "SELECT v.plan, CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(s.length), 0) AS BIGINT)
+     FROM shards s JOIN versions v ON v.seq = s.version_seq
+     WHERE s.provider = $1 GROUP BY v.plan";
+
 /// Per-segment health of `plan`'s versions (`$1` plan, `$2` lost cut, `$3` grace ms): a shard
 /// is healthy when present, not flagged bad and its provider is known and not down since
 /// before the cut; reachable when also not down now. A version's health is that of its

@@ -149,7 +149,18 @@ pub fn topology(config: &Config, endpoints: &[ProviderEndpoint]) -> Topology {
             .iter()
             .map(|(name, plan)| (name.clone(), PlacementRule::from_spec(&plan.spec)))
             .collect(),
+        draining: draining_pools(config),
     }
+}
+
+/// The pools marked `drain: true`: no new shards go there and their shards are moved off.
+pub fn draining_pools(config: &Config) -> std::collections::BTreeSet<String> {
+    config
+        .pools
+        .iter()
+        .filter(|(_, pool)| pool.spec.drain == Some(true))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Where each bucket member of every pool sits, with its bucket (secret left empty).

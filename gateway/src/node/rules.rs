@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Node, Plan};
 use crate::datapath::layout::{Encryption, Layout};
-use crate::datapath::placement::{PlacementRule, Site};
+#[cfg(doc)]
+use crate::datapath::placement::PlacementRule;
+use crate::datapath::placement::Topology;
 use crate::error::{Error, Result};
 use crate::meta::{ObjectVersion, ShardPos};
 
@@ -159,21 +161,48 @@ pub fn conforms(layout: &Layout, plan: &Plan) -> bool {
     })
 }
 
-/// Shards of `layout` that break `rule` (see [`PlacementRule::misplaced`]), by position and id.
+/// Shards of `layout` that must move, by position and id: those that break `plan`'s
+/// placement rule as it stands now (see [`PlacementRule::misplaced`]), and every shard on a
+/// provider of a draining pool (which the rule is then judged without). Shards on a
+/// draining pool stay where they are when the rule cannot place a stripe without the
+/// draining pools (the drain is blocked for this plan): moving them would fail, and with
+/// them the repair of the stripe's lost shards.
 pub fn misplaced_shards(
     layout: &Layout,
-    rule: &PlacementRule,
-    sites: &[Site],
+    topology: &Topology,
+    plan: &str,
 ) -> Vec<(ShardPos, String)> {
+    let rule = topology.rule(plan);
+    let placeable: Vec<_> = if topology.draining.is_empty() {
+        Vec::new()
+    } else {
+        topology.placeable_sites().cloned().collect()
+    };
     let mut out = Vec::new();
     for (p, piece) in layout.pieces().enumerate() {
+        let drain = !topology.draining.is_empty()
+            && sublet_placement::feasible(&rule, &placeable, piece.scheme.width()).is_ok();
         for (g, segment) in piece.segments.iter().enumerate() {
+            let mut draining = Vec::new();
             let providers: Vec<Option<&str>> = segment
                 .shards
                 .iter()
-                .map(|s| (!s.is_missing()).then_some(s.provider.as_str()))
+                .enumerate()
+                .map(|(i, s)| {
+                    if s.is_missing() {
+                        None
+                    } else if drain && topology.is_draining(&s.provider) {
+                        draining.push(i);
+                        None
+                    } else {
+                        Some(s.provider.as_str())
+                    }
+                })
                 .collect();
-            for i in rule.misplaced(sites, &providers) {
+            let mut wrong = rule.misplaced(&topology.sites, &providers);
+            wrong.extend(draining);
+            wrong.sort_unstable();
+            for i in wrong {
                 out.push(((p, g, i), segment.shards[i].shard_id.clone()));
             }
         }
@@ -184,7 +213,83 @@ pub fn misplaced_shards(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::datapath::layout::{Scheme, Segment, ShardLocation};
+    use crate::datapath::placement::{PlacementRule, Site};
+
+    fn layout(providers: &[&str]) -> Layout {
+        Layout {
+            scheme: Scheme::Erasure { data: 2, parity: 2 },
+            encryption: Encryption::None,
+            segment_size: 1 << 16,
+            segments: vec![Segment {
+                plain_length: 10,
+                sealed_length: 10,
+                shards: providers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| ShardLocation {
+                        provider: (*p).into(),
+                        shard_id: format!("s{i}"),
+                        hash: String::new(),
+                        length: 5,
+                    })
+                    .collect(),
+            }],
+            inline: None,
+            parts: Vec::new(),
+        }
+    }
+
+    fn topology(draining: &[&str]) -> Topology {
+        let site = |node: &str, pool: &str, zone: &str| Site {
+            node_id: node.into(),
+            pool: pool.into(),
+            zone: zone.into(),
+            owner: "me".into(),
+        };
+        Topology {
+            sites: vec![
+                site("a", "home", "z1"),
+                site("b", "home", "z2"),
+                site("c", "friends", "z1"),
+                site("d", "friends", "z3"),
+                site("e", "home", "z4"),
+                site("f", "home", "z5"),
+            ],
+            rules: HashMap::from([(
+                "photos".to_owned(),
+                PlacementRule {
+                    spread_by: sublet_crds::SpreadBy::Zone,
+                    ..PlacementRule::any()
+                },
+            )]),
+            draining: draining.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_shard_on_a_draining_pool_must_move() {
+        // c shares zone z1 with a: misplaced by the rule alone.
+        let stripe = layout(&["a", "b", "c", "d"]);
+        let ids = |t: &Topology| -> Vec<String> {
+            misplaced_shards(&stripe, t, "photos")
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect()
+        };
+        assert_eq!(ids(&topology(&[])), ["s2"]);
+        assert_eq!(ids(&topology(&["friends"])), ["s2", "s3"]);
+        // Without "home" the stripe of 4 has 2 zones left: the drain is blocked for this
+        // plan, and its shards are judged by the rule alone (so a repair can still go on).
+        assert_eq!(ids(&topology(&["home"])), ["s2"]);
+        // A missing shard is repair's business, not a move.
+        assert!(
+            misplaced_shards(&layout(&["", "b"]), &topology(&["friends"]), "photos").is_empty()
+        );
+    }
 
     fn object(key: &str, size: u64, tags: &[(&str, &str)]) -> ObjectVersion {
         ObjectVersion {

@@ -102,6 +102,12 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
             stop.clone(),
         ),
         crate::upkeep::audit::spawn_loop(Arc::clone(&gateway), Some(metrics.clone()), stop.clone()),
+        crate::upkeep::drain::spawn_loop(
+            Arc::clone(&gateway),
+            Some(metrics.clone()),
+            crate::upkeep::drain::DRAIN_INTERVAL,
+            stop.clone(),
+        ),
         crate::upkeep::scrub::spawn_loop(
             Arc::clone(&gateway),
             Some(metrics.clone()),

@@ -1,6 +1,8 @@
-//! Keeping data alive: audits, scrubs, repairs, re-encoding, garbage collection, snapshots.
+//! Keeping data alive: audits, scrubs, repairs, re-encoding, draining pools, garbage
+//! collection, snapshots.
 
 pub mod audit;
+pub mod drain;
 pub mod lifecycle;
 pub mod reencode;
 pub mod repair;

@@ -74,7 +74,7 @@ pub struct Outdated {
 /// of the first `limit` other versions with shards that break the plan's placement
 /// rules and how many shards those are in all.
 pub async fn outdated_versions(node: &Node, plan: &Plan, limit: usize) -> anyhow::Result<Outdated> {
-    let rule = node.topology().rule(&plan.name);
+    let topology = node.topology();
     let mut out = Outdated::default();
     let mut after = 0;
     loop {
@@ -96,7 +96,7 @@ pub async fn outdated_versions(node: &Node, plan: &Plan, limit: usize) -> anyhow
                 }
                 continue;
             }
-            let wrong = misplaced_shards(layout, &rule, &node.topology().sites).len();
+            let wrong = misplaced_shards(layout, &topology, &plan.name).len();
             if wrong > 0 {
                 out.misplaced_shards += wrong as u64;
                 if out.misplaced.len() < limit {

@@ -340,14 +340,11 @@ impl Repairer {
         };
         let bad: HashSet<ShardPos> = bad.into_iter().collect();
         // Shards the plan's placement rules no longer allow where they are: moved too.
-        let misplaced: HashSet<ShardPos> = crate::node::rules::misplaced_shards(
-            &layout,
-            &self.gateway.topology().rule(plan),
-            &self.gateway.topology().sites,
-        )
-        .into_iter()
-        .map(|(pos, _)| pos)
-        .collect();
+        let misplaced: HashSet<ShardPos> =
+            crate::node::rules::misplaced_shards(&layout, &self.gateway.topology(), plan)
+                .into_iter()
+                .map(|(pos, _)| pos)
+                .collect();
         let (cut, _) = lost_cut(policy, now_ms());
         let state = |p: usize, g: usize, i: usize, loc: &ShardLocation| -> ShardState {
             if loc.is_missing() || bad.contains(&(p, g, i)) {
@@ -374,6 +371,9 @@ impl Repairer {
         let mut new_layout = layout.clone();
         let mut written: Vec<ShardLocation> = Vec::new();
         let mut replaced: Vec<ShardLocation> = Vec::new();
+        // Intact shards moved off (misplaced, or on a draining pool): reads that started
+        // before the switch may still stream them, so they are retired, not deleted.
+        let mut moved: Vec<ShardLocation> = Vec::new();
         // Kept until the swap below is done: garbage collection leaves the rebuilt shards.
         let mut in_flight = Vec::new();
         let result = self
@@ -386,6 +386,7 @@ impl Repairer {
                 pace,
                 &mut written,
                 &mut replaced,
+                &mut moved,
                 &mut in_flight,
             )
             .await;
@@ -406,6 +407,9 @@ impl Repairer {
                 // Best effort: corrupt copies on live providers go now, copies on lost
                 // providers are garbage once they come back.
                 delete_shards(&only(&replaced), backend_for).await;
+                if !moved.is_empty() {
+                    self.gateway.retire(only(&moved));
+                }
                 let bytes = written.iter().map(|s| s.length).sum();
                 Ok(Outcome::Repaired {
                     shards: written.len() as u64,
@@ -435,6 +439,7 @@ impl Repairer {
         pace: &Pace,
         written: &mut Vec<ShardLocation>,
         replaced: &mut Vec<ShardLocation>,
+        moved: &mut Vec<ShardLocation>,
         in_flight: &mut Vec<crate::node::inflight::WriteGuard>,
     ) -> anyhow::Result<()> {
         let topology = self.gateway.topology();
@@ -629,7 +634,9 @@ impl Repairer {
                     };
                     written.push(loc.clone());
                     let old = &segment.shards[i];
-                    if !old.is_missing() {
+                    if states[i] == ShardState::Misplaced {
+                        moved.push(old.clone());
+                    } else if !old.is_missing() {
                         replaced.push(old.clone());
                     }
                     set_shard(new_layout, p, g, i, loc);

@@ -9,8 +9,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use sublet_crds::{
-    ByteSize, Condition, PoolMember, ProviderPool, ProviderPoolStatus, StorageGateway,
-    set_condition,
+    ByteSize, Condition, DrainProgress, PoolMember, ProviderPool, ProviderPoolStatus,
+    StorageGateway, set_condition,
 };
 use tracing::info;
 
@@ -258,6 +258,13 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         condition.with_generation(&*pool),
         &now,
     );
+    if pool.spec.drain == Some(true) {
+        report_drain(&pool, &ctx, &mut status, &now).await?;
+    } else {
+        // A drain called off: its progress goes with it.
+        status.drain = None;
+        status.conditions.retain(|c| c.type_ != "Draining");
+    }
     patch_status(&ctx.client, &*pool, &status).await?;
     Ok(Action::requeue(RESYNC))
 }
@@ -281,6 +288,129 @@ async fn set_finalizers(pool: &ProviderPool, ctx: &Context, finalizers: Vec<Stri
     Ok(())
 }
 
+/// What the namespace's gateways store on a draining pool.
+#[derive(Debug, Default)]
+struct DrainSeen {
+    shards: u64,
+    bytes: u64,
+    /// One line per gateway still storing shards there, or that could not tell.
+    held: Vec<String>,
+    /// One line per gateway and plan that cannot move its shards off.
+    blocked: Vec<String>,
+}
+
+impl DrainSeen {
+    /// `Drained` once every gateway said it stores nothing there, `Blocked` when one said a
+    /// plan keeps shards there, else `Draining`.
+    fn state(&self) -> &'static str {
+        if self.held.is_empty() {
+            "Drained"
+        } else if self.blocked.is_empty() {
+            "Draining"
+        } else {
+            "Blocked"
+        }
+    }
+
+    /// The `Draining` condition: true while shards move, false once drained or blocked.
+    fn condition(&self) -> Condition {
+        match self.state() {
+            "Drained" => Condition::new(
+                "Draining",
+                false,
+                "Drained",
+                "no gateway stores shards here any more; the providers may go",
+            ),
+            "Blocked" => Condition::new(
+                "Draining",
+                false,
+                "Blocked",
+                format!(
+                    "{} cannot move: {}",
+                    super::counted(self.shards, "shard", "shards"),
+                    self.blocked.join("; ")
+                ),
+            ),
+            _ => Condition::new(
+                "Draining",
+                true,
+                "Draining",
+                format!(
+                    "{}; the gateways move the shards to the pools the plans allow",
+                    self.held.join("; ")
+                ),
+            ),
+        }
+    }
+
+    fn progress(&self) -> DrainProgress {
+        DrainProgress {
+            state: self.state().to_owned(),
+            shards_left: self.shards,
+            bytes_left: self.bytes,
+        }
+    }
+}
+
+/// Asks every gateway of the pool's namespace what it stores on the pool.
+async fn drain_seen(pool: &ProviderPool, ctx: &Context) -> Result<DrainSeen> {
+    let name = pool.name_any();
+    let gateways: Vec<StorageGateway> = list_all(&ctx.client, &namespace_of(pool)?).await?;
+    let mut seen = DrainSeen::default();
+    for gateway in &gateways {
+        let gateway_name = gateway.name_any();
+        match ctx.admin.pool_usage(&admin_url(gateway)?, &name).await {
+            Ok(usage) => {
+                seen.shards += usage.shards;
+                seen.bytes += usage.bytes;
+                if usage.shards > 0 {
+                    seen.held.push(format!(
+                        "StorageGateway {gateway_name} stores {} ({}) here",
+                        super::counted(usage.shards, "shard", "shards"),
+                        human_bytes(usage.bytes)
+                    ));
+                    for reason in usage.drain.iter().flat_map(|d| &d.blocked) {
+                        seen.blocked
+                            .push(format!("StorageGateway {gateway_name}: {reason}"));
+                    }
+                }
+            }
+            Err(err) => seen.held.push(format!(
+                "StorageGateway {gateway_name} cannot tell what it stores here ({err})"
+            )),
+        }
+    }
+    Ok(seen)
+}
+
+/// Reports a pool marked `drain: true` (not deleted): progress in `status.drain` and the
+/// `Draining` condition; an Event when the drain gets blocked.
+async fn report_drain(
+    pool: &ProviderPool,
+    ctx: &Context,
+    status: &mut ProviderPoolStatus,
+    now: &str,
+) -> Result<()> {
+    let seen = drain_seen(pool, ctx).await?;
+    let condition = seen.condition().with_generation(pool);
+    let newly_blocked = seen.state() == "Blocked"
+        && sublet_crds::find_condition(&status.conditions, "Draining")
+            .is_none_or(|c| c.reason != "Blocked" || c.message != condition.message);
+    if newly_blocked {
+        ctx.event(
+            pool,
+            EventType::Warning,
+            "DrainBlocked",
+            condition.message.clone(),
+            "Drain",
+        )
+        .await;
+    }
+    status.drain = Some(seen.progress());
+    set_condition(&mut status.conditions, condition, now);
+    Ok(())
+}
+
 /// A deleted pool: its providers keep running (the finalizer holds the owner references)
 /// while the gateways, told by `drain: true` in their config, move its shards elsewhere.
 /// Once every gateway of the namespace reports no shards on it, the finalizer goes.
@@ -294,24 +424,8 @@ async fn drain(
         return Ok(Action::await_change());
     }
     let name = pool.name_any();
-    let gateways: Vec<StorageGateway> = list_all(&ctx.client, &namespace_of(pool)?).await?;
-    let mut held = Vec::new();
-    for gateway in &gateways {
-        match ctx.admin.pool_usage(&admin_url(gateway)?, &name).await {
-            Ok(usage) if usage.shards == 0 => {}
-            Ok(usage) => held.push(format!(
-                "StorageGateway {} stores {} ({}) here",
-                gateway.name_any(),
-                super::counted(usage.shards, "shard", "shards"),
-                human_bytes(usage.bytes)
-            )),
-            Err(err) => held.push(format!(
-                "StorageGateway {} cannot tell what it stores here ({err})",
-                gateway.name_any()
-            )),
-        }
-    }
-    if held.is_empty() {
+    let seen = drain_seen(pool, ctx).await?;
+    if seen.held.is_empty() {
         let finalizers = pool
             .finalizers()
             .iter()
@@ -322,21 +436,44 @@ async fn drain(
         info!(pool = %name, "pool drained; its providers go");
         return Ok(Action::await_change());
     }
-    let message = format!(
-        "deleting: {}; repair moves the shards to other pools before the providers go \
-         (remove finalizer {FINALIZER} to delete now and lose them)",
-        held.join("; ")
-    );
+    let message = if seen.blocked.is_empty() {
+        format!(
+            "deleting: {}; repair moves the shards to other pools before the providers go \
+             (remove finalizer {FINALIZER} to delete now and lose them)",
+            seen.held.join("; ")
+        )
+    } else {
+        format!(
+            "deleting, but the drain is blocked: {}; change those plans, or remove finalizer \
+             {FINALIZER} to delete now and lose the shards",
+            seen.blocked.join("; ")
+        )
+    };
     let changed = ready_changed(&status.conditions, false, &message);
+    let reason = if seen.blocked.is_empty() {
+        "Draining"
+    } else {
+        "DrainBlocked"
+    };
     set_condition(
         &mut status.conditions,
-        Condition::new("Ready", false, "Draining", message.clone()).with_generation(pool),
+        Condition::new("Ready", false, reason, message.clone()).with_generation(pool),
+        now,
+    );
+    status.drain = Some(seen.progress());
+    set_condition(
+        &mut status.conditions,
+        seen.condition().with_generation(pool),
         now,
     );
     patch_status(&ctx.client, pool, &status).await?;
     if changed {
-        ctx.event(pool, EventType::Normal, "Draining", message, "Drain")
-            .await;
+        let kind = if seen.blocked.is_empty() {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        ctx.event(pool, kind, reason, message, "Drain").await;
     }
     Ok(Action::requeue(RESYNC))
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::Context;
 use crate::Result;
-use crate::admin::{AdminApi, PlanHealth, PoolUsage, RepairQueue};
+use crate::admin::{AdminApi, PlanHealth, PoolDrain, PoolUsage, RepairQueue};
 use crate::metrics::Metrics;
 use crate::render::Images;
 use crate::testing::{NS, gateway, plan, pool, pool_member, schedule};
@@ -25,6 +25,8 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 struct MockAdmin {
     health: PlanHealth,
     pool_shards: u64,
+    /// What every gateway says of a draining pool.
+    drain: Option<PoolDrain>,
     asked: Mutex<Vec<(String, String)>>,
 }
 
@@ -50,6 +52,7 @@ impl AdminApi for MockAdmin {
             pool: pool.to_owned(),
             shards: self.pool_shards,
             bytes: self.pool_shards << 20,
+            drain: self.drain.clone(),
         })
     }
 }
@@ -923,6 +926,59 @@ async fn deleting_a_pool_with_shards_is_held_by_its_finalizer() {
 }
 
 #[tokio::test]
+async fn a_deleted_pool_whose_drain_is_blocked_says_which_plan_holds_it() {
+    let admin = Arc::new(MockAdmin {
+        pool_shards: 12,
+        drain: Some(PoolDrain {
+            state: "blocked".into(),
+            blocked: vec!["plan photos needs 2 shards of every stripe in pool home-lab".into()],
+            ..PoolDrain::default()
+        }),
+        ..MockAdmin::default()
+    });
+    let (ctx, mut api) = context(admin);
+    let home = deleted_pool();
+    let echo = serde_json::to_value(&home).unwrap();
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["reason"], "DrainBlocked");
+        assert_eq!(event.body["type"], "Warning");
+        event.echo();
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(home), ctx)),
+        scenario,
+    )
+    .await;
+    let ready = &body["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "DrainBlocked");
+    assert_eq!(
+        ready["message"],
+        "deleting, but the drain is blocked: StorageGateway s3: plan photos needs 2 shards of every stripe in pool home-lab; change those plans, or remove finalizer sublet.dev/drain to delete now and lose the shards"
+    );
+    assert_eq!(body["status"]["drain"]["state"], "Blocked");
+    assert_eq!(body["status"]["conditions"][1]["reason"], "Blocked");
+}
+
+#[tokio::test]
 async fn drained_pool_releases_its_finalizer_and_keeps_the_others() {
     let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
     let home = deleted_pool();
@@ -947,6 +1003,128 @@ async fn drained_pool_releases_its_finalizer_and_keeps_the_others() {
     let action = super::pool::reconcile(Arc::new(home), ctx).await.unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     scenario.await.unwrap();
+}
+
+/// Reconciles pool `friends`, marked `drain: true`, with one gateway answering `admin`;
+/// expects an Event when `event` names its reason, and answers the status written.
+async fn reconcile_draining_pool(admin: MockAdmin, event: Option<&'static str>) -> Value {
+    let (ctx, mut api) = context(Arc::new(admin));
+    let mut friends = pool(
+        "friends",
+        "class: owned\ndrain: true\nendpoints: [{name: nas, address: \"nas:7480\", nodeId: abc}]",
+    );
+    friends.metadata.finalizers = Some(vec!["sublet.dev/drain".into()]);
+    let echo = serde_json::to_value(&friends).unwrap();
+    let gateways = vec![serde_json::to_value(gateway("s3", "defaultPlan: photos")).unwrap()];
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{SUBLET}/storagegateways"))
+            .await
+            .ok(&list("StorageGateway", gateways));
+        if let Some(reason) = event {
+            let seen = expect(
+                &mut api,
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/storage/events",
+            )
+            .await;
+            assert_eq!(seen.body["reason"], reason);
+            assert_eq!(seen.body["type"], "Warning");
+            seen.echo();
+        }
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/friends/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(friends), ctx)),
+        scenario,
+    )
+    .await;
+    body["status"].clone()
+}
+
+#[tokio::test]
+async fn a_draining_pool_shows_what_is_left_and_when_it_is_drained() {
+    let status = reconcile_draining_pool(
+        MockAdmin {
+            pool_shards: 120,
+            drain: Some(PoolDrain {
+                state: "draining".into(),
+                ..PoolDrain::default()
+            }),
+            ..MockAdmin::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(
+        status["drain"],
+        json!({"state": "Draining", "shardsLeft": 120, "bytesLeft": 120u64 << 20})
+    );
+    let draining = &status["conditions"][1];
+    assert_eq!(draining["type"], "Draining");
+    assert_eq!(draining["status"], "True");
+    assert_eq!(draining["reason"], "Draining");
+    assert_eq!(draining["observedGeneration"], 1);
+    assert_eq!(
+        draining["message"],
+        "StorageGateway s3 stores 120 shards (120Mi) here; the gateways move the shards to the pools the plans allow"
+    );
+    // Ready still says how the providers are: a draining pool keeps serving reads.
+    assert_eq!(status["conditions"][0]["type"], "Ready");
+    assert_eq!(status["conditions"][0]["status"], "True");
+
+    let status = reconcile_draining_pool(
+        MockAdmin {
+            drain: Some(PoolDrain {
+                state: "drained".into(),
+                ..PoolDrain::default()
+            }),
+            ..MockAdmin::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(
+        status["drain"],
+        json!({"state": "Drained", "shardsLeft": 0, "bytesLeft": 0})
+    );
+    assert_eq!(status["conditions"][1]["status"], "False");
+    assert_eq!(status["conditions"][1]["reason"], "Drained");
+}
+
+#[tokio::test]
+async fn a_drain_no_plan_can_take_is_blocked_naming_the_plan() {
+    let why = "plan photos places 6 shards per stripe, but the 5 providers of the pools it allows outside draining pools can hold 5 (at most 1 per node); add providers to another pool the plan allows, or lower its redundancy";
+    let status = reconcile_draining_pool(
+        MockAdmin {
+            pool_shards: 12,
+            drain: Some(PoolDrain {
+                state: "blocked".into(),
+                blocked: vec![why.into()],
+                plans: [("photos".to_owned(), 12)].into(),
+            }),
+            ..MockAdmin::default()
+        },
+        Some("DrainBlocked"),
+    )
+    .await;
+    assert_eq!(status["drain"]["state"], "Blocked");
+    let blocked = &status["conditions"][1];
+    assert_eq!(
+        (&blocked["type"], &blocked["status"], &blocked["reason"]),
+        (&json!("Draining"), &json!("False"), &json!("Blocked"))
+    );
+    assert_eq!(
+        blocked["message"],
+        format!("12 shards cannot move: StorageGateway s3: {why}")
+    );
 }
 
 #[tokio::test]

@@ -42,6 +42,7 @@ pub(super) fn policy_set(config: &Config, gateway: &Node) -> anyhow::Result<Poli
                 )
             })
             .collect(),
+        draining: crate::node::config::draining_pools(config),
     };
     Ok(PolicySet {
         plans,

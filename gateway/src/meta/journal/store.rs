@@ -221,6 +221,12 @@ impl MetadataStore for JournaledStore {
     fn user_usage(&self) -> Result<BTreeMap<String, Usage>> {
         self.inner.user_usage()
     }
+    fn versions_on(&self, provider: &str, after: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.inner.versions_on(provider, after, limit)
+    }
+    fn provider_plans(&self, provider: &str) -> Result<BTreeMap<String, (u64, u64)>> {
+        self.inner.provider_plans(provider)
+    }
     fn delete_bucket(&self, name: &str) -> Result<()> {
         self.logged(
             |s| s.delete_bucket(name),

@@ -411,6 +411,43 @@ pub(super) fn provider_usage(s: &PostgresStore) -> Result<BTreeMap<String, (u64,
     })
 }
 
+pub(super) fn versions_on(
+    s: &PostgresStore,
+    provider: &str,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<(i64, String)>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    s.run_aggregate(|c| {
+        c.query(queue::VERSIONS_ON, &[&provider, &after, &limit])
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| Ok((r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?)))
+            .collect()
+    })
+}
+
+pub(super) fn provider_plans(
+    s: &PostgresStore,
+    provider: &str,
+) -> Result<BTreeMap<String, (u64, u64)>> {
+    s.run_aggregate(|c| {
+        c.query(queue::PROVIDER_PLANS, &[&provider])
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(pg_err)?,
+                    (
+                        count(r.try_get(1).map_err(pg_err)?),
+                        count(r.try_get(2).map_err(pg_err)?),
+                    ),
+                ))
+            })
+            .collect()
+    })
+}
+
 pub(super) fn claim_repair(
     s: &PostgresStore,
     seq: i64,

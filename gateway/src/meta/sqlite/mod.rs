@@ -439,6 +439,14 @@ impl MetadataStore for SqliteStore {
         users::user_usage(self)
     }
 
+    fn versions_on(&self, provider: &str, after: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        shards::versions_on(self, provider, after, limit)
+    }
+
+    fn provider_plans(&self, provider: &str) -> Result<BTreeMap<String, (u64, u64)>> {
+        shards::provider_plans(self, provider)
+    }
+
     fn delete_bucket(&self, name: &str) -> Result<()> {
         buckets::delete_bucket(self, name)
     }

@@ -397,3 +397,38 @@ pub(super) fn provider_usage(s: &SqliteStore) -> Result<BTreeMap<String, (u64, u
         .map_err(store_err)?;
     rows.collect::<rusqlite::Result<_>>().map_err(store_err)
 }
+
+pub(super) fn versions_on(
+    s: &SqliteStore,
+    provider: &str,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<(i64, String)>> {
+    let conn = s.reader();
+    let mut stmt = conn
+        .prepare_cached(&sql(queue::VERSIONS_ON))
+        .map_err(store_err)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt
+        .query_map(params![provider, after, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(store_err)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+}
+
+pub(super) fn provider_plans(
+    s: &SqliteStore,
+    provider: &str,
+) -> Result<BTreeMap<String, (u64, u64)>> {
+    let conn = s.reader();
+    let mut stmt = conn
+        .prepare_cached(&sql(queue::PROVIDER_PLANS))
+        .map_err(store_err)?;
+    let rows = stmt
+        .query_map(params![provider], |r| {
+            Ok((r.get::<_, String>(0)?, (count(r.get(1)?), count(r.get(2)?))))
+        })
+        .map_err(store_err)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(store_err)
+}
