@@ -308,8 +308,8 @@ async fn big_bodies_of_strangers_are_refused_unread() {
     // What the loopback socket buffers hold, at most, beyond what the gateway read.
     const SMALL: u64 = 24 << 20;
 
-    // An anonymous browser-form upload: s3s would read its file into memory, up to 5 GB,
-    // before asking who sent it.
+    // An anonymous browser-form upload: its fields are read (at most 20 KiB), its file
+    // never is.
     let boundary = "----sublet";
     let form_head = format!(
         "--{boundary}\r\ncontent-disposition: form-data; name=\"key\"\r\n\r\nbig.bin\r\n\
@@ -322,11 +322,50 @@ async fn big_bodies_of_strangers_are_refused_unread() {
         BIG + form_head.len() as u64
     );
     let (reply, taken) = flood(addr, head, BIG).await;
-    assert_eq!(reply.status, 501, "{}", reply.text());
-    assert!(reply.text().contains("form uploads"), "{}", reply.text());
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(reply.text().contains("AccessDenied"), "{}", reply.text());
     assert!(
         taken < SMALL,
         "the gateway took {taken} bytes of a form upload"
+    );
+    // A form signed with a forged signature: refused once its fields are read.
+    use base64::Engine;
+    let policy = base64::engine::general_purpose::STANDARD
+        .encode(r#"{"expiration":"2099-01-01T00:00:00.000Z","conditions":[]}"#);
+    let field = |name: &str, value: &str| {
+        format!("--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+    };
+    let date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let form_head = [
+        field("key", "big.bin"),
+        field("policy", &policy),
+        field("x-amz-algorithm", "AWS4-HMAC-SHA256"),
+        field(
+            "x-amz-credential",
+            &format!("admin/{}/us-east-1/s3/aws4_request", &date[..8]),
+        ),
+        field("x-amz-date", &date),
+        field("x-amz-signature", &"0".repeat(64)),
+        format!(
+            "--{boundary}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n"
+        ),
+    ]
+    .concat();
+    let head = format!(
+        "POST /open HTTP/1.1\r\nhost: localhost\r\ncontent-type: multipart/form-data; \
+         boundary={boundary}\r\ncontent-length: {}\r\n\r\n{form_head}",
+        BIG + form_head.len() as u64
+    );
+    let (reply, taken) = flood(addr, head, BIG).await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(
+        reply.text().contains("SignatureDoesNotMatch"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        taken < SMALL,
+        "the gateway took {taken} bytes of a badly signed form upload"
     );
 
     // An anonymous PUT, and one signed with a key the gateway does not know the secret of.

@@ -8,8 +8,8 @@
 //!
 //! Some requests are refused before s3s sees them ([`refuse_unread`]), for what s3s would
 //! do with them before any signature is checked: Signature Version 2 (no clock-skew bound,
-//! so a captured request replays forever) and browser form uploads (whose file s3s reads
-//! into memory before the access check).
+//! so a captured request replays forever) and POST bodies of multipart types other than
+//! browser forms (`s3/post.rs` serves those).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -351,8 +351,8 @@ impl S3Access for KeyRing {
 
 /// Why a request is refused before anything of its body is read, if it is: signed with
 /// Signature Version 2 (an `Authorization: AWS key:signature` header, or `Signature` /
-/// `AWSAccessKeyId` in the query), or a `multipart/form-data` POST (a browser form upload,
-/// which sublet does not serve and s3s would buffer before checking who sent it).
+/// `AWSAccessKeyId` in the query), or a POST of a multipart type other than
+/// `multipart/form-data` (browser form uploads are served: `s3/post.rs`).
 pub fn refuse_unread<B>(req: &http::Request<B>) -> Option<s3s::S3Error> {
     let headers = req.headers();
     let v2_header = headers
@@ -372,18 +372,16 @@ pub fn refuse_unread<B>(req: &http::Request<B>) -> Option<s3s::S3Error> {
              request could be replayed); sign requests with AWS4-HMAC-SHA256 (Signature Version 4)",
         ));
     }
-    let form = req.method() == http::Method::POST
+    let other_multipart = req.method() == http::Method::POST
         && headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
-            v.as_bytes()
-                .to_ascii_lowercase()
-                .windows(9)
-                .any(|w| w == b"multipart")
+            let v = v.as_bytes().to_ascii_lowercase();
+            v.starts_with(b"multipart/") && !v.starts_with(b"multipart/form-data")
         });
-    if form {
+    if other_multipart {
         return Some(s3s::S3Error::with_message(
             s3s::S3ErrorCode::NotImplemented,
-            "browser form uploads (POST with multipart/form-data) are not supported; upload with \
-             PUT (PutObject or multipart uploads), e.g. with a presigned URL",
+            "POST bodies of multipart types other than multipart/form-data are not served; \
+             browser form uploads send multipart/form-data",
         ));
     }
     None
@@ -463,12 +461,8 @@ mod tests {
     }
 
     #[test]
-    fn form_uploads_are_refused_before_their_body_is_read() {
-        for content_type in [
-            "multipart/form-data; boundary=xyz",
-            "Multipart/Form-Data;boundary=xyz",
-            "multipart/mixed",
-        ] {
+    fn only_form_data_posts_reach_s3s() {
+        for content_type in ["multipart/mixed", "Multipart/Related; boundary=xyz"] {
             let req = request("POST", "/bucket", &[("content-type", content_type)]);
             let e = refuse_unread(&req).unwrap();
             assert_eq!(
@@ -476,6 +470,13 @@ mod tests {
                 s3s::S3ErrorCode::NotImplemented,
                 "{content_type}"
             );
+        }
+        for content_type in [
+            "multipart/form-data; boundary=xyz",
+            "Multipart/Form-Data;boundary=xyz",
+        ] {
+            let req = request("POST", "/bucket", &[("content-type", content_type)]);
+            assert!(refuse_unread(&req).is_none(), "{content_type}");
         }
         // A PUT may carry any content type: it is the object's.
         let req = request("PUT", "/b/k", &[("content-type", "multipart/form-data")]);

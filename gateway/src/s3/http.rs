@@ -16,18 +16,20 @@ use s3s::{HttpError, HttpRequest, HttpResponse};
 
 use crate::meta::journal::Journal;
 use crate::metrics::{Metrics, OperationSlot};
+use crate::node::Node;
+use crate::s3::cors::{self, Preflight};
 
-/// The limits s3s parses requests with, set here rather than left to s3s's defaults (which
-/// let a browser form upload carry a 5 GB file read into memory). Form uploads never reach
-/// s3s ([`crate::s3::auth::refuse_unread`]); these bound them should one ever get through.
+/// The limits s3s parses requests with, set here rather than left to s3s's defaults.
 pub fn s3s_config() -> S3Config {
     let mut config = S3Config::default();
     // XML bodies (DeleteObjects, CompleteMultipartUpload, lifecycle rules) are read whole,
     // after the access check: 1000 keys of 1 KiB, escaped, or 10,000 parts with checksums fit.
     config.xml_max_body_size = 8 << 20;
-    config.post_object_max_file_size = 0;
-    config.form_max_field_size = 16 << 10;
-    config.form_max_fields_size = 64 << 10;
+    // Browser form uploads (`s3/post.rs`): the fields before the file are read whole (S3's
+    // 20 KB), the file streams (patched s3s) up to S3's 5 GB for a single upload.
+    config.post_object_max_file_size = 5 << 30;
+    config.form_max_field_size = crate::s3::post::MAX_FORM_FIELDS;
+    config.form_max_fields_size = crate::s3::post::MAX_FORM_FIELDS;
     config.form_max_parts = 64;
     config.presigned_url_max_skew_time_secs = 900;
     config
@@ -40,6 +42,8 @@ pub struct MeteredService {
     metrics: Metrics,
     journal: Option<Arc<Journal>>,
     body_timeout: Duration,
+    /// Whose buckets' CORS rules answer preflights and mark cross-origin answers.
+    node: Option<Arc<Node>>,
 }
 
 impl MeteredService {
@@ -49,7 +53,15 @@ impl MeteredService {
             metrics,
             journal: None,
             body_timeout: sublet_crds::ClientLimits::DEFAULT_BODY_TIMEOUT,
+            node: None,
         }
+    }
+
+    /// Answers CORS preflights (`OPTIONS`) from the rules of `node`'s buckets, before s3s
+    /// (they are never signed), and adds CORS headers to cross-origin answers.
+    pub fn with_cors(mut self, node: Arc<Node>) -> Self {
+        self.node = Some(node);
+        self
     }
 
     /// Ends a request whose body sends nothing for `timeout` while the gateway waits for
@@ -86,13 +98,31 @@ impl MeteredService {
         req.extensions_mut()
             .insert(s3s::RequestId(request_id.clone()));
         let received = declared_length(req.headers(), true);
-        let changes = !matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-        let mut result = match crate::s3::auth::refuse_unread(&req) {
-            Some(refusal) => {
+        let changes = !matches!(
+            *req.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let origin = req
+            .headers()
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let preflight = match &self.node {
+            Some(node) if method == http::Method::OPTIONS => {
+                slot.set("PreflightCors");
+                Some(preflight_answer(node, &path, req.headers(), &request_id).await)
+            }
+            _ => None,
+        };
+        let mut result = match (preflight, crate::s3::auth::refuse_unread(&req)) {
+            (Some(answer), _) => Ok(answer),
+            (None, Some(refusal)) => {
                 tracing::info!(method = %req.method(), reason = ?refusal.message(), %request_id, "refused unread");
                 Ok(error_answer(&refusal, &request_id))
             }
-            None => self.inner.call(req).await,
+            (None, None) => self.inner.call(req).await,
         };
         if let Some(fault) = fault.get() {
             tracing::info!(reason = %fault, "a request body was cut off");
@@ -113,6 +143,11 @@ impl MeteredService {
             }
             if let Ok(id) = http::HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert("x-amz-request-id", id);
+            }
+            if let (Some(node), Some(origin)) = (&self.node, &origin)
+                && method != http::Method::OPTIONS
+            {
+                cors::add_headers(node, &method, &path, origin, response.headers_mut()).await;
             }
         }
         // Requests refused before s3s resolved an operation (bad signature, bad path).
@@ -146,6 +181,39 @@ fn journal_unavailable(message: &str, request_id: &str) -> HttpResponse {
         &s3s::S3Error::with_message(s3s::S3ErrorCode::ServiceUnavailable, message.to_owned()),
         request_id,
     )
+}
+
+/// The answer to a preflight: the allowing rule's headers, or S3's refusal.
+async fn preflight_answer(
+    node: &Node,
+    path: &str,
+    headers: &http::HeaderMap,
+    request_id: &str,
+) -> HttpResponse {
+    let decided = match cors::answer_preflight(node, path, headers).await {
+        Ok(decided) => decided,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading CORS rules failed");
+            return error_answer(&s3s::S3Error::from(e), request_id);
+        }
+    };
+    match decided {
+        Preflight::Allowed(pairs) => {
+            let mut response = HttpResponse::new(s3s::Body::empty());
+            for (name, value) in pairs {
+                if let Ok(value) = http::HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
+        Preflight::Refused(status, code, message) => {
+            let mut error =
+                s3s::S3Error::with_message(s3s::S3ErrorCode::Custom(code.into()), message);
+            error.set_status_code(status);
+            error_answer(&error, request_id)
+        }
+    }
 }
 
 /// A request id as S3 writes them: 16 upper-case hex digits, random.

@@ -141,7 +141,7 @@ impl PostPolicy {
                 return Err(S3Error::with_message(
                     S3ErrorCode::AccessDenied,
                     format!(
-                        "Each form field that you specify in a form must appear in the list \
+                        "Invalid according to Policy: Extra input fields: {name}. Each form field that you specify in a form must appear in the list \
                          of policy conditions. \"{name}\" not specified in the policy."
                     ),
                 ));
@@ -149,6 +149,16 @@ impl PostPolicy {
         }
 
         Ok(())
+    }
+
+    /// [`Self::validate_conditions_only`] without `content-length-range`, for a file not read
+    /// yet (sublet patch: the file is streamed; its handler checks the range).
+    ///
+    /// # Errors
+    /// As [`Self::validate_conditions_only`].
+    pub(crate) fn validate_fields_only(&self, multipart: &Multipart, url_bucket: Option<&str>) -> S3Result<()> {
+        let (min, _) = self.content_length_range().unwrap_or((0, u64::MAX));
+        self.validate_conditions_only(multipart, min, url_bucket)
     }
 
     /// Returns true if the given form field is exempt from the policy condition requirement.
@@ -179,10 +189,11 @@ impl PostPolicy {
             PostPolicyCondition::Eq { field, value } => {
                 let actual = Self::get_field_value(field, multipart, url_bucket)?;
                 if actual.as_deref() != Some(value.as_str()) {
+                    // sublet patch: S3's code and wording (AccessDenied, "Invalid according to Policy").
                     return Err(S3Error::with_message(
-                        S3ErrorCode::InvalidPolicyDocument,
+                        S3ErrorCode::AccessDenied,
                         format!(
-                            "Policy condition 'eq' for field '{field}' failed: expected '{value}', got '{}'",
+                            "Invalid according to Policy: Policy Condition failed: [\"eq\", \"${field}\", \"{value}\"] (got '{}')",
                             actual.as_deref().unwrap_or_default()
                         ),
                     ));
@@ -193,9 +204,9 @@ impl PostPolicy {
                 let actual_str = actual.as_deref().unwrap_or("");
                 if !actual_str.starts_with(prefix.as_str()) {
                     return Err(S3Error::with_message(
-                        S3ErrorCode::InvalidPolicyDocument,
+                        S3ErrorCode::AccessDenied,
                         format!(
-                            "Policy condition 'starts-with' for field '{field}' failed: expected prefix '{prefix}', got '{actual_str}'"
+                            "Invalid according to Policy: Policy Condition failed: [\"starts-with\", \"${field}\", \"{prefix}\"] (got '{actual_str}')"
                         ),
                     ));
                 }

@@ -138,11 +138,13 @@ where
     }
 }
 
+#[allow(dead_code)] // sublet patch: POST Object streams its file (http::BoundedFileStream)
 pub(crate) struct VecByteStream {
     queue: VecDeque<Bytes>,
     remaining_bytes: usize,
 }
 
+#[allow(dead_code)]
 impl VecByteStream {
     pub fn new(v: Vec<Bytes>) -> Self {
         let total = v

@@ -37949,7 +37949,7 @@ pub(crate) fn put_object_input_into_post_object_input(x: PutObjectInput) -> Post
         policy: None,
     }
 }
-pub(crate) fn post_object_input_into_put_object_input(x: PostObjectInput) -> PutObjectInput {
+pub fn post_object_input_into_put_object_input(x: PostObjectInput) -> PutObjectInput {
     PutObjectInput {
         acl: x.acl,
         body: x.body,
@@ -37994,7 +37994,7 @@ pub(crate) fn post_object_input_into_put_object_input(x: PostObjectInput) -> Put
         write_offset_bytes: x.write_offset_bytes,
     }
 }
-pub(crate) fn put_object_output_into_post_object_output(x: PutObjectOutput) -> PostObjectOutput {
+pub fn put_object_output_into_post_object_output(x: PutObjectOutput) -> PostObjectOutput {
     PostObjectOutput {
         bucket_key_enabled: x.bucket_key_enabled,
         checksum_crc32: x.checksum_crc32,

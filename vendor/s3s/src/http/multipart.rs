@@ -140,6 +140,54 @@ pub async fn aggregate_file_stream_limited(mut stream: FileStream, max_size: u64
     Ok(vec)
 }
 
+/// The file part of a POST Object form, passed on as it arrives (sublet patch: s3s 0.14.1
+/// gathered it whole in memory first). Ends with [`MultipartError::FileTooLarge`] as soon as
+/// more than `max` bytes came.
+pub struct BoundedFileStream {
+    inner: FileStream,
+    received: u64,
+    max: u64,
+}
+
+impl BoundedFileStream {
+    #[must_use]
+    pub fn new(inner: FileStream, max: u64) -> Self {
+        Self { inner, received: 0, max }
+    }
+}
+
+impl Debug for BoundedFileStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BoundedFileStream {{ received: {}, max: {} }}", self.received, self.max)
+    }
+}
+
+impl Stream for BoundedFileStream {
+    type Item = Result<Bytes, StdError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.received > self.max {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                self.received = self.received.saturating_add(bytes.len() as u64);
+                if self.received > self.max {
+                    let err = MultipartError::FileTooLarge(self.received, self.max);
+                    return Poll::Ready(Some(Err(Box::new(err))));
+                }
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl ByteStream for BoundedFileStream {}
+
 /// transform multipart
 /// # Errors
 /// Returns an `Err` if the format is invalid

@@ -8,7 +8,6 @@ use crate::path::S3Path;
 use crate::post_policy::PostPolicy;
 use crate::protocol::TrailingHeaders;
 use crate::region::Region;
-use crate::stream::VecByteStream;
 
 use hyper::HeaderMap;
 use hyper::Method;
@@ -31,7 +30,8 @@ pub(crate) struct S3Extensions {
     pub qs: Option<OrderedQs>,
 
     pub multipart: Option<Multipart>,
-    pub vec_stream: Option<VecByteStream>,
+    /// The POST Object file part, streamed (sublet patch).
+    pub file_stream: Option<super::BoundedFileStream>,
 
     pub credentials: Option<Credentials>,
     pub region: Option<Region>,

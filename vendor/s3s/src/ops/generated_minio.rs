@@ -5586,15 +5586,19 @@ impl PutObject {
 
     pub fn deserialize_http_multipart(req: &mut http::Request, m: http::Multipart) -> S3Result<PutObjectInput> {
         let bucket = http::unwrap_bucket(req);
-        let key = http::parse_field_value(&m, "key")?.ok_or_else(|| invalid_request!("missing key"))?;
+        let key: String = http::parse_field_value(&m, "key")?.ok_or_else(|| invalid_request!("missing key"))?;
+        // sublet patch: `${filename}` in the key is the name of the file the browser sent.
+        let key = key.replace("${filename}", &m.file.name);
 
-        let vec_stream = req.s3ext.vec_stream.take().expect("missing vec stream");
+        // sublet patch: the file part streamed, its length unknown until it ends.
+        let file_stream = req
+            .s3ext
+            .file_stream
+            .take()
+            .ok_or_else(|| invalid_request!("the form has no file field"))?;
+        let content_length: Option<i64> = None;
 
-        let content_length = i64::try_from(vec_stream.exact_remaining_length())
-            .map_err(|e| s3_error!(e, InvalidArgument, "content-length overflow"))?;
-        let content_length = (content_length != 0).then_some(content_length);
-
-        let body: Option<StreamingBlob> = Some(StreamingBlob::new(vec_stream));
+        let body: Option<StreamingBlob> = Some(StreamingBlob::new(file_stream));
 
         let acl: Option<ObjectCannedACL> = http::parse_field_value(&m, "x-amz-acl")?;
 

@@ -551,7 +551,7 @@ async fn prepare(req: &mut Request, ccx: &CallContext<'_>) -> S3Result<Prepare> 
                         // Note: clone is necessary because Into<OffsetDateTime> consumes the Timestamp
                         let expiration_time: time::OffsetDateTime = policy.expiration.clone().into();
                         if now >= expiration_time {
-                            return Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Request has expired"));
+                            return Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Invalid according to Policy: Policy expired."));
                         }
 
                         Some(policy)
@@ -559,42 +559,23 @@ async fn prepare(req: &mut Request, ccx: &CallContext<'_>) -> S3Result<Prepare> 
                         None
                     };
 
-                    // Determine file size limit: use stricter of policy max or config max
+                    // sublet patch: the file part is streamed to the handler, never gathered in
+                    // memory, bounded by the configured maximum. The policy's
+                    // `content-length-range` cannot be checked before the file is read: the
+                    // `S3::post_object` implementation checks it as the body streams
+                    // (`PostObjectInput::policy`).
                     let config = ccx.config.snapshot();
-                    let max_file_size = if let Some(ref pol) = policy {
-                        if let Some((_, max)) = pol.content_length_range() {
-                            // Use the minimum of policy max and config max to prevent resource exhaustion
-                            // Note: policy min is validated later in policy.validate()
-                            std::cmp::min(max, config.post_object_max_file_size)
-                        } else {
-                            config.post_object_max_file_size
-                        }
-                    } else {
-                        config.post_object_max_file_size
-                    };
+                    let file_stream = multipart
+                        .take_file_stream()
+                        .ok_or_else(|| invalid_request!("the form has no file field"))?;
+                    req.s3ext.file_stream = Some(http::BoundedFileStream::new(file_stream, config.post_object_max_file_size));
 
-                    // Aggregate file stream with size limit to get known length
-                    // This is required because downstream handlers (like s3s-proxy) need content-length
-                    let file_stream = multipart.take_file_stream().expect("missing file stream");
-                    let vec_bytes = http::aggregate_file_stream_limited(file_stream, max_file_size)
-                        .await
-                        .map_err(|e| match e {
-                            http::MultipartError::FileTooLarge(..) => {
-                                s3_error!(EntityTooLarge, "Your proposed upload exceeds the maximum allowed object size.")
-                            }
-                            other => invalid_request!(other, "failed to read file stream"),
-                        })?;
-                    // Use saturating_add to prevent overflow in release builds (security-relevant for content-length-range validation)
-                    let file_size: u64 = vec_bytes.iter().map(|b| b.len() as u64).fold(0u64, u64::saturating_add);
-                    let vec_stream = crate::stream::VecByteStream::new(vec_bytes);
-                    req.s3ext.vec_stream = Some(vec_stream);
-
-                    // Validate the policy conditions (if policy exists)
+                    // Validate the policy conditions on the form fields (if policy exists).
                     // Note: expiration was already checked above before reading the file
                     // Pass the URL bucket so that the "bucket" condition can be validated
                     // even when clients (like boto3) don't include it in form fields.
                     if let Some(policy) = policy {
-                        policy.validate_conditions_only(multipart, file_size, Some(bucket))?;
+                        policy.validate_fields_only(multipart, Some(bucket))?;
                         req.s3ext.post_policy = Some(policy);
                     }
 

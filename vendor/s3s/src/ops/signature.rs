@@ -217,8 +217,12 @@ impl SignatureContext<'_> {
         }
 
         if multipart.find_field_value("signature").is_some() {
-            debug!("checking post signature v2");
-            return Ok(Some(self.v2_check_post_signature(multipart).await?));
+            // sublet patch: Signature Version 2 is refused everywhere (as
+            // `gateway/src/s3/auth.rs` does for headers and query strings).
+            return Err(invalid_request!(
+                "Signature Version 2 is not accepted; sign POST forms with AWS4-HMAC-SHA256 \
+                 (x-amz-algorithm, x-amz-credential, x-amz-date, x-amz-signature)"
+            ));
         }
 
         self.multipart = Some(multipart);
