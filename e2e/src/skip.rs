@@ -33,6 +33,13 @@ pub const CLUSTER: Need = Need {
     install: "run as root; ../shared/cluster/cluster.sh deps; bash .ci/install-helm; bash .ci/install-clients",
 };
 
+/// The variable that makes missing Chromium, node or playwright-core (`e2e/console`) fail
+/// the browser tests (`e2e/tests/browser.rs`).
+pub const BROWSER: Need = Need {
+    var: "SUBLET_REQUIRE_BROWSER",
+    install: "bash .ci/install-browser",
+};
+
 /// A kind of outside tool: the variable that requires it and what installs it.
 #[derive(Clone, Copy, Debug)]
 pub struct Need {

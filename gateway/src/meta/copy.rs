@@ -101,6 +101,9 @@ pub fn copy_store(
         if let Some(tags) = from.bucket_tags(&bucket.name)? {
             to.set_bucket_tags(&bucket.name, Some(&tags))?;
         }
+        if let Some(rules) = from.bucket_cors(&bucket.name)? {
+            to.set_bucket_cors(&bucket.name, Some(&rules))?;
+        }
         counts.versions += copy_versions(from, to, &bucket.name)?;
         let (uploads, parts) = copy_uploads(from, to, &bucket.name)?;
         counts.uploads += uploads;

@@ -5,6 +5,7 @@
 pub mod journal;
 
 mod copy;
+pub mod cors;
 mod listing;
 pub mod lock;
 mod postgres;
@@ -723,6 +724,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()>;
     /// A bucket's tags as stored by [`MetadataStore::set_bucket_tags`].
     fn bucket_tags(&self, bucket: &str) -> Result<Option<String>>;
+    /// Stores (`Some`, JSON of the CORS rules) or removes (`None`) a bucket's CORS
+    /// configuration; fails with `NoSuchBucket`.
+    fn set_bucket_cors(&self, bucket: &str, rules: Option<&str>) -> Result<()>;
+    /// A bucket's CORS configuration as stored by [`MetadataStore::set_bucket_cors`].
+    fn bucket_cors(&self, bucket: &str) -> Result<Option<String>>;
     /// Replaces the tags of one stored version (not a delete marker) in place, keeping the
     /// rest of it; `false` (nothing changed) when there is no such version.
     fn set_object_tags(

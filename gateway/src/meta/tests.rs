@@ -46,6 +46,7 @@ on_every_store!(
     listings_agree_with_the_listing_rule_page_by_page,
     object_lock_is_stored_per_bucket_and_changed_per_version_in_place,
     tags_change_in_place_per_version_and_buckets_keep_theirs,
+    cors_rules_are_stored_per_bucket_and_go_with_it,
     users_and_keys_are_stored_whole_and_usage_counts_by_bucket_owner,
 );
 
@@ -412,6 +413,25 @@ fn tags_change_in_place_per_version_and_buckets_keep_theirs(s: &dyn MetadataStor
     s.delete_bucket("c").unwrap();
     s.create_bucket(&bucket("c")).unwrap();
     assert_eq!(s.bucket_tags("c").unwrap(), None);
+}
+
+fn cors_rules_are_stored_per_bucket_and_go_with_it(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("b")).unwrap();
+    assert_eq!(s.bucket_cors("b").unwrap(), None);
+    s.set_bucket_cors("b", Some("[1]")).unwrap();
+    s.set_bucket_cors("b", Some("[2]")).unwrap();
+    assert_eq!(s.bucket_cors("b").unwrap().as_deref(), Some("[2]"));
+    s.set_bucket_cors("b", None).unwrap();
+    assert_eq!(s.bucket_cors("b").unwrap(), None);
+    assert!(matches!(
+        s.set_bucket_cors("nope", Some("[]")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    s.create_bucket(&bucket("c")).unwrap();
+    s.set_bucket_cors("c", Some("[]")).unwrap();
+    s.delete_bucket("c").unwrap();
+    s.create_bucket(&bucket("c")).unwrap();
+    assert_eq!(s.bucket_cors("c").unwrap(), None);
 }
 
 fn a_bucket_default_plan_is_set_and_cleared(s: &dyn MetadataStore) {

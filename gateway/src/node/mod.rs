@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod cors;
 pub mod health;
 pub mod inflight;
 pub mod read;
@@ -116,6 +117,8 @@ pub struct Node {
     metadata_suffices: bool,
     /// Users and access keys made at runtime, and quotas.
     accounts: Arc<users::Accounts>,
+    /// Buckets' CORS rules, as cross-origin requests read them.
+    cors: cors::CorsCache,
 }
 
 impl Node {
@@ -144,6 +147,7 @@ impl Node {
         let accounts = Arc::new(users::Accounts::new(Arc::clone(&meta), Arc::clone(&master)));
         Ok(Self {
             accounts,
+            cors: cors::CorsCache::default(),
             meta,
             master,
             default_plan,

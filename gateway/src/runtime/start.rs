@@ -211,7 +211,8 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         ),
         metrics.clone(),
     )
-    .with_journal(gateway.journal().cloned());
+    .with_journal(gateway.journal().cloned())
+    .with_cors(Arc::clone(&gateway));
     let has_tls = tls.is_some();
     let mut stop_s3 = stop;
     let limits = spec.client_limits.clone().unwrap_or_default();

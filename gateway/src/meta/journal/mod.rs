@@ -126,6 +126,11 @@ pub enum Entry {
         bucket: String,
         tags: Option<String>,
     },
+    /// Put/DeleteBucketCors: a bucket's CORS rules (JSON) replaced or removed.
+    SetBucketCors {
+        bucket: String,
+        rules: Option<String>,
+    },
     /// Put/DeleteObjectTagging: one version's tags replaced in place.
     SetObjectTags {
         bucket: String,

@@ -144,6 +144,9 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
         Entry::SetBucketTags { bucket, tags } => {
             skip_gone(store.set_bucket_tags(bucket, tags.as_deref()))
         }
+        Entry::SetBucketCors { bucket, rules } => {
+            skip_gone(store.set_bucket_cors(bucket, rules.as_deref()))
+        }
         Entry::SetObjectTags {
             bucket,
             key,

@@ -438,6 +438,20 @@ impl MetadataStore for JournaledStore {
     fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
         self.inner.bucket_tags(bucket)
     }
+    fn set_bucket_cors(&self, bucket: &str, rules: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_cors(bucket, rules),
+            |()| {
+                Some(Entry::SetBucketCors {
+                    bucket: bucket.to_owned(),
+                    rules: rules.map(str::to_owned),
+                })
+            },
+        )
+    }
+    fn bucket_cors(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_cors(bucket)
+    }
     fn set_object_tags(
         &self,
         bucket: &str,

@@ -97,6 +97,10 @@ pub(super) fn set_bucket_tags(s: &SqliteStore, bucket: &str, tags: Option<&str>)
     set_bucket_setting(s, bucket, "bucket_tags", "tags", tags)
 }
 
+pub(super) fn set_bucket_cors(s: &SqliteStore, bucket: &str, rules: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_cors", "rules", rules)
+}
+
 /// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
 /// bucket, the value in `column`).
 fn set_bucket_setting(
@@ -208,6 +212,17 @@ pub(super) fn bucket_lock(s: &SqliteStore, bucket: &str) -> Result<Option<String
     s.conn()
         .query_row(
             "SELECT config FROM bucket_object_lock WHERE bucket = ?1",
+            params![bucket],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_err)
+}
+
+pub(super) fn bucket_cors(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
+    s.conn()
+        .query_row(
+            "SELECT rules FROM bucket_cors WHERE bucket = ?1",
             params![bucket],
             |r| r.get(0),
         )

@@ -585,6 +585,14 @@ impl MetadataStore for SqliteStore {
         buckets::bucket_tags(self, bucket)
     }
 
+    fn set_bucket_cors(&self, bucket: &str, rules: Option<&str>) -> Result<()> {
+        buckets::set_bucket_cors(self, bucket, rules)
+    }
+
+    fn bucket_cors(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_cors(self, bucket)
+    }
+
     fn set_object_tags(
         &self,
         bucket: &str,

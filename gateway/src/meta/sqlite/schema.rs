@@ -81,6 +81,10 @@ CREATE TABLE IF NOT EXISTS bucket_tags (
     bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     tags TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_cors (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    rules TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,
