@@ -124,6 +124,7 @@ pub enum MultipartError {
 
 /// Aggregates a file stream into a Vec<Bytes> with a size limit.
 /// Returns error if the total size exceeds the limit.
+#[allow(dead_code)] // sublet patch: POST Object streams its file (BoundedFileStream)
 pub async fn aggregate_file_stream_limited(mut stream: FileStream, max_size: u64) -> Result<Vec<Bytes>, MultipartError> {
     use futures::stream::StreamExt;
     let mut vec = Vec::new();
