@@ -100,14 +100,16 @@ impl Gateway {
             .as_ref()
             .and_then(|p| p.content_length_range());
         let req = req.map_input(|mut input| {
-            if let (Some((min, max)), Some(body)) = (range, input.body.take()) {
-                input.body = Some(StreamingBlob::new(RangedFile {
-                    inner: body,
-                    received: 0,
-                    min,
-                    max,
-                    fault: Arc::clone(&fault),
-                }));
+            if let Some((min, max)) = range {
+                input.body = input.body.take().map(|inner| {
+                    StreamingBlob::new(RangedFile {
+                        inner,
+                        received: 0,
+                        min,
+                        max,
+                        fault: Arc::clone(&fault),
+                    })
+                });
             }
             s3s::dto::post_object_input_into_put_object_input(input)
         });

@@ -479,12 +479,12 @@ impl FileStream {
                             None => return Err(FileStreamError::Incomplete),
                             Some(Err(e)) => return Err(FileStreamError::Underlying(e)),
                             Some(Ok(b)) => {
-                                // Check buffer size limit before extending
-                                if buf.len().saturating_add(b.len()) > MAX_BOUNDARY_BUFFER_SIZE {
-                                    return Err(FileStreamError::BoundaryBufferTooLarge(
-                                        buf.len().saturating_add(b.len()),
-                                        MAX_BOUNDARY_BUFFER_SIZE,
-                                    ));
+                                // sublet patch: `buf` holds only a partial boundary (at most the
+                                // pattern's length) before the next chunk is appended; counting
+                                // that chunk too failed any file whose chunk ended in `\r` and
+                                // whose next chunk was over 64 KiB (hyper reads up to 400 KiB).
+                                if buf.len() > MAX_BOUNDARY_BUFFER_SIZE {
+                                    return Err(FileStreamError::BoundaryBufferTooLarge(buf.len(), MAX_BOUNDARY_BUFFER_SIZE));
                                 }
                                 buf.extend_from_slice(&b);
                             }

@@ -6778,6 +6778,8 @@ impl super::Operation for PostObject {
         // Save POST-specific fields before conversion
         let success_action_redirect = post_input.success_action_redirect.clone();
         let success_action_status = post_input.success_action_status;
+        // sublet patch: the policy too, whose content-length-range the handler checks.
+        let policy = post_input.policy.clone();
         let bucket = post_input.bucket.clone();
         let key = post_input.key.clone();
 
@@ -6792,6 +6794,7 @@ impl super::Operation for PostObject {
         // Restore POST-specific fields that were lost during conversion
         post_req.input.success_action_redirect.clone_from(&success_action_redirect);
         post_req.input.success_action_status = success_action_status;
+        post_req.input.policy = policy;
         if let Some(access) = ccx.access {
             // New hook for POST object (optional).
             access.post_object(&mut post_req).await?;
