@@ -3,9 +3,11 @@
 // CORS: the gateway must answer the browser's preflight from the bucket's CORS rules and
 // mark its answers, or the browser hides them from the page. Run by e2e/tests/browser.rs:
 //   node browser-upload.mjs CONFIG.json
-// CONFIG: chromium, origin (the app's), post {url, fields}, get (a presigned GET URL),
+// CONFIG: chromium, origin (the app's: http://127.0.0.1:PORT, served here, a port other
+// than the gateway's), post {url, fields}, get (a presigned GET URL),
 // metrics (the gateway's /metrics URL), content (the file's text).
 import fs from "node:fs";
+import http from "node:http";
 import { chromium } from "playwright-core";
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
@@ -22,15 +24,20 @@ async function preflights() {
   return { allowed: count("200"), refused: count("403") };
 }
 
+// The app's page, from its own origin (never the gateway's).
+const app = http.createServer((req, res) => {
+  res.writeHead(200, { "content-type": "text/html" });
+  res.end("<!doctype html><title>app</title><p>app</p>");
+});
+await new Promise((resolve) => app.listen(Number(new URL(config.origin).port), "127.0.0.1", resolve));
+
 const before = await preflights();
 const browser = await chromium.launch({ executablePath: config.chromium, args: ["--no-sandbox"] });
 try {
   const page = await browser.newPage();
   page.setDefaultTimeout(15_000);
-  // The app's page, from its own origin (never the gateway's).
-  await page.route(`${config.origin}/**`, (route) =>
-    route.fulfill({ status: 200, contentType: "text/html", body: "<!doctype html><title>app</title><p>app</p>" }),
-  );
+  // Chromium says on the console why it blocked a request (CORS, private network access).
+  page.on("console", (m) => log(`console ${m.type()}: ${m.text()}`));
   await page.goto(`${config.origin}/index.html`);
   const result = await page.evaluate(async (c) => {
     const out = {};
@@ -71,4 +78,5 @@ try {
   console.log("browser upload passed");
 } finally {
   await browser.close();
+  app.close();
 }

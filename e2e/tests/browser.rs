@@ -56,10 +56,14 @@ fn chromium() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("SUBLET_CHROMIUM") {
         return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// Why the browser cannot run here, if it cannot.
@@ -113,9 +117,10 @@ fn a_cors_preflight_from_headless_chromium_uploading_through_a_presigned_post_fo
     }
     let tmp = tempfile::tempdir().unwrap();
     let dev = SubletDev::start(&tmp.path().join("state"));
-    let origin = "http://app.localhost:8080";
+    // The app's page is served (by the driver) from another port: another origin.
+    let origin = format!("http://{}", sublet_e2e::free_addr());
     let mut backend = python(&dev, "browser-app");
-    backend.args(["-c", APP_BACKEND]).env("ORIGIN", origin);
+    backend.args(["-c", APP_BACKEND]).env("ORIGIN", &origin);
     let handed: serde_json::Value =
         serde_json::from_str(run_ok(&mut backend, CLIENT_TIMEOUT).trim()).unwrap();
     let config = serde_json::json!({

@@ -333,7 +333,9 @@ async fn big_bodies_of_strangers_are_refused_unread() {
     let policy = base64::engine::general_purpose::STANDARD
         .encode(r#"{"expiration":"2099-01-01T00:00:00.000Z","conditions":[]}"#);
     let field = |name: &str, value: &str| {
-        format!("--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+        format!(
+            "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        )
     };
     let date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let form_head = [

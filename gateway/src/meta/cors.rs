@@ -109,7 +109,9 @@ fn wildcard(pattern: &str, value: &str, fold_case: bool) -> bool {
 
 impl CorsRule {
     fn allows_origin(&self, origin: &str) -> bool {
-        self.allowed_origins.iter().any(|o| wildcard(o, origin, false))
+        self.allowed_origins
+            .iter()
+            .any(|o| wildcard(o, origin, false))
     }
 
     fn allows_method(&self, method: &str) -> bool {
@@ -117,7 +119,9 @@ impl CorsRule {
     }
 
     fn allows_header(&self, header: &str) -> bool {
-        self.allowed_headers.iter().any(|h| wildcard(h, header, true))
+        self.allowed_headers
+            .iter()
+            .any(|h| wildcard(h, header, true))
     }
 
     /// The `Access-Control-Allow-Origin` this rule answers `origin` with: `*` when the rule
@@ -178,7 +182,11 @@ mod tests {
 
     #[test]
     fn origins_match_exactly_or_around_their_one_wildcard() {
-        let r = rule(&["https://*.example.com", "http://localhost:8080"], &["GET"], &[]);
+        let r = rule(
+            &["https://*.example.com", "http://localhost:8080"],
+            &["GET"],
+            &[],
+        );
         assert!(r.allows_origin("https://app.example.com"));
         assert!(r.allows_origin("https://a.b.example.com"));
         assert!(r.allows_origin("http://localhost:8080"));
@@ -199,7 +207,11 @@ mod tests {
     fn a_preflight_needs_origin_method_and_every_header_in_one_rule() {
         let rules = vec![
             rule(&["https://a.example"], &["GET"], &[]),
-            rule(&["https://a.example"], &["PUT", "POST"], &["content-type", "x-amz-*"]),
+            rule(
+                &["https://a.example"],
+                &["PUT", "POST"],
+                &["content-type", "x-amz-*"],
+            ),
         ];
         let o = "https://a.example";
         assert_eq!(preflight(&rules, o, "GET", &[]), Some(&rules[0]));

@@ -410,8 +410,8 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!("  {env} aws --endpoint-url {endpoint} s3 mb s3://bucket");
     println!("  {env} aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/");
     let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
-    let svc = MeteredService::new(svc, cluster.metrics.clone())
-        .with_cors(Arc::clone(&cluster.gateway));
+    let svc =
+        MeteredService::new(svc, cluster.metrics.clone()).with_cors(Arc::clone(&cluster.gateway));
     crate::runtime::serve_s3(
         listener,
         svc,

@@ -154,18 +154,20 @@ pub fn decide_preflight(headers: &HeaderMap, rules: Option<&[CorsRule]>) -> Pref
         );
     };
     let mut out = origin_headers(rule, origin);
-    out.push(("access-control-allow-methods", rule.allowed_methods.join(", ")));
+    out.push((
+        "access-control-allow-methods",
+        rule.allowed_methods.join(", "),
+    ));
     if !requested.is_empty() {
         out.push(("access-control-allow-headers", requested.join(", ")));
     }
     if let Some(age) = rule.max_age_seconds {
         out.push(("access-control-max-age", age.to_string()));
     }
-    out
-        .push((
-            "vary",
-            "Origin, Access-Control-Request-Headers, Access-Control-Request-Method".to_owned(),
-        ));
+    out.push((
+        "vary",
+        "Origin, Access-Control-Request-Headers, Access-Control-Request-Method".to_owned(),
+    ));
     Preflight::Allowed(out)
 }
 
@@ -177,7 +179,10 @@ fn origin_headers(rule: &CorsRule, origin: &str) -> Vec<(&'static str, String)> 
         out.push(("access-control-allow-credentials", "true".to_owned()));
     }
     if !rule.expose_headers.is_empty() {
-        out.push(("access-control-expose-headers", rule.expose_headers.join(", ")));
+        out.push((
+            "access-control-expose-headers",
+            rule.expose_headers.join(", "),
+        ));
     }
     out
 }
@@ -192,13 +197,22 @@ pub async fn answer_preflight(
         Some(bucket) => node.cors_rules(bucket).await?,
         None => None,
     };
-    Ok(decide_preflight(headers, rules.as_deref().map(Vec::as_slice)))
+    Ok(decide_preflight(
+        headers,
+        rules.as_deref().map(Vec::as_slice),
+    ))
 }
 
 /// Adds to the answer of a cross-origin request (one with an `Origin` header) the headers
 /// of the bucket's rule that covers its origin and method, if one does; `Vary: Origin`
 /// whenever the bucket has rules, as caches must not serve one origin's answer to another.
-pub async fn add_headers(node: &Node, method: &Method, path: &str, origin: &str, answer: &mut HeaderMap) {
+pub async fn add_headers(
+    node: &Node,
+    method: &Method,
+    path: &str,
+    origin: &str,
+    answer: &mut HeaderMap,
+) {
     let Some(bucket) = bucket_of(path) else {
         return;
     };
@@ -229,7 +243,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -250,13 +267,19 @@ mod tests {
         let h = headers(&[
             ("origin", "https://app.example.com"),
             ("access-control-request-method", "POST"),
-            ("access-control-request-headers", "Content-Type, X-Requested-With"),
+            (
+                "access-control-request-headers",
+                "Content-Type, X-Requested-With",
+            ),
         ]);
         let Preflight::Allowed(out) = decide_preflight(&h, Some(&rules())) else {
             panic!("refused");
         };
         let get = |n: &str| out.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
-        assert_eq!(get("access-control-allow-origin"), Some("https://app.example.com"));
+        assert_eq!(
+            get("access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
         assert_eq!(get("access-control-allow-credentials"), Some("true"));
         assert_eq!(get("access-control-allow-methods"), Some("GET, POST"));
         assert_eq!(
@@ -264,7 +287,10 @@ mod tests {
             Some("content-type, x-requested-with")
         );
         assert_eq!(get("access-control-max-age"), Some("600"));
-        assert_eq!(get("access-control-expose-headers"), Some("ETag, x-amz-request-id"));
+        assert_eq!(
+            get("access-control-expose-headers"),
+            Some("ETag, x-amz-request-id")
+        );
         assert!(get("vary").unwrap().starts_with("Origin"));
     }
 

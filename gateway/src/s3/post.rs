@@ -25,7 +25,9 @@ pub const MAX_FORM_FIELDS: usize = 20 << 10;
 pub enum RangeFault {
     #[error("the file is larger than the {max} bytes the policy allows (content-length-range)")]
     TooLarge { max: u64 },
-    #[error("the file is {size} bytes, smaller than the {min} bytes the policy asks for (content-length-range)")]
+    #[error(
+        "the file is {size} bytes, smaller than the {min} bytes the policy asks for (content-length-range)"
+    )]
     TooSmall { size: u64, min: u64 },
 }
 
@@ -34,11 +36,15 @@ impl RangeFault {
         match self {
             RangeFault::TooLarge { max } => S3Error::with_message(
                 S3ErrorCode::EntityTooLarge,
-                format!("Your proposed upload exceeds the maximum allowed size ({max} bytes by the policy's content-length-range)"),
+                format!(
+                    "Your proposed upload exceeds the maximum allowed size ({max} bytes by the policy's content-length-range)"
+                ),
             ),
             RangeFault::TooSmall { size, min } => S3Error::with_message(
                 S3ErrorCode::EntityTooSmall,
-                format!("Your proposed upload is smaller than the minimum allowed size ({size} bytes; the policy's content-length-range asks for at least {min})"),
+                format!(
+                    "Your proposed upload is smaller than the minimum allowed size ({size} bytes; the policy's content-length-range asks for at least {min})"
+                ),
             ),
         }
     }

@@ -247,11 +247,14 @@ pub(super) fn bucket_lock(s: &PostgresStore, bucket: &str) -> Result<Option<Stri
 
 pub(super) fn bucket_cors(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
     s.run(|c| {
-        c.query_opt("SELECT rules FROM bucket_cors WHERE bucket = $1", &[&bucket])
-            .map_err(pg_err)?
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(pg_err)
+        c.query_opt(
+            "SELECT rules FROM bucket_cors WHERE bucket = $1",
+            &[&bucket],
+        )
+        .map_err(pg_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_err)
     })
 }
 
