@@ -330,22 +330,21 @@ async fn big_bodies_of_strangers_are_refused_unread() {
     );
     // A form signed with a forged signature: refused once its fields are read.
     use base64::Engine;
-    let policy = base64::engine::general_purpose::STANDARD
-        .encode(r#"{"expiration":"2099-01-01T00:00:00.000Z","conditions":[]}"#);
+    let date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let credential = format!("admin/{}/us-east-1/s3/aws4_request", &date[..8]);
+    let policy = base64::engine::general_purpose::STANDARD.encode(format!(
+        r#"{{"expiration":"2099-01-01T00:00:00.000Z","conditions":[{{"bucket":"open"}},["eq","$key","big.bin"],{{"x-amz-algorithm":"AWS4-HMAC-SHA256"}},{{"x-amz-credential":"{credential}"}},{{"x-amz-date":"{date}"}}]}}"#
+    ));
     let field = |name: &str, value: &str| {
         format!(
             "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
         )
     };
-    let date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let form_head = [
         field("key", "big.bin"),
         field("policy", &policy),
         field("x-amz-algorithm", "AWS4-HMAC-SHA256"),
-        field(
-            "x-amz-credential",
-            &format!("admin/{}/us-east-1/s3/aws4_request", &date[..8]),
-        ),
+        field("x-amz-credential", &credential),
         field("x-amz-date", &date),
         field("x-amz-signature", &"0".repeat(64)),
         format!(
