@@ -40,6 +40,8 @@ pub struct MeteredService {
     metrics: Metrics,
     journal: Option<Arc<Journal>>,
     body_timeout: Duration,
+    /// The connection this clone serves (the listener makes one clone per connection).
+    connection: Option<crate::s3::access::Connection>,
 }
 
 impl MeteredService {
@@ -49,7 +51,15 @@ impl MeteredService {
             metrics,
             journal: None,
             body_timeout: sublet_crds::ClientLimits::DEFAULT_BODY_TIMEOUT,
+            connection: None,
         }
+    }
+
+    /// Tells every request served by this clone which connection it came on (its peer
+    /// address and whether it is TLS: `aws:SourceIp` and `aws:SecureTransport` to policies).
+    pub fn with_connection(mut self, connection: crate::s3::access::Connection) -> Self {
+        self.connection = Some(connection);
+        self
     }
 
     /// Ends a request whose body sends nothing for `timeout` while the gateway waits for
@@ -80,6 +90,9 @@ impl MeteredService {
         let started = Instant::now();
         let slot = OperationSlot::default();
         req.extensions_mut().insert(slot.clone());
+        if let Some(connection) = self.connection {
+            req.extensions_mut().insert(connection);
+        }
         // One id per request: the `x-amz-request-id` header and every error body's
         // `<RequestId>` (s3s puts it there from this extension, vendor/README.md).
         let request_id = new_request_id();

@@ -57,10 +57,12 @@ fn observe(s: &dyn MetadataStore) -> Vec<String> {
     out.extend(s.keys().unwrap().iter().map(|k| format!("{k:?}")));
     for b in s.buckets().unwrap() {
         out.push(format!(
-            "{b:?} lifecycle={:?} lock={:?} tags={:?}",
+            "{b:?} lifecycle={:?} lock={:?} tags={:?} policy={:?} public_access={:?}",
             s.lifecycle(&b.name).unwrap(),
             s.bucket_lock(&b.name).unwrap(),
-            s.bucket_tags(&b.name).unwrap()
+            s.bucket_tags(&b.name).unwrap(),
+            s.bucket_policy(&b.name).unwrap(),
+            s.public_access_block(&b.name).unwrap()
         ));
         let page = s
             .list_versions(
@@ -114,6 +116,10 @@ fn history(s: &dyn MetadataStore) {
     s.set_bucket_plan("photos", Some("archive")).unwrap();
     s.set_lifecycle("photos", Some("[{\"id\":\"r\"}]")).unwrap();
     s.set_bucket_tags("photos", Some("{\"team\":\"ops\"}"))
+        .unwrap();
+    s.set_bucket_policy("photos", Some("{\"Statement\":[]}"))
+        .unwrap();
+    s.set_public_access_block("photos", Some("{\"blockPublicPolicy\":true}"))
         .unwrap();
     // Versions and a delete marker.
     s.create_bucket(&bucket("docs", Versioning::Unversioned))
