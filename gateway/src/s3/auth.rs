@@ -401,10 +401,11 @@ impl S3Access for KeyRing {
             return Ok(());
         };
         let key = cx.s3_path().get_object_key().map(str::to_owned);
+        let connection = cx.extensions_mut().get::<Connection>().copied();
         let context = access::context(
             cx.headers(),
             cx.uri(),
-            cx.extensions_mut().get::<Connection>(),
+            connection.as_ref(),
             user.as_deref(),
             crate::clock::now_ms(),
         );
@@ -413,7 +414,7 @@ impl S3Access for KeyRing {
         let facts = self.facts(&bucket).await?;
         let grants_allow = grants.as_ref().is_some_and(|g| g.allows(&bucket, need));
         let refuse = |message: String| {
-            tracing::info!(access_key, user, operation, reason = %message, "access denied");
+            tracing::info!(?access_key, ?user, operation, reason = %message, "access denied");
             denied(message)
         };
         if operation == "DeleteObjects" {

@@ -123,7 +123,7 @@ fn principal(value: &Value, sid: &str) -> Result<Vec<Who>, String> {
     let aws = match value {
         Value::String(s) if s == "*" => return Ok(vec![Who::Anyone]),
         Value::Object(map) => {
-            for k in map.keys().filter(|k| *k != "AWS") {
+            if let Some(k) = map.keys().find(|k| *k != "AWS") {
                 return Err(malformed(format!(
                     "Invalid principal in policy: {field} has a {k} entry; sublet's principals \
                      are \"*\" and {{\"AWS\": [user ids or arn:aws:iam::<account>:user/<user id>]}}"
