@@ -419,7 +419,8 @@ fn bucket_policies_and_public_access_blocks_are_kept_per_bucket(s: &dyn Metadata
     s.create_bucket(&bucket("p")).unwrap();
     assert_eq!(s.bucket_policy("p").unwrap(), None);
     assert_eq!(s.public_access_block("p").unwrap(), None);
-    s.set_bucket_policy("p", Some("{\"Statement\":[]}")).unwrap();
+    s.set_bucket_policy("p", Some("{\"Statement\":[]}"))
+        .unwrap();
     s.set_public_access_block("p", Some("{\"blockPublicPolicy\":true}"))
         .unwrap();
     assert_eq!(

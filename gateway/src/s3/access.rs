@@ -98,7 +98,11 @@ impl BucketAccess {
                 let Some(b) = m.bucket(&name)? else {
                     return Ok((None, None, None));
                 };
-                Ok((Some(b), m.bucket_policy(&name)?, m.public_access_block(&name)?))
+                Ok((
+                    Some(b),
+                    m.bucket_policy(&name)?,
+                    m.public_access_block(&name)?,
+                ))
             })
             .await?;
         let mut facts = BucketFacts::default();
@@ -165,8 +169,7 @@ pub fn judge(facts: &BucketFacts, ask: &Ask<'_>) -> Result<(), String> {
     let policy_management = policy::actions::is_policy_management(ask.operation);
     // Policies and public access blocks are the owner's to manage (or an operator's key
     // with a grant on every bucket); a grant on the bucket alone does not reach them.
-    let grants_allow =
-        ask.grants_allow && (!policy_management || owner || ask.grants_everywhere);
+    let grants_allow = ask.grants_allow && (!policy_management || owner || ask.grants_everywhere);
     let resource = policy::actions::resource_arn(ask.bucket, ask.key);
     let decision = facts.decision(&policy::Request {
         user: ask.user,
@@ -183,7 +186,9 @@ pub fn judge(facts: &BucketFacts, ask: &Ask<'_>) -> Result<(), String> {
             restricted_public: facts.restricted_public(),
         },
     );
-    let who = ask.user.map_or_else(|| "anonymous requests".to_owned(), |u| format!("user {u}"));
+    let who = ask
+        .user
+        .map_or_else(|| "anonymous requests".to_owned(), |u| format!("user {u}"));
     match verdict {
         Ok(()) => Ok(()),
         Err(Refusal::DeniedByPolicy) if facts.policy_broken => Err(format!(
@@ -277,7 +282,10 @@ pub fn context(
         ("aws:UserAgent", "user-agent"),
         ("aws:Referer", "referer"),
         ("s3:x-amz-acl", "x-amz-acl"),
-        ("s3:x-amz-server-side-encryption", "x-amz-server-side-encryption"),
+        (
+            "s3:x-amz-server-side-encryption",
+            "x-amz-server-side-encryption",
+        ),
         ("s3:x-amz-copy-source", "x-amz-copy-source"),
     ] {
         if let Some(v) = headers.get(header).and_then(|v| v.to_str().ok()) {
@@ -298,7 +306,11 @@ pub fn context(
     if user.is_some() {
         cx.set("s3:signatureversion", "AWS4-HMAC-SHA256").set(
             "s3:authType",
-            if presigned { "REST-QUERY-STRING" } else { "REST-HEADER" },
+            if presigned {
+                "REST-QUERY-STRING"
+            } else {
+                "REST-HEADER"
+            },
         );
     }
     cx
@@ -318,7 +330,14 @@ mod tests {
         }
     }
 
-    fn ask<'a>(user: Option<&'a str>, grants: bool, op: &'a str, action: &'a str, key: Option<&'a str>, cx: &'a policy::Context) -> Ask<'a> {
+    fn ask<'a>(
+        user: Option<&'a str>,
+        grants: bool,
+        op: &'a str,
+        action: &'a str,
+        key: Option<&'a str>,
+        cx: &'a policy::Context,
+    ) -> Ask<'a> {
         Ask {
             user,
             grants_allow: grants,
@@ -340,18 +359,117 @@ mod tests {
     fn anonymous_reads_only_what_the_policy_opens() {
         let cx = policy::Context::default();
         let f = facts("alice", Some(PUBLIC), PublicAccessBlock::default());
-        assert!(judge(&f, &ask(None, false, "GetObject", "s3:GetObject", Some("public/a.html"), &cx)).is_ok());
-        let e = judge(&f, &ask(None, false, "GetObject", "s3:GetObject", Some("private/a"), &cx)).unwrap_err();
-        assert!(e.starts_with("Signature is required: no policy of bucket photos allows s3:GetObject"), "{e}");
-        assert!(judge(&f, &ask(None, false, "PutObject", "s3:PutObject", Some("public/a.html"), &cx)).is_err());
+        assert!(
+            judge(
+                &f,
+                &ask(
+                    None,
+                    false,
+                    "GetObject",
+                    "s3:GetObject",
+                    Some("public/a.html"),
+                    &cx
+                )
+            )
+            .is_ok()
+        );
+        let e = judge(
+            &f,
+            &ask(
+                None,
+                false,
+                "GetObject",
+                "s3:GetObject",
+                Some("private/a"),
+                &cx,
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("Signature is required: no policy of bucket photos allows s3:GetObject"),
+            "{e}"
+        );
+        assert!(
+            judge(
+                &f,
+                &ask(
+                    None,
+                    false,
+                    "PutObject",
+                    "s3:PutObject",
+                    Some("public/a.html"),
+                    &cx
+                )
+            )
+            .is_err()
+        );
         // No policy: nothing anonymous.
         let closed = facts("alice", None, PublicAccessBlock::default());
-        assert!(judge(&closed, &ask(None, false, "GetObject", "s3:GetObject", Some("public/a.html"), &cx)).is_err());
+        assert!(
+            judge(
+                &closed,
+                &ask(
+                    None,
+                    false,
+                    "GetObject",
+                    "s3:GetObject",
+                    Some("public/a.html"),
+                    &cx
+                )
+            )
+            .is_err()
+        );
         // RestrictPublicBuckets: the public policy no longer lets anyone but the owner in.
-        let restricted = facts("alice", Some(PUBLIC), PublicAccessBlock { restrict_public_buckets: true, ..Default::default() });
-        assert!(judge(&restricted, &ask(None, false, "GetObject", "s3:GetObject", Some("public/a.html"), &cx)).is_err());
-        assert!(judge(&restricted, &ask(Some("bob"), false, "GetObject", "s3:GetObject", Some("public/a.html"), &cx)).is_err());
-        assert!(judge(&restricted, &ask(Some("alice"), false, "GetObject", "s3:GetObject", Some("public/a.html"), &cx)).is_ok());
+        let restricted = facts(
+            "alice",
+            Some(PUBLIC),
+            PublicAccessBlock {
+                restrict_public_buckets: true,
+                ..Default::default()
+            },
+        );
+        assert!(
+            judge(
+                &restricted,
+                &ask(
+                    None,
+                    false,
+                    "GetObject",
+                    "s3:GetObject",
+                    Some("public/a.html"),
+                    &cx
+                )
+            )
+            .is_err()
+        );
+        assert!(
+            judge(
+                &restricted,
+                &ask(
+                    Some("bob"),
+                    false,
+                    "GetObject",
+                    "s3:GetObject",
+                    Some("public/a.html"),
+                    &cx
+                )
+            )
+            .is_err()
+        );
+        assert!(
+            judge(
+                &restricted,
+                &ask(
+                    Some("alice"),
+                    false,
+                    "GetObject",
+                    "s3:GetObject",
+                    Some("public/a.html"),
+                    &cx
+                )
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -359,14 +477,62 @@ mod tests {
         let mut cx = policy::Context::default();
         cx.set("aws:username", "mallory");
         let f = facts("mallory", Some(PUBLIC), PublicAccessBlock::default());
-        let e = judge(&f, &ask(Some("mallory"), true, "GetObject", "s3:GetObject", Some("a"), &cx)).unwrap_err();
-        assert_eq!(e, "the policy of bucket photos denies s3:GetObject on arn:aws:s3:::photos/a to user mallory");
-        assert!(judge(&f, &ask(Some("mallory"), true, "DeleteBucketPolicy", "s3:DeleteBucketPolicy", None, &cx)).is_ok());
+        let e = judge(
+            &f,
+            &ask(
+                Some("mallory"),
+                true,
+                "GetObject",
+                "s3:GetObject",
+                Some("a"),
+                &cx,
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "the policy of bucket photos denies s3:GetObject on arn:aws:s3:::photos/a to user mallory"
+        );
+        assert!(
+            judge(
+                &f,
+                &ask(
+                    Some("mallory"),
+                    true,
+                    "DeleteBucketPolicy",
+                    "s3:DeleteBucketPolicy",
+                    None,
+                    &cx
+                )
+            )
+            .is_ok()
+        );
         // A key with a write grant on the bucket that is not the owner's does not manage it.
         let f = facts("alice", None, PublicAccessBlock::default());
-        let e = judge(&f, &ask(Some("bob"), true, "PutBucketPolicy", "s3:PutBucketPolicy", None, &cx)).unwrap_err();
-        assert!(e.starts_with("only the owner of bucket photos manages its policy"), "{e}");
-        let mut everywhere = ask(Some("admin"), true, "PutBucketPolicy", "s3:PutBucketPolicy", None, &cx);
+        let e = judge(
+            &f,
+            &ask(
+                Some("bob"),
+                true,
+                "PutBucketPolicy",
+                "s3:PutBucketPolicy",
+                None,
+                &cx,
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("only the owner of bucket photos manages its policy"),
+            "{e}"
+        );
+        let mut everywhere = ask(
+            Some("admin"),
+            true,
+            "PutBucketPolicy",
+            "s3:PutBucketPolicy",
+            None,
+            &cx,
+        );
         everywhere.grants_everywhere = true;
         assert!(judge(&f, &everywhere).is_ok());
     }
@@ -374,9 +540,40 @@ mod tests {
     #[test]
     fn a_broken_stored_policy_closes_the_bucket_but_to_its_owner_fixing_it() {
         let cx = policy::Context::default();
-        let f = BucketFacts { owner: Some("alice".into()), policy_broken: true, ..Default::default() };
-        assert!(judge(&f, &ask(Some("alice"), true, "GetObject", "s3:GetObject", Some("a"), &cx)).unwrap_err().contains("does not parse"));
-        assert!(judge(&f, &ask(Some("alice"), true, "PutBucketPolicy", "s3:PutBucketPolicy", None, &cx)).is_ok());
+        let f = BucketFacts {
+            owner: Some("alice".into()),
+            policy_broken: true,
+            ..Default::default()
+        };
+        assert!(
+            judge(
+                &f,
+                &ask(
+                    Some("alice"),
+                    true,
+                    "GetObject",
+                    "s3:GetObject",
+                    Some("a"),
+                    &cx
+                )
+            )
+            .unwrap_err()
+            .contains("does not parse")
+        );
+        assert!(
+            judge(
+                &f,
+                &ask(
+                    Some("alice"),
+                    true,
+                    "PutBucketPolicy",
+                    "s3:PutBucketPolicy",
+                    None,
+                    &cx
+                )
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -384,8 +581,13 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert("user-agent", "curl/8".parse().unwrap());
         headers.insert("x-amz-acl", "public-read".parse().unwrap());
-        let uri: http::Uri = "/photos?list-type=2&prefix=album%2F2024%2F&max-keys=5".parse().unwrap();
-        let conn = Connection { peer: "[::ffff:10.0.0.9]:5000".parse().unwrap(), tls: true };
+        let uri: http::Uri = "/photos?list-type=2&prefix=album%2F2024%2F&max-keys=5"
+            .parse()
+            .unwrap();
+        let conn = Connection {
+            peer: "[::ffff:10.0.0.9]:5000".parse().unwrap(),
+            tls: true,
+        };
         let cx = context(&headers, &uri, Some(&conn), Some("bob"), 1_767_225_600_123);
         assert_eq!(cx.get("aws:SourceIp"), Some("10.0.0.9"));
         assert_eq!(cx.get("aws:SecureTransport"), Some("true"));

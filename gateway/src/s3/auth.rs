@@ -422,7 +422,9 @@ impl S3Access for KeyRing {
             // here only when nothing could allow any.
             if !grants_allow && facts.policy.is_none() {
                 return Err(refuse(match &access_key {
-                    Some(k) => format!("access key {k} may not write bucket {bucket} (DeleteObjects)"),
+                    Some(k) => {
+                        format!("access key {k} may not write bucket {bucket} (DeleteObjects)")
+                    }
                     None => "Signature is required".to_owned(),
                 }));
             }

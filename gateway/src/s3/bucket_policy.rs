@@ -110,7 +110,11 @@ impl Gateway {
             return Err(no_policy(&bucket));
         };
         let public = Policy::parse(&text, &bucket)
-            .map_err(|e| internal(format!("the stored policy of bucket {bucket} does not parse: {e}")))?
+            .map_err(|e| {
+                internal(format!(
+                    "the stored policy of bucket {bucket} does not parse: {e}"
+                ))
+            })?
             .is_public();
         Ok(S3Response::new(dto::GetBucketPolicyStatusOutput {
             policy_status: Some(dto::PolicyStatus {

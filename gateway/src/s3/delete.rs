@@ -35,7 +35,10 @@ impl Gateway {
             req.input.bypass_governance_retention,
         );
         // Who may delete which key (the access check leaves it here: S3 decides per key).
-        let access = req.extensions.get::<crate::s3::access::DeleteCheck>().cloned();
+        let access = req
+            .extensions
+            .get::<crate::s3::access::DeleteCheck>()
+            .cloned();
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         check_delete_count(input.delete.objects.len())?;

@@ -159,7 +159,11 @@ pub(super) fn set_bucket_tags(s: &PostgresStore, bucket: &str, tags: Option<&str
     set_bucket_setting(s, bucket, "bucket_tags", "tags", tags)
 }
 
-pub(super) fn set_bucket_policy(s: &PostgresStore, bucket: &str, policy: Option<&str>) -> Result<()> {
+pub(super) fn set_bucket_policy(
+    s: &PostgresStore,
+    bucket: &str,
+    policy: Option<&str>,
+) -> Result<()> {
     set_bucket_setting(s, bucket, "bucket_policies", "policy", policy)
 }
 
@@ -270,20 +274,26 @@ pub(super) fn bucket_tags(s: &PostgresStore, bucket: &str) -> Result<Option<Stri
 
 pub(super) fn bucket_policy(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
     s.run(|c| {
-        c.query_opt("SELECT policy FROM bucket_policies WHERE bucket = $1", &[&bucket])
-            .map_err(pg_err)?
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(pg_err)
+        c.query_opt(
+            "SELECT policy FROM bucket_policies WHERE bucket = $1",
+            &[&bucket],
+        )
+        .map_err(pg_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_err)
     })
 }
 
 pub(super) fn public_access_block(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
     s.run(|c| {
-        c.query_opt("SELECT config FROM bucket_public_access WHERE bucket = $1", &[&bucket])
-            .map_err(pg_err)?
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(pg_err)
+        c.query_opt(
+            "SELECT config FROM bucket_public_access WHERE bucket = $1",
+            &[&bucket],
+        )
+        .map_err(pg_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_err)
     })
 }

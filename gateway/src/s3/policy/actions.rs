@@ -63,7 +63,11 @@ pub fn action_of(operation: &str, versioned: bool) -> String {
         ("DeleteObjectTagging", false) => "s3:DeleteObjectTagging",
         ("DeleteObjectTagging", true) => "s3:DeleteObjectVersionTagging",
         (
-            "PutObject" | "CopyObject" | "CreateMultipartUpload" | "UploadPart" | "UploadPartCopy"
+            "PutObject"
+            | "CopyObject"
+            | "CreateMultipartUpload"
+            | "UploadPart"
+            | "UploadPartCopy"
             | "CompleteMultipartUpload",
             _,
         ) => "s3:PutObject",
@@ -76,17 +80,14 @@ pub fn action_of(operation: &str, versioned: bool) -> String {
         ("GetBucketLifecycleConfiguration" | "GetBucketLifecycle", _) => {
             "s3:GetLifecycleConfiguration"
         }
-        (
-            "PutBucketLifecycleConfiguration" | "PutBucketLifecycle" | "DeleteBucketLifecycle",
-            _,
-        ) => "s3:PutLifecycleConfiguration",
+        ("PutBucketLifecycleConfiguration" | "PutBucketLifecycle" | "DeleteBucketLifecycle", _) => {
+            "s3:PutLifecycleConfiguration"
+        }
         ("DeleteBucketTagging", _) => "s3:PutBucketTagging",
         ("GetObjectLockConfiguration", _) => "s3:GetBucketObjectLockConfiguration",
         ("PutObjectLockConfiguration", _) => "s3:PutBucketObjectLockConfiguration",
         ("GetPublicAccessBlock", _) => "s3:GetBucketPublicAccessBlock",
-        ("PutPublicAccessBlock" | "DeletePublicAccessBlock", _) => {
-            "s3:PutBucketPublicAccessBlock"
-        }
+        ("PutPublicAccessBlock" | "DeletePublicAccessBlock", _) => "s3:PutBucketPublicAccessBlock",
         // The rest are named as S3 names them: s3:GetBucketPolicy, s3:PutObjectRetention, ...
         (other, _) => return format!("s3:{other}"),
     };

@@ -44,7 +44,9 @@ impl Context {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(&key.to_ascii_lowercase()).map(String::as_str)
+        self.values
+            .get(&key.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -173,9 +175,8 @@ impl Test {
             return Err(format!("condition {operator_name} on {key} has no value"));
         }
         for v in &values {
-            let bad = |what: &str| {
-                format!("condition {operator_name} on {key}: {v:?} is not {what}")
-            };
+            let bad =
+                |what: &str| format!("condition {operator_name} on {key}: {v:?} is not {what}");
             match operator.kind {
                 Kind::Numeric(_) if number(v).is_none() => return Err(bad("a number")),
                 Kind::Date(_) if date(v).is_none() => {
@@ -319,7 +320,9 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -381,7 +384,14 @@ mod tests {
         assert!(test("NumericNotEquals", "s3:max-keys", &["11"]).holds(&c));
         assert!(test("DateLessThan", "aws:CurrentTime", &["2026-06-01T00:00:00Z"]).holds(&c));
         assert!(test("DateEquals", "aws:CurrentTime", &["2026-01-01"]).holds(&c));
-        assert!(!test("DateGreaterThan", "aws:CurrentTime", &["2026-01-01T00:00:01Z"]).holds(&c));
+        assert!(
+            !test(
+                "DateGreaterThan",
+                "aws:CurrentTime",
+                &["2026-01-01T00:00:01Z"]
+            )
+            .holds(&c)
+        );
         assert!(test("Bool", "aws:SecureTransport", &["false"]).holds(&c));
         assert!(!test("Bool", "aws:SecureTransport", &["true"]).holds(&c));
         assert!(test("IpAddress", "aws:SourceIp", &["192.168.0.0/16"]).holds(&c));
@@ -399,8 +409,10 @@ mod tests {
             err("StringSortOf", "s3:prefix", "a"),
             "Policy has an invalid condition operator: StringSortOf"
         );
-        assert!(err("StringEquals", "aws:SourceVpc", "a")
-            .starts_with("Policy has an invalid condition key: aws:SourceVpc"));
+        assert!(
+            err("StringEquals", "aws:SourceVpc", "a")
+                .starts_with("Policy has an invalid condition key: aws:SourceVpc")
+        );
         assert_eq!(
             err("IpAddress", "aws:SourceIp", "10.0.0.0/33"),
             "condition IpAddress on aws:SourceIp: \"10.0.0.0/33\" is not an IP address or CIDR range"

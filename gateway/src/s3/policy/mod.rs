@@ -204,7 +204,11 @@ fn statement(value: &Value, index: usize, bucket: &str) -> Result<Statement, Str
     let sid = match st.get("Sid") {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => return Err(malformed(format!("Sid of statement {index} is {other}, not a string"))),
+        Some(other) => {
+            return Err(malformed(format!(
+                "Sid of statement {index} is {other}, not a string"
+            )));
+        }
     };
     let name = sid.clone().unwrap_or_else(|| index.to_string());
     if let Some(k) = st.keys().find(|k| !FIELDS.contains(&k.as_str())) {
@@ -218,7 +222,11 @@ fn statement(value: &Value, index: usize, bucket: &str) -> Result<Statement, Str
                 "Invalid effect in statement {name}: {other} (Allow or Deny)"
             )));
         }
-        None => return Err(malformed(format!("Missing required field Effect in statement {name}"))),
+        None => {
+            return Err(malformed(format!(
+                "Missing required field Effect in statement {name}"
+            )));
+        }
     };
     let (p, not_principal) = one_of(st, "Principal", &name)?;
     let principals = principal(p, &name)?;
@@ -465,8 +473,7 @@ pub fn decide(policy: Decision, facts: Facts) -> Result<(), Refusal> {
     if facts.grants_allow {
         return Ok(());
     }
-    let policy_allows =
-        policy == Decision::Allow && (!facts.restricted_public || facts.owner);
+    let policy_allows = policy == Decision::Allow && (!facts.restricted_public || facts.owner);
     if policy_allows {
         return Ok(());
     }

@@ -42,16 +42,73 @@ fn named_users_anyone_and_explicit_deny() {
     let p = parse(FAMILY);
     let cx = Context::default();
     let get = "s3:GetObject";
-    assert_eq!(ask(&p, Some("bob"), get, "arn:aws:s3:::photos/album/a.jpg", &cx), Decision::Allow);
-    assert_eq!(ask(&p, Some("carol"), "s3:ListBucket", "arn:aws:s3:::photos", &cx), Decision::Allow);
-    assert_eq!(ask(&p, Some("mallory"), get, "arn:aws:s3:::photos/album/a.jpg", &cx), Decision::Silent);
-    assert_eq!(ask(&p, Some("bob"), "s3:PutObject", "arn:aws:s3:::photos/album/a.jpg", &cx), Decision::Silent);
-    assert_eq!(ask(&p, Some("bob"), get, "arn:aws:s3:::photos/album/private/x", &cx), Decision::Deny);
-    assert_eq!(ask(&p, None, get, "arn:aws:s3:::photos/public/index.html", &cx), Decision::Allow);
-    assert_eq!(ask(&p, None, get, "arn:aws:s3:::photos/album/a.jpg", &cx), Decision::Silent);
+    assert_eq!(
+        ask(&p, Some("bob"), get, "arn:aws:s3:::photos/album/a.jpg", &cx),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(
+            &p,
+            Some("carol"),
+            "s3:ListBucket",
+            "arn:aws:s3:::photos",
+            &cx
+        ),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(
+            &p,
+            Some("mallory"),
+            get,
+            "arn:aws:s3:::photos/album/a.jpg",
+            &cx
+        ),
+        Decision::Silent
+    );
+    assert_eq!(
+        ask(
+            &p,
+            Some("bob"),
+            "s3:PutObject",
+            "arn:aws:s3:::photos/album/a.jpg",
+            &cx
+        ),
+        Decision::Silent
+    );
+    assert_eq!(
+        ask(
+            &p,
+            Some("bob"),
+            get,
+            "arn:aws:s3:::photos/album/private/x",
+            &cx
+        ),
+        Decision::Deny
+    );
+    assert_eq!(
+        ask(&p, None, get, "arn:aws:s3:::photos/public/index.html", &cx),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(&p, None, get, "arn:aws:s3:::photos/album/a.jpg", &cx),
+        Decision::Silent
+    );
     // Actions compare without case, resources with.
-    assert_eq!(ask(&p, None, "S3:GETOBJECT", "arn:aws:s3:::photos/public/a", &cx), Decision::Allow);
-    assert_eq!(ask(&p, None, get, "arn:aws:s3:::photos/Public/a", &cx), Decision::Silent);
+    assert_eq!(
+        ask(
+            &p,
+            None,
+            "S3:GETOBJECT",
+            "arn:aws:s3:::photos/public/a",
+            &cx
+        ),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(&p, None, get, "arn:aws:s3:::photos/Public/a", &cx),
+        Decision::Silent
+    );
     assert!(p.is_public());
 }
 
@@ -65,10 +122,46 @@ fn not_elements_invert_their_match() {
            "NotResource": "arn:aws:s3:::photos/secret/*"}]}"#,
     );
     let cx = Context::default();
-    assert_eq!(ask(&p, Some("alice"), "s3:PutObject", "arn:aws:s3:::photos/a", &cx), Decision::Deny);
-    assert_eq!(ask(&p, Some("backup"), "s3:PutObject", "arn:aws:s3:::photos/a", &cx), Decision::Allow);
-    assert_eq!(ask(&p, Some("backup"), "s3:DeleteObject", "arn:aws:s3:::photos/a", &cx), Decision::Silent);
-    assert_eq!(ask(&p, Some("x"), "s3:GetObject", "arn:aws:s3:::photos/secret/a", &cx), Decision::Silent);
+    assert_eq!(
+        ask(
+            &p,
+            Some("alice"),
+            "s3:PutObject",
+            "arn:aws:s3:::photos/a",
+            &cx
+        ),
+        Decision::Deny
+    );
+    assert_eq!(
+        ask(
+            &p,
+            Some("backup"),
+            "s3:PutObject",
+            "arn:aws:s3:::photos/a",
+            &cx
+        ),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(
+            &p,
+            Some("backup"),
+            "s3:DeleteObject",
+            "arn:aws:s3:::photos/a",
+            &cx
+        ),
+        Decision::Silent
+    );
+    assert_eq!(
+        ask(
+            &p,
+            Some("x"),
+            "s3:GetObject",
+            "arn:aws:s3:::photos/secret/a",
+            &cx
+        ),
+        Decision::Silent
+    );
 }
 
 #[test]
@@ -91,20 +184,50 @@ fn conditions_come_from_the_request() {
         .set("s3:prefix", "home/bob/2024/")
         .set("aws:SourceIp", "10.2.3.4")
         .set("aws:CurrentTime", "1767225600");
-    assert_eq!(ask(&p, Some("bob"), "s3:ListBucket", "arn:aws:s3:::photos", &cx), Decision::Allow);
-    assert_eq!(ask(&p, None, "s3:GetObject", "arn:aws:s3:::photos/a", &cx), Decision::Allow);
+    assert_eq!(
+        ask(&p, Some("bob"), "s3:ListBucket", "arn:aws:s3:::photos", &cx),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(&p, None, "s3:GetObject", "arn:aws:s3:::photos/a", &cx),
+        Decision::Allow
+    );
     let mut other = cx.clone();
     other.set("s3:prefix", "home/alice/");
-    assert_eq!(ask(&p, Some("bob"), "s3:ListBucket", "arn:aws:s3:::photos", &other), Decision::Silent);
+    assert_eq!(
+        ask(
+            &p,
+            Some("bob"),
+            "s3:ListBucket",
+            "arn:aws:s3:::photos",
+            &other
+        ),
+        Decision::Silent
+    );
     let mut outside = cx.clone();
     outside.set("aws:SourceIp", "192.0.2.1");
-    assert_eq!(ask(&p, None, "s3:GetObject", "arn:aws:s3:::photos/a", &outside), Decision::Silent);
+    assert_eq!(
+        ask(&p, None, "s3:GetObject", "arn:aws:s3:::photos/a", &outside),
+        Decision::Silent
+    );
     let mut late = cx.clone();
     late.set("aws:CurrentTime", "1893456000"); // 2030-01-01
-    assert_eq!(ask(&p, None, "s3:GetObject", "arn:aws:s3:::photos/a", &late), Decision::Silent);
+    assert_eq!(
+        ask(&p, None, "s3:GetObject", "arn:aws:s3:::photos/a", &late),
+        Decision::Silent
+    );
     let mut plain = cx.clone();
     plain.set("aws:SecureTransport", "false");
-    assert_eq!(ask(&p, Some("bob"), "s3:ListBucket", "arn:aws:s3:::photos", &plain), Decision::Deny);
+    assert_eq!(
+        ask(
+            &p,
+            Some("bob"),
+            "s3:ListBucket",
+            "arn:aws:s3:::photos",
+            &plain
+        ),
+        Decision::Deny
+    );
     // Public: the Office statement is pinned to addresses, but nothing else allows anyone.
     assert!(!p.is_public());
 }
@@ -126,7 +249,8 @@ fn public_means_anyone_without_a_pinning_condition() {
     assert!(parse(&stmt(r#""*""#, all)).is_public());
     let tls = r#", "Condition": {"Bool": {"aws:SecureTransport": "true"}}"#;
     assert!(parse(&stmt(r#""*""#, tls)).is_public());
-    let deny = r#"{"Statement": {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*"}}"#;
+    let deny =
+        r#"{"Statement": {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*"}}"#;
     assert!(!parse(deny).is_public());
 }
 
@@ -135,38 +259,71 @@ fn malformed_policies_name_the_problem() {
     let cases: &[(&str, &str)] = &[
         ("not json", "Policies must be valid JSON"),
         ("[]", "Policies must be a JSON object"),
-        (r#"{"Version": "2012-10-17"}"#, "Missing required field Statement"),
+        (
+            r#"{"Version": "2012-10-17"}"#,
+            "Missing required field Statement",
+        ),
         (r#"{"Statement": []}"#, "Statement is empty"),
-        (r#"{"Version": "2020-01-01", "Statement": []}"#, "The policy Version \"2020-01-01\" is not supported"),
-        (r#"{"Statement": [{"Principal": "*", "Action": "s3:GetObject", "Resource": "*"}]}"#,
-         "Missing required field Effect in statement 0"),
-        (r#"{"Statement": [{"Sid": "A", "Effect": "Permit", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"}]}"#,
-         "Invalid effect in statement A: \"Permit\""),
-        (r#"{"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}"#,
-         "Missing required field Principal in statement 0"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObjet", "Resource": "*"}]}"#,
-         "Policy has invalid action: s3:GetObjet"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::other/*"}]}"#,
-         "Policy has invalid resource: arn:aws:s3:::other/*"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": {"CanonicalUser": "abc"}, "Action": "s3:GetObject", "Resource": "*"}]}"#,
-         "Invalid principal in policy: Principal of statement 0 has a CanonicalUser entry"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123:root"}, "Action": "s3:GetObject", "Resource": "*"}]}"#,
-         "Invalid principal in policy: arn:aws:iam::123:root"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*", "Condition": {"StringEquals": {"aws:SourceVpc": "x"}}}]}"#,
-         "Policy has an invalid condition key: aws:SourceVpc"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*", "Conditions": {}}]}"#,
-         "Unknown field Conditions in statement 0"),
-        (r#"{"Statement": [{"Sid": "A", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"},
+        (
+            r#"{"Version": "2020-01-01", "Statement": []}"#,
+            "The policy Version \"2020-01-01\" is not supported",
+        ),
+        (
+            r#"{"Statement": [{"Principal": "*", "Action": "s3:GetObject", "Resource": "*"}]}"#,
+            "Missing required field Effect in statement 0",
+        ),
+        (
+            r#"{"Statement": [{"Sid": "A", "Effect": "Permit", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"}]}"#,
+            "Invalid effect in statement A: \"Permit\"",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}"#,
+            "Missing required field Principal in statement 0",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObjet", "Resource": "*"}]}"#,
+            "Policy has invalid action: s3:GetObjet",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::other/*"}]}"#,
+            "Policy has invalid resource: arn:aws:s3:::other/*",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": {"CanonicalUser": "abc"}, "Action": "s3:GetObject", "Resource": "*"}]}"#,
+            "Invalid principal in policy: Principal of statement 0 has a CanonicalUser entry",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123:root"}, "Action": "s3:GetObject", "Resource": "*"}]}"#,
+            "Invalid principal in policy: arn:aws:iam::123:root",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*", "Condition": {"StringEquals": {"aws:SourceVpc": "x"}}}]}"#,
+            "Policy has an invalid condition key: aws:SourceVpc",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*", "Conditions": {}}]}"#,
+            "Unknown field Conditions in statement 0",
+        ),
+        (
+            r#"{"Statement": [{"Sid": "A", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"},
                            {"Sid": "A", "Effect": "Deny", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"}]}"#,
-         "Statement IDs (SID) in a single policy must be unique: A is given twice"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "NotAction": "s3:PutObject", "Resource": "*"}]}"#,
-         "statement 0 has both Action and NotAction"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::photos/${aws:username}/*"}]}"#,
-         "policy variables are not supported"),
+            "Statement IDs (SID) in a single policy must be unique: A is given twice",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "NotAction": "s3:PutObject", "Resource": "*"}]}"#,
+            "statement 0 has both Action and NotAction",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::photos/${aws:username}/*"}]}"#,
+            "policy variables are not supported",
+        ),
     ];
     for (text, expected) in cases {
         let e = refused(text);
-        assert!(e.contains(expected), "{text}\n  gave {e:?}\n  wanted {expected:?}");
+        assert!(
+            e.contains(expected),
+            "{text}\n  gave {e:?}\n  wanted {expected:?}"
+        );
     }
     let big = format!(
         r#"{{"Statement": [{{"Sid": "{}", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"}}]}}"#,
@@ -183,14 +340,35 @@ fn deny_wins_over_grants_except_the_owner_managing_the_policy() {
         policy_management,
         restricted_public,
     };
-    assert_eq!(decide(Decision::Deny, facts(true, true, false, false)), Err(Refusal::DeniedByPolicy));
-    assert_eq!(decide(Decision::Deny, facts(true, true, true, false)), Ok(()));
-    assert_eq!(decide(Decision::Deny, facts(true, false, true, false)), Err(Refusal::DeniedByPolicy));
-    assert_eq!(decide(Decision::Allow, facts(false, false, false, false)), Ok(()));
+    assert_eq!(
+        decide(Decision::Deny, facts(true, true, false, false)),
+        Err(Refusal::DeniedByPolicy)
+    );
+    assert_eq!(
+        decide(Decision::Deny, facts(true, true, true, false)),
+        Ok(())
+    );
+    assert_eq!(
+        decide(Decision::Deny, facts(true, false, true, false)),
+        Err(Refusal::DeniedByPolicy)
+    );
+    assert_eq!(
+        decide(Decision::Allow, facts(false, false, false, false)),
+        Ok(())
+    );
     // RestrictPublicBuckets: a public policy allows only the owner.
-    assert_eq!(decide(Decision::Allow, facts(false, false, false, true)), Err(Refusal::NotAllowed));
-    assert_eq!(decide(Decision::Allow, facts(false, true, false, true)), Ok(()));
-    assert_eq!(decide(Decision::Silent, facts(false, true, false, false)), Err(Refusal::NotAllowed));
+    assert_eq!(
+        decide(Decision::Allow, facts(false, false, false, true)),
+        Err(Refusal::NotAllowed)
+    );
+    assert_eq!(
+        decide(Decision::Allow, facts(false, true, false, true)),
+        Ok(())
+    );
+    assert_eq!(
+        decide(Decision::Silent, facts(false, true, false, false)),
+        Err(Refusal::NotAllowed)
+    );
 }
 
 // ---- properties ----
@@ -246,13 +424,21 @@ fn arb_statement() -> impl Strategy<Value = String> {
 }
 
 fn arb_policy() -> impl Strategy<Value = String> {
-    prop::collection::vec(arb_statement(), 1..5)
-        .prop_map(|sts| format!(r#"{{"Version": "2012-10-17", "Statement": [{}]}}"#, sts.join(",")))
+    prop::collection::vec(arb_statement(), 1..5).prop_map(|sts| {
+        format!(
+            r#"{{"Version": "2012-10-17", "Statement": [{}]}}"#,
+            sts.join(",")
+        )
+    })
 }
 
 fn arb_request() -> impl Strategy<Value = (Option<String>, String, String, Option<String>)> {
     (
-        prop::option::of(prop_oneof![Just("alice".to_owned()), Just("bob".to_owned()), Just("eve".to_owned())]),
+        prop::option::of(prop_oneof![
+            Just("alice".to_owned()),
+            Just("bob".to_owned()),
+            Just("eve".to_owned())
+        ]),
         prop_oneof![
             Just("s3:GetObject".to_owned()),
             Just("s3:PutObject".to_owned()),

@@ -63,9 +63,21 @@ mod tests {
 
     #[test]
     fn examples() {
-        assert!(matches("arn:aws:s3:::photos/*", "arn:aws:s3:::photos/a/b.jpg", false));
-        assert!(matches("arn:aws:s3:::photos/*", "arn:aws:s3:::photos/", false));
-        assert!(!matches("arn:aws:s3:::photos/*", "arn:aws:s3:::photos", false));
+        assert!(matches(
+            "arn:aws:s3:::photos/*",
+            "arn:aws:s3:::photos/a/b.jpg",
+            false
+        ));
+        assert!(matches(
+            "arn:aws:s3:::photos/*",
+            "arn:aws:s3:::photos/",
+            false
+        ));
+        assert!(!matches(
+            "arn:aws:s3:::photos/*",
+            "arn:aws:s3:::photos",
+            false
+        ));
         assert!(matches("s3:Get*", "s3:getobject", true));
         assert!(!matches("s3:Get*", "s3:getobject", false));
         assert!(matches("a?c", "abc", false));
