@@ -161,6 +161,9 @@ pub struct Ask<'a> {
     pub operation: &'a str,
     pub action: &'a str,
     pub context: &'a policy::Context,
+    /// What the key's grants lack, worded for the client (`access key K may not write
+    /// bucket B (PutObject)`); `None` when unsigned.
+    pub grant_refusal: Option<&'a str>,
 }
 
 /// Decides `ask` against the bucket's facts; the error names what refused it.
@@ -207,10 +210,14 @@ pub fn judge(facts: &BucketFacts, ask: &Ask<'_>) -> Result<(), String> {
             "only the owner of bucket {} manages its policy and public access block ({})",
             ask.bucket, ask.operation
         )),
-        Err(Refusal::NotAllowed) => Err(format!(
-            "{who} may not {} on {resource}: no grant of the key and no statement of the bucket policy allows it",
-            ask.action
-        )),
+        Err(Refusal::NotAllowed) => Err(match (ask.grant_refusal, &facts.policy) {
+            (Some(grants), None) => grants.to_owned(),
+            (Some(grants), Some(_)) => format!(
+                "{grants}, and no statement of the bucket's policy allows {} on {resource} to {who}",
+                ask.action
+            ),
+            (None, _) => format!("{who} may not {} on {resource}", ask.action),
+        }),
     }
 }
 
@@ -239,6 +246,10 @@ impl DeleteCheck {
                 operation: "DeleteObject",
                 action: &action,
                 context: &self.context,
+                grant_refusal: self
+                    .user
+                    .as_ref()
+                    .map(|_| "the key may not write the bucket (DeleteObject)"),
             },
         )
     }
@@ -347,6 +358,7 @@ mod tests {
             operation: op,
             action,
             context: cx,
+            grant_refusal: user.map(|_| "access key K may not read bucket photos (GetObject)"),
         }
     }
 

@@ -436,6 +436,13 @@ impl S3Access for KeyRing {
             });
         } else {
             let action = action_of(&operation, versioned);
+            let grant_refusal = access_key.as_ref().map(|k| {
+                let what = match need {
+                    Need::Read => "read",
+                    Need::Write => "write",
+                };
+                format!("access key {k} may not {what} bucket {bucket} ({operation})")
+            });
             let object_key = key
                 .as_deref()
                 .filter(|_| super::policy::actions::is_object_operation(&operation));
@@ -450,6 +457,7 @@ impl S3Access for KeyRing {
                     operation: &operation,
                     action: &action,
                     context: &context,
+                    grant_refusal: grant_refusal.as_deref(),
                 },
             )
             .map_err(refuse)?;
@@ -476,9 +484,13 @@ impl S3Access for KeyRing {
                     operation: "GetObject",
                     action: &action,
                     context: &context,
+                    grant_refusal: access_key
+                        .as_ref()
+                        .map(|k| format!("access key {k} may not read bucket {source_bucket} (the copy source)"))
+                        .as_deref(),
                 },
             )
-            .map_err(|m| refuse(format!("{m} (the copy source)")))?;
+            .map_err(refuse)?;
         }
         if let Some(grants) = grants {
             cx.extensions_mut().insert(grants);
