@@ -7,6 +7,8 @@
 mod clients;
 #[path = "hostile/objlock.rs"]
 mod objlock;
+#[path = "hostile/policies.rs"]
+mod policies;
 #[path = "hostile/providers.rs"]
 mod providers;
 #[path = "hostile/snapshots.rs"]

@@ -104,6 +104,12 @@ pub fn copy_store(
         if let Some(rules) = from.bucket_cors(&bucket.name)? {
             to.set_bucket_cors(&bucket.name, Some(&rules))?;
         }
+        if let Some(policy) = from.bucket_policy(&bucket.name)? {
+            to.set_bucket_policy(&bucket.name, Some(&policy))?;
+        }
+        if let Some(config) = from.public_access_block(&bucket.name)? {
+            to.set_public_access_block(&bucket.name, Some(&config))?;
+        }
         counts.versions += copy_versions(from, to, &bucket.name)?;
         let (uploads, parts) = copy_uploads(from, to, &bucket.name)?;
         counts.uploads += uploads;

@@ -729,6 +729,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn set_bucket_cors(&self, bucket: &str, rules: Option<&str>) -> Result<()>;
     /// A bucket's CORS configuration as stored by [`MetadataStore::set_bucket_cors`].
     fn bucket_cors(&self, bucket: &str) -> Result<Option<String>>;
+    /// Stores (`Some`, the policy's JSON as given) or removes (`None`) a bucket's policy;
+    /// fails with `NoSuchBucket`.
+    fn set_bucket_policy(&self, bucket: &str, policy: Option<&str>) -> Result<()>;
+    /// A bucket's policy as stored by [`MetadataStore::set_bucket_policy`].
+    fn bucket_policy(&self, bucket: &str) -> Result<Option<String>>;
+    /// Stores (`Some`, JSON) or removes (`None`) a bucket's PublicAccessBlock; fails with
+    /// `NoSuchBucket`.
+    fn set_public_access_block(&self, bucket: &str, config: Option<&str>) -> Result<()>;
+    /// A bucket's PublicAccessBlock as stored by [`MetadataStore::set_public_access_block`].
+    fn public_access_block(&self, bucket: &str) -> Result<Option<String>>;
     /// Replaces the tags of one stored version (not a delete marker) in place, keeping the
     /// rest of it; `false` (nothing changed) when there is no such version.
     fn set_object_tags(

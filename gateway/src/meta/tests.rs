@@ -41,6 +41,7 @@ on_every_store!(
     shard_index_follows_versions_providers_and_bad_shards,
     versions_are_walked_in_row_order,
     a_bucket_default_plan_is_set_and_cleared,
+    bucket_policies_and_public_access_blocks_are_kept_per_bucket,
     conditional_writes_check_the_latest_version_in_the_commit,
     attributes_round_trip_on_versions_and_uploads,
     listings_agree_with_the_listing_rule_page_by_page,
@@ -432,6 +433,42 @@ fn cors_rules_are_stored_per_bucket_and_go_with_it(s: &dyn MetadataStore) {
     s.delete_bucket("c").unwrap();
     s.create_bucket(&bucket("c")).unwrap();
     assert_eq!(s.bucket_cors("c").unwrap(), None);
+}
+
+fn bucket_policies_and_public_access_blocks_are_kept_per_bucket(s: &dyn MetadataStore) {
+    s.create_bucket(&bucket("p")).unwrap();
+    assert_eq!(s.bucket_policy("p").unwrap(), None);
+    assert_eq!(s.public_access_block("p").unwrap(), None);
+    s.set_bucket_policy("p", Some("{\"Statement\":[]}"))
+        .unwrap();
+    s.set_public_access_block("p", Some("{\"blockPublicPolicy\":true}"))
+        .unwrap();
+    assert_eq!(
+        s.bucket_policy("p").unwrap().as_deref(),
+        Some("{\"Statement\":[]}")
+    );
+    assert_eq!(
+        s.public_access_block("p").unwrap().as_deref(),
+        Some("{\"blockPublicPolicy\":true}")
+    );
+    // Each is removed on its own.
+    s.set_bucket_policy("p", None).unwrap();
+    assert_eq!(s.bucket_policy("p").unwrap(), None);
+    assert!(s.public_access_block("p").unwrap().is_some());
+    assert!(matches!(
+        s.set_bucket_policy("nope", Some("{}")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    assert!(matches!(
+        s.set_public_access_block("nope", Some("{}")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    // A deleted bucket's go with it: a new bucket of the same name starts open to no one.
+    s.set_bucket_policy("p", Some("{}")).unwrap();
+    s.delete_bucket("p").unwrap();
+    s.create_bucket(&bucket("p")).unwrap();
+    assert_eq!(s.bucket_policy("p").unwrap(), None);
+    assert_eq!(s.public_access_block("p").unwrap(), None);
 }
 
 fn a_bucket_default_plan_is_set_and_cleared(s: &dyn MetadataStore) {

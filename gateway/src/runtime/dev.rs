@@ -287,11 +287,14 @@ pub fn service(gateway: Arc<Node>, credentials: Option<&Credentials>) -> S3Servi
 
 /// The S3 HTTP service over a gateway; SigV4 and per-bucket grants of `keys` if any.
 pub fn service_with_keys(gateway: Arc<Node>, keys: Option<KeyRing>) -> S3Service {
-    let mut builder = S3ServiceBuilder::new(crate::s3::Gateway::new(gateway));
+    let buckets = Arc::new(crate::s3::access::BucketAccess::new(Arc::clone(&gateway)));
+    let front = crate::s3::Gateway::new(gateway).with_bucket_access(Arc::clone(&buckets));
+    let mut builder = S3ServiceBuilder::new(front);
     builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
         crate::s3::http::s3s_config(),
     ))));
     if let Some(keys) = keys {
+        let keys = keys.with_bucket_access(buckets);
         builder.set_auth(keys.clone());
         builder.set_access(keys);
     }

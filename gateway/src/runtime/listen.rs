@@ -89,7 +89,12 @@ pub async fn serve_s3(
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(%peer, error = %e, "TCP keepalive not set");
         }
-        let service = service.clone();
+        let service = service
+            .clone()
+            .with_connection(crate::s3::access::Connection {
+                peer,
+                tls: tls.is_some(),
+            });
         let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;

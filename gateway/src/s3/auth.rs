@@ -6,6 +6,10 @@
 //! and UploadPartCopy also need a read grant on the source bucket. ListBuckets is open to
 //! every key but lists only the buckets the key has a grant on.
 //!
+//! With a bucket's policy ([`super::access`], [`super::policy`]): an explicit deny of the
+//! policy refuses whatever the grants allow; an allow of the policy admits what the grants
+//! do not, unsigned requests included (anonymous access exists only that way).
+//!
 //! Some requests are refused before s3s sees them ([`refuse_unread`]), for what s3s would
 //! do with them before any signature is checked: Signature Version 2 (no clock-skew bound,
 //! so a captured request replays forever) and POST bodies of multipart types other than
@@ -20,7 +24,9 @@ use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use sublet_crds::GatewayCredential;
 
-use crate::node::users::Accounts;
+use super::access::{self, Ask, BucketAccess, BucketFacts, Connection, DeleteCheck};
+use super::policy::actions::action_of;
+use crate::node::users::{Accounts, DEFAULT_USER};
 
 /// What a key may do in one bucket (or `*`: every bucket).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +74,17 @@ impl Grants {
         })
     }
 
+    /// Whether the grants allow `need` on every bucket (a `*` grant: an operator's key).
+    pub fn everywhere(&self, need: Need) -> bool {
+        self.0.iter().any(|g| {
+            g.bucket == "*"
+                && match need {
+                    Need::Read => g.read,
+                    Need::Write => g.write,
+                }
+        })
+    }
+
     /// Whether ListBuckets shows `bucket` to the key: any grant on it.
     pub fn sees(&self, bucket: &str) -> bool {
         self.0.iter().any(|g| g.covers(bucket))
@@ -93,6 +110,17 @@ fn copy_source_bucket(header: &str) -> Option<&str> {
     (!bucket.is_empty()).then_some(bucket)
 }
 
+/// The bucket, key and whether a version is named, of an `x-amz-copy-source` header
+/// (`bucket/key[?versionId=v]`, URL-encoded).
+fn copy_source(header: &str) -> Option<(String, String, bool)> {
+    let bucket = copy_source_bucket(header)?;
+    let path = header.strip_prefix('/').unwrap_or(header);
+    let rest = path.get(bucket.len() + 1..)?;
+    let (key, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let versioned = query.split('&').any(|p| p.starts_with("versionId="));
+    Some((bucket.to_owned(), percent_decoded(key), versioned))
+}
+
 #[derive(Clone)]
 struct Key {
     secret: String,
@@ -112,6 +140,9 @@ pub struct GovernanceBypass;
 pub struct KeyRing {
     keys: Arc<HashMap<String, Key>>,
     accounts: Option<Arc<Accounts>>,
+    /// Bucket owners, policies and public access blocks; without them (tests of the keys
+    /// alone) grants decide and unsigned requests are refused.
+    buckets: Option<Arc<BucketAccess>>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -164,7 +195,23 @@ impl KeyRing {
                     .collect(),
             ),
             accounts: None,
+            buckets: None,
         }
+    }
+
+    /// Decides with the buckets' owners, policies and public access blocks too.
+    pub fn with_bucket_access(mut self, buckets: Arc<BucketAccess>) -> Self {
+        self.buckets = Some(buckets);
+        self
+    }
+
+    /// The user `access_key` belongs to: its runtime user, or the default user for the
+    /// configuration's keys.
+    pub fn user_of(&self, access_key: &str) -> Option<String> {
+        if self.keys.contains_key(access_key) {
+            return Some(DEFAULT_USER.to_owned());
+        }
+        Some(self.accounts.as_ref()?.lookup(access_key)?.user)
     }
 
     /// Also accepts the runtime keys of `accounts`, which learns the configuration's key
@@ -311,6 +358,20 @@ impl S3Auth for KeyRing {
     }
 }
 
+fn denied(message: String) -> s3s::S3Error {
+    s3s::S3Error::with_message(s3s::S3ErrorCode::AccessDenied, message)
+}
+
+impl KeyRing {
+    /// The access facts of `bucket` (none known without [`KeyRing::with_bucket_access`]).
+    async fn facts(&self, bucket: &str) -> S3Result<Arc<BucketFacts>> {
+        match &self.buckets {
+            Some(b) => b.facts(bucket).await.map_err(s3s::S3Error::from),
+            None => Ok(Arc::new(BucketFacts::default())),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl S3Access for KeyRing {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
@@ -318,31 +379,126 @@ impl S3Access for KeyRing {
         if let Some(slot) = cx.extensions_mut().get::<crate::metrics::OperationSlot>() {
             slot.set(&operation);
         }
-        let Some(access_key) = cx.credentials().map(|c| c.access_key.clone()) else {
-            return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+        let access_key = cx.credentials().map(|c| c.access_key.clone());
+        let (grants, user) = match &access_key {
+            Some(key) => match (self.grants(key), self.user_of(key)) {
+                (Some(g), Some(u)) => (Some(g), Some(u)),
+                _ => {
+                    tracing::info!(access_key = key, operation, "access denied: unknown key");
+                    return Err(denied(format!("unknown access key {key}")));
+                }
+            },
+            None => (None, None),
         };
-        let bucket = cx.s3_path().get_bucket_name().map(str::to_owned);
-        let copy_source = cx
+        let Some(bucket) = cx.s3_path().get_bucket_name().map(str::to_owned) else {
+            // Only ListBuckets works without a bucket, and it filters what it shows.
+            if grants.is_none() {
+                return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+            }
+            if let Some(grants) = grants {
+                cx.extensions_mut().insert(grants);
+            }
+            return Ok(());
+        };
+        let key = cx.s3_path().get_object_key().map(str::to_owned);
+        let connection = cx.extensions_mut().get::<Connection>().copied();
+        let context = access::context(
+            cx.headers(),
+            cx.uri(),
+            connection.as_ref(),
+            user.as_deref(),
+            crate::clock::now_ms(),
+        );
+        let need = need_of(&operation);
+        let versioned = access::query_param(cx.uri(), "versionId").is_some();
+        let facts = self.facts(&bucket).await?;
+        let grants_allow = grants.as_ref().is_some_and(|g| g.allows(&bucket, need));
+        let refuse = |message: String| {
+            tracing::info!(?access_key, ?user, operation, reason = %message, "access denied");
+            denied(message)
+        };
+        if operation == "DeleteObjects" {
+            // Decided per key in the handler (S3 checks s3:DeleteObject on each); refused
+            // here only when nothing could allow any.
+            if !grants_allow && facts.policy.is_none() {
+                return Err(refuse(match &access_key {
+                    Some(k) => {
+                        format!("access key {k} may not write bucket {bucket} (DeleteObjects)")
+                    }
+                    None => "Signature is required".to_owned(),
+                }));
+            }
+            cx.extensions_mut().insert(DeleteCheck {
+                facts: Arc::clone(&facts),
+                user: user.clone(),
+                grants_allow,
+                context: context.clone(),
+            });
+        } else {
+            let action = action_of(&operation, versioned);
+            let grant_refusal = access_key.as_ref().map(|k| {
+                let what = match need {
+                    Need::Read => "read",
+                    Need::Write => "write",
+                };
+                format!("access key {k} may not {what} bucket {bucket} ({operation})")
+            });
+            let object_key = key
+                .as_deref()
+                .filter(|_| super::policy::actions::is_object_operation(&operation));
+            access::judge(
+                &facts,
+                &Ask {
+                    user: user.as_deref(),
+                    grants_allow,
+                    grants_everywhere: grants.as_ref().is_some_and(|g| g.everywhere(need)),
+                    bucket: &bucket,
+                    key: object_key,
+                    operation: &operation,
+                    action: &action,
+                    context: &context,
+                    grant_refusal: grant_refusal.as_deref(),
+                },
+            )
+            .map_err(refuse)?;
+        }
+        let source = cx
             .headers()
             .get("x-amz-copy-source")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if let Err(message) = self.check(
-            &access_key,
-            &operation,
-            bucket.as_deref(),
-            copy_source.as_deref(),
-        ) {
-            tracing::info!(access_key, operation, reason = %message, "access denied");
-            return Err(s3s::S3Error::with_message(
-                s3s::S3ErrorCode::AccessDenied,
-                message,
-            ));
+            .and_then(copy_source);
+        if let Some((source_bucket, source_key, source_versioned)) = source {
+            let facts = self.facts(&source_bucket).await?;
+            let action = action_of("GetObject", source_versioned);
+            let grants_allow = grants
+                .as_ref()
+                .is_some_and(|g| g.allows(&source_bucket, Need::Read));
+            access::judge(
+                &facts,
+                &Ask {
+                    user: user.as_deref(),
+                    grants_allow,
+                    grants_everywhere: false,
+                    bucket: &source_bucket,
+                    key: Some(&source_key),
+                    operation: "GetObject",
+                    action: &action,
+                    context: &context,
+                    grant_refusal: access_key
+                        .as_ref()
+                        .map(|k| format!("access key {k} may not read bucket {source_bucket} (the copy source)"))
+                        .as_deref(),
+                },
+            )
+            .map_err(refuse)?;
         }
-        if let Some(grants) = self.grants(&access_key) {
+        if let Some(grants) = grants {
             cx.extensions_mut().insert(grants);
         }
-        if self.may_bypass_governance(&access_key) {
+        if access_key
+            .as_deref()
+            .is_some_and(|k| self.may_bypass_governance(k))
+        {
             cx.extensions_mut().insert(GovernanceBypass);
         }
         Ok(())
@@ -389,7 +545,7 @@ pub fn refuse_unread<B>(req: &http::Request<B>) -> Option<s3s::S3Error> {
 
 /// `text` with `%XX` escapes and `+` decoded (lossily), to compare query parameter names as
 /// s3s will see them.
-fn percent_decoded(text: &str) -> String {
+pub(super) fn percent_decoded(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -34,6 +34,7 @@ impl Gateway {
             owner,
         };
         self.meta(move |m| m.create_bucket(&bucket)).await?;
+        self.bucket_access_changed(&name);
         if lock && let Err(e) = self.enable_lock(&name).await {
             // Not left behind without the lock it was asked for.
             let n = name.clone();
@@ -52,7 +53,9 @@ impl Gateway {
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
         let name = req.input.bucket;
-        self.meta(move |m| m.delete_bucket(&name)).await?;
+        let n = name.clone();
+        self.meta(move |m| m.delete_bucket(&n)).await?;
+        self.bucket_access_changed(&name);
         Ok(S3Response::new(DeleteBucketOutput {}))
     }
 

@@ -34,6 +34,11 @@ impl Gateway {
             &req.extensions,
             req.input.bypass_governance_retention,
         );
+        // Who may delete which key (the access check leaves it here: S3 decides per key).
+        let access = req
+            .extensions
+            .get::<crate::s3::access::DeleteCheck>()
+            .cloned();
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         check_delete_count(input.delete.objects.len())?;
@@ -41,6 +46,18 @@ impl Gateway {
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for obj in input.delete.objects {
+            if let Some(Err(message)) = access
+                .as_ref()
+                .map(|a| a.allows(&bucket.name, &obj.key, obj.version_id.as_deref()))
+            {
+                errors.push(Error {
+                    code: Some(S3ErrorCode::AccessDenied.as_str().to_string()),
+                    key: Some(obj.key),
+                    message: Some(message),
+                    version_id: obj.version_id,
+                });
+                continue;
+            }
             match self
                 .delete_key(&bucket, &obj.key, obj.version_id.as_deref(), bypass)
                 .await

@@ -44,6 +44,8 @@ pub struct MeteredService {
     body_timeout: Duration,
     /// Whose buckets' CORS rules answer preflights and mark cross-origin answers.
     node: Option<Arc<Node>>,
+    /// The connection this clone serves (the listener makes one clone per connection).
+    connection: Option<crate::s3::access::Connection>,
 }
 
 impl MeteredService {
@@ -54,6 +56,7 @@ impl MeteredService {
             journal: None,
             body_timeout: sublet_crds::ClientLimits::DEFAULT_BODY_TIMEOUT,
             node: None,
+            connection: None,
         }
     }
 
@@ -61,6 +64,13 @@ impl MeteredService {
     /// (they are never signed), and adds CORS headers to cross-origin answers.
     pub fn with_cors(mut self, node: Arc<Node>) -> Self {
         self.node = Some(node);
+        self
+    }
+
+    /// Tells every request served by this clone which connection it came on (its peer
+    /// address and whether it is TLS: `aws:SourceIp` and `aws:SecureTransport` to policies).
+    pub fn with_connection(mut self, connection: crate::s3::access::Connection) -> Self {
+        self.connection = Some(connection);
         self
     }
 
@@ -92,6 +102,9 @@ impl MeteredService {
         let started = Instant::now();
         let slot = OperationSlot::default();
         req.extensions_mut().insert(slot.clone());
+        if let Some(connection) = self.connection {
+            req.extensions_mut().insert(connection);
+        }
         // One id per request: the `x-amz-request-id` header and every error body's
         // `<RequestId>` (s3s puts it there from this extension, vendor/README.md).
         let request_id = new_request_id();

@@ -1,9 +1,11 @@
 //! The S3 API: the one `impl S3` of the gateway (via s3s), one file per operation family,
 //! each turning a request into calls on the [`Node`] and its answer into S3's form.
 
+pub mod access;
 mod attributes;
 pub mod auth;
 mod bucket;
+mod bucket_policy;
 mod checksum;
 mod copy;
 pub mod cors;
@@ -15,6 +17,7 @@ mod lifecycle;
 mod list;
 mod lock;
 mod multipart;
+pub mod policy;
 mod post;
 mod put;
 mod tagging;
@@ -35,11 +38,29 @@ use crate::node::Node;
 #[derive(Clone)]
 pub struct Gateway {
     node: Arc<Node>,
+    /// The access facts the S3 access check reads, told here when a bucket's change.
+    buckets: Option<Arc<access::BucketAccess>>,
 }
 
 impl Gateway {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            node,
+            buckets: None,
+        }
+    }
+
+    /// Shares the access check's bucket facts, so changes made here apply at once.
+    pub fn with_bucket_access(mut self, buckets: Arc<access::BucketAccess>) -> Self {
+        self.buckets = Some(buckets);
+        self
+    }
+
+    /// Drops the access facts known of `bucket` after its owner, policy or block changed.
+    fn bucket_access_changed(&self, bucket: &str) {
+        if let Some(b) = &self.buckets {
+            b.forget(bucket);
+        }
     }
 
     /// The node this front end serves.
@@ -354,6 +375,55 @@ impl S3 for Gateway {
         req: S3Request<PutBucketTaggingInput>,
     ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
         self.do_put_bucket_tagging(req).await
+    }
+
+    async fn put_bucket_policy(
+        &self,
+        req: S3Request<PutBucketPolicyInput>,
+    ) -> S3Result<S3Response<PutBucketPolicyOutput>> {
+        self.do_put_bucket_policy(req).await
+    }
+
+    async fn get_bucket_policy(
+        &self,
+        req: S3Request<GetBucketPolicyInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyOutput>> {
+        self.do_get_bucket_policy(req).await
+    }
+
+    async fn delete_bucket_policy(
+        &self,
+        req: S3Request<DeleteBucketPolicyInput>,
+    ) -> S3Result<S3Response<DeleteBucketPolicyOutput>> {
+        self.do_delete_bucket_policy(req).await
+    }
+
+    async fn get_bucket_policy_status(
+        &self,
+        req: S3Request<GetBucketPolicyStatusInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyStatusOutput>> {
+        self.do_get_bucket_policy_status(req).await
+    }
+
+    async fn put_public_access_block(
+        &self,
+        req: S3Request<PutPublicAccessBlockInput>,
+    ) -> S3Result<S3Response<PutPublicAccessBlockOutput>> {
+        self.do_put_public_access_block(req).await
+    }
+
+    async fn get_public_access_block(
+        &self,
+        req: S3Request<GetPublicAccessBlockInput>,
+    ) -> S3Result<S3Response<GetPublicAccessBlockOutput>> {
+        self.do_get_public_access_block(req).await
+    }
+
+    async fn delete_public_access_block(
+        &self,
+        req: S3Request<DeletePublicAccessBlockInput>,
+    ) -> S3Result<S3Response<DeletePublicAccessBlockOutput>> {
+        self.do_delete_public_access_block(req).await
     }
 
     async fn get_bucket_tagging(

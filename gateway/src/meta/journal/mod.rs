@@ -131,6 +131,16 @@ pub enum Entry {
         bucket: String,
         rules: Option<String>,
     },
+    /// Put/DeleteBucketPolicy.
+    SetBucketPolicy {
+        bucket: String,
+        policy: Option<String>,
+    },
+    /// Put/DeletePublicAccessBlock.
+    SetPublicAccessBlock {
+        bucket: String,
+        config: Option<String>,
+    },
     /// Put/DeleteObjectTagging: one version's tags replaced in place.
     SetObjectTags {
         bucket: String,

@@ -147,6 +147,12 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
         Entry::SetBucketCors { bucket, rules } => {
             skip_gone(store.set_bucket_cors(bucket, rules.as_deref()))
         }
+        Entry::SetBucketPolicy { bucket, policy } => {
+            skip_gone(store.set_bucket_policy(bucket, policy.as_deref()))
+        }
+        Entry::SetPublicAccessBlock { bucket, config } => {
+            skip_gone(store.set_public_access_block(bucket, config.as_deref()))
+        }
         Entry::SetObjectTags {
             bucket,
             key,

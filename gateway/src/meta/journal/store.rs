@@ -449,8 +449,36 @@ impl MetadataStore for JournaledStore {
             },
         )
     }
+    fn set_bucket_policy(&self, bucket: &str, policy: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_policy(bucket, policy),
+            |()| {
+                Some(Entry::SetBucketPolicy {
+                    bucket: bucket.to_owned(),
+                    policy: policy.map(str::to_owned),
+                })
+            },
+        )
+    }
     fn bucket_cors(&self, bucket: &str) -> Result<Option<String>> {
         self.inner.bucket_cors(bucket)
+    }
+    fn bucket_policy(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_policy(bucket)
+    }
+    fn set_public_access_block(&self, bucket: &str, config: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_public_access_block(bucket, config),
+            |()| {
+                Some(Entry::SetPublicAccessBlock {
+                    bucket: bucket.to_owned(),
+                    config: config.map(str::to_owned),
+                })
+            },
+        )
+    }
+    fn public_access_block(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.public_access_block(bucket)
     }
     fn set_object_tags(
         &self,

@@ -79,6 +79,13 @@ pub(super) fn delete_bucket(s: &PostgresStore, name: &str) -> Result<()> {
             .map_err(pg_err)?;
         tx.execute("DELETE FROM bucket_cors WHERE bucket = $1", &[&name])
             .map_err(pg_err)?;
+        tx.execute("DELETE FROM bucket_policies WHERE bucket = $1", &[&name])
+            .map_err(pg_err)?;
+        tx.execute(
+            "DELETE FROM bucket_public_access WHERE bucket = $1",
+            &[&name],
+        )
+        .map_err(pg_err)?;
         tx.execute("DELETE FROM buckets WHERE name = $1", &[&name])
             .map_err(pg_err)?;
         Ok(())
@@ -156,6 +163,22 @@ pub(super) fn set_bucket_tags(s: &PostgresStore, bucket: &str, tags: Option<&str
 
 pub(super) fn set_bucket_cors(s: &PostgresStore, bucket: &str, rules: Option<&str>) -> Result<()> {
     set_bucket_setting(s, bucket, "bucket_cors", "rules", rules)
+}
+
+pub(super) fn set_bucket_policy(
+    s: &PostgresStore,
+    bucket: &str,
+    policy: Option<&str>,
+) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_policies", "policy", policy)
+}
+
+pub(super) fn set_public_access_block(
+    s: &PostgresStore,
+    bucket: &str,
+    config: Option<&str>,
+) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_public_access", "config", config)
 }
 
 /// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
@@ -265,5 +288,31 @@ pub(super) fn bucket_tags(s: &PostgresStore, bucket: &str) -> Result<Option<Stri
             .map(|r| r.try_get(0))
             .transpose()
             .map_err(pg_err)
+    })
+}
+
+pub(super) fn bucket_policy(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    s.run(|c| {
+        c.query_opt(
+            "SELECT policy FROM bucket_policies WHERE bucket = $1",
+            &[&bucket],
+        )
+        .map_err(pg_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_err)
+    })
+}
+
+pub(super) fn public_access_block(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    s.run(|c| {
+        c.query_opt(
+            "SELECT config FROM bucket_public_access WHERE bucket = $1",
+            &[&bucket],
+        )
+        .map_err(pg_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_err)
     })
 }

@@ -85,6 +85,14 @@ CREATE TABLE IF NOT EXISTS bucket_cors (
     bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     rules TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_policies (
+    bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    policy TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bucket_public_access (
+    bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS repair_claims (
     seq BIGINT PRIMARY KEY,
     holder TEXT NOT NULL,

@@ -101,6 +101,18 @@ pub(super) fn set_bucket_cors(s: &SqliteStore, bucket: &str, rules: Option<&str>
     set_bucket_setting(s, bucket, "bucket_cors", "rules", rules)
 }
 
+pub(super) fn set_bucket_policy(s: &SqliteStore, bucket: &str, policy: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_policies", "policy", policy)
+}
+
+pub(super) fn set_public_access_block(
+    s: &SqliteStore,
+    bucket: &str,
+    config: Option<&str>,
+) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_public_access", "config", config)
+}
+
 /// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
 /// bucket, the value in `column`).
 fn set_bucket_setting(
@@ -234,6 +246,28 @@ pub(super) fn bucket_tags(s: &SqliteStore, bucket: &str) -> Result<Option<String
     s.conn()
         .query_row(
             "SELECT tags FROM bucket_tags WHERE bucket = ?1",
+            params![bucket],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_err)
+}
+
+pub(super) fn bucket_policy(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
+    s.conn()
+        .query_row(
+            "SELECT policy FROM bucket_policies WHERE bucket = ?1",
+            params![bucket],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_err)
+}
+
+pub(super) fn public_access_block(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
+    s.conn()
+        .query_row(
+            "SELECT config FROM bucket_public_access WHERE bucket = ?1",
             params![bucket],
             |r| r.get(0),
         )

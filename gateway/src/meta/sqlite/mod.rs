@@ -593,6 +593,22 @@ impl MetadataStore for SqliteStore {
         buckets::bucket_cors(self, bucket)
     }
 
+    fn set_bucket_policy(&self, bucket: &str, policy: Option<&str>) -> Result<()> {
+        buckets::set_bucket_policy(self, bucket, policy)
+    }
+
+    fn bucket_policy(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_policy(self, bucket)
+    }
+
+    fn set_public_access_block(&self, bucket: &str, config: Option<&str>) -> Result<()> {
+        buckets::set_public_access_block(self, bucket, config)
+    }
+
+    fn public_access_block(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::public_access_block(self, bucket)
+    }
+
     fn set_object_tags(
         &self,
         bucket: &str,

@@ -85,6 +85,14 @@ CREATE TABLE IF NOT EXISTS bucket_cors (
     bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     rules TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_policies (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    policy TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bucket_public_access (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,
