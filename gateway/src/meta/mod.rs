@@ -176,6 +176,10 @@ pub struct ObjectAttrs {
     /// An upload's: the checksum algorithm and kind it was started with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_checksum: Option<ChecksumSpec>,
+    /// An upload's, when started with a customer's key (SSE-C): what recognises that key,
+    /// which every part must carry (the parts' layouts are sealed with this same seal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_customer_key: Option<crate::datapath::layout::CustomerSeal>,
 }
 
 impl ObjectAttrs {

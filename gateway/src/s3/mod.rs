@@ -15,6 +15,7 @@ mod list;
 mod lock;
 mod multipart;
 mod put;
+mod sse_c;
 mod tagging;
 
 pub use lifecycle::rules_from_s3;
