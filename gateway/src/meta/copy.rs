@@ -101,6 +101,9 @@ pub fn copy_store(
         if let Some(tags) = from.bucket_tags(&bucket.name)? {
             to.set_bucket_tags(&bucket.name, Some(&tags))?;
         }
+        if let Some(config) = from.bucket_encryption(&bucket.name)? {
+            to.set_bucket_encryption(&bucket.name, Some(&config))?;
+        }
         counts.versions += copy_versions(from, to, &bucket.name)?;
         let (uploads, parts) = copy_uploads(from, to, &bucket.name)?;
         counts.uploads += uploads;

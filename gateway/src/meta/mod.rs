@@ -727,6 +727,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn set_bucket_tags(&self, bucket: &str, tags: Option<&str>) -> Result<()>;
     /// A bucket's tags as stored by [`MetadataStore::set_bucket_tags`].
     fn bucket_tags(&self, bucket: &str) -> Result<Option<String>>;
+    /// Stores (`Some`, JSON) or removes (`None`) a bucket's default encryption
+    /// (PutBucketEncryption); fails with `NoSuchBucket`.
+    fn set_bucket_encryption(&self, bucket: &str, config: Option<&str>) -> Result<()>;
+    /// A bucket's default encryption as stored by
+    /// [`MetadataStore::set_bucket_encryption`].
+    fn bucket_encryption(&self, bucket: &str) -> Result<Option<String>>;
     /// Replaces the tags of one stored version (not a delete marker) in place, keeping the
     /// rest of it; `false` (nothing changed) when there is no such version.
     fn set_object_tags(

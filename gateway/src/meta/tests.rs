@@ -412,6 +412,27 @@ fn tags_change_in_place_per_version_and_buckets_keep_theirs(s: &dyn MetadataStor
     s.delete_bucket("c").unwrap();
     s.create_bucket(&bucket("c")).unwrap();
     assert_eq!(s.bucket_tags("c").unwrap(), None);
+
+    // A bucket's default encryption: set, replaced, removed, gone with its bucket.
+    assert_eq!(s.bucket_encryption("b").unwrap(), None);
+    s.set_bucket_encryption("b", Some("{\"algorithm\":\"AES256\"}"))
+        .unwrap();
+    s.set_bucket_encryption("b", Some("{\"algorithm\":\"AES256\",\"bucketKey\":true}"))
+        .unwrap();
+    assert_eq!(
+        s.bucket_encryption("b").unwrap().as_deref(),
+        Some("{\"algorithm\":\"AES256\",\"bucketKey\":true}")
+    );
+    s.set_bucket_encryption("b", None).unwrap();
+    assert_eq!(s.bucket_encryption("b").unwrap(), None);
+    assert!(matches!(
+        s.set_bucket_encryption("nope", Some("{}")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    s.set_bucket_encryption("c", Some("{}")).unwrap();
+    s.delete_bucket("c").unwrap();
+    s.create_bucket(&bucket("c")).unwrap();
+    assert_eq!(s.bucket_encryption("c").unwrap(), None);
 }
 
 fn a_bucket_default_plan_is_set_and_cleared(s: &dyn MetadataStore) {

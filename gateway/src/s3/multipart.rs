@@ -152,6 +152,7 @@ impl Gateway {
             plan.encrypt,
             input.server_side_encryption.is_some(),
         )?;
+        self.check_bucket_encryption(&bucket, &plan).await?;
         headers::check_requested_encryption(
             input.server_side_encryption.as_ref(),
             &plan.name,

@@ -438,6 +438,20 @@ impl MetadataStore for JournaledStore {
     fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
         self.inner.bucket_tags(bucket)
     }
+    fn set_bucket_encryption(&self, bucket: &str, config: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_encryption(bucket, config),
+            |()| {
+                Some(Entry::SetBucketEncryption {
+                    bucket: bucket.to_owned(),
+                    config: config.map(str::to_owned),
+                })
+            },
+        )
+    }
+    fn bucket_encryption(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_encryption(bucket)
+    }
     fn set_object_tags(
         &self,
         bucket: &str,

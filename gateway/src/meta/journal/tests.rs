@@ -57,10 +57,11 @@ fn observe(s: &dyn MetadataStore) -> Vec<String> {
     out.extend(s.keys().unwrap().iter().map(|k| format!("{k:?}")));
     for b in s.buckets().unwrap() {
         out.push(format!(
-            "{b:?} lifecycle={:?} lock={:?} tags={:?}",
+            "{b:?} lifecycle={:?} lock={:?} tags={:?} encryption={:?}",
             s.lifecycle(&b.name).unwrap(),
             s.bucket_lock(&b.name).unwrap(),
-            s.bucket_tags(&b.name).unwrap()
+            s.bucket_tags(&b.name).unwrap(),
+            s.bucket_encryption(&b.name).unwrap()
         ));
         let page = s
             .list_versions(
@@ -114,6 +115,8 @@ fn history(s: &dyn MetadataStore) {
     s.set_bucket_plan("photos", Some("archive")).unwrap();
     s.set_lifecycle("photos", Some("[{\"id\":\"r\"}]")).unwrap();
     s.set_bucket_tags("photos", Some("{\"team\":\"ops\"}"))
+        .unwrap();
+    s.set_bucket_encryption("photos", Some("{\"algorithm\":\"AES256\"}"))
         .unwrap();
     // Versions and a delete marker.
     s.create_bucket(&bucket("docs", Versioning::Unversioned))

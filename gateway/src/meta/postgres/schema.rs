@@ -81,6 +81,10 @@ CREATE TABLE IF NOT EXISTS bucket_tags (
     bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     tags TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_encryption (
+    bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS repair_claims (
     seq BIGINT PRIMARY KEY,
     holder TEXT NOT NULL,

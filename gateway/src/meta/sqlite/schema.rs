@@ -81,6 +81,10 @@ CREATE TABLE IF NOT EXISTS bucket_tags (
     bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     tags TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_encryption (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,
