@@ -329,6 +329,10 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
             algorithm: Algorithm::Sha256,
             kind: Kind::Composite,
         }),
+        upload_customer_key: Some(crate::datapath::layout::CustomerSeal {
+            salt: vec![1; 16],
+            key_hmac: vec![2; 32],
+        }),
     };
     let v = ObjectVersion {
         attrs: attrs.clone(),
