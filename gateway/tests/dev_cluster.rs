@@ -2412,7 +2412,10 @@ async fn bucket_encryption_is_kept_answered_and_enforced() {
         .into_bytes()
     };
     for b in ["/bkt", "/open"] {
-        assert_eq!(call(&svc, Method::PUT, b, &[], vec![]).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&svc, Method::PUT, b, &[], vec![]).await.0,
+            StatusCode::OK
+        );
     }
     cluster
         .gateway
@@ -2426,26 +2429,42 @@ async fn bucket_encryption_is_kept_answered_and_enforced() {
     assert!(String::from_utf8_lossy(&b).contains("<SSEAlgorithm>AES256</SSEAlgorithm>"));
     let (s, _, b) = call(&svc, Method::GET, "/open?encryption", &[], vec![]).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
-    assert!(
-        String::from_utf8_lossy(&b).contains("ServerSideEncryptionConfigurationNotFoundError")
-    );
+    assert!(String::from_utf8_lossy(&b).contains("ServerSideEncryptionConfigurationNotFoundError"));
     let (s, _, b) = call(&svc, Method::PUT, "/open?encryption", &[], rule("AES256")).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
     assert!(String::from_utf8_lossy(&b).contains("public"));
 
     let (s, _, b) = call(&svc, Method::PUT, "/bkt?encryption", &[], rule("aws:kms")).await;
-    assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        s,
+        StatusCode::NOT_IMPLEMENTED,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
     let (s, _, b) = call(&svc, Method::PUT, "/bkt?encryption", &[], rule("AES256")).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     let (s, _, b) = call(&svc, Method::GET, "/bkt?encryption", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
     let text = String::from_utf8_lossy(&b);
-    assert!(text.contains("<BucketKeyEnabled>true</BucketKeyEnabled>"), "{text}");
+    assert!(
+        text.contains("<BucketKeyEnabled>true</BucketKeyEnabled>"),
+        "{text}"
+    );
 
     // While set, an unencrypted storage class is refused; after the delete it is not.
     let class = [("x-amz-storage-class", "public")];
     let (s, _, b) = call(&svc, Method::PUT, "/bkt/k", &class, b"x".to_vec()).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
     assert!(String::from_utf8_lossy(&b).contains("default encryption"));
     let (s, _, _) = call(&svc, Method::DELETE, "/bkt?encryption", &[], vec![]).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
@@ -2463,7 +2482,12 @@ async fn bucket_encryption_is_kept_answered_and_enforced() {
         ("x-amz-server-side-encryption-customer-key", key.as_str()),
     ];
     let (s, _, b) = call(&svc, Method::PUT, "/open/k", &sse_c, b"x".to_vec()).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
     assert!(String::from_utf8_lossy(&b).contains("public"));
     let (s, _, b) = call(&svc, Method::PUT, "/bkt/k2", &sse_c, b"x".to_vec()).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));

@@ -1704,8 +1704,14 @@ fn customer_key_headers(byte: u8) -> Vec<(&'static str, String)> {
     use md5::Digest;
     let raw = [byte; 32];
     vec![
-        ("x-amz-server-side-encryption-customer-algorithm", "AES256".to_owned()),
-        ("x-amz-server-side-encryption-customer-key", STANDARD.encode(raw)),
+        (
+            "x-amz-server-side-encryption-customer-algorithm",
+            "AES256".to_owned(),
+        ),
+        (
+            "x-amz-server-side-encryption-customer-key",
+            STANDARD.encode(raw),
+        ),
         (
             "x-amz-server-side-encryption-customer-key-md5",
             STANDARD.encode(md5::Md5::digest(raw)),
@@ -1751,7 +1757,11 @@ async fn sse_c_objects_are_repaired_without_their_key_and_left_by_reencoding() {
     );
     let secret = data(200_000, 3);
     let (s, b) = call_keyed(&svc, Method::PUT, "/bkt/secret", Some(1), secret.clone()).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "no TLS, not on loopback: refused");
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "no TLS, not on loopback: refused"
+    );
     assert!(
         String::from_utf8_lossy(&b).contains("secure connection"),
         "{}",
@@ -1803,7 +1813,10 @@ async fn sse_c_objects_are_repaired_without_their_key_and_left_by_reencoding() {
             Arc::clone(&meta),
             Arc::new(master),
             vec![changed],
-            node_ids.iter().map(|id| gateway.backend(id).unwrap()).collect(),
+            node_ids
+                .iter()
+                .map(|id| gateway.backend(id).unwrap())
+                .collect(),
         )
         .unwrap()
         .with_placement(
@@ -1819,7 +1832,12 @@ async fn sse_c_objects_are_repaired_without_their_key_and_left_by_reencoding() {
         .await
         .unwrap();
     assert_eq!(
-        (pass.outdated, pass.reencoded, pass.customer_keyed, pass.failed),
+        (
+            pass.outdated,
+            pass.reencoded,
+            pass.customer_keyed,
+            pass.failed
+        ),
         (1, 1, 1, 0),
         "{pass:?}"
     );
@@ -1831,16 +1849,25 @@ async fn sse_c_objects_are_repaired_without_their_key_and_left_by_reencoding() {
     assert_eq!(s, StatusCode::OK);
     assert!(got == secret, "the SSE-C object reads back with its key");
     let (s, b) = call(&svc, Method::GET, "/bkt/secret", vec![]).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
     assert!(String::from_utf8_lossy(&b).contains("InvalidRequest"));
     let (s, b) = call_keyed(&svc, Method::GET, "/bkt/secret", Some(2), vec![]).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&b));
     assert_eq!(
-        call_keyed(&svc, Method::HEAD, "/bkt/secret", None, vec![]).await.0,
+        call_keyed(&svc, Method::HEAD, "/bkt/secret", None, vec![])
+            .await
+            .0,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        call_keyed(&svc, Method::GET, "/bkt/plain", Some(1), vec![]).await.0,
+        call_keyed(&svc, Method::GET, "/bkt/plain", Some(1), vec![])
+            .await
+            .0,
         StatusCode::BAD_REQUEST
     );
     let (s, got) = call(&svc, Method::GET, "/bkt/plain", vec![]).await;

@@ -177,8 +177,8 @@ impl MasterKey {
     /// both that key and the master key, and never stored.
     fn customer_wrapping_key(&self, customer: &CustomerKey) -> LessSafeKey {
         let derived = blake3::keyed_hash(&self.customer_wrap_seed, &customer.raw);
-        let key = UnboundKey::new(&AES_256_GCM, derived.as_bytes())
-            .unwrap_or_else(|_| unreachable!());
+        let key =
+            UnboundKey::new(&AES_256_GCM, derived.as_bytes()).unwrap_or_else(|_| unreachable!());
         LessSafeKey::new(key)
     }
 
@@ -651,7 +651,10 @@ mod tests {
         assert!(!customer_key(2).matches(&seal));
         let other = customer_key(1).new_seal().unwrap();
         assert_ne!(seal.salt, other.salt);
-        assert_ne!(seal.key_hmac, other.key_hmac, "salted: equal keys do not show");
+        assert_ne!(
+            seal.key_hmac, other.key_hmac,
+            "salted: equal keys do not show"
+        );
         // The seal holds nothing of the key itself.
         assert!(!seal.key_hmac.windows(32).any(|w| w == [1; 32]));
     }

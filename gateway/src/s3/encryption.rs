@@ -25,7 +25,9 @@ pub(super) struct DefaultEncryption {
 }
 
 /// The stored form of a PutBucketEncryption body: one rule of `AES256` (no KMS key).
-pub(super) fn from_request(config: &ServerSideEncryptionConfiguration) -> S3Result<DefaultEncryption> {
+pub(super) fn from_request(
+    config: &ServerSideEncryptionConfiguration,
+) -> S3Result<DefaultEncryption> {
     let [rule] = config.rules.as_slice() else {
         return Err(S3Error::with_message(
             S3ErrorCode::MalformedXML,
@@ -87,7 +89,11 @@ impl Gateway {
 
     /// Refuses a write under `plan` into `bucket` when the bucket has a default encryption
     /// and the plan stores objects unencrypted (`encryption: none`).
-    pub(super) async fn check_bucket_encryption(&self, bucket: &Bucket, plan: &Plan) -> S3Result<()> {
+    pub(super) async fn check_bucket_encryption(
+        &self,
+        bucket: &Bucket,
+        plan: &Plan,
+    ) -> S3Result<()> {
         if plan.encrypt {
             return Ok(());
         }
@@ -173,7 +179,11 @@ impl Gateway {
 mod tests {
     use super::*;
 
-    fn config(algorithm: &str, kms: Option<&str>, rules: usize) -> ServerSideEncryptionConfiguration {
+    fn config(
+        algorithm: &str,
+        kms: Option<&str>,
+        rules: usize,
+    ) -> ServerSideEncryptionConfiguration {
         let rule = ServerSideEncryptionRule {
             apply_server_side_encryption_by_default: Some(ServerSideEncryptionByDefault {
                 sse_algorithm: ServerSideEncryption::from(algorithm.to_owned()),

@@ -7,8 +7,8 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::checksum::{self as sums, set_checksums};
-use super::{headers, sse_c};
 use super::{Gateway, etag, timestamp};
+use super::{headers, sse_c};
 use crate::datapath::checksum::Kind;
 use crate::error::internal;
 use crate::meta::{Bucket, ObjectVersion};

@@ -7,8 +7,8 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::checksum::{self as sums, set_checksums};
 use super::headers::{self, Written};
-use super::{sse_c, tagging};
 use super::{Gateway, etag};
+use super::{sse_c, tagging};
 
 use crate::datapath::checksum::{Kind, ObjectChecksum};
 use crate::meta::ObjectVersion;

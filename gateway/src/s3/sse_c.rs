@@ -74,10 +74,7 @@ pub(super) fn for_new_object(
         ));
     }
     CustomerSealing::new(key).map(Some).map_err(|e| {
-        S3Error::with_message(
-            S3ErrorCode::InternalError,
-            format!("sealing the key: {e}"),
-        )
+        S3Error::with_message(S3ErrorCode::InternalError, format!("sealing the key: {e}"))
     })
 }
 
@@ -166,10 +163,7 @@ pub(super) fn for_part(
 /// The algorithm and key MD5 an answer echoes for `key`.
 pub(super) fn echo(key: Option<&CustomerKey>) -> (Option<String>, Option<String>) {
     match key {
-        Some(k) => (
-            Some(ALGORITHM.to_owned()),
-            Some(k.md5().to_owned()),
-        ),
+        Some(k) => (Some(ALGORITHM.to_owned()), Some(k.md5().to_owned())),
         None => (None, None),
     }
 }
@@ -222,6 +216,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(key(1).matches(&sealing.seal));
-        assert!(for_new_object(None, "public", false, false).unwrap().is_none());
+        assert!(
+            for_new_object(None, "public", false, false)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -232,7 +232,10 @@ async fn apply_to_current(
     if let Some(plan) = target
         && plan != v.plan
     {
-        if v.layout.as_ref().is_some_and(|l| l.customer_seal().is_some()) {
+        if v.layout
+            .as_ref()
+            .is_some_and(|l| l.customer_seal().is_some())
+        {
             report.customer_keyed += 1;
             tracing::info!(bucket = %v.bucket, key = %v.key, to = %plan, "lifecycle cannot move an object encrypted with a customer's key (SSE-C): it stays under its plan");
             return;

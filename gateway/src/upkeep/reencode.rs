@@ -141,7 +141,11 @@ pub async fn reencode_pass(
     report.misplaced = todo.misplaced_shards;
     report.customer_keyed = todo.customer_keyed;
     if todo.customer_keyed > 0 {
-        tracing::info!(plan = plan.name, versions = todo.customer_keyed, "outdated versions encrypted with customers' keys (SSE-C) are left as they are: re-encoding them needs the key");
+        tracing::info!(
+            plan = plan.name,
+            versions = todo.customer_keyed,
+            "outdated versions encrypted with customers' keys (SSE-C) are left as they are: re-encoding them needs the key"
+        );
     }
     let mover = crate::upkeep::repair::Repairer::new(Arc::clone(node), None);
     for seq in todo.misplaced {
