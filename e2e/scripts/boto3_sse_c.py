@@ -23,11 +23,25 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 endpoint = os.environ["SUBLET_ENDPOINT"]
-s3 = boto3.client(
-    "s3",
-    endpoint_url=endpoint,
-    config=Config(region_name="us-east-1", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-)
+
+
+def client():
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        config=Config(region_name="us-east-1", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+s3 = client()
+
+
+def refused_upload(call):
+    """A request with a body the gateway refuses before reading it, on a connection of its
+    own: after an answer sent while a 100-continue body is unread, the gateway's next
+    request on that connection is sometimes misread (a known HTTP-layer issue, not SSE-C's;
+    it happens to any write refused early)."""
+    return status_of(lambda: call(client()))
 bucket = os.environ["BUCKET"]
 s3.create_bucket(Bucket=bucket)
 
@@ -92,7 +106,7 @@ wrong_md5 = {
     "SSECustomerKey": base64.b64encode(K1).decode(),
     "SSECustomerKeyMD5": base64.b64encode(hashlib.md5(K2).digest()).decode(),
 }
-code = status_of(lambda: s3.put_object(Bucket=bucket, Key="md5", Body=b"x", **wrong_md5))
+code = refused_upload(lambda c: c.put_object(Bucket=bucket, Key="md5", Body=b"x", **wrong_md5))
 check("a key MD5 that does not match is 400 InvalidArgument", code == (400, "InvalidArgument"), str(code))
 
 s3.put_object(Bucket=bucket, Key="plain", Body=b"plain bytes")
@@ -121,9 +135,11 @@ part = os.urandom(5 * 1024 * 1024)
 upload = s3.create_multipart_upload(Bucket=bucket, Key="multi", **sse(K1))
 check("CreateMultipartUpload echoes the key MD5", upload.get("SSECustomerKeyMD5") == K1_MD5, str(upload))
 uid = upload["UploadId"]
-code = status_of(lambda: s3.upload_part(Bucket=bucket, Key="multi", UploadId=uid, PartNumber=1, Body=part))
+code = refused_upload(lambda c: c.upload_part(Bucket=bucket, Key="multi", UploadId=uid, PartNumber=1, Body=part))
 check("a part without the upload's key is 400", code[0] == 400, str(code))
-code = status_of(lambda: s3.upload_part(Bucket=bucket, Key="multi", UploadId=uid, PartNumber=1, Body=part, **sse(K2)))
+code = refused_upload(
+    lambda c: c.upload_part(Bucket=bucket, Key="multi", UploadId=uid, PartNumber=1, Body=part, **sse(K2))
+)
 check("a part with another key is 403", code[0] == 403, str(code))
 p1 = s3.upload_part(Bucket=bucket, Key="multi", UploadId=uid, PartNumber=1, Body=part, **sse(K1))
 check("UploadPart echoes the key MD5", p1.get("SSECustomerKeyMD5") == K1_MD5, str(p1))
