@@ -1039,3 +1039,70 @@ fn aws_cp_above_the_default_multipart_threshold() {
         "a 3-part upload's ETag ends in -3: {head}"
     );
 }
+
+#[test]
+fn boto3_sse_c_put_get_head_copy_and_multipart_with_customer_keys() {
+    if !skip::clients_present(&["boto3"]) {
+        return;
+    }
+    let f = TestGateway::start();
+    let out = ok(boto3_script(&f, "boto3_sse_c.py", "sse-c"));
+    assert!(out.contains("boto3 SSE-C checks passed"), "{out}");
+}
+
+#[test]
+fn aws_s3_cp_sse_c_uploads_in_parts_and_reads_back_only_with_the_key() {
+    if !skip::clients_present(&["aws"]) {
+        return;
+    }
+    let f = TestGateway::start();
+    let key = f.path("customer.key");
+    std::fs::write(&key, [42u8; 32]).unwrap();
+    let other = f.path("other.key");
+    std::fs::write(&other, [43u8; 32]).unwrap();
+    let key_arg = format!("fileb://{}", s(&key));
+    let other_arg = format!("fileb://{}", s(&other));
+    // Above the CLI's 8 MiB threshold: a multipart upload, every part with the key.
+    let local = f.path("secret.bin");
+    write_random_file(&local, 12 * MIB + 3, 11);
+    ok(f.aws(&["s3", "mb", "s3://sse-c-cli"]));
+    ok(f.aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "--sse-c",
+        "AES256",
+        "--sse-c-key",
+        &key_arg,
+        s(&local),
+        "s3://sse-c-cli/secret",
+    ]));
+    let down = f.path("secret.down");
+    ok(f.aws(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        "--sse-c",
+        "AES256",
+        "--sse-c-key",
+        &key_arg,
+        "s3://sse-c-cli/secret",
+        s(&down),
+    ]));
+    assert_same_file(&local, &down);
+    for (args, want) in [
+        (vec![], "400"),
+        (vec!["--sse-c", "AES256", "--sse-c-key", &other_arg], "403"),
+    ] {
+        let refused = f.path("refused.down");
+        let mut cmd = f.aws(&["s3", "cp", "--only-show-errors"]);
+        cmd.args(&args).args(["s3://sse-c-cli/secret", s(&refused)]);
+        let out = run(&mut cmd, CLIENT_TIMEOUT);
+        assert!(
+            !out.status.success() && out.stderr.contains(want),
+            "a download with {args:?} must fail with {want}: {}",
+            out.stderr
+        );
+        assert!(!refused.exists(), "nothing is written without the key");
+    }
+}

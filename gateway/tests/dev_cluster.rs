@@ -2384,3 +2384,111 @@ async fn lifecycle_rules_filtered_by_tag_and_size_expire_only_what_they_select()
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     assert!(b.contains("uploads in progress"), "{b}");
 }
+
+/// Put/Get/DeleteBucketEncryption: AES256 kept and answered, aws:kms not implemented, a
+/// bucket without a configuration answering its default plan's encryption, and writes
+/// under an unencrypted plan refused while the bucket has a default encryption; SSE-C
+/// refused under an unencrypted plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bucket_encryption_is_kept_answered_and_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let standard = plans().remove(0);
+    let public = Plan {
+        name: "public".into(),
+        encrypt: false,
+        ..standard.clone()
+    };
+    let cluster = dev::start_cluster(tmp.path(), 6, vec![standard, public])
+        .await
+        .unwrap();
+    let svc = S3Service::new(
+        dev::service(Arc::clone(&cluster.gateway), None),
+        cluster.metrics.clone(),
+    );
+    let rule = |algorithm: &str| {
+        format!(
+            "<ServerSideEncryptionConfiguration><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>{algorithm}</SSEAlgorithm></ApplyServerSideEncryptionByDefault><BucketKeyEnabled>true</BucketKeyEnabled></Rule></ServerSideEncryptionConfiguration>"
+        )
+        .into_bytes()
+    };
+    for b in ["/bkt", "/open"] {
+        assert_eq!(
+            call(&svc, Method::PUT, b, &[], vec![]).await.0,
+            StatusCode::OK
+        );
+    }
+    cluster
+        .gateway
+        .metadata()
+        .set_bucket_plan("open", Some("public"))
+        .unwrap();
+
+    // Without a configuration: what the default plan gives.
+    let (s, _, b) = call(&svc, Method::GET, "/bkt?encryption", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert!(String::from_utf8_lossy(&b).contains("<SSEAlgorithm>AES256</SSEAlgorithm>"));
+    let (s, _, b) = call(&svc, Method::GET, "/open?encryption", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
+    assert!(String::from_utf8_lossy(&b).contains("ServerSideEncryptionConfigurationNotFoundError"));
+    let (s, _, b) = call(&svc, Method::PUT, "/open?encryption", &[], rule("AES256")).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(String::from_utf8_lossy(&b).contains("public"));
+
+    let (s, _, b) = call(&svc, Method::PUT, "/bkt?encryption", &[], rule("aws:kms")).await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_IMPLEMENTED,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let (s, _, b) = call(&svc, Method::PUT, "/bkt?encryption", &[], rule("AES256")).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, _, b) = call(&svc, Method::GET, "/bkt?encryption", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8_lossy(&b);
+    assert!(
+        text.contains("<BucketKeyEnabled>true</BucketKeyEnabled>"),
+        "{text}"
+    );
+
+    // While set, an unencrypted storage class is refused; after the delete it is not.
+    let class = [("x-amz-storage-class", "public")];
+    let (s, _, b) = call(&svc, Method::PUT, "/bkt/k", &class, b"x".to_vec()).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(String::from_utf8_lossy(&b).contains("default encryption"));
+    let (s, _, _) = call(&svc, Method::DELETE, "/bkt?encryption", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, b) = call(&svc, Method::PUT, "/bkt/k", &class, b"x".to_vec()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+
+    // SSE-C under an unencrypted plan: refused, naming it.
+    cluster.gateway.allow_customer_keys(true);
+    let key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([5u8; 32])
+    };
+    let sse_c = [
+        ("x-amz-server-side-encryption-customer-algorithm", "AES256"),
+        ("x-amz-server-side-encryption-customer-key", key.as_str()),
+    ];
+    let (s, _, b) = call(&svc, Method::PUT, "/open/k", &sse_c, b"x".to_vec()).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(String::from_utf8_lossy(&b).contains("public"));
+    let (s, _, b) = call(&svc, Method::PUT, "/bkt/k2", &sse_c, b"x".to_vec()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+}

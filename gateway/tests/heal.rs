@@ -1696,3 +1696,184 @@ async fn a_provider_acknowledging_another_hash_holds_nothing_the_gateway_records
         }
     }
 }
+
+/// SSE-C headers for the 32-byte key of all `byte`s.
+fn customer_key_headers(byte: u8) -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use md5::Digest;
+    let raw = [byte; 32];
+    vec![
+        (
+            "x-amz-server-side-encryption-customer-algorithm",
+            "AES256".to_owned(),
+        ),
+        (
+            "x-amz-server-side-encryption-customer-key",
+            STANDARD.encode(raw),
+        ),
+        (
+            "x-amz-server-side-encryption-customer-key-md5",
+            STANDARD.encode(md5::Md5::digest(raw)),
+        ),
+    ]
+}
+
+async fn call_keyed(
+    svc: &S3Service,
+    method: Method,
+    uri: &str,
+    key: Option<u8>,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
+    let headers = key.map(customer_key_headers).unwrap_or_default();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (s, _, b) = call_with(svc, method, uri, &headers, body).await;
+    (s, b)
+}
+
+/// An object encrypted with a customer's key (SSE-C) is kept alive without the key:
+/// a lost shard is rebuilt by repair from the encrypted shards; re-encoding under a changed
+/// plan leaves it as it is (it would need the key) and says so; it reads back with its key
+/// only. A gateway not told its listener is safe refuses customer keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sse_c_objects_are_repaired_without_their_key_and_left_by_reencoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = erasure_plan(4, 2, 64 << 10);
+    let mut cluster = dev::start_cluster_with(
+        tmp.path(),
+        6,
+        vec![plan.clone()],
+        HashMap::from([("standard".to_owned(), RebuildPolicy::default())]),
+    )
+    .await
+    .unwrap();
+    let gateway = Arc::clone(&cluster.gateway);
+    let meta = Arc::clone(gateway.metadata());
+    let svc = dev::service(Arc::clone(&gateway), None);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt", vec![]).await.0,
+        StatusCode::OK
+    );
+    let secret = data(200_000, 3);
+    let (s, b) = call_keyed(&svc, Method::PUT, "/bkt/secret", Some(1), secret.clone()).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "no TLS, not on loopback: refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&b).contains("secure connection"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    gateway.allow_customer_keys(true);
+    let (s, b) = call_keyed(&svc, Method::PUT, "/bkt/secret", Some(1), secret.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let plain = data(100_000, 4);
+    assert_eq!(
+        call(&svc, Method::PUT, "/bkt/plain", plain.clone()).await.0,
+        StatusCode::OK
+    );
+
+    // One shard of the SSE-C object disappears; repair rebuilds it without the key.
+    let v = meta.version("bkt", "secret", None).unwrap().unwrap();
+    let layout = v.layout.as_ref().unwrap();
+    assert!(layout.customer_seal().is_some());
+    let gone = layout.segments[1].shards[2].clone();
+    let node_ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
+    let holder = node_ids.iter().position(|id| *id == gone.provider).unwrap();
+    std::fs::remove_file(
+        tmp.path()
+            .join("providers")
+            .join(holder.to_string())
+            .join("shards")
+            .join(format!("{}.shard", gone.shard_id)),
+    )
+    .unwrap();
+    let scrub = sublet_gateway::upkeep::scrub::scrub_pass(&gateway, None, 0, 1000, None)
+        .await
+        .unwrap();
+    assert_eq!(scrub.bad, 1, "{scrub:?}");
+    let fixed = Repairer::new(Arc::clone(&gateway), None)
+        .run_pass("standard", false, 100)
+        .await
+        .unwrap();
+    assert_eq!((fixed.repaired, fixed.shards_rebuilt), (1, 1), "{fixed:?}");
+
+    // The plan changes; only the object without a customer key is re-encoded.
+    let master = MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+    let changed = Plan {
+        scheme: Scheme::Erasure { data: 2, parity: 1 },
+        write_quorum: 3,
+        ..plan
+    };
+    let after = Arc::new(
+        Node::new(
+            Arc::clone(&meta),
+            Arc::new(master),
+            vec![changed],
+            node_ids
+                .iter()
+                .map(|id| gateway.backend(id).unwrap())
+                .collect(),
+        )
+        .unwrap()
+        .with_placement(
+            sublet_gateway::datapath::placement::Topology::flat(
+                node_ids.iter().map(String::as_str),
+            ),
+            Arc::clone(gateway.health()),
+        )
+        .unwrap(),
+    );
+    after.allow_customer_keys(true);
+    let pass = sublet_gateway::upkeep::reencode::reencode_pass(&after, "standard", 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            pass.outdated,
+            pass.reencoded,
+            pass.customer_keyed,
+            pass.failed
+        ),
+        (1, 1, 1, 0),
+        "{pass:?}"
+    );
+
+    // Reads: with the key byte for byte (the repaired shard among them), without it 400,
+    // with another 403; the plain object is not readable with a key.
+    let svc = dev::service(Arc::clone(&after), None);
+    let (s, got) = call_keyed(&svc, Method::GET, "/bkt/secret", Some(1), vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(got == secret, "the SSE-C object reads back with its key");
+    let (s, b) = call(&svc, Method::GET, "/bkt/secret", vec![]).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(String::from_utf8_lossy(&b).contains("InvalidRequest"));
+    let (s, b) = call_keyed(&svc, Method::GET, "/bkt/secret", Some(2), vec![]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        call_keyed(&svc, Method::HEAD, "/bkt/secret", None, vec![])
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        call_keyed(&svc, Method::GET, "/bkt/plain", Some(1), vec![])
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    let (s, got) = call(&svc, Method::GET, "/bkt/plain", vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(got == plain);
+    for p in cluster.providers.drain(..) {
+        p.shutdown().await;
+    }
+}

@@ -35,6 +35,12 @@ pub enum CodecError {
     Random,
     #[error("sealed record: {0}")]
     Record(&'static str),
+    #[error(
+        "the object is encrypted with a customer-provided key (SSE-C); the key must be given to read it"
+    )]
+    CustomerKeyRequired,
+    #[error("the customer-provided key is not the one the object was encrypted with")]
+    WrongCustomerKey,
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], CodecError> {
@@ -55,6 +61,9 @@ pub struct MasterKey {
     installation: String,
     /// See [`MasterKey::node_seed`].
     node_seed: [u8; 32],
+    /// Mixed with a customer's key (SSE-C) into the key wrapping that object's data key,
+    /// so opening it takes both the customer's key and this installation's master key.
+    customer_wrap_seed: [u8; 32],
 }
 
 impl fmt::Debug for MasterKey {
@@ -72,6 +81,7 @@ impl MasterKey {
             key: LessSafeKey::new(key),
             installation: hex::encode(&derived[..INSTALLATION_TAG_BYTES]),
             node_seed: blake3::derive_key("sublet gateway node key v1", bytes),
+            customer_wrap_seed: blake3::derive_key("sublet sse-c wrapping v1", bytes),
         }
     }
 
@@ -158,6 +168,146 @@ impl MasterKey {
         Ok(DataKey::from_bytes(&raw))
     }
 }
+
+/// Associated data of a data key wrapped for a customer's key (SSE-C).
+const CUSTOMER_WRAP_AAD: &[u8] = b"sublet sse-c data key v1";
+
+impl MasterKey {
+    /// The key wrapping data keys of objects encrypted with `customer`'s key: derived from
+    /// both that key and the master key, and never stored.
+    fn customer_wrapping_key(&self, customer: &CustomerKey) -> LessSafeKey {
+        let derived = blake3::keyed_hash(&self.customer_wrap_seed, &customer.raw);
+        let key =
+            UnboundKey::new(&AES_256_GCM, derived.as_bytes()).unwrap_or_else(|_| unreachable!());
+        LessSafeKey::new(key)
+    }
+
+    /// A fresh data key wrapped for `customer` (SSE-C): only a request carrying that key can
+    /// unwrap it again ([`MasterKey::unwrap_customer_data_key`]).
+    pub fn new_customer_data_key(
+        &self,
+        customer: &CustomerKey,
+    ) -> Result<(DataKey, Vec<u8>), CodecError> {
+        let raw = random_bytes::<KEY_LEN>()?;
+        let nonce = random_bytes::<NONCE_LEN>()?;
+        let mut wrapped = raw.to_vec();
+        self.customer_wrapping_key(customer)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(CUSTOMER_WRAP_AAD),
+                &mut wrapped,
+            )
+            .map_err(|_| CodecError::Random)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&wrapped);
+        Ok((DataKey::from_bytes(&raw), out))
+    }
+
+    /// Recovers a data key [`MasterKey::new_customer_data_key`] wrapped for `customer`.
+    pub fn unwrap_customer_data_key(
+        &self,
+        wrapped: &[u8],
+        customer: &CustomerKey,
+    ) -> Result<DataKey, CodecError> {
+        if wrapped.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
+            return Err(CodecError::Unwrap);
+        }
+        let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CodecError::Unwrap)?;
+        let mut buf = sealed.to_vec();
+        let raw = self
+            .customer_wrapping_key(customer)
+            .open_in_place(nonce, Aad::from(CUSTOMER_WRAP_AAD), &mut buf)
+            .map_err(|_| CodecError::WrongCustomerKey)?;
+        let raw: [u8; KEY_LEN] = raw.try_into().map_err(|_| CodecError::Unwrap)?;
+        Ok(DataKey::from_bytes(&raw))
+    }
+}
+
+/// Why the customer-key headers of a request (SSE-C) are refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CustomerKeyError {
+    #[error(
+        "the customer-provided encryption algorithm must be AES256, not {0:?} (x-amz-server-side-encryption-customer-algorithm)"
+    )]
+    Algorithm(String),
+    #[error(
+        "the customer-provided encryption key must be 32 bytes in base64 (x-amz-server-side-encryption-customer-key)"
+    )]
+    Key,
+    #[error(
+        "the calculated MD5 hash of the key did not match the hash that was provided (x-amz-server-side-encryption-customer-key-MD5)"
+    )]
+    KeyMd5,
+}
+
+/// A customer's encryption key (SSE-C), as a request gives it: used for that request and
+/// never stored.
+#[derive(Clone)]
+pub struct CustomerKey {
+    raw: [u8; KEY_LEN],
+    /// The base64 MD5 of the key, as answers echo it.
+    md5: String,
+}
+
+impl fmt::Debug for CustomerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CustomerKey(md5 {})", self.md5)
+    }
+}
+
+impl CustomerKey {
+    /// The key of the three SSE-C headers: the algorithm (`AES256`), the key (base64 of 32
+    /// bytes) and its MD5 (base64; checked when given).
+    pub fn parse(
+        algorithm: &str,
+        key_base64: &str,
+        key_md5_base64: Option<&str>,
+    ) -> Result<Self, CustomerKeyError> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        use md5::Digest;
+        if algorithm != "AES256" {
+            return Err(CustomerKeyError::Algorithm(algorithm.to_owned()));
+        }
+        let bytes = STANDARD
+            .decode(key_base64.trim())
+            .map_err(|_| CustomerKeyError::Key)?;
+        let raw: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CustomerKeyError::Key)?;
+        let md5 = STANDARD.encode(md5::Md5::digest(raw));
+        if let Some(given) = key_md5_base64
+            && given.trim() != md5
+        {
+            return Err(CustomerKeyError::KeyMd5);
+        }
+        Ok(Self { raw, md5 })
+    }
+
+    /// The base64 MD5 of the key (`x-amz-server-side-encryption-customer-key-MD5`).
+    pub fn md5(&self) -> &str {
+        &self.md5
+    }
+
+    /// A fresh seal recognising this key: a random salt and the key's HMAC under it.
+    pub fn new_seal(&self) -> Result<CustomerSeal, CodecError> {
+        let salt = random_bytes::<16>()?.to_vec();
+        let key_hmac = Self::hmac(&salt, &self.raw);
+        Ok(CustomerSeal { salt, key_hmac })
+    }
+
+    /// Whether this is the key `seal` was made from (compared in constant time).
+    pub fn matches(&self, seal: &CustomerSeal) -> bool {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seal.salt);
+        ring::hmac::verify(&key, &self.raw, &seal.key_hmac).is_ok()
+    }
+
+    fn hmac(salt: &[u8], raw: &[u8]) -> Vec<u8> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, salt);
+        ring::hmac::sign(&key, raw).as_ref().to_vec()
+    }
+}
+
+pub use crate::datapath::layout::CustomerSeal;
 
 /// First bytes of a record sealed by [`MasterKey::seal_record`], format version 1.
 const RECORD_MAGIC: &[u8; 4] = b"SRC1";
@@ -453,6 +603,87 @@ mod tests {
             other.unwrap_data_key(&wrapped[1..]),
             Err(CodecError::Unwrap)
         ));
+    }
+
+    fn customer_key(byte: u8) -> CustomerKey {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        use md5::Digest;
+        let raw = [byte; 32];
+        let md5 = STANDARD.encode(md5::Md5::digest(raw));
+        CustomerKey::parse("AES256", &STANDARD.encode(raw), Some(&md5)).unwrap()
+    }
+
+    #[test]
+    fn a_customer_wrapped_data_key_opens_only_with_that_key_and_that_master_key() {
+        let master = MasterKey::from_bytes(&[7; 32]);
+        let (key, wrapped) = master.new_customer_data_key(&customer_key(1)).unwrap();
+        let prefix = DataKey::new_nonce_prefix().unwrap();
+        let mut buf = sample(1000);
+        key.seal(&prefix, 0, &mut buf).unwrap();
+
+        let again = master
+            .unwrap_customer_data_key(&wrapped, &customer_key(1))
+            .unwrap();
+        again.open(&prefix, 0, &mut buf).unwrap();
+        assert_eq!(buf, sample(1000));
+        // Another customer key, the master key alone, another installation with the
+        // right customer key: none of them unwraps it.
+        assert!(matches!(
+            master.unwrap_customer_data_key(&wrapped, &customer_key(2)),
+            Err(CodecError::WrongCustomerKey)
+        ));
+        assert!(matches!(
+            master.unwrap_data_key(&wrapped),
+            Err(CodecError::Unwrap)
+        ));
+        assert!(
+            MasterKey::from_bytes(&[8; 32])
+                .unwrap_customer_data_key(&wrapped, &customer_key(1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_customer_key_seal_recognises_its_key_only_and_differs_per_salt() {
+        let seal = customer_key(1).new_seal().unwrap();
+        assert!(customer_key(1).matches(&seal));
+        assert!(!customer_key(2).matches(&seal));
+        let other = customer_key(1).new_seal().unwrap();
+        assert_ne!(seal.salt, other.salt);
+        assert_ne!(
+            seal.key_hmac, other.key_hmac,
+            "salted: equal keys do not show"
+        );
+        // The seal holds nothing of the key itself.
+        assert!(!seal.key_hmac.windows(32).any(|w| w == [1; 32]));
+    }
+
+    #[test]
+    fn customer_key_headers_are_checked() {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        let key = STANDARD.encode([1u8; 32]);
+        let wrong_md5 = STANDARD.encode([0u8; 16]);
+        assert_eq!(
+            CustomerKey::parse("AES256", &key, Some(&wrong_md5)).unwrap_err(),
+            CustomerKeyError::KeyMd5
+        );
+        assert_eq!(
+            CustomerKey::parse("aws:kms", &key, None).unwrap_err(),
+            CustomerKeyError::Algorithm("aws:kms".into())
+        );
+        assert_eq!(
+            CustomerKey::parse("AES256", &STANDARD.encode([1u8; 16]), None).unwrap_err(),
+            CustomerKeyError::Key
+        );
+        assert_eq!(
+            CustomerKey::parse("AES256", "not base64!", None).unwrap_err(),
+            CustomerKeyError::Key
+        );
+        let parsed = CustomerKey::parse("AES256", &key, None).unwrap();
+        assert_eq!(parsed.md5(), customer_key(1).md5());
+        assert!(!format!("{parsed:?}").contains(&key), "Debug shows no key");
     }
 
     #[test]

@@ -44,7 +44,22 @@ pub enum Encryption {
         wrapped_key: Vec<u8>,
         #[serde(with = "hex_bytes")]
         nonce_prefix: Vec<u8>,
+        /// Set when the data key is wrapped for a customer's key (SSE-C) rather than by
+        /// the master key alone: what recognises that key. The key itself is never stored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        customer: Option<CustomerSeal>,
     },
+}
+
+/// What recognises a customer's key (SSE-C) without storing it: `HMAC-SHA256(salt, key)`
+/// under a random salt. A request giving another key is refused before any read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerSeal {
+    #[serde(with = "hex_bytes")]
+    pub salt: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    pub key_hmac: Vec<u8>,
 }
 
 /// One shard of one segment on one provider.
@@ -117,6 +132,15 @@ impl Layout {
         self.pieces()
             .flat_map(|p| p.segments.iter())
             .flat_map(|s| s.shards.iter())
+    }
+
+    /// The seal of the customer's key (SSE-C) the version's data keys are wrapped for, when
+    /// they are (every piece of a multipart version carries the same one).
+    pub fn customer_seal(&self) -> Option<&CustomerSeal> {
+        self.pieces().find_map(|p| match &p.encryption {
+            Encryption::Aes256Gcm { customer, .. } => customer.as_ref(),
+            Encryption::None => None,
+        })
     }
 
     /// The layouts holding the bytes, in order: the parts of a multipart

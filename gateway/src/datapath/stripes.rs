@@ -9,7 +9,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 
-use crate::datapath::codec::{self, CodecError, DataKey, MasterKey};
+use crate::datapath::codec::{self, CodecError, CustomerKey, CustomerSeal, DataKey, MasterKey};
 
 tokio::task_local! {
     /// Set around a read of a shard whose length the metadata records: a backend that
@@ -161,10 +161,29 @@ pub enum DataError {
     Codec(#[from] CodecError),
 }
 
+/// A customer's key (SSE-C) a new version's data keys are wrapped for, and the seal that
+/// will recognise it (one seal for every part of a multipart upload).
+#[derive(Clone, Debug)]
+pub struct CustomerSealing {
+    pub key: CustomerKey,
+    pub seal: CustomerSeal,
+}
+
+impl CustomerSealing {
+    /// `key` with a fresh seal.
+    pub fn new(key: CustomerKey) -> Result<Self, CodecError> {
+        let seal = key.new_seal()?;
+        Ok(Self { key, seal })
+    }
+}
+
 /// How one object version is written: scheme, placement and policy.
 pub struct WriteSpec {
     pub scheme: Scheme,
     pub encrypt: bool,
+    /// The customer's key (SSE-C) the data key is wrapped for instead of the master key
+    /// alone; implies encryption whatever `encrypt` says.
+    pub customer: Option<CustomerSealing>,
     pub segment_size: u64,
     /// Acknowledged shards needed per segment before the version may commit.
     pub write_quorum: usize,
@@ -191,7 +210,8 @@ impl ObjectWriter {
                 width,
             });
         }
-        let (key, encryption, nonce_prefix) = new_encryption(master, spec.encrypt)?;
+        let (key, encryption, nonce_prefix) =
+            new_encryption(master, spec.encrypt, spec.customer.as_ref())?;
         let layout = Layout {
             scheme: spec.scheme,
             encryption,
@@ -280,19 +300,23 @@ impl ObjectWriter {
     }
 }
 
-/// A fresh data key (wrapped by `master`) and nonce prefix, or none without encryption.
+/// A fresh data key (wrapped by `master`, or for the customer's key) and nonce prefix, or
+/// none without encryption.
 fn new_encryption(
     master: &MasterKey,
     encrypt: bool,
+    customer: Option<&CustomerSealing>,
 ) -> Result<(Option<DataKey>, Encryption, Vec<u8>), DataError> {
-    if !encrypt {
-        return Ok((None, Encryption::None, Vec::new()));
-    }
-    let (key, wrapped) = master.new_data_key()?;
+    let (key, wrapped) = match customer {
+        Some(c) => master.new_customer_data_key(&c.key)?,
+        None if encrypt => master.new_data_key()?,
+        None => return Ok((None, Encryption::None, Vec::new())),
+    };
     let prefix = DataKey::new_nonce_prefix()?.to_vec();
     let enc = Encryption::Aes256Gcm {
         wrapped_key: wrapped,
         nonce_prefix: prefix.clone(),
+        customer: customer.map(|c| c.seal.clone()),
     };
     Ok((Some(key), enc, prefix))
 }
@@ -303,10 +327,11 @@ pub fn seal_inline(
     master: &MasterKey,
     scheme: Scheme,
     encrypt: bool,
+    customer: Option<&CustomerSealing>,
     segment_size: u64,
     plain: Vec<u8>,
 ) -> Result<Layout, DataError> {
-    let (key, encryption, nonce_prefix) = new_encryption(master, encrypt)?;
+    let (key, encryption, nonce_prefix) = new_encryption(master, encrypt, customer)?;
     let plain_length = plain.len() as u64;
     let mut sealed = plain;
     if let Some(key) = &key {
@@ -367,10 +392,48 @@ pub const RETRY_FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs
 pub const MAX_COMBINATIONS: usize = 1024;
 
 impl ObjectReader {
+    /// A reader of a layout whose data key the master key alone unwraps; fails on one
+    /// encrypted with a customer's key (SSE-C).
     pub fn new(master: &MasterKey, layout: Layout) -> Result<Self, DataError> {
-        let key = match &layout.encryption {
-            Encryption::None => None,
-            Encryption::Aes256Gcm { wrapped_key, .. } => Some(master.unwrap_data_key(wrapped_key)?),
+        Self::with_customer_key(master, layout, None)
+    }
+
+    /// A reader of `layout` given the customer's key of the request (SSE-C): required
+    /// when the layout's data key is wrapped for one, and then it must be that key.
+    pub fn with_customer_key(
+        master: &MasterKey,
+        layout: Layout,
+        customer: Option<&CustomerKey>,
+    ) -> Result<Self, DataError> {
+        let key = match (&layout.encryption, customer) {
+            (Encryption::None, _) => None,
+            (
+                Encryption::Aes256Gcm {
+                    wrapped_key,
+                    customer: None,
+                    ..
+                },
+                _,
+            ) => Some(master.unwrap_data_key(wrapped_key)?),
+            (
+                Encryption::Aes256Gcm {
+                    customer: Some(_), ..
+                },
+                None,
+            ) => return Err(CodecError::CustomerKeyRequired.into()),
+            (
+                Encryption::Aes256Gcm {
+                    wrapped_key,
+                    customer: Some(seal),
+                    ..
+                },
+                Some(given),
+            ) => {
+                if !given.matches(seal) {
+                    return Err(CodecError::WrongCustomerKey.into());
+                }
+                Some(master.unwrap_customer_data_key(wrapped_key, given)?)
+            }
         };
         Ok(Self {
             layout,
@@ -775,6 +838,7 @@ mod tests {
         WriteSpec {
             scheme: Scheme::Erasure { data: 4, parity: 2 },
             encrypt: true,
+            customer: None,
             segment_size: 1000,
             write_quorum: quorum,
             placement: nodes
@@ -851,7 +915,7 @@ mod tests {
         let data = body(3000);
         let scheme = Scheme::Erasure { data: 4, parity: 2 };
         for encrypt in [true, false] {
-            let layout = seal_inline(&master, scheme, encrypt, 1000, data.clone()).unwrap();
+            let layout = seal_inline(&master, scheme, encrypt, None, 1000, data.clone()).unwrap();
             assert_eq!(layout.plain_length(), 3000);
             assert_eq!(layout.shards().count(), 0, "no provider holds any of it");
             let sealed = layout.inline.clone().unwrap();

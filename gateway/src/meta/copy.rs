@@ -110,6 +110,9 @@ pub fn copy_store(
         if let Some(config) = from.public_access_block(&bucket.name)? {
             to.set_public_access_block(&bucket.name, Some(&config))?;
         }
+        if let Some(config) = from.bucket_encryption(&bucket.name)? {
+            to.set_bucket_encryption(&bucket.name, Some(&config))?;
+        }
         counts.versions += copy_versions(from, to, &bucket.name)?;
         let (uploads, parts) = copy_uploads(from, to, &bucket.name)?;
         counts.uploads += uploads;

@@ -177,6 +177,10 @@ pub struct ObjectAttrs {
     /// An upload's: the checksum algorithm and kind it was started with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_checksum: Option<ChecksumSpec>,
+    /// An upload's, when started with a customer's key (SSE-C): what recognises that key,
+    /// which every part must carry (the parts' layouts are sealed with this same seal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_customer_key: Option<crate::datapath::layout::CustomerSeal>,
 }
 
 impl ObjectAttrs {
@@ -739,6 +743,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn set_public_access_block(&self, bucket: &str, config: Option<&str>) -> Result<()>;
     /// A bucket's PublicAccessBlock as stored by [`MetadataStore::set_public_access_block`].
     fn public_access_block(&self, bucket: &str) -> Result<Option<String>>;
+    /// Stores (`Some`, JSON) or removes (`None`) a bucket's default encryption
+    /// (PutBucketEncryption); fails with `NoSuchBucket`.
+    fn set_bucket_encryption(&self, bucket: &str, config: Option<&str>) -> Result<()>;
+    /// A bucket's default encryption as stored by
+    /// [`MetadataStore::set_bucket_encryption`].
+    fn bucket_encryption(&self, bucket: &str) -> Result<Option<String>>;
     /// Replaces the tags of one stored version (not a delete marker) in place, keeping the
     /// rest of it; `false` (nothing changed) when there is no such version.
     fn set_object_tags(

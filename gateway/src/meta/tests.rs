@@ -331,6 +331,10 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
             algorithm: Algorithm::Sha256,
             kind: Kind::Composite,
         }),
+        upload_customer_key: Some(crate::datapath::layout::CustomerSeal {
+            salt: vec![1; 16],
+            key_hmac: vec![2; 32],
+        }),
     };
     let v = ObjectVersion {
         attrs: attrs.clone(),
@@ -414,6 +418,27 @@ fn tags_change_in_place_per_version_and_buckets_keep_theirs(s: &dyn MetadataStor
     s.delete_bucket("c").unwrap();
     s.create_bucket(&bucket("c")).unwrap();
     assert_eq!(s.bucket_tags("c").unwrap(), None);
+
+    // A bucket's default encryption: set, replaced, removed, gone with its bucket.
+    assert_eq!(s.bucket_encryption("b").unwrap(), None);
+    s.set_bucket_encryption("b", Some("{\"algorithm\":\"AES256\"}"))
+        .unwrap();
+    s.set_bucket_encryption("b", Some("{\"algorithm\":\"AES256\",\"bucketKey\":true}"))
+        .unwrap();
+    assert_eq!(
+        s.bucket_encryption("b").unwrap().as_deref(),
+        Some("{\"algorithm\":\"AES256\",\"bucketKey\":true}")
+    );
+    s.set_bucket_encryption("b", None).unwrap();
+    assert_eq!(s.bucket_encryption("b").unwrap(), None);
+    assert!(matches!(
+        s.set_bucket_encryption("nope", Some("{}")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    s.set_bucket_encryption("c", Some("{}")).unwrap();
+    s.delete_bucket("c").unwrap();
+    s.create_bucket(&bucket("c")).unwrap();
+    assert_eq!(s.bucket_encryption("c").unwrap(), None);
 }
 
 fn cors_rules_are_stored_per_bucket_and_go_with_it(s: &dyn MetadataStore) {

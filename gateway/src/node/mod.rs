@@ -119,6 +119,9 @@ pub struct Node {
     accounts: Arc<users::Accounts>,
     /// Buckets' CORS rules, as cross-origin requests read them.
     cors: cors::CorsCache,
+    /// Whether requests may carry customers' encryption keys (SSE-C): only where they
+    /// cannot cross a network in the clear — an S3 listener over TLS or on loopback.
+    customer_keys_allowed: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -168,7 +171,21 @@ impl Node {
             upload_budget: budget::BufferBudget::default(),
             read_budget: budget::BufferBudget::default(),
             metadata_suffices: false,
+            customer_keys_allowed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Lets requests carry customers' encryption keys (SSE-C): set when the S3 listener
+    /// serves TLS or listens on loopback only, so keys never cross a network in the clear.
+    pub fn allow_customer_keys(&self, allowed: bool) {
+        self.customer_keys_allowed
+            .store(allowed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether requests may carry customers' encryption keys (SSE-C).
+    pub fn customer_keys_allowed(&self) -> bool {
+        self.customer_keys_allowed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lets plans keep small objects in the metadata store without a journal or shared

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Node;
+use crate::datapath::codec::CustomerKey;
 use crate::datapath::stripes::ObjectReader;
 use crate::error::{Error, Result};
 use crate::meta::ObjectVersion;
@@ -41,6 +42,18 @@ impl Node {
     /// Streams `range` of a version. Reads the first segment before returning,
     /// so a dead object gets a proper error instead of a truncated body.
     pub async fn read_range(&self, v: &ObjectVersion, range: ByteRange<u64>) -> Result<ByteStream> {
+        self.read_range_keyed(v, range, None).await
+    }
+
+    /// [`Node::read_range`] of a version that may be encrypted with a customer's key
+    /// (SSE-C): `customer` must then be that key (the S3 layer checks it first and answers
+    /// the client's errors).
+    pub async fn read_range_keyed(
+        &self,
+        v: &ObjectVersion,
+        range: ByteRange<u64>,
+        customer: Option<&CustomerKey>,
+    ) -> Result<ByteStream> {
         let name = format!("{}/{}", v.bucket, v.key);
         let size = v.size;
         // Until the stream ends, an overwrite or delete of `v` leaves its shards in place.
@@ -79,7 +92,7 @@ impl Node {
         let mut lengths = Vec::new();
         for (p, piece) in layout.pieces().enumerate() {
             readers.push(Arc::new(
-                ObjectReader::new(&self.master, piece.clone())
+                ObjectReader::with_customer_key(&self.master, piece.clone(), customer)
                     .map_err(|e| Error::internal(format!("object {name} is unreadable: {e}")))?
                     .with_bad_shard_report(self.bad_shard_report(v, p, piece)),
             ));

@@ -11,7 +11,7 @@ use s3s::dto::StreamingBlob;
 use super::budget::BufferBudget;
 use super::{Node, Plan, now_ms};
 use crate::datapath::checksum::{Algorithm, Hasher, Sums};
-use crate::datapath::stripes::{self, ObjectWriter, ShardBackend, WriteSpec};
+use crate::datapath::stripes::{self, CustomerSealing, ObjectWriter, ShardBackend, WriteSpec};
 use crate::error::{Error, Result, body_failed};
 use crate::meta::{self, Bucket, NULL_VERSION, ObjectVersion, Versioning, WriteCondition};
 
@@ -182,6 +182,9 @@ impl Node {
     /// on the way. A body the plan keeps in metadata (at most `inlineUpTo`) is sealed
     /// whole into the layout, where metadata is kept as safely as shards; any other is
     /// striped onto providers ([`Node::store_striped`]).
+    ///
+    /// With `customer` (SSE-C) the data keys are wrapped for the customer's key, so the
+    /// version reads back only with it.
     pub async fn store_body(
         &self,
         plan: &Plan,
@@ -189,6 +192,7 @@ impl Node {
         body: Option<StreamingBlob>,
         length: Option<u64>,
         algorithms: &[Algorithm],
+        customer: Option<&CustomerSealing>,
     ) -> Result<Written> {
         let sums = Hasher::new(algorithms.iter().copied());
         let declared = match (&body, length) {
@@ -200,9 +204,9 @@ impl Node {
             && len as u64 <= plan.inline_up_to
             && self.keeps_inline()
         {
-            return self.store_inline(plan, body, len, sums).await;
+            return self.store_inline(plan, body, len, sums, customer).await;
         }
-        self.stripe_body(plan, key, body, sums).await
+        self.stripe_body(plan, key, body, sums, customer).await
     }
 
     /// Streams `body` into a fresh layout of shards under `plan`; on any error no shards
@@ -213,7 +217,8 @@ impl Node {
         key: &str,
         body: Option<StreamingBlob>,
     ) -> Result<Written> {
-        self.stripe_body(plan, key, body, Hasher::default()).await
+        self.stripe_body(plan, key, body, Hasher::default(), None)
+            .await
     }
 
     async fn stripe_body(
@@ -222,6 +227,7 @@ impl Node {
         key: &str,
         body: Option<StreamingBlob>,
         sums: Hasher,
+        customer: Option<&CustomerSealing>,
     ) -> Result<Written> {
         let segment_size = usize::try_from(plan.segment_size)
             .map_err(|_| Error::internal(format!("plan {}: segment size too large", plan.name)))?;
@@ -236,6 +242,7 @@ impl Node {
             WriteSpec {
                 scheme: plan.scheme,
                 encrypt: plan.encrypt,
+                customer: customer.cloned(),
                 segment_size: plan.segment_size,
                 write_quorum: plan.write_quorum,
                 placement,
@@ -267,6 +274,7 @@ impl Node {
         body: Option<StreamingBlob>,
         declared: usize,
         mut sums: Hasher,
+        customer: Option<&CustomerSealing>,
     ) -> Result<Written> {
         let _held = self.upload_budget.take(declared).await?;
         let mut plain = Vec::with_capacity(declared);
@@ -295,6 +303,7 @@ impl Node {
             &self.master,
             plan.scheme,
             plan.encrypt,
+            customer,
             plan.segment_size,
             plain,
         )

@@ -412,6 +412,10 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!("Try:");
     println!("  {env} aws --endpoint-url {endpoint} s3 mb s3://bucket");
     println!("  {env} aws --endpoint-url {endpoint} s3 cp ./file s3://bucket/");
+    // Customers' keys (SSE-C) travel in the clear here: only on loopback.
+    cluster
+        .gateway
+        .allow_customer_keys(listen.ip().is_loopback());
     let svc = service(Arc::clone(&cluster.gateway), Some(&cluster.credentials));
     let svc =
         MeteredService::new(svc, cluster.metrics.clone()).with_cors(Arc::clone(&cluster.gateway));

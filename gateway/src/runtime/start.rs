@@ -214,6 +214,8 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     .with_journal(gateway.journal().cloned())
     .with_cors(Arc::clone(&gateway));
     let has_tls = tls.is_some();
+    // Customers' keys (SSE-C) only over TLS, or where they never leave the machine.
+    gateway.allow_customer_keys(has_tls || s3_addr.ip().is_loopback());
     let mut stop_s3 = stop;
     let limits = spec.client_limits.clone().unwrap_or_default();
     tasks.push(tokio::spawn(serve_s3(

@@ -8,8 +8,8 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use super::checksum::{self as sums, set_checksums};
 use super::get::Preconditions;
 use super::headers::{self, Written};
-use super::tagging;
 use super::{Gateway, etag, timestamp};
+use super::{sse_c, tagging};
 use crate::datapath::checksum::{Kind, ObjectChecksum};
 use crate::meta::{ObjectAttrs, ObjectVersion};
 use crate::node::now_ms;
@@ -67,6 +67,22 @@ impl Gateway {
             },
             &source,
         )?;
+        let source_key = sse_c::requested(
+            self,
+            input.copy_source_sse_customer_algorithm.as_deref(),
+            input.copy_source_sse_customer_key.as_deref(),
+            input.copy_source_sse_customer_key_md5.as_deref(),
+            "x-amz-copy-source-server-side-encryption-customer",
+        )?;
+        sse_c::check_version(&source, source_key.as_ref())?;
+        let target_key = sse_c::requested(
+            self,
+            input.sse_customer_algorithm.as_deref(),
+            input.sse_customer_key.as_deref(),
+            input.sse_customer_key_md5.as_deref(),
+            "x-amz-server-side-encryption-customer",
+        )?;
+        let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(target_key.as_ref());
         let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
             None | Some(MetadataDirective::COPY) => false,
             Some(MetadataDirective::REPLACE) => true,
@@ -98,6 +114,8 @@ impl Gateway {
             && !replace
             && tags.is_none()
             && storage_class.is_none()
+            && target_key.is_none()
+            && source_key.is_none()
         {
             return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
@@ -107,6 +125,13 @@ impl Gateway {
             ));
         }
         let plan = self.resolve_plan(&bucket, storage_class)?;
+        let customer = sse_c::for_new_object(
+            target_key,
+            &plan.name,
+            plan.encrypt,
+            input.server_side_encryption.is_some(),
+        )?;
+        self.check_bucket_encryption(&bucket, &plan).await?;
         headers::check_requested_encryption(
             input.server_side_encryption.as_ref(),
             &plan.name,
@@ -129,7 +154,9 @@ impl Gateway {
         };
         self.accounts()
             .check_quota(bucket.owner.as_deref(), source.size, 1)?;
-        let stream = self.read_range(&source, 0..source.size).await?;
+        let stream = self
+            .read_range_keyed(&source, 0..source.size, source_key.as_ref())
+            .await?;
         let written = self
             .store_body(
                 &plan,
@@ -137,6 +164,7 @@ impl Gateway {
                 Some(StreamingBlob::wrap(stream)),
                 Some(source.size),
                 &[algorithm],
+                customer.as_ref(),
             )
             .await?;
         // A copy is written in one piece: its checksum is of the whole object.
@@ -218,6 +246,8 @@ impl Gateway {
             copy_object_result: Some(result),
             copy_source_version_id: reported_version_id(&src_meta, &source.version_id),
             server_side_encryption,
+            sse_customer_algorithm,
+            sse_customer_key_md5,
             version_id: reported_version_id(&bucket, &version_id),
             ..Default::default()
         }))

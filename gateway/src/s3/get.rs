@@ -7,8 +7,8 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::checksum::{self as sums, set_checksums};
-use super::headers;
 use super::{Gateway, etag, timestamp};
+use super::{headers, sse_c};
 use crate::datapath::checksum::Kind;
 use crate::error::internal;
 use crate::meta::{Bucket, ObjectVersion};
@@ -164,6 +164,15 @@ impl Gateway {
         let (bucket, v) = self
             .lookup(&input.bucket, &input.key, input.version_id.as_deref())
             .await?;
+        let customer_key = sse_c::requested(
+            self,
+            input.sse_customer_algorithm.as_deref(),
+            input.sse_customer_key.as_deref(),
+            input.sse_customer_key_md5.as_deref(),
+            "x-amz-server-side-encryption-customer",
+        )?;
+        sse_c::check_version(&v, customer_key.as_ref())?;
+        let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
         Preconditions {
             if_match: input.if_match.as_ref(),
             if_none_match: input.if_none_match.as_ref(),
@@ -208,6 +217,8 @@ impl Gateway {
             content_language: input.response_content_language.or(v.attrs.content_language),
             expires,
             server_side_encryption,
+            sse_customer_algorithm,
+            sse_customer_key_md5,
             e_tag: Some(etag(&v.etag)),
             last_modified: Some(timestamp(v.last_modified)),
             metadata: Some(v.user_metadata.into_iter().collect()),
@@ -250,6 +261,15 @@ impl Gateway {
         let (bucket, v) = self
             .lookup(&input.bucket, &input.key, input.version_id.as_deref())
             .await?;
+        let customer_key = sse_c::requested(
+            self,
+            input.sse_customer_algorithm.as_deref(),
+            input.sse_customer_key.as_deref(),
+            input.sse_customer_key_md5.as_deref(),
+            "x-amz-server-side-encryption-customer",
+        )?;
+        sse_c::check_version(&v, customer_key.as_ref())?;
+        let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
         Preconditions {
             if_match: input.if_match.as_ref(),
             if_none_match: input.if_none_match.as_ref(),
@@ -283,7 +303,9 @@ impl Gateway {
             part.as_ref().map(|p| p.index),
             input.range.is_some() && length != size,
         );
-        let body = self.read_range(&v, range).await?;
+        let body = self
+            .read_range_keyed(&v, range, customer_key.as_ref())
+            .await?;
         let tag_count = super::tagging::tag_count(&v);
         let server_side_encryption = headers::server_side_encryption(&v);
         let expires = input.response_expires.or_else(|| headers::expires(&v));
@@ -304,6 +326,8 @@ impl Gateway {
             content_language: input.response_content_language.or(v.attrs.content_language),
             expires,
             server_side_encryption,
+            sse_customer_algorithm,
+            sse_customer_key_md5,
             e_tag: Some(etag(&v.etag)),
             last_modified: Some(timestamp(v.last_modified)),
             metadata: Some(v.user_metadata.into_iter().collect()),

@@ -58,9 +58,14 @@ pub(super) fn expires(v: &ObjectVersion) -> Option<Timestamp> {
 }
 
 /// `AES256` when the version's data is sealed with AES-256-GCM (every piece of it is, under
-/// an encrypted plan), as S3 reports server-side encryption with S3-managed keys.
+/// an encrypted plan), as S3 reports server-side encryption with S3-managed keys. None for
+/// a version encrypted with a customer's key (SSE-C), which S3 reports by echoing the
+/// customer algorithm and key MD5 instead.
 pub(super) fn server_side_encryption(v: &ObjectVersion) -> Option<ServerSideEncryption> {
     let layout = v.layout.as_ref()?;
+    if layout.customer_seal().is_some() {
+        return None;
+    }
     let encrypted = if layout.inline.is_some() || layout.parts.is_empty() {
         !matches!(layout.encryption, Encryption::None)
     } else {

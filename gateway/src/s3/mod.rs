@@ -10,6 +10,7 @@ mod checksum;
 mod copy;
 pub mod cors;
 mod delete;
+mod encryption;
 mod get;
 mod headers;
 pub mod http;
@@ -20,6 +21,7 @@ mod multipart;
 pub mod policy;
 mod post;
 mod put;
+mod sse_c;
 mod tagging;
 
 pub use lifecycle::rules_from_s3;
@@ -305,6 +307,27 @@ impl S3 for Gateway {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         self.do_list_multipart_uploads(req).await
+    }
+
+    async fn put_bucket_encryption(
+        &self,
+        req: S3Request<PutBucketEncryptionInput>,
+    ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
+        self.do_put_bucket_encryption(req).await
+    }
+
+    async fn get_bucket_encryption(
+        &self,
+        req: S3Request<GetBucketEncryptionInput>,
+    ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
+        self.do_get_bucket_encryption(req).await
+    }
+
+    async fn delete_bucket_encryption(
+        &self,
+        req: S3Request<DeleteBucketEncryptionInput>,
+    ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
+        self.do_delete_bucket_encryption(req).await
     }
 
     async fn put_object_lock_configuration(

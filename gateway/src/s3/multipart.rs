@@ -11,8 +11,8 @@ use super::copy::{copy_source, enforce_copy_preconditions};
 use super::get::Preconditions;
 use super::headers::{self, Written};
 use super::put::content_md5_matches;
-use super::tagging;
 use super::{Gateway, etag, timestamp};
+use super::{sse_c, tagging};
 use crate::datapath::checksum::{self, Algorithm, ChecksumSpec, ObjectChecksum, PartChecksum};
 use crate::datapath::layout::{Encryption, Layout};
 use crate::error::{internal, no_such_upload};
@@ -138,13 +138,27 @@ impl Gateway {
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
+        let customer_key = sse_c::requested(
+            self,
+            input.sse_customer_algorithm.as_deref(),
+            input.sse_customer_key.as_deref(),
+            input.sse_customer_key_md5.as_deref(),
+            "x-amz-server-side-encryption-customer",
+        )?;
+        let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
+        let customer = sse_c::for_new_object(
+            customer_key,
+            &plan.name,
+            plan.encrypt,
+            input.server_side_encryption.is_some(),
+        )?;
+        self.check_bucket_encryption(&bucket, &plan).await?;
         headers::check_requested_encryption(
             input.server_side_encryption.as_ref(),
             &plan.name,
             plan.encrypt,
         )?;
-        let server_side_encryption = plan
-            .encrypt
+        let server_side_encryption = (plan.encrypt && customer.is_none())
             .then(|| ServerSideEncryption::from_static(ServerSideEncryption::AES256));
         // Checked now; the bucket's default retention applies when the upload completes.
         let lock = super::lock::requested_lock(
@@ -177,6 +191,7 @@ impl Gateway {
             initiated: now_ms(),
             attrs: ObjectAttrs {
                 upload_checksum: spec,
+                upload_customer_key: customer.map(|c| c.seal),
                 ..attrs
             },
         };
@@ -188,6 +203,8 @@ impl Gateway {
             key: Some(input.key),
             upload_id: Some(upload_id),
             server_side_encryption,
+            sse_customer_algorithm,
+            sse_customer_key_md5,
             checksum_algorithm: spec
                 .map(|s| ChecksumAlgorithm::from(s.algorithm.name().to_owned())),
             checksum_type: spec.map(|s| ChecksumType::from(s.kind.name().to_owned())),
@@ -205,11 +222,27 @@ impl Gateway {
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let plan = self.upload_plan(&upload)?;
+        let customer_key = sse_c::requested(
+            self,
+            input.sse_customer_algorithm.as_deref(),
+            input.sse_customer_key.as_deref(),
+            input.sse_customer_key_md5.as_deref(),
+            "x-amz-server-side-encryption-customer",
+        )?;
+        let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
+        let customer = sse_c::for_part(&upload, customer_key)?;
         let requested = sums::requested(&req.headers)?;
         let mut algorithms = vec![upload_checksum(&upload).algorithm];
         algorithms.extend(requested.algorithm);
         let written = self
-            .store_body(&plan, &input.key, input.body, None, &algorithms)
+            .store_body(
+                &plan,
+                &input.key,
+                input.body,
+                None,
+                &algorithms,
+                customer.as_ref(),
+            )
             .await?;
         let what = format!("part {} of upload {}", input.part_number, input.upload_id);
         if let Err(e) = sums::verify(
@@ -247,6 +280,8 @@ impl Gateway {
         .await?;
         let mut out = UploadPartOutput {
             e_tag: Some(etag(&md5)),
+            sse_customer_algorithm,
+            sse_customer_key_md5,
             ..Default::default()
         };
         set_checksums!(out, fields);
@@ -276,6 +311,23 @@ impl Gateway {
             },
             &source,
         )?;
+        let source_key = sse_c::requested(
+            self,
+            input.copy_source_sse_customer_algorithm.as_deref(),
+            input.copy_source_sse_customer_key.as_deref(),
+            input.copy_source_sse_customer_key_md5.as_deref(),
+            "x-amz-copy-source-server-side-encryption-customer",
+        )?;
+        sse_c::check_version(&source, source_key.as_ref())?;
+        let customer_key = sse_c::requested(
+            self,
+            input.sse_customer_algorithm.as_deref(),
+            input.sse_customer_key.as_deref(),
+            input.sse_customer_key_md5.as_deref(),
+            "x-amz-server-side-encryption-customer",
+        )?;
+        let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
+        let customer = sse_c::for_part(&upload, customer_key)?;
         let range = match &input.copy_source_range {
             None => 0..source.size,
             Some(text) => copy_source_range(text, source.size).ok_or_else(|| {
@@ -289,7 +341,9 @@ impl Gateway {
                 })?,
         };
         let length = range.end - range.start;
-        let stream = self.read_range(&source, range).await?;
+        let stream = self
+            .read_range_keyed(&source, range, source_key.as_ref())
+            .await?;
         let written = self
             .store_body(
                 &plan,
@@ -297,6 +351,7 @@ impl Gateway {
                 Some(StreamingBlob::wrap(stream)),
                 Some(length),
                 &[upload_checksum(&upload).algorithm],
+                customer.as_ref(),
             )
             .await?;
         let md5 = written.md5.clone();
@@ -323,6 +378,8 @@ impl Gateway {
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(result),
             copy_source_version_id: reported_version_id(&src_meta, &source.version_id),
+            sse_customer_algorithm,
+            sse_customer_key_md5,
             ..Default::default()
         }))
     }
@@ -453,6 +510,7 @@ impl Gateway {
                 lock,
                 checksum: object_checksum,
                 upload_checksum: None,
+                upload_customer_key: None,
                 ..upload.attrs
             },
         };

@@ -7,8 +7,8 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::checksum::{self as sums, set_checksums};
 use super::headers::{self, Written};
-use super::tagging;
 use super::{Gateway, etag};
+use super::{sse_c, tagging};
 
 use crate::datapath::checksum::{Kind, ObjectChecksum};
 use crate::meta::ObjectVersion;
@@ -46,6 +46,21 @@ impl Gateway {
         let requested = sums::requested(&req.headers)?;
         let algorithm = requested.algorithm.unwrap_or(sums::DEFAULT.algorithm);
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
+        let customer_key = sse_c::requested(
+            self,
+            input.sse_customer_algorithm.as_deref(),
+            input.sse_customer_key.as_deref(),
+            input.sse_customer_key_md5.as_deref(),
+            "x-amz-server-side-encryption-customer",
+        )?;
+        let (echo_algorithm, echo_md5) = sse_c::echo(customer_key.as_ref());
+        let customer = sse_c::for_new_object(
+            customer_key,
+            &plan.name,
+            plan.encrypt,
+            input.server_side_encryption.is_some(),
+        )?;
+        self.check_bucket_encryption(&bucket, &plan).await?;
         headers::check_requested_encryption(
             input.server_side_encryption.as_ref(),
             &plan.name,
@@ -87,7 +102,14 @@ impl Gateway {
         attrs.lock = lock;
         attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
         let written = self
-            .store_body(&plan, &input.key, input.body, None, &[algorithm])
+            .store_body(
+                &plan,
+                &input.key,
+                input.body,
+                None,
+                &[algorithm],
+                customer.as_ref(),
+            )
             .await?;
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;
@@ -135,6 +157,8 @@ impl Gateway {
         let mut out = PutObjectOutput {
             e_tag: Some(etag(&written.md5)),
             server_side_encryption: encryption,
+            sse_customer_algorithm: echo_algorithm,
+            sse_customer_key_md5: echo_md5,
             size: Some(i64::try_from(written.size).unwrap_or(i64::MAX)),
             version_id: reported_version_id(&bucket, &version_id),
             checksum_type: fields.checksum_type.clone(),

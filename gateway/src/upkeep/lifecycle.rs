@@ -23,6 +23,9 @@ pub struct Report {
     pub transitioned: u64,
     /// Versions due for removal that object lock keeps (retention or legal hold).
     pub locked: u64,
+    /// Versions due for a transition but encrypted with a customer's key (SSE-C): moving
+    /// them would take the key, which the gateway never keeps, so they stay where they are.
+    pub customer_keyed: u64,
     /// Actions that failed (logged); they are tried again on the next pass.
     pub failed: u64,
 }
@@ -229,6 +232,14 @@ async fn apply_to_current(
     if let Some(plan) = target
         && plan != v.plan
     {
+        if v.layout
+            .as_ref()
+            .is_some_and(|l| l.customer_seal().is_some())
+        {
+            report.customer_keyed += 1;
+            tracing::info!(bucket = %v.bucket, key = %v.key, to = %plan, "lifecycle cannot move an object encrypted with a customer's key (SSE-C): it stays under its plan");
+            return;
+        }
         match transition(node, v, &plan).await {
             Ok(true) => {
                 report.transitioned += 1;
@@ -313,6 +324,7 @@ pub async fn transition(node: &Node, v: &ObjectVersion, plan: &str) -> Result<bo
             Some(v.size),
             // The same bytes: the version keeps its checksum.
             &[],
+            None,
         )
         .await?;
     let single_part = v.layout.as_ref().is_some_and(|l| l.parts.is_empty());

@@ -40,6 +40,11 @@ pub struct ReencodeReport {
     pub conflicts: u64,
     /// Failed (unreadable, unplaceable); tried again next pass.
     pub failed: u64,
+    /// Outdated versions encrypted with a customer's key (SSE-C), which re-encoding would
+    /// need to read and the gateway never keeps: they stay as they are (still readable
+    /// with the key, and repaired like any other) until their owner rewrites them.
+    #[serde(default)]
+    pub customer_keyed: u64,
 }
 
 impl ReencodeReport {
@@ -67,6 +72,9 @@ pub struct Outdated {
     pub misplaced: Vec<i64>,
     /// How many shards are misplaced.
     pub misplaced_shards: u64,
+    /// How many outdated versions are encrypted with a customer's key (SSE-C): left as
+    /// they are, not counted in `total`.
+    pub customer_keyed: u64,
 }
 
 /// What a re-encode pass of `plan` has to do: the first `limit` versions whose layout
@@ -90,6 +98,10 @@ pub async fn outdated_versions(node: &Node, plan: &Plan, limit: usize) -> anyhow
                 continue;
             };
             if !conforms(layout, plan) {
+                if layout.customer_seal().is_some() {
+                    out.customer_keyed += 1;
+                    continue;
+                }
                 out.total += 1;
                 if out.versions.len() < limit {
                     out.versions.push(v);
@@ -127,6 +139,14 @@ pub async fn reencode_pass(
     let todo = outdated_versions(node, &plan, limit).await?;
     report.outdated = todo.total;
     report.misplaced = todo.misplaced_shards;
+    report.customer_keyed = todo.customer_keyed;
+    if todo.customer_keyed > 0 {
+        tracing::info!(
+            plan = plan.name,
+            versions = todo.customer_keyed,
+            "outdated versions encrypted with customers' keys (SSE-C) are left as they are: re-encoding them needs the key"
+        );
+    }
     let mover = crate::upkeep::repair::Repairer::new(Arc::clone(node), None);
     for seq in todo.misplaced {
         match mover.relocate(&plan.name, seq).await {

@@ -141,6 +141,11 @@ pub enum Entry {
         bucket: String,
         config: Option<String>,
     },
+    /// Put/DeleteBucketEncryption: a bucket's default encryption set or removed.
+    SetBucketEncryption {
+        bucket: String,
+        config: Option<String>,
+    },
     /// Put/DeleteObjectTagging: one version's tags replaced in place.
     SetObjectTags {
         bucket: String,

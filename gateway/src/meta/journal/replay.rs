@@ -141,6 +141,9 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
             }
             store.set_version_lock(bucket, key, version_id, &current.attrs.lock, lock)
         }
+        Entry::SetBucketEncryption { bucket, config } => {
+            skip_gone(store.set_bucket_encryption(bucket, config.as_deref()))
+        }
         Entry::SetBucketTags { bucket, tags } => {
             skip_gone(store.set_bucket_tags(bucket, tags.as_deref()))
         }

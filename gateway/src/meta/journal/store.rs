@@ -477,8 +477,22 @@ impl MetadataStore for JournaledStore {
             },
         )
     }
+    fn set_bucket_encryption(&self, bucket: &str, config: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_encryption(bucket, config),
+            |()| {
+                Some(Entry::SetBucketEncryption {
+                    bucket: bucket.to_owned(),
+                    config: config.map(str::to_owned),
+                })
+            },
+        )
+    }
     fn public_access_block(&self, bucket: &str) -> Result<Option<String>> {
         self.inner.public_access_block(bucket)
+    }
+    fn bucket_encryption(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_encryption(bucket)
     }
     fn set_object_tags(
         &self,

@@ -57,13 +57,14 @@ fn observe(s: &dyn MetadataStore) -> Vec<String> {
     out.extend(s.keys().unwrap().iter().map(|k| format!("{k:?}")));
     for b in s.buckets().unwrap() {
         out.push(format!(
-            "{b:?} lifecycle={:?} lock={:?} tags={:?} cors={:?} policy={:?} public_access={:?}",
+            "{b:?} lifecycle={:?} lock={:?} tags={:?} cors={:?} policy={:?} public_access={:?} encryption={:?}",
             s.lifecycle(&b.name).unwrap(),
             s.bucket_lock(&b.name).unwrap(),
             s.bucket_tags(&b.name).unwrap(),
             s.bucket_cors(&b.name).unwrap(),
             s.bucket_policy(&b.name).unwrap(),
-            s.public_access_block(&b.name).unwrap()
+            s.public_access_block(&b.name).unwrap(),
+            s.bucket_encryption(&b.name).unwrap()
         ));
         let page = s
             .list_versions(
@@ -125,6 +126,8 @@ fn history(s: &dyn MetadataStore) {
     s.set_bucket_policy("photos", Some("{\"Statement\":[]}"))
         .unwrap();
     s.set_public_access_block("photos", Some("{\"blockPublicPolicy\":true}"))
+        .unwrap();
+    s.set_bucket_encryption("photos", Some("{\"algorithm\":\"AES256\"}"))
         .unwrap();
     // Versions and a delete marker.
     s.create_bucket(&bucket("docs", Versioning::Unversioned))
@@ -306,7 +309,7 @@ fn replaying_from_any_snapshot_rebuilds_the_store() {
     );
     history(&live);
     let entries = journal.take();
-    assert_eq!(entries.len(), 45, "{entries:#?}");
+    assert_eq!(entries.len(), 46, "{entries:#?}");
     let want = observe(&live);
     // A snapshot holds the first `copied` changes; its cut may lag behind (`cut` ≤
     // `copied`), so replay starts there and meets changes the copy already has.

@@ -86,6 +86,8 @@ pub(super) fn delete_bucket(s: &PostgresStore, name: &str) -> Result<()> {
             &[&name],
         )
         .map_err(pg_err)?;
+        tx.execute("DELETE FROM bucket_encryption WHERE bucket = $1", &[&name])
+            .map_err(pg_err)?;
         tx.execute("DELETE FROM buckets WHERE name = $1", &[&name])
             .map_err(pg_err)?;
         Ok(())
@@ -179,6 +181,27 @@ pub(super) fn set_public_access_block(
     config: Option<&str>,
 ) -> Result<()> {
     set_bucket_setting(s, bucket, "bucket_public_access", "config", config)
+}
+
+pub(super) fn set_bucket_encryption(
+    s: &PostgresStore,
+    bucket: &str,
+    config: Option<&str>,
+) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_encryption", "config", config)
+}
+
+pub(super) fn bucket_encryption(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    s.run(|c| {
+        c.query_opt(
+            "SELECT config FROM bucket_encryption WHERE bucket = $1",
+            &[&bucket],
+        )
+        .map_err(pg_err)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_err)
+    })
 }
 
 /// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by

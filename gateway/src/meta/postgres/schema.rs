@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS bucket_public_access (
     bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     config TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_encryption (
+    bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS repair_claims (
     seq BIGINT PRIMARY KEY,
     holder TEXT NOT NULL,

@@ -113,6 +113,25 @@ pub(super) fn set_public_access_block(
     set_bucket_setting(s, bucket, "bucket_public_access", "config", config)
 }
 
+pub(super) fn set_bucket_encryption(
+    s: &SqliteStore,
+    bucket: &str,
+    config: Option<&str>,
+) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_encryption", "config", config)
+}
+
+pub(super) fn bucket_encryption(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
+    s.conn()
+        .query_row(
+            "SELECT config FROM bucket_encryption WHERE bucket = ?1",
+            params![bucket],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_err)
+}
+
 /// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
 /// bucket, the value in `column`).
 fn set_bucket_setting(

@@ -584,6 +584,12 @@ impl MetadataStore for SqliteStore {
     fn bucket_tags(&self, bucket: &str) -> Result<Option<String>> {
         buckets::bucket_tags(self, bucket)
     }
+    fn set_bucket_encryption(&self, bucket: &str, config: Option<&str>) -> Result<()> {
+        buckets::set_bucket_encryption(self, bucket, config)
+    }
+    fn bucket_encryption(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_encryption(self, bucket)
+    }
 
     fn set_bucket_cors(&self, bucket: &str, rules: Option<&str>) -> Result<()> {
         buckets::set_bucket_cors(self, bucket, rules)

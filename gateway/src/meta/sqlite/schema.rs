@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS bucket_public_access (
     bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     config TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_encryption (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,
