@@ -1733,9 +1733,9 @@ async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing
         let status = expect(&mut api, Method::PATCH, &format!("{CLAIMS}/app/status")).await;
         let status_body = status.body.clone();
         status.ok(&echo);
-        (created, status_body)
+        (api, created, status_body)
     });
-    let (action, (secret, status)) =
+    let (action, (mut api, secret, status)) =
         run_claim(super::bucketclaim::reconcile(Arc::new(claim.clone()), ctx.clone()), scenario)
             .await;
     assert_eq!(action, kube::runtime::controller::Action::requeue(super::RESYNC));
