@@ -1917,7 +1917,9 @@ async fn finalizer_removed(api: &mut Handle) {
         fin.body,
         json!({"metadata": {"finalizers": [], "resourceVersion": "42"}})
     );
-    fin.ok(&json!({}));
+    fin.ok(&json!({"apiVersion": "sublet.dev/v1alpha1", "kind": "BucketClaim",
+        "metadata": {"name": "app", "namespace": NS},
+        "spec": {"gateway": "s3", "bucketName": "app-data"}}));
 }
 
 #[tokio::test]
