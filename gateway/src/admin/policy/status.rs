@@ -380,7 +380,7 @@ pub(super) async fn create_bucket(State(api): State<Arc<PolicyApi>>, body: Bytes
 }
 
 #[derive(Debug, Deserialize)]
-struct DeleteBucketQuery {
+pub(super) struct DeleteBucketQuery {
     owner: String,
 }
 
