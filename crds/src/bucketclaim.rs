@@ -29,11 +29,7 @@ use crate::validate::{Problems, ValidationError, is_dns_subdomain};
     printcolumn(name = "Bucket", type_ = "string", json_path = ".status.bucketName"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Policy",
-        type_ = "string",
-        json_path = ".spec.deletionPolicy"
-    ),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.deletionPolicy"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -66,7 +62,10 @@ pub struct BucketClaimSpec {
     /// The bucket's exact name: 3 to 63 of `a-z 0-9 . -`. A bucket of that name belonging to
     /// someone else is never taken over: the claim stays Pending with reason `BucketTaken`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    )]
     pub bucket_name: Option<String>,
     /// A prefix for a generated name, `<prefix>-<8 hex digits of the claim's uid>`, so claims
     /// in many namespaces never collide. Set this or `bucketName`.
@@ -185,7 +184,9 @@ impl BucketClaimSpec {
         {
             p.add(
                 "spec.secretName",
-                format!("{secret:?} is not a Secret name; use lowercase letters, digits, '-' and '.'"),
+                format!(
+                    "{secret:?} is not a Secret name; use lowercase letters, digits, '-' and '.'"
+                ),
             );
         }
         if let Some(quota) = &self.quota {
@@ -297,7 +298,10 @@ mod tests {
             "{:?}",
             bad_name.spec.validate()
         );
-        let long = claim(&format!("gateway: s3\ngenerateBucketName: {}\n", "a".repeat(55)));
+        let long = claim(&format!(
+            "gateway: s3\ngenerateBucketName: {}\n",
+            "a".repeat(55)
+        ));
         assert_eq!(long.spec.validate()[0].field, "spec.generateBucketName");
     }
 

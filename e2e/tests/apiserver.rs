@@ -188,7 +188,9 @@ fn bucket_claims_are_checked_at_admission(api: &ApiServer) {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "GATEWAY", "BUCKET", "SECRET", "PHASE", "POLICY", "AGE"],
+        [
+            "NAME", "GATEWAY", "BUCKET", "SECRET", "PHASE", "POLICY", "AGE"
+        ],
         "{table}"
     );
     assert!(table.contains("Retain"), "{table}");
@@ -557,7 +559,9 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         "Bound=False, reason GatewayNotFound on a claim naming no gateway",
         Duration::from_secs(30),
         || {
-            let claim = api.get_json(&["-n", "storage", "bucketclaim", "lost"]).ok()?;
+            let claim = api
+                .get_json(&["-n", "storage", "bucketclaim", "lost"])
+                .ok()?;
             conditions_of(&claim)
                 .into_iter()
                 .find(|c| c["type"] == "Bound" && c["reason"] == "GatewayNotFound")
@@ -565,19 +569,20 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         },
     );
     assert_eq!(lost.1["status"]["phase"], "Pending");
-    assert_eq!(lost.0["observedGeneration"], lost.1["metadata"]["generation"]);
-    wait_for(
-        "the claim's finalizer",
-        Duration::from_secs(30),
-        || {
-            let claim = api.get_json(&["-n", "storage", "bucketclaim", "app"]).ok()?;
-            claim["metadata"]["finalizers"]
-                .as_array()?
-                .iter()
-                .any(|f| f == "sublet.dev/bucket-claim")
-                .then_some(())
-        },
+    assert_eq!(
+        lost.0["observedGeneration"],
+        lost.1["metadata"]["generation"]
     );
+    wait_for("the claim's finalizer", Duration::from_secs(30), || {
+        let claim = api
+            .get_json(&["-n", "storage", "bucketclaim", "app"])
+            .ok()?;
+        claim["metadata"]["finalizers"]
+            .as_array()?
+            .iter()
+            .any(|f| f == "sublet.dev/bucket-claim")
+            .then_some(())
+    });
 
     // An edited plan rolls the gateway.
     ok(api.kubectl(&[

@@ -63,7 +63,13 @@ fn the_operators_claim_calls_hold_on_a_real_gateway() {
         .block_on(admin.claim_bucket(&access, "other", &user.id, Some("nope")))
         .unwrap();
     assert!(
-        matches!(unknown_plan, BucketAnswer::Refused { reason: "UnknownPlan", .. }),
+        matches!(
+            unknown_plan,
+            BucketAnswer::Refused {
+                reason: "UnknownPlan",
+                ..
+            }
+        ),
         "{unknown_plan:?}"
     );
 
@@ -96,7 +102,9 @@ fn the_operators_claim_calls_hold_on_a_real_gateway() {
     assert_eq!(
         rt.block_on(admin.delete_bucket(&access, "mine", &user.id))
             .unwrap(),
-        BucketRemoval::NotOwned("bucket mine belongs to user default, not bc-0f1e2d3c; it was left alone".into())
+        BucketRemoval::NotOwned(
+            "bucket mine belongs to user default, not bc-0f1e2d3c; it was left alone".into()
+        )
     );
     // The user owns a bucket and a key: kept.
     rt.block_on(admin.delete_key(&access, key)).unwrap();

@@ -330,10 +330,27 @@ if $R copyto /tmp/hello.txt ":s3:photos/from-a-claim.txt" 2>/tmp/err; then echo 
 
     // Retain: the claim goes (its finalizer ran), and its Secret with it.
     cluster
-        .kubectl(&["-n", "sublet", "delete", "bucketclaim", "app-data", "--wait=false"])
+        .kubectl(&[
+            "-n",
+            "sublet",
+            "delete",
+            "bucketclaim",
+            "app-data",
+            "--wait=false",
+        ])
         .unwrap();
-    wait_for("the claim to go", Duration::from_secs(90), || {
-        match cluster.kubectl(&["-n", "sublet", "get", "bucketclaim,secret", "app-data", "-o", "name"]) {
+    wait_for(
+        "the claim to go",
+        Duration::from_secs(90),
+        || match cluster.kubectl(&[
+            "-n",
+            "sublet",
+            "get",
+            "bucketclaim,secret",
+            "app-data",
+            "-o",
+            "name",
+        ]) {
             Err(e) if e.contains("NotFound") || e.contains("not found") => {
                 let left = cluster
                     .kubectl(&["-n", "sublet", "get", "secret", "-o", "name"])
@@ -345,9 +362,12 @@ if $R copyto /tmp/hello.txt ":s3:photos/from-a-claim.txt" 2>/tmp/err; then echo 
                 }
             }
             other => Err(format!("{other:?}")),
-        }
-    });
-    eprintln!("{:>5.1}s bucket claim bound, used by rclone and released", started.elapsed().as_secs_f64());
+        },
+    );
+    eprintln!(
+        "{:>5.1}s bucket claim bound, used by rclone and released",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

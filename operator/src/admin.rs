@@ -453,7 +453,9 @@ impl AdminApi for HttpAdmin {
 
     async fn delete_key(&self, admin: &AdminAccess, access_key: &str) -> Result<()> {
         let path = format!("/admin/v1/keys/{}", segment(access_key));
-        let (status, message, url) = self.change(admin, http::Method::DELETE, &path, None).await?;
+        let (status, message, url) = self
+            .change(admin, http::Method::DELETE, &path, None)
+            .await?;
         if status.is_success() || status == http::StatusCode::NOT_FOUND {
             Ok(())
         } else {
@@ -472,7 +474,9 @@ impl AdminApi for HttpAdmin {
             segment(bucket),
             segment(owner)
         );
-        let (status, message, url) = self.change(admin, http::Method::DELETE, &path, None).await?;
+        let (status, message, url) = self
+            .change(admin, http::Method::DELETE, &path, None)
+            .await?;
         match status {
             s if s.is_success() || s == http::StatusCode::NOT_FOUND => Ok(BucketRemoval::Gone),
             http::StatusCode::CONFLICT => Ok(BucketRemoval::NotEmpty(message)),
@@ -483,7 +487,9 @@ impl AdminApi for HttpAdmin {
 
     async fn delete_user(&self, admin: &AdminAccess, id: &str) -> Result<bool> {
         let path = format!("/admin/v1/users/{}", segment(id));
-        let (status, message, url) = self.change(admin, http::Method::DELETE, &path, None).await?;
+        let (status, message, url) = self
+            .change(admin, http::Method::DELETE, &path, None)
+            .await?;
         match status {
             s if s.is_success() || s == http::StatusCode::NOT_FOUND => Ok(true),
             http::StatusCode::CONFLICT => Ok(false),

@@ -767,9 +767,7 @@ impl Accounts {
                     }
                     Ok((
                         Bucket {
-                            default_plan: default_plan
-                                .map(str::to_owned)
-                                .or(existing.default_plan),
+                            default_plan: default_plan.map(str::to_owned).or(existing.default_plan),
                             ..existing
                         },
                         false,
@@ -797,7 +795,9 @@ impl Accounts {
     pub fn delete_owned_bucket(&self, name: &str, owner: &str) -> Result<()> {
         let _lock = self.lock();
         let Some(existing) = self.meta.bucket(name)? else {
-            return Err(UsersError::NotFound(format!("bucket {name} does not exist")));
+            return Err(UsersError::NotFound(format!(
+                "bucket {name} does not exist"
+            )));
         };
         if existing.owner.as_deref() != Some(owner) {
             return Err(UsersError::NotYours(format!(
@@ -861,7 +861,9 @@ mod tests {
         ));
         a.put_user("alice", &UserRequest::default(), 1).unwrap();
         a.put_user("bob", &UserRequest::default(), 1).unwrap();
-        let (b, created) = a.claim_bucket("photos", "alice", Some("archive"), 5).unwrap();
+        let (b, created) = a
+            .claim_bucket("photos", "alice", Some("archive"), 5)
+            .unwrap();
         assert!(created);
         assert_eq!(b.owner.as_deref(), Some("alice"));
         assert_eq!(b.default_plan.as_deref(), Some("archive"));

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::ResourceExt;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sublet_crds::{
@@ -70,11 +70,15 @@ pub fn access_key_id(claim: &BucketClaim) -> Result<String> {
 }
 
 fn uid(claim: &BucketClaim) -> Result<&str> {
-    claim.metadata.uid.as_deref().ok_or_else(|| Error::MissingField {
-        kind: "BucketClaim",
-        name: claim.name_any(),
-        field: "metadata.uid",
-    })
+    claim
+        .metadata
+        .uid
+        .as_deref()
+        .ok_or_else(|| Error::MissingField {
+            kind: "BucketClaim",
+            name: claim.name_any(),
+            field: "metadata.uid",
+        })
 }
 
 /// The Secret handed to the claim's workloads, owned by the claim (it goes with it).
@@ -229,13 +233,31 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
              own namespace",
             claim.spec.gateway
         );
-        report(&claim, &ctx, status, "Pending", false, "GatewayNotFound", message).await?;
+        report(
+            &claim,
+            &ctx,
+            status,
+            "Pending",
+            false,
+            "GatewayNotFound",
+            message,
+        )
+        .await?;
         return Ok(Action::requeue(RESYNC));
     };
     let admin = match admin_access(&ctx, &gateway).await? {
         Ok(admin) => admin,
         Err(message) => {
-            report(&claim, &ctx, status, "Pending", false, "GatewayStarting", message).await?;
+            report(
+                &claim,
+                &ctx,
+                status,
+                "Pending",
+                false,
+                "GatewayStarting",
+                message,
+            )
+            .await?;
             return Ok(Action::requeue(WAIT));
         }
     };
@@ -282,17 +304,27 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
 
     let secret_name = claim.secret();
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::kube("get", "Secret", secret_name.clone()))?;
+    let existing = secrets.get_opt(&secret_name).await.map_err(Error::kube(
+        "get",
+        "Secret",
+        secret_name.clone(),
+    ))?;
     let secret_key = match &existing {
         Some(secret) if !owned_by(secret, &claim) => {
             let message = format!(
                 "Secret {secret_name} exists and is not this claim's; the claim never \
                  overwrites it: delete it, or set spec.secretName"
             );
-            report(&claim, &ctx, status, "Pending", false, "SecretTaken", message).await?;
+            report(
+                &claim,
+                &ctx,
+                status,
+                "Pending",
+                false,
+                "SecretTaken",
+                message,
+            )
+            .await?;
             return Ok(Action::requeue(RESYNC));
         }
         Some(secret) => match (
@@ -305,7 +337,16 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
                     "Secret {secret_name} was edited: it no longer holds key {access_key}; \
                      delete it and the operator writes it again with a new secret"
                 );
-                report(&claim, &ctx, status, "Pending", false, "SecretEdited", message).await?;
+                report(
+                    &claim,
+                    &ctx,
+                    status,
+                    "Pending",
+                    false,
+                    "SecretEdited",
+                    message,
+                )
+                .await?;
                 return Ok(Action::requeue(RESYNC));
             }
         },
@@ -358,11 +399,7 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
 
 /// A deleted claim: runs its deletion policy on the gateway, then lets it go (its Secret goes
 /// with it, by owner reference).
-async fn release(
-    claim: &BucketClaim,
-    ctx: &Context,
-    status: BucketClaimStatus,
-) -> Result<Action> {
+async fn release(claim: &BucketClaim, ctx: &Context, status: BucketClaimStatus) -> Result<Action> {
     if !claim.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
@@ -384,7 +421,16 @@ async fn release(
     let admin = match admin_access(ctx, &gateway).await? {
         Ok(admin) => admin,
         Err(message) => {
-            report(claim, ctx, status, "Deleting", false, "GatewayStarting", message).await?;
+            report(
+                claim,
+                ctx,
+                status,
+                "Deleting",
+                false,
+                "GatewayStarting",
+                message,
+            )
+            .await?;
             return Ok(Action::requeue(WAIT));
         }
     };
@@ -406,7 +452,16 @@ async fn release(
                      deletionPolicy: Retain to keep the bucket)",
                     claim.secret()
                 );
-                report(claim, ctx, status, "Deleting", false, "BucketNotEmpty", message).await?;
+                report(
+                    claim,
+                    ctx,
+                    status,
+                    "Deleting",
+                    false,
+                    "BucketNotEmpty",
+                    message,
+                )
+                .await?;
                 return Ok(Action::requeue(WAIT));
             }
         }

@@ -91,7 +91,10 @@ impl AdminApi for MockAdmin {
     ) -> Result<BucketAnswer> {
         let mut a = self.accounts.lock().unwrap();
         a.tokens.push(admin.token.clone());
-        assert!(a.users.contains_key(owner), "bucket for unknown user {owner}");
+        assert!(
+            a.users.contains_key(owner),
+            "bucket for unknown user {owner}"
+        );
         match a.buckets.get(bucket) {
             Some((o, _, _)) if o != owner => Ok(BucketAnswer::Refused {
                 reason: "BucketTaken",
@@ -161,8 +164,8 @@ impl AdminApi for MockAdmin {
 
     async fn delete_user(&self, _: &AdminAccess, id: &str) -> Result<bool> {
         let mut a = self.accounts.lock().unwrap();
-        let busy = a.buckets.values().any(|(o, _, _)| o == id)
-            || a.keys.values().any(|(u, _, _)| u == id);
+        let busy =
+            a.buckets.values().any(|(o, _, _)| o == id) || a.keys.values().any(|(u, _, _)| u == id);
         if busy {
             return Ok(false);
         }
@@ -1735,13 +1738,21 @@ async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing
         status.ok(&echo);
         (api, created, status_body)
     });
-    let (action, (mut api, secret, status)) =
-        run_claim(super::bucketclaim::reconcile(Arc::new(claim.clone()), ctx.clone()), scenario)
-            .await;
-    assert_eq!(action, kube::runtime::controller::Action::requeue(super::RESYNC));
+    let (action, (mut api, secret, status)) = run_claim(
+        super::bucketclaim::reconcile(Arc::new(claim.clone()), ctx.clone()),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::RESYNC)
+    );
 
     // The Secret: owned by the claim, every name apps read, the key the gateway holds.
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "BucketClaim");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "BucketClaim"
+    );
     assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "app");
     let data = &secret["stringData"];
     let access = data["AWS_ACCESS_KEY_ID"].as_str().unwrap().to_owned();
@@ -1765,7 +1776,11 @@ async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing
         );
         assert_eq!(
             a.keys[&access],
-            (user.to_owned(), secret_key.clone(), "app-data-0f1e2d3c".to_owned())
+            (
+                user.to_owned(),
+                secret_key.clone(),
+                "app-data-0f1e2d3c".to_owned()
+            )
         );
         assert!(a.tokens.iter().all(|t| t == "admin-token-of-s3"));
     }
@@ -1774,7 +1789,10 @@ async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing
     assert_eq!(status["status"]["secretName"], "app");
     assert_eq!(status["status"]["accessKeyId"], access.as_str());
     let bound = &status["status"]["conditions"][0];
-    assert_eq!((&bound["type"], &bound["status"]), (&json!("Bound"), &json!("True")));
+    assert_eq!(
+        (&bound["type"], &bound["status"]),
+        (&json!("Bound"), &json!("True"))
+    );
     assert_eq!(bound["observedGeneration"], 1);
 
     // Second pass, finalizer and Secret in place: the key stays the one in the Secret.
@@ -1793,9 +1811,15 @@ async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing
         status.ok(&echo);
         body
     });
-    let (action, again) =
-        run_claim(super::bucketclaim::reconcile(Arc::new(bound_claim), ctx), scenario).await;
-    assert_eq!(action, kube::runtime::controller::Action::requeue(super::RESYNC));
+    let (action, again) = run_claim(
+        super::bucketclaim::reconcile(Arc::new(bound_claim), ctx),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::RESYNC)
+    );
     assert_eq!(again, status, "the second pass writes the same status");
     let a = admin.accounts.lock().unwrap();
     assert_eq!(a.keys.len(), 1);
@@ -1832,9 +1856,14 @@ async fn a_claim_whose_secret_is_gone_gets_a_new_key_and_the_old_secret_stops_wo
             .ok(&echo);
         created
     });
-    let (_, secret) =
-        run_claim(super::bucketclaim::reconcile(Arc::new(claim), ctx), scenario).await;
-    let new_secret = secret["stringData"]["AWS_SECRET_ACCESS_KEY"].as_str().unwrap();
+    let (_, secret) = run_claim(
+        super::bucketclaim::reconcile(Arc::new(claim), ctx),
+        scenario,
+    )
+    .await;
+    let new_secret = secret["stringData"]["AWS_SECRET_ACCESS_KEY"]
+        .as_str()
+        .unwrap();
     let a = admin.accounts.lock().unwrap();
     assert_eq!(a.keys_deleted, 1);
     assert_eq!(a.keys[&access].1, new_secret);
@@ -1870,12 +1899,21 @@ async fn a_claim_for_another_users_bucket_waits_and_never_takes_it() {
         event.echo();
         body
     });
-    let (action, status) =
-        run_claim(super::bucketclaim::reconcile(Arc::new(claim), ctx), scenario).await;
-    assert_eq!(action, kube::runtime::controller::Action::requeue(super::RESYNC));
+    let (action, status) = run_claim(
+        super::bucketclaim::reconcile(Arc::new(claim), ctx),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::RESYNC)
+    );
     assert_eq!(status["status"]["phase"], "Pending");
     let c = &status["status"]["conditions"][0];
-    assert_eq!((&c["status"], &c["reason"]), (&json!("False"), &json!("BucketTaken")));
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&json!("False"), &json!("BucketTaken"))
+    );
     let message = c["message"].as_str().unwrap();
     assert!(message.contains("belongs to user alice"), "{message}");
     assert!(message.contains("never takes over"), "{message}");
@@ -1904,7 +1942,8 @@ fn deleted_claim(admin: &MockAdmin, policy: &str, objects: u64) -> sublet_crds::
     let access = super::bucketclaim::access_key_id(&claim).unwrap();
     let mut a = admin.accounts.lock().unwrap();
     a.users.insert(user.clone(), ClaimUser::default());
-    a.buckets.insert("app-data".into(), (user.clone(), objects, None));
+    a.buckets
+        .insert("app-data".into(), (user.clone(), objects, None));
     a.keys
         .insert(access, (user, "s".repeat(40), "app-data".into()));
     drop(a);
@@ -1917,9 +1956,11 @@ async fn finalizer_removed(api: &mut Handle) {
         fin.body,
         json!({"metadata": {"finalizers": [], "resourceVersion": "42"}})
     );
-    fin.ok(&json!({"apiVersion": "sublet.dev/v1alpha1", "kind": "BucketClaim",
+    fin.ok(
+        &json!({"apiVersion": "sublet.dev/v1alpha1", "kind": "BucketClaim",
         "metadata": {"name": "app", "namespace": NS},
-        "spec": {"gateway": "s3", "bucketName": "app-data"}}));
+        "spec": {"gateway": "s3", "bucketName": "app-data"}}),
+    );
 }
 
 #[tokio::test]
@@ -1955,13 +1996,20 @@ async fn deleting_a_delete_claim_waits_for_its_bucket_to_be_empty_then_deletes_i
     let c = &status["status"]["conditions"][0];
     assert_eq!(c["reason"], "BucketNotEmpty");
     assert!(
-        c["message"].as_str().unwrap().contains("Secret app works until then"),
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("Secret app works until then"),
         "{c}"
     );
     {
         let a = admin.accounts.lock().unwrap();
         assert!(a.buckets.contains_key("app-data"));
-        assert_eq!(a.keys.len(), 1, "the key stays so the bucket can be emptied");
+        assert_eq!(
+            a.keys.len(),
+            1,
+            "the key stays so the bucket can be emptied"
+        );
     }
 
     // Emptied: bucket, key and user go, then the finalizer.
@@ -1977,11 +2025,17 @@ async fn deleting_a_delete_claim_waits_for_its_bucket_to_be_empty_then_deletes_i
         gateway_and_token(&mut api).await;
         finalizer_removed(&mut api).await;
     });
-    let (action, ()) =
-        run_claim(super::bucketclaim::reconcile(Arc::new(claim), ctx), scenario).await;
+    let (action, ()) = run_claim(
+        super::bucketclaim::reconcile(Arc::new(claim), ctx),
+        scenario,
+    )
+    .await;
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     let a = admin.accounts.lock().unwrap();
-    assert!(a.buckets.is_empty() && a.keys.is_empty() && a.users.is_empty(), "{a:?}");
+    assert!(
+        a.buckets.is_empty() && a.keys.is_empty() && a.users.is_empty(),
+        "{a:?}"
+    );
 }
 
 #[tokio::test]
@@ -1993,8 +2047,11 @@ async fn deleting_a_retain_claim_keeps_bucket_objects_and_owner_and_removes_the_
         gateway_and_token(&mut api).await;
         finalizer_removed(&mut api).await;
     });
-    let (action, ()) =
-        run_claim(super::bucketclaim::reconcile(Arc::new(claim), ctx), scenario).await;
+    let (action, ()) = run_claim(
+        super::bucketclaim::reconcile(Arc::new(claim), ctx),
+        scenario,
+    )
+    .await;
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     let a = admin.accounts.lock().unwrap();
     assert!(a.keys.is_empty());

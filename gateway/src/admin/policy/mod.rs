@@ -45,9 +45,7 @@ use sublet_crds::Config;
 use crate::node::Node;
 use apply::{apply, delete, policy_set};
 use overlay::{kind_and_name, problems};
-use status::{
-    bucket_one, buckets, create_bucket, delete_bucket, providers, set_bucket, status,
-};
+use status::{bucket_one, buckets, create_bucket, delete_bucket, providers, set_bucket, status};
 
 /// Connects the providers of ProviderPools applied while the gateway runs; the runtime
 /// gives one (its dialer) to a gateway started from a file.

@@ -361,7 +361,11 @@ pub(super) async fn create_bucket(State(api): State<Arc<PolicyApi>>, body: Bytes
     let answer = match result {
         Ok(Ok((b, created))) => {
             if created {
-                tracing::info!(bucket = b.name, owner = b.owner, "bucket created for its owner");
+                tracing::info!(
+                    bucket = b.name,
+                    owner = b.owner,
+                    "bucket created for its owner"
+                );
             }
             let status = if created {
                 StatusCode::CREATED
