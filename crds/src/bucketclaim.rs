@@ -43,8 +43,8 @@ use crate::validate::{Problems, ValidationError, is_dns_subdomain};
         "message": "set bucketName (e.g. photos) or generateBucketName (e.g. photos, giving photos-1a2b3c4d), not both"
     },
     {
-        "rule": "!has(oldSelf.bucketName) || (has(self.bucketName) && self.bucketName == oldSelf.bucketName)",
-        "message": "bucketName cannot change once set; make a new claim"
+        "rule": "has(self.bucketName) == has(oldSelf.bucketName) && (!has(self.bucketName) || self.bucketName == oldSelf.bucketName) && (!has(self.generateBucketName) || self.generateBucketName == oldSelf.generateBucketName)",
+        "message": "bucketName and generateBucketName cannot change: they name the bound bucket; make a new claim"
     },
     {
         "rule": "self.gateway == oldSelf.gateway",

@@ -169,7 +169,11 @@ fn bucket_claims_are_checked_at_admission(api: &ApiServer) {
     for (spec, says) in [
         (
             "  gateway: s3\n  bucketName: other\n  deletionPolicy: Delete\n",
-            "bucketName cannot change",
+            "generateBucketName cannot change",
+        ),
+        (
+            "  gateway: s3\n  generateBucketName: app-data\n  deletionPolicy: Delete\n",
+            "generateBucketName cannot change",
         ),
         (
             "  gateway: other\n  bucketName: app-data\n  deletionPolicy: Delete\n",
