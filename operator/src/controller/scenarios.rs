@@ -1739,7 +1739,10 @@ async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing
         (api, created, status_body)
     });
     let (action, (mut api, secret, status)) = run_claim(
-        super::bucketclaim::reconcile(Arc::new(claim.clone()), ctx.clone()),
+        Box::pin(super::bucketclaim::reconcile(
+            Arc::new(claim.clone()),
+            ctx.clone(),
+        )),
         scenario,
     )
     .await;
@@ -1812,7 +1815,7 @@ async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing
         body
     });
     let (action, again) = run_claim(
-        super::bucketclaim::reconcile(Arc::new(bound_claim), ctx),
+        Box::pin(super::bucketclaim::reconcile(Arc::new(bound_claim), ctx)),
         scenario,
     )
     .await;
@@ -1857,7 +1860,7 @@ async fn a_claim_whose_secret_is_gone_gets_a_new_key_and_the_old_secret_stops_wo
         created
     });
     let (_, secret) = run_claim(
-        super::bucketclaim::reconcile(Arc::new(claim), ctx),
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
         scenario,
     )
     .await;
@@ -1900,7 +1903,7 @@ async fn a_claim_for_another_users_bucket_waits_and_never_takes_it() {
         body
     });
     let (action, status) = run_claim(
-        super::bucketclaim::reconcile(Arc::new(claim), ctx),
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
         scenario,
     )
     .await;
@@ -1984,7 +1987,10 @@ async fn deleting_a_delete_claim_waits_for_its_bucket_to_be_empty_then_deletes_i
         (api, body)
     });
     let (action, (mut api, status)) = run_claim(
-        super::bucketclaim::reconcile(Arc::new(claim.clone()), ctx.clone()),
+        Box::pin(super::bucketclaim::reconcile(
+            Arc::new(claim.clone()),
+            ctx.clone(),
+        )),
         scenario,
     )
     .await;
@@ -2026,7 +2032,7 @@ async fn deleting_a_delete_claim_waits_for_its_bucket_to_be_empty_then_deletes_i
         finalizer_removed(&mut api).await;
     });
     let (action, ()) = run_claim(
-        super::bucketclaim::reconcile(Arc::new(claim), ctx),
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
         scenario,
     )
     .await;
@@ -2048,7 +2054,7 @@ async fn deleting_a_retain_claim_keeps_bucket_objects_and_owner_and_removes_the_
         finalizer_removed(&mut api).await;
     });
     let (action, ()) = run_claim(
-        super::bucketclaim::reconcile(Arc::new(claim), ctx),
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
         scenario,
     )
     .await;
