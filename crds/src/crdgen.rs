@@ -2,7 +2,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::{ProviderPool, StorageGateway, StoragePlan, StorageSchedule};
+use crate::{BucketClaim, ProviderPool, StorageGateway, StoragePlan, StorageSchedule};
 
 /// A generated manifest: its file name (e.g. `storageplans.sublet.dev.yaml`) and contents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +22,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         StoragePlan::crd(),
         StorageSchedule::crd(),
         StorageGateway::crd(),
+        BucketClaim::crd(),
     ]
     .into_iter()
     .map(unwrapped)

@@ -1,8 +1,9 @@
 //! The sublet API: custom resource types, their validation and the standalone loader.
 //!
-//! The four kinds (`ProviderPool`, `StoragePlan`, `StorageSchedule`, `StorageGateway`) live in
-//! API group `sublet.dev`, version `v1alpha1`. The same types are read from Kubernetes by the
-//! operator and from a multi-document YAML file by a standalone gateway ([`load_file`]).
+//! The kinds (`ProviderPool`, `StoragePlan`, `StorageSchedule`, `StorageGateway`, and in
+//! Kubernetes only `BucketClaim`) live in API group `sublet.dev`, version `v1alpha1`. The
+//! same types are read from Kubernetes by the operator and, but for BucketClaims, from a
+//! multi-document YAML file by a standalone gateway ([`load_file`]).
 //!
 //! ```no_run
 //! let config = sublet_crds::load_file("sublet.yaml").unwrap_or_else(|errors| {
@@ -14,6 +15,7 @@
 //! assert_eq!(plan.redundancy_label(), "EC 4+2");
 //! ```
 
+pub mod bucketclaim;
 pub mod condition;
 pub mod crdgen;
 pub mod duration;
@@ -27,6 +29,9 @@ pub mod schedule;
 pub mod size;
 pub mod validate;
 
+pub use bucketclaim::{
+    BucketClaim, BucketClaimSpec, BucketClaimStatus, BucketQuota, DeletionPolicy, is_bucket_name,
+};
 pub use condition::{Condition, ConditionStatus, find_condition, set_condition};
 pub use duration::Duration;
 pub use error::{Error, Result};

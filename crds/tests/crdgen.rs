@@ -35,6 +35,7 @@ fn writes_then_checks_then_reports_drift() {
     assert_eq!(
         written,
         [
+            "bucketclaims.sublet.dev.yaml",
             "providerpools.sublet.dev.yaml",
             "storagegateways.sublet.dev.yaml",
             "storageplans.sublet.dev.yaml",

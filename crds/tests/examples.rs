@@ -125,7 +125,7 @@ fn standalone_example_loads() {
 fn committed_crds_match_the_types() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let manifests = sublet_crds::crdgen::manifests().unwrap();
-    assert_eq!(manifests.len(), 4);
+    assert_eq!(manifests.len(), 5);
     for manifest in manifests {
         let path = dir.join(&manifest.file_name);
         let committed = std::fs::read_to_string(&path).unwrap_or_default();

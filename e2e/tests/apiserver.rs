@@ -70,6 +70,7 @@ fn crds_and_every_example_install_and_bad_sizes_are_refused() {
         "storageplans",
         "storageschedules",
         "storagegateways",
+        "bucketclaims",
     ] {
         assert!(crds.contains(&format!("{kind}.sublet.dev")), "{crds}");
     }
@@ -120,6 +121,83 @@ fn crds_and_every_example_install_and_bad_sizes_are_refused() {
             .expect_err(&format!("{kind} with {field} was stored:\n{doc}"));
         assert!(err.contains(path) && err.contains("Invalid value"), "{err}");
     }
+    bucket_claims_are_checked_at_admission(&api);
+}
+
+fn claim_document(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: sublet.dev/v1alpha1\nkind: BucketClaim\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+/// Claims the operator could not bind are refused by the API server, naming the field, and
+/// `kubectl get` shows the claim's printer columns.
+fn bucket_claims_are_checked_at_admission(api: &ApiServer) {
+    let apply = |doc: &str| api.kubectl_stdin(&["apply", "-n", "default", "-f", "-"], Some(doc));
+    let refused = [
+        (
+            "  gateway: s3\n  bucketName: photos\n  generateBucketName: photos\n",
+            "set bucketName (e.g. photos) or generateBucketName",
+        ),
+        (
+            "  gateway: s3\n",
+            "set bucketName (e.g. photos) or generateBucketName",
+        ),
+        (
+            "  gateway: s3\n  bucketName: Bad_Bucket\n",
+            "spec.bucketName",
+        ),
+        (
+            "  gateway: s3\n  bucketName: photos\n  deletionPolicy: Recycle\n",
+            "spec.deletionPolicy",
+        ),
+        (
+            "  gateway: s3\n  generateBucketName: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+            "spec.generateBucketName",
+        ),
+    ];
+    for (spec, says) in refused {
+        let doc = claim_document("bad", spec);
+        let err = apply(&doc).expect_err(&format!("stored:\n{doc}"));
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    ok(apply(&claim_document(
+        "app",
+        "  gateway: s3\n  bucketName: app-data\n  deletionPolicy: Delete\n",
+    )));
+    // Gateway and bucket are fixed once made: another name is another claim.
+    for (spec, says) in [
+        (
+            "  gateway: s3\n  bucketName: other\n  deletionPolicy: Delete\n",
+            "generateBucketName cannot change",
+        ),
+        (
+            "  gateway: s3\n  generateBucketName: app-data\n  deletionPolicy: Delete\n",
+            "generateBucketName cannot change",
+        ),
+        (
+            "  gateway: other\n  bucketName: app-data\n  deletionPolicy: Delete\n",
+            "gateway cannot change",
+        ),
+    ] {
+        let err = apply(&claim_document("app", spec)).expect_err(spec);
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    // The deletion policy may change (e.g. to Retain while a Delete waits for objects).
+    ok(apply(&claim_document(
+        "app",
+        "  gateway: s3\n  bucketName: app-data\n  deletionPolicy: Retain\n",
+    )));
+    let table = ok(api.kubectl(&["get", "bc", "app", "-n", "default"]));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "GATEWAY", "BUCKET", "SECRET", "PHASE", "POLICY", "AGE"
+        ],
+        "{table}"
+    );
+    assert!(table.contains("Retain"), "{table}");
 }
 
 /// A document of `kind` that is valid but for the size `field`.
@@ -475,6 +553,40 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
             })
         },
     );
+
+    // Claims: one naming no gateway says so in its status; one on gateway s3 gets the
+    // finalizer that runs its deletion policy (the operator read the gateway's admin token;
+    // no gateway pod runs here, so it binds no further). Both within the chart's RBAC.
+    let claims = "apiVersion: sublet.dev/v1alpha1\nkind: BucketClaim\nmetadata: {name: lost}\nspec: {gateway: nowhere, bucketName: lost-data}\n---\napiVersion: sublet.dev/v1alpha1\nkind: BucketClaim\nmetadata: {name: app}\nspec: {gateway: s3, generateBucketName: app}\n";
+    ok(api.kubectl_stdin(&["apply", "-n", "storage", "-f", "-"], Some(claims)));
+    let lost = wait_for(
+        "Bound=False, reason GatewayNotFound on a claim naming no gateway",
+        Duration::from_secs(30),
+        || {
+            let claim = api
+                .get_json(&["-n", "storage", "bucketclaim", "lost"])
+                .ok()?;
+            conditions_of(&claim)
+                .into_iter()
+                .find(|c| c["type"] == "Bound" && c["reason"] == "GatewayNotFound")
+                .map(|c| (c, claim))
+        },
+    );
+    assert_eq!(lost.1["status"]["phase"], "Pending");
+    assert_eq!(
+        lost.0["observedGeneration"],
+        lost.1["metadata"]["generation"]
+    );
+    wait_for("the claim's finalizer", Duration::from_secs(30), || {
+        let claim = api
+            .get_json(&["-n", "storage", "bucketclaim", "app"])
+            .ok()?;
+        claim["metadata"]["finalizers"]
+            .as_array()?
+            .iter()
+            .any(|f| f == "sublet.dev/bucket-claim")
+            .then_some(())
+    });
 
     // An edited plan rolls the gateway.
     ok(api.kubectl(&[

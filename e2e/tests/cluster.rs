@@ -243,6 +243,133 @@ fn provider_loss_is_repaired(cluster: &KubeCluster) {
     );
 }
 
+/// The image of the claim's client: Debian's rclone, nothing of sublet.
+const RCLONE_IMAGE: &str = "sublet-e2e/rclone:1";
+
+/// `docs/kubernetes.md`'s "Bucket claims" commands (apply the example claim, wait until it
+/// is Bound, list claims), then a Job whose pod takes the claim's Secret as its environment
+/// writes and reads the bucket with rclone, a stock S3 client; a write to another bucket is
+/// refused. Deleting the claim (Retain) lets it go and takes the Secret with it.
+fn bucket_claim_serves_a_stock_client(shell: &Shell<'_>) {
+    let started = Instant::now();
+    let cluster = shell.cluster;
+    let rclone = ["/usr/bin/rclone", "/usr/local/bin/rclone"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("rclone (apt install rclone; .ci/install-clients does)");
+    cluster.build_image(RCLONE_IMAGE, &[rclone]);
+    let docs = std::fs::read_to_string(root().join("docs/kubernetes.md")).unwrap();
+    let commands = kube_cluster::section_commands(&docs, "## Bucket claims");
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    for command in &commands {
+        let out = shell.ok(command, Duration::from_secs(90));
+        if command.ends_with("get bucketclaims") {
+            assert!(out.contains("Bound") && out.contains("app-data-"), "{out}");
+        }
+    }
+    let claim = cluster
+        .get_json(&["-n", "sublet", "bucketclaim", "app-data"])
+        .unwrap();
+    let bucket = claim["status"]["bucketName"].as_str().unwrap().to_owned();
+    let uid = claim["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(bucket, format!("app-data-{}", &uid[..8]));
+
+    // rclone with nothing but the Secret's variables: `:s3:` takes the key from the
+    // environment (env_auth), the endpoint and region from the claim's names.
+    let script = r#"set -e
+echo "hello from a claim" > /tmp/hello.txt
+R="rclone --config /dev/null --s3-provider Other --s3-env-auth --s3-endpoint $AWS_ENDPOINT_URL --s3-region $AWS_REGION --s3-no-check-bucket"
+$R copyto /tmp/hello.txt ":s3:$BUCKET_NAME/hello.txt"
+$R cat ":s3:$BUCKET_NAME/hello.txt"
+echo "listed: $($R lsf ":s3:$BUCKET_NAME")"
+if $R copyto /tmp/hello.txt ":s3:photos/from-a-claim.txt" 2>/tmp/err; then echo "WROTE ELSEWHERE"; else echo "refused elsewhere"; fi
+"#;
+    let job = serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "claim-client", "namespace": "sublet"},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 120,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "rclone",
+                    "image": RCLONE_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", script],
+                    "envFrom": [{"secretRef": {"name": "app-data"}}],
+                }],
+            }},
+        },
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), job.to_string()).unwrap();
+    cluster
+        .kubectl(&["apply", "-f", file.path().to_str().unwrap()])
+        .unwrap();
+    let log = wait_for("the claim's client Job", Duration::from_secs(150), || {
+        let job = cluster.get_json(&["-n", "sublet", "job", "claim-client"])?;
+        let logs = || {
+            cluster
+                .kubectl(&["-n", "sublet", "logs", "job/claim-client"])
+                .unwrap_or_else(|e| e)
+        };
+        if job["status"]["failed"].as_i64().unwrap_or(0) > 0 {
+            panic!("the client Job failed:\n{}", logs());
+        }
+        if job["status"]["succeeded"].as_i64().unwrap_or(0) > 0 {
+            return Ok(logs());
+        }
+        Err(format!("{}", job["status"]))
+    });
+    assert!(log.contains("hello from a claim"), "{log}");
+    assert!(log.contains("listed: hello.txt"), "{log}");
+    assert!(log.contains("refused elsewhere"), "{log}");
+
+    // Retain: the claim goes (its finalizer ran), and its Secret with it.
+    cluster
+        .kubectl(&[
+            "-n",
+            "sublet",
+            "delete",
+            "bucketclaim",
+            "app-data",
+            "--wait=false",
+        ])
+        .unwrap();
+    wait_for(
+        "the claim to go",
+        Duration::from_secs(90),
+        || match cluster.kubectl(&[
+            "-n",
+            "sublet",
+            "get",
+            "bucketclaim,secret",
+            "app-data",
+            "-o",
+            "name",
+        ]) {
+            Err(e) if e.contains("NotFound") || e.contains("not found") => {
+                let left = cluster
+                    .kubectl(&["-n", "sublet", "get", "secret", "-o", "name"])
+                    .unwrap_or_default();
+                if left.contains("secret/app-data") {
+                    Err(format!("Secret still there: {left}"))
+                } else {
+                    Ok(())
+                }
+            }
+            other => Err(format!("{other:?}")),
+        },
+    );
+    eprintln!(
+        "{:>5.1}s bucket claim bound, used by rclone and released",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 fn quick_start_on_a_real_cluster_survives_a_provider_loss_and_helm_uninstall() {
     let Some(cluster) = KubeCluster::start() else {
@@ -303,6 +430,8 @@ fn quick_start_on_a_real_cluster_survives_a_provider_loss_and_helm_uninstall() {
         } else if command.starts_with("export ") {
             shell.export(command);
         } else if command.starts_with("helm uninstall ") {
+            // While the operator runs: a workload claims a bucket and uses it.
+            bucket_claim_serves_a_stock_client(&shell);
             // Before the data is left alone: a provider is lost, health comes back.
             provider_loss_is_repaired(shell.cluster);
             shell.ok(command, Duration::from_secs(120));

@@ -112,10 +112,12 @@ mod tests {
     fn role_is_least_privilege() {
         let role = cluster_role().unwrap();
         assert_eq!(role.metadata.name.as_deref(), Some("sublet-operator"));
-        // Keys are never read back: no get, list or watch on Secrets, no wildcard anywhere.
-        for verb in ["get", "list", "watch", "patch", "update", "delete"] {
+        // Secrets are read one by one, by name (a gateway's admin token, a claim's own
+        // Secret), never listed, watched or changed; no wildcard anywhere.
+        for verb in ["list", "watch", "patch", "update", "delete"] {
             assert!(!allows(&role, "", "secrets", verb), "{verb} secrets");
         }
+        assert!(allows(&role, "", "secrets", "get"));
         assert!(!CLUSTER_ROLE.contains('*'));
         // The spec is the user's: the operator writes status only.
         assert!(!allows(&role, "sublet.dev", "storageplans", "patch"));
@@ -154,7 +156,12 @@ mod tests {
     #[test]
     fn owners_allow_block_owner_deletion() {
         let role = cluster_role().unwrap();
-        for owner in ["providerpools", "storageplans", "storagegateways"] {
+        for owner in [
+            "providerpools",
+            "storageplans",
+            "storagegateways",
+            "bucketclaims",
+        ] {
             assert!(
                 allows(
                     &role,

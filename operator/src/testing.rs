@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use kube::api::ObjectMeta;
-use sublet_crds::{PoolMember, ProviderPool, StorageGateway, StoragePlan, StorageSchedule};
+use sublet_crds::{
+    BucketClaim, PoolMember, ProviderPool, StorageGateway, StoragePlan, StorageSchedule,
+};
 
 /// The namespace every test object lives in.
 pub const NS: &str = "storage";
@@ -44,6 +46,15 @@ pub fn gateway(name: &str, spec_yaml: &str) -> StorageGateway {
     let mut gateway = StorageGateway::new(name, serde_yaml::from_str(spec_yaml).unwrap());
     gateway.metadata = meta(name);
     gateway
+}
+
+/// A BucketClaim named `name` with the spec in `spec_yaml`, with a uid as the API server
+/// gives (generated bucket names and key ids come from its hex digits).
+pub fn bucket_claim(name: &str, spec_yaml: &str) -> BucketClaim {
+    let mut claim = BucketClaim::new(name, serde_yaml::from_str(spec_yaml).unwrap());
+    claim.metadata = meta(name);
+    claim.metadata.uid = Some("0f1e2d3c-4b5a-4678-9abc-def012345678".into());
+    claim
 }
 
 /// A pool member as the pool controller reports it.

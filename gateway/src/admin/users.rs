@@ -52,6 +52,7 @@ fn refused(e: UsersError) -> Response {
         UsersError::Invalid(_) => StatusCode::BAD_REQUEST,
         UsersError::NotFound(_) => StatusCode::NOT_FOUND,
         UsersError::Conflict(_) => StatusCode::CONFLICT,
+        UsersError::NotYours(_) => StatusCode::FORBIDDEN,
         UsersError::Meta(_) | UsersError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())

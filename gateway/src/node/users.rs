@@ -15,7 +15,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::codec::MasterKey;
-use crate::meta::{KeyGrant, MetaError, MetadataStore, StoredKey, Usage, User};
+use crate::meta::{Bucket, KeyGrant, MetaError, MetadataStore, StoredKey, Usage, User, Versioning};
 
 /// The user the configuration file's keys and buckets without an owner belong to.
 pub const DEFAULT_USER: &str = "default";
@@ -47,6 +47,9 @@ pub enum UsersError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Another user's: refused whatever the state.
+    #[error("{0}")]
+    NotYours(String),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("{0}")]
@@ -736,13 +739,104 @@ impl Accounts {
         self.meta.delete_key(access_key)?;
         self.reload()
     }
+
+    /// Makes bucket `name` belong to user `owner` (what a Kubernetes BucketClaim asks):
+    /// creates it with `default_plan` (`true`), or answers it when it exists already and is
+    /// `owner`'s (`false`; a plan given is then set). A bucket of anyone else, the default
+    /// user included, is refused and never taken over. The caller checks that the plan exists.
+    pub fn claim_bucket(
+        &self,
+        name: &str,
+        owner: &str,
+        default_plan: Option<&str>,
+        now: i64,
+    ) -> Result<(Bucket, bool)> {
+        check_bucket_name(name)?;
+        check_id("owner", owner)?;
+        let _lock = self.lock();
+        if !self.meta.users()?.iter().any(|u| u.id == owner) {
+            return Err(UsersError::NotFound(format!(
+                "user {owner} does not exist; create it first"
+            )));
+        }
+        if let Some(existing) = self.meta.bucket(name)? {
+            return match existing.owner.as_deref() {
+                Some(o) if o == owner => {
+                    if default_plan.is_some() && existing.default_plan.as_deref() != default_plan {
+                        self.meta.set_bucket_plan(name, default_plan)?;
+                    }
+                    Ok((
+                        Bucket {
+                            default_plan: default_plan.map(str::to_owned).or(existing.default_plan),
+                            ..existing
+                        },
+                        false,
+                    ))
+                }
+                other => Err(UsersError::Conflict(format!(
+                    "bucket {name} exists and belongs to user {}; choose another name",
+                    other.unwrap_or(DEFAULT_USER)
+                ))),
+            };
+        }
+        let bucket = Bucket {
+            name: name.to_owned(),
+            created: now,
+            default_plan: default_plan.map(str::to_owned),
+            versioning: Versioning::Unversioned,
+            owner: Some(owner.to_owned()),
+        };
+        self.meta.create_bucket(&bucket)?;
+        Ok((bucket, true))
+    }
+
+    /// Deletes bucket `name` if it belongs to `owner`: refused (conflict) while it holds
+    /// objects, versions or uploads, as S3's DeleteBucket is, or when another user owns it.
+    pub fn delete_owned_bucket(&self, name: &str, owner: &str) -> Result<()> {
+        let _lock = self.lock();
+        let Some(existing) = self.meta.bucket(name)? else {
+            return Err(UsersError::NotFound(format!(
+                "bucket {name} does not exist"
+            )));
+        };
+        if existing.owner.as_deref() != Some(owner) {
+            return Err(UsersError::NotYours(format!(
+                "bucket {name} belongs to user {}, not {owner}; it was left alone",
+                existing.owner.as_deref().unwrap_or(DEFAULT_USER)
+            )));
+        }
+        match self.meta.delete_bucket(name) {
+            Err(MetaError::BucketNotEmpty(_)) => Err(UsersError::Conflict(format!(
+                "bucket {name} is not empty: delete its objects (every version) and uploads first"
+            ))),
+            other => Ok(other?),
+        }
+    }
+}
+
+/// S3's bucket name rule as far as the gateway keeps it: 3 to 63 of `a-z 0-9 . -`,
+/// starting and ending with a letter or digit.
+fn check_bucket_name(name: &str) -> Result<()> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(UsersError::Invalid(format!(
+            "bucket name {name:?}: use 3 to 63 of a-z 0-9 . - starting and ending with a letter or digit"
+        )))
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::meta::{Bucket, SqliteStore, Versioning};
+    use crate::meta::SqliteStore;
 
     fn accounts() -> Accounts {
         let meta: Arc<dyn MetadataStore> = Arc::new(SqliteStore::open_in_memory().unwrap());
@@ -756,6 +850,84 @@ mod tests {
             grants: grants.iter().map(|g| g.to_string()).collect(),
             ..KeyRequest::default()
         }
+    }
+
+    #[test]
+    fn a_claimed_bucket_is_created_once_and_never_taken_from_another_user() {
+        let a = accounts();
+        assert!(matches!(
+            a.claim_bucket("photos", "alice", None, 1),
+            Err(UsersError::NotFound(_))
+        ));
+        a.put_user("alice", &UserRequest::default(), 1).unwrap();
+        a.put_user("bob", &UserRequest::default(), 1).unwrap();
+        let (b, created) = a
+            .claim_bucket("photos", "alice", Some("archive"), 5)
+            .unwrap();
+        assert!(created);
+        assert_eq!(b.owner.as_deref(), Some("alice"));
+        assert_eq!(b.default_plan.as_deref(), Some("archive"));
+        // A second pass (a lost answer retried) finds it, unchanged.
+        let (again, created) = a.claim_bucket("photos", "alice", None, 9).unwrap();
+        assert!(!created);
+        assert_eq!(again.created, 5);
+        assert_eq!(again.default_plan.as_deref(), Some("archive"));
+        let e = a.claim_bucket("photos", "bob", None, 9).unwrap_err();
+        assert!(matches!(e, UsersError::Conflict(_)), "{e}");
+        assert!(e.to_string().contains("belongs to user alice"), "{e}");
+        // A bucket of the configuration file's keys (no owner) is the default user's.
+        a.meta
+            .create_bucket(&Bucket {
+                name: "shared".into(),
+                created: 1,
+                default_plan: None,
+                versioning: Versioning::Unversioned,
+                owner: None,
+            })
+            .unwrap();
+        let e = a.claim_bucket("shared", "alice", None, 9).unwrap_err();
+        assert!(e.to_string().contains("belongs to user default"), "{e}");
+        assert_eq!(a.meta.bucket("shared").unwrap().unwrap().owner, None);
+        let e = a.claim_bucket("Bad_Name", "alice", None, 9).unwrap_err();
+        assert!(matches!(e, UsersError::Invalid(_)), "{e}");
+    }
+
+    #[test]
+    fn an_owned_bucket_is_deleted_only_by_its_owner_and_only_when_empty() {
+        let a = accounts();
+        a.put_user("alice", &UserRequest::default(), 1).unwrap();
+        a.claim_bucket("photos", "alice", None, 1).unwrap();
+        let e = a.delete_owned_bucket("photos", "bob").unwrap_err();
+        assert!(matches!(e, UsersError::NotYours(_)), "{e}");
+        assert!(e.to_string().contains("belongs to user alice"), "{e}");
+        // A delete marker is enough: S3 refuses to delete a bucket with any version.
+        a.meta
+            .put_version(&crate::meta::ObjectVersion {
+                bucket: "photos".into(),
+                key: "k".into(),
+                version_id: "v1".into(),
+                delete_marker: true,
+                size: 0,
+                etag: String::new(),
+                content_type: None,
+                user_metadata: BTreeMap::new(),
+                last_modified: 1,
+                plan: "p".into(),
+                layout: None,
+                attrs: Default::default(),
+            })
+            .unwrap();
+        let e = a.delete_owned_bucket("photos", "alice").unwrap_err();
+        assert!(matches!(e, UsersError::Conflict(_)), "{e}");
+        assert!(e.to_string().contains("is not empty"), "{e}");
+        assert!(a.meta.bucket("photos").unwrap().is_some());
+        a.claim_bucket("empty", "alice", None, 1).unwrap();
+        a.delete_owned_bucket("empty", "alice").unwrap();
+        assert!(a.meta.bucket("empty").unwrap().is_none());
+        assert!(matches!(
+            a.delete_owned_bucket("empty", "alice"),
+            Err(UsersError::NotFound(_))
+        ));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the desired objects (see [`crate::render`]), server-side applies them with
 //! [`crate::FIELD_MANAGER`] and writes status through the status subresource.
 
+pub mod bucketclaim;
 pub mod gateway;
 pub mod lenient;
 pub mod plan;
@@ -29,7 +30,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sublet_crds::{ProviderPool, StorageGateway, StoragePlan, StorageSchedule};
+use sublet_crds::{BucketClaim, ProviderPool, StorageGateway, StoragePlan, StorageSchedule};
 use tracing::{info, warn};
 
 use crate::admin::AdminApi;
@@ -533,6 +534,7 @@ pub fn watched() -> Vec<(String, String)> {
         kind::<StorageGateway>(),
         kind::<StoragePlan>(),
         kind::<StorageSchedule>(),
+        kind::<BucketClaim>(),
         kind::<DaemonSet>(),
         kind::<StatefulSet>(),
         kind::<Deployment>(),
@@ -543,7 +545,7 @@ pub fn watched() -> Vec<(String, String)> {
     ]
 }
 
-/// Runs the four controllers until SIGTERM; `namespace` limits them to one namespace. The
+/// Runs the five controllers until SIGTERM; `namespace` limits them to one namespace. The
 /// custom resources are watched untyped ([`lenient`]): one that does not parse is reported
 /// on itself, and the others are reconciled.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
@@ -663,11 +665,34 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .run(
             |obj, ctx| lenient::reconcile(obj, ctx, schedule::reconcile),
             error_policy::<StorageSchedule>,
-            ctx,
+            ctx.clone(),
         )
         .for_each(|r| async move { log_result("StorageSchedule", r) });
 
-    tokio::join!(pools, gateways, plans, schedules);
+    // Claims are looked at again every minute (a deleted Secret comes back within it) and
+    // when a gateway of their namespace changes (one starting binds its waiting claims).
+    let claim_controller = Controller::new_with(
+        untyped::<BucketClaim>(&client, ns),
+        all(),
+        resource::<BucketClaim>(),
+    );
+    let claim_store = claim_controller.store();
+    let claims = claim_controller
+        .watches_with(
+            untyped::<StorageGateway>(&client, ns),
+            resource::<StorageGateway>(),
+            all(),
+            same_namespace::<BucketClaim, DynamicObject>(claim_store),
+        )
+        .shutdown_on_signal()
+        .run(
+            |obj, ctx| lenient::reconcile(obj, ctx, bucketclaim::reconcile),
+            error_policy::<BucketClaim>,
+            ctx,
+        )
+        .for_each(|r| async move { log_result("BucketClaim", r) });
+
+    tokio::join!(pools, gateways, plans, schedules, claims);
 }
 
 #[cfg(test)]

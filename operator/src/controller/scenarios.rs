@@ -13,10 +13,13 @@ use tokio::task::JoinHandle;
 
 use super::Context;
 use crate::Result;
-use crate::admin::{AdminApi, PlanHealth, PoolDrain, PoolUsage, RepairQueue};
+use crate::admin::{
+    AdminAccess, AdminApi, BucketAnswer, BucketRemoval, ClaimUser, KeyAnswer, PlanHealth,
+    PoolDrain, PoolUsage, RepairQueue,
+};
 use crate::metrics::Metrics;
 use crate::render::Images;
-use crate::testing::{NS, gateway, plan, pool, pool_member, schedule};
+use crate::testing::{NS, bucket_claim, gateway, plan, pool, pool_member, schedule};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -28,6 +31,22 @@ struct MockAdmin {
     /// What every gateway says of a draining pool.
     drain: Option<PoolDrain>,
     asked: Mutex<Vec<(String, String)>>,
+    /// Users, buckets and keys, as a gateway keeps them for BucketClaims.
+    accounts: Mutex<FakeAccounts>,
+}
+
+/// A gateway's users, buckets and keys, with its rules: a bucket is never another user's,
+/// a key of a given id exists once, a user with a bucket or key is kept.
+#[derive(Default, Debug)]
+struct FakeAccounts {
+    users: std::collections::BTreeMap<String, crate::admin::ClaimUser>,
+    /// Bucket → (owner, objects, default plan).
+    buckets: std::collections::BTreeMap<String, (String, u64, Option<String>)>,
+    /// Access key → (user, secret, bucket granted).
+    keys: std::collections::BTreeMap<String, (String, String, String)>,
+    /// Every token the operator presented.
+    tokens: Vec<String>,
+    keys_deleted: u32,
 }
 
 #[async_trait::async_trait]
@@ -54,6 +73,104 @@ impl AdminApi for MockAdmin {
             bytes: self.pool_shards << 20,
             drain: self.drain.clone(),
         })
+    }
+
+    async fn put_user(&self, admin: &AdminAccess, user: &ClaimUser) -> Result<()> {
+        let mut a = self.accounts.lock().unwrap();
+        a.tokens.push(admin.token.clone());
+        a.users.insert(user.id.clone(), user.clone());
+        Ok(())
+    }
+
+    async fn claim_bucket(
+        &self,
+        admin: &AdminAccess,
+        bucket: &str,
+        owner: &str,
+        plan: Option<&str>,
+    ) -> Result<BucketAnswer> {
+        let mut a = self.accounts.lock().unwrap();
+        a.tokens.push(admin.token.clone());
+        assert!(
+            a.users.contains_key(owner),
+            "bucket for unknown user {owner}"
+        );
+        match a.buckets.get(bucket) {
+            Some((o, _, _)) if o != owner => Ok(BucketAnswer::Refused {
+                reason: "BucketTaken",
+                message: format!("bucket {bucket} exists and belongs to user {o}"),
+            }),
+            Some(_) => Ok(BucketAnswer::Bound),
+            None => {
+                a.buckets.insert(
+                    bucket.to_owned(),
+                    (owner.to_owned(), 0, plan.map(str::to_owned)),
+                );
+                Ok(BucketAnswer::Bound)
+            }
+        }
+    }
+
+    async fn put_key(
+        &self,
+        admin: &AdminAccess,
+        user: &str,
+        access_key: &str,
+        secret_key: &str,
+        bucket: &str,
+    ) -> Result<KeyAnswer> {
+        let mut a = self.accounts.lock().unwrap();
+        a.tokens.push(admin.token.clone());
+        let wanted = (user.to_owned(), secret_key.to_owned(), bucket.to_owned());
+        match a.keys.get(access_key) {
+            Some(existing) if *existing == wanted => Ok(KeyAnswer::Ready),
+            Some(_) => Ok(KeyAnswer::Differs),
+            None => {
+                a.keys.insert(access_key.to_owned(), wanted);
+                Ok(KeyAnswer::Ready)
+            }
+        }
+    }
+
+    async fn delete_key(&self, _: &AdminAccess, access_key: &str) -> Result<()> {
+        let mut a = self.accounts.lock().unwrap();
+        if a.keys.remove(access_key).is_some() {
+            a.keys_deleted += 1;
+        }
+        Ok(())
+    }
+
+    async fn delete_bucket(
+        &self,
+        _: &AdminAccess,
+        bucket: &str,
+        owner: &str,
+    ) -> Result<BucketRemoval> {
+        let mut a = self.accounts.lock().unwrap();
+        match a.buckets.get(bucket) {
+            None => Ok(BucketRemoval::Gone),
+            Some((o, _, _)) if o != owner => Ok(BucketRemoval::NotOwned(format!(
+                "bucket {bucket} belongs to user {o}"
+            ))),
+            Some((_, objects, _)) if *objects > 0 => Ok(BucketRemoval::NotEmpty(format!(
+                "bucket {bucket} is not empty"
+            ))),
+            Some(_) => {
+                a.buckets.remove(bucket);
+                Ok(BucketRemoval::Gone)
+            }
+        }
+    }
+
+    async fn delete_user(&self, _: &AdminAccess, id: &str) -> Result<bool> {
+        let mut a = self.accounts.lock().unwrap();
+        let busy =
+            a.buckets.values().any(|(o, _, _)| o == id) || a.keys.values().any(|(u, _, _)| u == id);
+        if busy {
+            return Ok(false);
+        }
+        a.users.remove(id);
+        Ok(true)
     }
 }
 
@@ -1531,4 +1648,419 @@ async fn claim_pool_gets_a_stateful_set_sized_by_the_matching_nodes() {
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "NoProviders");
     assert_eq!(body["status"]["readyMembers"], "0/0");
+}
+
+// BucketClaims.
+
+const CLAIMS: &str = "/apis/sublet.dev/v1alpha1/namespaces/storage/bucketclaims";
+
+/// Runs one claim reconcile beside its scenario and returns the action it ended with.
+async fn run_claim<T: Send + 'static>(
+    reconcile: impl Future<Output = Result<kube::runtime::controller::Action>>,
+    scenario: JoinHandle<T>,
+) -> (kube::runtime::controller::Action, T) {
+    let action = tokio::time::timeout(std::time::Duration::from_secs(10), reconcile)
+        .await
+        .expect("reconcile timed out")
+        .unwrap();
+    (action, scenario.await.unwrap())
+}
+
+fn admin_token_secret() -> Value {
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("s3-admin".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(
+            "token".into(),
+            k8s_openapi::ByteString(b"admin-token-of-s3".to_vec()),
+        )])),
+        ..Default::default()
+    };
+    serde_json::to_value(secret).unwrap()
+}
+
+/// What the API server holds of a Secret created with `created` (a create's body):
+/// `stringData` is stored as `data`.
+fn stored_secret(created: &Value) -> Value {
+    let mut secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(created.clone()).unwrap();
+    let data = secret
+        .string_data
+        .take()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes())))
+        .collect();
+    secret.data = Some(data);
+    serde_json::to_value(secret).unwrap()
+}
+
+/// The gateway and its admin token are read first, every pass.
+async fn gateway_and_token(api: &mut Handle) {
+    let gw = gateway("s3", "defaultPlan: photos\nservice: {port: 9000}");
+    expect(api, Method::GET, &format!("{SUBLET}/storagegateways/s3"))
+        .await
+        .ok(&serde_json::to_value(&gw).unwrap());
+    expect(api, Method::GET, &format!("{CORE}/secrets/s3-admin"))
+        .await
+        .ok(&admin_token_secret());
+}
+
+#[tokio::test]
+async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing() {
+    let admin = Arc::new(MockAdmin::default());
+    let (ctx, mut api) = context(admin.clone());
+    let claim = bucket_claim(
+        "app",
+        "gateway: s3\ngenerateBucketName: app-data\nplan: photos\ndeletionPolicy: Delete\n\
+         quota: {maxBytes: 1Gi}",
+    );
+    let echo = serde_json::to_value(&claim).unwrap();
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        let fin = expect(&mut api, Method::PATCH, &format!("{CLAIMS}/app")).await;
+        assert_eq!(
+            fin.body,
+            json!({"metadata": {"finalizers": ["sublet.dev/bucket-claim"]}})
+        );
+        fin.ok(&echo);
+        expect(&mut api, Method::GET, &format!("{CORE}/secrets/app"))
+            .await
+            .not_found();
+        let secret = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+        let created = secret.body.clone();
+        secret.echo();
+        let status = expect(&mut api, Method::PATCH, &format!("{CLAIMS}/app/status")).await;
+        let status_body = status.body.clone();
+        status.ok(&echo);
+        (api, created, status_body)
+    });
+    let (action, (mut api, secret, status)) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(
+            Arc::new(claim.clone()),
+            ctx.clone(),
+        )),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::RESYNC)
+    );
+
+    // The Secret: owned by the claim, every name apps read, the key the gateway holds.
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "BucketClaim"
+    );
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "app");
+    let data = &secret["stringData"];
+    let access = data["AWS_ACCESS_KEY_ID"].as_str().unwrap().to_owned();
+    let secret_key = data["AWS_SECRET_ACCESS_KEY"].as_str().unwrap().to_owned();
+    assert_eq!(access, "BC0F1E2D3C4B5A46789ABCDEF012345678");
+    assert_eq!(secret_key.len(), 40);
+    assert_eq!(data["BUCKET_NAME"], "app-data-0f1e2d3c");
+    assert_eq!(data["BUCKET_HOST"], "s3.storage.svc");
+    assert_eq!(data["BUCKET_PORT"], "9000");
+    assert_eq!(data["AWS_ENDPOINT_URL"], "http://s3.storage.svc:9000");
+    assert_eq!(data["AWS_REGION"], "us-east-1");
+    assert_eq!(data["BUCKET_REGION"], "us-east-1");
+    {
+        let a = admin.accounts.lock().unwrap();
+        let user = "bc-0f1e2d3c-4b5a-4678-9abc-def012345678";
+        assert_eq!(a.users[user].max_bytes, Some(1 << 30));
+        assert_eq!(a.users[user].display_name, "BucketClaim storage/app");
+        assert_eq!(
+            a.buckets["app-data-0f1e2d3c"],
+            (user.to_owned(), 0, Some("photos".to_owned()))
+        );
+        assert_eq!(
+            a.keys[&access],
+            (
+                user.to_owned(),
+                secret_key.clone(),
+                "app-data-0f1e2d3c".to_owned()
+            )
+        );
+        assert!(a.tokens.iter().all(|t| t == "admin-token-of-s3"));
+    }
+    assert_eq!(status["status"]["phase"], "Bound");
+    assert_eq!(status["status"]["bucketName"], "app-data-0f1e2d3c");
+    assert_eq!(status["status"]["secretName"], "app");
+    assert_eq!(status["status"]["accessKeyId"], access.as_str());
+    let bound = &status["status"]["conditions"][0];
+    assert_eq!(
+        (&bound["type"], &bound["status"]),
+        (&json!("Bound"), &json!("True"))
+    );
+    assert_eq!(bound["observedGeneration"], 1);
+
+    // Second pass, finalizer and Secret in place: the key stays the one in the Secret.
+    let mut bound_claim = claim.clone();
+    bound_claim.metadata.finalizers = Some(vec!["sublet.dev/bucket-claim".into()]);
+    bound_claim.status = serde_json::from_value(status["status"].clone()).unwrap();
+    let echo = serde_json::to_value(&bound_claim).unwrap();
+    let stored = stored_secret(&secret);
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        expect(&mut api, Method::GET, &format!("{CORE}/secrets/app"))
+            .await
+            .ok(&stored);
+        let status = expect(&mut api, Method::PATCH, &format!("{CLAIMS}/app/status")).await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        body
+    });
+    let (action, again) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(Arc::new(bound_claim), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::RESYNC)
+    );
+    assert_eq!(again, status, "the second pass writes the same status");
+    let a = admin.accounts.lock().unwrap();
+    assert_eq!(a.keys.len(), 1);
+    assert_eq!(a.keys_deleted, 0, "no key was re-rolled");
+    assert_eq!(a.keys[&access].1, secret_key);
+}
+
+#[tokio::test]
+async fn a_claim_whose_secret_is_gone_gets_a_new_key_and_the_old_secret_stops_working() {
+    let admin = Arc::new(MockAdmin::default());
+    let mut claim = bucket_claim("app", "gateway: s3\nbucketName: app-data");
+    claim.metadata.finalizers = Some(vec!["sublet.dev/bucket-claim".into()]);
+    let access = super::bucketclaim::access_key_id(&claim).unwrap();
+    let user = super::bucketclaim::user_id(&claim).unwrap();
+    {
+        let mut a = admin.accounts.lock().unwrap();
+        a.keys.insert(
+            access.clone(),
+            (user.clone(), "the-old-secret".into(), "app-data".into()),
+        );
+    }
+    let (ctx, mut api) = context(admin.clone());
+    let echo = serde_json::to_value(&claim).unwrap();
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        expect(&mut api, Method::GET, &format!("{CORE}/secrets/app"))
+            .await
+            .not_found();
+        let secret = expect(&mut api, Method::POST, &format!("{CORE}/secrets")).await;
+        let created = secret.body.clone();
+        secret.echo();
+        expect(&mut api, Method::PATCH, &format!("{CLAIMS}/app/status"))
+            .await
+            .ok(&echo);
+        created
+    });
+    let (_, secret) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
+        scenario,
+    )
+    .await;
+    let new_secret = secret["stringData"]["AWS_SECRET_ACCESS_KEY"]
+        .as_str()
+        .unwrap();
+    let a = admin.accounts.lock().unwrap();
+    assert_eq!(a.keys_deleted, 1);
+    assert_eq!(a.keys[&access].1, new_secret);
+    assert_ne!(new_secret, "the-old-secret");
+}
+
+#[tokio::test]
+async fn a_claim_for_another_users_bucket_waits_and_never_takes_it() {
+    let admin = Arc::new(MockAdmin::default());
+    admin
+        .accounts
+        .lock()
+        .unwrap()
+        .buckets
+        .insert("photos".into(), ("alice".into(), 12, None));
+    let (ctx, mut api) = context(admin.clone());
+    let mut claim = bucket_claim("grab", "gateway: s3\nbucketName: photos");
+    claim.metadata.finalizers = Some(vec!["sublet.dev/bucket-claim".into()]);
+    let echo = serde_json::to_value(&claim).unwrap();
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        let status = expect(&mut api, Method::PATCH, &format!("{CLAIMS}/grab/status")).await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["reason"], "BucketTaken");
+        assert_eq!(event.body["type"], "Warning");
+        event.echo();
+        body
+    });
+    let (action, status) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::RESYNC)
+    );
+    assert_eq!(status["status"]["phase"], "Pending");
+    let c = &status["status"]["conditions"][0];
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&json!("False"), &json!("BucketTaken"))
+    );
+    let message = c["message"].as_str().unwrap();
+    assert!(message.contains("belongs to user alice"), "{message}");
+    assert!(message.contains("never takes over"), "{message}");
+    let a = admin.accounts.lock().unwrap();
+    assert_eq!(a.buckets["photos"], ("alice".to_owned(), 12, None));
+    assert!(a.keys.is_empty(), "no key to someone else's bucket");
+}
+
+/// A deleted claim that bound `bucket` (holding `objects`) with `policy`.
+fn deleted_claim(admin: &MockAdmin, policy: &str, objects: u64) -> sublet_crds::BucketClaim {
+    let mut claim = bucket_claim(
+        "app",
+        &format!("gateway: s3\nbucketName: app-data\ndeletionPolicy: {policy}"),
+    );
+    claim.metadata.finalizers = Some(vec!["sublet.dev/bucket-claim".into()]);
+    claim.metadata.resource_version = Some("42".into());
+    claim.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-11-28T01:00:00Z".parse().unwrap(),
+    ));
+    claim.status = Some(sublet_crds::BucketClaimStatus {
+        phase: Some("Bound".into()),
+        bucket_name: Some("app-data".into()),
+        ..Default::default()
+    });
+    let user = super::bucketclaim::user_id(&claim).unwrap();
+    let access = super::bucketclaim::access_key_id(&claim).unwrap();
+    let mut a = admin.accounts.lock().unwrap();
+    a.users.insert(user.clone(), ClaimUser::default());
+    a.buckets
+        .insert("app-data".into(), (user.clone(), objects, None));
+    a.keys
+        .insert(access, (user, "s".repeat(40), "app-data".into()));
+    drop(a);
+    claim
+}
+
+async fn finalizer_removed(api: &mut Handle) {
+    let fin = expect(api, Method::PATCH, &format!("{CLAIMS}/app")).await;
+    assert_eq!(
+        fin.body,
+        json!({"metadata": {"finalizers": [], "resourceVersion": "42"}})
+    );
+    fin.ok(
+        &json!({"apiVersion": "sublet.dev/v1alpha1", "kind": "BucketClaim",
+        "metadata": {"name": "app", "namespace": NS},
+        "spec": {"gateway": "s3", "bucketName": "app-data"}}),
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_delete_claim_waits_for_its_bucket_to_be_empty_then_deletes_it() {
+    let admin = Arc::new(MockAdmin::default());
+    let claim = deleted_claim(&admin, "Delete", 3);
+    let (ctx, mut api) = context(admin.clone());
+    let echo = serde_json::to_value(&claim).unwrap();
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        let status = expect(&mut api, Method::PATCH, &format!("{CLAIMS}/app/status")).await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await
+        .echo();
+        (api, body)
+    });
+    let (action, (mut api, status)) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(
+            Arc::new(claim.clone()),
+            ctx.clone(),
+        )),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::bucketclaim::WAIT)
+    );
+    assert_eq!(status["status"]["phase"], "Deleting");
+    let c = &status["status"]["conditions"][0];
+    assert_eq!(c["reason"], "BucketNotEmpty");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("Secret app works until then"),
+        "{c}"
+    );
+    {
+        let a = admin.accounts.lock().unwrap();
+        assert!(a.buckets.contains_key("app-data"));
+        assert_eq!(
+            a.keys.len(),
+            1,
+            "the key stays so the bucket can be emptied"
+        );
+    }
+
+    // Emptied: bucket, key and user go, then the finalizer.
+    admin
+        .accounts
+        .lock()
+        .unwrap()
+        .buckets
+        .get_mut("app-data")
+        .unwrap()
+        .1 = 0;
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        finalizer_removed(&mut api).await;
+    });
+    let (action, ()) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let a = admin.accounts.lock().unwrap();
+    assert!(
+        a.buckets.is_empty() && a.keys.is_empty() && a.users.is_empty(),
+        "{a:?}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_retain_claim_keeps_bucket_objects_and_owner_and_removes_the_key() {
+    let admin = Arc::new(MockAdmin::default());
+    let claim = deleted_claim(&admin, "Retain", 3);
+    let (ctx, mut api) = context(admin.clone());
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        finalizer_removed(&mut api).await;
+    });
+    let (action, ()) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let a = admin.accounts.lock().unwrap();
+    assert!(a.keys.is_empty());
+    assert_eq!(a.buckets["app-data"].1, 3, "objects kept");
+    assert_eq!(a.users.len(), 1, "the bucket's owner stays");
 }

@@ -15,6 +15,11 @@
 //!   with `{"defaultPlan": "archive"}` (or `null`) sets the plan a bucket's new objects use
 //!   when a request names no storage class. Buckets are data, not policies: this works under
 //!   the operator too.
+//! - `POST /admin/v1/buckets` `{"name", "owner", "defaultPlan"?}`: a bucket for a user (what
+//!   the operator makes for a BucketClaim): 201 created, 200 when it is that user's already,
+//!   409 when another user's (never taken over). `DELETE /admin/v1/buckets/{name}?owner=ID`:
+//!   deletes the owner's bucket when empty; 409 while it holds any version or upload (as
+//!   S3's DeleteBucket), 403 when another user owns it (left alone).
 
 mod apply;
 mod overlay;
@@ -40,7 +45,7 @@ use sublet_crds::Config;
 use crate::node::Node;
 use apply::{apply, delete, policy_set};
 use overlay::{kind_and_name, problems};
-use status::{bucket_one, buckets, providers, set_bucket, status};
+use status::{bucket_one, buckets, create_bucket, delete_bucket, providers, set_bucket, status};
 
 /// Connects the providers of ProviderPools applied while the gateway runs; the runtime
 /// gives one (its dialer) to a gateway started from a file.
@@ -119,10 +124,15 @@ impl PolicyApi {
             )
             .route("/admin/v1/status", axum::routing::get(status))
             .route("/admin/v1/providers", axum::routing::get(providers))
-            .route("/admin/v1/buckets", axum::routing::get(buckets))
+            .route(
+                "/admin/v1/buckets",
+                axum::routing::get(buckets).post(create_bucket),
+            )
             .route(
                 "/admin/v1/buckets/{name}",
-                axum::routing::get(bucket_one).put(set_bucket),
+                axum::routing::get(bucket_one)
+                    .put(set_bucket)
+                    .delete(delete_bucket),
             )
             .route_layer(axum::middleware::from_fn_with_state(
                 self.token.clone(),

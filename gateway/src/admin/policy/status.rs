@@ -154,6 +154,8 @@ pub struct BucketStatus {
     /// The plan its new objects get without a storage class: its own or the gateway's.
     pub effective_plan: String,
     pub versioning: String,
+    /// The user the bucket belongs to (`default` for the configuration file's keys).
+    pub owner: String,
 }
 
 fn bucket_status(gateway: &Node, b: crate::meta::Bucket) -> BucketStatus {
@@ -166,6 +168,9 @@ fn bucket_status(gateway: &Node, b: crate::meta::Bucket) -> BucketStatus {
         created: b.created,
         default_plan: b.default_plan,
         versioning: b.versioning.as_str().to_owned(),
+        owner: b
+            .owner
+            .unwrap_or_else(|| crate::node::users::DEFAULT_USER.to_owned()),
     }
 }
 
@@ -284,4 +289,141 @@ pub(super) async fn set_bucket(
         Ok(Err(e)) => internal_error(e),
         Err(e) => internal_error(e),
     }
+}
+
+/// The body of `POST /admin/v1/buckets`: a bucket for a user, what the operator makes for a
+/// BucketClaim.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BucketClaim {
+    name: String,
+    owner: String,
+    #[serde(default)]
+    default_plan: Option<String>,
+}
+
+fn users_refusal(e: crate::node::users::UsersError) -> Response {
+    use crate::node::users::UsersError;
+    let status = match &e {
+        UsersError::Invalid(_) => StatusCode::BAD_REQUEST,
+        UsersError::NotFound(_) => StatusCode::NOT_FOUND,
+        UsersError::Conflict(_) => StatusCode::CONFLICT,
+        UsersError::NotYours(_) => StatusCode::FORBIDDEN,
+        UsersError::Meta(_) | UsersError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string(), Vec::new())
+}
+
+/// `POST /admin/v1/buckets` `{"name", "owner", "defaultPlan"?}`: 201 with the bucket when
+/// created, 200 when it is the owner's already (creating twice is harmless), 409 when it
+/// belongs to another user (never taken over), 404 for an unknown owner, 422 for an unknown
+/// plan.
+pub(super) async fn create_bucket(State(api): State<Arc<PolicyApi>>, body: Bytes) -> Response {
+    let claim: BucketClaim = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be JSON like {{\"name\": \"photos\", \"owner\": \"alice\", \
+                     \"defaultPlan\": \"archive\"}}: {e}"
+                ),
+                Vec::new(),
+            );
+        }
+    };
+    // Held so that a plan cannot be deleted between the check and the write.
+    let _state = api.state.lock().await;
+    if let Some(plan) = &claim.default_plan
+        && !api.gateway.plans().iter().any(|p| &p.name == plan)
+    {
+        let mut known: Vec<String> = api.gateway.plans().into_iter().map(|p| p.name).collect();
+        known.sort();
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("there is no plan {plan}; known plans: {}", known.join(", ")),
+            Vec::new(),
+        );
+    }
+    let gateway = Arc::clone(&api.gateway);
+    let result = tokio::task::spawn_blocking(move || {
+        gateway
+            .accounts()
+            .claim_bucket(
+                &claim.name,
+                &claim.owner,
+                claim.default_plan.as_deref(),
+                crate::node::now_ms(),
+            )
+            .map(|(b, created)| (bucket_status(&gateway, b), created))
+    })
+    .await;
+    let answer = match result {
+        Ok(Ok((b, created))) => {
+            if created {
+                tracing::info!(
+                    bucket = b.name,
+                    owner = b.owner,
+                    "bucket created for its owner"
+                );
+            }
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(b)).into_response()
+        }
+        Ok(Err(e)) => return users_refusal(e),
+        Err(e) => return internal_error(e),
+    };
+    match barrier(&api).await {
+        Some(refused) => refused,
+        None => answer,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct DeleteBucketQuery {
+    owner: String,
+}
+
+/// `DELETE /admin/v1/buckets/{name}?owner=ID`: deletes the owner's empty bucket (200); 409
+/// while it holds any version or upload; 403 when another user owns it; 404 when absent.
+pub(super) async fn delete_bucket(
+    State(api): State<Arc<PolicyApi>>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(query): axum::extract::Query<DeleteBucketQuery>,
+) -> Response {
+    let gateway = Arc::clone(&api.gateway);
+    let result = tokio::task::spawn_blocking(move || {
+        gateway
+            .accounts()
+            .delete_owned_bucket(&name, &query.owner)
+            .map(|()| name)
+    })
+    .await;
+    match result {
+        Ok(Ok(name)) => {
+            tracing::info!(bucket = name, "bucket deleted for its owner");
+            match barrier(&api).await {
+                Some(refused) => refused,
+                None => Json(serde_json::json!({ "deleted": name })).into_response(),
+            }
+        }
+        Ok(Err(e)) => users_refusal(e),
+        Err(e) => internal_error(e),
+    }
+}
+
+/// Waits until a change is in the metadata journal, as an S3 write does before its answer.
+async fn barrier(api: &PolicyApi) -> Option<Response> {
+    let journal = api.gateway.journal()?;
+    journal.barrier().await.err().map(|e| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the change is made but not yet in the metadata journal: {e}"),
+            Vec::new(),
+        )
+    })
 }
