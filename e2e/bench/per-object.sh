@@ -10,7 +10,8 @@
 #
 # Usage: e2e/bench/per-object.sh        (SIZE=4Mi OBJECTS=64 STREAMS=8 by default)
 # Environment: BENCH_TMP (default /var/tmp; a real disk), SIZE, OBJECTS, STREAMS,
-#              TIMELINE=1, KEEP=1, CARGO_TARGET_DIR (release binaries are built there).
+#              TIMELINE=1, KEEP=1, CARGO_TARGET_DIR (release binaries are built there),
+#              SUBLET and BENCH (binaries to use instead) with NO_BUILD=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,8 +19,12 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SIZE=${SIZE:-4Mi}
 OBJECTS=${OBJECTS:-64}
 STREAMS=${STREAMS:-8}
-(cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
-    cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
+SUBLET=${SUBLET:-$TARGET/release/sublet}
+BENCH=${BENCH:-$TARGET/release/sublet-bench}
+if [[ ${NO_BUILD:-0} != 1 ]]; then
+    (cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
+        cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
+fi
 log() { echo "per-object: $*" >&2; }
 
 WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/sublet-per-object.XXXXXX")
@@ -35,7 +40,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 ADMIN=$(free_port)
-"$TARGET/release/sublet" dev --dir "$WORK/dev" --listen "127.0.0.1:$PORT" \
+"$SUBLET" dev --dir "$WORK/dev" --listen "127.0.0.1:$PORT" \
     --admin-listen "127.0.0.1:$ADMIN" >"$WORK/dev.out" 2>"$WORK/dev.log" </dev/null &
 DEV=$!
 for _ in $(seq 1 600); do
@@ -48,7 +53,7 @@ SK=$(sed -n 's/^secret_key=//p' "$WORK/dev/credentials")
 TICK=$(getconf CLK_TCK)
 cpu() { awk -v t="$TICK" '{printf "%.3f\n", ($14 + $15) / t}' "/proc/$DEV/stat"; }
 bench() {
-    "$TARGET/release/sublet-bench" --endpoint "http://127.0.0.1:$PORT" --access-key "$AK" \
+    "$BENCH" --endpoint "http://127.0.0.1:$PORT" --access-key "$AK" \
         --secret-key "$SK" --bucket perobj -q "$@"
 }
 
