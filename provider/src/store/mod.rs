@@ -6,7 +6,8 @@
 //! its own. Shards written before format 2 keep bao's outboard (one node per 1 KiB chunk),
 //! and are read and audited as before.
 //! A shard becomes visible only by an atomic rename after fsync of the file,
-//! followed by an fsync of the directory; temp files start with `.tmp-`
+//! followed by an fsync of the directory (one for all the writes waiting at that moment,
+//! see `dirsync`); temp files start with `.tmp-`
 //! (never a valid shard id) and are removed on start.
 //!
 //! The store's parts: `format` (the file header and sizes), `index` (the in-memory index,
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 use crate::{Error, Result};
 
 mod audit;
+mod dirsync;
 mod format;
 mod index;
 mod read;
@@ -71,6 +73,8 @@ pub struct Store {
     capacity: u64,
     reserve: u64,
     index: Mutex<Index>,
+    /// The directory's fsyncs after renames and removals, shared by concurrent writes.
+    dir_sync: dirsync::DirSync,
 }
 
 impl std::fmt::Debug for Store {
@@ -128,6 +132,7 @@ impl Store {
         }
         index.shards = shards;
         Ok(Store {
+            dir_sync: dirsync::DirSync::new(&dir),
             dir,
             capacity,
             reserve,
@@ -206,7 +211,7 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        File::open(&self.dir)?.sync_all()?;
+        self.dir_sync.after_change()?;
         Ok(true)
     }
 }

@@ -263,7 +263,7 @@ impl PutWriter {
             index.tenant_unreserve(&self.id, self.reserved);
             self.reserved = 0;
         }
-        File::open(&self.store.dir)?.sync_all()?;
+        self.store.dir_sync.after_change()?;
         Ok(Some(meta))
     }
 }

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# What one photo-sized object costs `sublet dev` (EC 4+2, AES-256-GCM, fsync), in measures a
+# busy machine does not distort much:
+#   1. CPU seconds per GB stored and per GB read (utime + stime of the `sublet dev` process,
+#      which holds the gateway and its six providers, from /proc/PID/stat around each phase);
+#   2. the syscalls of one PUT and one GET (strace -c: fsyncs, renames, opens, writes, reads);
+#   3. with TIMELINE=1, a timeline of one PUT and one GET (strace -f -tt -T), summarised per
+#      step: when the body arrived, the shard files were written and fsynced, the directory
+#      fsynced, the metadata committed and the answer sent.
+#
+# Usage: e2e/bench/per-object.sh        (SIZE=4Mi OBJECTS=64 STREAMS=8 by default)
+# Environment: BENCH_TMP (default /var/tmp; a real disk), SIZE, OBJECTS, STREAMS,
+#              TIMELINE=1, KEEP=1, CARGO_TARGET_DIR (release binaries are built there),
+#              SUBLET and BENCH (binaries to use instead) with NO_BUILD=1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+SIZE=${SIZE:-4Mi}
+OBJECTS=${OBJECTS:-64}
+STREAMS=${STREAMS:-8}
+SUBLET=${SUBLET:-$TARGET/release/sublet}
+BENCH=${BENCH:-$TARGET/release/sublet-bench}
+if [[ ${NO_BUILD:-0} != 1 ]]; then
+    (cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
+        cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
+fi
+log() { echo "per-object: $*" >&2; }
+
+WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/sublet-per-object.XXXXXX")
+DEV=
+cleanup() {
+    if [[ -n $DEV ]]; then
+        kill -INT "$DEV" 2>/dev/null || true
+        wait "$DEV" 2>/dev/null || true
+    fi
+    if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+ADMIN=$(free_port)
+"$SUBLET" dev --dir "$WORK/dev" --listen "127.0.0.1:$PORT" \
+    --admin-listen "127.0.0.1:$ADMIN" >"$WORK/dev.out" 2>"$WORK/dev.log" </dev/null &
+DEV=$!
+for _ in $(seq 1 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    kill -0 "$DEV" || { tail "$WORK/dev.log" >&2; exit 1; }
+    sleep 0.1
+done
+AK=$(sed -n 's/^access_key=//p' "$WORK/dev/credentials")
+SK=$(sed -n 's/^secret_key=//p' "$WORK/dev/credentials")
+TICK=$(getconf CLK_TCK)
+cpu() { awk -v t="$TICK" '{printf "%.3f\n", ($14 + $15) / t}' "/proc/$DEV/stat"; }
+bench() {
+    "$BENCH" --endpoint "http://127.0.0.1:$PORT" --access-key "$AK" \
+        --secret-key "$SK" --bucket perobj -q "$@"
+}
+
+# Warm up: connections to the providers, the bucket, the allocator's arenas.
+bench --prefix warm/ --phases put,get -n 8 -s "$SIZE" -c "$STREAMS" >/dev/null
+
+# 1. CPU per GB.
+for phase in put get; do
+    before=$(cpu)
+    start=$(date +%s.%N)
+    bench --prefix run/ --phases "$phase" -n "$OBJECTS" -s "$SIZE" -c "$STREAMS" \
+        --json "$WORK/$phase.json" >/dev/null
+    end=$(date +%s.%N)
+    after=$(cpu)
+    python3 - "$phase" "$before" "$after" "$start" "$end" "$WORK/$phase.json" <<'EOF'
+import json, sys
+phase, before, after, start, end, path = sys.argv[1:]
+doc = json.load(open(path))
+p = doc["phases"][0]
+gb = p["bytes"] / 1e9
+cpu = float(after) - float(before)
+wall = float(end) - float(start)
+rate = p["mb_per_sec"]
+print(f"{phase}: {rate:.1f} MB/s, {cpu:.2f} CPU s for {gb:.3f} GB -> "
+      f"{cpu / gb:.2f} CPU s per GB (server process: gateway + 6 providers), "
+      f"{cpu / wall:.2f} cores busy, p50 {p.get('p50_ms')} ms, p99 {p.get('p99_ms')} ms, "
+      f"errors {p['errors']}")
+EOF
+done
+
+# 2. Syscalls of one PUT and one GET.
+for phase in put get; do
+    strace -f -c -o "$WORK/$phase.strace-c" -p "$DEV" &
+    ST=$!
+    sleep 1
+    bench --prefix one/ --phases "$phase" -n 1 -s "$SIZE" -c 1 >/dev/null
+    sleep 0.5
+    kill -INT "$ST"
+    wait "$ST" 2>/dev/null || true
+    echo "one $phase of $SIZE: syscalls (strace -c, gateway + providers)"
+    awk 'NR > 2 && $NF != "total" && $0 !~ /^-/ && $0 !~ /futex|epoll|sched_yield|madvise|restart_syscall/ {
+            print "  " $NF, ($5 ~ /^[0-9]+$/ ? $4 : $4)
+         }' "$WORK/$phase.strace-c" | sort -k2 -n -r | head -20
+done
+
+# 3. A timeline of one PUT and one GET.
+if [[ ${TIMELINE:-0} == 1 ]]; then
+    # The providers' ports: what the process listens on besides the S3 and admin ports.
+    PROVIDERS=$(ss -ltnpH | awk -v pid="pid=$DEV," -v s3="$PORT" -v admin="$ADMIN" '
+        index($0, pid) { n = split($4, a, ":"); p = a[n]; if (p != s3 && p != admin) print p }' |
+        paste -sd, -)
+    for phase in put get; do
+        strace -f -tt -T -yy -e trace=openat,pwrite64,write,writev,fsync,fdatasync,rename,renameat2,recvfrom,read,sendto,sendmsg \
+            -o "$WORK/$phase.trace" -p "$DEV" &
+        ST=$!
+        sleep 1
+        bench --prefix tl/ --phases "$phase" -n 1 -s "$SIZE" -c 1 >/dev/null
+        sleep 0.5
+        kill -INT "$ST"
+        wait "$ST" 2>/dev/null || true
+        python3 "$ROOT/e2e/bench/timeline.py" "$WORK/$phase.trace" "$phase" "$PORT" "$PROVIDERS"
+    done
+fi
+echo "peak RSS (VmHWM) of sublet dev: $(awk '/VmHWM/ {print $2}' "/proc/$DEV/status") KiB"

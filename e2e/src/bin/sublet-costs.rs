@@ -1,0 +1,273 @@
+//! `sublet-costs`: what each step of sublet's data path costs per byte on this machine,
+//! single-threaded — the floor a PUT or GET can reach (docs/benchmarks.md, and the
+//! per-byte table in e2e/bench/RESULTS.md). Build it in release:
+//!
+//! ```sh
+//! cargo run --release -p sublet-e2e --bin sublet-costs -- [--dir /work/benchtmp] [--mib 64]
+//! ```
+//!
+//! Every step runs over `--mib` MiB of data in 1 MiB pieces (a shard of a 4 MiB segment),
+//! repeated until it has had 300 ms of CPU (this thread's CPU time, so a busy machine does not
+//! inflate it); the best of three such runs is reported as CPU ns per byte and MB/s per core.
+//! The fsync steps write real files under `--dir` and are wall time: they wait on the disk.
+
+use std::hint::black_box;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use md5::Digest;
+
+const PIECE: usize = 1 << 20;
+
+struct Args {
+    dir: PathBuf,
+    mib: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        dir: std::env::temp_dir(),
+        mib: 64,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--dir" => args.dir = PathBuf::from(value()?),
+            "--mib" => {
+                args.mib = value()?
+                    .parse()
+                    .map_err(|e| format!("--mib: {e}"))
+                    .and_then(|n: usize| {
+                        if (1..=4096).contains(&n) {
+                            Ok(n)
+                        } else {
+                            Err("--mib must be 1..=4096".to_string())
+                        }
+                    })?
+            }
+            "-h" | "--help" => {
+                return Err("usage: sublet-costs [--dir DIR] [--mib N]".to_string());
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Nanoseconds this thread has spent on a CPU (the first field of
+/// `/proc/thread-self/schedstat`), so that other processes competing for the cores do not
+/// count; wall time where the kernel does not say.
+fn cpu_ns(wall: Instant) -> u128 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| wall.elapsed().as_nanos())
+}
+
+/// Runs `pass` (which handles `bytes` bytes) until it has had 300 ms of CPU, three times;
+/// the best rate, as CPU nanoseconds per byte.
+fn measure(bytes: usize, mut pass: impl FnMut()) -> f64 {
+    let origin = Instant::now();
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = cpu_ns(origin);
+        let mut done = 0usize;
+        while cpu_ns(origin) - start < 300_000_000 {
+            pass();
+            done += bytes;
+        }
+        let ns = (cpu_ns(origin) - start) as f64 / done as f64;
+        best = best.min(ns);
+    }
+    best
+}
+
+fn row(name: &str, ns_per_byte: f64, note: &str) {
+    println!(
+        "| {name} | {ns_per_byte:.3} | {:.0} | {note} |",
+        1e3 / ns_per_byte
+    );
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sublet-costs: {e}");
+            std::process::exit(2);
+        }
+    };
+    let total = args.mib * PIECE;
+    let data: Vec<u8> = (0..total)
+        .map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes()[7])
+        .collect();
+    println!("| step (one thread) | CPU ns/byte | MB/s per core | note |");
+    println!("|---|---|---|---|");
+
+    let ns = measure(total, || {
+        black_box(md5::Md5::digest(black_box(&data)));
+    });
+    row("MD5 (md-5, asm)", ns, "the ETag of every byte received");
+
+    let ns = measure(total, || {
+        black_box(crc_fast::checksum(
+            crc_fast::CrcAlgorithm::Crc64Nvme,
+            black_box(&data),
+        ));
+    });
+    let target = crc_fast::get_calculator_target(crc_fast::CrcAlgorithm::Crc64Nvme);
+    row(
+        "CRC64NVME (crc-fast)",
+        ns,
+        &format!("the default S3 checksum; crc-fast runs {target}"),
+    );
+
+    let ns = measure(total, || {
+        for piece in data.chunks(PIECE) {
+            black_box(blake3::hash(black_box(piece)));
+        }
+    });
+    row(
+        "BLAKE3 (blake3::hash, 1 MiB pieces)",
+        ns,
+        "each shard: gateway and provider",
+    );
+
+    {
+        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &[7u8; 32])
+                .unwrap_or_else(|_| unreachable!("a 32-byte key is a valid AES-256 key")),
+        );
+        let mut buf = data[..4 * PIECE].to_vec();
+        buf.reserve(16);
+        let ns = measure(buf.len(), || {
+            buf.truncate(4 * PIECE);
+            let nonce = Nonce::assume_unique_for_key([1u8; 12]);
+            key.seal_in_place_append_tag(nonce, Aad::empty(), &mut buf)
+                .unwrap_or_else(|_| unreachable!("sealing in memory cannot fail"));
+            black_box(&buf);
+        });
+        row(
+            "AES-256-GCM seal (ring, 4 MiB)",
+            ns,
+            "a segment; TLS costs about the same per byte each way",
+        );
+    }
+
+    {
+        let shards: Vec<&[u8]> = data[..4 * PIECE].chunks(PIECE).collect();
+        let ns = measure(4 * PIECE, || {
+            black_box(
+                reed_solomon_simd::encode(4, 2, black_box(&shards))
+                    .unwrap_or_else(|e| unreachable!("4+2 of 1 MiB shards: {e}")),
+            );
+        });
+        row(
+            "Reed-Solomon 4+2 encode (reed-solomon-simd)",
+            ns,
+            "per byte of the segment; two 1 MiB parity shards",
+        );
+        let ns = measure(4 * PIECE, || {
+            let mut dec = reed_solomon_simd::ReedSolomonDecoder::new(4, 2, PIECE)
+                .unwrap_or_else(|e| unreachable!("4+2 of 1 MiB shards: {e}"));
+            let parity = reed_solomon_simd::encode(4, 2, &shards).unwrap_or_default();
+            let _ = dec.add_original_shard(0, shards[0]);
+            let _ = dec.add_original_shard(1, shards[1]);
+            for (i, p) in parity.iter().enumerate() {
+                let _ = dec.add_recovery_shard(i, p);
+            }
+            black_box(
+                dec.decode()
+                    .map(|r| r.restored_original_iter().count())
+                    .ok(),
+            );
+        });
+        row(
+            "Reed-Solomon 4+2 encode + rebuild of 2 data shards",
+            ns,
+            "a degraded read (both halves)",
+        );
+    }
+
+    {
+        let mut dst = vec![0u8; total];
+        let ns = measure(total, || {
+            dst.copy_from_slice(black_box(&data));
+            black_box(&dst);
+        });
+        row("memcpy (warm buffers)", ns, "one copy of every byte");
+        let ns = measure(4 * PIECE, || {
+            let mut fresh: Vec<u8> = Vec::with_capacity(4 * PIECE);
+            fresh.extend_from_slice(&data[..4 * PIECE]);
+            black_box(&fresh);
+        });
+        row(
+            "fresh 4 MiB buffer + copy",
+            ns,
+            "allocation, page faults and the copy",
+        );
+    }
+
+    let dir = args
+        .dir
+        .join(format!("sublet-costs-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("sublet-costs: cannot create {}: {e}", dir.display());
+        std::process::exit(1);
+    }
+    let piece = &data[..PIECE];
+    let mut n = 0u64;
+    let fsync_write = |n: &mut u64, rename: bool| -> std::io::Result<()> {
+        *n += 1;
+        let tmp = dir.join(format!("tmp-{n}"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(piece)?;
+        f.sync_all()?;
+        if rename {
+            std::fs::rename(&tmp, dir.join(format!("shard-{n}")))?;
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    for (name, rename, note) in [
+        (
+            "write + fsync of a new 1 MiB file",
+            false,
+            "fixed cost per shard, spread over 1 MiB",
+        ),
+        (
+            "... + rename + fsync of the directory",
+            true,
+            "what a provider does per shard",
+        ),
+    ] {
+        let mut failed = None;
+        let start = Instant::now();
+        let mut files = 0u32;
+        while start.elapsed() < Duration::from_secs(2) && files < 200 {
+            if let Err(e) = fsync_write(&mut n, rename) {
+                failed = Some(e);
+                break;
+            }
+            files += 1;
+        }
+        if let Some(e) = failed {
+            eprintln!("sublet-costs: fsync step failed: {e}");
+            break;
+        }
+        let per_file = start.elapsed() / files.max(1);
+        let ns = per_file.as_nanos() as f64 / PIECE as f64;
+        row(
+            name,
+            ns,
+            &format!("{:.2} ms per file; {note}", per_file.as_secs_f64() * 1e3),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
