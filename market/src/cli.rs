@@ -8,13 +8,37 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use sublet_market_api::client::Client;
+use sublet_market_api::client::{Client, ClientTls};
 use sublet_market_api::identity::{Role, Signer};
 use sublet_market_api::receipts::MAX_PERIOD_SECS;
 
 use crate::attestations::{AttestationKind, SignedAttestation, email_hash};
 use crate::rail::{ManualRail, PaymentRail};
 use crate::{Market, Policy, api};
+
+/// How the client commands reach the market.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificates to trust for an `https://` market instead of the system's roots.
+    #[arg(long, env = "SUBLET_MARKET_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow a plain `http://` market URL: anyone on the path can read and rewrite it, so
+    /// only for a market on loopback or in tests.
+    #[arg(long, env = "SUBLET_MARKET_INSECURE_HTTP")]
+    insecure_http: bool,
+}
+
+impl ClientTlsArgs {
+    fn client(&self, url: &str) -> anyhow::Result<Client> {
+        Ok(Client::with_tls(
+            url,
+            &ClientTls {
+                ca_file: self.ca_file.clone(),
+                insecure_http: self.insecure_http,
+            },
+        )?)
+    }
+}
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -36,6 +60,8 @@ pub enum Command {
         url: String,
         #[arg(long, env = "SUBLET_MARKET_KEY")]
         key: PathBuf,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
         /// `demander`, `provider` or `arbiter`.
         #[arg(long)]
         role: String,
@@ -53,6 +79,8 @@ pub enum Command {
         url: String,
         #[arg(long, env = "SUBLET_MARKET_KEY")]
         key: PathBuf,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
         method: String,
         path: String,
         /// The JSON body; empty when left out.
@@ -71,6 +99,8 @@ pub enum Command {
         /// The attestor's key.
         #[arg(long)]
         key: PathBuf,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
         /// The party the attestation is about.
         #[arg(long)]
         party: String,
@@ -104,8 +134,21 @@ pub struct Serve {
     /// Address of the REST API.
     #[arg(long, env = "SUBLET_MARKET_LISTEN", default_value = "127.0.0.1:7490")]
     listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); read again when it
+    /// changes, so a renewed certificate needs no restart.
+    #[arg(long, env = "SUBLET_MARKET_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SUBLET_MARKET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a listener that is not loopback (without --tls-cert): anyone on
+    /// the path reads and rewrites the answers. Loopback listeners may serve plain HTTP
+    /// without it.
+    #[arg(long, env = "SUBLET_MARKET_INSECURE_HTTP", conflicts_with = "tls_cert")]
+    insecure_http: bool,
     /// Accept deposits and withdrawals on the manual rail, which trusts every
-    /// request: for tests, demos and private markets only.
+    /// request: for `sublet dev`-style local use and tests only; refused on a listener that
+    /// is not loopback.
     #[arg(long, env = "SUBLET_MARKET_MANUAL_DEPOSITS")]
     manual_deposits: bool,
     /// The platform's share of provider earnings, in basis points.
@@ -183,6 +226,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             key,
             role,
             name,
+            tls,
         } => {
             let role = match role.as_str() {
                 "demander" => Role::Demander,
@@ -190,7 +234,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "arbiter" => Role::Arbiter,
                 other => bail!("--role must be demander, provider or arbiter, got {other:?}"),
             };
-            let party = Client::new(&url)?
+            let party = tls
+                .client(&url)?
                 .register(&load_key(&key)?, role, &name)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&party)?);
@@ -203,16 +248,29 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             kind,
             email,
             expires_days,
-        } => attest(&url, &key, &party, &kind, email.as_deref(), expires_days).await,
+            tls,
+        } => {
+            attest(
+                &tls.client(&url)?,
+                &key,
+                &party,
+                &kind,
+                email.as_deref(),
+                expires_days,
+            )
+            .await
+        }
         Command::Call {
             url,
             key,
             method,
             path,
             body,
+            tls,
         } => {
             let signer = load_key(&key)?;
-            let reply = Client::new(&url)?
+            let reply = tls
+                .client(&url)?
                 .send(
                     Some(&signer),
                     &method.to_ascii_uppercase(),
@@ -247,7 +305,7 @@ fn write_new_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
 
 /// `attest`: signs the statement locally and submits it.
 async fn attest(
-    url: &str,
+    client: &Client,
     key: &PathBuf,
     party: &str,
     kind: &str,
@@ -283,7 +341,7 @@ async fn attest(
     };
     let signed =
         SignedAttestation::sign(&load_key(key)?, kind, party, email_sha256, now, expires_at);
-    let reply = Client::new(url)?
+    let reply = client
         .json(
             None,
             "POST",
@@ -328,7 +386,9 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
     {
         bail!("--platform-fee-bps and --held-back-bps are basis points between 0 and 10000");
     }
+    check_listener(&s)?;
     let rail: Option<Arc<dyn PaymentRail>> = s.manual_deposits.then(|| Arc::new(ManualRail) as _);
+    let rail_name = rail.as_ref().map_or("none", |r| r.name());
     let (market, db) = match &s.postgres_url_env {
         Some(var) => {
             let url = std::env::var(var).ok().filter(|u| !u.trim().is_empty());
@@ -348,23 +408,54 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             (market, s.db.display().to_string())
         }
     };
+    let tls = match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => {
+            let reloading = crate::tls::ReloadingCert::open(cert, key)?;
+            reloading.watch(crate::tls::RELOAD_INTERVAL);
+            Some(reloading.acceptor()?)
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
         db = %db,
-        manual_deposits = s.manual_deposits,
+        tls = tls.is_some(),
+        rail = rail_name,
         "market serving"
     );
-    crate::server::serve(
+    crate::server::serve_tls(
         listener,
         api::router(Arc::new(market)),
         crate::server::Limits::default(),
+        tls,
         shutdown(),
     )
     .await;
     tracing::info!("market stopped");
+    Ok(())
+}
+
+/// Refuses what would let strangers on the network steer the market: plain HTTP, or the
+/// manual rail that credits whatever a party asks, on a listener that is not loopback.
+fn check_listener(s: &Serve) -> anyhow::Result<()> {
+    let loopback = s.listen.ip().is_loopback();
+    if s.manual_deposits && !loopback {
+        bail!(
+            "--manual-deposits credits every deposit a party asks for, so it serves loopback \
+             listeners only (--listen 127.0.0.1:PORT), not {}",
+            s.listen
+        );
+    }
+    if s.tls_cert.is_none() && !loopback && !s.insecure_http {
+        bail!(
+            "--listen {} is not loopback: serve HTTPS with --tls-cert and --tls-key, or pass \
+             --insecure-http to serve plain HTTP anyway",
+            s.listen
+        );
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sublet_crds::MarketOffer;
-use sublet_market_api::client::Client;
+use sublet_market_api::client::{Client, ClientTls};
 use sublet_market_api::contracts::{Contract, ContractState};
 use sublet_market_api::identity::{Role, Signer};
 use sublet_market_api::meter::Meter;
@@ -30,8 +30,10 @@ pub const METER_FILE: &str = "market-meter.json";
 /// How this provider takes part in the market.
 #[derive(Clone, Debug)]
 pub struct MarketSettings {
-    /// `http://host:port`.
+    /// `https://host:port` (`http://` with `tls.insecure_http`).
     pub url: String,
+    /// How the market is reached.
+    pub tls: ClientTls,
     /// The terms as written in the offer file (or `ProviderPool.spec.offer`).
     pub offer: MarketOffer,
     /// How often the offer is checked and proposals are answered.
@@ -183,13 +185,14 @@ impl OfferPublisher {
     pub fn new(
         identity: &NodeIdentity,
         url: &str,
+        tls: &ClientTls,
         offer: NewOffer,
         data_dir: PathBuf,
     ) -> anyhow::Result<Self> {
         let signer = Signer::from_pkcs8(identity.pkcs8_der())
             .map_err(|e| anyhow!("the node key cannot sign for the market: {e}"))?;
         Ok(Self {
-            client: Client::new(url).map_err(|e| anyhow!("--market-url: {e}"))?,
+            client: Client::with_tls(url, tls).map_err(|e| anyhow!("--market-url: {e}"))?,
             signer,
             name: format!("provider-{}", identity.node_id()),
             offer,

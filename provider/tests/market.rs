@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sublet_crds::MarketOffer;
 use sublet_market::{Market, Policy, api};
-use sublet_market_api::client::Client;
+use sublet_market_api::client::{Client, ClientTls};
 use sublet_market_api::identity::{Role, Signer, party_id};
 use sublet_provider::client::{ClientConfig, ErrorKind, ProviderClient};
 use sublet_provider::identity::NodeIdentity;
@@ -25,7 +25,7 @@ async fn market_with(policy: Policy) -> (String, Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
-    let client = Client::new(&url).unwrap();
+    let client = Client::with_tls(&url, &ClientTls::insecure_http()).unwrap();
     (url, client)
 }
 
@@ -43,6 +43,7 @@ async fn start(dir: &std::path::Path, url: &str, offer: MarketOffer) -> RunningP
     config.token = Some("operator-token-0123".into());
     config.market = Some(MarketSettings {
         url: url.into(),
+        tls: ClientTls::insecure_http(),
         offer,
         interval: Duration::from_millis(100),
     });
@@ -370,12 +371,14 @@ async fn a_node_key_registered_as_a_demander_does_not_publish() {
         .unwrap();
     let settings = MarketSettings {
         url: url.clone(),
+        tls: ClientTls::insecure_http(),
         offer: offer(4000),
         interval: Duration::from_secs(60),
     };
     let publisher = sublet_provider::market::OfferPublisher::new(
         &identity,
         &url,
+        &settings.tls,
         settings.new_offer(1 << 30).unwrap(),
         dir.path().to_path_buf(),
     )

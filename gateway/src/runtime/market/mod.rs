@@ -12,7 +12,7 @@ use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sublet_crds::{Config, Endpoint, MarketPool};
-use sublet_market_api::client::Client;
+use sublet_market_api::client::{Client, ClientTls};
 use sublet_market_api::contracts::{Contract, ContractState};
 use sublet_market_api::identity::{Role, Signer};
 use sublet_market_api::offers::Offer;
@@ -146,6 +146,16 @@ pub enum Contracting {
     Existing,
 }
 
+/// A client for the market of pool `m`: HTTPS (its `caFile` or the system's roots), plain
+/// HTTP only with `insecureHttp`.
+pub(crate) fn market_client(m: &MarketPool) -> anyhow::Result<Client> {
+    let tls = ClientTls {
+        ca_file: m.ca_file.as_ref().map(std::path::PathBuf::from),
+        insecure_http: m.insecure_http,
+    };
+    Client::with_tls(&m.url, &tls).map_err(|e| anyhow!("spec.market.url: {e}"))
+}
+
 /// Contracts providers for one market pool until `m.providers` are active (or proposed and
 /// not yet answered after `wait`), reusing the contracts in `ids`. Returns the active ones.
 ///
@@ -162,7 +172,7 @@ pub async fn contract_pool(
     wait: Duration,
     how: Contracting,
 ) -> anyhow::Result<Vec<Contracted>> {
-    let client = Client::new(&m.url).map_err(|e| anyhow!("spec.market.url: {e}"))?;
+    let client = market_client(m)?;
     let signer = signer_of(identity)?;
     ensure_demander(&client, &signer, &format!("gateway-{}", identity.node_id())).await?;
 
