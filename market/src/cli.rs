@@ -13,7 +13,8 @@ use sublet_market_api::identity::{Role, Signer};
 use sublet_market_api::receipts::MAX_PERIOD_SECS;
 
 use crate::attestations::{AttestationKind, SignedAttestation, email_hash};
-use crate::rail::{ManualRail, PaymentRail};
+use crate::rail::treasurer::{Authorization, Kind};
+use crate::rail::{ManualRail, PaymentRail, TreasurerRail};
 use crate::{Market, Policy, api};
 
 /// How the client commands reach the market.
@@ -86,6 +87,26 @@ pub enum Command {
         /// The JSON body; empty when left out.
         body: Option<String>,
     },
+    /// Sign, with a treasurer key (one given to the market's `serve --treasurer-key`), the
+    /// authorization for one deposit or withdrawal, and print it as JSON: the party sends it
+    /// as `authorization` in its `POST /v1/deposits` or `/v1/withdrawals`. Nothing is sent.
+    TreasurerSign {
+        /// The treasurer's key.
+        #[arg(long)]
+        key: PathBuf,
+        /// `deposit` (you received the money) or `withdrawal` (you pay it out).
+        #[arg(long)]
+        kind: String,
+        /// The party credited or paid.
+        #[arg(long)]
+        party: String,
+        /// Micro-credits (1 credit = 1000000).
+        #[arg(long)]
+        amount: i64,
+        /// The outside transfer's reference, as the party will send it.
+        #[arg(long, default_value = "")]
+        reference: String,
+    },
     /// Sign an attestation about a party with an attestor key (one given to the market's
     /// `serve --attestor-key`) and submit it. Revoke one with
     /// `call --key ATTESTOR_KEY POST /v1/parties/ID/attestations/AT_ID/revoke`.
@@ -149,8 +170,12 @@ pub struct Serve {
     /// Accept deposits and withdrawals on the manual rail, which trusts every
     /// request: for `sublet dev`-style local use and tests only; refused on a listener that
     /// is not loopback.
-    #[arg(long, env = "SUBLET_MARKET_MANUAL_DEPOSITS")]
+    #[arg(long, env = "SUBLET_MARKET_MANUAL_DEPOSITS", conflicts_with = "treasurer_keys")]
     manual_deposits: bool,
+    /// Ed25519 public key (hex) of a treasurer: deposits and withdrawals are credited only
+    /// with an authorization it signed (`treasurer-sign`); repeat for several.
+    #[arg(long = "treasurer-key", env = "SUBLET_MARKET_TREASURER_KEYS", value_delimiter = ',')]
+    treasurer_keys: Vec<String>,
     /// The platform's share of provider earnings, in basis points.
     #[arg(long, default_value_t = Policy::default().platform_fee_bps)]
     platform_fee_bps: i64,
@@ -259,6 +284,32 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 expires_days,
             )
             .await
+        }
+        Command::TreasurerSign {
+            key,
+            kind,
+            party,
+            amount,
+            reference,
+        } => {
+            let kind = match kind.as_str() {
+                "deposit" => Kind::Deposit,
+                "withdrawal" => Kind::Withdrawal,
+                other => bail!("--kind must be deposit or withdrawal, got {other:?}"),
+            };
+            if amount <= 0 {
+                bail!("--amount must be a positive number of micro-credits, got {amount}");
+            }
+            let signed = Authorization::sign(
+                &load_key(&key)?,
+                kind,
+                &party,
+                amount,
+                &reference,
+                sublet_market_api::unix_now(),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&signed)?);
+            Ok(())
         }
         Command::Call {
             url,
@@ -387,7 +438,13 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
         bail!("--platform-fee-bps and --held-back-bps are basis points between 0 and 10000");
     }
     check_listener(&s)?;
-    let rail: Option<Arc<dyn PaymentRail>> = s.manual_deposits.then(|| Arc::new(ManualRail) as _);
+    let rail: Option<Arc<dyn PaymentRail>> = if !s.treasurer_keys.is_empty() {
+        Some(Arc::new(TreasurerRail::new(&s.treasurer_keys)?))
+    } else if s.manual_deposits {
+        Some(Arc::new(ManualRail))
+    } else {
+        None
+    };
     let rail_name = rail.as_ref().map_or("none", |r| r.name());
     let (market, db) = match &s.postgres_url_env {
         Some(var) => {
