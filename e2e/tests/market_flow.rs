@@ -5,7 +5,9 @@
 //! matches and settles from the escrow the gateway keeps prepaid. Then one provider's disk
 //! rots: audits fail on both sides' books, the provider is penalised and its rating drops,
 //! the demander opens a dispute and the arbiter decides it. At every step the ledger
-//! balances: what was deposited is exactly what the accounts hold. Every party reaches the
+//! balances: what was deposited is exactly what the accounts hold. Credits enter and leave
+//! only on a treasurer's signature (a forged deposit is refused, a replayed one too, and a
+//! provider withdraws its earnings). Every party reaches the
 //! market over HTTPS with a certificate of a private CA, and a plain-HTTP URL is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -116,6 +118,25 @@ impl Market {
             self.daemon.log_tail()
         );
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// `sublet market call` that must fail: what it printed.
+    fn call_err(&self, key: &Path, method: &str, path: &str, body: &Value) -> String {
+        let out = sublet()
+            .args(["market", "call", "--url", &self.url, "--ca-file"])
+            .arg(&self.ca_file)
+            .arg("--key")
+            .arg(key)
+            .args([method, path, &body.to_string()])
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{method} {path} was not refused: {said}");
+        said
     }
 
     /// An unsigned GET, over HTTPS.
@@ -261,6 +282,15 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
 
     // The market serves HTTPS with a certificate of a private CA every party is given.
     let ca = PrivateCa::create(&root.join("ca"));
+    // Credits enter and leave only on the treasurer's signature.
+    let treasurer_key = root.join("treasurer.key");
+    let out = run(sublet().args(["market", "keygen", "--out"]).arg(&treasurer_key));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let treasurer_public = printed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("public_key="))
+        .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
+        .to_owned();
     let addr = free_addr();
     let url = format!("https://{addr}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -279,7 +309,8 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
             sublet()
                 .args(["market", "serve", "--db"])
                 .arg(root.join("market.db"))
-                .args(["--listen", &addr.to_string(), "--manual-deposits"])
+                .args(["--listen", &addr.to_string()])
+                .args(["--treasurer-key", &treasurer_public])
                 .arg("--tls-cert")
                 .arg(&ca.cert_file)
                 .arg("--tls-key")
@@ -412,14 +443,47 @@ spec:
     };
     let (a_contract, b_contract) = (contract_of(&a_party), contract_of(&b_party));
 
-    // The demander funds its account; the gateway keeps a period prepaid in each escrow.
+    // A deposit the demander signs for itself is refused: only the treasurer credits.
+    let forged = treasurer_sign(&dee_key, "deposit", &dee, DEPOSIT, "bank-1");
+    let refused = market.call_err(
+        &dee_key,
+        "POST",
+        "/v1/deposits",
+        &json!({"op_id": "dee-forged", "amount": DEPOSIT, "reference": "bank-1", "authorization": forged}),
+    );
+    assert!(refused.contains("not a treasurer key"), "{refused}");
+    let unsigned = market.call_err(
+        &dee_key,
+        "POST",
+        "/v1/deposits",
+        &json!({"op_id": "dee-unsigned", "amount": DEPOSIT, "reference": "bank-1"}),
+    );
+    assert!(unsigned.contains("treasurer's signed authorization"), "{unsigned}");
+    assert_eq!(market.assert_books("forged deposit")["net_deposits"], 0);
+
+    // The treasurer saw the money arrive and signs; the demander's deposit is credited, once.
+    let authorization = treasurer_sign(&treasurer_key, "deposit", &dee, DEPOSIT, "bank-1");
     market.call(
         &dee_key,
         "POST",
         "/v1/deposits",
-        Some(&json!({"op_id": "dee-deposit-1", "amount": DEPOSIT, "reference": "e2e"})),
+        Some(&json!({"op_id": "dee-deposit-1", "amount": DEPOSIT, "reference": "bank-1", "authorization": authorization})),
     );
     assert_eq!(market.assert_books("deposit")["net_deposits"], DEPOSIT);
+    let replayed = market.call_err(
+        &dee_key,
+        "POST",
+        "/v1/deposits",
+        &json!({"op_id": "dee-deposit-2", "amount": DEPOSIT, "reference": "bank-1", "authorization": authorization}),
+    );
+    assert!(replayed.contains("already used"), "{replayed}");
+    assert_eq!(market.assert_books("replayed deposit")["net_deposits"], DEPOSIT);
+    let trail = market.call(&dee_key, "GET", "/v1/treasury", None);
+    assert_eq!(trail.as_array().map(Vec::len), Some(1), "{trail}");
+    assert_eq!(trail[0]["kind"], "deposit", "{trail}");
+    assert_eq!(trail[0]["reference"], "bank-1", "{trail}");
+    assert_eq!(trail[0]["treasurer"], treasurer_public.as_str(), "{trail}");
+    // The gateway keeps a period prepaid in each escrow.
     wait_for("both escrows to be prepaid", SETTLE_TIMEOUT, || {
         let escrow = market.balances(&dee_key, &dee)["escrow"].clone();
         let funded = escrow.as_array().map_or(0, |e| {
@@ -619,6 +683,39 @@ spec:
         Some(&json!({"in_favour_of": "demander", "amount": amount, "reason": "audits and the gateway's repair log show lost shards"})),
     );
     assert_eq!(again["decision"], decided["decision"]);
+    market.assert_books("before withdrawal");
+
+    // Provider a withdraws what it earned, paid out on the treasurer's signature.
+    let earned = market.balances(&a_key, &a_party)["available"].as_i64().unwrap();
+    assert!(earned > 0, "provider a earned nothing");
+    let payout = treasurer_sign(&treasurer_key, "withdrawal", &a_party, earned, "payout-a-1");
+    let without = market.call_err(
+        &a_key,
+        "POST",
+        "/v1/withdrawals",
+        &json!({"op_id": "a-withdraw-0", "amount": earned, "reference": "payout-a-1"}),
+    );
+    assert!(without.contains("treasurer's signed authorization"), "{without}");
+    let withdrawn = market.call(
+        &a_key,
+        "POST",
+        "/v1/withdrawals",
+        Some(&json!({"op_id": "a-withdraw-1", "amount": earned, "reference": "payout-a-1", "authorization": payout})),
+    );
+    assert_eq!(withdrawn["amount"], earned, "{withdrawn}");
     let ledger = market.assert_books("end");
-    assert_eq!(ledger["net_deposits"], DEPOSIT);
+    assert_eq!(ledger["net_deposits"], DEPOSIT - earned);
+    let trail = market.call(&a_key, "GET", "/v1/treasury", None);
+    assert_eq!(trail[0]["kind"], "withdrawal", "{trail}");
+    assert_eq!(trail[0]["amount"], earned, "{trail}");
+}
+
+/// `sublet market treasurer-sign` with `key`: the authorization, as JSON.
+fn treasurer_sign(key: &Path, kind: &str, party: &str, amount: i64, reference: &str) -> Value {
+    let out = run(sublet()
+        .args(["market", "treasurer-sign", "--key"])
+        .arg(key)
+        .args(["--kind", kind, "--party", party])
+        .args(["--amount", &amount.to_string(), "--reference", reference]));
+    serde_json::from_slice(&out.stdout).unwrap()
 }

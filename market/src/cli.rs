@@ -25,7 +25,7 @@ pub struct ClientTlsArgs {
     ca_file: Option<PathBuf>,
     /// Allow a plain `http://` market URL: anyone on the path can read and rewrite it, so
     /// only for a market on loopback or in tests.
-    #[arg(long, env = "SUBLET_MARKET_INSECURE_HTTP")]
+    #[arg(long, env = "SUBLET_MARKET_INSECURE_HTTP", value_parser = clap::builder::FalseyValueParser::new())]
     insecure_http: bool,
 }
 
@@ -165,7 +165,12 @@ pub struct Serve {
     /// Serve plain HTTP on a listener that is not loopback (without --tls-cert): anyone on
     /// the path reads and rewrites the answers. Loopback listeners may serve plain HTTP
     /// without it.
-    #[arg(long, env = "SUBLET_MARKET_INSECURE_HTTP", conflicts_with = "tls_cert")]
+    #[arg(
+        long,
+        env = "SUBLET_MARKET_INSECURE_HTTP",
+        conflicts_with = "tls_cert",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     insecure_http: bool,
     /// Accept deposits and withdrawals on the manual rail, which trusts every
     /// request: for `sublet dev`-style local use and tests only; refused on a listener that
@@ -534,5 +539,44 @@ async fn shutdown() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        serve: Serve,
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let s = Args::try_parse_from(["serve"].iter().chain(args)).unwrap().serve;
+        check_listener(&s).map_or_else(|e| e.to_string(), |()| String::new())
+    }
+
+    #[test]
+    fn strangers_get_neither_plain_http_nor_the_manual_rail() {
+        // Loopback: plain HTTP and the manual rail are fine.
+        assert_eq!(refused(&["--listen", "127.0.0.1:7490", "--manual-deposits"]), "");
+        // Elsewhere the manual rail is refused, TLS or not.
+        let e = refused(&["--listen", "0.0.0.0:7490", "--manual-deposits", "--insecure-http"]);
+        assert!(e.contains("--manual-deposits") && e.contains("loopback"), "{e}");
+        // And plain HTTP needs saying so.
+        let e = refused(&["--listen", "0.0.0.0:7490"]);
+        assert!(e.contains("--tls-cert"), "{e}");
+        assert_eq!(refused(&["--listen", "0.0.0.0:7490", "--insecure-http"]), "");
+        assert_eq!(
+            refused(&["--listen", "[::]:7490", "--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            ""
+        );
+        // The manual rail and a treasurer do not go together.
+        assert!(
+            Args::try_parse_from(["serve", "--manual-deposits", "--treasurer-key", "ab"]).is_err()
+        );
     }
 }

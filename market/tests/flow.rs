@@ -920,12 +920,14 @@ async fn openapi_document_describes_every_route() -> TestResult {
         "/v1/disputes/{id}/decide",
         "/v1/contracts/{id}/observations",
         "/v1/contracts/{id}/feedback",
+        "/v1/contracts/{id}/evidence",
+        "/v1/treasury",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
     assert_eq!(
         paths.len(),
-        32,
+        34,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())

@@ -209,7 +209,11 @@ pub struct Args {
     pub market_ca_file: Option<PathBuf>,
     /// Allow a plain `http://` market URL: anyone on the path could grant tenancy by
     /// rewriting the market's answers, so only for a market on loopback or in tests.
-    #[arg(long, env = "SUBLET_PROVIDER_MARKET_INSECURE_HTTP")]
+    #[arg(
+        long,
+        env = "SUBLET_PROVIDER_MARKET_INSECURE_HTTP",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub market_insecure_http: bool,
     /// How often the offer is checked on the market and proposed contracts are accepted,
     /// e.g. `1m` [default: 1m].
