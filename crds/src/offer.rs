@@ -67,7 +67,8 @@ impl MarketOffer {
 
     pub(crate) fn check(&self, p: &mut Problems, field: &str) {
         if let Some(url) = &self.market_url
-            && let Err(problem) = check_market_url(url, self.market_insecure_http, "marketInsecureHttp")
+            && let Err(problem) =
+                check_market_url(url, self.market_insecure_http, "marketInsecureHttp")
         {
             p.add(format!("{field}.marketUrl"), problem);
         }
@@ -231,7 +232,9 @@ mod tests {
             .collect();
         assert_eq!(
             problems,
-            ["offer.marketUrl: \"http://127.0.0.1:8480\" is plain HTTP, which anyone on the path can rewrite; use https://, or set marketInsecureHttp: true for a market on loopback or in tests"]
+            [
+                "offer.marketUrl: \"http://127.0.0.1:8480\" is plain HTTP, which anyone on the path can rewrite; use https://, or set marketInsecureHttp: true for a market on loopback or in tests"
+            ]
         );
         let allowed = offer(&format!("{plain}\nmarketInsecureHttp: true"));
         assert!(allowed.validate("offer").is_empty());

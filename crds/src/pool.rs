@@ -737,10 +737,16 @@ mod tests {
         assert!(pool.validate().is_empty(), "{:?}", pool.validate());
         assert_eq!(pool.market.unwrap().term_days(), 30);
         assert_eq!(
-            problems("class: rented\nmarket: {url: \"http://market:8480\", providers: 1, reserve: 1Gi}"),
-            ["spec.market.url: \"http://market:8480\" is plain HTTP, which anyone on the path can rewrite; use https://, or set insecureHttp: true for a market on loopback or in tests"]
+            problems(
+                "class: rented\nmarket: {url: \"http://market:8480\", providers: 1, reserve: 1Gi}"
+            ),
+            [
+                "spec.market.url: \"http://market:8480\" is plain HTTP, which anyone on the path can rewrite; use https://, or set insecureHttp: true for a market on loopback or in tests"
+            ]
         );
-        let plain = spec("class: rented\nmarket: {url: \"http://127.0.0.1:8480\", insecureHttp: true, providers: 1, reserve: 1Gi}");
+        let plain = spec(
+            "class: rented\nmarket: {url: \"http://127.0.0.1:8480\", insecureHttp: true, providers: 1, reserve: 1Gi}",
+        );
         assert!(plain.validate().is_empty(), "{:?}", plain.validate());
         assert_eq!(
             problems(

@@ -13,8 +13,7 @@ pub struct PrivateCa {
 impl PrivateCa {
     /// Writes `ca.pem`, `server.pem` and `server.key` into `dir`.
     pub fn create(dir: &Path) -> PrivateCa {
-        let mut ca_params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params
             .distinguished_name

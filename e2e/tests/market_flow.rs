@@ -135,7 +135,10 @@ impl Market {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!out.status.success(), "{method} {path} was not refused: {said}");
+        assert!(
+            !out.status.success(),
+            "{method} {path} was not refused: {said}"
+        );
         said
     }
 
@@ -151,16 +154,18 @@ impl Market {
 
     /// Waits until the market answers `/healthz` over HTTPS.
     fn wait_healthy(&self) {
-        wait_for("the market to answer over HTTPS", Duration::from_secs(30), || {
-            match self
+        wait_for(
+            "the market to answer over HTTPS",
+            Duration::from_secs(30),
+            || match self
                 .runtime
                 .block_on(self.client.send(None, "GET", "/healthz", b""))
             {
                 Ok(reply) if reply.status == 200 => Ok(()),
                 Ok(reply) => Err(format!("{}: {}", reply.status, reply.text)),
                 Err(e) => Err(e.to_string()),
-            }
-        });
+            },
+        );
     }
 
     /// Fails the test unless every credit deposited sits in exactly one account.
@@ -284,7 +289,9 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
     let ca = PrivateCa::create(&root.join("ca"));
     // Credits enter and leave only on the treasurer's signature.
     let treasurer_key = root.join("treasurer.key");
-    let out = run(sublet().args(["market", "keygen", "--out"]).arg(&treasurer_key));
+    let out = run(sublet()
+        .args(["market", "keygen", "--out"])
+        .arg(&treasurer_key));
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
     let treasurer_public = printed
         .split_whitespace()
@@ -333,7 +340,13 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
     // A plain-HTTP URL is refused by the client before anything is sent, and a client that
     // does not know the private CA does not trust the market.
     let plain = sublet()
-        .args(["market", "call", "--url", &format!("http://{addr}"), "--key"])
+        .args([
+            "market",
+            "call",
+            "--url",
+            &format!("http://{addr}"),
+            "--key",
+        ])
         .arg(&judge_key)
         .args(["GET", "/v1/ledger"])
         .output()
@@ -458,7 +471,10 @@ spec:
         "/v1/deposits",
         &json!({"op_id": "dee-unsigned", "amount": DEPOSIT, "reference": "bank-1"}),
     );
-    assert!(unsigned.contains("treasurer's signed authorization"), "{unsigned}");
+    assert!(
+        unsigned.contains("treasurer's signed authorization"),
+        "{unsigned}"
+    );
     assert_eq!(market.assert_books("forged deposit")["net_deposits"], 0);
 
     // The treasurer saw the money arrive and signs; the demander's deposit is credited, once.
@@ -477,7 +493,10 @@ spec:
         &json!({"op_id": "dee-deposit-2", "amount": DEPOSIT, "reference": "bank-1", "authorization": authorization}),
     );
     assert!(replayed.contains("already used"), "{replayed}");
-    assert_eq!(market.assert_books("replayed deposit")["net_deposits"], DEPOSIT);
+    assert_eq!(
+        market.assert_books("replayed deposit")["net_deposits"],
+        DEPOSIT
+    );
     let trail = market.call(&dee_key, "GET", "/v1/treasury", None);
     assert_eq!(trail.as_array().map(Vec::len), Some(1), "{trail}");
     assert_eq!(trail[0]["kind"], "deposit", "{trail}");
@@ -686,7 +705,9 @@ spec:
     market.assert_books("before withdrawal");
 
     // Provider a withdraws what it earned, paid out on the treasurer's signature.
-    let earned = market.balances(&a_key, &a_party)["available"].as_i64().unwrap();
+    let earned = market.balances(&a_key, &a_party)["available"]
+        .as_i64()
+        .unwrap();
     assert!(earned > 0, "provider a earned nothing");
     let payout = treasurer_sign(&treasurer_key, "withdrawal", &a_party, earned, "payout-a-1");
     let without = market.call_err(
@@ -695,7 +716,10 @@ spec:
         "/v1/withdrawals",
         &json!({"op_id": "a-withdraw-0", "amount": earned, "reference": "payout-a-1"}),
     );
-    assert!(without.contains("treasurer's signed authorization"), "{without}");
+    assert!(
+        without.contains("treasurer's signed authorization"),
+        "{without}"
+    );
     let withdrawn = market.call(
         &a_key,
         "POST",

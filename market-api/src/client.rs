@@ -113,9 +113,7 @@ fn system_roots() -> Result<Arc<rustls::RootCertStore>> {
 
 fn ca_roots(path: &std::path::Path) -> Result<Arc<rustls::RootCertStore>> {
     use rustls::pki_types::pem::PemObject;
-    let bad = |e: String| {
-        Error::BadRequest(format!("market CA file {}: {e}", path.display()))
-    };
+    let bad = |e: String| Error::BadRequest(format!("market CA file {}: {e}", path.display()));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(e.to_string()))?
         .collect::<std::result::Result<_, _>>()
@@ -442,8 +440,9 @@ mod tests {
     fn private_ca(dir: &std::path::Path) -> (PathBuf, rustls::ServerConfig) {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
             .unwrap()
@@ -509,7 +508,10 @@ mod tests {
             .json(None, "GET", "/healthz", &Value::Null)
             .await
             .unwrap();
-        assert_eq!((reply.status, reply.body["ok"].clone()), (200, Value::Bool(true)));
+        assert_eq!(
+            (reply.status, reply.body["ok"].clone()),
+            (200, Value::Bool(true))
+        );
 
         // Another CA (or the system's roots) does not vouch for this server.
         let other = tempfile::tempdir().unwrap();
@@ -532,7 +534,12 @@ mod tests {
         assert!(err.to_string().contains("plain-HTTP market url"), "{err}");
         assert!(err.to_string().contains("--insecure-http"), "{err}");
         assert!(Client::with_tls("http://127.0.0.1:7490", &ClientTls::insecure_http()).is_ok());
-        for bad in ["ftp://m:1", "https://m:1/path", "https://user@m:1", "https://"] {
+        for bad in [
+            "ftp://m:1",
+            "https://m:1/path",
+            "https://user@m:1",
+            "https://",
+        ] {
             assert!(Client::new(bad).is_err(), "{bad}");
         }
         let err = Client::with_tls(

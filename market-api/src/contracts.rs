@@ -136,7 +136,8 @@ pub struct ContractEvidence {
 impl SignedEvidence {
     /// Checks that `party` signed `method path` with exactly this body; answers its key.
     pub fn verify(&self, party: &str, method: &str, path: &str) -> Result<[u8; 32]> {
-        let refuse = |why: String| Error::Unauthorized(format!("evidence of {method} {path}: {why}"));
+        let refuse =
+            |why: String| Error::Unauthorized(format!("evidence of {method} {path}: {why}"));
         let key = crate::identity::decode_public_key(&self.public_key)?;
         if crate::identity::party_id(&key) != party || self.party != party {
             return Err(refuse(format!(
@@ -147,7 +148,15 @@ impl SignedEvidence {
         crate::identity::verify_signature(&key, self.canonical.as_bytes(), &self.signature)
             .map_err(|e| refuse(e.to_string()))?;
         let lines: Vec<&str> = self.canonical.split('\n').collect();
-        let [magic, signed_method, signed_path, _timestamp, _nonce, body_hash] = lines[..] else {
+        let [
+            magic,
+            signed_method,
+            signed_path,
+            _timestamp,
+            _nonce,
+            body_hash,
+        ] = lines[..]
+        else {
             return Err(refuse("the signed text is not a signed request".into()));
         };
         if magic != "sublet-market-request-v1" {
@@ -178,7 +187,10 @@ impl ContractEvidence {
         }
         let key = self.proposal.verify(&c.demander, "POST", "/v1/contracts")?;
         let asked: NewContract = serde_json::from_str(&self.proposal.body).map_err(|e| {
-            Error::Unauthorized(format!("the signed proposal of contract {} does not parse: {e}", c.id))
+            Error::Unauthorized(format!(
+                "the signed proposal of contract {} does not parse: {e}",
+                c.id
+            ))
         })?;
         if asked.offer_id != c.offer_id || asked.reserved_bytes != c.reserved_bytes {
             return Err(Error::Unauthorized(format!(
@@ -200,6 +212,10 @@ impl ContractEvidence {
                 self.contract, c.id
             )));
         }
-        acceptance.verify(&c.provider, "POST", &format!("/v1/contracts/{}/accept", c.id))
+        acceptance.verify(
+            &c.provider,
+            "POST",
+            &format!("/v1/contracts/{}/accept", c.id),
+        )
     }
 }

@@ -175,11 +175,19 @@ pub struct Serve {
     /// Accept deposits and withdrawals on the manual rail, which trusts every
     /// request: for `sublet dev`-style local use and tests only; refused on a listener that
     /// is not loopback.
-    #[arg(long, env = "SUBLET_MARKET_MANUAL_DEPOSITS", conflicts_with = "treasurer_keys")]
+    #[arg(
+        long,
+        env = "SUBLET_MARKET_MANUAL_DEPOSITS",
+        conflicts_with = "treasurer_keys"
+    )]
     manual_deposits: bool,
     /// Ed25519 public key (hex) of a treasurer: deposits and withdrawals are credited only
     /// with an authorization it signed (`treasurer-sign`); repeat for several.
-    #[arg(long = "treasurer-key", env = "SUBLET_MARKET_TREASURER_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "treasurer-key",
+        env = "SUBLET_MARKET_TREASURER_KEYS",
+        value_delimiter = ','
+    )]
     treasurer_keys: Vec<String>,
     /// The platform's share of provider earnings, in basis points.
     #[arg(long, default_value_t = Policy::default().platform_fee_bps)]
@@ -555,23 +563,46 @@ mod tests {
     }
 
     fn refused(args: &[&str]) -> String {
-        let s = Args::try_parse_from(["serve"].iter().chain(args)).unwrap().serve;
+        let s = Args::try_parse_from(["serve"].iter().chain(args))
+            .unwrap()
+            .serve;
         check_listener(&s).map_or_else(|e| e.to_string(), |()| String::new())
     }
 
     #[test]
     fn strangers_get_neither_plain_http_nor_the_manual_rail() {
         // Loopback: plain HTTP and the manual rail are fine.
-        assert_eq!(refused(&["--listen", "127.0.0.1:7490", "--manual-deposits"]), "");
+        assert_eq!(
+            refused(&["--listen", "127.0.0.1:7490", "--manual-deposits"]),
+            ""
+        );
         // Elsewhere the manual rail is refused, TLS or not.
-        let e = refused(&["--listen", "0.0.0.0:7490", "--manual-deposits", "--insecure-http"]);
-        assert!(e.contains("--manual-deposits") && e.contains("loopback"), "{e}");
+        let e = refused(&[
+            "--listen",
+            "0.0.0.0:7490",
+            "--manual-deposits",
+            "--insecure-http",
+        ]);
+        assert!(
+            e.contains("--manual-deposits") && e.contains("loopback"),
+            "{e}"
+        );
         // And plain HTTP needs saying so.
         let e = refused(&["--listen", "0.0.0.0:7490"]);
         assert!(e.contains("--tls-cert"), "{e}");
-        assert_eq!(refused(&["--listen", "0.0.0.0:7490", "--insecure-http"]), "");
         assert_eq!(
-            refused(&["--listen", "[::]:7490", "--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            refused(&["--listen", "0.0.0.0:7490", "--insecure-http"]),
+            ""
+        );
+        assert_eq!(
+            refused(&[
+                "--listen",
+                "[::]:7490",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ]),
             ""
         );
         // The manual rail and a treasurer do not go together.

@@ -40,7 +40,10 @@ fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<CertifiedKey>> 
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .with_context(|| format!("--tls-cert: reading {}", cert_path.display()))?;
     if certs.is_empty() {
-        anyhow::bail!("--tls-cert: {} holds no PEM certificate", cert_path.display());
+        anyhow::bail!(
+            "--tls-cert: {} holds no PEM certificate",
+            cert_path.display()
+        );
     }
     let key = PrivateKeyDer::from_pem_file(key_path)
         .with_context(|| format!("--tls-key: reading {}", key_path.display()))?;
@@ -175,7 +178,10 @@ mod tests {
         std::fs::write(&k, other.serialize_pem()).unwrap();
         cert.current.write().unwrap().stamp = (None, None);
         let err = cert.reload_if_changed().unwrap_err();
-        assert!(format!("{err:#}").contains("do not fit together"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("do not fit together"),
+            "{err:#}"
+        );
         assert_eq!(served(&cert), second);
     }
 

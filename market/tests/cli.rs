@@ -140,11 +140,21 @@ fn keygen_register_call_and_restart() -> TestResult {
     let mut market = serve(&db, port)?;
     let rt = tokio::runtime::Runtime::new()?;
     let found = rt
-        .block_on(Client::with_tls(&url, &ClientTls::insecure_http())?.json(None, "GET", "/v1/offers?region=eu-west", &Value::Null))?
+        .block_on(Client::with_tls(&url, &ClientTls::insecure_http())?.json(
+            None,
+            "GET",
+            "/v1/offers?region=eu-west",
+            &Value::Null,
+        ))?
         .ok()?;
     assert_eq!(found[0]["id"], offer["id"], "the offer survives a restart");
     let ledger = rt
-        .block_on(Client::with_tls(&url, &ClientTls::insecure_http())?.json(None, "GET", "/v1/ledger", &Value::Null))?
+        .block_on(Client::with_tls(&url, &ClientTls::insecure_http())?.json(
+            None,
+            "GET",
+            "/v1/ledger",
+            &Value::Null,
+        ))?
         .ok()?;
     assert_eq!(ledger["net_deposits"], 7);
     stop(&mut market)?;

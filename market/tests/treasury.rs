@@ -61,12 +61,18 @@ async fn only_treasurer_signed_deposits_and_withdrawals_move_credits() -> TestRe
     client.register(&eve, Role::Demander, "eve").await?;
     client.register(&judge, Role::Arbiter, "judge").await?;
     let deposit = |who: &Signer, op: &str, amount: i64, auth: Option<&Authorization>| {
-        let body = json!({"op_id": op, "amount": amount, "reference": "wire-7", "authorization": auth});
+        let body =
+            json!({"op_id": op, "amount": amount, "reference": "wire-7", "authorization": auth});
         let signed = who.sign_request("POST", "/v1/deposits", body.to_string().as_bytes(), now());
         let client = client.clone();
         async move {
             client
-                .send_with_headers("POST", "/v1/deposits", body.to_string().as_bytes(), &signed?)
+                .send_with_headers(
+                    "POST",
+                    "/v1/deposits",
+                    body.to_string().as_bytes(),
+                    &signed?,
+                )
                 .await
         }
     };
@@ -74,14 +80,28 @@ async fn only_treasurer_signed_deposits_and_withdrawals_move_credits() -> TestRe
     // No authorization, or one dee signed itself: nothing is credited.
     let r = deposit(&dee, "d0", 100 * CREDIT, None).await?;
     assert_eq!((r.status, r.code()), (401, "unauthorized"), "{}", r.text);
-    let forged = Authorization::sign(&dee, Kind::Deposit, &dee.party_id(), 100 * CREDIT, "wire-7", now())?;
+    let forged = Authorization::sign(
+        &dee,
+        Kind::Deposit,
+        &dee.party_id(),
+        100 * CREDIT,
+        "wire-7",
+        now(),
+    )?;
     let r = deposit(&dee, "d1", 100 * CREDIT, Some(&forged)).await?;
     assert_eq!(r.status, 401, "{}", r.text);
     assert!(r.text.contains("not a treasurer key"), "{}", r.text);
     assert_eq!(books(&client).await?["net_deposits"], 0);
 
     // The treasurer's authorization credits dee, once.
-    let auth = Authorization::sign(&treasurer, Kind::Deposit, &dee.party_id(), 100 * CREDIT, "wire-7", now())?;
+    let auth = Authorization::sign(
+        &treasurer,
+        Kind::Deposit,
+        &dee.party_id(),
+        100 * CREDIT,
+        "wire-7",
+        now(),
+    )?;
     // Another party cannot spend it, nor dee for another amount.
     let r = deposit(&eve, "e1", 100 * CREDIT, Some(&auth)).await?;
     assert_eq!(r.status, 401, "{}", r.text);
@@ -96,27 +116,56 @@ async fn only_treasurer_signed_deposits_and_withdrawals_move_credits() -> TestRe
     assert_eq!(r.body["balances"]["available"], 100 * CREDIT);
     let r = deposit(&dee, "d4", 100 * CREDIT, Some(&auth)).await?;
     assert_eq!((r.status, r.code()), (409, "conflict"), "{}", r.text);
-    assert!(r.text.contains("already used by operation d3"), "{}", r.text);
+    assert!(
+        r.text.contains("already used by operation d3"),
+        "{}",
+        r.text
+    );
     assert_eq!(books(&client).await?["net_deposits"], 100 * CREDIT);
 
     // Withdrawals too: dee's word alone moves nothing, the treasurer's pays out.
     let withdraw = |op: &str, amount: i64, auth: Option<&Authorization>| {
-        let body = json!({"op_id": op, "amount": amount, "reference": "payout-1", "authorization": auth});
-        let signed = dee.sign_request("POST", "/v1/withdrawals", body.to_string().as_bytes(), now());
+        let body =
+            json!({"op_id": op, "amount": amount, "reference": "payout-1", "authorization": auth});
+        let signed = dee.sign_request(
+            "POST",
+            "/v1/withdrawals",
+            body.to_string().as_bytes(),
+            now(),
+        );
         let client = client.clone();
         async move {
             client
-                .send_with_headers("POST", "/v1/withdrawals", body.to_string().as_bytes(), &signed?)
+                .send_with_headers(
+                    "POST",
+                    "/v1/withdrawals",
+                    body.to_string().as_bytes(),
+                    &signed?,
+                )
                 .await
         }
     };
     let r = withdraw("w1", 40 * CREDIT, None).await?;
     assert_eq!(r.status, 401, "{}", r.text);
-    let as_deposit = Authorization::sign(&treasurer, Kind::Deposit, &dee.party_id(), 40 * CREDIT, "payout-1", now())?;
+    let as_deposit = Authorization::sign(
+        &treasurer,
+        Kind::Deposit,
+        &dee.party_id(),
+        40 * CREDIT,
+        "payout-1",
+        now(),
+    )?;
     let r = withdraw("w2", 40 * CREDIT, Some(&as_deposit)).await?;
     assert_eq!(r.status, 401, "{}", r.text);
     assert_eq!(books(&client).await?["net_deposits"], 100 * CREDIT);
-    let payout = Authorization::sign(&treasurer, Kind::Withdrawal, &dee.party_id(), 40 * CREDIT, "payout-1", now())?;
+    let payout = Authorization::sign(
+        &treasurer,
+        Kind::Withdrawal,
+        &dee.party_id(),
+        40 * CREDIT,
+        "payout-1",
+        now(),
+    )?;
     let r = withdraw("w3", 40 * CREDIT, Some(&payout)).await?;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["balances"]["available"], 60 * CREDIT);
@@ -134,15 +183,35 @@ async fn only_treasurer_signed_deposits_and_withdrawals_move_credits() -> TestRe
         .filter_map(|e| e["kind"].as_str())
         .collect();
     assert_eq!(kinds.len(), 2, "{trail}");
-    assert!(kinds.contains(&"deposit") && kinds.contains(&"withdrawal"), "{trail}");
-    assert!(trail.as_array().ok_or("trail")?.iter().all(|e| e["treasurer"] == treasurer.public_key_hex().as_str()));
+    assert!(
+        kinds.contains(&"deposit") && kinds.contains(&"withdrawal"),
+        "{trail}"
+    );
+    assert!(
+        trail
+            .as_array()
+            .ok_or("trail")?
+            .iter()
+            .all(|e| e["treasurer"] == treasurer.public_key_hex().as_str())
+    );
     let r = client
-        .json(Some(&eve), "GET", &format!("/v1/treasury?party={}", dee.party_id()), &Value::Null)
+        .json(
+            Some(&eve),
+            "GET",
+            &format!("/v1/treasury?party={}", dee.party_id()),
+            &Value::Null,
+        )
         .await?;
     assert_eq!(r.status, 403, "{}", r.text);
-    let mine = client.json(Some(&eve), "GET", "/v1/treasury", &Value::Null).await?.ok()?;
+    let mine = client
+        .json(Some(&eve), "GET", "/v1/treasury", &Value::Null)
+        .await?
+        .ok()?;
     assert_eq!(mine, json!([]));
-    let all = client.json(Some(&judge), "GET", "/v1/treasury", &Value::Null).await?.ok()?;
+    let all = client
+        .json(Some(&judge), "GET", "/v1/treasury", &Value::Null)
+        .await?
+        .ok()?;
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
     Ok(())
 }
@@ -159,30 +228,55 @@ async fn contract_evidence_proves_who_signed_what() -> TestResult {
     client.register(&dee, Role::Demander, "dee").await?;
     client.register(&eve, Role::Demander, "eve").await?;
     let offer = client
-        .json(Some(&alpha), "POST", "/v1/offers", &json!({
+        .json(
+            Some(&alpha),
+            "POST",
+            "/v1/offers",
+            &json!({
             "capacity_bytes": 10 * GIB, "price_per_gib_month": 4000, "egress_price_per_gib": 0,
             "region": "eu-west", "min_term_days": 1, "promised_uptime_bps": 9900,
-            "endpoint": "https://nas.example:7480"}))
+            "endpoint": "https://nas.example:7480"}),
+        )
         .await?
         .ok()?;
     let proposed = client
-        .json(Some(&dee), "POST", "/v1/contracts", &json!({"offer_id": offer["id"], "reserved_bytes": GIB, "term_days": 30}))
+        .json(
+            Some(&dee),
+            "POST",
+            "/v1/contracts",
+            &json!({"offer_id": offer["id"], "reserved_bytes": GIB, "term_days": 30}),
+        )
         .await?
         .ok()?;
     let id = proposed["id"].as_str().ok_or("id")?.to_owned();
     client
-        .json(Some(&alpha), "POST", &format!("/v1/contracts/{id}/accept"), &json!({}))
+        .json(
+            Some(&alpha),
+            "POST",
+            &format!("/v1/contracts/{id}/accept"),
+            &json!({}),
+        )
         .await?
         .ok()?;
     let contract: Contract = serde_json::from_value(
         client
-            .json(Some(&dee), "GET", &format!("/v1/contracts/{id}"), &Value::Null)
+            .json(
+                Some(&dee),
+                "GET",
+                &format!("/v1/contracts/{id}"),
+                &Value::Null,
+            )
             .await?
             .ok()?,
     )?;
     let evidence: ContractEvidence = serde_json::from_value(
         client
-            .json(Some(&alpha), "GET", &format!("/v1/contracts/{id}/evidence"), &Value::Null)
+            .json(
+                Some(&alpha),
+                "GET",
+                &format!("/v1/contracts/{id}/evidence"),
+                &Value::Null,
+            )
             .await?
             .ok()?,
     )?;
@@ -193,7 +287,12 @@ async fn contract_evidence_proves_who_signed_what() -> TestResult {
 
     // Only the parties read it.
     let r = client
-        .json(Some(&eve), "GET", &format!("/v1/contracts/{id}/evidence"), &Value::Null)
+        .json(
+            Some(&eve),
+            "GET",
+            &format!("/v1/contracts/{id}/evidence"),
+            &Value::Null,
+        )
         .await?;
     assert_eq!(r.status, 403, "{}", r.text);
 
@@ -227,8 +326,9 @@ async fn contract_evidence_proves_who_signed_what() -> TestResult {
 fn issue() -> (String, String, String) {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key"))
-        .expect("CA");
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key"))
+            .expect("CA");
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
         .expect("params")
@@ -274,18 +374,32 @@ async fn https_with_a_renewed_certificate_needs_no_restart() -> TestResult {
     assert_eq!(healthz(trusting(&ca1_path)?).await?.status, 200);
     assert!(healthz(trusting(&ca2_path)?).await.is_err());
     // Plain HTTP to the TLS port gets no answer it could take for the market's.
-    let plain = Client::with_tls(&url.replace("https://", "http://"), &ClientTls::insecure_http())?;
-    assert!(healthz(plain).await.map(|r| r.status != 200).unwrap_or(true));
+    let plain = Client::with_tls(
+        &url.replace("https://", "http://"),
+        &ClientTls::insecure_http(),
+    )?;
+    assert!(
+        healthz(plain)
+            .await
+            .map(|r| r.status != 200)
+            .unwrap_or(true)
+    );
 
     // The certificate is renewed (by another CA here, to tell them apart).
     std::fs::write(&key_path, key2)?;
     std::fs::write(&cert_path, cert2)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if healthz(trusting(&ca2_path)?).await.is_ok_and(|r| r.status == 200) {
+        if healthz(trusting(&ca2_path)?)
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the renewed certificate was not served");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewed certificate was not served"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(healthz(trusting(&ca1_path)?).await.is_err());

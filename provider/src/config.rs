@@ -568,7 +568,8 @@ mod tests {
         ])
         .unwrap_err();
         assert!(
-            format!("{err:#}").contains("is plain HTTP") && format!("{err:#}").contains("--market-insecure-http"),
+            format!("{err:#}").contains("is plain HTTP")
+                && format!("{err:#}").contains("--market-insecure-http"),
             "{err:#}"
         );
     }

@@ -437,7 +437,11 @@ impl OfferPublisher {
 
     async fn evidence(&self, contract: &str) -> anyhow::Result<ContractEvidence> {
         let v = self
-            .call("GET", &format!("/v1/contracts/{contract}/evidence"), &Value::Null)
+            .call(
+                "GET",
+                &format!("/v1/contracts/{contract}/evidence"),
+                &Value::Null,
+            )
             .await?;
         Ok(serde_json::from_value(v)?)
     }
@@ -488,7 +492,10 @@ impl OfferPublisher {
         let demander_key = evidence.verify_proposal(c)?;
         let own = evidence.verify_acceptance(c)?;
         if hex::encode(own) != self.signer.public_key_hex() {
-            return Err(anyhow!("contract {} was not accepted by this provider's key", c.id));
+            return Err(anyhow!(
+                "contract {} was not accepted by this provider's key",
+                c.id
+            ));
         }
         let gateway = NodeId::from_public_key(&demander_key);
         if let Ok(mut verified) = self.verified.lock() {

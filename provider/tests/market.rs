@@ -472,7 +472,8 @@ async fn a_market_that_rewrites_contracts_grants_no_tenancy() {
     let dee_gateway = Arc::new(NodeIdentity::generate());
     let dee = Signer::from_pkcs8(dee_gateway.pkcs8_der()).unwrap();
     let rewrite = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let proxied = rewriting_proxy(url.clone(), rewrite.clone(), dee.party_id(), eve.party_id()).await;
+    let proxied =
+        rewriting_proxy(url.clone(), rewrite.clone(), dee.party_id(), eve.party_id()).await;
 
     let dir = tempfile::tempdir().unwrap();
     let provider = start(dir.path(), &proxied, offer(4000)).await;
@@ -527,7 +528,10 @@ async fn a_market_that_rewrites_contracts_grants_no_tenancy() {
     })
     .await;
     for _ in 0..10 {
-        assert!(eve_shards.info().await.is_err(), "eve was let in on dee's contract");
+        assert!(
+            eve_shards.info().await.is_err(),
+            "eve was let in on dee's contract"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(provider);

@@ -134,7 +134,8 @@ impl TreasurerRail {
             .iter()
             .map(|k| {
                 let k = k.trim().to_ascii_lowercase();
-                decode_public_key(&k).map_err(|e| Error::BadRequest(format!("--treasurer-key: {e}")))?;
+                decode_public_key(&k)
+                    .map_err(|e| Error::BadRequest(format!("--treasurer-key: {e}")))?;
                 Ok(k)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -203,15 +204,18 @@ impl TreasurerRail {
                 "{treasurer:?} is not a treasurer key of this market"
             )));
         }
-        let message =
-            Authorization::message(kind, party, amount, reference, &a.nonce, a.signed_at);
-        verify_signature(&decode_public_key(&treasurer)?, message.as_bytes(), &a.signature)
-            .map_err(|_| {
-                Error::Unauthorized(
-                    "the authorization's signature does not verify against the treasurer key it names"
-                        .into(),
-                )
-            })?;
+        let message = Authorization::message(kind, party, amount, reference, &a.nonce, a.signed_at);
+        verify_signature(
+            &decode_public_key(&treasurer)?,
+            message.as_bytes(),
+            &a.signature,
+        )
+        .map_err(|_| {
+            Error::Unauthorized(
+                "the authorization's signature does not verify against the treasurer key it names"
+                    .into(),
+            )
+        })?;
         Ok(Confirmed {
             reference: format!("treasurer:{reference}"),
             used: Some(UsedAuthorization {
@@ -360,7 +364,9 @@ mod tests {
     fn only_what_the_treasurer_signed_is_credited() {
         let (rail, t) = rail();
         let a = Authorization::sign(&t, Kind::Deposit, "alice", 50, "bank-1", 1_000_000).unwrap();
-        let ok = rail.confirm_deposit("alice", 50, "bank-1", Some(&a)).unwrap();
+        let ok = rail
+            .confirm_deposit("alice", 50, "bank-1", Some(&a))
+            .unwrap();
         assert_eq!(ok.reference, "treasurer:bank-1");
         assert_eq!(ok.used.unwrap().nonce, a.nonce);
 
@@ -375,7 +381,8 @@ mod tests {
         assert!(refused("alice", 5000, "bank-1", Some(&a)).contains("amount 5000"));
         assert!(refused("alice", 50, "bank-2", Some(&a)).contains("reference"));
         // A withdrawal authorization is no deposit.
-        let w = Authorization::sign(&t, Kind::Withdrawal, "alice", 50, "bank-1", 1_000_000).unwrap();
+        let w =
+            Authorization::sign(&t, Kind::Withdrawal, "alice", 50, "bank-1", 1_000_000).unwrap();
         assert!(refused("alice", 50, "bank-1", Some(&w)).contains("not a deposit"));
         // A party's own key is no treasurer's.
         let (mallory, _) = Signer::generate().unwrap();

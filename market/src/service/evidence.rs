@@ -39,10 +39,7 @@ impl Market {
             Ok(ContractEvidence {
                 contract: ct.id.clone(),
                 proposal: signed(c, ct.proposal_evidence)?,
-                acceptance: ct
-                    .acceptance_evidence
-                    .map(|e| signed(c, e))
-                    .transpose()?,
+                acceptance: ct.acceptance_evidence.map(|e| signed(c, e)).transpose()?,
             })
         })
     }
