@@ -191,7 +191,8 @@ impl TreasurerRail {
             ));
         }
         let now = (self.clock)();
-        if (now - a.signed_at).abs() > AUTHORIZATION_WINDOW_SECS {
+        // `abs_diff` cannot overflow, as `now - signed_at` does for a signed_at near i64::MIN.
+        if now.abs_diff(a.signed_at) > AUTHORIZATION_WINDOW_SECS.unsigned_abs() {
             return Err(Error::Unauthorized(format!(
                 "the authorization was signed at {} and may be used only within {} days of it",
                 a.signed_at,
@@ -400,6 +401,9 @@ mod tests {
         // Too old.
         let old = Authorization::sign(&t, Kind::Deposit, "alice", 50, "bank-1", 1).unwrap();
         assert!(refused("alice", 50, "bank-1", Some(&old)).contains("within 7 days"));
+        let mut ancient = old.clone();
+        ancient.signed_at = i64::MIN;
+        assert!(refused("alice", 50, "bank-1", Some(&ancient)).contains("within 7 days"));
     }
 
     #[test]
