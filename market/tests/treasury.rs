@@ -299,11 +299,15 @@ async fn contract_evidence_proves_who_signed_what() -> TestResult {
     // A market that shows the contract otherwise is caught by either party.
     let mut other_tenant = contract.clone();
     other_tenant.demander = eve.party_id();
-    let err = evidence.verify_proposal(&other_tenant).unwrap_err();
+    let err = evidence
+        .verify_proposal(&other_tenant)
+        .expect_err("another tenant");
     assert!(err.to_string().contains("not by party"), "{err}");
     let mut bigger = contract.clone();
     bigger.reserved_bytes = 100 * GIB;
-    let err = evidence.verify_proposal(&bigger).unwrap_err();
+    let err = evidence
+        .verify_proposal(&bigger)
+        .expect_err("a bigger reservation");
     assert!(err.to_string().contains("the demander signed"), "{err}");
     // Evidence with eve's key in place of dee's: the party id does not derive from it.
     let mut swapped = evidence.clone();
