@@ -17,10 +17,17 @@ pub const MAX_PRICE: i64 = 1_000_000_000 * MICROS_PER_CREDIT;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MarketOffer {
-    /// The market, `http://host:port`. Required in a ProviderPool; `sublet-provider
-    /// --market-url` overrides it.
+    /// The market, `https://host:port` (`http://` only with `marketInsecureHttp`). Required
+    /// in a ProviderPool; `sublet-provider --market-url` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub market_url: Option<String>,
+    /// PEM CA certificates trusted for the market's HTTPS instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market_ca_file: Option<String>,
+    /// Allow a plain `http://` market URL: anyone on the path could rewrite the market's
+    /// answers, so only for a market on loopback or in tests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub market_insecure_http: bool,
     /// Bytes offered, e.g. `400Gi`. Defaults to the provider's capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<ByteSize>,
@@ -60,12 +67,10 @@ impl MarketOffer {
 
     pub(crate) fn check(&self, p: &mut Problems, field: &str) {
         if let Some(url) = &self.market_url
-            && !is_market_url(url)
+            && let Err(problem) =
+                check_market_url(url, self.market_insecure_http, "marketInsecureHttp")
         {
-            p.add(
-                format!("{field}.marketUrl"),
-                format!("\"{url}\" is not a market URL; use http://host:port (e.g. http://market.example:8480)"),
-            );
+            p.add(format!("{field}.marketUrl"), problem);
         }
         if self.capacity.as_ref().is_some_and(|c| c.bytes() == 0) {
             p.add(
@@ -150,10 +155,26 @@ fn parse_percent_bps(text: &str) -> Option<u32> {
     (bps <= 10_000).then_some(bps)
 }
 
-fn is_market_url(text: &str) -> bool {
-    text.strip_prefix("http://")
-        .map(|rest| rest.strip_suffix('/').unwrap_or(rest))
-        .is_some_and(|rest| !rest.contains('/') && crate::validate::is_endpoint_address(rest))
+/// A market URL is `https://host:port`, or `http://host:port` when `insecure` (the field
+/// named `switch`) allows plain HTTP.
+pub fn check_market_url(url: &str, insecure: bool, switch: &str) -> Result<(), String> {
+    let (rest, plain) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => (url, false),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest == url || rest.contains('/') || !crate::validate::is_endpoint_address(rest) {
+        return Err(format!(
+            "\"{url}\" is not a market URL; use https://host:port (e.g. https://market.example:8480)"
+        ));
+    }
+    if plain && !insecure {
+        return Err(format!(
+            "\"{url}\" is plain HTTP, which anyone on the path can rewrite; use https://, or set {switch}: true for a market on loopback or in tests"
+        ));
+    }
+    Ok(())
 }
 
 fn is_https_endpoint(text: &str) -> bool {
@@ -190,7 +211,7 @@ mod tests {
     #[test]
     fn a_good_offer_has_no_problems() {
         let o = offer(
-            "marketUrl: http://market.example:8480\ncapacity: 400Gi\npricePerGibMonth: 4000\nregion: eu-west\npromisedUptime: \"99.5%\"",
+            "marketUrl: https://market.example:8480\ncapacity: 400Gi\npricePerGibMonth: 4000\nregion: eu-west\npromisedUptime: \"99.5%\"",
         );
         assert!(
             o.validate("spec.offer").is_empty(),
@@ -199,6 +220,24 @@ mod tests {
         );
         assert_eq!(o.promised_uptime_bps(), Some(9950));
         assert_eq!((o.egress_price_per_gib, o.min_term_days), (0, 0));
+    }
+
+    #[test]
+    fn a_plain_http_market_needs_the_switch() {
+        let plain = "marketUrl: http://127.0.0.1:8480\npricePerGibMonth: 4000\nregion: eu-west\npromisedUptime: \"99.5%\"";
+        let problems: Vec<String> = offer(plain)
+            .validate("offer")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "offer.marketUrl: \"http://127.0.0.1:8480\" is plain HTTP, which anyone on the path can rewrite; use https://, or set marketInsecureHttp: true for a market on loopback or in tests"
+            ]
+        );
+        let allowed = offer(&format!("{plain}\nmarketInsecureHttp: true"));
+        assert!(allowed.validate("offer").is_empty());
     }
 
     #[test]
@@ -214,7 +253,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "spec.offer.marketUrl: \"https://market.example\" is not a market URL; use http://host:port (e.g. http://market.example:8480)",
+                "spec.offer.marketUrl: \"https://market.example\" is not a market URL; use https://host:port (e.g. https://market.example:8480)",
                 "spec.offer.capacity: must be more than 0, or omitted to offer the provider's whole capacity",
                 "spec.offer.pricePerGibMonth: must be between 0 and 1000000000000000 micro-credits (got -1); 1 credit is 1000000",
                 "spec.offer.egressPricePerGib: must be between 0 and 1000000000000000 micro-credits (got 9000000000000000); 1 credit is 1000000",

@@ -178,8 +178,15 @@ pub struct Endpoint {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MarketPool {
-    /// The market, `http://host:port`.
+    /// The market, `https://host:port` (`http://` only with `insecureHttp`).
     pub url: String,
+    /// PEM CA certificates trusted for the market's HTTPS instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Allow a plain `http://` market URL: anyone on the path could rewrite the market's
+    /// answers (which providers to trust), so only for a market on loopback or in tests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
     /// How many providers to contract, each from a different owner.
     #[schemars(range(min = 1))]
     pub providers: u32,
@@ -406,7 +413,7 @@ impl ProviderPoolSpec {
             if offer.market_url.is_none() {
                 p.add(
                     "spec.offer.marketUrl",
-                    "is required; name the market the offer goes to (e.g. http://market.example:8480)",
+                    "is required; name the market the offer goes to (e.g. https://market.example:8480)",
                 );
             }
             offer.check(&mut p, "spec.offer");
@@ -443,19 +450,8 @@ impl ProviderPoolSpec {
 }
 
 fn validate_market(p: &mut Problems, m: &MarketPool) {
-    let url_ok = m
-        .url
-        .strip_prefix("http://")
-        .map(|rest| rest.strip_suffix('/').unwrap_or(rest))
-        .is_some_and(|rest| !rest.contains('/') && is_endpoint_address(rest));
-    if !url_ok {
-        p.add(
-            "spec.market.url",
-            format!(
-                "\"{}\" is not a market URL; use http://host:port (e.g. http://market.example:8480)",
-                m.url
-            ),
-        );
+    if let Err(problem) = crate::offer::check_market_url(&m.url, m.insecure_http, "insecureHttp") {
+        p.add("spec.market.url", problem);
     }
     p.at_least("spec.market.providers", m.providers, 1);
     if m.reserve.bytes() == 0 {
@@ -717,7 +713,7 @@ mod tests {
 
     #[test]
     fn offer_rules() {
-        let offer = "offer: {marketUrl: \"http://market:8480\", pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}";
+        let offer = "offer: {marketUrl: \"https://market:8480\", pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}";
         let pool = spec(&format!("class: rented\n{NODES}\n{offer}"));
         assert!(pool.validate().is_empty(), "{:?}", pool.validate());
         assert_eq!(pool.offer.unwrap().promised_uptime_bps(), Some(9950));
@@ -727,7 +723,7 @@ mod tests {
             ),
             [
                 "spec.offer: only in-cluster providers publish offers; add `nodes`, or let the owners of `endpoints` run `sublet-provider --offer` themselves",
-                "spec.offer.marketUrl: is required; name the market the offer goes to (e.g. http://market.example:8480)",
+                "spec.offer.marketUrl: is required; name the market the offer goes to (e.g. https://market.example:8480)",
                 "spec.offer.promisedUptime: \"120%\" is not a percentage; write e.g. \"99.5%\" (0 to 100, at most two decimals)",
             ]
         );
@@ -736,16 +732,28 @@ mod tests {
     #[test]
     fn market_pool_rules() {
         let pool = spec(
-            "class: rented\nmarket: {url: \"http://market:8480\", providers: 3, reserve: 50Gi, maxPricePerGibMonth: 5000, minScore: 600, regions: [eu-west]}",
+            "class: rented\nmarket: {url: \"https://market:8480\", providers: 3, reserve: 50Gi, maxPricePerGibMonth: 5000, minScore: 600, regions: [eu-west]}",
         );
         assert!(pool.validate().is_empty(), "{:?}", pool.validate());
         assert_eq!(pool.market.unwrap().term_days(), 30);
         assert_eq!(
             problems(
+                "class: rented\nmarket: {url: \"http://market:8480\", providers: 1, reserve: 1Gi}"
+            ),
+            [
+                "spec.market.url: \"http://market:8480\" is plain HTTP, which anyone on the path can rewrite; use https://, or set insecureHttp: true for a market on loopback or in tests"
+            ]
+        );
+        let plain = spec(
+            "class: rented\nmarket: {url: \"http://127.0.0.1:8480\", insecureHttp: true, providers: 1, reserve: 1Gi}",
+        );
+        assert!(plain.validate().is_empty(), "{:?}", plain.validate());
+        assert_eq!(
+            problems(
                 "class: rented\nmarket: {url: \"market:8480\", providers: 0, reserve: 0, termDays: 0, maxPricePerGibMonth: -1, minScore: 2000, regions: [EU]}"
             ),
             [
-                "spec.market.url: \"market:8480\" is not a market URL; use http://host:port (e.g. http://market.example:8480)",
+                "spec.market.url: \"market:8480\" is not a market URL; use https://host:port (e.g. https://market.example:8480)",
                 "spec.market.providers: must be at least 1 (got 0)",
                 "spec.market.reserve: must be more than 0 (e.g. 50Gi)",
                 "spec.market.termDays: must be between 1 and 3650 days",

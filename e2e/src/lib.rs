@@ -17,6 +17,7 @@ pub mod kube_cluster;
 pub mod postgres;
 pub mod prometheus;
 pub mod skip;
+pub mod tls;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

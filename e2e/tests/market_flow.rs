@@ -5,17 +5,21 @@
 //! matches and settles from the escrow the gateway keeps prepaid. Then one provider's disk
 //! rots: audits fail on both sides' books, the provider is penalised and its rating drops,
 //! the demander opens a dispute and the arbiter decides it. At every step the ledger
-//! balances: what was deposited is exactly what the accounts hold.
+//! balances: what was deposited is exactly what the accounts hold. Credits enter and leave
+//! only on a treasurer's signature (a forged deposit is refused, a replayed one too, and a
+//! provider withdraws its earnings). Every party reaches the
+//! market over HTTPS with a certificate of a private CA, and a plain-HTTP URL is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sublet_e2e::cluster::{GatewayProcess, TestObject, test_objects, wait_for};
+use sublet_e2e::tls::PrivateCa;
 use sublet_e2e::{free_addr, wait_http_ok, workspace_binary};
+use sublet_market::client::{Client, ClientTls};
 
 /// One credit, in the ledger's micro-credits.
 const CREDIT: i64 = 1_000_000;
@@ -65,7 +69,9 @@ fn sublet() -> Command {
     let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
     cmd.env("RUST_LOG", "info")
         .env_remove("SUBLET_MARKET_KEY")
-        .env_remove("SUBLET_MARKET_URL");
+        .env_remove("SUBLET_MARKET_URL")
+        .env_remove("SUBLET_MARKET_CA_FILE")
+        .env_remove("SUBLET_MARKET_INSECURE_HTTP");
     cmd
 }
 
@@ -83,8 +89,11 @@ fn run(cmd: &mut Command) -> Output {
 /// The market, and signed calls to it with `sublet market call`.
 struct Market {
     url: String,
-    addr: SocketAddr,
+    /// The private CA the market's certificate chains to.
+    ca_file: PathBuf,
     daemon: Daemon,
+    client: Client,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Market {
@@ -92,7 +101,9 @@ impl Market {
     /// on an error answer.
     fn call(&self, key: &Path, method: &str, path: &str, body: Option<&Value>) -> Value {
         let mut cmd = sublet();
-        cmd.args(["market", "call", "--url", &self.url, "--key"])
+        cmd.args(["market", "call", "--url", &self.url, "--ca-file"])
+            .arg(&self.ca_file)
+            .arg("--key")
             .arg(key)
             .args([method, path]);
         if let Some(body) = body {
@@ -109,11 +120,52 @@ impl Market {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
     }
 
-    /// An unsigned GET.
+    /// `sublet market call` that must fail: what it printed.
+    fn call_err(&self, key: &Path, method: &str, path: &str, body: &Value) -> String {
+        let out = sublet()
+            .args(["market", "call", "--url", &self.url, "--ca-file"])
+            .arg(&self.ca_file)
+            .arg("--key")
+            .arg(key)
+            .args([method, path, &body.to_string()])
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "{method} {path} was not refused: {said}"
+        );
+        said
+    }
+
+    /// An unsigned GET, over HTTPS.
     fn get(&self, path: &str) -> Value {
-        let (status, body) = sublet_e2e::http_get(self.addr, path).unwrap();
-        assert_eq!(status, 200, "GET {path}: {body}");
-        serde_json::from_str(&body).unwrap()
+        let reply = self
+            .runtime
+            .block_on(self.client.json(None, "GET", path, &Value::Null))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
+        reply.body
+    }
+
+    /// Waits until the market answers `/healthz` over HTTPS.
+    fn wait_healthy(&self) {
+        wait_for(
+            "the market to answer over HTTPS",
+            Duration::from_secs(30),
+            || match self
+                .runtime
+                .block_on(self.client.send(None, "GET", "/healthz", b""))
+            {
+                Ok(reply) if reply.status == 200 => Ok(()),
+                Ok(reply) => Err(format!("{}: {}", reply.status, reply.text)),
+                Err(e) => Err(e.to_string()),
+            },
+        );
     }
 
     /// Fails the test unless every credit deposited sits in exactly one account.
@@ -136,8 +188,15 @@ fn party_of(key: &Path) -> String {
         .party_id()
 }
 
-/// A provider lending 1 GiB on the market at `price`, its shard store on `port`.
-fn lending_provider(root: &Path, name: &str, market: &str, price: i64) -> (Daemon, PathBuf) {
+/// A provider lending 1 GiB on the market at `price`, its shard store on `port`; it trusts
+/// the market's certificate through `ca_file`.
+fn lending_provider(
+    root: &Path,
+    name: &str,
+    market: &str,
+    ca_file: &Path,
+    price: i64,
+) -> (Daemon, PathBuf) {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let (grpc, http) = (free_addr(), free_addr());
@@ -153,6 +212,8 @@ fn lending_provider(root: &Path, name: &str, market: &str, price: i64) -> (Daemo
             .args(["--http-listen", &http.to_string()])
             .args(["--capacity", "2Gi", "--reserve", "1Gi"])
             .args(["--offer", &offer, "--market-url", market])
+            .arg("--market-ca-file")
+            .arg(ca_file)
             .args(["--market-interval", "1s"])
             .env("RUST_LOG", "sublet_provider=info,warn"),
         root.join(format!("{name}.log")),
@@ -224,30 +285,92 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
         .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
         .to_owned();
 
+    // The market serves HTTPS with a certificate of a private CA every party is given.
+    let ca = PrivateCa::create(&root.join("ca"));
+    // Credits enter and leave only on the treasurer's signature.
+    let treasurer_key = root.join("treasurer.key");
+    let out = run(sublet()
+        .args(["market", "keygen", "--out"])
+        .arg(&treasurer_key));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let treasurer_public = printed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("public_key="))
+        .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
+        .to_owned();
     let addr = free_addr();
-    let url = format!("http://{addr}");
+    let url = format!("https://{addr}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tls = ClientTls {
+        ca_file: Some(ca.ca_file.clone()),
+        insecure_http: false,
+    };
     let market = Market {
         url: url.clone(),
-        addr,
+        ca_file: ca.ca_file.clone(),
         daemon: Daemon::spawn(
             sublet()
                 .args(["market", "serve", "--db"])
                 .arg(root.join("market.db"))
-                .args(["--listen", &addr.to_string(), "--manual-deposits"])
+                .args(["--listen", &addr.to_string()])
+                .args(["--treasurer-key", &treasurer_public])
+                .arg("--tls-cert")
+                .arg(&ca.cert_file)
+                .arg("--tls-key")
+                .arg(&ca.key_file)
                 .args(["--arbiter-key", &judge_public, "--receipt-period", PERIOD]),
             root.join("market.log"),
         ),
+        client: Client::with_tls(&url, &tls).unwrap(),
+        runtime,
     };
-    wait_http_ok(addr, "/healthz", Duration::from_secs(30));
+    market.wait_healthy();
     run(sublet()
-        .args(["market", "register", "--url", &url, "--key"])
+        .args(["market", "register", "--url", &url, "--ca-file"])
+        .arg(&ca.ca_file)
+        .arg("--key")
         .arg(&judge_key)
         .args(["--role", "arbiter", "--name", "judge"]));
     market.assert_books("market started");
 
+    // A plain-HTTP URL is refused by the client before anything is sent, and a client that
+    // does not know the private CA does not trust the market.
+    let plain = sublet()
+        .args([
+            "market",
+            "call",
+            "--url",
+            &format!("http://{addr}"),
+            "--key",
+        ])
+        .arg(&judge_key)
+        .args(["GET", "/v1/ledger"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && said.contains("plain-HTTP market url"),
+        "{said}"
+    );
+    let unknown_ca = sublet()
+        .args(["market", "call", "--url", &url, "--key"])
+        .arg(&judge_key)
+        .args(["GET", "/v1/ledger"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&unknown_ca.stderr);
+    assert!(
+        !unknown_ca.status.success() && said.contains("TLS with the market"),
+        "{said}"
+    );
+
     // Two providers publish offers.
-    let (_a, a_dir) = lending_provider(root, "a", &url, 3_000);
-    let (_b, b_dir) = lending_provider(root, "b", &url, 4_000);
+    let (_a, a_dir) = lending_provider(root, "a", &url, &ca.ca_file, 3_000);
+    let (_b, b_dir) = lending_provider(root, "b", &url, &ca.ca_file, 4_000);
     let a_key = a_dir.join("identity.key");
     let b_key = b_dir.join("identity.key");
     wait_for("both offers to be open", Duration::from_secs(30), || {
@@ -259,11 +382,6 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
     });
 
     // A gateway whose plan rents both through a market pool.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let (s3, admin) = (free_addr(), free_addr());
     let gateway_dir = root.join("gateway");
     let config = root.join("sublet.yaml");
@@ -275,7 +393,7 @@ kind: ProviderPool
 metadata: {{name: rented}}
 spec:
   class: rented
-  market: {{url: "{url}", providers: 2, reserve: 256Mi, maxPricePerGibMonth: 5000, regions: [eu-west]}}
+  market: {{url: "{url}", caFile: "{}", providers: 2, reserve: 256Mi, maxPricePerGibMonth: 5000, regions: [eu-west]}}
 ---
 apiVersion: sublet.dev/v1alpha1
 kind: StoragePlan
@@ -299,6 +417,7 @@ spec:
   dataDir: "{}"
   credentials: [{{accessKey: {}, secretKey: {}}}]
 "#,
+            ca.ca_file.display(),
             gateway_dir.display(),
             sublet_e2e::cluster::ACCESS_KEY,
             sublet_e2e::cluster::SECRET_KEY,
@@ -311,7 +430,7 @@ spec:
         s3,
         admin,
         root.join("gateway.log"),
-        runtime.handle().clone(),
+        market.runtime.handle().clone(),
     );
     gateway.start();
     // The gateway signs on the market with its node key.
@@ -337,14 +456,53 @@ spec:
     };
     let (a_contract, b_contract) = (contract_of(&a_party), contract_of(&b_party));
 
-    // The demander funds its account; the gateway keeps a period prepaid in each escrow.
+    // A deposit the demander signs for itself is refused: only the treasurer credits.
+    let forged = treasurer_sign(&dee_key, "deposit", &dee, DEPOSIT, "bank-1");
+    let refused = market.call_err(
+        &dee_key,
+        "POST",
+        "/v1/deposits",
+        &json!({"op_id": "dee-forged", "amount": DEPOSIT, "reference": "bank-1", "authorization": forged}),
+    );
+    assert!(refused.contains("not a treasurer key"), "{refused}");
+    let unsigned = market.call_err(
+        &dee_key,
+        "POST",
+        "/v1/deposits",
+        &json!({"op_id": "dee-unsigned", "amount": DEPOSIT, "reference": "bank-1"}),
+    );
+    assert!(
+        unsigned.contains("treasurer's signed authorization"),
+        "{unsigned}"
+    );
+    assert_eq!(market.assert_books("forged deposit")["net_deposits"], 0);
+
+    // The treasurer saw the money arrive and signs; the demander's deposit is credited, once.
+    let authorization = treasurer_sign(&treasurer_key, "deposit", &dee, DEPOSIT, "bank-1");
     market.call(
         &dee_key,
         "POST",
         "/v1/deposits",
-        Some(&json!({"op_id": "dee-deposit-1", "amount": DEPOSIT, "reference": "e2e"})),
+        Some(&json!({"op_id": "dee-deposit-1", "amount": DEPOSIT, "reference": "bank-1", "authorization": authorization})),
     );
     assert_eq!(market.assert_books("deposit")["net_deposits"], DEPOSIT);
+    let replayed = market.call_err(
+        &dee_key,
+        "POST",
+        "/v1/deposits",
+        &json!({"op_id": "dee-deposit-2", "amount": DEPOSIT, "reference": "bank-1", "authorization": authorization}),
+    );
+    assert!(replayed.contains("already used"), "{replayed}");
+    assert_eq!(
+        market.assert_books("replayed deposit")["net_deposits"],
+        DEPOSIT
+    );
+    let trail = market.call(&dee_key, "GET", "/v1/treasury", None);
+    assert_eq!(trail.as_array().map(Vec::len), Some(1), "{trail}");
+    assert_eq!(trail[0]["kind"], "deposit", "{trail}");
+    assert_eq!(trail[0]["reference"], "bank-1", "{trail}");
+    assert_eq!(trail[0]["treasurer"], treasurer_public.as_str(), "{trail}");
+    // The gateway keeps a period prepaid in each escrow.
     wait_for("both escrows to be prepaid", SETTLE_TIMEOUT, || {
         let escrow = market.balances(&dee_key, &dee)["escrow"].clone();
         let funded = escrow.as_array().map_or(0, |e| {
@@ -544,6 +702,44 @@ spec:
         Some(&json!({"in_favour_of": "demander", "amount": amount, "reason": "audits and the gateway's repair log show lost shards"})),
     );
     assert_eq!(again["decision"], decided["decision"]);
+    market.assert_books("before withdrawal");
+
+    // Provider a withdraws what it earned, paid out on the treasurer's signature.
+    let earned = market.balances(&a_key, &a_party)["available"]
+        .as_i64()
+        .unwrap();
+    assert!(earned > 0, "provider a earned nothing");
+    let payout = treasurer_sign(&treasurer_key, "withdrawal", &a_party, earned, "payout-a-1");
+    let without = market.call_err(
+        &a_key,
+        "POST",
+        "/v1/withdrawals",
+        &json!({"op_id": "a-withdraw-0", "amount": earned, "reference": "payout-a-1"}),
+    );
+    assert!(
+        without.contains("treasurer's signed authorization"),
+        "{without}"
+    );
+    let withdrawn = market.call(
+        &a_key,
+        "POST",
+        "/v1/withdrawals",
+        Some(&json!({"op_id": "a-withdraw-1", "amount": earned, "reference": "payout-a-1", "authorization": payout})),
+    );
+    assert_eq!(withdrawn["amount"], earned, "{withdrawn}");
     let ledger = market.assert_books("end");
-    assert_eq!(ledger["net_deposits"], DEPOSIT);
+    assert_eq!(ledger["net_deposits"], DEPOSIT - earned);
+    let trail = market.call(&a_key, "GET", "/v1/treasury", None);
+    assert_eq!(trail[0]["kind"], "withdrawal", "{trail}");
+    assert_eq!(trail[0]["amount"], earned, "{trail}");
+}
+
+/// `sublet market treasurer-sign` with `key`: the authorization, as JSON.
+fn treasurer_sign(key: &Path, kind: &str, party: &str, amount: i64, reference: &str) -> Value {
+    let out = run(sublet()
+        .args(["market", "treasurer-sign", "--key"])
+        .arg(key)
+        .args(["--kind", kind, "--party", party])
+        .args(["--amount", &amount.to_string(), "--reference", reference]));
+    serde_json::from_slice(&out.stdout).unwrap()
 }

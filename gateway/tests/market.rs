@@ -21,7 +21,11 @@ async fn start_market(policy: Policy) -> (String, sublet_market::client::Client)
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
-    let client = sublet_market::client::Client::new(&url).unwrap();
+    let client = sublet_market::client::Client::with_tls(
+        &url,
+        &sublet_market::client::ClientTls::insecure_http(),
+    )
+    .unwrap();
     (url, client)
 }
 
@@ -38,6 +42,7 @@ async fn lending_provider(dir: &std::path::Path, market: &str, price: i64) -> Ru
     cfg.listen = SocketAddr::from(([127, 0, 0, 1], port));
     cfg.market = Some(MarketSettings {
         url: market.into(),
+        tls: sublet_market::client::ClientTls::insecure_http(),
         offer: serde_yaml::from_str(&format!(
             "pricePerGibMonth: {price}\nregion: eu-west\npromisedUptime: \"99%\"\nendpoint: \"https://127.0.0.1:{port}\""
         ))
@@ -60,7 +65,7 @@ kind: ProviderPool
 metadata: {{name: rented}}
 spec:
   class: rented
-  market: {{url: "{url}", providers: 2, reserve: 1Gi{criteria}}}
+  market: {{url: "{url}", insecureHttp: true, providers: 2, reserve: 1Gi{criteria}}}
 ---
 apiVersion: sublet.dev/v1alpha1
 kind: StoragePlan

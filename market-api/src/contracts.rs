@@ -105,3 +105,117 @@ impl Contract {
         }
     }
 }
+
+/// A signed request the market kept as evidence: the canonical text the party signed
+/// ([`crate::identity::canonical_request`]), the body it covers and the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedEvidence {
+    pub party: String,
+    /// The party's ed25519 public key, hex: its id is derived from it, so a market cannot
+    /// name another key for the party.
+    pub public_key: String,
+    pub canonical: String,
+    pub body: String,
+    /// Base64 ed25519 signature over `canonical`.
+    pub signature: String,
+    /// When the market received it, unix seconds.
+    pub at: i64,
+}
+
+/// What the parties of a contract signed: the demander's proposal and the provider's
+/// acceptance (`GET /v1/contracts/{id}/evidence`). Providers admit a tenant and gateways pin
+/// a provider key only from these, never from the market's word alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractEvidence {
+    pub contract: String,
+    pub proposal: SignedEvidence,
+    #[serde(default)]
+    pub acceptance: Option<SignedEvidence>,
+}
+
+impl SignedEvidence {
+    /// Checks that `party` signed `method path` with exactly this body; answers its key.
+    pub fn verify(&self, party: &str, method: &str, path: &str) -> Result<[u8; 32]> {
+        let refuse =
+            |why: String| Error::Unauthorized(format!("evidence of {method} {path}: {why}"));
+        let key = crate::identity::decode_public_key(&self.public_key)?;
+        if crate::identity::party_id(&key) != party || self.party != party {
+            return Err(refuse(format!(
+                "signed by party {} (key {}), not by party {party}",
+                self.party, self.public_key
+            )));
+        }
+        crate::identity::verify_signature(&key, self.canonical.as_bytes(), &self.signature)
+            .map_err(|e| refuse(e.to_string()))?;
+        let lines: Vec<&str> = self.canonical.split('\n').collect();
+        let [
+            magic,
+            signed_method,
+            signed_path,
+            _timestamp,
+            _nonce,
+            body_hash,
+        ] = lines[..]
+        else {
+            return Err(refuse("the signed text is not a signed request".into()));
+        };
+        if magic != "sublet-market-request-v1" {
+            return Err(refuse("the signed text is not a signed request".into()));
+        }
+        if signed_method != method || signed_path != path {
+            return Err(refuse(format!(
+                "the signature is for {signed_method} {signed_path}"
+            )));
+        }
+        if body_hash != crate::identity::sha256_hex(self.body.as_bytes()) {
+            return Err(refuse("the body is not the one signed".into()));
+        }
+        key.try_into()
+            .map_err(|_| refuse("the key is not 32 bytes".into()))
+    }
+}
+
+impl ContractEvidence {
+    /// The demander's key, once its signed proposal is checked to ask for exactly `c`'s
+    /// offer and reserved bytes.
+    pub fn verify_proposal(&self, c: &Contract) -> Result<[u8; 32]> {
+        if self.contract != c.id {
+            return Err(Error::Unauthorized(format!(
+                "the evidence is for contract {}, not {}",
+                self.contract, c.id
+            )));
+        }
+        let key = self.proposal.verify(&c.demander, "POST", "/v1/contracts")?;
+        let asked: NewContract = serde_json::from_str(&self.proposal.body).map_err(|e| {
+            Error::Unauthorized(format!(
+                "the signed proposal of contract {} does not parse: {e}",
+                c.id
+            ))
+        })?;
+        if asked.offer_id != c.offer_id || asked.reserved_bytes != c.reserved_bytes {
+            return Err(Error::Unauthorized(format!(
+                "contract {} says offer {} with {} bytes reserved, but the demander signed offer {} with {} bytes",
+                c.id, c.offer_id, c.reserved_bytes, asked.offer_id, asked.reserved_bytes
+            )));
+        }
+        Ok(key)
+    }
+
+    /// The provider's key, once its signed acceptance of `c` is checked.
+    pub fn verify_acceptance(&self, c: &Contract) -> Result<[u8; 32]> {
+        let acceptance = self.acceptance.as_ref().ok_or_else(|| {
+            Error::Unauthorized(format!("contract {} has no signed acceptance", c.id))
+        })?;
+        if self.contract != c.id {
+            return Err(Error::Unauthorized(format!(
+                "the evidence is for contract {}, not {}",
+                self.contract, c.id
+            )));
+        }
+        acceptance.verify(
+            &c.provider,
+            "POST",
+            &format!("/v1/contracts/{}/accept", c.id),
+        )
+    }
+}

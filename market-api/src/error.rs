@@ -42,7 +42,7 @@ pub enum Error {
         needed: i64,
     },
     #[error(
-        "no payment rail is configured on this market; start it with --manual-deposits to allow test deposits"
+        "no payment rail is configured on this market; start it with --treasurer-key (or --manual-deposits on loopback, for tests)"
     )]
     NoPaymentRail,
     /// The market holds as much of this unauthenticated state as it keeps; try later.

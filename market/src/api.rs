@@ -148,12 +148,14 @@ pub fn router(market: Shared) -> Router {
         )
         .route("/v1/deposits", post(deposit))
         .route("/v1/withdrawals", post(withdraw))
+        .route("/v1/treasury", get(treasury))
         .route("/v1/held-back/release", post(release_held_back))
         .route("/v1/ledger", get(ledger_summary))
         .route("/v1/offers", post(publish_offer).get(search_offers))
         .route("/v1/offers/{id}", get(offer).delete(withdraw_offer))
         .route("/v1/contracts", post(propose_contract).get(my_contracts))
         .route("/v1/contracts/{id}", get(contract))
+        .route("/v1/contracts/{id}/evidence", get(contract_evidence))
         .route("/v1/contracts/{id}/accept", post(accept_contract))
         .route("/v1/contracts/{id}/reject", post(reject_contract))
         .route("/v1/contracts/{id}/prepay", post(prepay))
@@ -395,6 +397,9 @@ struct Transfer {
     amount: Micros,
     #[serde(default)]
     reference: String,
+    /// A treasurer's signed word for this deposit or withdrawal (the treasurer rail).
+    #[serde(default)]
+    authorization: Option<crate::rail::Authorization>,
 }
 
 #[derive(Deserialize)]
@@ -410,7 +415,13 @@ async fn deposit(
     blocking(move || {
         let who = req.party(&m)?;
         let t: Transfer = req.json()?;
-        Ok(Json(m.deposit(&who, &t.op_id, t.amount, &t.reference)?))
+        Ok(Json(m.deposit(
+            &who,
+            &t.op_id,
+            t.amount,
+            &t.reference,
+            t.authorization.as_ref(),
+        )?))
     })
     .await
 }
@@ -422,7 +433,39 @@ async fn withdraw(
     blocking(move || {
         let who = req.party(&m)?;
         let t: Transfer = req.json()?;
-        Ok(Json(m.withdraw(&who, &t.op_id, t.amount, &t.reference)?))
+        Ok(Json(m.withdraw(
+            &who,
+            &t.op_id,
+            t.amount,
+            &t.reference,
+            t.authorization.as_ref(),
+        )?))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreasuryQuery {
+    party: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The treasurer rail's audit trail: what was credited or paid out on whose signature.
+async fn treasury(
+    State(m): State<Shared>,
+    query: Result<Query<TreasuryQuery>, QueryRejection>,
+    req: SignedRequest,
+) -> Reply<Vec<crate::rail::treasurer::Entry>> {
+    let Query(q) =
+        query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    blocking(move || {
+        let who = req.party(&m)?;
+        Ok(Json(m.treasury(
+            &who,
+            q.party.as_deref(),
+            q.limit.unwrap_or(100),
+        )?))
     })
     .await
 }
@@ -493,6 +536,15 @@ async fn contract(
     req: SignedRequest,
 ) -> Reply<Contract> {
     blocking(move || Ok(Json(m.contract(&req.party(&m)?, &id)?))).await
+}
+
+/// The demander's signed proposal and the provider's signed acceptance.
+async fn contract_evidence(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    req: SignedRequest,
+) -> Reply<sublet_market_api::contracts::ContractEvidence> {
+    blocking(move || Ok(Json(m.contract_evidence(&req.party(&m)?, &id)?))).await
 }
 
 async fn accept_contract(

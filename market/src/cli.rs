@@ -8,13 +8,38 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use sublet_market_api::client::Client;
+use sublet_market_api::client::{Client, ClientTls};
 use sublet_market_api::identity::{Role, Signer};
 use sublet_market_api::receipts::MAX_PERIOD_SECS;
 
 use crate::attestations::{AttestationKind, SignedAttestation, email_hash};
-use crate::rail::{ManualRail, PaymentRail};
+use crate::rail::treasurer::{Authorization, Kind};
+use crate::rail::{ManualRail, PaymentRail, TreasurerRail};
 use crate::{Market, Policy, api};
+
+/// How the client commands reach the market.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificates to trust for an `https://` market instead of the system's roots.
+    #[arg(long, env = "SUBLET_MARKET_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow a plain `http://` market URL: anyone on the path can read and rewrite it, so
+    /// only for a market on loopback or in tests.
+    #[arg(long, env = "SUBLET_MARKET_INSECURE_HTTP", value_parser = clap::builder::FalseyValueParser::new())]
+    insecure_http: bool,
+}
+
+impl ClientTlsArgs {
+    fn client(&self, url: &str) -> anyhow::Result<Client> {
+        Ok(Client::with_tls(
+            url,
+            &ClientTls {
+                ca_file: self.ca_file.clone(),
+                insecure_http: self.insecure_http,
+            },
+        )?)
+    }
+}
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -36,6 +61,8 @@ pub enum Command {
         url: String,
         #[arg(long, env = "SUBLET_MARKET_KEY")]
         key: PathBuf,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
         /// `demander`, `provider` or `arbiter`.
         #[arg(long)]
         role: String,
@@ -53,10 +80,32 @@ pub enum Command {
         url: String,
         #[arg(long, env = "SUBLET_MARKET_KEY")]
         key: PathBuf,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
         method: String,
         path: String,
         /// The JSON body; empty when left out.
         body: Option<String>,
+    },
+    /// Sign, with a treasurer key (one given to the market's `serve --treasurer-key`), the
+    /// authorization for one deposit or withdrawal, and print it as JSON: the party sends it
+    /// as `authorization` in its `POST /v1/deposits` or `/v1/withdrawals`. Nothing is sent.
+    TreasurerSign {
+        /// The treasurer's key.
+        #[arg(long)]
+        key: PathBuf,
+        /// `deposit` (you received the money) or `withdrawal` (you pay it out).
+        #[arg(long)]
+        kind: String,
+        /// The party credited or paid.
+        #[arg(long)]
+        party: String,
+        /// Micro-credits (1 credit = 1000000).
+        #[arg(long)]
+        amount: i64,
+        /// The outside transfer's reference, as the party will send it.
+        #[arg(long, default_value = "")]
+        reference: String,
     },
     /// Sign an attestation about a party with an attestor key (one given to the market's
     /// `serve --attestor-key`) and submit it. Revoke one with
@@ -71,6 +120,8 @@ pub enum Command {
         /// The attestor's key.
         #[arg(long)]
         key: PathBuf,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
         /// The party the attestation is about.
         #[arg(long)]
         party: String,
@@ -104,10 +155,40 @@ pub struct Serve {
     /// Address of the REST API.
     #[arg(long, env = "SUBLET_MARKET_LISTEN", default_value = "127.0.0.1:7490")]
     listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); read again when it
+    /// changes, so a renewed certificate needs no restart.
+    #[arg(long, env = "SUBLET_MARKET_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SUBLET_MARKET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a listener that is not loopback (without --tls-cert): anyone on
+    /// the path reads and rewrites the answers. Loopback listeners may serve plain HTTP
+    /// without it.
+    #[arg(
+        long,
+        env = "SUBLET_MARKET_INSECURE_HTTP",
+        conflicts_with = "tls_cert",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    insecure_http: bool,
     /// Accept deposits and withdrawals on the manual rail, which trusts every
-    /// request: for tests, demos and private markets only.
-    #[arg(long, env = "SUBLET_MARKET_MANUAL_DEPOSITS")]
+    /// request: for `sublet dev`-style local use and tests only; refused on a listener that
+    /// is not loopback.
+    #[arg(
+        long,
+        env = "SUBLET_MARKET_MANUAL_DEPOSITS",
+        conflicts_with = "treasurer_keys"
+    )]
     manual_deposits: bool,
+    /// Ed25519 public key (hex) of a treasurer: deposits and withdrawals are credited only
+    /// with an authorization it signed (`treasurer-sign`); repeat for several.
+    #[arg(
+        long = "treasurer-key",
+        env = "SUBLET_MARKET_TREASURER_KEYS",
+        value_delimiter = ','
+    )]
+    treasurer_keys: Vec<String>,
     /// The platform's share of provider earnings, in basis points.
     #[arg(long, default_value_t = Policy::default().platform_fee_bps)]
     platform_fee_bps: i64,
@@ -183,6 +264,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             key,
             role,
             name,
+            tls,
         } => {
             let role = match role.as_str() {
                 "demander" => Role::Demander,
@@ -190,7 +272,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "arbiter" => Role::Arbiter,
                 other => bail!("--role must be demander, provider or arbiter, got {other:?}"),
             };
-            let party = Client::new(&url)?
+            let party = tls
+                .client(&url)?
                 .register(&load_key(&key)?, role, &name)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&party)?);
@@ -203,16 +286,55 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             kind,
             email,
             expires_days,
-        } => attest(&url, &key, &party, &kind, email.as_deref(), expires_days).await,
+            tls,
+        } => {
+            attest(
+                &tls.client(&url)?,
+                &key,
+                &party,
+                &kind,
+                email.as_deref(),
+                expires_days,
+            )
+            .await
+        }
+        Command::TreasurerSign {
+            key,
+            kind,
+            party,
+            amount,
+            reference,
+        } => {
+            let kind = match kind.as_str() {
+                "deposit" => Kind::Deposit,
+                "withdrawal" => Kind::Withdrawal,
+                other => bail!("--kind must be deposit or withdrawal, got {other:?}"),
+            };
+            if amount <= 0 {
+                bail!("--amount must be a positive number of micro-credits, got {amount}");
+            }
+            let signed = Authorization::sign(
+                &load_key(&key)?,
+                kind,
+                &party,
+                amount,
+                &reference,
+                sublet_market_api::unix_now(),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&signed)?);
+            Ok(())
+        }
         Command::Call {
             url,
             key,
             method,
             path,
             body,
+            tls,
         } => {
             let signer = load_key(&key)?;
-            let reply = Client::new(&url)?
+            let reply = tls
+                .client(&url)?
                 .send(
                     Some(&signer),
                     &method.to_ascii_uppercase(),
@@ -247,7 +369,7 @@ fn write_new_private(path: &PathBuf, data: &[u8]) -> anyhow::Result<()> {
 
 /// `attest`: signs the statement locally and submits it.
 async fn attest(
-    url: &str,
+    client: &Client,
     key: &PathBuf,
     party: &str,
     kind: &str,
@@ -283,7 +405,7 @@ async fn attest(
     };
     let signed =
         SignedAttestation::sign(&load_key(key)?, kind, party, email_sha256, now, expires_at);
-    let reply = Client::new(url)?
+    let reply = client
         .json(
             None,
             "POST",
@@ -328,7 +450,15 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
     {
         bail!("--platform-fee-bps and --held-back-bps are basis points between 0 and 10000");
     }
-    let rail: Option<Arc<dyn PaymentRail>> = s.manual_deposits.then(|| Arc::new(ManualRail) as _);
+    check_listener(&s)?;
+    let rail: Option<Arc<dyn PaymentRail>> = if !s.treasurer_keys.is_empty() {
+        Some(Arc::new(TreasurerRail::new(&s.treasurer_keys)?))
+    } else if s.manual_deposits {
+        Some(Arc::new(ManualRail))
+    } else {
+        None
+    };
+    let rail_name = rail.as_ref().map_or("none", |r| r.name());
     let (market, db) = match &s.postgres_url_env {
         Some(var) => {
             let url = std::env::var(var).ok().filter(|u| !u.trim().is_empty());
@@ -348,23 +478,54 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             (market, s.db.display().to_string())
         }
     };
+    let tls = match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => {
+            let reloading = crate::tls::ReloadingCert::open(cert, key)?;
+            reloading.watch(crate::tls::RELOAD_INTERVAL);
+            Some(reloading.acceptor()?)
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("binding {}", s.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
         db = %db,
-        manual_deposits = s.manual_deposits,
+        tls = tls.is_some(),
+        rail = rail_name,
         "market serving"
     );
-    crate::server::serve(
+    crate::server::serve_tls(
         listener,
         api::router(Arc::new(market)),
         crate::server::Limits::default(),
+        tls,
         shutdown(),
     )
     .await;
     tracing::info!("market stopped");
+    Ok(())
+}
+
+/// Refuses what would let strangers on the network steer the market: plain HTTP, or the
+/// manual rail that credits whatever a party asks, on a listener that is not loopback.
+fn check_listener(s: &Serve) -> anyhow::Result<()> {
+    let loopback = s.listen.ip().is_loopback();
+    if s.manual_deposits && !loopback {
+        bail!(
+            "--manual-deposits credits every deposit a party asks for, so it serves loopback \
+             listeners only (--listen 127.0.0.1:PORT), not {}",
+            s.listen
+        );
+    }
+    if s.tls_cert.is_none() && !loopback && !s.insecure_http {
+        bail!(
+            "--listen {} is not loopback: serve HTTPS with --tls-cert and --tls-key, or pass \
+             --insecure-http to serve plain HTTP anyway",
+            s.listen
+        );
+    }
     Ok(())
 }
 
@@ -386,5 +547,67 @@ async fn shutdown() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        serve: Serve,
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let s = Args::try_parse_from(["serve"].iter().chain(args))
+            .unwrap()
+            .serve;
+        check_listener(&s).map_or_else(|e| e.to_string(), |()| String::new())
+    }
+
+    #[test]
+    fn strangers_get_neither_plain_http_nor_the_manual_rail() {
+        // Loopback: plain HTTP and the manual rail are fine.
+        assert_eq!(
+            refused(&["--listen", "127.0.0.1:7490", "--manual-deposits"]),
+            ""
+        );
+        // Elsewhere the manual rail is refused, TLS or not.
+        let e = refused(&[
+            "--listen",
+            "0.0.0.0:7490",
+            "--manual-deposits",
+            "--insecure-http",
+        ]);
+        assert!(
+            e.contains("--manual-deposits") && e.contains("loopback"),
+            "{e}"
+        );
+        // And plain HTTP needs saying so.
+        let e = refused(&["--listen", "0.0.0.0:7490"]);
+        assert!(e.contains("--tls-cert"), "{e}");
+        assert_eq!(
+            refused(&["--listen", "0.0.0.0:7490", "--insecure-http"]),
+            ""
+        );
+        assert_eq!(
+            refused(&[
+                "--listen",
+                "[::]:7490",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ]),
+            ""
+        );
+        // The manual rail and a treasurer do not go together.
+        assert!(
+            Args::try_parse_from(["serve", "--manual-deposits", "--treasurer-key", "ab"]).is_err()
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod ratings;
 pub mod receipts;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use service::Market;
 pub use sublet_market_api::{Error, Result, client, error, meter, unix_now};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde_json::{Value, json};
 use sublet_market::attestations::{AttestationKind, SignedAttestation, email_hash};
-use sublet_market::client::{Client, Reply};
+use sublet_market::client::{Client, ClientTls, Reply};
 use sublet_market::identity::{Role, Signer};
 use sublet_market::{Market, Policy, api};
 
@@ -53,7 +53,8 @@ async fn world() -> Res<World> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
-    let client = Client::new(&format!("http://{addr}"))?.with_clock(clock);
+    let client =
+        Client::with_tls(&format!("http://{addr}"), &ClientTls::insecure_http())?.with_clock(clock);
     let (alpha, _) = Signer::generate()?;
     let (bravo, _) = Signer::generate()?;
     let (dee, _) = Signer::generate()?;

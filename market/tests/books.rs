@@ -150,7 +150,7 @@ fn world_on(pg: Option<&str>) -> Result<World> {
             let c = market.propose_contract(&verified(d), b"{}", &new)?;
             market.accept_contract(&verified(p), b"{}", &c.id)?;
             // Start funded so that most histories reach settlements.
-            market.deposit(d, &format!("seed-dep-{}", c.id), PREFUND, "seed")?;
+            market.deposit(d, &format!("seed-dep-{}", c.id), PREFUND, "seed", None)?;
             market.prepay(d, &c.id, &format!("seed-pre-{}", c.id), PREFUND)?;
             contracts.push((c.id, di, pi));
         }
@@ -174,10 +174,10 @@ impl World {
         let m = &self.market;
         match *step {
             Step::Deposit(d, a) => m
-                .deposit(&self.demanders[d], &format!("dep-{i}"), a, "t")
+                .deposit(&self.demanders[d], &format!("dep-{i}"), a, "t", None)
                 .map(drop),
             Step::Withdraw(p, a) => m
-                .withdraw(self.everyone()[p], &format!("wd-{i}"), a, "t")
+                .withdraw(self.everyone()[p], &format!("wd-{i}"), a, "t", None)
                 .map(drop),
             Step::Prepay(c, a) => {
                 let (id, d, _) = &self.contracts[c];

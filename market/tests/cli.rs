@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use sublet_market::client::Client;
+use sublet_market::client::{Client, ClientTls};
 
 #[path = "../../e2e/src/postgres.rs"]
 mod pg;
@@ -46,6 +46,7 @@ fn run(dir: &Path, url: &str, args: &[&str]) -> Result<Output, Box<dyn std::erro
     Ok(Command::new(BIN)
         .current_dir(dir)
         .env("SUBLET_MARKET_URL", url)
+        .env("SUBLET_MARKET_INSECURE_HTTP", "1")
         .env("RUST_BACKTRACE", "0")
         .args(args)
         .output()?)
@@ -139,11 +140,21 @@ fn keygen_register_call_and_restart() -> TestResult {
     let mut market = serve(&db, port)?;
     let rt = tokio::runtime::Runtime::new()?;
     let found = rt
-        .block_on(Client::new(&url)?.json(None, "GET", "/v1/offers?region=eu-west", &Value::Null))?
+        .block_on(Client::with_tls(&url, &ClientTls::insecure_http())?.json(
+            None,
+            "GET",
+            "/v1/offers?region=eu-west",
+            &Value::Null,
+        ))?
         .ok()?;
     assert_eq!(found[0]["id"], offer["id"], "the offer survives a restart");
     let ledger = rt
-        .block_on(Client::new(&url)?.json(None, "GET", "/v1/ledger", &Value::Null))?
+        .block_on(Client::with_tls(&url, &ClientTls::insecure_http())?.json(
+            None,
+            "GET",
+            "/v1/ledger",
+            &Value::Null,
+        ))?
         .ok()?;
     assert_eq!(ledger["net_deposits"], 7);
     stop(&mut market)?;

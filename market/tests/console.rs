@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sublet_market::client::{Client, Reply};
+use sublet_market::client::{Client, ClientTls, Reply};
 use sublet_market::identity::{Role, Signer};
 use sublet_market::rail::{ManualRail, PaymentRail};
 use sublet_market::{Market, Policy, api};
@@ -122,7 +122,7 @@ async fn seed() -> Res<Seeded> {
         sublet_market::server::Limits::default(),
         std::future::pending(),
     ));
-    let client = Client::new(&url)?;
+    let client = Client::with_tls(&url, &ClientTls::insecure_http())?;
     client.register(&alpha, Role::Provider, "alpha").await?;
     client.register(&bravo, Role::Provider, "bravo").await?;
     client.register(&dee, Role::Demander, "dee").await?;

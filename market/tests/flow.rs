@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde_json::{Value, json};
-use sublet_market::client::{Client, Reply};
+use sublet_market::client::{Client, ClientTls, Reply};
 use sublet_market::identity::{Role, Signer};
 use sublet_market::rail::{ManualRail, PaymentRail};
 use sublet_market::receipts::UsageReceipt;
@@ -75,7 +75,7 @@ async fn start_on(
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
     Ok((
-        Client::new(&format!("http://{addr}"))?.with_clock(clock),
+        Client::with_tls(&format!("http://{addr}"), &ClientTls::insecure_http())?.with_clock(clock),
         offset,
     ))
 }
@@ -920,12 +920,14 @@ async fn openapi_document_describes_every_route() -> TestResult {
         "/v1/disputes/{id}/decide",
         "/v1/contracts/{id}/observations",
         "/v1/contracts/{id}/feedback",
+        "/v1/contracts/{id}/evidence",
+        "/v1/treasury",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
     assert_eq!(
         paths.len(),
-        32,
+        34,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())

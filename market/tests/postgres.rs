@@ -65,7 +65,7 @@ fn two_markets_sharing_a_database_never_overspend() -> Result<()> {
     // Proposed through one market, accepted through the other.
     let ct = b.propose_contract(&verified(&demander), b"{}", &new)?;
     a.accept_contract(&verified(&provider), b"{}", &ct.id)?;
-    a.deposit(&demander, "dep", 10 * CREDIT, "ref")?;
+    a.deposit(&demander, "dep", 10 * CREDIT, "ref", None)?;
 
     // 30 prepayments of one credit race for ten through both markets.
     let threads: Vec<_> = (0..30)

@@ -11,6 +11,7 @@ use sublet_crds::MarketOffer;
 
 use crate::identity::NodeId;
 use crate::market::MarketSettings;
+use sublet_market_api::client::ClientTls;
 
 /// Connections (TLS handshakes included) a provider serves at once by default; more are
 /// closed as they arrive, so a peer opening connections without end cannot exhaust the
@@ -199,9 +200,21 @@ pub struct Args {
     /// fields are those of `ProviderPool.spec.offer`.
     #[arg(long, env = "SUBLET_PROVIDER_OFFER")]
     pub offer: Option<String>,
-    /// The market the offer goes to, `http://host:port` (overrides the offer's `marketUrl`).
+    /// The market the offer goes to, `https://host:port` (overrides the offer's `marketUrl`).
     #[arg(long, env = "SUBLET_PROVIDER_MARKET_URL")]
     pub market_url: Option<String>,
+    /// PEM CA certificates trusted for the market's HTTPS instead of the system's roots
+    /// (overrides the offer's `marketCaFile`).
+    #[arg(long, env = "SUBLET_PROVIDER_MARKET_CA_FILE")]
+    pub market_ca_file: Option<PathBuf>,
+    /// Allow a plain `http://` market URL: anyone on the path could grant tenancy by
+    /// rewriting the market's answers, so only for a market on loopback or in tests.
+    #[arg(
+        long,
+        env = "SUBLET_PROVIDER_MARKET_INSECURE_HTTP",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub market_insecure_http: bool,
     /// How often the offer is checked on the market and proposed contracts are accepted,
     /// e.g. `1m` [default: 1m].
     #[arg(long, env = "SUBLET_PROVIDER_MARKET_INTERVAL")]
@@ -247,6 +260,9 @@ pub struct FileConfig {
     pub token: Option<String>,
     pub offer: Option<MarketOffer>,
     pub market_url: Option<String>,
+    pub market_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub market_insecure_http: bool,
     pub market_interval: Option<String>,
 }
 
@@ -311,16 +327,34 @@ impl Args {
             (Some(offer), url) => {
                 let Some(url) = url.or_else(|| offer.market_url.clone()) else {
                     bail!(
-                        "the offer needs a market; pass --market-url http://host:port or set `marketUrl` in the offer"
+                        "the offer needs a market; pass --market-url https://host:port or set `marketUrl` in the offer"
                     );
+                };
+                let tls = ClientTls {
+                    ca_file: self
+                        .market_ca_file
+                        .clone()
+                        .or(file.market_ca_file)
+                        .or_else(|| offer.market_ca_file.as_ref().map(PathBuf::from)),
+                    insecure_http: self.market_insecure_http
+                        || file.market_insecure_http
+                        || offer.market_insecure_http,
                 };
                 if let Some(problem) = offer.validate("offer").first() {
                     bail!("{problem}");
+                }
+                if let Err(problem) = sublet_crds::offer::check_market_url(
+                    &url,
+                    tls.insecure_http,
+                    "--market-insecure-http",
+                ) {
+                    bail!("the market url: {problem}");
                 }
                 Some(MarketSettings {
                     url,
                     offer,
                     interval,
+                    tls,
                 })
             }
         };
@@ -463,7 +497,7 @@ mod tests {
         let path = dir.path().join("offer.yaml");
         std::fs::write(
             &path,
-            "marketUrl: http://market:8480\npricePerGibMonth: 4000\nregion: eu-west\npromisedUptime: \"99.5%\"\n",
+            "marketUrl: https://market:8480\npricePerGibMonth: 4000\nregion: eu-west\npromisedUptime: \"99.5%\"\n",
         )
         .unwrap();
         let parse = |args: &[&str]| {
@@ -473,7 +507,8 @@ mod tests {
         };
         let cfg = parse(&["--offer", path.to_str().unwrap()]).unwrap();
         let market = cfg.market.unwrap();
-        assert_eq!(market.url, "http://market:8480");
+        assert_eq!(market.url, "https://market:8480");
+        assert_eq!(market.tls, ClientTls::default());
         assert_eq!(market.interval, std::time::Duration::from_secs(60));
         let offer = market.new_offer(cfg.capacity - cfg.reserve).unwrap();
         assert_eq!(
@@ -490,6 +525,7 @@ mod tests {
             "{capacity: 1Gi, pricePerGibMonth: 5, region: home, promisedUptime: 99%}",
             "--market-url",
             "http://m:1",
+            "--market-insecure-http",
             "--market-interval",
             "5m",
         ])
@@ -523,5 +559,18 @@ mod tests {
         );
         let err = parse(&["--market-url", "http://m:1"]).unwrap_err();
         assert!(format!("{err:#}").contains("--offer"), "{err:#}");
+        // Plain HTTP is refused without the switch, wherever the URL comes from.
+        let err = parse(&[
+            "--offer",
+            "{pricePerGibMonth: 5, region: home, promisedUptime: 99%}",
+            "--market-url",
+            "http://m:1",
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("is plain HTTP")
+                && format!("{err:#}").contains("--market-insecure-http"),
+            "{err:#}"
+        );
     }
 }

@@ -1,6 +1,12 @@
 //! This provider on the sublet market: registers the node key as a provider party,
 //! publishes the offer, keeps it current (re-publishes when the terms change or the
 //! market no longer lists it) and accepts contracts demanders propose on it.
+//!
+//! The market's word is not enough to let a gateway in: a proposal is accepted, and a
+//! tenant admitted with its quota, only when the contract's evidence carries the
+//! demander's own signature over exactly that offer (one this provider published) and
+//! reservation, and (for admission) this provider's own signed acceptance. A compromised
+//! market, or anyone rewriting its answers, cannot grant tenancy to another key.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,8 +17,8 @@ use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sublet_crds::MarketOffer;
-use sublet_market_api::client::Client;
-use sublet_market_api::contracts::{Contract, ContractState};
+use sublet_market_api::client::{Client, ClientTls};
+use sublet_market_api::contracts::{Contract, ContractEvidence, ContractState};
 use sublet_market_api::identity::{Role, Signer};
 use sublet_market_api::meter::Meter;
 use sublet_market_api::offers::{NewOffer, Offer};
@@ -30,8 +36,10 @@ pub const METER_FILE: &str = "market-meter.json";
 /// How this provider takes part in the market.
 #[derive(Clone, Debug)]
 pub struct MarketSettings {
-    /// `http://host:port`.
+    /// `https://host:port` (`http://` with `tls.insecure_http`).
     pub url: String,
+    /// How the market is reached.
+    pub tls: ClientTls,
     /// The terms as written in the offer file (or `ProviderPool.spec.offer`).
     pub offer: MarketOffer,
     /// How often the offer is checked and proposals are answered.
@@ -151,9 +159,25 @@ pub struct SyncReport {
     pub receipts: Vec<(String, i64, String)>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Default)]
 struct SavedOffer {
     offer_id: String,
+    /// Offers this provider published before the current one (newest last, at most
+    /// [`OFFER_HISTORY`]): contracts on them are still its own.
+    #[serde(default)]
+    earlier: Vec<String>,
+}
+
+/// How many earlier offer ids the provider remembers.
+const OFFER_HISTORY: usize = 64;
+
+/// A contract whose evidence checked out: what was verified, and the demander's gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct VerifiedTenant {
+    demander: String,
+    offer_id: String,
+    reserved_bytes: u64,
+    gateway: NodeId,
 }
 
 /// Publishes one provider's offer with its node key.
@@ -166,6 +190,9 @@ pub struct OfferPublisher {
     meter_path: PathBuf,
     contracted: ContractedClients,
     store: Option<Arc<Store>>,
+    /// Contracts whose evidence was checked, by id (the evidence never changes; a contract
+    /// the market later shows differently is checked again).
+    verified: Mutex<HashMap<String, VerifiedTenant>>,
 }
 
 fn same_terms(open: &Offer, wanted: &NewOffer) -> bool {
@@ -183,13 +210,14 @@ impl OfferPublisher {
     pub fn new(
         identity: &NodeIdentity,
         url: &str,
+        tls: &ClientTls,
         offer: NewOffer,
         data_dir: PathBuf,
     ) -> anyhow::Result<Self> {
         let signer = Signer::from_pkcs8(identity.pkcs8_der())
             .map_err(|e| anyhow!("the node key cannot sign for the market: {e}"))?;
         Ok(Self {
-            client: Client::new(url).map_err(|e| anyhow!("--market-url: {e}"))?,
+            client: Client::with_tls(url, tls).map_err(|e| anyhow!("--market-url: {e}"))?,
             signer,
             name: format!("provider-{}", identity.node_id()),
             offer,
@@ -197,6 +225,7 @@ impl OfferPublisher {
             meter_path: data_dir.join(METER_FILE),
             contracted: ContractedClients::default(),
             store: None,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -246,19 +275,44 @@ impl OfferPublisher {
         }
     }
 
-    fn saved_offer(&self) -> Option<String> {
+    fn saved(&self) -> Option<SavedOffer> {
         let text = std::fs::read(&self.state_path).ok()?;
-        serde_json::from_slice::<SavedOffer>(&text)
-            .ok()
-            .map(|s| s.offer_id)
+        serde_json::from_slice::<SavedOffer>(&text).ok()
+    }
+
+    fn saved_offer(&self) -> Option<String> {
+        self.saved().map(|s| s.offer_id)
+    }
+
+    /// Every offer id this provider published that it still remembers.
+    fn own_offers(&self) -> Vec<String> {
+        self.saved()
+            .map(|s| {
+                let mut all = s.earlier;
+                all.push(s.offer_id);
+                all
+            })
+            .unwrap_or_default()
     }
 
     fn save_offer(&self, offer_id: &str) -> anyhow::Result<()> {
         let tmp = self.state_path.with_extension("tmp");
+        let mut earlier = match self.saved() {
+            Some(s) if !s.offer_id.is_empty() && s.offer_id != offer_id => {
+                let mut e = s.earlier;
+                e.push(s.offer_id);
+                e
+            }
+            Some(s) => s.earlier,
+            None => Vec::new(),
+        };
+        let excess = earlier.len().saturating_sub(OFFER_HISTORY);
+        earlier.drain(..excess);
         std::fs::write(
             &tmp,
             serde_json::to_vec(&SavedOffer {
                 offer_id: offer_id.into(),
+                earlier,
             })?,
         )
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -321,7 +375,19 @@ impl OfferPublisher {
             let Some(id) = contract["id"].as_str() else {
                 continue;
             };
-            // The market checked the proposal against the offer's free capacity and terms.
+            // The market checked the proposal against the offer's free capacity and terms;
+            // the demander's signature is checked here.
+            let proposed: Contract = match serde_json::from_value(contract.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(contract = %id, error = %e, "the market listed a contract that does not parse");
+                    continue;
+                }
+            };
+            if let Err(e) = self.verify_proposal(&proposed).await {
+                warn!(contract = %id, error = %format!("{e:#}"), "not accepting a proposal the demander did not sign as the market shows it");
+                continue;
+            }
             match self
                 .call("POST", &format!("/v1/contracts/{id}/accept"), &json!({}))
                 .await
@@ -341,31 +407,14 @@ impl OfferPublisher {
             .collect();
         active.sort_by_key(|c| (c.accepted_at, c.id.clone()));
         let mut tenants: HashMap<NodeId, Tenancy> = HashMap::new();
-        let mut gateways: HashMap<String, NodeId> = HashMap::new();
-        for c in &active {
-            let gateway = match gateways.get(&c.demander) {
-                Some(g) => *g,
-                None => {
-                    let party = self
-                        .client
-                        .json(
-                            None,
-                            "GET",
-                            &format!("/v1/parties/{}", c.demander),
-                            &Value::Null,
-                        )
-                        .await?
-                        .ok()?;
-                    let Some(key) = party["public_key"]
-                        .as_str()
-                        .and_then(|k| hex::decode(k).ok())
-                        .and_then(|k| <[u8; 32]>::try_from(k).ok())
-                    else {
-                        continue;
-                    };
-                    let id = NodeId::from_public_key(&key);
-                    gateways.insert(c.demander.clone(), id);
-                    id
+        let mut refused = Vec::new();
+        for (i, c) in active.iter().enumerate() {
+            let gateway = match self.verify_tenant(c).await {
+                Ok(gateway) => gateway,
+                Err(e) => {
+                    warn!(contract = %c.id, demander = %c.demander, error = %format!("{e:#}"), "refusing a tenant whose contract the parties did not sign as the market shows it");
+                    refused.push(i);
+                    continue;
                 }
             };
             // The oldest contract carries the demander's usage; later ones add to its quota.
@@ -377,10 +426,90 @@ impl OfferPublisher {
                     quota: c.reserved_bytes,
                 });
         }
+        for i in refused.into_iter().rev() {
+            active.remove(i);
+        }
         report.contracted_clients = tenants.len();
         report.receipts = self.report_usage(&active, &tenants).await?;
         self.contracted.replace(tenants);
         Ok(report)
+    }
+
+    async fn evidence(&self, contract: &str) -> anyhow::Result<ContractEvidence> {
+        let v = self
+            .call(
+                "GET",
+                &format!("/v1/contracts/{contract}/evidence"),
+                &Value::Null,
+            )
+            .await?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// The demander's key, once its signed proposal is checked to be for `c` as shown, on
+    /// an offer this provider published.
+    async fn verify_proposal(&self, c: &Contract) -> anyhow::Result<[u8; 32]> {
+        if c.provider != self.party_id() {
+            return Err(anyhow!("contract {} is not with this provider", c.id));
+        }
+        if !self.own_offers().contains(&c.offer_id) {
+            return Err(anyhow!(
+                "contract {} is on offer {}, which this provider did not publish",
+                c.id,
+                c.offer_id
+            ));
+        }
+        Ok(self.evidence(&c.id).await?.verify_proposal(c)?)
+    }
+
+    /// The gateway of `c`'s demander, once the contract is checked to be what the demander
+    /// proposed and this provider accepted.
+    async fn verify_tenant(&self, c: &Contract) -> anyhow::Result<NodeId> {
+        let known = self
+            .verified
+            .lock()
+            .map_err(|_| anyhow!("the verified contracts lock is poisoned"))?
+            .get(&c.id)
+            .cloned();
+        if let Some(v) = known
+            && v.demander == c.demander
+            && v.offer_id == c.offer_id
+            && v.reserved_bytes == c.reserved_bytes
+        {
+            return Ok(v.gateway);
+        }
+        if c.provider != self.party_id() {
+            return Err(anyhow!("contract {} is not with this provider", c.id));
+        }
+        if !self.own_offers().contains(&c.offer_id) {
+            return Err(anyhow!(
+                "contract {} is on offer {}, which this provider did not publish",
+                c.id,
+                c.offer_id
+            ));
+        }
+        let evidence = self.evidence(&c.id).await?;
+        let demander_key = evidence.verify_proposal(c)?;
+        let own = evidence.verify_acceptance(c)?;
+        if hex::encode(own) != self.signer.public_key_hex() {
+            return Err(anyhow!(
+                "contract {} was not accepted by this provider's key",
+                c.id
+            ));
+        }
+        let gateway = NodeId::from_public_key(&demander_key);
+        if let Ok(mut verified) = self.verified.lock() {
+            verified.insert(
+                c.id.clone(),
+                VerifiedTenant {
+                    demander: c.demander.clone(),
+                    offer_id: c.offer_id.clone(),
+                    reserved_bytes: c.reserved_bytes,
+                    gateway,
+                },
+            );
+        }
+        Ok(gateway)
     }
 
     /// Samples what each tenant stores, then signs and submits the receipts of the periods

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sublet_crds::MarketOffer;
 use sublet_market::{Market, Policy, api};
-use sublet_market_api::client::Client;
+use sublet_market_api::client::{Client, ClientTls};
 use sublet_market_api::identity::{Role, Signer, party_id};
 use sublet_provider::client::{ClientConfig, ErrorKind, ProviderClient};
 use sublet_provider::identity::NodeIdentity;
@@ -25,7 +25,7 @@ async fn market_with(policy: Policy) -> (String, Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, api::router(Arc::new(market))).await });
-    let client = Client::new(&url).unwrap();
+    let client = Client::with_tls(&url, &ClientTls::insecure_http()).unwrap();
     (url, client)
 }
 
@@ -43,6 +43,7 @@ async fn start(dir: &std::path::Path, url: &str, offer: MarketOffer) -> RunningP
     config.token = Some("operator-token-0123".into());
     config.market = Some(MarketSettings {
         url: url.into(),
+        tls: ClientTls::insecure_http(),
         offer,
         interval: Duration::from_millis(100),
     });
@@ -370,12 +371,14 @@ async fn a_node_key_registered_as_a_demander_does_not_publish() {
         .unwrap();
     let settings = MarketSettings {
         url: url.clone(),
+        tls: ClientTls::insecure_http(),
         offer: offer(4000),
         interval: Duration::from_secs(60),
     };
     let publisher = sublet_provider::market::OfferPublisher::new(
         &identity,
         &url,
+        &settings.tls,
         settings.new_offer(1 << 30).unwrap(),
         dir.path().to_path_buf(),
     )
@@ -387,4 +390,149 @@ async fn a_node_key_registered_as_a_demander_does_not_publish() {
         "{err}"
     );
     assert!(open_offers(&client, &signer.party_id()).await.is_empty());
+}
+
+/// A man in the middle of plain-HTTP market traffic: forwards every request to `market`
+/// and, while `rewrite` is set, answers with every `from` in the market's answers replaced
+/// by `to`.
+async fn rewriting_proxy(
+    market: String,
+    rewrite: Arc<std::sync::atomic::AtomicBool>,
+    from: String,
+    to: String,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = market.trim_start_matches("http://").to_owned();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let (upstream, rewrite, from, to) =
+                (upstream.clone(), rewrite.clone(), from.clone(), to.clone());
+            tokio::spawn(async move {
+                // The client sends its whole request, then reads to the end (connection: close).
+                let mut request = Vec::new();
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = down.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = up.write_all(&request).await;
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer).await;
+                if rewrite.load(std::sync::atomic::Ordering::SeqCst)
+                    && let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n")
+                {
+                    let body = String::from_utf8_lossy(&answer[end + 4..]).replace(&from, &to);
+                    let head: Vec<String> = String::from_utf8_lossy(&answer[..end])
+                        .lines()
+                        .filter(|l| !l.to_lowercase().starts_with("content-length:"))
+                        .map(str::to_owned)
+                        .collect();
+                    answer = format!(
+                        "{}\r\ncontent-length: {}\r\n\r\n{body}",
+                        head.join("\r\n"),
+                        body.len()
+                    )
+                    .into_bytes();
+                }
+                let _ = down.write_all(&answer).await;
+                let _ = down.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_market_that_rewrites_contracts_grants_no_tenancy() {
+    let (url, client) = market().await;
+    // Eve's gateway would like to store on the provider without a contract of its own.
+    let eve_gateway = Arc::new(NodeIdentity::generate());
+    let eve = Signer::from_pkcs8(eve_gateway.pkcs8_der()).unwrap();
+    client.register(&eve, Role::Demander, "eve").await.unwrap();
+    let dee_gateway = Arc::new(NodeIdentity::generate());
+    let dee = Signer::from_pkcs8(dee_gateway.pkcs8_der()).unwrap();
+    let rewrite = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxied =
+        rewriting_proxy(url.clone(), rewrite.clone(), dee.party_id(), eve.party_id()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let provider = start(dir.path(), &proxied, offer(4000)).await;
+    let identity = NodeIdentity::load_or_create(dir.path()).unwrap();
+    let party = party_id(identity.public_key());
+    let published = eventually(|| {
+        let client = client.clone();
+        let party = party.clone();
+        async move { open_offers(&client, &party).await.pop() }
+    })
+    .await;
+    let shards_of = |gateway: &Arc<NodeIdentity>| {
+        ProviderClient::new(
+            &provider.grpc_addr.to_string(),
+            provider.node_id,
+            &ClientConfig {
+                identity: Arc::clone(gateway),
+                token: None,
+            },
+        )
+        .unwrap()
+    };
+
+    // Honest answers: dee's contract is accepted and dee's gateway let in.
+    client.register(&dee, Role::Demander, "dee").await.unwrap();
+    client
+        .json(
+            Some(&dee),
+            "POST",
+            "/v1/contracts",
+            &json!({"offer_id": published["id"], "reserved_bytes": 1u64 << 30, "term_days": 30}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let dee_shards = shards_of(&dee_gateway);
+    eventually(|| {
+        let s = dee_shards.clone();
+        async move { s.info().await.ok() }
+    })
+    .await;
+    let eve_shards = shards_of(&eve_gateway);
+    assert!(eve_shards.info().await.is_err(), "eve holds no contract");
+
+    // The man in the middle names eve as the contract's demander: the provider finds that
+    // dee signed it, lets nobody in on it, and eve never gets in.
+    rewrite.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(|| {
+        let s = dee_shards.clone();
+        async move { s.info().await.err() }
+    })
+    .await;
+    for _ in 0..10 {
+        assert!(
+            eve_shards.info().await.is_err(),
+            "eve was let in on dee's contract"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(provider);
 }

@@ -13,7 +13,7 @@ use super::Market;
 use crate::contracts;
 use crate::db::Db;
 use crate::ledger::{self, Account, Applied, LedgerSummary};
-use crate::rail::PaymentRail;
+use crate::rail::{Authorization, PaymentRail, treasurer};
 use crate::receipts;
 
 /// A party's credits.
@@ -76,6 +76,28 @@ impl Market {
         self.tx(|c| self.balances_in(c, who))
     }
 
+    /// The treasurer rail's audit trail, newest first (at most `limit`): a party reads its
+    /// own entries, an arbiter every party's.
+    pub fn treasury(
+        &self,
+        who: &Party,
+        party: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<treasurer::Entry>> {
+        let limit = limit.clamp(1, 1000);
+        let party = match (who.role, party) {
+            (Role::Arbiter, p) => p.map(str::to_owned),
+            (_, Some(p)) if p != who.id => {
+                return Err(Error::Forbidden(format!(
+                    "party {} may read only its own treasury entries, not those of {p}",
+                    who.id
+                )));
+            }
+            _ => Some(who.id.clone()),
+        };
+        self.tx(|c| treasurer::entries(c, party.as_deref(), limit))
+    }
+
     pub fn ledger_summary(&self) -> Result<LedgerSummary> {
         self.tx(ledger::summary)
     }
@@ -90,13 +112,17 @@ impl Market {
         op_id: &str,
         amount: Micros,
         reference: &str,
+        authorization: Option<&Authorization>,
     ) -> Result<OperationResult> {
         let rail = self.rail()?;
         ledger::check_amount("amount", amount)?;
-        let confirmed = rail.confirm_deposit(&who.id, amount, reference)?;
+        let confirmed = rail.confirm_deposit(&who.id, amount, reference, authorization)?;
         let now = self.now();
         self.tx(|c| {
-            let applied = ledger::deposit(c, op_id, &who.id, amount, &confirmed, now)?;
+            if let Some(used) = &confirmed.used {
+                treasurer::record(c, op_id, &who.id, amount, reference, used, now)?;
+            }
+            let applied = ledger::deposit(c, op_id, &who.id, amount, &confirmed.reference, now)?;
             info!(party = %who.id, op_id, amount, ?applied, "deposit");
             Ok(OperationResult {
                 op_id: op_id.into(),
@@ -113,6 +139,7 @@ impl Market {
         op_id: &str,
         amount: Micros,
         reference: &str,
+        authorization: Option<&Authorization>,
     ) -> Result<OperationResult> {
         let rail = self.rail()?;
         let now = self.now();
@@ -127,7 +154,10 @@ impl Market {
             )?;
             // Paid out inside the transaction: if the rail refuses, the debit rolls back.
             if applied == Applied::New {
-                rail.pay_out(&who.id, amount, reference)?;
+                let confirmed = rail.pay_out(&who.id, amount, reference, authorization)?;
+                if let Some(used) = &confirmed.used {
+                    treasurer::record(c, op_id, &who.id, amount, reference, used, now)?;
+                }
             }
             info!(party = %who.id, op_id, amount, ?applied, "withdrawal");
             Ok(OperationResult {

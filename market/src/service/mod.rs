@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::rail::PaymentRail;
 
 mod accounts;
+mod evidence;
 mod parties;
 mod reputation;
 mod store;

@@ -109,6 +109,7 @@ pub(super) fn init_schema(db: &dyn Db) -> Result<()> {
         disputes::SCHEMA,
         crate::quality::SCHEMA,
         attestations::SCHEMA,
+        crate::rail::treasurer::SCHEMA,
     ] {
         db.schema(schema)?;
     }

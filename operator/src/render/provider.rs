@@ -510,7 +510,7 @@ mod tests {
     fn pool_offer_reaches_every_provider_pod() {
         let pool = pool(
             "lent",
-            "class: rented\nnodes: {selector: {}, storage: {hostPath: /srv/sublet, capacity: 500Gi}}\noffer: {marketUrl: \"http://market:8480\", pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
+            "class: rented\nnodes: {selector: {}, storage: {hostPath: /srv/sublet, capacity: 500Gi}}\noffer: {marketUrl: \"https://market:8480\", pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
         );
         let objects = provider_objects(&pool, &Images::default(), 1)
             .unwrap()
@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(env[2]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
         // What the provider pod reads back is the pool's offer, endpoint filled in.
         let offer: MarketOffer = serde_yaml::from_str(env[3]["value"].as_str().unwrap()).unwrap();
-        assert_eq!(offer.market_url.as_deref(), Some("http://market:8480"));
+        assert_eq!(offer.market_url.as_deref(), Some("https://market:8480"));
         assert_eq!(offer.endpoint.as_deref(), Some("https://$(POD_IP):7480"));
         assert_eq!(offer.promised_uptime_bps(), Some(9950));
         assert_eq!(offer.price_per_gib_month, 4000);

@@ -189,6 +189,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         let publisher = crate::market::OfferPublisher::new(
             &identity,
             &market.url,
+            &market.tls,
             offer,
             config.data_dir.clone(),
         )?

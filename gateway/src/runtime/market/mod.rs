@@ -12,8 +12,8 @@ use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sublet_crds::{Config, Endpoint, MarketPool};
-use sublet_market_api::client::Client;
-use sublet_market_api::contracts::{Contract, ContractState};
+use sublet_market_api::client::{Client, ClientTls};
+use sublet_market_api::contracts::{Contract, ContractEvidence, ContractState};
 use sublet_market_api::identity::{Role, Signer};
 use sublet_market_api::offers::Offer;
 use sublet_provider::identity::{NodeId, NodeIdentity};
@@ -146,6 +146,16 @@ pub enum Contracting {
     Existing,
 }
 
+/// A client for the market of pool `m`: HTTPS (its `caFile` or the system's roots), plain
+/// HTTP only with `insecureHttp`.
+pub(crate) fn market_client(m: &MarketPool) -> anyhow::Result<Client> {
+    let tls = ClientTls {
+        ca_file: m.ca_file.as_ref().map(std::path::PathBuf::from),
+        insecure_http: m.insecure_http,
+    };
+    Client::with_tls(&m.url, &tls).map_err(|e| anyhow!("spec.market.url: {e}"))
+}
+
 /// Contracts providers for one market pool until `m.providers` are active (or proposed and
 /// not yet answered after `wait`), reusing the contracts in `ids`. Returns the active ones.
 ///
@@ -162,7 +172,7 @@ pub async fn contract_pool(
     wait: Duration,
     how: Contracting,
 ) -> anyhow::Result<Vec<Contracted>> {
-    let client = Client::new(&m.url).map_err(|e| anyhow!("spec.market.url: {e}"))?;
+    let client = market_client(m)?;
     let signer = signer_of(identity)?;
     ensure_demander(&client, &signer, &format!("gateway-{}", identity.node_id())).await?;
 
@@ -283,14 +293,25 @@ pub async fn contract_pool(
         let offer: Offer = serde_json::from_value(
             get(&client, None, &format!("/v1/offers/{}", c.offer_id)).await?,
         )?;
-        let party = get(&client, None, &format!("/v1/parties/{}", c.provider)).await?;
-        let key: [u8; 32] = party["public_key"]
-            .as_str()
-            .and_then(|k| hex::decode(k).ok())
-            .and_then(|k| k.try_into().ok())
-            .ok_or_else(|| anyhow!("market party {} has no ed25519 key", c.provider))?;
-        // The node id is derived from the key the provider signed its offer with, so the
-        // gateway pins the machine the market vouches for, not whoever answers the address.
+        // The node id is derived from the key that signed this provider's acceptance of the
+        // contract (checked here, and bound to the provider's party id), so the gateway pins
+        // the machine that agreed to the contract, whatever the market or anyone rewriting
+        // its answers says about the provider's key.
+        let evidence: ContractEvidence = serde_json::from_value(
+            get(
+                &client,
+                Some(&signer),
+                &format!("/v1/contracts/{}/evidence", c.id),
+            )
+            .await?,
+        )?;
+        let key = match evidence.verify_acceptance(&c) {
+            Ok(key) => key,
+            Err(e) => {
+                warn!(pool, contract = %c.id, provider = %c.provider, error = %e, "not using a provider whose signed acceptance does not match the contract the market shows");
+                continue;
+            }
+        };
         let node_id = NodeId::from_public_key(&key);
         let score = score_of(&client, &c.provider).await?;
         out.push(Contracted {

@@ -112,7 +112,7 @@ impl UsageReporter {
         }
         let markets = self.markets.lock().map(|m| m.clone()).unwrap_or_default();
         for (url, ids) in &markets {
-            let client = Client::new(url).map_err(|e| anyhow!("market {url}: {e}"))?;
+            let client = self.client_for(url)?;
             let mine: Vec<Contract> =
                 serde_json::from_value(get(&client, Some(&self.signer), "/v1/contracts").await?)?;
             let active: Vec<Contract> = mine
@@ -245,6 +245,14 @@ impl UsageReporter {
         Ok(out)
     }
 
+    /// A client for the market at `url`, reached as the pool naming it says.
+    fn client_for(&self, url: &str) -> anyhow::Result<Client> {
+        match self.pools.values().find(|m| m.url == url) {
+            Some(m) => super::market_client(m),
+            None => Client::new(url).map_err(|e| anyhow!("market {url}: {e}")),
+        }
+    }
+
     /// Keeps the market pools of `pools` contracted (their state in `data_dir`).
     pub fn for_pools(mut self, pools: BTreeMap<String, MarketPool>, data_dir: PathBuf) -> Self {
         self.pools = pools;
@@ -277,7 +285,7 @@ impl UsageReporter {
         let mut saved = load_saved(&path)?;
         let mut changed = false;
         for (pool, m) in &self.pools {
-            let client = Client::new(&m.url).map_err(|e| anyhow!("spec.market.url: {e}"))?;
+            let client = super::market_client(m)?;
             let mine: Vec<Contract> =
                 serde_json::from_value(get(&client, Some(&self.signer), "/v1/contracts").await?)?;
             let claimed = saved.claimed_by_others(pool);
