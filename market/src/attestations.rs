@@ -451,6 +451,9 @@ pub struct Trust {
     pub level: TrustLevel,
     /// The valid attestations, highest kind first.
     pub active: Vec<Attestation>,
+    /// Contacts the market itself verified (see the `contacts` module): each makes the
+    /// party at least `verified`.
+    pub contacts: Vec<crate::contacts::Contact>,
 }
 
 /// `party`'s trust level as of `now`: from its attestations that are neither revoked
@@ -466,12 +469,18 @@ pub fn trust(conn: &dyn Db, party: &str, keys: &[String], now: i64) -> Result<Tr
             .cmp(&a.kind.level())
             .then(a.submitted_at.cmp(&b.submitted_at))
     });
+    let contacts = crate::contacts::list(conn, party)?;
     let level = active
         .iter()
         .map(|a| a.kind.level())
+        .chain((!contacts.is_empty()).then_some(TrustLevel::Verified))
         .max()
         .unwrap_or_default();
-    Ok(Trust { level, active })
+    Ok(Trust {
+        level,
+        active,
+        contacts,
+    })
 }
 
 #[cfg(test)]
@@ -486,6 +495,7 @@ mod tests {
         let conn = Connection::open_in_memory().expect("sqlite");
         conn.execute_batch(identity::SCHEMA).expect("schema");
         conn.execute_batch(SCHEMA).expect("schema");
+        conn.execute_batch(crate::contacts::SCHEMA).expect("schema");
         conn
     }
 

@@ -5,9 +5,12 @@
 //! its modules are re-exported here under their old paths.
 
 pub mod api;
+pub mod api_trust;
 pub mod attestations;
 pub mod cli;
+pub mod contacts;
 pub mod contracts;
+pub mod credit;
 pub mod db;
 pub mod disputes;
 pub mod identity;
@@ -18,8 +21,10 @@ pub mod quality;
 pub mod rail;
 pub mod ratings;
 pub mod receipts;
+pub mod reviews;
 pub mod server;
 pub mod service;
+pub mod tickets;
 
 pub use service::Market;
 pub use sublet_market_api::{Error, Result, client, error, meter, unix_now};
@@ -46,6 +51,10 @@ pub struct Policy {
     /// basis points of the larger (meters sample at different instants); an agreed period is
     /// paid on the lower figure. Audit counts must match exactly.
     pub receipt_tolerance_bps: i64,
+    /// Ed25519 public keys (hex) that may register as support staff and answer tickets.
+    pub support_keys: Vec<String>,
+    /// How long after its first submission a review may still be edited, in seconds.
+    pub review_window_secs: i64,
 }
 
 impl Default for Policy {
@@ -59,6 +68,8 @@ impl Default for Policy {
             attestor_keys: Vec::new(),
             receipt_period_secs: 3600,
             receipt_tolerance_bps: 100,
+            support_keys: Vec::new(),
+            review_window_secs: 14 * 24 * 3600,
         }
     }
 }

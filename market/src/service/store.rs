@@ -109,6 +109,9 @@ pub(super) fn init_schema(db: &dyn Db) -> Result<()> {
         disputes::SCHEMA,
         crate::quality::SCHEMA,
         attestations::SCHEMA,
+        crate::reviews::SCHEMA,
+        crate::tickets::SCHEMA,
+        crate::contacts::SCHEMA,
     ] {
         db.schema(schema)?;
     }
