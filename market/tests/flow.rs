@@ -920,12 +920,21 @@ async fn openapi_document_describes_every_route() -> TestResult {
         "/v1/disputes/{id}/decide",
         "/v1/contracts/{id}/observations",
         "/v1/contracts/{id}/feedback",
+        "/v1/contracts/{id}/reviews",
+        "/v1/parties/{id}/reviews",
+        "/v1/tickets",
+        "/v1/tickets/{id}",
+        "/v1/tickets/{id}/messages",
+        "/v1/tickets/{id}/close",
+        "/v1/tickets/{id}/escalate",
+        "/v1/parties/{id}/contacts",
+        "/v1/parties/{id}/contacts/verify",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
     assert_eq!(
         paths.len(),
-        32,
+        41,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())

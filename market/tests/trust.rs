@@ -17,6 +17,9 @@ use sublet_market::reviews::NewReview;
 use sublet_market::tickets::{NewMessage, NewTicket, TicketFilter, TicketState};
 use sublet_market::{Error, Market, Policy, Result};
 
+#[path = "../../e2e/src/postgres.rs"]
+mod pg;
+
 const GIB: u64 = 1 << 30;
 const T0: i64 = 1_800_000_000;
 const PERIOD: i64 = 3600;
@@ -54,6 +57,11 @@ fn verified(p: &Party) -> Verified {
 }
 
 fn world() -> Result<World> {
+    world_on(None)
+}
+
+/// The world on PostgreSQL at `pg`, or on an in-memory SQLite database.
+fn world_on(pg: Option<&str>) -> Result<World> {
     let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
     let mailbox = dir.path().join("codes.jsonl");
     let clock = Arc::new(AtomicI64::new(T0));
@@ -67,8 +75,11 @@ fn world() -> Result<World> {
         ..Policy::default()
     };
     let c = clock.clone();
-    let market = Market::in_memory(policy, Some(Arc::new(ManualRail)))?
-        .with_clock(move || c.load(Ordering::SeqCst))
+    let market = match pg {
+        Some(url) => Market::open_postgres(url, policy, Some(Arc::new(ManualRail)))?,
+        None => Market::in_memory(policy, Some(Arc::new(ManualRail)))?,
+    }
+    .with_clock(move || c.load(Ordering::SeqCst))
         .with_delivery(Arc::new(FileDelivery::new(&mailbox)));
     let judge = party(&market, &judge_key, Role::Arbiter, "judge")?;
     let help = party(&market, &help_key, Role::Support, "help")?;
@@ -187,7 +198,18 @@ fn stars(n: u8, text: &str) -> NewReview {
 
 #[test]
 fn both_sides_review_once_per_contract_within_the_window() -> Result<()> {
-    let w = world()?;
+    both_sides_review_once_per_contract_within_the_window_in(world()?)
+}
+
+#[test]
+fn both_sides_review_once_per_contract_within_the_window_on_postgres() -> Result<()> {
+    match pg::database() {
+        Some(url) => both_sides_review_once_per_contract_within_the_window_in(world_on(Some(&url))?),
+        None => Ok(()),
+    }
+}
+
+fn both_sides_review_once_per_contract_within_the_window_in(w: World) -> Result<()> {
     let m = &w.market;
     // Nothing to review before a period is over.
     let early = m.give_review(&verified(&w.dee), b"{}", &w.contract, &stars(5, "great"));
@@ -246,7 +268,18 @@ fn both_sides_review_once_per_contract_within_the_window() -> Result<()> {
 
 #[test]
 fn demander_credit_inputs_follow_the_books() -> Result<()> {
-    let w = world()?;
+    demander_credit_inputs_follow_the_books_in(world()?)
+}
+
+#[test]
+fn demander_credit_inputs_follow_the_books_on_postgres() -> Result<()> {
+    match pg::database() {
+        Some(url) => demander_credit_inputs_follow_the_books_in(world_on(Some(&url))?),
+        None => Ok(()),
+    }
+}
+
+fn demander_credit_inputs_follow_the_books_in(w: World) -> Result<()> {
     let fresh = w.rating(&w.dee)?;
     assert_eq!(
         fresh.inputs.iter().map(|i| i.weight_percent).sum::<u32>(),
@@ -309,7 +342,18 @@ fn demander_credit_inputs_follow_the_books() -> Result<()> {
 
 #[test]
 fn a_ticket_is_answered_escalated_and_decided() -> Result<()> {
-    let w = world()?;
+    a_ticket_is_answered_escalated_and_decided_in(world()?)
+}
+
+#[test]
+fn a_ticket_is_answered_escalated_and_decided_on_postgres() -> Result<()> {
+    match pg::database() {
+        Some(url) => a_ticket_is_answered_escalated_and_decided_in(world_on(Some(&url))?),
+        None => Ok(()),
+    }
+}
+
+fn a_ticket_is_answered_escalated_and_decided_in(w: World) -> Result<()> {
     let m = &w.market;
     let id = w.ticket_on_contract(&w.dee, "shards missing")?;
     // Who reads it: its parties and support, not outsiders nor (yet) arbiters.
@@ -376,7 +420,18 @@ fn a_ticket_is_answered_escalated_and_decided() -> Result<()> {
 
 #[test]
 fn tickets_are_bounded_and_unanswered_ones_count_as_they_wait() -> Result<()> {
-    let w = world()?;
+    tickets_are_bounded_and_unanswered_ones_count_as_they_wait_in(world()?)
+}
+
+#[test]
+fn tickets_are_bounded_and_unanswered_ones_count_as_they_wait_on_postgres() -> Result<()> {
+    match pg::database() {
+        Some(url) => tickets_are_bounded_and_unanswered_ones_count_as_they_wait_in(world_on(Some(&url))?),
+        None => Ok(()),
+    }
+}
+
+fn tickets_are_bounded_and_unanswered_ones_count_as_they_wait_in(w: World) -> Result<()> {
     let m = &w.market;
     let bad = |t: NewTicket| m.open_ticket(&verified(&w.dee), b"{}", &t);
     let base = NewTicket {
@@ -459,7 +514,18 @@ fn tickets_are_bounded_and_unanswered_ones_count_as_they_wait() -> Result<()> {
 
 #[test]
 fn the_market_verifies_a_contact_by_a_code_it_sends() -> Result<()> {
-    let w = world()?;
+    the_market_verifies_a_contact_by_a_code_it_sends_in(world()?)
+}
+
+#[test]
+fn the_market_verifies_a_contact_by_a_code_it_sends_on_postgres() -> Result<()> {
+    match pg::database() {
+        Some(url) => the_market_verifies_a_contact_by_a_code_it_sends_in(world_on(Some(&url))?),
+        None => Ok(()),
+    }
+}
+
+fn the_market_verifies_a_contact_by_a_code_it_sends_in(w: World) -> Result<()> {
     let m = &w.market;
     let ask = ContactRequest {
         email: "Ops@Pat.example".into(),
