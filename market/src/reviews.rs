@@ -94,25 +94,32 @@ fn from_row(r: &Row, window: i64) -> Result<Review> {
     })
 }
 
-/// Whether the contract has something to review: a period is over, or it ended after it
-/// ran. A proposal never accepted has none.
-fn reviewable(c: &Contract, now: i64) -> Result<()> {
+/// Whether the contract has something to review: a period is over (by the clock, or
+/// because a side reported one), or it ended after it ran. A proposal never accepted has
+/// none.
+fn reviewable(conn: &dyn Db, c: &Contract, now: i64) -> Result<()> {
     let Some(accepted) = c.accepted_at else {
         return Err(Error::Conflict(format!(
             "contract {} was never accepted; there is nothing to review",
             c.id
         )));
     };
-    let first_period_over = accepted.saturating_add(c.period_secs.max(1)) <= now;
-    let ended = c.state == ContractState::Terminated;
-    if !first_period_over && !ended {
-        return Err(Error::Conflict(format!(
-            "contract {} is reviewable once its first period is over (at {}) or it has ended",
-            c.id,
-            accepted.saturating_add(c.period_secs.max(1))
-        )));
+    let first_period_end = accepted.saturating_add(c.period_secs.max(1));
+    if first_period_end <= now || c.state == ContractState::Terminated {
+        return Ok(());
     }
-    Ok(())
+    let reported: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM receipts WHERE contract = ?1)",
+        [&c.id],
+        |r| r.get(0),
+    )?;
+    if reported {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "contract {} is reviewable once its first period is over (at {first_period_end}), a period is reported or it has ended",
+        c.id
+    )))
 }
 
 /// Stores `who`'s review of the other side of `contract_id`, or changes it within
@@ -150,7 +157,7 @@ pub fn give(
             "text must be at most {MAX_TEXT_CHARS} printable characters (line breaks allowed)"
         )));
     }
-    reviewable(&c, now)?;
+    reviewable(conn, &c, now)?;
     let earlier: Option<i64> = conn.query_opt(
         "SELECT created_at FROM reviews WHERE contract = ?1 AND side = ?2",
         params![contract_id, side.as_str()],
