@@ -624,6 +624,37 @@ fn wrong_codes_run_out_and_codes_expire() -> Result<()> {
     Ok(())
 }
 
+/// A decision of 0 credits for an arbiter or support used to be stored and read back as
+/// one for the provider.
+#[test]
+fn a_dispute_is_decided_for_the_demander_or_the_provider_only() -> Result<()> {
+    let w = world()?;
+    let d = w.market.open_dispute(
+        &verified(&w.dee),
+        b"{}",
+        &w.contract,
+        &sublet_market::disputes::NewDispute {
+            period_start: None,
+            claim: "claim".into(),
+        },
+    )?;
+    for role in [Role::Arbiter, Role::Support] {
+        let r = w.market.decide_dispute(
+            &verified(&w.judge),
+            b"{}",
+            &d.id,
+            &Decision {
+                in_favour_of: role,
+                amount: 0,
+                reason: "nobody".into(),
+            },
+        );
+        assert!(matches!(r, Err(Error::BadRequest(_))), "{role:?}: {r:?}");
+    }
+    assert!(w.market.dispute(&w.dee, &d.id)?.decision.is_none());
+    Ok(())
+}
+
 #[test]
 fn only_support_keys_register_as_support() -> Result<()> {
     let w = world()?;
