@@ -185,7 +185,7 @@ fn quality_inputs(q: &ProviderQuality) -> Vec<RatingInput> {
         Some(stars) => RatingInput {
             name: "feedback",
             value: format!(
-                "{}.{:02} stars from {} demanders' reviews",
+                "{}.{:02} stars from {} demanders",
                 stars / 100,
                 stars % 100,
                 q.feedback_count

@@ -1171,7 +1171,11 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves_on(
         )
         .await?
         .ok()?;
-    assert_eq!(r["score"], 1000 * 75 / 100 + 1000 * 20 / 100, "{r}");
+    // The demander paid every agreed period and lost no dispute: its credit says so.
+    assert_eq!(r["score"], weighted(&r), "{r}");
+    assert_eq!(r["inputs"][0]["name"], "payment_record", "{r}");
+    assert_eq!(r["inputs"][0]["score"], 1000, "{r}");
+    assert_eq!(r["inputs"][2]["value"], "0 lost", "{r}");
 
     // A dispute the provider wins is paid from the contract's escrow.
     let d = w
@@ -1214,7 +1218,11 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves_on(
         )
         .await?
         .ok()?;
-    assert_eq!(r["score"], 1000 * 75 / 100 + 750 * 20 / 100, "{r}");
+    // Lost, but paid from the escrow: a dispute lost, no chargeback.
+    assert_eq!(r["score"], weighted(&r), "{r}");
+    assert_eq!(r["inputs"][2]["value"], "1 lost", "{r}");
+    assert_eq!(r["inputs"][2]["score"], 750, "{r}");
+    assert_eq!(r["inputs"][3]["value"], "0 charged back", "{r}");
     Ok(())
 }
 
