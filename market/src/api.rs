@@ -23,6 +23,8 @@ use sublet_market_api::{Error, Result};
 use crate::Market;
 use crate::offers::OfferFilter;
 
+mod trust;
+
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -178,7 +180,7 @@ pub fn router(market: Shared) -> Router {
         .route("/v1/disputes/{id}", get(dispute))
         .route("/v1/disputes/{id}/decide", post(decide_dispute))
         // Support tickets, reviews both ways and the market's own contact checks (issue 23).
-        .merge(crate::api_trust::routes())
+        .merge(trust::routes())
         .fallback(|| async {
             ErrorReply(Error::not_found(
                 "route; the API is described at /openapi.json",

@@ -117,22 +117,7 @@ pub fn attestation_message(
     )
 }
 
-/// The SHA-256 (hex) of an e-mail address, trimmed and lowercased: what an
-/// `email` attestation carries instead of the address.
-pub fn email_hash(address: &str) -> Result<String> {
-    let address = address.trim().to_lowercase();
-    let well_formed = address.len() <= 254
-        && !address.chars().any(|c| c.is_whitespace() || c.is_control())
-        && address
-            .rsplit_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
-    if !well_formed {
-        return Err(Error::BadRequest(format!(
-            "{address:?} is not an e-mail address like name@example.org"
-        )));
-    }
-    Ok(sha256_hex(address.as_bytes()))
-}
+pub use crate::contacts::email_hash;
 
 /// An attestation as the attestor signs and anyone submits it
 /// (`POST /v1/parties/{id}/attestations`).

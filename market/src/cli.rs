@@ -201,9 +201,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "provider" => Role::Provider,
                 "arbiter" => Role::Arbiter,
                 "support" => Role::Support,
-                other => bail!(
-                    "--role must be demander, provider, arbiter or support, got {other:?}"
-                ),
+                other => {
+                    bail!("--role must be demander, provider, arbiter or support, got {other:?}")
+                }
             };
             let party = Client::new(&url)?
                 .register(&load_key(&key)?, role, &name)

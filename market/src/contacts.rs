@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use sublet_market_api::identity::{Party, random_hex, sha256_hex};
 use sublet_market_api::{Error, Result};
 
-use crate::attestations::email_hash;
 use crate::db::Db;
 use crate::params;
 
@@ -33,6 +32,24 @@ CREATE TABLE IF NOT EXISTS contacts (
     PRIMARY KEY (party, email_sha256)
 );
 ";
+
+/// The SHA-256 (hex) of an e-mail address, trimmed and lowercased: what an
+/// `email` attestation carries instead of the address, and all the market's own contact
+/// check keeps of one.
+pub fn email_hash(address: &str) -> Result<String> {
+    let address = address.trim().to_lowercase();
+    let well_formed = address.len() <= 254
+        && !address.chars().any(|c| c.is_whitespace() || c.is_control())
+        && address
+            .rsplit_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
+    if !well_formed {
+        return Err(Error::BadRequest(format!(
+            "{address:?} is not an e-mail address like name@example.org"
+        )));
+    }
+    Ok(sha256_hex(address.as_bytes()))
+}
 
 /// How long a code stays valid, in seconds.
 pub const CODE_TTL: i64 = 3600;

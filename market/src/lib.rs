@@ -5,12 +5,10 @@
 //! its modules are re-exported here under their old paths.
 
 pub mod api;
-pub mod api_trust;
 pub mod attestations;
 pub mod cli;
 pub mod contacts;
 pub mod contracts;
-pub mod credit;
 pub mod db;
 pub mod disputes;
 pub mod identity;

@@ -12,6 +12,8 @@ use crate::attestations::{AttestationKind, Trust, TrustLevel};
 use crate::disputes;
 use crate::quality::{self, ProviderQuality, log_score};
 
+pub mod credit;
+
 /// Scores run from 0 to this.
 pub const MAX_SCORE: u32 = 1000;
 
@@ -158,7 +160,7 @@ fn quality_inputs(q: &ProviderQuality) -> Vec<RatingInput> {
         let scores: Vec<u32> = [
             q.accept_delay_secs.map(|s| log_score(s, 60, 86_400)),
             q.receipt_delay_secs.map(|s| log_score(s, 60, 86_400)),
-            q.ticket_response_secs.map(crate::credit::ticket_score),
+            q.ticket_response_secs.map(credit::ticket_score),
         ]
         .into_iter()
         .flatten()
@@ -277,8 +279,8 @@ pub fn rating(
             })
         }
         Role::Demander => {
-            let record = crate::credit::demander_record(conn, &party.id, tolerance_bps, now)?;
-            combine(party, trust, crate::credit::demander_inputs(&record, trust))
+            let record = credit::demander_record(conn, &party.id, tolerance_bps, now)?;
+            combine(party, trust, credit::demander_inputs(&record, trust))
         }
         Role::Arbiter | Role::Support => Rating {
             party: party.id.clone(),

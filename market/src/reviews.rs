@@ -150,8 +150,7 @@ pub fn give(
         )));
     }
     let text = new.text.trim();
-    if text.chars().count() > MAX_TEXT_CHARS
-        || text.chars().any(|ch| ch.is_control() && ch != '\n')
+    if text.chars().count() > MAX_TEXT_CHARS || text.chars().any(|ch| ch.is_control() && ch != '\n')
     {
         return Err(Error::BadRequest(format!(
             "text must be at most {MAX_TEXT_CHARS} printable characters (line breaks allowed)"

@@ -181,9 +181,7 @@ fn from_row(r: &Row) -> Result<Ticket> {
 
 fn text(field: &str, value: &str, max: usize) -> Result<String> {
     let v = value.trim();
-    if v.is_empty()
-        || v.chars().count() > max
-        || v.chars().any(|ch| ch.is_control() && ch != '\n')
+    if v.is_empty() || v.chars().count() > max || v.chars().any(|ch| ch.is_control() && ch != '\n')
     {
         return Err(Error::BadRequest(format!(
             "{field} must be 1 to {max} printable characters (line breaks allowed)"
@@ -306,7 +304,15 @@ fn add_message(
     conn.execute(
         "INSERT INTO ticket_messages (ticket, seq, author, author_role, body, evidence, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![ticket, count + 1, who.id, who.role.as_str(), body, evidence, now],
+        params![
+            ticket,
+            count + 1,
+            who.id,
+            who.role.as_str(),
+            body,
+            evidence,
+            now
+        ],
     )?;
     Ok(())
 }
@@ -563,7 +569,13 @@ fn escalation_claim(t: &Ticket) -> String {
         t.id
     );
     for m in &t.messages {
-        let line = format!("\n[{} {} at {}] {}", m.author_role.as_str(), m.author, m.at, m.body);
+        let line = format!(
+            "\n[{} {} at {}] {}",
+            m.author_role.as_str(),
+            m.author,
+            m.at,
+            m.body
+        );
         claim.push_str(&line);
     }
     if claim.chars().count() > CLAIM_CHARS {

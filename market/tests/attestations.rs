@@ -263,7 +263,7 @@ async fn attestations_raise_trust_and_stop_counting_when_revoked_or_expired() ->
     assert_eq!(
         rating["score"],
         // payment, receipt agreement, disputes lost, chargebacks, responsiveness, reviews,
-        // attestations (see credit.rs).
+        // attestations (see ratings/credit.rs).
         (500 * 40 + 500 * 10 + 1000 * 10 + 1000 * 5 + 500 * 10 + 500 * 15 + 500 * 10) / 100,
         "{rating}"
     );

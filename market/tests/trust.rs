@@ -80,7 +80,7 @@ fn world_on(pg: Option<&str>) -> Result<World> {
         None => Market::in_memory(policy, Some(Arc::new(ManualRail)))?,
     }
     .with_clock(move || c.load(Ordering::SeqCst))
-        .with_delivery(Arc::new(FileDelivery::new(&mailbox)));
+    .with_delivery(Arc::new(FileDelivery::new(&mailbox)));
     let judge = party(&market, &judge_key, Role::Arbiter, "judge")?;
     let help = party(&market, &help_key, Role::Support, "help")?;
     let dee = new_party(&market, Role::Demander, "dee")?;
@@ -204,7 +204,9 @@ fn both_sides_review_once_per_contract_within_the_window() -> Result<()> {
 #[test]
 fn both_sides_review_once_per_contract_within_the_window_on_postgres() -> Result<()> {
     match pg::database() {
-        Some(url) => both_sides_review_once_per_contract_within_the_window_in(world_on(Some(&url))?),
+        Some(url) => {
+            both_sides_review_once_per_contract_within_the_window_in(world_on(Some(&url))?)
+        }
         None => Ok(()),
     }
 }
@@ -302,7 +304,10 @@ fn demander_credit_inputs_follow_the_books_in(w: World) -> Result<()> {
     w.pass(PERIOD + 5);
     w.agreed_period(0)?;
     let paid = w.rating(&w.dee)?;
-    assert_eq!(input(&paid, "payment_record").value, "1/1 agreed periods paid");
+    assert_eq!(
+        input(&paid, "payment_record").value,
+        "1/1 agreed periods paid"
+    );
     assert_eq!(input(&paid, "receipt_agreement").score, 1000);
     assert_eq!(input(&paid, "responsiveness").score, 1000);
     assert!(paid.score > fresh.score, "{} → {}", fresh.score, paid.score);
@@ -391,11 +396,17 @@ fn a_ticket_is_answered_escalated_and_decided_in(w: World) -> Result<()> {
 
     // Support cannot escalate; the demander does, and the arbiter sees the thread.
     let by_support = m.escalate_ticket(&verified(&w.help), b"{}", &id);
-    assert!(matches!(by_support, Err(Error::Forbidden(_))), "{by_support:?}");
+    assert!(
+        matches!(by_support, Err(Error::Forbidden(_))),
+        "{by_support:?}"
+    );
     let (t, dispute) = m.escalate_ticket(&verified(&w.dee), b"{}", &id)?;
     assert_eq!(t.state, TicketState::Escalated);
     assert_eq!(t.dispute.as_deref(), Some(dispute.id.as_str()));
-    assert!(dispute.claim.contains(&format!("ticket {id}")), "{dispute:?}");
+    assert!(
+        dispute.claim.contains(&format!("ticket {id}")),
+        "{dispute:?}"
+    );
     assert!(dispute.claim.contains("a disk failed"), "{dispute:?}");
     assert_eq!(m.ticket(&w.judge, &id)?.messages.len(), 4);
     let again = m.escalate_ticket(&verified(&w.dee), b"{}", &id)?;
@@ -426,7 +437,9 @@ fn tickets_are_bounded_and_unanswered_ones_count_as_they_wait() -> Result<()> {
 #[test]
 fn tickets_are_bounded_and_unanswered_ones_count_as_they_wait_on_postgres() -> Result<()> {
     match pg::database() {
-        Some(url) => tickets_are_bounded_and_unanswered_ones_count_as_they_wait_in(world_on(Some(&url))?),
+        Some(url) => {
+            tickets_are_bounded_and_unanswered_ones_count_as_they_wait_in(world_on(Some(&url))?)
+        }
         None => Ok(()),
     }
 }
@@ -542,7 +555,8 @@ fn the_market_verifies_a_contact_by_a_code_it_sends_in(w: World) -> Result<()> {
         m.request_contact_check(&w.pat, &w.pat.id, &ask),
         Err(Error::TooMany(_))
     ));
-    let mailbox = std::fs::read_to_string(&w.mailbox).map_err(|e| Error::Internal(e.to_string()))?;
+    let mailbox =
+        std::fs::read_to_string(&w.mailbox).map_err(|e| Error::Internal(e.to_string()))?;
     let line: serde_json::Value = serde_json::from_str(mailbox.trim())
         .map_err(|e| Error::Internal(format!("{e}: {mailbox}")))?;
     assert_eq!(line["to"], "Ops@Pat.example");
@@ -580,7 +594,10 @@ fn the_market_verifies_a_contact_by_a_code_it_sends_in(w: World) -> Result<()> {
             .value
             .contains("verified by the market")
     );
-    assert_eq!(offers(sublet_market::attestations::TrustLevel::Verified)?.len(), 1);
+    assert_eq!(
+        offers(sublet_market::attestations::TrustLevel::Verified)?.len(),
+        1
+    );
     assert!(offers(sublet_market::attestations::TrustLevel::Vouched)?.is_empty());
     // The code is single use.
     let reused = m.verify_contact(&verified(&w.pat), b"{}", &w.pat.id, &proof(&code));

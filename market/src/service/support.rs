@@ -43,7 +43,12 @@ impl Market {
         self.tx(|c| {
             let evidence = identity::record_evidence(c, who, body, now)?;
             let r = reviews::give(c, &who.party, contract, new, evidence, now, window)?;
-            info!(contract, side = r.side.as_str(), stars = r.stars, "review given");
+            info!(
+                contract,
+                side = r.side.as_str(),
+                stars = r.stars,
+                "review given"
+            );
             Ok(r)
         })
     }

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sublet_market_api::Error;
 
-use crate::api::{ErrorReply, Reply, Shared, SignedRequest, blocking};
+use super::{ErrorReply, Reply, Shared, SignedRequest, blocking};
 use crate::contacts::{Contact, ContactChallenge};
 use crate::disputes::Dispute;
 use crate::reviews::{Review, ReviewList};
@@ -63,7 +63,10 @@ async fn open_ticket(
     blocking(move || {
         let who = req.verify(&m)?;
         let new = req.json()?;
-        Ok((StatusCode::CREATED, Json(m.open_ticket(&who, &req.body, &new)?)))
+        Ok((
+            StatusCode::CREATED,
+            Json(m.open_ticket(&who, &req.body, &new)?),
+        ))
     })
     .await
 }

@@ -6,11 +6,11 @@
 
 use sublet_market_api::Result;
 
+use super::{NEUTRAL, RatingInput, disputes_input, ratio, receipt_agreement};
 use crate::attestations::Trust;
 use crate::db::Db;
 use crate::params;
 use crate::quality::log_score;
-use crate::ratings::{NEUTRAL, RatingInput, disputes_input, ratio, receipt_agreement};
 use crate::{disputes, reviews, tickets};
 
 /// What the market's books say about a demander.
@@ -95,7 +95,11 @@ pub fn reviews_input(count: u64, sum: u64, weight_percent: u32, by: &str) -> Rat
     let x100 = sum * 100 / count;
     RatingInput {
         name: "reviews",
-        value: format!("{}.{:02} stars from {count} reviews", x100 / 100, x100 % 100),
+        value: format!(
+            "{}.{:02} stars from {count} reviews",
+            x100 / 100,
+            x100 % 100
+        ),
         score: stars_score(x100),
         weight_percent,
         explanation: format!(
@@ -255,7 +259,10 @@ mod tests {
             receipts_agreeing: 2,
             ..base.clone()
         };
-        assert_eq!(input(&mismatching, "receipt_agreement").value, "2/4 periods agreed");
+        assert_eq!(
+            input(&mismatching, "receipt_agreement").value,
+            "2/4 periods agreed"
+        );
         assert_eq!(score(&mismatching), top - 50);
 
         let lost = DemanderRecord {
@@ -282,7 +289,10 @@ mod tests {
             review_stars: 2,
             ..base.clone()
         };
-        assert_eq!(input(&disliked, "reviews").value, "1.00 stars from 2 reviews");
+        assert_eq!(
+            input(&disliked, "reviews").value,
+            "1.00 stars from 2 reviews"
+        );
         assert_eq!(score(&disliked), top - 150);
 
         let verified = Trust {
