@@ -1,6 +1,7 @@
 // Drives the market's web console in headless Chromium, as a person would: signs in
 // with key files, checks what the page shows against what the Rust test seeded,
-// prepays a contract, opens a dispute and decides it as the arbiter. Screenshots
+// prepays a contract, opens a dispute and decides it as the arbiter, answers a support
+// ticket as support staff, escalates it and reviews the provider as the demander. Screenshots
 // go to config.out. Run by market/tests/console.rs:
 //   node drive-console.mjs CONFIG.json
 // CONFIG names the market's url, the Chromium binary, the key files and the seed.
@@ -238,6 +239,47 @@ try {
   await expectText(page.locator(`#disputes-table tr[data-dispute="${config.dispute.id}"] [data-field=decision]`), "Decide", "the other dispute still open");
   await expectText(page.locator("#ledger"), "balanced", "the ledger after everything");
   await shot("arbiter-decided");
+  await signOut();
+
+  // Support staff see the seeded ticket and answer it; they are not offered to escalate.
+  await signIn(config.keys.help);
+  await expectText(page.locator("#whoami"), `Signed in as help — support, party ${config.help.id}`, "support signed in");
+  const ticketRow = page.locator(`#tickets-table tr[data-ticket="${config.ticket.id}"]`);
+  await expectText(ticketRow.locator("[data-field=state]"), exactly("open"), "the seeded ticket for support");
+  await ticketRow.locator("button.show-ticket").click();
+  await expectText(page.locator("#ticket-thread"), config.ticket.message, "the ticket's thread");
+  await page.locator("#ticket-detail form.reply-ticket textarea").fill(config.actions.support_reply);
+  await page.locator("#ticket-detail form.reply-ticket button").click();
+  await expectText(page.locator("#action-status .ok"), `Replied to ticket ${config.ticket.id}.`, "support's reply");
+  await expectText(ticketRow.locator("[data-field=state]"), exactly("answered"), "the answered ticket");
+  if (await page.locator("#ticket-detail button.escalate-ticket").count()) throw new Error("support is offered to escalate");
+  await shot("support-answered");
+  await signOut();
+
+  // Dee reads the answer, escalates the ticket to a dispute and reviews alpha.
+  await signIn(config.keys.dee);
+  const deeTicket = page.locator(`#tickets-table tr[data-ticket="${config.ticket.id}"]`);
+  await expectText(deeTicket.locator("[data-field=state]"), exactly("answered"), "the answered ticket for dee");
+  await deeTicket.locator("button.show-ticket").click();
+  await expectText(page.locator("#ticket-thread"), config.actions.support_reply, "support's answer in dee's thread");
+  await page.locator("#ticket-detail button.escalate-ticket").click();
+  const escalated = await expectText(page.locator("#action-status .ok"), /Escalated ticket tk_[0-9a-f]+ to dispute dp_[0-9a-f]+/, "the escalation");
+  result.escalated_dispute = escalated.match(/dp_[0-9a-f]+/)[0];
+  await expectText(page.locator(`#disputes-table tr[data-dispute="${result.escalated_dispute}"] [data-field=claim]`), `ticket ${config.ticket.id}`, "the escalated dispute's claim");
+  await expectText(deeTicket.locator("[data-field=state]"), exactly("escalated"), "the escalated ticket");
+  const review = page.locator(`tr[data-contract="${config.active.id}"] form.review`);
+  await review.locator("select[name=stars]").selectOption(String(config.actions.review_stars));
+  await review.locator("input[name=text]").fill(config.actions.review);
+  await review.locator("button").click();
+  await expectText(page.locator("#action-status .ok"), `Reviewed the provider of contract ${config.active.id}: ${config.actions.review_stars} stars`, "the review");
+  await shot("ticket-escalated-and-reviewed");
+
+  // Anyone reads alpha's reviews.
+  await page.locator("#lookup input[name=id]").fill(config.alpha.id);
+  await page.locator("#lookup button").click();
+  await expectText(page.locator("#party-reviews h3"), "5.00 stars from 1 reviews", "alpha's public reviews");
+  await expectText(page.locator("#party-reviews [data-field=text]"), config.actions.review, "the review text");
+  await shot("public-reviews");
 
   if (pageErrors.length) throw new Error(`the page reported errors:\n${pageErrors.join("\n")}`);
 } catch (e) {

@@ -4,10 +4,13 @@
 //! and reads objects on them, and both sides meter and sign usage receipts that the market
 //! matches and settles from the escrow the gateway keeps prepaid. Then one provider's disk
 //! rots: audits fail on both sides' books, the provider is penalised and its rating drops,
-//! the demander opens a dispute and the arbiter decides it. At every step the ledger
-//! balances: what was deposited is exactly what the accounts hold. Credits enter and leave
-//! only on a treasurer's signature (a forged deposit is refused, a replayed one too, and a
-//! provider withdraws its earnings). Every party reaches the
+//! the demander opens a dispute and the arbiter decides it. Then support: the demander
+//! opens a ticket, the provider and support staff answer, the demander escalates it to a
+//! dispute the arbiter decides; both sides review each other, the market verifies the
+//! demander's e-mail with a code, and the ratings move as their explained inputs say. At
+//! every step the ledger balances: what was deposited is exactly what the accounts hold.
+//! Credits enter and leave only on a treasurer's signature (a forged deposit is refused, a
+//! replayed one too, and a provider withdraws its earnings). Every party reaches the
 //! market over HTTPS with a certificate of a private CA, and a plain-HTTP URL is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -298,6 +301,17 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
         .find_map(|w| w.strip_prefix("public_key="))
         .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
         .to_owned();
+    // So is the support staff's.
+    let help_key = root.join("help.key");
+    let out = run(sublet().args(["market", "keygen", "--out"]).arg(&help_key));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let help_public = printed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("public_key="))
+        .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
+        .to_owned();
+    let mailbox = root.join("contact-codes.jsonl");
+
     let addr = free_addr();
     let url = format!("https://{addr}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -322,7 +336,9 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
                 .arg(&ca.cert_file)
                 .arg("--tls-key")
                 .arg(&ca.key_file)
-                .args(["--arbiter-key", &judge_public, "--receipt-period", PERIOD]),
+                .args(["--arbiter-key", &judge_public, "--receipt-period", PERIOD])
+                .args(["--support-key", &help_public, "--contact-delivery-file"])
+                .arg(&mailbox),
             root.join("market.log"),
         ),
         client: Client::with_tls(&url, &tls).unwrap(),
@@ -335,6 +351,10 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
         .arg("--key")
         .arg(&judge_key)
         .args(["--role", "arbiter", "--name", "judge"]));
+    run(sublet()
+        .args(["market", "register", "--url", &url, "--key"])
+        .arg(&help_key)
+        .args(["--role", "support", "--name", "help"]));
     market.assert_books("market started");
 
     // A plain-HTTP URL is refused by the client before anything is sent, and a client that
@@ -702,6 +722,18 @@ spec:
         Some(&json!({"in_favour_of": "demander", "amount": amount, "reason": "audits and the gateway's repair log show lost shards"})),
     );
     assert_eq!(again["decision"], decided["decision"]);
+    market.assert_books("dispute decided again");
+
+    support_reviews_and_identity(
+        &market,
+        &dee_key,
+        &a_key,
+        &help_key,
+        &judge_key,
+        &a_contract,
+        &mailbox,
+    );
+
     market.assert_books("before withdrawal");
 
     // Provider a withdraws what it earned, paid out on the treasurer's signature.
@@ -742,4 +774,179 @@ fn treasurer_sign(key: &Path, kind: &str, party: &str, amount: i64, reference: &
         .args(["--kind", kind, "--party", party])
         .args(["--amount", &amount.to_string(), "--reference", reference]));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The named rating input of a rating.
+fn rating_input(rating: &Value, name: &str) -> Value {
+    rating["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no input {name} in {rating}"))
+}
+
+/// A ticket opened by the demander on provider a's contract is answered by a and by
+/// support, escalated to a dispute and decided; both sides review each other; the market
+/// verifies the demander's e-mail by a code. The books balance after every step.
+fn support_reviews_and_identity(
+    market: &Market,
+    dee_key: &Path,
+    a_key: &Path,
+    help_key: &Path,
+    judge_key: &Path,
+    a_contract: &str,
+    mailbox: &Path,
+) {
+    let (dee, a_party) = (party_of(dee_key), party_of(a_key));
+    let ticket = market.call(
+        dee_key,
+        "POST",
+        "/v1/tickets",
+        Some(&json!({"subject": "slow reads", "message": "reads from you took seconds today", "contract": a_contract})),
+    );
+    let ticket_id = ticket["id"].as_str().unwrap().to_owned();
+    assert_eq!(ticket["state"], "open", "{ticket}");
+    assert_eq!(ticket["counterpart"], a_party.as_str(), "{ticket}");
+    market.assert_books("ticket opened");
+    let answered = market.call(
+        a_key,
+        "POST",
+        &format!("/v1/tickets/{ticket_id}/messages"),
+        Some(&json!({"message": "a disk was rebuilding; done now"})),
+    );
+    assert_eq!(answered["state"], "answered", "{answered}");
+    assert!(answered["counterpart_response_at"].is_i64(), "{answered}");
+    let a_rating = market.get(&format!("/v1/parties/{a_party}/rating"));
+    let responsiveness = rating_input(&a_rating, "responsiveness");
+    let value = responsiveness["value"].as_str().unwrap();
+    assert!(
+        value.contains("tickets answered after") && !value.contains("tickets answered after none"),
+        "{responsiveness}"
+    );
+    // Support staff see every ticket and answer it.
+    let queue = market.call(help_key, "GET", "/v1/tickets?state=answered", None);
+    assert!(
+        queue
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == ticket_id.as_str()),
+        "{queue}"
+    );
+    let helped = market.call(
+        help_key,
+        "POST",
+        &format!("/v1/tickets/{ticket_id}/messages"),
+        Some(&json!({"message": "support checked the provider's audits: all passed"})),
+    );
+    assert_eq!(helped["messages"].as_array().unwrap().len(), 3, "{helped}");
+
+    // The demander escalates; the arbiter reads the thread and decides.
+    let escalated = market.call(
+        dee_key,
+        "POST",
+        &format!("/v1/tickets/{ticket_id}/escalate"),
+        None,
+    );
+    assert_eq!(escalated["ticket"]["state"], "escalated", "{escalated}");
+    let dispute_id = escalated["dispute"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        escalated["dispute"]["claim"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("ticket {ticket_id}")),
+        "{escalated}"
+    );
+    market.assert_books("ticket escalated");
+    let seen = market.call(judge_key, "GET", &format!("/v1/tickets/{ticket_id}"), None);
+    assert_eq!(seen["messages"].as_array().unwrap().len(), 3, "{seen}");
+    let decided = market.call(
+        judge_key,
+        "POST",
+        &format!("/v1/disputes/{dispute_id}/decide"),
+        Some(&json!({"in_favour_of": "provider", "amount": 0, "reason": "the thread shows a rebuild, no fault"})),
+    );
+    assert_eq!(decided["decision"]["in_favour_of"], "provider", "{decided}");
+    market.assert_books("escalated dispute decided");
+
+    // Both sides review: each rating's reviews input moves by its weight.
+    let dee_before = market.get(&format!("/v1/parties/{dee}/rating"));
+    assert_eq!(
+        rating_input(&dee_before, "reviews")["score"],
+        500,
+        "{dee_before}"
+    );
+    let by_dee = market.call(
+        dee_key,
+        "POST",
+        &format!("/v1/contracts/{a_contract}/reviews"),
+        Some(&json!({"stars": 4, "text": "solid, one slow day"})),
+    );
+    assert_eq!(by_dee["side"], "demander", "{by_dee}");
+    let by_a = market.call(
+        a_key,
+        "POST",
+        &format!("/v1/contracts/{a_contract}/reviews"),
+        Some(&json!({"stars": 5, "text": "prepaid on time"})),
+    );
+    assert_eq!(by_a["subject"], dee.as_str(), "{by_a}");
+    let about_a = market.get(&format!("/v1/parties/{a_party}/reviews"));
+    assert_eq!(about_a["count"], 1, "{about_a}");
+    assert_eq!(about_a["mean_stars_x100"], 400, "{about_a}");
+    let a_after = market.get(&format!("/v1/parties/{a_party}/rating"));
+    assert_eq!(
+        rating_input(&a_after, "feedback")["score"],
+        750,
+        "{a_after}"
+    );
+    let dee_after = market.get(&format!("/v1/parties/{dee}/rating"));
+    let reviews = rating_input(&dee_after, "reviews");
+    assert_eq!(
+        (
+            reviews["score"].as_u64(),
+            reviews["weight_percent"].as_u64()
+        ),
+        (Some(1000), Some(15))
+    );
+    assert_eq!(
+        dee_after["score"].as_u64().unwrap(),
+        dee_before["score"].as_u64().unwrap() + (1000 - 500) * 15 / 100,
+        "{dee_before} → {dee_after}"
+    );
+    market.assert_books("reviews");
+
+    // The market verifies the demander's address by a code it sends.
+    let asked = market.call(
+        dee_key,
+        "POST",
+        &format!("/v1/parties/{dee}/contacts"),
+        Some(&json!({"email": "ops@dee.example"})),
+    );
+    assert_eq!(asked["attempts_left"], 5, "{asked}");
+    let sent: Value =
+        serde_json::from_str(std::fs::read_to_string(mailbox).unwrap().trim()).unwrap();
+    assert_eq!(sent["to"], "ops@dee.example");
+    market.call(
+        dee_key,
+        "POST",
+        &format!("/v1/parties/{dee}/contacts/verify"),
+        Some(&json!({"email": "ops@dee.example", "code": sent["code"]})),
+    );
+    assert_eq!(
+        market.get(&format!("/v1/parties/{dee}"))["trust_level"],
+        "verified"
+    );
+    let verified = market.get(&format!("/v1/parties/{dee}/rating"));
+    assert_eq!(
+        rating_input(&verified, "attestations")["score"],
+        500,
+        "{verified}"
+    );
+    assert_eq!(
+        verified["score"].as_u64().unwrap(),
+        dee_after["score"].as_u64().unwrap() + 500 * 10 / 100,
+        "{dee_after} → {verified}"
+    );
 }

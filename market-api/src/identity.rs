@@ -24,6 +24,9 @@ pub enum Role {
     Provider,
     /// Decides disputes; only keys the market was started with may register as one.
     Arbiter,
+    /// Answers support tickets; only keys given to the market's `--support-key` may
+    /// register as one.
+    Support,
 }
 
 impl Role {
@@ -32,6 +35,7 @@ impl Role {
             Role::Demander => "demander",
             Role::Provider => "provider",
             Role::Arbiter => "arbiter",
+            Role::Support => "support",
         }
     }
 
@@ -41,6 +45,7 @@ impl Role {
             "demander" => Ok(Role::Demander),
             "provider" => Ok(Role::Provider),
             "arbiter" => Ok(Role::Arbiter),
+            "support" => Ok(Role::Support),
             other => Err(Error::Internal(format!(
                 "unknown role {other:?} in database"
             ))),

@@ -23,11 +23,13 @@ use sublet_market_api::{Error, Result};
 use crate::Market;
 use crate::offers::OfferFilter;
 
+mod trust;
+
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-type Shared = Arc<Market>;
-type Reply<T> = Result<Json<T>, ErrorReply>;
+pub(crate) type Shared = Arc<Market>;
+pub(crate) type Reply<T> = Result<Json<T>, ErrorReply>;
 
 /// An [`Error`] as the API answers it: the status and code of [`Error::status_and_code`]
 /// and a JSON body naming the problem.
@@ -60,7 +62,7 @@ pub struct SignedRequest {
     method: String,
     path_and_query: String,
     signature: RequestSignature,
-    body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 impl<S: Send + Sync> FromRequest<S> for SignedRequest {
@@ -96,7 +98,7 @@ impl<S: Send + Sync> FromRequest<S> for SignedRequest {
 }
 
 impl SignedRequest {
-    fn verify(&self, m: &Market) -> Result<Verified> {
+    pub(crate) fn verify(&self, m: &Market) -> Result<Verified> {
         m.authenticate(
             &self.method,
             &self.path_and_query,
@@ -105,21 +107,21 @@ impl SignedRequest {
         )
     }
 
-    fn party(&self, m: &Market) -> Result<Party> {
+    pub(crate) fn party(&self, m: &Market) -> Result<Party> {
         Ok(self.verify(m)?.party)
     }
 
-    fn json<T: DeserializeOwned>(&self) -> Result<T> {
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T> {
         parse(&self.body)
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// Runs blocking database work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T, ErrorReply> {
     tokio::task::spawn_blocking(f)
@@ -179,6 +181,8 @@ pub fn router(market: Shared) -> Router {
         .route("/v1/disputes", get(my_disputes))
         .route("/v1/disputes/{id}", get(dispute))
         .route("/v1/disputes/{id}/decide", post(decide_dispute))
+        // Support tickets, reviews both ways and the market's own contact checks (issue 23).
+        .merge(trust::routes())
         .fallback(|| async {
             ErrorReply(Error::not_found(
                 "route; the API is described at /openapi.json",

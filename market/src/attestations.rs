@@ -117,22 +117,7 @@ pub fn attestation_message(
     )
 }
 
-/// The SHA-256 (hex) of an e-mail address, trimmed and lowercased: what an
-/// `email` attestation carries instead of the address.
-pub fn email_hash(address: &str) -> Result<String> {
-    let address = address.trim().to_lowercase();
-    let well_formed = address.len() <= 254
-        && !address.chars().any(|c| c.is_whitespace() || c.is_control())
-        && address
-            .rsplit_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
-    if !well_formed {
-        return Err(Error::BadRequest(format!(
-            "{address:?} is not an e-mail address like name@example.org"
-        )));
-    }
-    Ok(sha256_hex(address.as_bytes()))
-}
+pub use crate::contacts::email_hash;
 
 /// An attestation as the attestor signs and anyone submits it
 /// (`POST /v1/parties/{id}/attestations`).
@@ -451,6 +436,9 @@ pub struct Trust {
     pub level: TrustLevel,
     /// The valid attestations, highest kind first.
     pub active: Vec<Attestation>,
+    /// Contacts the market itself verified (see the `contacts` module): each makes the
+    /// party at least `verified`.
+    pub contacts: Vec<crate::contacts::Contact>,
 }
 
 /// `party`'s trust level as of `now`: from its attestations that are neither revoked
@@ -466,12 +454,18 @@ pub fn trust(conn: &dyn Db, party: &str, keys: &[String], now: i64) -> Result<Tr
             .cmp(&a.kind.level())
             .then(a.submitted_at.cmp(&b.submitted_at))
     });
+    let contacts = crate::contacts::list(conn, party)?;
     let level = active
         .iter()
         .map(|a| a.kind.level())
+        .chain((!contacts.is_empty()).then_some(TrustLevel::Verified))
         .max()
         .unwrap_or_default();
-    Ok(Trust { level, active })
+    Ok(Trust {
+        level,
+        active,
+        contacts,
+    })
 }
 
 #[cfg(test)]
@@ -486,6 +480,7 @@ mod tests {
         let conn = Connection::open_in_memory().expect("sqlite");
         conn.execute_batch(identity::SCHEMA).expect("schema");
         conn.execute_batch(SCHEMA).expect("schema");
+        conn.execute_batch(crate::contacts::SCHEMA).expect("schema");
         conn
     }
 

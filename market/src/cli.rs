@@ -63,7 +63,7 @@ pub enum Command {
         key: PathBuf,
         #[command(flatten)]
         tls: ClientTlsArgs,
-        /// `demander`, `provider` or `arbiter`.
+        /// `demander`, `provider`, `arbiter` or `support`.
         #[arg(long)]
         role: String,
         #[arg(long)]
@@ -214,6 +214,18 @@ pub struct Serve {
     /// basis points.
     #[arg(long, default_value_t = Policy::default().receipt_tolerance_bps)]
     receipt_tolerance_bps: i64,
+    /// Ed25519 public key (hex) allowed to register as support staff and answer every
+    /// ticket; repeat for several.
+    #[arg(long = "support-key")]
+    support_keys: Vec<String>,
+    /// How long after it is first given a review may still be changed, in days.
+    #[arg(long, default_value_t = 14)]
+    review_window_days: i64,
+    /// Check contacts (e-mail addresses) with the market's own codes, written as JSON lines
+    /// `{"to","party","code"}` to this file: for development and tests, or for a mailer
+    /// that sends what appears there. Without it only attestors verify contacts.
+    #[arg(long, value_name = "PATH")]
+    contact_delivery_file: Option<PathBuf>,
 }
 
 /// `30s`, `10m`, `1h`, `1d` or plain seconds, between 1 s and 31 days.
@@ -270,7 +282,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "demander" => Role::Demander,
                 "provider" => Role::Provider,
                 "arbiter" => Role::Arbiter,
-                other => bail!("--role must be demander, provider or arbiter, got {other:?}"),
+                "support" => Role::Support,
+                other => {
+                    bail!("--role must be demander, provider, arbiter or support, got {other:?}")
+                }
             };
             let party = tls
                 .client(&url)?
@@ -433,8 +448,24 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             .collect(),
         receipt_period_secs: s.receipt_period,
         receipt_tolerance_bps: s.receipt_tolerance_bps,
+        support_keys: s
+            .support_keys
+            .iter()
+            .map(|k| k.trim().to_ascii_lowercase())
+            .collect(),
+        review_window_secs: s.review_window_days.saturating_mul(24 * 3600),
         ..Policy::default()
     };
+    for key in &policy.support_keys {
+        if hex::decode(key).map(|k| k.len()) != Ok(32) {
+            bail!(
+                "--support-key must be a 32-byte ed25519 public key in hex (64 characters), got {key:?}"
+            );
+        }
+    }
+    if !(0..=365).contains(&s.review_window_days) {
+        bail!("--review-window-days must be between 0 and 365");
+    }
     for key in &policy.attestor_keys {
         if hex::decode(key).map(|k| k.len()) != Ok(32) {
             bail!(
@@ -485,6 +516,10 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             Some(reloading.acceptor()?)
         }
         _ => None,
+    };
+    let market = match &s.contact_delivery_file {
+        Some(path) => market.with_delivery(Arc::new(crate::contacts::FileDelivery::new(path))),
+        None => market,
     };
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await

@@ -266,6 +266,13 @@ pub fn decide(
             "amount must be between 0 and {MAX_AMOUNT} micro-credits"
         )));
     }
+    // Checked before the amount: a decision for anyone else, even of 0, would be stored
+    // and later read back as one for the provider.
+    if !matches!(decision.in_favour_of, Role::Demander | Role::Provider) {
+        return Err(Error::BadRequest(
+            "in_favour_of must be demander or provider".into(),
+        ));
+    }
     let reason = decision.reason.trim();
     if reason.is_empty() || reason.chars().count() > 4000 {
         return Err(Error::BadRequest(
@@ -313,7 +320,7 @@ pub fn decide(
             }
             amount
         }
-        (Role::Arbiter, _) => {
+        (Role::Arbiter | Role::Support, _) => {
             return Err(Error::BadRequest(
                 "in_favour_of must be demander or provider".into(),
             ));

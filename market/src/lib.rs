@@ -7,6 +7,7 @@
 pub mod api;
 pub mod attestations;
 pub mod cli;
+pub mod contacts;
 pub mod contracts;
 pub mod db;
 pub mod disputes;
@@ -18,8 +19,10 @@ pub mod quality;
 pub mod rail;
 pub mod ratings;
 pub mod receipts;
+pub mod reviews;
 pub mod server;
 pub mod service;
+pub mod tickets;
 pub mod tls;
 
 pub use service::Market;
@@ -47,6 +50,10 @@ pub struct Policy {
     /// basis points of the larger (meters sample at different instants); an agreed period is
     /// paid on the lower figure. Audit counts must match exactly.
     pub receipt_tolerance_bps: i64,
+    /// Ed25519 public keys (hex) that may register as support staff and answer tickets.
+    pub support_keys: Vec<String>,
+    /// How long after its first submission a review may still be edited, in seconds.
+    pub review_window_secs: i64,
 }
 
 impl Default for Policy {
@@ -60,6 +67,8 @@ impl Default for Policy {
             attestor_keys: Vec::new(),
             receipt_period_secs: 3600,
             receipt_tolerance_bps: 100,
+            support_keys: Vec::new(),
+            review_window_secs: 14 * 24 * 3600,
         }
     }
 }

@@ -198,6 +198,9 @@ pub struct ProviderQuality {
     pub accept_delay_secs: Option<u64>,
     /// Mean seconds from a period's end to the provider's receipt for it.
     pub receipt_delay_secs: Option<u64>,
+    /// Mean seconds to answer tickets about it (filled in by the rating, which knows the
+    /// time).
+    pub ticket_response_secs: Option<u64>,
     pub feedback_count: u64,
     /// Mean stars, in hundredths.
     pub stars_x100: Option<u64>,
@@ -227,9 +230,15 @@ pub fn of_provider(conn: &dyn Db, provider: &str) -> Result<ProviderQuality> {
         [provider],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    // Demanders' reviews, and the older one-way feedback on contracts without a review.
     let (feedback_count, stars): (i64, i64) = conn.query_row(
-        "SELECT COUNT(*), CAST(COALESCE(SUM(f.stars), 0) AS BIGINT) FROM feedback f
-         JOIN contracts c ON c.id = f.contract WHERE c.provider = ?1",
+        "SELECT COUNT(*), CAST(COALESCE(SUM(s.stars), 0) AS BIGINT) FROM (
+             SELECT r.stars FROM reviews r WHERE r.subject = ?1 AND r.side = 'demander'
+             UNION ALL
+             SELECT f.stars FROM feedback f JOIN contracts c ON c.id = f.contract
+             WHERE c.provider = ?1 AND NOT EXISTS (SELECT 1 FROM reviews r
+                 WHERE r.contract = f.contract AND r.side = 'demander')
+         ) s",
         [provider],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
@@ -240,6 +249,7 @@ pub fn of_provider(conn: &dyn Db, provider: &str) -> Result<ProviderQuality> {
         latency_ms: (answered > 0).then(|| n(weighted) / n(answered)),
         accept_delay_secs: (accepted > 0).then(|| n(accept_delay) / n(accepted)),
         receipt_delay_secs: (receipts > 0).then(|| n(receipt_delay) / n(receipts)),
+        ticket_response_secs: None,
         feedback_count: n(feedback_count),
         stars_x100: (feedback_count > 0).then(|| n(stars) * 100 / n(feedback_count)),
     })

@@ -12,6 +12,8 @@ use crate::attestations::{AttestationKind, Trust, TrustLevel};
 use crate::disputes;
 use crate::quality::{self, ProviderQuality, log_score};
 
+pub mod credit;
+
 /// Scores run from 0 to this.
 pub const MAX_SCORE: u32 = 1000;
 
@@ -39,15 +41,15 @@ pub struct RatingInput {
 }
 
 /// `good / total` on the 0..=1000 scale; `None` without any observation.
-fn ratio(good: u64, total: u64) -> Option<u32> {
+pub(crate) fn ratio(good: u64, total: u64) -> Option<u32> {
     (total > 0).then(|| (good.min(total) * u64::from(MAX_SCORE) / total) as u32)
 }
 
 /// Without observations an input counts as middling, neither rewarding nor
 /// punishing a newcomer.
-const NEUTRAL: u32 = MAX_SCORE / 2;
+pub(crate) const NEUTRAL: u32 = MAX_SCORE / 2;
 
-fn disputes_input(lost: u32, weight_percent: u32) -> RatingInput {
+pub(crate) fn disputes_input(lost: u32, weight_percent: u32) -> RatingInput {
     RatingInput {
         name: "disputes_lost",
         value: format!("{lost} lost"),
@@ -86,6 +88,12 @@ impl Trust {
                 said.push(line);
             }
         }
+        if !self.contacts.is_empty() {
+            said.push(format!(
+                "{} e-mail contact(s) verified by the market",
+                self.contacts.len()
+            ));
+        }
         RatingInput {
             name: "attestations",
             value: if said.is_empty() {
@@ -100,7 +108,7 @@ impl Trust {
             },
             weight_percent,
             explanation: format!(
-                "trust level {}: an e-mail address verified by one of the market's attestors counts 500, an attestor vouching for the party (operator) 1000, none 0; revoked and expired attestations don't count",
+                "trust level {}: an e-mail address verified by one of the market's attestors or by the market's own code challenge counts 500, an attestor vouching for the party (operator) 1000, none 0; revoked and expired attestations don't count",
                 self.level.as_str()
             ),
         }
@@ -152,6 +160,7 @@ fn quality_inputs(q: &ProviderQuality) -> Vec<RatingInput> {
         let scores: Vec<u32> = [
             q.accept_delay_secs.map(|s| log_score(s, 60, 86_400)),
             q.receipt_delay_secs.map(|s| log_score(s, 60, 86_400)),
+            q.ticket_response_secs.map(credit::ticket_score),
         ]
         .into_iter()
         .flatten()
@@ -160,9 +169,10 @@ fn quality_inputs(q: &ProviderQuality) -> Vec<RatingInput> {
         RatingInput {
             name: "responsiveness",
             value: format!(
-                "proposals accepted after {}, receipts sent {} after a period",
+                "proposals accepted after {}, receipts sent {} after a period, tickets answered after {}",
                 describe(q.accept_delay_secs),
-                describe(q.receipt_delay_secs)
+                describe(q.receipt_delay_secs),
+                describe(q.ticket_response_secs)
             ),
             score: if scores.is_empty() {
                 NEUTRAL
@@ -170,7 +180,7 @@ fn quality_inputs(q: &ProviderQuality) -> Vec<RatingInput> {
                 scores.iter().sum::<u32>() / scores.len() as u32
             },
             weight_percent: 5,
-            explanation: "mean delays to accept proposals and to report receipts: 1000 within a minute, 0 after a day".into(),
+            explanation: "mean of the delays to accept proposals and to report receipts (1000 within a minute, 0 after a day) and to answer tickets about it (1000 within an hour, 0 after a week; an unanswered open ticket counts for as long as it waits)".into(),
         }
     };
     let feedback = match q.stars_x100 {
@@ -184,22 +194,28 @@ fn quality_inputs(q: &ProviderQuality) -> Vec<RatingInput> {
             ),
             score: ((stars.saturating_sub(100)) * 1000 / 400).min(1000) as u32,
             weight_percent: 10,
-            explanation: "what demanders say (1 to 5 stars): 1000 at 5 stars, 0 at 1".into(),
+            explanation: "what demanders say in their reviews (1 to 5 stars, one per contract): 1000 at 5 stars, 0 at 1".into(),
         },
         None => RatingInput {
             name: "feedback",
             value: "no feedback yet".into(),
             score: NEUTRAL,
             weight_percent: 10,
-            explanation: "counts as 500 until a demander gives feedback".into(),
+            explanation: "counts as 500 until a demander reviews the provider".into(),
         },
     };
     vec![uptime, latency, responsiveness, feedback]
 }
 
-/// `party`'s rating; receipts agree within `tolerance_bps` as settlement takes them;
-/// `trust` is what the market's attestors say about it.
-pub fn rating(conn: &dyn Db, party: &Party, tolerance_bps: i64, trust: &Trust) -> Result<Rating> {
+/// `party`'s rating as of `now`; receipts agree within `tolerance_bps` as settlement takes
+/// them; `trust` is what the market's attestors (and its own contact checks) say about it.
+pub fn rating(
+    conn: &dyn Db,
+    party: &Party,
+    tolerance_bps: i64,
+    trust: &Trust,
+    now: i64,
+) -> Result<Rating> {
     let lost = disputes::lost_by(conn, &party.id)?;
     Ok(match party.role {
         Role::Provider => {
@@ -249,7 +265,9 @@ pub fn rating(conn: &dyn Db, party: &Party, tolerance_bps: i64, trust: &Trust) -
                 },
             };
             combine(party, trust, {
-                let q = quality::of_provider(conn, &party.id)?;
+                let mut q = quality::of_provider(conn, &party.id)?;
+                q.ticket_response_secs =
+                    crate::tickets::response_delay(conn, &party.id, now)?.map(|(secs, _)| secs);
                 let mut inputs = vec![
                     audits,
                     agreement,
@@ -261,37 +279,10 @@ pub fn rating(conn: &dyn Db, party: &Party, tolerance_bps: i64, trust: &Trust) -
             })
         }
         Role::Demander => {
-            let (agreed, _) = receipt_agreement(conn, &party.id, "demander", tolerance_bps)?;
-            let settled: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM settled_periods s JOIN contracts c ON c.id = s.contract
-                 WHERE c.demander = ?1",
-                [&party.id],
-                |r| r.get(0),
-            )?;
-            let settled = settled.max(0) as u64;
-            let payment = match ratio(settled, agreed.max(settled)) {
-                Some(score) => RatingInput {
-                    name: "payment_record",
-                    value: format!("{settled}/{} agreed periods paid", agreed.max(settled)),
-                    score,
-                    weight_percent: 75,
-                    explanation: "agreed periods the escrow covered; periods waiting for a prepayment count against it".into(),
-                },
-                None => RatingInput {
-                    name: "payment_record",
-                    value: "no agreed periods yet".into(),
-                    score: NEUTRAL,
-                    weight_percent: 75,
-                    explanation: "counts as 500 until a period is agreed".into(),
-                },
-            };
-            combine(
-                party,
-                trust,
-                vec![payment, disputes_input(lost, 20), trust.rating_input(5)],
-            )
+            let record = credit::demander_record(conn, &party.id, tolerance_bps, now)?;
+            combine(party, trust, credit::demander_inputs(&record, trust))
         }
-        Role::Arbiter => Rating {
+        Role::Arbiter | Role::Support => Rating {
             party: party.id.clone(),
             role: party.role,
             trust_level: trust.level,
@@ -303,7 +294,7 @@ pub fn rating(conn: &dyn Db, party: &Party, tolerance_bps: i64, trust: &Trust) -
 
 /// (periods whose two receipts agree within `tolerance_bps`, periods both sides reported)
 /// on the contracts where `party` is `side`.
-fn receipt_agreement(
+pub(crate) fn receipt_agreement(
     conn: &dyn Db,
     party: &str,
     side: &str,

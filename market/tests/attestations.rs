@@ -263,7 +263,9 @@ async fn attestations_raise_trust_and_stop_counting_when_revoked_or_expired() ->
     assert_eq!(rating["trust_level"], "verified");
     assert_eq!(
         rating["score"],
-        (500 * 75 + 1000 * 20 + 500 * 5) / 100,
+        // payment, receipt agreement, disputes lost, chargebacks, responsiveness, reviews,
+        // attestations (see ratings/credit.rs).
+        (500 * 40 + 500 * 10 + 1000 * 10 + 1000 * 5 + 500 * 10 + 500 * 15 + 500 * 10) / 100,
         "{rating}"
     );
 

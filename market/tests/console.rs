@@ -19,6 +19,8 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const GIB: u64 = 1 << 30;
 const CREDIT: i64 = 1_000_000;
+/// The first message of the seeded ticket.
+const TICKET_MESSAGE: &str = "reads from alpha take seconds since this morning";
 /// What the seeded dispute claims: markup, which the console must show as text.
 const HOSTILE_CLAIM: &str =
     "<img src=x onerror=\"window.__pwned=1\"><b>alpha</b> reports 7 GiB-hours; we stored 10";
@@ -31,6 +33,9 @@ struct Parties {
     dee_pkcs8: Vec<u8>,
     judge: Signer,
     judge_pkcs8: Vec<u8>,
+    /// Support staff.
+    help: Signer,
+    help_pkcs8: Vec<u8>,
     /// Registered with no contract.
     outsider: Signer,
 }
@@ -49,6 +54,8 @@ struct Seeded {
     mismatch_start: i64,
     /// Dee's dispute on the mismatched period.
     dispute: String,
+    /// Dee's support ticket on `active`, unanswered.
+    ticket: String,
 }
 
 impl Seeded {
@@ -107,9 +114,11 @@ async fn seed() -> Res<Seeded> {
     let (bravo, _) = key()?;
     let (dee, dee_pkcs8) = key()?;
     let (judge, judge_pkcs8) = key()?;
+    let (help, help_pkcs8) = key()?;
     let (outsider, _) = key()?;
     let policy = Policy {
         arbiter_keys: vec![judge.public_key_hex()],
+        support_keys: vec![help.public_key_hex()],
         ..Policy::default()
     };
     let rail: Option<Arc<dyn PaymentRail>> = Some(Arc::new(ManualRail));
@@ -127,6 +136,7 @@ async fn seed() -> Res<Seeded> {
     client.register(&bravo, Role::Provider, "bravo").await?;
     client.register(&dee, Role::Demander, "dee").await?;
     client.register(&judge, Role::Arbiter, "judge").await?;
+    client.register(&help, Role::Support, "help").await?;
     client
         .register(&outsider, Role::Demander, "outsider")
         .await?;
@@ -141,6 +151,8 @@ async fn seed() -> Res<Seeded> {
             dee_pkcs8,
             judge,
             judge_pkcs8,
+            help,
+            help_pkcs8,
             outsider,
         },
         active: String::new(),
@@ -148,6 +160,7 @@ async fn seed() -> Res<Seeded> {
         settled_start: 0,
         mismatch_start: 0,
         dispute: String::new(),
+        ticket: String::new(),
     };
     let p = &s.p;
     let offer = |region: &str| {
@@ -211,6 +224,15 @@ async fn seed() -> Res<Seeded> {
         )
         .await?;
     s.dispute = d["id"].as_str().ok_or("dispute id")?.to_owned();
+    let t = s
+        .ok(
+            &p.dee,
+            "POST",
+            "/v1/tickets",
+            json!({"subject": "slow reads", "message": TICKET_MESSAGE, "contract": active}),
+        )
+        .await?;
+    s.ticket = t["id"].as_str().ok_or("ticket id")?.to_owned();
     s.active = active;
     s.proposed = proposed;
     s.settled_start = start;
@@ -351,12 +373,13 @@ async fn console_signs_only_routes_that_exist() -> TestResult {
     }
     assert!(calls.len() >= 8, "{calls:?}");
     for (method, call) in &calls {
-        let path = call
+        let mut path = call
             .replace("${encodeURIComponent(session.id)}", &s.p.dee.party_id())
             .replace("${encodeURIComponent(c.id)}", &s.active)
             .replace("${encodeURIComponent(id)}", &s.active)
             .replace("${encodeURIComponent(contractId)}", &s.active)
-            .replace("${encodeURIComponent(d.id)}", &s.dispute);
+            .replace("${encodeURIComponent(d.id)}", &s.dispute)
+            .replace("${encodeURIComponent(ticketId)}", &s.ticket);
         assert!(!path.contains('$'), "a call the test does not know: {call}");
         let (who, body) = match (method.as_str(), path.as_str()) {
             ("GET", _) => (&s.p.dee, Value::Null),
@@ -371,8 +394,28 @@ async fn console_signs_only_routes_that_exist() -> TestResult {
             (_, p) if p.ends_with("/feedback") => {
                 (&s.p.dee, json!({"stars": 3, "comment": "test"}))
             }
+            (_, p) if p.ends_with("/reviews") => (&s.p.dee, json!({"stars": 4, "text": "test"})),
+            (_, "/v1/tickets") => (
+                &s.p.dee,
+                json!({"subject": "test", "message": "test", "contract": s.active}),
+            ),
+            (_, p) if p.ends_with("/messages") => (&s.p.alpha, json!({"message": "test"})),
+            (_, p) if p.ends_with("/escalate") => (&s.p.dee, Value::Null),
+            (_, p) if p.ends_with("/close") => (&s.p.dee, Value::Null),
             _ => return Err(format!("a call the test does not know: {method} {call}").into()),
         };
+        if path.ends_with("/close") {
+            // A ticket of its own: the seeded one is escalated by a later call.
+            let t = s
+                .ok(
+                    &s.p.dee,
+                    "POST",
+                    "/v1/tickets",
+                    json!({"subject": "to close", "message": "test"}),
+                )
+                .await?;
+            path = format!("/v1/tickets/{}/close", t["id"].as_str().ok_or("ticket id")?);
+        }
         let r = s.call(who, method, &path, body).await?;
         assert!(
             (200..300).contains(&r.status),
@@ -476,6 +519,7 @@ async fn console_signs_in_and_acts_in_headless_chromium() -> TestResult {
         "keys": {
             "dee": write("dee.key", &p.dee_pkcs8)?,
             "judge": write("judge.key", &p.judge_pkcs8)?,
+            "help": write("help.key", &p.help_pkcs8)?,
             "stranger": write("stranger.key", &stranger_pkcs8)?,
             "alpha_pem": write("alpha.pem", pem(&p.alpha_pkcs8).as_bytes())?,
             "garbage": write("garbage.key", b"not a key at all\n")?,
@@ -488,6 +532,8 @@ async fn console_signs_in_and_acts_in_headless_chromium() -> TestResult {
         },
         "alpha": {"id": p.alpha.party_id()},
         "judge": {"id": p.judge.party_id()},
+        "help": {"id": p.help.party_id()},
+        "ticket": {"id": s.ticket, "message": TICKET_MESSAGE},
         "active": {
             "id": s.active,
             "escrow": s.contract(&p.dee, &s.active).await?["escrow"],
@@ -507,6 +553,9 @@ async fn console_signs_in_and_acts_in_headless_chromium() -> TestResult {
             "claim": "console: 3 objects lost in the first hour",
             "decision_amount": 0.3,
             "reason": "console: the audit log confirms 3 lost objects",
+            "support_reply": "support: alpha's disk is rebuilding, reads recover by noon",
+            "review_stars": 5,
+            "review": "console: fast once the rebuild was done",
         },
     });
     let config_path = out.join("config.json");
@@ -595,6 +644,38 @@ async fn console_signs_in_and_acts_in_headless_chromium() -> TestResult {
         available(&dee_after),
         available(&dee_before) - 2 * CREDIT + 300_000,
         "{dee_before} -> {dee_after}"
+    );
+    // The ticket support answered and dee escalated through the console, and dee's review.
+    let ticket = s
+        .ok(
+            &p.dee,
+            "GET",
+            &format!("/v1/tickets/{}", s.ticket),
+            Value::Null,
+        )
+        .await?;
+    assert_eq!(ticket["state"], "escalated", "{ticket}");
+    assert_eq!(ticket["dispute"], result["escalated_dispute"], "{ticket}");
+    assert_eq!(
+        ticket["messages"][1]["body"], config["actions"]["support_reply"],
+        "{ticket}"
+    );
+    assert_eq!(ticket["messages"][1]["author_role"], "support", "{ticket}");
+    let reviews = s
+        .client
+        .json(
+            None,
+            "GET",
+            &format!("/v1/parties/{}/reviews", p.alpha.party_id()),
+            &Value::Null,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(reviews["count"], 1, "{reviews}");
+    assert_eq!(reviews["reviews"][0]["stars"], 5, "{reviews}");
+    assert_eq!(
+        reviews["reviews"][0]["text"], config["actions"]["review"],
+        "{reviews}"
     );
     // The seeded dispute is still open, the refused prepayment moved nothing, and the books balance.
     let seeded = s

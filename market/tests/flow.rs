@@ -922,12 +922,21 @@ async fn openapi_document_describes_every_route() -> TestResult {
         "/v1/contracts/{id}/feedback",
         "/v1/contracts/{id}/evidence",
         "/v1/treasury",
+        "/v1/contracts/{id}/reviews",
+        "/v1/parties/{id}/reviews",
+        "/v1/tickets",
+        "/v1/tickets/{id}",
+        "/v1/tickets/{id}/messages",
+        "/v1/tickets/{id}/close",
+        "/v1/tickets/{id}/escalate",
+        "/v1/parties/{id}/contacts",
+        "/v1/parties/{id}/contacts/verify",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
     assert_eq!(
         paths.len(),
-        34,
+        43,
         "openapi.json lists routes the server doesn't have"
     );
     Ok(())
@@ -1164,7 +1173,11 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves_on(
         )
         .await?
         .ok()?;
-    assert_eq!(r["score"], 1000 * 75 / 100 + 1000 * 20 / 100, "{r}");
+    // The demander paid every agreed period and lost no dispute: its credit says so.
+    assert_eq!(r["score"], weighted(&r), "{r}");
+    assert_eq!(r["inputs"][0]["name"], "payment_record", "{r}");
+    assert_eq!(r["inputs"][0]["score"], 1000, "{r}");
+    assert_eq!(r["inputs"][2]["value"], "0 lost", "{r}");
 
     // A dispute the provider wins is paid from the contract's escrow.
     let d = w
@@ -1207,7 +1220,11 @@ async fn arbiter_decides_disputes_and_ratings_explain_themselves_on(
         )
         .await?
         .ok()?;
-    assert_eq!(r["score"], 1000 * 75 / 100 + 750 * 20 / 100, "{r}");
+    // Lost, but paid from the escrow: a dispute lost, no chargeback.
+    assert_eq!(r["score"], weighted(&r), "{r}");
+    assert_eq!(r["inputs"][2]["value"], "1 lost", "{r}");
+    assert_eq!(r["inputs"][2]["score"], 750, "{r}");
+    assert_eq!(r["inputs"][3]["value"], "0 charged back", "{r}");
     Ok(())
 }
 

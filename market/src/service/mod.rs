@@ -29,6 +29,7 @@ mod evidence;
 mod parties;
 mod reputation;
 mod store;
+mod support;
 mod trade;
 
 pub use accounts::{Balances, ContractEscrow, OperationResult};
@@ -45,6 +46,8 @@ pub struct Market {
     rail: Option<Arc<dyn PaymentRail>>,
     clock: Clock,
     metrics: Metrics,
+    /// Sends the codes of the market's own contact checks; none: the market checks none.
+    delivery: Option<Arc<dyn crate::contacts::Delivery>>,
 }
 
 impl Market {
@@ -96,12 +99,19 @@ impl Market {
             rail,
             clock: Arc::new(sublet_market_api::unix_now),
             metrics: Metrics::new()?,
+            delivery: None,
         })
     }
 
     /// Replaces the clock (unix seconds); tests use it to pass vetting periods.
     pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Lets the market verify contacts itself, sending codes through `delivery`.
+    pub fn with_delivery(mut self, delivery: Arc<dyn crate::contacts::Delivery>) -> Self {
+        self.delivery = Some(delivery);
         self
     }
 

@@ -39,6 +39,7 @@ impl Market {
 
     pub fn register(&self, reg: &Registration) -> Result<Party> {
         let now = self.now();
+        self.check_support_key(reg)?;
         let party = self.tx(|c| identity::register(c, reg, &self.policy.arbiter_keys, now))?;
         info!(party = %party.id, role = party.role.as_str(), "party registered");
         Ok(party)

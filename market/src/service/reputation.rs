@@ -17,7 +17,7 @@ impl Market {
         self.tx(|c| {
             let party = identity::party(c, party_id)?;
             let trust = attestations::trust(c, party_id, &self.policy.attestor_keys, now)?;
-            ratings::rating(c, &party, self.policy.receipt_tolerance_bps, &trust)
+            ratings::rating(c, &party, self.policy.receipt_tolerance_bps, &trust, now)
         })
     }
 

@@ -110,6 +110,9 @@ pub(super) fn init_schema(db: &dyn Db) -> Result<()> {
         crate::quality::SCHEMA,
         attestations::SCHEMA,
         crate::rail::treasurer::SCHEMA,
+        crate::reviews::SCHEMA,
+        crate::tickets::SCHEMA,
+        crate::contacts::SCHEMA,
     ] {
         db.schema(schema)?;
     }

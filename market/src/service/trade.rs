@@ -73,6 +73,7 @@ impl Market {
                                     &party,
                                     self.policy.receipt_tolerance_bps,
                                     &trust,
+                                    now,
                                 )?
                                 .score
                             }
