@@ -118,6 +118,11 @@ impl SubletDev {
             .to_owned()
     }
 
+    /// The process id of `sublet dev`, e.g. to watch its memory in `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://host:port`, what clients take as endpoint.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)

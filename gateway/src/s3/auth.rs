@@ -391,7 +391,7 @@ pub fn refuse_unread<B>(req: &http::Request<B>) -> Option<s3s::S3Error> {
 
 /// `text` with `%XX` escapes and `+` decoded (lossily), to compare query parameter names as
 /// s3s will see them.
-fn percent_decoded(text: &str) -> String {
+pub(super) fn percent_decoded(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

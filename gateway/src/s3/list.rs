@@ -28,7 +28,7 @@ impl Gateway {
             prefix.to_string(),
             start_after.to_string(),
         );
-        let d = delimiter.filter(|d| !d.is_empty()).map(str::to_string);
+        let d = effective_delimiter(delimiter).map(str::to_string);
         let max_keys = usize::try_from(max).unwrap_or(1000);
         let page = self
             .meta(move |m| {
@@ -66,8 +66,9 @@ fn encoder(encoding: Option<&EncodingType>) -> fn(&str) -> String {
     }
 }
 
-/// The delimiter a listing echoes: S3 leaves an empty `delimiter=` out of the answer.
-fn echoed_delimiter(delimiter: Option<&str>) -> Option<&str> {
+/// The delimiter a listing groups by and echoes: an empty `delimiter=` is none (S3 groups
+/// nothing by it and leaves it out of the answer).
+fn effective_delimiter(delimiter: Option<&str>) -> Option<&str> {
     delimiter.filter(|d| !d.is_empty())
 }
 
@@ -122,7 +123,7 @@ impl Gateway {
             is_truncated: Some(truncated),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
-            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
+            delimiter: effective_delimiter(input.delimiter.as_deref()).map(enc),
             next_marker: page.next_marker.as_deref().map(enc),
             encoding_type: input.encoding_type,
             request_charged: None,
@@ -175,7 +176,7 @@ impl Gateway {
             next_continuation_token: page.next_marker.map(hex::encode),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
-            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
+            delimiter: effective_delimiter(input.delimiter.as_deref()).map(enc),
             encoding_type: input.encoding_type,
             start_after: input.start_after.as_deref().map(enc),
             request_charged: None,
@@ -203,7 +204,7 @@ impl Gateway {
                 key_marker.clone(),
                 version_id_marker.clone(),
             );
-            let d = input.delimiter.clone().filter(|d| !d.is_empty());
+            let d = effective_delimiter(input.delimiter.as_deref()).map(str::to_string);
             let max_keys = usize::try_from(max).unwrap_or(1000);
             self.meta(move |m| {
                 m.list_versions(
@@ -259,7 +260,7 @@ impl Gateway {
         Ok(S3Response::new(ListObjectVersionsOutput {
             common_prefixes: Some(prefixes),
             delete_markers: Some(markers),
-            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
+            delimiter: effective_delimiter(input.delimiter.as_deref()).map(enc),
             encoding_type: input.encoding_type,
             is_truncated: Some(next_key.is_some()),
             key_marker: Some(enc(&key_marker)),
@@ -279,9 +280,9 @@ impl Gateway {
 mod tests {
     #[test]
     fn an_empty_delimiter_is_not_echoed() {
-        assert_eq!(super::echoed_delimiter(Some("")), None);
-        assert_eq!(super::echoed_delimiter(None), None);
-        assert_eq!(super::echoed_delimiter(Some("/")), Some("/"));
+        assert_eq!(super::effective_delimiter(Some("")), None);
+        assert_eq!(super::effective_delimiter(None), None);
+        assert_eq!(super::effective_delimiter(Some("/")), Some("/"));
     }
 
     #[test]

@@ -9,11 +9,13 @@ mod copy;
 mod delete;
 mod get;
 mod headers;
+pub mod host;
 pub mod http;
 mod lifecycle;
 mod list;
 mod lock;
 mod multipart;
+mod presigned;
 mod put;
 mod tagging;
 

@@ -209,7 +209,7 @@ impl Gateway {
         let mut algorithms = vec![upload_checksum(&upload).algorithm];
         algorithms.extend(requested.algorithm);
         let written = self
-            .store_body(&plan, &input.key, input.body, None, &algorithms)
+            .store_upload(&plan, &input.key, input.body, &algorithms)
             .await?;
         let what = format!("part {} of upload {}", input.part_number, input.upload_id);
         if let Err(e) = sums::verify(

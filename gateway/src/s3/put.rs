@@ -87,7 +87,7 @@ impl Gateway {
         attrs.lock = lock;
         attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
         let written = self
-            .store_body(&plan, &input.key, input.body, None, &[algorithm])
+            .store_upload(&plan, &input.key, input.body, &[algorithm])
             .await?;
         if !content_md5_matches(input.content_md5.as_deref(), &written.md5) {
             self.free(Some(&written.layout)).await;
