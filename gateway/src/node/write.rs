@@ -633,7 +633,7 @@ mod tests {
         assert!(body.remaining_length().exact().is_none());
         let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(64);
         let scheme = Scheme::Erasure { data: 2, parity: 1 };
-        let cut = cut_body(
+        let done = cut_body(
             Some(body),
             1000,
             scheme,
@@ -647,35 +647,36 @@ mod tests {
         while let Some((segment, _held)) = rx.recv().await {
             segments.push(segment.len());
         }
-        (cut, segments)
+        (done, segments)
     }
 
     #[tokio::test]
     async fn bodies_of_unknown_length_are_cut_into_whole_segments() {
-        let (cut, segments) = cut(unsized_body(7, 300), u64::MAX).await;
-        let (size, md5, _) = cut.unwrap();
+        let (done, segments) = cut(unsized_body(7, 300), u64::MAX).await;
+        let (size, md5, _) = done.unwrap();
         assert_eq!(size, 2100);
         assert_eq!(segments, [1000, 1000, 100]);
         let whole: Vec<u8> = (0..7).flat_map(|i| vec![i as u8; 300]).collect();
         assert_eq!(md5, hex::encode(Md5::digest(&whole)));
         // Exactly at the limit is fine.
-        let (cut, _) = cut(unsized_body(7, 300), 2100).await;
-        assert_eq!(cut.unwrap().0, 2100);
+        let (done, _) = cut(unsized_body(7, 300), 2100).await;
+        assert_eq!(done.unwrap().0, 2100);
     }
 
     #[tokio::test]
     async fn a_body_growing_past_the_limit_fails_before_its_last_segment_is_handed_over() {
-        let (cut, segments) = cut(unsized_body(7, 300), 2099).await;
-        let err = cut.unwrap_err();
+        let (done, segments) = cut(unsized_body(7, 300), 2099).await;
+        let err = done.unwrap_err();
         assert!(matches!(err, Error::EntityTooLarge(_)), "{err:?}");
         assert_eq!(err.s3_code(), s3s::S3ErrorCode::EntityTooLarge);
         assert!(err.message().contains("2099 bytes"), "{}", err.message());
-        // The two full segments went on before the body grew too large; the caller's
-        // writer aborts them (no shards remain, as with any failed body).
-        assert_eq!(segments, [1000, 1000]);
+        // The one full segment of the first 1800 bytes went on before the body grew too
+        // large (its writer aborts it: no shards remain, as with any failed body); the
+        // 800 bytes after it never did.
+        assert_eq!(segments, [1000]);
         // Far past the limit: refused at the first chunk over it, the rest never read.
-        let (cut, segments) = cut(unsized_body(1_000_000, 1000), 5000).await;
-        assert!(matches!(cut, Err(Error::EntityTooLarge(_))));
+        let (done, segments) = cut(unsized_body(1_000_000, 1000), 5000).await;
+        assert!(matches!(done, Err(Error::EntityTooLarge(_))));
         assert_eq!(segments, [1000; 5]);
     }
 }
