@@ -1,13 +1,26 @@
 //! ListObjects (v1) and ListObjectsV2.
 
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result};
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::{Gateway, etag, timestamp};
 
 use crate::meta::{ListPage, ListQuery, VersionPage, VersionQuery};
 
 const MAX_KEYS: i32 = 1000;
+
+/// A page size asked for with query argument `argument` (`max-keys`, `max-parts`,
+/// `max-uploads`), at most `most`; a negative one answers `400 InvalidArgument` as S3 does.
+pub(super) fn page_size(value: Option<i32>, most: i32, argument: &str) -> S3Result<i32> {
+    match value {
+        Some(n) if n < 0 => Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("Argument {argument} must be an integer between 0 and 2147483647"),
+        )),
+        Some(n) => Ok(n.min(most)),
+        None => Ok(most),
+    }
+}
 
 impl Gateway {
     async fn list_page(
@@ -19,7 +32,7 @@ impl Gateway {
         max_keys: Option<i32>,
     ) -> S3Result<(ListPage, i32)> {
         self.require_bucket(bucket).await?;
-        let max = max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
+        let max = page_size(max_keys, MAX_KEYS, "max-keys")?;
         if max == 0 {
             return Ok((ListPage::default(), 0));
         }
@@ -191,7 +204,7 @@ impl Gateway {
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
-        let max = input.max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
+        let max = page_size(input.max_keys, MAX_KEYS, "max-keys")?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let key_marker = input.key_marker.clone().unwrap_or_default();
         let version_id_marker = input.version_id_marker.clone().unwrap_or_default();
@@ -283,6 +296,19 @@ mod tests {
         assert_eq!(super::effective_delimiter(Some("")), None);
         assert_eq!(super::effective_delimiter(None), None);
         assert_eq!(super::effective_delimiter(Some("/")), Some("/"));
+    }
+
+    #[test]
+    fn negative_page_sizes_are_invalid_arguments() {
+        assert_eq!(super::page_size(None, 1000, "max-keys").unwrap(), 1000);
+        assert_eq!(super::page_size(Some(0), 1000, "max-keys").unwrap(), 0);
+        assert_eq!(super::page_size(Some(5000), 1000, "max-keys").unwrap(), 1000);
+        let e = super::page_size(Some(-1), 1000, "max-parts").unwrap_err();
+        assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            Some("Argument max-parts must be an integer between 0 and 2147483647")
+        );
     }
 
     #[test]

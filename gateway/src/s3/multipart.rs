@@ -201,6 +201,7 @@ impl Gateway {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
         check_part_number(input.part_number)?;
+        super::put::check_content_md5(input.content_md5.as_deref())?;
         let upload = self
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
@@ -553,7 +554,7 @@ impl Gateway {
         let upload = self
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
-        let max = input.max_parts.unwrap_or(MAX_LISTED).clamp(0, MAX_LISTED);
+        let max = super::list::page_size(input.max_parts, MAX_LISTED, "max-parts")?;
         let after = input.part_number_marker.unwrap_or(0).max(0);
         let (b, k, u) = (
             input.bucket.clone(),
@@ -606,7 +607,7 @@ impl Gateway {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
-        let max = input.max_uploads.unwrap_or(MAX_LISTED).clamp(0, MAX_LISTED);
+        let max = super::list::page_size(input.max_uploads, MAX_LISTED, "max-uploads")?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let key_marker = input.key_marker.clone().unwrap_or_default();
         let upload_id_marker = input.upload_id_marker.clone().unwrap_or_default();

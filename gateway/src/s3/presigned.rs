@@ -126,7 +126,7 @@ pub fn refusal(query: &str, now: DateTime<Utc>) -> Option<Refusal> {
         }
         Err(_) => return Some(Refusal::parameters("X-Amz-Expires should be a number")),
     };
-    if credential_date != &date[..8] {
+    if Some(credential_date) != date.get(..8) {
         return Some(Refusal::parameters(
             "Invalid credential date. Date is not the same as X-Amz-Date.",
         ));
