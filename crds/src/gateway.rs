@@ -762,12 +762,11 @@ mod tests {
         assert_eq!(none.s3, None);
         let set = spec("defaultPlan: photos\ns3: {domains: [s3.example.org, s3.local]}");
         assert!(set.validate().is_empty());
+        assert_eq!(set.s3.unwrap().domains, ["s3.example.org", "s3.local"]);
         assert_eq!(
-            set.s3.unwrap().domains,
-            ["s3.example.org", "s3.local"]
-        );
-        assert_eq!(
-            problems("s3: {domains: ['https://s3.example.org', 's3.local:9000', '', S3.Example.org]}"),
+            problems(
+                "s3: {domains: ['https://s3.example.org', 's3.local:9000', '', S3.Example.org]}"
+            ),
             [
                 "spec.s3.domains[0]: \"https://s3.example.org\" is not a domain name; use lowercase letters, digits, '-' and '.' without a port or scheme (e.g. s3.example.org)",
                 "spec.s3.domains[1]: \"s3.local:9000\" is not a domain name; use lowercase letters, digits, '-' and '.' without a port or scheme (e.g. s3.example.org)",

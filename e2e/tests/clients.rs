@@ -10,11 +10,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sublet_e2e::clients::{self, run, run_ok};
+use sublet_e2e::cluster::{ACCESS_KEY, Cluster, SECRET_KEY};
 use sublet_e2e::data::{
     assert_same_file, assert_same_tree, file_md5_hex, relative_files, write_mixed_tree,
     write_random_file,
 };
-use sublet_e2e::cluster::{ACCESS_KEY, Cluster, SECRET_KEY};
 use sublet_e2e::dev::SubletDev;
 use sublet_e2e::skip;
 
@@ -419,22 +419,14 @@ fn boto3_error_answers_are_the_ones_s3_gives() {
 
 #[test]
 fn boto3_checksums_are_checked_stored_and_returned() {
-    boto3_script_passes(
-        "boto3_checksums.py",
-        "checksums",
-        "checksum checks passed",
-    );
+    boto3_script_passes("boto3_checksums.py", "checksums", "checksum checks passed");
 }
 
 /// Presigned GETs and PUTs, their expiry limits and errors as S3 answers them, and a
 /// CompleteMultipartUpload retried by boto3.
 #[test]
 fn boto3_presigned_urls_expire_and_fail_as_s3_answers() {
-    boto3_script_passes(
-        "boto3_presigned.py",
-        "presigned",
-        "presigned checks passed",
-    );
+    boto3_script_passes("boto3_presigned.py", "presigned", "presigned checks passed");
 }
 
 /// An s3cmd config file for `dev`: `region` as bucket_location, or s3cmd's default (`US`)
@@ -1065,10 +1057,15 @@ fn curl(f: &TestGateway, args: &[&str]) -> Command {
 /// the one given as the payload hash it signs.
 fn signed_curl(access_key: &str, secret_key: &str, args: &[&str]) -> Command {
     let mut cmd = clients::command("curl");
-    cmd.args(["-sS", "--fail-with-body", "--aws-sigv4", "aws:amz:us-east-1:s3"])
-        .args(["--user", &format!("{access_key}:{secret_key}")])
-        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-        .args(args);
+    cmd.args([
+        "-sS",
+        "--fail-with-body",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+    ])
+    .args(["--user", &format!("{access_key}:{secret_key}")])
+    .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+    .args(args);
     cmd
 }
 
@@ -1212,7 +1209,11 @@ fn virtual_host_addressing_with_boto3_and_curl() {
     ok(curl_at(&["-X", "PUT", &format!("http://{host}:{port}/")]));
     let file = tmp.path().join("note.txt");
     std::fs::write(&file, "sent to curl.s3.sublet.test").unwrap();
-    ok(curl_at(&["-T", s(&file), &format!("http://{host}:{port}/note.txt")]));
+    ok(curl_at(&[
+        "-T",
+        s(&file),
+        &format!("http://{host}:{port}/note.txt"),
+    ]));
     let got = ok(curl_at(&[&format!("http://{host}:{port}/note.txt")]));
     assert_eq!(got, "sent to curl.s3.sublet.test");
     // The same object path style, by IP address.

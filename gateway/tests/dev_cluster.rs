@@ -2405,7 +2405,10 @@ async fn raw_exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (S
     }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.lines().next().unwrap_or_default().to_owned();
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     (status, body)
 }
 
@@ -2443,7 +2446,11 @@ async fn puts_without_content_length_stream_and_oversized_ones_are_refused() {
     // Chunked transfer encoding, no Content-Length: several segments and a short last one.
     let body = data(300_001);
     for (key, plan) in [("chunky", "standard"), ("small", "inline")] {
-        let body = if key == "small" { &body[..100] } else { &body[..] };
+        let body = if key == "small" {
+            &body[..100]
+        } else {
+            &body[..]
+        };
         let head = format!(
             "PUT /bkt/{key} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\n\
              x-amz-storage-class: {plan}\r\nconnection: close\r\n\r\n"
@@ -2452,7 +2459,12 @@ async fn puts_without_content_length_stream_and_oversized_ones_are_refused() {
         assert!(status.contains(" 200 "), "{status}\n{answer}");
         let (s, h, got) = call(&svc, Method::GET, &format!("/bkt/{key}"), &[], vec![]).await;
         assert_eq!(s, StatusCode::OK);
-        assert!(got == body, "{key}: {} bytes back of {}", got.len(), body.len());
+        assert!(
+            got == body,
+            "{key}: {} bytes back of {}",
+            got.len(),
+            body.len()
+        );
         assert_eq!(header(&h, "etag"), format!("\"{}\"", md5_hex(body)));
     }
 

@@ -620,9 +620,8 @@ mod tests {
     /// A body of `chunks` chunks of `size` bytes whose length is not known in advance (as
     /// with `Transfer-Encoding: chunked`).
     fn unsized_body(chunks: usize, size: usize) -> StreamingBlob {
-        let items = (0..chunks).map(move |i| {
-            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 251) as u8; size]))
-        });
+        let items = (0..chunks)
+            .map(move |i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 251) as u8; size])));
         StreamingBlob::wrap(futures::stream::iter(items))
     }
 

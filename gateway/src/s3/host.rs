@@ -31,7 +31,9 @@ impl VirtualHostDomains {
     pub fn bucket_of<'a>(&self, host: &'a str) -> Option<Cow<'a, str>> {
         // Host names compare without case; an IPv6 literal has no domain.
         let name = match host.rsplit_once(':') {
-            Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Some((name, port))
+                if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 name
             }
             _ => host,
@@ -81,7 +83,10 @@ mod tests {
         let d = domains();
         let bucket = |host: &str| d.bucket_of(host).map(Cow::into_owned);
         assert_eq!(bucket("photos.s3.example.org").as_deref(), Some("photos"));
-        assert_eq!(bucket("photos.s3.example.org:9000").as_deref(), Some("photos"));
+        assert_eq!(
+            bucket("photos.s3.example.org:9000").as_deref(),
+            Some("photos")
+        );
         assert_eq!(bucket("Photos.S3.Example.org").as_deref(), Some("photos"));
         assert_eq!(bucket("photos.s3.example.org.").as_deref(), Some("photos"));
         // Bucket names with dots.

@@ -99,7 +99,11 @@ impl MeteredService {
             }
             (None, Some(refusal)) => {
                 tracing::info!(method = %req.method(), reason = ?refusal.error.message(), %request_id, "presigned url refused");
-                Ok(error_document(&refusal.error, &refusal.details, &request_id))
+                Ok(error_document(
+                    &refusal.error,
+                    &refusal.details,
+                    &request_id,
+                ))
             }
             (None, None) => self.inner.call(req).await,
         };

@@ -302,7 +302,10 @@ mod tests {
     fn negative_page_sizes_are_invalid_arguments() {
         assert_eq!(super::page_size(None, 1000, "max-keys").unwrap(), 1000);
         assert_eq!(super::page_size(Some(0), 1000, "max-keys").unwrap(), 0);
-        assert_eq!(super::page_size(Some(5000), 1000, "max-keys").unwrap(), 1000);
+        assert_eq!(
+            super::page_size(Some(5000), 1000, "max-keys").unwrap(),
+            1000
+        );
         let e = super::page_size(Some(-1), 1000, "max-parts").unwrap_err();
         assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidArgument);
         assert_eq!(

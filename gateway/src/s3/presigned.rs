@@ -49,10 +49,7 @@ impl Refusal {
     }
 
     fn parameters(message: &'static str) -> Self {
-        Self::new(
-            s3s::S3ErrorCode::AuthorizationQueryParametersError,
-            message,
-        )
+        Self::new(s3s::S3ErrorCode::AuthorizationQueryParametersError, message)
     }
 }
 
@@ -89,7 +86,14 @@ pub fn refusal(query: &str, now: DateTime<Utc>) -> Option<Refusal> {
             _ => return Some(Refusal::parameters(MISSING)),
         }
     }
-    let [algorithm, credential, _signature, date, _signed_headers, expires] = values;
+    let [
+        algorithm,
+        credential,
+        _signature,
+        date,
+        _signed_headers,
+        expires,
+    ] = values;
     if algorithm != "AWS4-HMAC-SHA256" {
         return Some(Refusal::parameters(
             "X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"",
@@ -294,9 +298,7 @@ mod tests {
         };
         assert!(code(&[("X-Amz-Date", None)]).starts_with("Query-string authentication"));
         assert!(code(&[("X-Amz-Signature", None)]).starts_with("Query-string authentication"));
-        assert!(
-            code(&[("X-Amz-SignedHeaders", None)]).starts_with("Query-string authentication")
-        );
+        assert!(code(&[("X-Amz-SignedHeaders", None)]).starts_with("Query-string authentication"));
         // A parameter given twice is as bad as a missing one.
         let twice = format!("{}&X-Amz-Expires=60", query(&[]));
         assert_eq!(
@@ -322,7 +324,8 @@ mod tests {
         }
         for date in ["2026-01-01T00:00:00Z", "20260101", "20261301T000000Z", ""] {
             assert!(
-                code(&[("X-Amz-Date", Some(date))]).starts_with("X-Amz-Date must be in the ISO8601"),
+                code(&[("X-Amz-Date", Some(date))])
+                    .starts_with("X-Amz-Date must be in the ISO8601"),
                 "{date}"
             );
         }
