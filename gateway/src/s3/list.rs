@@ -290,6 +290,7 @@ impl Gateway {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn an_empty_delimiter_is_not_echoed() {
