@@ -94,6 +94,50 @@ pub struct StorageGatewaySpec {
     /// on bad networks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_limits: Option<ClientLimits>,
+    /// How S3 clients address buckets. Path style (`host/bucket/key`) always works;
+    /// `domains` adds virtual-host style.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Addressing>,
+}
+
+/// How S3 clients address buckets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Addressing {
+    /// Domains served with virtual-host-style addressing, e.g. `s3.example.org`: a request
+    /// to `photos.s3.example.org` is for bucket `photos`. A request to a domain itself, to
+    /// an IP address or to any other host is path style. Point a wildcard DNS record
+    /// (`*.s3.example.org`) and a wildcard certificate at the gateway. Default none (path
+    /// style only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+}
+
+impl S3Addressing {
+    fn validate(&self, p: &mut Problems) {
+        for (i, domain) in self.domains.iter().enumerate() {
+            let field = format!("spec.s3.domains[{i}]");
+            if !is_dns_subdomain(domain) {
+                p.add(
+                    field,
+                    format!(
+                        "{domain:?} is not a domain name; use lowercase letters, digits, '-' and '.' without a port or scheme (e.g. s3.example.org)"
+                    ),
+                );
+            } else if let Some(other) = self.domains[..i].iter().find(|o| {
+                *o == domain
+                    || o.ends_with(&format!(".{domain}"))
+                    || domain.ends_with(&format!(".{o}"))
+            }) {
+                p.add(
+                    field,
+                    format!(
+                        "{domain:?} overlaps {other:?}: a host under both could name two buckets; keep one of them"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// How long the S3 listener waits on a client, and how many connections it serves at once.
@@ -456,6 +500,9 @@ impl StorageGatewaySpec {
         if let Some(limits) = &self.client_limits {
             limits.validate(&mut p);
         }
+        if let Some(s3) = &self.s3 {
+            s3.validate(&mut p);
+        }
         if self.metadata.sqlite.is_some() && self.replicas > 1 {
             p.add(
                 "spec.replicas",
@@ -705,6 +752,33 @@ mod tests {
                 "spec.clientLimits.headerTimeout: 0s is out of range; use 1s to 10m (e.g. 30s)",
                 "spec.clientLimits.sendTimeout: 1h is out of range; use 1s to 10m (e.g. 30s)",
                 "spec.clientLimits.maxConnections: 0 is out of range; use 1 to 65536 (e.g. 1024)",
+            ]
+        );
+    }
+
+    #[test]
+    fn virtual_host_domains_are_domain_names_that_do_not_overlap() {
+        let none = spec("defaultPlan: photos");
+        assert_eq!(none.s3, None);
+        let set = spec("defaultPlan: photos\ns3: {domains: [s3.example.org, s3.local]}");
+        assert!(set.validate().is_empty());
+        assert_eq!(set.s3.unwrap().domains, ["s3.example.org", "s3.local"]);
+        assert_eq!(
+            problems(
+                "s3: {domains: ['https://s3.example.org', 's3.local:9000', '', S3.Example.org]}"
+            ),
+            [
+                "spec.s3.domains[0]: \"https://s3.example.org\" is not a domain name; use lowercase letters, digits, '-' and '.' without a port or scheme (e.g. s3.example.org)",
+                "spec.s3.domains[1]: \"s3.local:9000\" is not a domain name; use lowercase letters, digits, '-' and '.' without a port or scheme (e.g. s3.example.org)",
+                "spec.s3.domains[2]: \"\" is not a domain name; use lowercase letters, digits, '-' and '.' without a port or scheme (e.g. s3.example.org)",
+                "spec.s3.domains[3]: \"S3.Example.org\" is not a domain name; use lowercase letters, digits, '-' and '.' without a port or scheme (e.g. s3.example.org)",
+            ]
+        );
+        assert_eq!(
+            problems("s3: {domains: [example.org, s3.example.org, example.org]}"),
+            [
+                "spec.s3.domains[1]: \"s3.example.org\" overlaps \"example.org\": a host under both could name two buckets; keep one of them",
+                "spec.s3.domains[2]: \"example.org\" overlaps \"example.org\": a host under both could name two buckets; keep one of them",
             ]
         );
     }

@@ -37,8 +37,8 @@ pub use duration::Duration;
 pub use error::{Error, Result};
 pub use gateway::{
     Access, BucketGrant, ClientLimits, GatewayCredential, GatewayTls, MetadataStore,
-    PostgresMetadata, SecretRef, ServiceSpec, ServiceType, SqliteMetadata, StorageGateway,
-    StorageGatewaySpec, StorageGatewayStatus,
+    PostgresMetadata, S3Addressing, SecretRef, ServiceSpec, ServiceType, SqliteMetadata,
+    StorageGateway, StorageGatewaySpec, StorageGatewayStatus,
 };
 pub use loader::{Config, LoadError, LoadErrors, load_file, load_str};
 pub use offer::MarketOffer;

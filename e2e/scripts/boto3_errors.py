@@ -3,7 +3,9 @@
 - every error body's RequestId is the answer's x-amz-request-id header (signed requests
   refused by the handler, and anonymous ones refused before it);
 - an empty Delimiter is not echoed in listings;
-- a DeleteObjects of more than 1000 keys answers 400 MalformedXML.
+- a DeleteObjects of more than 1000 keys answers 400 MalformedXML;
+- a Content-MD5 that is not base64 of 16 bytes answers 400 InvalidDigest;
+- a negative MaxKeys answers 400 InvalidArgument.
 
 Reads SUBLET_ENDPOINT, BUCKET, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
 exits non-zero with the failed checks on stderr.
@@ -101,6 +103,33 @@ except ClientError as e:
     status = e.response["ResponseMetadata"]["HTTPStatusCode"]
     code = e.response["Error"]["Code"]
     check("DeleteObjects of 1001 keys is 400 MalformedXML", (status, code) == (400, "MalformedXML"), f"{status} {code}")
+def expect_error(name, call, status, code):
+    try:
+        call()
+        check(name, False, "answered 200")
+    except ClientError as e:
+        got = (e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"])
+        check(name, got == (status, code), str(got))
+
+
+expect_error(
+    "a Content-MD5 that is not base64 of 16 bytes",
+    lambda: s3.put_object(Bucket=bucket, Key="md5", Body=b"x", ContentMD5="notbase64!!"),
+    400,
+    "InvalidDigest",
+)
+expect_error(
+    "a Content-MD5 of the wrong bytes",
+    lambda: s3.put_object(Bucket=bucket, Key="md5", Body=b"x", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA=="),
+    400,
+    "BadDigest",
+)
+expect_error(
+    "a negative MaxKeys",
+    lambda: s3.list_objects_v2(Bucket=bucket, MaxKeys=-1),
+    400,
+    "InvalidArgument",
+)
 done = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "b"}]})
 check("DeleteObjects of one key works", [d["Key"] for d in done.get("Deleted", [])] == ["b"], str(done))
 

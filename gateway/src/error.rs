@@ -20,6 +20,9 @@ pub enum Error {
     /// The request body broke off, or held more or less than it announced.
     #[error("{0}")]
     IncompleteBody(String),
+    /// An upload larger than one PUT or part may be (`EntityTooLarge`).
+    #[error("{0}")]
+    EntityTooLarge(String),
     /// No storage plan of that name (a storage class the gateway does not know).
     #[error("{0}")]
     InvalidStorageClass(String),
@@ -56,6 +59,7 @@ impl Error {
         match self {
             Error::Meta(e) => meta_err_code(e),
             Error::IncompleteBody(_) => S3ErrorCode::IncompleteBody,
+            Error::EntityTooLarge(_) => S3ErrorCode::EntityTooLarge,
             Error::InvalidStorageClass(_) => S3ErrorCode::InvalidStorageClass,
             Error::Unavailable(_) => S3ErrorCode::ServiceUnavailable,
             Error::QuotaExceeded(_) => S3ErrorCode::Custom("QuotaExceeded".into()),

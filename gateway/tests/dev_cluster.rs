@@ -2492,3 +2492,103 @@ async fn bucket_encryption_is_kept_answered_and_enforced() {
     let (s, _, b) = call(&svc, Method::PUT, "/bkt/k2", &sse_c, b"x".to_vec()).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
 }
+
+/// One HTTP/1.1 exchange over a fresh connection: `head` (ending in the blank line), then
+/// `body`; the status line and the body of the answer (read to the connection's end).
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The gateway may answer (and close) before it reads all of a body it refuses.
+    let _ = conn.write_all(body).await;
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        conn.read_to_end(&mut raw),
+    )
+    .await
+    .expect("an answer within 30s");
+    if let Err(e) = read {
+        assert!(!raw.is_empty(), "no answer: {e}");
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// `data` in HTTP/1.1 chunked framing, in chunks of `size` bytes.
+fn chunked(data: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in data.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn puts_without_content_length_stream_and_oversized_ones_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, svc) = start(tmp.path()).await;
+    let (s, _, _) = call(&svc, Method::PUT, "/bkt", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sublet_gateway::runtime::serve_s3(
+        listener,
+        svc.clone(),
+        None,
+        sublet_crds::ClientLimits::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // Chunked transfer encoding, no Content-Length: several segments and a short last one.
+    let body = data(300_001);
+    for (key, plan) in [("chunky", "standard"), ("small", "inline")] {
+        let body = if key == "small" {
+            &body[..100]
+        } else {
+            &body[..]
+        };
+        let head = format!(
+            "PUT /bkt/{key} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\n\
+             x-amz-storage-class: {plan}\r\nconnection: close\r\n\r\n"
+        );
+        let (status, answer) = raw_exchange(addr, &head, &chunked(body, 7000)).await;
+        assert!(status.contains(" 200 "), "{status}\n{answer}");
+        let (s, h, got) = call(&svc, Method::GET, &format!("/bkt/{key}"), &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(
+            got == body,
+            "{key}: {} bytes back of {}",
+            got.len(),
+            body.len()
+        );
+        assert_eq!(header(&h, "etag"), format!("\"{}\"", md5_hex(body)));
+    }
+
+    // A Content-Length over 5 GiB: refused before a byte is stored.
+    let head = format!(
+        "PUT /bkt/huge HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        (5u64 << 30) + 1
+    );
+    let (status, answer) = raw_exchange(addr, &head, &data(1000)).await;
+    assert!(status.contains(" 400 "), "{status}\n{answer}");
+    assert!(answer.contains("<Code>EntityTooLarge</Code>"), "{answer}");
+    let (s, _, _) = call(&svc, Method::HEAD, "/bkt/huge", &[], vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let _ = stop_tx.send(());
+    server.await.unwrap();
+    for p in cluster.providers {
+        p.shutdown().await;
+    }
+}

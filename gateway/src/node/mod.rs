@@ -110,6 +110,8 @@ pub struct Node {
     journal: Option<Arc<crate::meta::journal::Journal>>,
     /// Segment buffers all writes in flight may hold together.
     upload_budget: budget::BufferBudget,
+    /// The largest body one PUT or part may carry ([`write::MAX_UPLOAD_SIZE`]).
+    max_upload: u64,
     /// Shards and decoded segments all reads in flight may hold together while decoding.
     read_budget: budget::BufferBudget,
     /// The metadata store alone is as safe a place for data as the providers (`sublet
@@ -169,6 +171,7 @@ impl Node {
             writes: inflight::Writes::default(),
             journal: None,
             upload_budget: budget::BufferBudget::default(),
+            max_upload: write::MAX_UPLOAD_SIZE,
             read_budget: budget::BufferBudget::default(),
             metadata_suffices: false,
             customer_keys_allowed: std::sync::atomic::AtomicBool::new(false),
@@ -192,6 +195,13 @@ impl Node {
     /// database behind it: for a gateway whose providers share its disk (`sublet dev`).
     pub fn with_metadata_alone(mut self) -> Self {
         self.metadata_suffices = true;
+        self
+    }
+
+    /// Refuses uploads (one PUT's or part's body) over `bytes` rather than S3's 5 GiB: for
+    /// tests of the limit.
+    pub fn with_max_upload(mut self, bytes: u64) -> Self {
+        self.max_upload = bytes;
         self
     }
 

@@ -33,11 +33,25 @@ pub struct Written {
     pub in_flight: Option<crate::node::inflight::WriteGuard>,
 }
 
+/// The largest object a single PUT or one multipart part may carry: S3's 5 GiB
+/// ([`Node::store_upload`]).
+pub const MAX_UPLOAD_SIZE: u64 = 5 << 30;
+
+/// The refusal of an upload over `limit` bytes (`EntityTooLarge`, with S3's message).
+fn too_large(limit: u64) -> Error {
+    Error::EntityTooLarge(format!(
+        "Your proposed upload exceeds the maximum allowed size ({limit} bytes in one PUT or \
+         part; use a multipart upload for larger objects)"
+    ))
+}
+
 /// A segment on its way to the providers, with the share of the upload budget it holds.
 type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 
 /// Cuts the body into segments and hands them over; returns the size, MD5 and checksums
-/// (computed in the same pass).
+/// (computed in the same pass). A body of unknown length (`Transfer-Encoding: chunked`)
+/// is cut the same way; one that grows past `limit` bytes fails with `EntityTooLarge`
+/// before the segment that would pass it is handed over.
 async fn cut_body(
     body: Option<StreamingBlob>,
     segment_size: usize,
@@ -45,6 +59,7 @@ async fn cut_body(
     budget: BufferBudget,
     mut sums: Hasher,
     tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
+    limit: u64,
 ) -> Result<(u64, String, Sums)> {
     use s3s::stream::ByteStream;
     let mut md5 = Md5::new();
@@ -56,9 +71,12 @@ async fn cut_body(
         let declared = body.remaining_length().exact();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(body_failed)?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(too_large(limit));
+            }
             md5.update(&chunk);
             sums.update(&chunk);
-            size += chunk.len() as u64;
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 if buf.capacity() == 0 {
@@ -101,6 +119,7 @@ async fn write_body(
     scheme: crate::datapath::layout::Scheme,
     budget: BufferBudget,
     sums: Hasher,
+    limit: u64,
 ) -> Result<Written> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(1);
     let store = async {
@@ -115,7 +134,7 @@ async fn write_body(
         Ok(())
     };
     let (cut, stored) = tokio::join!(
-        cut_body(body, segment_size, scheme, budget, sums, tx),
+        cut_body(body, segment_size, scheme, budget, sums, tx, limit),
         store
     );
     match (cut, stored) {
@@ -194,19 +213,53 @@ impl Node {
         algorithms: &[Algorithm],
         customer: Option<&CustomerSealing>,
     ) -> Result<Written> {
+        self.store_limited(plan, key, body, length, algorithms, u64::MAX, customer)
+            .await
+    }
+
+    /// Stores a client's upload (a PUT's or a part's body) as [`Node::store_body`] does,
+    /// refusing with `EntityTooLarge` a body over the upload limit ([`MAX_UPLOAD_SIZE`]):
+    /// before anything is stored when its length is declared, else as soon as it grows past
+    /// the limit, with nothing kept.
+    pub async fn store_upload(
+        &self,
+        plan: &Plan,
+        key: &str,
+        body: Option<StreamingBlob>,
+        algorithms: &[Algorithm],
+        customer: Option<&CustomerSealing>,
+    ) -> Result<Written> {
+        self.store_limited(plan, key, body, None, algorithms, self.max_upload, customer)
+            .await
+    }
+
+    async fn store_limited(
+        &self,
+        plan: &Plan,
+        key: &str,
+        body: Option<StreamingBlob>,
+        length: Option<u64>,
+        algorithms: &[Algorithm],
+        limit: u64,
+        customer: Option<&CustomerSealing>,
+    ) -> Result<Written> {
         let sums = Hasher::new(algorithms.iter().copied());
         let declared = match (&body, length) {
             (_, Some(len)) => usize::try_from(len).ok(),
             (Some(b), None) => s3s::stream::ByteStream::remaining_length(b).exact(),
             (None, None) => Some(0),
         };
+        if declared.is_some_and(|len| len as u64 > limit) {
+            return Err(too_large(limit));
+        }
         if let Some(len) = declared
             && len as u64 <= plan.inline_up_to
             && self.keeps_inline()
         {
             return self.store_inline(plan, body, len, sums, customer).await;
         }
-        self.stripe_body(plan, key, body, sums, customer).await
+        self.stripe_body(plan, key, body, sums, limit, customer)
+            .await
     }
 
     /// Streams `body` into a fresh layout of shards under `plan`; on any error no shards
@@ -217,7 +270,7 @@ impl Node {
         key: &str,
         body: Option<StreamingBlob>,
     ) -> Result<Written> {
-        self.stripe_body(plan, key, body, Hasher::default(), None)
+        self.stripe_body(plan, key, body, Hasher::default(), u64::MAX, None)
             .await
     }
 
@@ -227,6 +280,7 @@ impl Node {
         key: &str,
         body: Option<StreamingBlob>,
         sums: Hasher,
+        limit: u64,
         customer: Option<&CustomerSealing>,
     ) -> Result<Written> {
         let segment_size = usize::try_from(plan.segment_size)
@@ -260,6 +314,7 @@ impl Node {
             plan.scheme,
             self.upload_budget.clone(),
             sums,
+            limit,
         ))
         .await
         .map_err(|e| Error::internal(format!("the write task failed: {e}")))??;
@@ -564,5 +619,74 @@ impl Node {
                     .ok_or_else(|| Error::internal(format!("provider {node} has no client")))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::datapath::layout::Scheme;
+
+    /// A body of `chunks` chunks of `size` bytes whose length is not known in advance (as
+    /// with `Transfer-Encoding: chunked`).
+    fn unsized_body(chunks: usize, size: usize) -> StreamingBlob {
+        let items = (0..chunks)
+            .map(move |i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 251) as u8; size])));
+        StreamingBlob::wrap(futures::stream::iter(items))
+    }
+
+    /// Cuts `body` into 1000-byte segments under `limit`: what it returned, and the sizes
+    /// of the segments handed over.
+    async fn cut(body: StreamingBlob, limit: u64) -> (Result<(u64, String, Sums)>, Vec<usize>) {
+        use s3s::stream::ByteStream;
+        assert!(body.remaining_length().exact().is_none());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(64);
+        let scheme = Scheme::Erasure { data: 2, parity: 1 };
+        let done = cut_body(
+            Some(body),
+            1000,
+            scheme,
+            BufferBudget::default(),
+            Hasher::default(),
+            tx,
+            limit,
+        )
+        .await;
+        let mut segments = Vec::new();
+        while let Some((segment, _held)) = rx.recv().await {
+            segments.push(segment.len());
+        }
+        (done, segments)
+    }
+
+    #[tokio::test]
+    async fn bodies_of_unknown_length_are_cut_into_whole_segments() {
+        let (done, segments) = cut(unsized_body(7, 300), u64::MAX).await;
+        let (size, md5, _) = done.unwrap();
+        assert_eq!(size, 2100);
+        assert_eq!(segments, [1000, 1000, 100]);
+        let whole: Vec<u8> = (0..7).flat_map(|i| vec![i as u8; 300]).collect();
+        assert_eq!(md5, hex::encode(Md5::digest(&whole)));
+        // Exactly at the limit is fine.
+        let (done, _) = cut(unsized_body(7, 300), 2100).await;
+        assert_eq!(done.unwrap().0, 2100);
+    }
+
+    #[tokio::test]
+    async fn a_body_growing_past_the_limit_fails_before_its_last_segment_is_handed_over() {
+        let (done, segments) = cut(unsized_body(7, 300), 2099).await;
+        let err = done.unwrap_err();
+        assert!(matches!(err, Error::EntityTooLarge(_)), "{err:?}");
+        assert_eq!(err.s3_code(), s3s::S3ErrorCode::EntityTooLarge);
+        assert!(err.message().contains("2099 bytes"), "{}", err.message());
+        // The one full segment of the first 1800 bytes went on before the body grew too
+        // large (its writer aborts it: no shards remain, as with any failed body); the
+        // 800 bytes after it never did.
+        assert_eq!(segments, [1000]);
+        // Far past the limit: refused at the first chunk over it, the rest never read.
+        let (done, segments) = cut(unsized_body(1_000_000, 1000), 5000).await;
+        assert!(matches!(done, Err(Error::EntityTooLarge(_))));
+        assert_eq!(segments, [1000; 5]);
     }
 }

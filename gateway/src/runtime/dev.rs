@@ -282,17 +282,25 @@ pub fn service(gateway: Arc<Node>, credentials: Option<&Credentials>) -> S3Servi
     let keys = credentials.map(|c| {
         KeyRing::single(&c.access_key, &c.secret_key).with_accounts(Arc::clone(gateway.accounts()))
     });
-    service_with_keys(gateway, keys)
+    service_with_keys(gateway, keys, None)
 }
 
-/// The S3 HTTP service over a gateway; SigV4 and per-bucket grants of `keys` if any.
-pub fn service_with_keys(gateway: Arc<Node>, keys: Option<KeyRing>) -> S3Service {
+/// The S3 HTTP service over a gateway; SigV4 and per-bucket grants of `keys` if any;
+/// virtual-host-style addressing under `domains` if any (else path style only).
+pub fn service_with_keys(
+    gateway: Arc<Node>,
+    keys: Option<KeyRing>,
+    domains: Option<crate::s3::host::VirtualHostDomains>,
+) -> S3Service {
     let buckets = Arc::new(crate::s3::access::BucketAccess::new(Arc::clone(&gateway)));
     let front = crate::s3::Gateway::new(gateway).with_bucket_access(Arc::clone(&buckets));
     let mut builder = S3ServiceBuilder::new(front);
     builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
         crate::s3::http::s3s_config(),
     ))));
+    if let Some(domains) = domains {
+        builder.set_host(domains);
+    }
     if let Some(keys) = keys {
         let keys = keys.with_bucket_access(buckets);
         builder.set_auth(keys.clone());

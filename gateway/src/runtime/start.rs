@@ -208,6 +208,9 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         crate::runtime::dev::service_with_keys(
             Arc::clone(&gateway),
             Some(keys.with_accounts(Arc::clone(gateway.accounts()))),
+            spec.s3
+                .as_ref()
+                .and_then(|s3| crate::s3::host::VirtualHostDomains::new(&s3.domains)),
         ),
         metrics.clone(),
     )

@@ -1,6 +1,7 @@
 //! The S3 API over HTTP: the s3s service with request metrics around it, answering only
 //! once a request's metadata change is in the journal (503 when it cannot be stored);
-//! requests refused before their body is read ([`crate::s3::auth::refuse_unread`]); request
+//! requests refused before their body is read ([`crate::s3::auth::refuse_unread`], and
+//! presigned URLs S3 would refuse: [`crate::s3::presigned`]); request
 //! bodies that stall end the request ([`TimedBody`]); the limits s3s parses requests with.
 
 use std::pin::Pin;
@@ -129,13 +130,25 @@ impl MeteredService {
             }
             _ => None,
         };
-        let mut result = match (preflight, crate::s3::auth::refuse_unread(&req)) {
-            (Some(answer), _) => Ok(answer),
-            (None, Some(refusal)) => {
+        let presigned = req
+            .uri()
+            .query()
+            .and_then(|q| super::presigned::refusal(q, chrono::Utc::now()));
+        let mut result = match (preflight, crate::s3::auth::refuse_unread(&req), presigned) {
+            (Some(answer), _, _) => Ok(answer),
+            (None, Some(refusal), _) => {
                 tracing::info!(method = %req.method(), reason = ?refusal.message(), %request_id, "refused unread");
                 Ok(error_answer(&refusal, &request_id))
             }
-            (None, None) => self.inner.call(req).await,
+            (None, None, Some(refusal)) => {
+                tracing::info!(method = %req.method(), reason = ?refusal.error.message(), %request_id, "presigned url refused");
+                Ok(error_document(
+                    &refusal.error,
+                    &refusal.details,
+                    &request_id,
+                ))
+            }
+            (None, None, None) => self.inner.call(req).await,
         };
         if let Some(fault) = fault.get() {
             tracing::info!(reason = %fault, "a request body was cut off");
@@ -236,14 +249,28 @@ fn new_request_id() -> String {
 
 /// An S3 error document for `error`, with its status, for request `request_id`.
 fn error_answer(error: &s3s::S3Error, request_id: &str) -> HttpResponse {
+    error_document(error, &[], request_id)
+}
+
+/// An S3 error document for `error` with further elements `details` (name, text) after its
+/// message, with its status, for request `request_id`.
+fn error_document(
+    error: &s3s::S3Error,
+    details: &[(&str, String)],
+    request_id: &str,
+) -> HttpResponse {
     let escape = |text: &str| {
         text.replace('&', "&amp;")
             .replace('<', "&lt;")
             .replace('>', "&gt;")
     };
+    let details: String = details
+        .iter()
+        .map(|(name, text)| format!("<{name}>{}</{name}>", escape(text)))
+        .collect();
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code>\
-         <Message>{}</Message><RequestId>{}</RequestId></Error>",
+         <Message>{}</Message>{details}<RequestId>{}</RequestId></Error>",
         error.code().as_str(),
         escape(error.message().unwrap_or_default()),
         escape(request_id)

@@ -1,13 +1,26 @@
 //! ListObjects (v1) and ListObjectsV2.
 
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result};
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::{Gateway, etag, timestamp};
 
 use crate::meta::{ListPage, ListQuery, VersionPage, VersionQuery};
 
 const MAX_KEYS: i32 = 1000;
+
+/// A page size asked for with query argument `argument` (`max-keys`, `max-parts`,
+/// `max-uploads`), at most `most`; a negative one answers `400 InvalidArgument` as S3 does.
+pub(super) fn page_size(value: Option<i32>, most: i32, argument: &str) -> S3Result<i32> {
+    match value {
+        Some(n) if n < 0 => Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("Argument {argument} must be an integer between 0 and 2147483647"),
+        )),
+        Some(n) => Ok(n.min(most)),
+        None => Ok(most),
+    }
+}
 
 impl Gateway {
     async fn list_page(
@@ -19,7 +32,7 @@ impl Gateway {
         max_keys: Option<i32>,
     ) -> S3Result<(ListPage, i32)> {
         self.require_bucket(bucket).await?;
-        let max = max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
+        let max = page_size(max_keys, MAX_KEYS, "max-keys")?;
         if max == 0 {
             return Ok((ListPage::default(), 0));
         }
@@ -28,7 +41,7 @@ impl Gateway {
             prefix.to_string(),
             start_after.to_string(),
         );
-        let d = delimiter.filter(|d| !d.is_empty()).map(str::to_string);
+        let d = effective_delimiter(delimiter).map(str::to_string);
         let max_keys = usize::try_from(max).unwrap_or(1000);
         let page = self
             .meta(move |m| {
@@ -66,8 +79,9 @@ fn encoder(encoding: Option<&EncodingType>) -> fn(&str) -> String {
     }
 }
 
-/// The delimiter a listing echoes: S3 leaves an empty `delimiter=` out of the answer.
-fn echoed_delimiter(delimiter: Option<&str>) -> Option<&str> {
+/// The delimiter a listing groups by and echoes: an empty `delimiter=` is none (S3 groups
+/// nothing by it and leaves it out of the answer).
+fn effective_delimiter(delimiter: Option<&str>) -> Option<&str> {
     delimiter.filter(|d| !d.is_empty())
 }
 
@@ -122,7 +136,7 @@ impl Gateway {
             is_truncated: Some(truncated),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
-            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
+            delimiter: effective_delimiter(input.delimiter.as_deref()).map(enc),
             next_marker: page.next_marker.as_deref().map(enc),
             encoding_type: input.encoding_type,
             request_charged: None,
@@ -175,7 +189,7 @@ impl Gateway {
             next_continuation_token: page.next_marker.map(hex::encode),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
-            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
+            delimiter: effective_delimiter(input.delimiter.as_deref()).map(enc),
             encoding_type: input.encoding_type,
             start_after: input.start_after.as_deref().map(enc),
             request_charged: None,
@@ -190,7 +204,7 @@ impl Gateway {
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
-        let max = input.max_keys.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
+        let max = page_size(input.max_keys, MAX_KEYS, "max-keys")?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let key_marker = input.key_marker.clone().unwrap_or_default();
         let version_id_marker = input.version_id_marker.clone().unwrap_or_default();
@@ -203,7 +217,7 @@ impl Gateway {
                 key_marker.clone(),
                 version_id_marker.clone(),
             );
-            let d = input.delimiter.clone().filter(|d| !d.is_empty());
+            let d = effective_delimiter(input.delimiter.as_deref()).map(str::to_string);
             let max_keys = usize::try_from(max).unwrap_or(1000);
             self.meta(move |m| {
                 m.list_versions(
@@ -259,7 +273,7 @@ impl Gateway {
         Ok(S3Response::new(ListObjectVersionsOutput {
             common_prefixes: Some(prefixes),
             delete_markers: Some(markers),
-            delimiter: echoed_delimiter(input.delimiter.as_deref()).map(enc),
+            delimiter: effective_delimiter(input.delimiter.as_deref()).map(enc),
             encoding_type: input.encoding_type,
             is_truncated: Some(next_key.is_some()),
             key_marker: Some(enc(&key_marker)),
@@ -276,12 +290,29 @@ impl Gateway {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn an_empty_delimiter_is_not_echoed() {
-        assert_eq!(super::echoed_delimiter(Some("")), None);
-        assert_eq!(super::echoed_delimiter(None), None);
-        assert_eq!(super::echoed_delimiter(Some("/")), Some("/"));
+        assert_eq!(super::effective_delimiter(Some("")), None);
+        assert_eq!(super::effective_delimiter(None), None);
+        assert_eq!(super::effective_delimiter(Some("/")), Some("/"));
+    }
+
+    #[test]
+    fn negative_page_sizes_are_invalid_arguments() {
+        assert_eq!(super::page_size(None, 1000, "max-keys").unwrap(), 1000);
+        assert_eq!(super::page_size(Some(0), 1000, "max-keys").unwrap(), 0);
+        assert_eq!(
+            super::page_size(Some(5000), 1000, "max-keys").unwrap(),
+            1000
+        );
+        let e = super::page_size(Some(-1), 1000, "max-parts").unwrap_err();
+        assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            Some("Argument max-parts must be an integer between 0 and 2147483647")
+        );
     }
 
     #[test]

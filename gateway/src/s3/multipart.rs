@@ -218,6 +218,7 @@ impl Gateway {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
         check_part_number(input.part_number)?;
+        super::put::check_content_md5(input.content_md5.as_deref())?;
         let upload = self
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
@@ -235,11 +236,10 @@ impl Gateway {
         let mut algorithms = vec![upload_checksum(&upload).algorithm];
         algorithms.extend(requested.algorithm);
         let written = self
-            .store_body(
+            .store_upload(
                 &plan,
                 &input.key,
                 input.body,
-                None,
                 &algorithms,
                 customer.as_ref(),
             )
@@ -611,7 +611,7 @@ impl Gateway {
         let upload = self
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
-        let max = input.max_parts.unwrap_or(MAX_LISTED).clamp(0, MAX_LISTED);
+        let max = super::list::page_size(input.max_parts, MAX_LISTED, "max-parts")?;
         let after = input.part_number_marker.unwrap_or(0).max(0);
         let (b, k, u) = (
             input.bucket.clone(),
@@ -664,7 +664,7 @@ impl Gateway {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
-        let max = input.max_uploads.unwrap_or(MAX_LISTED).clamp(0, MAX_LISTED);
+        let max = super::list::page_size(input.max_uploads, MAX_LISTED, "max-uploads")?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let key_marker = input.key_marker.clone().unwrap_or_default();
         let upload_id_marker = input.upload_id_marker.clone().unwrap_or_default();

@@ -29,6 +29,22 @@ pub(super) fn content_md5_matches(header: Option<&str>, md5_hex: &str) -> bool {
         == Some(md5_hex)
 }
 
+/// Refuses a Content-MD5 header that is not the base64 of 16 bytes (`400 InvalidDigest`,
+/// as S3 answers), before the body is read.
+pub(super) fn check_content_md5(header: Option<&str>) -> S3Result<()> {
+    use base64::Engine;
+    let Some(value) = header else {
+        return Ok(());
+    };
+    match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+        Ok(digest) if digest.len() == 16 => Ok(()),
+        _ => Err(S3Error::with_message(
+            S3ErrorCode::InvalidDigest,
+            "The Content-MD5 you specified is not valid.",
+        )),
+    }
+}
+
 fn bad_digest() -> S3Error {
     S3Error::with_message(
         S3ErrorCode::BadDigest,
@@ -43,6 +59,7 @@ impl Gateway {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
+        check_content_md5(input.content_md5.as_deref())?;
         let requested = sums::requested(&req.headers)?;
         let algorithm = requested.algorithm.unwrap_or(sums::DEFAULT.algorithm);
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
@@ -102,11 +119,10 @@ impl Gateway {
         attrs.lock = lock;
         attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
         let written = self
-            .store_body(
+            .store_upload(
                 &plan,
                 &input.key,
                 input.body,
-                None,
                 &[algorithm],
                 customer.as_ref(),
             )
@@ -166,5 +182,26 @@ impl Gateway {
         };
         set_checksums!(out, fields);
         Ok(S3Response::new(out))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_content_md5_that_is_not_16_bytes_of_base64_is_an_invalid_digest() {
+        assert!(check_content_md5(None).is_ok());
+        assert!(check_content_md5(Some("XUFAKrxLKna5cZ2REBfFkg==")).is_ok());
+        for bad in ["notbase64!!", "", "AAAA", "XUFAKrxLKna5cZ2REBfFkgAA"] {
+            let e = check_content_md5(Some(bad)).unwrap_err();
+            assert_eq!(e.code(), &S3ErrorCode::InvalidDigest, "{bad}");
+        }
+        // Well formed but not the body's: BadDigest once the body is read.
+        assert!(!content_md5_matches(
+            Some("AAAAAAAAAAAAAAAAAAAAAA=="),
+            "5d41402abc4b2a76b9719d911017c592"
+        ));
     }
 }

@@ -415,7 +415,7 @@ mod tests {
         };
         let gw = gateway(
             "s3",
-            "defaultPlan: photos\ncredentials: [{accessKey: abc, secretKey: 0123456789}]\nproviderToken: secret-token",
+            "defaultPlan: photos\ncredentials: [{accessKey: abc, secretKey: 0123456789}]\nproviderToken: secret-token\ns3: {domains: [s3.example.org]}",
         );
         let rendered = render_config(&gw, inventory).unwrap();
         let config = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
@@ -447,6 +447,11 @@ mod tests {
         );
         let g = &config.gateways["s3"].spec;
         assert_eq!(g.listen.as_deref(), Some("0.0.0.0:9000"));
+        // Virtual-host domains reach the gateway's file.
+        assert_eq!(
+            g.s3.as_ref().map(|s3| s3.domains.clone()),
+            Some(vec!["s3.example.org".to_owned()])
+        );
         assert_eq!(
             g.master_key_file.as_deref(),
             Some("/etc/sublet-keys/master.key")
