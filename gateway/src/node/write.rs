@@ -233,6 +233,7 @@ impl Node {
             .await
     }
 
+    #[allow(clippy::too_many_arguments)] // store_body and store_upload in one: each caller names what it limits
     async fn store_limited(
         &self,
         plan: &Plan,
