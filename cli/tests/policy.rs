@@ -791,7 +791,7 @@ spec:
         "PUT",
         "/admin/v1/policy/pools/rented",
         Some(ADMIN_TOKEN),
-        "spec:\n  class: rented\n  market: {url: \"http://127.0.0.1:9\", providers: 1, reserve: 1Gi}\n",
+        "spec:\n  class: rented\n  market: {url: \"http://127.0.0.1:9\", insecureHttp: true, providers: 1, reserve: 1Gi}\n",
     )
     .await;
     assert_eq!(r.status, 409, "{}", r.text());
