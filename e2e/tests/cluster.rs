@@ -243,8 +243,10 @@ fn provider_loss_is_repaired(cluster: &KubeCluster) {
     );
 }
 
-/// The image of the claim's client: Debian's rclone, nothing of sublet.
-const RCLONE_IMAGE: &str = "sublet-e2e/rclone:1";
+/// The image of the claim's client: Debian's rclone, nothing of sublet. Named in full, as the
+/// chart's image is: the kubelet looks an unqualified name up as `docker.io/...`, which an
+/// archive imported under the short name does not match (`ErrImageNeverPull`).
+const RCLONE_IMAGE: &str = "ghcr.io/sublet-dev/e2e-rclone:1";
 
 /// `docs/kubernetes.md`'s "Bucket claims" commands (apply the example claim, wait until it
 /// is Bound, list claims), then a Job whose pod takes the claim's Secret as its environment

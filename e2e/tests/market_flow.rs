@@ -352,7 +352,9 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
         .arg(&judge_key)
         .args(["--role", "arbiter", "--name", "judge"]));
     run(sublet()
-        .args(["market", "register", "--url", &url, "--key"])
+        .args(["market", "register", "--url", &url, "--ca-file"])
+        .arg(&ca.ca_file)
+        .arg("--key")
         .arg(&help_key)
         .args(["--role", "support", "--name", "help"]));
     market.assert_books("market started");
