@@ -45,7 +45,11 @@ async fn sublet_market_serve_runs_the_market() {
         .unwrap()
         .port();
     let daemon = serve(&db, port);
-    let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let client = Client::with_tls(
+        &format!("http://127.0.0.1:{port}"),
+        &sublet_market::client::ClientTls::insecure_http(),
+    )
+    .unwrap();
     let (signer, _) = Signer::generate().unwrap();
     let party = client
         .register(&signer, Role::Provider, "alpha")
