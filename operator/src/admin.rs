@@ -139,11 +139,10 @@ pub struct ClaimUser {
     pub id: String,
     /// Shown in `sublet user list`: the claim's namespace and name.
     pub display_name: String,
-    /// The claim's quota.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The claim's quota; `None` is sent as `null`, which lifts a quota set before (a claim
+    /// whose `quota` was removed).
     pub max_bytes: Option<u64>,
-    /// The claim's quota.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The claim's quota; `None` is sent as `null`, as `max_bytes`.
     pub max_objects: Option<u64>,
 }
 

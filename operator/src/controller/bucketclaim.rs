@@ -89,8 +89,8 @@ pub fn claim_secret(
     access_key: &str,
     secret_key: &str,
 ) -> Result<Secret> {
-    let host = format!("{}.{}.svc", gateway.name_any(), namespace_of(gateway)?);
-    let port = gateway.spec.service.port.to_string();
+    let (host, port) = endpoint(gateway)?;
+    let port = port.to_string();
     let data = BTreeMap::from([
         (keys::ACCESS_KEY_ID.into(), access_key.to_owned()),
         (keys::SECRET_ACCESS_KEY.into(), secret_key.to_owned()),
@@ -108,6 +108,34 @@ pub fn claim_secret(
         type_: Some("Opaque".into()),
         ..Secret::default()
     })
+}
+
+/// The gateway's S3 Service inside the cluster: host and port.
+fn endpoint(gateway: &StorageGateway) -> Result<(String, u16)> {
+    let host = format!("{}.{}.svc", gateway.name_any(), namespace_of(gateway)?);
+    Ok((host, gateway.spec.service.port))
+}
+
+/// What is wrong with the endpoint a claim's Secret names, when the gateway's S3 Service
+/// answers elsewhere now (its port was changed). The operator never changes a Secret (it
+/// may create and read them only), so the fix is the user's: deleting the Secret.
+fn stale_endpoint(secret: &Secret, gateway: &StorageGateway) -> Result<Option<String>> {
+    let (host, port) = endpoint(gateway)?;
+    let url = format!("http://{host}:{port}");
+    let written = secret_value(secret, keys::ENDPOINT_URL);
+    if written.as_deref() == Some(url.as_str())
+        && secret_value(secret, keys::BUCKET_PORT) == Some(port.to_string())
+    {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "Secret {} names endpoint {} but StorageGateway {}'s S3 Service is {url} now; the \
+         operator never changes a Secret: delete it and the next pass writes it with the \
+         endpoint (and a new key)",
+        secret.name_any(),
+        written.unwrap_or_else(|| "(none)".into()),
+        gateway.name_any()
+    )))
 }
 
 /// A key of a Secret read back from the API server, as text.
@@ -193,7 +221,7 @@ async fn report(
     message: String,
 ) -> Result<()> {
     let now = ctx.now_text();
-    let new_problem = !bound
+    let new_problem = (!bound || reason != "Bound")
         && find_condition(&status.conditions, "Bound")
             .is_none_or(|c| c.reason != reason || c.message != message);
     status.phase = Some(phase.to_owned());
@@ -210,6 +238,21 @@ async fn report(
     Ok(())
 }
 
+/// A claim that cannot go on now: reports why (`phase`, `Bound=False` with `reason`, a Warning
+/// Event when the problem is new) and looks at it again after `again`.
+async fn not_bound(
+    claim: &BucketClaim,
+    ctx: &Context,
+    status: BucketClaimStatus,
+    phase: &str,
+    reason: &str,
+    message: String,
+    again: Duration,
+) -> Result<Action> {
+    report(claim, ctx, status, phase, false, reason, message).await?;
+    Ok(Action::requeue(again))
+}
+
 /// Reconciles one claim: bucket, user and key on the gateway, the Secret, status.
 pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Action> {
     let ns = namespace_of(&*claim)?;
@@ -224,8 +267,16 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        report(&claim, &ctx, status, "Failed", false, "Invalid", message).await?;
-        return Ok(Action::requeue(INVALID_RESYNC));
+        return not_bound(
+            &claim,
+            &ctx,
+            status,
+            "Failed",
+            "Invalid",
+            message,
+            INVALID_RESYNC,
+        )
+        .await;
     }
     let Some(gateway) = find_gateway(&ctx, &claim).await? else {
         let message = format!(
@@ -233,32 +284,30 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
              own namespace",
             claim.spec.gateway
         );
-        report(
+        return not_bound(
             &claim,
             &ctx,
             status,
             "Pending",
-            false,
             "GatewayNotFound",
             message,
+            RESYNC,
         )
-        .await?;
-        return Ok(Action::requeue(RESYNC));
+        .await;
     };
     let admin = match admin_access(&ctx, &gateway).await? {
         Ok(admin) => admin,
         Err(message) => {
-            report(
+            return not_bound(
                 &claim,
                 &ctx,
                 status,
                 "Pending",
-                false,
                 "GatewayStarting",
                 message,
+                WAIT,
             )
-            .await?;
-            return Ok(Action::requeue(WAIT));
+            .await;
         }
     };
     // The finalizer goes on before anything exists on the gateway, so nothing is left behind.
@@ -298,8 +347,7 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
             ),
             _ => message,
         };
-        report(&claim, &ctx, status, "Pending", false, reason, message).await?;
-        return Ok(Action::requeue(RESYNC));
+        return not_bound(&claim, &ctx, status, "Pending", reason, message, RESYNC).await;
     }
 
     let secret_name = claim.secret();
@@ -315,17 +363,16 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
                 "Secret {secret_name} exists and is not this claim's; the claim never \
                  overwrites it: delete it, or set spec.secretName"
             );
-            report(
+            return not_bound(
                 &claim,
                 &ctx,
                 status,
                 "Pending",
-                false,
                 "SecretTaken",
                 message,
+                RESYNC,
             )
-            .await?;
-            return Ok(Action::requeue(RESYNC));
+            .await;
         }
         Some(secret) => match (
             secret_value(secret, keys::ACCESS_KEY_ID),
@@ -337,17 +384,16 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
                     "Secret {secret_name} was edited: it no longer holds key {access_key}; \
                      delete it and the operator writes it again with a new secret"
                 );
-                report(
+                return not_bound(
                     &claim,
                     &ctx,
                     status,
                     "Pending",
-                    false,
                     "SecretEdited",
                     message,
+                    RESYNC,
                 )
-                .await?;
-                return Ok(Action::requeue(RESYNC));
+                .await;
             }
         },
         None => random_secret(),
@@ -389,11 +435,22 @@ pub async fn reconcile(claim: Arc<BucketClaim>, ctx: Arc<Context>) -> Result<Act
         access_key_id: Some(access_key),
         ..status
     };
-    let message = format!(
-        "bucket {bucket} on StorageGateway {}; key and endpoint in Secret {secret_name}",
-        gateway.name_any()
-    );
-    report(&claim, &ctx, status, "Bound", true, "Bound", message).await?;
+    // Still bound (the key works), but a Secret naming an old port must be said.
+    let stale = match &existing {
+        Some(secret) => stale_endpoint(secret, &gateway)?,
+        None => None,
+    };
+    let (reason, message) = match stale {
+        Some(stale) => ("EndpointChanged", stale),
+        None => (
+            "Bound",
+            format!(
+                "bucket {bucket} on StorageGateway {}; key and endpoint in Secret {secret_name}",
+                gateway.name_any()
+            ),
+        ),
+    };
+    report(&claim, &ctx, status, "Bound", true, reason, message).await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -421,17 +478,16 @@ async fn release(claim: &BucketClaim, ctx: &Context, status: BucketClaimStatus) 
     let admin = match admin_access(ctx, &gateway).await? {
         Ok(admin) => admin,
         Err(message) => {
-            report(
+            return not_bound(
                 claim,
                 ctx,
                 status,
                 "Deleting",
-                false,
                 "GatewayStarting",
                 message,
+                WAIT,
             )
-            .await?;
-            return Ok(Action::requeue(WAIT));
+            .await;
         }
     };
     let user = user_id(claim)?;
@@ -452,17 +508,16 @@ async fn release(claim: &BucketClaim, ctx: &Context, status: BucketClaimStatus) 
                      deletionPolicy: Retain to keep the bucket)",
                     claim.secret()
                 );
-                report(
+                return not_bound(
                     claim,
                     ctx,
                     status,
                     "Deleting",
-                    false,
                     "BucketNotEmpty",
                     message,
+                    WAIT,
                 )
-                .await?;
-                return Ok(Action::requeue(WAIT));
+                .await;
             }
         }
     }

@@ -25,6 +25,10 @@ use crate::{Error, Result};
 
 /// Holds a deleted pool until no gateway stores shards on it.
 pub const FINALIZER: &str = "sublet.dev/drain";
+/// How soon a pool whose shards are moving is looked at again (a few calls to each gateway's
+/// admin API), so its status and finalizer follow the drain within seconds rather than at the
+/// next resync. A drain that is blocked or done waits for the resync (or a change).
+pub const DRAIN_POLL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reconciles one pool: workload and Service for in-cluster nodes, reachability of external
 /// endpoints, members and conditions in status.
@@ -258,15 +262,18 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         condition.with_generation(&*pool),
         &now,
     );
+    let mut again = RESYNC;
     if pool.spec.drain == Some(true) {
-        report_drain(&pool, &ctx, &mut status, &now).await?;
+        if report_drain(&pool, &ctx, &mut status, &now).await? == "Draining" {
+            again = DRAIN_POLL;
+        }
     } else {
         // A drain called off: its progress goes with it.
         status.drain = None;
         status.conditions.retain(|c| c.type_ != "Draining");
     }
     patch_status(&ctx.client, &*pool, &status).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(again))
 }
 
 /// Replaces the pool's finalizers; the resourceVersion makes a concurrent change fail rather
@@ -384,13 +391,13 @@ async fn drain_seen(pool: &ProviderPool, ctx: &Context) -> Result<DrainSeen> {
 }
 
 /// Reports a pool marked `drain: true` (not deleted): progress in `status.drain` and the
-/// `Draining` condition; an Event when the drain gets blocked.
+/// `Draining` condition; an Event when the drain gets blocked. The drain's state.
 async fn report_drain(
     pool: &ProviderPool,
     ctx: &Context,
     status: &mut ProviderPoolStatus,
     now: &str,
-) -> Result<()> {
+) -> Result<&'static str> {
     let seen = drain_seen(pool, ctx).await?;
     let condition = seen.condition().with_generation(pool);
     let newly_blocked = seen.state() == "Blocked"
@@ -408,7 +415,7 @@ async fn report_drain(
     }
     status.drain = Some(seen.progress());
     set_condition(&mut status.conditions, condition, now);
-    Ok(())
+    Ok(seen.state())
 }
 
 /// A deleted pool: its providers keep running (the finalizer holds the owner references)
@@ -475,7 +482,11 @@ async fn drain(
         };
         ctx.event(pool, kind, reason, message, "Drain").await;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if seen.blocked.is_empty() {
+        DRAIN_POLL
+    } else {
+        RESYNC
+    }))
 }
 
 /// How long a provider whose pod is gone stays in status (and in the gateway config) as a

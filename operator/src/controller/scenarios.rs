@@ -75,10 +75,26 @@ impl AdminApi for MockAdmin {
         })
     }
 
+    /// As the gateway's `PUT /admin/v1/users/{id}` does with the body `HttpAdmin` sends: a
+    /// field left out keeps what the user has, `null` removes it.
     async fn put_user(&self, admin: &AdminAccess, user: &ClaimUser) -> Result<()> {
         let mut a = self.accounts.lock().unwrap();
         a.tokens.push(admin.token.clone());
-        a.users.insert(user.id.clone(), user.clone());
+        let body = serde_json::to_value(user).unwrap();
+        let mut stored = a.users.get(&user.id).cloned().unwrap_or_else(|| ClaimUser {
+            id: user.id.clone(),
+            ..ClaimUser::default()
+        });
+        stored.display_name = user.display_name.clone();
+        for (field, quota) in [
+            ("maxBytes", &mut stored.max_bytes),
+            ("maxObjects", &mut stored.max_objects),
+        ] {
+            if let Some(value) = body.get(field) {
+                *quota = value.as_u64();
+            }
+        }
+        a.users.insert(user.id.clone(), stored);
         Ok(())
     }
 
@@ -345,14 +361,20 @@ async fn run<T: Send + 'static>(
     reconcile: impl Future<Output = Result<kube::runtime::controller::Action>>,
     scenario: JoinHandle<T>,
 ) -> T {
+    run_then(super::RESYNC, reconcile, scenario).await
+}
+
+/// As [`run`], for a reconcile that must look again after `again`.
+async fn run_then<T: Send + 'static>(
+    again: std::time::Duration,
+    reconcile: impl Future<Output = Result<kube::runtime::controller::Action>>,
+    scenario: JoinHandle<T>,
+) -> T {
     let action = tokio::time::timeout(std::time::Duration::from_secs(10), reconcile)
         .await
         .expect("reconcile timed out")
         .unwrap();
-    assert_eq!(
-        action,
-        kube::runtime::controller::Action::requeue(super::RESYNC)
-    );
+    assert_eq!(action, kube::runtime::controller::Action::requeue(again));
     scenario.await.unwrap()
 }
 
@@ -1022,7 +1044,9 @@ async fn deleting_a_pool_with_shards_is_held_by_its_finalizer() {
         event.echo();
         body
     });
-    let body = run(
+    // Shards are moving: looked at again within seconds, so the finalizer goes soon after.
+    let body = run_then(
+        super::pool::DRAIN_POLL,
         Box::pin(super::pool::reconcile(Arc::new(home), ctx)),
         scenario,
     )
@@ -1123,8 +1147,13 @@ async fn drained_pool_releases_its_finalizer_and_keeps_the_others() {
 }
 
 /// Reconciles pool `friends`, marked `drain: true`, with one gateway answering `admin`;
-/// expects an Event when `event` names its reason, and answers the status written.
-async fn reconcile_draining_pool(admin: MockAdmin, event: Option<&'static str>) -> Value {
+/// expects an Event when `event` names its reason, and answers the status written. The pool
+/// must be looked at again after `again`.
+async fn reconcile_draining_pool(
+    admin: MockAdmin,
+    event: Option<&'static str>,
+    again: std::time::Duration,
+) -> Value {
     let (ctx, mut api) = context(Arc::new(admin));
     let mut friends = pool(
         "friends",
@@ -1158,7 +1187,8 @@ async fn reconcile_draining_pool(admin: MockAdmin, event: Option<&'static str>) 
         status.ok(&echo);
         body
     });
-    let body = run(
+    let body = run_then(
+        again,
         Box::pin(super::pool::reconcile(Arc::new(friends), ctx)),
         scenario,
     )
@@ -1178,6 +1208,7 @@ async fn a_draining_pool_shows_what_is_left_and_when_it_is_drained() {
             ..MockAdmin::default()
         },
         None,
+        super::pool::DRAIN_POLL,
     )
     .await;
     assert_eq!(
@@ -1206,6 +1237,7 @@ async fn a_draining_pool_shows_what_is_left_and_when_it_is_drained() {
             ..MockAdmin::default()
         },
         None,
+        super::RESYNC,
     )
     .await;
     assert_eq!(
@@ -1230,6 +1262,7 @@ async fn a_drain_no_plan_can_take_is_blocked_naming_the_plan() {
             ..MockAdmin::default()
         },
         Some("DrainBlocked"),
+        super::RESYNC,
     )
     .await;
     assert_eq!(status["drain"]["state"], "Blocked");
@@ -1828,6 +1861,141 @@ async fn claim_gets_bucket_user_key_and_secret_and_a_second_pass_changes_nothing
     assert_eq!(a.keys.len(), 1);
     assert_eq!(a.keys_deleted, 0, "no key was re-rolled");
     assert_eq!(a.keys[&access].1, secret_key);
+}
+
+/// One pass over a claim whose finalizer and Secret are in place; the status it wrote.
+async fn pass_over_bound_claim(
+    ctx: Arc<Context>,
+    api: Handle,
+    claim: sublet_crds::BucketClaim,
+    secret: Value,
+) -> (Handle, Value) {
+    let echo = serde_json::to_value(&claim).unwrap();
+    let mut api = api;
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        expect(&mut api, Method::GET, &format!("{CORE}/secrets/app"))
+            .await
+            .ok(&secret);
+        let status = expect(&mut api, Method::PATCH, &format!("{CLAIMS}/app/status")).await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        (api, body)
+    });
+    let (action, seen) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::RESYNC)
+    );
+    seen
+}
+
+#[tokio::test]
+async fn a_claims_quota_follows_its_spec_when_lowered_raised_or_removed() {
+    let admin = Arc::new(MockAdmin::default());
+    let (ctx, api) = context(admin.clone());
+    let spec = |quota: &str| format!("gateway: s3\nbucketName: app-data\n{quota}");
+    let mut claim = bucket_claim("app", &spec("quota: {maxBytes: 1Gi, maxObjects: 100}"));
+    claim.metadata.finalizers = Some(vec!["sublet.dev/bucket-claim".into()]);
+    let user = super::bucketclaim::user_id(&claim).unwrap();
+    let access = super::bucketclaim::access_key_id(&claim).unwrap();
+    let gw = gateway("s3", "defaultPlan: photos\nservice: {port: 9000}");
+    let secret = stored_secret(
+        &serde_json::to_value(
+            super::bucketclaim::claim_secret(&claim, &gw, "app-data", &access, "s".repeat(40).as_str())
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    admin.accounts.lock().unwrap().keys.insert(
+        access.clone(),
+        (user.clone(), "s".repeat(40), "app-data".into()),
+    );
+    let quota = |admin: &MockAdmin| {
+        let a = admin.accounts.lock().unwrap();
+        (a.users[&user].max_bytes, a.users[&user].max_objects)
+    };
+    let (api, _) = pass_over_bound_claim(ctx.clone(), api, claim.clone(), secret.clone()).await;
+    assert_eq!(quota(&admin), (Some(1 << 30), Some(100)));
+
+    // Lowered, then raised: the gateway user's quota follows.
+    claim.spec = bucket_claim("app", &spec("quota: {maxBytes: 10Mi}")).spec;
+    let (api, _) = pass_over_bound_claim(ctx.clone(), api, claim.clone(), secret.clone()).await;
+    assert_eq!(quota(&admin), (Some(10 << 20), None));
+    claim.spec = bucket_claim("app", &spec("quota: {maxBytes: 5Gi, maxObjects: 7}")).spec;
+    let (api, _) = pass_over_bound_claim(ctx.clone(), api, claim.clone(), secret.clone()).await;
+    assert_eq!(quota(&admin), (Some(5 << 30), Some(7)));
+
+    // Removed: lifted (the call says `null`, not nothing, so the gateway drops the limit).
+    claim.spec = bucket_claim("app", &spec("")).spec;
+    let (_, status) = pass_over_bound_claim(ctx, api, claim, secret).await;
+    assert_eq!(quota(&admin), (None, None));
+    assert_eq!(status["status"]["phase"], "Bound");
+    assert_eq!(admin.accounts.lock().unwrap().keys_deleted, 0);
+}
+
+#[tokio::test]
+async fn a_claim_whose_secret_names_an_old_port_says_so_and_leaves_the_secret_alone() {
+    let admin = Arc::new(MockAdmin::default());
+    let (ctx, mut api) = context(admin.clone());
+    let mut claim = bucket_claim("app", "gateway: s3\nbucketName: app-data");
+    claim.metadata.finalizers = Some(vec!["sublet.dev/bucket-claim".into()]);
+    let access = super::bucketclaim::access_key_id(&claim).unwrap();
+    let user = super::bucketclaim::user_id(&claim).unwrap();
+    admin.accounts.lock().unwrap().keys.insert(
+        access.clone(),
+        (user, "s".repeat(40), "app-data".into()),
+    );
+    // Written while the Service listened on 8000; the gateway says 9000 now.
+    let old = gateway("s3", "defaultPlan: photos\nservice: {port: 8000}");
+    let secret = stored_secret(
+        &serde_json::to_value(
+            super::bucketclaim::claim_secret(&claim, &old, "app-data", &access, &"s".repeat(40))
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    let echo = serde_json::to_value(&claim).unwrap();
+    let scenario = tokio::spawn(async move {
+        gateway_and_token(&mut api).await;
+        expect(&mut api, Method::GET, &format!("{CORE}/secrets/app"))
+            .await
+            .ok(&secret);
+        // No write to the Secret: the status, then the Event.
+        let status = expect(&mut api, Method::PATCH, &format!("{CLAIMS}/app/status")).await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/storage/events",
+        )
+        .await;
+        assert_eq!(event.body["reason"], "EndpointChanged");
+        assert_eq!(event.body["type"], "Warning");
+        event.echo();
+        body
+    });
+    let (_, status) = run_claim(
+        Box::pin(super::bucketclaim::reconcile(Arc::new(claim), ctx)),
+        scenario,
+    )
+    .await;
+    assert_eq!(status["status"]["phase"], "Bound");
+    let bound = &status["status"]["conditions"][0];
+    assert_eq!(bound["status"], "True");
+    assert_eq!(bound["reason"], "EndpointChanged");
+    let message = bound["message"].as_str().unwrap();
+    assert!(
+        message.contains("http://s3.storage.svc:8000")
+            && message.contains("http://s3.storage.svc:9000")
+            && message.contains("delete it"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
