@@ -1,7 +1,8 @@
 //! The calls the operator makes for a BucketClaim (`sublet_operator::admin::HttpAdmin`)
-//! against a real `sublet serve`: user, bucket and key made and made again harmlessly, a
-//! bucket of another user refused, a key with another secret told apart, a bucket holding
-//! an object kept on deletion and deleted once empty, the user kept while it owns a bucket.
+//! against a real `sublet serve`: user, bucket and key made and made again harmlessly, the
+//! user's quota changed and lifted as the claim's is, a bucket of another user refused, a
+//! key with another secret told apart, a bucket holding an object kept on deletion and
+//! deleted once empty, the user kept while it owns a bucket.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sublet_e2e::bench::client::BenchBody;
@@ -38,6 +39,26 @@ fn the_operators_claim_calls_hold_on_a_real_gateway() {
     };
     rt.block_on(admin.put_user(&access, &user)).unwrap();
     rt.block_on(admin.put_user(&access, &user)).unwrap();
+    let quota = |c: &Cluster| {
+        let u = c.admin_get("/admin/v1/users/bc-0f1e2d3c");
+        (u["maxBytes"].as_u64(), u["maxObjects"].as_u64())
+    };
+    assert_eq!(quota(&c), (Some(1 << 30), None));
+    // The claim's quota changed, then removed: the gateway user's follows, and is lifted.
+    let changed = ClaimUser {
+        max_bytes: Some(1 << 20),
+        max_objects: Some(10),
+        ..user.clone()
+    };
+    rt.block_on(admin.put_user(&access, &changed)).unwrap();
+    assert_eq!(quota(&c), (Some(1 << 20), Some(10)));
+    let lifted = ClaimUser {
+        max_bytes: None,
+        max_objects: None,
+        ..user.clone()
+    };
+    rt.block_on(admin.put_user(&access, &lifted)).unwrap();
+    assert_eq!(quota(&c), (None, None));
     for _ in 0..2 {
         assert_eq!(
             rt.block_on(admin.claim_bucket(&access, "claimed", &user.id, Some("standard")))

@@ -160,16 +160,34 @@ pub struct KeyRequest {
     pub grants: Vec<String>,
 }
 
-/// What creating or changing a user asks for (`PUT /admin/v1/users/{id}`).
+/// What creating or changing a user asks for (`PUT /admin/v1/users/{id}`). A field left out
+/// keeps what the user has; a quota given as `null` is removed (JSON merge-patch's rule), which
+/// is how a BucketClaim whose quota was taken away lifts it.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UserRequest {
     #[serde(default)]
     pub display_name: Option<String>,
-    #[serde(default)]
-    pub max_bytes: Option<u64>,
-    #[serde(default)]
-    pub max_objects: Option<u64>,
+    /// `None`: keep; `Some(None)`: no limit; `Some(Some(n))`: at most `n` bytes.
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_bytes: Option<Option<u64>>,
+    /// `None`: keep; `Some(None)`: no limit; `Some(Some(n))`: at most `n` objects.
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_objects: Option<Option<u64>>,
+}
+
+/// A field that is present, `null` included: `Some(None)` for `null` (absent stays `None`
+/// through `#[serde(default)]`).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 /// `bucket:rw` from a grant.
@@ -512,15 +530,15 @@ impl Accounts {
         let user = match existing {
             Some(u) => User {
                 display_name: req.display_name.clone().unwrap_or(u.display_name),
-                max_bytes: req.max_bytes.or(u.max_bytes),
-                max_objects: req.max_objects.or(u.max_objects),
+                max_bytes: req.max_bytes.unwrap_or(u.max_bytes),
+                max_objects: req.max_objects.unwrap_or(u.max_objects),
                 ..u
             },
             None => User {
                 id: id.to_owned(),
                 display_name: req.display_name.clone().unwrap_or_else(|| id.to_owned()),
-                max_bytes: req.max_bytes,
-                max_objects: req.max_objects,
+                max_bytes: req.max_bytes.flatten(),
+                max_objects: req.max_objects.flatten(),
                 created: now,
             },
         };
@@ -1075,8 +1093,8 @@ mod tests {
     fn quotas_refuse_writes_past_the_limit_naming_the_user_and_limit() {
         let a = accounts();
         let req = UserRequest {
-            max_bytes: Some(100),
-            max_objects: Some(2),
+            max_bytes: Some(Some(100)),
+            max_objects: Some(Some(2)),
             ..UserRequest::default()
         };
         a.put_user("alice", &req, 1).unwrap();
@@ -1117,5 +1135,32 @@ mod tests {
         // A recount counts what the store holds (nothing was committed here).
         a.recount().unwrap();
         a.check_quota(Some("alice"), 100, 2).unwrap();
+    }
+
+    #[test]
+    fn a_quota_left_out_stays_and_a_null_quota_is_lifted() {
+        let a = accounts();
+        let body = |json: &str| serde_json::from_str::<UserRequest>(json).unwrap();
+        a.put_user("alice", &body(r#"{"maxBytes": 100, "maxObjects": 2}"#), 1)
+            .unwrap();
+        // Left out: kept (the CLI changes one field at a time).
+        let (user, created) = a.put_user("alice", &body(r#"{"displayName": "A"}"#), 2).unwrap();
+        assert!(!created);
+        assert_eq!((user.max_bytes, user.max_objects), (Some(100), Some(2)));
+        // Given: changed; null: removed, and writes are no longer limited.
+        let (user, _) = a
+            .put_user("alice", &body(r#"{"maxBytes": 50, "maxObjects": null}"#), 3)
+            .unwrap();
+        assert_eq!((user.max_bytes, user.max_objects), (Some(50), None));
+        let (user, _) = a
+            .put_user("alice", &body(r#"{"maxBytes": null}"#), 4)
+            .unwrap();
+        assert_eq!((user.max_bytes, user.max_objects), (None, None));
+        a.check_quota(Some("alice"), u64::MAX, 1_000_000).unwrap();
+        // A new user given null has no quota.
+        let (user, created) = a.put_user("bob", &body(r#"{"maxBytes": null}"#), 5).unwrap();
+        assert!(created);
+        assert_eq!(user.max_bytes, None);
+        assert!(serde_json::from_str::<UserRequest>(r#"{"maxBytes": "lots"}"#).is_err());
     }
 }

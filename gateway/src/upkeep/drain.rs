@@ -25,6 +25,10 @@ use crate::upkeep::repair::Repairer;
 
 /// How often the background loop moves shards off draining pools.
 pub const DRAIN_INTERVAL: Duration = Duration::from_secs(30);
+/// How long after the gateway starts the first pass runs: a gateway started with a pool
+/// marked `drain: true` (on Kubernetes, marking it rolls the gateway) starts moving shards
+/// once its providers were probed, not a whole [`DRAIN_INTERVAL`] later.
+pub const FIRST_PASS_AFTER: Duration = Duration::from_secs(5);
 /// Versions one pass moves off each draining pool (each at the plan's repair bandwidth).
 pub const DRAIN_PER_PASS: usize = 64;
 /// Versions read from the shard index at a time.
@@ -222,11 +226,13 @@ pub fn spawn_loop(
 ) -> tokio::task::JoinHandle<()> {
     let repairer = Repairer::new(gateway, metrics);
     tokio::spawn(async move {
+        let mut wait = FIRST_PASS_AFTER.min(every);
         loop {
             tokio::select! {
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
             }
+            wait = every;
             let pools = repairer.node().topology().draining.clone();
             for pool in pools {
                 match drain_pass(&repairer, &pool, DRAIN_PER_PASS).await {
