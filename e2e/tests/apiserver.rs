@@ -619,6 +619,12 @@ fn operator_runs_on_the_charts_rbac_and_its_objects_pass_admission() {
         .map(|r| format!("{} {}", r["verb"], r["requestURI"]))
         .collect();
     assert!(refused.is_empty(), "refused: {refused:?}\n{}", log());
+    // Its log goes to a file, not a terminal: no colour codes in it (issue 28).
+    assert!(
+        !first.log().contains('\u{1b}'),
+        "colour codes in a log that is not a terminal:\n{}",
+        first.log()
+    );
 
     // A watch that keeps failing (its CRD is gone) does not keep the leader from stopping
     // on SIGTERM, and it hands the Lease over: the second replica leads within seconds, not

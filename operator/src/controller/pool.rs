@@ -242,8 +242,11 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             false,
             "NoProviderReady",
             format!(
-                "none of the {} providers is ready{}",
-                members.len(),
+                "{}{}",
+                match members.len() {
+                    1 => "its one provider is not ready".to_owned(),
+                    n => format!("none of the {n} providers is ready"),
+                },
                 if pending.is_empty() {
                     String::new()
                 } else {

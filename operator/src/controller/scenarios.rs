@@ -511,6 +511,58 @@ async fn new_pool_gets_its_daemon_set_service_and_members() {
     );
 }
 
+/// Issue 28, bug 3: a pool whose only provider pod is not ready says which pod, with a
+/// command that names the namespace.
+#[tokio::test]
+async fn a_pool_with_no_ready_provider_names_the_pods_that_are_not() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let mut home = pool(
+        "home-lab",
+        "class: owned\nnodes: {selector: {}, storage: {hostPath: /var/lib/sublet, capacity: 1Gi}}",
+    );
+    home.metadata.finalizers = Some(vec!["sublet.dev/drain".into()]);
+    let echo_pool = serde_json::to_value(&home).unwrap();
+    let scenario = tokio::spawn(async move {
+        expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
+            .await
+            .already_exists();
+        next(&mut api).await.echo();
+        next(&mut api).await.echo();
+        expect(&mut api, Method::GET, &format!("{CORE}/pods"))
+            .await
+            .ok(&list(
+                "Pod",
+                vec![provider_pod("home-lab-provider-x", "node-a", Some("10.42.0.9"), false, None)],
+            ));
+        expect(&mut api, Method::GET, "/api/v1/nodes/node-a")
+            .await
+            .not_found();
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo_pool);
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(home), ctx)),
+        scenario,
+    )
+    .await;
+    let status: ProviderPoolStatus = serde_json::from_value(body["status"].clone()).unwrap();
+    let cond = sublet_crds::find_condition(&status.conditions, "Ready").unwrap();
+    assert_eq!(cond.status, sublet_crds::ConditionStatus::False);
+    assert_eq!(cond.reason, "NoProviderReady");
+    assert_eq!(
+        cond.message,
+        "its one provider is not ready; pods not ready: home-lab-provider-x \
+         (kubectl describe pods -n storage home-lab-provider-x)"
+    );
+}
+
 fn friends_pool() -> sublet_crds::ProviderPool {
     let mut friends = pool(
         "friends",
@@ -935,6 +987,14 @@ async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
     assert_eq!(
         find("Repairing").message,
         "started 1 rebuild Job for 2500 objects due for repair"
+    );
+    // Counted by namespace and plan (issue 28: the namespace label was missing).
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains(
+            "sublet_operator_repair_jobs_total{namespace=\"storage\",plan=\"photos\"} 1"
+        ),
+        "{metrics}"
     );
 
     // The status write triggers the next reconcile at once: it must neither poll the gateway
