@@ -123,14 +123,215 @@ impl Shell<'_> {
 
 /// `GET /admin/v1/plans/{plan}` of gateway `s3`, through the API server's service proxy.
 fn plan_health(cluster: &KubeCluster, plan: &str) -> Result<Value, String> {
+    admin_get(cluster, &format!("plans/{plan}"))
+}
+
+/// `GET /admin/v1/{path}` of gateway `s3`, through the API server's service proxy.
+fn admin_get(cluster: &KubeCluster, path: &str) -> Result<Value, String> {
     let text = cluster.kubectl(&[
         "get",
         "--raw",
-        &format!(
-            "/api/v1/namespaces/sublet/services/http:s3-admin:9001/proxy/admin/v1/plans/{plan}"
-        ),
+        &format!("/api/v1/namespaces/sublet/services/http:s3-admin:9001/proxy/admin/v1/{path}"),
     ])?;
     serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+}
+
+/// `sudo install -d -o 10001 -g 10001 DIR`: run as written, once DIR is known to be empty
+/// (a provider would reuse what is there); the shards and identity a provider writes there
+/// go with the node.
+fn make_host_dir(shell: &Shell<'_>, command: &str, dir: &str) {
+    let dir = PathBuf::from(dir);
+    assert!(
+        std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()),
+        "{} is not empty: the provider would reuse what is there; remove it first",
+        dir.display()
+    );
+    shell.cluster.remove_on_drop(dir);
+    shell.ok(command, Duration::from_secs(10));
+}
+
+/// Whether gateway `s3` has settled: its StatefulSet rolled out (every replica of the
+/// current revision and ready) and its `Ready` condition true.
+fn gateway_settled(cluster: &KubeCluster) -> Result<(), String> {
+    let sts = cluster.get_json(&["-n", "sublet", "statefulset", "s3"])?;
+    let st = &sts["status"];
+    let rolled = st["observedGeneration"] == sts["metadata"]["generation"]
+        && st["currentRevision"] == st["updateRevision"]
+        && st["readyReplicas"] == sts["spec"]["replicas"]
+        && st["updatedReplicas"] == sts["spec"]["replicas"];
+    let sgw = cluster.get_json(&["-n", "sublet", "sgw", "s3"])?;
+    let ready = sgw["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    if rolled && ready {
+        Ok(())
+    } else {
+        Err(format!("statefulset {st}; gateway {}", sgw["status"]))
+    }
+}
+
+/// The port-forward `line` started anew, as a user does after the gateway rolled: once the
+/// gateway has settled.
+fn forward_again(shell: &Shell<'_>, line: &str, forward: &mut Option<(String, Background)>) {
+    drop(forward.take());
+    wait_for("gateway s3 settled", Duration::from_secs(180), || {
+        gateway_settled(shell.cluster)
+    });
+    let line = shell.line(line);
+    *forward = Some((
+        line.clone(),
+        Background::forward(shell.cluster, &line, shell.port),
+    ));
+}
+
+/// Runs an S3 client `command` through the port-forward. A gateway that rolled since (every
+/// config change rolls it) ends the port-forward, or the pod answering may still run the
+/// previous config: then the port-forward is started again, as a user would, and the
+/// command retried, for at most 2 minutes. Its stdout.
+fn s3_through_forward(
+    shell: &Shell<'_>,
+    command: &str,
+    forward: &mut Option<(String, Background)>,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let out = shell.run(command, Duration::from_secs(60));
+        if out.status.success() {
+            return out.stdout;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "`{command}` failed ({}):\n{}\n{}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        eprintln!(
+            "`{command}` failed, again after a new port-forward: {}",
+            out.stderr.trim()
+        );
+        let line = forward
+            .as_ref()
+            .map(|(line, _)| line.clone())
+            .expect("a port-forward was started");
+        std::thread::sleep(Duration::from_secs(2));
+        forward_again(shell, &line, forward);
+    }
+}
+
+/// What gateway `s3` stores on pool `pool`: shards (0 when it answers 404).
+fn shards_on_pool(cluster: &KubeCluster, pool: &str) -> Result<u64, String> {
+    match admin_get(cluster, &format!("pools/{pool}")) {
+        Ok(usage) => usage["shards"]
+            .as_u64()
+            .ok_or_else(|| format!("no shards in {usage}")),
+        Err(e) if e.contains("NotFound") || e.contains("404") => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// `docs/kubernetes.md`'s "Draining a pool", command by command: a second pool `attic` and
+/// plan on the node, an object stored with the plan (and, checked here, its shard on the
+/// pool), the plan let onto `local`, the pool marked `drain: true` and followed to
+/// `Drained`, taken out of the plan and deleted (its finalizer lets it go, its provider pods
+/// go), and the object read back byte for byte with nothing of `attic` left.
+fn draining_a_pool(shell: &Shell<'_>, forward: &mut Option<(String, Background)>) {
+    let started = Instant::now();
+    let cluster = shell.cluster;
+    let docs = std::fs::read_to_string(root().join("docs/kubernetes.md")).unwrap();
+    let commands = kube_cluster::section_commands(&docs, "## Draining a pool");
+    assert_eq!(commands.len(), 14, "{commands:?}");
+    let readme_md = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for command in &commands {
+        let step = Instant::now();
+        if let Some(dir) = command.strip_prefix("sudo install -d -o 10001 -g 10001 ") {
+            make_host_dir(shell, command, dir);
+        } else if command.contains(" port-forward ") {
+            forward_again(shell, command, forward);
+        } else if command.starts_with("aws ") {
+            let out = s3_through_forward(shell, command, forward);
+            if command.ends_with(" -") {
+                assert!(
+                    out == readme_md,
+                    "the object read back differs from README.md"
+                );
+            }
+        } else {
+            if command.contains(" patch pp attic ") {
+                // The drain has something to move: the object's shard is on the pool.
+                wait_for(
+                    "a shard on pool attic",
+                    Duration::from_secs(120),
+                    || match shards_on_pool(cluster, "attic")? {
+                        0 => Err("no shard on pool attic before the drain".into()),
+                        n => Ok(n),
+                    },
+                );
+            }
+            let timeout = if command.contains(" wait ") || command.contains(" delete ") {
+                Duration::from_secs(240)
+            } else {
+                Duration::from_secs(60)
+            };
+            let out = shell.ok(command, timeout);
+            if command.ends_with(" get pp attic") {
+                assert!(out.contains("Drained"), "{out}");
+                let pool = cluster.get_json(&["-n", "sublet", "pp", "attic"]).unwrap();
+                assert_eq!(
+                    pool["status"]["drain"]["shardsLeft"], 0,
+                    "{}",
+                    pool["status"]
+                );
+                wait_for(
+                    "gateway s3 says it stores nothing on attic",
+                    Duration::from_secs(60),
+                    || match shards_on_pool(cluster, "attic")? {
+                        0 => Ok(()),
+                        n => Err(format!("{n} shards")),
+                    },
+                );
+            }
+            if command.contains(" delete pp attic") {
+                // Gone, finalizer released; owner references take its provider pods.
+                let left = cluster.kubectl(&["-n", "sublet", "get", "pp", "-o", "name"]);
+                assert!(!left.unwrap().contains("attic"), "pool attic still there");
+                wait_for(
+                    "pool attic's provider pods gone",
+                    Duration::from_secs(90),
+                    || {
+                        let pods = cluster.kubectl(&[
+                            "-n",
+                            "sublet",
+                            "get",
+                            "pods",
+                            "-l",
+                            "sublet.dev/pool=attic",
+                            "-o",
+                            "name",
+                        ])?;
+                        if pods.trim().is_empty() {
+                            Ok(())
+                        } else {
+                            Err(pods)
+                        }
+                    },
+                );
+            }
+        }
+        eprintln!("{:>5.1}s {command}", step.elapsed().as_secs_f64());
+    }
+    // Read from `local` now: the plan's object counts whole there.
+    let health = wait_for("plan attic's health", Duration::from_secs(60), || {
+        plan_health(cluster, "attic")
+    });
+    assert_eq!(health["objects"], 1, "{health}");
+    assert_eq!(health["shards"]["lost"], 0, "{health}");
+    eprintln!(
+        "{:>5.1}s pool attic drained and deleted, its object read back",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn provider_pods(cluster: &KubeCluster) -> Vec<Value> {
@@ -414,15 +615,7 @@ fn quick_start_on_a_real_cluster_survives_a_provider_loss_and_helm_uninstall() {
             continue;
         }
         if let Some(dir) = command.strip_prefix("sudo install -d -o 10001 -g 10001 ") {
-            let dir = PathBuf::from(dir);
-            assert!(
-                std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()),
-                "{} is not empty: the provider would reuse what is there; remove it first",
-                dir.display()
-            );
-            // The shards and identity the provider writes there go with the node.
-            shell.cluster.remove_on_drop(dir.clone());
-            shell.ok(command, Duration::from_secs(10));
+            make_host_dir(&shell, command, dir);
         } else if command.contains(" port-forward ") {
             let line = shell.line(command);
             forward = Some((
@@ -432,7 +625,9 @@ fn quick_start_on_a_real_cluster_survives_a_provider_loss_and_helm_uninstall() {
         } else if command.starts_with("export ") {
             shell.export(command);
         } else if command.starts_with("helm uninstall ") {
-            // While the operator runs: a workload claims a bucket and uses it.
+            // While the operator runs: a second pool is drained and deleted.
+            draining_a_pool(&shell, &mut forward);
+            // A workload claims a bucket and uses it.
             bucket_claim_serves_a_stock_client(&shell);
             // Before the data is left alone: a provider is lost, health comes back.
             provider_loss_is_repaired(shell.cluster);

@@ -186,7 +186,9 @@ pub struct UserRequest {
 
 /// A field that is present, `null` included: `Some(None)` for `null` (absent stays `None`
 /// through `#[serde(default)]`).
-fn given<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<u64>>, D::Error> {
+fn given<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<u64>>, D::Error> {
     Option::<u64>::deserialize(d).map(Some)
 }
 
@@ -1144,7 +1146,9 @@ mod tests {
         a.put_user("alice", &body(r#"{"maxBytes": 100, "maxObjects": 2}"#), 1)
             .unwrap();
         // Left out: kept (the CLI changes one field at a time).
-        let (user, created) = a.put_user("alice", &body(r#"{"displayName": "A"}"#), 2).unwrap();
+        let (user, created) = a
+            .put_user("alice", &body(r#"{"displayName": "A"}"#), 2)
+            .unwrap();
         assert!(!created);
         assert_eq!((user.max_bytes, user.max_objects), (Some(100), Some(2)));
         // Given: changed; null: removed, and writes are no longer limited.
@@ -1158,7 +1162,9 @@ mod tests {
         assert_eq!((user.max_bytes, user.max_objects), (None, None));
         a.check_quota(Some("alice"), u64::MAX, 1_000_000).unwrap();
         // A new user given null has no quota.
-        let (user, created) = a.put_user("bob", &body(r#"{"maxBytes": null}"#), 5).unwrap();
+        let (user, created) = a
+            .put_user("bob", &body(r#"{"maxBytes": null}"#), 5)
+            .unwrap();
         assert!(created);
         assert_eq!(user.max_bytes, None);
         assert!(serde_json::from_str::<UserRequest>(r#"{"maxBytes": "lots"}"#).is_err());

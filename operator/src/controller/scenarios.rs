@@ -532,7 +532,13 @@ async fn a_pool_with_no_ready_provider_names_the_pods_that_are_not() {
             .await
             .ok(&list(
                 "Pod",
-                vec![provider_pod("home-lab-provider-x", "node-a", Some("10.42.0.9"), false, None)],
+                vec![provider_pod(
+                    "home-lab-provider-x",
+                    "node-a",
+                    Some("10.42.0.9"),
+                    false,
+                    None,
+                )],
             ));
         expect(&mut api, Method::GET, "/api/v1/nodes/node-a")
             .await
@@ -991,9 +997,8 @@ async fn due_repairs_start_jobs_up_to_max_concurrent_jobs() {
     // Counted by namespace and plan (issue 28: the namespace label was missing).
     let metrics = ctx.metrics.render();
     assert!(
-        metrics.contains(
-            "sublet_operator_repair_jobs_total{namespace=\"storage\",plan=\"photos\"} 1"
-        ),
+        metrics
+            .contains("sublet_operator_repair_jobs_total{namespace=\"storage\",plan=\"photos\"} 1"),
         "{metrics}"
     );
 
@@ -1966,8 +1971,14 @@ async fn a_claims_quota_follows_its_spec_when_lowered_raised_or_removed() {
     let gw = gateway("s3", "defaultPlan: photos\nservice: {port: 9000}");
     let secret = stored_secret(
         &serde_json::to_value(
-            super::bucketclaim::claim_secret(&claim, &gw, "app-data", &access, "s".repeat(40).as_str())
-                .unwrap(),
+            super::bucketclaim::claim_secret(
+                &claim,
+                &gw,
+                "app-data",
+                &access,
+                "s".repeat(40).as_str(),
+            )
+            .unwrap(),
         )
         .unwrap(),
     );
@@ -2006,10 +2017,12 @@ async fn a_claim_whose_secret_names_an_old_port_says_so_and_leaves_the_secret_al
     claim.metadata.finalizers = Some(vec!["sublet.dev/bucket-claim".into()]);
     let access = super::bucketclaim::access_key_id(&claim).unwrap();
     let user = super::bucketclaim::user_id(&claim).unwrap();
-    admin.accounts.lock().unwrap().keys.insert(
-        access.clone(),
-        (user, "s".repeat(40), "app-data".into()),
-    );
+    admin
+        .accounts
+        .lock()
+        .unwrap()
+        .keys
+        .insert(access.clone(), (user, "s".repeat(40), "app-data".into()));
     // Written while the Service listened on 8000; the gateway says 9000 now.
     let old = gateway("s3", "defaultPlan: photos\nservice: {port: 8000}");
     let secret = stored_secret(
