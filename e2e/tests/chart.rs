@@ -586,6 +586,24 @@ fn quickstart_is_a_gateway_pool_and_plan_the_loader_accepts() {
         serde_json::to_value(postgres).unwrap()["secretRef"]["name"],
         "sublet-db"
     );
+
+    // Issue 28, item 6: a cluster without a default StorageClass names one for the
+    // gateway's metadata claim.
+    let docs = template(
+        &helm,
+        &[
+            "--set",
+            "quickstart.enabled=true",
+            "--set",
+            "quickstart.gateway.storageClassName=local-path",
+        ],
+    );
+    let gateway = of_kind(&docs, "StorageGateway");
+    assert_eq!(
+        gateway[0]["spec"]["metadata"]["sqlite"]["storageClassName"], "local-path",
+        "{:?}",
+        gateway
+    );
 }
 
 #[test]
