@@ -1,8 +1,9 @@
 //! The whole cluster: the Kubernetes quick start of `docs/kubernetes.md` (the README's
 //! Kubernetes section is the same commands), run command by command on a real single-node
 //! Kubernetes (`../shared/cluster`, `e2e/src/kube_cluster.rs`) with the image built from
-//! this workspace's binaries; then a provider pod is killed and health must come back, and
-//! `helm uninstall` must keep the CRDs, the quickstart resources and the data.
+//! this workspace's binaries; then the "Draining a pool" and "Bucket claims" sections run
+//! the same way, a provider pod is killed and health must come back, and `helm uninstall`
+//! must keep the CRDs, the quickstart resources and the data.
 //!
 //! Runs only under `SUBLET_REQUIRE_CLUSTER=1` (set by `.ci/run`; it needs root and changes
 //! iptables and sysctls while the node runs), else skips with one line. The node is wiped at
