@@ -275,14 +275,14 @@ for f in out.glob("*.json"):
     for p in doc["phases"]:
         key = (group, p["phase"])
         res.setdefault(key, {}).setdefault(target, {})[int(rnd)] = (p, after - before if single else None)
-groups = ["photo", "small", "multipart", "big", "large"]
 label = {("photo", "put"): "PUT 4 MiB objects, 8 streams", ("photo", "get"): "GET 4 MiB objects, 8 streams",
          ("small", "small-put"): "PUT 4 KiB objects, 8 streams", ("small", "small-get"): "GET 4 KiB objects, 8 streams",
          ("multipart", "mp-put"): "multipart PUT, 16 MiB parts, 4 in flight",
          ("multipart", "mp-get"): "its ranged GET, 16 MiB ranges, 4 streams",
          ("big", "put"): "one-stream PUT of one object", ("big", "get"): "one-stream GET of one object",
          ("large", "put"): "PUT 64 MiB objects, 8 streams", ("large", "get"): "GET 64 MiB objects, 8 streams"}
-keys = sorted(res, key=lambda k: (groups.index(k[0]) if k[0] in groups else 99, k[1]))
+known = list(label)
+keys = sorted(res, key=lambda k: (known.index(k) if k in known else len(known), k))
 by_ops = {"small-put", "small-get"}
 def med(xs):
     xs = [x for x in xs if x is not None]
