@@ -7,11 +7,13 @@
 #      on STREAMS streams: fsyncs, renames, opens, writes, reads);
 #   3. with TIMELINE=1, a timeline of one PUT and one GET (strace -f -tt -T), summarised per
 #      step: when the body arrived, the shard files were written and fsynced, the directory
-#      fsynced, the metadata committed and the answer sent.
+#      fsynced, the metadata committed and the answer sent;
+#   4. with PROFILE=1, the functions the server spent its CPU in during a PUT and a GET
+#      phase (perf record -g, self time).
 #
 # Usage: e2e/bench/per-object.sh        (SIZE=4Mi OBJECTS=64 STREAMS=8 by default)
 # Environment: BENCH_TMP (default /var/tmp; a real disk), SIZE, OBJECTS, STREAMS, STRACE_OBJECTS,
-#              TIMELINE=1, KEEP=1, CARGO_TARGET_DIR (release binaries are built there),
+#              TIMELINE=1, PROFILE=1, KEEP=1, CARGO_TARGET_DIR (release binaries are built there),
 #              SUBLET and BENCH (binaries to use instead) with NO_BUILD=1.
 set -euo pipefail
 
@@ -120,6 +122,20 @@ if [[ ${TIMELINE:-0} == 1 ]]; then
         kill -INT "$ST"
         wait "$ST" 2>/dev/null || true
         python3 "$ROOT/e2e/bench/timeline.py" "$WORK/$phase.trace" "$phase" "$PORT" "$PROVIDERS"
+    done
+fi
+# 4. With PROFILE=1, where the CPU goes during a PUT and a GET phase (perf record, sampled).
+if [[ ${PROFILE:-0} == 1 ]]; then
+    for phase in put get; do
+        perf record -F 499 -g -o "$WORK/$phase.perf" -p "$DEV" 2>"$WORK/$phase.perf-err" &
+        PR=$!
+        sleep 1
+        bench --prefix pf/ --phases "$phase" -n "$OBJECTS" -s "$SIZE" -c "$STREAMS" >/dev/null
+        kill -INT "$PR"
+        wait "$PR" 2>/dev/null || true
+        echo "$phase of $SIZE: where the server's CPU went (perf, self time, top 25)"
+        perf report -i "$WORK/$phase.perf" --no-children --percent-limit 0.7 --sort symbol \
+            --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | sed -E 's/[ -]+$//' | head -25
     done
 fi
 echo "peak RSS (VmHWM) of sublet dev: $(awk '/VmHWM/ {print $2}' "/proc/$DEV/status") KiB"
