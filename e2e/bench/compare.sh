@@ -316,10 +316,14 @@ for key in keys:
                 ratios.append(f"{p[metric] / best:.2f}" if best else "-")
             cells.append(", ".join(ratios) or "-")
     for t in targets:
-        per_gb = [c / (p["bytes"] / 1e9) for p, c in row.get(t, {}).values()
-                  if c is not None and p["bytes"] > 0]
-        m = med(per_gb)
-        cells.append("-" if m is None else f"{m:.1f}")
+        # Small objects: CPU milliseconds per operation says more than per GB.
+        if metric == "ops_per_sec":
+            per = [1000 * c / p["ops"] for p, c in row.get(t, {}).values() if c is not None and p["ops"]]
+        else:
+            per = [c / (p["bytes"] / 1e9) for p, c in row.get(t, {}).values()
+                   if c is not None and p["bytes"] > 0]
+        m = med(per)
+        cells.append("-" if m is None else (f"{m:.2f} ms/op" if metric == "ops_per_sec" else f"{m:.1f}"))
     print("| " + " | ".join(cells) + " |")
 hwm = {t: int((out / f"{t}.hwm_kib").read_text().strip() or 0) for t in targets}
 print("| peak RSS (VmHWM; sublet dev includes its 6 providers) | MiB | "
@@ -329,7 +333,8 @@ print()
 print((out / "machine.txt").read_text().rstrip())
 print("- every cell the median over the rounds; ratios per round against the best of "
       + ", ".join(names.get(t, t) for t in peers) + "; CPU s/GB: the server process's CPU "
-      "time per GB moved (`-` where one call ran two phases)")
+      "time per GB moved, or per operation for small objects (`-` where one call ran two phases; "
+      "/proc counts in 10 ms ticks, so short smoke phases are coarse)")
 for e in errors:
     print(f"- **{e}**")
 EOF
