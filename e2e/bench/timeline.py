@@ -14,7 +14,10 @@ import sys
 from collections import defaultdict
 
 LINE = re.compile(r"^(\d+)\s+(\d+):(\d+):(\d+\.\d+) (\w+)\((.*)\) = (-?\d+)(?:<[^>]*>)?.*<(\d+\.\d+)>$")
-FD = re.compile(r"^(\d+)<([^>]*)>")
+UNFINISHED = re.compile(r"^(\d+)\s+(\S+) (\w+)\((.*) <unfinished \.\.\.>$")
+RESUMED = re.compile(r"^(\d+)\s+\S+ <\.\.\. (\w+) resumed>(.*)$")
+# A socket's description holds "->": it ends at "]>", a file's at the first ">".
+FD = re.compile(r"^(\d+)<(TCP:\[[^\]]*\]|[^>]*)>")
 TCP = re.compile(r"TCP:\[(?:[\d.]+):(\d+)->(?:[\d.]+):(\d+)\]")
 
 
@@ -23,7 +26,21 @@ def main():
     s3_port = int(s3_port)
     providers = {int(p) for p in provider_ports.split(",") if p}
     events = []
+    # Under -f a call that another thread interrupts is split in two lines:
+    # `TID TIME call(args <unfinished ...>` and `TID TIME <... call resumed>rest`.
+    pending = {}
     for raw in open(path, errors="replace"):
+        raw = raw.rstrip("\n")
+        u = UNFINISHED.match(raw)
+        if u:
+            pending[u.group(1)] = (u.group(2), u.group(3), u.group(4))
+            continue
+        r = RESUMED.match(raw)
+        if r:
+            started = pending.pop(r.group(1), None)
+            if started is None or started[1] != r.group(2):
+                continue
+            raw = f"{r.group(1)} {started[0]} {started[1]}({started[2]}{r.group(3)}"
         m = LINE.match(raw.strip())
         if not m:
             continue
@@ -64,7 +81,9 @@ def main():
             return "file read: " + short(target)
         return None
 
-    start = next((e[0] for e in events if kind(e[2], e[6], e[3]) == "client: request read"), events[0][0])
+    # Time 0: the request line of the object's PUT or GET (not the bench's bucket check).
+    start = next((e[0] for e in events if kind(e[2], e[6], e[3]) == "client: request read"
+                  and "/obj/" in e[3]), events[0][0])
     spans = defaultdict(list)  # kind -> [first, last, calls, bytes, threads]
     singles = []
     for t, tid, call, args, ret, dur, target in events:

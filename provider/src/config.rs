@@ -53,6 +53,8 @@ pub struct ProviderConfig {
     pub idle_timeout: std::time::Duration,
     /// The offer published on the sublet market, when this provider lends its space there.
     pub market: Option<MarketSettings>,
+    /// How written shard bytes are made durable (`--sync-mode file|batch`).
+    pub sync_mode: crate::store::SyncMode,
 }
 
 impl ProviderConfig {
@@ -72,6 +74,7 @@ impl ProviderConfig {
             max_connections: MAX_CONNECTIONS,
             idle_timeout: IDLE_TIMEOUT,
             market: None,
+            sync_mode: crate::store::SyncMode::File,
         }
     }
 
@@ -219,6 +222,11 @@ pub struct Args {
     /// e.g. `1m` [default: 1m].
     #[arg(long, env = "SUBLET_PROVIDER_MARKET_INTERVAL")]
     pub market_interval: Option<String>,
+    /// How a shard's bytes are made durable before it is acknowledged: `file` (an fsync of
+    /// each shard file) or `batch` (one syncfs(2) of the filesystem shared by the writes
+    /// finishing together; for a filesystem the store has to itself) [default: file].
+    #[arg(long, env = "SUBLET_PROVIDER_SYNC_MODE")]
+    pub sync_mode: Option<String>,
     /// Print this node's id (creating the identity if needed) and exit.
     #[arg(long)]
     pub print_node_id: bool,
@@ -264,6 +272,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub market_insecure_http: bool,
     pub market_interval: Option<String>,
+    /// `file` or `batch`, as `--sync-mode`.
+    pub sync_mode: Option<String>,
 }
 
 impl FileConfig {
@@ -307,6 +317,12 @@ impl Args {
         let offer = match &self.offer {
             Some(text) => Some(parse_offer(text)?),
             None => file.offer,
+        };
+        let sync_mode = match self.sync_mode.as_ref().or(file.sync_mode.as_ref()) {
+            Some(text) => text
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("field `syncMode`: {e}"))?,
+            None => crate::store::SyncMode::File,
         };
         let market_url = self.market_url.clone().or(file.market_url);
         let interval = match self
@@ -388,6 +404,7 @@ impl Args {
             max_connections: MAX_CONNECTIONS,
             idle_timeout: IDLE_TIMEOUT,
             market,
+            sync_mode,
         })
     }
 }
@@ -444,6 +461,33 @@ mod tests {
         assert_eq!(cfg.reserve, 10 << 30);
         assert_eq!(cfg.zone, "basement");
         assert_eq!(cfg.allowed_clients, vec![id]);
+
+        assert_eq!(cfg.sync_mode, crate::store::SyncMode::File, "the default");
+
+        std::fs::write(&path, "syncMode: batch\n").unwrap();
+        let from_file =
+            Args::try_parse_from(["sublet-provider", "--config", path.to_str().unwrap()]);
+        assert_eq!(
+            from_file.unwrap().resolve().unwrap().sync_mode,
+            crate::store::SyncMode::Batch
+        );
+        let flag = Args::try_parse_from([
+            "sublet-provider",
+            "--config",
+            path.to_str().unwrap(),
+            "--sync-mode",
+            "file",
+        ]);
+        assert_eq!(
+            flag.unwrap().resolve().unwrap().sync_mode,
+            crate::store::SyncMode::File
+        );
+        let wrong = Args::try_parse_from(["sublet-provider", "--sync-mode", "never"]);
+        let err = wrong.unwrap().resolve().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("syncMode") && format!("{err:#}").contains("batch"),
+            "{err:#}"
+        );
 
         std::fs::write(&path, "capacity: 1Gi\nbogus: 1\n").unwrap();
         let err = args.resolve().unwrap_err();

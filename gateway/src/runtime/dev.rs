@@ -36,6 +36,20 @@ pub const DEV_PROVIDERS: usize = 6;
 /// measurements, not part of the everyday command line.
 pub const PLAN_FILE_ENV: &str = "SUBLET_DEV_PLAN_FILE";
 
+/// `file` or `batch`: how the dev cluster's providers make shard bytes durable, as
+/// `sublet-provider --sync-mode` (the same variable sets both); `file` when unset. For
+/// measurements, like [`PLAN_FILE_ENV`].
+pub const SYNC_MODE_ENV: &str = "SUBLET_PROVIDER_SYNC_MODE";
+
+fn dev_sync_mode() -> anyhow::Result<sublet_provider::store::SyncMode> {
+    match std::env::var(SYNC_MODE_ENV) {
+        Ok(text) => text
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{SYNC_MODE_ENV}: {e}")),
+        Err(_) => Ok(sublet_provider::store::SyncMode::File),
+    }
+}
+
 /// The plan of a dev cluster: `standard`, or the one of the file [`PLAN_FILE_ENV`] names.
 pub fn dev_plan() -> anyhow::Result<Plan> {
     match std::env::var_os(PLAN_FILE_ENV) {
@@ -229,8 +243,10 @@ pub async fn start_cluster_with(
     let mut running = Vec::with_capacity(providers);
     let mut probes = Vec::with_capacity(providers);
     let mut backends: Vec<Arc<dyn ShardBackend>> = Vec::with_capacity(providers);
+    let sync_mode = dev_sync_mode()?;
     for n in 0..providers {
         let mut cfg = ProviderConfig::new(dir.join("providers").join(n.to_string()));
+        cfg.sync_mode = sync_mode;
         cfg.token = Some(token.clone());
         cfg.allowed_clients = vec![identity.node_id()];
         cfg.zone = format!("dev-{n}");

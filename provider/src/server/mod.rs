@@ -98,7 +98,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
     let data_dir = config.data_dir.clone();
     let (identity, store) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let identity = NodeIdentity::load_or_create(&data_dir)?;
-        let store = Store::open(&data_dir, config.capacity, config.reserve)
+        let store = Store::open_with(&data_dir, config.capacity, config.reserve, config.sync_mode)
             .with_context(|| format!("opening shard store in {}", data_dir.display()))?;
         Ok((identity, store))
     })

@@ -5,9 +5,10 @@
 //! tree above 16 KiB groups, see [`crate::tree`]) that lets any byte range be verified on
 //! its own. Shards written before format 2 keep bao's outboard (one node per 1 KiB chunk),
 //! and are read and audited as before.
-//! A shard becomes visible only by an atomic rename after fsync of the file,
-//! followed by an fsync of the directory (one for all the writes waiting at that moment,
-//! see `dirsync`); temp files start with `.tmp-`
+//! A shard becomes visible only by an atomic rename after its bytes are durable (an fsync
+//! of the file, or with [`SyncMode::Batch`] one `syncfs` shared by the writes finishing
+//! together), followed by an fsync of the directory (one for all the writes waiting at that
+//! moment, see `dirsync`); temp files start with `.tmp-`
 //! (never a valid shard id) and are removed on start.
 //!
 //! The store's parts: `format` (the file header and sizes), `index` (the in-memory index,
@@ -67,6 +68,35 @@ pub struct Usage {
     pub shards: u64,
 }
 
+/// How a stored shard's bytes are made durable before it is renamed into place. Either way
+/// a write is acknowledged only once its bytes and its name are on the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// An fsync of each shard file (the default: on a filesystem shared with other programs
+    /// it measured fastest, see docs/running.md).
+    #[default]
+    File,
+    /// One `syncfs(2)` of the store's filesystem for all the writes finishing together:
+    /// fewer flushes, faster on a filesystem of the store's own where a flush is dear, but
+    /// each flush also writes back every other dirty file of that filesystem.
+    Batch,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "file" => Ok(SyncMode::File),
+            "batch" => Ok(SyncMode::Batch),
+            _ => Err(format!(
+                "`{s}` is not a sync mode: write `file` (an fsync per shard file) or `batch` \
+                 (one syncfs for the writes finishing together)"
+            )),
+        }
+    }
+}
+
 /// The shard store of one provider.
 pub struct Store {
     dir: PathBuf,
@@ -74,7 +104,10 @@ pub struct Store {
     reserve: u64,
     index: Mutex<Index>,
     /// The directory's fsyncs after renames and removals, shared by concurrent writes.
-    dir_sync: dirsync::DirSync,
+    dir_sync: dirsync::GroupSync,
+    /// With [`SyncMode::Batch`], the filesystem's syncfs that makes written bytes durable,
+    /// shared by concurrent writes; `None`: each write fsyncs its file.
+    data_sync: Option<dirsync::GroupSync>,
 }
 
 impl std::fmt::Debug for Store {
@@ -87,8 +120,18 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open (or create) the store under `data_dir`, removing temp files left by
-    /// a crash and rebuilding the index from the shard headers.
+    /// a crash and rebuilding the index from the shard headers; each shard file fsynced.
     pub fn open(data_dir: &Path, capacity: u64, reserve: u64) -> Result<Store> {
+        Self::open_with(data_dir, capacity, reserve, SyncMode::File)
+    }
+
+    /// [`Store::open`] with the way written bytes are made durable.
+    pub fn open_with(
+        data_dir: &Path,
+        capacity: u64,
+        reserve: u64,
+        sync_mode: SyncMode,
+    ) -> Result<Store> {
         let dir = data_dir.join("shards");
         fs::create_dir_all(&dir)?;
         let mut shards = BTreeMap::new();
@@ -131,8 +174,13 @@ impl Store {
             index.tenant_add(id, meta);
         }
         index.shards = shards;
+        let data_sync = match sync_mode {
+            SyncMode::File => None,
+            SyncMode::Batch => Some(dirsync::GroupSync::filesystem(&dir)?),
+        };
         Ok(Store {
-            dir_sync: dirsync::DirSync::new(&dir),
+            dir_sync: dirsync::GroupSync::directory(&dir),
+            data_sync,
             dir,
             capacity,
             reserve,
@@ -157,6 +205,15 @@ impl Store {
             file_size,
             format: header.version,
         })
+    }
+
+    /// How this store makes written bytes durable.
+    pub fn sync_mode(&self) -> SyncMode {
+        if self.data_sync.is_some() {
+            SyncMode::Batch
+        } else {
+            SyncMode::File
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Index> {

@@ -494,3 +494,60 @@ fn a_shard_file_whose_header_announces_a_huge_length_is_skipped_on_open() {
     assert!(store.stat("good").is_ok());
     assert!(matches!(store.stat("forged"), Err(Error::NotFound(_))));
 }
+
+#[test]
+fn batch_mode_stores_concurrent_writes_durably_and_reads_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_with(dir.path(), GIB, 0, SyncMode::Batch).unwrap());
+    assert_eq!(store.sync_mode(), SyncMode::Batch);
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || put(&store, &format!("batch-{i}"), &data(300_000 + i)))
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap().unwrap();
+    }
+    let flushes = store.data_sync.as_ref().unwrap().syncs();
+    assert!((1..=8).contains(&flushes), "{flushes} syncfs for 8 writes");
+    drop(store);
+    // What was acknowledged is there after a restart, and no temp file is left.
+    let store = Store::open_with(dir.path(), GIB, 0, SyncMode::Batch).unwrap();
+    for i in 0..8 {
+        let id = format!("batch-{i}");
+        assert_eq!(
+            read_all(&store, &id, 0, 300_000 + i as u64).unwrap(),
+            data(300_000 + i)
+        );
+    }
+    assert!(
+        dir_entries(dir.path())
+            .iter()
+            .all(|e| !e.starts_with(".tmp-"))
+    );
+    assert_eq!(
+        Store::open(dir.path(), GIB, 0).unwrap().sync_mode(),
+        SyncMode::File
+    );
+}
+
+#[test]
+fn a_failed_syncfs_fails_the_write_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_with(dir.path(), GIB, 0, SyncMode::Batch).unwrap();
+    store.data_sync = Some(dirsync::GroupSync::scripted(|| {
+        Err(io::Error::other("EIO from the disk"))
+    }));
+    let store = Arc::new(store);
+    let free = store.usage().free;
+    let err = put(&store, "lost", &data(100_000)).unwrap_err();
+    assert!(format!("{err}").contains("EIO"), "{err}");
+    assert!(matches!(store.stat("lost"), Err(Error::NotFound(_))));
+    assert!(
+        dir_entries(dir.path()).is_empty(),
+        "{:?}",
+        dir_entries(dir.path())
+    );
+    assert_eq!(store.usage().free, free, "the reservation is given back");
+}

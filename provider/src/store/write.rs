@@ -1,5 +1,6 @@
 //! The write path: space (and a tenant's quota) reserved up front, bytes and outboard
-//! written to a temp file, made durable and visible by fsync and an atomic rename.
+//! written to a temp file, made durable and visible by fsync (or a shared syncfs) and an
+//! atomic rename.
 
 use std::fs::{self, File};
 use std::io;
@@ -80,7 +81,10 @@ impl Store {
                 tenant.reserved = tenant.reserved.saturating_add(needed);
             }
         }
+        // Taken before the first byte is written: a failed syncfs from now on may concern it.
+        let flush_epoch = self.data_sync.as_ref().map_or(0, |sync| sync.epoch());
         let mut writer = PutWriter {
+            flush_epoch,
             store: Arc::clone(self),
             id: id.to_string(),
             length,
@@ -116,6 +120,8 @@ pub struct PutWriter {
     outboard_written: u64,
     header: Vec<u8>,
     pub(super) stored_at: i64,
+    /// Failed flushes of the store's filesystem when the write began ([`super::SyncMode::Batch`]).
+    flush_epoch: u64,
 }
 
 impl PutWriter {
@@ -235,7 +241,13 @@ impl PutWriter {
         .encode();
         file.write_all_at(&header, 0)
             .map_err(|e| self.io_error(e))?;
-        file.sync_all().map_err(|e| self.io_error(e))?;
+        // The bytes are durable before the name is: a crash never leaves a shard file whose
+        // bytes are not on the disk under a shard's name.
+        match &self.store.data_sync {
+            None => file.sync_all(),
+            Some(sync) => sync.after_change_since(self.flush_epoch),
+        }
+        .map_err(|e| self.io_error(e))?;
         let file_size = file.metadata()?.len();
         let meta = ShardMeta {
             length: self.length,
