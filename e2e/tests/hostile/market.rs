@@ -18,7 +18,7 @@ use sublet_market::client::{Client, ClientTls};
 use sublet_market::identity::Signer;
 
 /// Receipt periods this short end while the test watches.
-const PERIOD: &str = "3s";
+const PERIOD: &str = "4s";
 const PROVIDERS: usize = 4;
 /// The provider that lies.
 const LIAR: usize = 0;
@@ -200,7 +200,7 @@ kind: StorageGateway
 metadata: {{name: s3}}
 spec:
   defaultPlan: rented-2-1
-  probeInterval: 1s
+  probeInterval: 2s
   listen: "{s3}"
   adminListen: "{admin}"
   dataDir: "{}"
