@@ -907,8 +907,13 @@ async fn shards_a_demander_found_bad_show_in_its_receipt_and_the_providers_ratin
     // Every audit passed on both sides; the demander's gateway also found 4 shards bad.
     let mut found = receipt(start, 10, 0, 10, 0);
     found["shards_failed"] = json!(4);
-    w.ok(&w.dee, "POST", &format!("/v1/contracts/{ct}/receipts"), found)
-        .await?;
+    w.ok(
+        &w.dee,
+        "POST",
+        &format!("/v1/contracts/{ct}/receipts"),
+        found,
+    )
+    .await?;
     let period = w
         .ok(
             &w.alpha,
@@ -935,8 +940,7 @@ async fn shards_a_demander_found_bad_show_in_its_receipt_and_the_providers_ratin
         .ok()?;
     assert_eq!(r["inputs"][0]["name"], "audit_pass_rate", "{r}");
     assert_eq!(
-        r["inputs"][0]["value"],
-        "10/10 audits passed, 4 shards found bad by demanders",
+        r["inputs"][0]["value"], "10/10 audits passed, 4 shards found bad by demanders",
         "{r}"
     );
     assert_eq!(r["inputs"][0]["score"], 10 * 1000 / 14, "{r}");

@@ -137,13 +137,15 @@ fn a_rented_provider_serving_other_shards_bytes_shows_it_on_the_demanders_receip
         assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
         reply.body
     };
-    wait_for("the market to answer", Duration::from_secs(30), || {
-        match runtime.block_on(client.send(None, "GET", "/healthz", b"")) {
+    wait_for(
+        "the market to answer",
+        Duration::from_secs(30),
+        || match runtime.block_on(client.send(None, "GET", "/healthz", b"")) {
             Ok(r) if r.status == 200 => Ok(()),
             Ok(r) => Err(r.text),
             Err(e) => Err(e.to_string()),
-        }
-    });
+        },
+    );
 
     let providers: Vec<Daemon> = (0..PROVIDERS)
         .map(|i| {
@@ -258,7 +260,9 @@ spec:
     // Reads (and a scrub, which reads every shard) find the liar's answers fail their
     // hashes; they go on from the others, and its shards are repaired elsewhere.
     for o in &objects {
-        gateway.read_back("rented", o).unwrap_or_else(|e| panic!("{e}"));
+        gateway
+            .read_back("rented", o)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     gateway.admin_post("/admin/v1/scrub?limit=1000");
 
@@ -288,7 +292,10 @@ spec:
     }
     // The honest providers' receipts show none.
     for i in (0..PROVIDERS).filter(|&i| i != LIAR) {
-        let periods = call(Some(&dee), &format!("/v1/contracts/{}/periods", contract_of(i)));
+        let periods = call(
+            Some(&dee),
+            &format!("/v1/contracts/{}/periods", contract_of(i)),
+        );
         for p in periods.as_array().unwrap() {
             assert!(
                 p["demander_receipt"].get("shards_failed").is_none(),
@@ -336,7 +343,9 @@ spec:
         (liar["shards"] == 0).then_some(()).ok_or(liar.to_string())
     });
     for o in &objects {
-        gateway.read_back("rented", o).unwrap_or_else(|e| panic!("{e}"));
+        gateway
+            .read_back("rented", o)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     drop(providers);
 }
