@@ -5,6 +5,8 @@
 
 #[path = "hostile/clients.rs"]
 mod clients;
+#[path = "hostile/market.rs"]
+mod market;
 #[path = "hostile/objlock.rs"]
 mod objlock;
 #[path = "hostile/policies.rs"]

@@ -43,6 +43,9 @@ struct Usage {
     egress_bytes: u64,
     audits_passed: u32,
     audits_failed: u32,
+    /// Shards found bad outside audits (the demander's side only).
+    #[serde(default)]
+    shards_failed: u32,
 }
 
 mod decimal {
@@ -189,6 +192,14 @@ impl Meter {
         }
     }
 
+    /// Counts a shard of `contract`'s provider found bad outside an audit at `now`: a read
+    /// or a write acknowledgement that failed its hash, a shard gone, a scrub's find.
+    pub fn add_failed_shard(&mut self, contract: &str, now: i64) {
+        if let Some(u) = self.contracts.get_mut(contract).and_then(|m| m.at(now)) {
+            u.shards_failed = u.shards_failed.saturating_add(1);
+        }
+    }
+
     /// Receipts of the periods that are over (sampled up to `grace` seconds past their end,
     /// or a quarter of the period if that is less) and not reported, oldest first. A period
     /// with no usage at all has no receipt.
@@ -212,11 +223,13 @@ impl Meter {
                     egress_bytes: u.egress_bytes,
                     audits_passed: u.audits_passed,
                     audits_failed: u.audits_failed,
+                    shards_failed: u.shards_failed,
                 };
                 let empty = u.byte_secs == 0
                     && u.egress_bytes == 0
                     && u.audits_passed == 0
-                    && u.audits_failed == 0;
+                    && u.audits_failed == 0
+                    && u.shards_failed == 0;
                 if !empty {
                     out.push((id.clone(), receipt));
                 }
@@ -294,6 +307,29 @@ mod tests {
         // A reported period takes no more usage.
         m.add_egress("c", 5, 1);
         assert!(m.due(0).is_empty());
+    }
+
+    #[test]
+    fn shards_found_bad_count_in_their_period_and_alone_make_a_receipt() {
+        let mut m = Meter::default();
+        m.track("c", 0, 10, 1);
+        m.add_failed_shard("c", 3);
+        m.add_failed_shard("c", 4);
+        m.add_failed_shard("c", 12);
+        m.add_failed_shard("other", 3); // not tracked: not counted anywhere
+        m.sample("c", 25, 0);
+        let due = m.due(0);
+        assert_eq!(
+            due.iter()
+                .map(|(_, r)| (r.period_start, r.shards_failed, r.audits_failed))
+                .collect::<Vec<_>>(),
+            vec![(0, 2, 0), (10, 1, 0)],
+            "nothing but bad shards is still a period to report"
+        );
+        // A meter saved before the count existed still loads.
+        let old = r#"{"contracts":{"c":{"accepted_at":0,"period_secs":10,"term_ends":86400,"last":[5,0],"periods":{"0":{"byte_secs":"0","egress_bytes":1,"audits_passed":0,"audits_failed":0}},"reported_through":0}}}"#;
+        let m: Meter = serde_json::from_str(old).unwrap();
+        assert!(m.is_tracked("c"));
     }
 
     #[test]

@@ -29,6 +29,19 @@ pub struct UsageReceipt {
     /// Audits of the provider's shards during the period that passed and failed.
     pub audits_passed: u32,
     pub audits_failed: u32,
+    /// Shards of the provider the demander's gateway found bad during the period outside
+    /// audits: a read answered with bytes that fail the shard's recorded hash, or with
+    /// nothing where a shard was acknowledged; a write acknowledged under another hash; a
+    /// scrub finding a shard corrupt or missing. Only the demander sees these (a provider
+    /// that lies does not count its lies), so this field is the demander's account alone:
+    /// it is never compared with the provider's receipt, does not hold up settlement, and
+    /// enters the provider's rating. Left out of the JSON when zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shards_failed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `bytes` held for `secs` seconds, in whole GiB-hours rounded down. Gateway
@@ -77,7 +90,7 @@ pub fn agree(a: &UsageReceipt, b: &UsageReceipt, tolerance_bps: i64) -> bool {
 /// The fields on which two receipts of one period disagree. Storage and egress are
 /// metered by each side's own sampling, so they agree within the policy's tolerance (and
 /// GiB-hours within one, for rounding at a boundary); the period and audit counts must
-/// match exactly.
+/// match exactly. `shards_failed` is the demander's account alone and never compared.
 pub fn mismatched_fields(
     a: &UsageReceipt,
     b: &UsageReceipt,
@@ -131,6 +144,7 @@ mod usage_tests {
             egress_bytes,
             audits_passed: 10,
             audits_failed,
+            shards_failed: 0,
         };
         let none: Vec<&str> = Vec::new();
         assert_eq!(mismatched_fields(&r(100, 0, 0), &r(100, 0, 0), 100), none);
@@ -158,6 +172,33 @@ mod usage_tests {
             mismatched_fields(&r(5, 0, 0), &r(5, 0, 1), 10_000),
             vec!["audits_failed"]
         );
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn shard_failures_are_the_demanders_word_and_never_a_mismatch() {
+        let provider = UsageReceipt {
+            period_start: 0,
+            period_end: 3600,
+            gib_hours: 1,
+            egress_bytes: 0,
+            audits_passed: 3,
+            audits_failed: 0,
+            shards_failed: 0,
+        };
+        let demander = UsageReceipt {
+            shards_failed: 7,
+            ..provider.clone()
+        };
+        assert!(agree(&demander, &provider, 0));
+        // On the wire: absent when zero (a receipt as older markets take it), read back
+        // when present, and a receipt without it is a receipt with none.
+        let wire = serde_json::to_value(&provider).unwrap();
+        assert!(wire.get("shards_failed").is_none(), "{wire}");
+        let wire = serde_json::to_value(&demander).unwrap();
+        assert_eq!(wire["shards_failed"], 7);
+        let back: UsageReceipt = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, demander);
     }
 
     #[test]

@@ -230,14 +230,36 @@ pub fn rating(
                 [&party.id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let (passed, failed) = (passed.max(0) as u64, failed.max(0) as u64);
-            let audits = match ratio(passed, passed + failed) {
+            // Shards its demanders' gateways found bad outside audits, on their word, in
+            // every period they reported: a provider that lies about what it serves does
+            // not count its lies, and the periods it lies in may never settle.
+            let shards_failed: i64 = conn.query_row(
+                "SELECT CAST(COALESCE(SUM(r.shards_failed), 0) AS BIGINT)
+                 FROM receipts r JOIN contracts c ON c.id = r.contract
+                 WHERE c.provider = ?1 AND r.role = 'demander'",
+                [&party.id],
+                |r| r.get(0),
+            )?;
+            let (passed, failed, bad) = (
+                passed.max(0) as u64,
+                failed.max(0) as u64,
+                shards_failed.max(0) as u64,
+            );
+            let checks = passed.saturating_add(failed).saturating_add(bad);
+            let audits = match ratio(passed, checks) {
                 Some(score) => RatingInput {
                     name: "audit_pass_rate",
-                    value: format!("{passed}/{} audits passed", passed + failed),
+                    value: if bad == 0 {
+                        format!("{passed}/{} audits passed", passed.saturating_add(failed))
+                    } else {
+                        format!(
+                            "{passed}/{} audits passed, {bad} shards found bad by demanders",
+                            passed.saturating_add(failed)
+                        )
+                    },
                     score,
                     weight_percent: 40,
-                    explanation: "audits in settled periods: a provider that can serve random slices of its shards holds the data".into(),
+                    explanation: "audits in settled periods, each shard its demanders' gateways found bad on a read, write or scrub counting as a failed one: a provider that can serve random slices of its shards, and serves them whole, holds the data".into(),
                 },
                 None => RatingInput {
                     name: "audit_pass_rate",
@@ -327,6 +349,7 @@ pub(crate) fn receipt_agreement(
                 egress_bytes: n(3)?,
                 audits_passed: r.get(4)?,
                 audits_failed: r.get(5)?,
+                shards_failed: 0,
             };
             let p = UsageReceipt {
                 period_start: start,
@@ -335,6 +358,7 @@ pub(crate) fn receipt_agreement(
                 egress_bytes: n(8)?,
                 audits_passed: r.get(9)?,
                 audits_failed: r.get(10)?,
+                shards_failed: 0,
             };
             Ok((d, p))
         },

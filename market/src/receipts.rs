@@ -34,10 +34,19 @@ CREATE TABLE IF NOT EXISTS receipts (
     audits_passed INTEGER NOT NULL,
     audits_failed INTEGER NOT NULL,
     evidence INTEGER NOT NULL,
+    shards_failed INTEGER NOT NULL DEFAULT 0,
     submitted_at INTEGER NOT NULL,
     PRIMARY KEY (contract, period_start, role)
 );
 ";
+
+/// Brings a receipts table made before a column was added up to [`SCHEMA`].
+pub fn migrate(conn: &dyn Db) -> Result<()> {
+    if !conn.has_column("receipts", "shards_failed")? {
+        conn.schema("ALTER TABLE receipts ADD COLUMN shards_failed INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -113,12 +122,13 @@ fn receipt_from_row(r: &Row) -> Result<(String, UsageReceipt)> {
             egress_bytes: r.get::<i64>(4)?.max(0) as u64,
             audits_passed: r.get(5)?,
             audits_failed: r.get(6)?,
+            shards_failed: u32::try_from(r.get::<i64>(7)?.max(0)).unwrap_or(u32::MAX),
         },
     ))
 }
 
-const RECEIPT_COLUMNS: &str =
-    "role, period_start, period_end, gib_hours, egress_bytes, audits_passed, audits_failed";
+const RECEIPT_COLUMNS: &str = "role, period_start, period_end, gib_hours, egress_bytes, \
+     audits_passed, audits_failed, shards_failed";
 
 pub fn period(
     conn: &dyn Db,
@@ -296,13 +306,13 @@ pub fn submit(
     }
     conn.execute(
         "INSERT INTO receipts (contract, period_start, period_end, role, gib_hours, egress_bytes,
-             audits_passed, audits_failed, evidence, submitted_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             audits_passed, audits_failed, evidence, submitted_at, shards_failed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (contract, period_start, role) DO UPDATE SET
              period_end = excluded.period_end, gib_hours = excluded.gib_hours,
              egress_bytes = excluded.egress_bytes, audits_passed = excluded.audits_passed,
              audits_failed = excluded.audits_failed, evidence = excluded.evidence,
-             submitted_at = excluded.submitted_at",
+             submitted_at = excluded.submitted_at, shards_failed = excluded.shards_failed",
         params![
             contract_id,
             r.period_start,
@@ -313,7 +323,8 @@ pub fn submit(
             r.audits_passed,
             r.audits_failed,
             evidence,
-            now
+            now,
+            i64::from(r.shards_failed)
         ],
     )?;
     try_settle(conn, policy, &c, r.period_start, now)

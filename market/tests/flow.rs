@@ -426,6 +426,7 @@ async fn two_providers_contracted_settled_and_one_penalised_on(pg: Option<&str>)
         egress_bytes: GIB,
         audits_passed: 10,
         audits_failed: 0,
+        shards_failed: 0,
     };
     let r = w.client.submit_receipt(&w.alpha, &ct_a, &usage_a).await?;
     assert_eq!(r["status"], "awaiting_demander");
@@ -849,6 +850,127 @@ async fn offers_carry_where_the_provider_listens() -> TestResult {
     // An offer without an endpoint is still accepted (a demander learns it another way).
     let bare = w.ok(&w.bravo, "POST", "/v1/offers", offer("")).await?;
     assert_eq!(bare["endpoint"], "");
+    Ok(())
+}
+
+/// Issue 27: a provider that serves bytes failing their hash (or nothing where it
+/// acknowledged a shard) does not count that on its own receipt; the demander's gateway
+/// does, and the market shows it in the period and the provider's rating, without holding
+/// the period up (only the demander can see it).
+#[tokio::test]
+async fn shards_a_demander_found_bad_show_in_its_receipt_and_the_providers_rating() -> TestResult {
+    let w = world().await?;
+    let offer = w
+        .ok(
+            &w.alpha,
+            "POST",
+            "/v1/offers",
+            json!({
+                "capacity_bytes": 100 * GIB, "price_per_gib_month": 7_300_000,
+                "egress_price_per_gib": CREDIT, "region": "eu-west", "min_term_days": 0,
+                "promised_uptime_bps": 9900,
+            }),
+        )
+        .await?;
+    w.ok(
+        &w.dee,
+        "POST",
+        "/v1/deposits",
+        json!({"op_id": "dep", "amount": 10 * CREDIT}),
+    )
+    .await?;
+    let c = w
+        .ok(
+            &w.dee,
+            "POST",
+            "/v1/contracts",
+            json!({"offer_id": offer["id"], "reserved_bytes": 10 * GIB, "term_days": 30}),
+        )
+        .await?;
+    let ct = c["id"].as_str().ok_or("id")?.to_owned();
+    let c = w
+        .ok(
+            &w.alpha,
+            "POST",
+            &format!("/v1/contracts/{ct}/accept"),
+            json!({}),
+        )
+        .await?;
+    let start = c["accepted_at"].as_i64().ok_or("accepted_at")?;
+    w.ok(
+        &w.dee,
+        "POST",
+        &format!("/v1/contracts/{ct}/prepay"),
+        json!({"op_id": "pre", "amount": 5 * CREDIT}),
+    )
+    .await?;
+    // Every audit passed on both sides; the demander's gateway also found 4 shards bad.
+    let mut found = receipt(start, 10, 0, 10, 0);
+    found["shards_failed"] = json!(4);
+    w.ok(
+        &w.dee,
+        "POST",
+        &format!("/v1/contracts/{ct}/receipts"),
+        found,
+    )
+    .await?;
+    let period = w
+        .ok(
+            &w.alpha,
+            "POST",
+            &format!("/v1/contracts/{ct}/receipts"),
+            receipt(start, 10, 0, 10, 0),
+        )
+        .await?;
+    assert_eq!(period["status"], "settled", "{period}");
+    assert_eq!(period["demander_receipt"]["shards_failed"], 4, "{period}");
+    assert!(
+        period["provider_receipt"].get("shards_failed").is_none(),
+        "{period}"
+    );
+    let r = w
+        .client
+        .json(
+            None,
+            "GET",
+            &format!("/v1/parties/{}/rating", w.alpha.party_id()),
+            &Value::Null,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(r["inputs"][0]["name"], "audit_pass_rate", "{r}");
+    assert_eq!(
+        r["inputs"][0]["value"], "10/10 audits passed, 4 shards found bad by demanders",
+        "{r}"
+    );
+    assert_eq!(r["inputs"][0]["score"], 10 * 1000 / 14, "{r}");
+    assert_eq!(r["score"], weighted(&r), "{r}");
+    Ok(())
+}
+
+#[test]
+fn a_database_from_before_shard_failures_opens_and_keeps_its_receipts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("market.db");
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch(
+            "CREATE TABLE receipts (contract TEXT NOT NULL, period_start INTEGER NOT NULL,
+                period_end INTEGER NOT NULL, role TEXT NOT NULL, gib_hours INTEGER NOT NULL,
+                egress_bytes INTEGER NOT NULL, audits_passed INTEGER NOT NULL,
+                audits_failed INTEGER NOT NULL, evidence INTEGER NOT NULL,
+                submitted_at INTEGER NOT NULL, PRIMARY KEY (contract, period_start, role));
+             INSERT INTO receipts VALUES ('ct_old', 0, 3600, 'demander', 1, 0, 2, 0, 1, 5);",
+        )?;
+    }
+    Market::open(&path, Policy::default(), None)?;
+    let conn = rusqlite::Connection::open(&path)?;
+    let kept: (i64, i64) = conn.query_row(
+        "SELECT audits_passed, shards_failed FROM receipts WHERE contract = 'ct_old'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    assert_eq!(kept, (2, 0));
     Ok(())
 }
 

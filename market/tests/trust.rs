@@ -139,6 +139,7 @@ impl World {
             egress_bytes: 0,
             audits_passed: 4,
             audits_failed: 0,
+            shards_failed: 0,
         };
         for who in [&self.dee, &self.pat] {
             self.market

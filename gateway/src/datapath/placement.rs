@@ -19,6 +19,17 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct HealthBoard {
     states: Mutex<HashMap<String, ProviderState>>,
+    /// Told of every shard found bad outside an audit (the market meter of rented providers).
+    bad_shard_sink: std::sync::OnceLock<BadShardSink>,
+}
+
+/// Called with the provider's node id for each of its shards found bad outside an audit.
+pub struct BadShardSink(pub Box<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for BadShardSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BadShardSink")
+    }
 }
 
 /// Audits failed in a row after which a provider gets no new shards until it passes one.
@@ -122,12 +133,22 @@ impl HealthBoard {
         });
     }
 
-    /// A read found one of the provider's shards corrupt, gone, or not part of the segment
-    /// it belongs to. It counts as a failed audit (a read checks the whole shard), so the
-    /// provider's score and placement quality drop, and [`AUDIT_STRIKES`] of them in a row
-    /// keep new shards off it.
+    /// A read, a scrub or a write's acknowledgement found one of the provider's shards
+    /// corrupt, gone, or not part of the segment it belongs to. It counts as a failed audit
+    /// (a read checks the whole shard), so the provider's score and placement quality drop,
+    /// and [`AUDIT_STRIKES`] of them in a row keep new shards off it; the sink (the market
+    /// meter, for a rented provider) is told, so the demander's receipt shows it.
     pub fn record_bad_shard(&self, node: &str) {
         self.record_audit(node, false);
+        if let Some(sink) = self.bad_shard_sink.get() {
+            (sink.0)(node);
+        }
+    }
+
+    /// Tells `sink` of every bad shard recorded from now on. Set once; a second sink is
+    /// refused (returned).
+    pub fn on_bad_shard(&self, sink: BadShardSink) -> Result<(), BadShardSink> {
+        self.bad_shard_sink.set(sink)
     }
 
     /// Records a health probe: answered in `latency`, or not answered.

@@ -776,6 +776,22 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn claim_repair(&self, _seq: i64, _holder: &str, _now: i64, _lease_ms: i64) -> Result<bool> {
         Ok(true)
     }
+    /// Holds the writes `write_ids` (see `node::inflight::Writes`) of `holder` in flight
+    /// until `until_ms` (Unix ms), unless held again: garbage collection by any gateway
+    /// sharing the store keeps their shards meanwhile. A store only one process opens keeps
+    /// no such record (its writes in flight are all in that process) — the default.
+    fn hold_writes(&self, _holder: &str, _write_ids: &[String], _until_ms: i64) -> Result<()> {
+        Ok(())
+    }
+    /// Ends every write `holder` holds but those in `keep`, and forgets every hold (of
+    /// anyone) that expired before `now_ms`.
+    fn end_writes(&self, _holder: &str, _keep: &[String], _now_ms: i64) -> Result<()> {
+        Ok(())
+    }
+    /// The write ids held by any gateway and not expired at `now_ms`.
+    fn held_writes(&self, _now_ms: i64) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// Gives back a claim taken with [`MetadataStore::claim_repair`].
     fn release_repair(&self, _seq: i64, _holder: &str) -> Result<()> {
         Ok(())

@@ -300,3 +300,134 @@ async fn a_key_disabled_through_another_gateway_is_refused_within_the_refresh_in
     assert!(took < bound, "{took:?}");
     refreshing.abort();
 }
+
+/// Issue 27: `POST /admin/v1/gc?minAgeSeconds=0` on one gateway while another gateway on the
+/// same database is mid-write (a slow client's PUT) takes none of that write's shards: the
+/// writing gateway holds its write in the database before storing a shard. Once the write
+/// ends uncommitted and its hold is ended, its shards are garbage again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_on_one_gateway_keeps_the_shards_of_a_write_in_flight_on_another() {
+    use bytes::Bytes;
+    use std::time::Duration;
+    let Some(url) = tokio::task::spawn_blocking(super::test_postgres::database)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = Plan {
+        name: "standard".into(),
+        scheme: Scheme::Erasure { data: 2, parity: 1 },
+        encrypt: true,
+        segment_size: 64 << 10,
+        write_quorum: 3,
+        inline_up_to: 0,
+    };
+    let cluster = dev::start_cluster_with(tmp.path(), 3, vec![plan.clone()], HashMap::new())
+        .await
+        .unwrap();
+    let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
+    let gateway = |store: PostgresStore| {
+        let master =
+            crate::datapath::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+        Arc::new(
+            Node::new(
+                Arc::new(store) as Arc<dyn MetadataStore>,
+                Arc::new(master),
+                vec![plan.clone()],
+                ids.iter()
+                    .map(|id| cluster.gateway.backend(id).unwrap())
+                    .collect(),
+            )
+            .unwrap()
+            .with_placement(
+                crate::datapath::placement::Topology::flat(ids.iter().map(String::as_str)),
+                Arc::clone(cluster.gateway.health()),
+            )
+            .unwrap(),
+        )
+    };
+    let (a, b) = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            (
+                PostgresStore::open(&url).unwrap(),
+                PostgresStore::open(&url).unwrap(),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let (a, b) = (gateway(a), gateway(b));
+    let ours = |g: Arc<Node>| async move {
+        let prefix = format!("{}_", g.installation());
+        let mut out = Vec::new();
+        for site in &g.topology().sites {
+            let backend = g.backend(&site.node_id).unwrap();
+            for (id, _) in backend.list().await.unwrap().unwrap_or_default() {
+                if id.starts_with(&prefix) {
+                    out.push((site.node_id.clone(), id));
+                }
+            }
+        }
+        out
+    };
+
+    // Gateway a takes a PUT from a slow client.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let body = s3s::dto::StreamingBlob::wrap(tokio_stream_from(rx));
+    let writer = {
+        let (a, plan) = (Arc::clone(&a), plan.clone());
+        tokio::spawn(async move { a.store_striped(&plan, "slow", Some(body)).await })
+    };
+    for _ in 0..3 {
+        tx.send(Ok(Bytes::from(vec![7u8; 64 << 10]))).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ours(Arc::clone(&a)).await.len() < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write stored nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Older than any age the admin may ask for (stored_at counts in seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let in_flight = ours(Arc::clone(&a)).await;
+    assert_eq!(b.writes().count(), 0, "b writes nothing itself");
+    let gc = crate::upkeep::audit::collect_garbage(&b, None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(gc.deleted, 0, "{gc:?}");
+    for (node, id) in &in_flight {
+        assert!(
+            b.backend(node).unwrap().get(id).await.is_ok(),
+            "{id} of a's write in flight was taken by b's garbage collection"
+        );
+    }
+    // A hold not renewed runs out (a gateway that died lets its writes go).
+    let later = crate::clock::now_ms() + crate::node::WRITE_HOLD_MS + 1_000;
+    let held = {
+        let meta = Arc::clone(b.metadata());
+        tokio::task::spawn_blocking(move || meta.held_writes(later))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(held.is_empty(), "{held:?}");
+
+    // The write ends without committing; a's next renewal ends its hold.
+    tx.send(Ok(Bytes::from_static(b"tail"))).await.unwrap();
+    drop(tx);
+    let written = writer.await.unwrap().unwrap();
+    let shards = written.layout.shards().count() as u64;
+    drop(written);
+    crate::upkeep::audit::renew_write_holds(&a).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let gc = crate::upkeep::audit::collect_garbage(&b, None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(gc.deleted, shards, "{gc:?}");
+    assert!(ours(Arc::clone(&a)).await.is_empty());
+}

@@ -162,10 +162,29 @@ mod tests {
 /// names yet (a PUT still streaming, a part or copy not yet recorded, a transition or
 /// re-encode not yet switched in, a repair's rebuilt shards before the swap). Garbage
 /// collection keeps every shard of them whatever its age: a write may take longer than any
-/// fixed delay.
-#[derive(Clone, Default)]
+/// fixed delay. Gateways sharing a metadata store also hold them there (`Node::start_write`,
+/// `upkeep::audit::hold_writes_in_flight`), so each one's garbage collection keeps the
+/// others' too.
+#[derive(Clone)]
 pub struct Writes {
     ids: Arc<Mutex<HashMap<String, usize>>>,
+    /// This registry's name on the writes it holds in a shared store.
+    holder: Arc<str>,
+}
+
+impl Default for Writes {
+    fn default() -> Self {
+        use rand::Rng;
+        Writes {
+            ids: Arc::default(),
+            holder: format!(
+                "{}-{:016x}",
+                std::process::id(),
+                rand::rng().random::<u64>()
+            )
+            .into(),
+        }
+    }
 }
 
 /// Held for as long as a write's shards may be unreferenced; dropping it ends the write.
@@ -201,7 +220,32 @@ impl Writes {
     pub fn frozen(&self) -> Writes {
         Writes {
             ids: Arc::new(Mutex::new(self.lock().clone())),
+            holder: Arc::clone(&self.holder),
         }
+    }
+
+    /// A frozen copy that also holds the writes `others` (those other gateways hold in a
+    /// shared store).
+    pub fn frozen_with(&self, others: impl IntoIterator<Item = String>) -> Writes {
+        let frozen = self.frozen();
+        {
+            let mut ids = frozen.lock();
+            for id in others {
+                *ids.entry(id).or_default() += 1;
+            }
+        }
+        frozen
+    }
+
+    /// The write ids in flight now.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// This registry's name on the writes it holds in a shared store (unique per process and
+    /// node).
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     /// Writes in flight now.
@@ -257,5 +301,19 @@ mod write_tests {
         assert!(!writes.holds("0123456789ab_u1.0.0"));
         assert!(!writes.holds("0123456789ab_u0.2.1-rq7"));
         assert_eq!(writes.count(), 0);
+    }
+
+    #[test]
+    fn another_gateways_writes_are_held_alongside_ours() {
+        let writes = Writes::default();
+        let _put = writes.start("0123456789ab_u1");
+        let with = writes.frozen_with(["0123456789ab_u9".to_owned(), "-rq3".to_owned()]);
+        assert!(with.holds("0123456789ab_u1.0.0"));
+        assert!(with.holds("0123456789ab_u9.1.2"));
+        assert!(with.holds("0123456789ab_u0.0.0-rq3"));
+        assert!(!writes.holds("0123456789ab_u9.1.2"), "ours are ours only");
+        assert_eq!(writes.ids(), vec!["0123456789ab_u1".to_owned()]);
+        assert_ne!(writes.holder(), Writes::default().holder());
+        assert_eq!(with.holder(), writes.holder());
     }
 }

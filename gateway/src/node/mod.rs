@@ -83,6 +83,13 @@ impl PolicySet {
     }
 }
 
+/// How long a write in flight stays held in a shared store without being renewed; renewed
+/// every [`WRITE_HOLD_RENEW`], so a gateway that dies lets its writes' shards become
+/// garbage (subject to the minimum age) this long after its last renewal.
+pub const WRITE_HOLD_MS: i64 = 5 * 60 * 1000;
+/// How often a gateway on a shared store renews the holds of its writes in flight.
+pub const WRITE_HOLD_RENEW: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The gateway node: the state one gateway process shares between its S3 front end, its
 /// admin API and its background jobs.
 pub struct Node {
@@ -366,6 +373,22 @@ impl Node {
     /// Writes in flight in this process (see [`inflight::Writes`]).
     pub fn writes(&self) -> &inflight::Writes {
         &self.writes
+    }
+
+    /// Starts a write in flight (see [`inflight::Writes`]). On a store other gateways share,
+    /// it is held there too before this returns, so before any of its shards is stored:
+    /// their garbage collection keeps its shards however long it takes, while
+    /// `upkeep::audit::hold_writes_in_flight` renews the hold. A write that cannot be held
+    /// does not start.
+    pub async fn start_write(&self, write_id: &str) -> Result<inflight::WriteGuard> {
+        let guard = self.writes.start(write_id);
+        if self.meta.shared() {
+            let (holder, ids) = (self.writes.holder().to_owned(), vec![write_id.to_owned()]);
+            let until = crate::clock::now_ms().saturating_add(WRITE_HOLD_MS);
+            self.meta(move |m| m.hold_writes(&holder, &ids, until))
+                .await?;
+        }
+        Ok(guard)
     }
 
     /// This installation's tag, the start of its shard ids (see [`MasterKey::installation`]).

@@ -289,8 +289,9 @@ impl Node {
         // Shard ids name the installation first, so background garbage collection on a
         // provider shared with another installation only ever considers this one's shards.
         let uid = format!("{}_{}", self.master.installation(), random_uid());
-        // Registered before the first shard is stored, released by the caller's `Written`.
-        let in_flight = self.writes.start(&uid);
+        // Registered (and held in a shared store) before the first shard is stored,
+        // released by the caller's `Written`.
+        let in_flight = self.start_write(&uid).await?;
         let placement = self.place(plan, key, &uid)?;
         let writer = ObjectWriter::new(
             &self.master,

@@ -100,6 +100,11 @@ pub async fn build(config: &Config, overrides: &Overrides) -> anyhow::Result<Bui
             .into_iter()
             .map(|b| crate::runtime::market::MeteredBackend::wrap(b, &usage))
             .collect();
+        // Shards a rented provider is caught lying about show on the demander's receipts.
+        let meter = Arc::clone(&usage);
+        let _ = health.on_bad_shard(crate::datapath::placement::BadShardSink(Box::new(
+            move |node| meter.bad_shard(node, sublet_market_api::unix_now()),
+        )));
         Some(usage)
     };
     let clouds = connect_clouds(config)?;

@@ -205,7 +205,17 @@ pub async fn collect_garbage(
         report.listed += stored.len() as u64;
         // Listed first, writes in flight second, referenced third: a write that ends in
         // between is held in the frozen set or committed (and referenced) by the read.
-        let writes = gateway.writes().frozen();
+        // Other gateways sharing the store hold theirs there before storing a shard, so
+        // whatever of theirs was listed is held by now.
+        let writes = if meta.shared() {
+            let held = {
+                let meta = Arc::clone(&meta);
+                tokio::task::spawn_blocking(move || meta.held_writes(now_ms())).await??
+            };
+            gateway.writes().frozen_with(held)
+        } else {
+            gateway.writes().frozen()
+        };
         let referenced = {
             let (meta, node) = (Arc::clone(&meta), node.clone());
             tokio::task::spawn_blocking(move || meta.referenced_shards(&node)).await??
@@ -237,6 +247,44 @@ pub async fn collect_garbage(
         }
     }
     Ok(report)
+}
+
+/// Renews, every [`crate::node::WRITE_HOLD_RENEW`], the holds of this gateway's writes in
+/// flight in a metadata store other gateways share, and ends those of writes that ended, until
+/// `stop` changes. Nothing to do on a store of one gateway.
+pub fn hold_writes_in_flight(
+    gateway: Arc<Node>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !gateway.metadata().shared() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(crate::node::WRITE_HOLD_RENEW) => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = renew_write_holds(&gateway).await {
+                tracing::warn!(error = %format!("{e:#}"), "renewing the holds of writes in flight failed; retrying");
+            }
+        }
+    })
+}
+
+/// One renewal of [`hold_writes_in_flight`].
+pub async fn renew_write_holds(gateway: &Node) -> anyhow::Result<()> {
+    let writes = gateway.writes();
+    let (holder, ids) = (writes.holder().to_owned(), writes.ids());
+    let now = now_ms();
+    let until = now.saturating_add(crate::node::WRITE_HOLD_MS);
+    let meta = Arc::clone(gateway.metadata());
+    tokio::task::spawn_blocking(move || {
+        meta.hold_writes(&holder, &ids, until)?;
+        meta.end_writes(&holder, &ids, now)
+    })
+    .await??;
+    Ok(())
 }
 
 /// Collects this installation's garbage every `interval` (the first one `interval` after

@@ -585,7 +585,12 @@ impl Repairer {
                 })
                 .map_err(|e| anyhow::anyhow!("object {object}: segment {g}: {e}"))?;
                 let suffix = random_suffix();
-                in_flight.push(self.gateway.writes().start(&format!("-r{suffix}")));
+                in_flight.push(
+                    self.gateway
+                        .start_write(&format!("-r{suffix}"))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("object {object}: {e}"))?,
+                );
                 // The stripe's rebuilt shards are written in parallel (each is an fsync on
                 // its provider); every one that landed is recorded before any error
                 // returns, so a failed repair removes what it wrote.

@@ -185,7 +185,7 @@ pub async fn scrub_pass(
                             }
                             Some(false) => {
                                 report.bad += 1;
-                                gateway.health().record_audit(&shard.provider, false);
+                                gateway.health().record_bad_shard(&shard.provider);
                                 tracing::warn!(provider = %shard.provider, bucket = version.bucket, key = version.key, shard_id = shard.shard_id, "scrub found a corrupt or missing shard; queued for repair");
                                 bad.push(((p, g, i), shard.shard_id.clone()));
                                 "bad"

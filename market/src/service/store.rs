@@ -117,5 +117,6 @@ pub(super) fn init_schema(db: &dyn Db) -> Result<()> {
         db.schema(schema)?;
     }
     offers::migrate(db)?;
+    receipts::migrate(db)?;
     contracts::migrate(db)
 }

@@ -538,6 +538,15 @@ impl MetadataStore for JournaledStore {
     fn claim_repair(&self, seq: i64, holder: &str, now: i64, lease_ms: i64) -> Result<bool> {
         self.inner.claim_repair(seq, holder, now, lease_ms)
     }
+    fn hold_writes(&self, holder: &str, write_ids: &[String], until_ms: i64) -> Result<()> {
+        self.inner.hold_writes(holder, write_ids, until_ms)
+    }
+    fn end_writes(&self, holder: &str, keep: &[String], now_ms: i64) -> Result<()> {
+        self.inner.end_writes(holder, keep, now_ms)
+    }
+    fn held_writes(&self, now_ms: i64) -> Result<Vec<String>> {
+        self.inner.held_writes(now_ms)
+    }
     fn release_repair(&self, seq: i64, holder: &str) -> Result<()> {
         self.inner.release_repair(seq, holder)
     }

@@ -655,6 +655,18 @@ impl MetadataStore for PostgresStore {
     fn release_repair(&self, seq: i64, holder: &str) -> Result<()> {
         shards::release_repair(self, seq, holder)
     }
+
+    fn hold_writes(&self, holder: &str, write_ids: &[String], until_ms: i64) -> Result<()> {
+        shards::hold_writes(self, holder, write_ids, until_ms)
+    }
+
+    fn end_writes(&self, holder: &str, keep: &[String], now_ms: i64) -> Result<()> {
+        shards::end_writes(self, holder, keep, now_ms)
+    }
+
+    fn held_writes(&self, now_ms: i64) -> Result<Vec<String>> {
+        shards::held_writes(self, now_ms)
+    }
 }
 
 impl PostgresStore {

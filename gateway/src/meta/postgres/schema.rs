@@ -102,6 +102,13 @@ CREATE TABLE IF NOT EXISTS repair_claims (
     holder TEXT NOT NULL,
     until BIGINT NOT NULL
 );
+-- Writes in flight of the gateways sharing the database (their shards are no garbage).
+CREATE TABLE IF NOT EXISTS writes_in_flight (
+    holder TEXT NOT NULL,
+    write_id TEXT NOT NULL,
+    until BIGINT NOT NULL,
+    PRIMARY KEY (holder, write_id)
+);
 CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision BIGINT NOT NULL,

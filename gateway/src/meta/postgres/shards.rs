@@ -480,3 +480,57 @@ pub(super) fn release_repair(s: &PostgresStore, seq: i64, holder: &str) -> Resul
         Ok(())
     })
 }
+
+/// Holds `write_ids` of `holder` until `until_ms` (rows of `writes_in_flight`).
+pub(super) fn hold_writes(
+    s: &PostgresStore,
+    holder: &str,
+    write_ids: &[String],
+    until_ms: i64,
+) -> Result<()> {
+    if write_ids.is_empty() {
+        return Ok(());
+    }
+    s.run(|c| {
+        c.execute(
+            "INSERT INTO writes_in_flight (holder, write_id, until)
+             SELECT $1, id, $3 FROM UNNEST($2::text[]) AS id
+             ON CONFLICT (holder, write_id) DO UPDATE SET until = excluded.until",
+            &[&holder, &write_ids, &until_ms],
+        )
+        .map_err(pg_err)?;
+        Ok(())
+    })
+}
+
+/// Ends `holder`'s writes but `keep`, and forgets every hold expired before `now_ms`.
+pub(super) fn end_writes(
+    s: &PostgresStore,
+    holder: &str,
+    keep: &[String],
+    now_ms: i64,
+) -> Result<()> {
+    s.run(|c| {
+        c.execute(
+            "DELETE FROM writes_in_flight
+             WHERE (holder = $1 AND NOT (write_id = ANY($2::text[]))) OR until < $3",
+            &[&holder, &keep, &now_ms],
+        )
+        .map_err(pg_err)?;
+        Ok(())
+    })
+}
+
+/// The write ids held and not expired at `now_ms`.
+pub(super) fn held_writes(s: &PostgresStore, now_ms: i64) -> Result<Vec<String>> {
+    s.run(|c| {
+        c.query(
+            "SELECT DISTINCT write_id FROM writes_in_flight WHERE until >= $1",
+            &[&now_ms],
+        )
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.try_get(0).map_err(pg_err))
+        .collect()
+    })
+}

@@ -65,6 +65,14 @@ impl MarketUsage {
         }
     }
 
+    /// Counts a shard of `node` found bad outside an audit (a read, a write's
+    /// acknowledgement, a scrub) under `at`: the demander's receipt shows it.
+    pub fn bad_shard(&self, node: &str, at: i64) {
+        if let Some(c) = self.contract_of(node) {
+            self.meter().add_failed_shard(&c, at);
+        }
+    }
+
     /// Counts an audit of `node` under `at`.
     pub fn audit(&self, node: &str, at: i64, passed: bool) {
         if let Some(c) = self.contract_of(node) {
@@ -156,4 +164,51 @@ pub fn period_prepayment(c: &Contract) -> i64 {
     let storage = u128::from(gib) * u128::from(hours) * c.price_per_gib_month.max(0) as u128
         / u128::from(HOURS_PER_MONTH);
     i64::try_from(storage).unwrap_or(i64::MAX).max(1)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::datapath::placement::{BadShardSink, HealthBoard};
+
+    /// Issue 27: a rented provider's shards found bad by reads, scrubs or write
+    /// acknowledgements reach the receipt the gateway signs for its contract.
+    #[test]
+    fn shards_found_bad_reach_the_receipt_of_the_providers_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(MarketUsage {
+            meter: Mutex::new(Meter::default()),
+            latest_charge: Mutex::new(HashMap::new()),
+            contracts: RwLock::new(HashMap::from([("liar".to_owned(), "ct_1".to_owned())])),
+            path: dir.path().join(METER_FILE),
+        });
+        let now = sublet_market_api::unix_now();
+        usage.meter().track("ct_1", now - 100, 10, 1);
+        let health = HealthBoard::default();
+        let meter = Arc::clone(&usage);
+        health
+            .on_bad_shard(BadShardSink(Box::new(move |node| {
+                meter.bad_shard(node, now - 95)
+            })))
+            .unwrap();
+        health.record_bad_shard("liar");
+        health.record_bad_shard("liar");
+        // An honest provider outside the market, and a failed audit (metered as an audit
+        // by the backend, not here), add nothing.
+        health.record_bad_shard("own-disk");
+        health.record_audit("liar", false);
+        usage.meter().sample("ct_1", now, 0);
+        let due = usage.meter().due(0);
+        assert_eq!(
+            due.iter()
+                .map(|(c, r)| (c.as_str(), r.period_start, r.shards_failed, r.audits_failed))
+                .collect::<Vec<_>>(),
+            vec![("ct_1", now - 100, 2, 0)]
+        );
+        assert!(
+            health.score("liar").unwrap() < 50,
+            "its health counts them too"
+        );
+    }
 }
