@@ -169,7 +169,9 @@ pub fn is_cidr(text: &str) -> bool {
     };
     let max = if addr.is_ipv4() { 32 } else { 128 };
     prefix.is_none_or(|p| {
-        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|p| p <= max)
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u8>().is_ok_and(|p| p <= max)
     })
 }
 

@@ -421,7 +421,11 @@ fn boto3_error_answers_are_the_ones_s3_gives() {
 /// connection: botocore would take the refusal for the answer to its next PUT on it.
 #[test]
 fn boto3_puts_after_refused_ones_on_one_connection_succeed() {
-    boto3_script_passes("boto3_keepalive.py", "keepalive", "keep-alive checks passed");
+    boto3_script_passes(
+        "boto3_keepalive.py",
+        "keepalive",
+        "keep-alive checks passed",
+    );
 }
 
 #[test]

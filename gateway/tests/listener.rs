@@ -418,9 +418,15 @@ async fn customer_keys_pass_only_from_trusted_proxies_that_terminated_tls() {
     let key_md5 = STANDARD.encode(md5::Md5::digest(raw));
     let sse_c = |forwarded: Option<&'static str>| {
         let mut headers = vec![
-            ("x-amz-server-side-encryption-customer-algorithm", "AES256".to_owned()),
+            (
+                "x-amz-server-side-encryption-customer-algorithm",
+                "AES256".to_owned(),
+            ),
             ("x-amz-server-side-encryption-customer-key", key.clone()),
-            ("x-amz-server-side-encryption-customer-key-md5", key_md5.clone()),
+            (
+                "x-amz-server-side-encryption-customer-key-md5",
+                key_md5.clone(),
+            ),
         ];
         if let Some(proto) = forwarded {
             headers.push(("x-forwarded-proto", proto.to_owned()));
@@ -428,7 +434,10 @@ async fn customer_keys_pass_only_from_trusted_proxies_that_terminated_tls() {
         headers
     };
     let refused = |reply: &Reply| {
-        reply.status == 400 && reply.text().contains("must be made over a secure connection")
+        reply.status == 400
+            && reply
+                .text()
+                .contains("must be made over a secure connection")
     };
     for (trusted, peer_trusted) in [("127.0.0.1", true), ("10.0.0.0/8", false)] {
         let tmp = tempfile::tempdir().unwrap();
@@ -443,7 +452,9 @@ async fn customer_keys_pass_only_from_trusted_proxies_that_terminated_tls() {
             let headers = sse_c(forwarded);
             let headers: Vec<(&str, &str)> =
                 headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let reply = client.send("PUT", "/vault/secret.txt", &headers, b"data").await;
+            let reply = client
+                .send("PUT", "/vault/secret.txt", &headers, b"data")
+                .await;
             let passes = peer_trusted && forwarded == Some("https");
             assert_eq!(
                 refused(&reply),

@@ -307,7 +307,6 @@ impl KeyRing {
                 .collect(),
         ))
     }
-
 }
 
 #[async_trait::async_trait]
@@ -667,8 +666,7 @@ mod tests {
     /// access check asks them.
     fn may_read_source(r: &KeyRing, key: &str, header: &str) -> bool {
         let (bucket, _, _) = copy_source(header).unwrap();
-        r.grants(key)
-            .is_some_and(|g| g.allows(&bucket, Need::Read))
+        r.grants(key).is_some_and(|g| g.allows(&bucket, Need::Read))
     }
 
     #[test]

@@ -475,7 +475,13 @@ mod tests {
         for ok in [None, Some("null"), Some("0123456789abcdef0123456789abcdef")] {
             assert!(check_version_id(ok).is_ok(), "{ok:?}");
         }
-        for bad in ["nonsense", "", "NULL ", "0123456789abcdef0123456789abcdeg", "0123"] {
+        for bad in [
+            "nonsense",
+            "",
+            "NULL ",
+            "0123456789abcdef0123456789abcdeg",
+            "0123",
+        ] {
             let e = check_version_id(Some(bad)).unwrap_err();
             assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidArgument, "{bad:?}");
         }

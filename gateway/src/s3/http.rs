@@ -221,11 +221,7 @@ impl MeteredService {
             .and_then(|q| super::presigned::refusal(q, chrono::Utc::now()));
         if let Some(refusal) = presigned {
             tracing::info!(method = %req.method(), reason = ?refusal.error.message(), %request_id, "presigned url refused");
-            return Some(error_document(
-                &refusal.error,
-                &refusal.details,
-                request_id,
-            ));
+            return Some(error_document(&refusal.error, &refusal.details, request_id));
         }
         None
     }
@@ -234,7 +230,11 @@ impl MeteredService {
 /// `connection` as a request on it counts: made over TLS also when it comes from one of
 /// `proxies` whose last `X-Forwarded-Proto` (the nearest proxy's word) is `https`. The
 /// header of any other peer is ignored: a client could write it itself.
-fn forwarded(mut connection: Connection, headers: &http::HeaderMap, proxies: &[Cidr]) -> Connection {
+fn forwarded(
+    mut connection: Connection,
+    headers: &http::HeaderMap,
+    proxies: &[Cidr],
+) -> Connection {
     if connection.tls || !proxies.iter().any(|p| p.contains(connection.peer.ip())) {
         return connection;
     }
@@ -887,7 +887,10 @@ mod tests {
         let (text, closed) = answer_and_close(&mut stream).await;
         assert!(text.starts_with("HTTP/1.1 501"), "{text}");
         assert!(!text.contains("100 Continue"), "{text}");
-        assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
         assert!(closed, "the connection stayed open: {text}");
 
         // The same PUT sending its body at once: the body is left unread, so the
@@ -909,8 +912,14 @@ mod tests {
         stream.write_all(get.repeat(2).as_bytes()).await.unwrap();
         let (text, closed) = answer_and_close(&mut stream).await;
         assert_eq!(text.matches("HTTP/1.1 501").count(), 2, "{text}");
-        assert!(!text.to_ascii_lowercase().contains("connection: close"), "{text}");
-        assert!(!closed, "a connection without unread bodies was closed: {text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+        assert!(
+            !closed,
+            "a connection without unread bodies was closed: {text}"
+        );
     }
 
     #[test]
@@ -931,15 +940,43 @@ mod tests {
         // From the proxy: its word counts, in any case; the nearest proxy's (last) value.
         assert!(forwarded(conn("10.1.2.3:4000", false), &https, &proxies).tls);
         assert!(forwarded(conn("10.1.2.3:4000", false), &headers(&["HTTPS"]), &proxies).tls);
-        assert!(forwarded(conn("10.1.2.3:4000", false), &headers(&["http, https"]), &proxies).tls);
-        assert!(!forwarded(conn("10.1.2.3:4000", false), &headers(&["https, http"]), &proxies).tls);
-        assert!(!forwarded(conn("10.1.2.3:4000", false), &headers(&["https", "http"]), &proxies).tls);
+        assert!(
+            forwarded(
+                conn("10.1.2.3:4000", false),
+                &headers(&["http, https"]),
+                &proxies
+            )
+            .tls
+        );
+        assert!(
+            !forwarded(
+                conn("10.1.2.3:4000", false),
+                &headers(&["https, http"]),
+                &proxies
+            )
+            .tls
+        );
+        assert!(
+            !forwarded(
+                conn("10.1.2.3:4000", false),
+                &headers(&["https", "http"]),
+                &proxies
+            )
+            .tls
+        );
         assert!(!forwarded(conn("10.1.2.3:4000", false), &headers(&[]), &proxies).tls);
         // From anyone else, or with no proxy trusted: ignored.
         assert!(!forwarded(conn("192.168.1.9:4000", false), &https, &proxies).tls);
         assert!(!forwarded(conn("10.1.2.3:4000", false), &https, &[]).tls);
         // A TLS connection stays TLS whatever the header says.
-        assert!(forwarded(conn("192.168.1.9:4000", true), &headers(&["http"]), &proxies).tls);
+        assert!(
+            forwarded(
+                conn("192.168.1.9:4000", true),
+                &headers(&["http"]),
+                &proxies
+            )
+            .tls
+        );
     }
 
     #[test]

@@ -887,7 +887,11 @@ mod tests {
         for n in [0, -1, 10_001, i32::MAX] {
             let e = check_part_number(n).unwrap_err();
             assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidArgument, "{n}");
-            assert!(e.message().unwrap_or_default().contains("between 1 and 10000"));
+            assert!(
+                e.message()
+                    .unwrap_or_default()
+                    .contains("between 1 and 10000")
+            );
         }
     }
 

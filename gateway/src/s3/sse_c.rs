@@ -277,7 +277,11 @@ mod tests {
             parse_headers(true, None, a, k, m, what)
         };
         assert!(parse(None, None, None).unwrap().is_none());
-        assert!(parse(Some("AES256"), Some(&b64), Some(&md5)).unwrap().is_some());
+        assert!(
+            parse(Some("AES256"), Some(&b64), Some(&md5))
+                .unwrap()
+                .is_some()
+        );
         let no_md5 = parse(Some("AES256"), Some(&b64), None).unwrap_err();
         assert_eq!(no_md5.code(), &S3ErrorCode::InvalidArgument);
         assert!(
@@ -291,7 +295,11 @@ mod tests {
             (None, Some(b64.as_str()), Some(md5.as_str())),
             (Some("AES256"), None, Some(md5.as_str())),
             (None, None, Some(md5.as_str())),
-            (Some("AES256"), Some(b64.as_str()), Some("AAAAAAAAAAAAAAAAAAAAAA==")),
+            (
+                Some("AES256"),
+                Some(b64.as_str()),
+                Some("AAAAAAAAAAAAAAAAAAAAAA=="),
+            ),
         ] {
             let e = parse(a, k, m).unwrap_err();
             assert_eq!(e.code(), &S3ErrorCode::InvalidArgument, "{a:?} {k:?} {m:?}");
