@@ -712,6 +712,7 @@ mod tests {
         );
     }
 
+    #[test]
     fn master_key_file_is_created_private_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/master.key");
