@@ -111,10 +111,27 @@ pub struct S3Addressing {
     /// style only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<String>,
+    /// Proxies that terminate TLS in front of the gateway (an ingress controller, a load
+    /// balancer), as addresses or CIDRs, e.g. `10.0.0.0/8`: a request from one of them
+    /// carrying `X-Forwarded-Proto: https` counts as made over TLS, so it may carry a
+    /// customer's encryption key (SSE-C) and satisfies `aws:SecureTransport`. The header is
+    /// never believed from any other peer. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl S3Addressing {
     fn validate(&self, p: &mut Problems) {
+        for (i, proxy) in self.trusted_proxies.iter().enumerate() {
+            if !is_cidr(proxy) {
+                p.add(
+                    format!("spec.s3.trustedProxies[{i}]"),
+                    format!(
+                        "{proxy:?} is not an IP address or CIDR; write e.g. 10.0.0.0/8, 192.168.1.7 or fd00::/8"
+                    ),
+                );
+            }
+        }
         for (i, domain) in self.domains.iter().enumerate() {
             let field = format!("spec.s3.domains[{i}]");
             if !is_dns_subdomain(domain) {
@@ -138,6 +155,24 @@ impl S3Addressing {
             }
         }
     }
+}
+
+/// Whether `text` is an IP address, or one with a prefix length within its family's bits
+/// (`10.0.0.0/8`, `fd00::/8`).
+pub fn is_cidr(text: &str) -> bool {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let Ok(addr) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u8>().is_ok_and(|p| p <= max)
+    })
 }
 
 /// How long the S3 listener waits on a client, and how many connections it serves at once.
@@ -779,6 +814,27 @@ mod tests {
             [
                 "spec.s3.domains[1]: \"s3.example.org\" overlaps \"example.org\": a host under both could name two buckets; keep one of them",
                 "spec.s3.domains[2]: \"example.org\" overlaps \"example.org\": a host under both could name two buckets; keep one of them",
+            ]
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidrs() {
+        let set = spec(
+            "defaultPlan: photos\ns3: {trustedProxies: [10.0.0.0/8, 192.168.1.7, 'fd00::/8']}",
+        );
+        assert!(set.validate().is_empty());
+        assert_eq!(
+            set.s3.unwrap().trusted_proxies,
+            ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]
+        );
+        assert_eq!(
+            problems("s3: {trustedProxies: [10.0.0.0/33, ingress.local, '10.0.0.0/', '::/129']}"),
+            [
+                "spec.s3.trustedProxies[0]: \"10.0.0.0/33\" is not an IP address or CIDR; write e.g. 10.0.0.0/8, 192.168.1.7 or fd00::/8",
+                "spec.s3.trustedProxies[1]: \"ingress.local\" is not an IP address or CIDR; write e.g. 10.0.0.0/8, 192.168.1.7 or fd00::/8",
+                "spec.s3.trustedProxies[2]: \"10.0.0.0/\" is not an IP address or CIDR; write e.g. 10.0.0.0/8, 192.168.1.7 or fd00::/8",
+                "spec.s3.trustedProxies[3]: \"::/129\" is not an IP address or CIDR; write e.g. 10.0.0.0/8, 192.168.1.7 or fd00::/8",
             ]
         );
     }

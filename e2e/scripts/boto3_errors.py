@@ -5,7 +5,10 @@
 - an empty Delimiter is not echoed in listings;
 - a DeleteObjects of more than 1000 keys answers 400 MalformedXML;
 - a Content-MD5 that is not base64 of 16 bytes answers 400 InvalidDigest;
-- a negative MaxKeys answers 400 InvalidArgument.
+- a negative MaxKeys answers 400 InvalidArgument;
+- partNumber outside 1..10000 answers 400 InvalidArgument, one the object lacks 416;
+- a versionId no version could have answers 400 InvalidArgument (GET and DELETE);
+- user metadata over 2 KB answers 400 MetadataTooLarge.
 
 Reads SUBLET_ENDPOINT, BUCKET, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
 exits non-zero with the failed checks on stderr.
@@ -129,6 +132,43 @@ expect_error(
     lambda: s3.list_objects_v2(Bucket=bucket, MaxKeys=-1),
     400,
     "InvalidArgument",
+)
+for n in [0, 10001]:
+    expect_error(
+        f"partNumber {n} on a GET",
+        lambda: s3.get_object(Bucket=bucket, Key="a/1", PartNumber=n),
+        400,
+        "InvalidArgument",
+    )
+expect_error(
+    "a part number the object does not have",
+    lambda: s3.get_object(Bucket=bucket, Key="a/1", PartNumber=2),
+    416,
+    "InvalidPartNumber",
+)
+expect_error(
+    "a versionId no version could have",
+    lambda: s3.get_object(Bucket=bucket, Key="a/1", VersionId="nonsense"),
+    400,
+    "InvalidArgument",
+)
+expect_error(
+    "a DELETE of a versionId no version could have",
+    lambda: s3.delete_object(Bucket=bucket, Key="a/1", VersionId="nonsense"),
+    400,
+    "InvalidArgument",
+)
+expect_error(
+    "user metadata over 2 KB",
+    lambda: s3.put_object(Bucket=bucket, Key="meta", Body=b"x", Metadata={"pad": "p" * 2100}),
+    400,
+    "MetadataTooLarge",
+)
+expect_error(
+    "a multipart upload with user metadata over 2 KB",
+    lambda: s3.create_multipart_upload(Bucket=bucket, Key="meta", Metadata={"pad": "p" * 2100}),
+    400,
+    "MetadataTooLarge",
 )
 done = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "b"}]})
 check("DeleteObjects of one key works", [d["Key"] for d in done.get("Deleted", [])] == ["b"], str(done))

@@ -4,11 +4,12 @@
 //! throwaway PostgreSQL for several of them ([`postgres`]), the real S3 clients
 //! ([`clients`]) and make test data ([`data`]); a real Kubernetes API server
 //! ([`apiserver`]) and a real single-node Kubernetes ([`kube_cluster`]); [`bench`] is the `sublet-bench`
-//! load generator; [`skip`] lets a test without its outside program skip with one line
+//! load generator; [`browser`] finds headless Chromium; [`skip`] lets a test without its outside program skip with one line
 //! (or fail, under `SUBLET_REQUIRE_...=1`).
 
 pub mod apiserver;
 pub mod bench;
+pub mod browser;
 pub mod clients;
 pub mod cluster;
 pub mod data;

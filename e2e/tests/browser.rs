@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use sublet_e2e::browser::{self, chromium};
 use sublet_e2e::clients::run_ok;
 use sublet_e2e::dev::SubletDev;
 use sublet_e2e::skip;
@@ -52,37 +53,9 @@ fn console_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("console")
 }
 
-fn chromium() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("SUBLET_CHROMIUM") {
-        return Some(PathBuf::from(path)).filter(|p| p.is_file());
-    }
-    [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-}
-
 /// Why the browser cannot run here, if it cannot.
 fn browser_missing() -> Option<String> {
-    let node = Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        return Some("node is not installed".into());
-    }
-    if chromium().is_none() {
-        return Some("Chromium is not installed".into());
-    }
-    let playwright = console_dir().join("node_modules/playwright-core/package.json");
-    if !playwright.is_file() {
-        return Some(format!(
-            "playwright-core is not installed in {} (npm ci there)",
-            console_dir().display()
-        ));
-    }
-    None
+    browser::missing(&console_dir())
 }
 
 /// What the app's backend hands its page: a presigned POST for `uploads/${filename}` and a

@@ -417,6 +417,17 @@ fn boto3_error_answers_are_the_ones_s3_gives() {
     );
 }
 
+/// A PUT refused before its body is read (botocore sent `Expect: 100-continue`) closes its
+/// connection: botocore would take the refusal for the answer to its next PUT on it.
+#[test]
+fn boto3_puts_after_refused_ones_on_one_connection_succeed() {
+    boto3_script_passes(
+        "boto3_keepalive.py",
+        "keepalive",
+        "keep-alive checks passed",
+    );
+}
+
 #[test]
 fn boto3_checksums_are_checked_stored_and_returned() {
     boto3_script_passes("boto3_checksums.py", "checksums", "checksum checks passed");

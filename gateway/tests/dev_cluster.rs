@@ -1051,9 +1051,18 @@ async fn versioning_keeps_versions_and_delete_markers() {
     .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(header(&h, "content-length"), "1000");
-    let (s, _, b) = call(&svc, Method::GET, "/vbkt/k?versionId=nope", &[], vec![]).await;
+    // A well-formed id of no version is NoSuchVersion; one no version could have is an
+    // invalid argument, as S3 answers.
+    let missing = format!("/vbkt/k?versionId={}", "0".repeat(32));
+    let (s, _, b) = call(&svc, Method::GET, &missing, &[], vec![]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(&b).contains("NoSuchVersion"));
+    let (s, _, b) = call(&svc, Method::GET, "/vbkt/k?versionId=nope", &[], vec![]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("Invalid version id specified"));
+    let (s, _, b) = call(&svc, Method::DELETE, "/vbkt/k?versionId=nope", &[], vec![]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("InvalidArgument"));
 
     // DELETE without a version id stacks a delete marker; nothing is lost.
     let (s, h, _) = call(&svc, Method::DELETE, "/vbkt/k", &[], vec![]).await;
@@ -2473,13 +2482,22 @@ async fn bucket_encryption_is_kept_answered_and_enforced() {
 
     // SSE-C under an unencrypted plan: refused, naming it.
     cluster.gateway.allow_customer_keys(true);
-    let key = {
+    let (key, key_md5) = {
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode([5u8; 32])
+        use md5::Digest;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        (
+            b64.encode([5u8; 32]),
+            b64.encode(md5::Md5::digest([5u8; 32])),
+        )
     };
     let sse_c = [
         ("x-amz-server-side-encryption-customer-algorithm", "AES256"),
         ("x-amz-server-side-encryption-customer-key", key.as_str()),
+        (
+            "x-amz-server-side-encryption-customer-key-md5",
+            key_md5.as_str(),
+        ),
     ];
     let (s, _, b) = call(&svc, Method::PUT, "/open/k", &sse_c, b"x".to_vec()).await;
     assert_eq!(

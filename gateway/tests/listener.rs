@@ -27,6 +27,13 @@ async fn gateway(dir: &Path, limits: &str, tls: bool) -> sublet_gateway::runtime
     } else {
         String::new()
     };
+    let spec = format!("  clientLimits: {limits}\n{tls_line}");
+    gateway_with(dir, "127.0.0.1:0", &spec).await
+}
+
+/// A gateway over one unreachable provider listening on `listen`, with `spec` (indented
+/// StorageGateway spec lines) added to its spec.
+async fn gateway_with(dir: &Path, listen: &str, spec: &str) -> sublet_gateway::runtime::Running {
     let yaml = format!(
         r#"apiVersion: sublet.dev/v1alpha1
 kind: ProviderPool
@@ -46,11 +53,10 @@ kind: StorageGateway
 metadata: {{name: s3}}
 spec:
   defaultPlan: one
-  listen: "127.0.0.1:0"
+  listen: "{listen}"
   dataDir: "{dir}"
   credentials: [{{accessKey: admin, secretKey: admin-secret-0123456789}}]
-  clientLimits: {limits}
-{tls_line}"#,
+{spec}"#,
         dir = dir.display()
     );
     let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
@@ -397,4 +403,67 @@ async fn big_bodies_of_strangers_are_refused_unread() {
         "the gateway took {taken} bytes of a forged PUT"
     );
     running.shutdown().await;
+}
+
+/// SSE-C behind a TLS-terminating proxy: on a listener that is neither TLS nor loopback-only,
+/// a request carrying a customer's key passes only from a peer in `spec.s3.trustedProxies`
+/// saying `X-Forwarded-Proto: https`; the same header from anyone else changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_keys_pass_only_from_trusted_proxies_that_terminated_tls() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use md5::Digest;
+    let raw = [9u8; 32];
+    let key = STANDARD.encode(raw);
+    let key_md5 = STANDARD.encode(md5::Md5::digest(raw));
+    let sse_c = |forwarded: Option<&'static str>| {
+        let mut headers = vec![
+            (
+                "x-amz-server-side-encryption-customer-algorithm",
+                "AES256".to_owned(),
+            ),
+            ("x-amz-server-side-encryption-customer-key", key.clone()),
+            (
+                "x-amz-server-side-encryption-customer-key-md5",
+                key_md5.clone(),
+            ),
+        ];
+        if let Some(proto) = forwarded {
+            headers.push(("x-forwarded-proto", proto.to_owned()));
+        }
+        headers
+    };
+    let refused = |reply: &Reply| {
+        reply.status == 400
+            && reply
+                .text()
+                .contains("must be made over a secure connection")
+    };
+    for (trusted, peer_trusted) in [("127.0.0.1", true), ("10.0.0.0/8", false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = format!("  s3: {{trustedProxies: [\"{trusted}\"]}}\n");
+        let running = gateway_with(tmp.path(), "0.0.0.0:0", &spec).await;
+        let addr = SocketAddr::from(([127, 0, 0, 1], running.s3_addr.port()));
+        let client = Client::admin(addr);
+        // The bucket is made (its journal entry waits for the unreachable provider: 503).
+        let made = client.send("PUT", "/vault", &[], b"").await;
+        assert!([200, 503].contains(&made.status), "{}", made.text());
+        for forwarded in [None, Some("http"), Some("https")] {
+            let headers = sse_c(forwarded);
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let reply = client
+                .send("PUT", "/vault/secret.txt", &headers, b"data")
+                .await;
+            let passes = peer_trusted && forwarded == Some("https");
+            assert_eq!(
+                refused(&reply),
+                !passes,
+                "trusted {trusted}, X-Forwarded-Proto {forwarded:?}: {} {}",
+                reply.status,
+                reply.text()
+            );
+        }
+        running.shutdown().await;
+    }
 }

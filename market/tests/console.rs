@@ -437,39 +437,15 @@ fn console_driver_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/console")
 }
 
-fn chromium() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("SUBLET_CHROMIUM") {
-        return Some(PathBuf::from(path)).filter(|p| p.is_file());
-    }
-    [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-}
+// The lookup the e2e browser tests use, shared as a file: this crate cannot depend on
+// sublet-e2e.
+#[path = "../../e2e/src/browser.rs"]
+mod browser;
+use browser::chromium;
 
 /// Why the browser test can't run here, if it can't.
 fn browser_missing() -> Option<String> {
-    let node = std::process::Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        return Some("node is not installed".into());
-    }
-    if chromium().is_none() {
-        return Some(
-            "Chromium is not installed (apt-get install chromium, or set SUBLET_CHROMIUM)".into(),
-        );
-    }
-    let playwright = console_driver_dir().join("node_modules/playwright-core/package.json");
-    if !playwright.is_file() {
-        return Some(format!(
-            "playwright-core is not installed in {} (npm ci there)",
-            console_driver_dir().display()
-        ));
-    }
-    None
+    browser::missing(&console_driver_dir())
 }
 
 #[tokio::test]

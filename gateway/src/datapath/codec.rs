@@ -258,11 +258,11 @@ impl fmt::Debug for CustomerKey {
 
 impl CustomerKey {
     /// The key of the three SSE-C headers: the algorithm (`AES256`), the key (base64 of 32
-    /// bytes) and its MD5 (base64; checked when given).
+    /// bytes) and its MD5 (base64, checked).
     pub fn parse(
         algorithm: &str,
         key_base64: &str,
-        key_md5_base64: Option<&str>,
+        key_md5_base64: &str,
     ) -> Result<Self, CustomerKeyError> {
         use base64::Engine;
         use base64::engine::general_purpose::STANDARD;
@@ -275,9 +275,7 @@ impl CustomerKey {
             .map_err(|_| CustomerKeyError::Key)?;
         let raw: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CustomerKeyError::Key)?;
         let md5 = STANDARD.encode(md5::Md5::digest(raw));
-        if let Some(given) = key_md5_base64
-            && given.trim() != md5
-        {
+        if key_md5_base64.trim() != md5 {
             return Err(CustomerKeyError::KeyMd5);
         }
         Ok(Self { raw, md5 })
@@ -299,6 +297,17 @@ impl CustomerKey {
     pub fn matches(&self, seal: &CustomerSeal) -> bool {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seal.salt);
         ring::hmac::verify(&key, &self.raw, &seal.key_hmac).is_ok()
+    }
+
+    /// An ETag for content of MD5 `md5_hex` written with this key: HMAC-SHA256 under the
+    /// key of a fixed label and the MD5, its first 16 bytes in hex. Without the key, it
+    /// tells nothing of the content.
+    pub fn keyed_etag(&self, md5_hex: &str) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.raw);
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(b"sublet sse-c etag\0");
+        ctx.update(md5_hex.as_bytes());
+        hex::encode(&ctx.sign().as_ref()[..16])
     }
 
     fn hmac(salt: &[u8], raw: &[u8]) -> Vec<u8> {
@@ -611,7 +620,7 @@ mod tests {
         use md5::Digest;
         let raw = [byte; 32];
         let md5 = STANDARD.encode(md5::Md5::digest(raw));
-        CustomerKey::parse("AES256", &STANDARD.encode(raw), Some(&md5)).unwrap()
+        CustomerKey::parse("AES256", &STANDARD.encode(raw), &md5).unwrap()
     }
 
     #[test]
@@ -663,27 +672,44 @@ mod tests {
     fn customer_key_headers_are_checked() {
         use base64::Engine;
         use base64::engine::general_purpose::STANDARD;
+        use md5::Digest;
         let key = STANDARD.encode([1u8; 32]);
+        let md5 = STANDARD.encode(md5::Md5::digest([1u8; 32]));
         let wrong_md5 = STANDARD.encode([0u8; 16]);
         assert_eq!(
-            CustomerKey::parse("AES256", &key, Some(&wrong_md5)).unwrap_err(),
+            CustomerKey::parse("AES256", &key, &wrong_md5).unwrap_err(),
             CustomerKeyError::KeyMd5
         );
         assert_eq!(
-            CustomerKey::parse("aws:kms", &key, None).unwrap_err(),
+            CustomerKey::parse("aws:kms", &key, &md5).unwrap_err(),
             CustomerKeyError::Algorithm("aws:kms".into())
         );
         assert_eq!(
-            CustomerKey::parse("AES256", &STANDARD.encode([1u8; 16]), None).unwrap_err(),
+            CustomerKey::parse("AES256", &STANDARD.encode([1u8; 16]), &md5).unwrap_err(),
             CustomerKeyError::Key
         );
         assert_eq!(
-            CustomerKey::parse("AES256", "not base64!", None).unwrap_err(),
+            CustomerKey::parse("AES256", "not base64!", &md5).unwrap_err(),
             CustomerKeyError::Key
         );
-        let parsed = CustomerKey::parse("AES256", &key, None).unwrap();
+        let parsed = CustomerKey::parse("AES256", &key, &md5).unwrap();
         assert_eq!(parsed.md5(), customer_key(1).md5());
         assert!(!format!("{parsed:?}").contains(&key), "Debug shows no key");
+    }
+
+    #[test]
+    fn a_customer_keyed_etag_is_stable_per_key_and_tells_nothing_of_the_md5() {
+        let md5 = "5d41402abc4b2a76b9719d911017c592";
+        let etag = customer_key(1).keyed_etag(md5);
+        assert_eq!(etag.len(), 32);
+        assert!(etag.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(etag, md5);
+        assert_eq!(etag, customer_key(1).keyed_etag(md5), "stable");
+        assert_ne!(etag, customer_key(2).keyed_etag(md5), "keyed");
+        assert_ne!(
+            etag,
+            customer_key(1).keyed_etag("7d793037a0760186574b0282f2f435e7")
+        );
     }
 
     #[test]

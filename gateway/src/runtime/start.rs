@@ -219,7 +219,12 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
         metrics.clone(),
     )
     .with_journal(gateway.journal().cloned())
-    .with_cors(Arc::clone(&gateway));
+    .with_cors(Arc::clone(&gateway))
+    .with_trusted_proxies(
+        spec.s3
+            .as_ref()
+            .map_or(&[][..], |s3| s3.trusted_proxies.as_slice()),
+    );
     let has_tls = tls.is_some();
     // Customers' keys (SSE-C) only over TLS, or where they never leave the machine.
     gateway.allow_customer_keys(has_tls || s3_addr.ip().is_loopback());

@@ -69,6 +69,7 @@ impl Gateway {
         )?;
         let source_key = sse_c::requested(
             self,
+            &req.extensions,
             input.copy_source_sse_customer_algorithm.as_deref(),
             input.copy_source_sse_customer_key.as_deref(),
             input.copy_source_sse_customer_key_md5.as_deref(),
@@ -77,6 +78,7 @@ impl Gateway {
         sse_c::check_version(&source, source_key.as_ref())?;
         let target_key = sse_c::requested(
             self,
+            &req.extensions,
             input.sse_customer_algorithm.as_deref(),
             input.sse_customer_key.as_deref(),
             input.sse_customer_key_md5.as_deref(),
@@ -85,7 +87,10 @@ impl Gateway {
         let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(target_key.as_ref());
         let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
             None | Some(MetadataDirective::COPY) => false,
-            Some(MetadataDirective::REPLACE) => true,
+            Some(MetadataDirective::REPLACE) => {
+                headers::check_user_metadata(input.metadata.as_ref())?;
+                true
+            }
             Some(other) => {
                 return Err(S3Error::with_message(
                     S3ErrorCode::InvalidArgument,
@@ -215,14 +220,14 @@ impl Gateway {
         attrs.checksum = checksum;
         let version_id = new_version_id(&bucket);
         let modified = now_ms();
-        let md5 = written.md5.clone();
+        let md5 = sse_c::stored_etag(customer.as_ref(), &written.md5);
         let version = ObjectVersion {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
             version_id: version_id.clone(),
             delete_marker: false,
             size: written.size,
-            etag: written.md5,
+            etag: md5.clone(),
             content_type,
             user_metadata,
             last_modified: modified,

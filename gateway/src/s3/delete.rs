@@ -16,6 +16,7 @@ impl Gateway {
         );
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
+        super::get::check_version_id(input.version_id.as_deref())?;
         let done = self
             .delete_key(&bucket, &input.key, input.version_id.as_deref(), bypass)
             .await?;
@@ -54,6 +55,15 @@ impl Gateway {
                     code: Some(S3ErrorCode::AccessDenied.as_str().to_string()),
                     key: Some(obj.key),
                     message: Some(message),
+                    version_id: obj.version_id,
+                });
+                continue;
+            }
+            if let Err(e) = super::get::check_version_id(obj.version_id.as_deref()) {
+                errors.push(Error {
+                    code: Some(e.code().as_str().to_string()),
+                    key: Some(obj.key),
+                    message: e.message().map(str::to_owned),
                     version_id: obj.version_id,
                 });
                 continue;

@@ -119,6 +119,7 @@ impl Gateway {
         version_id: Option<&str>,
     ) -> S3Result<(Bucket, ObjectVersion)> {
         let found_bucket = self.require_bucket(bucket).await?;
+        check_version_id(version_id)?;
         let (b, k, id) = (
             bucket.to_string(),
             key.to_string(),
@@ -166,6 +167,7 @@ impl Gateway {
             .await?;
         let customer_key = sse_c::requested(
             self,
+            &req.extensions,
             input.sse_customer_algorithm.as_deref(),
             input.sse_customer_key.as_deref(),
             input.sse_customer_key_md5.as_deref(),
@@ -263,6 +265,7 @@ impl Gateway {
             .await?;
         let customer_key = sse_c::requested(
             self,
+            &req.extensions,
             input.sse_customer_algorithm.as_deref(),
             input.sse_customer_key.as_deref(),
             input.sse_customer_key_md5.as_deref(),
@@ -385,6 +388,25 @@ struct RequestedPart {
     count: Option<i32>,
 }
 
+/// S3's answer to a `versionId` no version could have: `400 InvalidArgument` "Invalid
+/// version id specified" (a well-formed id of no version is `404 NoSuchVersion`). This
+/// gateway's version ids are `null` or 32 hex digits (`node::write::random_uid`).
+pub(super) fn check_version_id(id: Option<&str>) -> S3Result<()> {
+    let Some(id) = id else {
+        return Ok(());
+    };
+    let well_formed = id == crate::meta::NULL_VERSION
+        || (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("Invalid version id specified: {id:?}"),
+        ))
+    }
+}
+
 /// Resolves `partNumber` (1-based) to the part's bytes; a version written in
 /// one piece has exactly one part.
 fn requested_part(
@@ -395,6 +417,7 @@ fn requested_part(
     let Some(n) = part_number else {
         return Ok(None);
     };
+    super::multipart::check_part_number(n)?;
     if range.is_some() {
         return Err(S3Error::with_message(
             S3ErrorCode::InvalidRequest,
@@ -440,4 +463,27 @@ fn delete_marker_headers(version_id: &str) -> http::HeaderMap {
         headers.insert("x-amz-version-id", v);
     }
     headers
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::check_version_id;
+
+    #[test]
+    fn version_ids_no_version_could_have_are_invalid_arguments() {
+        for ok in [None, Some("null"), Some("0123456789abcdef0123456789abcdef")] {
+            assert!(check_version_id(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "nonsense",
+            "",
+            "NULL ",
+            "0123456789abcdef0123456789abcdeg",
+            "0123",
+        ] {
+            let e = check_version_id(Some(bad)).unwrap_err();
+            assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidArgument, "{bad:?}");
+        }
+    }
 }

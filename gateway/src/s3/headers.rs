@@ -129,10 +129,46 @@ pub(super) fn write_condition(
     }
 }
 
+/// S3's limit on an object's user-defined metadata (`x-amz-meta-*`): the UTF-8 bytes of
+/// every name and value together.
+pub(super) const MAX_USER_METADATA: usize = 2 << 10;
+
+/// `400 MetadataTooLarge` when `metadata` is past [`MAX_USER_METADATA`], as S3 answers.
+pub(super) fn check_user_metadata(metadata: Option<&Metadata>) -> S3Result<()> {
+    let size: usize = metadata
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if size > MAX_USER_METADATA {
+        return Err(S3Error::with_message(
+            S3ErrorCode::MetadataTooLarge,
+            format!(
+                "Your metadata headers exceed the maximum allowed metadata size: the x-amz-meta-* names and values hold {size} bytes, at most {MAX_USER_METADATA} are allowed"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_metadata_past_2_kib_is_too_large() {
+        let meta = |value_len: usize| {
+            let mut m = Metadata::new();
+            m.insert("name".to_owned(), "v".repeat(value_len));
+            m
+        };
+        assert!(check_user_metadata(None).is_ok());
+        assert!(check_user_metadata(Some(&meta(MAX_USER_METADATA - 4))).is_ok());
+        let e = check_user_metadata(Some(&meta(MAX_USER_METADATA - 3))).unwrap_err();
+        assert_eq!(e.code(), &S3ErrorCode::MetadataTooLarge);
+        assert_eq!(e.status_code(), Some(http::StatusCode::BAD_REQUEST));
+    }
 
     #[test]
     fn aws_chunked_is_not_stored_as_the_objects_encoding() {

@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,9 @@ use s3s::{HttpError, HttpRequest, HttpResponse};
 use crate::meta::journal::Journal;
 use crate::metrics::{Metrics, OperationSlot};
 use crate::node::Node;
+use crate::s3::access::Connection;
 use crate::s3::cors::{self, Preflight};
+use crate::s3::policy::condition::Cidr;
 
 /// The limits s3s parses requests with, set here rather than left to s3s's defaults.
 pub fn s3s_config() -> S3Config {
@@ -46,7 +49,9 @@ pub struct MeteredService {
     /// Whose buckets' CORS rules answer preflights and mark cross-origin answers.
     node: Option<Arc<Node>>,
     /// The connection this clone serves (the listener makes one clone per connection).
-    connection: Option<crate::s3::access::Connection>,
+    connection: Option<Connection>,
+    /// Proxies whose `X-Forwarded-Proto: https` makes a request count as made over TLS.
+    trusted_proxies: Arc<[Cidr]>,
 }
 
 impl MeteredService {
@@ -58,7 +63,16 @@ impl MeteredService {
             body_timeout: sublet_crds::ClientLimits::DEFAULT_BODY_TIMEOUT,
             node: None,
             connection: None,
+            trusted_proxies: Arc::from([]),
         }
+    }
+
+    /// Believes `X-Forwarded-Proto: https` from these proxies (`spec.s3.trustedProxies`):
+    /// their requests count as made over TLS (SSE-C, `aws:SecureTransport`). Entries that
+    /// are not addresses or CIDRs are skipped (the spec's validation names them).
+    pub fn with_trusted_proxies(mut self, proxies: &[String]) -> Self {
+        self.trusted_proxies = proxies.iter().filter_map(|p| Cidr::parse(p)).collect();
+        self
     }
 
     /// Answers CORS preflights (`OPTIONS`) from the rules of `node`'s buckets, before s3s
@@ -70,7 +84,7 @@ impl MeteredService {
 
     /// Tells every request served by this clone which connection it came on (its peer
     /// address and whether it is TLS: `aws:SourceIp` and `aws:SecureTransport` to policies).
-    pub fn with_connection(mut self, connection: crate::s3::access::Connection) -> Self {
+    pub fn with_connection(mut self, connection: Connection) -> Self {
         self.connection = Some(connection);
         self
     }
@@ -104,6 +118,7 @@ impl MeteredService {
         let slot = OperationSlot::default();
         req.extensions_mut().insert(slot.clone());
         if let Some(connection) = self.connection {
+            let connection = forwarded(connection, req.headers(), &self.trusted_proxies);
             req.extensions_mut().insert(connection);
         }
         // One id per request: the `x-amz-request-id` header and every error body's
@@ -123,32 +138,9 @@ impl MeteredService {
             .get(http::header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let preflight = match &self.node {
-            Some(node) if method == http::Method::OPTIONS => {
-                slot.set("PreflightCors");
-                Some(preflight_answer(node, &path, req.headers(), &request_id).await)
-            }
-            _ => None,
-        };
-        let presigned = req
-            .uri()
-            .query()
-            .and_then(|q| super::presigned::refusal(q, chrono::Utc::now()));
-        let mut result = match (preflight, crate::s3::auth::refuse_unread(&req), presigned) {
-            (Some(answer), _, _) => Ok(answer),
-            (None, Some(refusal), _) => {
-                tracing::info!(method = %req.method(), reason = ?refusal.message(), %request_id, "refused unread");
-                Ok(error_answer(&refusal, &request_id))
-            }
-            (None, None, Some(refusal)) => {
-                tracing::info!(method = %req.method(), reason = ?refusal.error.message(), %request_id, "presigned url refused");
-                Ok(error_document(
-                    &refusal.error,
-                    &refusal.details,
-                    &request_id,
-                ))
-            }
-            (None, None, None) => self.inner.call(req).await,
+        let mut result = match self.answer_before_s3s(&req, &slot, &request_id).await {
+            Some(answer) => Ok(answer),
+            None => self.inner.call(req).await,
         };
         if let Some(fault) = fault.get() {
             tracing::info!(reason = %fault, "a request body was cut off");
@@ -198,6 +190,63 @@ impl MeteredService {
         }
         result
     }
+}
+
+impl MeteredService {
+    /// The answer a request gets before s3s sees it, if any: the first of these checks that
+    /// answers, in this order.
+    /// 1. CORS preflights (`OPTIONS`), answered from the bucket's rules (never signed).
+    /// 2. Requests refused before anything of their body is read
+    ///    ([`crate::s3::auth::refuse_unread`]: SigV2, non-form multipart POSTs).
+    /// 3. Presigned URLs S3 would refuse before their signature ([`super::presigned`]).
+    async fn answer_before_s3s(
+        &self,
+        req: &HttpRequest,
+        slot: &OperationSlot,
+        request_id: &str,
+    ) -> Option<HttpResponse> {
+        if let Some(node) = &self.node
+            && req.method() == http::Method::OPTIONS
+        {
+            slot.set("PreflightCors");
+            return Some(preflight_answer(node, req.uri().path(), req.headers(), request_id).await);
+        }
+        if let Some(refusal) = crate::s3::auth::refuse_unread(req) {
+            tracing::info!(method = %req.method(), reason = ?refusal.message(), %request_id, "refused unread");
+            return Some(error_answer(&refusal, request_id));
+        }
+        let presigned = req
+            .uri()
+            .query()
+            .and_then(|q| super::presigned::refusal(q, chrono::Utc::now()));
+        if let Some(refusal) = presigned {
+            tracing::info!(method = %req.method(), reason = ?refusal.error.message(), %request_id, "presigned url refused");
+            return Some(error_document(&refusal.error, &refusal.details, request_id));
+        }
+        None
+    }
+}
+
+/// `connection` as a request on it counts: made over TLS also when it comes from one of
+/// `proxies` whose last `X-Forwarded-Proto` (the nearest proxy's word) is `https`. The
+/// header of any other peer is ignored: a client could write it itself.
+fn forwarded(
+    mut connection: Connection,
+    headers: &http::HeaderMap,
+    proxies: &[Cidr],
+) -> Connection {
+    if connection.tls || !proxies.iter().any(|p| p.contains(connection.peer.ip())) {
+        return connection;
+    }
+    let proto = headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(str::trim);
+    connection.tls = proto.is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    connection
 }
 
 /// The answer to a request whose change did not reach the metadata journal: the client
@@ -540,10 +589,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for MeteredSe
         let service = self.clone();
         let mut close = expects_continue_without_body(&req);
         let fault = FaultSlot::default();
+        let ended = Arc::new(AtomicBool::new(false));
         let timeout = self.body_timeout;
         let chunked = is_aws_chunked(req.headers());
         let req = req.map(|b| {
-            let timed = TimedBody::new(b, timeout, Arc::clone(&fault));
+            let watched = EndWatch::new(b, Arc::clone(&ended));
+            let timed = TimedBody::new(watched, timeout, Arc::clone(&fault));
             if chunked {
                 s3s::Body::http_body(ChunkBound::new(timed, Arc::clone(&fault)))
             } else {
@@ -552,8 +603,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for MeteredSe
         });
         Box::pin(async move {
             let mut response = service.serve(req, &fault).await?;
-            // The rest of a body cut off is never read: the connection cannot be reused.
-            close |= fault.get().is_some();
+            // The rest of a body cut off or left unread (a request refused before its body
+            // was needed) is never read: the connection cannot be reused.
+            close |= fault.get().is_some() || !ended.load(Ordering::Acquire);
             if close {
                 response.headers_mut().insert(
                     http::header::CONNECTION,
@@ -562,6 +614,55 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for MeteredSe
             }
             Ok(response)
         })
+    }
+}
+
+/// A request body that records whether it was read to its end. An answer sent before then
+/// closes its connection: what is left of the body must never be parsed as the next
+/// request, and a client that sent `Expect: 100-continue` was never told to send its body
+/// (hyper sends `100 Continue` only when the body is read), so it would take this final
+/// answer for the one to its next request on the connection (botocore does).
+pub struct EndWatch<B> {
+    inner: B,
+    ended: Arc<AtomicBool>,
+}
+
+impl<B: HttpBody> EndWatch<B> {
+    pub fn new(inner: B, ended: Arc<AtomicBool>) -> Self {
+        if inner.is_end_stream() {
+            ended.store(true, Ordering::Release);
+        }
+        EndWatch { inner, ended }
+    }
+}
+
+impl<B: HttpBody + Unpin> HttpBody for EndWatch<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let end = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if end {
+            this.ended.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -733,6 +834,149 @@ mod tests {
         second.extend_from_slice(b"FFFFFFFFFFFF;chunk-signature=");
         let (_, fault) = bounded(&[&second]).await;
         assert!(matches!(fault, Some(BodyFault::ChunkTooLarge(n)) if n > MAX_AWS_CHUNK));
+    }
+
+    /// Serves one connection with a [`MeteredService`] whose S3 implementation refuses
+    /// everything (NotImplemented, the body unread) on a loopback socket; its address.
+    async fn serve_refusing() -> std::net::SocketAddr {
+        struct Refusing;
+        impl s3s::S3 for Refusing {}
+        let service = MeteredService::new(
+            s3s::service::S3ServiceBuilder::new(Refusing).build(),
+            Metrics::new().unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+        addr
+    }
+
+    /// What the server sends on `stream` until it closes it or 2 s pass: (text, closed).
+    async fn answer_and_close(stream: &mut tokio::net::TcpStream) -> (String, bool) {
+        use tokio::io::AsyncReadExt;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&raw).into_owned(), true),
+                Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+                Err(_) => return (String::from_utf8_lossy(&raw).into_owned(), false),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_with_the_request_body_unread_closes_the_connection() {
+        use tokio::io::AsyncWriteExt;
+        // A PUT waiting for `100 Continue`, refused before its body is wanted: no
+        // `100 Continue`, the final answer, and the connection closed (botocore takes that
+        // answer's status line for its next request's on a connection kept open).
+        let mut stream = tokio::net::TcpStream::connect(serve_refusing().await)
+            .await
+            .unwrap();
+        let head = "PUT /bucket/key HTTP/1.1\r\nhost: localhost\r\n\
+                    expect: 100-continue\r\ncontent-length: 5\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (text, closed) = answer_and_close(&mut stream).await;
+        assert!(text.starts_with("HTTP/1.1 501"), "{text}");
+        assert!(!text.contains("100 Continue"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+        assert!(closed, "the connection stayed open: {text}");
+
+        // The same PUT sending its body at once: the body is left unread, so the
+        // connection closes rather than parse what follows it.
+        let mut stream = tokio::net::TcpStream::connect(serve_refusing().await)
+            .await
+            .unwrap();
+        let head = "PUT /bucket/key HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5\r\n\r\nhello";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (text, closed) = answer_and_close(&mut stream).await;
+        assert!(text.starts_with("HTTP/1.1 501"), "{text}");
+        assert!(closed, "the connection stayed open: {text}");
+
+        // A request without a body keeps its connection: two GETs on one.
+        let mut stream = tokio::net::TcpStream::connect(serve_refusing().await)
+            .await
+            .unwrap();
+        let get = "GET /bucket/key HTTP/1.1\r\nhost: localhost\r\n\r\n";
+        stream.write_all(get.repeat(2).as_bytes()).await.unwrap();
+        let (text, closed) = answer_and_close(&mut stream).await;
+        assert_eq!(text.matches("HTTP/1.1 501").count(), 2, "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+        assert!(
+            !closed,
+            "a connection without unread bodies was closed: {text}"
+        );
+    }
+
+    #[test]
+    fn forwarded_https_counts_only_from_trusted_proxies() {
+        let proxies = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let conn = |peer: &str, tls: bool| Connection {
+            peer: peer.parse().unwrap(),
+            tls,
+        };
+        let headers = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-proto", http::HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let https = headers(&["https"]);
+        // From the proxy: its word counts, in any case; the nearest proxy's (last) value.
+        assert!(forwarded(conn("10.1.2.3:4000", false), &https, &proxies).tls);
+        assert!(forwarded(conn("10.1.2.3:4000", false), &headers(&["HTTPS"]), &proxies).tls);
+        assert!(
+            forwarded(
+                conn("10.1.2.3:4000", false),
+                &headers(&["http, https"]),
+                &proxies
+            )
+            .tls
+        );
+        assert!(
+            !forwarded(
+                conn("10.1.2.3:4000", false),
+                &headers(&["https, http"]),
+                &proxies
+            )
+            .tls
+        );
+        assert!(
+            !forwarded(
+                conn("10.1.2.3:4000", false),
+                &headers(&["https", "http"]),
+                &proxies
+            )
+            .tls
+        );
+        assert!(!forwarded(conn("10.1.2.3:4000", false), &headers(&[]), &proxies).tls);
+        // From anyone else, or with no proxy trusted: ignored.
+        assert!(!forwarded(conn("192.168.1.9:4000", false), &https, &proxies).tls);
+        assert!(!forwarded(conn("10.1.2.3:4000", false), &https, &[]).tls);
+        // A TLS connection stays TLS whatever the header says.
+        assert!(
+            forwarded(
+                conn("192.168.1.9:4000", true),
+                &headers(&["http"]),
+                &proxies
+            )
+            .tls
+        );
     }
 
     #[test]

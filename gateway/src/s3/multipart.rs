@@ -26,13 +26,18 @@ pub const MIN_PART_SIZE: u64 = 5 << 20;
 const MAX_PART_NUMBER: i32 = 10_000;
 const MAX_LISTED: i32 = 1000;
 
-fn check_part_number(n: i32) -> S3Result<()> {
+/// A part number as S3 takes it, in uploads and in GET/HEAD `partNumber` alike: 1 to
+/// 10000, else `400 InvalidArgument` (a number in range that the object does not have is
+/// another answer: `416 InvalidPartNumber` on GET and HEAD).
+pub(super) fn check_part_number(n: i32) -> S3Result<()> {
     if (1..=MAX_PART_NUMBER).contains(&n) {
         Ok(())
     } else {
         Err(S3Error::with_message(
             S3ErrorCode::InvalidArgument,
-            format!("part number {n} is out of range: use 1 to {MAX_PART_NUMBER}"),
+            format!(
+                "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive (not {n})"
+            ),
         ))
     }
 }
@@ -136,10 +141,12 @@ impl Gateway {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
+        super::headers::check_user_metadata(input.metadata.as_ref())?;
         let bucket = self.require_bucket(&input.bucket).await?;
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
         let customer_key = sse_c::requested(
             self,
+            &req.extensions,
             input.sse_customer_algorithm.as_deref(),
             input.sse_customer_key.as_deref(),
             input.sse_customer_key_md5.as_deref(),
@@ -225,6 +232,7 @@ impl Gateway {
         let plan = self.upload_plan(&upload)?;
         let customer_key = sse_c::requested(
             self,
+            &req.extensions,
             input.sse_customer_algorithm.as_deref(),
             input.sse_customer_key.as_deref(),
             input.sse_customer_key_md5.as_deref(),
@@ -264,14 +272,14 @@ impl Gateway {
                 ),
             ));
         }
-        let md5 = written.md5.clone();
+        let md5 = sse_c::stored_etag(customer.as_ref(), &written.md5);
         let fields = part_fields(&upload, &written.checksums, requested.algorithm);
         self.store_part(
             &upload,
             UploadPart {
                 part_number: input.part_number,
                 size: written.size,
-                etag: written.md5,
+                etag: md5.clone(),
                 last_modified: now_ms(),
                 layout: written.layout,
                 checksums: written.checksums,
@@ -313,6 +321,7 @@ impl Gateway {
         )?;
         let source_key = sse_c::requested(
             self,
+            &req.extensions,
             input.copy_source_sse_customer_algorithm.as_deref(),
             input.copy_source_sse_customer_key.as_deref(),
             input.copy_source_sse_customer_key_md5.as_deref(),
@@ -321,6 +330,7 @@ impl Gateway {
         sse_c::check_version(&source, source_key.as_ref())?;
         let customer_key = sse_c::requested(
             self,
+            &req.extensions,
             input.sse_customer_algorithm.as_deref(),
             input.sse_customer_key.as_deref(),
             input.sse_customer_key_md5.as_deref(),
@@ -354,7 +364,7 @@ impl Gateway {
                 customer.as_ref(),
             )
             .await?;
-        let md5 = written.md5.clone();
+        let md5 = sse_c::stored_etag(customer.as_ref(), &written.md5);
         let modified = now_ms();
         let fields = part_fields(&upload, &written.checksums, None);
         self.store_part(
@@ -362,7 +372,7 @@ impl Gateway {
             UploadPart {
                 part_number: input.part_number,
                 size: written.size,
-                etag: written.md5,
+                etag: md5.clone(),
                 last_modified: modified,
                 layout: written.layout,
                 checksums: written.checksums,
@@ -865,8 +875,25 @@ fn check_whole_object(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::multipart_etag;
+    use super::{check_part_number, multipart_etag};
+
+    #[test]
+    fn part_numbers_outside_1_to_10000_are_invalid_arguments() {
+        for n in [1, 5000, 10_000] {
+            assert!(check_part_number(n).is_ok(), "{n}");
+        }
+        for n in [0, -1, 10_001, i32::MAX] {
+            let e = check_part_number(n).unwrap_err();
+            assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidArgument, "{n}");
+            assert!(
+                e.message()
+                    .unwrap_or_default()
+                    .contains("between 1 and 10000")
+            );
+        }
+    }
 
     #[test]
     fn multipart_etag_is_md5_of_binary_md5s_with_count() {

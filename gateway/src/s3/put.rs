@@ -60,11 +60,13 @@ impl Gateway {
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
         check_content_md5(input.content_md5.as_deref())?;
+        headers::check_user_metadata(input.metadata.as_ref())?;
         let requested = sums::requested(&req.headers)?;
         let algorithm = requested.algorithm.unwrap_or(sums::DEFAULT.algorithm);
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
         let customer_key = sse_c::requested(
             self,
+            &req.extensions,
             input.sse_customer_algorithm.as_deref(),
             input.sse_customer_key.as_deref(),
             input.sse_customer_key_md5.as_deref(),
@@ -151,6 +153,7 @@ impl Gateway {
                 parts: Vec::new(),
             });
         let attrs = crate::meta::ObjectAttrs { checksum, ..attrs };
+        let stored_etag = sse_c::stored_etag(customer.as_ref(), &written.md5);
         let version_id = new_version_id(&bucket);
         let version = ObjectVersion {
             bucket: input.bucket.clone(),
@@ -158,7 +161,7 @@ impl Gateway {
             version_id: version_id.clone(),
             delete_marker: false,
             size: written.size,
-            etag: written.md5.clone(),
+            etag: stored_etag.clone(),
             content_type: input.content_type.clone(),
             user_metadata: input.metadata.unwrap_or_default().into_iter().collect(),
             last_modified: now_ms(),
@@ -171,7 +174,7 @@ impl Gateway {
         self.commit_version_for(bucket.owner.as_deref(), version, condition)
             .await?;
         let mut out = PutObjectOutput {
-            e_tag: Some(etag(&written.md5)),
+            e_tag: Some(etag(&stored_etag)),
             server_side_encryption: encryption,
             sse_customer_algorithm: echo_algorithm,
             sse_customer_key_md5: echo_md5,

@@ -10,6 +10,7 @@ use crate::datapath::codec::{CustomerKey, CustomerSeal};
 use crate::datapath::stripes::CustomerSealing;
 use crate::meta::ObjectVersion;
 use crate::node::Node;
+use crate::s3::access::Connection;
 
 /// The algorithm answers echo for versions read or written with a customer's key.
 pub(super) const ALGORITHM: &str = "AES256";
@@ -17,8 +18,30 @@ pub(super) const ALGORITHM: &str = "AES256";
 /// The customer's key of a request from its three headers; `None` without any of them.
 /// `what` names the header family in errors (`x-amz-server-side-encryption-customer` or
 /// `x-amz-copy-source-server-side-encryption-customer`).
+/// All three headers are required, as S3 requires them: the MD5 guards the key against
+/// corruption on its way.
 pub(super) fn requested(
     node: &Node,
+    extensions: &http::Extensions,
+    algorithm: Option<&str>,
+    key: Option<&str>,
+    key_md5: Option<&str>,
+    what: &str,
+) -> S3Result<Option<CustomerKey>> {
+    parse_headers(
+        node.customer_keys_allowed(),
+        extensions.get::<Connection>(),
+        algorithm,
+        key,
+        key_md5,
+        what,
+    )
+}
+
+/// [`requested`] with the listener's word ([`Node::customer_keys_allowed`]) as `listener`.
+fn parse_headers(
+    listener: bool,
+    connection: Option<&Connection>,
     algorithm: Option<&str>,
     key: Option<&str>,
     key_md5: Option<&str>,
@@ -36,15 +59,43 @@ pub(super) fn requested(
             ));
         }
     };
-    if !node.customer_keys_allowed() {
+    if !secure(listener, connection) {
         return Err(S3Error::with_message(
             S3ErrorCode::InvalidRequest,
-            "requests specifying Server Side Encryption with Customer provided keys must be made over a secure connection (this gateway's S3 listener has no TLS and is not on loopback)",
+            "requests specifying Server Side Encryption with Customer provided keys must be made over a secure connection (this request came neither over TLS, nor from a trusted proxy (spec.s3.trustedProxies) saying X-Forwarded-Proto: https, nor to a loopback-only listener)",
         ));
     }
+    let Some(key_md5) = key_md5 else {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!(
+                "Requests specifying Server Side Encryption with Customer provided keys must provide the client calculated MD5 of the secret key ({what}-key-MD5)."
+            ),
+        ));
+    };
     CustomerKey::parse(algorithm, key, key_md5)
         .map(Some)
         .map_err(|e| S3Error::with_message(S3ErrorCode::InvalidArgument, e.to_string()))
+}
+
+/// Whether a customer's key may cross the connection a request came on: the listener
+/// serves TLS or loopback only (`listener`, [`Node::customer_keys_allowed`]), or this
+/// connection is TLS, or it comes from a trusted proxy that terminated TLS (`s3::http`
+/// marks those, [`Connection::tls`]).
+fn secure(listener: bool, connection: Option<&Connection>) -> bool {
+    listener || connection.is_some_and(|c| c.tls)
+}
+
+/// The ETag of an object (or part) whose plaintext has MD5 `md5_hex`, written with
+/// `customer`'s key if any: with one, not that MD5, which would let anyone who may list the
+/// bucket confirm a guess of the plaintext, but a hash of it keyed with the customer's key
+/// (32 hex digits; S3's SSE-C ETags are not MD5s either). Stable for the version:
+/// conditional requests compare it as any ETag.
+pub(super) fn stored_etag(customer: Option<&CustomerSealing>, md5_hex: &str) -> String {
+    match customer {
+        Some(c) => c.key.keyed_etag(md5_hex),
+        None => md5_hex.to_owned(),
+    }
 }
 
 /// The key a new object is written with, with a fresh seal; refused on a plan that does
@@ -179,7 +230,7 @@ mod tests {
     fn key(byte: u8) -> CustomerKey {
         let raw = [byte; 32];
         let md5 = STANDARD.encode(md5::Md5::digest(raw));
-        CustomerKey::parse("AES256", &STANDARD.encode(raw), Some(&md5)).unwrap()
+        CustomerKey::parse("AES256", &STANDARD.encode(raw), &md5).unwrap()
     }
 
     #[test]
@@ -203,6 +254,60 @@ mod tests {
             &S3ErrorCode::InvalidRequest
         );
         assert!(check(None, None).is_ok());
+    }
+
+    #[test]
+    fn keys_cross_only_tls_loopback_listeners_or_connections_marked_tls() {
+        let peer = "10.1.2.3:5000".parse().unwrap();
+        let plain = Connection { peer, tls: false };
+        let tls = Connection { peer, tls: true };
+        assert!(!secure(false, Some(&plain)));
+        assert!(!secure(false, None));
+        assert!(secure(false, Some(&tls)));
+        assert!(secure(true, Some(&plain)));
+    }
+
+    #[test]
+    fn all_three_headers_are_required_and_the_key_md5_is_checked() {
+        let raw = [7u8; 32];
+        let b64 = STANDARD.encode(raw);
+        let md5 = STANDARD.encode(md5::Md5::digest(raw));
+        let what = "x-amz-server-side-encryption-customer";
+        let parse = |a: Option<&str>, k: Option<&str>, m: Option<&str>| {
+            parse_headers(true, None, a, k, m, what)
+        };
+        assert!(parse(None, None, None).unwrap().is_none());
+        assert!(
+            parse(Some("AES256"), Some(&b64), Some(&md5))
+                .unwrap()
+                .is_some()
+        );
+        let no_md5 = parse(Some("AES256"), Some(&b64), None).unwrap_err();
+        assert_eq!(no_md5.code(), &S3ErrorCode::InvalidArgument);
+        assert!(
+            no_md5
+                .message()
+                .unwrap()
+                .contains("must provide the client calculated MD5 of the secret key"),
+            "{no_md5:?}"
+        );
+        for (a, k, m) in [
+            (None, Some(b64.as_str()), Some(md5.as_str())),
+            (Some("AES256"), None, Some(md5.as_str())),
+            (None, None, Some(md5.as_str())),
+            (
+                Some("AES256"),
+                Some(b64.as_str()),
+                Some("AAAAAAAAAAAAAAAAAAAAAA=="),
+            ),
+        ] {
+            let e = parse(a, k, m).unwrap_err();
+            assert_eq!(e.code(), &S3ErrorCode::InvalidArgument, "{a:?} {k:?} {m:?}");
+        }
+        // Over plain HTTP to a listener that is not loopback: refused before the key is
+        // even parsed.
+        let insecure = parse_headers(false, None, Some("AES256"), Some(&b64), Some(&md5), what);
+        assert_eq!(insecure.unwrap_err().code(), &S3ErrorCode::InvalidRequest);
     }
 
     #[test]

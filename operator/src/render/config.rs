@@ -415,7 +415,7 @@ mod tests {
         };
         let gw = gateway(
             "s3",
-            "defaultPlan: photos\ncredentials: [{accessKey: abc, secretKey: 0123456789}]\nproviderToken: secret-token\ns3: {domains: [s3.example.org]}",
+            "defaultPlan: photos\ncredentials: [{accessKey: abc, secretKey: 0123456789}]\nproviderToken: secret-token\ns3: {domains: [s3.example.org], trustedProxies: [10.42.0.0/16]}",
         );
         let rendered = render_config(&gw, inventory).unwrap();
         let config = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
@@ -451,6 +451,11 @@ mod tests {
         assert_eq!(
             g.s3.as_ref().map(|s3| s3.domains.clone()),
             Some(vec!["s3.example.org".to_owned()])
+        );
+        // So do the TLS-terminating proxies trusted with X-Forwarded-Proto (SSE-C).
+        assert_eq!(
+            g.s3.as_ref().map(|s3| s3.trusted_proxies.clone()),
+            Some(vec!["10.42.0.0/16".to_owned()])
         );
         assert_eq!(
             g.master_key_file.as_deref(),

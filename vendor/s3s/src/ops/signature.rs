@@ -269,33 +269,6 @@ impl SignatureContext<'_> {
 
         let amz_date = AmzDate::parse(info.x_amz_date).map_err(|_| invalid_request!("invalid field: x-amz-date"))?;
 
-        // Per AWS SigV4 spec, the signed POST policy must contain eq conditions
-        // for x-amz-date, x-amz-credential, and x-amz-algorithm that match the
-        // submitted form fields exactly.
-        //
-        // TODO: the policy is parsed again later in `prepare` via
-        // `PostPolicy::from_base64` + `validate_conditions_only`. Consider
-        // caching the parsed `PostPolicy` here and reusing it downstream to
-        // avoid the double base64-decode + JSON-parse.
-        {
-            let policy = PostPolicy::from_base64(info.policy).map_err(|e| s3_error!(e, InvalidPolicyDocument))?;
-
-            let policy_date = policy.eq_condition_value("x-amz-date");
-            if policy_date != Some(info.x_amz_date) {
-                return Err(s3_error!(InvalidPolicyDocument, "x-amz-date does not match policy"));
-            }
-
-            let policy_credential = policy.eq_condition_value("x-amz-credential");
-            if policy_credential != Some(info.x_amz_credential) {
-                return Err(s3_error!(InvalidPolicyDocument, "x-amz-credential does not match policy"));
-            }
-
-            let policy_algo = policy.eq_condition_value("x-amz-algorithm");
-            if policy_algo != Some(info.x_amz_algorithm) {
-                return Err(s3_error!(InvalidPolicyDocument, "x-amz-algorithm does not match policy"));
-            }
-        }
-
         // Per AWS SigV4 spec, the credential scope date must match the x-amz-date date.
         if credential.date != amz_date.fmt_date().as_str() {
             return Err(s3_error!(SignatureDoesNotMatch, "credential scope date does not match x-amz-date"));
@@ -324,6 +297,36 @@ impl SignatureContext<'_> {
         if !sig_v4_signatures_match(&signature, expected_signature) {
             debug!(?signature, expected=?expected_signature, "signature mismatch");
             return Err(s3_error!(SignatureDoesNotMatch));
+        }
+
+        // (sublet) Checked after the key lookup and the signature, as S3 does: a form whose
+        // credential names another key answers InvalidAccessKeyId or SignatureDoesNotMatch
+        // (403), not InvalidPolicyDocument (400).
+        // Per AWS SigV4 spec, the signed POST policy must contain eq conditions
+        // for x-amz-date, x-amz-credential, and x-amz-algorithm that match the
+        // submitted form fields exactly.
+        //
+        // TODO: the policy is parsed again later in `prepare` via
+        // `PostPolicy::from_base64` + `validate_conditions_only`. Consider
+        // caching the parsed `PostPolicy` here and reusing it downstream to
+        // avoid the double base64-decode + JSON-parse.
+        {
+            let policy = PostPolicy::from_base64(info.policy).map_err(|e| s3_error!(e, InvalidPolicyDocument))?;
+
+            let policy_date = policy.eq_condition_value("x-amz-date");
+            if policy_date != Some(info.x_amz_date) {
+                return Err(s3_error!(InvalidPolicyDocument, "x-amz-date does not match policy"));
+            }
+
+            let policy_credential = policy.eq_condition_value("x-amz-credential");
+            if policy_credential != Some(info.x_amz_credential) {
+                return Err(s3_error!(InvalidPolicyDocument, "x-amz-credential does not match policy"));
+            }
+
+            let policy_algo = policy.eq_condition_value("x-amz-algorithm");
+            if policy_algo != Some(info.x_amz_algorithm) {
+                return Err(s3_error!(InvalidPolicyDocument, "x-amz-algorithm does not match policy"));
+            }
         }
 
         let region = region.to_owned();
