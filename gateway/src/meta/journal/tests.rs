@@ -319,7 +319,7 @@ fn replaying_from_any_snapshot_rebuilds_the_store() {
     );
     history(&live);
     let entries = journal.take();
-    assert_eq!(entries.len(), 46, "{entries:#?}");
+    assert_eq!(entries.len(), 49, "{entries:#?}");
     let want = observe(&live);
     // A snapshot holds the first `copied` changes; its cut may lag behind (`cut` ≤
     // `copied`), so replay starts there and meets changes the copy already has.
