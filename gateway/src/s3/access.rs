@@ -697,6 +697,78 @@ mod tests {
     }
 
     #[test]
+    fn acl_grants_allow_beside_grants_but_not_past_a_deny_nor_for_the_owner() {
+        use crate::meta::acl::Canned;
+        let cx = policy::Context::default();
+        let public_object = Canned::PublicRead.object_acl("alice", "alice").unwrap();
+        let mut f = facts("alice", None, PublicAccessBlock::default());
+        let get = |user, acl| {
+            let mut a = ask(user, false, "GetObject", "s3:GetObject", Some("a.jpg"), &cx);
+            a.object_acl = acl;
+            a
+        };
+        // An object's public-read grant lets anonymous requests read it, not list or write.
+        assert!(judge(&f, &get(None, Some(&public_object))).is_ok());
+        assert!(judge(&f, &get(None, None)).is_err());
+        let list = ask(None, false, "ListObjectsV2", "s3:ListBucket", None, &cx);
+        assert!(judge(&f, &list).is_err());
+        // The bucket's ACL decides listing and writing; READ_ACP does not give READ.
+        f.acl = Some(Arc::new(Canned::PublicReadWrite.bucket_acl("alice")));
+        assert!(judge(&f, &list).is_ok());
+        let put = ask(None, false, "PutObject", "s3:PutObject", Some("b"), &cx);
+        assert!(judge(&f, &put).is_ok());
+        let acl_read = ask(
+            Some("bob"),
+            false,
+            "GetBucketAcl",
+            "s3:GetBucketAcl",
+            None,
+            &cx,
+        );
+        assert!(judge(&f, &acl_read).is_err());
+        // The bucket ACL never reaches object reads (the object's ACL does).
+        assert!(judge(&f, &get(Some("bob"), None)).is_err());
+        // IgnorePublicAcls: nothing public counts.
+        f.block.ignore_public_acls = true;
+        assert!(judge(&f, &list).is_err());
+        assert!(judge(&f, &get(None, Some(&public_object))).is_err());
+        f.block.ignore_public_acls = false;
+        // BucketOwnerEnforced: no ACL counts.
+        f.ownership = Some(Ownership::BucketOwnerEnforced);
+        assert!(judge(&f, &list).is_err());
+        f.ownership = None;
+        // A grant naming the owner does not widen what the owner's keys may do.
+        let mut owner_only = facts("alice", None, PublicAccessBlock::default());
+        owner_only.acl = Some(Arc::new(Canned::Private.bucket_acl("alice")));
+        let alice_put = ask(
+            Some("alice"),
+            false,
+            "PutObject",
+            "s3:PutObject",
+            Some("c"),
+            &cx,
+        );
+        assert!(judge(&owner_only, &alice_put).is_err());
+        // An explicit deny of the policy beats an ACL grant.
+        let mut denied = facts("alice", Some(PUBLIC), PublicAccessBlock::default());
+        denied.acl = Some(Arc::new(Canned::PublicReadWrite.bucket_acl("alice")));
+        let mut mallory = policy::Context::default();
+        mallory.set("aws:username", "mallory");
+        let put = ask(
+            Some("mallory"),
+            false,
+            "PutObject",
+            "s3:PutObject",
+            Some("d"),
+            &mallory,
+        );
+        assert!(
+            judge(&denied, &put).unwrap_err().contains("denies"),
+            "an ACL grant let a denied request through"
+        );
+    }
+
+    #[test]
     fn the_context_carries_connection_headers_and_listing_parameters() {
         let mut headers = http::HeaderMap::new();
         headers.insert("user-agent", "curl/8".parse().unwrap());
