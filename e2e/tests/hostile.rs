@@ -3,6 +3,8 @@
 //! `hostile/`; every test ends by reading back what it wrote, byte for byte.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "hostile/acls.rs"]
+mod acls;
 #[path = "hostile/clients.rs"]
 mod clients;
 #[path = "hostile/market.rs"]

@@ -113,6 +113,12 @@ pub fn copy_store(
         if let Some(config) = from.bucket_encryption(&bucket.name)? {
             to.set_bucket_encryption(&bucket.name, Some(&config))?;
         }
+        if let Some(acl) = from.bucket_acl(&bucket.name)? {
+            to.set_bucket_acl(&bucket.name, Some(&acl))?;
+        }
+        if let Some(ownership) = from.bucket_ownership(&bucket.name)? {
+            to.set_bucket_ownership(&bucket.name, Some(&ownership))?;
+        }
         counts.versions += copy_versions(from, to, &bucket.name)?;
         let (uploads, parts) = copy_uploads(from, to, &bucket.name)?;
         counts.uploads += uploads;

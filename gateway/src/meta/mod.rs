@@ -2,6 +2,7 @@
 //! live. The S3 layer talks to the [`MetadataStore`] trait only; SQLite is the embedded default,
 //! PostgreSQL the store several gateway replicas share.
 
+pub mod acl;
 pub mod journal;
 
 mod copy;
@@ -171,6 +172,11 @@ pub struct ObjectAttrs {
     /// Put/DeleteObjectTagging ([`MetadataStore::set_object_tags`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// The version's ACL, when one was given or its owner is not the bucket's owner
+    /// (none: `private`, owned by the bucket's owner). Changed in place by PutObjectAcl
+    /// ([`MetadataStore::set_object_acl`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl: Option<acl::Acl>,
     /// A version's S3 checksum (`x-amz-checksum-*`), checked on upload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checksum: Option<ObjectChecksum>,
@@ -196,21 +202,21 @@ impl ObjectAttrs {
         serde_json::to_string(self).ok()
     }
 
-    /// An `attrs` column with its tags replaced by `tags` and every other field kept as
-    /// it was (also fields this gateway does not know, written by a newer one).
-    pub(crate) fn column_with_tags(
+    /// An `attrs` column with field `name` replaced by `value` (removed when `None`) and
+    /// every other field kept as it was.
+    pub(crate) fn column_with_field(
         column: Option<&str>,
-        tags: &BTreeMap<String, String>,
+        name: &str,
+        value: Option<serde_json::Value>,
     ) -> Result<Option<String>, serde_json::Error> {
         let mut fields: serde_json::Map<String, serde_json::Value> = match column {
             Some(c) => serde_json::from_str(c)?,
             None => serde_json::Map::new(),
         };
-        if tags.is_empty() {
-            fields.remove("tags");
-        } else {
-            fields.insert("tags".to_owned(), serde_json::to_value(tags)?);
-        }
+        match value {
+            Some(v) => fields.insert(name.to_owned(), v),
+            None => fields.remove(name),
+        };
         if fields.is_empty() {
             return Ok(None);
         }
@@ -749,6 +755,25 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// A bucket's default encryption as stored by
     /// [`MetadataStore::set_bucket_encryption`].
     fn bucket_encryption(&self, bucket: &str) -> Result<Option<String>>;
+    /// Stores (`Some`, JSON of [`acl::Acl`]) or removes (`None`: `private`) a bucket's
+    /// ACL; fails with `NoSuchBucket`.
+    fn set_bucket_acl(&self, bucket: &str, acl: Option<&str>) -> Result<()>;
+    /// A bucket's ACL as stored by [`MetadataStore::set_bucket_acl`].
+    fn bucket_acl(&self, bucket: &str) -> Result<Option<String>>;
+    /// Stores (`Some`, an [`acl::Ownership`] name) or removes (`None`) a bucket's object
+    /// ownership setting; fails with `NoSuchBucket`.
+    fn set_bucket_ownership(&self, bucket: &str, ownership: Option<&str>) -> Result<()>;
+    /// A bucket's object ownership as stored by [`MetadataStore::set_bucket_ownership`].
+    fn bucket_ownership(&self, bucket: &str) -> Result<Option<String>>;
+    /// Replaces the ACL of one stored version (not a delete marker) in place, keeping the
+    /// rest of it; `false` (nothing changed) when there is no such version.
+    fn set_object_acl(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        acl: Option<&acl::Acl>,
+    ) -> Result<bool>;
     /// Replaces the tags of one stored version (not a delete marker) in place, keeping the
     /// rest of it; `false` (nothing changed) when there is no such version.
     fn set_object_tags(

@@ -49,7 +49,79 @@ on_every_store!(
     tags_change_in_place_per_version_and_buckets_keep_theirs,
     cors_rules_are_stored_per_bucket_and_go_with_it,
     users_and_keys_are_stored_whole_and_usage_counts_by_bucket_owner,
+    acls_and_ownership_are_kept_per_bucket_and_per_version_in_place,
 );
+
+fn acls_and_ownership_are_kept_per_bucket_and_per_version_in_place(s: &dyn MetadataStore) {
+    use crate::meta::acl::Canned;
+    s.create_bucket(&bucket("a")).unwrap();
+    assert_eq!(s.bucket_acl("a").unwrap(), None);
+    assert_eq!(s.bucket_ownership("a").unwrap(), None);
+    s.set_bucket_acl("a", Some("{\"owner\":\"alice\",\"grants\":[]}"))
+        .unwrap();
+    s.set_bucket_ownership("a", Some("BucketOwnerEnforced"))
+        .unwrap();
+    assert_eq!(
+        s.bucket_acl("a").unwrap().as_deref(),
+        Some("{\"owner\":\"alice\",\"grants\":[]}")
+    );
+    assert_eq!(
+        s.bucket_ownership("a").unwrap().as_deref(),
+        Some("BucketOwnerEnforced")
+    );
+    s.set_bucket_ownership("a", None).unwrap();
+    assert_eq!(s.bucket_ownership("a").unwrap(), None);
+    assert!(s.bucket_acl("a").unwrap().is_some());
+    assert!(matches!(
+        s.set_bucket_acl("nope", Some("{}")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    assert!(matches!(
+        s.set_bucket_ownership("nope", Some("ObjectWriter")),
+        Err(MetaError::NoSuchBucket(_))
+    ));
+    // A version's ACL: written with it, changed in place keeping the rest, per version.
+    let public = Canned::PublicRead.object_acl("bob", "alice").unwrap();
+    let v1 = ObjectVersion {
+        attrs: ObjectAttrs {
+            acl: Some(public.clone()),
+            tags: [("k".to_owned(), "v".to_owned())].into(),
+            ..ObjectAttrs::default()
+        },
+        ..version("k", "v1", 1)
+    };
+    let mut v1 = v1;
+    v1.bucket = "a".into();
+    s.put_version(&v1).unwrap();
+    let mut v2 = version("k", "v2", 2);
+    v2.bucket = "a".into();
+    s.put_version(&v2).unwrap();
+    assert_eq!(
+        s.version("a", "k", Some("v1")).unwrap().unwrap().attrs.acl,
+        Some(public)
+    );
+    assert_eq!(s.version("a", "k", None).unwrap().unwrap().attrs.acl, None);
+    let private = crate::meta::acl::Acl::private("bob");
+    assert!(s.set_object_acl("a", "k", "v1", Some(&private)).unwrap());
+    let got = s.version("a", "k", Some("v1")).unwrap().unwrap();
+    assert_eq!(got.attrs.acl, Some(private));
+    assert_eq!(got.attrs.tags.get("k").map(String::as_str), Some("v"));
+    assert!(s.set_object_acl("a", "k", "v1", None).unwrap());
+    assert_eq!(
+        s.version("a", "k", Some("v1")).unwrap().unwrap().attrs.acl,
+        None
+    );
+    assert!(!s.set_object_acl("a", "k", "v9", None).unwrap());
+    assert!(!s.set_object_acl("a", "gone", "v1", None).unwrap());
+    // A deleted bucket's go with it.
+    s.set_bucket_ownership("a", Some("ObjectWriter")).unwrap();
+    s.delete_version("a", "k", "v1").unwrap();
+    s.delete_version("a", "k", "v2").unwrap();
+    s.delete_bucket("a").unwrap();
+    s.create_bucket(&bucket("a")).unwrap();
+    assert_eq!(s.bucket_acl("a").unwrap(), None);
+    assert_eq!(s.bucket_ownership("a").unwrap(), None);
+}
 
 fn object_lock_is_stored_per_bucket_and_changed_per_version_in_place(s: &dyn MetadataStore) {
     use crate::meta::lock::{LockMode, ObjectLock, Retention};
@@ -218,7 +290,7 @@ fn a_database_from_before_users_gains_bucket_owners() {
     {
         let old = rusqlite::Connection::open(&path).unwrap();
         let schema = sqlite::schema_for_tests().replace(",\n    owner TEXT\n", "\n");
-        assert!(!schema.contains("owner"));
+        assert!(!schema.contains("owner TEXT"));
         old.execute_batch(&schema).unwrap();
         old.execute(
             "INSERT INTO buckets (name, created, versioning) VALUES ('old', 1, 'unversioned')",
@@ -312,6 +384,7 @@ fn attributes_round_trip_on_versions_and_uploads(s: &dyn MetadataStore) {
             legal_hold: true,
         },
         tags: BTreeMap::from([("project".into(), "blue".into())]),
+        acl: crate::meta::acl::Canned::AuthenticatedRead.object_acl("bob", "alice"),
         checksum: Some(ObjectChecksum {
             algorithm: Algorithm::Crc32,
             kind: Kind::Composite,

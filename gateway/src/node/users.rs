@@ -486,6 +486,15 @@ impl Accounts {
         }
     }
 
+    /// The display name of user `id` as the in-memory view knows it (`None`: no such
+    /// user); the default user is always known. For S3 answers naming owners and grantees.
+    pub fn display_name(&self, id: &str) -> Option<String> {
+        match self.view().users.get(id) {
+            Some(u) => Some(u.display_name.clone()),
+            None => (id == DEFAULT_USER).then(|| DEFAULT_USER.to_owned()),
+        }
+    }
+
     /// Every user with its usage; the default user first.
     pub fn users(&self) -> Result<Vec<UserInfo>> {
         self.reload()?;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::policy::{self, Decision, Facts, Policy, PublicAccessBlock, Refusal};
+use crate::meta::acl::{Acl, DEFAULT_OWNERSHIP, Ownership, Permission, Requester};
 use crate::node::Node;
 use crate::node::users::DEFAULT_USER;
 
@@ -36,9 +37,73 @@ pub struct BucketFacts {
     /// everything is refused but the owner's policy management, which can replace it.
     pub policy_broken: bool,
     pub block: PublicAccessBlock,
+    /// The bucket's ACL as stored (`None`: `private`, which grants nobody but the owner).
+    pub acl: Option<Arc<Acl>>,
+    /// The bucket's object ownership ([`DEFAULT_OWNERSHIP`] when none is set).
+    pub ownership: Option<Ownership>,
+}
+
+/// Which ACL permission lets `operation` through, and whether it is the object's ACL
+/// (else the bucket's) that must grant it: S3's mapping of ACL permissions to operations.
+pub fn acl_need(operation: &str) -> Option<(Permission, bool)> {
+    Some(match operation {
+        "ListObjects"
+        | "ListObjectsV2"
+        | "ListObjectVersions"
+        | "ListMultipartUploads"
+        | "HeadBucket" => (Permission::Read, false),
+        "PutObject"
+        | "PostObject"
+        | "CopyObject"
+        | "DeleteObject"
+        | "DeleteObjects"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
+        | "CompleteMultipartUpload"
+        | "AbortMultipartUpload"
+        | "ListParts" => (Permission::Write, false),
+        "GetBucketAcl" => (Permission::ReadAcp, false),
+        "PutBucketAcl" => (Permission::WriteAcp, false),
+        "GetObject" | "HeadObject" => (Permission::Read, true),
+        "GetObjectAcl" => (Permission::ReadAcp, true),
+        "PutObjectAcl" => (Permission::WriteAcp, true),
+        _ => return None,
+    })
 }
 
 impl BucketFacts {
+    /// The ownership setting in force.
+    pub fn ownership(&self) -> Ownership {
+        self.ownership.unwrap_or(DEFAULT_OWNERSHIP)
+    }
+
+    /// Whether an ACL lets `user` run `operation`: the bucket's ACL, or `object_acl` (the
+    /// version's, `None`: private) for object reads and ACL changes. Nothing with ACLs
+    /// disabled (BucketOwnerEnforced); grants to the bucket's owner do not count (its
+    /// keys' grants decide what they may do); public grants count for nothing under
+    /// IgnorePublicAcls.
+    pub fn acl_allows(
+        &self,
+        user: Option<&str>,
+        operation: &str,
+        object_acl: Option<&Acl>,
+    ) -> bool {
+        let Some((needed, on_object)) = acl_need(operation) else {
+            return false;
+        };
+        if !self.ownership().acls_enabled() || self.owned_by(user) {
+            return false;
+        }
+        let acl = if on_object {
+            object_acl
+        } else {
+            self.acl.as_deref()
+        };
+        let requester = user.map_or(Requester::Anonymous, Requester::User);
+        acl.is_some_and(|a| a.allows(requester, needed, self.block.ignore_public_acls))
+    }
+
     /// Whether `user` owns the bucket.
     pub fn owned_by(&self, user: Option<&str>) -> bool {
         user.is_some() && self.owner.as_deref() == user
@@ -92,16 +157,18 @@ impl BucketAccess {
             return Ok(Arc::clone(facts));
         }
         let name = bucket.to_owned();
-        let (found, policy, block) = self
+        let (found, policy, block, acl, ownership) = self
             .node
             .meta(move |m| {
                 let Some(b) = m.bucket(&name)? else {
-                    return Ok((None, None, None));
+                    return Ok((None, None, None, None, None));
                 };
                 Ok((
                     Some(b),
                     m.bucket_policy(&name)?,
                     m.public_access_block(&name)?,
+                    m.bucket_acl(&name)?,
+                    m.bucket_ownership(&name)?,
                 ))
             })
             .await?;
@@ -129,6 +196,19 @@ impl BucketAccess {
                 }
             });
         }
+        if let Some(text) = acl {
+            match serde_json::from_str::<Acl>(&text) {
+                Ok(a) => facts.acl = Some(Arc::new(a)),
+                Err(e) => {
+                    tracing::warn!(bucket, error = %e, "the stored bucket ACL does not parse; it grants nothing");
+                }
+            }
+        }
+        if let Some(text) = ownership {
+            // Unknown to this gateway: taken as BucketOwnerEnforced, so ACLs grant nothing.
+            facts.ownership =
+                Some(Ownership::parse(&text).unwrap_or(Ownership::BucketOwnerEnforced));
+        }
         let facts = Arc::new(facts);
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= MAX_CACHED {
@@ -136,6 +216,27 @@ impl BucketAccess {
         }
         cache.insert(bucket.to_owned(), (Instant::now(), Arc::clone(&facts)));
         Ok(facts)
+    }
+
+    /// The ACL of the version `version_id` (`None`: the latest) of `key`, for the access
+    /// check of object reads and ACL changes; `None` when there is no such object or it
+    /// has no ACL of its own.
+    pub async fn object_acl(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> crate::error::Result<Option<Acl>> {
+        let (b, k, v) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            version_id.map(str::to_owned),
+        );
+        let found = self
+            .node
+            .meta(move |m| m.version(&b, &k, v.as_deref()))
+            .await?;
+        Ok(found.filter(|v| !v.delete_marker).and_then(|v| v.attrs.acl))
     }
 
     /// Drops what is known of `bucket` (its policy, block or existence changed here).
@@ -164,6 +265,8 @@ pub struct Ask<'a> {
     /// What the key's grants lack, worded for the client (`access key K may not write
     /// bucket B (PutObject)`); `None` when unsigned.
     pub grant_refusal: Option<&'a str>,
+    /// The object's ACL, for object reads and ACL changes (`None`: not read, or none).
+    pub object_acl: Option<&'a Acl>,
 }
 
 /// Decides `ask` against the bucket's facts; the error names what refused it.
@@ -187,6 +290,8 @@ pub fn judge(facts: &BucketFacts, ask: &Ask<'_>) -> Result<(), String> {
             owner,
             policy_management,
             restricted_public: facts.restricted_public(),
+            acl_allows: !policy_management
+                && facts.acl_allows(ask.user, ask.operation, ask.object_acl),
         },
     );
     let who = ask
@@ -203,7 +308,7 @@ pub fn judge(facts: &BucketFacts, ask: &Ask<'_>) -> Result<(), String> {
             ask.bucket, ask.action
         )),
         Err(Refusal::NotAllowed) if ask.user.is_none() => Err(format!(
-            "Signature is required: no policy of bucket {} allows {} on {resource} to anonymous requests",
+            "Signature is required: neither the policy nor an ACL of bucket {} allows {} on {resource} to anonymous requests",
             ask.bucket, ask.action
         )),
         Err(Refusal::NotAllowed) if policy_management && ask.grants_allow => Err(format!(
@@ -250,6 +355,7 @@ impl DeleteCheck {
                     .user
                     .as_ref()
                     .map(|_| "the key may not write the bucket (DeleteObject)"),
+                object_acl: None,
             },
         )
     }
@@ -338,6 +444,7 @@ mod tests {
             policy: policy.map(|p| Arc::new(Policy::parse(p, "photos").unwrap())),
             policy_broken: false,
             block,
+            ..Default::default()
         }
     }
 
@@ -359,6 +466,7 @@ mod tests {
             action,
             context: cx,
             grant_refusal: user.map(|_| "access key K may not read bucket photos (GetObject)"),
+            object_acl: None,
         }
     }
 
@@ -398,7 +506,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.starts_with("Signature is required: no policy of bucket photos allows s3:GetObject"),
+            e.starts_with("Signature is required: neither the policy nor an ACL of bucket photos allows s3:GetObject"),
             "{e}"
         );
         assert!(
@@ -585,6 +693,78 @@ mod tests {
                 )
             )
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn acl_grants_allow_beside_grants_but_not_past_a_deny_nor_for_the_owner() {
+        use crate::meta::acl::Canned;
+        let cx = policy::Context::default();
+        let public_object = Canned::PublicRead.object_acl("alice", "alice").unwrap();
+        let mut f = facts("alice", None, PublicAccessBlock::default());
+        let get = |user, acl| {
+            let mut a = ask(user, false, "GetObject", "s3:GetObject", Some("a.jpg"), &cx);
+            a.object_acl = acl;
+            a
+        };
+        // An object's public-read grant lets anonymous requests read it, not list or write.
+        assert!(judge(&f, &get(None, Some(&public_object))).is_ok());
+        assert!(judge(&f, &get(None, None)).is_err());
+        let list = ask(None, false, "ListObjectsV2", "s3:ListBucket", None, &cx);
+        assert!(judge(&f, &list).is_err());
+        // The bucket's ACL decides listing and writing; READ_ACP does not give READ.
+        f.acl = Some(Arc::new(Canned::PublicReadWrite.bucket_acl("alice")));
+        assert!(judge(&f, &list).is_ok());
+        let put = ask(None, false, "PutObject", "s3:PutObject", Some("b"), &cx);
+        assert!(judge(&f, &put).is_ok());
+        let acl_read = ask(
+            Some("bob"),
+            false,
+            "GetBucketAcl",
+            "s3:GetBucketAcl",
+            None,
+            &cx,
+        );
+        assert!(judge(&f, &acl_read).is_err());
+        // The bucket ACL never reaches object reads (the object's ACL does).
+        assert!(judge(&f, &get(Some("bob"), None)).is_err());
+        // IgnorePublicAcls: nothing public counts.
+        f.block.ignore_public_acls = true;
+        assert!(judge(&f, &list).is_err());
+        assert!(judge(&f, &get(None, Some(&public_object))).is_err());
+        f.block.ignore_public_acls = false;
+        // BucketOwnerEnforced: no ACL counts.
+        f.ownership = Some(Ownership::BucketOwnerEnforced);
+        assert!(judge(&f, &list).is_err());
+        f.ownership = None;
+        // A grant naming the owner does not widen what the owner's keys may do.
+        let mut owner_only = facts("alice", None, PublicAccessBlock::default());
+        owner_only.acl = Some(Arc::new(Canned::Private.bucket_acl("alice")));
+        let alice_put = ask(
+            Some("alice"),
+            false,
+            "PutObject",
+            "s3:PutObject",
+            Some("c"),
+            &cx,
+        );
+        assert!(judge(&owner_only, &alice_put).is_err());
+        // An explicit deny of the policy beats an ACL grant.
+        let mut denied = facts("alice", Some(PUBLIC), PublicAccessBlock::default());
+        denied.acl = Some(Arc::new(Canned::PublicReadWrite.bucket_acl("alice")));
+        let mut mallory = policy::Context::default();
+        mallory.set("aws:username", "mallory");
+        let put = ask(
+            Some("mallory"),
+            false,
+            "PutObject",
+            "s3:PutObject",
+            Some("d"),
+            &mallory,
+        );
+        assert!(
+            judge(&denied, &put).unwrap_err().contains("denies"),
+            "an ACL grant let a denied request through"
         );
     }
 

@@ -327,6 +327,58 @@ fn denied(message: String) -> s3s::S3Error {
 }
 
 impl KeyRing {
+    /// The ACL of the object a request names, when the decision may need it: the
+    /// operation is one an object's ACL governs, ACLs count in the bucket, and the
+    /// requester is not its owner (whose keys' grants decide). Read from the store only then.
+    async fn object_acl_for(
+        &self,
+        facts: &BucketFacts,
+        user: Option<&str>,
+        bucket: &str,
+        key: &str,
+        operation: &str,
+        uri: &http::Uri,
+    ) -> S3Result<Option<crate::meta::acl::Acl>> {
+        let on_object = access::acl_need(operation).is_some_and(|(_, object)| object);
+        if !on_object || !facts.ownership().acls_enabled() || facts.owned_by(user) {
+            return Ok(None);
+        }
+        let Some(buckets) = &self.buckets else {
+            return Ok(None);
+        };
+        let version = access::query_param(uri, "versionId");
+        buckets
+            .object_acl(bucket, key, version.as_deref())
+            .await
+            .map_err(s3s::S3Error::from)
+    }
+
+    /// The ACL of a copy's source object (read as GetObject is).
+    async fn source_acl(
+        &self,
+        facts: &BucketFacts,
+        user: Option<&str>,
+        bucket: &str,
+        key: &str,
+        headers: &http::HeaderMap,
+    ) -> S3Result<Option<crate::meta::acl::Acl>> {
+        if !facts.ownership().acls_enabled() || facts.owned_by(user) {
+            return Ok(None);
+        }
+        let Some(buckets) = &self.buckets else {
+            return Ok(None);
+        };
+        let version = headers
+            .get("x-amz-copy-source")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.split_once("?versionId="))
+            .map(|(_, v)| percent_decoded(v));
+        buckets
+            .object_acl(bucket, key, version.as_deref())
+            .await
+            .map_err(s3s::S3Error::from)
+    }
+
     /// The access facts of `bucket` (none known without [`KeyRing::with_bucket_access`]).
     async fn facts(&self, bucket: &str) -> S3Result<Arc<BucketFacts>> {
         match &self.buckets {
@@ -384,7 +436,10 @@ impl S3Access for KeyRing {
         if operation == "DeleteObjects" {
             // Decided per key in the handler (S3 checks s3:DeleteObject on each); refused
             // here only when nothing could allow any.
-            if !grants_allow && facts.policy.is_none() {
+            if !grants_allow
+                && facts.policy.is_none()
+                && !facts.acl_allows(user.as_deref(), &operation, None)
+            {
                 return Err(refuse(match &access_key {
                     Some(k) => {
                         format!("access key {k} may not write bucket {bucket} (DeleteObjects)")
@@ -410,6 +465,13 @@ impl S3Access for KeyRing {
             let object_key = key
                 .as_deref()
                 .filter(|_| super::policy::actions::is_object_operation(&operation));
+            let object_acl = match object_key {
+                Some(k) if !grants_allow => {
+                    self.object_acl_for(&facts, user.as_deref(), &bucket, k, &operation, cx.uri())
+                        .await?
+                }
+                _ => None,
+            };
             access::judge(
                 &facts,
                 &Ask {
@@ -422,6 +484,7 @@ impl S3Access for KeyRing {
                     action: &action,
                     context: &context,
                     grant_refusal: grant_refusal.as_deref(),
+                    object_acl: object_acl.as_ref(),
                 },
             )
             .map_err(refuse)?;
@@ -437,6 +500,18 @@ impl S3Access for KeyRing {
             let grants_allow = grants
                 .as_ref()
                 .is_some_and(|g| g.allows(&source_bucket, Need::Read));
+            let source_acl = if grants_allow {
+                None
+            } else {
+                self.source_acl(
+                    &facts,
+                    user.as_deref(),
+                    &source_bucket,
+                    &source_key,
+                    cx.headers(),
+                )
+                .await?
+            };
             access::judge(
                 &facts,
                 &Ask {
@@ -452,6 +527,7 @@ impl S3Access for KeyRing {
                         .as_ref()
                         .map(|k| format!("access key {k} may not read bucket {source_bucket} (the copy source)"))
                         .as_deref(),
+                    object_acl: source_acl.as_ref(),
                 },
             )
             .map_err(refuse)?;

@@ -19,6 +19,11 @@ impl Gateway {
             .as_ref()
             .and_then(|c| self.accounts().lookup(&c.access_key))
             .map(|k| k.user);
+        let (asked_acl, ownership) = self.create_bucket_asks(
+            &req.input,
+            &req.headers,
+            owner.as_deref().unwrap_or(crate::node::users::DEFAULT_USER),
+        )?;
         let name = req.input.bucket;
         // Object lock needs versioning, and keeps it enabled.
         let lock = req.input.object_lock_enabled_for_bucket == Some(true);
@@ -33,8 +38,20 @@ impl Gateway {
             },
             owner,
         };
+        let created = bucket.clone();
         self.meta(move |m| m.create_bucket(&bucket)).await?;
         self.bucket_access_changed(&name);
+        if let Err(e) = self
+            .apply_create_bucket_acl(&created, &asked_acl, ownership)
+            .await
+        {
+            // Not left behind without the access controls it was asked for.
+            let n = name.clone();
+            if let Err(cleanup) = self.meta(move |m| m.delete_bucket(&n)).await {
+                tracing::warn!(bucket = %name, error = %cleanup, "bucket created without its ACL could not be removed again");
+            }
+            return Err(e);
+        }
         if lock && let Err(e) = self.enable_lock(&name).await {
             // Not left behind without the lock it was asked for.
             let n = name.clone();

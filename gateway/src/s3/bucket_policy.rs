@@ -27,7 +27,7 @@ fn no_block(bucket: &str) -> S3Error {
 
 impl Gateway {
     /// The bucket's PublicAccessBlock as stored (all off when none is).
-    async fn stored_block(&self, bucket: &str) -> S3Result<Option<PublicAccessBlock>> {
+    pub(super) async fn stored_block(&self, bucket: &str) -> S3Result<Option<PublicAccessBlock>> {
         let name = bucket.to_owned();
         let text = self.meta(move |m| m.public_access_block(&name)).await?;
         text.map(|t| {

@@ -129,6 +129,15 @@ impl Gateway {
                 ),
             ));
         }
+        // The copy's ACL is the request's (private when none is asked), never the source's.
+        let acl = self
+            .acl_for_new_object(
+                &bucket,
+                self.requester(req.credentials.as_ref()).as_deref(),
+                input.acl.as_ref().map(|a| a.as_str()),
+                &req.headers,
+            )
+            .await?;
         let plan = self.resolve_plan(&bucket, storage_class)?;
         let customer = sse_c::for_new_object(
             target_key,
@@ -218,6 +227,7 @@ impl Gateway {
         attrs.lock = lock;
         attrs.tags = tags.unwrap_or_else(|| source.attrs.tags.clone());
         attrs.checksum = checksum;
+        attrs.acl = acl;
         let version_id = new_version_id(&bucket);
         let modified = now_ms();
         let md5 = sse_c::stored_etag(customer.as_ref(), &written.md5);

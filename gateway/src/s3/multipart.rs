@@ -188,6 +188,15 @@ impl Gateway {
         .attrs();
         attrs.lock = lock;
         attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
+        // Kept with the upload; the completed version takes it.
+        attrs.acl = self
+            .acl_for_new_object(
+                &bucket,
+                self.requester(req.credentials.as_ref()).as_deref(),
+                input.acl.as_ref().map(|a| a.as_str()),
+                &req.headers,
+            )
+            .await?;
         let upload = Upload {
             bucket: input.bucket.clone(),
             key: input.key.clone(),

@@ -120,6 +120,14 @@ impl Gateway {
         .attrs();
         attrs.lock = lock;
         attrs.tags = tagging::header_tags(input.tagging.as_deref())?;
+        attrs.acl = self
+            .acl_for_new_object(
+                &bucket,
+                self.requester(req.credentials.as_ref()).as_deref(),
+                input.acl.as_ref().map(|a| a.as_str()),
+                &req.headers,
+            )
+            .await?;
         let written = self
             .store_upload(
                 &plan,

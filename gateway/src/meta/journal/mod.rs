@@ -146,6 +146,23 @@ pub enum Entry {
         bucket: String,
         config: Option<String>,
     },
+    /// Put/DeleteBucketAcl (and CreateBucket with an ACL): a bucket's ACL (JSON).
+    SetBucketAcl {
+        bucket: String,
+        acl: Option<String>,
+    },
+    /// Put/DeleteBucketOwnershipControls.
+    SetBucketOwnership {
+        bucket: String,
+        ownership: Option<String>,
+    },
+    /// PutObjectAcl: one version's ACL replaced in place.
+    SetObjectAcl {
+        bucket: String,
+        key: String,
+        version_id: String,
+        acl: Option<crate::meta::acl::Acl>,
+    },
     /// Put/DeleteObjectTagging: one version's tags replaced in place.
     SetObjectTags {
         bucket: String,

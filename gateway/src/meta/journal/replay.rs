@@ -156,6 +156,24 @@ pub fn apply(store: &dyn MetadataStore, entry: &Entry) -> Result<bool> {
         Entry::SetPublicAccessBlock { bucket, config } => {
             skip_gone(store.set_public_access_block(bucket, config.as_deref()))
         }
+        Entry::SetBucketAcl { bucket, acl } => {
+            skip_gone(store.set_bucket_acl(bucket, acl.as_deref()))
+        }
+        Entry::SetBucketOwnership { bucket, ownership } => {
+            skip_gone(store.set_bucket_ownership(bucket, ownership.as_deref()))
+        }
+        Entry::SetObjectAcl {
+            bucket,
+            key,
+            version_id,
+            acl,
+        } => {
+            let current = store.version(bucket, key, Some(version_id))?;
+            if current.as_ref().is_none_or(|v| v.attrs.acl == *acl) {
+                return Ok(false);
+            }
+            store.set_object_acl(bucket, key, version_id, acl.as_ref())
+        }
         Entry::SetObjectTags {
             bucket,
             key,

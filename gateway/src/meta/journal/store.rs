@@ -494,6 +494,53 @@ impl MetadataStore for JournaledStore {
     fn bucket_encryption(&self, bucket: &str) -> Result<Option<String>> {
         self.inner.bucket_encryption(bucket)
     }
+    fn set_bucket_acl(&self, bucket: &str, acl: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_acl(bucket, acl),
+            |()| {
+                Some(Entry::SetBucketAcl {
+                    bucket: bucket.to_owned(),
+                    acl: acl.map(str::to_owned),
+                })
+            },
+        )
+    }
+    fn bucket_acl(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_acl(bucket)
+    }
+    fn set_bucket_ownership(&self, bucket: &str, ownership: Option<&str>) -> Result<()> {
+        self.logged(
+            |s| s.set_bucket_ownership(bucket, ownership),
+            |()| {
+                Some(Entry::SetBucketOwnership {
+                    bucket: bucket.to_owned(),
+                    ownership: ownership.map(str::to_owned),
+                })
+            },
+        )
+    }
+    fn bucket_ownership(&self, bucket: &str) -> Result<Option<String>> {
+        self.inner.bucket_ownership(bucket)
+    }
+    fn set_object_acl(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        acl: Option<&crate::meta::acl::Acl>,
+    ) -> Result<bool> {
+        self.logged(
+            |s| s.set_object_acl(bucket, key, version_id, acl),
+            |changed| {
+                changed.then(|| Entry::SetObjectAcl {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    version_id: version_id.to_owned(),
+                    acl: acl.cloned(),
+                })
+            },
+        )
+    }
     fn set_object_tags(
         &self,
         bucket: &str,

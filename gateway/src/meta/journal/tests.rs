@@ -57,14 +57,16 @@ fn observe(s: &dyn MetadataStore) -> Vec<String> {
     out.extend(s.keys().unwrap().iter().map(|k| format!("{k:?}")));
     for b in s.buckets().unwrap() {
         out.push(format!(
-            "{b:?} lifecycle={:?} lock={:?} tags={:?} cors={:?} policy={:?} public_access={:?} encryption={:?}",
+            "{b:?} lifecycle={:?} lock={:?} tags={:?} cors={:?} policy={:?} public_access={:?} encryption={:?} acl={:?} ownership={:?}",
             s.lifecycle(&b.name).unwrap(),
             s.bucket_lock(&b.name).unwrap(),
             s.bucket_tags(&b.name).unwrap(),
             s.bucket_cors(&b.name).unwrap(),
             s.bucket_policy(&b.name).unwrap(),
             s.public_access_block(&b.name).unwrap(),
-            s.bucket_encryption(&b.name).unwrap()
+            s.bucket_encryption(&b.name).unwrap(),
+            s.bucket_acl(&b.name).unwrap(),
+            s.bucket_ownership(&b.name).unwrap()
         ));
         let page = s
             .list_versions(
@@ -138,6 +140,14 @@ fn history(s: &dyn MetadataStore) {
     // Tags changed in place, on the version that becomes noncurrent.
     let tags = BTreeMap::from([("class".to_string(), "temp".to_string())]);
     assert!(s.set_object_tags("docs", "d", "v2", &tags).unwrap());
+    s.set_bucket_acl("photos", Some("{\"owner\":\"default\",\"grants\":[]}"))
+        .unwrap();
+    s.set_bucket_ownership("photos", Some("BucketOwnerPreferred"))
+        .unwrap();
+    let acl = crate::meta::acl::Canned::PublicRead
+        .object_acl("default", "default")
+        .unwrap();
+    assert!(s.set_object_acl("docs", "d", "v2", Some(&acl)).unwrap());
     let mut marker = version("docs", "d", "v3", 7);
     marker.delete_marker = true;
     marker.layout = None;
@@ -309,7 +319,7 @@ fn replaying_from_any_snapshot_rebuilds_the_store() {
     );
     history(&live);
     let entries = journal.take();
-    assert_eq!(entries.len(), 46, "{entries:#?}");
+    assert_eq!(entries.len(), 49, "{entries:#?}");
     let want = observe(&live);
     // A snapshot holds the first `copied` changes; its cut may lag behind (`cut` ≤
     // `copied`), so replay starts there and meets changes the copy already has.

@@ -88,6 +88,10 @@ pub(super) fn delete_bucket(s: &PostgresStore, name: &str) -> Result<()> {
         .map_err(pg_err)?;
         tx.execute("DELETE FROM bucket_encryption WHERE bucket = $1", &[&name])
             .map_err(pg_err)?;
+        tx.execute("DELETE FROM bucket_acl WHERE bucket = $1", &[&name])
+            .map_err(pg_err)?;
+        tx.execute("DELETE FROM bucket_ownership WHERE bucket = $1", &[&name])
+            .map_err(pg_err)?;
         tx.execute("DELETE FROM buckets WHERE name = $1", &[&name])
             .map_err(pg_err)?;
         Ok(())
@@ -192,16 +196,7 @@ pub(super) fn set_bucket_encryption(
 }
 
 pub(super) fn bucket_encryption(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
-    s.run(|c| {
-        c.query_opt(
-            "SELECT config FROM bucket_encryption WHERE bucket = $1",
-            &[&bucket],
-        )
-        .map_err(pg_err)?
-        .map(|r| r.try_get(0))
-        .transpose()
-        .map_err(pg_err)
-    })
+    bucket_setting(s, bucket, "bucket_encryption", "config")
 }
 
 /// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
@@ -242,10 +237,16 @@ fn set_bucket_setting(
     })
 }
 
-pub(super) fn lifecycle(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+/// One per-bucket setting kept in a table of its own, as [`set_bucket_setting`] stored it.
+fn bucket_setting(
+    s: &PostgresStore,
+    bucket: &str,
+    table: &str,
+    column: &str,
+) -> Result<Option<String>> {
     s.run(|c| {
         c.query_opt(
-            "SELECT rules FROM bucket_lifecycle WHERE bucket = $1",
+            &format!("SELECT {column} FROM {table} WHERE bucket = $1"),
             &[&bucket],
         )
         .map_err(pg_err)?
@@ -253,6 +254,10 @@ pub(super) fn lifecycle(s: &PostgresStore, bucket: &str) -> Result<Option<String
         .transpose()
         .map_err(pg_err)
     })
+}
+
+pub(super) fn lifecycle(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    bucket_setting(s, bucket, "bucket_lifecycle", "rules")
 }
 
 /// Object lock: enabled by storing a configuration, which can change but not go away.
@@ -279,63 +284,41 @@ pub(super) fn set_bucket_lock(s: &PostgresStore, bucket: &str, config: &str) -> 
 }
 
 pub(super) fn bucket_lock(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
-    s.run(|c| {
-        c.query_opt(
-            "SELECT config FROM bucket_object_lock WHERE bucket = $1",
-            &[&bucket],
-        )
-        .map_err(pg_err)?
-        .map(|r| r.try_get(0))
-        .transpose()
-        .map_err(pg_err)
-    })
+    bucket_setting(s, bucket, "bucket_object_lock", "config")
 }
 
 pub(super) fn bucket_cors(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
-    s.run(|c| {
-        c.query_opt(
-            "SELECT rules FROM bucket_cors WHERE bucket = $1",
-            &[&bucket],
-        )
-        .map_err(pg_err)?
-        .map(|r| r.try_get(0))
-        .transpose()
-        .map_err(pg_err)
-    })
+    bucket_setting(s, bucket, "bucket_cors", "rules")
 }
 
 pub(super) fn bucket_tags(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
-    s.run(|c| {
-        c.query_opt("SELECT tags FROM bucket_tags WHERE bucket = $1", &[&bucket])
-            .map_err(pg_err)?
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(pg_err)
-    })
+    bucket_setting(s, bucket, "bucket_tags", "tags")
 }
 
 pub(super) fn bucket_policy(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
-    s.run(|c| {
-        c.query_opt(
-            "SELECT policy FROM bucket_policies WHERE bucket = $1",
-            &[&bucket],
-        )
-        .map_err(pg_err)?
-        .map(|r| r.try_get(0))
-        .transpose()
-        .map_err(pg_err)
-    })
+    bucket_setting(s, bucket, "bucket_policies", "policy")
 }
 
 pub(super) fn public_access_block(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
-    s.run(|c| {
-        c.query_opt(
-            "SELECT config FROM bucket_public_access WHERE bucket = $1",
-            &[&bucket],
-        )
-        .map_err(pg_err)?
-        .map(|r| r.try_get(0))
-        .transpose()
-        .map_err(pg_err)
-    })
+    bucket_setting(s, bucket, "bucket_public_access", "config")
+}
+
+pub(super) fn set_bucket_acl(s: &PostgresStore, bucket: &str, acl: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_acl", "acl", acl)
+}
+
+pub(super) fn bucket_acl(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    bucket_setting(s, bucket, "bucket_acl", "acl")
+}
+
+pub(super) fn set_bucket_ownership(
+    s: &PostgresStore,
+    bucket: &str,
+    ownership: Option<&str>,
+) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_ownership", "ownership", ownership)
+}
+
+pub(super) fn bucket_ownership(s: &PostgresStore, bucket: &str) -> Result<Option<String>> {
+    bucket_setting(s, bucket, "bucket_ownership", "ownership")
 }

@@ -601,6 +601,27 @@ impl MetadataStore for PostgresStore {
     fn bucket_encryption(&self, bucket: &str) -> Result<Option<String>> {
         buckets::bucket_encryption(self, bucket)
     }
+    fn set_bucket_acl(&self, bucket: &str, acl: Option<&str>) -> Result<()> {
+        buckets::set_bucket_acl(self, bucket, acl)
+    }
+    fn bucket_acl(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_acl(self, bucket)
+    }
+    fn set_bucket_ownership(&self, bucket: &str, ownership: Option<&str>) -> Result<()> {
+        buckets::set_bucket_ownership(self, bucket, ownership)
+    }
+    fn bucket_ownership(&self, bucket: &str) -> Result<Option<String>> {
+        buckets::bucket_ownership(self, bucket)
+    }
+    fn set_object_acl(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        acl: Option<&crate::meta::acl::Acl>,
+    ) -> Result<bool> {
+        objects::set_object_acl(self, bucket, key, version_id, acl)
+    }
 
     fn set_bucket_cors(&self, bucket: &str, rules: Option<&str>) -> Result<()> {
         buckets::set_bucket_cors(self, bucket, rules)

@@ -374,9 +374,39 @@ pub(super) fn set_object_tags(
     version_id: &str,
     tags: &std::collections::BTreeMap<String, String>,
 ) -> Result<bool> {
+    let value = (!tags.is_empty())
+        .then(|| serde_json::to_value(tags))
+        .transpose()
+        .map_err(store_err)?;
+    set_version_attr(s, bucket, key, version_id, "tags", value)
+}
+
+pub(super) fn set_object_acl(
+    s: &PostgresStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    acl: Option<&crate::meta::acl::Acl>,
+) -> Result<bool> {
+    let value = acl
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(store_err)?;
+    set_version_attr(s, bucket, key, version_id, "acl", value)
+}
+
+/// Replaces one field of a stored version's attributes in place.
+fn set_version_attr(
+    s: &PostgresStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    field: &str,
+    value: Option<serde_json::Value>,
+) -> Result<bool> {
     s.tx(|tx| {
-        // The row stays locked until the update: a concurrent tag change waits, then
-        // applies to what this one wrote.
+        // The row stays locked until the update: a concurrent change waits, then applies
+        // to what this one wrote.
         let Some(row) = tx
             .query_opt(
                 "SELECT seq, attrs FROM versions
@@ -390,7 +420,8 @@ pub(super) fn set_object_tags(
         };
         let seq: i64 = row.try_get(0).map_err(pg_err)?;
         let column: Option<String> = row.try_get(1).map_err(pg_err)?;
-        let column = ObjectAttrs::column_with_tags(column.as_deref(), tags).map_err(store_err)?;
+        let column = ObjectAttrs::column_with_field(column.as_deref(), field, value.clone())
+            .map_err(store_err)?;
         tx.execute(
             "UPDATE versions SET attrs = $2 WHERE seq = $1",
             &[&seq, &column],

@@ -97,6 +97,14 @@ CREATE TABLE IF NOT EXISTS bucket_encryption (
     bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     config TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_acl (
+    bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    acl TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bucket_ownership (
+    bucket TEXT COLLATE "C" PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    ownership TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS repair_claims (
     seq BIGINT PRIMARY KEY,
     holder TEXT NOT NULL,

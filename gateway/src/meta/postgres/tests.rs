@@ -327,6 +327,17 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
     lite.put_user(&crate::meta::tests::user("alice")).unwrap();
     lite.put_key(&crate::meta::tests::key("AKALICE", "alice"))
         .unwrap();
+    let acl = "{\"owner\":\"alice\",\"grants\":[]}";
+    lite.set_bucket_acl("b", Some(acl)).unwrap();
+    lite.set_bucket_ownership("b", Some("BucketOwnerPreferred"))
+        .unwrap();
+    let object_acl = crate::meta::acl::Canned::PublicRead
+        .object_acl("bob", "alice")
+        .unwrap();
+    assert!(
+        lite.set_object_acl("b", "k", "v1", Some(&object_acl))
+            .unwrap()
+    );
 
     let pg = PostgresStore::open(&url).unwrap();
     let counts = copy_store(&lite, &pg, false).unwrap();
@@ -359,6 +370,16 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
         Some("{\"rules\":[]}")
     );
     assert_eq!(pg.parts("b", "up", "u1", 0, 10).unwrap().len(), 2);
+    // ACLs and ownership go along: the bucket's settings and each version's own.
+    assert_eq!(pg.bucket_acl("b").unwrap().as_deref(), Some(acl));
+    assert_eq!(
+        pg.bucket_ownership("b").unwrap().as_deref(),
+        Some("BucketOwnerPreferred")
+    );
+    assert_eq!(
+        pg.version("b", "k", Some("v1")).unwrap().unwrap().attrs.acl,
+        Some(object_acl.clone())
+    );
     let err = copy_store(&lite, &pg, false).unwrap_err().to_string();
     assert!(err.contains("--force"), "{err}");
     copy_store(&lite, &pg, true).unwrap();
@@ -381,6 +402,11 @@ fn migrates_from_sqlite_and_snapshots_back_into_sqlite() {
         .versions
     };
     assert_eq!(all(&back), all(&lite));
+    assert_eq!(back.bucket_acl("b").unwrap().as_deref(), Some(acl));
+    assert_eq!(
+        back.bucket_ownership("b").unwrap().as_deref(),
+        Some("BucketOwnerPreferred")
+    );
     assert_eq!(back.referenced_shards("n4").unwrap().len(), 4);
 }
 

@@ -122,14 +122,7 @@ pub(super) fn set_bucket_encryption(
 }
 
 pub(super) fn bucket_encryption(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
-    s.conn()
-        .query_row(
-            "SELECT config FROM bucket_encryption WHERE bucket = ?1",
-            params![bucket],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(store_err)
+    bucket_setting(s, bucket, "bucket_encryption", "config")
 }
 
 /// Stores or removes one per-bucket setting kept in a table of its own (`table`, keyed by
@@ -170,6 +163,19 @@ fn set_bucket_setting(
     tx.commit().map_err(store_err)
 }
 
+/// One per-bucket setting kept in a table of its own, as [`set_bucket_setting`] stored it.
+fn bucket_setting(
+    s: &SqliteStore,
+    bucket: &str,
+    table: &str,
+    column: &str,
+) -> Result<Option<String>> {
+    s.conn()
+        .prepare_cached(&format!("SELECT {column} FROM {table} WHERE bucket = ?1"))
+        .and_then(|mut stmt| stmt.query_row(params![bucket], |r| r.get(0)).optional())
+        .map_err(store_err)
+}
+
 /// A copy of the policy overlay: the file in the data directory is what runs, and this
 /// copy travels with snapshots and the journal so `sublet recover` can put it back.
 pub(super) fn shared_policies(s: &SqliteStore) -> Result<Option<(i64, String)>> {
@@ -206,14 +212,7 @@ pub(super) fn put_shared_policies(
 }
 
 pub(super) fn lifecycle(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
-    s.conn()
-        .query_row(
-            "SELECT rules FROM bucket_lifecycle WHERE bucket = ?1",
-            params![bucket],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(store_err)
+    bucket_setting(s, bucket, "bucket_lifecycle", "rules")
 }
 
 /// Object lock: enabled by storing a configuration, which can change but not go away.
@@ -240,56 +239,41 @@ pub(super) fn set_bucket_lock(s: &SqliteStore, bucket: &str, config: &str) -> Re
 }
 
 pub(super) fn bucket_lock(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
-    s.conn()
-        .query_row(
-            "SELECT config FROM bucket_object_lock WHERE bucket = ?1",
-            params![bucket],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(store_err)
+    bucket_setting(s, bucket, "bucket_object_lock", "config")
 }
 
 pub(super) fn bucket_cors(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
-    s.conn()
-        .query_row(
-            "SELECT rules FROM bucket_cors WHERE bucket = ?1",
-            params![bucket],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(store_err)
+    bucket_setting(s, bucket, "bucket_cors", "rules")
 }
 
 pub(super) fn bucket_tags(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
-    s.conn()
-        .query_row(
-            "SELECT tags FROM bucket_tags WHERE bucket = ?1",
-            params![bucket],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(store_err)
+    bucket_setting(s, bucket, "bucket_tags", "tags")
 }
 
 pub(super) fn bucket_policy(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
-    s.conn()
-        .query_row(
-            "SELECT policy FROM bucket_policies WHERE bucket = ?1",
-            params![bucket],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(store_err)
+    bucket_setting(s, bucket, "bucket_policies", "policy")
 }
 
 pub(super) fn public_access_block(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
-    s.conn()
-        .query_row(
-            "SELECT config FROM bucket_public_access WHERE bucket = ?1",
-            params![bucket],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(store_err)
+    bucket_setting(s, bucket, "bucket_public_access", "config")
+}
+
+pub(super) fn set_bucket_acl(s: &SqliteStore, bucket: &str, acl: Option<&str>) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_acl", "acl", acl)
+}
+
+pub(super) fn bucket_acl(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
+    bucket_setting(s, bucket, "bucket_acl", "acl")
+}
+
+pub(super) fn set_bucket_ownership(
+    s: &SqliteStore,
+    bucket: &str,
+    ownership: Option<&str>,
+) -> Result<()> {
+    set_bucket_setting(s, bucket, "bucket_ownership", "ownership", ownership)
+}
+
+pub(super) fn bucket_ownership(s: &SqliteStore, bucket: &str) -> Result<Option<String>> {
+    bucket_setting(s, bucket, "bucket_ownership", "ownership")
 }

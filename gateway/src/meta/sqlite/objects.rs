@@ -323,6 +323,36 @@ pub(super) fn set_object_tags(
     version_id: &str,
     tags: &std::collections::BTreeMap<String, String>,
 ) -> Result<bool> {
+    let value = (!tags.is_empty())
+        .then(|| serde_json::to_value(tags))
+        .transpose()
+        .map_err(store_err)?;
+    set_version_attr(s, bucket, key, version_id, "tags", value)
+}
+
+pub(super) fn set_object_acl(
+    s: &SqliteStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    acl: Option<&crate::meta::acl::Acl>,
+) -> Result<bool> {
+    let value = acl
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(store_err)?;
+    set_version_attr(s, bucket, key, version_id, "acl", value)
+}
+
+/// Replaces one field of a stored version's attributes in place.
+fn set_version_attr(
+    s: &SqliteStore,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    field: &str,
+    value: Option<serde_json::Value>,
+) -> Result<bool> {
     let mut conn = s.conn();
     let tx = conn.transaction().map_err(store_err)?;
     let found: Option<(i64, Option<String>)> = tx
@@ -337,7 +367,8 @@ pub(super) fn set_object_tags(
     let Some((seq, column)) = found else {
         return Ok(false);
     };
-    let column = ObjectAttrs::column_with_tags(column.as_deref(), tags).map_err(store_err)?;
+    let column =
+        ObjectAttrs::column_with_field(column.as_deref(), field, value).map_err(store_err)?;
     tx.execute(
         "UPDATE versions SET attrs = ?2 WHERE seq = ?1",
         params![seq, column],

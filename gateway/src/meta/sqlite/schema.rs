@@ -97,6 +97,14 @@ CREATE TABLE IF NOT EXISTS bucket_encryption (
     bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
     config TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bucket_acl (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    acl TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bucket_ownership (
+    bucket TEXT PRIMARY KEY REFERENCES buckets(name) ON DELETE CASCADE,
+    ownership TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,

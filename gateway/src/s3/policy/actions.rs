@@ -43,6 +43,14 @@ pub const ACTIONS: &[&str] = &[
     "s3:PutObjectTagging",
     "s3:PutObjectVersionTagging",
     "s3:BypassGovernanceRetention",
+    "s3:GetBucketAcl",
+    "s3:PutBucketAcl",
+    "s3:GetObjectAcl",
+    "s3:PutObjectAcl",
+    "s3:GetObjectVersionAcl",
+    "s3:PutObjectVersionAcl",
+    "s3:GetBucketOwnershipControls",
+    "s3:PutBucketOwnershipControls",
 ];
 
 /// The IAM action of the S3 operation `operation` (s3s's name); `versioned`: the request
@@ -71,6 +79,9 @@ pub fn action_of(operation: &str, versioned: bool) -> String {
             | "CompleteMultipartUpload",
             _,
         ) => "s3:PutObject",
+        ("GetObjectAcl", true) => "s3:GetObjectVersionAcl",
+        ("PutObjectAcl", true) => "s3:PutObjectVersionAcl",
+        ("DeleteBucketOwnershipControls", _) => "s3:PutBucketOwnershipControls",
         ("AbortMultipartUpload", _) => "s3:AbortMultipartUpload",
         ("ListParts", _) => "s3:ListMultipartUploadParts",
         ("ListMultipartUploads", _) => "s3:ListBucketMultipartUploads",
@@ -134,6 +145,8 @@ pub fn is_object_operation(operation: &str) -> bool {
             | "GetObjectLegalHold"
             | "PutObjectLegalHold"
             | "RestoreObject"
+            | "GetObjectAcl"
+            | "PutObjectAcl"
     )
 }
 

@@ -452,6 +452,10 @@ pub struct Facts {
     pub policy_management: bool,
     /// The bucket's policy is public and its PublicAccessBlock restricts public buckets.
     pub restricted_public: bool,
+    /// An ACL (the bucket's, or the object's for object reads and ACL changes) grants the
+    /// requester what the operation needs; public grants already dropped under
+    /// IgnorePublicAcls.
+    pub acl_allows: bool,
 }
 
 /// Why a request is refused.
@@ -464,8 +468,7 @@ pub enum Refusal {
 }
 
 /// The access decision: an explicit deny wins (except over the owner managing the policy:
-/// S3's owner override), then an allow from the grants or the policy. ACL grants, when
-/// they exist, join here as one more source of allow beside `grants_allow`.
+/// S3's owner override), then an allow from the grants, the policy or an ACL.
 pub fn decide(policy: Decision, facts: Facts) -> Result<(), Refusal> {
     if policy == Decision::Deny && !(facts.owner && facts.policy_management) {
         return Err(Refusal::DeniedByPolicy);
@@ -474,7 +477,7 @@ pub fn decide(policy: Decision, facts: Facts) -> Result<(), Refusal> {
         return Ok(());
     }
     let policy_allows = policy == Decision::Allow && (!facts.restricted_public || facts.owner);
-    if policy_allows {
+    if policy_allows || facts.acl_allows {
         return Ok(());
     }
     Err(Refusal::NotAllowed)

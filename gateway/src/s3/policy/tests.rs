@@ -339,6 +339,7 @@ fn deny_wins_over_grants_except_the_owner_managing_the_policy() {
         owner,
         policy_management,
         restricted_public,
+        acl_allows: false,
     };
     assert_eq!(
         decide(Decision::Deny, facts(true, true, false, false)),
@@ -471,7 +472,7 @@ proptest! {
             for grants_allow in [false, true] {
                 for owner in [false, true] {
                     for restricted_public in [false, true] {
-                        let f = Facts { grants_allow, owner, policy_management: false, restricted_public };
+                        let f = Facts { grants_allow, owner, policy_management: false, restricted_public, acl_allows: true };
                         prop_assert_eq!(decide(p.evaluate(&req), f), Err(Refusal::DeniedByPolicy));
                     }
                 }
@@ -482,7 +483,7 @@ proptest! {
     /// Without a policy (a silent one), the grants decide alone, as before policies.
     #[test]
     fn no_policy_leaves_grants_unchanged(grants_allow in prop::bool::ANY, owner in prop::bool::ANY, pm in prop::bool::ANY, rp in prop::bool::ANY) {
-        let f = Facts { grants_allow, owner, policy_management: pm, restricted_public: rp };
+        let f = Facts { grants_allow, owner, policy_management: pm, restricted_public: rp, acl_allows: false };
         prop_assert_eq!(decide(Decision::Silent, f).is_ok(), grants_allow);
     }
 

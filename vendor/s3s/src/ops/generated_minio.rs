@@ -5600,7 +5600,11 @@ impl PutObject {
 
         let body: Option<StreamingBlob> = Some(StreamingBlob::new(file_stream));
 
-        let acl: Option<ObjectCannedACL> = http::parse_field_value(&m, "x-amz-acl")?;
+        // S3's form field is `acl`; `x-amz-acl` is kept as s3s read it.
+        let acl: Option<ObjectCannedACL> = match http::parse_field_value(&m, "acl")? {
+            Some(acl) => Some(acl),
+            None => http::parse_field_value(&m, "x-amz-acl")?,
+        };
 
         let bucket_key_enabled: Option<BucketKeyEnabled> =
             http::parse_field_value(&m, "x-amz-server-side-encryption-bucket-key-enabled")?;
