@@ -678,20 +678,6 @@ mod tests {
             ]),
             ""
         );
-        // Its environment variable takes 1/0 as well as true/false.
-        let cmd = <Args as clap::CommandFactory>::command();
-        let arg = cmd
-            .get_arguments()
-            .find(|a| a.get_id() == "manual_deposits")
-            .unwrap();
-        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new("SUBLET_MARKET_MANUAL_DEPOSITS")));
-        for (text, on) in [("1", true), ("0", false), ("true", true), ("false", false)] {
-            let parsed = arg
-                .get_value_parser()
-                .parse_ref(&cmd, Some(arg), std::ffi::OsStr::new(text))
-                .unwrap();
-            assert_eq!(parsed.downcast_ref::<bool>(), Some(&on), "{text}");
-        }
         // The manual rail and a treasurer do not go together.
         assert!(
             Args::try_parse_from(["serve", "--manual-deposits", "--treasurer-key", "ab"]).is_err()
