@@ -524,8 +524,12 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
     let a = lending_provider(&tmp.path().join("a"), &url, 3_000).await;
     let b = lending_provider(&tmp.path().join("b"), &url, 4_000).await;
     wait_for_offers(&market, 2).await;
-    // Mallory wants the gateway to pin her key in b's place.
+    // Mallory, a provider of the market too, wants the gateway to pin her key in b's place.
     let (mallory, _) = Signer::generate().unwrap();
+    market
+        .register(&mallory, sublet_market::identity::Role::Provider, "mallory")
+        .await
+        .unwrap();
     let b_key = Signer::from_pkcs8(
         NodeIdentity::load_or_create(&tmp.path().join("b"))
             .unwrap()
@@ -543,6 +547,7 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
     )
     .await;
     let config = rented_pool_gateway(&proxied, "", &tmp.path().join("gateway"));
+    std::fs::create_dir_all(tmp.path().join("gateway")).unwrap();
     let gateway = NodeIdentity::generate();
     let (_, contracted) = with_contracts(
         &config,
