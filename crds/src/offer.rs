@@ -28,7 +28,7 @@ pub struct MarketOffer {
     /// certificates (PEM) under `key` (default `ca.crt`). The operator mounts it into every
     /// provider pod and points `marketCaFile` at it; not with `marketCaFile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub market_ca_secret_ref: Option<crate::SecretRef>,
+    pub market_ca_secret_ref: Option<CaSecretRef>,
     /// Allow a plain `http://` market URL: anyone on the path could rewrite the market's
     /// answers, so only for a market on loopback or in tests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -172,6 +172,17 @@ fn parse_percent_bps(text: &str) -> Option<u32> {
     let frac: u32 = format!("{frac:0<2}").parse().ok()?;
     let bps = whole * 100 + frac;
     (bps <= 10_000).then_some(bps)
+}
+
+/// A Secret holding CA certificates (PEM), in the pool's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key holding the PEM certificates; default `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// The key of `marketCaSecretRef` read when it names none.

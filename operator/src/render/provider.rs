@@ -592,11 +592,11 @@ mod tests {
 
     #[test]
     fn the_markets_ca_secret_is_mounted_and_named_in_the_offer() {
-        let pool = pool(
+        let lent = pool(
             "lent",
             "class: rented\nnodes: {selector: {}, storage: {volumeClaimTemplate: {size: 10Gi}}}\noffer: {marketUrl: \"https://market:8480\", marketCaSecretRef: {name: market-ca, key: ca.pem}, pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
         );
-        let json = workload_json(&provider_objects(&pool, &Images::default(), 1).unwrap().unwrap());
+        let json = workload_json(&provider_objects(&lent, &Images::default(), 1).unwrap().unwrap());
         let spec = &json["spec"]["template"]["spec"];
         assert_eq!(
             spec["volumes"],
