@@ -619,7 +619,6 @@ mod tests {
         let offer: MarketOffer = serde_yaml::from_str(offer["value"].as_str().unwrap()).unwrap();
         assert_eq!(offer.market_ca_file.as_deref(), Some(MARKET_CA_FILE));
         assert_eq!(offer.market_ca_secret_ref, None);
-        assert!(offer.validate("offer").is_empty());
 
         // A hostPath pool keeps its data volume first, the CA beside it.
         let host = pool(
