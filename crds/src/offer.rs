@@ -291,7 +291,9 @@ mod tests {
         let o = offer(&format!("{base}\nmarketCaSecretRef: {{name: market-ca}}"));
         assert!(o.validate("spec.offer").is_empty());
         assert_eq!(o.market_ca_key(), Some("ca.crt"));
-        let o = offer(&format!("{base}\nmarketCaSecretRef: {{name: market-ca, key: ca.pem}}"));
+        let o = offer(&format!(
+            "{base}\nmarketCaSecretRef: {{name: market-ca, key: ca.pem}}"
+        ));
         assert_eq!(o.market_ca_key(), Some("ca.pem"));
         let both = offer(&format!(
             "{base}\nmarketCaFile: /etc/ca.pem\nmarketCaSecretRef: {{name: \" \"}}"

@@ -590,7 +590,9 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
     .unwrap()
     .party_id();
     assert!(
-        !pinned.iter().any(|(_, node)| node.as_deref() == Some(mallory_node.as_str())),
+        !pinned
+            .iter()
+            .any(|(_, node)| node.as_deref() == Some(mallory_node.as_str())),
         "mallory's key was pinned: {pinned:?}"
     );
     assert_eq!(pinned, vec![(a_party, Some(a.node_id.to_string()))]);

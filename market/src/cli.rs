@@ -534,11 +534,12 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
             };
             let market = Market::open_postgres_with(&url, options, policy, rail)
                 .with_context(|| format!("opening the market database in PostgreSQL (${var})"))?;
-            let tls = if market.database_tls() { "TLS" } else { "no TLS" };
-            let db = format!(
-                "postgres (${var}, {tls}, pool of {})",
-                s.postgres_pool_size
-            );
+            let tls = if market.database_tls() {
+                "TLS"
+            } else {
+                "no TLS"
+            };
+            let db = format!("postgres (${var}, {tls}, pool of {})", s.postgres_pool_size);
             (market, db)
         }
         None => {

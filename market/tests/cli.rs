@@ -420,7 +420,9 @@ fn manual_deposits_from_the_environment_take_one_and_zero() -> TestResult {
         json_out(&run(
             dir.path(),
             &url,
-            &["register", "--key", "a.key", "--role", "demander", "--name", "a"],
+            &[
+                "register", "--key", "a.key", "--role", "demander", "--name", "a",
+            ],
         )?)?;
         let out = run(
             dir.path(),

@@ -159,7 +159,9 @@ fn the_books_are_reached_over_tls_only_with_the_servers_ca() -> Result<()> {
         }
     }
     // A CA file that is not there is named.
-    match open(&format!("{url}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")) {
+    match open(&format!(
+        "{url}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"
+    )) {
         Err(Error::BadRequest(m)) => assert!(m.contains("sslrootcert /nonexistent/ca.pem"), "{m}"),
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("a missing CA file opened a market"),
@@ -276,9 +278,17 @@ fn a_busy_pool_or_lock_answers_unavailable_within_the_wait() -> Result<()> {
                 if msg.contains("all 1 PostgreSQL connections of the pool stayed busy")),
             "{refused:?}"
         );
-        assert!(waited < std::time::Duration::from_millis(1200), "{waited:?}");
+        assert!(
+            waited < std::time::Duration::from_millis(1200),
+            "{waited:?}"
+        );
         assert_eq!(
-            refused.map(|_| ()).unwrap_err().status_and_code().0.as_u16(),
+            refused
+                .map(|_| ())
+                .unwrap_err()
+                .status_and_code()
+                .0
+                .as_u16(),
             503
         );
         holder

@@ -24,7 +24,8 @@ fn callers_beyond_the_pool_wait_then_hear_it_is_exhausted() {
     let waited = started.elapsed();
     assert!(matches!(e, PoolError::Exhausted { size: 2, .. }), "{e:?}");
     assert!(
-        e.to_string().starts_with("all 2 PostgreSQL connections of the pool stayed busy for"),
+        e.to_string()
+            .starts_with("all 2 PostgreSQL connections of the pool stayed busy for"),
         "{e}"
     );
     assert!(
@@ -105,7 +106,11 @@ fn tls_only_to_a_server_the_named_ca_vouches_for() {
     };
     let wait = Duration::from_secs(5);
     // The server takes no plain TCP; without sslmode the pool does not try TLS.
-    let e = Pool::new(&url, 1, wait).unwrap().get().map(|_| ()).unwrap_err();
+    let e = Pool::new(&url, 1, wait)
+        .unwrap()
+        .get()
+        .map(|_| ())
+        .unwrap_err();
     assert!(
         matches!(&e, PoolError::Connect(m) if m.contains("no encryption")),
         "{e}"
@@ -142,7 +147,10 @@ fn tls_only_to_a_server_the_named_ca_vouches_for() {
     assert!(pool.tls());
     let mut c = pool.get().unwrap();
     let ssl: bool = c
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(ssl);

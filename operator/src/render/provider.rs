@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    KeyToPath, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    HostPathVolumeSource, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -596,7 +596,11 @@ mod tests {
             "lent",
             "class: rented\nnodes: {selector: {}, storage: {volumeClaimTemplate: {size: 10Gi}}}\noffer: {marketUrl: \"https://market:8480\", marketCaSecretRef: {name: market-ca, key: ca.pem}, pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
         );
-        let json = workload_json(&provider_objects(&lent, &Images::default(), 1).unwrap().unwrap());
+        let json = workload_json(
+            &provider_objects(&lent, &Images::default(), 1)
+                .unwrap()
+                .unwrap(),
+        );
         let spec = &json["spec"]["template"]["spec"];
         assert_eq!(
             spec["volumes"],
@@ -615,7 +619,10 @@ mod tests {
         }
         // The offer the pod reads names the mounted file, not the Secret.
         let env = provider["env"].as_array().unwrap();
-        let offer = env.iter().find(|e| e["name"] == "SUBLET_PROVIDER_OFFER").unwrap();
+        let offer = env
+            .iter()
+            .find(|e| e["name"] == "SUBLET_PROVIDER_OFFER")
+            .unwrap();
         let offer: MarketOffer = serde_yaml::from_str(offer["value"].as_str().unwrap()).unwrap();
         assert_eq!(offer.market_ca_file.as_deref(), Some(MARKET_CA_FILE));
         assert_eq!(offer.market_ca_secret_ref, None);
@@ -625,7 +632,11 @@ mod tests {
             "lent",
             "class: rented\nnodes: {selector: {}, storage: {hostPath: /srv/sublet, capacity: 5Gi}}\noffer: {marketUrl: \"https://market:8480\", marketCaSecretRef: {name: market-ca}, pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
         );
-        let json = workload_json(&provider_objects(&host, &Images::default(), 1).unwrap().unwrap());
+        let json = workload_json(
+            &provider_objects(&host, &Images::default(), 1)
+                .unwrap()
+                .unwrap(),
+        );
         let volumes = &json["spec"]["template"]["spec"]["volumes"];
         assert_eq!(volumes[0]["name"], "data");
         assert_eq!(volumes[1]["secret"]["items"][0]["key"], "ca.crt");
