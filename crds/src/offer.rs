@@ -24,6 +24,11 @@ pub struct MarketOffer {
     /// PEM CA certificates trusted for the market's HTTPS instead of the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub market_ca_file: Option<String>,
+    /// In a ProviderPool: the Secret (in the pool's namespace) holding the market's CA
+    /// certificates (PEM) under `key` (default `ca.crt`). The operator mounts it into every
+    /// provider pod and points `marketCaFile` at it; not with `marketCaFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market_ca_secret_ref: Option<CaSecretRef>,
     /// Allow a plain `http://` market URL: anyone on the path could rewrite the market's
     /// answers, so only for a market on loopback or in tests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -71,6 +76,20 @@ impl MarketOffer {
                 check_market_url(url, self.market_insecure_http, "marketInsecureHttp")
         {
             p.add(format!("{field}.marketUrl"), problem);
+        }
+        if let Some(secret) = &self.market_ca_secret_ref {
+            if self.market_ca_file.is_some() {
+                p.add(
+                    format!("{field}.marketCaSecretRef"),
+                    "set marketCaFile or marketCaSecretRef, not both",
+                );
+            }
+            if secret.name.trim().is_empty() {
+                p.add(
+                    format!("{field}.marketCaSecretRef.name"),
+                    "must name the Secret holding the market's CA certificates (PEM)",
+                );
+            }
         }
         if self.capacity.as_ref().is_some_and(|c| c.bytes() == 0) {
             p.add(
@@ -153,6 +172,32 @@ fn parse_percent_bps(text: &str) -> Option<u32> {
     let frac: u32 = format!("{frac:0<2}").parse().ok()?;
     let bps = whole * 100 + frac;
     (bps <= 10_000).then_some(bps)
+}
+
+/// A Secret holding CA certificates (PEM), in the pool's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key holding the PEM certificates; default `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// The key of `marketCaSecretRef` read when it names none.
+pub const DEFAULT_MARKET_CA_KEY: &str = "ca.crt";
+
+impl MarketOffer {
+    /// The Secret key holding the market's CA certificates, when `marketCaSecretRef` is set.
+    pub fn market_ca_key(&self) -> Option<&str> {
+        self.market_ca_secret_ref.as_ref().map(|s| {
+            s.key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .unwrap_or(DEFAULT_MARKET_CA_KEY)
+        })
+    }
 }
 
 /// A market URL is `https://host:port`, or `http://host:port` when `insecure` (the field
@@ -238,6 +283,34 @@ mod tests {
         );
         let allowed = offer(&format!("{plain}\nmarketInsecureHttp: true"));
         assert!(allowed.validate("offer").is_empty());
+    }
+
+    #[test]
+    fn the_market_ca_comes_from_a_file_or_a_secret_not_both() {
+        let base = "marketUrl: https://market.example:8480\npricePerGibMonth: 4000\nregion: eu-west\npromisedUptime: \"99.5%\"";
+        let o = offer(&format!("{base}\nmarketCaSecretRef: {{name: market-ca}}"));
+        assert!(o.validate("spec.offer").is_empty());
+        assert_eq!(o.market_ca_key(), Some("ca.crt"));
+        let o = offer(&format!(
+            "{base}\nmarketCaSecretRef: {{name: market-ca, key: ca.pem}}"
+        ));
+        assert_eq!(o.market_ca_key(), Some("ca.pem"));
+        let both = offer(&format!(
+            "{base}\nmarketCaFile: /etc/ca.pem\nmarketCaSecretRef: {{name: \" \"}}"
+        ));
+        let problems: Vec<String> = both
+            .validate("spec.offer")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "spec.offer.marketCaSecretRef: set marketCaFile or marketCaSecretRef, not both",
+                "spec.offer.marketCaSecretRef.name: must name the Secret holding the market's CA certificates (PEM)",
+            ]
+        );
+        assert_eq!(offer(base).market_ca_key(), None);
     }
 
     #[test]

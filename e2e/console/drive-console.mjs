@@ -118,6 +118,8 @@ try {
   if (await page.locator(`tr[data-contract="${config.active.id}"] form.prepay`).count()) {
     throw new Error("a provider is offered to prepay");
   }
+  // Alpha deposited nothing: its treasury trail is empty, and dee's entry is not in it.
+  await expectText(page.locator("#treasury-table"), "No deposit or withdrawal signed by a treasurer for you yet.", "alpha's empty treasury trail");
   await signOut();
 
   // Dee, the demander.
@@ -128,6 +130,16 @@ try {
   await expectText(page.locator("#balances [data-field=available]"), exactly(fmt(config.dee.available)), "dee's available credits");
   await expectText(page.locator("#balances [data-field=held_back]"), /^0$/, "dee's held-back credits");
   await expectText(page.locator("#balances [data-field=escrow]"), exactly(fmt(escrowTotal)), "dee's escrow");
+  // Dee's deposit, credited on the treasurer's signature: its own trail, without a party column.
+  const deeTreasury = page.locator("#treasury-table tbody tr[data-nonce]");
+  await expectText(deeTreasury.locator("[data-field=reference]"), exactly(config.treasury.reference), "dee's deposit in the treasury trail");
+  await expectText(deeTreasury.locator("[data-field=kind]"), exactly("deposit"), "the entry's kind");
+  await expectText(deeTreasury.locator("[data-field=amount]"), exactly(fmt(config.treasury.amount * 1e6)), "the deposit's amount");
+  if ((await deeTreasury.locator("[data-field=treasurer]").getAttribute("title")) !== config.treasury.treasurer) {
+    throw new Error("the entry does not name the treasurer's key");
+  }
+  if (await page.locator("#treasury-table [data-field=party]").count()) throw new Error("a party is shown a party column in its own trail");
+  await shot("treasury-own");
 
   const active = page.locator(`tr[data-contract="${config.active.id}"]`);
   await expectText(active.locator("[data-field=state]"), exactly("active"), "the active contract's state");
@@ -219,6 +231,13 @@ try {
   await signIn(config.keys.judge);
   await expectText(page.locator("#whoami"), `Signed in as judge — arbiter, party ${config.judge.id}`, "the arbiter signed in");
   await expectText(page.locator("#contracts"), "Arbiters hold no contracts", "the arbiter's contracts");
+  // The arbiter reads the whole treasury trail: dee's deposit, named by party.
+  const trail = page.locator("#treasury-table tbody tr[data-nonce]");
+  await expectText(page.locator("#treasury"), "the audit trail", "the arbiter's treasury note");
+  await expectText(trail.locator("[data-field=party]"), "dee", "the depositing party for the arbiter");
+  await expectText(trail.locator("[data-field=op_id]"), exactly(config.treasury.op_id), "the operation the deposit paid");
+  await expectText(trail.locator("[data-field=reference]"), exactly(config.treasury.reference), "the reference for the arbiter");
+  await shot("treasury-arbiter");
   await expectText(page.locator(`#disputes-table tr[data-dispute="${config.dispute.id}"]`), "Decide", "the seeded dispute for the arbiter");
   const toDecide = page.locator(`#disputes-table tr[data-dispute="${result.opened_dispute}"]`);
   await expectText(toDecide, config.actions.claim, "the new dispute for the arbiter");

@@ -449,3 +449,153 @@ async fn a_provider_forging_audits_gets_its_periods_flagged_not_paid() {
     honest.shutdown().await;
     liar.shutdown().await;
 }
+
+/// A plain-HTTP proxy to the market at `market` that, in every answer, replaces each
+/// `(from, to)` text: a man in the middle rewriting the market's answers. Its URL.
+async fn rewriting_proxy(market: &str, rewrites: Vec<(String, String)>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = market.trim_start_matches("http://").to_owned();
+    let rewrites = Arc::new(rewrites);
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let (upstream, rewrites) = (upstream.clone(), rewrites.clone());
+            tokio::spawn(async move {
+                // The client sends its whole request, then reads to the end (connection: close).
+                let mut request = Vec::new();
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = down.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = up.write_all(&request).await;
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer).await;
+                if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let mut body = String::from_utf8_lossy(&answer[end + 4..]).into_owned();
+                    for (from, to) in rewrites.iter() {
+                        body = body.replace(from, to);
+                    }
+                    let head: Vec<String> = String::from_utf8_lossy(&answer[..end])
+                        .lines()
+                        .filter(|l| !l.to_lowercase().starts_with("content-length:"))
+                        .map(str::to_owned)
+                        .collect();
+                    answer = format!(
+                        "{}\r\ncontent-length: {}\r\n\r\n{body}",
+                        head.join("\r\n"),
+                        body.len()
+                    )
+                    .into_bytes();
+                }
+                let _ = down.write_all(&answer).await;
+                let _ = down.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
+    use sublet_gateway::runtime::market::{Contracting, with_contracts};
+    use sublet_provider::identity::{NodeId, NodeIdentity};
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, market) = start_market(Policy::default()).await;
+    let a = lending_provider(&tmp.path().join("a"), &url, 3_000).await;
+    let b = lending_provider(&tmp.path().join("b"), &url, 4_000).await;
+    wait_for_offers(&market, 2).await;
+    // Mallory, a provider of the market too, wants the gateway to pin her key in b's place.
+    let (mallory, _) = Signer::generate().unwrap();
+    market
+        .register(&mallory, sublet_market::identity::Role::Provider, "mallory")
+        .await
+        .unwrap();
+    let b_key = Signer::from_pkcs8(
+        NodeIdentity::load_or_create(&tmp.path().join("b"))
+            .unwrap()
+            .pkcs8_der(),
+    )
+    .unwrap();
+    // Whatever the market says of b (its offer, the contract, the evidence of its
+    // acceptance), the man in the middle says of mallory.
+    let proxied = rewriting_proxy(
+        &url,
+        vec![
+            (b_key.party_id(), mallory.party_id()),
+            (b_key.public_key_hex(), mallory.public_key_hex()),
+        ],
+    )
+    .await;
+    let config = rented_pool_gateway(&proxied, "", &tmp.path().join("gateway"));
+    std::fs::create_dir_all(tmp.path().join("gateway")).unwrap();
+    let gateway = NodeIdentity::generate();
+    let (_, contracted) = with_contracts(
+        &config,
+        &gateway,
+        &tmp.path().join("gateway"),
+        Duration::from_secs(10),
+        Contracting::Propose,
+    )
+    .await
+    .unwrap();
+    // Both providers accepted (they talk to the market directly) ...
+    let demander = Signer::from_pkcs8(gateway.pkcs8_der()).unwrap();
+    let contracts = market
+        .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let contracts = contracts.as_array().unwrap();
+    assert_eq!(contracts.len(), 2, "{contracts:?}");
+    assert!(contracts.iter().all(|c| c["state"] == "active"));
+    // ... but only a is pinned: b's acceptance does not verify as mallory's, so that
+    // contract is refused rather than mallory's key (or b's, unverified) pinned.
+    let mallory_node = NodeId::from_public_key(
+        &hex::decode(mallory.public_key_hex())
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    )
+    .to_string();
+    let pinned: Vec<(String, Option<String>)> = contracted
+        .iter()
+        .map(|(_, c)| (c.provider.clone(), c.endpoint.node_id.clone()))
+        .collect();
+    let a_party = Signer::from_pkcs8(
+        NodeIdentity::load_or_create(&tmp.path().join("a"))
+            .unwrap()
+            .pkcs8_der(),
+    )
+    .unwrap()
+    .party_id();
+    assert!(
+        !pinned
+            .iter()
+            .any(|(_, node)| node.as_deref() == Some(mallory_node.as_str())),
+        "mallory's key was pinned: {pinned:?}"
+    );
+    assert_eq!(pinned, vec![(a_party, Some(a.node_id.to_string()))]);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -48,6 +48,10 @@ pub enum Error {
     /// The market holds as much of this unauthenticated state as it keeps; try later.
     #[error("{0}")]
     TooMany(String),
+    /// The database is too busy to take the request in time (every pooled connection, or
+    /// the market's lock, stayed taken as long as a request may wait); try again.
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed (SQLite or PostgreSQL); the message is the database's.
     #[error("database: {0}")]
     Database(String),
@@ -77,6 +81,7 @@ impl Error {
             Error::InsufficientFunds { .. } => (StatusCode::CONFLICT, "insufficient_funds"),
             Error::NoPaymentRail => (StatusCode::NOT_IMPLEMENTED, "no_payment_rail"),
             Error::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Database(_) | Error::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

@@ -152,6 +152,24 @@ pub struct Serve {
         conflicts_with = "db"
     )]
     postgres_url_env: Option<String>,
+    /// With --postgres-url-env: the most PostgreSQL connections the market keeps open
+    /// (1 to 64); requests beyond that wait for one. Reads run side by side on them.
+    #[arg(
+        long,
+        env = "SUBLET_MARKET_POSTGRES_POOL_SIZE",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    postgres_pool_size: u16,
+    /// With --postgres-url-env: how long a request waits for a free connection, and then
+    /// for the market's lock, before it is answered 503 (e.g. 10s, 1m; at most 10m).
+    #[arg(
+        long,
+        env = "SUBLET_MARKET_POSTGRES_POOL_WAIT",
+        default_value = "10s",
+        value_parser = parse_pool_wait
+    )]
+    postgres_pool_wait: i64,
     /// Address of the REST API.
     #[arg(long, env = "SUBLET_MARKET_LISTEN", default_value = "127.0.0.1:7490")]
     listen: SocketAddr,
@@ -175,10 +193,12 @@ pub struct Serve {
     /// Accept deposits and withdrawals on the manual rail, which trusts every
     /// request: for `sublet dev`-style local use and tests only; refused on a listener that
     /// is not loopback.
+    /// `SUBLET_MARKET_MANUAL_DEPOSITS` takes true/false, 1/0, yes/no or on/off.
     #[arg(
         long,
         env = "SUBLET_MARKET_MANUAL_DEPOSITS",
-        conflicts_with = "treasurer_keys"
+        conflicts_with = "treasurer_keys",
+        value_parser = clap::builder::BoolishValueParser::new()
     )]
     manual_deposits: bool,
     /// Ed25519 public key (hex) of a treasurer: deposits and withdrawals are credited only
@@ -248,6 +268,15 @@ fn parse_period(s: &str) -> Result<i64, String> {
     let secs = n.saturating_mul(unit);
     if !(1..=MAX_PERIOD_SECS).contains(&secs) {
         return Err(format!("{s:?} must be between 1s and 31d"));
+    }
+    Ok(secs)
+}
+
+/// A wait like [`parse_period`], at most 10 minutes.
+fn parse_pool_wait(s: &str) -> Result<i64, String> {
+    let secs = parse_period(s)?;
+    if secs > 600 {
+        return Err(format!("{s:?} is longer than the 10m a request may wait"));
     }
     Ok(secs)
 }
@@ -499,9 +528,19 @@ async fn serve(s: Serve) -> anyhow::Result<()> {
                      set it to postgres://user:password@host:5432/dbname"
                 );
             };
-            let market = Market::open_postgres(&url, policy, rail)
+            let options = crate::PgOptions {
+                pool_size: usize::from(s.postgres_pool_size),
+                wait: std::time::Duration::from_secs(s.postgres_pool_wait.unsigned_abs()),
+            };
+            let market = Market::open_postgres_with(&url, options, policy, rail)
                 .with_context(|| format!("opening the market database in PostgreSQL (${var})"))?;
-            (market, format!("postgres (${var})"))
+            let tls = if market.database_tls() {
+                "TLS"
+            } else {
+                "no TLS"
+            };
+            let db = format!("postgres (${var}, {tls}, pool of {})", s.postgres_pool_size);
+            (market, db)
         }
         None => {
             let market = Market::open(&s.db, policy, rail)

@@ -433,24 +433,7 @@ pub fn pg_error(e: postgres::Error) -> Error {
 /// The message of a PostgreSQL error, with the server's code, message and detail when it
 /// sent one (the `Display` of `postgres::Error` is only "db error").
 pub fn pg_message(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut m = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                m.push_str(&format!(": {detail}"));
-            }
-            m
-        }
-        None => {
-            let mut m = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                m.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            m
-        }
-    }
+    sublet_pg::message(e)
 }
 
 /// A value bound to a PostgreSQL parameter, converted to the parameter's inferred type.

@@ -25,7 +25,7 @@ pub mod service;
 pub mod tickets;
 pub mod tls;
 
-pub use service::Market;
+pub use service::{Market, PgOptions};
 pub use sublet_market_api::{Error, Result, client, error, meter, unix_now};
 
 /// The market's rules for money and signatures.

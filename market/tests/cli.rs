@@ -388,3 +388,68 @@ fn serve_on_postgres_keeps_the_books_there_and_names_a_missing_url() -> TestResu
     stop(&mut market)?;
     Ok(())
 }
+
+#[test]
+fn manual_deposits_from_the_environment_take_one_and_zero() -> TestResult {
+    for (value, rail) in [("1", true), ("0", false)] {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut market = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+            .arg(dir.path().join("market.db"))
+            .env("SUBLET_MARKET_MANUAL_DEPOSITS", value)
+            .spawn()?;
+        let listening = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !listening {
+            let _ = market.kill();
+            let exit = market.wait()?;
+            return Err(format!(
+                "SUBLET_MARKET_MANUAL_DEPOSITS={value}: the market did not start ({exit})"
+            )
+            .into());
+        }
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(
+            run(dir.path(), &url, &["keygen", "--out", "a.key"])?
+                .status
+                .success()
+        );
+        json_out(&run(
+            dir.path(),
+            &url,
+            &[
+                "register", "--key", "a.key", "--role", "demander", "--name", "a",
+            ],
+        )?)?;
+        let out = run(
+            dir.path(),
+            &url,
+            &[
+                "call",
+                "--key",
+                "a.key",
+                "POST",
+                "/v1/deposits",
+                r#"{"op_id":"dep-1","amount":1000000}"#,
+            ],
+        )?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if rail {
+            assert!(out.status.success(), "={value}: {text}");
+        } else {
+            assert!(
+                !out.status.success() && text.contains("no_payment_rail"),
+                "={value}: {text}"
+            );
+        }
+        stop(&mut market)?;
+    }
+    Ok(())
+}

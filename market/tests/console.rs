@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sublet_market::client::{Client, ClientTls, Reply};
 use sublet_market::identity::{Role, Signer};
-use sublet_market::rail::{ManualRail, PaymentRail};
+use sublet_market::rail::treasurer::Kind;
+use sublet_market::rail::{Authorization, PaymentRail, TreasurerRail};
 use sublet_market::{Market, Policy, api};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -19,6 +20,8 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const GIB: u64 = 1 << 30;
 const CREDIT: i64 = 1_000_000;
+/// The bank reference of dee's deposit, which a treasurer signed.
+const DEPOSIT_REFERENCE: &str = "wire-0042";
 /// The first message of the seeded ticket.
 const TICKET_MESSAGE: &str = "reads from alpha take seconds since this morning";
 /// What the seeded dispute claims: markup, which the console must show as text.
@@ -56,6 +59,8 @@ struct Seeded {
     dispute: String,
     /// Dee's support ticket on `active`, unanswered.
     ticket: String,
+    /// The treasurer's public key (hex), who signed dee's deposit.
+    treasurer: String,
 }
 
 impl Seeded {
@@ -116,12 +121,14 @@ async fn seed() -> Res<Seeded> {
     let (judge, judge_pkcs8) = key()?;
     let (help, help_pkcs8) = key()?;
     let (outsider, _) = key()?;
+    let (treasurer, _) = key()?;
     let policy = Policy {
         arbiter_keys: vec![judge.public_key_hex()],
         support_keys: vec![help.public_key_hex()],
         ..Policy::default()
     };
-    let rail: Option<Arc<dyn PaymentRail>> = Some(Arc::new(ManualRail));
+    let rail: Option<Arc<dyn PaymentRail>> =
+        Some(Arc::new(TreasurerRail::new(&[treasurer.public_key_hex()])?));
     let market = Market::in_memory(policy, rail)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -161,6 +168,7 @@ async fn seed() -> Res<Seeded> {
         mismatch_start: 0,
         dispute: String::new(),
         ticket: String::new(),
+        treasurer: treasurer.public_key_hex(),
     };
     let p = &s.p;
     let offer = |region: &str| {
@@ -176,11 +184,20 @@ async fn seed() -> Res<Seeded> {
     let offer_b = s
         .ok(&p.bravo, "POST", "/v1/offers", offer("us-east"))
         .await?;
+    let authorization = Authorization::sign(
+        &treasurer,
+        Kind::Deposit,
+        &p.dee.party_id(),
+        20 * CREDIT,
+        DEPOSIT_REFERENCE,
+        now(),
+    )?;
     s.ok(
         &p.dee,
         "POST",
         "/v1/deposits",
-        json!({"op_id": "dep", "amount": 20 * CREDIT}),
+        json!({"op_id": "dep", "amount": 20 * CREDIT, "reference": DEPOSIT_REFERENCE,
+               "authorization": authorization}),
     )
     .await?;
     let contract = |offer: &Value, gib: u64| json!({"offer_id": offer["id"], "reserved_bytes": gib * GIB, "term_days": 30});
@@ -520,6 +537,12 @@ async fn console_signs_in_and_acts_in_headless_chromium() -> TestResult {
             "settled_gross": 1_100_000,
         },
         "proposed": {"id": s.proposed},
+        "treasury": {
+            "reference": DEPOSIT_REFERENCE,
+            "op_id": "dep",
+            "amount": 20,
+            "treasurer": s.treasurer,
+        },
         "dispute": {"id": s.dispute, "claim": HOSTILE_CLAIM},
         "actions": {
             "too_much": 1_000_000,

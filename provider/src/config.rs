@@ -359,6 +359,12 @@ impl Args {
                 if let Some(problem) = offer.validate("offer").first() {
                     bail!("{problem}");
                 }
+                if offer.market_ca_secret_ref.is_some() {
+                    bail!(
+                        "offer.marketCaSecretRef is for a ProviderPool (the operator mounts the Secret); \
+                         name the CA file with marketCaFile or --market-ca-file"
+                    );
+                }
                 if let Err(problem) = sublet_crds::offer::check_market_url(
                     &url,
                     tls.insecure_http,
@@ -562,6 +568,18 @@ mod tests {
                 offer.promised_uptime_bps
             ),
             (10 << 30, 4000, 9950)
+        );
+
+        // A Secret reference means nothing outside Kubernetes: refused, naming the fix.
+        let refused = parse(&[
+            "--offer",
+            "{marketUrl: \"https://m:1\", marketCaSecretRef: {name: ca}, pricePerGibMonth: 5, region: home, promisedUptime: 99%}",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("marketCaSecretRef") && refused.contains("--market-ca-file"),
+            "{refused}"
         );
 
         let cfg = parse(&[

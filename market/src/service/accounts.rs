@@ -95,11 +95,11 @@ impl Market {
             }
             _ => Some(who.id.clone()),
         };
-        self.tx(|c| treasurer::entries(c, party.as_deref(), limit))
+        self.read(|c| treasurer::entries(c, party.as_deref(), limit))
     }
 
     pub fn ledger_summary(&self) -> Result<LedgerSummary> {
-        self.tx(ledger::summary)
+        self.read(ledger::summary)
     }
 
     fn rail(&self) -> Result<&Arc<dyn PaymentRail>> {

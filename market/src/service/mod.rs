@@ -1,14 +1,17 @@
 //! [`Market`]: the database (SQLite, or PostgreSQL), the policy, the payment rail and the
 //! clock, with one method per thing a party can do. Each method is one transaction.
 //!
-//! Transactions never overlap: on SQLite one connection behind a mutex runs them in
-//! IMMEDIATE transactions; on PostgreSQL each takes one transaction-scoped advisory lock
-//! first, so markets sharing a database (replicas) also run them one at a time, and every
-//! statement after the lock sees all that earlier transactions committed (READ COMMITTED).
-//! That keeps the ledger's read-check-write steps (no overdraft, no double spend) as safe
-//! as on SQLite, and needs no retries: a rail payout inside a transaction runs once.
+//! Transactions that write never overlap: on SQLite one connection behind a mutex runs
+//! every transaction in IMMEDIATE mode; on PostgreSQL each takes one transaction-scoped
+//! advisory lock first, so markets sharing a database (replicas) also run them one at a
+//! time, and every statement after the lock sees all that earlier transactions committed
+//! (READ COMMITTED). That keeps the ledger's read-check-write steps (no overdraft, no
+//! double spend) as safe as on SQLite, and needs no retries: a rail payout inside a
+//! transaction runs once. Read-only transactions ([`Market::read`]) take the same lock
+//! shared, so on PostgreSQL they run side by side on the pool's connections and still see
+//! no write half done.
 //!
-//! `store` holds the database connection; the methods are grouped by what a party does:
+//! `store` holds the database connections; the methods are grouped by what a party does:
 //! `parties` (signing, registration, attestations), `accounts` (balances, deposits,
 //! withdrawals), `trade` (offers, contracts, receipts) and `reputation` (ratings, feedback,
 //! disputes).
@@ -36,6 +39,7 @@ pub use accounts::{Balances, ContractEscrow, OperationResult};
 pub use parties::PartyView;
 pub use trade::Termination;
 
+pub use store::PgOptions;
 use store::{PgStore, Store, init_schema};
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -81,14 +85,25 @@ impl Market {
     }
 
     /// Connects to PostgreSQL at `url` (`postgres://user:password@host:5432/dbname` or the
-    /// key=value form) and creates the tables if needed. Markets may share one database.
+    /// key=value form; TLS with `sslmode=` and `sslrootcert=`, as libpq reads them) with the
+    /// default pool, and creates the tables if needed. Markets may share one database.
     pub fn open_postgres(
         url: &str,
         policy: Policy,
         rail: Option<Arc<dyn PaymentRail>>,
     ) -> Result<Self> {
-        let store = PgStore::connect(url)?;
-        store.tx(init_schema)?;
+        Self::open_postgres_with(url, PgOptions::default(), policy, rail)
+    }
+
+    /// [`Market::open_postgres`] with a pool of `options.pool_size` connections.
+    pub fn open_postgres_with(
+        url: &str,
+        options: PgOptions,
+        policy: Policy,
+        rail: Option<Arc<dyn PaymentRail>>,
+    ) -> Result<Self> {
+        let store = PgStore::connect(url, options)?;
+        store.tx(false, init_schema)?;
         Self::with_store(Store::Postgres(Box::new(store)), policy, rail)
     }
 
@@ -131,8 +146,39 @@ impl Market {
         }
     }
 
+    /// Whether the books are reached over TLS (PostgreSQL with `sslmode=require` or
+    /// stricter); SQLite is a local file.
+    pub fn database_tls(&self) -> bool {
+        match &self.db {
+            Store::Sqlite(_) => false,
+            Store::Postgres(pg) => pg.tls(),
+        }
+    }
+
+    /// PostgreSQL connections open now (0 on SQLite).
+    pub fn database_connections(&self) -> usize {
+        match &self.db {
+            Store::Sqlite(_) => 0,
+            Store::Postgres(pg) => pg.open_connections(),
+        }
+    }
+
     /// Runs `f` in one transaction (see the module comment), committed only if `f` succeeds.
     pub fn tx<T: Send>(&self, f: impl FnOnce(&dyn Db) -> Result<T> + Send) -> Result<T> {
+        self.run(false, f)
+    }
+
+    /// Runs `f`, which only reads, in one transaction: on PostgreSQL readers run side by
+    /// side on the pool's connections (any write `f` tried would be refused).
+    pub fn read<T: Send>(&self, f: impl FnOnce(&dyn Db) -> Result<T> + Send) -> Result<T> {
+        self.run(true, f)
+    }
+
+    fn run<T: Send>(
+        &self,
+        read_only: bool,
+        f: impl FnOnce(&dyn Db) -> Result<T> + Send,
+    ) -> Result<T> {
         match &self.db {
             Store::Sqlite(db) => {
                 let mut conn = db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -143,7 +189,7 @@ impl Market {
                 tx.commit().map_err(sqlite_error)?;
                 Ok(out)
             }
-            Store::Postgres(pg) => pg.tx(f),
+            Store::Postgres(pg) => pg.tx(read_only, f),
         }
     }
 
@@ -154,7 +200,7 @@ impl Market {
     /// The metrics, with totals freshly read from the database.
     pub fn render_metrics(&self) -> Result<String> {
         let summary = self.ledger_summary()?;
-        self.tx(|c| self.metrics.observe(c, &summary))?;
+        self.read(|c| self.metrics.observe(c, &summary))?;
         Ok(self.metrics.render())
     }
 }

@@ -46,13 +46,13 @@ impl Market {
     }
 
     pub fn party(&self, id: &str) -> Result<Party> {
-        self.tx(|c| identity::party(c, id))
+        self.read(|c| identity::party(c, id))
     }
 
     /// A party with its trust level.
     pub fn party_view(&self, id: &str) -> Result<PartyView> {
         let now = self.now();
-        self.tx(|c| {
+        self.read(|c| {
             Ok(PartyView {
                 party: identity::party(c, id)?,
                 trust_level: attestations::trust(c, id, &self.policy.attestor_keys, now)?.level,
@@ -79,7 +79,7 @@ impl Market {
 
     pub fn attestations(&self, party: &str) -> Result<Vec<Attestation>> {
         let now = self.now();
-        self.tx(|c| attestations::list(c, party, &self.policy.attestor_keys, now))
+        self.read(|c| attestations::list(c, party, &self.policy.attestor_keys, now))
     }
 
     /// Revokes an attestation; the request must be signed by the attestation's own

@@ -14,7 +14,7 @@ use crate::ratings::{self, Rating};
 impl Market {
     pub fn rating(&self, party_id: &str) -> Result<Rating> {
         let now = self.now();
-        self.tx(|c| {
+        self.read(|c| {
             let party = identity::party(c, party_id)?;
             let trust = attestations::trust(c, party_id, &self.policy.attestor_keys, now)?;
             ratings::rating(c, &party, self.policy.receipt_tolerance_bps, &trust, now)
@@ -59,7 +59,7 @@ impl Market {
         who: &Party,
         contract: &str,
     ) -> Result<Option<crate::quality::Feedback>> {
-        self.tx(|c| {
+        self.read(|c| {
             contracts::get(c, contract)?.check_viewer(who)?;
             crate::quality::feedback_of(c, contract)
         })
@@ -98,7 +98,7 @@ impl Market {
     }
 
     pub fn dispute(&self, who: &Party, id: &str) -> Result<Dispute> {
-        self.tx(|c| {
+        self.read(|c| {
             let d = disputes::get(c, id)?;
             contracts::get(c, &d.contract)?.check_viewer(who)?;
             Ok(d)
@@ -107,11 +107,11 @@ impl Market {
 
     /// The disputes `who` may read: an arbiter's are all of the market's.
     pub fn disputes_of(&self, who: &Party, state: DisputeState) -> Result<Vec<Dispute>> {
-        self.tx(|c| disputes::list_visible(c, who, state))
+        self.read(|c| disputes::list_visible(c, who, state))
     }
 
     pub fn disputes_of_contract(&self, who: &Party, contract: &str) -> Result<Vec<Dispute>> {
-        self.tx(|c| {
+        self.read(|c| {
             contracts::get(c, contract)?.check_viewer(who)?;
             disputes::list_for_contract(c, contract)
         })

@@ -1,7 +1,9 @@
-//! Where the books are kept: one SQLite connection, or PostgreSQL with every transaction
-//! under the market's advisory lock; and the schema both start from.
+//! Where the books are kept: one SQLite connection, or a pool of PostgreSQL connections
+//! with every transaction under the market's advisory lock (shared by read-only ones); and
+//! the schema both start from.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rusqlite::Connection;
 use sublet_market_api::{Error, Result};
@@ -17,68 +19,85 @@ pub(super) enum Store {
     Postgres(Box<PgStore>),
 }
 
-/// One PostgreSQL connection, reconnected when it breaks.
-pub(super) struct PgStore {
-    config: postgres::Config,
-    client: Mutex<Option<postgres::Client>>,
+/// How the market reaches PostgreSQL: how many connections it keeps and how long a request
+/// waits for one, and then for the market's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgOptions {
+    /// The most connections open at once (1 to [`sublet_pg::pool::MAX_SIZE`]).
+    pub pool_size: usize,
+    /// How long a transaction waits for a free connection, and then for the market's lock,
+    /// before it is refused as unavailable.
+    pub wait: Duration,
 }
 
-impl Drop for PgStore {
-    /// The client's drop blocks on its own runtime, which panics on a tokio thread: there
-    /// it is dropped on a plain thread (or leaked, should none start).
-    fn drop(&mut self) {
-        let client = self
-            .client
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(client) = client
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            let client = std::mem::ManuallyDrop::new(client);
-            let _ = std::thread::Builder::new()
-                .name("sublet-market-pg-close".into())
-                .spawn(move || drop(std::mem::ManuallyDrop::into_inner(client)));
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 8,
+            wait: Duration::from_secs(10),
         }
     }
+}
+
+/// PostgreSQL behind a bounded pool ([`sublet_pg::Pool`]; TLS as the URL asks).
+pub(super) struct PgStore {
+    pool: sublet_pg::Pool,
+    /// `SET LOCAL lock_timeout` of every transaction: the pool's wait, as PostgreSQL text.
+    lock_timeout: String,
 }
 
 impl PgStore {
-    pub(super) fn connect(url: &str) -> Result<Self> {
-        let mut config: postgres::Config = url.parse().map_err(|e| {
-            Error::BadRequest(format!(
-                "PostgreSQL URL does not parse ({e}); expected postgres://user:password@host:5432/dbname"
-            ))
-        })?;
-        // Without one, an unreachable host holds a request for the OS's TCP timeout.
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(std::time::Duration::from_secs(10));
-        }
+    pub(super) fn connect(url: &str, options: PgOptions) -> Result<Self> {
+        let pool = sublet_pg::Pool::new(url, options.pool_size, options.wait)
+            .map_err(|e| pool_error(&e))?;
         Ok(Self {
-            config,
-            client: Mutex::new(None),
+            pool,
+            lock_timeout: format!("{}ms", options.wait.as_millis().max(1)),
         })
     }
 
-    /// Runs `f` in one transaction holding the market lock, off any tokio runtime.
-    pub(super) fn tx<T: Send>(&self, f: impl FnOnce(&dyn Db) -> Result<T> + Send) -> Result<T> {
+    /// Whether the connections are made over TLS.
+    pub(super) fn tls(&self) -> bool {
+        self.pool.tls()
+    }
+
+    /// Connections open now.
+    pub(super) fn open_connections(&self) -> usize {
+        self.pool.open_connections()
+    }
+
+    /// Runs `f` in one transaction holding the market lock, off any tokio runtime: a
+    /// writing one holds it alone, a `read_only` one shares it with other readers (and
+    /// PostgreSQL refuses any write it tries).
+    pub(super) fn tx<T: Send>(
+        &self,
+        read_only: bool,
+        f: impl FnOnce(&dyn Db) -> Result<T> + Send,
+    ) -> Result<T> {
         let work = || {
-            let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
-            if guard.as_ref().is_none_or(postgres::Client::is_closed) {
-                let client = self.config.connect(postgres::NoTls).map_err(|e| {
-                    Error::Database(format!(
-                        "connecting to PostgreSQL: {}",
-                        crate::db::pg_message(&e)
-                    ))
-                })?;
-                *guard = Some(client);
-            }
-            let Some(client) = guard.as_mut() else {
-                return Err(Error::Internal("no PostgreSQL connection".into()));
-            };
-            let mut tx = client.transaction().map_err(pg_error)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_MARKET_LOCK])
+            let mut client = self.pool.get().map_err(|e| pool_error(&e))?;
+            let mut tx = client
+                .build_transaction()
+                .read_only(read_only)
+                .start()
                 .map_err(pg_error)?;
+            tx.batch_execute(&format!("SET LOCAL lock_timeout = '{}'", self.lock_timeout))
+                .map_err(pg_error)?;
+            let lock = if read_only {
+                "SELECT pg_advisory_xact_lock_shared($1)"
+            } else {
+                "SELECT pg_advisory_xact_lock($1)"
+            };
+            tx.execute(lock, &[&PG_MARKET_LOCK]).map_err(|e| {
+                if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                    Error::Unavailable(format!(
+                        "the market's lock in PostgreSQL stayed taken for {}; try again",
+                        self.lock_timeout
+                    ))
+                } else {
+                    pg_error(e)
+                }
+            })?;
             let db = PgTx::new(tx);
             let out = f(&db)?;
             db.commit()?;
@@ -95,6 +114,15 @@ impl PgStore {
                 .join()
                 .unwrap_or_else(|_| Err(Error::Internal("database work panicked".into())))
         })
+    }
+}
+
+/// What a request sees of a pool that gave no connection.
+fn pool_error(e: &sublet_pg::PoolError) -> Error {
+    match e {
+        sublet_pg::PoolError::Config(m) => Error::BadRequest(m.clone()),
+        sublet_pg::PoolError::Connect(_) => Error::Database(e.to_string()),
+        sublet_pg::PoolError::Exhausted { .. } => Error::Unavailable(e.to_string()),
     }
 }
 

@@ -141,7 +141,7 @@ impl Market {
     }
 
     pub fn contracts_of(&self, who: &Party) -> Result<Vec<Contract>> {
-        self.tx(|c| contracts::list_for(c, &who.id))
+        self.read(|c| contracts::list_for(c, &who.id))
     }
 
     /// Prepays into escrow, then settles periods that were waiting for funds.

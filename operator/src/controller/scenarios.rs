@@ -2305,3 +2305,73 @@ async fn deleting_a_retain_claim_keeps_bucket_objects_and_owner_and_removes_the_
     assert_eq!(a.buckets["app-data"].1, 3, "objects kept");
     assert_eq!(a.users.len(), 1, "the bucket's owner stays");
 }
+
+#[tokio::test]
+async fn a_lending_pool_mounts_its_markets_ca_into_provider_pods() {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let lent = pool(
+        "home-lab",
+        "class: owned\nowner: alice\nnodes: {selector: {matchLabels: {sublet.dev/provider: \"true\"}}, storage: {hostPath: /var/lib/sublet, capacity: 500Gi}}\noffer: {marketUrl: \"https://market.example:7490\", marketCaSecretRef: {name: market-ca}, pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
+    );
+    let echo_pool = serde_json::to_value(&lent).unwrap();
+    let scenario = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab"),
+        )
+        .await
+        .ok(&echo_pool);
+        expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
+            .await
+            .already_exists();
+        let service = next(&mut api).await;
+        service.assert_apply(&format!("{CORE}/services/home-lab-provider"));
+        service.echo();
+
+        let ds = next(&mut api).await;
+        ds.assert_apply("/apis/apps/v1/namespaces/storage/daemonsets/home-lab-provider");
+        let pod = ds.body["spec"]["template"]["spec"].clone();
+        ds.echo();
+        expect(&mut api, Method::GET, &format!("{CORE}/pods"))
+            .await
+            .ok(&list("Pod", vec![]));
+        expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/home-lab/status"),
+        )
+        .await
+        .ok(&echo_pool);
+        pod
+    });
+    let pod = run(
+        Box::pin(super::pool::reconcile(Arc::new(lent), ctx)),
+        scenario,
+    )
+    .await;
+    // The Secret's `ca.crt` (the default key) is mounted read-only into the provider ...
+    assert_eq!(pod["volumes"][1]["secret"]["secretName"], "market-ca");
+    assert_eq!(
+        pod["volumes"][1]["secret"]["items"],
+        json!([{"key": "ca.crt", "path": "ca.pem"}])
+    );
+    let provider = &pod["containers"][0];
+    assert_eq!(
+        provider["volumeMounts"][1],
+        json!({"name": "market-ca", "mountPath": "/etc/sublet/market-ca", "readOnly": true})
+    );
+    // ... and the offer it publishes trusts that file for the market's HTTPS.
+    let offer = provider["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SUBLET_PROVIDER_OFFER")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let offer: Value = serde_json::from_str(&offer).unwrap();
+    assert_eq!(offer["marketCaFile"], "/etc/sublet/market-ca/ca.pem");
+    assert!(offer.get("marketCaSecretRef").is_none(), "{offer}");
+}

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    HostPathVolumeSource, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -27,6 +28,10 @@ use crate::Result;
 pub const DATA_DIR: &str = "/var/lib/sublet";
 /// The node label holding a node's zone; passed to the provider as its failure domain.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Where a pool's `offer.marketCaSecretRef` is mounted in provider pods.
+pub const MARKET_CA_DIR: &str = "/etc/sublet/market-ca";
+/// The file the provider reads the market's CA certificates from, inside [`MARKET_CA_DIR`].
+pub const MARKET_CA_FILE: &str = "/etc/sublet/market-ca/ca.pem";
 /// Name of the init container that prints the provider's node id into its termination
 /// message, where the operator reads it.
 pub const IDENTITY_CONTAINER: &str = "identity";
@@ -250,6 +255,16 @@ fn pod_template(
     if let Some(offer) = offer {
         env.extend(offer_env(offer)?);
     }
+    let market_ca = offer.and_then(market_ca_volume);
+    let mut provider_mounts = vec![data_mount.clone()];
+    if market_ca.is_some() {
+        provider_mounts.push(VolumeMount {
+            name: "market-ca".into(),
+            mount_path: MARKET_CA_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     // A hostPath the kubelet creates belongs to root; hand it to the image's user (only
     // the directory: what is inside was written by that user already). A claim needs no
     // such step (fsGroup makes it the pod's), so claim pools meet the `restricted` Pod
@@ -323,10 +338,11 @@ fn pod_template(
             limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
             ..ResourceRequirements::default()
         }),
-        volume_mounts: Some(vec![data_mount]),
+        volume_mounts: Some(provider_mounts),
         security_context: Some(restricted()),
         ..Container::default()
     };
+    let volumes: Vec<Volume> = host_volume.into_iter().chain(market_ca).collect();
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels.clone()),
@@ -362,7 +378,7 @@ fn pod_template(
             }),
             init_containers: Some(data_owner.into_iter().chain([identity]).collect()),
             containers: vec![provider],
-            volumes: host_volume.map(|v| vec![v]),
+            volumes: (!volumes.is_empty()).then_some(volumes),
             ..PodSpec::default()
         }),
     })
@@ -373,6 +389,10 @@ fn pod_template(
 /// `$(POD_IP)` from the variable defined just before).
 fn offer_env(offer: &MarketOffer) -> Result<Vec<EnvVar>> {
     let mut offer = offer.clone();
+    // The pod reads the CA from where its Secret is mounted (see `market_ca_volume`).
+    if offer.market_ca_secret_ref.take().is_some() {
+        offer.market_ca_file = Some(MARKET_CA_FILE.into());
+    }
     if offer.endpoint.is_none() {
         offer.endpoint = Some(format!("https://$(POD_IP):{PROVIDER_GRPC_PORT}"));
     }
@@ -398,6 +418,26 @@ fn offer_env(offer: &MarketOffer) -> Result<Vec<EnvVar>> {
             ..EnvVar::default()
         },
     ])
+}
+
+/// The Secret of `offer.marketCaSecretRef`, its key as `ca.pem`: mounted read-only at
+/// [`MARKET_CA_DIR`], so the provider checks the market's HTTPS against that CA.
+fn market_ca_volume(offer: &MarketOffer) -> Option<Volume> {
+    let secret = offer.market_ca_secret_ref.as_ref()?;
+    Some(Volume {
+        name: "market-ca".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: offer.market_ca_key()?.to_owned(),
+                path: "ca.pem".into(),
+                mode: None,
+            }]),
+            default_mode: Some(0o444),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    })
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {
@@ -548,6 +588,58 @@ mod tests {
         );
         let env = json["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
         assert!(!env.contains("SUBLET_PROVIDER_OFFER"), "{env}");
+    }
+
+    #[test]
+    fn the_markets_ca_secret_is_mounted_and_named_in_the_offer() {
+        let lent = pool(
+            "lent",
+            "class: rented\nnodes: {selector: {}, storage: {volumeClaimTemplate: {size: 10Gi}}}\noffer: {marketUrl: \"https://market:8480\", marketCaSecretRef: {name: market-ca, key: ca.pem}, pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
+        );
+        let json = workload_json(
+            &provider_objects(&lent, &Images::default(), 1)
+                .unwrap()
+                .unwrap(),
+        );
+        let spec = &json["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["volumes"],
+            serde_json::json!([{"name": "market-ca", "secret": {
+                "secretName": "market-ca", "items": [{"key": "ca.pem", "path": "ca.pem"}],
+                "defaultMode": 0o444, "optional": false}}])
+        );
+        let provider = &spec["containers"][0];
+        assert_eq!(
+            provider["volumeMounts"][1],
+            serde_json::json!({"name": "market-ca", "mountPath": "/etc/sublet/market-ca", "readOnly": true})
+        );
+        // Only the provider container reads it.
+        for init in spec["initContainers"].as_array().unwrap() {
+            assert_eq!(init["volumeMounts"].as_array().unwrap().len(), 1, "{init}");
+        }
+        // The offer the pod reads names the mounted file, not the Secret.
+        let env = provider["env"].as_array().unwrap();
+        let offer = env
+            .iter()
+            .find(|e| e["name"] == "SUBLET_PROVIDER_OFFER")
+            .unwrap();
+        let offer: MarketOffer = serde_yaml::from_str(offer["value"].as_str().unwrap()).unwrap();
+        assert_eq!(offer.market_ca_file.as_deref(), Some(MARKET_CA_FILE));
+        assert_eq!(offer.market_ca_secret_ref, None);
+
+        // A hostPath pool keeps its data volume first, the CA beside it.
+        let host = pool(
+            "lent",
+            "class: rented\nnodes: {selector: {}, storage: {hostPath: /srv/sublet, capacity: 5Gi}}\noffer: {marketUrl: \"https://market:8480\", marketCaSecretRef: {name: market-ca}, pricePerGibMonth: 4000, region: eu-west, promisedUptime: \"99.5%\"}",
+        );
+        let json = workload_json(
+            &provider_objects(&host, &Images::default(), 1)
+                .unwrap()
+                .unwrap(),
+        );
+        let volumes = &json["spec"]["template"]["spec"]["volumes"];
+        assert_eq!(volumes[0]["name"], "data");
+        assert_eq!(volumes[1]["secret"]["items"][0]["key"], "ca.crt");
     }
 
     fn pool_without_offer() -> ProviderPool {
