@@ -280,6 +280,24 @@ impl Server {
     }
 }
 
+/// Runs `sql` on the database at `url` (one of this module's) with the server's `psql`,
+/// panicking with psql's message when it fails.
+pub fn execute(url: &str, sql: &str) {
+    let psql = bin_dir()
+        .map(|d| d.join("psql"))
+        .unwrap_or_else(|| panic!("no PostgreSQL binaries for psql"));
+    let out = Command::new(&psql)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", psql.display()));
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The URL of a fresh, empty database, or `None` (after saying why) without PostgreSQL.
 pub fn database() -> Option<String> {
     static SERVER: OnceLock<Option<Server>> = OnceLock::new();

@@ -42,6 +42,9 @@ impl std::fmt::Display for PoolError {
 
 impl std::error::Error for PoolError {}
 
+/// How long a connection taken from the idle ones may take to answer that it still works.
+const CHECK_OUT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connections to one database, at most `size` of them.
 pub struct Pool {
     config: postgres::Config,
@@ -137,15 +140,20 @@ impl Pool {
         let deadline = started + self.wait;
         let mut state = self.lock();
         loop {
-            while let Some(client) = state.idle.pop() {
-                if client.is_closed() {
-                    state.open -= 1;
-                    continue;
+            if let Some(mut client) = state.idle.pop() {
+                // A connection the server ended may not show as closed yet: ask it, outside
+                // the lock, before handing it out (as r2d2's test on check-out does).
+                drop(state);
+                if !client.is_closed() && client.is_valid(CHECK_OUT_TIMEOUT).is_ok() {
+                    return Ok(Pooled {
+                        pool: self,
+                        client: Some(client),
+                    });
                 }
-                return Ok(Pooled {
-                    pool: self,
-                    client: Some(client),
-                });
+                drop(client);
+                state = self.lock();
+                state.open -= 1;
+                continue;
             }
             if state.open < self.size {
                 state.open += 1;
