@@ -387,6 +387,14 @@ pub struct GatewayProcess {
     runtime: tokio::runtime::Handle,
 }
 
+/// A gateway handle that goes away takes its process with it, so no test leaves a
+/// `sublet serve` running behind it (`hostile::market` did, on every run).
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl GatewayProcess {
     /// A gateway on a config of the test's own, not started. The config must listen for S3
     /// on `s3` and for the admin API on `admin`, and take [`ACCESS_KEY`] and [`SECRET_KEY`];
