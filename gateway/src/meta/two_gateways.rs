@@ -51,6 +51,34 @@ fn tag(xml: &[u8], name: &str) -> Vec<String> {
         .collect()
 }
 
+/// A gateway node on `store` over `cluster`'s providers `ids`, as another gateway process
+/// sharing the database would be.
+fn gateway_on(
+    cluster: &dev::Cluster,
+    ids: &[String],
+    plan: &Plan,
+    store: PostgresStore,
+) -> Arc<Node> {
+    let master =
+        crate::datapath::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
+    Arc::new(
+        Node::new(
+            Arc::new(store) as Arc<dyn MetadataStore>,
+            Arc::new(master),
+            vec![plan.clone()],
+            ids.iter()
+                .map(|id| cluster.gateway.backend(id).unwrap())
+                .collect(),
+        )
+        .unwrap()
+        .with_placement(
+            crate::datapath::placement::Topology::flat(ids.iter().map(String::as_str)),
+            Arc::clone(cluster.gateway.health()),
+        )
+        .unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_on_one_database_lose_nothing() {
     // The test server's helpers use the blocking client: off the runtime's threads.
@@ -73,26 +101,7 @@ async fn two_gateways_on_one_database_lose_nothing() {
         .await
         .unwrap();
     let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
-    let gateway = |store: PostgresStore| {
-        let master =
-            crate::datapath::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
-        Arc::new(
-            Node::new(
-                Arc::new(store) as Arc<dyn MetadataStore>,
-                Arc::new(master),
-                vec![plan.clone()],
-                ids.iter()
-                    .map(|id| cluster.gateway.backend(id).unwrap())
-                    .collect(),
-            )
-            .unwrap()
-            .with_placement(
-                crate::datapath::placement::Topology::flat(ids.iter().map(String::as_str)),
-                Arc::clone(cluster.gateway.health()),
-            )
-            .unwrap(),
-        )
-    };
+    let gateway = |store: PostgresStore| gateway_on(&cluster, &ids, &plan, store);
     // Two stores, two connection pools: what two gateway processes hold.
     let a = gateway(PostgresStore::open(&url).unwrap());
     let b = gateway(PostgresStore::open(&url).unwrap());
@@ -328,26 +337,7 @@ async fn gc_on_one_gateway_keeps_the_shards_of_a_write_in_flight_on_another() {
         .await
         .unwrap();
     let ids: Vec<String> = cluster.probes.iter().map(|(id, _)| id.clone()).collect();
-    let gateway = |store: PostgresStore| {
-        let master =
-            crate::datapath::codec::MasterKey::load_or_create(&cluster.master_key_path).unwrap();
-        Arc::new(
-            Node::new(
-                Arc::new(store) as Arc<dyn MetadataStore>,
-                Arc::new(master),
-                vec![plan.clone()],
-                ids.iter()
-                    .map(|id| cluster.gateway.backend(id).unwrap())
-                    .collect(),
-            )
-            .unwrap()
-            .with_placement(
-                crate::datapath::placement::Topology::flat(ids.iter().map(String::as_str)),
-                Arc::clone(cluster.gateway.health()),
-            )
-            .unwrap(),
-        )
-    };
+    let gateway = |store: PostgresStore| gateway_on(&cluster, &ids, &plan, store);
     let (a, b) = {
         let url = url.clone();
         tokio::task::spawn_blocking(move || {
