@@ -28,12 +28,13 @@ enum UserAction {
         id: String,
         #[arg(long)]
         display_name: Option<String>,
-        /// Bytes the user's buckets may hold (`500Gi`, `1T`, `1048576`).
-        #[arg(long, value_parser = parse_size)]
-        max_bytes: Option<u64>,
-        /// Objects the user's buckets may hold.
-        #[arg(long)]
-        max_objects: Option<u64>,
+        /// Bytes the user's buckets may hold (`500Gi`, `1T`, `1048576`); `none` lifts the
+        /// quota.
+        #[arg(long, value_parser = parse_byte_quota)]
+        max_bytes: Option<Quota>,
+        /// Objects the user's buckets may hold; `none` lifts the quota.
+        #[arg(long, value_parser = parse_count_quota)]
+        max_objects: Option<Quota>,
     },
     /// Users with quotas and what their buckets hold.
     List,
@@ -90,6 +91,61 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A quota given on the command line: a limit, or `none` to remove the one the user has
+/// (sent as JSON `null`, which the admin API reads as "no limit").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quota {
+    Limit(u64),
+    Lifted,
+}
+
+impl Quota {
+    fn json(self) -> Value {
+        match self {
+            Quota::Limit(n) => Value::from(n),
+            Quota::Lifted => Value::Null,
+        }
+    }
+}
+
+fn lifted(s: &str) -> bool {
+    s.eq_ignore_ascii_case("none")
+}
+
+fn parse_byte_quota(s: &str) -> Result<Quota, String> {
+    if lifted(s) {
+        return Ok(Quota::Lifted);
+    }
+    parse_size(s).map(Quota::Limit)
+}
+
+fn parse_count_quota(s: &str) -> Result<Quota, String> {
+    if lifted(s) {
+        return Ok(Quota::Lifted);
+    }
+    s.parse::<u64>()
+        .map(Quota::Limit)
+        .map_err(|_| format!("{s:?} is not a count of objects (a whole number, or `none`)"))
+}
+
+/// The body of `PUT /admin/v1/users/{id}`: only what was given, a lifted quota as `null`.
+fn user_body(
+    display_name: Option<String>,
+    max_bytes: Option<Quota>,
+    max_objects: Option<Quota>,
+) -> Value {
+    let mut body = serde_json::Map::new();
+    if let Some(name) = display_name {
+        body.insert("displayName".into(), Value::from(name));
+    }
+    for (name, quota) in [("maxBytes", max_bytes), ("maxObjects", max_objects)] {
+        if let Some(q) = quota {
+            body.insert(name.into(), q.json());
+        }
+    }
+    Value::Object(body)
+}
+
 /// `sublet user ...`.
 pub async fn user(args: UserArgs) -> anyhow::Result<()> {
     let client = args.admin.client();
@@ -101,17 +157,8 @@ pub async fn user(args: UserArgs) -> anyhow::Result<()> {
             max_bytes,
             max_objects,
         } => {
-            let mut body = serde_json::Map::new();
-            for (name, value) in [
-                ("displayName", display_name.map(Value::from)),
-                ("maxBytes", max_bytes.map(Value::from)),
-                ("maxObjects", max_objects.map(Value::from)),
-            ] {
-                if let Some(v) = value {
-                    body.insert(name.into(), v);
-                }
-            }
-            create_user(&client, &id, Value::Object(body), output).await
+            let body = user_body(display_name, max_bytes, max_objects);
+            create_user(&client, &id, body, output).await
         }
         UserAction::List => list_users(&client, output).await,
         UserAction::Get { id } => get_user(&client, &id, output).await,
@@ -370,5 +417,23 @@ mod tests {
     fn quotas_take_human_sizes() {
         assert_eq!(parse_size("10Gi").unwrap(), 10 << 30);
         assert!(parse_size("ten").is_err());
+        assert_eq!(parse_byte_quota("1Ki"), Ok(Quota::Limit(1024)));
+        assert_eq!(parse_count_quota("12"), Ok(Quota::Limit(12)));
+        assert!(parse_count_quota("12k").is_err());
+    }
+
+    #[test]
+    fn none_lifts_a_quota_and_what_is_not_given_is_not_sent() {
+        assert_eq!(parse_byte_quota("none"), Ok(Quota::Lifted));
+        assert_eq!(parse_count_quota("NONE"), Ok(Quota::Lifted));
+        assert_eq!(
+            user_body(None, Some(Quota::Lifted), None),
+            json!({"maxBytes": null})
+        );
+        assert_eq!(
+            user_body(Some("A".into()), Some(Quota::Limit(5)), Some(Quota::Lifted)),
+            json!({"displayName": "A", "maxBytes": 5, "maxObjects": null})
+        );
+        assert_eq!(user_body(None, None, None), json!({}));
     }
 }

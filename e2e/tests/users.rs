@@ -165,6 +165,31 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
         "{scraped}"
     );
 
+    // `none` lifts the quota: the third object goes in.
+    let out = run_ok(
+        &mut sublet(&dev, &["user", "create", "alice", "--max-objects", "none"]),
+        TIMEOUT,
+    );
+    assert_eq!(out, "user alice configured\n");
+    run_ok(
+        &mut aws(
+            &dev,
+            &access,
+            &secret,
+            &[
+                "s3api",
+                "put-object",
+                "--bucket",
+                "photos",
+                "--key",
+                "c.txt",
+                "--body",
+                file,
+            ],
+        ),
+        TIMEOUT,
+    );
+
     // Lists never show a secret; the configuration's key is listed and kept.
     let keys = run_ok(&mut sublet(&dev, &["key", "list"]), TIMEOUT);
     assert!(keys.contains(&access) && !keys.contains(&secret), "{keys}");
