@@ -211,6 +211,54 @@ fn main() {
         );
     }
 
+    match tls_pair() {
+        Ok((mut client, mut server)) => {
+            let mut wire = Vec::with_capacity(64 << 10);
+            let mut sink = vec![0u8; 64 << 10];
+            let ns = measure(total, || {
+                for record in data.chunks(TLS_RECORD) {
+                    if let Err(e) =
+                        tls_carry(&mut client, &mut server, record, &mut wire, &mut sink)
+                    {
+                        eprintln!("sublet-costs: TLS step failed: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            });
+            row(
+                "TLS 1.3 seal + open (rustls, ring), 16 KiB records",
+                ns,
+                "both ends of one hop in one thread: shards to and from providers",
+            );
+        }
+        Err(e) => eprintln!("sublet-costs: no TLS row: {e}"),
+    }
+
+    for chunk in [16 << 10, 64 << 10] {
+        match loopback_pair() {
+            Ok((mut tx, mut rx)) => {
+                let mut sink = vec![0u8; chunk];
+                let ns = measure(total, || {
+                    for piece in data.chunks(chunk) {
+                        let sent = std::io::Write::write_all(&mut tx, piece).and_then(|()| {
+                            std::io::Read::read_exact(&mut rx, &mut sink[..piece.len()])
+                        });
+                        if let Err(e) = sent {
+                            eprintln!("sublet-costs: loopback step failed: {e}");
+                            std::process::exit(1);
+                        }
+                    }
+                });
+                row(
+                    &format!("loopback TCP send + receive, {} KiB calls", chunk >> 10),
+                    ns,
+                    "the kernel's copies and syscalls of one hop (both ends)",
+                );
+            }
+            Err(e) => eprintln!("sublet-costs: no loopback row: {e}"),
+        }
+    }
+
     let dir = args
         .dir
         .join(format!("sublet-costs-{}", std::process::id()));
@@ -270,4 +318,104 @@ fn main() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The plaintext of one TLS record at most (what rustls seals at a time).
+const TLS_RECORD: usize = 16 << 10;
+
+/// A TLS 1.3 client and server (rustls with ring, as the gateway and providers use) joined
+/// in memory, their handshake done.
+fn tls_pair() -> Result<(rustls::ClientConnection, rustls::ServerConnection), String> {
+    use std::sync::Arc;
+    fn err(what: &str, e: impl std::fmt::Display) -> String {
+        format!("{what}: {e}")
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| err("key", e))?;
+    let cert = rcgen::CertificateParams::new(vec!["costs.invalid".to_string()])
+        .and_then(|p| p.self_signed(&key))
+        .map_err(|e| err("certificate", e))?;
+    let cert_der = cert.der().clone();
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| err("private key", e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("server config", e))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key_der)
+        .map_err(|e| err("server certificate", e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der).map_err(|e| err("root", e))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("client config", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("costs.invalid")
+        .map_err(|e| err("server name", e))?;
+    let mut client =
+        rustls::ClientConnection::new(Arc::new(client), name).map_err(|e| err("client", e))?;
+    let mut server =
+        rustls::ServerConnection::new(Arc::new(server)).map_err(|e| err("server", e))?;
+    let mut wire = Vec::new();
+    for _ in 0..10 {
+        if !client.is_handshaking() && !server.is_handshaking() {
+            return Ok((client, server));
+        }
+        wire.clear();
+        client
+            .write_tls(&mut wire)
+            .map_err(|e| err("handshake", e))?;
+        feed(&mut server, &wire).map_err(|e| err("handshake", e))?;
+        wire.clear();
+        server
+            .write_tls(&mut wire)
+            .map_err(|e| err("handshake", e))?;
+        feed(&mut client, &wire).map_err(|e| err("handshake", e))?;
+    }
+    Err("the TLS handshake did not finish".to_string())
+}
+
+/// Hands `bytes` from the wire to `conn` and lets it process them.
+fn feed<D>(conn: &mut rustls::ConnectionCommon<D>, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        conn.read_tls(&mut bytes)?;
+        conn.process_new_packets().map_err(std::io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// Seals `plain` on the client, opens it on the server and reads it out.
+fn tls_carry(
+    client: &mut rustls::ClientConnection,
+    server: &mut rustls::ServerConnection,
+    plain: &[u8],
+    wire: &mut Vec<u8>,
+    sink: &mut [u8],
+) -> std::io::Result<()> {
+    std::io::Write::write_all(&mut client.writer(), plain)?;
+    wire.clear();
+    while client.wants_write() {
+        client.write_tls(wire)?;
+    }
+    feed(server, wire)?;
+    let mut got = 0;
+    while got < plain.len() {
+        let n = std::io::Read::read(&mut server.reader(), sink)?;
+        if n == 0 {
+            return Err(std::io::Error::other("the TLS record carried nothing"));
+        }
+        got += n;
+    }
+    black_box(&sink);
+    Ok(())
+}
+
+/// Both ends of a TCP connection over loopback.
+fn loopback_pair() -> std::io::Result<(std::net::TcpStream, std::net::TcpStream)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let tx = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (rx, _) = listener.accept()?;
+    tx.set_nodelay(true)?;
+    Ok((tx, rx))
 }
