@@ -99,6 +99,7 @@ fn meta_err_code(e: &MetaError) -> S3ErrorCode {
         MetaError::NoSuchKey { .. } => S3ErrorCode::NoSuchKey,
         MetaError::ObjectLocked { .. } => S3ErrorCode::AccessDenied,
         MetaError::Store(_) => S3ErrorCode::InternalError,
+        MetaError::Busy(_) => S3ErrorCode::SlowDown,
     }
 }
 
@@ -108,10 +109,17 @@ pub fn no_such_bucket(name: &str) -> S3Error {
 
 /// What a client sees of a metadata failure.
 pub fn meta_err(e: MetaError) -> S3Error {
-    if let MetaError::Store(m) = &e {
-        tracing::error!(error = %m, "metadata store failed");
+    match &e {
+        MetaError::Store(m) => tracing::error!(error = %m, "metadata store failed"),
+        MetaError::Busy(m) => tracing::warn!(error = %m, "metadata store busy"),
+        _ => {}
     }
-    S3Error::with_message(meta_err_code(&e), meta_message(&e))
+    let mut err = S3Error::with_message(meta_err_code(&e), meta_message(&e));
+    if matches!(e, MetaError::Busy(_)) {
+        // SlowDown is a 503: the client backs off and tries again.
+        err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    err
 }
 
 /// The message a client gets for a metadata failure.
