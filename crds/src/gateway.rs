@@ -938,6 +938,31 @@ mod tests {
             ]
         );
         assert!(problems("metadata: {postgres: {urlEnv: DB_URL}}").is_empty());
+        assert_eq!(
+            problems("metadata: {postgres: {poolSize: 65, poolWait: 0s}}"),
+            [
+                "spec.metadata.postgres.poolSize: 65 connections: use 1 to 64 (default 16)",
+                "spec.metadata.postgres.poolWait: must be at least 1s (e.g. 10s): a request finding every connection busy waits this long"
+            ]
+        );
+        let pg = spec("defaultPlan: p\nmetadata: {postgres: {poolSize: 4, poolWait: 2m}}")
+            .metadata
+            .postgres
+            .unwrap();
+        assert_eq!(
+            (pg.pool_size(), pg.pool_wait()),
+            (4, std::time::Duration::from_secs(120))
+        );
+        let pg = PostgresMetadata {
+            secret_ref: None,
+            url_env: None,
+            pool_size: None,
+            pool_wait: None,
+        };
+        assert_eq!(
+            (pg.pool_size(), pg.pool_wait()),
+            (16, std::time::Duration::from_secs(10))
+        );
         assert!(problems("metadata: {postgres: {}}").is_empty());
         assert_eq!(
             problems("metadata: {sqlite: {storage: 0}}"),

@@ -149,6 +149,14 @@ pub enum Contracting {
 /// A client for the market of pool `m`: HTTPS (its `caFile` or the system's roots), plain
 /// HTTP only with `insecureHttp`.
 pub(crate) fn market_client(m: &MarketPool) -> anyhow::Result<Client> {
+    // Trusting the system's roots instead of the CA the pool names would be a silent change.
+    if let (Some(secret), None) = (&m.ca_secret_ref, &m.ca_file) {
+        anyhow::bail!(
+            "spec.market.caSecretRef (Secret {}) is read by the operator only; outside \
+             Kubernetes set spec.market.caFile to the market's CA certificates (PEM)",
+            secret.name
+        );
+    }
     let tls = ClientTls {
         ca_file: m.ca_file.as_ref().map(std::path::PathBuf::from),
         insecure_http: m.insecure_http,
@@ -398,4 +406,35 @@ fn save_saved(path: &Path, saved: &Saved) -> anyhow::Result<()> {
     std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_secret_the_gateway_cannot_read_is_refused_not_replaced_by_the_system_roots() {
+        let pool = |extra: &str| -> MarketPool {
+            serde_yaml::from_str(&format!(
+                "{{url: \"https://market:8480\", providers: 1, reserve: 1Gi{extra}}}"
+            ))
+            .unwrap()
+        };
+        let e = market_client(&pool(", caSecretRef: {name: market-ca}"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("caSecretRef (Secret market-ca)") && e.contains("spec.market.caFile"),
+            "{e}"
+        );
+        // The operator's rendering: the Secret mounted and named by caFile.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["market".into()]).unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, ca.cert.pem()).unwrap();
+        let rendered = format!(", caFile: {}", file.display());
+        assert!(market_client(&pool(&rendered)).is_ok());
+    }
 }
