@@ -317,6 +317,12 @@ pub async fn contract_pool(
             Ok(key) => key,
             Err(e) => {
                 warn!(pool, contract = %c.id, provider = %c.provider, error = %e, "not using a provider whose signed acceptance does not match the contract the market shows");
+                // Ended at the market, so it neither keeps drawing on the prepayment nor
+                // holds the pool's place: the next pass contracts another provider (this
+                // one, having a terminated contract, is not asked again).
+                if end_refused(&client, &signer, pool, &c).await {
+                    ids.retain(|id| id != &c.id);
+                }
                 continue;
             }
         };
@@ -346,6 +352,29 @@ pub async fn contract_pool(
         );
     }
     Ok(out)
+}
+
+/// Terminates, as the demander, a contract whose acceptance did not verify, and counts it;
+/// whether the market ended it (else it stays in the pool's list and the next pass tries
+/// again).
+async fn end_refused(client: &Client, signer: &Signer, pool: &str, c: &Contract) -> bool {
+    let path = format!("/v1/contracts/{}/terminate", c.id);
+    let ended = match client.json(Some(signer), "POST", &path, &json!({})).await {
+        Ok(answer) => answer.ok().map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match ended {
+        Ok(()) => {
+            warn!(pool, contract = %c.id, provider = %c.provider, "refused contract terminated at the market");
+            crate::metrics::count_refused_contract("terminated");
+            true
+        }
+        Err(e) => {
+            warn!(pool, contract = %c.id, provider = %c.provider, error = %e, "could not terminate a refused contract at the market; trying again on the next pass");
+            crate::metrics::count_refused_contract("terminate_failed");
+            false
+        }
+    }
 }
 
 /// A copy of `config` in which every market pool also lists its contracted providers as
