@@ -87,9 +87,9 @@ fn pg_err(e: postgres::Error) -> MetaError {
 
 /// What a caller sees of a pool that gave no connection: busy (try again) or failed.
 fn pool_err(e: PoolError) -> MetaError {
-    match e {
+    match &e {
         PoolError::Exhausted { .. } => MetaError::Busy(format!("PostgreSQL: {e}")),
-        PoolError::Config(m) => MetaError::Store(m),
+        PoolError::Config(m) => MetaError::Store(m.clone()),
         PoolError::Connect(_) => MetaError::Store(format!("postgres: {e}")),
     }
 }
@@ -131,7 +131,7 @@ impl PostgresStore {
     fn run<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
         let work = || {
             let mut client = self.pool.get().map_err(pool_err)?;
-            f(&mut client)
+            f(&mut *client)
         };
         if tokio::runtime::Handle::try_current().is_err() {
             return work();
