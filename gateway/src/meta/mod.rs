@@ -14,7 +14,7 @@ pub(crate) mod probe;
 mod queue;
 mod sqlite;
 #[cfg(test)]
-mod test_postgres;
+pub(crate) mod test_postgres;
 #[cfg(test)]
 mod two_gateways;
 pub mod users;

@@ -517,7 +517,7 @@ fn a_caller_finding_every_connection_busy_is_told_so_within_the_wait() {
     let holder = {
         let s = Arc::clone(&s);
         std::thread::spawn(move || {
-            s.run(|_c| {
+            s.run(move |_c| {
                 taken.send(()).unwrap();
                 held.recv().unwrap();
                 Ok(())
@@ -569,7 +569,7 @@ fn aggregate_reads_wait_for_their_turn_within_the_wait() {
         .map(|_| {
             let (s, held, taken) = (Arc::clone(&s), Arc::clone(&held), taken.clone());
             std::thread::spawn(move || {
-                s.run_aggregate(|_c| {
+                s.run_aggregate(move |_c| {
                     taken.send(()).unwrap();
                     held.lock().unwrap().recv().unwrap();
                     Ok(())
