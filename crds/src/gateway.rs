@@ -630,7 +630,11 @@ impl StorageGatewaySpec {
                     ),
                 );
             }
-            if postgres.pool_wait.as_ref().is_some_and(|w| w.as_secs() == 0) {
+            if postgres
+                .pool_wait
+                .as_ref()
+                .is_some_and(|w| w.as_secs() == 0)
+            {
                 p.add(
                     "spec.metadata.postgres.poolWait",
                     "must be at least 1s (e.g. 10s): a request finding every connection busy waits this long",

@@ -591,10 +591,7 @@ fn quickstart_is_a_gateway_pool_and_plan_the_loader_accepts() {
         (postgres.pool_size(), postgres.pool_wait()),
         (16, std::time::Duration::from_secs(10))
     );
-    assert_eq!(
-        serde_json::to_value(postgres).unwrap()["poolWait"],
-        "10s"
-    );
+    assert_eq!(serde_json::to_value(postgres).unwrap()["poolWait"], "10s");
 
     // Issue 28, item 6: a cluster without a default StorageClass names one for the
     // gateway's metadata claim.

@@ -152,3 +152,23 @@ pub fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> S3Error {
 pub fn body_failed(e: impl std::fmt::Display) -> Error {
     Error::IncompleteBody(format!("reading the request body failed: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_metadata_store_is_a_503_slow_down_not_a_500() {
+        let e = S3Error::from(Error::Meta(MetaError::Busy(
+            "PostgreSQL: all 16 connections stayed busy".into(),
+        )));
+        assert_eq!(e.code(), &S3ErrorCode::SlowDown);
+        assert_eq!(e.status_code(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+        assert!(
+            e.message().is_some_and(|m| m.contains("stayed busy")),
+            "{e:?}"
+        );
+        let e = S3Error::from(Error::Meta(MetaError::Store("broken".into())));
+        assert_eq!(e.code(), &S3ErrorCode::InternalError);
+    }
+}

@@ -625,7 +625,7 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
             .join("gateway")
             .join(sublet_gateway::runtime::market::CONTRACTS_FILE),
     )
-        .unwrap_or_default();
+    .unwrap_or_default();
     let b_contract = contracts
         .iter()
         .find(|c| c["provider"] == b_key.party_id().as_str())

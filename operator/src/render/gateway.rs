@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    KeyToPath, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, Secret,
+    EnvVarSource, HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, Secret,
     SecretKeySelector, SecretProjection, SecretVolumeSource, Service, ServicePort, ServiceSpec,
     Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
@@ -570,10 +570,16 @@ mod tests {
         // The gateway's own loader takes the file: caFile at the mount, no Secret reference.
         let loaded = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
         let market = loaded.pools["rented"].spec.market.clone().unwrap();
-        assert_eq!(market.ca_file.as_deref(), Some("/etc/sublet-market-ca/rented/ca.pem"));
+        assert_eq!(
+            market.ca_file.as_deref(),
+            Some("/etc/sublet-market-ca/rented/ca.pem")
+        );
         assert_eq!(market.ca_file, Some(market_ca_file("rented")));
         assert_eq!(market.ca_secret_ref, None);
-        assert_eq!(loaded.pools["plain"].spec.market.clone().unwrap().ca_file, None);
+        assert_eq!(
+            loaded.pools["plain"].spec.market.clone().unwrap().ca_file,
+            None
+        );
 
         let objects = gateway_objects(&gw, &Images::default(), &rendered).unwrap();
         let pod = &workload_json(&objects)["spec"]["template"]["spec"];
@@ -602,7 +608,9 @@ mod tests {
         // Without a caSecretRef, no such volume.
         let objects = gateway_objects(&gw, &Images::default(), &config("abc")).unwrap();
         let json = workload_json(&objects);
-        let volumes = json["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+        let volumes = json["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
         assert!(volumes.iter().all(|v| v["name"] != "market-ca"));
     }
 

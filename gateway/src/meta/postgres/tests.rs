@@ -539,10 +539,6 @@ fn a_caller_finding_every_connection_busy_is_told_so_within_the_wait() {
         other => panic!("expected busy, got {other:?}"),
     }
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
-    // The error a client gets: 503 SlowDown, not a 500.
-    let e = s3s::S3Error::from(crate::error::Error::Meta(MetaError::Busy("x".into())));
-    assert_eq!(e.code(), &s3s::S3ErrorCode::SlowDown);
-    assert_eq!(e.status_code(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
     // Once it is given back, the next caller gets it.
     release.send(()).unwrap();
     holder.join().unwrap().unwrap();
