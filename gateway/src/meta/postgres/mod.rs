@@ -131,7 +131,7 @@ impl PostgresStore {
     fn run<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
         let work = || {
             let mut client = self.pool.get().map_err(pool_err)?;
-            f(&mut *client)
+            f(&mut client)
         };
         if tokio::runtime::Handle::try_current().is_err() {
             return work();
