@@ -361,10 +361,25 @@ pub struct PostgresMetadata {
     /// sits in the YAML; default `SUBLET_METADATA_URL`. For standalone `sublet serve`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_env: Option<String>,
+    /// The most connections each gateway replica keeps open to the database, 1 to 64;
+    /// default 16. Replicas × poolSize must stay under the server's `max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub pool_size: Option<u32>,
+    /// How long a request waits for a free connection when all are busy before it is
+    /// answered 503 SlowDown, e.g. `10s`; default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_wait: Option<Duration>,
 }
 
 /// Where the gateway reads the PostgreSQL URL from when `urlEnv` is not set.
 pub const DEFAULT_METADATA_URL_ENV: &str = "SUBLET_METADATA_URL";
+/// Connections per gateway replica when `poolSize` is not set.
+pub const DEFAULT_METADATA_POOL_SIZE: u32 = 16;
+/// The most connections `poolSize` may ask for.
+pub const MAX_METADATA_POOL_SIZE: u32 = 64;
+/// Seconds a request waits for a connection when `poolWait` is not set.
+pub const DEFAULT_METADATA_POOL_WAIT_SECS: u64 = 10;
 
 impl PostgresMetadata {
     /// The environment variable holding the connection URL.
@@ -373,6 +388,19 @@ impl PostgresMetadata {
             .as_deref()
             .filter(|v| !v.is_empty())
             .unwrap_or(DEFAULT_METADATA_URL_ENV)
+    }
+
+    /// The most connections open at once.
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size.unwrap_or(DEFAULT_METADATA_POOL_SIZE)
+    }
+
+    /// How long a request waits for a free connection.
+    pub fn pool_wait(&self) -> std::time::Duration {
+        self.pool_wait.as_ref().map_or(
+            std::time::Duration::from_secs(DEFAULT_METADATA_POOL_WAIT_SECS),
+            Duration::as_std,
+        )
     }
 }
 
@@ -590,6 +618,26 @@ impl StorageGatewaySpec {
                     format!(
                         "{var:?} is not an environment variable name; use letters, digits and _ (e.g. SUBLET_METADATA_URL)"
                     ),
+                );
+            }
+            if let Some(size) = postgres.pool_size
+                && !(1..=MAX_METADATA_POOL_SIZE).contains(&size)
+            {
+                p.add(
+                    "spec.metadata.postgres.poolSize",
+                    format!(
+                        "{size} connections: use 1 to {MAX_METADATA_POOL_SIZE} (default {DEFAULT_METADATA_POOL_SIZE})"
+                    ),
+                );
+            }
+            if postgres
+                .pool_wait
+                .as_ref()
+                .is_some_and(|w| w.as_secs() == 0)
+            {
+                p.add(
+                    "spec.metadata.postgres.poolWait",
+                    "must be at least 1s (e.g. 10s): a request finding every connection busy waits this long",
                 );
             }
         }
@@ -894,6 +942,31 @@ mod tests {
             ]
         );
         assert!(problems("metadata: {postgres: {urlEnv: DB_URL}}").is_empty());
+        assert_eq!(
+            problems("metadata: {postgres: {poolSize: 65, poolWait: 0s}}"),
+            [
+                "spec.metadata.postgres.poolSize: 65 connections: use 1 to 64 (default 16)",
+                "spec.metadata.postgres.poolWait: must be at least 1s (e.g. 10s): a request finding every connection busy waits this long"
+            ]
+        );
+        let pg = spec("defaultPlan: p\nmetadata: {postgres: {poolSize: 4, poolWait: 2m}}")
+            .metadata
+            .postgres
+            .unwrap();
+        assert_eq!(
+            (pg.pool_size(), pg.pool_wait()),
+            (4, std::time::Duration::from_secs(120))
+        );
+        let pg = PostgresMetadata {
+            secret_ref: None,
+            url_env: None,
+            pool_size: None,
+            pool_wait: None,
+        };
+        assert_eq!(
+            (pg.pool_size(), pg.pool_wait()),
+            (16, std::time::Duration::from_secs(10))
+        );
         assert!(problems("metadata: {postgres: {}}").is_empty());
         assert_eq!(
             problems("metadata: {sqlite: {storage: 0}}"),

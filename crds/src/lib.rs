@@ -40,6 +40,7 @@ pub use gateway::{
     PostgresMetadata, S3Addressing, SecretRef, ServiceSpec, ServiceType, SqliteMetadata,
     StorageGateway, StorageGatewaySpec, StorageGatewayStatus,
 };
+pub use gateway::{DEFAULT_METADATA_POOL_SIZE, DEFAULT_METADATA_POOL_WAIT_SECS};
 pub use loader::{Config, LoadError, LoadErrors, load_file, load_str};
 pub use offer::MarketOffer;
 pub use plan::{

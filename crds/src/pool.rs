@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::Condition;
-use crate::offer::MarketOffer;
+use crate::offer::{CaSecretRef, DEFAULT_MARKET_CA_KEY, MarketOffer};
 use crate::size::ByteSize;
 use crate::validate::{Problems, ValidationError, is_dns_label, is_endpoint_address};
 
@@ -183,6 +183,11 @@ pub struct MarketPool {
     /// PEM CA certificates trusted for the market's HTTPS instead of the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// Under Kubernetes: the Secret (in the gateway's namespace) holding the market's CA
+    /// certificates (PEM) under `key` (default `ca.crt`). The operator mounts it into the
+    /// gateway pods and points `caFile` at it; not with `caFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
     /// Allow a plain `http://` market URL: anyone on the path could rewrite the market's
     /// answers (which providers to trust), so only for a market on loopback or in tests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -211,6 +216,16 @@ impl MarketPool {
     /// Contract length in days.
     pub fn term_days(&self) -> u32 {
         self.term_days.unwrap_or(30)
+    }
+
+    /// The Secret key holding the market's CA certificates, when `caSecretRef` is set.
+    pub fn ca_key(&self) -> Option<&str> {
+        self.ca_secret_ref.as_ref().map(|s| {
+            s.key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .unwrap_or(DEFAULT_MARKET_CA_KEY)
+        })
     }
 }
 
@@ -452,6 +467,20 @@ impl ProviderPoolSpec {
 fn validate_market(p: &mut Problems, m: &MarketPool) {
     if let Err(problem) = crate::offer::check_market_url(&m.url, m.insecure_http, "insecureHttp") {
         p.add("spec.market.url", problem);
+    }
+    if let Some(secret) = &m.ca_secret_ref {
+        if m.ca_file.is_some() {
+            p.add(
+                "spec.market.caSecretRef",
+                "set caFile or caSecretRef, not both",
+            );
+        }
+        if secret.name.trim().is_empty() {
+            p.add(
+                "spec.market.caSecretRef.name",
+                "must name the Secret holding the market's CA certificates (PEM)",
+            );
+        }
     }
     p.at_least("spec.market.providers", m.providers, 1);
     if m.reserve.bytes() == 0 {
@@ -742,6 +771,20 @@ mod tests {
             ),
             [
                 "spec.market.url: \"http://market:8480\" is plain HTTP, which anyone on the path can rewrite; use https://, or set insecureHttp: true for a market on loopback or in tests"
+            ]
+        );
+        let ca = spec(
+            "class: rented\nmarket: {url: \"https://market:8480\", caSecretRef: {name: market-ca}, providers: 1, reserve: 1Gi}",
+        );
+        assert!(ca.validate().is_empty(), "{:?}", ca.validate());
+        assert_eq!(ca.market.unwrap().ca_key(), Some("ca.crt"));
+        assert_eq!(
+            problems(
+                "class: rented\nmarket: {url: \"https://market:8480\", caFile: /ca.pem, caSecretRef: {name: \" \", key: ca.pem}, providers: 1, reserve: 1Gi}"
+            ),
+            [
+                "spec.market.caSecretRef: set caFile or caSecretRef, not both",
+                "spec.market.caSecretRef.name: must name the Secret holding the market's CA certificates (PEM)",
             ]
         );
         let plain = spec(

@@ -586,6 +586,12 @@ fn quickstart_is_a_gateway_pool_and_plan_the_loader_accepts() {
         serde_json::to_value(postgres).unwrap()["secretRef"]["name"],
         "sublet-db"
     );
+    // Its pool settings come through to the gateway's spec.
+    assert_eq!(
+        (postgres.pool_size(), postgres.pool_wait()),
+        (16, std::time::Duration::from_secs(10))
+    );
+    assert_eq!(serde_json::to_value(postgres).unwrap()["poolWait"], "10s");
 
     // Issue 28, item 6: a cluster without a default StorageClass names one for the
     // gateway's metadata claim.

@@ -99,6 +99,7 @@ fn meta_err_code(e: &MetaError) -> S3ErrorCode {
         MetaError::NoSuchKey { .. } => S3ErrorCode::NoSuchKey,
         MetaError::ObjectLocked { .. } => S3ErrorCode::AccessDenied,
         MetaError::Store(_) => S3ErrorCode::InternalError,
+        MetaError::Busy(_) => S3ErrorCode::SlowDown,
     }
 }
 
@@ -108,10 +109,17 @@ pub fn no_such_bucket(name: &str) -> S3Error {
 
 /// What a client sees of a metadata failure.
 pub fn meta_err(e: MetaError) -> S3Error {
-    if let MetaError::Store(m) = &e {
-        tracing::error!(error = %m, "metadata store failed");
+    match &e {
+        MetaError::Store(m) => tracing::error!(error = %m, "metadata store failed"),
+        MetaError::Busy(m) => tracing::warn!(error = %m, "metadata store busy"),
+        _ => {}
     }
-    S3Error::with_message(meta_err_code(&e), meta_message(&e))
+    let mut err = S3Error::with_message(meta_err_code(&e), meta_message(&e));
+    if matches!(e, MetaError::Busy(_)) {
+        // SlowDown is a 503: the client backs off and tries again.
+        err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    err
 }
 
 /// The message a client gets for a metadata failure.
@@ -143,4 +151,24 @@ pub fn no_such_upload(bucket: &str, key: &str, upload_id: &str) -> S3Error {
 /// The error for a request body that broke off.
 pub fn body_failed(e: impl std::fmt::Display) -> Error {
     Error::IncompleteBody(format!("reading the request body failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_metadata_store_is_a_503_slow_down_not_a_500() {
+        let e = S3Error::from(Error::Meta(MetaError::Busy(
+            "PostgreSQL: all 16 connections stayed busy".into(),
+        )));
+        assert_eq!(e.code(), &S3ErrorCode::SlowDown);
+        assert_eq!(e.status_code(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+        assert!(
+            e.message().is_some_and(|m| m.contains("stayed busy")),
+            "{e:?}"
+        );
+        let e = S3Error::from(Error::Meta(MetaError::Store("broken".into())));
+        assert_eq!(e.code(), &S3ErrorCode::InternalError);
+    }
 }

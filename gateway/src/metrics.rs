@@ -35,6 +35,31 @@ pub fn forged_metadata(kind: &str) -> u64 {
     FORGED_METADATA.with_label_values(&[kind]).get()
 }
 
+/// Market contracts this gateway refused because the provider's signed acceptance does not
+/// match the contract the market shows (another key than the one that accepted), by what
+/// became of them at the market (`terminated`, `terminate_failed`). Process-wide like
+/// [`FORGED_METADATA`]: contracting runs before any one gateway's registry exists.
+static REFUSED_CONTRACTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "sublet_gateway_market_contracts_refused_total",
+            "Market contracts refused because the provider's signed acceptance does not match the contract the market shows, by outcome of ending them at the market.",
+        ),
+        &["outcome"],
+    )
+    .unwrap_or_else(|e| unreachable!("a constant metric definition is valid: {e}"))
+});
+
+/// Counts one refused contract (see [`REFUSED_CONTRACTS`]).
+pub fn count_refused_contract(outcome: &str) {
+    REFUSED_CONTRACTS.with_label_values(&[outcome]).inc();
+}
+
+/// How many contracts were refused with `outcome` in this process so far.
+pub fn refused_contracts(outcome: &str) -> u64 {
+    REFUSED_CONTRACTS.with_label_values(&[outcome]).get()
+}
+
 /// The gateway's metrics, in a registry of their own so several gateways can run in one
 /// process (tests).
 #[derive(Clone)]
@@ -251,6 +276,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(FORGED_METADATA.clone()))?;
+        registry.register(Box::new(REFUSED_CONTRACTS.clone()))?;
         Ok(Metrics {
             registry,
             requests,

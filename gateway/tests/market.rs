@@ -549,6 +549,7 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
     let config = rented_pool_gateway(&proxied, "", &tmp.path().join("gateway"));
     std::fs::create_dir_all(tmp.path().join("gateway")).unwrap();
     let gateway = NodeIdentity::generate();
+    let terminated_before = sublet_gateway::metrics::refused_contracts("terminated");
     let (_, contracted) = with_contracts(
         &config,
         &gateway,
@@ -558,7 +559,9 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
     )
     .await
     .unwrap();
-    // Both providers accepted (they talk to the market directly) ...
+    // Both providers accepted (they talk to the market directly), but b's acceptance does
+    // not verify as mallory's: the gateway ended that contract at the market rather than
+    // leave it drawing on its prepayment and holding the pool's place.
     let demander = Signer::from_pkcs8(gateway.pkcs8_der()).unwrap();
     let contracts = market
         .json(Some(&demander), "GET", "/v1/contracts", &Value::Null)
@@ -568,9 +571,18 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
         .unwrap();
     let contracts = contracts.as_array().unwrap();
     assert_eq!(contracts.len(), 2, "{contracts:?}");
-    assert!(contracts.iter().all(|c| c["state"] == "active"));
-    // ... but only a is pinned: b's acceptance does not verify as mallory's, so that
-    // contract is refused rather than mallory's key (or b's, unverified) pinned.
+    let state_of = |party: &str| {
+        contracts
+            .iter()
+            .find(|c| c["provider"] == party)
+            .map(|c| c["state"].clone())
+    };
+    assert_eq!(state_of(&b_key.party_id()), Some(Value::from("terminated")));
+    assert!(
+        sublet_gateway::metrics::refused_contracts("terminated") > terminated_before,
+        "the refusal is counted"
+    );
+    // Only a is pinned: mallory's key (or b's, unverified) is not.
     let mallory_node = NodeId::from_public_key(
         &hex::decode(mallory.public_key_hex())
             .unwrap()
@@ -595,7 +607,33 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
             .any(|(_, node)| node.as_deref() == Some(mallory_node.as_str())),
         "mallory's key was pinned: {pinned:?}"
     );
-    assert_eq!(pinned, vec![(a_party, Some(a.node_id.to_string()))]);
+    assert_eq!(pinned, vec![(a_party.clone(), Some(a.node_id.to_string()))]);
+    assert_eq!(state_of(&a_party), Some(Value::from("active")));
+    // The next pass neither counts the ended contract nor asks b again.
+    let (_, again) = with_contracts(
+        &config,
+        &gateway,
+        &tmp.path().join("gateway"),
+        Duration::from_secs(2),
+        Contracting::Propose,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.len(), 1, "{again:?}");
+    let saved = std::fs::read_to_string(
+        tmp.path()
+            .join("gateway")
+            .join(sublet_gateway::runtime::market::CONTRACTS_FILE),
+    )
+    .unwrap_or_default();
+    let b_contract = contracts
+        .iter()
+        .find(|c| c["provider"] == b_key.party_id().as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!saved.contains(&b_contract), "{saved}");
     a.shutdown().await;
     b.shutdown().await;
 }

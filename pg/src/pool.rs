@@ -65,7 +65,10 @@ struct State {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config holds the password: show where, not how.
         f.debug_struct("Pool")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
             .field("tls", &self.tls.is_some())
             .field("size", &self.size)
             .field("wait", &self.wait)

@@ -14,7 +14,7 @@ pub(crate) mod probe;
 mod queue;
 mod sqlite;
 #[cfg(test)]
-mod test_postgres;
+pub(crate) mod test_postgres;
 #[cfg(test)]
 mod two_gateways;
 pub mod users;
@@ -22,7 +22,7 @@ pub mod users;
 use std::collections::BTreeMap;
 
 pub use copy::{CopyCounts, StoreLocation, copy_store};
-pub use postgres::PostgresStore;
+pub use postgres::{PgPoolOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 pub use users::{KeyGrant, StoredKey, Usage, User};
 
@@ -72,6 +72,10 @@ pub enum MetaError {
     },
     #[error("metadata store: {0}")]
     Store(String),
+    /// The store is up but had no connection free for as long as a call may wait: the
+    /// request may be tried again (an S3 503 `SlowDown`).
+    #[error("metadata store busy: {0}")]
+    Busy(String),
 }
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;

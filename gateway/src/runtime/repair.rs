@@ -55,7 +55,11 @@ pub async fn run_command(
         Some(_) => None,
         None => {
             let built = crate::runtime::build(config, overrides).await?;
-            Some(Repairer::new(built.gateway, None).with_bandwidth_limit(cmd.bandwidth_limit))
+            Some(LocalRepair::start(
+                built.gateway,
+                cmd.bandwidth_limit,
+                crate::node::WRITE_HOLD_RENEW,
+            ))
         }
     };
     let mut total = RepairReport {
@@ -64,7 +68,7 @@ pub async fn run_command(
     };
     loop {
         let report = match (&local, &cmd.admin_url) {
-            (Some(r), _) => {
+            (Some(LocalRepair { repairer: r, .. }), _) => {
                 let policy = r.node().rebuild_policy(&cmd.plan);
                 let urgent_only = !policy.in_window(crate::upkeep::repair::local_minute_of_day());
                 r.run_pass(&cmd.plan, urgent_only, PASS_LIMIT).await?
@@ -100,6 +104,42 @@ pub async fn run_command(
         );
     }
     Ok(())
+}
+
+/// Repairs run in this process on the state the config names: the repairer, and the
+/// renewal of the holds its rebuilt shards take in a store other gateways share (as a
+/// serving gateway renews its writes'), so their garbage collection keeps the shards of a
+/// repair that runs longer than [`crate::node::WRITE_HOLD_MS`]. Dropping it stops the renewal.
+struct LocalRepair {
+    repairer: Repairer,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl LocalRepair {
+    /// Must be called inside a tokio runtime (it spawns the renewal).
+    fn start(
+        node: std::sync::Arc<crate::node::Node>,
+        bandwidth_limit: Option<u64>,
+        renew_every: std::time::Duration,
+    ) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // The task ends when `stop` changes or is dropped.
+        drop(crate::upkeep::audit::hold_writes_in_flight(
+            std::sync::Arc::clone(&node),
+            renew_every,
+            stopped,
+        ));
+        LocalRepair {
+            repairer: Repairer::new(node, None).with_bandwidth_limit(bandwidth_limit),
+            stop,
+        }
+    }
+}
+
+impl Drop for LocalRepair {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 /// One pass through `POST {admin}/admin/v1/plans/{plan}/repair`.
@@ -142,4 +182,59 @@ async fn remote_pass(
         );
     }
     serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url}: unexpected answer: {e}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::LocalRepair;
+    use crate::meta::MetadataStore;
+    use crate::node::{Node, Plan, WRITE_HOLD_MS};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_local_repair_keeps_renewing_the_holds_of_its_rebuilt_shards() {
+        let Some(store) = tokio::task::spawn_blocking(crate::meta::test_postgres::store)
+            .await
+            .unwrap()
+        else {
+            return;
+        };
+        let store: Arc<dyn MetadataStore> = Arc::new(store);
+        let master = crate::datapath::codec::MasterKey::from_bytes(&[7; 32]);
+        let plan = Plan {
+            name: "p".into(),
+            scheme: crate::datapath::layout::Scheme::Replicas { copies: 1 },
+            encrypt: false,
+            segment_size: 1 << 20,
+            write_quorum: 1,
+            inline_up_to: 0,
+        };
+        let node =
+            Arc::new(Node::new(Arc::clone(&store), Arc::new(master), vec![plan], vec![]).unwrap());
+        let repair = LocalRepair::start(Arc::clone(&node), None, Duration::from_millis(100));
+        let started = crate::clock::now_ms();
+        // What a repair takes before it stores a rebuilt shard (upkeep/repair.rs).
+        let hold = node.start_write("-rtest").await.unwrap();
+        // Past the first hold's end by 300 ms: only a renewal since keeps it held then.
+        let past_first_hold = started + WRITE_HOLD_MS + 300;
+        let held = |at: i64| {
+            let store = Arc::clone(&store);
+            async move {
+                tokio::task::spawn_blocking(move || store.held_writes(at))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(held(past_first_hold).await, vec!["-rtest".to_owned()]);
+        // The repair's write ends: the next renewal ends its hold.
+        drop(hold);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(held(crate::clock::now_ms()).await.is_empty());
+        drop(repair);
+    }
 }

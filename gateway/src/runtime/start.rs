@@ -138,6 +138,7 @@ pub async fn start(file: &Config, overrides: &Overrides) -> anyhow::Result<Runni
     tasks.push(crate::upkeep::users::spawn_refresh(Arc::clone(&gateway), stop.clone()).await);
     tasks.push(crate::upkeep::audit::hold_writes_in_flight(
         Arc::clone(&gateway),
+        crate::node::WRITE_HOLD_RENEW,
         stop.clone(),
     ));
     tasks.push(crate::upkeep::audit::spawn_gc_loop(

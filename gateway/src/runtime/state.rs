@@ -79,7 +79,11 @@ pub async fn open_metadata(
                 "StorageGateway spec.metadata.postgres: environment variable {var} (spec.metadata.postgres.urlEnv) is not set; set it to postgres://user:password@host:5432/dbname"
             )
         })?;
-        let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url))
+        let options = crate::meta::PgPoolOptions {
+            size: postgres.pool_size() as usize,
+            wait: postgres.pool_wait(),
+        };
+        let store = tokio::task::spawn_blocking(move || PostgresStore::open_with(&url, options))
             .await
             .context("opening the PostgreSQL metadata store")?
             .map_err(|e| anyhow::anyhow!("spec.metadata.postgres (URL from {var}): {e}"))?;

@@ -249,11 +249,14 @@ pub async fn collect_garbage(
     Ok(report)
 }
 
-/// Renews, every [`crate::node::WRITE_HOLD_RENEW`], the holds of this gateway's writes in
-/// flight in a metadata store other gateways share, and ends those of writes that ended, until
-/// `stop` changes. Nothing to do on a store of one gateway.
+/// Renews, every `every` ([`crate::node::WRITE_HOLD_RENEW`] in a running gateway), the holds
+/// of this node's writes in flight in a metadata store other gateways share, and ends those
+/// of writes that ended, until `stop` changes. Whatever holds writes runs it: a serving
+/// gateway (its PUTs, copies, repairs) and `sublet repair` run here (its rebuilt shards).
+/// Nothing to do on a store of one gateway.
 pub fn hold_writes_in_flight(
     gateway: Arc<Node>,
+    every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -262,7 +265,7 @@ pub fn hold_writes_in_flight(
         }
         loop {
             tokio::select! {
-                () = tokio::time::sleep(crate::node::WRITE_HOLD_RENEW) => {}
+                () = tokio::time::sleep(every) => {}
                 _ = stop.changed() => return,
             }
             if let Err(e) = renew_write_holds(&gateway).await {

@@ -1390,10 +1390,22 @@ async fn reconcile_gateway_with_pods(
     plans: Vec<Value>,
     pods: Vec<Value>,
 ) -> (String, Value, Value) {
+    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
+    let (yaml, hash, status, _) = reconcile_gateway_in(pools, plans, pods).await;
+    (yaml, hash, status)
+}
+
+/// A gateway reconciled with `pools` and `plans` in its namespace, its StatefulSet not
+/// ready yet and `pods` as its pods: the config, its hash, the status written and the pod
+/// spec of the StatefulSet.
+async fn reconcile_gateway_in(
+    pools: Vec<Value>,
+    plans: Vec<Value>,
+    pods: Vec<Value>,
+) -> (String, Value, Value, Value) {
     let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
     let gw = gateway("s3", "defaultPlan: photos");
     let echo_gw = serde_json::to_value(&gw).unwrap();
-    let pools = vec![serde_json::to_value(friends_pool()).unwrap()];
     let scenario = tokio::spawn(async move {
         for _ in 0..4 {
             expect(&mut api, Method::POST, &format!("{CORE}/secrets"))
@@ -1420,6 +1432,7 @@ async fn reconcile_gateway_with_pods(
         let hash =
             sts.body["spec"]["template"]["metadata"]["annotations"]["sublet.dev/config-hash"]
                 .clone();
+        let pod = sts.body["spec"]["template"]["spec"].clone();
         sts.echo();
         // Not ready: its pods say why.
         let listed = expect(&mut api, Method::GET, &format!("{CORE}/pods")).await;
@@ -1437,7 +1450,7 @@ async fn reconcile_gateway_with_pods(
         .await;
         let body = status.body.clone();
         status.ok(&echo_gw);
-        (yaml, hash, body)
+        (yaml, hash, body, pod)
     });
     run(
         Box::pin(super::gateway::reconcile(Arc::new(gw), ctx)),
@@ -2374,4 +2387,46 @@ async fn a_lending_pool_mounts_its_markets_ca_into_provider_pods() {
     let offer: Value = serde_json::from_str(&offer).unwrap();
     assert_eq!(offer["marketCaFile"], "/etc/sublet/market-ca/ca.pem");
     assert!(offer.get("marketCaSecretRef").is_none(), "{offer}");
+}
+
+#[tokio::test]
+async fn a_gateway_mounts_the_ca_its_market_pool_names_by_secret() {
+    let rented = serde_json::to_value(pool(
+        "rented",
+        "class: rented\nmarket: {url: \"https://market.example:7490\", caSecretRef: {name: market-ca}, providers: 2, reserve: 10Gi}",
+    ))
+    .unwrap();
+    let photos = serde_json::to_value(plan(
+        "photos",
+        "redundancy: {replicas: 2}\nplacement: {pools: [{name: rented}]}",
+    ))
+    .unwrap();
+    let (yaml, _, _, pod) = reconcile_gateway_in(vec![rented], vec![photos], vec![]).await;
+    // The config the gateway loads trusts the mounted file for the market's HTTPS ...
+    let config = sublet_crds::load_str("sublet.yaml", &yaml).unwrap();
+    let market = config.pools["rented"].spec.market.clone().unwrap();
+    assert_eq!(
+        market.ca_file.as_deref(),
+        Some("/etc/sublet-market-ca/rented/ca.pem")
+    );
+    assert!(!yaml.contains("caSecretRef"), "{yaml}");
+    // ... where the Secret's `ca.crt` (the default key) is mounted read-only.
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "market-ca")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        volume["projected"]["sources"][0]["secret"],
+        json!({"name": "market-ca", "items": [{"key": "ca.crt", "path": "rented/ca.pem"}], "optional": false})
+    );
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts.contains(
+            &json!({"name": "market-ca", "mountPath": "/etc/sublet-market-ca", "readOnly": true})
+        ),
+        "{mounts:?}"
+    );
 }

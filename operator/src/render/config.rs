@@ -26,6 +26,14 @@ pub const KEYS_DIR: &str = "/etc/sublet-keys";
 pub const MASTER_KEY_FILE: &str = "master.key";
 /// The gateway's data directory (SQLite database, state) in the pod.
 pub const GATEWAY_DATA_DIR: &str = "/var/lib/sublet";
+/// Where the Secrets of market pools' `caSecretRef` are mounted in the gateway pod, each
+/// pool's as `<pool>/ca.pem`.
+pub const MARKET_CA_DIR: &str = "/etc/sublet-market-ca";
+
+/// The file a gateway pod reads the market CA of pool `pool` from.
+pub fn market_ca_file(pool: &str) -> String {
+    format!("{MARKET_CA_DIR}/{pool}/ca.pem")
+}
 
 /// The custom resources of one namespace, as read from the API server.
 #[derive(Clone, Copy, Debug, Default)]
@@ -84,6 +92,9 @@ pub struct RenderedConfig {
     /// Environment variables the gateway pod needs from Secrets: (variable, Secret, key),
     /// e.g. the secret keys of bucket members given by `secretRef`.
     pub secret_env: Vec<(String, String, String)>,
+    /// Market CAs the gateway pod needs from Secrets: (pool, Secret, key), each mounted at
+    /// [`market_ca_file`] of its pool, which the config names as the pool's `caFile`.
+    pub market_ca: Vec<(String, String, String)>,
 }
 
 /// The environment variable carrying the secret key of bucket member `member` of `pool`.
@@ -157,8 +168,14 @@ pub fn standalone_pool(pool: &ProviderPool) -> ProviderPool {
                 .then_some(true),
             // The provider pods publish the offer; the gateway has no use for it.
             offer: None,
-            // The gateway contracts market providers itself.
-            market: pool.spec.market.clone(),
+            // The gateway contracts market providers itself; a caSecretRef becomes the file
+            // the pod gets it in.
+            market: pool.spec.market.clone().map(|mut m| {
+                if m.ca_secret_ref.take().is_some() {
+                    m.ca_file = Some(market_ca_file(&pool.name_any()));
+                }
+                m
+            }),
         },
     )
 }
@@ -357,11 +374,29 @@ pub fn render_config(gateway: &StorageGateway, inventory: Inventory<'_>) -> Resu
                 .collect::<Vec<_>>()
         })
         .collect();
+    let market_ca = selection
+        .pools
+        .iter()
+        .filter_map(|p| {
+            let original = inventory
+                .pools
+                .iter()
+                .find(|o| o.name_any() == p.name_any())?;
+            let market = original.spec.market.as_ref()?;
+            let secret = market.ca_secret_ref.as_ref()?;
+            Some((
+                p.name_any(),
+                secret.name.clone(),
+                market.ca_key()?.to_owned(),
+            ))
+        })
+        .collect();
     Ok(RenderedConfig {
         yaml,
         hash,
         excluded: selection.excluded,
         secret_env,
+        market_ca,
     })
 }
 

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVarSource, HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, Secret,
+    SecretKeySelector, SecretProjection, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -20,7 +21,8 @@ use rand::distr::Alphanumeric;
 use sublet_crds::StorageGateway;
 
 use super::config::{
-    CONFIG_DIR, CONFIG_FILE, GATEWAY_DATA_DIR, KEYS_DIR, MASTER_KEY_FILE, RenderedConfig,
+    CONFIG_DIR, CONFIG_FILE, GATEWAY_DATA_DIR, KEYS_DIR, MARKET_CA_DIR, MASTER_KEY_FILE,
+    RenderedConfig,
 };
 use super::{
     ANNOTATION_CONFIG_HASH, APP_GATEWAY, GATEWAY_ADMIN_PORT, Images, LABEL_GATEWAY,
@@ -310,6 +312,34 @@ pub fn gateway_objects(
         failure_threshold: Some(3),
         ..Probe::default()
     };
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "keys".into(),
+            mount_path: KEYS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "data".into(),
+            mount_path: GATEWAY_DATA_DIR.into(),
+            ..VolumeMount::default()
+        },
+    ];
+    let market_ca = market_ca_volume(config);
+    if market_ca.is_some() {
+        mounts.push(VolumeMount {
+            name: "market-ca".into(),
+            mount_path: MARKET_CA_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     let container = Container {
         name: "gateway".into(),
         image: Some(images.gateway.clone()),
@@ -346,25 +376,7 @@ pub fn gateway_objects(
             limits: Some(BTreeMap::from([("memory".into(), Quantity("2Gi".into()))])),
             ..ResourceRequirements::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "keys".into(),
-                mount_path: KEYS_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "data".into(),
-                mount_path: GATEWAY_DATA_DIR.into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
     let mut volumes = vec![
@@ -386,6 +398,7 @@ pub fn gateway_objects(
             ..Volume::default()
         },
     ];
+    volumes.extend(market_ca);
     let sqlite = spec.metadata.sqlite.as_ref();
     if sqlite.is_none() {
         volumes.push(Volume {
@@ -476,6 +489,39 @@ pub fn gateway_objects(
     })
 }
 
+/// The Secrets of market pools' `caSecretRef`, each one's key as `<pool>/ca.pem`, in one
+/// read-only volume mounted at [`MARKET_CA_DIR`]: the gateway checks each market's HTTPS
+/// against the CA its pool names.
+fn market_ca_volume(config: &RenderedConfig) -> Option<Volume> {
+    if config.market_ca.is_empty() {
+        return None;
+    }
+    let sources = config
+        .market_ca
+        .iter()
+        .map(|(pool, secret, key)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: secret.clone(),
+                items: Some(vec![KeyToPath {
+                    key: key.clone(),
+                    path: format!("{pool}/ca.pem"),
+                    mode: None,
+                }]),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    Some(Volume {
+        name: "market-ca".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o444),
+        }),
+        ..Volume::default()
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -488,7 +534,84 @@ mod tests {
             hash: hash.into(),
             excluded: Vec::new(),
             secret_env: Vec::new(),
+            market_ca: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_market_pools_ca_secret_is_mounted_where_its_config_names_it() {
+        use crate::render::config::{Inventory, market_ca_file, render_config};
+        use crate::testing::{plan, pool};
+        let pools = [
+            pool(
+                "rented",
+                "class: rented\nmarket: {url: \"https://market:8480\", caSecretRef: {name: market-ca, key: root.pem}, providers: 2, reserve: 10Gi}",
+            ),
+            pool(
+                "plain",
+                "class: rented\nmarket: {url: \"https://market:8480\", providers: 2, reserve: 10Gi}",
+            ),
+        ];
+        let plans = [plan(
+            "photos",
+            "redundancy: {replicas: 2}\nplacement: {pools: [{name: rented}, {name: plain}]}",
+        )];
+        let gw = gateway("s3", "defaultPlan: photos");
+        let inventory = Inventory {
+            pools: &pools,
+            plans: &plans,
+            schedules: &[],
+        };
+        let rendered = render_config(&gw, inventory).unwrap();
+        assert_eq!(
+            rendered.market_ca,
+            [("rented".into(), "market-ca".into(), "root.pem".into())]
+        );
+        // The gateway's own loader takes the file: caFile at the mount, no Secret reference.
+        let loaded = sublet_crds::load_str("rendered", &rendered.yaml).unwrap();
+        let market = loaded.pools["rented"].spec.market.clone().unwrap();
+        assert_eq!(
+            market.ca_file.as_deref(),
+            Some("/etc/sublet-market-ca/rented/ca.pem")
+        );
+        assert_eq!(market.ca_file, Some(market_ca_file("rented")));
+        assert_eq!(market.ca_secret_ref, None);
+        assert_eq!(
+            loaded.pools["plain"].spec.market.clone().unwrap().ca_file,
+            None
+        );
+
+        let objects = gateway_objects(&gw, &Images::default(), &rendered).unwrap();
+        let pod = &workload_json(&objects)["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "market-ca")
+            .unwrap();
+        assert_eq!(
+            volume["projected"]["sources"],
+            serde_json::json!([{"secret": {
+                "name": "market-ca",
+                "items": [{"key": "root.pem", "path": "rented/ca.pem"}],
+                "optional": false,
+            }}])
+        );
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "market-ca")
+            .unwrap();
+        assert_eq!(mount["mountPath"], "/etc/sublet-market-ca");
+        assert_eq!(mount["readOnly"], true);
+        // Without a caSecretRef, no such volume.
+        let objects = gateway_objects(&gw, &Images::default(), &config("abc")).unwrap();
+        let json = workload_json(&objects);
+        let volumes = json["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
+        assert!(volumes.iter().all(|v| v["name"] != "market-ca"));
     }
 
     fn workload_json(objects: &GatewayObjects) -> serde_json::Value {

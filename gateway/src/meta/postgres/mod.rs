@@ -24,11 +24,12 @@ mod users;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls, Row, Transaction};
+use postgres::{Client, Row, Transaction};
+use sublet_pg::{Pool, PoolError};
 
 use self::schema::{SCHEMA, SCHEMA_LOCK};
-use self::tls::{RustlsConnector, SslMode, split_tls};
 use super::{
     AuditSample, Bucket, CompleteOutcome, HealthGroup, ListPage, ListQuery, MetaError,
     MetadataStore, ObjectAttrs, ObjectVersion, PlanUsage, ProviderSeen, PutOutcome, QueuedVersion,
@@ -40,30 +41,38 @@ use crate::meta::lock::ObjectLock;
 
 const PART_COLUMNS: &str = "part_number, size, etag, last_modified, layout, checksums";
 
-/// Connections kept open per store; callers beyond that wait for one.
-const MAX_CONNECTIONS: usize = 16;
-
-/// How many of them the long aggregate reads (plan usage and health, the repair queue,
-/// provider usage, audit samples, referenced shards) may hold at once, so however many
-/// admin reads are asked for, the rest stay free for S3 calls.
+/// How many of the pool's connections the long aggregate reads (plan usage and health, the
+/// repair queue, provider usage, audit samples, referenced shards) may hold at once, so
+/// however many admin reads are asked for, the rest stay free for S3 calls.
 const MAX_AGGREGATE_CONNECTIONS: usize = 2;
 
-/// PostgreSQL behind a small connection pool.
+/// How the store reaches PostgreSQL: `spec.metadata.postgres.poolSize` and `poolWait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgPoolOptions {
+    /// The most connections open at once (1 to [`sublet_pg::pool::MAX_SIZE`]).
+    pub size: usize,
+    /// How long a call waits for a free connection before it fails as busy
+    /// ([`MetaError::Busy`], an S3 503 `SlowDown`).
+    pub wait: Duration,
+}
+
+impl Default for PgPoolOptions {
+    fn default() -> Self {
+        Self {
+            size: sublet_crds::DEFAULT_METADATA_POOL_SIZE as usize,
+            wait: Duration::from_secs(sublet_crds::DEFAULT_METADATA_POOL_WAIT_SECS),
+        }
+    }
+}
+
+/// PostgreSQL behind a bounded connection pool ([`sublet_pg::Pool`]; TLS as the URL asks).
 pub struct PostgresStore {
-    config: postgres::Config,
-    /// Set when the URL asks for TLS (`sslmode=require` and stricter).
-    tls: Option<RustlsConnector>,
-    pool: Mutex<PoolState>,
-    freed: Condvar,
+    pool: Pool,
+    /// The pool's wait, also the longest an aggregate read waits for its turn.
+    wait: Duration,
     /// Aggregate reads running, and the signal that one ended.
     aggregates: Mutex<usize>,
     aggregate_done: Condvar,
-}
-
-#[derive(Default)]
-struct PoolState {
-    idle: Vec<Client>,
-    open: usize,
 }
 
 fn store_err(e: impl std::fmt::Display) -> MetaError {
@@ -71,72 +80,35 @@ fn store_err(e: impl std::fmt::Display) -> MetaError {
 }
 
 fn pg_err(e: postgres::Error) -> MetaError {
-    // The server's message says what went wrong; the client's Display alone is often "db error".
-    match e.as_db_error() {
-        Some(db) => MetaError::Store(format!("postgres: {}", db.message())),
-        // The kind alone ("error performing TLS handshake") hides the cause that names the fix.
-        None => {
-            let mut message = format!("postgres: {e}");
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                message.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            MetaError::Store(message)
-        }
-    }
+    // The server's message says what went wrong; the client's Display alone is often "db
+    // error", and the kind alone ("error performing TLS handshake") hides the cause.
+    MetaError::Store(format!("postgres: {}", sublet_pg::message(&e)))
 }
 
-impl Drop for PostgresStore {
-    /// A pooled client's own drop blocks on the connection's runtime, which panics on a tokio
-    /// thread (a gateway shutting down): the idle ones are closed on a plain thread there.
-    fn drop(&mut self) {
-        let idle = std::mem::take(&mut self.state().idle);
-        if idle.is_empty() || tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        // Should the thread not start, the clients are leaked rather than dropped here (the
-        // server drops the connections when the process exits).
-        let idle = std::mem::ManuallyDrop::new(idle);
-        let closing = std::thread::Builder::new()
-            .name("sublet-postgres-close".into())
-            .spawn(move || drop(std::mem::ManuallyDrop::into_inner(idle)));
-        if let Err(e) = closing {
-            tracing::warn!(error = %e, "closing PostgreSQL connections");
-        }
+/// What a caller sees of a pool that gave no connection: busy (try again) or failed.
+fn pool_err(e: PoolError) -> MetaError {
+    match &e {
+        PoolError::Exhausted { .. } => MetaError::Busy(format!("PostgreSQL: {e}")),
+        PoolError::Config(m) => MetaError::Store(m.clone()),
+        PoolError::Connect(_) => MetaError::Store(format!("postgres: {e}")),
     }
 }
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db` or key=value form; TLS
-    /// with `sslmode=require` and `sslrootcert=`, see [`tls`]) and creates
-    /// the tables if needed.
+    /// with `sslmode=require` and `sslrootcert=`, see [`tls`]) with the default pool and
+    /// creates the tables if needed.
     pub fn open(url: &str) -> Result<Self> {
-        let (url, ssl) = split_tls(url).map_err(MetaError::Store)?;
-        let tls = match ssl {
-            SslMode::Plain => None,
-            SslMode::Verified { root_cert } => Some(
-                RustlsConnector::new(root_cert.as_deref())
-                    .map_err(|e| MetaError::Store(format!("postgres URL: {e}")))?,
-            ),
-        };
-        let mut config: postgres::Config = url.parse().map_err(|e| {
-            MetaError::Store(format!(
-                "postgres URL does not parse ({e}); expected postgres://user:password@host:5432/dbname"
-            ))
-        })?;
-        // Without one, an unreachable host holds a request for the OS's TCP timeout.
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(std::time::Duration::from_secs(10));
-        }
-        if tls.is_some() {
-            config.ssl_mode(postgres::config::SslMode::Require);
-        }
+        Self::open_with(url, PgPoolOptions::default())
+    }
+
+    /// [`Self::open`] with a pool of `options.size` connections, callers waiting at most
+    /// `options.wait` for one.
+    pub fn open_with(url: &str, options: PgPoolOptions) -> Result<Self> {
+        let pool = Pool::new(url, options.size, options.wait).map_err(pool_err)?;
         let store = Self {
-            config,
-            tls,
-            pool: Mutex::new(PoolState::default()),
-            freed: Condvar::new(),
+            pool,
+            wait: options.wait,
             aggregates: Mutex::new(0),
             aggregate_done: Condvar::new(),
         };
@@ -150,55 +122,16 @@ impl PostgresStore {
         Ok(store)
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn checkout(&self) -> Result<Client> {
-        let mut state = self.state();
-        loop {
-            if let Some(client) = state.idle.pop() {
-                if client.is_closed() {
-                    state.open -= 1;
-                    continue;
-                }
-                return Ok(client);
-            }
-            if state.open < MAX_CONNECTIONS {
-                state.open += 1;
-                drop(state);
-                let connected = match &self.tls {
-                    Some(tls) => self.config.connect(tls.clone()),
-                    None => self.config.connect(NoTls),
-                };
-                return connected.map_err(|e| {
-                    self.state().open -= 1;
-                    self.freed.notify_one();
-                    pg_err(e)
-                });
-            }
-            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn checkin(&self, client: Client) {
-        let mut state = self.state();
-        if client.is_closed() {
-            state.open -= 1;
-        } else {
-            state.idle.push(client);
-        }
-        drop(state);
-        self.freed.notify_one();
+    /// Connections open now (handed out or idle).
+    pub fn open_connections(&self) -> usize {
+        self.pool.open_connections()
     }
 
     /// Runs `f` on a pooled connection, off any tokio runtime (see the module comment).
     fn run<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
         let work = || {
-            let mut client = self.checkout()?;
-            let out = f(&mut client);
-            self.checkin(client);
-            out
+            let mut client = self.pool.get().map_err(pool_err)?;
+            f(&mut client)
         };
         if tokio::runtime::Handle::try_current().is_err() {
             return work();
@@ -213,16 +146,26 @@ impl PostgresStore {
         })
     }
 
-    /// [`Self::run`] for an aggregate read: waits while [`MAX_AGGREGATE_CONNECTIONS`]
-    /// others run.
+    /// [`Self::run`] for an aggregate read: waits (at most the pool's wait) while
+    /// [`MAX_AGGREGATE_CONNECTIONS`] others run.
     fn run_aggregate<T: Send>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send) -> Result<T> {
         {
+            let started = Instant::now();
             let mut running = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
             while *running >= MAX_AGGREGATE_CONNECTIONS {
+                let waited = started.elapsed();
+                if waited >= self.wait {
+                    return Err(MetaError::Busy(format!(
+                        "PostgreSQL: all {MAX_AGGREGATE_CONNECTIONS} connections for aggregate reads \
+                         (usage, health, the repair queue) stayed busy for {} ms",
+                        waited.as_millis()
+                    )));
+                }
                 running = self
                     .aggregate_done
-                    .wait(running)
-                    .unwrap_or_else(|p| p.into_inner());
+                    .wait_timeout(running, self.wait - waited)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
             *running += 1;
         }
@@ -707,11 +650,9 @@ impl PostgresStore {
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The config holds the password: show where, not how.
+        // The pool's Debug shows where, never the password.
         f.debug_struct("PostgresStore")
-            .field("hosts", &self.config.get_hosts())
-            .field("dbname", &self.config.get_dbname())
-            .field("tls", &self.tls.is_some())
+            .field("pool", &self.pool)
             .finish()
     }
 }

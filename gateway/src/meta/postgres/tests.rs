@@ -425,7 +425,7 @@ fn data_survives_reconnecting_and_bad_urls_are_named() {
     assert_eq!(s.version("b", "k", None).unwrap().unwrap().etag, "t");
     let err = PostgresStore::open("postgres://x:y@host:notaport/db").unwrap_err();
     assert!(
-        err.to_string().contains("postgres URL does not parse"),
+        err.to_string().contains("PostgreSQL URL does not parse"),
         "{err}"
     );
     // Nothing listens on port 1: an error, not a hang or a panic.
@@ -481,4 +481,113 @@ fn shared_policies_change_once_per_revision() {
         g.0.shared_policies().unwrap(),
         Some((2, "deleted: []".to_owned()))
     );
+}
+
+/// Runs `f` on a plain thread and gives its result, or fails the test after `limit` (a call
+/// that waits without end fails here rather than hanging the run).
+fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .expect("the call was still waiting: a wait without bound")
+}
+
+#[test]
+fn a_caller_finding_every_connection_busy_is_told_so_within_the_wait() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let Some(url) = test_postgres::database() else {
+        return;
+    };
+    let options = PgPoolOptions {
+        size: 1,
+        wait: Duration::from_millis(300),
+    };
+    let s = Arc::new(PostgresStore::open_with(&url, options).unwrap());
+    s.create_bucket(&bucket("b", Versioning::Unversioned))
+        .unwrap();
+    // The one connection is taken by a call that lasts until told to end.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (taken, is_taken) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            s.run(move |_c| {
+                taken.send(()).unwrap();
+                held.recv().unwrap();
+                Ok(())
+            })
+        })
+    };
+    is_taken.recv().unwrap();
+    let started = Instant::now();
+    let busy = {
+        let s = Arc::clone(&s);
+        within(Duration::from_secs(5), move || s.bucket("b"))
+    };
+    let waited = started.elapsed();
+    match busy {
+        Err(MetaError::Busy(m)) => assert!(
+            m.contains("all 1 PostgreSQL connections") && m.contains("stayed busy"),
+            "{m}"
+        ),
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    // Once it is given back, the next caller gets it.
+    release.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    assert!(s.bucket("b").unwrap().is_some());
+    assert_eq!(s.open_connections(), 1);
+}
+
+#[test]
+fn aggregate_reads_wait_for_their_turn_within_the_wait() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let Some(url) = test_postgres::database() else {
+        return;
+    };
+    let options = PgPoolOptions {
+        size: 8,
+        wait: Duration::from_millis(300),
+    };
+    let s = Arc::new(PostgresStore::open_with(&url, options).unwrap());
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = Arc::new(Mutex::new(held));
+    let (taken, is_taken) = std::sync::mpsc::channel::<()>();
+    let holders: Vec<_> = (0..MAX_AGGREGATE_CONNECTIONS)
+        .map(|_| {
+            let (s, held, taken) = (Arc::clone(&s), Arc::clone(&held), taken.clone());
+            std::thread::spawn(move || {
+                s.run_aggregate(move |_c| {
+                    taken.send(()).unwrap();
+                    held.lock().unwrap().recv().unwrap();
+                    Ok(())
+                })
+            })
+        })
+        .collect();
+    for _ in 0..MAX_AGGREGATE_CONNECTIONS {
+        is_taken.recv().unwrap();
+    }
+    let busy = {
+        let s = Arc::clone(&s);
+        within(Duration::from_secs(5), move || s.plan_usage())
+    };
+    assert!(matches!(busy, Err(MetaError::Busy(_))), "{busy:?}");
+    // Plain calls still get the connections aggregate reads leave free.
+    assert!(s.buckets().unwrap().is_empty());
+    for _ in 0..MAX_AGGREGATE_CONNECTIONS {
+        release.send(()).unwrap();
+    }
+    for h in holders {
+        h.join().unwrap().unwrap();
+    }
+    assert!(s.plan_usage().unwrap().is_empty());
 }

@@ -1,7 +1,6 @@
-//! TLS to the metadata database: the connector is `sublet_pg::tls`, shared with the market
-//! (libpq-style `sslmode` and `sslrootcert` in the URL); this holds the store's test of it.
-
-pub(super) use sublet_pg::tls::{RustlsConnector, SslMode, split_tls};
+//! TLS to the metadata database: the connector is `sublet_pg::tls` (through the pool,
+//! shared with the market: libpq-style `sslmode` and `sslrootcert` in the URL); this holds
+//! the store's test of it.
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -149,6 +149,14 @@ pub enum Contracting {
 /// A client for the market of pool `m`: HTTPS (its `caFile` or the system's roots), plain
 /// HTTP only with `insecureHttp`.
 pub(crate) fn market_client(m: &MarketPool) -> anyhow::Result<Client> {
+    // Trusting the system's roots instead of the CA the pool names would be a silent change.
+    if let (Some(secret), None) = (&m.ca_secret_ref, &m.ca_file) {
+        anyhow::bail!(
+            "spec.market.caSecretRef (Secret {}) is read by the operator only; outside \
+             Kubernetes set spec.market.caFile to the market's CA certificates (PEM)",
+            secret.name
+        );
+    }
     let tls = ClientTls {
         ca_file: m.ca_file.as_ref().map(std::path::PathBuf::from),
         insecure_http: m.insecure_http,
@@ -309,6 +317,12 @@ pub async fn contract_pool(
             Ok(key) => key,
             Err(e) => {
                 warn!(pool, contract = %c.id, provider = %c.provider, error = %e, "not using a provider whose signed acceptance does not match the contract the market shows");
+                // Ended at the market, so it neither keeps drawing on the prepayment nor
+                // holds the pool's place: the next pass contracts another provider (this
+                // one, having a terminated contract, is not asked again).
+                if end_refused(&client, &signer, pool, &c).await {
+                    ids.retain(|id| id != &c.id);
+                }
                 continue;
             }
         };
@@ -338,6 +352,29 @@ pub async fn contract_pool(
         );
     }
     Ok(out)
+}
+
+/// Terminates, as the demander, a contract whose acceptance did not verify, and counts it;
+/// whether the market ended it (else it stays in the pool's list and the next pass tries
+/// again).
+async fn end_refused(client: &Client, signer: &Signer, pool: &str, c: &Contract) -> bool {
+    let path = format!("/v1/contracts/{}/terminate", c.id);
+    let ended = match client.json(Some(signer), "POST", &path, &json!({})).await {
+        Ok(answer) => answer.ok().map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match ended {
+        Ok(()) => {
+            warn!(pool, contract = %c.id, provider = %c.provider, "refused contract terminated at the market");
+            crate::metrics::count_refused_contract("terminated");
+            true
+        }
+        Err(e) => {
+            warn!(pool, contract = %c.id, provider = %c.provider, error = %e, "could not terminate a refused contract at the market; trying again on the next pass");
+            crate::metrics::count_refused_contract("terminate_failed");
+            false
+        }
+    }
 }
 
 /// A copy of `config` in which every market pool also lists its contracted providers as
@@ -398,4 +435,35 @@ fn save_saved(path: &Path, saved: &Saved) -> anyhow::Result<()> {
     std::fs::write(&tmp, serde_json::to_vec_pretty(saved)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_secret_the_gateway_cannot_read_is_refused_not_replaced_by_the_system_roots() {
+        let pool = |extra: &str| -> MarketPool {
+            serde_yaml::from_str(&format!(
+                "{{url: \"https://market:8480\", providers: 1, reserve: 1Gi{extra}}}"
+            ))
+            .unwrap()
+        };
+        let e = market_client(&pool(", caSecretRef: {name: market-ca}"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("caSecretRef (Secret market-ca)") && e.contains("spec.market.caFile"),
+            "{e}"
+        );
+        // The operator's rendering: the Secret mounted and named by caFile.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["market".into()]).unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, ca.cert.pem()).unwrap();
+        let rendered = format!(", caFile: {}", file.display());
+        assert!(market_client(&pool(&rendered)).is_ok());
+    }
 }
