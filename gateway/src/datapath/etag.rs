@@ -4,17 +4,18 @@
 //! for its ETag. Independent streams are not: `sublet-md5x` advances up to 16 of them in
 //! lock-step in one vector register. [`Md5Lanes`] is the process's one meeting point: an
 //! upload hands over each chunk it received ([`EtagMd5::update`]) and goes on receiving;
-//! whoever finds nobody hashing becomes the *combiner* and hashes, on its own thread and at
-//! once, its chunk and every chunk queued meanwhile, refilling a lane as soon as its chunk is
-//! done. A lone upload therefore never waits for company (it hashes its own chunk at once,
-//! one lane, on the scalar assembly code), and busy ones share lanes.
+//! the chunk queues until its upload needs the state after it (its next chunk, or the
+//! digest) or a kernel's worth of chunks is queued. Then whoever finds nobody hashing
+//! becomes the *combiner* and hashes, at once and on its own thread, every queued chunk,
+//! lanes in lock-step, a lane refilled as soon as its chunk is done. A lone upload therefore
+//! never waits for company (it hashes its own chunk when it needs it, one lane, on the
+//! scalar assembly code), and busy ones share lanes.
 //!
 //! Bounds: at most [`Kernel::lanes`] chunks in lanes, at most `max_queued` bytes queued (a
-//! chunk that does not fit is hashed by its own upload, at once), and a combiner takes new
-//! chunks only until it has hashed `turn` bytes, then hands what is queued to a blocking
-//! thread. Nothing waits on a lock while hashing. An upload dropped with a chunk queued (the
-//! client went away) leaves nothing waiting: its chunk is skipped or hashed into nothing,
-//! and the combiner never awaits anyone.
+//! chunk that does not fit is hashed at once), and a combiner takes new chunks only until
+//! it has hashed `turn` bytes, then hands what is queued to a blocking thread. Nothing waits
+//! on a lock while hashing. An upload dropped with a chunk queued (the client went away)
+//! takes it out of the queue; the combiner never awaits anyone.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -153,26 +154,54 @@ impl Md5Lanes {
         self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands `job` over: queued behind a running combiner, hashed by this caller as the
-    /// combiner, or (queue full) hashed here alone.
+    /// Hands `job` over. It queues (its upload goes on receiving) until its upload needs
+    /// the state, or a kernel's worth of chunks is queued: then whoever finds nobody hashing
+    /// hashes all of them together. A chunk that would pass the queue's bound is hashed at
+    /// once: with the queue by this caller, or alone here when someone else is hashing.
     fn submit(&self, job: Job) {
         let mut q = self.lock();
-        if q.combining {
-            if q.bytes + job.remaining() <= self.shared.max_queued {
-                q.bytes += job.remaining();
-                q.jobs.push_back(job);
+        if q.bytes + job.remaining() > self.shared.max_queued {
+            if q.combining {
+                drop(q);
+                self.shared.overflow.fetch_add(1, Ordering::Relaxed);
+                let Job { mut state, data, blocks, done } = job;
+                sublet_md5x::compress(&mut state, &data[blocks]);
+                let _ = done.send(state);
                 return;
             }
+            q.combining = true;
             drop(q);
             self.shared.overflow.fetch_add(1, Ordering::Relaxed);
-            let Job { mut state, data, blocks, done } = job;
-            sublet_md5x::compress(&mut state, &data[blocks]);
-            let _ = done.send(state);
+            self.combine(Some(job));
+            return;
+        }
+        q.bytes += job.remaining();
+        q.jobs.push_back(job);
+        if q.combining || q.jobs.len() < self.shared.kernel.lanes() {
             return;
         }
         q.combining = true;
         drop(q);
-        self.combine(Some(job));
+        self.combine(None);
+    }
+
+    /// Called by an upload that needs the state of a chunk it handed over: hashes the queue
+    /// (that chunk with it) unless someone is hashing already, who then answers it.
+    fn drain(&self) {
+        let mut q = self.lock();
+        if q.combining || q.jobs.is_empty() {
+            return;
+        }
+        q.combining = true;
+        drop(q);
+        self.combine(None);
+    }
+
+    /// Forgets the queued chunks whose uploads went away.
+    fn forget_abandoned(&self) {
+        let mut q = self.lock();
+        q.jobs.retain(|j| !j.done.is_closed());
+        q.bytes = q.jobs.iter().map(Job::remaining).sum();
     }
 
     /// Hashes `first` and whatever is queued, lanes in lock-step, until nothing is left or
@@ -221,9 +250,14 @@ impl Md5Lanes {
                     drop(q);
                     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                         self.shared.handoffs.fetch_add(1, Ordering::Relaxed);
-                        let lanes = self.clone();
+                        let handoff = Handoff(Some(self.clone()));
                         turn.done = true;
-                        runtime.spawn_blocking(move || lanes.combine(None));
+                        runtime.spawn_blocking(move || {
+                            let mut handoff = handoff;
+                            if let Some(lanes) = handoff.0.take() {
+                                lanes.combine(None);
+                            }
+                        });
                         return;
                     }
                     hashed = 0;
@@ -270,6 +304,22 @@ impl Md5Lanes {
     }
 }
 
+/// The queue handed to a blocking thread: if that thread never runs it (the runtime is
+/// shutting down), the queue is dropped and `combining` cleared, so uploads fail rather than
+/// wait for ever.
+struct Handoff(Option<Md5Lanes>);
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        if let Some(lanes) = self.0.take() {
+            let mut q = lanes.lock();
+            q.combining = false;
+            q.jobs.clear();
+            q.bytes = 0;
+        }
+    }
+}
+
 /// One upload's MD5: chunks go in as they arrive, the digest comes out at the end.
 pub struct EtagMd5 {
     lanes: Md5Lanes,
@@ -279,8 +329,9 @@ pub struct EtagMd5 {
 }
 
 impl EtagMd5 {
-    /// Hashes `chunk` after what came before. Waits only for this upload's previous chunk
-    /// (hashed meanwhile by whoever combines), never for other uploads to come along.
+    /// Hashes `chunk` after what came before. Needs this upload's previous chunk hashed
+    /// first: hashes it (and whatever else is queued) itself when nobody is hashing, else
+    /// waits for whoever is; never waits for other uploads to come along.
     pub async fn update(&mut self, chunk: Bytes) -> Result<(), EtagError> {
         self.settle().await?;
         let blocks = self.md5.split(&chunk);
@@ -297,17 +348,34 @@ impl EtagMd5 {
     /// The digest of everything updated.
     pub async fn finalize(mut self) -> Result<[u8; 16], EtagError> {
         self.settle().await?;
-        Ok(self.md5.finalize())
+        Ok(std::mem::take(&mut self.md5).finalize())
     }
 
     async fn settle(&mut self) -> Result<(), EtagError> {
-        if let Some(pending) = self.pending.take() {
-            let state = pending
-                .await
-                .map_err(|_| EtagError::Lost("its chunk was dropped unhashed"))?;
+        use tokio::sync::oneshot::error::TryRecvError;
+        let lost = EtagError::Lost("its chunk was dropped unhashed");
+        if let Some(mut pending) = self.pending.take() {
+            let state = match pending.try_recv() {
+                Ok(state) => state,
+                Err(TryRecvError::Closed) => return Err(lost),
+                Err(TryRecvError::Empty) => {
+                    self.lanes.drain();
+                    pending.await.map_err(|_| lost)?
+                }
+            };
             *self.md5.state_mut() = state;
         }
         Ok(())
+    }
+}
+
+impl Drop for EtagMd5 {
+    fn drop(&mut self) {
+        // Gone with a chunk still queued (the client went away): it leaves the queue now
+        // rather than hold its bytes until the next upload hashes.
+        if self.pending.take().is_some() {
+            self.lanes.forget_abandoned();
+        }
     }
 }
 
@@ -381,6 +449,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn chunks_of_many_uploads_queue_until_one_needs_its_state_then_share_lanes() {
+        let kernel = Kernel::detect();
+        let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20);
+        let n = kernel.lanes().clamp(2, 8);
+        let messages: Vec<Vec<u8>> = (0..n as u64).map(|i| message(i, 64 * 1024)).collect();
+        let mut streams: Vec<EtagMd5> = messages.iter().map(|_| lanes.stream()).collect();
+        for (s, m) in streams.iter_mut().zip(&messages) {
+            s.update(Bytes::copy_from_slice(m)).await.unwrap();
+        }
+        if kernel != Kernel::Scalar {
+            assert_eq!(lanes.stats().calls, 0, "queued, nothing hashed yet");
+        }
+        for (s, m) in streams.into_iter().zip(&messages) {
+            assert_eq!(s.finalize().await.unwrap(), reference(m));
+        }
+        let stats = lanes.stats();
+        if kernel != Kernel::Scalar {
+            assert_eq!(stats.lanes, stats.calls * n as u64, "all {n} in every call: {stats:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_set_of_lanes_is_hashed_as_soon_as_it_is_queued() {
+        let kernel = Kernel::detect();
+        let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20);
+        let mut streams: Vec<EtagMd5> = (0..kernel.lanes()).map(|_| lanes.stream()).collect();
+        for s in streams.iter_mut() {
+            s.update(Bytes::from(vec![7u8; 4096])).await.unwrap();
+        }
+        assert!(lanes.lock().jobs.is_empty(), "the last one in hashed them all");
+        assert_eq!(lanes.stats().lanes, lanes.stats().calls * kernel.lanes() as u64);
+    }
+
+    #[tokio::test]
     async fn an_upload_dropped_with_a_chunk_queued_leaves_nothing_waiting() {
         let lanes = Md5Lanes::new(Kernel::detect(), 1 << 20, 1 << 20);
         let gone = message(1, 100_000);
@@ -391,6 +493,7 @@ mod tests {
         a.update(Bytes::from(gone)).await.unwrap();
         b.update(Bytes::copy_from_slice(&kept)).await.unwrap();
         drop(a);
+        assert_eq!(lanes.lock().jobs.len(), 1, "its chunk left the queue with it");
         release(&lanes);
         assert_eq!(b.finalize().await.unwrap(), reference(&kept));
         let q = lanes.lock();
@@ -407,7 +510,8 @@ mod tests {
             s.update(Bytes::copy_from_slice(m)).await.unwrap();
         }
         assert!(lanes.lock().bytes <= 64 * 1024, "the queue stays bounded");
-        assert_eq!(lanes.stats().overflow, 2, "two of four did not fit");
+        assert_eq!(lanes.stats().overflow, 3, "three of four did not fit");
+        assert_eq!(lanes.lock().jobs.len(), 1, "one queued, the others hashed at once");
         release(&lanes);
         for (s, m) in streams.into_iter().zip(&messages) {
             assert_eq!(s.finalize().await.unwrap(), reference(m));
