@@ -19,7 +19,9 @@ struct Stream<'a> {
 }
 
 fuzz_target!(|input: &[u8]| {
-    let [k, piece, n, rest @ ..] = input else { return };
+    let [k, piece, n, rest @ ..] = input else {
+        return;
+    };
     let kernels = Kernel::all_available();
     let kernel = kernels[*k as usize % kernels.len()];
     let piece = 1 + *piece as usize * 37;
@@ -34,7 +36,12 @@ fuzz_target!(|input: &[u8]| {
     }
     let mut streams: Vec<Stream<'_>> = messages
         .iter()
-        .map(|m| Stream { md5: Md5::new(), rest: m, data: &[], piece: 0..0 })
+        .map(|m| Stream {
+            md5: Md5::new(),
+            rest: m,
+            data: &[],
+            piece: 0..0,
+        })
         .collect();
     loop {
         for s in streams.iter_mut() {
@@ -51,13 +58,21 @@ fuzz_target!(|input: &[u8]| {
             break;
         }
         busy.truncate(kernel.lanes());
-        let run = busy.iter().map(|s| s.piece.len() / BLOCK).min().unwrap_or(0) * BLOCK;
+        let run = busy
+            .iter()
+            .map(|s| s.piece.len() / BLOCK)
+            .min()
+            .unwrap_or(0)
+            * BLOCK;
         let mut lanes: Vec<Lane<'_>> = busy
             .iter_mut()
             .map(|s| {
                 let start = s.piece.start;
                 s.piece.start += run;
-                Lane { state: s.md5.state_mut(), data: &s.data[start..start + run] }
+                Lane {
+                    state: s.md5.state_mut(),
+                    data: &s.data[start..start + run],
+                }
             })
             .collect();
         if let Err(e) = compress_lanes(kernel, &mut lanes) {
@@ -65,6 +80,10 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     for (s, m) in streams.into_iter().zip(&messages) {
-        assert_eq!(s.md5.finalize(), <[u8; 16]>::from(md5::Md5::digest(m)), "{kernel:?}");
+        assert_eq!(
+            s.md5.finalize(),
+            <[u8; 16]>::from(md5::Md5::digest(m)),
+            "{kernel:?}"
+        );
     }
 });

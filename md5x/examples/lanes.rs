@@ -17,7 +17,10 @@ fn main() {
     let piece = 64 * 1024;
     let data: Vec<Vec<u8>> = (0..16).map(|i| vec![i as u8; piece]).collect();
     for kernel in Kernel::all_available() {
-        for lanes in [1, 2, 4, 8, 16].into_iter().filter(|&n| n <= kernel.lanes()) {
+        for lanes in [1, 2, 4, 8, 16]
+            .into_iter()
+            .filter(|&n| n <= kernel.lanes())
+        {
             let mut states = vec![INIT; lanes];
             let rounds = 400;
             let start = cpu_ns();

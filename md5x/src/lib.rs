@@ -81,7 +81,11 @@ impl Kernel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaneError {
     /// A lane's data is not the same length as the first lane's.
-    UnequalLengths { lane: usize, len: usize, expected: usize },
+    UnequalLengths {
+        lane: usize,
+        len: usize,
+        expected: usize,
+    },
     /// The lanes' length is not a whole number of 64-byte blocks.
     NotWholeBlocks { len: usize },
     /// More lanes than the kernel has.
@@ -93,7 +97,11 @@ pub enum LaneError {
 impl std::fmt::Display for LaneError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LaneError::UnequalLengths { lane, len, expected } => write!(
+            LaneError::UnequalLengths {
+                lane,
+                len,
+                expected,
+            } => write!(
                 f,
                 "lane {lane} holds {len} bytes, lane 0 {expected}: lanes run in lock-step over equal lengths"
             ),
@@ -128,10 +136,17 @@ pub fn compress_lanes(kernel: Kernel, lanes: &mut [Lane<'_>]) -> Result<(), Lane
         return Err(LaneError::NotWholeBlocks { len });
     }
     if let Some((lane, l)) = lanes.iter().enumerate().find(|(_, l)| l.data.len() != len) {
-        return Err(LaneError::UnequalLengths { lane, len: l.data.len(), expected: len });
+        return Err(LaneError::UnequalLengths {
+            lane,
+            len: l.data.len(),
+            expected: len,
+        });
     }
     if lanes.len() > kernel.lanes() {
-        return Err(LaneError::TooManyLanes { lanes: lanes.len(), max: kernel.lanes() });
+        return Err(LaneError::TooManyLanes {
+            lanes: lanes.len(),
+            max: kernel.lanes(),
+        });
     }
     if !kernel.available() {
         return Err(LaneError::Unavailable(kernel));
@@ -180,7 +195,12 @@ impl Default for Md5 {
 
 impl Md5 {
     pub fn new() -> Self {
-        Self { state: INIT, buf: [0; BLOCK], filled: 0, len: 0 }
+        Self {
+            state: INIT,
+            buf: [0; BLOCK],
+            filled: 0,
+            len: 0,
+        }
     }
 
     /// Hashes `data` here, on this core (the scalar code).

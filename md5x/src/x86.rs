@@ -80,7 +80,6 @@ macro_rules! steps {
     };
 }
 
-
 pub fn avx512_available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }

@@ -122,12 +122,18 @@ fn main() {
             let streams: Vec<&[u8]> = data.chunks_exact(each).take(n).collect();
             for at in (0..each).step_by(64 * 1024) {
                 let end = (at + 64 * 1024).min(each);
-                for group in states.chunks_mut(kernel.lanes()).zip(streams.chunks(kernel.lanes())) {
+                for group in states
+                    .chunks_mut(kernel.lanes())
+                    .zip(streams.chunks(kernel.lanes()))
+                {
                     let mut lanes: Vec<sublet_md5x::Lane<'_>> = group
                         .0
                         .iter_mut()
                         .zip(group.1)
-                        .map(|(state, s)| sublet_md5x::Lane { state, data: &s[at..end] })
+                        .map(|(state, s)| sublet_md5x::Lane {
+                            state,
+                            data: &s[at..end],
+                        })
                         .collect();
                     if let Err(e) = sublet_md5x::compress_lanes(kernel, &mut lanes) {
                         panic!("lanes: {e}");

@@ -105,7 +105,11 @@ impl Md5Lanes {
     /// Lanes of `kernel` (one the CPU runs: else the scalar code), queueing at most
     /// `max_queued` bytes, a combiner taking in new chunks until it hashed `turn` bytes.
     pub fn new(kernel: Kernel, max_queued: usize, turn: usize) -> Self {
-        let kernel = if kernel.available() { kernel } else { Kernel::Scalar };
+        let kernel = if kernel.available() {
+            kernel
+        } else {
+            Kernel::Scalar
+        };
         Self {
             shared: Arc::new(Shared {
                 kernel,
@@ -145,7 +149,11 @@ impl Md5Lanes {
 
     /// A new upload's MD5.
     pub fn stream(&self) -> EtagMd5 {
-        EtagMd5 { lanes: self.clone(), md5: Md5::new(), pending: None }
+        EtagMd5 {
+            lanes: self.clone(),
+            md5: Md5::new(),
+            pending: None,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -164,7 +172,12 @@ impl Md5Lanes {
             if q.combining {
                 drop(q);
                 self.shared.overflow.fetch_add(1, Ordering::Relaxed);
-                let Job { mut state, data, blocks, done } = job;
+                let Job {
+                    mut state,
+                    data,
+                    blocks,
+                    done,
+                } = job;
                 sublet_md5x::compress(&mut state, &data[blocks]);
                 let _ = done.send(state);
                 return;
@@ -224,7 +237,10 @@ impl Md5Lanes {
                 }
             }
         }
-        let mut turn = Turn { lanes: self, done: false };
+        let mut turn = Turn {
+            lanes: self,
+            done: false,
+        };
         let kernel = self.shared.kernel;
         let mut active: Vec<Job> = first.into_iter().collect();
         let mut hashed = 0usize;
@@ -276,7 +292,10 @@ impl Md5Lanes {
                 .map(|j| {
                     let start = j.blocks.start;
                     j.blocks.start += run;
-                    Lane { state: &mut j.state, data: &j.data[start..start + run] }
+                    Lane {
+                        state: &mut j.state,
+                        data: &j.data[start..start + run],
+                    }
                 })
                 .collect();
             let n = lanes.len();
@@ -339,7 +358,12 @@ impl EtagMd5 {
             return Ok(());
         }
         let (done, pending) = oneshot::channel();
-        let job = Job { state: *self.md5.state_mut(), data: chunk, blocks, done };
+        let job = Job {
+            state: *self.md5.state_mut(),
+            data: chunk,
+            blocks,
+            done,
+        };
         self.pending = Some(pending);
         self.lanes.submit(job);
         Ok(())
@@ -414,7 +438,10 @@ mod tests {
             md5.update(Bytes::copy_from_slice(piece)).await.unwrap();
             // Nobody else was there: its own call hashed it, nothing is left to wait for.
             use futures::FutureExt as _;
-            md5.settle().now_or_never().expect("hashed already").unwrap();
+            md5.settle()
+                .now_or_never()
+                .expect("hashed already")
+                .unwrap();
         }
         assert_eq!(md5.finalize().await.unwrap(), reference(&m));
         let stats = lanes.stats();
@@ -426,8 +453,9 @@ mod tests {
     async fn uploads_queued_together_run_in_lock_step_and_each_gets_its_digest() {
         for kernel in Kernel::all_available() {
             let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20);
-            let messages: Vec<Vec<u8>> =
-                (0..20).map(|i| message(i, 1000 + i as usize * 7919)).collect();
+            let messages: Vec<Vec<u8>> = (0..20)
+                .map(|i| message(i, 1000 + i as usize * 7919))
+                .collect();
             let mut streams: Vec<EtagMd5> = messages.iter().map(|_| lanes.stream()).collect();
             hold(&lanes);
             for (s, m) in streams.iter_mut().zip(&messages) {
@@ -435,7 +463,11 @@ mod tests {
             }
             release(&lanes);
             for (i, (s, m)) in streams.into_iter().zip(&messages).enumerate() {
-                assert_eq!(s.finalize().await.unwrap(), reference(m), "{kernel:?}, upload {i}");
+                assert_eq!(
+                    s.finalize().await.unwrap(),
+                    reference(m),
+                    "{kernel:?}, upload {i}"
+                );
             }
             let stats = lanes.stats();
             if kernel != Kernel::Scalar {
@@ -466,7 +498,11 @@ mod tests {
         }
         let stats = lanes.stats();
         if kernel != Kernel::Scalar {
-            assert_eq!(stats.lanes, stats.calls * n as u64, "all {n} in every call: {stats:?}");
+            assert_eq!(
+                stats.lanes,
+                stats.calls * n as u64,
+                "all {n} in every call: {stats:?}"
+            );
         }
     }
 
@@ -478,8 +514,14 @@ mod tests {
         for s in streams.iter_mut() {
             s.update(Bytes::from(vec![7u8; 4096])).await.unwrap();
         }
-        assert!(lanes.lock().jobs.is_empty(), "the last one in hashed them all");
-        assert_eq!(lanes.stats().lanes, lanes.stats().calls * kernel.lanes() as u64);
+        assert!(
+            lanes.lock().jobs.is_empty(),
+            "the last one in hashed them all"
+        );
+        assert_eq!(
+            lanes.stats().lanes,
+            lanes.stats().calls * kernel.lanes() as u64
+        );
     }
 
     #[tokio::test]
@@ -493,7 +535,11 @@ mod tests {
         a.update(Bytes::from(gone)).await.unwrap();
         b.update(Bytes::copy_from_slice(&kept)).await.unwrap();
         drop(a);
-        assert_eq!(lanes.lock().jobs.len(), 1, "its chunk left the queue with it");
+        assert_eq!(
+            lanes.lock().jobs.len(),
+            1,
+            "its chunk left the queue with it"
+        );
         release(&lanes);
         assert_eq!(b.finalize().await.unwrap(), reference(&kept));
         let q = lanes.lock();
@@ -511,7 +557,11 @@ mod tests {
         }
         assert!(lanes.lock().bytes <= 64 * 1024, "the queue stays bounded");
         assert_eq!(lanes.stats().overflow, 3, "three of four did not fit");
-        assert_eq!(lanes.lock().jobs.len(), 1, "one queued, the others hashed at once");
+        assert_eq!(
+            lanes.lock().jobs.len(),
+            1,
+            "one queued, the others hashed at once"
+        );
         release(&lanes);
         for (s, m) in streams.into_iter().zip(&messages) {
             assert_eq!(s.finalize().await.unwrap(), reference(m));
@@ -552,7 +602,9 @@ mod tests {
                     let mut rest = &m[..];
                     while !rest.is_empty() {
                         let n = rng.random_range(1..=40_000).min(rest.len());
-                        md5.update(Bytes::copy_from_slice(&rest[..n])).await.unwrap();
+                        md5.update(Bytes::copy_from_slice(&rest[..n]))
+                            .await
+                            .unwrap();
                         rest = &rest[n..];
                         tokio::task::yield_now().await;
                     }
