@@ -181,7 +181,7 @@ fn lanes_that_cannot_run_in_lock_step_are_refused_untouched() {
             },
         ],
     )
-    .unwrap_err();
+    .expect_err("refused");
     assert_eq!(
         err,
         LaneError::UnequalLengths {
@@ -198,14 +198,14 @@ fn lanes_that_cannot_run_in_lock_step_are_refused_untouched() {
             data: &a[..100],
         }],
     )
-    .unwrap_err();
+    .expect_err("refused");
     assert_eq!(err, LaneError::NotWholeBlocks { len: 100 });
     let mut states = vec![INIT; kernel.lanes() + 1];
     let mut lanes: Vec<Lane<'_>> = states
         .iter_mut()
         .map(|s| Lane { state: s, data: &b })
         .collect();
-    let err = compress_lanes(kernel, &mut lanes).unwrap_err();
+    let err = compress_lanes(kernel, &mut lanes).expect_err("refused");
     assert_eq!(
         err,
         LaneError::TooManyLanes {
@@ -225,7 +225,7 @@ fn lanes_that_cannot_run_in_lock_step_are_refused_untouched() {
                 data: &b,
             }],
         )
-        .unwrap_err();
+        .expect_err("refused");
         assert_eq!(err, LaneError::Unavailable(k));
     }
 }
