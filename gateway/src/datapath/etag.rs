@@ -404,6 +404,7 @@ impl Drop for EtagMd5 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use md5::Digest as _;
     use rand::{Rng, SeedableRng};
