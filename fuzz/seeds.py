@@ -188,3 +188,8 @@ write("market_api", "dispute", flow
       + req("POST /v1/withdrawals", DEMANDER, {"op_id": "wd-1", "amount": 1, "reference": "t"}))
 write("market_api", "search", req("POST /v1/offers", PROVIDER, offer)
       + req("GET /v1/offers?$B", 3, "region=eu-west&min_free_bytes=1&max_price_per_gib_month=9000000"))
+
+
+# md5_lanes: kernel, piece size, message count, then each message's length byte and bytes.
+write("md5_lanes", "four", bytes([2, 3, 4, 0, 1, 2, 7]) + bytes(range(256)) * 2)
+write("md5_lanes", "many", bytes([1, 200, 17]) + bytes(range(1, 18)) + bytes(4000))

@@ -111,6 +111,44 @@ fn main() {
     });
     row("MD5 (md-5, asm)", ns, "the ETag of every byte received");
 
+    // The ETag's MD5 of several uploads at once in SIMD lanes (`sublet-md5x`, as the
+    // gateway's `datapath::etag` runs them): `n` streams of `total / n` bytes each,
+    // advanced in lock-step 64 KiB at a time; CPU per byte of all streams together.
+    let kernel = sublet_md5x::Kernel::detect();
+    for n in [1usize, 2, 4, 8, 16] {
+        let each = total / n / sublet_md5x::BLOCK * sublet_md5x::BLOCK;
+        let ns = measure(each * n, || {
+            let mut states = vec![sublet_md5x::INIT; n];
+            let streams: Vec<&[u8]> = data.chunks_exact(each).take(n).collect();
+            for at in (0..each).step_by(64 * 1024) {
+                let end = (at + 64 * 1024).min(each);
+                for group in states
+                    .chunks_mut(kernel.lanes())
+                    .zip(streams.chunks(kernel.lanes()))
+                {
+                    let mut lanes: Vec<sublet_md5x::Lane<'_>> = group
+                        .0
+                        .iter_mut()
+                        .zip(group.1)
+                        .map(|(state, s)| sublet_md5x::Lane {
+                            state,
+                            data: &s[at..end],
+                        })
+                        .collect();
+                    if let Err(e) = sublet_md5x::compress_lanes(kernel, &mut lanes) {
+                        panic!("lanes: {e}");
+                    }
+                }
+            }
+            black_box(&states);
+        });
+        row(
+            &format!("MD5, {n} streams in lanes (sublet-md5x, {kernel:?})"),
+            ns,
+            "the ETags of concurrent uploads (`datapath::etag`)",
+        );
+    }
+
     let ns = measure(total, || {
         black_box(crc_fast::checksum(
             crc_fast::CrcAlgorithm::Crc64Nvme,

@@ -4,6 +4,7 @@
 pub mod checksum;
 pub mod cloud;
 pub mod codec;
+pub mod etag;
 pub mod fleet;
 pub mod layout;
 pub mod observed;

@@ -62,7 +62,9 @@ async fn cut_body(
     limit: u64,
 ) -> Result<(u64, String, Sums)> {
     use s3s::stream::ByteStream;
-    let mut md5 = Md5::new();
+    // The ETag's MD5, in lanes shared with the other uploads in flight.
+    let mut md5 = crate::datapath::etag::Md5Lanes::shared().stream();
+    let etag_lost = |e: crate::datapath::etag::EtagError| Error::internal(e.to_string());
     let mut size = 0u64;
     let mut buf: Vec<u8> = Vec::new();
     let mut permit = None;
@@ -75,7 +77,7 @@ async fn cut_body(
             if size > limit {
                 return Err(too_large(limit));
             }
-            md5.update(&chunk);
+            md5.update(chunk.clone()).await.map_err(etag_lost)?;
             sums.update(&chunk);
             let mut rest = &chunk[..];
             while !rest.is_empty() {
@@ -106,7 +108,8 @@ async fn cut_body(
         let held = permit.take().ok_or_else(stopped)?;
         tx.send((buf, held)).await.map_err(|_| stopped())?;
     }
-    Ok((size, hex::encode(md5.finalize()), sums.finish()))
+    let md5 = md5.finalize().await.map_err(etag_lost)?;
+    Ok((size, hex::encode(md5), sums.finish()))
 }
 
 /// Reads the body and writes it segment by segment, reading the next segment
