@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::variables::Template;
 use super::wildcard;
 
 /// The condition keys a request carries in sublet (lowercase; keys compare
@@ -158,6 +159,19 @@ pub struct Test {
     /// Lowercase.
     pub key: String,
     pub values: Vec<String>,
+    /// The values of a string operator, with their policy variables; empty for the other
+    /// operators (whose values cannot have variables).
+    patterns: Vec<Template>,
+}
+
+impl Kind {
+    /// The string operators: the ones whose values may hold policy variables.
+    fn is_string(self) -> bool {
+        matches!(
+            self,
+            Kind::StringEquals | Kind::StringEqualsIgnoreCase | Kind::StringLike
+        )
+    }
 }
 
 impl Test {
@@ -177,6 +191,12 @@ impl Test {
         for v in &values {
             let bad =
                 |what: &str| format!("condition {operator_name} on {key}: {v:?} is not {what}");
+            if !operator.kind.is_string() && v.contains("${") {
+                return Err(format!(
+                    "condition {operator_name} on {key}: {v:?} has a policy variable; they \
+                     work in Resource and in the values of String operators only"
+                ));
+            }
             match operator.kind {
                 Kind::Numeric(_) if number(v).is_none() => return Err(bad("a number")),
                 Kind::Date(_) if date(v).is_none() => {
@@ -191,17 +211,47 @@ impl Test {
                 _ => {}
             }
         }
+        let patterns = if operator.kind.is_string() {
+            values
+                .iter()
+                .map(|v| {
+                    Template::parse(v).map_err(|e| format!("condition {operator_name} on {key}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Test {
             operator,
             key: lower,
             values,
+            patterns,
         })
     }
 
-    /// Whether the request's context passes this test.
+    /// Whether a value of this test has a `${...}` in it (a variable or an escape).
+    pub fn has_dollar_braces(&self) -> bool {
+        self.patterns.iter().any(Template::has_dollar_braces)
+    }
+
+    /// Whether the request's context passes this test. A value whose policy variable the
+    /// request has no value for fails the test, whatever the operator.
     pub fn holds(&self, cx: &Context) -> bool {
         let op = self.operator;
         let actual = cx.get(&self.key);
+        let resolved: Vec<String> = if op.kind.is_string() {
+            match self
+                .patterns
+                .iter()
+                .map(|p| p.resolve_text(cx))
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(values) => values,
+                None => return false,
+            }
+        } else {
+            Vec::new()
+        };
         if op.kind == Kind::Null {
             // `Null: true` holds when the key is absent.
             let want_absent = self.values.iter().any(|v| boolean(v) == Some(true));
@@ -214,7 +264,16 @@ impl Test {
         };
         // Every key sublet supplies is single-valued: ForAnyValue and ForAllValues both
         // come down to testing that one value.
-        let any = self.values.iter().any(|v| matches_one(op.kind, actual, v));
+        let any = if op.kind == Kind::StringLike {
+            self.patterns.iter().any(|p| {
+                p.resolve(cx)
+                    .is_some_and(|tokens| wildcard::matches_tokens(&tokens, actual, false))
+            })
+        } else if op.kind.is_string() {
+            resolved.iter().any(|v| matches_one(op.kind, actual, v))
+        } else {
+            self.values.iter().any(|v| matches_one(op.kind, actual, v))
+        };
         any != op.negated
     }
 
@@ -223,7 +282,7 @@ impl Test {
     /// or name equal to given ones.
     pub fn restricts(&self) -> bool {
         let op = self.operator;
-        if op.negated || op.if_exists {
+        if op.negated || op.if_exists || self.patterns.iter().any(Template::has_variables) {
             return false;
         }
         match (self.key.as_str(), op.kind) {
@@ -244,6 +303,8 @@ fn matches_one(kind: Kind, actual: &str, expected: &str) -> bool {
     match kind {
         Kind::StringEquals => actual == expected,
         Kind::StringEqualsIgnoreCase => actual.to_lowercase() == expected.to_lowercase(),
+        // `Test::holds` matches StringLike on its values' resolved tokens (so `${*}` stays a
+        // literal `*`); this is the same match for a plain value.
         Kind::StringLike => wildcard::matches(expected, actual, false),
         Kind::Numeric(ord) => match (number(actual), number(expected)) {
             (Some(a), Some(e)) => a.partial_cmp(&e).is_some_and(|o| ord.holds(o)),
