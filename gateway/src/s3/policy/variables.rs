@@ -248,6 +248,15 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any text parses or is refused, never panics; what parses resolves.
+        #[test]
+        fn parsing_never_panics(text in "[$\\{\\}'*?, a:usernme]{0,30}") {
+            if let Ok(t) = Template::parse(&text) {
+                let _ = t.resolve(&cx(&[("aws:username", "u")]));
+                let _ = t.resolve(&Context::default());
+            }
+        }
+
         /// Substitution is literal: the resolved pattern matches exactly the text with the
         /// user's name put in, whatever characters the name has.
         #[test]
