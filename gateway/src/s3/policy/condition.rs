@@ -175,8 +175,15 @@ impl Kind {
 }
 
 impl Test {
-    /// Checks the key is one sublet knows and every value suits the operator.
-    pub fn new(operator_name: &str, key: &str, values: Vec<String>) -> Result<Self, String> {
+    /// Checks the key is one sublet knows and every value suits the operator. `variables`:
+    /// the values of string operators may hold policy variables (a 2012-10-17 policy);
+    /// otherwise `${...}` in them is text, as AWS reads older policies.
+    pub fn new(
+        operator_name: &str,
+        key: &str,
+        values: Vec<String>,
+        variables: bool,
+    ) -> Result<Self, String> {
         let operator = Operator::parse(operator_name)?;
         let lower = key.to_ascii_lowercase();
         if !KEYS.contains(&lower.as_str()) {
@@ -191,7 +198,7 @@ impl Test {
         for v in &values {
             let bad =
                 |what: &str| format!("condition {operator_name} on {key}: {v:?} is not {what}");
-            if !operator.kind.is_string() && v.contains("${") {
+            if variables && !operator.kind.is_string() && v.contains("${") {
                 return Err(format!(
                     "condition {operator_name} on {key}: {v:?} has a policy variable; they \
                      work in Resource and in the values of String operators only"
@@ -215,6 +222,9 @@ impl Test {
             values
                 .iter()
                 .map(|v| {
+                    if !variables {
+                        return Ok(Template::literal(v));
+                    }
                     Template::parse(v).map_err(|e| format!("condition {operator_name} on {key}: {e}"))
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -227,11 +237,6 @@ impl Test {
             values,
             patterns,
         })
-    }
-
-    /// Whether a value of this test has a `${...}` in it (a variable or an escape).
-    pub fn has_dollar_braces(&self) -> bool {
-        self.patterns.iter().any(Template::has_dollar_braces)
     }
 
     /// Whether the request's context passes this test. A value whose policy variable the
@@ -403,7 +408,7 @@ mod tests {
     use super::*;
 
     fn test(op: &str, key: &str, values: &[&str]) -> Test {
-        Test::new(op, key, values.iter().map(|v| v.to_string()).collect()).unwrap()
+        Test::new(op, key, values.iter().map(|v| v.to_string()).collect(), true).unwrap()
     }
 
     fn cx(pairs: &[(&str, &str)]) -> Context {
@@ -465,7 +470,8 @@ mod tests {
 
     #[test]
     fn bad_operators_keys_and_values_are_named() {
-        let err = |op: &str, key: &str, v: &str| Test::new(op, key, vec![v.into()]).unwrap_err();
+        let err =
+            |op: &str, key: &str, v: &str| Test::new(op, key, vec![v.into()], true).unwrap_err();
         assert_eq!(
             err("StringSortOf", "s3:prefix", "a"),
             "Policy has an invalid condition operator: StringSortOf"

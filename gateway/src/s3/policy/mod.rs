@@ -269,7 +269,7 @@ fn statement(
                 };
                 for (key, values) in keys {
                     let values = condition_values(values, &format!("condition {op} on {key}"))?;
-                    conditions.push(Test::new(op, key, values)?);
+                    conditions.push(Test::new(op, key, values, variables)?);
                 }
             }
         }
@@ -279,9 +279,10 @@ fn statement(
             )));
         }
     }
-    let dollar_braces = resources.iter().any(Template::has_dollar_braces)
-        || conditions.iter().any(Test::has_dollar_braces);
-    if dollar_braces && !variables {
+    // Older policies: AWS reads `${...}` in a condition value as text, and so does sublet
+    // (such policies were stored before variables were read); in a resource it is refused,
+    // as it always was here.
+    if !variables && resources.iter().any(Template::has_dollar_braces) {
         return Err(malformed(format!(
             "statement {name} has a policy variable (${{...}}), and policy variables need \
              \"Version\": \"2012-10-17\" (older policies would take them literally)"

@@ -643,6 +643,24 @@ fn an_undefined_variable_makes_its_statement_not_apply() {
 }
 
 #[test]
+fn policies_before_2012_read_condition_values_as_text() {
+    // As AWS: no variables before 2012-10-17; such a condition (sublet accepted it before
+    // it read variables) keeps meaning the text.
+    let p = parse(
+        r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:PutObject",
+            "Resource": "arn:aws:s3:::photos/*",
+            "Condition": {"StringEquals": {"s3:x-amz-acl": "${aws:username}"}}}]}"#,
+    );
+    let acl = |value: &str| {
+        let mut cx = user_cx(Some("alice"), None);
+        cx.set("s3:x-amz-acl", value);
+        ask(&p, Some("alice"), "s3:PutObject", "arn:aws:s3:::photos/k", &cx)
+    };
+    assert_eq!(acl("${aws:username}"), Decision::Allow);
+    assert_eq!(acl("alice"), Decision::Silent);
+}
+
+#[test]
 fn escaped_wildcards_match_only_themselves() {
     let p = parse(
         r#"{"Version": "2012-10-17", "Statement": [

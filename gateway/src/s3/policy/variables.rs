@@ -61,6 +61,20 @@ impl Template {
         })
     }
 
+    /// `text` as it stands, `${...}` and all: a value of a policy older than 2012-10-17,
+    /// where AWS reads no variables.
+    pub fn literal(text: &str) -> Self {
+        let pieces = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Piece::Text(text.to_owned())]
+        };
+        Template {
+            text: text.to_owned(),
+            pieces,
+        }
+    }
+
     /// The value as written in the policy.
     pub fn text(&self) -> &str {
         &self.text
