@@ -258,7 +258,8 @@ mod tests {
         assert!(err("${aws:PrincipalTag/team}").contains("invalid policy variable"));
         assert!(err("${}").contains("invalid policy variable"));
         assert!(err("${aws:username, guest}").contains("bad default"));
-        assert!(err("${aws:username, 'a'b'}").contains("bad default"));
+        assert!(err("${aws:username, 'a'b}").contains("bad default"));
+        assert!(err("${aws:username, 'a'b'}").contains("unterminated"));
     }
 
     proptest::proptest! {
