@@ -45,8 +45,8 @@ async fn call(
     )
 }
 
-/// A cluster of six in-process providers with one 4+2 plan, a bucket `b` and an object
-/// `b/obj` of `data` in it.
+/// A cluster of six in-process providers with one 4+2 plan, a bucket `answers` and an object
+/// `answers/obj` of `data` in it.
 async fn start(dir: &std::path::Path, data: &[u8]) -> (Cluster, S3Service) {
     let plan = Plan {
         name: "standard".into(),
@@ -61,9 +61,9 @@ async fn start(dir: &std::path::Path, data: &[u8]) -> (Cluster, S3Service) {
         dev::service(Arc::clone(&cluster.gateway), None),
         cluster.metrics.clone(),
     );
-    let (s, _, b) = call(&svc, Method::PUT, "/b", &[], vec![]).await;
+    let (s, _, b) = call(&svc, Method::PUT, "/answers", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, _, b) = call(&svc, Method::PUT, "/b/obj", &[], data.to_vec()).await;
+    let (s, _, b) = call(&svc, Method::PUT, "/answers/obj", &[], data.to_vec()).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     (cluster, svc)
 }
@@ -92,7 +92,7 @@ async fn ranges_s3_cannot_parse_are_ignored_and_unsatisfiable_ones_are_416() {
         "bytes=--5",
     ] {
         for method in [Method::GET, Method::HEAD] {
-            let (s, h, b) = call(&svc, method.clone(), "/b/obj", &[("range", range)], vec![]).await;
+            let (s, h, b) = call(&svc, method.clone(), "/answers/obj", &[("range", range)], vec![]).await;
             assert_eq!(s, StatusCode::OK, "{method} {range}: {b}");
             assert!(h.get("content-range").is_none(), "{method} {range}");
             assert_eq!(h["content-length"], "100", "{method} {range}");
@@ -102,13 +102,13 @@ async fn ranges_s3_cannot_parse_are_ignored_and_unsatisfiable_ones_are_416() {
         }
     }
     // Well formed, within the object: 206.
-    let (s, h, b) = call(&svc, Method::GET, "/b/obj", &[("range", "bytes=90-")], vec![]).await;
+    let (s, h, b) = call(&svc, Method::GET, "/answers/obj", &[("range", "bytes=90-")], vec![]).await;
     assert_eq!(s, StatusCode::PARTIAL_CONTENT);
     assert_eq!(h["content-range"], "bytes 90-99/100");
     assert_eq!(b.as_bytes(), &data[90..]);
     // Well formed, outside the object: 416 InvalidRange.
     for range in ["bytes=100-", "bytes=200-300", "bytes=-0"] {
-        let (s, _, b) = call(&svc, Method::GET, "/b/obj", &[("range", range)], vec![]).await;
+        let (s, _, b) = call(&svc, Method::GET, "/answers/obj", &[("range", range)], vec![]).await;
         assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE, "{range}: {b}");
         assert_eq!(tag(&b, "Code"), "InvalidRange", "{range}");
     }
@@ -118,14 +118,14 @@ async fn ranges_s3_cannot_parse_are_ignored_and_unsatisfiable_ones_are_416() {
 async fn get_object_attributes_answers_the_etag_unquoted() {
     let tmp = tempfile::tempdir().unwrap();
     let (_cluster, svc) = start(tmp.path(), b"hello").await;
-    let (s, h, _) = call(&svc, Method::HEAD, "/b/obj", &[], vec![]).await;
+    let (s, h, _) = call(&svc, Method::HEAD, "/answers/obj", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
     let quoted = h["etag"].to_str().unwrap().to_owned();
     assert_eq!(quoted, "\"5d41402abc4b2a76b9719d911017c592\"");
     let (s, _, b) = call(
         &svc,
         Method::GET,
-        "/b/obj?attributes",
+        "/answers/obj?attributes",
         &[("x-amz-object-attributes", "ETag,ObjectSize")],
         vec![],
     )
@@ -139,11 +139,11 @@ async fn get_object_attributes_answers_the_etag_unquoted() {
 async fn a_copy_source_without_a_key_is_an_invalid_argument() {
     let tmp = tempfile::tempdir().unwrap();
     let (_cluster, svc) = start(tmp.path(), b"hello").await;
-    for source in ["b/", "/b/", "b/?versionId=null"] {
+    for source in ["answers/", "/answers/", "answers/?versionId=null"] {
         let (s, _, b) = call(
             &svc,
             Method::PUT,
-            "/b/copy",
+            "/answers/copy",
             &[("x-amz-copy-source", source)],
             vec![],
         )
@@ -153,14 +153,14 @@ async fn a_copy_source_without_a_key_is_an_invalid_argument() {
         assert_eq!(tag(&b, "Message"), "Invalid copy source object key");
     }
     // The same for UploadPartCopy.
-    let (s, _, b) = call(&svc, Method::POST, "/b/mp?uploads", &[], vec![]).await;
+    let (s, _, b) = call(&svc, Method::POST, "/answers/mp?uploads", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let upload = tag(&b, "UploadId");
     let (s, _, b) = call(
         &svc,
         Method::PUT,
-        &format!("/b/mp?partNumber=1&uploadId={upload}"),
-        &[("x-amz-copy-source", "b/")],
+        &format!("/answers/mp?partNumber=1&uploadId={upload}"),
+        &[("x-amz-copy-source", "answers/")],
         vec![],
     )
     .await;
@@ -170,8 +170,8 @@ async fn a_copy_source_without_a_key_is_an_invalid_argument() {
     let (s, _, b) = call(
         &svc,
         Method::PUT,
-        "/b/copy",
-        &[("x-amz-copy-source", "b/obj")],
+        "/answers/copy",
+        &[("x-amz-copy-source", "answers/obj")],
         vec![],
     )
     .await;
