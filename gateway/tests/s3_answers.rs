@@ -70,7 +70,10 @@ async fn start(dir: &std::path::Path, data: &[u8]) -> (Cluster, S3Service) {
 
 fn tag(xml: &str, name: &str) -> String {
     let open = format!("<{name}>");
-    let start = xml.find(&open).unwrap_or_else(|| panic!("no {name} in {xml}")) + open.len();
+    let start = xml
+        .find(&open)
+        .unwrap_or_else(|| panic!("no {name} in {xml}"))
+        + open.len();
     let end = start + xml[start..].find('<').unwrap();
     xml[start..end].to_owned()
 }
@@ -92,7 +95,14 @@ async fn ranges_s3_cannot_parse_are_ignored_and_unsatisfiable_ones_are_416() {
         "bytes=--5",
     ] {
         for method in [Method::GET, Method::HEAD] {
-            let (s, h, b) = call(&svc, method.clone(), "/answers/obj", &[("range", range)], vec![]).await;
+            let (s, h, b) = call(
+                &svc,
+                method.clone(),
+                "/answers/obj",
+                &[("range", range)],
+                vec![],
+            )
+            .await;
             assert_eq!(s, StatusCode::OK, "{method} {range}: {b}");
             assert!(h.get("content-range").is_none(), "{method} {range}");
             assert_eq!(h["content-length"], "100", "{method} {range}");
@@ -102,13 +112,27 @@ async fn ranges_s3_cannot_parse_are_ignored_and_unsatisfiable_ones_are_416() {
         }
     }
     // Well formed, within the object: 206.
-    let (s, h, b) = call(&svc, Method::GET, "/answers/obj", &[("range", "bytes=90-")], vec![]).await;
+    let (s, h, b) = call(
+        &svc,
+        Method::GET,
+        "/answers/obj",
+        &[("range", "bytes=90-")],
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::PARTIAL_CONTENT);
     assert_eq!(h["content-range"], "bytes 90-99/100");
     assert_eq!(b.as_bytes(), &data[90..]);
     // Well formed, outside the object: 416 InvalidRange.
     for range in ["bytes=100-", "bytes=200-300", "bytes=-0"] {
-        let (s, _, b) = call(&svc, Method::GET, "/answers/obj", &[("range", range)], vec![]).await;
+        let (s, _, b) = call(
+            &svc,
+            Method::GET,
+            "/answers/obj",
+            &[("range", range)],
+            vec![],
+        )
+        .await;
         assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE, "{range}: {b}");
         assert_eq!(tag(&b, "Code"), "InvalidRange", "{range}");
     }

@@ -699,7 +699,11 @@ mod tests {
     fn s3_control_calls_are_not_implemented_and_a_bucket_named_like_them_is_served() {
         let account = [("x-amz-account-id", "000000000000")];
         for method in ["GET", "PUT", "DELETE"] {
-            let req = request(method, "/v20180820/configuration/publicAccessBlock", &account);
+            let req = request(
+                method,
+                "/v20180820/configuration/publicAccessBlock",
+                &account,
+            );
             let e = refuse_unread(&req).unwrap_or_else(|| panic!("{method} was let through"));
             assert_eq!(*e.code(), s3s::S3ErrorCode::NotImplemented, "{method}");
             assert!(e.message().unwrap().contains("PutPublicAccessBlock"));

@@ -225,7 +225,8 @@ impl Test {
                     if !variables {
                         return Ok(Template::literal(v));
                     }
-                    Template::parse(v).map_err(|e| format!("condition {operator_name} on {key}: {e}"))
+                    Template::parse(v)
+                        .map_err(|e| format!("condition {operator_name} on {key}: {e}"))
                 })
                 .collect::<Result<Vec<_>, _>>()?
         } else {
@@ -408,7 +409,13 @@ mod tests {
     use super::*;
 
     fn test(op: &str, key: &str, values: &[&str]) -> Test {
-        Test::new(op, key, values.iter().map(|v| v.to_string()).collect(), true).unwrap()
+        Test::new(
+            op,
+            key,
+            values.iter().map(|v| v.to_string()).collect(),
+            true,
+        )
+        .unwrap()
     }
 
     fn cx(pairs: &[(&str, &str)]) -> Context {

@@ -563,16 +563,34 @@ fn policy_variables_give_each_user_their_own_home() {
     let alice = user_cx(Some("alice"), None);
     let get = "s3:GetObject";
     assert_eq!(
-        ask(&p, Some("alice"), get, "arn:aws:s3:::photos/home/alice/a.txt", &alice),
+        ask(
+            &p,
+            Some("alice"),
+            get,
+            "arn:aws:s3:::photos/home/alice/a.txt",
+            &alice
+        ),
         Decision::Allow
     );
     assert_eq!(
-        ask(&p, Some("alice"), get, "arn:aws:s3:::photos/home/bob/a.txt", &alice),
+        ask(
+            &p,
+            Some("alice"),
+            get,
+            "arn:aws:s3:::photos/home/bob/a.txt",
+            &alice
+        ),
         Decision::Silent
     );
     let bob = user_cx(Some("bob"), None);
     assert_eq!(
-        ask(&p, Some("bob"), "s3:PutObject", "arn:aws:s3:::photos/home/bob/x", &bob),
+        ask(
+            &p,
+            Some("bob"),
+            "s3:PutObject",
+            "arn:aws:s3:::photos/home/bob/x",
+            &bob
+        ),
         Decision::Allow
     );
     let list = |user: &str, prefix: &str| {
@@ -627,7 +645,13 @@ fn an_undefined_variable_makes_its_statement_not_apply() {
     // With a value, the same statements apply.
     let alice = user_cx(Some("alice"), None);
     assert_eq!(
-        ask(&p, Some("alice"), "s3:GetObject", "arn:aws:s3:::photos/x", &alice),
+        ask(
+            &p,
+            Some("alice"),
+            "s3:GetObject",
+            "arn:aws:s3:::photos/x",
+            &alice
+        ),
         Decision::Deny
     );
     // A default stands in for the missing value.
@@ -637,7 +661,13 @@ fn an_undefined_variable_makes_its_statement_not_apply() {
              "Resource": "arn:aws:s3:::photos/home/${aws:username, 'guest'}/*"}]}"#,
     );
     assert_eq!(
-        ask(&p, None, "s3:GetObject", "arn:aws:s3:::photos/home/guest/a", &nobody),
+        ask(
+            &p,
+            None,
+            "s3:GetObject",
+            "arn:aws:s3:::photos/home/guest/a",
+            &nobody
+        ),
         Decision::Allow
     );
 }
@@ -654,7 +684,13 @@ fn policies_before_2012_read_condition_values_as_text() {
     let acl = |value: &str| {
         let mut cx = user_cx(Some("alice"), None);
         cx.set("s3:x-amz-acl", value);
-        ask(&p, Some("alice"), "s3:PutObject", "arn:aws:s3:::photos/k", &cx)
+        ask(
+            &p,
+            Some("alice"),
+            "s3:PutObject",
+            "arn:aws:s3:::photos/k",
+            &cx,
+        )
     };
     assert_eq!(acl("${aws:username}"), Decision::Allow);
     assert_eq!(acl("alice"), Decision::Silent);
@@ -671,7 +707,13 @@ fn escaped_wildcards_match_only_themselves() {
     );
     let cx = Context::default();
     let get = |key: &str| {
-        ask(&p, None, "s3:GetObject", &format!("arn:aws:s3:::photos/{key}"), &cx)
+        ask(
+            &p,
+            None,
+            "s3:GetObject",
+            &format!("arn:aws:s3:::photos/{key}"),
+            &cx,
+        )
     };
     assert_eq!(get("*?$/x"), Decision::Allow);
     assert_eq!(get("ab$/x"), Decision::Silent);
