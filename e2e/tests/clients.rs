@@ -417,6 +417,18 @@ fn boto3_error_answers_are_the_ones_s3_gives() {
     );
 }
 
+/// Answers clients expect as S3 gives them: a Range S3 cannot parse ignored (200, whole
+/// object), an unsatisfiable one 416; GetObjectAttributes' ETag unquoted; a copy source
+/// without a key 400 InvalidArgument; the S3 Control API 501 NotImplemented.
+#[test]
+fn boto3_ranges_attributes_copy_sources_and_s3control_answer_as_s3() {
+    boto3_script_passes(
+        "boto3_s3_answers.py",
+        "s3-answers",
+        "s3 answer checks passed",
+    );
+}
+
 /// A PUT refused before its body is read (botocore sent `Expect: 100-continue`) closes its
 /// connection: botocore would take the refusal for the answer to its next PUT on it.
 #[test]

@@ -98,3 +98,36 @@ fn policies_share_read_only_make_write_only_keys_and_open_only_a_public_prefix()
         "{scraped}"
     );
 }
+
+/// A per-user home prefix by one policy with `${aws:username}`: alice may only touch
+/// `home/alice/*`, bob only `home/bob/*` (`e2e/scripts/boto3_policy_variables.py`).
+#[test]
+fn policy_variables_keep_each_user_in_their_own_home() {
+    if !skip::clients_present(&["boto3"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = SubletDev::start(&tmp.path().join("state"));
+    let (carol_key, carol_secret) = user_with_key(&dev, "carol", &["homes:rw"]);
+    // Their keys have no grant on `homes`: only the policy lets them in.
+    let (alice_key, alice_secret) = user_with_key(&dev, "alice", &["alices:rw"]);
+    let (bob_key, bob_secret) = user_with_key(&dev, "bob", &["bobs:rw"]);
+    let mut cmd = dev.client("python3");
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join("boto3_policy_variables.py"),
+    )
+    .env("SUBLET_ENDPOINT", dev.endpoint())
+    .env("CAROL_KEY", &carol_key)
+    .env("CAROL_SECRET", &carol_secret)
+    .env("ALICE_KEY", &alice_key)
+    .env("ALICE_SECRET", &alice_secret)
+    .env("BOB_KEY", &bob_key)
+    .env("BOB_SECRET", &bob_secret);
+    let out = run(&mut cmd, TIMEOUT);
+    assert!(
+        out.status.success() && out.stdout.contains("policy variable checks passed"),
+        "{out:?}"
+    );
+}

@@ -547,10 +547,18 @@ impl S3Access for KeyRing {
 
 /// Why a request is refused before anything of its body is read, if it is: signed with
 /// Signature Version 2 (an `Authorization: AWS key:signature` header, or `Signature` /
-/// `AWSAccessKeyId` in the query), or a POST of a multipart type other than
-/// `multipart/form-data` (browser form uploads are served: `s3/post.rs`).
+/// `AWSAccessKeyId` in the query), a POST of a multipart type other than
+/// `multipart/form-data` (browser form uploads are served: `s3/post.rs`), or a call of the
+/// S3 Control API (account-level settings: [`is_s3_control`]), which is not served.
 pub fn refuse_unread<B>(req: &http::Request<B>) -> Option<s3s::S3Error> {
     let headers = req.headers();
+    if is_s3_control(req) {
+        return Some(s3s::S3Error::with_message(
+            s3s::S3ErrorCode::NotImplemented,
+            "the S3 Control API (account-level settings such as PublicAccessBlock) is not \
+             implemented; set PublicAccessBlock on each bucket (PutPublicAccessBlock)",
+        ));
+    }
     let v2_header = headers
         .get_all(http::header::AUTHORIZATION)
         .iter()
@@ -581,6 +589,14 @@ pub fn refuse_unread<B>(req: &http::Request<B>) -> Option<s3s::S3Error> {
         ));
     }
     None
+}
+
+/// Whether `req` is a call of the S3 Control API (`aws s3control ...`): its paths start
+/// with the API version `/v20180820/` and it names the account in `x-amz-account-id`. s3s
+/// would take it for an object of a bucket `v20180820` and answer `NoSuchBucket`; a bucket
+/// of that name is still reachable, as its requests carry no account header.
+fn is_s3_control<B>(req: &http::Request<B>) -> bool {
+    req.uri().path().starts_with("/v20180820/") && req.headers().contains_key("x-amz-account-id")
 }
 
 /// `text` with `%XX` escapes and `+` decoded (lossily), to compare query parameter names as
@@ -676,6 +692,23 @@ mod tests {
         }
         // A PUT may carry any content type: it is the object's.
         let req = request("PUT", "/b/k", &[("content-type", "multipart/form-data")]);
+        assert!(refuse_unread(&req).is_none());
+    }
+
+    #[test]
+    fn s3_control_calls_are_not_implemented_and_a_bucket_named_like_them_is_served() {
+        let account = [("x-amz-account-id", "000000000000")];
+        for method in ["GET", "PUT", "DELETE"] {
+            let req = request(
+                method,
+                "/v20180820/configuration/publicAccessBlock",
+                &account,
+            );
+            let e = refuse_unread(&req).unwrap_or_else(|| panic!("{method} was let through"));
+            assert_eq!(*e.code(), s3s::S3ErrorCode::NotImplemented, "{method}");
+            assert!(e.message().unwrap().contains("PutPublicAccessBlock"));
+        }
+        let req = request("GET", "/v20180820/configuration/publicAccessBlock", &[]);
         assert!(refuse_unread(&req).is_none());
     }
 

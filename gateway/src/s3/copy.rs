@@ -15,9 +15,15 @@ use crate::meta::{ObjectAttrs, ObjectVersion};
 use crate::node::now_ms;
 use crate::node::write::{new_version_id, reported_version_id};
 
-/// Bucket, key and optional version id of an `x-amz-copy-source`.
+/// Bucket, key and optional version id of an `x-amz-copy-source`. A source naming no key
+/// (`bucket/`) answers S3's `400 InvalidArgument` "Invalid copy source object key", not a
+/// lookup of the empty key.
 pub(super) fn copy_source(cs: &CopySource) -> S3Result<(String, String, Option<String>)> {
     match cs {
+        CopySource::Bucket { key, .. } if key.is_empty() => Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            "Invalid copy source object key",
+        )),
         CopySource::Bucket {
             bucket,
             key,
@@ -266,5 +272,26 @@ impl Gateway {
             version_id: reported_version_id(&bucket, &version_id),
             ..Default::default()
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_source_without_a_key_is_an_invalid_argument() {
+        for header in ["photos/", "/photos/", "photos/?versionId=abc"] {
+            let cs = CopySource::parse(header).unwrap();
+            let e = copy_source(&cs).unwrap_err();
+            assert_eq!(e.code(), &S3ErrorCode::InvalidArgument, "{header}");
+            assert_eq!(e.message(), Some("Invalid copy source object key"));
+        }
+        let cs = CopySource::parse("photos/a/b.jpg?versionId=v1").unwrap();
+        assert_eq!(
+            copy_source(&cs).unwrap(),
+            ("photos".into(), "a/b.jpg".into(), Some("v1".into()))
+        );
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::variables::Template;
 use super::wildcard;
 
 /// The condition keys a request carries in sublet (lowercase; keys compare
@@ -158,11 +159,31 @@ pub struct Test {
     /// Lowercase.
     pub key: String,
     pub values: Vec<String>,
+    /// The values of a string operator, with their policy variables; empty for the other
+    /// operators (whose values cannot have variables).
+    patterns: Vec<Template>,
+}
+
+impl Kind {
+    /// The string operators: the ones whose values may hold policy variables.
+    fn is_string(self) -> bool {
+        matches!(
+            self,
+            Kind::StringEquals | Kind::StringEqualsIgnoreCase | Kind::StringLike
+        )
+    }
 }
 
 impl Test {
-    /// Checks the key is one sublet knows and every value suits the operator.
-    pub fn new(operator_name: &str, key: &str, values: Vec<String>) -> Result<Self, String> {
+    /// Checks the key is one sublet knows and every value suits the operator. `variables`:
+    /// the values of string operators may hold policy variables (a 2012-10-17 policy);
+    /// otherwise `${...}` in them is text, as AWS reads older policies.
+    pub fn new(
+        operator_name: &str,
+        key: &str,
+        values: Vec<String>,
+        variables: bool,
+    ) -> Result<Self, String> {
         let operator = Operator::parse(operator_name)?;
         let lower = key.to_ascii_lowercase();
         if !KEYS.contains(&lower.as_str()) {
@@ -177,6 +198,12 @@ impl Test {
         for v in &values {
             let bad =
                 |what: &str| format!("condition {operator_name} on {key}: {v:?} is not {what}");
+            if variables && !operator.kind.is_string() && v.contains("${") {
+                return Err(format!(
+                    "condition {operator_name} on {key}: {v:?} has a policy variable; they \
+                     work in Resource and in the values of String operators only"
+                ));
+            }
             match operator.kind {
                 Kind::Numeric(_) if number(v).is_none() => return Err(bad("a number")),
                 Kind::Date(_) if date(v).is_none() => {
@@ -191,17 +218,46 @@ impl Test {
                 _ => {}
             }
         }
+        let patterns = if operator.kind.is_string() {
+            values
+                .iter()
+                .map(|v| {
+                    if !variables {
+                        return Ok(Template::literal(v));
+                    }
+                    Template::parse(v)
+                        .map_err(|e| format!("condition {operator_name} on {key}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Test {
             operator,
             key: lower,
             values,
+            patterns,
         })
     }
 
-    /// Whether the request's context passes this test.
+    /// Whether the request's context passes this test. A value whose policy variable the
+    /// request has no value for fails the test, whatever the operator.
     pub fn holds(&self, cx: &Context) -> bool {
         let op = self.operator;
         let actual = cx.get(&self.key);
+        let resolved: Vec<String> = if op.kind.is_string() {
+            match self
+                .patterns
+                .iter()
+                .map(|p| p.resolve_text(cx))
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(values) => values,
+                None => return false,
+            }
+        } else {
+            Vec::new()
+        };
         if op.kind == Kind::Null {
             // `Null: true` holds when the key is absent.
             let want_absent = self.values.iter().any(|v| boolean(v) == Some(true));
@@ -214,7 +270,16 @@ impl Test {
         };
         // Every key sublet supplies is single-valued: ForAnyValue and ForAllValues both
         // come down to testing that one value.
-        let any = self.values.iter().any(|v| matches_one(op.kind, actual, v));
+        let any = if op.kind == Kind::StringLike {
+            self.patterns.iter().any(|p| {
+                p.resolve(cx)
+                    .is_some_and(|tokens| wildcard::matches_tokens(&tokens, actual, false))
+            })
+        } else if op.kind.is_string() {
+            resolved.iter().any(|v| matches_one(op.kind, actual, v))
+        } else {
+            self.values.iter().any(|v| matches_one(op.kind, actual, v))
+        };
         any != op.negated
     }
 
@@ -223,7 +288,7 @@ impl Test {
     /// or name equal to given ones.
     pub fn restricts(&self) -> bool {
         let op = self.operator;
-        if op.negated || op.if_exists {
+        if op.negated || op.if_exists || self.patterns.iter().any(Template::has_variables) {
             return false;
         }
         match (self.key.as_str(), op.kind) {
@@ -244,6 +309,8 @@ fn matches_one(kind: Kind, actual: &str, expected: &str) -> bool {
     match kind {
         Kind::StringEquals => actual == expected,
         Kind::StringEqualsIgnoreCase => actual.to_lowercase() == expected.to_lowercase(),
+        // `Test::holds` matches StringLike on its values' resolved tokens (so `${*}` stays a
+        // literal `*`); this is the same match for a plain value.
         Kind::StringLike => wildcard::matches(expected, actual, false),
         Kind::Numeric(ord) => match (number(actual), number(expected)) {
             (Some(a), Some(e)) => a.partial_cmp(&e).is_some_and(|o| ord.holds(o)),
@@ -342,7 +409,13 @@ mod tests {
     use super::*;
 
     fn test(op: &str, key: &str, values: &[&str]) -> Test {
-        Test::new(op, key, values.iter().map(|v| v.to_string()).collect()).unwrap()
+        Test::new(
+            op,
+            key,
+            values.iter().map(|v| v.to_string()).collect(),
+            true,
+        )
+        .unwrap()
     }
 
     fn cx(pairs: &[(&str, &str)]) -> Context {
@@ -404,7 +477,8 @@ mod tests {
 
     #[test]
     fn bad_operators_keys_and_values_are_named() {
-        let err = |op: &str, key: &str, v: &str| Test::new(op, key, vec![v.into()]).unwrap_err();
+        let err =
+            |op: &str, key: &str, v: &str| Test::new(op, key, vec![v.into()], true).unwrap_err();
         assert_eq!(
             err("StringSortOf", "s3:prefix", "a"),
             "Policy has an invalid condition operator: StringSortOf"

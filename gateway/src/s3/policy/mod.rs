@@ -8,6 +8,7 @@
 
 pub mod actions;
 pub mod condition;
+pub mod variables;
 pub mod wildcard;
 
 #[cfg(test)]
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 pub use condition::Context;
 use condition::Test;
+use variables::Template;
 
 /// The largest policy S3 accepts, in bytes.
 pub const MAX_POLICY_BYTES: usize = 20 * 1024;
@@ -45,7 +47,8 @@ pub struct Statement {
     pub not_principal: bool,
     pub actions: Vec<String>,
     pub not_action: bool,
-    pub resources: Vec<String>,
+    /// With their policy variables (`arn:aws:s3:::bucket/home/${aws:username}/*`).
+    pub resources: Vec<Template>,
     pub not_resource: bool,
     /// All must hold.
     pub conditions: Vec<Test>,
@@ -186,7 +189,13 @@ fn one_of<'v>(
     }
 }
 
-fn statement(value: &Value, index: usize, bucket: &str) -> Result<Statement, String> {
+/// `variables`: the policy's Version is 2012-10-17, the one with policy variables.
+fn statement(
+    value: &Value,
+    index: usize,
+    bucket: &str,
+    variables: bool,
+) -> Result<Statement, String> {
     let Value::Object(st) = value else {
         return Err(malformed(format!("statement {index} is not a JSON object")));
     };
@@ -244,10 +253,10 @@ fn statement(value: &Value, index: usize, bucket: &str) -> Result<Statement, Str
         }
     }
     let (r, not_resource) = one_of(st, "Resource", &name)?;
-    let resources = strings(r, &format!("Resource of statement {name}"))?;
-    for resource in &resources {
-        check_resource(resource, bucket, &name)?;
-    }
+    let resources = strings(r, &format!("Resource of statement {name}"))?
+        .iter()
+        .map(|resource| check_resource(resource, bucket, &name))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut conditions = Vec::new();
     match st.get("Condition") {
         None => {}
@@ -260,7 +269,7 @@ fn statement(value: &Value, index: usize, bucket: &str) -> Result<Statement, Str
                 };
                 for (key, values) in keys {
                     let values = condition_values(values, &format!("condition {op} on {key}"))?;
-                    conditions.push(Test::new(op, key, values)?);
+                    conditions.push(Test::new(op, key, values, variables)?);
                 }
             }
         }
@@ -269,6 +278,15 @@ fn statement(value: &Value, index: usize, bucket: &str) -> Result<Statement, Str
                 "Condition of statement {name} is {other}, not an object"
             )));
         }
+    }
+    // Older policies: AWS reads `${...}` in a condition value as text, and so does sublet
+    // (such policies were stored before variables were read); in a resource it is refused,
+    // as it always was here.
+    if !variables && resources.iter().any(Template::has_dollar_braces) {
+        return Err(malformed(format!(
+            "statement {name} has a policy variable (${{...}}), and policy variables need \
+             \"Version\": \"2012-10-17\" (older policies would take them literally)"
+        )));
     }
     Ok(Statement {
         sid,
@@ -283,27 +301,28 @@ fn statement(value: &Value, index: usize, bucket: &str) -> Result<Statement, Str
     })
 }
 
-fn check_resource(resource: &str, bucket: &str, sid: &str) -> Result<(), String> {
-    if resource.contains("${") {
+fn check_resource(resource: &str, bucket: &str, sid: &str) -> Result<Template, String> {
+    let template = Template::parse(resource)
+        .map_err(|e| format!("Policy has invalid resource: {resource} (statement {sid}): {e}"))?;
+    if resource == "*" {
+        return Ok(template);
+    }
+    let named = resource
+        .strip_prefix("arn:aws:s3:::")
+        .map(|rest| rest.split('/').next().unwrap_or(rest));
+    if named.is_some_and(|b| b.contains("${")) {
         return Err(malformed(format!(
-            "Policy has invalid resource: {resource} (statement {sid}): policy variables are \
-             not supported"
+            "Policy has invalid resource: {resource} (statement {sid}); a policy variable may \
+             stand in the key part only (arn:aws:s3:::{bucket}/home/${{aws:username}}/*)"
         )));
     }
-    if resource == "*" {
-        return Ok(());
-    }
-    let in_bucket = resource
-        .strip_prefix("arn:aws:s3:::")
-        .map(|rest| rest.split('/').next().unwrap_or(rest))
-        .is_some_and(|b| wildcard::matches(b, bucket, false));
-    if !in_bucket {
+    if !named.is_some_and(|b| wildcard::matches(b, bucket, false)) {
         return Err(malformed(format!(
             "Policy has invalid resource: {resource} (statement {sid}); a policy of bucket \
              {bucket} names arn:aws:s3:::{bucket} or arn:aws:s3:::{bucket}/<key pattern>"
         )));
     }
-    Ok(())
+    Ok(template)
 }
 
 impl Policy {
@@ -327,15 +346,16 @@ impl Policy {
         {
             return Err(malformed(format!("Unknown field {k} in the policy")));
         }
-        match doc.get("Version") {
-            None => {}
-            Some(Value::String(v)) if v == "2012-10-17" || v == "2008-10-17" => {}
+        let variables = match doc.get("Version") {
+            None => false,
+            Some(Value::String(v)) if v == "2012-10-17" => true,
+            Some(Value::String(v)) if v == "2008-10-17" => false,
             Some(other) => {
                 return Err(malformed(format!(
                     "The policy Version {other} is not supported; use \"2012-10-17\""
                 )));
             }
-        }
+        };
         let statements = match doc.get("Statement") {
             Some(Value::Array(items)) => items.iter().collect::<Vec<_>>(),
             Some(one @ Value::Object(_)) => vec![one],
@@ -352,7 +372,7 @@ impl Policy {
         let statements = statements
             .into_iter()
             .enumerate()
-            .map(|(i, s)| statement(s, i, bucket))
+            .map(|(i, s)| statement(s, i, bucket, variables))
             .collect::<Result<Vec<_>, _>>()?;
         let mut sids: Vec<&str> = statements.iter().filter_map(|s| s.sid.as_deref()).collect();
         sids.sort_unstable();
@@ -411,10 +431,14 @@ impl Statement {
         if action == self.not_action {
             return false;
         }
-        let resource = self
-            .resources
-            .iter()
-            .any(|r| wildcard::matches(r, req.resource, false));
+        // A policy variable the request has no value for: the statement does not apply.
+        let mut resource = false;
+        for r in &self.resources {
+            let Some(pattern) = r.resolve(req.context) else {
+                return false;
+            };
+            resource |= wildcard::matches_tokens(&pattern, req.resource, false);
+        }
         if resource == self.not_resource {
             return false;
         }

@@ -315,7 +315,23 @@ fn malformed_policies_name_the_problem() {
         ),
         (
             r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::photos/${aws:username}/*"}]}"#,
-            "policy variables are not supported",
+            "policy variables need \"Version\": \"2012-10-17\"",
+        ),
+        (
+            r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::${aws:username}/*"}]}"#,
+            "a policy variable may stand in the key part only",
+        ),
+        (
+            r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::photos/${aws:username/*"}]}"#,
+            "unterminated policy variable",
+        ),
+        (
+            r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::photos/${aws:groups}/*"}]}"#,
+            "invalid policy variable ${aws:groups}",
+        ),
+        (
+            r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*", "Condition": {"IpAddress": {"aws:SourceIp": "${aws:SourceIp}"}}}]}"#,
+            "work in Resource and in the values of String operators only",
         ),
     ];
     for (text, expected) in cases {
@@ -513,5 +529,228 @@ proptest! {
         text.insert_str(at, &junk);
         let _ = Policy::parse(&text, "photos");
         let _ = Policy::parse(&policy.replace("Allow", &junk), "photos");
+    }
+}
+
+/// The per-user home prefix of AWS's examples: each user lists and touches only
+/// `home/<their name>/`.
+const HOMES: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Sid": "ListOwnHome", "Effect": "Allow", "Principal": {"AWS": ["alice", "bob"]},
+     "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::photos",
+     "Condition": {"StringLike": {"s3:prefix": ["home/${aws:username}/*", "home/${aws:username}/"]}}},
+    {"Sid": "TouchOwnHome", "Effect": "Allow", "Principal": {"AWS": ["alice", "bob"]},
+     "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+     "Resource": "arn:aws:s3:::photos/home/${aws:username}/*"}
+  ]
+}"#;
+
+fn user_cx(user: Option<&str>, prefix: Option<&str>) -> Context {
+    let mut cx = Context::default();
+    if let Some(u) = user {
+        cx.set("aws:username", u).set("aws:userid", u);
+    }
+    if let Some(p) = prefix {
+        cx.set("s3:prefix", p);
+    }
+    cx
+}
+
+#[test]
+fn policy_variables_give_each_user_their_own_home() {
+    let p = parse(HOMES);
+    let alice = user_cx(Some("alice"), None);
+    let get = "s3:GetObject";
+    assert_eq!(
+        ask(
+            &p,
+            Some("alice"),
+            get,
+            "arn:aws:s3:::photos/home/alice/a.txt",
+            &alice
+        ),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(
+            &p,
+            Some("alice"),
+            get,
+            "arn:aws:s3:::photos/home/bob/a.txt",
+            &alice
+        ),
+        Decision::Silent
+    );
+    let bob = user_cx(Some("bob"), None);
+    assert_eq!(
+        ask(
+            &p,
+            Some("bob"),
+            "s3:PutObject",
+            "arn:aws:s3:::photos/home/bob/x",
+            &bob
+        ),
+        Decision::Allow
+    );
+    let list = |user: &str, prefix: &str| {
+        ask(
+            &p,
+            Some(user),
+            "s3:ListBucket",
+            "arn:aws:s3:::photos",
+            &user_cx(Some(user), Some(prefix)),
+        )
+    };
+    assert_eq!(list("alice", "home/alice/"), Decision::Allow);
+    assert_eq!(list("alice", "home/alice/2026/"), Decision::Allow);
+    assert_eq!(list("alice", "home/bob/"), Decision::Silent);
+    assert_eq!(list("alice", "home/"), Decision::Silent);
+}
+
+#[test]
+fn an_undefined_variable_makes_its_statement_not_apply() {
+    // Anonymous requests have no aws:username: the statement matches nothing, not the
+    // literal text `${aws:username}`, allow or deny alike.
+    let p = parse(
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+             "Resource": "arn:aws:s3:::photos/home/${aws:username}/*"}]}"#,
+    );
+    let nobody = user_cx(None, None);
+    for key in ["home/${aws:username}/a", "home//a", "home/alice/a"] {
+        let resource = format!("arn:aws:s3:::photos/{key}");
+        assert_eq!(
+            ask(&p, None, "s3:GetObject", &resource, &nobody),
+            Decision::Silent,
+            "{key}"
+        );
+    }
+    // In a NotResource and in a negated condition alike.
+    let p = parse(
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Deny", "Principal": "*", "Action": "s3:GetObject",
+             "NotResource": "arn:aws:s3:::photos/home/${aws:username}/*"},
+            {"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": "*",
+             "Condition": {"StringNotEquals": {"s3:x-amz-acl": "${aws:username}-acl"}}}]}"#,
+    );
+    assert_eq!(
+        ask(&p, None, "s3:GetObject", "arn:aws:s3:::photos/x", &nobody),
+        Decision::Silent
+    );
+    assert_eq!(
+        ask(&p, None, "s3:PutObject", "arn:aws:s3:::photos/x", &nobody),
+        Decision::Silent
+    );
+    // With a value, the same statements apply.
+    let alice = user_cx(Some("alice"), None);
+    assert_eq!(
+        ask(
+            &p,
+            Some("alice"),
+            "s3:GetObject",
+            "arn:aws:s3:::photos/x",
+            &alice
+        ),
+        Decision::Deny
+    );
+    // A default stands in for the missing value.
+    let p = parse(
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+             "Resource": "arn:aws:s3:::photos/home/${aws:username, 'guest'}/*"}]}"#,
+    );
+    assert_eq!(
+        ask(
+            &p,
+            None,
+            "s3:GetObject",
+            "arn:aws:s3:::photos/home/guest/a",
+            &nobody
+        ),
+        Decision::Allow
+    );
+}
+
+#[test]
+fn policies_before_2012_read_condition_values_as_text() {
+    // As AWS: no variables before 2012-10-17; such a condition (sublet accepted it before
+    // it read variables) keeps meaning the text.
+    let p = parse(
+        r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:PutObject",
+            "Resource": "arn:aws:s3:::photos/*",
+            "Condition": {"StringEquals": {"s3:x-amz-acl": "${aws:username}"}}}]}"#,
+    );
+    let acl = |value: &str| {
+        let mut cx = user_cx(Some("alice"), None);
+        cx.set("s3:x-amz-acl", value);
+        ask(
+            &p,
+            Some("alice"),
+            "s3:PutObject",
+            "arn:aws:s3:::photos/k",
+            &cx,
+        )
+    };
+    assert_eq!(acl("${aws:username}"), Decision::Allow);
+    assert_eq!(acl("alice"), Decision::Silent);
+}
+
+#[test]
+fn escaped_wildcards_match_only_themselves() {
+    let p = parse(
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+             "Resource": "arn:aws:s3:::photos/${*}${?}${$}/*"},
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:PutObject", "Resource": "*",
+             "Condition": {"StringLike": {"s3:x-amz-acl": "a${*}"}}}]}"#,
+    );
+    let cx = Context::default();
+    let get = |key: &str| {
+        ask(
+            &p,
+            None,
+            "s3:GetObject",
+            &format!("arn:aws:s3:::photos/{key}"),
+            &cx,
+        )
+    };
+    assert_eq!(get("*?$/x"), Decision::Allow);
+    assert_eq!(get("ab$/x"), Decision::Silent);
+    assert_eq!(get("a?$/x"), Decision::Silent);
+    let put = |acl: &str| {
+        let mut cx = Context::default();
+        cx.set("s3:x-amz-acl", acl);
+        ask(&p, None, "s3:PutObject", "arn:aws:s3:::photos/k", &cx)
+    };
+    assert_eq!(put("a*"), Decision::Allow);
+    assert_eq!(put("ab"), Decision::Silent);
+}
+
+#[test]
+fn a_condition_pinned_to_the_requests_own_user_is_not_a_restriction() {
+    // `aws:username == ${aws:username}` holds for every signed request: still public.
+    let p = parse(
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*",
+             "Condition": {"StringEquals": {"aws:username": "${aws:username}"}}}]}"#,
+    );
+    assert!(p.is_public());
+}
+
+proptest! {
+    /// Whatever names users have, a home policy gives each exactly the keys under their
+    /// own home: never another user's, never one outside `home/`.
+    #[test]
+    fn home_policies_never_leak(
+        user in "[a-z*?$]{1,5}",
+        owner in "[a-z*?$]{1,5}",
+        rest in "[a-z/*]{0,6}",
+    ) {
+        let p = parse(HOMES.replace(r#"["alice", "bob"]"#, "\"*\"").as_str());
+        let cx = user_cx(Some(&user), None);
+        let resource = format!("arn:aws:s3:::photos/home/{owner}/{rest}");
+        let decision = ask(&p, Some(&user), "s3:GetObject", &resource, &cx);
+        prop_assert_eq!(decision == Decision::Allow, owner == user);
     }
 }

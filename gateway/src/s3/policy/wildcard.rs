@@ -1,11 +1,38 @@
 //! The wildcards of the policy language: `*` any run of characters (none included), `?`
 //! exactly one character; everything else stands for itself.
 
+/// One element of a pattern: `*`, `?` or a character that stands for itself (a `*` or `?`
+/// written `${*}`, `${?}` or substituted from a policy variable is a [`Token::Char`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// `*`: any run of characters, none included.
+    Any,
+    /// `?`: exactly one character.
+    One,
+    Char(char),
+}
+
+/// The tokens of `pattern` as written: every `*` and `?` is a wildcard.
+pub fn tokens(pattern: &str) -> Vec<Token> {
+    pattern
+        .chars()
+        .map(|c| match c {
+            '*' => Token::Any,
+            '?' => Token::One,
+            c => Token::Char(c),
+        })
+        .collect()
+}
+
 /// Whether `text` matches `pattern`, comparing characters as given (`fold`: ASCII case
 /// folded, as action names are compared). Linear in memory, at most
 /// `pattern.len() * text.len()` steps (one backtrack point, the last `*`).
 pub fn matches(pattern: &str, text: &str, fold: bool) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
+    matches_tokens(&tokens(pattern), text, fold)
+}
+
+/// [`matches`] for a pattern already split into tokens.
+pub fn matches_tokens(p: &[Token], text: &str, fold: bool) -> bool {
     let t: Vec<char> = text.chars().collect();
     let same = |a: char, b: char| {
         if fold {
@@ -19,11 +46,15 @@ pub fn matches(pattern: &str, text: &str, fold: bool) -> bool {
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
         match p.get(pi) {
-            Some('*') => {
+            Some(Token::Any) => {
                 star = Some((pi, ti));
                 pi += 1;
             }
-            Some(&c) if c == '?' || same(c, t[ti]) => {
+            Some(Token::One) => {
+                pi += 1;
+                ti += 1;
+            }
+            Some(&Token::Char(c)) if same(c, t[ti]) => {
                 pi += 1;
                 ti += 1;
             }
@@ -38,7 +69,7 @@ pub fn matches(pattern: &str, text: &str, fold: bool) -> bool {
             },
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == Token::Any)
 }
 
 /// Whether `pattern` holds a wildcard.

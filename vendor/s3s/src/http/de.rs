@@ -75,6 +75,19 @@ where
     }
 }
 
+/// sublet: the `Range` of GetObject and HeadObject, or `None` when there is none or it does
+/// not parse (not `bytes=first-last`, `bytes=first-` or `bytes=-suffix`; several ranges; the
+/// header given twice). S3 ignores such a Range and answers the whole object, as RFC 9110
+/// lets a server; a Range that parses but lies outside the object stays the handler's
+/// `416 InvalidRange`.
+pub fn parse_opt_range(req: &Request) -> Option<crate::dto::Range> {
+    let mut values = req.headers.get_all(hyper::header::RANGE).iter();
+    let (Some(val), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    crate::dto::Range::try_from_header_value(val).ok()
+}
+
 pub fn parse_checksum_algorithm_header(req: &Request) -> S3Result<Option<crate::dto::ChecksumAlgorithm>> {
     let ans: Option<crate::dto::ChecksumAlgorithm> = parse_opt_header(req, &crate::header::X_AMZ_CHECKSUM_ALGORITHM)?;
 

@@ -3042,7 +3042,8 @@ impl GetObject {
 
         let part_number: Option<PartNumber> = http::parse_opt_query(req, "partNumber")?;
 
-        let range: Option<Range> = http::parse_opt_header(req, &RANGE)?;
+        // sublet: a Range that does not parse is ignored (the whole object answered), as S3 does.
+        let range: Option<Range> = http::parse_opt_range(req);
 
         let request_payer: Option<RequestPayer> = http::parse_opt_header(req, &X_AMZ_REQUEST_PAYER)?;
 
@@ -3691,7 +3692,8 @@ impl HeadObject {
 
         let part_number: Option<PartNumber> = http::parse_opt_query(req, "partNumber")?;
 
-        let range: Option<Range> = http::parse_opt_header(req, &RANGE)?;
+        // sublet: a Range that does not parse is ignored (the whole object answered), as S3 does.
+        let range: Option<Range> = http::parse_opt_range(req);
 
         let request_payer: Option<RequestPayer> = http::parse_opt_header(req, &X_AMZ_REQUEST_PAYER)?;
 
