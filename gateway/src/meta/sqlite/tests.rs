@@ -26,7 +26,10 @@ fn job(name: &str, fails: bool, ends_transaction: bool, outcomes: &Outcomes) -> 
             conn.execute_batch("ROLLBACK").unwrap();
         }
         let deliver: GroupDelivery = Box::new(move |error: Option<&str>| {
-            outcomes.lock().unwrap().push((name, error.map(str::to_owned)));
+            outcomes
+                .lock()
+                .unwrap()
+                .push((name, error.map(str::to_owned)));
         });
         (!fails, deliver)
     });
