@@ -713,4 +713,5 @@ impl MetadataStore for SqliteStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
