@@ -11,7 +11,8 @@ macro_rules! on_every_store {
                 super::$name(&super::SqliteStore::open_in_memory().unwrap());
             })*
         }
-        /// On a file, the aggregate reads go through the store's read-only connection.
+        /// On a file, the aggregate reads and the point reads go through the store's
+        /// read-only connections.
         mod sqlite_file_store {
             $(#[test]
             fn $name() {

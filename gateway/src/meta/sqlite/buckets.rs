@@ -21,7 +21,7 @@ pub(super) fn create_bucket(s: &SqliteStore, bucket: &Bucket) -> Result<()> {
 }
 
 pub(super) fn bucket(s: &SqliteStore, name: &str) -> Result<Option<Bucket>> {
-    s.conn()
+    s.lookup()
         .prepare_cached(
             "SELECT name, created, default_plan, versioning, owner FROM buckets WHERE name = ?1",
         )
@@ -170,7 +170,7 @@ fn bucket_setting(
     table: &str,
     column: &str,
 ) -> Result<Option<String>> {
-    s.conn()
+    s.lookup()
         .prepare_cached(&format!("SELECT {column} FROM {table} WHERE bucket = ?1"))
         .and_then(|mut stmt| stmt.query_row(params![bucket], |r| r.get(0)).optional())
         .map_err(store_err)

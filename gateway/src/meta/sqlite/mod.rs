@@ -10,6 +10,9 @@
 //! (plan usage and health, the repair queue, provider usage, audit samples, referenced
 //! shards): in WAL mode it reads a committed snapshot without holding the connection every
 //! S3 call needs, so an admin scrape or a background job never stalls S3 traffic.
+//! A third, also read-only, answers the point reads of every S3 request (a bucket and its
+//! settings, a version, an upload): they read the last commit and never wait for a group
+//! commit, which holds the writing connection across its fsync.
 
 mod buckets;
 mod objects;
@@ -51,6 +54,9 @@ pub struct SqliteStore {
     /// first so it closes first: the last connection to close checkpoints the WAL into
     /// the database file, and only `conn` can write.
     reader: Option<Mutex<Connection>>,
+    /// The read-only connection of the point reads ([`SqliteStore::lookup`]); `None` for an
+    /// in-memory store, which reads them on `conn`.
+    lookup: Option<Mutex<Connection>>,
     conn: Mutex<Connection>,
     group: Mutex<Group>,
     /// Taken before the connection by whoever commits a group, and by a journal around
@@ -90,6 +96,13 @@ impl SqliteStore {
         let mut store = Self::init(conn)?;
         // Opened once the schema exists. In WAL mode a reader sees the last commit and
         // neither waits for the writer nor makes it wait.
+        store.reader = Some(Mutex::new(Self::open_reader(path, 16)?));
+        store.lookup = Some(Mutex::new(Self::open_reader(path, 32)?));
+        Ok(store)
+    }
+
+    /// A read-only connection to the store's file, keeping up to `statements` prepared.
+    fn open_reader(path: &Path, statements: usize) -> Result<Connection> {
         let reader = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -99,9 +112,8 @@ impl SqliteStore {
         reader
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(store_err)?;
-        reader.set_prepared_statement_cache_capacity(16);
-        store.reader = Some(Mutex::new(reader));
-        Ok(store)
+        reader.set_prepared_statement_cache_capacity(statements);
+        Ok(reader)
     }
 
     pub fn open_in_memory() -> Result<Self> {
@@ -118,6 +130,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Mutex::new(conn),
             reader: None,
+            lookup: None,
             group: Mutex::default(),
             order: Mutex::new(()),
         })
@@ -134,6 +147,17 @@ impl SqliteStore {
     fn reader(&self) -> MutexGuard<'_, Connection> {
         match &self.reader {
             Some(reader) => reader.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.conn(),
+        }
+    }
+
+    /// The connection of the point reads of S3 requests: the read-only one when there is
+    /// one. It reads the last committed state, as `conn` does outside a transaction, but
+    /// does not wait while a group commit holds `conn` (its fsync included). A change
+    /// acknowledged before the read began is seen: its commit ended before.
+    fn lookup(&self) -> MutexGuard<'_, Connection> {
+        match &self.lookup {
+            Some(lookup) => lookup.lock().unwrap_or_else(|p| p.into_inner()),
             None => self.conn(),
         }
     }
@@ -198,20 +222,43 @@ impl SqliteStore {
     }
 }
 
-/// Runs `jobs` in one transaction, each under a savepoint, commits, and delivers.
+/// Runs `jobs` in one transaction, commits, and delivers. A change that fails is undone
+/// alone: each runs under a savepoint, except the ones before the first that succeeded,
+/// which have nothing of the group's to keep: one of them that fails rolls the whole
+/// transaction back and a new one begins. (A savepoint copies every page its change touches
+/// first into the statement journal, in memory up to SQLite's 64 KiB spill threshold and a
+/// temporary file past it; a lone change, the usual group when writes are few, now writes
+/// no statement journal at all.) The savepoint statements are prepared once.
 fn commit_group(conn: &mut Connection, jobs: Vec<(u64, GroupJob)>) {
     let mut deliveries = Vec::with_capacity(jobs.len());
     let committed = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
+        let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut stmt| stmt.execute([]));
+        let mut kept = false;
         for (_, job) in jobs {
-            tx.execute_batch("SAVEPOINT change")?;
+            if !kept {
+                let (ok, deliver) = job(&tx);
+                deliveries.push(deliver);
+                if ok {
+                    kept = true;
+                } else {
+                    // Nothing before it to keep. An error that ended the transaction
+                    // already (SQLITE_FULL, an I/O error) leaves none to roll back.
+                    if !tx.is_autocommit() {
+                        run("ROLLBACK")?;
+                    }
+                    run("BEGIN")?;
+                }
+                continue;
+            }
+            run("SAVEPOINT change")?;
             let (ok, deliver) = job(&tx);
             deliveries.push(deliver);
             if !ok {
                 // A failed change may have written part of itself: undo that part only.
-                tx.execute_batch("ROLLBACK TO change")?;
+                run("ROLLBACK TO change")?;
             }
-            tx.execute_batch("RELEASE change")?;
+            run("RELEASE change")?;
         }
         tx.commit()
     })();
@@ -664,3 +711,7 @@ impl MetadataStore for SqliteStore {
         objects::swap_layout(self, current, plan, layout)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

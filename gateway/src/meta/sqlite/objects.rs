@@ -149,7 +149,7 @@ pub(super) fn version(
     key: &str,
     version_id: Option<&str>,
 ) -> Result<Option<ObjectVersion>> {
-    get_version(&s.conn(), bucket, key, version_id).map_err(store_err)
+    get_version(&s.lookup(), bucket, key, version_id).map_err(store_err)
 }
 
 pub(super) fn delete_version(

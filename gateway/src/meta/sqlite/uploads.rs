@@ -90,7 +90,7 @@ pub(super) fn upload(
     key: &str,
     upload_id: &str,
 ) -> Result<Option<Upload>> {
-    get_upload(&s.conn(), bucket, key, upload_id).map_err(store_err)
+    get_upload(&s.lookup(), bucket, key, upload_id).map_err(store_err)
 }
 
 pub(super) fn put_part(
