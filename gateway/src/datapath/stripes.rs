@@ -667,9 +667,12 @@ impl ObjectReader {
             }
             let backend = backend_for(&loc.provider)?;
             Some(async move {
-                tokio::time::timeout(self.retry_wait, fetch_shard(index, i, loc, backend, report, true))
-                    .await
-                    .unwrap_or((i, None))
+                tokio::time::timeout(
+                    self.retry_wait,
+                    fetch_shard(index, i, loc, backend, report, true),
+                )
+                .await
+                .unwrap_or((i, None))
             })
         });
         for (i, shard) in join_all(others).await {

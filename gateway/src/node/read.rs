@@ -150,7 +150,8 @@ impl Node {
         let backend_for = Arc::new(backend_for);
         let hold = Arc::new(hold);
         let read = move |(reader, i, r): (Arc<ObjectReader>, usize, ByteRange<usize>)| {
-            let (backend_for, hold, name) = (Arc::clone(&backend_for), Arc::clone(&hold), name.clone());
+            let (backend_for, hold, name) =
+                (Arc::clone(&backend_for), Arc::clone(&hold), name.clone());
             async move {
                 let held = hold(&reader, i)
                     .await
@@ -278,9 +279,9 @@ async fn stream_segments<T, F, Fut>(
         let Ok(slot) = tx.reserve().await else {
             return;
         };
-        let item = (&mut head.0).await.unwrap_or_else(|e| {
-            Err(std::io::Error::other(format!("a segment read failed: {e}")))
-        });
+        let item = (&mut head.0)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("a segment read failed: {e}"))));
         let failed = item.is_err();
         slot.send(item);
         if failed {
@@ -299,8 +300,8 @@ fn slice(seg: Vec<u8>, r: ByteRange<usize>) -> Option<Bytes> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
 
@@ -339,7 +340,8 @@ mod tests {
         let [started, running, most] = &counters;
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let read = counting_read(started, running, most);
-        let pipe = tokio::spawn(async move { stream_segments((0..20).collect(), 3, &tx, read).await });
+        let pipe =
+            tokio::spawn(async move { stream_segments((0..20).collect(), 3, &tx, read).await });
         let mut got = Vec::new();
         while let Some(item) = rx.recv().await {
             got.push(item.map(|b| b[0]).map_err(|e| e.to_string()));
@@ -350,8 +352,15 @@ mod tests {
             .chain([Err("segment 7 is unreadable".to_string())])
             .collect();
         assert_eq!(got, want);
-        assert_eq!(most.load(Ordering::SeqCst), 3, "three segments were read at once");
-        assert!(started.load(Ordering::SeqCst) <= 10, "nothing past the failure plus the read-ahead");
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            3,
+            "three segments were read at once"
+        );
+        assert!(
+            started.load(Ordering::SeqCst) <= 10,
+            "nothing past the failure plus the read-ahead"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,11 +369,16 @@ mod tests {
         let [started, running, most] = &counters;
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let read = counting_read(started, running, most);
-        let pipe = tokio::spawn(async move { stream_segments((0..100).collect(), 2, &tx, read).await });
+        let pipe =
+            tokio::spawn(async move { stream_segments((0..100).collect(), 2, &tx, read).await });
         assert_eq!(rx.recv().await.unwrap().unwrap()[0], 0);
         // The client stops reading: one segment in the channel, two read ahead, no more.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert_eq!(started.load(Ordering::SeqCst), 4, "taken 1 + channel 1 + read-ahead 2");
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            4,
+            "taken 1 + channel 1 + read-ahead 2"
+        );
         // It goes away: the pipeline ends and cancels what it had in flight.
         drop(rx);
         tokio::time::timeout(std::time::Duration::from_secs(10), pipe)

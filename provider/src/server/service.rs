@@ -567,6 +567,10 @@ mod chunk_tests {
         assert_eq!(chunk_len(4 << 20), CHUNK_SIZE);
         assert_eq!(chunk_len(u64::MAX), CHUNK_SIZE);
         let limit = CHUNK_SIZE + 256 * 1024;
-        assert!((0..3 << 20).step_by(4099).all(|n| chunk_len(n) < limit - 1024));
+        assert!(
+            (0..3 << 20)
+                .step_by(4099)
+                .all(|n| chunk_len(n) < limit - 1024)
+        );
     }
 }
