@@ -55,6 +55,16 @@ pub struct ProviderProcess {
     child: Option<Child>,
 }
 
+/// A provider handle that goes away takes its process with it, as [`GatewayProcess`]'s
+/// does: a test that panics while starting a cluster (a later provider or a gateway that
+/// did not come up) or that holds a provider outside its [`Cluster`] leaves no
+/// `sublet-provider` running behind it.
+impl Drop for ProviderProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl ProviderProcess {
     fn new(root: &Path, index: usize) -> Self {
         let name = format!("p{index}");
@@ -900,4 +910,26 @@ fn append(path: &Path) -> std::fs::File {
         .append(true)
         .open(path)
         .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Whether process `pid` still exists (a zombie counts: it was not waited for).
+    fn alive(pid: u32) -> bool {
+        Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_provider_handle_that_goes_away_takes_its_process_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut provider = ProviderProcess::new(tmp.path(), 0);
+        provider.first_start();
+        let pid = provider.child.as_ref().expect("started").id();
+        assert!(alive(pid), "sublet-provider {pid} is not running after its start");
+        drop(provider);
+        assert!(!alive(pid), "sublet-provider {pid} outlived its handle");
+    }
 }
