@@ -1,7 +1,8 @@
 //! Helpers shared by the end-to-end tests in `tests/`: find the workspace's
 //! binaries, pick free ports, wait for daemons to come up; run `sublet dev`
 //! ([`dev`]), gateways over provider processes to break ([`cluster`]), a
-//! throwaway PostgreSQL for several of them ([`postgres`]), the real S3 clients
+//! throwaway PostgreSQL for several of them ([`postgres`]), the market and the
+//! providers lending space on it ([`market`]), the real S3 clients
 //! ([`clients`]) and make test data ([`data`]); a real Kubernetes API server
 //! ([`apiserver`]) and a real single-node Kubernetes ([`kube_cluster`]); [`bench`] is the `sublet-bench`
 //! load generator; [`browser`] finds headless Chromium; [`skip`] lets a test without its outside program skip with one line
@@ -15,6 +16,7 @@ pub mod cluster;
 pub mod data;
 pub mod dev;
 pub mod kube_cluster;
+pub mod market;
 pub mod postgres;
 pub mod prometheus;
 pub mod skip;
