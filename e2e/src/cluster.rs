@@ -6,7 +6,7 @@
 //! several share a PostgreSQL database and the master key, as replicas behind one Service
 //! do. Everything is killed when dropped.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -525,20 +525,7 @@ impl GatewayProcess {
             body.len()
         )
         .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        crate::read_response(&mut stream).unwrap_or_else(|e| panic!("PUT {path}: {e}"))
     }
 
     /// Its `/metrics` text.
@@ -862,18 +849,7 @@ pub fn http_call(
         stream,
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    crate::read_response(&mut stream)
 }
 
 /// A loopback address with a port nothing listens on now and no other cluster of this

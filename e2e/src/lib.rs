@@ -135,6 +135,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    read_response(&mut stream)
+}
+
+/// Reads an HTTP/1.0 answer to its end (the server closes the connection): (status, body);
+/// status 0 when the answer has no status line.
+pub(crate) fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
