@@ -3,7 +3,8 @@
 //! ([`dev`]), gateways over provider processes to break ([`cluster`]), a
 //! throwaway PostgreSQL for several of them ([`postgres`]), the market and the
 //! providers lending space on it ([`market`]), the real S3 clients
-//! ([`clients`]) and make test data ([`data`]); a real Kubernetes API server
+//! ([`clients`]) and make test data ([`data`]); any
+//! other daemon killed when dropped ([`daemon`]); a real Kubernetes API server
 //! ([`apiserver`]) and a real single-node Kubernetes ([`kube_cluster`]); [`bench`] is the `sublet-bench`
 //! load generator; [`browser`] finds headless Chromium; [`skip`] lets a test without its outside program skip with one line
 //! (or fail, under `SUBLET_REQUIRE_...=1`).
@@ -13,6 +14,7 @@ pub mod bench;
 pub mod browser;
 pub mod clients;
 pub mod cluster;
+pub mod daemon;
 pub mod data;
 pub mod dev;
 pub mod kube_cluster;

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,6 +14,7 @@ use sublet_market_api::client::{Client, ClientTls};
 use sublet_market_api::identity::Signer;
 
 use crate::cluster::{ACCESS_KEY, GatewayProcess, SECRET_KEY, wait_for};
+pub use crate::daemon::Daemon;
 use crate::tls::PrivateCa;
 use crate::{free_addr, wait_http_ok, workspace_binary};
 
@@ -21,49 +22,6 @@ use crate::{free_addr, wait_http_ok, workspace_binary};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a `sublet market` command (keygen, register, treasurer-sign) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A daemon whose output goes to a log file; killed when dropped.
-pub struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Spawns `cmd` with no input and its stdout and stderr in `log`.
-    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-        Daemon { child, log }
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The last 30 lines it logged, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The `sublet` binary with none of the caller's market settings leaking in.
 pub fn sublet() -> Command {
