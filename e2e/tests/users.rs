@@ -40,10 +40,7 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
     );
     assert_eq!(out, "user alice created\n");
     let out = run_ok(
-        &mut sublet(
-            &dev,
-            &["key", "create", "--user", "alice", "--grant", "photos:rw"],
-        ),
+        &mut dev.admin_command(&["key", "create", "--user", "alice", "--grant", "photos:rw"]),
         TIMEOUT,
     );
     let access = printed_field(&out, "access key:");
