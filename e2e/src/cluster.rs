@@ -904,7 +904,10 @@ mod tests {
         let mut provider = ProviderProcess::new(tmp.path(), 0);
         provider.first_start();
         let pid = provider.child.as_ref().expect("started").id();
-        assert!(alive(pid), "sublet-provider {pid} is not running after its start");
+        assert!(
+            alive(pid),
+            "sublet-provider {pid} is not running after its start"
+        );
         drop(provider);
         assert!(!alive(pid), "sublet-provider {pid} outlived its handle");
     }

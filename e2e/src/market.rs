@@ -109,16 +109,18 @@ impl MarketProcess {
             client,
             runtime,
         };
-        wait_for("the market to answer over HTTPS", START_TIMEOUT, || {
-            match market
+        wait_for(
+            "the market to answer over HTTPS",
+            START_TIMEOUT,
+            || match market
                 .runtime
                 .block_on(market.client.send(None, "GET", "/healthz", b""))
             {
                 Ok(reply) if reply.status == 200 => Ok(()),
                 Ok(reply) => Err(format!("{}: {}", reply.status, reply.text)),
                 Err(e) => Err(format!("{e}\n{}", market.daemon.log_tail())),
-            }
-        });
+            },
+        );
         market
     }
 

@@ -204,7 +204,10 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
         ],
     ));
     let (addr, url) = (market.addr, market.url.clone());
-    for (key, role, name) in [(&judge_key, "arbiter", "judge"), (&help_key, "support", "help")] {
+    for (key, role, name) in [
+        (&judge_key, "arbiter", "judge"),
+        (&help_key, "support", "help"),
+    ] {
         run(sublet()
             .args(["market", "register", "--url", &url, "--ca-file"])
             .arg(&ca.ca_file)

@@ -169,7 +169,10 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
 
     // Disabled: refused within the refresh bound (here at once: the change is this
     // gateway's own); enabled again: accepted.
-    run_ok(&mut dev.admin_command(&["key", "disable", &access]), TIMEOUT);
+    run_ok(
+        &mut dev.admin_command(&["key", "disable", &access]),
+        TIMEOUT,
+    );
     let start = Instant::now();
     let refused = get(&rotated);
     assert!(!refused.status.success(), "a disabled key was accepted");
@@ -182,7 +185,10 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
     assert!(get(&rotated).status.success());
 
     // A user with keys stays; without, it goes.
-    let refused = run(&mut dev.admin_command(&["user", "delete", "alice"]), TIMEOUT);
+    let refused = run(
+        &mut dev.admin_command(&["user", "delete", "alice"]),
+        TIMEOUT,
+    );
     assert!(
         !refused.status.success() && refused.stderr.contains("still has access keys"),
         "{refused:?}"
