@@ -6,7 +6,7 @@
 //! several share a PostgreSQL database and the master key, as replicas behind one Service
 //! do. Everything is killed when dropped.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,6 +53,16 @@ pub struct ProviderProcess {
     pub extra_args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
+}
+
+/// A provider handle that goes away takes its process with it, as [`GatewayProcess`]'s
+/// does: a test that panics while starting a cluster (a later provider or a gateway that
+/// did not come up) or that holds a provider outside its [`Cluster`] leaves no
+/// `sublet-provider` running behind it.
+impl Drop for ProviderProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 impl ProviderProcess {
@@ -515,20 +525,7 @@ impl GatewayProcess {
             body.len()
         )
         .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        crate::read_response(&mut stream).unwrap_or_else(|e| panic!("PUT {path}: {e}"))
     }
 
     /// Its `/metrics` text.
@@ -852,18 +849,7 @@ pub fn http_call(
         stream,
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    crate::read_response(&mut stream)
 }
 
 /// A loopback address with a port nothing listens on now and no other cluster of this
@@ -900,4 +886,29 @@ fn append(path: &Path) -> std::fs::File {
         .append(true)
         .open(path)
         .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Whether process `pid` still exists (a zombie counts: it was not waited for).
+    fn alive(pid: u32) -> bool {
+        Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_provider_handle_that_goes_away_takes_its_process_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut provider = ProviderProcess::new(tmp.path(), 0);
+        provider.first_start();
+        let pid = provider.child.as_ref().expect("started").id();
+        assert!(
+            alive(pid),
+            "sublet-provider {pid} is not running after its start"
+        );
+        drop(provider);
+        assert!(!alive(pid), "sublet-provider {pid} outlived its handle");
+    }
 }

@@ -1,15 +1,19 @@
 //! A real `sublet dev` process on a free loopback port with its state in a
 //! directory the test owns; stopped when dropped.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::clients::run_ok;
 use crate::{free_addr, workspace_binary};
 
 /// How long `sublet dev` may take to start six providers and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a `sublet user|key ...` command or an admin call may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a ctrl-c'd `sublet dev` may take to stop before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -147,6 +151,51 @@ impl SubletDev {
         cmd
     }
 
+    /// `sublet ARGS` against its admin API (`--admin-url`, `--token`), not run yet.
+    pub fn admin_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
+        cmd.args(args)
+            .args(["--admin-url", &format!("http://{}", self.admin_addr)])
+            .args(["--token", &self.admin_token()]);
+        cmd
+    }
+
+    /// Makes runtime user `user` (its display name the same) and one access key of it
+    /// with `grants` (`bucket:rw`, ...) with `sublet user create` and `sublet key create`:
+    /// (access key, secret key).
+    pub fn user_with_key(&self, user: &str, grants: &[&str]) -> (String, String) {
+        run_ok(
+            &mut self.admin_command(&["user", "create", user, "--display-name", user]),
+            ADMIN_TIMEOUT,
+        );
+        let mut args = vec!["key", "create", "--user", user];
+        for g in grants {
+            args.extend(["--grant", g]);
+        }
+        let out = run_ok(&mut self.admin_command(&args), ADMIN_TIMEOUT);
+        (
+            printed_field(&out, "access key:"),
+            printed_field(&out, "secret key:"),
+        )
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let mut s = TcpStream::connect_timeout(&self.admin_addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.admin_addr));
+        s.set_read_timeout(Some(ADMIN_TIMEOUT))
+            .expect("read timeout");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        out
+    }
+
     /// Stops it as ctrl-c does and returns how it exited.
     pub fn interrupt(mut self) -> std::process::ExitStatus {
         signal(&self.child, "-INT");
@@ -185,6 +234,16 @@ impl Drop for SubletDev {
             eprintln!("{}", log_tail(&self.log_path));
         }
     }
+}
+
+/// The value after `label` on a line `sublet key create|rotate` printed (`access key:`,
+/// `secret key:`); fails the test naming the label when there is none.
+pub fn printed_field(out: &str, label: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {out}"))
+        .trim()
+        .to_owned()
 }
 
 /// The last lines `sublet dev` logged, for a failure message.

@@ -1,8 +1,10 @@
 //! Helpers shared by the end-to-end tests in `tests/`: find the workspace's
 //! binaries, pick free ports, wait for daemons to come up; run `sublet dev`
 //! ([`dev`]), gateways over provider processes to break ([`cluster`]), a
-//! throwaway PostgreSQL for several of them ([`postgres`]), the real S3 clients
-//! ([`clients`]) and make test data ([`data`]); a real Kubernetes API server
+//! throwaway PostgreSQL for several of them ([`postgres`]), the market and the
+//! providers lending space on it ([`market`]), the real S3 clients
+//! ([`clients`]) and make test data ([`data`]); any
+//! other daemon killed when dropped ([`daemon`]); a real Kubernetes API server
 //! ([`apiserver`]) and a real single-node Kubernetes ([`kube_cluster`]); [`bench`] is the `sublet-bench`
 //! load generator; [`browser`] finds headless Chromium; [`skip`] lets a test without its outside program skip with one line
 //! (or fail, under `SUBLET_REQUIRE_...=1`).
@@ -12,9 +14,11 @@ pub mod bench;
 pub mod browser;
 pub mod clients;
 pub mod cluster;
+pub mod daemon;
 pub mod data;
 pub mod dev;
 pub mod kube_cluster;
+pub mod market;
 pub mod postgres;
 pub mod prometheus;
 pub mod skip;
@@ -133,6 +137,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    read_response(&mut stream)
+}
+
+/// Reads an HTTP/1.0 answer to its end (the server closes the connection): (status, body);
+/// status 0 when the answer has no status line.
+pub(crate) fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response

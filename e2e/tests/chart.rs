@@ -23,6 +23,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 use sublet_e2e::clients::run_ok;
+use sublet_e2e::daemon::Daemon;
 use sublet_e2e::dev::SubletDev;
 use sublet_e2e::skip;
 use sublet_e2e::{files_under, free_addr, http_get, wait_http_ok, workspace_binary};
@@ -874,20 +875,20 @@ async fn provider_metrics() -> String {
         .parse()
         .unwrap();
     let (grpc, http) = (free_addr(), free_addr());
-    let mut child = Command::new(&binary)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--listen",
-            &grpc.to_string(),
-            "--http-listen",
-            &http.to_string(),
-        ])
-        .args(["--capacity", "1Gi", "--token", "chart-test-token"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed when dropped: an assertion failing below leaves no provider running.
+    let provider = Daemon::spawn(
+        Command::new(&binary)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--listen",
+                &grpc.to_string(),
+                "--http-listen",
+                &http.to_string(),
+            ])
+            .args(["--capacity", "1Gi", "--token", "chart-test-token"]),
+        dir.path().join("provider.log"),
+    );
     wait_http_ok(http, "/healthz", Duration::from_secs(20));
     let client = ProviderClient::new(
         &grpc.to_string(),
@@ -910,8 +911,7 @@ async fn provider_metrics() -> String {
             .is_err()
     );
     let (status, text) = http_get(http, "/metrics").unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(provider);
     assert_eq!(status, 200);
     text
 }
@@ -1019,26 +1019,7 @@ fn http_post(
     token: &str,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Length: 0\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    sublet_e2e::cluster::http_call(addr, "POST", path, Some(token), Duration::from_secs(60))
 }
 
 /// What the operator's `/metrics` serves once each metric was touched. The binary needs a

@@ -15,14 +15,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sublet_e2e::cluster::{GatewayProcess, TestObject, test_objects, wait_for};
+use sublet_e2e::market::{
+    MarketProcess, Offer, keygen, lending_provider, rented_gateway, run, signer_of, sublet,
+};
 use sublet_e2e::tls::PrivateCa;
-use sublet_e2e::{free_addr, wait_http_ok, workspace_binary};
-use sublet_market::client::{Client, ClientTls};
 
 /// One credit, in the ledger's micro-credits.
 const CREDIT: i64 = 1_000_000;
@@ -35,68 +35,28 @@ const PERIOD: &str = "4s";
 /// hour).
 const EGRESS_PRICE: i64 = 200 * CREDIT;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// A daemon killed when dropped.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(cmd: &mut Command, log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn daemon");
-        Daemon { child, log }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sublet() -> Command {
-    let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
-    cmd.env("RUST_LOG", "info")
-        .env_remove("SUBLET_MARKET_KEY")
-        .env_remove("SUBLET_MARKET_URL")
-        .env_remove("SUBLET_MARKET_CA_FILE")
-        .env_remove("SUBLET_MARKET_INSECURE_HTTP");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+/// The gateway's plan: one data and one parity shard on the two rented providers.
+const RENTED_1_1: &str = r#"apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {name: rented-1-1}
+spec:
+  redundancy: {erasure: {dataShards: 1, parityShards: 1}}
+  segmentSize: 256Ki
+  placement:
+    spreadBy: owner
+    maxPerDomain: 1
+    pools: [{name: rented, minShards: 2}]
+"#;
 
 /// The market, and signed calls to it with `sublet market call`.
-struct Market {
-    url: String,
-    /// The private CA the market's certificate chains to.
-    ca_file: PathBuf,
-    daemon: Daemon,
-    client: Client,
-    runtime: tokio::runtime::Runtime,
+struct Market(MarketProcess);
+
+impl std::ops::Deref for Market {
+    type Target = MarketProcess;
+
+    fn deref(&self) -> &MarketProcess {
+        &self.0
+    }
 }
 
 impl Market {
@@ -145,32 +105,6 @@ impl Market {
         said
     }
 
-    /// An unsigned GET, over HTTPS.
-    fn get(&self, path: &str) -> Value {
-        let reply = self
-            .runtime
-            .block_on(self.client.json(None, "GET", path, &Value::Null))
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
-        reply.body
-    }
-
-    /// Waits until the market answers `/healthz` over HTTPS.
-    fn wait_healthy(&self) {
-        wait_for(
-            "the market to answer over HTTPS",
-            Duration::from_secs(30),
-            || match self
-                .runtime
-                .block_on(self.client.send(None, "GET", "/healthz", b""))
-            {
-                Ok(reply) if reply.status == 200 => Ok(()),
-                Ok(reply) => Err(format!("{}: {}", reply.status, reply.text)),
-                Err(e) => Err(e.to_string()),
-            },
-        );
-    }
-
     /// Fails the test unless every credit deposited sits in exactly one account.
     fn assert_books(&self, step: &str) -> Value {
         let ledger = self.get("/v1/ledger");
@@ -185,44 +119,7 @@ impl Market {
 }
 
 fn party_of(key: &Path) -> String {
-    let der = std::fs::read(key).unwrap();
-    sublet_market::identity::Signer::from_pkcs8(&der)
-        .unwrap()
-        .party_id()
-}
-
-/// A provider lending 1 GiB on the market at `price`, its shard store on `port`; it trusts
-/// the market's certificate through `ca_file`.
-fn lending_provider(
-    root: &Path,
-    name: &str,
-    market: &str,
-    ca_file: &Path,
-    price: i64,
-) -> (Daemon, PathBuf) {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (grpc, http) = (free_addr(), free_addr());
-    let offer = format!(
-        "{{pricePerGibMonth: {price}, egressPricePerGib: {EGRESS_PRICE}, region: eu-west, \
-         promisedUptime: \"99%\", endpoint: \"https://{grpc}\"}}"
-    );
-    let daemon = Daemon::spawn(
-        Command::new(workspace_binary("sublet-provider", "sublet-provider"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--listen", &grpc.to_string()])
-            .args(["--http-listen", &http.to_string()])
-            .args(["--capacity", "2Gi", "--reserve", "1Gi"])
-            .args(["--offer", &offer, "--market-url", market])
-            .arg("--market-ca-file")
-            .arg(ca_file)
-            .args(["--market-interval", "1s"])
-            .env("RUST_LOG", "sublet_provider=info,warn"),
-        root.join(format!("{name}.log")),
-    );
-    wait_http_ok(http, "/healthz", Duration::from_secs(30));
-    (daemon, dir)
+    signer_of(key).party_id()
 }
 
 fn periods(market: &Market, key: &Path, contract: &str) -> Vec<Value> {
@@ -280,83 +177,44 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
 
     // The arbiter's key is named when the market starts.
     let judge_key = root.join("judge.key");
-    let out = run(sublet().args(["market", "keygen", "--out"]).arg(&judge_key));
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let judge_public = printed
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("public_key="))
-        .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
-        .to_owned();
-
+    let judge_public = keygen(&judge_key);
     // The market serves HTTPS with a certificate of a private CA every party is given.
     let ca = PrivateCa::create(&root.join("ca"));
     // Credits enter and leave only on the treasurer's signature.
     let treasurer_key = root.join("treasurer.key");
-    let out = run(sublet()
-        .args(["market", "keygen", "--out"])
-        .arg(&treasurer_key));
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let treasurer_public = printed
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("public_key="))
-        .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
-        .to_owned();
+    let treasurer_public = keygen(&treasurer_key);
     // So is the support staff's.
     let help_key = root.join("help.key");
-    let out = run(sublet().args(["market", "keygen", "--out"]).arg(&help_key));
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let help_public = printed
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("public_key="))
-        .unwrap_or_else(|| panic!("keygen printed no public key: {printed}"))
-        .to_owned();
+    let help_public = keygen(&help_key);
     let mailbox = root.join("contact-codes.jsonl");
 
-    let addr = free_addr();
-    let url = format!("https://{addr}");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let tls = ClientTls {
-        ca_file: Some(ca.ca_file.clone()),
-        insecure_http: false,
-    };
-    let market = Market {
-        url: url.clone(),
-        ca_file: ca.ca_file.clone(),
-        daemon: Daemon::spawn(
-            sublet()
-                .args(["market", "serve", "--db"])
-                .arg(root.join("market.db"))
-                .args(["--listen", &addr.to_string()])
-                .args(["--treasurer-key", &treasurer_public])
-                .arg("--tls-cert")
-                .arg(&ca.cert_file)
-                .arg("--tls-key")
-                .arg(&ca.key_file)
-                .args(["--arbiter-key", &judge_public, "--receipt-period", PERIOD])
-                .args(["--support-key", &help_public, "--contact-delivery-file"])
-                .arg(&mailbox),
-            root.join("market.log"),
-        ),
-        client: Client::with_tls(&url, &tls).unwrap(),
-        runtime,
-    };
-    market.wait_healthy();
-    run(sublet()
-        .args(["market", "register", "--url", &url, "--ca-file"])
-        .arg(&ca.ca_file)
-        .arg("--key")
-        .arg(&judge_key)
-        .args(["--role", "arbiter", "--name", "judge"]));
-    run(sublet()
-        .args(["market", "register", "--url", &url, "--ca-file"])
-        .arg(&ca.ca_file)
-        .arg("--key")
-        .arg(&help_key)
-        .args(["--role", "support", "--name", "help"]));
+    let market = Market(MarketProcess::start(
+        root,
+        &ca,
+        PERIOD,
+        &[
+            "--treasurer-key",
+            &treasurer_public,
+            "--arbiter-key",
+            &judge_public,
+            "--support-key",
+            &help_public,
+            "--contact-delivery-file",
+            mailbox.to_str().expect("a UTF-8 temporary directory"),
+        ],
+    ));
+    let (addr, url) = (market.addr, market.url.clone());
+    for (key, role, name) in [
+        (&judge_key, "arbiter", "judge"),
+        (&help_key, "support", "help"),
+    ] {
+        run(sublet()
+            .args(["market", "register", "--url", &url, "--ca-file"])
+            .arg(&ca.ca_file)
+            .arg("--key")
+            .arg(key)
+            .args(["--role", role, "--name", name]));
+    }
     market.assert_books("market started");
 
     // A plain-HTTP URL is refused by the client before anything is sent, and a client that
@@ -391,69 +249,21 @@ fn providers_rented_through_the_market_are_metered_settled_penalised_and_judged(
     );
 
     // Two providers publish offers.
-    let (_a, a_dir) = lending_provider(root, "a", &url, &ca.ca_file, 3_000);
-    let (_b, b_dir) = lending_provider(root, "b", &url, &ca.ca_file, 4_000);
-    let a_key = a_dir.join("identity.key");
-    let b_key = b_dir.join("identity.key");
-    wait_for("both offers to be open", Duration::from_secs(30), || {
-        let offers = market.get("/v1/offers");
-        match offers.as_array().map(Vec::len) {
-            Some(2) => Ok(()),
-            _ => Err(offers.to_string()),
-        }
-    });
+    let lending = |name, price| {
+        let offer = Offer {
+            price_per_gib_month: price,
+            egress_price_per_gib: EGRESS_PRICE,
+        };
+        lending_provider(root, name, &market, offer, &[])
+    };
+    let (a, b) = (lending("a", 3_000), lending("b", 4_000));
+    let (a_dir, b_dir) = (a.dir.clone(), b.dir.clone());
+    let (a_key, b_key) = (a.key(), b.key());
+    market.wait_for_offers(2);
 
     // A gateway whose plan rents both through a market pool.
-    let (s3, admin) = (free_addr(), free_addr());
+    let mut gateway = rented_gateway(root, &market, 2, RENTED_1_1, "rented-1-1");
     let gateway_dir = root.join("gateway");
-    let config = root.join("sublet.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"apiVersion: sublet.dev/v1alpha1
-kind: ProviderPool
-metadata: {{name: rented}}
-spec:
-  class: rented
-  market: {{url: "{url}", caFile: "{}", providers: 2, reserve: 256Mi, maxPricePerGibMonth: 5000, regions: [eu-west]}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StoragePlan
-metadata: {{name: rented-1-1}}
-spec:
-  redundancy: {{erasure: {{dataShards: 1, parityShards: 1}}}}
-  segmentSize: 256Ki
-  placement:
-    spreadBy: owner
-    maxPerDomain: 1
-    pools: [{{name: rented, minShards: 2}}]
----
-apiVersion: sublet.dev/v1alpha1
-kind: StorageGateway
-metadata: {{name: s3}}
-spec:
-  defaultPlan: rented-1-1
-  probeInterval: 2s
-  listen: "{s3}"
-  adminListen: "{admin}"
-  dataDir: "{}"
-  credentials: [{{accessKey: {}, secretKey: {}}}]
-"#,
-            ca.ca_file.display(),
-            gateway_dir.display(),
-            sublet_e2e::cluster::ACCESS_KEY,
-            sublet_e2e::cluster::SECRET_KEY,
-        ),
-    )
-    .unwrap();
-    let mut gateway = GatewayProcess::on_config(
-        "g0",
-        config,
-        s3,
-        admin,
-        root.join("gateway.log"),
-        market.runtime.handle().clone(),
-    );
     gateway.start();
     // The gateway signs on the market with its node key.
     let dee_key = gateway_dir.join("identity").join("identity.key");
@@ -775,7 +585,7 @@ fn treasurer_sign(key: &Path, kind: &str, party: &str, amount: i64, reference: &
         .arg(key)
         .args(["--kind", kind, "--party", party])
         .args(["--amount", &amount.to_string(), "--reference", reference]));
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("treasurer-sign printed {out}: {e}"))
 }
 
 /// The named rating input of a rating.

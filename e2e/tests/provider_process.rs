@@ -21,6 +21,14 @@ struct Provider {
     http: SocketAddr,
 }
 
+/// Killed when dropped: a test that fails mid-way leaves no provider running.
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn node_id(dir: &Path) -> NodeId {
     let out = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
         .args(["--data-dir"])

@@ -3,24 +3,14 @@
 //! to it. Skips (one `SKIP` line) without the AWS CLI, as the client tests do.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sublet_e2e::clients::{run, run_ok};
-use sublet_e2e::dev::SubletDev;
-use sublet_e2e::{skip, workspace_binary};
+use sublet_e2e::dev::{SubletDev, printed_field};
+use sublet_e2e::skip;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// `sublet ARGS` against the dev gateway's admin API.
-fn sublet(dev: &SubletDev, args: &[&str]) -> Command {
-    let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
-    cmd.args(args)
-        .args(["--admin-url", &format!("http://{}", dev.admin_addr)])
-        .args(["--token", &dev.admin_token()]);
-    cmd
-}
 
 /// `aws --endpoint-url ... ARGS` signed with `access`/`secret`.
 fn aws(dev: &SubletDev, access: &str, secret: &str, args: &[&str]) -> Command {
@@ -31,29 +21,6 @@ fn aws(dev: &SubletDev, access: &str, secret: &str, args: &[&str]) -> Command {
         .args(["--endpoint-url", &dev.endpoint()])
         .args(args);
     cmd
-}
-
-/// The value after `label` on a line of `sublet key create|rotate`.
-fn field(out: &str, label: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .unwrap_or_else(|| panic!("no {label:?} in {out}"))
-        .trim()
-        .to_owned()
-}
-
-/// `/metrics` of the admin listener.
-fn metrics(dev: &SubletDev) -> String {
-    let mut s = std::net::TcpStream::connect(dev.admin_addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]
@@ -68,19 +35,16 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
     let file = file.to_str().unwrap();
 
     let out = run_ok(
-        &mut sublet(&dev, &["user", "create", "alice", "--max-objects", "2"]),
+        &mut dev.admin_command(&["user", "create", "alice", "--max-objects", "2"]),
         TIMEOUT,
     );
     assert_eq!(out, "user alice created\n");
     let out = run_ok(
-        &mut sublet(
-            &dev,
-            &["key", "create", "--user", "alice", "--grant", "photos:rw"],
-        ),
+        &mut dev.admin_command(&["key", "create", "--user", "alice", "--grant", "photos:rw"]),
         TIMEOUT,
     );
-    let access = field(&out, "access key:");
-    let secret = field(&out, "secret key:");
+    let access = printed_field(&out, "access key:");
+    let secret = printed_field(&out, "secret key:");
 
     // The new key works at once, within its grants; its bucket is alice's.
     run_ok(
@@ -153,13 +117,13 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
                 .contains("user alice is over its quota of 2 objects"),
         "{over:?}"
     );
-    let users = run_ok(&mut sublet(&dev, &["user", "list"]), TIMEOUT);
+    let users = run_ok(&mut dev.admin_command(&["user", "list"]), TIMEOUT);
     let alice = users.lines().find(|l| l.starts_with("alice")).unwrap();
     assert!(
         alice.split_whitespace().collect::<Vec<_>>()[..4] == ["alice", "alice", "2", "2"],
         "{users}"
     );
-    let scraped = metrics(&dev);
+    let scraped = dev.metrics();
     assert!(
         scraped.contains("sublet_gateway_user_objects{user=\"alice\"} 2"),
         "{scraped}"
@@ -191,11 +155,11 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
     );
 
     // Lists never show a secret; the configuration's key is listed and kept.
-    let keys = run_ok(&mut sublet(&dev, &["key", "list"]), TIMEOUT);
+    let keys = run_ok(&mut dev.admin_command(&["key", "list"]), TIMEOUT);
     assert!(keys.contains(&access) && !keys.contains(&secret), "{keys}");
     assert!(keys.contains(&dev.access_key), "{keys}");
     let refused = run(
-        &mut sublet(&dev, &["key", "delete", &dev.access_key]),
+        &mut dev.admin_command(&["key", "delete", &dev.access_key]),
         TIMEOUT,
     );
     assert!(
@@ -204,8 +168,8 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
     );
 
     // Rotation: the old secret is refused, the new one works.
-    let out = run_ok(&mut sublet(&dev, &["key", "rotate", &access]), TIMEOUT);
-    let rotated = field(&out, "secret key:");
+    let out = run_ok(&mut dev.admin_command(&["key", "rotate", &access]), TIMEOUT);
+    let rotated = printed_field(&out, "secret key:");
     assert_ne!(rotated, secret);
     let get = |secret: &str| {
         run(
@@ -230,7 +194,10 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
 
     // Disabled: refused within the refresh bound (here at once: the change is this
     // gateway's own); enabled again: accepted.
-    run_ok(&mut sublet(&dev, &["key", "disable", &access]), TIMEOUT);
+    run_ok(
+        &mut dev.admin_command(&["key", "disable", &access]),
+        TIMEOUT,
+    );
     let start = Instant::now();
     let refused = get(&rotated);
     assert!(!refused.status.success(), "a disabled key was accepted");
@@ -239,16 +206,19 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
         "{:?}",
         start.elapsed()
     );
-    run_ok(&mut sublet(&dev, &["key", "enable", &access]), TIMEOUT);
+    run_ok(&mut dev.admin_command(&["key", "enable", &access]), TIMEOUT);
     assert!(get(&rotated).status.success());
 
     // A user with keys stays; without, it goes.
-    let refused = run(&mut sublet(&dev, &["user", "delete", "alice"]), TIMEOUT);
+    let refused = run(
+        &mut dev.admin_command(&["user", "delete", "alice"]),
+        TIMEOUT,
+    );
     assert!(
         !refused.status.success() && refused.stderr.contains("still has access keys"),
         "{refused:?}"
     );
-    run_ok(&mut sublet(&dev, &["key", "delete", &access]), TIMEOUT);
+    run_ok(&mut dev.admin_command(&["key", "delete", &access]), TIMEOUT);
     assert!(
         !get(&rotated).status.success(),
         "a deleted key was accepted"

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sublet_market::identity::Signer;
+use sublet_market::test_support::RewritingProxy;
 use sublet_market::{Market, Policy, api};
 use sublet_provider::market::MarketSettings;
 use sublet_provider::server::{self, ProviderConfig, RunningProvider};
@@ -450,71 +451,6 @@ async fn a_provider_forging_audits_gets_its_periods_flagged_not_paid() {
     liar.shutdown().await;
 }
 
-/// A plain-HTTP proxy to the market at `market` that, in every answer, replaces each
-/// `(from, to)` text: a man in the middle rewriting the market's answers. Its URL.
-async fn rewriting_proxy(market: &str, rewrites: Vec<(String, String)>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let upstream = market.trim_start_matches("http://").to_owned();
-    let rewrites = Arc::new(rewrites);
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let (upstream, rewrites) = (upstream.clone(), rewrites.clone());
-            tokio::spawn(async move {
-                // The client sends its whole request, then reads to the end (connection: close).
-                let mut request = Vec::new();
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    let n = down.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if request.len() >= end + 4 + length {
-                        break;
-                    }
-                }
-                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let _ = up.write_all(&request).await;
-                let mut answer = Vec::new();
-                let _ = up.read_to_end(&mut answer).await;
-                if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let mut body = String::from_utf8_lossy(&answer[end + 4..]).into_owned();
-                    for (from, to) in rewrites.iter() {
-                        body = body.replace(from, to);
-                    }
-                    let head: Vec<String> = String::from_utf8_lossy(&answer[..end])
-                        .lines()
-                        .filter(|l| !l.to_lowercase().starts_with("content-length:"))
-                        .map(str::to_owned)
-                        .collect();
-                    answer = format!(
-                        "{}\r\ncontent-length: {}\r\n\r\n{body}",
-                        head.join("\r\n"),
-                        body.len()
-                    )
-                    .into_bytes();
-                }
-                let _ = down.write_all(&answer).await;
-                let _ = down.shutdown().await;
-            });
-        }
-    });
-    url
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
     use sublet_gateway::runtime::market::{Contracting, with_contracts};
@@ -538,15 +474,17 @@ async fn a_market_that_swaps_a_providers_key_gets_no_provider_pinned() {
     .unwrap();
     // Whatever the market says of b (its offer, the contract, the evidence of its
     // acceptance), the man in the middle says of mallory.
-    let proxied = rewriting_proxy(
+    let proxied = RewritingProxy::start(
         &url,
         vec![
             (b_key.party_id(), mallory.party_id()),
             (b_key.public_key_hex(), mallory.public_key_hex()),
         ],
+        true,
     )
-    .await;
-    let config = rented_pool_gateway(&proxied, "", &tmp.path().join("gateway"));
+    .await
+    .unwrap();
+    let config = rented_pool_gateway(proxied.url(), "", &tmp.path().join("gateway"));
     std::fs::create_dir_all(tmp.path().join("gateway")).unwrap();
     let gateway = NodeIdentity::generate();
     let terminated_before = sublet_gateway::metrics::refused_contracts("terminated");

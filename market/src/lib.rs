@@ -22,6 +22,8 @@ pub mod receipts;
 pub mod reviews;
 pub mod server;
 pub mod service;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod tickets;
 pub mod tls;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sublet_crds::MarketOffer;
+use sublet_market::test_support::RewritingProxy;
 use sublet_market::{Market, Policy, api};
 use sublet_market_api::client::{Client, ClientTls};
 use sublet_market_api::identity::{Role, Signer, party_id};
@@ -392,76 +393,6 @@ async fn a_node_key_registered_as_a_demander_does_not_publish() {
     assert!(open_offers(&client, &signer.party_id()).await.is_empty());
 }
 
-/// A man in the middle of plain-HTTP market traffic: forwards every request to `market`
-/// and, while `rewrite` is set, answers with every `from` in the market's answers replaced
-/// by `to`.
-async fn rewriting_proxy(
-    market: String,
-    rewrite: Arc<std::sync::atomic::AtomicBool>,
-    from: String,
-    to: String,
-) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let upstream = market.trim_start_matches("http://").to_owned();
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            let (upstream, rewrite, from, to) =
-                (upstream.clone(), rewrite.clone(), from.clone(), to.clone());
-            tokio::spawn(async move {
-                // The client sends its whole request, then reads to the end (connection: close).
-                let mut request = Vec::new();
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    let n = down.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if request.len() >= end + 4 + length {
-                        break;
-                    }
-                }
-                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let _ = up.write_all(&request).await;
-                let mut answer = Vec::new();
-                let _ = up.read_to_end(&mut answer).await;
-                if rewrite.load(std::sync::atomic::Ordering::SeqCst)
-                    && let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n")
-                {
-                    let body = String::from_utf8_lossy(&answer[end + 4..]).replace(&from, &to);
-                    let head: Vec<String> = String::from_utf8_lossy(&answer[..end])
-                        .lines()
-                        .filter(|l| !l.to_lowercase().starts_with("content-length:"))
-                        .map(str::to_owned)
-                        .collect();
-                    answer = format!(
-                        "{}\r\ncontent-length: {}\r\n\r\n{body}",
-                        head.join("\r\n"),
-                        body.len()
-                    )
-                    .into_bytes();
-                }
-                let _ = down.write_all(&answer).await;
-                let _ = down.shutdown().await;
-            });
-        }
-    });
-    url
-}
-
 #[tokio::test]
 async fn a_market_that_rewrites_contracts_grants_no_tenancy() {
     let (url, client) = market().await;
@@ -471,12 +402,12 @@ async fn a_market_that_rewrites_contracts_grants_no_tenancy() {
     client.register(&eve, Role::Demander, "eve").await.unwrap();
     let dee_gateway = Arc::new(NodeIdentity::generate());
     let dee = Signer::from_pkcs8(dee_gateway.pkcs8_der()).unwrap();
-    let rewrite = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let proxied =
-        rewriting_proxy(url.clone(), rewrite.clone(), dee.party_id(), eve.party_id()).await;
+    let proxy = RewritingProxy::start(&url, vec![(dee.party_id(), eve.party_id())], false)
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let provider = start(dir.path(), &proxied, offer(4000)).await;
+    let provider = start(dir.path(), proxy.url(), offer(4000)).await;
     let identity = NodeIdentity::load_or_create(dir.path()).unwrap();
     let party = party_id(identity.public_key());
     let published = eventually(|| {
@@ -521,7 +452,7 @@ async fn a_market_that_rewrites_contracts_grants_no_tenancy() {
 
     // The man in the middle names eve as the contract's demander: the provider finds that
     // dee signed it, lets nobody in on it, and eve never gets in.
-    rewrite.store(true, std::sync::atomic::Ordering::SeqCst);
+    proxy.set_rewriting(true);
     eventually(|| {
         let s = dee_shards.clone();
         async move { s.info().await.err() }

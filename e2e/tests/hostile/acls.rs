@@ -6,43 +6,13 @@
 //! runtime users made with `sublet`. Skips without boto3 and the aws CLI.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use sublet_e2e::clients::{run, run_ok};
+use sublet_e2e::clients::run;
 use sublet_e2e::dev::SubletDev;
-use sublet_e2e::{skip, workspace_binary};
+use sublet_e2e::skip;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn sublet(dev: &SubletDev, args: &[&str]) -> Command {
-    let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
-    cmd.args(args)
-        .args(["--admin-url", &format!("http://{}", dev.admin_addr)])
-        .args(["--token", &dev.admin_token()]);
-    cmd
-}
-
-/// A user and one key of it with `grants`: (access key, secret key).
-fn user_with_key(dev: &SubletDev, user: &str, grants: &[&str]) -> (String, String) {
-    run_ok(
-        &mut sublet(dev, &["user", "create", user, "--display-name", user]),
-        TIMEOUT,
-    );
-    let mut args = vec!["key", "create", "--user", user];
-    for g in grants {
-        args.extend(["--grant", g]);
-    }
-    let out = run_ok(&mut sublet(dev, &args), TIMEOUT);
-    let field = |label: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(label))
-            .unwrap_or_else(|| panic!("no {label:?} in {out}"))
-            .trim()
-            .to_owned()
-    };
-    (field("access key:"), field("secret key:"))
-}
 
 #[test]
 fn acls_open_objects_to_strangers_and_users_by_grant_and_ownership_turns_them_off() {
@@ -52,9 +22,9 @@ fn acls_open_objects_to_strangers_and_users_by_grant_and_ownership_turns_them_of
     let tmp = tempfile::tempdir().unwrap();
     let dev = SubletDev::start(&tmp.path().join("state"));
     let (alice_key, alice_secret) =
-        user_with_key(&dev, "alice", &["album:rw", "dropbox:rw", "enforced:rw"]);
+        dev.user_with_key("alice", &["album:rw", "dropbox:rw", "enforced:rw"]);
     // bob's key has no grant on alice's buckets: only her ACLs let him in.
-    let (bob_key, bob_secret) = user_with_key(&dev, "bob", &["bobs:rw"]);
+    let (bob_key, bob_secret) = dev.user_with_key("bob", &["bobs:rw"]);
 
     let mut cmd = dev.client("python3");
     cmd.arg(
@@ -81,8 +51,8 @@ fn aws_s3api_acl_round_trips() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dev = SubletDev::start(&tmp.path().join("state"));
-    let (alice_key, alice_secret) = user_with_key(&dev, "alice", &["shared:rw"]);
-    let (bob_key, bob_secret) = user_with_key(&dev, "bob", &["bobs:rw"]);
+    let (alice_key, alice_secret) = dev.user_with_key("alice", &["shared:rw"]);
+    let (bob_key, bob_secret) = dev.user_with_key("bob", &["bobs:rw"]);
     let body = tmp.path().join("note.txt");
     std::fs::write(&body, b"for bob").unwrap();
     let aws = |key: &str, secret: &str, args: &[&str]| {

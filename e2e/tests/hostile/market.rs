@@ -6,16 +6,13 @@
 //! market shows them in the liar's rating, its shards are repaired onto the honest
 //! providers, and every object reads back byte for byte.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use sublet_e2e::cluster::{GatewayProcess, TestObject, test_objects, wait_for};
+use sublet_e2e::cluster::{TestObject, test_objects, wait_for};
+use sublet_e2e::market::{MarketProcess, Offer, lending_provider, rented_gateway, signer_of};
 use sublet_e2e::tls::PrivateCa;
-use sublet_e2e::{free_addr, wait_http_ok, workspace_binary};
-use sublet_market::client::{Client, ClientTls};
-use sublet_market::identity::Signer;
 
 /// Receipt periods this short end while the test watches.
 const PERIOD: &str = "4s";
@@ -24,208 +21,54 @@ const PROVIDERS: usize = 4;
 const LIAR: usize = 0;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A daemon killed when dropped.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(cmd: &mut Command, log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn daemon");
-        Daemon { child, log }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sublet() -> Command {
-    let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
-    cmd.env("RUST_LOG", "info")
-        .env_remove("SUBLET_MARKET_KEY")
-        .env_remove("SUBLET_MARKET_URL")
-        .env_remove("SUBLET_MARKET_CA_FILE")
-        .env_remove("SUBLET_MARKET_INSECURE_HTTP");
-    cmd
-}
-
-/// A provider lending space on the market at `url`; `extra` are more switches (a fault).
-fn lending_provider(root: &Path, name: &str, url: &str, ca: &Path, extra: &[&str]) -> Daemon {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (grpc, http) = (free_addr(), free_addr());
-    let offer = format!(
-        "{{pricePerGibMonth: 3000, egressPricePerGib: 1000, region: eu-west, \
-         promisedUptime: \"99%\", endpoint: \"https://{grpc}\"}}"
-    );
-    let daemon = Daemon::spawn(
-        Command::new(workspace_binary("sublet-provider", "sublet-provider"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--listen", &grpc.to_string()])
-            .args(["--http-listen", &http.to_string()])
-            .args(["--capacity", "2Gi", "--reserve", "1Gi"])
-            .args(["--offer", &offer, "--market-url", url])
-            .arg("--market-ca-file")
-            .arg(ca)
-            .args(["--market-interval", "1s"])
-            .args(extra)
-            .env("RUST_LOG", "sublet_provider=info,warn"),
-        root.join(format!("{name}.log")),
-    );
-    wait_http_ok(http, "/healthz", Duration::from_secs(30));
-    daemon
-}
-
-fn signer_of(key: &Path) -> Signer {
-    Signer::from_pkcs8(&std::fs::read(key).unwrap()).unwrap()
-}
+/// 2+1 over three of the four rented providers: a liar's shard has somewhere to go.
+const POLICIES: &str = r#"apiVersion: sublet.dev/v1alpha1
+kind: StorageSchedule
+metadata: {name: fast}
+spec:
+  rebuild: {gracePeriod: 1s, maxConcurrentJobs: 2}
+---
+apiVersion: sublet.dev/v1alpha1
+kind: StoragePlan
+metadata: {name: rented-2-1}
+spec:
+  redundancy: {erasure: {dataShards: 2, parityShards: 1}}
+  segmentSize: 64Ki
+  schedule: fast
+  placement:
+    spreadBy: owner
+    maxPerDomain: 1
+    pools: [{name: rented, minShards: 3}]
+"#;
 
 #[test]
 fn a_rented_provider_serving_other_shards_bytes_shows_it_on_the_demanders_receipts() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let ca = PrivateCa::create(&root.join("ca"));
-    let addr = free_addr();
-    let url = format!("https://{addr}");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = Client::with_tls(
-        &url,
-        &ClientTls {
-            ca_file: Some(ca.ca_file.clone()),
-            insecure_http: false,
-        },
-    )
-    .unwrap();
-    let market = Daemon::spawn(
-        sublet()
-            .args(["market", "serve", "--db"])
-            .arg(root.join("market.db"))
-            .args(["--listen", &addr.to_string()])
-            .arg("--tls-cert")
-            .arg(&ca.cert_file)
-            .arg("--tls-key")
-            .arg(&ca.key_file)
-            .args(["--receipt-period", PERIOD]),
-        root.join("market.log"),
-    );
-    let call = |signer: Option<&Signer>, path: &str| -> Value {
-        let reply = runtime
-            .block_on(client.json(signer, "GET", path, &Value::Null))
-            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", market.log_tail()));
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
-        reply.body
-    };
-    wait_for(
-        "the market to answer",
-        Duration::from_secs(30),
-        || match runtime.block_on(client.send(None, "GET", "/healthz", b"")) {
-            Ok(r) if r.status == 200 => Ok(()),
-            Ok(r) => Err(r.text),
-            Err(e) => Err(e.to_string()),
-        },
-    );
+    let market = MarketProcess::start(root, &ca, PERIOD, &[]);
 
-    let providers: Vec<Daemon> = (0..PROVIDERS)
+    let offer = Offer {
+        price_per_gib_month: 3000,
+        egress_price_per_gib: 1000,
+    };
+    let providers: Vec<_> = (0..PROVIDERS)
         .map(|i| {
             let fault: &[&str] = if i == LIAR {
                 &["--fault-swap-shards"]
             } else {
                 &[]
             };
-            lending_provider(root, &format!("p{i}"), &url, &ca.ca_file, fault)
+            lending_provider(root, &format!("p{i}"), &market, offer, fault)
         })
         .collect();
-    let party = |i: usize| signer_of(&root.join(format!("p{i}")).join("identity.key")).party_id();
-    wait_for("every offer to be open", TIMEOUT, || {
-        let offers = call(None, "/v1/offers");
-        (offers.as_array().map(Vec::len) == Some(PROVIDERS))
-            .then_some(())
-            .ok_or(offers.to_string())
-    });
+    let party = |i: usize| signer_of(&providers[i].key()).party_id();
+    market.wait_for_offers(PROVIDERS);
 
-    // 2+1 over three of the four rented providers: a liar's shard has somewhere to go.
-    let (s3, admin) = (free_addr(), free_addr());
-    let gateway_dir = root.join("gateway");
-    let config = root.join("sublet.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"apiVersion: sublet.dev/v1alpha1
-kind: ProviderPool
-metadata: {{name: rented}}
-spec:
-  class: rented
-  market: {{url: "{url}", caFile: "{}", providers: {PROVIDERS}, reserve: 256Mi, maxPricePerGibMonth: 5000, regions: [eu-west]}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StorageSchedule
-metadata: {{name: fast}}
-spec:
-  rebuild: {{gracePeriod: 1s, maxConcurrentJobs: 2}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StoragePlan
-metadata: {{name: rented-2-1}}
-spec:
-  redundancy: {{erasure: {{dataShards: 2, parityShards: 1}}}}
-  segmentSize: 64Ki
-  schedule: fast
-  placement:
-    spreadBy: owner
-    maxPerDomain: 1
-    pools: [{{name: rented, minShards: 3}}]
----
-apiVersion: sublet.dev/v1alpha1
-kind: StorageGateway
-metadata: {{name: s3}}
-spec:
-  defaultPlan: rented-2-1
-  probeInterval: 2s
-  listen: "{s3}"
-  adminListen: "{admin}"
-  dataDir: "{}"
-  credentials: [{{accessKey: {}, secretKey: {}}}]
-"#,
-            ca.ca_file.display(),
-            gateway_dir.display(),
-            sublet_e2e::cluster::ACCESS_KEY,
-            sublet_e2e::cluster::SECRET_KEY,
-        ),
-    )
-    .unwrap();
-    let mut gateway = GatewayProcess::on_config(
-        "g0",
-        config,
-        s3,
-        admin,
-        root.join("gateway.log"),
-        runtime.handle().clone(),
-    );
+    let mut gateway = rented_gateway(root, &market, PROVIDERS, POLICIES, "rented-2-1");
     gateway.start();
-    let dee = signer_of(&gateway_dir.join("identity").join("identity.key"));
-    let contracts = call(Some(&dee), "/v1/contracts");
+    let dee = signer_of(&root.join("gateway").join("identity").join("identity.key"));
+    let contracts = market.signed_get(Some(&dee), "/v1/contracts");
     let contract_of = |i: usize| -> String {
         let p = party(i);
         contracts
@@ -242,7 +85,7 @@ spec:
     for o in &objects {
         gateway.put("rented", o);
     }
-    let liar_node = node_of(&root.join(format!("p{LIAR}")));
+    let liar_node = node_of(&providers[LIAR].dir);
     let liar_status = || -> Value {
         let all = gateway.admin_get("/admin/v1/providers");
         all["items"]
@@ -268,7 +111,7 @@ spec:
 
     // The gateway's receipt for the liar's contract shows them; the liar's does not.
     let found = wait_for("the liar's failures on a receipt", TIMEOUT, || {
-        let periods = call(
+        let periods = market.signed_get(
             Some(&dee),
             &format!("/v1/contracts/{liar_contract}/periods"),
         );
@@ -280,7 +123,7 @@ spec:
             .sum();
         (found > 0).then_some(found).ok_or(periods.to_string())
     });
-    let periods = call(
+    let periods = market.signed_get(
         Some(&dee),
         &format!("/v1/contracts/{liar_contract}/periods"),
     );
@@ -292,7 +135,7 @@ spec:
     }
     // The honest providers' receipts show none.
     for i in (0..PROVIDERS).filter(|&i| i != LIAR) {
-        let periods = call(
+        let periods = market.signed_get(
             Some(&dee),
             &format!("/v1/contracts/{}/periods", contract_of(i)),
         );
@@ -305,7 +148,7 @@ spec:
     }
     // And the market's rating of the liar says so, below every honest provider's.
     let audit_input = |i: usize| -> Value {
-        let r = call(None, &format!("/v1/parties/{}/rating", party(i)));
+        let r = market.get(&format!("/v1/parties/{}/rating", party(i)));
         r["inputs"]
             .as_array()
             .and_then(|inputs| inputs.iter().find(|x| x["name"] == "audit_pass_rate"))

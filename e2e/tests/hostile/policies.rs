@@ -5,55 +5,14 @@
 //! with `sublet`, the requests made by boto3 and by plain unsigned HTTP
 //! (`e2e/scripts/boto3_policies.py`). Skips without boto3, as the client tests do.
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use sublet_e2e::clients::{run, run_ok};
+use sublet_e2e::clients::run;
 use sublet_e2e::dev::SubletDev;
-use sublet_e2e::{skip, workspace_binary};
+use sublet_e2e::skip;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn sublet(dev: &SubletDev, args: &[&str]) -> Command {
-    let mut cmd = Command::new(workspace_binary("sublet", "sublet"));
-    cmd.args(args)
-        .args(["--admin-url", &format!("http://{}", dev.admin_addr)])
-        .args(["--token", &dev.admin_token()]);
-    cmd
-}
-
-/// A user and one key of it with `grants`: (access key, secret key).
-fn user_with_key(dev: &SubletDev, user: &str, grants: &[&str]) -> (String, String) {
-    run_ok(&mut sublet(dev, &["user", "create", user]), TIMEOUT);
-    let mut args = vec!["key", "create", "--user", user];
-    for g in grants {
-        args.extend(["--grant", g]);
-    }
-    let out = run_ok(&mut sublet(dev, &args), TIMEOUT);
-    let field = |label: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(label))
-            .unwrap_or_else(|| panic!("no {label:?} in {out}"))
-            .trim()
-            .to_owned()
-    };
-    (field("access key:"), field("secret key:"))
-}
-
-fn metrics(dev: &SubletDev) -> String {
-    let mut s = std::net::TcpStream::connect(dev.admin_addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[test]
 fn policies_share_read_only_make_write_only_keys_and_open_only_a_public_prefix() {
@@ -62,10 +21,10 @@ fn policies_share_read_only_make_write_only_keys_and_open_only_a_public_prefix()
     }
     let tmp = tempfile::tempdir().unwrap();
     let dev = SubletDev::start(&tmp.path().join("state"));
-    let (alice_key, alice_secret) = user_with_key(&dev, "alice", &["photos:rw", "backups:rw"]);
+    let (alice_key, alice_secret) = dev.user_with_key("alice", &["photos:rw", "backups:rw"]);
     // bob's key has no grant on alice's buckets: only her policy lets him in.
-    let (bob_key, bob_secret) = user_with_key(&dev, "bob", &["bobs:rw"]);
-    let (backup_key, backup_secret) = user_with_key(&dev, "backupbot", &["backups:rw"]);
+    let (bob_key, bob_secret) = dev.user_with_key("bob", &["bobs:rw"]);
+    let (backup_key, backup_secret) = dev.user_with_key("backupbot", &["backups:rw"]);
 
     let mut cmd = dev.client("python3");
     cmd.arg(
@@ -88,7 +47,7 @@ fn policies_share_read_only_make_write_only_keys_and_open_only_a_public_prefix()
 
     // Anonymous requests are counted like any other: the refused anonymous ListBuckets
     // (nobody signed can be refused it) and the public GETs.
-    let scraped = metrics(&dev);
+    let scraped = dev.metrics();
     assert!(
         scraped.contains("sublet_gateway_requests_total{op=\"ListBuckets\",status=\"403\"} 1"),
         "{scraped}"
