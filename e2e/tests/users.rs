@@ -131,7 +131,7 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
 
     // `none` lifts the quota: the third object goes in.
     let out = run_ok(
-        &mut sublet(&dev, &["user", "create", "alice", "--max-objects", "none"]),
+        &mut dev.admin_command(&["user", "create", "alice", "--max-objects", "none"]),
         TIMEOUT,
     );
     assert_eq!(out, "user alice configured\n");

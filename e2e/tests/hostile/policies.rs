@@ -67,10 +67,10 @@ fn policy_variables_keep_each_user_in_their_own_home() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dev = SubletDev::start(&tmp.path().join("state"));
-    let (carol_key, carol_secret) = user_with_key(&dev, "carol", &["homes:rw"]);
+    let (carol_key, carol_secret) = dev.user_with_key("carol", &["homes:rw"]);
     // Their keys have no grant on `homes`: only the policy lets them in.
-    let (alice_key, alice_secret) = user_with_key(&dev, "alice", &["alices:rw"]);
-    let (bob_key, bob_secret) = user_with_key(&dev, "bob", &["bobs:rw"]);
+    let (alice_key, alice_secret) = dev.user_with_key("alice", &["alices:rw"]);
+    let (bob_key, bob_secret) = dev.user_with_key("bob", &["bobs:rw"]);
     let mut cmd = dev.client("python3");
     cmd.arg(
         Path::new(env!("CARGO_MANIFEST_DIR"))
