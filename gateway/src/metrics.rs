@@ -50,6 +50,33 @@ static REFUSED_CONTRACTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .unwrap_or_else(|e| unreachable!("a constant metric definition is valid: {e}"))
 });
 
+/// The work of the ETag MD5 lanes uploads share ([`crate::datapath::etag`]), process-wide
+/// like [`FORGED_METADATA`]: `calls` (hashing steps of up to 16 KiB a lane), `lanes` (lanes
+/// filled, summed over the calls: `lanes / calls` is the mean fill), `bytes` (bytes hashed
+/// in them).
+static MD5_LANES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "sublet_gateway_etag_md5_lanes_total",
+            "Work of the ETag MD5 lanes shared by uploads: hashing steps (calls), lanes filled summed over the steps (lanes; lanes/calls is the mean fill), bytes hashed (bytes).",
+        ),
+        &["count"],
+    )
+    .unwrap_or_else(|e| unreachable!("a constant metric definition is valid: {e}"))
+});
+
+/// Counts one hashing step of the shared MD5 lanes: `lanes` lanes filled, `bytes` hashed.
+pub fn count_md5_lanes(lanes: u64, bytes: u64) {
+    MD5_LANES.with_label_values(&["calls"]).inc();
+    MD5_LANES.with_label_values(&["lanes"]).inc_by(lanes);
+    MD5_LANES.with_label_values(&["bytes"]).inc_by(bytes);
+}
+
+/// What [`count_md5_lanes`] counted under `count` in this process so far.
+pub fn md5_lanes(count: &str) -> u64 {
+    MD5_LANES.with_label_values(&[count]).get()
+}
+
 /// Counts one refused contract (see [`REFUSED_CONTRACTS`]).
 pub fn count_refused_contract(outcome: &str) {
     REFUSED_CONTRACTS.with_label_values(&[outcome]).inc();
@@ -277,6 +304,7 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(FORGED_METADATA.clone()))?;
         registry.register(Box::new(REFUSED_CONTRACTS.clone()))?;
+        registry.register(Box::new(MD5_LANES.clone()))?;
         Ok(Metrics {
             registry,
             requests,

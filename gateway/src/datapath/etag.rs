@@ -84,6 +84,9 @@ struct Shared {
     bytes: AtomicU64,
     overflow: AtomicU64,
     handoffs: AtomicU64,
+    /// The process's shared lanes ([`Md5Lanes::shared`]) also count into the gateway's
+    /// metrics.
+    exported: bool,
 }
 
 /// The lanes shared by the uploads of a process (see the module documentation).
@@ -121,6 +124,7 @@ impl Md5Lanes {
                 bytes: AtomicU64::new(0),
                 overflow: AtomicU64::new(0),
                 handoffs: AtomicU64::new(0),
+                exported: false,
             }),
         }
     }
@@ -129,7 +133,13 @@ impl Md5Lanes {
     /// turn.
     pub fn shared() -> &'static Md5Lanes {
         static LANES: OnceLock<Md5Lanes> = OnceLock::new();
-        LANES.get_or_init(|| Md5Lanes::new(Kernel::detect(), 32 << 20, 8 << 20))
+        LANES.get_or_init(|| {
+            let mut lanes = Md5Lanes::new(Kernel::detect(), 32 << 20, 8 << 20);
+            if let Some(shared) = Arc::get_mut(&mut lanes.shared) {
+                shared.exported = true;
+            }
+            lanes
+        })
     }
 
     pub fn kernel(&self) -> Kernel {
@@ -309,6 +319,9 @@ impl Md5Lanes {
             s.calls.fetch_add(1, Ordering::Relaxed);
             s.lanes.fetch_add(n as u64, Ordering::Relaxed);
             s.bytes.fetch_add((run * n) as u64, Ordering::Relaxed);
+            if s.exported {
+                crate::metrics::count_md5_lanes(n as u64, (run * n) as u64);
+            }
             let mut i = 0;
             while i < active.len() {
                 if active[i].blocks.is_empty() {
@@ -428,6 +441,21 @@ mod tests {
     /// Runs the queued chunks as the combiner that [`hold`] pretended to be.
     fn release(lanes: &Md5Lanes) {
         lanes.combine(None);
+    }
+
+    #[tokio::test]
+    async fn the_process_lanes_count_their_work_into_the_metrics() {
+        let before = crate::metrics::md5_lanes("bytes");
+        let calls = crate::metrics::md5_lanes("calls");
+        let data = message(11, 64 * 1024);
+        let mut md5 = Md5Lanes::shared().stream();
+        md5.update(Bytes::from(data.clone())).await.unwrap();
+        assert_eq!(md5.finalize().await.unwrap(), reference(&data));
+        assert!(crate::metrics::md5_lanes("bytes") >= before + 64 * 1024);
+        assert!(crate::metrics::md5_lanes("calls") > calls);
+        // A private instance (as the tests use) does not.
+        let own = Md5Lanes::new(Kernel::Scalar, 1 << 20, 1 << 20);
+        assert!(!own.shared.exported);
     }
 
     #[tokio::test]
