@@ -1,15 +1,15 @@
 //! A dev-like cluster in one process, driven through the s3s HTTP service.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+mod in_process;
 
 use http::{Method, Request, StatusCode};
+use in_process::call;
 use s3s::Body;
 use sublet_gateway::datapath::layout::Scheme;
 use sublet_gateway::node::Plan;
 use sublet_gateway::runtime::dev::Cluster;
 use sublet_gateway::s3::http::MeteredService as S3Service;
-use support::in_process::{self, call};
 
 fn plans() -> Vec<Plan> {
     vec![

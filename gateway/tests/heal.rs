@@ -3,7 +3,7 @@
 //! provider's stale shards change nothing, and a corrupt shard is caught by a read and repaired.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+mod in_process;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,7 +25,6 @@ use sublet_gateway::upkeep::audit::{audit_round, collect_garbage};
 use sublet_gateway::upkeep::repair::Repairer;
 use sublet_provider::identity::NodeIdentity;
 use sublet_provider::server::{self, ProviderConfig, RunningProvider};
-use support::in_process;
 
 const GRACE: Duration = Duration::from_secs(2);
 

@@ -3,7 +3,7 @@
 //! on the gateway's state directly (standalone).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+mod in_process;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,6 @@ use s3s::service::S3Service;
 use serde_json::Value;
 use sublet_gateway::runtime::repair::{RepairCommand, run_command};
 use sublet_provider::server::{self, ProviderConfig};
-use support::in_process;
 
 const TOKEN: &str = "repair-test-token-0123456789";
 

@@ -4,14 +4,13 @@
 //! service as `sublet dev` serves it (no signatures).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+mod in_process;
 
 use http::{Method, StatusCode};
 use sublet_gateway::datapath::layout::Scheme;
 use sublet_gateway::node::Plan;
 use sublet_gateway::runtime::dev::Cluster;
 use sublet_gateway::s3::http::MeteredService as S3Service;
-use support::in_process;
 
 async fn call(
     svc: &S3Service,

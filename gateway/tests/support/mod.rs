@@ -1,8 +1,5 @@
-//! What the gateway's integration tests share: a minimal SigV4 S3 client over HTTP/1.1, and
-//! an in-process cluster driven through the HTTP service ([`in_process`]).
+//! What the HTTP-level gateway tests share: a minimal SigV4 S3 client over HTTP/1.1.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod in_process;
 
 use std::net::SocketAddr;
 

@@ -1,5 +1,7 @@
 //! A gateway in the test's own process, driven through its HTTP service without sockets (no
-//! signatures): the cluster `sublet dev` runs, and one request at a time.
+//! signatures): the cluster `sublet dev` runs, and one request at a time. Shared by the
+//! gateway's integration tests as `mod in_process;` (each uses part of it).
+#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::Path;
