@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
+use sublet_crds::DEFAULT_METADATA_POOL_SIZE;
 use sublet_crds::gateway::MAX_METADATA_POOL_SIZE;
-use sublet_crds::{DEFAULT_METADATA_POOL_SIZE, DEFAULT_METADATA_POOL_WAIT_SECS};
 use sublet_gateway::meta::{PgPoolOptions, StoreLocation};
 
-/// The gateway's default `poolWait` ([`DEFAULT_METADATA_POOL_WAIT_SECS`]), as a flag takes it.
+/// The gateway's default `poolWait` ([`sublet_crds::DEFAULT_METADATA_POOL_WAIT_SECS`]), as a
+/// flag takes it.
 const DEFAULT_POOL_WAIT: &str = "10s";
 
 #[derive(clap::Args)]
@@ -81,8 +82,10 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use clap::Parser;
+    use sublet_crds::DEFAULT_METADATA_POOL_WAIT_SECS;
 
     use super::*;
 
@@ -93,7 +96,13 @@ mod tests {
     }
 
     fn parse(extra: &[&str]) -> Result<MigrateArgs, String> {
-        let base = ["sublet", "--from", "sqlite:/a.db", "--to", "postgres://db/x"];
+        let base = [
+            "sublet",
+            "--from",
+            "sqlite:/a.db",
+            "--to",
+            "postgres://db/x",
+        ];
         Cli::try_parse_from(base.iter().chain(extra))
             .map(|c| c.args)
             .map_err(|e| e.to_string())
@@ -125,7 +134,9 @@ mod tests {
             (["--pool-wait", "0s"], "must be at least 1s"),
             (["--pool-wait", "soon"], "soon"),
         ] {
-            let e = parse(&flags).err().unwrap_or_else(|| panic!("{flags:?} accepted"));
+            let e = parse(&flags)
+                .err()
+                .unwrap_or_else(|| panic!("{flags:?} accepted"));
             assert!(e.contains(expected), "{flags:?}: {e}");
         }
     }

@@ -62,6 +62,8 @@ fn named_users_anyone_and_explicit_deny() {
     let get = "s3:GetObject";
     let list = "s3:ListBucket";
     let album = "arn:aws:s3:::photos/album/a.jpg";
+    let private = "arn:aws:s3:::photos/album/private/x";
+    let public = "arn:aws:s3:::photos/public/index.html";
     expect_decisions(
         &p,
         &Context::default(),
@@ -70,12 +72,17 @@ fn named_users_anyone_and_explicit_deny() {
             (Some("carol"), list, "arn:aws:s3:::photos", Decision::Allow),
             (Some("mallory"), get, album, Decision::Silent),
             (Some("bob"), "s3:PutObject", album, Decision::Silent),
-            (Some("bob"), get, "arn:aws:s3:::photos/album/private/x", Decision::Deny),
-            (None, get, "arn:aws:s3:::photos/public/index.html", Decision::Allow),
+            (Some("bob"), get, private, Decision::Deny),
+            (None, get, public, Decision::Allow),
             (None, get, album, Decision::Silent),
             // Actions compare without case, resources with.
-            (None, "S3:GETOBJECT", "arn:aws:s3:::photos/public/a", Decision::Allow),
-            (None, get, "arn:aws:s3:::photos/Public/a", Decision::Silent),
+            (None, "S3:GETOBJECT", public, Decision::Allow),
+            (
+                None,
+                get,
+                "arn:aws:s3:::photos/Public/index.html",
+                Decision::Silent,
+            ),
         ],
     );
     assert!(p.is_public());
@@ -91,6 +98,7 @@ fn not_elements_invert_their_match() {
            "NotResource": "arn:aws:s3:::photos/secret/*"}]}"#,
     );
     let a = "arn:aws:s3:::photos/a";
+    let secret = "arn:aws:s3:::photos/secret/a";
     expect_decisions(
         &p,
         &Context::default(),
@@ -98,7 +106,7 @@ fn not_elements_invert_their_match() {
             (Some("alice"), "s3:PutObject", a, Decision::Deny),
             (Some("backup"), "s3:PutObject", a, Decision::Allow),
             (Some("backup"), "s3:DeleteObject", a, Decision::Silent),
-            (Some("x"), "s3:GetObject", "arn:aws:s3:::photos/secret/a", Decision::Silent),
+            (Some("x"), "s3:GetObject", secret, Decision::Silent),
         ],
     );
 }
@@ -499,19 +507,23 @@ fn user_cx(user: Option<&str>, prefix: Option<&str>) -> Context {
 #[test]
 fn policy_variables_give_each_user_their_own_home() {
     let p = parse(HOMES);
-    let get = "s3:GetObject";
+    let (get, put) = ("s3:GetObject", "s3:PutObject");
+    let (alices, bobs) = (
+        "arn:aws:s3:::photos/home/alice/a.txt",
+        "arn:aws:s3:::photos/home/bob/a.txt",
+    );
     expect_decisions(
         &p,
         &user_cx(Some("alice"), None),
         &[
-            (Some("alice"), get, "arn:aws:s3:::photos/home/alice/a.txt", Decision::Allow),
-            (Some("alice"), get, "arn:aws:s3:::photos/home/bob/a.txt", Decision::Silent),
+            (Some("alice"), get, alices, Decision::Allow),
+            (Some("alice"), get, bobs, Decision::Silent),
         ],
     );
     expect_decisions(
         &p,
         &user_cx(Some("bob"), None),
-        &[(Some("bob"), "s3:PutObject", "arn:aws:s3:::photos/home/bob/x", Decision::Allow)],
+        &[(Some("bob"), put, bobs, Decision::Allow)],
     );
     let list = |user: &str, prefix: &str| {
         ask(
