@@ -7,13 +7,20 @@
 #   r1       sublet dev with a 1-replica, unencrypted plan (not run unless named)
 #   base     sublet dev like ec, from the binary SUBLET_BASE (an A/B of two builds of sublet
 #            in one interleaved run; not run unless named)
+#   T:MODE   a sublet target (ec, r1, base) whose providers sync as MODE (`file`: each shard
+#            fsynced; `batch`: one syncfs shared by the writes finishing together), e.g.
+#            --targets "ec:file ec:batch", the A/B of one build's sync modes
 # Each phase group runs on every server in turn, the order rotating from group to group and
 # round to round, so a noisy neighbour hurts them alike. Each phase is one sublet-bench call,
 # with the server's CPU time (utime + stime from /proc/PID/stat; for `sublet dev` that is the
-# gateway and its six providers) read around it: CPU seconds per GB moved.
+# gateway and its six providers) read around it: CPU seconds per GB moved. A call running
+# two phases (multipart: upload, then ranged read-back) gets each phase's CPU from a 0.1 s
+# sampler, the phases laid end to end from the call's start. With only sublet targets, each
+# one after the first gets a column of its ratio to the first, per round (an A/B).
 #
 # Usage: e2e/bench/compare.sh [--rounds N] [--smoke] [--groups "photo small ..."]
-#                             [--targets "ec s3sfs seaweed"] [-- sublet-bench options...]
+#                             [--targets "ec s3sfs seaweed"] [--strace]
+#                             [-- sublet-bench options...]
 #   --smoke    small counts and sizes (a minute or two): checks the script, not the servers
 #   --rounds   interleaved rounds (default 3; --smoke: 1); the table gives each phase's median
 #              and the ratio sublet / best other server of every round
@@ -21,6 +28,15 @@
 #              8 streams), multipart (1 GiB in 16 MiB parts, 4 in flight, and its ranged
 #              read-back), big (one 1 GiB object, PUT and GET on one stream), large (64 MiB
 #              PUT/GET, 8 streams); default all of them
+#   --strace   after the timed rounds, one more round with `strace -c -f` attached to each
+#              server (not timed): a second table of syscalls and flushes (fsync, fdatasync,
+#              syncfs) per operation of every phase
+# A/B runs (what e2e/bench/RESULTS.md's A/B tables were made with):
+#   two builds:      SUBLET=<new> SUBLET_BASE=<old> compare.sh --targets "base ec" \
+#                        --groups "photo multipart"      (the ETag MD5 lanes, issue 26)
+#                    ... --targets "base ec" --groups small --rounds 6 --strace
+#                                                         (4 KiB objects, syscalls per PUT)
+#   two sync modes:  compare.sh --targets "ec:file ec:batch" --groups photo --strace
 # Environment:
 #   BENCH_TMP        where the servers keep their data (default /var/tmp; a real disk, not
 #                    tmpfs); a fresh directory is made inside and removed afterwards
@@ -33,6 +49,7 @@
 #   SEAWEEDFS_ROOT   its venv (default ~/.cache/sublet-bench/seaweedfs-VERSION)
 #   KEEP=1           keep the data directory
 set -euo pipefail
+export LC_NUMERIC=C # $EPOCHREALTIME with a decimal point, as the table's Python reads it
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -46,6 +63,7 @@ ROUNDS=
 SMOKE=0
 GROUPS_RUN="photo small multipart big large"
 TARGETS=(ec s3sfs seaweed)
+STRACE=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -53,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --smoke) SMOKE=1; shift ;;
     --groups) GROUPS_RUN=$2; shift 2 ;;
     --targets) read -r -a TARGETS <<<"$2"; shift 2 ;;
+    --strace) STRACE=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "compare: unknown option $1 (see the comment at the top of $0)" >&2; exit 2 ;;
     esac
@@ -94,6 +113,19 @@ SUBLET=${SUBLET:-$TARGET/release/sublet}
 BENCH=${BENCH:-$TARGET/release/sublet-bench}
 
 has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
+# A target's server: ec for ec:batch.
+kind_of() { echo "${1%%:*}"; }
+for t in "${TARGETS[@]}"; do
+    if [[ $t == *:* ]]; then
+        case $(kind_of "$t"):${t#*:} in
+        ec:file | ec:batch | r1:file | r1:batch | base:file | base:batch) ;;
+        *) echo "compare: target $t: a sync mode (file or batch) goes after ec, r1 or base" >&2; exit 2 ;;
+        esac
+    fi
+done
+if [[ $STRACE == 1 ]] && ! command -v strace >/dev/null; then
+    echo "compare: --strace needs strace (apt-get install strace)" >&2; exit 2
+fi
 S3S_FS=$S3S_FS_ROOT/bin/s3s-fs
 if has_target s3sfs && [[ ! -x $S3S_FS ]]; then
     log "installing s3s-fs $S3S_FS_VERSION into $S3S_FS_ROOT"
@@ -140,10 +172,14 @@ wait_port() {
 }
 
 start_sublet() {
-    local t=$1
+    local t=$1 kind
+    kind=$(kind_of "$t")
     PORT[$t]=$(free_port)
-    local env_plan=()
-    if [[ $t == r1 ]]; then
+    local env_plan=(env)
+    if [[ $t == *:* ]]; then
+        env_plan+=("SUBLET_PROVIDER_SYNC_MODE=${t#*:}")
+    fi
+    if [[ $kind == r1 ]]; then
         cat >"$WORK/replicas1.yaml" <<'EOF'
 apiVersion: sublet.dev/v1alpha1
 kind: StoragePlan
@@ -153,10 +189,10 @@ spec:
   encryption: none
   inlineUpTo: 4Ki   # like sublet dev's default plan: only the redundancy and sealing differ
 EOF
-        env_plan=(env "SUBLET_DEV_PLAN_FILE=$WORK/replicas1.yaml")
+        env_plan+=("SUBLET_DEV_PLAN_FILE=$WORK/replicas1.yaml")
     fi
     local bin=$SUBLET
-    if [[ $t == base ]]; then
+    if [[ $kind == base ]]; then
         bin=${SUBLET_BASE:?"compare: the base target needs SUBLET_BASE (the other sublet binary)"}
     fi
     "${env_plan[@]}" "$bin" dev --dir "$WORK/$t" --listen "127.0.0.1:${PORT[$t]}" \
@@ -214,7 +250,7 @@ EOF
 }
 
 for t in "${TARGETS[@]}"; do
-    case $t in
+    case $(kind_of "$t") in
     ec | r1 | base) start_sublet "$t" ;;
     s3sfs) start_s3sfs ;;
     seaweed) start_seaweed ;;
@@ -224,9 +260,33 @@ done
 
 TICK=$(getconf CLK_TCK)
 cpu_of() { awk -v t="$TICK" '{printf "%.3f", ($14 + $15) / t}' "/proc/$1/stat"; }
+# Every 0.1 s until killed: "unix seconds, CPU ticks (utime + stime)" of process $1.
+sample_cpu() {
+    local f
+    while read -r -a f 2>/dev/null <"/proc/$1/stat"; do
+        echo "$EPOCHREALTIME $((f[13] + f[14]))"
+        sleep 0.1
+    done
+}
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 PREFIX=compare-$(date +%s)
-rm -f "$BENCH_OUT"/*.json "$BENCH_OUT"/*.cpu
+rm -f "$BENCH_OUT"/*.json "$BENCH_OUT"/*.cpu "$BENCH_OUT"/*.samples
+rm -rf "$BENCH_OUT/strace"
+
+# One sublet-bench call with options $3 (a step of group $2) on target $4; results in $1.json
+# and $1.txt.
+bench_step() {
+    local out=$1 group=$2 opts=$3 t=$4 rc=0
+    # shellcheck disable=SC2086 # the options are words on purpose
+    "$BENCH" --endpoint "http://127.0.0.1:${PORT[$t]}" --access-key "${AK[$t]}" \
+        --secret-key "${SK[$t]}" --bucket bench --prefix "$PREFIX/$group/" \
+        $opts --label "$t" --json "$out.json" -q "${EXTRA[@]}" >"$out.txt" || rc=$?
+    cat "$out.txt" >&2
+    if [[ $rc != 0 && $rc != 3 ]]; then
+        log "sublet-bench failed on $t (exit $rc)"; exit 1
+    fi
+}
+
 n=${#TARGETS[@]}
 i=0
 for round in $(seq 1 "$ROUNDS"); do
@@ -236,22 +296,38 @@ for round in $(seq 1 "$ROUNDS"); do
             while IFS='|' read -r step opts; do
                 log "round $round, $group $step on $t"
                 out="$BENCH_OUT/$round.$group.$step.$t"
+                sample_cpu "${PID[$t]}" >"$out.samples" &
+                sampler=$!
+                start=$EPOCHREALTIME
                 before=$(cpu_of "${PID[$t]}")
-                rc=0
-                # shellcheck disable=SC2086 # the options are words on purpose
-                "$BENCH" --endpoint "http://127.0.0.1:${PORT[$t]}" --access-key "${AK[$t]}" \
-                    --secret-key "${SK[$t]}" --bucket bench --prefix "$PREFIX/$group/" \
-                    $opts --label "$t" --json "$out.json" -q "${EXTRA[@]}" >"$out.txt" || rc=$?
-                echo "$(cpu_of "${PID[$t]}") $before" >"$out.cpu"
-                cat "$out.txt" >&2
-                if [[ $rc != 0 && $rc != 3 ]]; then
-                    log "sublet-bench failed on $t (exit $rc)"; exit 1
-                fi
+                bench_step "$out" "$group" "$opts" "$t"
+                echo "$(cpu_of "${PID[$t]}") $before $start" >"$out.cpu"
+                kill "$sampler"
+                wait "$sampler" 2>/dev/null || true
             done < <(group_steps "$group")
         done
         i=$((i + 1))
     done
 done
+
+if [[ $STRACE == 1 ]]; then
+    mkdir -p "$BENCH_OUT/strace"
+    for t in "${TARGETS[@]}"; do
+        for group in $GROUPS_RUN; do
+            while IFS='|' read -r step opts; do
+                log "strace: $group $step on $t"
+                out="$BENCH_OUT/strace/$group.$step.$t"
+                strace -c -f -o "$out.strace" -p "${PID[$t]}" 2>/dev/null &
+                tracer=$!
+                sleep 1 # attaching to every thread takes a moment
+                bench_step "$out" "$group" "$opts" "$t"
+                sleep 0.5
+                kill -INT "$tracer"
+                wait "$tracer" 2>/dev/null || true
+            done < <(group_steps "$group")
+        done
+    done
+fi
 
 for t in "${TARGETS[@]}"; do
     awk '/VmHWM/ {print $2}' "/proc/${PID[$t]}/status" >"$BENCH_OUT/$t.hwm_kib"
@@ -264,23 +340,55 @@ done
         "$ROUNDS round(s), groups: $GROUPS_RUN$([[ $SMOKE == 1 ]] && echo ', smoke sizes')"
 } >"$BENCH_OUT/machine.txt"
 
-python3 - "$BENCH_OUT" "${TARGETS[@]}" <<'EOF' | tee "$BENCH_OUT/table.md"
+python3 - "$BENCH_OUT" "$TICK" "${TARGETS[@]}" <<'EOF' | tee "$BENCH_OUT/table.md"
 import json, pathlib, statistics, sys
-out, targets = pathlib.Path(sys.argv[1]), sys.argv[2:]
-names = {"ec": "sublet EC 4+2 enc", "base": "sublet EC 4+2 enc (base)", "r1": "sublet 1 replica", "s3sfs": "s3s-fs",
+out, tick, targets = pathlib.Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+kinds = {"ec": "sublet EC 4+2 enc", "base": "sublet EC 4+2 enc (base)", "r1": "sublet 1 replica", "s3sfs": "s3s-fs",
          "seaweed": "SeaweedFS"}
-ours = [t for t in targets if t in ("ec", "r1", "base")]
-peers = [t for t in targets if t not in ("ec", "r1", "base")]
+def name(t):
+    kind, _, mode = t.partition(":")
+    return f"{kinds.get(kind, kind)}, sync {mode}" if mode else kinds.get(kind, kind)
+ours = [t for t in targets if t.partition(":")[0] in ("ec", "r1", "base")]
+peers = [t for t in targets if t not in ours]
+# Ratio columns: each of ours against the best other server, or, with only sublet targets
+# (an A/B), each after the first against the first.
+if peers:
+    ratios = [(o, peers, f"{name(o)} / best, per round") for o in ours]
+else:
+    ratios = [(o, ours[:1], f"{name(o)} / {name(ours[0])}, per round") for o in ours[1:]]
+def phase_cpu(doc, cpu_file, samples_file):
+    """CPU seconds of each phase of one call: read around the call when it ran one phase;
+    when it ran several, from the samples, the phases laid end to end from its start."""
+    after, before, start = map(float, cpu_file.read_text().split())
+    if len(doc["phases"]) == 1:
+        return [after - before]
+    pts = [tuple(map(float, l.split())) for l in samples_file.read_text().splitlines()
+           if len(l.split()) == 2]
+    if len(pts) < 2:
+        return [None] * len(doc["phases"])
+    def at(t):
+        prev = pts[0]
+        for q in pts:
+            if q[0] >= t:
+                if q[0] == prev[0]:
+                    return q[1] / tick
+                return (prev[1] + (q[1] - prev[1]) * (t - prev[0]) / (q[0] - prev[0])) / tick
+            prev = q
+        return pts[-1][1] / tick
+    cpus, t0 = [], start
+    for p in doc["phases"]:
+        cpus.append(at(t0 + p["seconds"]) - at(t0))
+        t0 += p["seconds"]
+    return cpus
 # (group, phase) -> target -> round -> (summary, cpu seconds or None)
 res, order = {}, []
 for f in out.glob("*.json"):
     rnd, group, step, target = f.stem.split(".")
     doc = json.loads(f.read_text())
-    after, before = map(float, f.with_suffix(".cpu").read_text().split())
-    single = len(doc["phases"]) == 1
-    for p in doc["phases"]:
+    cpus = phase_cpu(doc, f.with_suffix(".cpu"), f.with_suffix(".samples"))
+    for p, cpu in zip(doc["phases"], cpus):
         key = (group, p["phase"])
-        res.setdefault(key, {}).setdefault(target, {})[int(rnd)] = (p, after - before if single else None)
+        res.setdefault(key, {}).setdefault(target, {})[int(rnd)] = (p, cpu)
 label = {("photo", "put"): "PUT 4 MiB objects, 8 streams", ("photo", "get"): "GET 4 MiB objects, 8 streams",
          ("small", "small-put"): "PUT 4 KiB objects, 8 streams", ("small", "small-get"): "GET 4 KiB objects, 8 streams",
          ("multipart", "mp-put"): "multipart PUT, 16 MiB parts, 4 in flight",
@@ -293,10 +401,9 @@ by_ops = {"small-put", "small-get"}
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
-head = ["phase", "unit"] + [names.get(t, t) for t in targets]
-if ours and peers:
-    head += [f"{names[o]} / best, per round" for o in ours]
-head += [f"CPU s/GB {names.get(t, t)}" for t in targets]
+head = ["phase", "unit"] + [name(t) for t in targets]
+head += [h for _, _, h in ratios]
+head += [f"CPU s/GB {name(t)}" for t in targets]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 errors = []
@@ -314,13 +421,12 @@ for key in keys:
                               f"{p.get('verify_failures', 0)} verify failures {p.get('error_samples', '')}")
         m = med(vals)
         cells.append("-" if m is None else f"{m:.1f}")
-    if ours and peers:
-        for o in ours:
-            ratios = []
-            for rnd, (p, _) in sorted(row.get(o, {}).items()):
-                best = max((row[t][rnd][0][metric] for t in peers if rnd in row.get(t, {})), default=0)
-                ratios.append(f"{p[metric] / best:.2f}" if best else "-")
-            cells.append(", ".join(ratios) or "-")
+    for o, against, _ in ratios:
+        per_round = []
+        for rnd, (p, _) in sorted(row.get(o, {}).items()):
+            best = max((row[t][rnd][0][metric] for t in against if rnd in row.get(t, {})), default=0)
+            per_round.append(f"{p[metric] / best:.2f}" if best else "-")
+        cells.append(", ".join(per_round) or "-")
     for t in targets:
         # Small objects: CPU milliseconds per operation says more than per GB.
         if metric == "ops_per_sec":
@@ -334,14 +440,42 @@ for key in keys:
 hwm = {t: int((out / f"{t}.hwm_kib").read_text().strip() or 0) for t in targets}
 print("| peak RSS (VmHWM; sublet dev includes its 6 providers) | MiB | "
       + " | ".join(f"{hwm[t] / 1024:.0f}" for t in targets)
-      + " |" * (1 + (len(ours) if ours and peers else 0) + len(targets)))
+      + " |" * (1 + len(ratios) + len(targets)))
 print()
 print((out / "machine.txt").read_text().rstrip())
-print("- every cell the median over the rounds; ratios per round against the best of "
-      + ", ".join(names.get(t, t) for t in peers) + "; CPU s/GB: the server process's CPU "
-      "time per GB moved, or per operation for small objects (`-` where one call ran two phases; "
-      "/proc counts in 10 ms ticks, so short smoke phases are coarse)")
+print("- every cell the median over the rounds; ratios per round against "
+      + (("the best of " + ", ".join(name(t) for t in peers)) if peers else name(ours[0]) if ratios else "-")
+      + "; CPU s/GB: the server process's CPU time per GB moved, or per operation for small "
+      "objects (for the multipart upload and its read-back, from 0.1 s samples; /proc counts in "
+      "10 ms ticks, so short smoke phases are coarse)")
 for e in errors:
     print(f"- **{e}**")
+strace = out / "strace"
+if strace.is_dir():
+    print()
+    print("| phase | " + " | ".join(f"syscalls / fsyncs / syncfs per op, {name(t)}" for t in targets) + " |")
+    print("|---|" + "---|" * len(targets))
+    rows = {}
+    for f in sorted(strace.glob("*.strace"), key=lambda f: f.stat().st_mtime):  # run order
+        group, step, target = f.stem.split(".")
+        calls = fsyncs = syncfs = 0
+        for line in f.read_text().splitlines():
+            w = line.split()
+            if len(w) >= 5 and w[0][0].isdigit() and w[-1] != "total":
+                calls += int(w[3])
+                if w[-1] in ("fsync", "fdatasync"):
+                    fsyncs += int(w[3])
+                elif w[-1] == "syncfs":
+                    syncfs += int(w[3])
+        doc = json.loads(f.with_suffix(".json").read_text())
+        ops = sum(p["ops"] for p in doc["phases"])
+        phase = " + ".join(label.get((group, p["phase"]), p["phase"]) for p in doc["phases"])
+        rows.setdefault((group, step), [phase, {}])[1][target] = (
+            f"{calls / ops:.1f} / {fsyncs / ops:.2f} / {syncfs / ops:.2f}" if ops else "-")
+    for (group, step), (phase, cells) in rows.items():
+        print(f"| {phase} | " + " | ".join(cells.get(t, "-") for t in targets) + " |")
+    print("- `strace -c -f` attached to each server for one more untimed run of each phase: "
+          "every syscall of the server's threads per operation, the fsync and fdatasync among "
+          "them, and the syncfs (the providers' `batch` mode)")
 EOF
 log "results in $BENCH_OUT (table.md)"

@@ -18,61 +18,12 @@ Reads SUBLET_ENDPOINT and ALICE_KEY/ALICE_SECRET, BOB_KEY/BOB_SECRET; exits non-
 the failed checks on stderr.
 """
 
-import os
-import sys
-import urllib.error
-import urllib.request
-
-import boto3
 import requests
-from botocore.config import Config
-from botocore.exceptions import ClientError
+from s3_checks import anonymous, check, client, code_of, finish
 
-endpoint = os.environ["SUBLET_ENDPOINT"]
-config = Config(
-    region_name="us-east-1",
-    s3={"addressing_style": "path"},
-    signature_version="s3v4",
-    retries={"max_attempts": 1},
-)
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 
-
-def client(who):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=os.environ[f"{who}_KEY"],
-        aws_secret_access_key=os.environ[f"{who}_SECRET"],
-        config=config,
-    )
-
-
 alice, bob = client("ALICE"), client("BOB")
-failures = []
-
-
-def check(name, ok, detail=""):
-    if not ok:
-        failures.append(f"{name}: {detail}")
-
-
-def code_of(fn, **kw):
-    try:
-        fn(**kw)
-        return "OK"
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-
-
-def anonymous(method, path, body=None):
-    """Status and body of an unsigned request."""
-    req = urllib.request.Request(endpoint + path, data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def grants(acl):
@@ -272,7 +223,4 @@ alice.create_bucket(Bucket="enforced", ObjectOwnership="BucketOwnerEnforced")
 got = alice.get_bucket_ownership_controls(Bucket="enforced")["OwnershipControls"]["Rules"]
 check("x-amz-object-ownership on CreateBucket", got == [{"ObjectOwnership": "BucketOwnerEnforced"}], got)
 
-if failures:
-    print("\n".join(failures), file=sys.stderr)
-    sys.exit(1)
-print("acl checks passed")
+finish("acl checks passed")

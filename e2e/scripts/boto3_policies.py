@@ -14,62 +14,10 @@ BACKUP_KEY/BACKUP_SECRET; exits non-zero with the failed checks on stderr.
 """
 
 import json
-import os
-import sys
-import urllib.error
-import urllib.request
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
-
-endpoint = os.environ["SUBLET_ENDPOINT"]
-config = Config(region_name="us-east-1", s3={"addressing_style": "path"}, retries={"max_attempts": 1})
-
-
-def client(who):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=os.environ[f"{who}_KEY"],
-        aws_secret_access_key=os.environ[f"{who}_SECRET"],
-        config=config,
-    )
-
+from s3_checks import anonymous, check, client, code_of, error_of, finish
 
 alice, bob, backup = client("ALICE"), client("BOB"), client("BACKUP")
-failures = []
-
-
-def check(name, ok, detail=""):
-    if not ok:
-        failures.append(f"{name}: {detail}")
-
-
-def code_of(fn, **kw):
-    try:
-        fn(**kw)
-        return "OK"
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-
-
-def error_of(fn, **kw):
-    try:
-        fn(**kw)
-        return ("OK", "")
-    except ClientError as e:
-        return (e.response["Error"]["Code"], e.response["Error"].get("Message", ""))
-
-
-def anonymous(method, path, body=None):
-    """Status and body of an unsigned request."""
-    req = urllib.request.Request(endpoint + path, data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 ARN = "arn:aws:s3:::"
@@ -187,7 +135,4 @@ alice.get_bucket_policy(Bucket="backups")
 alice.delete_bucket_policy(Bucket="backups")
 check("alice reads again once it is gone", alice.get_object(Bucket="backups", Key="db.tar")["Body"].read() == b"dump")
 
-if failures:
-    print("\n".join(failures), file=sys.stderr)
-    sys.exit(1)
-print("policy checks passed")
+finish("policy checks passed")

@@ -14,54 +14,11 @@ exits non-zero with the failed checks on stderr.
 """
 
 import json
-import os
-import sys
-import urllib.error
-import urllib.request
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
-
-endpoint = os.environ["SUBLET_ENDPOINT"]
-config = Config(region_name="us-east-1", s3={"addressing_style": "path"}, retries={"max_attempts": 1})
-
-
-def client(who):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=os.environ[f"{who}_KEY"],
-        aws_secret_access_key=os.environ[f"{who}_SECRET"],
-        config=config,
-    )
-
+from s3_checks import anonymous, check, client, code_of, finish
 
 carol, alice, bob = client("CAROL"), client("ALICE"), client("BOB")
-failures = []
-
-
-def check(name, ok, detail=""):
-    if not ok:
-        failures.append(f"{name}: {detail}")
-
-
-def code_of(fn, **kw):
-    try:
-        fn(**kw)
-        return "OK"
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-
-
-def anonymous(method, path):
-    req = urllib.request.Request(endpoint + path, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
 
 ARN = "arn:aws:s3:::"
 carol.create_bucket(Bucket="homes")
@@ -109,7 +66,7 @@ for me, other, c in [("alice", "bob", alice), ("bob", "alice", bob)]:
           code_of(c.put_object, Bucket="homes", Key="home/${aws:username}/x", Body=b"x") == "AccessDenied")
 
 for path in ["/homes/home/alice/notes.txt", "/homes/home/%24%7Baws%3Ausername%7D/x", "/homes?list-type=2"]:
-    status = anonymous("GET", path)
+    status, _ = anonymous("GET", path)
     check(f"anonymous GET {path} refused", status == 403, status)
 
 old = dict(homes, Version="2008-10-17")
@@ -123,7 +80,4 @@ except ClientError as e:
 check("the policy in force is unchanged",
       json.loads(carol.get_bucket_policy(Bucket="homes")["Policy"]) == homes)
 
-if failures:
-    print("\n".join(failures), file=sys.stderr)
-    sys.exit(1)
-print("policy variable checks passed")
+finish("policy variable checks passed")

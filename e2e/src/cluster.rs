@@ -334,6 +334,37 @@ impl Cluster {
         self.dir.join("gateway").join("metadata.db")
     }
 
+    /// The first gateway's metadata disk lost (kill the gateway first): its SQLite file and
+    /// the file's WAL and shared memory removed.
+    pub fn lose_metadata(&self) {
+        let meta = self.metadata_path();
+        for ext in ["db", "db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(meta.with_extension(ext));
+        }
+        assert!(!meta.exists(), "{} is still there", meta.display());
+    }
+
+    /// `sublet recover --config` for the first gateway (stopped): what it printed. Panics
+    /// with its output when it fails or writes no metadata.
+    pub fn recover(&self) -> String {
+        let out = self
+            .sublet()
+            .arg("recover")
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("running sublet recover");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "sublet recover failed: {said}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta = self.metadata_path();
+        assert!(meta.exists(), "sublet recover wrote no {}", meta.display());
+        said
+    }
+
     /// Shards the metadata places on provider `index` (its pool holds only it).
     pub fn shards_on(&self, index: usize) -> u64 {
         self.gateways[0].pool_shards(&self.providers[index].name)
@@ -609,6 +640,24 @@ impl GatewayProcess {
         self.signed_head("GET", bucket, key, &[], None)
     }
 
+    /// A slow reader of `bucket/key`: the GET sent, the answer's head and first 64 KiB read,
+    /// the rest left in the socket until [`SlowGet::finish`].
+    pub fn slow_get(&self, bucket: &str, key: &str) -> SlowGet {
+        use std::io::Read;
+        let mut stream = TcpStream::connect(self.s3).expect("connecting to the gateway");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        stream
+            .write_all(self.signed_get(bucket, key).as_bytes())
+            .expect("sending the GET");
+        let mut received = vec![0u8; 64 << 10];
+        stream
+            .read_exact(&mut received)
+            .expect("the answer's first 64 KiB");
+        SlowGet { stream, received }
+    }
+
     /// One signed S3 request; the answer's body when it succeeds, the error otherwise.
     pub fn request(
         &self,
@@ -741,6 +790,41 @@ impl GatewayProcess {
 }
 
 /// Reads objects back from another thread.
+/// A GET begun by [`GatewayProcess::slow_get`], its answer not read to the end yet.
+pub struct SlowGet {
+    stream: TcpStream,
+    received: Vec<u8>,
+}
+
+impl SlowGet {
+    /// Reads the rest of the answer; panics unless it is a 200 carrying `object`'s bytes,
+    /// all of them.
+    pub fn finish(mut self, object: &TestObject) {
+        use std::io::Read;
+        let mut rest = Vec::new();
+        let read = self.stream.read_to_end(&mut rest);
+        self.received.extend_from_slice(&rest);
+        let split = self
+            .received
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("answer head");
+        let head = String::from_utf8_lossy(&self.received[..split]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let body = &self.received[split + 4..];
+        assert!(
+            read.is_ok() && body.len() as u64 == object.len,
+            "the GET ended after {} of {} bytes ({read:?})",
+            body.len(),
+            object.len
+        );
+        assert!(
+            body == object.content().bytes().as_ref(),
+            "the GET returned other bytes"
+        );
+    }
+}
+
 pub struct Reader {
     target: Arc<Target>,
 }

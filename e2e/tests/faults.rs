@@ -348,31 +348,13 @@ fn a_deleted_metadata_file_is_recovered_from_the_providers() {
 
     // The gateway's disk is gone (and a provider is down while recovering).
     c.kill_gateway();
-    let meta = c.metadata_path();
-    for ext in ["db", "db-wal", "db-shm"] {
-        let _ = std::fs::remove_file(meta.with_extension(ext));
-    }
-    assert!(!meta.exists());
+    c.lose_metadata();
     c.providers[5].kill();
 
-    let out = c
-        .sublet()
-        .arg("recover")
-        .arg("--config")
-        .arg(&c.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sublet recover failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(meta.exists(), "sublet recover wrote no {}", meta.display());
+    let said = c.recover();
     // The journal after the snapshot is replayed (its copies on the other providers stand
     // in for the one that is down), so nothing acknowledged is left out; the provider it
     // could not ask is named.
-    let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("2 changes applied"), "{said}");
     assert!(!said.contains("NOT RECOVERED"), "{said}");
     assert!(!said.contains("NOT REPLAYED"), "{said}");
@@ -389,9 +371,7 @@ fn a_deleted_metadata_file_is_recovered_from_the_providers() {
     // The disk goes again, and this time `sublet serve` is simply started: it finds its
     // metadata missing and recovers before serving.
     c.kill_gateway();
-    for ext in ["db", "db-wal", "db-shm"] {
-        let _ = std::fs::remove_file(meta.with_extension(ext));
-    }
+    c.lose_metadata();
     c.start_gateway();
     c.assert_all_read_back(BUCKET, kept);
     c.read_back(BUCKET, &late).unwrap();
@@ -586,7 +566,6 @@ spec:
 
 #[test]
 fn a_get_in_flight_when_its_object_is_overwritten_ends_with_the_bytes_it_began_with() {
-    use std::io::{Read, Write};
     let tmp = tempfile::tempdir().unwrap();
     let object = TestObject {
         key: "big".into(),
@@ -596,15 +575,7 @@ fn a_get_in_flight_when_its_object_is_overwritten_ends_with_the_bytes_it_began_w
     let c = cluster_with_objects(tmp.path(), 6, None, std::slice::from_ref(&object));
 
     // A slow reader: the answer's head and the first 64 KiB, then a pause.
-    let mut stream = std::net::TcpStream::connect(c.s3).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
-        .write_all(c.signed_get(BUCKET, &object.key).as_bytes())
-        .unwrap();
-    let mut received = vec![0u8; 64 << 10];
-    stream.read_exact(&mut received).unwrap();
+    let get = c.slow_get(BUCKET, &object.key);
 
     // Meanwhile the key is overwritten (a longer object: its first 4 MiB are the same bytes,
     // but the old version's shards are released).
@@ -615,24 +586,5 @@ fn a_get_in_flight_when_its_object_is_overwritten_ends_with_the_bytes_it_began_w
             len: (12 << 20) + 1,
         },
     );
-    let mut rest = Vec::new();
-    let read = stream.read_to_end(&mut rest);
-    received.extend_from_slice(&rest);
-    let split = received
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("answer head");
-    let head = String::from_utf8_lossy(&received[..split]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let body = &received[split + 4..];
-    assert!(
-        read.is_ok() && body.len() as u64 == object.len,
-        "the GET ended after {} of {} bytes ({read:?})",
-        body.len(),
-        object.len
-    );
-    assert!(
-        body == object.content().bytes().as_ref(),
-        "the GET returned other bytes"
-    );
+    get.finish(&object);
 }

@@ -56,25 +56,26 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
         ),
         TIMEOUT,
     );
+    // `aws s3api put-object` of the file as `key` into alice's bucket, with her key.
+    let put = |key: &str| {
+        aws(
+            &dev,
+            &access,
+            &secret,
+            &[
+                "s3api",
+                "put-object",
+                "--bucket",
+                "photos",
+                "--key",
+                key,
+                "--body",
+                file,
+            ],
+        )
+    };
     for key in ["a.txt", "b.txt"] {
-        run_ok(
-            &mut aws(
-                &dev,
-                &access,
-                &secret,
-                &[
-                    "s3api",
-                    "put-object",
-                    "--bucket",
-                    "photos",
-                    "--key",
-                    key,
-                    "--body",
-                    file,
-                ],
-            ),
-            TIMEOUT,
-        );
+        run_ok(&mut put(key), TIMEOUT);
     }
     let denied = run(
         &mut aws(
@@ -91,24 +92,7 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
     );
 
     // Quota: a third object is refused, naming the user and the limit.
-    let over = run(
-        &mut aws(
-            &dev,
-            &access,
-            &secret,
-            &[
-                "s3api",
-                "put-object",
-                "--bucket",
-                "photos",
-                "--key",
-                "c.txt",
-                "--body",
-                file,
-            ],
-        ),
-        TIMEOUT,
-    );
+    let over = run(&mut put("c.txt"), TIMEOUT);
     assert!(
         !over.status.success()
             && over.stderr.contains("QuotaExceeded")
@@ -135,24 +119,7 @@ fn users_and_keys_are_managed_at_runtime_and_quotas_hold() {
         TIMEOUT,
     );
     assert_eq!(out, "user alice configured\n");
-    run_ok(
-        &mut aws(
-            &dev,
-            &access,
-            &secret,
-            &[
-                "s3api",
-                "put-object",
-                "--bucket",
-                "photos",
-                "--key",
-                "c.txt",
-                "--body",
-                file,
-            ],
-        ),
-        TIMEOUT,
-    );
+    run_ok(&mut put("c.txt"), TIMEOUT);
 
     // Lists never show a secret; the configuration's key is listed and kept.
     let keys = run_ok(&mut dev.admin_command(&["key", "list"]), TIMEOUT);

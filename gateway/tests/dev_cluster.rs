@@ -1,14 +1,14 @@
 //! A dev-like cluster in one process, driven through the s3s HTTP service.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod in_process;
 
-use futures::StreamExt;
 use http::{Method, Request, StatusCode};
+use in_process::call;
 use s3s::Body;
 use sublet_gateway::datapath::layout::Scheme;
 use sublet_gateway::node::Plan;
-use sublet_gateway::runtime::dev::{self, Cluster};
+use sublet_gateway::runtime::dev::Cluster;
 use sublet_gateway::s3::http::MeteredService as S3Service;
 
 fn plans() -> Vec<Plan> {
@@ -58,44 +58,12 @@ fn plans() -> Vec<Plan> {
     ]
 }
 
-async fn call(
-    svc: &S3Service,
-    method: Method,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> (StatusCode, http::HeaderMap, Vec<u8>) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1{uri}"))
-        .header("host", "127.0.0.1")
-        .header("content-length", body.len().to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Body::from(body)).unwrap();
-    let resp = svc.call(req).await.expect("service call");
-    let resp: http::Response<Body> = resp;
-    let (parts, mut body) = resp.into_parts();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        out.extend_from_slice(&chunk.expect("body chunk"));
-    }
-    (parts.status, parts.headers, out)
-}
-
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
 async fn start(dir: &std::path::Path) -> (Cluster, S3Service) {
-    let cluster = dev::start_cluster(dir, 6, plans()).await.unwrap();
-    // The HTTP layer `sublet dev` serves: metrics and status fix-ups around s3s.
-    let svc = S3Service::new(
-        dev::service(Arc::clone(&cluster.gateway), None),
-        cluster.metrics.clone(),
-    );
-    (cluster, svc)
+    in_process::start(dir, 6, plans()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2407,13 +2375,7 @@ async fn bucket_encryption_is_kept_answered_and_enforced() {
         encrypt: false,
         ..standard.clone()
     };
-    let cluster = dev::start_cluster(tmp.path(), 6, vec![standard, public])
-        .await
-        .unwrap();
-    let svc = S3Service::new(
-        dev::service(Arc::clone(&cluster.gateway), None),
-        cluster.metrics.clone(),
-    );
+    let (cluster, svc) = in_process::start(tmp.path(), 6, vec![standard, public]).await;
     let rule = |algorithm: &str| {
         format!(
             "<ServerSideEncryptionConfiguration><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>{algorithm}</SSEAlgorithm></ApplyServerSideEncryptionByDefault><BucketKeyEnabled>true</BucketKeyEnabled></Rule></ServerSideEncryptionConfiguration>"

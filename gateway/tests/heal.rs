@@ -3,15 +3,15 @@
 //! provider's stale shards change nothing, and a corrupt shard is caught by a read and repaired.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod in_process;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use http::{Method, Request, StatusCode};
+use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use s3s::Body;
 use s3s::service::S3Service;
 use serde_json::Value;
 use sublet_gateway::datapath::codec::MasterKey;
@@ -29,33 +29,8 @@ use sublet_provider::server::{self, ProviderConfig, RunningProvider};
 const GRACE: Duration = Duration::from_secs(2);
 
 async fn call(svc: &S3Service, method: Method, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let (s, _, b) = call_with(svc, method, uri, &[], body).await;
+    let (s, _, b) = in_process::call(svc, method, uri, &[], body).await;
     (s, b)
-}
-
-async fn call_with(
-    svc: &S3Service,
-    method: Method,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> (StatusCode, http::HeaderMap, Vec<u8>) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1{uri}"))
-        .header("host", "127.0.0.1")
-        .header("content-length", body.len().to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Body::from(body)).unwrap();
-    let resp: http::Response<Body> = svc.call(req).await.expect("service call");
-    let (parts, mut body) = resp.into_parts();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        out.extend_from_slice(&chunk.expect("body chunk"));
-    }
-    (parts.status, parts.headers, out)
 }
 
 /// The token the admin API of these tests wants.
@@ -1028,7 +1003,7 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
     for i in 0..4 {
         let key = format!("copies-{i}");
         let body = data(600_000 + i, i);
-        let (s, _, b) = call_with(
+        let (s, _, b) = in_process::call(
             &svc,
             Method::PUT,
             &format!("/bkt/{key}"),
@@ -1039,13 +1014,13 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
         assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
         bodies.insert(key, body);
     }
-    let (s, _, b) = call_with(&svc, Method::POST, "/bkt/big?uploads", &[], vec![]).await;
+    let (s, _, b) = in_process::call(&svc, Method::POST, "/bkt/big?uploads", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK);
     let id = tag(&b, "UploadId");
     let parts = [data(5 << 20, 1), data(1_500_000, 2)];
     let mut etags = Vec::new();
     for (n, part) in parts.iter().enumerate() {
-        let (s, h, _) = call_with(
+        let (s, h, _) = in_process::call(
             &svc,
             Method::PUT,
             &format!("/bkt/big?partNumber={}&uploadId={id}", n + 1),
@@ -1061,7 +1036,7 @@ async fn racing_repairers_place_each_shard_once_for_multipart_and_replicas() {
          <Part><PartNumber>2</PartNumber><ETag>{}</ETag></Part></CompleteMultipartUpload>",
         etags[0], etags[1]
     );
-    let (s, _, b) = call_with(
+    let (s, _, b) = in_process::call(
         &svc,
         Method::POST,
         &format!("/bkt/big?uploadId={id}"),
@@ -1622,7 +1597,7 @@ async fn a_provider_acknowledging_another_hash_holds_nothing_the_gateway_records
         );
         bodies.insert("put".to_owned(), body);
         // A copy.
-        let (s, _, b) = call_with(
+        let (s, _, b) = in_process::call(
             &svc,
             Method::PUT,
             "/bkt/copy",
@@ -1638,11 +1613,11 @@ async fn a_provider_acknowledging_another_hash_holds_nothing_the_gateway_records
         );
         bodies.insert("copy".to_owned(), bodies["put"].clone());
         // A multipart upload.
-        let (s, _, b) = call_with(&svc, Method::POST, "/bkt/mp?uploads", &[], vec![]).await;
+        let (s, _, b) = in_process::call(&svc, Method::POST, "/bkt/mp?uploads", &[], vec![]).await;
         assert_eq!(s, StatusCode::OK, "{lie:?}");
         let upload = tag(&b, "UploadId");
         let part = data(150_000, 2);
-        let (s, h, b) = call_with(
+        let (s, h, b) = in_process::call(
             &svc,
             Method::PUT,
             &format!("/bkt/mp?partNumber=1&uploadId={upload}"),
@@ -1660,7 +1635,7 @@ async fn a_provider_acknowledging_another_hash_holds_nothing_the_gateway_records
             "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{}</ETag></Part></CompleteMultipartUpload>",
             h["etag"].to_str().unwrap()
         );
-        let (s, _, b) = call_with(
+        let (s, _, b) = in_process::call(
             &svc,
             Method::POST,
             &format!("/bkt/mp?uploadId={upload}"),
@@ -1728,7 +1703,7 @@ async fn call_keyed(
 ) -> (StatusCode, Vec<u8>) {
     let headers = key.map(customer_key_headers).unwrap_or_default();
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (s, _, b) = call_with(svc, method, uri, &headers, body).await;
+    let (s, _, b) = in_process::call(svc, method, uri, &headers, body).await;
     (s, b)
 }
 

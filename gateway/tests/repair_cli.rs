@@ -3,13 +3,13 @@
 //! on the gateway's state directly (standalone).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod in_process;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use http::{Method, Request, StatusCode};
+use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use s3s::Body;
 use s3s::service::S3Service;
 use serde_json::Value;
 use sublet_gateway::runtime::repair::{RepairCommand, run_command};
@@ -18,20 +18,8 @@ use sublet_provider::server::{self, ProviderConfig};
 const TOKEN: &str = "repair-test-token-0123456789";
 
 async fn call(svc: &S3Service, method: Method, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1{uri}"))
-        .header("host", "127.0.0.1")
-        .header("content-length", body.len().to_string())
-        .body(Body::from(body))
-        .unwrap();
-    let resp: http::Response<Body> = svc.call(req).await.expect("service call");
-    let (parts, mut body) = resp.into_parts();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        out.extend_from_slice(&chunk.expect("body chunk"));
-    }
-    (parts.status, out)
+    let (s, _, b) = in_process::call(svc, method, uri, &[], body).await;
+    (s, b)
 }
 
 async fn get_json(url: &str) -> (StatusCode, Value) {

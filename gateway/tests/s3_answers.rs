@@ -4,14 +4,12 @@
 //! service as `sublet dev` serves it (no signatures).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod in_process;
 
-use futures::StreamExt;
-use http::{Method, Request, StatusCode};
-use s3s::Body;
+use http::{Method, StatusCode};
 use sublet_gateway::datapath::layout::Scheme;
 use sublet_gateway::node::Plan;
-use sublet_gateway::runtime::dev::{self, Cluster};
+use sublet_gateway::runtime::dev::Cluster;
 use sublet_gateway::s3::http::MeteredService as S3Service;
 
 async fn call(
@@ -21,28 +19,8 @@ async fn call(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (StatusCode, http::HeaderMap, String) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1{uri}"))
-        .header("host", "127.0.0.1")
-        .header("content-length", body.len().to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = svc
-        .call(req.body(Body::from(body)).unwrap())
-        .await
-        .expect("service call");
-    let (parts, mut body) = resp.into_parts();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        out.extend_from_slice(&chunk.expect("body chunk"));
-    }
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&out).into_owned(),
-    )
+    let (status, headers, body) = in_process::call(svc, method, uri, headers, body).await;
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A cluster of six in-process providers with one 4+2 plan, a bucket `answers` and an object
@@ -56,11 +34,7 @@ async fn start(dir: &std::path::Path, data: &[u8]) -> (Cluster, S3Service) {
         write_quorum: 6,
         inline_up_to: 0,
     };
-    let cluster = dev::start_cluster(dir, 6, vec![plan]).await.unwrap();
-    let svc = S3Service::new(
-        dev::service(Arc::clone(&cluster.gateway), None),
-        cluster.metrics.clone(),
-    );
+    let (cluster, svc) = in_process::start(dir, 6, vec![plan]).await;
     let (s, _, b) = call(&svc, Method::PUT, "/answers", &[], vec![]).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, _, b) = call(&svc, Method::PUT, "/answers/obj", &[], data.to_vec()).await;

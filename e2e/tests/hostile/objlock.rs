@@ -269,23 +269,8 @@ fn locked_versions_outlive_deletes_lifecycle_gc_a_transition_and_a_metadata_reco
     )
     .unwrap();
     c.kill_gateway();
-    let meta = c.metadata_path();
-    for ext in ["db", "db-wal", "db-shm"] {
-        let _ = std::fs::remove_file(meta.with_extension(ext));
-    }
-    let out = c
-        .sublet()
-        .arg("recover")
-        .arg("--config")
-        .arg(&c.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sublet recover failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.lose_metadata();
+    c.recover();
     c.start_gateway();
     let held = c
         .request(

@@ -157,14 +157,7 @@ fn forged_manifests_and_segments_dated_in_the_future_are_ignored_and_recovery_re
     // The gateway's disk loses its metadata; restarted, it recovers by itself from the
     // real newest snapshot and the journal, not from a forgery.
     c.kill_gateway();
-    let db = c.metadata_path();
-    for path in [
-        db.clone(),
-        db.with_extension("db-wal"),
-        db.with_extension("db-shm"),
-    ] {
-        let _ = std::fs::remove_file(path);
-    }
+    c.lose_metadata();
     c.start_gateway();
     let log = c.log_text();
     assert!(

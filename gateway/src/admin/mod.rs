@@ -252,7 +252,61 @@ pub fn router(
 }
 
 fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+    answer(status, serde_json::json!({ "error": message }))
+}
+
+/// Seconds a client is asked to wait before trying again after a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// Every JSON answer of the admin API goes out here: a 503 (a busy metadata store, a change
+/// not yet journaled) carries `Retry-After`, as it means "try again".
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    response
+}
+
+/// The admin API's one mapping of a failure inside the gateway: 503 when the metadata store
+/// was busy (PostgreSQL's pool had no connection free within `poolWait`; the request may be
+/// tried again, as S3 clients get SlowDown), 500 otherwise.
+fn failure_status(e: &(dyn std::error::Error + 'static)) -> StatusCode {
+    if metadata_busy(e) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+/// The answer for a failure inside the gateway ([`failure_status`]); `message` is the
+/// error's text as the endpoint words it.
+fn failed(e: &(dyn std::error::Error + 'static), message: String) -> Response {
+    error(failure_status(e), message)
+}
+
+/// Whether `e`, or any error it wraps, is a busy metadata store.
+fn metadata_busy(e: &(dyn std::error::Error + 'static)) -> bool {
+    use crate::meta::MetaError;
+    use crate::node::users::UsersError;
+    // `crate::error::Error::Meta` and `UsersError::Meta` are transparent: their `source()`
+    // skips the MetaError they hold, so they are looked into here.
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        let meta = e
+            .downcast_ref::<MetaError>()
+            .or_else(|| match e.downcast_ref::<crate::error::Error>() {
+                Some(crate::error::Error::Meta(m)) => Some(m),
+                _ => None,
+            })
+            .or_else(|| match e.downcast_ref::<UsersError>() {
+                Some(UsersError::Meta(m)) => Some(m),
+                _ => None,
+            });
+        matches!(meta, Some(MetaError::Busy(_)))
+    })
 }
 
 fn unknown_plan(plan: &str) -> Response {
@@ -267,7 +321,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))),
+        Ok(Err(e)) => Err(failed(&*e, format!("{e:#}"))),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
@@ -354,7 +408,7 @@ async fn repair(
     let result: anyhow::Result<RepairReport> = repairer.run_pass(&plan, q.urgent_only, limit).await;
     match result {
         Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => failed(&*e, format!("{e:#}")),
     }
 }
 
@@ -401,7 +455,7 @@ async fn drain(
         .max(1);
     match crate::upkeep::drain::drain_pass(&admin.repairer, &pool, limit).await {
         Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => failed(&*e, format!("{e:#}")),
     }
 }
 
@@ -411,7 +465,7 @@ async fn audit(State(admin): State<Admin>, Query(q): Query<AuditQuery>) -> Respo
         .unwrap_or_else(|| crate::upkeep::audit::AuditPolicy::default().samples_per_provider);
     match crate::upkeep::audit::audit_round(&admin.gateway, admin.metrics.as_ref(), samples).await {
         Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => failed(&*e, format!("{e:#}")),
     }
 }
 
@@ -434,7 +488,7 @@ async fn reencode(
             }
             Json(report).into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => failed(&*e, format!("{e:#}")),
     }
 }
 
@@ -450,7 +504,7 @@ async fn scrub(State(admin): State<Admin>, Query(q): Query<ScrubQuery>) -> Respo
     .await
     {
         Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => failed(&*e, format!("{e:#}")),
     }
 }
 
@@ -462,7 +516,7 @@ async fn gc(State(admin): State<Admin>, Query(q): Query<GcQuery>) -> Response {
         .await
     {
         Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => failed(&*e, format!("{e:#}")),
     }
 }
 
@@ -475,7 +529,7 @@ async fn snapshot(State(admin): State<Admin>) -> Response {
     };
     match source.take().await {
         Ok(m) => Json(serde_json::json!({ "created": m.created, "size": m.size })).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => failed(&*e, format!("{e:#}")),
     }
 }
 
@@ -486,6 +540,67 @@ async fn lifecycle(State(admin): State<Admin>, Query(q): Query<LifecycleQuery>) 
     let rules = admin.gateway.policy().lifecycle.clone();
     match crate::upkeep::lifecycle::lifecycle_pass(&admin.gateway, &rules, now).await {
         Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.message()),
+        Err(e) => failed(&e, e.message()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use anyhow::Context;
+
+    use super::*;
+    use crate::meta::MetaError;
+    use crate::node::users::UsersError;
+
+    pub(super) fn busy() -> MetaError {
+        MetaError::Busy("PostgreSQL: all 16 connections stayed busy for 5s".into())
+    }
+
+    async fn body(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    pub(super) async fn assert_busy(response: Response) {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(http::header::RETRY_AFTER),
+            Some(&HeaderValue::from_static(RETRY_AFTER_SECONDS))
+        );
+        let text = body(response).await;
+        assert!(text.contains("stayed busy"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_metadata_store_is_a_503_with_retry_after_not_a_500() {
+        // The users and keys endpoints.
+        assert_busy(users::refused(UsersError::Meta(busy()))).await;
+        // The endpoints running a job off the async workers (anyhow, with context).
+        let r = blocking(|| -> anyhow::Result<()> { Err(busy()).context("counting the plan") })
+            .await
+            .expect_err("failed");
+        assert_busy(r).await;
+        // The node's error (lifecycle).
+        let e = crate::error::Error::Meta(busy());
+        assert_busy(failed(&e, e.message())).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_metadata_store_is_still_a_500() {
+        for r in [
+            users::refused(UsersError::Meta(MetaError::Store("disk I/O error".into()))),
+            users::refused(UsersError::Internal("broken".into())),
+            blocking(|| -> anyhow::Result<()> { anyhow::bail!("no such table") })
+                .await
+                .expect_err("failed"),
+        ] {
+            assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(r.headers().get(http::header::RETRY_AFTER).is_none());
+        }
+        // What the caller did wrong keeps its own status.
+        let r = users::refused(UsersError::NotFound("no user bob".into()));
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 }

@@ -29,7 +29,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{Admin, error};
+use super::{Admin, error, failed};
 use crate::node::users::{Accounts, KeyRequest, UserRequest, UsersError};
 
 pub(super) fn routes() -> axum::Router<Admin> {
@@ -47,13 +47,14 @@ pub(super) fn routes() -> axum::Router<Admin> {
         .route("/admin/v1/keys/{access}/enable", post(enable_key))
 }
 
-fn refused(e: UsersError) -> Response {
+/// What the admin API answers for a refused users, keys or bucket-claim call.
+pub(super) fn refused(e: UsersError) -> Response {
     let status = match &e {
         UsersError::Invalid(_) => StatusCode::BAD_REQUEST,
         UsersError::NotFound(_) => StatusCode::NOT_FOUND,
         UsersError::Conflict(_) => StatusCode::CONFLICT,
         UsersError::NotYours(_) => StatusCode::FORBIDDEN,
-        UsersError::Meta(_) | UsersError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        UsersError::Meta(_) | UsersError::Internal(_) => return failed(&e, e.to_string()),
     };
     error(status, e.to_string())
 }

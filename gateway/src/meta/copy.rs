@@ -258,7 +258,12 @@ impl std::str::FromStr for StoreLocation {
 
 impl StoreLocation {
     /// Opens the store; an SQLite source must exist (opening would create an empty one).
-    pub fn open(&self, must_exist: bool) -> Result<Box<dyn MetadataStore>> {
+    /// PostgreSQL is reached through a pool of `pool`'s size and wait.
+    pub fn open(
+        &self,
+        must_exist: bool,
+        pool: super::PgPoolOptions,
+    ) -> Result<Box<dyn MetadataStore>> {
         match self {
             StoreLocation::Sqlite(path) => {
                 if must_exist && !path.exists() {
@@ -269,7 +274,9 @@ impl StoreLocation {
                 }
                 Ok(Box::new(SqliteStore::open(path)?))
             }
-            StoreLocation::Postgres(url) => Ok(Box::new(super::PostgresStore::open(url)?)),
+            StoreLocation::Postgres(url) => {
+                Ok(Box::new(super::PostgresStore::open_with(url, pool)?))
+            }
         }
     }
 }

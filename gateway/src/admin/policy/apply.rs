@@ -164,11 +164,8 @@ pub(super) async fn delete(
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("checking where plan {name} is used: {e:#}"),
-                    Vec::new(),
-                );
+                return failure(&*e, format!("checking where plan {name} is used: {e:#}"))
+                    .into_response();
             }
             Err(e) => {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new());

@@ -155,7 +155,7 @@ impl IntoResponse for Refusal {
         if !self.problems.is_empty() {
             body["problems"] = serde_json::json!(self.problems);
         }
-        (self.status, Json(body)).into_response()
+        super::answer(self.status, body)
     }
 }
 
@@ -169,6 +169,12 @@ fn refusal(status: StatusCode, message: impl Into<String>, problems: Vec<String>
 
 fn error(status: StatusCode, message: impl Into<String>, problems: Vec<String>) -> Response {
     refusal(status, message, problems).into_response()
+}
+
+/// A failure inside the gateway, as [`super::failed`] answers it (503 for a busy metadata
+/// store, 500 otherwise).
+fn failure(e: &(dyn std::error::Error + 'static), message: impl Into<String>) -> Refusal {
+    refusal(super::failure_status(e), message, Vec::new())
 }
 
 fn parse_kind(segment: &str) -> Result<Kind, Refusal> {
@@ -296,13 +302,7 @@ impl PolicyApi {
         let usage = tokio::task::spawn_blocking(move || meta.provider_usage())
             .await
             .map_err(|e| refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new()))?
-            .map_err(|e| {
-                refusal(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("reading what the providers hold: {e}"),
-                    Vec::new(),
-                )
-            })?;
+            .map_err(|e| failure(&e, format!("reading what the providers hold: {e}")))?;
         let holding: Vec<String> = gone
             .iter()
             .filter_map(|(node, pool)| {
@@ -369,10 +369,9 @@ impl PolicyApi {
                         refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new())
                     })?
                     .map_err(|e| {
-                        refusal(
-                            StatusCode::INTERNAL_SERVER_ERROR,
+                        failure(
+                            &e,
                             format!("storing the policies in the metadata database: {e}"),
-                            Vec::new(),
                         )
                     })?;
             match stored {
@@ -534,5 +533,20 @@ impl PolicyApi {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::tests::{assert_busy, busy};
+
+    #[tokio::test]
+    async fn a_busy_metadata_store_refuses_a_policy_change_with_a_503() {
+        let e = anyhow::Error::from(busy()).context("checking where plan archive is used");
+        assert_busy(failure(&*e, format!("{e:#}")).into_response()).await;
+        let e = crate::meta::MetaError::Store("disk I/O error".into());
+        let r = failure(&e, e.to_string()).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

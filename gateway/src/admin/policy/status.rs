@@ -73,11 +73,7 @@ pub(super) async fn status(State(api): State<Arc<PolicyApi>>) -> Response {
     .await;
     match result {
         Ok(Ok(s)) => Json(s).into_response(),
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{e:#}"),
-            Vec::new(),
-        ),
+        Ok(Err(e)) => super::super::failed(&*e, format!("{e:#}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new()),
     }
 }
@@ -132,11 +128,7 @@ pub(super) async fn providers(State(api): State<Arc<PolicyApi>>) -> Response {
     .await;
     match result {
         Ok(Ok(p)) => Json(serde_json::json!({ "items": p })).into_response(),
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{e:#}"),
-            Vec::new(),
-        ),
+        Ok(Err(e)) => super::super::failed(&*e, format!("{e:#}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new()),
     }
 }
@@ -178,6 +170,11 @@ fn internal_error(e: impl std::fmt::Display) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), Vec::new())
 }
 
+/// A metadata failure: 503 when the store was busy, 500 otherwise.
+fn meta_failed(e: &crate::meta::MetaError) -> Response {
+    super::super::failed(e, e.to_string())
+}
+
 pub(super) async fn buckets(State(api): State<Arc<PolicyApi>>) -> Response {
     let gateway = Arc::clone(&api.gateway);
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<BucketStatus>> {
@@ -191,7 +188,7 @@ pub(super) async fn buckets(State(api): State<Arc<PolicyApi>>) -> Response {
     .await;
     match result {
         Ok(Ok(b)) => Json(serde_json::json!({ "items": b })).into_response(),
-        Ok(Err(e)) => internal_error(format!("{e:#}")),
+        Ok(Err(e)) => super::super::failed(&*e, format!("{e:#}")),
         Err(e) => internal_error(e),
     }
 }
@@ -219,7 +216,7 @@ pub(super) async fn bucket_one(
     match result {
         Ok(Ok((Some(b), _))) => Json(b).into_response(),
         Ok(Ok((None, name))) => no_such_bucket(&name),
-        Ok(Err(e)) => internal_error(e),
+        Ok(Err(e)) => meta_failed(&e),
         Err(e) => internal_error(e),
     }
 }
@@ -286,7 +283,7 @@ pub(super) async fn set_bucket(
         }
         Ok(Ok(Ok(None))) => internal_error("the bucket vanished while its plan was set"),
         Ok(Ok(Err(name))) => no_such_bucket(&name),
-        Ok(Err(e)) => internal_error(e),
+        Ok(Err(e)) => meta_failed(&e),
         Err(e) => internal_error(e),
     }
 }
@@ -300,18 +297,6 @@ struct BucketClaim {
     owner: String,
     #[serde(default)]
     default_plan: Option<String>,
-}
-
-fn users_refusal(e: crate::node::users::UsersError) -> Response {
-    use crate::node::users::UsersError;
-    let status = match &e {
-        UsersError::Invalid(_) => StatusCode::BAD_REQUEST,
-        UsersError::NotFound(_) => StatusCode::NOT_FOUND,
-        UsersError::Conflict(_) => StatusCode::CONFLICT,
-        UsersError::NotYours(_) => StatusCode::FORBIDDEN,
-        UsersError::Meta(_) | UsersError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e.to_string(), Vec::new())
 }
 
 /// `POST /admin/v1/buckets` `{"name", "owner", "defaultPlan"?}`: 201 with the bucket when
@@ -374,7 +359,7 @@ pub(super) async fn create_bucket(State(api): State<Arc<PolicyApi>>, body: Bytes
             };
             (status, Json(b)).into_response()
         }
-        Ok(Err(e)) => return users_refusal(e),
+        Ok(Err(e)) => return super::super::users::refused(e),
         Err(e) => return internal_error(e),
     };
     match barrier(&api).await {
@@ -411,7 +396,7 @@ pub(super) async fn delete_bucket(
                 None => Json(serde_json::json!({ "deleted": name })).into_response(),
             }
         }
-        Ok(Err(e)) => users_refusal(e),
+        Ok(Err(e)) => super::super::users::refused(e),
         Err(e) => internal_error(e),
     }
 }

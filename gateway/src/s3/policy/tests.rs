@@ -23,6 +23,25 @@ fn ask(p: &Policy, user: Option<&str>, action: &str, resource: &str, cx: &Contex
     })
 }
 
+/// One request and what the policy should decide of it: (user, action, resource, decision).
+type Row<'a> = (Option<&'a str>, &'a str, &'a str, Decision);
+
+/// Asks `p` every row of `table` in context `cx`; fails naming every row decided otherwise.
+#[track_caller]
+fn expect_decisions(p: &Policy, cx: &Context, table: &[Row<'_>]) {
+    let wrong: Vec<String> = table
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &(user, action, resource, expected))| {
+            let got = ask(p, user, action, resource, cx);
+            (got != expected).then(|| {
+                format!("row {i}: {user:?} {action} {resource}: {got:?}, expected {expected:?}")
+            })
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 const FAMILY: &str = r#"{
   "Version": "2012-10-17",
   "Statement": [
@@ -40,74 +59,31 @@ const FAMILY: &str = r#"{
 #[test]
 fn named_users_anyone_and_explicit_deny() {
     let p = parse(FAMILY);
-    let cx = Context::default();
     let get = "s3:GetObject";
-    assert_eq!(
-        ask(&p, Some("bob"), get, "arn:aws:s3:::photos/album/a.jpg", &cx),
-        Decision::Allow
-    );
-    assert_eq!(
-        ask(
-            &p,
-            Some("carol"),
-            "s3:ListBucket",
-            "arn:aws:s3:::photos",
-            &cx
-        ),
-        Decision::Allow
-    );
-    assert_eq!(
-        ask(
-            &p,
-            Some("mallory"),
-            get,
-            "arn:aws:s3:::photos/album/a.jpg",
-            &cx
-        ),
-        Decision::Silent
-    );
-    assert_eq!(
-        ask(
-            &p,
-            Some("bob"),
-            "s3:PutObject",
-            "arn:aws:s3:::photos/album/a.jpg",
-            &cx
-        ),
-        Decision::Silent
-    );
-    assert_eq!(
-        ask(
-            &p,
-            Some("bob"),
-            get,
-            "arn:aws:s3:::photos/album/private/x",
-            &cx
-        ),
-        Decision::Deny
-    );
-    assert_eq!(
-        ask(&p, None, get, "arn:aws:s3:::photos/public/index.html", &cx),
-        Decision::Allow
-    );
-    assert_eq!(
-        ask(&p, None, get, "arn:aws:s3:::photos/album/a.jpg", &cx),
-        Decision::Silent
-    );
-    // Actions compare without case, resources with.
-    assert_eq!(
-        ask(
-            &p,
-            None,
-            "S3:GETOBJECT",
-            "arn:aws:s3:::photos/public/a",
-            &cx
-        ),
-        Decision::Allow
-    );
-    assert_eq!(
-        ask(&p, None, get, "arn:aws:s3:::photos/Public/a", &cx),
-        Decision::Silent
+    let list = "s3:ListBucket";
+    let album = "arn:aws:s3:::photos/album/a.jpg";
+    let private = "arn:aws:s3:::photos/album/private/x";
+    let public = "arn:aws:s3:::photos/public/index.html";
+    expect_decisions(
+        &p,
+        &Context::default(),
+        &[
+            (Some("bob"), get, album, Decision::Allow),
+            (Some("carol"), list, "arn:aws:s3:::photos", Decision::Allow),
+            (Some("mallory"), get, album, Decision::Silent),
+            (Some("bob"), "s3:PutObject", album, Decision::Silent),
+            (Some("bob"), get, private, Decision::Deny),
+            (None, get, public, Decision::Allow),
+            (None, get, album, Decision::Silent),
+            // Actions compare without case, resources with.
+            (None, "S3:GETOBJECT", public, Decision::Allow),
+            (
+                None,
+                get,
+                "arn:aws:s3:::photos/Public/index.html",
+                Decision::Silent,
+            ),
+        ],
     );
     assert!(p.is_public());
 }
@@ -121,46 +97,17 @@ fn not_elements_invert_their_match() {
           {"Effect": "Allow", "Principal": "*", "NotAction": "s3:Delete*",
            "NotResource": "arn:aws:s3:::photos/secret/*"}]}"#,
     );
-    let cx = Context::default();
-    assert_eq!(
-        ask(
-            &p,
-            Some("alice"),
-            "s3:PutObject",
-            "arn:aws:s3:::photos/a",
-            &cx
-        ),
-        Decision::Deny
-    );
-    assert_eq!(
-        ask(
-            &p,
-            Some("backup"),
-            "s3:PutObject",
-            "arn:aws:s3:::photos/a",
-            &cx
-        ),
-        Decision::Allow
-    );
-    assert_eq!(
-        ask(
-            &p,
-            Some("backup"),
-            "s3:DeleteObject",
-            "arn:aws:s3:::photos/a",
-            &cx
-        ),
-        Decision::Silent
-    );
-    assert_eq!(
-        ask(
-            &p,
-            Some("x"),
-            "s3:GetObject",
-            "arn:aws:s3:::photos/secret/a",
-            &cx
-        ),
-        Decision::Silent
+    let a = "arn:aws:s3:::photos/a";
+    let secret = "arn:aws:s3:::photos/secret/a";
+    expect_decisions(
+        &p,
+        &Context::default(),
+        &[
+            (Some("alice"), "s3:PutObject", a, Decision::Deny),
+            (Some("backup"), "s3:PutObject", a, Decision::Allow),
+            (Some("backup"), "s3:DeleteObject", a, Decision::Silent),
+            (Some("x"), "s3:GetObject", secret, Decision::Silent),
+        ],
     );
 }
 
@@ -560,38 +507,23 @@ fn user_cx(user: Option<&str>, prefix: Option<&str>) -> Context {
 #[test]
 fn policy_variables_give_each_user_their_own_home() {
     let p = parse(HOMES);
-    let alice = user_cx(Some("alice"), None);
-    let get = "s3:GetObject";
-    assert_eq!(
-        ask(
-            &p,
-            Some("alice"),
-            get,
-            "arn:aws:s3:::photos/home/alice/a.txt",
-            &alice
-        ),
-        Decision::Allow
+    let (get, put) = ("s3:GetObject", "s3:PutObject");
+    let (alices, bobs) = (
+        "arn:aws:s3:::photos/home/alice/a.txt",
+        "arn:aws:s3:::photos/home/bob/a.txt",
     );
-    assert_eq!(
-        ask(
-            &p,
-            Some("alice"),
-            get,
-            "arn:aws:s3:::photos/home/bob/a.txt",
-            &alice
-        ),
-        Decision::Silent
+    expect_decisions(
+        &p,
+        &user_cx(Some("alice"), None),
+        &[
+            (Some("alice"), get, alices, Decision::Allow),
+            (Some("alice"), get, bobs, Decision::Silent),
+        ],
     );
-    let bob = user_cx(Some("bob"), None);
-    assert_eq!(
-        ask(
-            &p,
-            Some("bob"),
-            "s3:PutObject",
-            "arn:aws:s3:::photos/home/bob/x",
-            &bob
-        ),
-        Decision::Allow
+    expect_decisions(
+        &p,
+        &user_cx(Some("bob"), None),
+        &[(Some("bob"), put, bobs, Decision::Allow)],
     );
     let list = |user: &str, prefix: &str| {
         ask(
