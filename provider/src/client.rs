@@ -363,28 +363,35 @@ impl ProviderClient {
         let mut stream = std::pin::pin!(chunks);
         let mut out = bytes::BytesMut::new();
         let mut received: u64 = 0;
+        let too_much = || {
+            ClientError::new(
+                ErrorKind::DataLoss,
+                format!("shard {shard_id}: the provider sent more than the {limit} bytes asked for"),
+            )
+        };
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             received = received.saturating_add(chunk.data.len() as u64);
             if received > limit {
-                return Err(ClientError::new(
-                    ErrorKind::DataLoss,
-                    format!(
-                        "shard {shard_id}: the provider sent more than the {limit} bytes asked for"
-                    ),
-                ));
+                return Err(too_much());
             }
             if out.is_empty() {
                 // A single chunk needs no copy.
                 match stream.next().await {
                     None => return Ok(chunk.data),
                     Some(next) => {
+                        let next = next?;
+                        // The second message counts against the limit too.
+                        received = received.saturating_add(next.data.len() as u64);
+                        if received > limit {
+                            return Err(too_much());
+                        }
                         // Room for the whole answer at once, as far as the provider's word
                         // is believable.
                         let total = usize::try_from(chunk.total).unwrap_or(0).min(MAX_RESERVE);
                         out.reserve(total);
                         out.extend_from_slice(&chunk.data);
-                        out.extend_from_slice(&next?.data);
+                        out.extend_from_slice(&next.data);
                     }
                 }
             } else {

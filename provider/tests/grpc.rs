@@ -427,4 +427,12 @@ async fn a_reader_stops_at_the_length_it_expects() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
     assert!(err.to_string().contains("more than"), "{err}");
+    // One byte more than expected, in the second of two messages (which the one-message
+    // shortcut used not to count), is cut off too.
+    let err = f
+        .client
+        .get_shard_within("long", None, d.len() as u64 - 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
 }
