@@ -366,7 +366,9 @@ impl ProviderClient {
         let too_much = || {
             ClientError::new(
                 ErrorKind::DataLoss,
-                format!("shard {shard_id}: the provider sent more than the {limit} bytes asked for"),
+                format!(
+                    "shard {shard_id}: the provider sent more than the {limit} bytes asked for"
+                ),
             )
         };
         while let Some(chunk) = stream.next().await {

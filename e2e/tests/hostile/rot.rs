@@ -101,7 +101,12 @@ fn rot_in_a_data_shard_sent_unchecked_is_found_flagged_read_around_and_repaired(
     // Rot in one data shard, on disk: the provider's header and outboard are intact, only
     // the bytes differ.
     let (holder, (id, path)) = (0..PROVIDERS)
-        .flat_map(|i| c.providers[i].shard_files().into_iter().map(move |f| (i, f)))
+        .flat_map(|i| {
+            c.providers[i]
+                .shard_files()
+                .into_iter()
+                .map(move |f| (i, f))
+        })
         .find(|(_, (id, _))| index_of(id) < DATA_SHARDS)
         .expect("some provider holds a data shard");
     rot_shard_file(&path);
@@ -114,13 +119,21 @@ fn rot_in_a_data_shard_sent_unchecked_is_found_flagged_read_around_and_repaired(
     let after = provider_metrics(&c, holder);
     let unchecked = metric(&after, "sublet_provider_unchecked_reads_total")
         - metric(&before, "sublet_provider_unchecked_reads_total");
-    assert!(unchecked >= 1.0, "no read of {id} skipped the check:\n{after}");
+    assert!(
+        unchecked >= 1.0,
+        "no read of {id} skipped the check:\n{after}"
+    );
     assert_eq!(
         metric(&after, "sublet_provider_corruptions_total"),
         0.0,
         "the provider checked the rotten shard itself (the gateway did not ask it not to)"
     );
-    assert_eq!(healthy(), total - 1, "the rotten shard {id} is not flagged: {}", plan());
+    assert_eq!(
+        healthy(),
+        total - 1,
+        "the rotten shard {id} is not flagged: {}",
+        plan()
+    );
     assert!(
         c.log_text().contains(&id),
         "the gateway's log does not name {id}:\n{}",
@@ -130,7 +143,12 @@ fn rot_in_a_data_shard_sent_unchecked_is_found_flagged_read_around_and_repaired(
     // A scrub reads every shard checked: the provider finds the rot itself.
     let report = c.admin_post("/admin/v1/scrub");
     assert_eq!(report["bad"], 1, "{report}");
-    assert!(metric(&provider_metrics(&c, holder), "sublet_provider_corruptions_total") >= 1.0);
+    assert!(
+        metric(
+            &provider_metrics(&c, holder),
+            "sublet_provider_corruptions_total"
+        ) >= 1.0
+    );
 
     wait_for("full health after repair", Duration::from_secs(60), || {
         c.admin_post(&format!(

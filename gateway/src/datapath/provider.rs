@@ -81,7 +81,9 @@ impl ShardBackend for ProviderBackend {
         // Bytes the reader authenticates itself need no hash check on the provider's side.
         let authenticated = AUTHENTICATED_READ.try_with(|a| *a).unwrap_or(false);
         if authenticated && !check_outboard {
-            let call = self.client.get_shard_authenticated_within(shard_id, max_len);
+            let call = self
+                .client
+                .get_shard_authenticated_within(shard_id, max_len);
             return timed(&self.node_id, "get", TRANSFER_TIMEOUT, call).await;
         }
         let range = check_outboard.then_some((0, u64::MAX));

@@ -137,10 +137,10 @@ impl Gateway {
             })
             .await?;
         let Some(found_bucket) = found_bucket else {
-            return Err(crate::error::Error::from(crate::meta::MetaError::NoSuchBucket(
-                bucket.to_string(),
-            ))
-            .into());
+            return Err(
+                crate::error::Error::from(crate::meta::MetaError::NoSuchBucket(bucket.to_string()))
+                    .into(),
+            );
         };
         match (found, version_id) {
             (Some(v), _) if !v.delete_marker => Ok((found_bucket, v)),
