@@ -17,8 +17,9 @@ tokio::task_local! {
     /// a provider streaming junk without end costs a bounded buffer.
     pub static EXPECTED_LEN: u64;
     /// Set (true) around a read of a whole shard whose bytes the caller authenticates
-    /// itself: a data shard of an encrypted segment, which AES-GCM's tag covers (and which
-    /// is hashed when the tag fails). A provider backend then asks the provider to skip its
+    /// itself: a shard an encrypted segment is decoded from (the data shards, or a parity
+    /// shard a hedge asked for), which AES-GCM's tag covers and which is hashed when the
+    /// tag fails. A provider backend then asks the provider to skip its
     /// own hash check (`skip_hash_check`); every other read, audits and scrubs included,
     /// keeps it.
     pub static AUTHENTICATED_READ: bool;
