@@ -15,5 +15,7 @@ mod objlock;
 mod policies;
 #[path = "hostile/providers.rs"]
 mod providers;
+#[path = "hostile/rot.rs"]
+mod rot;
 #[path = "hostile/snapshots.rs"]
 mod snapshots;

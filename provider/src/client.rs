@@ -279,14 +279,17 @@ impl ProviderClient {
         shard_id: &str,
         range: Option<(u64, u64)>,
     ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + Send + 'static, ClientError> {
-        let chunks = self.chunks(shard_id, range).await?;
+        let chunks = self.chunks(shard_id, range, false).await?;
         Ok(chunks.map(|r| r.map(|c| c.data)))
     }
 
+    /// `skip_hash_check`: the caller authenticates a whole shard itself (see
+    /// [`get_shard_authenticated_within`](Self::get_shard_authenticated_within)).
     async fn chunks(
         &self,
         shard_id: &str,
         range: Option<(u64, u64)>,
+        skip_hash_check: bool,
     ) -> Result<
         impl Stream<Item = Result<proto::ShardChunk, ClientError>> + Send + 'static,
         ClientError,
@@ -303,6 +306,7 @@ impl ProviderClient {
                 offset,
                 length,
                 metered_at: metered_at(),
+                skip_hash_check,
             }))
             .await?
             .into_inner();
@@ -329,34 +333,67 @@ impl ProviderClient {
         range: Option<(u64, u64)>,
         max_len: u64,
     ) -> Result<Bytes, ClientError> {
+        self.read_within(shard_id, range, max_len, false).await
+    }
+
+    /// A whole shard whose bytes the caller authenticates itself (the data shards of an
+    /// AES-GCM segment: the tag covers them), bounded as in
+    /// [`get_shard_within`](Self::get_shard_within). The provider is asked not to check them
+    /// against its hash, so rot comes back as it is stored rather than as `DataLoss`: the
+    /// caller must check what it gets. Older providers check anyway.
+    pub async fn get_shard_authenticated_within(
+        &self,
+        shard_id: &str,
+        max_len: u64,
+    ) -> Result<Bytes, ClientError> {
+        self.read_within(shard_id, None, max_len, true).await
+    }
+
+    async fn read_within(
+        &self,
+        shard_id: &str,
+        range: Option<(u64, u64)>,
+        max_len: u64,
+        skip_hash_check: bool,
+    ) -> Result<Bytes, ClientError> {
         let limit = range
             .map_or(max_len, |(_, len)| len.min(max_len))
             .min(MAX_SHARD_LEN);
-        let mut stream = std::pin::pin!(self.chunks(shard_id, range).await?);
+        let chunks = self.chunks(shard_id, range, skip_hash_check).await?;
+        let mut stream = std::pin::pin!(chunks);
         let mut out = bytes::BytesMut::new();
         let mut received: u64 = 0;
+        let too_much = || {
+            ClientError::new(
+                ErrorKind::DataLoss,
+                format!(
+                    "shard {shard_id}: the provider sent more than the {limit} bytes asked for"
+                ),
+            )
+        };
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             received = received.saturating_add(chunk.data.len() as u64);
             if received > limit {
-                return Err(ClientError::new(
-                    ErrorKind::DataLoss,
-                    format!(
-                        "shard {shard_id}: the provider sent more than the {limit} bytes asked for"
-                    ),
-                ));
+                return Err(too_much());
             }
             if out.is_empty() {
                 // A single chunk needs no copy.
                 match stream.next().await {
                     None => return Ok(chunk.data),
                     Some(next) => {
+                        let next = next?;
+                        // The second message counts against the limit too.
+                        received = received.saturating_add(next.data.len() as u64);
+                        if received > limit {
+                            return Err(too_much());
+                        }
                         // Room for the whole answer at once, as far as the provider's word
                         // is believable.
                         let total = usize::try_from(chunk.total).unwrap_or(0).min(MAX_RESERVE);
                         out.reserve(total);
                         out.extend_from_slice(&chunk.data);
-                        out.extend_from_slice(&next?.data);
+                        out.extend_from_slice(&next.data);
                     }
                 }
             } else {

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub corruptions: IntCounter,
     /// Audits answered, by outcome.
     pub audits: IntCounterVec,
+    /// Whole-shard reads whose caller asked to skip the hash check (`skip_hash_check`: it
+    /// authenticates the bytes itself); shards over 16 MiB are checked anyway.
+    pub unchecked_reads: IntCounter,
 }
 
 impl Metrics {
@@ -77,6 +80,11 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let unchecked_reads = IntCounter::new(
+            "sublet_provider_unchecked_reads_total",
+            "Whole-shard reads asked to skip the hash check (the caller authenticates the bytes).",
+        )?;
+        registry.register(Box::new(unchecked_reads.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -99,6 +107,7 @@ impl Metrics {
             latency,
             corruptions,
             audits,
+            unchecked_reads,
         })
     }
 

@@ -204,6 +204,55 @@ async fn only_allowed_clients_or_token_holders_may_call() {
 }
 
 #[tokio::test]
+async fn a_caller_that_authenticates_a_whole_shard_itself_gets_it_as_stored_unchecked() {
+    let f = start().await;
+    let d = data(2 * 1024 * 1024 + 7, 10);
+    f.client.put_shard("sealed", d.clone()).await.unwrap();
+    assert_eq!(
+        f.client
+            .get_shard_authenticated_within("sealed", d.len() as u64)
+            .await
+            .unwrap(),
+        d
+    );
+    let path = f.dir.path().join("shards/sealed.shard");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Rot comes back as stored (the caller's tag and hashes find it), within the bound.
+    let got = f
+        .client
+        .get_shard_authenticated_within("sealed", d.len() as u64)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), d.len());
+    let differ: Vec<usize> = (0..d.len()).filter(|&i| got[i] != d[i]).collect();
+    assert_eq!(differ.len(), 1, "one flipped byte, as on disk");
+    let err = f
+        .client
+        .get_shard_authenticated_within("sealed", d.len() as u64 - 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
+    // Every other read still checks: a whole shard as before, and ranges.
+    for range in [None, Some((0, d.len() as u64)), Some((0, 1 << 20))] {
+        let err = f.client.get_shard("sealed", range).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DataLoss, "{range:?}: {err}");
+    }
+    let metrics = http_get(f.provider.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("sublet_provider_unchecked_reads_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sublet_provider_corruptions_total 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_corrupt_shard_is_never_served() {
     let f = start().await;
     let d = data(2 * 1024 * 1024, 9);
@@ -378,4 +427,12 @@ async fn a_reader_stops_at_the_length_it_expects() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
     assert!(err.to_string().contains("more than"), "{err}");
+    // One byte more than expected, in the second of two messages (which the one-message
+    // shortcut used not to count), is cut off too.
+    let err = f
+        .client
+        .get_shard_within("long", None, d.len() as u64 - 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
 }

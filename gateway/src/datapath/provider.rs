@@ -73,16 +73,21 @@ impl ShardBackend for ProviderBackend {
     }
 
     async fn get(&self, shard_id: &str) -> Result<Bytes, BackendError> {
+        use crate::datapath::stripes::{AUTHENTICATED_READ, EXPECTED_LEN};
         // A whole shard by explicit range: the provider then checks its outboard too.
-        let range = CHECK_OUTBOARD
-            .try_with(|check| *check)
-            .unwrap_or(false)
-            .then_some((0, u64::MAX));
+        let check_outboard = CHECK_OUTBOARD.try_with(|check| *check).unwrap_or(false);
         // At most the recorded length when the caller knows it, a shard's maximum otherwise.
-        let call = match crate::datapath::stripes::EXPECTED_LEN.try_with(|len| *len) {
-            Ok(len) => self.client.get_shard_within(shard_id, range, len),
-            Err(_) => self.client.get_shard_within(shard_id, range, u64::MAX),
-        };
+        let max_len = EXPECTED_LEN.try_with(|len| *len).unwrap_or(u64::MAX);
+        // Bytes the reader authenticates itself need no hash check on the provider's side.
+        let authenticated = AUTHENTICATED_READ.try_with(|a| *a).unwrap_or(false);
+        if authenticated && !check_outboard {
+            let call = self
+                .client
+                .get_shard_authenticated_within(shard_id, max_len);
+            return timed(&self.node_id, "get", TRANSFER_TIMEOUT, call).await;
+        }
+        let range = check_outboard.then_some((0, u64::MAX));
+        let call = self.client.get_shard_within(shard_id, range, max_len);
         timed(&self.node_id, "get", TRANSFER_TIMEOUT, call).await
     }
 

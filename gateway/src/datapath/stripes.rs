@@ -16,6 +16,13 @@ tokio::task_local! {
     /// buffers what a provider streams (the provider backend) stops at that many bytes, so
     /// a provider streaming junk without end costs a bounded buffer.
     pub static EXPECTED_LEN: u64;
+    /// Set (true) around a read of a whole shard whose bytes the caller authenticates
+    /// itself: a shard an encrypted segment is decoded from (the data shards, or a parity
+    /// shard a hedge asked for), which AES-GCM's tag covers and which is hashed when the
+    /// tag fails. A provider backend then asks the provider to skip its
+    /// own hash check (`skip_hash_check`); every other read, audits and scrubs included,
+    /// keeps it.
+    pub static AUTHENTICATED_READ: bool;
 }
 use crate::datapath::layout::{Encryption, Layout, Scheme, Segment, ShardLocation};
 
@@ -802,10 +809,9 @@ async fn fetch_shard(
             report(segment, index);
         }
     };
-    let shard = match EXPECTED_LEN
-        .scope(loc.length, backend.get(&loc.shard_id))
-        .await
-    {
+    // Unchecked here means checked by the segment's tag: the provider need not check it.
+    let read = AUTHENTICATED_READ.scope(!check, backend.get(&loc.shard_id));
+    let shard = match EXPECTED_LEN.scope(loc.length, read).await {
         Ok(bytes) if !check || matches_recorded(&bytes, loc) => Some(bytes),
         Ok(_) => {
             tracing::warn!(provider = %loc.provider, shard_id = %loc.shard_id, "shard failed its hash check");
@@ -858,6 +864,9 @@ mod tests {
         hang: std::sync::atomic::AtomicBool,
         /// Shard reads asked of it.
         reads: std::sync::atomic::AtomicUsize,
+        /// Of those, the reads whose caller said it authenticates the bytes itself
+        /// ([`AUTHENTICATED_READ`]): a provider would not check them.
+        authenticated: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
@@ -884,6 +893,10 @@ mod tests {
         }
         async fn get(&self, id: &str) -> Result<Bytes, BackendError> {
             self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if AUTHENTICATED_READ.try_with(|a| *a).unwrap_or(false) {
+                self.authenticated
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
@@ -1377,6 +1390,15 @@ mod tests {
             .collect()
     }
 
+    /// Reads per node since the last call that the reader said it authenticates itself
+    /// (so a provider would skip its own hash check of them).
+    fn reads_unchecked_by_provider(nodes: &[Arc<MemBackend>]) -> Vec<usize> {
+        nodes
+            .iter()
+            .map(|n| n.authenticated.swap(0, std::sync::atomic::Ordering::SeqCst))
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_corrupt_data_shard_of_an_encrypted_segment_is_found_flagged_and_read_around() {
         let master = MasterKey::from_bytes(&[9; 32]);
@@ -1387,6 +1409,8 @@ mod tests {
         let (reader, seen) = reporting_reader(&master, layout.clone());
         assert_eq!(read_with(&reader, &nodes).await.unwrap(), data);
         assert_eq!(reads_asked(&nodes), [3, 3, 3, 3, 0, 0]);
+        // The tag authenticates them: the providers are asked not to hash them.
+        assert_eq!(reads_unchecked_by_provider(&nodes), [3, 3, 3, 3, 0, 0]);
         assert!(seen.lock().unwrap().is_empty());
         // Data shard 2 comes back flipped: the tag fails, the hashes name shard 2, it is
         // reported in every segment and a parity shard replaces it.
@@ -1401,6 +1425,9 @@ mod tests {
             [3, 3, 3, 3, 3, 0],
             "the bad shard is not asked for twice, one parity shard per segment replaces it"
         );
+        // The parity shard read once the tag failed is one the gateway hashes on arrival,
+        // and the provider is not told to skip its own check of it.
+        assert_eq!(reads_unchecked_by_provider(&nodes), [3, 3, 3, 3, 0, 0]);
         // A provider answering another shard's bytes (shard 3's for shard 1) is caught the
         // same way.
         nodes[2]
@@ -1438,6 +1465,8 @@ mod tests {
         let (reader, seen) = reporting_reader(&master, layout);
         assert_eq!(read_with(&reader, &nodes).await.unwrap(), data);
         assert_eq!(*seen.lock().unwrap(), [(0, 0), (1, 0), (2, 0)]);
+        // No tag to lean on: every provider checks what it sends.
+        assert_eq!(reads_unchecked_by_provider(&nodes), [0; 6]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Node;
+use super::inflight::ReadGuard;
 use crate::datapath::codec::CustomerKey;
 use crate::datapath::stripes::ObjectReader;
 use crate::error::{Error, Result};
@@ -36,7 +37,41 @@ fn segment_slices(segments: &[u64], range: &ByteRange<u64>) -> Vec<(usize, ByteR
 }
 
 /// A stream of an object version's bytes, as GET sends them and copies read them.
-pub type ByteStream = ReceiverStream<std::result::Result<Bytes, std::io::Error>>;
+pub struct ByteStream(Body);
+
+enum Body {
+    /// Everything the read touches, read already: an object kept in metadata, or a range
+    /// within one segment (every 4 KiB GET). No task, no channel, no hand-off between
+    /// threads; the read's guard goes with the bytes.
+    Ready(Option<(Bytes, ReadGuard)>),
+    /// Later segments, from the task reading them ahead.
+    Streamed(ReceiverStream<std::result::Result<Bytes, std::io::Error>>),
+}
+
+impl futures::Stream for ByteStream {
+    type Item = std::result::Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match &mut self.get_mut().0 {
+            // The guard is dropped with the last bytes handed on.
+            Body::Ready(rest) => std::task::Poll::Ready(rest.take().map(|(bytes, _)| Ok(bytes))),
+            Body::Streamed(rx) => std::pin::Pin::new(rx).poll_next(cx),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.0 {
+            Body::Ready(rest) => {
+                let n = usize::from(rest.is_some());
+                (n, Some(n))
+            }
+            Body::Streamed(rx) => futures::Stream::size_hint(rx),
+        }
+    }
+}
 
 impl Node {
     /// Streams `range` of a version. Reads the first segment before returning,
@@ -145,8 +180,12 @@ impl Node {
             }
             None => None,
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(1);
         let rest: Vec<_> = pending.collect();
+        if rest.is_empty() {
+            // Read whole already (one segment, or none): handed on as it is.
+            return Ok(ByteStream(Body::Ready(first.map(|bytes| (bytes, guard)))));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(1);
         let backend_for = Arc::new(backend_for);
         let hold = Arc::new(hold);
         let read = move |(reader, i, r): (Arc<ObjectReader>, usize, ByteRange<usize>)| {
@@ -182,7 +221,7 @@ impl Node {
             }
             stream_segments(rest, READ_AHEAD, &tx, read).await;
         });
-        Ok(ReceiverStream::new(rx))
+        Ok(ByteStream(Body::Streamed(ReceiverStream::new(rx))))
     }
 
     /// Flags shards of piece `piece` of `v` (whose layout is `layout`) that a read found
@@ -305,7 +344,7 @@ mod tests {
 
     use bytes::Bytes;
 
-    use super::{segment_slices, stream_segments};
+    use super::{Body, ByteStream, segment_slices, stream_segments};
 
     /// A segment read that counts how many started and how many run at once.
     fn counting_read(
@@ -386,6 +425,56 @@ mod tests {
             .expect("the pipeline outlived its client")
             .unwrap();
         assert_eq!(started.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_read_of_one_segment_hands_its_bytes_on_once_and_ends_its_read_with_them() {
+        use futures::StreamExt;
+
+        use crate::node::inflight::InFlight;
+        let v = crate::meta::ObjectVersion {
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: "v1".into(),
+            delete_marker: false,
+            size: 5,
+            etag: String::new(),
+            content_type: None,
+            user_metadata: Default::default(),
+            last_modified: 0,
+            plan: "p".into(),
+            layout: None,
+            attrs: Default::default(),
+        };
+        let inflight = InFlight::default();
+        let freed = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&freed);
+        let guard = inflight.start(
+            &v,
+            Box::new(move |l| {
+                counted.fetch_add(l.len(), Ordering::SeqCst);
+            }),
+        );
+        let mut stream = ByteStream(Body::Ready(Some((Bytes::from_static(b"hello"), guard))));
+        assert_eq!(futures::Stream::size_hint(&stream), (1, Some(1)));
+        // Overwritten meanwhile: its shards wait for the bytes to be taken.
+        let layout = crate::datapath::layout::Layout {
+            scheme: crate::datapath::layout::Scheme::Replicas { copies: 1 },
+            encryption: crate::datapath::layout::Encryption::None,
+            segment_size: 1,
+            segments: Vec::new(),
+            inline: None,
+            parts: Vec::new(),
+        };
+        assert!(inflight.defer(&v, &layout), "the read is not counted");
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"hello");
+        assert_eq!(inflight.reading(), 0, "the read outlives its bytes");
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        assert!(stream.next().await.is_none());
+        assert!(stream.next().await.is_none());
+        // A read of nothing ends at once.
+        let mut empty = ByteStream(Body::Ready(None));
+        assert!(empty.next().await.is_none());
     }
 
     #[test]

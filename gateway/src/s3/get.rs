@@ -118,14 +118,30 @@ impl Gateway {
         key: &str,
         version_id: Option<&str>,
     ) -> S3Result<(Bucket, ObjectVersion)> {
-        let found_bucket = self.require_bucket(bucket).await?;
-        check_version_id(version_id)?;
+        if let Err(e) = check_version_id(version_id) {
+            // A missing bucket is the first thing a client hears of.
+            self.require_bucket(bucket).await?;
+            return Err(e);
+        }
         let (b, k, id) = (
             bucket.to_string(),
             key.to_string(),
             version_id.map(str::to_string),
         );
-        let found = self.meta(move |m| m.version(&b, &k, id.as_deref())).await?;
+        // The bucket and the version in one trip to the blocking pool (a hand-off between
+        // threads each): every GET and HEAD starts here.
+        let (found_bucket, found) = self
+            .meta(move |m| match m.bucket(&b)? {
+                Some(found) => Ok((Some(found), m.version(&b, &k, id.as_deref())?)),
+                None => Ok((None, None)),
+            })
+            .await?;
+        let Some(found_bucket) = found_bucket else {
+            return Err(
+                crate::error::Error::from(crate::meta::MetaError::NoSuchBucket(bucket.to_string()))
+                    .into(),
+            );
+        };
         match (found, version_id) {
             (Some(v), _) if !v.delete_marker => Ok((found_bucket, v)),
             (Some(v), Some(id)) => {

@@ -1,5 +1,7 @@
 //! Verified reads: a whole shard checked in one pass, or any range streamed through its
-//! outboard (the tree for format 2, bao for format 1), so no byte is served unchecked.
+//! outboard (the tree for format 2, bao for format 1), so no byte is served unchecked;
+//! and the one exception, a whole shard for a caller that authenticates it itself
+//! ([`Store::read_unchecked`]).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -30,7 +32,7 @@ impl Store {
             )));
         }
         if offset == 0 && len == 0 && meta.length <= WHOLE_READ_MAX {
-            return Self::read_whole(id, &meta, &file, header_len);
+            return Self::read_whole(id, &meta, &file, header_len, true);
         }
         let available = meta.length - offset;
         let len = if len == 0 {
@@ -69,10 +71,31 @@ impl Store {
         })
     }
 
-    /// A whole shard, read at once and checked against its hash in one BLAKE3 pass: one read
-    /// instead of one per group, and none of the tree (nor, for a format-1 shard, bao's
-    /// chunk-by-chunk check, several times slower).
-    fn read_whole(id: &str, meta: &ShardMeta, file: &File, header_len: u64) -> Result<ShardReader> {
+    /// A whole shard as stored, **not** checked against its hash, for a caller that
+    /// authenticates the bytes itself (a gateway reading the data shards of an encrypted
+    /// segment: AES-GCM's tag covers them, and it hashes them when the tag fails). The
+    /// index entry and the file's header are checked as for any read, and a file shorter
+    /// than its header says is [`Error::DataLoss`]; rot inside the data is sent as it is.
+    /// A shard over [`WHOLE_READ_MAX`] streams through its outboard, checked, as
+    /// [`Store::read_range`] reads it (memory per read stays bounded).
+    pub fn read_unchecked(&self, id: &str) -> Result<ShardReader> {
+        let (meta, file, header_len, _) = self.open_checked(id)?;
+        if meta.length > WHOLE_READ_MAX {
+            return self.read_range(id, 0, 0);
+        }
+        Self::read_whole(id, &meta, &file, header_len, false)
+    }
+
+    /// A whole shard, read at once and (when `check`) checked against its hash in one
+    /// BLAKE3 pass: one read instead of one per group, and none of the tree (nor, for a
+    /// format-1 shard, bao's chunk-by-chunk check, several times slower).
+    fn read_whole(
+        id: &str,
+        meta: &ShardMeta,
+        file: &File,
+        header_len: u64,
+        check: bool,
+    ) -> Result<ShardReader> {
         let length = usize::try_from(meta.length)
             .map_err(|_| Error::Other(format!("shard {id} is too large to read whole")))?;
         // `read_to_end` fills spare capacity as it is, without zeroing it first.
@@ -88,7 +111,7 @@ impl Store {
                 reason: "shard file is shorter than its header says".into(),
             });
         }
-        if blake3::hash(&data).as_bytes() != &meta.hash {
+        if check && blake3::hash(&data).as_bytes() != &meta.hash {
             return Err(Error::DataLoss {
                 id: id.to_string(),
                 reason: "the shard's bytes do not match its hash".into(),

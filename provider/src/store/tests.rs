@@ -365,6 +365,57 @@ fn a_flipped_byte_is_never_served() {
 }
 
 #[test]
+fn an_unchecked_read_sends_a_whole_shard_as_stored_and_nothing_else_skips_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
+    let d = data(200_000);
+    let meta = put(&store, "rotten", &d).unwrap();
+    let intact = put(&store, "intact", &d).unwrap();
+    let whole = |id: &str| {
+        let mut r = store.read_unchecked(id)?;
+        let mut out = Vec::new();
+        while r.remaining() > 0 {
+            out.extend(r.next_chunk(65536)?);
+        }
+        Ok::<_, Error>(out)
+    };
+    assert_eq!(whole("intact").unwrap(), d);
+    assert_eq!(intact.hash, meta.hash);
+
+    let path = dir.path().join("shards/rotten.shard");
+    let mut bytes = fs::read(&path).unwrap();
+    let header_len = Header::len_for("rotten") as usize;
+    bytes[header_len + 150_000] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    // The bytes as stored, rot included: the caller's own check is what finds it.
+    let mut rotten = d.clone();
+    rotten[150_000] ^= 1;
+    assert_eq!(whole("rotten").unwrap(), rotten);
+    // Every other read of it still checks.
+    assert!(matches!(
+        read_all(&store, "rotten", 0, 0),
+        Err(Error::DataLoss { .. })
+    ));
+    assert!(matches!(
+        read_all(&store, "rotten", 149_000, 2_000),
+        Err(Error::DataLoss { .. })
+    ));
+    assert!(matches!(
+        store.audit("rotten", 149_500, 1000, true),
+        Err(Error::DataLoss { .. })
+    ));
+    // A file cut short, a header that disagrees with the index, a shard not held: errors,
+    // never short or foreign bytes.
+    let path = dir.path().join("shards/intact.shard");
+    let cut = Header::len_for("intact") as usize + 100_000;
+    fs::write(&path, &fs::read(&path).unwrap()[..cut]).unwrap();
+    assert!(matches!(whole("intact"), Err(Error::DataLoss { .. })));
+    fs::copy(dir.path().join("shards/rotten.shard"), &path).unwrap();
+    assert!(matches!(whole("intact"), Err(Error::DataLoss { .. })));
+    assert!(matches!(whole("absent"), Err(Error::NotFound(_))));
+}
+
+#[test]
 fn tenant_namespaces_are_counted_and_held_to_their_quota() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), GIB, 0).unwrap());
