@@ -17,3 +17,5 @@ mod policies;
 mod providers;
 #[path = "hostile/snapshots.rs"]
 mod snapshots;
+#[path = "hostile/unix_sockets.rs"]
+mod unix_sockets;
