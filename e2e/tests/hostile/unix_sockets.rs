@@ -45,7 +45,9 @@ fn sublet_serve_stores_and_reads_over_unix_sockets() {
 #[test]
 fn another_process_on_a_providers_socket_gets_no_shard_and_no_token() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start_over_unix_sockets(tmp.path(), 6, POLICIES, PLAN);
+    // One provider more than the stripe is wide: writes still place 6 shards once the
+    // gateway counts provider 0 down.
+    let mut c = Cluster::start_over_unix_sockets(tmp.path(), 7, POLICIES, PLAN);
     c.create_bucket(BUCKET);
     let before = test_objects("before", 3, 200 << 10);
     for o in &before {
@@ -58,6 +60,9 @@ fn another_process_on_a_providers_socket_gets_no_shard_and_no_token() {
     impostor.socket = c.providers[0].socket.clone();
     impostor.start();
     assert_ne!(impostor.node_id, c.providers[0].node_id);
+    // Two probe intervals (2s): a gateway that believed the impostor would count provider 0
+    // healthy again by now and place shards on it.
+    std::thread::sleep(std::time::Duration::from_secs(5));
 
     let after = test_objects("after", 3, 200 << 10);
     for o in &after {
