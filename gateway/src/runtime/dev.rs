@@ -556,10 +556,13 @@ spec:
 
     #[test]
     fn the_provider_transport_is_unix_unless_tls_is_asked_for() {
-        assert_eq!(DevTransport::parse("").unwrap(), DevTransport::Unix);
-        assert_eq!(DevTransport::parse("unix").unwrap(), DevTransport::Unix);
-        assert_eq!(DevTransport::parse("tls").unwrap(), DevTransport::Tls);
-        let err = DevTransport::parse("tcp").unwrap_err().to_string();
+        assert_eq!(DevTransport::parse("").expect("empty"), DevTransport::Unix);
+        assert_eq!(
+            DevTransport::parse("unix").expect("unix"),
+            DevTransport::Unix
+        );
+        assert_eq!(DevTransport::parse("tls").expect("tls"), DevTransport::Tls);
+        let err = DevTransport::parse("tcp").expect_err("tcp").to_string();
         assert!(
             err.contains(PROVIDER_TRANSPORT_ENV) && err.contains("`tls`"),
             "{err}"
