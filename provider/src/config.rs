@@ -559,6 +559,45 @@ mod tests {
     }
 
     #[test]
+    fn a_unix_socket_is_configured_by_flag_or_file_and_a_bad_path_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("provider.yaml");
+        std::fs::write(
+            &path,
+            "listenUnix: /run/sublet/a.sock\nunixAllowUids: [1001]\n",
+        )
+        .unwrap();
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(["sublet-provider"].iter().chain(args))
+                .unwrap()
+                .resolve()
+                .unwrap()
+        };
+        let cfg = parse(&["--config", path.to_str().unwrap()]);
+        assert_eq!(cfg.listen_unix, Some(PathBuf::from("/run/sublet/a.sock")));
+        assert_eq!(cfg.unix_allow_uids, vec![1001]);
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen-unix",
+            "/run/sublet/b.sock",
+            "--unix-allow-uid",
+            "7",
+            "--unix-allow-uid",
+            "8",
+        ]);
+        assert_eq!(cfg.listen_unix, Some(PathBuf::from("/run/sublet/b.sock")));
+        assert_eq!(cfg.unix_allow_uids, vec![7, 8]);
+        assert!(cfg.check().is_ok());
+        let relative = parse(&["--listen-unix", "b.sock"]);
+        let err = relative.check().unwrap_err().to_string();
+        assert!(
+            err.contains("listenUnix") && err.contains("not absolute"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn fault_switches_are_hidden_and_parsed() {
         use clap::CommandFactory;
         let help = Args::command().render_long_help().to_string();
