@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::condition::Condition;
 use crate::offer::{CaSecretRef, DEFAULT_MARKET_CA_KEY, MarketOffer};
 use crate::size::ByteSize;
-use crate::validate::{Problems, ValidationError, is_dns_label, is_endpoint_address};
+use crate::validate::{
+    Problems, ValidationError, is_dns_label, is_endpoint_address, is_unix_socket_address,
+};
 
 /// A group of providers that plans place shards on: in-cluster nodes running a provider pod,
 /// endpoints outside the cluster, or both.
@@ -159,7 +161,9 @@ pub struct VolumeClaimTemplate {
 pub struct Endpoint {
     /// A name unique in the pool, e.g. `bob-nas`.
     pub name: String,
-    /// Where the provider listens: `https://host:port` or `host:port`.
+    /// Where the provider listens: `https://host:port` or `host:port`; or, for a provider
+    /// on the gateway's own machine, its Unix socket `unix:/path/to/socket` (no TLS: the
+    /// kernel carries the bytes, and a handshake with the node key still pins `nodeId`).
     pub address: String,
     /// The provider's node id, pinned so a different machine at the same address is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -440,7 +444,17 @@ impl ProviderPoolSpec {
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let field = format!("spec.endpoints[{i}]");
             p.name(format!("{field}.name"), &endpoint.name);
-            if !is_endpoint_address(&endpoint.address) {
+            if endpoint.address.starts_with("unix:") {
+                if !is_unix_socket_address(&endpoint.address) {
+                    p.add(
+                        format!("{field}.address"),
+                        format!(
+                            "\"{}\" is not a Unix socket address; use unix:/path/to/socket (an absolute path of at most 107 bytes)",
+                            endpoint.address
+                        ),
+                    );
+                }
+            } else if !is_endpoint_address(&endpoint.address) {
                 p.add(
                     format!("{field}.address"),
                     format!(
@@ -721,6 +735,13 @@ mod tests {
             problems("class: owned\nendpoints: [{name: nas, address: nas.example}]"),
             [
                 "spec.endpoints[0].address: \"nas.example\" is not an address; use https://host:port or host:port (e.g. https://nas.example:7480)"
+            ]
+        );
+        assert!(problems("class: owned\nendpoints: [{name: disk1, address: \"unix:/run/sublet/disk1.sock\", nodeId: abc}]").is_empty());
+        assert_eq!(
+            problems("class: owned\nendpoints: [{name: disk1, address: \"unix:disk1.sock\"}]"),
+            [
+                "spec.endpoints[0].address: \"unix:disk1.sock\" is not a Unix socket address; use unix:/path/to/socket (an absolute path of at most 107 bytes)"
             ]
         );
         assert_eq!(

@@ -131,9 +131,37 @@ pub(crate) fn is_endpoint_address(text: &str) -> bool {
     host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
+/// `unix:/path` or `unix:///path`: an absolute socket path the kernel takes (at most 107
+/// bytes, no NUL, not ending in `/`), for a provider on the gateway's own machine.
+pub(crate) fn is_unix_socket_address(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("unix:") else {
+        return false;
+    };
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    path.starts_with('/') && !path.ends_with('/') && path.len() <= 107 && !path.contains('\0')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_socket_addresses() {
+        for good in ["unix:/run/sublet/p.sock", "unix:///run/sublet/p.sock"] {
+            assert!(is_unix_socket_address(good), "{good}");
+        }
+        let long = format!("unix:/{}", "x".repeat(107));
+        for bad in [
+            "unix:",
+            "unix:p.sock",
+            "unix://nas/p.sock",
+            "unix:/run/sublet/",
+            long.as_str(),
+            "/run/sublet/p.sock",
+        ] {
+            assert!(!is_unix_socket_address(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn clock_times() {

@@ -46,6 +46,8 @@ pub struct ProviderProcess {
     pub dir: PathBuf,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The Unix socket it also listens on (`--listen-unix`), when the gateways reach it so.
+    pub socket: Option<PathBuf>,
     pub node_id: String,
     /// `--capacity` it starts with (`1Gi` unless changed before a [`ProviderProcess::start`]).
     pub capacity: String,
@@ -66,7 +68,8 @@ impl Drop for ProviderProcess {
 }
 
 impl ProviderProcess {
-    fn new(root: &Path, index: usize) -> Self {
+    /// A provider with its state in `root/p{index}`, not started.
+    pub fn new(root: &Path, index: usize) -> Self {
         let name = format!("p{index}");
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir).expect("create provider directory");
@@ -90,6 +93,7 @@ impl ProviderProcess {
             dir,
             grpc: free_addr(),
             http: free_addr(),
+            socket: None,
             child: None,
         }
     }
@@ -115,7 +119,11 @@ impl ProviderProcess {
     fn try_start(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "{} is running already", self.name);
         let log = append(&self.log);
-        let mut child = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
+        let mut command = Command::new(workspace_binary("sublet-provider", "sublet-provider"));
+        if let Some(socket) = &self.socket {
+            command.arg("--listen-unix").arg(socket);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--listen", &self.grpc.to_string()])
@@ -234,9 +242,34 @@ impl Cluster {
         )
     }
 
+    /// [`Cluster::start`] with every provider also on a Unix socket (`dir/pN.sock`), which
+    /// is how the gateway reaches it (`unix:` endpoints: no TLS).
+    pub fn start_over_unix_sockets(
+        dir: &Path,
+        providers: usize,
+        policies: &str,
+        default_plan: &str,
+    ) -> Self {
+        Cluster::start_on(
+            dir,
+            &ClusterSpec {
+                providers,
+                gateways: 1,
+                policies,
+                default_plan,
+                postgres: None,
+            },
+            true,
+        )
+    }
+
     /// Starts the providers, then the gateways one after the other: the first creates the
     /// master key the others read.
     pub fn start_with(dir: &Path, spec: &ClusterSpec<'_>) -> Self {
+        Cluster::start_on(dir, spec, false)
+    }
+
+    fn start_on(dir: &Path, spec: &ClusterSpec<'_>, unix: bool) -> Self {
         assert!(
             spec.gateways == 1 || spec.postgres.is_some(),
             "{} gateways cannot share an SQLite file; give them a PostgreSQL URL",
@@ -246,14 +279,21 @@ impl Cluster {
             .map(|i| ProviderProcess::new(dir, i))
             .collect();
         for p in &mut procs {
+            if unix {
+                p.socket = Some(dir.join(format!("{}.sock", p.name)));
+            }
             p.first_start();
         }
         let mut pools = String::new();
         for p in &procs {
+            let address = match &p.socket {
+                Some(socket) => format!("unix:{}", socket.display()),
+                None => p.grpc.to_string(),
+            };
             pools.push_str(&format!(
                 "apiVersion: sublet.dev/v1alpha1\nkind: ProviderPool\nmetadata: {{name: {name}}}\n\
                  spec:\n  class: owned\n  endpoints:\n    - {{name: {name}, address: \"{}\", nodeId: \"{}\", zone: z-{name}}}\n---\n",
-                p.grpc,
+                address,
                 p.node_id,
                 name = p.name,
             ));

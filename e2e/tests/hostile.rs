@@ -19,3 +19,5 @@ mod providers;
 mod rot;
 #[path = "hostile/snapshots.rs"]
 mod snapshots;
+#[path = "hostile/unix_sockets.rs"]
+mod unix_sockets;

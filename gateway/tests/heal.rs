@@ -177,7 +177,7 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     let mut revive = Vec::new();
     for &n in &dead {
         let p = providers[n].take().unwrap();
-        revive.push((n, p.grpc_addr));
+        revive.push((n, p.grpc_addr, p.unix_socket.clone()));
         p.shutdown().await;
     }
     sublet_gateway::runtime::probe_and_record(&cluster.probes, gateway.health(), &meta).await;
@@ -253,9 +253,11 @@ async fn lost_providers_are_reported_repaired_and_revived_without_confusion() {
     let gateway_id = NodeIdentity::load_or_create(&tmp.path().join("gateway"))
         .unwrap()
         .node_id();
-    let (n, addr) = revive[0];
+    let (n, addr, socket) = revive[0].clone();
     let mut cfg = ProviderConfig::new(tmp.path().join("providers").join(n.to_string()));
+    // Where the gateway's client dials it: its socket (`sublet dev`'s default) or address.
     cfg.listen = addr;
+    cfg.listen_unix = socket;
     cfg.token = Some(token.trim().to_owned());
     cfg.allowed_clients = vec![gateway_id];
     cfg.zone = format!("dev-{n}");

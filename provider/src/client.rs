@@ -1,5 +1,7 @@
 //! The client a gateway uses to talk to providers: TLS pinned to the
-//! provider's node id, its own identity certificate, an optional cluster token.
+//! provider's node id, its own identity certificate, an optional cluster token; or, for a
+//! provider on the same machine (`unix:/path`), a Unix socket whose handshake pins the same
+//! node id.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -144,11 +146,32 @@ pub struct ProviderClient {
 }
 
 impl ProviderClient {
-    /// A client for the provider at `address` ("host:port" or "https://host:port")
-    /// whose node id must be `expected`. Nothing is dialled until the first
-    /// call; must be called inside a Tokio runtime.
+    /// A client for the provider at `address` ("host:port", "https://host:port", or
+    /// "unix:/path" for a provider on this machine) whose node id must be `expected`.
+    /// Nothing is dialled until the first call; must be called inside a Tokio runtime.
     pub fn new(address: &str, expected: NodeId, cfg: &ClientConfig) -> Result<Self, ClientError> {
         let invalid = |m: String| ClientError::new(ErrorKind::InvalidArgument, m);
+        if crate::unix::is_unix_address(address) {
+            let path = crate::unix::parse_address(address)
+                .map_err(|e| invalid(format!("invalid provider address: {e}")))?;
+            let connector = UnixConnector {
+                path: Arc::new(path),
+                identity: Arc::clone(&cfg.identity),
+                expected,
+            };
+            // The connector dials the socket; the URI only fills in the HTTP/2 authority.
+            let endpoint = Endpoint::from_static("http://localhost")
+                .initial_stream_window_size(4 << 20)
+                .initial_connection_window_size(16 << 20)
+                .connect_timeout(crate::unix::HANDSHAKE_TIMEOUT)
+                .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+            return Self::over(
+                endpoint.connect_with_connector_lazy(connector),
+                expected,
+                cfg,
+            );
+        }
         let authority = address
             .trim()
             .trim_start_matches("https://")
@@ -173,7 +196,15 @@ impl ProviderClient {
             .connect_timeout(std::time::Duration::from_secs(10))
             .http2_keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_with_connector_lazy(connector);
+        Self::over(
+            endpoint.connect_with_connector_lazy(connector),
+            expected,
+            cfg,
+        )
+    }
+
+    fn over(channel: Channel, expected: NodeId, cfg: &ClientConfig) -> Result<Self, ClientError> {
+        let invalid = |m: String| ClientError::new(ErrorKind::InvalidArgument, m);
         let token = match &cfg.token {
             Some(t) => Some(
                 t.parse()
@@ -587,6 +618,57 @@ impl tower::Service<Uri> for TlsConnector {
                 .unwrap_or(ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()));
             let stream = tls.connect(name, tcp).await?;
             Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// Connects tonic to a provider on this machine: its Unix socket, then the handshake that
+/// proves the provider holds the key of the pinned node id. Bounded by
+/// [`crate::unix::HANDSHAKE_TIMEOUT`].
+#[derive(Clone)]
+struct UnixConnector {
+    path: Arc<std::path::PathBuf>,
+    identity: Arc<NodeIdentity>,
+    expected: NodeId,
+}
+
+impl tower::Service<Uri> for UnixConnector {
+    type Response = TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let dial = async {
+                let mut stream = tokio::net::UnixStream::connect(this.path.as_path()).await?;
+                crate::unix::client_handshake(&mut stream, &this.identity, this.expected).await?;
+                Ok::<_, std::io::Error>(stream)
+            };
+            match tokio::time::timeout(crate::unix::HANDSHAKE_TIMEOUT, dial).await {
+                Ok(Ok(stream)) => Ok(TokioIo::new(stream)),
+                Ok(Err(e)) => Err(std::io::Error::new(
+                    e.kind(),
+                    format!("provider socket {}: {e}", this.path.display()),
+                )),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "provider socket {}: no handshake within {:?}",
+                        this.path.display(),
+                        crate::unix::HANDSHAKE_TIMEOUT
+                    ),
+                )),
+            }
         })
     }
 }

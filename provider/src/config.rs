@@ -28,6 +28,13 @@ pub struct ProviderConfig {
     pub data_dir: PathBuf,
     /// gRPC (TLS) listen address; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// A Unix socket to serve gRPC on as well, without TLS, for gateways on this machine
+    /// (`--listen-unix`): callers are named by the kernel (their uid) and by the node key
+    /// they prove in a handshake; see docs/security.md.
+    pub listen_unix: Option<PathBuf>,
+    /// Uids besides the provider's own allowed to connect to the Unix socket
+    /// (`--unix-allow-uid`); the socket is then mode 0660, reached through its group.
+    pub unix_allow_uids: Vec<u32>,
     /// HTTP listen address for `/metrics` and `/healthz`; port 0 picks a free port.
     pub http_listen: SocketAddr,
     /// Bytes this provider offers for shards (headers and proofs included).
@@ -63,6 +70,8 @@ impl ProviderConfig {
         ProviderConfig {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen_unix: None,
+            unix_allow_uids: Vec::new(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             capacity: 10 << 30,
             reserve: 0,
@@ -82,6 +91,10 @@ impl ProviderConfig {
     pub fn check(&self) -> anyhow::Result<()> {
         if let Some(token) = &self.token {
             check_token(token)?;
+        }
+        if let Some(path) = &self.listen_unix {
+            crate::unix::check_socket_path(path)
+                .map_err(|e| anyhow::anyhow!("`listenUnix`: {e}"))?;
         }
         if self.max_connections == 0 {
             bail!("`max_connections` is 0: no gateway could connect; leave it at its default");
@@ -176,6 +189,18 @@ pub struct Args {
     /// gRPC listen address [default: 0.0.0.0:7480].
     #[arg(long, env = "SUBLET_PROVIDER_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Also serve gRPC on this Unix socket, without TLS, for gateways on this machine
+    /// (they use the address `unix:PATH`); the directory must belong to the provider's user.
+    #[arg(long, env = "SUBLET_PROVIDER_LISTEN_UNIX")]
+    pub listen_unix: Option<PathBuf>,
+    /// A uid besides the provider's own allowed to connect to the Unix socket (repeat, or
+    /// comma-separate in the environment); the socket is then mode 0660.
+    #[arg(
+        long = "unix-allow-uid",
+        env = "SUBLET_PROVIDER_UNIX_ALLOW_UIDS",
+        value_delimiter = ','
+    )]
+    pub unix_allow_uids: Vec<u32>,
     /// Metrics and health listen address [default: 0.0.0.0:7481].
     #[arg(long, env = "SUBLET_PROVIDER_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -259,6 +284,9 @@ pub struct Args {
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    pub listen_unix: Option<PathBuf>,
+    #[serde(default)]
+    pub unix_allow_uids: Vec<u32>,
     pub http_listen: Option<SocketAddr>,
     pub capacity: Option<String>,
     pub reserve: Option<String>,
@@ -390,6 +418,12 @@ impl Args {
                 .listen
                 .or(file.listen)
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7480))),
+            listen_unix: self.listen_unix.clone().or(file.listen_unix),
+            unix_allow_uids: if self.unix_allow_uids.is_empty() {
+                file.unix_allow_uids
+            } else {
+                self.unix_allow_uids.clone()
+            },
             http_listen: self
                 .http_listen
                 .or(file.http_listen)
@@ -522,6 +556,45 @@ mod tests {
             ..ProviderConfig::new("/nonexistent")
         };
         assert!(short.check().is_err());
+    }
+
+    #[test]
+    fn a_unix_socket_is_configured_by_flag_or_file_and_a_bad_path_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("provider.yaml");
+        std::fs::write(
+            &path,
+            "listenUnix: /run/sublet/a.sock\nunixAllowUids: [1001]\n",
+        )
+        .unwrap();
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(["sublet-provider"].iter().chain(args))
+                .unwrap()
+                .resolve()
+                .unwrap()
+        };
+        let cfg = parse(&["--config", path.to_str().unwrap()]);
+        assert_eq!(cfg.listen_unix, Some(PathBuf::from("/run/sublet/a.sock")));
+        assert_eq!(cfg.unix_allow_uids, vec![1001]);
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen-unix",
+            "/run/sublet/b.sock",
+            "--unix-allow-uid",
+            "7",
+            "--unix-allow-uid",
+            "8",
+        ]);
+        assert_eq!(cfg.listen_unix, Some(PathBuf::from("/run/sublet/b.sock")));
+        assert_eq!(cfg.unix_allow_uids, vec![7, 8]);
+        assert!(cfg.check().is_ok());
+        let relative = parse(&["--listen-unix", "b.sock"]);
+        let err = relative.check().unwrap_err().to_string();
+        assert!(
+            err.contains("listenUnix") && err.contains("not absolute"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod tree;
+pub mod unix;
 
 mod error;
 

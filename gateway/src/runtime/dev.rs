@@ -41,6 +41,49 @@ pub const PLAN_FILE_ENV: &str = "SUBLET_DEV_PLAN_FILE";
 /// measurements, like [`PLAN_FILE_ENV`].
 pub const SYNC_MODE_ENV: &str = "SUBLET_PROVIDER_SYNC_MODE";
 
+/// `unix` or `tls`: how the dev cluster's gateway reaches its providers, all in one process
+/// on one machine: over a Unix socket in each provider's directory without TLS (`unix`, the
+/// default), or over TLS on loopback TCP as remote providers are (`tls`). For measurements,
+/// like [`PLAN_FILE_ENV`].
+pub const PROVIDER_TRANSPORT_ENV: &str = "SUBLET_DEV_PROVIDER_TRANSPORT";
+
+/// How `sublet dev` reaches its providers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevTransport {
+    /// A Unix socket per provider, no TLS.
+    Unix,
+    /// TLS over loopback TCP.
+    Tls,
+}
+
+impl DevTransport {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        match text.trim() {
+            "unix" | "" => Ok(DevTransport::Unix),
+            "tls" => Ok(DevTransport::Tls),
+            other => anyhow::bail!(
+                "{PROVIDER_TRANSPORT_ENV}={other:?}: use `unix` (the default) or `tls`"
+            ),
+        }
+    }
+
+    /// The transport [`PROVIDER_TRANSPORT_ENV`] asks for.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(PROVIDER_TRANSPORT_ENV) {
+            Ok(text) => Self::parse(&text),
+            Err(_) => Ok(DevTransport::Unix),
+        }
+    }
+}
+
+/// Where a dev provider's socket goes, if the kernel takes that path (a state directory
+/// deep enough makes it too long: that provider is then reached over TLS).
+fn dev_socket(provider_dir: &Path) -> Option<PathBuf> {
+    let path = std::path::absolute(provider_dir.join("provider.sock")).ok()?;
+    sublet_provider::unix::check_socket_path(&path).ok()?;
+    Some(path)
+}
+
 fn dev_sync_mode() -> anyhow::Result<sublet_provider::store::SyncMode> {
     match std::env::var(SYNC_MODE_ENV) {
         Ok(text) => text
@@ -244,16 +287,30 @@ pub async fn start_cluster_with(
     let mut probes = Vec::with_capacity(providers);
     let mut backends: Vec<Arc<dyn ShardBackend>> = Vec::with_capacity(providers);
     let sync_mode = dev_sync_mode()?;
+    let transport = DevTransport::from_env()?;
     for n in 0..providers {
-        let mut cfg = ProviderConfig::new(dir.join("providers").join(n.to_string()));
+        let provider_dir = dir.join("providers").join(n.to_string());
+        let mut cfg = ProviderConfig::new(&provider_dir);
         cfg.sync_mode = sync_mode;
         cfg.token = Some(token.clone());
         cfg.allowed_clients = vec![identity.node_id()];
         cfg.zone = format!("dev-{n}");
+        if transport == DevTransport::Unix {
+            std::fs::create_dir_all(&provider_dir)
+                .with_context(|| format!("creating {}", provider_dir.display()))?;
+            cfg.listen_unix = dev_socket(&provider_dir);
+            if cfg.listen_unix.is_none() {
+                tracing::warn!(dir = %provider_dir.display(), "the socket path would be too long for the kernel; this provider is reached over TLS");
+            }
+        }
         let p = server::start(cfg)
             .await
             .with_context(|| format!("starting provider {n}"))?;
-        let client = ProviderClient::new(&p.grpc_addr.to_string(), p.node_id, &client_cfg)
+        let address = match &p.unix_socket {
+            Some(socket) => format!("unix:{}", socket.display()),
+            None => p.grpc_addr.to_string(),
+        };
+        let client = ProviderClient::new(&address, p.node_id, &client_cfg)
             .map_err(|e| anyhow::anyhow!("provider {n} client: {e}"))?;
         probes.push((p.node_id.to_string(), client.clone()));
         let backend: Arc<dyn ShardBackend> = Arc::new(ProviderBackend::new(client));
@@ -495,6 +552,48 @@ spec:
             describe(&Plan::standard()),
             "plan `standard` (erasure 4+2, 16 MiB segments, encrypted, objects up to 4 KiB in metadata)"
         );
+    }
+
+    #[test]
+    fn the_provider_transport_is_unix_unless_tls_is_asked_for() {
+        assert_eq!(DevTransport::parse("").expect("empty"), DevTransport::Unix);
+        assert_eq!(
+            DevTransport::parse("unix").expect("unix"),
+            DevTransport::Unix
+        );
+        assert_eq!(DevTransport::parse("tls").expect("tls"), DevTransport::Tls);
+        let err = DevTransport::parse("tcp").expect_err("tcp").to_string();
+        assert!(
+            err.contains(PROVIDER_TRANSPORT_ENV) && err.contains("`tls`"),
+            "{err}"
+        );
+        let deep = Path::new("/").join("d".repeat(120));
+        assert_eq!(dev_socket(&deep), None, "too long for sun_path");
+        assert_eq!(
+            dev_socket(Path::new("/srv/dev/providers/0")),
+            Some(PathBuf::from("/srv/dev/providers/0/provider.sock"))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dev_providers_are_reached_over_their_unix_sockets() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = start_cluster(dir.path(), DEV_PROVIDERS, vec![Plan::standard()])
+            .await
+            .expect("cluster");
+        for p in &cluster.providers {
+            let socket = p.unix_socket.as_ref().expect("a socket per provider");
+            assert!(socket.starts_with(dir.path()), "{}", socket.display());
+        }
+        for (_, probe) in &cluster.probes {
+            probe
+                .info()
+                .await
+                .expect("a provider answers over its socket");
+        }
+        for p in cluster.providers {
+            p.shutdown().await;
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Connections: the TLS accept loop, and who is on the other end of each connection.
+//! Connections: the accept loops (TLS over TCP, and a Unix socket for gateways on the same
+//! machine), and who is on the other end of each connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,13 +10,13 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
-use crate::identity::NodeId;
+use crate::identity::{NodeId, NodeIdentity};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,28 +35,91 @@ pub(super) struct ConnectionLimits {
 /// Who is on the other end of a gRPC connection.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
-    /// Node id of the client's certificate, when it presented one.
+    /// Node id of the client's certificate, when it presented one (over a Unix socket: the
+    /// node key the client proved in the handshake).
     pub node_id: Option<NodeId>,
     pub remote_addr: Option<SocketAddr>,
+    /// The uid of a client on the Unix socket, as the kernel reports it.
+    pub unix_uid: Option<u32>,
 }
 
-/// A server-side TLS connection that tells tonic who the peer is. It holds one of the
-/// provider's connection slots until dropped, and fails reads once the peer has sent
-/// nothing for the idle timeout.
-pub struct TlsConnection {
-    inner: Idle<tokio_rustls::server::TlsStream<TcpStream>>,
+/// What a connection runs over.
+enum Transport {
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Tls(s) => s.is_write_vectored(),
+            Transport::Unix(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// A server-side connection (TLS, or a Unix socket) that tells tonic who the peer is. It
+/// holds one of the provider's connection slots until dropped, and fails reads once the
+/// peer has sent nothing for the idle timeout.
+pub struct Connection {
+    inner: Idle<Transport>,
     info: PeerInfo,
     _slot: OwnedSemaphorePermit,
 }
 
-impl Connected for TlsConnection {
+impl Connected for Connection {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {
         self.info.clone()
     }
 }
 
-impl AsyncRead for TlsConnection {
+impl AsyncRead for Connection {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -65,7 +129,7 @@ impl AsyncRead for TlsConnection {
     }
 }
 
-impl AsyncWrite for TlsConnection {
+impl AsyncWrite for Connection {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -174,13 +238,13 @@ pub(super) async fn stopped(mut rx: watch::Receiver<bool>) {
 pub(super) async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    conns: mpsc::Sender<Result<TlsConnection, io::Error>>,
+    conns: mpsc::Sender<Result<Connection, io::Error>>,
     shutdown: watch::Receiver<bool>,
     limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
 ) {
     let stop = stopped(shutdown);
     tokio::pin!(stop);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refused = AtomicU64::new(0);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -224,17 +288,114 @@ pub(super) async fn accept_loop(
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(|cert| NodeId::from_certificate(cert).ok());
-            let conn = TlsConnection {
-                inner: Idle::new(tls, limits.idle_timeout),
+            let conn = Connection {
+                inner: Idle::new(Transport::Tls(Box::new(tls)), limits.idle_timeout),
                 info: PeerInfo {
                     node_id,
                     remote_addr: Some(remote),
+                    unix_uid: None,
                 },
                 _slot: slot,
             };
             let _ = conns.send(Ok(conn)).await;
         });
     }
+}
+
+/// Who [`accept_unix_loop`] lets in: the provider's own uid and `allowed_uids` (by
+/// `SO_PEERCRED`), each proving a node key in the handshake.
+pub(super) struct UnixPeers {
+    pub(super) identity: Arc<NodeIdentity>,
+    pub(super) own_uid: u32,
+    pub(super) allowed_uids: Vec<u32>,
+}
+
+/// The accept loop of the Unix socket: no TLS; the kernel names the peer's uid, which must
+/// be allowed, and the handshake its node id. Shares the connection slots with TLS.
+pub(super) async fn accept_unix_loop(
+    socket: crate::unix::UnixSocket,
+    peers: UnixPeers,
+    conns: mpsc::Sender<Result<Connection, io::Error>>,
+    shutdown: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
+) {
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
+    let peers = Arc::new(peers);
+    let refused = AtomicU64::new(0);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => break,
+            accepted = socket.listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "accepting a Unix-socket connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                warn!(error = %e, "the kernel did not name a Unix-socket peer; closing");
+                continue;
+            }
+        };
+        if !crate::unix::peer_allowed(uid, peers.own_uid, &peers.allowed_uids) {
+            warn!(
+                uid,
+                own_uid = peers.own_uid,
+                "a process of a uid not allowed connected to the Unix socket; closing (see --unix-allow-uid)"
+            );
+            continue;
+        }
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 || n.is_multiple_of(1000) {
+                warn!(
+                    uid,
+                    refused = n,
+                    max = limits.max_connections,
+                    "connection limit reached; closing new Unix-socket connections"
+                );
+            }
+            continue;
+        };
+        let peers = Arc::clone(&peers);
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let node_id = match tokio::time::timeout(
+                crate::unix::HANDSHAKE_TIMEOUT,
+                crate::unix::server_handshake(&mut stream, &peers.identity),
+            )
+            .await
+            {
+                Ok(Ok(id)) => id,
+                Ok(Err(e)) => {
+                    debug!(uid, error = %e, "Unix-socket handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(uid, "Unix-socket handshake timed out");
+                    return;
+                }
+            };
+            let conn = Connection {
+                inner: Idle::new(Transport::Unix(stream), limits.idle_timeout),
+                info: PeerInfo {
+                    node_id: Some(node_id),
+                    remote_addr: None,
+                    unix_uid: Some(uid),
+                },
+                _slot: slot,
+            };
+            let _ = conns.send(Ok(conn)).await;
+        });
+    }
+    // The socket file goes with `socket`, dropped here: nothing listens on it any more.
 }
 
 #[cfg(test)]

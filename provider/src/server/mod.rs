@@ -1,18 +1,20 @@
-//! The provider daemon: the gRPC `ShardStore` service over TLS, the
-//! `/metrics` and `/healthz` HTTP endpoints, and graceful shutdown.
+//! The provider daemon: the gRPC `ShardStore` service over TLS (and, for gateways on the
+//! same machine, over a Unix socket), the `/metrics` and `/healthz` HTTP endpoints, and
+//! graceful shutdown.
 //!
-//! Start-up and shutdown live here; `conn` accepts TLS connections, `auth` decides who the
+//! Start-up and shutdown live here; `conn` accepts connections, `auth` decides who the
 //! caller is, `service` answers the gRPC calls.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,14 +27,14 @@ mod service;
 pub use crate::config::ProviderConfig;
 pub use crate::config::{IDLE_TIMEOUT, MAX_CONNECTIONS};
 pub use auth::TOKEN_METADATA;
-pub use conn::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerInfo, TlsConnection};
+pub use conn::{Connection, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, PeerInfo};
 
 use crate::CHUNK_SIZE;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::metrics::Metrics;
 use crate::proto::shard_store_server::ShardStoreServer;
 use crate::store::Store;
-use conn::{ConnectionLimits, accept_loop, stopped};
+use conn::{ConnectionLimits, UnixPeers, accept_loop, accept_unix_loop, stopped};
 use service::ShardService;
 
 /// How long shutdown waits for in-flight requests.
@@ -46,6 +48,8 @@ pub struct RunningProvider {
     pub node_id: NodeId,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The Unix socket gateways on this machine reach it by (`unix:` + this path), if any.
+    pub unix_socket: Option<PathBuf>,
     pub metrics: Metrics,
     forge_audits: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
@@ -58,6 +62,7 @@ impl std::fmt::Debug for RunningProvider {
             .field("node_id", &self.node_id)
             .field("grpc_addr", &self.grpc_addr)
             .field("http_addr", &self.http_addr)
+            .field("unix_socket", &self.unix_socket)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +136,11 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         .await
         .with_context(|| format!("binding HTTP address {}", config.http_listen))?;
     let http_addr = http_listener.local_addr()?;
+    let unix_socket = match &config.listen_unix {
+        Some(path) => Some(crate::unix::bind(path, !config.unix_allow_uids.is_empty())?),
+        None => None,
+    };
+    let unix_path = unix_socket.as_ref().map(|s| s.path.clone());
 
     let forge_audits = Arc::new(AtomicBool::new(config.forge_audits));
     if config.forge_audits {
@@ -140,18 +150,37 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         warn!(%node_id, faults = ?config.faults, "fault injection: this provider lies");
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<TlsConnection, io::Error>>(64);
+    let (conn_tx, conn_rx) = mpsc::channel::<Result<Connection, io::Error>>(64);
 
-    let accept_task = tokio::spawn(accept_loop(
+    let limits = ConnectionLimits {
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+    };
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut accept_tasks = Vec::new();
+    if let Some(socket) = unix_socket {
+        let peers = UnixPeers {
+            identity: Arc::clone(&identity),
+            own_uid: socket.own_uid,
+            allowed_uids: config.unix_allow_uids.clone(),
+        };
+        accept_tasks.push(tokio::spawn(accept_unix_loop(
+            socket,
+            peers,
+            conn_tx.clone(),
+            shutdown_rx.clone(),
+            limits,
+            Arc::clone(&slots),
+        )));
+    }
+    accept_tasks.push(tokio::spawn(accept_loop(
         listener,
         acceptor,
         conn_tx,
         shutdown_rx.clone(),
-        ConnectionLimits {
-            max_connections: config.max_connections,
-            idle_timeout: config.idle_timeout,
-        },
-    ));
+        limits,
+        slots,
+    )));
 
     let contracted = crate::market::ContractedClients::default();
     let service = ShardService {
@@ -226,16 +255,19 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
     if config.allowed_clients.is_empty() && config.token.is_none() && config.market.is_none() {
         warn!("no allowed clients and no token configured: every call will be refused");
     }
-    info!(%node_id, %grpc_addr, %http_addr, zone = %config.zone, "provider started");
+    let unix = unix_path.as_ref().map(|p| p.display().to_string());
+    info!(%node_id, %grpc_addr, ?unix, %http_addr, zone = %config.zone, "provider started");
     Ok(RunningProvider {
         node_id,
         grpc_addr,
         http_addr,
+        unix_socket: unix_path,
         metrics,
         forge_audits,
         shutdown: shutdown_tx,
-        tasks: [accept_task, grpc_task, http_task]
+        tasks: accept_tasks
             .into_iter()
+            .chain([grpc_task, http_task])
             .chain(tasks_market)
             .collect(),
     })

@@ -1,0 +1,165 @@
+//! The provider over its Unix socket (no TLS), driven by the client the gateway uses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sublet_provider::client::{ClientConfig, ErrorKind, ProviderClient};
+use sublet_provider::identity::NodeIdentity;
+use sublet_provider::server::{self, ProviderConfig, RunningProvider};
+
+const TOKEN: &str = "cluster-secret-0123";
+
+async fn start(
+    dir: &std::path::Path,
+    allowed: Vec<sublet_provider::identity::NodeId>,
+) -> RunningProvider {
+    let mut config = ProviderConfig::new(dir.join("data"));
+    config.listen_unix = Some(dir.join("provider.sock"));
+    config.allowed_clients = allowed;
+    config.token = Some(TOKEN.into());
+    server::start(config).await.unwrap()
+}
+
+fn client(
+    provider: &RunningProvider,
+    identity: &Arc<NodeIdentity>,
+    token: Option<&str>,
+) -> ProviderClient {
+    let socket = provider.unix_socket.as_ref().unwrap();
+    let cfg = ClientConfig {
+        identity: Arc::clone(identity),
+        token: token.map(str::to_string),
+    };
+    ProviderClient::new(
+        &format!("unix:{}", socket.display()),
+        provider.node_id,
+        &cfg,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stores_and_reads_a_shard_over_the_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(NodeIdentity::generate());
+    let provider = start(dir.path(), vec![gateway.node_id()]).await;
+    let socket = provider.unix_socket.clone().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let c = client(&provider, &gateway, None);
+    let data: Bytes = (0..3 * 1024 * 1024 + 17)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 13) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let hash = *blake3::hash(&data).as_bytes();
+    let put = c
+        .put_shard_expecting("s-1", data.clone(), hash)
+        .await
+        .unwrap();
+    assert_eq!((put.hash, put.length), (hash, data.len() as u64));
+    assert_eq!(c.get_shard("s-1", None).await.unwrap(), data);
+    assert_eq!(
+        c.get_shard("s-1", Some((1 << 20, 100))).await.unwrap(),
+        data.slice(1 << 20..(1 << 20) + 100)
+    );
+    c.audit("s-1", 4096, 8192, &hash).await.unwrap();
+    assert!(c.delete_shard("s-1").await.unwrap());
+
+    // The TCP listener still serves TLS beside the socket.
+    let tls = ProviderClient::new(
+        &provider.grpc_addr.to_string(),
+        provider.node_id,
+        &ClientConfig {
+            identity: Arc::clone(&gateway),
+            token: None,
+        },
+    )
+    .unwrap();
+    tls.info().await.unwrap();
+
+    provider.shutdown().await;
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_socket_a_caller_still_needs_an_allowed_node_id_or_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(NodeIdentity::generate());
+    let provider = start(dir.path(), vec![gateway.node_id()]).await;
+    // Same uid (the kernel lets it in), but neither an allowed node nor the token.
+    let stranger = Arc::new(NodeIdentity::generate());
+    let err = client(&provider, &stranger, None).info().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+    let err = client(&provider, &stranger, Some("wrong-token-0123456"))
+        .info()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+    client(&provider, &stranger, Some(TOKEN))
+        .info()
+        .await
+        .unwrap();
+    client(&provider, &gateway, None).info().await.unwrap();
+    provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_refuses_another_node_on_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(NodeIdentity::generate());
+    let provider = start(dir.path(), vec![gateway.node_id()]).await;
+    let socket = provider.unix_socket.clone().unwrap();
+    let expected = NodeIdentity::generate().node_id();
+    let c = ProviderClient::new(
+        &format!("unix://{}", socket.display()),
+        expected,
+        &ClientConfig {
+            identity: Arc::clone(&gateway),
+            token: Some(TOKEN.into()),
+        },
+    )
+    .unwrap();
+    let err = c.info().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.message().contains(&format!("expected {expected}")),
+        "the error names the pinned node: {err}"
+    );
+    provider.shutdown().await;
+
+    // Nothing listens any more: a bounded, clear failure.
+    let err = client_at(&socket, &gateway).info().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}
+
+fn client_at(socket: &std::path::Path, identity: &Arc<NodeIdentity>) -> ProviderClient {
+    ProviderClient::new(
+        &format!("unix:{}", socket.display()),
+        NodeIdentity::generate().node_id(),
+        &ClientConfig {
+            identity: Arc::clone(identity),
+            token: None,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn bad_unix_addresses_are_refused_naming_them() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let cfg = ClientConfig {
+        identity: Arc::new(NodeIdentity::generate()),
+        token: None,
+    };
+    let id = NodeIdentity::generate().node_id();
+    for bad in ["unix:", "unix:p.sock", "unix://nas/p.sock"] {
+        let err = ProviderClient::new(bad, id, &cfg).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.message().contains(bad), "{bad}: {err}");
+    }
+}
