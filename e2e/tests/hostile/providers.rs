@@ -104,6 +104,22 @@ impl Scene {
             .unwrap_or(0)
     }
 
+    /// The healthy shard count once it has not moved for half a second (reads flag bad
+    /// shards off their answer's path; bounded by `HEAL_TIMEOUT`).
+    fn settled_healthy_shards(&self) -> u64 {
+        let mut last = self.healthy_shards();
+        wait_for("the healthy shard count to settle", HEAL_TIMEOUT, || {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.healthy_shards();
+            if now == last {
+                return Ok(now);
+            }
+            let was = last;
+            last = now;
+            Err(format!("{was} then {now}"))
+        })
+    }
+
     /// Provider `i` in `GET /admin/v1/providers`.
     fn provider(&self, i: usize) -> Value {
         let all = self.c.admin_get("/admin/v1/providers");
@@ -170,7 +186,9 @@ fn a_provider_returning_another_shards_bytes_is_read_around_flagged_and_repaired
 
     s.c.assert_all_read_back(BUCKET, &s.objects());
     // The swapped shards failed their hash checks: flagged for repair, counted against it.
-    let flagged = healthy - s.healthy_shards();
+    // A read answers its client before its flags reach the metadata (they are written off
+    // the read's path), so count them once the count stops moving.
+    let flagged = healthy - s.settled_healthy_shards();
     assert!(flagged >= 3, "{flagged} swapped shards flagged");
     let liar = s.provider(LIAR);
     assert!(
@@ -181,10 +199,12 @@ fn a_provider_returning_another_shards_bytes_is_read_around_flagged_and_repaired
     s.assert_honest_providers_unscathed();
 
     s.repair_until_healthy();
-    assert_eq!(
-        s.c.shards_on(LIAR),
-        held - flagged,
-        "the flagged shards were not rebuilt elsewhere"
+    // Every flagged shard was rebuilt elsewhere (the repair's own reads may find more of the
+    // liar's swapped shards: those leave too).
+    let left = s.c.shards_on(LIAR);
+    assert!(
+        left <= held - flagged,
+        "{left} shards left on the liar, which held {held} with {flagged} flagged: the flagged shards were not rebuilt elsewhere"
     );
     s.c.assert_all_read_back(BUCKET, &s.objects());
 }
