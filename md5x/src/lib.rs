@@ -236,6 +236,17 @@ impl Md5 {
         start..end
     }
 
+    /// An MD5 that has taken `len` bytes, all of them whole blocks hashed elsewhere (in lanes)
+    /// into `state`; `None` when `len` is not a whole number of blocks.
+    pub fn resumed(state: State, len: u64) -> Option<Self> {
+        (len % BLOCK as u64 == 0).then_some(Self {
+            state,
+            buf: [0; BLOCK],
+            filled: 0,
+            len,
+        })
+    }
+
     /// The chaining state (what a lane advances).
     pub fn state_mut(&mut self) -> &mut State {
         &mut self.state

@@ -231,6 +231,19 @@ fn lanes_that_cannot_run_in_lock_step_are_refused_untouched() {
 }
 
 #[test]
+fn a_resumed_md5_finishes_what_lanes_started() {
+    let m = message(9, 1000);
+    for blocks in [0, 1, 7, 15] {
+        let mut state = INIT;
+        compress(&mut state, &m[..blocks * BLOCK]);
+        let mut md5 = Md5::resumed(state, (blocks * BLOCK) as u64).unwrap();
+        md5.update(&m[blocks * BLOCK..]);
+        assert_eq!(md5.finalize(), reference(&m), "{blocks} blocks in lanes");
+    }
+    assert!(Md5::resumed(INIT, 65).is_none(), "not whole blocks");
+}
+
+#[test]
 fn no_lanes_is_nothing_to_do() {
     assert_eq!(compress_lanes(Kernel::detect(), &mut []), Ok(()));
 }

@@ -3,31 +3,35 @@
 //! One MD5 stream is serial (about 2 ns a byte on a core), and every byte uploaded is hashed
 //! for its ETag. Independent streams are not: `sublet-md5x` advances up to 16 of them in
 //! lock-step in one vector register. [`Md5Lanes`] is the process's one meeting point: an
-//! upload hands over each chunk it received ([`EtagMd5::update`]) and goes on receiving;
-//! the chunk queues until its upload needs the state after it (its next chunk, or the
-//! digest) or a kernel's worth of chunks is queued. Then whoever finds nobody hashing
-//! becomes the *combiner* and hashes, at once and on its own thread, every queued chunk,
-//! lanes in lock-step, a lane refilled as soon as its chunk is done. A lone upload therefore
-//! never waits for company (it hashes its own chunk when it needs it, one lane, on the
-//! scalar assembly code), and busy ones share lanes.
+//! upload hands over the whole blocks of each chunk it received ([`EtagMd5::update`]) and
+//! goes on receiving, without waiting for its earlier chunks to be hashed: they queue behind
+//! each other under the upload. Once `gather` bytes are queued (or a kernel's worth of
+//! uploads have blocks waiting, or an upload needs its digest), whoever finds nobody hashing
+//! becomes the *combiner*: it hashes, on its own thread, the queued blocks of up to
+//! [`Kernel::lanes`] uploads in lock-step lanes, and a lane whose blocks are done carries on
+//! with whatever its upload handed over meanwhile before it gives the lane to the next
+//! upload waiting. Lanes therefore stay full while uploads keep arriving, whatever the sizes
+//! of the chunks the sockets deliver. A lone upload never waits for company: its blocks wait
+//! until `gather` bytes are queued or until it asks for its digest, and then it hashes them
+//! itself, one lane, on the scalar assembly code.
 //!
-//! Bounds: at most [`Kernel::lanes`] chunks in lanes, at most `max_queued` bytes queued (a
-//! chunk that does not fit is hashed at once), and a combiner takes new chunks only until
-//! it has hashed `turn` bytes, then hands what is queued to a blocking thread. Nothing waits
-//! on a lock while hashing. An upload dropped with a chunk queued (the client went away)
-//! takes it out of the queue; the combiner never awaits anyone.
+//! Bounds: at most [`Kernel::lanes`] uploads in lanes, at most `max_queued` bytes queued (an
+//! upload whose chunk would pass it waits until its own blocks are hashed, then hashes that
+//! chunk itself), and a combiner takes in new work only until it has hashed `turn` bytes,
+//! then hands what is queued to a blocking thread. Nothing waits on a lock while hashing. An
+//! upload dropped with blocks queued (the client went away) takes them out of the queue;
+//! the combiner never awaits anyone.
 
-use std::collections::VecDeque;
-use std::ops::Range;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::Bytes;
-use sublet_md5x::{BLOCK, Kernel, Lane, Md5, State, compress_lanes};
+use bytes::{Buf as _, Bytes};
+use sublet_md5x::{BLOCK, INIT, Kernel, Lane, Md5, State, compress_lanes};
 use tokio::sync::oneshot;
 
-/// How many bytes a combiner hashes of each lane before it looks for new chunks to take
-/// in: a chunk that arrives while another is hashed waits at most this long for a lane.
+/// How many bytes a combiner hashes of each lane before it looks again at the queue: an
+/// upload that arrives while others are hashed waits at most this long for a free lane.
 const STEP: usize = 16 * 1024;
 
 /// Why an upload's MD5 could not be computed (the upload fails; nothing panics).
@@ -35,6 +39,20 @@ const STEP: usize = 16 * 1024;
 pub enum EtagError {
     #[error("the MD5 of the upload was lost: the thread hashing it stopped ({0})")]
     Lost(&'static str),
+}
+
+const UNKNOWN: EtagError = EtagError::Lost("its upload is unknown to the lanes");
+const STOPPED: EtagError = EtagError::Lost("a combiner stopped with it");
+const LOST: EtagError = EtagError::Lost("its blocks were dropped unhashed");
+
+/// Where [`Md5Lanes::step`] left an upload.
+enum Step {
+    /// Every block it handed over is hashed: its state.
+    Idle(State),
+    /// A combiner has its blocks: told when they are hashed.
+    Wait(oneshot::Receiver<()>),
+    /// This call hashed the queue: look again.
+    Again,
 }
 
 /// Counters of what the lanes did (tests and the benchmark read them).
@@ -52,31 +70,79 @@ pub struct LaneStats {
     pub handoffs: u64,
 }
 
-/// A chunk's whole blocks, waiting for or in a lane.
-struct Job {
-    state: State,
-    data: Bytes,
-    blocks: Range<usize>,
-    done: oneshot::Sender<State>,
+/// One upload's place in the queue.
+struct Entry {
+    /// The state after every block hashed so far; `None` while a combiner holds it.
+    state: Option<State>,
+    /// Whole blocks handed over and not hashed yet, in order.
+    pieces: VecDeque<Bytes>,
+    /// Their bytes.
+    bytes: usize,
+    /// In [`Queue::ready`]: blocks waiting and the state at home.
+    ready: bool,
+    /// The upload waits until its blocks are all hashed (its digest, or room to queue).
+    waiter: Option<oneshot::Sender<()>>,
+    /// A combiner stopped abnormally with this upload's state or blocks: its MD5 is lost.
+    lost: bool,
 }
 
-impl Job {
-    fn remaining(&self) -> usize {
-        self.blocks.len()
+impl Entry {
+    fn idle(&self) -> bool {
+        self.state.is_some() && self.pieces.is_empty()
     }
 }
 
 #[derive(Default)]
 struct Queue {
-    jobs: VecDeque<Job>,
+    entries: HashMap<u64, Entry>,
+    /// Uploads with blocks waiting and no combiner holding them, oldest first.
+    ready: VecDeque<u64>,
+    /// Bytes queued, all uploads together.
     bytes: usize,
-    /// Someone is hashing: new chunks queue and it will take them.
+    /// Someone is hashing: it (or the blocking thread it handed on to) will take what queues.
     combining: bool,
+    next_id: u64,
+}
+
+impl Queue {
+    /// Takes `id`'s queued blocks (and its state) for a lane.
+    fn take(&mut self, id: u64) -> Option<(State, VecDeque<Bytes>)> {
+        let entry = self.entries.get_mut(&id)?;
+        let state = entry.state.take()?;
+        self.bytes -= entry.bytes;
+        entry.bytes = 0;
+        Some((state, std::mem::take(&mut entry.pieces)))
+    }
+
+    /// Fails upload `id`: its blocks leave the queue, its waiter is told (with an error).
+    fn lose(&mut self, id: u64) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.lost = true;
+            entry.waiter = None;
+            entry.pieces.clear();
+            entry.ready = false;
+            self.bytes -= std::mem::take(&mut entry.bytes);
+        }
+        self.ready.retain(|r| *r != id);
+    }
+
+    /// Marks `id` ready for a lane, unless it is already.
+    fn mark_ready(&mut self, id: u64) {
+        if let Some(entry) = self.entries.get_mut(&id)
+            && !entry.ready
+            && entry.state.is_some()
+            && !entry.pieces.is_empty()
+        {
+            entry.ready = true;
+            self.ready.push_back(id);
+        }
+    }
 }
 
 struct Shared {
     kernel: Kernel,
     max_queued: usize,
+    gather: usize,
     turn: usize,
     queue: Mutex<Queue>,
     calls: AtomicU64,
@@ -104,10 +170,42 @@ impl std::fmt::Debug for Md5Lanes {
     }
 }
 
+/// An upload's blocks in a lane.
+struct Active {
+    id: u64,
+    state: State,
+    /// The piece being hashed (what is left of it).
+    current: Bytes,
+    /// The pieces after it.
+    rest: VecDeque<Bytes>,
+}
+
+impl Active {
+    fn new(id: u64, state: State, mut pieces: VecDeque<Bytes>) -> Self {
+        let current = pieces.pop_front().unwrap_or_default();
+        Self {
+            id,
+            state,
+            current,
+            rest: pieces,
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.current.advance(n);
+        if self.current.is_empty()
+            && let Some(next) = self.rest.pop_front()
+        {
+            self.current = next;
+        }
+    }
+}
+
 impl Md5Lanes {
     /// Lanes of `kernel` (one the CPU runs: else the scalar code), queueing at most
-    /// `max_queued` bytes, a combiner taking in new chunks until it hashed `turn` bytes.
-    pub fn new(kernel: Kernel, max_queued: usize, turn: usize) -> Self {
+    /// `max_queued` bytes, hashing once `gather` bytes are queued, a combiner taking in new
+    /// work until it hashed `turn` bytes.
+    pub fn new(kernel: Kernel, max_queued: usize, gather: usize, turn: usize) -> Self {
         let kernel = if kernel.available() {
             kernel
         } else {
@@ -117,6 +215,7 @@ impl Md5Lanes {
             shared: Arc::new(Shared {
                 kernel,
                 max_queued,
+                gather: gather.min(max_queued),
                 turn: turn.max(STEP),
                 queue: Mutex::new(Queue::default()),
                 calls: AtomicU64::new(0),
@@ -129,12 +228,13 @@ impl Md5Lanes {
         }
     }
 
-    /// The process's lanes: the widest kernel of this CPU, 32 MiB queued at most, 8 MiB a
-    /// turn.
+    /// The process's lanes: the widest kernel of this CPU, 32 MiB queued at most, hashing
+    /// once 2 MiB are queued (a quarter of a 4 MiB object from each of eight uploads), 8 MiB
+    /// a turn.
     pub fn shared() -> &'static Md5Lanes {
         static LANES: OnceLock<Md5Lanes> = OnceLock::new();
         LANES.get_or_init(|| {
-            let mut lanes = Md5Lanes::new(Kernel::detect(), 32 << 20, 8 << 20);
+            let mut lanes = Md5Lanes::new(Kernel::detect(), 32 << 20, 2 << 20, 8 << 20);
             if let Some(shared) = Arc::get_mut(&mut lanes.shared) {
                 shared.exported = true;
             }
@@ -159,82 +259,140 @@ impl Md5Lanes {
 
     /// A new upload's MD5.
     pub fn stream(&self) -> EtagMd5 {
+        let mut q = self.lock();
+        let id = q.next_id;
+        q.next_id += 1;
+        q.entries.insert(
+            id,
+            Entry {
+                state: Some(INIT),
+                pieces: VecDeque::new(),
+                bytes: 0,
+                ready: false,
+                waiter: None,
+                lost: false,
+            },
+        );
         EtagMd5 {
             lanes: self.clone(),
-            md5: Md5::new(),
-            pending: None,
+            id,
+            hashed: 0,
+            tail: [0; BLOCK],
+            filled: 0,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        // A panic while the lock was held left the queue consistent (every change to it
-        // is one statement): go on with it.
+        // A panic while the lock was held left the queue consistent (a combiner that panics
+        // marks what it held as lost): go on with it.
         self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands `job` over. It queues (its upload goes on receiving) until its upload needs
-    /// the state, or a kernel's worth of chunks is queued: then whoever finds nobody hashing
-    /// hashes all of them together. A chunk that would pass the queue's bound is hashed at
-    /// once: with the queue by this caller, or alone here when someone else is hashing.
-    fn submit(&self, job: Job) {
-        let mut q = self.lock();
-        if q.bytes + job.remaining() > self.shared.max_queued {
-            if q.combining {
-                drop(q);
-                self.shared.overflow.fetch_add(1, Ordering::Relaxed);
-                let Job {
-                    mut state,
-                    data,
-                    blocks,
-                    done,
-                } = job;
-                sublet_md5x::compress(&mut state, &data[blocks]);
-                let _ = done.send(state);
-                return;
+    /// Queues `pieces` (whole blocks, `bytes` of them) after upload `id`'s earlier ones; hashes
+    /// the queue when it has gathered enough and nobody is hashing. Past the queue's bound,
+    /// waits until `id`'s earlier blocks are hashed and hashes these itself.
+    async fn submit(&self, id: u64, pieces: Vec<Bytes>, bytes: usize) -> Result<(), EtagError> {
+        let mut pieces = Some(pieces);
+        loop {
+            if self.try_submit(id, &mut pieces, bytes)? {
+                return Ok(());
             }
-            q.combining = true;
+            if let Step::Wait(told) = self.step(id)? {
+                told.await.map_err(|_| LOST)?;
+            }
+        }
+    }
+
+    /// Queues `pieces` or, past the queue's bound with `id` idle, hashes them here; `false`
+    /// (nothing done) when `id` must be settled first.
+    fn try_submit(
+        &self,
+        id: u64,
+        pieces: &mut Option<Vec<Bytes>>,
+        bytes: usize,
+    ) -> Result<bool, EtagError> {
+        let mut q = self.lock();
+        let fits = q.bytes + bytes <= self.shared.max_queued;
+        let entry = q.entries.get_mut(&id).ok_or(UNKNOWN)?;
+        if entry.lost {
+            return Err(STOPPED);
+        }
+        if fits {
+            entry.bytes += bytes;
+            entry.pieces.extend(pieces.take().into_iter().flatten());
+            q.bytes += bytes;
+            q.mark_ready(id);
+            let start = !q.combining
+                && (q.bytes >= self.shared.gather || q.ready.len() >= self.shared.kernel.lanes());
+            if start {
+                q.combining = true;
+                drop(q);
+                self.combine();
+            }
+            return Ok(true);
+        }
+        // Over the bound: hashed here, by its own upload, once its earlier blocks are.
+        if entry.idle()
+            && let Some(mut state) = entry.state.take()
+        {
             drop(q);
             self.shared.overflow.fetch_add(1, Ordering::Relaxed);
-            self.combine(Some(job));
-            return;
+            for piece in pieces.take().into_iter().flatten() {
+                sublet_md5x::compress(&mut state, &piece);
+            }
+            if let Some(entry) = self.lock().entries.get_mut(&id) {
+                entry.state = Some(state);
+            }
+            return Ok(true);
         }
-        q.bytes += job.remaining();
-        q.jobs.push_back(job);
-        if q.combining || q.jobs.len() < self.shared.kernel.lanes() {
-            return;
+        Ok(false)
+    }
+
+    /// One step towards upload `id` being idle (every block it handed over hashed): its
+    /// state when it is; else hashes the queue when nobody is, or waits for whoever is.
+    fn step(&self, id: u64) -> Result<Step, EtagError> {
+        let mut q = self.lock();
+        let entry = q.entries.get(&id).ok_or(UNKNOWN)?;
+        if entry.lost {
+            return Err(STOPPED);
         }
+        if let (Some(state), true) = (entry.state, entry.pieces.is_empty()) {
+            return Ok(Step::Idle(state));
+        }
+        if q.combining {
+            let (told, wait) = oneshot::channel();
+            if let Some(entry) = q.entries.get_mut(&id) {
+                entry.waiter = Some(told);
+            }
+            return Ok(Step::Wait(wait));
+        }
+        // Blocks waiting and nobody hashing: `id` is ready, this turn takes it.
         q.combining = true;
         drop(q);
-        self.combine(None);
+        self.combine();
+        Ok(Step::Again)
     }
 
-    /// Called by an upload that needs the state of a chunk it handed over: hashes the queue
-    /// (that chunk with it) unless someone is hashing already, who then answers it.
-    fn drain(&self) {
-        let mut q = self.lock();
-        if q.combining || q.jobs.is_empty() {
-            return;
+    /// Upload `id`'s state once every block it handed over is hashed.
+    async fn settle(&self, id: u64) -> Result<State, EtagError> {
+        loop {
+            match self.step(id)? {
+                Step::Idle(state) => return Ok(state),
+                Step::Wait(told) => told.await.map_err(|_| LOST)?,
+                Step::Again => {}
+            }
         }
-        q.combining = true;
-        drop(q);
-        self.combine(None);
     }
 
-    /// Forgets the queued chunks whose uploads went away.
-    fn forget_abandoned(&self) {
-        let mut q = self.lock();
-        q.jobs.retain(|j| !j.done.is_closed());
-        q.bytes = q.jobs.iter().map(Job::remaining).sum();
-    }
-
-    /// Hashes `first` and whatever is queued, lanes in lock-step, until nothing is left or
-    /// this turn is over (then a blocking thread takes the rest). Never waits for anything
-    /// but the queue's lock, which no one holds while hashing.
-    fn combine(&self, first: Option<Job>) {
-        // Whatever happens here (a panic included), `combining` is cleared or handed on,
-        // and every job taken is answered or dropped (its upload then fails, never hangs).
+    /// Hashes what is queued, lanes in lock-step, until nothing is left or this turn is over
+    /// (then a blocking thread takes the rest). Never waits for anything but the queue's
+    /// lock, which no one holds while hashing.
+    fn combine(&self) {
+        // Whatever happens here (a panic included), `combining` is cleared or handed on, and
+        // every upload whose state or blocks this turn held is failed, never left waiting.
         struct Turn<'a> {
             lanes: &'a Md5Lanes,
+            held: Vec<u64>,
             done: bool,
         }
         impl Drop for Turn<'_> {
@@ -242,36 +400,76 @@ impl Md5Lanes {
                 if !self.done {
                     let mut q = self.lanes.lock();
                     q.combining = false;
-                    q.jobs.clear();
-                    q.bytes = 0;
+                    for id in &self.held {
+                        q.lose(*id);
+                    }
                 }
             }
         }
         let mut turn = Turn {
             lanes: self,
+            held: Vec::new(),
             done: false,
         };
         let kernel = self.shared.kernel;
-        let mut active: Vec<Job> = first.into_iter().collect();
+        let mut active: Vec<Active> = Vec::new();
         let mut hashed = 0usize;
         loop {
             {
                 let mut q = self.lock();
+                // Lanes whose blocks are done carry on with what their upload handed over
+                // meanwhile, or go home.
+                let mut i = 0;
+                while i < active.len() {
+                    if !active[i].current.is_empty() {
+                        i += 1;
+                        continue;
+                    }
+                    let id = active[i].id;
+                    let more = hashed < self.shared.turn
+                        && q.entries.get(&id).is_some_and(|e| !e.pieces.is_empty());
+                    if more {
+                        if let Some(entry) = q.entries.get_mut(&id) {
+                            let pieces = std::mem::take(&mut entry.pieces);
+                            let taken = std::mem::take(&mut entry.bytes);
+                            q.bytes -= taken;
+                            let state = active[i].state;
+                            active[i] = Active::new(id, state, pieces);
+                        }
+                        i += 1;
+                        continue;
+                    }
+                    let lane = active.swap_remove(i);
+                    turn.held.retain(|h| *h != id);
+                    // Gone: its upload went away meanwhile, nobody wants this state.
+                    if let Some(entry) = q.entries.get_mut(&id) {
+                        entry.state = Some(lane.state);
+                        if entry.pieces.is_empty() {
+                            if let Some(told) = entry.waiter.take() {
+                                let _ = told.send(());
+                            }
+                        } else {
+                            q.mark_ready(id);
+                        }
+                    }
+                }
                 while active.len() < kernel.lanes() && hashed < self.shared.turn {
-                    let Some(job) = q.jobs.pop_front() else { break };
-                    q.bytes -= job.remaining();
-                    // Its upload went away: nobody wants this state.
-                    if !job.done.is_closed() {
-                        active.push(job);
+                    let Some(id) = q.ready.pop_front() else { break };
+                    if let Some(entry) = q.entries.get_mut(&id) {
+                        entry.ready = false;
+                    }
+                    if let Some((state, pieces)) = q.take(id) {
+                        turn.held.push(id);
+                        active.push(Active::new(id, state, pieces));
                     }
                 }
                 if active.is_empty() {
-                    if q.jobs.is_empty() {
+                    if q.ready.is_empty() {
                         q.combining = false;
                         turn.done = true;
                         return;
                     }
-                    // This turn is over and chunks still wait: a blocking thread takes
+                    // This turn is over and uploads still wait: a blocking thread takes
                     // them, `combining` stays set for it.
                     drop(q);
                     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -281,7 +479,7 @@ impl Md5Lanes {
                         runtime.spawn_blocking(move || {
                             let mut handoff = handoff;
                             if let Some(lanes) = handoff.0.take() {
-                                lanes.combine(None);
+                                lanes.combine();
                             }
                         });
                         return;
@@ -290,29 +488,34 @@ impl Md5Lanes {
                     continue;
                 }
             }
-            let blocks = active
+            let run = active
                 .iter()
-                .map(|j| j.remaining() / BLOCK)
+                .map(|a| a.current.len())
                 .min()
                 .unwrap_or(0)
-                .min(STEP / BLOCK);
-            let run = blocks * BLOCK;
+                .min(STEP)
+                / BLOCK
+                * BLOCK;
+            if run == 0 {
+                // Cannot happen (pieces are whole, non-empty blocks): `turn` fails the uploads
+                // held rather than spin.
+                return;
+            }
             let mut lanes: Vec<Lane<'_>> = active
                 .iter_mut()
-                .map(|j| {
-                    let start = j.blocks.start;
-                    j.blocks.start += run;
-                    Lane {
-                        state: &mut j.state,
-                        data: &j.data[start..start + run],
-                    }
+                .map(|a| Lane {
+                    state: &mut a.state,
+                    data: &a.current[..run],
                 })
                 .collect();
             let n = lanes.len();
             if compress_lanes(kernel, &mut lanes).is_err() {
                 // Cannot happen (equal whole blocks, at most the kernel's lanes, a kernel
-                // checked at start): the jobs are dropped, their uploads fail.
+                // checked at start): `turn` fails the uploads held.
                 return;
+            }
+            for a in active.iter_mut() {
+                a.advance(run);
             }
             hashed += run * n;
             let s = &self.shared;
@@ -322,22 +525,12 @@ impl Md5Lanes {
             if s.exported {
                 crate::metrics::count_md5_lanes(n as u64, (run * n) as u64);
             }
-            let mut i = 0;
-            while i < active.len() {
-                if active[i].blocks.is_empty() {
-                    let job = active.swap_remove(i);
-                    // Its upload went away meanwhile: nothing to tell.
-                    let _ = job.done.send(job.state);
-                } else {
-                    i += 1;
-                }
-            }
         }
     }
 }
 
 /// The queue handed to a blocking thread: if that thread never runs it (the runtime is
-/// shutting down), the queue is dropped and `combining` cleared, so uploads fail rather than
+/// shutting down), what waits is failed and `combining` cleared, so uploads fail rather than
 /// wait for ever.
 struct Handoff(Option<Md5Lanes>);
 
@@ -346,8 +539,10 @@ impl Drop for Handoff {
         if let Some(lanes) = self.0.take() {
             let mut q = lanes.lock();
             q.combining = false;
-            q.jobs.clear();
-            q.bytes = 0;
+            let ready = std::mem::take(&mut q.ready);
+            for id in ready {
+                q.lose(id);
+            }
         }
     }
 }
@@ -355,63 +550,67 @@ impl Drop for Handoff {
 /// One upload's MD5: chunks go in as they arrive, the digest comes out at the end.
 pub struct EtagMd5 {
     lanes: Md5Lanes,
-    md5: Md5,
-    /// The state after the chunk handed over last, once it is hashed.
-    pending: Option<oneshot::Receiver<State>>,
+    id: u64,
+    /// Bytes handed over as whole blocks.
+    hashed: u64,
+    /// The partial block after them.
+    tail: [u8; BLOCK],
+    filled: usize,
 }
 
 impl EtagMd5 {
-    /// Hashes `chunk` after what came before. Needs this upload's previous chunk hashed
-    /// first: hashes it (and whatever else is queued) itself when nobody is hashing, else
-    /// waits for whoever is; never waits for other uploads to come along.
-    pub async fn update(&mut self, chunk: Bytes) -> Result<(), EtagError> {
-        self.settle().await?;
-        let blocks = self.md5.split(&chunk);
-        if blocks.is_empty() {
+    /// Hashes `chunk` after what came before: its whole blocks queue for the lanes (the
+    /// block it shares with the chunk before is copied). Waits only when the queue is full.
+    pub async fn update(&mut self, mut chunk: Bytes) -> Result<(), EtagError> {
+        let mut pieces = Vec::with_capacity(2);
+        if self.filled > 0 {
+            let take = (BLOCK - self.filled).min(chunk.len());
+            self.tail[self.filled..self.filled + take].copy_from_slice(&chunk[..take]);
+            self.filled += take;
+            chunk.advance(take);
+            if self.filled < BLOCK {
+                return Ok(());
+            }
+            pieces.push(Bytes::copy_from_slice(&self.tail));
+            self.filled = 0;
+        }
+        let whole = chunk.len() / BLOCK * BLOCK;
+        let rest = chunk.split_off(whole);
+        self.tail[..rest.len()].copy_from_slice(&rest);
+        self.filled = rest.len();
+        if !chunk.is_empty() {
+            pieces.push(chunk);
+        }
+        let bytes: usize = pieces.iter().map(Bytes::len).sum();
+        if bytes == 0 {
             return Ok(());
         }
-        let (done, pending) = oneshot::channel();
-        let job = Job {
-            state: *self.md5.state_mut(),
-            data: chunk,
-            blocks,
-            done,
-        };
-        self.pending = Some(pending);
-        self.lanes.submit(job);
+        self.lanes.submit(self.id, pieces, bytes).await?;
+        self.hashed += bytes as u64;
         Ok(())
     }
 
     /// The digest of everything updated.
-    pub async fn finalize(mut self) -> Result<[u8; 16], EtagError> {
-        self.settle().await?;
-        Ok(std::mem::take(&mut self.md5).finalize())
-    }
-
-    async fn settle(&mut self) -> Result<(), EtagError> {
-        use tokio::sync::oneshot::error::TryRecvError;
-        let lost = EtagError::Lost("its chunk was dropped unhashed");
-        if let Some(mut pending) = self.pending.take() {
-            let state = match pending.try_recv() {
-                Ok(state) => state,
-                Err(TryRecvError::Closed) => return Err(lost),
-                Err(TryRecvError::Empty) => {
-                    self.lanes.drain();
-                    pending.await.map_err(|_| lost)?
-                }
-            };
-            *self.md5.state_mut() = state;
-        }
-        Ok(())
+    pub async fn finalize(self) -> Result<[u8; 16], EtagError> {
+        let state = self.lanes.settle(self.id).await?;
+        let mut md5 =
+            Md5::resumed(state, self.hashed).ok_or(EtagError::Lost("its blocks were not whole"))?;
+        md5.update(&self.tail[..self.filled]);
+        Ok(md5.finalize())
     }
 }
 
 impl Drop for EtagMd5 {
     fn drop(&mut self) {
-        // Gone with a chunk still queued (the client went away): it leaves the queue now
-        // rather than hold its bytes until the next upload hashes.
-        if self.pending.take().is_some() {
-            self.lanes.forget_abandoned();
+        // Done, or gone with blocks still queued (the client went away): its blocks leave the
+        // queue now rather than hold memory until the next upload hashes.
+        let mut q = self.lanes.lock();
+        if let Some(entry) = q.entries.remove(&self.id) {
+            q.bytes -= entry.bytes;
+            if entry.ready {
+                let id = self.id;
+                q.ready.retain(|r| *r != id);
+            }
         }
     }
 }
@@ -440,7 +639,7 @@ mod tests {
 
     /// Runs the queued chunks as the combiner that [`hold`] pretended to be.
     fn release(lanes: &Md5Lanes) {
-        lanes.combine(None);
+        lanes.combine();
     }
 
     #[tokio::test]
@@ -454,34 +653,92 @@ mod tests {
         assert!(crate::metrics::md5_lanes("bytes") >= before + 64 * 1024);
         assert!(crate::metrics::md5_lanes("calls") > calls);
         // A private instance (as the tests use) does not.
-        let own = Md5Lanes::new(Kernel::Scalar, 1 << 20, 1 << 20);
+        let own = Md5Lanes::new(Kernel::Scalar, 1 << 20, 1 << 20, 1 << 20);
         assert!(!own.shared.exported);
     }
 
     #[tokio::test]
-    async fn a_lone_upload_is_hashed_at_once_on_one_lane() {
-        let lanes = Md5Lanes::new(Kernel::detect(), 1 << 20, 1 << 20);
+    async fn a_lone_upload_hashes_its_own_blocks_on_one_lane_without_waiting() {
+        let lanes = Md5Lanes::new(Kernel::detect(), 1 << 20, 128 * 1024, 1 << 20);
         let m = message(1, 300_000);
         let mut md5 = lanes.stream();
+        use futures::FutureExt as _;
         for piece in m.chunks(70_001) {
-            md5.update(Bytes::copy_from_slice(piece)).await.unwrap();
-            // Nobody else was there: its own call hashed it, nothing is left to wait for.
-            use futures::FutureExt as _;
-            md5.settle()
+            // Nobody else is there: handing a chunk over never waits...
+            md5.update(Bytes::copy_from_slice(piece))
                 .now_or_never()
-                .expect("hashed already")
+                .expect("queued at once")
+                .unwrap();
+            assert!(!lanes.lock().combining);
+        }
+        // ... and neither does the digest: its own call hashes what is left.
+        let digest = md5.finalize().now_or_never().expect("hashed at once");
+        assert_eq!(digest.unwrap(), reference(&m));
+        let stats = lanes.stats();
+        assert!(stats.calls > 0);
+        assert_eq!(stats.lanes, stats.calls, "one lane a call: {stats:?}");
+        let q = lanes.lock();
+        assert!(!q.combining && q.entries.is_empty() && q.bytes == 0);
+    }
+
+    #[tokio::test]
+    async fn an_upload_hands_over_chunk_after_chunk_while_its_earlier_ones_wait() {
+        let lanes = Md5Lanes::new(Kernel::detect(), 64 << 20, 64 << 20, 64 << 20);
+        let m = message(3, 500_001);
+        let mut md5 = lanes.stream();
+        hold(&lanes);
+        use futures::FutureExt as _;
+        for piece in m.chunks(33_333) {
+            md5.update(Bytes::copy_from_slice(piece))
+                .now_or_never()
+                .expect("no waiting for the chunk before to be hashed")
                 .unwrap();
         }
+        assert_eq!(lanes.stats().calls, 0, "all of it queued");
+        assert_eq!(lanes.lock().bytes, 500_001 / BLOCK * BLOCK);
+        release(&lanes);
         assert_eq!(md5.finalize().await.unwrap(), reference(&m));
+    }
+
+    #[tokio::test]
+    async fn uploads_of_equal_length_in_uneven_chunks_keep_every_lane_full() {
+        let kernel = Kernel::detect();
+        if kernel == Kernel::Scalar {
+            return;
+        }
+        let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20, 64 << 20);
+        let n = kernel.lanes().min(8);
+        let len = 1 << 20;
+        let messages: Vec<Vec<u8>> = (0..n as u64).map(|i| message(40 + i, len)).collect();
+        let mut streams: Vec<EtagMd5> = messages.iter().map(|_| lanes.stream()).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        hold(&lanes);
+        for (s, m) in streams.iter_mut().zip(&messages) {
+            // Chunks as a socket delivers them: any size, not block-aligned.
+            let mut rest = &m[..];
+            while !rest.is_empty() {
+                let k = rng.random_range(1..=100_000).min(rest.len());
+                s.update(Bytes::copy_from_slice(&rest[..k])).await.unwrap();
+                rest = &rest[k..];
+            }
+        }
+        release(&lanes);
         let stats = lanes.stats();
-        assert_eq!(stats.lanes, stats.calls, "one lane a call: {stats:?}");
-        assert!(!lanes.lock().combining);
+        assert_eq!(
+            stats.lanes,
+            stats.calls * n as u64,
+            "all {n} lanes in every call: {stats:?}"
+        );
+        assert_eq!(stats.bytes, (n * len) as u64);
+        for (s, m) in streams.into_iter().zip(&messages) {
+            assert_eq!(s.finalize().await.unwrap(), reference(m));
+        }
     }
 
     #[tokio::test]
     async fn uploads_queued_together_run_in_lock_step_and_each_gets_its_digest() {
         for kernel in Kernel::all_available() {
-            let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20);
+            let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20, 64 << 20);
             let messages: Vec<Vec<u8>> = (0..20)
                 .map(|i| message(i, 1000 + i as usize * 7919))
                 .collect();
@@ -512,8 +769,8 @@ mod tests {
     #[tokio::test]
     async fn chunks_of_many_uploads_queue_until_one_needs_its_state_then_share_lanes() {
         let kernel = Kernel::detect();
-        let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20);
-        let n = kernel.lanes().clamp(2, 8);
+        let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20, 64 << 20);
+        let n = kernel.lanes().saturating_sub(1).clamp(2, 8);
         let messages: Vec<Vec<u8>> = (0..n as u64).map(|i| message(i, 64 * 1024)).collect();
         let mut streams: Vec<EtagMd5> = messages.iter().map(|_| lanes.stream()).collect();
         for (s, m) in streams.iter_mut().zip(&messages) {
@@ -538,13 +795,13 @@ mod tests {
     #[tokio::test]
     async fn a_full_set_of_lanes_is_hashed_as_soon_as_it_is_queued() {
         let kernel = Kernel::detect();
-        let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20);
+        let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20, 64 << 20);
         let mut streams: Vec<EtagMd5> = (0..kernel.lanes()).map(|_| lanes.stream()).collect();
         for s in streams.iter_mut() {
             s.update(Bytes::from(vec![7u8; 4096])).await.unwrap();
         }
         assert!(
-            lanes.lock().jobs.is_empty(),
+            lanes.lock().ready.is_empty() && lanes.lock().bytes == 0,
             "the last one in hashed them all"
         );
         assert_eq!(
@@ -555,7 +812,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_upload_dropped_with_a_chunk_queued_leaves_nothing_waiting() {
-        let lanes = Md5Lanes::new(Kernel::detect(), 1 << 20, 1 << 20);
+        let lanes = Md5Lanes::new(Kernel::detect(), 1 << 20, 1 << 20, 1 << 20);
         let gone = message(1, 100_000);
         let kept = message(2, 100_000);
         let mut a = lanes.stream();
@@ -564,20 +821,20 @@ mod tests {
         a.update(Bytes::from(gone)).await.unwrap();
         b.update(Bytes::copy_from_slice(&kept)).await.unwrap();
         drop(a);
-        assert_eq!(
-            lanes.lock().jobs.len(),
-            1,
-            "its chunk left the queue with it"
-        );
+        {
+            let q = lanes.lock();
+            assert_eq!(q.ready.len(), 1, "its blocks left the queue with it");
+            assert_eq!(q.bytes, 100_000 / BLOCK * BLOCK);
+        }
         release(&lanes);
         assert_eq!(b.finalize().await.unwrap(), reference(&kept));
         let q = lanes.lock();
-        assert!(!q.combining && q.jobs.is_empty() && q.bytes == 0);
+        assert!(!q.combining && q.entries.is_empty() && q.bytes == 0);
     }
 
     #[tokio::test]
     async fn a_chunk_past_the_queue_bound_is_hashed_by_its_own_upload() {
-        let lanes = Md5Lanes::new(Kernel::detect(), 64 * 1024, 1 << 20);
+        let lanes = Md5Lanes::new(Kernel::detect(), 64 * 1024, 64 * 1024, 1 << 20);
         let messages: Vec<Vec<u8>> = (0..4).map(|i| message(i, 40_000)).collect();
         let mut streams: Vec<EtagMd5> = messages.iter().map(|_| lanes.stream()).collect();
         hold(&lanes);
@@ -587,7 +844,7 @@ mod tests {
         assert!(lanes.lock().bytes <= 64 * 1024, "the queue stays bounded");
         assert_eq!(lanes.stats().overflow, 3, "three of four did not fit");
         assert_eq!(
-            lanes.lock().jobs.len(),
+            lanes.lock().ready.len(),
             1,
             "one queued, the others hashed at once"
         );
@@ -600,7 +857,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_combiner_past_its_turn_hands_the_queue_on() {
         // A turn of one step: the queued chunks go to a blocking thread.
-        let lanes = Md5Lanes::new(Kernel::detect(), 64 << 20, STEP);
+        let lanes = Md5Lanes::new(Kernel::detect(), 64 << 20, 64 << 20, STEP);
         let messages: Vec<Vec<u8>> = (0..40).map(|i| message(i, 200_000)).collect();
         let mut streams: Vec<EtagMd5> = messages.iter().map(|_| lanes.stream()).collect();
         hold(&lanes);
@@ -620,7 +877,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_uploads_in_random_pieces_each_get_their_digest() {
-        let lanes = Md5Lanes::new(Kernel::detect(), 1 << 20, 1 << 20);
+        let lanes = Md5Lanes::new(Kernel::detect(), 1 << 20, 256 << 10, 1 << 20);
         let tasks: Vec<_> = (0..16u64)
             .map(|i| {
                 let lanes = lanes.clone();
