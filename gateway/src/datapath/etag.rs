@@ -82,6 +82,8 @@ struct Entry {
     ready: bool,
     /// The upload waits until its blocks are all hashed (its digest, or room to queue).
     waiter: Option<oneshot::Sender<()>>,
+    /// The upload needs its blocks hashed now: a combiner does not leave them for company.
+    wanted: bool,
     /// A combiner stopped abnormally with this upload's state or blocks: its MD5 is lost.
     lost: bool,
 }
@@ -124,6 +126,31 @@ impl Queue {
             self.bytes -= std::mem::take(&mut entry.bytes);
         }
         self.ready.retain(|r| *r != id);
+    }
+
+    /// Gives a lane's blocks not hashed yet back to its upload, ahead of what it handed over
+    /// meanwhile, with its state: it waits for a lane again.
+    fn put_back(&mut self, lane: Active) {
+        let Active {
+            id,
+            state,
+            current,
+            rest,
+        } = lane;
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let mut pieces: VecDeque<Bytes> = std::iter::once(current)
+            .filter(|c| !c.is_empty())
+            .chain(rest)
+            .collect();
+        let back: usize = pieces.iter().map(Bytes::len).sum();
+        pieces.append(&mut entry.pieces);
+        entry.pieces = pieces;
+        entry.bytes += back;
+        entry.state = Some(state);
+        self.bytes += back;
+        self.mark_ready(id);
     }
 
     /// Marks `id` ready for a lane, unless it is already.
@@ -270,6 +297,7 @@ impl Md5Lanes {
                 bytes: 0,
                 ready: false,
                 waiter: None,
+                wanted: false,
                 lost: false,
             },
         );
@@ -322,8 +350,7 @@ impl Md5Lanes {
             entry.pieces.extend(pieces.take().into_iter().flatten());
             q.bytes += bytes;
             q.mark_ready(id);
-            let start = !q.combining
-                && (q.bytes >= self.shared.gather || q.ready.len() >= self.shared.kernel.lanes());
+            let start = !q.combining && self.worth_hashing(&q);
             if start {
                 q.combining = true;
                 drop(q);
@@ -348,17 +375,30 @@ impl Md5Lanes {
         Ok(false)
     }
 
+    /// Whether the queue is worth hashing now: every upload in flight (or a kernel's worth)
+    /// has blocks waiting, so lanes start full; or `gather` bytes wait with company for a
+    /// lane, or from an upload that is alone; or the queue is half full.
+    fn worth_hashing(&self, q: &Queue) -> bool {
+        let lanes = self.shared.kernel.lanes();
+        let ready = q.ready.len();
+        ready >= lanes.min(q.entries.len()).max(1)
+            || (q.bytes >= self.shared.gather && (ready >= 2 || q.entries.len() == 1))
+            || q.bytes >= self.shared.max_queued / 2
+    }
+
     /// One step towards upload `id` being idle (every block it handed over hashed): its
     /// state when it is; else hashes the queue when nobody is, or waits for whoever is.
     fn step(&self, id: u64) -> Result<Step, EtagError> {
         let mut q = self.lock();
-        let entry = q.entries.get(&id).ok_or(UNKNOWN)?;
+        let entry = q.entries.get_mut(&id).ok_or(UNKNOWN)?;
         if entry.lost {
             return Err(STOPPED);
         }
         if let (Some(state), true) = (entry.state, entry.pieces.is_empty()) {
+            entry.wanted = false;
             return Ok(Step::Idle(state));
         }
+        entry.wanted = true;
         if q.combining {
             let (told, wait) = oneshot::channel();
             if let Some(entry) = q.entries.get_mut(&id) {
@@ -414,6 +454,14 @@ impl Md5Lanes {
         let kernel = self.shared.kernel;
         let mut active: Vec<Active> = Vec::new();
         let mut hashed = 0usize;
+        // Fewer lanes than this and those not needed now go back to wait for company: half
+        // of what there was to start with, at least two (one with the scalar kernel).
+        let floor = {
+            let q = self.lock();
+            (q.ready.len().min(kernel.lanes()) / 2)
+                .clamp(2, kernel.lanes().max(2))
+                .min(kernel.lanes())
+        };
         loop {
             {
                 let mut q = self.lock();
@@ -461,6 +509,26 @@ impl Md5Lanes {
                     if let Some((state, pieces)) = q.take(id) {
                         turn.held.push(id);
                         active.push(Active::new(id, state, pieces));
+                    }
+                }
+                if active.len() < floor {
+                    let pressed = q.bytes >= self.shared.max_queued / 2 || q.entries.len() == 1;
+                    let mut i = 0;
+                    while i < active.len() {
+                        let needed =
+                            pressed || q.entries.get(&active[i].id).is_none_or(|e| e.wanted);
+                        if needed {
+                            i += 1;
+                            continue;
+                        }
+                        let lane = active.swap_remove(i);
+                        turn.held.retain(|h| *h != lane.id);
+                        q.put_back(lane);
+                    }
+                    if active.is_empty() && hashed < self.shared.turn {
+                        q.combining = false;
+                        turn.done = true;
+                        return;
                     }
                 }
                 if active.is_empty() {
@@ -767,18 +835,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn chunks_of_many_uploads_queue_until_one_needs_its_state_then_share_lanes() {
+    async fn uploads_wait_for_company_until_every_one_in_flight_has_blocks_then_share_lanes() {
         let kernel = Kernel::detect();
         let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20, 64 << 20);
-        let n = kernel.lanes().saturating_sub(1).clamp(2, 8);
+        let n = kernel.lanes().clamp(2, 8);
         let messages: Vec<Vec<u8>> = (0..n as u64).map(|i| message(i, 64 * 1024)).collect();
         let mut streams: Vec<EtagMd5> = messages.iter().map(|_| lanes.stream()).collect();
-        for (s, m) in streams.iter_mut().zip(&messages) {
+        for (i, (s, m)) in streams.iter_mut().zip(&messages).enumerate() {
+            if i + 1 == n && kernel != Kernel::Scalar {
+                assert_eq!(
+                    lanes.stats().calls,
+                    0,
+                    "queued, waiting for the last upload"
+                );
+            }
             s.update(Bytes::copy_from_slice(m)).await.unwrap();
         }
-        if kernel != Kernel::Scalar {
-            assert_eq!(lanes.stats().calls, 0, "queued, nothing hashed yet");
-        }
+        assert_eq!(lanes.lock().bytes, 0, "the last one in hashed them all");
         for (s, m) in streams.into_iter().zip(&messages) {
             assert_eq!(s.finalize().await.unwrap(), reference(m));
         }
@@ -790,6 +863,33 @@ mod tests {
                 "all {n} in every call: {stats:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_lane_left_alone_waits_for_company_unless_its_upload_needs_the_digest() {
+        let kernel = Kernel::detect();
+        if kernel == Kernel::Scalar {
+            return;
+        }
+        let lanes = Md5Lanes::new(kernel, 64 << 20, 64 << 20, 64 << 20);
+        let long = message(5, 512 * 1024);
+        let short = message(6, 64 * 1024);
+        let mut a = lanes.stream();
+        let mut b = lanes.stream();
+        let _idle = lanes.stream();
+        hold(&lanes);
+        a.update(Bytes::copy_from_slice(&long)).await.unwrap();
+        b.update(Bytes::copy_from_slice(&short)).await.unwrap();
+        release(&lanes);
+        // Both ran in two lanes until the short one was done; the rest of the long one waits.
+        let stats = lanes.stats();
+        assert_eq!(stats.lanes, stats.calls * 2, "{stats:?}");
+        assert_eq!(stats.bytes, 2 * 64 * 1024);
+        assert_eq!(lanes.lock().bytes, (512 - 64) * 1024);
+        assert_eq!(b.finalize().await.unwrap(), reference(&short));
+        // Its digest is wanted: hashed now, alone.
+        assert_eq!(a.finalize().await.unwrap(), reference(&long));
+        assert_eq!(lanes.lock().bytes, 0);
     }
 
     #[tokio::test]
