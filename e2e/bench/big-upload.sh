@@ -70,7 +70,7 @@ if [[ $MODE != serve ]]; then
 fi
 
 (while kill -0 "$DEV" 2>/dev/null; do
-    echo "$(date +%s) $(awk '/VmRSS/ {print $2}' "/proc/$DEV/status")"
+    echo "$(date +%s.%N) $(awk '/VmRSS|VmHWM/ {printf "%s ", $2}' "/proc/$DEV/status")"
     sleep 1
 done) >"$WORK/rss.txt" &
 SAMPLER=$!
@@ -79,16 +79,28 @@ rc=0
 "$BENCH" --endpoint "http://127.0.0.1:$PORT" \
     --access-key "$AK" --secret-key "$SK" \
     --bucket big --phases multipart --multipart-size "${SIZE:-10Gi}" --part-size "${PART:-64Mi}" \
-    -c "${STREAMS:-4}" "$@" || rc=$?
+    -c "${STREAMS:-4}" --json "$WORK/phases.json" "$@" || rc=$?
 
 echo "sublet $MODE peak RSS (VmHWM): $(awk '/VmHWM/ {print $2}' "/proc/$DEV/status") KiB"
-python3 - "$WORK/rss.txt" <<'EOF'
-import sys
-rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 2]
-rss = [int(r[1]) // 1024 for r in rows]
+python3 - "$WORK/rss.txt" "$WORK/phases.json" <<'EOF'
+import json, sys
+# Each sample: time, VmHWM, VmRSS (KiB, in /proc's order).
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 3]
+rss = [int(r[2]) // 1024 for r in rows]
 if rss:
     n = len(rss)
     q = [rss[min(n - 1, i * n // 4)] for i in range(4)] + [rss[-1]]
     print(f"RSS MiB sampled each second: max {max(rss)}, at 0/25/50/75/100% of the run: {q}")
+    try:
+        phases = json.load(open(sys.argv[2]))["phases"]
+    except (OSError, ValueError, KeyError):
+        phases = []
+    # The phases ran one after the other, the first from the first sample on: the peak
+    # (VmHWM) at the end of each, as far as one-second samples tell.
+    end = float(rows[0][0])
+    for p in phases:
+        end += p["seconds"]
+        hwm = max((int(r[1]) for r in rows if float(r[0]) <= end + 0.5), default=0)
+        print(f"peak RSS (VmHWM) by the end of {p['phase']}: {hwm // 1024} MiB")
 EOF
 exit $rc
