@@ -239,7 +239,7 @@ impl Md5 {
     /// An MD5 that has taken `len` bytes, all of them whole blocks hashed elsewhere (in lanes)
     /// into `state`; `None` when `len` is not a whole number of blocks.
     pub fn resumed(state: State, len: u64) -> Option<Self> {
-        (len % BLOCK as u64 == 0).then_some(Self {
+        len.is_multiple_of(BLOCK as u64).then_some(Self {
             state,
             buf: [0; BLOCK],
             filled: 0,
