@@ -255,13 +255,13 @@ impl Md5Lanes {
         }
     }
 
-    /// The process's lanes: the widest kernel of this CPU, 8 MiB queued at most (the queue
+    /// The process's lanes: the widest kernel of this CPU, 16 MiB queued at most (the queue
     /// holds the socket's buffers: memory the gateway's peak counts), hashing once every
     /// upload in flight has blocks waiting or 2 MiB wait, 8 MiB a turn.
     pub fn shared() -> &'static Md5Lanes {
         static LANES: OnceLock<Md5Lanes> = OnceLock::new();
         LANES.get_or_init(|| {
-            let mut lanes = Md5Lanes::new(Kernel::detect(), 8 << 20, 2 << 20, 8 << 20);
+            let mut lanes = Md5Lanes::new(Kernel::detect(), 16 << 20, 2 << 20, 8 << 20);
             if let Some(shared) = Arc::get_mut(&mut lanes.shared) {
                 shared.exported = true;
             }

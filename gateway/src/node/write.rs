@@ -48,8 +48,9 @@ fn too_large(limit: u64) -> Error {
 /// A segment on its way to the providers, with the share of the upload budget it holds.
 type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 
-/// Cuts the body into segments and hands them over; returns the size, MD5 and checksums
-/// (computed in the same pass). A body of unknown length (`Transfer-Encoding: chunked`)
+/// Cuts the body into segments and hands them over; returns the size, the MD5 of the body
+/// (its blocks handed to the shared lanes, the digest not taken yet: see [`write_body`]) and
+/// the checksums (computed in the same pass). A body of unknown length (`Transfer-Encoding: chunked`)
 /// is cut the same way; one that grows past `limit` bytes fails with `EntityTooLarge`
 /// before the segment that would pass it is handed over.
 async fn cut_body(
@@ -60,7 +61,7 @@ async fn cut_body(
     mut sums: Hasher,
     tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
     limit: u64,
-) -> Result<(u64, String, Sums)> {
+) -> Result<(u64, crate::datapath::etag::EtagMd5, Sums)> {
     use s3s::stream::ByteStream;
     // The ETag's MD5, in lanes shared with the other uploads in flight.
     let mut md5 = crate::datapath::etag::Md5Lanes::shared().stream();
@@ -108,8 +109,7 @@ async fn cut_body(
         let held = permit.take().ok_or_else(stopped)?;
         tx.send((buf, held)).await.map_err(|_| stopped())?;
     }
-    let md5 = md5.finalize().await.map_err(etag_lost)?;
-    Ok((size, hex::encode(md5), sums.finish()))
+    Ok((size, md5, sums.finish()))
 }
 
 /// Reads the body and writes it segment by segment, reading the next segment
@@ -141,13 +141,25 @@ async fn write_body(
         store
     );
     match (cut, stored) {
-        (Ok((size, md5, checksums)), Ok(())) => Ok(Written {
-            layout: writer.finish(),
-            size,
-            md5,
-            checksums,
-            in_flight: None,
-        }),
+        (Ok((size, md5, checksums)), Ok(())) => {
+            // The digest only now, after the shards are stored: until then the body's blocks
+            // wait in the shared lanes for other uploads' (a 4 MiB body arrives in a few
+            // milliseconds and is stored for a hundred, so bodies rarely arrive together).
+            let md5 = match md5.finalize().await {
+                Ok(digest) => hex::encode(digest),
+                Err(e) => {
+                    writer.abort().await;
+                    return Err(Error::internal(e.to_string()));
+                }
+            };
+            Ok(Written {
+                layout: writer.finish(),
+                size,
+                md5,
+                checksums,
+                in_flight: None,
+            })
+        }
         (_, Err(e)) => {
             writer.abort().await;
             Err(Error::internal(format!("storing the object failed: {e}")))
@@ -662,6 +674,15 @@ mod tests {
         while let Some((segment, _held)) = rx.recv().await {
             segments.push(segment.len());
         }
+        // The digest is taken once the segments are stored (`write_body`): here, after all.
+        let done = match done {
+            Ok((size, md5, sums)) => md5
+                .finalize()
+                .await
+                .map(|d| (size, hex::encode(d), sums))
+                .map_err(|e| Error::internal(e.to_string())),
+            Err(e) => Err(e),
+        };
         (done, segments)
     }
 
