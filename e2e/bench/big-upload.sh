@@ -10,16 +10,21 @@
 # Usage: e2e/bench/big-upload.sh [sublet-bench options...]   (e.g. --multipart-size 2Gi)
 # Environment: BENCH_TMP (default /var/tmp, a real disk: EC 4+2 stores 1.5x the size),
 #              SIZE (default 10Gi), PART (default 64Mi), STREAMS (default 4), KEEP=1,
-#              MODE (dev or serve).
+#              MODE (dev or serve); SUBLET, PROVIDER and BENCH (binaries to use instead of
+#              the release builds under CARGO_TARGET_DIR) with NO_BUILD=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 MODE=${MODE:-dev}
-(cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
-    cargo build --release --quiet -p sublet-provider --bin sublet-provider &&
-    cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
-PROVIDER=$TARGET/release/sublet-provider
+if [[ ${NO_BUILD:-0} != 1 ]]; then
+    (cd "$ROOT" && cargo build --release --quiet -p sublet --bin sublet &&
+        cargo build --release --quiet -p sublet-provider --bin sublet-provider &&
+        cargo build --release --quiet -p sublet-e2e --bin sublet-bench)
+fi
+SUBLET=${SUBLET:-$TARGET/release/sublet}
+PROVIDER=${PROVIDER:-$TARGET/release/sublet-provider}
+BENCH=${BENCH:-$TARGET/release/sublet-bench}
 log() { echo "big-upload: $*" >&2; }
 
 WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/sublet-big.XXXXXX")
@@ -44,12 +49,12 @@ ADMIN=$(free_port)
 if [[ $MODE == serve ]]; then
     start_providers
     gateway_yaml "$WORK/gateway" "$PORT" "$ADMIN"
-    RUST_LOG=warn "$TARGET/release/sublet" serve --config "$WORK/gateway/sublet.yaml" \
+    RUST_LOG=warn "$SUBLET" serve --config "$WORK/gateway/sublet.yaml" \
         >"$WORK/dev.out" 2>"$WORK/dev.log" </dev/null &
     AK=bench
     SK=bench-secret-0123456789
 else
-    "$TARGET/release/sublet" dev --dir "$WORK/dev" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
+    "$SUBLET" dev --dir "$WORK/dev" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
         >"$WORK/dev.out" 2>"$WORK/dev.log" </dev/null &
 fi
 DEV=$!
@@ -65,25 +70,37 @@ if [[ $MODE != serve ]]; then
 fi
 
 (while kill -0 "$DEV" 2>/dev/null; do
-    echo "$(date +%s) $(awk '/VmRSS/ {print $2}' "/proc/$DEV/status")"
+    echo "$(date +%s.%N) $(awk '/VmRSS|VmHWM/ {printf "%s ", $2}' "/proc/$DEV/status")"
     sleep 1
 done) >"$WORK/rss.txt" &
 SAMPLER=$!
 
 rc=0
-"$TARGET/release/sublet-bench" --endpoint "http://127.0.0.1:$PORT" \
+"$BENCH" --endpoint "http://127.0.0.1:$PORT" \
     --access-key "$AK" --secret-key "$SK" \
     --bucket big --phases multipart --multipart-size "${SIZE:-10Gi}" --part-size "${PART:-64Mi}" \
-    -c "${STREAMS:-4}" "$@" || rc=$?
+    -c "${STREAMS:-4}" --json "$WORK/phases.json" "$@" || rc=$?
 
 echo "sublet $MODE peak RSS (VmHWM): $(awk '/VmHWM/ {print $2}' "/proc/$DEV/status") KiB"
-python3 - "$WORK/rss.txt" <<'EOF'
-import sys
-rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 2]
-rss = [int(r[1]) // 1024 for r in rows]
+python3 - "$WORK/rss.txt" "$WORK/phases.json" <<'EOF'
+import json, sys
+# Each sample: time, VmHWM, VmRSS (KiB, in /proc's order).
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 3]
+rss = [int(r[2]) // 1024 for r in rows]
 if rss:
     n = len(rss)
     q = [rss[min(n - 1, i * n // 4)] for i in range(4)] + [rss[-1]]
     print(f"RSS MiB sampled each second: max {max(rss)}, at 0/25/50/75/100% of the run: {q}")
+    try:
+        phases = json.load(open(sys.argv[2]))["phases"]
+    except (OSError, ValueError, KeyError):
+        phases = []
+    # The phases ran one after the other, the first from the first sample on: the peak
+    # (VmHWM) at the end of each, as far as one-second samples tell.
+    end = float(rows[0][0])
+    for p in phases:
+        end += p["seconds"]
+        hwm = max((int(r[1]) for r in rows if float(r[0]) <= end + 0.5), default=0)
+        print(f"peak RSS (VmHWM) by the end of {p['phase']}: {hwm // 1024} MiB")
 EOF
 exit $rc
