@@ -957,6 +957,51 @@ pub fn wait_for<T>(
     }
 }
 
+/// The sum of the samples of metric `name` in a Prometheus text whose labels contain every
+/// one of `labels` (all its samples when `labels` is empty; 0 when none is exported).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// A shard id's stripe (the id without its index and repair suffix) and index in it.
+pub fn stripe_of(id: &str) -> (String, u64) {
+    let base = match id.rsplit_once("-r") {
+        Some((base, suffix)) if suffix.len() == 8 => base,
+        _ => id,
+    };
+    let (stripe, index) = base
+        .rsplit_once('.')
+        .unwrap_or_else(|| panic!("shard id {id} has no index"));
+    let index = index
+        .parse()
+        .unwrap_or_else(|_| panic!("shard id {id} has no numeric index"));
+    (stripe.to_string(), index)
+}
+
+/// Flips every byte of a shard file's data region (after its self-describing header, per
+/// the provider's layout: magic, version, id length, length, stored_at, hash, id, header
+/// checksum), leaving the header and the outboard as they were: bit rot on disk.
+pub fn corrupt_shard_file(path: &Path) {
+    let mut bytes = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("reading shard file {}: {e}", path.display()));
+    let id_len = u16::from_le_bytes([bytes[10], bytes[11]]) as usize;
+    let length = bytes[12..20]
+        .try_into()
+        .map(u64::from_le_bytes)
+        .unwrap_or_else(|_| panic!("shard file {} has no length", path.display()))
+        as usize;
+    let start = 8 + 2 + 2 + 8 + 8 + 32 + id_len + 32;
+    for b in &mut bytes[start..start + length] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(path, bytes)
+        .unwrap_or_else(|e| panic!("writing shard file {}: {e}", path.display()));
+}
+
 /// One HTTP/1.0 request with an empty body on loopback, with `token` as bearer token when
 /// given; (status, body).
 pub fn http_call(

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sublet_e2e::cluster::{Cluster, TestObject, test_objects, wait_for};
+use sublet_e2e::cluster::{
+    Cluster, TestObject, corrupt_shard_file, metric_sum, stripe_of, test_objects, wait_for,
+};
 
 const PLAN: &str = "standard";
 const SEGMENT: u64 = 64 << 10;
@@ -115,15 +117,6 @@ fn wait_until_loss_noticed(c: &Cluster) -> Value {
     })
 }
 
-/// The sum of a metric's samples whose labels contain `label` (0 when none is exported).
-fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 const UNLIMITED: u64 = 1 << 40;
 
 #[test]
@@ -136,7 +129,7 @@ fn losing_four_of_eight_providers_two_at_a_time_loses_nothing() {
     // One provider lost: measure how long until every object is whole again.
     let killed = Instant::now();
     c.providers[0].kill();
-    let before = metric(&c.metrics(), "sublet_gateway_rebuilt_bytes_total", PLAN);
+    let before = metric_sum(&c.metrics(), "sublet_gateway_rebuilt_bytes_total", &[PLAN]);
     wait_until_loss_noticed(&c);
     let noticed = killed.elapsed();
     let started = Instant::now();
@@ -154,7 +147,7 @@ fn losing_four_of_eight_providers_two_at_a_time_loses_nothing() {
     );
     repair_until_healthy(&c, &objects, &[0], UNLIMITED);
     let healed = killed.elapsed();
-    let rebuilt = metric(&c.metrics(), "sublet_gateway_rebuilt_bytes_total", PLAN) - before;
+    let rebuilt = metric_sum(&c.metrics(), "sublet_gateway_rebuilt_bytes_total", &[PLAN]) - before;
     let repair_secs = (healed - noticed).as_secs_f64();
     eprintln!(
         "one provider of 8 lost ({logical} logical bytes in {} objects): noticed after {:.1}s, \
@@ -191,31 +184,6 @@ fn losing_four_of_eight_providers_two_at_a_time_loses_nothing() {
     c.providers[3].kill();
     c.providers[4].kill();
     c.assert_all_read_back(BUCKET, &objects);
-}
-
-/// A shard id's stripe (the id without its index and repair suffix) and index in it.
-fn stripe_of(id: &str) -> (String, u64) {
-    let base = match id.rsplit_once("-r") {
-        Some((base, suffix)) if suffix.len() == 8 => base,
-        _ => id,
-    };
-    let (stripe, index) = base
-        .rsplit_once('.')
-        .unwrap_or_else(|| panic!("shard id {id} has no index"));
-    (stripe.to_string(), index.parse().unwrap())
-}
-
-/// The data region of a shard file (after its self-describing header), per the provider's
-/// layout: magic, version, id length, length, stored_at, hash, id, header checksum.
-fn corrupt_shard_file(path: &std::path::Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let id_len = u16::from_le_bytes([bytes[10], bytes[11]]) as usize;
-    let length = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
-    let start = 8 + 2 + 2 + 8 + 8 + 32 + id_len + 32;
-    for b in &mut bytes[start..start + length] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(path, bytes).unwrap();
 }
 
 #[test]
@@ -259,10 +227,10 @@ fn corrupt_shards_fail_audits_and_scrubs_cost_the_provider_its_score_and_are_rep
     assert_eq!(report["passed"], total - corrupted, "{report}");
     let metrics = c.metrics();
     let score = |i: usize| {
-        metric(
+        metric_sum(
             &metrics,
             "sublet_gateway_provider_score",
-            &format!("provider=\"{}\"", c.providers[i].node_id),
+            &[&format!("provider=\"{}\"", c.providers[i].node_id)],
         )
     };
     assert_eq!(score(0), 0.0, "the lying provider keeps a score");

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sublet_e2e::cluster::{Cluster, TestObject, test_objects, wait_for};
+use sublet_e2e::cluster::{Cluster, TestObject, metric_sum, test_objects, wait_for};
 
 const PLAN: &str = "hostile";
 const BUCKET: &str = "hostile";
@@ -168,15 +168,6 @@ impl Scene {
     }
 }
 
-/// The sum of a metric's samples whose labels contain every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn a_provider_returning_another_shards_bytes_is_read_around_flagged_and_repaired() {
     let s = Scene::start("--fault-swap-shards", None);
@@ -274,7 +265,7 @@ fn a_provider_overstating_its_free_space_gets_no_more_shards_once_it_refuses_one
         liar["freeBytes"], 0,
         "the free space it claims is believed after it refused a write: {liar}"
     );
-    let failures = metric(
+    let failures = metric_sum(
         &s.c.metrics(),
         "sublet_gateway_shard_failures_total",
         &[

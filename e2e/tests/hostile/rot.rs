@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use sublet_e2e::cluster::{Cluster, test_objects, wait_for};
+use sublet_e2e::cluster::{
+    Cluster, corrupt_shard_file, metric_sum, stripe_of, test_objects, wait_for,
+};
 
 const PLAN: &str = "sealed";
 const BUCKET: &str = "sealed";
@@ -37,38 +39,6 @@ spec:
   schedule: fast
 "#
     )
-}
-
-/// Flips every byte of a shard file's data (after the header: magic, version, id length,
-/// length, stored_at, hash, id, header checksum), leaving header and outboard as they were.
-fn rot_shard_file(path: &std::path::Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let id_len = u16::from_le_bytes([bytes[10], bytes[11]]) as usize;
-    let length = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
-    let start = 8 + 2 + 2 + 8 + 8 + 32 + id_len + 32;
-    for b in &mut bytes[start..start + length] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// A shard's index in its stripe (the id's last `.N`, before any repair suffix).
-fn index_of(id: &str) -> u64 {
-    let base = match id.rsplit_once("-r") {
-        Some((base, suffix)) if suffix.len() == 8 => base,
-        _ => id,
-    };
-    base.rsplit_once('.')
-        .and_then(|(_, i)| i.parse().ok())
-        .unwrap_or_else(|| panic!("shard id {id} has no index"))
-}
-
-/// The sum of a metric's samples (with any labels) in a `/metrics` text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 fn provider_metrics(c: &Cluster, i: usize) -> String {
@@ -107,9 +77,9 @@ fn rot_in_a_data_shard_sent_unchecked_is_found_flagged_read_around_and_repaired(
                 .into_iter()
                 .map(move |f| (i, f))
         })
-        .find(|(_, (id, _))| index_of(id) < DATA_SHARDS)
+        .find(|(_, (id, _))| stripe_of(id).1 < DATA_SHARDS)
         .expect("some provider holds a data shard");
-    rot_shard_file(&path);
+    corrupt_shard_file(&path);
     let before = provider_metrics(&c, holder);
 
     c.assert_all_read_back(BUCKET, &objects);
@@ -117,14 +87,14 @@ fn rot_in_a_data_shard_sent_unchecked_is_found_flagged_read_around_and_repaired(
     // The provider sent the rot as asked, without detecting it: what found it is the
     // gateway's tag, then its hashes.
     let after = provider_metrics(&c, holder);
-    let unchecked = metric(&after, "sublet_provider_unchecked_reads_total")
-        - metric(&before, "sublet_provider_unchecked_reads_total");
+    let unchecked = metric_sum(&after, "sublet_provider_unchecked_reads_total", &[])
+        - metric_sum(&before, "sublet_provider_unchecked_reads_total", &[]);
     assert!(
         unchecked >= 1.0,
         "no read of {id} skipped the check:\n{after}"
     );
     assert_eq!(
-        metric(&after, "sublet_provider_corruptions_total"),
+        metric_sum(&after, "sublet_provider_corruptions_total", &[]),
         0.0,
         "the provider checked the rotten shard itself (the gateway did not ask it not to)"
     );
@@ -144,9 +114,10 @@ fn rot_in_a_data_shard_sent_unchecked_is_found_flagged_read_around_and_repaired(
     let report = c.admin_post("/admin/v1/scrub");
     assert_eq!(report["bad"], 1, "{report}");
     assert!(
-        metric(
+        metric_sum(
             &provider_metrics(&c, holder),
-            "sublet_provider_corruptions_total"
+            "sublet_provider_corruptions_total",
+            &[]
         ) >= 1.0
     );
 
