@@ -41,19 +41,9 @@ cleanup() {
     if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
-ADMIN=$(free_port)
-"$SUBLET" dev --dir "$WORK/dev" --listen "127.0.0.1:$PORT" \
-    --admin-listen "127.0.0.1:$ADMIN" >"$WORK/dev.out" 2>"$WORK/dev.log" </dev/null &
-DEV=$!
-for _ in $(seq 1 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    kill -0 "$DEV" || { tail "$WORK/dev.log" >&2; exit 1; }
-    sleep 0.1
-done
-AK=$(sed -n 's/^access_key=//p' "$WORK/dev/credentials")
-SK=$(sed -n 's/^secret_key=//p' "$WORK/dev/credentials")
+# shellcheck source=dev-cluster.sh
+source "$(dirname "$0")/dev-cluster.sh"
+start_dev
 TICK=$(getconf CLK_TCK)
 cpu() { awk -v t="$TICK" '{printf "%.3f\n", ($14 + $15) / t}' "/proc/$DEV/stat"; }
 bench() {
