@@ -456,9 +456,7 @@ pub fn encode_stripe(scheme: Scheme, sealed: &[u8]) -> Result<Vec<Vec<u8>>, Code
                     shard
                 })
                 .collect();
-            let recovery =
-                reed_solomon_simd::encode(usize::from(data), usize::from(parity), &shards)
-                    .map_err(|e| CodecError::Erasure(e.to_string()))?;
+            let recovery = parity_shards(usize::from(data), usize::from(parity), &shards)?;
             shards.extend(recovery);
             Ok(shards)
         }
@@ -482,12 +480,64 @@ pub fn encode_stripe_owned(scheme: Scheme, mut sealed: Vec<u8>) -> Result<Vec<By
             let mut shards: Vec<Bytes> = (0..data)
                 .map(|i| whole.slice(i * size..(i + 1) * size))
                 .collect();
-            let recovery = reed_solomon_simd::encode(data, parity, &shards)
-                .map_err(|e| CodecError::Erasure(e.to_string()))?;
+            let recovery = parity_shards(data, parity, &shards)?;
             shards.extend(recovery.into_iter().map(Bytes::from));
             Ok(shards)
         }
     }
+}
+
+/// Bytes of each shard one Reed–Solomon pass encodes: the encoder's work buffer holds
+/// `data` (rounded up to a multiple of the parity count's power of two) columns this wide,
+/// so it stays small and in cache instead of a copy of the whole segment.
+const PARITY_COLUMN: usize = 64 << 10;
+
+/// The parity shards of equal-sized data shards, computed [`PARITY_COLUMN`] bytes of every
+/// shard at a time. Reed–Solomon is column-wise (byte `j` of each parity shard depends only
+/// on byte `j` of the data shards, in 64-byte blocks), so this gives the same shards as
+/// encoding whole shards at once, while the encoder's work buffer stays at a few hundred
+/// KiB per encode rather than the size of the data (16 MiB for a 16 MiB segment in 4+2),
+/// and no memory beyond the parity shards themselves outlives the call.
+fn parity_shards<S: AsRef<[u8]>>(
+    data: usize,
+    parity: usize,
+    shards: &[S],
+) -> Result<Vec<Vec<u8>>, CodecError> {
+    let erasure = |e: reed_solomon_simd::Error| CodecError::Erasure(e.to_string());
+    let size = shards.first().map_or(0, |s| s.as_ref().len());
+    if shards.len() != data || shards.iter().any(|s| s.as_ref().len() != size) {
+        return Err(CodecError::Erasure(format!(
+            "{data} data shards of one size are needed to compute parity, got {} of sizes {:?}",
+            shards.len(),
+            shards.iter().map(|s| s.as_ref().len()).collect::<Vec<_>>()
+        )));
+    }
+    let mut out: Vec<Vec<u8>> = (0..parity).map(|_| Vec::with_capacity(size)).collect();
+    let mut encoder: Option<reed_solomon_simd::ReedSolomonEncoder> = None;
+    let mut at = 0;
+    while at < size {
+        let width = PARITY_COLUMN.min(size - at);
+        let encoder = match encoder.as_mut() {
+            Some(e) => {
+                e.reset(data, parity, width).map_err(erasure)?;
+                e
+            }
+            None => encoder.insert(
+                reed_solomon_simd::ReedSolomonEncoder::new(data, parity, width).map_err(erasure)?,
+            ),
+        };
+        for shard in shards {
+            encoder
+                .add_original_shard(&shard.as_ref()[at..at + width])
+                .map_err(erasure)?;
+        }
+        let result = encoder.encode().map_err(erasure)?;
+        for (column, shard) in result.recovery_iter().zip(out.iter_mut()) {
+            shard.extend_from_slice(column);
+        }
+        at += width;
+    }
+    Ok(out)
 }
 
 /// Bytes a buffer holding `plain_len` bytes of plaintext needs so that sealing it and
@@ -497,6 +547,18 @@ pub fn stripe_capacity(scheme: Scheme, plain_len: usize) -> usize {
     match scheme {
         Scheme::Replicas { .. } => sealed,
         Scheme::Erasure { data, .. } => sealed.max(usize::from(data) * shard_size(scheme, sealed)),
+    }
+}
+
+/// Bytes a segment of `plain_len` bytes holds in memory from being sealed until its
+/// shards are stored: every shard of the stripe, parity included (the data shards are the
+/// sealed buffer itself, padded; replicas share one buffer). [`parity_shards`] adds only
+/// a bounded work buffer to this.
+pub fn stripe_bytes(scheme: Scheme, plain_len: usize) -> usize {
+    let sealed = plain_len + TAG_LEN;
+    match scheme {
+        Scheme::Replicas { .. } => sealed,
+        Scheme::Erasure { .. } => scheme.width() * shard_size(scheme, sealed),
     }
 }
 
@@ -745,6 +807,35 @@ mod tests {
     }
 
     #[test]
+    fn parity_by_columns_is_the_parity_of_whole_shards() {
+        // Around the 64-byte blocks and the column width, where a column-wise pass could
+        // disagree with one over whole shards.
+        let sizes = [
+            2usize,
+            62,
+            64,
+            66,
+            130,
+            PARITY_COLUMN - 2,
+            PARITY_COLUMN,
+            PARITY_COLUMN + 2,
+        ];
+        let sizes = sizes.into_iter().chain([3 * PARITY_COLUMN + 126, 1 << 20]);
+        for (data, parity) in [(4usize, 2usize), (10, 4), (3, 1), (2, 3)] {
+            for size in sizes.clone() {
+                let shards: Vec<Vec<u8>> = (0..data)
+                    .map(|i| sample(size * (i + 1))[size * i..].to_vec())
+                    .collect();
+                let whole = reed_solomon_simd::encode(data, parity, &shards).unwrap();
+                let by_columns = parity_shards(data, parity, &shards).unwrap();
+                assert_eq!(by_columns, whole, "{data}+{parity}, shards of {size} bytes");
+            }
+        }
+        let uneven = [vec![0u8; 64], vec![0u8; 66]];
+        assert!(parity_shards(2, 1, &uneven).is_err());
+    }
+
+    #[test]
     fn owned_striping_matches_and_needs_no_reallocation() {
         for scheme in [
             EC42,
@@ -763,6 +854,11 @@ mod tests {
                 let copied = encode_stripe(scheme, &buf).unwrap();
                 let owned = encode_stripe_owned(scheme, buf).unwrap();
                 assert_eq!(owned.len(), copied.len());
+                let held = match scheme {
+                    Scheme::Replicas { .. } => owned[0].len(),
+                    Scheme::Erasure { .. } => owned.iter().map(Bytes::len).sum(),
+                };
+                assert_eq!(held, stripe_bytes(scheme, len), "{scheme:?} {len}");
                 for (o, c) in owned.iter().zip(&copied) {
                     assert_eq!(&o[..], &c[..], "{scheme:?} {len}");
                 }

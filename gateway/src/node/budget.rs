@@ -5,40 +5,48 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-/// Bytes of segment buffers all uploads of a gateway may hold at once (see
-/// [`BufferBudget`]): with the shards each is cut into, about 1.5 times this in memory.
-/// Segment reads have a budget of their own of the same size.
-pub const BUFFER_BUDGET_BYTES: usize = 64 << 20;
+/// Bytes of stripes all uploads of a gateway may hold at once (see [`BufferBudget`]): a
+/// segment counts with every shard it is coded into, parity included
+/// ([`crate::datapath::codec::stripe_bytes`]: 24 MiB for a 16 MiB segment in 4+2), so four
+/// 16 MiB segments of 4+2 fit, as many as four streams keep in flight.
+pub const UPLOAD_BUDGET_BYTES: usize = 96 << 20;
+
+/// Bytes of shards and decoded segments all reads in flight may hold at once while they
+/// fetch and decode (twice the segment each: a 16 MiB segment takes 32 MiB).
+pub const READ_BUDGET_BYTES: usize = 64 << 20;
 
 /// Caps the segment buffers all writes (or all reads) in flight hold together, so a
 /// gateway's memory does not grow with the number of concurrent requests. A write takes a
-/// segment's share before filling its buffer (only what is left of the body when its
-/// length is known, so small objects take little) and gives it back once the segment is
-/// stored; a read takes twice the segment (its shards and the result) while it fetches and
-/// decodes. A whole segment is taken at once, so requests never wait on each other
-/// half-way.
+/// segment's stripe (its data, tag, padding and parity shards) before filling its buffer
+/// (only what is left of the body when its length is known, so small objects take little)
+/// and gives it back once the segment is stored; a read takes twice the segment (its
+/// shards and the result) while it fetches and decodes. A whole segment is taken at once,
+/// so requests never wait on each other half-way; one larger than the whole budget waits
+/// for all of it.
 #[derive(Clone)]
-pub struct BufferBudget(Arc<tokio::sync::Semaphore>);
+pub struct BufferBudget {
+    units: Arc<tokio::sync::Semaphore>,
+    total: usize,
+}
 
 /// One permit of [`BufferBudget`] stands for this many bytes.
 const BUDGET_UNIT: usize = 64 << 10;
 
-impl Default for BufferBudget {
-    fn default() -> Self {
-        Self(Arc::new(tokio::sync::Semaphore::new(
-            BUFFER_BUDGET_BYTES / BUDGET_UNIT,
-        )))
-    }
-}
-
 impl BufferBudget {
+    /// A budget of `bytes` (at least one unit).
+    pub fn new(bytes: usize) -> Self {
+        let total = (bytes / BUDGET_UNIT).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Self {
+            units: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+        }
+    }
+
     /// Waits until `bytes` of segment buffer may be held.
     pub(super) async fn take(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        let units = bytes
-            .div_ceil(BUDGET_UNIT)
-            .clamp(1, BUFFER_BUDGET_BYTES / BUDGET_UNIT);
+        let units = bytes.div_ceil(BUDGET_UNIT).clamp(1, self.total);
         let units = u32::try_from(units).unwrap_or(u32::MAX);
-        Arc::clone(&self.0)
+        Arc::clone(&self.units)
             .acquire_many_owned(units)
             .await
             .map_err(|_| Error::internal("the gateway is shutting down"))
@@ -52,19 +60,19 @@ mod tests {
 
     #[tokio::test]
     async fn the_upload_budget_caps_segments_in_flight_not_small_objects() {
-        let budget = BufferBudget::default();
-        let total = BUFFER_BUDGET_BYTES / BUDGET_UNIT;
+        let budget = BufferBudget::new(UPLOAD_BUDGET_BYTES);
+        let total = UPLOAD_BUDGET_BYTES / BUDGET_UNIT;
         // A 4 KiB object takes one unit: thousands fit.
         let small: Vec<_> = futures::future::join_all((0..1000).map(|_| budget.take(4096)))
             .await
             .into_iter()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(budget.0.available_permits(), total - 1000);
+        assert_eq!(budget.units.available_permits(), total - 1000);
         drop(small);
         // 16 MiB segments: as many as the budget holds; the next waits for one to be stored.
         let mut held = Vec::new();
-        for _ in 0..BUFFER_BUDGET_BYTES / (16 << 20) {
+        for _ in 0..UPLOAD_BUDGET_BYTES / (16 << 20) {
             held.push(budget.take(16 << 20).await.unwrap());
         }
         let wait = std::time::Duration::from_millis(50);

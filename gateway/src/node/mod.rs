@@ -177,9 +177,9 @@ impl Node {
             inflight: inflight::InFlight::default(),
             writes: inflight::Writes::default(),
             journal: None,
-            upload_budget: budget::BufferBudget::default(),
+            upload_budget: budget::BufferBudget::new(budget::UPLOAD_BUDGET_BYTES),
             max_upload: write::MAX_UPLOAD_SIZE,
-            read_budget: budget::BufferBudget::default(),
+            read_budget: budget::BufferBudget::new(budget::READ_BUDGET_BYTES),
             metadata_suffices: false,
             customer_keys_allowed: std::sync::atomic::AtomicBool::new(false),
         })

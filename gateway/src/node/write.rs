@@ -87,7 +87,10 @@ async fn cut_body(
                     let expected = declared.map_or(segment_size, |total| {
                         total.saturating_sub(filled).clamp(1, segment_size.max(1))
                     });
-                    permit = Some(budget.take(expected).await?);
+                    // The budget counts the whole stripe: the parity shards the segment
+                    // is coded into are as much its memory as the data.
+                    let stripe = crate::datapath::codec::stripe_bytes(scheme, expected);
+                    permit = Some(budget.take(stripe).await?);
                     // Room for the tag and the shards' padding too: sealing and striping
                     // then work in this buffer without copying it.
                     buf.reserve_exact(crate::datapath::codec::stripe_capacity(scheme, expected));
@@ -652,7 +655,7 @@ mod tests {
             Some(body),
             1000,
             scheme,
-            BufferBudget::default(),
+            BufferBudget::new(crate::node::budget::UPLOAD_BUDGET_BYTES),
             Hasher::default(),
             tx,
             limit,
@@ -663,6 +666,39 @@ mod tests {
             segments.push(segment.len());
         }
         (done, segments)
+    }
+
+    #[tokio::test]
+    async fn a_segment_in_flight_holds_its_parity_in_the_upload_budget() {
+        // 128 KiB segments of 4+2 are 192 KiB stripes: a 256 KiB budget holds one of them,
+        // though it would hold two segments' data alone.
+        let segment = 128 << 10;
+        let scheme = Scheme::Erasure { data: 4, parity: 2 };
+        assert!(crate::datapath::codec::stripe_bytes(scheme, segment) > 3 * (64 << 10));
+        let budget = BufferBudget::new(256 << 10);
+        let body = StreamingBlob::from(s3s::Body::from(bytes::Bytes::from(vec![1u8; 2 * segment])));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<BudgetedSegment>(64);
+        let cutting = tokio::spawn(cut_body(
+            Some(body),
+            segment,
+            scheme,
+            budget.clone(),
+            Hasher::default(),
+            tx,
+            u64::MAX,
+        ));
+        let (first, held) = rx.recv().await.unwrap();
+        assert_eq!(first.len(), segment);
+        let wait = std::time::Duration::from_millis(100);
+        assert!(
+            tokio::time::timeout(wait, rx.recv()).await.is_err(),
+            "a second stripe fit in a budget of one"
+        );
+        // Once the first is stored, the second goes on.
+        drop(held);
+        let (second, _held) = rx.recv().await.unwrap();
+        assert_eq!(second.len(), segment);
+        assert_eq!(cutting.await.unwrap().unwrap().0, 2 * segment as u64);
     }
 
     #[tokio::test]
