@@ -25,8 +25,8 @@ const MAX_MESSAGE: usize = CHUNK_SIZE + 256 * 1024;
 /// `ShardStore.PutShard`'s path, as the generated client calls it.
 const PUT_SHARD_PATH: &str = "/sublet.provider.v1.ShardStore/PutShard";
 use crate::identity::{NodeId, NodeIdentity};
-use crate::proto::shard_store_client::ShardStoreClient;
 use crate::proto;
+use crate::proto::shard_store_client::ShardStoreClient;
 use crate::server::TOKEN_METADATA;
 
 /// How the client identifies itself to providers.
@@ -314,7 +314,8 @@ impl ProviderClient {
         use tonic::codec::{Codec, Streaming};
         use tower::ServiceExt;
 
-        let body = StreamBody::new(frames.map(|frame| Ok::<_, Status>(http_body::Frame::data(frame))));
+        let body =
+            StreamBody::new(frames.map(|frame| Ok::<_, Status>(http_body::Frame::data(frame))));
         let mut request = http::Request::builder()
             .method(http::Method::POST)
             .uri(PUT_SHARD_PATH)

@@ -89,6 +89,7 @@ pub fn split_messages(mut body: &[u8]) -> Option<Vec<&[u8]>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn header(id: &str, length: u64, hash: &[u8]) -> proto::PutShardHeader {
@@ -119,16 +120,7 @@ mod tests {
 
     #[test]
     fn frames_are_the_bytes_tonic_would_send_and_decode_back() {
-        let chunk_sizes = [
-            0,
-            1,
-            127,
-            128,
-            16_383,
-            16_384,
-            CHUNK_SIZE - 1,
-            CHUNK_SIZE,
-        ];
+        let chunk_sizes = [0, 1, 127, 128, 16_383, 16_384, CHUNK_SIZE - 1, CHUNK_SIZE];
         for size in chunk_sizes {
             let chunk = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<_>>());
             let head = header("bucket/obj.0.3", size as u64, &[7; 32]);
@@ -157,7 +149,12 @@ mod tests {
         let frames = data_frames(chunk.clone());
         assert_eq!(frames.len(), 6);
         // The pieces are the chunk's own memory.
-        for (piece, at) in frames.iter().skip(1).step_by(2).zip([0, CHUNK_SIZE, 2 * CHUNK_SIZE]) {
+        for (piece, at) in frames
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .zip([0, CHUNK_SIZE, 2 * CHUNK_SIZE])
+        {
             assert_eq!(piece.as_ptr(), chunk[at..].as_ptr());
         }
         let body: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
