@@ -193,3 +193,9 @@ write("market_api", "search", req("POST /v1/offers", PROVIDER, offer)
 # md5_lanes: kernel, piece size, message count, then each message's length byte and bytes.
 write("md5_lanes", "four", bytes([2, 3, 4, 0, 1, 2, 7]) + bytes(range(256)) * 2)
 write("md5_lanes", "many", bytes([1, 200, 17]) + bytes(range(1, 18)) + bytes(4000))
+
+# put_body: [id length, id, hash length, hash, length (8), then (chunk length, chunk)*].
+shard_id = b"bucket/key.0.3"
+write("put_body", "shard", bytes([len(shard_id)]) + shard_id + b"\x20" + bytes(range(32)) + u64(300)
+      + b"\xff" + bytes(255) + b"\x2d" + bytes(45))
+write("put_body", "empty-chunks", b"\x00\x00" + u64(0) + b"\x00\x00")

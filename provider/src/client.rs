@@ -19,9 +19,14 @@ use tonic::{Code, Request, Status};
 use crate::store::MAX_SHARD_LEN;
 
 use crate::CHUNK_SIZE;
+
+/// Largest message either side of a call may send: a chunk and room for its fields.
+const MAX_MESSAGE: usize = CHUNK_SIZE + 256 * 1024;
+/// `ShardStore.PutShard`'s path, as the generated client calls it.
+const PUT_SHARD_PATH: &str = "/sublet.provider.v1.ShardStore/PutShard";
 use crate::identity::{NodeId, NodeIdentity};
+use crate::proto;
 use crate::proto::shard_store_client::ShardStoreClient;
-use crate::proto::{self, put_shard_request::Part};
 use crate::server::TOKEN_METADATA;
 
 /// How the client identifies itself to providers.
@@ -141,6 +146,8 @@ impl TryFrom<proto::ShardStat> for ShardStat {
 #[derive(Clone, Debug)]
 pub struct ProviderClient {
     inner: ShardStoreClient<Channel>,
+    /// The same connection, for the `PutShard` bodies framed by hand ([`crate::put_body`]).
+    channel: Channel,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
     expected: NodeId,
 }
@@ -212,11 +219,12 @@ impl ProviderClient {
             ),
             None => None,
         };
-        let inner = ShardStoreClient::new(channel)
-            .max_decoding_message_size(CHUNK_SIZE + 256 * 1024)
-            .max_encoding_message_size(CHUNK_SIZE + 256 * 1024);
+        let inner = ShardStoreClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
         Ok(ProviderClient {
             inner,
+            channel,
             token,
             expected,
         })
@@ -268,8 +276,9 @@ impl ProviderClient {
             .await
     }
 
-    /// Store a shard of exactly `length` bytes from a stream of chunks (each
-    /// at most 1 MiB); memory stays bounded by the stream.
+    /// Store a shard of exactly `length` bytes from a stream of chunks (a chunk over 1 MiB
+    /// goes in several messages); memory stays bounded by the stream. The chunks are sent
+    /// as they are, not copied ([`crate::put_body`]).
     pub async fn put_shard_stream(
         &self,
         shard_id: &str,
@@ -277,30 +286,78 @@ impl ProviderClient {
         expected_hash: Option<[u8; 32]>,
         chunks: impl Stream<Item = Bytes> + Send + 'static,
     ) -> Result<PutOutcome, ClientError> {
-        let header = proto::PutShardRequest {
-            part: Some(Part::Header(proto::PutShardHeader {
-                shard_id: shard_id.to_string(),
-                length,
-                expected_hash: expected_hash
-                    .map(|h| Bytes::copy_from_slice(&h))
-                    .unwrap_or_default(),
-            })),
-        };
-        let messages = futures::stream::once(async move { header }).chain(chunks.map(|data| {
-            proto::PutShardRequest {
-                part: Some(Part::Data(data)),
-            }
-        }));
-        let response = self
-            .inner
-            .clone()
-            .put_shard(self.request(messages))
-            .await?
-            .into_inner();
+        let header = crate::put_body::header_frame(proto::PutShardHeader {
+            shard_id: shard_id.to_string(),
+            length,
+            expected_hash: expected_hash
+                .map(|h| Bytes::copy_from_slice(&h))
+                .unwrap_or_default(),
+        })
+        .map_err(|e| ClientError::new(ErrorKind::InvalidArgument, e))?;
+        let frames = futures::stream::once(async move { header }).chain(
+            chunks.flat_map(|chunk| futures::stream::iter(crate::put_body::data_frames(chunk))),
+        );
+        let response = self.call_put_shard(frames).await?;
         Ok(PutOutcome {
             hash: hash32(&response.hash, "hash")?,
             length: response.length,
         })
+    }
+
+    /// One `PutShard` call with a body of ready gRPC frames, its answer decoded as tonic's
+    /// generated client does (a status in the headers, the one message, the trailers).
+    async fn call_put_shard(
+        &self,
+        frames: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<proto::PutShardResponse, Status> {
+        use http_body_util::StreamBody;
+        use tonic::codec::{Codec, Streaming};
+        use tower::ServiceExt;
+
+        let body =
+            StreamBody::new(frames.map(|frame| Ok::<_, Status>(http_body::Frame::data(frame))));
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(PUT_SHARD_PATH)
+            .version(http::Version::HTTP_2)
+            .header(http::header::TE, "trailers")
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(tonic::body::Body::new(body))
+            .map_err(|e| Status::internal(format!("building the PutShard request: {e}")))?;
+        if let Some(token) = &self.token {
+            let value = http::HeaderValue::from_bytes(token.as_encoded_bytes())
+                .map_err(|e| Status::internal(format!("the cluster token header: {e}")))?;
+            request.headers_mut().insert(TOKEN_METADATA, value);
+        }
+        let response = self
+            .channel
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| Status::from_error(Box::new(e)))?;
+        // A status in the headers is a trailers-only answer: an error, or no message.
+        if let Some(status) = Status::from_header_map(response.headers()) {
+            if status.code() != Code::Ok {
+                return Err(status);
+            }
+            return Err(Status::internal("PutShard answered without a message"));
+        }
+        let status_code = response.status();
+        let mut codec =
+            tonic_prost::ProstCodec::<proto::PutShardRequest, proto::PutShardResponse>::default();
+        let mut answer = Streaming::new_response(
+            codec.decoder(),
+            response.into_body(),
+            status_code,
+            None,
+            Some(MAX_MESSAGE),
+        );
+        let message = answer
+            .message()
+            .await?
+            .ok_or_else(|| Status::internal("PutShard answered without a message"))?;
+        answer.trailers().await?;
+        Ok(message)
     }
 
     /// Stream a shard or a range `(offset, len)` of it; every byte was verified by the provider.

@@ -5,6 +5,7 @@ pub mod config;
 pub mod identity;
 pub mod market;
 pub mod metrics;
+pub mod put_body;
 pub mod server;
 pub mod store;
 pub mod tls;
