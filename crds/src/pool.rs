@@ -331,7 +331,8 @@ pub struct PoolMember {
     /// Its failure domain for `spreadBy: zone`.
     #[serde(default)]
     pub zone: String,
-    /// Whether it answered its last health check.
+    /// Whether it answered its last health check; a `unix:` endpoint, which the operator
+    /// cannot reach, is counted ready (the pool's `Probed` condition names it).
     #[serde(default)]
     pub ready: bool,
     /// Bytes it may store.

@@ -16,31 +16,17 @@ exits non-zero with the failed checks on stderr.
 
 import os
 import re
-import sys
 import urllib.error
 import urllib.request
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
+from s3_checks import check, endpoint, env_client, finish
 
-endpoint = os.environ["SUBLET_ENDPOINT"]
-s3 = boto3.client(
-    "s3",
-    endpoint_url=endpoint,
-    config=Config(region_name="us-east-1", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-)
+s3 = env_client()
 bucket = os.environ["BUCKET"]
 s3.create_bucket(Bucket=bucket)
 for key in ["a/1", "a/2", "b"]:
     s3.put_object(Bucket=bucket, Key=key, Body=b"x")
-
-failures = []
-
-
-def check(name, ok, detail=""):
-    if not ok:
-        failures.append(f"{name}: {detail}")
 
 
 raw = {}
@@ -173,7 +159,4 @@ expect_error(
 done = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "b"}]})
 check("DeleteObjects of one key works", [d["Key"] for d in done.get("Deleted", [])] == ["b"], str(done))
 
-if failures:
-    print("\n".join(failures), file=sys.stderr)
-    sys.exit(1)
-print("error answer checks passed")
+finish("error answer checks passed")

@@ -16,37 +16,17 @@ exits non-zero with the failed checks on stderr.
 
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-import boto3
-from botocore.config import Config
+from s3_checks import check, env_client, finish
 
-ENDPOINT = os.environ["SUBLET_ENDPOINT"]
 BUCKET = os.environ["BUCKET"]
-s3 = boto3.client(
-    "s3",
-    endpoint_url=ENDPOINT,
-    config=Config(
-        region_name="us-east-1",
-        signature_version="s3v4",
-        s3={"addressing_style": "path"},
-        retries={"max_attempts": 1},
-    ),
-)
+s3 = env_client()
 # The endpoint is on loopback: never go through a proxy from the environment.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-failures = []
-
-
-def check(name, ok, detail=""):
-    if not ok:
-        failures.append(f"{name}: {detail}")
-
-
 def fetch(url, method="GET", data=None, headers=None):
     """(status, body) of `url`, error answers included."""
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
@@ -152,7 +132,4 @@ second = s3.complete_multipart_upload(Bucket=BUCKET, Key="retried", UploadId=upl
 check("a repeated completion answers the same ETag", first["ETag"] == second["ETag"], f"{first['ETag']} {second['ETag']}")
 check("the completed object reads back", s3.get_object(Bucket=BUCKET, Key="retried")["Body"].read() == b"p" * 1000)
 
-if failures:
-    print("\n".join(failures), file=sys.stderr)
-    sys.exit(1)
-print("presigned checks passed")
+finish("presigned checks passed")

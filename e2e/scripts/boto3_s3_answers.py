@@ -12,29 +12,21 @@ exits non-zero with the failed checks on stderr.
 """
 
 import os
-import sys
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from s3_checks import check, endpoint, env_client, finish
 
-endpoint = os.environ["SUBLET_ENDPOINT"]
-config = Config(region_name="us-east-1", s3={"addressing_style": "path"}, retries={"max_attempts": 1})
-s3 = boto3.client("s3", endpoint_url=endpoint, config=config)
+s3 = env_client()
 bucket = os.environ["BUCKET"]
 s3.create_bucket(Bucket=bucket)
 data = bytes(range(100))
 s3.put_object(Bucket=bucket, Key="obj", Body=data)
 
-failures = []
-
-
-def check(name, ok, detail=""):
-    if not ok:
-        failures.append(f"{name}: {detail}")
-
 
 def error_of(fn, **kw):
+    """("OK", 0, "") when the call succeeds, else its S3 error code, HTTP status and message."""
     try:
         fn(**kw)
         return ("OK", 0, "")
@@ -95,7 +87,4 @@ for call, kw in [
     check(f"s3control {call.__name__}", (code, status) == ("NotImplemented", 501) and "PublicAccessBlock" in message,
           (code, status, message))
 
-if failures:
-    print("\n".join(failures), file=sys.stderr)
-    sys.exit(1)
-print("s3 answer checks passed")
+finish("s3 answer checks passed")

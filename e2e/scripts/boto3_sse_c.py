@@ -19,24 +19,11 @@ exits non-zero with the failed checks on stderr.
 import base64
 import hashlib
 import os
-import sys
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
+from s3_checks import check, env_client, finish
 
-endpoint = os.environ["SUBLET_ENDPOINT"]
-
-
-def client():
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        config=Config(region_name="us-east-1", s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
-
-
-s3 = client()
+s3 = env_client()
 
 
 def refused_upload(call):
@@ -46,14 +33,6 @@ def refused_upload(call):
     return status_of(lambda: call(s3))
 bucket = os.environ["BUCKET"]
 s3.create_bucket(Bucket=bucket)
-
-failures = []
-
-
-def check(name, ok, detail=""):
-    if not ok:
-        failures.append(f"{name}: {detail}")
-
 
 def status_of(call):
     """The HTTP status and S3 error code of a call expected to fail, or (200, None)."""
@@ -144,7 +123,7 @@ check("GetObjectAttributes with the key", got.get("ObjectSize") == len(small), s
 check("GetObjectAttributes gives the same ETag", got.get("ETag", "").strip('"') == etag.strip('"'), str(got))
 
 # The key MD5 header is required (boto3 adds it: take it out before signing).
-no_md5 = client()
+no_md5 = env_client()
 
 
 def drop_key_md5(request, **kwargs):
@@ -239,7 +218,4 @@ check("the SSE-C multipart object needs its key", code[0] == 400, str(code))
 code = status_of(lambda: s3.get_object(Bucket=bucket, Key="multi", **sse(K2)))
 check("the SSE-C multipart object refuses another key", code[0] == 403, str(code))
 
-if failures:
-    print("\n".join(failures), file=sys.stderr)
-    sys.exit(1)
-print("boto3 SSE-C checks passed")
+finish("boto3 SSE-C checks passed")

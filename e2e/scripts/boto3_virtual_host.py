@@ -10,10 +10,10 @@ on stderr.
 
 import os
 import socket
-import sys
 
 import boto3
 from botocore.config import Config
+from s3_checks import check, finish
 
 ENDPOINT = os.environ["SUBLET_ENDPOINT"]
 ADDRESS = os.environ["SUBLET_ADDRESS"]
@@ -32,14 +32,6 @@ def wildcard_dns(host, *args, **kwargs):
 
 
 socket.getaddrinfo = wildcard_dns
-
-failures = []
-
-
-def check(name, ok, detail=""):
-    if not ok:
-        failures.append(f"{name}: {detail}")
-
 
 def client(style):
     return boto3.client(
@@ -76,7 +68,4 @@ check("a presigned URL names the bucket in its host", url.startswith(f"http://{B
 virtual.delete_object(Bucket=BUCKET, Key="dir/photo.jpg")
 check("a virtual-host DELETE", virtual.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0)
 
-if failures:
-    print("\n".join(failures), file=sys.stderr)
-    sys.exit(1)
-print("virtual host checks passed")
+finish("virtual host checks passed")

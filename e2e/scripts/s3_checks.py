@@ -1,9 +1,11 @@
 """What the boto3 check scripts share: the endpoint, a path-style S3 client per user, the
 list of failed checks, the error code a call answers and unsigned requests.
 
-Imported by boto3_policies.py, boto3_policy_variables.py and boto3_acls.py; Python finds it
-beside them (a script's directory comes first on sys.path), whatever directory they run in.
-Reads SUBLET_ENDPOINT, and WHO_KEY/WHO_SECRET for each client(WHO).
+Imported by the boto3_*.py scripts that check names and details (boto3_policies.py,
+boto3_acls.py, boto3_errors.py, ...); Python finds it beside them (a script's directory comes
+first on sys.path), whatever directory they run in. Reads SUBLET_ENDPOINT, and
+WHO_KEY/WHO_SECRET for each client(WHO) (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for
+env_client()).
 """
 
 import os
@@ -36,7 +38,13 @@ def client(who):
     )
 
 
+def env_client():
+    """An S3 client with the keys boto3 finds in the environment (AWS_ACCESS_KEY_ID, ...)."""
+    return boto3.client("s3", endpoint_url=endpoint, config=config)
+
+
 def check(name, ok, detail=""):
+    """Records the check `name` as failed, with `detail`, unless `ok`."""
     if not ok:
         failures.append(f"{name}: {detail}")
 

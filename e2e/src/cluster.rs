@@ -73,19 +73,8 @@ impl ProviderProcess {
         let name = format!("p{index}");
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir).expect("create provider directory");
-        let out = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--print-node-id")
-            .output()
-            .expect("run sublet-provider --print-node-id");
-        assert!(
-            out.status.success(),
-            "sublet-provider --print-node-id: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         ProviderProcess {
-            node_id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            node_id: crate::provider_node_id(&dir).to_string(),
             log: root.join(format!("{name}.log")),
             capacity: "1Gi".into(),
             extra_args: Vec::new(),
@@ -213,6 +202,34 @@ pub struct ClusterSpec<'a> {
     /// The PostgreSQL URL every gateway keeps its metadata in; SQLite in the gateway's data
     /// directory when `None`.
     pub postgres: Option<String>,
+    /// How the gateways reach the providers.
+    pub transport: ProviderTransport,
+}
+
+impl<'a> ClusterSpec<'a> {
+    /// One gateway on SQLite over `providers` providers reached over TLS, its file holding
+    /// `policies` and a StorageGateway with `default_plan`.
+    pub fn one_gateway(providers: usize, policies: &'a str, default_plan: &'a str) -> Self {
+        ClusterSpec {
+            providers,
+            gateways: 1,
+            policies,
+            default_plan,
+            postgres: None,
+            transport: ProviderTransport::Tls,
+        }
+    }
+}
+
+/// How a [`Cluster`]'s gateways reach its providers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProviderTransport {
+    /// gRPC over TLS on TCP, each provider's node id pinned.
+    #[default]
+    Tls,
+    /// Every provider also on a Unix socket (`dir/pN.sock`), which the gateways dial
+    /// (`unix:` endpoints: no TLS, the node id pinned by the socket's handshake).
+    UnixSockets,
 }
 
 /// Gateways over `providers.len()` provider processes. It derefs to its first gateway, the
@@ -232,44 +249,13 @@ impl Cluster {
     pub fn start(dir: &Path, providers: usize, policies: &str, default_plan: &str) -> Self {
         Cluster::start_with(
             dir,
-            &ClusterSpec {
-                providers,
-                gateways: 1,
-                policies,
-                default_plan,
-                postgres: None,
-            },
-        )
-    }
-
-    /// [`Cluster::start`] with every provider also on a Unix socket (`dir/pN.sock`), which
-    /// is how the gateway reaches it (`unix:` endpoints: no TLS).
-    pub fn start_over_unix_sockets(
-        dir: &Path,
-        providers: usize,
-        policies: &str,
-        default_plan: &str,
-    ) -> Self {
-        Cluster::start_on(
-            dir,
-            &ClusterSpec {
-                providers,
-                gateways: 1,
-                policies,
-                default_plan,
-                postgres: None,
-            },
-            true,
+            &ClusterSpec::one_gateway(providers, policies, default_plan),
         )
     }
 
     /// Starts the providers, then the gateways one after the other: the first creates the
     /// master key the others read.
     pub fn start_with(dir: &Path, spec: &ClusterSpec<'_>) -> Self {
-        Cluster::start_on(dir, spec, false)
-    }
-
-    fn start_on(dir: &Path, spec: &ClusterSpec<'_>, unix: bool) -> Self {
         assert!(
             spec.gateways == 1 || spec.postgres.is_some(),
             "{} gateways cannot share an SQLite file; give them a PostgreSQL URL",
@@ -279,7 +265,7 @@ impl Cluster {
             .map(|i| ProviderProcess::new(dir, i))
             .collect();
         for p in &mut procs {
-            if unix {
+            if spec.transport == ProviderTransport::UnixSockets {
                 p.socket = Some(dir.join(format!("{}.sock", p.name)));
             }
             p.first_start();

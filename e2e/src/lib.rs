@@ -32,6 +32,25 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The node id of the provider whose state is in `dir` (`sublet-provider --print-node-id`,
+/// which makes the node key when there is none yet).
+pub fn provider_node_id(dir: &Path) -> sublet_provider::identity::NodeId {
+    let out = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--print-node-id")
+        .output()
+        .expect("run sublet-provider --print-node-id");
+    assert!(
+        out.status.success(),
+        "sublet-provider --print-node-id: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .parse()
+        .expect("sublet-provider --print-node-id printed a node id")
+}
+
 /// Path of a binary built from this workspace, up to date with the sources.
 ///
 /// `cargo test --workspace` builds the binaries already, but `cargo test -p

@@ -863,17 +863,7 @@ fn exported_names(text: &str, out: &mut BTreeSet<String>) {
 async fn provider_metrics() -> String {
     let dir = tempfile::tempdir().unwrap();
     let binary = workspace_binary("sublet-provider", "sublet-provider");
-    let id = Command::new(&binary)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--print-node-id")
-        .output()
-        .unwrap();
-    let id = String::from_utf8(id.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let id = sublet_e2e::provider_node_id(dir.path());
     let (grpc, http) = (free_addr(), free_addr());
     // Killed when dropped: an assertion failing below leaves no provider running.
     let provider = Daemon::spawn(

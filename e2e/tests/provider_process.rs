@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sublet_e2e::{files_under, free_addr, http_get, wait_http_ok, workspace_binary};
+use sublet_e2e::{
+    files_under, free_addr, http_get, provider_node_id, wait_http_ok, workspace_binary,
+};
 use sublet_provider::client::{ClientConfig, ErrorKind, ProviderClient};
 use sublet_provider::identity::{NodeId, NodeIdentity};
 
@@ -27,25 +29,6 @@ impl Drop for Provider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn node_id(dir: &Path) -> NodeId {
-    let out = Command::new(workspace_binary("sublet-provider", "sublet-provider"))
-        .args(["--data-dir"])
-        .arg(dir)
-        .arg("--print-node-id")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 fn start(dir: &Path) -> Provider {
@@ -101,7 +84,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_metrics_survives_kill_mid_write_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let id = node_id(dir.path());
+    let id = provider_node_id(dir.path());
     let mut provider = start(dir.path());
 
     let (status, metrics) = http_get(provider.http, "/metrics").unwrap();

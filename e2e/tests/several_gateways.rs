@@ -17,7 +17,9 @@ use http::Method;
 use serde_json::Value;
 use sublet_e2e::bench::client::BenchBody;
 use sublet_e2e::bench::content::Content;
-use sublet_e2e::cluster::{Cluster, ClusterSpec, GatewayProcess, TestObject, wait_for};
+use sublet_e2e::cluster::{
+    Cluster, ClusterSpec, GatewayProcess, ProviderTransport, TestObject, wait_for,
+};
 
 const PLAN: &str = "standard";
 const SEGMENT: u64 = 256 << 10;
@@ -63,6 +65,7 @@ fn two_gateways_on(dir: &std::path::Path, url: String) -> Cluster {
             policies: POLICIES,
             default_plan: PLAN,
             postgres: Some(url),
+            transport: ProviderTransport::Tls,
         },
     )
 }

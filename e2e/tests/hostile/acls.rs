@@ -5,7 +5,6 @@
 //! (`e2e/scripts/boto3_acls.py`), and `aws s3api` ACL round trips. A real `sublet dev`,
 //! runtime users made with `sublet`. Skips without boto3 and the aws CLI.
 
-use std::path::Path;
 use std::time::Duration;
 
 use sublet_e2e::clients::run;
@@ -21,26 +20,14 @@ fn acls_open_objects_to_strangers_and_users_by_grant_and_ownership_turns_them_of
     }
     let tmp = tempfile::tempdir().unwrap();
     let dev = SubletDev::start(&tmp.path().join("state"));
-    let (alice_key, alice_secret) =
-        dev.user_with_key("alice", &["album:rw", "dropbox:rw", "enforced:rw"]);
+    let alice = dev.user_with_key("alice", &["album:rw", "dropbox:rw", "enforced:rw"]);
     // bob's key has no grant on alice's buckets: only her ACLs let him in.
-    let (bob_key, bob_secret) = dev.user_with_key("bob", &["bobs:rw"]);
-
-    let mut cmd = dev.client("python3");
-    cmd.arg(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("scripts")
-            .join("boto3_acls.py"),
-    )
-    .env("SUBLET_ENDPOINT", dev.endpoint())
-    .env("ALICE_KEY", &alice_key)
-    .env("ALICE_SECRET", &alice_secret)
-    .env("BOB_KEY", &bob_key)
-    .env("BOB_SECRET", &bob_secret);
-    let out = run(&mut cmd, TIMEOUT);
-    assert!(
-        out.status.success() && out.stdout.contains("acl checks passed"),
-        "{out:?}"
+    let bob = dev.user_with_key("bob", &["bobs:rw"]);
+    crate::boto3_users_script_passes(
+        &dev,
+        "boto3_acls.py",
+        &[("ALICE", &alice), ("BOB", &bob)],
+        "acl checks passed",
     );
 }
 

@@ -22,25 +22,7 @@ const HEAL_TIMEOUT: Duration = Duration::from_secs(60);
 /// 4+2 in 64 KiB segments, one shard per provider, a write commits with 5 shards of 6 (so
 /// a liar refusing or failing a write does not fail it) and repairs start after 1s.
 fn policies() -> String {
-    format!(
-        r#"
-apiVersion: sublet.dev/v1alpha1
-kind: StorageSchedule
-metadata: {{name: fast}}
-spec:
-  rebuild: {{gracePeriod: 1s, maxConcurrentJobs: 2}}
----
-apiVersion: sublet.dev/v1alpha1
-kind: StoragePlan
-metadata: {{name: {PLAN}}}
-spec:
-  redundancy: {{erasure: {{dataShards: 4, parityShards: 2}}}}
-  segmentSize: 64Ki
-  writeQuorum: 5
-  placement: {{spreadBy: node, maxPerDomain: 1}}
-  schedule: fast
-"#
-    )
+    crate::fast_repair_plan(PLAN, &["writeQuorum: 5"])
 }
 
 /// A cluster where provider [`LIAR`] was honest for `before` and lies (`fault`) since,

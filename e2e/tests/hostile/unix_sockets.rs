@@ -4,7 +4,7 @@
 //! cluster token) gets nothing: the gateway's handshake pins the node id before it sends
 //! the token or a byte of data.
 
-use sublet_e2e::cluster::{Cluster, ProviderProcess, test_objects};
+use sublet_e2e::cluster::{Cluster, ClusterSpec, ProviderProcess, ProviderTransport, test_objects};
 
 const PLAN: &str = "local";
 const BUCKET: &str = "local";
@@ -21,10 +21,21 @@ spec:
   placement: {spreadBy: node, maxPerDomain: 1}
 "#;
 
+/// `providers` providers, each reached over its Unix socket, under one gateway.
+fn over_unix_sockets(dir: &std::path::Path, providers: usize) -> Cluster {
+    Cluster::start_with(
+        dir,
+        &ClusterSpec {
+            transport: ProviderTransport::UnixSockets,
+            ..ClusterSpec::one_gateway(providers, POLICIES, PLAN)
+        },
+    )
+}
+
 #[test]
 fn sublet_serve_stores_and_reads_over_unix_sockets() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::start_over_unix_sockets(tmp.path(), 6, POLICIES, PLAN);
+    let c = over_unix_sockets(tmp.path(), 6);
     let config = std::fs::read_to_string(&c.gateways[0].config).unwrap();
     assert!(config.contains("address: \"unix:"), "{config}");
     c.create_bucket(BUCKET);
@@ -47,7 +58,7 @@ fn another_process_on_a_providers_socket_gets_no_shard_and_no_token() {
     let tmp = tempfile::tempdir().unwrap();
     // One provider more than the stripe is wide: writes still place 6 shards once the
     // gateway counts provider 0 down.
-    let mut c = Cluster::start_over_unix_sockets(tmp.path(), 7, POLICIES, PLAN);
+    let mut c = over_unix_sockets(tmp.path(), 7);
     c.create_bucket(BUCKET);
     let before = test_objects("before", 3, 200 << 10);
     for o in &before {

@@ -11,14 +11,15 @@ use super::headers::{self, Written};
 use super::{Gateway, etag, timestamp};
 use super::{sse_c, tagging};
 use crate::datapath::checksum::{Kind, ObjectChecksum};
-use crate::meta::{ObjectAttrs, ObjectVersion};
+use crate::datapath::codec::CustomerKey;
+use crate::meta::{Bucket, ObjectAttrs, ObjectVersion};
 use crate::node::now_ms;
 use crate::node::write::{new_version_id, reported_version_id};
 
 /// Bucket, key and optional version id of an `x-amz-copy-source`. A source naming no key
 /// (`bucket/`) answers S3's `400 InvalidArgument` "Invalid copy source object key", not a
 /// lookup of the empty key.
-pub(super) fn copy_source(cs: &CopySource) -> S3Result<(String, String, Option<String>)> {
+fn copy_source(cs: &CopySource) -> S3Result<(String, String, Option<String>)> {
     match cs {
         CopySource::Bucket { key, .. } if key.is_empty() => Err(S3Error::with_message(
             S3ErrorCode::InvalidArgument,
@@ -40,8 +41,61 @@ pub(super) fn copy_source(cs: &CopySource) -> S3Result<(String, String, Option<S
     }
 }
 
+/// What a copy (CopyObject, UploadPartCopy) says of its source: `x-amz-copy-source`, its
+/// `x-amz-copy-source-if-*` conditions and the `x-amz-copy-source-server-side-encryption-
+/// customer-*` key that opens it.
+pub(super) struct SourceRequest<'a> {
+    pub(super) copy_source: &'a CopySource,
+    pub(super) conditions: Preconditions<'a>,
+    pub(super) customer_algorithm: Option<&'a str>,
+    pub(super) customer_key: Option<&'a str>,
+    pub(super) customer_key_md5: Option<&'a str>,
+}
+
+/// The version a copy reads: found, its conditions held, the customer key it needs given.
+pub(super) struct CopiedSource {
+    pub(super) bucket: String,
+    pub(super) key: String,
+    /// The version id the copy source named, if it named one.
+    pub(super) version_id: Option<String>,
+    pub(super) bucket_meta: Bucket,
+    pub(super) version: ObjectVersion,
+    pub(super) customer_key: Option<CustomerKey>,
+}
+
+impl Gateway {
+    /// The source of a copy, checked as S3 checks it: the named version (404 if none), its
+    /// conditions (412), then its customer key (400 missing, 403 another).
+    pub(super) async fn copied_source(
+        &self,
+        extensions: &http::Extensions,
+        req: SourceRequest<'_>,
+    ) -> S3Result<CopiedSource> {
+        let (bucket, key, version_id) = copy_source(req.copy_source)?;
+        let (bucket_meta, version) = self.lookup(&bucket, &key, version_id.as_deref()).await?;
+        enforce_copy_preconditions(&req.conditions, &version)?;
+        let customer_key = sse_c::requested(
+            self,
+            extensions,
+            req.customer_algorithm,
+            req.customer_key,
+            req.customer_key_md5,
+            "x-amz-copy-source-server-side-encryption-customer",
+        )?;
+        sse_c::check_version(&version, customer_key.as_ref())?;
+        Ok(CopiedSource {
+            bucket,
+            key,
+            version_id,
+            bucket_meta,
+            version,
+            customer_key,
+        })
+    }
+}
+
 /// Copy preconditions fail with 412 whichever one failed, as in S3.
-pub(super) fn enforce_copy_preconditions(p: &Preconditions<'_>, v: &ObjectVersion) -> S3Result<()> {
+fn enforce_copy_preconditions(p: &Preconditions<'_>, v: &ObjectVersion) -> S3Result<()> {
     p.check(v).map_err(|_| {
         S3Error::with_message(
             S3ErrorCode::PreconditionFailed,
@@ -60,28 +114,30 @@ impl Gateway {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
         let bucket = self.require_bucket(&input.bucket).await?;
-        let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
-        let (src_meta, source) = self
-            .lookup(&src_bucket, &src_key, src_version.as_deref())
+        let CopiedSource {
+            bucket: src_bucket,
+            key: src_key,
+            version_id: src_version,
+            bucket_meta: src_meta,
+            version: source,
+            customer_key: source_key,
+        } = self
+            .copied_source(
+                &req.extensions,
+                SourceRequest {
+                    copy_source: &input.copy_source,
+                    conditions: Preconditions {
+                        if_match: input.copy_source_if_match.as_ref(),
+                        if_none_match: input.copy_source_if_none_match.as_ref(),
+                        if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                        if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+                    },
+                    customer_algorithm: input.copy_source_sse_customer_algorithm.as_deref(),
+                    customer_key: input.copy_source_sse_customer_key.as_deref(),
+                    customer_key_md5: input.copy_source_sse_customer_key_md5.as_deref(),
+                },
+            )
             .await?;
-        enforce_copy_preconditions(
-            &Preconditions {
-                if_match: input.copy_source_if_match.as_ref(),
-                if_none_match: input.copy_source_if_none_match.as_ref(),
-                if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-            },
-            &source,
-        )?;
-        let source_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.copy_source_sse_customer_algorithm.as_deref(),
-            input.copy_source_sse_customer_key.as_deref(),
-            input.copy_source_sse_customer_key_md5.as_deref(),
-            "x-amz-copy-source-server-side-encryption-customer",
-        )?;
-        sse_c::check_version(&source, source_key.as_ref())?;
         let target_key = sse_c::requested(
             self,
             &req.extensions,

@@ -7,7 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::checksum::{self as sums, set_checksums};
-use super::copy::{copy_source, enforce_copy_preconditions};
+use super::copy::{CopiedSource, SourceRequest};
 use super::get::Preconditions;
 use super::headers::{self, Written};
 use super::put::content_md5_matches;
@@ -315,28 +315,30 @@ impl Gateway {
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let plan = self.upload_plan(&upload)?;
-        let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
-        let (src_meta, source) = self
-            .lookup(&src_bucket, &src_key, src_version.as_deref())
+        let CopiedSource {
+            bucket: src_bucket,
+            key: src_key,
+            bucket_meta: src_meta,
+            version: source,
+            customer_key: source_key,
+            ..
+        } = self
+            .copied_source(
+                &req.extensions,
+                SourceRequest {
+                    copy_source: &input.copy_source,
+                    conditions: Preconditions {
+                        if_match: input.copy_source_if_match.as_ref(),
+                        if_none_match: input.copy_source_if_none_match.as_ref(),
+                        if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                        if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+                    },
+                    customer_algorithm: input.copy_source_sse_customer_algorithm.as_deref(),
+                    customer_key: input.copy_source_sse_customer_key.as_deref(),
+                    customer_key_md5: input.copy_source_sse_customer_key_md5.as_deref(),
+                },
+            )
             .await?;
-        enforce_copy_preconditions(
-            &Preconditions {
-                if_match: input.copy_source_if_match.as_ref(),
-                if_none_match: input.copy_source_if_none_match.as_ref(),
-                if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-            },
-            &source,
-        )?;
-        let source_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.copy_source_sse_customer_algorithm.as_deref(),
-            input.copy_source_sse_customer_key.as_deref(),
-            input.copy_source_sse_customer_key_md5.as_deref(),
-            "x-amz-copy-source-server-side-encryption-customer",
-        )?;
-        sse_c::check_version(&source, source_key.as_ref())?;
         let customer_key = sse_c::requested(
             self,
             &req.extensions,

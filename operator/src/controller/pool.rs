@@ -175,11 +175,26 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         }
         members = keep_identified(members, &previous, &pool.spec.endpoints, (ctx.now)());
     }
+    // Endpoints on Unix sockets, by name: sockets on a gateway's node, out of the operator's
+    // reach (and a connect from the operator's pod would say nothing of the gateway's).
+    let mut unprobed: Vec<String> = Vec::new();
     for endpoint in &pool.spec.endpoints {
         let before = previous.get(&endpoint.name);
+        let on_socket = endpoint.address.trim().starts_with("unix:");
         let ready = match before {
+            // Counted ready: the gateway next to it checks it and places no shard on it
+            // while it does not answer.
+            _ if on_socket => true,
             Some(before) if !poll => before.ready,
             _ => ctx.probe.reachable(&endpoint.address).await,
+        };
+        let last = before.and_then(|m| m.last_seen.as_deref());
+        let last_seen = if on_socket {
+            unprobed.push(endpoint.name.clone());
+            // Never seen by the operator: no date it could vouch for.
+            None
+        } else {
+            last_seen(ready, last, &ctx)
         };
         members.push(PoolMember {
             name: endpoint.name.clone(),
@@ -197,7 +212,7 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             capacity_bytes: before.map_or(0, |m| m.capacity_bytes),
             used_bytes: before.map_or(0, |m| m.used_bytes),
             score: before.map_or(0, |m| m.score),
-            last_seen: last_seen(ready, before.and_then(|m| m.last_seen.as_deref()), &ctx),
+            last_seen,
         });
     }
     members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -224,7 +239,15 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
             "Ready",
             true,
             "ProvidersReady",
-            format!("{ready} of {} providers ready", members.len()),
+            format!(
+                "{ready} of {} providers ready{}",
+                members.len(),
+                match unprobed.len() {
+                    0 => String::new(),
+                    1 => " (1 on a Unix socket, not probed)".to_owned(),
+                    n => format!(" ({n} on Unix sockets, not probed)"),
+                }
+            ),
         )
     } else if members.is_empty() {
         Condition::new(
@@ -265,6 +288,15 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
         condition.with_generation(&*pool),
         &now,
     );
+    if unprobed.is_empty() {
+        status.conditions.retain(|c| c.type_ != "Probed");
+    } else {
+        set_condition(
+            &mut status.conditions,
+            unprobed_condition(&unprobed).with_generation(&*pool),
+            &now,
+        );
+    }
     let mut again = RESYNC;
     if pool.spec.drain == Some(true) {
         if report_drain(&pool, &ctx, &mut status, &now).await? == "Draining" {
@@ -277,6 +309,22 @@ pub async fn reconcile(pool: Arc<ProviderPool>, ctx: Arc<Context>) -> Result<Act
     }
     patch_status(&ctx.client, &*pool, &status).await?;
     Ok(Action::requeue(again))
+}
+
+/// The `Probed` condition of a pool with endpoints on Unix sockets, `names`: the operator
+/// cannot reach a socket on a gateway's node, so it counts them ready and says so.
+fn unprobed_condition(names: &[String]) -> Condition {
+    Condition::new(
+        "Probed",
+        false,
+        "UnixSockets",
+        format!(
+            "not probed by the operator: {} (a unix: endpoint is a socket on the gateway's node, \
+             out of the operator's reach); counted ready, the gateway checks it itself and places \
+             no shard on it while it does not answer (its GET /admin/v1/providers shows it)",
+            names.join(", ")
+        ),
+    )
 }
 
 /// Replaces the pool's finalizers; the resourceVersion makes a concurrent change fail rather

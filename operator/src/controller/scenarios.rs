@@ -190,12 +190,16 @@ impl AdminApi for MockAdmin {
     }
 }
 
-/// Every endpoint answers; every provider reports 5 GiB capacity with 1 GiB used.
+/// Every endpoint answers (a Unix socket must not be asked); every provider reports 5 GiB capacity with 1 GiB used.
 struct AlwaysReachable;
 
 #[async_trait::async_trait]
 impl super::ProviderProbe for AlwaysReachable {
-    async fn reachable(&self, _: &str) -> bool {
+    async fn reachable(&self, address: &str) -> bool {
+        assert!(
+            !address.starts_with("unix:"),
+            "the operator probed a Unix socket it cannot reach: {address}"
+        );
         true
     }
 
@@ -1209,6 +1213,82 @@ async fn drained_pool_releases_its_finalizer_and_keeps_the_others() {
     let action = super::pool::reconcile(Arc::new(home), ctx).await.unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     scenario.await.unwrap();
+}
+
+/// Reconciles pool `friends` of `spec` (its finalizer already there) and answers the status
+/// written.
+async fn reconcile_endpoint_pool(spec: &str) -> Value {
+    let (ctx, mut api) = context(Arc::new(MockAdmin::default()));
+    let mut friends = pool("friends", spec);
+    friends.metadata.finalizers = Some(vec!["sublet.dev/drain".into()]);
+    let echo = serde_json::to_value(&friends).unwrap();
+    let scenario = tokio::spawn(async move {
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SUBLET}/providerpools/friends/status"),
+        )
+        .await;
+        let body = status.body.clone();
+        status.ok(&echo);
+        body
+    });
+    let body = run(
+        Box::pin(super::pool::reconcile(Arc::new(friends), ctx)),
+        scenario,
+    )
+    .await;
+    body["status"].clone()
+}
+
+#[tokio::test]
+async fn a_unix_socket_endpoint_is_not_probed_and_the_pool_says_so() {
+    let status = reconcile_endpoint_pool(
+        "class: owned\nendpoints: [{name: nas, address: \"nas.example:7480\", nodeId: abc}, {name: disk1, address: \"unix:/run/sublet/disk1.sock\", nodeId: def}]",
+    )
+    .await;
+    let disk = &status["members"][0];
+    assert_eq!(disk["name"], "disk1");
+    assert_eq!(disk["address"], "unix:/run/sublet/disk1.sock");
+    assert_eq!(disk["ready"], true, "counted ready: placement may use it");
+    assert!(
+        disk.get("lastSeen").is_none(),
+        "the operator never saw it: {disk}"
+    );
+    assert_eq!(status["members"][1]["lastSeen"], "2026-11-28T02:00:00Z");
+    assert_eq!(status["readyMembers"], "2/2");
+    let ready = &status["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"]),
+        (&json!("Ready"), &json!("True"))
+    );
+    assert_eq!(
+        ready["message"],
+        "2 of 2 providers ready (1 on a Unix socket, not probed)"
+    );
+    let probed = &status["conditions"][1];
+    assert_eq!(
+        (&probed["type"], &probed["status"], &probed["reason"]),
+        (&json!("Probed"), &json!("False"), &json!("UnixSockets"))
+    );
+    assert!(
+        probed["message"].as_str().unwrap().starts_with(
+            "not probed by the operator: disk1 (a unix: endpoint is a socket on the gateway's node"
+        ),
+        "{probed}"
+    );
+
+    // Endpoints all over TCP: every one probed, and no `Probed` condition.
+    let status = reconcile_endpoint_pool(
+        "class: owned\nendpoints: [{name: nas, address: \"nas.example:7480\"}]",
+    )
+    .await;
+    assert_eq!(
+        status["conditions"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    assert_eq!(status["conditions"][0]["message"], "1 of 1 providers ready");
 }
 
 /// Reconciles pool `friends`, marked `drain: true`, with one gateway answering `admin`;

@@ -44,7 +44,7 @@ pub struct PeerInfo {
 }
 
 /// What a connection runs over.
-enum Transport {
+pub(super) enum Transport {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Unix(UnixStream),
 }
@@ -235,74 +235,86 @@ pub(super) async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-pub(super) async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    conns: mpsc::Sender<Result<Connection, io::Error>>,
-    shutdown: watch::Receiver<bool>,
-    limits: ConnectionLimits,
-    slots: Arc<Semaphore>,
-) {
-    let stop = stopped(shutdown);
-    tokio::pin!(stop);
-    let refused = AtomicU64::new(0);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            // Closed at once: holding it until a slot frees would let the flood queue up.
-            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if n == 1 || n.is_multiple_of(1000) {
-                warn!(%remote, refused = n, max = limits.max_connections, "connection limit reached; closing new connections");
-            }
-            drop(tcp);
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let conns = conns.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let node_id = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|cert| NodeId::from_certificate(cert).ok());
-            let conn = Connection {
-                inner: Idle::new(Transport::Tls(Box::new(tls)), limits.idle_timeout),
-                info: PeerInfo {
-                    node_id,
-                    remote_addr: Some(remote),
-                    unix_uid: None,
-                },
-                _slot: slot,
-            };
-            let _ = conns.send(Ok(conn)).await;
-        });
+/// Counts one kind of refusal and says which to log: the first and every 1000th, so a flood
+/// (connections past the cap, a local user the socket does not allow) costs a line per
+/// thousand rather than a line each.
+#[derive(Default)]
+struct RefusalCount(AtomicU64);
+
+impl RefusalCount {
+    /// Counts a refusal; the total so far when this one is to be logged.
+    fn count(&self) -> Option<u64> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        (n == 1 || n.is_multiple_of(1000)).then_some(n)
     }
 }
 
-/// Who [`accept_unix_loop`] lets in: the provider's own uid and `allowed_uids` (by
+/// What the listener handed over: a connection to serve, or one closed on arrival and why.
+pub(super) enum Arrival<S, P> {
+    Open(S, P),
+    Refused(String),
+}
+
+/// One way connections arrive (TCP then TLS, or the Unix socket): what [`accept_loop`] needs
+/// of it.
+pub(super) trait Arrivals: Send + Sync + 'static {
+    type Stream: Send + 'static;
+    /// Who connected, as far as is known before the handshake, for the logs.
+    type Peer: Copy + std::fmt::Display + Send + 'static;
+    /// Names the transport in log lines.
+    const TRANSPORT: &'static str;
+
+    /// The next connection; an error is the listener's own (a full file table, say).
+    fn accept(&self) -> impl Future<Output = io::Result<Arrival<Self::Stream, Self::Peer>>> + Send;
+
+    /// The handshake on a connection that holds a slot: what it runs over and who it is, or
+    /// why it failed. Bounded by [`HANDSHAKE_TIMEOUT`] by the caller.
+    fn handshake(
+        self: Arc<Self>,
+        stream: Self::Stream,
+        peer: Self::Peer,
+    ) -> impl Future<Output = io::Result<(Transport, PeerInfo)>> + Send;
+}
+
+/// TCP connections, each to be a TLS one.
+pub(super) struct TlsArrivals {
+    pub(super) listener: TcpListener,
+    pub(super) acceptor: TlsAcceptor,
+}
+
+impl Arrivals for TlsArrivals {
+    type Stream = TcpStream;
+    type Peer = SocketAddr;
+    const TRANSPORT: &'static str = "tcp";
+
+    async fn accept(&self) -> io::Result<Arrival<TcpStream, SocketAddr>> {
+        let (tcp, remote) = self.listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Arrival::Open(tcp, remote))
+    }
+
+    async fn handshake(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+    ) -> io::Result<(Transport, PeerInfo)> {
+        let tls = self.acceptor.accept(tcp).await?;
+        let node_id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| NodeId::from_certificate(cert).ok());
+        let info = PeerInfo {
+            node_id,
+            remote_addr: Some(remote),
+            unix_uid: None,
+        };
+        Ok((Transport::Tls(Box::new(tls)), info))
+    }
+}
+
+/// Who the Unix socket lets in: the provider's own uid and `allowed_uids` (by
 /// `SO_PEERCRED`), each proving a node key in the handshake.
 pub(super) struct UnixPeers {
     pub(super) identity: Arc<NodeIdentity>,
@@ -310,11 +322,68 @@ pub(super) struct UnixPeers {
     pub(super) allowed_uids: Vec<u32>,
 }
 
-/// The accept loop of the Unix socket: no TLS; the kernel names the peer's uid, which must
-/// be allowed, and the handshake its node id. Shares the connection slots with TLS.
-pub(super) async fn accept_unix_loop(
-    socket: crate::unix::UnixSocket,
-    peers: UnixPeers,
+/// Connections on the Unix socket: no TLS; the kernel names the peer's uid, which must be
+/// allowed, and the handshake its node id.
+pub(super) struct UnixArrivals {
+    pub(super) socket: crate::unix::UnixSocket,
+    pub(super) peers: UnixPeers,
+}
+
+/// A uid, in log lines.
+#[derive(Clone, Copy)]
+pub(super) struct Uid(u32);
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "uid {}", self.0)
+    }
+}
+
+impl Arrivals for UnixArrivals {
+    type Stream = UnixStream;
+    type Peer = Uid;
+    const TRANSPORT: &'static str = "unix";
+
+    async fn accept(&self) -> io::Result<Arrival<UnixStream, Uid>> {
+        let (stream, _) = self.socket.listener.accept().await?;
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                return Ok(Arrival::Refused(format!(
+                    "the kernel did not name the peer ({e})"
+                )));
+            }
+        };
+        if !crate::unix::peer_allowed(uid, self.peers.own_uid, &self.peers.allowed_uids) {
+            return Ok(Arrival::Refused(format!(
+                "a process of uid {uid} is not allowed (the provider runs as uid {}; see --unix-allow-uid)",
+                self.peers.own_uid
+            )));
+        }
+        Ok(Arrival::Open(stream, Uid(uid)))
+    }
+
+    async fn handshake(
+        self: Arc<Self>,
+        mut stream: UnixStream,
+        uid: Uid,
+    ) -> io::Result<(Transport, PeerInfo)> {
+        let node_id = crate::unix::server_handshake(&mut stream, &self.peers.identity).await?;
+        let info = PeerInfo {
+            node_id: Some(node_id),
+            remote_addr: None,
+            unix_uid: Some(uid.0),
+        };
+        Ok((Transport::Unix(stream), info))
+    }
+}
+
+/// The accept loop of every transport: a connection is refused on arrival when its
+/// transport says so or when every slot (shared by all transports) is taken — each kind of
+/// refusal logged throttled — and otherwise takes a slot for its life and is handed to the
+/// gRPC server once its handshake is done within [`HANDSHAKE_TIMEOUT`].
+pub(super) async fn accept_loop<A: Arrivals>(
+    arrivals: A,
     conns: mpsc::Sender<Result<Connection, io::Error>>,
     shutdown: watch::Receiver<bool>,
     limits: ConnectionLimits,
@@ -322,80 +391,61 @@ pub(super) async fn accept_unix_loop(
 ) {
     let stop = stopped(shutdown);
     tokio::pin!(stop);
-    let peers = Arc::new(peers);
-    let refused = AtomicU64::new(0);
+    let arrivals = Arc::new(arrivals);
+    let transport = A::TRANSPORT;
+    let (refused, past_cap) = (RefusalCount::default(), RefusalCount::default());
     loop {
-        let stream = tokio::select! {
+        let arrival = tokio::select! {
             _ = &mut stop => break,
-            accepted = socket.listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            accepted = arrivals.accept() => match accepted {
+                Ok(a) => a,
                 Err(e) => {
-                    warn!(error = %e, "accepting a Unix-socket connection failed");
+                    warn!(transport, error = %e, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let uid = match stream.peer_cred() {
-            Ok(cred) => cred.uid(),
-            Err(e) => {
-                warn!(error = %e, "the kernel did not name a Unix-socket peer; closing");
+        let (stream, peer) = match arrival {
+            Arrival::Open(stream, peer) => (stream, peer),
+            Arrival::Refused(reason) => {
+                if let Some(n) = refused.count() {
+                    warn!(transport, refused = n, %reason, "connection refused; closing");
+                }
                 continue;
             }
         };
-        if !crate::unix::peer_allowed(uid, peers.own_uid, &peers.allowed_uids) {
-            warn!(
-                uid,
-                own_uid = peers.own_uid,
-                "a process of a uid not allowed connected to the Unix socket; closing (see --unix-allow-uid)"
-            );
-            continue;
-        }
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if n == 1 || n.is_multiple_of(1000) {
-                warn!(
-                    uid,
-                    refused = n,
-                    max = limits.max_connections,
-                    "connection limit reached; closing new Unix-socket connections"
-                );
+            // Closed at once: holding it until a slot frees would let the flood queue up.
+            if let Some(n) = past_cap.count() {
+                warn!(transport, %peer, refused = n, max = limits.max_connections, "connection limit reached; closing new connections");
             }
             continue;
         };
-        let peers = Arc::clone(&peers);
+        let arrivals = Arc::clone(&arrivals);
         let conns = conns.clone();
         tokio::spawn(async move {
-            let mut stream = stream;
-            let node_id = match tokio::time::timeout(
-                crate::unix::HANDSHAKE_TIMEOUT,
-                crate::unix::server_handshake(&mut stream, &peers.identity),
-            )
-            .await
-            {
-                Ok(Ok(id)) => id,
+            let handshake = arrivals.handshake(stream, peer);
+            let (inner, info) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(done)) => done,
                 Ok(Err(e)) => {
-                    debug!(uid, error = %e, "Unix-socket handshake failed");
+                    debug!(transport, %peer, error = %e, "handshake failed");
                     return;
                 }
                 Err(_) => {
-                    debug!(uid, "Unix-socket handshake timed out");
+                    debug!(transport, %peer, "handshake timed out");
                     return;
                 }
             };
             let conn = Connection {
-                inner: Idle::new(Transport::Unix(stream), limits.idle_timeout),
-                info: PeerInfo {
-                    node_id: Some(node_id),
-                    remote_addr: None,
-                    unix_uid: Some(uid),
-                },
+                inner: Idle::new(inner, limits.idle_timeout),
+                info,
                 _slot: slot,
             };
             let _ = conns.send(Ok(conn)).await;
         });
     }
-    // The socket file goes with `socket`, dropped here: nothing listens on it any more.
+    // A Unix socket's file goes with `arrivals`, dropped here: nothing listens on it any more.
 }
 
 #[cfg(test)]
@@ -428,6 +478,85 @@ mod tests {
         let err = idle.read(&mut got).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A log the test's subscriber writes into.
+    #[derive(Clone, Default)]
+    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+        type Writer = Log;
+        fn make_writer(&'a self) -> Log {
+            self.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_user_refused_a_thousand_times_costs_one_log_line_per_thousand() {
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let socket = crate::unix::bind(&dir.path().join("provider.sock"), false).unwrap();
+        let path = socket.path.clone();
+        let ours = socket.own_uid;
+        // A provider that runs as another uid and lets nobody else in: this test's process is
+        // the local user it refuses.
+        let peers = UnixPeers {
+            identity: Arc::new(NodeIdentity::generate()),
+            own_uid: ours.wrapping_add(1),
+            allowed_uids: Vec::new(),
+        };
+        let (conns, _served) = mpsc::channel(1);
+        let (stop, stopping) = watch::channel(false);
+        let limits = ConnectionLimits {
+            max_connections: 4,
+            idle_timeout: Duration::from_secs(5),
+        };
+        let looping = tokio::spawn(accept_loop(
+            UnixArrivals { socket, peers },
+            conns,
+            stopping,
+            limits,
+            Arc::new(Semaphore::new(4)),
+        ));
+        for _ in 0..1500 {
+            let mut conn = UnixStream::connect(&path).await.unwrap();
+            let got = conn.read(&mut [0u8; 1]).await.unwrap_or(0);
+            assert_eq!(got, 0, "a refused uid's connection was not closed");
+        }
+        stop.send(true).unwrap();
+        looping.await.unwrap();
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("connection refused"))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            2,
+            "1500 refusals should log the 1st and 1000th:\n{text}"
+        );
+        assert!(lines[0].contains("refused=1 "), "{}", lines[0]);
+        assert!(lines[1].contains("refused=1000 "), "{}", lines[1]);
+        assert!(
+            lines[0].contains(&format!("uid {ours} is not allowed")),
+            "the line names the uid: {}",
+            lines[0]
+        );
     }
 
     /// Whether the provider closed `conn` within `wait` (a read sees the end or an error).

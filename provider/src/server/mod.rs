@@ -34,7 +34,7 @@ use crate::identity::{NodeId, NodeIdentity};
 use crate::metrics::Metrics;
 use crate::proto::shard_store_server::ShardStoreServer;
 use crate::store::Store;
-use conn::{ConnectionLimits, UnixPeers, accept_loop, accept_unix_loop, stopped};
+use conn::{ConnectionLimits, TlsArrivals, UnixArrivals, UnixPeers, accept_loop, stopped};
 use service::ShardService;
 
 /// How long shutdown waits for in-flight requests.
@@ -164,9 +164,8 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
             own_uid: socket.own_uid,
             allowed_uids: config.unix_allow_uids.clone(),
         };
-        accept_tasks.push(tokio::spawn(accept_unix_loop(
-            socket,
-            peers,
+        accept_tasks.push(tokio::spawn(accept_loop(
+            UnixArrivals { socket, peers },
             conn_tx.clone(),
             shutdown_rx.clone(),
             limits,
@@ -174,8 +173,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
         )));
     }
     accept_tasks.push(tokio::spawn(accept_loop(
-        listener,
-        acceptor,
+        TlsArrivals { listener, acceptor },
         conn_tx,
         shutdown_rx.clone(),
         limits,
