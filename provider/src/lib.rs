@@ -6,6 +6,7 @@ pub mod identity;
 pub mod market;
 pub mod metrics;
 pub mod server;
+pub mod shortcircuit;
 pub mod store;
 pub mod tls;
 pub mod tree;

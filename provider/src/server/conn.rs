@@ -308,6 +308,8 @@ pub(super) struct UnixPeers {
     pub(super) identity: Arc<NodeIdentity>,
     pub(super) own_uid: u32,
     pub(super) allowed_uids: Vec<u32>,
+    /// Serves the connections that ask for short-circuit reads; `None` refuses them.
+    pub(super) short_circuit: Option<Arc<crate::shortcircuit::Server>>,
 }
 
 /// The accept loop of the Unix socket: no TLS; the kernel names the peer's uid, which must
@@ -367,13 +369,13 @@ pub(super) async fn accept_unix_loop(
         let conns = conns.clone();
         tokio::spawn(async move {
             let mut stream = stream;
-            let node_id = match tokio::time::timeout(
+            let (node_id, mode) = match tokio::time::timeout(
                 crate::unix::HANDSHAKE_TIMEOUT,
                 crate::unix::server_handshake(&mut stream, &peers.identity),
             )
             .await
             {
-                Ok(Ok(id)) => id,
+                Ok(Ok(named)) => named,
                 Ok(Err(e)) => {
                     debug!(uid, error = %e, "Unix-socket handshake failed");
                     return;
@@ -383,6 +385,16 @@ pub(super) async fn accept_unix_loop(
                     return;
                 }
             };
+            if mode == crate::unix::Mode::ShortCircuit {
+                // When the mode is off, the gateway is told so and reads over gRPC.
+                if let Some(server) = &peers.short_circuit {
+                    Arc::clone(server).serve(stream, node_id).await;
+                } else {
+                    crate::shortcircuit::refuse(stream).await;
+                }
+                drop(slot);
+                return;
+            }
             let conn = Connection {
                 inner: Idle::new(Transport::Unix(stream), limits.idle_timeout),
                 info: PeerInfo {
