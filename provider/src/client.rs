@@ -150,6 +150,10 @@ pub struct ProviderClient {
     channel: Channel,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
     expected: NodeId,
+    /// For a provider on a Unix socket: its short-circuit reads, once turned on
+    /// ([`with_short_circuit_reads`](Self::with_short_circuit_reads)).
+    short_circuit: Option<Arc<crate::shortcircuit::Client>>,
+    short_circuit_on: bool,
 }
 
 impl ProviderClient {
@@ -161,6 +165,12 @@ impl ProviderClient {
         if crate::unix::is_unix_address(address) {
             let path = crate::unix::parse_address(address)
                 .map_err(|e| invalid(format!("invalid provider address: {e}")))?;
+            let short_circuit = Arc::new(crate::shortcircuit::Client::new(
+                path.clone(),
+                Arc::clone(&cfg.identity),
+                expected,
+                cfg.token.as_deref(),
+            ));
             let connector = UnixConnector {
                 path: Arc::new(path),
                 identity: Arc::clone(&cfg.identity),
@@ -173,11 +183,13 @@ impl ProviderClient {
                 .connect_timeout(crate::unix::HANDSHAKE_TIMEOUT)
                 .http2_keep_alive_interval(std::time::Duration::from_secs(30))
                 .keep_alive_while_idle(true);
-            return Self::over(
+            let mut client = Self::over(
                 endpoint.connect_with_connector_lazy(connector),
                 expected,
                 cfg,
-            );
+            )?;
+            client.short_circuit = Some(short_circuit);
+            return Ok(client);
         }
         let authority = address
             .trim()
@@ -227,7 +239,24 @@ impl ProviderClient {
             channel,
             token,
             expected,
+            short_circuit: None,
+            short_circuit_on: false,
         })
+    }
+
+    /// Reads whole shards the caller authenticates itself
+    /// ([`get_shard_authenticated_exact`](Self::get_shard_authenticated_exact)) from the
+    /// shard's file, which a provider on a Unix socket hands over, instead of over gRPC
+    /// (short-circuit reads, see [`crate::shortcircuit`]). Other providers, and one that
+    /// does not offer it, are read over gRPC as before.
+    pub fn with_short_circuit_reads(mut self, on: bool) -> Self {
+        self.short_circuit_on = on;
+        self
+    }
+
+    /// Whether reads may short-circuit: turned on, and the provider is on a Unix socket.
+    pub fn short_circuits(&self) -> bool {
+        self.short_circuit_on && self.short_circuit.is_some()
     }
 
     /// The node id this client pins.
@@ -435,6 +464,30 @@ impl ProviderClient {
         max_len: u64,
     ) -> Result<Bytes, ClientError> {
         self.read_within(shard_id, None, max_len, true).await
+    }
+
+    /// [`get_shard_authenticated_within`](Self::get_shard_authenticated_within) of a shard
+    /// the caller knows to be `length` bytes: read from the shard's file when short-circuit
+    /// reads are on and the provider offers them (a file that does not hold exactly
+    /// `length` bytes is `DataLoss`), over gRPC otherwise.
+    pub async fn get_shard_authenticated_exact(
+        &self,
+        shard_id: &str,
+        length: u64,
+    ) -> Result<Bytes, ClientError> {
+        if self.short_circuit_on
+            && let Some(local) = &self.short_circuit
+        {
+            match local.read(shard_id, length).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(crate::shortcircuit::Miss::Failed(e)) => return Err(e),
+                Err(crate::shortcircuit::Miss::Off) => {}
+                Err(crate::shortcircuit::Miss::Unavailable(why)) => {
+                    tracing::debug!(shard_id, why, "short-circuit read unavailable; over gRPC");
+                }
+            }
+        }
+        self.get_shard_authenticated_within(shard_id, length).await
     }
 
     async fn read_within(

@@ -62,6 +62,10 @@ pub struct ProviderConfig {
     pub market: Option<MarketSettings>,
     /// How written shard bytes are made durable (`--sync-mode file|batch`).
     pub sync_mode: crate::store::SyncMode,
+    /// Whether gateways on the Unix socket may ask for a shard's file descriptor instead of
+    /// its bytes (short-circuit reads, see [`crate::shortcircuit`]); on unless
+    /// `--short-circuit-reads false`.
+    pub short_circuit_reads: bool,
 }
 
 impl ProviderConfig {
@@ -84,6 +88,7 @@ impl ProviderConfig {
             idle_timeout: IDLE_TIMEOUT,
             market: None,
             sync_mode: crate::store::SyncMode::File,
+            short_circuit_reads: true,
         }
     }
 
@@ -252,6 +257,11 @@ pub struct Args {
     /// finishing together; for a filesystem the store has to itself) [default: file].
     #[arg(long, env = "SUBLET_PROVIDER_SYNC_MODE")]
     pub sync_mode: Option<String>,
+    /// Hand gateways on the Unix socket a read-only file descriptor of a whole shard they
+    /// authenticate themselves instead of streaming its bytes (`true` or `false`)
+    /// [default: true].
+    #[arg(long, env = "SUBLET_PROVIDER_SHORT_CIRCUIT_READS")]
+    pub short_circuit_reads: Option<bool>,
     /// Print this node's id (creating the identity if needed) and exit.
     #[arg(long)]
     pub print_node_id: bool,
@@ -302,6 +312,8 @@ pub struct FileConfig {
     pub market_interval: Option<String>,
     /// `file` or `batch`, as `--sync-mode`.
     pub sync_mode: Option<String>,
+    /// As `--short-circuit-reads`.
+    pub short_circuit_reads: Option<bool>,
 }
 
 impl FileConfig {
@@ -445,6 +457,10 @@ impl Args {
             idle_timeout: IDLE_TIMEOUT,
             market,
             sync_mode,
+            short_circuit_reads: self
+                .short_circuit_reads
+                .or(file.short_circuit_reads)
+                .unwrap_or(true),
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod market;
 pub mod metrics;
 pub mod put_body;
 pub mod server;
+pub mod shortcircuit;
 pub mod store;
 pub mod tls;
 pub mod tree;

@@ -30,6 +30,9 @@ pub struct Metrics {
     /// Whole-shard reads whose caller asked to skip the hash check (`skip_hash_check`: it
     /// authenticates the bytes itself); shards over 16 MiB are checked anyway.
     pub unchecked_reads: IntCounter,
+    /// Shard files handed to a gateway on the Unix socket to read itself (short-circuit
+    /// reads, see [`crate::shortcircuit`]).
+    pub short_circuit_reads: IntCounter,
 }
 
 impl Metrics {
@@ -85,6 +88,11 @@ impl Metrics {
             "Whole-shard reads asked to skip the hash check (the caller authenticates the bytes).",
         )?;
         registry.register(Box::new(unchecked_reads.clone()))?;
+        let short_circuit_reads = IntCounter::new(
+            "sublet_provider_short_circuit_reads_total",
+            "Shard files handed to a gateway on the Unix socket to read itself (short-circuit reads).",
+        )?;
+        registry.register(Box::new(short_circuit_reads.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -108,6 +116,7 @@ impl Metrics {
             corruptions,
             audits,
             unchecked_reads,
+            short_circuit_reads,
         })
     }
 

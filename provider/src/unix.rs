@@ -30,6 +30,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_PATH_LEN: usize = 107;
 
 const HELLO_CLIENT: &[u8; 8] = b"sublet\x01c";
+/// A gateway's greeting on a connection for short-circuit reads ([`Mode::ShortCircuit`]).
+/// A provider without them refuses it as a stranger, and the gateway then reads over gRPC.
+const HELLO_CLIENT_FD: &[u8; 8] = b"sublet\x01f";
 const HELLO_SERVER: &[u8; 8] = b"sublet\x01s";
 const SIGNED_BY_CLIENT: &[u8] = b"sublet unix handshake v1: gateway";
 const SIGNED_BY_SERVER: &[u8] = b"sublet unix handshake v1: provider";
@@ -234,6 +237,16 @@ fn replace_if_stale(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// What a connection on the Unix socket carries after the handshake, as the gateway's
+/// greeting says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// gRPC over HTTP/2, as over TLS.
+    Grpc,
+    /// Short-circuit reads: file descriptors of whole shards ([`crate::shortcircuit`]).
+    ShortCircuit,
+}
+
 /// The gateway's side of the handshake: answers once the peer proved it holds the key of
 /// node `expected`. Nothing else (the cluster token included) is sent before.
 pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
@@ -241,7 +254,17 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     identity: &NodeIdentity,
     expected: NodeId,
 ) -> io::Result<()> {
-    let peer = exchange(stream, identity, Role::Client).await?;
+    client_handshake_for(stream, identity, expected, Mode::Grpc).await
+}
+
+/// [`client_handshake`] for a connection of `mode`.
+pub async fn client_handshake_for<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    identity: &NodeIdentity,
+    expected: NodeId,
+    mode: Mode,
+) -> io::Result<()> {
+    let (peer, _) = exchange(stream, identity, Role::Client(mode)).await?;
     if peer != expected {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -251,17 +274,18 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// The provider's side of the handshake: answers the node id the gateway proved it holds.
+/// The provider's side of the handshake: answers the node id the gateway proved it holds
+/// and what the connection is for.
 pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     identity: &NodeIdentity,
-) -> io::Result<NodeId> {
+) -> io::Result<(NodeId, Mode)> {
     exchange(stream, identity, Role::Server).await
 }
 
 #[derive(Clone, Copy)]
 enum Role {
-    Client,
+    Client(Mode),
     Server,
 }
 
@@ -272,20 +296,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     identity: &NodeIdentity,
     role: Role,
-) -> io::Result<NodeId> {
-    let (ours, theirs, we_sign, they_sign) = match role {
-        Role::Client => (
-            HELLO_CLIENT,
-            HELLO_SERVER,
-            SIGNED_BY_CLIENT,
-            SIGNED_BY_SERVER,
-        ),
-        Role::Server => (
-            HELLO_SERVER,
-            HELLO_CLIENT,
-            SIGNED_BY_SERVER,
-            SIGNED_BY_CLIENT,
-        ),
+) -> io::Result<(NodeId, Mode)> {
+    let (ours, we_sign, they_sign) = match role {
+        Role::Client(Mode::Grpc) => (HELLO_CLIENT, SIGNED_BY_CLIENT, SIGNED_BY_SERVER),
+        Role::Client(Mode::ShortCircuit) => (HELLO_CLIENT_FD, SIGNED_BY_CLIENT, SIGNED_BY_SERVER),
+        Role::Server => (HELLO_SERVER, SIGNED_BY_SERVER, SIGNED_BY_CLIENT),
     };
     let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let mut nonce = [0u8; NONCE];
@@ -299,11 +314,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream.flush().await?;
     let mut got = [0u8; 8 + NONCE];
     stream.read_exact(&mut got).await?;
-    if &got[..8] != theirs {
-        return Err(invalid(
-            "the peer does not speak sublet's Unix-socket handshake (is this a sublet provider socket?)",
-        ));
-    }
+    let mode = match (role, &got[..8]) {
+        (Role::Client(mode), hello) if hello == HELLO_SERVER => mode,
+        (Role::Server, hello) if hello == HELLO_CLIENT => Mode::Grpc,
+        (Role::Server, hello) if hello == HELLO_CLIENT_FD => Mode::ShortCircuit,
+        _ => {
+            return Err(invalid(
+                "the peer does not speak sublet's Unix-socket handshake (is this a sublet provider socket?)",
+            ));
+        }
+    };
     let their_nonce = &got[8..];
 
     let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(identity.pkcs8_der())
@@ -323,7 +343,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     UnparsedPublicKey::new(&ED25519, &key)
         .verify(&expected, &got[32..])
         .map_err(|_| invalid("the peer's handshake signature does not verify"))?;
-    Ok(NodeId::from_public_key(&key))
+    Ok((NodeId::from_public_key(&key), mode))
 }
 
 #[cfg(test)]
@@ -376,7 +396,16 @@ mod tests {
             server_handshake(&mut b, &provider)
         );
         client.unwrap();
-        assert_eq!(server.unwrap(), gateway.node_id());
+        assert_eq!(server.unwrap(), (gateway.node_id(), Mode::Grpc));
+
+        // A connection for short-circuit reads says so in its greeting.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let (client, server) = tokio::join!(
+            client_handshake_for(&mut a, &gateway, provider.node_id(), Mode::ShortCircuit),
+            server_handshake(&mut b, &provider)
+        );
+        client.unwrap();
+        assert_eq!(server.unwrap(), (gateway.node_id(), Mode::ShortCircuit));
 
         // Another node on the socket: the gateway refuses it, naming both ids.
         let impostor = NodeIdentity::generate();

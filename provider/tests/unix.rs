@@ -163,3 +163,92 @@ fn bad_unix_addresses_are_refused_naming_them() {
         assert!(err.message().contains(bad), "{bad}: {err}");
     }
 }
+
+fn short_circuit_reads(provider: &RunningProvider) -> u64 {
+    provider.metrics.short_circuit_reads.get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_authenticated_whole_shard_reads_short_circuit_and_an_off_provider_serves_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(NodeIdentity::generate());
+    let provider = start(dir.path(), vec![gateway.node_id()]).await;
+    let c = client(&provider, &gateway, None).with_short_circuit_reads(true);
+    assert!(c.short_circuits());
+    let data: Bytes = (0..1_500_000u32)
+        .map(|i| (i as u8) ^ (i >> 9) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let hash = *blake3::hash(&data).as_bytes();
+    c.put_shard_expecting("s-1", data.clone(), hash)
+        .await
+        .unwrap();
+
+    // Checked reads (whole, ranged) never take the short cut.
+    assert_eq!(c.get_shard("s-1", None).await.unwrap(), data);
+    assert_eq!(
+        c.get_shard("s-1", Some((10, 100))).await.unwrap(),
+        data.slice(10..110)
+    );
+    assert_eq!(
+        c.get_shard_authenticated_within("s-1", data.len() as u64)
+            .await
+            .unwrap(),
+        data
+    );
+    assert_eq!(short_circuit_reads(&provider), 0);
+    // A whole shard the caller authenticates, of a known length: from its file.
+    for _ in 0..3 {
+        let got = c
+            .get_shard_authenticated_exact("s-1", data.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(got, data);
+    }
+    assert_eq!(short_circuit_reads(&provider), 3);
+    // A length other than the shard's is DataLoss, as rot would be.
+    let err = c
+        .get_shard_authenticated_exact("s-1", data.len() as u64 - 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
+    let err = c
+        .get_shard_authenticated_exact("nope", 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // Not turned on in the client: gRPC.
+    let plain = client(&provider, &gateway, None);
+    assert!(!plain.short_circuits());
+    plain
+        .get_shard_authenticated_exact("s-1", data.len() as u64)
+        .await
+        .unwrap();
+    // (The provider handed the file for the read of the wrong length too.)
+    assert_eq!(short_circuit_reads(&provider), 4);
+    provider.shutdown().await;
+
+    // A provider with them turned off: the same reads come over gRPC.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ProviderConfig::new(dir.path().join("data"));
+    config.listen_unix = Some(dir.path().join("provider.sock"));
+    config.allowed_clients = vec![gateway.node_id()];
+    config.short_circuit_reads = false;
+    let off = server::start(config).await.unwrap();
+    let c = client(&off, &gateway, None).with_short_circuit_reads(true);
+    c.put_shard_expecting("s-1", data.clone(), hash)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let got = c
+            .get_shard_authenticated_exact("s-1", data.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(got, data);
+    }
+    assert_eq!(short_circuit_reads(&off), 0);
+    assert!(
+        off.metrics.render().contains("GetShard"),
+        "read over gRPC instead"
+    );
+}

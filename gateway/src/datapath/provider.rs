@@ -81,6 +81,12 @@ impl ShardBackend for ProviderBackend {
         // Bytes the reader authenticates itself need no hash check on the provider's side.
         let authenticated = AUTHENTICATED_READ.try_with(|a| *a).unwrap_or(false);
         if authenticated && !check_outboard {
+            // Of a known length, it may be read from the shard's file when the provider is
+            // on this machine (short-circuit reads); the length is then checked exactly.
+            if max_len != u64::MAX {
+                let call = self.client.get_shard_authenticated_exact(shard_id, max_len);
+                return timed(&self.node_id, "get", TRANSFER_TIMEOUT, call).await;
+            }
             let call = self
                 .client
                 .get_shard_authenticated_within(shard_id, max_len);

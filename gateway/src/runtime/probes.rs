@@ -248,14 +248,18 @@ pub(super) fn connect(
     let mut backends: Vec<Arc<dyn ShardBackend>> = Vec::with_capacity(endpoints.len());
     let mut clients = Vec::with_capacity(endpoints.len());
     for e in endpoints {
-        let client = ProviderClient::new(&e.address, e.node_id, &client_config).map_err(|err| {
-            anyhow::anyhow!(
-                "ProviderPool {}: endpoint {}: {}",
-                e.site.pool,
-                e.name,
-                err.message()
-            )
-        })?;
+        let client = ProviderClient::new(&e.address, e.node_id, &client_config)
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "ProviderPool {}: endpoint {}: {}",
+                    e.site.pool,
+                    e.name,
+                    err.message()
+                )
+            })?
+            // A provider on a Unix socket hands over the files of shards the gateway
+            // authenticates itself (short-circuit reads), unless it has them turned off.
+            .with_short_circuit_reads(true);
         clients.push((e.site.node_id.clone(), client.clone()));
         let backend: Arc<dyn ShardBackend> = Arc::new(ProviderBackend::new(client));
         backends.push(ObservedBackend::wrap(backend, metrics, health));

@@ -273,7 +273,16 @@ pub(super) trait Arrivals: Send + Sync + 'static {
         self: Arc<Self>,
         stream: Self::Stream,
         peer: Self::Peer,
-    ) -> impl Future<Output = io::Result<(Transport, PeerInfo)>> + Send;
+    ) -> impl Future<Output = io::Result<Handshaken>> + Send;
+}
+
+/// What a connection is once its handshake is done.
+pub(super) enum Handshaken {
+    /// A gRPC connection, for the server.
+    Grpc(Transport, PeerInfo),
+    /// A connection that asked for another protocol (short-circuit reads on the Unix
+    /// socket), served by this future while the connection holds its slot.
+    Served(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
 /// TCP connections, each to be a TLS one.
@@ -297,7 +306,7 @@ impl Arrivals for TlsArrivals {
         self: Arc<Self>,
         tcp: TcpStream,
         remote: SocketAddr,
-    ) -> io::Result<(Transport, PeerInfo)> {
+    ) -> io::Result<Handshaken> {
         let tls = self.acceptor.accept(tcp).await?;
         let node_id = tls
             .get_ref()
@@ -310,7 +319,7 @@ impl Arrivals for TlsArrivals {
             remote_addr: Some(remote),
             unix_uid: None,
         };
-        Ok((Transport::Tls(Box::new(tls)), info))
+        Ok(Handshaken::Grpc(Transport::Tls(Box::new(tls)), info))
     }
 }
 
@@ -320,6 +329,8 @@ pub(super) struct UnixPeers {
     pub(super) identity: Arc<NodeIdentity>,
     pub(super) own_uid: u32,
     pub(super) allowed_uids: Vec<u32>,
+    /// Serves the connections that ask for short-circuit reads; `None` refuses them.
+    pub(super) short_circuit: Option<Arc<crate::shortcircuit::Server>>,
 }
 
 /// Connections on the Unix socket: no TLS; the kernel names the peer's uid, which must be
@@ -367,14 +378,23 @@ impl Arrivals for UnixArrivals {
         self: Arc<Self>,
         mut stream: UnixStream,
         uid: Uid,
-    ) -> io::Result<(Transport, PeerInfo)> {
-        let node_id = crate::unix::server_handshake(&mut stream, &self.peers.identity).await?;
+    ) -> io::Result<Handshaken> {
+        let (node_id, mode) =
+            crate::unix::server_handshake(&mut stream, &self.peers.identity).await?;
+        if mode == crate::unix::Mode::ShortCircuit {
+            // When the mode is off, the gateway is told so and reads over gRPC.
+            let serve: Pin<Box<dyn Future<Output = ()> + Send>> = match &self.peers.short_circuit {
+                Some(server) => Box::pin(Arc::clone(server).serve(stream, node_id)),
+                None => Box::pin(crate::shortcircuit::refuse(stream)),
+            };
+            return Ok(Handshaken::Served(serve));
+        }
         let info = PeerInfo {
             node_id: Some(node_id),
             remote_addr: None,
             unix_uid: Some(uid.0),
         };
-        Ok((Transport::Unix(stream), info))
+        Ok(Handshaken::Grpc(Transport::Unix(stream), info))
     }
 }
 
@@ -426,7 +446,7 @@ pub(super) async fn accept_loop<A: Arrivals>(
         let conns = conns.clone();
         tokio::spawn(async move {
             let handshake = arrivals.handshake(stream, peer);
-            let (inner, info) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            let done = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(done)) => done,
                 Ok(Err(e)) => {
                     debug!(transport, %peer, error = %e, "handshake failed");
@@ -434,6 +454,15 @@ pub(super) async fn accept_loop<A: Arrivals>(
                 }
                 Err(_) => {
                     debug!(transport, %peer, "handshake timed out");
+                    return;
+                }
+            };
+            let (inner, info) = match done {
+                Handshaken::Grpc(inner, info) => (inner, info),
+                Handshaken::Served(serve) => {
+                    // Served outside the handshake's bound, holding its slot while it runs.
+                    serve.await;
+                    drop(slot);
                     return;
                 }
             };
@@ -519,6 +548,7 @@ mod tests {
             identity: Arc::new(NodeIdentity::generate()),
             own_uid: ours.wrapping_add(1),
             allowed_uids: Vec::new(),
+            short_circuit: None,
         };
         let (conns, _served) = mpsc::channel(1);
         let (stop, stopping) = watch::channel(false);

@@ -159,10 +159,21 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut accept_tasks = Vec::new();
     if let Some(socket) = unix_socket {
+        let short_circuit = config.short_circuit_reads.then(|| {
+            Arc::new(crate::shortcircuit::Server::new(
+                Arc::clone(&store),
+                metrics.clone(),
+                config.allowed_clients.iter().copied().collect(),
+                config.token.as_deref().map(|t| blake3::hash(t.as_bytes())),
+                config.faults,
+                config.idle_timeout,
+            ))
+        });
         let peers = UnixPeers {
             identity: Arc::clone(&identity),
             own_uid: socket.own_uid,
             allowed_uids: config.unix_allow_uids.clone(),
+            short_circuit,
         };
         accept_tasks.push(tokio::spawn(accept_loop(
             UnixArrivals { socket, peers },

@@ -86,6 +86,26 @@ impl Store {
         Self::read_whole(id, &meta, &file, header_len, false)
     }
 
+    /// A whole shard's file, opened read-only, for a caller on this machine that reads it
+    /// itself and authenticates the bytes (a short-circuit read, see
+    /// [`crate::shortcircuit`]): the file, the offset of the shard's bytes in it and their
+    /// length. The index entry and the header are checked as for any read, and the file
+    /// must be complete (as long as its header says): a shard that fails is
+    /// [`Error::DataLoss`], never handed out.
+    pub fn open_whole(&self, id: &str) -> Result<(File, u64, u64)> {
+        let (meta, file, header_len, version) = self.open_checked(id)?;
+        let size = file.metadata()?.len();
+        if size != super::format::file_size_for(id, meta.length, version) {
+            return Err(Error::DataLoss {
+                id: id.to_string(),
+                reason: format!("shard file is {size} bytes, its header says otherwise"),
+            });
+        }
+        let file = Arc::try_unwrap(file)
+            .map_err(|_| Error::Other(format!("shard {id}: its file is shared")))?;
+        Ok((file, header_len, meta.length))
+    }
+
     /// A whole shard, read at once and (when `check`) checked against its hash in one
     /// BLAKE3 pass: one read instead of one per group, and none of the tree (nor, for a
     /// format-1 shard, bao's chunk-by-chunk check, several times slower).
