@@ -17,6 +17,8 @@ mod policies;
 mod providers;
 #[path = "hostile/rot.rs"]
 mod rot;
+#[path = "hostile/short_circuit.rs"]
+mod short_circuit;
 #[path = "hostile/snapshots.rs"]
 mod snapshots;
 #[path = "hostile/unix_sockets.rs"]

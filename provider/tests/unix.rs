@@ -252,3 +252,33 @@ async fn only_authenticated_whole_shard_reads_short_circuit_and_an_off_provider_
         "read over gRPC instead"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_circuit_connection_the_provider_closed_is_not_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(NodeIdentity::generate());
+    let mut config = ProviderConfig::new(dir.path().join("data"));
+    config.listen_unix = Some(dir.path().join("provider.sock"));
+    config.allowed_clients = vec![gateway.node_id()];
+    // The provider closes a connection idle this long: the gateway keeps its end.
+    config.idle_timeout = std::time::Duration::from_millis(300);
+    let provider = server::start(config).await.unwrap();
+    let c = client(&provider, &gateway, None).with_short_circuit_reads(true);
+    let data = Bytes::from(vec![7u8; 100_000]);
+    let hash = *blake3::hash(&data).as_bytes();
+    c.put_shard_expecting("s-1", data.clone(), hash)
+        .await
+        .unwrap();
+    let len = data.len() as u64;
+    assert_eq!(c.get_shard_authenticated_exact("s-1", len).await.unwrap(), data);
+    // The kept connection goes idle past the provider's timeout and is closed on its side:
+    // the next read must not fail on it (a failed read counts the provider down).
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    assert_eq!(
+        c.get_shard_authenticated_exact("s-1", len).await.unwrap(),
+        data,
+        "a read on a connection the provider closed failed"
+    );
+    assert_eq!(short_circuit_reads(&provider), 2, "not by short-circuit");
+    provider.shutdown().await;
+}
