@@ -551,8 +551,15 @@ impl Client {
     }
 
     async fn connection(&self) -> Result<UnixStream, Miss> {
-        if let Some(stream) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(stream);
+        loop {
+            let kept = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match kept {
+                Some(stream) if still_open(&stream) => return Ok(stream),
+                // The provider closed it (its idle timeout, a restart): a read on it would
+                // fail, and a failed read counts the provider down.
+                Some(_) => continue,
+                None => break,
+            }
         }
         let dial = async {
             let mut stream = UnixStream::connect(&self.path).await?;
@@ -615,6 +622,14 @@ impl Client {
             idle.push(stream);
         }
     }
+}
+
+/// Whether a kept connection can carry another read: nothing is waiting to be read on it
+/// (between reads the provider sends nothing; an end of file or bytes mean it closed the
+/// connection or broke the protocol).
+fn still_open(stream: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// One read on a connection past its handshake: the shard's bytes, and whether the
