@@ -270,7 +270,10 @@ async fn a_short_circuit_connection_the_provider_closed_is_not_used_again() {
         .await
         .unwrap();
     let len = data.len() as u64;
-    assert_eq!(c.get_shard_authenticated_exact("s-1", len).await.unwrap(), data);
+    assert_eq!(
+        c.get_shard_authenticated_exact("s-1", len).await.unwrap(),
+        data
+    );
     // The kept connection goes idle past the provider's timeout and is closed on its side:
     // the next read must not fail on it (a failed read counts the provider down).
     tokio::time::sleep(std::time::Duration::from_millis(900)).await;
