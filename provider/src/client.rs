@@ -16,18 +16,16 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Status};
 
+use crate::identity::{NodeId, NodeIdentity};
+use crate::proto;
+use crate::proto::shard_store_client::ShardStoreClient;
 use crate::store::MAX_SHARD_LEN;
-
-use crate::CHUNK_SIZE;
+use crate::{CHUNK_SIZE, TOKEN_METADATA};
 
 /// Largest message either side of a call may send: a chunk and room for its fields.
 const MAX_MESSAGE: usize = CHUNK_SIZE + 256 * 1024;
 /// `ShardStore.PutShard`'s path, as the generated client calls it.
 const PUT_SHARD_PATH: &str = "/sublet.provider.v1.ShardStore/PutShard";
-use crate::identity::{NodeId, NodeIdentity};
-use crate::proto;
-use crate::proto::shard_store_client::ShardStoreClient;
-use crate::server::TOKEN_METADATA;
 
 /// How the client identifies itself to providers.
 #[derive(Clone, Debug)]
@@ -37,69 +35,7 @@ pub struct ClientConfig {
     pub token: Option<String>,
 }
 
-/// What a failed call means to the caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    DataLoss,
-    Unavailable,
-    ResourceExhausted,
-    Unauthenticated,
-    /// The provider's audit answer did not verify against the recorded hash.
-    AuditFailed,
-    InvalidArgument,
-    Other,
-}
-
-/// A failed provider call.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind:?}: {message}")]
-pub struct ClientError {
-    kind: ErrorKind,
-    message: String,
-}
-
-impl ClientError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ClientError {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl From<Status> for ClientError {
-    fn from(s: Status) -> Self {
-        let kind = match s.code() {
-            Code::NotFound => ErrorKind::NotFound,
-            Code::DataLoss => ErrorKind::DataLoss,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
-                ErrorKind::Unavailable
-            }
-            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-            Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Unauthenticated,
-            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
-            _ => ErrorKind::Other,
-        };
-        let mut message = s.message().to_string();
-        // Connection failures (TLS pinning included) carry their cause in the source.
-        let mut source = std::error::Error::source(&s);
-        while let Some(e) = source {
-            message.push_str(": ");
-            message.push_str(&e.to_string());
-            source = e.source();
-        }
-        ClientError::new(kind, message)
-    }
-}
+pub use crate::client_error::{ClientError, ErrorKind};
 
 /// Result of a stored shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

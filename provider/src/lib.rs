@@ -1,6 +1,7 @@
 //! sublet-provider: the shard store daemon, its gRPC protocol and the client the gateway uses.
 
 pub mod client;
+pub mod client_error;
 pub mod config;
 pub mod identity;
 pub mod market;
@@ -25,6 +26,10 @@ pub mod proto {
 
 /// The version this provider reports in `Info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Metadata key carrying the cluster token (the client sends it, the server checks it: here,
+/// below both).
+pub const TOKEN_METADATA: &str = "x-sublet-token";
 
 /// Largest data message a client sends in `PutShard` and a provider sends in `GetShard`.
 pub const CHUNK_SIZE: usize = 1024 * 1024;

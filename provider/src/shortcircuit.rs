@@ -36,7 +36,7 @@ use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use crate::client::{ClientError, ErrorKind};
+use crate::client_error::{ClientError, ErrorKind};
 use crate::config::Faults;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::metrics::Metrics;

@@ -10,8 +10,7 @@ use crate::Error;
 use crate::identity::NodeId;
 use crate::market::ContractedClients;
 
-/// Metadata key carrying the cluster token.
-pub const TOKEN_METADATA: &str = "x-sublet-token";
+pub use crate::TOKEN_METADATA;
 
 /// Who is calling, and so which shards it may see.
 #[derive(Clone, Debug)]
