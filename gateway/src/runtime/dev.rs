@@ -385,6 +385,28 @@ pub fn service_with_keys(
     builder.build()
 }
 
+/// Where the providers serve their own metrics (`sublet_provider_*`: shards stored, short-circuit
+/// reads, ...): one URL, ports in curl's `{a,b}` glob, when they share an address.
+fn provider_metrics_urls(addrs: &[SocketAddr]) -> String {
+    let Some(first) = addrs.first() else {
+        return "none".to_string();
+    };
+    if addrs.len() > 1 && addrs.iter().all(|a| a.ip() == first.ip()) {
+        let ports: Vec<String> = addrs.iter().map(|a| a.port().to_string()).collect();
+        let host = SocketAddr::new(first.ip(), 0).to_string();
+        let host = host.strip_suffix(":0").unwrap_or(&host);
+        return format!(
+            "http://{host}:{{{}}}/metrics (their metrics; curl expands the braces)",
+            ports.join(",")
+        );
+    }
+    let urls: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("http://{a}/metrics"))
+        .collect();
+    format!("{} (their metrics)", urls.join(" "))
+}
+
 /// `sublet dev`: run until ctrl-c.
 pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
     let plan = dev_plan()?;
@@ -483,6 +505,11 @@ pub async fn run(dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> 
     println!("  secret key:    {}", c.secret_key);
     println!("  state:         {}", cluster.dir.display());
     println!("  metrics:       {admin}");
+    let provider_metrics: Vec<SocketAddr> = cluster.providers.iter().map(|p| p.http_addr).collect();
+    println!(
+        "  providers:     {}",
+        provider_metrics_urls(&provider_metrics)
+    );
     println!(
         "  admin token:   {} (SUBLET_ADMIN_TOKEN for sublet status, sublet repair, ...)",
         token_path.display()
@@ -537,6 +564,28 @@ spec:
   redundancy: {replicas: 1}
   encryption: none
 ";
+
+    #[test]
+    fn the_providers_metrics_urls_name_every_port() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("address");
+        assert_eq!(
+            provider_metrics_urls(&[a("127.0.0.1:4001"), a("127.0.0.1:4002")]),
+            "http://127.0.0.1:{4001,4002}/metrics (their metrics; curl expands the braces)"
+        );
+        assert_eq!(
+            provider_metrics_urls(&[a("[::1]:4001"), a("[::1]:4002")]),
+            "http://[::1]:{4001,4002}/metrics (their metrics; curl expands the braces)"
+        );
+        assert_eq!(
+            provider_metrics_urls(&[a("127.0.0.1:4001"), a("127.0.0.2:4002")]),
+            "http://127.0.0.1:4001/metrics http://127.0.0.2:4002/metrics (their metrics)"
+        );
+        assert_eq!(
+            provider_metrics_urls(&[a("127.0.0.1:4001")]),
+            "http://127.0.0.1:4001/metrics (their metrics)"
+        );
+        assert_eq!(provider_metrics_urls(&[]), "none");
+    }
 
     #[test]
     fn a_plan_file_replaces_the_standard_plan() {
