@@ -52,6 +52,26 @@ pub(super) struct SourceRequest<'a> {
     pub(super) customer_key_md5: Option<&'a str>,
 }
 
+/// The [`SourceRequest`] of a CopyObject or UploadPartCopy input: s3s gives the two inputs
+/// the same `copy_source*` fields but no trait in common.
+macro_rules! source_request {
+    ($input:expr) => {
+        $crate::s3::copy::SourceRequest {
+            copy_source: &$input.copy_source,
+            conditions: $crate::s3::get::Preconditions {
+                if_match: $input.copy_source_if_match.as_ref(),
+                if_none_match: $input.copy_source_if_none_match.as_ref(),
+                if_modified_since: $input.copy_source_if_modified_since.as_ref(),
+                if_unmodified_since: $input.copy_source_if_unmodified_since.as_ref(),
+            },
+            customer_algorithm: $input.copy_source_sse_customer_algorithm.as_deref(),
+            customer_key: $input.copy_source_sse_customer_key.as_deref(),
+            customer_key_md5: $input.copy_source_sse_customer_key_md5.as_deref(),
+        }
+    };
+}
+pub(super) use source_request;
+
 /// The version a copy reads: found, its conditions held, the customer key it needs given.
 pub(super) struct CopiedSource {
     pub(super) bucket: String,
@@ -122,21 +142,7 @@ impl Gateway {
             version: source,
             customer_key: source_key,
         } = self
-            .copied_source(
-                &req.extensions,
-                SourceRequest {
-                    copy_source: &input.copy_source,
-                    conditions: Preconditions {
-                        if_match: input.copy_source_if_match.as_ref(),
-                        if_none_match: input.copy_source_if_none_match.as_ref(),
-                        if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                        if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-                    },
-                    customer_algorithm: input.copy_source_sse_customer_algorithm.as_deref(),
-                    customer_key: input.copy_source_sse_customer_key.as_deref(),
-                    customer_key_md5: input.copy_source_sse_customer_key_md5.as_deref(),
-                },
-            )
+            .copied_source(&req.extensions, source_request!(input))
             .await?;
         let target_key = sse_c::requested(
             self,

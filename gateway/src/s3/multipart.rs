@@ -7,8 +7,7 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::checksum::{self as sums, set_checksums};
-use super::copy::{CopiedSource, SourceRequest};
-use super::get::Preconditions;
+use super::copy::{CopiedSource, source_request};
 use super::headers::{self, Written};
 use super::put::content_md5_matches;
 use super::{Gateway, etag, timestamp};
@@ -323,21 +322,7 @@ impl Gateway {
             customer_key: source_key,
             ..
         } = self
-            .copied_source(
-                &req.extensions,
-                SourceRequest {
-                    copy_source: &input.copy_source,
-                    conditions: Preconditions {
-                        if_match: input.copy_source_if_match.as_ref(),
-                        if_none_match: input.copy_source_if_none_match.as_ref(),
-                        if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                        if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-                    },
-                    customer_algorithm: input.copy_source_sse_customer_algorithm.as_deref(),
-                    customer_key: input.copy_source_sse_customer_key.as_deref(),
-                    customer_key_md5: input.copy_source_sse_customer_key_md5.as_deref(),
-                },
-            )
+            .copied_source(&req.extensions, source_request!(input))
             .await?;
         let customer_key = sse_c::requested(
             self,
