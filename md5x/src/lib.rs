@@ -207,7 +207,7 @@ impl Md5 {
     /// elsewhere into `state` (a lane): what follows goes in with [`Md5::update`]. `None`
     /// when `hashed` is not a whole number of blocks.
     pub fn resume(state: State, hashed: u64) -> Option<Self> {
-        (hashed % BLOCK as u64 == 0).then_some(Self {
+        hashed.is_multiple_of(BLOCK as u64).then_some(Self {
             state,
             buf: [0; BLOCK],
             filled: 0,
