@@ -161,6 +161,9 @@ async fn round_trip_survives_two_dead_providers_and_restart() {
         String::from_utf8_lossy(&b)
     );
     assert!(String::from_utf8_lossy(&b).contains("InvalidPart"));
+    let path = format!("/bkt/md5part?uploadId={id}");
+    let (s, _, _) = call(&svc, Method::DELETE, &path, &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _, _) = call(
         &svc,
         Method::PUT,
