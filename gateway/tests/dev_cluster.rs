@@ -134,6 +134,36 @@ async fn round_trip_survives_two_dead_providers_and_restart() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&b).contains("BadDigest"));
     assert_eq!(shard_files(tmp.path()), before);
+    // So is a part's (its digest is taken after its shards are stored: they are freed),
+    // and the upload has no part to complete with.
+    let id = create_upload(&svc, "/bkt/md5part", &[]).await;
+    let part = data(300_000);
+    let (s, _, b) = call(
+        &svc,
+        Method::PUT,
+        &format!("/bkt/md5part?partNumber=1&uploadId={id}"),
+        &[("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg==")],
+        part.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&b).contains("BadDigest"));
+    assert_eq!(shard_files(tmp.path()), before);
+    let right = {
+        use md5::Digest;
+        format!("\"{}\"", hex::encode(md5::Md5::digest(&part)))
+    };
+    let (s, _, b) = complete(&svc, "/bkt/md5part", &id, &[(1, &right)]).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(String::from_utf8_lossy(&b).contains("InvalidPart"));
+    let path = format!("/bkt/md5part?uploadId={id}");
+    let (s, _, _) = call(&svc, Method::DELETE, &path, &[], vec![]).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _, _) = call(
         &svc,
         Method::PUT,

@@ -203,6 +203,18 @@ impl Md5 {
         }
     }
 
+    /// Continues a stream whose first `hashed` bytes, a whole number of blocks, were hashed
+    /// elsewhere into `state` (a lane): what follows goes in with [`Md5::update`]. `None`
+    /// when `hashed` is not a whole number of blocks.
+    pub fn resume(state: State, hashed: u64) -> Option<Self> {
+        hashed.is_multiple_of(BLOCK as u64).then_some(Self {
+            state,
+            buf: [0; BLOCK],
+            filled: 0,
+            len: hashed,
+        })
+    }
+
     /// Hashes `data` here, on this core (the scalar code).
     pub fn update(&mut self, data: &[u8]) {
         let middle = self.split(data);

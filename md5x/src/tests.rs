@@ -254,3 +254,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_stream_resumed_after_blocks_hashed_elsewhere_equals_md5() {
+    let m = message(9, 1000);
+    for cut in [0, 64, 640, 960] {
+        let mut state = INIT;
+        compress(&mut state, &m[..cut]);
+        let mut md5 = Md5::resume(state, cut as u64).expect("whole blocks");
+        md5.update(&m[cut..]);
+        assert_eq!(md5.finalize(), reference(&m), "resumed at {cut}");
+    }
+    assert!(
+        Md5::resume(INIT, 65).is_none(),
+        "not a whole number of blocks"
+    );
+}

@@ -11,6 +11,7 @@ use s3s::dto::StreamingBlob;
 use super::budget::BufferBudget;
 use super::{Node, Plan, now_ms};
 use crate::datapath::checksum::{Algorithm, Hasher, Sums};
+use crate::datapath::etag::{EtagError, EtagMd5};
 use crate::datapath::stripes::{self, CustomerSealing, ObjectWriter, ShardBackend, WriteSpec};
 use crate::error::{Error, Result, body_failed};
 use crate::meta::{self, Bucket, NULL_VERSION, ObjectVersion, Versioning, WriteCondition};
@@ -45,11 +46,17 @@ fn too_large(limit: u64) -> Error {
     ))
 }
 
+/// An upload whose MD5 was lost fails (nothing is kept); it never happens but by a bug.
+fn etag_lost(e: EtagError) -> Error {
+    Error::internal(e.to_string())
+}
+
 /// A segment on its way to the providers, with the share of the upload budget it holds.
 type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 
-/// Cuts the body into segments and hands them over; returns the size, MD5 and checksums
-/// (computed in the same pass). A body of unknown length (`Transfer-Encoding: chunked`)
+/// Cuts the body into segments and hands them over; returns the size, the MD5 (its chunks
+/// queued in the shared lanes, the digest not taken yet) and the checksums (computed in the
+/// same pass). A body of unknown length (`Transfer-Encoding: chunked`)
 /// is cut the same way; one that grows past `limit` bytes fails with `EntityTooLarge`
 /// before the segment that would pass it is handed over.
 async fn cut_body(
@@ -60,11 +67,10 @@ async fn cut_body(
     mut sums: Hasher,
     tx: tokio::sync::mpsc::Sender<BudgetedSegment>,
     limit: u64,
-) -> Result<(u64, String, Sums)> {
+) -> Result<(u64, EtagMd5, Sums)> {
     use s3s::stream::ByteStream;
     // The ETag's MD5, in lanes shared with the other uploads in flight.
     let mut md5 = crate::datapath::etag::Md5Lanes::shared().stream();
-    let etag_lost = |e: crate::datapath::etag::EtagError| Error::internal(e.to_string());
     let mut size = 0u64;
     let mut buf: Vec<u8> = Vec::new();
     let mut permit = None;
@@ -111,13 +117,16 @@ async fn cut_body(
         let held = permit.take().ok_or_else(stopped)?;
         tx.send((buf, held)).await.map_err(|_| stopped())?;
     }
-    let md5 = md5.finalize().await.map_err(etag_lost)?;
-    Ok((size, hex::encode(md5), sums.finish()))
+    Ok((size, md5, sums.finish()))
 }
 
 /// Reads the body and writes it segment by segment, reading the next segment
 /// while the previous one is stored (at most three segments in memory);
 /// aborts the writer on any error so no shards remain.
+///
+/// The ETag's digest is taken once the shards are stored: the body's chunks wait in the
+/// shared MD5 lanes meanwhile and meet the chunks of the uploads stored at the same time
+/// (`datapath::etag`), rather than each upload hashing its body alone as it arrives.
 async fn write_body(
     mut writer: ObjectWriter,
     body: Option<StreamingBlob>,
@@ -144,13 +153,19 @@ async fn write_body(
         store
     );
     match (cut, stored) {
-        (Ok((size, md5, checksums)), Ok(())) => Ok(Written {
-            layout: writer.finish(),
-            size,
-            md5,
-            checksums,
-            in_flight: None,
-        }),
+        (Ok((size, md5, checksums)), Ok(())) => match md5.finalize().await {
+            Ok(md5) => Ok(Written {
+                layout: writer.finish(),
+                size,
+                md5: hex::encode(md5),
+                checksums,
+                in_flight: None,
+            }),
+            Err(e) => {
+                writer.abort().await;
+                Err(etag_lost(e))
+            }
+        },
         (_, Err(e)) => {
             writer.abort().await;
             Err(Error::internal(format!("storing the object failed: {e}")))
@@ -665,6 +680,15 @@ mod tests {
         while let Some((segment, _held)) = rx.recv().await {
             segments.push(segment.len());
         }
+        // The digest is taken after the segments are stored, as `write_body` does.
+        let done = match done {
+            Ok((size, md5, sums)) => md5
+                .finalize()
+                .await
+                .map(|md5| (size, hex::encode(md5), sums))
+                .map_err(etag_lost),
+            Err(e) => Err(e),
+        };
         (done, segments)
     }
 
