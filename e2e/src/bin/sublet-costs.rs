@@ -11,7 +11,7 @@
 //! inflate it); the best of three such runs is reported as CPU ns per byte and MB/s per core.
 //! The fsync steps write real files under `--dir` and are wall time: they wait on the disk.
 //! The rows of a provider's shard file (create, write, fsync, rename, fsync of the directory)
-//! are CPU time, step by step: what a shard's file work takes from the cores a PUT shares.
+//! are CPU time: what a shard's file work takes from the cores a PUT shares.
 
 use std::hint::black_box;
 use std::io::Write;
@@ -373,46 +373,22 @@ enum ShardFileVariant {
     Fallocate,
 }
 
-/// CPU nanoseconds of each step of a provider's work for one shard file, summed:
-/// create (`create_new` of the temp file), write (header, the 1 MiB piece, the outboard, the
-/// header again with the hash), fsync, rename (and close), fsync of the directory.
-#[derive(Default, Clone, Copy)]
-struct ShardFileCpu {
-    steps: [u128; 5],
-    files: u32,
-}
-
-impl ShardFileCpu {
-    fn per_file_us(&self, step: usize) -> f64 {
-        self.steps[step] as f64 / f64::from(self.files.max(1)) / 1e3
-    }
-
-    fn total_ns(&self) -> f64 {
-        self.steps.iter().sum::<u128>() as f64 / f64::from(self.files.max(1))
-    }
-}
-
 /// The syscalls of [`sublet_provider::store`]'s write path for one shard of `piece.len()`
-/// bytes, each step's CPU time (this thread's, from schedstat) added to `cpu`.
+/// bytes: create (`create_new` of the temp file), write (header, the piece, the outboard,
+/// the header again with the hash), fsync, rename, fsync of the directory. Only their sum
+/// is timed: schedstat's CPU time moves at context switches and ticks, too coarse to split
+/// one file's steps.
 fn shard_file(
     dir: &std::path::Path,
     n: u64,
     piece: &[u8],
     variant: ShardFileVariant,
-    cpu: &mut ShardFileCpu,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     // A format-2 header of a shard id of the gateway's length, and the outboard of a 1 MiB
     // shard (a parent node per 16 KiB group).
     let header = [0x11u8; 8 + 2 + 2 + 8 + 8 + 32 + 80 + 32];
     let outboard = vec![0x22u8; (piece.len() / (16 << 10)).saturating_sub(1) * 64];
-    let origin = Instant::now();
-    let mut at = cpu_ns(origin);
-    let mut lap = |cpu: &mut ShardFileCpu, step: usize| {
-        let now = cpu_ns(origin);
-        cpu.steps[step] += now - at;
-        at = now;
-    };
     let tmp = dir.join(format!(".tmp-{n:016x}"));
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -423,21 +399,14 @@ fn shard_file(
     if variant == ShardFileVariant::Fallocate {
         rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size)?;
     }
-    lap(cpu, 0);
     file.write_all_at(&header, 0)?;
     file.write_all_at(piece, header.len() as u64)?;
     file.write_all_at(&outboard, (header.len() + piece.len()) as u64)?;
     file.write_all_at(&header, 0)?;
-    lap(cpu, 1);
     file.sync_all()?;
-    lap(cpu, 2);
     std::fs::rename(&tmp, dir.join(format!("shard-{n}.shard")))?;
     drop(file);
-    lap(cpu, 3);
-    std::fs::File::open(dir)?.sync_all()?;
-    lap(cpu, 4);
-    cpu.files += 1;
-    Ok(())
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Rows of a provider's per-shard file work in CPU time: the variants in turn, three rounds,
@@ -455,7 +424,7 @@ fn shard_file_rows(dir: &std::path::Path, piece: &[u8]) {
         ),
         (Fallocate, "... the file fallocated first"),
     ];
-    let mut best = [None::<ShardFileCpu>; 3];
+    let mut best = [f64::MAX; 3];
     let mut n = 0u64;
     for _round in 0..3 {
         for (i, (variant, _)) in variants.iter().enumerate() {
@@ -477,34 +446,25 @@ fn shard_file_rows(dir: &std::path::Path, piece: &[u8]) {
             }
             let origin = Instant::now();
             let start = cpu_ns(origin);
-            let mut cpu = ShardFileCpu::default();
-            while cpu_ns(origin) - start < 300_000_000 && cpu.files < 2000 {
+            let mut files = 0u32;
+            while cpu_ns(origin) - start < 300_000_000 && files < 2000 {
                 n += 1;
-                if let Err(e) = shard_file(&sub, n, piece, *variant, &mut cpu) {
+                if let Err(e) = shard_file(&sub, n, piece, *variant) {
                     eprintln!("sublet-costs: shard file step failed: {e}");
                     return;
                 }
+                files += 1;
             }
-            if best[i].is_none_or(|b| cpu.total_ns() < b.total_ns()) {
-                best[i] = Some(cpu);
-            }
+            let per_file = (cpu_ns(origin) - start) as f64 / f64::from(files.max(1));
+            best[i] = best[i].min(per_file);
             let _ = std::fs::remove_dir_all(&sub);
         }
     }
-    for ((_, name), cpu) in variants.iter().zip(best) {
-        let Some(cpu) = cpu else { continue };
+    for ((_, name), per_file) in variants.iter().zip(best) {
         row(
             name,
-            cpu.total_ns() / piece.len() as f64,
-            &format!(
-                "CPU µs per 1 MiB shard: create {:.0}, write {:.0}, fsync {:.0}, rename {:.0}, \
-                 fsync dir {:.0}",
-                cpu.per_file_us(0),
-                cpu.per_file_us(1),
-                cpu.per_file_us(2),
-                cpu.per_file_us(3),
-                cpu.per_file_us(4)
-            ),
+            per_file / piece.len() as f64,
+            &format!("{:.0} µs CPU per 1 MiB shard", per_file / 1e3),
         );
     }
 }
