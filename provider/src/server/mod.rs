@@ -44,8 +44,8 @@ const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 /// The largest HTTP/2 frame a client may send: a whole data message (a 1 MiB piece of a
 /// shard) in one frame rather than 64 of h2's default 16 KiB, so a shard costs both ends one
-/// frame's bookkeeping, not 64 (e2e/bench/RESULTS.md, session 8). h2 holds at most one frame
-/// of a connection before handing it on, so this also bounds what a frame can make it buffer.
+/// frame's bookkeeping, not 64 (e2e/bench/RESULTS.md, session 8). h2 reads a frame whole
+/// before handing it on: up to 1 MiB per connection, within the windows above.
 const MAX_FRAME: u32 = CHUNK_SIZE as u32;
 
 /// A provider running in this process.
