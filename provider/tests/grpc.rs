@@ -298,6 +298,28 @@ async fn writes_past_capacity_are_refused() {
 }
 
 #[tokio::test]
+async fn a_refused_write_is_answered_while_the_client_still_holds_its_stream() {
+    let f = start_with(tempfile::tempdir().unwrap(), |c| {
+        c.capacity = 3 << 20;
+        c.reserve = 1 << 20;
+    })
+    .await;
+    // The store refuses the shard when it begins (past capacity); the client has sent the
+    // header and stalls: the answer must not wait for a message that does not come.
+    let chunks = futures::stream::pending();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.client.put_shard_stream("too-much", 4 << 20, None, chunks),
+    )
+    .await
+    .expect("the refusal waited for the stalled client")
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+    assert!(err.message().contains("capacity"), "{err}");
+    assert!(shard_files(f.dir.path()).is_empty());
+}
+
+#[tokio::test]
 async fn a_cut_stream_stores_nothing() {
     let f = start().await;
     // Ends short of the announced length.

@@ -10,6 +10,8 @@
 //! repeated until it has had 300 ms of CPU (this thread's CPU time, so a busy machine does not
 //! inflate it); the best of three such runs is reported as CPU ns per byte and MB/s per core.
 //! The fsync steps write real files under `--dir` and are wall time: they wait on the disk.
+//! The rows of a provider's shard file (create, write, fsync, rename, fsync of the directory)
+//! are CPU time: what a shard's file work takes from the cores a PUT shares.
 
 use std::hint::black_box;
 use std::io::Write;
@@ -355,7 +357,116 @@ fn main() {
             &format!("{:.2} ms per file; {note}", per_file.as_secs_f64() * 1e3),
         );
     }
+    shard_file_rows(&dir, piece);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How [`shard_file`] makes one shard file.
+#[derive(Clone, Copy, PartialEq)]
+enum ShardFileVariant {
+    /// As the provider's store does (provider/src/store/write.rs).
+    Store,
+    /// The same right after many files of the directory were deleted (as a provider's are
+    /// when objects are overwritten or deleted).
+    AfterDeletes,
+    /// With the whole file `fallocate`d after its creation.
+    Fallocate,
+}
+
+/// The syscalls of [`sublet_provider::store`]'s write path for one shard of `piece.len()`
+/// bytes: create (`create_new` of the temp file), write (header, the piece, the outboard,
+/// the header again with the hash), fsync, rename, fsync of the directory. Only their sum
+/// is timed: schedstat's CPU time moves at context switches and ticks, too coarse to split
+/// one file's steps.
+fn shard_file(
+    dir: &std::path::Path,
+    n: u64,
+    piece: &[u8],
+    variant: ShardFileVariant,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    // A format-2 header of a shard id of the gateway's length, and the outboard of a 1 MiB
+    // shard (a parent node per 16 KiB group).
+    let header = [0x11u8; 8 + 2 + 2 + 8 + 8 + 32 + 80 + 32];
+    let outboard = vec![0x22u8; (piece.len() / (16 << 10)).saturating_sub(1) * 64];
+    let tmp = dir.join(format!(".tmp-{n:016x}"));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let size = (header.len() + piece.len() + outboard.len()) as u64;
+    if variant == ShardFileVariant::Fallocate {
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size)?;
+    }
+    file.write_all_at(&header, 0)?;
+    file.write_all_at(piece, header.len() as u64)?;
+    file.write_all_at(&outboard, (header.len() + piece.len()) as u64)?;
+    file.write_all_at(&header, 0)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(format!("shard-{n}.shard")))?;
+    drop(file);
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Rows of a provider's per-shard file work in CPU time: the variants in turn, three rounds,
+/// each until it has had 300 ms of CPU; the best round of each.
+fn shard_file_rows(dir: &std::path::Path, piece: &[u8]) {
+    use ShardFileVariant::*;
+    let variants = [
+        (
+            Store,
+            "provider's shard file, CPU: create, write, fsync, rename, fsync dir",
+        ),
+        (
+            AfterDeletes,
+            "... right after 2000 deletes in the directory",
+        ),
+        (Fallocate, "... the file fallocated first"),
+    ];
+    let mut best = [f64::MAX; 3];
+    let mut n = 0u64;
+    for _round in 0..3 {
+        for (i, (variant, _)) in variants.iter().enumerate() {
+            let sub = dir.join(format!("shards-{i}"));
+            if let Err(e) = std::fs::create_dir_all(&sub) {
+                eprintln!("sublet-costs: cannot create {}: {e}", sub.display());
+                return;
+            }
+            if *variant == AfterDeletes {
+                let churn = (0..2000).try_for_each(|k| {
+                    let path = sub.join(format!("old-{k}"));
+                    std::fs::write(&path, [0u8; 4096])?;
+                    std::fs::remove_file(&path)
+                });
+                if let Err(e) = churn {
+                    eprintln!("sublet-costs: deletes before the shard file rows: {e}");
+                    return;
+                }
+            }
+            let origin = Instant::now();
+            let start = cpu_ns(origin);
+            let mut files = 0u32;
+            while cpu_ns(origin) - start < 300_000_000 && files < 2000 {
+                n += 1;
+                if let Err(e) = shard_file(&sub, n, piece, *variant) {
+                    eprintln!("sublet-costs: shard file step failed: {e}");
+                    return;
+                }
+                files += 1;
+            }
+            let per_file = (cpu_ns(origin) - start) as f64 / f64::from(files.max(1));
+            best[i] = best[i].min(per_file);
+            let _ = std::fs::remove_dir_all(&sub);
+        }
+    }
+    for ((_, name), per_file) in variants.iter().zip(best) {
+        row(
+            name,
+            per_file / piece.len() as f64,
+            &format!("{:.0} µs CPU per 1 MiB shard", per_file / 1e3),
+        );
+    }
 }
 
 /// The plaintext of one TLS record at most (what rustls seals at a time).

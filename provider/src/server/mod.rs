@@ -42,6 +42,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const MAX_MESSAGE: usize = CHUNK_SIZE + 256 * 1024;
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
+/// The largest HTTP/2 frame a client may send: a whole data message (a 1 MiB piece of a
+/// shard) in one frame rather than 64 of h2's default 16 KiB, so a shard costs both ends one
+/// frame's bookkeeping, not 64 (e2e/bench/RESULTS.md, session 8). h2 reads a frame whole
+/// before handing it on: up to 1 MiB per connection, within the windows above.
+const MAX_FRAME: u32 = CHUNK_SIZE as u32;
 
 /// A provider running in this process.
 pub struct RunningProvider {
@@ -207,6 +212,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
     let grpc = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(
