@@ -90,6 +90,9 @@ pub struct ProviderClient {
     /// ([`with_short_circuit_reads`](Self::with_short_circuit_reads)).
     short_circuit: Option<Arc<crate::shortcircuit::Client>>,
     short_circuit_on: bool,
+    /// Whether whole shards go to it as sealed memfds
+    /// ([`with_short_circuit_writes`](Self::with_short_circuit_writes)).
+    short_circuit_writes_on: bool,
 }
 
 impl ProviderClient {
@@ -177,6 +180,7 @@ impl ProviderClient {
             expected,
             short_circuit: None,
             short_circuit_on: false,
+            short_circuit_writes_on: false,
         })
     }
 
@@ -187,6 +191,15 @@ impl ProviderClient {
     /// does not offer it, are read over gRPC as before.
     pub fn with_short_circuit_reads(mut self, on: bool) -> Self {
         self.short_circuit_on = on;
+        self
+    }
+
+    /// Stores whole shards ([`put_shard_expecting`](Self::put_shard_expecting)) by handing a
+    /// provider on a Unix socket a sealed memfd of their bytes instead of streaming them over
+    /// gRPC (short-circuit writes, see [`crate::shortcircuit`]). Other providers, and one
+    /// that does not offer it, are written over gRPC as before.
+    pub fn with_short_circuit_writes(mut self, on: bool) -> Self {
+        self.short_circuit_writes_on = on;
         self
     }
 
@@ -215,13 +228,26 @@ impl ProviderClient {
 
     /// Store a shard held in memory whose BLAKE3 is `expected`: the provider refuses it (and
     /// stores nothing) when the bytes it received hash to anything else. The answer's hash
-    /// is still the provider's word: callers compare it with `expected`.
+    /// is still the provider's word: callers compare it with `expected`. Handed over as a
+    /// sealed memfd when short-circuit writes are on and the provider takes them.
     pub async fn put_shard_expecting(
         &self,
         shard_id: &str,
         data: Bytes,
         expected: [u8; 32],
     ) -> Result<PutOutcome, ClientError> {
+        if self.short_circuit_writes_on
+            && let Some(local) = &self.short_circuit
+        {
+            match local.write(shard_id, data.clone(), expected).await {
+                Ok((hash, length)) => return Ok(PutOutcome { hash, length }),
+                Err(crate::shortcircuit::Miss::Failed(e)) => return Err(e),
+                Err(crate::shortcircuit::Miss::Off) => {}
+                Err(crate::shortcircuit::Miss::Unavailable(why)) => {
+                    tracing::debug!(shard_id, why, "short-circuit write unavailable; over gRPC");
+                }
+            }
+        }
         self.put_shard_in_memory(shard_id, data, Some(expected))
             .await
     }

@@ -63,9 +63,9 @@ pub struct ProviderConfig {
     /// How written shard bytes are made durable (`--sync-mode file|batch`).
     pub sync_mode: crate::store::SyncMode,
     /// Whether gateways on the Unix socket may ask for a shard's file descriptor instead of
-    /// its bytes (short-circuit reads, see [`crate::shortcircuit`]); on unless
-    /// `--short-circuit-reads false`.
-    pub short_circuit_reads: bool,
+    /// its bytes and hand whole shards to store as sealed memfds (short-circuit reads and
+    /// writes, see [`crate::shortcircuit`]); on unless `--short-circuit false`.
+    pub short_circuit: bool,
 }
 
 impl ProviderConfig {
@@ -88,7 +88,7 @@ impl ProviderConfig {
             idle_timeout: IDLE_TIMEOUT,
             market: None,
             sync_mode: crate::store::SyncMode::File,
-            short_circuit_reads: true,
+            short_circuit: true,
         }
     }
 
@@ -258,9 +258,12 @@ pub struct Args {
     #[arg(long, env = "SUBLET_PROVIDER_SYNC_MODE")]
     pub sync_mode: Option<String>,
     /// Hand gateways on the Unix socket a read-only file descriptor of a whole shard they
-    /// authenticate themselves instead of streaming its bytes (`true` or `false`)
-    /// [default: true].
-    #[arg(long, env = "SUBLET_PROVIDER_SHORT_CIRCUIT_READS")]
+    /// authenticate themselves instead of streaming its bytes, and take whole shards they
+    /// hand over as sealed memfds (`true` or `false`) [default: true].
+    #[arg(long, env = "SUBLET_PROVIDER_SHORT_CIRCUIT")]
+    pub short_circuit: Option<bool>,
+    /// The former name of `--short-circuit`, from when it covered reads alone.
+    #[arg(long, env = "SUBLET_PROVIDER_SHORT_CIRCUIT_READS", hide = true)]
     pub short_circuit_reads: Option<bool>,
     /// Print this node's id (creating the identity if needed) and exit.
     #[arg(long)]
@@ -312,8 +315,9 @@ pub struct FileConfig {
     pub market_interval: Option<String>,
     /// `file` or `batch`, as `--sync-mode`.
     pub sync_mode: Option<String>,
-    /// As `--short-circuit-reads`.
-    pub short_circuit_reads: Option<bool>,
+    /// As `--short-circuit` (`shortCircuitReads`, its former name, is read too).
+    #[serde(alias = "shortCircuitReads")]
+    pub short_circuit: Option<bool>,
 }
 
 impl FileConfig {
@@ -457,9 +461,10 @@ impl Args {
             idle_timeout: IDLE_TIMEOUT,
             market,
             sync_mode,
-            short_circuit_reads: self
-                .short_circuit_reads
-                .or(file.short_circuit_reads)
+            short_circuit: self
+                .short_circuit
+                .or(self.short_circuit_reads)
+                .or(file.short_circuit)
                 .unwrap_or(true),
         })
     }

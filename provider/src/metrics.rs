@@ -33,6 +33,9 @@ pub struct Metrics {
     /// Shard files handed to a gateway on the Unix socket to read itself (short-circuit
     /// reads, see [`crate::shortcircuit`]).
     pub short_circuit_reads: IntCounter,
+    /// Shards stored from a sealed memfd a gateway on the Unix socket handed over
+    /// (short-circuit writes, see [`crate::shortcircuit`]).
+    pub short_circuit_writes: IntCounter,
 }
 
 impl Metrics {
@@ -93,6 +96,11 @@ impl Metrics {
             "Shard files handed to a gateway on the Unix socket to read itself (short-circuit reads).",
         )?;
         registry.register(Box::new(short_circuit_reads.clone()))?;
+        let short_circuit_writes = IntCounter::new(
+            "sublet_provider_short_circuit_writes_total",
+            "Shards stored from a sealed memfd a gateway on the Unix socket handed over (short-circuit writes).",
+        )?;
+        registry.register(Box::new(short_circuit_writes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -117,6 +125,7 @@ impl Metrics {
             audits,
             unchecked_reads,
             short_circuit_reads,
+            short_circuit_writes,
         })
     }
 

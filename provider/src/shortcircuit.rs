@@ -1,6 +1,7 @@
-//! Short-circuit reads: a gateway on the provider's machine asks, over the provider's Unix
-//! socket, for a whole shard's file descriptor instead of its bytes, and reads the shard
-//! itself (as HDFS's short-circuit local reads do).
+//! Short-circuit reads and writes: a gateway on the provider's machine asks, over the
+//! provider's Unix socket, for a whole shard's file descriptor instead of its bytes, and
+//! reads the shard itself (as HDFS's short-circuit local reads do); and it hands a whole
+//! shard to store as a sealed memfd instead of streaming it through gRPC.
 //!
 //! Only for whole shards whose bytes the gateway authenticates itself (the data shards of
 //! an encrypted segment: AES-GCM's tag covers them); every other read stays on the checked
@@ -11,11 +12,24 @@
 //! grants the read of that one shard file; no path is sent. The provider holds a slot of
 //! [`MAX_OPEN`] from opening the file until the gateway says it closed it.
 //!
+//! A write is the other way round: the gateway copies the shard into a memfd, seals it
+//! against writing, growing and shrinking, and attaches it to a `W` request naming the
+//! shard, its length and its BLAKE3. The provider stores nothing it did not check: the fd
+//! must carry those seals (else the gateway could change the bytes after the provider
+//! hashed them) and hold exactly the length; its bytes go through the same [`PutWriter`]
+//! as a gRPC `PutShard` (the provider's own BLAKE3 tree, a mismatch with the named hash
+//! refused, fsync and rename before the answer). Market tenants write over gRPC.
+//!
 //! Wire format, after the handshake: requests are frames of a 4-byte big-endian length
 //! (at most [`MAX_REQUEST`]) and a body: `R`, the token (u16 length, bytes), the shard id
-//! (u16 length, bytes); or `D` (done: the fd of the last answer is closed). An answer is a
-//! status byte, the offset and length (u64 each, big-endian), a message (u16 length, at most
-//! [`MAX_MESSAGE`] bytes), with the fd attached to it when the status is [`Status::Ok`].
+//! (u16 length, bytes); `W`, the token and shard id as for `R`, the length (u64) and the
+//! BLAKE3 (32 bytes), with the memfd attached; or `D` (done: the fd of the last answer is
+//! closed). An answer is a status byte, the offset and length (u64 each, big-endian), a
+//! message (u16 length, at most [`MAX_MESSAGE`] bytes), with the fd attached to it when the
+//! status of a read is [`Status::Ok`]; an `Ok` answer to a write carries the stored shard's
+//! BLAKE3 in hex as its message.
+//!
+//! [`PutWriter`]: crate::store::PutWriter
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -34,7 +48,7 @@ use rustix::net::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::client_error::{ClientError, ErrorKind};
 use crate::config::Faults;
@@ -50,6 +64,10 @@ pub const MAX_MESSAGE: usize = 512;
 /// Shard files a provider has handed out and not yet heard closed, over all connections;
 /// a request beyond it is answered [`Status::Busy`] (the gateway reads over gRPC).
 pub const MAX_OPEN: usize = 256;
+/// The largest piece of a handed memfd a provider reads at once into the shard's writer.
+const WRITE_PIECE: usize = 1 << 20;
+/// Longest a gateway waits for a short-circuit write's answer (the provider fsyncs first).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Idle connections a gateway keeps per provider.
 const MAX_IDLE: usize = 32;
 /// How long a gateway reads over gRPC only after a provider refused the mode.
@@ -71,7 +89,7 @@ pub enum Status {
     /// Too many files out: read over gRPC.
     Busy = 5,
     Other = 6,
-    /// Short-circuit reads are off on this provider (`--short-circuit-reads false`).
+    /// Short-circuit reads and writes are off on this provider (`--short-circuit false`).
     Off = 7,
 }
 
@@ -142,11 +160,32 @@ impl Answer {
     }
 }
 
-/// A request: `R` with a token and a shard id, or `D`.
+/// A request: `R` with a token and a shard id, `W` with a token, a shard id, its length and
+/// hash (and the memfd beside them), or `D`.
 #[derive(Debug, PartialEq, Eq)]
 enum Request {
-    Read { token: Vec<u8>, shard_id: String },
+    Read {
+        token: Vec<u8>,
+        shard_id: String,
+    },
+    Write {
+        token: Vec<u8>,
+        shard_id: String,
+        length: u64,
+        hash: [u8; 32],
+    },
     Done,
+}
+
+fn encode_write(token: &[u8], shard_id: &str, length: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut body = vec![b'W'];
+    body.extend_from_slice(&(token.len() as u16).to_be_bytes());
+    body.extend_from_slice(token);
+    body.extend_from_slice(&(shard_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(shard_id.as_bytes());
+    body.extend_from_slice(&length.to_be_bytes());
+    body.extend_from_slice(hash);
+    frame(&body)
 }
 
 fn encode_read(token: &[u8], shard_id: &str) -> Vec<u8> {
@@ -189,19 +228,62 @@ fn decode_request(body: &[u8]) -> Result<Request, String> {
                 String::from_utf8(id).map_err(|_| "the shard id is not UTF-8".to_string())?;
             Ok(Request::Read { token, shard_id })
         }
+        b'W' => {
+            let token = field("token")?;
+            let id = field("shard id")?;
+            if rest.len() != 8 + 32 {
+                return Err(format!(
+                    "a write request has {} bytes after its shard id; its length and hash take 40",
+                    rest.len()
+                ));
+            }
+            let (length, hash) = rest.split_at(8);
+            let length = u64::from_be_bytes(length.try_into().map_err(|_| "a bad length")?);
+            let hash: [u8; 32] = hash.try_into().map_err(|_| "a bad hash")?;
+            let shard_id =
+                String::from_utf8(id).map_err(|_| "the shard id is not UTF-8".to_string())?;
+            Ok(Request::Write {
+                token,
+                shard_id,
+                length,
+                hash,
+            })
+        }
         b'D' if rest.is_empty() => Ok(Request::Done),
         _ => Err(format!("unknown request kind {kind:#04x}")),
     }
 }
 
-/// Reads one request frame; `None` at a clean end of the connection.
-async fn read_request(stream: &mut UnixStream) -> io::Result<Option<Request>> {
+/// Reads one request frame and the fds attached to it (they come with its first byte);
+/// `None` at a clean end of the connection.
+async fn read_request(stream: &mut UnixStream) -> io::Result<Option<(Request, Vec<OwnedFd>)>> {
     let mut len = [0u8; 4];
-    match stream.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    let mut fds = Vec::new();
+    let got = stream
+        .async_io(Interest::READABLE, || {
+            // Room for a few fds: more are closed by the kernel, and a request with other
+            // than the one fd it may carry is refused.
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let msg = rustix::net::recvmsg(
+                &*stream,
+                &mut [IoSliceMut::new(&mut len)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    fds.extend(received);
+                }
+            }
+            Ok(msg.bytes)
+        })
+        .await?;
+    if got == 0 {
+        return Ok(None);
     }
+    stream.read_exact(&mut len[got..]).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_REQUEST {
         return Err(io::Error::new(
@@ -212,7 +294,7 @@ async fn read_request(stream: &mut UnixStream) -> io::Result<Option<Request>> {
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
     decode_request(&body)
-        .map(Some)
+        .map(|request| Some((request, fds)))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -336,7 +418,7 @@ impl Server {
     /// the gateway closes it, idles past the timeout, or breaks the protocol.
     pub async fn serve(self: Arc<Self>, mut stream: UnixStream, peer: NodeId) {
         loop {
-            let request =
+            let (request, mut fds) =
                 match tokio::time::timeout(self.idle_timeout, read_request(&mut stream)).await {
                     Ok(Ok(Some(r))) => r,
                     Ok(Ok(None)) | Err(_) => return,
@@ -345,13 +427,48 @@ impl Server {
                         return;
                     }
                 };
-            let Request::Read { token, shard_id } = request else {
-                debug!(%peer, "a short-circuit `done` without a file out; closing");
-                return;
+            let (token, shard_id) = match request {
+                Request::Read { token, shard_id } if fds.is_empty() => (token, shard_id),
+                Request::Write {
+                    token,
+                    shard_id,
+                    length,
+                    hash,
+                } => {
+                    let started = Instant::now();
+                    let answer = match fds.len() {
+                        1 => {
+                            let memfd = File::from(fds.remove(0));
+                            self.write(peer, &token, &shard_id, length, hash, memfd)
+                                .await
+                        }
+                        n => Answer::refusal(
+                            Status::InvalidArgument,
+                            format!(
+                                "a short-circuit write of {shard_id} carries {n} file descriptors; it carries its shard's memfd alone"
+                            ),
+                        ),
+                    };
+                    drop(fds);
+                    self.record(WRITE_METHOD, answer.status, started);
+                    if let Err(e) = stream.write_all(&answer.encode()).await {
+                        debug!(%peer, error = %e, "sending a short-circuit answer failed; closing");
+                        return;
+                    }
+                    continue;
+                }
+                Request::Read { .. } => {
+                    debug!(%peer, "a short-circuit read request with file descriptors; closing");
+                    return;
+                }
+                Request::Done => {
+                    debug!(%peer, "a short-circuit `done` without a file out; closing");
+                    return;
+                }
             };
             let started = Instant::now();
             let (answer, file, permit) = self.answer(peer, &token, &shard_id).await;
-            self.record(answer.status, started);
+            self.record(METHOD, answer.status, started);
             if self.faults.slow_reads {
                 // Fault injection: a provider that stalls; the gateway's wait must end it.
                 tokio::time::sleep(self.idle_timeout).await;
@@ -365,7 +482,7 @@ impl Server {
             drop(file);
             if let Some(permit) = permit {
                 match tokio::time::timeout(self.idle_timeout, read_request(&mut stream)).await {
-                    Ok(Ok(Some(Request::Done))) => drop(permit),
+                    Ok(Ok(Some((Request::Done, fds)))) if fds.is_empty() => drop(permit),
                     _ => return,
                 }
             }
@@ -384,11 +501,7 @@ impl Server {
         Option<File>,
         Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        let owner = self.allowed.contains(&peer)
-            || self
-                .token_hash
-                .is_some_and(|expected| !token.is_empty() && blake3::hash(token) == expected);
-        if !owner {
+        if !self.owner(peer, token) {
             return (
                 Answer::refusal(
                     Status::Unauthenticated,
@@ -462,14 +575,95 @@ impl Server {
         }
     }
 
-    fn record(&self, status: Status, started: Instant) {
+    /// Whether node `peer` with `token` may use the mode: an allowed node id, or the
+    /// cluster token (as an owner over gRPC; market tenants are neither).
+    fn owner(&self, peer: NodeId, token: &[u8]) -> bool {
+        self.allowed.contains(&peer)
+            || self
+                .token_hash
+                .is_some_and(|expected| !token.is_empty() && blake3::hash(token) == expected)
+    }
+
+    /// The answer to a write of `shard_id` (`length` bytes hashing to `hash`) from `memfd`
+    /// by node `peer` with `token`: stored, fsynced and renamed as by `PutShard` when
+    /// allowed and the memfd is sealed and of the length; nothing stored otherwise.
+    async fn write(
+        &self,
+        peer: NodeId,
+        token: &[u8],
+        shard_id: &str,
+        length: u64,
+        hash: [u8; 32],
+        memfd: File,
+    ) -> Answer {
+        if !self.owner(peer, token) {
+            return Answer::refusal(
+                Status::Unauthenticated,
+                format!(
+                    "client {peer} is not an allowed client and presented no valid token; short-circuit writes are for the provider's own gateways"
+                ),
+            );
+        }
+        if let Err(e) = crate::store::validate_shard_id(shard_id) {
+            return Answer::refusal(Status::InvalidArgument, e.to_string());
+        }
+        // The memfd is held until the shard is stored: bounded as handed-out files are.
+        let Ok(permit) = Arc::clone(&self.open).try_acquire_owned() else {
+            return Answer::refusal(
+                Status::Busy,
+                format!("{MAX_OPEN} short-circuit files are out; write over gRPC"),
+            );
+        };
+        let store = Arc::clone(&self.store);
+        let faults = self.faults;
+        let id = shard_id.to_string();
+        let stored = tokio::task::spawn_blocking(move || {
+            let stored = store_from_memfd(&store, &id, length, hash, &memfd, faults);
+            drop((memfd, permit));
+            stored
+        })
+        .await;
+        match stored {
+            Ok(Ok(meta)) => {
+                self.metrics.short_circuit_writes.inc();
+                self.metrics
+                    .bytes
+                    .with_label_values(&[WRITE_METHOD])
+                    .inc_by(length);
+                info!(shard = %shard_id, length = meta.length, "shard stored");
+                Answer {
+                    status: Status::Ok,
+                    offset: 0,
+                    length: meta.length,
+                    message: hex::encode(meta.hash),
+                }
+            }
+            Ok(Err(e)) => {
+                let status = match &e {
+                    crate::Error::DataLoss { .. } => Status::DataLoss,
+                    crate::Error::InvalidShardId(_) | crate::Error::InvalidArgument(_) => {
+                        Status::InvalidArgument
+                    }
+                    // Over gRPC the gateway gets the same refusal, authoritatively.
+                    crate::Error::CapacityExhausted { .. }
+                    | crate::Error::QuotaExceeded { .. }
+                    | crate::Error::DiskFull(_) => Status::Busy,
+                    _ => Status::Other,
+                };
+                Answer::refusal(status, e.to_string())
+            }
+            Err(e) => Answer::refusal(Status::Other, format!("storing the shard: {e}")),
+        }
+    }
+
+    fn record(&self, method: &str, status: Status, started: Instant) {
         self.metrics
             .requests
-            .with_label_values(&[METHOD, status.label()])
+            .with_label_values(&[method, status.label()])
             .inc();
         self.metrics
             .latency
-            .with_label_values(&[METHOD])
+            .with_label_values(&[method])
             .observe(started.elapsed().as_secs_f64());
         if status == Status::DataLoss {
             self.metrics.corruptions.inc();
@@ -477,19 +671,97 @@ impl Server {
     }
 }
 
-/// Answers the first request on a connection of a provider whose short-circuit reads are
-/// off, so the gateway knows to read over gRPC, and closes it.
+/// Answers the first request on a connection of a provider whose short-circuit reads and
+/// writes are off, so the gateway knows to use gRPC, and closes it.
 pub async fn refuse(mut stream: UnixStream) {
     if let Ok(Ok(Some(_))) =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, read_request(&mut stream)).await
     {
-        let off = Answer::refusal(Status::Off, "short-circuit reads are off on this provider");
+        let off = Answer::refusal(
+            Status::Off,
+            "short-circuit reads and writes are off on this provider",
+        );
         let _ = stream.write_all(&off.encode()).await;
     }
 }
 
 /// The method name short-circuit reads are counted under in the provider's metrics.
 pub const METHOD: &str = "ShortCircuitRead";
+/// The method name short-circuit writes are counted under in the provider's metrics.
+pub const WRITE_METHOD: &str = "ShortCircuitWrite";
+
+/// Checks that `memfd` is a regular file sealed against writing, growing and shrinking and
+/// holding exactly `length` bytes: an error naming what is wrong otherwise.
+fn check_sealed(memfd: &File, length: u64) -> Result<(), String> {
+    use rustix::fs::SealFlags;
+    let needed = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
+    let seals = rustix::fs::fcntl_get_seals(memfd).map_err(|e| {
+        format!(
+            "the handed file descriptor takes no seals ({e}); a short-circuit write hands a sealed memfd"
+        )
+    })?;
+    if !seals.contains(needed) {
+        return Err(format!(
+            "the handed memfd is not sealed against {:?}: its bytes could change after the provider hashed them; seal it with F_SEAL_WRITE, F_SEAL_GROW and F_SEAL_SHRINK",
+            needed.difference(seals)
+        ));
+    }
+    let stat = rustix::fs::fstat(memfd).map_err(|e| format!("the handed memfd: {e}"))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err("the handed memfd is not a regular file".into());
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    if size != length {
+        return Err(format!(
+            "the handed memfd holds {size} bytes; the request says the shard has {length}"
+        ));
+    }
+    Ok(())
+}
+
+/// Stores shard `id` from a checked sealed `memfd` through the same writer as `PutShard`:
+/// the provider's own BLAKE3 must equal `hash`, and the shard is durable when this returns.
+fn store_from_memfd(
+    store: &Arc<Store>,
+    id: &str,
+    length: u64,
+    hash: [u8; 32],
+    memfd: &File,
+    faults: Faults,
+) -> crate::Result<crate::store::ShardMeta> {
+    check_sealed(memfd, length)
+        .map_err(|m| crate::Error::InvalidArgument(format!("shard {id}: {m}")))?;
+    // Fault injection: junk is stored and its hash acknowledged.
+    let expected = (!faults.store_junk).then_some(hash);
+    let mut writer = store.begin_put(id, length, expected)?;
+    let piece = usize::try_from(length).map_or(WRITE_PIECE, |l| l.min(WRITE_PIECE));
+    let mut buf: Vec<u8> = Vec::with_capacity(piece);
+    let mut at = 0u64;
+    while at < length {
+        buf.clear();
+        // Sealed and of the length: a read ends at the shard's end, never short.
+        let n = rustix::io::pread(memfd, rustix::buffer::spare_capacity(&mut buf), at).map_err(
+            |e| crate::Error::InvalidArgument(format!("shard {id}: reading the handed memfd: {e}")),
+        )?;
+        if n == 0 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "shard {id}: the handed memfd ended {} bytes short",
+                length - at
+            )));
+        }
+        if faults.store_junk {
+            buf.fill(0x5a);
+        }
+        writer.write(&buf)?;
+        at += n as u64;
+    }
+    let meta = writer.commit()?;
+    if faults.drop_writes {
+        // Fault injection: acknowledged as stored, and gone.
+        store.delete(id)?;
+    }
+    Ok(meta)
+}
 
 /// The gateway's side, for one provider: pooled connections in [`Mode::ShortCircuit`].
 #[derive(Debug)]
@@ -616,6 +888,43 @@ impl Client {
         result
     }
 
+    /// Stores whole shard `shard_id` (`data`, hashing to `hash`) from a sealed memfd the
+    /// provider reads itself: the provider's hash and length, which the caller compares.
+    /// `Unavailable` when the provider does not take it now (use gRPC); `Failed` as a
+    /// `PutShard` would have failed.
+    pub async fn write(
+        &self,
+        shard_id: &str,
+        data: Bytes,
+        hash: [u8; 32],
+    ) -> Result<([u8; 32], u64), Miss> {
+        if self.refused() {
+            return Err(Miss::Unavailable(
+                "the provider refused short-circuit writes lately".into(),
+            ));
+        }
+        let length = data.len() as u64;
+        let memfd = match tokio::task::spawn_blocking(move || sealed_memfd(&data)).await {
+            Ok(Ok(memfd)) => memfd,
+            Ok(Err(e)) => return Err(Miss::Unavailable(format!("no sealed memfd: {e}"))),
+            Err(e) => return Err(Miss::Unavailable(format!("no sealed memfd: {e}"))),
+        };
+        let mut stream = self.connection().await?;
+        let (result, reusable) =
+            write_on(&mut stream, &self.token, shard_id, length, hash, &memfd).await;
+        drop(memfd);
+        if let Err(Miss::Off) = result {
+            self.mark_refused();
+            return Err(Miss::Unavailable(
+                "short-circuit writes are off on this provider".into(),
+            ));
+        }
+        if reusable {
+            self.keep(stream);
+        }
+        result
+    }
+
     fn keep(&self, stream: UnixStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
@@ -694,6 +1003,80 @@ async fn read_on(
     // The fd closed with the blocking task: say so, and the connection is ready again.
     let reusable = stream.write_all(&frame(b"D")).await.is_ok();
     (read.map_err(|m| failed(ErrorKind::DataLoss, m)), reusable)
+}
+
+/// A memfd holding `data`, sealed against writing, growing, shrinking and further seals: the
+/// provider that gets it reads bytes nobody can change any more.
+fn sealed_memfd(data: &[u8]) -> io::Result<File> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "sublet-shard",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let file = File::from(fd);
+    io::Write::write_all(&mut &file, data)?;
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )?;
+    Ok(file)
+}
+
+/// One write on a connection past its handshake: the provider's hash and length of the
+/// stored shard, and whether the connection may serve another request.
+async fn write_on(
+    stream: &mut UnixStream,
+    token: &[u8],
+    shard_id: &str,
+    length: u64,
+    hash: [u8; 32],
+    memfd: &File,
+) -> (Result<([u8; 32], u64), Miss>, bool) {
+    let failed = |kind, m: String| Miss::Failed(ClientError::new(kind, m));
+    let exchange = async {
+        let request = encode_write(token, shard_id, length, &hash);
+        send_with_fd(stream, &request, Some(memfd)).await?;
+        receive_answer(stream).await
+    };
+    let (answer, fds) = match tokio::time::timeout(WRITE_TIMEOUT, exchange).await {
+        Ok(Ok(got)) => got,
+        Ok(Err(e)) => {
+            let m = format!("short-circuit write of {shard_id}: {e}");
+            return (Err(failed(ErrorKind::Unavailable, m)), false);
+        }
+        Err(_) => {
+            let m = format!("short-circuit write of {shard_id}: no answer in {WRITE_TIMEOUT:?}");
+            return (Err(failed(ErrorKind::Unavailable, m)), false);
+        }
+    };
+    if !fds.is_empty() {
+        let m = format!(
+            "short-circuit write of {shard_id}: the provider attached {} file descriptors to its answer",
+            fds.len()
+        );
+        return (Err(failed(ErrorKind::Other, m)), false);
+    }
+    let result = match answer.status {
+        Status::Ok => {
+            let mut stored = [0u8; 32];
+            if hex::decode_to_slice(&answer.message, &mut stored).is_err() {
+                let m = format!(
+                    "short-circuit write of {shard_id}: the provider's answer names no BLAKE3 ({:?})",
+                    answer.message
+                );
+                return (Err(failed(ErrorKind::Other, m)), false);
+            }
+            Ok((stored, answer.length))
+        }
+        Status::Off => Err(Miss::Off),
+        // Not taken now: the same write goes over gRPC.
+        Status::Busy | Status::Unauthenticated => Err(Miss::Unavailable(answer.message)),
+        Status::NotFound => Err(failed(ErrorKind::NotFound, answer.message)),
+        Status::DataLoss => Err(failed(ErrorKind::DataLoss, answer.message)),
+        Status::InvalidArgument => Err(failed(ErrorKind::InvalidArgument, answer.message)),
+        Status::Other => Err(failed(ErrorKind::Other, answer.message)),
+    };
+    (result, true)
 }
 
 /// `length` bytes at `offset` of `file`, read straight into the answer's buffer; an error
@@ -1010,6 +1393,232 @@ mod tests {
         }
     }
 
+    fn memfd_of(data: &[u8], seals: rustix::fs::SealFlags) -> File {
+        let fd = rustix::fs::memfd_create(
+            "test",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        let file = File::from(fd);
+        (&file).write_all(data).unwrap();
+        rustix::fs::fcntl_add_seals(&file, seals).unwrap();
+        file
+    }
+
+    fn stored(store: &Arc<Store>, id: &str) -> Vec<u8> {
+        let len = store.stat(id).unwrap().length;
+        let mut reader = store.read_range(id, 0, len).unwrap();
+        let mut out = Vec::new();
+        while reader.remaining() > 0 {
+            out.extend_from_slice(&reader.next_chunk(1 << 20).unwrap());
+        }
+        out
+    }
+
+    /// Nothing stored and nothing left reserved or half-written.
+    fn nothing_stored(s: &Setup) {
+        let usage = s.store.usage();
+        assert_eq!((usage.shards, usage.used), (0, 0), "{usage:?}");
+        assert_eq!(usage.free, usage.capacity, "space left reserved");
+        let temps = std::fs::read_dir(s._dir.path().join("shards"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(temps, 0, "a temp file stayed behind");
+        assert_eq!(s.server.metrics.short_circuit_writes.get(), 0);
+    }
+
+    fn sealed() -> rustix::fs::SealFlags {
+        use rustix::fs::SealFlags;
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL
+    }
+
+    /// A write on `conn` of `memfd` announced as `length` bytes hashing to `hash`.
+    async fn write_with(
+        conn: &mut UnixStream,
+        token: &[u8],
+        id: &str,
+        length: u64,
+        hash: [u8; 32],
+        memfd: &File,
+    ) -> Result<([u8; 32], u64), Miss> {
+        let (got, reusable) = write_on(conn, token, id, length, hash, memfd).await;
+        assert!(reusable, "{got:?}");
+        got
+    }
+
+    fn refused_as(got: Result<([u8; 32], u64), Miss>, kind: ErrorKind, says: &str) {
+        match got {
+            Err(Miss::Failed(e)) => {
+                assert_eq!(e.kind(), kind, "{e}");
+                assert!(e.message().contains(says), "{e}");
+            }
+            other => panic!("expected {kind:?} ({says}), got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shard_handed_as_a_sealed_memfd_is_stored_durably_and_counted() {
+        let s = setup(Faults::default());
+        let bytes = shard(3 * WRITE_PIECE + 12_345, 5);
+        let hash = *blake3::hash(&bytes).as_bytes();
+        let mut conn = connect(&s.server, s.gateway);
+        let memfd = sealed_memfd(&bytes).unwrap();
+        let got = write_with(
+            &mut conn,
+            b"",
+            "seg-1-shard-0",
+            bytes.len() as u64,
+            hash,
+            &memfd,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (hash, bytes.len() as u64));
+        assert_eq!(stored(&s.store, "seg-1-shard-0"), bytes);
+        assert_eq!(s.store.stat("seg-1-shard-0").unwrap().hash, hash);
+        // The same connection carries a read of it, then a write by token.
+        let (read, _) = read_on(&mut conn, b"", "seg-1-shard-0", bytes.len() as u64).await;
+        assert_eq!(&read.unwrap()[..], &bytes[..]);
+        let small = shard(10, 6);
+        let small_hash = *blake3::hash(&small).as_bytes();
+        let got = write_with(
+            &mut conn,
+            TOKEN.as_bytes(),
+            "seg-1-shard-1",
+            10,
+            small_hash,
+            &sealed_memfd(&small).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (small_hash, 10));
+        // An empty shard too.
+        let empty_hash = *blake3::hash(b"").as_bytes();
+        let got = write_with(
+            &mut conn,
+            b"",
+            "empty",
+            0,
+            empty_hash,
+            &sealed_memfd(b"").unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, (empty_hash, 0));
+        assert_eq!(s.server.metrics.short_circuit_writes.get(), 3);
+        let metrics = s.server.metrics.render();
+        assert!(
+            metrics.contains("sublet_provider_short_circuit_writes_total 3"),
+            "{metrics}"
+        );
+        assert_eq!(s.server.open.available_permits(), MAX_OPEN);
+    }
+
+    #[tokio::test]
+    async fn unsealed_short_and_misnamed_memfds_are_refused_and_nothing_is_stored() {
+        use rustix::fs::SealFlags;
+        let s = setup(Faults::default());
+        let bytes = shard(100_000, 7);
+        let hash = *blake3::hash(&bytes).as_bytes();
+        let len = bytes.len() as u64;
+        let mut conn = connect(&s.server, s.gateway);
+        // No seals at all: the gateway could rewrite the bytes after the provider hashed them.
+        let open = memfd_of(&bytes, SealFlags::empty());
+        let got = write_with(&mut conn, b"", "a", len, hash, &open).await;
+        refused_as(got, ErrorKind::InvalidArgument, "not sealed against");
+        // Sealed against writing but free to shrink (and be refilled).
+        let shrinkable = memfd_of(&bytes, SealFlags::WRITE | SealFlags::GROW);
+        let got = write_with(&mut conn, b"", "a", len, hash, &shrinkable).await;
+        refused_as(got, ErrorKind::InvalidArgument, "SHRINK");
+        // A plain file takes no seals.
+        let plain = file_of(1000);
+        let got = write_with(&mut conn, b"", "a", 1000, hash, &plain).await;
+        refused_as(got, ErrorKind::InvalidArgument, "takes no seals");
+        // A length other than the memfd's, either way.
+        let memfd = memfd_of(&bytes, sealed());
+        let got = write_with(&mut conn, b"", "a", len - 1, hash, &memfd).await;
+        refused_as(got, ErrorKind::InvalidArgument, "holds 100000 bytes");
+        let got = write_with(&mut conn, b"", "a", len + 1, hash, &memfd).await;
+        refused_as(got, ErrorKind::InvalidArgument, "holds 100000 bytes");
+        // A hash the provider does not compute itself.
+        let mut wrong = hash;
+        wrong[0] ^= 1;
+        let got = write_with(&mut conn, b"", "a", len, wrong, &memfd).await;
+        refused_as(got, ErrorKind::InvalidArgument, "expected");
+        // A path for an id.
+        let got = write_with(&mut conn, b"", "../identity.key", len, hash, &memfd).await;
+        refused_as(got, ErrorKind::InvalidArgument, "identity.key");
+        nothing_stored(&s);
+        // A write request without its memfd is named, and the connection goes on.
+        conn.write_all(&encode_write(b"", "a", len, &hash))
+            .await
+            .unwrap();
+        let (answer, fds) = receive_answer(&mut conn).await.unwrap();
+        assert_eq!(answer.status, Status::InvalidArgument);
+        assert!(answer.message.contains("0 file descriptors"), "{answer:?}");
+        assert!(fds.is_empty());
+        let got = write_with(&mut conn, b"", "a", len, hash, &memfd).await;
+        assert_eq!(got.unwrap(), (hash, len));
+        assert_eq!(s.server.open.available_permits(), MAX_OPEN);
+    }
+
+    #[tokio::test]
+    async fn a_stranger_or_a_full_provider_sends_the_write_to_grpc_and_nothing_is_stored() {
+        let s = setup(Faults::default());
+        let bytes = shard(5000, 8);
+        let hash = *blake3::hash(&bytes).as_bytes();
+        let memfd = sealed_memfd(&bytes).unwrap();
+        let stranger = NodeIdentity::generate().node_id();
+        let mut conn = connect(&s.server, stranger);
+        let got = write_with(&mut conn, b"not-the-token-at-all", "x", 5000, hash, &memfd).await;
+        match got {
+            Err(Miss::Unavailable(m)) => assert!(m.contains("not an allowed client"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        nothing_stored(&s);
+
+        // Space is reserved as for PutShard: a shard beyond it is refused before a byte.
+        let dir = tempfile::tempdir().unwrap();
+        let small = Arc::new(Store::open(dir.path(), 4096, 0).unwrap());
+        let server = Arc::new(Server::new(
+            Arc::clone(&small),
+            Metrics::new().unwrap(),
+            [s.gateway].into_iter().collect(),
+            None,
+            Faults::default(),
+            Duration::from_secs(5),
+        ));
+        let mut conn = connect(&server, s.gateway);
+        let got = write_with(&mut conn, b"", "x", 5000, hash, &memfd).await;
+        match got {
+            Err(Miss::Unavailable(m)) => {
+                assert!(m.contains("capacity") || m.contains("space"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(small.usage().shards, 0);
+        assert_eq!(small.usage().free, small.usage().capacity);
+        assert_eq!(server.metrics.short_circuit_writes.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_provider_storing_junk_over_short_circuit_acknowledges_the_junks_hash() {
+        // Fault injection behaves as over gRPC: the gateway's hash check must catch it.
+        let s = setup(Faults {
+            store_junk: true,
+            ..Faults::default()
+        });
+        let bytes = shard(5000, 9);
+        let hash = *blake3::hash(&bytes).as_bytes();
+        let mut conn = connect(&s.server, s.gateway);
+        let memfd = sealed_memfd(&bytes).unwrap();
+        let (got, _) = write_with(&mut conn, b"", "j", 5000, hash, &memfd)
+            .await
+            .unwrap();
+        assert_ne!(got, hash);
+        assert_eq!(got, *blake3::hash(&[0x5a; 5000]).as_bytes());
+    }
+
     #[tokio::test]
     async fn request_frames_decode_and_junk_is_named() {
         let framed = encode_read(b"tok", "shard-1");
@@ -1021,6 +1630,24 @@ mod tests {
             }
         );
         assert_eq!(decode_request(b"D").unwrap(), Request::Done);
+        let framed = encode_write(b"tok", "shard-2", 77, &[9; 32]);
+        assert_eq!(
+            decode_request(&framed[4..]).unwrap(),
+            Request::Write {
+                token: b"tok".to_vec(),
+                shard_id: "shard-2".into(),
+                length: 77,
+                hash: [9; 32]
+            }
+        );
+        let cut = &framed[4..framed.len() - 1];
+        assert!(
+            decode_request(cut)
+                .unwrap_err()
+                .contains("its length and hash take 40"),
+            "{:?}",
+            decode_request(cut)
+        );
         for (junk, says) in [
             (&b""[..], "empty"),
             (b"R\x00", "before its token"),

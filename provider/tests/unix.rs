@@ -233,7 +233,7 @@ async fn only_authenticated_whole_shard_reads_short_circuit_and_an_off_provider_
     let mut config = ProviderConfig::new(dir.path().join("data"));
     config.listen_unix = Some(dir.path().join("provider.sock"));
     config.allowed_clients = vec![gateway.node_id()];
-    config.short_circuit_reads = false;
+    config.short_circuit = false;
     let off = server::start(config).await.unwrap();
     let c = client(&off, &gateway, None).with_short_circuit_reads(true);
     c.put_shard_expecting("s-1", data.clone(), hash)

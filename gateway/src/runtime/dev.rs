@@ -311,10 +311,12 @@ pub async fn start_cluster_with(
             None => p.grpc_addr.to_string(),
         };
         // On its socket, a provider hands over the files of shards the gateway
-        // authenticates itself (short-circuit reads; off with the provider's switch).
+        // authenticates itself and takes whole shards as sealed memfds (short-circuit
+        // reads and writes; off with the provider's switch).
         let client = ProviderClient::new(&address, p.node_id, &client_cfg)
             .map_err(|e| anyhow::anyhow!("provider {n} client: {e}"))?
-            .with_short_circuit_reads(true);
+            .with_short_circuit_reads(true)
+            .with_short_circuit_writes(true);
         probes.push((p.node_id.to_string(), client.clone()));
         let backend: Arc<dyn ShardBackend> = Arc::new(ProviderBackend::new(client));
         backends.push(ObservedBackend::wrap(backend, &metrics, &health));

@@ -258,8 +258,10 @@ pub(super) fn connect(
                 )
             })?
             // A provider on a Unix socket hands over the files of shards the gateway
-            // authenticates itself (short-circuit reads), unless it has them turned off.
-            .with_short_circuit_reads(true);
+            // authenticates itself (short-circuit reads) and takes whole shards as sealed
+            // memfds (short-circuit writes), unless it has them turned off.
+            .with_short_circuit_reads(true)
+            .with_short_circuit_writes(true);
         clients.push((e.site.node_id.clone(), client.clone()));
         let backend: Arc<dyn ShardBackend> = Arc::new(ProviderBackend::new(client));
         backends.push(ObservedBackend::wrap(backend, metrics, health));

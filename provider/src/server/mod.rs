@@ -159,7 +159,7 @@ pub async fn start(config: ProviderConfig) -> anyhow::Result<RunningProvider> {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut accept_tasks = Vec::new();
     if let Some(socket) = unix_socket {
-        let short_circuit = config.short_circuit_reads.then(|| {
+        let short_circuit = config.short_circuit.then(|| {
             Arc::new(crate::shortcircuit::Server::new(
                 Arc::clone(&store),
                 metrics.clone(),
