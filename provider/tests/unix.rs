@@ -285,3 +285,72 @@ async fn a_short_circuit_connection_the_provider_closed_is_not_used_again() {
     assert_eq!(short_circuit_reads(&provider), 2, "not by short-circuit");
     provider.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_written_by_short_circuit_reads_back_over_grpc_and_an_off_provider_takes_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Arc::new(NodeIdentity::generate());
+    let provider = start(dir.path(), vec![gateway.node_id()]).await;
+    let c = client(&provider, &gateway, None).with_short_circuit_writes(true);
+    let data: Bytes = (0..2_500_001u32)
+        .map(|i| (i as u8).wrapping_mul(7) ^ (i >> 11) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let hash = *blake3::hash(&data).as_bytes();
+    let put = c
+        .put_shard_expecting("w-1", data.clone(), hash)
+        .await
+        .unwrap();
+    assert_eq!((put.hash, put.length), (hash, data.len() as u64));
+    let writes = || provider.metrics.short_circuit_writes.get();
+    assert_eq!(writes(), 1);
+    let metrics = provider.metrics.render();
+    assert!(
+        !metrics.contains("method=\"PutShard\""),
+        "went over gRPC: {metrics}"
+    );
+    // Read back over the checked gRPC path (the provider's hash check), and its stat.
+    let plain = client(&provider, &gateway, None);
+    assert_eq!(plain.get_shard("w-1", None).await.unwrap(), data);
+    let stat = plain.stat_shard("w-1").await.unwrap();
+    assert_eq!((stat.hash, stat.length), (hash, data.len() as u64));
+    // A hash other than the bytes' is refused, and nothing is stored under the id.
+    let mut wrong = hash;
+    wrong[31] ^= 0x80;
+    let err = c
+        .put_shard_expecting("w-2", data.clone(), wrong)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(
+        plain.stat_shard("w-2").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // Not turned on in the client: gRPC.
+    plain
+        .put_shard_expecting("w-3", data.clone(), hash)
+        .await
+        .unwrap();
+    assert_eq!(writes(), 1);
+    provider.shutdown().await;
+
+    // A provider with short-circuit off: the same write goes over gRPC and lands.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ProviderConfig::new(dir.path().join("data"));
+    config.listen_unix = Some(dir.path().join("provider.sock"));
+    config.allowed_clients = vec![gateway.node_id()];
+    config.short_circuit = false;
+    let off = server::start(config).await.unwrap();
+    let c = client(&off, &gateway, None).with_short_circuit_writes(true);
+    for id in ["w-1", "w-2"] {
+        let put = c.put_shard_expecting(id, data.clone(), hash).await.unwrap();
+        assert_eq!(put.hash, hash);
+    }
+    assert_eq!(off.metrics.short_circuit_writes.get(), 0);
+    assert!(
+        off.metrics.render().contains("PutShard"),
+        "written over gRPC"
+    );
+    assert_eq!(c.get_shard("w-2", None).await.unwrap(), data);
+    off.shutdown().await;
+}
