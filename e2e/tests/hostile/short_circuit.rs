@@ -4,8 +4,10 @@
 //! tag covers, so a file that rotted on disk, a provider handing another shard's file, and
 //! one that stalls after answering all still give the client the bytes it wrote: the tag
 //! fails, the recorded hashes name the shard, it is flagged and read around over checked
-//! gRPC, or the read is hedged onto another provider. A provider with
-//! `--short-circuit-reads false` is read over gRPC.
+//! gRPC, or the read is hedged onto another provider. PUTs hand every shard to its provider
+//! as a sealed memfd (short-circuit writes), not over gRPC. A provider with
+//! `--short-circuit false` (or its former name `--short-circuit-reads false`) is read and
+//! written over gRPC.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,8 @@ const PROVIDERS: usize = 7;
 const LIAR: usize = 0;
 const SHORT_CIRCUIT: &str = "sublet_provider_short_circuit_reads_total";
 const UNCHECKED: &str = "sublet_provider_unchecked_reads_total";
+const SHORT_CIRCUIT_WRITES: &str = "sublet_provider_short_circuit_writes_total";
+const REQUESTS: &str = "sublet_provider_requests_total";
 
 /// 4+2, encrypted (the default, said again: short-circuit reads are for what the tag
 /// covers), 64 KiB segments, writes commit with 5 shards of 6, repairs start after 1 s.
@@ -161,6 +165,42 @@ fn short_circuit_gets_carry_the_data_shards_of_encrypted_objects_and_read_back_i
     );
     // Nothing was wrong, nothing was flagged.
     assert_eq!(healthy(&c), total_shards(&objects), "{}", plan(&c));
+}
+
+#[test]
+fn short_circuit_puts_hand_every_shard_as_a_sealed_memfd_and_read_back_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = over_unix_sockets(tmp.path());
+    // Several segments each, and one object under a segment.
+    let mut objects = test_objects("scw", 4, 300 << 10);
+    objects.extend(test_objects("scw-small", 1, 5000));
+    for o in &objects {
+        c.put(BUCKET, o);
+    }
+    let total = total_shards(&objects);
+    // Every shard of every segment went by a memfd, none by a gRPC PutShard (the sixth
+    // shard of a segment may land just after the PUT's answer: writes commit with five).
+    wait_for(
+        "every shard stored by short-circuit",
+        Duration::from_secs(30),
+        || {
+            let written = all_providers(&c, SHORT_CIRCUIT_WRITES);
+            if written == total as f64 {
+                Ok(())
+            } else {
+                Err(format!("{written} short-circuit writes for {total} shards"))
+            }
+        },
+    );
+    let over_grpc: f64 = (0..c.providers.len())
+        .map(|i| metric_sum(&provider_metrics(&c, i), REQUESTS, &["method=\"PutShard\""]))
+        .sum();
+    assert_eq!(over_grpc, 0.0, "{over_grpc} shards were written over gRPC");
+    assert_eq!(healthy(&c), total, "{}", plan(&c));
+    c.assert_all_read_back(BUCKET, &objects);
+    // The stored shards are whole for gRPC's checked reads too: a scrub-like full check
+    // (repair finds nothing to do).
+    assert_eq!(settled_healthy(&c), total, "{}", plan(&c));
 }
 
 #[test]
@@ -301,11 +341,17 @@ fn a_provider_stalling_on_the_short_circuit_path_does_not_hold_reads_up() {
 }
 
 #[test]
-fn providers_with_short_circuit_reads_off_are_read_over_grpc() {
+fn providers_with_short_circuit_off_are_read_and_written_over_grpc() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = over_unix_sockets(tmp.path());
-    for p in &mut c.providers {
-        p.restart_with(&["--short-circuit-reads", "false"]);
+    for (i, p) in c.providers.iter_mut().enumerate() {
+        // The flag's former name still works.
+        let flag = if i % 2 == 0 {
+            "--short-circuit"
+        } else {
+            "--short-circuit-reads"
+        };
+        p.restart_with(&[flag, "false"]);
     }
     let objects = test_objects("off", 5, 300 << 10);
     for o in &objects {
@@ -318,6 +364,19 @@ fn providers_with_short_circuit_reads_off_are_read_over_grpc() {
         all_providers(&c, SHORT_CIRCUIT),
         0.0,
         "a provider with short-circuit reads off handed over a file"
+    );
+    assert_eq!(
+        all_providers(&c, SHORT_CIRCUIT_WRITES),
+        0.0,
+        "a provider with short-circuit off took a memfd"
+    );
+    let over_grpc: f64 = (0..c.providers.len())
+        .map(|i| metric_sum(&provider_metrics(&c, i), REQUESTS, &["method=\"PutShard\""]))
+        .sum();
+    assert!(
+        over_grpc >= total_shards(&objects) as f64,
+        "{over_grpc} gRPC PutShards for {} shards",
+        total_shards(&objects)
     );
     // Still the same reads: the data shards, whole and unchecked, over gRPC.
     let data_shards: u64 = objects
