@@ -179,13 +179,14 @@ fn short_circuit_puts_hand_every_shard_as_a_sealed_memfd_and_read_back_identical
     }
     let total = total_shards(&objects);
     // Every shard of every segment went by a memfd, none by a gRPC PutShard (the sixth
-    // shard of a segment may land just after the PUT's answer: writes commit with five).
+    // shard of a segment may land just after the PUT's answer: writes commit with five;
+    // the gateway's own metadata copies go the same way, hence at least).
     wait_for(
         "every shard stored by short-circuit",
         Duration::from_secs(30),
         || {
             let written = all_providers(&c, SHORT_CIRCUIT_WRITES);
-            if written == total as f64 {
+            if written >= total as f64 {
                 Ok(())
             } else {
                 Err(format!("{written} short-circuit writes for {total} shards"))
