@@ -438,6 +438,11 @@ impl Drop for Handoff {
     }
 }
 
+/// An upload's chain left the queue before it was hashed (a bug, or a panic while hashing).
+fn chain_lost() -> EtagError {
+    EtagError::Lost("its chain was dropped unhashed")
+}
+
 /// One upload's MD5: chunks go in as they arrive, the digest comes out at the end.
 pub struct EtagMd5 {
     lanes: Md5Lanes,
@@ -511,17 +516,16 @@ impl EtagMd5 {
             }
             let mut q = self.lanes.lock();
             if !fits(&q) {
-                let lost = || EtagError::Lost("its chain was dropped unhashed");
                 let mut state = q
                     .chains
                     .get_mut(&self.id)
                     .and_then(|c| c.state.take())
-                    .ok_or_else(lost)?;
+                    .ok_or_else(chain_lost)?;
                 drop(q);
                 self.lanes.shared.overflow.fetch_add(1, Ordering::Relaxed);
                 sublet_md5x::compress(&mut state, &blocks);
                 let mut q = self.lanes.lock();
-                let chain = q.chains.get_mut(&self.id).ok_or_else(lost)?;
+                let chain = q.chains.get_mut(&self.id).ok_or_else(chain_lost)?;
                 chain.state = Some(state);
                 return Ok(());
             }
@@ -529,7 +533,7 @@ impl EtagMd5 {
         }
         let mut q = self.lanes.lock();
         let Some(chain) = q.chains.get_mut(&self.id) else {
-            return Err(EtagError::Lost("its chain was dropped unhashed"));
+            return Err(chain_lost());
         };
         let newly_ready = chain.state.is_some() && chain.segments.is_empty();
         chain.segments.push_back(blocks);
@@ -547,11 +551,10 @@ impl EtagMd5 {
     /// hashes the queue itself (this chain first) when nobody is hashing, else waits for
     /// whoever is.
     async fn settle(&mut self) -> Result<State, EtagError> {
-        let lost = || EtagError::Lost("its chain was dropped unhashed");
         let done = {
             let mut q = self.lanes.lock();
             let id = self.id;
-            let chain = q.chains.get_mut(&id).ok_or_else(lost)?;
+            let chain = q.chains.get_mut(&id).ok_or_else(chain_lost)?;
             if let Some(state) = chain.state
                 && chain.segments.is_empty()
             {
@@ -570,7 +573,7 @@ impl EtagMd5 {
             self.lanes.combine_unless_combining(q);
             done
         };
-        done.await.map_err(|_| lost())
+        done.await.map_err(|_| chain_lost())
     }
 
     /// The digest of everything updated. Hashes this upload's queued chunks (with the other

@@ -51,6 +51,11 @@ fn etag_lost(e: EtagError) -> Error {
     Error::internal(e.to_string())
 }
 
+/// The ETag of an upload whose chunks were all handed to `md5`.
+async fn etag_of(md5: EtagMd5) -> Result<String> {
+    md5.finalize().await.map(hex::encode).map_err(etag_lost)
+}
+
 /// A segment on its way to the providers, with the share of the upload budget it holds.
 type BudgetedSegment = (Vec<u8>, tokio::sync::OwnedSemaphorePermit);
 
@@ -153,17 +158,17 @@ async fn write_body(
         store
     );
     match (cut, stored) {
-        (Ok((size, md5, checksums)), Ok(())) => match md5.finalize().await {
+        (Ok((size, md5, checksums)), Ok(())) => match etag_of(md5).await {
             Ok(md5) => Ok(Written {
                 layout: writer.finish(),
                 size,
-                md5: hex::encode(md5),
+                md5,
                 checksums,
                 in_flight: None,
             }),
             Err(e) => {
                 writer.abort().await;
-                Err(etag_lost(e))
+                Err(e)
             }
         },
         (_, Err(e)) => {
@@ -682,11 +687,7 @@ mod tests {
         }
         // The digest is taken after the segments are stored, as `write_body` does.
         let done = match done {
-            Ok((size, md5, sums)) => md5
-                .finalize()
-                .await
-                .map(|md5| (size, hex::encode(md5), sums))
-                .map_err(etag_lost),
+            Ok((size, md5, sums)) => etag_of(md5).await.map(|md5| (size, md5, sums)),
             Err(e) => Err(e),
         };
         (done, segments)

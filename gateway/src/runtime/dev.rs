@@ -393,8 +393,10 @@ fn provider_metrics_urls(addrs: &[SocketAddr]) -> String {
     };
     if addrs.len() > 1 && addrs.iter().all(|a| a.ip() == first.ip()) {
         let ports: Vec<String> = addrs.iter().map(|a| a.port().to_string()).collect();
-        let host = SocketAddr::new(first.ip(), 0).to_string();
-        let host = host.strip_suffix(":0").unwrap_or(&host);
+        let host = match first.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
         return format!(
             "http://{host}:{{{}}}/metrics (their metrics; curl expands the braces)",
             ports.join(",")
