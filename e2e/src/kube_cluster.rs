@@ -86,6 +86,49 @@ fn cluster_dir() -> PathBuf {
         .join("k8s-cluster")
 }
 
+/// Bytes available to unprivileged users and the size of the filesystem holding `dir`
+/// (`df`, as the kubelet's statfs sees it); `None` when `df` cannot tell.
+pub fn disk_space(dir: &Path) -> Option<(u64, u64)> {
+    let out = Command::new("df")
+        .args(["--output=avail,size", "-B1"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+/// Fails the test, naming the cause, when the node's disk is so full that the kubelet
+/// taints the node with `DiskPressure` (below 2% free, `cluster.sh`'s eviction
+/// threshold): no pod would be scheduled and every wait would time out unexplained.
+/// Asks for 2% of the disk plus 3 GiB: the threshold, and room for the image, the pods'
+/// volumes and the logs.
+fn check_disk(dir: &Path) {
+    // The directory is made by `cluster.sh start`: ask of the nearest one that exists.
+    let dir = dir.ancestors().find(|d| d.is_dir()).unwrap_or(dir);
+    let Some((avail, size)) = disk_space(dir) else {
+        return;
+    };
+    let need = size / 50 + (3 << 30);
+    assert!(
+        avail >= need,
+        "the disk holding {} has {} GiB free of {} GiB ({:.1}%): the kubelet taints the \
+         node with DiskPressure below 2% and schedules no pod; free at least {} GiB \
+         (old build directories, `cargo clean` in other checkouts) and rerun",
+        dir.display(),
+        avail >> 30,
+        size >> 30,
+        avail as f64 * 100.0 / size.max(1) as f64,
+        (need - avail).div_ceil(1 << 30),
+    );
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -115,6 +158,7 @@ impl KubeCluster {
         );
         let kubectl = apiserver::kubectl(&[]).expect("kubectl not found: bash .ci/install-helm");
         let helm = apiserver::helm().expect("helm not found: bash .ci/install-helm");
+        check_disk(&cluster_dir());
         let mut cluster = KubeCluster {
             scripts,
             dir: cluster_dir(),
@@ -290,10 +334,94 @@ impl KubeCluster {
         text
     }
 
+    /// The few lines that usually name why a wait timed out: the node's conditions other
+    /// than `Ready` that hold and its taints (a `DiskPressure` node schedules nothing), each
+    /// pod that is not running with the reason its scheduler or kubelet gave, and the disk.
+    pub fn summary(&self) -> String {
+        let mut lines = Vec::new();
+        match self.get_json(&["nodes"]) {
+            Ok(nodes) => {
+                for node in nodes["items"].as_array().into_iter().flatten() {
+                    let name = node["metadata"]["name"].as_str().unwrap_or("?");
+                    for c in node["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        let kind = c["type"].as_str().unwrap_or("?");
+                        let holds = c["status"].as_str() == Some("True");
+                        if holds != (kind == "Ready") {
+                            lines.push(format!(
+                                "node {name}: {kind}={} ({})",
+                                c["status"].as_str().unwrap_or("?"),
+                                c["message"].as_str().unwrap_or("")
+                            ));
+                        }
+                    }
+                    for t in node["spec"]["taints"].as_array().into_iter().flatten() {
+                        lines.push(format!(
+                            "node {name}: taint {}:{}",
+                            t["key"].as_str().unwrap_or("?"),
+                            t["effect"].as_str().unwrap_or("?")
+                        ));
+                    }
+                }
+            }
+            Err(e) => lines.push(e),
+        }
+        if let Ok(pods) = self.get_json(&["pods", "-A"]) {
+            for pod in pods["items"].as_array().into_iter().flatten() {
+                let phase = pod["status"]["phase"].as_str().unwrap_or("?");
+                if phase == "Running" || phase == "Succeeded" {
+                    continue;
+                }
+                let mut why: Vec<String> = pod["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["status"].as_str() != Some("True"))
+                    .filter_map(|c| c["message"].as_str().map(str::to_owned))
+                    .collect();
+                for s in pod["status"]["containerStatuses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(waiting) = s["state"]["waiting"].as_object() {
+                        why.push(format!(
+                            "{}: {} {}",
+                            s["name"].as_str().unwrap_or("?"),
+                            waiting.get("reason").and_then(|r| r.as_str()).unwrap_or(""),
+                            waiting
+                                .get("message")
+                                .and_then(|r| r.as_str())
+                                .unwrap_or("")
+                        ));
+                    }
+                }
+                lines.push(format!(
+                    "pod {}/{}: {phase}: {}",
+                    pod["metadata"]["namespace"].as_str().unwrap_or("?"),
+                    pod["metadata"]["name"].as_str().unwrap_or("?"),
+                    why.join("; ")
+                ));
+            }
+        }
+        if let Some((avail, size)) = disk_space(&self.dir) {
+            lines.push(format!(
+                "disk of {}: {} GiB free of {} GiB",
+                self.dir.display(),
+                avail >> 30,
+                size >> 30
+            ));
+        }
+        lines.join("\n")
+    }
+
     /// What the cluster looks like: objects, descriptions, events, pod logs and component
     /// logs; printed when the test fails.
     pub fn diagnostics(&self) -> String {
-        let mut text = String::new();
+        let mut text = format!("== in short\n{}\n", self.summary());
         let mut show = |args: &[&str]| {
             let out = match self.kubectl(args) {
                 Ok(out) => out,
@@ -347,6 +475,8 @@ impl Drop for KubeCluster {
                 "==== the cluster when the test failed ====\n{}",
                 self.diagnostics()
             );
+            // Again at the end, where a truncated log still shows it.
+            eprintln!("==== in short ====\n{}", self.summary());
         }
         let mut cmd = Command::new(self.scripts.join("cluster.sh"));
         cmd.arg("wipe")
@@ -464,5 +594,13 @@ mod tests {
             ["helm install a b c", "kubectl get x"]
         );
         assert!(super::section_commands(md, "## Missing").is_empty());
+    }
+
+    #[test]
+    fn disk_space_reads_what_df_says_of_a_directory() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (avail, size) = super::disk_space(dir.path()).expect("df answers for a directory");
+        assert!(size > 0 && avail <= size, "{avail} of {size}");
+        assert_eq!(super::disk_space(&dir.path().join("missing")), None);
     }
 }
