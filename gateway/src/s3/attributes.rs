@@ -24,14 +24,7 @@ impl Gateway {
             .await?;
         // As S3: a version written with a customer's key (SSE-C) shows its attributes only
         // to a request carrying that key.
-        let customer_key = super::sse_c::requested(
-            self,
-            &req.extensions,
-            input.sse_customer_algorithm.as_deref(),
-            input.sse_customer_key.as_deref(),
-            input.sse_customer_key_md5.as_deref(),
-            "x-amz-server-side-encryption-customer",
-        )?;
+        let customer_key = super::sse_c::customer_key!(self, &req.extensions, input)?;
         super::sse_c::check_version(&v, customer_key.as_ref())?;
         // One `x-amz-object-attributes` header lists them comma-separated (s3s hands it
         // over as one item).

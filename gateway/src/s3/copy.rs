@@ -144,14 +144,7 @@ impl Gateway {
         } = self
             .copied_source(&req.extensions, source_request!(input))
             .await?;
-        let target_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.sse_customer_algorithm.as_deref(),
-            input.sse_customer_key.as_deref(),
-            input.sse_customer_key_md5.as_deref(),
-            "x-amz-server-side-encryption-customer",
-        )?;
+        let target_key = sse_c::customer_key!(self, &req.extensions, input)?;
         let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(target_key.as_ref());
         let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
             None | Some(MetadataDirective::COPY) => false,

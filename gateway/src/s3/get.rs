@@ -181,14 +181,7 @@ impl Gateway {
         let (bucket, v) = self
             .lookup(&input.bucket, &input.key, input.version_id.as_deref())
             .await?;
-        let customer_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.sse_customer_algorithm.as_deref(),
-            input.sse_customer_key.as_deref(),
-            input.sse_customer_key_md5.as_deref(),
-            "x-amz-server-side-encryption-customer",
-        )?;
+        let customer_key = sse_c::customer_key!(self, &req.extensions, input)?;
         sse_c::check_version(&v, customer_key.as_ref())?;
         let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
         Preconditions {
@@ -279,14 +272,7 @@ impl Gateway {
         let (bucket, v) = self
             .lookup(&input.bucket, &input.key, input.version_id.as_deref())
             .await?;
-        let customer_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.sse_customer_algorithm.as_deref(),
-            input.sse_customer_key.as_deref(),
-            input.sse_customer_key_md5.as_deref(),
-            "x-amz-server-side-encryption-customer",
-        )?;
+        let customer_key = sse_c::customer_key!(self, &req.extensions, input)?;
         sse_c::check_version(&v, customer_key.as_ref())?;
         let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
         Preconditions {

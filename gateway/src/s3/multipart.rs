@@ -143,14 +143,7 @@ impl Gateway {
         super::headers::check_user_metadata(input.metadata.as_ref())?;
         let bucket = self.require_bucket(&input.bucket).await?;
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
-        let customer_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.sse_customer_algorithm.as_deref(),
-            input.sse_customer_key.as_deref(),
-            input.sse_customer_key_md5.as_deref(),
-            "x-amz-server-side-encryption-customer",
-        )?;
+        let customer_key = sse_c::customer_key!(self, &req.extensions, input)?;
         let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
         let customer = sse_c::for_new_object(
             customer_key,
@@ -238,14 +231,7 @@ impl Gateway {
             .require_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let plan = self.upload_plan(&upload)?;
-        let customer_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.sse_customer_algorithm.as_deref(),
-            input.sse_customer_key.as_deref(),
-            input.sse_customer_key_md5.as_deref(),
-            "x-amz-server-side-encryption-customer",
-        )?;
+        let customer_key = sse_c::customer_key!(self, &req.extensions, input)?;
         let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
         let customer = sse_c::for_part(&upload, customer_key)?;
         let requested = sums::requested(&req.headers)?;
@@ -324,14 +310,7 @@ impl Gateway {
         } = self
             .copied_source(&req.extensions, source_request!(input))
             .await?;
-        let customer_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.sse_customer_algorithm.as_deref(),
-            input.sse_customer_key.as_deref(),
-            input.sse_customer_key_md5.as_deref(),
-            "x-amz-server-side-encryption-customer",
-        )?;
+        let customer_key = sse_c::customer_key!(self, &req.extensions, input)?;
         let (sse_customer_algorithm, sse_customer_key_md5) = sse_c::echo(customer_key.as_ref());
         let customer = sse_c::for_part(&upload, customer_key)?;
         let range = match &input.copy_source_range {

@@ -64,14 +64,7 @@ impl Gateway {
         let requested = sums::requested(&req.headers)?;
         let algorithm = requested.algorithm.unwrap_or(sums::DEFAULT.algorithm);
         let plan = self.resolve_plan(&bucket, input.storage_class.as_ref().map(|s| s.as_str()))?;
-        let customer_key = sse_c::requested(
-            self,
-            &req.extensions,
-            input.sse_customer_algorithm.as_deref(),
-            input.sse_customer_key.as_deref(),
-            input.sse_customer_key_md5.as_deref(),
-            "x-amz-server-side-encryption-customer",
-        )?;
+        let customer_key = sse_c::customer_key!(self, &req.extensions, input)?;
         let (echo_algorithm, echo_md5) = sse_c::echo(customer_key.as_ref());
         let customer = sse_c::for_new_object(
             customer_key,

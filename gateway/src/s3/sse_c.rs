@@ -38,6 +38,24 @@ pub(super) fn requested(
     )
 }
 
+/// [`requested`] for an input with s3s's three `sse_customer_*` fields (PutObject,
+/// GetObject, HeadObject, the multipart calls, CopyObject's target, GetObjectAttributes:
+/// each names them alike, without a trait in common), from the
+/// `x-amz-server-side-encryption-customer-*` headers.
+macro_rules! customer_key {
+    ($node:expr, $extensions:expr, $input:expr) => {
+        $crate::s3::sse_c::requested(
+            $node,
+            $extensions,
+            $input.sse_customer_algorithm.as_deref(),
+            $input.sse_customer_key.as_deref(),
+            $input.sse_customer_key_md5.as_deref(),
+            "x-amz-server-side-encryption-customer",
+        )
+    };
+}
+pub(super) use customer_key;
+
 /// [`requested`] with the listener's word ([`Node::customer_keys_allowed`]) as `listener`.
 fn parse_headers(
     listener: bool,
