@@ -498,7 +498,9 @@ pub struct Client {
     identity: Arc<NodeIdentity>,
     expected: NodeId,
     token: Vec<u8>,
-    idle: Mutex<Vec<UnixStream>>,
+    /// Connections past their handshake, waiting for a read; shared with dials still
+    /// running for a read that went away ([`Client::connection`]).
+    idle: Arc<Mutex<Vec<UnixStream>>>,
     /// Until when the provider counts as not offering the mode (it refused it).
     refused_until: Mutex<Option<Instant>>,
 }
@@ -528,7 +530,7 @@ impl Client {
             identity,
             expected,
             token: token.map(|t| t.as_bytes().to_vec()).unwrap_or_default(),
-            idle: Mutex::new(Vec::new()),
+            idle: Arc::default(),
             refused_until: Mutex::new(None),
         }
     }
@@ -561,20 +563,34 @@ impl Client {
                 None => break,
             }
         }
-        let dial = async {
-            let mut stream = UnixStream::connect(&self.path).await?;
-            crate::unix::client_handshake_for(
-                &mut stream,
-                &self.identity,
-                self.expected,
-                Mode::ShortCircuit,
-            )
-            .await?;
-            Ok::<_, io::Error>(stream)
-        };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => {
+        // The dial runs in its own task: a read that goes away while it runs (its hedge
+        // answered first, its request was dropped) leaves the connection to the next read
+        // instead of wasting the handshake — a restarted provider's first handshakes can
+        // outlast the hedge under load, and every read after would dial again.
+        let (path, identity, expected) =
+            (self.path.clone(), Arc::clone(&self.identity), self.expected);
+        let idle = Arc::clone(&self.idle);
+        let (answer, dialed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let dial = async {
+                let mut stream = UnixStream::connect(&path).await?;
+                crate::unix::client_handshake_for(
+                    &mut stream,
+                    &identity,
+                    expected,
+                    Mode::ShortCircuit,
+                )
+                .await?;
+                Ok::<_, io::Error>(stream)
+            };
+            let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await;
+            if let Err(Ok(Ok(stream))) = answer.send(result) {
+                keep_in(&idle, stream);
+            }
+        });
+        match dialed.await {
+            Ok(Ok(Ok(stream))) => Ok(stream),
+            Ok(Ok(Err(e))) => {
                 // An older provider closes on our greeting; one with the mode off too.
                 if e.kind() != io::ErrorKind::PermissionDenied {
                     self.mark_refused();
@@ -583,12 +599,15 @@ impl Client {
                     "no short-circuit connection: {e}"
                 )))
             }
-            Err(_) => Err(Miss::Failed(ClientError::new(
+            Ok(Err(_)) => Err(Miss::Failed(ClientError::new(
                 ErrorKind::Unavailable,
                 format!(
                     "the provider's Unix socket did not finish the handshake in {HANDSHAKE_TIMEOUT:?}"
                 ),
             ))),
+            Err(_) => Err(Miss::Unavailable(
+                "the short-circuit dial's task ended without an answer".into(),
+            )),
         }
     }
 
@@ -617,10 +636,15 @@ impl Client {
     }
 
     fn keep(&self, stream: UnixStream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(stream);
-        }
+        keep_in(&self.idle, stream);
+    }
+}
+
+/// Keeps `stream` for a later read, unless [`MAX_IDLE`] are kept already.
+fn keep_in(idle: &Mutex<Vec<UnixStream>>, stream: UnixStream) {
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < MAX_IDLE {
+        idle.push(stream);
     }
 }
 
@@ -1032,5 +1056,64 @@ mod tests {
             let err = decode_request(junk).unwrap_err();
             assert!(err.contains(says), "{junk:?}: {err}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_dial_outlasting_its_read_is_kept_for_the_next_read() {
+        let s = setup(Faults::default());
+        let bytes = shard(70_000, 3);
+        put(&s.store, "seg-0-shard-2", &bytes);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("provider.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let provider = Arc::new(NodeIdentity::generate());
+        let gateway = Arc::new(NodeIdentity::generate());
+        // Serves this test's gateway, which has its own key.
+        let served = Arc::new(Server::new(
+            Arc::clone(&s.store),
+            Metrics::new().unwrap(),
+            [gateway.node_id()].into_iter().collect(),
+            None,
+            Faults::default(),
+            Duration::from_secs(5),
+        ));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let provider_id = provider.node_id();
+        // A provider slow to answer the first handshake (a restart under load).
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                let (provider, served) = (Arc::clone(&provider), Arc::clone(&served));
+                tokio::spawn(async move {
+                    if first {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                    }
+                    let (peer, mode) = crate::unix::server_handshake(&mut stream, &provider)
+                        .await
+                        .unwrap();
+                    assert_eq!(mode, Mode::ShortCircuit);
+                    served.serve(stream, peer).await;
+                });
+            }
+        });
+        let client = Client::new(path, gateway, provider_id, None);
+        // The read goes away (its hedge answered) while the handshake is still running.
+        let gone = tokio::time::timeout(
+            Duration::from_millis(100),
+            client.read("seg-0-shard-2", 70_000),
+        )
+        .await;
+        assert!(gone.is_err(), "the read was to outlast its caller");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while client.idle.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the finished dial was not kept");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The next read uses it: no second connection is made.
+        let got = client.read("seg-0-shard-2", 70_000).await.unwrap();
+        assert_eq!(&got[..], &bytes[..]);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
