@@ -116,7 +116,7 @@ impl ProviderClient {
             let endpoint = Endpoint::from_static("http://localhost")
                 .initial_stream_window_size(4 << 20)
                 .initial_connection_window_size(16 << 20)
-                .connect_timeout(crate::unix::HANDSHAKE_TIMEOUT)
+                .connect_timeout(crate::HANDSHAKE_TIMEOUT)
                 .http2_keep_alive_interval(std::time::Duration::from_secs(30))
                 .keep_alive_while_idle(true);
             let mut client = Self::over(
@@ -148,7 +148,7 @@ impl ProviderClient {
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
             .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(crate::HANDSHAKE_TIMEOUT)
             .http2_keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_while_idle(true);
         Self::over(
@@ -670,7 +670,7 @@ impl tower::Service<Uri> for TlsConnector {
 
 /// Connects tonic to a provider on this machine: its Unix socket, then the handshake that
 /// proves the provider holds the key of the pinned node id. Bounded by
-/// [`crate::unix::HANDSHAKE_TIMEOUT`].
+/// [`crate::HANDSHAKE_TIMEOUT`].
 #[derive(Clone)]
 struct UnixConnector {
     path: Arc<std::path::PathBuf>,
@@ -700,7 +700,7 @@ impl tower::Service<Uri> for UnixConnector {
                 crate::unix::client_handshake(&mut stream, &this.identity, this.expected).await?;
                 Ok::<_, std::io::Error>(stream)
             };
-            match tokio::time::timeout(crate::unix::HANDSHAKE_TIMEOUT, dial).await {
+            match tokio::time::timeout(crate::HANDSHAKE_TIMEOUT, dial).await {
                 Ok(Ok(stream)) => Ok(TokioIo::new(stream)),
                 Ok(Err(e)) => Err(std::io::Error::new(
                     e.kind(),
@@ -711,7 +711,7 @@ impl tower::Service<Uri> for UnixConnector {
                     format!(
                         "provider socket {}: no handshake within {:?}",
                         this.path.display(),
-                        crate::unix::HANDSHAKE_TIMEOUT
+                        crate::HANDSHAKE_TIMEOUT
                     ),
                 )),
             }

@@ -31,5 +31,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// below both).
 pub const TOKEN_METADATA: &str = "x-sublet-token";
 
+/// Connecting and a handshake — TLS over TCP, or the node-key handshake on the Unix
+/// socket — take at most this long, on either side (here, below the client, the server
+/// and the Unix socket's code).
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest data message a client sends in `PutShard` and a provider sends in `GetShard`.
 pub const CHUNK_SIZE: usize = 1024 * 1024;

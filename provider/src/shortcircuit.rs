@@ -36,12 +36,13 @@ use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+use crate::HANDSHAKE_TIMEOUT;
 use crate::client_error::{ClientError, ErrorKind};
 use crate::config::Faults;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::unix::{HANDSHAKE_TIMEOUT, Mode};
+use crate::unix::Mode;
 
 /// Largest request body a provider reads: a token and a shard id with room to spare.
 pub const MAX_REQUEST: usize = 2048;

@@ -11,7 +11,6 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ring::rand::SecureRandom;
@@ -22,9 +21,6 @@ use crate::identity::{NodeId, NodeIdentity};
 
 /// How an address names a Unix socket: `unix:/path` or `unix:///path`.
 pub const SCHEME: &str = "unix:";
-
-/// Connecting and the handshake together take at most this long, on either side.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest socket path the kernel takes (`sun_path` is 108 bytes, NUL included).
 pub const MAX_PATH_LEN: usize = 107;

@@ -18,8 +18,6 @@ use tracing::{debug, warn};
 
 use crate::identity::{NodeId, NodeIdentity};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How often the provider pings a connection over HTTP/2, and how long it waits for the
 /// answer before closing it: a peer gone without a word is noticed within a minute.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -446,7 +444,7 @@ pub(super) async fn accept_loop<A: Arrivals>(
         let conns = conns.clone();
         tokio::spawn(async move {
             let handshake = arrivals.handshake(stream, peer);
-            let done = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            let done = match tokio::time::timeout(crate::HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(done)) => done,
                 Ok(Err(e)) => {
                     debug!(transport, %peer, error = %e, "handshake failed");
