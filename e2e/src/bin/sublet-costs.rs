@@ -27,12 +27,13 @@ struct Args {
     mib: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// The arguments after the program's name.
+fn parse_args(given: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
         dir: std::env::temp_dir(),
         mib: 64,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = given.into_iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -42,10 +43,13 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--mib: {e}"))
                     .and_then(|n: usize| {
-                        if (1..=4096).contains(&n) {
+                        // The segment steps (AES-GCM, Reed–Solomon, copies) take 4 MiB.
+                        if (4..=4096).contains(&n) {
                             Ok(n)
                         } else {
-                            Err("--mib must be 1..=4096".to_string())
+                            Err(format!(
+                                "--mib must be 4..=4096 (one 4 MiB segment at least), not {n}"
+                            ))
                         }
                     })?
             }
@@ -71,19 +75,28 @@ fn cpu_ns(wall: Instant) -> u128 {
 /// Runs `pass` (which handles `bytes` bytes) until it has had 300 ms of CPU, three times;
 /// the best rate, as CPU nanoseconds per byte.
 fn measure(bytes: usize, mut pass: impl FnMut()) -> f64 {
-    let origin = Instant::now();
     let mut best = f64::MAX;
     for _ in 0..3 {
-        let start = cpu_ns(origin);
-        let mut done = 0usize;
-        while cpu_ns(origin) - start < 300_000_000 {
+        let per_pass = round(u32::MAX, || {
             pass();
-            done += bytes;
-        }
-        let ns = (cpu_ns(origin) - start) as f64 / done as f64;
-        best = best.min(ns);
+            Ok(())
+        });
+        best = best.min(per_pass.unwrap_or(f64::MAX) / bytes as f64);
     }
     best
+}
+
+/// One round: runs `pass` until it has had 300 ms of CPU or ran `max_passes` times; CPU
+/// nanoseconds per pass, or the first error of `pass`.
+fn round(max_passes: u32, mut pass: impl FnMut() -> Result<(), String>) -> Result<f64, String> {
+    let origin = Instant::now();
+    let start = cpu_ns(origin);
+    let mut passes = 0u32;
+    while cpu_ns(origin) - start < 300_000_000 && passes < max_passes {
+        pass()?;
+        passes += 1;
+    }
+    Ok((cpu_ns(origin) - start) as f64 / f64::from(passes.max(1)))
 }
 
 fn row(name: &str, ns_per_byte: f64, note: &str) {
@@ -94,7 +107,7 @@ fn row(name: &str, ns_per_byte: f64, note: &str) {
 }
 
 fn main() {
-    let args = match parse_args() {
+    let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("sublet-costs: {e}");
@@ -409,8 +422,9 @@ fn shard_file(
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Rows of a provider's per-shard file work in CPU time: the variants in turn, three rounds,
-/// each until it has had 300 ms of CPU; the best round of each.
+/// Rows of a provider's per-shard file work in CPU time: the variants in turn (each round
+/// needs its own directory and, for one, deletes first), three [`round`]s of at most 2000
+/// files; the best round of each.
 fn shard_file_rows(dir: &std::path::Path, piece: &[u8]) {
     use ShardFileVariant::*;
     let variants = [
@@ -444,18 +458,18 @@ fn shard_file_rows(dir: &std::path::Path, piece: &[u8]) {
                     return;
                 }
             }
-            let origin = Instant::now();
-            let start = cpu_ns(origin);
-            let mut files = 0u32;
-            while cpu_ns(origin) - start < 300_000_000 && files < 2000 {
+            let per_file = round(2000, || {
                 n += 1;
-                if let Err(e) = shard_file(&sub, n, piece, *variant) {
-                    eprintln!("sublet-costs: shard file step failed: {e}");
+                shard_file(&sub, n, piece, *variant)
+                    .map_err(|e| format!("shard file step failed: {e}"))
+            });
+            let per_file = match per_file {
+                Ok(ns) => ns,
+                Err(e) => {
+                    eprintln!("sublet-costs: {e}");
                     return;
                 }
-                files += 1;
-            }
-            let per_file = (cpu_ns(origin) - start) as f64 / f64::from(files.max(1));
+            };
             best[i] = best[i].min(per_file);
             let _ = std::fs::remove_dir_all(&sub);
         }
@@ -567,4 +581,24 @@ fn loopback_pair() -> std::io::Result<(std::net::TcpStream, std::net::TcpStream)
     let (rx, _) = listener.accept()?;
     tx.set_nodelay(true)?;
     Ok((tx, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    fn parse(args: &[&str]) -> Result<super::Args, String> {
+        super::parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn fewer_mib_than_one_segment_are_refused_by_name() {
+        // --mib 1 passed and then panicked slicing the first 4 MiB segment.
+        for few in ["1", "3"] {
+            let err = parse(&["--mib", few]).err().expect("refused");
+            assert!(err.contains("--mib must be 4..=4096"), "{err}");
+        }
+        assert_eq!(parse(&["--mib", "4"]).map(|a| a.mib), Ok(4));
+        assert_eq!(parse(&[]).map(|a| a.mib), Ok(64));
+        assert!(parse(&["--mib"]).is_err());
+        assert!(parse(&["--mib", "4097"]).is_err());
+    }
 }
