@@ -53,6 +53,10 @@ pub const MAX_MESSAGE: usize = 512;
 pub const MAX_OPEN: usize = 256;
 /// Idle connections a gateway keeps per provider.
 const MAX_IDLE: usize = 32;
+/// Dials (connect and handshake) a gateway has under way per provider; a read finding
+/// them all busy goes over gRPC. Dials outlive the reads that asked for them (up to
+/// [`HANDSHAKE_TIMEOUT`]), so without a bound a stalling provider would collect one per read.
+const MAX_DIALS: usize = 8;
 /// How long a gateway reads over gRPC only after a provider refused the mode.
 const REFUSED_FOR: Duration = Duration::from_secs(60);
 const ANSWER_HEAD: usize = 1 + 8 + 8 + 2;
@@ -502,6 +506,8 @@ pub struct Client {
     /// Connections past their handshake, waiting for a read; shared with dials still
     /// running for a read that went away ([`Client::connection`]).
     idle: Arc<Mutex<Vec<UnixStream>>>,
+    /// [`MAX_DIALS`] permits, one held by each dial under way.
+    dials: Arc<Semaphore>,
     /// Until when the provider counts as not offering the mode (it refused it).
     refused_until: Mutex<Option<Instant>>,
 }
@@ -532,6 +538,7 @@ impl Client {
             expected,
             token: token.map(|t| t.as_bytes().to_vec()).unwrap_or_default(),
             idle: Arc::default(),
+            dials: Arc::new(Semaphore::new(MAX_DIALS)),
             refused_until: Mutex::new(None),
         }
     }
@@ -571,8 +578,14 @@ impl Client {
         let (path, identity, expected) =
             (self.path.clone(), Arc::clone(&self.identity), self.expected);
         let idle = Arc::clone(&self.idle);
+        let Ok(permit) = Arc::clone(&self.dials).try_acquire_owned() else {
+            return Err(Miss::Unavailable(format!(
+                "{MAX_DIALS} short-circuit dials to this provider are under way"
+            )));
+        };
         let (answer, dialed) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let _permit = permit;
             let dial = async {
                 let mut stream = UnixStream::connect(&path).await?;
                 crate::unix::client_handshake_for(
@@ -1116,5 +1129,38 @@ mod tests {
         let got = client.read("seg-0-shard-2", 70_000).await.unwrap();
         assert_eq!(&got[..], &bytes[..]);
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn dials_to_a_stalling_provider_are_bounded_and_further_reads_go_over_grpc() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("provider.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // Accepts every connection and never answers its handshake.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let client = Client::new(
+            path,
+            Arc::new(NodeIdentity::generate()),
+            NodeIdentity::generate().node_id(),
+            None,
+        );
+        for _ in 0..MAX_DIALS {
+            // Each read goes away (its hedge answered); its dial stays under way.
+            let gone =
+                tokio::time::timeout(Duration::from_millis(50), client.read("seg-0-shard-0", 10))
+                    .await;
+            assert!(gone.is_err());
+        }
+        let started = Instant::now();
+        match client.read("seg-0-shard-0", 10).await {
+            Err(Miss::Unavailable(why)) => assert!(why.contains("dials"), "{why}"),
+            other => panic!("expected a read over gRPC, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }
