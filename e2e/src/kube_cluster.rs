@@ -419,9 +419,9 @@ impl KubeCluster {
     }
 
     /// What the cluster looks like: objects, descriptions, events, pod logs and component
-    /// logs; printed when the test fails.
+    /// logs; printed, between two copies of [`Self::summary`], when the test fails.
     pub fn diagnostics(&self) -> String {
-        let mut text = format!("== in short\n{}\n", self.summary());
+        let mut text = String::new();
         let mut show = |args: &[&str]| {
             let out = match self.kubectl(args) {
                 Ok(out) => out,
@@ -471,12 +471,13 @@ impl KubeCluster {
 impl Drop for KubeCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // First and again at the end, where a truncated log still shows it.
+            let short = self.summary();
             eprintln!(
-                "==== the cluster when the test failed ====\n{}",
+                "==== the cluster when the test failed ====\n== in short\n{short}\n{}",
                 self.diagnostics()
             );
-            // Again at the end, where a truncated log still shows it.
-            eprintln!("==== in short ====\n{}", self.summary());
+            eprintln!("==== in short ====\n{short}");
         }
         let mut cmd = Command::new(self.scripts.join("cluster.sh"));
         cmd.arg("wipe")

@@ -398,10 +398,10 @@ fn shard_file(
     variant: ShardFileVariant,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    // A format-2 header of a shard id of the gateway's length, and the outboard of a 1 MiB
-    // shard (a parent node per 16 KiB group).
+    // A format-2 header of a shard id of the gateway's length, and the outboard of the
+    // piece as the store writes it.
     let header = [0x11u8; 8 + 2 + 2 + 8 + 8 + 32 + 80 + 32];
-    let outboard = vec![0x22u8; (piece.len() / (16 << 10)).saturating_sub(1) * 64];
+    let outboard = vec![0x22u8; sublet_provider::tree::outboard_len(piece.len() as u64) as usize];
     let tmp = dir.join(format!(".tmp-{n:016x}"));
     let file = std::fs::OpenOptions::new()
         .write(true)
